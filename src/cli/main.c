@@ -1,0 +1,128 @@
+/* main.c — the ds4 command: option parsing and dispatch to a mode (cli.h).
+ * Flags follow ds4's (server-spec.md §1.1–§1.2): integer flags must be
+ * positive, an unknown option prints usage and exits 2. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+        "usage: ds4 [options]\n"
+        "\n"
+        "  -m, --model FILE      GGUF model (default ./ds4flash.gguf)\n"
+        "      --mtp FILE        optional MTP draft GGUF\n"
+        "  -p, --prompt TEXT     one-shot prompt (otherwise: interactive chat)\n"
+        "      --prompt-file F   one-shot prompt read from a file\n"
+        "  -sys, --system TEXT   system prompt (default \"You are a helpful assistant\"; \"\" = none)\n"
+        "  -c, --ctx N           context tokens (default 32768)\n"
+        "  -n, --tokens N        maximum generated tokens (default 50000)\n"
+        "  -t, --threads N       CPU threads (default: all cores, or DS4_THREADS)\n"
+        "      --temp F          temperature 0..100 (default 1.0; 0 = greedy)\n"
+        "      --top-p F         0..1 (default 1.0)\n"
+        "      --min-p F         0..1 (default 0.05)\n"
+        "      --top-k N         0 = off (default), at most 1024\n"
+        "      --seed N          sampling seed (default: time-based)\n"
+        "      --think | --think-max | --nothink   thinking mode (default --think)\n"
+        "      --exact           plain f32 numerics (for comparison with transformers)\n"
+        "      --cpu | --cuda | --backend cpu|cuda\n"
+        "      --info, --inspect print the model's hyperparameters, tensors and memory needs\n"
+        "      --dump-tokens     tokenize -p/--prompt-file text as written, one token per line\n"
+        "  -h, --help            this help\n");
+}
+
+static int parse_int(const char *flag, const char *s, int min, int max, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < min || v > max) {
+        fprintf(stderr, "ds4: %s needs an integer in %d..%d, got '%s'\n", flag, min, max, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *flag, const char *s, float min, float max, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !(v >= min && v <= max)) {
+        fprintf(stderr, "ds4: %s needs a number in %g..%g, got '%s'\n", flag, min, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    ds4_cli_options o = {
+        .model_path = "ds4flash.gguf",
+        .system = "You are a helpful assistant",
+        .ctx = 32768,
+        .max_tokens = 50000,
+        .temperature = 1.0f,
+        .top_p = 1.0f,
+        .min_p = 0.05f,
+        .think = DS4_THINK_HIGH,
+    };
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEEDS_VALUE()                                                        \
+    do {                                                                     \
+        if (!val) {                                                          \
+            fprintf(stderr, "ds4: %s needs a value\n", a);                   \
+            return 2;                                                        \
+        }                                                                    \
+        i++;                                                                 \
+    } while (0)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEEDS_VALUE(); o.model_path = val; }
+        else if (!strcmp(a, "--mtp")) { NEEDS_VALUE(); o.mtp_path = val; }
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEEDS_VALUE(); o.prompt = val; }
+        else if (!strcmp(a, "--prompt-file")) { NEEDS_VALUE(); o.prompt_file = val; }
+        else if (!strcmp(a, "-sys") || !strcmp(a, "--system")) { NEEDS_VALUE(); o.system = val; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.ctx)) return 2; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.max_tokens)) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { NEEDS_VALUE(); if (parse_int(a, val, 1, 4096, &o.threads)) return 2; }
+        else if (!strcmp(a, "--temp")) { NEEDS_VALUE(); if (parse_float(a, val, 0, 100, &o.temperature)) return 2; }
+        else if (!strcmp(a, "--top-p")) { NEEDS_VALUE(); if (parse_float(a, val, 0, 1, &o.top_p)) return 2; }
+        else if (!strcmp(a, "--min-p")) { NEEDS_VALUE(); if (parse_float(a, val, 0, 1, &o.min_p)) return 2; }
+        else if (!strcmp(a, "--top-k")) { NEEDS_VALUE(); if (parse_int(a, val, 0, 1024, &o.top_k)) return 2; }
+        else if (!strcmp(a, "--seed")) {
+            NEEDS_VALUE();
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(val, &end, 10);
+            if (errno || *end || s == 0 || val[0] == '-') { fprintf(stderr, "ds4: --seed needs a positive integer\n"); return 2; }
+            o.seed = s;
+        }
+        else if (!strcmp(a, "--think")) o.think = DS4_THINK_HIGH;
+        else if (!strcmp(a, "--think-max")) o.think = DS4_THINK_MAX;
+        else if (!strcmp(a, "--nothink")) o.think = DS4_THINK_NONE;
+        else if (!strcmp(a, "--exact")) o.exact = true;
+        else if (!strcmp(a, "--cpu")) o.backend = "cpu";
+        else if (!strcmp(a, "--cuda")) o.backend = "cuda";
+        else if (!strcmp(a, "--backend")) {
+            NEEDS_VALUE();
+            if (strcmp(val, "cpu") && strcmp(val, "cuda")) { fprintf(stderr, "ds4: --backend is cpu or cuda\n"); return 2; }
+            o.backend = val;
+        }
+        else if (!strcmp(a, "--info") || !strcmp(a, "--inspect")) o.info = true;
+        else if (!strcmp(a, "--dump-tokens")) o.dump_tokens = true;
+        else if (!strcmp(a, "--server")) { fprintf(stderr, "ds4: use ds4-server\n"); return 2; }
+        else { fprintf(stderr, "ds4: unknown option '%s'\n", a); usage(stderr); return 2; }
+#undef NEEDS_VALUE
+    }
+    if (o.prompt && o.prompt_file) {
+        fprintf(stderr, "ds4: give either -p or --prompt-file, not both\n");
+        return 2;
+    }
+    if (o.info) return ds4_cli_info(&o);
+    if (o.dump_tokens) return ds4_cli_dump_tokens(&o);
+    return ds4_cli_generate(&o);
+}

@@ -1,0 +1,148 @@
+/* gguf.h — GGUF v3 container: a bounds-checked mmap reader and a writer.
+ *
+ * Reader: gguf_open() maps the file read-only and validates the whole header
+ * (every string length, array count, tensor info, offset and extent) against
+ * the file size and the type table before anything is exposed. After a
+ * successful open every pointer handed out points inside the mapping and
+ * every extent has been checked, so consumers never re-validate bytes. No
+ * allocation is ever sized by an unchecked field: counts are first bounded by
+ * the bytes that remain in the file.
+ *
+ * Writer: gguf_writer collects metadata and tensor descriptions, then streams
+ * the file out (header, aligned data section). Tensor data can be supplied as
+ * a pointer or produced by a callback, so multi-GB synthetic models are
+ * written without holding them in memory. model-spec.md §2.1. */
+#ifndef DS4_GGUF_H
+#define DS4_GGUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../common/error.h"
+
+#define GGUF_MAGIC 0x46554747u /* "GGUF" little-endian */
+#define GGUF_VERSION 3u
+#define GGUF_DEFAULT_ALIGNMENT 32u
+#define GGUF_MAX_DIMS 8
+
+typedef enum gguf_value_type {
+    GGUF_T_UINT8 = 0,
+    GGUF_T_INT8 = 1,
+    GGUF_T_UINT16 = 2,
+    GGUF_T_INT16 = 3,
+    GGUF_T_UINT32 = 4,
+    GGUF_T_INT32 = 5,
+    GGUF_T_FLOAT32 = 6,
+    GGUF_T_BOOL = 7,
+    GGUF_T_STRING = 8,
+    GGUF_T_ARRAY = 9,
+    GGUF_T_UINT64 = 10,
+    GGUF_T_INT64 = 11,
+    GGUF_T_FLOAT64 = 12,
+    GGUF_T_COUNT
+} gguf_value_type;
+
+/* A string inside the mapping: not NUL-terminated. */
+typedef struct gguf_str {
+    const char *ptr;
+    uint64_t len;
+} gguf_str;
+
+/* One metadata value. Scalars are decoded; arrays keep a pointer to their
+ * first item in the mapping (items of a nested array are themselves arrays). */
+typedef struct gguf_value {
+    gguf_value_type type;
+    union {
+        uint64_t u64; /* UINT8..UINT32, UINT64, BOOL (0/1) */
+        int64_t i64;  /* INT8..INT32, INT64 */
+        double f64;   /* FLOAT32, FLOAT64 */
+        gguf_str str;
+        struct {
+            gguf_value_type item_type;
+            uint64_t count;
+            const uint8_t *items;  /* first item in the mapping */
+            uint64_t bytes;        /* total bytes of all items */
+        } arr;
+    } v;
+} gguf_value;
+
+typedef struct gguf_kv {
+    gguf_str key;
+    gguf_value value;
+} gguf_kv;
+
+typedef struct gguf_tensor_info {
+    gguf_str name;
+    uint32_t n_dims;
+    uint64_t ne[GGUF_MAX_DIMS];   /* unused dims are 1 */
+    uint32_t type;                /* ggml type id (see quant/quant.h) */
+    uint64_t offset;              /* relative to the data section */
+    uint64_t nbytes;              /* from the type table, checked in-file */
+    const void *data;             /* inside the mapping */
+} gguf_tensor_info;
+
+typedef struct gguf_file {
+    const uint8_t *base;          /* mmap of the whole file */
+    uint64_t size;
+    uint32_t version;
+    uint32_t alignment;
+    uint64_t data_offset;         /* absolute start of the data section */
+    uint64_t n_kv;
+    gguf_kv *kv;
+    uint64_t n_tensors;
+    gguf_tensor_info *tensors;
+    char *path;
+} gguf_file;
+
+/* Opens and fully validates `path`. On error returns -1 with one line in
+ * err naming what is wrong (and the byte offset where it helps). */
+int gguf_open(gguf_file *f, const char *path, ds4_err *err);
+/* Same checks over a caller-owned buffer (used by the fuzz target); the
+ * buffer must outlive `f`. */
+int gguf_open_memory(gguf_file *f, const void *buf, uint64_t size, ds4_err *err);
+void gguf_close(gguf_file *f);
+
+const gguf_kv *gguf_find_kv(const gguf_file *f, const char *key);
+const gguf_tensor_info *gguf_find_tensor(const gguf_file *f, const char *name);
+bool gguf_str_eq(gguf_str s, const char *cstr);
+const char *gguf_type_name(gguf_value_type t);
+
+/* Array element access: decoded scalar i of an array of scalars, or string i of
+ * an array of strings (O(1) after gguf_array_index, O(i) otherwise). */
+int gguf_array_get(const gguf_value *arr, uint64_t i, gguf_value *out, ds4_err *err);
+/* Fills out[0..count) with the strings of an array of strings; caller
+ * allocates arr->v.arr.count entries (bounded: each string costs >= 8 bytes). */
+int gguf_array_strings(const gguf_value *arr, gguf_str *out, ds4_err *err);
+
+/* ---- writer ---- */
+
+typedef struct gguf_writer gguf_writer;
+
+/* Produces `nbytes` of tensor data into dst (called once per tensor, in
+ * order, while the file is written). */
+typedef int (*gguf_fill_fn)(void *ctx, void *dst, uint64_t nbytes, ds4_err *err);
+
+gguf_writer *gguf_writer_new(uint32_t alignment);
+void gguf_writer_free(gguf_writer *w);
+void gguf_writer_add_u32(gguf_writer *w, const char *key, uint32_t v);
+void gguf_writer_add_i32(gguf_writer *w, const char *key, int32_t v);
+void gguf_writer_add_u64(gguf_writer *w, const char *key, uint64_t v);
+void gguf_writer_add_f32(gguf_writer *w, const char *key, float v);
+void gguf_writer_add_bool(gguf_writer *w, const char *key, bool v);
+void gguf_writer_add_str(gguf_writer *w, const char *key, const char *v);
+/* Array of scalars of item_type; `items` holds count packed little-endian values. */
+void gguf_writer_add_array(gguf_writer *w, const char *key, gguf_value_type item_type,
+                           const void *items, uint64_t count);
+void gguf_writer_add_str_array(gguf_writer *w, const char *key, const char *const *strs,
+                               uint64_t count);
+/* Adds a tensor; ne has n_dims entries. Data comes from `data` (copied at
+ * write time, must stay valid) or, if data is NULL, from fill(ctx, ...). */
+int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
+                           const uint64_t *ne, const void *data, gguf_fill_fn fill, void *ctx,
+                           ds4_err *err);
+/* Writes the complete file; returns -1 with a message on I/O errors. */
+int gguf_writer_write(gguf_writer *w, const char *path, ds4_err *err);
+
+#endif
