@@ -1,0 +1,85 @@
+/* engine.h — the inference engine as the CLI, the server and the tools see it.
+ *
+ * A ds4_engine owns the loaded model (and optional MTP model), the tokenizer,
+ * the compute backend (cpu, later cuda) and its worker threads. A
+ * ds4_session is one conversation's state: its tokens, KV state (raw window,
+ * compressed rows, compressor frontiers, indexer rows; model-spec §7) and the
+ * next-token logits. Sessions are independent; one engine serves many.
+ *
+ * Evaluation appends tokens: ds4_session_eval() runs batched prefill in
+ * chunks (or one decode step for one token) and leaves the logits of the last
+ * token. It gives exactly the state a token-by-token run gives (model-spec
+ * §6, the CPU reference semantics). The progress callback is called between
+ * chunks; returning non-zero cancels (the session then holds the tokens
+ * evaluated so far).
+ *
+ * Numerics: default = the model's official numerics (FP8 KV round-trip,
+ * Hadamard+FP4 indexer, f16 KV rows, activation quantisation for quantised
+ * weights); `exact` = plain f32 with those simulations off (model-spec §4,
+ * §5.10) for comparison with transformers. */
+#ifndef DS4_ENGINE_H
+#define DS4_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/error.h"
+#include "../model/model.h"
+
+typedef struct ds4_engine ds4_engine;
+typedef struct ds4_session ds4_session;
+typedef struct ds4_tokenizer ds4_tokenizer; /* src/tok/tokenizer.h */
+
+typedef struct ds4_engine_config {
+    const char *model_path;
+    const char *mtp_path;  /* NULL = none */
+    int ctx;               /* max tokens per session */
+    int threads;           /* 0 = DS4_THREADS env or all cores */
+    bool exact;            /* plain f32 numerics */
+    const char *backend;   /* "cpu", "cuda" or NULL = best available */
+    int prefill_chunk;     /* tokens per prefill chunk, 0 = default */
+} ds4_engine_config;
+
+int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err);
+void ds4_engine_close(ds4_engine *e);
+const ds4_model *ds4_engine_model(const ds4_engine *e);
+const ds4_tokenizer *ds4_engine_tokenizer(const ds4_engine *e);
+int ds4_engine_ctx(const ds4_engine *e);
+const char *ds4_engine_backend_name(const ds4_engine *e);
+
+int ds4_session_new(ds4_engine *e, ds4_session **out, ds4_err *err);
+void ds4_session_free(ds4_session *s);
+/* Forgets all tokens (state back to empty). */
+void ds4_session_reset(ds4_session *s);
+int ds4_session_n_tokens(const ds4_session *s);
+const int32_t *ds4_session_tokens(const ds4_session *s);
+
+/* Called between prefill chunks with tokens done so far; non-zero cancels. */
+typedef int (*ds4_progress_fn)(void *ctx, int done, int total);
+
+/* Appends and evaluates n tokens. Fails (state unchanged) if the context
+ * would overflow. On cancel returns 1 with the tokens done so far kept. */
+int ds4_session_eval(ds4_session *s, const int32_t *tokens, int n, ds4_progress_fn progress,
+                     void *progress_ctx, ds4_err *err);
+/* Next-token logits (n_vocab floats) after the last evaluated token. */
+const float *ds4_session_logits(const ds4_session *s);
+/* Like eval, but also copies the logits of every evaluated position into
+ * all_logits[n * n_vocab] (for tests and perplexity). */
+int ds4_session_eval_all_logits(ds4_session *s, const int32_t *tokens, int n, float *all_logits,
+                                ds4_err *err);
+
+/* ---- sampling (model-spec §11) ---- */
+
+typedef struct ds4_sampler {
+    float temperature; /* <= 0: greedy (first index of the max) */
+    float top_p;       /* 1.0 = off */
+    float min_p;       /* 0 = off; default 0.05 */
+    int top_k;         /* 0 = off, capped at 1024 */
+    uint64_t rng;      /* xorshift64* state; seed it with ds4_sampler_seed */
+} ds4_sampler;
+
+void ds4_sampler_seed(ds4_sampler *s, uint64_t seed); /* 0 = time-based */
+int32_t ds4_sample(ds4_sampler *s, const float *logits, int n_vocab);
+int32_t ds4_argmax(const float *logits, int n_vocab);
+
+#endif
