@@ -5,7 +5,7 @@
  * models of the same architecture load through the same code. It then binds
  * and validates every tensor (name, shape, type) against the architecture
  * (model-spec §2.2): a mismatch is one clear error such as
- * `blk.7.attn_kv.weight: expected Q8_0 [4096,512], found F16 [4096,512]`.
+ * `blk.7.attn_kv.weight: expected Q8_0 [4096,512], found Q4_K [4096,512]`.
  * Tensors are used in place from the mmapped file.
  *
  * Accepted weight types: the published ones (q2: IQ2_XXS gate/up + Q2_K down
@@ -22,6 +22,9 @@
 
 #define DS4_MAX_LAYERS 128
 #define DS4_N_HC 4 /* hyper-connection streams: fixed by the architecture */
+#define DS4_HC_MIX (2 * DS4_N_HC + DS4_N_HC * DS4_N_HC) /* 24: pre + post gates, 4x4 mix */
+#define DS4_MAX_DIM (1 << 24)          /* bound on every dimension read from metadata */
+#define DS4_MAX_COMPRESS_RATIO 65536   /* bound on a layer's compression ratio */
 
 typedef struct ds4_hparams {
     uint32_t n_layer;          /* deepseek4.block_count */
@@ -98,6 +101,8 @@ typedef struct ds4_model {
     ds4_tensor token_embd, output_hc_base, output_hc_fn, output_hc_scale, output_norm, output;
     ds4_layer layers[DS4_MAX_LAYERS];
     uint32_t expert_gate_type, expert_down_type; /* routed expert quantisation */
+    uint64_t weight_bytes;  /* sum of all tensor data */
+    char *names;            /* storage of the ds4_tensor names */
 } ds4_model;
 
 /* The separate MTP GGUF (model-spec §2.4): one extra block named mtp.0.*. */
@@ -106,13 +111,28 @@ typedef struct ds4_mtp_model {
     ds4_tensor hc_head_base, hc_head_fn, hc_head_scale;
     ds4_tensor e_proj, h_proj, enorm, hnorm, norm;
     ds4_layer block; /* compress_ratio 0, no tid2eid */
+    uint32_t expert_gate_type, expert_down_type;
+    uint64_t weight_bytes;
+    char *names;
 } ds4_mtp_model;
 
+/* Reads and checks the deepseek4.* metadata (used by ds4_model_open). */
+int ds4_hparams_read(const gguf_file *f, ds4_hparams *hp, ds4_err *err);
+
 int ds4_model_open(ds4_model *m, const char *path, ds4_err *err);
+/* The same over a caller-owned buffer that must outlive the model (fuzzing). */
+int ds4_model_open_memory(ds4_model *m, const void *buf, uint64_t size, ds4_err *err);
 void ds4_model_close(ds4_model *m);
 /* Validates against the main model's hyperparameters. */
 int ds4_mtp_open(ds4_mtp_model *mtp, const char *path, const ds4_hparams *hp, ds4_err *err);
+int ds4_mtp_open_memory(ds4_mtp_model *mtp, const void *buf, uint64_t size,
+                        const ds4_hparams *hp, ds4_err *err);
 void ds4_mtp_close(ds4_mtp_model *mtp);
+
+/* Bytes of session state (KV rows as f16, compressor frontiers as f32) for
+ * ctx tokens; the exact accounting is documented at its definition in
+ * hparams.c. Weights are mmapped on top of this (ds4_model.weight_bytes). */
+uint64_t ds4_kv_bytes(const ds4_hparams *hp, uint64_t ctx);
 
 /* "q2", "q4", "f16", "f32" or "mixed" from the routed expert types. */
 const char *ds4_model_expert_quant_name(const ds4_model *m);

@@ -1,0 +1,386 @@
+/* model.c — binds and validates the tensors of a DeepSeek V4 Flash GGUF.
+ *
+ * The expected inventory (model-spec.md §2.2, MTP §2.4) is derived from the
+ * hyperparameters; every tensor is looked up by name and its type and shape
+ * compared, and any tensor left over in the file is an error, so a file that
+ * loads is exactly the architecture the engine runs. Messages name the tensor
+ * and show the published type next to what was found:
+ *     blk.7.attn_kv.weight: expected Q8_0 [4096,512], found Q4_K [4096,512]
+ *     missing tensor blk.3.ffn_norm.weight
+ *     unexpected tensor foo.weight
+ *
+ * Accepted types per slot: the published type, or F16/F32 (synthetic and
+ * converted test models may store any weight as F16 or F32). Routed experts:
+ * gate and up share one type from IQ2_XXS, Q4_K, F16, F32; down is Q2_K with
+ * IQ2_XXS, Q4_K with Q4_K, or F16/F32. Hash-routed layers carry an I32
+ * tid2eid table whose entries are checked to be valid expert ids. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../quant/quant.h"
+#include "model.h"
+
+#define NAME_MAX_LEN 64
+
+/* What a slot accepts. */
+typedef enum slot_rule {
+    RULE_FLOAT,       /* the published type, F16 or F32 */
+    RULE_I32,         /* exactly I32 */
+    RULE_EXPERT_GATE, /* IQ2_XXS, Q4_K, F16, F32 */
+    RULE_EXPERT_UP,   /* the gate's type */
+    RULE_EXPERT_DOWN, /* paired with the gate's type, or F16/F32 */
+} slot_rule;
+
+typedef struct binder {
+    const gguf_file *f;
+    bool *used;        /* per file tensor */
+    char *names;       /* arena of NAME_MAX_LEN slots */
+    size_t n_names, cap_names;
+    uint64_t weight_bytes;
+    uint32_t gate_type; /* set by the first RULE_EXPERT_GATE slot of a block */
+    ds4_err *err;
+} binder;
+
+static void format_type(char *buf, size_t n, uint32_t type) {
+    const ds4_type_info *ti = ds4_type_info_get(type);
+    if (ti) snprintf(buf, n, "%s", ti->name);
+    else snprintf(buf, n, "type %u", type);
+}
+
+static void format_shape(char *buf, size_t n, uint32_t n_dims, const uint64_t *ne) {
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (uint32_t i = 0; i < n_dims && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%llu", i ? "," : "", (unsigned long long)ne[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+static bool is_float(uint32_t t) { return t == DS4_TYPE_F16 || t == DS4_TYPE_F32; }
+
+static uint32_t expert_down_pair(uint32_t gate) {
+    return gate == DS4_TYPE_IQ2_XXS ? DS4_TYPE_Q2_K : gate;
+}
+
+static bool type_accepted(const binder *b, slot_rule rule, uint32_t published, uint32_t t) {
+    switch (rule) {
+    case RULE_FLOAT: return t == published || is_float(t);
+    case RULE_I32: return t == DS4_TYPE_I32;
+    case RULE_EXPERT_GATE:
+        return t == DS4_TYPE_IQ2_XXS || t == DS4_TYPE_Q4_K || is_float(t);
+    case RULE_EXPERT_UP: return t == b->gate_type;
+    case RULE_EXPERT_DOWN: return t == expert_down_pair(b->gate_type) || is_float(t);
+    }
+    return false;
+}
+
+/* Binds one tensor. ne holds n_dims expected dimensions. A missing optional
+ * tensor leaves dst zeroed (data NULL) and succeeds. */
+static int bind(binder *b, ds4_tensor *dst, const char *name, slot_rule rule, uint32_t published,
+                uint32_t n_dims, uint64_t ne0, uint64_t ne1, uint64_t ne2, bool optional) {
+    memset(dst, 0, sizeof *dst);
+    const gguf_tensor_info *ti = gguf_find_tensor(b->f, name);
+    if (!ti) return optional ? 0 : ds4_fail(b->err, "missing tensor %s", name);
+    const uint64_t want[3] = {ne0, ne1, ne2};
+    bool shape_ok = ti->n_dims == n_dims;
+    for (uint32_t i = 0; shape_ok && i < n_dims; i++) shape_ok = ti->ne[i] == want[i];
+    if (rule == RULE_EXPERT_UP || rule == RULE_EXPERT_DOWN) published = rule == RULE_EXPERT_UP ?
+        b->gate_type : expert_down_pair(b->gate_type);
+    if (!shape_ok || !type_accepted(b, rule, published, ti->type)) {
+        /* An accepted type with a wrong shape: show the type as found. */
+        bool type_ok = type_accepted(b, rule, published, ti->type);
+        char wt[32], ft[32], ws[96], fs[160];
+        if (type_ok) format_type(wt, sizeof wt, ti->type);
+        else if (rule == RULE_EXPERT_GATE) snprintf(wt, sizeof wt, "IQ2_XXS or Q4_K");
+        else format_type(wt, sizeof wt, published);
+        format_type(ft, sizeof ft, ti->type);
+        format_shape(ws, sizeof ws, n_dims, want);
+        format_shape(fs, sizeof fs, ti->n_dims, ti->ne);
+        return ds4_fail(b->err, "%s: expected %s %s, found %s %s", name, wt, ws, ft, fs);
+    }
+    const ds4_type_info *info = ds4_type_info_get(ti->type);
+    if (!info || ti->ne[0] % info->block_elems)
+        return ds4_fail(b->err, "%s: rows of %llu values are not a multiple of the %s block (%u)",
+                        name, (unsigned long long)ti->ne[0], info ? info->name : "?",
+                        info ? info->block_elems : 0);
+    if (rule == RULE_EXPERT_GATE) b->gate_type = ti->type;
+    if (b->n_names == b->cap_names) return ds4_fail(b->err, "internal: name arena full");
+    char *stored = b->names + b->n_names++ * NAME_MAX_LEN;
+    snprintf(stored, NAME_MAX_LEN, "%s", name);
+    b->used[ti - b->f->tensors] = true;
+    dst->name = stored;
+    dst->type = ti->type;
+    dst->n_dims = n_dims;
+    for (uint32_t i = 0; i < 4; i++) dst->ne[i] = i < n_dims ? ti->ne[i] : 1;
+    dst->data = ti->data;
+    dst->nbytes = ti->nbytes;
+    return 0;
+}
+
+/* A tensor named prefix + suffix (suffix ends in .weight or .bias). */
+#define BIND(dst, suffix, rule, type, nd, a, c, d, opt)                                  \
+    do {                                                                              \
+        char name_[NAME_MAX_LEN];                                                     \
+        snprintf(name_, sizeof name_, "%s%s", prefix, suffix);                        \
+        if (bind(b, dst, name_, rule, type, nd, a, c, d, opt)) return -1;             \
+    } while (0)
+#define W1(dst, suffix, type, a) BIND(dst, suffix, RULE_FLOAT, type, 1, a, 1, 1, false)
+#define W2(dst, suffix, type, a, c) BIND(dst, suffix, RULE_FLOAT, type, 2, a, c, 1, false)
+
+/* The tensors every block has (main layers and the MTP block). */
+static int bind_block_common(binder *b, const char *prefix, const ds4_hparams *hp, ds4_layer *l,
+                             bool bias_required) {
+    const uint64_t e = hp->n_embd, hc = (uint64_t)DS4_N_HC * e, hd = hp->head_dim;
+    const uint64_t q_out = (uint64_t)hp->n_head * hd;
+    const uint64_t group_in = q_out / hp->n_out_group, o_mid = (uint64_t)hp->n_out_group * hp->o_lora;
+    W2(&l->hc_attn_fn, "hc_attn_fn.weight", DS4_TYPE_F16, hc, DS4_HC_MIX);
+    W1(&l->hc_attn_scale, "hc_attn_scale.weight", DS4_TYPE_F32, 3);
+    W1(&l->hc_attn_base, "hc_attn_base.weight", DS4_TYPE_F32, DS4_HC_MIX);
+    W1(&l->attn_norm, "attn_norm.weight", DS4_TYPE_F32, e);
+    W2(&l->attn_q_a, "attn_q_a.weight", DS4_TYPE_Q8_0, e, hp->q_lora);
+    W1(&l->attn_q_a_norm, "attn_q_a_norm.weight", DS4_TYPE_F32, hp->q_lora);
+    W2(&l->attn_q_b, "attn_q_b.weight", DS4_TYPE_Q8_0, hp->q_lora, q_out);
+    W2(&l->attn_kv, "attn_kv.weight", DS4_TYPE_Q8_0, e, hd);
+    W1(&l->attn_kv_a_norm, "attn_kv_a_norm.weight", DS4_TYPE_F32, hd);
+    W1(&l->attn_sinks, "attn_sinks.weight", DS4_TYPE_F32, hp->n_head);
+    W2(&l->attn_output_a, "attn_output_a.weight", DS4_TYPE_Q8_0, group_in, o_mid);
+    W2(&l->attn_output_b, "attn_output_b.weight", DS4_TYPE_Q8_0, o_mid, e);
+    W2(&l->hc_ffn_fn, "hc_ffn_fn.weight", DS4_TYPE_F16, hc, DS4_HC_MIX);
+    W1(&l->hc_ffn_scale, "hc_ffn_scale.weight", DS4_TYPE_F32, 3);
+    W1(&l->hc_ffn_base, "hc_ffn_base.weight", DS4_TYPE_F32, DS4_HC_MIX);
+    W1(&l->ffn_norm, "ffn_norm.weight", DS4_TYPE_F32, e);
+    W2(&l->ffn_gate_inp, "ffn_gate_inp.weight", DS4_TYPE_F16, e, hp->n_expert);
+    BIND(&l->exp_probs_b, "exp_probs_b.bias", RULE_FLOAT, DS4_TYPE_F32, 1, hp->n_expert, 1, 1,
+         !bias_required);
+    const uint64_t ff = hp->n_ff_exp, nx = hp->n_expert;
+    BIND(&l->ffn_gate_exps, "ffn_gate_exps.weight", RULE_EXPERT_GATE, DS4_TYPE_IQ2_XXS, 3, e, ff, nx, false);
+    BIND(&l->ffn_up_exps, "ffn_up_exps.weight", RULE_EXPERT_UP, 0, 3, e, ff, nx, false);
+    BIND(&l->ffn_down_exps, "ffn_down_exps.weight", RULE_EXPERT_DOWN, 0, 3, ff, e, nx, false);
+    W2(&l->ffn_gate_shexp, "ffn_gate_shexp.weight", DS4_TYPE_Q8_0, e, ff);
+    W2(&l->ffn_up_shexp, "ffn_up_shexp.weight", DS4_TYPE_Q8_0, e, ff);
+    W2(&l->ffn_down_shexp, "ffn_down_shexp.weight", DS4_TYPE_Q8_0, ff, e);
+    return 0;
+}
+
+/* Every tid2eid entry must name an expert (the table comes from the file). */
+static int check_tid2eid(const ds4_tensor *t, uint32_t n_expert, ds4_err *err) {
+    const uint8_t *p = t->data;
+    uint64_t n = t->ne[0] * t->ne[1];
+    for (uint64_t i = 0; i < n; i++) {
+        int32_t v;
+        memcpy(&v, p + 4 * i, 4);
+        if (v < 0 || (uint32_t)v >= n_expert)
+            return ds4_fail(err, "%s: entry %d at [%llu,%llu] is not an expert id (expert_count %u)",
+                            t->name, v, (unsigned long long)(i % t->ne[0]),
+                            (unsigned long long)(i / t->ne[0]), n_expert);
+    }
+    return 0;
+}
+
+static int bind_layer(binder *b, const ds4_hparams *hp, uint32_t il, ds4_layer *l) {
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "blk.%u.", il);
+    const uint32_t r = hp->compress_ratio[il];
+    l->compress_ratio = r;
+    if (bind_block_common(b, prefix, hp, l, false)) return -1;
+    if (r != 0) {
+        const uint64_t e = hp->n_embd, cw = (r == 4 ? 2 : 1) * (uint64_t)hp->head_dim;
+        W2(&l->attn_compressor_ape, "attn_compressor_ape.weight", DS4_TYPE_F16, cw, r);
+        W2(&l->attn_compressor_kv, "attn_compressor_kv.weight", DS4_TYPE_F16, e, cw);
+        W2(&l->attn_compressor_gate, "attn_compressor_gate.weight", DS4_TYPE_F16, e, cw);
+        W1(&l->attn_compressor_norm, "attn_compressor_norm.weight", DS4_TYPE_F32, hp->head_dim);
+    }
+    if (r == 4) {
+        const uint64_t e = hp->n_embd, id = hp->indexer_head_dim, icw = 2 * id;
+        W2(&l->indexer_attn_q_b, "indexer.attn_q_b.weight", DS4_TYPE_F16, hp->q_lora,
+           (uint64_t)hp->n_indexer_head * id);
+        W2(&l->indexer_proj, "indexer.proj.weight", DS4_TYPE_F16, e, hp->n_indexer_head);
+        W2(&l->indexer_compressor_ape, "indexer_compressor_ape.weight", DS4_TYPE_F16, icw, 4);
+        W2(&l->indexer_compressor_kv, "indexer_compressor_kv.weight", DS4_TYPE_F16, e, icw);
+        W2(&l->indexer_compressor_gate, "indexer_compressor_gate.weight", DS4_TYPE_F16, e, icw);
+        W1(&l->indexer_compressor_norm, "indexer_compressor_norm.weight", DS4_TYPE_F32, id);
+    }
+    if (il < hp->n_hash_layer) {
+        BIND(&l->ffn_gate_tid2eid, "ffn_gate_tid2eid.weight", RULE_I32, DS4_TYPE_I32, 2,
+             hp->n_expert_used, hp->n_vocab, 1, false);
+        if (check_tid2eid(&l->ffn_gate_tid2eid, hp->n_expert, b->err)) return -1;
+    }
+    return 0;
+}
+
+static int check_unexpected(const binder *b) {
+    for (uint64_t i = 0; i < b->f->n_tensors; i++) {
+        if (b->used[i]) continue;
+        gguf_str n = b->f->tensors[i].name;
+        return ds4_fail(b->err, "unexpected tensor %.*s", n.len > 200 ? 200 : (int)n.len, n.ptr);
+    }
+    return 0;
+}
+
+static int binder_init(binder *b, const gguf_file *f, size_t n_slots, ds4_err *err) {
+    memset(b, 0, sizeof *b);
+    b->f = f;
+    b->err = err;
+    b->used = calloc(f->n_tensors ? f->n_tensors : 1, sizeof *b->used);
+    b->names = malloc(n_slots * NAME_MAX_LEN);
+    b->cap_names = n_slots;
+    if (!b->used || !b->names) {
+        free(b->used);
+        free(b->names);
+        return ds4_fail(err, "out of memory binding %llu tensors", (unsigned long long)f->n_tensors);
+    }
+    for (uint64_t i = 0; i < f->n_tensors; i++) b->weight_bytes += f->tensors[i].nbytes;
+    return 0;
+}
+
+/* The tokenizer arrays the engine needs (model-spec §2.1): tokens, one per
+ * vocabulary entry, and merges, both arrays of strings. */
+static int check_tokenizer(const gguf_file *f, uint32_t n_vocab, ds4_err *err) {
+    static const char *const keys[] = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"};
+    for (int i = 0; i < 2; i++) {
+        const gguf_kv *kv = gguf_find_kv(f, keys[i]);
+        if (!kv) return ds4_fail(err, "missing metadata key %s", keys[i]);
+        if (kv->value.type != GGUF_T_ARRAY || kv->value.v.arr.item_type != GGUF_T_STRING)
+            return ds4_fail(err, "%s: expected an array of STRING", keys[i]);
+        if (i == 0 && kv->value.v.arr.count != n_vocab)
+            return ds4_fail(err, "%s has %llu entries, expected deepseek4.vocab_size (%u)", keys[i],
+                            (unsigned long long)kv->value.v.arr.count, n_vocab);
+    }
+    return 0;
+}
+
+static int bind_model_tensors(binder *b, ds4_model *m) {
+    const ds4_hparams *hp = &m->hp;
+    const char *prefix = "";
+    const uint64_t e = hp->n_embd;
+    W2(&m->token_embd, "token_embd.weight", DS4_TYPE_F16, e, hp->n_vocab);
+    W1(&m->output_hc_base, "output_hc_base.weight", DS4_TYPE_F32, DS4_N_HC);
+    W2(&m->output_hc_fn, "output_hc_fn.weight", DS4_TYPE_F16, DS4_N_HC * e, DS4_N_HC);
+    W1(&m->output_hc_scale, "output_hc_scale.weight", DS4_TYPE_F32, 1);
+    W1(&m->output_norm, "output_norm.weight", DS4_TYPE_F32, e);
+    W2(&m->output, "output.weight", DS4_TYPE_Q8_0, e, hp->n_vocab);
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const ds4_layer *l = &m->layers[il];
+        if (bind_layer(b, hp, il, &m->layers[il])) return -1;
+        if (il == 0) {
+            m->expert_gate_type = l->ffn_gate_exps.type;
+            m->expert_down_type = l->ffn_down_exps.type;
+        } else if (l->ffn_gate_exps.type != m->expert_gate_type ||
+                   l->ffn_down_exps.type != m->expert_down_type) {
+            char w1[32], w2[32], f1[32], f2[32];
+            format_type(w1, sizeof w1, m->expert_gate_type);
+            format_type(w2, sizeof w2, m->expert_down_type);
+            format_type(f1, sizeof f1, l->ffn_gate_exps.type);
+            format_type(f2, sizeof f2, l->ffn_down_exps.type);
+            return ds4_fail(b->err, "blk.%u: routed experts are %s/%s, but layer 0's are %s/%s",
+                            il, f1, f2, w1, w2);
+        }
+    }
+    return check_unexpected(b);
+}
+
+/* Runs one binding pass; on success the model takes the name arena. */
+static int bind_all(const gguf_file *f, size_t n_slots, char **names, uint64_t *weight_bytes,
+                    int (*fn)(binder *, void *), void *target, ds4_err *err) {
+    binder b;
+    if (binder_init(&b, f, n_slots, err)) return -1;
+    int rc = fn(&b, target);
+    free(b.used);
+    if (rc) {
+        free(b.names);
+        return -1;
+    }
+    *names = b.names;
+    *weight_bytes = b.weight_bytes;
+    return 0;
+}
+
+static int bind_model_fn(binder *b, void *m) { return bind_model_tensors(b, m); }
+
+static int model_finish_open(ds4_model *m, ds4_err *err) {
+    if (ds4_hparams_read(&m->file, &m->hp, err) || check_tokenizer(&m->file, m->hp.n_vocab, err) ||
+        bind_all(&m->file, 8 + (size_t)m->hp.n_layer * 40, &m->names, &m->weight_bytes,
+                 bind_model_fn, m, err)) {
+        gguf_close(&m->file);
+        memset(m, 0, sizeof *m);
+        return -1;
+    }
+    return 0;
+}
+
+int ds4_model_open(ds4_model *m, const char *path, ds4_err *err) {
+    memset(m, 0, sizeof *m);
+    if (gguf_open(&m->file, path, err)) return -1;
+    return model_finish_open(m, err);
+}
+
+int ds4_model_open_memory(ds4_model *m, const void *buf, uint64_t size, ds4_err *err) {
+    memset(m, 0, sizeof *m);
+    if (gguf_open_memory(&m->file, buf, size, err)) return -1;
+    return model_finish_open(m, err);
+}
+
+void ds4_model_close(ds4_model *m) {
+    gguf_close(&m->file);
+    free(m->names);
+    memset(m, 0, sizeof *m);
+}
+
+typedef struct mtp_target { ds4_mtp_model *mtp; const ds4_hparams *hp; } mtp_target;
+
+static int bind_mtp_fn(binder *b, void *target) {
+    ds4_mtp_model *mtp = ((mtp_target *)target)->mtp;
+    const ds4_hparams *hp = ((mtp_target *)target)->hp;
+    const char *prefix = "mtp.0.";
+    const uint64_t e = hp->n_embd;
+    W1(&mtp->hc_head_base, "hc_head_base.weight", DS4_TYPE_F32, DS4_N_HC);
+    W2(&mtp->hc_head_fn, "hc_head_fn.weight", DS4_TYPE_F16, DS4_N_HC * e, DS4_N_HC);
+    W1(&mtp->hc_head_scale, "hc_head_scale.weight", DS4_TYPE_F32, 1);
+    W2(&mtp->e_proj, "e_proj.weight", DS4_TYPE_Q8_0, e, e);
+    W2(&mtp->h_proj, "h_proj.weight", DS4_TYPE_Q8_0, e, e);
+    W1(&mtp->enorm, "enorm.weight", DS4_TYPE_F32, e);
+    W1(&mtp->hnorm, "hnorm.weight", DS4_TYPE_F32, e);
+    W1(&mtp->norm, "norm.weight", DS4_TYPE_F32, e);
+    if (bind_block_common(b, prefix, hp, &mtp->block, true)) return -1;
+    mtp->block.compress_ratio = 0;
+    mtp->expert_gate_type = mtp->block.ffn_gate_exps.type;
+    mtp->expert_down_type = mtp->block.ffn_down_exps.type;
+    return check_unexpected(b);
+}
+
+static int mtp_finish_open(ds4_mtp_model *mtp, const ds4_hparams *hp, ds4_err *err) {
+    mtp_target t = {mtp, hp};
+    if (bind_all(&mtp->file, 48, &mtp->names, &mtp->weight_bytes, bind_mtp_fn, &t, err)) {
+        gguf_close(&mtp->file);
+        memset(mtp, 0, sizeof *mtp);
+        return -1;
+    }
+    return 0;
+}
+
+int ds4_mtp_open(ds4_mtp_model *mtp, const char *path, const ds4_hparams *hp, ds4_err *err) {
+    memset(mtp, 0, sizeof *mtp);
+    if (gguf_open(&mtp->file, path, err)) return -1;
+    return mtp_finish_open(mtp, hp, err);
+}
+
+int ds4_mtp_open_memory(ds4_mtp_model *mtp, const void *buf, uint64_t size,
+                        const ds4_hparams *hp, ds4_err *err) {
+    memset(mtp, 0, sizeof *mtp);
+    if (gguf_open_memory(&mtp->file, buf, size, err)) return -1;
+    return mtp_finish_open(mtp, hp, err);
+}
+
+void ds4_mtp_close(ds4_mtp_model *mtp) {
+    gguf_close(&mtp->file);
+    free(mtp->names);
+    memset(mtp, 0, sizeof *mtp);
+}
+
+const char *ds4_model_expert_quant_name(const ds4_model *m) {
+    uint32_t g = m->expert_gate_type, d = m->expert_down_type;
+    if (g == DS4_TYPE_IQ2_XXS && d == DS4_TYPE_Q2_K) return "q2";
+    if (g == DS4_TYPE_Q4_K && d == DS4_TYPE_Q4_K) return "q4";
+    if (g == DS4_TYPE_F16 && d == DS4_TYPE_F16) return "f16";
+    if (g == DS4_TYPE_F32 && d == DS4_TYPE_F32) return "f32";
+    return "mixed";
+}
