@@ -26,6 +26,7 @@
 #define GGUF_VERSION 3u
 #define GGUF_DEFAULT_ALIGNMENT 32u
 #define GGUF_MAX_DIMS 8
+#define GGUF_MAX_ARRAY_DEPTH 8 /* arrays of arrays: nesting limit */
 
 typedef enum gguf_value_type {
     GGUF_T_UINT8 = 0,
@@ -84,65 +85,105 @@ typedef struct gguf_tensor_info {
 } gguf_tensor_info;
 
 typedef struct gguf_file {
-    const uint8_t *base;          /* mmap of the whole file */
+    const uint8_t *base;          /* the whole file (mmap or caller buffer) */
     uint64_t size;
     uint32_t version;
     uint32_t alignment;
-    uint64_t data_offset;         /* absolute start of the data section */
+    uint64_t data_offset;         /* absolute start of the data section (<= size) */
     uint64_t n_kv;
-    gguf_kv *kv;
+    gguf_kv *kv;                  /* in file order */
     uint64_t n_tensors;
-    gguf_tensor_info *tensors;
-    char *path;
+    gguf_tensor_info *tensors;    /* in file order */
+    char *path;                   /* NULL for gguf_open_memory() */
+    /* private: lookup indexes sorted by key / name */
+    const gguf_kv **kv_by_key;
+    const gguf_tensor_info **tensor_by_name;
 } gguf_file;
 
 /* Opens and fully validates `path`. On error returns -1 with one line in
- * err naming what is wrong (and the byte offset where it helps). */
+ * err, prefixed with the path, naming what is wrong (the key or tensor, the
+ * field, and the byte offset where it helps). The mapping is read-only and
+ * stays valid until gguf_close(). */
 int gguf_open(gguf_file *f, const char *path, ds4_err *err);
 /* Same checks over a caller-owned buffer (used by the fuzz target); the
  * buffer must outlive `f`. */
 int gguf_open_memory(gguf_file *f, const void *buf, uint64_t size, ds4_err *err);
+/* Frees what open allocated; safe on a zeroed or already closed file. */
 void gguf_close(gguf_file *f);
 
+/* Lookups by exact name (binary search); NULL if absent. */
 const gguf_kv *gguf_find_kv(const gguf_file *f, const char *key);
 const gguf_tensor_info *gguf_find_tensor(const gguf_file *f, const char *name);
 bool gguf_str_eq(gguf_str s, const char *cstr);
+/* "UINT32", "STRING", ...; "?" for ids outside the enum. */
 const char *gguf_type_name(gguf_value_type t);
+/* Bytes of one item of a fixed-size type (1, 2, 4 or 8); 0 for STRING,
+ * ARRAY and unknown ids. */
+uint64_t gguf_type_size(gguf_value_type t);
+/* Writes s into buf (always NUL-terminated) for messages: at most 64 bytes
+ * of it, non-printable bytes as \xNN, "..." when cut. Returns buf. */
+const char *gguf_str_show(gguf_str s, char *buf, size_t bufsize);
 
-/* Array element access: decoded scalar i of an array of scalars, or string i of
- * an array of strings (O(1) after gguf_array_index, O(i) otherwise). */
+/* Array element access. Item i of an array: a decoded scalar, a string, or
+ * (arrays of arrays) a nested array value. O(1) for fixed-size items, O(i)
+ * for strings and arrays. */
 int gguf_array_get(const gguf_value *arr, uint64_t i, gguf_value *out, ds4_err *err);
-/* Fills out[0..count) with the strings of an array of strings; caller
- * allocates arr->v.arr.count entries (bounded: each string costs >= 8 bytes). */
+/* Fills out[0..count) with the strings of an array of strings in one pass;
+ * caller allocates arr->v.arr.count entries (bounded by the file: each
+ * string costs >= 8 bytes). */
 int gguf_array_strings(const gguf_value *arr, gguf_str *out, ds4_err *err);
 
-/* ---- writer ---- */
+/* ---- writer ----
+ *
+ * The add functions never fail on the spot: the first problem (a duplicate
+ * or empty key, a bad item type, out of memory) is remembered and
+ * gguf_writer_write() reports it. Integer keys keep exactly the GGUF type of
+ * the function used (ds4's own integer keys are UINT32). The writer owns
+ * `general.alignment`: it is written (UINT32) when the alignment given to
+ * gguf_writer_new() is not the default 32, and adding it by hand is an
+ * error. The file is written to `path.tmp`, synced, then renamed over
+ * `path`, so a failed write never leaves a partial file under the real name. */
 
 typedef struct gguf_writer gguf_writer;
 
-/* Produces `nbytes` of tensor data into dst (called once per tensor, in
- * order, while the file is written). */
+/* Produces the `nbytes` bytes of one tensor's data into dst (called once per
+ * tensor, in tensor order, while the file is written; dst is reused, so only
+ * one tensor is in memory at a time). */
 typedef int (*gguf_fill_fn)(void *ctx, void *dst, uint64_t nbytes, ds4_err *err);
 
+/* alignment: a power of two (0 means the default 32). */
 gguf_writer *gguf_writer_new(uint32_t alignment);
 void gguf_writer_free(gguf_writer *w);
+void gguf_writer_add_u8(gguf_writer *w, const char *key, uint8_t v);
+void gguf_writer_add_i8(gguf_writer *w, const char *key, int8_t v);
+void gguf_writer_add_u16(gguf_writer *w, const char *key, uint16_t v);
+void gguf_writer_add_i16(gguf_writer *w, const char *key, int16_t v);
 void gguf_writer_add_u32(gguf_writer *w, const char *key, uint32_t v);
 void gguf_writer_add_i32(gguf_writer *w, const char *key, int32_t v);
 void gguf_writer_add_u64(gguf_writer *w, const char *key, uint64_t v);
+void gguf_writer_add_i64(gguf_writer *w, const char *key, int64_t v);
 void gguf_writer_add_f32(gguf_writer *w, const char *key, float v);
+void gguf_writer_add_f64(gguf_writer *w, const char *key, double v);
 void gguf_writer_add_bool(gguf_writer *w, const char *key, bool v);
 void gguf_writer_add_str(gguf_writer *w, const char *key, const char *v);
-/* Array of scalars of item_type; `items` holds count packed little-endian values. */
+/* Array of fixed-size scalars of item_type; `items` holds count packed
+ * little-endian values. */
 void gguf_writer_add_array(gguf_writer *w, const char *key, gguf_value_type item_type,
                            const void *items, uint64_t count);
 void gguf_writer_add_str_array(gguf_writer *w, const char *key, const char *const *strs,
                                uint64_t count);
+/* Any value as the reader returns it (copies metadata between files). For
+ * arrays, v.arr.items/bytes hold the serialized items exactly as in a GGUF
+ * file, which is how arrays of arrays are written; they are validated. */
+void gguf_writer_add_value(gguf_writer *w, const char *key, const gguf_value *v);
 /* Adds a tensor; ne has n_dims entries. Data comes from `data` (copied at
- * write time, must stay valid) or, if data is NULL, from fill(ctx, ...). */
+ * write time, must stay valid) or, if data is NULL, from fill(ctx, ...).
+ * The shape and type are checked here (same rules as the reader). */
 int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
                            const uint64_t *ne, const void *data, gguf_fill_fn fill, void *ctx,
                            ds4_err *err);
-/* Writes the complete file; returns -1 with a message on I/O errors. */
+/* Writes the complete file; returns -1 with a message on the first recorded
+ * add error, a fill error or an I/O error. May be called again. */
 int gguf_writer_write(gguf_writer *w, const char *path, ds4_err *err);
 
 #endif
