@@ -269,7 +269,7 @@ int ds4_hparams_read(const gguf_file *f, ds4_hparams *hp, ds4_err *err) {
         return ds4_fail(err, KEY_PREFIX "attention.value_length (%u) differs from " KEY_PREFIX
                         "attention.key_length (%u): K and V share one latent", value_length, hp->head_dim);
     for (size_t i = 0; i < sizeof f32_keys / sizeof f32_keys[0]; i++) {
-        float v;
+        float v = 0;
         if (read_f32(f, f32_keys[i].key, &v, err)) return -1;
         if (f32_keys[i].positive && !(v > 0))
             return ds4_fail(err, "%s = %g: must be positive", f32_keys[i].key, v);

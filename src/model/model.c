@@ -310,7 +310,7 @@ static int model_finish_open(ds4_model *m, ds4_err *err) {
 int ds4_model_open(ds4_model *m, const char *path, ds4_err *err) {
     memset(m, 0, sizeof *m);
     if (gguf_open(&m->file, path, err)) return -1;
-    return model_finish_open(m, err);
+    return model_finish_open(m, err) ? ds4_fail_prefix(err, path) : 0;
 }
 
 int ds4_model_open_memory(ds4_model *m, const void *buf, uint64_t size, ds4_err *err) {
@@ -360,7 +360,7 @@ static int mtp_finish_open(ds4_mtp_model *mtp, const ds4_hparams *hp, ds4_err *e
 int ds4_mtp_open(ds4_mtp_model *mtp, const char *path, const ds4_hparams *hp, ds4_err *err) {
     memset(mtp, 0, sizeof *mtp);
     if (gguf_open(&mtp->file, path, err)) return -1;
-    return mtp_finish_open(mtp, hp, err);
+    return mtp_finish_open(mtp, hp, err) ? ds4_fail_prefix(err, path) : 0;
 }
 
 int ds4_mtp_open_memory(ds4_mtp_model *mtp, const void *buf, uint64_t size,
@@ -377,7 +377,10 @@ void ds4_mtp_close(ds4_mtp_model *mtp) {
 }
 
 const char *ds4_model_expert_quant_name(const ds4_model *m) {
-    uint32_t g = m->expert_gate_type, d = m->expert_down_type;
+    return ds4_expert_quant_name(m->expert_gate_type, m->expert_down_type);
+}
+
+const char *ds4_expert_quant_name(uint32_t g, uint32_t d) {
     if (g == DS4_TYPE_IQ2_XXS && d == DS4_TYPE_Q2_K) return "q2";
     if (g == DS4_TYPE_Q4_K && d == DS4_TYPE_Q4_K) return "q4";
     if (g == DS4_TYPE_F16 && d == DS4_TYPE_F16) return "f16";

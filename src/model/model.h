@@ -119,8 +119,10 @@ typedef struct ds4_mtp_model {
 /* Reads and checks the deepseek4.* metadata (used by ds4_model_open). */
 int ds4_hparams_read(const gguf_file *f, ds4_hparams *hp, ds4_err *err);
 
+/* Errors start with the path ("PATH: missing tensor ..."). */
 int ds4_model_open(ds4_model *m, const char *path, ds4_err *err);
-/* The same over a caller-owned buffer that must outlive the model (fuzzing). */
+/* The same over a caller-owned buffer that must outlive the model (fuzzing);
+ * errors carry no path prefix. */
 int ds4_model_open_memory(ds4_model *m, const void *buf, uint64_t size, ds4_err *err);
 void ds4_model_close(ds4_model *m);
 /* Validates against the main model's hyperparameters. */
@@ -136,5 +138,6 @@ uint64_t ds4_kv_bytes(const ds4_hparams *hp, uint64_t ctx);
 
 /* "q2", "q4", "f16", "f32" or "mixed" from the routed expert types. */
 const char *ds4_model_expert_quant_name(const ds4_model *m);
+const char *ds4_expert_quant_name(uint32_t gate_type, uint32_t down_type);
 
 #endif

@@ -1,0 +1,503 @@
+/* synth.c — writes synthetic DeepSeek V4 Flash GGUFs (see synth.h).
+ *
+ * The tensor list mirrors model.c's binder: same names, shapes and published
+ * types, so a file from here loads through ds4_model_open unchanged. Each
+ * tensor's data comes from its own generator seeded by (seed, name), so the
+ * values of a tensor do not depend on which other tensors exist.
+ *
+ * Quantised tensors are random codes with the block scales patched: for each
+ * type the mean and RMS of a block with d = 1 (and dmin chosen to cancel the
+ * mean, for the K-quants) are measured once with the library's dequantiser,
+ * and d is then set to std / RMS. Every bit pattern of the code bytes is a
+ * valid block for Q8_0, Q2_K, Q4_K and IQ2_XXS (model-spec §14). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../quant/quant.h"
+#include "synth.h"
+
+/* ---- presets ---- */
+
+/* Ratios 0,0,4,R,4,R,...; hash routing on the first three layers. */
+static void layout_layers(ds4_hparams *hp, uint32_t n_layer, uint32_t other_ratio) {
+    hp->n_layer = n_layer;
+    hp->n_hash_layer = n_layer < 3 ? n_layer : 3;
+    for (uint32_t il = 0; il < DS4_MAX_LAYERS; il++)
+        hp->compress_ratio[il] = il >= n_layer || il < 2 ? 0 : il % 2 == 0 ? 4 : other_ratio;
+}
+
+int ds4_synth_preset(const char *name, uint32_t n_layer, ds4_hparams *hp, ds4_err *err) {
+    memset(hp, 0, sizeof *hp);
+    /* Published constants (model-spec §1) shared by both presets. */
+    hp->n_head_kv = 1;
+    hp->n_rot = 64;
+    hp->n_expert_shared = 1;
+    hp->expert_weight_scale = 1.5f;
+    hp->expert_weights_norm = true;
+    hp->indexer_head_dim = 128;
+    hp->n_hc = DS4_N_HC;
+    hp->hc_sinkhorn_iter = 20;
+    hp->hc_eps = 1e-6f;
+    hp->rms_eps = 1e-6f;
+    hp->rope_freq_base = 10000.0f;
+    hp->compress_rope_freq_base = 160000.0f;
+    hp->rope_scale_factor = 16.0f;
+    hp->rope_orig_ctx = 65536;
+    hp->yarn_beta_fast = 32.0f;
+    hp->yarn_beta_slow = 1.0f;
+    hp->context_length = 1048576;
+    float clamp;
+    uint32_t other_ratio, default_layers;
+    if (!strcmp(name, "flash")) {
+        hp->n_embd = 4096; hp->n_vocab = 129280; hp->n_head = 64; hp->head_dim = 512;
+        hp->q_lora = 1024; hp->o_lora = 1024; hp->n_out_group = 8; hp->n_expert = 256;
+        hp->n_expert_used = 6; hp->n_ff_exp = 2048; hp->n_swa = 128; hp->n_indexer_head = 64;
+        hp->indexer_top_k = 512;
+        clamp = 10.0f;
+        other_ratio = 128;
+        default_layers = 43;
+    } else if (!strcmp(name, "tiny")) {
+        hp->n_embd = 256; hp->n_vocab = 1024; hp->n_head = 8; hp->head_dim = 128;
+        hp->q_lora = 128; hp->o_lora = 64; hp->n_out_group = 2; hp->n_expert = 16;
+        hp->n_expert_used = 4; hp->n_ff_exp = 256; hp->n_swa = 16; hp->n_indexer_head = 16;
+        hp->indexer_top_k = 8;
+        clamp = 2.0f; /* low enough that the SwiGLU clamp fires (hf-reference §1.1) */
+        other_ratio = 16;
+        default_layers = 6;
+    } else {
+        return ds4_fail(err, "unknown preset '%s' (tiny or flash)", name);
+    }
+    if (n_layer == 0) n_layer = default_layers;
+    if (n_layer > DS4_MAX_LAYERS)
+        return ds4_fail(err, "layer count %u is not in 1..%d", n_layer, DS4_MAX_LAYERS);
+    for (int il = 0; il < DS4_MAX_LAYERS; il++) hp->swiglu_clamp[il] = clamp;
+    layout_layers(hp, n_layer, other_ratio);
+    return 0;
+}
+
+int ds4_synth_expert_types(const char *name, uint32_t *gate, uint32_t *down, ds4_err *err) {
+    if (!strcmp(name, "q2")) { *gate = DS4_TYPE_IQ2_XXS; *down = DS4_TYPE_Q2_K; }
+    else if (!strcmp(name, "q4")) { *gate = *down = DS4_TYPE_Q4_K; }
+    else if (!strcmp(name, "f16")) { *gate = *down = DS4_TYPE_F16; }
+    else if (!strcmp(name, "f32")) { *gate = *down = DS4_TYPE_F32; }
+    else return ds4_fail(err, "unknown expert type '%s' (q2, q4, f16 or f32)", name);
+    return 0;
+}
+
+/* ---- random values ---- */
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform on [-sqrt(3), sqrt(3)]: mean 0, variance 1. */
+static float unit_uniform(uint64_t *s) {
+    return ((float)(splitmix64(s) >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * 1.7320508f;
+}
+
+static uint64_t name_seed(uint64_t seed, const char *name) {
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (const char *p = name; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return h;
+}
+
+static void random_bytes(uint64_t *s, uint8_t *dst, uint64_t n) {
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t r = splitmix64(s);
+        memcpy(dst + i, &r, 8);
+    }
+    if (i < n) {
+        uint64_t r = splitmix64(s);
+        memcpy(dst + i, &r, n - i);
+    }
+}
+
+/* Offsets of the f16 scale fields inside one block (quant.h structs). */
+typedef struct quant_layout { uint32_t type, d_off, dmin_off; bool has_dmin; } quant_layout;
+static const quant_layout quant_layouts[] = {
+    {DS4_TYPE_Q8_0, 0, 0, false},
+    {DS4_TYPE_Q2_K, 80, 82, true},
+    {DS4_TYPE_Q4_K, 0, 2, true},
+    {DS4_TYPE_IQ2_XXS, 0, 0, false},
+};
+
+typedef struct quant_calib { float rms; float dmin_ratio; bool done; } quant_calib;
+
+static const quant_layout *layout_of(uint32_t type) {
+    for (size_t i = 0; i < sizeof quant_layouts / sizeof quant_layouts[0]; i++)
+        if (quant_layouts[i].type == type) return &quant_layouts[i];
+    return NULL;
+}
+
+static void set_scales(const quant_layout *q, uint8_t *block, float d, float dmin) {
+    uint16_t h = ds4_f32_to_f16(d);
+    memcpy(block + q->d_off, &h, 2);
+    if (q->has_dmin) {
+        h = ds4_f32_to_f16(dmin);
+        memcpy(block + q->dmin_off, &h, 2);
+    }
+}
+
+/* Mean and RMS of random blocks under given scales. */
+static void block_stats(const quant_layout *q, const ds4_type_info *ti, float d, float dmin,
+                        double *mean, double *rms) {
+    enum { N_BLOCKS = 64 };
+    uint64_t s = 12345;
+    uint8_t *raw = malloc((size_t)ti->block_bytes * N_BLOCKS);
+    float *val = malloc(sizeof(float) * ti->block_elems * N_BLOCKS);
+    random_bytes(&s, raw, (uint64_t)ti->block_bytes * N_BLOCKS);
+    for (int b = 0; b < N_BLOCKS; b++) set_scales(q, raw + (size_t)b * ti->block_bytes, d, dmin);
+    uint64_t n = (uint64_t)ti->block_elems * N_BLOCKS;
+    ds4_dequantize_row(q->type, raw, val, n);
+    double sum = 0, sq = 0;
+    for (uint64_t i = 0; i < n; i++) { sum += val[i]; sq += (double)val[i] * val[i]; }
+    *mean = sum / (double)n;
+    *rms = sqrt(sq / (double)n);
+    free(raw);
+    free(val);
+}
+
+static void calibrate(const quant_layout *q, quant_calib *c) {
+    const ds4_type_info *ti = ds4_type_info_get(q->type);
+    double mean_d, mean_m, rms;
+    block_stats(q, ti, 1.0f, 0.0f, &mean_d, &rms);
+    c->dmin_ratio = 0;
+    if (q->has_dmin) {
+        block_stats(q, ti, 0.0f, 1.0f, &mean_m, &rms);
+        if (mean_m < 0) c->dmin_ratio = (float)(mean_d / -mean_m);
+    }
+    block_stats(q, ti, 1.0f, c->dmin_ratio, &mean_d, &rms);
+    c->rms = rms > 0 ? (float)rms : 1.0f;
+    c->done = true;
+}
+
+/* ---- tensor list ---- */
+
+typedef enum init_kind {
+    INIT_GAUSS,   /* mean + std * unit noise */
+    INIT_TID2EID, /* distinct random experts per token */
+} init_kind;
+
+typedef struct tensor_spec {
+    struct synth *owner;
+    char name[64];
+    uint32_t type, n_dims;
+    uint64_t ne[3];
+    init_kind init;
+    float mean, std;
+} tensor_spec;
+
+typedef struct synth {
+    const ds4_synth_config *c;
+    gguf_writer *w;
+    tensor_spec *specs;
+    size_t n_specs, cap_specs;
+    quant_calib calib[sizeof quant_layouts / sizeof quant_layouts[0]];
+    ds4_err *err;
+} synth;
+
+static int fill_tensor(void *ctx, void *dst, uint64_t nbytes, ds4_err *err) {
+    tensor_spec *t = ctx;
+    synth *s = t->owner;
+    uint64_t rng = name_seed(s->c->seed, t->name);
+    uint64_t n = t->ne[0] * t->ne[1] * t->ne[2];
+    const ds4_type_info *ti = ds4_type_info_get(t->type);
+    if (!ti || ds4_type_row_bytes(t->type, t->ne[0]) * (n / t->ne[0]) != nbytes)
+        return ds4_fail(err, "%s: %llu bytes do not match type %u and shape", t->name,
+                        (unsigned long long)nbytes, t->type);
+    if (t->init == INIT_TID2EID && t->type == DS4_TYPE_I32) {
+        uint32_t n_expert = s->c->hp.n_expert, k = (uint32_t)t->ne[0];
+        uint32_t *perm = malloc(sizeof *perm * n_expert);
+        if (!perm) return ds4_fail(err, "out of memory");
+        int32_t *out = dst;
+        for (uint64_t tok = 0; tok < t->ne[1]; tok++) {
+            for (uint32_t i = 0; i < n_expert; i++) perm[i] = i;
+            for (uint32_t i = 0; i < k && i < n_expert; i++) {
+                uint32_t j = i + (uint32_t)(splitmix64(&rng) % (n_expert - i));
+                uint32_t tmp = perm[i]; perm[i] = perm[j]; perm[j] = tmp;
+                out[tok * k + i] = (int32_t)perm[i];
+            }
+        }
+        free(perm);
+        return 0;
+    }
+    switch (t->type) {
+    case DS4_TYPE_F32: {
+        float *out = dst;
+        for (uint64_t i = 0; i < n; i++) out[i] = t->mean + t->std * unit_uniform(&rng);
+        return 0;
+    }
+    case DS4_TYPE_F16: {
+        uint16_t *out = dst;
+        for (uint64_t i = 0; i < n; i++) out[i] = ds4_f32_to_f16(t->mean + t->std * unit_uniform(&rng));
+        return 0;
+    }
+    case DS4_TYPE_I32:
+        memset(dst, 0, nbytes);
+        return 0;
+    default: break;
+    }
+    const quant_layout *q = layout_of(t->type);
+    if (!q) return ds4_fail(err, "%s: cannot generate type %u", t->name, t->type);
+    quant_calib *c = &s->calib[q - quant_layouts];
+    if (!c->done) calibrate(q, c);
+    float d = t->std / c->rms;
+    uint8_t *out = dst;
+    random_bytes(&rng, out, nbytes);
+    for (uint64_t off = 0; off + ti->block_bytes <= nbytes; off += ti->block_bytes)
+        set_scales(q, out + off, d, d * c->dmin_ratio);
+    return 0;
+}
+
+/* The type a slot gets: routed experts as configured, the rest per c->weights. */
+static uint32_t slot_type(const synth *s, uint32_t published) {
+    if (s->c->weights == DS4_SYNTH_F32) return DS4_TYPE_F32;
+    if (s->c->weights == DS4_SYNTH_F16 && published == DS4_TYPE_Q8_0) return DS4_TYPE_F16;
+    return published;
+}
+
+static int add(synth *s, const char *prefix, const char *suffix, uint32_t type, init_kind init,
+               float mean, float std, uint32_t n_dims, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
+    if (s->n_specs == s->cap_specs) return ds4_fail(s->err, "internal: tensor list full");
+    tensor_spec *t = &s->specs[s->n_specs];
+    memset(t, 0, sizeof *t);
+    t->owner = s;
+    snprintf(t->name, sizeof t->name, "%s%s", prefix, suffix);
+    t->type = type;
+    t->n_dims = n_dims;
+    t->ne[0] = ne0; t->ne[1] = ne1; t->ne[2] = ne2;
+    t->init = init;
+    t->mean = mean;
+    t->std = std;
+    if (s->c->tensor_hook &&
+        s->c->tensor_hook(s->c->hook_ctx, s->w, t->name, &t->type, &t->n_dims, t->ne))
+        return 0;
+    for (uint32_t i = t->n_dims; i < 3; i++) t->ne[i] = 1;
+    s->n_specs++;
+    return gguf_writer_add_tensor(s->w, t->name, t->type, t->n_dims, t->ne, NULL, fill_tensor, t,
+                                  s->err);
+}
+
+/* Shorthands: a linear weight [in, out] with std 1/sqrt(in), a 1-D vector. */
+static int linear(synth *s, const char *p, const char *suffix, uint32_t published, uint64_t in,
+                  uint64_t out) {
+    return add(s, p, suffix, slot_type(s, published), INIT_GAUSS, 0, 1.0f / sqrtf((float)in), 2,
+               in, out, 1);
+}
+
+static int vec(synth *s, const char *p, const char *suffix, float mean, float std, uint64_t n) {
+    return add(s, p, suffix, slot_type(s, DS4_TYPE_F32), INIT_GAUSS, mean, std, 1, n, 1, 1);
+}
+
+#define TRY(x) do { if (x) return -1; } while (0)
+
+static int add_block(synth *s, const char *p, bool with_bias) {
+    const ds4_hparams *hp = &s->c->hp;
+    const uint64_t e = hp->n_embd, hc = (uint64_t)DS4_N_HC * e, hd = hp->head_dim;
+    const uint64_t q_out = (uint64_t)hp->n_head * hd, group_in = q_out / hp->n_out_group;
+    const uint64_t o_mid = (uint64_t)hp->n_out_group * hp->o_lora, ff = hp->n_ff_exp;
+    const uint64_t nx = hp->n_expert;
+    TRY(linear(s, p, "hc_attn_fn.weight", DS4_TYPE_F16, hc, DS4_HC_MIX));
+    TRY(vec(s, p, "hc_attn_scale.weight", 0.1f, 0.02f, 3));
+    TRY(vec(s, p, "hc_attn_base.weight", 0, 0.1f, DS4_HC_MIX));
+    TRY(vec(s, p, "attn_norm.weight", 1, 0.1f, e));
+    TRY(linear(s, p, "attn_q_a.weight", DS4_TYPE_Q8_0, e, hp->q_lora));
+    TRY(vec(s, p, "attn_q_a_norm.weight", 1, 0.1f, hp->q_lora));
+    TRY(linear(s, p, "attn_q_b.weight", DS4_TYPE_Q8_0, hp->q_lora, q_out));
+    TRY(linear(s, p, "attn_kv.weight", DS4_TYPE_Q8_0, e, hd));
+    TRY(vec(s, p, "attn_kv_a_norm.weight", 1, 0.1f, hd));
+    TRY(vec(s, p, "attn_sinks.weight", 0, 0.5f, hp->n_head));
+    TRY(linear(s, p, "attn_output_a.weight", DS4_TYPE_Q8_0, group_in, o_mid));
+    TRY(linear(s, p, "attn_output_b.weight", DS4_TYPE_Q8_0, o_mid, e));
+    TRY(linear(s, p, "hc_ffn_fn.weight", DS4_TYPE_F16, hc, DS4_HC_MIX));
+    TRY(vec(s, p, "hc_ffn_scale.weight", 0.1f, 0.02f, 3));
+    TRY(vec(s, p, "hc_ffn_base.weight", 0, 0.1f, DS4_HC_MIX));
+    TRY(vec(s, p, "ffn_norm.weight", 1, 0.1f, e));
+    TRY(linear(s, p, "ffn_gate_inp.weight", DS4_TYPE_F16, e, nx));
+    if (with_bias) TRY(vec(s, p, "exp_probs_b.bias", 0, 0.1f, nx));
+    const float se = 1.0f / sqrtf((float)e), sf = 1.0f / sqrtf((float)ff);
+    TRY(add(s, p, "ffn_gate_exps.weight", s->c->expert_gate_type, INIT_GAUSS, 0, se, 3, e, ff, nx));
+    TRY(add(s, p, "ffn_up_exps.weight", s->c->expert_gate_type, INIT_GAUSS, 0, se, 3, e, ff, nx));
+    TRY(add(s, p, "ffn_down_exps.weight", s->c->expert_down_type, INIT_GAUSS, 0, sf, 3, ff, e, nx));
+    TRY(linear(s, p, "ffn_gate_shexp.weight", DS4_TYPE_Q8_0, e, ff));
+    TRY(linear(s, p, "ffn_up_shexp.weight", DS4_TYPE_Q8_0, e, ff));
+    TRY(linear(s, p, "ffn_down_shexp.weight", DS4_TYPE_Q8_0, ff, e));
+    return 0;
+}
+
+static int add_layer(synth *s, uint32_t il) {
+    const ds4_hparams *hp = &s->c->hp;
+    char p[32];
+    snprintf(p, sizeof p, "blk.%u.", il);
+    const uint32_t r = hp->compress_ratio[il];
+    const bool hash = il < hp->n_hash_layer;
+    /* As published: the selection bias exists only in non-hash layers. */
+    TRY(add_block(s, p, !hash));
+    const uint64_t e = hp->n_embd;
+    if (r != 0) {
+        const uint64_t cw = (r == 4 ? 2 : 1) * (uint64_t)hp->head_dim;
+        TRY(add(s, p, "attn_compressor_ape.weight", slot_type(s, DS4_TYPE_F16), INIT_GAUSS, 0, 0.1f, 2, cw, r, 1));
+        TRY(linear(s, p, "attn_compressor_kv.weight", DS4_TYPE_F16, e, cw));
+        TRY(linear(s, p, "attn_compressor_gate.weight", DS4_TYPE_F16, e, cw));
+        TRY(vec(s, p, "attn_compressor_norm.weight", 1, 0.1f, hp->head_dim));
+    }
+    if (r == 4) {
+        const uint64_t id = hp->indexer_head_dim, icw = 2 * id;
+        TRY(linear(s, p, "indexer.attn_q_b.weight", DS4_TYPE_F16, hp->q_lora, (uint64_t)hp->n_indexer_head * id));
+        TRY(linear(s, p, "indexer.proj.weight", DS4_TYPE_F16, e, hp->n_indexer_head));
+        TRY(add(s, p, "indexer_compressor_ape.weight", slot_type(s, DS4_TYPE_F16), INIT_GAUSS, 0, 0.1f, 2, icw, 4, 1));
+        TRY(linear(s, p, "indexer_compressor_kv.weight", DS4_TYPE_F16, e, icw));
+        TRY(linear(s, p, "indexer_compressor_gate.weight", DS4_TYPE_F16, e, icw));
+        TRY(vec(s, p, "indexer_compressor_norm.weight", 1, 0.1f, id));
+    }
+    if (hash)
+        TRY(add(s, p, "ffn_gate_tid2eid.weight", DS4_TYPE_I32, INIT_TID2EID, 0, 0, 2,
+                hp->n_expert_used, hp->n_vocab, 1));
+    return 0;
+}
+
+/* ---- metadata ---- */
+
+static bool meta_skip(synth *s, const char *key) {
+    return s->c->meta_hook && s->c->meta_hook(s->c->hook_ctx, s->w, key);
+}
+
+#define META(kind, key, ...) \
+    do { if (!meta_skip(s, key)) gguf_writer_add_##kind(s->w, key, __VA_ARGS__); } while (0)
+#define K(k) "deepseek4." k
+
+static void add_tokenizer_meta(synth *s) {
+    const ds4_synth_vocab *v = s->c->vocab;
+    if (!v) return;
+    META(str, "tokenizer.ggml.model", "gpt2");
+    META(str, "tokenizer.ggml.pre", "joyai-llm");
+    META(str_array, "tokenizer.ggml.tokens", (const char *const *)v->tokens, v->n_tokens);
+    META(array, "tokenizer.ggml.token_type", GGUF_T_INT32, v->types, v->n_tokens);
+    META(str_array, "tokenizer.ggml.merges", (const char *const *)v->merges, v->n_merges);
+    META(u32, "tokenizer.ggml.bos_token_id", v->bos);
+    META(u32, "tokenizer.ggml.eos_token_id", v->eos);
+}
+
+static void add_model_meta(synth *s) {
+    const ds4_hparams *hp = &s->c->hp;
+    META(str, "general.architecture", "deepseek4");
+    META(str, "general.name", s->c->name ? s->c->name : "DeepSeek V4 Flash (synthetic)");
+    META(u32, K("context_length"), (uint32_t)hp->context_length);
+    META(u32, K("block_count"), hp->n_layer);
+    META(u32, K("embedding_length"), hp->n_embd);
+    META(u32, K("vocab_size"), hp->n_vocab);
+    META(u32, K("attention.head_count"), hp->n_head);
+    META(u32, K("attention.head_count_kv"), hp->n_head_kv);
+    META(u32, K("attention.key_length"), hp->head_dim);
+    META(u32, K("attention.value_length"), hp->head_dim);
+    META(u32, K("rope.dimension_count"), hp->n_rot);
+    META(u32, K("attention.q_lora_rank"), hp->q_lora);
+    META(u32, K("attention.output_lora_rank"), hp->o_lora);
+    META(u32, K("attention.output_group_count"), hp->n_out_group);
+    META(u32, K("expert_count"), hp->n_expert);
+    META(u32, K("expert_used_count"), hp->n_expert_used);
+    META(u32, K("expert_shared_count"), hp->n_expert_shared);
+    META(u32, K("expert_feed_forward_length"), hp->n_ff_exp);
+    META(u32, K("hash_layer_count"), hp->n_hash_layer);
+    META(u32, K("expert_group_count"), 0);
+    META(u32, K("expert_group_used_count"), 0);
+    META(f32, K("expert_weights_scale"), hp->expert_weight_scale);
+    META(bool, K("expert_weights_norm"), hp->expert_weights_norm);
+    META(u32, K("expert_gating_func"), 4);
+    META(array, K("swiglu_clamp_exp"), GGUF_T_FLOAT32, hp->swiglu_clamp, hp->n_layer);
+    META(u32, K("attention.sliding_window"), hp->n_swa);
+    META(array, K("attention.compress_ratios"), GGUF_T_UINT32, hp->compress_ratio, hp->n_layer);
+    META(u32, K("attention.indexer.head_count"), hp->n_indexer_head);
+    META(u32, K("attention.indexer.key_length"), hp->indexer_head_dim);
+    META(u32, K("attention.indexer.top_k"), hp->indexer_top_k);
+    META(u32, K("hyper_connection.count"), hp->n_hc);
+    META(u32, K("hyper_connection.sinkhorn_iterations"), hp->hc_sinkhorn_iter);
+    META(f32, K("hyper_connection.epsilon"), hp->hc_eps);
+    META(f32, K("attention.layer_norm_rms_epsilon"), hp->rms_eps);
+    META(f32, K("rope.freq_base"), hp->rope_freq_base);
+    META(f32, K("attention.compress_rope_freq_base"), hp->compress_rope_freq_base);
+    META(str, K("rope.scaling.type"), "yarn");
+    META(f32, K("rope.scaling.factor"), hp->rope_scale_factor);
+    META(u32, K("rope.scaling.original_context_length"), (uint32_t)hp->rope_orig_ctx);
+    META(f32, K("rope.scaling.yarn_beta_fast"), hp->yarn_beta_fast);
+    META(f32, K("rope.scaling.yarn_beta_slow"), hp->yarn_beta_slow);
+    META(u32, K("nextn_predict_layers"), 1);
+    add_tokenizer_meta(s);
+}
+
+static int synth_begin(synth *s, const ds4_synth_config *c, size_t cap, ds4_err *err) {
+    memset(s, 0, sizeof *s);
+    s->c = c;
+    s->err = err;
+    if (c->vocab && c->vocab->n_tokens != c->hp.n_vocab)
+        return ds4_fail(err, "vocabulary has %u tokens, the model %u", c->vocab->n_tokens,
+                        c->hp.n_vocab);
+    s->w = gguf_writer_new(GGUF_DEFAULT_ALIGNMENT);
+    s->specs = calloc(cap, sizeof *s->specs);
+    s->cap_specs = cap;
+    if (!s->w || !s->specs) {
+        gguf_writer_free(s->w);
+        free(s->specs);
+        return ds4_fail(err, "out of memory");
+    }
+    return 0;
+}
+
+static int synth_finish(synth *s, int rc, const char *path) {
+    if (rc == 0) rc = gguf_writer_write(s->w, path, s->err);
+    gguf_writer_free(s->w);
+    free(s->specs);
+    return rc;
+}
+
+static int add_model_tensors(synth *s) {
+    const ds4_hparams *hp = &s->c->hp;
+    const uint64_t e = hp->n_embd;
+    TRY(add(s, "", "token_embd.weight", slot_type(s, DS4_TYPE_F16), INIT_GAUSS, 0, 1.0f, 2, e, hp->n_vocab, 1));
+    TRY(vec(s, "", "output_hc_base.weight", 0, 0.1f, DS4_N_HC));
+    TRY(linear(s, "", "output_hc_fn.weight", DS4_TYPE_F16, DS4_N_HC * e, DS4_N_HC));
+    TRY(vec(s, "", "output_hc_scale.weight", 0.1f, 0.02f, 1));
+    TRY(vec(s, "", "output_norm.weight", 1, 0.1f, e));
+    TRY(linear(s, "", "output.weight", DS4_TYPE_Q8_0, e, hp->n_vocab));
+    for (uint32_t il = 0; il < hp->n_layer; il++) TRY(add_layer(s, il));
+    return 0;
+}
+
+int ds4_synth_write_model(const ds4_synth_config *c, const char *path, ds4_err *err) {
+    if (c->hp.n_layer < 1 || c->hp.n_layer > DS4_MAX_LAYERS)
+        return ds4_fail(err, "layer count %u is not in 1..%d", c->hp.n_layer, DS4_MAX_LAYERS);
+    synth s;
+    if (synth_begin(&s, c, 16 + (size_t)c->hp.n_layer * 40, err)) return -1;
+    add_model_meta(&s);
+    return synth_finish(&s, add_model_tensors(&s), path);
+}
+
+static int add_mtp_tensors(synth *s) {
+    const uint64_t e = s->c->hp.n_embd;
+    const char *p = "mtp.0.";
+    TRY(vec(s, p, "hc_head_base.weight", 0, 0.1f, DS4_N_HC));
+    TRY(linear(s, p, "hc_head_fn.weight", DS4_TYPE_F16, DS4_N_HC * e, DS4_N_HC));
+    TRY(vec(s, p, "hc_head_scale.weight", 0.1f, 0.02f, 1));
+    TRY(linear(s, p, "e_proj.weight", DS4_TYPE_Q8_0, e, e));
+    TRY(linear(s, p, "h_proj.weight", DS4_TYPE_Q8_0, e, e));
+    TRY(vec(s, p, "enorm.weight", 1, 0.1f, e));
+    TRY(vec(s, p, "hnorm.weight", 1, 0.1f, e));
+    TRY(vec(s, p, "norm.weight", 1, 0.1f, e));
+    return add_block(s, p, true);
+}
+
+/* The published MTP file carries no model metadata that ds4 reads; we write
+ * the architecture and name so tools can tell what it is. */
+int ds4_synth_write_mtp(const ds4_synth_config *c, const char *path, ds4_err *err) {
+    synth st, *s = &st;
+    if (synth_begin(s, c, 64, err)) return -1;
+    META(str, "general.architecture", "deepseek4");
+    META(str, "general.name", "DeepSeek V4 Flash MTP (synthetic)");
+    return synth_finish(s, add_mtp_tensors(s), path);
+}
