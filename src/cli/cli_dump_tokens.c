@@ -1,10 +1,69 @@
-/* cli_dump_tokens.c — placeholder until its issue lands: --dump-tokens is not built yet. */
+/* cli_dump_tokens.c — `ds4 -m FILE --dump-tokens -p TEXT | --prompt-file F`.
+ *
+ * Loads only the GGUF's tokenizer (the header is validated, no tensor is
+ * bound), tokenises the text exactly as written — the 7 special strings are
+ * recognised, no BOS and no chat template are added — and prints one token
+ * per line: `ID<TAB>PIECE`, PIECE being the token's bytes as a JSON string
+ * (tok_json.h: bytes that are not valid UTF-8 appear as \udcXX). */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "../gguf/gguf.h"
+#include "../tok/tok_json.h"
+#include "../tok/tokenizer.h"
 #include "cli.h"
 
+static int dump(const ds4_tokenizer *tok, const char *text, size_t len) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ds4_err err = {{0}};
+    if (ds4_tokenize(tok, text, len, true, &ids, &n, &err)) {
+        fprintf(stderr, "ds4: %s\n", err.msg);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t blen;
+        const char *b = ds4_token_bytes(tok, ids[i], &blen);
+        printf("%d\t", (int)ids[i]);
+        ds4_json_write_bytes(stdout, b, blen);
+        putchar('\n');
+    }
+    free(ids);
+    if (fflush(stdout) || ferror(stdout)) {
+        fprintf(stderr, "ds4: error writing the tokens\n");
+        return 1;
+    }
+    return 0;
+}
+
 int ds4_cli_dump_tokens(const ds4_cli_options *o) {
-    (void)o;
-    fprintf(stderr, "ds4: --dump-tokens is not available in this build yet\n");
-    return 1;
+    if (!o->prompt && !o->prompt_file) {
+        fprintf(stderr, "ds4: --dump-tokens needs -p TEXT or --prompt-file FILE\n");
+        return 2;
+    }
+    char *file_text = NULL;
+    uint64_t len = 0;
+    const char *text = o->prompt;
+    if (o->prompt_file) {
+        if (!(file_text = ds4_cli_read_file(o->prompt_file, &len))) return 1;
+        text = file_text;
+    } else {
+        len = strlen(text);
+    }
+    gguf_file f;
+    ds4_err err = {{0}};
+    ds4_tokenizer *tok = NULL;
+    int rc = 1;
+    if (gguf_open(&f, o->model_path, &err)) {
+        fprintf(stderr, "ds4: %s: %s\n", o->model_path, err.msg);
+    } else {
+        tok = ds4_tokenizer_from_gguf(&f, &err);
+        gguf_close(&f);
+        if (!tok) fprintf(stderr, "ds4: %s: %s\n", o->model_path, err.msg);
+        else rc = dump(tok, text, (size_t)len);
+    }
+    ds4_tokenizer_free(tok);
+    free(file_text);
+    return rc;
 }

@@ -1,0 +1,67 @@
+/* utf8.h — strict UTF-8 decoding shared by the tokenizer, the detokenizer
+ * and the token dumper: one definition of "valid UTF-8" (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF). */
+#ifndef DS4_TOK_UTF8_H
+#define DS4_TOK_UTF8_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Allowed range of the second byte after lead byte b0 (3- and 4-byte forms). */
+static inline void ds4_utf8_second_range(uint8_t b0, uint8_t *lo, uint8_t *hi) {
+    *lo = 0x80;
+    *hi = 0xBF;
+    if (b0 == 0xE0) *lo = 0xA0;
+    else if (b0 == 0xED) *hi = 0x9F;
+    else if (b0 == 0xF0) *lo = 0x90;
+    else if (b0 == 0xF4) *hi = 0x8F;
+}
+
+/* Length a sequence starting with b0 must have: 1..4, or 0 if b0 cannot start one. */
+static inline size_t ds4_utf8_seq_len(uint8_t b0) {
+    if (b0 < 0x80) return 1;
+    if (b0 < 0xC2) return 0;
+    if (b0 < 0xE0) return 2;
+    if (b0 < 0xF0) return 3;
+    if (b0 < 0xF5) return 4;
+    return 0;
+}
+
+/* Decodes the character at s[0..n), n >= 1. Returns its length (1..4) and
+ * sets *cp, or 0 when s does not start with a complete valid character. */
+static inline size_t ds4_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
+    size_t k = ds4_utf8_seq_len(s[0]);
+    if (k == 1) {
+        *cp = s[0];
+        return 1;
+    }
+    if (k == 0 || n < k) return 0;
+    uint8_t lo, hi;
+    ds4_utf8_second_range(s[0], &lo, &hi);
+    if (s[1] < lo || s[1] > hi) return 0;
+    uint32_t c = s[0] & (0x7F >> k);
+    for (size_t i = 1; i < k; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        c = (c << 6) | (s[i] & 0x3F);
+    }
+    *cp = c;
+    return k;
+}
+
+/* True when s[0..n), 1 <= n, is a proper prefix of some valid character
+ * (so more bytes could still complete it). */
+static inline bool ds4_utf8_is_partial(const uint8_t *s, size_t n) {
+    size_t k = ds4_utf8_seq_len(s[0]);
+    if (k < 2 || n >= k) return false;
+    if (n >= 2) {
+        uint8_t lo, hi;
+        ds4_utf8_second_range(s[0], &lo, &hi);
+        if (s[1] < lo || s[1] > hi) return false;
+    }
+    for (size_t i = 2; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80) return false;
+    return true;
+}
+
+#endif
