@@ -60,12 +60,17 @@ uint16_t ds4_f32_to_f16(float f);
 float ds4_bf16_to_f32(uint16_t h);
 uint16_t ds4_f32_to_bf16(float f);
 
-/* Dequantises n elements (a multiple of the block size) of any weight type. */
+/* Dequantises n elements (a multiple of the block size) of any weight type
+ * (I32 converts to float; an unknown type writes zeros). Bit-identical to
+ * ggml's dequantisers. */
 void ds4_dequantize_row(uint32_t type, const void *src, float *dst, uint64_t n);
 
-/* Quantises n floats to `type` (Q8_0, Q2_K, Q4_K, IQ2_XXS, F16, BF16, F32).
- * imatrix (n importance weights, may be NULL) steers the K-quant and IQ2_XXS
- * searches. Returns bytes written, 0 on unsupported type. */
+/* Quantises n floats to `type` (Q8_0, Q2_K, Q4_K, IQ2_XXS, F16, BF16, F32,
+ * Q8_K). imatrix (n importance weights >= 0, may be NULL = all ones) steers
+ * the Q2_K, Q4_K and IQ2_XXS searches, which minimise
+ * sum_i imatrix_i * (x_i - dequant_i)^2. Q8_0 is bit-identical to ggml's
+ * (roundf). Returns bytes written, 0 on unsupported type or an n that is not
+ * a multiple of the block size. */
 uint64_t ds4_quantize_row(uint32_t type, const float *src, void *dst, uint64_t n,
                           const float *imatrix);
 
@@ -83,6 +88,21 @@ float ds4_dot_f16_f32(uint64_t n, const uint16_t *w, const float *x);
 float ds4_dot_bf16_f32(uint64_t n, const uint16_t *w, const float *x);
 float ds4_dot_f32(uint64_t n, const float *w, const float *x);
 
+/* Type-generic forms for the forward pass. The activation of a weight type
+ * is Q8_0-act blocks for Q8_0, Q8_K blocks for Q2_K/Q4_K/IQ2_XXS and plain
+ * f32 for F32/F16/BF16. ds4_act_row_bytes() is 0 for other types or an n
+ * that is not a multiple of the block; ds4_quantize_act() then returns
+ * false. ds4_dot() returns 0 for a type without a dot product. */
+uint64_t ds4_act_row_bytes(uint32_t wtype, uint64_t n);
+bool ds4_quantize_act(uint32_t wtype, const float *x, void *act, uint64_t n);
+float ds4_dot(uint32_t wtype, uint64_t n, const void *w, const void *act);
+/* y[r] = row r of W (n_rows rows of n_in elements, rows packed back to back)
+ * dotted with the quantised activation act, for r < n_rows. */
+void ds4_matvec(uint32_t wtype, const void *w, uint64_t n_rows, uint64_t n_in, const void *act, float *y);
+
+/* Every ISA computes bit-identical dot products (integer block sums are
+ * exact; the float steps are the same operations in the same order), so
+ * the choice only changes speed. */
 typedef enum ds4_isa { DS4_ISA_SCALAR = 0, DS4_ISA_AVX2 = 1, DS4_ISA_AVX512 = 2 } ds4_isa;
 /* The best ISA this CPU supports (detected once). */
 ds4_isa ds4_quant_best_isa(void);

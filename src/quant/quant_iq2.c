@@ -1,0 +1,235 @@
+/* quant_iq2.c — the IQ2_XXS weight quantiser.
+ *
+ * Format (model-spec §3): per 256 values an f16 d; per 32-value sub-block a
+ * 4-bit ls giving the step db = d*(0.5+ls)*0.25; per 8-value group a grid
+ * point g (8 magnitudes in {8, 25, 43}) and 7 sign bits, the 8th sign being
+ * their parity (an even number of negatives). Value = db * grid[g][j] * sign.
+ *
+ * The quantiser minimises sum_i w_i (x_i - dequant_i)^2 (w = imatrix or
+ * ones), exactly for a given step, by exhaustive search:
+ *  - For a group and a step db, the best signs for a grid point g agree
+ *    with the signs of x; if that gives an odd number of negatives, the
+ *    cheapest single flip costs 4*db*min_j(w_j |x_j| G_gj). So the group's
+ *    error for g is c - 2 db A_g + db^2 B_g + db F_g with A_g, B_g, F_g
+ *    independent of db: computed once per group, after which the best of
+ *    all 256 grid points x all sign choices costs two flops per g.
+ *  - Each sub-block's error as a function of its step is then cheap to
+ *    evaluate. A sweep gives each sub-block's best free step; candidate d
+ *    values around 8*max_step/31 are tried (rounded to f16, as stored), with
+ *    every sub-block taking its best ls of all 16; the best d is then
+ *    refined by least squares with the chosen codes fixed. All errors use
+ *    the stored d, so what is minimised is the error of the written block.
+ * ggml's quantiser, by contrast, rounds to the levels {1,3,5} and projects
+ * onto the grid through neighbour lists; searching the true grid values is
+ * why this one is slower and at least as accurate. */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant_internal.h"
+
+#define GROUPS (DS4_QK_K / 8)
+
+typedef struct iq2_work {
+    float grid[256][8];           /* grid magnitudes as floats */
+    float c[GROUPS];              /* sum w x^2 per group */
+    float B[GROUPS][256];         /* sum w G^2 */
+    float H[GROUPS][256];         /* F - 2A: linear coefficient of the cost */
+    float x[DS4_QK_K], w[DS4_QK_K];
+} iq2_work;
+
+static float f16_round(float v) {
+    if (!(v > 0.0f)) return 0.0f;
+    return ds4_f16_to_f32(ds4_f32_to_f16(fminf(v, 65504.0f)));
+}
+
+static void group_tables(iq2_work *wk, int k) {
+    const float *x = wk->x + 8 * k, *w = wk->w + 8 * k;
+    float ax[8], c = 0.0f;
+    int negs = 0;
+    for (int j = 0; j < 8; j++) {
+        ax[j] = fabsf(x[j]);
+        negs += x[j] < 0.0f;
+        c += w[j] * x[j] * x[j];
+    }
+    wk->c[k] = c;
+    for (int g = 0; g < 256; g++) {
+        float a = 0.0f, b = 0.0f, flip = FLT_MAX;
+        for (int j = 0; j < 8; j++) {
+            float t = w[j] * ax[j] * wk->grid[g][j];
+            a += t;
+            b += w[j] * wk->grid[g][j] * wk->grid[g][j];
+            flip = fminf(flip, t);
+        }
+        wk->B[k][g] = b;
+        wk->H[k][g] = ((negs & 1) ? 4.0f * flip : 0.0f) - 2.0f * a;
+    }
+}
+
+/* Error of group k at step db with its best grid point (returned in *g). */
+static float group_error(const iq2_work *wk, int k, float db, int *g_out) {
+    const float *B = wk->B[k], *H = wk->H[k];
+    float best = FLT_MAX;
+    int bg = 0;
+    for (int g = 0; g < 256; g++) {
+        float v = db * B[g] + H[g];
+        if (v < best) {
+            best = v;
+            bg = g;
+        }
+    }
+    if (g_out) *g_out = bg;
+    return wk->c[k] + db * best;
+}
+
+static double sub_error(const iq2_work *wk, int sb, float db) {
+    double e = 0.0;
+    for (int k = 4 * sb; k < 4 * sb + 4; k++) e += group_error(wk, k, db, NULL);
+    return e;
+}
+
+static float step_of(float d, int ls) {
+    return d * (0.5f + (float)ls) * 0.25f; /* as the dequantiser computes it */
+}
+
+/* Best ls of every sub-block for super-scale d; returns the block error. */
+static double choose_ls(const iq2_work *wk, float d, int *ls) {
+    double total = 0.0;
+    for (int sb = 0; sb < 8; sb++) {
+        double best = DBL_MAX;
+        for (int l = 0; l < 16; l++) {
+            double e = sub_error(wk, sb, step_of(d, l));
+            if (e < best) {
+                best = e;
+                ls[sb] = l;
+            }
+        }
+        total += best;
+    }
+    return total;
+}
+
+/* Codes of group k at step db: grid index and the 8 sign bits. */
+static void group_codes(const iq2_work *wk, int k, float db, int *g, int *signs) {
+    const float *x = wk->x + 8 * k, *w = wk->w + 8 * k;
+    group_error(wk, k, db, g);
+    int s = 0, negs = 0, imin = 0;
+    float flip = FLT_MAX;
+    for (int j = 0; j < 8; j++) {
+        if (x[j] < 0.0f) {
+            s |= 1 << j;
+            negs++;
+        }
+        float t = w[j] * fabsf(x[j]) * wk->grid[*g][j];
+        if (t < flip) {
+            flip = t;
+            imin = j;
+        }
+    }
+    if (negs & 1) s ^= 1 << imin;
+    *signs = s;
+}
+
+/* Least-squares d for fixed codes: x ~ d * u with u = (0.5+ls)/4 * G * sign. */
+static float refit_d(const iq2_work *wk, const int *ls, float d) {
+    double sux = 0.0, suu = 0.0;
+    for (int k = 0; k < GROUPS; k++) {
+        int g, s;
+        group_codes(wk, k, step_of(d, ls[k / 4]), &g, &s);
+        float f = (0.5f + (float)ls[k / 4]) * 0.25f;
+        for (int j = 0; j < 8; j++) {
+            double u = (double)f * wk->grid[g][j] * ((s >> j) & 1 ? -1.0 : 1.0);
+            sux += wk->w[8 * k + j] * u * wk->x[8 * k + j];
+            suu += wk->w[8 * k + j] * u * u;
+        }
+    }
+    return suu > 0.0 ? f16_round((float)(sux / suu)) : d;
+}
+
+static void quantize_block(iq2_work *wk, ds4_block_iq2_xxs *y) {
+    memset(y, 0, sizeof *y);
+    float amax[8], max_step = 0.0f;
+    for (int sb = 0; sb < 8; sb++) {
+        amax[sb] = 0.0f;
+        for (int i = 32 * sb; i < 32 * sb + 32; i++)
+            if (wk->w[i] > 0.0f) amax[sb] = fmaxf(amax[sb], fabsf(wk->x[i]));
+    }
+    for (int k = 0; k < GROUPS; k++) group_tables(wk, k);
+    /* best free step per sub-block: largest |x| mapped between 20x and 70x the step */
+    for (int sb = 0; sb < 8; sb++) {
+        if (!(amax[sb] > 0.0f) || !(amax[sb] < FLT_MAX)) continue;
+        double best = DBL_MAX;
+        float best_step = 0.0f;
+        for (int t = 0; t < 32; t++) {
+            float db = amax[sb] / 70.0f * powf(70.0f / 20.0f, (float)t / 31.0f);
+            double e = sub_error(wk, sb, db);
+            if (e < best) {
+                best = e;
+                best_step = db;
+            }
+        }
+        max_step = fmaxf(max_step, best_step);
+    }
+    if (!(max_step > 0.0f)) return; /* all zero (or nothing weighted): d = 0 */
+    int ls[8], cand_ls[8];
+    float d = 0.0f, prev_cand = -1.0f;
+    double best = DBL_MAX;
+    for (int t = 0; t < 17; t++) {
+        float cand = f16_round(8.0f * max_step / 31.0f * powf(1.5f, (float)(t - 8) / 16.0f));
+        if (cand == prev_cand || !(cand > 0.0f)) continue;
+        prev_cand = cand;
+        double e = choose_ls(wk, cand, cand_ls);
+        if (e < best) {
+            best = e;
+            d = cand;
+            memcpy(ls, cand_ls, sizeof ls);
+        }
+    }
+    if (!(d > 0.0f)) return;
+    for (int iter = 0; iter < 3; iter++) {
+        float cand = refit_d(wk, ls, d);
+        if (cand == d || !(cand > 0.0f)) break;
+        double e = choose_ls(wk, cand, cand_ls);
+        if (!(e < best)) break;
+        best = e;
+        d = cand;
+        memcpy(ls, cand_ls, sizeof ls);
+    }
+    y->d = ds4_f32_to_f16(d);
+    for (int sb = 0; sb < 8; sb++) {
+        uint32_t A = 0, B = (uint32_t)ls[sb] << 28;
+        for (int k = 0; k < 4; k++) {
+            int g, s;
+            group_codes(wk, 4 * sb + k, step_of(d, ls[sb]), &g, &s);
+            A |= (uint32_t)g << (8 * k);
+            B |= (uint32_t)(s & 127) << (7 * k);
+        }
+        y->qs[4 * sb] = (uint16_t)A;
+        y->qs[4 * sb + 1] = (uint16_t)(A >> 16);
+        y->qs[4 * sb + 2] = (uint16_t)B;
+        y->qs[4 * sb + 3] = (uint16_t)(B >> 16);
+    }
+}
+
+bool ds4_quantize_iq2_xxs(const float *x, ds4_block_iq2_xxs *y, uint64_t n, const float *imatrix) {
+    iq2_work *wk = malloc(sizeof *wk);
+    if (!wk) return false;
+    for (int g = 0; g < 256; g++)
+        for (int j = 0; j < 8; j++) wk->grid[g][j] = (float)((ds4_iq2xxs_grid[g] >> (8 * j)) & 255);
+    for (uint64_t i = 0; i < n / DS4_QK_K; i++) {
+        double sum_w = 0.0;
+        for (int e = 0; e < DS4_QK_K; e++) {
+            float v = imatrix ? imatrix[i * DS4_QK_K + e] : 1.0f;
+            float xv = x[i * DS4_QK_K + e];
+            wk->w[e] = v > 0.0f && v < FLT_MAX ? v : 0.0f;
+            wk->x[e] = fabsf(xv) < FLT_MAX ? xv : 0.0f; /* inf/NaN cannot be encoded: 0 */
+            sum_w += wk->w[e];
+        }
+        if (!(sum_w > 0.0))
+            for (int e = 0; e < DS4_QK_K; e++) wk->w[e] = 1.0f;
+        quantize_block(wk, y + i);
+    }
+    free(wk);
+    return true;
+}
