@@ -2,7 +2,9 @@
  *
  * Feeds each input to gguf_open_memory(); on success, walks every value and
  * tensor the way a consumer would, so an out-of-range pointer shows up under
- * ASan. Run: build-fuzz/fuzz/fuzz_gguf -max_total_time=60 tests/fuzz/corpus_gguf */
+ * ASan. Run: build-fuzz/fuzz/fuzz_gguf -max_total_time=60 CORPUS_DIR tests/fuzz/corpus_gguf
+ * (the committed seeds: the fuzz test's seed file, an empty file, and the
+ * output of `ds4-gguf --write-sample`; new inputs go to CORPUS_DIR). */
 #include "../../src/gguf/gguf.h"
 
 #include <stdlib.h>
