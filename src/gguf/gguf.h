@@ -6,12 +6,15 @@
  * successful open every pointer handed out points inside the mapping and
  * every extent has been checked, so consumers never re-validate bytes. No
  * allocation is ever sized by an unchecked field: counts are first bounded by
- * the bytes that remain in the file.
+ * the bytes that remain in the file. Only version 3 is read; keys and tensor
+ * names are non-empty and unique; tensors are aligned, lie inside the data
+ * section and do not overlap; ne[0] is a whole number of blocks.
  *
  * Writer: gguf_writer collects metadata and tensor descriptions, then streams
  * the file out (header, aligned data section). Tensor data can be supplied as
- * a pointer or produced by a callback, so multi-GB synthetic models are
- * written without holding them in memory. model-spec.md §2.1. */
+ * a pointer or produced by a callback one tensor at a time, so multi-GB
+ * synthetic models are written holding at most one tensor in memory.
+ * model-spec.md §2.1. */
 #ifndef DS4_GGUF_H
 #define DS4_GGUF_H
 
