@@ -156,13 +156,14 @@ static void quantize_block(iq2_work *wk, ds4_block_iq2_xxs *y) {
             if (wk->w[i] > 0.0f) amax[sb] = fmaxf(amax[sb], fabsf(wk->x[i]));
     }
     for (int k = 0; k < GROUPS; k++) group_tables(wk, k);
-    /* best free step per sub-block: largest |x| mapped between 20x and 70x the step */
+    /* best free step per sub-block: the largest |x| between 8 steps (the
+     * smallest grid magnitude) and 70 (well past the largest, 43) */
     for (int sb = 0; sb < 8; sb++) {
         if (!(amax[sb] > 0.0f) || !(amax[sb] < FLT_MAX)) continue;
         double best = DBL_MAX;
         float best_step = 0.0f;
-        for (int t = 0; t < 32; t++) {
-            float db = amax[sb] / 70.0f * powf(70.0f / 20.0f, (float)t / 31.0f);
+        for (int t = 0; t < 48; t++) {
+            float db = amax[sb] / 70.0f * powf(70.0f / 8.0f, (float)t / 47.0f);
             double e = sub_error(wk, sb, db);
             if (e < best) {
                 best = e;

@@ -84,9 +84,15 @@ static void sub_fit(const float *x, const float *w, int len, int qmax, float *a_
             sx += (double)w[i] * x[i];
             sqx += (double)w[i] * q[i] * x[i];
         }
-        double det = sw * sqq - sq * sq;
-        if (!(det > 0.0)) continue;
-        double a = (sw * sqx - sq * sx) / det, c = (sqq * sx - sq * sqx) / det;
+        double det = sw * sqq - sq * sq, a, c;
+        if (det > 0.0) {
+            a = (sw * sqx - sq * sx) / det;
+            c = (sqq * sx - sq * sqx) / det;
+        } else { /* one code for all: no offset to fit */
+            if (!(sqq > 0.0)) continue;
+            a = sqx / sqq;
+            c = 0.0;
+        }
         if (c > 0.0) {
             c = 0.0;
             a = sqx / sqq;
