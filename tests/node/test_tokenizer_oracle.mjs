@@ -178,7 +178,7 @@ function longDocument(bytes) {
 // V3's added tokens (matched by the oracle) and V4's specials must not occur
 // in plain strings; U+0085 and U+FEFF are left out (see the header).
 const RESERVED = tokenizerJson.added_tokens.map((t) => t.content).concat(Object.keys(V4_EXTRA));
-const plain = (s) => !RESERVED.some((r) => s.includes(r)) && !/[\u0085\ufeff]/u.test(s);
+const plain = (s) => !/[\u0085\ufeff]/u.test(s) && (!/[<｜]/u.test(s) || !RESERVED.some((r) => s.includes(r)));
 
 function corpus() {
   const out = [];

@@ -24,20 +24,25 @@ export function v4Tokens() {
   return tokens;
 }
 
-// GGUF v3 with metadata only (no tensors).
+// GGUF v3 with metadata only (no tensors), written into one buffer.
 export function writeTokenizerGguf(path, tokens = v4Tokens(), merges = tokenizerJson.model.merges) {
-  const parts = [];
-  const u32 = (v) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); parts.push(b); };
-  const u64 = (v) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); parts.push(b); };
-  const str = (s) => { const b = Buffer.from(s, "utf8"); u64(b.length); parts.push(b); };
-  const GGUF_STRING = 8, GGUF_ARRAY = 9;
   const kvs = [
     ["tokenizer.ggml.model", "gpt2"],
     ["tokenizer.ggml.pre", "joyai-llm"],
     ["tokenizer.ggml.tokens", tokens],
     ["tokenizer.ggml.merges", merges],
   ];
-  parts.push(Buffer.from("GGUF"));
+  let size = 24;
+  const strSize = (s) => 8 + Buffer.byteLength(s, "utf8");
+  for (const [k, v] of kvs)
+    size += strSize(k) + 4 + (typeof v === "string" ? strSize(v) : 12 + v.reduce((n, s) => n + strSize(s), 0));
+  const buf = Buffer.alloc(size);
+  let off = 0;
+  const u32 = (v) => { off = buf.writeUInt32LE(v, off); };
+  const u64 = (v) => { off = buf.writeBigUInt64LE(BigInt(v), off); };
+  const str = (s) => { const n = buf.write(s, off + 8, "utf8"); u64(n); off += n; };
+  const GGUF_STRING = 8, GGUF_ARRAY = 9;
+  off += buf.write("GGUF", off, "latin1");
   u32(3);
   u64(0);
   u64(kvs.length);
@@ -46,5 +51,6 @@ export function writeTokenizerGguf(path, tokens = v4Tokens(), merges = tokenizer
     if (typeof v === "string") { u32(GGUF_STRING); str(v); }
     else { u32(GGUF_ARRAY); u32(GGUF_STRING); u64(v.length); for (const s of v) str(s); }
   }
-  writeFileSync(path, Buffer.concat(parts));
+  if (off !== size) throw new Error(`GGUF size ${off} != ${size}`);
+  writeFileSync(path, buf);
 }
