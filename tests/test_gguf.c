@@ -543,6 +543,16 @@ static void round_trip(uint32_t alignment) {
               gguf_str_eq(v.v.str, strs[2]), "%s: a.str get 2", label);
         CHECK(gguf_array_strings(&gguf_find_kv(&f, "a.u8")->value, s, &err) == -1,
               "strings of a u8 array");
+        gguf_array_iter it;
+        int n = 0, rc;
+        gguf_array_iter_init(&it, &kv->value);
+        while ((rc = gguf_array_next(&it, &v, &err)) == 1)
+            CHECK(n < 4 && v.type == GGUF_T_STRING && gguf_str_eq(v.v.str, strs[n++]),
+                  "%s: iterated a.str[%d]", label, n);
+        CHECK(rc == 0 && n == 4 && gguf_array_next(&it, &v, &err) == 0, "%s: iterator end", label);
+        gguf_array_iter_init(&it, &f.kv[0].value);
+        CHECK(f.kv[0].value.type == GGUF_T_ARRAY || gguf_array_next(&it, &v, &err) == -1,
+              "iterating a scalar");
     }
 
     kv = gguf_find_kv(&f, "a.nested");

@@ -42,12 +42,20 @@ static void check_value(const uint8_t *buf, uint64_t size, const gguf_value *v, 
                   (unsigned long long)i);
         free(s);
     }
-    for (uint64_t i = 0; i < v->v.arr.count && i < 16; i++) {
-        gguf_value item;
-        CHECK(gguf_array_get(v, i, &item, &err) == 0, "%s: item %llu: %s", label,
-              (unsigned long long)i, err.msg);
+    gguf_array_iter it;
+    gguf_value item;
+    uint64_t n = 0;
+    int rc;
+    gguf_array_iter_init(&it, v);
+    while ((rc = gguf_array_next(&it, &item, &err)) == 1) {
         if (depth < GGUF_MAX_ARRAY_DEPTH) check_value(buf, size, &item, depth + 1, label);
+        n++;
     }
+    CHECK(rc == 0 && n == v->v.arr.count, "%s: iterated %llu of %llu items: %s", label,
+          (unsigned long long)n, (unsigned long long)v->v.arr.count, err.msg);
+    if (v->v.arr.count)
+        CHECK(gguf_array_get(v, v->v.arr.count - 1, &item, &err) == 0, "%s: last item: %s",
+              label, err.msg);
 }
 
 /* Opens one mutant from an exact-size copy and checks the outcome. */

@@ -93,12 +93,14 @@ static json_t *value_json(const gguf_value *v, uint64_t limit, ds4_err *err) {
 static json_t *array_json(const gguf_value *arr, uint64_t limit, json_t *into, ds4_err *err) {
     json_t *items = json_array();
     uint64_t n = arr->v.arr.count < limit ? arr->v.arr.count : limit;
+    gguf_array_iter it;
     json_object_set_new(into, "item_type", json_string(gguf_type_name(arr->v.arr.item_type)));
     json_object_set_new(into, "count", json_integer((json_int_t)arr->v.arr.count));
+    gguf_array_iter_init(&it, arr);
     for (uint64_t i = 0; i < n; i++) {
         gguf_value item;
         json_t *j;
-        if (gguf_array_get(arr, i, &item, err) != 0 || !(j = value_json(&item, limit, err))) {
+        if (gguf_array_next(&it, &item, err) != 1 || !(j = value_json(&item, limit, err))) {
             json_decref(items);
             json_decref(into);
             return NULL;

@@ -129,12 +129,22 @@ const char *gguf_str_show(gguf_str s, char *buf, size_t bufsize);
 
 /* Array element access. Item i of an array: a decoded scalar, a string, or
  * (arrays of arrays) a nested array value. O(1) for fixed-size items, O(i)
- * for strings and arrays. */
+ * for strings and arrays: walk those with gguf_array_next(). */
 int gguf_array_get(const gguf_value *arr, uint64_t i, gguf_value *out, ds4_err *err);
 /* Fills out[0..count) with the strings of an array of strings in one pass;
  * caller allocates arr->v.arr.count entries (bounded by the file: each
  * string costs >= 8 bytes). */
 int gguf_array_strings(const gguf_value *arr, gguf_str *out, ds4_err *err);
+
+/* Sequential access to the items of any array, O(1) per item. */
+typedef struct gguf_array_iter {
+    const gguf_value *arr;
+    uint64_t index; /* of the next item */
+    uint64_t pos;   /* its byte offset within arr->v.arr.items */
+} gguf_array_iter;
+void gguf_array_iter_init(gguf_array_iter *it, const gguf_value *arr);
+/* 1 with the next item in *out, 0 after the last, -1 on error. */
+int gguf_array_next(gguf_array_iter *it, gguf_value *out, ds4_err *err);
 
 /* ---- writer ----
  *

@@ -201,23 +201,30 @@ int gguf_cursor_value(gguf_cursor *c, uint32_t type, gguf_value *out, unsigned d
     return 0;
 }
 
-/* ---- array access (arrays come from a validated parse, but the walks
- * below still go through the cursor so a misuse cannot read out of range) */
+/* ---- array access (arrays come from a validated parse, but every step
+ * still goes through the cursor so a misuse cannot read out of range) ---- */
 
-static int walk_to(const gguf_value *arr, uint64_t i, gguf_cursor *c, ds4_err *err) {
-    uint64_t k;
-    c->base = arr->v.arr.items;
-    c->size = arr->v.arr.bytes;
-    c->pos = 0;
-    for (k = 0; k < i; k++) {
-        gguf_value skip;
-        if (gguf_cursor_value(c, arr->v.arr.item_type, &skip, 1, err)) return -1;
-    }
-    return 0;
+void gguf_array_iter_init(gguf_array_iter *it, const gguf_value *arr) {
+    it->arr = arr;
+    it->index = 0;
+    it->pos = 0;
+}
+
+int gguf_array_next(gguf_array_iter *it, gguf_value *out, ds4_err *err) {
+    const gguf_value *arr = it->arr;
+    gguf_cursor c;
+    if (arr->type != GGUF_T_ARRAY)
+        return ds4_fail(err, "value is %s, not an array", gguf_type_name(arr->type));
+    if (it->index >= arr->v.arr.count) return 0;
+    c = (gguf_cursor){arr->v.arr.items, arr->v.arr.bytes, it->pos};
+    if (gguf_cursor_value(&c, arr->v.arr.item_type, out, 1, err)) return -1;
+    it->pos = c.pos;
+    it->index++;
+    return 1;
 }
 
 int gguf_array_get(const gguf_value *arr, uint64_t i, gguf_value *out, ds4_err *err) {
-    gguf_cursor c;
+    gguf_array_iter it;
     uint64_t size;
     if (arr->type != GGUF_T_ARRAY) return ds4_fail(err, "value is %s, not an array",
                                                    gguf_type_name(arr->type));
@@ -225,22 +232,27 @@ int gguf_array_get(const gguf_value *arr, uint64_t i, gguf_value *out, ds4_err *
         return ds4_fail(err, "array index %llu out of range (count %llu)", (unsigned long long)i,
                         (unsigned long long)arr->v.arr.count);
     size = gguf_type_size(arr->v.arr.item_type);
-    if (size) {
-        if (i >= arr->v.arr.bytes / size) return ds4_fail(err, "array index %llu out of range", (unsigned long long)i);
-        decode_scalar(arr->v.arr.item_type, arr->v.arr.items + i * size, out);
-        return 0;
+    if (size) { /* jump straight to it */
+        gguf_array_iter_init(&it, arr);
+        it.index = i;
+        it.pos = i * size;
+        return gguf_array_next(&it, out, err) == 1 ? 0 : -1;
     }
-    if (walk_to(arr, i, &c, err)) return -1;
-    return gguf_cursor_value(&c, arr->v.arr.item_type, out, 1, err);
+    gguf_array_iter_init(&it, arr);
+    for (uint64_t k = 0; k <= i; k++)
+        if (gguf_array_next(&it, out, err) != 1) return -1;
+    return 0;
 }
 
 int gguf_array_strings(const gguf_value *arr, gguf_str *out, ds4_err *err) {
-    gguf_cursor c;
-    uint64_t i;
+    gguf_array_iter it;
+    gguf_value v;
     if (arr->type != GGUF_T_ARRAY || arr->v.arr.item_type != GGUF_T_STRING)
         return ds4_fail(err, "value is not an array of strings");
-    if (walk_to(arr, 0, &c, err)) return -1;
-    for (i = 0; i < arr->v.arr.count; i++)
-        if (gguf_cursor_str(&c, &out[i], "string", err)) return -1;
+    gguf_array_iter_init(&it, arr);
+    for (uint64_t i = 0; i < arr->v.arr.count; i++) {
+        if (gguf_array_next(&it, &v, err) != 1) return -1;
+        out[i] = v.v.str;
+    }
     return 0;
 }

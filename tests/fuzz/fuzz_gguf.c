@@ -25,11 +25,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (v->type == GGUF_T_STRING) touch(v->v.str.ptr, v->v.str.len);
         if (v->type != GGUF_T_ARRAY) continue;
         touch(v->v.arr.items, v->v.arr.bytes);
-        for (uint64_t k = 0; k < v->v.arr.count && k < 64; k++) {
-            gguf_value item;
-            if (gguf_array_get(v, k, &item, &err) != 0) abort(); /* validated at open */
+        gguf_array_iter it;
+        gguf_value item;
+        uint64_t n = 0;
+        int rc;
+        gguf_array_iter_init(&it, v);
+        while ((rc = gguf_array_next(&it, &item, &err)) == 1) {
             if (item.type == GGUF_T_STRING) touch(item.v.str.ptr, item.v.str.len);
+            n++;
         }
+        if (rc != 0 || n != v->v.arr.count) abort(); /* validated at open */
     }
     for (uint64_t i = 0; i < f.n_tensors; i++) {
         touch(f.tensors[i].data, f.tensors[i].nbytes);
