@@ -1,0 +1,115 @@
+// server_harness.mjs — starts ds4-server on a tiny random model for the
+// test_server_*.mjs tests (not a test itself).
+//
+// The model comes from `ds4-mkmodel --preset tiny --seed 1` (written once
+// per test into $DS4_TMP). The server binds 127.0.0.1 with --port 0 and
+// the harness reads the real port from its "listening on" log line, so tests
+// never race for ports. A test whose tools are missing exits 77 (skip).
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+const root = process.env.DS4_ROOT || resolve(import.meta.dirname, '../..');
+const build = resolve(root, process.env.DS4_BUILD || 'build');
+const bin = (name) => join(build, 'bin', name);
+const tmp = process.env.DS4_TMP || mkdtempSync(join(tmpdir(), 'ds4-server-test-'));
+
+export function skip(msg) {
+  console.log(`skipped: ${msg}`);
+  process.exit(77);
+}
+
+let modelPath = null;
+export function tinyModel() {
+  if (modelPath) return modelPath;
+  if (!existsSync(bin('ds4-mkmodel'))) skip('ds4-mkmodel not built');
+  if (!existsSync(bin('ds4-server'))) skip('ds4-server not built');
+  const out = join(tmp, 'tiny.gguf');
+  if (!existsSync(out)) {
+    const r = spawnSync(bin('ds4-mkmodel'), ['--preset', 'tiny', '--seed', '1', '-o', out], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`ds4-mkmodel failed: ${r.stderr}`);
+  }
+  return (modelPath = out);
+}
+
+// Starts a server; resolves to { url, port, log(), stop() }.
+export async function startServer(args = [], { ctx = 8192 } = {}) {
+  const model = tinyModel();
+  const proc = spawn(bin('ds4-server'), ['-m', model, '--port', '0', '--ctx', String(ctx), '-t', '2', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  const port = await new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error(`server did not start:\n${log}`)), 60000);
+    proc.stderr.on('data', (d) => {
+      log += d;
+      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(log);
+      if (m) {
+        clearTimeout(timer);
+        ok(Number(m[1]));
+      }
+    });
+    proc.on('exit', (code) => fail(new Error(`server exited with ${code}:\n${log}`)));
+  });
+  proc.removeAllListeners('exit');
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    log: () => log,
+    async stop() {
+      if (proc.exitCode !== null) return proc.exitCode;
+      proc.kill('SIGTERM');
+      return await new Promise((ok) => proc.on('exit', (code, sig) => ok(code ?? sig)));
+    },
+  };
+}
+
+let failures = 0;
+let checks = 0;
+export function check(cond, msg, extra) {
+  checks++;
+  if (!cond) {
+    failures++;
+    console.error(`FAIL: ${msg}`);
+    if (extra !== undefined) console.error(typeof extra === 'string' ? extra : JSON.stringify(extra, null, 1).slice(0, 2000));
+  }
+}
+
+export function done(name) {
+  console.log(`${name}: ${checks} checks, ${failures} failed`);
+  process.exit(failures ? 1 : 0);
+}
+
+// Raw SSE events of a response body: [{event, data}] (data parsed as JSON
+// when it is JSON), plus the comment lines seen.
+export async function readSSE(res) {
+  const text = await res.text();
+  const events = [];
+  const comments = [];
+  for (const block of text.split('\n\n')) {
+    if (!block.trim()) continue;
+    let event = null;
+    const data = [];
+    for (const line of block.split('\n')) {
+      if (line.startsWith(':')) comments.push(line);
+      else if (line.startsWith('event: ')) event = line.slice(7);
+      else if (line.startsWith('data: ')) data.push(line.slice(6));
+    }
+    if (!data.length) continue;
+    const raw = data.join('\n');
+    let parsed = raw;
+    try {
+      parsed = JSON.parse(raw);
+    } catch {}
+    events.push({ event, data: parsed });
+  }
+  return { events, comments, text };
+}
+
+export const post = (url, path, body, headers = {}) =>
+  fetch(url + path, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' || body instanceof Uint8Array ? body : JSON.stringify(body),
+  });
