@@ -698,15 +698,16 @@ static void writer_errors(void) {
     gguf_writer_add_u32(w, "a", 1);
     gguf_writer_add_str(w, "a", "again");
     gguf_writer_add_u32(w, "", 1); /* only the first error is kept */
-    expect_write_error(w, "duplicate metadata key 'a'", "duplicate key");
+    expect_write_error(w, "metadata key 'a': duplicate key", "duplicate key");
     w = gguf_writer_new(0);
     gguf_writer_add_u32(w, "", 1);
-    expect_write_error(w, "empty metadata key", "empty key");
+    expect_write_error(w, "metadata key '': the key is empty", "empty key");
     w = gguf_writer_new(48);
     expect_write_error(w, "alignment 48 is not a power of two", "alignment 48");
     w = gguf_writer_new(64);
     gguf_writer_add_u32(w, "general.alignment", 64);
-    expect_write_error(w, "general.alignment is set through gguf_writer_new()", "alignment key");
+    expect_write_error(w, "metadata key 'general.alignment': the alignment is set through "
+                          "gguf_writer_new()", "alignment key");
     w = gguf_writer_new(0);
     gguf_writer_add_array(w, "b", GGUF_T_BOOL, (uint8_t[]){0, 2}, 2);
     expect_write_error(w, "metadata key 'b': array item 1: bool value 2", "bool array");

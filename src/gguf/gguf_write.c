@@ -69,42 +69,30 @@ static bool grow(void **items, uint64_t *cap, uint64_t need, size_t item_size) {
     return true;
 }
 
-/* Takes ownership of bytes (freed on error). */
+/* Why key cannot be added, or NULL if it can. */
+static const char *key_problem(const gguf_writer *w, const char *key, bool internal) {
+    if (!key[0]) return "the key is empty";
+    if (!internal && strcmp(key, "general.alignment") == 0)
+        return "the alignment is set through gguf_writer_new(), not as a key";
+    for (uint64_t i = 0; i < w->n_kv; i++)
+        if (strcmp(w->kv[i].key, key) == 0) return "duplicate key";
+    return NULL;
+}
+
+/* Takes ownership of bytes (NULL means the caller ran out of memory). */
 static void add_kv_bytes(gguf_writer *w, const char *key, uint32_t type, uint8_t *bytes,
                          uint64_t len, bool internal) {
-    writer_kv *kv;
-    if (!bytes) {
-        record_error(w, "metadata key '%s': out of memory", key);
+    const char *problem = bytes ? key_problem(w, key, internal) : "out of memory";
+    char *copy = NULL;
+    if (!problem && (!grow((void **)&w->kv, &w->cap_kv, w->n_kv + 1, sizeof *w->kv) ||
+                     !(copy = strdup(key))))
+        problem = "out of memory";
+    if (problem) {
+        record_error(w, "metadata key '%s': %s", key, problem);
+        free(bytes);
         return;
     }
-    if (!key[0]) {
-        record_error(w, "empty metadata key");
-    } else if (!internal && strcmp(key, "general.alignment") == 0) {
-        record_error(w, "general.alignment is set through gguf_writer_new(), not as a key");
-    } else {
-        for (uint64_t i = 0; i < w->n_kv; i++)
-            if (strcmp(w->kv[i].key, key) == 0) {
-                record_error(w, "duplicate metadata key '%s'", key);
-                free(bytes);
-                return;
-            }
-        if (!grow((void **)&w->kv, &w->cap_kv, w->n_kv + 1, sizeof *w->kv)) {
-            record_error(w, "metadata key '%s': out of memory", key);
-        } else {
-            kv = &w->kv[w->n_kv];
-            kv->key = strdup(key);
-            if (!kv->key) {
-                record_error(w, "metadata key '%s': out of memory", key);
-            } else {
-                kv->type = type;
-                kv->bytes = bytes;
-                kv->len = len;
-                w->n_kv++;
-                return;
-            }
-        }
-    }
-    free(bytes);
+    w->kv[w->n_kv++] = (writer_kv){copy, type, bytes, len};
 }
 
 static void add_scalar(gguf_writer *w, const char *key, uint32_t type, const void *v) {
