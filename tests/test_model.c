@@ -148,6 +148,43 @@ static void test_determinism(const ds4_synth_vocab *vocab) {
     ds4_model_close(&m);
 }
 
+/* The full-size inventory without writing any data: every tensor is
+ * counted and skipped. model-spec §2.2: 1328 tensors; §13: the q2 file
+ * computes to 80.76 GiB; §2.3: the q4 file is about 153 GiB. */
+typedef struct inventory { uint64_t n, bytes; } inventory;
+
+static bool count_tensor(void *ctx, gguf_writer *w, const char *name, uint32_t *type, uint32_t *n_dims,
+                         uint64_t ne[3]) {
+    inventory *inv = ctx;
+    inv->n++;
+    uint64_t rows = 1;
+    for (uint32_t i = 1; i < *n_dims; i++) rows *= ne[i];
+    inv->bytes += ds4_type_row_bytes(*type, ne[0]) * rows;
+    return true;
+}
+
+static void test_flash_inventory(void) {
+    static const struct { const char *experts; double gib_lo, gib_hi; } cases[] = {
+        {"q2", 80.75, 80.77},
+        {"q4", 152.5, 153.5},
+    };
+    for (int i = 0; i < 2; i++) {
+        ds4_err err = {{0}};
+        ds4_synth_config c;
+        memset(&c, 0, sizeof c);
+        inventory inv = {0};
+        ds4_synth_preset("flash", 0, &c.hp, &err);
+        ds4_synth_expert_types(cases[i].experts, &c.expert_gate_type, &c.expert_down_type, &err);
+        c.tensor_hook = count_tensor;
+        c.hook_ctx = &inv;
+        CHECK(ds4_synth_write_model(&c, fixture_path("inventory.gguf"), &err) == 0, "write: %s", err.msg);
+        double gib = (double)inv.bytes / (1024.0 * 1024.0 * 1024.0);
+        CHECK(inv.n == 1328, "flash %s: %llu tensors", cases[i].experts, (unsigned long long)inv.n);
+        CHECK(gib >= cases[i].gib_lo && gib <= cases[i].gib_hi, "flash %s: %.3f GiB", cases[i].experts, gib);
+        printf("flash %s: %llu tensors, %.3f GiB\n", cases[i].experts, (unsigned long long)inv.n, gib);
+    }
+}
+
 /* ---- 2. validation errors ---- */
 
 typedef struct edit {
@@ -588,6 +625,7 @@ int main(void) {
     test_fallback_vocab(&vocab);
     test_tiny_variants(&vocab);
     test_determinism(&vocab);
+    test_flash_inventory();
     test_metadata_errors();
     test_tensor_errors();
     test_mtp_errors();
