@@ -12,8 +12,9 @@
  *
  * Disconnects: while a client waits, its thread polls the socket every
  * 250 ms; a closed peer (EOF or hang-up) cancels the job, and the worker
- * stops at its next prefill chunk or decode step. SSE streams get a
- * ": keep-alive" comment after 5 s without output (queue wait, prefill,
+ * stops at its next prefill chunk or decode step. SSE headers go out as
+ * soon as the job is queued, and the stream gets a ": keep-alive" comment
+ * after --keepalive seconds (5) without output (queue wait, prefill,
  * withheld tool output), so clients' idle timeouts do not fire.
  *
  * Every response carries "Connection: close": one request per connection,
@@ -237,7 +238,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
             pthread_mutex_unlock(&j->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        if (srv_now() - rd->last_output >= 5.0) { /* at an event boundary: nothing pending */
+        if (srv_now() - rd->last_output >= rd->c->cfg.keepalive_s) { /* at an event boundary: nothing pending */
             static const char ka[] = ": keep-alive\n\n";
             size_t n = sizeof ka - 1 < max ? sizeof ka - 1 : max;
             memcpy(buf, ka, n);

@@ -46,6 +46,7 @@ static void usage(FILE *out) {
         "      --max-queue N       requests waiting for the model before 429 (default 64)\n"
         "      --max-body-mb N     largest request body in MiB before 413 (default 64)\n"
         "      --io-timeout N      seconds an idle or stalled connection is kept (default 30)\n"
+        "      --keepalive N       SSE keep-alive comment after N silent seconds (default 5)\n"
         "      --trace FILE        write a human-readable trace of every request\n"
         "      --tool-memory-max-ids N         tool ids remembered for exact DSML replay (default 100000)\n"
         "      --disable-exact-dsml-tool-replay  render tool calls canonically instead\n"
@@ -80,7 +81,7 @@ static bool needs_value(const char *a) {
     static const char *const flags[] = {
         "-m", "--model", "--mtp", "-c", "--ctx", "-n", "--tokens", "-t", "--threads", "--backend",
         "--chdir", "--temp", "--top-p", "--min-p", "--top-k", "--seed", "--host", "--port",
-        "--api-key", "--max-queue", "--max-body-mb", "--io-timeout", "--trace", "--tool-memory-max-ids",
+        "--api-key", "--max-queue", "--max-body-mb", "--io-timeout", "--keepalive", "--trace", "--tool-memory-max-ids",
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (!strcmp(a, flags[i])) return true;
@@ -151,6 +152,7 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         } else if (IS("--max-queue")) rc = parse_int(a, v, 1, 1 << 20, &cfg->max_queue);
         else if (IS("--max-body-mb")) rc = parse_int(a, v, 1, 4096, &max_body_mb);
         else if (IS("--io-timeout")) rc = parse_int(a, v, 1, 86400, &cfg->io_timeout_s);
+        else if (IS("--keepalive")) rc = parse_int(a, v, 1, 3600, &cfg->keepalive_s);
         else if (IS("--trace")) cfg->trace_path = v;
         else if (IS("--tool-memory-max-ids")) rc = parse_int(a, v, 1, INT_MAX, &cfg->tool_memory_max_ids);
         else {
@@ -173,6 +175,7 @@ int main(int argc, char **argv) {
         .port = 8000,
         .max_queue = 64,
         .io_timeout_s = 30,
+        .keepalive_s = 5,
         .default_max_tokens = 393216,
         .temperature = 1.0f,
         .top_p = 1.0f,
