@@ -73,8 +73,10 @@ AVX2 static float dot_q2_K(uint64_t n, const void *w, const ds4_block_q8_K *a) {
         __m256i bsums = _mm256_loadu_si256((const __m256i *)a->bsums);
         int32_t summ = hsum_i32(_mm256_madd_epi16(mins, bsums));
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             __m256i bits = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * h));
+#pragma GCC unroll 4
             for (int s = 0; s < 4; s++) {
                 int j = 8 * h + 2 * s; /* sub-blocks j (bytes 0..15) and j+1 (16..31) */
                 __m256i codes = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * s), m3);
@@ -115,6 +117,7 @@ AVX2 static float dot_q4_K(uint64_t n, const void *w, const ds4_block_q8_K *a) {
         int32_t summ = 0;
         for (int j = 0; j < 8; j++) summ += m[j] * (a->bsums[2 * j] + a->bsums[2 * j + 1]);
         __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
             __m256i bits = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * p));
             __m256i lo = _mm256_and_si256(bits, m15);
@@ -134,7 +137,7 @@ AVX2 static float dot_q4_K(uint64_t n, const void *w, const ds4_block_q8_K *a) {
 /* Per sub-block: signed grid values (|g| <= 43) times activations. The sign
  * goes on the grid, and the signed x signed product is |a| * (g signed like
  * a), which is exact for every activation byte including -128. */
-AVX2 static float dot_iq2_xxs(uint64_t n, const void *w, const ds4_block_q8_K *a) {
+AVX2 float ds4_dot_iq2_xxs_avx2(uint64_t n, const void *w, const ds4_block_q8_K *a) {
     const ds4_block_iq2_xxs *b = w;
     const uint64_t *grid = ds4_iq2xxs_grid, *smask = ds4_iq2xxs_sign_masks;
     float acc = 0.0f;
@@ -187,5 +190,5 @@ FDOT_AVX2(dot_f16, uint16_t, load8_f16, ds4_f16_to_f32)
 FDOT_AVX2(dot_bf16, uint16_t, load8_bf16, ds4_bf16_to_f32)
 
 const ds4_dot_kernels ds4_dot_avx2_kernels = {
-    dot_q8_0, dot_q2_K, dot_q4_K, dot_iq2_xxs, dot_f16, dot_bf16, dot_f32,
+    dot_q8_0, dot_q2_K, dot_q4_K, ds4_dot_iq2_xxs_avx2, dot_f16, dot_bf16, dot_f32,
 };

@@ -1,10 +1,9 @@
 /* quant_dot_avx512.c — AVX-512 (F, BW, VL, DQ) dot-product kernels.
  *
  * Same contract as quant_dot_avx2.c: bit-identical to the scalar kernels of
- * quant_dot.c. The wider registers take two IQ2_XXS sub-blocks, half a Q2_K
- * block or half a Q4_K block per step; the IQ2_XXS signs become a 64-bit
- * mask register. Selected at run time only when CPUID reports the four
- * AVX-512 subsets used here. */
+ * quant_dot.c. The wider registers take half a Q2_K or Q4_K block per step
+ * and 16 floats per step with a masked tail. Selected at run time only
+ * when CPUID reports the four AVX-512 subsets used here. */
 #pragma GCC optimize("fp-contract=off")
 #include <immintrin.h>
 #include <string.h>
@@ -93,6 +92,7 @@ AVX512 static float dot_q2_K(uint64_t n, const void *w, const ds4_block_q8_K *a)
         int32_t summ = hsum256_i32(_mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)a->bsums)));
         __m512i bits = _mm512_loadu_si512(b->qs);
         __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 4
         for (int s = 0; s < 4; s++) {
             __m512i codes = _mm512_and_si512(_mm512_srli_epi16(bits, 2 * s), m3);
             __m512i q8 = load_2x256(a->qs + 32 * s, a->qs + 128 + 32 * s);
@@ -129,6 +129,7 @@ AVX512 static float dot_q4_K(uint64_t n, const void *w, const ds4_block_q8_K *a)
         int32_t summ = 0;
         for (int j = 0; j < 8; j++) summ += m[j] * (a->bsums[2 * j] + a->bsums[2 * j + 1]);
         __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const int8_t *q8 = a->qs + 128 * h;
             __m512i bits = _mm512_loadu_si512(b->qs + 64 * h);
@@ -144,41 +145,6 @@ AVX512 static float dot_q4_K(uint64_t n, const void *w, const ds4_block_q8_K *a)
         acc += dall * (float)isum - dmin * (float)summ;
     }
     return acc;
-}
-
-/* Two sub-blocks per step. Element e is negated when its stored sign and
- * the sign of its activation differ; the product is then |a| * (+-grid),
- * exact for every activation byte. */
-AVX512 static float dot_iq2_xxs(uint64_t n, const void *w, const ds4_block_q8_K *a) {
-    const ds4_block_iq2_xxs *b = w;
-    const uint64_t *grid = ds4_iq2xxs_grid;
-    const uint8_t *ks = ds4_iq2xxs_signs;
-    const __m512i zero = _mm512_setzero_si512();
-    float acc = 0.0f;
-    for (uint64_t i = 0; i < n / DS4_QK_K; i++, b++, a++) {
-        __m512i sum = _mm512_setzero_si512();
-        for (int sp = 0; sp < 4; sp++) {
-            uint32_t aux[4];
-            memcpy(aux, b->qs + 8 * sp, 16);
-            uint32_t A0 = aux[0], B0 = aux[1], A1 = aux[2], B1 = aux[3];
-            __m512i g = _mm512_set_epi64((int64_t)grid[A1 >> 24], (int64_t)grid[(A1 >> 16) & 255],
-                                         (int64_t)grid[(A1 >> 8) & 255], (int64_t)grid[A1 & 255],
-                                         (int64_t)grid[A0 >> 24], (int64_t)grid[(A0 >> 16) & 255],
-                                         (int64_t)grid[(A0 >> 8) & 255], (int64_t)grid[A0 & 255]);
-            uint64_t neg = (uint64_t)ks[B0 & 127] | (uint64_t)ks[(B0 >> 7) & 127] << 8 |
-                           (uint64_t)ks[(B0 >> 14) & 127] << 16 | (uint64_t)ks[(B0 >> 21) & 127] << 24 |
-                           (uint64_t)ks[B1 & 127] << 32 | (uint64_t)ks[(B1 >> 7) & 127] << 40 |
-                           (uint64_t)ks[(B1 >> 14) & 127] << 48 | (uint64_t)ks[(B1 >> 21) & 127] << 56;
-            __m512i q8 = _mm512_loadu_si512(a->qs + 64 * sp);
-            __mmask64 flip = _cvtu64_mask64(neg) ^ _mm512_movepi8_mask(q8);
-            __m512i sg = _mm512_mask_sub_epi8(g, flip, zero, g);
-            __m512i p = _mm512_maddubs_epi16(_mm512_abs_epi8(q8), sg);
-            __m512i sc = set_2x_epi16((int)(2 * (B0 >> 28) + 1), (int)(2 * (B1 >> 28) + 1));
-            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(p, sc));
-        }
-        acc += (f16_to_f32(b->d) * a->d) * (float)hsum512_i32(sum);
-    }
-    return 0.125f * acc;
 }
 
 /* Float dots: one register holds the 16 partial sums; the tail is masked. */
@@ -211,6 +177,9 @@ FDOT_AVX512(dot_f32, float, load16_f32)
 FDOT_AVX512(dot_f16, uint16_t, load16_f16)
 FDOT_AVX512(dot_bf16, uint16_t, load16_bf16)
 
+/* IQ2_XXS uses the AVX2 kernel: its cost is the grid and sign table
+ * lookups, which 512-bit registers do not make cheaper; k-mask signs and
+ * gathers both measured slower on this machine (BENCHMARKS.md). */
 const ds4_dot_kernels ds4_dot_avx512_kernels = {
-    dot_q8_0, dot_q2_K, dot_q4_K, dot_iq2_xxs, dot_f16, dot_bf16, dot_f32,
+    dot_q8_0, dot_q2_K, dot_q4_K, ds4_dot_iq2_xxs_avx2, dot_f16, dot_bf16, dot_f32,
 };

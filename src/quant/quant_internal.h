@@ -35,6 +35,8 @@ typedef struct ds4_dot_kernels {
 extern const ds4_dot_kernels ds4_dot_scalar_kernels;
 extern const ds4_dot_kernels ds4_dot_avx2_kernels;
 extern const ds4_dot_kernels ds4_dot_avx512_kernels;
+/* Shared by the AVX2 and AVX-512 tables (needs AVX2). */
+float ds4_dot_iq2_xxs_avx2(uint64_t n, const void *w, const ds4_block_q8_K *a);
 
 /* Q4_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes. */
 static inline void ds4_q4_K_scale_min(const uint8_t *s, int j, int *sc, int *m) {
