@@ -56,7 +56,7 @@ int ds4_cli_dump_tokens(const ds4_cli_options *o) {
     ds4_tokenizer *tok = NULL;
     int rc = 1;
     if (gguf_open(&f, o->model_path, &err)) {
-        fprintf(stderr, "ds4: %s: %s\n", o->model_path, err.msg);
+        fprintf(stderr, "ds4: %s\n", err.msg);
     } else {
         tok = ds4_tokenizer_from_gguf(&f, &err);
         gguf_close(&f);

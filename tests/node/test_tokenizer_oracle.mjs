@@ -12,7 +12,8 @@
 //   2. the 7 special strings are matched literally inside text;
 //   3. `ds4 --dump-tokens --prompt-file` prints `ID<TAB>JSON` lines whose
 //      ids and bytes are right;
-//   4. when ../shared/data/official-vectors exists: the official API's
+//   4. (not a check) the speed of ds4-tokenize --bench, printed;
+//   5. when ../shared/data/official-vectors exists: the official API's
 //      completion tokens re-tokenise to themselves, and the prompt token
 //      counts match usage.prompt_tokens (text + 4 template specials).
 //
@@ -303,7 +304,19 @@ if (existsSync(ds4Bin)) {
   console.log(`note: ${ds4Bin} not built; --dump-tokens not checked`);
 }
 
-// 4. official API vectors
+// 4. speed on large mixed texts (CPU time of one thread; printed, not checked)
+function bench(name, text) {
+  const file = join(tmp, "bench.txt");
+  const one = Buffer.from(text);
+  writeFileSync(file, Buffer.concat(Array(Math.ceil(4e6 / one.length)).fill(one)));
+  const r = spawnSync(toolBin, ["-m", gguf, "--bench", file, "--seconds", "1", "--no-specials"]);
+  check(r.status === 0, `ds4-tokenize --bench: ${r.stderr}`);
+  console.log(`speed, ${name}${process.env.DS4_SAN === "1" ? " (sanitizers on)" : ""}: ${r.stdout.toString().trim()}`);
+}
+bench("documents (prose in 9 languages, code, mixed)", Array.from({ length: 40 }, () => longDocument(50000)).join(""));
+bench("the whole test corpus", strings.join("\n"));
+
+// 5. official API vectors
 function oracleBytes(id) { // bytes of a token, from the oracle's own vocabulary
   const s = oracle.model.vocab[id] ?? "";
   return Buffer.from(Array.from(s).map((c) => BYTE_OF[c]));
