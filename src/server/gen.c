@@ -1,153 +1,46 @@
-/* gen.c — one job's generation on the worker: prefix reuse, prefill,
- * the decode loop, and the path from sampled tokens to protocol events.
+/* gen.c — one job's generation on the worker: prefix reuse, prefill, and
+ * the decode loop. What happens to the generated text (stop strings, DSML
+ * parsing, protocol events, the final result) is turn.c's business.
  *
- *   tokens -> detokenizer (whole UTF-8 only) -> stop-sequence filter
- *          -> DSML parser (reasoning / content / tool-call events)
- *          -> emitter (the endpoint's SSE events or final JSON)
- *
- * /v1/completions skips the parser: its text is the raw output, thinking
- * included (server-spec §2.5). The stop filter holds back the last
- * maxlen-1 bytes so a stop string split across tokens is never shown; the
- * parser holds back what could still be a marker. With tools active the
- * parser also says where the next token lands, and structural DSML and JSON
- * punctuation are decoded greedily while argument payloads keep the
- * request's sampling (§4.7). Generation stops at EOS, a stop string, the
- * close of a tool-call block, max_tokens, a full context, or cancellation
- * (checked at every prefill chunk and decode step).
+ * Sampling: in thinking mode the server defaults are forced (as DeepSeek's
+ * API does), otherwise the request's values where given; with tools active,
+ * tokens that land in DSML structure or JSON punctuation are decoded
+ * greedily while argument payloads keep the sampling (server-spec §4.7).
+ * Generation stops at EOS, a stop string, the close of a tool-call block,
+ * max_tokens, a full context, shutdown, or cancellation (checked at every
+ * prefill chunk and decode step). The token that ends a turn is never
+ * evaluated.
  *
  * Prefix reuse: when the live session's tokens are a prefix of the new
  * prompt, only the suffix is evaluated (the disk KV cache will plug in
- * here). */
-#define _GNU_SOURCE /* memmem */
+ * here). A batching worker would split this function at the decode loop:
+ * prefill per job, then one batched engine step per iteration for all
+ * running jobs, each with its own turn and sampler. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "../chat/dsml.h"
-#include "../chat/json_py.h"
 #include "../tok/tokenizer.h"
 #include "ctx.h"
+#include "turn.h"
 
-typedef struct gen {
+typedef struct prefill_ctx {
     srv_ctx *c;
     srv_job *job;
-    const srv_request *req;
-    srv_emitter *em;
-    ds4_dsml_parser *parser; /* NULL for completions */
-    ds4_buf text;            /* generated text after the stop filter's truncation */
-    size_t released;         /* bytes of text passed on */
-    size_t max_stop;         /* longest stop string */
-    bool stop_hit;
-    ds4_buf reasoning, content;
-    srv_tool_call *calls;
-    int n_calls;
-    bool parse_error;
-    char parse_msg[256];
-    double t_prefill_start, t_keep;
-} gen;
-
-static void on_dsml_event(void *ctx, const ds4_dsml_event *ev) {
-    gen *g = ctx;
-    switch (ev->type) {
-    case DS4_DSML_REASONING:
-        ds4_buf_add(&g->reasoning, ev->text, ev->len);
-        srv_emit_reasoning(g->em, ev->text, ev->len);
-        break;
-    case DS4_DSML_CONTENT:
-        ds4_buf_add(&g->content, ev->text, ev->len);
-        srv_emit_content(g->em, ev->text, ev->len);
-        break;
-    case DS4_DSML_CALL_START:
-        if (ev->index != g->n_calls) break; /* calls arrive in order */
-        g->calls = srv_realloc(g->calls, sizeof *g->calls * (size_t)(g->n_calls + 1));
-        g->calls[g->n_calls] = (srv_tool_call){.id = srv_new_tool_id(g->req->api),
-                                               .name = srv_strndup(ev->text, ev->len)};
-        g->n_calls++;
-        srv_emit_tool_begin(g->em, ev->index, g->calls[ev->index].id, g->calls[ev->index].name);
-        break;
-    case DS4_DSML_CALL_ARGS:
-        srv_emit_tool_args(g->em, ev->index, ev->text, ev->len);
-        break;
-    case DS4_DSML_CALL_END:
-        if (ev->index < 0 || ev->index >= g->n_calls) break;
-        free(g->calls[ev->index].arguments);
-        g->calls[ev->index].arguments = srv_strndup(ev->text, ev->len);
-        srv_emit_tool_end(g->em, ev->index);
-        break;
-    case DS4_DSML_DONE: break;
-    case DS4_DSML_ERROR:
-        g->parse_error = true;
-        snprintf(g->parse_msg, sizeof g->parse_msg, "%.*s", (int)ev->len, ev->text);
-        break;
-    }
-}
-
-/* Passes text[released..upto) on to the parser (or straight to content). */
-static void release(gen *g, size_t upto) {
-    if (upto <= g->released) return;
-    const char *p = g->text.p + g->released;
-    size_t n = upto - g->released;
-    g->released = upto;
-    if (g->parser) {
-        ds4_dsml_feed(g->parser, p, n);
-    } else {
-        ds4_buf_add(&g->content, p, n);
-        srv_emit_content(g->em, p, n);
-    }
-}
-
-/* Appends s[0..n) with every byte that cannot be part of valid UTF-8
- * replaced by U+FFFD (the detokenizer already holds incomplete sequences
- * back), so all JSON built from the text is valid. */
-static void add_valid_utf8(ds4_buf *b, const char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        int k = ds4_utf8_seq((const unsigned char *)s + i, n - i);
-        if (k > 0) {
-            ds4_buf_add(b, s + i, (size_t)k);
-            i += (size_t)k;
-        } else {
-            ds4_buf_adds(b, "\xEF\xBF\xBD");
-            i++;
-        }
-    }
-}
-
-/* New generated bytes: look for the earliest stop string; otherwise pass on
- * all but the last max_stop-1 bytes. */
-static void add_text(gen *g, const char *s, size_t n) {
-    add_valid_utf8(&g->text, s, n);
-    if (!g->req->n_stop) {
-        release(g, g->text.len);
-        return;
-    }
-    size_t best = (size_t)-1;
-    for (int i = 0; i < g->req->n_stop; i++) {
-        const char *hit = memmem(g->text.p + g->released, g->text.len - g->released, g->req->stop[i],
-                                 strlen(g->req->stop[i]));
-        if (hit && (size_t)(hit - g->text.p) < best) best = (size_t)(hit - g->text.p);
-    }
-    if (best != (size_t)-1) {
-        release(g, best);
-        ds4_buf_truncate(&g->text, best);
-        g->stop_hit = true;
-        return;
-    }
-    if (g->text.len - g->released >= g->max_stop) release(g, g->text.len - (g->max_stop - 1));
-}
+    double t_start, t_log;
+} prefill_ctx;
 
 static int on_prefill_progress(void *ctx, int done, int total) {
-    gen *g = ctx;
+    prefill_ctx *p = ctx;
     double now = srv_now();
-    if (now - g->t_keep >= 5.0) {
-        g->t_keep = now;
-        srv_log("request %lu prefill %d/%d (%.0f%%) %.1f t/s", g->job->seq, done, total,
-                total ? 100.0 * done / total : 100.0, done / (now - g->t_prefill_start + 1e-9));
+    if (now - p->t_log >= 5.0) {
+        p->t_log = now;
+        srv_log("request %lu prefill %d/%d (%.0f%%) %.1f t/s", p->job->seq, done, total,
+                total ? 100.0 * done / total : 100.0, done / (now - p->t_start + 1e-9));
     }
-    return atomic_load(&g->job->cancelled) || atomic_load(&g->c->stopping) ? 1 : 0;
+    return atomic_load(&p->job->cancelled) || atomic_load(&p->c->stopping) ? 1 : 0;
 }
 
-/* Sampling settings: in thinking mode the server defaults are forced (as
- * DeepSeek's API does); otherwise the request's values where given. */
 static ds4_sampler make_sampler(const srv_ctx *c, const srv_request *r, unsigned long seq) {
     const srv_config *cfg = &c->cfg;
     bool client = r->think == SRV_THINK_NONE;
@@ -158,53 +51,54 @@ static ds4_sampler make_sampler(const srv_ctx *c, const srv_request *r, unsigned
         .top_k = client && r->top_k_set ? r->top_k : cfg->top_k,
     };
     uint64_t seed = r->seed ? r->seed : cfg->seed;
-    if (!seed) seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)seq * 0xBF58476D1CE4E5B9ull ^ (uint64_t)(uintptr_t)r;
+    if (!seed)
+        seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)seq * 0xBF58476D1CE4E5B9ull;
     ds4_sampler_seed(&sp, seed ? seed : 1);
     return sp;
 }
 
-static bool greedy_here(const gen *g) {
-    if (!g->parser || !g->req->has_tools) return false;
-    ds4_dsml_pos pos = ds4_dsml_position(g->parser);
-    return pos == DS4_DSML_POS_STRUCTURAL || pos == DS4_DSML_POS_JSON;
-}
-
-/* Content for a tool block that did not parse: the raw text after the
- * reasoning, as ds4 returns it (server-spec §2.16). */
-static char *recovered_content(const gen *g) {
-    const char *t = g->text.p ? g->text.p : "";
-    if (g->req->think != SRV_THINK_NONE) {
-        const char *close = NULL;
-        for (const char *p = strstr(t, "</think>"); p; p = strstr(p + 1, "</think>")) close = p;
-        if (close) t = close + strlen("</think>");
+static const char *api_name(srv_api a) {
+    switch (a) {
+    case SRV_API_MESSAGES: return "messages";
+    case SRV_API_RESPONSES: return "responses";
+    case SRV_API_COMPLETIONS: return "completions";
+    default: return "chat";
     }
-    return srv_strdup(t);
 }
 
-static void trace_result(srv_ctx *c, srv_job *job, const srv_result *res, const gen *g, double secs) {
+static void trace_result(srv_ctx *c, srv_job *job, const srv_result *res, const char *text, double secs) {
     if (!c->trace) return;
     srv_trace(c, "--- generated text ---\n%s\n--- parsed message ---\nfinish: %s\ngenerated_tokens: %d\n"
                  "elapsed_sec: %.3f\n",
-              g->text.p ? g->text.p : "", srv_finish_name(res->finish), res->usage.completion_tokens, secs);
+              text, srv_finish_name(res->finish), res->usage.completion_tokens, secs);
     if (res->error) srv_trace(c, "error: %s\n", res->error);
     if (res->reasoning) srv_trace(c, "reasoning: %s\n", res->reasoning);
     srv_trace(c, "content: %s\n", res->content ? res->content : "");
     for (int i = 0; i < res->n_calls; i++)
         srv_trace(c, "tool_call[%d]: id=%s name=%s arguments=%s\n", i, res->calls[i].id, res->calls[i].name,
-                  res->calls[i].arguments ? res->calls[i].arguments : "");
+                  res->calls[i].arguments);
     srv_trace(c, "===== end request %lu =====\n", job->seq);
+}
+
+/* Answers a job that failed before any output: 500 JSON, or an SSE error
+ * event when the stream's headers are already out. */
+static void fail_job(srv_job *job, srv_emitter *em, const char *msg) {
+    if (job->req.stream) {
+        srv_emit_error(em, msg);
+        return;
+    }
+    srv_error e;
+    srv_error_set(&e, 500, "%s", msg);
+    char *body = srv_error_body(&e, job->req.api);
+    job->status = 500;
+    srv_job_write(job, body, strlen(body));
+    free(body);
 }
 
 void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
     const srv_request *req = &job->req;
-    gen g = {.c = c, .job = job, .req = req};
-    for (int i = 0; i < req->n_stop; i++)
-        if (strlen(req->stop[i]) > g.max_stop) g.max_stop = strlen(req->stop[i]);
-    g.em = srv_emitter_new(req, job->id, job->created, srv_job_write, job);
-    const ds4_tok_specials sp_ids = ds4_tokenizer_specials(c->tok);
-    srv_result res = {.finish = SRV_FINISH_STOP};
+    srv_emitter *em = srv_emitter_new(req, job->id, job->created, srv_job_write, job);
     ds4_err err = {{0}};
-    int generated = 0;
 
     /* ---- prefix reuse + prefill ---- */
     int have = ds4_session_n_tokens(s), common = 0;
@@ -212,150 +106,103 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
     while (common < have && common < job->n_tokens && live[common] == job->tokens[common]) common++;
     int cached = common == have && have < job->n_tokens ? have : 0;
     if (!cached) ds4_session_reset(s);
-    srv_log("request %lu %s ctx=%d..%d%s%s prompt start", job->seq,
-            req->api == SRV_API_MESSAGES ? "messages" : req->api == SRV_API_RESPONSES ? "responses"
-            : req->api == SRV_API_COMPLETIONS ? "completions" : "chat",
-            cached, job->n_tokens, req->has_tools ? " TOOLS" : "", req->think != SRV_THINK_NONE ? " THINKING" : "");
+    srv_log("request %lu %s ctx=%d..%d%s%s prompt start", job->seq, api_name(req->api), cached, job->n_tokens,
+            req->has_tools ? " TOOLS" : "", req->think != SRV_THINK_NONE ? " THINKING" : "");
     srv_trace(c, "--- cache decision ---\nlive_tokens_before: %d\nprompt_tokens: %d\nlive_prompt_common: %d\n"
                  "cache_source: %s\ncached_tokens: %d\n",
               have, job->n_tokens, common, cached ? "memory-token" : "none", cached);
-    g.t_prefill_start = g.t_keep = srv_now();
-    int rc = ds4_session_eval(s, job->tokens + cached, job->n_tokens - cached, on_prefill_progress, &g, &err);
+    prefill_ctx pc = {.c = c, .job = job, .t_start = srv_now(), .t_log = srv_now()};
+    int rc = ds4_session_eval(s, job->tokens + cached, job->n_tokens - cached, on_prefill_progress, &pc, &err);
     double t_decode = srv_now();
     if (rc == 1 || atomic_load(&job->cancelled)) {
         srv_metrics_cancelled(c->metrics);
-        srv_log("request %lu cancelled during prefill (client gone)", job->seq);
+        srv_log("request %lu stopped during prefill (%s)", job->seq,
+                atomic_load(&c->stopping) ? "shutdown" : "client gone");
         ds4_session_reset(s); /* a partial prompt is of no use to the next request */
-        goto out;
+        if (atomic_load(&c->stopping)) fail_job(job, em, "server shutting down");
+        srv_emitter_free(em);
+        return;
     }
     if (rc) {
         srv_log("request %lu prefill failed: %s", job->seq, err.msg);
         ds4_session_reset(s);
-        if (req->stream) {
-            srv_emit_error(g.em, err.msg);
-        } else {
-            srv_error e;
-            srv_error_set(&e, 500, "%s", err.msg);
-            char *body = srv_error_body(&e, req->api);
-            job->status = 500;
-            srv_job_write(job, body, strlen(body));
-            free(body);
-        }
-        goto out;
+        fail_job(job, em, err.msg);
+        srv_emitter_free(em);
+        return;
     }
-    srv_metrics_prefill(c->metrics, job->n_tokens - cached, t_decode - g.t_prefill_start, cached);
+    srv_metrics_prefill(c->metrics, job->n_tokens - cached, t_decode - pc.t_start, cached);
 
     /* ---- decode ---- */
-    res.usage = (srv_usage){.prompt_tokens = job->n_tokens, .cached_tokens = cached};
-    srv_emit_begin(g.em, &res.usage);
-    bool thinking = req->think != SRV_THINK_NONE;
-    if (req->api != SRV_API_COMPLETIONS) {
-        ds4_dsml_opts po = {.thinking = thinking, .tools = req->has_tools};
-        g.parser = ds4_dsml_parser_new(&po, on_dsml_event, &g);
-    }
+    srv_usage usage = {.prompt_tokens = job->n_tokens, .cached_tokens = cached};
+    srv_emit_begin(em, &usage);
+    srv_turn *turn = srv_turn_new(req, em);
+    srv_finish finish = SRV_FINISH_LENGTH;
+    const char *error = NULL;
+    int generated = 0;
     ds4_detok detok;
     if (ds4_detok_init(&detok, c->tok, &err)) {
-        res.finish = SRV_FINISH_ERROR;
-        res.error = srv_strdup(err.msg);
-        goto finish;
-    }
-    ds4_sampler sampler = make_sampler(c, req, job->seq);
-    int n_vocab = ds4_tokenizer_n_vocab(c->tok);
-    int max_new = req->max_tokens >= 0 ? req->max_tokens : c->cfg.default_max_tokens;
-    res.finish = SRV_FINISH_LENGTH;
-    while (generated < max_new) {
-        if (atomic_load(&job->cancelled) || atomic_load(&c->stopping)) {
-            res.finish = SRV_FINISH_ERROR;
-            res.error = srv_strdup(atomic_load(&c->stopping) ? "shutdown requested" : "client disconnected");
-            break;
-        }
-        const float *logits = ds4_session_logits(s);
-        int32_t tok = greedy_here(&g) ? ds4_argmax(logits, n_vocab) : ds4_sample(&sampler, logits, n_vocab);
-        if (tok == sp_ids.eos) {
-            res.finish = SRV_FINISH_STOP;
-            break;
-        }
-        generated++;
-        const char *bytes;
-        size_t nb;
-        if (ds4_detok_feed(&detok, tok, &bytes, &nb, &err) == 0) add_text(&g, bytes, nb);
-        if (g.stop_hit) {
-            res.finish = SRV_FINISH_STOP;
-            break;
-        }
-        if (g.parser && req->has_tools && ds4_dsml_calls_closed(g.parser)) {
-            res.finish = SRV_FINISH_TOOL_CALLS;
-            break;
-        }
-        if (generated >= max_new) break;                          /* length */
-        if (ds4_session_n_tokens(s) + 1 > c->ctx_size) break;       /* context full: length */
-        if (ds4_session_eval(s, &tok, 1, NULL, NULL, &err)) {
-            res.finish = SRV_FINISH_ERROR;
-            res.error = srv_strdup(err.msg);
-            break;
-        }
-    }
-    size_t tail_n;
-    const char *tail = ds4_detok_flush(&detok, &tail_n);
-    if (!g.stop_hit && tail_n) add_text(&g, tail, tail_n);
-    ds4_detok_free(&detok);
-    if (!g.stop_hit) release(&g, g.text.len);
-    res.usage.completion_tokens = generated;
-    srv_metrics_decode(c->metrics, generated, srv_now() - t_decode);
-
-finish:
-    if (g.parser) ds4_dsml_finish(g.parser);
-    res.reasoning = g.reasoning.len ? ds4_buf_take(&g.reasoning) : NULL;
-    res.reasoning_closed = !thinking || (g.text.p && strstr(g.text.p, "</think>"));
-    size_t raw_len = 0;
-    const char *raw = g.parser ? ds4_dsml_raw_block(g.parser, &raw_len) : NULL;
-    if (g.parse_error && raw && !ds4_dsml_calls_closed(g.parser)) {
-        /* a tool block opened and never closed: an error, not a partial call */
-        res.finish = SRV_FINISH_ERROR;
-        free(res.error);
-        res.error = srv_strdup("unterminated tool call");
-        res.content = ds4_buf_take(&g.content);
-    } else if (g.parse_error) {
-        srv_log("request %lu invalid tool call returned as assistant text: %s", job->seq, g.parse_msg);
-        res.content = recovered_content(&g);
-        if (res.finish == SRV_FINISH_TOOL_CALLS) res.finish = SRV_FINISH_STOP;
+        finish = SRV_FINISH_ERROR;
+        error = err.msg;
     } else {
-        res.content = ds4_buf_take(&g.content);
-        if (g.n_calls) {
-            res.calls = g.calls;
-            res.n_calls = g.n_calls;
-            g.calls = NULL;
-            g.n_calls = 0;
-            if (res.finish != SRV_FINISH_ERROR) res.finish = SRV_FINISH_TOOL_CALLS;
-            if (raw) {
-                res.raw_dsml = srv_strndup(raw, raw_len);
-                const char **ids = calloc((size_t)res.n_calls, sizeof *ids);
-                if (!ids) abort();
-                for (int i = 0; i < res.n_calls; i++) ids[i] = res.calls[i].id;
-                if (c->toolmem) srv_toolmem_remember(c->toolmem, ids, res.n_calls, raw, raw_len);
-                free(ids);
+        const int32_t eos = ds4_tokenizer_specials(c->tok).eos;
+        const int n_vocab = ds4_tokenizer_n_vocab(c->tok);
+        ds4_sampler sampler = make_sampler(c, req, job->seq);
+        int max_new = req->max_tokens >= 0 ? req->max_tokens : c->cfg.default_max_tokens;
+        while (generated < max_new) {
+            if (atomic_load(&job->cancelled) || atomic_load(&c->stopping)) {
+                finish = SRV_FINISH_ERROR;
+                error = atomic_load(&c->stopping) ? "shutdown requested" : "client disconnected";
+                break;
+            }
+            const float *logits = ds4_session_logits(s);
+            int32_t tok = srv_turn_greedy(turn) ? ds4_argmax(logits, n_vocab) : ds4_sample(&sampler, logits, n_vocab);
+            if (tok == eos) {
+                finish = SRV_FINISH_STOP;
+                break;
+            }
+            generated++;
+            const char *bytes;
+            size_t nb;
+            if (ds4_detok_feed(&detok, tok, &bytes, &nb, &err) == 0) srv_turn_text(turn, bytes, nb);
+            if (srv_turn_stop_hit(turn)) {
+                finish = SRV_FINISH_STOP;
+                break;
+            }
+            if (srv_turn_calls_closed(turn)) {
+                finish = SRV_FINISH_TOOL_CALLS;
+                break;
+            }
+            if (generated >= max_new || ds4_session_n_tokens(s) + 1 > c->ctx_size) break; /* length */
+            if (ds4_session_eval(s, &tok, 1, NULL, NULL, &err)) {
+                finish = SRV_FINISH_ERROR;
+                error = err.msg;
+                break;
             }
         }
+        size_t tail_n;
+        const char *tail = ds4_detok_flush(&detok, &tail_n);
+        srv_turn_text(turn, tail, tail_n);
+        ds4_detok_free(&detok);
     }
-    for (int i = 0; i < res.n_calls; i++)
-        if (!res.calls[i].arguments) res.calls[i].arguments = srv_strdup("{}");
-    srv_emit_finish(g.em, &res);
+    srv_metrics_decode(c->metrics, generated, srv_now() - t_decode);
+
+    srv_result res = {0};
+    srv_turn_finish(turn, finish, error, &res);
+    res.usage = usage;
+    res.usage.completion_tokens = generated;
+    if (res.raw_dsml && c->toolmem) {
+        const char **ids = calloc((size_t)res.n_calls, sizeof *ids);
+        if (!ids) abort();
+        for (int i = 0; i < res.n_calls; i++) ids[i] = res.calls[i].id;
+        srv_toolmem_remember(c->toolmem, ids, res.n_calls, res.raw_dsml, strlen(res.raw_dsml));
+        free(ids);
+    }
+    srv_emit_finish(em, &res);
     srv_log("request %lu finish=%s%s%s%s tokens=%d calls=%d", job->seq, srv_finish_name(res.finish),
-            res.error ? " error=\"" : "", res.error ? res.error : "", res.error ? "\"" : "", generated,
-            res.n_calls);
-    trace_result(c, job, &res, &g, srv_now() - g.t_prefill_start);
+            res.error ? " error=\"" : "", res.error ? res.error : "", res.error ? "\"" : "", generated, res.n_calls);
+    trace_result(c, job, &res, srv_turn_generated(turn), srv_now() - pc.t_start);
     if (atomic_load(&job->cancelled)) srv_metrics_cancelled(c->metrics);
-out:
-    for (int i = 0; i < g.n_calls; i++) {
-        free(g.calls[i].id);
-        free(g.calls[i].name);
-        free(g.calls[i].arguments);
-    }
-    free(g.calls);
     srv_result_free(&res);
-    ds4_dsml_parser_free(g.parser);
-    srv_emitter_free(g.em);
-    ds4_buf_free(&g.text);
-    ds4_buf_free(&g.reasoning);
-    ds4_buf_free(&g.content);
+    srv_turn_free(turn);
+    srv_emitter_free(em);
 }
