@@ -23,12 +23,6 @@ AVX512 static inline int32_t hsum512_i32(__m512i v) {
     return hsum256_i32(_mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)));
 }
 
-/* Two 256-bit loads side by side in one register. */
-AVX512 static inline __m512i load_2x256(const void *lo, const void *hi) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)),
-                              _mm256_loadu_si256((const __m256i *)hi), 1);
-}
-
 /* 16-bit lanes 0..15 = a, 16..31 = b. */
 AVX512 static inline __m512i set_2x_epi16(int a, int b) {
     return _mm512_mask_mov_epi16(_mm512_set1_epi16((int16_t)a), 0xffff0000u, _mm512_set1_epi16((int16_t)b));
@@ -71,33 +65,41 @@ AVX512 static float dot_q8_0(uint64_t n, const void *w, const ds4_block_q8_0_act
     return acc;
 }
 
-/* Shift s of the 64 code bytes gives elements 32s.. (bytes 0..31) and
- * 128+32s.. (bytes 32..63): sub-blocks 2s, 2s+1, 8+2s, 9+2s, 16 each. */
+/* 16-bit lane l of the index vector = base + l/8: the sub-block each
+ * 16-bit product sum of a 64-value step belongs to. */
+AVX512 static inline __m512i sub_block_index(int base, int per) {
+    int16_t idx[32];
+    for (int l = 0; l < 32; l++) idx[l] = (int16_t)(base + l / per);
+    return _mm512_loadu_si512(idx);
+}
+
+/* A step takes 64 consecutive values: the 32 code bytes of half h, copied
+ * to both register halves and shifted by 2s and 2s+2 (two runs of 32),
+ * against 64 consecutive activations: sub-blocks 8h+s .. 8h+s+3. */
 AVX512 static float dot_q2_K(uint64_t n, const void *w, const ds4_block_q8_K *a) {
     const ds4_block_q2_K *b = w;
     const __m512i m3 = _mm512_set1_epi8(3);
     const __m128i m15 = _mm_set1_epi8(15);
-    __m512i pick[4]; /* 16-bit lane -> sub-block index, per shift */
-    for (int s = 0; s < 4; s++) {
-        pick[s] = _mm512_mask_mov_epi16(_mm512_set1_epi16((int16_t)(2 * s)), 0xffffff00u,
-                                        _mm512_set1_epi16((int16_t)(2 * s + 1)));
-        pick[s] = _mm512_mask_mov_epi16(pick[s], 0xffff0000u, _mm512_set1_epi16((int16_t)(8 + 2 * s)));
-        pick[s] = _mm512_mask_mov_epi16(pick[s], 0xff000000u, _mm512_set1_epi16((int16_t)(9 + 2 * s)));
-    }
+    __m512i shift[2], pick[4];
+    for (int s = 0; s < 2; s++) shift[s] = set_2x_epi16(4 * s, 4 * s + 2);
+    for (int k = 0; k < 4; k++) pick[k] = sub_block_index(4 * k, 8);
     float acc = 0.0f;
     for (uint64_t i = 0; i < n / DS4_QK_K; i++, b++, a++) {
         __m128i sc8 = _mm_loadu_si128((const __m128i *)b->scales);
         __m512i scales = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, m15)));
         __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m15));
         int32_t summ = hsum256_i32(_mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)a->bsums)));
-        __m512i bits = _mm512_loadu_si512(b->qs);
         __m512i sum = _mm512_setzero_si512();
-#pragma GCC unroll 4
-        for (int s = 0; s < 4; s++) {
-            __m512i codes = _mm512_and_si512(_mm512_srli_epi16(bits, 2 * s), m3);
-            __m512i q8 = load_2x256(a->qs + 32 * s, a->qs + 128 + 32 * s);
-            __m512i sc = _mm512_permutexvar_epi16(pick[s], scales);
-            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(_mm512_maddubs_epi16(codes, q8), sc));
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512i bits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * h)));
+#pragma GCC unroll 2
+            for (int s = 0; s < 2; s++) {
+                __m512i codes = _mm512_and_si512(_mm512_srlv_epi16(bits, shift[s]), m3);
+                __m512i q8 = _mm512_loadu_si512(a->qs + 128 * h + 64 * s);
+                __m512i sc = _mm512_permutexvar_epi16(pick[2 * h + s], scales);
+                sum = _mm512_add_epi32(sum, _mm512_madd_epi16(_mm512_maddubs_epi16(codes, q8), sc));
+            }
         }
         int32_t isum = hsum512_i32(sum);
         float dall = a->d * f16_to_f32(b->d), dmin = a->d * f16_to_f32(b->dmin);
@@ -117,28 +119,28 @@ static inline void q4_K_unpack(const uint8_t *packed, uint8_t *sc, uint8_t *m) {
     memcpy(m, out + 2, 8);
 }
 
-/* 64 code bytes hold sub-blocks 4h..4h+3: low nibbles of bytes 0..31 and
- * 32..63 are sub-blocks 4h and 4h+2, high nibbles 4h+1 and 4h+3. */
+/* A step takes sub-blocks 2p and 2p+1: the 32 code bytes they share, in
+ * both register halves, low nibbles then high, against 64 consecutive
+ * activations. */
 AVX512 static float dot_q4_K(uint64_t n, const void *w, const ds4_block_q8_K *a) {
     const ds4_block_q4_K *b = w;
-    const __m512i m15 = _mm512_set1_epi8(15);
+    const __m512i m15 = _mm512_set1_epi8(15), shift = set_2x_epi16(0, 4);
+    __m512i pick[4];
+    for (int p = 0; p < 4; p++) pick[p] = sub_block_index(2 * p, 16);
     float acc = 0.0f;
     for (uint64_t i = 0; i < n / DS4_QK_K; i++, b++, a++) {
         uint8_t sc[8], m[8];
         q4_K_unpack(b->scales, sc, m);
         int32_t summ = 0;
         for (int j = 0; j < 8; j++) summ += m[j] * (a->bsums[2 * j] + a->bsums[2 * j + 1]);
+        __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
         __m512i sum = _mm512_setzero_si512();
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            const int8_t *q8 = a->qs + 128 * h;
-            __m512i bits = _mm512_loadu_si512(b->qs + 64 * h);
-            __m512i lo = _mm512_and_si512(bits, m15);
-            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m15);
-            __m512i plo = _mm512_maddubs_epi16(lo, load_2x256(q8, q8 + 64));
-            __m512i phi = _mm512_maddubs_epi16(hi, load_2x256(q8 + 32, q8 + 96));
-            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(plo, set_2x_epi16(sc[4 * h], sc[4 * h + 2])));
-            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(phi, set_2x_epi16(sc[4 * h + 1], sc[4 * h + 3])));
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            __m512i bits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * p)));
+            __m512i codes = _mm512_and_si512(_mm512_srlv_epi16(bits, shift), m15);
+            __m512i prod = _mm512_maddubs_epi16(codes, _mm512_loadu_si512(a->qs + 64 * p));
+            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(prod, _mm512_permutexvar_epi16(pick[p], scales)));
         }
         int32_t isum = hsum512_i32(sum);
         float dall = a->d * f16_to_f32(b->d), dmin = a->d * f16_to_f32(b->dmin);
