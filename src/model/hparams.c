@@ -162,40 +162,32 @@ static int check_architecture(const gguf_file *f, ds4_err *err) {
     return 0;
 }
 
-typedef struct u32_key { const char *key; size_t off; } u32_key;
-#define U32_KEY(k, field) { KEY_PREFIX k, offsetof(ds4_hparams, field) }
+/* Integer keys; `dim` marks tensor dimensions, which must be 1..DS4_MAX_DIM. */
+typedef struct u32_key { const char *key; size_t off; bool dim; } u32_key;
+#define U32_KEY(k, field, dim) { KEY_PREFIX k, offsetof(ds4_hparams, field), dim }
 
 static const u32_key u32_keys[] = {
-    U32_KEY("block_count", n_layer),
-    U32_KEY("embedding_length", n_embd),
-    U32_KEY("vocab_size", n_vocab),
-    U32_KEY("attention.head_count", n_head),
-    U32_KEY("attention.head_count_kv", n_head_kv),
-    U32_KEY("attention.key_length", head_dim),
-    U32_KEY("rope.dimension_count", n_rot),
-    U32_KEY("attention.q_lora_rank", q_lora),
-    U32_KEY("attention.output_lora_rank", o_lora),
-    U32_KEY("attention.output_group_count", n_out_group),
-    U32_KEY("expert_count", n_expert),
-    U32_KEY("expert_used_count", n_expert_used),
-    U32_KEY("expert_shared_count", n_expert_shared),
-    U32_KEY("expert_feed_forward_length", n_ff_exp),
-    U32_KEY("hash_layer_count", n_hash_layer),
-    U32_KEY("attention.sliding_window", n_swa),
-    U32_KEY("attention.indexer.head_count", n_indexer_head),
-    U32_KEY("attention.indexer.key_length", indexer_head_dim),
-    U32_KEY("attention.indexer.top_k", indexer_top_k),
-    U32_KEY("hyper_connection.count", n_hc),
-    U32_KEY("hyper_connection.sinkhorn_iterations", hc_sinkhorn_iter),
-};
-
-/* Keys that are tensor dimensions: non-zero and at most DS4_MAX_DIM. */
-static const char *const dim_keys[] = {
-    "embedding_length", "vocab_size", "attention.head_count", "attention.key_length",
-    "attention.q_lora_rank", "attention.output_lora_rank", "attention.output_group_count",
-    "expert_count", "expert_used_count", "expert_feed_forward_length",
-    "attention.indexer.head_count", "attention.indexer.key_length", "attention.indexer.top_k",
-    "attention.sliding_window", "hyper_connection.sinkhorn_iterations",
+    U32_KEY("block_count", n_layer, false),
+    U32_KEY("embedding_length", n_embd, true),
+    U32_KEY("vocab_size", n_vocab, true),
+    U32_KEY("attention.head_count", n_head, true),
+    U32_KEY("attention.head_count_kv", n_head_kv, false),
+    U32_KEY("attention.key_length", head_dim, true),
+    U32_KEY("rope.dimension_count", n_rot, false),
+    U32_KEY("attention.q_lora_rank", q_lora, true),
+    U32_KEY("attention.output_lora_rank", o_lora, true),
+    U32_KEY("attention.output_group_count", n_out_group, true),
+    U32_KEY("expert_count", n_expert, true),
+    U32_KEY("expert_used_count", n_expert_used, true),
+    U32_KEY("expert_shared_count", n_expert_shared, false),
+    U32_KEY("expert_feed_forward_length", n_ff_exp, true),
+    U32_KEY("hash_layer_count", n_hash_layer, false),
+    U32_KEY("attention.sliding_window", n_swa, true),
+    U32_KEY("attention.indexer.head_count", n_indexer_head, true),
+    U32_KEY("attention.indexer.key_length", indexer_head_dim, true),
+    U32_KEY("attention.indexer.top_k", indexer_top_k, true),
+    U32_KEY("hyper_connection.count", n_hc, false),
+    U32_KEY("hyper_connection.sinkhorn_iterations", hc_sinkhorn_iter, true),
 };
 
 typedef struct f32_key { const char *key; size_t off; bool positive; } f32_key;
@@ -214,14 +206,11 @@ static const f32_key f32_keys[] = {
 
 static int check_consistency(const ds4_hparams *hp, ds4_err *err) {
 #define K(k) KEY_PREFIX k
-    for (size_t i = 0; i < sizeof dim_keys / sizeof dim_keys[0]; i++) {
-        for (size_t j = 0; j < sizeof u32_keys / sizeof u32_keys[0]; j++) {
-            if (strcmp(u32_keys[j].key + strlen(KEY_PREFIX), dim_keys[i])) continue;
-            uint32_t v;
-            memcpy(&v, (const char *)hp + u32_keys[j].off, sizeof v);
-            if (v < 1 || v > DS4_MAX_DIM)
-                return ds4_fail(err, "%s = %u: must be 1..%d", u32_keys[j].key, v, DS4_MAX_DIM);
-        }
+    for (size_t i = 0; i < sizeof u32_keys / sizeof u32_keys[0]; i++) {
+        uint32_t v;
+        memcpy(&v, (const char *)hp + u32_keys[i].off, sizeof v);
+        if (u32_keys[i].dim && (v < 1 || v > DS4_MAX_DIM))
+            return ds4_fail(err, "%s = %u: must be 1..%d", u32_keys[i].key, v, DS4_MAX_DIM);
     }
     if (hp->n_head_kv != 1)
         return ds4_fail(err, K("attention.head_count_kv") " = %u: the architecture has one shared KV head", hp->n_head_kv);
