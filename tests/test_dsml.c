@@ -335,6 +335,7 @@ static void test_well_formed(void) {
                  NULL);
     expect_parse("partial marker at end", "x</think>see <" D "tool_ca", true, true, "x",
                  "see <" D "tool_ca", 0, NULL, NULL);
+    expect_parse("empty", "", true, true, "", "", 0, NULL, NULL);
     expect_parse("content keeps trailing ws", "done.\n\n", false, true, "", "done.\n\n", 0, NULL, NULL);
     expect_parse("utf8", "r\xC3\xA9\xE4\xB8\xAD</think>\xF0\x9F\xA6\x8A ok", true, true,
                  "r\xC3\xA9\xE4\xB8\xAD", "\xF0\x9F\xA6\x8A ok", 0, NULL, NULL);
@@ -374,6 +375,8 @@ static void test_malformed(void) {
         {"invoke without name", "<" D "tool_calls><" D "invoke>", "name"},
         {"parameter outside invoke", "<" D "tool_calls><" D "parameter name=\"a\" string=\"true\">",
          "expected <invoke>"},
+        {"control character in name", "<" D "tool_calls><" D "invoke name=\"a\x01\">",
+         "control character"},
         {"closing tag attributes", "<" D "tool_calls><" D "invoke name=\"f\"></" D "invoke x=\"1\">",
          "closing tag"},
     };

@@ -160,6 +160,15 @@ static int fail(ds4_dsml_parser *p, const char *fmt, const char *arg) {
     return -1;
 }
 
+/* Sends an ERROR event "what: 'TEXT'" quoting text[0..len) (at most 60
+ * bytes). Callers quote exactly the bytes that decided the error, so the
+ * message does not depend on how the text was split into pieces. */
+static int fail_text(ds4_dsml_parser *p, const char *what, const char *text, size_t len) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s: '%.*s'", what, (int)(len < 60 ? len : 60), text);
+    return fail(p, "%s", msg);
+}
+
 /* Marks n pending bytes consumed; inside a block they are part of it. */
 static void consume(ds4_dsml_parser *p, size_t n) {
     if (p->st >= ST_BLOCK && p->st <= ST_JSON) ds4_buf_add(&p->raw, p->in.p + p->pos, n);
@@ -178,10 +187,13 @@ typedef struct tag {
 } tag;
 
 /* Attribute value with the XML entities decoded (names are escaped by
- * ds4_dsml_render_calls; other entities a model writes are decoded too). */
-static void decode_attr(ds4_buf *out, const char *s, size_t n) {
+ * ds4_dsml_render_calls; other entities a model writes are decoded too) and
+ * bytes that are not UTF-8 replaced by U+FFFD. False if it holds a control
+ * character, which no tool or parameter name has. */
+static bool decode_attr(ds4_buf *out, const char *s, size_t n) {
     static const struct { const char *ent, *ch; } ents[] = {
         {"&amp;", "&"}, {"&quot;", "\""}, {"&lt;", "<"}, {"&gt;", ">"}, {"&apos;", "'"}};
+    ds4_buf raw = {0};
     ds4_buf_truncate(out, 0);
     for (size_t i = 0; i < n;) {
         size_t e = 0;
@@ -190,12 +202,19 @@ static void decode_attr(ds4_buf *out, const char *s, size_t n) {
             if (n - i >= l && memcmp(s + i, ents[e].ent, l) == 0) break;
         }
         if (s[i] == '&' && e < sizeof ents / sizeof ents[0]) {
-            ds4_buf_adds(out, ents[e].ch);
+            ds4_buf_adds(&raw, ents[e].ch);
             i += strlen(ents[e].ent);
         } else {
-            ds4_buf_addc(out, s[i++]);
+            if ((unsigned char)s[i] < 0x20) {
+                ds4_buf_free(&raw);
+                return false;
+            }
+            ds4_buf_addc(&raw, s[i++]);
         }
     }
+    add_sanitized(out, ds4_buf_str(&raw), raw.len);
+    ds4_buf_free(&raw);
+    return true;
 }
 
 /* "Need more text" for a tag that is still incomplete: 0, or an error once
@@ -214,7 +233,11 @@ static long lex_tag(ds4_dsml_parser *p, const char *s, size_t n, tag *t) {
     const char *pre = style_prefix[p->style];
     enum match m = match_lit(s + i, n - i, pre, strlen(pre));
     if (m == PARTIAL) return need_more(p, n);
-    if (m == NO_MATCH) return fail(p, "unexpected text in a tool call block: '%.40s'", s);
+    if (m == NO_MATCH) {
+        size_t e = i;
+        while (e < n && s[e] == pre[e - i]) e++;
+        return fail_text(p, "unexpected text in a tool call block", s, e + 1);
+    }
     i += strlen(pre);
     size_t w0 = i;
     while (i < n && ((s[i] >= 'a' && s[i] <= 'z') || s[i] == '_')) i++;
@@ -223,21 +246,21 @@ static long lex_tag(ds4_dsml_parser *p, const char *s, size_t n, tag *t) {
     size_t wl = i - w0;
     int wi = 0;
     while (wi < 3 && !(strlen(words[wi]) == wl && memcmp(s + w0, words[wi], wl) == 0)) wi++;
-    if (wi == 3) return fail(p, "unknown tag in a tool call block: '%.40s'", s);
+    if (wi == 3) return fail_text(p, "unknown tag in a tool call block", s, i + 1);
     t->word = (enum word)wi;
     for (;;) {
         size_t ws0 = i;
         while (i < n && is_ws(s[i])) i++;
         if (i == n) return need_more(p, n);
         if (s[i] == '>') return (long)i + 1;
-        if (t->close) return fail(p, "closing tag with attributes: '%.40s'", s);
-        if (i == ws0) return fail(p, "bad attribute in tag '%.40s'", s);
+        if (t->close) return fail_text(p, "closing tag with attributes", s, i + 1);
+        if (i == ws0) return fail_text(p, "bad attribute in tag", s, i + 1);
         size_t a0 = i;
         while (i < n && s[i] >= 'a' && s[i] <= 'z') i++;
         size_t al = i - a0;
         if (i + 1 >= n) return need_more(p, n);
         if (al == 0 || s[i] != '=' || s[i + 1] != '"')
-            return fail(p, "bad attribute in tag '%.40s'", s);
+            return fail_text(p, "bad attribute in tag", s, i + 2);
         i += 2;
         size_t v0 = i;
         while (i < n && s[i] != '"') i++;
@@ -246,13 +269,14 @@ static long lex_tag(ds4_dsml_parser *p, const char *s, size_t n, tag *t) {
         i++;
         if (al == 4 && memcmp(s + a0, "name", 4) == 0 && !t->has_name) {
             t->has_name = true;
-            decode_attr(&p->key, s + v0, vl);
+            if (!decode_attr(&p->key, s + v0, vl))
+                return fail_text(p, "control character in a name attribute", s, i);
         } else if (al == 6 && memcmp(s + a0, "string", 6) == 0 && t->string < 0) {
             if (vl == 4 && memcmp(s + v0, "true", 4) == 0) t->string = 1;
             else if (vl == 5 && memcmp(s + v0, "false", 5) == 0) t->string = 0;
-            else return fail(p, "string attribute must be \"true\" or \"false\": '%.60s'", s);
+            else return fail_text(p, "string attribute must be \"true\" or \"false\"", s, i);
         } else {
-            return fail(p, "unknown or repeated attribute in tag '%.60s'", s);
+            return fail_text(p, "unknown or repeated attribute in tag", s, i);
         }
     }
 }
@@ -344,7 +368,7 @@ static int step_structural(ds4_dsml_parser *p) {
     consume(p, i);
     s += i, n -= i;
     if (n == 0) return 0;
-    if (s[0] != '<') return fail(p, "unexpected text in a tool call block: '%.40s'", s);
+    if (s[0] != '<') return fail_text(p, "unexpected text in a tool call block", s, 1);
     tag t;
     long len = lex_tag(p, s, n, &t);
     if (len <= 0) return (int)len;
@@ -352,7 +376,7 @@ static int step_structural(ds4_dsml_parser *p) {
     if (p->st == ST_BLOCK) {
         if (!t.close && t.word == W_INVOKE) {
             if (!t.has_name || t.string >= 0)
-                return fail(p, "invoke needs exactly a name attribute: '%.60s'", s);
+                return fail_text(p, "invoke needs exactly a name attribute", s, (size_t)len);
             ds4_buf_truncate(&p->name, 0);
             ds4_buf_add(&p->name, p->key.p, p->key.len);
             ds4_buf_truncate(&p->args, 0);
@@ -368,7 +392,7 @@ static int step_structural(ds4_dsml_parser *p) {
             p->closed = true;
             return 1;
         }
-        return fail(p, "expected <invoke> or </tool_calls>, got '%.40s'", s);
+        return fail_text(p, "expected <invoke> or </tool_calls>, got", s, (size_t)len);
     }
     if (!t.close && t.word == W_PARAMETER) return start_param(p, &t);
     if (t.close && t.word == W_INVOKE) {
@@ -378,7 +402,7 @@ static int step_structural(ds4_dsml_parser *p) {
         p->st = ST_BLOCK;
         return 1;
     }
-    return fail(p, "expected <parameter> or </invoke>, got '%.40s'", s);
+    return fail_text(p, "expected <parameter> or </invoke>, got", s, (size_t)len);
 }
 
 static int step_string(ds4_dsml_parser *p) {
@@ -482,7 +506,7 @@ static int step_after(ds4_dsml_parser *p) {
     size_t n = p->in.len - p->pos, i = 0;
     while (i < n && is_ws(s[i])) i++;
     p->pos += i;
-    if (i < n) return fail(p, "text after the tool_calls block: '%.40s'", s + i);
+    if (i < n) return fail_text(p, "text after the tool_calls block", s + i, 1);
     return 0;
 }
 
@@ -516,6 +540,7 @@ ds4_dsml_parser *ds4_dsml_parser_new(const ds4_dsml_opts *o, ds4_dsml_sink sink,
     p->sink = sink;
     p->ctx = ctx;
     p->st = o->thinking ? ST_REASONING : ST_CONTENT;
+    ds4_buf_add(&p->in, "", 0); /* in.p is never NULL */
     return p;
 }
 
