@@ -83,11 +83,11 @@ static int bind(binder *b, ds4_tensor *dst, const char *name, slot_rule rule, ui
     const uint64_t want[3] = {ne0, ne1, ne2};
     bool shape_ok = ti->n_dims == n_dims;
     for (uint32_t i = 0; shape_ok && i < n_dims; i++) shape_ok = ti->ne[i] == want[i];
-    if (rule == RULE_EXPERT_UP || rule == RULE_EXPERT_DOWN) published = rule == RULE_EXPERT_UP ?
-        b->gate_type : expert_down_pair(b->gate_type);
-    if (!shape_ok || !type_accepted(b, rule, published, ti->type)) {
+    if (rule == RULE_EXPERT_UP) published = b->gate_type;
+    if (rule == RULE_EXPERT_DOWN) published = expert_down_pair(b->gate_type);
+    const bool type_ok = type_accepted(b, rule, published, ti->type);
+    if (!shape_ok || !type_ok) {
         /* An accepted type with a wrong shape: show the type as found. */
-        bool type_ok = type_accepted(b, rule, published, ti->type);
         char wt[32], ft[32], ws[96], fs[160];
         if (type_ok) format_type(wt, sizeof wt, ti->type);
         else if (rule == RULE_EXPERT_GATE) snprintf(wt, sizeof wt, "IQ2_XXS or Q4_K");
