@@ -31,6 +31,8 @@ struct srv_turn {
     srv_emitter *em;
     ds4_dsml_parser *parser; /* NULL for completions */
     ds4_buf text;            /* generated text, truncated at a stop string */
+    char partial[4];         /* incomplete UTF-8 sequence at the end of the last piece */
+    size_t n_partial;
     size_t released;         /* bytes of text passed on */
     size_t max_stop;         /* longest stop string */
     bool stop_hit;
@@ -38,6 +40,7 @@ struct srv_turn {
     srv_tool_call *calls;
     int n_calls;
     bool parse_error;
+    bool finishing, error_at_finish; /* an error at the end = unterminated block */
     char parse_msg[256];
 };
 
@@ -72,6 +75,7 @@ static void on_dsml_event(void *ctx, const ds4_dsml_event *ev) {
     case DS4_DSML_DONE: break;
     case DS4_DSML_ERROR:
         t->parse_error = true;
+        t->error_at_finish = t->finishing;
         snprintf(t->parse_msg, sizeof t->parse_msg, "%.*s", (int)ev->len, ev->text);
         break;
     }
@@ -105,25 +109,53 @@ static void release(srv_turn *t, size_t upto) {
     }
 }
 
-/* Appends s[0..n) with every byte that cannot be part of valid UTF-8
- * replaced by U+FFFD (the detokenizer already holds incomplete sequences
- * back), so all JSON built from the text is valid. */
-static void add_valid_utf8(ds4_buf *b, const char *s, size_t n) {
+/* Appends s[0..n) to the text with every byte that cannot be part of valid
+ * UTF-8 replaced by U+FFFD, so all JSON built from it is valid; an
+ * incomplete sequence at the end waits for the next piece (final: it is
+ * replaced too). */
+static void add_valid_utf8(srv_turn *t, const char *s, size_t n, bool final) {
+    char tmp[8];
+    if (t->n_partial) { /* complete the held sequence first */
+        size_t k = t->n_partial;
+        memcpy(tmp, t->partial, k);
+        while (k < 4 && n) tmp[k++] = *s++, n--;
+        t->n_partial = 0;
+        int l = ds4_utf8_seq((const unsigned char *)tmp, k);
+        if (l == 0 && !final && k < 4) {
+            memcpy(t->partial, tmp, k);
+            t->n_partial = k;
+            return;
+        }
+        size_t used = l > 0 ? (size_t)l : 1;
+        if (l > 0) ds4_buf_add(&t->text, tmp, used);
+        else ds4_buf_adds(&t->text, "\xEF\xBF\xBD");
+        /* bytes of tmp beyond the sequence go back in front of s */
+        ds4_buf rest = {0};
+        ds4_buf_add(&rest, tmp + used, k - used);
+        ds4_buf_add(&rest, s, n);
+        add_valid_utf8(t, rest.p ? rest.p : "", rest.len, final);
+        ds4_buf_free(&rest);
+        return;
+    }
     for (size_t i = 0; i < n;) {
         int k = ds4_utf8_seq((const unsigned char *)s + i, n - i);
         if (k > 0) {
-            ds4_buf_add(b, s + i, (size_t)k);
+            ds4_buf_add(&t->text, s + i, (size_t)k);
             i += (size_t)k;
+        } else if (k == 0 && !final) {
+            memcpy(t->partial, s + i, n - i);
+            t->n_partial = n - i;
+            return;
         } else {
-            ds4_buf_adds(b, "\xEF\xBF\xBD");
+            ds4_buf_adds(&t->text, "\xEF\xBF\xBD");
             i++;
         }
     }
 }
 
-void srv_turn_text(srv_turn *t, const char *s, size_t n) {
-    if (t->stop_hit) return;
-    add_valid_utf8(&t->text, s, n);
+/* Looks for the earliest stop string in the new text; otherwise passes on
+ * all but the last max_stop-1 bytes. */
+static void scan_text(srv_turn *t) {
     if (!t->req->n_stop) {
         release(t, t->text.len);
         return;
@@ -141,6 +173,12 @@ void srv_turn_text(srv_turn *t, const char *s, size_t n) {
         return;
     }
     if (t->text.len - t->released >= t->max_stop) release(t, t->text.len - (t->max_stop - 1));
+}
+
+void srv_turn_text(srv_turn *t, const char *s, size_t n) {
+    if (t->stop_hit) return;
+    add_valid_utf8(t, s, n, false);
+    scan_text(t);
 }
 
 bool srv_turn_stop_hit(const srv_turn *t) { return t->stop_hit; }
@@ -170,7 +208,12 @@ static char *recovered_content(const srv_turn *t) {
 }
 
 void srv_turn_finish(srv_turn *t, srv_finish finish, const char *error, srv_result *res) {
+    if (!t->stop_hit && t->n_partial) {
+        add_valid_utf8(t, "", 0, true);
+        scan_text(t);
+    }
     if (!t->stop_hit) release(t, t->text.len);
+    t->finishing = true;
     if (t->parser) ds4_dsml_finish(t->parser);
     bool thinking = t->req->think != SRV_THINK_NONE;
     res->finish = finish;
@@ -179,7 +222,7 @@ void srv_turn_finish(srv_turn *t, srv_finish finish, const char *error, srv_resu
     res->reasoning_closed = !thinking || strstr(srv_turn_generated(t), "</think>");
     size_t raw_len = 0;
     const char *raw = t->parser ? ds4_dsml_raw_block(t->parser, &raw_len) : NULL;
-    if (t->parse_error && raw && !ds4_dsml_calls_closed(t->parser)) {
+    if (t->parse_error && t->error_at_finish && raw) {
         res->finish = SRV_FINISH_ERROR;
         free(res->error);
         res->error = srv_strdup("unterminated tool call");
