@@ -228,6 +228,11 @@ static void test_errors(void) {
     CHECK(render_simple(arr, 2, NULL, 0, NULL, DS4_THINK_NONE, &out, &err) == -1,
           "non-object arguments accepted");
     CHECK(strstr(err.msg, "JSON object") != NULL, "message: %s", err.msg);
+    ds4_tool_call big_call = {"c", "f", "{\"id\": 123456789012345678901234}"};
+    arr[1].calls = &big_call;
+    CHECK(render_simple(arr, 2, NULL, 0, NULL, DS4_THINK_NONE, &out, &err) == -1,
+          "integer beyond 64 bits accepted");
+    CHECK(strstr(err.msg, "integer") != NULL, "message: %s", err.msg);
     CHECK(strcmp(ds4_buf_str(&out), "KEEP") == 0, "output changed on error: %s", out.p);
     ds4_buf_free(&out);
 }

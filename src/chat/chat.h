@@ -80,9 +80,10 @@ ds4_think_mode ds4_chat_effective_mode(ds4_think_mode mode, int ctx);
 /* Appends the rendered prompt to out. A conversation that ends with a user,
  * developer or tool message ends with the generation prompt (Assistant
  * marker + <think> or </think>); one that ends with an assistant message ends
- * with its EOS. Fails (out unchanged) on invalid JSON in tools,
- * response_format or tool-call arguments that parse but are not an object,
- * and on an empty developer message (the official encoder rejects it). */
+ * with its EOS. Fails (out unchanged) on invalid JSON in tools or
+ * response_format, on tool-call arguments that are JSON but not an object or
+ * hold an integer beyond 64 bits (json_py.h), and on an empty developer
+ * message (the official encoder rejects it). */
 int ds4_chat_render(const ds4_chat *c, const ds4_chat_opts *o, ds4_buf *out, ds4_err *err);
 
 /* The official special-token strings and fixed texts (for the tokenizer,

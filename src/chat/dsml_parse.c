@@ -458,7 +458,7 @@ static int finish_json_value(ds4_dsml_parser *p) {
     while (a < b && is_ws(v[a])) a++;
     while (b > a && is_ws(v[b - 1])) b--;
     ds4_err err;
-    json_t *j = ds4_json_py_load(v + a, b - a, &err);
+    json_t *j = ds4_json_py_load(v + a, b - a, NULL, &err);
     if (!j) {
         char msg[480];
         snprintf(msg, sizeof msg, "parameter '%.100s' (string=\"false\") is not valid JSON: %.300s",

@@ -84,8 +84,13 @@ static int add_invoke(ds4_buf *out, const ds4_tool_call *c, int index, ds4_err *
     add_attr(out, c->name ? c->name : "");
     ds4_buf_adds(out, "\">\n");
     const char *args = c->arguments;
-    json_t *v = args ? ds4_json_py_load(args, strlen(args), NULL) : NULL;
-    if (!v) {
+    bool unrepresentable = false;
+    ds4_err jerr;
+    json_t *v = args ? ds4_json_py_load(args, strlen(args), &unrepresentable, &jerr) : NULL;
+    if (unrepresentable) {
+        return ds4_fail(err, "tool call %d (%s): arguments: %s", index, c->name ? c->name : "?",
+                        jerr.msg);
+    } else if (!v) {
         /* Not JSON: the official encoder falls back to {"arguments": text}
          * (and for a missing text to {"arguments": None}). */
         add_param_open(out, "arguments", args != NULL);

@@ -6,9 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-json_t *ds4_json_py_load(const char *text, size_t len, ds4_err *err) {
+json_t *ds4_json_py_load(const char *text, size_t len, bool *unrepresentable, ds4_err *err) {
     json_error_t je;
     json_t *v = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (unrepresentable) *unrepresentable = !v && json_error_code(&je) == json_error_numeric_overflow;
     if (!v) ds4_fail(err, "line %d column %d: %s", je.line, je.column, je.text);
     return v;
 }

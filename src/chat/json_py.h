@@ -10,11 +10,13 @@
  *
  * Values are loaded with jansson, which keeps object keys in document order
  * and lets a repeated key overwrite the earlier value in place, as a Python
- * dict does. Known difference: integers outside the 64-bit range (Python
- * keeps them exact) and NaN/Infinity literals are rejected as invalid JSON. */
+ * dict does. Known differences: integers outside the 64-bit range (Python
+ * keeps them exact) are reported as unrepresentable, and the NaN/Infinity
+ * literals Python accepts are invalid JSON here. */
 #ifndef DS4_CHAT_JSON_PY_H
 #define DS4_CHAT_JSON_PY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <jansson.h>
@@ -23,8 +25,10 @@
 #include "../common/error.h"
 
 /* Parses any JSON value (not only objects/arrays; NUL allowed in strings).
- * Returns a new reference, or NULL with err set ("line L column C: why"). */
-json_t *ds4_json_py_load(const char *text, size_t len, ds4_err *err);
+ * Returns a new reference, or NULL with err set ("line L column C: why").
+ * *unrepresentable (if given) tells valid JSON we cannot hold (an integer
+ * beyond 64 bits) from text that is not JSON. */
+json_t *ds4_json_py_load(const char *text, size_t len, bool *unrepresentable, ds4_err *err);
 
 /* Appends json.dumps(v, ensure_ascii=False). */
 void ds4_json_py_dump(ds4_buf *out, const json_t *v);

@@ -245,7 +245,7 @@ static int header_build(header *h, const ds4_chat *c, bool *present, ds4_err *er
         ds4_buf_adds(&h->tools, ds4_chat_tools_head);
         for (int i = 0; i < c->n_tools; i++) {
             const char *t = str_or_empty(c->tools[i]);
-            json_t *v = ds4_json_py_load(t, strlen(t), err);
+            json_t *v = ds4_json_py_load(t, strlen(t), NULL, err);
             if (!v) {
                 char where[48];
                 snprintf(where, sizeof where, "tools[%d]: invalid JSON", i);
@@ -260,7 +260,7 @@ static int header_build(header *h, const ds4_chat *c, bool *present, ds4_err *er
     }
     if (c->response_format) {
         const char *t = c->response_format;
-        json_t *v = ds4_json_py_load(t, strlen(t), err);
+        json_t *v = ds4_json_py_load(t, strlen(t), NULL, err);
         if (!v) return ds4_fail_prefix(err, "response_format: invalid JSON");
         if (ds4_json_py_truthy(v)) {
             ds4_buf_adds(&h->rf, "\n\n");
