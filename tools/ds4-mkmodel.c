@@ -29,13 +29,13 @@ static void usage(FILE *out) {
         "  -o FILE                  output path\n");
 }
 
-static int parse_u64(const char *flag, const char *s, uint64_t max, uint64_t *out) {
+static int parse_u64(const char *flag, const char *s, uint64_t min, uint64_t max, uint64_t *out) {
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || end == s || s[0] == '-' || v > max) {
-        fprintf(stderr, "ds4-mkmodel: %s needs an integer in 0..%llu, got '%s'\n", flag,
-                (unsigned long long)max, s);
+    if (errno || *end || end == s || s[0] == '-' || v < min || v > max) {
+        fprintf(stderr, "ds4-mkmodel: %s needs an integer in %llu..%llu, got '%s'\n", flag,
+                (unsigned long long)min, (unsigned long long)max, s);
         return -1;
     }
     *out = v;
@@ -56,10 +56,10 @@ int main(int argc, char **argv) {
         }
         i++;
         if (!strcmp(a, "--preset")) preset = val;
-        else if (!strcmp(a, "--layers")) { if (parse_u64(a, val, DS4_MAX_LAYERS, &layers) || !layers) { fprintf(stderr, "ds4-mkmodel: --layers must be 1..%d\n", DS4_MAX_LAYERS); return 2; } }
+        else if (!strcmp(a, "--layers")) { if (parse_u64(a, val, 1, DS4_MAX_LAYERS, &layers)) return 2; }
         else if (!strcmp(a, "--experts")) experts = val;
         else if (!strcmp(a, "--type")) type = val;
-        else if (!strcmp(a, "--seed")) { if (parse_u64(a, val, UINT64_MAX, &seed)) return 2; }
+        else if (!strcmp(a, "--seed")) { if (parse_u64(a, val, 0, UINT64_MAX, &seed)) return 2; }
         else if (!strcmp(a, "--tokenizer")) tokenizer = val;
         else if (!strcmp(a, "--mtp")) mtp_path = val;
         else if (!strcmp(a, "-o")) out_path = val;
