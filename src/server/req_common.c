@@ -226,7 +226,7 @@ int srv_parse_request(srv_api api, const char *body, size_t len, const srv_parse
         i += (size_t)k;
     }
     json_error_t je;
-    json_t *root = json_loadb(body, len, 0, &je);
+    json_t *root = json_loadb(body, len, JSON_DECODE_ANY, &je);
     if (!root)
         return srv_error_set(err, 400, "invalid JSON request: %s (line %d, column %d)", je.text,
                              je.line, je.column);
