@@ -30,7 +30,7 @@ typedef struct tok_job {
     int32_t *sym;     /* symbol id per position, -1 once merged away */
     uint32_t *next, *prev;
     pair *heap;
-    size_t n_heap, cap_pos;
+    size_t n_heap, cap_heap, cap_pos;
     ds4_pretok pretok;
     ds4_err *err;
 } tok_job;
@@ -56,12 +56,22 @@ static int grow_positions(tok_job *j, size_t n) {
     if (next) j->next = next;
     uint32_t *prev = realloc(j->prev, cap * sizeof *prev);
     if (prev) j->prev = prev;
-    /* at most n - 1 initial pairs plus 2 per merge */
-    pair *heap = realloc(j->heap, 3 * cap * sizeof *heap);
-    if (heap) j->heap = heap;
-    if (!sym || !next || !prev || !heap)
+    if (!sym || !next || !prev)
         return ds4_fail(j->err, "tokenizer: out of memory for a piece of %zu bytes", n);
     j->cap_pos = cap;
+    return 0;
+}
+
+/* The heap starts with room for the initial pairs and grows when merges
+ * push more (at most 2 per merge). */
+static int grow_heap(tok_job *j, size_t n) {
+    if (n <= j->cap_heap) return 0;
+    size_t cap = j->cap_heap ? j->cap_heap : 64;
+    while (cap < n) cap *= 2;
+    pair *heap = realloc(j->heap, cap * sizeof *heap);
+    if (!heap) return ds4_fail(j->err, "tokenizer: out of memory for %zu merge candidates", n);
+    j->heap = heap;
+    j->cap_heap = cap;
     return 0;
 }
 
@@ -96,11 +106,14 @@ static pair heap_pop(tok_job *j) {
 }
 
 /* Queues the pair starting at position `left` if its two symbols merge. */
-static void consider_pair(tok_job *j, uint32_t left) {
+static int consider_pair(tok_job *j, uint32_t left) {
     uint32_t right = j->next[left];
-    if (right == NONE) return;
+    if (right == NONE) return 0;
     const tok_merge *m = tok_find_merge(j->t, j->sym[left], j->sym[right]);
-    if (m) heap_push(j, (pair){m->rank, left, j->sym[left], j->sym[right], m->result});
+    if (!m) return 0;
+    if (grow_heap(j, j->n_heap + 1)) return -1;
+    heap_push(j, (pair){m->rank, left, j->sym[left], j->sym[right], m->result});
+    return 0;
 }
 
 /* Merges one pre-tokenizer piece and appends its token ids. */
@@ -108,7 +121,7 @@ static int bpe_piece(void *ctx, const char *piece, size_t n) {
     tok_job *j = ctx;
     const ds4_tokenizer *t = j->t;
     const uint8_t *s = (const uint8_t *)piece;
-    if (grow_ids(j, n) || grow_positions(j, n)) return -1;
+    if (grow_ids(j, n) || grow_positions(j, n) || grow_heap(j, n)) return -1;
     if (n == 1) {
         j->ids[j->n_ids++] = t->byte_token[s[0]];
         return 0;
@@ -119,7 +132,8 @@ static int bpe_piece(void *ctx, const char *piece, size_t n) {
         j->prev[i] = i ? (uint32_t)(i - 1) : NONE;
     }
     j->n_heap = 0;
-    for (size_t i = 0; i + 1 < n; i++) consider_pair(j, (uint32_t)i);
+    for (size_t i = 0; i + 1 < n; i++)
+        if (consider_pair(j, (uint32_t)i)) return -1;
     while (j->n_heap) {
         pair p = heap_pop(j);
         uint32_t left = p.left, right = j->next[left];
@@ -128,8 +142,8 @@ static int bpe_piece(void *ctx, const char *piece, size_t n) {
         j->sym[right] = -1;
         j->next[left] = j->next[right];
         if (j->next[left] != NONE) j->prev[j->next[left]] = left;
-        if (j->prev[left] != NONE) consider_pair(j, j->prev[left]);
-        consider_pair(j, left);
+        if ((j->prev[left] != NONE && consider_pair(j, j->prev[left])) || consider_pair(j, left))
+            return -1;
     }
     for (uint32_t i = 0; i != NONE; i = j->next[i]) j->ids[j->n_ids++] = j->sym[i];
     return 0;
