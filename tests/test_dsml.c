@@ -5,7 +5,9 @@
  * pieces and byte by byte. Every way of feeding must give the same events,
  * and the parsed calls must equal the originals (arguments as Python's
  * json.dumps writes them) and re-render to the same bytes. Malformed blocks
- * must give an ERROR event however they are split. Also: the marker
+ * must give an ERROR event however they are split. The assistant turns of
+ * the oracle prompts (tests/chat) must parse as DeepSeek's official parser
+ * parses them (tests/chat/parsed.json). Also: the marker
  * variants, think gating, held-back text, UTF-8 safety and the sampler's
  * position classification. */
 #include <stdint.h>
@@ -413,6 +415,49 @@ static void test_malformed(void) {
     ds4_buf_free(&huge);
 }
 
+/* tests/chat/parsed.json: the official parser's view of every assistant
+ * turn in the oracle prompts (text ends with EOS, which generation stops
+ * at; our parser is fed the text before it). */
+static void test_official_parses(void) {
+    const char *root = getenv("DS4_ROOT");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/chat/parsed.json", root ? root : ".");
+    json_error_t je;
+    json_t *all = json_load_file(path, 0, &je);
+    CHECK(all != NULL, "cannot load %s: %s", path, je.text);
+    CHECK(json_array_size(all) >= 30, "only %zu parsed turns", json_array_size(all));
+    int n_calls = 0;
+    for (size_t i = 0; i < json_array_size(all); i++) {
+        json_t *t = json_array_get(all, i);
+        const char *name = json_string_value(json_object_get(t, "case"));
+        const char *text = json_string_value(json_object_get(t, "text"));
+        size_t n = strlen(text), eos = strlen(DS4_CHAT_EOS);
+        CHECK(n >= eos && strcmp(text + n - eos, DS4_CHAT_EOS) == 0, "%s: no EOS", name);
+        ds4_dsml_opts o = {json_is_true(json_object_get(t, "thinking")), true};
+        ds4_dsml_message m;
+        ds4_err err = {{0}};
+        int rc = ds4_dsml_parse_message(text, n - eos, &o, &m, &err);
+        CHECK(rc == 0, "%s: %s", name, err.msg);
+        CHECK(strcmp(ds4_buf_str(&m.reasoning), json_string_value(json_object_get(t, "reasoning"))) == 0,
+              "%s: reasoning [%s]", name, ds4_buf_str(&m.reasoning));
+        CHECK(strcmp(ds4_buf_str(&m.content), json_string_value(json_object_get(t, "content"))) == 0,
+              "%s: content [%s]", name, ds4_buf_str(&m.content));
+        json_t *calls = json_object_get(t, "calls");
+        CHECK((size_t)m.n_calls == json_array_size(calls), "%s: %d calls", name, m.n_calls);
+        for (int k = 0; k < m.n_calls && (size_t)k < json_array_size(calls); k++, n_calls++) {
+            json_t *c = json_array_get(calls, (size_t)k);
+            CHECK(strcmp(m.calls[k].name, json_string_value(json_object_get(c, "name"))) == 0,
+                  "%s: name %s", name, m.calls[k].name);
+            CHECK(strcmp(m.calls[k].arguments, json_string_value(json_object_get(c, "arguments"))) == 0,
+                  "%s: arguments\n got %s\nwant %s", name, m.calls[k].arguments,
+                  json_string_value(json_object_get(c, "arguments")));
+        }
+        ds4_dsml_message_free(&m);
+    }
+    CHECK(n_calls >= 10, "only %d calls", n_calls);
+    json_decref(all);
+}
+
 static void sink_none(void *ctx, const ds4_dsml_event *ev) { (void)ctx, (void)ev; }
 
 /* The position after feeding each prefix of a canonical message. */
@@ -485,6 +530,7 @@ static void test_render_fallbacks(void) {
 
 int main(void) {
     test_well_formed();
+    test_official_parses();
     test_malformed();
     test_positions();
     test_render_fallbacks();

@@ -5,8 +5,11 @@ usage: gen_oracle.py PATH/TO/encoding_dsv4.py
 
 Renders every case of cases.json with DeepSeek's official V4 encoder
 (encoding/encoding_dsv4.py from the DeepSeek-V4-Flash release; pure Python,
-not part of this repository) into expected/NAME.txt, and writes floats.txt,
-Python's repr of random doubles (the number format json.dumps uses).
+not part of this repository) into expected/NAME.txt; writes parsed.json,
+what the official parser (parse_message_from_completion_text) makes of each
+assistant turn of those prompts (as the encoder's own tests do); and writes
+floats.txt, Python's repr of random doubles (the number format json.dumps
+uses).
 
 A request maps onto the official encoder the way vLLM's DeepSeek-V4 adapter
 maps it: tools (and response_format) go on the first message if it is a
@@ -56,6 +59,42 @@ def render(enc, case):
                                reasoning_effort=effort)
 
 
+def assistant_turns(enc, prompt):
+    """Each assistant turn of a rendered prompt, from the text after the
+    Assistant marker and its think token to the EOS, as the model wrote it."""
+    turns = []
+    marker = enc.ASSISTANT_SP_TOKEN
+    at = prompt.find(marker)
+    while at != -1:
+        start = at + len(marker)
+        thinking = prompt.startswith(enc.thinking_start_token, start)
+        start += len(enc.thinking_start_token if thinking else enc.thinking_end_token)
+        end = prompt.find(enc.eos_token, start)
+        nxt = prompt.find(marker, start)
+        if end != -1 and (nxt == -1 or end < nxt):
+            turns.append((prompt[start:end + len(enc.eos_token)], thinking))
+        at = nxt
+    return turns
+
+
+def parse_oracle(enc, cases):
+    out = []
+    for case in cases:
+        for text, thinking in assistant_turns(enc, render(enc, case)):
+            msg = enc.parse_message_from_completion_text(
+                text, thinking_mode="thinking" if thinking else "chat")
+            out.append({
+                "case": case["name"],
+                "text": text,
+                "thinking": thinking,
+                "reasoning": msg["reasoning_content"],
+                "content": msg["content"],
+                "calls": [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                          for c in msg["tool_calls"]],
+            })
+    return out
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -66,6 +105,8 @@ def main():
     for case in cases:
         with open(os.path.join(out_dir, case["name"] + ".txt"), "wb") as f:
             f.write(render(enc, case).encode("utf-8"))
+    with open(os.path.join(HERE, "parsed.json"), "w", encoding="utf-8") as f:
+        json.dump(parse_oracle(enc, cases), f, ensure_ascii=False, indent=1)
     rng = random.Random(4)
     with open(os.path.join(HERE, "floats.txt"), "w") as f:
         f.write("# IEEE-754 bits (hex) and Python repr(), written by gen_oracle.py\n")
