@@ -233,6 +233,12 @@ static void test_errors(void) {
     CHECK(render_simple(arr, 2, NULL, 0, NULL, DS4_THINK_NONE, &out, &err) == -1,
           "integer beyond 64 bits accepted");
     CHECK(strstr(err.msg, "integer") != NULL, "message: %s", err.msg);
+    ds4_chat bad_shape = {NULL, 3, NULL, 0, NULL};
+    ds4_chat_opts o = {DS4_THINK_NONE, 4096};
+    CHECK(ds4_chat_render(&bad_shape, &o, &out, &err) == -1, "NULL message list accepted");
+    ds4_chat_msg no_calls[] = {{.role = DS4_ROLE_ASSISTANT, .n_calls = 2}};
+    CHECK(render_simple(no_calls, 1, NULL, 0, NULL, DS4_THINK_NONE, &out, &err) == -1,
+          "NULL call list accepted");
     CHECK(strcmp(ds4_buf_str(&out), "KEEP") == 0, "output changed on error: %s", out.p);
     ds4_buf_free(&out);
 }

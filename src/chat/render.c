@@ -176,14 +176,16 @@ static int call_order(const ds4_chat_msg *calls_msg, const char *id) {
     return pos;
 }
 
-/* Step 2: stable insertion sort of each turn's result blocks (in place,
- * other blocks keep their slots). Only when the latest calls have an id. */
+/* Step 2: stable insertion sort of each turn's result blocks by call order
+ * (in place; other blocks keep their slots). Only when the latest calls
+ * have an id, as in the official encoder. */
 static void conv_sort_results(conv *cv) {
     const ds4_chat_msg *calls_msg = NULL;
     bool any_id = false;
-    int *slots = malloc(((size_t)cv->n_blocks + 1) * sizeof *slots);
-    block *sorted = malloc(((size_t)cv->n_blocks + 1) * sizeof *sorted);
-    if (!slots || !sorted) abort();
+    size_t cap = (size_t)cv->n_blocks + 1;
+    int *slots = malloc(cap * sizeof *slots), *keys = malloc(cap * sizeof *keys);
+    block *sorted = malloc(cap * sizeof *sorted);
+    if (!slots || !keys || !sorted) abort();
     for (int t = 0; t < cv->n; t++) {
         turn *tu = &cv->turns[t];
         if (tu->role == DS4_ROLE_ASSISTANT && tu->msg->n_calls > 0) {
@@ -201,15 +203,18 @@ static void conv_sort_results(conv *cv) {
         for (int i = 0; i < n; i++) {
             block b = tu->blocks[slots[i]];
             int key = call_order(calls_msg, b.use_id), j = i;
-            while (j > 0 && call_order(calls_msg, sorted[j - 1].use_id) > key) {
+            while (j > 0 && keys[j - 1] > key) {
                 sorted[j] = sorted[j - 1];
+                keys[j] = keys[j - 1];
                 j--;
             }
             sorted[j] = b;
+            keys[j] = key;
         }
         for (int i = 0; i < n; i++) tu->blocks[slots[i]] = sorted[i];
     }
     free(slots);
+    free(keys);
     free(sorted);
 }
 
@@ -273,12 +278,22 @@ static int header_build(header *h, const ds4_chat *c, bool *present, ds4_err *er
     return 0;
 }
 
-static int render_turn(const conv *cv, int t, bool thinking, bool drop, bool max_prefix,
-                       const header *h, ds4_buf *out, ds4_err *err) {
-    const turn *tu = &cv->turns[t];
+typedef struct render_ctx {
+    const conv *cv;
+    const header *h;
+    bool thinking;   /* thinking or Think Max */
+    bool max_prefix; /* Think Max */
+    bool drop;       /* history reasoning is dropped (no tools) */
+    int last_user;   /* index of the last user-like turn, -1 if none */
+} render_ctx;
+
+static int render_turn(const render_ctx *rc, int t, ds4_buf *out, ds4_err *err) {
+    const turn *tu = &rc->cv->turns[t];
     const ds4_chat_msg *m = tu->msg;
-    int last_user = last_user_like(cv);
-    if (t == 0 && max_prefix) ds4_buf_adds(out, ds4_chat_think_max_prefix);
+    const header *h = rc->h;
+    bool thinking = rc->thinking, drop = rc->drop;
+    int last_user = rc->last_user;
+    if (t == 0 && rc->max_prefix) ds4_buf_adds(out, ds4_chat_think_max_prefix);
     switch (tu->role) {
     case DS4_ROLE_SYSTEM:
     case DS4_ROLE_DEVELOPER:
@@ -318,7 +333,7 @@ static int render_turn(const conv *cv, int t, bool thinking, bool drop, bool max
     case DS4_ROLE_TOOL:
         break; /* merged into user turns by conv_build */
     }
-    if (t + 1 < cv->n && cv->turns[t + 1].role != DS4_ROLE_ASSISTANT) return 0;
+    if (t + 1 < rc->cv->n && rc->cv->turns[t + 1].role != DS4_ROLE_ASSISTANT) return 0;
     if (is_user_like(tu->role)) {
         ds4_buf_adds(out, DS4_CHAT_ASSISTANT);
         bool open_think = thinking && (!drop || t >= last_user);
@@ -327,10 +342,25 @@ static int render_turn(const conv *cv, int t, bool thinking, bool drop, bool max
     return 0;
 }
 
+/* The counts and pointers of c are consistent (the rest is checked while
+ * rendering). */
+static int check_shape(const ds4_chat *c, ds4_err *err) {
+    if (c->n_msgs < 0 || (c->n_msgs > 0 && !c->msgs))
+        return ds4_fail(err, "bad message list (%d messages)", c->n_msgs);
+    if (c->n_tools < 0 || (c->n_tools > 0 && !c->tools))
+        return ds4_fail(err, "bad tool list (%d tools)", c->n_tools);
+    for (int i = 0; i < c->n_msgs; i++) {
+        const ds4_chat_msg *m = &c->msgs[i];
+        if ((unsigned)m->role > DS4_ROLE_TOOL) return ds4_fail(err, "message %d: bad role", i);
+        if (m->n_calls < 0 || (m->n_calls > 0 && !m->calls))
+            return ds4_fail(err, "message %d: bad tool call list (%d calls)", i, m->n_calls);
+    }
+    return 0;
+}
+
 int ds4_chat_render(const ds4_chat *c, const ds4_chat_opts *o, ds4_buf *out, ds4_err *err) {
-    if (c->n_msgs < 0 || c->n_tools < 0) return ds4_fail(err, "negative message or tool count");
+    if (check_shape(c, err)) return -1;
     ds4_think_mode mode = ds4_chat_effective_mode(o->mode, o->ctx);
-    bool thinking = mode != DS4_THINK_NONE;
     header h = {0};
     bool header_present;
     conv cv = {0};
@@ -340,11 +370,12 @@ int ds4_chat_render(const ds4_chat *c, const ds4_chat_opts *o, ds4_buf *out, ds4
         conv_build(&cv, c, header_present);
         conv_sort_results(&cv);
         /* The official encoder keeps all reasoning once any tools are given. */
-        bool drop = c->n_tools == 0;
-        if (thinking && drop) conv_drop_thinking(&cv);
+        render_ctx r = {.cv = &cv, .h = &h, .thinking = mode != DS4_THINK_NONE,
+                        .max_prefix = mode == DS4_THINK_MAX, .drop = c->n_tools == 0};
+        if (r.thinking && r.drop) conv_drop_thinking(&cv);
+        r.last_user = last_user_like(&cv);
         ds4_buf_adds(out, DS4_CHAT_BOS);
-        for (int t = 0; t < cv.n && rc == 0; t++)
-            rc = render_turn(&cv, t, thinking, drop, mode == DS4_THINK_MAX, &h, out, err);
+        for (int t = 0; t < cv.n && rc == 0; t++) rc = render_turn(&r, t, out, err);
     }
     if (rc) ds4_buf_truncate(out, mark);
     conv_free(&cv);
