@@ -12,10 +12,13 @@
  *     over a sweep of candidate steps;
  *  2. for a few candidate super-scales d (around max a / smax) and
  *     dmin = max b / smax, alternate (a) choosing every sub-block's (sc, m)
- *     by trying a window of integers around the current value, with the
- *     best code for each value, and (b) refitting d and dmin by weighted
- *     least squares given all codes, rounded to f16 — until the error stops
- *     falling. The best state seen is kept. */
+ *     by trying a window of integers around the current value (wide on the
+ *     first pass: all 16x16 pairs for Q2_K, +-6 for Q4_K; +-3/+-2 after),
+ *     with the best code for each value, and (b) refitting d and dmin by
+ *     weighted least squares given all codes, rounded to f16 — until the
+ *     error stops falling. The best state seen is kept.
+ * About 1.2 ms (Q2_K) and 0.5 ms (Q4_K) per block on one core; the error
+ * is 2-20% below ggml's on the test data (test_quant_ggml). */
 #include <float.h>
 #include <math.h>
 #include <string.h>
@@ -27,11 +30,12 @@ typedef struct kq_format {
     int sub_len; /* values per sub-block */
     int qmax;    /* largest code */
     int smax;    /* largest sub-scale and sub-min */
-    int radius;  /* (sc, m) window half-width searched around the current pair */
+    int first_radius, radius; /* (sc, m) window half-width around the current
+                               * pair: on the first pass, then while refining */
 } kq_format;
 
-static const kq_format q2_K_format = {16, 16, 3, 15, 3};
-static const kq_format q4_K_format = {8, 32, 15, 63, 2};
+static const kq_format q2_K_format = {16, 16, 3, 15, 15, 3}; /* first pass exhaustive */
+static const kq_format q4_K_format = {8, 32, 15, 63, 6, 2};
 
 typedef struct kq_state {
     float d, dmin; /* f16-representable, >= 0 */
@@ -45,19 +49,31 @@ static float f16_round(float v) {
     return ds4_f16_to_f32(ds4_f32_to_f16(fminf(v, 65504.0f)));
 }
 
-/* Best codes for one sub-block with the given scales; returns the error. */
-static double sub_codes(const float *x, const float *w, int len, int qmax, float d, float dmin, int sc,
-                        int m, uint8_t *L) {
+/* The code of value x for a step with inverse inv and offset off: the
+ * nearest level, clamped (NaN gives 0). Written branch-free so the error
+ * loop below vectorises; 1.5*2^23 rounds to an integer, to even. */
+static inline float code_of(float x, float off, float inv, float qmax) {
+    float v = (x + off) * inv;
+    v = v > 0.0f ? v : 0.0f;
+    v = v < qmax ? v : qmax;
+    return (v + 12582912.0f) - 12582912.0f;
+}
+
+/* Weighted squared error of one sub-block coded with (sc, m). */
+static float sub_error(const float *x, const float *w, int len, int qmax, float d, float dmin, int sc, int m) {
     float step = d * (float)sc, off = dmin * (float)m;
-    float inv = step > 0.0f ? 1.0f / step : 0.0f;
-    double err = 0.0;
+    float inv = step > 0.0f ? 1.0f / step : 0.0f, err = 0.0f;
     for (int i = 0; i < len; i++) {
-        int q = step > 0.0f ? ds4_round_clamp((x[i] + off) * inv, 0, qmax) : 0;
-        float e = x[i] - (step * (float)q - off);
-        err += (double)w[i] * e * e;
-        L[i] = (uint8_t)q;
+        float e = x[i] - (step * code_of(x[i], off, inv, (float)qmax) - off);
+        err += w[i] * e * e;
     }
     return err;
+}
+
+static void sub_codes(const float *x, int len, int qmax, float d, float dmin, int sc, int m, uint8_t *L) {
+    float step = d * (float)sc, off = dmin * (float)m;
+    float inv = step > 0.0f ? 1.0f / step : 0.0f;
+    for (int i = 0; i < len; i++) L[i] = (uint8_t)code_of(x[i], off, inv, (float)qmax);
 }
 
 /* Continuous fit x ~ a*q - b with a, b >= 0 and q in 0..qmax. */
@@ -111,31 +127,33 @@ static void sub_fit(const float *x, const float *w, int len, int qmax, float *a_
     }
 }
 
-/* Chooses every sub-block's (sc, m) in a window around (sc0, m0). */
+/* Chooses every sub-block's (sc, m) in a window of the given radius around
+ * (sc0, m0). */
 static void choose_scales(const kq_format *f, const float *x, const float *w, const int *sc0, const int *m0,
-                          kq_state *st) {
-    uint8_t L[32];
+                          int radius, kq_state *st) {
     st->err = 0.0;
     for (int j = 0; j < f->n_sub; j++) {
         const float *xj = x + j * f->sub_len, *wj = w + j * f->sub_len;
-        int sc_lo = st->d > 0.0f ? sc0[j] - f->radius : 0, sc_hi = st->d > 0.0f ? sc0[j] + f->radius : 0;
-        int m_lo = st->dmin > 0.0f ? m0[j] - f->radius : 0, m_hi = st->dmin > 0.0f ? m0[j] + f->radius : 0;
+        int sc_lo = st->d > 0.0f ? sc0[j] - radius : 0, sc_hi = st->d > 0.0f ? sc0[j] + radius : 0;
+        int m_lo = st->dmin > 0.0f ? m0[j] - radius : 0, m_hi = st->dmin > 0.0f ? m0[j] + radius : 0;
         if (sc_lo < 0) sc_lo = 0;
         if (m_lo < 0) m_lo = 0;
         if (sc_hi > f->smax) sc_hi = f->smax;
         if (m_hi > f->smax) m_hi = f->smax;
-        double best = DBL_MAX;
+        float best = FLT_MAX;
+        st->sc[j] = (uint8_t)sc_lo;
+        st->m[j] = (uint8_t)m_lo;
         for (int sc = sc_lo; sc <= sc_hi; sc++) {
             for (int m = m_lo; m <= m_hi; m++) {
-                double e = sub_codes(xj, wj, f->sub_len, f->qmax, st->d, st->dmin, sc, m, L);
+                float e = sub_error(xj, wj, f->sub_len, f->qmax, st->d, st->dmin, sc, m);
                 if (e < best) {
                     best = e;
                     st->sc[j] = (uint8_t)sc;
                     st->m[j] = (uint8_t)m;
-                    memcpy(st->L + j * f->sub_len, L, (size_t)f->sub_len);
                 }
             }
         }
+        sub_codes(xj, f->sub_len, f->qmax, st->d, st->dmin, st->sc[j], st->m[j], st->L + j * f->sub_len);
         st->err += best;
     }
 }
@@ -187,7 +205,7 @@ static void kq_block(const kq_format *f, const float *x, const float *w, kq_stat
         }
         double prev = DBL_MAX;
         for (int iter = 0; iter < 8; iter++) {
-            choose_scales(f, x, w, sc0, m0, &st);
+            choose_scales(f, x, w, sc0, m0, iter == 0 ? f->first_radius : f->radius, &st);
             if (st.err < best->err) *best = st;
             if (!(st.err < prev * (1.0 - 1e-6))) break;
             prev = st.err;
