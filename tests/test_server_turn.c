@@ -33,6 +33,8 @@ static const char *const CALL_TEXT =
     "</" D "tool_calls>";
 static const char *const RAW_BLOCK_START = "\n\n<" D "tool_calls>";
 
+static srv_parse_defaults defaults_high = {.think = SRV_THINK_HIGH};
+
 static int write_buf(void *ctx, const char *data, size_t n) {
     ds4_buf_add(ctx, data, n);
     return 0;
@@ -49,9 +51,8 @@ typedef struct run {
  * (0 = whole), finishes with `finish`, and collects the output. */
 static void run_turn(run *r, srv_api api, const char *body, const char *text, size_t piece, srv_finish finish) {
     memset(r, 0, sizeof *r);
-    srv_parse_defaults d = {.think = SRV_THINK_HIGH};
     srv_error e;
-    if (srv_parse_request(api, body, strlen(body), &d, &r->req, &e)) {
+    if (srv_parse_request(api, body, strlen(body), &defaults_high, &r->req, &e)) {
         CHECK(0, "request did not parse: %s", e.message);
         return;
     }
@@ -408,6 +409,78 @@ static void test_toolmem(void) {
     srv_toolmem_free(m);
 }
 
+/* The round trip of exact replay: a generated tool turn is remembered; the
+ * client sends the calls back as re-serialised JSON (different spacing);
+ * the next prompt must contain the sampled bytes, not a canonical
+ * rendering. With an unknown id it falls back to the canonical DSML. */
+static void test_exact_replay(void) {
+    srv_ctx c = {.ctx_size = 32768, .toolmem = srv_toolmem_new(100, 1 << 20)};
+    run r;
+    run_turn(&r, SRV_API_CHAT, CHAT_TOOLS, CALL_TEXT, 7, SRV_FINISH_STOP);
+    CHECK(r.res.n_calls == 2 && r.res.raw_dsml, "tool turn");
+    if (r.res.n_calls != 2 || !r.res.raw_dsml) return;
+    const char *ids[2] = {r.res.calls[0].id, r.res.calls[1].id};
+    srv_toolmem_remember(c.toolmem, ids, 2, r.res.raw_dsml, strlen(r.res.raw_dsml));
+    for (int known = 1; known >= 0; known--) {
+        char body[2048];
+        snprintf(body, sizeof body,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"w?\"},"
+                 "{\"role\":\"assistant\",\"content\":\"I'll look it up.\",\"reasoning_content\":\"Let me check.\","
+                 "\"tool_calls\":[{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+                 "\"arguments\":\"{\\\"days\\\":[1,2],\\\"city\\\":\\\"Paris & <Lyon> \\\\\\\"x\\\\\\\"\\\"}\"}},"
+                 "{\"id\":\"%s\",\"type\":\"function\",\"function\":{\"name\":\"noop\",\"arguments\":\"{}\"}}]},"
+                 "{\"role\":\"tool\",\"tool_call_id\":\"%s\",\"content\":\"sunny\"},"
+                 "{\"role\":\"tool\",\"tool_call_id\":\"%s\",\"content\":\"ok\"}],"
+                 "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{}}}]}",
+                 known ? ids[0] : "call_other", ids[1], known ? ids[0] : "call_other", ids[1]);
+        srv_request req;
+        srv_error e;
+        CHECK(srv_parse_request(SRV_API_CHAT, body, strlen(body), &defaults_high, &req, &e) == 0, "replay request: %s", e.message);
+        char *prompt = NULL;
+        CHECK(srv_render_prompt(&c, &req, &prompt, &e) == 0, "render: %s", e.message);
+        if (prompt) {
+            /* the sampled block has the generated "[1, 2]" and key order city, days */
+            ds4_buf want = {0};
+            ds4_buf_adds(&want, "I'll look it up.");
+            ds4_buf_adds(&want, r.res.raw_dsml);
+            bool exact = strstr(prompt, want.p) != NULL;
+            CHECK(exact == (known == 1), "%s id: %s rendering", known ? "known" : "unknown", known ? "exact" : "canonical");
+            if (!known) CHECK(strstr(prompt, "invoke name=\"get_weather\""), "canonical DSML rendered");
+            ds4_buf_free(&want);
+        }
+        free(prompt);
+        srv_request_free(&req);
+    }
+    run_free(&r);
+    srv_toolmem_free(c.toolmem);
+}
+
+/* Greedy positions (server-spec §4.7): tags and JSON punctuation are
+ * greedy, string payloads and text are sampled. */
+static void test_greedy_positions(void) {
+    srv_request req;
+    srv_error e;
+    CHECK(srv_parse_request(SRV_API_CHAT, CHAT_TOOLS, strlen(CHAT_TOOLS), &defaults_high, &req, &e) == 0, "req");
+    ds4_buf sink = {0};
+    srv_emitter *em = srv_emitter_new(&req, "chatcmpl-1", 0, write_buf, &sink);
+    srv_turn *t = srv_turn_new(&req, em);
+    static const struct { const char *piece; bool greedy; } steps[] = {
+        {"hmm</think>Sure", false},
+        {"\n\n<" D "tool_calls>\n<" D "invoke name=\"get_", true},
+        {"weather\">\n<" D "parameter name=\"city\" string=\"true\">Par", false},
+        {"is</" D "parameter>\n<" D "parameter name=\"days\" string=\"false\">[1", true},
+        {", \"a b", false},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        srv_turn_text(t, steps[i].piece, strlen(steps[i].piece));
+        CHECK(srv_turn_greedy(t) == steps[i].greedy, "after step %zu: greedy %d", i, srv_turn_greedy(t));
+    }
+    srv_turn_free(t);
+    srv_emitter_free(em);
+    ds4_buf_free(&sink);
+    srv_request_free(&req);
+}
+
 int main(void) {
     for (size_t piece = 0; piece <= 9; piece++) test_openai_stream(piece);
     test_openai_stream(1000);
@@ -418,5 +491,7 @@ int main(void) {
     test_failures();
     test_stop_strings();
     test_toolmem();
+    test_exact_replay();
+    test_greedy_positions();
     return TEST_DONE();
 }

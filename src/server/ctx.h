@@ -85,6 +85,8 @@ struct srv_job {
 };
 
 /* ---- prompt.c ---- */
+/* The prompt text of a request (malloc'd); uses c->toolmem and c->ctx_size. */
+int srv_render_prompt(srv_ctx *c, const srv_request *req, char **text, srv_error *err);
 /* Renders req into job->prompt_text and tokenizes it into job->tokens;
  * checks the context (400 with the limit). */
 int srv_prepare_prompt(srv_ctx *c, srv_job *job, srv_error *err);

@@ -31,8 +31,7 @@ static ds4_think_mode chat_mode(srv_think t) {
     return t == SRV_THINK_NONE ? DS4_THINK_NONE : t == SRV_THINK_MAX ? DS4_THINK_MAX : DS4_THINK_HIGH;
 }
 
-/* Renders req into *text (malloc'd). */
-static int render(srv_ctx *c, const srv_request *req, char **text, srv_error *err) {
+int srv_render_prompt(srv_ctx *c, const srv_request *req, char **text, srv_error *err) {
     int n = req->api == SRV_API_COMPLETIONS ? 2 : req->n_msgs;
     ds4_chat_msg *msgs = calloc((size_t)n + 1, sizeof *msgs);
     ds4_tool_call **calls = calloc((size_t)n + 1, sizeof *calls);
@@ -102,7 +101,7 @@ static int tokenize(srv_ctx *c, const char *text, int32_t **ids, int *n, srv_err
 
 int srv_count_tokens(srv_ctx *c, const srv_request *req, int *n, srv_error *err) {
     char *text;
-    if (render(c, req, &text, err)) return -1;
+    if (srv_render_prompt(c, req, &text, err)) return -1;
     int32_t *ids = NULL;
     int rc = tokenize(c, text, &ids, n, err);
     free(ids);
@@ -111,7 +110,7 @@ int srv_count_tokens(srv_ctx *c, const srv_request *req, int *n, srv_error *err)
 }
 
 int srv_prepare_prompt(srv_ctx *c, srv_job *job, srv_error *err) {
-    if (render(c, &job->req, &job->prompt_text, err)) return -1;
+    if (srv_render_prompt(c, &job->req, &job->prompt_text, err)) return -1;
     if (tokenize(c, job->prompt_text, &job->tokens, &job->n_tokens, err)) return -1;
     if (job->n_tokens >= c->ctx_size) {
         srv_error_set(err, 400, "Prompt has %d tokens, but the configured context size is %d tokens",
