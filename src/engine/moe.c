@@ -1,0 +1,177 @@
+/* moe.c — the FFN sublayer: routed experts + one shared expert (model-spec §5.8).
+ *
+ * Router: logits = gate_inp · x, probabilities sqrt(softplus(logit)).
+ * Hash-routed layers take their experts from tid2eid[token]; the others take
+ * the top n_used of prob + bias (bias only for the choice; ties → lower
+ * index). Weights are the chosen unbiased probabilities renormalised (floor
+ * 2^-14) × scale. Each expert is SwiGLU with the gate clamped above and up
+ * clamped both sides; the router weight multiplies the mid activation before
+ * the down projection (it matters for the mid's Q8_K quantisation).
+ *
+ * Batched: the chunk's (token, slot) pairs are bucketed by expert, so each
+ * expert's weights are read once per chunk. Each pair's down output lands
+ * in its own row and every token sums its slots in selection order, the
+ * same sum a single-token decode makes. */
+#include <math.h>
+#include <string.h>
+
+#include "engine_impl.h"
+
+typedef struct moe_job {
+    ds4_session *s;
+    int il;
+    const int32_t *tokens;
+    int n;
+    int count; /* pairs in the current expert batch */
+    int first; /* index into gtok/gslot of the batch's first pair */
+} moe_job;
+
+static void route_task(void *ctx, int t, int worker) {
+    moe_job *j = ctx;
+    ds4_engine *e = j->s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    const ds4_layer *L = &e->model.layers[j->il];
+    chunk_ws *ws = &e->ws;
+    uint32_t ne = hp->n_expert, nu = hp->n_expert_used;
+    float *prob = ws->router + (size_t)t * ne;
+    for (uint32_t i = 0; i < ne; i++) prob[i] = sqrtf(softplus(prob[i]));
+    int *eid = ws->eid + (size_t)t * nu;
+    if (L->ffn_gate_tid2eid.data) {
+        const int32_t *row = (const int32_t *)L->ffn_gate_tid2eid.data + (size_t)j->tokens[t] * nu;
+        for (uint32_t i = 0; i < nu; i++) eid[i] = row[i];
+    } else {
+        float *biased = ws->wk[worker].tmp;
+        const float *bias = e->lc[j->il].probs_bias;
+        for (uint32_t i = 0; i < ne; i++) biased[i] = prob[i] + (bias ? bias[i] : 0.0f);
+        topk_rank_order(biased, (int)ne, (int)nu, eid);
+    }
+    float *w = ws->ew + (size_t)t * nu;
+    float sum = 0.0f;
+    for (uint32_t i = 0; i < nu; i++) sum += prob[eid[i]];
+    if (sum < 6.103515625e-05f) sum = 6.103515625e-05f; /* 2^-14 */
+    for (uint32_t i = 0; i < nu; i++)
+        w[i] = hp->expert_weights_norm ? prob[eid[i]] / sum * hp->expert_weight_scale
+                                       : prob[eid[i]] * hp->expert_weight_scale;
+}
+
+/* mid = silu(min(g, c)) · clamp(u, -c, c) (· weight), in place in g. */
+static void swiglu_row(float *g, const float *u, int n, float clamp, float weight) {
+    for (int i = 0; i < n; i++) {
+        float gv = g[i], uv = u[i];
+        if (clamp > 0.0f) {
+            gv = fminf(gv, clamp);
+            uv = fminf(fmaxf(uv, -clamp), clamp);
+        }
+        g[i] = silu(gv) * uv * weight;
+    }
+}
+
+static void shared_mid_task(void *ctx, int t, int worker) {
+    moe_job *j = ctx;
+    ds4_engine *e = j->s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    size_t ff = hp->n_ff_exp;
+    swiglu_row(e->ws.sg + t * ff, e->ws.su + t * ff, (int)ff, hp->swiglu_clamp[j->il], 1.0f);
+}
+
+static void expert_gather_task(void *ctx, int i, int worker) {
+    moe_job *j = ctx;
+    chunk_ws *ws = &j->s->e->ws;
+    size_t D = j->s->e->model.hp.n_embd;
+    memcpy(ws->gx + (size_t)i * D, ws->a + (size_t)ws->gtok[j->first + i] * D, D * sizeof(float));
+}
+
+static void expert_mid_task(void *ctx, int i, int worker) {
+    moe_job *j = ctx;
+    ds4_engine *e = j->s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    chunk_ws *ws = &e->ws;
+    size_t ff = hp->n_ff_exp;
+    int pair = j->first + i;
+    float weight = ws->ew[(size_t)ws->gtok[pair] * hp->n_expert_used + ws->gslot[pair]];
+    swiglu_row(ws->gg + i * ff, ws->gu + i * ff, (int)ff, hp->swiglu_clamp[j->il], weight);
+}
+
+static void expert_scatter_task(void *ctx, int i, int worker) {
+    moe_job *j = ctx;
+    const ds4_hparams *hp = &j->s->e->model.hp;
+    chunk_ws *ws = &j->s->e->ws;
+    size_t D = hp->n_embd;
+    int pair = j->first + i;
+    size_t dst = (size_t)ws->gtok[pair] * hp->n_expert_used + ws->gslot[pair];
+    memcpy(ws->routed + dst * D, ws->gd + (size_t)i * D, D * sizeof(float));
+}
+
+static void combine_task(void *ctx, int t, int worker) {
+    moe_job *j = ctx;
+    const ds4_hparams *hp = &j->s->e->model.hp;
+    chunk_ws *ws = &j->s->e->ws;
+    size_t D = hp->n_embd, nu = hp->n_expert_used;
+    float *y = ws->y + (size_t)t * D;
+    const float *sh = ws->sh + (size_t)t * D;
+    for (size_t d = 0; d < D; d++) {
+        float acc = 0.0f;
+        for (size_t k = 0; k < nu; k++) acc += ws->routed[((size_t)t * nu + k) * D + d];
+        y[d] = acc + sh[d];
+    }
+}
+
+/* Buckets the chunk's (token, slot) pairs by expert: ecount[e] .. ecount[e+1]. */
+static void bucket_pairs(chunk_ws *ws, uint32_t n_expert, uint32_t nu, int n) {
+    memset(ws->ecount, 0, sizeof(int) * (n_expert + 1));
+    for (int i = 0; i < n * (int)nu; i++) ws->ecount[ws->eid[i] + 1]++;
+    for (uint32_t e = 0; e < n_expert; e++) ws->ecount[e + 1] += ws->ecount[e];
+    int *fill = ws->efill;
+    memcpy(fill, ws->ecount, sizeof(int) * n_expert);
+    for (int t = 0; t < n; t++)
+        for (uint32_t k = 0; k < nu; k++) {
+            int e = ws->eid[(size_t)t * nu + k];
+            ws->gtok[fill[e]] = t;
+            ws->gslot[fill[e]] = (int)k;
+            fill[e]++;
+        }
+}
+
+void ffn_sublayer(ds4_session *s, int il, const int32_t *tokens, int n) {
+    ds4_engine *e = s->e;
+    const ds4_model *m = &e->model;
+    const ds4_hparams *hp = &m->hp;
+    const ds4_layer *L = &m->layers[il];
+    chunk_ws *ws = &e->ws;
+    size_t D = hp->n_embd, ff = hp->n_ff_exp;
+    moe_job j = {s, il, tokens, n, 0, 0};
+
+    cpu_mat w = cpu_mat_of(&L->ffn_gate_inp);
+    cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->router, hp->n_expert);
+    cpu_parallel_for(&e->cpu, n, route_task, &j);
+
+    /* Shared expert. */
+    w = cpu_mat_of(&L->ffn_gate_shexp);
+    cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->sg, ff);
+    w = cpu_mat_of(&L->ffn_up_shexp);
+    cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->su, ff);
+    cpu_parallel_for(&e->cpu, n, shared_mid_task, &j);
+    w = cpu_mat_of(&L->ffn_down_shexp);
+    cpu_matmul(&e->cpu, &w, ws->sg, ff, n, ws->sh, D);
+
+    /* Routed experts, one expert's pairs at a time (in batches of ≤ cap). */
+    bucket_pairs(ws, hp->n_expert, hp->n_expert_used, n);
+    for (uint32_t x = 0; x < hp->n_expert; x++) {
+        for (int start = ws->ecount[x]; start < ws->ecount[x + 1]; start += ws->cap) {
+            int count = ws->ecount[x + 1] - start;
+            if (count > ws->cap) count = ws->cap;
+            j.count = count;
+            j.first = start;
+            cpu_parallel_for(&e->cpu, count, expert_gather_task, &j);
+            cpu_mat g = cpu_mat_expert(&L->ffn_gate_exps, x);
+            cpu_matmul(&e->cpu, &g, ws->gx, D, count, ws->gg, ff);
+            cpu_mat u = cpu_mat_expert(&L->ffn_up_exps, x);
+            cpu_matmul(&e->cpu, &u, ws->gx, D, count, ws->gu, ff);
+            cpu_parallel_for(&e->cpu, count, expert_mid_task, &j);
+            cpu_mat dn = cpu_mat_expert(&L->ffn_down_exps, x);
+            cpu_matmul(&e->cpu, &dn, ws->gg, ff, count, ws->gd, D);
+            cpu_parallel_for(&e->cpu, count, expert_scatter_task, &j);
+        }
+    }
+    cpu_parallel_for(&e->cpu, n, combine_task, &j);
+}
