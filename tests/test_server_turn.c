@@ -376,6 +376,17 @@ static void test_stop_strings(void) {
     CHECK(!strcmp(r.res.content, "why</think>so") && !r.res.reasoning, "completions keep raw text");
     CHECK(strstr(r.out.p, "\"object\":\"text_completion\"") && strstr(r.out.p, "data: [DONE]"), "completion chunks");
     run_free(&r);
+    /* a generated leading <think> is not reasoning; a short text is not held forever */
+    for (size_t piece = 1; piece <= 8; piece += 7) {
+        run_turn(&r, SRV_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "<think>why</think>so",
+                 piece, SRV_FINISH_STOP);
+        CHECK(r.res.reasoning && !strcmp(r.res.reasoning, "why") && !strcmp(r.res.content, "so"),
+              "piece %zu: leading <think> skipped: [%s] [%s]", piece, r.res.reasoning, r.res.content);
+        run_free(&r);
+    }
+    run_turn(&r, SRV_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "<th", 1, SRV_FINISH_LENGTH);
+    CHECK(r.res.reasoning && !strcmp(r.res.reasoning, "<th"), "short text released at the end: [%s]", r.res.reasoning);
+    run_free(&r);
     /* invalid UTF-8 from the model is replaced, JSON stays valid */
     run_turn(&r, SRV_API_CHAT, "{\"think\":false,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "a\xff" "b", 1,
              SRV_FINISH_STOP);

@@ -35,6 +35,7 @@ struct srv_turn {
     size_t n_partial;
     size_t released;         /* bytes of text passed on */
     size_t max_stop;         /* longest stop string */
+    bool start_checked;      /* a leading "<think>" was looked for */
     bool stop_hit;
     ds4_buf reasoning, content;
     srv_tool_call *calls;
@@ -88,6 +89,7 @@ srv_turn *srv_turn_new(const srv_request *req, srv_emitter *em) {
     t->em = em;
     for (int i = 0; i < req->n_stop; i++)
         if (strlen(req->stop[i]) > t->max_stop) t->max_stop = strlen(req->stop[i]);
+    t->start_checked = req->think == SRV_THINK_NONE;
     if (req->api != SRV_API_COMPLETIONS) {
         ds4_dsml_opts po = {.thinking = req->think != SRV_THINK_NONE, .tools = req->has_tools};
         t->parser = ds4_dsml_parser_new(&po, on_dsml_event, t);
@@ -95,8 +97,23 @@ srv_turn *srv_turn_new(const srv_request *req, srv_emitter *em) {
     return t;
 }
 
+/* A thinking turn's text may itself start with "<think>" (the prompt
+ * already opened the block): that marker is skipped, not shown as
+ * reasoning. Until 7 bytes are known the start is held back. Returns false
+ * while undecided. */
+static bool skip_leading_think(srv_turn *t, bool final) {
+    static const char open[] = "<think>";
+    if (t->start_checked) return true;
+    size_t n = t->text.len < 7 ? t->text.len : 7;
+    if (n < 7 && !final && !memcmp(t->text.p ? t->text.p : "", open, n)) return false;
+    t->start_checked = true;
+    if (n == 7 && !memcmp(t->text.p, open, 7)) t->released = 7;
+    return true;
+}
+
 /* Passes text[released..upto) on to the parser (or straight to content). */
-static void release(srv_turn *t, size_t upto) {
+static void release(srv_turn *t, size_t upto, bool final) {
+    if (t->parser && !skip_leading_think(t, final)) return;
     if (upto <= t->released) return;
     const char *p = t->text.p + t->released;
     size_t n = upto - t->released;
@@ -157,7 +174,7 @@ static void add_valid_utf8(srv_turn *t, const char *s, size_t n, bool final) {
  * all but the last max_stop-1 bytes. */
 static void scan_text(srv_turn *t) {
     if (!t->req->n_stop) {
-        release(t, t->text.len);
+        release(t, t->text.len, false);
         return;
     }
     size_t best = (size_t)-1;
@@ -167,12 +184,12 @@ static void scan_text(srv_turn *t) {
         if (hit && (size_t)(hit - t->text.p) < best) best = (size_t)(hit - t->text.p);
     }
     if (best != (size_t)-1) {
-        release(t, best);
+        release(t, best, true);
         ds4_buf_truncate(&t->text, best);
         t->stop_hit = true;
         return;
     }
-    if (t->text.len - t->released >= t->max_stop) release(t, t->text.len - (t->max_stop - 1));
+    if (t->text.len - t->released >= t->max_stop) release(t, t->text.len - (t->max_stop - 1), false);
 }
 
 void srv_turn_text(srv_turn *t, const char *s, size_t n) {
@@ -212,7 +229,7 @@ void srv_turn_finish(srv_turn *t, srv_finish finish, const char *error, srv_resu
         add_valid_utf8(t, "", 0, true);
         scan_text(t);
     }
-    if (!t->stop_hit) release(t, t->text.len);
+    if (!t->stop_hit) release(t, t->text.len, true);
     t->finishing = true;
     if (t->parser) ds4_dsml_finish(t->parser);
     bool thinking = t->req->think != SRV_THINK_NONE;
