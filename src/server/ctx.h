@@ -110,6 +110,9 @@ int srv_queue_depth(srv_ctx *c, bool *busy);
 /* ---- gen.c ---- */
 /* Runs one job to completion on the worker's session. */
 void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job);
+/* Answers a job that cannot run: a JSON error with `status`, or an SSE
+ * error event when the stream's headers are already out. */
+void srv_reject_job(srv_job *job, int status, const char *msg);
 
 /* ---- toolmem.c: exact DSML replay (server-spec §4.8) ---- */
 srv_toolmem *srv_toolmem_new(int max_ids, size_t max_bytes);

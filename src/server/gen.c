@@ -80,19 +80,23 @@ static void trace_result(srv_ctx *c, srv_job *job, const srv_result *res, const 
     srv_trace(c, "===== end request %lu =====\n", job->seq);
 }
 
-/* Answers a job that failed before any output: 500 JSON, or an SSE error
- * event when the stream's headers are already out. */
-static void fail_job(srv_job *job, srv_emitter *em, const char *msg) {
+static void fail_job(srv_job *job, srv_emitter *em, int status, const char *msg) {
     if (job->req.stream) {
         srv_emit_error(em, msg);
         return;
     }
     srv_error e;
-    srv_error_set(&e, 500, "%s", msg);
+    srv_error_set(&e, status, "%s", msg);
     char *body = srv_error_body(&e, job->req.api);
-    job->status = 500;
+    job->status = status;
     srv_job_write(job, body, strlen(body));
     free(body);
+}
+
+void srv_reject_job(srv_job *job, int status, const char *msg) {
+    srv_emitter *em = srv_emitter_new(&job->req, job->id, job->created, srv_job_write, job);
+    fail_job(job, em, status, msg);
+    srv_emitter_free(em);
 }
 
 void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
@@ -119,14 +123,14 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         srv_log("request %lu stopped during prefill (%s)", job->seq,
                 atomic_load(&c->stopping) ? "shutdown" : "client gone");
         ds4_session_reset(s); /* a partial prompt is of no use to the next request */
-        if (atomic_load(&c->stopping)) fail_job(job, em, "server shutting down");
+        if (atomic_load(&c->stopping)) fail_job(job, em, 503, "server shutting down");
         srv_emitter_free(em);
         return;
     }
     if (rc) {
         srv_log("request %lu prefill failed: %s", job->seq, err.msg);
         ds4_session_reset(s);
-        fail_job(job, em, err.msg);
+        fail_job(job, em, 500, err.msg);
         srv_emitter_free(em);
         return;
     }

@@ -138,12 +138,7 @@ static void *worker_main(void *arg) {
             srv_metrics_cancelled(c->metrics);
             srv_log("request %lu skipped: client gone while queued", j->seq);
         } else if (!s || c->stopping) {
-            j->status = 503;
-            srv_error e;
-            srv_error_set(&e, 503, s ? "server shutting down" : "engine session unavailable");
-            char *body = srv_error_body(&e, j->req.api);
-            srv_job_write(j, body, strlen(body));
-            free(body);
+            srv_reject_job(j, 503, s ? "server shutting down" : "engine session unavailable");
         } else {
             srv_generate(c, s, j);
         }
