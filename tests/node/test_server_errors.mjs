@@ -3,11 +3,12 @@
 // wrong types, unknown roles, missing or empty fields, unsupported content
 // parts, invalid UTF-8, oversized bodies (413), prompts over the context
 // (400 with the limit), unknown endpoints (404), auth (401), and CORS.
+import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { check, done, post, startServer } from './server_harness.mjs';
 
 const KEY = 'sekret-key';
-const srv = await startServer(['--api-key', KEY, '--max-body-mb', '1', '--cors'], { ctx: 256 });
+const srv = await startServer(['--api-key', KEY, '--max-body-mb', '1', '--cors', '--io-timeout', '2'], { ctx: 256 });
 const auth = { authorization: `Bearer ${KEY}` };
 
 // [path, body, expected status, regexp the message must match]
@@ -107,6 +108,19 @@ try {
   check(r404.status === 404 && /unknown endpoint/.test((await r404.json()).error.message), '404 unknown endpoint');
   const ro = await fetch(srv.url + '/v1/chat/completions', { method: 'OPTIONS' });
   check(ro.status === 204 && ro.headers.get('access-control-allow-origin') === '*', 'OPTIONS 204 with CORS', [...ro.headers]);
+
+  // a stalled client (half a request, then silence) does not block others
+  // and is dropped after --io-timeout
+  const stalled = connect(srv.port, '127.0.0.1');
+  const closed = new Promise((ok) => stalled.on('close', () => ok(Date.now())));
+  stalled.on('error', () => {});
+  await new Promise((ok) => stalled.on('connect', ok));
+  const t0 = Date.now();
+  stalled.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"mess');
+  const meanwhile = await post(srv.url, '/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }, auth);
+  check(meanwhile.status === 200, 'others are served while a client stalls', meanwhile.status);
+  const tClosed = await Promise.race([closed, new Promise((ok) => setTimeout(() => ok(null), 10000))]);
+  check(tClosed !== null && tClosed - t0 < 8000, `stalled connection dropped (${tClosed && tClosed - t0} ms)`);
 
   // after all that, a good request still works
   const good = new OpenAI({ baseURL: srv.url + '/v1', apiKey: KEY, maxRetries: 0 });
