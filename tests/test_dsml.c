@@ -412,6 +412,9 @@ static void test_malformed(void) {
     size_t cuts[2] = {100, 40000};
     free(parse_pieces(huge.p, huge.len, &o, cuts, 2, &errors, NULL));
     CHECK(errors == 1, "unterminated huge tag: %d errors", errors);
+    ds4_buf_adds(&huge, "\"></" D "invoke></" D "tool_calls>");
+    free(parse_pieces(huge.p, huge.len, &o, NULL, 0, &errors, NULL));
+    CHECK(errors == 1, "complete huge tag: %d errors", errors);
     ds4_buf_free(&huge);
 }
 

@@ -218,9 +218,10 @@ static bool decode_attr(ds4_buf *out, const char *s, size_t n) {
 }
 
 /* "Need more text" for a tag that is still incomplete: 0, or an error once
- * the pending text is longer than any sane tag. */
+ * the pending text is longer than any sane tag (the same error as for a
+ * complete tag that long, so the outcome does not depend on the split). */
 static long need_more(ds4_dsml_parser *p, size_t n) {
-    return n > MAX_TAG_LEN ? fail(p, "unterminated tool call tag (over %s bytes)", "65536") : 0;
+    return n > MAX_TAG_LEN ? fail(p, "tool call tag longer than %s bytes", "65536") : 0;
 }
 
 /* Lexes the tag at s[0] == '<'. Returns its length, 0 if more text is
@@ -252,7 +253,7 @@ static long lex_tag(ds4_dsml_parser *p, const char *s, size_t n, tag *t) {
         size_t ws0 = i;
         while (i < n && is_ws(s[i])) i++;
         if (i == n) return need_more(p, n);
-        if (s[i] == '>') return (long)i + 1;
+        if (s[i] == '>') return i + 1 > MAX_TAG_LEN ? need_more(p, i + 1) : (long)i + 1;
         if (t->close) return fail_text(p, "closing tag with attributes", s, i + 1);
         if (i == ws0) return fail_text(p, "bad attribute in tag", s, i + 1);
         size_t a0 = i;
