@@ -5,8 +5,9 @@
  *
  *   REASONING  (thinking turns) text up to "</think>"
  *   CONTENT    text up to a tool-call block opener; trailing whitespace is
- *              held back, because whitespace right before a block belongs
- *              to the block (the official "\n\n" separator), not to content
+ *              held back, because the "\n\n" right before a block (the
+ *              official separator; any whitespace if the text has no
+ *              "\n\n" there) belongs to the block, not to the content
  *   BLOCK      between invokes: whitespace, <invoke name="…"> or </tool_calls>
  *   INVOKE     between parameters: whitespace, <parameter …> or </invoke>
  *   STRING     a string="true" value, streamed as JSON string text
@@ -318,8 +319,11 @@ static int step_content(ds4_dsml_parser *p, bool final) {
             int ml = snprintf(marker, sizeof marker, "<%stool_calls>", style_prefix[k]);
             enum match m = match_lit(s + i, n - i, marker, (size_t)ml);
             if (m == FULL) {
+                /* The block takes the "\n\n" before it (the official
+                 * separator) or, without one, all whitespace before it. */
                 size_t w = i;
                 while (w > 0 && is_ws(s[w - 1])) w--;
+                if (i - w >= 2 && s[i - 1] == '\n' && s[i - 2] == '\n') w = i - 2;
                 send_text(p, DS4_DSML_CONTENT, s, w);
                 consume(p, w);
                 p->st = ST_BLOCK;
