@@ -104,7 +104,21 @@ static const char *judge_fd(int fd, kv_entry *e) {
         pread(fd, tail, sizeof tail, (off_t)(e->size - sizeof tail)) != (ssize_t)sizeof tail)
         return "truncated";
     if ((why = kv_integrity_decode(tail, &e->in))) return why;
-    return kv_layout_check(&e->h, &e->in, e->size, &e->ktm_bytes);
+    if ((why = kv_layout_check(&e->h, &e->in, e->size, &e->ktm_bytes))) return why;
+    /* Cheap cross-checks that catch a damaged size or count field without
+     * hashing the file: the payload header repeats ctx and tokens, and the
+     * KTM map must start where the sizes say. */
+    uint8_t ph[4 * DS4_PAYLOAD_HEADER_U32], ktm[4];
+    uint64_t at = DS4_KVC_FIXED_BYTES + (uint64_t)e->h.text_bytes;
+    if (e->h.payload_bytes < sizeof ph || pread(fd, ph, sizeof ph, (off_t)at) != (ssize_t)sizeof ph)
+        return "payload truncated";
+    if (kv_get32(ph) != DS4_PAYLOAD_MAGIC || kv_get32(ph + 4) != DS4_PAYLOAD_VERSION)
+        return "payload header is not DSV4 version 1";
+    if (kv_get32(ph + 8) != e->h.ctx || kv_get32(ph + 28) != e->h.tokens)
+        return "payload ctx or token count differs from the file header";
+    if (e->ktm_bytes && (pread(fd, ktm, 4, (off_t)(at + e->h.payload_bytes)) != 4 || memcmp(ktm, "KTM\1", 4)))
+        return "tool-id map header missing";
+    return NULL;
 }
 
 /* Opens and judges name. Returns the open fd (>= 0) for a good entry; -1
@@ -375,7 +389,7 @@ int ds4_kvcache_lookup(ds4_kvcache *kc, const ds4_kvcache_io *io, const char *te
     memset(hit, 0, sizeof *hit);
     kv_entry *v;
     int n = scan(kc, &v), found = 0;
-    qsort(v, (size_t)n, sizeof *v, by_text_then_tokens);
+    if (n > 1) qsort(v, (size_t)n, sizeof *v, by_text_then_tokens);
     uint32_t hashed_len = UINT32_MAX;
     char want[41] = {0};
     for (int i = 0; i < n && !found; i++) {
