@@ -42,8 +42,12 @@
 /* Longest tag (with its attributes) we wait for before calling it malformed. */
 #define MAX_TAG_LEN 65536
 
-static const char *const style_prefix[] = {BAR "DSML" BAR, "DSML" BAR, ""};
 #define N_STYLES 3
+static const char *const style_prefix[N_STYLES] = {BAR "DSML" BAR, "DSML" BAR, ""};
+static const char *const block_open[N_STYLES] = {"<" BAR "DSML" BAR "tool_calls>",
+                                                 "<DSML" BAR "tool_calls>", "<tool_calls>"};
+static const char *const param_close[N_STYLES] = {"</" BAR "DSML" BAR "parameter>",
+                                                  "</DSML" BAR "parameter>", "</parameter>"};
 
 enum state { ST_REASONING, ST_CONTENT, ST_BLOCK, ST_INVOKE, ST_STRING, ST_JSON, ST_AFTER,
              ST_ERROR, ST_DONE };
@@ -67,7 +71,6 @@ struct ds4_dsml_parser {
     ds4_buf key;     /* current parameter's name */
     ds4_buf value;   /* current JSON value's bytes */
     bool json_in_str, json_esc;
-    ds4_buf close_tag; /* "</" + prefix + "parameter>" of the open block */
 };
 
 /* ---- small helpers ---- */
@@ -84,8 +87,8 @@ static enum match match_lit(const char *s, size_t n, const char *lit, size_t lit
 
 /* The escaped spelling of the close tag inside a string value:
  * "&" ("amp;")*k "lt;" + close tag without its "<" (dsml.h). */
-static enum match match_escape(const char *s, size_t n, const ds4_buf *close, size_t *len,
-                               int *k) {
+static enum match match_escape(const char *s, size_t n, const char *close, size_t close_len,
+                               size_t *len, int *k) {
     size_t i = 1;
     *k = 0;
     enum match m;
@@ -97,9 +100,9 @@ static enum match match_escape(const char *s, size_t n, const ds4_buf *close, si
     m = match_lit(s + i, n - i, "lt;", 3);
     if (m != FULL) return m;
     i += 3;
-    m = match_lit(s + i, n - i, close->p + 1, close->len - 1);
+    m = match_lit(s + i, n - i, close + 1, close_len - 1);
     if (m != FULL) return m;
-    *len = i + close->len - 1;
+    *len = i + close_len - 1;
     return FULL;
 }
 
@@ -315,9 +318,8 @@ static int step_content(ds4_dsml_parser *p, bool final) {
     for (size_t i = 0; p->o.tools && i < n && stop == n; i++) {
         if (s[i] != '<') continue;
         for (int k = 0; k < N_STYLES; k++) {
-            char marker[32];
-            int ml = snprintf(marker, sizeof marker, "<%stool_calls>", style_prefix[k]);
-            enum match m = match_lit(s + i, n - i, marker, (size_t)ml);
+            size_t ml = strlen(block_open[k]);
+            enum match m = match_lit(s + i, n - i, block_open[k], ml);
             if (m == FULL) {
                 /* The block takes the "\n\n" before it (the official
                  * separator) or, without one, all whitespace before it. */
@@ -329,9 +331,7 @@ static int step_content(ds4_dsml_parser *p, bool final) {
                 p->st = ST_BLOCK;
                 p->style = k;
                 p->started = true;
-                ds4_buf_truncate(&p->close_tag, 0);
-                ds4_buf_addf(&p->close_tag, "</%sparameter>", style_prefix[k]);
-                consume(p, i - w + (size_t)ml);
+                consume(p, i - w + ml);
                 return 1;
             }
             if (m == PARTIAL && stop == n) stop = i;
@@ -413,30 +413,31 @@ static int step_structural(ds4_dsml_parser *p) {
 static int step_string(ds4_dsml_parser *p) {
     const char *s = p->in.p + p->pos;
     size_t n = p->in.len - p->pos, i = 0, run = 0;
-    const ds4_buf *close = &p->close_tag;
+    const char *close = param_close[p->style];
+    size_t close_len = strlen(close);
     ds4_buf_truncate(&p->out, 0);
     while (i < n) {
         unsigned char c = (unsigned char)s[i];
         if (c == '<') {
-            enum match m = match_lit(s + i, n - i, close->p, close->len);
+            enum match m = match_lit(s + i, n - i, close, close_len);
             if (m == PARTIAL) break;
             if (m == FULL) {
                 ds4_json_py_escape(&p->out, s + run, i - run);
                 ds4_buf_addc(&p->out, '"');
                 send_args(p, p->out.p, p->out.len);
-                consume(p, i + close->len);
+                consume(p, i + close_len);
                 p->st = ST_INVOKE;
                 return 1;
             }
         } else if (c == '&') {
             size_t len;
             int k;
-            enum match m = match_escape(s + i, n - i, close, &len, &k);
+            enum match m = match_escape(s + i, n - i, close, close_len, &len, &k);
             if (m == PARTIAL) break;
             if (m == FULL) {
                 ds4_json_py_escape(&p->out, s + run, i - run);
                 if (k == 0) {
-                    ds4_json_py_escape(&p->out, close->p, close->len);
+                    ds4_json_py_escape(&p->out, close, close_len);
                 } else {
                     /* one "amp;" less */
                     ds4_json_py_escape(&p->out, "&", 1);
@@ -481,14 +482,16 @@ static int finish_json_value(ds4_dsml_parser *p) {
 static int step_json(ds4_dsml_parser *p) {
     const char *s = p->in.p + p->pos;
     size_t n = p->in.len - p->pos, i = 0;
+    const char *close = param_close[p->style];
+    size_t close_len = strlen(close);
     while (i < n) {
         char c = s[i];
         if (c == '<') {
-            enum match m = match_lit(s + i, n - i, p->close_tag.p, p->close_tag.len);
+            enum match m = match_lit(s + i, n - i, close, close_len);
             if (m == PARTIAL) break;
             if (m == FULL) {
                 ds4_buf_add(&p->value, s, i);
-                consume(p, i + p->close_tag.len);
+                consume(p, i + close_len);
                 return finish_json_value(p);
             }
         }
@@ -552,7 +555,7 @@ ds4_dsml_parser *ds4_dsml_parser_new(const ds4_dsml_opts *o, ds4_dsml_sink sink,
 void ds4_dsml_parser_free(ds4_dsml_parser *p) {
     if (!p) return;
     ds4_buf *bufs[] = {&p->in, &p->raw, &p->out, &p->name, &p->args, &p->keys, &p->key,
-                       &p->value, &p->close_tag};
+                       &p->value};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ds4_buf_free(bufs[i]);
     free(p);
 }
