@@ -488,6 +488,50 @@ static void test_round_trip(void) {
     vocab_free(&v);
 }
 
+/* A long text (which gets a memo of merged pieces) tokenises exactly like
+ * its parts on their own: the parts are separated by a special token, so
+ * they are independent, and each part is too short for a memo. */
+static void test_long_text_memo(void) {
+    vocab v;
+    const char *extra[] = {"Ġt", "he", "Ġthe", "ä¸", "ä¸Ń", "ab", "abab", DS4_TOK_STR_THINK_OPEN, NULL};
+    vocab_init(&v, extra);
+    const char *merges[] = {"Ġ t", "h e", "Ġt he", "ä ¸", "ä¸ Ń", "a b", "ab ab"};
+    ds4_tokenizer *t = make(&v, merges, 7);
+    static const char *const words[] = {" the", "the", " ab", "abab", "ababab", " 中", "中中",
+                                        "\n\n", "  ", "12345", "x", " the the", "é"};
+    static char text[40000];
+    size_t len = 0, n_parts = 0, part_start[4000], part_len[4000];
+    while (len < sizeof text - 200 && n_parts < 4000) {
+        part_start[n_parts] = len;
+        for (int k = 1 + rnd() % 8; k > 0; k--) {
+            const char *w = words[rnd() % (sizeof words / sizeof words[0])];
+            memcpy(text + len, w, strlen(w));
+            len += strlen(w);
+        }
+        part_len[n_parts] = len - part_start[n_parts];
+        n_parts++;
+        memcpy(text + len, "<think>", 7);
+        len += 7;
+    }
+    int32_t *all, *one;
+    size_t n_all, n_one, pos = 0;
+    ds4_err err = {{0}};
+    CHECK(!ds4_tokenize(t, text, len, true, &all, &n_all, &err), "%s", err.msg);
+    bool same = true;
+    for (size_t p = 0; p < n_parts && same; p++) {
+        CHECK(!ds4_tokenize(t, text + part_start[p], part_len[p], true, &one, &n_one, &err), "%s",
+              err.msg);
+        same = pos + n_one + 1 <= n_all && !memcmp(all + pos, one, n_one * sizeof *one) &&
+               all[pos + n_one] == 256 + 7;
+        pos += n_one + 1;
+        free(one);
+    }
+    CHECK(same && pos == n_all, "a %zu-byte text tokenises like its %zu parts", len, n_parts);
+    free(all);
+    ds4_tokenizer_free(t);
+    vocab_free(&v);
+}
+
 int main(void) {
     test_pretokenizer();
     test_merge_order();
@@ -496,5 +540,6 @@ int main(void) {
     test_gguf();
     test_detok();
     test_round_trip();
+    test_long_text_memo();
     return TEST_DONE();
 }

@@ -7,7 +7,13 @@
  * lowest-rank pair, leftmost on ties, which is the reference BPE order.
  * Entries made stale by an earlier merge are recognised on pop (their ids
  * no longer match the list) and dropped, so a piece of n bytes costs
- * O(n log n) whatever its length. */
+ * O(n log n) whatever its length.
+ *
+ * Long texts repeat their words, so a call on a long text keeps a memo of
+ * the short pieces it has merged (piece -> where its ids already are in the
+ * output); a repeated piece costs one hash instead of a BPE run. The memo
+ * belongs to the call, which keeps the tokenizer immutable and shareable
+ * between threads. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,8 +29,22 @@ typedef struct pair {
     int32_t result;
 } pair;
 
+/* A memoised piece: its bytes (inside the caller's text) and its ids
+ * (inside the output array, which only grows). */
+typedef struct memo_entry {
+    const char *piece; /* NULL = empty slot */
+    uint64_t hash;
+    uint32_t len, ids_off, n_ids;
+} memo_entry;
+
+#define MEMO_MIN_TEXT 4096   /* shorter texts go without a memo */
+#define MEMO_MAX_PIECE 48    /* longer pieces are rarely repeated */
+#define MEMO_MAX_SLOTS (1u << 17)
+
 typedef struct tok_job {
     const ds4_tokenizer *t;
+    memo_entry *memo;
+    size_t memo_mask, memo_used;
     int32_t *ids;
     size_t n_ids, cap_ids;
     int32_t *sym;     /* symbol id per position, -1 once merged away */
@@ -116,16 +136,11 @@ static int consider_pair(tok_job *j, uint32_t left) {
     return 0;
 }
 
-/* Merges one pre-tokenizer piece and appends its token ids. */
-static int bpe_piece(void *ctx, const char *piece, size_t n) {
-    tok_job *j = ctx;
+/* Merges one piece of n >= 2 bytes and appends its token ids (room for n
+ * ids has been made). */
+static int bpe_merge(tok_job *j, const uint8_t *s, size_t n) {
     const ds4_tokenizer *t = j->t;
-    const uint8_t *s = (const uint8_t *)piece;
-    if (grow_ids(j, n) || grow_positions(j, n) || grow_heap(j, n)) return -1;
-    if (n == 1) {
-        j->ids[j->n_ids++] = t->byte_token[s[0]];
-        return 0;
-    }
+    if (grow_positions(j, n) || grow_heap(j, n)) return -1;
     for (size_t i = 0; i < n; i++) {
         j->sym[i] = t->byte_token[s[i]];
         j->next[i] = i + 1 < n ? (uint32_t)(i + 1) : NONE;
@@ -149,6 +164,49 @@ static int bpe_piece(void *ctx, const char *piece, size_t n) {
     return 0;
 }
 
+static uint64_t hash_piece(const uint8_t *s, size_t n) {
+    uint64_t h = n * 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001B3ull;
+    return h ^ (h >> 29);
+}
+
+/* Sizes the memo for a text of len bytes; without memory it goes without. */
+static void memo_init(tok_job *j, size_t len) {
+    if (len < MEMO_MIN_TEXT) return;
+    size_t slots = 1024;
+    while (slots < len / 8 && slots < MEMO_MAX_SLOTS) slots *= 2;
+    j->memo = calloc(slots, sizeof *j->memo);
+    j->memo_mask = slots - 1;
+}
+
+/* Pre-tokenizer callback: appends the token ids of one piece. */
+static int bpe_piece(void *ctx, const char *piece, size_t n) {
+    tok_job *j = ctx;
+    const uint8_t *s = (const uint8_t *)piece;
+    if (grow_ids(j, n)) return -1;
+    if (n == 1) {
+        j->ids[j->n_ids++] = j->t->byte_token[s[0]];
+        return 0;
+    }
+    if (!j->memo || n > MEMO_MAX_PIECE) return bpe_merge(j, s, n);
+    uint64_t h = hash_piece(s, n);
+    size_t i = h & j->memo_mask;
+    for (memo_entry *e; (e = &j->memo[i])->piece; i = (i + 1) & j->memo_mask) {
+        if (e->hash == h && e->len == n && !memcmp(e->piece, piece, n)) {
+            memcpy(j->ids + j->n_ids, j->ids + e->ids_off, e->n_ids * sizeof *j->ids);
+            j->n_ids += e->n_ids;
+            return 0;
+        }
+    }
+    size_t start = j->n_ids;
+    if (bpe_merge(j, s, n)) return -1;
+    if (j->memo_used < (j->memo_mask + 1) / 2) { /* full enough: stop adding */
+        j->memo[i] = (memo_entry){piece, h, (uint32_t)n, (uint32_t)start, (uint32_t)(j->n_ids - start)};
+        j->memo_used++;
+    }
+    return 0;
+}
+
 static int tokenize_text(tok_job *j, const char *text, size_t len) {
     if (!len) return 0;
     int rc = ds4_pretok_split(&j->pretok, text, len, bpe_piece, j, j->err);
@@ -169,6 +227,7 @@ static const tok_special *special_at(const ds4_tokenizer *t, const char *text, s
 int ds4_tokenize(const ds4_tokenizer *t, const char *text, size_t len, bool parse_specials,
                  int32_t **ids, size_t *n_ids, ds4_err *err) {
     tok_job j = {.t = t, .err = err};
+    memo_init(&j, len);
     size_t seg = 0;
     int rc = 0;
     if (parse_specials && t->n_match) {
@@ -188,6 +247,7 @@ int ds4_tokenize(const ds4_tokenizer *t, const char *text, size_t len, bool pars
     free(j.next);
     free(j.prev);
     free(j.heap);
+    free(j.memo);
     ds4_pretok_free(&j.pretok);
     if (rc) {
         free(j.ids);
