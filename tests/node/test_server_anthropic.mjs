@@ -60,15 +60,23 @@ try {
   const m2 = await client.messages.create({ model: 'claude-x', max_tokens: 6, messages, thinking: { type: 'disabled' } });
   check(!m2.content.some((b) => b.type === 'thinking'), 'thinking disabled', m2.content);
 
-  // ---- tool history renders (tool_use + tool_result), tools offered
+  // ---- tool history (tool_use + tool_result) renders and generates; with
+  // tools offered, count_tokens sees the tools block (counting is cheap,
+  // prefilling ~750 tokens of tools on the tiny vocabulary is not)
   const tools = [{ name: 'get_weather', description: 'Weather', input_schema: { type: 'object', properties: { city: { type: 'string' } } } }];
-  const m3 = await client.messages.create({ model: 'claude-x', max_tokens: 4, tools, messages: [
+  const history = [
     { role: 'user', content: 'Weather in Paris?' },
     { role: 'assistant', content: [{ type: 'thinking', thinking: 'use the tool', signature: 's' },
       { type: 'tool_use', id: 'toolu_1', name: 'get_weather', input: { city: 'Paris' } }] },
     { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: 'sunny' }, { type: 'text', text: 'thanks' }] },
-  ] });
+  ];
+  const m3 = await client.messages.create({ model: 'claude-x', max_tokens: 4, messages: history });
   check(stops.includes(m3.stop_reason), 'tool history request', m3);
+  const withTools = await client.messages.countTokens({ model: 'claude-x', tools, messages: history });
+  const without = await client.messages.countTokens({ model: 'claude-x', messages: history });
+  check(withTools.input_tokens > without.input_tokens + 50, 'tools block counted', [withTools, without]);
+  const noneChoice = await client.messages.countTokens({ model: 'claude-x', tools, tool_choice: { type: 'none' }, messages: history });
+  check(noneChoice.input_tokens === without.input_tokens, 'tool_choice none drops the tools block', [noneChoice, without]);
 
   // ---- raw stream framing: "event: X" lines matching data.type
   const raw = await readSSE(await post(srv.url, '/v1/messages', { max_tokens: 3, messages, stream: true }));

@@ -74,17 +74,16 @@ try {
   // ---- tools: the request renders and the response has the right shape
   const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather for a city',
     parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
-  const c3 = await client.chat.completions.create({ messages: user, tools, max_tokens: 8, think: false });
-  check(finishes.includes(c3.choices[0].finish_reason), 'tools: finish', c3.choices[0]);
-  check(c3.usage.prompt_tokens > u1.prompt_tokens + 50, 'tools block is in the prompt', [c3.usage, u1]);
-  // a whole tool round trip in the request: assistant call + tool result
+  // (one request only: the tools block is ~750 tokens on the tiny model's small vocabulary)
+  // a whole tool round trip in the request: tools offered, assistant call, tool result
   const c4 = await client.chat.completions.create({
     messages: [...user,
       { role: 'assistant', content: '', tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] },
       { role: 'tool', tool_call_id: 'call_1', content: 'sunny' }],
-    tools, max_tokens: 4,
+    tools, max_tokens: 3,
   });
-  check(c4.usage.prompt_tokens > c3.usage.prompt_tokens, 'history with a tool call renders', c4.usage);
+  check(finishes.includes(c4.choices[0].finish_reason), 'tools: finish', c4.choices[0]);
+  check(c4.usage.prompt_tokens > u1.prompt_tokens + 50, 'tools block and tool history are in the prompt', [c4.usage, u1]);
 
   // ---- completions
   const k1 = await client.completions.create({ model: 'deepseek-v4-flash', prompt: 'Once upon a time', max_tokens: 7 });
