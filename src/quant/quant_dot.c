@@ -121,17 +121,26 @@ const ds4_dot_kernels ds4_dot_scalar_kernels = {
 
 /* ---- ISA selection: one process-wide choice, made once (or forced). ---- */
 
+#if defined(__x86_64__) || defined(__i386__)
 static const ds4_dot_kernels *const kernels_by_isa[] = {
     &ds4_dot_scalar_kernels, &ds4_dot_avx2_kernels, &ds4_dot_avx512_kernels,
 };
+#else /* other CPUs: the scalar kernels only */
+static const ds4_dot_kernels *const kernels_by_isa[] = {
+    &ds4_dot_scalar_kernels, &ds4_dot_scalar_kernels, &ds4_dot_scalar_kernels,
+};
+#endif
 static int active_isa = -1; /* read and written atomically */
 
 ds4_isa ds4_quant_best_isa(void) {
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
         return DS4_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return DS4_ISA_AVX2;
+#endif
     return DS4_ISA_SCALAR;
 }
 

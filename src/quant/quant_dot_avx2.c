@@ -8,10 +8,12 @@
  * keeps the rest of the build baseline x86-64; these functions are only
  * called when CPUID says AVX2 and F16C are there. */
 #pragma GCC optimize("fp-contract=off")
-#include <immintrin.h>
 #include <string.h>
 
 #include "quant_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 
 #define AVX2 __attribute__((target("avx2,f16c")))
 
@@ -192,3 +194,5 @@ FDOT_AVX2(dot_bf16, uint16_t, load8_bf16, ds4_bf16_to_f32)
 const ds4_dot_kernels ds4_dot_avx2_kernels = {
     dot_q8_0, dot_q2_K, dot_q4_K, ds4_dot_iq2_xxs_avx2, dot_f16, dot_bf16, dot_f32,
 };
+
+#endif /* x86 */

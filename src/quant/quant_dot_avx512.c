@@ -5,10 +5,12 @@
  * and 16 floats per step with a masked tail. Selected at run time only
  * when CPUID reports the four AVX-512 subsets used here. */
 #pragma GCC optimize("fp-contract=off")
-#include <immintrin.h>
 #include <string.h>
 
 #include "quant_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")))
 
@@ -185,3 +187,5 @@ FDOT_AVX512(dot_bf16, uint16_t, load16_bf16)
 const ds4_dot_kernels ds4_dot_avx512_kernels = {
     dot_q8_0, dot_q2_K, dot_q4_K, ds4_dot_iq2_xxs_avx2, dot_f16, dot_bf16, dot_f32,
 };
+
+#endif /* x86 */

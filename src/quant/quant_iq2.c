@@ -26,12 +26,16 @@
  * does not depend on the CPU. About 0.25 ms per block on one core. */
 #pragma GCC optimize("fp-contract=off")
 #include <float.h>
-#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "quant_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#endif
 
 #define GROUPS (DS4_QK_K / 8)
 
@@ -74,6 +78,7 @@ static void group_tables(iq2_work *wk, int k) {
     }
 }
 
+#if HAVE_X86
 /* min over g of db*B[g] + H[g]. The AVX2 version does the same roundings
  * (no FMA) and min is exact, so both give the same float. */
 __attribute__((target("avx2"))) static float line_min_avx2(const float *B, const float *H, float db) {
@@ -85,11 +90,14 @@ __attribute__((target("avx2"))) static float line_min_avx2(const float *B, const
     h = _mm_min_ss(h, _mm_shuffle_ps(h, h, 1));
     return _mm_cvtss_f32(h);
 }
+#endif
 
 /* Error of group k at step db with its best grid point (returned in *g). */
 static float group_error(const iq2_work *wk, int k, float db, int *g_out) {
     const float *B = wk->B[k], *H = wk->H[k];
+#if HAVE_X86
     if (!g_out && wk->avx2) return wk->c[k] + db * line_min_avx2(B, H, db);
+#endif
     float best = FLT_MAX;
     int bg = 0;
     for (int g = 0; g < 256; g++) {
@@ -238,8 +246,12 @@ bool ds4_quantize_iq2_xxs(const float *x, ds4_block_iq2_xxs *y, uint64_t n, cons
     if (!wk) return false;
     for (int g = 0; g < 256; g++)
         for (int j = 0; j < 8; j++) wk->grid[g][j] = wk->grid_t[j][g] = (float)((ds4_iq2xxs_grid[g] >> (8 * j)) & 255);
+#if HAVE_X86
     __builtin_cpu_init();
     wk->avx2 = __builtin_cpu_supports("avx2");
+#else
+    wk->avx2 = false;
+#endif
     for (uint64_t i = 0; i < n / DS4_QK_K; i++) {
         double sum_w = 0.0;
         for (int e = 0; e < DS4_QK_K; e++) {
