@@ -312,13 +312,13 @@ static void test_well_formed(void) {
                  "The user wants to know the weather in Beijing. I should use the get_weather tool.",
                  "", 1, "get_weather", "{\"location\": \"Beijing\", \"unit\": \"celsius\"}");
     const char *variants[] = {
-        "Sure.<" D "tool_calls><" D "invoke name=\"f\"><" D "parameter name=\"n\" string=\"false\">[1,2]</" D
-        "parameter></" D "invoke></" D "tool_calls>",
-        "Sure.\r\n<DSML" BAR "tool_calls>\n <DSML" BAR "invoke  name=\"f\" >\n\t<DSML" BAR
-        "parameter string=\"false\" name=\"n\"> [1, 2] </DSML" BAR "parameter>\n</DSML" BAR
-        "invoke>\n</DSML" BAR "tool_calls>\n\n",
-        "Sure.\n\n<tool_calls>\n<invoke name=\"f\">\n<parameter name=\"n\" string=\"false\">[1,\n2]</parameter>\n"
-        "</invoke>\n</tool_calls>",
+        ("Sure.<" D "tool_calls><" D "invoke name=\"f\"><" D "parameter name=\"n\" string=\"false\">"
+         "[1,2]</" D "parameter></" D "invoke></" D "tool_calls>"),
+        ("Sure.\r\n<DSML" BAR "tool_calls>\n <DSML" BAR "invoke  name=\"f\" >\n\t<DSML" BAR
+         "parameter string=\"false\" name=\"n\"> [1, 2] </DSML" BAR "parameter>\n</DSML" BAR
+         "invoke>\n</DSML" BAR "tool_calls>\n\n"),
+        ("Sure.\n\n<tool_calls>\n<invoke name=\"f\">\n<parameter name=\"n\" string=\"false\">[1,\n2]"
+         "</parameter>\n</invoke>\n</tool_calls>"),
     };
     for (int i = 0; i < 3; i++)
         expect_parse("variant", variants[i], false, true, "", "Sure.", 1, "f", "{\"n\": [1, 2]}");

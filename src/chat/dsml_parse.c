@@ -43,11 +43,11 @@
 #define MAX_TAG_LEN 65536
 
 #define N_STYLES 3
-static const char *const style_prefix[N_STYLES] = {BAR "DSML" BAR, "DSML" BAR, ""};
-static const char *const block_open[N_STYLES] = {"<" BAR "DSML" BAR "tool_calls>",
-                                                 "<DSML" BAR "tool_calls>", "<tool_calls>"};
-static const char *const param_close[N_STYLES] = {"</" BAR "DSML" BAR "parameter>",
-                                                  "</DSML" BAR "parameter>", "</parameter>"};
+static const char *const style_prefix[N_STYLES] = {(BAR "DSML" BAR), ("DSML" BAR), ""};
+static const char *const block_open[N_STYLES] = {("<" BAR "DSML" BAR "tool_calls>"),
+                                                 ("<DSML" BAR "tool_calls>"), "<tool_calls>"};
+static const char *const param_close[N_STYLES] = {("</" BAR "DSML" BAR "parameter>"),
+                                                  ("</DSML" BAR "parameter>"), "</parameter>"};
 
 enum state { ST_REASONING, ST_CONTENT, ST_BLOCK, ST_INVOKE, ST_STRING, ST_JSON, ST_AFTER,
              ST_ERROR, ST_DONE };
