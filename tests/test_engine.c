@@ -6,7 +6,11 @@
  *  (a) one-token decode, whole-prompt prefill and chunked prefill with chunk
  *      sizes that are not multiples of the ratios give bit-identical logits
  *      at every position and bit-identical KV state (raw window, compressed
- *      rows, frontiers, indexer rows), in the official and exact numerics;
+ *      rows, frontiers, indexer rows), in the official numerics (q2 experts,
+ *      Q8_0 weights) and the exact numerics (f32 model). Bitwise, not within
+ *      a tolerance: every per-token quantity is computed by the same code
+ *      with the same operand order whatever the batch, so any difference is
+ *      a bug (a token seeing the wrong rows, a frontier walked differently);
  *  (b) 1, 2 and 3 worker threads give bit-identical logits;
  *  (c) the numeric primitives match naive restatements of model-spec §4–§5
  *      written here (RoPE/YaRN, Sinkhorn, E4M3 and E2M1 rounding with ties to
@@ -122,13 +126,13 @@ static bool all_finite(const float *v, size_t n) {
 /* (a): decode vs prefill vs chunked prefill, all logits and state. */
 static void test_paths_agree(const char *path, bool exact) {
     const int ctx = 512;
-    ds4_engine *whole = open_engine(path, exact, 2, 320, ctx);
-    ds4_engine *chunked = open_engine(path, exact, 2, 7, ctx);
+    ds4_engine *whole = open_engine(path, exact, 1, 320, ctx);
+    ds4_engine *chunked = open_engine(path, exact, 1, 7, ctx);
     ds4_engine *odd = open_engine(path, exact, 2, 37, ctx);
     CHECK(whole && chunked && odd, "engines open");
     if (!whole || !chunked || !odd) return;
     uint32_t V = whole->model.hp.n_vocab;
-    const int lens[] = {3, 41, 300};
+    const int lens[] = {3, 190};
     for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
         int n = lens[li];
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
@@ -165,10 +169,12 @@ static void test_paths_agree(const char *path, bool exact) {
         CHECK(!state_diff(sw, sc, why, sizeof why), "state prefill vs chunked (n=%d exact=%d): %s", n, exact, why);
         CHECK(!state_diff(sw, sd, why, sizeof why), "state prefill vs decode (n=%d exact=%d): %s", n, exact, why);
         CHECK(!state_diff(sw, so, why, sizeof why), "state prefill vs odd (n=%d exact=%d): %s", n, exact, why);
-        if (n == 300) {
+        if (n == 190) { /* the prompt crossed every path: window, emissions, indexer top-k */
+            const ds4_hparams *hp = &sw->e->model.hp;
             const layer_kv *L2 = &sw->layers[2], *L3 = &sw->layers[3];
-            CHECK(L2->n_comp == 75 && L2->n_index_comp == 75, "ratio-4 rows %u", L2->n_comp);
-            CHECK(L3->n_comp == 300 / sw->e->model.layers[3].compress_ratio, "ratio-R rows %u", L3->n_comp);
+            CHECK(n > (int)hp->n_swa && 47 > hp->indexer_top_k, "prompt longer than window and 4·top_k");
+            CHECK(L2->n_comp == 47 && L2->n_index_comp == 47, "ratio-4 rows %u", L2->n_comp);
+            CHECK(L3->n_comp == 190 / sw->e->model.layers[3].compress_ratio, "ratio-R rows %u", L3->n_comp);
         }
         ds4_session_free(sw);
         ds4_session_free(sc);
@@ -546,7 +552,6 @@ int main(void) {
     CHECK(write_tiny(f32, DS4_SYNTH_F32, "f32") == 0, "tiny f32 model written");
     test_paths_agree(q2, false);
     test_paths_agree(f32, true);
-    test_paths_agree(q2, true);
     test_threads_agree(q2);
     test_errors_and_cancel(q2);
     remove(q2);
