@@ -15,9 +15,11 @@
  *      | \s+
  *
  * implemented by hand with Unicode general categories from utf8proc. \s is
- * the Unicode White_Space property, as in the Oniguruma engine of the
- * reference (Rust) tokenizers library and in llama.cpp: it includes U+0085
- * and excludes U+FEFF. (JavaScript's \s differs on exactly those two.)
+ * what it means in Oniguruma, the regex engine of the reference (Rust)
+ * tokenizers library: U+0009–U+000D, U+0085 and the categories Zs, Zl, Zp
+ * (Oniguruma's doc/RE, "\s whitespace char, Unicode case"), which is the
+ * White_Space property; llama.cpp agrees. JavaScript's \s differs on
+ * exactly two code points: it lacks U+0085 and has U+FEFF.
  * Bytes that are not valid UTF-8 are one character each, in no category. */
 #ifndef DS4_PRETOKENIZE_H
 #define DS4_PRETOKENIZE_H
