@@ -10,7 +10,8 @@
  * activation is quantised once, as the forward pass does. Each path runs
  * the matvec repeatedly for about S seconds (default 0.5); the best run
  * counts; time is the thread's CPU time. --type limits the table to one
- * format (F32, Q8_0, IQ2_XXS, ...). */
+ * format (F32, Q8_0, IQ2_XXS, ...). Last, the time the searching weight
+ * quantisers (Q2_K, Q4_K, IQ2_XXS) take per 256-value block. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,7 +180,23 @@ int main(int argc, char **argv) {
         free(y);
     }
     printf("\n(GB/s of weight bytes per second of thread CPU time; the activation is quantised\n"
-           " once, outside the timing)\n");
+           " once, outside the timing)\n\nquantisers, 64 blocks of Gaussian values, no imatrix:\n");
+    const uint32_t searched[] = {DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_IQ2_XXS};
+    float *src = malloc(64 * 256 * sizeof(float));
+    uint8_t *blocks = malloc(64 * 256 * 2); /* more than any of the three needs */
+    for (int i = 0; i < 64 * 256; i++) { /* sum of uniforms: roughly Gaussian */
+        float v = 0.0f;
+        for (int k = 0; k < 4; k++) v += rng_float(&seed);
+        src[i] = 0.02f * v;
+    }
+    for (size_t t = 0; t < sizeof searched / sizeof searched[0]; t++) {
+        if (only && strcmp(only, ds4_type_name(searched[t]))) continue;
+        double t0 = now();
+        ds4_quantize_row(searched[t], src, blocks, 64 * 256, NULL);
+        printf("  %-8s %.3f ms per block\n", ds4_type_name(searched[t]), (now() - t0) * 1e3 / 64);
+    }
+    free(src);
+    free(blocks);
     free(buf);
     free(dst);
     free(x);
