@@ -122,14 +122,13 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         srv_metrics_cancelled(c->metrics);
         srv_log("request %lu stopped during prefill (%s)", job->seq,
                 atomic_load(&c->stopping) ? "shutdown" : "client gone");
-        ds4_session_reset(s); /* a partial prompt is of no use to the next request */
+        /* the evaluated part of the prompt stays: a client that retries resumes from it */
         if (atomic_load(&c->stopping)) fail_job(job, em, 503, "server shutting down");
         srv_emitter_free(em);
         return;
     }
     if (rc) {
         srv_log("request %lu prefill failed: %s", job->seq, err.msg);
-        ds4_session_reset(s);
         fail_job(job, em, 500, err.msg);
         srv_emitter_free(em);
         return;
