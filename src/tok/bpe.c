@@ -172,7 +172,7 @@ static uint64_t hash_piece(const uint8_t *s, size_t n) {
 
 /* Sizes the memo for a text of len bytes; without memory it goes without. */
 static void memo_init(tok_job *j, size_t len) {
-    if (len < MEMO_MIN_TEXT) return;
+    if (len < MEMO_MIN_TEXT || len >= UINT32_MAX) return; /* offsets are 32-bit */
     size_t slots = 1024;
     while (slots < len / 8 && slots < MEMO_MAX_SLOTS) slots *= 2;
     j->memo = calloc(slots, sizeof *j->memo);
