@@ -9,7 +9,15 @@
  *
  * Dot products have a portable scalar path (the reference) and AVX2 and
  * AVX-512 paths picked once at run time from CPUID; ds4_quant_set_isa()
- * forces one (tests and the micro-benchmark compare them). */
+ * forces one (tests and the micro-benchmark compare them). All paths return
+ * the same float, bit for bit (quant_dot.c defines the arithmetic).
+ *
+ * Files: quant_types.c (type table, f16/bf16), quant_tables.c (IQ2_XXS
+ * constants), quant_rows.c (dequantisers, activation quantisers, Q8_0),
+ * quant_kquant.c and quant_iq2.c (the searching quantisers), quant_dot.c
+ * (scalar kernels, ISA choice, ds4_dot/ds4_matvec), quant_dot_avx2.c and
+ * quant_dot_avx512.c. Tests: tests/test_quant_{formats,dot,ggml}.c;
+ * speed: tools/ds4-quant-bench.c. */
 #ifndef DS4_QUANT_H
 #define DS4_QUANT_H
 
@@ -83,7 +91,8 @@ float ds4_dot_q8_0(uint64_t n, const void *w, const ds4_block_q8_0_act *a);
 float ds4_dot_q2_K(uint64_t n, const void *w, const ds4_block_q8_K *a);
 float ds4_dot_q4_K(uint64_t n, const void *w, const ds4_block_q8_K *a);
 float ds4_dot_iq2_xxs(uint64_t n, const void *w, const ds4_block_q8_K *a);
-/* Plain-float weights with f32 activations, f32 accumulation. */
+/* Plain-float weights with f32 activations: f32 products summed in 16
+ * lanes, then a fixed halving tree (quant_dot.c). */
 float ds4_dot_f16_f32(uint64_t n, const uint16_t *w, const float *x);
 float ds4_dot_bf16_f32(uint64_t n, const uint16_t *w, const float *x);
 float ds4_dot_f32(uint64_t n, const float *w, const float *x);
@@ -104,7 +113,7 @@ void ds4_matvec(uint32_t wtype, const void *w, uint64_t n_rows, uint64_t n_in, c
  * exact; the float steps are the same operations in the same order), so
  * the choice only changes speed. */
 typedef enum ds4_isa { DS4_ISA_SCALAR = 0, DS4_ISA_AVX2 = 1, DS4_ISA_AVX512 = 2 } ds4_isa;
-/* The best ISA this CPU supports (detected once). */
+/* The best ISA this CPU supports (CPUID; scalar on non-x86 CPUs). */
 ds4_isa ds4_quant_best_isa(void);
 /* Forces the dot-product path; returns false if the CPU lacks it. */
 bool ds4_quant_set_isa(ds4_isa isa);
