@@ -230,6 +230,8 @@ static void test_errors_and_cancel(const char *path) {
     ds4_engine *e = open_engine(path, false, 1, 10, 64);
     CHECK(e != NULL, "engine");
     if (!e) return;
+    CHECK(ds4_engine_tokenizer(e) != NULL && !strcmp(ds4_engine_backend_name(e), "cpu") &&
+              ds4_engine_ctx(e) == 64, "engine accessors");
     ds4_session *s;
     ds4_err err;
     CHECK(!ds4_session_new(e, &s, &err), "session");

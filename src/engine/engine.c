@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "../quant/quant.h"
+#include "../tok/tokenizer.h"
 #include "engine_impl.h"
 
 #define DEFAULT_CTX 4096
@@ -266,8 +267,12 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
         return ds4_fail(err, "out of memory for a %d-token workspace (%zu MiB)", e->chunk, ws_bytes >> 20);
     }
     ws_layout(e, e->ws_arena);
-    /* TODO(tokenizer): ds4_tokenizer_from_gguf once src/tok/ lands. */
-    e->tok = NULL;
+    e->tok = ds4_tokenizer_from_gguf(&e->model.file, err);
+    if (!e->tok) {
+        ds4_fail_prefix(err, cfg->model_path);
+        ds4_engine_close(e);
+        return -1;
+    }
     *out = e;
     return 0;
 }
@@ -277,6 +282,7 @@ void ds4_engine_close(ds4_engine *e) {
     cpu_ctx_free(&e->cpu);
     free(e->ws_arena);
     free(e->consts_arena);
+    ds4_tokenizer_free(e->tok);
     if (e->model_open) ds4_model_close(&e->model);
     pthread_mutex_destroy(&e->eval_mu);
     free(e);

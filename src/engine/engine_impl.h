@@ -115,7 +115,7 @@ typedef struct layer_consts {
 struct ds4_engine {
     ds4_model model;
     bool model_open;
-    const ds4_tokenizer *tok;
+    ds4_tokenizer *tok;
     int ctx;
     int chunk;
     bool exact;
