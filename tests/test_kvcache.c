@@ -618,6 +618,21 @@ static void test_disk_full(void) {
     ds4_kvcache_close(kc);
 }
 
+/* The directory removed under a running store: the next save re-creates it. */
+static void test_dir_removed(void) {
+    char dir[512];
+    make_dir(dir, sizeof dir, "gone");
+    ds4_kvcache *kc = open_store(dir, 1 << 30, ID);
+    CHECK(save_text(kc, "before removal", 20, 1, 100, NULL, 0) == 0, "save");
+    char path[600];
+    path_for_text(path, sizeof path, dir, "before removal");
+    unlink(path);
+    rmdir(dir);
+    CHECK(save_text(kc, "after removal", 20, 2, 100, NULL, 0) == 0 && count_files(dir, ".kv") == 1,
+          "save after the directory was removed");
+    ds4_kvcache_close(kc);
+}
+
 /* --------------------------------------------------------- (f) eviction */
 
 static void set_counters(const char *path, uint32_t hits, uint64_t last_used) {
@@ -742,6 +757,7 @@ int main(void) {
     test_lookup();
     test_faults();
     test_disk_full();
+    test_dir_removed();
     test_eviction();
     test_concurrency();
     return TEST_DONE();

@@ -103,7 +103,6 @@ const char *kv_integrity_decode(const uint8_t in[DS4_KVC_INTEGRITY_BYTES], kv_in
 
 const char *kv_layout_check(const kv_header *h, const kv_integrity *s, uint64_t file_size,
                             uint64_t *ktm_bytes) {
-    if (!(h->ext_flags & DS4_KVC_EXT_INTEGRITY)) return "no integrity section (not written by ds4c)";
     if (file_size < DS4_KVC_FIXED_BYTES + DS4_KVC_INTEGRITY_BYTES) return "truncated";
     if (s->covered != file_size - DS4_KVC_INTEGRITY_BYTES) return "integrity section misplaced (truncated?)";
     uint64_t body = DS4_KVC_FIXED_BYTES + (uint64_t)h->text_bytes;

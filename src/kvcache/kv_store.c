@@ -460,6 +460,7 @@ static int create_tmp(ds4_kvcache *kc, const char *sha, char **tmp_path) {
             return fd;
         }
         free(path);
+        if (errno == ENOENT && attempt == 0 && mkdir_p(kc->dir) == 0) continue; /* directory was removed */
         if (errno != EEXIST) return -1;
     }
     return -1;

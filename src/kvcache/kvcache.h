@@ -24,7 +24,11 @@
  * integrity section. We write every file with it and use only files that
  * have it and verify: a file that fails (bad magic, version, quant, sizes,
  * missing or wrong section, checksum, text, token count) is removed with a
- * log line. A file of another model (model_id: a hash of the non-expert
+ * log line. A listing judges a file from a few bytes (header, integrity
+ * section, the payload's own ctx and token fields, the KTM magic), which
+ * catches damaged size and count fields at once; the checksum is verified
+ * while a lookup streams the file into the session, and a mismatch resets
+ * the session before the lookup returns. A file of another model (model_id: a hash of the non-expert
  * tensors, so q2 and q4 files of one model share checkpoints as in ds4) or
  * of the other numerics is removed when a lookup meets it. Files written
  * with a larger ctx, or another quant under reject_different_quant, belong
@@ -33,7 +37,8 @@
  * Writes go to `<sha>.kv.tmp.<pid>.<nonce>` (created O_EXCL, so unique even
  * across hosts sharing a pid), are fsynced, renamed over the real name and
  * the directory fsynced; any error (a full disk, RLIMIT_FSIZE) unlinks the
- * temporary file. A reader keeps its open descriptor, so an eviction or a
+ * temporary file (the directory is re-created if someone removed it).
+ * A reader keeps its open descriptor, so an eviction or a
  * replacement racing a load only unlinks a name (the reader still has the
  * whole old file); removals check that the name still points at the inode
  * that was judged, so a fresh file renamed over a bad one is not deleted.
