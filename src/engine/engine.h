@@ -61,6 +61,15 @@ typedef int (*ds4_progress_fn)(void *ctx, int done, int total);
  * would overflow. On cancel returns 1 with the tokens done so far kept. */
 int ds4_session_eval(ds4_session *s, const int32_t *tokens, int n, ds4_progress_fn progress,
                      void *progress_ctx, ds4_err *err);
+/* Prefix reuse (prefix.c). ds4_session_reusable: how many of the session's
+ * tokens a prompt tokens[0..n) keeps — all of them when they are a proper
+ * prefix of it, else 0 (the session must be reset); *common (optional) gets
+ * the length of the common prefix. ds4_session_sync: makes the session hold
+ * tokens[0..n) that way, evaluating only the tokens it lacks (*reused, optional,
+ * gets the count kept); returns like ds4_session_eval. */
+int ds4_session_reusable(const ds4_session *s, const int32_t *tokens, int n, int *common);
+int ds4_session_sync(ds4_session *s, const int32_t *tokens, int n, int *reused, ds4_progress_fn progress,
+                     void *progress_ctx, ds4_err *err);
 /* Next-token logits (n_vocab floats) after the last evaluated token. */
 const float *ds4_session_logits(const ds4_session *s);
 /* Like eval, but also copies the logits of every evaluated position into

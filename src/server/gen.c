@@ -105,10 +105,8 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
     ds4_err err = {{0}};
 
     /* ---- prefix reuse + prefill ---- */
-    int have = ds4_session_n_tokens(s), common = 0;
-    const int32_t *live = ds4_session_tokens(s);
-    while (common < have && common < job->n_tokens && live[common] == job->tokens[common]) common++;
-    int cached = common == have && have < job->n_tokens ? have : 0;
+    int have = ds4_session_n_tokens(s), common;
+    int cached = ds4_session_reusable(s, job->tokens, job->n_tokens, &common);
     if (!cached) ds4_session_reset(s);
     srv_log("request %lu %s ctx=%d..%d%s%s prompt start", job->seq, api_name(req->api), cached, job->n_tokens,
             req->has_tools ? " TOOLS" : "", req->think != SRV_THINK_NONE ? " THINKING" : "");
