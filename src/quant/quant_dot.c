@@ -11,11 +11,14 @@
  *    (ds4_fdot_reduce). That is one AVX-512 register or two AVX2 ones.
  * The SIMD files repeat these float operations exactly, so results do not
  * depend on the CPU; the tests check equality. Contraction of a*b+c into
- * an FMA would break this, hence the pragma. */
-#pragma GCC optimize("fp-contract=off")
+ * an FMA would break this (quant_internal.h turns it off). */
 #include <string.h>
 
 #include "quant_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 static float dot_q8_0(uint64_t n, const void *w, const ds4_block_q8_0_act *a) {
     const ds4_block_q8_0 *b = w;
@@ -134,14 +137,17 @@ static int active_isa = -1; /* read and written atomically */
 
 ds4_isa ds4_quant_best_isa(void) {
 #if defined(__x86_64__) || defined(__i386__)
+    unsigned eax, ebx, ecx, edx;
+    bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
     __builtin_cpu_init();
+    if (!f16c || !__builtin_cpu_supports("avx2")) return DS4_ISA_SCALAR;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         return DS4_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return DS4_ISA_AVX2;
-#endif
+    return DS4_ISA_AVX2;
+#else
     return DS4_ISA_SCALAR;
+#endif
 }
 
 bool ds4_quant_set_isa(ds4_isa isa) {

@@ -7,7 +7,6 @@
  * scalar recipe, one block at a time, in block order. The target attribute
  * keeps the rest of the build baseline x86-64; these functions are only
  * called when CPUID says AVX2 and F16C are there. */
-#pragma GCC optimize("fp-contract=off")
 #include <string.h>
 
 #include "quant_internal.h"

@@ -4,7 +4,6 @@
  * quant_dot.c. The wider registers take half a Q2_K or Q4_K block per step
  * and 16 floats per step with a masked tail. Selected at run time only
  * when CPUID reports the four AVX-512 subsets used here. */
-#pragma GCC optimize("fp-contract=off")
 #include <string.h>
 
 #include "quant_internal.h"

@@ -11,6 +11,15 @@
 
 #include "quant.h"
 
+/* No fused multiply-add contraction anywhere in quant/: dequantisers must
+ * round like ggml's, and every dot-product path like the scalar one, also
+ * when the compiler may use FMA (-march=native, AVX-512 target functions). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#else
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 /* IQ2_XXS: 256 grid points of 8 magnitudes in {8, 25, 43} (byte j of the
  * little-endian u64 is element j) and the 128 sign bytes (bit j set =
  * element j negative; bit 7 is the parity of bits 0..6). */

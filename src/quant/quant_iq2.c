@@ -24,7 +24,6 @@
  * why this one is more accurate. The min over the 256 lines db*B + H is the
  * inner loop; it has an AVX2 form that rounds identically, so the output
  * does not depend on the CPU. About 0.25 ms per block on one core. */
-#pragma GCC optimize("fp-contract=off")
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
