@@ -29,10 +29,8 @@
 
 static float e4m3_value(uint8_t b) {
     int e = (b >> 3) & 15, m = b & 7;
-    float v;
-    if (e == 15 && m == 7) v = 0.0f; /* NaN code */
-    else if (e == 0) v = ldexpf((float)m, -9);
-    else v = ldexpf(1.0f + (float)m / 8.0f, e - 7);
+    if (e == 15 && m == 7) return 0.0f; /* the NaN codes 0x7f and 0xff */
+    float v = e == 0 ? ldexpf((float)m, -9) : ldexpf(1.0f + (float)m / 8.0f, e - 7);
     return b & 0x80 ? -v : v;
 }
 
