@@ -106,7 +106,8 @@ static void test_quantised(ds4_isa best) {
                 }
                 double mag, exact = dequant_dot(type, w, act, n, &mag);
                 if (type != DS4_TYPE_Q8_0) mag += min_magnitude(type, w, act, n);
-                double tol = 1e-6 * mag * (double)(n / ti->block_elems + 4) + 1e-30;
+                /* per block a few roundings, then one per addition: (blocks + 4) ulps of the magnitude, x2 */
+                double tol = 0x1p-23 * mag * (double)(n / ti->block_elems + 4) + 1e-30;
                 CHECK(fabs(ref - exact) <= tol, "%s n=%llu: scalar %.9g vs dequantised %.9g (tol %.3g)", ti->name,
                       (unsigned long long)n, ref, exact, tol);
             }
@@ -188,7 +189,7 @@ static void test_float(ds4_isa best) {
                 exact += (double)deq[i] * x[i];
                 mag += fabs((double)deq[i] * x[i]);
             }
-            CHECK(fabs(ref - exact) <= 1e-6 * mag * (double)(n / 16 + 8), "%s n=%llu: %.9g vs %.9g",
+            CHECK(fabs(ref - exact) <= 0x1p-23 * mag * (double)(n / 16 + 6), "%s n=%llu: %.9g vs %.9g",
                   ds4_type_name(type), (unsigned long long)n, ref, exact);
             free(deq);
         }
