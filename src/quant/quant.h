@@ -105,8 +105,9 @@ float ds4_dot_f32(uint64_t n, const float *w, const float *x);
 uint64_t ds4_act_row_bytes(uint32_t wtype, uint64_t n);
 bool ds4_quantize_act(uint32_t wtype, const float *x, void *act, uint64_t n);
 float ds4_dot(uint32_t wtype, uint64_t n, const void *w, const void *act);
-/* y[r] = row r of W (n_rows rows of n_in elements, rows packed back to back)
- * dotted with the quantised activation act, for r < n_rows. */
+/* y[r] = row r of W (n_rows rows of n_in elements, n_in a multiple of the
+ * block size, rows packed back to back) dotted with the quantised
+ * activation act, for r < n_rows. Single-threaded: callers split rows. */
 void ds4_matvec(uint32_t wtype, const void *w, uint64_t n_rows, uint64_t n_in, const void *act, float *y);
 
 /* Every ISA computes bit-identical dot products (integer block sums are

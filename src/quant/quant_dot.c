@@ -133,7 +133,10 @@ static const ds4_dot_kernels *const kernels_by_isa[] = {
     &ds4_dot_scalar_kernels, &ds4_dot_scalar_kernels, &ds4_dot_scalar_kernels,
 };
 #endif
-static int active_isa = -1; /* read and written atomically */
+/* The one mutable global of quant/: the cached CPU check, which tests and the
+ * benchmark may override. Results do not depend on it, only speed. Read and
+ * written atomically; -1 until first use. */
+static int active_isa = -1;
 
 ds4_isa ds4_quant_best_isa(void) {
 #if defined(__x86_64__) || defined(__i386__)
