@@ -41,7 +41,7 @@
 typedef struct iq2_work {
     float grid[256][8];           /* grid magnitudes as floats */
     float grid_t[8][256];         /* the same, element-major */
-    bool avx2;                    /* group_min may use AVX2 */
+    bool avx2;                    /* line_min_avx2 may be used */
     float c[GROUPS];              /* sum w x^2 per group */
     float B[GROUPS][256];         /* sum w G^2 */
     float H[GROUPS][256];         /* F - 2A: linear coefficient of the cost */
