@@ -200,11 +200,13 @@ static void add_fp4(model_ck *c, const char *name, uint64_t rows, uint64_t cols,
 static void add_experts(model_ck *c, int il) {
     char gg[96], name[200];
     snprintf(gg, sizeof gg, "blk.%d.ffn_gate_exps.weight", il);
-    expect *gate = add_expect(c, gg, S_GATE, 3, D, I, E);
+    add_expect(c, gg, S_GATE, 3, D, I, E);
     snprintf(gg, sizeof gg, "blk.%d.ffn_up_exps.weight", il);
-    expect *up = add_expect(c, gg, S_GATE, 3, D, I, E);
+    add_expect(c, gg, S_GATE, 3, D, I, E);
     snprintf(gg, sizeof gg, "blk.%d.ffn_down_exps.weight", il);
-    expect *down = add_expect(c, gg, S_DOWN, 3, I, D, E);
+    add_expect(c, gg, S_DOWN, 3, I, D, E);
+    /* after the last add_expect (it may move the array) */
+    expect *gate = &c->x[c->nx - 3], *up = &c->x[c->nx - 2], *down = &c->x[c->nx - 1];
     float *gate_up = malloc(sizeof(float) * E * 2 * I * D);
     for (int e = 0; e < E; e++) {
         snprintf(name, sizeof name, "layers.%d.ffn.experts.%d.w1.weight", il, e);
