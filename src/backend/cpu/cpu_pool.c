@@ -5,7 +5,8 @@
  * atomic counter until none are left, and the last one to finish signals the
  * caller. Workers spin briefly on the generation before sleeping, because a
  * decode step issues many short runs back to back and a condvar wake-up per
- * run would cost more than the work. */
+ * run would cost more than the work; a worker that sees the new generation
+ * while spinning starts without touching the mutex. */
 #include "cpu_pool.h"
 
 #include <pthread.h>
@@ -14,15 +15,15 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define SPIN_ROUNDS 20000
+#define SPIN_ROUNDS 20000 /* pause instructions before sleeping: ~1 ms */
 
 struct cpu_pool {
     int n_threads;
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
-    atomic_uint gen;  /* bumped once per run */
-    int stop;
+    atomic_uint gen;  /* bumped once per run (and once to stop) */
+    atomic_int stop;
     cpu_task_fn fn;
     void *ctx;
     int n_tasks;
@@ -43,6 +44,13 @@ static void run_tasks(cpu_pool *p, int worker) {
     }
 }
 
+static void cpu_relax(int spins) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((spins & 1023) == 1023) sched_yield(); /* be fair on an oversubscribed machine */
+}
+
 static void *worker_main(void *argp) {
     worker_arg *arg = argp;
     cpu_pool *p = arg->pool;
@@ -50,19 +58,18 @@ static void *worker_main(void *argp) {
     free(arg);
     unsigned seen = 0; /* the generation at creation: a run may start before we get here */
     for (;;) {
+        /* Fast path: spin without the mutex, so a run wakes all workers at once. */
+        unsigned g;
         int spins = 0;
-        while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen && spins < SPIN_ROUNDS) {
-            spins++;
-            if ((spins & 255) == 0) sched_yield();
-        }
-        pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->gen) == seen && !p->stop) pthread_cond_wait(&p->wake, &p->mu);
-        if (p->stop) {
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && spins < SPIN_ROUNDS)
+            cpu_relax(spins++);
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            while ((g = atomic_load(&p->gen)) == seen) pthread_cond_wait(&p->wake, &p->mu);
             pthread_mutex_unlock(&p->mu);
-            return NULL;
         }
-        seen = atomic_load(&p->gen);
-        pthread_mutex_unlock(&p->mu);
+        if (atomic_load(&p->stop)) return NULL;
+        seen = g;
         run_tasks(p, id);
         if (atomic_fetch_sub_explicit(&p->running, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&p->mu);
@@ -81,6 +88,7 @@ cpu_pool *cpu_pool_new(int n_threads) {
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
     atomic_init(&p->gen, 0);
+    atomic_init(&p->stop, 0);
     atomic_init(&p->next, 0);
     atomic_init(&p->running, 0);
     if (n_threads > 1) {
@@ -109,7 +117,7 @@ cpu_pool *cpu_pool_new(int n_threads) {
 void cpu_pool_free(cpu_pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     atomic_fetch_add(&p->gen, 1);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
@@ -140,10 +148,8 @@ void cpu_pool_run(cpu_pool *p, int n_tasks, cpu_task_fn fn, void *ctx) {
     pthread_mutex_unlock(&p->mu);
     run_tasks(p, 0);
     int spins = 0;
-    while (atomic_load_explicit(&p->running, memory_order_acquire) > 0 && spins < SPIN_ROUNDS) {
-        spins++;
-        if ((spins & 255) == 0) sched_yield();
-    }
+    while (atomic_load_explicit(&p->running, memory_order_acquire) > 0 && spins < SPIN_ROUNDS)
+        cpu_relax(spins++);
     pthread_mutex_lock(&p->mu);
     while (atomic_load(&p->running) > 0) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
