@@ -72,6 +72,10 @@ typedef enum ds4_think_mode {
 typedef struct ds4_chat_opts {
     ds4_think_mode mode;
     int ctx; /* the session's context size (decides whether Max applies) */
+    /* Keep every assistant's reasoning in thinking mode even without tools
+     * (the official encoder's drop_thinking=False). The ds4 CLI uses it so
+     * each rendered conversation extends the previous one (prefix reuse). */
+    bool keep_reasoning;
 } ds4_chat_opts;
 
 /* The mode actually used for a request mode and context size. */

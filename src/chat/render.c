@@ -371,7 +371,8 @@ int ds4_chat_render(const ds4_chat *c, const ds4_chat_opts *o, ds4_buf *out, ds4
         conv_sort_results(&cv);
         /* The official encoder keeps all reasoning once any tools are given. */
         render_ctx r = {.cv = &cv, .h = &h, .thinking = mode != DS4_THINK_NONE,
-                        .max_prefix = mode == DS4_THINK_MAX, .drop = c->n_tools == 0};
+                        .max_prefix = mode == DS4_THINK_MAX,
+                        .drop = c->n_tools == 0 && !o->keep_reasoning};
         if (r.thinking && r.drop) conv_drop_thinking(&cv);
         r.last_user = last_user_like(&cv);
         ds4_buf_adds(out, DS4_CHAT_BOS);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -32,4 +33,10 @@ char *ds4_cli_read_file(const char *path, uint64_t *len) {
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+double ds4_cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }

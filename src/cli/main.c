@@ -31,6 +31,11 @@ static void usage(FILE *out) {
         "      --cpu | --cuda | --backend cpu|cuda\n"
         "      --info, --inspect print the model's hyperparameters, tensors and memory needs\n"
         "      --dump-tokens     tokenize -p/--prompt-file text as written, one token per line\n"
+        "      --dump-logprobs F write a greedy continuation with its top-k alternatives as JSON\n"
+        "      --logprobs-top-k N  alternatives per step for --dump-logprobs (default 20, at most 128)\n"
+        "      --prefill-chunk N tokens per prefill chunk (default: the engine's)\n"
+        "      --token-ids F --logits-out F  evaluate the token ids in F from position 0 and\n"
+        "                        write float32 logits of every position, then exit\n"
         "  -h, --help            this help\n");
 }
 
@@ -68,6 +73,7 @@ int main(int argc, char **argv) {
         .top_p = 1.0f,
         .min_p = 0.05f,
         .think = DS4_THINK_HIGH,
+        .logprobs_top_k = 20,
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -114,6 +120,11 @@ int main(int argc, char **argv) {
         }
         else if (!strcmp(a, "--info") || !strcmp(a, "--inspect")) o.info = true;
         else if (!strcmp(a, "--dump-tokens")) o.dump_tokens = true;
+        else if (!strcmp(a, "--dump-logprobs")) { NEEDS_VALUE(); o.dump_logprobs = val; }
+        else if (!strcmp(a, "--logprobs-top-k")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.logprobs_top_k)) return 2; }
+        else if (!strcmp(a, "--prefill-chunk")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.prefill_chunk)) return 2; }
+        else if (!strcmp(a, "--token-ids")) { NEEDS_VALUE(); o.token_ids = val; }
+        else if (!strcmp(a, "--logits-out")) { NEEDS_VALUE(); o.logits_out = val; }
         else if (!strcmp(a, "--server")) { fprintf(stderr, "ds4: use ds4-server\n"); return 2; }
         else { fprintf(stderr, "ds4: unknown option '%s'\n", a); usage(stderr); return 2; }
 #undef NEEDS_VALUE
@@ -122,6 +133,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "ds4: give either -p or --prompt-file, not both\n");
         return 2;
     }
+    if (!o.token_ids != !o.logits_out) {
+        fprintf(stderr, "ds4: --token-ids and --logits-out go together\n");
+        return 2;
+    }
+    if (o.dump_logprobs && !o.prompt && !o.prompt_file) {
+        fprintf(stderr, "ds4: --dump-logprobs needs -p TEXT or --prompt-file FILE\n");
+        return 2;
+    }
+    if (o.logprobs_top_k > 128) o.logprobs_top_k = 128;
     if (o.info) return ds4_cli_info(&o);
     if (o.dump_tokens) return ds4_cli_dump_tokens(&o);
     return ds4_cli_generate(&o);
