@@ -190,7 +190,8 @@ static void test_paths_agree(const char *path, bool exact) {
     ds4_engine_close(odd);
 }
 
-/* (b): thread counts give the same bits. */
+/* (b): thread counts give the same bits (on a model with F16 weights and
+ * Q4_K experts, so those paths run too). */
 static void test_threads_agree(const char *path) {
     const int n = 120;
     float *ref = NULL;
@@ -206,6 +207,7 @@ static void test_threads_agree(const char *path) {
         ds4_err err;
         CHECK(!ds4_session_new(e, &s, &err), "session");
         CHECK(!ds4_session_eval_all_logits(s, tok, n, l, &err), "eval: %s", err.msg);
+        CHECK(all_finite(l, (size_t)n * V), "finite logits with %d threads", threads);
         if (!ref)
             ref = l;
         else {
@@ -547,16 +549,19 @@ int main(void) {
     test_topk();
     test_sampler();
 
-    char q2[512], f32[512];
+    char q2[512], f32[512], q4[512];
     snprintf(q2, sizeof q2, "%s/engine_tiny_q2.gguf", tmpdir());
     snprintf(f32, sizeof f32, "%s/engine_tiny_f32.gguf", tmpdir());
+    snprintf(q4, sizeof q4, "%s/engine_tiny_q4.gguf", tmpdir());
     CHECK(write_tiny(q2, DS4_SYNTH_PUBLISHED, "q2") == 0, "tiny q2 model written");
     CHECK(write_tiny(f32, DS4_SYNTH_F32, "f32") == 0, "tiny f32 model written");
+    CHECK(write_tiny(q4, DS4_SYNTH_F16, "q4") == 0, "tiny f16/q4 model written");
     test_paths_agree(q2, false);
     test_paths_agree(f32, true);
-    test_threads_agree(q2);
+    test_threads_agree(q4);
     test_errors_and_cancel(q2);
     remove(q2);
     remove(f32);
+    remove(q4);
     return TEST_DONE();
 }
