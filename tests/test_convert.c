@@ -687,6 +687,32 @@ static void test_bad_index(const char *off_dir) {
     }
 }
 
+/* --tokenizer: the vocabulary comes from tokenizer.json, padded to vocab_size. */
+static void test_tokenizer_json(const char *hf_dir) {
+    char tok[2300], out[2300];
+    snprintf(tok, sizeof tok, "%s/tokenizer.json", hf_dir);
+    write_text(tok, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2},"
+                    " \"merges\": [\"a b\"]}, \"added_tokens\": []}");
+    snprintf(out, sizeof out, "%s-tok.gguf", hf_dir);
+    ds4_convert_opts o = {.in_dir = hf_dir, .out_path = out, .tokenizer_path = tok, .quiet = true};
+    ds4_err err = {{0}};
+    ds4_convert_set_types(&o, "f32", "f32", &err);
+    int rc = ds4_convert(&o, &err);
+    CHECK(rc == 0, "convert --tokenizer: %s", err.msg);
+    gguf_file f;
+    if (rc || gguf_open(&f, out, &err)) return;
+    const gguf_kv *tokens = gguf_find_kv(&f, "tokenizer.ggml.tokens");
+    const gguf_kv *merges = gguf_find_kv(&f, "tokenizer.ggml.merges");
+    CHECK(tokens && tokens->value.v.arr.count == V, "tokens: expected %d entries", V);
+    CHECK(merges && merges->value.v.arr.count == 1, "merges: expected the one merge");
+    if (tokens && tokens->value.v.arr.count == V) {
+        gguf_value t2;
+        CHECK(gguf_array_get(&tokens->value, 2, &t2, &err) == 0 && gguf_str_eq(t2.v.str, "ab"),
+              "token 2 should be \"ab\"");
+    }
+    gguf_close(&f);
+}
+
 int main(void) {
     /* All four layers in f32 / f16 (bit-exact checks of every path); the
      * quantised runs use the first two layers, as the K-quant and IQ2_XXS
@@ -703,6 +729,7 @@ int main(void) {
     convert_and_check(&full, off_dir, "q8", "f16", "official");
     convert_and_check(&two, hf2, "q8", "q4", "transformers");
     convert_and_check(&two, off2, "f16", "q2", "official");
+    test_tokenizer_json(hf2);
 
     test_malformed_files();
     test_bad_checkpoints(&full);

@@ -298,6 +298,7 @@ int ds4_hf_config_read(const char *path, ds4_hparams *hp, ds4_err *err) {
     memset(hp, 0, sizeof *hp);
     json_error_t je;
     cfg c = {path, json_load_file(path, JSON_REJECT_DUPLICATES, &je)};
+    if (!c.root && je.line < 1) return ds4_fail(err, "%s", je.text); /* I/O: names the path */
     if (!c.root) return ds4_fail(err, "%s: %s (line %d)", path, je.text, je.line);
     int rc = json_is_object(c.root) ? read_all(&c, hp, err)
                                     : ds4_fail(err, "%s: not a JSON object", path);
