@@ -15,7 +15,9 @@
  *      model removed; stale temporary files removed;
  *  (e) a full disk (RLIMIT_FSIZE in a child, and a 1 MiB tmpfs in a private
  *      mount namespace when run as root): the save fails, no temporary file
- *      remains, earlier entries still load; a removed directory is re-created;
+ *      remains, earlier entries still load; a writer killed mid-save leaves
+ *      only a temporary file, never used, removed once stale; a removed
+ *      directory is re-created;
  *  (f) eviction keeps the directory within the budget in the spec's order;
  *  (g) three processes saving, looking up and evicting in one directory:
  *      every hit returns the exact payload and every remaining file is valid. */
@@ -660,6 +662,63 @@ static void test_tmpfs_full(void) {
           "1 MiB tmpfs: the save that does not fit fails, no temporary file, earlier entries load");
 }
 
+/* A server killed in the middle of a save: its payload writer dies after
+ * half the bytes. Nothing appears under the real name, the temporary file
+ * is ignored (not counted, not used) until it is stale, then removed. */
+static int dying_save(void *c, ds4_writer *w, ds4_err *err) {
+    uint64_t len;
+    uint8_t *b = fake_payload(c, &len);
+    w->write(w->ctx, b, len / 2);
+    raise(SIGKILL);
+    free(b);
+    return ds4_fail(err, "unreachable");
+}
+
+static void test_killed_save(void) {
+    char dir[512], path[600];
+    make_dir(dir, sizeof dir, "killed");
+    ds4_kvcache *kc = open_store(dir, 1 << 30, ID);
+    CHECK(save_text(kc, "survivor", 20, 1, 5000, NULL, 0) == 0, "save");
+    pid_t pid = fork();
+    if (pid == 0) {
+        fake f = {.n_tokens = 20, .seed = 2, .body = 3 << 20, .ctx = ID.ctx};
+        ds4_kvcache_io io = fake_io(&f);
+        io.save = dying_save;
+        ds4_kvcache_save_req req = {.text = "victim text", .text_len = 11, .tokens = 20};
+        ds4_err err;
+        ds4_kvcache_save(kc, &io, &req, &err);
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "writer killed mid-save");
+    path_for_text(path, sizeof path, dir, "victim text");
+    CHECK(!exists(path) && count_files(dir, ".tmp.") == 1, "no file under the real name, one temporary file");
+    int n = 0;
+    ds4_kvcache_disk_bytes(kc, &n);
+    CHECK(n == 1, "the temporary file is not an entry");
+    fake f = {0};
+    ds4_kvcache_io io = fake_io(&f);
+    ds4_kvcache_hit hit;
+    CHECK(ds4_kvcache_lookup(kc, &io, "victim text and more", 20, &hit) == 0, "nothing to load for it");
+    CHECK(ds4_kvcache_lookup(kc, &io, "survivor and more", 17, &hit) == 1 && loaded_equals(&f, 20, 1, 5000, ID.ctx),
+          "the other entry still loads");
+    fake_reset(&f);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (!strstr(de->d_name, ".tmp.")) continue;
+        char tmp[1024];
+        snprintf(tmp, sizeof tmp, "%s/%s", dir, de->d_name);
+        struct timespec old[2] = {{.tv_sec = time(NULL) - 7200}, {.tv_sec = time(NULL) - 7200}};
+        utimensat(AT_FDCWD, tmp, old, 0);
+    }
+    if (d) closedir(d);
+    ds4_kvcache_evict(kc);
+    CHECK(count_files(dir, ".tmp.") == 0, "stale temporary file removed by the next listing");
+    ds4_kvcache_close(kc);
+}
+
 /* The directory removed under a running store: the next save re-creates it. */
 static void test_dir_removed(void) {
     char dir[512];
@@ -800,6 +859,7 @@ int main(void) {
     test_faults();
     test_disk_full();
     test_tmpfs_full();
+    test_killed_save();
     test_dir_removed();
     test_eviction();
     test_concurrency();
