@@ -200,20 +200,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     c.tok = ds4_engine_tokenizer(c.engine);
-    ds4_tokenizer *own_tok = NULL;
-    if (!c.tok) { /* engines that do not load one: read it from the GGUF ourselves */
-        gguf_file f;
-        if (gguf_open(&f, c.cfg.engine.model_path, &err) == 0) {
-            own_tok = ds4_tokenizer_from_gguf(&f, &err);
-            gguf_close(&f);
-        }
-        c.tok = own_tok;
-    }
     c.ctx_size = ds4_engine_ctx(c.engine);
-    if (!c.tok || ds4_tokenizer_check_specials(c.tok, &err)) {
+    if (ds4_tokenizer_check_specials(c.tok, &err)) {
         fprintf(stderr, "ds4-server: the model's tokenizer cannot serve chat: %s\n", err.msg);
         ds4_engine_close(c.engine);
-        ds4_tokenizer_free(own_tok);
         return 1;
     }
     if (c.cfg.think == SRV_THINK_MAX && c.ctx_size < 393216)
@@ -243,6 +233,5 @@ int main(int argc, char **argv) {
     srv_metrics_free(c.metrics);
     if (c.trace) fclose(c.trace);
     ds4_engine_close(c.engine);
-    ds4_tokenizer_free(own_tok);
     return rc;
 }
