@@ -19,11 +19,21 @@
 #include "../quant/quant.h"
 #include "engine_impl.h"
 
+/* The rows a token attends, in order: its raw window (oldest first), then
+ * the visible compressed rows (or the indexer's selection). */
+typedef struct row_list {
+    int lo;         /* first raw position */
+    int n_raw;
+    int n_comp;
+    const int *sel; /* NULL: compressed rows 0..n_comp-1 */
+} row_list;
+
 typedef struct att_job {
     ds4_session *s;
     int il, pos0, n;
-    int blocks;     /* head blocks per token */
-    int per_block;  /* heads per block */
+    int per_block;  /* heads per task in the few-token path */
+    int t;          /* the token of the few-token path */
+    row_list rows;  /* and its rows */
 } att_job;
 
 /* Per-token Q: unweighted RMSNorm of each head, RoPE of its tail. KV:
@@ -56,50 +66,55 @@ static void qnorm_task(void *ctx, int t, int worker) {
     num_rmsnorm(qr, qr, e->lc[j->il].q_a_norm, (int)e->model.hp.q_lora, e->model.hp.rms_eps);
 }
 
-/* Gathers the rows token t attends (raw window, then compressed) as f32. */
-static int gather_rows(const att_job *j, int t, float *rows) {
-    ds4_session *s = j->s;
-    ds4_engine *e = s->e;
+static row_list token_rows(const att_job *j, int t) {
+    ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
-    layer_kv *L = &s->layers[j->il];
+    const layer_kv *L = &j->s->layers[j->il];
     uint32_t ratio = e->model.layers[j->il].compress_ratio;
-    size_t hd = hp->head_dim;
     int p = j->pos0 + t;
-    int lo = p - (int)hp->n_swa + 1;
-    if (lo < 0) lo = 0;
-    int nr = 0;
-    for (int pos = lo; pos <= p; pos++, nr++) {
-        if (pos < j->pos0)
-            kv_rows_get(&L->raw, (uint32_t)pos % hp->n_swa, rows + nr * hd);
-        else
-            memcpy(rows + nr * hd, e->ws.kv + (size_t)(pos - j->pos0) * hd, hd * sizeof(float));
-    }
+    row_list r = {p - (int)hp->n_swa + 1, 0, 0, NULL};
+    if (r.lo < 0) r.lo = 0;
+    r.n_raw = p - r.lo + 1;
     if (ratio) {
         uint32_t visible = (uint32_t)(p + 1) / ratio;
         if (visible > L->n_comp) visible = L->n_comp;
         int n_sel = ratio == 4 ? e->ws.n_sel[t] : -1;
         if (n_sel >= 0) {
-            const int *sel = e->ws.sel + (size_t)t * hp->indexer_top_k;
-            for (int i = 0; i < n_sel; i++, nr++) kv_rows_get(&L->comp, (uint32_t)sel[i], rows + nr * hd);
+            r.n_comp = n_sel;
+            r.sel = e->ws.sel + (size_t)t * hp->indexer_top_k;
         } else {
-            for (uint32_t c = 0; c < visible; c++, nr++) kv_rows_get(&L->comp, c, rows + nr * hd);
+            r.n_comp = (int)visible;
         }
     }
-    return nr;
+    return r;
 }
 
-/* Softmax attention with a sink for heads [h0, h1) of token t. */
-static void attend_task(void *ctx, int task, int worker) {
-    att_job *j = ctx;
+/* Row k of the list as f32: from the ring (positions before the chunk), the
+ * chunk's own KV rows, or the compressed rows. */
+static void token_row(const att_job *j, const row_list *r, int k, float *dst) {
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
-    worker_scratch *wk = &e->ws.wk[worker];
-    int t = task / j->blocks, b = task % j->blocks;
-    uint32_t h0 = (uint32_t)(b * j->per_block);
-    uint32_t h1 = h0 + (uint32_t)j->per_block < hp->n_head ? h0 + (uint32_t)j->per_block : hp->n_head;
+    const layer_kv *L = &j->s->layers[j->il];
+    size_t hd = hp->head_dim;
+    if (k < r->n_raw) {
+        int pos = r->lo + k;
+        if (pos < j->pos0)
+            kv_rows_get(&L->raw, (uint32_t)pos % hp->n_swa, dst);
+        else
+            memcpy(dst, e->ws.kv + (size_t)(pos - j->pos0) * hd, hd * sizeof(float));
+    } else {
+        int c = k - r->n_raw;
+        kv_rows_get(&L->comp, (uint32_t)(r->sel ? r->sel[c] : c), dst);
+    }
+}
+
+/* Softmax attention with a sink for heads [h0, h1) of token t over nr rows. */
+static void attend_heads(const att_job *j, int t, uint32_t h0, uint32_t h1, const float *rows, int nr,
+                         float *scores) {
+    ds4_engine *e = j->s->e;
+    const ds4_hparams *hp = &e->model.hp;
     const rope_params *rp = e->model.layers[j->il].compress_ratio ? &e->rope_comp : &e->rope_plain;
     size_t hd = hp->head_dim;
-    int nr = gather_rows(j, t, wk->rows);
     float scale = 1.0f / sqrtf((float)hd);
     const float *sinks = e->lc[j->il].sinks;
     for (uint32_t h = h0; h < h1; h++) {
@@ -107,21 +122,53 @@ static void attend_task(void *ctx, int task, int worker) {
         float *o = e->ws.att + ((size_t)t * hp->n_head + h) * hd;
         float m = sinks[h];
         for (int r = 0; r < nr; r++) {
-            wk->scores[r] = scale * ds4_dot_f32(hd, q, wk->rows + r * hd);
-            if (wk->scores[r] > m) m = wk->scores[r];
+            scores[r] = scale * ds4_dot_f32(hd, q, rows + r * hd);
+            if (scores[r] > m) m = scores[r];
         }
         float den = expf(sinks[h] - m);
         memset(o, 0, hd * sizeof(float));
         for (int r = 0; r < nr; r++) {
-            float w = expf(wk->scores[r] - m);
+            float w = expf(scores[r] - m);
             den += w;
-            const float *row = wk->rows + r * hd;
+            const float *row = rows + r * hd;
             for (size_t d = 0; d < hd; d++) o[d] += w * row[d];
         }
         float inv = 1.0f / den;
         for (size_t d = 0; d < hd; d++) o[d] *= inv;
         rope_tail(o, (int)hd, j->pos0 + t, rp, true);
     }
+}
+
+/* Many tokens: one task per token gathers its rows and runs every head. */
+static void attend_token_task(void *ctx, int t, int worker) {
+    att_job *j = ctx;
+    worker_scratch *wk = &j->s->e->ws.wk[worker];
+    size_t hd = j->s->e->model.hp.head_dim;
+    row_list r = token_rows(j, t);
+    int nr = r.n_raw + r.n_comp;
+    for (int k = 0; k < nr; k++) token_row(j, &r, k, wk->rows + k * hd);
+    attend_heads(j, t, 0, j->s->e->model.hp.n_head, wk->rows, nr, wk->scores);
+}
+
+/* Few tokens (decode): the token's rows are gathered once into a shared
+ * buffer (in parallel), then blocks of heads run in parallel. */
+#define GATHER_ROWS_PER_TASK 32
+
+static void gather_shared_task(void *ctx, int task, int worker) {
+    att_job *j = ctx;
+    size_t hd = j->s->e->model.hp.head_dim;
+    int nr = j->rows.n_raw + j->rows.n_comp;
+    for (int k = task * GATHER_ROWS_PER_TASK; k < nr && k < (task + 1) * GATHER_ROWS_PER_TASK; k++)
+        token_row(j, &j->rows, k, j->s->e->ws.grows + k * hd);
+}
+
+static void attend_block_task(void *ctx, int b, int worker) {
+    att_job *j = ctx;
+    uint32_t n_head = j->s->e->model.hp.n_head;
+    uint32_t h0 = (uint32_t)(b * j->per_block);
+    uint32_t h1 = h0 + (uint32_t)j->per_block < n_head ? h0 + (uint32_t)j->per_block : n_head;
+    attend_heads(j, j->t, h0, h1, j->s->e->ws.grows, j->rows.n_raw + j->rows.n_comp,
+                 j->s->e->ws.wk[worker].scores);
 }
 
 void attention_sublayer(ds4_session *s, int il, int pos0, int n) {
@@ -133,7 +180,7 @@ void attention_sublayer(ds4_session *s, int il, int pos0, int n) {
     chunk_ws *ws = &e->ws;
     layer_kv *kvl = &s->layers[il];
     size_t D = hp->n_embd, hd = hp->head_dim, qdim = (size_t)hp->n_head * hd;
-    att_job j = {s, il, pos0, n, 1, (int)hp->n_head};
+    att_job j = {.s = s, .il = il, .pos0 = pos0, .n = n};
 
     /* Q and KV projections. */
     cpu_mat w = cpu_mat_of(&L->attn_q_a);
@@ -166,15 +213,24 @@ void attention_sublayer(ds4_session *s, int il, int pos0, int n) {
         }
     }
 
-    /* Attention: split heads when there are few tokens to keep threads busy. */
+    /* Attention: per token when there are enough tokens to keep the threads
+     * busy, else token by token with the heads split across threads. */
     int want = 2 * e->cpu.n_threads;
-    if (n < want) {
-        int blocks = (want + n - 1) / n;
-        if (blocks > (int)hp->n_head) blocks = (int)hp->n_head;
+    if (n >= want) {
+        cpu_parallel_for(&e->cpu, n, attend_token_task, &j);
+    } else {
+        int blocks = want < (int)hp->n_head ? want : (int)hp->n_head;
         j.per_block = ((int)hp->n_head + blocks - 1) / blocks;
-        j.blocks = ((int)hp->n_head + j.per_block - 1) / j.per_block;
+        blocks = ((int)hp->n_head + j.per_block - 1) / j.per_block;
+        for (int t = 0; t < n; t++) {
+            j.t = t;
+            j.rows = token_rows(&j, t);
+            int nr = j.rows.n_raw + j.rows.n_comp;
+            cpu_parallel_for(&e->cpu, (nr + GATHER_ROWS_PER_TASK - 1) / GATHER_ROWS_PER_TASK,
+                             gather_shared_task, &j);
+            cpu_parallel_for(&e->cpu, blocks, attend_block_task, &j);
+        }
     }
-    cpu_parallel_for(&e->cpu, n * j.blocks, attend_task, &j);
 
     /* The chunk's KV rows join the raw window ring. */
     int first = n > (int)hp->n_swa ? n - (int)hp->n_swa : 0;

@@ -174,6 +174,7 @@ static size_t ws_layout(ds4_engine *e, uint8_t *base) {
     CARVE(ws->sel, n * hp->indexer_top_k);
     CARVE(ws->iscores, (size_t)e->ctx / 4 + 2);
     CARVE(ws->att, n * hp->n_head * hd);
+    CARVE(ws->grows, ((size_t)hp->n_swa + max_comp_rows_attended(e)) * hd);
     CARVE(ws->low, n * hp->n_out_group * hp->o_lora);
     CARVE(ws->y, n * D);
     CARVE(ws->router, n * hp->n_expert);
@@ -210,7 +211,10 @@ static size_t ws_layout(ds4_engine *e, uint8_t *base) {
 
 int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err) {
     *out = NULL;
-    if (!cfg || !cfg->model_path) return ds4_fail(err, "engine: no model path given");
+    if (!cfg || (!cfg->model_path && !cfg->model_image))
+        return ds4_fail(err, "engine: no model path given");
+    /* Errors about the model start with its name. */
+    const char *model_name = cfg->model_path ? cfg->model_path : "model image";
     if (cfg->backend && strcmp(cfg->backend, "cpu") != 0)
         return ds4_fail(err, "backend '%s' is not available in this build (only cpu)", cfg->backend);
     if (cfg->ctx < 0) return ds4_fail(err, "context size %d is negative", cfg->ctx);
@@ -220,7 +224,11 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     ds4_engine *e = calloc(1, sizeof *e);
     if (!e) return ds4_fail(err, "out of memory");
     pthread_mutex_init(&e->eval_mu, NULL);
-    if (ds4_model_open(&e->model, cfg->model_path, err) != 0) {
+    int open_rc = cfg->model_path ? ds4_model_open(&e->model, cfg->model_path, err)
+                                  : ds4_model_open_memory(&e->model, cfg->model_image,
+                                                          cfg->model_image_size, err);
+    if (open_rc != 0) {
+        if (!cfg->model_path) ds4_fail_prefix(err, model_name);
         ds4_engine_close(e);
         return -1;
     }
@@ -228,7 +236,7 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     e->exact = cfg->exact;
     const ds4_hparams *hp = &e->model.hp;
     if (engine_check_shapes(&e->model, e->exact, err) != 0) {
-        ds4_fail_prefix(err, cfg->model_path);
+        ds4_fail_prefix(err, model_name);
         ds4_engine_close(e);
         return -1;
     }
@@ -269,7 +277,7 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     ws_layout(e, e->ws_arena);
     e->tok = ds4_tokenizer_from_gguf(&e->model.file, err);
     if (!e->tok) {
-        ds4_fail_prefix(err, cfg->model_path);
+        ds4_fail_prefix(err, model_name);
         ds4_engine_close(e);
         return -1;
     }

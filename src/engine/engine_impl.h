@@ -84,6 +84,7 @@ typedef struct chunk_ws {
     int *sel;             /* [n][top_k] */
     float *iscores;       /* indexer scores of one token over all rows */
     float *att;           /* [n][n_head·hd] attention output */
+    float *grows;         /* one token's attended rows (few-token path) */
     float *low;           /* [n][n_group·o_lora] */
     float *y;             /* [n][D] sublayer output */
     float *router;        /* [n][n_expert] logits → probs */
