@@ -10,8 +10,8 @@
  *     decoders. Each checkpoint is converted, loaded with ds4_model_open,
  *     and every tensor compared: f32 outputs bit-exactly with the decoded
  *     originals, quantised outputs byte-exactly with the library quantiser
- *     applied to the decoded rows; the hyperparameters must match the
- *     config.json values.
+ *     applied to the decoded rows (IQ2_XXS under the synthetic importance of
+ *     §4); the hyperparameters must match the config.json values.
  * (b) Malformed safetensors files and checkpoints give the expected clear
  *     error, and random mutations of a valid file never crash the reader. */
 #include <math.h>
@@ -431,19 +431,32 @@ static void check_tensor(const gguf_file *f, const expect *x, uint32_t type, con
     }
     uint64_t rb = ds4_type_row_bytes(type, x->ne[0]);
     uint8_t *buf = malloc(rb);
+    /* IQ2_XXS: importance = each column's sum of squares over its matrix
+     * (one per expert), summed in row order (hf-reference.md §4). */
+    float *imat = NULL;
+    if (type == DS4_TYPE_IQ2_XXS) {
+        imat = calloc(x->ne[2] * x->ne[0], sizeof *imat);
+        for (uint64_t r = 0; r < rows; r++)
+            for (uint64_t col = 0; col < x->ne[0]; col++) {
+                float v = x->v[r * x->ne[0] + col];
+                imat[(r / x->ne[1]) * x->ne[0] + col] += v * v;
+            }
+    }
     uint64_t bad = 0, first = 0;
     /* Quantised expert tensors: a sample of rows (every 5th and each expert's
      * last) pins the row mapping without re-running the slow searches. */
     bool sample = x->nd == 3 && type != DS4_TYPE_F32 && type != DS4_TYPE_F16;
     for (uint64_t r = 0; r < rows; r++) {
         if (sample && r % 5 && (r + 1) % x->ne[1]) continue;
-        ds4_quantize_row(type, x->v + r * x->ne[0], buf, x->ne[0], NULL);
+        ds4_quantize_row(type, x->v + r * x->ne[0], buf, x->ne[0],
+                         imat ? imat + (r / x->ne[1]) * x->ne[0] : NULL);
         if (memcmp(buf, (const uint8_t *)t->data + r * rb, rb) && !bad++) first = r;
     }
     CHECK(bad == 0, "%s: %s: %llu of %llu rows differ from the decoded original (first row %llu)",
           label, x->name, (unsigned long long)bad, (unsigned long long)rows,
           (unsigned long long)first);
     free(buf);
+    free(imat);
 }
 
 static void convert_and_check(const model_ck *c, const char *dir, const char *type,

@@ -137,73 +137,122 @@ bool convert_decode_row(const src_ref *s, uint64_t row, float *out, ds4_err *err
 
 /* ---- writing one tensor ---- */
 
-typedef struct row_job {
+/* Row rho of an output tensor: its source and the row within it. */
+static const src_ref *row_source(const out_tensor *t, uint64_t rho, uint64_t *src_row) {
+    uint64_t e = rho / t->ne[1], r = rho % t->ne[1];
+    if (t->n_src > 1) {
+        *src_row = r;
+        return &t->src[e];
+    }
+    *src_row = e * t->src_stride + t->src_offset + r;
+    return &t->src[0];
+}
+
+/* A share of one pass over a tensor: items [first, last) are rows when
+ * encoding, matrices (ne[2] slices) when summing the importance columns. */
+typedef struct pass_job {
     const out_tensor *t;
+    bool summing;
+    float *imat;  /* ne[2] x ne[0]: written when summing, read when encoding */
     uint8_t *dst;
-    uint64_t row_bytes, first, last; /* rows [first, last) */
+    uint64_t row_bytes, first, last;
     pthread_mutex_t *lock;
     bool *failed;
     ds4_err *err;
-} row_job;
+} pass_job;
 
-static void *encode_rows(void *arg) {
-    row_job *j = arg;
+static bool sum_columns(const pass_job *j, float *row, ds4_err *err) {
     const out_tensor *t = j->t;
-    float *row = malloc(t->ne[0] * sizeof *row);
-    ds4_err local = {{0}};
-    bool ok = row != NULL;
-    if (!ok) ds4_fail(&local, "%s: out of memory", t->name);
-    for (uint64_t rho = j->first; ok && rho < j->last; rho++) {
-        uint64_t e = rho / t->ne[1], r = rho % t->ne[1], src_row;
-        const src_ref *s;
-        if (t->n_src > 1) {
-            s = &t->src[e];
-            src_row = r;
-        } else {
-            s = &t->src[0];
-            src_row = e * t->src_stride + t->src_offset + r;
+    for (uint64_t e = j->first; e < j->last; e++) {
+        float *w = j->imat + e * t->ne[0];
+        for (uint64_t r = 0; r < t->ne[1]; r++) {
+            uint64_t src_row;
+            const src_ref *s = row_source(t, e * t->ne[1] + r, &src_row);
+            if (!convert_decode_row(s, src_row, row, err)) return false;
+            for (uint64_t c = 0; c < t->ne[0]; c++) w[c] += row[c] * row[c];
         }
-        ok = convert_decode_row(s, src_row, row, &local) &&
-             ds4_quantize_row(t->type, row, j->dst + rho * j->row_bytes, t->ne[0], NULL) ==
-                 j->row_bytes;
-        if (!ok && !local.msg[0]) ds4_fail(&local, "%s: cannot encode as %s", t->name,
-                                           ds4_type_name(t->type));
     }
+    return true;
+}
+
+static bool encode_rows(const pass_job *j, float *row, ds4_err *err) {
+    const out_tensor *t = j->t;
+    for (uint64_t rho = j->first; rho < j->last; rho++) {
+        uint64_t src_row;
+        const src_ref *s = row_source(t, rho, &src_row);
+        const float *imat = j->imat ? j->imat + (rho / t->ne[1]) * t->ne[0] : NULL;
+        if (!convert_decode_row(s, src_row, row, err)) return false;
+        if (ds4_quantize_row(t->type, row, j->dst + rho * j->row_bytes, t->ne[0], imat) != j->row_bytes) {
+            ds4_fail(err, "%s: cannot encode as %s", t->name, ds4_type_name(t->type));
+            return false;
+        }
+    }
+    return true;
+}
+
+static void *run_job(void *arg) {
+    pass_job *j = arg;
+    ds4_err local = {{0}};
+    float *row = malloc(j->t->ne[0] * sizeof *row);
+    bool ok = row && (j->summing ? sum_columns(j, row, &local) : encode_rows(j, row, &local));
+    if (!row) ds4_fail(&local, "%s: out of memory", j->t->name);
     free(row);
     if (!ok) {
         pthread_mutex_lock(j->lock);
-        if (!*j->failed) {
-            *j->failed = true;
-            if (j->err) *j->err = local;
-        }
+        if (!*j->failed && j->err) *j->err = local;
+        *j->failed = true;
         pthread_mutex_unlock(j->lock);
     }
     return NULL;
 }
 
+/* Splits n_items over the threads (one thread for small work). */
+static int run_pass(pass_job proto, uint64_t n_items, uint64_t work) {
+    const out_tensor *t = proto.t;
+    long cores = t->threads > 0 ? t->threads : sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t n = work < (1u << 18) || cores < 1 ? 1 : (uint64_t)cores;
+    if (n > n_items) n = n_items ? n_items : 1;
+    if (n > 256) n = 256;
+    pthread_t tid[256];
+    bool created[256] = {false};
+    pass_job jobs[256];
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    bool failed = false;
+    for (uint64_t i = 0; i < n; i++) {
+        jobs[i] = proto;
+        jobs[i].first = n_items * i / n;
+        jobs[i].last = n_items * (i + 1) / n;
+        jobs[i].lock = &lock;
+        jobs[i].failed = &failed;
+        created[i] = n > 1 && !pthread_create(&tid[i], NULL, run_job, &jobs[i]);
+        if (!created[i]) run_job(&jobs[i]); /* one job, or no thread: do it here */
+    }
+    for (uint64_t i = 0; i < n; i++)
+        if (created[i]) pthread_join(tid[i], NULL);
+    return failed ? -1 : 0;
+}
+
+/* IQ2_XXS is searched under an importance weight per column. Without a
+ * measured importance matrix, ds4's own converter uses the column's sum of
+ * squares over the rows of the matrix (hf-reference.md §4); each expert of a
+ * stacked tensor is its own matrix. */
 static int fill_rows(const out_tensor *t, uint8_t *dst, uint64_t nbytes, ds4_err *err) {
     uint64_t rows = t->ne[1] * t->ne[2], row_bytes = ds4_type_row_bytes(t->type, t->ne[0]);
     if (!row_bytes || rows * row_bytes != nbytes)
         return ds4_fail(err, "%s: %llu bytes requested, %llu expected", t->name,
                         (unsigned long long)nbytes, (unsigned long long)(rows * row_bytes));
-    long cores = t->threads > 0 ? t->threads : sysconf(_SC_NPROCESSORS_ONLN);
-    uint64_t work = rows * t->ne[0];
-    uint64_t n = work < (1u << 18) || cores < 1 ? 1 : (uint64_t)cores;
-    if (n > rows) n = rows;
-    if (n > 256) n = 256;
-    pthread_t tid[256];
-    bool created[256] = {false};
-    row_job jobs[256];
-    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-    bool failed = false;
-    for (uint64_t i = 0; i < n; i++) {
-        jobs[i] = (row_job){t, dst, row_bytes, rows * i / n, rows * (i + 1) / n, &lock, &failed, err};
-        created[i] = n > 1 && !pthread_create(&tid[i], NULL, encode_rows, &jobs[i]);
-        if (!created[i]) encode_rows(&jobs[i]); /* one job, or no thread: do it here */
+    pass_job job = {.t = t, .dst = dst, .row_bytes = row_bytes, .err = err};
+    int rc = 0;
+    if (t->type == DS4_TYPE_IQ2_XXS) {
+        job.imat = calloc(t->ne[2] * t->ne[0], sizeof *job.imat);
+        if (!job.imat) return ds4_fail(err, "%s: out of memory", t->name);
+        job.summing = true;
+        rc = run_pass(job, t->ne[2], rows * t->ne[0]);
+        job.summing = false;
     }
-    for (uint64_t i = 0; i < n; i++)
-        if (created[i]) pthread_join(tid[i], NULL);
-    return failed ? -1 : 0;
+    if (!rc) rc = run_pass(job, rows, rows * t->ne[0]);
+    free(job.imat);
+    return rc;
 }
 
 static int fill_tid2eid(const out_tensor *t, uint8_t *dst, uint64_t nbytes, ds4_err *err) {
