@@ -27,15 +27,19 @@ uint32_t kv_get32(const uint8_t *p) {
 
 uint64_t kv_get64(const uint8_t *p) { return (uint64_t)kv_get32(p) | (uint64_t)kv_get32(p + 4) << 32; }
 
-void kv_sha1_hex(const void *p, size_t n, char out[41]) {
+void kv_hex20(const uint8_t d[20], char out[41]) {
     static const char hex[] = "0123456789abcdef";
-    uint8_t d[20];
-    SHA1(p, n, d);
     for (int i = 0; i < 20; i++) {
         out[2 * i] = hex[d[i] >> 4];
         out[2 * i + 1] = hex[d[i] & 15];
     }
     out[40] = '\0';
+}
+
+void kv_sha1_hex(const void *p, size_t n, char out[41]) {
+    uint8_t d[20];
+    SHA1(p, n, d);
+    kv_hex20(d, out);
 }
 
 /* ---------------------------------------------------------------- header */

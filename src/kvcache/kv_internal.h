@@ -82,5 +82,6 @@ ds4_writer kv_stream_writer(kv_stream *s);
 ds4_reader kv_stream_reader(kv_stream *s);
 
 void kv_sha1_hex(const void *p, size_t n, char out[41]);
+void kv_hex20(const uint8_t d[20], char out[41]);
 
 #endif

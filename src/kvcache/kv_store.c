@@ -384,23 +384,43 @@ static int load_entry(ds4_kvcache *kc, const ds4_kvcache_io *io, const kv_entry 
     return why ? 0 : 1;
 }
 
+/* match[i] = entry i's name is SHA-1 of text[0:T]. v is sorted by T
+ * descending; walking it backwards hashes the request text once, taking a
+ * digest of the running hash at each distinct T. */
+static void match_names(const kv_entry *v, int n, const char *text, size_t len, bool *match) {
+    EVP_MD_CTX *run = EVP_MD_CTX_new(), *snap = EVP_MD_CTX_new();
+    if (!run || !snap || EVP_DigestInit_ex(run, EVP_sha1(), NULL) != 1) goto out;
+    size_t at = 0;
+    char name[41] = {0};
+    for (int i = n - 1; i >= 0; i--) {
+        size_t t = v[i].h.text_bytes;
+        if (t > len) break;
+        if (t != at || !name[0]) {
+            EVP_DigestUpdate(run, text + at, t - at);
+            at = t;
+            uint8_t d[20];
+            if (EVP_MD_CTX_copy_ex(snap, run) != 1 || EVP_DigestFinal_ex(snap, d, NULL) != 1) goto out;
+            kv_hex20(d, name);
+        }
+        match[i] = memcmp(name, v[i].sha, 40) == 0;
+    }
+out:
+    EVP_MD_CTX_free(run);
+    EVP_MD_CTX_free(snap);
+}
+
 int ds4_kvcache_lookup(ds4_kvcache *kc, const ds4_kvcache_io *io, const char *text, size_t len,
                        ds4_kvcache_hit *hit) {
     memset(hit, 0, sizeof *hit);
     kv_entry *v;
     int n = scan(kc, &v), found = 0;
     if (n > 1) qsort(v, (size_t)n, sizeof *v, by_text_then_tokens);
-    uint32_t hashed_len = UINT32_MAX;
-    char want[41] = {0};
-    for (int i = 0; i < n && !found; i++) {
+    bool *match = calloc((size_t)(n ? n : 1), sizeof *match);
+    if (match) match_names(v, n, text, len, match);
+    for (int i = 0; i < n && match && !found; i++) {
         kv_entry *e = &v[i];
         bool keep;
-        if (e->h.text_bytes > len || (int64_t)e->h.tokens < kc->cfg.min_tokens) continue;
-        if (e->h.text_bytes != hashed_len) {
-            kv_sha1_hex(text, e->h.text_bytes, want);
-            hashed_len = e->h.text_bytes;
-        }
-        if (strcmp(want, e->sha) != 0) continue;
+        if (!match[i] || (int64_t)e->h.tokens < kc->cfg.min_tokens) continue;
         const char *why = incompatible(kc, e, &keep);
         if (why) {
             if (!keep) remove_if_same(kc, e, why);
@@ -408,6 +428,7 @@ int ds4_kvcache_lookup(ds4_kvcache *kc, const ds4_kvcache_io *io, const char *te
         }
         found = load_entry(kc, io, e, text, len, hit);
     }
+    free(match);
     free(v);
     if (!found) io->reset(io->ctx);
     return found;
