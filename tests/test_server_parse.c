@@ -38,7 +38,7 @@ static void test_chat(void) {
     const char *body =
         "{\"model\":\"m1\",\"max_completion_tokens\":77,\"temperature\":0.5,\"top_p\":0.9,\"top_k\":5000,"
         "\"seed\":42,\"stop\":[\"a\",\"\",\"bb\"],\"stream\":true,\"stream_options\":{\"include_usage\":true},"
-        "\"n\":3,\"logprobs\":true,\"messages\":["
+        "\"n\":3,\"logprobs\":true,\"ignore_eos\":true,\"messages\":["
         "{\"role\":\"developer\",\"content\":\"dev\"},"
         "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},\"b\",{\"type\":\"text\",\"text\":\"c\"}]},"
         "{\"role\":\"assistant\",\"content\":null,\"reasoning_content\":\"why\",\"tool_calls\":["
@@ -48,7 +48,7 @@ static void test_chat(void) {
         "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\"}}}],"
         "\"tool_choice\":\"required\"}";
     CHECK(parse(SRV_API_CHAT, body, &r, &e) == 0, "chat parses: %s", e.message);
-    CHECK(!strcmp(r.model, "m1") && r.max_tokens == 77 && r.stream && r.include_usage, "chat fields");
+    CHECK(!strcmp(r.model, "m1") && r.max_tokens == 77 && r.stream && r.include_usage && r.ignore_eos, "chat fields");
     CHECK(r.temperature_set && r.temperature == 0.5f && r.top_p_set && r.top_k == 1024 && r.seed == 42, "sampling");
     CHECK(r.n_stop == 2 && !strcmp(r.stop[1], "bb"), "stop: empty strings dropped");
     CHECK(r.n_msgs == 4 && r.msgs[0].role == SRV_ROLE_DEVELOPER, "developer role kept");
@@ -65,7 +65,8 @@ static void test_chat(void) {
 
     /* defaults */
     CHECK(parse(SRV_API_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", &r, &e) == 0, "minimal chat");
-    CHECK(!strcmp(r.model, "deepseek-v4-flash") && r.max_tokens == -1 && !r.stream && r.msgs[0].role == SRV_ROLE_USER,
+    CHECK(!strcmp(r.model, "deepseek-v4-flash") && r.max_tokens == -1 && !r.stream && r.msgs[0].role == SRV_ROLE_USER &&
+              !r.ignore_eos,
           "defaults: model, max_tokens, role user");
     srv_request_free(&r);
 

@@ -16,6 +16,7 @@
  * here). A batching worker would split this function at the decode loop:
  * prefill per job, then one batched engine step per iteration for all
  * running jobs, each with its own turn and sampler. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -149,6 +150,8 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         const int n_vocab = ds4_tokenizer_n_vocab(c->tok);
         ds4_sampler sampler = make_sampler(c, req, job->seq);
         int max_new = req->max_tokens >= 0 ? req->max_tokens : c->cfg.default_max_tokens;
+        float *masked = req->ignore_eos ? malloc(sizeof(float) * (size_t)n_vocab) : NULL;
+        if (req->ignore_eos && !masked) abort();
         while (generated < max_new) {
             if (atomic_load(&job->cancelled) || atomic_load(&c->stopping)) {
                 finish = SRV_FINISH_ERROR;
@@ -156,6 +159,11 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
                 break;
             }
             const float *logits = ds4_session_logits(s);
+            if (masked && eos >= 0 && eos < n_vocab) { /* ignore_eos: EOS can never win */
+                memcpy(masked, logits, sizeof(float) * (size_t)n_vocab);
+                masked[eos] = -INFINITY;
+                logits = masked;
+            }
             int32_t tok = srv_turn_greedy(turn) ? ds4_argmax(logits, n_vocab) : ds4_sample(&sampler, logits, n_vocab);
             if (tok == eos) {
                 finish = SRV_FINISH_STOP;
@@ -180,6 +188,7 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
                 break;
             }
         }
+        free(masked);
         size_t tail_n;
         const char *tail = ds4_detok_flush(&detok, &tail_n);
         srv_turn_text(turn, tail, tail_n);

@@ -104,6 +104,7 @@ int req_common_fields(json_t *root, srv_request *r, const char *stop_key, srv_er
     if (req_opt_string(root, "model", &r->model, NULL, err)) return -1;
     if (!r->model) r->model = srv_strdup("deepseek-v4-flash");
     if (req_opt_bool(root, "stream", &r->stream, NULL, err)) return -1;
+    if (req_opt_bool(root, "ignore_eos", &r->ignore_eos, NULL, err)) return -1;
     json_t *so;
     if (req_opt(root, "stream_options", JSON_OBJECT, &so, NULL, err)) return -1;
     if (so && req_opt_bool(so, "include_usage", &r->include_usage, NULL, err)) return -1;

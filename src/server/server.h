@@ -94,6 +94,7 @@ typedef struct srv_request {
     float temperature, top_p, min_p; /* meaningful when *_set */
     int top_k;
     uint64_t seed;                   /* 0 = time-based */
+    bool ignore_eos; /* never sample EOS (as vLLM's ignore_eos; benchmarks) */
     srv_think think;
     bool think_explicit; /* a thinking control was given (aliases then don't apply) */
     char **stop;

@@ -7,7 +7,8 @@ import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
 import { check, done, post, startServer } from './server_harness.mjs';
 
-const long = { messages: [{ role: 'user', content: 'Tell a long story.' }], max_tokens: 100000, stream: true, think: false };
+// ignore_eos: the random model would otherwise end a "long" job at a random EOS
+const long = { messages: [{ role: 'user', content: 'Tell a long story.' }], max_tokens: 100000, stream: true, think: false, ignore_eos: true };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Opens a stream and resolves once its first data event arrived.
