@@ -28,21 +28,26 @@
  * section, the payload's own ctx and token fields, the KTM magic), which
  * catches damaged size and count fields at once; the checksum is verified
  * while a lookup streams the file into the session, and a mismatch resets
- * the session before the lookup returns. A file of another model (model_id: a hash of the non-expert
- * tensors, so q2 and q4 files of one model share checkpoints as in ds4) or
- * of the other numerics is removed when a lookup meets it. Files written
- * with a larger ctx, or another quant under reject_different_quant, belong
- * to another server sharing the directory: skipped, kept.
+ * the session before the lookup returns. A file of another model
+ * (model_id: a hash of the non-expert tensors, so q2 and q4 files of one
+ * model share checkpoints as in ds4) or of the other numerics is removed
+ * when a lookup meets it. Files written with a larger ctx, or another quant
+ * under reject_different_quant, belong to another server sharing the
+ * directory: skipped, kept. The hit counter and last-used time are updated
+ * in place (two small pwrites, outside the checksum); everything else in a
+ * file is written once.
  *
  * Writes go to `<sha>.kv.tmp.<pid>.<nonce>` (created O_EXCL, so unique even
  * across hosts sharing a pid), are fsynced, renamed over the real name and
  * the directory fsynced; any error (a full disk, RLIMIT_FSIZE) unlinks the
- * temporary file (the directory is re-created if someone removed it).
- * A reader keeps its open descriptor, so an eviction or a
- * replacement racing a load only unlinks a name (the reader still has the
- * whole old file); removals check that the name still points at the inode
- * that was judged, so a fresh file renamed over a bad one is not deleted.
- * Temporary files older than an hour (a crashed writer) are removed.
+ * temporary file (the directory is re-created if someone removed it). A
+ * reader keeps its open descriptor, so an eviction or a replacement racing
+ * a load only unlinks a name (the reader still has the whole old file);
+ * removals check that the name still points at the inode that was judged,
+ * so a fresh file renamed over a bad one is not deleted. Temporary files
+ * older than an hour (a crashed writer) are removed; younger ones are
+ * never counted or read. Unlike ds4, a tool map change rewrites the whole
+ * file rather than its tail in place, keeping every write atomic.
  *
  * How the server uses this module (server-spec §5.1, §5.6):
  *   start      ds4_kvcache_config_defaults + flags, ds4_kvcache_config_check
@@ -66,6 +71,10 @@
  *   evict      on a live miss with ds4_kvcache_should_save_live: save the
  *              whole live session (reason EVICT) before the lookup.
  *   shutdown   the same with reason SHUTDOWN, then ds4_kvcache_close.
+ *   metrics    ds4_kvcache_disk_bytes (re-lists the directory).
+ * The user/assistant ids for the chat anchor are the <｜User｜> and
+ * <｜Assistant｜> special tokens. A hit's tool ids go back into the exact-
+ * replay tool memory; free them with ds4_kvcache_hit_free.
  * A save's text is the concatenated token pieces of the stored tokens (or
  * the visible transcript with ext bit 1/2 in key_flags). The session must be
  * at exactly the stored length. None of these calls may overlap on one
