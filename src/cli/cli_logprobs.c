@@ -161,6 +161,7 @@ static int read_ids(const char *path, int32_t **ids, int *n, int n_vocab) {
             fprintf(stderr, "ds4: %s: token %d is not an id in 0..%d\n", path, *n + 1, n_vocab - 1);
             free(text);
             free(*ids);
+            *ids = NULL;
             return 1;
         }
         if (*n == cap) {

@@ -108,13 +108,10 @@ static void run_turn(cli_chat *c, const char *text) {
     int rc = cli_chat_begin(c, text, false, &st);
     if (rc < 0) return;
     if (rc == 0) cli_chat_reply(c, &st);
-    if (st.finish == CLI_FINISH_CANCEL) {
-        printf("\n");
-        fprintf(stderr, "ds4: interrupted%s\n", st.generated ? "" : " (the message was dropped)");
-    } else {
-        printf("\n");
-    }
+    putchar('\n');
     fflush(stdout);
+    if (st.finish == CLI_FINISH_CANCEL)
+        fprintf(stderr, "ds4: interrupted%s\n", st.generated ? "" : " (the message was dropped)");
     cli_print_stats(&st);
 }
 
