@@ -122,6 +122,16 @@ try {
   const tClosed = await Promise.race([closed, new Promise((ok) => setTimeout(() => ok(null), 10000))]);
   check(tClosed !== null && tClosed - t0 < 8000, `stalled connection dropped (${tClosed && tClosed - t0} ms)`);
 
+  // garbage instead of HTTP: an error status or a closed socket, nothing else
+  const garbage = await new Promise((ok) => {
+    const sock = connect(srv.port, '127.0.0.1', () => sock.write('\x00\xffNOT HTTP AT ALL\r\n\r\n'));
+    let got = '';
+    sock.on('data', (d) => (got += d));
+    sock.on('error', () => {});
+    sock.on('close', () => ok(got));
+  });
+  check(garbage === '' || /^HTTP\/1\.[01] 4\d\d/.test(garbage), 'garbage request line -> 4xx or close', garbage.slice(0, 200));
+
   // after all that, a good request still works
   const good = new OpenAI({ baseURL: srv.url + '/v1', apiKey: KEY, maxRetries: 0 });
   const ok = await good.chat.completions.create({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 });
