@@ -77,7 +77,7 @@ struct srv_job {
     pthread_cond_t cv;
     int refs;
     atomic_bool cancelled; /* client gone or output not drained */
-    bool started, done;
+    bool done;
     int status;     /* HTTP status of a non-streaming answer */
     ds4_buf out;    /* bytes produced and not yet handed to the client */
     size_t out_pos; /* bytes of out already handed over */

@@ -87,7 +87,6 @@ void srv_emitter_free(srv_emitter *em) {
 }
 
 void srv_emit_begin(srv_emitter *em, const srv_usage *u) {
-    em->begin_usage = *u;
     if (em->ops->begin) em->ops->begin(em, u);
 }
 

@@ -34,7 +34,6 @@ struct srv_emitter {
     bool failed;          /* the client is gone: write nothing more */
     int n_live_calls;     /* calls streamed live (indexes 0..n-1) */
     ds4_buf reasoning, content; /* text streamed so far */
-    srv_usage begin_usage;
 
     /* Anthropic: content blocks */
     int block_index;
