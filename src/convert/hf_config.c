@@ -9,7 +9,7 @@
  * rope_parameters.compress (transformers, nested) or a flat rope_parameters.
  * A config without YaRN gets factor 1, which makes ds4's blend the plain
  * frequencies. What ds4 hard-codes is checked rather than carried: the
- * sqrt(softplus) router, 4 HC streams, one KV head, a ratio of 4 exactly on
+ * sqrt(softplus) router without expert groups, 4 HC streams, one KV head, a ratio of 4 exactly on
  * the overlapping (CSA) layers, YaRN magnitude 1. */
 #include <jansson.h>
 #include <math.h>
@@ -272,6 +272,10 @@ static int read_all(const cfg *c, ds4_hparams *hp, ds4_err *err) {
     if (scoring && strcmp(scoring, "sqrtsoftplus"))
         return ds4_fail(err, "%s: scoring_func \"%.32s\": ds4 computes sqrtsoftplus", c->path,
                         scoring);
+    uint32_t groups;
+    if (get_u32(c, "n_group", false, 1, &groups, err)) return -1;
+    if (groups > 1)
+        return ds4_fail(err, "%s: n_group = %u: ds4 routes without expert groups", c->path, groups);
     double v;
     if (get_f64_in(c, c->root, "routed_scaling_factor", 1.5, &v, err)) return -1;
     hp->expert_weight_scale = (float)v;
