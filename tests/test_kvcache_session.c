@@ -13,7 +13,8 @@
  *      field made inconsistent, a wrong row count, a NaN, a non-f16 row
  *      value, an out-of-vocabulary token, a smaller ctx, and an
  *      exact-numerics payload in an official-numerics session; the session
- *      is then empty and still usable;
+ *      is then empty and still usable; of 1000 random mutants each is
+ *      refused or re-saves to exactly its own bytes;
  *  (d) through the disk cache: save, restart (new store, new session),
  *      lookup by text prefix, continue → identical logits; a model with
  *      other weights does not use the file and removes it. */
@@ -305,6 +306,30 @@ static void test_refusals(const char *path) {
           "exact-numerics payload refused by an official-numerics session: %s", err.msg);
     CHECK(load_bytes(t, m.p, m.len, &err) == 0 && ds4_session_n_tokens(t) == N_REFUSE,
           "the session is still usable after refusals");
+    /* Random byte changes: each mutant is refused (session empty) or, if it
+     * still describes a valid state, re-saves to the same bytes (up to the
+     * informational ctx / chunk / raw cap / compressed cap fields). */
+    uint64_t x = 99;
+    int refused = 0, roundtrip_bad = 0;
+    for (int i = 0; i < 1000; i++) {
+        memcpy(b, m.p, m.len);
+        for (int k = 0; k < 1 + i % 3; k++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            b[(x >> 17) % m.len] ^= (uint8_t)(1u << ((x >> 9) % 8));
+        }
+        if (load_bytes(t, b, m.len, &err) != 0) {
+            refused++;
+            roundtrip_bad += ds4_session_n_tokens(t) != 0;
+            continue;
+        }
+        membuf again = save_payload(t);
+        memcpy(again.p + 8, b + 8, 12);  /* ctx, prefill chunk, raw cap */
+        memcpy(again.p + 24, b + 24, 4); /* compressed cap */
+        roundtrip_bad += again.len != m.len || memcmp(again.p, b, m.len) != 0;
+        free(again.p);
+    }
+    CHECK(roundtrip_bad == 0, "mutants: %d half-loaded or not re-saved identically (%d refused of 1000)",
+          roundtrip_bad, refused);
     ds4_session *full;
     ds4_engine *tiny_ctx = open_engine(path, false, 8, 40);
     ds4_session_new(tiny_ctx, &full, &err);
