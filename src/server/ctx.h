@@ -26,7 +26,7 @@ typedef struct srv_config {
     int max_queue;         /* waiting jobs before 429 */
     size_t max_body;       /* bytes, 413 beyond */
     int io_timeout_s;      /* idle connection timeout */
-    int keepalive_s;       /* SSE comment after this many silent seconds */
+    double keepalive_s;    /* SSE comment after this many silent seconds (< io timeout) */
     int default_max_tokens; /* -n */
     float temperature, top_p, min_p; /* sampling defaults (forced in thinking mode) */
     int top_k;

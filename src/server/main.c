@@ -89,7 +89,7 @@ static bool needs_value(const char *a) {
 }
 
 static int parse_args(int argc, char **argv, srv_config *cfg) {
-    int max_body_mb = 64;
+    int max_body_mb = 64, keepalive = 5;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -152,7 +152,7 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         } else if (IS("--max-queue")) rc = parse_int(a, v, 1, 1 << 20, &cfg->max_queue);
         else if (IS("--max-body-mb")) rc = parse_int(a, v, 1, 4096, &max_body_mb);
         else if (IS("--io-timeout")) rc = parse_int(a, v, 1, 86400, &cfg->io_timeout_s);
-        else if (IS("--keepalive")) rc = parse_int(a, v, 1, 3600, &cfg->keepalive_s);
+        else if (IS("--keepalive")) rc = parse_int(a, v, 1, 3600, &keepalive);
         else if (IS("--trace")) cfg->trace_path = v;
         else if (IS("--tool-memory-max-ids")) rc = parse_int(a, v, 1, INT_MAX, &cfg->tool_memory_max_ids);
         else {
@@ -165,6 +165,9 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         i++;
     }
     cfg->max_body = (size_t)max_body_mb << 20;
+    /* an SSE stream silent for the connection timeout would be dropped by
+     * libmicrohttpd, so keep-alives come at least twice per timeout */
+    cfg->keepalive_s = keepalive < cfg->io_timeout_s / 2.0 ? keepalive : cfg->io_timeout_s / 2.0;
     return 0;
 }
 
@@ -175,7 +178,6 @@ int main(int argc, char **argv) {
         .port = 8000,
         .max_queue = 64,
         .io_timeout_s = 30,
-        .keepalive_s = 5,
         .default_max_tokens = 393216,
         .temperature = 1.0f,
         .top_p = 1.0f,

@@ -48,7 +48,8 @@ const metric = (text, name) => {
   return line ? Number(line.slice(name.length + 1)) : NaN;
 };
 
-let srv = await startServer(['--max-queue', '1', '--keepalive', '1']);
+// --io-timeout 3: waiting streams must survive on keep-alives alone
+let srv = await startServer(['--max-queue', '1', '--keepalive', '1', '--io-timeout', '3']);
 try {
   // A runs, B waits in the queue, C is refused
   const a = await openStream(srv.url);
@@ -75,7 +76,9 @@ try {
   // B, waiting, gets keep-alive comments (headers went out at enqueue)
   check(await b.readUntil((t) => t.includes(': keep-alive'), 5000), 'queued stream gets keep-alive comments', b.text());
 
+  // B keeps waiting longer than --io-timeout, alive on keep-alives; then
   // abort A: B starts promptly
+  await sleep(3500);
   a.abort();
   const t0 = Date.now();
   check(await b.readUntil((t) => t.includes('"role"'), 10000), 'B starts after A is aborted');
