@@ -278,6 +278,33 @@ static void test_exact_replay(void) {
     ds4_buf_free(&want);
 }
 
+/* keep_reasoning (the official drop_thinking=False): earlier assistants keep
+ * "<reasoning></think>" and every user turn opens <think>, so the rendering
+ * of a conversation extends the rendering of each earlier prefix of it
+ * (the CLI's prefix reuse relies on that); without tools the default drops. */
+static void test_keep_reasoning(void) {
+    ds4_chat_msg msgs[] = {{.role = DS4_ROLE_SYSTEM, .content = "S"},
+                           {.role = DS4_ROLE_USER, .content = "a"},
+                           {.role = DS4_ROLE_ASSISTANT, .content = "c1", .reasoning = "r1"},
+                           {.role = DS4_ROLE_USER, .content = "b"}};
+    ds4_chat c1 = {msgs, 2, NULL, 0, NULL}, c2 = {msgs, 4, NULL, 0, NULL};
+    ds4_chat_opts keep = {DS4_THINK_HIGH, 4096, true}, drop = {DS4_THINK_HIGH, 4096, false};
+    ds4_buf first = {0}, full = {0}, dropped = {0}, want = {0};
+    ds4_err err = {{0}};
+    CHECK(ds4_chat_render(&c1, &keep, &first, &err) == 0, "%s", err.msg);
+    CHECK(ds4_chat_render(&c2, &keep, &full, &err) == 0, "%s", err.msg);
+    CHECK(ds4_chat_render(&c2, &drop, &dropped, &err) == 0, "%s", err.msg);
+    ds4_buf_adds(&want, DS4_CHAT_BOS "S" DS4_CHAT_USER "a" DS4_CHAT_ASSISTANT "<think>");
+    CHECK(strcmp(ds4_buf_str(&first), want.p) == 0, "first turn: %s", first.p);
+    ds4_buf_adds(&want, "r1</think>c1" DS4_CHAT_EOS DS4_CHAT_USER "b" DS4_CHAT_ASSISTANT "<think>");
+    CHECK(strcmp(ds4_buf_str(&full), want.p) == 0, "kept reasoning: %s", full.p);
+    CHECK(strstr(ds4_buf_str(&dropped), "r1") == NULL, "default kept the reasoning: %s", dropped.p);
+    ds4_buf_free(&first);
+    ds4_buf_free(&full);
+    ds4_buf_free(&dropped);
+    ds4_buf_free(&want);
+}
+
 static void test_effective_mode(void) {
     CHECK(ds4_chat_effective_mode(DS4_THINK_MAX, 393215) == DS4_THINK_HIGH, "max below 384K");
     CHECK(ds4_chat_effective_mode(DS4_THINK_MAX, 393216) == DS4_THINK_MAX, "max at 384K");
@@ -373,6 +400,7 @@ int main(void) {
     test_errors();
     test_exact_replay();
     test_effective_mode();
+    test_keep_reasoning();
     test_official_vectors();
     return TEST_DONE();
 }

@@ -11,7 +11,8 @@
  *  2. In a turn with several tool results, the results are put in the order
  *     of the calls of the latest assistant message with calls (matched by
  *     id; unknown ids count as position 0; the sort is stable).
- *  3. Thinking mode without tools drops history: before the last user-like
+ *  3. Thinking mode without tools drops history (unless keep_reasoning,
+ *     the official drop_thinking=False): before the last user-like
  *     (user/developer) turn, assistants lose their reasoning and developer
  *     messages disappear. With tools nothing is dropped and every assistant
  *     keeps "<reasoning></think>".
