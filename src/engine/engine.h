@@ -32,6 +32,10 @@ typedef struct ds4_tokenizer ds4_tokenizer; /* src/tok/tokenizer.h */
 
 typedef struct ds4_engine_config {
     const char *model_path;
+    /* Instead of model_path: a GGUF image in memory (e.g. a synthetic model
+     * from ds4_synth_model_image), read in place; it must outlive the engine. */
+    const void *model_image;
+    uint64_t model_image_size;
     const char *mtp_path;  /* NULL = none */
     int ctx;               /* max tokens per session */
     int threads;           /* 0 = DS4_THREADS env or all cores */
