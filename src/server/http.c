@@ -381,6 +381,9 @@ static enum MHD_Result handle_get(srv_ctx *c, struct MHD_Connection *con, conn *
     }
 }
 
+static enum MHD_Result finish_request(srv_ctx *c, struct MHD_Connection *con, conn *cn, const char *url,
+                                      const char *method);
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_size,
                                   void **con_cls) {
@@ -392,7 +395,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         *con_cls = cn;
         cn->route = route_of(method, url, &cn->api, &cn->endpoint);
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > c->cfg.max_body) cn->too_large = true;
+        if (cl && strtoull(cl, NULL, 10) > c->cfg.max_body) {
+            cn->too_large = true; /* answered now, without reading the body */
+            return finish_request(c, con, cn, url, method);
+        }
         return MHD_YES;
     }
     if (*upload_size) { /* body bytes */
@@ -404,6 +410,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         *upload_size = 0;
         return MHD_YES;
     }
+    return finish_request(c, con, cn, url, method);
+}
+
+/* The body is in (or, for a declared oversized body, will never be read). */
+static enum MHD_Result finish_request(srv_ctx *c, struct MHD_Connection *con, conn *cn, const char *url,
+                                      const char *method) {
     if (cn->route == R_OPTIONS) return send_body(c, con, cn, 204, NULL, "", 0);
     if (cn->route != R_HEALTH && cn->route != R_NONE && !authorized(c, con))
         return fail(c, con, cn, 401, "authentication_error",
