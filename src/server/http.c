@@ -314,6 +314,7 @@ static enum MHD_Result handle_generate(srv_ctx *c, struct MHD_Connection *con, c
         }
         common_headers(c, r, "text/event-stream");
         MHD_add_response_header(r, "Cache-Control", "no-cache");
+        MHD_add_response_header(r, "X-Accel-Buffering", "no"); /* proxies: do not buffer SSE */
         enum MHD_Result ok = MHD_queue_response(con, MHD_HTTP_OK, r);
         MHD_destroy_response(r);
         srv_metrics_request(c->metrics, cn->endpoint, 200);
