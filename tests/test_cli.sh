@@ -6,7 +6,8 @@
 # pipe (turns, prefix reuse seen in the stats line, /new, /quit, unknown
 # commands) and through a pseudo-terminal with `script` (libedit, Ctrl+C
 # stopping an answer, Ctrl+D leaving), --dump-logprobs checked with node,
-# --token-ids/--logits-out, and the documented exit codes for bad flags
+# --token-ids/--logits-out, --perplexity-file against the NLL computed from
+# --logits-out, and the documented exit codes for bad flags
 # and a missing model. Small -n everywhere: the suite also runs under ASan.
 set -u
 B="$DS4_BUILD/bin"
@@ -163,9 +164,35 @@ e=$(ds4 --token-ids "$T/cli-idsbad" --logits-out "$T/cli-lbad" 2>&1)
 rc=$?
 check "--token-ids with a bad id fails clearly" '[ $rc = 1 ] && grep -q "token 2 is not an id" <<<"$e"'
 
+# ---- --perplexity-file: its NLL from the logits of the same tokens ----
+head -c 400 "$DS4_ROOT/Makefile" >"$T/cli-ppl.txt"
+ppl=$(ds4 --perplexity-file "$T/cli-ppl.txt" 2>/dev/null) || bad "--perplexity-file exit code"
+bos=$(ds4 --dump-tokens -p "<｜begin▁of▁sentence｜>" 2>/dev/null | cut -f1)
+{ echo "$bos"; ds4 --dump-tokens --prompt-file "$T/cli-ppl.txt" 2>/dev/null | cut -f1; } >"$T/cli-ppl-ids"
+ds4 --token-ids "$T/cli-ppl-ids" --logits-out "$T/cli-ppl-logits" 2>/dev/null
+node -e '
+const fs = require("fs");
+const ids = fs.readFileSync(process.argv[1], "utf8").trim().split(/\s+/).map(Number);
+const buf = fs.readFileSync(process.argv[2]);
+const L = new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4), V = L.length / ids.length;
+let nll = 0, scored = 0;
+for (let p = 31; p + 1 < ids.length; p++) {
+  const row = L.subarray(p * V, (p + 1) * V);
+  let max = -Infinity; for (const x of row) max = Math.max(max, x);
+  let sum = 0; for (const x of row) sum += Math.exp(x - max);
+  nll += max + Math.log(sum) - row[ids[p + 1]]; scored++;
+}
+const m = /^tokens=(\d+) scored=(\d+) nll=([\d.]+) avg_nll=([\d.]+) ppl=([\d.]+)$/.exec(process.argv[3]);
+if (!m) { console.log("FAIL: perplexity line: " + process.argv[3]); process.exit(1); }
+if (+m[1] !== ids.length || +m[2] !== scored || Math.abs(+m[3] - nll) > 1e-3 * nll ||
+    Math.abs(+m[5] - Math.exp(nll / scored)) > 1e-3 * +m[5]) {
+  console.log("FAIL: perplexity " + process.argv[3] + " vs tokens=" + ids.length + " scored=" + scored + " nll=" + nll);
+  process.exit(1);
+}' "$T/cli-ppl-ids" "$T/cli-ppl-logits" "$ppl" && ok "--perplexity-file: $ppl" || fail=1
+
 # ---- exit codes ----
 for args in "--bogus" "-n 0" "-n x" "--temp -1" "--top-p 2" "--min-p 1.5" "--top-k 2000" "--seed 0" "-c 0" \
-            "-p a --prompt-file b" "--dump-logprobs x" "--token-ids x" "--logits-out x" "-p" "--backend metal"; do
+            "-p a --prompt-file b" "--dump-logprobs x" "--perplexity-file x -p a" "--token-ids x" "--logits-out x" "-p" "--backend metal"; do
     # shellcheck disable=SC2086
     "$B/ds4" -m "$M" $args >/dev/null 2>&1
     rc=$?

@@ -4,7 +4,8 @@
  * ds4_cli_options and hands it to one mode; each mode lives in its own file:
  * cli_info.c (--info / --inspect), cli_dump_tokens.c (--dump-tokens),
  * cli_generate.c (one-shot prompt), cli_repl.c (the interactive chat),
- * cli_logprobs.c (--dump-logprobs, --token-ids/--logits-out). The turn
+ * cli_logprobs.c (--dump-logprobs, --token-ids/--logits-out,
+ * --perplexity-file). The turn
  * machinery they share is in cli_chat.h. */
 #ifndef DS4_CLI_H
 #define DS4_CLI_H
@@ -36,6 +37,7 @@ typedef struct ds4_cli_options {
     int prefill_chunk;        /* --prefill-chunk, 0 = the engine's default */
     const char *dump_logprobs; /* --dump-logprobs FILE */
     int logprobs_top_k;       /* --logprobs-top-k, default 20, at most 128 */
+    const char *perplexity_file; /* --perplexity-file FILE */
     const char *token_ids;    /* --token-ids FILE (with --logits-out) */
     const char *logits_out;   /* --logits-out FILE */
 } ds4_cli_options;
@@ -47,6 +49,7 @@ int ds4_cli_generate(const ds4_cli_options *o);   /* one-shot, or the REPL witho
 int ds4_cli_repl(const ds4_cli_options *o);
 int ds4_cli_dump_logprobs(const ds4_cli_options *o);
 int ds4_cli_logits(const ds4_cli_options *o);     /* --token-ids + --logits-out */
+int ds4_cli_perplexity(const ds4_cli_options *o);
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer (len optional);
  * NULL with a message on stderr on failure. */

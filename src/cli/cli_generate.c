@@ -15,6 +15,7 @@
 int ds4_cli_generate(const ds4_cli_options *o) {
     if (o->dump_logprobs) return ds4_cli_dump_logprobs(o);
     if (o->logits_out || o->token_ids) return ds4_cli_logits(o);
+    if (o->perplexity_file) return ds4_cli_perplexity(o);
     if (!o->prompt && !o->prompt_file) return ds4_cli_repl(o);
     char *file_text = NULL;
     const char *prompt = o->prompt;

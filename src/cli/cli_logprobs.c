@@ -12,7 +12,14 @@
  *
  * `--token-ids FILE --logits-out FILE`: evaluates the whitespace-separated
  * token ids of FILE from position 0 and writes the float32 logits of every
- * position, row-major [n_tokens][n_vocab], native byte order. */
+ * position, row-major [n_tokens][n_vocab], native byte order.
+ *
+ * `--perplexity-file FILE`: the text (BOS put first unless it starts with
+ * one; special strings recognised; cut at the context) is evaluated with
+ * teacher forcing, and each token from the 33rd on is scored by its
+ * negative log-probability given the tokens before it (the first 32 are a
+ * fixed prefix, as ds4 does). Logits are taken a block of positions at a
+ * time, so memory does not grow with the text. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -197,6 +204,82 @@ int ds4_cli_logits(const ds4_cli_options *o) {
             else rc = 0;
         }
         free(logits);
+    }
+    free(ids);
+    cli_chat_close(&c);
+    return rc;
+}
+
+/* ---- --perplexity-file ---- */
+
+#define PPL_PREFIX 32 /* tokens given, not scored */
+#define PPL_BLOCK 64  /* positions evaluated per logits block */
+
+static int perplexity_tokens(const cli_chat *c, const char *path, int32_t **ids, int *n) {
+    uint64_t len;
+    char *text = ds4_cli_read_file(path, &len);
+    if (!text) return 1;
+    bool has_bos = strncmp(text, DS4_CHAT_BOS, strlen(DS4_CHAT_BOS)) == 0;
+    size_t n_text = 0;
+    int32_t *t = NULL;
+    ds4_err err = {{0}};
+    int rc = ds4_tokenize(c->tok, text, (size_t)len, true, &t, &n_text, &err);
+    free(text);
+    if (rc) {
+        fprintf(stderr, "ds4: %s\n", err.msg);
+        return 1;
+    }
+    int ctx = ds4_engine_ctx(c->eng), bos = has_bos ? 0 : 1;
+    size_t total = n_text + (size_t)bos;
+    if (total > (size_t)ctx) {
+        fprintf(stderr, "ds4: %s: %zu tokens, only the first %d (the context) are used\n", path, total, ctx);
+        total = (size_t)ctx;
+    }
+    *ids = malloc((total + 1) * sizeof **ids);
+    if (!*ids) abort();
+    if (bos) (*ids)[0] = ds4_tokenizer_specials(c->tok).bos;
+    if (total > (size_t)bos) memcpy(*ids + bos, t, (total - (size_t)bos) * sizeof *t);
+    free(t);
+    *n = (int)total;
+    return 0;
+}
+
+int ds4_cli_perplexity(const ds4_cli_options *o) {
+    cli_chat c;
+    int32_t *ids = NULL;
+    int n = 0, rc = 1;
+    if (cli_chat_open(&c, o, o->ctx) == 0 && perplexity_tokens(&c, o->perplexity_file, &ids, &n) == 0) {
+        const size_t n_vocab = (size_t)ds4_tokenizer_n_vocab(c.tok);
+        float *logits = malloc(PPL_BLOCK * n_vocab * sizeof *logits);
+        if (!logits) abort();
+        double nll = 0;
+        int scored = 0;
+        ds4_err err = {{0}};
+        rc = 0;
+        /* logits at position p predict token p + 1; the last position predicts nothing */
+        for (int p = 0; p < n - 1 && rc == 0; p += PPL_BLOCK) {
+            int m = n - 1 - p < PPL_BLOCK ? n - 1 - p : PPL_BLOCK;
+            if (ds4_session_eval_all_logits(c.sess, ids + p, m, logits, &err)) {
+                fprintf(stderr, "ds4: %s\n", err.msg);
+                rc = 1;
+                break;
+            }
+            for (int i = 0; i < m; i++) {
+                if (p + i + 1 < PPL_PREFIX) continue;
+                const float *row = logits + (size_t)i * n_vocab;
+                nll += log_sum_exp(row, (int)n_vocab) - row[ids[p + i + 1]];
+                scored++;
+            }
+        }
+        free(logits);
+        if (rc == 0 && !scored) {
+            fprintf(stderr, "ds4: %s: %d tokens, nothing to score after the %d-token prefix\n", o->perplexity_file,
+                    n, PPL_PREFIX);
+            rc = 1;
+        }
+        if (rc == 0)
+            printf("tokens=%d scored=%d nll=%.6f avg_nll=%.6f ppl=%.6f\n", n, scored, nll, nll / scored,
+                   exp(nll / scored));
     }
     free(ids);
     cli_chat_close(&c);

@@ -33,6 +33,7 @@ static void usage(FILE *out) {
         "      --dump-tokens     tokenize -p/--prompt-file text as written, one token per line\n"
         "      --dump-logprobs F write a greedy continuation with its top-k alternatives as JSON\n"
         "      --logprobs-top-k N  alternatives per step for --dump-logprobs (default 20, at most 128)\n"
+        "      --perplexity-file F  teacher-forced NLL of the text in F (first 32 tokens not scored)\n"
         "      --prefill-chunk N tokens per prefill chunk (default: the engine's)\n"
         "      --token-ids F --logits-out F  evaluate the token ids in F from position 0 and\n"
         "                        write float32 logits of every position, then exit\n"
@@ -123,6 +124,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--dump-logprobs")) { NEEDS_VALUE(); o.dump_logprobs = val; }
         else if (!strcmp(a, "--logprobs-top-k")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.logprobs_top_k)) return 2; }
         else if (!strcmp(a, "--prefill-chunk")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.prefill_chunk)) return 2; }
+        else if (!strcmp(a, "--perplexity-file")) { NEEDS_VALUE(); o.perplexity_file = val; }
         else if (!strcmp(a, "--token-ids")) { NEEDS_VALUE(); o.token_ids = val; }
         else if (!strcmp(a, "--logits-out")) { NEEDS_VALUE(); o.logits_out = val; }
         else if (!strcmp(a, "--server")) { fprintf(stderr, "ds4: use ds4-server\n"); return 2; }
@@ -139,6 +141,10 @@ int main(int argc, char **argv) {
     }
     if (o.dump_logprobs && !o.prompt && !o.prompt_file) {
         fprintf(stderr, "ds4: --dump-logprobs needs -p TEXT or --prompt-file FILE\n");
+        return 2;
+    }
+    if (o.perplexity_file && (o.prompt || o.prompt_file)) {
+        fprintf(stderr, "ds4: --perplexity-file cannot be combined with -p or --prompt-file\n");
         return 2;
     }
     if (o.logprobs_top_k > 128) o.logprobs_top_k = 128;
