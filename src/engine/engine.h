@@ -36,12 +36,13 @@ typedef struct ds4_engine_config {
      * from ds4_synth_model_image), read in place; it must outlive the engine. */
     const void *model_image;
     uint64_t model_image_size;
-    const char *mtp_path;  /* NULL = none */
-    int ctx;               /* max tokens per session */
+    const char *mtp_path;  /* NULL = none (the cpu backend refuses one: MTP is GPU-only) */
+    int ctx;               /* max tokens per session, 0 = 4096 */
     int threads;           /* 0 = DS4_THREADS env or all cores */
     bool exact;            /* plain f32 numerics */
     const char *backend;   /* "cpu", "cuda" or NULL = best available */
-    int prefill_chunk;     /* tokens per prefill chunk, 0 = default */
+    int prefill_chunk;     /* tokens per prefill chunk, 0 = 256 (capped at ctx); the
+                              engine's scratch is sized for one chunk */
 } ds4_engine_config;
 
 int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err);
@@ -58,7 +59,8 @@ void ds4_session_reset(ds4_session *s);
 int ds4_session_n_tokens(const ds4_session *s);
 const int32_t *ds4_session_tokens(const ds4_session *s);
 
-/* Called between prefill chunks with tokens done so far; non-zero cancels. */
+/* Called after each prefill chunk with the tokens done so far (the last
+ * call has done == total); non-zero cancels the chunks still to come. */
 typedef int (*ds4_progress_fn)(void *ctx, int done, int total);
 
 /* Appends and evaluates n tokens. Fails (state unchanged) if the context
@@ -77,7 +79,8 @@ int ds4_session_sync(ds4_session *s, const int32_t *tokens, int n, int *reused, 
 /* Next-token logits (n_vocab floats) after the last evaluated token. */
 const float *ds4_session_logits(const ds4_session *s);
 /* Like eval, but also copies the logits of every evaluated position into
- * all_logits[n * n_vocab] (for tests and perplexity). */
+ * all_logits[n * n_vocab] (for tests and perplexity). Evals of sessions of
+ * one engine take turns (they share the engine's scratch). */
 int ds4_session_eval_all_logits(ds4_session *s, const int32_t *tokens, int n, float *all_logits,
                                 ds4_err *err);
 
