@@ -6,6 +6,7 @@
  * emitter for a non-streaming request ignores everything but the finish and
  * writes one JSON body there. Once a write fails the emitter goes quiet, and
  * the generation learns of it through its own cancellation check. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,10 @@ void emit_raw(srv_emitter *em, const char *s, size_t n) {
 }
 
 void emit_sse(srv_emitter *em, const char *event, json_t *v) {
+    if (!v) { /* json_pack fails only on invalid UTF-8, which turn.c never lets through */
+        fprintf(stderr, "ds4-server: internal error: an SSE event could not be built\n");
+        return;
+    }
     char *json = srv_json_dump(v);
     json_decref(v);
     ds4_buf b = {0};
