@@ -382,8 +382,29 @@ static enum MHD_Result handle_get(srv_ctx *c, struct MHD_Connection *con, conn *
     }
 }
 
+/* The body is in (or, for a declared oversized body, will never be read). */
 static enum MHD_Result finish_request(srv_ctx *c, struct MHD_Connection *con, conn *cn, const char *url,
-                                      const char *method);
+                                      const char *method) {
+    if (cn->route == R_OPTIONS) return send_body(c, con, cn, 204, NULL, "", 0);
+    if (cn->route != R_HEALTH && cn->route != R_NONE && !authorized(c, con))
+        return fail(c, con, cn, 401, "authentication_error",
+                    "invalid or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'");
+    if (cn->too_large) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "request body exceeds the limit of %zu MiB (--max-body-mb)", c->cfg.max_body >> 20);
+        return fail(c, con, cn, 413, NULL, msg);
+    }
+    switch (cn->route) {
+    case R_GENERATE: return handle_generate(c, con, cn);
+    case R_COUNT_TOKENS: return handle_count_tokens(c, con, cn);
+    case R_NONE: {
+        char msg[300];
+        snprintf(msg, sizeof msg, "unknown endpoint: %.16s %.200s", method, url);
+        return fail(c, con, cn, 404, NULL, msg);
+    }
+    default: return handle_get(c, con, cn, url);
+    }
+}
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_size,
@@ -412,30 +433,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         return MHD_YES;
     }
     return finish_request(c, con, cn, url, method);
-}
-
-/* The body is in (or, for a declared oversized body, will never be read). */
-static enum MHD_Result finish_request(srv_ctx *c, struct MHD_Connection *con, conn *cn, const char *url,
-                                      const char *method) {
-    if (cn->route == R_OPTIONS) return send_body(c, con, cn, 204, NULL, "", 0);
-    if (cn->route != R_HEALTH && cn->route != R_NONE && !authorized(c, con))
-        return fail(c, con, cn, 401, "authentication_error",
-                    "invalid or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'");
-    if (cn->too_large) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "request body exceeds the limit of %zu MiB (--max-body-mb)", c->cfg.max_body >> 20);
-        return fail(c, con, cn, 413, NULL, msg);
-    }
-    switch (cn->route) {
-    case R_GENERATE: return handle_generate(c, con, cn);
-    case R_COUNT_TOKENS: return handle_count_tokens(c, con, cn);
-    case R_NONE: {
-        char msg[300];
-        snprintf(msg, sizeof msg, "unknown endpoint: %.16s %.200s", method, url);
-        return fail(c, con, cn, 404, NULL, msg);
-    }
-    default: return handle_get(c, con, cn, url);
-    }
 }
 
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls, enum MHD_RequestTerminationCode toe) {
