@@ -89,6 +89,16 @@ test: all test-deps $(TEST_BINS)
 run: all
 	@scripts/run-main.sh
 
+# CUDA: the kernel library and ds4-cuda-bench (rules in src/backend/cuda/cuda.mk).
+# Hopper first; sm_80/sm_89/sm_120 machine code too, and compute_120 PTX for newer GPUs.
+NVCC ?= /usr/local/cuda/bin/nvcc
+CUDA_BUILD ?= build-cuda
+CUDA_ARCHS ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80 \
+              -gencode arch=compute_89,code=sm_89 -gencode arch=compute_120,code=[sm_120,compute_120]
+cuda:
+	@$(MAKE) --no-print-directory -f src/backend/cuda/cuda.mk NVCC="$(NVCC)" CUDA_BUILD="$(CUDA_BUILD)" \
+	  CUDA_ARCHS="$(CUDA_ARCHS)" CC="$(CC)" CFLAGS="$(CFLAGS)"
+
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 fuzz: deps
 	@$(MAKE) --no-print-directory CC=clang BUILD=build-fuzz \

@@ -1,0 +1,661 @@
+/* cuda_bench.cu — ds4-cuda-bench: checks the CUDA matrix-vector kernels
+ * against the CPU reference (src/quant) and times them against the measured
+ * memory bandwidth.
+ *
+ *   ds4-cuda-bench --host-check   no GPU needed: runs the kernels' block
+ *                                 arithmetic (cuda_formats.cuh) on the CPU and
+ *                                 requires it to equal ds4_dot_* bit for bit
+ *   ds4-cuda-bench [--reps N] [--quick] [--device D] [--only SUBSTR]
+ *                                 on a GPU: for every format and real decode
+ *                                 shape (model-spec §2.2), random weights are
+ *                                 made on the device, the GPU activation
+ *                                 quantisation is compared byte for byte with
+ *                                 the CPU's, the GPU result with ds4_matvec
+ *                                 (max |Δ| / max |ref|, and a second run must
+ *                                 be bitwise equal); then each kernel is timed
+ *                                 from a CUDA graph of launches that rotate
+ *                                 over weight copies totalling ~1 GiB (far
+ *                                 past the L2), median of --reps replays.
+ *                                 GB/s counts weight + activation + output
+ *                                 bytes; "% copy" is against a device-to-device
+ *                                 copy measured in the same run (read + write).
+ * Exit status: 0 all checks passed, 1 a check failed, 2 usage or CUDA error. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cuda_formats.cuh"
+#include "cuda_kernels.h"
+
+
+#define CK(call)                                                                              \
+    do {                                                                                      \
+        cudaError_t e_ = (call);                                                              \
+        if (e_ != cudaSuccess) {                                                              \
+            fprintf(stderr, "cuda error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, \
+                    __LINE__, #call);                                                         \
+            exit(2);                                                                          \
+        }                                                                                     \
+    } while (0)
+
+#define DS(call)                                               \
+    do {                                                       \
+        ds4_err err_;                                          \
+        if ((call) != 0) {                                     \
+            fprintf(stderr, "%s: %s\n", #call, err_.msg);      \
+            exit(2);                                           \
+        }                                                      \
+    } while (0)
+
+static int g_failures = 0;
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float uniform(uint64_t *s) { return (float)(splitmix(s) >> 40) * (1.0f / 16777216.0f); }
+
+/* Activation-like values: roughly normal, a few large outliers, some exact
+ * zeros and ties, as real hidden states have. */
+static void random_activation(float *x, uint32_t n, uint64_t *s) {
+    for (uint32_t i = 0; i < n; i++) {
+        float v = uniform(s) + uniform(s) + uniform(s) - 1.5f;
+        uint32_t r = (uint32_t)splitmix(s) % 64;
+        if (r == 0) v *= 12.0f;
+        if (r == 1) v = 0.0f;
+        if (r == 2 && i) v = -x[i - 1];
+        x[i] = v;
+    }
+}
+
+static const char *type_name(uint32_t t) { return ds4_type_name(t); }
+
+/* ------------------------------------------------------------------ */
+/* Host check: the kernels' unit decomposition, summed in block order   */
+/* ------------------------------------------------------------------ */
+
+struct split_act {
+    std::vector<uint8_t> mem;
+    act_view v;
+};
+
+/* The shared-memory layout the kernels stage, built on the host. */
+static void build_split(uint32_t wtype, const void *act, uint32_t n, split_act *sa) {
+    bool q80 = wtype == DS4_TYPE_Q8_0;
+    uint32_t bsz = q80 ? 32 : 256, nb = n / bsz;
+    sa->mem.assign(n + 4 * nb + 32 * nb + 64, 0);
+    uint8_t *base = (uint8_t *)(((uintptr_t)sa->mem.data() + 15) & ~(uintptr_t)15);
+    int8_t *q = (int8_t *)base;
+    float *d = (float *)(base + n);
+    int16_t *bs = (int16_t *)(base + n + 4 * nb);
+    for (uint32_t b = 0; b < nb; b++) {
+        if (q80) {
+            const ds4_block_q8_0_act *a = (const ds4_block_q8_0_act *)act + b;
+            memcpy(q + 32 * b, a->qs, 32);
+            d[b] = a->d;
+        } else {
+            const ds4_block_q8_K *a = (const ds4_block_q8_K *)act + b;
+            memcpy(q + 256 * b, a->qs, 256);
+            d[b] = a->d;
+            memcpy(bs + 16 * b, a->bsums, 32);
+        }
+    }
+    sa->v.q = q;
+    sa->v.d = d;
+    sa->v.bsums = bs;
+    sa->v.x = NULL;
+}
+
+template <class F>
+static float emulate_row(const uint8_t *row, uint32_t nb, const act_view &a, const uint64_t *tab) {
+    float acc = 0.0f;
+    for (uint32_t b = 0; b < nb; b++) {
+        int32_t isum = 0, summ = 0;
+        for (int part = 0; part < F::G; part++) {
+            int32_t is, sm;
+            F::unit(row + b * F::block_bytes, part, a, b, tab, is, sm);
+            isum += is;
+            summ += sm;
+        }
+        acc += F::term(row + b * F::block_bytes, a, b, isum, summ);
+    }
+    return acc * F::final_scale;
+}
+
+/* Random but valid blocks: random bytes with sane f16 scales. */
+static void random_blocks(uint32_t wtype, uint8_t *w, uint64_t n_blocks, uint64_t *s) {
+    const ds4_type_info *ti = ds4_type_info_get(wtype);
+    uint64_t bytes = n_blocks * ti->block_bytes;
+    for (uint64_t i = 0; i < bytes; i++) w[i] = (uint8_t)splitmix(s);
+    for (uint64_t b = 0; b < n_blocks; b++) {
+        uint8_t *blk = w + b * ti->block_bytes;
+        uint16_t d = ds4_f32_to_f16((0.5f + uniform(s)) * 0.01f);
+        uint16_t m = ds4_f32_to_f16((0.5f + uniform(s)) * 0.004f);
+        switch (wtype) {
+        case DS4_TYPE_Q8_0: case DS4_TYPE_IQ2_XXS: memcpy(blk, &d, 2); break;
+        case DS4_TYPE_Q4_K: memcpy(blk, &d, 2); memcpy(blk + 2, &m, 2); break;
+        case DS4_TYPE_Q2_K: memcpy(blk + 80, &d, 2); memcpy(blk + 82, &m, 2); break;
+        }
+    }
+}
+
+template <class F>
+static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const uint64_t *tab, uint64_t *seed) {
+    uint32_t nb = n_in / F::block_elems, row_bytes = nb * F::block_bytes;
+    /* One row per 16-aligned buffer with padding, as a warp stages it. */
+    uint32_t stride = ((row_bytes + 15) & ~15u) + 16;
+    uint8_t *w = (uint8_t *)aligned_alloc(16, (size_t)stride * rows);
+    std::vector<uint8_t> packed((size_t)row_bytes);
+    std::vector<float> x(n_in);
+    std::vector<uint8_t> act(ds4_act_row_bytes(wtype, n_in));
+    random_activation(x.data(), n_in, seed);
+    ds4_quantize_act(wtype, x.data(), act.data(), n_in);
+    split_act sa;
+    build_split(wtype, act.data(), n_in, &sa);
+    int bad = 0;
+    for (uint32_t r = 0; r < rows; r++) {
+        random_blocks(wtype, packed.data(), nb, seed);
+        memcpy(w + (size_t)r * stride, packed.data(), row_bytes);
+        float want = ds4_dot(wtype, n_in, packed.data(), act.data());
+        float got = emulate_row<F>(w + (size_t)r * stride, nb, sa.v, tab);
+        uint32_t bw, bg;
+        memcpy(&bw, &want, 4);
+        memcpy(&bg, &got, 4);
+        if (bw != bg) {
+            if (bad < 3) printf("  %s n_in %u row %u: emulated %.9g, CPU %.9g\n", type_name(wtype), n_in, r, got, want);
+            bad++;
+        }
+    }
+    free(w);
+    printf("host-check %-8s n_in %5u: %u rows, %d differ from ds4_dot\n", type_name(wtype), n_in, rows, bad);
+    return bad;
+}
+
+static int host_check(void) {
+    uint64_t tab[DS4_CUDA_IQ2_TABLE_WORDS];
+    memcpy(tab, ds4_iq2xxs_grid, 256 * 8);
+    memcpy(tab + 256, ds4_iq2xxs_sign_masks, 128 * 8);
+    uint64_t seed = 12345;
+    int bad = 0;
+    const uint32_t sizes[] = {256, 1024, 4096};
+    for (uint32_t n : sizes) {
+        bad += host_check_format<fmt_q8_0>(DS4_TYPE_Q8_0, n, 64, tab, &seed);
+        bad += host_check_format<fmt_q2_K>(DS4_TYPE_Q2_K, n, 64, tab, &seed);
+        bad += host_check_format<fmt_q4_K>(DS4_TYPE_Q4_K, n, 64, tab, &seed);
+        bad += host_check_format<fmt_iq2_xxs>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed);
+    }
+    bad += host_check_format<fmt_q8_0>(DS4_TYPE_Q8_0, 96, 64, tab, &seed);
+    printf("host-check: %s\n", bad ? "FAIL" : "ok");
+    return bad ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Device-side random weights                                          */
+/* ------------------------------------------------------------------ */
+
+__device__ __forceinline__ uint32_t hash32(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+__global__ void k_fill_words(uint32_t *w, uint64_t n_words, uint64_t seed) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n_words; i += (uint64_t)gridDim.x * blockDim.x)
+        w[i] = hash32(seed * 0x100000001b3ull + i);
+}
+
+/* Sets the f16 scales of every block (offsets d_off, m_off; m_off < 0 = none)
+ * to values in [0.005, 0.015) and [0.002, 0.006). */
+__global__ void k_fix_scales(uint8_t *w, uint64_t n_blocks, uint32_t bbytes, int d_off, int m_off, uint64_t seed) {
+    for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < n_blocks; b += (uint64_t)gridDim.x * blockDim.x) {
+        uint32_t h = hash32(seed ^ (b * 0x9e3779b97f4a7c15ull));
+        float d = (0.5f + (h & 0xffff) / 65536.0f) * 0.01f, m = (0.5f + (h >> 16) / 65536.0f) * 0.004f;
+        __half hd = __float2half_rn(d), hm = __float2half_rn(m);
+        *(__half *)(w + b * bbytes + d_off) = hd;
+        if (m_off >= 0) *(__half *)(w + b * bbytes + m_off) = hm;
+    }
+}
+
+/* F16 weights: uniform in [-0.05, 0.05). */
+__global__ void k_fill_f16(__half *w, uint64_t n, uint64_t seed) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        w[i] = __float2half_rn(((hash32(seed * 0x100000001b3ull + i) >> 8) / 16777216.0f - 0.5f) * 0.1f);
+}
+
+static void device_random_weights(uint32_t wtype, void *w, uint64_t bytes, uint64_t seed) {
+    if (wtype == DS4_TYPE_F16) {
+        k_fill_f16<<<2048, 256>>>((__half *)w, bytes / 2, seed);
+    } else {
+        k_fill_words<<<2048, 256>>>((uint32_t *)w, bytes / 4, seed);
+        const ds4_type_info *ti = ds4_type_info_get(wtype);
+        int d_off = wtype == DS4_TYPE_Q2_K ? 80 : 0;
+        int m_off = wtype == DS4_TYPE_Q2_K ? 82 : wtype == DS4_TYPE_Q4_K ? 2 : -1;
+        k_fix_scales<<<2048, 256>>>((uint8_t *)w, bytes / ti->block_bytes, ti->block_bytes, d_off, m_off, seed + 1);
+    }
+    CK(cudaGetLastError());
+}
+
+__global__ void k_empty(void) {}
+
+/* ------------------------------------------------------------------ */
+/* Timing                                                              */
+/* ------------------------------------------------------------------ */
+
+struct timing {
+    double us;     /* median time of one call */
+    double spread; /* (max - min) / median over the replays, for reading noise */
+};
+
+/* Captures calls(i) for i < n_calls into one graph and returns the median
+ * per-call time over `reps` replays (after 3 warm-up replays). */
+template <class Fn>
+static timing time_graph(cudaStream_t st, int n_calls, int reps, Fn calls) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
+    for (int i = 0; i < n_calls; i++) calls(i);
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(ge, st));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<double> t;
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(e0, st));
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        t.push_back(ms * 1000.0 / n_calls);
+    }
+    std::sort(t.begin(), t.end());
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    timing r = {t[t.size() / 2], (t.back() - t.front()) / t[t.size() / 2]};
+    return r;
+}
+
+/* Device-to-device copy bandwidth, bytes read + written per second. */
+static double copy_bandwidth(cudaStream_t st, int reps) {
+    size_t bytes = (size_t)1 << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    timing t = time_graph(st, 4, reps, [&](int i) { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, st)); });
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+    return 2.0 * bytes / (t.us * 1e-6) / 1e9;
+}
+
+/* ------------------------------------------------------------------ */
+/* Checks and timings                                                  */
+/* ------------------------------------------------------------------ */
+
+struct result {
+    char name[64];
+    char shape[48];
+    double mbytes; /* per call */
+    double us, spread, gbs;
+    double err;    /* max |gpu - cpu| / max |cpu| */
+    long act_bad;  /* activation blocks differing from the CPU's bytes */
+    bool ok;
+};
+
+static std::vector<result> g_results;
+static double g_copy_gbs = 0.0;
+
+static void add_result(const char *name, const char *shape, double bytes, timing t, double err, long act_bad,
+                       bool ok) {
+    result r;
+    snprintf(r.name, sizeof r.name, "%s", name);
+    snprintf(r.shape, sizeof r.shape, "%s", shape);
+    r.mbytes = bytes / 1e6;
+    r.us = t.us;
+    r.spread = t.spread;
+    r.gbs = bytes / (t.us * 1e-6) / 1e9;
+    r.err = err;
+    r.act_bad = act_bad;
+    r.ok = ok;
+    if (!ok) g_failures++;
+    g_results.push_back(r);
+    printf("%-24s %-22s %9.2f MB %9.2f us %8.1f GB/s %6.1f%% copy  err %.2e  act-mismatch %ld  %s\n", r.name,
+           r.shape, r.mbytes, r.us, r.gbs, 100.0 * r.gbs / g_copy_gbs, r.err, r.act_bad, ok ? "ok" : "FAIL");
+    fflush(stdout);
+}
+
+/* max |a - b| / max |b|; non-finite a counts as an error of 1e30. */
+static double rel_err(const float *a, const float *b, size_t n) {
+    double md = 0.0, mr = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i])) return 1e30;
+        md = std::max(md, (double)fabsf(a[i] - b[i]));
+        mr = std::max(mr, (double)fabsf(b[i]));
+    }
+    return mr > 0 ? md / mr : md;
+}
+
+/* Quantises x on the device and on the CPU; returns the number of
+ * activation blocks whose bytes differ, and leaves both copies. */
+static long check_act(ds4_cuda_kernels *k, uint32_t wtype, const float *d_x, void *d_act, const float *x, uint32_t n,
+                      std::vector<uint8_t> &act_cpu, cudaStream_t st) {
+    size_t ab = ds4_act_row_bytes(wtype, n);
+    act_cpu.resize(ab);
+    ds4_quantize_act(wtype, x, act_cpu.data(), n);
+    DS(ds4_cuda_quantize_act(k, wtype, d_x, d_act, n, st, &err_));
+    std::vector<uint8_t> got(ab);
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(got.data(), d_act, ab, cudaMemcpyDeviceToHost));
+    size_t bb = wtype == DS4_TYPE_F16 ? ab : ds4_act_row_bytes(wtype, wtype == DS4_TYPE_Q8_0 ? 32 : 256);
+    long bad = 0;
+    for (size_t o = 0; o < ab; o += bb)
+        if (memcmp(got.data() + o, act_cpu.data() + o, bb)) bad++;
+    return bad;
+}
+
+/* --only SUBSTR: run only the cases whose name contains it. */
+static const char *g_only = NULL;
+
+static bool selected(const char *name) { return !g_only || strstr(name, g_only); }
+
+static const double TARGET_BYTES = 1024.0 * 1024 * 1024;
+
+static void bench_matvec(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint32_t wtype, uint32_t n_in,
+                         uint32_t n_rows, int reps, uint64_t seed) {
+    if (!selected(name)) return;
+    size_t row_bytes = ds4_type_row_bytes(wtype, n_in), wbytes = row_bytes * n_rows;
+    size_t wstride = (wbytes + 255) & ~(size_t)255;
+    int n_copies = (int)std::min(256.0, std::max(1.0, ceil(TARGET_BYTES / wbytes)));
+    uint8_t *d_w;
+    CK(cudaMalloc(&d_w, wstride * n_copies));
+    for (int c = 0; c < n_copies; c++) device_random_weights(wtype, d_w + wstride * c, wbytes, seed + 7919 * c);
+    std::vector<float> x(n_in);
+    uint64_t s = seed;
+    random_activation(x.data(), n_in, &s);
+    float *d_x, *d_y;
+    void *d_act;
+    size_t ab = ds4_act_row_bytes(wtype, n_in);
+    CK(cudaMalloc(&d_x, n_in * sizeof(float)));
+    CK(cudaMalloc(&d_act, ab));
+    CK(cudaMalloc(&d_y, n_rows * sizeof(float)));
+    CK(cudaMemcpy(d_x, x.data(), n_in * sizeof(float), cudaMemcpyHostToDevice));
+    std::vector<uint8_t> act_cpu;
+    long act_bad = check_act(k, wtype, d_x, d_act, x.data(), n_in, act_cpu, st);
+
+    /* Correctness: the GPU run with the GPU activation, against ds4_matvec
+     * on the CPU activation; a second run must give the same bits. */
+    CK(cudaMemsetAsync(d_y, 0xff, n_rows * sizeof(float), st));
+    DS(ds4_cuda_matvec(k, wtype, d_w, n_rows, n_in, d_act, d_y, st, &err_));
+    std::vector<float> y(n_rows), y2(n_rows), ref(n_rows);
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(y.data(), d_y, n_rows * sizeof(float), cudaMemcpyDeviceToHost));
+    CK(cudaMemsetAsync(d_y, 0xff, n_rows * sizeof(float), st));
+    DS(ds4_cuda_matvec(k, wtype, d_w, n_rows, n_in, d_act, d_y, st, &err_));
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(y2.data(), d_y, n_rows * sizeof(float), cudaMemcpyDeviceToHost));
+    std::vector<uint8_t> w(wbytes);
+    CK(cudaMemcpy(w.data(), d_w, wbytes, cudaMemcpyDeviceToHost));
+    ds4_matvec(wtype, w.data(), n_rows, n_in, act_cpu.data(), ref.data());
+    double err = rel_err(y.data(), ref.data(), n_rows);
+    bool same = memcmp(y.data(), y2.data(), n_rows * sizeof(float)) == 0;
+    bool ok = err < 1e-5 && same && act_bad == 0;
+    if (!same) printf("  %s: two runs differ (race?)\n", name);
+
+    timing t = time_graph(st, n_copies, reps, [&](int c) {
+        DS(ds4_cuda_matvec(k, wtype, d_w + wstride * c, n_rows, n_in, d_act, d_y, st, &err_));
+    });
+    char shape[48];
+    snprintf(shape, sizeof shape, "%s %u->%u", type_name(wtype), n_in, n_rows);
+    add_result(name, shape, (double)wbytes + ab + 4.0 * n_rows, t, err, act_bad, ok);
+    CK(cudaFree(d_w));
+    CK(cudaFree(d_x));
+    CK(cudaFree(d_act));
+    CK(cudaFree(d_y));
+}
+
+/* The CPU's SwiGLU (engine/numerics.c silu, engine/moe.c swiglu_row). */
+static float cpu_swiglu(float g, float u, float clamp, float w) {
+    if (clamp > 0.0f) {
+        g = fminf(g, clamp);
+        u = fminf(fmaxf(u, -clamp), clamp);
+    }
+    float s;
+    if (g >= 0.0f) {
+        s = 1.0f / (1.0f + expf(-g));
+    } else {
+        float e = expf(g);
+        s = e / (1.0f + e);
+    }
+    return g * s * u * w;
+}
+
+/* The routed-MoE decode step for n_sel experts out of n_expert stacked
+ * [n_in, n_ff] gate/up and [n_ff, n_out] down matrices. */
+static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint32_t gtype, uint32_t dtype,
+                      uint32_t n_in, uint32_t n_ff, uint32_t n_expert, uint32_t n_sel, int reps, uint64_t seed) {
+    if (!selected(name)) return;
+    const float clamp = 10.0f;
+    size_t grow = ds4_type_row_bytes(gtype, n_in), drow = ds4_type_row_bytes(dtype, n_ff);
+    size_t gexp = grow * n_ff, dexp = drow * n_in;
+    uint8_t *d_gate, *d_up, *d_down;
+    CK(cudaMalloc(&d_gate, gexp * n_expert));
+    CK(cudaMalloc(&d_up, gexp * n_expert));
+    CK(cudaMalloc(&d_down, dexp * n_expert));
+    device_random_weights(gtype, d_gate, gexp * n_expert, seed + 1);
+    device_random_weights(gtype, d_up, gexp * n_expert, seed + 2);
+    device_random_weights(dtype, d_down, dexp * n_expert, seed + 3);
+
+    /* Expert sets: n_sets rotations of n_sel distinct experts with weights. */
+    const int n_sets = 64;
+    uint64_t s = seed;
+    std::vector<int32_t> ids(n_sets * n_sel);
+    std::vector<float> wts(n_sets * n_sel);
+    for (int i = 0; i < n_sets; i++) {
+        for (uint32_t j = 0; j < n_sel; j++) {
+            int32_t e;
+            bool dup;
+            do {
+                e = (int32_t)(splitmix(&s) % n_expert);
+                dup = false;
+                for (uint32_t q = 0; q < j; q++) dup |= ids[i * n_sel + q] == e;
+            } while (dup);
+            ids[i * n_sel + j] = e;
+            wts[i * n_sel + j] = 0.1f + 0.3f * uniform(&s);
+        }
+    }
+    int32_t *d_ids;
+    float *d_wts, *d_x, *d_mid, *d_add, *d_out;
+    void *d_xact, *d_midact;
+    size_t xab = ds4_act_row_bytes(gtype, n_in), mab = ds4_act_row_bytes(dtype, n_ff) * n_sel;
+    CK(cudaMalloc(&d_ids, ids.size() * 4));
+    CK(cudaMalloc(&d_wts, wts.size() * 4));
+    CK(cudaMalloc(&d_x, n_in * 4));
+    CK(cudaMalloc(&d_mid, (size_t)n_sel * n_ff * 4));
+    CK(cudaMalloc(&d_add, n_in * 4));
+    CK(cudaMalloc(&d_out, n_in * 4));
+    CK(cudaMalloc(&d_xact, xab));
+    CK(cudaMalloc(&d_midact, mab));
+    CK(cudaMemcpy(d_ids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_wts, wts.data(), wts.size() * 4, cudaMemcpyHostToDevice));
+    std::vector<float> x(n_in), add(n_in);
+    random_activation(x.data(), n_in, &s);
+    random_activation(add.data(), n_in, &s);
+    CK(cudaMemcpy(d_x, x.data(), n_in * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_add, add.data(), n_in * 4, cudaMemcpyHostToDevice));
+
+    /* GPU: one step with expert set 0. */
+    std::vector<uint8_t> xact_cpu;
+    long act_bad = check_act(k, gtype, d_x, d_xact, x.data(), n_in, xact_cpu, st);
+    CK(cudaMemsetAsync(d_mid, 0xff, (size_t)n_sel * n_ff * 4, st));
+    CK(cudaMemsetAsync(d_out, 0xff, n_in * 4, st));
+    DS(ds4_cuda_moe_gate_up(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids, d_wts, n_sel, clamp, d_xact, d_mid,
+                            st, &err_));
+    DS(ds4_cuda_quantize_act(k, dtype, d_mid, d_midact, n_sel * n_ff, st, &err_));
+    DS(ds4_cuda_moe_down(k, dtype, d_down, n_ff, n_in, n_expert, d_ids, n_sel, d_midact, d_add, d_out, st, &err_));
+    std::vector<float> mid(n_sel * n_ff), out(n_in);
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(mid.data(), d_mid, mid.size() * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(out.data(), d_out, n_in * 4, cudaMemcpyDeviceToHost));
+
+    /* CPU reference of the same step (engine/moe.c order). */
+    std::vector<float> mid_ref(n_sel * n_ff), g(n_ff), u(n_ff), out_ref(n_in, 0.0f), part(n_in);
+    std::vector<uint8_t> gw(gexp), uw(gexp), dw(dexp);
+    std::vector<std::vector<uint8_t>> dws(n_sel);
+    for (uint32_t j = 0; j < n_sel; j++) {
+        size_t e = (size_t)ids[j];
+        CK(cudaMemcpy(gw.data(), d_gate + e * gexp, gexp, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(uw.data(), d_up + e * gexp, gexp, cudaMemcpyDeviceToHost));
+        dws[j].resize(dexp);
+        CK(cudaMemcpy(dws[j].data(), d_down + e * dexp, dexp, cudaMemcpyDeviceToHost));
+        ds4_matvec(gtype, gw.data(), n_ff, n_in, xact_cpu.data(), g.data());
+        ds4_matvec(gtype, uw.data(), n_ff, n_in, xact_cpu.data(), u.data());
+        for (uint32_t r = 0; r < n_ff; r++) mid_ref[j * n_ff + r] = cpu_swiglu(g[r], u[r], clamp, wts[j]);
+    }
+    double mid_err = rel_err(mid.data(), mid_ref.data(), mid.size());
+    std::vector<uint8_t> midact_cpu(mab);
+    ds4_quantize_act(dtype, mid_ref.data(), midact_cpu.data(), n_sel * n_ff);
+    size_t mrow = ds4_act_row_bytes(dtype, n_ff);
+    std::vector<float> acc(n_in, 0.0f);
+    for (uint32_t j = 0; j < n_sel; j++) {
+        ds4_matvec(dtype, dws[j].data(), n_in, n_ff, midact_cpu.data() + j * mrow, part.data());
+        for (uint32_t o = 0; o < n_in; o++) acc[o] += part[o];
+    }
+    for (uint32_t o = 0; o < n_in; o++) out_ref[o] = acc[o] + add[o];
+    double out_err = rel_err(out.data(), out_ref.data(), n_in);
+
+    /* The down kernel alone on the CPU's quantised mid: summation order only. */
+    CK(cudaMemcpy(d_midact, midact_cpu.data(), mab, cudaMemcpyHostToDevice));
+    DS(ds4_cuda_moe_down(k, dtype, d_down, n_ff, n_in, n_expert, d_ids, n_sel, d_midact, d_add, d_out, st, &err_));
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(out.data(), d_out, n_in * 4, cudaMemcpyDeviceToHost));
+    double down_err = rel_err(out.data(), out_ref.data(), n_in);
+    printf("  %s: mid err %.2e, out err %.2e (GPU chain), down-only err %.2e\n", name, mid_err, out_err, down_err);
+
+    bool ok = act_bad == 0 && mid_err < 1e-5 && down_err < 1e-5 && out_err < 1e-2;
+    double gu_bytes = 2.0 * n_sel * gexp + xab + 4.0 * n_sel * n_ff;
+    double dn_bytes = (double)n_sel * dexp + mab + 8.0 * n_in;
+    char shape[48];
+    snprintf(shape, sizeof shape, "%s %ux%u x%u", type_name(gtype), n_in, n_ff, n_sel);
+    char nm[64];
+    timing t = time_graph(st, n_sets, reps, [&](int i) {
+        DS(ds4_cuda_moe_gate_up(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids + i * n_sel, d_wts + i * n_sel,
+                                n_sel, clamp, d_xact, d_mid, st, &err_));
+    });
+    snprintf(nm, sizeof nm, "%s gate+up", name);
+    add_result(nm, shape, gu_bytes, t, mid_err, act_bad, ok);
+    t = time_graph(st, n_sets, reps, [&](int i) {
+        DS(ds4_cuda_moe_down(k, dtype, d_down, n_ff, n_in, n_expert, d_ids + i * n_sel, n_sel, d_midact, d_add, d_out,
+                             st, &err_));
+    });
+    snprintf(nm, sizeof nm, "%s down", name);
+    snprintf(shape, sizeof shape, "%s %ux%u x%u", type_name(dtype), n_ff, n_in, n_sel);
+    add_result(nm, shape, dn_bytes, t, down_err, 0, ok);
+    t = time_graph(st, n_sets, reps, [&](int i) {
+        DS(ds4_cuda_quantize_act(k, gtype, d_x, d_xact, n_in, st, &err_));
+        DS(ds4_cuda_moe_gate_up(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids + i * n_sel, d_wts + i * n_sel,
+                                n_sel, clamp, d_xact, d_mid, st, &err_));
+        DS(ds4_cuda_quantize_act(k, dtype, d_mid, d_midact, n_sel * n_ff, st, &err_));
+        DS(ds4_cuda_moe_down(k, dtype, d_down, n_ff, n_in, n_expert, d_ids + i * n_sel, n_sel, d_midact, d_add, d_out,
+                             st, &err_));
+    });
+    snprintf(nm, sizeof nm, "%s step (4 kernels)", name);
+    snprintf(shape, sizeof shape, "%s+%s x%u", type_name(gtype), type_name(dtype), n_sel);
+    add_result(nm, shape, gu_bytes + dn_bytes, t, out_err, act_bad, ok);
+
+    CK(cudaFree(d_gate));
+    CK(cudaFree(d_up));
+    CK(cudaFree(d_down));
+    CK(cudaFree(d_ids));
+    CK(cudaFree(d_wts));
+    CK(cudaFree(d_x));
+    CK(cudaFree(d_mid));
+    CK(cudaFree(d_add));
+    CK(cudaFree(d_out));
+    CK(cudaFree(d_xact));
+    CK(cudaFree(d_midact));
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: ds4-cuda-bench [--host-check] [--reps N] [--quick] [--device D] [--only SUBSTR]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    int reps = 30, device = 0;
+    bool quick = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--host-check")) return host_check();
+        else if (!strcmp(argv[i], "--quick")) quick = true;
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) g_only = argv[++i];
+        else usage();
+    }
+    if (reps < 1) usage();
+    if (host_check()) g_failures++;
+    ds4_cuda_kernels *k;
+    DS(ds4_cuda_kernels_init(&k, device, &err_));
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    g_copy_gbs = copy_bandwidth(st, reps);
+    timing te = time_graph(st, 256, reps, [&](int i) { k_empty<<<1, 32, 0, st>>>(); });
+    printf("device: %s, %d SMs; device-to-device copy %.1f GB/s (read+write); empty kernel in a graph %.2f us\n",
+           ds4_cuda_kernels_device_name(k), ds4_cuda_kernels_sm_count(k), g_copy_gbs, te.us);
+
+    /* Odd shapes: unaligned rows (the 2-byte staging path), one-block rows. */
+    bench_matvec(k, st, "odd q8_0", DS4_TYPE_Q8_0, 96, 37, 3, 11);
+    bench_matvec(k, st, "odd iq2_xxs", DS4_TYPE_IQ2_XXS, 256, 50, 3, 12);
+    bench_matvec(k, st, "odd q2_K", DS4_TYPE_Q2_K, 256, 50, 3, 13);
+    bench_matvec(k, st, "odd q4_K", DS4_TYPE_Q4_K, 512, 33, 3, 14);
+    bench_matvec(k, st, "odd f16", DS4_TYPE_F16, 72, 29, 3, 15);
+    bench_moe(k, st, "odd moe-q2", DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, 256, 256, 8, 6, 3, 16);
+
+    /* Real decode shapes (model-spec §2.2). */
+    bench_matvec(k, st, "attn_q_b", DS4_TYPE_Q8_0, 1024, 32768, reps, 21);
+    bench_matvec(k, st, "attn_q_a", DS4_TYPE_Q8_0, 4096, 1024, reps, 22);
+    bench_matvec(k, st, "attn_kv", DS4_TYPE_Q8_0, 4096, 512, reps, 23);
+    bench_matvec(k, st, "attn_output_a", DS4_TYPE_Q8_0, 4096, 8192, reps, 24);
+    bench_matvec(k, st, "attn_output_b", DS4_TYPE_Q8_0, 8192, 4096, reps, 25);
+    bench_matvec(k, st, "shexp gate", DS4_TYPE_Q8_0, 4096, 2048, reps, 26);
+    bench_matvec(k, st, "shexp down", DS4_TYPE_Q8_0, 2048, 4096, reps, 27);
+    if (!quick) bench_matvec(k, st, "output", DS4_TYPE_Q8_0, 4096, 129280, reps, 28);
+    bench_matvec(k, st, "router", DS4_TYPE_F16, 4096, 256, reps, 31);
+    bench_matvec(k, st, "compressor kv", DS4_TYPE_F16, 4096, 1024, reps, 32);
+    bench_matvec(k, st, "indexer q_b", DS4_TYPE_F16, 1024, 8192, reps, 33);
+    bench_matvec(k, st, "hc_attn_fn", DS4_TYPE_F16, 16384, 24, reps, 34);
+    bench_matvec(k, st, "expert gate iq2_xxs", DS4_TYPE_IQ2_XXS, 4096, 2048, reps, 41);
+    bench_matvec(k, st, "expert down q2_K", DS4_TYPE_Q2_K, 2048, 4096, reps, 42);
+    bench_matvec(k, st, "expert gate q4_K", DS4_TYPE_Q4_K, 4096, 2048, reps, 43);
+    bench_matvec(k, st, "expert down q4_K", DS4_TYPE_Q4_K, 2048, 4096, reps, 44);
+    bench_matvec(k, st, "big iq2_xxs", DS4_TYPE_IQ2_XXS, 4096, 65536, reps, 45);
+    bench_matvec(k, st, "big q2_K", DS4_TYPE_Q2_K, 4096, 65536, reps, 46);
+    bench_matvec(k, st, "big q4_K", DS4_TYPE_Q4_K, 4096, 65536, reps, 47);
+    bench_moe(k, st, "moe q2", DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, 4096, 2048, 256, 6, reps, 51);
+    bench_moe(k, st, "moe q4", DS4_TYPE_Q4_K, DS4_TYPE_Q4_K, 4096, 2048, 256, 6, reps, 52);
+
+    printf("\n%s, %d SMs; copy %.1f GB/s; empty graph kernel %.2f us; reps %d\n", ds4_cuda_kernels_device_name(k),
+           ds4_cuda_kernels_sm_count(k), g_copy_gbs, te.us, reps);
+    printf("| case | shape | MB/call | us/call | GB/s | %% of copy | max rel err | check |\n");
+    printf("|---|---|---:|---:|---:|---:|---:|---|\n");
+    for (const result &r : g_results)
+        printf("| %s | %s | %.2f | %.2f | %.0f | %.1f | %.1e | %s |\n", r.name, r.shape, r.mbytes, r.us, r.gbs,
+               100.0 * r.gbs / g_copy_gbs, r.err, r.ok ? "ok" : "FAIL");
+    printf("%s: %d check(s) failed\n", g_failures ? "FAIL" : "ok", g_failures);
+    ds4_cuda_kernels_free(k);
+    return g_failures ? 1 : 0;
+}

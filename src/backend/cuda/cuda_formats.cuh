@@ -1,0 +1,251 @@
+/* cuda_formats.cuh — the block formats' dot-product arithmetic, written once
+ * for the GPU kernels and for a host emulation of them.
+ *
+ * A quantised row is cut into "units": each quant block is split into G
+ * parts (G lanes of a warp work on one block). unit() computes the exact
+ * integer partial sums of one part; the G partials of a block are added
+ * (integers, so the order does not matter) and term() turns the block's
+ * sums into its f32 contribution with the very float operations of the CPU
+ * reference (src/quant/quant_dot.c), so every block term is bit-identical
+ * to the CPU's. Only the order in which block terms are summed differs on
+ * the GPU (a warp tree instead of block order); the host emulation sums in
+ * block order and so must reproduce ds4_dot_* bit for bit
+ * (ds4-cuda-bench --host-check).
+ *
+ * Units read weight bytes from a staging buffer (shared memory on the GPU)
+ * whose start is 16-byte aligned, and the activation from a split layout
+ * (act_view): int8 codes of all elements back to back (16-byte aligned),
+ * the f32 block scales, and for Q8_K the int16 sums of each 16 codes.
+ *
+ * G per format: Q8_0 1 (a 34-byte block per lane), Q2_K 4 (16 code bytes =
+ * 4 sub-blocks of 16 per lane), Q4_K 8 (16 code bytes = 32 nibbles per
+ * lane), IQ2_XXS 8 (one 32-value sub-block per lane). */
+#ifndef DS4_CUDA_FORMATS_CUH
+#define DS4_CUDA_FORMATS_CUH
+
+#include <stdint.h>
+#include <cuda_fp16.h>
+
+extern "C" {
+#include "../../quant/quant.h"
+}
+
+#define DS4_HD __host__ __device__ __forceinline__
+
+/* Activation in the split layout the kernels stage into shared memory. */
+typedef struct act_view {
+    const int8_t *q;      /* codes, element i at q[i] */
+    const float *d;       /* scale of activation block b (32 or 256 elements) */
+    const int16_t *bsums; /* Q8_K: sum of codes 16j..16j+15 of block b at bsums[16b + j] */
+    const float *x;       /* F16 weights: the f32 activation itself */
+} act_view;
+
+/* The IQ2_XXS tables of src/quant (quant_tables.c): the grid and the sign
+ * masks, copied to the device by ds4_cuda_kernels_init. */
+extern "C" const uint64_t ds4_iq2xxs_grid[256];
+extern "C" const uint64_t ds4_iq2xxs_sign_masks[128];
+
+/* Which activation a weight format sees (and how it is staged). */
+enum { DS4_ACT_Q8_0 = 0, DS4_ACT_Q8_K = 1, DS4_ACT_F32 = 2 };
+
+/* IQ2_XXS tables in one array: the 256 grid points, then the 128 sign
+ * masks (byte j = 0xff when element j is negative). */
+#define DS4_CUDA_IQ2_TABLE_WORDS (256 + 128)
+
+DS4_HD uint32_t fs_funnel(uint32_t lo, uint32_t hi, uint32_t sh) {
+#ifdef __CUDA_ARCH__
+    return __funnelshift_r(lo, hi, sh);
+#else
+    return sh ? (lo >> sh) | (hi << (32 - sh)) : lo;
+#endif
+}
+
+DS4_HD int fs_dp4a(uint32_t a, uint32_t b, int c) {
+#ifdef __CUDA_ARCH__
+    return __dp4a((int)a, (int)b, c);
+#else
+    for (int i = 0; i < 4; i++) c += (int8_t)(a >> (8 * i)) * (int8_t)(b >> (8 * i));
+    return c;
+#endif
+}
+
+DS4_HD float fs_h2f(uint16_t h) {
+#ifdef __CUDA_ARCH__
+    return __half2float(__ushort_as_half(h));
+#else
+    return ds4_f16_to_f32(h);
+#endif
+}
+
+/* Never contracted into an FMA, so block terms round as on the CPU. */
+DS4_HD float fs_mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+DS4_HD float fs_sub(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fsub_rn(a, b);
+#else
+    return a - b;
+#endif
+}
+
+DS4_HD uint16_t fs_ld16(const uint8_t *p) { return *(const uint16_t *)p; }
+
+/* 32-bit little-endian word at a 2-byte aligned address, from the aligned
+ * words around it (the buffer is padded so the word after is readable). */
+DS4_HD uint32_t fs_ld32_a2(const uint8_t *p) {
+    uintptr_t a = (uintptr_t)p;
+    const uint32_t *w = (const uint32_t *)(a & ~(uintptr_t)3);
+    return fs_funnel(w[0], w[1], (uint32_t)(a & 3) * 8);
+}
+
+/* ---- Q8_0: d f16, 32 int8 codes; activation Q8_0 with f32 scale. ---- */
+struct fmt_q8_0 {
+    enum { block_elems = 32, block_bytes = 34, G = 1, act_kind = DS4_ACT_Q8_0, needs_tab = 0 };
+    static constexpr float final_scale = 1.0f;
+    DS4_HD static void unit(const uint8_t *b, int part, const act_view &a, uint32_t ab,
+                            const uint64_t *tab, int32_t &isum, int32_t &summ) {
+        uintptr_t addr = (uintptr_t)(b + 2);
+        const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
+        uint32_t sh = (uint32_t)(addr & 3) * 8;
+        const uint4 *x = (const uint4 *)(a.q + 32 * ab);
+        uint4 x0 = x[0], x1 = x[1];
+        uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        uint32_t ws[9];
+#pragma unroll
+        for (int i = 0; i < 9; i++) ws[i] = w[i];
+        int32_t s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) s = fs_dp4a(fs_funnel(ws[i], ws[i + 1], sh), xs[i], s);
+        isum = s;
+        summ = 0;
+    }
+    DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
+        return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
+    }
+};
+
+/* ---- Q2_K: scales[16], qs[64], d, dmin (84 B); activation Q8_K. ----
+ * Part p = 2h + t reads qs[32h + 16t .. +15]; shift 2s of those bytes are
+ * the codes of sub-block j = 8h + 2s + t (model-spec §3). */
+struct fmt_q2_K {
+    enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0 };
+    static constexpr float final_scale = 1.0f;
+    DS4_HD static void unit(const uint8_t *b, int part, const act_view &a, uint32_t ab,
+                            const uint64_t *tab, int32_t &isum, int32_t &summ) {
+        int h = part >> 1, t = part & 1;
+        const uint32_t *qw = (const uint32_t *)(b + 16 + 32 * h + 16 * t);
+        uint32_t q[4] = {qw[0], qw[1], qw[2], qw[3]};
+        const int8_t *xq = a.q + 256 * ab;
+        const int16_t *bs = a.bsums + 16 * ab;
+        int32_t is = 0, sm = 0;
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            int j = 8 * h + 2 * s + t;
+            uint4 x = *(const uint4 *)(xq + 16 * j);
+            int32_t d = 0;
+            d = fs_dp4a((q[0] >> (2 * s)) & 0x03030303u, x.x, d);
+            d = fs_dp4a((q[1] >> (2 * s)) & 0x03030303u, x.y, d);
+            d = fs_dp4a((q[2] >> (2 * s)) & 0x03030303u, x.z, d);
+            d = fs_dp4a((q[3] >> (2 * s)) & 0x03030303u, x.w, d);
+            uint8_t sc = b[j];
+            is += (sc & 15) * d;
+            sm += (sc >> 4) * bs[j];
+        }
+        isum = is;
+        summ = sm;
+    }
+    DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
+        float dall = fs_mul(a.d[ab], fs_h2f(fs_ld16(b + 80)));
+        float dmin = fs_mul(a.d[ab], fs_h2f(fs_ld16(b + 82)));
+        return fs_sub(fs_mul(dall, (float)isum), fs_mul(dmin, (float)summ));
+    }
+};
+
+/* ---- Q4_K: d, dmin, scales[12], qs[128] (144 B); activation Q8_K. ----
+ * Part c reads qs[16c .. 16c+15]: low nibbles are values 16(c&1).. of
+ * sub-block 2(c>>1), high nibbles the same values of sub-block 2(c>>1)+1. */
+struct fmt_q4_K {
+    enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0 };
+    static constexpr float final_scale = 1.0f;
+    DS4_HD static void scale_min(const uint8_t *s, int j, int &sc, int &m) {
+        if (j < 4) {
+            sc = s[j] & 63;
+            m = s[j + 4] & 63;
+        } else {
+            sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+            m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+    }
+    DS4_HD static void unit(const uint8_t *b, int part, const act_view &a, uint32_t ab,
+                            const uint64_t *tab, int32_t &isum, int32_t &summ) {
+        int p = part >> 1, h = part & 1;
+        uint4 q = *(const uint4 *)(b + 16 + 16 * part);
+        const int8_t *xq = a.q + 256 * ab + 64 * p + 16 * h;
+        uint4 x0 = *(const uint4 *)xq, x1 = *(const uint4 *)(xq + 32);
+        int32_t lo = 0, hi = 0;
+        lo = fs_dp4a(q.x & 0x0f0f0f0fu, x0.x, lo);
+        lo = fs_dp4a(q.y & 0x0f0f0f0fu, x0.y, lo);
+        lo = fs_dp4a(q.z & 0x0f0f0f0fu, x0.z, lo);
+        lo = fs_dp4a(q.w & 0x0f0f0f0fu, x0.w, lo);
+        hi = fs_dp4a((q.x >> 4) & 0x0f0f0f0fu, x1.x, hi);
+        hi = fs_dp4a((q.y >> 4) & 0x0f0f0f0fu, x1.y, hi);
+        hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, x1.z, hi);
+        hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, x1.w, hi);
+        int sc0, m0, sc1, m1;
+        scale_min(b + 4, 2 * p, sc0, m0);
+        scale_min(b + 4, 2 * p + 1, sc1, m1);
+        isum = sc0 * lo + sc1 * hi;
+        const int16_t *bs = a.bsums + 16 * ab + 4 * p;
+        summ = h ? 0 : m0 * (bs[0] + bs[1]) + m1 * (bs[2] + bs[3]);
+    }
+    DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
+        float dall = fs_mul(a.d[ab], fs_h2f(fs_ld16(b)));
+        float dmin = fs_mul(a.d[ab], fs_h2f(fs_ld16(b + 2)));
+        return fs_sub(fs_mul(dall, (float)isum), fs_mul(dmin, (float)summ));
+    }
+};
+
+/* ---- IQ2_XXS: d f16, 8 sub-blocks of (A, B) u32 (66 B); Q8_K. ----
+ * Part sb: byte k of A picks grid point k, bits 7k.. of B its signs, B>>28
+ * the sub-block scale. The signed dot is (grid . x) - 2 (negatives . x),
+ * the negatives being the grid bytes under the sign mask. */
+struct fmt_iq2_xxs {
+    enum { block_elems = 256, block_bytes = 66, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 1 };
+    static constexpr float final_scale = 0.125f;
+    DS4_HD static void unit(const uint8_t *b, int part, const act_view &a, uint32_t ab,
+                            const uint64_t *tab, int32_t &isum, int32_t &summ) {
+        uintptr_t addr = (uintptr_t)(b + 2 + 8 * part);
+        const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
+        uint32_t sh = (uint32_t)(addr & 3) * 8;
+        uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
+        uint32_t A = fs_funnel(w0, w1, sh), B = fs_funnel(w1, w2, sh);
+        const uint4 *x4 = (const uint4 *)(a.q + 256 * ab + 32 * part);
+        uint4 x0 = x4[0], x1 = x4[1];
+        uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        int32_t all = 0, neg = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            uint64_t g = tab[(A >> (8 * k)) & 255];
+            uint64_t m = tab[256 + ((B >> (7 * k)) & 127)];
+            uint32_t glo = (uint32_t)g, ghi = (uint32_t)(g >> 32);
+            uint32_t mlo = (uint32_t)m, mhi = (uint32_t)(m >> 32);
+            all = fs_dp4a(glo, xs[2 * k], all);
+            all = fs_dp4a(ghi, xs[2 * k + 1], all);
+            neg = fs_dp4a(glo & mlo, xs[2 * k], neg);
+            neg = fs_dp4a(ghi & mhi, xs[2 * k + 1], neg);
+        }
+        isum = (int32_t)(2 * (B >> 28) + 1) * (all - 2 * neg);
+        summ = 0;
+    }
+    DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
+        return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
+    }
+};
+
+#endif

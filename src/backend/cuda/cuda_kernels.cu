@@ -1,0 +1,743 @@
+/* cuda_kernels.cu — decode matrix-vector kernels: activation quantisers,
+ * y = W·x for Q8_0 / Q2_K / Q4_K / IQ2_XXS / F16, and the fused routed-MoE
+ * pair (gate+up with clamped SwiGLU, then down summed over experts).
+ *
+ * Why this shape. One decode token reads every weight byte once, so the
+ * kernels are written to stream bytes: a matrix is cut into "items" (one
+ * row, or a 1/S slice of a row when there are too few rows to fill the
+ * machine; for the MoE, a row of gate plus the same row of up, or one row
+ * of each selected expert's down). Each warp owns two shared-memory
+ * buffers and streams its items through them with 16-byte cp.async copies
+ * (sm_80+), loading item i+1 while it computes item i; a persistent grid
+ * keeps every warp busy until the matrix is done. Staging through shared
+ * memory makes 16-byte coalesced loads possible for the blocks whose size
+ * is not a multiple of 16 (34, 66 and 84 bytes) while keeping the GGUF
+ * layout; the block arithmetic then reads shared memory freely
+ * (cuda_formats.cuh). The activation is staged once per thread block in a
+ * split layout (codes / scales / sums), and the IQ2_XXS tables are copied
+ * to shared memory, where the random grid lookups are cheapest.
+ *
+ * Rows whose byte length (or base address) is not 16-byte aligned, as in
+ * tiny test models, take a synchronous 2-byte copy instead: slower, same
+ * results. */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_formats.cuh"
+#include "cuda_kernels.h"
+
+
+#define FULL_MASK 0xffffffffu
+/* Largest slice of one row a warp stages (a 4096-wide Q8_0 row). */
+#define MAX_SLICE_BYTES 4352u
+
+struct ds4_cuda_kernels {
+    int device;
+    int n_sm;
+    size_t smem_optin;
+    char name[256];
+    uint64_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS */
+};
+
+/* F16 weights: "blocks" of 8 halves (16 bytes), f32 activation. */
+struct fmt_f16 {
+    enum { block_elems = 8, block_bytes = 16, G = 1, act_kind = DS4_ACT_F32, needs_tab = 0 };
+};
+
+/* ------------------------------------------------------------------ */
+/* Device helpers                                                      */
+/* ------------------------------------------------------------------ */
+
+__device__ __forceinline__ void cp_async16(void *sdst, const void *gsrc) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+/* Copies `bytes` from global memory to a warp's buffer: asynchronous
+ * 16-byte copies when source and length are 16-byte aligned, else plain
+ * 2-byte copies (every block size is even). */
+__device__ __forceinline__ void stage_span(uint8_t *dst, const uint8_t *src, uint32_t bytes, bool aligned,
+                                           int lane) {
+    if (aligned) {
+        for (uint32_t o = 16u * lane; o < bytes; o += 512u) cp_async16(dst + o, src + o);
+    } else {
+        for (uint32_t o = 2u * lane; o < bytes; o += 64u) *(uint16_t *)(dst + o) = *(const uint16_t *)(src + o);
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+/* The dot product of a staged span of nblk blocks with the activation
+ * blocks ab0.., over the whole warp (the result is in every lane). */
+template <class F>
+__device__ __forceinline__ float dot_span(const uint8_t *span, uint32_t nblk, const act_view &a, uint32_t ab0,
+                                          const uint64_t *tab, int lane) {
+    float acc = 0.0f;
+    const uint32_t U = nblk * F::G;
+    for (uint32_t u0 = 0; u0 < U; u0 += 32) {
+        uint32_t u = u0 + lane;
+        bool valid = u < U;
+        uint32_t blk = u / F::G;
+        int part = (int)(u % F::G);
+        int32_t is = 0, sm = 0;
+        if (valid) F::unit(span + blk * F::block_bytes, part, a, ab0 + blk, tab, is, sm);
+#pragma unroll
+        for (int o = F::G / 2; o > 0; o >>= 1) {
+            is += __shfl_xor_sync(FULL_MASK, is, o);
+            sm += __shfl_xor_sync(FULL_MASK, sm, o);
+        }
+        if (valid && part == 0) acc += F::term(span + blk * F::block_bytes, a, ab0 + blk, is, sm);
+    }
+    return warp_sum(acc) * F::final_scale;
+}
+
+template <>
+__device__ __forceinline__ float dot_span<fmt_f16>(const uint8_t *span, uint32_t nblk, const act_view &a,
+                                                   uint32_t ab0, const uint64_t *tab, int lane) {
+    float acc = 0.0f;
+    for (uint32_t u = lane; u < nblk; u += 32) {
+        uint4 w = *(const uint4 *)(span + 16u * u);
+        const float4 *x = (const float4 *)(a.x + 8u * (ab0 + u));
+        float4 x0 = x[0], x1 = x[1];
+        float2 f0 = __half22float2(*(const __half2 *)&w.x), f1 = __half22float2(*(const __half2 *)&w.y);
+        float2 f2 = __half22float2(*(const __half2 *)&w.z), f3 = __half22float2(*(const __half2 *)&w.w);
+        acc += f0.x * x0.x + f0.y * x0.y + f1.x * x0.z + f1.y * x0.w;
+        acc += f2.x * x1.x + f2.y * x1.y + f3.x * x1.z + f3.y * x1.w;
+    }
+    return warp_sum(acc);
+}
+
+/* Shared-memory bytes of a staged activation of n elements. */
+__host__ __device__ inline uint32_t act_smem_bytes(int kind, uint32_t n) {
+    uint32_t b;
+    if (kind == DS4_ACT_F32) b = 4 * n;
+    else if (kind == DS4_ACT_Q8_0) b = n + 4 * (n / 32);
+    else b = n + 4 * (n / 256) + 32 * (n / 256);
+    return (b + 15) & ~15u;
+}
+
+/* Stages the activation (the CPU struct layout in global memory) into the
+ * split layout; all threads of the block take part. */
+template <int KIND>
+__device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid, int nth) {
+    act_view a = {};
+    if (KIND == DS4_ACT_F32) {
+        float *x = (float *)s;
+        for (uint32_t i = tid; i < n; i += nth) x[i] = ((const float *)g)[i];
+        a.x = x;
+    } else if (KIND == DS4_ACT_Q8_0) {
+        uint32_t nb = n / 32;
+        uint32_t *q = (uint32_t *)s;
+        float *d = (float *)(s + n);
+        for (uint32_t i = tid; i < nb * 8; i += nth) q[i] = *(const uint32_t *)(g + 36 * (i / 8) + 4 + 4 * (i % 8));
+        for (uint32_t i = tid; i < nb; i += nth) d[i] = *(const float *)(g + 36 * i);
+        a.q = (const int8_t *)s;
+        a.d = d;
+    } else {
+        uint32_t nb = n / 256;
+        uint32_t *q = (uint32_t *)s;
+        float *d = (float *)(s + n);
+        uint32_t *bs = (uint32_t *)(s + n + 4 * nb);
+        for (uint32_t i = tid; i < nb * 64; i += nth) q[i] = *(const uint32_t *)(g + 292 * (i / 64) + 4 + 4 * (i % 64));
+        for (uint32_t i = tid; i < nb; i += nth) d[i] = *(const float *)(g + 292 * i);
+        for (uint32_t i = tid; i < nb * 8; i += nth) bs[i] = *(const uint32_t *)(g + 292 * (i / 8) + 260 + 4 * (i % 8));
+        a.q = (const int8_t *)s;
+        a.d = d;
+        a.bsums = (const int16_t *)bs;
+    }
+    return a;
+}
+
+/* The IQ2_XXS tables, for the formats that need them (3 KB). */
+template <class F>
+__device__ __forceinline__ const uint64_t *stage_tables(uint8_t *&s, const uint64_t *g, int tid, int nth) {
+    if (!F::needs_tab) return nullptr;
+    uint64_t *t = (uint64_t *)s;
+    for (int i = tid; i < DS4_CUDA_IQ2_TABLE_WORDS; i += nth) t[i] = g[i];
+    s += DS4_CUDA_IQ2_TABLE_WORDS * 8;
+    return t;
+}
+
+/* silu(min(g, c)) · clamp(u, ±c) · w as the CPU writes it (moe.c). */
+__device__ __forceinline__ float swiglu(float g, float u, float clamp, float w) {
+    if (clamp > 0.0f) {
+        g = fminf(g, clamp);
+        u = fminf(fmaxf(u, -clamp), clamp);
+    }
+    float s;
+    if (g >= 0.0f) {
+        s = 1.0f / (1.0f + expf(-g));
+    } else {
+        float e = expf(g);
+        s = e / (1.0f + e);
+    }
+    return __fmul_rn(__fmul_rn(__fmul_rn(g, s), u), w);
+}
+
+/* ------------------------------------------------------------------ */
+/* Activation quantisers (model-spec §3, bit-exact with quant_rows.c)  */
+/* ------------------------------------------------------------------ */
+
+/* ds4_round_clamp: nearest, ties to even; NaN -> 0; clamped. */
+__device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
+    if (!(v == v)) v = 0.0f;
+    if (v <= (float)lo) return lo;
+    if (v >= (float)hi) return hi;
+    return __float2int_rn(v);
+}
+
+/* One warp per 32-value block: d = amax/127 (f32), q = round(x·(1/d)). */
+__global__ void k_quantize_q8_0(const float *x, uint8_t *y, uint32_t nb) {
+    uint32_t b = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x & 31;
+    if (b >= nb) return;
+    float v = x[32 * b + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint8_t *blk = y + 36 * b;
+    blk[4 + lane] = (uint8_t)(int8_t)round_clamp(__fmul_rn(v, id), -128, 127);
+    if (lane == 0) *(float *)blk = d;
+}
+
+/* One warp per 256-value block, 8 values per lane: the first value of
+ * largest magnitude sets iscale = -127/max; d = 1/iscale; bsums per 16. */
+__global__ void k_quantize_q8_K(const float *x, uint8_t *y, uint32_t nb) {
+    uint32_t b = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x & 31;
+    if (b >= nb) return;
+    const float4 *src = (const float4 *)(x + 256 * (size_t)b + 8 * lane);
+    float4 p0 = src[0], p1 = src[1];
+    float v[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+    float amax = 0.0f, mx = 0.0f;
+    int idx = 1 << 30;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        float ax = fabsf(v[j]);
+        if (ax > amax) {
+            amax = ax;
+            mx = v[j];
+            idx = 8 * lane + j;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float oa = __shfl_xor_sync(FULL_MASK, amax, o), om = __shfl_xor_sync(FULL_MASK, mx, o);
+        int oi = __shfl_xor_sync(FULL_MASK, idx, o);
+        if (oa > amax || (oa == amax && oi < idx)) {
+            amax = oa;
+            mx = om;
+            idx = oi;
+        }
+    }
+    uint8_t *blk = y + 292 * (size_t)b;
+    if (amax == 0.0f) {
+        *(uint2 *)(blk + 4 + 8 * lane) = make_uint2(0, 0);
+        if (lane < 8) *(uint32_t *)(blk + 260 + 4 * lane) = 0;
+        if (lane == 0) *(float *)blk = 0.0f;
+        return;
+    }
+    float iscale = -127.0f / mx;
+    uint32_t w[2] = {0, 0};
+    int sum = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int q = round_clamp(__fmul_rn(iscale, v[j]), -128, 127);
+        sum += q;
+        w[j / 4] |= (uint32_t)(uint8_t)(int8_t)q << (8 * (j % 4));
+    }
+    *(uint2 *)(blk + 4 + 8 * lane) = make_uint2(w[0], w[1]);
+    sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+    if ((lane & 1) == 0) *(int16_t *)(blk + 260 + lane) = (int16_t)sum;
+    if (lane == 0) *(float *)blk = 1.0f / iscale;
+}
+
+/* ------------------------------------------------------------------ */
+/* y = W·x                                                             */
+/* ------------------------------------------------------------------ */
+
+struct mv_params {
+    const uint8_t *w, *act;
+    float *y;
+    const uint64_t *tab;
+    uint32_t n_rows, n_in, row_bytes;
+    uint32_t S, slice_blocks, slice_bytes; /* S slices per row */
+    uint32_t buf_stride, act_smem;
+    int aligned;
+};
+
+/* Items are (row, slice) pairs; a tile is NW consecutive items, one per
+ * warp, so a row's S slices meet in one thread block and are added in
+ * slice order through shared memory. */
+template <class F, int NW>
+__global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    uint8_t *s = smem;
+    const uint64_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
+    s += p.act_smem;
+    float *partial = (float *)s;
+    s += 2 * NW * sizeof(float);
+    uint8_t *const buf = s + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
+    __syncthreads();
+
+    const uint32_t n_items = p.n_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
+    uint32_t tile = blockIdx.x, item = tile * NW + warp;
+    if (tile < n_tiles && item < n_items)
+        stage_span(buf, p.w + (size_t)(item / p.S) * p.row_bytes + (size_t)(item % p.S) * p.slice_bytes,
+                   p.slice_bytes, p.aligned, lane);
+    cp_async_commit();
+    for (uint32_t it = 0; tile < n_tiles; it++) {
+        uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
+        if (ntile < n_tiles && nitem < n_items)
+            stage_span(buf + ((it + 1) & 1) * p.buf_stride,
+                       p.w + (size_t)(nitem / p.S) * p.row_bytes + (size_t)(nitem % p.S) * p.slice_bytes,
+                       p.slice_bytes, p.aligned, lane);
+        cp_async_commit();
+        cp_async_wait1();
+        __syncwarp();
+        uint32_t row = item / p.S, sl = item % p.S;
+        float r = 0.0f;
+        if (item < n_items) r = dot_span<F>(buf + (it & 1) * p.buf_stride, p.slice_blocks, a, sl * p.slice_blocks, tab, lane);
+        if (p.S == 1) {
+            if (item < n_items && lane == 0) p.y[row] = r;
+        } else {
+            float *pp = partial + (it & 1) * NW;
+            if (lane == 0) pp[warp] = r;
+            __syncthreads();
+            if (item < n_items && lane == 0 && sl == 0) {
+                float t = 0.0f;
+                for (uint32_t k = 0; k < p.S; k++) t += pp[warp + k];
+                p.y[row] = t;
+            }
+        }
+        __syncwarp();
+        tile = ntile;
+        item = nitem;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Routed MoE: gate + up + SwiGLU, and down over the selected experts  */
+/* ------------------------------------------------------------------ */
+
+struct moe_params {
+    const uint8_t *w0, *w1; /* gate, up (gate_up) or down, unused */
+    const uint8_t *act;
+    const int32_t *ids;
+    const float *weights, *add;
+    float *out;
+    const uint64_t *tab;
+    uint32_t n_in, n_rows, n_expert, n_sel; /* n_rows per expert */
+    uint32_t row_bytes, nb;                 /* one row: bytes, blocks */
+    uint32_t part_stride, buf_stride, act_smem;
+    size_t expert_bytes;
+    float clamp;
+    int aligned;
+};
+
+/* Item (k, r): row r of gate and of up of expert ids[k], staged side by
+ * side; the warp writes mid[k·n_rows + r]. */
+template <class F, int NW>
+__global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    uint8_t *s = smem;
+    const uint64_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
+    s += p.act_smem;
+    int32_t *ids = (int32_t *)s;
+    float *wts = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
+    s += 8 * DS4_CUDA_MAX_SEL;
+    if (tid < (int)p.n_sel) {
+        ids[tid] = p.ids[tid];
+        wts[tid] = p.weights[tid];
+    }
+    uint8_t *const buf = s + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
+    __syncthreads();
+
+    const uint32_t n_items = p.n_sel * p.n_rows, n_tiles = (n_items + NW - 1) / NW;
+    auto issue = [&](uint32_t item, uint8_t *dst) {
+        uint32_t k = item / p.n_rows, r = item % p.n_rows;
+        uint32_t e = (uint32_t)ids[k];
+        if (e >= p.n_expert) return;
+        size_t off = (size_t)e * p.expert_bytes + (size_t)r * p.row_bytes;
+        stage_span(dst, p.w0 + off, p.row_bytes, p.aligned, lane);
+        stage_span(dst + p.part_stride, p.w1 + off, p.row_bytes, p.aligned, lane);
+    };
+    uint32_t tile = blockIdx.x, item = tile * NW + warp;
+    if (tile < n_tiles && item < n_items) issue(item, buf);
+    cp_async_commit();
+    for (uint32_t it = 0; tile < n_tiles; it++) {
+        uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
+        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride);
+        cp_async_commit();
+        cp_async_wait1();
+        __syncwarp();
+        if (item < n_items) {
+            uint32_t k = item / p.n_rows;
+            float mid = 0.0f;
+            if ((uint32_t)ids[k] < p.n_expert) {
+                float g = dot_span<F>(buf + (it & 1) * p.buf_stride, p.nb, a, 0, tab, lane);
+                float u = dot_span<F>(buf + (it & 1) * p.buf_stride + p.part_stride, p.nb, a, 0, tab, lane);
+                mid = swiglu(g, u, p.clamp, wts[k]);
+            }
+            if (lane == 0) p.out[item] = mid;
+        }
+        __syncwarp();
+        tile = ntile;
+        item = nitem;
+    }
+}
+
+/* Item o: row o of down of every selected expert, staged side by side; the
+ * warp adds the n_sel dot products in selection order. The activation is
+ * the n_sel quantised mid rows back to back. */
+template <class F, int NW>
+__global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    uint8_t *s = smem;
+    const uint64_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
+    s += p.act_smem;
+    int32_t *ids = (int32_t *)s;
+    s += 8 * DS4_CUDA_MAX_SEL;
+    if (tid < (int)p.n_sel) ids[tid] = p.ids[tid];
+    uint8_t *const buf = s + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
+    __syncthreads();
+
+    const uint32_t n_items = p.n_rows, n_tiles = (n_items + NW - 1) / NW;
+    auto issue = [&](uint32_t o, uint8_t *dst) {
+        for (uint32_t k = 0; k < p.n_sel; k++) {
+            uint32_t e = (uint32_t)ids[k];
+            if (e < p.n_expert)
+                stage_span(dst + k * p.part_stride, p.w0 + (size_t)e * p.expert_bytes + (size_t)o * p.row_bytes,
+                           p.row_bytes, p.aligned, lane);
+        }
+    };
+    uint32_t tile = blockIdx.x, item = tile * NW + warp;
+    if (tile < n_tiles && item < n_items) issue(item, buf);
+    cp_async_commit();
+    for (uint32_t it = 0; tile < n_tiles; it++) {
+        uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
+        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride);
+        cp_async_commit();
+        cp_async_wait1();
+        __syncwarp();
+        if (item < n_items) {
+            float acc = 0.0f;
+            for (uint32_t k = 0; k < p.n_sel; k++)
+                if ((uint32_t)ids[k] < p.n_expert)
+                    acc += dot_span<F>(buf + (it & 1) * p.buf_stride + k * p.part_stride, p.nb, a, k * p.nb, tab, lane);
+            if (lane == 0) p.out[item] = p.add ? acc + p.add[item] : acc;
+        }
+        __syncwarp();
+        tile = ntile;
+        item = nitem;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Host side                                                           */
+/* ------------------------------------------------------------------ */
+
+enum { MV_WARPS = 8, GU_WARPS = 8, DN_WARPS = 4 };
+
+static uint32_t round16(uint32_t x) { return (x + 15) & ~15u; }
+
+static int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
+    return ds4_fail(err, "cuda: %s: %s", what, cudaGetErrorString(e));
+}
+
+template <class F>
+static uint32_t table_smem() {
+    return F::needs_tab ? DS4_CUDA_IQ2_TABLE_WORDS * 8 : 0;
+}
+
+/* Grid of a persistent kernel: as many blocks as fit at once, at most one
+ * per tile. */
+template <class K>
+static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, uint32_t n_tiles, int *grid,
+                       ds4_err *err) {
+    if (smem > k->smem_optin)
+        return ds4_fail(err, "cuda: kernel needs %zu bytes of shared memory, the device allows %zu", smem,
+                        k->smem_optin);
+    int per_sm = 0;
+    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+    if (e != cudaSuccess) return cuda_fail(err, "occupancy", e);
+    if (per_sm < 1) per_sm = 1;
+    uint64_t g = (uint64_t)per_sm * (uint64_t)k->n_sm;
+    *grid = (int)(g < n_tiles ? g : n_tiles);
+    if (*grid < 1) *grid = 1;
+    return 0;
+}
+
+static int check_launch(ds4_err *err, const char *what) {
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? 0 : cuda_fail(err, what, e);
+}
+
+template <class F>
+static int run_matvec(ds4_cuda_kernels *k, const void *w, uint32_t n_rows, uint32_t n_in, const void *act,
+                      float *y, cudaStream_t st, ds4_err *err) {
+    const int NW = MV_WARPS;
+    uint32_t nb = n_in / F::block_elems, row_bytes = nb * F::block_bytes;
+    /* Split rows into S slices while there are too few items to fill the
+     * device or a row is longer than a staging buffer. */
+    uint32_t S = 1, target = (uint32_t)k->n_sm * 16;
+    for (;;) {
+        uint32_t s2 = 2 * S;
+        bool can = s2 <= (uint32_t)NW && nb % s2 == 0 && (row_bytes / s2) % 16 == 0;
+        if (!can || ((uint64_t)n_rows * S >= target && row_bytes / S <= MAX_SLICE_BYTES)) break;
+        S = s2;
+    }
+    mv_params p;
+    p.w = (const uint8_t *)w;
+    p.act = (const uint8_t *)act;
+    p.y = y;
+    p.tab = k->tables;
+    p.n_rows = n_rows;
+    p.n_in = n_in;
+    p.row_bytes = row_bytes;
+    p.S = S;
+    p.slice_blocks = nb / S;
+    p.slice_bytes = row_bytes / S;
+    p.aligned = (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && p.slice_bytes % 16 == 0;
+    p.buf_stride = round16(p.slice_bytes) + 16;
+    p.act_smem = act_smem_bytes(F::act_kind, n_in);
+    size_t smem = table_smem<F>() + p.act_smem + 2 * NW * sizeof(float) + (size_t)NW * 2 * p.buf_stride;
+    uint32_t n_tiles = (uint32_t)(((uint64_t)n_rows * S + NW - 1) / NW);
+    int grid = 1;
+    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, &grid, err)) return -1;
+    k_matvec<F, NW><<<grid, NW * 32, smem, st>>>(p);
+    return check_launch(err, "matvec launch");
+}
+
+template <class F>
+static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
+                       uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
+                       const void *x_act, float *mid, cudaStream_t st, ds4_err *err) {
+    const int NW = GU_WARPS;
+    moe_params p = {};
+    p.w0 = (const uint8_t *)gate;
+    p.w1 = (const uint8_t *)up;
+    p.act = (const uint8_t *)x_act;
+    p.ids = ids;
+    p.weights = weights;
+    p.out = mid;
+    p.tab = k->tables;
+    p.n_in = n_in;
+    p.n_rows = n_ff;
+    p.n_expert = n_expert;
+    p.n_sel = n_sel;
+    p.nb = n_in / F::block_elems;
+    p.row_bytes = p.nb * F::block_bytes;
+    p.expert_bytes = (size_t)n_ff * p.row_bytes;
+    p.part_stride = round16(p.row_bytes) + 16;
+    p.buf_stride = 2 * p.part_stride;
+    p.act_smem = act_smem_bytes(F::act_kind, n_in);
+    p.clamp = clamp;
+    p.aligned = (uintptr_t)gate % 16 == 0 && (uintptr_t)up % 16 == 0 && p.row_bytes % 16 == 0;
+    size_t smem = table_smem<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * 2 * p.buf_stride;
+    uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + NW - 1) / NW);
+    int grid = 1;
+    if (launch_grid(k, k_moe_gate_up<F, NW>, NW * 32, smem, n_tiles, &grid, err)) return -1;
+    k_moe_gate_up<F, NW><<<grid, NW * 32, smem, st>>>(p);
+    return check_launch(err, "moe gate/up launch");
+}
+
+template <class F>
+static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert,
+                    const int32_t *ids, uint32_t n_sel, const void *mid_act, const float *add, float *out,
+                    cudaStream_t st, ds4_err *err) {
+    const int NW = DN_WARPS;
+    moe_params p = {};
+    p.w0 = (const uint8_t *)down;
+    p.act = (const uint8_t *)mid_act;
+    p.ids = ids;
+    p.add = add;
+    p.out = out;
+    p.tab = k->tables;
+    p.n_in = n_ff;
+    p.n_rows = n_out;
+    p.n_expert = n_expert;
+    p.n_sel = n_sel;
+    p.nb = n_ff / F::block_elems;
+    p.row_bytes = p.nb * F::block_bytes;
+    p.expert_bytes = (size_t)n_out * p.row_bytes;
+    p.part_stride = round16(p.row_bytes) + 16;
+    p.buf_stride = n_sel * p.part_stride;
+    p.act_smem = act_smem_bytes(F::act_kind, n_ff * n_sel);
+    p.aligned = (uintptr_t)down % 16 == 0 && p.row_bytes % 16 == 0;
+    size_t smem = table_smem<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * 2 * p.buf_stride;
+    uint32_t n_tiles = (n_out + NW - 1) / NW;
+    int grid = 1;
+    if (launch_grid(k, k_moe_down<F, NW>, NW * 32, smem, n_tiles, &grid, err)) return -1;
+    k_moe_down<F, NW><<<grid, NW * 32, smem, st>>>(p);
+    return check_launch(err, "moe down launch");
+}
+
+/* Lets every kernel use all the shared memory the device allows. */
+template <class F>
+static cudaError_t allow_smem(int bytes) {
+    cudaError_t e;
+    if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+        return e;
+    if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+        return e;
+    return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+/* ------------------------------------------------------------------ */
+/* Public API                                                          */
+/* ------------------------------------------------------------------ */
+
+extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err *err) {
+    *out = NULL;
+    cudaError_t e = cudaSetDevice(device);
+    if (e != cudaSuccess) return cuda_fail(err, "select device", e);
+    cudaDeviceProp prop;
+    if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) return cuda_fail(err, "device properties", e);
+    if (prop.major < 8)
+        return ds4_fail(err, "cuda: %s has compute capability %d.%d; the kernels need 8.0 or newer", prop.name,
+                        prop.major, prop.minor);
+    ds4_cuda_kernels *k = (ds4_cuda_kernels *)calloc(1, sizeof *k);
+    if (!k) return ds4_fail(err, "cuda: out of host memory");
+    k->device = device;
+    k->n_sm = prop.multiProcessorCount;
+    k->smem_optin = prop.sharedMemPerBlockOptin;
+    snprintf(k->name, sizeof k->name, "%s", prop.name);
+    uint64_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
+    memcpy(host_tab, ds4_iq2xxs_grid, 256 * sizeof(uint64_t));
+    memcpy(host_tab + 256, ds4_iq2xxs_sign_masks, 128 * sizeof(uint64_t));
+    if ((e = cudaMalloc(&k->tables, sizeof host_tab)) != cudaSuccess ||
+        (e = cudaMemcpy(k->tables, host_tab, sizeof host_tab, cudaMemcpyHostToDevice)) != cudaSuccess ||
+        (e = allow_smem<fmt_q8_0>((int)k->smem_optin)) != cudaSuccess ||
+        (e = allow_smem<fmt_q2_K>((int)k->smem_optin)) != cudaSuccess ||
+        (e = allow_smem<fmt_q4_K>((int)k->smem_optin)) != cudaSuccess ||
+        (e = allow_smem<fmt_iq2_xxs>((int)k->smem_optin)) != cudaSuccess ||
+        (e = allow_smem<fmt_f16>((int)k->smem_optin)) != cudaSuccess) {
+        ds4_cuda_kernels_free(k);
+        return cuda_fail(err, "kernel setup", e);
+    }
+    *out = k;
+    return 0;
+}
+
+extern "C" void ds4_cuda_kernels_free(ds4_cuda_kernels *k) {
+    if (!k) return;
+    cudaFree(k->tables);
+    free(k);
+}
+
+extern "C" int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k) { return k->n_sm; }
+
+extern "C" const char *ds4_cuda_kernels_device_name(const ds4_cuda_kernels *k) { return k->name; }
+
+extern "C" int ds4_cuda_quantize_act(ds4_cuda_kernels *k, uint32_t wtype, const float *x, void *act, uint32_t n,
+                                     ds4_cuda_stream stream, ds4_err *err) {
+    cudaStream_t st = (cudaStream_t)stream;
+    if (n == 0) return 0;
+    switch (wtype) {
+    case DS4_TYPE_F16: {
+        cudaError_t e = cudaMemcpyAsync(act, x, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, st);
+        return e == cudaSuccess ? 0 : cuda_fail(err, "activation copy", e);
+    }
+    case DS4_TYPE_Q8_0:
+        if (n % 32) return ds4_fail(err, "cuda: Q8_0 activation of %u values (not a multiple of 32)", n);
+        k_quantize_q8_0<<<(n / 32 + 7) / 8, 256, 0, st>>>(x, (uint8_t *)act, n / 32);
+        return check_launch(err, "Q8_0 activation launch");
+    case DS4_TYPE_Q2_K: case DS4_TYPE_Q4_K: case DS4_TYPE_IQ2_XXS:
+        if (n % 256) return ds4_fail(err, "cuda: Q8_K activation of %u values (not a multiple of 256)", n);
+        if ((uintptr_t)x % 16) return ds4_fail(err, "cuda: Q8_K activation source not 16-byte aligned");
+        k_quantize_q8_K<<<(n / 256 + 7) / 8, 256, 0, st>>>(x, (uint8_t *)act, n / 256);
+        return check_launch(err, "Q8_K activation launch");
+    default:
+        return ds4_fail(err, "cuda: no activation format for weight type %s", ds4_type_name(wtype));
+    }
+}
+
+/* Shape checks shared by the entry points. */
+static int check_shape(uint32_t wtype, uint32_t n_in, const void *w, const void *act, ds4_err *err) {
+    const ds4_type_info *ti = ds4_type_info_get(wtype);
+    if (!ti || !(wtype == DS4_TYPE_Q8_0 || wtype == DS4_TYPE_Q2_K || wtype == DS4_TYPE_Q4_K ||
+                 wtype == DS4_TYPE_IQ2_XXS || wtype == DS4_TYPE_F16))
+        return ds4_fail(err, "cuda: no matrix-vector kernel for weight type %s", ds4_type_name(wtype));
+    uint32_t be = wtype == DS4_TYPE_F16 ? 8 : ti->block_elems;
+    if (n_in == 0 || n_in % be)
+        return ds4_fail(err, "cuda: %s rows of %u values (must be a positive multiple of %u)", ti->name, n_in, be);
+    if ((uintptr_t)w % 2 || (uintptr_t)act % 16)
+        return ds4_fail(err, "cuda: misaligned weights (need 2 bytes) or activation (need 16)");
+    return 0;
+}
+
+extern "C" int ds4_cuda_matvec(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_rows,
+                               uint32_t n_in, const void *act, float *y, ds4_cuda_stream stream, ds4_err *err) {
+    if (check_shape(wtype, n_in, w, act, err)) return -1;
+    if (n_rows == 0) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (wtype) {
+    case DS4_TYPE_Q8_0: return run_matvec<fmt_q8_0>(k, w, n_rows, n_in, act, y, st, err);
+    case DS4_TYPE_Q2_K: return run_matvec<fmt_q2_K>(k, w, n_rows, n_in, act, y, st, err);
+    case DS4_TYPE_Q4_K: return run_matvec<fmt_q4_K>(k, w, n_rows, n_in, act, y, st, err);
+    case DS4_TYPE_IQ2_XXS: return run_matvec<fmt_iq2_xxs>(k, w, n_rows, n_in, act, y, st, err);
+    default: return run_matvec<fmt_f16>(k, w, n_rows, n_in, act, y, st, err);
+    }
+}
+
+static int check_moe(uint32_t wtype, uint32_t n_sel, ds4_err *err) {
+    if (!(wtype == DS4_TYPE_Q8_0 || wtype == DS4_TYPE_Q2_K || wtype == DS4_TYPE_Q4_K || wtype == DS4_TYPE_IQ2_XXS))
+        return ds4_fail(err, "cuda: no MoE kernel for expert type %s", ds4_type_name(wtype));
+    if (n_sel == 0 || n_sel > DS4_CUDA_MAX_SEL)
+        return ds4_fail(err, "cuda: %u selected experts (1..%d supported)", n_sel, DS4_CUDA_MAX_SEL);
+    return 0;
+}
+
+extern "C" int ds4_cuda_moe_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
+                                    uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
+                                    const float *weights, uint32_t n_sel, float clamp, const void *x_act,
+                                    float *mid, ds4_cuda_stream stream, ds4_err *err) {
+    if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_in, gate, x_act, err) ||
+        check_shape(wtype, n_in, up, x_act, err))
+        return -1;
+    if (n_ff == 0) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+#define GATE_UP(F) run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, mid, st, err)
+    switch (wtype) {
+    case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
+    case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
+    case DS4_TYPE_Q4_K: return GATE_UP(fmt_q4_K);
+    default: return GATE_UP(fmt_iq2_xxs);
+    }
+#undef GATE_UP
+}
+
+extern "C" int ds4_cuda_moe_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
+                                 uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
+                                 const void *mid_act, const float *add, float *out, ds4_cuda_stream stream,
+                                 ds4_err *err) {
+    if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_ff, down, mid_act, err)) return -1;
+    if (n_out == 0) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+#define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, out, st, err)
+    switch (wtype) {
+    case DS4_TYPE_Q8_0: return DOWN(fmt_q8_0);
+    case DS4_TYPE_Q2_K: return DOWN(fmt_q2_K);
+    case DS4_TYPE_Q4_K: return DOWN(fmt_q4_K);
+    default: return DOWN(fmt_iq2_xxs);
+    }
+#undef DOWN
+}

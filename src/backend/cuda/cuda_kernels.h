@@ -1,0 +1,85 @@
+/* cuda_kernels.h — the decode-time matrix-vector kernels of the CUDA backend.
+ *
+ * y = W·x for one token, with W in a GGUF block layout (Q8_0, Q2_K, Q4_K,
+ * IQ2_XXS, F16; rows of n_in elements packed back to back, exactly the
+ * ds4_block_* structs of quant.h) resident in device memory. The numerics are
+ * the CPU backend's (model-spec §3, §5.10): x is first quantised on the
+ * device with ds4_cuda_quantize_act() into the very bytes ds4_quantize_act()
+ * would write (Q8_0-act for Q8_0 weights, Q8_K for the K-quants and IQ2_XXS,
+ * plain f32 for F16), and each quant block contributes the same f32 term as
+ * on the CPU; only the order in which block terms are summed differs.
+ *
+ * The fused routed-MoE decode path (model-spec §5.8) is two kernels around
+ * one activation quantisation:
+ *   ds4_cuda_moe_gate_up: mid[k] = silu(min(gate_e·x, c)) · clamp(up_e·x, ±c) · w[k]
+ *                         for the n_sel experts e = ids[k];
+ *   ds4_cuda_quantize_act(Q8_K) of mid (n_sel rows of n_ff);
+ *   ds4_cuda_moe_down:    out = Σ_k down_{ids[k]}·mid[k] (+ add), summed in k order.
+ * Expert ids and weights live in device memory, so the whole step can be
+ * captured in a CUDA graph with the router running on the device.
+ *
+ * Every pointer argument except the context is a device pointer. Calls only
+ * enqueue work on `stream` (NULL = the legacy default stream); they return
+ * -1 with a message for arguments the kernels cannot take, and report a
+ * launch failure. */
+#ifndef DS4_CUDA_KERNELS_H
+#define DS4_CUDA_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../../common/error.h"
+
+/* Same type as cudaStream_t, without needing the CUDA headers. */
+typedef struct CUstream_st *ds4_cuda_stream;
+
+/* Per-device state: device properties and the IQ2_XXS tables in device
+ * memory (copied from src/quant's tables). */
+typedef struct ds4_cuda_kernels ds4_cuda_kernels;
+
+/* Selects `device` for the calling thread and prepares the kernels. */
+int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err *err);
+void ds4_cuda_kernels_free(ds4_cuda_kernels *k);
+/* Multiprocessor count and the device name, for reports. */
+int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k);
+const char *ds4_cuda_kernels_device_name(const ds4_cuda_kernels *k);
+
+/* act = x (n floats) quantised for weights of type wtype; act holds
+ * ds4_act_row_bytes(wtype, n) bytes. */
+int ds4_cuda_quantize_act(ds4_cuda_kernels *k, uint32_t wtype, const float *x, void *act, uint32_t n,
+                          ds4_cuda_stream stream, ds4_err *err);
+
+/* y[r] = row r of w · x for r < n_rows; act = x quantised for wtype. */
+int ds4_cuda_matvec(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_rows, uint32_t n_in,
+                    const void *act, float *y, ds4_cuda_stream stream, ds4_err *err);
+
+/* gate, up: stacked [n_in, n_ff, n_expert] tensors of type wtype (expert e
+ * = rows e·n_ff ..). ids[n_sel] (int32), weights[n_sel] (f32): the selected
+ * experts and their router weights; an id outside [0, n_expert) gives a
+ * zero mid row. x_act: x quantised for wtype. mid: n_sel·n_ff floats.
+ * clamp <= 0 disables the clamps. */
+int ds4_cuda_moe_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
+                         uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
+                         const float *weights, uint32_t n_sel, float clamp, const void *x_act,
+                         float *mid, ds4_cuda_stream stream, ds4_err *err);
+
+/* down: stacked [n_ff, n_out, n_expert] of type wtype; mid_act: the n_sel
+ * mid rows quantised for wtype (one ds4_cuda_quantize_act over n_sel·n_ff).
+ * out[o] = (Σ_k in order down_{ids[k]} row o · mid[k]) + add[o] (add may be
+ * NULL); an invalid id contributes nothing. */
+int ds4_cuda_moe_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
+                      uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
+                      const void *mid_act, const float *add, float *out, ds4_cuda_stream stream,
+                      ds4_err *err);
+
+/* The most experts one MoE call takes. */
+#define DS4_CUDA_MAX_SEL 8
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
