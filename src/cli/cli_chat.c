@@ -206,7 +206,12 @@ typedef struct prefill_ctx {
 static int on_prefill(void *ctx, int done, int total) {
     prefill_ctx *p = ctx;
     if (p->c->show_progress && done < total) {
-        fprintf(stderr, "\rprocessing %d input tokens: %d/%d (%.0f%%)", total, done, total, 100.0 * done / total);
+        char bar[31];
+        int fill = (int)((long long)done * 30 / total);
+        for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+        bar[30] = 0;
+        fprintf(stderr, "\rprocessing %d input tokens: [%s] %d/%d (%.0f%%)", total, bar, done, total,
+                100.0 * done / total);
         p->shown = true;
     }
     return p->c->interrupt && *p->c->interrupt ? 1 : 0;
