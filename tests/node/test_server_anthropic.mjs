@@ -31,6 +31,11 @@ try {
   const ct2 = await client.messages.countTokens({ model: 'claude-x', messages: [{ role: 'user', content: 'Say hello. And more words here.' }] });
   check(ct2.input_tokens > ct.input_tokens - 5, 'count_tokens grows with text', [ct, ct2]);
 
+  // Think Max needs --ctx >= 393216; below it a max request renders as high
+  const ctMax = await client.messages.countTokens({ model: 'claude-x', messages, output_config: { effort: 'max' },
+    system: [{ type: 'text', text: 'x-anthropic-billing-header: drop me' }, { type: 'text', text: 'Be brief.' }] });
+  check(ctMax.input_tokens === ct.input_tokens, 'Think Max falls back to high on a small context', [ctMax, ct]);
+
   // ---- streaming: the event lifecycle
   const stream = client.messages.stream({ model: 'claude-x', max_tokens: 12, messages });
   const evs = [];
