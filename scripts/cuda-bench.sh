@@ -38,8 +38,8 @@ fi
 "$B/ds4-cuda-bench" "$@" 2>&1 | tee "$OUT/bench.txt"
 rc=$?
 if command -v ncu >/dev/null && [ $# -eq 0 ]; then
-    for c in "big iq2" "big q2_K" "big q4_K" "attn_q_b" "moe q2"; do
-        timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy \
+    for c in "big iq2" "big q2_K" "attn_q_b"; do
+        timeout 45 ncu --clock-control none --section SpeedOfLight --section Occupancy \
             --section MemoryWorkloadAnalysis -k regex:'k_matvec|k_moe' --launch-count 2 \
             "$B/ds4-cuda-bench" --only "$c" --reps 1 >"$OUT/ncu-${c// /_}.txt" 2>&1
         grep -E "k_matvec|k_moe|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Compute \(SM\)" \
