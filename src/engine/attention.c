@@ -182,31 +182,32 @@ void attention_sublayer(ds4_session *s, int il, int pos0, int n) {
     size_t D = hp->n_embd, hd = hp->head_dim, qdim = (size_t)hp->n_head * hd;
     att_job j = {.s = s, .il = il, .pos0 = pos0, .n = n};
 
-    /* Q and KV projections. */
-    cpu_mat w = cpu_mat_of(&L->attn_q_a);
-    cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->qr, hp->q_lora);
+    /* Everything that reads the attn-normed input, as one call: Q low-rank,
+     * KV, and the compressors' kv/score projections of compressed layers. */
+    cpu_mm *mm = ws->mm;
+    int n_mm = 0;
+    size_t cw = (L->compress_ratio == 4 ? 2 : 1) * hd, iw = 2 * (size_t)hp->indexer_head_dim;
+    mm[n_mm++] = (cpu_mm){cpu_mat_of(&L->attn_q_a), ws->a, D, NULL, n, ws->qr, hp->q_lora};
+    mm[n_mm++] = (cpu_mm){cpu_mat_of(&L->attn_kv), ws->a, D, NULL, n, ws->kv, hd};
+    if (L->compress_ratio) {
+        mm[n_mm++] = (cpu_mm){cpu_mat_of(&L->attn_compressor_kv), ws->a, D, NULL, n, ws->ckv, cw};
+        mm[n_mm++] = (cpu_mm){cpu_mat_of(&L->attn_compressor_gate), ws->a, D, NULL, n, ws->csc, cw};
+    }
+    if (L->compress_ratio == 4) {
+        mm[n_mm++] = (cpu_mm){cpu_mat_of(&L->indexer_compressor_kv), ws->a, D, NULL, n, ws->ikv, iw};
+        mm[n_mm++] = (cpu_mm){cpu_mat_of(&L->indexer_compressor_gate), ws->a, D, NULL, n, ws->isc, iw};
+    }
+    cpu_matmul_batch(&e->cpu, mm, n_mm);
     cpu_parallel_for(&e->cpu, n, qnorm_task, &j);
-    w = cpu_mat_of(&L->attn_q_b);
+    cpu_mat w = cpu_mat_of(&L->attn_q_b);
     cpu_matmul(&e->cpu, &w, ws->qr, hp->q_lora, n, ws->q, qdim);
-    w = cpu_mat_of(&L->attn_kv);
-    cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->kv, hd);
     cpu_parallel_for(&e->cpu, n, qkv_prepare_task, &j);
 
     /* Compressed layers: frontier update (may emit rows) and the indexer. */
     if (L->compress_ratio) {
-        size_t cw = (L->compress_ratio == 4 ? 2 : 1) * hd;
-        w = cpu_mat_of(&L->attn_compressor_kv);
-        cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->ckv, cw);
-        w = cpu_mat_of(&L->attn_compressor_gate);
-        cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->csc, cw);
         compressor_run(e, &kvl->comp_st, &kvl->comp, &kvl->n_comp, ws->ckv, ws->csc, cw, pos0, n,
                        lc->comp_ape, lc->comp_norm, false);
         if (L->compress_ratio == 4) {
-            size_t iw = 2 * (size_t)hp->indexer_head_dim;
-            w = cpu_mat_of(&L->indexer_compressor_kv);
-            cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->ikv, iw);
-            w = cpu_mat_of(&L->indexer_compressor_gate);
-            cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->isc, iw);
             compressor_run(e, &kvl->index_st, &kvl->index_comp, &kvl->n_index_comp, ws->ikv, ws->isc,
                            iw, pos0, n, lc->index_ape, lc->index_norm, true);
             indexer_select(s, il, pos0, n);
@@ -240,10 +241,10 @@ void attention_sublayer(ds4_session *s, int il, int pos0, int n) {
     /* Grouped output projection: group g of heads → rows g·o_lora.. of out_a. */
     size_t gdim = qdim / hp->n_out_group, low_dim = (size_t)hp->n_out_group * hp->o_lora;
     cpu_mat oa = cpu_mat_of(&L->attn_output_a);
-    for (uint32_t g = 0; g < hp->n_out_group; g++) {
-        cpu_mat part = cpu_mat_rows(oa, g * hp->o_lora, hp->o_lora);
-        cpu_matmul(&e->cpu, &part, ws->att + g * gdim, qdim, n, ws->low + g * hp->o_lora, low_dim);
-    }
+    for (uint32_t g = 0; g < hp->n_out_group; g++)
+        mm[g] = (cpu_mm){cpu_mat_rows(oa, g * hp->o_lora, hp->o_lora), ws->att + g * gdim, qdim, NULL, n,
+                         ws->low + g * hp->o_lora, low_dim};
+    cpu_matmul_batch(&e->cpu, mm, (int)hp->n_out_group);
     w = cpu_mat_of(&L->attn_output_b);
     cpu_matmul(&e->cpu, &w, ws->low, low_dim, n, ws->y, D);
 }

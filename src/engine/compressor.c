@@ -165,12 +165,13 @@ void indexer_select(ds4_session *s, int il, int pos0, int n) {
     }
     if (t0 == n) return;
     size_t qdim = (size_t)hp->n_indexer_head * hp->indexer_head_dim;
-    cpu_mat w = cpu_mat_of(&L->indexer_attn_q_b);
-    cpu_matmul(&e->cpu, &w, ws->qr + (size_t)t0 * hp->q_lora, hp->q_lora, n - t0,
-               ws->iq + (size_t)t0 * qdim, qdim);
-    w = cpu_mat_of(&L->indexer_proj);
-    cpu_matmul(&e->cpu, &w, ws->a + (size_t)t0 * hp->n_embd, hp->n_embd, n - t0,
-               ws->iw + (size_t)t0 * hp->n_indexer_head, hp->n_indexer_head);
+    cpu_mm mm[2] = {
+        {cpu_mat_of(&L->indexer_attn_q_b), ws->qr + (size_t)t0 * hp->q_lora, hp->q_lora, NULL, n - t0,
+         ws->iq + (size_t)t0 * qdim, qdim},
+        {cpu_mat_of(&L->indexer_proj), ws->a + (size_t)t0 * hp->n_embd, hp->n_embd, NULL, n - t0,
+         ws->iw + (size_t)t0 * hp->n_indexer_head, hp->n_indexer_head},
+    };
+    cpu_matmul_batch(&e->cpu, mm, 2);
     idx_job j = {s, il, pos0, t0, 0, 0, 256};
     cpu_parallel_for(&e->cpu, n - t0, idx_query_task, &j);
     for (int t = t0; t < n; t++) {

@@ -183,15 +183,15 @@ static size_t ws_layout(ds4_engine *e, uint8_t *base) {
     CARVE(ws->sg, n * ff);
     CARVE(ws->su, n * ff);
     CARVE(ws->sh, n * D);
-    CARVE(ws->gx, n * D);
-    CARVE(ws->gg, n * ff);
-    CARVE(ws->gu, n * ff);
-    CARVE(ws->gd, n * D);
     CARVE(ws->ecount, (size_t)hp->n_expert + 1);
     CARVE(ws->efill, (size_t)hp->n_expert);
     CARVE(ws->gtok, n * nu);
     CARVE(ws->gslot, n * nu);
-    CARVE(ws->routed, n * nu * D);
+    CARVE(ws->pair_of, n * nu);
+    CARVE(ws->gg, n * nu * ff);
+    CARVE(ws->gu, n * nu * ff);
+    CARVE(ws->gd, n * nu * D);
+    CARVE(ws->mm, max_u32(2 * hp->n_expert, hp->n_out_group) + 8);
     CARVE(ws->ehc, n * D);
     CARVE(ws->wk, (size_t)e->cpu.n_threads);
     size_t rows = hp->n_swa + max_comp_rows_attended(e);
@@ -205,6 +205,27 @@ static size_t ws_layout(ds4_engine *e, uint8_t *base) {
     }
 #undef CARVE
     return off;
+}
+
+/* Quantised-activation bytes per token of the largest batched product call
+ * the forward pass makes (see attention.c, moe.c). */
+static size_t act_bytes_per_token(const ds4_hparams *hp) {
+    uint32_t D = hp->n_embd, gdim = hp->n_head * hp->head_dim / hp->n_out_group;
+    size_t need[] = {
+        6 * cpu_act_row_bytes(D),                                   /* attention inputs */
+        cpu_act_row_bytes(hp->q_lora) + cpu_act_row_bytes(D),       /* q_b; indexer */
+        hp->n_out_group * cpu_act_row_bytes(gdim),                  /* grouped output */
+        cpu_act_row_bytes(hp->n_out_group * hp->o_lora),            /* output b */
+        3 * cpu_act_row_bytes(D),                                   /* router + shared */
+        cpu_act_row_bytes(hp->n_ff_exp),                            /* shared down */
+        2 * (size_t)hp->n_expert_used * cpu_act_row_bytes(D),       /* expert gate/up */
+        (size_t)hp->n_expert_used * cpu_act_row_bytes(hp->n_ff_exp), /* expert down */
+        cpu_act_row_bytes(DS4_N_HC * D),                            /* hc fns */
+    };
+    size_t mx = 0;
+    for (size_t i = 0; i < sizeof need / sizeof *need; i++)
+        if (need[i] > mx) mx = need[i];
+    return mx;
 }
 
 /* ------------------------------------------------------------ the engine */
@@ -263,7 +284,7 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     max_in = max_u32(max_in, hp->n_out_group * hp->o_lora);
     max_in = max_u32(max_in, hp->n_ff_exp);
     int threads = cfg->threads > 0 ? cfg->threads : cpu_default_threads();
-    if (cpu_ctx_init(&e->cpu, threads, e->exact, e->chunk, max_in, err) != 0) {
+    if (cpu_ctx_init(&e->cpu, threads, e->exact, act_bytes_per_token(hp) * (size_t)e->chunk, max_in, err) != 0) {
         ds4_engine_close(e);
         return -1;
     }

@@ -92,13 +92,13 @@ typedef struct chunk_ws {
     float *ew;            /* [n][used] */
     float *sg, *su;       /* [n][ff] shared gate/up → mid */
     float *sh;            /* [n][D] shared out */
-    float *gx;            /* [n][D] gathered inputs of one expert */
-    float *gg, *gu;       /* [n][ff] expert gate/up → mid */
-    float *gd;            /* [n][D] expert down */
     int *ecount;          /* [n_expert + 1] bucket starts */
     int *efill;           /* [n_expert] bucket fill cursors */
     int *gtok, *gslot;    /* [n·used] (token, slot) pairs bucketed by expert */
-    float *routed;        /* [n·used][D] per (token, slot) expert outputs */
+    int *pair_of;         /* [n·used] (token, slot) → its pair index */
+    float *gg, *gu;       /* [n·used][ff] per pair expert gate/up → mid */
+    float *gd;            /* [n·used][D] per pair expert down */
+    cpu_mm *mm;           /* [2·n_expert] products of one batched call */
     float *ehc;           /* [n][D] output-head stream mix */
     worker_scratch *wk;   /* per worker */
 } chunk_ws;

@@ -9,9 +9,10 @@
  * the down projection (it matters for the mid's Q8_K quantisation).
  *
  * Batched: the chunk's (token, slot) pairs are bucketed by expert, so each
- * expert's weights are read once per chunk. Each pair's down output lands
- * in its own row and every token sums its slots in selection order, the
- * same sum a single-token decode makes. */
+ * expert's weights are read once per chunk, and all experts' products go to
+ * the threads as one call. Each pair's down output lands in its own row and
+ * every token sums its slots in selection order, the same sum a
+ * single-token decode makes. */
 #include <math.h>
 #include <string.h>
 
@@ -22,8 +23,6 @@ typedef struct moe_job {
     int il;
     const int32_t *tokens;
     int n;
-    int count; /* pairs in the current expert batch */
-    int first; /* index into gtok/gslot of the batch's first pair */
 } moe_job;
 
 static void route_task(void *ctx, int t, int worker) {
@@ -74,32 +73,14 @@ static void shared_mid_task(void *ctx, int t, int worker) {
     swiglu_row(e->ws.sg + t * ff, e->ws.su + t * ff, (int)ff, hp->swiglu_clamp[j->il], 1.0f);
 }
 
-static void expert_gather_task(void *ctx, int i, int worker) {
-    moe_job *j = ctx;
-    chunk_ws *ws = &j->s->e->ws;
-    size_t D = j->s->e->model.hp.n_embd;
-    memcpy(ws->gx + (size_t)i * D, ws->a + (size_t)ws->gtok[j->first + i] * D, D * sizeof(float));
-}
-
-static void expert_mid_task(void *ctx, int i, int worker) {
+static void expert_mid_task(void *ctx, int pair, int worker) {
     moe_job *j = ctx;
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
     chunk_ws *ws = &e->ws;
     size_t ff = hp->n_ff_exp;
-    int pair = j->first + i;
     float weight = ws->ew[(size_t)ws->gtok[pair] * hp->n_expert_used + ws->gslot[pair]];
-    swiglu_row(ws->gg + i * ff, ws->gu + i * ff, (int)ff, hp->swiglu_clamp[j->il], weight);
-}
-
-static void expert_scatter_task(void *ctx, int i, int worker) {
-    moe_job *j = ctx;
-    const ds4_hparams *hp = &j->s->e->model.hp;
-    chunk_ws *ws = &j->s->e->ws;
-    size_t D = hp->n_embd;
-    int pair = j->first + i;
-    size_t dst = (size_t)ws->gtok[pair] * hp->n_expert_used + ws->gslot[pair];
-    memcpy(ws->routed + dst * D, ws->gd + (size_t)i * D, D * sizeof(float));
+    swiglu_row(ws->gg + pair * ff, ws->gu + pair * ff, (int)ff, hp->swiglu_clamp[j->il], weight);
 }
 
 static void combine_task(void *ctx, int t, int worker) {
@@ -109,14 +90,16 @@ static void combine_task(void *ctx, int t, int worker) {
     size_t D = hp->n_embd, nu = hp->n_expert_used;
     float *y = ws->y + (size_t)t * D;
     const float *sh = ws->sh + (size_t)t * D;
+    const int *pairs = ws->pair_of + (size_t)t * nu;
     for (size_t d = 0; d < D; d++) {
         float acc = 0.0f;
-        for (size_t k = 0; k < nu; k++) acc += ws->routed[((size_t)t * nu + k) * D + d];
+        for (size_t k = 0; k < nu; k++) acc += ws->gd[(size_t)pairs[k] * D + d];
         y[d] = acc + sh[d];
     }
 }
 
-/* Buckets the chunk's (token, slot) pairs by expert: ecount[e] .. ecount[e+1]. */
+/* Buckets the chunk's (token, slot) pairs by expert: expert e owns pairs
+ * ecount[e] .. ecount[e+1]-1, in token order. */
 static void bucket_pairs(chunk_ws *ws, uint32_t n_expert, uint32_t nu, int n) {
     memset(ws->ecount, 0, sizeof(int) * (n_expert + 1));
     for (int i = 0; i < n * (int)nu; i++) ws->ecount[ws->eid[i] + 1]++;
@@ -128,6 +111,7 @@ static void bucket_pairs(chunk_ws *ws, uint32_t n_expert, uint32_t nu, int n) {
             int e = ws->eid[(size_t)t * nu + k];
             ws->gtok[fill[e]] = t;
             ws->gslot[fill[e]] = (int)k;
+            ws->pair_of[(size_t)t * nu + k] = fill[e];
             fill[e]++;
         }
 }
@@ -139,39 +123,40 @@ void ffn_sublayer(ds4_session *s, int il, const int32_t *tokens, int n) {
     const ds4_layer *L = &m->layers[il];
     chunk_ws *ws = &e->ws;
     size_t D = hp->n_embd, ff = hp->n_ff_exp;
-    moe_job j = {s, il, tokens, n, 0, 0};
+    moe_job j = {s, il, tokens, n};
 
-    cpu_mat w = cpu_mat_of(&L->ffn_gate_inp);
-    cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->router, hp->n_expert);
+    /* Router and shared expert gate/up read the same input: one call. */
+    cpu_mm *mm = ws->mm;
+    mm[0] = (cpu_mm){cpu_mat_of(&L->ffn_gate_inp), ws->a, D, NULL, n, ws->router, hp->n_expert};
+    mm[1] = (cpu_mm){cpu_mat_of(&L->ffn_gate_shexp), ws->a, D, NULL, n, ws->sg, ff};
+    mm[2] = (cpu_mm){cpu_mat_of(&L->ffn_up_shexp), ws->a, D, NULL, n, ws->su, ff};
+    cpu_matmul_batch(&e->cpu, mm, 3);
     cpu_parallel_for(&e->cpu, n, route_task, &j);
-
-    /* Shared expert. */
-    w = cpu_mat_of(&L->ffn_gate_shexp);
-    cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->sg, ff);
-    w = cpu_mat_of(&L->ffn_up_shexp);
-    cpu_matmul(&e->cpu, &w, ws->a, D, n, ws->su, ff);
     cpu_parallel_for(&e->cpu, n, shared_mid_task, &j);
-    w = cpu_mat_of(&L->ffn_down_shexp);
+    cpu_mat w = cpu_mat_of(&L->ffn_down_shexp);
     cpu_matmul(&e->cpu, &w, ws->sg, ff, n, ws->sh, D);
 
-    /* Routed experts, one expert's pairs at a time (in batches of ≤ cap). */
+    /* Routed experts: every used expert's gate and up in one call over its
+     * tokens, the SwiGLU mid per pair, then every down in one call. */
     bucket_pairs(ws, hp->n_expert, hp->n_expert_used, n);
+    int n_mm = 0;
     for (uint32_t x = 0; x < hp->n_expert; x++) {
-        for (int start = ws->ecount[x]; start < ws->ecount[x + 1]; start += ws->cap) {
-            int count = ws->ecount[x + 1] - start;
-            if (count > ws->cap) count = ws->cap;
-            j.count = count;
-            j.first = start;
-            cpu_parallel_for(&e->cpu, count, expert_gather_task, &j);
-            cpu_mat g = cpu_mat_expert(&L->ffn_gate_exps, x);
-            cpu_matmul(&e->cpu, &g, ws->gx, D, count, ws->gg, ff);
-            cpu_mat u = cpu_mat_expert(&L->ffn_up_exps, x);
-            cpu_matmul(&e->cpu, &u, ws->gx, D, count, ws->gu, ff);
-            cpu_parallel_for(&e->cpu, count, expert_mid_task, &j);
-            cpu_mat dn = cpu_mat_expert(&L->ffn_down_exps, x);
-            cpu_matmul(&e->cpu, &dn, ws->gg, ff, count, ws->gd, D);
-            cpu_parallel_for(&e->cpu, count, expert_scatter_task, &j);
-        }
+        int start = ws->ecount[x], count = ws->ecount[x + 1] - start;
+        if (!count) continue;
+        mm[n_mm++] = (cpu_mm){cpu_mat_expert(&L->ffn_gate_exps, x), ws->a, D, ws->gtok + start, count,
+                              ws->gg + (size_t)start * ff, ff};
+        mm[n_mm++] = (cpu_mm){cpu_mat_expert(&L->ffn_up_exps, x), ws->a, D, ws->gtok + start, count,
+                              ws->gu + (size_t)start * ff, ff};
     }
+    cpu_matmul_batch(&e->cpu, mm, n_mm);
+    cpu_parallel_for(&e->cpu, n * (int)hp->n_expert_used, expert_mid_task, &j);
+    n_mm = 0;
+    for (uint32_t x = 0; x < hp->n_expert; x++) {
+        int start = ws->ecount[x], count = ws->ecount[x + 1] - start;
+        if (!count) continue;
+        mm[n_mm++] = (cpu_mm){cpu_mat_expert(&L->ffn_down_exps, x), ws->gg + (size_t)start * ff, ff, NULL,
+                              count, ws->gd + (size_t)start * D, D};
+    }
+    cpu_matmul_batch(&e->cpu, mm, n_mm);
     cpu_parallel_for(&e->cpu, n, combine_task, &j);
 }

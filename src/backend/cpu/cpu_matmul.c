@@ -1,10 +1,12 @@
 /* cpu_matmul.c — weight × batch products on the CPU (see cpu_matmul.h).
  *
- * The activations of the batch are quantised once per call (in parallel over
- * tokens) into the format the weight type's dot product expects; then the
- * output rows are cut into tiles, one task per tile, and each task dots its
- * rows with every token. Row tiles are small enough (≤ 64 KiB of weights) to
- * stay in L2 while the tokens stream past. */
+ * A batch of independent products runs as two parallel runs: first every
+ * product's input rows are quantised (in parallel over rows) into the format
+ * its weight type's dot product expects, then the output rows of all
+ * products are cut into tiles, one task per tile, and each task dots its
+ * rows with every token of its product. Row tiles are small enough (≤ 64 KiB
+ * of weights) to stay in L2 while the tokens stream past. Batching matters
+ * for decode, where a single product is too small to amortise a dispatch. */
 #include "cpu_matmul.h"
 
 #include <stdlib.h>
@@ -17,21 +19,22 @@ enum act_kind { ACT_F32, ACT_Q8_0, ACT_Q8_K };
 static size_t q8_0_act_bytes(uint32_t n) { return (size_t)(n / DS4_QK8_0) * sizeof(ds4_block_q8_0_act); }
 static size_t q8_K_bytes(uint32_t n) { return (size_t)(n / DS4_QK_K) * sizeof(ds4_block_q8_K); }
 
-int cpu_ctx_init(cpu_ctx *c, int n_threads, bool exact, int max_tokens, uint32_t max_in,
+size_t cpu_act_row_bytes(uint32_t n_in) {
+    size_t a = q8_0_act_bytes(n_in), b = q8_K_bytes(n_in);
+    return a > b ? a : b;
+}
+
+int cpu_ctx_init(cpu_ctx *c, int n_threads, bool exact, size_t act_bytes, uint32_t max_in,
                  ds4_err *err) {
     memset(c, 0, sizeof *c);
     if (n_threads < 1) n_threads = 1;
-    if (max_tokens < 1) max_tokens = 1;
     c->exact = exact;
-    c->max_tokens = max_tokens;
     c->max_in = max_in;
     c->pool = cpu_pool_new(n_threads);
     if (!c->pool) return ds4_fail(err, "cpu backend: cannot start %d worker threads", n_threads);
     c->n_threads = cpu_pool_threads(c->pool);
-    size_t per_row = q8_0_act_bytes(max_in + DS4_QK8_0);
-    if (q8_K_bytes(max_in + DS4_QK_K) > per_row) per_row = q8_K_bytes(max_in + DS4_QK_K);
-    c->act_q_bytes = per_row;
-    c->act_q = malloc(per_row * (size_t)max_tokens);
+    c->act_bytes = act_bytes;
+    c->act_q = malloc(act_bytes ? act_bytes : 1);
     c->row_f32 = calloc((size_t)c->n_threads, sizeof *c->row_f32);
     if (!c->act_q || !c->row_f32) {
         cpu_ctx_free(c);
@@ -89,80 +92,144 @@ static enum act_kind act_kind_for(uint32_t type, bool exact) {
     }
 }
 
-typedef struct mm_job {
-    cpu_ctx *c;
-    const cpu_mat *w;
-    const float *x;
-    size_t ldx;
-    int n_tok;
-    float *y;
-    size_t ldy;
-    enum act_kind act;
-    uint32_t tile;
-} mm_job;
-
-static void quantise_task(void *ctx, int t, int worker) {
-    mm_job *j = ctx;
-    uint8_t *dst = j->c->act_q + (size_t)t * j->c->act_q_bytes;
-    const float *x = j->x + (size_t)t * j->ldx;
-    if (j->act == ACT_Q8_0)
-        ds4_quantize_q8_0_act(x, (ds4_block_q8_0_act *)dst, j->w->n_in);
-    else
-        ds4_quantize_q8_K(x, (ds4_block_q8_K *)dst, j->w->n_in);
-}
-
-static float dot_row(const mm_job *j, const uint8_t *row, int t) {
-    uint32_t n = j->w->n_in;
-    const float *x = j->x + (size_t)t * j->ldx;
-    const void *aq = j->c->act_q + (size_t)t * j->c->act_q_bytes;
-    switch (j->w->type) {
-    case DS4_TYPE_F32: return ds4_dot_f32(n, (const float *)row, x);
-    case DS4_TYPE_F16: return ds4_dot_f16_f32(n, (const uint16_t *)row, x);
-    case DS4_TYPE_BF16: return ds4_dot_bf16_f32(n, (const uint16_t *)row, x);
-    case DS4_TYPE_Q8_0: return ds4_dot_q8_0(n, row, aq);
-    case DS4_TYPE_Q2_K: return ds4_dot_q2_K(n, row, aq);
-    case DS4_TYPE_Q4_K: return ds4_dot_q4_K(n, row, aq);
-    case DS4_TYPE_IQ2_XXS: return ds4_dot_iq2_xxs(n, row, aq);
-    default: return 0.0f; /* unreachable: the model validated the types */
-    }
+static size_t act_row_bytes(enum act_kind k, uint32_t n_in) {
+    return k == ACT_Q8_0 ? q8_0_act_bytes(n_in) : k == ACT_Q8_K ? q8_K_bytes(n_in) : 0;
 }
 
 static bool is_plain_float(uint32_t type) {
     return type == DS4_TYPE_F32 || type == DS4_TYPE_F16 || type == DS4_TYPE_BF16;
 }
 
+#define BATCH_MAX 64 /* products per parallel run */
+
+/* One parallel run over up to BATCH_MAX products: quantise every product's
+ * input rows into its own slice of act_q, then tile every product's rows. */
+typedef struct batch_run {
+    cpu_ctx *c;
+    const cpu_mm *mm;
+    int n;
+    enum act_kind act[BATCH_MAX];
+    size_t act_off[BATCH_MAX];
+    int qrow0[BATCH_MAX + 1]; /* prefix sums of quantised token rows */
+    int task0[BATCH_MAX + 1]; /* prefix sums of row tiles */
+    uint32_t tile[BATCH_MAX];
+} batch_run;
+
+/* The product an index falls in, given prefix sums p[0..n]. */
+static int find_job(const int *p, int n, int idx) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (p[mid] <= idx) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+static const float *x_row(const cpu_mm *m, int t) {
+    return m->x + (size_t)(m->rows ? m->rows[t] : t) * m->ldx;
+}
+
+static const void *act_row(const batch_run *b, int j, int t) {
+    return b->c->act_q + b->act_off[j] + (size_t)t * act_row_bytes(b->act[j], b->mm[j].w.n_in);
+}
+
+static void quantise_task(void *ctx, int q, int worker) {
+    batch_run *b = ctx;
+    int j = find_job(b->qrow0, b->n, q), t = q - b->qrow0[j];
+    const cpu_mm *m = &b->mm[j];
+    void *dst = (void *)act_row(b, j, t);
+    if (b->act[j] == ACT_Q8_0)
+        ds4_quantize_q8_0_act(x_row(m, t), dst, m->w.n_in);
+    else
+        ds4_quantize_q8_K(x_row(m, t), dst, m->w.n_in);
+}
+
+static float dot_row(const batch_run *b, int j, const uint8_t *row, int t) {
+    const cpu_mm *m = &b->mm[j];
+    uint32_t n = m->w.n_in;
+    switch (m->w.type) {
+    case DS4_TYPE_F32: return ds4_dot_f32(n, (const float *)row, x_row(m, t));
+    case DS4_TYPE_F16: return ds4_dot_f16_f32(n, (const uint16_t *)row, x_row(m, t));
+    case DS4_TYPE_BF16: return ds4_dot_bf16_f32(n, (const uint16_t *)row, x_row(m, t));
+    case DS4_TYPE_Q8_0: return ds4_dot_q8_0(n, row, act_row(b, j, t));
+    case DS4_TYPE_Q2_K: return ds4_dot_q2_K(n, row, act_row(b, j, t));
+    case DS4_TYPE_Q4_K: return ds4_dot_q4_K(n, row, act_row(b, j, t));
+    case DS4_TYPE_IQ2_XXS: return ds4_dot_iq2_xxs(n, row, act_row(b, j, t));
+    default: return 0.0f; /* unreachable: the model validated the types */
+    }
+}
+
 static void matmul_task(void *ctx, int task, int worker) {
-    mm_job *j = ctx;
-    const cpu_mat *w = j->w;
-    uint32_t r0 = (uint32_t)task * j->tile;
-    uint32_t r1 = r0 + j->tile < w->n_out ? r0 + j->tile : w->n_out;
-    bool dequant = j->act == ACT_F32 && !is_plain_float(w->type);
+    batch_run *b = ctx;
+    int j = find_job(b->task0, b->n, task);
+    const cpu_mm *m = &b->mm[j];
+    const cpu_mat *w = &m->w;
+    uint32_t r0 = (uint32_t)(task - b->task0[j]) * b->tile[j];
+    uint32_t r1 = r0 + b->tile[j] < w->n_out ? r0 + b->tile[j] : w->n_out;
+    bool dequant = b->act[j] == ACT_F32 && !is_plain_float(w->type);
     for (uint32_t r = r0; r < r1; r++) {
         const uint8_t *row = w->data + (size_t)r * w->row_bytes;
         if (dequant) {
-            float *rf = j->c->row_f32[worker];
+            float *rf = b->c->row_f32[worker];
             ds4_dequantize_row(w->type, row, rf, w->n_in);
-            for (int t = 0; t < j->n_tok; t++)
-                j->y[(size_t)t * j->ldy + r] = ds4_dot_f32(w->n_in, rf, j->x + (size_t)t * j->ldx);
+            for (int t = 0; t < m->n_tok; t++) m->y[(size_t)t * m->ldy + r] = ds4_dot_f32(w->n_in, rf, x_row(m, t));
         } else {
-            for (int t = 0; t < j->n_tok; t++) j->y[(size_t)t * j->ldy + r] = dot_row(j, row, t);
+            for (int t = 0; t < m->n_tok; t++) m->y[(size_t)t * m->ldy + r] = dot_row(b, j, row, t);
         }
     }
 }
 
-void cpu_matmul(cpu_ctx *c, const cpu_mat *w, const float *x, size_t ldx, int n_tok, float *y,
-                size_t ldy) {
-    if (n_tok <= 0 || w->n_out == 0) return;
-    mm_job j = {c, w, x, ldx, n_tok, y, ldy, act_kind_for(w->type, c->exact), 1};
-    if (j.act != ACT_F32) cpu_pool_run(c->pool, n_tok, quantise_task, &j);
-    uint32_t per_task = (w->n_out + 8u * (uint32_t)c->n_threads - 1) / (8u * (uint32_t)c->n_threads);
+/* Rows per task: enough tasks to balance the threads, each tile's weights
+ * small enough (64 KiB) to stay in L2 while the tokens stream past. */
+static uint32_t tile_rows(const cpu_ctx *c, const cpu_mat *w) {
+    uint32_t per = (w->n_out + 8u * (uint32_t)c->n_threads - 1) / (8u * (uint32_t)c->n_threads);
     uint32_t cap = w->row_bytes ? (uint32_t)(65536 / w->row_bytes) : 64;
     if (cap < 1) cap = 1;
-    if (per_task > cap) per_task = cap;
-    if (per_task < 1) per_task = 1;
-    j.tile = per_task;
-    int n_tasks = (int)((w->n_out + per_task - 1) / per_task);
-    cpu_pool_run(c->pool, n_tasks, matmul_task, &j);
+    if (per > cap) per = cap;
+    return per < 1 ? 1 : per;
+}
+
+static void run_batch(cpu_ctx *c, const cpu_mm *mm, int n) {
+    batch_run b;
+    b.c = c;
+    b.mm = mm;
+    b.n = n;
+    size_t off = 0;
+    b.qrow0[0] = b.task0[0] = 0;
+    for (int j = 0; j < n; j++) {
+        b.act[j] = act_kind_for(mm[j].w.type, c->exact);
+        b.act_off[j] = off;
+        int nq = b.act[j] == ACT_F32 ? 0 : mm[j].n_tok;
+        off += (size_t)nq * act_row_bytes(b.act[j], mm[j].w.n_in);
+        b.qrow0[j + 1] = b.qrow0[j] + nq;
+        b.tile[j] = tile_rows(c, &mm[j].w);
+        int tasks = mm[j].n_tok > 0 ? (int)((mm[j].w.n_out + b.tile[j] - 1) / b.tile[j]) : 0;
+        b.task0[j + 1] = b.task0[j] + tasks;
+    }
+    cpu_pool_run(c->pool, b.qrow0[n], quantise_task, &b);
+    cpu_pool_run(c->pool, b.task0[n], matmul_task, &b);
+}
+
+void cpu_matmul_batch(cpu_ctx *c, const cpu_mm *mm, int n_mm) {
+    int start = 0;
+    size_t bytes = 0;
+    for (int j = 0; j < n_mm; j++) {
+        enum act_kind k = act_kind_for(mm[j].w.type, c->exact);
+        size_t need = (size_t)mm[j].n_tok * act_row_bytes(k, mm[j].w.n_in);
+        if (j > start && (j - start == BATCH_MAX || bytes + need > c->act_bytes)) {
+            run_batch(c, mm + start, j - start);
+            start = j;
+            bytes = 0;
+        }
+        bytes += need;
+    }
+    if (n_mm > start) run_batch(c, mm + start, n_mm - start);
+}
+
+void cpu_matmul(cpu_ctx *c, const cpu_mat *w, const float *x, size_t ldx, int n_tok, float *y,
+                size_t ldy) {
+    cpu_mm m = {*w, x, ldx, NULL, n_tok, y, ldy};
+    cpu_matmul_batch(c, &m, 1);
 }
 
 void cpu_parallel_for(cpu_ctx *c, int n, cpu_task_fn fn, void *ctx) {

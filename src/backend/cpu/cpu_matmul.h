@@ -30,22 +30,24 @@ typedef struct cpu_mat {
     const uint8_t *data;
 } cpu_mat;
 
-/* The shared machinery: threads, numerics mode and scratch sized for the
- * largest batch (max_tokens) and the widest row (max_in). */
+/* The shared machinery: threads, numerics mode and scratch: act_bytes of
+ * quantised activations (enough for the largest batch the caller runs;
+ * a larger batch is split) and one dequantised row per worker (max_in). */
 typedef struct cpu_ctx {
     cpu_pool *pool;
     int n_threads;
     bool exact;
-    int max_tokens;
     uint32_t max_in;
-    uint8_t *act_q;      /* quantised activations: max_tokens rows */
-    size_t act_q_bytes;
+    uint8_t *act_q;      /* quantised activations of the current batch */
+    size_t act_bytes;
     float **row_f32;     /* per worker: one dequantised weight row (max_in) */
 } cpu_ctx;
 
-int cpu_ctx_init(cpu_ctx *c, int n_threads, bool exact, int max_tokens, uint32_t max_in,
+int cpu_ctx_init(cpu_ctx *c, int n_threads, bool exact, size_t act_bytes, uint32_t max_in,
                  ds4_err *err);
 void cpu_ctx_free(cpu_ctx *c);
+/* Quantised-activation bytes one token row of n_in values may need. */
+size_t cpu_act_row_bytes(uint32_t n_in);
 
 /* Views of bound tensors: a 2-D [in, out] tensor, expert e of a 3-D
  * [in, out, n_expert] tensor, and rows [r0, r0+n) of a view. */
@@ -53,8 +55,22 @@ cpu_mat cpu_mat_of(const ds4_tensor *t);
 cpu_mat cpu_mat_expert(const ds4_tensor *t, uint32_t e);
 cpu_mat cpu_mat_rows(cpu_mat m, uint32_t r0, uint32_t n);
 
-/* y rows are ldy floats apart, x rows ldx floats apart; n_tok <= max_tokens,
- * w->n_in <= max_in. */
+/* One product: y[t] = W · x[r(t)] for t in [0, n_tok), where r(t) = t, or
+ * rows[t] when rows is given (a subset of the tokens, e.g. one expert's).
+ * x rows are ldx floats apart, y rows ldy. */
+typedef struct cpu_mm {
+    cpu_mat w;
+    const float *x;
+    size_t ldx;
+    const int *rows;
+    int n_tok;
+    float *y;
+    size_t ldy;
+} cpu_mm;
+
+/* Runs independent products as one parallel run (one dispatch for, say,
+ * all the experts of a decode step); outputs must not overlap inputs. */
+void cpu_matmul_batch(cpu_ctx *c, const cpu_mm *mm, int n_mm);
 void cpu_matmul(cpu_ctx *c, const cpu_mat *w, const float *x, size_t ldx, int n_tok, float *y,
                 size_t ldy);
 
