@@ -198,5 +198,10 @@ int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, uint
 /* Writes the complete file; returns -1 with a message on the first recorded
  * add error, a fill error or an I/O error. May be called again. */
 int gguf_writer_write(gguf_writer *w, const char *path, ds4_err *err);
+/* The file as it would be written, laid out in memory instead: dst holds
+ * exactly gguf_writer_image_size() bytes (the caller allocates it, e.g.
+ * page-aligned for a model that gguf_open_memory() then reads in place). */
+uint64_t gguf_writer_image_size(const gguf_writer *w);
+int gguf_writer_write_memory(gguf_writer *w, void *dst, uint64_t size, ds4_err *err);
 
 #endif

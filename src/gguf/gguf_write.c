@@ -6,7 +6,9 @@
  * the header is known before any data is produced. gguf_writer_write() then
  * streams header, padding and tensor data (from the caller's pointer, or one
  * tensor at a time from the fill callback into one reused buffer) into
- * `path.tmp`, syncs it and renames it over `path`.
+ * `path.tmp`, syncs it and renames it over `path`. gguf_writer_write_memory()
+ * lays the same bytes out in a caller's buffer, filling each tensor in place
+ * (synthetic full-size models for benchmarks, without a file).
  *
  * Everything added is validated with the reader's own rules (gguf_value.c,
  * gguf_layout.c): ds4 never writes a file it would refuse to read. */
@@ -307,15 +309,23 @@ int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, uint
 
 /* ---- streaming the file out ---- */
 
+/* The destination: a FILE, a memory image (mem, cap bytes), or neither (a
+ * dry run that only counts bytes). */
 typedef struct out_file {
     FILE *fp;
+    uint8_t *mem;
+    uint64_t cap;
     uint64_t pos;
     bool failed;
 } out_file;
 
 static void put(out_file *o, const void *p, uint64_t n) {
     if (o->failed || n == 0) return;
-    if (fwrite(p, 1, n, o->fp) != n) o->failed = true;
+    if (o->fp && fwrite(p, 1, n, o->fp) != n) o->failed = true;
+    if (o->mem) {
+        if (n > o->cap - o->pos) o->failed = true;
+        else memcpy(o->mem + o->pos, p, n);
+    }
     o->pos += n;
 }
 
@@ -336,9 +346,9 @@ static void put_str(out_file *o, const char *s) {
     put(o, s, len);
 }
 
-static int write_all(gguf_writer *w, out_file *o, ds4_err *err) {
-    uint64_t data_start, max_fill = 0;
-    uint8_t *buf = NULL;
+/* Header and tensor infos, then padding up to the data section; returns
+ * its start. Also finds the largest tensor that is filled by callback. */
+static uint64_t write_header(const gguf_writer *w, out_file *o, uint64_t *max_fill) {
     put_u32(o, GGUF_MAGIC);
     put_u32(o, GGUF_VERSION);
     put_u64(o, w->n_tensors);
@@ -355,10 +365,20 @@ static int write_all(gguf_writer *w, out_file *o, ds4_err *err) {
         put(o, t->ne, t->n_dims * 8);
         put_u32(o, t->type);
         put_u64(o, t->offset);
-        if (!t->data && t->nbytes > max_fill) max_fill = t->nbytes;
+        if (!t->data && t->nbytes > *max_fill) *max_fill = t->nbytes;
     }
-    data_start = o->pos + (w->alignment - o->pos % w->alignment) % w->alignment;
+    uint64_t data_start = o->pos + (w->alignment - o->pos % w->alignment) % w->alignment;
     put_zeros_to(o, data_start);
+    return data_start;
+}
+
+/* Callback-filled tensors go through one reused buffer to a file, and
+ * straight into their place in a memory image. */
+static int write_all(gguf_writer *w, out_file *o, ds4_err *err) {
+    uint64_t max_fill = 0;
+    uint8_t *buf = NULL;
+    uint64_t data_start = write_header(w, o, &max_fill);
+    if (o->mem) max_fill = 0;
     if (max_fill && !(buf = malloc(max_fill)))
         return ds4_fail(err, "out of memory for a %llu-byte tensor buffer",
                         (unsigned long long)max_fill);
@@ -368,13 +388,19 @@ static int write_all(gguf_writer *w, out_file *o, ds4_err *err) {
         if (t->data) {
             put(o, t->data, t->nbytes);
         } else {
-            if (t->fill(t->ctx, buf, t->nbytes, err)) {
+            uint8_t *dst = o->mem ? o->mem + o->pos : buf;
+            if (o->mem && t->nbytes > o->cap - o->pos) {
+                o->failed = true;
+                break;
+            }
+            if (t->fill(t->ctx, dst, t->nbytes, err)) {
                 char ctx[128];
                 free(buf);
                 snprintf(ctx, sizeof ctx, "tensor '%s'", t->name);
                 return ds4_fail_prefix(err, ctx);
             }
-            put(o, buf, t->nbytes);
+            if (o->mem) o->pos += t->nbytes;
+            else put(o, buf, t->nbytes);
         }
     }
     free(buf);
@@ -405,4 +431,22 @@ int gguf_writer_write(gguf_writer *w, const char *path, ds4_err *err) {
     if (rc != 0) unlink(tmp);
     free(tmp);
     return rc;
+}
+
+uint64_t gguf_writer_image_size(const gguf_writer *w) {
+    out_file o = {0};
+    uint64_t max_fill = 0;
+    return write_header(w, &o, &max_fill) + w->data_size;
+}
+
+int gguf_writer_write_memory(gguf_writer *w, void *dst, uint64_t size, ds4_err *err) {
+    out_file o = {.mem = dst, .cap = size};
+    if (w->failed) return ds4_fail(err, "%s", w->first_err.msg);
+    if (size != gguf_writer_image_size(w))
+        return ds4_fail(err, "memory image is %llu bytes, the file needs %llu",
+                        (unsigned long long)size, (unsigned long long)gguf_writer_image_size(w));
+    if (write_all(w, &o, err)) return -1;
+    if (o.failed) return ds4_fail(err, "internal: memory image overflow");
+    put_zeros_to(&o, size);
+    return 0;
 }

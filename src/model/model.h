@@ -122,7 +122,8 @@ int ds4_hparams_read(const gguf_file *f, ds4_hparams *hp, ds4_err *err);
 /* Errors start with the path ("PATH: missing tensor ..."). */
 int ds4_model_open(ds4_model *m, const char *path, ds4_err *err);
 /* The same over a caller-owned buffer that must outlive the model (fuzzing);
- * errors carry no path prefix. */
+ * errors carry no path prefix. ds4-bench opens synthetic models this way
+ * (ds4_synth_model_image). */
 int ds4_model_open_memory(ds4_model *m, const void *buf, uint64_t size, ds4_err *err);
 void ds4_model_close(ds4_model *m);
 /* Validates against the main model's hyperparameters. */

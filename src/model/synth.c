@@ -11,12 +11,16 @@
  * and d is then set to std / RMS. Every bit pattern of the code bytes is a
  * valid block for Q8_0, Q2_K, Q4_K and IQ2_XXS (model-spec §14). */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "../quant/quant.h"
 #include "synth.h"
+
+#define IMAGE_ALIGN (2u << 20) /* memory images start on a 2 MiB (huge page) boundary */
 
 /* ---- presets ---- */
 
@@ -449,8 +453,38 @@ static int synth_begin(synth *s, const ds4_synth_config *c, size_t cap, ds4_err 
     return 0;
 }
 
-static int synth_finish(synth *s, int rc, const char *path) {
-    if (rc == 0) rc = gguf_writer_write(s->w, path, s->err);
+/* MemAvailable from /proc/meminfo, or 0 when unknown. */
+static uint64_t memory_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    if (!f) return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (uint64_t)kb << 10;
+}
+
+/* Writes the file to path, or (path NULL) into a new memory image. An image
+ * larger than the memory available is refused up front: with overcommit the
+ * allocation would succeed and the process be killed while filling it. */
+static int synth_finish(synth *s, int rc, const char *path, void **image, uint64_t *size) {
+    if (rc == 0 && path) rc = gguf_writer_write(s->w, path, s->err);
+    if (rc == 0 && !path) {
+        uint64_t n = gguf_writer_image_size(s->w), avail = memory_available();
+        void *buf = NULL;
+        if (avail && n > avail) {
+            rc = ds4_fail(s->err, "a %.2f GiB model image does not fit in the %.2f GiB of memory available "
+                          "(fewer layers?)", (double)n / (1 << 30), (double)avail / (1 << 30));
+        } else if (n > SIZE_MAX || posix_memalign(&buf, IMAGE_ALIGN, (size_t)n) != 0) {
+            rc = ds4_fail(s->err, "out of memory for a %.2f GiB model image", (double)n / (1 << 30));
+        } else {
+            madvise(buf, (size_t)n, MADV_HUGEPAGE); /* fewer TLB misses on weights; advisory */
+            rc = gguf_writer_write_memory(s->w, buf, n, s->err);
+            if (rc == 0) { *image = buf; *size = n; }
+            else free(buf);
+        }
+    }
     gguf_writer_free(s->w);
     free(s->specs);
     return rc;
@@ -469,13 +503,24 @@ static int add_model_tensors(synth *s) {
     return 0;
 }
 
-int ds4_synth_write_model(const ds4_synth_config *c, const char *path, ds4_err *err) {
+static int synth_model(const ds4_synth_config *c, const char *path, void **image, uint64_t *size,
+                       ds4_err *err) {
     if (c->hp.n_layer < 1 || c->hp.n_layer > DS4_MAX_LAYERS)
         return ds4_fail(err, "layer count %u is not in 1..%d", c->hp.n_layer, DS4_MAX_LAYERS);
     synth s;
     if (synth_begin(&s, c, 16 + (size_t)c->hp.n_layer * 40, err)) return -1;
     add_model_meta(&s);
-    return synth_finish(&s, add_model_tensors(&s), path);
+    return synth_finish(&s, add_model_tensors(&s), path, image, size);
+}
+
+int ds4_synth_write_model(const ds4_synth_config *c, const char *path, ds4_err *err) {
+    return synth_model(c, path, NULL, NULL, err);
+}
+
+int ds4_synth_model_image(const ds4_synth_config *c, void **image, uint64_t *size, ds4_err *err) {
+    *image = NULL;
+    *size = 0;
+    return synth_model(c, NULL, image, size, err);
 }
 
 static int add_mtp_tensors(synth *s) {
@@ -499,5 +544,5 @@ int ds4_synth_write_mtp(const ds4_synth_config *c, const char *path, ds4_err *er
     if (synth_begin(s, c, 64, err)) return -1;
     META(str, "general.architecture", "deepseek4");
     META(str, "general.name", "DeepSeek V4 Flash MTP (synthetic)");
-    return synth_finish(s, add_mtp_tensors(s), path);
+    return synth_finish(s, add_mtp_tensors(s), path, NULL, NULL);
 }

@@ -7,7 +7,8 @@
  * HC scales and biases. Quantised tensors get random codes with calibrated
  * block scales (no quantiser is run), so full-size files are cheap to make;
  * tensor data is produced while the file is streamed out, one tensor at a
- * time. ds4_synth_write_mtp() writes the matching MTP file (§2.4).
+ * time (or generated in place into a memory image). ds4_synth_write_mtp()
+ * writes the matching MTP file (§2.4).
  *
  * Presets: "tiny" (n_embd 256, 6 layers with ratios 0,0,4,16,4,16, 3 hash
  * layers, 8 heads of 128, 16 experts top-4, 16 indexer heads of 128, top-k
@@ -84,6 +85,10 @@ int ds4_synth_vocab_from_json(ds4_synth_vocab *v, const char *path, uint32_t min
 void ds4_synth_vocab_free(ds4_synth_vocab *v);
 
 int ds4_synth_write_model(const ds4_synth_config *c, const char *path, ds4_err *err);
+/* The same model as an in-memory GGUF image (for ds4_model_open_memory, so
+ * benchmarks need no multi-GB file): *image is 2 MiB-aligned, *size bytes;
+ * the caller frees it with free() after closing the model. */
+int ds4_synth_model_image(const ds4_synth_config *c, void **image, uint64_t *size, ds4_err *err);
 int ds4_synth_write_mtp(const ds4_synth_config *c, const char *path, ds4_err *err);
 
 #endif

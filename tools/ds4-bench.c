@@ -1,0 +1,620 @@
+/* ds4-bench — prefill and decode throughput at context frontiers.
+ *
+ *   ds4-bench -m ds4flash.gguf --prompt-file long.txt --ctx-max 32768 --csv out.csv
+ *   ds4-bench --synthetic q2 --layers 2 --ctx-start 512 --ctx-max 2048 --step-mul 2
+ *
+ * The method is ds4's (server-spec §7.1): one fixed token sequence is walked
+ * to each frontier f = ctx-start, next, ..., ctx-max. At each frontier the
+ * incremental prefill of the tokens since the previous frontier is timed;
+ * the session is then saved to an in-memory DS4 payload (untimed), exactly
+ * --gen-tokens greedy decode steps are timed (argmax with EOS excluded, so
+ * every row decodes the same number of tokens), and the payload is loaded
+ * back (untimed) before moving on. One CSV row per frontier:
+ * ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes
+ * (kvcache_bytes = the payload size).
+ *
+ * --synthetic q2|q4 needs no model file: random weights of the published
+ * layout (src/model/synth.c, the same generator ds4-mkmodel uses) are laid
+ * out as a GGUF image in RAM and the engine reads them in place. Without a
+ * prompt file the sequence is random token ids.
+ *
+ * On stderr, a human summary: per frontier the decode time per token and
+ * the weight bytes one decode step reads (src/model/traffic.c, from the
+ * loaded model's own tensors), as GB/s and as a share of the memory read
+ * bandwidth this tool measures first with a multi-threaded read loop. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../src/backend/cpu/cpu_pool.h"
+#include "../src/chat/chat.h"
+#include "../src/engine/engine.h"
+#include "../src/engine/session_payload.h"
+#include "../src/model/synth.h"
+#include "../src/model/traffic.h"
+#include "../src/quant/quant.h"
+#include "../src/tok/tokenizer.h"
+
+typedef struct bench_opts {
+    const char *model_path;
+    const char *prompt_path, *chat_prompt_path;
+    const char *system;
+    const char *csv_path;
+    const char *backend;
+    const char *synthetic;   /* "q2" / "q4" or NULL */
+    const char *preset;
+    int layers;              /* 0 = the preset's count */
+    int threads;
+    int ctx_start, ctx_max, ctx_alloc, step_incr, gen_tokens, prefill_chunk;
+    double step_mul;
+    int bw_mib;              /* bandwidth probe buffer, 0 = skip */
+    bool warm_weights;
+} bench_opts;
+
+static void usage(FILE *out) {
+    fprintf(out,
+        "usage: ds4-bench (--prompt-file FILE | --chat-prompt-file FILE | --synthetic q2|q4) [options]\n"
+        "\n"
+        "Prefill and greedy decode tok/s at context frontiers ctx-start, ..., ctx-max\n"
+        "(CSV: ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes).\n"
+        "\n"
+        "Input:\n"
+        "  --prompt-file FILE       raw text; its tokens are sliced at each frontier\n"
+        "  --chat-prompt-file FILE  FILE rendered as one non-thinking chat user turn\n"
+        "  -sys, --system TEXT      system text for --chat-prompt-file\n"
+        "                           (default \"You are a helpful assistant.\")\n"
+        "  (with --synthetic and no prompt file: random token ids)\n"
+        "Model:\n"
+        "  -m, --model FILE         GGUF model (default ds4flash.gguf)\n"
+        "  --synthetic q2|q4        random weights of the published layout, built in memory\n"
+        "  --preset flash|tiny      dimensions for --synthetic (default flash)\n"
+        "  --layers N               layer count for --synthetic (default: the preset's)\n"
+        "  --backend cpu|cuda, --cpu, --cuda   compute backend (default: best available)\n"
+        "  -t, --threads N          CPU threads (default DS4_THREADS or all cores)\n"
+        "  --prefill-chunk N        tokens per prefill chunk (default: the engine's)\n"
+        "  --warm-weights           touch every weight page before measuring\n"
+        "Sweep:\n"
+        "  --ctx-start N            first frontier (default 2048)\n"
+        "  --ctx-max N              last frontier (default 32768)\n"
+        "  --ctx-alloc N            session context (default ctx-max + gen-tokens + 1)\n"
+        "  --step-incr N            linear step when --step-mul is 1 (default 2048)\n"
+        "  --step-mul F             geometric step: next = ceil(cur * F) (default 1)\n"
+        "  -n, --gen-tokens N       greedy decode tokens per frontier (default 128)\n"
+        "Output:\n"
+        "  --csv FILE               CSV there instead of stdout\n"
+        "  --bw-mib N               memory bandwidth probe buffer in MiB (default 512, 0 = skip)\n"
+        "  -h, --help               this help\n");
+}
+
+/* ------------------------------------------------------------ options */
+
+static int parse_int(const char *flag, const char *s, int min, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > INT_MAX) {
+        fprintf(stderr, "ds4-bench: %s needs an integer >= %d, got '%s'\n", flag, min, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* 0 = ok, 1 = help printed, 2 = usage error (message printed). */
+static int parse_args(int argc, char **argv, bench_opts *o) {
+    *o = (bench_opts){.model_path = "ds4flash.gguf", .system = "You are a helpful assistant.",
+                      .preset = "flash", .ctx_start = 2048, .ctx_max = 32768, .step_incr = 2048,
+                      .gen_tokens = 128, .step_mul = 1.0, .bw_mib = 512};
+    bool model_given = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+#define IS(s) (strcmp(a, s) == 0)
+        if (IS("-h") || IS("--help")) { usage(stdout); return 1; }
+        if (IS("--cpu")) { o->backend = "cpu"; continue; }
+        if (IS("--cuda")) { o->backend = "cuda"; continue; }
+        if (IS("--warm-weights")) { o->warm_weights = true; continue; }
+        if (a[0] != '-') {
+            fprintf(stderr, "ds4-bench: unexpected argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool known = IS("-m") || IS("--model") || IS("--prompt-file") || IS("--chat-prompt-file") ||
+                     IS("-sys") || IS("--system") || IS("--csv") || IS("--backend") || IS("--synthetic") ||
+                     IS("--preset") || IS("--layers") || IS("-t") || IS("--threads") || IS("--ctx-start") ||
+                     IS("--ctx-max") || IS("--ctx-alloc") || IS("--step-incr") || IS("--step-mul") ||
+                     IS("--gen-tokens") || IS("--tokens") || IS("-n") || IS("--prefill-chunk") ||
+                     IS("--bw-mib");
+        if (!known) {
+            fprintf(stderr, "ds4-bench: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (!v) {
+            fprintf(stderr, "ds4-bench: %s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        int rc = 0;
+        if (IS("-m") || IS("--model")) { o->model_path = v; model_given = true; }
+        else if (IS("--prompt-file")) o->prompt_path = v;
+        else if (IS("--chat-prompt-file")) o->chat_prompt_path = v;
+        else if (IS("-sys") || IS("--system")) o->system = v;
+        else if (IS("--csv")) o->csv_path = v;
+        else if (IS("--backend")) o->backend = v;
+        else if (IS("--synthetic")) o->synthetic = v;
+        else if (IS("--preset")) o->preset = v;
+        else if (IS("--layers")) rc = parse_int(a, v, 1, &o->layers);
+        else if (IS("-t") || IS("--threads")) rc = parse_int(a, v, 1, &o->threads);
+        else if (IS("--ctx-start")) rc = parse_int(a, v, 1, &o->ctx_start);
+        else if (IS("--ctx-max")) rc = parse_int(a, v, 1, &o->ctx_max);
+        else if (IS("--ctx-alloc")) rc = parse_int(a, v, 1, &o->ctx_alloc);
+        else if (IS("--step-incr")) rc = parse_int(a, v, 1, &o->step_incr);
+        else if (IS("--prefill-chunk")) rc = parse_int(a, v, 1, &o->prefill_chunk);
+        else if (IS("--bw-mib")) rc = parse_int(a, v, 0, &o->bw_mib);
+        else if (IS("--gen-tokens") || IS("--tokens") || IS("-n")) rc = parse_int(a, v, 1, &o->gen_tokens);
+        else if (IS("--step-mul")) {
+            char *end;
+            errno = 0;
+            o->step_mul = strtod(v, &end);
+            if (errno || end == v || *end || !isfinite(o->step_mul) || o->step_mul < 1.0) {
+                fprintf(stderr, "ds4-bench: --step-mul needs a number >= 1, got '%s'\n", v);
+                return 2;
+            }
+        }
+#undef IS
+        if (rc) return 2;
+    }
+    if (o->prompt_path && o->chat_prompt_path) {
+        fprintf(stderr, "ds4-bench: give only one of --prompt-file and --chat-prompt-file\n");
+        return 2;
+    }
+    if (!o->prompt_path && !o->chat_prompt_path && !o->synthetic) {
+        fprintf(stderr, "ds4-bench: --prompt-file or --chat-prompt-file is required (or --synthetic)\n");
+        return 2;
+    }
+    if (o->synthetic && model_given) {
+        fprintf(stderr, "ds4-bench: --synthetic builds its own model; drop -m\n");
+        return 2;
+    }
+    if (o->synthetic && strcmp(o->synthetic, "q2") != 0 && strcmp(o->synthetic, "q4") != 0) {
+        fprintf(stderr, "ds4-bench: --synthetic is q2 or q4, got '%s'\n", o->synthetic);
+        return 2;
+    }
+    if (!o->synthetic && (o->layers || strcmp(o->preset, "flash") != 0)) {
+        fprintf(stderr, "ds4-bench: --preset and --layers go with --synthetic\n");
+        return 2;
+    }
+    if (strcmp(o->preset, "flash") != 0 && strcmp(o->preset, "tiny") != 0) {
+        fprintf(stderr, "ds4-bench: --preset is flash or tiny, got '%s'\n", o->preset);
+        return 2;
+    }
+    if (o->backend && strcmp(o->backend, "cpu") != 0 && strcmp(o->backend, "cuda") != 0) {
+        fprintf(stderr, "ds4-bench: --backend is cpu or cuda, got '%s'\n", o->backend);
+        return 2;
+    }
+    if (o->ctx_start > o->ctx_max) {
+        fprintf(stderr, "ds4-bench: --ctx-start %d is larger than --ctx-max %d\n", o->ctx_start, o->ctx_max);
+        return 2;
+    }
+    if (o->ctx_max > INT_MAX - o->gen_tokens - 1) {
+        fprintf(stderr, "ds4-bench: --ctx-max + --gen-tokens is too large\n");
+        return 2;
+    }
+    if (!o->ctx_alloc) o->ctx_alloc = o->ctx_max + o->gen_tokens + 1;
+    if (o->ctx_alloc <= o->ctx_max + o->gen_tokens) {
+        fprintf(stderr, "ds4-bench: --ctx-alloc %d must be greater than ctx-max + gen-tokens (%d)\n",
+                o->ctx_alloc, o->ctx_max + o->gen_tokens);
+        return 2;
+    }
+    return 0;
+}
+
+/* The frontier after cur (server-spec §1.4): +step-incr, or ceil(cur * step-mul)
+ * but at least cur + 1; never past ctx-max. */
+static int next_frontier(const bench_opts *o, int cur) {
+    double next = o->step_mul == 1.0 ? (double)cur + o->step_incr : ceil((double)cur * o->step_mul);
+    if (next < (double)cur + 1) next = (double)cur + 1;
+    return next > (double)o->ctx_max ? o->ctx_max : (int)next;
+}
+
+/* --------------------------------------------------------------- timing */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ----------------------------------------------- memory read bandwidth */
+
+typedef uint64_t u64x8 __attribute__((vector_size(64)));
+
+typedef struct bw_job {
+    const u64x8 *base;
+    size_t n;       /* vectors in this thread's slice */
+    uint64_t sink;  /* keeps the loads alive */
+    pthread_barrier_t *start;
+} bw_job;
+
+static void *bw_read_slice(void *arg) {
+    bw_job *j = arg;
+    u64x8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    pthread_barrier_wait(j->start);
+    size_t i = 0;
+    for (; i + 4 <= j->n; i += 4) {
+        a0 ^= j->base[i];
+        a1 ^= j->base[i + 1];
+        a2 ^= j->base[i + 2];
+        a3 ^= j->base[i + 3];
+    }
+    for (; i < j->n; i++) a0 ^= j->base[i];
+    u64x8 a = a0 ^ a1 ^ a2 ^ a3;
+    uint64_t s = 0;
+    for (int k = 0; k < 8; k++) s ^= a[k];
+    j->sink = s;
+    return NULL;
+}
+
+/* Best of five timed passes of `threads` threads each reading its share of
+ * a `mib` MiB buffer (written once first, so every page is resident).
+ * Returns bytes per second, or 0 if it could not run. */
+static double measure_read_bandwidth(int threads, int mib) {
+    size_t bytes = (size_t)mib << 20, nvec = bytes / sizeof(u64x8);
+    u64x8 *buf = NULL;
+    if (threads < 1 || nvec < (size_t)threads || posix_memalign((void **)&buf, 1 << 21, bytes)) return 0;
+    memset(buf, 0x5a, bytes);
+    bw_job *jobs = calloc((size_t)threads, sizeof *jobs);
+    pthread_t *tid = calloc((size_t)threads, sizeof *tid);
+    double best = 0;
+    pthread_barrier_t start;
+    if (!jobs || !tid || pthread_barrier_init(&start, NULL, (unsigned)threads + 1)) {
+        free(jobs); free(tid); free(buf);
+        return 0;
+    }
+    for (int pass = 0; pass < 6; pass++) { /* pass 0 warms up */
+        int started = 0;
+        for (int t = 0; t < threads; t++) {
+            size_t lo = nvec * t / threads, hi = nvec * (t + 1) / threads;
+            jobs[t] = (bw_job){buf + lo, hi - lo, 0, &start};
+            if (pthread_create(&tid[t], NULL, bw_read_slice, &jobs[t])) break;
+            started++;
+        }
+        if (started < threads) { /* cannot happen short of resource exhaustion */
+            for (int t = 0; t < started; t++) pthread_cancel(tid[t]);
+            best = 0;
+            break;
+        }
+        double t0 = now_s();
+        pthread_barrier_wait(&start);
+        for (int t = 0; t < threads; t++) pthread_join(tid[t], NULL);
+        double dt = now_s() - t0;
+        if (pass > 0 && dt > 0 && bytes / dt > best) best = bytes / dt;
+    }
+    pthread_barrier_destroy(&start);
+    free(jobs);
+    free(tid);
+    free(buf);
+    return best;
+}
+
+/* ------------------------------------------------------------ the model */
+
+/* Builds the synthetic model image (*image freed by the caller). */
+static int build_synthetic(const bench_opts *o, void **image, uint64_t *size, ds4_err *err) {
+    ds4_synth_config c;
+    memset(&c, 0, sizeof c);
+    c.seed = 1;
+    c.name = "DeepSeek V4 Flash (synthetic, ds4-bench)";
+    if (ds4_synth_preset(o->preset, (uint32_t)o->layers, &c.hp, err) ||
+        ds4_synth_expert_types(o->synthetic, &c.expert_gate_type, &c.expert_down_type, err))
+        return -1;
+    ds4_synth_vocab vocab;
+    if (ds4_synth_vocab_fallback(&vocab, c.hp.n_vocab, err)) return -1;
+    c.hp.n_vocab = vocab.n_tokens;
+    c.vocab = &vocab;
+    int rc = ds4_synth_model_image(&c, image, size, err);
+    ds4_synth_vocab_free(&vocab);
+    return rc;
+}
+
+/* Reads one byte per page of every tensor so the weights are resident. */
+static void warm_weights(const ds4_model *m) {
+    const uint8_t *p = m->file.base + m->file.data_offset;
+    uint64_t n = m->file.size - m->file.data_offset, page = (uint64_t)sysconf(_SC_PAGESIZE);
+    volatile uint8_t sink = 0;
+    for (uint64_t i = 0; i < n; i += page) sink ^= p[i];
+    (void)sink;
+}
+
+/* ---------------------------------------------------------- the prompt */
+
+static char *read_text_file(const char *path, size_t *len, ds4_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { ds4_fail(err, "cannot open %s: %s", path, strerror(errno)); return NULL; }
+    ds4_buf b = {0};
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) ds4_buf_add(&b, chunk, n);
+    if (ferror(f)) {
+        ds4_fail(err, "cannot read %s: %s", path, strerror(errno));
+        fclose(f);
+        ds4_buf_free(&b);
+        return NULL;
+    }
+    fclose(f);
+    *len = b.len;
+    return ds4_buf_take(&b);
+}
+
+/* The benchmark's token sequence: the prompt file's tokens, or random ids. */
+static int prompt_tokens(const bench_opts *o, ds4_engine *e, int32_t **ids, size_t *n, ds4_err *err) {
+    const ds4_tokenizer *tok = ds4_engine_tokenizer(e);
+    *ids = NULL;
+    *n = 0;
+    if (!o->prompt_path && !o->chat_prompt_path) {
+        int32_t n_vocab = ds4_tokenizer_n_vocab(tok);
+        uint64_t rng = 0x9e3779b97f4a7c15ull;
+        *ids = malloc(sizeof **ids * (size_t)o->ctx_max);
+        if (!*ids) return ds4_fail(err, "out of memory");
+        for (int i = 0; i < o->ctx_max; i++) {
+            rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27; /* xorshift64* */
+            (*ids)[i] = (int32_t)((rng * 0x2545f4914f6cdd1dull >> 33) % (uint64_t)n_vocab);
+        }
+        *n = (size_t)o->ctx_max;
+        return 0;
+    }
+    const char *path = o->prompt_path ? o->prompt_path : o->chat_prompt_path;
+    size_t len;
+    char *text = read_text_file(path, &len, err);
+    if (!text) return -1;
+    int rc;
+    if (o->prompt_path) {
+        rc = ds4_tokenize(tok, text, len, false, ids, n, err);
+    } else {
+        ds4_chat_msg msgs[2] = {{.role = DS4_ROLE_SYSTEM, .content = o->system},
+                                {.role = DS4_ROLE_USER, .content = text}};
+        ds4_chat chat = {.msgs = msgs, .n_msgs = 2};
+        ds4_chat_opts copts = {.mode = DS4_THINK_NONE, .ctx = o->ctx_alloc};
+        ds4_buf rendered = {0};
+        rc = ds4_chat_render(&chat, &copts, &rendered, err);
+        if (rc == 0) rc = ds4_tokenize(tok, rendered.p, rendered.len, true, ids, n, err);
+        ds4_buf_free(&rendered);
+    }
+    free(text);
+    if (rc) return ds4_fail_prefix(err, path);
+    if (*n < (size_t)o->ctx_max) {
+        free(*ids);
+        *ids = NULL;
+        return ds4_fail(err, "%s has %zu tokens, fewer than --ctx-max %d", path, *n,
+                        o->ctx_max);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------- the snapshot */
+
+typedef struct mem_payload {
+    uint8_t *p;
+    size_t len, cap, pos;
+} mem_payload;
+
+static int payload_write(void *ctx, const void *buf, size_t n) {
+    mem_payload *m = ctx;
+    if (n > m->cap - m->len) return -1;
+    memcpy(m->p + m->len, buf, n);
+    m->len += n;
+    return 0;
+}
+
+static int payload_read(void *ctx, void *buf, size_t n) {
+    mem_payload *m = ctx;
+    if (n > m->len - m->pos) return -1;
+    memcpy(buf, m->p + m->pos, n);
+    m->pos += n;
+    return 0;
+}
+
+static int snapshot_save(ds4_session *s, mem_payload *m, ds4_err *err) {
+    uint64_t need = ds4_session_payload_bytes(s);
+    if (need > m->cap) {
+        if (need > SIZE_MAX) return ds4_fail(err, "snapshot of %llu bytes is too large", (unsigned long long)need);
+        uint8_t *p = realloc(m->p, (size_t)need);
+        if (!p) return ds4_fail(err, "out of memory for a %llu-byte snapshot", (unsigned long long)need);
+        m->p = p;
+        m->cap = (size_t)need;
+    }
+    m->len = m->pos = 0;
+    ds4_writer w = {payload_write, m};
+    return ds4_session_save_payload(s, &w, err);
+}
+
+static int snapshot_restore(ds4_session *s, mem_payload *m, ds4_err *err) {
+    m->pos = 0;
+    ds4_reader r = {payload_read, m};
+    return ds4_session_load_payload(s, &r, m->len, err);
+}
+
+/* --------------------------------------------------------------- decode */
+
+/* First index of the largest logit, EOS excluded (§7.1). */
+static int32_t argmax_except(const float *logits, int n_vocab, int32_t eos) {
+    int32_t best = -1;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        if (i == eos) continue;
+        if (best < 0 || logits[i] > logits[best]) best = i;
+    }
+    return best;
+}
+
+/* ------------------------------------------------------------------ run */
+
+typedef struct frontier_result {
+    int ctx, prefill_tokens;
+    double prefill_s, gen_s;
+    uint64_t kv_bytes;
+} frontier_result;
+
+/* Bytes for people: "734.0 MB", "9.561 GB". */
+static const char *show_bytes(double b, char buf[32]) {
+    if (b < 1e9) snprintf(buf, 32, "%.1f MB", b / 1e6);
+    else snprintf(buf, 32, "%.3f GB", b / 1e9);
+    return buf;
+}
+
+static void print_setup(const bench_opts *o, ds4_engine *e, int threads, double bw, double build_s) {
+    const ds4_model *m = ds4_engine_model(e);
+    if (o->synthetic)
+        fprintf(stderr, "ds4-bench: model: synthetic %s %s, %u layers, %.2f GiB of weights in RAM (built in %.1f s)\n",
+                o->preset, o->synthetic, m->hp.n_layer, (double)m->weight_bytes / (1 << 30), build_s);
+    else
+        fprintf(stderr, "ds4-bench: model: %s, %s experts, %u layers, %.2f GiB of weights\n", o->model_path,
+                ds4_model_expert_quant_name(m), m->hp.n_layer, (double)m->weight_bytes / (1 << 30));
+    fprintf(stderr, "ds4-bench: backend %s, %d threads, ctx %d, simd %s\n", ds4_engine_backend_name(e),
+            threads, ds4_engine_ctx(e), ds4_isa_name(ds4_quant_get_isa()));
+    if (bw > 0)
+        fprintf(stderr, "ds4-bench: measured memory read bandwidth: %.1f GB/s (%d threads, %d MiB, best of 5)\n",
+                bw / 1e9, threads, o->bw_mib);
+    ds4_decode_traffic t;
+    ds4_decode_traffic_at(m, 0, &t);
+    char b[8][32];
+    fprintf(stderr,
+            "ds4-bench: weights read per decode token: %s = layers %s (attention %s, shared expert %s, "
+            "routed experts %s, hc+router %s, compressors %s) + head %s",
+            show_bytes(t.total, b[0]), show_bytes(t.layers, b[1]), show_bytes(t.attention, b[2]),
+            show_bytes(t.shared_expert, b[3]), show_bytes(t.routed_experts, b[4]),
+            show_bytes(t.hc + t.router, b[5]), show_bytes(t.compressors, b[6]), show_bytes(t.head, b[7]));
+    ds4_decode_traffic_at(m, (uint64_t)o->ctx_max + o->gen_tokens, &t);
+    if (t.indexer)
+        fprintf(stderr, "; + indexer %s past ctx %u", show_bytes(t.indexer, b[0]), 4 * m->hp.indexer_top_k);
+    fprintf(stderr, "\n");
+}
+
+/* Mean weight bytes per step over the decode positions [ctx, ctx + n). */
+static double mean_traffic(const ds4_model *m, int ctx, int n) {
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        ds4_decode_traffic t;
+        ds4_decode_traffic_at(m, (uint64_t)ctx + i, &t);
+        sum += (double)t.total;
+    }
+    return sum / n;
+}
+
+static void print_frontier(const ds4_model *m, const frontier_result *r, int gen, double bw) {
+    double ms = r->gen_s * 1e3 / gen, bytes = mean_traffic(m, r->ctx, gen);
+    double gbps = bytes / (ms * 1e-3) / 1e9;
+    char b[32];
+    fprintf(stderr, "ds4-bench: ctx %6d: prefill %6d tok %8.2f tok/s | decode %4d tok %7.2f tok/s, %8.2f ms/tok, "
+            "%s/tok = %.2f GB/s", r->ctx, r->prefill_tokens, r->prefill_tokens / r->prefill_s, gen,
+            gen / r->gen_s, ms, show_bytes(bytes, b), gbps);
+    if (bw > 0) fprintf(stderr, " = %.0f%% of measured bandwidth", 100.0 * gbps * 1e9 / bw);
+    fprintf(stderr, "\n");
+}
+
+static int run_sweep(const bench_opts *o, ds4_engine *e, const int32_t *ids, FILE *csv, double bw, ds4_err *err) {
+    ds4_session *s = NULL;
+    if (ds4_session_new(e, &s, err)) return -1;
+    const ds4_model *m = ds4_engine_model(e);
+    int n_vocab = (int)m->hp.n_vocab;
+    int32_t eos = ds4_tokenizer_specials(ds4_engine_tokenizer(e)).eos;
+    mem_payload snap = {0};
+    int rc = 0, prev = 0;
+    fprintf(csv, "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes\n");
+    fflush(csv);
+    for (int f = o->ctx_start;; f = next_frontier(o, f)) {
+        frontier_result r = {.ctx = f, .prefill_tokens = f - prev};
+        double t0 = now_s();
+        rc = ds4_session_sync(s, ids, f, NULL, NULL, NULL, err);
+        r.prefill_s = now_s() - t0;
+        if (rc) { ds4_fail_prefix(err, "prefill"); break; }
+        if ((rc = snapshot_save(s, &snap, err))) break;
+        r.kv_bytes = snap.len;
+        t0 = now_s();
+        for (int i = 0; i < o->gen_tokens && rc == 0; i++) {
+            int32_t next = argmax_except(ds4_session_logits(s), n_vocab, eos);
+            rc = ds4_session_eval(s, &next, 1, NULL, NULL, err);
+        }
+        r.gen_s = now_s() - t0;
+        if (rc) { ds4_fail_prefix(err, "decode"); break; }
+        if ((rc = snapshot_restore(s, &snap, err))) break;
+        fprintf(csv, "%d,%d,%.2f,%d,%.2f,%llu\n", f, r.prefill_tokens,
+                r.prefill_s > 0 ? r.prefill_tokens / r.prefill_s : 0.0, o->gen_tokens,
+                r.gen_s > 0 ? o->gen_tokens / r.gen_s : 0.0, (unsigned long long)r.kv_bytes);
+        fflush(csv);
+        print_frontier(m, &r, o->gen_tokens, bw);
+        prev = f;
+        if (f >= o->ctx_max) break;
+    }
+    free(snap.p);
+    ds4_session_free(s);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    bench_opts o;
+    int prc = parse_args(argc, argv, &o);
+    if (prc) return prc == 1 ? 0 : 2;
+
+    ds4_err err = {{0}};
+    void *image = NULL;
+    uint64_t image_size = 0;
+    double build_s = 0;
+    if (o.synthetic) {
+        double t0 = now_s();
+        if (build_synthetic(&o, &image, &image_size, &err)) {
+            fprintf(stderr, "ds4-bench: %s\n", err.msg);
+            return 1;
+        }
+        build_s = now_s() - t0;
+    }
+    int threads = o.threads ? o.threads : cpu_default_threads();
+    ds4_engine_config cfg = {.model_path = o.synthetic ? NULL : o.model_path, .model_image = image,
+                             .model_image_size = image_size, .ctx = o.ctx_alloc, .threads = threads,
+                             .backend = o.backend, .prefill_chunk = o.prefill_chunk};
+    ds4_engine *e = NULL;
+    if (ds4_engine_open(&e, &cfg, &err)) {
+        fprintf(stderr, "ds4-bench: %s\n", err.msg);
+        free(image);
+        return 1;
+    }
+    if (o.warm_weights) warm_weights(ds4_engine_model(e));
+
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    FILE *csv = stdout;
+    int rc = 1;
+    if (prompt_tokens(&o, e, &ids, &n_ids, &err)) {
+        fprintf(stderr, "ds4-bench: %s\n", err.msg);
+        goto done;
+    }
+    if (o.csv_path && !(csv = fopen(o.csv_path, "w"))) {
+        fprintf(stderr, "ds4-bench: cannot create %s: %s\n", o.csv_path, strerror(errno));
+        csv = stdout;
+        goto done;
+    }
+    double bw = o.bw_mib ? measure_read_bandwidth(threads, o.bw_mib) : 0;
+    print_setup(&o, e, threads, bw, build_s);
+    if (run_sweep(&o, e, ids, csv, bw, &err)) {
+        fprintf(stderr, "ds4-bench: %s\n", err.msg);
+        goto done;
+    }
+    rc = 0;
+done:
+    if (csv != stdout && fclose(csv) != 0 && rc == 0) {
+        fprintf(stderr, "ds4-bench: cannot write %s: %s\n", o.csv_path, strerror(errno));
+        rc = 1;
+    }
+    free(ids);
+    ds4_engine_close(e);
+    free(image);
+    return rc;
+}
