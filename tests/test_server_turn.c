@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "../src/server/ctx.h"
+#include "../src/chat/chat.h"
 #include "../src/server/turn.h"
 #include "testutil.h"
 
@@ -492,6 +493,46 @@ static void test_greedy_positions(void) {
     srv_request_free(&req);
 }
 
+/* The thinking continuation (gen.c): what a finished tool-less thinking
+ * turn remembers must be exactly the start of its follow-up's prompt, end
+ * with the turn's EOS, and leave the dropped reasoning out. */
+static void test_thinking_continuation(void) {
+    srv_ctx c = {.ctx_size = 32768};
+    static const struct { srv_api api; const char *first, *follow; } cases[] = {
+        {SRV_API_CHAT, "{\"messages\":[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"hi\"}]}",
+         "{\"messages\":[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"hi\"},"
+         "{\"role\":\"assistant\",\"content\":\"Hello there.\"},{\"role\":\"user\",\"content\":\"more\"}]}"},
+        {SRV_API_MESSAGES, "{\"system\":\"S\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+         "{\"system\":\"S\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":"
+         "[{\"type\":\"thinking\",\"thinking\":\"secret plan\",\"signature\":\"x\"},{\"type\":\"text\",\"text\":\"Hello there.\"}]},"
+         "{\"role\":\"user\",\"content\":\"more\"}]}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        srv_request first, follow;
+        srv_error e;
+        CHECK(srv_parse_request(cases[i].api, cases[i].first, strlen(cases[i].first), &defaults_high, &first, &e) == 0 &&
+                  srv_parse_request(cases[i].api, cases[i].follow, strlen(cases[i].follow), &defaults_high, &follow, &e) == 0,
+              "requests parse");
+        char *visible = srv_render_continuation(&c, &first, "secret plan", "Hello there.");
+        char *prompt = NULL;
+        CHECK(srv_render_prompt(&c, &follow, &prompt, &e) == 0, "follow-up renders");
+        CHECK(visible && prompt && !strncmp(prompt, visible, strlen(visible)), "case %zu: visible is the follow-up's start\n%s\n%s",
+              i, visible ? visible : "(null)", prompt ? prompt : "(null)");
+        CHECK(visible && strlen(visible) > 20 && !strcmp(visible + strlen(visible) - strlen(DS4_CHAT_EOS), DS4_CHAT_EOS) &&
+                  !strstr(visible, "secret plan") && strstr(visible, "Hello there."),
+              "case %zu: ends with EOS, reasoning dropped: %s", i, visible ? visible : "(null)");
+        free(visible);
+        free(prompt);
+        srv_request_free(&first);
+        srv_request_free(&follow);
+    }
+    srv_request comp;
+    srv_error e;
+    CHECK(srv_parse_request(SRV_API_COMPLETIONS, "{\"prompt\":\"x\"}", 14, &defaults_high, &comp, &e) == 0, "completion");
+    CHECK(srv_render_continuation(&c, &comp, "r", "c") == NULL, "no continuation for completions");
+    srv_request_free(&comp);
+}
+
 int main(void) {
     for (size_t piece = 0; piece <= 9; piece++) test_openai_stream(piece);
     test_openai_stream(1000);
@@ -504,5 +545,6 @@ int main(void) {
     test_toolmem();
     test_exact_replay();
     test_greedy_positions();
+    test_thinking_continuation();
     return TEST_DONE();
 }

@@ -62,6 +62,11 @@ typedef struct srv_ctx {
     bool busy;
     atomic_bool stopping;
     pthread_t worker;
+
+    /* worker only: after a tool-less thinking turn, the text its follow-up
+     * renders (reasoning dropped) and the session length it belongs to */
+    char *live_visible;
+    int live_visible_pos;
 } srv_ctx;
 
 struct srv_job {
@@ -90,6 +95,10 @@ int srv_render_prompt(srv_ctx *c, const srv_request *req, char **text, srv_error
 /* Renders req into job->prompt_text and tokenizes it into job->tokens;
  * checks the context (400 with the limit). */
 int srv_prepare_prompt(srv_ctx *c, srv_job *job, srv_error *err);
+/* The text the follow-up request of a finished turn renders up to and
+ * including the turn's EOS (req + an assistant message with reasoning and
+ * content); NULL where it cannot be known (other endpoints, render error). */
+char *srv_render_continuation(srv_ctx *c, const srv_request *req, const char *reasoning, const char *content);
 /* Number of prompt tokens of a request (count_tokens). */
 int srv_count_tokens(srv_ctx *c, const srv_request *req, int *n, srv_error *err);
 

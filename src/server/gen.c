@@ -12,8 +12,13 @@
  * evaluated.
  *
  * Prefix reuse: when the live session's tokens are a prefix of the new
- * prompt, only the suffix is evaluated (the disk KV cache will plug in
- * here). A batching worker would split this function at the decode loop:
+ * prompt, only the suffix is evaluated. Failing that, after a tool-less
+ * thinking turn (whose reasoning the next request's prompt drops, so no
+ * token prefix can match) a follow-up whose prompt text starts with what
+ * the turn rendered as continues the live session: EOS, then the new
+ * tokens, the old reasoning staying in the KV state (ds4's "thinking
+ * live continuation", server-spec §4.10). The disk KV cache will plug in
+ * after these. A batching worker would split this function at the decode loop:
  * prefill per job, then one batched engine step per iteration for all
  * running jobs, each with its own turn and sampler. */
 #include <math.h>
@@ -108,14 +113,37 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
     /* ---- prefix reuse + prefill ---- */
     int have = ds4_session_n_tokens(s), common;
     int cached = ds4_session_reusable(s, job->tokens, job->n_tokens, &common);
-    if (!cached) ds4_session_reset(s);
+    const char *source = cached ? "memory-token" : "none";
+    int32_t *cont = NULL; /* thinking continuation: EOS + the new text's tokens */
+    int n_eval = job->n_tokens - cached;
+    if (!cached && c->live_visible && have == c->live_visible_pos &&
+        !strncmp(job->prompt_text, c->live_visible, strlen(c->live_visible))) {
+        const char *rest = job->prompt_text + strlen(c->live_visible);
+        int32_t *ids = NULL;
+        size_t n_ids = 0;
+        if (*rest && ds4_tokenize(c->tok, rest, strlen(rest), true, &ids, &n_ids, &err) == 0 &&
+            have + (int)n_ids + 1 < c->ctx_size) {
+            cont = malloc(sizeof(int32_t) * (n_ids + 1));
+            if (!cont) abort();
+            cont[0] = ds4_tokenizer_specials(c->tok).eos;
+            memcpy(cont + 1, ids, sizeof(int32_t) * n_ids);
+            n_eval = (int)n_ids + 1;
+            cached = job->n_tokens > n_eval ? job->n_tokens - n_eval : 0;
+            source = "thinking-visible";
+        }
+        free(ids);
+    }
+    free(c->live_visible); /* a binding lives for the next job only */
+    c->live_visible = NULL;
+    if (!cont && !cached) ds4_session_reset(s);
     srv_log("request %lu %s ctx=%d..%d%s%s prompt start", job->seq, api_name(req->api), cached, job->n_tokens,
             req->has_tools ? " TOOLS" : "", req->think != SRV_THINK_NONE ? " THINKING" : "");
     srv_trace(c, "--- cache decision ---\nlive_tokens_before: %d\nprompt_tokens: %d\nlive_prompt_common: %d\n"
                  "cache_source: %s\ncached_tokens: %d\n",
-              have, job->n_tokens, common, cached ? "memory-token" : "none", cached);
+              have, job->n_tokens, common, source, cached);
     prefill_ctx pc = {.c = c, .job = job, .t_start = srv_now(), .t_log = srv_now()};
-    int rc = ds4_session_eval(s, job->tokens + cached, job->n_tokens - cached, on_prefill_progress, &pc, &err);
+    int rc = ds4_session_eval(s, cont ? cont : job->tokens + cached, n_eval, on_prefill_progress, &pc, &err);
+    free(cont);
     double t_decode = srv_now();
     if (rc == 1 || atomic_load(&job->cancelled)) {
         srv_metrics_cancelled(c->metrics);
@@ -132,7 +160,7 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         srv_emitter_free(em);
         return;
     }
-    srv_metrics_prefill(c->metrics, job->n_tokens - cached, t_decode - pc.t_start, cached);
+    srv_metrics_prefill(c->metrics, n_eval, t_decode - pc.t_start, cached);
 
     /* ---- decode ---- */
     srv_usage usage = {.prompt_tokens = job->n_tokens, .cached_tokens = cached};
@@ -208,6 +236,11 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         free(ids);
     }
     srv_emit_finish(em, &res);
+    if (res.finish == SRV_FINISH_STOP && !srv_turn_stop_hit(turn) && !error && req->think != SRV_THINK_NONE &&
+        res.reasoning_closed && res.n_calls == 0 && !req->has_tools) {
+        c->live_visible = srv_render_continuation(c, req, res.reasoning, res.content);
+        c->live_visible_pos = ds4_session_n_tokens(s);
+    }
     srv_log("request %lu finish=%s%s%s%s tokens=%d calls=%d", job->seq, srv_finish_name(res.finish),
             res.error ? " error=\"" : "", res.error ? res.error : "", res.error ? "\"" : "", generated, res.n_calls);
     trace_result(c, job, &res, srv_turn_generated(turn), srv_now() - pc.t_start);

@@ -31,8 +31,10 @@ static ds4_think_mode chat_mode(srv_think t) {
     return t == SRV_THINK_NONE ? DS4_THINK_NONE : t == SRV_THINK_MAX ? DS4_THINK_MAX : DS4_THINK_HIGH;
 }
 
-int srv_render_prompt(srv_ctx *c, const srv_request *req, char **text, srv_error *err) {
-    int n = req->api == SRV_API_COMPLETIONS ? 2 : req->n_msgs;
+/* Renders req's conversation followed by `extra` (2 messages, or NULL). */
+static int render_with(srv_ctx *c, const srv_request *req, const srv_message *extra, char **text, srv_error *err) {
+    int n_req = req->api == SRV_API_COMPLETIONS ? 2 : req->n_msgs;
+    int n = n_req + (extra ? 2 : 0);
     ds4_chat_msg *msgs = calloc((size_t)n + 1, sizeof *msgs);
     ds4_tool_call **calls = calloc((size_t)n + 1, sizeof *calls);
     char **raw = calloc((size_t)n + 1, sizeof *raw);
@@ -41,8 +43,8 @@ int srv_render_prompt(srv_ctx *c, const srv_request *req, char **text, srv_error
         msgs[0] = (ds4_chat_msg){.role = DS4_ROLE_SYSTEM, .content = "You are a helpful assistant"};
         msgs[1] = (ds4_chat_msg){.role = DS4_ROLE_USER, .content = req->prompt};
     }
-    for (int i = 0; req->api != SRV_API_COMPLETIONS && i < n; i++) {
-        const srv_message *m = &req->msgs[i];
+    for (int i = req->api == SRV_API_COMPLETIONS ? 2 : 0; i < n; i++) {
+        const srv_message *m = i < n_req ? &req->msgs[i] : &extra[i - n_req];
         msgs[i] = (ds4_chat_msg){
             .role = chat_role(m->role),
             .content = m->content,
@@ -90,6 +92,10 @@ int srv_render_prompt(srv_ctx *c, const srv_request *req, char **text, srv_error
     return 0;
 }
 
+int srv_render_prompt(srv_ctx *c, const srv_request *req, char **text, srv_error *err) {
+    return render_with(c, req, NULL, text, err);
+}
+
 static int tokenize(srv_ctx *c, const char *text, int32_t **ids, int *n, srv_error *err) {
     size_t nn = 0;
     ds4_err e = {{0}};
@@ -107,6 +113,27 @@ int srv_count_tokens(srv_ctx *c, const srv_request *req, int *n, srv_error *err)
     free(ids);
     free(text);
     return rc;
+}
+
+char *srv_render_continuation(srv_ctx *c, const srv_request *req, const char *reasoning, const char *content) {
+    if (req->api != SRV_API_CHAT && req->api != SRV_API_MESSAGES) return NULL;
+    srv_message extra[2] = {
+        {.role = SRV_ROLE_ASSISTANT, .content = (char *)content, .reasoning = (char *)reasoning},
+        {.role = SRV_ROLE_USER, .content = "."},
+    };
+    char *text = NULL;
+    srv_error e;
+    if (render_with(c, req, extra, &text, &e)) return NULL;
+    /* cut before the last User marker: what remains ends with the turn's EOS */
+    char *cut = NULL;
+    for (char *p = strstr(text, DS4_CHAT_USER); p; p = strstr(p + 1, DS4_CHAT_USER)) cut = p;
+    size_t eos = strlen(DS4_CHAT_EOS);
+    if (!cut || (size_t)(cut - text) < eos || memcmp(cut - eos, DS4_CHAT_EOS, eos)) {
+        free(text);
+        return NULL;
+    }
+    *cut = 0;
+    return text;
 }
 
 int srv_prepare_prompt(srv_ctx *c, srv_job *job, srv_error *err) {

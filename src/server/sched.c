@@ -149,6 +149,8 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&c->q_mu);
     }
     ds4_session_free(s);
+    free(c->live_visible);
+    c->live_visible = NULL;
     return NULL;
 }
 

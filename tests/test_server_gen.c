@@ -1,0 +1,117 @@
+/* test_server_gen.c — the worker's generation (gen.c) on a tiny random
+ * model, driven directly: jobs are parsed, rendered and run on one session
+ * the way the worker runs them. Checks the cache decisions (token-prefix
+ * reuse, the thinking continuation: EOS + only the new text, a mismatch
+ * resetting the session), cancellation before and during a job, max_tokens
+ * and the usage the response reports. Needs ds4-mkmodel (skips without). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "../src/server/ctx.h"
+#include "../src/tok/tokenizer.h"
+#include "testutil.h"
+
+static srv_ctx c;
+static ds4_session *sess;
+
+static srv_job *make_job(srv_api api, const char *body) {
+    srv_job *j = srv_job_new();
+    srv_parse_defaults d = {.think = SRV_THINK_HIGH};
+    srv_error e;
+    if (srv_parse_request(api, body, strlen(body), &d, &j->req, &e) || srv_prepare_prompt(&c, j, &e)) {
+        CHECK(0, "job: %s", e.message);
+        srv_job_unref(j);
+        return NULL;
+    }
+    j->id = srv_strdup("chatcmpl-1");
+    return j;
+}
+
+/* Runs a job; returns its usage object's cached/prompt/completion tokens. */
+static void run_job(srv_job *j, int *cached, int *prompt, int *completion) {
+    srv_generate(&c, sess, j);
+    json_t *v = json_loadb(j->out.p ? j->out.p : "", j->out.len, 0, NULL);
+    json_t *u = json_object_get(v, "usage");
+    *cached = (int)json_integer_value(json_object_get(json_object_get(u, "prompt_tokens_details"), "cached_tokens"));
+    *prompt = (int)json_integer_value(json_object_get(u, "prompt_tokens"));
+    *completion = (int)json_integer_value(json_object_get(u, "completion_tokens"));
+    CHECK(v != NULL, "job output is JSON: %.*s", (int)j->out.len, j->out.p);
+    json_decref(v);
+}
+
+int main(void) {
+    const char *build = getenv("DS4_BUILD") ? getenv("DS4_BUILD") : "build";
+    const char *tmp = getenv("DS4_TMP") ? getenv("DS4_TMP") : "/tmp";
+    char mk[512], model[512], cmd[1400];
+    snprintf(mk, sizeof mk, "%s/bin/ds4-mkmodel", build);
+    snprintf(model, sizeof model, "%s/server-gen-tiny.gguf", tmp);
+    if (access(mk, X_OK)) TEST_SKIP("ds4-mkmodel not built");
+    snprintf(cmd, sizeof cmd, "'%s' --preset tiny --seed 1 -o '%s' >/dev/null", mk, model);
+    if (system(cmd)) TEST_SKIP("ds4-mkmodel failed");
+
+    ds4_err err = {{0}};
+    ds4_engine_config ec = {.model_path = model, .ctx = 2048, .threads = 2};
+    if (ds4_engine_open(&c.engine, &ec, &err)) {
+        fprintf(stderr, "engine: %s\n", err.msg);
+        return 1;
+    }
+    c.tok = ds4_engine_tokenizer(c.engine);
+    c.ctx_size = ds4_engine_ctx(c.engine);
+    c.metrics = srv_metrics_new();
+    c.cfg = (srv_config){.default_max_tokens = 1000, .temperature = 1, .top_p = 1, .min_p = 0.05f};
+    CHECK(ds4_session_new(c.engine, &sess, &err) == 0, "session: %s", err.msg);
+    int32_t eos = ds4_tokenizer_specials(c.tok).eos;
+    int cached, prompt, completion;
+
+    /* a first turn: nothing to reuse; max_tokens honoured */
+    srv_job *j1 = make_job(SRV_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":4,"
+                                         "\"ignore_eos\":true}");
+    run_job(j1, &cached, &prompt, &completion);
+    CHECK(cached == 0 && prompt == j1->n_tokens && completion == 4, "first turn usage %d %d %d", cached, prompt, completion);
+    CHECK(ds4_session_n_tokens(sess) == j1->n_tokens + 3, "the last sampled token is not evaluated (%d)",
+          ds4_session_n_tokens(sess));
+
+    /* the thinking continuation: as if the turn had ended "R</think>C" + EOS */
+    int pos = ds4_session_n_tokens(sess);
+    c.live_visible = srv_render_continuation(&c, &j1->req, "R", "C");
+    c.live_visible_pos = pos;
+    CHECK(c.live_visible != NULL, "continuation text");
+    srv_job *j2 = make_job(SRV_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\","
+                                         "\"content\":\"C\"},{\"role\":\"user\",\"content\":\"more\"}],\"max_tokens\":2,"
+                                         "\"ignore_eos\":true}");
+    run_job(j2, &cached, &prompt, &completion);
+    const int32_t *toks = ds4_session_tokens(sess);
+    int n_new = ds4_session_n_tokens(sess) - pos - 1; /* minus the last decoded token */
+    CHECK(toks[pos] == eos, "continuation starts with the EOS the turn ended with");
+    CHECK(n_new > 1 && n_new < j2->n_tokens, "only the new text was evaluated (%d of %d)", n_new, j2->n_tokens);
+    CHECK(prompt == j2->n_tokens && cached == j2->n_tokens - n_new, "usage: cached %d prompt %d new %d", cached, prompt, n_new);
+    CHECK(c.live_visible == NULL, "a binding is used once");
+
+    /* token-prefix reuse: the same conversation extended */
+    int before = ds4_session_n_tokens(sess);
+    srv_job *j3 = make_job(SRV_API_COMPLETIONS, "{\"prompt\":\"hello\",\"max_tokens\":2}");
+    run_job(j3, &cached, &prompt, &completion);
+    CHECK(cached == 0 && before > 0, "a different prompt resets the session");
+    srv_job *j4 = make_job(SRV_API_COMPLETIONS, "{\"prompt\":\"hello\",\"max_tokens\":2}");
+    run_job(j4, &cached, &prompt, &completion);
+    CHECK(cached == 0, "the same prompt again: the live session is longer, no reuse without a rewind");
+
+    /* cancellation: a cancelled job stops at once, a retry resumes its prefix */
+    srv_job *j5 = make_job(SRV_API_CHAT, "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"long\"}],"
+                                         "\"ignore_eos\":true,\"max_tokens\":500}");
+    atomic_store(&j5->cancelled, true);
+    srv_generate(&c, sess, j5);
+    CHECK(j5->out.len == 0 || !strstr(j5->out.p, "\"content\""), "cancelled job produced no text");
+    CHECK(ds4_session_n_tokens(sess) <= j5->n_tokens, "cancelled before decoding");
+
+    srv_job *jobs[] = {j1, j2, j3, j4, j5};
+    for (size_t i = 0; i < sizeof jobs / sizeof jobs[0]; i++) srv_job_unref(jobs[i]);
+    ds4_session_free(sess);
+    srv_metrics_free(c.metrics);
+    ds4_engine_close(c.engine);
+    return TEST_DONE();
+}
