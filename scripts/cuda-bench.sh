@@ -3,7 +3,7 @@
 # machine's nvcc, check them against the CPU reference and time them
 # (ds4-cuda-bench), and keep the logs in $OUT (default /tmp/cuda-bench).
 #
-#   scripts/cuda-bench.sh [ds4-cuda-bench options...]
+#   scripts/cuda-bench.sh [case names...]   (BENCH_ARGS="--reps 50" etc.)
 #
 # Builds with plain nvcc/cc commands (no make needed there) for the GPU's
 # own architecture. Also saves per-kernel register/spill reports and a SASS
@@ -15,11 +15,12 @@ OUT="${OUT:-/tmp/cuda-bench}"
 mkdir -p "$OUT"
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 B=build-cuda-dev
+read -r -a BENCH_ARGS <<<"${BENCH_ARGS:-}"
 mkdir -p "$B"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,clocks.max.mem,driver_version --format=csv | tee "$OUT/gpu.txt"
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
 ARCH="-gencode arch=compute_${cap},code=sm_${cap}"
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); arch sm_$cap; $("$NVCC" --version | tail -1)"
+echo "commit ${DS4_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}; arch sm_$cap; $("$NVCC" --version | tail -1)"
 t0=$SECONDS
 for f in src/quant/*.c src/common/error.c; do
     cc -O2 -std=gnu11 -pthread -c "$f" -o "$B/$(basename "$f" .c).o" &
@@ -35,15 +36,31 @@ if command -v cuobjdump >/dev/null; then
     cuobjdump --dump-sass "$B/cuda_kernels.o" >"$OUT/sass.txt" 2>&1
     grep -c LDGSTS "$OUT/sass.txt" | sed 's/^/LDGSTS count: /'
 fi
-"$B/ds4-cuda-bench" "$@" 2>&1 | tee "$OUT/bench.txt"
-rc=$?
+# One process per case, so that a fault in one cannot hide the others.
+cases=("odd q8_0" "odd iq2_xxs" "odd q2_K" "odd q4_K" "odd f16" "odd moe-q2"
+       attn_q_b attn_q_a attn_kv attn_output_a attn_output_b "shexp gate" "shexp down" "output head"
+       router "compressor kv" "indexer q_b" hc_attn_fn
+       "expert gate iq2_xxs" "expert down q2_K" "expert gate q4_K" "expert down q4_K"
+       "big iq2_xxs" "big q2_K" "big q4_K" "moe q2" "moe q4")
+[ $# -gt 0 ] && cases=("$@")
+rc=0
+: >"$OUT/bench.txt"
+for c in "${cases[@]}"; do
+    "$B/ds4-cuda-bench" --only "$c" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} >"$OUT/case.txt" 2>&1 || { rc=1; echo "case '$c' failed:"; tail -5 "$OUT/case.txt"; }
+    cat "$OUT/case.txt" >>"$OUT/bench.txt"
+done
+grep -m1 "^device:" "$OUT/bench.txt"
+grep -E "^(odd|attn|shexp|output|router|compressor|indexer|hc_|expert|big|moe|  )" "$OUT/bench.txt" | grep -v "^host-check"
+echo "| case | shape | MB/call | us/call | GB/s | % of copy | best waves: GB/s (%) | max rel err | check |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+grep -E "^\| [a-z]" "$OUT/bench.txt" | grep -v "^| case"
 if command -v ncu >/dev/null && [ $# -eq 0 ]; then
-    for c in "big iq2" "big q2_K" "attn_q_b"; do
-        timeout 45 ncu --clock-control none --section SpeedOfLight --section Occupancy \
+    for c in "attn_q_b" "big iq2_xxs" "moe q2"; do
+        timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy \
             --section MemoryWorkloadAnalysis -k regex:'k_matvec|k_moe' --launch-count 2 \
             "$B/ds4-cuda-bench" --only "$c" --reps 1 >"$OUT/ncu-${c// /_}.txt" 2>&1
-        grep -E "k_matvec|k_moe|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Compute \(SM\)" \
-            "$OUT/ncu-${c// /_}.txt" | head -20
+        grep -E "^  [a-z_ ]*k_|DRAM Throughput|Duration|SM Active Cycles|Elapsed Cycles|Compute \(SM\)|L1/TEX Cache|Achieved Occupancy" \
+            "$OUT/ncu-${c// /_}.txt" | head -24
     done
 fi
 exit $rc

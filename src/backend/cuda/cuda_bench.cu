@@ -114,20 +114,27 @@ static void build_split(uint32_t wtype, const void *act, uint32_t n, split_act *
     sa->v.x = NULL;
 }
 
+/* Rows r0 and r0 + 1 (stride bytes apart) as a warp computes them with
+ * two-row units, but with the block terms added in block order. The lane
+ * (and so the table copy) of each part varies with the block. */
 template <class F>
-static float emulate_row(const uint8_t *row, uint32_t nb, const act_view &a, const uint64_t *tab) {
-    float acc = 0.0f;
+static void emulate_rows(const uint8_t *row, uint32_t stride, uint32_t nb, const act_view &a, const uint32_t *tab,
+                         float out[2]) {
+    float acc[2] = {0.0f, 0.0f};
     for (uint32_t b = 0; b < nb; b++) {
-        int32_t isum = 0, summ = 0;
+        int32_t isum[2] = {0, 0}, summ[2] = {0, 0};
         for (int part = 0; part < F::G; part++) {
-            int32_t is, sm;
-            F::unit(row + b * F::block_bytes, part, a, b, tab, is, sm);
-            isum += is;
-            summ += sm;
+            int32_t is[2], sm[2];
+            int lane = (int)((b * F::G + part) % 32);
+            F::template unit<2>(row + b * F::block_bytes, stride, part, a, b, tab, lane % DS4_CUDA_IQ2_COPIES, is, sm);
+            for (int r = 0; r < 2; r++) {
+                isum[r] += is[r];
+                summ[r] += sm[r];
+            }
         }
-        acc += F::term(row + b * F::block_bytes, a, b, isum, summ);
+        for (int r = 0; r < 2; r++) acc[r] += F::term(row + r * stride + b * F::block_bytes, a, b, isum[r], summ[r]);
     }
-    return acc * F::final_scale;
+    for (int r = 0; r < 2; r++) out[r] = acc[r] * F::final_scale;
 }
 
 /* Random but valid blocks: random bytes with sane f16 scales. */
@@ -148,7 +155,7 @@ static void random_blocks(uint32_t wtype, uint8_t *w, uint64_t n_blocks, uint64_
 }
 
 template <class F>
-static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const uint64_t *tab, uint64_t *seed) {
+static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const uint32_t *tab, uint64_t *seed) {
     uint32_t nb = n_in / F::block_elems, row_bytes = nb * F::block_bytes;
     /* One row per 16-aligned buffer with padding, as a warp stages it. */
     uint32_t stride = ((row_bytes + 15) & ~15u) + 16;
@@ -161,17 +168,22 @@ static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const
     split_act sa;
     build_split(wtype, act.data(), n_in, &sa);
     int bad = 0;
+    std::vector<float> want(rows);
     for (uint32_t r = 0; r < rows; r++) {
         random_blocks(wtype, packed.data(), nb, seed);
         memcpy(w + (size_t)r * stride, packed.data(), row_bytes);
-        float want = ds4_dot(wtype, n_in, packed.data(), act.data());
-        float got = emulate_row<F>(w + (size_t)r * stride, nb, sa.v, tab);
-        uint32_t bw, bg;
-        memcpy(&bw, &want, 4);
-        memcpy(&bg, &got, 4);
-        if (bw != bg) {
-            if (bad < 3) printf("  %s n_in %u row %u: emulated %.9g, CPU %.9g\n", type_name(wtype), n_in, r, got, want);
-            bad++;
+        want[r] = ds4_dot(wtype, n_in, packed.data(), act.data());
+    }
+    for (uint32_t r = 0; r + 1 < rows; r += 2) {
+        float got[2];
+        emulate_rows<F>(w + (size_t)r * stride, stride, nb, sa.v, tab, got);
+        for (int i = 0; i < 2; i++) {
+            if (memcmp(&got[i], &want[r + i], 4)) {
+                if (bad < 3)
+                    printf("  %s n_in %u row %u: emulated %.9g, CPU %.9g\n", type_name(wtype), n_in, r + i, got[i],
+                           want[r + i]);
+                bad++;
+            }
         }
     }
     free(w);
@@ -180,9 +192,14 @@ static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const
 }
 
 static int host_check(void) {
-    uint64_t tab[DS4_CUDA_IQ2_TABLE_WORDS];
-    memcpy(tab, ds4_iq2xxs_grid, 256 * 8);
-    memcpy(tab + 256, ds4_iq2xxs_sign_masks, 128 * 8);
+    /* The tables as the kernels stage them: compact, then replicated. */
+    uint32_t compact[DS4_CUDA_IQ2_TABLE_WORDS];
+    static uint32_t tab[DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES];
+    if (!ds4_cuda_iq2_tables(compact)) {
+        printf("host-check: IQ2_XXS grid has unexpected values\n");
+        return 1;
+    }
+    for (int i = 0; i < DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES; i++) tab[i] = compact[i / DS4_CUDA_IQ2_COPIES];
     uint64_t seed = 12345;
     int bad = 0;
     const uint32_t sizes[] = {256, 1024, 4096};
@@ -248,6 +265,12 @@ static void device_random_weights(uint32_t wtype, void *w, uint64_t bytes, uint6
 
 __global__ void k_empty(void) {}
 
+/* A plain 16-byte grid-stride copy, the other estimate of the roofline. */
+__global__ void k_copy(const uint4 *a, uint4 *b, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        b[i] = a[i];
+}
+
 /* ------------------------------------------------------------------ */
 /* Timing                                                              */
 /* ------------------------------------------------------------------ */
@@ -290,17 +313,21 @@ static timing time_graph(cudaStream_t st, int n_calls, int reps, Fn calls) {
     return r;
 }
 
-/* Device-to-device copy bandwidth, bytes read + written per second. */
-static double copy_bandwidth(cudaStream_t st, int reps) {
+/* Device-to-device copy bandwidth, bytes read + written per second: the
+ * better of cudaMemcpyAsync and a copy kernel (1 GiB each way). */
+static double copy_bandwidth(cudaStream_t st, int reps, int n_sm, double *memcpy_gbs, double *kernel_gbs) {
     size_t bytes = (size_t)1 << 30;
     void *a, *b;
     CK(cudaMalloc(&a, bytes));
     CK(cudaMalloc(&b, bytes));
     CK(cudaMemset(a, 1, bytes));
     timing t = time_graph(st, 4, reps, [&](int i) { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, st)); });
+    *memcpy_gbs = 2.0 * bytes / (t.us * 1e-6) / 1e9;
+    t = time_graph(st, 4, reps, [&](int i) { k_copy<<<n_sm * 8, 512, 0, st>>>((const uint4 *)a, (uint4 *)b, bytes / 16); });
+    *kernel_gbs = 2.0 * bytes / (t.us * 1e-6) / 1e9;
     CK(cudaFree(a));
     CK(cudaFree(b));
-    return 2.0 * bytes / (t.us * 1e-6) / 1e9;
+    return std::max(*memcpy_gbs, *kernel_gbs);
 }
 
 /* ------------------------------------------------------------------ */
@@ -311,8 +338,10 @@ struct result {
     char name[64];
     char shape[48];
     double mbytes; /* per call */
-    double us, spread, gbs;
-    double err;    /* max |gpu - cpu| / max |cpu| */
+    double us, spread, gbs; /* at the default grid (1 wave) */
+    int best_waves;
+    double best_gbs;
+    double err; /* max |gpu - cpu| / max |cpu| */
     long act_bad;  /* activation blocks differing from the CPU's bytes */
     bool ok;
 };
@@ -320,9 +349,29 @@ struct result {
 static std::vector<result> g_results;
 static double g_copy_gbs = 0.0;
 
-static void add_result(const char *name, const char *shape, double bytes, timing t, double err, long act_bad,
+/* Grid sizes tried for every timed case (ds4_cuda_kernels_set_waves). */
+static const int WAVES[] = {1, 2, 4, 8};
+#define N_WAVES 4
+
+/* Times fn at each grid size; t[0] is the default. */
+template <class Fn>
+static void time_waves(ds4_cuda_kernels *k, cudaStream_t st, int n_calls, int reps, Fn fn, timing *t) {
+    for (int i = 0; i < N_WAVES; i++) {
+        ds4_cuda_kernels_set_waves(k, WAVES[i]);
+        t[i] = time_graph(st, n_calls, reps, fn);
+    }
+    ds4_cuda_kernels_set_waves(k, 1);
+}
+
+static void add_result(const char *name, const char *shape, double bytes, const timing *tw, double err, long act_bad,
                        bool ok) {
     result r;
+    timing t = tw[0];
+    int best = 0;
+    for (int i = 1; i < N_WAVES; i++)
+        if (tw[i].us < tw[best].us) best = i;
+    r.best_waves = WAVES[best];
+    r.best_gbs = bytes / (tw[best].us * 1e-6) / 1e9;
     snprintf(r.name, sizeof r.name, "%s", name);
     snprintf(r.shape, sizeof r.shape, "%s", shape);
     r.mbytes = bytes / 1e6;
@@ -334,8 +383,10 @@ static void add_result(const char *name, const char *shape, double bytes, timing
     r.ok = ok;
     if (!ok) g_failures++;
     g_results.push_back(r);
-    printf("%-24s %-22s %9.2f MB %9.2f us %8.1f GB/s %6.1f%% copy  err %.2e  act-mismatch %ld  %s\n", r.name,
+    printf("%-24s %-22s %9.2f MB %9.2f us %8.1f GB/s %6.1f%% copy  err %.2e  act-mismatch %ld  %s  [waves", r.name,
            r.shape, r.mbytes, r.us, r.gbs, 100.0 * r.gbs / g_copy_gbs, r.err, r.act_bad, ok ? "ok" : "FAIL");
+    for (int i = 0; i < N_WAVES; i++) printf(" %d: %.2f us", WAVES[i], tw[i].us);
+    printf("; spread %.0f%%]\n", 100.0 * t.spread);
     fflush(stdout);
 }
 
@@ -416,9 +467,10 @@ static void bench_matvec(ds4_cuda_kernels *k, cudaStream_t st, const char *name,
     bool ok = err < 1e-5 && same && act_bad == 0;
     if (!same) printf("  %s: two runs differ (race?)\n", name);
 
-    timing t = time_graph(st, n_copies, reps, [&](int c) {
+    timing t[N_WAVES];
+    time_waves(k, st, n_copies, reps, [&](int c) {
         DS(ds4_cuda_matvec(k, wtype, d_w + wstride * c, n_rows, n_in, d_act, d_y, st, &err_));
-    });
+    }, t);
     char shape[48];
     snprintf(shape, sizeof shape, "%s %u->%u", type_name(wtype), n_in, n_rows);
     add_result(name, shape, (double)wbytes + ab + 4.0 * n_rows, t, err, act_bad, ok);
@@ -552,27 +604,28 @@ static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, ui
     char shape[48];
     snprintf(shape, sizeof shape, "%s %ux%u x%u", type_name(gtype), n_in, n_ff, n_sel);
     char nm[64];
-    timing t = time_graph(st, n_sets, reps, [&](int i) {
+    timing t[N_WAVES];
+    time_waves(k, st, n_sets, reps, [&](int i) {
         DS(ds4_cuda_moe_gate_up(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids + i * n_sel, d_wts + i * n_sel,
                                 n_sel, clamp, d_xact, d_mid, st, &err_));
-    });
+    }, t);
     snprintf(nm, sizeof nm, "%s gate+up", name);
     add_result(nm, shape, gu_bytes, t, mid_err, act_bad, ok);
-    t = time_graph(st, n_sets, reps, [&](int i) {
+    time_waves(k, st, n_sets, reps, [&](int i) {
         DS(ds4_cuda_moe_down(k, dtype, d_down, n_ff, n_in, n_expert, d_ids + i * n_sel, n_sel, d_midact, d_add, d_out,
                              st, &err_));
-    });
+    }, t);
     snprintf(nm, sizeof nm, "%s down", name);
     snprintf(shape, sizeof shape, "%s %ux%u x%u", type_name(dtype), n_ff, n_in, n_sel);
     add_result(nm, shape, dn_bytes, t, down_err, 0, ok);
-    t = time_graph(st, n_sets, reps, [&](int i) {
+    time_waves(k, st, n_sets, reps, [&](int i) {
         DS(ds4_cuda_quantize_act(k, gtype, d_x, d_xact, n_in, st, &err_));
         DS(ds4_cuda_moe_gate_up(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids + i * n_sel, d_wts + i * n_sel,
                                 n_sel, clamp, d_xact, d_mid, st, &err_));
         DS(ds4_cuda_quantize_act(k, dtype, d_mid, d_midact, n_sel * n_ff, st, &err_));
         DS(ds4_cuda_moe_down(k, dtype, d_down, n_ff, n_in, n_expert, d_ids + i * n_sel, n_sel, d_midact, d_add, d_out,
                              st, &err_));
-    });
+    }, t);
     snprintf(nm, sizeof nm, "%s step (4 kernels)", name);
     snprintf(shape, sizeof shape, "%s+%s x%u", type_name(gtype), type_name(dtype), n_sel);
     add_result(nm, shape, gu_bytes + dn_bytes, t, out_err, act_bad, ok);
@@ -612,10 +665,12 @@ int main(int argc, char **argv) {
     DS(ds4_cuda_kernels_init(&k, device, &err_));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    g_copy_gbs = copy_bandwidth(st, reps);
+    double memcpy_gbs, kernel_gbs;
+    g_copy_gbs = copy_bandwidth(st, reps, ds4_cuda_kernels_sm_count(k), &memcpy_gbs, &kernel_gbs);
     timing te = time_graph(st, 256, reps, [&](int i) { k_empty<<<1, 32, 0, st>>>(); });
-    printf("device: %s, %d SMs; device-to-device copy %.1f GB/s (read+write); empty kernel in a graph %.2f us\n",
-           ds4_cuda_kernels_device_name(k), ds4_cuda_kernels_sm_count(k), g_copy_gbs, te.us);
+    printf("device: %s, %d SMs; device-to-device copy (read+write) %.1f GB/s cudaMemcpy, %.1f GB/s copy kernel; "
+           "empty kernel in a graph %.2f us\n",
+           ds4_cuda_kernels_device_name(k), ds4_cuda_kernels_sm_count(k), memcpy_gbs, kernel_gbs, te.us);
 
     /* Odd shapes: unaligned rows (the 2-byte staging path), one-block rows. */
     bench_matvec(k, st, "odd q8_0", DS4_TYPE_Q8_0, 96, 37, 3, 11);
@@ -633,7 +688,7 @@ int main(int argc, char **argv) {
     bench_matvec(k, st, "attn_output_b", DS4_TYPE_Q8_0, 8192, 4096, reps, 25);
     bench_matvec(k, st, "shexp gate", DS4_TYPE_Q8_0, 4096, 2048, reps, 26);
     bench_matvec(k, st, "shexp down", DS4_TYPE_Q8_0, 2048, 4096, reps, 27);
-    if (!quick) bench_matvec(k, st, "output", DS4_TYPE_Q8_0, 4096, 129280, reps, 28);
+    if (!quick) bench_matvec(k, st, "output head", DS4_TYPE_Q8_0, 4096, 129280, reps, 28);
     bench_matvec(k, st, "router", DS4_TYPE_F16, 4096, 256, reps, 31);
     bench_matvec(k, st, "compressor kv", DS4_TYPE_F16, 4096, 1024, reps, 32);
     bench_matvec(k, st, "indexer q_b", DS4_TYPE_F16, 1024, 8192, reps, 33);
@@ -650,11 +705,12 @@ int main(int argc, char **argv) {
 
     printf("\n%s, %d SMs; copy %.1f GB/s; empty graph kernel %.2f us; reps %d\n", ds4_cuda_kernels_device_name(k),
            ds4_cuda_kernels_sm_count(k), g_copy_gbs, te.us, reps);
-    printf("| case | shape | MB/call | us/call | GB/s | %% of copy | max rel err | check |\n");
-    printf("|---|---|---:|---:|---:|---:|---:|---|\n");
+    printf("| case | shape | MB/call | us/call | GB/s | %% of copy | best waves: GB/s (%%) | max rel err | check |\n");
+    printf("|---|---|---:|---:|---:|---:|---:|---:|---|\n");
     for (const result &r : g_results)
-        printf("| %s | %s | %.2f | %.2f | %.0f | %.1f | %.1e | %s |\n", r.name, r.shape, r.mbytes, r.us, r.gbs,
-               100.0 * r.gbs / g_copy_gbs, r.err, r.ok ? "ok" : "FAIL");
+        printf("| %s | %s | %.2f | %.2f | %.0f | %.1f | %d: %.0f (%.1f) | %.1e | %s |\n", r.name, r.shape, r.mbytes,
+               r.us, r.gbs, 100.0 * r.gbs / g_copy_gbs, r.best_waves, r.best_gbs, 100.0 * r.best_gbs / g_copy_gbs,
+               r.err, r.ok ? "ok" : "FAIL");
     printf("%s: %d check(s) failed\n", g_failures ? "FAIL" : "ok", g_failures);
     ds4_cuda_kernels_free(k);
     return g_failures ? 1 : 0;

@@ -16,10 +16,21 @@
  * whose start is 16-byte aligned, and the activation from a split layout
  * (act_view): int8 codes of all elements back to back (16-byte aligned),
  * the f32 block scales, and for Q8_K the int16 sums of each 16 codes.
+ * A unit works on NR rows at once (rows `stride` bytes apart in the
+ * buffer) that share one activation, which it loads once: the gate and up
+ * rows of an expert, or neighbouring rows of a matrix.
  *
  * G per format: Q8_0 1 (a 34-byte block per lane), Q2_K 4 (16 code bytes =
  * 4 sub-blocks of 16 per lane), Q4_K 8 (16 code bytes = 32 nibbles per
- * lane), IQ2_XXS 8 (one 32-value sub-block per lane). */
+ * lane), IQ2_XXS 8 (one 32-value sub-block per lane).
+ *
+ * IQ2_XXS decodes without 64-bit grid lookups: each grid point is stored as
+ * 8 nibbles (0, 1, 2 for the magnitudes 8, 25, 43) and each sign byte as 8
+ * nibbles (3 where negative); their sum selects, per element, one byte of
+ * the constant {8, 25, 43, -8, -25, -43} with one byte-permute per 4
+ * values. Both tables are derived from src/quant's at init and replicated
+ * DS4_CUDA_IQ2_COPIES times across shared-memory banks (lane l reads copy
+ * l % copies) so that random lookups rarely collide on a bank. */
 #ifndef DS4_CUDA_FORMATS_CUH
 #define DS4_CUDA_FORMATS_CUH
 
@@ -48,9 +59,13 @@ extern "C" const uint64_t ds4_iq2xxs_sign_masks[128];
 /* Which activation a weight format sees (and how it is staged). */
 enum { DS4_ACT_Q8_0 = 0, DS4_ACT_Q8_K = 1, DS4_ACT_F32 = 2 };
 
-/* IQ2_XXS tables in one array: the 256 grid points, then the 128 sign
- * masks (byte j = 0xff when element j is negative). */
+/* IQ2_XXS nibble tables: 256 grid words, then 128 sign words; in shared
+ * memory word w of copy c sits at [w * DS4_CUDA_IQ2_COPIES + c]. */
 #define DS4_CUDA_IQ2_TABLE_WORDS (256 + 128)
+#define DS4_CUDA_IQ2_COPIES 16
+/* The bytes the nibbles select: 8, 25, 43, -8 | -25, -43, 0, 0. */
+#define DS4_IQ2_VALUES_LO 0xf82b1908u
+#define DS4_IQ2_VALUES_HI 0x0000d5e7u
 
 DS4_HD uint32_t fs_funnel(uint32_t lo, uint32_t hi, uint32_t sh) {
 #ifdef __CUDA_ARCH__
@@ -66,6 +81,18 @@ DS4_HD int fs_dp4a(uint32_t a, uint32_t b, int c) {
 #else
     for (int i = 0; i < 4; i++) c += (int8_t)(a >> (8 * i)) * (int8_t)(b >> (8 * i));
     return c;
+#endif
+}
+
+/* Byte i of the result = byte (nibble i of s) of y:x (s < 8 per nibble). */
+DS4_HD uint32_t fs_perm(uint32_t x, uint32_t y, uint32_t s) {
+#ifdef __CUDA_ARCH__
+    return __byte_perm(x, y, s);
+#else
+    uint64_t v = (uint64_t)y << 32 | x;
+    uint32_t r = 0;
+    for (int i = 0; i < 4; i++) r |= (uint32_t)((v >> (8 * ((s >> (4 * i)) & 7))) & 255) << (8 * i);
+    return r;
 #endif
 }
 
@@ -96,34 +123,36 @@ DS4_HD float fs_sub(float a, float b) {
 
 DS4_HD uint16_t fs_ld16(const uint8_t *p) { return *(const uint16_t *)p; }
 
-/* 32-bit little-endian word at a 2-byte aligned address, from the aligned
- * words around it (the buffer is padded so the word after is readable). */
-DS4_HD uint32_t fs_ld32_a2(const uint8_t *p) {
-    uintptr_t a = (uintptr_t)p;
-    const uint32_t *w = (const uint32_t *)(a & ~(uintptr_t)3);
-    return fs_funnel(w[0], w[1], (uint32_t)(a & 3) * 8);
-}
+/* Unit interface, per format F:
+ *   F::unit<NR>(b, stride, part, a, ab, tab, copy, isum[NR], summ[NR])
+ *     b: block of row 0 in the buffer (row r at b + r*stride); ab: index of
+ *     the activation block; tab/copy: IQ2_XXS tables and this lane's copy.
+ *   F::term(b, a, ab, isum, summ): the block's f32 term, as on the CPU. */
 
 /* ---- Q8_0: d f16, 32 int8 codes; activation Q8_0 with f32 scale. ---- */
 struct fmt_q8_0 {
     enum { block_elems = 32, block_bytes = 34, G = 1, act_kind = DS4_ACT_Q8_0, needs_tab = 0 };
     static constexpr float final_scale = 1.0f;
-    DS4_HD static void unit(const uint8_t *b, int part, const act_view &a, uint32_t ab,
-                            const uint64_t *tab, int32_t &isum, int32_t &summ) {
-        uintptr_t addr = (uintptr_t)(b + 2);
-        const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
-        uint32_t sh = (uint32_t)(addr & 3) * 8;
+    template <int NR>
+    DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
+                            const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
         const uint4 *x = (const uint4 *)(a.q + 32 * ab);
         uint4 x0 = x[0], x1 = x[1];
         uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-        uint32_t ws[9];
 #pragma unroll
-        for (int i = 0; i < 9; i++) ws[i] = w[i];
-        int32_t s = 0;
+        for (int r = 0; r < NR; r++) {
+            uintptr_t addr = (uintptr_t)(b + r * stride + 2);
+            const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
+            uint32_t sh = (uint32_t)(addr & 3) * 8;
+            uint32_t ws[9];
 #pragma unroll
-        for (int i = 0; i < 8; i++) s = fs_dp4a(fs_funnel(ws[i], ws[i + 1], sh), xs[i], s);
-        isum = s;
-        summ = 0;
+            for (int i = 0; i < 9; i++) ws[i] = w[i];
+            int32_t s = 0;
+#pragma unroll
+            for (int i = 0; i < 8; i++) s = fs_dp4a(fs_funnel(ws[i], ws[i + 1], sh), xs[i], s);
+            isum[r] = s;
+            summ[r] = 0;
+        }
     }
     DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
         return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
@@ -136,29 +165,40 @@ struct fmt_q8_0 {
 struct fmt_q2_K {
     enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0 };
     static constexpr float final_scale = 1.0f;
-    DS4_HD static void unit(const uint8_t *b, int part, const act_view &a, uint32_t ab,
-                            const uint64_t *tab, int32_t &isum, int32_t &summ) {
+    template <int NR>
+    DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
+                            const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
         int h = part >> 1, t = part & 1;
-        const uint32_t *qw = (const uint32_t *)(b + 16 + 32 * h + 16 * t);
-        uint32_t q[4] = {qw[0], qw[1], qw[2], qw[3]};
         const int8_t *xq = a.q + 256 * ab;
         const int16_t *bs = a.bsums + 16 * ab;
-        int32_t is = 0, sm = 0;
+        uint4 x[4];
+        int bsum[4];
 #pragma unroll
         for (int s = 0; s < 4; s++) {
-            int j = 8 * h + 2 * s + t;
-            uint4 x = *(const uint4 *)(xq + 16 * j);
-            int32_t d = 0;
-            d = fs_dp4a((q[0] >> (2 * s)) & 0x03030303u, x.x, d);
-            d = fs_dp4a((q[1] >> (2 * s)) & 0x03030303u, x.y, d);
-            d = fs_dp4a((q[2] >> (2 * s)) & 0x03030303u, x.z, d);
-            d = fs_dp4a((q[3] >> (2 * s)) & 0x03030303u, x.w, d);
-            uint8_t sc = b[j];
-            is += (sc & 15) * d;
-            sm += (sc >> 4) * bs[j];
+            x[s] = *(const uint4 *)(xq + 16 * (8 * h + 2 * s + t));
+            bsum[s] = bs[8 * h + 2 * s + t];
         }
-        isum = is;
-        summ = sm;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *br = b + r * stride;
+            const uint32_t *qw = (const uint32_t *)(br + 16 + 32 * h + 16 * t);
+            uint32_t q[4] = {qw[0], qw[1], qw[2], qw[3]};
+            int32_t is = 0, sm = 0;
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                int j = 8 * h + 2 * s + t;
+                int32_t d = 0;
+                d = fs_dp4a((q[0] >> (2 * s)) & 0x03030303u, x[s].x, d);
+                d = fs_dp4a((q[1] >> (2 * s)) & 0x03030303u, x[s].y, d);
+                d = fs_dp4a((q[2] >> (2 * s)) & 0x03030303u, x[s].z, d);
+                d = fs_dp4a((q[3] >> (2 * s)) & 0x03030303u, x[s].w, d);
+                uint8_t sc = br[j];
+                is += (sc & 15) * d;
+                sm += (sc >> 4) * bsum[s];
+            }
+            isum[r] = is;
+            summ[r] = sm;
+        }
     }
     DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
         float dall = fs_mul(a.d[ab], fs_h2f(fs_ld16(b + 80)));
@@ -182,27 +222,33 @@ struct fmt_q4_K {
             m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
         }
     }
-    DS4_HD static void unit(const uint8_t *b, int part, const act_view &a, uint32_t ab,
-                            const uint64_t *tab, int32_t &isum, int32_t &summ) {
+    template <int NR>
+    DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
+                            const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
         int p = part >> 1, h = part & 1;
-        uint4 q = *(const uint4 *)(b + 16 + 16 * part);
         const int8_t *xq = a.q + 256 * ab + 64 * p + 16 * h;
         uint4 x0 = *(const uint4 *)xq, x1 = *(const uint4 *)(xq + 32);
-        int32_t lo = 0, hi = 0;
-        lo = fs_dp4a(q.x & 0x0f0f0f0fu, x0.x, lo);
-        lo = fs_dp4a(q.y & 0x0f0f0f0fu, x0.y, lo);
-        lo = fs_dp4a(q.z & 0x0f0f0f0fu, x0.z, lo);
-        lo = fs_dp4a(q.w & 0x0f0f0f0fu, x0.w, lo);
-        hi = fs_dp4a((q.x >> 4) & 0x0f0f0f0fu, x1.x, hi);
-        hi = fs_dp4a((q.y >> 4) & 0x0f0f0f0fu, x1.y, hi);
-        hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, x1.z, hi);
-        hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, x1.w, hi);
-        int sc0, m0, sc1, m1;
-        scale_min(b + 4, 2 * p, sc0, m0);
-        scale_min(b + 4, 2 * p + 1, sc1, m1);
-        isum = sc0 * lo + sc1 * hi;
         const int16_t *bs = a.bsums + 16 * ab + 4 * p;
-        summ = h ? 0 : m0 * (bs[0] + bs[1]) + m1 * (bs[2] + bs[3]);
+        int bs01 = bs[0] + bs[1], bs23 = bs[2] + bs[3];
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *br = b + r * stride;
+            uint4 q = *(const uint4 *)(br + 16 + 16 * part);
+            int32_t lo = 0, hi = 0;
+            lo = fs_dp4a(q.x & 0x0f0f0f0fu, x0.x, lo);
+            lo = fs_dp4a(q.y & 0x0f0f0f0fu, x0.y, lo);
+            lo = fs_dp4a(q.z & 0x0f0f0f0fu, x0.z, lo);
+            lo = fs_dp4a(q.w & 0x0f0f0f0fu, x0.w, lo);
+            hi = fs_dp4a((q.x >> 4) & 0x0f0f0f0fu, x1.x, hi);
+            hi = fs_dp4a((q.y >> 4) & 0x0f0f0f0fu, x1.y, hi);
+            hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, x1.z, hi);
+            hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, x1.w, hi);
+            int sc0, m0, sc1, m1;
+            scale_min(br + 4, 2 * p, sc0, m0);
+            scale_min(br + 4, 2 * p + 1, sc1, m1);
+            isum[r] = sc0 * lo + sc1 * hi;
+            summ[r] = h ? 0 : m0 * bs01 + m1 * bs23;
+        }
     }
     DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
         float dall = fs_mul(a.d[ab], fs_h2f(fs_ld16(b)));
@@ -213,39 +259,61 @@ struct fmt_q4_K {
 
 /* ---- IQ2_XXS: d f16, 8 sub-blocks of (A, B) u32 (66 B); Q8_K. ----
  * Part sb: byte k of A picks grid point k, bits 7k.. of B its signs, B>>28
- * the sub-block scale. The signed dot is (grid . x) - 2 (negatives . x),
- * the negatives being the grid bytes under the sign mask. */
+ * the sub-block scale; the nibble tables turn them into signed bytes. */
 struct fmt_iq2_xxs {
     enum { block_elems = 256, block_bytes = 66, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 1 };
     static constexpr float final_scale = 0.125f;
-    DS4_HD static void unit(const uint8_t *b, int part, const act_view &a, uint32_t ab,
-                            const uint64_t *tab, int32_t &isum, int32_t &summ) {
-        uintptr_t addr = (uintptr_t)(b + 2 + 8 * part);
-        const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
-        uint32_t sh = (uint32_t)(addr & 3) * 8;
-        uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
-        uint32_t A = fs_funnel(w0, w1, sh), B = fs_funnel(w1, w2, sh);
+    template <int NR>
+    DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
+                            const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
         const uint4 *x4 = (const uint4 *)(a.q + 256 * ab + 32 * part);
         uint4 x0 = x4[0], x1 = x4[1];
         uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-        int32_t all = 0, neg = 0;
+        const uint32_t *grid = tab + copy, *sign = tab + 256 * DS4_CUDA_IQ2_COPIES + copy;
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            uint64_t g = tab[(A >> (8 * k)) & 255];
-            uint64_t m = tab[256 + ((B >> (7 * k)) & 127)];
-            uint32_t glo = (uint32_t)g, ghi = (uint32_t)(g >> 32);
-            uint32_t mlo = (uint32_t)m, mhi = (uint32_t)(m >> 32);
-            all = fs_dp4a(glo, xs[2 * k], all);
-            all = fs_dp4a(ghi, xs[2 * k + 1], all);
-            neg = fs_dp4a(glo & mlo, xs[2 * k], neg);
-            neg = fs_dp4a(ghi & mhi, xs[2 * k + 1], neg);
+        for (int r = 0; r < NR; r++) {
+            uintptr_t addr = (uintptr_t)(b + r * stride + 2 + 8 * part);
+            const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
+            uint32_t sh = (uint32_t)(addr & 3) * 8;
+            uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
+            uint32_t A = fs_funnel(w0, w1, sh), B = fs_funnel(w1, w2, sh);
+            int32_t s = 0;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                uint32_t sel = grid[((A >> (8 * k)) & 255) * DS4_CUDA_IQ2_COPIES] +
+                               sign[((B >> (7 * k)) & 127) * DS4_CUDA_IQ2_COPIES];
+                s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel & 0xffff), xs[2 * k], s);
+                s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel >> 16), xs[2 * k + 1], s);
+            }
+            isum[r] = (int32_t)(2 * (B >> 28) + 1) * s;
+            summ[r] = 0;
         }
-        isum = (int32_t)(2 * (B >> 28) + 1) * (all - 2 * neg);
-        summ = 0;
     }
     DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
         return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
     }
 };
+
+/* The compact IQ2_XXS nibble tables (DS4_CUDA_IQ2_TABLE_WORDS words) from
+ * src/quant's grid and signs; false if a grid byte is not 8, 25 or 43. */
+static inline bool ds4_cuda_iq2_tables(uint32_t *out) {
+    for (int g = 0; g < 256; g++) {
+        uint32_t w = 0;
+        for (int j = 0; j < 8; j++) {
+            uint32_t v = (uint32_t)(ds4_iq2xxs_grid[g] >> (8 * j)) & 255;
+            uint32_t code = v == 8 ? 0 : v == 25 ? 1 : v == 43 ? 2 : 15;
+            if (code == 15) return false;
+            w |= code << (4 * j);
+        }
+        out[g] = w;
+    }
+    for (int s = 0; s < 128; s++) {
+        uint32_t w = 0;
+        for (int j = 0; j < 8; j++)
+            if ((ds4_iq2xxs_sign_masks[s] >> (8 * j)) & 1) w |= 3u << (4 * j);
+        out[256 + s] = w;
+    }
+    return true;
+}
 
 #endif

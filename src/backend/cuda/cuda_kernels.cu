@@ -37,8 +37,9 @@ struct ds4_cuda_kernels {
     int device;
     int n_sm;
     size_t smem_optin;
+    int waves; /* grid = waves x the blocks that fit at once */
     char name[256];
-    uint64_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS */
+    uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
 };
 
 /* F16 weights: "blocks" of 8 halves (16 bytes), f32 activation. */
@@ -77,44 +78,70 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-/* The dot product of a staged span of nblk blocks with the activation
- * blocks ab0.., over the whole warp (the result is in every lane). */
-template <class F>
-__device__ __forceinline__ float dot_span(const uint8_t *span, uint32_t nblk, const act_view &a, uint32_t ab0,
-                                          const uint64_t *tab, int lane) {
-    float acc = 0.0f;
+/* The dot products of NR staged rows (`stride` bytes apart) of nblk blocks
+ * with the activation blocks ab0.., over the whole warp: out[r] is in every
+ * lane. */
+template <class F, int NR>
+__device__ __forceinline__ void dot_span(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+                                         uint32_t ab0, const uint32_t *tab, int lane, float *out) {
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
     const uint32_t U = nblk * F::G;
+    const int copy = lane % DS4_CUDA_IQ2_COPIES;
     for (uint32_t u0 = 0; u0 < U; u0 += 32) {
         uint32_t u = u0 + lane;
         bool valid = u < U;
         uint32_t blk = u / F::G;
         int part = (int)(u % F::G);
-        int32_t is = 0, sm = 0;
-        if (valid) F::unit(span + blk * F::block_bytes, part, a, ab0 + blk, tab, is, sm);
+        int32_t is[NR], sm[NR];
 #pragma unroll
-        for (int o = F::G / 2; o > 0; o >>= 1) {
-            is += __shfl_xor_sync(FULL_MASK, is, o);
-            sm += __shfl_xor_sync(FULL_MASK, sm, o);
+        for (int r = 0; r < NR; r++) is[r] = sm[r] = 0;
+        if (valid) F::template unit<NR>(span + blk * F::block_bytes, stride, part, a, ab0 + blk, tab, copy, is, sm);
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+#pragma unroll
+            for (int o = F::G / 2; o > 0; o >>= 1) {
+                is[r] += __shfl_xor_sync(FULL_MASK, is[r], o);
+                sm[r] += __shfl_xor_sync(FULL_MASK, sm[r], o);
+            }
+            if (valid && part == 0)
+                acc[r] += F::term(span + r * stride + blk * F::block_bytes, a, ab0 + blk, is[r], sm[r]);
         }
-        if (valid && part == 0) acc += F::term(span + blk * F::block_bytes, a, ab0 + blk, is, sm);
     }
-    return warp_sum(acc) * F::final_scale;
+#pragma unroll
+    for (int r = 0; r < NR; r++) out[r] = warp_sum(acc[r]) * F::final_scale;
 }
 
-template <>
-__device__ __forceinline__ float dot_span<fmt_f16>(const uint8_t *span, uint32_t nblk, const act_view &a,
-                                                   uint32_t ab0, const uint64_t *tab, int lane) {
-    float acc = 0.0f;
+/* F16: 8 halves per lane and step, f32 multiply-adds. */
+template <class F, int NR>
+__device__ __forceinline__ void dot_span_f16(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+                                             uint32_t ab0, int lane, float *out) {
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
     for (uint32_t u = lane; u < nblk; u += 32) {
-        uint4 w = *(const uint4 *)(span + 16u * u);
         const float4 *x = (const float4 *)(a.x + 8u * (ab0 + u));
         float4 x0 = x[0], x1 = x[1];
-        float2 f0 = __half22float2(*(const __half2 *)&w.x), f1 = __half22float2(*(const __half2 *)&w.y);
-        float2 f2 = __half22float2(*(const __half2 *)&w.z), f3 = __half22float2(*(const __half2 *)&w.w);
-        acc += f0.x * x0.x + f0.y * x0.y + f1.x * x0.z + f1.y * x0.w;
-        acc += f2.x * x1.x + f2.y * x1.y + f3.x * x1.z + f3.y * x1.w;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            uint4 w = *(const uint4 *)(span + r * stride + 16u * u);
+            float2 f0 = __half22float2(*(const __half2 *)&w.x), f1 = __half22float2(*(const __half2 *)&w.y);
+            float2 f2 = __half22float2(*(const __half2 *)&w.z), f3 = __half22float2(*(const __half2 *)&w.w);
+            acc[r] += f0.x * x0.x + f0.y * x0.y + f1.x * x0.z + f1.y * x0.w;
+            acc[r] += f2.x * x1.x + f2.y * x1.y + f3.x * x1.z + f3.y * x1.w;
+        }
     }
-    return warp_sum(acc);
+#pragma unroll
+    for (int r = 0; r < NR; r++) out[r] = warp_sum(acc[r]);
+}
+
+/* One entry point for both kinds of format. */
+template <class F, int NR>
+__device__ __forceinline__ void dot_rows(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+                                         uint32_t ab0, const uint32_t *tab, int lane, float *out) {
+    if constexpr (F::act_kind == DS4_ACT_F32) dot_span_f16<F, NR>(span, stride, nblk, a, ab0, lane, out);
+    else dot_span<F, NR>(span, stride, nblk, a, ab0, tab, lane, out);
 }
 
 /* Shared-memory bytes of a staged activation of n elements. */
@@ -158,13 +185,14 @@ __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid,
     return a;
 }
 
-/* The IQ2_XXS tables, for the formats that need them (3 KB). */
+/* The IQ2_XXS nibble tables, replicated DS4_CUDA_IQ2_COPIES times
+ * (24 KB), for the formats that need them. */
 template <class F>
-__device__ __forceinline__ const uint64_t *stage_tables(uint8_t *&s, const uint64_t *g, int tid, int nth) {
+__device__ __forceinline__ const uint32_t *stage_tables(uint8_t *&s, const uint32_t *g, int tid, int nth) {
     if (!F::needs_tab) return nullptr;
-    uint64_t *t = (uint64_t *)s;
-    for (int i = tid; i < DS4_CUDA_IQ2_TABLE_WORDS; i += nth) t[i] = g[i];
-    s += DS4_CUDA_IQ2_TABLE_WORDS * 8;
+    uint32_t *t = (uint32_t *)s;
+    for (int i = tid; i < DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES; i += nth) t[i] = g[i / DS4_CUDA_IQ2_COPIES];
+    s += DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES * 4;
     return t;
 }
 
@@ -243,7 +271,8 @@ __global__ void k_quantize_q8_K(const float *x, uint8_t *y, uint32_t nb) {
     }
     uint8_t *blk = y + 292 * (size_t)b;
     if (amax == 0.0f) {
-        *(uint2 *)(blk + 4 + 8 * lane) = make_uint2(0, 0);
+        *(uint32_t *)(blk + 4 + 8 * lane) = 0;
+        *(uint32_t *)(blk + 8 + 8 * lane) = 0;
         if (lane < 8) *(uint32_t *)(blk + 260 + 4 * lane) = 0;
         if (lane == 0) *(float *)blk = 0.0f;
         return;
@@ -257,7 +286,8 @@ __global__ void k_quantize_q8_K(const float *x, uint8_t *y, uint32_t nb) {
         sum += q;
         w[j / 4] |= (uint32_t)(uint8_t)(int8_t)q << (8 * (j % 4));
     }
-    *(uint2 *)(blk + 4 + 8 * lane) = make_uint2(w[0], w[1]);
+    *(uint32_t *)(blk + 4 + 8 * lane) = w[0]; /* 4-byte aligned only */
+    *(uint32_t *)(blk + 8 + 8 * lane) = w[1];
     sum += __shfl_xor_sync(FULL_MASK, sum, 1);
     if ((lane & 1) == 0) *(int16_t *)(blk + 260 + lane) = (int16_t)sum;
     if (lane == 0) *(float *)blk = 1.0f / iscale;
@@ -270,7 +300,7 @@ __global__ void k_quantize_q8_K(const float *x, uint8_t *y, uint32_t nb) {
 struct mv_params {
     const uint8_t *w, *act;
     float *y;
-    const uint64_t *tab;
+    const uint32_t *tab;
     uint32_t n_rows, n_in, row_bytes;
     uint32_t S, slice_blocks, slice_bytes; /* S slices per row */
     uint32_t buf_stride, act_smem;
@@ -285,7 +315,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     uint8_t *s = smem;
-    const uint64_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
     s += p.act_smem;
     float *partial = (float *)s;
@@ -310,7 +340,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
         __syncwarp();
         uint32_t row = item / p.S, sl = item % p.S;
         float r = 0.0f;
-        if (item < n_items) r = dot_span<F>(buf + (it & 1) * p.buf_stride, p.slice_blocks, a, sl * p.slice_blocks, tab, lane);
+        if (item < n_items) dot_rows<F, 1>(buf + (it & 1) * p.buf_stride, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
         if (p.S == 1) {
             if (item < n_items && lane == 0) p.y[row] = r;
         } else {
@@ -339,7 +369,7 @@ struct moe_params {
     const int32_t *ids;
     const float *weights, *add;
     float *out;
-    const uint64_t *tab;
+    const uint32_t *tab;
     uint32_t n_in, n_rows, n_expert, n_sel; /* n_rows per expert */
     uint32_t row_bytes, nb;                 /* one row: bytes, blocks */
     uint32_t part_stride, buf_stride, act_smem;
@@ -355,7 +385,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     uint8_t *s = smem;
-    const uint64_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
     s += p.act_smem;
     int32_t *ids = (int32_t *)s;
@@ -390,9 +420,9 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
             uint32_t k = item / p.n_rows;
             float mid = 0.0f;
             if ((uint32_t)ids[k] < p.n_expert) {
-                float g = dot_span<F>(buf + (it & 1) * p.buf_stride, p.nb, a, 0, tab, lane);
-                float u = dot_span<F>(buf + (it & 1) * p.buf_stride + p.part_stride, p.nb, a, 0, tab, lane);
-                mid = swiglu(g, u, p.clamp, wts[k]);
+                float gu[2];
+                dot_rows<F, 2>(buf + (it & 1) * p.buf_stride, p.part_stride, p.nb, a, 0, tab, lane, gu);
+                mid = swiglu(gu[0], gu[1], p.clamp, wts[k]);
             }
             if (lane == 0) p.out[item] = mid;
         }
@@ -410,7 +440,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     uint8_t *s = smem;
-    const uint64_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
     s += p.act_smem;
     int32_t *ids = (int32_t *)s;
@@ -439,9 +469,12 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
         __syncwarp();
         if (item < n_items) {
             float acc = 0.0f;
-            for (uint32_t k = 0; k < p.n_sel; k++)
-                if ((uint32_t)ids[k] < p.n_expert)
-                    acc += dot_span<F>(buf + (it & 1) * p.buf_stride + k * p.part_stride, p.nb, a, k * p.nb, tab, lane);
+            for (uint32_t k = 0; k < p.n_sel; k++) {
+                if ((uint32_t)ids[k] >= p.n_expert) continue;
+                float d;
+                dot_rows<F, 1>(buf + (it & 1) * p.buf_stride + k * p.part_stride, 0, p.nb, a, k * p.nb, tab, lane, &d);
+                acc += d;
+            }
             if (lane == 0) p.out[item] = p.add ? acc + p.add[item] : acc;
         }
         __syncwarp();
@@ -464,11 +497,13 @@ static int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
 
 template <class F>
 static uint32_t table_smem() {
-    return F::needs_tab ? DS4_CUDA_IQ2_TABLE_WORDS * 8 : 0;
+    return F::needs_tab ? DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES * 4 : 0;
 }
 
-/* Grid of a persistent kernel: as many blocks as fit at once, at most one
- * per tile. */
+/* Grid of a persistent kernel: `waves` times as many blocks as fit at
+ * once (1: every block stays resident and loops over tiles; more: the
+ * hardware hands out the extra blocks as others finish, which evens out the
+ * tail), at most one per tile. */
 template <class K>
 static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, uint32_t n_tiles, int *grid,
                        ds4_err *err) {
@@ -479,7 +514,7 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
     cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
     if (e != cudaSuccess) return cuda_fail(err, "occupancy", e);
     if (per_sm < 1) per_sm = 1;
-    uint64_t g = (uint64_t)per_sm * (uint64_t)k->n_sm;
+    uint64_t g = (uint64_t)per_sm * (uint64_t)k->n_sm * (uint64_t)k->waves;
     *grid = (int)(g < n_tiles ? g : n_tiles);
     if (*grid < 1) *grid = 1;
     return 0;
@@ -619,10 +654,13 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->device = device;
     k->n_sm = prop.multiProcessorCount;
     k->smem_optin = prop.sharedMemPerBlockOptin;
+    k->waves = 1;
     snprintf(k->name, sizeof k->name, "%s", prop.name);
-    uint64_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
-    memcpy(host_tab, ds4_iq2xxs_grid, 256 * sizeof(uint64_t));
-    memcpy(host_tab + 256, ds4_iq2xxs_sign_masks, 128 * sizeof(uint64_t));
+    uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
+    if (!ds4_cuda_iq2_tables(host_tab)) {
+        free(k);
+        return ds4_fail(err, "cuda: the IQ2_XXS grid holds a value other than 8, 25 or 43");
+    }
     if ((e = cudaMalloc(&k->tables, sizeof host_tab)) != cudaSuccess ||
         (e = cudaMemcpy(k->tables, host_tab, sizeof host_tab, cudaMemcpyHostToDevice)) != cudaSuccess ||
         (e = allow_smem<fmt_q8_0>((int)k->smem_optin)) != cudaSuccess ||
@@ -642,6 +680,8 @@ extern "C" void ds4_cuda_kernels_free(ds4_cuda_kernels *k) {
     cudaFree(k->tables);
     free(k);
 }
+
+extern "C" void ds4_cuda_kernels_set_waves(ds4_cuda_kernels *k, int waves) { k->waves = waves < 1 ? 1 : waves; }
 
 extern "C" int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k) { return k->n_sm; }
 
