@@ -227,9 +227,10 @@ void attention_sublayer(ds4_session *s, int il, int pos0, int n) {
             j.t = t;
             j.rows = token_rows(&j, t);
             int nr = j.rows.n_raw + j.rows.n_comp;
-            cpu_parallel_for(&e->cpu, (nr + GATHER_ROWS_PER_TASK - 1) / GATHER_ROWS_PER_TASK,
-                             gather_shared_task, &j);
-            cpu_parallel_for(&e->cpu, blocks, attend_block_task, &j);
+            size_t row_bytes = (size_t)nr * hd * sizeof(float);
+            cpu_parallel_for_cost(&e->cpu, (nr + GATHER_ROWS_PER_TASK - 1) / GATHER_ROWS_PER_TASK,
+                                  gather_shared_task, &j, row_bytes);
+            cpu_parallel_for_cost(&e->cpu, blocks, attend_block_task, &j, row_bytes * hp->n_head);
         }
     }
 

@@ -182,7 +182,8 @@ void indexer_select(ds4_session *s, int il, int pos0, int n) {
             ws->n_sel[t] = -1;
             continue;
         }
-        cpu_parallel_for(&e->cpu, (int)((j.visible + 255) / 256), idx_score_task, &j);
+        cpu_parallel_for_cost(&e->cpu, (int)((j.visible + 255) / 256), idx_score_task, &j,
+                              (size_t)j.visible * qdim * sizeof(float));
         topk_indices_ascending(ws->iscores, (int)j.visible, (int)top_k, ws->wk[0].heap,
                                ws->sel + (size_t)t * top_k);
     }

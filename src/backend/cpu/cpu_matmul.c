@@ -100,7 +100,8 @@ static bool is_plain_float(uint32_t type) {
     return type == DS4_TYPE_F32 || type == DS4_TYPE_F16 || type == DS4_TYPE_BF16;
 }
 
-#define BATCH_MAX 64 /* products per parallel run */
+#define BATCH_MAX 64            /* products per parallel run */
+#define INLINE_BYTES (64 << 10) /* weight bytes × tokens below which a batch runs on the caller */
 
 /* One parallel run over up to BATCH_MAX products: quantise every product's
  * input rows into its own slice of act_q, then tile every product's rows. */
@@ -194,9 +195,10 @@ static void run_batch(cpu_ctx *c, const cpu_mm *mm, int n) {
     b.c = c;
     b.mm = mm;
     b.n = n;
-    size_t off = 0;
+    size_t off = 0, weight_bytes = 0;
     b.qrow0[0] = b.task0[0] = 0;
     for (int j = 0; j < n; j++) {
+        weight_bytes += (size_t)mm[j].w.n_out * mm[j].w.row_bytes * (size_t)mm[j].n_tok;
         b.act[j] = act_kind_for(mm[j].w.type, c->exact);
         b.act_off[j] = off;
         int nq = b.act[j] == ACT_F32 ? 0 : mm[j].n_tok;
@@ -205,6 +207,11 @@ static void run_batch(cpu_ctx *c, const cpu_mm *mm, int n) {
         b.tile[j] = tile_rows(c, &mm[j].w);
         int tasks = mm[j].n_tok > 0 ? (int)((mm[j].w.n_out + b.tile[j] - 1) / b.tile[j]) : 0;
         b.task0[j + 1] = b.task0[j] + tasks;
+    }
+    if (weight_bytes < INLINE_BYTES) { /* less work than waking the workers costs */
+        for (int q = 0; q < b.qrow0[n]; q++) quantise_task(&b, q, 0);
+        for (int t = 0; t < b.task0[n]; t++) matmul_task(&b, t, 0);
+        return;
     }
     cpu_pool_run(c->pool, b.qrow0[n], quantise_task, &b);
     cpu_pool_run(c->pool, b.task0[n], matmul_task, &b);
@@ -233,5 +240,13 @@ void cpu_matmul(cpu_ctx *c, const cpu_mat *w, const float *x, size_t ldx, int n_
 }
 
 void cpu_parallel_for(cpu_ctx *c, int n, cpu_task_fn fn, void *ctx) {
+    cpu_pool_run(c->pool, n, fn, ctx);
+}
+
+void cpu_parallel_for_cost(cpu_ctx *c, int n, cpu_task_fn fn, void *ctx, size_t cost_bytes) {
+    if (cost_bytes < INLINE_BYTES) {
+        for (int i = 0; i < n; i++) fn(ctx, i, 0);
+        return;
+    }
     cpu_pool_run(c->pool, n, fn, ctx);
 }

@@ -77,7 +77,9 @@ void cpu_matmul(cpu_ctx *c, const cpu_mat *w, const float *x, size_t ldx, int n_
 /* Dequantised row r of a view (n_in floats) — embeddings and tests. */
 void cpu_mat_row_f32(const cpu_mat *w, uint32_t r, float *dst);
 
-/* Runs fn(ctx, i, worker) for i in [0, n) on the pool. */
+/* Runs fn(ctx, i, worker) for i in [0, n) on the pool; with a small total
+ * cost estimate (bytes touched) everything runs on the caller instead. */
 void cpu_parallel_for(cpu_ctx *c, int n, cpu_task_fn fn, void *ctx);
+void cpu_parallel_for_cost(cpu_ctx *c, int n, cpu_task_fn fn, void *ctx, size_t cost_bytes);
 
 #endif
