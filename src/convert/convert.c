@@ -286,62 +286,7 @@ static int fill_tensor(void *ctx, void *dst, uint64_t nbytes, ds4_err *err) {
                                   : fill_rows(t, dst, nbytes, err);
 }
 
-/* ---- metadata ---- */
-
-#define K(k) "deepseek4." k
-
-static void add_model_meta(gguf_writer *w, const ds4_hparams *hp, const char *name) {
-    gguf_writer_add_str(w, "general.architecture", "deepseek4");
-    gguf_writer_add_str(w, "general.name", name ? name : "DeepSeek V4 (converted by ds4-convert)");
-    if (hp->context_length) gguf_writer_add_u64(w, K("context_length"), hp->context_length);
-    gguf_writer_add_u32(w, K("block_count"), hp->n_layer);
-    gguf_writer_add_u32(w, K("embedding_length"), hp->n_embd);
-    gguf_writer_add_u32(w, K("vocab_size"), hp->n_vocab);
-    gguf_writer_add_u32(w, K("attention.head_count"), hp->n_head);
-    gguf_writer_add_u32(w, K("attention.head_count_kv"), hp->n_head_kv);
-    gguf_writer_add_u32(w, K("attention.key_length"), hp->head_dim);
-    gguf_writer_add_u32(w, K("attention.value_length"), hp->head_dim);
-    gguf_writer_add_u32(w, K("rope.dimension_count"), hp->n_rot);
-    gguf_writer_add_u32(w, K("attention.q_lora_rank"), hp->q_lora);
-    gguf_writer_add_u32(w, K("attention.output_lora_rank"), hp->o_lora);
-    gguf_writer_add_u32(w, K("attention.output_group_count"), hp->n_out_group);
-    gguf_writer_add_u32(w, K("expert_count"), hp->n_expert);
-    gguf_writer_add_u32(w, K("expert_used_count"), hp->n_expert_used);
-    gguf_writer_add_u32(w, K("expert_shared_count"), hp->n_expert_shared);
-    gguf_writer_add_u32(w, K("expert_feed_forward_length"), hp->n_ff_exp);
-    gguf_writer_add_u32(w, K("hash_layer_count"), hp->n_hash_layer);
-    gguf_writer_add_f32(w, K("expert_weights_scale"), hp->expert_weight_scale);
-    gguf_writer_add_bool(w, K("expert_weights_norm"), hp->expert_weights_norm);
-    gguf_writer_add_u32(w, K("expert_gating_func"), 4); /* sqrt(softplus); informational */
-    gguf_writer_add_array(w, K("swiglu_clamp_exp"), GGUF_T_FLOAT32, hp->swiglu_clamp, hp->n_layer);
-    gguf_writer_add_u32(w, K("attention.sliding_window"), hp->n_swa);
-    gguf_writer_add_array(w, K("attention.compress_ratios"), GGUF_T_UINT32, hp->compress_ratio,
-                          hp->n_layer);
-    gguf_writer_add_u32(w, K("attention.indexer.head_count"), hp->n_indexer_head);
-    gguf_writer_add_u32(w, K("attention.indexer.key_length"), hp->indexer_head_dim);
-    gguf_writer_add_u32(w, K("attention.indexer.top_k"), hp->indexer_top_k);
-    gguf_writer_add_u32(w, K("hyper_connection.count"), hp->n_hc);
-    gguf_writer_add_u32(w, K("hyper_connection.sinkhorn_iterations"), hp->hc_sinkhorn_iter);
-    gguf_writer_add_f32(w, K("hyper_connection.epsilon"), hp->hc_eps);
-    gguf_writer_add_f32(w, K("attention.layer_norm_rms_epsilon"), hp->rms_eps);
-    gguf_writer_add_f32(w, K("rope.freq_base"), hp->rope_freq_base);
-    gguf_writer_add_f32(w, K("attention.compress_rope_freq_base"), hp->compress_rope_freq_base);
-    gguf_writer_add_str(w, K("rope.scaling.type"), "yarn");
-    gguf_writer_add_f32(w, K("rope.scaling.factor"), hp->rope_scale_factor);
-    gguf_writer_add_u64(w, K("rope.scaling.original_context_length"), hp->rope_orig_ctx);
-    gguf_writer_add_f32(w, K("rope.scaling.yarn_beta_fast"), hp->yarn_beta_fast);
-    gguf_writer_add_f32(w, K("rope.scaling.yarn_beta_slow"), hp->yarn_beta_slow);
-}
-
-static void add_vocab_meta(gguf_writer *w, const ds4_synth_vocab *v) {
-    gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2");
-    gguf_writer_add_str(w, "tokenizer.ggml.pre", "joyai-llm");
-    gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", (const char *const *)v->tokens, v->n_tokens);
-    gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_T_INT32, v->types, v->n_tokens);
-    gguf_writer_add_str_array(w, "tokenizer.ggml.merges", (const char *const *)v->merges, v->n_merges);
-    gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", v->bos);
-    gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", v->eos);
-}
+/* ---- vocabulary ---- */
 
 static int load_vocab(const ds4_convert_opts *o, uint32_t n_vocab, ds4_synth_vocab *v,
                       ds4_err *err) {
@@ -411,8 +356,9 @@ int ds4_convert(const ds4_convert_opts *o, ds4_err *err) {
         ds4_fail(err, "out of memory");
         goto out;
     }
-    add_model_meta(w, &hp, o->name);
-    add_vocab_meta(w, &vocab);
+    ds4_model_meta_write(w, o->name ? o->name : "DeepSeek V4 (converted by ds4-convert)", &hp,
+                         NULL, NULL);
+    ds4_synth_vocab_write(w, &vocab, NULL, NULL);
     for (size_t i = 0; i < plan.n; i++) {
         out_tensor *t = &plan.t[i];
         t->seq = (uint32_t)i + 1;

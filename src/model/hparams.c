@@ -14,9 +14,13 @@
  * the key(s) and the values. Dimensions are capped at DS4_MAX_DIM so every
  * product of two of them fits comfortably in 64 bits.
  *
+ * Writing goes through the same key tables (ds4_model_meta_write), so the
+ * synthetic writer and ds4-convert produce exactly what this reader takes.
+ *
  * Also here: ds4_kv_bytes(), the session-state size at a given context. */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -275,6 +279,59 @@ int ds4_hparams_read(const gguf_file *f, ds4_hparams *hp, ds4_err *err) {
     if (read_compress_ratios(f, hp, err)) return -1;
     if (read_swiglu_clamp(f, hp, err)) return -1;
     return check_consistency(hp, err);
+}
+
+/* ---- writing ---- */
+
+typedef struct meta_out {
+    gguf_writer *w;
+    ds4_meta_hook hook;
+    void *hook_ctx;
+} meta_out;
+
+#define PUT(o, kind, key, ...)                                                  \
+    do {                                                                        \
+        if (!(o)->hook || !(o)->hook((o)->hook_ctx, (o)->w, key))               \
+            gguf_writer_add_##kind((o)->w, key, __VA_ARGS__);                   \
+    } while (0)
+
+/* The published file types these counts UINT32; a value past 32 bits (only
+ * from an unusual config.json) is kept whole as UINT64, which the reader
+ * also takes. */
+static void put_count(const meta_out *o, const char *key, uint64_t v) {
+    if (v <= UINT32_MAX) PUT(o, u32, key, (uint32_t)v);
+    else PUT(o, u64, key, v);
+}
+
+void ds4_model_meta_write(gguf_writer *w, const char *name, const ds4_hparams *hp,
+                          ds4_meta_hook hook, void *hook_ctx) {
+    const meta_out o = {w, hook, hook_ctx};
+    PUT(&o, str, "general.architecture", "deepseek4");
+    PUT(&o, str, "general.name", name);
+    if (!hp) return;
+    if (hp->context_length) put_count(&o, KEY_PREFIX "context_length", hp->context_length);
+    for (size_t i = 0; i < sizeof u32_keys / sizeof u32_keys[0]; i++) {
+        uint32_t v;
+        memcpy(&v, (const char *)hp + u32_keys[i].off, sizeof v);
+        PUT(&o, u32, u32_keys[i].key, v);
+    }
+    PUT(&o, u32, KEY_PREFIX "attention.value_length", hp->head_dim);
+    for (size_t i = 0; i < sizeof f32_keys / sizeof f32_keys[0]; i++) {
+        float v;
+        memcpy(&v, (const char *)hp + f32_keys[i].off, sizeof v);
+        PUT(&o, f32, f32_keys[i].key, v);
+    }
+    PUT(&o, bool, KEY_PREFIX "expert_weights_norm", hp->expert_weights_norm);
+    put_count(&o, KEY_PREFIX "rope.scaling.original_context_length", hp->rope_orig_ctx);
+    PUT(&o, array, KEY_PREFIX "attention.compress_ratios", GGUF_T_UINT32, hp->compress_ratio,
+        hp->n_layer);
+    PUT(&o, array, KEY_PREFIX "swiglu_clamp_exp", GGUF_T_FLOAT32, hp->swiglu_clamp, hp->n_layer);
+    /* Not read by ds4; written with the published file's values (model-spec §1). */
+    PUT(&o, u32, KEY_PREFIX "expert_group_count", 0);
+    PUT(&o, u32, KEY_PREFIX "expert_group_used_count", 0);
+    PUT(&o, u32, KEY_PREFIX "expert_gating_func", 4); /* sqrt(softplus) */
+    PUT(&o, str, KEY_PREFIX "rope.scaling.type", "yarn");
+    PUT(&o, u32, KEY_PREFIX "nextn_predict_layers", 1);
 }
 
 /* Session state at ctx tokens, with every KV row stored as f16 and the

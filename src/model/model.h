@@ -119,6 +119,16 @@ typedef struct ds4_mtp_model {
 /* Reads and checks the deepseek4.* metadata (used by ds4_model_open). */
 int ds4_hparams_read(const gguf_file *f, ds4_hparams *hp, ds4_err *err);
 
+/* Called before each metadata key is written; returns true to skip the
+ * default value (it may write its own through w). Tests shape broken files
+ * this way. */
+typedef bool (*ds4_meta_hook)(void *ctx, gguf_writer *w, const char *key);
+/* Writes general.architecture, general.name and (hp non-NULL) every
+ * deepseek4.* key that ds4_hparams_read reads, plus the published keys it
+ * ignores. hook may be NULL. */
+void ds4_model_meta_write(gguf_writer *w, const char *name, const ds4_hparams *hp,
+                          ds4_meta_hook hook, void *hook_ctx);
+
 /* Errors start with the path ("PATH: missing tensor ..."). */
 int ds4_model_open(ds4_model *m, const char *path, ds4_err *err);
 /* The same over a caller-owned buffer that must outlive the model (fuzzing);

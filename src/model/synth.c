@@ -366,75 +366,6 @@ static int add_layer(synth *s, uint32_t il) {
     return 0;
 }
 
-/* ---- metadata ---- */
-
-static bool meta_skip(synth *s, const char *key) {
-    return s->c->meta_hook && s->c->meta_hook(s->c->hook_ctx, s->w, key);
-}
-
-#define META(kind, key, ...) \
-    do { if (!meta_skip(s, key)) gguf_writer_add_##kind(s->w, key, __VA_ARGS__); } while (0)
-#define K(k) "deepseek4." k
-
-static void add_tokenizer_meta(synth *s) {
-    const ds4_synth_vocab *v = s->c->vocab;
-    if (!v) return;
-    META(str, "tokenizer.ggml.model", "gpt2");
-    META(str, "tokenizer.ggml.pre", "joyai-llm");
-    META(str_array, "tokenizer.ggml.tokens", (const char *const *)v->tokens, v->n_tokens);
-    META(array, "tokenizer.ggml.token_type", GGUF_T_INT32, v->types, v->n_tokens);
-    META(str_array, "tokenizer.ggml.merges", (const char *const *)v->merges, v->n_merges);
-    META(u32, "tokenizer.ggml.bos_token_id", v->bos);
-    META(u32, "tokenizer.ggml.eos_token_id", v->eos);
-}
-
-static void add_model_meta(synth *s) {
-    const ds4_hparams *hp = &s->c->hp;
-    META(str, "general.architecture", "deepseek4");
-    META(str, "general.name", s->c->name ? s->c->name : "DeepSeek V4 Flash (synthetic)");
-    META(u32, K("context_length"), (uint32_t)hp->context_length);
-    META(u32, K("block_count"), hp->n_layer);
-    META(u32, K("embedding_length"), hp->n_embd);
-    META(u32, K("vocab_size"), hp->n_vocab);
-    META(u32, K("attention.head_count"), hp->n_head);
-    META(u32, K("attention.head_count_kv"), hp->n_head_kv);
-    META(u32, K("attention.key_length"), hp->head_dim);
-    META(u32, K("attention.value_length"), hp->head_dim);
-    META(u32, K("rope.dimension_count"), hp->n_rot);
-    META(u32, K("attention.q_lora_rank"), hp->q_lora);
-    META(u32, K("attention.output_lora_rank"), hp->o_lora);
-    META(u32, K("attention.output_group_count"), hp->n_out_group);
-    META(u32, K("expert_count"), hp->n_expert);
-    META(u32, K("expert_used_count"), hp->n_expert_used);
-    META(u32, K("expert_shared_count"), hp->n_expert_shared);
-    META(u32, K("expert_feed_forward_length"), hp->n_ff_exp);
-    META(u32, K("hash_layer_count"), hp->n_hash_layer);
-    META(u32, K("expert_group_count"), 0);
-    META(u32, K("expert_group_used_count"), 0);
-    META(f32, K("expert_weights_scale"), hp->expert_weight_scale);
-    META(bool, K("expert_weights_norm"), hp->expert_weights_norm);
-    META(u32, K("expert_gating_func"), 4);
-    META(array, K("swiglu_clamp_exp"), GGUF_T_FLOAT32, hp->swiglu_clamp, hp->n_layer);
-    META(u32, K("attention.sliding_window"), hp->n_swa);
-    META(array, K("attention.compress_ratios"), GGUF_T_UINT32, hp->compress_ratio, hp->n_layer);
-    META(u32, K("attention.indexer.head_count"), hp->n_indexer_head);
-    META(u32, K("attention.indexer.key_length"), hp->indexer_head_dim);
-    META(u32, K("attention.indexer.top_k"), hp->indexer_top_k);
-    META(u32, K("hyper_connection.count"), hp->n_hc);
-    META(u32, K("hyper_connection.sinkhorn_iterations"), hp->hc_sinkhorn_iter);
-    META(f32, K("hyper_connection.epsilon"), hp->hc_eps);
-    META(f32, K("attention.layer_norm_rms_epsilon"), hp->rms_eps);
-    META(f32, K("rope.freq_base"), hp->rope_freq_base);
-    META(f32, K("attention.compress_rope_freq_base"), hp->compress_rope_freq_base);
-    META(str, K("rope.scaling.type"), "yarn");
-    META(f32, K("rope.scaling.factor"), hp->rope_scale_factor);
-    META(u32, K("rope.scaling.original_context_length"), (uint32_t)hp->rope_orig_ctx);
-    META(f32, K("rope.scaling.yarn_beta_fast"), hp->yarn_beta_fast);
-    META(f32, K("rope.scaling.yarn_beta_slow"), hp->yarn_beta_slow);
-    META(u32, K("nextn_predict_layers"), 1);
-    add_tokenizer_meta(s);
-}
-
 static int synth_begin(synth *s, const ds4_synth_config *c, size_t cap, ds4_err *err) {
     memset(s, 0, sizeof *s);
     s->c = c;
@@ -509,7 +440,9 @@ static int synth_model(const ds4_synth_config *c, const char *path, void **image
         return ds4_fail(err, "layer count %u is not in 1..%d", c->hp.n_layer, DS4_MAX_LAYERS);
     synth s;
     if (synth_begin(&s, c, 16 + (size_t)c->hp.n_layer * 40, err)) return -1;
-    add_model_meta(&s);
+    ds4_model_meta_write(s.w, c->name ? c->name : "DeepSeek V4 Flash (synthetic)", &c->hp,
+                         c->meta_hook, c->hook_ctx);
+    if (c->vocab) ds4_synth_vocab_write(s.w, c->vocab, c->meta_hook, c->hook_ctx);
     return synth_finish(&s, add_model_tensors(&s), path, image, size);
 }
 
@@ -540,9 +473,8 @@ static int add_mtp_tensors(synth *s) {
 /* The published MTP file carries no model metadata that ds4 reads; we write
  * the architecture and name so tools can tell what it is. */
 int ds4_synth_write_mtp(const ds4_synth_config *c, const char *path, ds4_err *err) {
-    synth st, *s = &st;
-    if (synth_begin(s, c, 64, err)) return -1;
-    META(str, "general.architecture", "deepseek4");
-    META(str, "general.name", "DeepSeek V4 Flash MTP (synthetic)");
-    return synth_finish(s, add_mtp_tensors(s), path, NULL, NULL);
+    synth s;
+    if (synth_begin(&s, c, 64, err)) return -1;
+    ds4_model_meta_write(s.w, "DeepSeek V4 Flash MTP (synthetic)", NULL, c->meta_hook, c->hook_ctx);
+    return synth_finish(&s, add_mtp_tensors(&s), path, NULL, NULL);
 }

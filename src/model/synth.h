@@ -50,9 +50,6 @@ typedef struct ds4_synth_vocab {
     uint32_t bos, eos;
 } ds4_synth_vocab;
 
-/* Called before each metadata key is written; return true to skip the
- * default value (the hook may write its own through w). */
-typedef bool (*ds4_synth_meta_hook)(void *ctx, gguf_writer *w, const char *key);
 /* Called before each tensor is added; may change its type and dimensions
  * (data is generated for what it leaves) or return true to skip it. */
 typedef bool (*ds4_synth_tensor_hook)(void *ctx, gguf_writer *w, const char *name, uint32_t *type,
@@ -65,7 +62,7 @@ typedef struct ds4_synth_config {
     uint64_t seed;
     const ds4_synth_vocab *vocab; /* n_tokens == hp.n_vocab; NULL: no tokenizer keys */
     const char *name;             /* general.name */
-    ds4_synth_meta_hook meta_hook;
+    ds4_meta_hook meta_hook;       /* see model.h */
     ds4_synth_tensor_hook tensor_hook;
     void *hook_ctx;
 } ds4_synth_config;
@@ -83,6 +80,9 @@ int ds4_synth_vocab_fallback(ds4_synth_vocab *v, uint32_t n_vocab, ds4_err *err)
 int ds4_synth_vocab_from_json(ds4_synth_vocab *v, const char *path, uint32_t min_vocab,
                               ds4_err *err);
 void ds4_synth_vocab_free(ds4_synth_vocab *v);
+/* The tokenizer.* keys; hook may be NULL (ds4_meta_hook, model.h). */
+void ds4_synth_vocab_write(gguf_writer *w, const ds4_synth_vocab *v, ds4_meta_hook hook,
+                           void *hook_ctx);
 
 int ds4_synth_write_model(const ds4_synth_config *c, const char *path, ds4_err *err);
 /* The same model as an in-memory GGUF image (for ds4_model_open_memory, so

@@ -15,7 +15,10 @@
  * From tokenizer.json: model.vocab (string -> id), model.merges ("a b"
  * strings or [a, b] pairs) and added_tokens (special -> CONTROL, else
  * USER_DEFINED); V4's <think>, </think> and ｜DSML｜ are appended when absent
- * and ids left free are unused filler. */
+ * and ids left free are unused filler.
+ *
+ * ds4_synth_vocab_write() puts a vocabulary into a GGUF as the tokenizer.*
+ * keys (model-spec §2.1), for synthetic and converted models alike. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -349,4 +352,18 @@ int ds4_synth_vocab_from_json(ds4_synth_vocab *v, const char *path, uint32_t min
         return ds4_fail_prefix(err, path);
     }
     return 0;
+}
+
+void ds4_synth_vocab_write(gguf_writer *w, const ds4_synth_vocab *v, ds4_meta_hook hook,
+                           void *hook_ctx) {
+#define PUT(kind, key, ...) \
+    do { if (!hook || !hook(hook_ctx, w, key)) gguf_writer_add_##kind(w, key, __VA_ARGS__); } while (0)
+    PUT(str, "tokenizer.ggml.model", "gpt2");
+    PUT(str, "tokenizer.ggml.pre", "joyai-llm");
+    PUT(str_array, "tokenizer.ggml.tokens", (const char *const *)v->tokens, v->n_tokens);
+    PUT(array, "tokenizer.ggml.token_type", GGUF_T_INT32, v->types, v->n_tokens);
+    PUT(str_array, "tokenizer.ggml.merges", (const char *const *)v->merges, v->n_merges);
+    PUT(u32, "tokenizer.ggml.bos_token_id", v->bos);
+    PUT(u32, "tokenizer.ggml.eos_token_id", v->eos);
+#undef PUT
 }
