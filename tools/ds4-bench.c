@@ -21,7 +21,9 @@
  * On stderr, a human summary: per frontier the decode time per token and
  * the weight bytes one decode step reads (src/model/traffic.c, from the
  * loaded model's own tensors), as GB/s and as a share of the memory read
- * bandwidth this tool measures first with a multi-threaded read loop. */
+ * bandwidth a multi-threaded read loop reaches just before that decode run
+ * (probing each time, because on a shared machine the bandwidth left to us
+ * drifts), and the share of the cores the decode got. */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -238,17 +240,22 @@ static double now_s(void) {
 
 typedef uint64_t u64x8 __attribute__((vector_size(64)));
 
+/* A buffer well beyond the last-level cache, read by `threads` threads. */
+typedef struct bw_probe {
+    u64x8 *buf;
+    size_t nvec;
+    int threads;
+} bw_probe;
+
 typedef struct bw_job {
     const u64x8 *base;
     size_t n;       /* vectors in this thread's slice */
     uint64_t sink;  /* keeps the loads alive */
-    pthread_barrier_t *start;
 } bw_job;
 
 static void *bw_read_slice(void *arg) {
     bw_job *j = arg;
     u64x8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    pthread_barrier_wait(j->start);
     size_t i = 0;
     for (; i + 4 <= j->n; i += 4) {
         a0 ^= j->base[i];
@@ -264,45 +271,40 @@ static void *bw_read_slice(void *arg) {
     return NULL;
 }
 
-/* Best of five timed passes of `threads` threads each reading its share of
- * a `mib` MiB buffer (written once first, so every page is resident).
- * Returns bytes per second, or 0 if it could not run. */
-static double measure_read_bandwidth(int threads, int mib) {
-    size_t bytes = (size_t)mib << 20, nvec = bytes / sizeof(u64x8);
-    u64x8 *buf = NULL;
-    if (threads < 1 || nvec < (size_t)threads || posix_memalign((void **)&buf, 1 << 21, bytes)) return 0;
-    memset(buf, 0x5a, bytes);
-    bw_job *jobs = calloc((size_t)threads, sizeof *jobs);
-    pthread_t *tid = calloc((size_t)threads, sizeof *tid);
+/* Allocates and writes the buffer once, so every page is resident. */
+static int bw_probe_init(bw_probe *p, int threads, int mib) {
+    size_t bytes = (size_t)mib << 20;
+    p->buf = NULL;
+    p->nvec = bytes / sizeof(u64x8);
+    p->threads = threads;
+    if (threads < 1 || p->nvec < (size_t)threads || posix_memalign((void **)&p->buf, 1 << 21, bytes)) return -1;
+    memset(p->buf, 0x5a, bytes);
+    return 0;
+}
+
+/* Best of three passes, each thread reading its share once (thread start
+ * and join are inside the timing: microseconds against tens of
+ * milliseconds). Bytes per second, or 0 if threads could not start. */
+static double bw_probe_measure(bw_probe *p) {
+    bw_job jobs[64];
+    pthread_t tid[64];
+    int threads = p->threads < 64 ? p->threads : 64;
     double best = 0;
-    pthread_barrier_t start;
-    if (!jobs || !tid || pthread_barrier_init(&start, NULL, (unsigned)threads + 1)) {
-        free(jobs); free(tid); free(buf);
-        return 0;
-    }
-    for (int pass = 0; pass < 6; pass++) { /* pass 0 warms up */
+    for (int pass = 0; pass < 3; pass++) {
         int started = 0;
+        double t0 = now_s();
         for (int t = 0; t < threads; t++) {
-            size_t lo = nvec * t / threads, hi = nvec * (t + 1) / threads;
-            jobs[t] = (bw_job){buf + lo, hi - lo, 0, &start};
+            size_t lo = p->nvec * t / threads, hi = p->nvec * (t + 1) / threads;
+            jobs[t] = (bw_job){p->buf + lo, hi - lo, 0};
             if (pthread_create(&tid[t], NULL, bw_read_slice, &jobs[t])) break;
             started++;
         }
-        if (started < threads) { /* cannot happen short of resource exhaustion */
-            for (int t = 0; t < started; t++) pthread_cancel(tid[t]);
-            best = 0;
-            break;
-        }
-        double t0 = now_s();
-        pthread_barrier_wait(&start);
-        for (int t = 0; t < threads; t++) pthread_join(tid[t], NULL);
+        for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
         double dt = now_s() - t0;
-        if (pass > 0 && dt > 0 && bytes / dt > best) best = bytes / dt;
+        if (started < threads) return 0;
+        double rate = (double)(p->nvec * sizeof(u64x8)) / dt;
+        if (dt > 0 && rate > best) best = rate;
     }
-    pthread_barrier_destroy(&start);
-    free(jobs);
-    free(tid);
-    free(buf);
     return best;
 }
 
@@ -460,8 +462,27 @@ static int32_t argmax_except(const float *logits, int n_vocab, int32_t eos) {
 typedef struct frontier_result {
     int ctx, prefill_tokens;
     double prefill_s, gen_s;
+    double gen_cpu;     /* process CPU seconds during the decode steps */
+    double bw;          /* read bandwidth probed just before the decode, 0 = none */
     uint64_t kv_bytes;
 } frontier_result;
+
+/* What a sweep needs. */
+typedef struct bench_run {
+    const bench_opts *o;
+    ds4_engine *e;
+    int threads;
+    const int32_t *ids;
+    FILE *csv;
+    bw_probe probe;     /* probe.buf NULL: no bandwidth probes */
+    double bw_min, bw_max;
+} bench_run;
+
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 /* Bytes for people: "734.0 MB", "9.561 GB". */
 static const char *show_bytes(double b, char buf[32]) {
@@ -470,31 +491,32 @@ static const char *show_bytes(double b, char buf[32]) {
     return buf;
 }
 
-static void print_setup(const bench_opts *o, ds4_engine *e, int threads, double bw, double build_s) {
-    const ds4_model *m = ds4_engine_model(e);
+static void print_setup(const bench_run *b, double build_s) {
+    const bench_opts *o = b->o;
+    const ds4_model *m = ds4_engine_model(b->e);
     if (o->synthetic)
         fprintf(stderr, "ds4-bench: model: synthetic %s %s, %u layers, %.2f GiB of weights in RAM (built in %.1f s)\n",
                 o->preset, o->synthetic, m->hp.n_layer, (double)m->weight_bytes / (1 << 30), build_s);
     else
         fprintf(stderr, "ds4-bench: model: %s, %s experts, %u layers, %.2f GiB of weights\n", o->model_path,
                 ds4_model_expert_quant_name(m), m->hp.n_layer, (double)m->weight_bytes / (1 << 30));
-    fprintf(stderr, "ds4-bench: backend %s, %d threads, ctx %d, simd %s\n", ds4_engine_backend_name(e),
-            threads, ds4_engine_ctx(e), ds4_isa_name(ds4_quant_get_isa()));
-    if (bw > 0)
-        fprintf(stderr, "ds4-bench: measured memory read bandwidth: %.1f GB/s (%d threads, %d MiB, best of 5)\n",
-                bw / 1e9, threads, o->bw_mib);
+    fprintf(stderr, "ds4-bench: backend %s, %d threads, ctx %d, simd %s\n", ds4_engine_backend_name(b->e),
+            b->threads, ds4_engine_ctx(b->e), ds4_isa_name(ds4_quant_get_isa()));
+    if (b->probe.buf)
+        fprintf(stderr, "ds4-bench: memory read bandwidth probed before each decode run (%d threads, %d MiB, "
+                "best of 3 passes)\n", b->threads, o->bw_mib);
     ds4_decode_traffic t;
     ds4_decode_traffic_at(m, 0, &t);
-    char b[8][32];
+    char s[8][32];
     fprintf(stderr,
             "ds4-bench: weights read per decode token: %s = layers %s (attention %s, shared expert %s, "
             "routed experts %s, hc+router %s, compressors %s) + head %s",
-            show_bytes(t.total, b[0]), show_bytes(t.layers, b[1]), show_bytes(t.attention, b[2]),
-            show_bytes(t.shared_expert, b[3]), show_bytes(t.routed_experts, b[4]),
-            show_bytes(t.hc + t.router, b[5]), show_bytes(t.compressors, b[6]), show_bytes(t.head, b[7]));
+            show_bytes(t.total, s[0]), show_bytes(t.layers, s[1]), show_bytes(t.attention, s[2]),
+            show_bytes(t.shared_expert, s[3]), show_bytes(t.routed_experts, s[4]),
+            show_bytes(t.hc + t.router, s[5]), show_bytes(t.compressors, s[6]), show_bytes(t.head, s[7]));
     ds4_decode_traffic_at(m, (uint64_t)o->ctx_max + o->gen_tokens, &t);
     if (t.indexer)
-        fprintf(stderr, "; + indexer %s past ctx %u", show_bytes(t.indexer, b[0]), 4 * m->hp.indexer_top_k);
+        fprintf(stderr, "; + indexer %s past ctx %u", show_bytes(t.indexer, s[0]), 4 * m->hp.indexer_top_k);
     fprintf(stderr, "\n");
 }
 
@@ -509,51 +531,64 @@ static double mean_traffic(const ds4_model *m, int ctx, int n) {
     return sum / n;
 }
 
-static void print_frontier(const ds4_model *m, const frontier_result *r, int gen, double bw) {
-    double ms = r->gen_s * 1e3 / gen, bytes = mean_traffic(m, r->ctx, gen);
+/* One summary line per frontier. The CPU share (process CPU time over wall
+ * time × threads) shows how much of the cores the decode actually got on a
+ * shared machine. */
+static void print_frontier(const bench_run *b, const frontier_result *r) {
+    int gen = b->o->gen_tokens;
+    double ms = r->gen_s * 1e3 / gen, bytes = mean_traffic(ds4_engine_model(b->e), r->ctx, gen);
     double gbps = bytes / (ms * 1e-3) / 1e9;
-    char b[32];
+    char s[32];
     fprintf(stderr, "ds4-bench: ctx %6d: prefill %6d tok %8.2f tok/s | decode %4d tok %7.2f tok/s, %8.2f ms/tok, "
             "%s/tok = %.2f GB/s", r->ctx, r->prefill_tokens, r->prefill_tokens / r->prefill_s, gen,
-            gen / r->gen_s, ms, show_bytes(bytes, b), gbps);
-    if (bw > 0) fprintf(stderr, " = %.0f%% of measured bandwidth", 100.0 * gbps * 1e9 / bw);
-    fprintf(stderr, "\n");
+            gen / r->gen_s, ms, show_bytes(bytes, s), gbps);
+    if (r->bw > 0) fprintf(stderr, " = %.0f%% of %.2f GB/s probed", 100.0 * gbps * 1e9 / r->bw, r->bw / 1e9);
+    fprintf(stderr, ", cpu %.0f%%\n", 100.0 * r->gen_cpu / (r->gen_s * b->threads));
 }
 
-static int run_sweep(const bench_opts *o, ds4_engine *e, const int32_t *ids, FILE *csv, double bw, ds4_err *err) {
+static int run_sweep(bench_run *b, ds4_err *err) {
+    const bench_opts *o = b->o;
     ds4_session *s = NULL;
-    if (ds4_session_new(e, &s, err)) return -1;
-    const ds4_model *m = ds4_engine_model(e);
-    int n_vocab = (int)m->hp.n_vocab;
-    int32_t eos = ds4_tokenizer_specials(ds4_engine_tokenizer(e)).eos;
+    if (ds4_session_new(b->e, &s, err)) return -1;
+    int n_vocab = (int)ds4_engine_model(b->e)->hp.n_vocab;
+    int32_t eos = ds4_tokenizer_specials(ds4_engine_tokenizer(b->e)).eos;
     mem_payload snap = {0};
     int rc = 0, prev = 0;
-    fprintf(csv, "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes\n");
-    fflush(csv);
+    fprintf(b->csv, "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes\n");
+    fflush(b->csv);
     for (int f = o->ctx_start;; f = next_frontier(o, f)) {
         frontier_result r = {.ctx = f, .prefill_tokens = f - prev};
         double t0 = now_s();
-        rc = ds4_session_sync(s, ids, f, NULL, NULL, NULL, err);
+        rc = ds4_session_sync(s, b->ids, f, NULL, NULL, NULL, err);
         r.prefill_s = now_s() - t0;
         if (rc) { ds4_fail_prefix(err, "prefill"); break; }
         if ((rc = snapshot_save(s, &snap, err))) break;
         r.kv_bytes = snap.len;
+        if (b->probe.buf) {
+            r.bw = bw_probe_measure(&b->probe);
+            if (r.bw > 0 && (b->bw_min == 0 || r.bw < b->bw_min)) b->bw_min = r.bw;
+            if (r.bw > b->bw_max) b->bw_max = r.bw;
+        }
+        double c0 = cpu_s();
         t0 = now_s();
         for (int i = 0; i < o->gen_tokens && rc == 0; i++) {
             int32_t next = argmax_except(ds4_session_logits(s), n_vocab, eos);
             rc = ds4_session_eval(s, &next, 1, NULL, NULL, err);
         }
         r.gen_s = now_s() - t0;
+        r.gen_cpu = cpu_s() - c0;
         if (rc) { ds4_fail_prefix(err, "decode"); break; }
         if ((rc = snapshot_restore(s, &snap, err))) break;
-        fprintf(csv, "%d,%d,%.2f,%d,%.2f,%llu\n", f, r.prefill_tokens,
+        fprintf(b->csv, "%d,%d,%.2f,%d,%.2f,%llu\n", f, r.prefill_tokens,
                 r.prefill_s > 0 ? r.prefill_tokens / r.prefill_s : 0.0, o->gen_tokens,
                 r.gen_s > 0 ? o->gen_tokens / r.gen_s : 0.0, (unsigned long long)r.kv_bytes);
-        fflush(csv);
-        print_frontier(m, &r, o->gen_tokens, bw);
+        fflush(b->csv);
+        print_frontier(b, &r);
         prev = f;
         if (f >= o->ctx_max) break;
     }
+    if (rc == 0 && b->bw_max > 0)
+        fprintf(stderr, "ds4-bench: read bandwidth probes: %.2f-%.2f GB/s\n", b->bw_min / 1e9, b->bw_max / 1e9);
     free(snap.p);
     ds4_session_free(s);
     return rc;
@@ -576,45 +611,48 @@ int main(int argc, char **argv) {
         }
         build_s = now_s() - t0;
     }
-    int threads = o.threads ? o.threads : cpu_default_threads();
+    bench_run b = {.o = &o, .threads = o.threads ? o.threads : cpu_default_threads(), .csv = stdout};
     ds4_engine_config cfg = {.model_path = o.synthetic ? NULL : o.model_path, .model_image = image,
-                             .model_image_size = image_size, .ctx = o.ctx_alloc, .threads = threads,
+                             .model_image_size = image_size, .ctx = o.ctx_alloc, .threads = b.threads,
                              .backend = o.backend, .prefill_chunk = o.prefill_chunk};
-    ds4_engine *e = NULL;
-    if (ds4_engine_open(&e, &cfg, &err)) {
+    if (ds4_engine_open(&b.e, &cfg, &err)) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);
         free(image);
         return 1;
     }
-    if (o.warm_weights) warm_weights(ds4_engine_model(e));
+    if (o.warm_weights) warm_weights(ds4_engine_model(b.e));
 
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    FILE *csv = stdout;
     int rc = 1;
-    if (prompt_tokens(&o, e, &ids, &n_ids, &err)) {
+    if (prompt_tokens(&o, b.e, &ids, &n_ids, &err)) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);
         goto done;
     }
-    if (o.csv_path && !(csv = fopen(o.csv_path, "w"))) {
+    b.ids = ids;
+    if (o.csv_path && !(b.csv = fopen(o.csv_path, "w"))) {
         fprintf(stderr, "ds4-bench: cannot create %s: %s\n", o.csv_path, strerror(errno));
-        csv = stdout;
+        b.csv = stdout;
         goto done;
     }
-    double bw = o.bw_mib ? measure_read_bandwidth(threads, o.bw_mib) : 0;
-    print_setup(&o, e, threads, bw, build_s);
-    if (run_sweep(&o, e, ids, csv, bw, &err)) {
+    if (o.bw_mib && bw_probe_init(&b.probe, b.threads, o.bw_mib)) {
+        fprintf(stderr, "ds4-bench: out of memory for the %d MiB bandwidth probe (--bw-mib)\n", o.bw_mib);
+        goto done;
+    }
+    print_setup(&b, build_s);
+    if (run_sweep(&b, &err)) {
         fprintf(stderr, "ds4-bench: %s\n", err.msg);
         goto done;
     }
     rc = 0;
 done:
-    if (csv != stdout && fclose(csv) != 0 && rc == 0) {
+    if (b.csv != stdout && fclose(b.csv) != 0 && rc == 0) {
         fprintf(stderr, "ds4-bench: cannot write %s: %s\n", o.csv_path, strerror(errno));
         rc = 1;
     }
+    free(b.probe.buf);
     free(ids);
-    ds4_engine_close(e);
+    ds4_engine_close(b.e);
     free(image);
     return rc;
 }
