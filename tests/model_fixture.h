@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/common/file.h"
 #include "../src/model/model.h"
 #include "../src/model/synth.h"
 #include "../src/quant/quant.h"
@@ -34,15 +35,9 @@ static const char *fixture_path(const char *name) {
 
 /* Reads a whole file; NULL on failure. */
 static uint8_t *fixture_read(const char *path, uint64_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
-    fclose(f);
-    *size = (uint64_t)n;
+    size_t n = 0;
+    uint8_t *buf = (uint8_t *)ds4_read_file(path, &n, NULL);
+    *size = n;
     return buf;
 }
 

@@ -19,6 +19,7 @@
 #include <openssl/sha.h>
 
 #include "../src/chat/chat.h"
+#include "../src/common/file.h"
 #include "../src/chat/dsml.h"
 #include "../src/chat/json_py.h"
 #include "../src/model/synth.h"
@@ -28,18 +29,6 @@
 static const char *root(void) {
     const char *r = getenv("DS4_ROOT");
     return r ? r : ".";
-}
-
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    ds4_buf b = {0};
-    char tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) ds4_buf_add(&b, tmp, n);
-    fclose(f);
-    if (len) *len = b.len;
-    return ds4_buf_take(&b);
 }
 
 static void check_sha256(const char *what, const char *s, size_t want_len, const char *want_hex) {
@@ -147,7 +136,7 @@ static void test_official_cases(void) {
         const char *name = jstr(c, "name");
         snprintf(path, sizeof path, "%s/tests/chat/expected/%s.txt", root(), name);
         size_t wlen;
-        char *want = read_file(path, &wlen);
+        char *want = ds4_read_file(path, &wlen, NULL);
         CHECK(want != NULL, "missing %s", path);
         owned_case oc;
         case_build(&oc, c);
@@ -179,7 +168,7 @@ static void test_fixed_texts(void) {
 static void test_python_floats(void) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tests/chat/floats.txt", root());
-    char *text = read_file(path, NULL);
+    char *text = ds4_read_file(path, NULL, NULL);
     CHECK(text != NULL, "missing %s", path);
     if (!text) return;
     int n = 0;
@@ -353,7 +342,7 @@ static void test_official_vectors(void) {
         json_t *entry = json_array_get(prompts, i);
         const char *file = jstr(entry, "prompt_file");
         snprintf(path, sizeof path, "%s/../shared/data/official-vectors/%s", root(), file);
-        char *prompt = read_file(path, NULL);
+        char *prompt = ds4_read_file(path, NULL, NULL);
         CHECK(prompt != NULL, "missing %s", path);
         if (!prompt) continue;
         ds4_buf want = {0}, got = {0}, got_sys = {0};

@@ -5,6 +5,7 @@
  * alignments, then read them back and compare everything. Malformed files
  * are built byte by byte (independently of the writer) so each targets one
  * rule, and each must fail with a message naming that rule. */
+#include "../src/common/file.h"
 #include "../src/gguf/gguf.h"
 #include "../src/quant/quant.h"
 #include "testutil.h"
@@ -598,33 +599,26 @@ static void round_trip(uint32_t alignment) {
 /* Every strict prefix of a valid file (whose last tensor ends at the end of
  * the file) must be refused with a message about running out of bytes. */
 static void truncations(void) {
-    const char *path = tmp_path("rt.gguf");
-    FILE *fp = fopen(path, "rb");
+    size_t size = 0;
     uint8_t *whole, *cut;
-    long size;
     int bad = 0;
     round_trip(32);
-    if (!fp) {
-        CHECK(0, "cannot reopen %s", path);
+    whole = (uint8_t *)ds4_read_file(tmp_path("rt.gguf"), &size, NULL);
+    if (!whole) {
+        CHECK(0, "cannot reopen rt.gguf");
         return;
     }
-    fseek(fp, 0, SEEK_END);
-    size = ftell(fp);
-    rewind(fp);
-    whole = malloc((size_t)size);
-    CHECK(fread(whole, 1, (size_t)size, fp) == (size_t)size, "read %s", path);
-    fclose(fp);
-    for (long n = 0; n < size; n++) {
+    for (size_t n = 0; n < size; n++) {
         gguf_file f;
         ds4_err err = {{0}};
-        cut = malloc(n ? (size_t)n : 1); /* exact size, so ASan sees overreads */
-        memcpy(cut, whole, (size_t)n);
+        cut = malloc(n ? n : 1); /* exact size, so ASan sees overreads */
+        memcpy(cut, whole, n);
         if (gguf_open_memory(&f, cut, (uint64_t)n, &err) == 0) {
             gguf_close(&f);
             bad++;
         } else if (!strstr(err.msg, "truncated") && !strstr(err.msg, "exceeds") &&
                    !strstr(err.msg, "too short") && !strstr(err.msg, "past the end")) {
-            CHECK(0, "prefix %ld: unexpected message '%s'", n, err.msg);
+            CHECK(0, "prefix %zu: unexpected message '%s'", n, err.msg);
         }
         free(cut);
     }

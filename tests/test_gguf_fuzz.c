@@ -10,6 +10,7 @@
  * message or open cleanly, and then every pointer the reader hands out
  * (keys, strings, array items, tensor data) must lie inside the buffer and
  * every array item must be readable. */
+#include "../src/common/file.h"
 #include "../src/gguf/gguf.h"
 #include "../src/quant/quant.h"
 #include "testutil.h"
@@ -121,8 +122,6 @@ static uint8_t *make_seed(const char *path, uint64_t *size) {
     int fill_value = 0x3c;
     gguf_writer *w = gguf_writer_new(32);
     ds4_err err;
-    uint8_t *buf;
-    FILE *fp;
     gguf_writer_add_u32(w, "general.count", 3);
     gguf_writer_add_str(w, "general.name", "fuzz seed");
     gguf_writer_add_u64(w, "big", 1ull << 40);
@@ -141,14 +140,9 @@ static uint8_t *make_seed(const char *path, uint64_t *size) {
                                  &fill_value, &err) == 0, "seed tensor: %s", err.msg);
     CHECK(gguf_writer_write(w, path, &err) == 0, "seed write: %s", err.msg);
     gguf_writer_free(w);
-    fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    *size = (uint64_t)ftell(fp);
-    rewind(fp);
-    buf = malloc(*size);
-    if (fread(buf, 1, *size, fp) != *size) *size = 0;
-    fclose(fp);
+    size_t n = 0;
+    uint8_t *buf = (uint8_t *)ds4_read_file(path, &n, NULL);
+    *size = n;
     return buf;
 }
 

@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../src/common/file.h"
 #include "../src/kvcache/kvcache.h"
 #include "testutil.h"
 
@@ -175,18 +176,6 @@ static void path_for_text(char *out, size_t n, const char *dir, const char *text
     snprintf(out + k, n - k, ".kv");
 }
 
-static uint8_t *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(n > 0 ? (size_t)n : 1);
-    *len = fread(b, 1, (size_t)n, f);
-    fclose(f);
-    return b;
-}
-
 static void write_all(const char *path, const uint8_t *b, size_t len) {
     FILE *f = fopen(path, "wb");
     fwrite(b, 1, len, f);
@@ -270,7 +259,7 @@ static void test_layout(void) {
     CHECK(save_text(kc, text, 77, 9, 1000, ids, 3) == 0, "save");
     path_for_text(path, sizeof path, dir, text);
     size_t len;
-    uint8_t *b = read_all(path, &len);
+    uint8_t *b = (uint8_t *)ds4_read_file(path, &len, NULL);
     CHECK(b != NULL, "file named by SHA-1 of the text: %s", path);
     spec_file s;
     if (b && spec_parse(b, len, &s)) {
@@ -310,7 +299,7 @@ static void test_layout(void) {
     CHECK(loaded_equals(&f, 77, 9, 1000, ID.ctx), "loaded payload bytes");
     ds4_kvcache_hit_free(&hit);
     free(b);
-    b = read_all(path, &len);
+    b = (uint8_t *)ds4_read_file(path, &len, NULL);
     CHECK(b && spec_parse(b, len, &s) && s.hits == 1 && s.last_used >= t0 && s.digest_ok,
           "hit count 1 after a hit, checksum still valid");
     free(b);
@@ -505,7 +494,7 @@ static void test_faults(void) {
     CHECK(save_text(kc, text, 40, 3, 3000, &id, 1) == 0, "save");
     path_for_text(path, sizeof path, dir, text);
     size_t len;
-    uint8_t *orig = read_all(path, &len), *b = malloc(len);
+    uint8_t *orig = (uint8_t *)ds4_read_file(path, &len, NULL), *b = malloc(len);
     int bad = 0, cases = 0;
     for (size_t cut = 0; cut < len; cut += (cut < 200 || cut > len - 200) ? 1 : 97, cases++)
         bad += fault_case(kc, path, orig, cut, req);
@@ -839,7 +828,7 @@ static void test_concurrency(void) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
         size_t len;
-        uint8_t *b = read_all(path, &len);
+        uint8_t *b = (uint8_t *)ds4_read_file(path, &len, NULL);
         spec_file s;
         files++;
         total += len;

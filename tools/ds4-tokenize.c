@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../src/common/file.h"
 #include "../src/gguf/gguf.h"
 #include "../src/tok/tokenizer.h"
 
@@ -102,28 +103,23 @@ static int run_batch(const ds4_tokenizer *tok, bool specials) {
 }
 
 static int run_bench(const ds4_tokenizer *tok, const char *path, double seconds, bool specials) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "ds4-tokenize: cannot open %s\n", path);
+    ds4_err err = {{0}};
+    size_t size = 0;
+    char *text = ds4_read_file(path, &size, &err);
+    if (!text) {
+        fprintf(stderr, "ds4-tokenize: %s\n", err.msg);
         return 1;
     }
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = size > 0 ? malloc((size_t)size) : NULL;
-    if (!text || fread(text, 1, (size_t)size, f) != (size_t)size) {
-        fprintf(stderr, "ds4-tokenize: cannot read %s (or it is empty)\n", path);
-        fclose(f);
+    if (size == 0) {
+        fprintf(stderr, "ds4-tokenize: %s is empty\n", path);
         free(text);
         return 1;
     }
-    fclose(f);
-    ds4_err err = {{0}};
     size_t runs = 0, n_tokens = 0;
     double t0 = now_s(), t;
     do {
         int32_t *ids;
-        if (ds4_tokenize(tok, text, (size_t)size, specials, &ids, &n_tokens, &err)) {
+        if (ds4_tokenize(tok, text, size, specials, &ids, &n_tokens, &err)) {
             fprintf(stderr, "ds4-tokenize: %s\n", err.msg);
             free(text);
             return 1;
@@ -132,7 +128,7 @@ static int run_bench(const ds4_tokenizer *tok, const char *path, double seconds,
         runs++;
         t = now_s() - t0;
     } while (t < seconds);
-    printf("%ld bytes -> %zu tokens (%.3f bytes/token); %zu runs in %.2f s CPU: %.1f MB/s\n", size,
+    printf("%zu bytes -> %zu tokens (%.3f bytes/token); %zu runs in %.2f s CPU: %.1f MB/s\n", size,
            n_tokens, (double)size / (double)(n_tokens ? n_tokens : 1), runs, t,
            (double)size * (double)runs / t / 1e6);
     free(text);

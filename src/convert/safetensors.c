@@ -3,16 +3,13 @@
  * Validation order: header length, JSON, then per entry the dtype, shape and
  * byte range, then the tiling of the data section. Nothing is exposed until
  * all of it passed, so callers can use every pointer without re-checking. */
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+#include "../common/file.h"
 #include "safetensors.h"
 
 static const struct {
@@ -268,35 +265,16 @@ int ds4_st_open_memory(ds4_st_file *f, const void *buf, uint64_t size, const cha
 }
 
 int ds4_st_open(ds4_st_file *f, const char *path, ds4_err *err) {
+    const void *map;
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ds4_fail(err, "%s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return ds4_fail(err, "%s: not a regular file", path);
-    }
+    if (ds4_map_file(path, &map, &f->size, err)) return -1;
+    f->base = map;
+    f->mapped = true;
     f->path = strdup(path);
-    f->size = (uint64_t)sb.st_size;
     if (!f->path) {
-        close(fd);
+        ds4_st_close(f);
         return ds4_fail(err, "out of memory");
     }
-    if (f->size == 0) {
-        close(fd);
-        ds4_fail(err, "%s: empty file", path);
-        ds4_st_close(f);
-        return -1;
-    }
-    void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED) {
-        ds4_fail(err, "%s: mmap: %s", path, strerror(errno));
-        ds4_st_close(f);
-        return -1;
-    }
-    f->base = m;
-    f->mapped = true;
     if (parse_header(f, err)) {
         ds4_st_close(f);
         return -1;

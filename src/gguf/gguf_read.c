@@ -11,14 +11,11 @@
  *            section, and no two tensors overlapping (sorted by offset).
  * Errors are one line naming the key or tensor and the byte offset. */
 #include "gguf_internal.h"
+#include "../common/file.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define KV_MIN_BYTES (8 + 4 + 1)             /* key length, value type, smallest value */
 #define TENSOR_INFO_MIN_BYTES (8 + 4 + 8 + 4 + 8) /* name length, n_dims, one dim, type, offset */
@@ -241,35 +238,16 @@ int gguf_open_memory(gguf_file *f, const void *buf, uint64_t size, ds4_err *err)
 }
 
 int gguf_open(gguf_file *f, const char *path, ds4_err *err) {
-    struct stat st;
-    void *map;
-    int fd;
+    const void *map;
+    uint64_t size;
     memset(f, 0, sizeof *f);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ds4_fail(err, "%s: cannot open: %s", path, strerror(errno));
-    if (fstat(fd, &st) != 0) {
-        ds4_fail(err, "%s: cannot stat: %s", path, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return ds4_fail(err, "%s: not a regular file", path);
-    }
-    if (st.st_size == 0) {
-        close(fd);
-        return ds4_fail(err, "%s: file is empty", path);
-    }
-    map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return ds4_fail(err, "%s: cannot mmap %lld bytes: %s", path,
-                                           (long long)st.st_size, strerror(errno));
+    if (ds4_map_file(path, &map, &size, err)) return -1;
     f->path = strdup(path);
     if (!f->path) {
-        munmap(map, (size_t)st.st_size);
+        munmap((void *)map, (size_t)size);
         return ds4_fail(err, "%s: out of memory", path);
     }
-    if (parse(f, map, (uint64_t)st.st_size, err)) {
+    if (parse(f, map, size, err)) {
         gguf_close(f);
         return ds4_fail_prefix(err, path);
     }
