@@ -31,14 +31,17 @@ done
 wait
 "$NVCC" $ARCH "$B"/*.o -lm -o "$B/ds4-cuda-bench" || { cat "$OUT/ptxas.txt"; exit 1; }
 echo "built in $((SECONDS - t0)) s"
-grep -E "registers|spill" "$OUT/ptxas.txt" | paste - - | sed -E 's/ +/ /g' | cut -c1-200 | head -40 >"$OUT/regs.txt"
 if command -v cuobjdump >/dev/null; then
-    cuobjdump --dump-sass "$B/cuda_kernels.o" >"$OUT/sass.txt" 2>&1
-    grep -c LDGSTS "$OUT/sass.txt" | sed 's/^/LDGSTS count: /'
+    # Per kernel: its most frequent SASS instructions (the full dump is too big to keep).
+    cuobjdump --dump-sass "$B/cuda_kernels.o" 2>&1 | awk '
+        /Function :/ { if (f) dump(); f = $3; delete n; next }
+        /^ +\/\*[0-9a-f]+\*\/ +[A-Z@]/ { op = $2; if (op ~ /^@/) op = $3; sub(/\..*/, "", op); sub(/;/, "", op); n[op]++ }
+        function dump(  o, line) { line = f ":"; for (o in n) if (n[o] >= 8) line = line " " o "=" n[o]; print line }
+        END { if (f) dump() }' >"$OUT/sass-summary.txt"
 fi
 # One process per case, so that a fault in one cannot hide the others.
 cases=("odd q8_0" "odd iq2_xxs" "odd q2_K" "odd q4_K" "odd f16" "odd moe-q2"
-       attn_q_b attn_q_a attn_kv attn_output_a attn_output_b "shexp gate" "shexp down" "output head"
+       attn_q_b attn_q_a attn_kv attn_output_a attn_output_b "shexp gate" "shexp down" "shexp fused" "output head"
        router "compressor kv" "indexer q_b" hc_attn_fn
        "expert gate iq2_xxs" "expert down q2_K" "expert gate q4_K" "expert down q4_K"
        "big iq2_xxs" "big q2_K" "big q4_K" "moe q2" "moe q4")
@@ -46,8 +49,8 @@ cases=("odd q8_0" "odd iq2_xxs" "odd q2_K" "odd q4_K" "odd f16" "odd moe-q2"
 rc=0
 : >"$OUT/bench.txt"
 for c in "${cases[@]}"; do
-    "$B/ds4-cuda-bench" --only "$c" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} >"$OUT/case.txt" 2>&1 || { rc=1; echo "case '$c' failed:"; tail -5 "$OUT/case.txt"; }
-    cat "$OUT/case.txt" >>"$OUT/bench.txt"
+    "$B/ds4-cuda-bench" --only "$c" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} >"$B/case.txt" 2>&1 || { rc=1; echo "case '$c' failed:"; tail -5 "$B/case.txt"; }
+    cat "$B/case.txt" >>"$OUT/bench.txt"
 done
 grep -m1 "^device:" "$OUT/bench.txt"
 grep -E "^(odd|attn|shexp|output|router|compressor|indexer|hc_|expert|big|moe|  )" "$OUT/bench.txt" | grep -v "^host-check"
@@ -55,7 +58,7 @@ echo "| case | shape | MB/call | us/call | GB/s | % of copy | best waves: GB/s (
 echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
 grep -E "^\| [a-z]" "$OUT/bench.txt" | grep -v "^| case"
 if command -v ncu >/dev/null && [ $# -eq 0 ]; then
-    for c in "attn_q_b" "big iq2_xxs" "moe q2"; do
+    for c in "attn_q_a" "big iq2_xxs" "big q2_K" "moe q2"; do
         timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy \
             --section MemoryWorkloadAnalysis -k regex:'k_matvec|k_moe' --launch-count 2 \
             "$B/ds4-cuda-bench" --only "$c" --reps 1 >"$OUT/ncu-${c// /_}.txt" 2>&1

@@ -20,6 +20,13 @@
  * buffer) that share one activation, which it loads once: the gate and up
  * rows of an expert, or neighbouring rows of a matrix.
  *
+ * Shared-memory banks: a 16-byte load is served 8 lanes at a time, and the
+ * 8 lanes must hit 8 different 16-byte bank groups (address / 16 mod 8) to
+ * take one pass. The natural activation offsets of neighbouring lanes are
+ * 128 or 256 bytes apart (same group), so each format lets half (or a
+ * quarter) of the lanes load their activation pieces in a rotated order,
+ * derived from the block and part index; the arithmetic is unchanged.
+ *
  * G per format: Q8_0 1 (a 34-byte block per lane), Q2_K 4 (16 code bytes =
  * 4 sub-blocks of 16 per lane), Q4_K 8 (16 code bytes = 32 nibbles per
  * lane), IQ2_XXS 8 (one 32-value sub-block per lane).
@@ -84,7 +91,8 @@ DS4_HD int fs_dp4a(uint32_t a, uint32_t b, int c) {
 #endif
 }
 
-/* Byte i of the result = byte (nibble i of s) of y:x (s < 8 per nibble). */
+/* Byte i of the result = byte (nibble i of s) of y:x, for the low 4
+ * nibbles of s, each < 8. */
 DS4_HD uint32_t fs_perm(uint32_t x, uint32_t y, uint32_t s) {
 #ifdef __CUDA_ARCH__
     return __byte_perm(x, y, s);
@@ -123,6 +131,16 @@ DS4_HD float fs_sub(float a, float b) {
 
 DS4_HD uint16_t fs_ld16(const uint8_t *p) { return *(const uint16_t *)p; }
 
+/* The 32 activation codes at p (16-byte aligned) as 8 words in element
+ * order, loading the second half first when `swap` (bank rotation). */
+DS4_HD void fs_act32(const int8_t *p, int swap, uint32_t *xs) {
+    const uint4 *x4 = (const uint4 *)p;
+    uint4 xa = x4[swap], xb = x4[swap ^ 1];
+    uint4 h0 = swap ? xb : xa, h1 = swap ? xa : xb;
+    xs[0] = h0.x; xs[1] = h0.y; xs[2] = h0.z; xs[3] = h0.w;
+    xs[4] = h1.x; xs[5] = h1.y; xs[6] = h1.z; xs[7] = h1.w;
+}
+
 /* Unit interface, per format F:
  *   F::unit<NR>(b, stride, part, a, ab, tab, copy, isum[NR], summ[NR])
  *     b: block of row 0 in the buffer (row r at b + r*stride); ab: index of
@@ -131,14 +149,14 @@ DS4_HD uint16_t fs_ld16(const uint8_t *p) { return *(const uint16_t *)p; }
 
 /* ---- Q8_0: d f16, 32 int8 codes; activation Q8_0 with f32 scale. ---- */
 struct fmt_q8_0 {
-    enum { block_elems = 32, block_bytes = 34, G = 1, act_kind = DS4_ACT_Q8_0, needs_tab = 0 };
+    enum { block_elems = 32, block_bytes = 34, G = 1, act_kind = DS4_ACT_Q8_0, needs_tab = 0, has_summ = 0 };
     static constexpr float final_scale = 1.0f;
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
-        const uint4 *x = (const uint4 *)(a.q + 32 * ab);
-        uint4 x0 = x[0], x1 = x[1];
-        uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        /* Lanes of blocks 4..7 (mod 8) read the second half first. */
+        uint32_t xs[8];
+        fs_act32(a.q + 32 * ab, (int)(ab >> 2) & 1, xs);
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             uintptr_t addr = (uintptr_t)(b + r * stride + 2);
@@ -163,7 +181,7 @@ struct fmt_q8_0 {
  * Part p = 2h + t reads qs[32h + 16t .. +15]; shift 2s of those bytes are
  * the codes of sub-block j = 8h + 2s + t (model-spec §3). */
 struct fmt_q2_K {
-    enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0 };
+    enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1 };
     static constexpr float final_scale = 1.0f;
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
@@ -171,12 +189,16 @@ struct fmt_q2_K {
         int h = part >> 1, t = part & 1;
         const int8_t *xq = a.q + 256 * ab;
         const int16_t *bs = a.bsums + 16 * ab;
+        /* Step i handles shift s = (i + rot) & 3: the 8 lanes of a load
+         * (two blocks x four parts) then read 8 different bank groups. */
+        const int rot = 2 * (int)(ab & 1) + h;
         uint4 x[4];
-        int bsum[4];
+        int bsum[4], j[4];
 #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            x[s] = *(const uint4 *)(xq + 16 * (8 * h + 2 * s + t));
-            bsum[s] = bs[8 * h + 2 * s + t];
+        for (int i = 0; i < 4; i++) {
+            j[i] = 8 * h + 2 * ((i + rot) & 3) + t;
+            x[i] = *(const uint4 *)(xq + 16 * j[i]);
+            bsum[i] = bs[j[i]];
         }
 #pragma unroll
         for (int r = 0; r < NR; r++) {
@@ -185,16 +207,16 @@ struct fmt_q2_K {
             uint32_t q[4] = {qw[0], qw[1], qw[2], qw[3]};
             int32_t is = 0, sm = 0;
 #pragma unroll
-            for (int s = 0; s < 4; s++) {
-                int j = 8 * h + 2 * s + t;
+            for (int i = 0; i < 4; i++) {
+                int sh = 2 * ((i + rot) & 3);
                 int32_t d = 0;
-                d = fs_dp4a((q[0] >> (2 * s)) & 0x03030303u, x[s].x, d);
-                d = fs_dp4a((q[1] >> (2 * s)) & 0x03030303u, x[s].y, d);
-                d = fs_dp4a((q[2] >> (2 * s)) & 0x03030303u, x[s].z, d);
-                d = fs_dp4a((q[3] >> (2 * s)) & 0x03030303u, x[s].w, d);
-                uint8_t sc = br[j];
+                d = fs_dp4a((q[0] >> sh) & 0x03030303u, x[i].x, d);
+                d = fs_dp4a((q[1] >> sh) & 0x03030303u, x[i].y, d);
+                d = fs_dp4a((q[2] >> sh) & 0x03030303u, x[i].z, d);
+                d = fs_dp4a((q[3] >> sh) & 0x03030303u, x[i].w, d);
+                uint8_t sc = br[j[i]];
                 is += (sc & 15) * d;
-                sm += (sc >> 4) * bsum[s];
+                sm += (sc >> 4) * bsum[i];
             }
             isum[r] = is;
             summ[r] = sm;
@@ -211,7 +233,7 @@ struct fmt_q2_K {
  * Part c reads qs[16c .. 16c+15]: low nibbles are values 16(c&1).. of
  * sub-block 2(c>>1), high nibbles the same values of sub-block 2(c>>1)+1. */
 struct fmt_q4_K {
-    enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0 };
+    enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1 };
     static constexpr float final_scale = 1.0f;
     DS4_HD static void scale_min(const uint8_t *s, int j, int &sc, int &m) {
         if (j < 4) {
@@ -227,7 +249,10 @@ struct fmt_q4_K {
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
         int p = part >> 1, h = part & 1;
         const int8_t *xq = a.q + 256 * ab + 64 * p + 16 * h;
-        uint4 x0 = *(const uint4 *)xq, x1 = *(const uint4 *)(xq + 32);
+        /* Parts 4..7 load sub-block 2p+1's codes first (bank rotation). */
+        int swap = (part >> 2) & 1;
+        uint4 xa = *(const uint4 *)(xq + 32 * swap), xb = *(const uint4 *)(xq + 32 * (swap ^ 1));
+        uint4 x0 = swap ? xb : xa, x1 = swap ? xa : xb;
         const int16_t *bs = a.bsums + 16 * ab + 4 * p;
         int bs01 = bs[0] + bs[1], bs23 = bs[2] + bs[3];
 #pragma unroll
@@ -261,14 +286,14 @@ struct fmt_q4_K {
  * Part sb: byte k of A picks grid point k, bits 7k.. of B its signs, B>>28
  * the sub-block scale; the nibble tables turn them into signed bytes. */
 struct fmt_iq2_xxs {
-    enum { block_elems = 256, block_bytes = 66, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 1 };
+    enum { block_elems = 256, block_bytes = 66, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 1, has_summ = 0 };
     static constexpr float final_scale = 0.125f;
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
-        const uint4 *x4 = (const uint4 *)(a.q + 256 * ab + 32 * part);
-        uint4 x0 = x4[0], x1 = x4[1];
-        uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        /* Parts 4..7 read the second half first (bank rotation). */
+        uint32_t xs[8];
+        fs_act32(a.q + 256 * ab + 32 * part, (part >> 2) & 1, xs);
         const uint32_t *grid = tab + copy, *sign = tab + 256 * DS4_CUDA_IQ2_COPIES + copy;
 #pragma unroll
         for (int r = 0; r < NR; r++) {
@@ -282,7 +307,7 @@ struct fmt_iq2_xxs {
             for (int k = 0; k < 4; k++) {
                 uint32_t sel = grid[((A >> (8 * k)) & 255) * DS4_CUDA_IQ2_COPIES] +
                                sign[((B >> (7 * k)) & 127) * DS4_CUDA_IQ2_COPIES];
-                s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel & 0xffff), xs[2 * k], s);
+                s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel), xs[2 * k], s);
                 s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel >> 16), xs[2 * k + 1], s);
             }
             isum[r] = (int32_t)(2 * (B >> 28) + 1) * s;

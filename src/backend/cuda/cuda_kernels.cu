@@ -37,7 +37,7 @@ struct ds4_cuda_kernels {
     int device;
     int n_sm;
     size_t smem_optin;
-    int waves; /* grid = waves x the blocks that fit at once */
+    int waves; /* grid = waves x the blocks that fit at once; 0 = per kernel */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
 };
@@ -103,7 +103,7 @@ __device__ __forceinline__ void dot_span(const uint8_t *span, uint32_t stride, u
 #pragma unroll
             for (int o = F::G / 2; o > 0; o >>= 1) {
                 is[r] += __shfl_xor_sync(FULL_MASK, is[r], o);
-                sm[r] += __shfl_xor_sync(FULL_MASK, sm[r], o);
+                if (F::has_summ) sm[r] += __shfl_xor_sync(FULL_MASK, sm[r], o);
             }
             if (valid && part == 0)
                 acc[r] += F::term(span + r * stride + blk * F::block_bytes, a, ab0 + blk, is[r], sm[r]);
@@ -122,7 +122,7 @@ __device__ __forceinline__ void dot_span_f16(const uint8_t *span, uint32_t strid
     for (int r = 0; r < NR; r++) acc[r] = 0.0f;
     for (uint32_t u = lane; u < nblk; u += 32) {
         const float4 *x = (const float4 *)(a.x + 8u * (ab0 + u));
-        float4 x0 = x[0], x1 = x[1];
+        float4 x0 = __ldg(x), x1 = __ldg(x + 1);
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             uint4 w = *(const uint4 *)(span + r * stride + 16u * u);
@@ -147,21 +147,20 @@ __device__ __forceinline__ void dot_rows(const uint8_t *span, uint32_t stride, u
 /* Shared-memory bytes of a staged activation of n elements. */
 __host__ __device__ inline uint32_t act_smem_bytes(int kind, uint32_t n) {
     uint32_t b;
-    if (kind == DS4_ACT_F32) b = 4 * n;
+    if (kind == DS4_ACT_F32) b = 0; /* read from global memory, cached in L1 */
     else if (kind == DS4_ACT_Q8_0) b = n + 4 * (n / 32);
     else b = n + 4 * (n / 256) + 32 * (n / 256);
     return (b + 15) & ~15u;
 }
 
 /* Stages the activation (the CPU struct layout in global memory) into the
- * split layout; all threads of the block take part. */
+ * split layout; all threads of the block take part. An f32 activation (F16
+ * weights) stays in global memory: each warp reads only its slice. */
 template <int KIND>
 __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid, int nth) {
     act_view a = {};
     if (KIND == DS4_ACT_F32) {
-        float *x = (float *)s;
-        for (uint32_t i = tid; i < n; i += nth) x[i] = ((const float *)g)[i];
-        a.x = x;
+        a.x = (const float *)g;
     } else if (KIND == DS4_ACT_Q8_0) {
         uint32_t nb = n / 32;
         uint32_t *q = (uint32_t *)s;
@@ -183,6 +182,12 @@ __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid,
         a.bsums = (const int16_t *)bs;
     }
     return a;
+}
+
+/* Shared-memory bytes of the IQ2_XXS tables (0 for other formats). */
+template <class F>
+__host__ __device__ constexpr uint32_t table_bytes() {
+    return F::needs_tab ? DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES * 4 : 0;
 }
 
 /* The IQ2_XXS nibble tables, replicated DS4_CUDA_IQ2_COPIES times
@@ -314,21 +319,22 @@ template <class F, int NW>
 __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    uint8_t *s = smem;
-    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
-    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
-    s += p.act_smem;
+    /* Shared memory: [tables][activation][partials][NW x 2 buffers]. */
+    uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     float *partial = (float *)s;
-    s += 2 * NW * sizeof(float);
-    uint8_t *const buf = s + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
-    __syncthreads();
+    uint8_t *const buf = s + 2 * NW * sizeof(float) + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
 
+    /* The first weights are requested before the activation is staged. */
     const uint32_t n_items = p.n_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
     uint32_t tile = blockIdx.x, item = tile * NW + warp;
     if (tile < n_tiles && item < n_items)
         stage_span(buf, p.w + (size_t)(item / p.S) * p.row_bytes + (size_t)(item % p.S) * p.slice_bytes,
                    p.slice_bytes, p.aligned, lane);
     cp_async_commit();
+    s = smem;
+    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
+    __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
         if (ntile < n_tiles && nitem < n_items)
@@ -384,35 +390,36 @@ template <class F, int NW>
 __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    uint8_t *s = smem;
-    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
-    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
-    s += p.act_smem;
+    /* Shared memory: [tables][activation][ids, weights][NW x 2 buffers]. */
+    uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
     float *wts = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
-    s += 8 * DS4_CUDA_MAX_SEL;
-    if (tid < (int)p.n_sel) {
-        ids[tid] = p.ids[tid];
-        wts[tid] = p.weights[tid];
-    }
-    uint8_t *const buf = s + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
-    __syncthreads();
+    uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
 
+    /* The first weights are requested before the activation is staged. */
     const uint32_t n_items = p.n_sel * p.n_rows, n_tiles = (n_items + NW - 1) / NW;
-    auto issue = [&](uint32_t item, uint8_t *dst) {
+    auto issue = [&](uint32_t item, uint8_t *dst, const int32_t *id_list) {
         uint32_t k = item / p.n_rows, r = item % p.n_rows;
-        uint32_t e = (uint32_t)ids[k];
+        uint32_t e = (uint32_t)id_list[k];
         if (e >= p.n_expert) return;
         size_t off = (size_t)e * p.expert_bytes + (size_t)r * p.row_bytes;
         stage_span(dst, p.w0 + off, p.row_bytes, p.aligned, lane);
         stage_span(dst + p.part_stride, p.w1 + off, p.row_bytes, p.aligned, lane);
     };
     uint32_t tile = blockIdx.x, item = tile * NW + warp;
-    if (tile < n_tiles && item < n_items) issue(item, buf);
+    if (tile < n_tiles && item < n_items) issue(item, buf, p.ids);
     cp_async_commit();
+    if (tid < (int)p.n_sel) {
+        ids[tid] = p.ids[tid];
+        wts[tid] = p.weights[tid];
+    }
+    s = smem;
+    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
+    __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
-        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride);
+        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
         cp_async_commit();
         cp_async_wait1();
         __syncwarp();
@@ -439,31 +446,32 @@ template <class F, int NW>
 __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    uint8_t *s = smem;
-    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
-    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
-    s += p.act_smem;
+    /* Shared memory: [tables][activation][ids][NW x 2 buffers]. */
+    uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
-    s += 8 * DS4_CUDA_MAX_SEL;
-    if (tid < (int)p.n_sel) ids[tid] = p.ids[tid];
-    uint8_t *const buf = s + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
-    __syncthreads();
+    uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
 
+    /* The first weights are requested before the activation is staged. */
     const uint32_t n_items = p.n_rows, n_tiles = (n_items + NW - 1) / NW;
-    auto issue = [&](uint32_t o, uint8_t *dst) {
+    auto issue = [&](uint32_t o, uint8_t *dst, const int32_t *id_list) {
         for (uint32_t k = 0; k < p.n_sel; k++) {
-            uint32_t e = (uint32_t)ids[k];
+            uint32_t e = (uint32_t)id_list[k];
             if (e < p.n_expert)
                 stage_span(dst + k * p.part_stride, p.w0 + (size_t)e * p.expert_bytes + (size_t)o * p.row_bytes,
                            p.row_bytes, p.aligned, lane);
         }
     };
     uint32_t tile = blockIdx.x, item = tile * NW + warp;
-    if (tile < n_tiles && item < n_items) issue(item, buf);
+    if (tile < n_tiles && item < n_items) issue(item, buf, p.ids);
     cp_async_commit();
+    if (tid < (int)p.n_sel) ids[tid] = p.ids[tid];
+    s = smem;
+    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
+    __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
-        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride);
+        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
         cp_async_commit();
         cp_async_wait1();
         __syncwarp();
@@ -495,18 +503,14 @@ static int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
     return ds4_fail(err, "cuda: %s: %s", what, cudaGetErrorString(e));
 }
 
-template <class F>
-static uint32_t table_smem() {
-    return F::needs_tab ? DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES * 4 : 0;
-}
-
 /* Grid of a persistent kernel: `waves` times as many blocks as fit at
  * once (1: every block stays resident and loops over tiles; more: the
  * hardware hands out the extra blocks as others finish, which evens out the
  * tail), at most one per tile. */
 template <class K>
-static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, uint32_t n_tiles, int *grid,
-                       ds4_err *err) {
+static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, uint32_t n_tiles, int waves,
+                       int *grid, ds4_err *err) {
+    if (k->waves) waves = k->waves;
     if (smem > k->smem_optin)
         return ds4_fail(err, "cuda: kernel needs %zu bytes of shared memory, the device allows %zu", smem,
                         k->smem_optin);
@@ -514,7 +518,7 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
     cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
     if (e != cudaSuccess) return cuda_fail(err, "occupancy", e);
     if (per_sm < 1) per_sm = 1;
-    uint64_t g = (uint64_t)per_sm * (uint64_t)k->n_sm * (uint64_t)k->waves;
+    uint64_t g = (uint64_t)per_sm * (uint64_t)k->n_sm * (uint64_t)waves;
     *grid = (int)(g < n_tiles ? g : n_tiles);
     if (*grid < 1) *grid = 1;
     return 0;
@@ -553,10 +557,12 @@ static int run_matvec(ds4_cuda_kernels *k, const void *w, uint32_t n_rows, uint3
     p.aligned = (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && p.slice_bytes % 16 == 0;
     p.buf_stride = round16(p.slice_bytes) + 16;
     p.act_smem = act_smem_bytes(F::act_kind, n_in);
-    size_t smem = table_smem<F>() + p.act_smem + 2 * NW * sizeof(float) + (size_t)NW * 2 * p.buf_stride;
+    size_t smem = table_bytes<F>() + p.act_smem + 2 * NW * sizeof(float) + (size_t)NW * 2 * p.buf_stride;
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_rows * S + NW - 1) / NW);
     int grid = 1;
-    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, &grid, err)) return -1;
+    /* Unsplit rows: 4 waves even out the tail (H100: attn_q_b 16.3 -> 14.7
+     * us); split rows and the MoE kernels run best persistent. */
+    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 ? 4 : 1, &grid, err)) return -1;
     k_matvec<F, NW><<<grid, NW * 32, smem, st>>>(p);
     return check_launch(err, "matvec launch");
 }
@@ -586,10 +592,10 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
     p.act_smem = act_smem_bytes(F::act_kind, n_in);
     p.clamp = clamp;
     p.aligned = (uintptr_t)gate % 16 == 0 && (uintptr_t)up % 16 == 0 && p.row_bytes % 16 == 0;
-    size_t smem = table_smem<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * 2 * p.buf_stride;
+    size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * 2 * p.buf_stride;
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + NW - 1) / NW);
     int grid = 1;
-    if (launch_grid(k, k_moe_gate_up<F, NW>, NW * 32, smem, n_tiles, &grid, err)) return -1;
+    if (launch_grid(k, k_moe_gate_up<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
     k_moe_gate_up<F, NW><<<grid, NW * 32, smem, st>>>(p);
     return check_launch(err, "moe gate/up launch");
 }
@@ -617,10 +623,10 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     p.buf_stride = n_sel * p.part_stride;
     p.act_smem = act_smem_bytes(F::act_kind, n_ff * n_sel);
     p.aligned = (uintptr_t)down % 16 == 0 && p.row_bytes % 16 == 0;
-    size_t smem = table_smem<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * 2 * p.buf_stride;
+    size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * 2 * p.buf_stride;
     uint32_t n_tiles = (n_out + NW - 1) / NW;
     int grid = 1;
-    if (launch_grid(k, k_moe_down<F, NW>, NW * 32, smem, n_tiles, &grid, err)) return -1;
+    if (launch_grid(k, k_moe_down<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
     k_moe_down<F, NW><<<grid, NW * 32, smem, st>>>(p);
     return check_launch(err, "moe down launch");
 }
@@ -654,7 +660,7 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->device = device;
     k->n_sm = prop.multiProcessorCount;
     k->smem_optin = prop.sharedMemPerBlockOptin;
-    k->waves = 1;
+    k->waves = 0;
     snprintf(k->name, sizeof k->name, "%s", prop.name);
     uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
     if (!ds4_cuda_iq2_tables(host_tab)) {
@@ -681,7 +687,7 @@ extern "C" void ds4_cuda_kernels_free(ds4_cuda_kernels *k) {
     free(k);
 }
 
-extern "C" void ds4_cuda_kernels_set_waves(ds4_cuda_kernels *k, int waves) { k->waves = waves < 1 ? 1 : waves; }
+extern "C" void ds4_cuda_kernels_set_waves(ds4_cuda_kernels *k, int waves) { k->waves = waves < 0 ? 0 : waves; }
 
 extern "C" int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k) { return k->n_sm; }
 

@@ -43,8 +43,8 @@ typedef struct ds4_cuda_kernels ds4_cuda_kernels;
 /* Selects `device` for the calling thread and prepares the kernels. */
 int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err *err);
 void ds4_cuda_kernels_free(ds4_cuda_kernels *k);
-/* Grid size in "waves" of resident blocks (default 1, persistent blocks);
- * a tuning knob for the benchmark. */
+/* Grid size in "waves" of resident blocks, for the benchmark's sweeps:
+ * 0 (the default) lets each kernel pick, 1 = persistent blocks. */
 void ds4_cuda_kernels_set_waves(ds4_cuda_kernels *k, int waves);
 /* Multiprocessor count and the device name, for reports. */
 int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k);
