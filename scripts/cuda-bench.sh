@@ -57,6 +57,20 @@ grep -E "^(odd|attn|shexp|output|router|compressor|indexer|hc_|expert|big|moe|  
 echo "| case | shape | MB/call | us/call | GB/s | % of copy | best waves: GB/s (%) | max rel err | check |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
 grep -E "^\| [a-z]" "$OUT/bench.txt" | grep -v "^| case"
+# The previous kernels (an ignored copy in .cuda-prev/, if carried) on the
+# same card, for a same-machine comparison.
+if [ -d .cuda-prev/src/backend/cuda ]; then
+    P=.cuda-prev/src/backend/cuda
+    "$NVCC" -O3 -std=c++17 $ARCH -c $P/cuda_kernels.cu -o "$B/prev_kernels.o" &
+    "$NVCC" -O3 -std=c++17 $ARCH -c $P/cuda_bench.cu -o "$B/prev_bench.o" &
+    wait
+    objs=$(ls "$B"/*.o | grep -v -e cuda_kernels.o -e cuda_bench.o -e prev_)
+    if "$NVCC" $ARCH "$B/prev_bench.o" "$B/prev_kernels.o" $objs -lm -o "$B/prev-bench"; then
+        for c in attn_q_b attn_q_a "compressor kv" "big iq2_xxs" "big q2_K" "big q4_K" "moe q2"; do
+            "$B/prev-bench" --only "$c" 2>&1 | grep -E "^\| [a-z]" | grep -v "^| case" | sed 's/^/previous /'
+        done | tee "$OUT/previous.txt"
+    fi
+fi
 if command -v ncu >/dev/null && [ $# -eq 0 ]; then
     for c in "attn_q_a" "big iq2_xxs" "big q2_K" "moe q2"; do
         timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy \
