@@ -23,6 +23,7 @@ typedef struct srv_config {
     int port;
     bool cors;
     const char *api_key;   /* NULL = no auth */
+    const char *force_output; /* --force-output FILE (test-only), NULL = sample */
     int max_queue;         /* waiting jobs before 429 */
     size_t max_body;       /* bytes, 413 beyond */
     int io_timeout_s;      /* idle connection timeout */
@@ -67,6 +68,8 @@ typedef struct srv_ctx {
      * renders (reasoning dropped) and the session length it belongs to */
     char *live_visible;
     int live_visible_pos;
+
+    struct srv_force *force; /* --force-output: forced replies (force.h), NULL = off */
 } srv_ctx;
 
 struct srv_job {

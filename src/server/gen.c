@@ -28,6 +28,7 @@
 
 #include "../tok/tokenizer.h"
 #include "ctx.h"
+#include "force.h"
 #include "turn.h"
 
 typedef struct prefill_ctx {
@@ -177,6 +178,9 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         const int32_t eos = ds4_tokenizer_specials(c->tok).eos;
         const int n_vocab = ds4_tokenizer_n_vocab(c->tok);
         ds4_sampler sampler = make_sampler(c, req, job->seq);
+        int n_forced = 0, forced_index = 0; /* --force-output: the reply's tokens replace sampling */
+        const int32_t *forced = c->force ? srv_force_tokens(c->force, req, &n_forced, &forced_index) : NULL;
+        if (forced) srv_trace(c, "--- trace: forced output %d (%d tokens) ---\n", forced_index, n_forced);
         int max_new = req->max_tokens >= 0 ? req->max_tokens : c->cfg.default_max_tokens;
         float *masked = req->ignore_eos ? malloc(sizeof(float) * (size_t)n_vocab) : NULL;
         if (req->ignore_eos && !masked) abort();
@@ -192,7 +196,9 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
                 masked[eos] = -INFINITY;
                 logits = masked;
             }
-            int32_t tok = srv_turn_greedy(turn) ? ds4_argmax(logits, n_vocab) : ds4_sample(&sampler, logits, n_vocab);
+            int32_t tok = forced                   ? (generated < n_forced ? forced[generated] : eos)
+                          : srv_turn_greedy(turn) ? ds4_argmax(logits, n_vocab)
+                                                  : ds4_sample(&sampler, logits, n_vocab);
             if (tok == eos) {
                 finish = SRV_FINISH_STOP;
                 break;

@@ -15,6 +15,7 @@
 
 #include "../tok/tokenizer.h"
 #include "ctx.h"
+#include "force.h"
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -50,6 +51,11 @@ static void usage(FILE *out) {
         "      --trace FILE        write a human-readable trace of every request\n"
         "      --tool-memory-max-ids N         tool ids remembered for exact DSML replay (default 100000)\n"
         "      --disable-exact-dsml-tool-replay  render tool calls canonically instead\n"
+        "\n"
+        "Testing:\n"
+        "      --force-output FILE TEST ONLY: replies are FILE's text instead of sampled tokens (the\n"
+        "                          forward pass still runs); outputs separated by lines '" SRV_FORCE_MARKER "'\n"
+        "                          go to successive assistant turns (src/server/README.md)\n"
         "  -h, --help              this help\n");
 }
 
@@ -82,6 +88,7 @@ static bool needs_value(const char *a) {
         "-m", "--model", "--mtp", "-c", "--ctx", "-n", "--tokens", "-t", "--threads", "--backend",
         "--chdir", "--temp", "--top-p", "--min-p", "--top-k", "--seed", "--host", "--port",
         "--api-key", "--max-queue", "--max-body-mb", "--io-timeout", "--keepalive", "--trace", "--tool-memory-max-ids",
+        "--force-output",
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (!strcmp(a, flags[i])) return true;
@@ -154,6 +161,7 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         else if (IS("--io-timeout")) rc = parse_int(a, v, 1, 86400, &cfg->io_timeout_s);
         else if (IS("--keepalive")) rc = parse_int(a, v, 1, 3600, &keepalive);
         else if (IS("--trace")) cfg->trace_path = v;
+        else if (IS("--force-output")) cfg->force_output = v;
         else if (IS("--tool-memory-max-ids")) rc = parse_int(a, v, 1, INT_MAX, &cfg->tool_memory_max_ids);
         else {
             fprintf(stderr, "ds4-server: unknown option '%s'\n\n", a);
@@ -208,6 +216,16 @@ int main(int argc, char **argv) {
         ds4_engine_close(c.engine);
         return 1;
     }
+    if (c.cfg.force_output) {
+        c.force = srv_force_load(c.cfg.force_output, c.tok, &err);
+        if (!c.force) {
+            fprintf(stderr, "ds4-server: %s\n", err.msg);
+            ds4_engine_close(c.engine);
+            return 1;
+        }
+        srv_log("TEST ONLY: --force-output %s: replies are its %d forced output(s), not sampled", c.cfg.force_output,
+                srv_force_count(c.force));
+    }
     if (c.cfg.think == SRV_THINK_MAX && c.ctx_size < 393216)
         srv_log("warning: --think-max needs --ctx >= 393216; requests asking for max use high");
     if (c.cfg.trace_path) {
@@ -232,6 +250,7 @@ int main(int argc, char **argv) {
         srv_sched_stop(&c);
     }
     srv_toolmem_free(c.toolmem);
+    srv_force_free(c.force);
     srv_metrics_free(c.metrics);
     if (c.trace) fclose(c.trace);
     ds4_engine_close(c.engine);
