@@ -22,10 +22,11 @@
  *
  * Shared-memory banks: a 16-byte load is served 8 lanes at a time, and the
  * 8 lanes must hit 8 different 16-byte bank groups (address / 16 mod 8) to
- * take one pass. The natural activation offsets of neighbouring lanes are
- * 128 or 256 bytes apart (same group), so each format lets half (or a
- * quarter) of the lanes load their activation pieces in a rotated order,
- * derived from the block and part index; the arithmetic is unchanged.
+ * take one pass. Q2_K's activation pieces collide 4 ways in the natural
+ * order, so its lanes walk the four shifts in a rotated order (+36% on
+ * H200). Q8_0, Q4_K and IQ2_XXS collide only 2 ways; the same rotation
+ * there cost more in selects than it saved (H200: Q4_K -6%, IQ2_XXS -4%,
+ * Q8_0 even), so they load in the natural order.
  *
  * G per format: Q8_0 1 (a 34-byte block per lane), Q2_K 4 (16 code bytes =
  * 4 sub-blocks of 16 per lane), Q4_K 8 (16 code bytes = 32 nibbles per
@@ -131,16 +132,6 @@ DS4_HD float fs_sub(float a, float b) {
 
 DS4_HD uint16_t fs_ld16(const uint8_t *p) { return *(const uint16_t *)p; }
 
-/* The 32 activation codes at p (16-byte aligned) as 8 words in element
- * order, loading the second half first when `swap` (bank rotation). */
-DS4_HD void fs_act32(const int8_t *p, int swap, uint32_t *xs) {
-    const uint4 *x4 = (const uint4 *)p;
-    uint4 xa = x4[swap], xb = x4[swap ^ 1];
-    uint4 h0 = swap ? xb : xa, h1 = swap ? xa : xb;
-    xs[0] = h0.x; xs[1] = h0.y; xs[2] = h0.z; xs[3] = h0.w;
-    xs[4] = h1.x; xs[5] = h1.y; xs[6] = h1.z; xs[7] = h1.w;
-}
-
 /* Unit interface, per format F:
  *   F::unit<NR>(b, stride, part, a, ab, tab, copy, isum[NR], summ[NR])
  *     b: block of row 0 in the buffer (row r at b + r*stride); ab: index of
@@ -154,9 +145,9 @@ struct fmt_q8_0 {
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
-        /* Lanes of blocks 4..7 (mod 8) read the second half first. */
-        uint32_t xs[8];
-        fs_act32(a.q + 32 * ab, (int)(ab >> 2) & 1, xs);
+        const uint4 *x = (const uint4 *)(a.q + 32 * ab);
+        uint4 x0 = x[0], x1 = x[1];
+        uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             uintptr_t addr = (uintptr_t)(b + r * stride + 2);
@@ -249,10 +240,7 @@ struct fmt_q4_K {
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
         int p = part >> 1, h = part & 1;
         const int8_t *xq = a.q + 256 * ab + 64 * p + 16 * h;
-        /* Parts 4..7 load sub-block 2p+1's codes first (bank rotation). */
-        int swap = (part >> 2) & 1;
-        uint4 xa = *(const uint4 *)(xq + 32 * swap), xb = *(const uint4 *)(xq + 32 * (swap ^ 1));
-        uint4 x0 = swap ? xb : xa, x1 = swap ? xa : xb;
+        uint4 x0 = *(const uint4 *)xq, x1 = *(const uint4 *)(xq + 32);
         const int16_t *bs = a.bsums + 16 * ab + 4 * p;
         int bs01 = bs[0] + bs[1], bs23 = bs[2] + bs[3];
 #pragma unroll
@@ -291,9 +279,9 @@ struct fmt_iq2_xxs {
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
-        /* Parts 4..7 read the second half first (bank rotation). */
-        uint32_t xs[8];
-        fs_act32(a.q + 256 * ab + 32 * part, (part >> 2) & 1, xs);
+        const uint4 *x4 = (const uint4 *)(a.q + 256 * ab + 32 * part);
+        uint4 x0 = x4[0], x1 = x4[1];
+        uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
         const uint32_t *grid = tab + copy, *sign = tab + 256 * DS4_CUDA_IQ2_COPIES + copy;
 #pragma unroll
         for (int r = 0; r < NR; r++) {

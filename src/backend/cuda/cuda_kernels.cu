@@ -560,9 +560,11 @@ static int run_matvec(ds4_cuda_kernels *k, const void *w, uint32_t n_rows, uint3
     size_t smem = table_bytes<F>() + p.act_smem + 2 * NW * sizeof(float) + (size_t)NW * 2 * p.buf_stride;
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_rows * S + NW - 1) / NW);
     int grid = 1;
-    /* Unsplit rows: 4 waves even out the tail (H100: attn_q_b 16.3 -> 14.7
-     * us); split rows and the MoE kernels run best persistent. */
-    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 ? 4 : 1, &grid, err)) return -1;
+    /* Unsplit rows: 2 waves even out the tail (attn_q_b, 1 -> 2 waves:
+     * H100 16.3 -> 15.4 us, H200 13.5 -> 13.3 us; 4 waves helped the H100
+     * more but cost the H200); split rows and the MoE kernels run best
+     * persistent. */
+    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 ? 2 : 1, &grid, err)) return -1;
     k_matvec<F, NW><<<grid, NW * 32, smem, st>>>(p);
     return check_launch(err, "matvec launch");
 }
