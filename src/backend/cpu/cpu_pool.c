@@ -1,34 +1,57 @@
 /* cpu_pool.c — worker threads for the CPU backend (see cpu_pool.h).
  *
- * A run publishes (fn, ctx, n_tasks) under a mutex and bumps a generation
- * counter; workers wake on a condition variable, take task numbers from an
- * atomic counter until none are left, and the last one to finish signals the
- * caller. Workers spin briefly on the generation before sleeping, because a
- * decode step issues many short runs back to back and a condvar wake-up per
- * run would cost more than the work; a worker that sees the new generation
- * while spinning starts without touching the mutex. */
+ * A run publishes (fn, ctx, n_tasks) and opens a claim word that holds the
+ * run's generation in its high half and the next unclaimed task in its low
+ * half. Anyone taking a task (workers and the caller alike) does a
+ * compare-and-swap on that word, which succeeds only while the generation is
+ * the one it saw and tasks are left; so the caller never waits for a worker
+ * that has not yet woken up: it takes the remaining tasks itself and then
+ * waits only for tasks that were actually claimed. That matters on an
+ * oversubscribed machine, where a woken worker may get a CPU only after a
+ * scheduler time slice: with the old "wait until every worker has checked
+ * in" rule each run cost a slice, and decode collapsed below single-thread
+ * speed. At the end of a run the word is closed (low half all ones) before
+ * the next run's fields are written, so a worker that read an old word can
+ * never claim a task of the next run with the previous run's descriptor.
+ *
+ * Waiting is adaptive. An idle worker spins for a short while (a decode step
+ * issues runs back to back with little serial work between them, and a
+ * sleeping worker takes tens of microseconds to wake), yielding the CPU
+ * between rounds; after SPIN_NS it sleeps on a futex, and the caller makes
+ * the wake-up system call only when somebody sleeps. The caller waiting for
+ * claimed tasks does the same on the count of finished tasks. */
 #include "cpu_pool.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
-#define SPIN_ROUNDS 20000 /* pause instructions before sleeping: ~1 ms */
+#define SPIN_NS 50000            /* spin this long (50 µs) before sleeping */
+#define CLOSED 0xffffffffu       /* low half of the claim word between runs */
 
 struct cpu_pool {
     int n_threads;
     pthread_t *threads;
-    pthread_mutex_t mu;
-    pthread_cond_t wake, done;
-    atomic_uint gen;  /* bumped once per run (and once to stop) */
+    /* the current run; written only while the claim word is closed */
+    _Atomic(cpu_task_fn) fn;
+    _Atomic(void *) ctx;
+    atomic_uint n_tasks;
+    _Atomic uint64_t claim; /* generation << 32 | next task (CLOSED between runs) */
+    atomic_uint done;       /* tasks of this run finished by workers or the caller */
+    /* futex words */
+    atomic_uint wake;       /* generation of the latest run (or stop) */
+    atomic_int sleepers;    /* workers asleep (or about to be) on wake */
+    atomic_uint caller_asleep;
     atomic_int stop;
-    cpu_task_fn fn;
-    void *ctx;
-    int n_tasks;
-    atomic_int next;    /* next task number to hand out */
-    atomic_int running; /* workers (not the caller) still busy with this run */
+    uint32_t gen;           /* caller side: the generation of the last run */
 };
 
 typedef struct worker_arg {
@@ -36,19 +59,60 @@ typedef struct worker_arg {
     int id;
 } worker_arg;
 
-static void run_tasks(cpu_pool *p, int worker) {
-    for (;;) {
-        int t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (t >= p->n_tasks) break;
-        p->fn(p->ctx, t, worker);
-    }
+static void futex_wait(atomic_uint *addr, unsigned expected) {
+    syscall(SYS_futex, (unsigned *)addr, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
 }
 
-static void cpu_relax(int spins) {
+static void futex_wake(atomic_uint *addr, int n) {
+    syscall(SYS_futex, (unsigned *)addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
-    if ((spins & 1023) == 1023) sched_yield(); /* be fair on an oversubscribed machine */
+}
+
+/* Spins until (*addr == value) == equal, or SPIN_NS pass; true if the
+ * condition came. Yields the CPU every few rounds so spinning threads do not
+ * starve the thread that would change the value when cores are short. */
+static bool spin_until(atomic_uint *addr, unsigned value, bool equal) {
+    uint64_t t0 = 0;
+    for (int round = 0;; round++) {
+        for (int i = 0; i < 64; i++) {
+            if ((atomic_load_explicit(addr, memory_order_acquire) == value) == equal) return true;
+            cpu_relax();
+        }
+        if (round == 0) t0 = now_ns();
+        else if (now_ns() - t0 > SPIN_NS) return false;
+        if (round % 4 == 3) sched_yield();
+    }
+}
+
+/* Claims and runs tasks of generation gen until none are left. */
+static void run_tasks(cpu_pool *p, uint32_t gen, int worker) {
+    uint64_t w = atomic_load_explicit(&p->claim, memory_order_acquire);
+    for (;;) {
+        if ((uint32_t)(w >> 32) != gen) return;
+        uint32_t t = (uint32_t)w;
+        if (t >= atomic_load_explicit(&p->n_tasks, memory_order_relaxed)) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &w, w + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        /* Task t of this run is ours: the run cannot end (nor its fields
+         * change) before we count it done. */
+        cpu_task_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
+        fn(atomic_load_explicit(&p->ctx, memory_order_relaxed), (int)t, worker);
+        atomic_fetch_add(&p->done, 1);
+        if (worker && atomic_load(&p->caller_asleep)) futex_wake(&p->done, 1);
+        w = atomic_load_explicit(&p->claim, memory_order_acquire);
+    }
 }
 
 static void *worker_main(void *argp) {
@@ -56,26 +120,16 @@ static void *worker_main(void *argp) {
     cpu_pool *p = arg->pool;
     int id = arg->id;
     free(arg);
-    unsigned seen = 0; /* the generation at creation: a run may start before we get here */
+    unsigned seen = 0; /* runs are numbered from 1 */
     for (;;) {
-        /* Fast path: spin without the mutex, so a run wakes all workers at once. */
-        unsigned g;
-        int spins = 0;
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && spins < SPIN_ROUNDS)
-            cpu_relax(spins++);
-        if (g == seen) {
-            pthread_mutex_lock(&p->mu);
-            while ((g = atomic_load(&p->gen)) == seen) pthread_cond_wait(&p->wake, &p->mu);
-            pthread_mutex_unlock(&p->mu);
+        if (!spin_until(&p->wake, seen, false)) {
+            atomic_fetch_add(&p->sleepers, 1);
+            while (atomic_load(&p->wake) == seen) futex_wait(&p->wake, seen);
+            atomic_fetch_sub(&p->sleepers, 1);
         }
         if (atomic_load(&p->stop)) return NULL;
-        seen = g;
-        run_tasks(p, id);
-        if (atomic_fetch_sub_explicit(&p->running, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        seen = atomic_load_explicit(&p->wake, memory_order_acquire);
+        run_tasks(p, seen, id);
     }
 }
 
@@ -84,13 +138,7 @@ cpu_pool *cpu_pool_new(int n_threads) {
     cpu_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n_threads = n_threads;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->wake, NULL);
-    pthread_cond_init(&p->done, NULL);
-    atomic_init(&p->gen, 0);
-    atomic_init(&p->stop, 0);
-    atomic_init(&p->next, 0);
-    atomic_init(&p->running, 0);
+    atomic_init(&p->claim, (uint64_t)CLOSED);
     if (n_threads > 1) {
         p->threads = calloc((size_t)n_threads - 1, sizeof *p->threads);
         if (!p->threads) {
@@ -116,15 +164,10 @@ cpu_pool *cpu_pool_new(int n_threads) {
 
 void cpu_pool_free(cpu_pool *p) {
     if (!p) return;
-    pthread_mutex_lock(&p->mu);
     atomic_store(&p->stop, 1);
-    atomic_fetch_add(&p->gen, 1);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
+    atomic_fetch_add(&p->wake, 1);
+    futex_wake(&p->wake, INT_MAX);
     for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i - 1], NULL);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->wake);
-    pthread_cond_destroy(&p->done);
     free(p->threads);
     free(p);
 }
@@ -137,22 +180,26 @@ void cpu_pool_run(cpu_pool *p, int n_tasks, cpu_task_fn fn, void *ctx) {
         for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store(&p->next, 0);
-    atomic_store(&p->running, p->n_threads - 1);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
-    run_tasks(p, 0);
-    int spins = 0;
-    while (atomic_load_explicit(&p->running, memory_order_acquire) > 0 && spins < SPIN_ROUNDS)
-        cpu_relax(spins++);
-    pthread_mutex_lock(&p->mu);
-    while (atomic_load(&p->running) > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    /* The claim word is closed here, so nobody reads these fields for a task. */
+    uint32_t gen = ++p->gen;
+    if (gen == 0) gen = ++p->gen; /* 0 is the workers' initial "seen" */
+    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&p->ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&p->n_tasks, (unsigned)n_tasks, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->claim, (uint64_t)gen << 32, memory_order_release);
+    atomic_store(&p->wake, gen);
+    if (atomic_load(&p->sleepers) > 0) futex_wake(&p->wake, INT_MAX);
+
+    run_tasks(p, gen, 0);
+    /* Every task is claimed; wait for the ones workers are still running. */
+    unsigned target = (unsigned)n_tasks, d;
+    if (!spin_until(&p->done, target, true)) {
+        atomic_store(&p->caller_asleep, 1);
+        while ((d = atomic_load(&p->done)) != target) futex_wait(&p->done, d);
+        atomic_store(&p->caller_asleep, 0);
+    }
+    atomic_store_explicit(&p->claim, (uint64_t)gen << 32 | CLOSED, memory_order_release);
 }
 
 int cpu_default_threads(void) {
