@@ -20,6 +20,7 @@
 #include "../src/chat/chat.h"
 #include "../src/chat/dsml.h"
 #include "../src/chat/json_py.h"
+#include "../src/common/utf8.h"
 #include "testutil.h"
 
 #define BAR "\xEF\xBD\x9C"
@@ -56,18 +57,9 @@ static void rec_flush(rec *r) {
     ds4_buf_truncate(&r->pending, 0);
 }
 
-static bool valid_utf8(const char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        int l = ds4_utf8_seq((const unsigned char *)s + i, n - i);
-        if (l <= 0) return false;
-        i += (size_t)l;
-    }
-    return true;
-}
-
 static void rec_sink(void *ctx, const ds4_dsml_event *ev) {
     rec *r = ctx;
-    if (!valid_utf8(ev->text, ev->len) || strlen(ev->text) != ev->len) r->utf8_ok = false;
+    if (ds4_utf8_valid_len(ev->text, ev->len) != ev->len || strlen(ev->text) != ev->len) r->utf8_ok = false;
     bool delta = ev->type == DS4_DSML_REASONING || ev->type == DS4_DSML_CONTENT ||
                  ev->type == DS4_DSML_CALL_ARGS;
     if (ev->type == DS4_DSML_CALL_START) ds4_buf_truncate(&r->args, 0);

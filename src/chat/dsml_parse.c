@@ -35,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/json_escape.h"
+#include "../common/utf8.h"
 #include "json_py.h"
 
 #define BAR "\xEF\xBD\x9C"
@@ -106,44 +108,17 @@ static enum match match_escape(const char *s, size_t n, const char *close, size_
     return FULL;
 }
 
-/* How many bytes at the end of s[0..n) form an incomplete UTF-8 sequence
- * that more bytes could complete. */
-static size_t utf8_incomplete_tail(const char *s, size_t n) {
-    for (size_t back = 1; back <= 3 && back <= n; back++) {
-        unsigned char c = (unsigned char)s[n - back];
-        if (c < 0x80) return 0;
-        if (c >= 0xC0) return ds4_utf8_seq((const unsigned char *)s + n - back, back) == 0 ? back : 0;
-    }
-    return 0;
-}
-
 static void send(ds4_dsml_parser *p, ds4_dsml_event_type type, int index, const char *text,
                  size_t len) {
     ds4_dsml_event ev = {type, index, text ? text : "", text ? len : 0};
     p->sink(p->ctx, &ev);
 }
 
-/* Appends s[0..n) with every byte that is not valid UTF-8 replaced by U+FFFD. */
-static void add_sanitized(ds4_buf *out, const char *s, size_t n) {
-    size_t i = 0, run = 0;
-    while (i < n) {
-        int l = ds4_utf8_seq((const unsigned char *)s + i, n - i);
-        if (l > 0) {
-            i += (size_t)l;
-            continue;
-        }
-        ds4_buf_add(out, s + run, i - run);
-        ds4_buf_adds(out, "\xEF\xBF\xBD");
-        run = ++i;
-    }
-    ds4_buf_add(out, s + run, n - run);
-}
-
 /* Sends reasoning or content text. */
 static void send_text(ds4_dsml_parser *p, ds4_dsml_event_type type, const char *s, size_t n) {
     if (n == 0) return;
     ds4_buf_truncate(&p->out, 0);
-    add_sanitized(&p->out, s, n);
+    ds4_utf8_sanitize(&p->out, s, n);
     send(p, type, 0, p->out.p, p->out.len);
 }
 
@@ -159,7 +134,7 @@ static int fail(ds4_dsml_parser *p, const char *fmt, const char *arg) {
     snprintf(msg, sizeof msg, fmt, arg);
     p->st = ST_ERROR;
     ds4_buf_truncate(&p->out, 0);
-    add_sanitized(&p->out, msg, strlen(msg));
+    ds4_utf8_sanitize(&p->out, msg, strlen(msg));
     send(p, DS4_DSML_ERROR, p->n_calls, p->out.p, p->out.len);
     return -1;
 }
@@ -216,7 +191,7 @@ static bool decode_attr(ds4_buf *out, const char *s, size_t n) {
             ds4_buf_addc(&raw, s[i++]);
         }
     }
-    add_sanitized(out, ds4_buf_str(&raw), raw.len);
+    ds4_utf8_sanitize(out, ds4_buf_str(&raw), raw.len);
     ds4_buf_free(&raw);
     return true;
 }
@@ -305,7 +280,7 @@ static int step_reasoning(ds4_dsml_parser *p, bool final) {
     if (!final) {
         for (size_t k = n < 7 ? n : 7; k > 0 && !keep; k--)
             if (memcmp(s + n - k, "</think>", k) == 0) keep = k;
-        keep += utf8_incomplete_tail(s, n - keep);
+        keep += ds4_utf8_incomplete_tail(s, n - keep);
     }
     send_text(p, DS4_DSML_REASONING, s, n - keep);
     consume(p, n - keep);
@@ -341,7 +316,7 @@ static int step_content(ds4_dsml_parser *p, bool final) {
     size_t emit = stop;
     if (!final && p->o.tools)
         while (emit > 0 && is_ws(s[emit - 1])) emit--;
-    if (!final) emit -= utf8_incomplete_tail(s, emit);
+    if (!final) emit -= ds4_utf8_incomplete_tail(s, emit);
     send_text(p, DS4_DSML_CONTENT, s, emit);
     consume(p, emit);
     return 0;
@@ -357,7 +332,7 @@ static int start_param(ds4_dsml_parser *p, const tag *t) {
     ds4_buf_truncate(&p->out, 0);
     if (p->args.len > 1) ds4_buf_adds(&p->out, ", ");
     ds4_buf_addc(&p->out, '"');
-    ds4_json_py_escape(&p->out, p->key.p, p->key.len);
+    ds4_json_escape(&p->out, p->key.p, p->key.len, DS4_JSON_BAD_REPLACE);
     ds4_buf_adds(&p->out, t->string ? "\": \"" : "\": ");
     send_args(p, p->out.p, p->out.len);
     ds4_buf_truncate(&p->value, 0);
@@ -422,7 +397,7 @@ static int step_string(ds4_dsml_parser *p) {
             enum match m = match_lit(s + i, n - i, close, close_len);
             if (m == PARTIAL) break;
             if (m == FULL) {
-                ds4_json_py_escape(&p->out, s + run, i - run);
+                ds4_json_escape(&p->out, s + run, i - run, DS4_JSON_BAD_REPLACE);
                 ds4_buf_addc(&p->out, '"');
                 send_args(p, p->out.p, p->out.len);
                 consume(p, i + close_len);
@@ -435,13 +410,13 @@ static int step_string(ds4_dsml_parser *p) {
             enum match m = match_escape(s + i, n - i, close, close_len, &len, &k);
             if (m == PARTIAL) break;
             if (m == FULL) {
-                ds4_json_py_escape(&p->out, s + run, i - run);
+                ds4_json_escape(&p->out, s + run, i - run, DS4_JSON_BAD_REPLACE);
                 if (k == 0) {
-                    ds4_json_py_escape(&p->out, close, close_len);
+                    ds4_json_escape(&p->out, close, close_len, DS4_JSON_BAD_REPLACE);
                 } else {
                     /* one "amp;" less */
-                    ds4_json_py_escape(&p->out, "&", 1);
-                    ds4_json_py_escape(&p->out, s + i + 5, len - 5);
+                    ds4_json_escape(&p->out, "&", 1, DS4_JSON_BAD_REPLACE);
+                    ds4_json_escape(&p->out, s + i + 5, len - 5, DS4_JSON_BAD_REPLACE);
                 }
                 i += len;
                 run = i;
@@ -452,7 +427,7 @@ static int step_string(ds4_dsml_parser *p) {
         }
         i++;
     }
-    ds4_json_py_escape(&p->out, s + run, i - run);
+    ds4_json_escape(&p->out, s + run, i - run, DS4_JSON_BAD_REPLACE);
     if (p->out.len) send_args(p, p->out.p, p->out.len);
     consume(p, i);
     return 0;

@@ -14,64 +14,6 @@ json_t *ds4_json_py_load(const char *text, size_t len, bool *unrepresentable, ds
     return v;
 }
 
-int ds4_utf8_seq(const unsigned char *s, size_t n) {
-    if (n == 0) return 0;
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    int need;
-    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    if (c >= 0xC2 && c <= 0xDF) need = 2;
-    else if (c == 0xE0) need = 3, lo = 0xA0;
-    else if (c == 0xED) need = 3, hi = 0x9F; /* no UTF-16 surrogates */
-    else if (c >= 0xE1 && c <= 0xEF) need = 3;
-    else if (c == 0xF0) need = 4, lo = 0x90;
-    else if (c == 0xF4) need = 4, hi = 0x8F; /* <= U+10FFFF */
-    else if (c >= 0xF1 && c <= 0xF3) need = 4;
-    else return -1;
-    for (int i = 1; i < need; i++) {
-        if ((size_t)i >= n) return 0;
-        unsigned b = s[i];
-        unsigned l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-        if (b < l || b > h) return -1;
-    }
-    return need;
-}
-
-void ds4_json_py_escape(ds4_buf *out, const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0, run = 0; /* run: start of bytes copied verbatim */
-    while (i < n) {
-        unsigned c = u[i];
-        const char *esc = NULL;
-        char tmp[8];
-        int adv = 1;
-        if (c == '"') esc = "\\\"";
-        else if (c == '\\') esc = "\\\\";
-        else if (c == '\n') esc = "\\n";
-        else if (c == '\r') esc = "\\r";
-        else if (c == '\t') esc = "\\t";
-        else if (c == '\b') esc = "\\b";
-        else if (c == '\f') esc = "\\f";
-        else if (c < 0x20) {
-            snprintf(tmp, sizeof tmp, "\\u%04x", c);
-            esc = tmp;
-        } else if (c >= 0x80) {
-            adv = ds4_utf8_seq(u + i, n - i);
-            if (adv <= 0) {
-                esc = "\xEF\xBF\xBD"; /* U+FFFD for a byte that is not UTF-8 */
-                adv = 1;
-            }
-        }
-        if (esc) {
-            ds4_buf_add(out, s + run, i - run);
-            ds4_buf_adds(out, esc);
-            run = i + (size_t)adv;
-        }
-        i += (size_t)adv;
-    }
-    ds4_buf_add(out, s + run, n - run);
-}
-
 /* Python's float.__repr__: the shortest digit string that reads back as the
  * same double, in fixed notation when the decimal exponent is in [-4, 16),
  * else "d.ddde+XX"; fixed notation always shows a fractional part. */
@@ -123,7 +65,7 @@ void ds4_json_py_float(ds4_buf *out, double x) {
 
 static void dump_string(ds4_buf *out, const char *s, size_t n) {
     ds4_buf_addc(out, '"');
-    ds4_json_py_escape(out, s, n);
+    ds4_json_escape(out, s, n, DS4_JSON_BAD_REPLACE);
     ds4_buf_addc(out, '"');
 }
 

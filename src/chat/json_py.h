@@ -23,6 +23,8 @@
 
 #include "../common/buf.h"
 #include "../common/error.h"
+#include "../common/json_escape.h" /* strings: ds4_json_escape(..., DS4_JSON_BAD_REPLACE) */
+#include "../common/utf8.h"        /* ds4_utf8_seq for the server files that include only this */
 
 /* Parses any JSON value (not only objects/arrays; NUL allowed in strings).
  * Returns a new reference, or NULL with err set ("line L column C: why").
@@ -33,22 +35,11 @@ json_t *ds4_json_py_load(const char *text, size_t len, bool *unrepresentable, ds
 /* Appends json.dumps(v, ensure_ascii=False). */
 void ds4_json_py_dump(ds4_buf *out, const json_t *v);
 
-/* Appends the body of a JSON string literal for s[0..n) without the quotes:
- * '"' '\\' and control characters escaped as Python does, everything else
- * raw. Bytes that are not valid UTF-8 become U+FFFD so the result is always
- * valid JSON text. */
-void ds4_json_py_escape(ds4_buf *out, const char *s, size_t n);
-
 /* Appends a Python float repr (finite x). */
 void ds4_json_py_float(ds4_buf *out, double x);
 
 /* Python truthiness of a JSON value: null, false, 0, 0.0, "", [] and {}
  * are false. The official encoder skips a falsy response_format. */
 int ds4_json_py_truthy(const json_t *v);
-
-/* Length of the valid UTF-8 sequence at s[0..n): 1-4, 0 if the bytes are a
- * valid but incomplete prefix, -1 if s[0] cannot start a valid sequence
- * here (overlong, surrogate, > U+10FFFF, bad continuation). */
-int ds4_utf8_seq(const unsigned char *s, size_t n);
 
 #endif

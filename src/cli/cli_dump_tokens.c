@@ -3,14 +3,16 @@
  * Loads only the GGUF's tokenizer (the header is validated, no tensor is
  * bound), tokenises the text exactly as written — the 7 special strings are
  * recognised, no BOS and no chat template are added — and prints one token
- * per line: `ID<TAB>PIECE`, PIECE being the token's bytes as a JSON string
- * (tok_json.h: bytes that are not valid UTF-8 appear as \udcXX). */
+ * per line: `ID<TAB>PIECE`, PIECE being the token's bytes as a JSON string.
+ * A token may hold part of a character, so bytes that are not valid UTF-8
+ * are written as \udcXX (DS4_JSON_BAD_SURROGATE, common/json_escape.h): a
+ * JSON reader gets U+DC80..U+DCFF exactly for raw bytes 0x80..0xFF. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/json_escape.h"
 #include "../gguf/gguf.h"
-#include "../tok/tok_json.h"
 #include "../tok/tokenizer.h"
 #include "cli.h"
 
@@ -22,13 +24,15 @@ static int dump(const ds4_tokenizer *tok, const char *text, size_t len) {
         fprintf(stderr, "ds4: %s\n", err.msg);
         return 1;
     }
+    ds4_buf piece = {0};
     for (size_t i = 0; i < n; i++) {
         size_t blen;
         const char *b = ds4_token_bytes(tok, ids[i], &blen);
-        printf("%d\t", (int)ids[i]);
-        ds4_json_write_bytes(stdout, b, blen);
-        putchar('\n');
+        ds4_buf_truncate(&piece, 0);
+        ds4_json_escape(&piece, b, blen, DS4_JSON_BAD_SURROGATE);
+        printf("%d\t\"%s\"\n", (int)ids[i], ds4_buf_str(&piece));
     }
+    ds4_buf_free(&piece);
     free(ids);
     if (fflush(stdout) || ferror(stdout)) {
         fprintf(stderr, "ds4: error writing the tokens\n");

@@ -7,7 +7,8 @@
  * that selects EOS is written and ends the dump; otherwise there are -n
  * steps (at most what the context leaves). Token texts are JSON strings:
  * valid UTF-8 as is, and when a piece is not valid UTF-8 each byte >= 0x80
- * is written as \u00XX; "bytes" always holds the exact bytes. Floats use
+ * is written as \u00XX (DS4_JSON_BAD_LATIN1); "bytes" always holds the
+ * exact bytes. Floats use
  * %.9g, enough to read back the same float.
  *
  * `--token-ids FILE --logits-out FILE`: evaluates the whitespace-separated
@@ -26,35 +27,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/json_escape.h"
 #include "../tok/tokenizer.h"
-#include "../tok/utf8.h"
 #include "cli_chat.h"
-
-static bool valid_utf8(const char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        size_t k = ds4_utf8_decode((const uint8_t *)s + i, n - i, &cp);
-        if (!k) return false;
-        i += k;
-    }
-    return true;
-}
 
 static void write_token(FILE *f, const ds4_tokenizer *tok, int32_t id) {
     size_t n;
     const char *b = ds4_token_bytes(tok, id, &n);
-    bool valid = valid_utf8(b, n);
-    fprintf(f, "{\"id\":%d,\"text\":\"", (int)id);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)b[i];
-        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch == '\n') fputs("\\n", f);
-        else if (ch == '\r') fputs("\\r", f);
-        else if (ch == '\t') fputs("\\t", f);
-        else if (ch < 0x20 || ch == 0x7F || (ch >= 0x80 && !valid)) fprintf(f, "\\u%04x", ch);
-        else fputc(ch, f);
-    }
-    fputs("\",\"bytes\":[", f);
+    ds4_buf text = {0};
+    ds4_json_escape(&text, b, n, DS4_JSON_BAD_LATIN1);
+    fprintf(f, "{\"id\":%d,\"text\":\"%s\",\"bytes\":[", (int)id, ds4_buf_str(&text));
+    ds4_buf_free(&text);
     for (size_t i = 0; i < n; i++) fprintf(f, "%s%u", i ? "," : "", (unsigned char)b[i]);
     fputs("]}", f);
 }

@@ -1,12 +1,17 @@
-/* utf8.h — strict UTF-8 decoding shared by the tokenizer, the detokenizer
- * and the token dumper: one definition of "valid UTF-8" (RFC 3629: no
- * overlong forms, no surrogates, nothing above U+10FFFF). */
-#ifndef DS4_TOK_UTF8_H
-#define DS4_TOK_UTF8_H
+/* utf8.h — strict UTF-8: the one definition of "valid UTF-8" in ds4 (RFC
+ * 3629: no overlong forms, no surrogates, nothing above U+10FFFF), used by
+ * the tokenizer, the chat and DSML code, the JSON writers and the server.
+ *
+ * The decoders are inline (the tokenizer calls them per character); the
+ * whole-string helpers are in utf8.c. */
+#ifndef DS4_COMMON_UTF8_H
+#define DS4_COMMON_UTF8_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "buf.h"
 
 /* Allowed range of the second byte after lead byte b0 (3- and 4-byte forms). */
 static inline void ds4_utf8_second_range(uint8_t b0, uint8_t *lo, uint8_t *hi) {
@@ -63,5 +68,29 @@ static inline bool ds4_utf8_is_partial(const uint8_t *s, size_t n) {
         if ((s[i] & 0xC0) != 0x80) return false;
     return true;
 }
+
+/* Length of the valid sequence at s[0..n): 1-4; 0 if the bytes are a valid
+ * but incomplete prefix (or n is 0), so more bytes could complete it; -1 if
+ * s[0] cannot start a valid sequence here. */
+static inline int ds4_utf8_seq(const unsigned char *s, size_t n) {
+    uint32_t cp;
+    if (n == 0) return 0;
+    size_t k = ds4_utf8_decode(s, n, &cp);
+    if (k) return (int)k;
+    return ds4_utf8_is_partial(s, n) ? 0 : -1;
+}
+
+/* Length of the longest valid prefix of s[0..n): n when all of it is valid. */
+size_t ds4_utf8_valid_len(const char *s, size_t n);
+
+/* Length of the incomplete character at the end of s[0..n): the at most 3
+ * last bytes that form a proper prefix of a valid sequence, which more
+ * bytes could complete (streams hold them back); 0 if none. */
+size_t ds4_utf8_incomplete_tail(const char *s, size_t n);
+
+/* Appends s[0..n) with every byte that is not part of a complete valid
+ * character replaced by U+FFFD (as Python's errors="replace" does, byte by
+ * byte), so the result is always valid UTF-8. */
+void ds4_utf8_sanitize(ds4_buf *out, const char *s, size_t n);
 
 #endif

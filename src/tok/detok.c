@@ -9,22 +9,13 @@
 #include <string.h>
 
 #include "tok_internal.h"
-#include "utf8.h"
+#include "../common/utf8.h"
 
 int ds4_detok_init(ds4_detok *d, const ds4_tokenizer *tok, ds4_err *err) {
     *d = (ds4_detok){.tok = tok};
     d->cap = ds4_tokenizer_max_token_bytes(tok) + sizeof d->held;
     d->buf = malloc(d->cap);
     if (!d->buf) return ds4_fail(err, "detokenizer: out of memory");
-    return 0;
-}
-
-/* Length of the incomplete character at the end of s[0..n), 0 if none. */
-static size_t incomplete_tail(const uint8_t *s, size_t n) {
-    for (size_t k = 1; k <= 3 && k <= n; k++) {
-        uint8_t b = s[n - k];
-        if ((b & 0xC0) != 0x80) return ds4_utf8_is_partial(s + n - k, k) ? k : 0;
-    }
     return 0;
 }
 
@@ -38,7 +29,7 @@ int ds4_detok_feed(ds4_detok *d, int32_t id, const char **out, size_t *len, ds4_
                         (int)ds4_tokenizer_n_vocab(d->tok) - 1);
     memcpy(d->buf, d->held, d->n_held);
     memcpy(d->buf + d->n_held, bytes, n);
-    size_t total = d->n_held + n, keep = incomplete_tail((const uint8_t *)d->buf, total);
+    size_t total = d->n_held + n, keep = ds4_utf8_incomplete_tail(d->buf, total);
     d->n_held = keep;
     memcpy(d->held, d->buf + total - keep, keep);
     *len = total - keep;

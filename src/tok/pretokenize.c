@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <utf8proc.h>
 
-#include "utf8.h"
+#include "../common/utf8.h"
 
 /* Character classes (bit set). PS is \p{P} ∪ \p{S}: the regexes only ever
  * use the two together. ASCII marks U+0000–U+007F. */

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "tok_internal.h"
-#include "utf8.h"
+#include "../common/utf8.h"
 
 #define N_BYTE_CPS 324 /* code points used by the byte-level encoding: 0..323 */
 

@@ -13,6 +13,7 @@
 
 #include "../../src/chat/dsml.h"
 #include "../../src/chat/json_py.h"
+#include "../../src/common/utf8.h"
 
 typedef struct log {
     ds4_buf events, args;
@@ -21,11 +22,7 @@ typedef struct log {
 
 static void on_event(void *ctx, const ds4_dsml_event *ev) {
     log *l = ctx;
-    for (size_t i = 0; i < ev->len;) {
-        int k = ds4_utf8_seq((const unsigned char *)ev->text + i, ev->len - i);
-        if (k <= 0) abort();
-        i += (size_t)k;
-    }
+    if (ds4_utf8_valid_len(ev->text, ev->len) != ev->len) abort();
     if (ev->type == DS4_DSML_CALL_START) ds4_buf_truncate(&l->args, 0);
     if (ev->type == DS4_DSML_CALL_ARGS) ds4_buf_add(&l->args, ev->text, ev->len);
     if (ev->type == DS4_DSML_CALL_END &&
