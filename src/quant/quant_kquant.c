@@ -3,263 +3,421 @@
  * Both formats store x = (d*sc_j)*q - (dmin*m_j): per 256-value block two
  * f16 super-scales, per sub-block an integer scale sc_j and min m_j, per
  * value a small code q. The quantiser minimises the weighted squared error
- * sum_i w_i (x_i - dequant_i)^2 (w = imatrix, or all ones), evaluated with
- * the dequantiser's own float formula and the f16-rounded super-scales, so
- * the error it optimises is the error the file will have.
+ * sum_i w_i (x_i - dequant_i)^2 (w = imatrix, or all ones).
  *
  * Search, per block:
- *  1. each sub-block gets a continuous least-squares fit a*q - b (b >= 0)
- *     over a sweep of candidate steps;
- *  2. for a few candidate super-scales d (around max a / smax) and
- *     dmin = max b / smax, alternate (a) choosing every sub-block's (sc, m)
- *     by trying a window of integers around the current value (wide on the
- *     first pass: all 16x16 pairs for Q2_K, +-6 for Q4_K; +-3/+-2 after),
- *     with the best code for each value, and (b) refitting d and dmin by
- *     weighted least squares given all codes, rounded to f16 — until the
- *     error stops falling. The best state seen is kept.
- * About 1.2 ms (Q2_K) and 0.5 ms (Q4_K) per block on one core; the error
- * is 2-20% below ggml's on the test data (test_quant_ggml). */
+ *  1. each sub-block gets a continuous fit x ~ a*q - b (b >= 0): 16 trial
+ *     steps around (max - min)/qmax, each giving codes by rounding and then
+ *     the least-squares (a, b) for those codes (ggml's make_qkx idea, here
+ *     scored by the true weighted error);
+ *  2. eight starting states, super-scales d around max a / smax and
+ *     dmin = max b / smax with sc_j, m_j rounded from a_j, b_j, are refined
+ *     side by side, one state per SIMD lane. Each round: (a) the best code
+ *     of every value for the current parameters, with the sums that make
+ *     the error a quadratic in (d*sc_j, dmin*m_j); (b) for those codes each
+ *     sub-block's best (sc, m) in a window, at O(1) per candidate (m is the
+ *     rounded optimum for each sc); (c) the least-squares (d, dmin) for all
+ *     codes and pairs, rounded to f16. No step increases the error (up to
+ *     the f16 rounding). The best state any lane reached goes on to
+ *  3. polishing: every sub-block tries 16 (sc, m) pairs around its own,
+ *     each with the best codes for that pair (one SIMD lane per pair), then
+ *     (d, dmin) are refitted; twice.
+ * The vectors are GCC vector extensions of 4 floats (SSE2 or NEON), the
+ * same operations in the same order on every CPU, so the output does not
+ * depend on the machine. Speed and error against ggml: BENCHMARKS.md,
+ * tests/test_quant_ggml.c. */
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
 #include "quant_internal.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+static inline v4f vsplat(float v) { return (v4f){v, v, v, v}; }
+static inline v4f vselect(v4i mask, v4f a, v4f b) { return (v4f)(((v4i)a & mask) | ((v4i)b & ~mask)); }
+/* a > b ? a : b and a < b ? a : b per lane (maxps/minps are exactly that) */
+static inline v4f vmax(v4f a, v4f b) {
+#if defined(__SSE2__)
+    return (v4f)_mm_max_ps((__m128)a, (__m128)b);
+#else
+    return vselect(a > b, a, b);
+#endif
+}
+static inline v4f vmin(v4f a, v4f b) {
+#if defined(__SSE2__)
+    return (v4f)_mm_min_ps((__m128)a, (__m128)b);
+#else
+    return vselect(a < b, a, b);
+#endif
+}
+/* Nearest integer in [0, hi] (ties to even); NaN gives 0. */
+static inline v4f vround_clamp(v4f v, v4f hi) {
+    v = vmin(vmax(v, vsplat(0.0f)), hi);
+    return (v + 12582912.0f) - 12582912.0f;
+}
+/* 1/v where v > 0, else 0 */
+static inline v4f vinv(v4f v) { return vselect(v > 0.0f, 1.0f / vmax(v, vsplat(FLT_MIN)), vsplat(0.0f)); }
+
 typedef struct kq_format {
-    int n_sub;   /* sub-blocks per block */
-    int sub_len; /* values per sub-block */
-    int qmax;    /* largest code */
-    int smax;    /* largest sub-scale and sub-min */
-    int first_radius, radius; /* (sc, m) window half-width around the current
-                               * pair: on the first pass, then while refining */
+    int n_sub;    /* sub-blocks per block */
+    int sub_len;  /* values per sub-block */
+    int qmax;     /* largest code */
+    int smax;     /* largest sub-scale and sub-min */
+    int radius;   /* sc window half-width in step 2(b) */
+    int rounds;   /* rounds of step 2 */
+    float trial0, trial_step; /* trial steps (max-min)/(qmax + trial0 + t*trial_step) */
 } kq_format;
 
-static const kq_format q2_K_format = {16, 16, 3, 15, 15, 3}; /* first pass exhaustive */
-static const kq_format q4_K_format = {8, 32, 15, 63, 6, 2};
+static const kq_format q2_K_format = {16, 16, 3, 15, 1, 1, -0.5f, 0.1f};
+static const kq_format q4_K_format = {8, 32, 15, 63, 1, 1, -1.0f, 0.125f};
 
-typedef struct kq_state {
-    float d, dmin; /* f16-representable, >= 0 */
-    uint8_t sc[16], m[16];
-    uint8_t L[DS4_QK_K];
-    double err;
-} kq_state;
+/* One block's data and per-sub-block sums (weights w, values x). */
+typedef struct kq_block {
+    float x[DS4_QK_K], w[DS4_QK_K];
+    float W[16], X1[16], XX[16]; /* sum w, sum w x, sum w x^2 */
+    float a[16], b[16];          /* continuous fit of step 1 */
+} kq_block;
+
+/* The parameters a block is written with. */
+typedef struct kq_params {
+    float d, dmin;
+    int sc[16], m[16];
+} kq_params;
 
 static float f16_round(float v) {
     if (!(v > 0.0f)) return 0.0f;
     return ds4_f16_to_f32(ds4_f32_to_f16(fminf(v, 65504.0f)));
 }
 
-/* The code of value x for a step with inverse inv and offset off: the
- * nearest level, clamped (NaN gives 0). Written branch-free so the error
- * loop below vectorises; 1.5*2^23 rounds to an integer, to even. */
-static inline float code_of(float x, float off, float inv, float qmax) {
-    float v = (x + off) * inv;
-    v = v > 0.0f ? v : 0.0f;
-    v = v < qmax ? v : qmax;
-    return (v + 12582912.0f) - 12582912.0f;
+/* Weighted error of values D*q - M given the code sums Q1 = sum w q,
+ * Q2 = sum w q^2, QX = sum w q x and the sub-block's W, X1, XX. */
+static inline v4f quad_err(v4f D, v4f M, v4f Q1, v4f Q2, v4f QX, float W, float X1, float XX) {
+    return XX - 2.0f * D * QX + 2.0f * M * X1 + D * D * Q2 - 2.0f * D * M * Q1 + M * M * W;
 }
 
-/* Weighted squared error of one sub-block coded with (sc, m). */
-static float sub_error(const float *x, const float *w, int len, int qmax, float d, float dmin, int sc, int m) {
-    float step = d * (float)sc, off = dmin * (float)m;
-    float inv = step > 0.0f ? 1.0f / step : 0.0f, err = 0.0f;
-    for (int i = 0; i < len; i++) {
-        float e = x[i] - (step * code_of(x[i], off, inv, (float)qmax) - off);
-        err += w[i] * e * e;
+/* Code sums of sub-block j for 16 (D, M) pairs in four vectors, codes the
+ * nearest level: Q1 = sum w q, Q2 = sum w q^2, QX = sum w q x. The four
+ * vectors go through the loop together (independent chains). */
+static inline void code_sums(const kq_format *f, const kq_block *kb, int j, const v4f *D, const v4f *M, v4f *Q1,
+                             v4f *Q2, v4f *QX) {
+    const float *x = kb->x + j * f->sub_len, *w = kb->w + j * f->sub_len;
+    v4f qmax = vsplat((float)f->qmax), zero = vsplat(0.0f);
+    v4f inv0 = vinv(D[0]), inv1 = vinv(D[1]), inv2 = vinv(D[2]), inv3 = vinv(D[3]);
+    v4f a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+    v4f c0 = zero, c1 = zero, c2 = zero, c3 = zero;
+    for (int i = 0; i < f->sub_len; i++) {
+        v4f xi = vsplat(x[i]), wi = vsplat(w[i]);
+        v4f q0 = vround_clamp((xi + M[0]) * inv0, qmax), q1 = vround_clamp((xi + M[1]) * inv1, qmax);
+        v4f q2 = vround_clamp((xi + M[2]) * inv2, qmax), q3 = vround_clamp((xi + M[3]) * inv3, qmax);
+        v4f wq0 = wi * q0, wq1 = wi * q1, wq2 = wi * q2, wq3 = wi * q3;
+        a0 += wq0, a1 += wq1, a2 += wq2, a3 += wq3;
+        b0 += wq0 * q0, b1 += wq1 * q1, b2 += wq2 * q2, b3 += wq3 * q3;
+        c0 += wq0 * xi, c1 += wq1 * xi, c2 += wq2 * xi, c3 += wq3 * xi;
     }
-    return err;
+    Q1[0] = a0, Q1[1] = a1, Q1[2] = a2, Q1[3] = a3;
+    Q2[0] = b0, Q2[1] = b1, Q2[2] = b2, Q2[3] = b3;
+    QX[0] = c0, QX[1] = c1, QX[2] = c2, QX[3] = c3;
 }
 
-static void sub_codes(const float *x, int len, int qmax, float d, float dmin, int sc, int m, uint8_t *L) {
-    float step = d * (float)sc, off = dmin * (float)m;
-    float inv = step > 0.0f ? 1.0f / step : 0.0f;
-    for (int i = 0; i < len; i++) L[i] = (uint8_t)code_of(x[i], off, inv, (float)qmax);
-}
-
-/* Continuous fit x ~ a*q - b with a, b >= 0 and q in 0..qmax. */
-static void sub_fit(const float *x, const float *w, int len, int qmax, float *a_out, float *b_out) {
+/* Step 1 for sub-block j: 16 trial steps, four per vector. */
+static void sub_fit(const kq_format *f, kq_block *kb, int j) {
+    const float *x = kb->x + j * f->sub_len;
     float mn = x[0], mx = x[0];
-    for (int i = 1; i < len; i++) {
-        mn = fminf(mn, x[i]);
-        mx = fmaxf(mx, x[i]);
+    for (int i = 1; i < f->sub_len; i++) {
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
     }
     if (mn > 0.0f) mn = 0.0f;
-    *a_out = 0.0f;
-    *b_out = -mn;
+    kb->a[j] = 0.0f;
+    kb->b[j] = -mn;
     if (!(mx > mn)) return;
-    double best = DBL_MAX;
-    for (int t = 0; t <= 20; t++) {
-        float step = (mx - mn) / ((float)qmax + 0.1f * (float)(t - 6));
-        double sw = 0, sq = 0, sqq = 0, sx = 0, sqx = 0;
-        uint8_t q[32];
-        for (int i = 0; i < len; i++) {
-            q[i] = (uint8_t)ds4_round_clamp((x[i] - mn) / step, 0, qmax);
-            sw += w[i];
-            sq += (double)w[i] * q[i];
-            sqq += (double)w[i] * q[i] * q[i];
-            sx += (double)w[i] * x[i];
-            sqx += (double)w[i] * q[i] * x[i];
-        }
-        double det = sw * sqq - sq * sq, a, c;
-        if (det > 0.0) {
-            a = (sw * sqx - sq * sx) / det;
-            c = (sqq * sx - sq * sqx) / det;
-        } else { /* one code for all: no offset to fit */
-            if (!(sqq > 0.0)) continue;
-            a = sqx / sqq;
-            c = 0.0;
-        }
-        if (c > 0.0) {
-            c = 0.0;
-            a = sqx / sqq;
-        }
-        if (a < 0.0) continue;
-        double err = 0.0;
-        for (int i = 0; i < len; i++) {
-            double e = x[i] - (a * q[i] + c);
-            err += w[i] * e * e;
-        }
-        if (err < best) {
-            best = err;
-            *a_out = (float)a;
-            *b_out = (float)-c;
+    float W = kb->W[j], X1 = kb->X1[j], XX = kb->XX[j], best = FLT_MAX;
+    v4f step[4], off[4], Q1s[4], Q2s[4], QXs[4];
+    for (int t = 0; t < 16; t++) step[t / 4][t % 4] = (mx - mn) / ((float)f->qmax + f->trial0 + f->trial_step * (float)t);
+    for (int v = 0; v < 4; v++) off[v] = vsplat(-mn);
+    code_sums(f, kb, j, step, off, Q1s, Q2s, QXs);
+    for (int v = 0; v < 4; v++) {
+        v4f Q1 = Q1s[v], Q2 = Q2s[v], QX = QXs[v];
+        /* least squares x ~ a*q + c; c > 0 (a positive min) is not storable,
+         * and when all codes are equal (det ~ 0) only a is fitted */
+        v4f det = W * Q2 - Q1 * Q1;
+        v4i single = det <= 1e-5f * W * Q2;
+        det = vselect(single, vsplat(1.0f), det);
+        v4f a = (W * QX - Q1 * X1) / det, c = (Q2 * X1 - Q1 * QX) / det;
+        v4i pos = (c > 0.0f) | single;
+        a = vselect(pos, QX / vmax(Q2, vsplat(FLT_MIN)), a);
+        c = vselect(pos, vsplat(0.0f), c);
+        v4f err = quad_err(a, -c, Q1, Q2, QX, W, X1, XX);
+        v4i ok = (Q2 > 0.0f) & (a >= 0.0f);
+        for (int l = 0; l < 4; l++) {
+            if (ok[l] && err[l] < best) {
+                best = err[l];
+                kb->a[j] = a[l];
+                kb->b[j] = -c[l];
+            }
         }
     }
 }
 
-/* Chooses every sub-block's (sc, m) in a window of the given radius around
- * (sc0, m0). */
-static void choose_scales(const kq_format *f, const float *x, const float *w, const int *sc0, const int *m0,
-                          int radius, kq_state *st) {
-    st->err = 0.0;
+/* Least-squares (d, dmin) for x ~ d*u - dmin*v, u = sc*q, v = m, from the
+ * sums; false if there is no usable solution. */
+static bool refit_super(double suu, double suv, double svv, double sux, double svx, float *d, float *dmin) {
+    double det = suv * suv - suu * svv, nd, nm;
+    if (det < -1e-9 * suu * svv) {
+        nd = (suv * svx - sux * svv) / det;
+        nm = (suu * svx - suv * sux) / det;
+    } else if (suu > 0.0 && !(svv > 0.0)) { /* no mins in use */
+        nd = sux / suu;
+        nm = *dmin;
+    } else {
+        return false;
+    }
+    if (!(nd >= 0.0 && nm >= 0.0)) return false;
+    *d = f16_round((float)nd);
+    *dmin = f16_round((float)nm);
+    return true;
+}
+
+/* Lane state of step 2: 16 parameter sets refined side by side. */
+typedef struct kq_lanes {
+    v4f d[4], dmin[4];
+    v4f sc[16][4], m[16][4];
+} kq_lanes;
+
+/* One round of step 2: codes for the current parameters (their error is
+ * returned), then better (sc, m) for those codes and refitted
+ * super-scales. */
+static void lanes_round(const kq_format *f, const kq_block *kb, kq_lanes *st, v4f *err) {
+    v4f zero = vsplat(0.0f), smax = vsplat((float)f->smax), Suu[4], Suv[4], Svv[4], Sux[4], Svx[4], inv_dmin[4];
+    for (int v = 0; v < 4; v++) {
+        err[v] = Suu[v] = Suv[v] = Svv[v] = Sux[v] = Svx[v] = zero;
+        inv_dmin[v] = vinv(st->dmin[v]);
+    }
     for (int j = 0; j < f->n_sub; j++) {
-        const float *xj = x + j * f->sub_len, *wj = w + j * f->sub_len;
-        int sc_lo = st->d > 0.0f ? sc0[j] - radius : 0, sc_hi = st->d > 0.0f ? sc0[j] + radius : 0;
-        int m_lo = st->dmin > 0.0f ? m0[j] - radius : 0, m_hi = st->dmin > 0.0f ? m0[j] + radius : 0;
-        if (sc_lo < 0) sc_lo = 0;
-        if (m_lo < 0) m_lo = 0;
-        if (sc_hi > f->smax) sc_hi = f->smax;
-        if (m_hi > f->smax) m_hi = f->smax;
-        float best = FLT_MAX;
-        st->sc[j] = (uint8_t)sc_lo;
-        st->m[j] = (uint8_t)m_lo;
-        for (int sc = sc_lo; sc <= sc_hi; sc++) {
-            for (int m = m_lo; m <= m_hi; m++) {
-                float e = sub_error(xj, wj, f->sub_len, f->qmax, st->d, st->dmin, sc, m);
-                if (e < best) {
-                    best = e;
-                    st->sc[j] = (uint8_t)sc;
-                    st->m[j] = (uint8_t)m;
+        v4f D[4], M[4], Q1[4], Q2[4], QX[4];
+        float W = kb->W[j], X1 = kb->X1[j], XX = kb->XX[j], inv_W = W > 0.0f ? 1.0f / W : 0.0f;
+        for (int v = 0; v < 4; v++) {
+            D[v] = st->d[v] * st->sc[j][v];
+            M[v] = st->dmin[v] * st->m[j][v];
+        }
+        code_sums(f, kb, j, D, M, Q1, Q2, QX);
+        for (int v = 0; v < 4; v++) {
+            v4f best = quad_err(D[v], M[v], Q1[v], Q2[v], QX[v], W, X1, XX);
+            v4f sc0 = st->sc[j][v], best_sc = sc0, best_m = st->m[j][v];
+            err[v] += best;
+            for (int r = -f->radius; r <= f->radius; r++) {
+                v4f sc = vmin(vmax(sc0 + (float)r, zero), smax), Dc = st->d[v] * sc;
+                /* the optimal M for this D is (D*Q1 - X1)/W: round it to a multiple of dmin */
+                v4f m = vround_clamp((Dc * Q1[v] - X1) * inv_W * inv_dmin[v], smax);
+                v4f e = quad_err(Dc, st->dmin[v] * m, Q1[v], Q2[v], QX[v], W, X1, XX);
+                v4i better = e < best;
+                best = vselect(better, e, best);
+                best_sc = vselect(better, sc, best_sc);
+                best_m = vselect(better, m, best_m);
+            }
+            st->sc[j][v] = best_sc;
+            st->m[j][v] = best_m;
+            Suu[v] += best_sc * best_sc * Q2[v];
+            Suv[v] += best_sc * best_m * Q1[v];
+            Svv[v] += best_m * best_m * W;
+            Sux[v] += best_sc * QX[v];
+            Svx[v] += best_m * X1;
+        }
+    }
+    for (int v = 0; v < 4; v++) {
+        for (int l = 0; l < 4; l++) {
+            float nd = st->d[v][l], nm = st->dmin[v][l];
+            if (refit_super(Suu[v][l], Suv[v][l], Svv[v][l], Sux[v][l], Svx[v][l], &nd, &nm)) {
+                st->d[v][l] = nd;
+                st->dmin[v][l] = nm;
+            }
+        }
+    }
+}
+
+/* Step 2: returns the best state's error; *out gets the state. */
+static float lanes_search(const kq_format *f, const kq_block *kb, kq_params *out) {
+    float max_a = 0.0f, max_b = 0.0f, best = FLT_MAX;
+    for (int j = 0; j < f->n_sub; j++) {
+        max_a = kb->a[j] > max_a ? kb->a[j] : max_a;
+        max_b = kb->b[j] > max_b ? kb->b[j] : max_b;
+    }
+    kq_lanes st;
+    v4f smax = vsplat((float)f->smax);
+    for (int v = 0; v < 4; v++) {
+        for (int l = 0; l < 4; l++) { /* d from 0.78 to 1.08 times max a / smax */
+            st.d[v][l] = f16_round(max_a * (0.78f + 0.02f * (float)(4 * v + l)) / (float)f->smax);
+            st.dmin[v][l] = f16_round(max_b / (float)f->smax);
+        }
+        v4f inv_d = vinv(st.d[v]), inv_dmin = vinv(st.dmin[v]);
+        for (int j = 0; j < f->n_sub; j++) {
+            st.sc[j][v] = vround_clamp(kb->a[j] * inv_d, smax);
+            st.m[j][v] = vround_clamp(kb->b[j] * inv_dmin, smax);
+        }
+    }
+    memset(out, 0, sizeof *out);
+    for (int round = 0; round < f->rounds; round++) {
+        kq_lanes prev = st;
+        v4f err[4];
+        lanes_round(f, kb, &st, err);
+        for (int v = 0; v < 4; v++) {
+            for (int l = 0; l < 4; l++) {
+                if (err[v][l] < best) {
+                    best = err[v][l];
+                    out->d = prev.d[v][l];
+                    out->dmin = prev.dmin[v][l];
+                    for (int j = 0; j < f->n_sub; j++) {
+                        out->sc[j] = (int)prev.sc[j][v][l];
+                        out->m[j] = (int)prev.m[j][v][l];
+                    }
                 }
             }
         }
-        sub_codes(xj, f->sub_len, f->qmax, st->d, st->dmin, st->sc[j], st->m[j], st->L + j * f->sub_len);
-        st->err += best;
     }
+    return best;
 }
 
-/* Weighted least squares for (d, dmin) with all codes and (sc, m) fixed:
- * minimise sum w (x - d*u + dmin*v)^2 with u = sc*q, v = m. */
-static void refit_super(const kq_format *f, const float *x, const float *w, kq_state *st) {
+/* Step 3: each sub-block's best of 16 (sc, m) pairs around its own, with
+ * true codes, then (d, dmin) refitted. Returns the error of the pairs
+ * chosen (before the refit). */
+static float polish(const kq_format *f, const kq_block *kb, kq_params *p) {
+    static const int dsc[16] = {0, -1, 1, 0, 0, -1, -1, 1, 1, -2, 2, 0, 0, -2, 2, 0};
+    static const int dm[16] = {0, 0, 0, -1, 1, -1, 1, -1, 1, 0, 0, -2, 2, -1, 1, 0};
     double suu = 0, suv = 0, svv = 0, sux = 0, svx = 0;
-    for (int i = 0; i < f->n_sub * f->sub_len; i++) {
-        int j = i / f->sub_len;
-        double u = (double)st->sc[j] * st->L[i], v = st->m[j];
-        suu += w[i] * u * u;
-        suv += w[i] * u * v;
-        svv += w[i] * v * v;
-        sux += w[i] * u * x[i];
-        svx += w[i] * v * x[i];
-    }
-    double det = suv * suv - suu * svv;
-    double d = st->d, dmin = st->dmin;
-    if (fabs(det) > 1e-12 * suu * svv && det != 0.0) {
-        d = (suv * svx - sux * svv) / det;
-        dmin = (suu * svx - suv * sux) / det;
-    } else if (suu > 0.0) {
-        d = (sux + dmin * suv) / suu;
-    }
-    if (d >= 0.0 && dmin >= 0.0) {
-        st->d = f16_round((float)d);
-        st->dmin = f16_round((float)dmin);
-    }
-}
-
-static void kq_block(const kq_format *f, const float *x, const float *w, kq_state *best) {
-    float a[16], b[16], max_a = 0.0f, max_b = 0.0f;
+    float total = 0.0f;
     for (int j = 0; j < f->n_sub; j++) {
-        sub_fit(x + j * f->sub_len, w + j * f->sub_len, f->sub_len, f->qmax, &a[j], &b[j]);
-        max_a = fmaxf(max_a, a[j]);
-        max_b = fmaxf(max_b, b[j]);
-    }
-    static const float factors[] = {1.0f, 0.95f, 0.9f, 0.85f, 1.05f};
-    best->err = DBL_MAX;
-    for (size_t t = 0; t < sizeof factors / sizeof factors[0]; t++) {
-        kq_state st;
-        int sc0[16], m0[16];
-        st.d = f16_round(max_a * factors[t] / (float)f->smax);
-        st.dmin = f16_round(max_b / (float)f->smax);
-        for (int j = 0; j < f->n_sub; j++) {
-            sc0[j] = st.d > 0.0f ? ds4_round_clamp(a[j] / st.d, 0, f->smax) : 0;
-            m0[j] = st.dmin > 0.0f ? ds4_round_clamp(b[j] / st.dmin, 0, f->smax) : 0;
+        float W = kb->W[j], X1 = kb->X1[j], XX = kb->XX[j], best = FLT_MAX, q1 = 0, q2 = 0, qx = 0;
+        int bsc = p->sc[j], bm = p->m[j];
+        v4f sc[4], m[4], D[4], M[4], Q1[4], Q2[4], QX[4];
+        for (int c = 0; c < 16; c++) {
+            int s = p->sc[j] + dsc[c], mm = p->m[j] + dm[c];
+            sc[c / 4][c % 4] = (float)(s < 0 ? 0 : s > f->smax ? f->smax : s);
+            m[c / 4][c % 4] = (float)(mm < 0 ? 0 : mm > f->smax ? f->smax : mm);
         }
-        double prev = DBL_MAX;
-        for (int iter = 0; iter < 8; iter++) {
-            choose_scales(f, x, w, sc0, m0, iter == 0 ? f->first_radius : f->radius, &st);
-            if (st.err < best->err) *best = st;
-            if (!(st.err < prev * (1.0 - 1e-6))) break;
-            prev = st.err;
-            float old_d = st.d, old_dmin = st.dmin;
-            refit_super(f, x, w, &st);
-            for (int j = 0; j < f->n_sub; j++) {
-                sc0[j] = st.d > 0.0f ? ds4_round_clamp(old_d * st.sc[j] / st.d, 0, f->smax) : 0;
-                m0[j] = st.dmin > 0.0f ? ds4_round_clamp(old_dmin * st.m[j] / st.dmin, 0, f->smax) : 0;
+        for (int v = 0; v < 4; v++) {
+            D[v] = p->d * sc[v];
+            M[v] = p->dmin * m[v];
+        }
+        code_sums(f, kb, j, D, M, Q1, Q2, QX);
+        v4f e[4];
+        for (int v = 0; v < 4; v++) e[v] = quad_err(D[v], M[v], Q1[v], Q2[v], QX[v], W, X1, XX);
+        for (int c = 0; c < 16; c++) {
+            int v = c / 4, l = c % 4;
+            if (e[v][l] < best) {
+                best = e[v][l];
+                bsc = (int)sc[v][l];
+                bm = (int)m[v][l];
+                q1 = Q1[v][l], q2 = Q2[v][l], qx = QX[v][l];
             }
         }
+        p->sc[j] = bsc;
+        p->m[j] = bm;
+        total += best;
+        suu += (double)bsc * bsc * q2;
+        suv += (double)bsc * bm * q1;
+        svv += (double)bm * bm * W;
+        sux += (double)bsc * qx;
+        svx += (double)bm * X1;
+    }
+    refit_super(suu, suv, svv, sux, svx, &p->d, &p->dmin);
+    return total;
+}
+
+static void kq_search(const kq_format *f, kq_block *kb, kq_params *out) {
+    for (int j = 0; j < f->n_sub; j++) sub_fit(f, kb, j);
+    float best = lanes_search(f, kb, out);
+    kq_params p = *out;
+    for (int round = 0; round < 2; round++) {
+        kq_params before = p;
+        float e = polish(f, kb, &p);
+        if (e < best) {
+            best = e;
+            *out = before; /* the pairs chosen, with the super-scales they were chosen for */
+            memcpy(out->sc, p.sc, sizeof p.sc);
+            memcpy(out->m, p.m, sizeof p.m);
+        }
     }
 }
 
-/* Weights of one block: the imatrix, or ones. Non-finite or negative
- * entries count as zero so a bad imatrix cannot derail the search. */
-static void block_weights(const float *imatrix, uint64_t offset, float *w) {
+/* Loads one block: weights are the imatrix or ones (non-finite or negative
+ * entries count as zero, so a bad imatrix cannot derail the search), values
+ * that are not finite become 0; then the per-sub-block sums. */
+static void kq_load(const kq_format *f, kq_block *kb, const float *x, const float *imatrix) {
     for (int i = 0; i < DS4_QK_K; i++) {
-        float v = imatrix ? imatrix[offset + i] : 1.0f;
-        w[i] = v > 0.0f && v < FLT_MAX ? v : 0.0f;
+        float v = imatrix ? imatrix[i] : 1.0f;
+        kb->w[i] = v > 0.0f && v < FLT_MAX ? v : 0.0f;
+        kb->x[i] = fabsf(x[i]) <= FLT_MAX ? x[i] : 0.0f;
+    }
+    for (int j = 0; j < f->n_sub; j++) {
+        float W = 0.0f, X1 = 0.0f, XX = 0.0f;
+        for (int i = j * f->sub_len; i < (j + 1) * f->sub_len; i++) {
+            W += kb->w[i];
+            X1 += kb->w[i] * kb->x[i];
+            XX += kb->w[i] * kb->x[i] * kb->x[i];
+        }
+        kb->W[j] = W;
+        kb->X1[j] = X1;
+        kb->XX[j] = XX;
+    }
+}
+
+/* The code of every value for the chosen parameters (the rounding of
+ * code_sums). */
+static void kq_codes(const kq_format *f, const kq_block *kb, const kq_params *p, uint8_t *L) {
+    v4f qmax = vsplat((float)f->qmax);
+    for (int j = 0; j < f->n_sub; j++) {
+        v4f M = vsplat(p->dmin * (float)p->m[j]), inv = vinv(vsplat(p->d * (float)p->sc[j]));
+        for (int i = j * f->sub_len; i < (j + 1) * f->sub_len; i += 4) {
+            v4f xv;
+            memcpy(&xv, kb->x + i, sizeof xv);
+            v4f q = vround_clamp((xv + M) * inv, qmax);
+            for (int l = 0; l < 4; l++) L[i + l] = (uint8_t)q[l];
+        }
     }
 }
 
 void ds4_quantize_q2_K(const float *x, ds4_block_q2_K *y, uint64_t n, const float *imatrix) {
-    float w[DS4_QK_K];
+    kq_block kb;
     for (uint64_t i = 0; i < n / DS4_QK_K; i++, y++) {
-        kq_state st;
-        block_weights(imatrix, i * DS4_QK_K, w);
-        kq_block(&q2_K_format, x + i * DS4_QK_K, w, &st);
+        kq_params p;
+        uint8_t L[DS4_QK_K];
+        kq_load(&q2_K_format, &kb, x + i * DS4_QK_K, imatrix ? imatrix + i * DS4_QK_K : NULL);
+        kq_search(&q2_K_format, &kb, &p);
+        kq_codes(&q2_K_format, &kb, &p, L);
         memset(y, 0, sizeof *y);
-        y->d = ds4_f32_to_f16(st.d);
-        y->dmin = ds4_f32_to_f16(st.dmin);
-        for (int j = 0; j < 16; j++) y->scales[j] = (uint8_t)(st.sc[j] | st.m[j] << 4);
+        y->d = ds4_f32_to_f16(p.d);
+        y->dmin = ds4_f32_to_f16(p.dmin);
+        for (int j = 0; j < 16; j++) y->scales[j] = (uint8_t)(p.sc[j] | p.m[j] << 4);
         for (int e = 0; e < DS4_QK_K; e++) /* e = 128h + 32s + l -> qs[32h + l], bits 2s */
-            y->qs[32 * (e / 128) + e % 32] |= (uint8_t)(st.L[e] << (2 * ((e % 128) / 32)));
+            y->qs[32 * (e / 128) + e % 32] |= (uint8_t)(L[e] << (2 * ((e % 128) / 32)));
     }
 }
 
 void ds4_quantize_q4_K(const float *x, ds4_block_q4_K *y, uint64_t n, const float *imatrix) {
-    float w[DS4_QK_K];
+    kq_block kb;
     for (uint64_t i = 0; i < n / DS4_QK_K; i++, y++) {
-        kq_state st;
-        block_weights(imatrix, i * DS4_QK_K, w);
-        kq_block(&q4_K_format, x + i * DS4_QK_K, w, &st);
+        kq_params p;
+        uint8_t L[DS4_QK_K];
+        kq_load(&q4_K_format, &kb, x + i * DS4_QK_K, imatrix ? imatrix + i * DS4_QK_K : NULL);
+        kq_search(&q4_K_format, &kb, &p);
+        kq_codes(&q4_K_format, &kb, &p, L);
         memset(y, 0, sizeof *y);
-        y->d = ds4_f32_to_f16(st.d);
-        y->dmin = ds4_f32_to_f16(st.dmin);
+        y->d = ds4_f32_to_f16(p.d);
+        y->dmin = ds4_f32_to_f16(p.dmin);
         for (int j = 0; j < 4; j++) {
-            y->scales[j] = (uint8_t)(st.sc[j] | (st.sc[j + 4] >> 4) << 6);
-            y->scales[j + 4] = (uint8_t)(st.m[j] | (st.m[j + 4] >> 4) << 6);
-            y->scales[j + 8] = (uint8_t)((st.sc[j + 4] & 15) | (st.m[j + 4] & 15) << 4);
+            y->scales[j] = (uint8_t)(p.sc[j] | (p.sc[j + 4] >> 4) << 6);
+            y->scales[j + 4] = (uint8_t)(p.m[j] | (p.m[j + 4] >> 4) << 6);
+            y->scales[j + 8] = (uint8_t)((p.sc[j + 4] & 15) | (p.m[j + 4] & 15) << 4);
         }
         for (int e = 0; e < DS4_QK_K; e++) { /* sub-block j = e/32 -> qs[32(j/2) + l], nibble j&1 */
             int j = e / 32;
-            y->qs[32 * (j / 2) + e % 32] |= (uint8_t)(st.L[e] << (4 * (j & 1)));
+            y->qs[32 * (j / 2) + e % 32] |= (uint8_t)(L[e] << (4 * (j & 1)));
         }
     }
 }
