@@ -8,14 +8,16 @@
  * machine; for the MoE, a row of gate plus the same row of up, or one row
  * of each selected expert's down). Each warp owns two shared-memory
  * buffers and streams its items through them with 16-byte cp.async copies
- * (sm_80+), loading item i+1 while it computes item i; a persistent grid
- * keeps every warp busy until the matrix is done. Staging through shared
- * memory makes 16-byte coalesced loads possible for the blocks whose size
- * is not a multiple of 16 (34, 66 and 84 bytes) while keeping the GGUF
- * layout; the block arithmetic then reads shared memory freely
- * (cuda_formats.cuh). The activation is staged once per thread block in a
- * split layout (codes / scales / sums), and the IQ2_XXS tables are copied
- * to shared memory, where the random grid lookups are cheapest.
+ * (sm_80+), loading item i+1 while it computes item i; blocks loop over
+ * tiles of items (a grid of 1 or 2 "waves" of resident blocks, measured per
+ * kernel kind). Staging through shared memory makes 16-byte coalesced loads
+ * possible for the blocks whose size is not a multiple of 16 (34, 66 and 84
+ * bytes) while keeping the GGUF layout; the block arithmetic then reads
+ * shared memory freely (cuda_formats.cuh). A block requests its first
+ * weights, then stages the quantised activation once in a split layout
+ * (codes / scales / sums; an f32 activation stays in global memory) and,
+ * for IQ2_XXS, the decode tables, where the random lookups are cheapest.
+ * Measurements and the reasons for each choice: notes/cuda-kernels.md.
  *
  * Rows whose byte length (or base address) is not 16-byte aligned, as in
  * tiny test models, take a synchronous 2-byte copy instead: slower, same
