@@ -327,13 +327,8 @@ int ds4_convert_set_types(ds4_convert_opts *o, const char *type, const char *exp
         o->type_q8_slots = DS4_TYPE_Q8_0;
         o->type_f16_slots = DS4_TYPE_F16;
     } else return ds4_fail(err, "--type %s: expected f32, f16 or q8", type);
-    if (!strcmp(experts, "f32")) o->expert_gate_type = o->expert_down_type = DS4_TYPE_F32;
-    else if (!strcmp(experts, "f16")) o->expert_gate_type = o->expert_down_type = DS4_TYPE_F16;
-    else if (!strcmp(experts, "q4")) o->expert_gate_type = o->expert_down_type = DS4_TYPE_Q4_K;
-    else if (!strcmp(experts, "q2")) {
-        o->expert_gate_type = DS4_TYPE_IQ2_XXS;
-        o->expert_down_type = DS4_TYPE_Q2_K;
-    } else return ds4_fail(err, "--experts %s: expected f32, f16, q2 or q4", experts);
+    if (!ds4_expert_quant_types(experts, &o->expert_gate_type, &o->expert_down_type))
+        return ds4_fail(err, "--experts %s: expected f32, f16, q2 or q4", experts);
     return 0;
 }
 

@@ -380,10 +380,30 @@ const char *ds4_model_expert_quant_name(const ds4_model *m) {
     return ds4_expert_quant_name(m->expert_gate_type, m->expert_down_type);
 }
 
+/* The routed-expert quantisations by name (model-spec §2.2): the two
+ * published ones and the float forms of test models. */
+static const struct {
+    const char *name;
+    uint32_t gate, down;
+} expert_quants[] = {
+    {"q2", DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K},
+    {"q4", DS4_TYPE_Q4_K, DS4_TYPE_Q4_K},
+    {"f16", DS4_TYPE_F16, DS4_TYPE_F16},
+    {"f32", DS4_TYPE_F32, DS4_TYPE_F32},
+};
+
 const char *ds4_expert_quant_name(uint32_t g, uint32_t d) {
-    if (g == DS4_TYPE_IQ2_XXS && d == DS4_TYPE_Q2_K) return "q2";
-    if (g == DS4_TYPE_Q4_K && d == DS4_TYPE_Q4_K) return "q4";
-    if (g == DS4_TYPE_F16 && d == DS4_TYPE_F16) return "f16";
-    if (g == DS4_TYPE_F32 && d == DS4_TYPE_F32) return "f32";
+    for (size_t i = 0; i < sizeof expert_quants / sizeof expert_quants[0]; i++)
+        if (expert_quants[i].gate == g && expert_quants[i].down == d) return expert_quants[i].name;
     return "mixed";
+}
+
+bool ds4_expert_quant_types(const char *name, uint32_t *gate, uint32_t *down) {
+    for (size_t i = 0; i < sizeof expert_quants / sizeof expert_quants[0]; i++) {
+        if (strcmp(expert_quants[i].name, name)) continue;
+        *gate = expert_quants[i].gate;
+        *down = expert_quants[i].down;
+        return true;
+    }
+    return false;
 }

@@ -150,5 +150,8 @@ uint64_t ds4_kv_bytes(const ds4_hparams *hp, uint64_t ctx);
 /* "q2", "q4", "f16", "f32" or "mixed" from the routed expert types. */
 const char *ds4_model_expert_quant_name(const ds4_model *m);
 const char *ds4_expert_quant_name(uint32_t gate_type, uint32_t down_type);
+/* The inverse: gate/up and down types for "q2", "q4", "f16" or "f32";
+ * false for any other name. */
+bool ds4_expert_quant_types(const char *name, uint32_t *gate_type, uint32_t *down_type);
 
 #endif

@@ -82,11 +82,8 @@ int ds4_synth_preset(const char *name, uint32_t n_layer, ds4_hparams *hp, ds4_er
 }
 
 int ds4_synth_expert_types(const char *name, uint32_t *gate, uint32_t *down, ds4_err *err) {
-    if (!strcmp(name, "q2")) { *gate = DS4_TYPE_IQ2_XXS; *down = DS4_TYPE_Q2_K; }
-    else if (!strcmp(name, "q4")) { *gate = *down = DS4_TYPE_Q4_K; }
-    else if (!strcmp(name, "f16")) { *gate = *down = DS4_TYPE_F16; }
-    else if (!strcmp(name, "f32")) { *gate = *down = DS4_TYPE_F32; }
-    else return ds4_fail(err, "unknown expert type '%s' (q2, q4, f16 or f32)", name);
+    if (!ds4_expert_quant_types(name, gate, down))
+        return ds4_fail(err, "unknown expert type '%s' (q2, q4, f16 or f32)", name);
     return 0;
 }
 
