@@ -33,7 +33,7 @@ static const char *tmpdir(void) {
     return t && *t ? t : "/tmp";
 }
 
-static int write_tiny(const char *path, ds4_synth_weights weights, const char *experts) {
+static int write_tiny(const char *path, ds4_weight_form weights, const char *experts) {
     ds4_err err;
     ds4_synth_config c;
     memset(&c, 0, sizeof c);
@@ -553,9 +553,9 @@ int main(void) {
     snprintf(q2, sizeof q2, "%s/engine_tiny_q2.gguf", tmpdir());
     snprintf(f32, sizeof f32, "%s/engine_tiny_f32.gguf", tmpdir());
     snprintf(q4, sizeof q4, "%s/engine_tiny_q4.gguf", tmpdir());
-    CHECK(write_tiny(q2, DS4_SYNTH_PUBLISHED, "q2") == 0, "tiny q2 model written");
-    CHECK(write_tiny(f32, DS4_SYNTH_F32, "f32") == 0, "tiny f32 model written");
-    CHECK(write_tiny(q4, DS4_SYNTH_F16, "q4") == 0, "tiny f16/q4 model written");
+    CHECK(write_tiny(q2, DS4_WEIGHTS_PUBLISHED, "q2") == 0, "tiny q2 model written");
+    CHECK(write_tiny(f32, DS4_WEIGHTS_F32, "f32") == 0, "tiny f32 model written");
+    CHECK(write_tiny(q4, DS4_WEIGHTS_F16, "q4") == 0, "tiny f16/q4 model written");
     test_paths_agree(q2, false);
     test_paths_agree(f32, true);
     test_threads_agree(q4);

@@ -47,7 +47,7 @@ static int write_tiny(const char *path, uint64_t seed) {
     if (ds4_synth_preset("tiny", 0, &c.hp, &err) ||
         ds4_synth_expert_types("q2", &c.expert_gate_type, &c.expert_down_type, &err))
         return -1;
-    c.weights = DS4_SYNTH_PUBLISHED;
+    c.weights = DS4_WEIGHTS_PUBLISHED;
     c.seed = seed;
     c.name = "kvcache test";
     ds4_synth_vocab v;

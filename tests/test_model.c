@@ -69,10 +69,10 @@ static void test_tiny_variants(const ds4_synth_vocab *vocab) {
         {"f16", "f16", DS4_TYPE_F16, DS4_TYPE_F16},
         {"f32", "f32", DS4_TYPE_F32, DS4_TYPE_F32},
     };
-    static const struct { ds4_synth_weights w; uint32_t q8_slot, f16_slot; } wt[] = {
-        {DS4_SYNTH_PUBLISHED, DS4_TYPE_Q8_0, DS4_TYPE_F16},
-        {DS4_SYNTH_F16, DS4_TYPE_F16, DS4_TYPE_F16},
-        {DS4_SYNTH_F32, DS4_TYPE_F32, DS4_TYPE_F32},
+    static const struct { ds4_weight_form w; uint32_t q8_slot, f16_slot; } wt[] = {
+        {DS4_WEIGHTS_PUBLISHED, DS4_TYPE_Q8_0, DS4_TYPE_F16},
+        {DS4_WEIGHTS_F16, DS4_TYPE_F16, DS4_TYPE_F16},
+        {DS4_WEIGHTS_F32, DS4_TYPE_F32, DS4_TYPE_F32},
     };
     for (size_t i = 0; i < 4; i++) {
         for (size_t j = 0; j < 3; j++) {

@@ -71,10 +71,10 @@ int main(int argc, char **argv) {
     ds4_synth_config c;
     memset(&c, 0, sizeof c);
     c.seed = seed;
-    if (!strcmp(type, "q8")) c.weights = DS4_SYNTH_PUBLISHED;
-    else if (!strcmp(type, "f16")) c.weights = DS4_SYNTH_F16;
-    else if (!strcmp(type, "f32")) c.weights = DS4_SYNTH_F32;
-    else { fprintf(stderr, "ds4-mkmodel: --type is q8, f16 or f32\n"); return 2; }
+    if (!ds4_weight_form_from_name(type, &c.weights)) {
+        fprintf(stderr, "ds4-mkmodel: --type is q8, f16 or f32\n");
+        return 2;
+    }
     if (ds4_synth_preset(preset, (uint32_t)layers, &c.hp, &err) ||
         ds4_synth_expert_types(experts, &c.expert_gate_type, &c.expert_down_type, &err)) {
         fprintf(stderr, "ds4-mkmodel: %s\n", err.msg);

@@ -321,12 +321,8 @@ static void report_unused(const ds4_ckpt *ck, bool quiet) {
 
 int ds4_convert_set_types(ds4_convert_opts *o, const char *type, const char *experts,
                           ds4_err *err) {
-    if (!strcmp(type, "f32")) o->type_q8_slots = o->type_f16_slots = DS4_TYPE_F32;
-    else if (!strcmp(type, "f16")) o->type_q8_slots = o->type_f16_slots = DS4_TYPE_F16;
-    else if (!strcmp(type, "q8")) {
-        o->type_q8_slots = DS4_TYPE_Q8_0;
-        o->type_f16_slots = DS4_TYPE_F16;
-    } else return ds4_fail(err, "--type %s: expected f32, f16 or q8", type);
+    if (!ds4_weight_form_from_name(type, &o->weights))
+        return ds4_fail(err, "--type %s: expected f32, f16 or q8", type);
     if (!ds4_expert_quant_types(experts, &o->expert_gate_type, &o->expert_down_type))
         return ds4_fail(err, "--experts %s: expected f32, f16, q2 or q4", experts);
     return 0;

@@ -21,14 +21,14 @@
 #include <stdint.h>
 
 #include "../common/error.h"
+#include "../model/model.h"
 
 typedef struct ds4_convert_opts {
     const char *in_dir;
     const char *out_path;
     const char *tokenizer_path; /* NULL: fallback vocabulary of vocab_size tokens */
     const char *name;           /* general.name; NULL: a default */
-    uint32_t type_q8_slots;     /* tensors published as Q8_0: Q8_0, F16 or F32 */
-    uint32_t type_f16_slots;    /* tensors published as F16: F16 or F32 */
+    ds4_weight_form weights;    /* all but the routed experts */
     uint32_t expert_gate_type;  /* routed gate and up */
     uint32_t expert_down_type;  /* routed down */
     int threads;                /* 0 = all cores */

@@ -114,8 +114,8 @@ static uint64_t dim_value(const ds4_hparams *hp, dim d, uint32_t ratio) {
 
 static uint32_t slot_type(const convert_plan *p, slot s) {
     switch (s) {
-    case SLOT_Q8: return p->o->type_q8_slots;
-    case SLOT_F16: return p->o->type_f16_slots;
+    case SLOT_Q8: return ds4_weight_form_type(p->o->weights, DS4_TYPE_Q8_0);
+    case SLOT_F16: return ds4_weight_form_type(p->o->weights, DS4_TYPE_F16);
     case SLOT_GATE: return p->o->expert_gate_type;
     case SLOT_DOWN: return p->o->expert_down_type;
     case SLOT_I32: return DS4_TYPE_I32;

@@ -398,6 +398,20 @@ const char *ds4_expert_quant_name(uint32_t g, uint32_t d) {
     return "mixed";
 }
 
+bool ds4_weight_form_from_name(const char *name, ds4_weight_form *form) {
+    if (!strcmp(name, "q8")) *form = DS4_WEIGHTS_PUBLISHED;
+    else if (!strcmp(name, "f16")) *form = DS4_WEIGHTS_F16;
+    else if (!strcmp(name, "f32")) *form = DS4_WEIGHTS_F32;
+    else return false;
+    return true;
+}
+
+uint32_t ds4_weight_form_type(ds4_weight_form form, uint32_t published) {
+    if (form == DS4_WEIGHTS_F32) return DS4_TYPE_F32;
+    if (form == DS4_WEIGHTS_F16 && published == DS4_TYPE_Q8_0) return DS4_TYPE_F16;
+    return published;
+}
+
 bool ds4_expert_quant_types(const char *name, uint32_t *gate, uint32_t *down) {
     for (size_t i = 0; i < sizeof expert_quants / sizeof expert_quants[0]; i++) {
         if (strcmp(expert_quants[i].name, name)) continue;

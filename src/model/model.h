@@ -150,6 +150,18 @@ uint64_t ds4_kv_bytes(const ds4_hparams *hp, uint64_t ctx);
 /* "q2", "q4", "f16", "f32" or "mixed" from the routed expert types. */
 const char *ds4_model_expert_quant_name(const ds4_model *m);
 const char *ds4_expert_quant_name(uint32_t gate_type, uint32_t down_type);
+/* How the weights other than the routed experts are stored (the --type of
+ * ds4-mkmodel and ds4-convert: "q8", "f16", "f32"): as published (Q8_0 /
+ * F16 / F32 per §2.2), with every Q8_0 weight as F16, or all as F32. */
+typedef enum ds4_weight_form {
+    DS4_WEIGHTS_PUBLISHED = 0, /* "q8" */
+    DS4_WEIGHTS_F16 = 1,
+    DS4_WEIGHTS_F32 = 2,
+} ds4_weight_form;
+bool ds4_weight_form_from_name(const char *name, ds4_weight_form *form);
+/* The type a weight published as `published` gets under the form. */
+uint32_t ds4_weight_form_type(ds4_weight_form form, uint32_t published);
+
 /* The inverse: gate/up and down types for "q2", "q4", "f16" or "f32";
  * false for any other name. */
 bool ds4_expert_quant_types(const char *name, uint32_t *gate_type, uint32_t *down_type);

@@ -258,9 +258,7 @@ static int fill_tensor(void *ctx, void *dst, uint64_t nbytes, ds4_err *err) {
 
 /* The type a slot gets: routed experts as configured, the rest per c->weights. */
 static uint32_t slot_type(const synth *s, uint32_t published) {
-    if (s->c->weights == DS4_SYNTH_F32) return DS4_TYPE_F32;
-    if (s->c->weights == DS4_SYNTH_F16 && published == DS4_TYPE_Q8_0) return DS4_TYPE_F16;
-    return published;
+    return ds4_weight_form_type(s->c->weights, published);
 }
 
 static int add(synth *s, const char *prefix, const char *suffix, uint32_t type, init_kind init,

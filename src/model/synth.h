@@ -32,12 +32,6 @@
 #include "../gguf/gguf.h"
 #include "model.h"
 
-typedef enum ds4_synth_weights {
-    DS4_SYNTH_PUBLISHED = 0, /* Q8_0 / F16 / F32 exactly as in §2.2 */
-    DS4_SYNTH_F16 = 1,       /* every Q8_0 slot as F16 */
-    DS4_SYNTH_F32 = 2,       /* every non-expert weight as F32 */
-} ds4_synth_weights;
-
 /* GGUF token types (llama.cpp's convention). */
 enum { DS4_TOKEN_NORMAL = 1, DS4_TOKEN_CONTROL = 3, DS4_TOKEN_USER_DEFINED = 4, DS4_TOKEN_UNUSED = 5 };
 
@@ -58,7 +52,7 @@ typedef bool (*ds4_synth_tensor_hook)(void *ctx, gguf_writer *w, const char *nam
 typedef struct ds4_synth_config {
     ds4_hparams hp;
     uint32_t expert_gate_type, expert_down_type; /* routed experts */
-    ds4_synth_weights weights;                   /* everything else */
+    ds4_weight_form weights;                     /* everything else */
     uint64_t seed;
     const ds4_synth_vocab *vocab; /* n_tokens == hp.n_vocab; NULL: no tokenizer keys */
     const char *name;             /* general.name */
