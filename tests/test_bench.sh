@@ -43,7 +43,7 @@ check_csv() {
 # Linear steps, CSV to a file, summary on stderr.
 if "$B/ds4-bench" "${TINY[@]}" --ctx-start 32 --ctx-max 96 --step-incr 32 -n 4 --csv "$T/lin.csv" 2>"$T/lin.err"; then
     check_csv "$T/lin.csv" "32 64 96" 4
-    for s in "memory read bandwidth probed" "weights read per decode token:" "GB/s probed, cpu " "read bandwidth probes:" \
+    for s in "memory read bandwidth probed" "weights read per decode token:" "per CPU-second:" "cpu share" "read bandwidth probes (wall time):" \
              "model: synthetic tiny q2, 6 layers"; do
         if grep -qF "$s" "$T/lin.err"; then ok "summary has '$s'"; else bad "summary lacks '$s'"; cat "$T/lin.err"; fi
     done

@@ -251,10 +251,18 @@ typedef struct bw_job {
     const u64x8 *base;
     size_t n;       /* vectors in this thread's slice */
     uint64_t sink;  /* keeps the loads alive */
+    double cpu;     /* the thread's CPU seconds for the read */
 } bw_job;
+
+static double thread_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static void *bw_read_slice(void *arg) {
     bw_job *j = arg;
+    double c0 = thread_cpu_s();
     u64x8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     size_t i = 0;
     for (; i + 4 <= j->n; i += 4) {
@@ -268,6 +276,7 @@ static void *bw_read_slice(void *arg) {
     uint64_t s = 0;
     for (int k = 0; k < 8; k++) s ^= a[k];
     j->sink = s;
+    j->cpu = thread_cpu_s() - c0;
     return NULL;
 }
 
@@ -282,28 +291,40 @@ static int bw_probe_init(bw_probe *p, int threads, int mib) {
     return 0;
 }
 
+/* Read rates in bytes per second: of wall time, and per CPU-second (bytes
+ * over the threads' summed CPU time: what a core reads while it runs,
+ * whatever share of the machine it gets). */
+typedef struct bw_rate {
+    double wall, per_cpu;
+} bw_rate;
+
 /* Best of three passes, each thread reading its share once (thread start
- * and join are inside the timing: microseconds against tens of
- * milliseconds). Bytes per second, or 0 if threads could not start. */
-static double bw_probe_measure(bw_probe *p) {
+ * and join are inside the wall timing: microseconds against tens of
+ * milliseconds). Zeros if threads could not start. */
+static bw_rate bw_probe_measure(bw_probe *p) {
     bw_job jobs[64];
     pthread_t tid[64];
     int threads = p->threads < 64 ? p->threads : 64;
-    double best = 0;
+    bw_rate best = {0, 0};
+    double bytes = (double)(p->nvec * sizeof(u64x8));
     for (int pass = 0; pass < 3; pass++) {
         int started = 0;
         double t0 = now_s();
         for (int t = 0; t < threads; t++) {
             size_t lo = p->nvec * t / threads, hi = p->nvec * (t + 1) / threads;
-            jobs[t] = (bw_job){p->buf + lo, hi - lo, 0};
+            jobs[t] = (bw_job){p->buf + lo, hi - lo, 0, 0};
             if (pthread_create(&tid[t], NULL, bw_read_slice, &jobs[t])) break;
             started++;
         }
-        for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+        double cpu = 0;
+        for (int t = 0; t < started; t++) {
+            pthread_join(tid[t], NULL);
+            cpu += jobs[t].cpu;
+        }
         double dt = now_s() - t0;
-        if (started < threads) return 0;
-        double rate = (double)(p->nvec * sizeof(u64x8)) / dt;
-        if (dt > 0 && rate > best) best = rate;
+        if (started < threads) return (bw_rate){0, 0};
+        if (dt > 0 && bytes / dt > best.wall) best.wall = bytes / dt;
+        if (cpu > 0 && bytes / cpu > best.per_cpu) best.per_cpu = bytes / cpu;
     }
     return best;
 }
@@ -463,7 +484,7 @@ typedef struct frontier_result {
     int ctx, prefill_tokens;
     double prefill_s, gen_s;
     double gen_cpu;     /* process CPU seconds during the decode steps */
-    double bw;          /* read bandwidth probed just before the decode, 0 = none */
+    bw_rate bw;         /* read bandwidth probed just before the decode, 0 = none */
     uint64_t kv_bytes;
 } frontier_result;
 
@@ -475,7 +496,7 @@ typedef struct bench_run {
     const int32_t *ids;
     FILE *csv;
     bw_probe probe;     /* probe.buf NULL: no bandwidth probes */
-    double bw_min, bw_max;
+    double bw_min, bw_max; /* wall-time probes */
 } bench_run;
 
 static double cpu_s(void) {
@@ -531,19 +552,25 @@ static double mean_traffic(const ds4_model *m, int ctx, int n) {
     return sum / n;
 }
 
-/* One summary line per frontier. The CPU share (process CPU time over wall
- * time × threads) shows how much of the cores the decode actually got on a
- * shared machine. */
+/* One summary line per frontier: wall-time rates against the wall-time
+ * probe, then the same per CPU-second (the decode's process CPU time, the
+ * probe's thread CPU time), which a shared machine disturbs much less, and
+ * the share of the cores the decode got (CPU time over wall time × threads;
+ * idle pool workers count while they spin). */
 static void print_frontier(const bench_run *b, const frontier_result *r) {
     int gen = b->o->gen_tokens;
     double ms = r->gen_s * 1e3 / gen, bytes = mean_traffic(ds4_engine_model(b->e), r->ctx, gen);
-    double gbps = bytes / (ms * 1e-3) / 1e9;
+    double gbps = bytes / (ms * 1e-3) / 1e9, cpu_ms = r->gen_cpu * 1e3 / gen;
+    double cpu_gbps = cpu_ms > 0 ? bytes / (cpu_ms * 1e-3) / 1e9 : 0;
     char s[32];
     fprintf(stderr, "ds4-bench: ctx %6d: prefill %6d tok %8.2f tok/s | decode %4d tok %7.2f tok/s, %8.2f ms/tok, "
             "%s/tok = %.2f GB/s", r->ctx, r->prefill_tokens, r->prefill_tokens / r->prefill_s, gen,
             gen / r->gen_s, ms, show_bytes(bytes, s), gbps);
-    if (r->bw > 0) fprintf(stderr, " = %.0f%% of %.2f GB/s probed", 100.0 * gbps * 1e9 / r->bw, r->bw / 1e9);
-    fprintf(stderr, ", cpu %.0f%%\n", 100.0 * r->gen_cpu / (r->gen_s * b->threads));
+    if (r->bw.wall > 0) fprintf(stderr, " = %.0f%% of %.2f GB/s probed", 100.0 * gbps * 1e9 / r->bw.wall, r->bw.wall / 1e9);
+    fprintf(stderr, " | per CPU-second: %.2f ms/tok, %.2f GB/s", cpu_ms, cpu_gbps);
+    if (r->bw.per_cpu > 0)
+        fprintf(stderr, " = %.0f%% of %.2f GB/s probed", 100.0 * cpu_gbps * 1e9 / r->bw.per_cpu, r->bw.per_cpu / 1e9);
+    fprintf(stderr, " | cpu share %.0f%%\n", 100.0 * r->gen_cpu / (r->gen_s * b->threads));
 }
 
 static int run_sweep(bench_run *b, ds4_err *err) {
@@ -566,8 +593,8 @@ static int run_sweep(bench_run *b, ds4_err *err) {
         r.kv_bytes = snap.len;
         if (b->probe.buf) {
             r.bw = bw_probe_measure(&b->probe);
-            if (r.bw > 0 && (b->bw_min == 0 || r.bw < b->bw_min)) b->bw_min = r.bw;
-            if (r.bw > b->bw_max) b->bw_max = r.bw;
+            if (r.bw.wall > 0 && (b->bw_min == 0 || r.bw.wall < b->bw_min)) b->bw_min = r.bw.wall;
+            if (r.bw.wall > b->bw_max) b->bw_max = r.bw.wall;
         }
         double c0 = cpu_s();
         t0 = now_s();
@@ -588,7 +615,8 @@ static int run_sweep(bench_run *b, ds4_err *err) {
         if (f >= o->ctx_max) break;
     }
     if (rc == 0 && b->bw_max > 0)
-        fprintf(stderr, "ds4-bench: read bandwidth probes: %.2f-%.2f GB/s\n", b->bw_min / 1e9, b->bw_max / 1e9);
+        fprintf(stderr, "ds4-bench: read bandwidth probes (wall time): %.2f-%.2f GB/s\n", b->bw_min / 1e9,
+                b->bw_max / 1e9);
     free(snap.p);
     ds4_session_free(s);
     return rc;
