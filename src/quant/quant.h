@@ -16,7 +16,8 @@
  * constants), quant_rows.c (dequantisers, activation quantisers, Q8_0),
  * quant_kquant.c and quant_iq2.c (the searching quantisers), quant_dot.c
  * (scalar kernels, ISA choice, ds4_dot/ds4_matvec), quant_dot_avx2.c and
- * quant_dot_avx512.c. Tests: tests/test_quant_{formats,dot,ggml}.c;
+ * quant_dot_avx512.c, quant_dot_multi.c (one row × several activations).
+ * Tests: tests/test_quant_{formats,dot,dot_multi,ggml}.c;
  * speed: tools/ds4-quant-bench.c. */
 #ifndef DS4_QUANT_H
 #define DS4_QUANT_H
@@ -109,6 +110,12 @@ float ds4_dot(uint32_t wtype, uint64_t n, const void *w, const void *act);
  * block size, rows packed back to back) dotted with the quantised
  * activation act, for r < n_rows. Single-threaded: callers split rows. */
 void ds4_matvec(uint32_t wtype, const void *w, uint64_t n_rows, uint64_t n_in, const void *act, float *y);
+/* One weight row with n_act activation rows (each in the weight type's
+ * activation format): out[k] = ds4_dot(wtype, n, w, acts[k]), bit for bit.
+ * The row's blocks are decoded once per DS4_DOT_MULTI_MAX activations
+ * (quant_dot_multi.c), which is what makes batched prefill fast. */
+#define DS4_DOT_MULTI_MAX 4
+void ds4_dot_multi(uint32_t wtype, uint64_t n, const void *w, const void *const *acts, int n_act, float *out);
 
 /* Every ISA computes bit-identical dot products (integer block sums are
  * exact; the float steps are the same operations in the same order), so

@@ -1,12 +1,15 @@
 /* cpu_matmul.c — weight × batch products on the CPU (see cpu_matmul.h).
  *
- * A batch of independent products runs as two parallel runs: first every
- * product's input rows are quantised (in parallel over rows) into the format
- * its weight type's dot product expects, then the output rows of all
- * products are cut into tiles, one task per tile, and each task dots its
- * rows with every token of its product. Row tiles are small enough (≤ 64 KiB
- * of weights) to stay in L2 while the tokens stream past. Batching matters
- * for decode, where a single product is too small to amortise a dispatch. */
+ * A batch of independent products runs as two parallel runs: first the
+ * inputs are quantised (in parallel over rows) into the format their weight
+ * type's dot product expects — once per distinct input, so products reading
+ * the same activations (gate and up, all experts of a decode step, the
+ * experts of a prefill chunk, each with its subset of token rows) share one
+ * copy — then the output rows of all products are cut into tiles, one task
+ * per tile. A tile's weights (≤ 64 KiB) stay in L2 while its product's
+ * tokens pass in groups of DS4_DOT_MULTI_MAX, each row decoded once per
+ * group (ds4_dot_multi). Small batches (decode) run both steps, or the
+ * quantisation alone, on the calling thread: waking workers would cost more. */
 #include "cpu_matmul.h"
 
 #include <stdlib.h>
@@ -33,6 +36,7 @@ int cpu_ctx_init(cpu_ctx *c, int n_threads, bool exact, size_t act_bytes, uint32
     c->pool = cpu_pool_new(n_threads);
     if (!c->pool) return ds4_fail(err, "cpu backend: cannot start %d worker threads", n_threads);
     c->n_threads = cpu_pool_threads(c->pool);
+    if (act_bytes < cpu_act_row_bytes(max_in)) act_bytes = cpu_act_row_bytes(max_in);
     c->act_bytes = act_bytes;
     c->act_q = malloc(act_bytes ? act_bytes : 1);
     c->row_f32 = calloc((size_t)c->n_threads, sizeof *c->row_f32);
@@ -102,18 +106,34 @@ static bool is_plain_float(uint32_t type) {
 
 #define BATCH_MAX 64            /* products per parallel run */
 #define INLINE_BYTES (64 << 10) /* weight bytes × tokens below which a batch runs on the caller */
+#define INLINE_QUANT (32 << 10) /* activation values below which the caller quantises them */
 
-/* One parallel run over up to BATCH_MAX products: quantise every product's
- * input rows into its own slice of act_q, then tile every product's rows. */
+/* Quantised activations are shared: products that read the same input
+ * (same x, ldx, width and activation format, e.g. an expert's gate and up,
+ * or every expert of a decode step) use one quantised copy. A source holds
+ * rows 0 .. n_rows-1 of its input, enough for every product's token rows. */
+typedef struct act_src {
+    const float *x;
+    size_t ldx;
+    uint32_t n_in;
+    enum act_kind kind;
+    int n_rows;
+    size_t off;     /* in act_q */
+    size_t row_bytes;
+} act_src;
+
+/* One parallel run over up to BATCH_MAX products: quantise every source's
+ * rows into its slice of act_q, then tile every product's rows. */
 typedef struct batch_run {
     cpu_ctx *c;
     const cpu_mm *mm;
-    int n;
-    enum act_kind act[BATCH_MAX];
-    size_t act_off[BATCH_MAX];
-    int qrow0[BATCH_MAX + 1]; /* prefix sums of quantised token rows */
+    int n, n_src;
+    act_src src[BATCH_MAX];
+    int src_of[BATCH_MAX];    /* -1: plain f32 input */
+    int qrow0[BATCH_MAX + 1]; /* prefix sums of quantised source rows */
     int task0[BATCH_MAX + 1]; /* prefix sums of row tiles */
     uint32_t tile[BATCH_MAX];
+    size_t act_used;
 } batch_run;
 
 /* The product an index falls in, given prefix sums p[0..n]. */
@@ -126,37 +146,91 @@ static int find_job(const int *p, int n, int idx) {
     return lo;
 }
 
+static int token_row(const cpu_mm *m, int t) { return m->rows ? m->rows[t] : t; }
+
 static const float *x_row(const cpu_mm *m, int t) {
-    return m->x + (size_t)(m->rows ? m->rows[t] : t) * m->ldx;
+    return m->x + (size_t)token_row(m, t) * m->ldx;
 }
 
 static const void *act_row(const batch_run *b, int j, int t) {
-    return b->c->act_q + b->act_off[j] + (size_t)t * act_row_bytes(b->act[j], b->mm[j].w.n_in);
+    const act_src *s = &b->src[b->src_of[j]];
+    return b->c->act_q + s->off + (size_t)token_row(&b->mm[j], t) * s->row_bytes;
+}
+
+/* Rows of the input product m reads: 1 + its largest token row. */
+static int rows_needed(const cpu_mm *m) {
+    if (!m->rows) return m->n_tok;
+    int mx = -1;
+    for (int t = 0; t < m->n_tok; t++)
+        if (m->rows[t] > mx) mx = m->rows[t];
+    return mx + 1;
+}
+
+/* Adds product m to b's sources; false (b unchanged) if the quantised
+ * activations would not fit in act_bytes. */
+static bool batch_add_source(batch_run *b, int j, const cpu_mm *m) {
+    enum act_kind k = act_kind_for(m->w.type, b->c->exact);
+    if (k == ACT_F32 || m->n_tok == 0) {
+        b->src_of[j] = -1;
+        return true;
+    }
+    int need = rows_needed(m);
+    size_t rb = act_row_bytes(k, m->w.n_in);
+    for (int i = 0; i < b->n_src; i++) {
+        act_src *s = &b->src[i];
+        if (s->x != m->x || s->ldx != m->ldx || s->n_in != m->w.n_in || s->kind != k) continue;
+        if (need > s->n_rows) {
+            if (i != b->n_src - 1) continue; /* only the last source can grow in place */
+            if (b->act_used + (size_t)(need - s->n_rows) * rb > b->c->act_bytes) return false;
+            b->act_used += (size_t)(need - s->n_rows) * rb;
+            s->n_rows = need;
+        }
+        b->src_of[j] = i;
+        return true;
+    }
+    if (b->act_used + (size_t)need * rb > b->c->act_bytes) return false;
+    b->src[b->n_src] = (act_src){m->x, m->ldx, m->w.n_in, k, need, b->act_used, rb};
+    b->act_used += (size_t)need * rb;
+    b->src_of[j] = b->n_src++;
+    return true;
 }
 
 static void quantise_task(void *ctx, int q, int worker) {
     batch_run *b = ctx;
-    int j = find_job(b->qrow0, b->n, q), t = q - b->qrow0[j];
-    const cpu_mm *m = &b->mm[j];
-    void *dst = (void *)act_row(b, j, t);
-    if (b->act[j] == ACT_Q8_0)
-        ds4_quantize_q8_0_act(x_row(m, t), dst, m->w.n_in);
+    int i = find_job(b->qrow0, b->n_src, q), r = q - b->qrow0[i];
+    const act_src *s = &b->src[i];
+    void *dst = b->c->act_q + s->off + (size_t)r * s->row_bytes;
+    if (s->kind == ACT_Q8_0)
+        ds4_quantize_q8_0_act(s->x + (size_t)r * s->ldx, dst, s->n_in);
     else
-        ds4_quantize_q8_K(x_row(m, t), dst, m->w.n_in);
+        ds4_quantize_q8_K(s->x + (size_t)r * s->ldx, dst, s->n_in);
 }
 
-static float dot_row(const batch_run *b, int j, const uint8_t *row, int t) {
-    const cpu_mm *m = &b->mm[j];
+static float dot_float(const cpu_mm *m, const uint8_t *row, int t) {
     uint32_t n = m->w.n_in;
     switch (m->w.type) {
     case DS4_TYPE_F32: return ds4_dot_f32(n, (const float *)row, x_row(m, t));
     case DS4_TYPE_F16: return ds4_dot_f16_f32(n, (const uint16_t *)row, x_row(m, t));
     case DS4_TYPE_BF16: return ds4_dot_bf16_f32(n, (const uint16_t *)row, x_row(m, t));
-    case DS4_TYPE_Q8_0: return ds4_dot_q8_0(n, row, act_row(b, j, t));
-    case DS4_TYPE_Q2_K: return ds4_dot_q2_K(n, row, act_row(b, j, t));
-    case DS4_TYPE_Q4_K: return ds4_dot_q4_K(n, row, act_row(b, j, t));
-    case DS4_TYPE_IQ2_XXS: return ds4_dot_iq2_xxs(n, row, act_row(b, j, t));
     default: return 0.0f; /* unreachable: the model validated the types */
+    }
+}
+
+/* Tokens of a quantised product go through the weight tile in groups of
+ * DS4_DOT_MULTI_MAX: the group's activations stay in L1 while the tile's
+ * rows (in L2) are each decoded once for the whole group. */
+static void matmul_quant_tile(const batch_run *b, int j, uint32_t r0, uint32_t r1) {
+    const cpu_mm *m = &b->mm[j];
+    const cpu_mat *w = &m->w;
+    for (int t0 = 0; t0 < m->n_tok; t0 += DS4_DOT_MULTI_MAX) {
+        int na = m->n_tok - t0 < DS4_DOT_MULTI_MAX ? m->n_tok - t0 : DS4_DOT_MULTI_MAX;
+        const void *acts[DS4_DOT_MULTI_MAX];
+        for (int k = 0; k < na; k++) acts[k] = act_row(b, j, t0 + k);
+        for (uint32_t r = r0; r < r1; r++) {
+            float out[DS4_DOT_MULTI_MAX];
+            ds4_dot_multi(w->type, w->n_in, w->data + (size_t)r * w->row_bytes, acts, na, out);
+            for (int k = 0; k < na; k++) m->y[(size_t)(t0 + k) * m->ldy + r] = out[k];
+        }
     }
 }
 
@@ -167,7 +241,11 @@ static void matmul_task(void *ctx, int task, int worker) {
     const cpu_mat *w = &m->w;
     uint32_t r0 = (uint32_t)(task - b->task0[j]) * b->tile[j];
     uint32_t r1 = r0 + b->tile[j] < w->n_out ? r0 + b->tile[j] : w->n_out;
-    bool dequant = b->act[j] == ACT_F32 && !is_plain_float(w->type);
+    if (b->src_of[j] >= 0) {
+        matmul_quant_tile(b, j, r0, r1);
+        return;
+    }
+    bool dequant = !is_plain_float(w->type);
     for (uint32_t r = r0; r < r1; r++) {
         const uint8_t *row = w->data + (size_t)r * w->row_bytes;
         if (dequant) {
@@ -175,7 +253,7 @@ static void matmul_task(void *ctx, int task, int worker) {
             ds4_dequantize_row(w->type, row, rf, w->n_in);
             for (int t = 0; t < m->n_tok; t++) m->y[(size_t)t * m->ldy + r] = ds4_dot_f32(w->n_in, rf, x_row(m, t));
         } else {
-            for (int t = 0; t < m->n_tok; t++) m->y[(size_t)t * m->ldy + r] = dot_row(b, j, row, t);
+            for (int t = 0; t < m->n_tok; t++) m->y[(size_t)t * m->ldy + r] = dot_float(m, row, t);
         }
     }
 }
@@ -190,47 +268,62 @@ static uint32_t tile_rows(const cpu_ctx *c, const cpu_mat *w) {
     return per < 1 ? 1 : per;
 }
 
-static void run_batch(cpu_ctx *c, const cpu_mm *mm, int n) {
-    batch_run b;
-    b.c = c;
-    b.mm = mm;
-    b.n = n;
-    size_t off = 0, weight_bytes = 0;
-    b.qrow0[0] = b.task0[0] = 0;
-    for (int j = 0; j < n; j++) {
-        weight_bytes += (size_t)mm[j].w.n_out * mm[j].w.row_bytes * (size_t)mm[j].n_tok;
-        b.act[j] = act_kind_for(mm[j].w.type, c->exact);
-        b.act_off[j] = off;
-        int nq = b.act[j] == ACT_F32 ? 0 : mm[j].n_tok;
-        off += (size_t)nq * act_row_bytes(b.act[j], mm[j].w.n_in);
-        b.qrow0[j + 1] = b.qrow0[j] + nq;
-        b.tile[j] = tile_rows(c, &mm[j].w);
-        int tasks = mm[j].n_tok > 0 ? (int)((mm[j].w.n_out + b.tile[j] - 1) / b.tile[j]) : 0;
-        b.task0[j + 1] = b.task0[j] + tasks;
+static void run_batch(batch_run *b) {
+    cpu_ctx *c = b->c;
+    size_t weight_bytes = 0, quant_values = 0;
+    b->qrow0[0] = b->task0[0] = 0;
+    for (int i = 0; i < b->n_src; i++) {
+        b->qrow0[i + 1] = b->qrow0[i] + b->src[i].n_rows;
+        quant_values += (size_t)b->src[i].n_rows * b->src[i].n_in;
     }
-    if (weight_bytes < INLINE_BYTES) { /* less work than waking the workers costs */
-        for (int q = 0; q < b.qrow0[n]; q++) quantise_task(&b, q, 0);
-        for (int t = 0; t < b.task0[n]; t++) matmul_task(&b, t, 0);
-        return;
+    for (int j = 0; j < b->n; j++) {
+        const cpu_mm *m = &b->mm[j];
+        weight_bytes += (size_t)m->w.n_out * m->w.row_bytes * (size_t)m->n_tok;
+        b->tile[j] = tile_rows(c, &m->w);
+        int tasks = m->n_tok > 0 ? (int)((m->w.n_out + b->tile[j] - 1) / b->tile[j]) : 0;
+        b->task0[j + 1] = b->task0[j] + tasks;
     }
-    cpu_pool_run(c->pool, b.qrow0[n], quantise_task, &b);
-    cpu_pool_run(c->pool, b.task0[n], matmul_task, &b);
+    /* Little work: cheaper on the caller than waking the workers. */
+    if (quant_values < INLINE_QUANT || weight_bytes < INLINE_BYTES)
+        for (int q = 0; q < b->qrow0[b->n_src]; q++) quantise_task(b, q, 0);
+    else
+        cpu_pool_run(c->pool, b->qrow0[b->n_src], quantise_task, b);
+    if (weight_bytes < INLINE_BYTES)
+        for (int t = 0; t < b->task0[b->n]; t++) matmul_task(b, t, 0);
+    else
+        cpu_pool_run(c->pool, b->task0[b->n], matmul_task, b);
 }
 
 void cpu_matmul_batch(cpu_ctx *c, const cpu_mm *mm, int n_mm) {
-    int start = 0;
-    size_t bytes = 0;
+    batch_run b;
+    b.c = c;
+    b.mm = mm;
+    b.n = b.n_src = 0;
+    b.act_used = 0;
     for (int j = 0; j < n_mm; j++) {
-        enum act_kind k = act_kind_for(mm[j].w.type, c->exact);
-        size_t need = (size_t)mm[j].n_tok * act_row_bytes(k, mm[j].w.n_in);
-        if (j > start && (j - start == BATCH_MAX || bytes + need > c->act_bytes)) {
-            run_batch(c, mm + start, j - start);
-            start = j;
-            bytes = 0;
+        if (b.n == BATCH_MAX || (b.n > 0 && !batch_add_source(&b, b.n, &mm[j]))) {
+            run_batch(&b);
+            b.mm = mm + j;
+            b.n = b.n_src = 0;
+            b.act_used = 0;
         }
-        bytes += need;
+        if (b.n == 0 && !batch_add_source(&b, 0, &mm[j])) {
+            /* Its rows alone do not fit; act_q holds one row of any width
+             * up to max_in (cpu_ctx_init), so run it token by token. */
+            for (int t = 0; t < mm[j].n_tok; t++) {
+                cpu_mm one = mm[j];
+                one.x = x_row(&mm[j], t);
+                one.rows = NULL;
+                one.n_tok = 1;
+                one.y += (size_t)t * mm[j].ldy;
+                cpu_matmul_batch(c, &one, 1);
+            }
+            b.mm = mm + j + 1;
+            continue;
+        }
+        b.n++;
     }
-    if (n_mm > start) run_batch(c, mm + start, n_mm - start);
+    if (b.n > 0) run_batch(&b);
 }
 
 void cpu_matmul(cpu_ctx *c, const cpu_mat *w, const float *x, size_t ldx, int n_tok, float *y,

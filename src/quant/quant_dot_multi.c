@@ -1,0 +1,225 @@
+/* quant_dot_multi.c — one weight row dotted with several activation rows.
+ *
+ * A prefill chunk multiplies every weight row with many tokens. Done one
+ * dot product at a time, each token pays again for decoding the row's
+ * blocks (IQ2_XXS grid and sign lookups, Q2_K code and scale unpacking),
+ * which is what bounds those formats (BENCHMARKS.md). Here a block is
+ * decoded once and its values are used for up to DS4_DOT_MULTI_MAX tokens
+ * while they sit in registers.
+ *
+ * Results are those of ds4_dot() bit for bit, for every token: each
+ * token's per-block integer sum is exact, and its float terms follow the
+ * scalar recipe of quant_dot.c in block order, with one accumulator per
+ * token. The tokens only share the weight decoding.
+ *
+ * A single activation goes to ds4_dot() (its kernels are tuned for that);
+ * types and ISAs without a kernel here fall back to ds4_dot() per token. */
+#include <string.h>
+
+#include "quant_internal.h"
+
+static void multi_generic(uint32_t wtype, uint64_t n, const void *w, const void *const *acts, int na,
+                          float *out) {
+    for (int k = 0; k < na; k++) out[k] = ds4_dot(wtype, n, w, acts[k]);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#define AVX2 __attribute__((target("avx2,f16c")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")))
+#define INLINE inline __attribute__((always_inline))
+
+AVX2 static INLINE int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* out[k] = horizontal sum of p[k], k < 8. */
+AVX2 static INLINE void hsum8_i32(const __m256i *p, int32_t *out) {
+    __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
+    __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
+    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+    __m128i v0 = _mm_add_epi32(_mm256_castsi256_si128(u0), _mm256_extracti128_si256(u0, 1));
+    __m128i v1 = _mm_add_epi32(_mm256_castsi256_si128(u1), _mm256_extracti128_si256(u1, 1));
+    _mm_storeu_si128((__m128i *)out, v0);
+    _mm_storeu_si128((__m128i *)(out + 4), v1);
+}
+
+AVX2 static INLINE float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+
+/* ---- Q8_0 (AVX-512): a block's weights widened to 16 bits once ---- */
+
+AVX512 static INLINE void q8_0_avx512(uint64_t n, const void *wv, const void *const *acts, const int na,
+                                      float *out) {
+    const ds4_block_q8_0 *b = wv;
+    float acc[DS4_DOT_MULTI_MAX] = {0};
+    uint64_t nb = n / DS4_QK8_0, i = 0;
+    for (; i + 8 <= nb; i += 8) {
+        __m512i w[8];
+        float dw[8];
+        #pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            w[j] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b[i + j].qs));
+            dw[j] = f16_to_f32(b[i + j].d);
+        }
+        #pragma GCC unroll 4
+        for (int k = 0; k < na; k++) {
+            const ds4_block_q8_0_act *a = (const ds4_block_q8_0_act *)acts[k] + i;
+            __m256i p[8];
+            int32_t isum[8];
+            #pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                __m512i pr = _mm512_madd_epi16(w[j], _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)a[j].qs)));
+                p[j] = _mm256_add_epi32(_mm512_castsi512_si256(pr), _mm512_extracti64x4_epi64(pr, 1));
+            }
+            hsum8_i32(p, isum);
+            #pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) acc[k] += (dw[j] * a[j].d) * (float)isum[j];
+        }
+    }
+    for (; i < nb; i++) {
+        __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b[i].qs));
+        float dw = f16_to_f32(b[i].d);
+        #pragma GCC unroll 4
+        for (int k = 0; k < na; k++) {
+            const ds4_block_q8_0_act *a = (const ds4_block_q8_0_act *)acts[k] + i;
+            __m512i pr = _mm512_madd_epi16(w, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)a->qs)));
+            int32_t s = hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(pr), _mm512_extracti64x4_epi64(pr, 1)));
+            acc[k] += (dw * a->d) * (float)s;
+        }
+    }
+    #pragma GCC unroll 8
+    for (int k = 0; k < na; k++) out[k] = acc[k];
+}
+
+/* ---- Q2_K (AVX2): codes and scales of a 32-value step decoded once ---- */
+
+AVX2 static INLINE void q2_K_avx2(uint64_t n, const void *wv, const void *const *acts, const int na,
+                                  float *out) {
+    const ds4_block_q2_K *b = wv;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m15 = _mm_set1_epi8(15);
+    float acc[DS4_DOT_MULTI_MAX] = {0};
+    for (uint64_t i = 0; i < n / DS4_QK_K; i++, b++) {
+        __m128i sc8 = _mm_loadu_si128((const __m128i *)b->scales);
+        __m128i scales = _mm_and_si128(sc8, m15);
+        __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m15));
+        __m256i sum[DS4_DOT_MULTI_MAX];
+        for (int k = 0; k < na; k++) sum[k] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i bits = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * h));
+#pragma GCC unroll 8
+            for (int s = 0; s < 4; s++) {
+                int j = 8 * h + 2 * s;
+                __m256i codes = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * s), m3);
+                __m128i pick = _mm_set_epi64x((int64_t)(0x0101010101010101ull * (uint64_t)(j + 1)),
+                                              (int64_t)(0x0101010101010101ull * (uint64_t)j));
+                __m256i sc = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scales, pick));
+                #pragma GCC unroll 4
+                for (int k = 0; k < na; k++) {
+                    const ds4_block_q8_K *a = (const ds4_block_q8_K *)acts[k] + i;
+                    __m256i q8 = _mm256_loadu_si256((const __m256i *)(a->qs + 128 * h + 32 * s));
+                    sum[k] = _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q8), sc));
+                }
+            }
+        }
+        float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+        #pragma GCC unroll 4
+        for (int k = 0; k < na; k++) {
+            const ds4_block_q8_K *a = (const ds4_block_q8_K *)acts[k] + i;
+            __m256i bsums = _mm256_loadu_si256((const __m256i *)a->bsums);
+            int32_t summ = hsum_i32(_mm256_madd_epi16(mins, bsums));
+            int32_t isum = hsum_i32(sum[k]);
+            float dall = a->d * d, dmn = a->d * dmin;
+            acc[k] += dall * (float)isum - dmn * (float)summ;
+        }
+    }
+    for (int k = 0; k < na; k++) out[k] = acc[k];
+}
+
+/* ---- IQ2_XXS (AVX2): grid values and signs of a sub-block looked up once ---- */
+
+AVX2 static INLINE void iq2_xxs_avx2(uint64_t n, const void *wv, const void *const *acts, const int na,
+                                     float *out) {
+    const ds4_block_iq2_xxs *b = wv;
+    const uint64_t *grid = ds4_iq2xxs_grid, *smask = ds4_iq2xxs_sign_masks;
+    float acc[DS4_DOT_MULTI_MAX] = {0};
+    for (uint64_t i = 0; i < n / DS4_QK_K; i++, b++) {
+        __m256i sum[DS4_DOT_MULTI_MAX];
+        for (int k = 0; k < na; k++) sum[k] = _mm256_setzero_si256();
+        #pragma GCC unroll 2
+        for (int sb = 0; sb < 8; sb++) {
+            uint32_t aux[2];
+            memcpy(aux, b->qs + 4 * sb, 8);
+            uint32_t A = aux[0], B = aux[1];
+            __m256i g = _mm256_set_epi64x((int64_t)grid[A >> 24], (int64_t)grid[(A >> 16) & 255],
+                                          (int64_t)grid[(A >> 8) & 255], (int64_t)grid[A & 255]);
+            __m256i neg = _mm256_set_epi64x((int64_t)smask[(B >> 21) & 127], (int64_t)smask[(B >> 14) & 127],
+                                            (int64_t)smask[(B >> 7) & 127], (int64_t)smask[B & 127]);
+            __m256i sg = _mm256_sub_epi8(_mm256_xor_si256(g, neg), neg);
+            __m256i ls = _mm256_set1_epi16((int16_t)(2 * (B >> 28) + 1));
+            #pragma GCC unroll 4
+            for (int k = 0; k < na; k++) {
+                const ds4_block_q8_K *a = (const ds4_block_q8_K *)acts[k] + i;
+                __m256i q8 = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * sb));
+                __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(q8), _mm256_sign_epi8(sg, q8));
+                sum[k] = _mm256_add_epi32(sum[k], _mm256_madd_epi16(p, ls));
+            }
+        }
+        float d = f16_to_f32(b->d);
+        #pragma GCC unroll 4
+        for (int k = 0; k < na; k++) {
+            const ds4_block_q8_K *a = (const ds4_block_q8_K *)acts[k] + i;
+            acc[k] += (d * a->d) * (float)hsum_i32(sum[k]);
+        }
+    }
+    for (int k = 0; k < na; k++) out[k] = 0.125f * acc[k];
+}
+
+/* One entry per kernel and ISA, with the token count a constant in each
+ * case so the compiler unrolls the token loops. */
+#define MULTI_ENTRY(name, attr, body)                                                              \
+    attr static void name(uint64_t n, const void *w, const void *const *acts, int na, float *out) { \
+        switch (na) {                                                                              \
+        case 2: body(n, w, acts, 2, out); break;                                                   \
+        case 3: body(n, w, acts, 3, out); break;                                                   \
+        default: body(n, w, acts, 4, out); break;                                                  \
+        }                                                                                          \
+    }
+MULTI_ENTRY(multi_q8_0_avx512, AVX512, q8_0_avx512)
+MULTI_ENTRY(multi_q2_K_avx2, AVX2, q2_K_avx2)
+MULTI_ENTRY(multi_iq2_xxs_avx2, AVX2, iq2_xxs_avx2)
+
+typedef void (*multi_fn)(uint64_t n, const void *w, const void *const *acts, int na, float *out);
+
+static multi_fn multi_kernel(uint32_t wtype) {
+    ds4_isa isa = ds4_quant_get_isa();
+    if (isa < DS4_ISA_AVX2) return NULL;
+    switch (wtype) {
+    case DS4_TYPE_Q8_0: return isa == DS4_ISA_AVX512 ? multi_q8_0_avx512 : NULL;
+    case DS4_TYPE_Q2_K: return multi_q2_K_avx2;
+    case DS4_TYPE_IQ2_XXS: return multi_iq2_xxs_avx2;
+    default: return NULL;
+    }
+}
+#else
+typedef void (*multi_fn)(uint64_t n, const void *w, const void *const *acts, int na, float *out);
+static multi_fn multi_kernel(uint32_t wtype) { return NULL; }
+#endif
+
+void ds4_dot_multi(uint32_t wtype, uint64_t n, const void *w, const void *const *acts, int n_act, float *out) {
+    multi_fn f = multi_kernel(wtype);
+    for (int k = 0; k < n_act; k += DS4_DOT_MULTI_MAX) {
+        int na = n_act - k < DS4_DOT_MULTI_MAX ? n_act - k : DS4_DOT_MULTI_MAX;
+        if (na == 1)
+            out[k] = ds4_dot(wtype, n, w, acts[k]);
+        else if (f)
+            f(n, w, acts + k, na, out + k);
+        else
+            multi_generic(wtype, n, w, acts + k, na, out + k);
+    }
+}
