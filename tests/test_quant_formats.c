@@ -244,11 +244,44 @@ static void test_quantisers(void) {
     free(q);
 }
 
+/* The searching quantisers write the same bytes whichever dot-product ISA
+ * is active (IQ2_XXS has AVX2 table and line-minimum forms that must
+ * compute the same floats as the portable ones). */
+static void test_quantisers_isa_independent(void) {
+    qt_rng r = {29};
+    const uint64_t n = 8 * 256;
+    float *x = malloc(n * sizeof(float)), *im = malloc(n * sizeof(float));
+    uint8_t *ref = malloc(n), *q = malloc(n);
+    const uint32_t searched[] = {DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_IQ2_XXS};
+    ds4_isa best = ds4_quant_best_isa();
+    for (int kind = 0; kind < 4; kind++) {
+        qt_fill_weights(&r, x, n, kind, 0.02f);
+        for (uint64_t i = 0; i < n; i++) im[i] = expf(1.5f * qt_gauss(&r));
+        for (int t = 0; t < 3; t++) {
+            const float *w = kind & 1 ? im : NULL;
+            ds4_quant_set_isa(DS4_ISA_SCALAR);
+            uint64_t bytes = ds4_quantize_row(searched[t], x, ref, n, w);
+            for (int isa = 1; isa <= (int)best; isa++) {
+                ds4_quant_set_isa((ds4_isa)isa);
+                ds4_quantize_row(searched[t], x, q, n, w);
+                CHECK(memcmp(ref, q, bytes) == 0, "%s (data %d): %s output differs from scalar",
+                      ds4_type_name(searched[t]), kind, ds4_isa_name((ds4_isa)isa));
+            }
+        }
+    }
+    ds4_quant_set_isa(best);
+    free(x);
+    free(im);
+    free(ref);
+    free(q);
+}
+
 int main(void) {
     test_types();
     test_f16();
     test_bf16();
     test_activation_quantisers();
     test_quantisers();
+    test_quantisers_isa_independent();
     return TEST_DONE();
 }
