@@ -1,7 +1,7 @@
 /* model.c — binds and validates the tensors of a DeepSeek V4 Flash GGUF.
  *
- * The expected inventory (model-spec.md §2.2, MTP §2.4) is derived from the
- * hyperparameters; every tensor is looked up by name and its type and shape
+ * The expected inventory (model-spec.md §2.2, MTP §2.4) is layout.c's,
+ * derived from the hyperparameters; every tensor is looked up by name and its type and shape
  * compared, and any tensor left over in the file is an error, so a file that
  * loads is exactly the architecture the engine runs. Messages name the tensor
  * and show the published type next to what was found:
@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "../quant/quant.h"
+#include "layout.h"
 #include "model.h"
 
 #define NAME_MAX_LEN 64
@@ -116,51 +117,6 @@ static int bind(binder *b, ds4_tensor *dst, const char *name, slot_rule rule, ui
     return 0;
 }
 
-/* A tensor named prefix + suffix (suffix ends in .weight or .bias). */
-#define BIND(dst, suffix, rule, type, nd, a, c, d, opt)                                  \
-    do {                                                                              \
-        char name_[NAME_MAX_LEN];                                                     \
-        snprintf(name_, sizeof name_, "%s%s", prefix, suffix);                        \
-        if (bind(b, dst, name_, rule, type, nd, a, c, d, opt)) return -1;             \
-    } while (0)
-#define W1(dst, suffix, type, a) BIND(dst, suffix, RULE_FLOAT, type, 1, a, 1, 1, false)
-#define W2(dst, suffix, type, a, c) BIND(dst, suffix, RULE_FLOAT, type, 2, a, c, 1, false)
-
-/* The tensors every block has (main layers and the MTP block). */
-static int bind_block_common(binder *b, const char *prefix, const ds4_hparams *hp, ds4_layer *l,
-                             bool bias_required) {
-    const uint64_t e = hp->n_embd, hc = (uint64_t)DS4_N_HC * e, hd = hp->head_dim;
-    const uint64_t q_out = (uint64_t)hp->n_head * hd;
-    const uint64_t group_in = q_out / hp->n_out_group, o_mid = (uint64_t)hp->n_out_group * hp->o_lora;
-    W2(&l->hc_attn_fn, "hc_attn_fn.weight", DS4_TYPE_F16, hc, DS4_HC_MIX);
-    W1(&l->hc_attn_scale, "hc_attn_scale.weight", DS4_TYPE_F32, 3);
-    W1(&l->hc_attn_base, "hc_attn_base.weight", DS4_TYPE_F32, DS4_HC_MIX);
-    W1(&l->attn_norm, "attn_norm.weight", DS4_TYPE_F32, e);
-    W2(&l->attn_q_a, "attn_q_a.weight", DS4_TYPE_Q8_0, e, hp->q_lora);
-    W1(&l->attn_q_a_norm, "attn_q_a_norm.weight", DS4_TYPE_F32, hp->q_lora);
-    W2(&l->attn_q_b, "attn_q_b.weight", DS4_TYPE_Q8_0, hp->q_lora, q_out);
-    W2(&l->attn_kv, "attn_kv.weight", DS4_TYPE_Q8_0, e, hd);
-    W1(&l->attn_kv_a_norm, "attn_kv_a_norm.weight", DS4_TYPE_F32, hd);
-    W1(&l->attn_sinks, "attn_sinks.weight", DS4_TYPE_F32, hp->n_head);
-    W2(&l->attn_output_a, "attn_output_a.weight", DS4_TYPE_Q8_0, group_in, o_mid);
-    W2(&l->attn_output_b, "attn_output_b.weight", DS4_TYPE_Q8_0, o_mid, e);
-    W2(&l->hc_ffn_fn, "hc_ffn_fn.weight", DS4_TYPE_F16, hc, DS4_HC_MIX);
-    W1(&l->hc_ffn_scale, "hc_ffn_scale.weight", DS4_TYPE_F32, 3);
-    W1(&l->hc_ffn_base, "hc_ffn_base.weight", DS4_TYPE_F32, DS4_HC_MIX);
-    W1(&l->ffn_norm, "ffn_norm.weight", DS4_TYPE_F32, e);
-    W2(&l->ffn_gate_inp, "ffn_gate_inp.weight", DS4_TYPE_F16, e, hp->n_expert);
-    BIND(&l->exp_probs_b, "exp_probs_b.bias", RULE_FLOAT, DS4_TYPE_F32, 1, hp->n_expert, 1, 1,
-         !bias_required);
-    const uint64_t ff = hp->n_ff_exp, nx = hp->n_expert;
-    BIND(&l->ffn_gate_exps, "ffn_gate_exps.weight", RULE_EXPERT_GATE, DS4_TYPE_IQ2_XXS, 3, e, ff, nx, false);
-    BIND(&l->ffn_up_exps, "ffn_up_exps.weight", RULE_EXPERT_UP, 0, 3, e, ff, nx, false);
-    BIND(&l->ffn_down_exps, "ffn_down_exps.weight", RULE_EXPERT_DOWN, 0, 3, ff, e, nx, false);
-    W2(&l->ffn_gate_shexp, "ffn_gate_shexp.weight", DS4_TYPE_Q8_0, e, ff);
-    W2(&l->ffn_up_shexp, "ffn_up_shexp.weight", DS4_TYPE_Q8_0, e, ff);
-    W2(&l->ffn_down_shexp, "ffn_down_shexp.weight", DS4_TYPE_Q8_0, ff, e);
-    return 0;
-}
-
 /* Every tid2eid entry must name an expert (the table comes from the file). */
 static int check_tid2eid(const ds4_tensor *t, uint32_t n_expert, ds4_err *err) {
     const uint8_t *p = t->data;
@@ -176,35 +132,32 @@ static int check_tid2eid(const ds4_tensor *t, uint32_t n_expert, ds4_err *err) {
     return 0;
 }
 
-static int bind_layer(binder *b, const ds4_hparams *hp, uint32_t il, ds4_layer *l) {
-    char prefix[32];
-    snprintf(prefix, sizeof prefix, "blk.%u.", il);
-    const uint32_t r = hp->compress_ratio[il];
-    l->compress_ratio = r;
-    if (bind_block_common(b, prefix, hp, l, false)) return -1;
-    if (r != 0) {
-        const uint64_t e = hp->n_embd, cw = (r == 4 ? 2 : 1) * (uint64_t)hp->head_dim;
-        W2(&l->attn_compressor_ape, "attn_compressor_ape.weight", DS4_TYPE_F16, cw, r);
-        W2(&l->attn_compressor_kv, "attn_compressor_kv.weight", DS4_TYPE_F16, e, cw);
-        W2(&l->attn_compressor_gate, "attn_compressor_gate.weight", DS4_TYPE_F16, e, cw);
-        W1(&l->attn_compressor_norm, "attn_compressor_norm.weight", DS4_TYPE_F32, hp->head_dim);
-    }
-    if (r == 4) {
-        const uint64_t e = hp->n_embd, id = hp->indexer_head_dim, icw = 2 * id;
-        W2(&l->indexer_attn_q_b, "indexer.attn_q_b.weight", DS4_TYPE_F16, hp->q_lora,
-           (uint64_t)hp->n_indexer_head * id);
-        W2(&l->indexer_proj, "indexer.proj.weight", DS4_TYPE_F16, e, hp->n_indexer_head);
-        W2(&l->indexer_compressor_ape, "indexer_compressor_ape.weight", DS4_TYPE_F16, icw, 4);
-        W2(&l->indexer_compressor_kv, "indexer_compressor_kv.weight", DS4_TYPE_F16, e, icw);
-        W2(&l->indexer_compressor_gate, "indexer_compressor_gate.weight", DS4_TYPE_F16, e, icw);
-        W1(&l->indexer_compressor_norm, "indexer_compressor_norm.weight", DS4_TYPE_F32, id);
-    }
-    if (il < hp->n_hash_layer) {
-        BIND(&l->ffn_gate_tid2eid, "ffn_gate_tid2eid.weight", RULE_I32, DS4_TYPE_I32, 2,
-             hp->n_expert_used, hp->n_vocab, 1, false);
-        if (check_tid2eid(&l->ffn_gate_tid2eid, hp->n_expert, b->err)) return -1;
-    }
-    return 0;
+/* Where bind_slot puts the tensors of a walk over the layout. */
+typedef struct bind_target {
+    binder *b;
+    const ds4_hparams *hp;
+    void *top;         /* ds4_model or ds4_mtp_model */
+    ds4_layer *layers; /* the model's layers, or the MTP block */
+} bind_target;
+
+static int bind_slot(void *ctx, const char *prefix, int layer, const ds4_slot *s) {
+    static const slot_rule rules[] = {
+        [DS4_SLOT_WEIGHT] = RULE_FLOAT,           [DS4_SLOT_EXPERT_GATE] = RULE_EXPERT_GATE,
+        [DS4_SLOT_EXPERT_UP] = RULE_EXPERT_UP,    [DS4_SLOT_EXPERT_DOWN] = RULE_EXPERT_DOWN,
+        [DS4_SLOT_BIAS] = RULE_FLOAT,             [DS4_SLOT_TID2EID] = RULE_I32,
+    };
+    const bind_target *t = ctx;
+    char *base = layer >= 0 ? (char *)&t->layers[layer]
+                 : layer == DS4_LAYOUT_MTP_BLOCK ? (char *)t->layers : (char *)t->top;
+    ds4_tensor *dst = (ds4_tensor *)(base + s->offset);
+    char name[NAME_MAX_LEN];
+    snprintf(name, sizeof name, "%s%s", prefix, s->suffix);
+    /* Main layers load with or without the selection bias (as ds4 does). */
+    const bool optional = s->kind == DS4_SLOT_BIAS && layer != DS4_LAYOUT_MTP_BLOCK;
+    if (bind(t->b, dst, name, rules[s->kind], s->published, s->n_dims, s->ne[0], s->ne[1], s->ne[2],
+             optional))
+        return -1;
+    return s->kind == DS4_SLOT_TID2EID ? check_tid2eid(dst, t->hp->n_expert, t->b->err) : 0;
 }
 
 static int check_unexpected(const binder *b) {
@@ -250,17 +203,12 @@ static int check_tokenizer(const gguf_file *f, uint32_t n_vocab, ds4_err *err) {
 
 static int bind_model_tensors(binder *b, ds4_model *m) {
     const ds4_hparams *hp = &m->hp;
-    const char *prefix = "";
-    const uint64_t e = hp->n_embd;
-    W2(&m->token_embd, "token_embd.weight", DS4_TYPE_F16, e, hp->n_vocab);
-    W1(&m->output_hc_base, "output_hc_base.weight", DS4_TYPE_F32, DS4_N_HC);
-    W2(&m->output_hc_fn, "output_hc_fn.weight", DS4_TYPE_F16, DS4_N_HC * e, DS4_N_HC);
-    W1(&m->output_hc_scale, "output_hc_scale.weight", DS4_TYPE_F32, 1);
-    W1(&m->output_norm, "output_norm.weight", DS4_TYPE_F32, e);
-    W2(&m->output, "output.weight", DS4_TYPE_Q8_0, e, hp->n_vocab);
+    bind_target t = {b, hp, m, m->layers};
+    if (ds4_layout_top(hp, bind_slot, &t)) return -1;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const ds4_layer *l = &m->layers[il];
-        if (bind_layer(b, hp, il, &m->layers[il])) return -1;
+        m->layers[il].compress_ratio = hp->compress_ratio[il];
+        if (ds4_layout_layer(hp, il, bind_slot, &t)) return -1;
         if (il == 0) {
             m->expert_gate_type = l->ffn_gate_exps.type;
             m->expert_down_type = l->ffn_down_exps.type;
@@ -329,18 +277,8 @@ typedef struct mtp_target { ds4_mtp_model *mtp; const ds4_hparams *hp; } mtp_tar
 
 static int bind_mtp_fn(binder *b, void *target) {
     ds4_mtp_model *mtp = ((mtp_target *)target)->mtp;
-    const ds4_hparams *hp = ((mtp_target *)target)->hp;
-    const char *prefix = "mtp.0.";
-    const uint64_t e = hp->n_embd;
-    W1(&mtp->hc_head_base, "hc_head_base.weight", DS4_TYPE_F32, DS4_N_HC);
-    W2(&mtp->hc_head_fn, "hc_head_fn.weight", DS4_TYPE_F16, DS4_N_HC * e, DS4_N_HC);
-    W1(&mtp->hc_head_scale, "hc_head_scale.weight", DS4_TYPE_F32, 1);
-    W2(&mtp->e_proj, "e_proj.weight", DS4_TYPE_Q8_0, e, e);
-    W2(&mtp->h_proj, "h_proj.weight", DS4_TYPE_Q8_0, e, e);
-    W1(&mtp->enorm, "enorm.weight", DS4_TYPE_F32, e);
-    W1(&mtp->hnorm, "hnorm.weight", DS4_TYPE_F32, e);
-    W1(&mtp->norm, "norm.weight", DS4_TYPE_F32, e);
-    if (bind_block_common(b, prefix, hp, &mtp->block, true)) return -1;
+    bind_target t = {b, ((mtp_target *)target)->hp, mtp, &mtp->block};
+    if (ds4_layout_mtp(t.hp, bind_slot, &t)) return -1;
     mtp->block.compress_ratio = 0;
     mtp->expert_gate_type = mtp->block.ffn_gate_exps.type;
     mtp->expert_down_type = mtp->block.ffn_down_exps.type;

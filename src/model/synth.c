@@ -1,7 +1,7 @@
 /* synth.c — writes synthetic DeepSeek V4 Flash GGUFs (see synth.h).
  *
- * The tensor list mirrors model.c's binder: same names, shapes and published
- * types, so a file from here loads through ds4_model_open unchanged. Each
+ * The tensor list is layout.c's, the one model.c's binder checks, so a
+ * file from here loads through ds4_model_open unchanged. Each
  * tensor's data comes from its own generator seeded by (seed, name), so the
  * values of a tensor do not depend on which other tensors exist.
  *
@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 
 #include "../quant/quant.h"
+#include "layout.h"
 #include "synth.h"
 
 #define IMAGE_ALIGN (2u << 20) /* memory images start on a 2 MiB (huge page) boundary */
@@ -256,11 +257,6 @@ static int fill_tensor(void *ctx, void *dst, uint64_t nbytes, ds4_err *err) {
     return 0;
 }
 
-/* The type a slot gets: routed experts as configured, the rest per c->weights. */
-static uint32_t slot_type(const synth *s, uint32_t published) {
-    return ds4_weight_form_type(s->c->weights, published);
-}
-
 static int add(synth *s, const char *prefix, const char *suffix, uint32_t type, init_kind init,
                float mean, float std, uint32_t n_dims, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
     if (s->n_specs == s->cap_specs) return ds4_fail(s->err, "internal: tensor list full");
@@ -283,82 +279,39 @@ static int add(synth *s, const char *prefix, const char *suffix, uint32_t type, 
                                   s->err);
 }
 
-/* Shorthands: a linear weight [in, out] with std 1/sqrt(in), a 1-D vector. */
-static int linear(synth *s, const char *p, const char *suffix, uint32_t published, uint64_t in,
-                  uint64_t out) {
-    return add(s, p, suffix, slot_type(s, published), INIT_GAUSS, 0, 1.0f / sqrtf((float)in), 2,
-               in, out, 1);
+/* Synthetic values by what a tensor is: mean and standard deviation
+ * (projections 1/sqrt(fan_in), norms near 1, small HC scales and offsets). */
+static void role_init(const ds4_slot *sl, float *mean, float *std) {
+    *mean = 0;
+    *std = 0;
+    switch (sl->role) {
+    case DS4_ROLE_LINEAR: *std = 1.0f / sqrtf((float)sl->ne[0]); break;
+    case DS4_ROLE_EMBEDDING: *std = 1.0f; break;
+    case DS4_ROLE_NORM: *mean = 1; *std = 0.1f; break;
+    case DS4_ROLE_HC_SCALE: *mean = 0.1f; *std = 0.02f; break;
+    case DS4_ROLE_OFFSET: *std = 0.1f; break;
+    case DS4_ROLE_SINK: *std = 0.5f; break;
+    case DS4_ROLE_ROUTING: break;
+    }
 }
 
-static int vec(synth *s, const char *p, const char *suffix, float mean, float std, uint64_t n) {
-    return add(s, p, suffix, slot_type(s, DS4_TYPE_F32), INIT_GAUSS, mean, std, 1, n, 1, 1);
-}
-
-#define TRY(x) do { if (x) return -1; } while (0)
-
-static int add_block(synth *s, const char *p, bool with_bias) {
-    const ds4_hparams *hp = &s->c->hp;
-    const uint64_t e = hp->n_embd, hc = (uint64_t)DS4_N_HC * e, hd = hp->head_dim;
-    const uint64_t q_out = (uint64_t)hp->n_head * hd, group_in = q_out / hp->n_out_group;
-    const uint64_t o_mid = (uint64_t)hp->n_out_group * hp->o_lora, ff = hp->n_ff_exp;
-    const uint64_t nx = hp->n_expert;
-    TRY(linear(s, p, "hc_attn_fn.weight", DS4_TYPE_F16, hc, DS4_HC_MIX));
-    TRY(vec(s, p, "hc_attn_scale.weight", 0.1f, 0.02f, 3));
-    TRY(vec(s, p, "hc_attn_base.weight", 0, 0.1f, DS4_HC_MIX));
-    TRY(vec(s, p, "attn_norm.weight", 1, 0.1f, e));
-    TRY(linear(s, p, "attn_q_a.weight", DS4_TYPE_Q8_0, e, hp->q_lora));
-    TRY(vec(s, p, "attn_q_a_norm.weight", 1, 0.1f, hp->q_lora));
-    TRY(linear(s, p, "attn_q_b.weight", DS4_TYPE_Q8_0, hp->q_lora, q_out));
-    TRY(linear(s, p, "attn_kv.weight", DS4_TYPE_Q8_0, e, hd));
-    TRY(vec(s, p, "attn_kv_a_norm.weight", 1, 0.1f, hd));
-    TRY(vec(s, p, "attn_sinks.weight", 0, 0.5f, hp->n_head));
-    TRY(linear(s, p, "attn_output_a.weight", DS4_TYPE_Q8_0, group_in, o_mid));
-    TRY(linear(s, p, "attn_output_b.weight", DS4_TYPE_Q8_0, o_mid, e));
-    TRY(linear(s, p, "hc_ffn_fn.weight", DS4_TYPE_F16, hc, DS4_HC_MIX));
-    TRY(vec(s, p, "hc_ffn_scale.weight", 0.1f, 0.02f, 3));
-    TRY(vec(s, p, "hc_ffn_base.weight", 0, 0.1f, DS4_HC_MIX));
-    TRY(vec(s, p, "ffn_norm.weight", 1, 0.1f, e));
-    TRY(linear(s, p, "ffn_gate_inp.weight", DS4_TYPE_F16, e, nx));
-    if (with_bias) TRY(vec(s, p, "exp_probs_b.bias", 0, 0.1f, nx));
-    const float se = 1.0f / sqrtf((float)e), sf = 1.0f / sqrtf((float)ff);
-    TRY(add(s, p, "ffn_gate_exps.weight", s->c->expert_gate_type, INIT_GAUSS, 0, se, 3, e, ff, nx));
-    TRY(add(s, p, "ffn_up_exps.weight", s->c->expert_gate_type, INIT_GAUSS, 0, se, 3, e, ff, nx));
-    TRY(add(s, p, "ffn_down_exps.weight", s->c->expert_down_type, INIT_GAUSS, 0, sf, 3, ff, e, nx));
-    TRY(linear(s, p, "ffn_gate_shexp.weight", DS4_TYPE_Q8_0, e, ff));
-    TRY(linear(s, p, "ffn_up_shexp.weight", DS4_TYPE_Q8_0, e, ff));
-    TRY(linear(s, p, "ffn_down_shexp.weight", DS4_TYPE_Q8_0, ff, e));
-    return 0;
-}
-
-static int add_layer(synth *s, uint32_t il) {
-    const ds4_hparams *hp = &s->c->hp;
-    char p[32];
-    snprintf(p, sizeof p, "blk.%u.", il);
-    const uint32_t r = hp->compress_ratio[il];
-    const bool hash = il < hp->n_hash_layer;
+/* A slot of the layout: routed experts as configured, the rest per c->weights. */
+static int add_slot(void *ctx, const char *prefix, int layer, const ds4_slot *sl) {
+    synth *s = ctx;
+    const ds4_synth_config *c = s->c;
     /* As published: the selection bias exists only in non-hash layers. */
-    TRY(add_block(s, p, !hash));
-    const uint64_t e = hp->n_embd;
-    if (r != 0) {
-        const uint64_t cw = (r == 4 ? 2 : 1) * (uint64_t)hp->head_dim;
-        TRY(add(s, p, "attn_compressor_ape.weight", slot_type(s, DS4_TYPE_F16), INIT_GAUSS, 0, 0.1f, 2, cw, r, 1));
-        TRY(linear(s, p, "attn_compressor_kv.weight", DS4_TYPE_F16, e, cw));
-        TRY(linear(s, p, "attn_compressor_gate.weight", DS4_TYPE_F16, e, cw));
-        TRY(vec(s, p, "attn_compressor_norm.weight", 1, 0.1f, hp->head_dim));
+    if (sl->kind == DS4_SLOT_BIAS && layer >= 0 && (uint32_t)layer < c->hp.n_hash_layer) return 0;
+    uint32_t type;
+    switch (sl->kind) {
+    case DS4_SLOT_EXPERT_GATE: case DS4_SLOT_EXPERT_UP: type = c->expert_gate_type; break;
+    case DS4_SLOT_EXPERT_DOWN: type = c->expert_down_type; break;
+    case DS4_SLOT_TID2EID: type = DS4_TYPE_I32; break;
+    default: type = ds4_weight_form_type(c->weights, sl->published); break;
     }
-    if (r == 4) {
-        const uint64_t id = hp->indexer_head_dim, icw = 2 * id;
-        TRY(linear(s, p, "indexer.attn_q_b.weight", DS4_TYPE_F16, hp->q_lora, (uint64_t)hp->n_indexer_head * id));
-        TRY(linear(s, p, "indexer.proj.weight", DS4_TYPE_F16, e, hp->n_indexer_head));
-        TRY(add(s, p, "indexer_compressor_ape.weight", slot_type(s, DS4_TYPE_F16), INIT_GAUSS, 0, 0.1f, 2, icw, 4, 1));
-        TRY(linear(s, p, "indexer_compressor_kv.weight", DS4_TYPE_F16, e, icw));
-        TRY(linear(s, p, "indexer_compressor_gate.weight", DS4_TYPE_F16, e, icw));
-        TRY(vec(s, p, "indexer_compressor_norm.weight", 1, 0.1f, id));
-    }
-    if (hash)
-        TRY(add(s, p, "ffn_gate_tid2eid.weight", DS4_TYPE_I32, INIT_TID2EID, 0, 0, 2,
-                hp->n_expert_used, hp->n_vocab, 1));
-    return 0;
+    float mean, std;
+    role_init(sl, &mean, &std);
+    return add(s, prefix, sl->suffix, type, sl->kind == DS4_SLOT_TID2EID ? INIT_TID2EID : INIT_GAUSS,
+               mean, std, sl->n_dims, sl->ne[0], sl->ne[1], sl->ne[2]);
 }
 
 static int synth_begin(synth *s, const ds4_synth_config *c, size_t cap, ds4_err *err) {
@@ -418,14 +371,9 @@ static int synth_finish(synth *s, int rc, const char *path, void **image, uint64
 
 static int add_model_tensors(synth *s) {
     const ds4_hparams *hp = &s->c->hp;
-    const uint64_t e = hp->n_embd;
-    TRY(add(s, "", "token_embd.weight", slot_type(s, DS4_TYPE_F16), INIT_GAUSS, 0, 1.0f, 2, e, hp->n_vocab, 1));
-    TRY(vec(s, "", "output_hc_base.weight", 0, 0.1f, DS4_N_HC));
-    TRY(linear(s, "", "output_hc_fn.weight", DS4_TYPE_F16, DS4_N_HC * e, DS4_N_HC));
-    TRY(vec(s, "", "output_hc_scale.weight", 0.1f, 0.02f, 1));
-    TRY(vec(s, "", "output_norm.weight", 1, 0.1f, e));
-    TRY(linear(s, "", "output.weight", DS4_TYPE_Q8_0, e, hp->n_vocab));
-    for (uint32_t il = 0; il < hp->n_layer; il++) TRY(add_layer(s, il));
+    if (ds4_layout_top(hp, add_slot, s)) return -1;
+    for (uint32_t il = 0; il < hp->n_layer; il++)
+        if (ds4_layout_layer(hp, il, add_slot, s)) return -1;
     return 0;
 }
 
@@ -451,25 +399,11 @@ int ds4_synth_model_image(const ds4_synth_config *c, void **image, uint64_t *siz
     return synth_model(c, NULL, image, size, err);
 }
 
-static int add_mtp_tensors(synth *s) {
-    const uint64_t e = s->c->hp.n_embd;
-    const char *p = "mtp.0.";
-    TRY(vec(s, p, "hc_head_base.weight", 0, 0.1f, DS4_N_HC));
-    TRY(linear(s, p, "hc_head_fn.weight", DS4_TYPE_F16, DS4_N_HC * e, DS4_N_HC));
-    TRY(vec(s, p, "hc_head_scale.weight", 0.1f, 0.02f, 1));
-    TRY(linear(s, p, "e_proj.weight", DS4_TYPE_Q8_0, e, e));
-    TRY(linear(s, p, "h_proj.weight", DS4_TYPE_Q8_0, e, e));
-    TRY(vec(s, p, "enorm.weight", 1, 0.1f, e));
-    TRY(vec(s, p, "hnorm.weight", 1, 0.1f, e));
-    TRY(vec(s, p, "norm.weight", 1, 0.1f, e));
-    return add_block(s, p, true);
-}
-
 /* The published MTP file carries no model metadata that ds4 reads; we write
  * the architecture and name so tools can tell what it is. */
 int ds4_synth_write_mtp(const ds4_synth_config *c, const char *path, ds4_err *err) {
     synth s;
     if (synth_begin(&s, c, 64, err)) return -1;
     ds4_model_meta_write(s.w, "DeepSeek V4 Flash MTP (synthetic)", NULL, c->meta_hook, c->hook_ctx);
-    return synth_finish(&s, add_mtp_tensors(&s), path, NULL, NULL);
+    return synth_finish(&s, ds4_layout_mtp(&c->hp, add_slot, &s), path, NULL, NULL);
 }
