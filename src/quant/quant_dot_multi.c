@@ -12,8 +12,10 @@
  * scalar recipe of quant_dot.c in block order, with one accumulator per
  * token. The tokens only share the weight decoding.
  *
- * A single activation goes to ds4_dot() (its kernels are tuned for that);
- * types and ISAs without a kernel here fall back to ds4_dot() per token. */
+ * Q8_0 with AVX-512 VNNI is faster than ds4_dot() also for a single
+ * activation (~20-35% on this Zen 4), so the forward pass uses it in
+ * decode too. Otherwise a single activation goes to ds4_dot(), and types
+ * and ISAs without a kernel here fall back to ds4_dot() per token. */
 #include <string.h>
 
 #include "quant_internal.h"
@@ -27,7 +29,6 @@ static void multi_generic(uint32_t wtype, uint64_t n, const void *w, const void 
 #include <immintrin.h>
 
 #define AVX2 __attribute__((target("avx2,f16c")))
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")))
 #define INLINE inline __attribute__((always_inline))
 
 AVX2 static INLINE int32_t hsum_i32(__m256i v) {
@@ -37,61 +38,77 @@ AVX2 static INLINE int32_t hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* out[k] = horizontal sum of p[k], k < 8. */
-AVX2 static INLINE void hsum8_i32(const __m256i *p, int32_t *out) {
+/* Lane k = horizontal sum of p[k], k < 8. */
+AVX2 static INLINE __m256i hsum8_vec(const __m256i *p) {
     __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
     __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
     __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
-    __m128i v0 = _mm_add_epi32(_mm256_castsi256_si128(u0), _mm256_extracti128_si256(u0, 1));
-    __m128i v1 = _mm_add_epi32(_mm256_castsi256_si128(u1), _mm256_extracti128_si256(u1, 1));
-    _mm_storeu_si128((__m128i *)out, v0);
-    _mm_storeu_si128((__m128i *)(out + 4), v1);
+    /* u0 = [s0..s3 low halves | s0..s3 high halves], u1 likewise for s4..s7 */
+    __m256i lo = _mm256_permute2x128_si256(u0, u1, 0x20), hi = _mm256_permute2x128_si256(u0, u1, 0x31);
+    return _mm256_add_epi32(lo, hi);
 }
 
 AVX2 static INLINE float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 
-/* ---- Q8_0 (AVX-512): a block's weights widened to 16 bits once ---- */
+/* ---- Q8_0 (AVX-512 VNNI, 256-bit registers) ---- */
 
-AVX512 static INLINE void q8_0_avx512(uint64_t n, const void *wv, const void *const *acts, const int na,
-                                      float *out) {
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c")))
+
+VNNI static INLINE __m256i dpbusd(__m256i u8, __m256i s8) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u8, s8);
+}
+
+/* vpdpbusd multiplies unsigned by signed bytes: the activation byte a goes
+ * in as a + 128 (a ^ 0x80) against the signed weight, and 128 · Σ w (also
+ * by vpdpbusd, shared by all tokens) is taken off again, so each block sum
+ * is exact for every byte value. Per 8 blocks the eight float terms
+ * (d_w · d_a) · isum are formed in one vector and then added to the
+ * token's accumulator one by one, in block order, as the scalar recipe
+ * does. */
+VNNI static INLINE void q8_0_vnni(uint64_t n, const void *wv, const void *const *acts, const int na,
+                                  float *out) {
     const ds4_block_q8_0 *b = wv;
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi8(1);
     float acc[DS4_DOT_MULTI_MAX] = {0};
     uint64_t nb = n / DS4_QK8_0, i = 0;
     for (; i + 8 <= nb; i += 8) {
-        __m512i w[8];
-        float dw[8];
-        #pragma GCC unroll 8
+        __m256i w[8], p[8];
+        __m128i dh = _mm_setzero_si128();
+#pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            w[j] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b[i + j].qs));
-            dw[j] = f16_to_f32(b[i + j].d);
+            w[j] = _mm256_loadu_si256((const __m256i *)b[i + j].qs);
+            p[j] = dpbusd(ones, w[j]);
+            dh = _mm_insert_epi16(dh, b[i + j].d, j);
         }
-        #pragma GCC unroll 4
+        __m256i wsum128 = _mm256_slli_epi32(hsum8_vec(p), 7);
+        __m256 dw = _mm256_cvtph_ps(dh);
+#pragma GCC unroll 4
         for (int k = 0; k < na; k++) {
             const ds4_block_q8_0_act *a = (const ds4_block_q8_0_act *)acts[k] + i;
-            __m256i p[8];
-            int32_t isum[8];
-            #pragma GCC unroll 8
+            float da[8], t[8];
+#pragma GCC unroll 8
             for (int j = 0; j < 8; j++) {
-                __m512i pr = _mm512_madd_epi16(w[j], _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)a[j].qs)));
-                p[j] = _mm256_add_epi32(_mm512_castsi512_si256(pr), _mm512_extracti64x4_epi64(pr, 1));
+                p[j] = dpbusd(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)a[j].qs), flip), w[j]);
+                da[j] = a[j].d;
             }
-            hsum8_i32(p, isum);
-            #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) acc[k] += (dw[j] * a[j].d) * (float)isum[j];
+            __m256i isum = _mm256_sub_epi32(hsum8_vec(p), wsum128);
+            _mm256_storeu_ps(t, _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_loadu_ps(da)), _mm256_cvtepi32_ps(isum)));
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) acc[k] += t[j];
         }
     }
     for (; i < nb; i++) {
-        __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b[i].qs));
+        __m256i w = _mm256_loadu_si256((const __m256i *)b[i].qs);
+        int32_t wsum = hsum_i32(dpbusd(ones, w));
         float dw = f16_to_f32(b[i].d);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int k = 0; k < na; k++) {
             const ds4_block_q8_0_act *a = (const ds4_block_q8_0_act *)acts[k] + i;
-            __m512i pr = _mm512_madd_epi16(w, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)a->qs)));
-            int32_t s = hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(pr), _mm512_extracti64x4_epi64(pr, 1)));
-            acc[k] += (dw * a->d) * (float)s;
+            __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)a->qs), flip);
+            acc[k] += (dw * a->d) * (float)(hsum_i32(dpbusd(x, w)) - 128 * wsum);
         }
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 4
     for (int k = 0; k < na; k++) out[k] = acc[k];
 }
 
@@ -185,22 +202,35 @@ AVX2 static INLINE void iq2_xxs_avx2(uint64_t n, const void *wv, const void *con
 #define MULTI_ENTRY(name, attr, body)                                                              \
     attr static void name(uint64_t n, const void *w, const void *const *acts, int na, float *out) { \
         switch (na) {                                                                              \
+        case 1: body(n, w, acts, 1, out); break;                                                   \
         case 2: body(n, w, acts, 2, out); break;                                                   \
         case 3: body(n, w, acts, 3, out); break;                                                   \
         default: body(n, w, acts, 4, out); break;                                                  \
         }                                                                                          \
     }
-MULTI_ENTRY(multi_q8_0_avx512, AVX512, q8_0_avx512)
+MULTI_ENTRY(multi_q8_0_vnni, VNNI, q8_0_vnni)
 MULTI_ENTRY(multi_q2_K_avx2, AVX2, q2_K_avx2)
 MULTI_ENTRY(multi_iq2_xxs_avx2, AVX2, iq2_xxs_avx2)
 
+static bool cpu_has_vnni(void) {
+    static int cached = -1; /* a benign race: every thread computes the same value */
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
 typedef void (*multi_fn)(uint64_t n, const void *w, const void *const *acts, int na, float *out);
 
+/* The kernel for a weight type (NULL: ds4_dot per activation). */
 static multi_fn multi_kernel(uint32_t wtype) {
     ds4_isa isa = ds4_quant_get_isa();
     if (isa < DS4_ISA_AVX2) return NULL;
     switch (wtype) {
-    case DS4_TYPE_Q8_0: return isa == DS4_ISA_AVX512 ? multi_q8_0_avx512 : NULL;
+    case DS4_TYPE_Q8_0: return isa == DS4_ISA_AVX512 && cpu_has_vnni() ? multi_q8_0_vnni : NULL;
     case DS4_TYPE_Q2_K: return multi_q2_K_avx2;
     case DS4_TYPE_IQ2_XXS: return multi_iq2_xxs_avx2;
     default: return NULL;
@@ -215,7 +245,7 @@ void ds4_dot_multi(uint32_t wtype, uint64_t n, const void *w, const void *const 
     multi_fn f = multi_kernel(wtype);
     for (int k = 0; k < n_act; k += DS4_DOT_MULTI_MAX) {
         int na = n_act - k < DS4_DOT_MULTI_MAX ? n_act - k : DS4_DOT_MULTI_MAX;
-        if (na == 1)
+        if (na == 1 && wtype != DS4_TYPE_Q8_0) /* ds4_dot's kernels are as fast for one */
             out[k] = ds4_dot(wtype, n, w, acts[k]);
         else if (f)
             f(n, w, acts + k, na, out + k);
