@@ -10,30 +10,36 @@
  *     steps around (max - min)/qmax, each giving codes by rounding and then
  *     the least-squares (a, b) for those codes (ggml's make_qkx idea, here
  *     scored by the true weighted error);
- *  2. eight starting states, super-scales d around max a / smax and
- *     dmin = max b / smax with sc_j, m_j rounded from a_j, b_j, are refined
- *     side by side, one state per SIMD lane. Each round: (a) the best code
- *     of every value for the current parameters, with the sums that make
+ *  2. sixteen starting states, super-scales d from 0.78 to 1.08 times
+ *     max a / smax and dmin = max b / smax with sc_j, m_j rounded from
+ *     a_j, b_j, are evaluated side by side, one state per SIMD lane: (a)
+ *     the best code of every value for the state, with the sums that make
  *     the error a quadratic in (d*sc_j, dmin*m_j); (b) for those codes each
  *     sub-block's best (sc, m) in a window, at O(1) per candidate (m is the
  *     rounded optimum for each sc); (c) the least-squares (d, dmin) for all
- *     codes and pairs, rounded to f16. No step increases the error (up to
- *     the f16 rounding). The best state any lane reached goes on to
+ *     codes and pairs, rounded to f16. The state with the least error in
+ *     (a) is kept, and its (b)-(c) refinement goes on to
  *  3. polishing: every sub-block tries 16 (sc, m) pairs around its own,
  *     each with the best codes for that pair (one SIMD lane per pair), then
- *     (d, dmin) are refitted; twice.
- * The vectors are GCC vector extensions of 4 floats (SSE2 or NEON), the
- * same operations in the same order on every CPU, so the output does not
- * depend on the machine. Speed and error against ggml: BENCHMARKS.md,
- * tests/test_quant_ggml.c. */
+ *     (d, dmin) are refitted; twice. The best state seen is written.
+ * Why this shape: the error of a code choice is a pass over the values,
+ * but for fixed codes it is a quadratic in the scales, so most decisions
+ * cost O(1) from the sums of one pass; the true-code passes are kept for
+ * the few candidates that matter. Exhaustive (sc, m) windows with true
+ * codes lowered the error by another 1-3% at 50x the time.
+ * The vectors are GCC vector extensions of 4 floats (SSE2 or NEON); the
+ * inner loop has an AVX2 form (used when ds4_quant_get_isa() allows) with
+ * the same operations per lane, so the output does not depend on the
+ * machine (test_quant_formats checks). Speed: BENCHMARKS.md; error
+ * against ggml: tests/test_quant_ggml.c. */
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
 #include "quant_internal.h"
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 #endif
 
 typedef float v4f __attribute__((vector_size(16)));
@@ -70,18 +76,18 @@ typedef struct kq_format {
     int qmax;     /* largest code */
     int smax;     /* largest sub-scale and sub-min */
     int radius;   /* sc window half-width in step 2(b) */
-    int rounds;   /* rounds of step 2 */
     float trial0, trial_step; /* trial steps (max-min)/(qmax + trial0 + t*trial_step) */
 } kq_format;
 
-static const kq_format q2_K_format = {16, 16, 3, 15, 1, 1, -0.5f, 0.1f};
-static const kq_format q4_K_format = {8, 32, 15, 63, 1, 1, -1.0f, 0.125f};
+static const kq_format q2_K_format = {16, 16, 3, 15, 1, -0.5f, 0.1f};
+static const kq_format q4_K_format = {8, 32, 15, 63, 1, -1.0f, 0.125f};
 
 /* One block's data and per-sub-block sums (weights w, values x). */
 typedef struct kq_block {
     float x[DS4_QK_K], w[DS4_QK_K];
     float W[16], X1[16], XX[16]; /* sum w, sum w x, sum w x^2 */
     float a[16], b[16];          /* continuous fit of step 1 */
+    bool avx2;                   /* code_sums_avx2 may be used */
 } kq_block;
 
 /* The parameters a block is written with. */
@@ -104,17 +110,16 @@ static inline v4f quad_err(v4f D, v4f M, v4f Q1, v4f Q2, v4f QX, float W, float 
 /* Code sums of sub-block j for 16 (D, M) pairs in four vectors, codes the
  * nearest level: Q1 = sum w q, Q2 = sum w q^2, QX = sum w q x. The four
  * vectors go through the loop together (independent chains). */
-static inline void code_sums(const kq_format *f, const kq_block *kb, int j, const v4f *D, const v4f *M, v4f *Q1,
-                             v4f *Q2, v4f *QX) {
+static void code_sums_v4(const kq_format *f, const kq_block *kb, int j, const v4f *M, const v4f *inv, v4f *Q1,
+                         v4f *Q2, v4f *QX) {
     const float *x = kb->x + j * f->sub_len, *w = kb->w + j * f->sub_len;
     v4f qmax = vsplat((float)f->qmax), zero = vsplat(0.0f);
-    v4f inv0 = vinv(D[0]), inv1 = vinv(D[1]), inv2 = vinv(D[2]), inv3 = vinv(D[3]);
     v4f a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
     v4f c0 = zero, c1 = zero, c2 = zero, c3 = zero;
     for (int i = 0; i < f->sub_len; i++) {
         v4f xi = vsplat(x[i]), wi = vsplat(w[i]);
-        v4f q0 = vround_clamp((xi + M[0]) * inv0, qmax), q1 = vround_clamp((xi + M[1]) * inv1, qmax);
-        v4f q2 = vround_clamp((xi + M[2]) * inv2, qmax), q3 = vround_clamp((xi + M[3]) * inv3, qmax);
+        v4f q0 = vround_clamp((xi + M[0]) * inv[0], qmax), q1 = vround_clamp((xi + M[1]) * inv[1], qmax);
+        v4f q2 = vround_clamp((xi + M[2]) * inv[2], qmax), q3 = vround_clamp((xi + M[3]) * inv[3], qmax);
         v4f wq0 = wi * q0, wq1 = wi * q1, wq2 = wi * q2, wq3 = wi * q3;
         a0 += wq0, a1 += wq1, a2 += wq2, a3 += wq3;
         b0 += wq0 * q0, b1 += wq1 * q1, b2 += wq2 * q2, b3 += wq3 * q3;
@@ -123,6 +128,45 @@ static inline void code_sums(const kq_format *f, const kq_block *kb, int j, cons
     Q1[0] = a0, Q1[1] = a1, Q1[2] = a2, Q1[3] = a3;
     Q2[0] = b0, Q2[1] = b1, Q2[2] = b2, Q2[3] = b3;
     QX[0] = c0, QX[1] = c1, QX[2] = c2, QX[3] = c3;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* The same per lane with 8-float vectors: vectors 0-1 and 2-3 paired. */
+__attribute__((target("avx2"))) static void code_sums_avx2(const kq_format *f, const kq_block *kb, int j,
+                                                           const v4f *M, const v4f *inv, v4f *Q1, v4f *Q2,
+                                                           v4f *QX) {
+    const float *x = kb->x + j * f->sub_len, *w = kb->w + j * f->sub_len;
+    __m256 qmax = _mm256_set1_ps((float)f->qmax), zero = _mm256_setzero_ps(), magic = _mm256_set1_ps(12582912.0f);
+    __m256 M0 = _mm256_loadu_ps((const float *)M), M1 = _mm256_loadu_ps((const float *)M + 8);
+    __m256 I0 = _mm256_loadu_ps((const float *)inv), I1 = _mm256_loadu_ps((const float *)inv + 8);
+    __m256 a0 = zero, a1 = zero, b0 = zero, b1 = zero, c0 = zero, c1 = zero;
+    for (int i = 0; i < f->sub_len; i++) {
+        __m256 xi = _mm256_set1_ps(x[i]), wi = _mm256_set1_ps(w[i]);
+        __m256 q0 = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_add_ps(xi, M0), I0), zero), qmax);
+        __m256 q1 = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_add_ps(xi, M1), I1), zero), qmax);
+        q0 = _mm256_sub_ps(_mm256_add_ps(q0, magic), magic);
+        q1 = _mm256_sub_ps(_mm256_add_ps(q1, magic), magic);
+        __m256 wq0 = _mm256_mul_ps(wi, q0), wq1 = _mm256_mul_ps(wi, q1);
+        a0 = _mm256_add_ps(a0, wq0), a1 = _mm256_add_ps(a1, wq1);
+        b0 = _mm256_add_ps(b0, _mm256_mul_ps(wq0, q0)), b1 = _mm256_add_ps(b1, _mm256_mul_ps(wq1, q1));
+        c0 = _mm256_add_ps(c0, _mm256_mul_ps(wq0, xi)), c1 = _mm256_add_ps(c1, _mm256_mul_ps(wq1, xi));
+    }
+    _mm256_storeu_ps((float *)Q1, a0), _mm256_storeu_ps((float *)Q1 + 8, a1);
+    _mm256_storeu_ps((float *)Q2, b0), _mm256_storeu_ps((float *)Q2 + 8, b1);
+    _mm256_storeu_ps((float *)QX, c0), _mm256_storeu_ps((float *)QX + 8, c1);
+}
+#endif
+
+static void code_sums(const kq_format *f, const kq_block *kb, int j, const v4f *D, const v4f *M, v4f *Q1, v4f *Q2,
+                      v4f *QX) {
+    v4f inv[4] = {vinv(D[0]), vinv(D[1]), vinv(D[2]), vinv(D[3])};
+#if defined(__x86_64__) || defined(__i386__)
+    if (kb->avx2) {
+        code_sums_avx2(f, kb, j, M, inv, Q1, Q2, QX);
+        return;
+    }
+#endif
+    code_sums_v4(f, kb, j, M, inv, Q1, Q2, QX);
 }
 
 /* Step 1 for sub-block j: 16 trial steps, four per vector. */
@@ -190,8 +234,8 @@ typedef struct kq_lanes {
     v4f sc[16][4], m[16][4];
 } kq_lanes;
 
-/* One round of step 2: codes for the current parameters (their error is
- * returned), then better (sc, m) for those codes and refitted
+/* Step 2 (a)-(c) on all lanes: codes for the current parameters (their
+ * error is returned), then better (sc, m) for those codes and refitted
  * super-scales. */
 static void lanes_round(const kq_format *f, const kq_block *kb, kq_lanes *st, v4f *err) {
     v4f zero = vsplat(0.0f), smax = vsplat((float)f->smax), Suu[4], Suv[4], Svv[4], Sux[4], Svx[4], inv_dmin[4];
@@ -241,8 +285,18 @@ static void lanes_round(const kq_format *f, const kq_block *kb, kq_lanes *st, v4
     }
 }
 
-/* Step 2: returns the best state's error; *out gets the state. */
-static float lanes_search(const kq_format *f, const kq_block *kb, kq_params *out) {
+static void lane_params(const kq_lanes *st, int n_sub, int v, int l, kq_params *p) {
+    p->d = st->d[v][l];
+    p->dmin = st->dmin[v][l];
+    for (int j = 0; j < n_sub; j++) {
+        p->sc[j] = (int)st->sc[j][v][l];
+        p->m[j] = (int)st->m[j][v][l];
+    }
+}
+
+/* Step 2: returns the best state's error; *out gets the state and *next
+ * what the round made of it (where step 3 starts). */
+static float lanes_search(const kq_format *f, const kq_block *kb, kq_params *out, kq_params *next) {
     float max_a = 0.0f, max_b = 0.0f, best = FLT_MAX;
     for (int j = 0; j < f->n_sub; j++) {
         max_a = kb->a[j] > max_a ? kb->a[j] : max_a;
@@ -261,22 +315,17 @@ static float lanes_search(const kq_format *f, const kq_block *kb, kq_params *out
             st.m[j][v] = vround_clamp(kb->b[j] * inv_dmin, smax);
         }
     }
-    memset(out, 0, sizeof *out);
-    for (int round = 0; round < f->rounds; round++) {
-        kq_lanes prev = st;
-        v4f err[4];
-        lanes_round(f, kb, &st, err);
-        for (int v = 0; v < 4; v++) {
-            for (int l = 0; l < 4; l++) {
-                if (err[v][l] < best) {
-                    best = err[v][l];
-                    out->d = prev.d[v][l];
-                    out->dmin = prev.dmin[v][l];
-                    for (int j = 0; j < f->n_sub; j++) {
-                        out->sc[j] = (int)prev.sc[j][v][l];
-                        out->m[j] = (int)prev.m[j][v][l];
-                    }
-                }
+    kq_lanes start = st;
+    v4f err[4];
+    lanes_round(f, kb, &st, err);
+    lane_params(&start, f->n_sub, 0, 0, out); /* should every error be inf */
+    lane_params(&st, f->n_sub, 0, 0, next);
+    for (int v = 0; v < 4; v++) {
+        for (int l = 0; l < 4; l++) {
+            if (err[v][l] < best) {
+                best = err[v][l];
+                lane_params(&start, f->n_sub, v, l, out);
+                lane_params(&st, f->n_sub, v, l, next);
             }
         }
     }
@@ -331,8 +380,8 @@ static float polish(const kq_format *f, const kq_block *kb, kq_params *p) {
 
 static void kq_search(const kq_format *f, kq_block *kb, kq_params *out) {
     for (int j = 0; j < f->n_sub; j++) sub_fit(f, kb, j);
-    float best = lanes_search(f, kb, out);
-    kq_params p = *out;
+    kq_params p;
+    float best = lanes_search(f, kb, out, &p);
     for (int round = 0; round < 2; round++) {
         kq_params before = p;
         float e = polish(f, kb, &p);
@@ -384,6 +433,7 @@ static void kq_codes(const kq_format *f, const kq_block *kb, const kq_params *p,
 
 void ds4_quantize_q2_K(const float *x, ds4_block_q2_K *y, uint64_t n, const float *imatrix) {
     kq_block kb;
+    kb.avx2 = ds4_quant_get_isa() >= DS4_ISA_AVX2;
     for (uint64_t i = 0; i < n / DS4_QK_K; i++, y++) {
         kq_params p;
         uint8_t L[DS4_QK_K];
@@ -401,6 +451,7 @@ void ds4_quantize_q2_K(const float *x, ds4_block_q2_K *y, uint64_t n, const floa
 
 void ds4_quantize_q4_K(const float *x, ds4_block_q4_K *y, uint64_t n, const float *imatrix) {
     kq_block kb;
+    kb.avx2 = ds4_quant_get_isa() >= DS4_ISA_AVX2;
     for (uint64_t i = 0; i < n / DS4_QK_K; i++, y++) {
         kq_params p;
         uint8_t L[DS4_QK_K];
