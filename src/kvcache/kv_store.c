@@ -28,6 +28,7 @@ struct ds4_kvcache {
     char *dir;
     ds4_kvcache_identity id;
     uint64_t nonce;
+    ds4_kvcache_stats stats;
 };
 
 typedef struct kv_entry {
@@ -76,12 +77,21 @@ static bool is_tmp_name(const char *name) {
 
 /* Unlinks path only if it still names the inode that was judged, so a
  * good file renamed over a bad one in between survives. */
-static void remove_if_same(ds4_kvcache *kc, const kv_entry *e, const char *why) {
+static bool remove_if_same(ds4_kvcache *kc, const kv_entry *e, const char *why) {
     char *path = path_of(kc, e->name);
     struct stat st;
-    if (path && lstat(path, &st) == 0 && st.st_dev == e->dev && st.st_ino == e->ino && unlink(path) == 0)
+    bool gone = false;
+    if (path && lstat(path, &st) == 0 && st.st_dev == e->dev && st.st_ino == e->ino && unlink(path) == 0) {
         kv_log(kc, "kv cache removed %s: %s", e->name, why);
+        gone = true;
+    }
     free(path);
+    return gone;
+}
+
+/* A file found corrupt, truncated or useless is removed and counted. */
+static void remove_bad(ds4_kvcache *kc, const kv_entry *e, const char *why) {
+    if (remove_if_same(kc, e, why)) kc->stats.removed_bad++;
 }
 
 /* ------------------------------------------------------------- judging */
@@ -170,7 +180,7 @@ static int scan(ds4_kvcache *kc, kv_entry **out) {
         kv_entry e;
         const char *why = NULL;
         int fd = open_entry(kc, de->d_name, O_RDONLY, &e, &why);
-        if (fd == -2) remove_if_same(kc, &e, why);
+        if (fd == -2) remove_bad(kc, &e, why);
         if (fd < 0) continue;
         close(fd);
         if (n == cap) {
@@ -204,7 +214,7 @@ static void evict(ds4_kvcache *kc, const char *protect_name) {
             char why[160];
             snprintf(why, sizeof why, "evicted reason=disk-cache-full tokens=%u hits=%u size=%.2f MiB",
                      e->h.tokens, e->h.hits, (double)e->size / (1 << 20));
-            remove_if_same(kc, e, why);
+            if (remove_if_same(kc, e, why)) kc->stats.evicted++;
         }
     }
     free(items);
@@ -307,7 +317,7 @@ static int load_entry(ds4_kvcache *kc, const ds4_kvcache_io *io, const kv_entry 
     const char *why = NULL;
     bool keep;
     int fd = open_entry(kc, cand->name, O_RDWR, &e, &why);
-    if (fd == -2) remove_if_same(kc, &e, why);
+    if (fd == -2) remove_bad(kc, &e, why);
     if (fd < 0) return 0;
     if (e.h.text_bytes > len || (why = incompatible(kc, &e, &keep))) { /* replaced since the listing */
         close(fd);
@@ -355,7 +365,7 @@ static int load_entry(ds4_kvcache *kc, const ds4_kvcache_io *io, const kv_entry 
         if (loaded) io->reset(io->ctx);
         char msg[600];
         snprintf(msg, sizeof msg, "load failed: %s", why);
-        remove_if_same(kc, &e, msg);
+        remove_bad(kc, &e, msg);
     } else {
         hit->tokens = (int)e.h.tokens;
         hit->text_bytes = e.h.text_bytes;
@@ -423,7 +433,7 @@ int ds4_kvcache_lookup(ds4_kvcache *kc, const ds4_kvcache_io *io, const char *te
         if (!match[i] || (int64_t)e->h.tokens < kc->cfg.min_tokens) continue;
         const char *why = incompatible(kc, e, &keep);
         if (why) {
-            if (!keep) remove_if_same(kc, e, why);
+            if (!keep) remove_bad(kc, e, why);
             continue;
         }
         found = load_entry(kc, io, e, text, len, hit);
@@ -431,8 +441,12 @@ int ds4_kvcache_lookup(ds4_kvcache *kc, const ds4_kvcache_io *io, const char *te
     free(match);
     free(v);
     if (!found) io->reset(io->ctx);
+    if (found) kc->stats.hits++;
+    else kc->stats.misses++;
     return found;
 }
+
+void ds4_kvcache_get_stats(const ds4_kvcache *kc, ds4_kvcache_stats *out) { *out = kc->stats; }
 
 void ds4_kvcache_hit_free(ds4_kvcache_hit *hit) {
     kv_tool_ids_free(hit->tool_ids, hit->n_tool_ids);
@@ -449,7 +463,7 @@ static bool already_stored(ds4_kvcache *kc, const char *name, const ds4_kvcache_
     const char *why = NULL;
     bool keep, same = false;
     int fd = open_entry(kc, name, O_RDONLY, &e, &why);
-    if (fd == -2) remove_if_same(kc, &e, why);
+    if (fd == -2) remove_bad(kc, &e, why);
     if (fd < 0) return false;
     if (!incompatible(kc, &e, &keep) && e.h.tokens == (uint32_t)req->tokens && e.h.text_bytes == req->text_len &&
         e.ktm_bytes == ktm_len && (e.h.ext_flags & ~DS4_KVC_EXT_TOOL_MAP) ==
@@ -543,10 +557,8 @@ static void fsync_dir(const char *dir) {
     }
 }
 
-int ds4_kvcache_save(ds4_kvcache *kc, const ds4_kvcache_io *io, const ds4_kvcache_save_req *req,
-                     ds4_err *err) {
-    ds4_err local;
-    if (!err) err = &local;
+static int save_checked(ds4_kvcache *kc, const ds4_kvcache_io *io, const ds4_kvcache_save_req *req,
+                        ds4_err *err) {
     if (req->tokens < kc->cfg.min_tokens)
         return ds4_fail(err, "%d tokens is below the minimum of %d", req->tokens, kc->cfg.min_tokens), 1;
     int live = io->n_tokens(io->ctx);
@@ -592,15 +604,25 @@ int ds4_kvcache_save(ds4_kvcache *kc, const ds4_kvcache_io *io, const ds4_kvcach
         if (rc != 0) unlink(tmp);
     }
     if (rc == 0) {
+        if (req->reason < 7) kc->stats.stored[req->reason]++;
         fsync_dir(kc->dir);
         kv_log(kc, "kv cache stored tokens=%d reason=%u size=%.2f MiB file=%s", req->tokens, req->reason,
                (double)file_bytes / (1 << 20), name);
         evict(kc, name);
     } else {
+        kc->stats.store_failed++;
         kv_log(kc, "kv cache store failed (reason %u): %s", req->reason, err->msg);
     }
     free(ktm);
     free(tmp);
     free(path);
+    return rc;
+}
+
+int ds4_kvcache_save(ds4_kvcache *kc, const ds4_kvcache_io *io, const ds4_kvcache_save_req *req,
+                     ds4_err *err) {
+    ds4_err local;
+    int rc = save_checked(kc, io, req, err ? err : &local);
+    if (rc == 1) kc->stats.store_skipped++;
     return rc;
 }

@@ -71,7 +71,8 @@
  *   evict      on a live miss with ds4_kvcache_should_save_live: save the
  *              whole live session (reason EVICT) before the lookup.
  *   shutdown   the same with reason SHUTDOWN, then ds4_kvcache_close.
- *   metrics    ds4_kvcache_disk_bytes (re-lists the directory).
+ *   metrics    ds4_kvcache_disk_bytes (re-lists the directory),
+ *              ds4_kvcache_get_stats.
  * The user/assistant ids for the chat anchor are the <｜User｜> and
  * <｜Assistant｜> special tokens. A hit's tool ids go back into the exact-
  * replay tool memory; free them with ds4_kvcache_hit_free.
@@ -273,5 +274,18 @@ void ds4_kvcache_evict(ds4_kvcache *kc);
 
 /* Total bytes of the valid entries, and their count (for /metrics). */
 uint64_t ds4_kvcache_disk_bytes(ds4_kvcache *kc, int *n_files);
+
+/* What this store has done since it was opened (for /metrics). */
+typedef struct ds4_kvcache_stats {
+    uint64_t stored[7];     /* files written, by DS4_KVC_REASON_* */
+    uint64_t store_skipped; /* saves policy refused (budget, length) */
+    uint64_t store_failed;  /* saves that failed on I/O (disk full, ...) */
+    uint64_t hits;          /* lookups that loaded a file */
+    uint64_t misses;        /* lookups that found nothing usable */
+    uint64_t evicted;       /* files removed to stay within the budget */
+    uint64_t removed_bad;   /* corrupt, truncated or foreign files removed */
+} ds4_kvcache_stats;
+
+void ds4_kvcache_get_stats(const ds4_kvcache *kc, ds4_kvcache_stats *out);
 
 #endif

@@ -16,6 +16,7 @@
 #include <stdio.h>
 
 #include "../engine/engine.h"
+#include "../kvcache/kvcache.h"
 #include "server.h"
 
 typedef struct srv_config {
@@ -36,11 +37,14 @@ typedef struct srv_config {
     int tool_memory_max_ids;
     bool exact_replay;     /* tool memory on */
     const char *trace_path;
+    ds4_kvcache_config kv; /* disk KV cache; kv.dir NULL = off */
+    size_t snapshot_max;   /* bytes of the in-RAM prompt snapshot, 0 = off */
     ds4_engine_config engine;
 } srv_config;
 
 typedef struct srv_metrics srv_metrics;
 typedef struct srv_toolmem srv_toolmem;
+typedef struct srv_cache srv_cache;
 
 typedef struct srv_job srv_job;
 
@@ -51,6 +55,7 @@ typedef struct srv_ctx {
     int ctx_size;
     srv_metrics *metrics;
     srv_toolmem *toolmem;
+    srv_cache *cache; /* NULL: live token-prefix reuse only */
     FILE *trace;
     pthread_mutex_t trace_mu;
     atomic_ulong next_id; /* chatcmpl-<n> counter */
@@ -135,6 +140,41 @@ void srv_toolmem_remember(srv_toolmem *m, const char *const *ids, int n, const c
  * unknown or they map to different blocks. */
 char *srv_toolmem_lookup(srv_toolmem *m, const char *const *ids, int n);
 int srv_toolmem_count(srv_toolmem *m);
+/* The entries whose block occurs in text (for a disk checkpoint's KTM map);
+ * returns the count, *out freed with srv_toolmem_export_free. */
+int srv_toolmem_export(srv_toolmem *m, const char *text, size_t len, ds4_kvcache_tool_id **out);
+void srv_toolmem_export_free(ds4_kvcache_tool_id *ids, int n);
+/* Remembers a loaded KTM map (ids with equal DSML share one block). */
+void srv_toolmem_import(srv_toolmem *m, const ds4_kvcache_tool_id *ids, int n);
+
+/* ---- cache.c: KV reuse across requests (server-spec §5) ---- */
+/* What a job evaluates after the cache decision: the session already
+ * holds `base` tokens; eval[0..n_eval) follow. */
+typedef struct srv_plan {
+    const int32_t *eval;
+    int32_t *owned; /* eval's storage when it is not the job's tokens */
+    int n_eval;
+    int base;
+    int cached;      /* usage: prompt tokens not prefilled */
+    int disk_cached; /* of which loaded from disk */
+    const char *source; /* server-spec §9.4 cache_source, plus memory-snapshot */
+} srv_plan;
+
+/* Opens the disk cache (when cfg.kv.dir; flags already checked) and the
+ * prompt snapshot. */
+int srv_cache_open(srv_ctx *c, ds4_err *err);
+void srv_cache_close(srv_ctx *c);
+/* The decision (§5.1): leaves the session holding plan->base tokens. */
+void srv_cache_decide(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *plan);
+void srv_plan_free(srv_plan *plan);
+/* Evaluates the plan's tokens, saving cold and continued checkpoints on
+ * the way and the prompt snapshot at the end; returns like ds4_session_eval. */
+int srv_cache_prefill(srv_ctx *c, ds4_session *s, srv_job *job, const srv_plan *plan, ds4_progress_fn progress,
+                      void *progress_ctx, ds4_err *err);
+/* Before each decode token outside a tool block: a continued save when due. */
+void srv_cache_decode_point(srv_ctx *c, ds4_session *s);
+/* The worker is exiting: the shutdown save. */
+void srv_cache_shutdown(srv_ctx *c, ds4_session *s);
 
 /* ---- metrics.c ---- */
 srv_metrics *srv_metrics_new(void);
@@ -143,6 +183,10 @@ void srv_metrics_request(srv_metrics *m, const char *endpoint, int status);
 void srv_metrics_prefill(srv_metrics *m, int tokens, double seconds, int cached);
 void srv_metrics_decode(srv_metrics *m, int tokens, double seconds);
 void srv_metrics_cancelled(srv_metrics *m);
+/* A cache decision: source ("none" = miss), tokens reused from RAM and disk. */
+void srv_metrics_cache_decision(srv_metrics *m, const char *source, int memory_tokens, int disk_tokens);
+/* The disk cache's counters and size, after each operation (worker). */
+void srv_metrics_kv_disk(srv_metrics *m, const ds4_kvcache_stats *st, uint64_t bytes, int files);
 /* Prometheus text exposition. */
 char *srv_metrics_render(srv_metrics *m, srv_ctx *c);
 

@@ -11,14 +11,11 @@
  * prefill chunk and decode step). The token that ends a turn is never
  * evaluated.
  *
- * Prefix reuse: when the live session's tokens are a prefix of the new
- * prompt, only the suffix is evaluated. Failing that, after a tool-less
- * thinking turn (whose reasoning the next request's prompt drops, so no
- * token prefix can match) a follow-up whose prompt text starts with what
- * the turn rendered as continues the live session: EOS, then the new
- * tokens, the old reasoning staying in the KV state (ds4's "thinking
- * live continuation", server-spec §4.10). The disk KV cache will plug in
- * after these. A batching worker would split this function at the decode loop:
+ * Prefix reuse (which state the prompt starts from, checkpoint saves) is
+ * cache.c's; after a tool-less thinking turn this file leaves the binding
+ * (c->live_visible: what the turn renders as in the follow-up, whose
+ * reasoning is dropped) that lets the next request continue the live
+ * state (ds4's "thinking live continuation", server-spec §4.10). A batching worker would split this function at the decode loop:
  * prefill per job, then one batched engine step per iteration for all
  * running jobs, each with its own turn and sampler. */
 #include <math.h>
@@ -112,39 +109,15 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
     ds4_err err = {{0}};
 
     /* ---- prefix reuse + prefill ---- */
-    int have = ds4_session_n_tokens(s), common;
-    int cached = ds4_session_reusable(s, job->tokens, job->n_tokens, &common);
-    const char *source = cached ? "memory-token" : "none";
-    int32_t *cont = NULL; /* thinking continuation: EOS + the new text's tokens */
-    int n_eval = job->n_tokens - cached;
-    if (!cached && c->live_visible && have == c->live_visible_pos &&
-        !strncmp(job->prompt_text, c->live_visible, strlen(c->live_visible))) {
-        const char *rest = job->prompt_text + strlen(c->live_visible);
-        int32_t *ids = NULL;
-        size_t n_ids = 0;
-        if (*rest && ds4_tokenize(c->tok, rest, strlen(rest), true, &ids, &n_ids, &err) == 0 &&
-            have + (int)n_ids + 1 < c->ctx_size) {
-            cont = malloc(sizeof(int32_t) * (n_ids + 1));
-            if (!cont) abort();
-            cont[0] = ds4_tokenizer_specials(c->tok).eos;
-            memcpy(cont + 1, ids, sizeof(int32_t) * n_ids);
-            n_eval = (int)n_ids + 1;
-            cached = job->n_tokens > n_eval ? job->n_tokens - n_eval : 0;
-            source = "thinking-visible";
-        }
-        free(ids);
-    }
-    free(c->live_visible); /* a binding lives for the next job only */
-    c->live_visible = NULL;
-    if (!cont && !cached) ds4_session_reset(s);
-    srv_log("request %lu %s ctx=%d..%d%s%s prompt start", job->seq, api_name(req->api), cached, job->n_tokens,
-            req->has_tools ? " TOOLS" : "", req->think != SRV_THINK_NONE ? " THINKING" : "");
-    srv_trace(c, "--- cache decision ---\nlive_tokens_before: %d\nprompt_tokens: %d\nlive_prompt_common: %d\n"
-                 "cache_source: %s\ncached_tokens: %d\n",
-              have, job->n_tokens, common, source, cached);
+    srv_plan plan;
+    srv_cache_decide(c, s, job, &plan);
+    int cached = plan.cached, n_eval = plan.n_eval;
+    srv_log("request %lu %s ctx=%d..%d:%d%s%s prompt start (cache %s)", job->seq, api_name(req->api), cached,
+            job->n_tokens, n_eval, req->has_tools ? " TOOLS" : "", req->think != SRV_THINK_NONE ? " THINKING" : "",
+            plan.source);
     prefill_ctx pc = {.c = c, .job = job, .t_start = srv_now(), .t_log = srv_now()};
-    int rc = ds4_session_eval(s, cont ? cont : job->tokens + cached, n_eval, on_prefill_progress, &pc, &err);
-    free(cont);
+    int rc = srv_cache_prefill(c, s, job, &plan, on_prefill_progress, &pc, &err);
+    srv_plan_free(&plan);
     double t_decode = srv_now();
     if (rc == 1 || atomic_load(&job->cancelled)) {
         srv_metrics_cancelled(c->metrics);
@@ -216,6 +189,7 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
                 break;
             }
             if (generated >= max_new || ds4_session_n_tokens(s) + 1 > c->ctx_size) break; /* length */
+            if (!srv_turn_in_tool_block(turn)) srv_cache_decode_point(c, s);
             if (ds4_session_eval(s, &tok, 1, NULL, NULL, &err)) {
                 finish = SRV_FINISH_ERROR;
                 error = err.msg;

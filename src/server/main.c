@@ -1,6 +1,7 @@
 /* main.c — the ds4-server command: flags (server-spec §1.1, §1.3, plus
- * --api-key, --max-queue, --max-body-mb, --io-timeout), model loading, the
- * worker, and the HTTP server until SIGINT/SIGTERM.
+ * --api-key, --max-queue, --max-body-mb, --io-timeout, --kv-snapshot-mb),
+ * model loading, the KV cache, the worker, and the HTTP server until
+ * SIGINT/SIGTERM (the worker then saves the live session to the disk cache).
  *
  * Integer flags must be in range, an unknown flag prints usage and exits 2.
  * SIGINT and SIGTERM are blocked before any thread starts, so only the
@@ -56,6 +57,18 @@ static void usage(FILE *out) {
         "      --force-output FILE TEST ONLY: replies are FILE's text instead of sampled tokens (the\n"
         "                          forward pass still runs); outputs separated by lines '" SRV_FORCE_MARKER "'\n"
         "                          go to successive assistant turns (src/server/README.md)\n"
+        "\n"
+        "KV cache (a request starts from the longest saved state its prompt extends):\n"
+        "      --kv-snapshot-mb N  RAM for the state at the end of the last prompt, so a\n"
+        "                          regenerate or retry skips its prefill (default 4096; 0 = off)\n"
+        "      --kv-disk-dir DIR   keep checkpoints in DIR (created 0700; off by default)\n"
+        "      --kv-disk-space-mb N                 disk budget (default 4096)\n"
+        "      --kv-cache-min-tokens N              shortest checkpoint (default 512)\n"
+        "      --kv-cache-cold-max-tokens N         longest prompt saved cold (default 30000; 0 = none)\n"
+        "      --kv-cache-continued-interval-tokens N  save every N tokens (default 10000; 0 = off)\n"
+        "      --kv-cache-boundary-trim-tokens N    tokens left out of a cold save (default 32)\n"
+        "      --kv-cache-boundary-align-tokens N   save lengths aligned to N (default 2048; 0 = off)\n"
+        "      --kv-cache-reject-different-quant    use only checkpoints of the same expert quant\n"
         "  -h, --help              this help\n");
 }
 
@@ -89,6 +102,9 @@ static bool needs_value(const char *a) {
         "--chdir", "--temp", "--top-p", "--min-p", "--top-k", "--seed", "--host", "--port",
         "--api-key", "--max-queue", "--max-body-mb", "--io-timeout", "--keepalive", "--trace", "--tool-memory-max-ids",
         "--force-output",
+        "--kv-snapshot-mb", "--kv-disk-dir", "--kv-disk-space-mb", "--kv-cache-min-tokens",
+        "--kv-cache-cold-max-tokens", "--kv-cache-continued-interval-tokens", "--kv-cache-boundary-trim-tokens",
+        "--kv-cache-boundary-align-tokens",
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (!strcmp(a, flags[i])) return true;
@@ -96,7 +112,7 @@ static bool needs_value(const char *a) {
 }
 
 static int parse_args(int argc, char **argv, srv_config *cfg) {
-    int max_body_mb = 64, keepalive = 5;
+    int max_body_mb = 64, keepalive = 5, disk_mb = 4096, snapshot_mb = 4096;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -113,6 +129,7 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         else if (IS("--think-max")) cfg->think = SRV_THINK_MAX, takes = false;
         else if (IS("--nothink")) cfg->think = SRV_THINK_NONE, takes = false;
         else if (IS("--disable-exact-dsml-tool-replay")) cfg->exact_replay = false, takes = false;
+        else if (IS("--kv-cache-reject-different-quant")) cfg->kv.reject_different_quant = true, takes = false;
         if (!takes) continue;
         if (!v && needs_value(a)) {
             fprintf(stderr, "ds4-server: %s needs a value\n", a);
@@ -163,6 +180,16 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         else if (IS("--trace")) cfg->trace_path = v;
         else if (IS("--force-output")) cfg->force_output = v;
         else if (IS("--tool-memory-max-ids")) rc = parse_int(a, v, 1, INT_MAX, &cfg->tool_memory_max_ids);
+        else if (IS("--kv-snapshot-mb")) rc = parse_int(a, v, 0, 1 << 30, &snapshot_mb);
+        else if (IS("--kv-disk-dir")) cfg->kv.dir = v;
+        else if (IS("--kv-disk-space-mb")) rc = parse_int(a, v, 1, 1 << 30, &disk_mb);
+        else if (IS("--kv-cache-min-tokens")) rc = parse_int(a, v, 1, INT_MAX, &cfg->kv.min_tokens);
+        else if (IS("--kv-cache-cold-max-tokens")) rc = parse_int(a, v, 0, INT_MAX, &cfg->kv.cold_max_tokens);
+        else if (IS("--kv-cache-continued-interval-tokens"))
+            rc = parse_int(a, v, 0, INT_MAX, &cfg->kv.continued_interval_tokens);
+        else if (IS("--kv-cache-boundary-trim-tokens")) rc = parse_int(a, v, 0, INT_MAX, &cfg->kv.boundary_trim_tokens);
+        else if (IS("--kv-cache-boundary-align-tokens"))
+            rc = parse_int(a, v, 0, INT_MAX, &cfg->kv.boundary_align_tokens);
         else {
             fprintf(stderr, "ds4-server: unknown option '%s'\n\n", a);
             usage(stderr);
@@ -173,6 +200,14 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         i++;
     }
     cfg->max_body = (size_t)max_body_mb << 20;
+    cfg->kv.space_bytes = (uint64_t)disk_mb << 20;
+    cfg->snapshot_max = (size_t)snapshot_mb << 20;
+    cfg->kv.tool_memory_max_ids = cfg->tool_memory_max_ids;
+    ds4_err err = {{0}};
+    if (cfg->kv.dir && ds4_kvcache_config_check(&cfg->kv, &err)) {
+        fprintf(stderr, "ds4-server: %s\n", err.msg);
+        return -1;
+    }
     /* an SSE stream silent for the connection timeout would be dropped by
      * libmicrohttpd, so keep-alives come at least twice per timeout */
     cfg->keepalive_s = keepalive < cfg->io_timeout_s / 2.0 ? keepalive : cfg->io_timeout_s / 2.0;
@@ -195,6 +230,7 @@ int main(int argc, char **argv) {
         .exact_replay = true,
         .engine = {.model_path = "ds4flash.gguf", .ctx = 32768},
     };
+    ds4_kvcache_config_defaults(&c.cfg.kv);
     if (parse_args(argc, argv, &c.cfg)) return 2;
 
     sigset_t set;
@@ -203,6 +239,7 @@ int main(int argc, char **argv) {
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file-size limit fails a cache write (EFBIG), never kills the server */
 
     ds4_err err = {{0}};
     if (ds4_engine_open(&c.engine, &c.cfg.engine, &err)) {
@@ -242,13 +279,16 @@ int main(int argc, char **argv) {
     if (c.cfg.exact_replay) c.toolmem = srv_toolmem_new(c.cfg.tool_memory_max_ids, (size_t)512 << 20);
     srv_log("model %s: ctx=%d backend=%s", c.cfg.engine.model_path, c.ctx_size, ds4_engine_backend_name(c.engine));
     int rc = 1;
-    if (srv_sched_start(&c)) {
+    if (srv_cache_open(&c, &err)) {
+        srv_log("%s", err.msg);
+    } else if (srv_sched_start(&c)) {
         srv_log("cannot start the worker thread");
     } else if (srv_http_run(&c) == 0) {
         rc = 0;
     } else {
         srv_sched_stop(&c);
     }
+    srv_cache_close(&c);
     srv_toolmem_free(c.toolmem);
     srv_force_free(c.force);
     srv_metrics_free(c.metrics);

@@ -148,6 +148,7 @@ static void *worker_main(void *arg) {
         c->busy = false;
         pthread_mutex_unlock(&c->q_mu);
     }
+    srv_cache_shutdown(c, s);
     ds4_session_free(s);
     free(c->live_visible);
     c->live_visible = NULL;

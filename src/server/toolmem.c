@@ -8,7 +8,10 @@
  * chained hash table (id -> entry) and an LRU list; the least recently used
  * entries go first when there are more than max_ids of them or the blocks
  * take more than max_bytes. One mutex: client threads look up, the worker
- * remembers. */
+ * remembers. The disk KV cache stores, with each checkpoint, the entries
+ * whose block occurs in the checkpoint's text (the KTM map, server-spec
+ * §5.7), and a load puts them back, so exact replay survives a restart. */
+#define _GNU_SOURCE /* memmem */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +22,8 @@ typedef struct block {
     char *raw;
     size_t len;
     int refs;
+    unsigned long seen; /* export pass that last tested it */
+    bool in_text;       /* ... and whether it occurs in that pass's text */
 } block;
 
 typedef struct entry {
@@ -35,6 +40,7 @@ struct srv_toolmem {
     entry *head, *tail;
     int count, max_ids;
     size_t bytes, max_bytes;
+    unsigned long pass; /* export passes so far */
 };
 
 static uint64_t hash_str(const char *s) { /* FNV-1a */
@@ -157,6 +163,57 @@ char *srv_toolmem_lookup(srv_toolmem *m, const char *const *ids, int n) {
     char *out = b ? srv_strndup(b->raw, b->len) : NULL;
     pthread_mutex_unlock(&m->mu);
     return out;
+}
+
+int srv_toolmem_export(srv_toolmem *m, const char *text, size_t len, ds4_kvcache_tool_id **out) {
+    *out = NULL;
+    pthread_mutex_lock(&m->mu);
+    unsigned long pass = ++m->pass;
+    ds4_kvcache_tool_id *v = NULL;
+    int n = 0;
+    for (entry *e = m->head; e; e = e->next) {
+        block *b = e->blk;
+        if (b->seen != pass) {
+            b->seen = pass;
+            b->in_text = memmem(text, len, b->raw, b->len) != NULL;
+        }
+        if (!b->in_text) continue;
+        v = srv_realloc(v, (size_t)(n + 1) * sizeof *v);
+        v[n++] = (ds4_kvcache_tool_id){.id = srv_strdup(e->id), .id_len = strlen(e->id),
+                                       .dsml = srv_strndup(b->raw, b->len), .dsml_len = b->len};
+    }
+    pthread_mutex_unlock(&m->mu);
+    *out = v;
+    return n;
+}
+
+/* ids sharing one block must share it again, or a lookup of all of a
+ * block's ids would find different blocks and fall back to canonical. */
+void srv_toolmem_import(srv_toolmem *m, const ds4_kvcache_tool_id *ids, int n) {
+    bool *done = calloc((size_t)(n > 0 ? n : 1), sizeof *done);
+    const char **group = calloc((size_t)(n > 0 ? n : 1), sizeof *group);
+    if (!done || !group) abort();
+    for (int i = 0; i < n; i++) {
+        if (done[i]) continue;
+        int k = 0;
+        for (int j = i; j < n; j++) {
+            if (done[j] || ids[j].dsml_len != ids[i].dsml_len || memcmp(ids[j].dsml, ids[i].dsml, ids[i].dsml_len))
+                continue;
+            done[j] = true;
+            if (strlen(ids[j].id) == ids[j].id_len) group[k++] = ids[j].id; /* an id with a NUL is never asked for */
+        }
+        if (k) srv_toolmem_remember(m, group, k, ids[i].dsml, ids[i].dsml_len);
+    }
+    free(done);
+    free(group);
+}
+
+void srv_toolmem_export_free(ds4_kvcache_tool_id *ids, int n) {
+    for (int i = 0; i < n; i++) {
+        free(ids[i].id);
+        free(ids[i].dsml);
+    }
+    free(ids);
 }
 
 int srv_toolmem_count(srv_toolmem *m) {

@@ -210,6 +210,10 @@ bool srv_turn_greedy(const srv_turn *t) {
     return pos == DS4_DSML_POS_STRUCTURAL || pos == DS4_DSML_POS_JSON;
 }
 
+bool srv_turn_in_tool_block(const srv_turn *t) {
+    return t->parser && ds4_dsml_position(t->parser) != DS4_DSML_POS_TEXT;
+}
+
 const char *srv_turn_generated(const srv_turn *t) { return t->text.p ? t->text.p : ""; }
 
 /* Content for a tool block that did not parse: the raw text after the

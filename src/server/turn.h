@@ -19,6 +19,8 @@ bool srv_turn_calls_closed(const srv_turn *t);
 /* The next token lands in DSML structure or JSON punctuation: decode
  * greedily (server-spec §4.7). */
 bool srv_turn_greedy(const srv_turn *t);
+/* The generated text is inside a tool-call block (no checkpoint there). */
+bool srv_turn_in_tool_block(const srv_turn *t);
 /* All text generated so far (truncated at a stop string). */
 const char *srv_turn_generated(const srv_turn *t);
 /* Flushes held-back text and fills res (usage is left to the caller):

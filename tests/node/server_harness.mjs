@@ -56,7 +56,15 @@ export async function startServer(args = [], { ctx = 8192 } = {}) {
   return {
     url: `http://127.0.0.1:${port}`,
     port,
+    pid: proc.pid,
     log: () => log,
+    // SIGKILL (a crash); resolves once the process is gone.
+    async kill() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const gone = new Promise((ok) => proc.on('exit', ok));
+      proc.kill('SIGKILL');
+      await gone;
+    },
     // SIGTERM; the server must exit 0 (under ASan: no leaks, no errors).
     async stop() {
       let code = proc.exitCode;

@@ -1,0 +1,424 @@
+/* cache.c — KV reuse across requests (server-spec §5): which state a new
+ * request starts from, and when checkpoints are saved.
+ *
+ * The decision, in ds4's order (§5.1), first source that gives tokens wins:
+ *   memory-token      the live tokens are a proper prefix of the prompt's;
+ *   thinking-visible  after a tool-less thinking turn, the prompt text
+ *                     extends what that turn renders as (gen.c sets the
+ *                     binding): EOS + the new text continue the live state;
+ *   memory-text       the live tokens' bytes are a byte prefix of the prompt
+ *                     text (the model sampled a tokenization the renderer
+ *                     does not produce): keep them, tokenize only the rest;
+ *   (miss)            the live session is saved to disk (reason evict);
+ *   memory-snapshot   ours: the state at the end of the previous prompt,
+ *                     kept in RAM as a session payload, is a token prefix
+ *                     of this prompt (a regenerate, a retry, the same
+ *                     request re-sent) — restored without any prefill;
+ *   disk-text         the longest disk checkpoint whose text is a byte
+ *                     prefix of the prompt text (kvcache.h);
+ *   none              cold prefill.
+ * A restored prefix continues with the prompt's own tokens when they
+ * extend it (so the evaluated tokens are exactly a cold run's), else with
+ * the tokenization of the remaining text, as ds4 does.
+ *
+ * Saves (§5.6): cold (a prompt reused nothing: at the chat anchor or the
+ * aligned store length, prefill split there), continued (aligned absolute
+ * frontiers, during prefill and before decode tokens outside tool
+ * blocks), evict (above), shutdown (the worker exits). A checkpoint's key
+ * is the concatenated bytes of its tokens; its KTM map holds the exact-
+ * replay entries whose DSML occurs in that text, and a load puts them back.
+ * Every failure here only costs reuse: the request goes on cold. */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/session_payload.h"
+#include "../tok/tokenizer.h"
+#include "ctx.h"
+
+struct srv_cache {
+    ds4_kvcache *kv; /* NULL: no disk cache */
+    ds4_kvcache_schedule sched;
+    /* the prompt snapshot: a payload in RAM and the tokens it holds */
+    uint8_t *snap;
+    size_t snap_len, snap_cap;
+    int32_t *snap_tokens;
+    int snap_n;
+};
+
+static void kv_log_line(void *ud, const char *line) {
+    (void)ud;
+    srv_log("%s", line);
+}
+
+int srv_cache_open(srv_ctx *c, ds4_err *err) {
+    srv_cache *k = calloc(1, sizeof *k);
+    if (!k) return ds4_fail(err, "out of memory");
+    if (c->cfg.kv.dir) {
+        ds4_kvcache_config cfg = c->cfg.kv;
+        cfg.log = kv_log_line;
+        ds4_kvcache_identity id;
+        ds4_kvcache_identity_from_engine(c->engine, &id);
+        if (ds4_kvcache_open(&k->kv, &cfg, &id, err)) {
+            free(k);
+            return -1;
+        }
+        ds4_kvcache_stats st;
+        ds4_kvcache_get_stats(k->kv, &st);
+        int files;
+        uint64_t bytes = ds4_kvcache_disk_bytes(k->kv, &files);
+        srv_metrics_kv_disk(c->metrics, &st, bytes, files);
+    }
+    c->cache = k;
+    return 0;
+}
+
+void srv_cache_close(srv_ctx *c) {
+    srv_cache *k = c->cache;
+    if (!k) return;
+    ds4_kvcache_close(k->kv);
+    free(k->snap);
+    free(k->snap_tokens);
+    free(k);
+    c->cache = NULL;
+}
+
+void srv_plan_free(srv_plan *p) {
+    free(p->owned);
+    p->owned = NULL;
+}
+
+/* The bytes tokens[0..n) stand for: a checkpoint's key, and what a prompt
+ * text is compared with. */
+static char *tokens_text(const srv_ctx *c, const int32_t *toks, int n, size_t *len) {
+    ds4_buf b = {0};
+    for (int i = 0; i < n; i++) {
+        size_t k;
+        const char *p = ds4_token_bytes(c->tok, toks[i], &k);
+        if (p) ds4_buf_add(&b, p, k);
+    }
+    *len = b.len;
+    return b.p ? ds4_buf_take(&b) : srv_strdup("");
+}
+
+static void update_disk_metrics(srv_ctx *c) {
+    ds4_kvcache_stats st;
+    ds4_kvcache_get_stats(c->cache->kv, &st);
+    int files;
+    uint64_t bytes = ds4_kvcache_disk_bytes(c->cache->kv, &files);
+    srv_metrics_kv_disk(c->metrics, &st, bytes, files);
+}
+
+/* Saves the whole live session under its tokens' text. */
+static void save_live(srv_ctx *c, ds4_session *s, uint8_t reason) {
+    srv_cache *k = c->cache;
+    int n = ds4_session_n_tokens(s);
+    size_t len;
+    char *text = tokens_text(c, ds4_session_tokens(s), n, &len);
+    ds4_kvcache_tool_id *ids = NULL;
+    int n_ids = c->toolmem ? srv_toolmem_export(c->toolmem, text, len, &ids) : 0;
+    ds4_kvcache_save_req req = {.text = text, .text_len = len, .tokens = n, .reason = reason,
+                                .tool_ids = ids, .n_tool_ids = n_ids};
+    ds4_kvcache_io io = ds4_kvcache_session_io(s);
+    ds4_err err = {{0}};
+    double t0 = srv_now();
+    int rc = ds4_kvcache_save(k->kv, &io, &req, &err);
+    static const char *const names[] = {"unknown", "cold", "continued", "evict", "shutdown"};
+    const char *why = reason < 5 ? names[reason] : "other";
+    if (rc == 0) {
+        ds4_kvcache_note_saved(&c->cfg.kv, &k->sched, n);
+        srv_trace(c, "--- trace: kv cache saved reason=%s tokens=%d save_ms=%.1f ---\n", why, n,
+                  1000 * (srv_now() - t0));
+    } else {
+        srv_trace(c, "--- trace: kv cache save %s reason=%s tokens=%d: %s ---\n", rc == 1 ? "skipped" : "failed",
+                  why, n, err.msg);
+    }
+    srv_toolmem_export_free(ids, n_ids);
+    free(text);
+    update_disk_metrics(c);
+}
+
+/* ------------------------------------------------------------ snapshot */
+
+typedef struct mem_io {
+    srv_cache *k;
+    size_t pos;
+} mem_io;
+
+static int mem_write(void *ctx, const void *buf, size_t n) {
+    mem_io *m = ctx;
+    if (n > m->k->snap_cap - m->pos) return -1;
+    memcpy(m->k->snap + m->pos, buf, n);
+    m->pos += n;
+    return 0;
+}
+
+static int mem_read(void *ctx, void *buf, size_t n) {
+    mem_io *m = ctx;
+    if (n > m->k->snap_len - m->pos) return -1;
+    memcpy(buf, m->k->snap + m->pos, n);
+    m->pos += n;
+    return 0;
+}
+
+static void snapshot_drop(srv_cache *k) {
+    k->snap_len = 0;
+    k->snap_n = 0;
+}
+
+/* Keeps the session's state (the end of a prompt) in RAM. */
+static void snapshot_take(srv_ctx *c, ds4_session *s) {
+    srv_cache *k = c->cache;
+    int n = ds4_session_n_tokens(s);
+    if (n == k->snap_n && n > 0 && !memcmp(k->snap_tokens, ds4_session_tokens(s), sizeof(int32_t) * (size_t)n))
+        return; /* already held */
+    snapshot_drop(k);
+    uint64_t bytes = ds4_session_payload_bytes(s);
+    if (n == 0 || bytes > c->cfg.snapshot_max || n >= c->ctx_size) return;
+    if (bytes > k->snap_cap) {
+        free(k->snap);
+        k->snap_cap = 0;
+        if (!(k->snap = malloc(bytes))) return;
+        k->snap_cap = bytes;
+    }
+    int32_t *toks = realloc(k->snap_tokens, sizeof(int32_t) * (size_t)n);
+    if (!toks) return;
+    k->snap_tokens = toks;
+    memcpy(toks, ds4_session_tokens(s), sizeof(int32_t) * (size_t)n);
+    mem_io m = {.k = k};
+    ds4_writer w = {.write = mem_write, .ctx = &m};
+    ds4_err err = {{0}};
+    if (ds4_session_save_payload(s, &w, &err) || m.pos != bytes) {
+        srv_log("prompt snapshot not kept: %s", err.msg[0] ? err.msg : "size mismatch");
+        return;
+    }
+    k->snap_len = bytes;
+    k->snap_n = n;
+}
+
+/* Restores the snapshot when its tokens are a prefix of the prompt's. */
+static bool snapshot_restore(srv_ctx *c, ds4_session *s, const srv_job *job) {
+    srv_cache *k = c->cache;
+    if (!k->snap_n || k->snap_n > job->n_tokens ||
+        memcmp(k->snap_tokens, job->tokens, sizeof(int32_t) * (size_t)k->snap_n))
+        return false;
+    mem_io m = {.k = k};
+    ds4_reader r = {.read = mem_read, .ctx = &m};
+    ds4_err err = {{0}};
+    if (ds4_session_load_payload(s, &r, k->snap_len, &err)) {
+        srv_log("prompt snapshot not restored: %s", err.msg);
+        snapshot_drop(k);
+        return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------ decision */
+
+static const char *miss_reason(int have, int n, int common) {
+    if (have == 0) return "no-live-checkpoint";
+    if (common == n && n <= have) return "incoming-prompt-shorter-than-live-checkpoint";
+    return "token-mismatch";
+}
+
+/* Continues a restored prefix of `base` tokens covering text[0..text_len):
+ * with the prompt's own tokens when they extend it, else with the
+ * tokenization of the rest of the text. false when that would not fit. */
+static bool continue_prefix(srv_ctx *c, ds4_session *s, srv_job *job, size_t text_len, srv_plan *p) {
+    int base = ds4_session_n_tokens(s);
+    const int32_t *live = ds4_session_tokens(s);
+    if (base <= job->n_tokens && !memcmp(live, job->tokens, sizeof(int32_t) * (size_t)base)) {
+        p->eval = job->tokens + base;
+        p->n_eval = job->n_tokens - base;
+    } else {
+        const char *rest = job->prompt_text + text_len;
+        size_t n_ids = 0;
+        ds4_err err = {{0}};
+        if (ds4_tokenize(c->tok, rest, strlen(rest), true, &p->owned, &n_ids, &err)) return false;
+        p->eval = p->owned;
+        p->n_eval = (int)n_ids;
+    }
+    if (base + p->n_eval >= c->ctx_size) {
+        srv_plan_free(p);
+        p->eval = NULL;
+        p->n_eval = 0;
+        return false;
+    }
+    p->base = base;
+    return true;
+}
+
+/* memory-text: the live bytes are a prefix of the prompt text. */
+static bool memory_text(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
+    int have = ds4_session_n_tokens(s);
+    if (have == 0) return false;
+    size_t len;
+    char *text = tokens_text(c, ds4_session_tokens(s), have, &len);
+    bool ok = len < strlen(job->prompt_text) && !memcmp(text, job->prompt_text, len) &&
+              continue_prefix(c, s, job, len, p);
+    free(text);
+    return ok;
+}
+
+/* thinking-visible: EOS + the tokens of the text after the binding. */
+static bool thinking_visible(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
+    int have = ds4_session_n_tokens(s);
+    if (!c->live_visible || have != c->live_visible_pos) return false;
+    size_t vl = strlen(c->live_visible);
+    if (strncmp(job->prompt_text, c->live_visible, vl)) return false;
+    const char *rest = job->prompt_text + vl;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    ds4_err err = {{0}};
+    bool ok = *rest && ds4_tokenize(c->tok, rest, strlen(rest), true, &ids, &n_ids, &err) == 0 &&
+              have + (int)n_ids + 1 < c->ctx_size;
+    if (ok) {
+        p->owned = srv_realloc(NULL, sizeof(int32_t) * (n_ids + 1));
+        p->owned[0] = ds4_tokenizer_specials(c->tok).eos;
+        memcpy(p->owned + 1, ids, sizeof(int32_t) * n_ids);
+        p->eval = p->owned;
+        p->n_eval = (int)n_ids + 1;
+        p->base = have;
+    }
+    free(ids);
+    return ok;
+}
+
+static void trace_mismatch(srv_ctx *c, ds4_session *s, const srv_job *job, int common) {
+    int have = ds4_session_n_tokens(s);
+    const int32_t *live = ds4_session_tokens(s);
+    srv_trace(c, "first_mismatch_token: %d\n", common);
+    int from = common > 8 ? common - 8 : 0;
+    for (int i = from; i <= common + 8 && (i < have || i < job->n_tokens); i++) {
+        const char *mark = i >= have ? "prompt-only" : i >= job->n_tokens ? "live-only"
+                           : live[i] == job->tokens[i] ? "==" : "!=";
+        size_t la = 0, lb = 0;
+        const char *a = i < have ? ds4_token_bytes(c->tok, live[i], &la) : "";
+        const char *b = i < job->n_tokens ? ds4_token_bytes(c->tok, job->tokens[i], &lb) : "";
+        ds4_buf e = {0};
+        for (int side = 0; side < 2; side++) {
+            const char *t = side ? b : a;
+            size_t n = side ? lb : la;
+            ds4_buf_adds(&e, side ? " | " : "");
+            for (size_t j = 0; j < n && t; j++) {
+                unsigned char ch = (unsigned char)t[j];
+                if (ch == '\n') ds4_buf_adds(&e, "\\n");
+                else if (ch < 0x20 || ch == '\\') ds4_buf_addf(&e, "\\x%02x", ch);
+                else ds4_buf_addc(&e, (char)ch);
+            }
+        }
+        srv_trace(c, "  [%d] %s %s\n", i, mark, ds4_buf_str(&e));
+        ds4_buf_free(&e);
+    }
+}
+
+void srv_cache_decide(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
+    srv_cache *k = c->cache;
+    memset(p, 0, sizeof *p);
+    p->source = "none";
+    const char *disk_file = NULL;
+    double load_ms = 0;
+    ds4_kvcache_hit hit = {0};
+    int have = ds4_session_n_tokens(s), common;
+    int reusable = ds4_session_reusable(s, job->tokens, job->n_tokens, &common);
+    const char *miss = reusable ? "live-prefix-match" : miss_reason(have, job->n_tokens, common);
+    if (reusable) {
+        p->source = "memory-token";
+        p->base = reusable;
+        p->eval = job->tokens + reusable;
+        p->n_eval = job->n_tokens - reusable;
+    } else if (thinking_visible(c, s, job, p)) {
+        p->source = "thinking-visible";
+    } else if (memory_text(c, s, job, p)) {
+        p->source = "memory-text";
+    } else {
+        if (have > 0) {
+            srv_log("live kv cache miss live=%d prompt=%d common=%d reason=%s", have, job->n_tokens, common, miss);
+            if (k) ds4_kvcache_schedule_reset(&k->sched, 0);
+            if (k && k->kv && ds4_kvcache_should_save_live(&c->cfg.kv, have)) save_live(c, s, DS4_KVC_REASON_EVICT);
+        }
+        if (k && snapshot_restore(c, s, job) && continue_prefix(c, s, job, 0, p)) {
+            p->source = "memory-snapshot";
+            ds4_kvcache_schedule_reset(&k->sched, p->base);
+        } else if (k && k->kv) {
+            double t0 = srv_now();
+            ds4_kvcache_io io = ds4_kvcache_session_io(s);
+            if (ds4_kvcache_lookup(k->kv, &io, job->prompt_text, strlen(job->prompt_text), &hit)) {
+                if (continue_prefix(c, s, job, hit.text_bytes, p)) {
+                    p->source = "disk-text";
+                    p->disk_cached = p->base;
+                    disk_file = hit.name;
+                    ds4_kvcache_schedule_reset(&k->sched, p->base);
+                    if (c->toolmem) srv_toolmem_import(c->toolmem, hit.tool_ids, hit.n_tool_ids);
+                    load_ms = 1000 * (srv_now() - t0);
+                }
+            }
+            update_disk_metrics(c);
+        }
+        if (!strcmp(p->source, "none")) {
+            ds4_session_reset(s);
+            if (k) ds4_kvcache_schedule_reset(&k->sched, 0);
+            p->base = 0;
+            p->eval = job->tokens;
+            p->n_eval = job->n_tokens;
+        }
+    }
+    free(c->live_visible); /* a binding lives for the next job only */
+    c->live_visible = NULL;
+    p->cached = job->n_tokens > p->n_eval ? job->n_tokens - p->n_eval : 0;
+    if (p->disk_cached > p->cached) p->disk_cached = p->cached;
+    srv_metrics_cache_decision(c->metrics, p->source, p->cached - p->disk_cached, p->disk_cached);
+    if (c->trace) {
+        srv_trace(c, "--- cache decision ---\nlive_tokens_before: %d\nprompt_tokens: %d\nlive_prompt_common: %d\n"
+                     "memory_token_reusable: %s\nmemory_miss_reason: %s\ncache_source: %s\ncached_tokens: %d\n"
+                     "disk_cached_tokens: %d\n",
+                  have, job->n_tokens, common, reusable ? "true" : "false", miss, p->source, p->cached,
+                  p->disk_cached);
+        if (disk_file)
+            srv_trace(c, "disk_cache_file: %s\ndisk_load_ms: %.1f\ndisk_tool_ids: %d\n", disk_file, load_ms,
+                      hit.n_tool_ids);
+        if (!reusable && have > 0) trace_mismatch(c, s, job, common);
+    }
+    ds4_kvcache_hit_free(&hit);
+}
+
+/* ------------------------------------------------------------- prefill */
+
+int srv_cache_prefill(srv_ctx *c, ds4_session *s, srv_job *job, const srv_plan *p, ds4_progress_fn progress,
+                      void *progress_ctx, ds4_err *err) {
+    srv_cache *k = c->cache;
+    bool disk = k && k->kv;
+    const ds4_kvcache_config *kc = &c->cfg.kv;
+    int end = p->base + p->n_eval, cold = 0;
+    if (disk && p->base == 0) {
+        ds4_tok_specials sp = ds4_tokenizer_specials(c->tok);
+        int anchor = ds4_kvcache_chat_anchor(kc, job->tokens, job->n_tokens, sp.user, sp.assistant);
+        cold = ds4_kvcache_cold_len(kc, 0, end, anchor);
+    }
+    int pos = p->base;
+    while (pos < end) {
+        int stop = end;
+        if (cold > pos && cold < stop) stop = cold;
+        int next = disk ? ds4_kvcache_next_continued(kc, &k->sched, pos) : 0;
+        if (next > pos && next < stop) stop = next;
+        int rc = ds4_session_eval(s, p->eval + (pos - p->base), stop - pos, progress, progress_ctx, err);
+        if (rc) return rc;
+        pos = stop;
+        if (disk && pos == cold) save_live(c, s, DS4_KVC_REASON_COLD);
+        if (disk && ds4_kvcache_continued_target(kc, &k->sched, pos)) save_live(c, s, DS4_KVC_REASON_CONTINUED);
+    }
+    if (k && c->cfg.snapshot_max) snapshot_take(c, s);
+    return 0;
+}
+
+void srv_cache_decode_point(srv_ctx *c, ds4_session *s) {
+    srv_cache *k = c->cache;
+    if (k && k->kv && ds4_kvcache_continued_target(&c->cfg.kv, &k->sched, ds4_session_n_tokens(s)))
+        save_live(c, s, DS4_KVC_REASON_CONTINUED);
+}
+
+void srv_cache_shutdown(srv_ctx *c, ds4_session *s) {
+    srv_cache *k = c->cache;
+    if (k && k->kv && s && ds4_kvcache_should_save_live(&c->cfg.kv, ds4_session_n_tokens(s)))
+        save_live(c, s, DS4_KVC_REASON_SHUTDOWN);
+}
