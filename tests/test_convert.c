@@ -665,6 +665,11 @@ static void test_bad_checkpoints(model_ck *c) {
                             " \"num_experts_per_tok\": 1, \"moe_intermediate_size\": 256,"
                             " \"index_n_heads\": 2, \"index_head_dim\": 64, \"index_topk\": 2}";
     expect_convert_error(c, no_layers, NULL, "neither compress_ratios nor layer_types");
+    /* Zero output groups: a clear error about the o_a projection, no division by zero. */
+    char zero_groups[4096];
+    snprintf(zero_groups, sizeof zero_groups, "%s", hf_config);
+    memcpy(strstr(zero_groups, "\"o_groups\": 2") + 12, "0", 1);
+    expect_convert_error(c, zero_groups, NULL, "model.layers.0.self_attn.o_a_proj.weight: expected shape");
     expect_convert_error(c, "{\"hidden_size\": 256}", NULL, "missing num_hidden_layers");
     expect_convert_error(c, "{\"num_hidden_layers\": 4.5}", NULL, "num_hidden_layers = 4.5");
 

@@ -1,127 +1,82 @@
 /* convert_plan.c — which GGUF tensor comes from which checkpoint tensor.
  *
- * The name tables below are hf-reference.md §3 (transformers state-dict key,
- * official DeepSeek key, GGUF name, published type) and model-spec.md §2.2.
- * Shapes are written in checkpoint order ([out, in]); the GGUF shape is the
- * same list reversed and holds the same values in the same order. Every
- * source is found, its logical shape checked against config.json, and its
- * encoding decided here, so the writing pass cannot meet a surprise in the
- * layout. */
+ * The GGUF side (names, published types, shapes) is model/layout.c's; the
+ * table below adds the checkpoint names of hf-reference.md §3 (transformers
+ * state-dict key, official DeepSeek key). A checkpoint tensor's shape is
+ * the GGUF shape reversed ([out, in]) and holds the same values in the same
+ * order. Every source is found, its logical shape checked against
+ * config.json, and its encoding decided here, so the writing pass cannot
+ * meet a surprise in the layout. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../model/layout.h"
 #include "../quant/quant.h"
 #include "convert_internal.h"
 
-/* Published type classes of model-spec §2.2; the options map them to types. */
-typedef enum slot { SLOT_Q8, SLOT_F16, SLOT_F32, SLOT_GATE, SLOT_DOWN, SLOT_I32 } slot;
-
-/* Symbolic dimensions (resolved per layer by dim_value). */
-typedef enum dim {
-    X_NONE, X_D, X_V, X_MIX, X_HCD, X_RQ, X_QB, X_HD, X_H, X_OMID, X_GIN, X_E, X_I, X_CW,
-    X_RATIO, X_IQB, X_HI, X_ICW, X_DI, X_3, X_1, X_HC, X_K, X_4
-} dim;
-
-typedef struct map_entry {
+/* Checkpoint names after the block prefixes ("model.layers.L." /
+ * "layers.L."; none for the model's own tensors). The routed experts are
+ * planned apart (plan_experts_hf, plan_experts_official). */
+typedef struct ckpt_names {
     const char *gguf, *hf, *official;
-    slot slot;
-    dim d0, d1; /* checkpoint order; d1 = X_NONE for vectors */
-} map_entry;
+} ckpt_names;
 
-static const map_entry global_map[] = {
-    {"token_embd.weight", "model.embed_tokens.weight", "embed.weight", SLOT_F16, X_V, X_D},
-    {"output_hc_base.weight", "model.hc_head.hc_base", "hc_head_base", SLOT_F32, X_HC, X_NONE},
-    {"output_hc_fn.weight", "model.hc_head.hc_fn", "hc_head_fn", SLOT_F16, X_HC, X_HCD},
-    {"output_hc_scale.weight", "model.hc_head.hc_scale", "hc_head_scale", SLOT_F32, X_1, X_NONE},
-    {"output_norm.weight", "model.norm.weight", "norm.weight", SLOT_F32, X_D, X_NONE},
-    {"output.weight", "lm_head.weight", "head.weight", SLOT_Q8, X_V, X_D},
+static const ckpt_names names[] = {
+    {"token_embd.weight", "model.embed_tokens.weight", "embed.weight"},
+    {"output_hc_base.weight", "model.hc_head.hc_base", "hc_head_base"},
+    {"output_hc_fn.weight", "model.hc_head.hc_fn", "hc_head_fn"},
+    {"output_hc_scale.weight", "model.hc_head.hc_scale", "hc_head_scale"},
+    {"output_norm.weight", "model.norm.weight", "norm.weight"},
+    {"output.weight", "lm_head.weight", "head.weight"},
+    {"hc_attn_fn.weight", "attn_hc.fn", "hc_attn_fn"},
+    {"hc_attn_scale.weight", "attn_hc.scale", "hc_attn_scale"},
+    {"hc_attn_base.weight", "attn_hc.base", "hc_attn_base"},
+    {"attn_norm.weight", "input_layernorm.weight", "attn_norm.weight"},
+    {"attn_q_a.weight", "self_attn.q_a_proj.weight", "attn.wq_a.weight"},
+    {"attn_q_a_norm.weight", "self_attn.q_a_norm.weight", "attn.q_norm.weight"},
+    {"attn_q_b.weight", "self_attn.q_b_proj.weight", "attn.wq_b.weight"},
+    {"attn_kv.weight", "self_attn.kv_proj.weight", "attn.wkv.weight"},
+    {"attn_kv_a_norm.weight", "self_attn.kv_norm.weight", "attn.kv_norm.weight"},
+    {"attn_sinks.weight", "self_attn.sinks", "attn.attn_sink"},
+    {"attn_output_a.weight", "self_attn.o_a_proj.weight", "attn.wo_a.weight"},
+    {"attn_output_b.weight", "self_attn.o_b_proj.weight", "attn.wo_b.weight"},
+    {"hc_ffn_fn.weight", "ffn_hc.fn", "hc_ffn_fn"},
+    {"hc_ffn_scale.weight", "ffn_hc.scale", "hc_ffn_scale"},
+    {"hc_ffn_base.weight", "ffn_hc.base", "hc_ffn_base"},
+    {"ffn_norm.weight", "post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"ffn_gate_inp.weight", "mlp.gate.weight", "ffn.gate.weight"},
+    {"exp_probs_b.bias", "mlp.gate.e_score_correction_bias", "ffn.gate.bias"},
+    {"ffn_gate_shexp.weight", "mlp.shared_experts.gate_proj.weight", "ffn.shared_experts.w1.weight"},
+    {"ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight", "ffn.shared_experts.w3.weight"},
+    {"ffn_down_shexp.weight", "mlp.shared_experts.down_proj.weight", "ffn.shared_experts.w2.weight"},
+    {"attn_compressor_ape.weight", "self_attn.compressor.position_bias", "attn.compressor.ape"},
+    {"attn_compressor_kv.weight", "self_attn.compressor.kv_proj.weight", "attn.compressor.wkv.weight"},
+    {"attn_compressor_gate.weight", "self_attn.compressor.gate_proj.weight", "attn.compressor.wgate.weight"},
+    {"attn_compressor_norm.weight", "self_attn.compressor.kv_norm.weight", "attn.compressor.norm.weight"},
+    {"indexer.attn_q_b.weight", "self_attn.compressor.indexer.q_b_proj.weight", "attn.indexer.wq_b.weight"},
+    {"indexer.proj.weight", "self_attn.compressor.indexer.scorer.weights_proj.weight", "attn.indexer.weights_proj.weight"},
+    {"indexer_compressor_ape.weight", "self_attn.compressor.indexer.position_bias", "attn.indexer.compressor.ape"},
+    {"indexer_compressor_kv.weight", "self_attn.compressor.indexer.kv_proj.weight", "attn.indexer.compressor.wkv.weight"},
+    {"indexer_compressor_gate.weight", "self_attn.compressor.indexer.gate_proj.weight", "attn.indexer.compressor.wgate.weight"},
+    {"indexer_compressor_norm.weight", "self_attn.compressor.indexer.kv_norm.weight", "attn.indexer.compressor.norm.weight"},
+    {"ffn_gate_tid2eid.weight", "mlp.gate.tid2eid", "ffn.gate.tid2eid"},
 };
 
-/* Per layer; names after "model.layers.L." (transformers) / "layers.L." (official). */
-static const map_entry layer_map[] = {
-    {"hc_attn_fn.weight", "attn_hc.fn", "hc_attn_fn", SLOT_F16, X_MIX, X_HCD},
-    {"hc_attn_scale.weight", "attn_hc.scale", "hc_attn_scale", SLOT_F32, X_3, X_NONE},
-    {"hc_attn_base.weight", "attn_hc.base", "hc_attn_base", SLOT_F32, X_MIX, X_NONE},
-    {"attn_norm.weight", "input_layernorm.weight", "attn_norm.weight", SLOT_F32, X_D, X_NONE},
-    {"attn_q_a.weight", "self_attn.q_a_proj.weight", "attn.wq_a.weight", SLOT_Q8, X_RQ, X_D},
-    {"attn_q_a_norm.weight", "self_attn.q_a_norm.weight", "attn.q_norm.weight", SLOT_F32, X_RQ, X_NONE},
-    {"attn_q_b.weight", "self_attn.q_b_proj.weight", "attn.wq_b.weight", SLOT_Q8, X_QB, X_RQ},
-    {"attn_kv.weight", "self_attn.kv_proj.weight", "attn.wkv.weight", SLOT_Q8, X_HD, X_D},
-    {"attn_kv_a_norm.weight", "self_attn.kv_norm.weight", "attn.kv_norm.weight", SLOT_F32, X_HD, X_NONE},
-    {"attn_sinks.weight", "self_attn.sinks", "attn.attn_sink", SLOT_F32, X_H, X_NONE},
-    {"attn_output_a.weight", "self_attn.o_a_proj.weight", "attn.wo_a.weight", SLOT_Q8, X_OMID, X_GIN},
-    {"attn_output_b.weight", "self_attn.o_b_proj.weight", "attn.wo_b.weight", SLOT_Q8, X_D, X_OMID},
-    {"hc_ffn_fn.weight", "ffn_hc.fn", "hc_ffn_fn", SLOT_F16, X_MIX, X_HCD},
-    {"hc_ffn_scale.weight", "ffn_hc.scale", "hc_ffn_scale", SLOT_F32, X_3, X_NONE},
-    {"hc_ffn_base.weight", "ffn_hc.base", "hc_ffn_base", SLOT_F32, X_MIX, X_NONE},
-    {"ffn_norm.weight", "post_attention_layernorm.weight", "ffn_norm.weight", SLOT_F32, X_D, X_NONE},
-    {"ffn_gate_inp.weight", "mlp.gate.weight", "ffn.gate.weight", SLOT_F16, X_E, X_D},
-    {"ffn_gate_shexp.weight", "mlp.shared_experts.gate_proj.weight", "ffn.shared_experts.w1.weight", SLOT_Q8, X_I, X_D},
-    {"ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight", "ffn.shared_experts.w3.weight", SLOT_Q8, X_I, X_D},
-    {"ffn_down_shexp.weight", "mlp.shared_experts.down_proj.weight", "ffn.shared_experts.w2.weight", SLOT_Q8, X_D, X_I},
-};
-
-static const map_entry compressor_map[] = {
-    {"attn_compressor_ape.weight", "self_attn.compressor.position_bias", "attn.compressor.ape", SLOT_F16, X_RATIO, X_CW},
-    {"attn_compressor_kv.weight", "self_attn.compressor.kv_proj.weight", "attn.compressor.wkv.weight", SLOT_F16, X_CW, X_D},
-    {"attn_compressor_gate.weight", "self_attn.compressor.gate_proj.weight", "attn.compressor.wgate.weight", SLOT_F16, X_CW, X_D},
-    {"attn_compressor_norm.weight", "self_attn.compressor.kv_norm.weight", "attn.compressor.norm.weight", SLOT_F32, X_HD, X_NONE},
-};
-
-static const map_entry indexer_map[] = {
-    {"indexer.attn_q_b.weight", "self_attn.compressor.indexer.q_b_proj.weight", "attn.indexer.wq_b.weight", SLOT_F16, X_IQB, X_RQ},
-    {"indexer.proj.weight", "self_attn.compressor.indexer.scorer.weights_proj.weight", "attn.indexer.weights_proj.weight", SLOT_F16, X_HI, X_D},
-    {"indexer_compressor_ape.weight", "self_attn.compressor.indexer.position_bias", "attn.indexer.compressor.ape", SLOT_F16, X_4, X_ICW},
-    {"indexer_compressor_kv.weight", "self_attn.compressor.indexer.kv_proj.weight", "attn.indexer.compressor.wkv.weight", SLOT_F16, X_ICW, X_D},
-    {"indexer_compressor_gate.weight", "self_attn.compressor.indexer.gate_proj.weight", "attn.indexer.compressor.wgate.weight", SLOT_F16, X_ICW, X_D},
-    {"indexer_compressor_norm.weight", "self_attn.compressor.indexer.kv_norm.weight", "attn.indexer.compressor.norm.weight", SLOT_F32, X_DI, X_NONE},
-};
-
-static const map_entry bias_entry = {"exp_probs_b.bias", "mlp.gate.e_score_correction_bias", "ffn.gate.bias", SLOT_F32, X_E, X_NONE};
-static const map_entry tid2eid_entry = {"ffn_gate_tid2eid.weight", "mlp.gate.tid2eid", "ffn.gate.tid2eid", SLOT_I32, X_V, X_K};
-
-static uint64_t dim_value(const ds4_hparams *hp, dim d, uint32_t ratio) {
-    const uint64_t D = hp->n_embd, hd = hp->head_dim;
-    switch (d) {
-    case X_NONE: return 0;
-    case X_D: return D;
-    case X_V: return hp->n_vocab;
-    case X_MIX: return (2 + (uint64_t)hp->n_hc) * hp->n_hc;
-    case X_HCD: return (uint64_t)hp->n_hc * D;
-    case X_RQ: return hp->q_lora;
-    case X_QB: return (uint64_t)hp->n_head * hd;
-    case X_HD: return hd;
-    case X_H: return hp->n_head;
-    case X_OMID: return (uint64_t)hp->n_out_group * hp->o_lora;
-    case X_GIN: return (uint64_t)hp->n_head * hd / (hp->n_out_group ? hp->n_out_group : 1);
-    case X_E: return hp->n_expert;
-    case X_I: return hp->n_ff_exp;
-    case X_CW: return (ratio == 4 ? 2 : 1) * hd;
-    case X_RATIO: return ratio;
-    case X_IQB: return (uint64_t)hp->n_indexer_head * hp->indexer_head_dim;
-    case X_HI: return hp->n_indexer_head;
-    case X_ICW: return 2 * (uint64_t)hp->indexer_head_dim;
-    case X_DI: return hp->indexer_head_dim;
-    case X_3: return 3;
-    case X_1: return 1;
-    case X_HC: return hp->n_hc;
-    case X_K: return hp->n_expert_used;
-    case X_4: return 4;
-    }
-    return 0;
+static const ckpt_names *find_names(const char *gguf) {
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(names[i].gguf, gguf)) return &names[i];
+    return NULL;
 }
 
-static uint32_t slot_type(const convert_plan *p, slot s) {
-    switch (s) {
-    case SLOT_Q8: return ds4_weight_form_type(p->o->weights, DS4_TYPE_Q8_0);
-    case SLOT_F16: return ds4_weight_form_type(p->o->weights, DS4_TYPE_F16);
-    case SLOT_GATE: return p->o->expert_gate_type;
-    case SLOT_DOWN: return p->o->expert_down_type;
-    case SLOT_I32: return DS4_TYPE_I32;
-    case SLOT_F32: break;
+/* The output type of a slot under the options. */
+static uint32_t slot_type(const convert_plan *p, const ds4_slot *s) {
+    switch (s->kind) {
+    case DS4_SLOT_EXPERT_GATE: case DS4_SLOT_EXPERT_UP: return p->o->expert_gate_type;
+    case DS4_SLOT_EXPERT_DOWN: return p->o->expert_down_type;
+    case DS4_SLOT_TID2EID: return DS4_TYPE_I32;
+    default: return ds4_weight_form_type(p->o->weights, s->published);
     }
-    return DS4_TYPE_F32;
 }
 
 static void format_shape(char *buf, size_t n, const uint64_t *s, uint32_t nd) {
@@ -260,18 +215,19 @@ static int alloc_src(out_tensor *t, uint32_t n, ds4_err *err) {
     return 0;
 }
 
-static int plan_entry(convert_plan *p, const map_entry *m, const char *gguf_prefix,
-                      const char *src_prefix, uint32_t ratio, ds4_err *err) {
+static int plan_entry(convert_plan *p, const ds4_slot *sl, const char *gguf_prefix,
+                      const char *src_prefix, ds4_err *err) {
+    const ckpt_names *m = find_names(sl->suffix);
+    if (!m) return ds4_fail(err, "internal: no checkpoint name for %s", sl->suffix);
     char name[256];
     snprintf(name, sizeof name, "%s%s", src_prefix, p->official ? m->official : m->hf);
-    uint64_t want[2] = {dim_value(p->hp, m->d0, ratio), dim_value(p->hp, m->d1, ratio)};
-    uint32_t nd = m->d1 == X_NONE ? 1 : 2;
-    uint64_t ne[2] = {nd == 2 ? want[1] : want[0], want[0]};
+    const uint32_t nd = sl->n_dims;
+    const uint64_t want[2] = {sl->ne[nd - 1], sl->ne[0]}; /* checkpoint order */
     out_tensor *t;
-    if (add_out(p, gguf_prefix, m->gguf, slot_type(p, m->slot), nd, ne, &t, err)) return -1;
+    if (add_out(p, gguf_prefix, sl->suffix, slot_type(p, sl), nd, sl->ne, &t, err)) return -1;
     if (alloc_src(t, 1, err)) return -1;
     t->src_stride = t->ne[1];
-    if (m->slot == SLOT_I32) {
+    if (sl->kind == DS4_SLOT_TID2EID) {
         ds4_ckpt_entry *e = ds4_ckpt_find(p->ck, name);
         if (!e) return ds4_fail(err, "missing %s", name);
         e->used = true;
@@ -292,13 +248,6 @@ static int plan_entry(convert_plan *p, const map_entry *m, const char *gguf_pref
     return find_src(p, name, nd, want, false, &t->src[0], err);
 }
 
-static int plan_table(convert_plan *p, const map_entry *tab, size_t n, const char *gp,
-                      const char *sp, uint32_t ratio, ds4_err *err) {
-    for (size_t i = 0; i < n; i++)
-        if (plan_entry(p, &tab[i], gp, sp, ratio, err)) return -1;
-    return 0;
-}
-
 /* transformers: gate_up_proj [E, 2I, D] split in two, down_proj [E, D, I]. */
 static int plan_experts_hf(convert_plan *p, const char *gp, const char *sp, ds4_err *err) {
     const ds4_hparams *hp = p->hp;
@@ -314,7 +263,7 @@ static int plan_experts_hf(convert_plan *p, const char *gp, const char *sp, ds4_
     for (int k = 0; k < 3; k++) {
         uint64_t ne[3] = {k < 2 ? D : I, k < 2 ? I : D, E};
         out_tensor *t;
-        if (add_out(p, gp, names[k], slot_type(p, k < 2 ? SLOT_GATE : SLOT_DOWN), 3, ne, &t, err) ||
+        if (add_out(p, gp, names[k], k < 2 ? p->o->expert_gate_type : p->o->expert_down_type, 3, ne, &t, err) ||
             alloc_src(t, 1, err))
             return -1;
         t->src[0] = k < 2 ? gu : down;
@@ -334,7 +283,7 @@ static int plan_experts_official(convert_plan *p, const char *gp, const char *sp
         uint64_t ne[3] = {k < 2 ? D : I, k < 2 ? I : D, E};
         uint64_t want[2] = {ne[1], ne[0]};
         out_tensor *t;
-        if (add_out(p, gp, names[k], slot_type(p, k < 2 ? SLOT_GATE : SLOT_DOWN), 3, ne, &t, err) ||
+        if (add_out(p, gp, names[k], k < 2 ? p->o->expert_gate_type : p->o->expert_down_type, 3, ne, &t, err) ||
             alloc_src(t, (uint32_t)E, err))
             return -1;
         for (uint64_t x = 0; x < E; x++) {
@@ -346,17 +295,26 @@ static int plan_experts_official(convert_plan *p, const char *gp, const char *sp
     return 0;
 }
 
-static int plan_layer(convert_plan *p, uint32_t il, ds4_err *err) {
-    char gp[32], sp[64];
-    snprintf(gp, sizeof gp, "blk.%u.", il);
-    snprintf(sp, sizeof sp, "%slayers.%u.", p->official ? "" : "model.", il);
-    uint32_t r = p->hp->compress_ratio[il];
-    bool hash = il < p->hp->n_hash_layer;
-    if (plan_table(p, layer_map, sizeof layer_map / sizeof layer_map[0], gp, sp, r, err)) return -1;
-    if (r && plan_table(p, compressor_map, 4, gp, sp, r, err)) return -1;
-    if (r == 4 && plan_table(p, indexer_map, 6, gp, sp, r, err)) return -1;
-    if (plan_entry(p, hash ? &tid2eid_entry : &bias_entry, gp, sp, r, err)) return -1;
-    return p->official ? plan_experts_official(p, gp, sp, err) : plan_experts_hf(p, gp, sp, err);
+typedef struct plan_walk {
+    convert_plan *p;
+    char src_prefix[64];
+    ds4_err *err;
+} plan_walk;
+
+static int plan_slot(void *ctx, const char *prefix, int layer, const ds4_slot *s) {
+    plan_walk *w = ctx;
+    convert_plan *p = w->p;
+    switch (s->kind) {
+    case DS4_SLOT_BIAS: /* non-hash layers only: hash layers route by tid2eid */
+        if ((uint32_t)layer < p->hp->n_hash_layer) return 0;
+        break;
+    case DS4_SLOT_EXPERT_GATE: /* the three stacked expert tensors at once */
+        return p->official ? plan_experts_official(p, prefix, w->src_prefix, w->err)
+                           : plan_experts_hf(p, prefix, w->src_prefix, w->err);
+    case DS4_SLOT_EXPERT_UP: case DS4_SLOT_EXPERT_DOWN: return 0;
+    default: break;
+    }
+    return plan_entry(p, s, prefix, w->src_prefix, w->err);
 }
 
 int convert_plan_build(convert_plan *p, ds4_err *err) {
@@ -364,10 +322,13 @@ int convert_plan_build(convert_plan *p, ds4_err *err) {
     else if (ds4_ckpt_find(p->ck, "embed.weight")) p->official = true;
     else return ds4_fail(err, "unrecognised checkpoint naming: neither model.embed_tokens.weight "
                          "(transformers) nor embed.weight (official DeepSeek) is present");
-    if (plan_table(p, global_map, 1, "", "", 0, err)) return -1;
-    for (uint32_t il = 0; il < p->hp->n_layer; il++)
-        if (plan_layer(p, il, err)) return -1;
-    return plan_table(p, global_map + 1, sizeof global_map / sizeof global_map[0] - 1, "", "", 0, err);
+    plan_walk w = {.p = p, .err = err};
+    if (ds4_layout_top(p->hp, plan_slot, &w)) return -1;
+    for (uint32_t il = 0; il < p->hp->n_layer; il++) {
+        snprintf(w.src_prefix, sizeof w.src_prefix, "%slayers.%u.", p->official ? "" : "model.", il);
+        if (ds4_layout_layer(p->hp, il, plan_slot, &w)) return -1;
+    }
+    return 0;
 }
 
 void convert_plan_free(convert_plan *p) {

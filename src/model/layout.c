@@ -36,7 +36,10 @@ static int emit(const walk *w, const char *suffix, ds4_slot_kind kind, ds4_slot_
 /* The tensors every block has (main layers and the MTP block). */
 static int block_common(const walk *w, const ds4_hparams *hp) {
     const uint64_t e = hp->n_embd, hc = (uint64_t)DS4_N_HC * e, hd = hp->head_dim;
-    const uint64_t q_out = (uint64_t)hp->n_head * hd, group_in = q_out / hp->n_out_group;
+    /* ds4-convert walks hyperparameters from a config.json not yet checked
+     * against each other, so no dimension may divide by zero. */
+    const uint64_t q_out = (uint64_t)hp->n_head * hd;
+    const uint64_t group_in = hp->n_out_group ? q_out / hp->n_out_group : 0;
     const uint64_t o_mid = (uint64_t)hp->n_out_group * hp->o_lora, ff = hp->n_ff_exp;
     const uint64_t nx = hp->n_expert;
     LIN("hc_attn_fn.weight", DS4_TYPE_F16, LAYER(hc_attn_fn), hc, DS4_HC_MIX);
