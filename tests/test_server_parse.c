@@ -143,6 +143,15 @@ static void test_anthropic(void) {
     CHECK(r.n_tools == 1 && !strcmp(r.tools[0], "{\"name\":\"get\",\"description\":\"d\",\"parameters\":{\"type\":\"object\"}}"),
           "tool in function shape: %s", r.tools[0]);
     srv_request_free(&r);
+    /* Claude Code 2.x puts its environment block in a role "system" message */
+    CHECK(parse(SRV_API_MESSAGES,
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"system\",\"content\":"
+                "[{\"type\":\"text\",\"text\":\"# Env\"}]},{\"role\":\"system\",\"content\":\"more\"}]}",
+                &r, &e) == 0 &&
+              r.n_msgs == 3 && r.msgs[1].role == SRV_ROLE_SYSTEM && !strcmp(r.msgs[1].content, "# Env") &&
+              r.msgs[2].role == SRV_ROLE_SYSTEM && !strcmp(r.msgs[2].content, "more"),
+          "role system messages: %s", e.message);
+    srv_request_free(&r);
 }
 
 static void test_responses(void) {
@@ -201,6 +210,9 @@ static void test_bad_input(void) {
     bad(SRV_API_COMPLETIONS, "{\"prompt\":5}", 400, "prompt");
     bad(SRV_API_MESSAGES, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image\"}]}]}", 400, "image");
     bad(SRV_API_MESSAGES, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400, "content");
+    bad(SRV_API_MESSAGES, "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", 400, "expected user, assistant or system");
+    bad(SRV_API_MESSAGES, "{\"messages\":[{\"role\":\"system\",\"content\":[{\"type\":\"tool_result\","
+                          "\"tool_use_id\":\"t\"}]}]}", 400, "not supported in a system message");
     bad(SRV_API_MESSAGES, "{\"system\":5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "system");
     bad(SRV_API_MESSAGES, "{\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t\","
                           "\"name\":\"f\",\"input\":[1]}]}]}", 400, "input");

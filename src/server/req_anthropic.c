@@ -9,7 +9,9 @@
  * document blocks are refused with a 400 (the model reads text only);
  * redacted_thinking is ignored. A tool_result must answer a tool_use earlier
  * in the same request: we keep no hidden live state, so an orphan result
- * could only be rendered wrongly.
+ * could only be rendered wrongly. Messages may also have role "system"
+ * (Claude Code 2.x sends its environment block so): text only, rendered
+ * like the top-level system text.
  *
  * Tools are shown to the model in the OpenAI function shape it was trained
  * on ({name, description, parameters}), input_schema becoming parameters;
@@ -52,7 +54,7 @@ static bool id_seen(const srv_request *r, const char *id) {
 
 /* One message's blocks. Assistant: text, reasoning and calls go into one
  * message. User: each tool_result becomes a tool message, then the text
- * (if any, or if there were no results) one user message. */
+ * (if any, or if there were no results) one user message. System: text. */
 static int parse_blocks(json_t *content, size_t mi, srv_request *r, srv_role role, srv_error *err) {
     ds4_buf text = {0}, reasoning = {0};
     srv_message *am = role == SRV_ROLE_ASSISTANT ? req_add_message(r, role, NULL) : NULL;
@@ -95,7 +97,7 @@ static int parse_blocks(json_t *content, size_t mi, srv_request *r, srv_role rol
             req_add_call(&r->msgs[am_index], srv_strdup(json_string_value(id)),
                          srv_strdup(json_string_value(name)),
                          input && !json_is_null(input) ? srv_json_dump(input) : srv_strdup("{}"));
-        } else if (!strcmp(t, "tool_result") && !am) {
+        } else if (!strcmp(t, "tool_result") && role == SRV_ROLE_USER) {
             json_t *id = json_object_get(b, "tool_use_id");
             if (!json_is_string(id)) {
                 rc = srv_error_set(err, 400, "'%s.tool_use_id' must be a string", where);
@@ -118,9 +120,9 @@ static int parse_blocks(json_t *content, size_t mi, srv_request *r, srv_role rol
             tm->tool_call_id = srv_strdup(json_string_value(id));
             n_results++;
         } else {
-            rc = srv_error_set(err, 400,
-                               "'%s': content block type '%s' is not supported in a%s %s message",
-                               where, t, am ? "n" : "", am ? "assistant" : "user");
+            rc = srv_error_set(err, 400, "'%s': content block type '%s' is not supported in a%s %s message",
+                               where, t, am ? "n" : "",
+                               am ? "assistant" : role == SRV_ROLE_SYSTEM ? "system" : "user");
             break;
         }
     }
@@ -130,7 +132,7 @@ static int parse_blocks(json_t *content, size_t mi, srv_request *r, srv_role rol
         m->content = ds4_buf_take(&text);
         if (reasoning.len) m->reasoning = ds4_buf_take(&reasoning);
     } else if (!rc && (text.len || n_results == 0)) {
-        req_add_message(r, SRV_ROLE_USER, ds4_buf_take(&text));
+        req_add_message(r, role, ds4_buf_take(&text));
     }
     ds4_buf_free(&text);
     ds4_buf_free(&reasoning);
@@ -219,9 +221,10 @@ int srv_parse_anthropic(json_t *root, srv_request *r, srv_error *err) {
         srv_role rl;
         if (!strcmp(role, "user")) rl = SRV_ROLE_USER;
         else if (!strcmp(role, "assistant")) rl = SRV_ROLE_ASSISTANT;
+        else if (!strcmp(role, "system")) rl = SRV_ROLE_SYSTEM;
         else
             return srv_error_set(err, 400,
-                                 "'messages[%zu].role' '%s' is unknown; expected user or assistant",
+                                 "'messages[%zu].role' '%s' is unknown; expected user, assistant or system",
                                  i, role);
         json_t *c = json_object_get(m, "content");
         if (json_is_array(c)) {
