@@ -69,6 +69,19 @@ static inline bool ds4_utf8_is_partial(const uint8_t *s, size_t n) {
     return true;
 }
 
+/* Writes code point cp (at most U+10FFFF, not a surrogate) as UTF-8;
+ * returns its length, 1-4. */
+static inline size_t ds4_utf8_encode(uint32_t cp, char out[4]) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    size_t n = cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    for (size_t i = n - 1; i > 0; i--, cp >>= 6) out[i] = (char)(0x80 | (cp & 0x3F));
+    out[0] = (char)((0xF00 >> n) | cp); /* lead byte: n ones, then the top bits */
+    return n;
+}
+
 /* Length of the valid sequence at s[0..n): 1-4; 0 if the bytes are a valid
  * but incomplete prefix (or n is 0), so more bytes could complete it; -1 if
  * s[0] cannot start a valid sequence here. */

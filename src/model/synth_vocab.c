@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/utf8.h"
+#include "../tok/tokenizer.h"
 #include "synth.h"
 
 /* The seven strings ds4 treats as specials (model-spec §9); ｜ is U+FF5C,
@@ -38,24 +40,6 @@ static const char *const v4_specials[] = {
     "\xef\xbd\x9c" "DSML\xef\xbd\x9c",
 };
 enum { N_V4_SPECIALS = 7 };
-
-static int utf8_put(char *out, uint32_t cp) {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    out[0] = (char)(0xE0 | cp >> 12);
-    out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[2] = (char)(0x80 | (cp & 0x3F));
-    return 3;
-}
-
-/* The GPT-2 byte -> code point map. */
-static uint32_t byte_code_point(uint8_t b) {
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) return b;
-    uint32_t k = 0;
-    for (uint32_t c = 0; c < b; c++)
-        if (!((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || c >= 174)) k++;
-    return 256 + k;
-}
 
 static int vocab_alloc(ds4_synth_vocab *v, uint32_t n_tokens, uint32_t n_merges, ds4_err *err) {
     memset(v, 0, sizeof *v);
@@ -233,8 +217,8 @@ int ds4_synth_vocab_fallback(ds4_synth_vocab *v, uint32_t n_vocab, ds4_err *err)
         if (!v->tokens[i]) rc = ds4_fail(err, "out of memory");
     }
     for (uint32_t b = 0; b < 256 && !rc; b++) {
-        char buf[4];
-        buf[utf8_put(buf, byte_code_point((uint8_t)b))] = 0;
+        char buf[5];
+        buf[ds4_utf8_encode(ds4_byte_level_cp((uint8_t)b), buf)] = 0;
         v->tokens[N_V4_SPECIALS + b] = strdup(buf);
         v->types[N_V4_SPECIALS + b] = DS4_TOKEN_NORMAL;
         if (!v->tokens[N_V4_SPECIALS + b]) rc = ds4_fail(err, "out of memory");

@@ -79,6 +79,10 @@ int ds4_tokenize(const ds4_tokenizer *tok, const char *text, size_t len, bool pa
 const char *ds4_token_bytes(const ds4_tokenizer *tok, int32_t id, size_t *len);
 /* The token's string as stored in the vocabulary (byte-level encoded). */
 const char *ds4_token_str(const ds4_tokenizer *tok, int32_t id, size_t *len);
+/* The code point byte b stands for in token strings (GPT-2 byte-level
+ * encoding, model-spec §9): bytes 33-126, 161-172 and 174-255 stand for
+ * themselves, the other 68 for U+0100, U+0101, ... in increasing order. */
+uint32_t ds4_byte_level_cp(uint8_t b);
 /* Longest ds4_token_bytes() of any token. */
 size_t ds4_tokenizer_max_token_bytes(const ds4_tokenizer *tok);
 

@@ -6,9 +6,7 @@
  * string. The string -> id table exists only while loading. Every token's
  * decoded bytes are precomputed for the detokenizer.
  *
- * Byte-level encoding (GPT-2, model-spec.md §9): bytes 33–126, 161–172 and
- * 174–255 stand for the code point of the same number; the other 68 bytes
- * stand for U+0100, U+0101, … in increasing byte order. */
+ * Byte-level encoding: ds4_byte_level_cp (tokenizer.h). */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,24 +16,23 @@
 
 #define N_BYTE_CPS 324 /* code points used by the byte-level encoding: 0..323 */
 
-static void byte_level_map(uint32_t cp_of_byte[256], int16_t byte_of_cp[N_BYTE_CPS]) {
-    uint32_t extra = 256;
-    for (int i = 0; i < N_BYTE_CPS; i++) byte_of_cp[i] = -1;
-    for (int b = 0; b < 256; b++) {
-        bool same = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-        cp_of_byte[b] = same ? (uint32_t)b : extra++;
-        byte_of_cp[cp_of_byte[b]] = (int16_t)b;
-    }
+static bool byte_stands_for_itself(uint32_t b) {
+    return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
 }
 
-static size_t utf8_encode(uint32_t cp, char *out) {
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
+uint32_t ds4_byte_level_cp(uint8_t b) {
+    if (byte_stands_for_itself(b)) return b;
+    uint32_t cp = 256;
+    for (uint32_t c = 0; c < b; c++) cp += !byte_stands_for_itself(c);
+    return cp;
+}
+
+static void byte_level_map(uint32_t cp_of_byte[256], int16_t byte_of_cp[N_BYTE_CPS]) {
+    for (int i = 0; i < N_BYTE_CPS; i++) byte_of_cp[i] = -1;
+    for (int b = 0; b < 256; b++) {
+        cp_of_byte[b] = ds4_byte_level_cp((uint8_t)b);
+        byte_of_cp[cp_of_byte[b]] = (int16_t)b;
     }
-    out[0] = (char)(0xC0 | cp >> 6); /* the map only uses code points < 0x800 */
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
 }
 
 /* ---- string -> id table, used while loading ---- */
@@ -149,8 +146,8 @@ static int decode_tokens(ds4_tokenizer *t, const int16_t byte_of_cp[N_BYTE_CPS],
 static int find_byte_tokens(ds4_tokenizer *t, const str_table *st, const uint32_t cp_of_byte[256],
                             ds4_err *err) {
     for (int b = 0; b < 256; b++) {
-        char s[2];
-        size_t n = utf8_encode(cp_of_byte[b], s);
+        char s[4];
+        size_t n = ds4_utf8_encode(cp_of_byte[b], s);
         t->byte_token[b] = str_table_find(st, s, n);
         if (t->byte_token[b] < 0)
             return ds4_fail(err, "tokenizer: the vocabulary has no token for byte 0x%02x "
