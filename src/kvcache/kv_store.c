@@ -446,6 +446,48 @@ int ds4_kvcache_lookup(ds4_kvcache *kc, const ds4_kvcache_io *io, const char *te
     return found;
 }
 
+int ds4_kvcache_find_tool_ids(const ds4_kvcache *kc, const char *const *ids, int n,
+                              void (*found)(void *ud, const ds4_kvcache_tool_id *map, int n_map), void *ud) {
+    DIR *d = opendir(kc->dir);
+    if (!d) return 0;
+    bool *seen = calloc((size_t)(n > 0 ? n : 1), sizeof *seen);
+    int files = 0, missing = n;
+    struct dirent *de;
+    while (seen && missing > 0 && (de = readdir(d)) != NULL) {
+        if (!is_entry_name(de->d_name)) continue;
+        char *path = path_of(kc, de->d_name);
+        int fd = path ? open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
+        free(path);
+        if (fd < 0) continue;
+        kv_entry e;
+        struct stat st;
+        uint8_t *ktm = NULL;
+        ds4_kvcache_tool_id *map = NULL;
+        int n_map = 0;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && !judge_fd(fd, &e) && e.ktm_bytes &&
+            e.ktm_bytes <= KV_KTM_MAX_DSML && (ktm = malloc(e.ktm_bytes)) &&
+            pread(fd, ktm, e.ktm_bytes, (off_t)(DS4_KVC_FIXED_BYTES + e.h.text_bytes + e.h.payload_bytes)) ==
+                (ssize_t)e.ktm_bytes &&
+            !kv_ktm_decode(ktm, e.ktm_bytes, kc->cfg.tool_memory_max_ids, &map, &n_map)) {
+            bool wanted = false;
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n_map && !seen[i]; j++)
+                    if (map[j].id_len == strlen(ids[i]) && !memcmp(map[j].id, ids[i], map[j].id_len))
+                        seen[i] = wanted = true, missing--;
+            if (wanted) {
+                found(ud, map, n_map);
+                files++;
+            }
+            kv_tool_ids_free(map, n_map);
+        }
+        free(ktm);
+        close(fd);
+    }
+    closedir(d);
+    free(seen);
+    return files;
+}
+
 void ds4_kvcache_get_stats(const ds4_kvcache *kc, ds4_kvcache_stats *out) { *out = kc->stats; }
 
 void ds4_kvcache_hit_free(ds4_kvcache_hit *hit) {

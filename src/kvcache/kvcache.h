@@ -79,7 +79,8 @@
  * A save's text is the concatenated token pieces of the stored tokens (or
  * the visible transcript with ext bit 1/2 in key_flags). The session must be
  * at exactly the stored length. None of these calls may overlap on one
- * store (the server's worker thread makes them all). */
+ * store (the server's worker thread makes them all), except
+ * ds4_kvcache_find_tool_ids, which client threads call while rendering. */
 #ifndef DS4_KVCACHE_H
 #define DS4_KVCACHE_H
 
@@ -269,6 +270,13 @@ int ds4_kvcache_save(ds4_kvcache *kc, const ds4_kvcache_io *io, const ds4_kvcach
 int ds4_kvcache_lookup(ds4_kvcache *kc, const ds4_kvcache_io *io, const char *text, size_t len,
                        ds4_kvcache_hit *hit);
 void ds4_kvcache_hit_free(ds4_kvcache_hit *hit);
+/* Exact-replay ids after a restart (server-spec §4.8 persistence): reads
+ * the KTM map of every file that has one and calls found() with the whole
+ * map of each file holding any of ids[0..n), until all are found. Only
+ * reads (never removes or counts), so unlike the other calls it may run on
+ * any thread while the worker uses the store. Returns the files reported. */
+int ds4_kvcache_find_tool_ids(const ds4_kvcache *kc, const char *const *ids, int n,
+                              void (*found)(void *ud, const ds4_kvcache_tool_id *map, int n_map), void *ud);
 /* Runs eviction now (open and save do it too). */
 void ds4_kvcache_evict(ds4_kvcache *kc);
 

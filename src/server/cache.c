@@ -26,7 +26,9 @@
  * frontiers, during prefill and before decode tokens outside tool
  * blocks), evict (above), shutdown (the worker exits). A checkpoint's key
  * is the concatenated bytes of its tokens; its KTM map holds the exact-
- * replay entries whose DSML occurs in that text, and a load puts them back.
+ * replay entries whose DSML occurs in that text, and a load puts them back;
+ * a request naming tool ids the memory lacks (after a restart) has them
+ * looked up in every file's map before it is rendered, as ds4 does.
  * Every failure here only costs reuse: the request goes on cold. */
 #include <stdarg.h>
 #include <stdlib.h>
@@ -136,6 +138,37 @@ static void save_live(srv_ctx *c, ds4_session *s, uint8_t reason) {
     srv_toolmem_export_free(ids, n_ids);
     free(text);
     update_disk_metrics(c);
+}
+
+/* ------------------------------------------------- tool ids after restart */
+
+static void import_map(void *ud, const ds4_kvcache_tool_id *map, int n_map) {
+    srv_toolmem_import(((srv_ctx *)ud)->toolmem, map, n_map);
+}
+
+void srv_cache_recall_tool_ids(srv_ctx *c, const srv_request *req) {
+    if (!c->cache || !c->cache->kv || !c->toolmem) return;
+    const char **want = NULL;
+    int n = 0;
+    for (int i = 0; i < req->n_msgs; i++) {
+        const srv_message *m = &req->msgs[i];
+        if (!m->n_calls) continue;
+        const char **ids = srv_realloc(NULL, sizeof *ids * (size_t)m->n_calls);
+        for (int k = 0; k < m->n_calls; k++) ids[k] = m->calls[k].id;
+        char *raw = srv_toolmem_lookup(c->toolmem, ids, m->n_calls);
+        if (!raw) {
+            want = srv_realloc(want, sizeof *want * (size_t)(n + m->n_calls));
+            for (int k = 0; k < m->n_calls; k++)
+                if (ids[k] && *ids[k]) want[n++] = ids[k];
+        }
+        free(raw);
+        free(ids);
+    }
+    if (n) {
+        int files = ds4_kvcache_find_tool_ids(c->cache->kv, want, n, import_map, c);
+        if (files) srv_log("exact replay: tool ids recalled from %d disk cache file(s)", files);
+    }
+    free(want);
 }
 
 /* ------------------------------------------------------------ snapshot */

@@ -173,6 +173,9 @@ int srv_cache_prefill(srv_ctx *c, ds4_session *s, srv_job *job, const srv_plan *
                       void *progress_ctx, ds4_err *err);
 /* Before each decode token outside a tool block: a continued save when due. */
 void srv_cache_decode_point(srv_ctx *c, ds4_session *s);
+/* Client thread, before rendering: tool-call ids of req's history that
+ * the tool memory lacks are looked up in the disk cache's KTM maps. */
+void srv_cache_recall_tool_ids(srv_ctx *c, const srv_request *req);
 /* The worker is exiting: the shutdown save. */
 void srv_cache_shutdown(srv_ctx *c, ds4_session *s);
 

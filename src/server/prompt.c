@@ -6,7 +6,9 @@
  * does (chat.h). Before rendering, each assistant message with tool calls is
  * looked up in the tool memory: when every call id maps to the same sampled
  * DSML block, that exact block is rendered instead of the canonical one, so
- * the prompt reproduces the tokens already in the KV state (§4.8).
+ * the prompt reproduces the tokens already in the KV state (§4.8); ids the
+ * memory lacks (after a restart) are first looked up in the disk KV cache's
+ * tool-id maps (cache.c).
  * /v1/completions wraps its prompt in the chat template with ds4's system
  * text "You are a helpful assistant" (§2.5). */
 #include <stdlib.h>
@@ -137,6 +139,7 @@ char *srv_render_continuation(srv_ctx *c, const srv_request *req, const char *re
 }
 
 int srv_prepare_prompt(srv_ctx *c, srv_job *job, srv_error *err) {
+    srv_cache_recall_tool_ids(c, &job->req);
     if (srv_render_prompt(c, &job->req, &job->prompt_text, err)) return -1;
     if (tokenize(c, job->prompt_text, &job->tokens, &job->n_tokens, err)) return -1;
     if (job->n_tokens >= c->ctx_size) {

@@ -296,6 +296,42 @@ try {
     checkFiles(dir2, `after kill -9 at ${frac}`);
   }
   await srv.stop();
+
+  // ---------------------------------------------------------------- 4. exact replay across a restart
+  lap('exact replay');
+  // --force-output makes the model write a tool call whose DSML is not the
+  // canonical rendering (a blank line between tags): only the remembered
+  // bytes reproduce the KV state, and after a restart they come back from
+  // the checkpoints' tool-id maps.
+  const B = '\uff5cDSML\uff5c';
+  const forced = join(base, 'forced.txt');
+  writeFileSync(forced, `Let me look.\n\n<${B}tool_calls>\n<${B}invoke name="run">\n\n<${B}parameter name="cmd" ` +
+    `string="true">ls</${B}parameter>\n</${B}invoke>\n</${B}tool_calls>\n<<<ds4-next-output>>>\nDone.`);
+  const dir3 = join(base, 'cache3');
+  const replayArgs = kvArgs(dir3, ['--force-output', forced]);
+  const tools = [{ type: 'function', function: { name: 'run', description: 'Run a shell command',
+    parameters: { type: 'object', properties: { cmd: { type: 'string' } } } } }];
+  const t1 = [{ role: 'system', content: SYSTEM }, { role: 'user', content: 'List the files.' }];
+  const withTools = (messages) =>
+    client.chat.completions.create({ model: 'deepseek-v4-flash', messages, tools, max_tokens: 400, temperature: 0 });
+  srv = await startServer(replayArgs);
+  client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
+  const c1 = await withTools(t1);
+  const call = c1.choices[0].message.tool_calls?.[0];
+  check(c1.choices[0].finish_reason === 'tool_calls' && call?.function.name === 'run', 'forced tool call', c1.choices[0]);
+  const t2 = [...t1, { role: 'assistant', content: c1.choices[0].message.content, tool_calls: [call] },
+    { role: 'tool', tool_call_id: call?.id, content: 'a.js b.js' }];
+  const c2 = await withTools(t2);
+  check(cachedOf(c2) > c1.usage.prompt_tokens, 'the sampled tool block is reused (exact replay)', [c1.usage, c2.usage]);
+  await srv.stop();
+  check(kvFiles(dir3).some((f) => parseKv(join(dir3, f)).ext & 1), 'a checkpoint carries a tool-id map');
+  srv = await startServer(replayArgs);
+  client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
+  const t3 = [...t2, { role: 'assistant', content: c2.choices[0].message.content }, { role: 'user', content: 'Thanks.' }];
+  const c3 = await withTools(t3);
+  check(cachedOf(c3) >= c2.usage.prompt_tokens, 'after a restart the ids come back from disk: the live state saved at ' +
+    'shutdown is used past the tool block', [c2.usage, c3.usage, srv.log().slice(-1500)]);
+  await srv.stop();
 } catch (e) {
   check(false, 'unexpected exception', String(e.stack || e));
 }
