@@ -15,6 +15,14 @@ int ds4_fail(ds4_err *err, const char *fmt, ...) {
     return -1;
 }
 
+const char *ds4_format_dims(char *buf, size_t n, const uint64_t *dims, uint32_t n_dims) {
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (uint32_t i = 0; i < n_dims && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%llu", i ? "," : "", (unsigned long long)dims[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+    return buf;
+}
+
 int ds4_fail_prefix(ds4_err *err, const char *prefix) {
     if (err) {
         char old[sizeof err->msg];

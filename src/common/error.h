@@ -9,6 +9,7 @@
 #define DS4_ERROR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct ds4_err {
     char msg[512];
@@ -20,5 +21,9 @@ int ds4_fail(ds4_err *err, const char *fmt, ...) __attribute__((format(printf, 2
 
 /* Prefixes err->msg with "prefix: " to add context while unwinding. */
 int ds4_fail_prefix(ds4_err *err, const char *prefix);
+
+/* Writes a shape as "[4096,512]" into buf (truncated to n bytes), for
+ * messages; returns buf. */
+const char *ds4_format_dims(char *buf, size_t n, const uint64_t *dims, uint32_t n_dims);
 
 #endif

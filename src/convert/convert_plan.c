@@ -79,13 +79,6 @@ static uint32_t slot_type(const convert_plan *p, const ds4_slot *s) {
     }
 }
 
-static void format_shape(char *buf, size_t n, const uint64_t *s, uint32_t nd) {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (uint32_t i = 0; i < nd && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, "%s%llu", i ? "," : "", (unsigned long long)s[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-}
-
 /* `<w>.scale` (official: "x.weight" -> "x.scale") or `<w>_scale_inv` (transformers FP8). */
 static ds4_ckpt_entry *find_scale(const convert_plan *p, const char *name) {
     char buf[256];
@@ -112,7 +105,7 @@ static int check_scale(const char *name, const ds4_st_tensor *sc, uint64_t r, ui
         return ds4_fail(err, "%s: dtype %s cannot hold scales", sc->name, ds4_st_dtype_name(sc->dtype));
     if (sc->n_dims != 2 || sc->shape[0] != r || sc->shape[1] != c) {
         char got[128];
-        format_shape(got, sizeof got, sc->shape, sc->n_dims);
+        ds4_format_dims(got, sizeof got, sc->shape, sc->n_dims);
         return ds4_fail(err, "%s: scale of %s: expected shape [%llu,%llu], found %s", sc->name,
                         name, (unsigned long long)r, (unsigned long long)c, got);
     }
@@ -158,8 +151,8 @@ static int find_src(convert_plan *p, const char *name, uint32_t nd, const uint64
     for (uint32_t i = 0; same && i < nd; i++) same = shape[i] == want[i];
     if (!same) {
         char w[128], g[128];
-        format_shape(w, sizeof w, want, nd);
-        format_shape(g, sizeof g, t->shape, t->n_dims);
+        ds4_format_dims(w, sizeof w, want, nd);
+        ds4_format_dims(g, sizeof g, t->shape, t->n_dims);
         return ds4_fail(err, "%s: expected shape %s, found %s%s", name, w, g,
                         s->enc == ENC_FP4 ? " (FP4-packed, 2 values a byte)" : "");
     }
@@ -236,8 +229,8 @@ static int plan_entry(convert_plan *p, const ds4_slot *sl, const char *gguf_pref
             return ds4_fail(err, "%s: dtype %s, expected I64 or I32", name, ds4_st_dtype_name(st->dtype));
         if (st->n_dims != 2 || st->shape[0] != want[0] || st->shape[1] != want[1]) {
             char w[64], g[128];
-            format_shape(w, sizeof w, want, 2);
-            format_shape(g, sizeof g, st->shape, st->n_dims);
+            ds4_format_dims(w, sizeof w, want, 2);
+            ds4_format_dims(g, sizeof g, st->shape, st->n_dims);
             return ds4_fail(err, "%s: expected shape %s, found %s", name, w, g);
         }
         t->kind = OUT_TID2EID;

@@ -49,13 +49,6 @@ static void format_type(char *buf, size_t n, uint32_t type) {
     else snprintf(buf, n, "type %u", type);
 }
 
-static void format_shape(char *buf, size_t n, uint32_t n_dims, const uint64_t *ne) {
-    size_t o = (size_t)snprintf(buf, n, "[");
-    for (uint32_t i = 0; i < n_dims && o < n; i++)
-        o += (size_t)snprintf(buf + o, n - o, "%s%llu", i ? "," : "", (unsigned long long)ne[i]);
-    if (o < n) snprintf(buf + o, n - o, "]");
-}
-
 static bool is_float(uint32_t t) { return t == DS4_TYPE_F16 || t == DS4_TYPE_F32; }
 
 static uint32_t expert_down_pair(uint32_t gate) {
@@ -94,8 +87,8 @@ static int bind(binder *b, ds4_tensor *dst, const char *name, slot_rule rule, ui
         else if (rule == RULE_EXPERT_GATE) snprintf(wt, sizeof wt, "IQ2_XXS or Q4_K");
         else format_type(wt, sizeof wt, published);
         format_type(ft, sizeof ft, ti->type);
-        format_shape(ws, sizeof ws, n_dims, want);
-        format_shape(fs, sizeof fs, ti->n_dims, ti->ne);
+        ds4_format_dims(ws, sizeof ws, want, n_dims);
+        ds4_format_dims(fs, sizeof fs, ti->ne, ti->n_dims);
         return ds4_fail(b->err, "%s: expected %s %s, found %s %s", name, wt, ws, ft, fs);
     }
     const ds4_type_info *info = ds4_type_info_get(ti->type);
