@@ -43,12 +43,6 @@ typedef struct binder {
     ds4_err *err;
 } binder;
 
-static void format_type(char *buf, size_t n, uint32_t type) {
-    const ds4_type_info *ti = ds4_type_info_get(type);
-    if (ti) snprintf(buf, n, "%s", ti->name);
-    else snprintf(buf, n, "type %u", type);
-}
-
 static bool is_float(uint32_t t) { return t == DS4_TYPE_F16 || t == DS4_TYPE_F32; }
 
 static uint32_t expert_down_pair(uint32_t gate) {
@@ -82,14 +76,12 @@ static int bind(binder *b, ds4_tensor *dst, const char *name, slot_rule rule, ui
     const bool type_ok = type_accepted(b, rule, published, ti->type);
     if (!shape_ok || !type_ok) {
         /* An accepted type with a wrong shape: show the type as found. */
-        char wt[32], ft[32], ws[96], fs[160];
-        if (type_ok) format_type(wt, sizeof wt, ti->type);
-        else if (rule == RULE_EXPERT_GATE) snprintf(wt, sizeof wt, "IQ2_XXS or Q4_K");
-        else format_type(wt, sizeof wt, published);
-        format_type(ft, sizeof ft, ti->type);
-        ds4_format_dims(ws, sizeof ws, want, n_dims);
-        ds4_format_dims(fs, sizeof fs, ti->ne, ti->n_dims);
-        return ds4_fail(b->err, "%s: expected %s %s, found %s %s", name, wt, ws, ft, fs);
+        const char *wt = type_ok ? ds4_type_name(ti->type)
+                         : rule == RULE_EXPERT_GATE ? "IQ2_XXS or Q4_K" : ds4_type_name(published);
+        char ws[96], fs[160];
+        return ds4_fail(b->err, "%s: expected %s %s, found %s %s", name, wt,
+                        ds4_format_dims(ws, sizeof ws, want, n_dims), ds4_type_name(ti->type),
+                        ds4_format_dims(fs, sizeof fs, ti->ne, ti->n_dims));
     }
     const ds4_type_info *info = ds4_type_info_get(ti->type);
     if (!info || ti->ne[0] % info->block_elems)
@@ -207,13 +199,9 @@ static int bind_model_tensors(binder *b, ds4_model *m) {
             m->expert_down_type = l->ffn_down_exps.type;
         } else if (l->ffn_gate_exps.type != m->expert_gate_type ||
                    l->ffn_down_exps.type != m->expert_down_type) {
-            char w1[32], w2[32], f1[32], f2[32];
-            format_type(w1, sizeof w1, m->expert_gate_type);
-            format_type(w2, sizeof w2, m->expert_down_type);
-            format_type(f1, sizeof f1, l->ffn_gate_exps.type);
-            format_type(f2, sizeof f2, l->ffn_down_exps.type);
-            return ds4_fail(b->err, "blk.%u: routed experts are %s/%s, but layer 0's are %s/%s",
-                            il, f1, f2, w1, w2);
+            return ds4_fail(b->err, "blk.%u: routed experts are %s/%s, but layer 0's are %s/%s", il,
+                            ds4_type_name(l->ffn_gate_exps.type), ds4_type_name(l->ffn_down_exps.type),
+                            ds4_type_name(m->expert_gate_type), ds4_type_name(m->expert_down_type));
         }
     }
     return check_unexpected(b);
