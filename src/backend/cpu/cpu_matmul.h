@@ -4,8 +4,9 @@
  * output row o. One weight row is dotted with all tokens of the batch while
  * it is hot in cache, so a prefill chunk reads each weight once; a decode
  * step is the same call with one token. Every y element is one dot product
- * computed by one task, so results do not depend on the batch size or the
- * thread count (decode and batched prefill agree bit for bit).
+ * computed by one task (several tokens' at once through ds4_dot_multi,
+ * each bit-identical to ds4_dot), so results do not depend on the batch
+ * size or the thread count (decode and batched prefill agree bit for bit).
  *
  * Numerics (model-spec §3, §5.10): in the official mode Q8_0 weights see the
  * activations quantised to Q8_0 (f32 scale), K-quant and IQ2_XXS weights see
@@ -31,8 +32,10 @@ typedef struct cpu_mat {
 } cpu_mat;
 
 /* The shared machinery: threads, numerics mode and scratch: act_bytes of
- * quantised activations (enough for the largest batch the caller runs;
- * a larger batch is split) and one dequantised row per worker (max_in). */
+ * quantised activations (enough for the largest batch the caller runs; a
+ * larger batch is split, and a product whose input rows alone do not fit
+ * runs token by token; at least one row of max_in values is allocated)
+ * and one dequantised row per worker (max_in). */
 typedef struct cpu_ctx {
     cpu_pool *pool;
     int n_threads;
