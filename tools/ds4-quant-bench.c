@@ -11,22 +11,18 @@
  * the matvec repeatedly for about S seconds (default 0.5); the best run
  * counts; time is the thread's CPU time. --type limits the table to one
  * format (F32, Q8_0, IQ2_XXS, ...). Last, the time the searching weight
- * quantisers (Q2_K, Q4_K, IQ2_XXS) take per 256-value block. */
+ * quantisers (Q2_K, Q4_K, IQ2_XXS) take per 256-value block, without and
+ * with an importance matrix (best of three runs over 256 blocks). */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "../src/common/clock.h"
 #include "../src/quant/quant.h"
 
-/* Thread CPU time: the machines this runs on are often shared, and time
- * spent descheduled is not the kernel's. */
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#define QUANT_BLOCKS 256 /* blocks per quantiser timing */
 
 static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -79,15 +75,15 @@ static uint64_t read_bytes(const uint8_t *p, uint64_t bytes) {
 }
 
 static double best_rate(double seconds, double bytes, void (*fn)(void *), void *arg) {
-    double best = 0.0, start = now();
+    double best = 0.0, start = ds4_thread_cpu_now();
     int runs = 0;
     do {
-        double t0 = now();
+        double t0 = ds4_thread_cpu_now();
         fn(arg);
-        double dt = now() - t0;
+        double dt = ds4_thread_cpu_now() - t0;
         if (dt > 0.0 && bytes / dt > best) best = bytes / dt;
         runs++;
-    } while (now() - start < seconds || runs < 3);
+    } while (ds4_thread_cpu_now() - start < seconds || runs < 3);
     return best / 1e9;
 }
 
@@ -180,22 +176,36 @@ int main(int argc, char **argv) {
         free(y);
     }
     printf("\n(GB/s of weight bytes per second of thread CPU time; the activation is quantised\n"
-           " once, outside the timing)\n\nquantisers, 64 blocks of Gaussian values, no imatrix:\n");
+           " once, outside the timing)\n\nquantisers, %d blocks of near-Gaussian values, best of 3 runs:\n"
+           "%-8s %14s %14s\n", QUANT_BLOCKS, "format", "no imatrix", "imatrix");
     const uint32_t searched[] = {DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_IQ2_XXS};
-    float *src = malloc(64 * 256 * sizeof(float));
-    uint8_t *blocks = malloc(64 * 256 * 2); /* more than any of the three needs */
-    for (int i = 0; i < 64 * 256; i++) { /* sum of uniforms: roughly Gaussian */
-        float v = 0.0f;
-        for (int k = 0; k < 4; k++) v += rng_float(&seed);
+    const uint64_t n = QUANT_BLOCKS * 256;
+    float *src = malloc(n * sizeof(float)), *imat = malloc(n * sizeof(float));
+    uint8_t *blocks = malloc(n * 2); /* more than any of the three needs */
+    for (uint64_t i = 0; i < n; i++) { /* sums of uniforms: roughly Gaussian */
+        float v = 0.0f, u = 0.0f;
+        for (int k = 0; k < 4; k++) v += rng_float(&seed), u += rng_float(&seed);
         src[i] = 0.02f * v;
+        imat[i] = expf(2.5f * u); /* skewed positive importances, like activations' mean squares */
     }
     for (size_t t = 0; t < sizeof searched / sizeof searched[0]; t++) {
         if (only && strcmp(only, ds4_type_name(searched[t]))) continue;
-        double t0 = now();
-        ds4_quantize_row(searched[t], src, blocks, 64 * 256, NULL);
-        printf("  %-8s %.3f ms per block\n", ds4_type_name(searched[t]), (now() - t0) * 1e3 / 64);
+        printf("%-8s", ds4_type_name(searched[t]));
+        for (int with_imatrix = 0; with_imatrix < 2; with_imatrix++) {
+            double best = 1e30;
+            for (int run = 0; run < 3; run++) {
+                double t0 = ds4_thread_cpu_now();
+                ds4_quantize_row(searched[t], src, blocks, n, with_imatrix ? imat : NULL);
+                double dt = ds4_thread_cpu_now() - t0;
+                best = dt < best ? dt : best;
+            }
+            printf(" %8.1f us/blk", best * 1e6 / QUANT_BLOCKS);
+        }
+        printf("\n");
     }
+    printf("(thread CPU time per 256-value block; per value: divide by 256)\n");
     free(src);
+    free(imat);
     free(blocks);
     free(buf);
     free(dst);

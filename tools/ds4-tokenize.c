@@ -15,8 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "../src/common/clock.h"
 #include "../src/common/file.h"
 #include "../src/gguf/gguf.h"
 #include "../src/tok/tokenizer.h"
@@ -25,13 +25,6 @@ static void usage(void) {
     fprintf(stderr,
             "usage: ds4-tokenize -m FILE --batch [--no-specials]   (records LEN\\n BYTES on stdin)\n"
             "       ds4-tokenize -m FILE --bench TEXTFILE [--seconds S] [--no-specials]\n");
-}
-
-/* CPU time of this thread: the speed stays meaningful on a busy machine. */
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static int put_hex(const char *b, size_t n) {
@@ -116,7 +109,7 @@ static int run_bench(const ds4_tokenizer *tok, const char *path, double seconds,
         return 1;
     }
     size_t runs = 0, n_tokens = 0;
-    double t0 = now_s(), t;
+    double t0 = ds4_thread_cpu_now(), t;
     do {
         int32_t *ids;
         if (ds4_tokenize(tok, text, size, specials, &ids, &n_tokens, &err)) {
@@ -126,7 +119,7 @@ static int run_bench(const ds4_tokenizer *tok, const char *path, double seconds,
         }
         free(ids);
         runs++;
-        t = now_s() - t0;
+        t = ds4_thread_cpu_now() - t0;
     } while (t < seconds);
     printf("%zu bytes -> %zu tokens (%.3f bytes/token); %zu runs in %.2f s CPU: %.1f MB/s\n", size,
            n_tokens, (double)size / (double)(n_tokens ? n_tokens : 1), runs, t,

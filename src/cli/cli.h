@@ -54,7 +54,5 @@ int ds4_cli_perplexity(const ds4_cli_options *o);
 /* Reads a whole file into a NUL-terminated malloc'd buffer (len optional);
  * NULL with a message on stderr on failure. */
 char *ds4_cli_read_file(const char *path, uint64_t *len);
-/* Monotonic clock in seconds, for the stats lines. */
-double ds4_cli_now(void);
 
 #endif

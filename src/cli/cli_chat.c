@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "../chat/dsml.h"
+#include "../common/clock.h"
 #include "../tok/tokenizer.h"
 #include "cli_chat.h"
 
@@ -232,9 +233,9 @@ static int prefill(cli_chat *c, const char *text, cli_turn_stats *st) {
     }
     prefill_ctx pc = {.c = c};
     ds4_err err = {{0}};
-    double t0 = ds4_cli_now();
+    double t0 = ds4_now();
     int rc = ds4_session_sync(c->sess, ids, n, &st->reused, on_prefill, &pc, &err);
-    st->prefill_s = ds4_cli_now() - t0;
+    st->prefill_s = ds4_now() - t0;
     free(ids);
     if (pc.shown) fputs("\r\033[K", stderr);
     c->held = -1;
@@ -285,7 +286,7 @@ static void decode(cli_chat *c, bool thinking, reply *r, cli_turn_stats *st) {
     const int n_vocab = ds4_tokenizer_n_vocab(c->tok);
     int room = ds4_engine_ctx(c->eng) - st->prompt_tokens - 1;
     int max_new = c->o->max_tokens < room ? c->o->max_tokens : room;
-    double t0 = ds4_cli_now();
+    double t0 = ds4_now();
     st->finish = CLI_FINISH_LENGTH;
     while (st->generated < max_new) {
         if (c->interrupt && *c->interrupt) {
@@ -322,7 +323,7 @@ static void decode(cli_chat *c, bool thinking, reply *r, cli_turn_stats *st) {
     ds4_dsml_finish(parser);
     end_reasoning(r);
     fflush(stdout);
-    st->decode_s = ds4_cli_now() - t0;
+    st->decode_s = ds4_now() - t0;
     ds4_detok_free(&detok);
     ds4_dsml_parser_free(parser);
 }

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "../common/json_escape.h"
 #include "../tok/tokenizer.h"
 #include "cli_chat.h"
@@ -120,9 +121,9 @@ int ds4_cli_dump_logprobs(const ds4_cli_options *o) {
     int rc = 1;
     bool raw = strncmp(prompt, DS4_CHAT_BOS, strlen(DS4_CHAT_BOS)) == 0;
     if (cli_chat_open(&c, o, o->ctx) == 0 && cli_chat_begin(&c, prompt, raw, &st) == 0) {
-        double t0 = ds4_cli_now();
+        double t0 = ds4_now();
         rc = dump_steps(&c, f, &st);
-        st.decode_s = ds4_cli_now() - t0;
+        st.decode_s = ds4_now() - t0;
         cli_print_stats(&st);
     }
     if (fclose(f) && rc == 0) {

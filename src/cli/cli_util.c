@@ -1,6 +1,5 @@
 /* cli_util.c — small helpers shared by the ds4 command's modes. */
 #include <stdio.h>
-#include <time.h>
 
 #include "../common/file.h"
 #include "cli.h"
@@ -12,10 +11,4 @@ char *ds4_cli_read_file(const char *path, uint64_t *len) {
     if (!text) fprintf(stderr, "ds4: %s\n", err.msg);
     else if (len) *len = n;
     return text;
-}
-
-double ds4_cli_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
