@@ -2,7 +2,8 @@
 // test_server_*.mjs tests (not a test itself).
 //
 // The model comes from `ds4-mkmodel --preset tiny --seed 1` (written once
-// per test into $DS4_TMP). The server binds 127.0.0.1 with --port 0 and
+// per test into $DS4_TMP); `layers` makes a shallower one (2 layers prefill
+// several times faster: for clients whose prompts run to thousands of tokens). The server binds 127.0.0.1 with --port 0 and
 // the harness reads the real port from its "listening on" log line, so tests
 // never race for ports. A test whose tools are missing exits 77 (skip).
 import { spawn, spawnSync } from 'node:child_process';
@@ -20,22 +21,21 @@ export function skip(msg) {
   process.exit(77);
 }
 
-let modelPath = null;
-export function tinyModel() {
-  if (modelPath) return modelPath;
+export function tinyModel(layers = 0) {
   if (!existsSync(bin('ds4-mkmodel'))) skip('ds4-mkmodel not built');
   if (!existsSync(bin('ds4-server'))) skip('ds4-server not built');
-  const out = join(tmp, 'tiny.gguf');
+  const out = join(tmp, layers ? `tiny-${layers}l.gguf` : 'tiny.gguf');
   if (!existsSync(out)) {
-    const r = spawnSync(bin('ds4-mkmodel'), ['--preset', 'tiny', '--seed', '1', '-o', out], { encoding: 'utf8' });
+    const extra = layers ? ['--layers', String(layers)] : [];
+    const r = spawnSync(bin('ds4-mkmodel'), ['--preset', 'tiny', '--seed', '1', ...extra, '-o', out], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`ds4-mkmodel failed: ${r.stderr}`);
   }
-  return (modelPath = out);
+  return out;
 }
 
 // Starts a server; resolves to { url, port, log(), stop() }.
-export async function startServer(args = [], { ctx = 8192 } = {}) {
-  const model = tinyModel();
+export async function startServer(args = [], { ctx = 8192, layers = 0 } = {}) {
+  const model = tinyModel(layers);
   const proc = spawn(bin('ds4-server'), ['-m', model, '--port', '0', '--ctx', String(ctx), '-t', '2', ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
