@@ -24,60 +24,9 @@
 #include <string.h>
 
 #include "../src/engine/engine_impl.h"
-#include "../src/model/synth.h"
 #include "../src/quant/quant.h"
+#include "engine_fixture.h"
 #include "testutil.h"
-
-static const char *tmpdir(void) {
-    const char *t = getenv("DS4_TMP");
-    return t && *t ? t : "/tmp";
-}
-
-static int write_tiny(const char *path, ds4_weight_form weights, const char *experts) {
-    ds4_err err;
-    ds4_synth_config c;
-    memset(&c, 0, sizeof c);
-    if (ds4_synth_preset("tiny", 0, &c.hp, &err) || ds4_synth_expert_types(experts, &c.expert_gate_type,
-                                                                             &c.expert_down_type, &err)) {
-        fprintf(stderr, "preset: %s\n", err.msg);
-        return -1;
-    }
-    c.weights = weights;
-    c.seed = 7;
-    c.name = "engine test";
-    ds4_synth_vocab v;
-    if (ds4_synth_vocab_fallback(&v, c.hp.n_vocab, &err)) {
-        fprintf(stderr, "vocab: %s\n", err.msg);
-        return -1;
-    }
-    c.vocab = &v;
-    int rc = ds4_synth_write_model(&c, path, &err);
-    if (rc) fprintf(stderr, "synth: %s\n", err.msg);
-    ds4_synth_vocab_free(&v);
-    return rc;
-}
-
-static ds4_engine *open_engine(const char *path, bool exact, int threads, int chunk, int ctx) {
-    ds4_engine_config cfg = {.model_path = path, .ctx = ctx, .threads = threads, .exact = exact,
-                             .prefill_chunk = chunk};
-    ds4_engine *e = NULL;
-    ds4_err err;
-    if (ds4_engine_open(&e, &cfg, &err)) {
-        fprintf(stderr, "engine_open: %s\n", err.msg);
-        return NULL;
-    }
-    return e;
-}
-
-static void make_prompt(int32_t *tok, int n, uint32_t n_vocab, uint64_t seed) {
-    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-    for (int i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        tok[i] = (int32_t)(x % n_vocab);
-    }
-}
 
 static bool rows_equal(const kv_rows *a, const kv_rows *b, uint32_t i) {
     size_t bytes = (size_t)a->width * (a->f16 ? 2 : 4);
@@ -136,7 +85,7 @@ static void test_paths_agree(const char *path, bool exact) {
     for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
         int n = lens[li];
         int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
-        make_prompt(tok, n, V, (uint64_t)n);
+        random_tokens(tok, n, V, (uint64_t)n);
         float *lw = malloc(sizeof(float) * (size_t)n * V), *lc = malloc(sizeof(float) * (size_t)n * V);
         float *ld = malloc(sizeof(float) * (size_t)n * V);
         ds4_session *sw, *sc, *sd, *so;
@@ -201,7 +150,7 @@ static void test_threads_agree(const char *path) {
         if (!e) return;
         uint32_t V = e->model.hp.n_vocab;
         int32_t tok[n];
-        make_prompt(tok, n, V, 99);
+        random_tokens(tok, n, V, 99);
         float *l = malloc(sizeof(float) * (size_t)n * V);
         ds4_session *s;
         ds4_err err;
@@ -242,7 +191,7 @@ static void test_errors_and_cancel(const char *path) {
           "unknown token refused: %s", err.msg);
     CHECK(ds4_session_n_tokens(s) == 0, "state unchanged");
     int32_t many[65];
-    make_prompt(many, 65, e->model.hp.n_vocab, 3);
+    random_tokens(many, 65, e->model.hp.n_vocab, 3);
     CHECK(ds4_session_eval(s, many, 65, NULL, NULL, &err) == -1 && strstr(err.msg, "context"),
           "overflow refused: %s", err.msg);
     CHECK(ds4_session_eval(s, many, 25, cancel_after_first, NULL, &err) == 1, "cancel returns 1");
@@ -553,9 +502,9 @@ int main(void) {
     snprintf(q2, sizeof q2, "%s/engine_tiny_q2.gguf", tmpdir());
     snprintf(f32, sizeof f32, "%s/engine_tiny_f32.gguf", tmpdir());
     snprintf(q4, sizeof q4, "%s/engine_tiny_q4.gguf", tmpdir());
-    CHECK(write_tiny(q2, DS4_WEIGHTS_PUBLISHED, "q2") == 0, "tiny q2 model written");
-    CHECK(write_tiny(f32, DS4_WEIGHTS_F32, "f32") == 0, "tiny f32 model written");
-    CHECK(write_tiny(q4, DS4_WEIGHTS_F16, "q4") == 0, "tiny f16/q4 model written");
+    CHECK(write_tiny(q2, DS4_WEIGHTS_PUBLISHED, "q2", 7, "engine test") == 0, "tiny q2 model written");
+    CHECK(write_tiny(f32, DS4_WEIGHTS_F32, "f32", 7, "engine test") == 0, "tiny f32 model written");
+    CHECK(write_tiny(q4, DS4_WEIGHTS_F16, "q4", 7, "engine test") == 0, "tiny f16/q4 model written");
     test_paths_agree(q2, false);
     test_paths_agree(f32, true);
     test_threads_agree(q4);

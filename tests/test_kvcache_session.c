@@ -28,55 +28,12 @@
 #include "../src/engine/engine_impl.h"
 #include "../src/engine/session_payload.h"
 #include "../src/kvcache/kvcache.h"
-#include "../src/model/synth.h"
+#include "engine_fixture.h"
 #include "testutil.h"
 
 #define N_PROMPT 200
 #define N_MORE 12
 #define N_REFUSE 80 /* the refusal cases need a valid payload, not a long one */
-
-static const char *tmpdir(void) {
-    const char *t = getenv("DS4_TMP");
-    return t && *t ? t : "/tmp";
-}
-
-static int write_tiny(const char *path, uint64_t seed) {
-    ds4_err err;
-    ds4_synth_config c;
-    memset(&c, 0, sizeof c);
-    if (ds4_synth_preset("tiny", 0, &c.hp, &err) ||
-        ds4_synth_expert_types("q2", &c.expert_gate_type, &c.expert_down_type, &err))
-        return -1;
-    c.weights = DS4_WEIGHTS_PUBLISHED;
-    c.seed = seed;
-    c.name = "kvcache test";
-    ds4_synth_vocab v;
-    if (ds4_synth_vocab_fallback(&v, c.hp.n_vocab, &err)) return -1;
-    c.vocab = &v;
-    int rc = ds4_synth_write_model(&c, path, &err);
-    if (rc) fprintf(stderr, "synth: %s\n", err.msg);
-    ds4_synth_vocab_free(&v);
-    return rc;
-}
-
-static ds4_engine *open_engine(const char *path, bool exact, int chunk, int ctx) {
-    ds4_engine_config cfg = {.model_path = path, .ctx = ctx, .threads = 2, .exact = exact,
-                             .prefill_chunk = chunk};
-    ds4_engine *e = NULL;
-    ds4_err err;
-    if (ds4_engine_open(&e, &cfg, &err)) fprintf(stderr, "engine_open: %s\n", err.msg);
-    return e;
-}
-
-static void make_tokens(int32_t *tok, int n, uint32_t n_vocab, uint64_t seed) {
-    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-    for (int i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        tok[i] = (int32_t)(x % n_vocab);
-    }
-}
 
 /* ------------------------------------------------------ memory streams */
 
@@ -186,15 +143,16 @@ static bool continue_equal(ds4_session *a, ds4_session *b, const int32_t *more, 
 
 static void test_roundtrip(const char *path, bool exact, int n) {
     const char *mode = exact ? "exact" : "official";
-    ds4_engine *e = open_engine(path, exact, 64, 512), *e2 = open_engine(path, exact, 37, 1024);
+    ds4_engine *e = open_engine(path, exact, 2, 64, 512);
+    ds4_engine *e2 = open_engine(path, exact, 2, 37, 1024);
     if (!e || !e2) {
         CHECK(0, "engines open");
         return;
     }
     uint32_t n_vocab = ds4_engine_model(e)->hp.n_vocab;
     int32_t prompt[N_PROMPT], more[N_MORE];
-    make_tokens(prompt, N_PROMPT, n_vocab, 1);
-    make_tokens(more, N_MORE, n_vocab, 2);
+    random_tokens(prompt, N_PROMPT, n_vocab, 1);
+    random_tokens(more, N_MORE, n_vocab, 2);
     ds4_session *s1, *s2, *s3, *ref2;
     ds4_err err;
     ds4_session_new(e, &s1, &err);
@@ -232,15 +190,15 @@ static void test_roundtrip(const char *path, bool exact, int n) {
 static void put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 
 static void test_refusals(const char *path) {
-    ds4_engine *e = open_engine(path, false, 64, 512), *ex = open_engine(path, true, 64, 512),
-               *small = open_engine(path, false, 64, 256);
+    ds4_engine *e = open_engine(path, false, 2, 64, 512), *ex = open_engine(path, true, 2, 64, 512),
+               *small = open_engine(path, false, 2, 64, 256);
     if (!e || !ex || !small) {
         CHECK(0, "engines open");
         return;
     }
     const ds4_hparams *hp = &ds4_engine_model(e)->hp;
     int32_t prompt[N_REFUSE];
-    make_tokens(prompt, N_REFUSE, hp->n_vocab, 1);
+    random_tokens(prompt, N_REFUSE, hp->n_vocab, 1);
     ds4_session *s, *t, *sx, *ss;
     ds4_err err;
     ds4_session_new(e, &s, &err);
@@ -331,7 +289,7 @@ static void test_refusals(const char *path) {
     CHECK(roundtrip_bad == 0, "mutants: %d half-loaded or not re-saved identically (%d refused of 1000)",
           roundtrip_bad, refused);
     ds4_session *full;
-    ds4_engine *tiny_ctx = open_engine(path, false, 8, 40);
+    ds4_engine *tiny_ctx = open_engine(path, false, 2, 8, 40);
     ds4_session_new(tiny_ctx, &full, &err);
     ds4_session_eval(full, prompt, 40, NULL, NULL, &err);
     membuf mf = {0};
@@ -375,7 +333,7 @@ static ds4_kvcache *open_store(const char *dir, ds4_engine *e) {
 static void test_disk_cache(const char *path, const char *other_path) {
     char dir[600];
     snprintf(dir, sizeof dir, "%s/kv-session", tmpdir());
-    ds4_engine *e = open_engine(path, false, 64, 512);
+    ds4_engine *e = open_engine(path, false, 2, 64, 512);
     if (!e) {
         CHECK(0, "engine opens");
         return;
@@ -385,8 +343,8 @@ static void test_disk_cache(const char *path, const char *other_path) {
     CHECK(id.quant_bits == 2 && id.ctx == 512 && !id.exact, "identity of a q2 model");
     uint32_t n_vocab = ds4_engine_model(e)->hp.n_vocab;
     int32_t prompt[N_PROMPT], more[N_MORE];
-    make_tokens(prompt, N_PROMPT, n_vocab, 1);
-    make_tokens(more, N_MORE, n_vocab, 2);
+    random_tokens(prompt, N_PROMPT, n_vocab, 1);
+    random_tokens(more, N_MORE, n_vocab, 2);
     ds4_session *s1, *s2;
     ds4_err err;
     ds4_session_new(e, &s1, &err);
@@ -412,7 +370,7 @@ static void test_disk_cache(const char *path, const char *other_path) {
     CHECK(continue_equal(s1, s2, more, n_vocab), "continued after a disk load = uninterrupted");
     ds4_kvcache_close(kc);
 
-    ds4_engine *other = open_engine(other_path, false, 64, 512);
+    ds4_engine *other = open_engine(other_path, false, 2, 64, 512);
     ds4_session *so;
     ds4_session_new(other, &so, &err);
     ds4_kvcache_identity oid;
@@ -439,7 +397,8 @@ int main(void) {
     char path[600], other[600];
     snprintf(path, sizeof path, "%s/kv-tiny.gguf", tmpdir());
     snprintf(other, sizeof other, "%s/kv-tiny-other.gguf", tmpdir());
-    if (write_tiny(path, 7) || write_tiny(other, 8)) {
+    if (write_tiny(path, DS4_WEIGHTS_PUBLISHED, "q2", 7, "kvcache test") ||
+        write_tiny(other, DS4_WEIGHTS_PUBLISHED, "q2", 8, "kvcache test")) {
         CHECK(0, "tiny models written");
         return TEST_DONE();
     }
