@@ -6,7 +6,9 @@
 #   make test       build, then run every test (installs what tests need)
 #   make test SAN=1 the same under ASan + UBSan (build-san/)
 #   make fuzz       libFuzzer targets (clang) in build-fuzz/
-#   make cuda       the CUDA backend (nvcc)
+#   make cuda       the CUDA backend (nvcc): CUDA-enabled ds4, ds4-server, ds4-bench
+#                   in build-cuda/bin
+#   make test-cuda  on a GPU machine: CUDA vs CPU logits (tests/cuda/last-run.txt)
 #
 # Layout rules (so adding a file never needs a Makefile edit):
 #   src/*/*.c, src/backend/*/*.c   -> libds4.a, except files named main.c
@@ -46,7 +48,7 @@ BINS := $(PROGS:%=$(BUILD)/bin/%)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test-deps test run cuda fuzz clean
+.PHONY: all deps test-deps test run cuda test-cuda fuzz clean
 all: deps $(BINS)
 ifeq ($(SAN),0)
 	@for p in $(PROGS); do cp -f $(BUILD)/bin/$$p ./$$p; done
@@ -98,6 +100,13 @@ CUDA_ARCHS ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=
 cuda:
 	@$(MAKE) --no-print-directory -f src/backend/cuda/cuda.mk NVCC="$(NVCC)" CUDA_BUILD="$(CUDA_BUILD)" \
 	  CUDA_ARCHS="$(CUDA_ARCHS)" CC="$(CC)" CFLAGS="$(CFLAGS)"
+
+# On a GPU machine: the CUDA backend against the CPU backend (tiny model, logits
+# at every position); the output is kept in tests/cuda/last-run.txt.
+test-cuda: cuda
+	@mkdir -p tests/cuda
+	@$(CUDA_BUILD)/tests/test_cuda_forward >tests/cuda/last-run.txt 2>&1; rc=$$?; \
+	  cat tests/cuda/last-run.txt; exit $$rc
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 fuzz: deps

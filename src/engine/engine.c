@@ -18,6 +18,9 @@
 #include "../quant/quant.h"
 #include "../tok/tokenizer.h"
 #include "engine_impl.h"
+#ifdef DS4_CUDA
+#include "../backend/cuda/cuda_engine.h"
+#endif
 
 #define DEFAULT_CTX 4096
 #define DEFAULT_PREFILL_CHUNK 256
@@ -236,8 +239,15 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
         return ds4_fail(err, "engine: no model path given");
     /* Errors about the model start with its name. */
     const char *model_name = cfg->model_path ? cfg->model_path : "model image";
+#ifdef DS4_CUDA
+    /* The cuda backend runs the forward pass; NULL picks it when a GPU is present. */
+    bool use_cuda = cfg->backend ? strcmp(cfg->backend, "cuda") == 0 : !cfg->exact && ds4_cuda_available();
+    if (cfg->backend && !use_cuda && strcmp(cfg->backend, "cpu") != 0)
+        return ds4_fail(err, "backend '%s' is not available (cpu or cuda)", cfg->backend);
+#else
     if (cfg->backend && strcmp(cfg->backend, "cpu") != 0)
         return ds4_fail(err, "backend '%s' is not available in this build (only cpu)", cfg->backend);
+#endif
     if (cfg->ctx < 0) return ds4_fail(err, "context size %d is negative", cfg->ctx);
     if (cfg->prefill_chunk < 0) return ds4_fail(err, "prefill chunk %d is negative", cfg->prefill_chunk);
     if (cfg->ctx > (1 << 26)) return ds4_fail(err, "context size %d is larger than %d", cfg->ctx, 1 << 26);
@@ -302,12 +312,21 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
         ds4_engine_close(e);
         return -1;
     }
+#ifdef DS4_CUDA
+    if (use_cuda && ds4_cuda_engine_open((ds4_cuda_engine **)&e->cuda, &e->model, e->ctx, e->exact, err) != 0) {
+        ds4_engine_close(e);
+        return -1;
+    }
+#endif
     *out = e;
     return 0;
 }
 
 void ds4_engine_close(ds4_engine *e) {
     if (!e) return;
+#ifdef DS4_CUDA
+    ds4_cuda_engine_close(e->cuda);
+#endif
     cpu_ctx_free(&e->cpu);
     free(e->ws_arena);
     free(e->consts_arena);
@@ -320,7 +339,7 @@ void ds4_engine_close(ds4_engine *e) {
 const ds4_model *ds4_engine_model(const ds4_engine *e) { return &e->model; }
 const ds4_tokenizer *ds4_engine_tokenizer(const ds4_engine *e) { return e->tok; }
 int ds4_engine_ctx(const ds4_engine *e) { return e->ctx; }
-const char *ds4_engine_backend_name(const ds4_engine *e) { return "cpu"; }
+const char *ds4_engine_backend_name(const ds4_engine *e) { return e->cuda ? "cuda" : "cpu"; }
 
 /* -------------------------------------------------------------- sessions */
 
@@ -380,6 +399,12 @@ int ds4_session_new(ds4_engine *e, ds4_session **out, ds4_err *err) {
         ds4_session_free(s);
         return ds4_fail(err, "out of memory for a %d-token session", e->ctx);
     }
+#ifdef DS4_CUDA
+    if (e->cuda && ds4_cuda_session_new(e->cuda, (ds4_cuda_session **)&s->cuda, err) != 0) {
+        ds4_session_free(s);
+        return -1;
+    }
+#endif
     ds4_session_reset(s);
     *out = s;
     return 0;
@@ -387,6 +412,9 @@ int ds4_session_new(ds4_engine *e, ds4_session **out, ds4_err *err) {
 
 void ds4_session_free(ds4_session *s) {
     if (!s) return;
+#ifdef DS4_CUDA
+    ds4_cuda_session_free(s->cuda);
+#endif
     if (s->layers)
         for (uint32_t il = 0; il < s->e->model.hp.n_layer; il++) {
             layer_kv *L = &s->layers[il];
@@ -406,6 +434,9 @@ void ds4_session_free(ds4_session *s) {
 
 void ds4_session_reset(ds4_session *s) {
     s->n_tokens = 0;
+#ifdef DS4_CUDA
+    if (s->cuda) ds4_cuda_session_reset(s->cuda, NULL);
+#endif
     memset(s->logits, 0, s->e->model.hp.n_vocab * sizeof(float));
     for (uint32_t il = 0; il < s->e->model.hp.n_layer; il++) {
         layer_kv *L = &s->layers[il];
@@ -421,6 +452,24 @@ const int32_t *ds4_session_tokens(const ds4_session *s) { return s->tokens; }
 const float *ds4_session_logits(const ds4_session *s) { return s->logits; }
 
 /* ------------------------------------------------------------------ eval */
+
+/* One chunk through the model: forward_chunk, or on CUDA the decode step
+ * token by token (batched CUDA prefill is not written yet). */
+static int forward_any(ds4_session *s, const int32_t *tokens, int n, float *all_logits, ds4_err *err) {
+#ifdef DS4_CUDA
+    if (s->cuda) {
+        uint32_t n_vocab = s->e->model.hp.n_vocab;
+        for (int i = 0; i < n; i++) {
+            float *dst = all_logits ? all_logits + (size_t)i * n_vocab : s->logits;
+            if (ds4_cuda_session_step(s->cuda, tokens[i], s->n_tokens + i, dst, err) != 0) return -1;
+        }
+        if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * n_vocab, n_vocab * sizeof(float));
+        return 0;
+    }
+#endif
+    forward_chunk(s, tokens, n, all_logits);
+    return 0;
+}
 
 static int eval_tokens(ds4_session *s, const int32_t *tokens, int n, float *all_logits,
                        ds4_progress_fn progress, void *progress_ctx, ds4_err *err) {
@@ -440,7 +489,10 @@ static int eval_tokens(ds4_session *s, const int32_t *tokens, int n, float *all_
     int done = 0, rc = 0;
     while (done < n) {
         int m = n - done < e->chunk ? n - done : e->chunk;
-        forward_chunk(s, tokens + done, m, all_logits ? all_logits + (size_t)done * n_vocab : NULL);
+        if (forward_any(s, tokens + done, m, all_logits ? all_logits + (size_t)done * n_vocab : NULL, err) != 0) {
+            rc = -1;
+            break;
+        }
         memcpy(s->tokens + s->n_tokens, tokens + done, (size_t)m * sizeof(int32_t));
         s->n_tokens += m;
         done += m;

@@ -54,6 +54,7 @@ struct ds4_session {
     int32_t *tokens;   /* ctx */
     float *logits;     /* n_vocab */
     layer_kv *layers;  /* n_layer */
+    void *cuda;        /* ds4_cuda_session when the engine runs on CUDA, else NULL */
 };
 
 /* Per-worker scratch for attention and the indexer. */
@@ -129,6 +130,7 @@ struct ds4_engine {
     float *consts_arena;
     uint32_t comp_cap[DS4_MAX_LAYERS]; /* compressed rows per layer at ctx */
     pthread_mutex_t eval_mu;
+    void *cuda;        /* ds4_cuda_engine (DS4_CUDA builds, cuda backend), else NULL */
 };
 
 /* One chunk [pos0, pos0+n) of tokens through every layer (forward.c). If

@@ -87,6 +87,7 @@ int ds4_session_save_payload(const ds4_session *s, ds4_writer *w, ds4_err *err) 
     const ds4_engine *e = s->e;
     const ds4_hparams *hp = &e->model.hp;
     uint32_t n = (uint32_t)s->n_tokens, ctx = (uint32_t)e->ctx;
+    if (s->cuda) return ds4_fail(err, "session save is not implemented for the cuda backend yet");
     if (n >= ctx)
         return ds4_fail(err, "session holds %u tokens, the whole context of %u: a full context cannot be "
                         "continued, so it is not saved", n, ctx);
@@ -242,6 +243,7 @@ static int load_body(ds4_session *s, ds4_reader *r, uint64_t nbytes, ds4_err *er
 }
 
 int ds4_session_load_payload(ds4_session *s, ds4_reader *r, uint64_t nbytes, ds4_err *err) {
+    if (s->cuda) return ds4_fail(err, "session load is not implemented for the cuda backend yet");
     ds4_session_reset(s);
     if (load_body(s, r, nbytes, err) == 0) return 0;
     ds4_session_reset(s);

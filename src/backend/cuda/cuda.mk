@@ -1,21 +1,36 @@
-# cuda.mk — builds the CUDA kernel library and ds4-cuda-bench; run by the
-# main Makefile's `cuda` target, which passes NVCC, CUDA_BUILD, CUDA_ARCHS,
-# CC and CFLAGS. Kept apart so the plain build never needs nvcc.
+# cuda.mk — the CUDA build; run by the main Makefile's `cuda` and
+# `test-cuda` targets, which pass NVCC, CUDA_BUILD, CUDA_ARCHS, CC and
+# CFLAGS. Kept apart so the plain build never needs nvcc.
 #
 #   $(CUDA_BUILD)/libds4cuda.a        every src/backend/cuda/*.cu but the bench
+#   $(CUDA_BUILD)/libds4.a            the C library compiled with -DDS4_CUDA
+#                                     (the engine then offers the cuda backend)
+#   $(CUDA_BUILD)/bin/ds4, ds4-server, ds4-bench   CUDA-enabled programs
 #   $(CUDA_BUILD)/bin/ds4-cuda-bench  cuda_bench.cu + the library + src/quant
 #                                     (the CPU reference it checks against)
+#   $(CUDA_BUILD)/tests/test_cuda_forward   CUDA vs CPU logits (test-cuda)
 
 CUDA_DIR := src/backend/cuda
 CUDA_BENCH_SRC := $(CUDA_DIR)/cuda_bench.cu
 CUDA_LIB_SRC := $(filter-out $(CUDA_BENCH_SRC),$(wildcard $(CUDA_DIR)/*.cu))
 CUDA_LIB_OBJ := $(CUDA_LIB_SRC:%.cu=$(CUDA_BUILD)/obj/%.o)
 CUDA_BENCH_OBJ := $(CUDA_BENCH_SRC:%.cu=$(CUDA_BUILD)/obj/%.o)
-CUDA_HOST_OBJ := $(patsubst %.c,$(CUDA_BUILD)/obj/%.o,$(wildcard src/quant/*.c) src/common/error.c)
+CUDA_HOST_OBJ := $(patsubst %.c,$(CUDA_BUILD)/bench-obj/%.o,$(wildcard src/quant/*.c) src/common/error.c)
 NVCCFLAGS ?= -O3 -std=c++17 -lineinfo -Xcompiler -Wall,-Wno-unknown-pragmas
 
+C_LIB_SRC := $(filter-out %/main.c,$(wildcard src/*/*.c src/backend/*/*.c))
+C_LIB_OBJ := $(C_LIB_SRC:%.c=$(CUDA_BUILD)/obj/%.o)
+PROG_OBJ := $(CUDA_BUILD)/obj/src/cli/main.o $(CUDA_BUILD)/obj/src/server/main.o \
+            $(CUDA_BUILD)/obj/tools/ds4-bench.o $(CUDA_BUILD)/obj/tests/test_cuda_forward.o
+LINK_LIBS := -Xlinker --start-group $(CUDA_BUILD)/libds4.a $(CUDA_BUILD)/libds4cuda.a -Xlinker --end-group \
+             -ljansson -lmicrohttpd -lutf8proc -ledit -lcrypto -lm -lpthread -ldl
+
 .PHONY: all
-all: $(CUDA_BUILD)/libds4cuda.a $(CUDA_BUILD)/bin/ds4-cuda-bench
+all: $(CUDA_BUILD)/libds4cuda.a $(CUDA_BUILD)/bin/ds4-cuda-bench $(CUDA_BUILD)/bin/ds4 \
+     $(CUDA_BUILD)/bin/ds4-server $(CUDA_BUILD)/bin/ds4-bench $(CUDA_BUILD)/tests/test_cuda_forward
+
+# The decode step restates the CPU's float operations: no contracted multiply-adds.
+$(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_engine.o: NVCCFLAGS += -fmad=false
 
 $(CUDA_BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
@@ -23,9 +38,17 @@ $(CUDA_BUILD)/obj/%.o: %.cu
 
 $(CUDA_BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DDS4_CUDA -c $< -o $@
+
+$(CUDA_BUILD)/bench-obj/%.o: %.c
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(CUDA_BUILD)/libds4cuda.a: $(CUDA_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(CUDA_BUILD)/libds4.a: $(C_LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -33,4 +56,21 @@ $(CUDA_BUILD)/bin/ds4-cuda-bench: $(CUDA_BENCH_OBJ) $(CUDA_BUILD)/libds4cuda.a $
 	@mkdir -p $(dir $@)
 	$(NVCC) $(CUDA_ARCHS) $^ -lm -o $@
 
--include $(CUDA_LIB_OBJ:.o=.d) $(CUDA_BENCH_OBJ:.o=.d) $(CUDA_HOST_OBJ:.o=.d)
+$(CUDA_BUILD)/bin/ds4: $(CUDA_BUILD)/obj/src/cli/main.o $(CUDA_BUILD)/libds4.a $(CUDA_BUILD)/libds4cuda.a
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CUDA_ARCHS) $< $(LINK_LIBS) -o $@
+
+$(CUDA_BUILD)/bin/ds4-server: $(CUDA_BUILD)/obj/src/server/main.o $(CUDA_BUILD)/libds4.a $(CUDA_BUILD)/libds4cuda.a
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CUDA_ARCHS) $< $(LINK_LIBS) -o $@
+
+$(CUDA_BUILD)/bin/ds4-bench: $(CUDA_BUILD)/obj/tools/ds4-bench.o $(CUDA_BUILD)/libds4.a $(CUDA_BUILD)/libds4cuda.a
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CUDA_ARCHS) $< $(LINK_LIBS) -o $@
+
+$(CUDA_BUILD)/tests/test_cuda_forward: $(CUDA_BUILD)/obj/tests/test_cuda_forward.o $(CUDA_BUILD)/libds4.a \
+                                       $(CUDA_BUILD)/libds4cuda.a
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CUDA_ARCHS) $< $(LINK_LIBS) -o $@
+
+-include $(CUDA_LIB_OBJ:.o=.d) $(CUDA_BENCH_OBJ:.o=.d) $(C_LIB_OBJ:.o=.d) $(PROG_OBJ:.o=.d) $(CUDA_HOST_OBJ:.o=.d)

@@ -1,0 +1,678 @@
+/* cuda_engine.cu — the CUDA backend's decode step (cuda_engine.h): weight
+ * upload, device KV state, and the step enqueued once into a CUDA graph.
+ *
+ * Weights: every tensor the step reads is copied once into one device
+ * arena in its GGUF block layout (the matvec kernels read those bytes
+ * directly); the small per-layer vectors (norm weights, HC scales and
+ * biases, sinks, APE, router bias) are converted to f32 first, as the CPU
+ * engine does at open.
+ *
+ * The step is the forward pass of src/engine/forward.c for one token, in
+ * the same order: embedding, then per layer HC pre → attention (Q, KV,
+ * compressors, indexer, attention, grouped output) → HC post → HC pre →
+ * MoE (router, shared expert, routed experts) → HC post, then the output
+ * head. Quantised products go through cuda_kernels.h with the activation
+ * quantised on the device exactly as ds4_quantize_act does; the rest is
+ * cuda_step_ops.cuh. Nothing depends on host values that change between
+ * tokens: the token id and position live in device memory (step_io) and
+ * the kernels derive window bounds, compressor emissions, compressed-row
+ * counts and indexer activity from the position, so the enqueue is
+ * captured once per session into a graph and replayed.
+ *
+ * Device memory per session: raw ring (n_swa rows) and compressed/indexer
+ * rows (ctx/R + 2) as f16, frontiers as f32 — the CPU engine's layout. */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_engine.h"
+#include "cuda_kernels.h"
+
+extern "C" {
+#include "../../engine/numerics.h"
+#include "../../quant/quant.h"
+}
+
+#include "cuda_step_ops.cuh"
+
+/* A weight matrix in device memory: rows of `in` elements of `type`. */
+struct dmat {
+    const uint8_t *w;
+    uint32_t type, in, rows;
+    uint64_t row_bytes;
+};
+
+struct dlayer {
+    uint32_t ratio;
+    dmat hc_attn_fn, hc_ffn_fn, q_a, q_b, kv, out_a, out_b;
+    dmat comp_kv, comp_gate, idx_q_b, idx_proj, idx_comp_kv, idx_comp_gate;
+    dmat gate_inp, gate_exps, up_exps, down_exps, gate_sh, up_sh, down_sh;
+    const int32_t *tid2eid;
+    const float *hc_attn_scale, *hc_attn_base, *hc_ffn_scale, *hc_ffn_base;
+    const float *attn_norm, *q_a_norm, *kv_a_norm, *sinks, *ffn_norm;
+    const float *comp_ape, *comp_norm, *index_ape, *index_norm, *probs_bias;
+    float clamp;
+};
+
+/* Device workspace of one step (shared by the engine's sessions). */
+struct dwork {
+    step_io *io;
+    float *H, *hc_flat, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
+    float *iscores, *att, *low, *y, *router, *ew, *mid, *smid, *sh, *ehc, *logits;
+    int32_t *ids, *zero_id, *sel, *n_sel;
+    float *one_w;
+    uint8_t *actA, *actB;
+};
+
+struct ds4_cuda_engine {
+    const ds4_model *m;
+    ds4_cuda_kernels *k;
+    cudaStream_t stream;
+    int ctx;
+    uint8_t *arena;
+    uint64_t arena_used, arena_size;
+    dlayer L[DS4_MAX_LAYERS];
+    uint32_t comp_cap[DS4_MAX_LAYERS];
+    dmat token_embd, output, output_hc_fn;
+    const float *out_hc_scale, *out_hc_base, *out_norm;
+    rope_dev rope_plain, rope_comp;
+    uint32_t max_rows; /* rows one head attends at most */
+    dwork w;
+    void **small;      /* cudaMalloc'd small buffers, freed at close */
+    int n_small, cap_small;
+    char name[320];
+};
+
+struct dlayer_kv {
+    __half *raw, *comp, *index;
+    float *st_kv, *st_sc, *ist_kv, *ist_sc;
+    size_t st_n, ist_n;
+};
+
+struct ds4_cuda_session {
+    ds4_cuda_engine *e;
+    dlayer_kv L[DS4_MAX_LAYERS];
+    void *state;      /* one allocation for every layer's state */
+    step_io *h_io;    /* pinned */
+    cudaGraphExec_t graph;
+};
+
+static int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
+    return ds4_fail(err, "cuda: %s: %s", what, cudaGetErrorString(e));
+}
+
+static int launched(ds4_err *err, const char *what) {
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? 0 : cuda_fail(err, what, e);
+}
+
+/* ------------------------------------------------------------ upload */
+
+static uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
+
+/* Reserves room for t (base == NULL) or copies it into the arena. */
+static int put_tensor(ds4_cuda_engine *e, const ds4_tensor *t, dmat *out, bool counting, ds4_err *err) {
+    memset(out, 0, sizeof *out);
+    if (!t->data) return 0;
+    uint64_t off = e->arena_used;
+    e->arena_used = align256(e->arena_used + t->nbytes);
+    if (counting) return 0;
+    cudaError_t c = cudaMemcpy(e->arena + off, t->data, t->nbytes, cudaMemcpyHostToDevice);
+    if (c != cudaSuccess) return cuda_fail(err, "weight upload", c);
+    const ds4_type_info *ti = ds4_type_info_get(t->type);
+    out->w = e->arena + off;
+    out->type = t->type;
+    out->in = (uint32_t)t->ne[0];
+    out->rows = (uint32_t)(t->n_dims > 1 ? t->ne[1] : 1);
+    out->row_bytes = ti ? (uint64_t)t->ne[0] / ti->block_elems * ti->block_bytes : 0;
+    return 0;
+}
+
+/* A small tensor as f32 in its own device buffer (NULL if absent). */
+static int put_f32(ds4_cuda_engine *e, const ds4_tensor *t, const float **out, ds4_err *err) {
+    *out = NULL;
+    if (!t->data) return 0;
+    uint64_t n = 1;
+    for (uint32_t d = 0; d < t->n_dims; d++) n *= t->ne[d];
+    float *h = (float *)malloc(n * sizeof(float));
+    if (!h) return ds4_fail(err, "cuda: out of host memory");
+    ds4_dequantize_row(t->type, t->data, h, n);
+    if (e->n_small == e->cap_small) {
+        int cap = e->cap_small ? 2 * e->cap_small : 256;
+        void **p = (void **)realloc(e->small, cap * sizeof(void *));
+        if (!p) { free(h); return ds4_fail(err, "cuda: out of host memory"); }
+        e->small = p;
+        e->cap_small = cap;
+    }
+    void *d = NULL;
+    cudaError_t c = cudaMalloc(&d, n * sizeof(float));
+    if (c == cudaSuccess) c = cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice);
+    free(h);
+    if (c != cudaSuccess) { cudaFree(d); return cuda_fail(err, "small tensor upload", c); }
+    e->small[e->n_small++] = d;
+    *out = (const float *)d;
+    return 0;
+}
+
+static int upload_weights(ds4_cuda_engine *e, bool counting, ds4_err *err) {
+    const ds4_model *m = e->m;
+    e->arena_used = 0;
+#define PUT(t, dst) if (put_tensor(e, &(t), &(dst), counting, err)) return -1
+    PUT(m->token_embd, e->token_embd);
+    PUT(m->output, e->output);
+    PUT(m->output_hc_fn, e->output_hc_fn);
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+        const ds4_layer *S = &m->layers[il];
+        dlayer *D = &e->L[il];
+        dmat tid;
+        PUT(S->hc_attn_fn, D->hc_attn_fn); PUT(S->hc_ffn_fn, D->hc_ffn_fn);
+        PUT(S->attn_q_a, D->q_a); PUT(S->attn_q_b, D->q_b); PUT(S->attn_kv, D->kv);
+        PUT(S->attn_output_a, D->out_a); PUT(S->attn_output_b, D->out_b);
+        PUT(S->attn_compressor_kv, D->comp_kv); PUT(S->attn_compressor_gate, D->comp_gate);
+        PUT(S->indexer_attn_q_b, D->idx_q_b); PUT(S->indexer_proj, D->idx_proj);
+        PUT(S->indexer_compressor_kv, D->idx_comp_kv); PUT(S->indexer_compressor_gate, D->idx_comp_gate);
+        PUT(S->ffn_gate_inp, D->gate_inp);
+        PUT(S->ffn_gate_exps, D->gate_exps); PUT(S->ffn_up_exps, D->up_exps); PUT(S->ffn_down_exps, D->down_exps);
+        PUT(S->ffn_gate_shexp, D->gate_sh); PUT(S->ffn_up_shexp, D->up_sh); PUT(S->ffn_down_shexp, D->down_sh);
+        PUT(S->ffn_gate_tid2eid, tid);
+        D->tid2eid = (const int32_t *)tid.w;
+        D->ratio = S->compress_ratio;
+        D->clamp = m->hp.swiglu_clamp[il];
+        if (counting) continue;
+        if (put_f32(e, &S->hc_attn_scale, &D->hc_attn_scale, err) || put_f32(e, &S->hc_attn_base, &D->hc_attn_base, err) ||
+            put_f32(e, &S->hc_ffn_scale, &D->hc_ffn_scale, err) || put_f32(e, &S->hc_ffn_base, &D->hc_ffn_base, err) ||
+            put_f32(e, &S->attn_norm, &D->attn_norm, err) || put_f32(e, &S->attn_q_a_norm, &D->q_a_norm, err) ||
+            put_f32(e, &S->attn_kv_a_norm, &D->kv_a_norm, err) || put_f32(e, &S->attn_sinks, &D->sinks, err) ||
+            put_f32(e, &S->ffn_norm, &D->ffn_norm, err) ||
+            put_f32(e, &S->attn_compressor_ape, &D->comp_ape, err) ||
+            put_f32(e, &S->attn_compressor_norm, &D->comp_norm, err) ||
+            put_f32(e, &S->indexer_compressor_ape, &D->index_ape, err) ||
+            put_f32(e, &S->indexer_compressor_norm, &D->index_norm, err) ||
+            put_f32(e, &S->exp_probs_b, &D->probs_bias, err))
+            return -1;
+        if (m->hp.n_layer > 8 && (il + 1) % 4 == 0)
+            fprintf(stderr, "\rcuda: uploading weights, layer %u/%u", il + 1, m->hp.n_layer);
+    }
+#undef PUT
+    if (counting) return 0;
+    if (m->hp.n_layer > 8) fprintf(stderr, "\n");
+    if (put_f32(e, &m->output_hc_scale, &e->out_hc_scale, err) || put_f32(e, &m->output_hc_base, &e->out_hc_base, err) ||
+        put_f32(e, &m->output_norm, &e->out_norm, err))
+        return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------ checks */
+
+static bool matvec_type(uint32_t t) {
+    return t == DS4_TYPE_Q8_0 || t == DS4_TYPE_Q2_K || t == DS4_TYPE_Q4_K || t == DS4_TYPE_IQ2_XXS ||
+           t == DS4_TYPE_F16 || t == DS4_TYPE_F32;
+}
+
+static bool moe_type(uint32_t t) {
+    return t == DS4_TYPE_Q8_0 || t == DS4_TYPE_Q2_K || t == DS4_TYPE_Q4_K || t == DS4_TYPE_IQ2_XXS;
+}
+
+static int check_model(const ds4_model *m, ds4_err *err) {
+    const ds4_hparams *hp = &m->hp;
+    if (hp->n_hc != HC_N) return ds4_fail(err, "cuda: %u HC streams (the kernels take %d)", hp->n_hc, HC_N);
+    if (hp->head_dim > 1024 || hp->indexer_head_dim > 1024 || hp->head_dim - hp->n_rot > 64 * 64 ||
+        hp->indexer_head_dim > 32 * 64)
+        return ds4_fail(err, "cuda: head sizes %u/%u are beyond the kernels' limits", hp->head_dim,
+                        hp->indexer_head_dim);
+    if (hp->n_expert_used > DS4_CUDA_MAX_SEL)
+        return ds4_fail(err, "cuda: %u experts per token (at most %d)", hp->n_expert_used, DS4_CUDA_MAX_SEL);
+    if (m->token_embd.type != DS4_TYPE_F16 && m->token_embd.type != DS4_TYPE_F32)
+        return ds4_fail(err, "cuda: token_embd of type %s (F16 or F32 supported)", ds4_type_name(m->token_embd.type));
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const ds4_layer *L = &m->layers[il];
+        const ds4_tensor *mats[] = {&L->hc_attn_fn, &L->hc_ffn_fn, &L->attn_q_a, &L->attn_q_b, &L->attn_kv,
+                                    &L->attn_output_a, &L->attn_output_b, &L->attn_compressor_kv,
+                                    &L->attn_compressor_gate, &L->indexer_attn_q_b, &L->indexer_proj,
+                                    &L->indexer_compressor_kv, &L->indexer_compressor_gate, &L->ffn_gate_inp};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+            if (mats[i]->data && !matvec_type(mats[i]->type))
+                return ds4_fail(err, "cuda: %s has type %s, which the CUDA backend cannot multiply yet",
+                                mats[i]->name, ds4_type_name(mats[i]->type));
+        const ds4_tensor *moes[] = {&L->ffn_gate_exps, &L->ffn_up_exps, &L->ffn_down_exps, &L->ffn_gate_shexp,
+                                    &L->ffn_up_shexp, &L->ffn_down_shexp};
+        for (size_t i = 0; i < sizeof moes / sizeof *moes; i++)
+            if (!moe_type(moes[i]->type))
+                return ds4_fail(err, "cuda: %s has type %s (the MoE kernels take Q8_0, Q2_K, Q4_K, IQ2_XXS)",
+                                moes[i]->name, ds4_type_name(moes[i]->type));
+    }
+    if (!matvec_type(m->output.type) || !matvec_type(m->output_hc_fn.type))
+        return ds4_fail(err, "cuda: output head types not supported");
+    return 0;
+}
+
+/* ------------------------------------------------------------ engine */
+
+static int dalloc(ds4_cuda_engine *e, void **p, size_t bytes, ds4_err *err) {
+    if (e->n_small == e->cap_small) {
+        int cap = e->cap_small ? 2 * e->cap_small : 256;
+        void **q = (void **)realloc(e->small, cap * sizeof(void *));
+        if (!q) return ds4_fail(err, "cuda: out of host memory");
+        e->small = q;
+        e->cap_small = cap;
+    }
+    cudaError_t c = cudaMalloc(p, bytes ? bytes : 16);
+    if (c != cudaSuccess) return cuda_fail(err, "workspace allocation", c);
+    e->small[e->n_small++] = *p;
+    return 0;
+}
+
+static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
+    const ds4_hparams *hp = &e->m->hp;
+    dwork *w = &e->w;
+    size_t D = hp->n_embd, hd = hp->head_dim, ihd = hp->indexer_head_dim, ff = hp->n_ff_exp;
+    size_t nu = hp->n_expert_used, qdim = (size_t)hp->n_head * hd;
+    uint32_t max_cap = 16;
+    for (uint32_t il = 0; il < hp->n_layer; il++) max_cap = e->comp_cap[il] > max_cap ? e->comp_cap[il] : max_cap;
+    size_t max_n = 4 * D;
+    size_t cand[] = {qdim, (size_t)hp->n_out_group * hp->o_lora, nu * ff, hp->q_lora, (size_t)hp->n_vocab};
+    for (size_t i = 0; i < sizeof cand / sizeof *cand; i++) max_n = cand[i] > max_n ? cand[i] : max_n;
+    size_t act_bytes = max_n * 2 + 1024;
+#define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
+    F(w->io, 1);
+    F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
+    F(w->x, D); F(w->a, D); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
+    F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
+    F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
+    F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
+    F(w->att, qdim); F(w->low, (size_t)hp->n_out_group * hp->o_lora); F(w->y, D);
+    F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL);
+    F(w->mid, nu * ff); F(w->smid, ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
+    F(w->zero_id, 1); F(w->one_w, 1);
+    F(w->actA, act_bytes); F(w->actB, act_bytes);
+#undef F
+    int32_t zero = 0;
+    float one = 1.0f;
+    cudaError_t c = cudaMemcpy(w->zero_id, &zero, sizeof zero, cudaMemcpyHostToDevice);
+    if (c == cudaSuccess) c = cudaMemcpy(w->one_w, &one, sizeof one, cudaMemcpyHostToDevice);
+    return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
+}
+
+static rope_dev rope_of(const ds4_hparams *hp, bool compressed) {
+    rope_params rp;
+    rope_params_init(&rp, hp, compressed);
+    rope_dev r = {rp.n_rot, rp.theta_scale, rp.yarn ? 1 : 0, rp.freq_scale, rp.corr_low, rp.corr_high};
+    return r;
+}
+
+extern "C" bool ds4_cuda_available(void) {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact, ds4_err *err) {
+    *out = NULL;
+    if (exact) return ds4_fail(err, "cuda: exact mode is not implemented on the GPU (use the cpu backend)");
+    if (check_model(m, err)) return -1;
+    ds4_cuda_engine *e = (ds4_cuda_engine *)calloc(1, sizeof *e);
+    if (!e) return ds4_fail(err, "cuda: out of host memory");
+    e->m = m;
+    e->ctx = ctx;
+    if (ds4_cuda_kernels_init(&e->k, 0, err)) {
+        free(e);
+        return -1;
+    }
+    const ds4_hparams *hp = &m->hp;
+    e->max_rows = hp->n_swa;
+    uint32_t extra = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        uint32_t r = m->layers[il].compress_ratio;
+        e->comp_cap[il] = r ? (uint32_t)ctx / r + 2 : 0;
+        uint32_t att = r == 4 && e->comp_cap[il] > hp->indexer_top_k ? hp->indexer_top_k : e->comp_cap[il];
+        extra = att > extra ? att : extra;
+    }
+    e->max_rows += extra;
+    e->rope_plain = rope_of(hp, false);
+    e->rope_comp = rope_of(hp, true);
+    snprintf(e->name, sizeof e->name, "%s", ds4_cuda_kernels_device_name(e->k));
+    cudaError_t c = cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking);
+    if (c != cudaSuccess) {
+        ds4_cuda_engine_close(e);
+        return cuda_fail(err, "stream", c);
+    }
+    upload_weights(e, true, NULL);
+    e->arena_size = e->arena_used;
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    c = cudaMalloc(&e->arena, e->arena_size);
+    if (c != cudaSuccess) {
+        ds4_fail(err, "cuda: the weights need %.2f GiB of device memory; %.2f GiB are free on %s",
+                 e->arena_size / 1073741824.0, free_b / 1073741824.0, e->name);
+        ds4_cuda_engine_close(e);
+        return -1;
+    }
+    if (upload_weights(e, false, err) || alloc_work(e, err)) {
+        ds4_cuda_engine_close(e);
+        return -1;
+    }
+    size_t smem = (hp->head_dim + e->max_rows) * sizeof(float);
+    c = cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (c != cudaSuccess) {
+        ds4_fail(err, "cuda: attention over %u rows needs %zu bytes of shared memory: %s", e->max_rows, smem,
+                 cudaGetErrorString(c));
+        ds4_cuda_engine_close(e);
+        return -1;
+    }
+    *out = e;
+    return 0;
+}
+
+extern "C" void ds4_cuda_engine_close(ds4_cuda_engine *e) {
+    if (!e) return;
+    for (int i = 0; i < e->n_small; i++) cudaFree(e->small[i]);
+    free(e->small);
+    cudaFree(e->arena);
+    if (e->stream) cudaStreamDestroy(e->stream);
+    ds4_cuda_kernels_free(e->k);
+    free(e);
+}
+
+extern "C" const char *ds4_cuda_engine_device_name(const ds4_cuda_engine *e) { return e->name; }
+
+/* ------------------------------------------------------------ the step */
+
+/* Enqueue helpers: each returns 0 or -1 with err set. */
+struct enq {
+    ds4_cuda_engine *e;
+    cudaStream_t st;
+    ds4_err *err;
+    const float *memo_x; /* what actA holds, quantised for memo_type */
+    uint32_t memo_type;
+    uint32_t memo_n;
+};
+
+/* The activation for weights of type `type`: f32 x itself for F16/F32,
+ * else x quantised into buf (actA remembers what it holds). */
+static const void *act_of(enq *q, uint32_t type, const float *x, uint32_t n, uint8_t *buf) {
+    if (type == DS4_TYPE_F16 || type == DS4_TYPE_F32) return x;
+    bool is_a = buf == q->e->w.actA;
+    if (is_a && q->memo_x == x && q->memo_type == type && q->memo_n == n) return buf;
+    if (ds4_cuda_quantize_act(q->e->k, type, x, buf, n, (ds4_cuda_stream)q->st, q->err)) return NULL;
+    if (is_a) q->memo_x = x, q->memo_type = type, q->memo_n = n;
+    return buf;
+}
+
+static int mv_rows(enq *q, const dmat &m, uint32_t row0, uint32_t n_rows, const void *act, float *y) {
+    if (!act) return -1;
+    const uint8_t *w = m.w + (uint64_t)row0 * m.row_bytes;
+    if (m.type == DS4_TYPE_F32) {
+        uint32_t blocks = (n_rows * 32 + 255) / 256;
+        k_matvec_f32<<<blocks, 256, 0, q->st>>>((const float *)w, n_rows, m.in, (const float *)act, y);
+        return launched(q->err, "f32 matvec");
+    }
+    return ds4_cuda_matvec(q->e->k, m.type, w, n_rows, m.in, act, y, (ds4_cuda_stream)q->st, q->err);
+}
+
+static int mv(enq *q, const dmat &m, const float *x, uint8_t *buf, float *y) {
+    return mv_rows(q, m, 0, m.rows, act_of(q, m.type, x, m.in, buf), y);
+}
+
+/* HC pre of a sublayer: ws.a = norm(Σ pre·H)·w, post/comb kept. */
+static int hc_pre(enq *q, const dmat &fn, const float *scale, const float *base, const float *norm_w) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    dwork *w = &e->w;
+    uint32_t D = hp->n_embd;
+    q->memo_x = NULL;
+    k_rmsnorm<<<1, 1024, 0, q->st>>>(w->H, w->hc_flat, NULL, (int)(HC_N * D), 0, hp->rms_eps);
+    if (launched(q->err, "hc norm") || mv(q, fn, w->hc_flat, w->actB, w->mix)) return -1;
+    k_hc_pre<<<1, 1024, 0, q->st>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, w->H, D, norm_w,
+                                   hp->rms_eps, w->x, w->a, w->post, w->comb);
+    return launched(q->err, "hc pre");
+}
+
+static int hc_post(enq *q) {
+    dwork *w = &q->e->w;
+    uint32_t D = q->e->m->hp.n_embd;
+    k_hc_post<<<(D + 255) / 256, 256, 0, q->st>>>(w->H, w->y, w->post, w->comb, D);
+    return launched(q->err, "hc post");
+}
+
+static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    const dlayer *L = &e->L[il];
+    dlayer_kv *K = &s->L[il];
+    dwork *w = &e->w;
+    int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim, n_rot = (int)hp->n_rot;
+    rope_dev rp = L->ratio ? e->rope_comp : e->rope_plain;
+    if (hc_pre(q, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm) ||
+        mv(q, L->q_a, w->a, w->actA, w->qr) || mv(q, L->kv, w->a, w->actA, w->kv))
+        return -1;
+    if (L->ratio && (mv(q, L->comp_kv, w->a, w->actA, w->ckv) || mv(q, L->comp_gate, w->a, w->actA, w->csc)))
+        return -1;
+    if (L->ratio == 4 &&
+        (mv(q, L->idx_comp_kv, w->a, w->actA, w->ikv) || mv(q, L->idx_comp_gate, w->a, w->actA, w->isc)))
+        return -1;
+    k_rmsnorm<<<1, 1024, 0, q->st>>>(w->qr, w->qr, L->q_a_norm, (int)hp->q_lora, 0, hp->rms_eps);
+    if (launched(q->err, "q norm") || mv(q, L->q_b, w->qr, w->actB, w->q)) return -1;
+    k_q_prepare<<<hp->n_head, 256, hd * sizeof(float), q->st>>>(w->q, hd, hp->rms_eps, rp, w->io);
+    k_kv_prepare<<<1, 512, hd * sizeof(float), q->st>>>(w->kv, L->kv_a_norm, hd, n_rot, hp->rms_eps, rp, w->io,
+                                                         K->raw, (int)hp->n_swa);
+    if (launched(q->err, "q/kv prepare")) return -1;
+    if (L->ratio) {
+        int coff = L->ratio == 4 ? 2 : 1;
+        k_compressor<<<1, 512, hd * sizeof(float), q->st>>>(w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv,
+                                                             K->st_sc, K->comp, (int)L->ratio, coff, hd, n_rot,
+                                                             hp->rms_eps, e->rope_comp, 0, w->io);
+        if (launched(q->err, "compressor")) return -1;
+    }
+    if (L->ratio == 4) {
+        k_compressor<<<1, 512, ihd * sizeof(float), q->st>>>(w->ikv, w->isc, L->index_ape, L->index_norm,
+                                                              K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, n_rot,
+                                                              hp->rms_eps, e->rope_comp, 1, w->io);
+        if (launched(q->err, "indexer compressor") || mv(q, L->idx_q_b, w->qr, w->actB, w->iq) ||
+            mv(q, L->idx_proj, w->a, w->actA, w->iw))
+            return -1;
+        int nih = (int)hp->n_indexer_head;
+        k_idx_query<<<nih, 128, ihd * sizeof(float), q->st>>>(w->iq, w->iw, ihd, nih, e->rope_comp, w->io);
+        uint32_t blocks = (e->comp_cap[il] + 7) / 8;
+        if (blocks > 1024) blocks = 1024;
+        k_idx_scores<<<blocks, 256, 0, q->st>>>(w->iq, w->iw, K->index, ihd, nih, (int)hp->indexer_top_k,
+                                                w->iscores, w->io);
+        k_idx_topk<<<1, 1024, 0, q->st>>>(w->iscores, (int)hp->indexer_top_k, w->sel, w->n_sel, w->io);
+        if (launched(q->err, "indexer")) return -1;
+    }
+    size_t smem = (hd + e->max_rows) * sizeof(float);
+    k_attention<<<hp->n_head, 256, smem, q->st>>>(w->q, K->raw, (int)hp->n_swa, K->comp, (int)L->ratio, w->sel,
+                                                  L->ratio == 4 ? w->n_sel : NULL, L->sinks, hd, rp, w->io, w->att);
+    if (launched(q->err, "attention")) return -1;
+    /* Grouped output: group g's heads through rows g·o_lora.. of out_a. */
+    uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group;
+    const uint8_t *act = (const uint8_t *)act_of(q, L->out_a.type, w->att, qdim, w->actB);
+    if (!act) return -1;
+    uint64_t act_group = L->out_a.type == DS4_TYPE_F16 || L->out_a.type == DS4_TYPE_F32
+                             ? (uint64_t)gdim * sizeof(float)
+                             : ds4_act_row_bytes(L->out_a.type, gdim);
+    dmat oa = L->out_a;
+    oa.in = gdim;
+    for (uint32_t g = 0; g < hp->n_out_group; g++)
+        if (mv_rows(q, oa, g * hp->o_lora, hp->o_lora, act + g * act_group, w->low + g * hp->o_lora)) return -1;
+    return mv(q, L->out_b, w->low, w->actB, w->y) || hc_post(q);
+}
+
+static int ffn(enq *q, uint32_t il) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    const dlayer *L = &e->L[il];
+    dwork *w = &e->w;
+    uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
+    ds4_cuda_stream st = (ds4_cuda_stream)q->st;
+    if (hc_pre(q, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) ||
+        mv(q, L->gate_inp, w->a, w->actA, w->router))
+        return -1;
+    k_route<<<1, 256, ne * sizeof(float), q->st>>>(w->router, L->probs_bias, L->tid2eid, (int)ne, (int)nu,
+                                                  hp->expert_weight_scale, hp->expert_weights_norm, w->io, w->ids,
+                                                  w->ew);
+    if (launched(q->err, "router")) return -1;
+    /* Shared expert: one Q8_0 "expert" of weight 1 through the MoE kernels. */
+    const void *a_sh = act_of(q, L->gate_sh.type, w->a, D, w->actA);
+    if (!a_sh ||
+        ds4_cuda_moe_gate_up(e->k, L->gate_sh.type, L->gate_sh.w, L->up_sh.w, D, ff, 1, w->zero_id, w->one_w, 1,
+                             L->clamp, a_sh, w->smid, st, q->err))
+        return -1;
+    const void *m_sh = act_of(q, L->down_sh.type, w->smid, ff, w->actB);
+    if (!m_sh ||
+        ds4_cuda_moe_down(e->k, L->down_sh.type, L->down_sh.w, ff, D, 1, w->zero_id, 1, m_sh, NULL, w->sh, st, q->err))
+        return -1;
+    const void *a_ex = act_of(q, L->gate_exps.type, w->a, D, w->actA);
+    if (!a_ex ||
+        ds4_cuda_moe_gate_up(e->k, L->gate_exps.type, L->gate_exps.w, L->up_exps.w, D, ff, ne, w->ids, w->ew, nu,
+                             L->clamp, a_ex, w->mid, st, q->err))
+        return -1;
+    const void *m_ex = act_of(q, L->down_exps.type, w->mid, nu * ff, w->actB);
+    if (!m_ex ||
+        ds4_cuda_moe_down(e->k, L->down_exps.type, L->down_exps.w, ff, D, ne, w->ids, nu, m_ex, w->sh, w->y, st,
+                          q->err))
+        return -1;
+    return hc_post(q);
+}
+
+static int output_head(enq *q) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    dwork *w = &e->w;
+    uint32_t D = hp->n_embd;
+    q->memo_x = NULL;
+    k_rmsnorm<<<1, 1024, 0, q->st>>>(w->H, w->hc_flat, NULL, (int)(HC_N * D), 0, hp->rms_eps);
+    if (launched(q->err, "head norm") || mv(q, e->output_hc_fn, w->hc_flat, w->actB, w->mix)) return -1;
+    k_out_collapse<<<1, 1024, 0, q->st>>>(w->mix, e->out_hc_scale, e->out_hc_base, hp->hc_eps, w->H, D, e->out_norm,
+                                          hp->rms_eps, w->ehc);
+    if (launched(q->err, "head collapse")) return -1;
+    return mv(q, e->output, w->ehc, w->actA, w->logits);
+}
+
+/* The whole step, enqueued on the engine's stream. */
+static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
+    ds4_cuda_engine *e = s->e;
+    const ds4_hparams *hp = &e->m->hp;
+    enq q = {e, e->stream, err, NULL, 0, 0};
+    k_embed<<<(hp->n_embd + 255) / 256, 256, 0, q.st>>>(e->token_embd.w, e->token_embd.type == DS4_TYPE_F16,
+                                                         hp->n_embd, e->w.io, e->w.H);
+    if (launched(err, "embedding")) return -1;
+    for (uint32_t il = 0; il < hp->n_layer; il++)
+        if (attention(&q, s, il) || ffn(&q, il)) return -1;
+    return output_head(&q);
+}
+
+/* ------------------------------------------------------------ sessions */
+
+extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, ds4_err *err) {
+    *out = NULL;
+    const ds4_hparams *hp = &e->m->hp;
+    ds4_cuda_session *s = (ds4_cuda_session *)calloc(1, sizeof *s);
+    if (!s) return ds4_fail(err, "cuda: out of host memory");
+    s->e = e;
+    size_t hd = hp->head_dim, ihd = hp->indexer_head_dim, total = 0;
+    /* Two passes: sizes, then pointers into one allocation. */
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        uint8_t *base = (uint8_t *)s->state;
+#define CARVE(ptr, type, n)                                                  \
+    do {                                                                     \
+        if (pass) (ptr) = (type *)(base + off);                              \
+        off = align256(off + (size_t)(n) * sizeof(type));                    \
+    } while (0)
+        for (uint32_t il = 0; il < hp->n_layer; il++) {
+            dlayer_kv *K = &s->L[il];
+            uint32_t r = e->m->layers[il].compress_ratio;
+            CARVE(K->raw, __half, (size_t)hp->n_swa * hd);
+            if (r) {
+                size_t coff = r == 4 ? 2 : 1;
+                K->st_n = coff * r * coff * hd;
+                CARVE(K->comp, __half, (size_t)e->comp_cap[il] * hd);
+                CARVE(K->st_kv, float, K->st_n);
+                CARVE(K->st_sc, float, K->st_n);
+            }
+            if (r == 4) {
+                K->ist_n = 2 * 4 * 2 * ihd;
+                CARVE(K->index, __half, (size_t)e->comp_cap[il] * ihd);
+                CARVE(K->ist_kv, float, K->ist_n);
+                CARVE(K->ist_sc, float, K->ist_n);
+            }
+        }
+#undef CARVE
+        if (!pass) {
+            total = off;
+            cudaError_t c = cudaMalloc(&s->state, total ? total : 256);
+            if (c != cudaSuccess) {
+                free(s);
+                return ds4_fail(err, "cuda: a %d-token session needs %.1f MiB of device memory: %s", e->ctx,
+                                total / 1048576.0, cudaGetErrorString(c));
+            }
+        }
+    }
+    cudaError_t c = cudaMemset(s->state, 0, total ? total : 256);
+    if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, sizeof(step_io));
+    if (c != cudaSuccess) {
+        ds4_cuda_session_free(s);
+        return cuda_fail(err, "session setup", c);
+    }
+    if (ds4_cuda_session_reset(s, err)) {
+        ds4_cuda_session_free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
+    if (!s) return;
+    if (s->graph) cudaGraphExecDestroy(s->graph);
+    cudaFreeHost(s->h_io);
+    cudaFree(s->state);
+    free(s);
+}
+
+extern "C" int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err) {
+    const ds4_hparams *hp = &s->e->m->hp;
+    cudaStream_t st = s->e->stream;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        dlayer_kv *K = &s->L[il];
+        if (K->st_n) k_frontier_clear<<<(unsigned)((K->st_n + 255) / 256), 256, 0, st>>>(K->st_kv, K->st_sc, K->st_n);
+        if (K->ist_n)
+            k_frontier_clear<<<(unsigned)((K->ist_n + 255) / 256), 256, 0, st>>>(K->ist_kv, K->ist_sc, K->ist_n);
+    }
+    if (launched(err, "frontier reset")) return -1;
+    cudaError_t c = cudaStreamSynchronize(st);
+    return c == cudaSuccess ? 0 : cuda_fail(err, "frontier reset", c);
+}
+
+static int capture(ds4_cuda_session *s, ds4_err *err) {
+    cudaStream_t st = s->e->stream;
+    cudaError_t c = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
+    if (c != cudaSuccess) return cuda_fail(err, "graph capture", c);
+    int rc = enqueue_step(s, err);
+    cudaGraph_t g = NULL;
+    c = cudaStreamEndCapture(st, &g);
+    if (rc) {
+        if (g) cudaGraphDestroy(g);
+        return -1;
+    }
+    if (c != cudaSuccess) return cuda_fail(err, "graph capture", c);
+    c = cudaGraphInstantiate(&s->graph, g, 0);
+    cudaGraphDestroy(g);
+    return c == cudaSuccess ? 0 : cuda_fail(err, "graph instantiate", c);
+}
+
+extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err) {
+    ds4_cuda_engine *e = s->e;
+    const ds4_hparams *hp = &e->m->hp;
+    if (token < 0 || (uint32_t)token >= hp->n_vocab) return ds4_fail(err, "cuda: token %d outside the vocabulary", token);
+    if (pos < 0 || pos >= e->ctx) return ds4_fail(err, "cuda: position %d outside the context of %d", pos, e->ctx);
+    if (!s->graph && capture(s, err)) return -1;
+    s->h_io->token = token;
+    s->h_io->pos = pos;
+    cudaError_t c = cudaMemcpyAsync(e->w.io, s->h_io, sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
+    if (c == cudaSuccess) c = cudaGraphLaunch(s->graph, e->stream);
+    if (c == cudaSuccess)
+        c = cudaMemcpyAsync(logits, e->w.logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
+    if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
+    return c == cudaSuccess ? 0 : cuda_fail(err, "decode step", c);
+}

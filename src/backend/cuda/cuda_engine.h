@@ -1,0 +1,58 @@
+/* cuda_engine.h — the whole decode step of the model on one GPU.
+ *
+ * ds4_cuda_engine holds a loaded model's weights in device memory (copied
+ * once from the mmapped tensors) and the device workspace of one step.
+ * ds4_cuda_session holds one conversation's KV state on the device: the raw
+ * window ring, compressed rows, compressor frontiers and indexer rows
+ * (model-spec §7.1; rows as f16, as the CPU backend keeps them in the
+ * official numerics).
+ *
+ * ds4_cuda_session_step() runs one token through the model (model-spec §5)
+ * with the CPU backend's official numerics: the same activation
+ * quantisation for quantised weights, FP8 KV and Hadamard+FP4 indexer
+ * round-trips, f16 row storage; routing, top-k and every other decision are
+ * made on the device, so the whole step is one CUDA graph (captured on the
+ * session's first step, replayed after) with the token id and position
+ * written to device memory before each launch. Only the logits come back.
+ * Prefill is that same step token by token for now.
+ *
+ * The plain (cpu-only) build never sees this header's implementation: the
+ * engine calls it only when built with DS4_CUDA (`make cuda`). */
+#ifndef DS4_CUDA_ENGINE_H
+#define DS4_CUDA_ENGINE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../../common/error.h"
+#include "../../model/model.h"
+
+typedef struct ds4_cuda_engine ds4_cuda_engine;
+typedef struct ds4_cuda_session ds4_cuda_session;
+
+/* Whether a CUDA device is present (the engine's default backend then). */
+bool ds4_cuda_available(void);
+
+/* Uploads the model (which must outlive the engine) for contexts of up to
+ * ctx tokens. exact mode is not implemented on the GPU (an error). */
+int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact, ds4_err *err);
+void ds4_cuda_engine_close(ds4_cuda_engine *e);
+/* "cuda (NVIDIA H100 ...)" style name for logs. */
+const char *ds4_cuda_engine_device_name(const ds4_cuda_engine *e);
+
+int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, ds4_err *err);
+void ds4_cuda_session_free(ds4_cuda_session *s);
+/* Back to an empty state (frontiers cleared). */
+int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err);
+/* Token `token` at position `pos` (= tokens evaluated so far, < ctx);
+ * logits (n_vocab floats, host memory) receive the next-token logits. */
+int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,640 @@
+/* cuda_step_ops.cuh — device code of the decode step's operations other
+ * than the quantised matrix-vector products (those are cuda_kernels.cu):
+ * embedding, RMSNorm, hyper-connection pre/post with Sinkhorn, RoPE, the
+ * FP8 KV and Hadamard+FP4 indexer round-trips, the KV compressor frontier,
+ * the lightning indexer's scores and top-k, attention with sinks over the
+ * raw window plus compressed rows, the router, and the output-head collapse
+ * (model-spec §4, §5).
+ *
+ * Each kernel restates the CPU reference (src/engine/numerics.c,
+ * forward.c, attention.c, compressor.c, moe.c) with the same float
+ * operations in the same order wherever one thread owns a value; sums
+ * across threads (norms, dot products, softmax denominators) are tree
+ * sums, so results differ from the CPU's only by summation order. Compiled
+ * with -fmad=false so no multiply-add is contracted that the CPU does not
+ * contract. Everything that depends on the token or its position reads
+ * them from device memory (step_io), so one captured graph serves every
+ * step. Included once, by cuda_engine.cu. */
+#ifndef DS4_CUDA_STEP_OPS_CUH
+#define DS4_CUDA_STEP_OPS_CUH
+
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
+/* The inputs of one step, written to device memory before each replay. */
+struct step_io {
+    int32_t token;
+    int32_t pos;
+};
+
+/* RoPE parameters of one layer kind (numerics.h rope_params, by value). */
+struct rope_dev {
+    int n_rot;
+    float theta_scale;
+    int yarn;
+    float freq_scale, corr_low, corr_high;
+};
+
+enum { OPS_THREADS = 512, HC_N = 4 };
+
+/* ---------------------------------------------------------------- helpers */
+
+/* Sum over the block (every thread gets it); sh: blockDim/32 doubles. */
+__device__ double block_sum_d(double v, double *sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    double t = 0.0;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+__device__ float block_sum_f(float v, float *sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+__device__ float block_max_f(float v, float *sh) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    float t = sh[0];
+    for (int i = 1; i < nw; i++) t = fmaxf(t, sh[i]);
+    return t;
+}
+
+__device__ float warp_sum_f(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float dev_sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+__device__ float dev_softplus(float x) {
+    if (x > 20.0f) return x;
+    if (x < -20.0f) return expf(x);
+    return log1pf(expf(x));
+}
+
+__device__ float f16_round_dev(float x) { return __half2float(__float2half_rn(x)); }
+
+/* RMSNorm scale of n values held by the block (ss = Σ x² in double). */
+__device__ float rms_scale(double ss, int n, float eps) { return 1.0f / sqrtf((float)(ss / n) + eps); }
+
+/* One RoPE pair k of a tail t[0..n_rot) at position pos (numerics.c
+ * rope_tail: the per-pair angle is pos·theta_scale^k as a chain of float
+ * multiplications, the YaRN blend in the same order). */
+__device__ void rope_pair(float *t, int k, int64_t pos, const rope_dev &rp, bool inverse) {
+    float theta_ext = (float)pos;
+    for (int i = 0; i < k; i++) theta_ext *= rp.theta_scale;
+    float theta = theta_ext;
+    if (rp.yarn) {
+        float y = ((float)k - rp.corr_low) / fmaxf(0.001f, rp.corr_high - rp.corr_low);
+        float ramp = 1.0f - fminf(1.0f, fmaxf(0.0f, y));
+        float theta_interp = rp.freq_scale * theta_ext;
+        theta = theta_interp * (1.0f - ramp) + theta_ext * ramp;
+    }
+    float c = cosf(theta), s = sinf(theta);
+    if (inverse) s = -s;
+    float x0 = t[2 * k], x1 = t[2 * k + 1];
+    t[2 * k] = x0 * c - x1 * s;
+    t[2 * k + 1] = x0 * s + x1 * c;
+}
+
+/* The block rotates the tail of x[0..hd) (shared memory) in place. */
+__device__ void block_rope(float *x, int hd, int64_t pos, const rope_dev &rp, bool inverse) {
+    __syncthreads();
+    for (int k = threadIdx.x; k < rp.n_rot / 2; k += blockDim.x) rope_pair(x + hd - rp.n_rot, k, pos, rp, inverse);
+    __syncthreads();
+}
+
+__device__ float e4m3_round_dev(float v) {
+    if (v != v) return 0.0f;
+    float a = fabsf(v);
+    if (a > 448.0f) a = 448.0f;
+    float step;
+    if (a < 0.015625f) {
+        step = 0.001953125f;
+    } else {
+        int e;
+        frexpf(a, &e);
+        step = ldexpf(1.0f, e - 4);
+    }
+    float r = rintf(a / step) * step;
+    return v < 0 ? -r : r;
+}
+
+__device__ float e2m1_round_dev(float v) {
+    if (v != v) return 0.0f;
+    float a = fabsf(v);
+    if (a > 6.0f) a = 6.0f;
+    float step = a < 2.0f ? 0.5f : a < 4.0f ? 1.0f : 2.0f;
+    float r = rintf(a / step) * step;
+    return v < 0 ? -r : r;
+}
+
+/* FP8 KV round-trip of x[0..n_nope) in shared memory (numerics.c
+ * fp8_kv_roundtrip); sc: n_nope/64 floats of shared scratch. */
+__device__ void block_fp8_roundtrip(float *x, int n_nope, float *sc) {
+    __syncthreads();
+    for (int b = threadIdx.x; b < n_nope / 64; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < 64; i++) amax = fmaxf(amax, fabsf(x[64 * b + i]));
+        if (amax < 1e-4f) amax = 1e-4f;
+        sc[b] = exp2f(ceilf(log2f(amax / 448.0f)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_nope / 64 * 64; i += blockDim.x) {
+        float scale = sc[i / 64];
+        float q = x[i] / scale;
+        q = fminf(448.0f, fmaxf(-448.0f, q));
+        x[i] = e4m3_round_dev(q) * scale;
+    }
+    __syncthreads();
+}
+
+/* Hadamard (Sylvester order, ·1/√n) then FP4 round-trip of x[0..n) in
+ * shared memory (numerics.c indexer_qat); sc: n/32 floats. */
+__device__ void block_indexer_qat(float *x, int n, float *sc) {
+    __syncthreads();
+    for (int h = 1; h < n; h *= 2) {
+        for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
+            int j = (i / h) * 2 * h + (i % h);
+            float a = x[j], b = x[j + h];
+            x[j] = a + b;
+            x[j + h] = a - b;
+        }
+        __syncthreads();
+    }
+    float s = (float)(1.0 / sqrt((double)n));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
+    __syncthreads();
+    for (int b = threadIdx.x; b < n / 32; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * b + i]));
+        if (amax < 7.052966104933725e-38f) amax = 7.052966104933725e-38f;
+        sc[b] = exp2f(ceilf(log2f(amax / 6.0f)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float scale = sc[i / 32];
+        float q = x[i] / scale;
+        q = fminf(6.0f, fmaxf(-6.0f, q));
+        x[i] = e2m1_round_dev(q) * scale;
+    }
+    __syncthreads();
+}
+
+/* ------------------------------------------------------------- kernels */
+
+/* H = the token's embedding row in all HC streams (model-spec §5.1). */
+__global__ void k_embed(const void *embd, int f16, uint32_t D, const step_io *io, float *H) {
+    uint32_t d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    size_t off = (size_t)io->token * D + d;
+    float v = f16 ? __half2float(((const __half *)embd)[off]) : ((const float *)embd)[off];
+    for (int h = 0; h < HC_N; h++) H[(size_t)h * D + d] = v;
+}
+
+/* rows of n values: y = x/rms(x) (· w); one block per row. */
+__global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_t ld, float eps) {
+    __shared__ double sh[32];
+    const float *xr = x + blockIdx.x * ld;
+    float *yr = y + blockIdx.x * ld;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    float s = rms_scale(block_sum_d(ss, sh), n, eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w ? xr[i] * s * w[i] : xr[i] * s;
+}
+
+/* HC pre, after the mix product (model-spec §5.2 steps 3-4) and the
+ * sublayer's RMSNorm: pre/post/comb from mix, x = Σ pre·H, a = norm(x)·w. */
+__global__ void k_hc_pre(const float *mix, const float *scale, const float *base, int iters, float hc_eps,
+                         const float *H, uint32_t D, const float *norm_w, float rms_eps, float *x, float *a,
+                         float *post_out, float *comb_out) {
+    __shared__ float pre[HC_N], c[HC_N * HC_N];
+    __shared__ double sh[32];
+    if (threadIdx.x == 0) {
+        for (int h = 0; h < HC_N; h++) {
+            pre[h] = dev_sigmoid(mix[h] * scale[0] + base[h]) + hc_eps;
+            post_out[h] = 2.0f * dev_sigmoid(mix[HC_N + h] * scale[1] + base[HC_N + h]);
+        }
+        for (int i = 0; i < HC_N * HC_N; i++) c[i] = mix[2 * HC_N + i] * scale[2] + base[2 * HC_N + i];
+        for (int r = 0; r < HC_N; r++) {
+            float m = c[r * HC_N];
+            for (int k = 1; k < HC_N; k++) m = fmaxf(m, c[r * HC_N + k]);
+            float sum = 0.0f;
+            for (int k = 0; k < HC_N; k++) {
+                c[r * HC_N + k] = expf(c[r * HC_N + k] - m);
+                sum += c[r * HC_N + k];
+            }
+            for (int k = 0; k < HC_N; k++) c[r * HC_N + k] = c[r * HC_N + k] / sum + hc_eps;
+        }
+        for (int it = 0; it < iters; it++) {
+            if (it > 0)
+                for (int r = 0; r < HC_N; r++) {
+                    float s = 0.0f;
+                    for (int k = 0; k < HC_N; k++) s += c[r * HC_N + k];
+                    for (int k = 0; k < HC_N; k++) c[r * HC_N + k] /= s + hc_eps;
+                }
+            for (int k = 0; k < HC_N; k++) {
+                float s = 0.0f;
+                for (int r = 0; r < HC_N; r++) s += c[r * HC_N + k];
+                for (int r = 0; r < HC_N; r++) c[r * HC_N + k] /= s + hc_eps;
+            }
+        }
+        for (int i = 0; i < HC_N * HC_N; i++) comb_out[i] = c[i];
+    }
+    __syncthreads();
+    double ss = 0.0;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int h = 0; h < HC_N; h++) acc += pre[h] * H[(size_t)h * D + d];
+        x[d] = acc;
+        ss += (double)acc * (double)acc;
+    }
+    float s = rms_scale(block_sum_d(ss, sh), (int)D, rms_eps);
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) a[d] = x[d] * s * norm_w[d];
+}
+
+/* HC post (model-spec §5.3): H[dst] = post[dst]·y + Σ_src comb[src][dst]·H[src]. */
+__global__ void k_hc_post(float *H, const float *y, const float *post, const float *comb, uint32_t D) {
+    uint32_t d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    float old[HC_N];
+    for (int h = 0; h < HC_N; h++) old[h] = H[(size_t)h * D + d];
+    for (int dst = 0; dst < HC_N; dst++) {
+        float acc = post[dst] * y[d];
+        for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + dst] * old[src];
+        H[(size_t)dst * D + d] = acc;
+    }
+}
+
+/* Per head: unweighted RMSNorm, then RoPE of the tail (attention Q). */
+__global__ void k_q_prepare(float *q, int hd, float eps, rope_dev rp, const step_io *io) {
+    extern __shared__ float xs[];
+    __shared__ double sh[32];
+    float *qh = q + (size_t)blockIdx.x * hd;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        xs[i] = qh[i];
+        ss += (double)xs[i] * (double)xs[i];
+    }
+    float s = rms_scale(block_sum_d(ss, sh), hd, eps);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s;
+    block_rope(xs, hd, io->pos, rp, false);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) qh[i] = xs[i];
+}
+
+/* The token's KV row: weighted RMSNorm, RoPE, FP8 round-trip, f16 into the
+ * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task). */
+__global__ void k_kv_prepare(const float *kv, const float *norm_w, int hd, int n_rot, float eps, rope_dev rp,
+                             const step_io *io, __half *ring, int n_swa) {
+    extern __shared__ float xs[];
+    __shared__ double sh[32];
+    __shared__ float sc[64];
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        xs[i] = kv[i];
+        ss += (double)xs[i] * (double)xs[i];
+    }
+    float s = rms_scale(block_sum_d(ss, sh), hd, eps);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
+    block_rope(xs, hd, io->pos, rp, false);
+    block_fp8_roundtrip(xs, hd - n_rot, sc);
+    __half *row = ring + (size_t)(io->pos % n_swa) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = __float2half_rn(xs[i]);
+}
+
+/* KV compressor frontier (model-spec §5.6, compressor.c compressor_run) for
+ * one token: store its kv/score(+APE) row; every R-th token pool the
+ * frontier per dimension, RMSNorm, RoPE at the window start, FP8
+ * (attention) or Hadamard+FP4 (indexer) round-trip, append the f16 row
+ * number (pos+1)/R - 1, and shift/reset the frontier. One block. */
+__global__ void k_compressor(const float *kv_cur, const float *sc_cur, const float *ape, const float *norm_w,
+                             float *st_kv, float *st_sc, __half *rows, int R, int coff, int hd, int n_rot,
+                             float eps, rope_dev rp, int indexer, const step_io *io) {
+    extern __shared__ float out[];
+    __shared__ double sh[32];
+    __shared__ float sc[64];
+    int64_t p = io->pos;
+    int W = coff * hd, slot = (int)(p % R), row = (coff == 2 ? R : 0) + slot;
+    for (int k = threadIdx.x; k < W; k += blockDim.x) {
+        st_kv[(size_t)row * W + k] = kv_cur[k];
+        st_sc[(size_t)row * W + k] = sc_cur[k] + ape[(size_t)slot * W + k];
+    }
+    if ((p + 1) % R != 0) return;
+    __syncthreads();
+    int n_cand = coff * R;
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+        float m = -INFINITY;
+        for (int c = 0; c < n_cand; c++) {
+            int col = c < R ? j : hd + j;
+            m = fmaxf(m, st_sc[(size_t)c * W + col]);
+        }
+        float v = 0.0f;
+        if (m != -INFINITY) {
+            float sum = 0.0f, acc = 0.0f;
+            for (int c = 0; c < n_cand; c++) {
+                int col = c < R ? j : hd + j;
+                float w = expf(st_sc[(size_t)c * W + col] - m);
+                sum += w;
+                acc += w * st_kv[(size_t)c * W + col];
+            }
+            v = acc / sum;
+        }
+        out[j] = v;
+        ss += (double)v * (double)v;
+    }
+    float s = rms_scale(block_sum_d(ss, sh), hd, eps);
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
+    block_rope(out, hd, p + 1 - R, rp, false);
+    if (indexer)
+        block_indexer_qat(out, hd, sc);
+    else
+        block_fp8_roundtrip(out, hd - n_rot, sc);
+    __half *dst = rows + (size_t)((p + 1) / R - 1) * hd;
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) dst[j] = __float2half_rn(out[j]);
+    __syncthreads();
+    if (coff == 2) {
+        for (int k = threadIdx.x; k < R * W; k += blockDim.x) {
+            st_kv[k] = st_kv[(size_t)R * W + k];
+            st_sc[k] = st_sc[(size_t)R * W + k];
+            st_kv[(size_t)R * W + k] = 0.0f;
+            st_sc[(size_t)R * W + k] = -INFINITY;
+        }
+    } else {
+        for (int k = threadIdx.x; k < R * W; k += blockDim.x) {
+            st_kv[k] = 0.0f;
+            st_sc[k] = -INFINITY;
+        }
+    }
+}
+
+/* Frontier rows to 0 / −∞ (session reset). */
+__global__ void k_frontier_clear(float *kv, float *sc, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    kv[i] = 0.0f;
+    sc[i] = -INFINITY;
+}
+
+/* Indexer query heads (compressor.c idx_query_task): RoPE, QAT per head
+ * (one block each); block 0 also scales the head weights by 1/√(ihd·nih). */
+__global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp, const step_io *io) {
+    extern __shared__ float xs[];
+    __shared__ float sc[64];
+    float *qh = iq + (size_t)blockIdx.x * ihd;
+    for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
+    block_rope(xs, ihd, io->pos, rp, false);
+    block_indexer_qat(xs, ihd, sc);
+    for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
+    if (blockIdx.x == 0) {
+        float denom = sqrtf((float)(ihd * nih));
+        for (int h = threadIdx.x; h < nih; h += blockDim.x) iw[h] = iw[h] / denom;
+    }
+}
+
+/* score_c = Σ_h max(0, q_h·k_c)·w_h for the visible indexer rows, one warp
+ * per row; nothing to do while every visible row is attended anyway. */
+__global__ void k_idx_scores(const float *iq, const float *iw, const __half *rows, int ihd, int nih, int top_k,
+                             float *scores, const step_io *io) {
+    int visible = (io->pos + 1) / 4;
+    if (visible <= top_k) return;
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    int n_warps = (gridDim.x * blockDim.x) >> 5;
+    for (int c = warp; c < visible; c += n_warps) {
+        const __half *k = rows + (size_t)c * ihd;
+        float score = 0.0f;
+        for (int h = 0; h < nih; h++) {
+            const float *q = iq + (size_t)h * ihd;
+            float d = 0.0f;
+            for (int i = lane; i < ihd; i += 32) d += q[i] * __half2float(k[i]);
+            d = warp_sum_f(d);
+            score += (d > 0.0f ? d : 0.0f) * iw[h];
+        }
+        if (lane == 0) scores[c] = score;
+    }
+}
+
+/* Order-preserving key of a score: higher score = higher key; NaN lowest. */
+__device__ uint32_t score_key(float f) {
+    if (f != f) return 0u;
+    uint32_t b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+/* Count over the block of keys[0..n) with key >= t (every thread gets it). */
+__device__ int block_count_ge(const float *scores, int n, uint32_t t, float *shf) {
+    int cnt = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) cnt += score_key(scores[i]) >= t;
+    return (int)block_sum_f((float)cnt, shf);
+}
+
+/* The top_k best scores of the visible rows (ties → lower index), as
+ * ascending row indices (numerics.c topk_indices_ascending); n_sel = -1
+ * while every visible row is attended. Radix select of the k-th key, then
+ * one ordered pass that keeps the keys above it and the first ties. */
+__global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel, const step_io *io) {
+    __shared__ float shf[32];
+    __shared__ int scan[1024];
+    int visible = (io->pos + 1) / 4;
+    if (visible <= top_k) {
+        if (threadIdx.x == 0) *n_sel = -1;
+        return;
+    }
+    uint32_t t = 0;
+    for (int bit = 31; bit >= 0; bit--) {
+        uint32_t cand = t | (1u << bit);
+        if (block_count_ge(scores, visible, cand, shf) >= top_k) t = cand;
+    }
+    int n_above = t == 0xffffffffu ? 0 : block_count_ge(scores, visible, t + 1, shf);
+    int ties_left = top_k - n_above, out = 0;
+    for (int base = 0; base < visible; base += blockDim.x) {
+        int i = base + threadIdx.x;
+        uint32_t key = i < visible ? score_key(scores[i]) : 0u;
+        int tie = i < visible && key == t;
+        /* inclusive scan of ties, then of picks, in index order */
+        scan[threadIdx.x] = tie;
+        __syncthreads();
+        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
+            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
+            __syncthreads();
+            scan[threadIdx.x] += v;
+            __syncthreads();
+        }
+        int tie_rank = scan[threadIdx.x] - tie, ties_here = scan[blockDim.x - 1];
+        int pick = i < visible && (key > t || (tie && tie_rank < ties_left));
+        __syncthreads();
+        scan[threadIdx.x] = pick;
+        __syncthreads();
+        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
+            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
+            __syncthreads();
+            scan[threadIdx.x] += v;
+            __syncthreads();
+        }
+        if (pick) sel[out + scan[threadIdx.x] - 1] = i;
+        out += scan[blockDim.x - 1];
+        ties_left -= ties_here < ties_left ? ties_here : ties_left;
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *n_sel = top_k;
+}
+
+/* Attention with a sink for one head per block (model-spec §5.5 step 7-8):
+ * rows = the raw window (oldest first) then the visible compressed rows or
+ * the indexer's selection; softmax with the sink in the denominator; output
+ * rotated back at the query position. Shared: q[hd] + w[max_rows]. */
+__global__ void k_attention(const float *q, const __half *ring, int n_swa, const __half *comp, int ratio,
+                            const int *sel, const int *n_sel, const float *sinks, int hd, rope_dev rp,
+                            const step_io *io, float *out) {
+    extern __shared__ float smem[];
+    __shared__ float shf[32];
+    float *qs = smem, *ws = smem + hd;
+    int h = blockIdx.x, p = io->pos;
+    int lo = p - n_swa + 1 < 0 ? 0 : p - n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
+    const int *pick = NULL;
+    if (ratio) {
+        n_comp = (p + 1) / ratio;
+        if (n_sel && *n_sel >= 0) {
+            n_comp = *n_sel;
+            pick = sel;
+        }
+    }
+    int nr = n_raw + n_comp;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[(size_t)h * hd + i];
+    __syncthreads();
+    float scale = 1.0f / sqrtf((float)hd);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int r = warp; r < nr; r += nw) {
+        const __half *row = r < n_raw ? ring + (size_t)((lo + r) % n_swa) * hd
+                                      : comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
+        float d = 0.0f;
+        for (int i = lane; i < hd; i += 32) d += qs[i] * __half2float(row[i]);
+        d = warp_sum_f(d);
+        if (lane == 0) ws[r] = scale * d;
+    }
+    __syncthreads();
+    float m = sinks[h];
+    for (int r = threadIdx.x; r < nr; r += blockDim.x) m = fmaxf(m, ws[r]);
+    m = block_max_f(m, shf);
+    float part = 0.0f;
+    for (int r = threadIdx.x; r < nr; r += blockDim.x) {
+        float w = expf(ws[r] - m);
+        ws[r] = w;
+        part += w;
+    }
+    float den = expf(sinks[h] - m) + block_sum_f(part, shf);
+    float inv = 1.0f / den;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int r = 0; r < nr; r++) {
+            const __half *row = r < n_raw ? ring + (size_t)((lo + r) % n_swa) * hd
+                                          : comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
+            acc += ws[r] * __half2float(row[i]);
+        }
+        qs[i] = acc * inv;
+    }
+    block_rope(qs, hd, p, rp, true);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) out[(size_t)h * hd + i] = qs[i];
+}
+
+/* Router (model-spec §5.8 steps 2-4, moe.c route_task): probabilities
+ * sqrt(softplus(logit)); experts from tid2eid[token] or the top n_used of
+ * prob + bias (ties → lower index); weights = renormalised unbiased probs
+ * × scale. One block. */
+__global__ void k_route(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
+                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights) {
+    extern __shared__ float prob[];
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    __shared__ int chosen[DS4_CUDA_MAX_SEL];
+    for (int i = threadIdx.x; i < ne; i += blockDim.x) prob[i] = sqrtf(dev_softplus(logits[i]));
+    __syncthreads();
+    if (tid2eid) {
+        if (threadIdx.x < (unsigned)nu) chosen[threadIdx.x] = tid2eid[(size_t)io->token * nu + threadIdx.x];
+    } else {
+        for (int j = 0; j < nu; j++) {
+            float best = -INFINITY;
+            int besti = -1;
+            for (int i = threadIdx.x; i < ne; i += blockDim.x) {
+                bool taken = false;
+                for (int q = 0; q < j; q++) taken |= chosen[q] == i;
+                if (taken) continue;
+                float v = prob[i] + (bias ? bias[i] : 0.0f);
+                if (v != v) v = -INFINITY;
+                if (besti < 0 || v > best) best = v, besti = i; /* i ascending: ties keep the lower */
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, best, o);
+                int oi = __shfl_xor_sync(0xffffffffu, besti, o);
+                if (oi >= 0 && (besti < 0 || ov > best || (ov == best && oi < besti))) best = ov, besti = oi;
+            }
+            if ((threadIdx.x & 31) == 0) bv[threadIdx.x >> 5] = best, bi[threadIdx.x >> 5] = besti;
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                float b = bv[0];
+                int x = bi[0];
+                for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+                    if (bi[w] >= 0 && (x < 0 || bv[w] > b || (bv[w] == b && bi[w] < x))) b = bv[w], x = bi[w];
+                chosen[j] = x;
+            }
+            __syncthreads();
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0.0f;
+        for (int i = 0; i < nu; i++) sum += prob[chosen[i]];
+        if (sum < 6.103515625e-05f) sum = 6.103515625e-05f;
+        for (int i = 0; i < nu; i++) {
+            ids[i] = chosen[i];
+            weights[i] = wnorm ? prob[chosen[i]] / sum * wscale : prob[chosen[i]] * wscale;
+        }
+    }
+}
+
+/* Output head collapse (model-spec §5.9 steps 2-3): e = Σ w_h·H[h] with
+ * w_h = σ(z_h·scale + base_h) + eps, then RMSNorm with output_norm. */
+__global__ void k_out_collapse(const float *z, const float *scale, const float *base, float hc_eps,
+                               const float *H, uint32_t D, const float *norm_w, float rms_eps, float *e) {
+    __shared__ float w[HC_N];
+    __shared__ double sh[32];
+    if (threadIdx.x < HC_N) w[threadIdx.x] = dev_sigmoid(z[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    __syncthreads();
+    double ss = 0.0;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int h = 0; h < HC_N; h++) acc += w[h] * H[(size_t)h * D + d];
+        e[d] = acc;
+        ss += (double)acc * (double)acc;
+    }
+    float s = rms_scale(block_sum_d(ss, sh), (int)D, rms_eps);
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) e[d] = e[d] * s * norm_w[d];
+}
+
+/* y = x (f32 weights are not in the matvec kernels: plain dot per warp). */
+__global__ void k_matvec_f32(const float *w, uint32_t n_rows, uint32_t n_in, const float *x, float *y) {
+    uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (warp >= n_rows) return;
+    const float *row = w + (size_t)warp * n_in;
+    float d = 0.0f;
+    for (uint32_t i = lane; i < n_in; i += 32) d += row[i] * x[i];
+    d = warp_sum_f(d);
+    if (lane == 0) y[warp] = d;
+}
+
+#endif
