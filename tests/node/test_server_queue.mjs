@@ -1,8 +1,9 @@
 // test_server_queue.mjs — scheduling: the bounded queue answers 429 when
 // full, keep-alive comments reach a waiting stream, a client that aborts
 // (streaming, queued, or non-streaming) stops its job so the next request
-// runs promptly, concurrent streams with half of them aborted all finish
-// cleanly, and /health and /metrics report it.
+// runs promptly, 64 concurrent streams with half of them aborted (running or
+// queued) leave the other half to finish cleanly, and /health and /metrics
+// report it.
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
 import { check, done, post, startServer } from './server_harness.mjs';
@@ -113,27 +114,51 @@ try {
   await srv.stop();
 }
 
-// many concurrent streams, half aborted midway: the rest finish correctly
-srv = await startServer(['--max-queue', '64']);
+// 64 concurrent streams (the default --max-queue holds them: one runs, 63
+// wait), half of them disconnected midway: every other one finishes
+// correctly, the queue drains, and /metrics adds up. The disconnected half
+// mixes long jobs dropped while generating with jobs dropped while still
+// queued. Two layers: this is about scheduling, not the model.
+srv = await startServer([], { layers: 2 });
 try {
-  const N = 16;
-  const body = { messages: [{ role: 'user', content: 'Hi' }], max_tokens: 12, stream: true, think: false };
-  const streams = await Promise.all(Array.from({ length: N }, () => openStream(srv.url, body)));
-  const results = await Promise.all(streams.map(async (s, i) => {
-    if (i % 2) {
-      await s.readUntil((t) => t.includes('"role"'), 60000);
+  const N = 64, K = 12;
+  const before = await (await fetch(srv.url + '/metrics')).text();
+  const kept = { messages: [{ role: 'user', content: 'Hi' }], max_tokens: K, stream: true, think: false, ignore_eos: true,
+    stream_options: { include_usage: true } };
+  const t0 = Date.now();
+  const streams = await Promise.all(Array.from({ length: N }, (_, i) => openStream(srv.url, i % 2 ? long : kept)));
+  check(streams.every((s) => s.res.status === 200), 'all 64 streams accepted (default --max-queue)', streams.map((s) => s.res.status));
+  const outcome = await Promise.all(streams.map(async (s, i) => {
+    if (i % 4 === 1) { // running: dropped after some output
+      const got = await s.readUntil((t) => (t.match(/"content"/g) || []).length >= 3, 120000);
       s.abort();
-      return null;
+      return got ? 'dropped-running' : 'never-ran';
     }
-    await s.readUntil((t) => t.includes('[DONE]'), 60000);
+    if (i % 4 === 3) { // queued: dropped before it runs
+      s.abort();
+      return 'dropped-queued';
+    }
+    await s.readUntil((t) => t.includes('data: [DONE]'), 120000);
     return s.text();
   }));
-  const kept = results.filter((r) => r !== null);
-  check(kept.every((t) => t.includes('"finish_reason":"length"') || t.includes('"finish_reason":"stop"')),
-    'kept streams finish normally', kept.map((t) => t.slice(-200)));
-  check(await waitFor(async () => { const h = await health(srv.url); return h.queue_depth === 0 && !h.busy; }), 'queue drains');
+  check(outcome.filter((o) => o === 'dropped-running').length === N / 4, 'long jobs ran and were dropped midway', outcome.filter((o) => o.length < 20));
+  const done = outcome.filter((o, i) => i % 2 === 0);
+  const chunks = done.map((t) => t.split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6))));
+  check(done.every((t) => t.trimEnd().endsWith('data: [DONE]')), 'kept streams end with [DONE]', done.map((t) => t.slice(-80)));
+  check(chunks.every((cs) => cs[0]?.choices[0]?.delta?.role === 'assistant' && cs.at(-2)?.choices[0]?.finish_reason === 'length' &&
+    cs.at(-1)?.usage?.completion_tokens === K && new Set(cs.map((c) => c.id)).size === 1),
+    `kept streams: role, content, finish length after ${K} tokens, usage`, chunks.map((cs) => cs.slice(-2)));
+  check(new Set(chunks.map((cs) => cs[0]?.id)).size === N / 2, 'kept streams have distinct ids');
+  check(await waitFor(async () => { const h = await health(srv.url); return h.queue_depth === 0 && !h.busy; }, 60000), 'queue drains');
+  const after = await (await fetch(srv.url + '/metrics')).text();
+  const delta = (name) => metric(after, name) - (metric(before, name) || 0);
+  check(delta('ds4_cancelled_total') === N / 2, `metrics: ${N / 2} jobs cancelled (got ${delta('ds4_cancelled_total')})`, after);
+  check(delta('ds4_requests_total{endpoint="/v1/chat/completions",status="200"}') === N, 'metrics: 64 streams counted', after);
+  check(delta('ds4_completion_tokens_total') >= (N / 2) * K, 'metrics: completion tokens of the kept streams', after);
+  check(metric(after, 'ds4_queue_depth') === 0 && metric(after, 'ds4_busy') === 0, 'metrics: depth 0, idle', after);
   const ok = await post(srv.url, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 2 });
   check(ok.status === 200, 'server still serving');
+  console.log(`64 streams: ${Date.now() - t0} ms`);
 } finally {
   await srv.stop();
 }
