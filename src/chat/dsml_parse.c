@@ -37,6 +37,7 @@
 
 #include "../common/json_escape.h"
 #include "../common/utf8.h"
+#include "../common/xalloc.h"
 #include "json_py.h"
 
 #define BAR "\xEF\xBD\x9C"
@@ -517,8 +518,7 @@ static int run(ds4_dsml_parser *p, bool final) {
 /* ---- public API ---- */
 
 ds4_dsml_parser *ds4_dsml_parser_new(const ds4_dsml_opts *o, ds4_dsml_sink sink, void *ctx) {
-    ds4_dsml_parser *p = calloc(1, sizeof *p);
-    if (!p) abort();
+    ds4_dsml_parser *p = ds4_xcalloc(1, sizeof *p);
     p->o = *o;
     p->sink = sink;
     p->ctx = ctx;
@@ -596,8 +596,7 @@ static void collect(void *ctx, const ds4_dsml_event *ev) {
     case DS4_DSML_REASONING: ds4_buf_add(&m->reasoning, ev->text, ev->len); break;
     case DS4_DSML_CONTENT: ds4_buf_add(&m->content, ev->text, ev->len); break;
     case DS4_DSML_CALL_START: {
-        ds4_dsml_call *calls = realloc(m->calls, ((size_t)m->n_calls + 1) * sizeof *calls);
-        if (!calls) abort();
+        ds4_dsml_call *calls = ds4_xrealloc(m->calls, ((size_t)m->n_calls + 1) * sizeof *calls);
         m->calls = calls;
         ds4_buf name = {0};
         ds4_buf_add(&name, ev->text, ev->len);

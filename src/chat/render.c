@@ -47,6 +47,7 @@
 
 #include <jansson.h>
 
+#include "../common/xalloc.h"
 #include "dsml.h"
 #include "json_py.h"
 
@@ -137,9 +138,8 @@ static void conv_free(conv *cv) {
 /* Steps 1 and the header placement. Blocks of one user turn are contiguous
  * in cv->blocks because a user turn only grows while it is the last turn. */
 static void conv_build(conv *cv, const ds4_chat *c, bool header) {
-    cv->turns = calloc((size_t)c->n_msgs + 1, sizeof *cv->turns);
-    cv->blocks = calloc((size_t)c->n_msgs + 1, sizeof *cv->blocks);
-    if (!cv->turns || !cv->blocks) abort();
+    cv->turns = ds4_xcalloc((size_t)c->n_msgs + 1, sizeof *cv->turns);
+    cv->blocks = ds4_xcalloc((size_t)c->n_msgs + 1, sizeof *cv->blocks);
     if (header && !(c->n_msgs > 0 && (c->msgs[0].role == DS4_ROLE_SYSTEM ||
                                       c->msgs[0].role == DS4_ROLE_DEVELOPER))) {
         cv->turns[cv->n++] = (turn){.role = DS4_ROLE_SYSTEM, .carries_header = true};
@@ -184,9 +184,8 @@ static void conv_sort_results(conv *cv) {
     const ds4_chat_msg *calls_msg = NULL;
     bool any_id = false;
     size_t cap = (size_t)cv->n_blocks + 1;
-    int *slots = malloc(cap * sizeof *slots), *keys = malloc(cap * sizeof *keys);
-    block *sorted = malloc(cap * sizeof *sorted);
-    if (!slots || !keys || !sorted) abort();
+    int *slots = ds4_xmalloc(cap * sizeof *slots), *keys = ds4_xmalloc(cap * sizeof *keys);
+    block *sorted = ds4_xmalloc(cap * sizeof *sorted);
     for (int t = 0; t < cv->n; t++) {
         turn *tu = &cv->turns[t];
         if (tu->role == DS4_ROLE_ASSISTANT && tu->msg->n_calls > 0) {

@@ -25,25 +25,19 @@
 
 #include "../chat/dsml.h"
 #include "../common/clock.h"
+#include "../common/xalloc.h"
 #include "../tok/tokenizer.h"
 #include "cli_chat.h"
-
-static char *xstrdup(const char *s) {
-    char *d = strdup(s ? s : "");
-    if (!d) abort();
-    return d;
-}
 
 /* ---- the conversation ---- */
 
 static void push_msg(cli_chat *c, ds4_role role, const char *content, const char *reasoning) {
     if (c->n_msgs == c->cap_msgs) {
         c->cap_msgs = c->cap_msgs ? c->cap_msgs * 2 : 8;
-        c->msgs = realloc(c->msgs, (size_t)c->cap_msgs * sizeof *c->msgs);
-        if (!c->msgs) abort();
+        c->msgs = ds4_xrealloc(c->msgs, (size_t)c->cap_msgs * sizeof *c->msgs);
     }
-    c->msgs[c->n_msgs++] = (cli_msg){.role = role, .content = xstrdup(content),
-                                     .reasoning = reasoning ? xstrdup(reasoning) : NULL};
+    c->msgs[c->n_msgs++] = (cli_msg){.role = role, .content = ds4_xstrdup(content ? content : ""),
+                                     .reasoning = reasoning ? ds4_xstrdup(reasoning) : NULL};
 }
 
 static void pop_msg(cli_chat *c) {
@@ -53,8 +47,7 @@ static void pop_msg(cli_chat *c) {
 }
 
 static int render(const cli_chat *c, ds4_buf *out) {
-    ds4_chat_msg *msgs = calloc((size_t)c->n_msgs + 1, sizeof *msgs);
-    if (!msgs) abort();
+    ds4_chat_msg *msgs = ds4_xcalloc((size_t)c->n_msgs + 1, sizeof *msgs);
     for (int i = 0; i < c->n_msgs; i++)
         msgs[i] = (ds4_chat_msg){.role = c->msgs[i].role, .content = c->msgs[i].content,
                                  .reasoning = c->msgs[i].reasoning};
@@ -153,8 +146,7 @@ static bool starts_with(const char *s, size_t n, const char *prefix) {
 }
 
 static int32_t *append_ids(int32_t *ids, int n, const int32_t *more, int m) {
-    ids = realloc(ids, ((size_t)n + (size_t)m + 1) * sizeof *ids);
-    if (!ids) abort();
+    ids = ds4_xrealloc(ids, ((size_t)n + (size_t)m + 1) * sizeof *ids);
     if (m) memcpy(ids + n, more, (size_t)m * sizeof *more);
     return ids;
 }

@@ -29,6 +29,7 @@
 
 #include "../common/clock.h"
 #include "../common/json_escape.h"
+#include "../common/xalloc.h"
 #include "../tok/tokenizer.h"
 #include "cli_chat.h"
 
@@ -73,8 +74,7 @@ static int dump_steps(cli_chat *c, FILE *f, cli_turn_stats *st) {
     const int32_t eos = ds4_tokenizer_specials(tok).eos;
     int room = ds4_engine_ctx(c->eng) - st->prompt_tokens - 1;
     int steps = c->o->max_tokens < room ? c->o->max_tokens : room;
-    int32_t *ids = malloc((size_t)k * sizeof *ids);
-    if (!ids) abort();
+    int32_t *ids = ds4_xmalloc((size_t)k * sizeof *ids);
     fprintf(f, "{\"source\":\"ds4\",\"prompt_tokens\":%d,\"ctx\":%d,\"top_k\":%d,\"steps\":[", st->prompt_tokens,
             ds4_engine_ctx(c->eng), k);
     int rc = 0;
@@ -157,8 +157,7 @@ static int read_ids(const char *path, int32_t **ids, int *n, int n_vocab) {
         }
         if (*n == cap) {
             cap = cap ? cap * 2 : 256;
-            *ids = realloc(*ids, (size_t)cap * sizeof **ids);
-            if (!*ids) abort();
+            *ids = ds4_xrealloc(*ids, (size_t)cap * sizeof **ids);
         }
         (*ids)[(*n)++] = (int32_t)v;
     }
@@ -219,8 +218,7 @@ static int perplexity_tokens(const cli_chat *c, const char *path, int32_t **ids,
         fprintf(stderr, "ds4: %s: %zu tokens, only the first %d (the context) are used\n", path, total, ctx);
         total = (size_t)ctx;
     }
-    *ids = malloc((total + 1) * sizeof **ids);
-    if (!*ids) abort();
+    *ids = ds4_xmalloc((total + 1) * sizeof **ids);
     if (bos) (*ids)[0] = ds4_tokenizer_specials(c->tok).bos;
     if (total > (size_t)bos) memcpy(*ids + bos, t, (total - (size_t)bos) * sizeof *t);
     free(t);
@@ -234,8 +232,7 @@ int ds4_cli_perplexity(const ds4_cli_options *o) {
     int n = 0, rc = 1;
     if (cli_chat_open(&c, o, o->ctx) == 0 && perplexity_tokens(&c, o->perplexity_file, &ids, &n) == 0) {
         const size_t n_vocab = (size_t)ds4_tokenizer_n_vocab(c.tok);
-        float *logits = malloc(PPL_BLOCK * n_vocab * sizeof *logits);
-        if (!logits) abort();
+        float *logits = ds4_xmalloc(PPL_BLOCK * n_vocab * sizeof *logits);
         double nll = 0;
         int scored = 0;
         ds4_err err = {{0}};

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/xalloc.h"
 #include "cli_chat.h"
 
 #define HISTORY_MAX 512
@@ -61,8 +62,7 @@ static void reader_open(line_reader *r) {
     const char *home = getenv("HOME");
     if (home && *home) {
         size_t n = strlen(home) + sizeof "/.ds4_history";
-        r->history = malloc(n);
-        if (!r->history) abort();
+        r->history = ds4_xmalloc(n);
         snprintf(r->history, n, "%s/.ds4_history", home);
         read_history(r->history);
     }

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "xalloc.h"
+
 static void buf_reserve(ds4_buf *b, size_t extra) {
     if (extra > (size_t)-1 - b->len - 1) {
         fprintf(stderr, "ds4: buffer size overflow\n");
@@ -15,12 +17,7 @@ static void buf_reserve(ds4_buf *b, size_t extra) {
     if (need <= b->cap) return;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need) cap = cap > (size_t)-1 / 2 ? need : cap * 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        fprintf(stderr, "ds4: out of memory (%zu bytes)\n", cap);
-        abort();
-    }
-    b->p = p;
+    b->p = ds4_xrealloc(b->p, cap);
     b->cap = cap;
 }
 
