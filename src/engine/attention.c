@@ -16,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../backend/cpu/cpu_vec.h"
 #include "../quant/quant.h"
 #include "engine_impl.h"
 
@@ -130,8 +131,7 @@ static void attend_heads(const att_job *j, int t, uint32_t h0, uint32_t h1, cons
         for (int r = 0; r < nr; r++) {
             float w = expf(scores[r] - m);
             den += w;
-            const float *row = rows + r * hd;
-            for (size_t d = 0; d < hd; d++) o[d] += w * row[d];
+            cpu_axpy_f32(hd, w, rows + r * hd, o);
         }
         float inv = 1.0f / den;
         for (size_t d = 0; d < hd; d++) o[d] *= inv;
