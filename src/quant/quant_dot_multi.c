@@ -74,15 +74,15 @@ VNNI static INLINE void q8_0_vnni(uint64_t n, const void *wv, const void *const 
     uint64_t nb = n / DS4_QK8_0, i = 0;
     for (; i + 8 <= nb; i += 8) {
         __m256i w[8], p[8];
-        __m128i dh = _mm_setzero_si128();
+        uint16_t dh[8];
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
             w[j] = _mm256_loadu_si256((const __m256i *)b[i + j].qs);
             p[j] = dpbusd(ones, w[j]);
-            dh = _mm_insert_epi16(dh, b[i + j].d, j);
+            dh[j] = b[i + j].d;
         }
         __m256i wsum128 = _mm256_slli_epi32(hsum8_vec(p), 7);
-        __m256 dw = _mm256_cvtph_ps(dh);
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
 #pragma GCC unroll 4
         for (int k = 0; k < na; k++) {
             const ds4_block_q8_0_act *a = (const ds4_block_q8_0_act *)acts[k] + i;
