@@ -228,9 +228,8 @@ static double choose_all_ls(const iq2_work *wk, float d, const float *own_step, 
     return total;
 }
 
-/* Codes of group k at step db: grid index and the 8 sign bits. */
-static void group_codes(const iq2_work *wk, int k, float db, int *g_out, int *signs) {
-    const float *x = wk->x + 8 * k, *w = wk->w + 8 * k;
+/* The first grid point with the least cost db*B[g] + H[g] for group k. */
+static int line_argmin(const iq2_work *wk, int k, float db) {
     const v4f *B = wk->B[k], *H = wk->H[k];
     typedef int32_t v4i __attribute__((vector_size(16)));
     v4f t = vsplat(db), m = vsplat(FLT_MAX);
@@ -241,7 +240,7 @@ static void group_codes(const iq2_work *wk, int k, float db, int *g_out, int *si
         m = (v4f)(((v4i)v & less) | ((v4i)m & ~less));
         at = (idx & less) | (at & ~less);
     }
-    int g = at[0]; /* the first grid point with the least cost */
+    int g = at[0];
     float best = m[0];
     for (int l = 1; l < 4; l++) {
         if (m[l] < best || (m[l] == best && at[l] < g)) {
@@ -249,6 +248,40 @@ static void group_codes(const iq2_work *wk, int k, float db, int *g_out, int *si
             g = at[l];
         }
     }
+    return g;
+}
+
+#if HAVE_X86
+/* The same: the least cost first, then the first point that has it. */
+__attribute__((target("avx2"))) static int line_argmin_avx2(const iq2_work *wk, int k, float db) {
+    const float *B = (const float *)wk->B[k], *H = (const float *)wk->H[k];
+    __m256 t = _mm256_set1_ps(db), m0 = _mm256_set1_ps(FLT_MAX), m1 = m0;
+    for (int g = 0; g < 256; g += 16) {
+        m0 = _mm256_min_ps(_mm256_add_ps(_mm256_mul_ps(t, _mm256_loadu_ps(B + g)), _mm256_loadu_ps(H + g)), m0);
+        m1 = _mm256_min_ps(_mm256_add_ps(_mm256_mul_ps(t, _mm256_loadu_ps(B + g + 8)), _mm256_loadu_ps(H + g + 8)), m1);
+    }
+    __m256 m = _mm256_min_ps(m0, m1);
+    __m128 v = _mm_min_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    v = _mm_min_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_min_ss(v, _mm_shuffle_ps(v, v, 1));
+    __m256 best = _mm256_set1_ps(_mm_cvtss_f32(v));
+    for (int g = 0; g < 256; g += 8) {
+        __m256 c = _mm256_add_ps(_mm256_mul_ps(t, _mm256_loadu_ps(B + g)), _mm256_loadu_ps(H + g));
+        int hit = _mm256_movemask_ps(_mm256_cmp_ps(c, best, _CMP_EQ_OQ));
+        if (hit) return g + __builtin_ctz((unsigned)hit);
+    }
+    return 0; /* not reached: some point has the least cost */
+}
+#endif
+
+/* Codes of group k at step db: grid index and the 8 sign bits. */
+static void group_codes(const iq2_work *wk, int k, float db, int *g_out, int *signs) {
+    const float *x = wk->x + 8 * k, *w = wk->w + 8 * k;
+#if HAVE_X86
+    int g = wk->avx2 ? line_argmin_avx2(wk, k, db) : line_argmin(wk, k, db);
+#else
+    int g = line_argmin(wk, k, db);
+#endif
     int s = 0, negs = 0, imin = 0;
     float flip = FLT_MAX;
     for (int j = 0; j < 8; j++) {
