@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/common/parse.h"
 #include "../src/convert/convert.h"
 
 static void usage(FILE *f) {
@@ -54,9 +55,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--name")) o.name = need_arg(argc, argv, &i);
         else if (!strcmp(a, "--threads")) {
             const char *v = need_arg(argc, argv, &i);
-            char *end;
-            long n = strtol(v, &end, 10);
-            if (*end || n < 1 || n > 1024) {
+            int64_t n;
+            if (!ds4_parse_i64(v, 1, 1024, &n)) {
                 fprintf(stderr, "ds4-convert: --threads %s: expected 1..1024\n", v);
                 return 2;
             }

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
+#include "../src/common/parse.h"
 #include "../src/gguf/gguf.h"
 #include "../src/quant/quant.h"
 
@@ -298,29 +299,20 @@ static int write_sample(const char *out, uint32_t alignment) {
     return 0;
 }
 
-/* Parses a whole decimal number into *v; false if it is not one. */
-static bool parse_u64(const char *s, uint64_t *v) {
-    char *end;
-    if (!*s || *s == '-') return false;
-    errno = 0;
-    *v = strtoull(s, &end, 10);
-    return errno == 0 && *end == 0;
-}
-
 int main(int argc, char **argv) {
     const char *file = NULL, *sample = NULL;
     uint64_t limit = UINT64_MAX, alignment = 0;
     for (int i = 1; i < argc; i++) {
         bool has_arg = i + 1 < argc;
         if (strcmp(argv[i], "--array-limit") == 0 && has_arg) {
-            if (!parse_u64(argv[++i], &limit)) {
+            if (!ds4_parse_u64(argv[++i], 0, UINT64_MAX, &limit)) {
                 fprintf(stderr, "ds4-gguf: --array-limit needs a number, got '%s'\n", argv[i]);
                 return 2;
             }
         } else if (strcmp(argv[i], "--write-sample") == 0 && has_arg) {
             sample = argv[++i];
         } else if (strcmp(argv[i], "--alignment") == 0 && has_arg) {
-            if (!parse_u64(argv[++i], &alignment) || alignment == 0 || alignment > (1u << 31) ||
+            if (!ds4_parse_u64(argv[++i], 1, 1u << 31, &alignment) ||
                 (alignment & (alignment - 1))) {
                 fprintf(stderr, "ds4-gguf: --alignment needs a power of two, got '%s'\n", argv[i]);
                 return 2;

@@ -7,11 +7,11 @@
  * The work is in src/model/synth.c; this file parses options. The MTP file
  * gets Q4_K experts for q2/q4 models (as published) and the model's expert
  * type otherwise. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/common/parse.h"
 #include "../src/model/synth.h"
 #include "../src/quant/quant.h"
 
@@ -30,15 +30,11 @@ static void usage(FILE *out) {
 }
 
 static int parse_u64(const char *flag, const char *s, uint64_t min, uint64_t max, uint64_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || end == s || s[0] == '-' || v < min || v > max) {
+    if (!ds4_parse_u64(s, min, max, out)) {
         fprintf(stderr, "ds4-mkmodel: %s needs an integer in %llu..%llu, got '%s'\n", flag,
                 (unsigned long long)min, (unsigned long long)max, s);
         return -1;
     }
-    *out = v;
     return 0;
 }
 

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/parse.h"
 #include "../common/xalloc.h"
 #include "cli_chat.h"
 
@@ -133,10 +134,8 @@ static int run_command(cli_chat *c, const char *line) {
     } else if (IS("/new")) {
         cli_chat_forget(c);
     } else if (IS("/ctx")) {
-        char *end;
-        errno = 0;
-        long n = arg && *arg ? strtol(arg, &end, 10) : 0;
-        if (!arg || !*arg || errno || *end || n <= 0 || n > INT_MAX) {
+        int64_t n;
+        if (!arg || !ds4_parse_i64(arg, 1, INT_MAX, &n)) {
             fprintf(stderr, "ds4: /ctx needs a positive integer\n");
             return 0;
         }

@@ -1,12 +1,12 @@
 /* main.c — the ds4 command: option parsing and dispatch to a mode (cli.h).
  * Flags follow ds4's (server-spec.md §1.1–§1.2): integer flags must be
  * positive, an unknown option prints usage and exits 2. */
-#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/parse.h"
 #include "cli.h"
 
 static void usage(FILE *out) {
@@ -41,10 +41,8 @@ static void usage(FILE *out) {
 }
 
 static int parse_int(const char *flag, const char *s, int min, int max, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < min || v > max) {
+    int64_t v;
+    if (!ds4_parse_i64(s, min, max, &v)) {
         fprintf(stderr, "ds4: %s needs an integer in %d..%d, got '%s'\n", flag, min, max, s);
         return -1;
     }
@@ -53,14 +51,12 @@ static int parse_int(const char *flag, const char *s, int min, int max, int *out
 }
 
 static int parse_float(const char *flag, const char *s, float min, float max, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s || !(v >= min && v <= max)) {
+    double v;
+    if (!ds4_parse_f64(s, min, max, &v)) {
         fprintf(stderr, "ds4: %s needs a number in %g..%g, got '%s'\n", flag, min, max, s);
         return -1;
     }
-    *out = v;
+    *out = (float)v;
     return 0;
 }
 
@@ -102,10 +98,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--top-k")) { NEEDS_VALUE(); if (parse_int(a, val, 0, 1024, &o.top_k)) return 2; }
         else if (!strcmp(a, "--seed")) {
             NEEDS_VALUE();
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(val, &end, 10);
-            if (errno || *end || s == 0 || val[0] == '-') { fprintf(stderr, "ds4: --seed needs a positive integer\n"); return 2; }
+            uint64_t s;
+            if (!ds4_parse_u64(val, 1, UINT64_MAX, &s)) { fprintf(stderr, "ds4: --seed needs a positive integer\n"); return 2; }
             o.seed = s;
         }
         else if (!strcmp(a, "--think")) o.think = DS4_THINK_HIGH;
