@@ -4,7 +4,7 @@
 # synthetic full-size q2 models of a few layer counts (ds4-bench), logs in
 # $OUT (default /tmp/cuda-forward).
 #
-#   scripts/cuda-forward-check.sh            LAYERS="4 28" CTX=512 GEN=64
+#   scripts/cuda-forward-check.sh            LAYERS="4 28" CTX=512 GEN=64 PROFILE_LAYERS=4
 #
 # Binaries: $BIN_DIR (default build-cuda) from `make cuda`, built here
 # unless they exist already (a machine without the C libraries' headers
@@ -25,6 +25,11 @@ fi
 [ -d "$BIN_DIR/lib" ] && export LD_LIBRARY_PATH="$PWD/$BIN_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 rc=0
 timeout 240 "$BIN_DIR/tests/test_cuda_forward" 2>&1 | tee "$OUT/test-cuda.txt" || rc=1
+if [ -n "${PROFILE_LAYERS:-}" ]; then
+    echo "== DS4_CUDA_PROFILE=1 ds4-bench --synthetic q2 --layers $PROFILE_LAYERS (uncaptured, per operation)"
+    DS4_CUDA_PROFILE=1 timeout 200 "$BIN_DIR/bin/ds4-bench" --synthetic q2 --layers "$PROFILE_LAYERS" --cuda \
+        --ctx-start 128 --ctx-max 128 -n 16 --bw-mib 0 --csv "$OUT/profile.csv" 2>&1 | tee "$OUT/profile.txt" || rc=1
+fi
 for L in ${LAYERS:-4 28}; do
     echo "== ds4-bench --synthetic q2 --layers $L"
     timeout 300 "$BIN_DIR/bin/ds4-bench" --synthetic q2 --layers "$L" --cuda --ctx-start "${CTX:-512}" \

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../src/engine/engine.h"
+#include "../src/engine/engine_impl.h"
 #include "../src/model/synth.h"
 #include "testutil.h"
 #ifdef DS4_CUDA
@@ -56,9 +56,85 @@ static int top1(const float *x, int n, float *margin) {
     return b;
 }
 
+/* The tiny model with n_layer layers (0: the preset's) as an image. */
+static int tiny_image(uint32_t n_layer, void **image, uint64_t *size, ds4_err *err) {
+    ds4_synth_config c;
+    memset(&c, 0, sizeof c);
+    c.seed = 7;
+    c.name = "tiny (test_cuda_forward)";
+    if (ds4_synth_preset("tiny", n_layer, &c.hp, err) || ds4_synth_expert_types("q2", &c.expert_gate_type, &c.expert_down_type, err))
+        return -1;
+    ds4_synth_vocab vocab;
+    if (ds4_synth_vocab_fallback(&vocab, c.hp.n_vocab, err)) return -1;
+    c.hp.n_vocab = vocab.n_tokens;
+    c.vocab = &vocab;
+    int rc = ds4_synth_model_image(&c, image, size, err);
+    ds4_synth_vocab_free(&vocab);
+    return rc;
+}
+
+static double rel_diff(const float *a, const float *b, size_t n) {
+    double mx = 0, md = 0;
+    for (size_t i = 0; i < n; i++) {
+        mx = fmax(mx, fabs(a[i]));
+        md = fmax(md, fabs((double)a[i] - b[i]));
+        if (!isfinite(b[i])) return INFINITY;
+    }
+    return md / (mx > 0 ? mx : 1);
+}
+
+/* One token through n_layer-layer models on both backends; the last
+ * layer's intermediate vectors side by side, to say where they part. */
+static void diagnose(uint32_t n_layer, int32_t token) {
+    ds4_err err = {0};
+    void *image = NULL;
+    uint64_t size = 0;
+    ds4_engine *cpu = NULL, *gpu = NULL;
+    ds4_session *sc = NULL, *sg = NULL;
+    if (tiny_image(n_layer, &image, &size, &err)) { printf("diagnose: %s\n", err.msg); return; }
+    ds4_engine_config cfg = {.model_image = image, .model_image_size = size, .ctx = 64, .threads = 2, .backend = "cpu"};
+    if (ds4_engine_open(&cpu, &cfg, &err) || (cfg.backend = "cuda", ds4_engine_open(&gpu, &cfg, &err)) ||
+        ds4_session_new(cpu, &sc, &err) || ds4_session_new(gpu, &sg, &err) ||
+        ds4_session_eval(sc, &token, 1, NULL, NULL, &err) || ds4_session_eval(sg, &token, 1, NULL, NULL, &err)) {
+        printf("diagnose: %s\n", err.msg);
+    } else {
+        const ds4_hparams *hp = &cpu->model.hp;
+        const chunk_ws *w = &cpu->ws;
+        size_t D = hp->n_embd, qd = (size_t)hp->n_head * hp->head_dim, nu = hp->n_expert_used;
+        struct { const char *name; const float *ref; size_t n; } f[] = {
+            {"qr", w->qr, hp->q_lora}, {"q", w->q, qd}, {"att", w->att, qd},
+            {"low", w->low, (size_t)hp->n_out_group * hp->o_lora}, {"x", w->x, D}, {"a", w->a, D},
+            {"router", w->router, hp->n_expert}, {"ew", w->ew, nu}, {"smid", w->sg, hp->n_ff_exp},
+            {"sh", w->sh, D}, {"y", w->y, D}, {"H", w->H, 4 * D}, {"mix", w->mix, 4}, {"ehc", w->ehc, D}};
+        printf("diagnose %u layer(s), token %d, last layer's values, max|d|/max|ref|:", n_layer, token);
+        float *buf = malloc(sizeof(float) * 4 * (qd > 4 * D ? qd : 4 * D));
+        for (size_t i = 0; buf && i < sizeof f / sizeof *f; i++) {
+            if (ds4_cuda_session_debug_read(sg->cuda, f[i].name, buf, f[i].n * sizeof(float), &err)) continue;
+            if (!strcmp(f[i].name, "router"))
+                for (size_t k = 0; k < f[i].n; k++) buf[k] = sqrtf(softplus(buf[k]));
+            printf(" %s %.2g", f[i].name, rel_diff(f[i].ref, buf, f[i].n));
+        }
+        int32_t ids[8] = {0};
+        if (buf && !ds4_cuda_session_debug_read(sg->cuda, "ids", ids, nu * sizeof(int32_t), &err)) {
+            printf(" | experts cpu");
+            for (size_t k = 0; k < nu; k++) printf(" %d", w->eid[k]);
+            printf(" cuda");
+            for (size_t k = 0; k < nu; k++) printf(" %d", ids[k]);
+        }
+        printf(" | logits %.2g\n", rel_diff(ds4_session_logits(sc), ds4_session_logits(sg), hp->n_vocab));
+        free(buf);
+    }
+    ds4_session_free(sc);
+    ds4_session_free(sg);
+    ds4_engine_close(cpu);
+    ds4_engine_close(gpu);
+    free(image);
+}
+
 int main(void) {
     if (!ds4_cuda_available()) TEST_SKIP("no CUDA device");
     ds4_err err = {0};
+    for (uint32_t nl = 1; nl <= 6; nl++) diagnose(nl, 17);
     ds4_synth_config c;
     memset(&c, 0, sizeof c);
     c.seed = 7;

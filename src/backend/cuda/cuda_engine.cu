@@ -79,6 +79,14 @@ struct ds4_cuda_engine {
     rope_dev rope_plain, rope_comp;
     uint32_t max_rows; /* rows one head attends at most */
     dwork w;
+    /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */
+    bool prof;
+    cudaEvent_t ev[1024];
+    const char *ev_label[1024];
+    int n_ev, n_prof_steps;
+    const char *prof_label[48];
+    double prof_ms[48];
+    int n_prof;
     void **small;      /* cudaMalloc'd small buffers, freed at close */
     int n_small, cap_small;
     char name[320];
@@ -95,6 +103,7 @@ struct ds4_cuda_session {
     dlayer_kv L[DS4_MAX_LAYERS];
     void *state;      /* one allocation for every layer's state */
     step_io *h_io;    /* pinned */
+    float *h_logits;  /* pinned, n_vocab */
     cudaGraphExec_t graph;
 };
 
@@ -105,6 +114,44 @@ static int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
 static int launched(ds4_err *err, const char *what) {
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? 0 : cuda_fail(err, what, e);
+}
+
+/* Profiling: an event after the operations enqueued since the last mark. */
+static void mark(ds4_cuda_engine *e, cudaStream_t st, const char *label) {
+    if (!e->prof || e->n_ev >= 1024) return;
+    if (!e->ev[e->n_ev] && cudaEventCreate(&e->ev[e->n_ev]) != cudaSuccess) return;
+    e->ev_label[e->n_ev] = label;
+    cudaEventRecord(e->ev[e->n_ev++], st);
+}
+
+/* Adds the intervals between the step's events to the per-label totals. */
+static void prof_collect(ds4_cuda_engine *e) {
+    cudaEventSynchronize(e->ev[e->n_ev - 1]);
+    for (int i = 1; i < e->n_ev; i++) {
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e->ev[i - 1], e->ev[i]);
+        int k = 0;
+        while (k < e->n_prof && strcmp(e->prof_label[k], e->ev_label[i])) k++;
+        if (k == e->n_prof) {
+            if (k == 48) continue;
+            e->prof_label[e->n_prof++] = e->ev_label[i];
+            e->prof_ms[k] = 0;
+        }
+        e->prof_ms[k] += ms;
+    }
+    e->n_prof_steps++;
+}
+
+static void prof_print(const ds4_cuda_engine *e) {
+    if (!e->n_prof_steps) return;
+    double total = 0;
+    for (int k = 0; k < e->n_prof; k++) total += e->prof_ms[k];
+    fprintf(stderr, "cuda profile: %d steps (uncaptured, an event after each operation), mean per step:\n",
+            e->n_prof_steps);
+    for (int k = 0; k < e->n_prof; k++)
+        fprintf(stderr, "  %-28s %9.1f us  %5.1f%%\n", e->prof_label[k], 1e3 * e->prof_ms[k] / e->n_prof_steps,
+                100 * e->prof_ms[k] / total);
+    fprintf(stderr, "  %-28s %9.1f us\n", "total", 1e3 * total / e->n_prof_steps);
 }
 
 /* ------------------------------------------------------------ upload */
@@ -331,6 +378,8 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
     snprintf(e->name, sizeof e->name, "%s", ds4_cuda_kernels_device_name(e->k));
+    const char *prof = getenv("DS4_CUDA_PROFILE");
+    e->prof = prof && *prof && strcmp(prof, "0") != 0;
     cudaError_t c = cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking);
     if (c != cudaSuccess) {
         ds4_cuda_engine_close(e);
@@ -365,6 +414,9 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
 
 extern "C" void ds4_cuda_engine_close(ds4_cuda_engine *e) {
     if (!e) return;
+    prof_print(e);
+    for (int i = 0; i < 1024; i++)
+        if (e->ev[i]) cudaEventDestroy(e->ev[i]);
     for (int i = 0; i < e->n_small; i++) cudaFree(e->small[i]);
     free(e->small);
     cudaFree(e->arena);
@@ -424,6 +476,7 @@ static int hc_pre(enq *q, const dmat &fn, const float *scale, const float *base,
     if (launched(q->err, "hc norm") || mv(q, fn, w->hc_flat, w->actB, w->mix)) return -1;
     k_hc_pre<<<1, 1024, 0, q->st>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, w->H, D, norm_w,
                                    hp->rms_eps, w->x, w->a, w->post, w->comb);
+    mark(e, q->st, "hc pre (norm, fn, split)");
     return launched(q->err, "hc pre");
 }
 
@@ -431,6 +484,7 @@ static int hc_post(enq *q) {
     dwork *w = &q->e->w;
     uint32_t D = q->e->m->hp.n_embd;
     k_hc_post<<<(D + 255) / 256, 256, 0, q->st>>>(w->H, w->y, w->post, w->comb, D);
+    mark(q->e, q->st, "hc post");
     return launched(q->err, "hc post");
 }
 
@@ -445,23 +499,28 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     if (hc_pre(q, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm) ||
         mv(q, L->q_a, w->a, w->actA, w->qr) || mv(q, L->kv, w->a, w->actA, w->kv))
         return -1;
+    mark(e, q->st, "attn q_a + kv");
     if (L->ratio && (mv(q, L->comp_kv, w->a, w->actA, w->ckv) || mv(q, L->comp_gate, w->a, w->actA, w->csc)))
         return -1;
     if (L->ratio == 4 &&
         (mv(q, L->idx_comp_kv, w->a, w->actA, w->ikv) || mv(q, L->idx_comp_gate, w->a, w->actA, w->isc)))
         return -1;
+    mark(e, q->st, "compressor projections");
     k_rmsnorm<<<1, 1024, 0, q->st>>>(w->qr, w->qr, L->q_a_norm, (int)hp->q_lora, 0, hp->rms_eps);
     if (launched(q->err, "q norm") || mv(q, L->q_b, w->qr, w->actB, w->q)) return -1;
+    mark(e, q->st, "attn q norm + q_b");
     k_q_prepare<<<hp->n_head, 256, hd * sizeof(float), q->st>>>(w->q, hd, hp->rms_eps, rp, w->io);
     k_kv_prepare<<<1, 512, hd * sizeof(float), q->st>>>(w->kv, L->kv_a_norm, hd, n_rot, hp->rms_eps, rp, w->io,
                                                          K->raw, (int)hp->n_swa);
     if (launched(q->err, "q/kv prepare")) return -1;
+    mark(e, q->st, "q/kv norm, rope, fp8");
     if (L->ratio) {
         int coff = L->ratio == 4 ? 2 : 1;
         k_compressor<<<1, 512, hd * sizeof(float), q->st>>>(w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv,
                                                              K->st_sc, K->comp, (int)L->ratio, coff, hd, n_rot,
                                                              hp->rms_eps, e->rope_comp, 0, w->io);
         if (launched(q->err, "compressor")) return -1;
+        mark(e, q->st, "compressor frontier");
     }
     if (L->ratio == 4) {
         k_compressor<<<1, 512, ihd * sizeof(float), q->st>>>(w->ikv, w->isc, L->index_ape, L->index_norm,
@@ -478,11 +537,13 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                                                 w->iscores, w->io);
         k_idx_topk<<<1, 1024, 0, q->st>>>(w->iscores, (int)hp->indexer_top_k, w->sel, w->n_sel, w->io);
         if (launched(q->err, "indexer")) return -1;
+        mark(e, q->st, "indexer (comp, q, scores, top-k)");
     }
     size_t smem = (hd + e->max_rows) * sizeof(float);
     k_attention<<<hp->n_head, 256, smem, q->st>>>(w->q, K->raw, (int)hp->n_swa, K->comp, (int)L->ratio, w->sel,
                                                   L->ratio == 4 ? w->n_sel : NULL, L->sinks, hd, rp, w->io, w->att);
     if (launched(q->err, "attention")) return -1;
+    mark(e, q->st, "attention");
     /* Grouped output: group g's heads through rows g·o_lora.. of out_a. */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group;
     const uint8_t *act = (const uint8_t *)act_of(q, L->out_a.type, w->att, qdim, w->actB);
@@ -494,7 +555,10 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     oa.in = gdim;
     for (uint32_t g = 0; g < hp->n_out_group; g++)
         if (mv_rows(q, oa, g * hp->o_lora, hp->o_lora, act + g * act_group, w->low + g * hp->o_lora)) return -1;
-    return mv(q, L->out_b, w->low, w->actB, w->y) || hc_post(q);
+    mark(e, q->st, "attn out_a (grouped)");
+    if (mv(q, L->out_b, w->low, w->actB, w->y)) return -1;
+    mark(e, q->st, "attn out_b");
+    return hc_post(q);
 }
 
 static int ffn(enq *q, uint32_t il) {
@@ -511,6 +575,7 @@ static int ffn(enq *q, uint32_t il) {
                                                   hp->expert_weight_scale, hp->expert_weights_norm, w->io, w->ids,
                                                   w->ew);
     if (launched(q->err, "router")) return -1;
+    mark(e, q->st, "router + selection");
     /* Shared expert: one Q8_0 "expert" of weight 1 through the MoE kernels. */
     const void *a_sh = act_of(q, L->gate_sh.type, w->a, D, w->actA);
     if (!a_sh ||
@@ -521,16 +586,19 @@ static int ffn(enq *q, uint32_t il) {
     if (!m_sh ||
         ds4_cuda_moe_down(e->k, L->down_sh.type, L->down_sh.w, ff, D, 1, w->zero_id, 1, m_sh, NULL, w->sh, st, q->err))
         return -1;
+    mark(e, q->st, "shared expert");
     const void *a_ex = act_of(q, L->gate_exps.type, w->a, D, w->actA);
     if (!a_ex ||
         ds4_cuda_moe_gate_up(e->k, L->gate_exps.type, L->gate_exps.w, L->up_exps.w, D, ff, ne, w->ids, w->ew, nu,
                              L->clamp, a_ex, w->mid, st, q->err))
         return -1;
+    mark(e, q->st, "routed gate/up");
     const void *m_ex = act_of(q, L->down_exps.type, w->mid, nu * ff, w->actB);
     if (!m_ex ||
         ds4_cuda_moe_down(e->k, L->down_exps.type, L->down_exps.w, ff, D, ne, w->ids, nu, m_ex, w->sh, w->y, st,
                           q->err))
         return -1;
+    mark(e, q->st, "routed down");
     return hc_post(q);
 }
 
@@ -545,7 +613,9 @@ static int output_head(enq *q) {
     k_out_collapse<<<1, 1024, 0, q->st>>>(w->mix, e->out_hc_scale, e->out_hc_base, hp->hc_eps, w->H, D, e->out_norm,
                                           hp->rms_eps, w->ehc);
     if (launched(q->err, "head collapse")) return -1;
-    return mv(q, e->output, w->ehc, w->actA, w->logits);
+    if (mv(q, e->output, w->ehc, w->actA, w->logits)) return -1;
+    mark(e, q->st, "output head");
+    return 0;
 }
 
 /* The whole step, enqueued on the engine's stream. */
@@ -553,9 +623,12 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
     enq q = {e, e->stream, err, NULL, 0, 0};
+    e->n_ev = 0;
+    mark(e, q.st, "start");
     k_embed<<<(hp->n_embd + 255) / 256, 256, 0, q.st>>>(e->token_embd.w, e->token_embd.type == DS4_TYPE_F16,
                                                          hp->n_embd, e->w.io, e->w.H);
     if (launched(err, "embedding")) return -1;
+    mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if (attention(&q, s, il) || ffn(&q, il)) return -1;
     return output_head(&q);
@@ -610,6 +683,7 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     }
     cudaError_t c = cudaMemset(s->state, 0, total ? total : 256);
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, sizeof(step_io));
+    if (c == cudaSuccess) c = cudaMallocHost(&s->h_logits, hp->n_vocab * sizeof(float));
     if (c != cudaSuccess) {
         ds4_cuda_session_free(s);
         return cuda_fail(err, "session setup", c);
@@ -626,6 +700,7 @@ extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
     if (!s) return;
     if (s->graph) cudaGraphExecDestroy(s->graph);
     cudaFreeHost(s->h_io);
+    cudaFreeHost(s->h_logits);
     cudaFree(s->state);
     free(s);
 }
@@ -666,13 +741,35 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     const ds4_hparams *hp = &e->m->hp;
     if (token < 0 || (uint32_t)token >= hp->n_vocab) return ds4_fail(err, "cuda: token %d outside the vocabulary", token);
     if (pos < 0 || pos >= e->ctx) return ds4_fail(err, "cuda: position %d outside the context of %d", pos, e->ctx);
-    if (!s->graph && capture(s, err)) return -1;
+    if (!e->prof && !s->graph && capture(s, err)) return -1;
     s->h_io->token = token;
     s->h_io->pos = pos;
     cudaError_t c = cudaMemcpyAsync(e->w.io, s->h_io, sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
-    if (c == cudaSuccess) c = cudaGraphLaunch(s->graph, e->stream);
+    if (e->prof) {
+        if (c != cudaSuccess || enqueue_step(s, err)) return c != cudaSuccess ? cuda_fail(err, "decode step", c) : -1;
+        prof_collect(e);
+    } else if (c == cudaSuccess) {
+        c = cudaGraphLaunch(s->graph, e->stream);
+    }
     if (c == cudaSuccess)
-        c = cudaMemcpyAsync(logits, e->w.logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
+        c = cudaMemcpyAsync(s->h_logits, e->w.logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
     if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
-    return c == cudaSuccess ? 0 : cuda_fail(err, "decode step", c);
+    if (c != cudaSuccess) return cuda_fail(err, "decode step", c);
+    memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
+    return 0;
+}
+
+extern "C" int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name, void *dst, size_t bytes,
+                                           ds4_err *err) {
+    dwork *w = &s->e->w;
+    struct { const char *name; const void *p; } bufs[] = {
+        {"H", w->H}, {"x", w->x}, {"a", w->a}, {"qr", w->qr}, {"q", w->q}, {"att", w->att}, {"low", w->low},
+        {"y", w->y}, {"router", w->router}, {"ids", w->ids}, {"ew", w->ew}, {"smid", w->smid}, {"sh", w->sh},
+        {"mix", w->mix}, {"ehc", w->ehc}};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        if (!strcmp(bufs[i].name, name)) {
+            cudaError_t c = cudaMemcpy(dst, bufs[i].p, bytes, cudaMemcpyDeviceToHost);
+            return c == cudaSuccess ? 0 : cuda_fail(err, "debug read", c);
+        }
+    return ds4_fail(err, "cuda: no workspace buffer '%s'", name);
 }

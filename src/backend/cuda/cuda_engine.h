@@ -51,6 +51,16 @@ int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err);
  * logits (n_vocab floats, host memory) receive the next-token logits. */
 int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err);
 
+/* For tests: copies `bytes` of the step workspace buffer `name` ("H", "x",
+ * "a", "qr", "q", "att", "low", "y", "router" (logits), "ids", "ew",
+ * "smid", "sh", "mix", "ehc") to host memory; after a step these hold the
+ * last layer's (or the output head's) values. */
+int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name, void *dst, size_t bytes, ds4_err *err);
+
+/* With DS4_CUDA_PROFILE=1 in the environment the step runs without the
+ * graph, with an event after each operation, and the engine prints the
+ * time per operation kind (summed over layers, mean per step) at close. */
+
 #ifdef __cplusplus
 }
 #endif

@@ -223,38 +223,34 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
 __global__ void k_hc_pre(const float *mix, const float *scale, const float *base, int iters, float hc_eps,
                          const float *H, uint32_t D, const float *norm_w, float rms_eps, float *x, float *a,
                          float *post_out, float *comb_out) {
-    __shared__ float pre[HC_N], c[HC_N * HC_N];
+    __shared__ float pre[HC_N];
     __shared__ double sh[32];
-    if (threadIdx.x == 0) {
-        for (int h = 0; h < HC_N; h++) {
-            pre[h] = dev_sigmoid(mix[h] * scale[0] + base[h]) + hc_eps;
-            post_out[h] = 2.0f * dev_sigmoid(mix[HC_N + h] * scale[1] + base[HC_N + h]);
-        }
-        for (int i = 0; i < HC_N * HC_N; i++) c[i] = mix[2 * HC_N + i] * scale[2] + base[2 * HC_N + i];
-        for (int r = 0; r < HC_N; r++) {
-            float m = c[r * HC_N];
-            for (int k = 1; k < HC_N; k++) m = fmaxf(m, c[r * HC_N + k]);
-            float sum = 0.0f;
-            for (int k = 0; k < HC_N; k++) {
-                c[r * HC_N + k] = expf(c[r * HC_N + k] - m);
-                sum += c[r * HC_N + k];
-            }
-            for (int k = 0; k < HC_N; k++) c[r * HC_N + k] = c[r * HC_N + k] / sum + hc_eps;
-        }
+    if (threadIdx.x < 32) {
+        /* Warp 0: lane l (mod 16) holds C[r][c], r = l/4, c = l%4; every sum
+         * reads its four terms in the CPU's order, so the bits are the CPU's. */
+        int l = threadIdx.x & 15, r = l >> 2, col = l & 3;
+        if (threadIdx.x < HC_N) pre[threadIdx.x] = dev_sigmoid(mix[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+        else if (threadIdx.x < 2 * HC_N)
+            post_out[threadIdx.x - HC_N] =
+                2.0f * dev_sigmoid(mix[threadIdx.x] * scale[1] + base[threadIdx.x]);
+        float v = mix[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
+        float m = __shfl_sync(0xffffffffu, v, r * 4);
+        for (int k = 1; k < HC_N; k++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, r * 4 + k));
+        v = expf(v - m);
+        float sum = 0.0f;
+        for (int k = 0; k < HC_N; k++) sum += __shfl_sync(0xffffffffu, v, r * 4 + k);
+        v = v / sum + hc_eps;
         for (int it = 0; it < iters; it++) {
-            if (it > 0)
-                for (int r = 0; r < HC_N; r++) {
-                    float s = 0.0f;
-                    for (int k = 0; k < HC_N; k++) s += c[r * HC_N + k];
-                    for (int k = 0; k < HC_N; k++) c[r * HC_N + k] /= s + hc_eps;
-                }
-            for (int k = 0; k < HC_N; k++) {
-                float s = 0.0f;
-                for (int r = 0; r < HC_N; r++) s += c[r * HC_N + k];
-                for (int r = 0; r < HC_N; r++) c[r * HC_N + k] /= s + hc_eps;
+            if (it > 0) {
+                float rs = 0.0f;
+                for (int k = 0; k < HC_N; k++) rs += __shfl_sync(0xffffffffu, v, r * 4 + k);
+                v /= rs + hc_eps;
             }
+            float cs = 0.0f;
+            for (int k = 0; k < HC_N; k++) cs += __shfl_sync(0xffffffffu, v, k * 4 + col);
+            v /= cs + hc_eps;
         }
-        for (int i = 0; i < HC_N * HC_N; i++) comb_out[i] = c[i];
+        if (threadIdx.x < HC_N * HC_N) comb_out[threadIdx.x] = v;
     }
     __syncthreads();
     double ss = 0.0;
