@@ -90,7 +90,7 @@ try {
   // ---- errors come in Anthropic's shape
   let err = null;
   try {
-    await client.messages.create({ model: 'claude-x', max_tokens: 5, messages: [{ role: 'system', content: 'x' }] });
+    await client.messages.create({ model: 'claude-x', max_tokens: 5, messages: [{ role: 'tool', content: 'x' }] });
   } catch (e) {
     err = e;
   }
