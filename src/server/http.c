@@ -466,8 +466,9 @@ int srv_http_run(srv_ctx *c) {
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)c->cfg.port, NULL, NULL, on_request, c, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->cfg.io_timeout_s, MHD_OPTION_CONNECTION_LIMIT, 512u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128 << 10), MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, c, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128 << 10), MHD_OPTION_NOTIFY_COMPLETED, on_completed, c,
+        MHD_OPTION_END); /* no LISTENING_ADDRESS_REUSE: it means SO_REUSEPORT, and a second server on a busy
+                          * port would silently share it (MHD's default SO_REUSEADDR allows quick restarts) */
     if (!d) {
         srv_log("cannot listen on %s:%d: %s", host, c->cfg.port, strerror(errno));
         return -1;

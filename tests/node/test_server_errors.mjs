@@ -136,6 +136,10 @@ try {
   const good = new OpenAI({ baseURL: srv.url + '/v1', apiKey: KEY, maxRetries: 0 });
   const ok = await good.chat.completions.create({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 });
   check(ok.choices[0].message.role === 'assistant', 'good request after bad ones', ok);
+
+  // a second server on the same port fails to start instead of sharing it
+  const second = await startServer(['--port', String(srv.port)]).then((s2) => s2.stop().then(() => 'started'), (e) => String(e));
+  check(/cannot listen on 127\.0\.0\.1:\d+: Address already in use/.test(second), 'busy port: a clear startup error', second);
 } finally {
   await srv.stop();
 }
