@@ -204,7 +204,9 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
     cfg->snapshot_max = (size_t)snapshot_mb << 20;
     cfg->kv.tool_memory_max_ids = cfg->tool_memory_max_ids;
     ds4_err err = {{0}};
-    if (cfg->kv.dir && ds4_kvcache_config_check(&cfg->kv, &err)) {
+    ds4_kvcache_config check = cfg->kv; /* the knobs are checked even without a directory, as ds4 does */
+    if (!check.dir) check.dir = ".";
+    if (ds4_kvcache_config_check(&check, &err)) {
         fprintf(stderr, "ds4-server: %s\n", err.msg);
         return -1;
     }

@@ -18,10 +18,10 @@
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
-import { check, done, post, startServer } from './server_harness.mjs';
+import { check, done, post, startServer, tinyModel } from './server_harness.mjs';
 
 const tmp = process.env.DS4_TMP || '/tmp';
 const base = join(tmp, `kvcache-${process.pid}`);
@@ -99,11 +99,20 @@ const TURNS = 4;
 const t00 = Date.now();
 const lap = (what) => console.log(`${what}: ${((Date.now() - t00) / 1000).toFixed(1)} s`);
 try {
+  // ---------------------------------------------------------------- flags: bad combinations exit 2
+  const server = resolve(process.env.DS4_ROOT || '.', process.env.DS4_BUILD || 'build', 'bin', 'ds4-server');
+  for (const bad of [['--kv-cache-min-tokens', '0'], ['--kv-cache-min-tokens', '100', '--kv-cache-cold-max-tokens', '50'],
+    ['--kv-cache-boundary-align-tokens', '-1'], ['--kv-disk-space-mb', '0'], ['--kv-cache-continued-interval-tokens', 'x']]) {
+    const r = spawnSync(server, ['-m', tinyModel(), '--kv-disk-dir', join(base, 'never'), ...bad], { encoding: 'utf8' });
+    check(r.status === 2 && /kv/.test(r.stderr), `${bad.join(' ')}: exit 2 with a message`, [r.status, r.stderr]);
+  }
+  check(!existsSync(join(base, 'never')), 'a refused configuration creates no directory');
+
   // ---------------------------------------------------------------- cold reference
   const cold = await startServer([...knobs, '--kv-snapshot-mb', '0']);
   const coldClient = new OpenAI({ baseURL: cold.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   const coldAnswers = {};
-  for (const k of [2, TURNS]) coldAnswers[k] = answer(await chat(coldClient, conversation(k)));
+  for (const k of [1, TURNS]) coldAnswers[k] = answer(await chat(coldClient, conversation(k)));
   await cold.stop();
 
   lap('1. agent loop');
@@ -190,8 +199,8 @@ try {
 
   lap('3. faults');
   // ---------------------------------------------------------------- 3. faults
-  const R = conversation(2);
-  const goodAnswer = coldAnswers[2];
+  const R = conversation(1);
+  const goodAnswer = coldAnswers[1];
   const damage = {
     truncate: (p) => truncateSync(p, Math.floor(statSync(p).size / 2)),
     flip: (p) => {
@@ -257,7 +266,7 @@ try {
   const total = kvFiles(dirB).reduce((s, f) => s + statSync(join(dirB, f)).size, 0);
   check(total <= 1 << 20 && metric(m, 'ds4_kv_disk_evictions_total') > 0, 'tiny budget: evicted down to it',
     [total, metric(m, 'ds4_kv_disk_evictions_total')]);
-  check(answer(await chat(client, conversation(2))) === coldAnswers[2], 'tiny budget: answers unchanged');
+  check(answer(await chat(client, conversation(1))) === coldAnswers[1], 'tiny budget: answers unchanged');
   await srv.stop();
 
   // ---------------------------------------------------------------- kill -9 during saves
