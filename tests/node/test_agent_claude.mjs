@@ -6,7 +6,11 @@
 //   2. a tool call: turn 1 is a DSML call of Claude Code's Bash tool, which
 //      it runs (creating a file in $DS4_TMP), sends the tool_result back,
 //      and turn 2's text ends the session; the second request continues the
-//      live state (cache_read_input_tokens).
+//      live state (cache_read_input_tokens);
+//   3. Claude Code's full default request (its ~30k-token system prompt and
+//      tool set, system-role messages): with a small --ctx the answer must be
+//      the 400 context_length_exceeded that comes after parsing, rendering
+//      and tokenizing succeeded.
 // Configured as the server README says (ANTHROPIC_BASE_URL without /v1,
 // any key), with the tools cut to Bash and a one-line system prompt (its
 // own prompt and tool set run to ~30k tokens) and every non-essential
@@ -18,13 +22,14 @@ import { check, done, startServer } from './server_harness.mjs';
 
 const claude = clientBinary('@anthropic-ai/claude-code-linux-x64/claude', '@anthropic-ai/claude-code');
 
-async function session(name, outputs, prompt) {
+async function session(name, outputs, prompt, { ctx = 16384, full = false } = {}) {
   const force = join(tmp, `${name}.force.txt`);
   writeFileSync(force, outputs.join('\n<<<ds4-next-output>>>\n'));
-  const srv = await startServer(['--force-output', force], { ctx: 16384, layers: 2 });
+  const srv = await startServer(['--force-output', force], { ctx, layers: 2 });
   try {
-    const r = await run(claude, ['-p', prompt, '--model', 'deepseek-v4-flash', '--tools', 'Bash', '--allowedTools', 'Bash',
-      '--system-prompt', 'You are a coding agent. Answer briefly.', '--output-format', 'json', '--no-session-persistence'], {
+    const small = full ? [] : ['--tools', 'Bash', '--allowedTools', 'Bash', '--system-prompt', 'You are a coding agent. Answer briefly.'];
+    const r = await run(claude, ['-p', prompt, '--model', 'deepseek-v4-flash', ...small, '--output-format', 'json',
+      '--no-session-persistence'], {
       home: freshDir(`${name}-home`),
       cwd: freshDir(`${name}-work`),
       env: {
@@ -37,13 +42,16 @@ async function session(name, outputs, prompt) {
         CLAUDE_STREAM_IDLE_TIMEOUT_MS: '600000',
       },
     });
-    check(r.code === 0, `${name}: claude exits 0 (got ${r.code} after ${r.ms} ms)`, r.stderr.slice(-3000) + r.stdout.slice(-2000));
     let result = null;
     try {
       result = JSON.parse(r.stdout);
     } catch {}
-    check(result && result.type === 'result' && result.is_error === false, `${name}: a successful result`, r.stdout.slice(-2000));
-    return { result: result ?? {}, log: srv.log() };
+    if (!full) {
+      check(r.code === 0, `${name}: claude exits 0 (got ${r.code} after ${r.ms} ms)`, r.stderr.slice(-3000) + r.stdout.slice(-2000));
+      check(result && result.type === 'result' && result.is_error === false, `${name}: a successful result`, r.stdout.slice(-2000));
+    }
+    const metrics = await (await fetch(srv.url + '/metrics')).text();
+    return { result: result ?? {}, log: srv.log(), metrics, r };
   } finally {
     await srv.stop();
   }
@@ -69,5 +77,14 @@ async function session(name, outputs, prompt) {
   check(result.usage?.cache_read_input_tokens > 0, 'tool: the second request continued the live state', result.usage);
   check((log.match(/finish=tool_calls/g) || []).length === 1 && (log.match(/finish=stop/g) || []).length === 1,
     'tool: two requests, a tool call then a stop', log);
+}
+
+// ---- 3. the full default request parses and renders ----
+{
+  const { result, metrics, r } = await session('full', ['unused'], 'Say hello', { ctx: 4096, full: true });
+  check(result.is_error === true && result.api_error_status === 400 && /context size is 4096 tokens/.test(result.result),
+    'full: Claude Code reports the context 400', r.stdout.slice(-2000) + r.stderr.slice(-1000));
+  const statuses = [...metrics.matchAll(/ds4_requests_total\{endpoint="\/v1\/messages",status="(\d+)"\} (\d+)/g)].map((x) => x[1]);
+  check(statuses.length >= 1 && statuses.every((st) => st === '400'), 'full: context 400s only', metrics);
 }
 done('test_agent_claude');

@@ -12,6 +12,11 @@
 // analytics, no plugin sync). The sandbox is bypassed: the command only
 // writes into the test's scratch directory, and bubblewrap may not run in
 // containers.
+//   3. Codex's full default request (all its tools, namespaces, web_search,
+//      its long instructions): prefilling 25k tokens would take minutes, so
+//      the server gets a small --ctx, and the answer must be the 400
+//      context_length_exceeded that comes after parsing, rendering and
+//      tokenizing succeeded (Codex reports it as running out of room).
 import { readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { clientBinary, freshDir, run, tmp } from './agent_harness.mjs';
@@ -19,17 +24,26 @@ import { check, done, startServer } from './server_harness.mjs';
 
 const codex = clientBinary('@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex', '@openai/codex');
 
-function config(url) {
-  return `model = "deepseek-v4-flash"
-model_provider = "ds4"
-model_context_window = 16384
-check_for_update_on_startup = false
+// full: Codex's own prompt and tool set; otherwise cut down. Either way no
+// update check, analytics, plugin or app sync (the only network it would use).
+function config(url, full = false) {
+  const small = `model_context_window = 16384
 model_instructions_file = "${join(tmp, 'instructions.md')}"
 include_permissions_instructions = false
 include_apps_instructions = false
 include_environment_context = false
 web_search = "disabled"
 
+[skills]
+include_instructions = false
+
+[agents]
+enabled = false
+`;
+  return `model = "deepseek-v4-flash"
+model_provider = "ds4"
+check_for_update_on_startup = false
+${full ? '' : small}
 [model_providers.ds4]
 name = "ds4"
 base_url = "${url}/v1"
@@ -41,43 +55,38 @@ stream_max_retries = 0
 [analytics]
 enabled = false
 
-[skills]
-include_instructions = false
-
-[agents]
-enabled = false
-
 [features]
-goals = false
 plugins = false
 apps = false
-view_image = false
 memories = false
+${full ? '' : `goals = false
+view_image = false
 shell_snapshot = false
 image_generation = false
 browser_use = false
 computer_use = false
 tool_suggest = false
-`;
+`}`;
 }
 writeFileSync(join(tmp, 'instructions.md'), 'You are a coding agent. Answer briefly.\n');
 
 // One `codex exec` against a server forced to `outputs`; resolves to the
 // parsed JSONL events and the run.
-async function session(name, outputs, prompt) {
+async function session(name, outputs, prompt, { ctx = 16384, full = false } = {}) {
   const force = join(tmp, `${name}.force.txt`);
   writeFileSync(force, outputs.join('\n<<<ds4-next-output>>>\n'));
-  const srv = await startServer(['--force-output', force], { ctx: 16384, layers: 2 });
+  const srv = await startServer(['--force-output', force], { ctx, layers: 2 });
   try {
     const home = freshDir(`${name}-home`);
     freshDir(`${name}-home/.codex`);
-    writeFileSync(join(home, '.codex/config.toml'), config(srv.url));
+    writeFileSync(join(home, '.codex/config.toml'), config(srv.url, full));
     const r = await run(codex, ['exec', '--strict-config', '--ephemeral', '--skip-git-repo-check',
       '--dangerously-bypass-approvals-and-sandbox', '--json', prompt],
     { home, cwd: freshDir(`${name}-work`), env: { CODEX_HOME: join(home, '.codex') } });
     const events = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
-    check(r.code === 0, `${name}: codex exits 0 (got ${r.code} after ${r.ms} ms)`, r.stderr.slice(-3000) + r.stdout.slice(-2000));
-    return { events, r, log: srv.log() };
+    if (!full) check(r.code === 0, `${name}: codex exits 0 (got ${r.code} after ${r.ms} ms)`, r.stderr.slice(-3000) + r.stdout.slice(-2000));
+    const metrics = await (await fetch(srv.url + '/metrics')).text();
+    return { events, r, log: srv.log(), metrics };
   } finally {
     await srv.stop();
   }
@@ -110,5 +119,15 @@ const items = (events, type) => events.filter((e) => e.type === 'item.completed'
   check(usage?.cached_input_tokens > 0, 'tool: the second request continued the live state', usage);
   check((log.match(/finish=tool_calls/g) || []).length === 1 && (log.match(/finish=stop/g) || []).length === 1,
     'tool: two requests, a tool call then a stop', log);
+}
+
+// ---- 3. the full default request parses and renders ----
+{
+  const { events, r, metrics } = await session('full', ['unused'], 'Say hello', { ctx: 4096, full: true });
+  check(r.code !== 0 && events.some((e) => /context window/.test(e.message ?? e.error?.message ?? '')),
+    'full: Codex reports the context limit', r.stdout.slice(-2000));
+  const m = /ds4_requests_total\{endpoint="\/v1\/responses",status="(\d+)"\} (\d+)/g;
+  const statuses = [...metrics.matchAll(m)].map((x) => x[1]);
+  check(statuses.length === 1 && statuses[0] === '400', 'full: the only answer was the context 400', metrics);
 }
 done('test_agent_codex');
