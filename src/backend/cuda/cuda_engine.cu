@@ -257,8 +257,10 @@ static bool matvec_type(uint32_t t) {
            t == DS4_TYPE_F16 || t == DS4_TYPE_F32;
 }
 
+static bool plain_type(uint32_t t) { return t == DS4_TYPE_F16 || t == DS4_TYPE_F32; }
+
 static bool moe_type(uint32_t t) {
-    return t == DS4_TYPE_Q8_0 || t == DS4_TYPE_Q2_K || t == DS4_TYPE_Q4_K || t == DS4_TYPE_IQ2_XXS;
+    return t == DS4_TYPE_Q8_0 || t == DS4_TYPE_Q2_K || t == DS4_TYPE_Q4_K || t == DS4_TYPE_IQ2_XXS || plain_type(t);
 }
 
 static int check_model(const ds4_model *m, ds4_err *err) {
@@ -286,7 +288,7 @@ static int check_model(const ds4_model *m, ds4_err *err) {
                                     &L->ffn_up_shexp, &L->ffn_down_shexp};
         for (size_t i = 0; i < sizeof moes / sizeof *moes; i++)
             if (!moe_type(moes[i]->type))
-                return ds4_fail(err, "cuda: %s has type %s (the MoE kernels take Q8_0, Q2_K, Q4_K, IQ2_XXS)",
+                return ds4_fail(err, "cuda: %s has type %s (the MoE kernels take Q8_0, Q2_K, Q4_K, IQ2_XXS, F16, F32)",
                                 moes[i]->name, ds4_type_name(moes[i]->type));
     }
     if (!matvec_type(m->output.type) || !matvec_type(m->output_hc_fn.type))
@@ -561,13 +563,42 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     return hc_post(q);
 }
 
+/* Expert gate/up and down (several experts, or the shared one as expert 0
+ * of 1): the quantised MoE kernels, or plain-float ones for F16/F32. */
+static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
+                       const float *weights, uint32_t n_sel, float clamp, const float *x, float *mid) {
+    if (plain_type(gate.type)) {
+        uint32_t blocks = (n_sel * n_ff * 32 + 255) / 256;
+        k_moe_plain_gate_up<<<blocks, 256, 0, q->st>>>(gate.w, up.w, gate.type == DS4_TYPE_F16, gate.in, n_ff, n_expert,
+                                                       ids, weights, n_sel, clamp, x, mid);
+        return launched(q->err, "plain gate/up");
+    }
+    const void *act = act_of(q, gate.type, x, gate.in, q->e->w.actA);
+    if (!act) return -1;
+    return ds4_cuda_moe_gate_up(q->e->k, gate.type, gate.w, up.w, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp,
+                                act, mid, (ds4_cuda_stream)q->st, q->err);
+}
+
+static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert, const int32_t *ids,
+                    uint32_t n_sel, const float *mid, const float *add, float *out) {
+    if (plain_type(down.type)) {
+        uint32_t blocks = (n_out * 32 + 255) / 256;
+        k_moe_plain_down<<<blocks, 256, 0, q->st>>>(down.w, down.type == DS4_TYPE_F16, n_ff, n_out, n_expert, ids, n_sel,
+                                                    mid, add, out);
+        return launched(q->err, "plain down");
+    }
+    const void *act = act_of(q, down.type, mid, n_sel * n_ff, q->e->w.actB);
+    if (!act) return -1;
+    return ds4_cuda_moe_down(q->e->k, down.type, down.w, n_ff, n_out, n_expert, ids, n_sel, act, add, out,
+                             (ds4_cuda_stream)q->st, q->err);
+}
+
 static int ffn(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
-    ds4_cuda_stream st = (ds4_cuda_stream)q->st;
     if (hc_pre(q, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) ||
         mv(q, L->gate_inp, w->a, w->actA, w->router))
         return -1;
@@ -576,28 +607,14 @@ static int ffn(enq *q, uint32_t il) {
                                                   w->ew);
     if (launched(q->err, "router")) return -1;
     mark(e, q->st, "router + selection");
-    /* Shared expert: one Q8_0 "expert" of weight 1 through the MoE kernels. */
-    const void *a_sh = act_of(q, L->gate_sh.type, w->a, D, w->actA);
-    if (!a_sh ||
-        ds4_cuda_moe_gate_up(e->k, L->gate_sh.type, L->gate_sh.w, L->up_sh.w, D, ff, 1, w->zero_id, w->one_w, 1,
-                             L->clamp, a_sh, w->smid, st, q->err))
-        return -1;
-    const void *m_sh = act_of(q, L->down_sh.type, w->smid, ff, w->actB);
-    if (!m_sh ||
-        ds4_cuda_moe_down(e->k, L->down_sh.type, L->down_sh.w, ff, D, 1, w->zero_id, 1, m_sh, NULL, w->sh, st, q->err))
+    /* Shared expert: one "expert" of weight 1 through the MoE kernels. */
+    if (moe_gate_up(q, L->gate_sh, L->up_sh, ff, 1, w->zero_id, w->one_w, 1, L->clamp, w->a, w->smid) ||
+        moe_down(q, L->down_sh, ff, D, 1, w->zero_id, 1, w->smid, NULL, w->sh))
         return -1;
     mark(e, q->st, "shared expert");
-    const void *a_ex = act_of(q, L->gate_exps.type, w->a, D, w->actA);
-    if (!a_ex ||
-        ds4_cuda_moe_gate_up(e->k, L->gate_exps.type, L->gate_exps.w, L->up_exps.w, D, ff, ne, w->ids, w->ew, nu,
-                             L->clamp, a_ex, w->mid, st, q->err))
-        return -1;
+    if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, w->a, w->mid)) return -1;
     mark(e, q->st, "routed gate/up");
-    const void *m_ex = act_of(q, L->down_exps.type, w->mid, nu * ff, w->actB);
-    if (!m_ex ||
-        ds4_cuda_moe_down(e->k, L->down_exps.type, L->down_exps.w, ff, D, ne, w->ids, nu, m_ex, w->sh, w->y, st,
-                          q->err))
-        return -1;
+    if (moe_down(q, L->down_exps, ff, D, ne, w->ids, nu, w->mid, w->sh, w->y)) return -1;
     mark(e, q->st, "routed down");
     return hc_post(q);
 }

@@ -633,4 +633,58 @@ __global__ void k_matvec_f32(const float *w, uint32_t n_rows, uint32_t n_in, con
     if (lane == 0) y[warp] = d;
 }
 
+/* Plain-float experts (F16 or F32 weights, f32 activations; test models and
+ * --type f16 files): one warp per (selected expert, row). gate_up: mid[k][r]
+ * = silu(min(g, c))·clamp(u, ±c)·w[k] (moe.c swiglu_row); down: out[o] =
+ * Σ_k in order down_{ids[k]}[o]·mid[k] (+ add[o]). */
+__device__ float plain_dot(const void *w, int f16, size_t row, uint32_t n_in, const float *x, int lane) {
+    float d = 0.0f;
+    if (f16) {
+        const __half *r = (const __half *)w + row * n_in;
+        for (uint32_t i = lane; i < n_in; i += 32) d += __half2float(r[i]) * x[i];
+    } else {
+        const float *r = (const float *)w + row * n_in;
+        for (uint32_t i = lane; i < n_in; i += 32) d += r[i] * x[i];
+    }
+    return warp_sum_f(d);
+}
+
+__global__ void k_moe_plain_gate_up(const void *gate, const void *up, int f16, uint32_t n_in, uint32_t n_ff,
+                                    uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel,
+                                    float clamp, const float *x, float *mid) {
+    uint32_t item = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (item >= n_sel * n_ff) return;
+    uint32_t k = item / n_ff, r = item % n_ff, e = (uint32_t)ids[k];
+    float v = 0.0f;
+    if (e < n_expert) {
+        size_t row = (size_t)e * n_ff + r;
+        float g = plain_dot(gate, f16, row, n_in, x, lane), u = plain_dot(up, f16, row, n_in, x, lane);
+        if (clamp > 0.0f) {
+            g = fminf(g, clamp);
+            u = fminf(fmaxf(u, -clamp), clamp);
+        }
+        float s;
+        if (g >= 0.0f) {
+            s = 1.0f / (1.0f + expf(-g));
+        } else {
+            float ex = expf(g);
+            s = ex / (1.0f + ex);
+        }
+        v = g * s * u * weights[k];
+    }
+    if (lane == 0) mid[item] = v;
+}
+
+__global__ void k_moe_plain_down(const void *down, int f16, uint32_t n_ff, uint32_t n_out, uint32_t n_expert,
+                                 const int32_t *ids, uint32_t n_sel, const float *mid, const float *add, float *out) {
+    uint32_t o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (o >= n_out) return;
+    float acc = 0.0f;
+    for (uint32_t k = 0; k < n_sel; k++) {
+        uint32_t e = (uint32_t)ids[k];
+        if (e < n_expert) acc += plain_dot(down, f16, (size_t)e * n_out + o, n_ff, mid + (size_t)k * n_ff, lane);
+    }
+    if (lane == 0) out[o] = add ? acc + add[o] : acc;
+}
+
 #endif
