@@ -16,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../backend/cpu/cpu_vec.h"
 #include "../quant/quant.h"
 #include "engine_impl.h"
 
@@ -30,8 +31,7 @@ void kv_rows_put(kv_rows *r, uint32_t i, const float *src) {
 
 void kv_rows_get(const kv_rows *r, uint32_t i, float *dst) {
     if (r->f16) {
-        const uint16_t *s = (const uint16_t *)r->data + (size_t)i * r->width;
-        for (uint32_t k = 0; k < r->width; k++) dst[k] = ds4_f16_to_f32(s[k]);
+        cpu_f16_to_f32(r->width, (const uint16_t *)r->data + (size_t)i * r->width, dst);
     } else {
         memcpy(dst, (const float *)r->data + (size_t)i * r->width, r->width * sizeof(float));
     }
