@@ -2,10 +2,10 @@
  *
  * A prefill chunk multiplies every weight row with many tokens. Done one
  * dot product at a time, each token pays again for decoding the row's
- * blocks (IQ2_XXS grid and sign lookups, Q2_K code and scale unpacking),
- * which is what bounds those formats (BENCHMARKS.md). Here a block is
- * decoded once and its values are used for up to DS4_DOT_MULTI_MAX tokens
- * while they sit in registers.
+ * blocks (IQ2_XXS grid and sign lookups, Q2_K code and scale unpacking,
+ * F16 conversion), which is what bounds those formats (BENCHMARKS.md).
+ * Here a block is decoded once and its values are used for up to
+ * DS4_DOT_MULTI_MAX tokens while they sit in registers.
  *
  * Results are those of ds4_dot() bit for bit, for every token: each
  * token's per-block integer sum is exact, and its float terms follow the
@@ -15,7 +15,7 @@
  * The Q8_0 (AVX-512 VNNI) and IQ2_XXS (AVX-512 BITALG) kernels are also
  * faster than ds4_dot() for a single activation (Q8_0 ~20-35%, IQ2_XXS
  * ~5-10% on this Zen 4), so the forward pass uses them in decode too; a
- * single Q2_K activation goes to ds4_dot() (its AVX-512 kernel), and
+ * single Q2_K or F16 activation goes to ds4_dot() (as fast), and
  * types and ISAs without a kernel here fall back to ds4_dot() per token. */
 #include <string.h>
 
@@ -249,6 +249,41 @@ BITALG static INLINE void iq2_xxs_bitalg(uint64_t n, const void *wv, const void 
     for (int k = 0; k < na; k++) out[k] = 0.125f * acc[k];
 }
 
+/* ---- F16 weights, f32 activations (AVX-512): the row converted once ----
+ * The 16 lanes and their halving-tree reduction of quant_dot.c, per token. */
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")))
+
+AVX512 static INLINE void f16_avx512(uint64_t n, const void *wv, const void *const *acts, const int na,
+                                     float *out) {
+    const uint16_t *w = wv;
+    __m512 acc[DS4_DOT_MULTI_MAX];
+#pragma GCC unroll 4
+    for (int k = 0; k < na; k++) acc[k] = _mm512_setzero_ps();
+    uint64_t i = 0;
+    for (; i + DS4_FDOT_LANES <= n; i += DS4_FDOT_LANES) {
+        __m512 wf = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i)));
+#pragma GCC unroll 4
+        for (int k = 0; k < na; k++)
+            acc[k] = _mm512_add_ps(acc[k], _mm512_mul_ps(wf, _mm512_loadu_ps((const float *)acts[k] + i)));
+    }
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 wf = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
+#pragma GCC unroll 4
+        for (int k = 0; k < na; k++) {
+            __m512 p = _mm512_mul_ps(wf, _mm512_maskz_loadu_ps(m, (const float *)acts[k] + i));
+            acc[k] = _mm512_mask_add_ps(acc[k], m, acc[k], p);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < na; k++) {
+        float lanes[DS4_FDOT_LANES];
+        _mm512_storeu_ps(lanes, acc[k]);
+        out[k] = ds4_fdot_reduce(lanes);
+    }
+}
+
 /* One entry per kernel and ISA, with the token count a constant in each
  * case so the compiler unrolls the token loops. */
 #define MULTI_ENTRY(name, attr, body)                                                              \
@@ -264,6 +299,7 @@ MULTI_ENTRY(multi_q8_0_vnni, VNNI, q8_0_vnni)
 MULTI_ENTRY(multi_q2_K_avx2, AVX2, q2_K_avx2)
 MULTI_ENTRY(multi_iq2_xxs_avx2, AVX2, iq2_xxs_avx2)
 MULTI_ENTRY(multi_iq2_xxs_bitalg, BITALG, iq2_xxs_bitalg)
+MULTI_ENTRY(multi_f16_avx512, AVX512, f16_avx512)
 
 /* CPU features beyond the ISA level, checked once (a benign race: every
  * thread computes the same value). */
@@ -293,6 +329,7 @@ static multi_fn multi_kernel(uint32_t wtype) {
     case DS4_TYPE_Q2_K: return multi_q2_K_avx2;
     case DS4_TYPE_IQ2_XXS:
         return isa == DS4_ISA_AVX512 && cpu_has(&has_bitalg, probe_bitalg) ? multi_iq2_xxs_bitalg : multi_iq2_xxs_avx2;
+    case DS4_TYPE_F16: return isa == DS4_ISA_AVX512 ? multi_f16_avx512 : NULL;
     default: return NULL;
     }
 }
@@ -305,7 +342,7 @@ void ds4_dot_multi(uint32_t wtype, uint64_t n, const void *w, const void *const 
     multi_fn f = multi_kernel(wtype);
     for (int k = 0; k < n_act; k += DS4_DOT_MULTI_MAX) {
         int na = n_act - k < DS4_DOT_MULTI_MAX ? n_act - k : DS4_DOT_MULTI_MAX;
-        if (na == 1 && wtype == DS4_TYPE_Q2_K) /* ds4_dot has an AVX-512 kernel for it */
+        if (na == 1 && (wtype == DS4_TYPE_Q2_K || wtype == DS4_TYPE_F16)) /* ds4_dot is as fast */
             out[k] = ds4_dot(wtype, n, w, acts[k]);
         else if (f)
             f(n, w, acts + k, na, out + k);

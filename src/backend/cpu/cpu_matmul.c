@@ -206,26 +206,17 @@ static void quantise_task(void *ctx, int q, int worker) {
         ds4_quantize_q8_K(s->x + (size_t)r * s->ldx, dst, s->n_in);
 }
 
-static float dot_float(const cpu_mm *m, const uint8_t *row, int t) {
-    uint32_t n = m->w.n_in;
-    switch (m->w.type) {
-    case DS4_TYPE_F32: return ds4_dot_f32(n, (const float *)row, x_row(m, t));
-    case DS4_TYPE_F16: return ds4_dot_f16_f32(n, (const uint16_t *)row, x_row(m, t));
-    case DS4_TYPE_BF16: return ds4_dot_bf16_f32(n, (const uint16_t *)row, x_row(m, t));
-    default: return 0.0f; /* unreachable: the model validated the types */
-    }
-}
-
-/* Tokens of a quantised product go through the weight tile in groups of
- * DS4_DOT_MULTI_MAX: the group's activations stay in L1 while the tile's
- * rows (in L2) are each decoded once for the whole group. */
-static void matmul_quant_tile(const batch_run *b, int j, uint32_t r0, uint32_t r1) {
+/* Tokens of a quantised or plain-float product go through the weight tile
+ * in groups of DS4_DOT_MULTI_MAX: the group's activations stay in L1 while
+ * the tile's rows (in L2) are each decoded once for the whole group. */
+static void matmul_multi_tile(const batch_run *b, int j, uint32_t r0, uint32_t r1) {
     const cpu_mm *m = &b->mm[j];
     const cpu_mat *w = &m->w;
     for (int t0 = 0; t0 < m->n_tok; t0 += DS4_DOT_MULTI_MAX) {
         int na = m->n_tok - t0 < DS4_DOT_MULTI_MAX ? m->n_tok - t0 : DS4_DOT_MULTI_MAX;
         const void *acts[DS4_DOT_MULTI_MAX];
-        for (int k = 0; k < na; k++) acts[k] = act_row(b, j, t0 + k);
+        for (int k = 0; k < na; k++)
+            acts[k] = b->src_of[j] >= 0 ? act_row(b, j, t0 + k) : (const void *)x_row(m, t0 + k);
         for (uint32_t r = r0; r < r1; r++) {
             float out[DS4_DOT_MULTI_MAX];
             ds4_dot_multi(w->type, w->n_in, w->data + (size_t)r * w->row_bytes, acts, na, out);
@@ -241,20 +232,15 @@ static void matmul_task(void *ctx, int task, int worker) {
     const cpu_mat *w = &m->w;
     uint32_t r0 = (uint32_t)(task - b->task0[j]) * b->tile[j];
     uint32_t r1 = r0 + b->tile[j] < w->n_out ? r0 + b->tile[j] : w->n_out;
-    if (b->src_of[j] >= 0) {
-        matmul_quant_tile(b, j, r0, r1);
+    if (b->src_of[j] >= 0 || is_plain_float(w->type)) {
+        matmul_multi_tile(b, j, r0, r1);
         return;
     }
-    bool dequant = !is_plain_float(w->type);
+    /* exact mode: quantised rows dequantised once per row */
     for (uint32_t r = r0; r < r1; r++) {
-        const uint8_t *row = w->data + (size_t)r * w->row_bytes;
-        if (dequant) {
-            float *rf = b->c->row_f32[worker];
-            ds4_dequantize_row(w->type, row, rf, w->n_in);
-            for (int t = 0; t < m->n_tok; t++) m->y[(size_t)t * m->ldy + r] = ds4_dot_f32(w->n_in, rf, x_row(m, t));
-        } else {
-            for (int t = 0; t < m->n_tok; t++) m->y[(size_t)t * m->ldy + r] = dot_float(m, row, t);
-        }
+        float *rf = b->c->row_f32[worker];
+        ds4_dequantize_row(w->type, w->data + (size_t)r * w->row_bytes, rf, w->n_in);
+        for (int t = 0; t < m->n_tok; t++) m->y[(size_t)t * m->ldy + r] = ds4_dot_f32(w->n_in, rf, x_row(m, t));
     }
 }
 
