@@ -7,9 +7,12 @@
 #   scripts/cuda-forward-check.sh            LAYERS="4 28" CTX=512 GEN=64 PROFILE_LAYERS=4
 #
 # Binaries: $BIN_DIR (default build-cuda) from `make cuda`, built here
-# unless they exist already (a machine without the C libraries' headers
-# can be handed binaries built elsewhere, with their shared libraries in
-# $BIN_DIR/lib).
+# unless they exist already. The lent GPU machines have nvcc but not
+# jansson/utf8proc/...: build on the dev machine and carry them, e.g.
+#   make cuda CUDA_BUILD=.cudafwd-bin CUDA_ARCHS="-gencode arch=compute_90,code=sm_90"
+#   mkdir -p .cudafwd-bin/lib && cp -L /lib/x86_64-linux-gnu/lib{jansson.so.4,utf8proc.so.2} .cudafwd-bin/lib/
+#   (.cudafwd-bin in .git/info/exclude; run with carry [".cudafwd-bin"], BIN_DIR=.cudafwd-bin;
+#   carry only bin/ds4-bench, tests/test_cuda_forward and lib/ to stay under the size limit)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/cuda-forward}"
