@@ -417,6 +417,20 @@ void srv_cache_decide(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
 
 /* ------------------------------------------------------------- prefill */
 
+/* Prefill runs in pieces (split at checkpoints); progress is reported over
+ * the whole prompt. */
+typedef struct piece_progress {
+    ds4_progress_fn fn;
+    void *ctx;
+    int offset, total;
+} piece_progress;
+
+static int on_piece(void *ctx, int done, int total) {
+    (void)total;
+    piece_progress *pp = ctx;
+    return pp->fn ? pp->fn(pp->ctx, pp->offset + done, pp->total) : 0;
+}
+
 int srv_cache_prefill(srv_ctx *c, ds4_session *s, srv_job *job, const srv_plan *p, ds4_progress_fn progress,
                       void *progress_ctx, ds4_err *err) {
     srv_cache *k = c->cache;
@@ -434,7 +448,8 @@ int srv_cache_prefill(srv_ctx *c, ds4_session *s, srv_job *job, const srv_plan *
         if (cold > pos && cold < stop) stop = cold;
         int next = disk ? ds4_kvcache_next_continued(kc, &k->sched, pos) : 0;
         if (next > pos && next < stop) stop = next;
-        int rc = ds4_session_eval(s, p->eval + (pos - p->base), stop - pos, progress, progress_ctx, err);
+        piece_progress pp = {.fn = progress, .ctx = progress_ctx, .offset = pos - p->base, .total = end - p->base};
+        int rc = ds4_session_eval(s, p->eval + (pos - p->base), stop - pos, on_piece, &pp, err);
         if (rc) return rc;
         pos = stop;
         if (disk && pos == cold) save_live(c, s, DS4_KVC_REASON_COLD);
