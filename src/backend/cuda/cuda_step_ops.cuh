@@ -425,9 +425,11 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const __half *row
     }
 }
 
-/* Order-preserving key of a score: higher score = higher key; NaN lowest. */
+/* Order-preserving key of a score: higher score = higher key; NaN lowest;
+ * -0 and +0 equal (they tie on the CPU). */
 __device__ uint32_t score_key(float f) {
     if (f != f) return 0u;
+    if (f == 0.0f) f = 0.0f;
     uint32_t b = __float_as_uint(f);
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
