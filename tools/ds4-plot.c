@@ -165,11 +165,11 @@ static axis ctx_axis(double max, int ticks) {
     return a;
 }
 
-/* Tick labels: "512", "2k", "1.5k", "32k", "1M" for contexts; plain numbers
+/* Tick labels: "512", "1.25k", "2k", "32k", "1M" for contexts; plain numbers
  * with as many decimals as the step needs for tok/s. */
 static void ctx_label(double v, char *buf, size_t n) {
     if (v >= 1048576 && fmod(v, 1048576) == 0) snprintf(buf, n, "%.0fM", v / 1048576);
-    else if (v >= 1024 && fmod(v, 512) == 0) snprintf(buf, n, "%gk", v / 1024);
+    else if (v >= 1024 && fmod(v, 256) == 0) snprintf(buf, n, "%gk", v / 1024);
     else snprintf(buf, n, "%.0f", v);
 }
 
