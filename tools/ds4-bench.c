@@ -23,7 +23,9 @@
  * loaded model's own tensors), as GB/s and as a share of the memory read
  * bandwidth a multi-threaded read loop reaches just before that decode run
  * (probing each time, because on a shared machine the bandwidth left to us
- * drifts), and the share of the cores the decode got. */
+ * drifts); the same per CPU-second (process CPU time against the probe's
+ * thread CPU time), which other load disturbs far less; and the share of
+ * the cores the decode got. Prefill is also given per CPU-second. */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
