@@ -25,12 +25,14 @@
  * aligned store length, prefill split there), continued (aligned absolute
  * frontiers, during prefill and before decode tokens outside tool
  * blocks), evict (above), shutdown (the worker exits). A checkpoint's key
- * is the concatenated bytes of its tokens; its KTM map holds the exact-
- * replay entries whose DSML occurs in that text, and a load puts them back;
- * a request naming tool ids the memory lacks (after a restart) has them
- * looked up in every file's map before it is rendered, as ds4 does.
+ * is the concatenated bytes of its tokens — except an evicted or shutdown
+ * session that the thinking binding describes, keyed by its visible text
+ * (ext bit 2) and continued after a load like the binding. Its KTM map
+ * holds the exact-replay entries whose DSML occurs in that text, and a load
+ * puts them back; a request naming tool ids the memory lacks (after a
+ * restart) has them looked up in every file's map before it is rendered,
+ * as ds4 does.
  * Every failure here only costs reuse: the request goes on cold. */
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,15 +113,21 @@ static void update_disk_metrics(srv_ctx *c) {
     srv_metrics_kv_disk(c->metrics, &st, bytes, files);
 }
 
-/* Saves the whole live session under its tokens' text. */
+/* Saves the whole live session under its tokens' text, or, when the
+ * thinking binding describes it (a tool-less thinking answer, whose
+ * reasoning the next prompt drops), under the text that next prompt starts
+ * with (ext bit 2, as ds4): a lookup then continues it like the binding. */
 static void save_live(srv_ctx *c, ds4_session *s, uint8_t reason) {
     srv_cache *k = c->cache;
     int n = ds4_session_n_tokens(s);
+    bool visible = c->live_visible && c->live_visible_pos == n;
     size_t len;
-    char *text = tokens_text(c, ds4_session_tokens(s), n, &len);
+    char *text = visible ? srv_strdup(c->live_visible) : tokens_text(c, ds4_session_tokens(s), n, &len);
+    if (visible) len = strlen(text);
     ds4_kvcache_tool_id *ids = NULL;
     int n_ids = c->toolmem ? srv_toolmem_export(c->toolmem, text, len, &ids) : 0;
     ds4_kvcache_save_req req = {.text = text, .text_len = len, .tokens = n, .reason = reason,
+                                .key_flags = visible ? DS4_KVC_EXT_THINKING_VISIBLE : 0,
                                 .tool_ids = ids, .n_tool_ids = n_ids};
     ds4_kvcache_io io = ds4_kvcache_session_io(s);
     ds4_err err = {{0}};
@@ -293,13 +301,12 @@ static bool memory_text(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
     return ok;
 }
 
-/* thinking-visible: EOS + the tokens of the text after the binding. */
-static bool thinking_visible(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
+/* A session that stopped before the EOS its visible text ends with (the
+ * thinking binding, or a checkpoint keyed by it) continues with EOS + the
+ * tokens of the prompt text after that visible text. */
+static bool continue_after_eos(srv_ctx *c, ds4_session *s, srv_job *job, size_t text_len, srv_plan *p) {
     int have = ds4_session_n_tokens(s);
-    if (!c->live_visible || have != c->live_visible_pos) return false;
-    size_t vl = strlen(c->live_visible);
-    if (strncmp(job->prompt_text, c->live_visible, vl)) return false;
-    const char *rest = job->prompt_text + vl;
+    const char *rest = job->prompt_text + text_len;
     int32_t *ids = NULL;
     size_t n_ids = 0;
     ds4_err err = {{0}};
@@ -315,6 +322,13 @@ static bool thinking_visible(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan 
     }
     free(ids);
     return ok;
+}
+
+/* thinking-visible: the live session is the binding's. */
+static bool thinking_visible(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
+    if (!c->live_visible || ds4_session_n_tokens(s) != c->live_visible_pos) return false;
+    size_t vl = strlen(c->live_visible);
+    return !strncmp(job->prompt_text, c->live_visible, vl) && continue_after_eos(c, s, job, vl, p);
 }
 
 static void trace_mismatch(srv_ctx *c, ds4_session *s, const srv_job *job, int common) {
@@ -377,7 +391,9 @@ void srv_cache_decide(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
             double t0 = srv_now();
             ds4_kvcache_io io = ds4_kvcache_session_io(s);
             if (ds4_kvcache_lookup(k->kv, &io, job->prompt_text, strlen(job->prompt_text), &hit)) {
-                if (continue_prefix(c, s, job, hit.text_bytes, p)) {
+                bool eos_first = hit.ext_flags & DS4_KVC_EXT_THINKING_VISIBLE;
+                if (eos_first ? continue_after_eos(c, s, job, hit.text_bytes, p)
+                              : continue_prefix(c, s, job, hit.text_bytes, p)) {
                     p->source = "disk-text";
                     p->disk_cached = p->base;
                     disk_file = hit.name;

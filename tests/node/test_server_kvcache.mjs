@@ -341,6 +341,31 @@ try {
   check(cachedOf(c3) >= c2.usage.prompt_tokens, 'after a restart the ids come back from disk: the live state saved at ' +
     'shutdown is used past the tool block', [c2.usage, c3.usage, srv.log().slice(-1500)]);
   await srv.stop();
+
+  // ---------------------------------------------------------------- 5. a thinking answer saved at shutdown
+  lap('thinking');
+  // Its reasoning is in the KV state but not in the next prompt, so the
+  // checkpoint is keyed by the visible text (ext bit 2) and a restarted
+  // server continues it with EOS + the new turn, as the live binding does.
+  const forced2 = join(base, 'forced2.txt');
+  writeFileSync(forced2, 'Let me think about it.</think>Hello there, how can I help?\n<<<ds4-next-output>>>\nOk.</think>Sure.');
+  const dir4 = join(base, 'cache4');
+  const thinkArgs = kvArgs(dir4, ['--force-output', forced2]);
+  const think = (messages) =>
+    client.chat.completions.create({ model: 'deepseek-reasoner', messages, max_tokens: 200 });
+  srv = await startServer(thinkArgs);
+  client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
+  const h1 = [{ role: 'system', content: SYSTEM }, { role: 'user', content: 'Hi.' }];
+  const k1 = await think(h1);
+  check(k1.choices[0].message.reasoning_content === 'Let me think about it.', 'forced reasoning', k1.choices[0].message);
+  await srv.stop();
+  check(kvFiles(dir4).some((f) => parseKv(join(dir4, f)).ext & 4), 'the shutdown checkpoint is keyed by the visible text');
+  srv = await startServer(thinkArgs);
+  client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
+  const k2 = await think([...h1, { role: 'assistant', content: k1.choices[0].message.content }, { role: 'user', content: 'More.' }]);
+  check(cachedOf(k2) > k1.usage.prompt_tokens && k2.choices[0].message.content === 'Sure.',
+    'after a restart the next turn continues the saved thinking answer', [k1.usage, k2.usage]);
+  await srv.stop();
 } catch (e) {
   check(false, 'unexpected exception', String(e.stack || e));
 }
