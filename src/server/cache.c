@@ -11,9 +11,11 @@
  *                     does not produce): keep them, tokenize only the rest;
  *   (miss)            the live session is saved to disk (reason evict);
  *   memory-snapshot   ours: the state at the end of the previous prompt,
- *                     kept in RAM as a session payload, is a token prefix
- *                     of this prompt (a regenerate, a retry, the same
- *                     request re-sent) — restored without any prefill;
+ *                     or at the start of its last user turn, kept in RAM
+ *                     as session payloads, begins this prompt (tokens or
+ *                     bytes: the same request re-sent, a regenerate, an
+ *                     edited last message) — restored, only the rest is
+ *                     prefilled;
  *   disk-text         the longest disk checkpoint whose text is a byte
  *                     prefix of the prompt text (kvcache.h);
  *   none              cold prefill.
@@ -40,14 +42,18 @@
 #include "../tok/tokenizer.h"
 #include "ctx.h"
 
+/* A session state in RAM: its payload and the tokens it holds. */
+typedef struct snapshot {
+    uint8_t *bytes;
+    size_t len, cap;
+    int32_t *tokens;
+    int n;
+} snapshot;
+
 struct srv_cache {
     ds4_kvcache *kv; /* NULL: no disk cache */
     ds4_kvcache_schedule sched;
-    /* the prompt snapshot: a payload in RAM and the tokens it holds */
-    uint8_t *snap;
-    size_t snap_len, snap_cap;
-    int32_t *snap_tokens;
-    int snap_n;
+    snapshot snap[2]; /* SNAP_END, SNAP_TURN */
 };
 
 static void kv_log_line(void *ud, const char *line) {
@@ -81,8 +87,10 @@ void srv_cache_close(srv_ctx *c) {
     srv_cache *k = c->cache;
     if (!k) return;
     ds4_kvcache_close(k->kv);
-    free(k->snap);
-    free(k->snap_tokens);
+    for (int i = 0; i < 2; i++) {
+        free(k->snap[i].bytes);
+        free(k->snap[i].tokens);
+    }
     free(k);
     c->cache = NULL;
 }
@@ -179,78 +187,97 @@ void srv_cache_recall_tool_ids(srv_ctx *c, const srv_request *req) {
     free(want);
 }
 
-/* ------------------------------------------------------------ snapshot */
+/* ------------------------------------------------------------ snapshots */
+
+/* Two states kept in RAM as payloads: the end of the last prompt (a
+ * regenerate, a retry or the same request re-sent needs no prefill at all)
+ * and the start of its last user turn (an edited last message, or a
+ * regenerate from a client that changes the turn, prefills only that
+ * turn). Each is taken while the prompt is prefilled, which is split there;
+ * the end when it fits in --kv-snapshot-mb, the turn start in half that. */
+enum { SNAP_END, SNAP_TURN };
 
 typedef struct mem_io {
-    srv_cache *k;
+    snapshot *snap;
     size_t pos;
 } mem_io;
 
 static int mem_write(void *ctx, const void *buf, size_t n) {
     mem_io *m = ctx;
-    if (n > m->k->snap_cap - m->pos) return -1;
-    memcpy(m->k->snap + m->pos, buf, n);
+    if (n > m->snap->cap - m->pos) return -1;
+    memcpy(m->snap->bytes + m->pos, buf, n);
     m->pos += n;
     return 0;
 }
 
 static int mem_read(void *ctx, void *buf, size_t n) {
     mem_io *m = ctx;
-    if (n > m->k->snap_len - m->pos) return -1;
-    memcpy(buf, m->k->snap + m->pos, n);
+    if (n > m->snap->len - m->pos) return -1;
+    memcpy(buf, m->snap->bytes + m->pos, n);
     m->pos += n;
     return 0;
 }
 
-static void snapshot_drop(srv_cache *k) {
-    k->snap_len = 0;
-    k->snap_n = 0;
-}
-
-/* Keeps the session's state (the end of a prompt) in RAM. */
-static void snapshot_take(srv_ctx *c, ds4_session *s) {
-    srv_cache *k = c->cache;
+/* Keeps the session's state in a slot, if it is at most max bytes. */
+static void snapshot_take(srv_ctx *c, ds4_session *s, snapshot *sn, uint64_t max) {
     int n = ds4_session_n_tokens(s);
-    if (n == k->snap_n && n > 0 && !memcmp(k->snap_tokens, ds4_session_tokens(s), sizeof(int32_t) * (size_t)n))
+    if (n == sn->n && n > 0 && !memcmp(sn->tokens, ds4_session_tokens(s), sizeof(int32_t) * (size_t)n))
         return; /* already held */
-    snapshot_drop(k);
+    sn->len = 0;
+    sn->n = 0;
     uint64_t bytes = ds4_session_payload_bytes(s);
-    if (n == 0 || bytes > c->cfg.snapshot_max || n >= c->ctx_size) return;
-    if (bytes > k->snap_cap) {
-        free(k->snap);
-        k->snap_cap = 0;
-        if (!(k->snap = malloc(bytes))) return;
-        k->snap_cap = bytes;
+    if (n == 0 || bytes > max || n >= c->ctx_size) return;
+    if (bytes > sn->cap) {
+        free(sn->bytes);
+        sn->cap = 0;
+        if (!(sn->bytes = malloc(bytes))) return;
+        sn->cap = bytes;
     }
-    int32_t *toks = realloc(k->snap_tokens, sizeof(int32_t) * (size_t)n);
+    int32_t *toks = realloc(sn->tokens, sizeof(int32_t) * (size_t)n);
     if (!toks) return;
-    k->snap_tokens = toks;
+    sn->tokens = toks;
     memcpy(toks, ds4_session_tokens(s), sizeof(int32_t) * (size_t)n);
-    mem_io m = {.k = k};
+    mem_io m = {.snap = sn};
     ds4_writer w = {.write = mem_write, .ctx = &m};
     ds4_err err = {{0}};
     if (ds4_session_save_payload(s, &w, &err) || m.pos != bytes) {
         srv_log("prompt snapshot not kept: %s", err.msg[0] ? err.msg : "size mismatch");
         return;
     }
-    k->snap_len = bytes;
-    k->snap_n = n;
+    sn->len = bytes;
+    sn->n = n;
 }
 
-/* Restores the snapshot when its tokens are a prefix of the prompt's. */
-static bool snapshot_restore(srv_ctx *c, ds4_session *s, const srv_job *job) {
+/* Restores the longest snapshot whose tokens begin the prompt's, or whose
+ * bytes begin its text (a state reached through memory-text holds the
+ * model's own tokenization); *text_len = the bytes it covers. */
+static bool snapshot_restore(srv_ctx *c, ds4_session *s, const srv_job *job, size_t *text_len) {
     srv_cache *k = c->cache;
-    if (!k->snap_n || k->snap_n > job->n_tokens ||
-        memcmp(k->snap_tokens, job->tokens, sizeof(int32_t) * (size_t)k->snap_n))
-        return false;
-    mem_io m = {.k = k};
+    snapshot *best = NULL;
+    size_t best_len = 0, plen = strlen(job->prompt_text);
+    for (int i = 0; i < 2; i++) {
+        snapshot *sn = &k->snap[i];
+        if (!sn->n || (best && sn->n <= best->n)) continue;
+        size_t len;
+        char *text = tokens_text(c, sn->tokens, sn->n, &len);
+        bool tokens = sn->n <= job->n_tokens && !memcmp(sn->tokens, job->tokens, sizeof(int32_t) * (size_t)sn->n);
+        if (tokens || (len <= plen && !memcmp(text, job->prompt_text, len))) {
+            best = sn;
+            best_len = len;
+        }
+        free(text);
+    }
+    if (!best) return false;
+    mem_io m = {.snap = best};
     ds4_reader r = {.read = mem_read, .ctx = &m};
     ds4_err err = {{0}};
-    if (ds4_session_load_payload(s, &r, k->snap_len, &err)) {
+    if (ds4_session_load_payload(s, &r, best->len, &err)) {
         srv_log("prompt snapshot not restored: %s", err.msg);
-        snapshot_drop(k);
+        best->len = 0;
+        best->n = 0;
         return false;
     }
+    *text_len = best_len;
     return true;
 }
 
@@ -384,7 +411,8 @@ void srv_cache_decide(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
             if (k) ds4_kvcache_schedule_reset(&k->sched, 0);
             if (k && k->kv && ds4_kvcache_should_save_live(&c->cfg.kv, have)) save_live(c, s, DS4_KVC_REASON_EVICT);
         }
-        if (k && snapshot_restore(c, s, job) && continue_prefix(c, s, job, 0, p)) {
+        size_t snap_text = 0;
+        if (k && snapshot_restore(c, s, job, &snap_text) && continue_prefix(c, s, job, snap_text, p)) {
             p->source = "memory-snapshot";
             ds4_kvcache_schedule_reset(&k->sched, p->base);
         } else if (k && k->kv) {
@@ -452,26 +480,31 @@ int srv_cache_prefill(srv_ctx *c, ds4_session *s, srv_job *job, const srv_plan *
     srv_cache *k = c->cache;
     bool disk = k && k->kv;
     const ds4_kvcache_config *kc = &c->cfg.kv;
-    int end = p->base + p->n_eval, cold = 0;
+    int end = p->base + p->n_eval, cold = 0, turn = 0;
+    ds4_tok_specials sp = ds4_tokenizer_specials(c->tok);
     if (disk && p->base == 0) {
-        ds4_tok_specials sp = ds4_tokenizer_specials(c->tok);
         int anchor = ds4_kvcache_chat_anchor(kc, job->tokens, job->n_tokens, sp.user, sp.assistant);
         cold = ds4_kvcache_cold_len(kc, 0, end, anchor);
     }
+    if (k && c->cfg.snapshot_max) /* the last user turn starts at its User token */
+        for (int i = p->n_eval - 1; i > 0 && !turn; i--)
+            if (p->eval[i] == sp.user) turn = p->base + i;
     int pos = p->base;
     while (pos < end) {
         int stop = end;
         if (cold > pos && cold < stop) stop = cold;
+        if (turn > pos && turn < stop) stop = turn;
         int next = disk ? ds4_kvcache_next_continued(kc, &k->sched, pos) : 0;
         if (next > pos && next < stop) stop = next;
         piece_progress pp = {.fn = progress, .ctx = progress_ctx, .offset = pos - p->base, .total = end - p->base};
         int rc = ds4_session_eval(s, p->eval + (pos - p->base), stop - pos, on_piece, &pp, err);
         if (rc) return rc;
         pos = stop;
+        if (pos == turn) snapshot_take(c, s, &k->snap[SNAP_TURN], c->cfg.snapshot_max / 2);
         if (disk && pos == cold) save_live(c, s, DS4_KVC_REASON_COLD);
         if (disk && ds4_kvcache_continued_target(kc, &k->sched, pos)) save_live(c, s, DS4_KVC_REASON_CONTINUED);
     }
-    if (k && c->cfg.snapshot_max) snapshot_take(c, s);
+    if (k && c->cfg.snapshot_max) snapshot_take(c, s, &k->snap[SNAP_END], c->cfg.snapshot_max);
     return 0;
 }
 

@@ -158,6 +158,15 @@ try {
   const rf = await chat(client, follow);
   check(cachedOf(rf) >= last.usage.prompt_tokens, 'a reply sent back verbatim continues the live state',
     [last.usage, rf.usage]);
+  // the last message edited: the state at the start of the last user turn is kept in RAM
+  const edited = [...follow.slice(0, -1), { role: 'user', content: 'Thanks. Now run only the unit tests.' }];
+  const beforeEdit = await metrics(srv);
+  const re = await chat(client, edited);
+  const afterEdit = await metrics(srv);
+  check(cachedOf(re) >= last.usage.prompt_tokens && cachedOf(re) < re.usage.prompt_tokens &&
+    metric(afterEdit, 'ds4_kv_cache_decisions_total{source="memory-snapshot"}') ===
+      metric(beforeEdit, 'ds4_kv_cache_decisions_total{source="memory-snapshot"}') + 1,
+    'an edited last message prefills only that turn', [last.usage, re.usage]);
 
   // the other protocols report the reuse too: the same request re-sent is all cached
   const anthropic = new Anthropic({ baseURL: srv.url, apiKey: 'x', maxRetries: 0, timeout: 120000 });
@@ -369,5 +378,5 @@ try {
 } catch (e) {
   check(false, 'unexpected exception', String(e.stack || e));
 }
-rmSync(base, { recursive: true, force: true });
+if (!process.env.DS4_KEEP_TMP) rmSync(base, { recursive: true, force: true });
 done('test_server_kvcache');
