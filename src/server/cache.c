@@ -240,12 +240,15 @@ static void snapshot_take(srv_ctx *c, ds4_session *s, snapshot *sn, uint64_t max
     mem_io m = {.snap = sn};
     ds4_writer w = {.write = mem_write, .ctx = &m};
     ds4_err err = {{0}};
+    double t0 = srv_now();
     if (ds4_session_save_payload(s, &w, &err) || m.pos != bytes) {
         srv_log("prompt snapshot not kept: %s", err.msg[0] ? err.msg : "size mismatch");
         return;
     }
     sn->len = bytes;
     sn->n = n;
+    srv_trace(c, "--- trace: snapshot kept tokens=%d bytes=%llu ms=%.1f ---\n", n, (unsigned long long)bytes,
+              1000 * (srv_now() - t0));
 }
 
 /* Restores the longest snapshot whose tokens begin the prompt's, or whose
