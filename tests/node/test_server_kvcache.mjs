@@ -2,17 +2,24 @@
 // (server-spec §5) end to end, on a tiny random model with greedy decoding
 // (--nothink, temperature 0), so an answer is a function of the prompt's
 // tokens and the state they produced:
+//   0. bad KV cache flag combinations exit 2;
 //   1. an agent conversation with tool calls (history built client-side:
 //      the random model writes no real calls) where every turn after the
-//      first prefills only its new suffix (usage and /metrics agree), and
-//      the usage fields of chat, Anthropic and Responses;
+//      first prefills only its new suffix (usage and /metrics agree), a
+//      reply sent back verbatim and an edited last message reuse RAM state,
+//      and the usage fields of chat, Anthropic and Responses;
 //   2. a restart: the same last request hits the disk cache and its greedy
 //      answer equals the uninterrupted one and a cold server's;
 //   3. faults on a running server (truncated, bit-flipped, zero-filled
 //      files; writes failing under RLIMIT_FSIZE) and kill -9 during saves
 //      with a tiny disk budget: it keeps serving, answers equal the cold
 //      answer, bad files are removed and never used, no temporary file is
-//      left behind by a failed write.
+//      left behind by a failed write;
+//   4. exact replay across a restart: a forced tool call with non-canonical
+//      DSML is reused live, and after a restart its ids come back from the
+//      checkpoints' tool-id maps;
+//   5. a thinking answer saved at shutdown (keyed by its visible text) is
+//      continued by the next turn after a restart.
 // Every .kv file met is also parsed with a reader written from the spec
 // (header, text whose SHA-1 is the name, DSV4 payload header).
 import { createHash } from 'node:crypto';
