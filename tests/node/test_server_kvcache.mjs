@@ -11,8 +11,8 @@
 //   2. a restart: the same last request hits the disk cache and its greedy
 //      answer equals the uninterrupted one and a cold server's;
 //   3. faults on a running server (truncated, bit-flipped, zero-filled
-//      files; writes failing under RLIMIT_FSIZE) and kill -9 during saves
-//      with a tiny disk budget: it keeps serving, answers equal the cold
+//      files; writes failing under RLIMIT_FSIZE), a tiny disk budget, and
+//      kill -9 during saves: it keeps serving, answers equal the cold
 //      answer, bad files are removed and never used, no temporary file is
 //      left behind by a failed write;
 //   4. exact replay across a restart: a forced tool call with non-canonical
@@ -22,6 +22,7 @@
 //      continued by the next turn after a restart.
 // Every .kv file met is also parsed with a reader written from the spec
 // (header, text whose SHA-1 is the name, DSV4 payload header).
+// DS4_KEEP_TMP=1 keeps the cache directories and the trace for a look.
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
