@@ -104,6 +104,14 @@ function conversation(turns) {
 }
 const TURNS = 4;
 
+// Every server started here is killed at the end, even after a failure.
+const started = [];
+async function start(args) {
+  const s = await startServer(args);
+  started.push(s);
+  return s;
+}
+
 const t00 = Date.now();
 const lap = (what) => console.log(`${what}: ${((Date.now() - t00) / 1000).toFixed(1)} s`);
 try {
@@ -117,7 +125,7 @@ try {
   check(!existsSync(join(base, 'never')), 'a refused configuration creates no directory');
 
   // ---------------------------------------------------------------- cold reference
-  const cold = await startServer([...knobs, '--kv-snapshot-mb', '0']);
+  const cold = await start([...knobs, '--kv-snapshot-mb', '0']);
   const coldClient = new OpenAI({ baseURL: cold.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   const coldAnswers = {};
   for (const k of [1, TURNS]) coldAnswers[k] = answer(await chat(coldClient, conversation(k)));
@@ -126,7 +134,7 @@ try {
   lap('1. agent loop');
   // ---------------------------------------------------------------- 1. agent loop
   const dir1 = join(base, 'cache1');
-  let srv = await startServer(kvArgs(dir1, ['--trace', join(base, 'trace1.txt')]));
+  let srv = await start(kvArgs(dir1, ['--trace', join(base, 'trace1.txt')]));
   let client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   let prev = null;
   const liveAnswers = [];
@@ -204,7 +212,7 @@ try {
 
   lap('2. restart');
   // ---------------------------------------------------------------- 2. restart
-  srv = await startServer(kvArgs(dir1, ['--kv-snapshot-mb', '0']));
+  srv = await start(kvArgs(dir1, ['--kv-snapshot-mb', '0']));
   client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   const rr = await chat(client, conversation(TURNS));
   m = await metrics(srv);
@@ -276,7 +284,7 @@ try {
   lap('tiny budget');
   // ---------------------------------------------------------------- tiny budget
   const dirB = join(base, 'cacheB');
-  srv = await startServer(kvArgs(dirB, ['--kv-disk-space-mb', '1']));
+  srv = await start(kvArgs(dirB, ['--kv-disk-space-mb', '1']));
   client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   for (const k of [1, 2, 3]) await chat(client, conversation(k)); // more files than the budget holds
   m = await metrics(srv);
@@ -291,7 +299,7 @@ try {
   const dir2 = join(base, 'cache2');
   const crashArgs = kvArgs(dir2, ['--kv-snapshot-mb', '0', '--kv-cache-continued-interval-tokens', '16']);
   const long = conversation(TURNS);
-  srv = await startServer(crashArgs);
+  srv = await start(crashArgs);
   client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   const t0 = Date.now();
   const longAnswer = answer(await chat(client, long));
@@ -312,7 +320,7 @@ try {
       writeFileSync(join(dir2, `${files[0]}.tmp.99999.0123456789abcdef`), readFileSync(victim).subarray(0, 1000));
       truncateSync(victim, Math.floor(statSync(victim).size * 0.6));
     }
-    srv = await startServer(crashArgs);
+    srv = await start(crashArgs);
     client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
     const again = await chat(client, long);
     check(answer(again) === longAnswer, `kill -9 at ${frac}: the answer is unchanged after the restart`,
@@ -340,7 +348,7 @@ try {
   const t1 = [{ role: 'system', content: SYSTEM }, { role: 'user', content: 'List the files.' }];
   const withTools = (messages) =>
     client.chat.completions.create({ model: 'deepseek-v4-flash', messages, tools, max_tokens: 400, temperature: 0 });
-  srv = await startServer(replayArgs);
+  srv = await start(replayArgs);
   client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   const c1 = await withTools(t1);
   const call = c1.choices[0].message.tool_calls?.[0];
@@ -351,7 +359,7 @@ try {
   check(cachedOf(c2) > c1.usage.prompt_tokens, 'the sampled tool block is reused (exact replay)', [c1.usage, c2.usage]);
   await srv.stop();
   check(kvFiles(dir3).some((f) => parseKv(join(dir3, f)).ext & 1), 'a checkpoint carries a tool-id map');
-  srv = await startServer(replayArgs);
+  srv = await start(replayArgs);
   client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   const t3 = [...t2, { role: 'assistant', content: c2.choices[0].message.content }, { role: 'user', content: 'Thanks.' }];
   const c3 = await withTools(t3);
@@ -370,14 +378,14 @@ try {
   const thinkArgs = kvArgs(dir4, ['--force-output', forced2]);
   const think = (messages) =>
     client.chat.completions.create({ model: 'deepseek-reasoner', messages, max_tokens: 200 });
-  srv = await startServer(thinkArgs);
+  srv = await start(thinkArgs);
   client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   const h1 = [{ role: 'system', content: SYSTEM }, { role: 'user', content: 'Hi.' }];
   const k1 = await think(h1);
   check(k1.choices[0].message.reasoning_content === 'Let me think about it.', 'forced reasoning', k1.choices[0].message);
   await srv.stop();
   check(kvFiles(dir4).some((f) => parseKv(join(dir4, f)).ext & 4), 'the shutdown checkpoint is keyed by the visible text');
-  srv = await startServer(thinkArgs);
+  srv = await start(thinkArgs);
   client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'x', maxRetries: 0, timeout: 120000 });
   const k2 = await think([...h1, { role: 'assistant', content: k1.choices[0].message.content }, { role: 'user', content: 'More.' }]);
   check(cachedOf(k2) > k1.usage.prompt_tokens && k2.choices[0].message.content === 'Sure.',
@@ -386,5 +394,6 @@ try {
 } catch (e) {
   check(false, 'unexpected exception', String(e.stack || e));
 }
+for (const s of started) await s.kill();
 if (!process.env.DS4_KEEP_TMP) rmSync(base, { recursive: true, force: true });
 done('test_server_kvcache');
