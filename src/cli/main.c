@@ -40,26 +40,6 @@ static void usage(FILE *out) {
         "  -h, --help            this help\n");
 }
 
-static int parse_int(const char *flag, const char *s, int min, int max, int *out) {
-    int64_t v;
-    if (!ds4_parse_i64(s, min, max, &v)) {
-        fprintf(stderr, "ds4: %s needs an integer in %d..%d, got '%s'\n", flag, min, max, s);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_float(const char *flag, const char *s, float min, float max, float *out) {
-    double v;
-    if (!ds4_parse_f64(s, min, max, &v)) {
-        fprintf(stderr, "ds4: %s needs a number in %g..%g, got '%s'\n", flag, min, max, s);
-        return -1;
-    }
-    *out = (float)v;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     ds4_cli_options o = {
         .model_path = "ds4flash.gguf",
@@ -89,13 +69,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEEDS_VALUE(); o.prompt = val; }
         else if (!strcmp(a, "--prompt-file")) { NEEDS_VALUE(); o.prompt_file = val; }
         else if (!strcmp(a, "-sys") || !strcmp(a, "--system")) { NEEDS_VALUE(); o.system = val; }
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.ctx)) return 2; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.max_tokens)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { NEEDS_VALUE(); if (parse_int(a, val, 1, 4096, &o.threads)) return 2; }
-        else if (!strcmp(a, "--temp")) { NEEDS_VALUE(); if (parse_float(a, val, 0, 100, &o.temperature)) return 2; }
-        else if (!strcmp(a, "--top-p")) { NEEDS_VALUE(); if (parse_float(a, val, 0, 1, &o.top_p)) return 2; }
-        else if (!strcmp(a, "--min-p")) { NEEDS_VALUE(); if (parse_float(a, val, 0, 1, &o.min_p)) return 2; }
-        else if (!strcmp(a, "--top-k")) { NEEDS_VALUE(); if (parse_int(a, val, 0, 1024, &o.top_k)) return 2; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { NEEDS_VALUE(); if (ds4_parse_int_flag("ds4", a, val, 1, INT_MAX, &o.ctx)) return 2; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) { NEEDS_VALUE(); if (ds4_parse_int_flag("ds4", a, val, 1, INT_MAX, &o.max_tokens)) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { NEEDS_VALUE(); if (ds4_parse_int_flag("ds4", a, val, 1, 4096, &o.threads)) return 2; }
+        else if (!strcmp(a, "--temp")) { NEEDS_VALUE(); if (ds4_parse_float_flag("ds4", a, val, 0, 100, &o.temperature)) return 2; }
+        else if (!strcmp(a, "--top-p")) { NEEDS_VALUE(); if (ds4_parse_float_flag("ds4", a, val, 0, 1, &o.top_p)) return 2; }
+        else if (!strcmp(a, "--min-p")) { NEEDS_VALUE(); if (ds4_parse_float_flag("ds4", a, val, 0, 1, &o.min_p)) return 2; }
+        else if (!strcmp(a, "--top-k")) { NEEDS_VALUE(); if (ds4_parse_int_flag("ds4", a, val, 0, 1024, &o.top_k)) return 2; }
         else if (!strcmp(a, "--seed")) {
             NEEDS_VALUE();
             uint64_t s;
@@ -116,8 +96,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--info") || !strcmp(a, "--inspect")) o.info = true;
         else if (!strcmp(a, "--dump-tokens")) o.dump_tokens = true;
         else if (!strcmp(a, "--dump-logprobs")) { NEEDS_VALUE(); o.dump_logprobs = val; }
-        else if (!strcmp(a, "--logprobs-top-k")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.logprobs_top_k)) return 2; }
-        else if (!strcmp(a, "--prefill-chunk")) { NEEDS_VALUE(); if (parse_int(a, val, 1, INT_MAX, &o.prefill_chunk)) return 2; }
+        else if (!strcmp(a, "--logprobs-top-k")) { NEEDS_VALUE(); if (ds4_parse_int_flag("ds4", a, val, 1, INT_MAX, &o.logprobs_top_k)) return 2; }
+        else if (!strcmp(a, "--prefill-chunk")) { NEEDS_VALUE(); if (ds4_parse_int_flag("ds4", a, val, 1, INT_MAX, &o.prefill_chunk)) return 2; }
         else if (!strcmp(a, "--perplexity-file")) { NEEDS_VALUE(); o.perplexity_file = val; }
         else if (!strcmp(a, "--token-ids")) { NEEDS_VALUE(); o.token_ids = val; }
         else if (!strcmp(a, "--logits-out")) { NEEDS_VALUE(); o.logits_out = val; }

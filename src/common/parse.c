@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,4 +33,24 @@ bool ds4_parse_f64(const char *s, double min, double max, double *out) {
     if (errno || end == s || *end || !isfinite(v) || !(v >= min && v <= max)) return false;
     *out = v;
     return true;
+}
+
+int ds4_parse_int_flag(const char *prog, const char *flag, const char *s, int min, int max, int *out) {
+    int64_t v;
+    if (!ds4_parse_i64(s, min, max, &v)) {
+        fprintf(stderr, "%s: %s needs an integer in %d..%d, got '%s'\n", prog, flag, min, max, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int ds4_parse_float_flag(const char *prog, const char *flag, const char *s, float min, float max, float *out) {
+    double v;
+    if (!ds4_parse_f64(s, min, max, &v)) {
+        fprintf(stderr, "%s: %s needs a number in %g..%g, got '%s'\n", prog, flag, min, max, s);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
 }

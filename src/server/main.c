@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/parse.h"
 #include "../tok/tokenizer.h"
 #include "ctx.h"
 #include "force.h"
@@ -73,30 +74,6 @@ static void usage(FILE *out) {
         "  -h, --help              this help\n");
 }
 
-static int parse_int(const char *flag, const char *s, long min, long max, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < min || v > max) {
-        fprintf(stderr, "ds4-server: %s needs an integer in %ld..%ld, got '%s'\n", flag, min, max, s);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_float(const char *flag, const char *s, float min, float max, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s || !(v >= min && v <= max)) {
-        fprintf(stderr, "ds4-server: %s needs a number in %g..%g, got '%s'\n", flag, min, max, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static bool needs_value(const char *a) {
     static const char *const flags[] = {
         "-m", "--model", "--mtp", "-c", "--ctx", "-n", "--tokens", "-t", "--threads", "--backend",
@@ -139,9 +116,9 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         int rc = 0;
         if (IS("-m") || IS("--model")) cfg->engine.model_path = v;
         else if (IS("--mtp")) cfg->engine.mtp_path = v;
-        else if (IS("-c") || IS("--ctx")) rc = parse_int(a, v, 1, INT_MAX, &cfg->engine.ctx);
-        else if (IS("-n") || IS("--tokens")) rc = parse_int(a, v, 1, INT_MAX, &cfg->default_max_tokens);
-        else if (IS("-t") || IS("--threads")) rc = parse_int(a, v, 1, 4096, &cfg->engine.threads);
+        else if (IS("-c") || IS("--ctx")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, INT_MAX, &cfg->engine.ctx);
+        else if (IS("-n") || IS("--tokens")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, INT_MAX, &cfg->default_max_tokens);
+        else if (IS("-t") || IS("--threads")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, 4096, &cfg->engine.threads);
         else if (IS("--backend")) {
             if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
                 fprintf(stderr, "ds4-server: --backend must be cpu or cuda, got '%s'\n", v);
@@ -153,44 +130,41 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
                 fprintf(stderr, "ds4-server: --chdir %s: %s\n", v, strerror(errno));
                 rc = -1;
             }
-        } else if (IS("--temp")) rc = parse_float(a, v, 0, 100, &cfg->temperature);
-        else if (IS("--top-p")) rc = parse_float(a, v, 0, 1, &cfg->top_p);
-        else if (IS("--min-p")) rc = parse_float(a, v, 0, 1, &cfg->min_p);
-        else if (IS("--top-k")) rc = parse_int(a, v, 0, 1024, &cfg->top_k);
+        } else if (IS("--temp")) rc = ds4_parse_float_flag("ds4-server", a, v, 0, 100, &cfg->temperature);
+        else if (IS("--top-p")) rc = ds4_parse_float_flag("ds4-server", a, v, 0, 1, &cfg->top_p);
+        else if (IS("--min-p")) rc = ds4_parse_float_flag("ds4-server", a, v, 0, 1, &cfg->min_p);
+        else if (IS("--top-k")) rc = ds4_parse_int_flag("ds4-server", a, v, 0, 1024, &cfg->top_k);
         else if (IS("--seed")) {
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(v, &end, 10);
-            if (errno || *end || end == v || !s) {
+            uint64_t s;
+            if (!ds4_parse_u64(v, 1, UINT64_MAX, &s)) {
                 fprintf(stderr, "ds4-server: --seed needs a positive integer, got '%s'\n", v);
                 rc = -1;
-            }
-            cfg->seed = s;
+            } else cfg->seed = s;
         } else if (IS("--host")) cfg->host = v;
-        else if (IS("--port")) rc = parse_int(a, v, 0, 65535, &cfg->port);
+        else if (IS("--port")) rc = ds4_parse_int_flag("ds4-server", a, v, 0, 65535, &cfg->port);
         else if (IS("--api-key")) {
             if (!*v) {
                 fprintf(stderr, "ds4-server: --api-key must not be empty\n");
                 rc = -1;
             }
             cfg->api_key = v;
-        } else if (IS("--max-queue")) rc = parse_int(a, v, 1, 1 << 20, &cfg->max_queue);
-        else if (IS("--max-body-mb")) rc = parse_int(a, v, 1, 4096, &max_body_mb);
-        else if (IS("--io-timeout")) rc = parse_int(a, v, 1, 86400, &cfg->io_timeout_s);
-        else if (IS("--keepalive")) rc = parse_int(a, v, 1, 3600, &keepalive);
+        } else if (IS("--max-queue")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, 1 << 20, &cfg->max_queue);
+        else if (IS("--max-body-mb")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, 4096, &max_body_mb);
+        else if (IS("--io-timeout")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, 86400, &cfg->io_timeout_s);
+        else if (IS("--keepalive")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, 3600, &keepalive);
         else if (IS("--trace")) cfg->trace_path = v;
         else if (IS("--force-output")) cfg->force_output = v;
-        else if (IS("--tool-memory-max-ids")) rc = parse_int(a, v, 1, INT_MAX, &cfg->tool_memory_max_ids);
-        else if (IS("--kv-snapshot-mb")) rc = parse_int(a, v, 0, 1 << 30, &snapshot_mb);
+        else if (IS("--tool-memory-max-ids")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, INT_MAX, &cfg->tool_memory_max_ids);
+        else if (IS("--kv-snapshot-mb")) rc = ds4_parse_int_flag("ds4-server", a, v, 0, 1 << 30, &snapshot_mb);
         else if (IS("--kv-disk-dir")) cfg->kv.dir = v;
-        else if (IS("--kv-disk-space-mb")) rc = parse_int(a, v, 1, 1 << 30, &disk_mb);
-        else if (IS("--kv-cache-min-tokens")) rc = parse_int(a, v, 1, INT_MAX, &cfg->kv.min_tokens);
-        else if (IS("--kv-cache-cold-max-tokens")) rc = parse_int(a, v, 0, INT_MAX, &cfg->kv.cold_max_tokens);
+        else if (IS("--kv-disk-space-mb")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, 1 << 30, &disk_mb);
+        else if (IS("--kv-cache-min-tokens")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, INT_MAX, &cfg->kv.min_tokens);
+        else if (IS("--kv-cache-cold-max-tokens")) rc = ds4_parse_int_flag("ds4-server", a, v, 0, INT_MAX, &cfg->kv.cold_max_tokens);
         else if (IS("--kv-cache-continued-interval-tokens"))
-            rc = parse_int(a, v, 0, INT_MAX, &cfg->kv.continued_interval_tokens);
-        else if (IS("--kv-cache-boundary-trim-tokens")) rc = parse_int(a, v, 0, INT_MAX, &cfg->kv.boundary_trim_tokens);
+            rc = ds4_parse_int_flag("ds4-server", a, v, 0, INT_MAX, &cfg->kv.continued_interval_tokens);
+        else if (IS("--kv-cache-boundary-trim-tokens")) rc = ds4_parse_int_flag("ds4-server", a, v, 0, INT_MAX, &cfg->kv.boundary_trim_tokens);
         else if (IS("--kv-cache-boundary-align-tokens"))
-            rc = parse_int(a, v, 0, INT_MAX, &cfg->kv.boundary_align_tokens);
+            rc = ds4_parse_int_flag("ds4-server", a, v, 0, INT_MAX, &cfg->kv.boundary_align_tokens);
         else {
             fprintf(stderr, "ds4-server: unknown option '%s'\n\n", a);
             usage(stderr);
