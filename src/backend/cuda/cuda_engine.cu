@@ -782,11 +782,38 @@ extern "C" int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name
     struct { const char *name; const void *p; } bufs[] = {
         {"H", w->H}, {"x", w->x}, {"a", w->a}, {"qr", w->qr}, {"q", w->q}, {"att", w->att}, {"low", w->low},
         {"y", w->y}, {"router", w->router}, {"ids", w->ids}, {"ew", w->ew}, {"smid", w->smid}, {"sh", w->sh},
-        {"mix", w->mix}, {"ehc", w->ehc}};
+        {"mix", w->mix}, {"ehc", w->ehc}, {"sel", w->sel}, {"n_sel", w->n_sel}};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (!strcmp(bufs[i].name, name)) {
             cudaError_t c = cudaMemcpy(dst, bufs[i].p, bytes, cudaMemcpyDeviceToHost);
             return c == cudaSuccess ? 0 : cuda_fail(err, "debug read", c);
         }
     return ds4_fail(err, "cuda: no workspace buffer '%s'", name);
+}
+
+extern "C" int ds4_cuda_session_state(ds4_cuda_session *s, uint32_t layer, const char *which, void *host, size_t bytes,
+                                      bool upload, ds4_err *err) {
+    ds4_cuda_engine *e = s->e;
+    const ds4_hparams *hp = &e->m->hp;
+    if (layer >= hp->n_layer) return ds4_fail(err, "cuda: no layer %u", layer);
+    dlayer_kv *K = &s->L[layer];
+    size_t cap = e->comp_cap[layer];
+    struct { const char *name; void *p; size_t size; } bufs[] = {
+        {"raw", K->raw, (size_t)hp->n_swa * hp->head_dim * sizeof(__half)},
+        {"comp", K->comp, K->comp ? cap * hp->head_dim * sizeof(__half) : 0},
+        {"index", K->index, K->index ? cap * hp->indexer_head_dim * sizeof(__half) : 0},
+        {"comp_kv", K->st_kv, K->st_n * sizeof(float)}, {"comp_score", K->st_sc, K->st_n * sizeof(float)},
+        {"index_kv", K->ist_kv, K->ist_n * sizeof(float)}, {"index_score", K->ist_sc, K->ist_n * sizeof(float)}};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) {
+        if (strcmp(bufs[i].name, which)) continue;
+        if (bytes > bufs[i].size)
+            return ds4_fail(err, "cuda: layer %u state '%s' holds %zu bytes, not %zu", layer, which, bufs[i].size, bytes);
+        if (!bytes) return 0;
+        /* on the step's stream, then wait: the next graph launch sees it */
+        cudaError_t c = upload ? cudaMemcpyAsync(bufs[i].p, host, bytes, cudaMemcpyHostToDevice, e->stream)
+                               : cudaMemcpyAsync(host, bufs[i].p, bytes, cudaMemcpyDeviceToHost, e->stream);
+        if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
+        return c == cudaSuccess ? 0 : cuda_fail(err, "state copy", c);
+    }
+    return ds4_fail(err, "cuda: no state buffer '%s'", which);
 }

@@ -53,9 +53,20 @@ int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *lo
 
 /* For tests: copies `bytes` of the step workspace buffer `name` ("H", "x",
  * "a", "qr", "q", "att", "low", "y", "router" (logits), "ids", "ew",
- * "smid", "sh", "mix", "ehc") to host memory; after a step these hold the
- * last layer's (or the output head's) values. */
+ * "smid", "sh", "mix", "ehc", "sel" and "n_sel": the indexer's selection
+ * (int32) to host memory; after a step these hold the last layer's (for
+ * sel/n_sel the last ratio-4 layer's, or the output head's) values. */
 int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name, void *dst, size_t bytes, ds4_err *err);
+
+/* For tests: one layer's KV state buffer `which` ("raw": n_swa rows of
+ * head_dim f16; "comp" and "index": compressed / indexer rows as f16, row
+ * i at i·width; "comp_kv", "comp_score", "index_kv", "index_score": the
+ * frontiers, f32 [coff·R][coff·width]) — the CPU engine's layouts — copied
+ * from the device into host (upload false) or from host to the device
+ * (upload true), `bytes` from the buffer's start. Uploading the CPU
+ * session's state before a step makes the step start where the CPU's did. */
+int ds4_cuda_session_state(ds4_cuda_session *s, uint32_t layer, const char *which, void *host, size_t bytes,
+                           bool upload, ds4_err *err);
 
 /* With DS4_CUDA_PROFILE=1 in the environment the step runs without the
  * graph, with an event after each operation, and the engine prints the
