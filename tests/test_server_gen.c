@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "../src/common/xalloc.h"
 #include "../src/server/ctx.h"
 #include "../src/tok/tokenizer.h"
 #include "testutil.h"
@@ -27,7 +28,7 @@ static srv_job *make_job(srv_api api, const char *body) {
         srv_job_unref(j);
         return NULL;
     }
-    j->id = srv_strdup("chatcmpl-1");
+    j->id = ds4_xstrdup("chatcmpl-1");
     return j;
 }
 

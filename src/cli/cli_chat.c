@@ -37,7 +37,7 @@ static void push_msg(cli_chat *c, ds4_role role, const char *content, const char
         c->msgs = ds4_xrealloc(c->msgs, (size_t)c->cap_msgs * sizeof *c->msgs);
     }
     c->msgs[c->n_msgs++] = (cli_msg){.role = role, .content = ds4_xstrdup(content ? content : ""),
-                                     .reasoning = reasoning ? ds4_xstrdup(reasoning) : NULL};
+                                     .reasoning = ds4_xstrdup(reasoning)};
 }
 
 static void pop_msg(cli_chat *c) {

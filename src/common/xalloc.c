@@ -21,4 +21,11 @@ void *ds4_xcalloc(size_t count, size_t size) {
 
 void *ds4_xrealloc(void *p, size_t n) { return checked(realloc(p, n ? n : 1), n); }
 
-char *ds4_xstrdup(const char *s) { return checked(strdup(s), strlen(s) + 1); }
+char *ds4_xstrdup(const char *s) { return s ? ds4_xstrndup(s, strlen(s)) : NULL; }
+
+char *ds4_xstrndup(const char *s, size_t n) {
+    char *p = ds4_xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = 0;
+    return p;
+}

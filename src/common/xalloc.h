@@ -13,6 +13,9 @@
 void *ds4_xmalloc(size_t n);
 void *ds4_xcalloc(size_t count, size_t size);
 void *ds4_xrealloc(void *p, size_t n);
+/* A copy of s; NULL for NULL (an absent optional string stays absent). */
 char *ds4_xstrdup(const char *s);
+/* A NUL-terminated copy of s[0..n) (which may hold NULs). */
+char *ds4_xstrndup(const char *s, size_t n);
 
 #endif

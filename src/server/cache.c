@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "../engine/session_payload.h"
 #include "../tok/tokenizer.h"
 #include "ctx.h"
@@ -110,7 +111,7 @@ static char *tokens_text(const srv_ctx *c, const int32_t *toks, int n, size_t *l
         if (p) ds4_buf_add(&b, p, k);
     }
     *len = b.len;
-    return b.p ? ds4_buf_take(&b) : srv_strdup("");
+    return b.p ? ds4_buf_take(&b) : ds4_xstrdup("");
 }
 
 static void update_disk_metrics(srv_ctx *c) {
@@ -130,7 +131,7 @@ static void save_live(srv_ctx *c, ds4_session *s, uint8_t reason) {
     int n = ds4_session_n_tokens(s);
     bool visible = c->live_visible && c->live_visible_pos == n;
     size_t len;
-    char *text = visible ? srv_strdup(c->live_visible) : tokens_text(c, ds4_session_tokens(s), n, &len);
+    char *text = visible ? ds4_xstrdup(c->live_visible) : tokens_text(c, ds4_session_tokens(s), n, &len);
     if (visible) len = strlen(text);
     ds4_kvcache_tool_id *ids = NULL;
     int n_ids = c->toolmem ? srv_toolmem_export(c->toolmem, text, len, &ids) : 0;
@@ -169,11 +170,11 @@ void srv_cache_recall_tool_ids(srv_ctx *c, const srv_request *req) {
     for (int i = 0; i < req->n_msgs; i++) {
         const srv_message *m = &req->msgs[i];
         if (!m->n_calls) continue;
-        const char **ids = srv_realloc(NULL, sizeof *ids * (size_t)m->n_calls);
+        const char **ids = ds4_xrealloc(NULL, sizeof *ids * (size_t)m->n_calls);
         for (int k = 0; k < m->n_calls; k++) ids[k] = m->calls[k].id;
         char *raw = srv_toolmem_lookup(c->toolmem, ids, m->n_calls);
         if (!raw) {
-            want = srv_realloc(want, sizeof *want * (size_t)(n + m->n_calls));
+            want = ds4_xrealloc(want, sizeof *want * (size_t)(n + m->n_calls));
             for (int k = 0; k < m->n_calls; k++)
                 if (ids[k] && *ids[k]) want[n++] = ids[k];
         }
@@ -343,7 +344,7 @@ static bool continue_after_eos(srv_ctx *c, ds4_session *s, srv_job *job, size_t 
     bool ok = *rest && ds4_tokenize(c->tok, rest, strlen(rest), true, &ids, &n_ids, &err) == 0 &&
               have + (int)n_ids + 1 < c->ctx_size;
     if (ok) {
-        p->owned = srv_realloc(NULL, sizeof(int32_t) * (n_ids + 1));
+        p->owned = ds4_xrealloc(NULL, sizeof(int32_t) * (n_ids + 1));
         p->owned[0] = ds4_tokenizer_specials(c->tok).eos;
         memcpy(p->owned + 1, ids, sizeof(int32_t) * n_ids);
         p->eval = p->owned;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "emit.h"
 
 void emit_raw(srv_emitter *em, const char *s, size_t n) {
@@ -44,7 +45,7 @@ json_t *emit_openai_usage(const srv_usage *u) {
 
 char *emit_compact_arguments(const char *args) {
     json_t *v = json_loads(args ? args : "", JSON_DECODE_ANY, NULL);
-    if (!v) return srv_strdup(args ? args : "");
+    if (!v) return ds4_xstrdup(args ? args : "");
     char *s = srv_json_dump(v);
     json_decref(v);
     return s;
@@ -59,10 +60,9 @@ json_t *emit_arguments_object(const char *args) {
 
 srv_emitter *srv_emitter_new(const srv_request *req, const char *id, int64_t created,
                              srv_write_fn write, void *write_ctx) {
-    srv_emitter *em = calloc(1, sizeof *em);
-    if (!em) abort();
+    srv_emitter *em = ds4_xcalloc(1, sizeof *em);
     em->req = req;
-    em->id = srv_strdup(id);
+    em->id = ds4_xstrdup(id);
     em->created = created;
     em->write = write;
     em->write_ctx = write_ctx;

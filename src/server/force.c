@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "force.h"
 
 #define FORCE_MAX_FILE (64u << 20)
@@ -60,7 +61,7 @@ static char *read_all(const char *path, size_t *len, ds4_err *err) {
     for (;;) {
         if (n == cap) {
             cap = cap ? cap * 2 : 4096;
-            buf = srv_realloc(buf, cap + 1);
+            buf = ds4_xrealloc(buf, cap + 1);
         }
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
@@ -88,14 +89,14 @@ static int add_output(srv_force *f, const ds4_tokenizer *tok, const char *s, siz
     int32_t *ids = NULL;
     size_t n_ids = 0;
     if (ds4_tokenize(tok, s, n, true, &ids, &n_ids, err)) return -1;
-    f->outs = srv_realloc(f->outs, sizeof *f->outs * (size_t)(f->n_outs + 1));
+    f->outs = ds4_xrealloc(f->outs, sizeof *f->outs * (size_t)(f->n_outs + 1));
     force_output *o = &f->outs[f->n_outs++];
     o->plain = ids;
     o->n_plain = (int)n_ids;
     int32_t close = ds4_tokenizer_specials(tok).think_close;
     bool has_close = memmem(s, n, DS4_TOK_STR_THINK_CLOSE, strlen(DS4_TOK_STR_THINK_CLOSE)) != NULL;
     o->n_thinking = o->n_plain + (has_close || close < 0 ? 0 : 1);
-    o->thinking = srv_realloc(NULL, sizeof(int32_t) * (size_t)(o->n_thinking ? o->n_thinking : 1));
+    o->thinking = ds4_xrealloc(NULL, sizeof(int32_t) * (size_t)(o->n_thinking ? o->n_thinking : 1));
     if (o->n_thinking > o->n_plain) o->thinking[0] = close;
     if (n_ids) memcpy(o->thinking + (o->n_thinking - o->n_plain), ids, sizeof(int32_t) * n_ids);
     return 0;
@@ -116,7 +117,7 @@ srv_force *srv_force_load(const char *path, const ds4_tokenizer *tok, ds4_err *e
     size_t len = 0;
     char *text = read_all(path, &len, err);
     if (!text) return NULL;
-    srv_force *f = srv_realloc(NULL, sizeof *f);
+    srv_force *f = ds4_xrealloc(NULL, sizeof *f);
     *f = (srv_force){0};
     size_t start = 0; /* current output's first byte */
     int rc = 0;

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/xalloc.h"
 #include "../tok/tokenizer.h"
 #include "ctx.h"
 #include "force.h"
@@ -155,8 +156,7 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         const int32_t *forced = c->force ? srv_force_tokens(c->force, req, &n_forced, &forced_index) : NULL;
         if (forced) srv_trace(c, "--- trace: forced output %d (%d tokens) ---\n", forced_index, n_forced);
         int max_new = req->max_tokens >= 0 ? req->max_tokens : c->cfg.default_max_tokens;
-        float *masked = req->ignore_eos ? malloc(sizeof(float) * (size_t)n_vocab) : NULL;
-        if (req->ignore_eos && !masked) abort();
+        float *masked = req->ignore_eos ? ds4_xmalloc(sizeof(float) * (size_t)n_vocab) : NULL;
         while (generated < max_new) {
             if (atomic_load(&job->cancelled) || atomic_load(&c->stopping)) {
                 finish = SRV_FINISH_ERROR;
@@ -209,8 +209,7 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
     res.usage = usage;
     res.usage.completion_tokens = generated;
     if (res.raw_dsml && c->toolmem) {
-        const char **ids = calloc((size_t)res.n_calls, sizeof *ids);
-        if (!ids) abort();
+        const char **ids = ds4_xcalloc((size_t)res.n_calls, sizeof *ids);
         for (int i = 0; i < res.n_calls; i++) ids[i] = res.calls[i].id;
         srv_toolmem_remember(c->toolmem, ids, res.n_calls, res.raw_dsml, strlen(res.raw_dsml));
         free(ids);

@@ -37,6 +37,7 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include "../common/xalloc.h"
 #include "ctx.h"
 
 typedef enum route {
@@ -292,7 +293,7 @@ static enum MHD_Result handle_generate(srv_ctx *c, struct MHD_Connection *con, c
     } else {
         char id[48];
         snprintf(id, sizeof id, "%s-%lu", cn->api == SRV_API_COMPLETIONS ? "cmpl" : "chatcmpl", job->seq);
-        job->id = srv_strdup(id);
+        job->id = ds4_xstrdup(id);
     }
     trace_request(c, job, cn);
     if (srv_enqueue(c, job, &e)) {
@@ -303,8 +304,7 @@ static enum MHD_Result handle_generate(srv_ctx *c, struct MHD_Connection *con, c
     int fd = conn_fd(con);
 
     if (job->req.stream) {
-        sse_reader *rd = calloc(1, sizeof *rd);
-        if (!rd) abort();
+        sse_reader *rd = ds4_xcalloc(1, sizeof *rd);
         *rd = (sse_reader){.c = c, .job = job, .fd = fd, .last_output = srv_now()};
         srv_job_ref(job);
         struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, rd, sse_free);

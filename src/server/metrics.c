@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "ctx.h"
 
 #define MAX_SERIES 64
@@ -43,8 +44,7 @@ struct srv_metrics {
 };
 
 srv_metrics *srv_metrics_new(void) {
-    srv_metrics *m = calloc(1, sizeof *m);
-    if (!m) abort();
+    srv_metrics *m = ds4_xcalloc(1, sizeof *m);
     pthread_mutex_init(&m->mu, NULL);
     return m;
 }

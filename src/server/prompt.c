@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "../chat/chat.h"
+#include "../common/xalloc.h"
 #include "../tok/tokenizer.h"
 #include "ctx.h"
 
@@ -37,10 +38,9 @@ static ds4_think_mode chat_mode(srv_think t) {
 static int render_with(srv_ctx *c, const srv_request *req, const srv_message *extra, char **text, srv_error *err) {
     int n_req = req->api == SRV_API_COMPLETIONS ? 2 : req->n_msgs;
     int n = n_req + (extra ? 2 : 0);
-    ds4_chat_msg *msgs = calloc((size_t)n + 1, sizeof *msgs);
-    ds4_tool_call **calls = calloc((size_t)n + 1, sizeof *calls);
-    char **raw = calloc((size_t)n + 1, sizeof *raw);
-    if (!msgs || !calls || !raw) abort();
+    ds4_chat_msg *msgs = ds4_xcalloc((size_t)n + 1, sizeof *msgs);
+    ds4_tool_call **calls = ds4_xcalloc((size_t)n + 1, sizeof *calls);
+    char **raw = ds4_xcalloc((size_t)n + 1, sizeof *raw);
     if (req->api == SRV_API_COMPLETIONS) {
         msgs[0] = (ds4_chat_msg){.role = DS4_ROLE_SYSTEM, .content = "You are a helpful assistant"};
         msgs[1] = (ds4_chat_msg){.role = DS4_ROLE_USER, .content = req->prompt};
@@ -55,9 +55,8 @@ static int render_with(srv_ctx *c, const srv_request *req, const srv_message *ex
             .tool_call_id = m->tool_call_id,
         };
         if (m->n_calls) {
-            calls[i] = calloc((size_t)m->n_calls, sizeof **calls);
-            const char **ids = calloc((size_t)m->n_calls, sizeof *ids);
-            if (!calls[i] || !ids) abort();
+            calls[i] = ds4_xcalloc((size_t)m->n_calls, sizeof **calls);
+            const char **ids = ds4_xcalloc((size_t)m->n_calls, sizeof *ids);
             for (int k = 0; k < m->n_calls; k++) {
                 calls[i][k] = (ds4_tool_call){.id = m->calls[k].id, .name = m->calls[k].name,
                                               .arguments = m->calls[k].arguments};

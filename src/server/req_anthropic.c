@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "req.h"
 
 /* Text of a tool_result's content: string or array of text blocks. */
@@ -94,9 +95,9 @@ static int parse_blocks(json_t *content, size_t mi, srv_request *r, srv_role rol
                 rc = srv_error_set(err, 400, "'%s.input' must be an object", where);
                 break;
             }
-            req_add_call(&r->msgs[am_index], srv_strdup(json_string_value(id)),
-                         srv_strdup(json_string_value(name)),
-                         input && !json_is_null(input) ? srv_json_dump(input) : srv_strdup("{}"));
+            req_add_call(&r->msgs[am_index], ds4_xstrdup(json_string_value(id)),
+                         ds4_xstrdup(json_string_value(name)),
+                         input && !json_is_null(input) ? srv_json_dump(input) : ds4_xstrdup("{}"));
         } else if (!strcmp(t, "tool_result") && role == SRV_ROLE_USER) {
             json_t *id = json_object_get(b, "tool_use_id");
             if (!json_is_string(id)) {
@@ -117,7 +118,7 @@ static int parse_blocks(json_t *content, size_t mi, srv_request *r, srv_role rol
                 break;
             }
             srv_message *tm = req_add_message(r, SRV_ROLE_TOOL, ds4_buf_take(&body));
-            tm->tool_call_id = srv_strdup(json_string_value(id));
+            tm->tool_call_id = ds4_xstrdup(json_string_value(id));
             n_results++;
         } else {
             rc = srv_error_set(err, 400, "'%s': content block type '%s' is not supported in a%s %s message",
@@ -230,7 +231,7 @@ int srv_parse_anthropic(json_t *root, srv_request *r, srv_error *err) {
         if (json_is_array(c)) {
             if (parse_blocks(c, i, r, rl, err)) return -1;
         } else if (json_is_string(c) || !c || json_is_null(c)) {
-            req_add_message(r, rl, json_is_string(c) ? srv_strndup(json_string_value(c), json_string_length(c)) : NULL);
+            req_add_message(r, rl, json_is_string(c) ? ds4_xstrndup(json_string_value(c), json_string_length(c)) : NULL);
         } else {
             return srv_error_set(err, 400, "'messages[%zu].content' must be a string or an array", i);
         }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "../chat/json_py.h"
+#include "../common/xalloc.h"
 #include "req.h"
 
 static const char *type_name(json_type t) {
@@ -48,7 +49,7 @@ int req_opt_string(json_t *obj, const char *key, char **out, const char *where, 
     if (req_opt(obj, key, JSON_STRING, &v, where, err)) return -1;
     if (v) {
         free(*out);
-        *out = srv_strndup(json_string_value(v), json_string_length(v));
+        *out = ds4_xstrndup(json_string_value(v), json_string_length(v));
     }
     return 0;
 }
@@ -95,14 +96,14 @@ static int add_stop(srv_request *r, json_t *s, const char *key, srv_error *err) 
                              SRV_MAX_STOP_LEN);
     if (r->n_stop >= SRV_MAX_STOP)
         return srv_error_set(err, 400, "'%s' may hold at most %d sequences", key, SRV_MAX_STOP);
-    r->stop = srv_realloc(r->stop, sizeof(char *) * (size_t)(r->n_stop + 1));
-    r->stop[r->n_stop++] = srv_strndup(json_string_value(s), n);
+    r->stop = ds4_xrealloc(r->stop, sizeof(char *) * (size_t)(r->n_stop + 1));
+    r->stop[r->n_stop++] = ds4_xstrndup(json_string_value(s), n);
     return 0;
 }
 
 int req_common_fields(json_t *root, srv_request *r, const char *stop_key, srv_error *err) {
     if (req_opt_string(root, "model", &r->model, NULL, err)) return -1;
-    if (!r->model) r->model = srv_strdup("deepseek-v4-flash");
+    if (!r->model) r->model = ds4_xstrdup("deepseek-v4-flash");
     if (req_opt_bool(root, "stream", &r->stream, NULL, err)) return -1;
     if (req_opt_bool(root, "ignore_eos", &r->ignore_eos, NULL, err)) return -1;
     json_t *so;
@@ -192,26 +193,26 @@ void req_apply_model_alias(srv_request *r) {
 }
 
 srv_message *req_add_message(srv_request *r, srv_role role, char *content) {
-    r->msgs = srv_realloc(r->msgs, sizeof(srv_message) * (size_t)(r->n_msgs + 1));
+    r->msgs = ds4_xrealloc(r->msgs, sizeof(srv_message) * (size_t)(r->n_msgs + 1));
     srv_message *m = &r->msgs[r->n_msgs++];
-    *m = (srv_message){.role = role, .content = content ? content : srv_strdup("")};
+    *m = (srv_message){.role = role, .content = content ? content : ds4_xstrdup("")};
     return m;
 }
 
 void req_add_call(srv_message *m, char *id, char *name, char *arguments) {
-    m->calls = srv_realloc(m->calls, sizeof(srv_tool_call) * (size_t)(m->n_calls + 1));
+    m->calls = ds4_xrealloc(m->calls, sizeof(srv_tool_call) * (size_t)(m->n_calls + 1));
     m->calls[m->n_calls++] =
-        (srv_tool_call){.id = id ? id : srv_strdup(""), .name = name, .arguments = arguments};
+        (srv_tool_call){.id = id ? id : ds4_xstrdup(""), .name = name, .arguments = arguments};
 }
 
 void req_add_tool(srv_request *r, char *schema_text) {
-    r->tools = srv_realloc(r->tools, sizeof(char *) * (size_t)(r->n_tools + 1));
+    r->tools = ds4_xrealloc(r->tools, sizeof(char *) * (size_t)(r->n_tools + 1));
     r->tools[r->n_tools++] = schema_text;
 }
 
 char *req_arguments_text(json_t *v) {
-    if (!v || json_is_null(v)) return srv_strdup("{}");
-    if (json_is_string(v)) return srv_strndup(json_string_value(v), json_string_length(v));
+    if (!v || json_is_null(v)) return ds4_xstrdup("{}");
+    if (json_is_string(v)) return ds4_xstrndup(json_string_value(v), json_string_length(v));
     return srv_json_dump(v);
 }
 

@@ -10,17 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "req.h"
 
 /* string | null | [string | {type:"text", text}] -> text. */
 static int flatten_content(json_t *v, const char *where, char **out, srv_error *err) {
     *out = NULL;
     if (!v || json_is_null(v)) {
-        *out = srv_strdup("");
+        *out = ds4_xstrdup("");
         return 0;
     }
     if (json_is_string(v)) {
-        *out = srv_strndup(json_string_value(v), json_string_length(v));
+        *out = ds4_xstrndup(json_string_value(v), json_string_length(v));
         return 0;
     }
     if (!json_is_array(v))
@@ -72,8 +73,8 @@ static int parse_tool_calls(json_t *arr, const char *where, srv_message *m, srv_
                                  where, i);
         if (id && !json_is_null(id) && !json_is_string(id))
             return srv_error_set(err, 400, "'%s[%zu].id' must be a string", where, i);
-        req_add_call(m, json_is_string(id) ? srv_strdup(json_string_value(id)) : NULL,
-                     srv_strdup(json_string_value(name)),
+        req_add_call(m, json_is_string(id) ? ds4_xstrdup(json_string_value(id)) : NULL,
+                     ds4_xstrdup(json_string_value(name)),
                      req_arguments_text(json_object_get(fn, "arguments")));
     }
     return 0;
@@ -188,6 +189,6 @@ int srv_parse_completion(json_t *root, srv_request *r, srv_error *err) {
         p = first;
     }
     if (!json_is_string(p)) return srv_error_set(err, 400, "'prompt' must be a string");
-    r->prompt = srv_strndup(json_string_value(p), json_string_length(p));
+    r->prompt = ds4_xstrndup(json_string_value(p), json_string_length(p));
     return 0;
 }

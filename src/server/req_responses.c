@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "req.h"
 
 typedef struct input_state {
@@ -105,7 +106,7 @@ static int add_call_item(json_t *it, const char *type, const char *where, srv_re
             args = req_arguments_text(a);
         }
         srv_message *m = assistant_for_call(r, st);
-        req_add_call(m, json_is_string(id) ? srv_strdup(json_string_value(id)) : NULL,
+        req_add_call(m, json_is_string(id) ? ds4_xstrdup(json_string_value(id)) : NULL,
                      ds4_buf_take(&full), args);
         return 0;
     }
@@ -118,7 +119,7 @@ static int add_call_item(json_t *it, const char *type, const char *where, srv_re
     if (!a) a = json_object_get(it, "input");
     args = req_arguments_text(a);
     srv_message *m = assistant_for_call(r, st);
-    req_add_call(m, json_is_string(id) ? srv_strdup(json_string_value(id)) : NULL, srv_strdup(name),
+    req_add_call(m, json_is_string(id) ? ds4_xstrdup(json_string_value(id)) : NULL, ds4_xstrdup(name),
                  args);
     return 0;
 }
@@ -160,7 +161,7 @@ static int add_output_item(json_t *it, const char *type, const char *where, srv_
         free(s);
     }
     srv_message *m = req_add_message(r, SRV_ROLE_TOOL, ds4_buf_take(&text));
-    m->tool_call_id = srv_strdup(json_string_value(id));
+    m->tool_call_id = ds4_xstrdup(json_string_value(id));
     return 0;
 }
 
@@ -225,9 +226,9 @@ static int parse_item(json_t *it, size_t i, srv_request *r, input_state *st, srv
 }
 
 static void add_tool_name(srv_request *r, char *flat, const char *name, const char *ns) {
-    r->tool_names = srv_realloc(r->tool_names, sizeof(srv_tool_name) * (size_t)(r->n_tool_names + 1));
+    r->tool_names = ds4_xrealloc(r->tool_names, sizeof(srv_tool_name) * (size_t)(r->n_tool_names + 1));
     r->tool_names[r->n_tool_names++] =
-        (srv_tool_name){.flat = flat, .name = srv_strdup(name), .ns = srv_strdup(ns)};
+        (srv_tool_name){.flat = flat, .name = ds4_xstrdup(name), .ns = ds4_xstrdup(ns)};
 }
 
 /* One function schema {name, description, parameters} as the prompt shows it. */
@@ -319,7 +320,7 @@ int srv_parse_responses(json_t *root, srv_request *r, srv_error *err) {
     json_t *input = json_object_get(root, "input");
     if (!input || json_is_null(input)) return srv_error_set(err, 400, "missing input");
     if (json_is_string(input)) {
-        req_add_message(r, SRV_ROLE_USER, srv_strndup(json_string_value(input), json_string_length(input)));
+        req_add_message(r, SRV_ROLE_USER, ds4_xstrndup(json_string_value(input), json_string_length(input)));
         return 0;
     }
     if (!json_is_array(input)) return srv_error_set(err, 400, "'input' must be a string or an array");

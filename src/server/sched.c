@@ -20,13 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "ctx.h"
 
 #define SRV_MAX_PENDING (16u << 20)
 
 srv_job *srv_job_new(void) {
-    srv_job *j = calloc(1, sizeof *j);
-    if (!j) abort();
+    srv_job *j = ds4_xcalloc(1, sizeof *j);
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->cv, NULL);
     j->refs = 1;

@@ -22,10 +22,6 @@
 
 #include "../common/buf.h"
 
-/* realloc that aborts with a message when memory runs out (buf.h convention). */
-void *srv_realloc(void *p, size_t n);
-char *srv_strdup(const char *s);
-char *srv_strndup(const char *s, size_t n);
 /* Random lowercase hex id: prefix + ndigits hex digits (/dev/urandom). */
 char *srv_random_id(const char *prefix, int ndigits);
 

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/xalloc.h"
 #include "ctx.h"
 
 typedef struct block {
@@ -50,12 +51,10 @@ static uint64_t hash_str(const char *s) { /* FNV-1a */
 }
 
 srv_toolmem *srv_toolmem_new(int max_ids, size_t max_bytes) {
-    srv_toolmem *m = calloc(1, sizeof *m);
-    if (!m) abort();
+    srv_toolmem *m = ds4_xcalloc(1, sizeof *m);
     pthread_mutex_init(&m->mu, NULL);
     m->n_buckets = 4096;
-    m->table = calloc(m->n_buckets, sizeof *m->table);
-    if (!m->table) abort();
+    m->table = ds4_xcalloc(m->n_buckets, sizeof *m->table);
     m->max_ids = max_ids;
     m->max_bytes = max_bytes;
     return m;
@@ -122,17 +121,15 @@ static void maybe_grow(srv_toolmem *m) {
 void srv_toolmem_remember(srv_toolmem *m, const char *const *ids, int n, const char *raw, size_t len) {
     if (n <= 0 || !raw || len > m->max_bytes) return;
     pthread_mutex_lock(&m->mu);
-    block *b = malloc(sizeof *b);
-    if (!b) abort();
-    *b = (block){.raw = srv_strndup(raw, len), .len = len, .refs = 1};
+    block *b = ds4_xmalloc(sizeof *b);
+    *b = (block){.raw = ds4_xstrndup(raw, len), .len = len, .refs = 1};
     m->bytes += len;
     for (int i = 0; i < n; i++) {
         if (!ids[i] || !*ids[i]) continue;
         entry **slot = find_slot(m, ids[i]);
         if (*slot) remove_entry(m, *slot);
-        entry *e = calloc(1, sizeof *e);
-        if (!e) abort();
-        e->id = srv_strdup(ids[i]);
+        entry *e = ds4_xcalloc(1, sizeof *e);
+        e->id = ds4_xstrdup(ids[i]);
         e->blk = b;
         b->refs++;
         slot = find_slot(m, ids[i]);
@@ -160,7 +157,7 @@ char *srv_toolmem_lookup(srv_toolmem *m, const char *const *ids, int n) {
         lru_unlink(m, e);
         lru_push_front(m, e);
     }
-    char *out = b ? srv_strndup(b->raw, b->len) : NULL;
+    char *out = b ? ds4_xstrndup(b->raw, b->len) : NULL;
     pthread_mutex_unlock(&m->mu);
     return out;
 }
@@ -178,9 +175,9 @@ int srv_toolmem_export(srv_toolmem *m, const char *text, size_t len, ds4_kvcache
             b->in_text = memmem(text, len, b->raw, b->len) != NULL;
         }
         if (!b->in_text) continue;
-        v = srv_realloc(v, (size_t)(n + 1) * sizeof *v);
-        v[n++] = (ds4_kvcache_tool_id){.id = srv_strdup(e->id), .id_len = strlen(e->id),
-                                       .dsml = srv_strndup(b->raw, b->len), .dsml_len = b->len};
+        v = ds4_xrealloc(v, (size_t)(n + 1) * sizeof *v);
+        v[n++] = (ds4_kvcache_tool_id){.id = ds4_xstrdup(e->id), .id_len = strlen(e->id),
+                                       .dsml = ds4_xstrndup(b->raw, b->len), .dsml_len = b->len};
     }
     pthread_mutex_unlock(&m->mu);
     *out = v;
@@ -190,9 +187,8 @@ int srv_toolmem_export(srv_toolmem *m, const char *text, size_t len, ds4_kvcache
 /* ids sharing one block must share it again, or a lookup of all of a
  * block's ids would find different blocks and fall back to canonical. */
 void srv_toolmem_import(srv_toolmem *m, const ds4_kvcache_tool_id *ids, int n) {
-    bool *done = calloc((size_t)(n > 0 ? n : 1), sizeof *done);
-    const char **group = calloc((size_t)(n > 0 ? n : 1), sizeof *group);
-    if (!done || !group) abort();
+    bool *done = ds4_xcalloc((size_t)(n > 0 ? n : 1), sizeof *done);
+    const char **group = ds4_xcalloc((size_t)(n > 0 ? n : 1), sizeof *group);
     for (int i = 0; i < n; i++) {
         if (done[i]) continue;
         int k = 0;

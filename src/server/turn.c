@@ -24,6 +24,7 @@
 
 #include "../chat/dsml.h"
 #include "../chat/json_py.h"
+#include "../common/xalloc.h"
 #include "turn.h"
 
 struct srv_turn {
@@ -58,9 +59,9 @@ static void on_dsml_event(void *ctx, const ds4_dsml_event *ev) {
         break;
     case DS4_DSML_CALL_START:
         if (ev->index != t->n_calls) break; /* calls arrive in order */
-        t->calls = srv_realloc(t->calls, sizeof *t->calls * (size_t)(t->n_calls + 1));
+        t->calls = ds4_xrealloc(t->calls, sizeof *t->calls * (size_t)(t->n_calls + 1));
         t->calls[t->n_calls] = (srv_tool_call){.id = srv_new_tool_id(t->req->api),
-                                               .name = srv_strndup(ev->text, ev->len)};
+                                               .name = ds4_xstrndup(ev->text, ev->len)};
         t->n_calls++;
         srv_emit_tool_begin(t->em, ev->index, t->calls[ev->index].id, t->calls[ev->index].name);
         break;
@@ -70,7 +71,7 @@ static void on_dsml_event(void *ctx, const ds4_dsml_event *ev) {
     case DS4_DSML_CALL_END:
         if (ev->index < 0 || ev->index >= t->n_calls) break;
         free(t->calls[ev->index].arguments);
-        t->calls[ev->index].arguments = srv_strndup(ev->text, ev->len);
+        t->calls[ev->index].arguments = ds4_xstrndup(ev->text, ev->len);
         srv_emit_tool_end(t->em, ev->index);
         break;
     case DS4_DSML_DONE: break;
@@ -83,8 +84,7 @@ static void on_dsml_event(void *ctx, const ds4_dsml_event *ev) {
 }
 
 srv_turn *srv_turn_new(const srv_request *req, srv_emitter *em) {
-    srv_turn *t = calloc(1, sizeof *t);
-    if (!t) abort();
+    srv_turn *t = ds4_xcalloc(1, sizeof *t);
     t->req = req;
     t->em = em;
     for (int i = 0; i < req->n_stop; i++)
@@ -225,7 +225,7 @@ static char *recovered_content(const srv_turn *t) {
         for (const char *p = strstr(s, "</think>"); p; p = strstr(p + 1, "</think>")) close = p;
         if (close) s = close + strlen("</think>");
     }
-    return srv_strdup(s);
+    return ds4_xstrdup(s);
 }
 
 void srv_turn_finish(srv_turn *t, srv_finish finish, const char *error, srv_result *res) {
@@ -238,7 +238,7 @@ void srv_turn_finish(srv_turn *t, srv_finish finish, const char *error, srv_resu
     if (t->parser) ds4_dsml_finish(t->parser);
     bool thinking = t->req->think != SRV_THINK_NONE;
     res->finish = finish;
-    res->error = error ? srv_strdup(error) : NULL;
+    res->error = error ? ds4_xstrdup(error) : NULL;
     res->reasoning = t->reasoning.len ? ds4_buf_take(&t->reasoning) : NULL;
     res->reasoning_closed = !thinking || strstr(srv_turn_generated(t), "</think>");
     size_t raw_len = 0;
@@ -246,11 +246,11 @@ void srv_turn_finish(srv_turn *t, srv_finish finish, const char *error, srv_resu
     if (t->parse_error && t->error_at_finish && raw) {
         res->finish = SRV_FINISH_ERROR;
         free(res->error);
-        res->error = srv_strdup("unterminated tool call");
+        res->error = ds4_xstrdup("unterminated tool call");
         res->content = ds4_buf_take(&t->content);
     } else if (t->parse_error) {
         res->content = recovered_content(t);
-        if (!res->error) res->error = srv_strdup(t->parse_msg); /* for the log; finish stays */
+        if (!res->error) res->error = ds4_xstrdup(t->parse_msg); /* for the log; finish stays */
         if (res->finish == SRV_FINISH_TOOL_CALLS) res->finish = SRV_FINISH_STOP;
     } else {
         res->content = ds4_buf_take(&t->content);
@@ -260,9 +260,9 @@ void srv_turn_finish(srv_turn *t, srv_finish finish, const char *error, srv_resu
             t->calls = NULL;
             t->n_calls = 0;
             for (int i = 0; i < res->n_calls; i++)
-                if (!res->calls[i].arguments) res->calls[i].arguments = srv_strdup("{}");
+                if (!res->calls[i].arguments) res->calls[i].arguments = ds4_xstrdup("{}");
             if (res->finish != SRV_FINISH_ERROR) res->finish = SRV_FINISH_TOOL_CALLS;
-            if (raw) res->raw_dsml = srv_strndup(raw, raw_len);
+            if (raw) res->raw_dsml = ds4_xstrndup(raw, raw_len);
         }
     }
 }

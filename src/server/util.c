@@ -1,4 +1,4 @@
-/* util.c — small helpers of the server: strings, ids, error bodies and
+/* util.c — small helpers of the server: ids, error bodies and
  * the destructors of the shared request/result types (server.h).
  *
  * Error bodies follow each protocol's own shape so SDKs raise their proper
@@ -14,25 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/xalloc.h"
 #include "server.h"
-
-void *srv_realloc(void *p, size_t n) {
-    void *q = realloc(p, n ? n : 1);
-    if (!q) {
-        fprintf(stderr, "ds4-server: out of memory\n");
-        abort();
-    }
-    return q;
-}
-
-char *srv_strndup(const char *s, size_t n) {
-    char *p = srv_realloc(NULL, n + 1);
-    memcpy(p, s, n);
-    p[n] = 0;
-    return p;
-}
-
-char *srv_strdup(const char *s) { return s ? srv_strndup(s, strlen(s)) : NULL; }
 
 char *srv_random_id(const char *prefix, int ndigits) {
     unsigned char raw[32];
@@ -67,7 +50,7 @@ char *srv_new_tool_id(srv_api api) {
 
 char *srv_json_dump(json_t *v) {
     char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    return s ? s : srv_strdup("null");
+    return s ? s : ds4_xstrdup("null");
 }
 
 const char *srv_finish_name(srv_finish f) {
