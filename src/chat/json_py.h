@@ -24,7 +24,6 @@
 #include "../common/buf.h"
 #include "../common/error.h"
 #include "../common/json_escape.h" /* strings: ds4_json_escape(..., DS4_JSON_BAD_REPLACE) */
-#include "../common/utf8.h"        /* ds4_utf8_seq for the server files that include only this */
 
 /* Parses any JSON value (not only objects/arrays; NUL allowed in strings).
  * Returns a new reference, or NULL with err set ("line L column C: why").

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../chat/json_py.h"
+#include "../common/utf8.h"
 #include "../common/xalloc.h"
 #include "req.h"
 
@@ -220,13 +220,10 @@ int srv_parse_request(srv_api api, const char *body, size_t len, const srv_parse
                       srv_request *out, srv_error *err) {
     *out = (srv_request){.api = api, .max_tokens = -1, .think = d->think};
     if (len == 0) return srv_error_set(err, 400, "request body is empty; expected a JSON object");
-    for (size_t i = 0; i < len;) {
-        int k = ds4_utf8_seq((const unsigned char *)body + i, len - i);
-        if (k <= 0)
-            return srv_error_set(err, 400, "request body is not valid UTF-8 (byte 0x%02x at offset %zu)",
-                                 (unsigned char)body[i], i);
-        i += (size_t)k;
-    }
+    size_t valid = ds4_utf8_valid_len(body, len);
+    if (valid < len)
+        return srv_error_set(err, 400, "request body is not valid UTF-8 (byte 0x%02x at offset %zu)",
+                             (unsigned char)body[valid], valid);
     json_error_t je;
     json_t *root = json_loadb(body, len, JSON_DECODE_ANY, &je);
     if (!root)

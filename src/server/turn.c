@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "../chat/dsml.h"
-#include "../chat/json_py.h"
+#include "../common/utf8.h"
 #include "../common/xalloc.h"
 #include "turn.h"
 
@@ -131,43 +131,18 @@ static void release(srv_turn *t, size_t upto, bool final) {
  * incomplete sequence at the end waits for the next piece (final: it is
  * replaced too). */
 static void add_valid_utf8(srv_turn *t, const char *s, size_t n, bool final) {
-    char tmp[8];
-    if (t->n_partial) { /* complete the held sequence first */
-        size_t k = t->n_partial;
-        memcpy(tmp, t->partial, k);
-        while (k < 4 && n) tmp[k++] = *s++, n--;
-        t->n_partial = 0;
-        int l = ds4_utf8_seq((const unsigned char *)tmp, k);
-        if (l == 0 && !final && k < 4) {
-            memcpy(t->partial, tmp, k);
-            t->n_partial = k;
-            return;
-        }
-        size_t used = l > 0 ? (size_t)l : 1;
-        if (l > 0) ds4_buf_add(&t->text, tmp, used);
-        else ds4_buf_adds(&t->text, "\xEF\xBF\xBD");
-        /* bytes of tmp beyond the sequence go back in front of s */
-        ds4_buf rest = {0};
-        ds4_buf_add(&rest, tmp + used, k - used);
-        ds4_buf_add(&rest, s, n);
-        add_valid_utf8(t, rest.p ? rest.p : "", rest.len, final);
-        ds4_buf_free(&rest);
-        return;
+    ds4_buf joined = {0};
+    if (t->n_partial) { /* the held sequence goes in front of the new bytes */
+        ds4_buf_add(&joined, t->partial, t->n_partial);
+        ds4_buf_add(&joined, s, n);
+        s = joined.p;
+        n = joined.len;
     }
-    for (size_t i = 0; i < n;) {
-        int k = ds4_utf8_seq((const unsigned char *)s + i, n - i);
-        if (k > 0) {
-            ds4_buf_add(&t->text, s + i, (size_t)k);
-            i += (size_t)k;
-        } else if (k == 0 && !final) {
-            memcpy(t->partial, s + i, n - i);
-            t->n_partial = n - i;
-            return;
-        } else {
-            ds4_buf_adds(&t->text, "\xEF\xBF\xBD");
-            i++;
-        }
-    }
+    size_t hold = final ? 0 : ds4_utf8_incomplete_tail(s, n);
+    ds4_utf8_sanitize(&t->text, s, n - hold);
+    memcpy(t->partial, s + n - hold, hold);
+    t->n_partial = hold;
+    ds4_buf_free(&joined);
 }
 
 /* Looks for the earliest stop string in the new text; otherwise passes on
