@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "../common/xalloc.h"
 #include "../engine/session_payload.h"
 #include "../tok/tokenizer.h"
@@ -140,14 +141,14 @@ static void save_live(srv_ctx *c, ds4_session *s, uint8_t reason) {
                                 .tool_ids = ids, .n_tool_ids = n_ids};
     ds4_kvcache_io io = ds4_kvcache_session_io(s);
     ds4_err err = {{0}};
-    double t0 = srv_now();
+    double t0 = ds4_now();
     int rc = ds4_kvcache_save(k->kv, &io, &req, &err);
     static const char *const names[] = {"unknown", "cold", "continued", "evict", "shutdown"};
     const char *why = reason < 5 ? names[reason] : "other";
     if (rc == 0) {
         ds4_kvcache_note_saved(&c->cfg.kv, &k->sched, n);
         srv_trace(c, "--- trace: kv cache saved reason=%s tokens=%d save_ms=%.1f ---\n", why, n,
-                  1000 * (srv_now() - t0));
+                  1000 * (ds4_now() - t0));
     } else {
         srv_trace(c, "--- trace: kv cache save %s reason=%s tokens=%d: %s ---\n", rc == 1 ? "skipped" : "failed",
                   why, n, err.msg);
@@ -241,7 +242,7 @@ static void snapshot_take(srv_ctx *c, ds4_session *s, snapshot *sn, uint64_t max
     mem_io m = {.snap = sn};
     ds4_writer w = {.write = mem_write, .ctx = &m};
     ds4_err err = {{0}};
-    double t0 = srv_now();
+    double t0 = ds4_now();
     if (ds4_session_save_payload(s, &w, &err) || m.pos != bytes) {
         srv_log("prompt snapshot not kept: %s", err.msg[0] ? err.msg : "size mismatch");
         return;
@@ -249,7 +250,7 @@ static void snapshot_take(srv_ctx *c, ds4_session *s, snapshot *sn, uint64_t max
     sn->len = bytes;
     sn->n = n;
     srv_trace(c, "--- trace: snapshot kept tokens=%d bytes=%llu ms=%.1f ---\n", n, (unsigned long long)bytes,
-              1000 * (srv_now() - t0));
+              1000 * (ds4_now() - t0));
 }
 
 /* Restores the longest snapshot whose tokens begin the prompt's, or whose
@@ -420,7 +421,7 @@ void srv_cache_decide(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
             p->source = "memory-snapshot";
             ds4_kvcache_schedule_reset(&k->sched, p->base);
         } else if (k && k->kv) {
-            double t0 = srv_now();
+            double t0 = ds4_now();
             ds4_kvcache_io io = ds4_kvcache_session_io(s);
             if (ds4_kvcache_lookup(k->kv, &io, job->prompt_text, strlen(job->prompt_text), &hit)) {
                 bool eos_first = hit.ext_flags & DS4_KVC_EXT_THINKING_VISIBLE;
@@ -431,7 +432,7 @@ void srv_cache_decide(srv_ctx *c, ds4_session *s, srv_job *job, srv_plan *p) {
                     disk_file = hit.name;
                     ds4_kvcache_schedule_reset(&k->sched, p->base);
                     if (c->toolmem) srv_toolmem_import(c->toolmem, hit.tool_ids, hit.n_tool_ids);
-                    load_ms = 1000 * (srv_now() - t0);
+                    load_ms = 1000 * (ds4_now() - t0);
                 }
             }
             update_disk_metrics(c);

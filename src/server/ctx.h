@@ -200,6 +200,5 @@ void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* ---- http.c ---- */
 int srv_http_run(srv_ctx *c); /* serves until SIGINT/SIGTERM */
 
-double srv_now(void); /* monotonic seconds */
 
 #endif

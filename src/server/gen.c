@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/clock.h"
 #include "../common/xalloc.h"
 #include "../tok/tokenizer.h"
 #include "ctx.h"
@@ -37,7 +38,7 @@ typedef struct prefill_ctx {
 
 static int on_prefill_progress(void *ctx, int done, int total) {
     prefill_ctx *p = ctx;
-    double now = srv_now();
+    double now = ds4_now();
     if (now - p->t_log >= 5.0) {
         p->t_log = now;
         srv_log("request %lu prefill %d/%d (%.0f%%) %.1f t/s", p->job->seq, done, total,
@@ -116,10 +117,10 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
     srv_log("request %lu %s ctx=%d..%d:%d%s%s prompt start (cache %s)", job->seq, api_name(req->api), cached,
             job->n_tokens, n_eval, req->has_tools ? " TOOLS" : "", req->think != SRV_THINK_NONE ? " THINKING" : "",
             plan.source);
-    prefill_ctx pc = {.c = c, .job = job, .t_start = srv_now(), .t_log = srv_now()};
+    prefill_ctx pc = {.c = c, .job = job, .t_start = ds4_now(), .t_log = ds4_now()};
     int rc = srv_cache_prefill(c, s, job, &plan, on_prefill_progress, &pc, &err);
     srv_plan_free(&plan);
-    double t_decode = srv_now();
+    double t_decode = ds4_now();
     if (rc == 1 || atomic_load(&job->cancelled)) {
         srv_metrics_cancelled(c->metrics);
         srv_log("request %lu stopped during prefill (%s)", job->seq,
@@ -202,7 +203,7 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         srv_turn_text(turn, tail, tail_n);
         ds4_detok_free(&detok);
     }
-    srv_metrics_decode(c->metrics, generated, srv_now() - t_decode);
+    srv_metrics_decode(c->metrics, generated, ds4_now() - t_decode);
 
     srv_result res = {0};
     srv_turn_finish(turn, finish, error, &res);
@@ -222,7 +223,7 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
     }
     srv_log("request %lu finish=%s%s%s%s tokens=%d calls=%d", job->seq, srv_finish_name(res.finish),
             res.error ? " error=\"" : "", res.error ? res.error : "", res.error ? "\"" : "", generated, res.n_calls);
-    trace_result(c, job, &res, srv_turn_generated(turn), srv_now() - pc.t_start);
+    trace_result(c, job, &res, srv_turn_generated(turn), ds4_now() - pc.t_start);
     if (atomic_load(&job->cancelled)) srv_metrics_cancelled(c->metrics);
     srv_result_free(&res);
     srv_turn_free(turn);

@@ -37,6 +37,7 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include "../common/clock.h"
 #include "../common/xalloc.h"
 #include "ctx.h"
 
@@ -223,7 +224,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 j->out_pos = 0;
             }
             pthread_mutex_unlock(&j->mu);
-            rd->last_output = srv_now();
+            rd->last_output = ds4_now();
             return (ssize_t)n;
         }
         if (j->done) {
@@ -239,12 +240,12 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
             pthread_mutex_unlock(&j->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        if (srv_now() - rd->last_output >= rd->c->cfg.keepalive_s) { /* at an event boundary: nothing pending */
+        if (ds4_now() - rd->last_output >= rd->c->cfg.keepalive_s) { /* at an event boundary: nothing pending */
             static const char ka[] = ": keep-alive\n\n";
             size_t n = sizeof ka - 1 < max ? sizeof ka - 1 : max;
             memcpy(buf, ka, n);
             pthread_mutex_unlock(&j->mu);
-            rd->last_output = srv_now();
+            rd->last_output = ds4_now();
             return (ssize_t)n;
         }
     }
@@ -305,7 +306,7 @@ static enum MHD_Result handle_generate(srv_ctx *c, struct MHD_Connection *con, c
 
     if (job->req.stream) {
         sse_reader *rd = ds4_xcalloc(1, sizeof *rd);
-        *rd = (sse_reader){.c = c, .job = job, .fd = fd, .last_output = srv_now()};
+        *rd = (sse_reader){.c = c, .job = job, .fd = fd, .last_output = ds4_now()};
         srv_job_ref(job);
         struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, rd, sse_free);
         if (!r) {

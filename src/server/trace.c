@@ -39,9 +39,3 @@ void srv_trace(srv_ctx *c, const char *fmt, ...) {
     va_end(ap);
     pthread_mutex_unlock(&c->trace_mu);
 }
-
-double srv_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}

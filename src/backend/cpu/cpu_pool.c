@@ -17,7 +17,7 @@
  * Waiting is adaptive. An idle worker spins for a short while (a decode step
  * issues runs back to back with little serial work between them, and a
  * sleeping worker takes tens of microseconds to wake), yielding the CPU
- * between rounds; after SPIN_NS it sleeps on a futex, and the caller makes
+ * between rounds; after SPIN_SECONDS it sleeps on a futex, and the caller makes
  * the wake-up system call only when somebody sleeps. The caller waiting for
  * claimed tasks does the same on the count of finished tasks. */
 #include "cpu_pool.h"
@@ -31,10 +31,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
-#define SPIN_NS 50000            /* spin this long (50 µs) before sleeping */
+#include "../../common/clock.h"
+
+#define SPIN_SECONDS 50e-6       /* spin this long (50 µs) before sleeping */
 #define CLOSED 0xffffffffu       /* low half of the claim word between runs */
 
 struct cpu_pool {
@@ -67,30 +68,24 @@ static void futex_wake(atomic_uint *addr, int n) {
     syscall(SYS_futex, (unsigned *)addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
 }
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
 }
 
-/* Spins until (*addr == value) == equal, or SPIN_NS pass; true if the
+/* Spins until (*addr == value) == equal, or SPIN_SECONDS pass; true if the
  * condition came. Yields the CPU every few rounds so spinning threads do not
  * starve the thread that would change the value when cores are short. */
 static bool spin_until(atomic_uint *addr, unsigned value, bool equal) {
-    uint64_t t0 = 0;
+    double t0 = 0;
     for (int round = 0;; round++) {
         for (int i = 0; i < 64; i++) {
             if ((atomic_load_explicit(addr, memory_order_acquire) == value) == equal) return true;
             cpu_relax();
         }
-        if (round == 0) t0 = now_ns();
-        else if (now_ns() - t0 > SPIN_NS) return false;
+        if (round == 0) t0 = ds4_now();
+        else if (ds4_now() - t0 > SPIN_SECONDS) return false;
         if (round % 4 == 3) sched_yield();
     }
 }
