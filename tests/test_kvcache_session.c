@@ -35,45 +35,19 @@
 #define N_MORE 12
 #define N_REFUSE 80 /* the refusal cases need a valid payload, not a long one */
 
-/* ------------------------------------------------------ memory streams */
+/* ------------------------------------------------------ saved payloads */
 
 typedef struct membuf {
     uint8_t *p;
-    size_t len, cap, pos;
+    size_t len;
 } membuf;
 
-static int mem_write(void *c, const void *buf, size_t n) {
-    membuf *m = c;
-    if (m->len + n > m->cap) {
-        m->cap = (m->len + n) * 2;
-        m->p = realloc(m->p, m->cap);
-    }
-    memcpy(m->p + m->len, buf, n);
-    m->len += n;
-    return 0;
-}
-
-static int mem_read(void *c, void *buf, size_t n) {
-    membuf *m = c;
-    if (n > m->len - m->pos) return -1;
-    memcpy(buf, m->p + m->pos, n);
-    m->pos += n;
-    return 0;
-}
-
 static membuf save_payload(ds4_session *s) {
-    membuf m = {0};
-    ds4_writer w = {.write = mem_write, .ctx = &m};
+    size_t cap = (size_t)ds4_session_payload_bytes(s);
+    membuf m = {.p = malloc(cap ? cap : 1)};
     ds4_err err;
-    if (ds4_session_save_payload(s, &w, &err)) fprintf(stderr, "save: %s\n", err.msg);
+    if (ds4_session_save_payload_mem(s, m.p, cap, &m.len, &err)) fprintf(stderr, "save: %s\n", err.msg);
     return m;
-}
-
-/* Loads len bytes of b (the stream holds exactly those bytes). */
-static int load_bytes(ds4_session *s, const uint8_t *b, size_t len, ds4_err *err) {
-    membuf m = {.p = (uint8_t *)b, .len = len};
-    ds4_reader r = {.read = mem_read, .ctx = &m};
-    return ds4_session_load_payload(s, &r, len, err);
 }
 
 static uint32_t u32_at(const uint8_t *p) {
@@ -162,7 +136,7 @@ static void test_roundtrip(const char *path, bool exact, int n) {
     CHECK(ds4_session_eval(s1, prompt, n, NULL, NULL, &err) == 0, "%s: prefill", mode);
     membuf m = save_payload(s1);
     check_layout(e, s1, &m, prompt, (uint32_t)n, 64, 512);
-    CHECK(load_bytes(s2, m.p, m.len, &err) == 0, "%s: load: %s", mode, err.msg);
+    CHECK(ds4_session_load_payload_mem(s2, m.p, m.len, &err) == 0, "%s: load: %s", mode, err.msg);
     CHECK(ds4_session_n_tokens(s2) == n && memcmp(ds4_session_tokens(s2), prompt, 4ull * n) == 0 &&
               memcmp(ds4_session_logits(s2), ds4_session_logits(s1), 4ull * n_vocab) == 0,
           "%s: tokens and logits restored", mode);
@@ -172,7 +146,8 @@ static void test_roundtrip(const char *path, bool exact, int n) {
     CHECK(continue_equal(s1, s2, more, n_vocab), "%s: restored session continues bit-identically", mode);
     if (!exact) { /* the exact numerics are slow on q2 weights: this once is enough */
         CHECK(ds4_session_eval(ref2, prompt, n, NULL, NULL, &err) == 0, "%s: prefill 2", mode);
-        CHECK(load_bytes(s3, m.p, m.len, &err) == 0, "%s: load into chunk 37 / ctx 1024: %s", mode, err.msg);
+        CHECK(ds4_session_load_payload_mem(s3, m.p, m.len, &err) == 0,
+              "%s: load into chunk 37 / ctx 1024: %s", mode, err.msg);
         CHECK(continue_equal(ref2, s3, more, n_vocab),
               "%s: other chunk and larger ctx continue like an uninterrupted run there", mode);
     }
@@ -212,12 +187,13 @@ static void test_refusals(const char *path) {
     int bad = 0, cases = 0;
     for (size_t cut = 0; cut < m.len; cut += cut < 4096 ? 13 : 4099, cases++) {
         if (cases % 32 == 0) ds4_session_eval(t, prompt, 5, NULL, NULL, &err); /* something to lose */
-        bad += load_bytes(t, m.p, cut, &err) == 0 || ds4_session_n_tokens(t) != 0;
+        bad += ds4_session_load_payload_mem(t, m.p, cut, &err) == 0 || ds4_session_n_tokens(t) != 0;
     }
     CHECK(bad == 0, "truncated payloads: %d of %d accepted or half-loaded", bad, cases);
     memcpy(b, m.p, m.len);
     b[m.len] = 0;
-    CHECK(load_bytes(t, b, m.len + 1, &err) != 0 && ds4_session_n_tokens(t) == 0, "a trailing byte");
+    CHECK(ds4_session_load_payload_mem(t, b, m.len + 1, &err) != 0 && ds4_session_n_tokens(t) == 0,
+          "a trailing byte");
     struct {
         int field;
         uint32_t value;
@@ -233,36 +209,39 @@ static void test_refusals(const char *path) {
         memcpy(b, m.p, m.len);
         put_u32(b + 4 * bad_fields[i].field, bad_fields[i].value);
         ds4_session_eval(t, prompt, 5, NULL, NULL, &err);
-        CHECK(load_bytes(t, b, m.len, &err) != 0 && ds4_session_n_tokens(t) == 0, "header %s refused",
-              bad_fields[i].what);
+        CHECK(ds4_session_load_payload_mem(t, b, m.len, &err) != 0 && ds4_session_n_tokens(t) == 0,
+              "header %s refused", bad_fields[i].what);
     }
     size_t counts = 52 + 4ull * N_REFUSE + 4ull * hp->n_vocab;
     memcpy(b, m.p, m.len);
     put_u32(b + counts + 4 * 2, u32_at(b + counts + 4 * 2) + 1); /* layer 2 (ratio 4) n_comp */
     put_u32(b + counts + 4 * 3, u32_at(b + counts + 4 * 3) - 1); /* keep the size: layer 3 one fewer */
-    CHECK(load_bytes(t, b, m.len, &err) != 0 && ds4_session_n_tokens(t) == 0, "wrong row counts refused");
+    CHECK(ds4_session_load_payload_mem(t, b, m.len, &err) != 0 && ds4_session_n_tokens(t) == 0,
+          "wrong row counts refused");
     size_t rows = counts + 8ull * hp->n_layer;
     float v = NAN;
     memcpy(b, m.p, m.len);
     memcpy(b + rows + 40, &v, 4);
-    CHECK(load_bytes(t, b, m.len, &err) != 0 && ds4_session_n_tokens(t) == 0, "NaN in a raw row refused");
+    CHECK(ds4_session_load_payload_mem(t, b, m.len, &err) != 0 && ds4_session_n_tokens(t) == 0,
+          "NaN in a raw row refused");
     v = 1.0f + 0x1p-20f;
     memcpy(b, m.p, m.len);
     memcpy(b + rows + 40, &v, 4);
-    CHECK(load_bytes(t, b, m.len, &err) != 0 && strstr(err.msg, "f16"), "non-f16 row value refused: %s",
-          err.msg);
+    CHECK(ds4_session_load_payload_mem(t, b, m.len, &err) != 0 && strstr(err.msg, "f16"),
+          "non-f16 row value refused: %s", err.msg);
     memcpy(b, m.p, m.len);
     put_u32(b + 52 + 4 * 10, hp->n_vocab);
-    CHECK(load_bytes(t, b, m.len, &err) != 0 && ds4_session_n_tokens(t) == 0, "token outside the vocabulary");
+    CHECK(ds4_session_load_payload_mem(t, b, m.len, &err) != 0 && ds4_session_n_tokens(t) == 0,
+          "token outside the vocabulary");
     memcpy(b, m.p, m.len);
     v = INFINITY;
     memcpy(b + 52 + 4ull * N_REFUSE + 8, &v, 4);
-    CHECK(load_bytes(t, b, m.len, &err) != 0, "infinite logit refused");
-    CHECK(load_bytes(ss, m.p, m.len, &err) != 0 && ds4_session_n_tokens(ss) == 0,
+    CHECK(ds4_session_load_payload_mem(t, b, m.len, &err) != 0, "infinite logit refused");
+    CHECK(ds4_session_load_payload_mem(ss, m.p, m.len, &err) != 0 && ds4_session_n_tokens(ss) == 0,
           "payload of ctx 512 refused by a ctx 256 engine");
-    CHECK(load_bytes(t, mx.p, mx.len, &err) != 0 && ds4_session_n_tokens(t) == 0,
+    CHECK(ds4_session_load_payload_mem(t, mx.p, mx.len, &err) != 0 && ds4_session_n_tokens(t) == 0,
           "exact-numerics payload refused by an official-numerics session: %s", err.msg);
-    CHECK(load_bytes(t, m.p, m.len, &err) == 0 && ds4_session_n_tokens(t) == N_REFUSE,
+    CHECK(ds4_session_load_payload_mem(t, m.p, m.len, &err) == 0 && ds4_session_n_tokens(t) == N_REFUSE,
           "the session is still usable after refusals");
     /* Random byte changes: each mutant is refused (session empty) or, if it
      * still describes a valid state, re-saves to the same bytes (up to the
@@ -275,7 +254,7 @@ static void test_refusals(const char *path) {
             x = x * 6364136223846793005ull + 1442695040888963407ull;
             b[(x >> 17) % m.len] ^= (uint8_t)(1u << ((x >> 9) % 8));
         }
-        if (load_bytes(t, b, m.len, &err) != 0) {
+        if (ds4_session_load_payload_mem(t, b, m.len, &err) != 0) {
             refused++;
             roundtrip_bad += ds4_session_n_tokens(t) != 0;
             continue;
@@ -292,10 +271,11 @@ static void test_refusals(const char *path) {
     ds4_engine *tiny_ctx = open_engine(path, false, 2, 8, 40);
     ds4_session_new(tiny_ctx, &full, &err);
     ds4_session_eval(full, prompt, 40, NULL, NULL, &err);
-    membuf mf = {0};
-    ds4_writer w = {.write = mem_write, .ctx = &mf};
-    CHECK(ds4_session_save_payload(full, &w, &err) != 0, "a full context is not saved");
-    free(mf.p);
+    size_t full_cap = (size_t)ds4_session_payload_bytes(full), full_len;
+    uint8_t *full_bytes = malloc(full_cap);
+    CHECK(ds4_session_save_payload_mem(full, full_bytes, full_cap, &full_len, &err) != 0,
+          "a full context is not saved");
+    free(full_bytes);
     ds4_session_free(full);
     ds4_engine_close(tiny_ctx);
     free(b);

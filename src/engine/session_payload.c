@@ -249,3 +249,40 @@ int ds4_session_load_payload(ds4_session *s, ds4_reader *r, uint64_t nbytes, ds4
     ds4_session_reset(s);
     return ds4_fail_prefix(err, "session payload");
 }
+
+/* ---------------------------------------------------------------- memory */
+
+typedef struct mem_stream {
+    uint8_t *p;
+    size_t len, cap, pos; /* len: bytes held; cap: room for writing; pos: next byte read */
+} mem_stream;
+
+static int mem_write(void *ctx, const void *buf, size_t n) {
+    mem_stream *m = ctx;
+    if (n > m->cap - m->len) return -1;
+    memcpy(m->p + m->len, buf, n);
+    m->len += n;
+    return 0;
+}
+
+static int mem_read(void *ctx, void *buf, size_t n) {
+    mem_stream *m = ctx;
+    if (n > m->len - m->pos) return -1;
+    memcpy(buf, m->p + m->pos, n);
+    m->pos += n;
+    return 0;
+}
+
+int ds4_session_save_payload_mem(const ds4_session *s, void *buf, size_t cap, size_t *len, ds4_err *err) {
+    mem_stream m = {.p = buf, .cap = cap};
+    ds4_writer w = {.write = mem_write, .ctx = &m};
+    int rc = ds4_session_save_payload(s, &w, err);
+    *len = m.len;
+    return rc;
+}
+
+int ds4_session_load_payload_mem(ds4_session *s, const void *buf, size_t len, ds4_err *err) {
+    mem_stream m = {.p = (uint8_t *)buf, .len = len};
+    ds4_reader r = {.read = mem_read, .ctx = &m};
+    return ds4_session_load_payload(s, &r, len, err);
+}

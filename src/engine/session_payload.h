@@ -60,6 +60,12 @@ int ds4_session_save_payload(const ds4_session *s, ds4_writer *w, ds4_err *err);
 /* Replaces the session's state with the payload of exactly nbytes bytes. */
 int ds4_session_load_payload(ds4_session *s, ds4_reader *r, uint64_t nbytes, ds4_err *err);
 
+/* The same in memory. Save writes into buf[0..cap) and sets *len to the
+ * bytes written (a payload larger than cap fails as a write error); load
+ * reads the payload of exactly len bytes at buf. */
+int ds4_session_save_payload_mem(const ds4_session *s, void *buf, size_t cap, size_t *len, ds4_err *err);
+int ds4_session_load_payload_mem(ds4_session *s, const void *buf, size_t len, ds4_err *err);
+
 /* true when the engine runs plain-f32 numerics (--exact): the disk cache
  * keeps states of the two numerics apart. */
 bool ds4_engine_exact_numerics(const ds4_engine *e);

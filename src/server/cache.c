@@ -199,27 +199,6 @@ void srv_cache_recall_tool_ids(srv_ctx *c, const srv_request *req) {
  * the end when it fits in --kv-snapshot-mb, the turn start in half that. */
 enum { SNAP_END, SNAP_TURN };
 
-typedef struct mem_io {
-    snapshot *snap;
-    size_t pos;
-} mem_io;
-
-static int mem_write(void *ctx, const void *buf, size_t n) {
-    mem_io *m = ctx;
-    if (n > m->snap->cap - m->pos) return -1;
-    memcpy(m->snap->bytes + m->pos, buf, n);
-    m->pos += n;
-    return 0;
-}
-
-static int mem_read(void *ctx, void *buf, size_t n) {
-    mem_io *m = ctx;
-    if (n > m->snap->len - m->pos) return -1;
-    memcpy(buf, m->snap->bytes + m->pos, n);
-    m->pos += n;
-    return 0;
-}
-
 /* Keeps the session's state in a slot, if it is at most max bytes. */
 static void snapshot_take(srv_ctx *c, ds4_session *s, snapshot *sn, uint64_t max) {
     int n = ds4_session_n_tokens(s);
@@ -239,11 +218,10 @@ static void snapshot_take(srv_ctx *c, ds4_session *s, snapshot *sn, uint64_t max
     if (!toks) return;
     sn->tokens = toks;
     memcpy(toks, ds4_session_tokens(s), sizeof(int32_t) * (size_t)n);
-    mem_io m = {.snap = sn};
-    ds4_writer w = {.write = mem_write, .ctx = &m};
+    size_t len;
     ds4_err err = {{0}};
     double t0 = ds4_now();
-    if (ds4_session_save_payload(s, &w, &err) || m.pos != bytes) {
+    if (ds4_session_save_payload_mem(s, sn->bytes, sn->cap, &len, &err) || len != bytes) {
         srv_log("prompt snapshot not kept: %s", err.msg[0] ? err.msg : "size mismatch");
         return;
     }
@@ -273,10 +251,8 @@ static bool snapshot_restore(srv_ctx *c, ds4_session *s, const srv_job *job, siz
         free(text);
     }
     if (!best) return false;
-    mem_io m = {.snap = best};
-    ds4_reader r = {.read = mem_read, .ctx = &m};
     ds4_err err = {{0}};
-    if (ds4_session_load_payload(s, &r, best->len, &err)) {
+    if (ds4_session_load_payload_mem(s, best->bytes, best->len, &err)) {
         srv_log("prompt snapshot not restored: %s", err.msg);
         best->len = 0;
         best->n = 0;
