@@ -35,6 +35,12 @@ void emit_sse(srv_emitter *em, const char *event, json_t *v) {
     free(json);
 }
 
+void emit_body(srv_emitter *em, json_t *v) {
+    char *s = srv_json_line(v);
+    emit_raw(em, s, strlen(s));
+    free(s);
+}
+
 json_t *emit_openai_usage(const srv_usage *u) {
     return json_pack("{s:i,s:i,s:i,s:{s:i,s:i}}", "prompt_tokens", u->prompt_tokens,
                      "completion_tokens", u->completion_tokens, "total_tokens",

@@ -51,6 +51,8 @@ struct srv_emitter {
 void emit_raw(srv_emitter *em, const char *s, size_t n);
 /* "data: <json>\n\n" (event == NULL) or "event: E\ndata: <json>\n\n"; takes v. */
 void emit_sse(srv_emitter *em, const char *event, json_t *v);
+/* The JSON body of a non-streaming reply, "<json>\n"; takes v. */
+void emit_body(srv_emitter *em, json_t *v);
 
 /* Shared JSON pieces. */
 json_t *emit_openai_usage(const srv_usage *u);

@@ -132,11 +132,7 @@ static void a_final(srv_emitter *em, const srv_result *res) {
                           "assistant", "model", em->req->model, "content", content, "stop_reason",
                           stop_reason(res->finish), "stop_sequence", "usage",
                           usage_json(&res->usage, res->usage.completion_tokens));
-    char *s = srv_json_dump(v);
-    json_decref(v);
-    emit_raw(em, s, strlen(s));
-    emit_raw(em, "\n", 1);
-    free(s);
+    emit_body(em, v);
 }
 
 const srv_emit_ops srv_emit_anthropic_ops = {

@@ -80,14 +80,6 @@ static void openai_error(srv_emitter *em, const char *message) {
     emit_sse(em, "error", json_pack("{s:{s:s,s:s}}", "error", "message", message, "type", "server_error"));
 }
 
-static void write_body(srv_emitter *em, json_t *v) {
-    char *s = srv_json_dump(v);
-    json_decref(v);
-    emit_raw(em, s, strlen(s));
-    emit_raw(em, "\n", 1);
-    free(s);
-}
-
 static void chat_final(srv_emitter *em, const srv_result *res) {
     json_t *msg = json_pack("{s:s,s:s}", "role", "assistant", "content", res->content ? res->content : "");
     if (res->reasoning && *res->reasoning)
@@ -102,7 +94,7 @@ static void chat_final(srv_emitter *em, const srv_result *res) {
     json_t *v = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", em->id, "object", "chat.completion",
                           "created", (json_int_t)em->created, "model", em->req->model, "choices",
                           choice, "usage", emit_openai_usage(&res->usage));
-    write_body(em, v);
+    emit_body(em, v);
 }
 
 static void completion_content(srv_emitter *em, const char *s, size_t n) {
@@ -123,7 +115,7 @@ static void completion_final(srv_emitter *em, const srv_result *res) {
     json_t *v = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", em->id, "object", "text_completion",
                           "created", (json_int_t)em->created, "model", em->req->model, "choices",
                           choice, "usage", emit_openai_usage(&res->usage));
-    write_body(em, v);
+    emit_body(em, v);
 }
 
 const srv_emit_ops srv_emit_chat_ops = {

@@ -203,12 +203,7 @@ static void r_final(srv_emitter *em, const srv_result *res) {
         free(args);
         free(fc_id);
     }
-    json_t *v = response_object(em, response_status(res), output, res);
-    char *s = srv_json_dump(v);
-    json_decref(v);
-    emit_raw(em, s, strlen(s));
-    emit_raw(em, "\n", 1);
-    free(s);
+    emit_body(em, response_object(em, response_status(res), output, res));
 }
 
 const srv_emit_ops srv_emit_responses_ops = {

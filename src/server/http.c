@@ -95,14 +95,9 @@ static enum MHD_Result send_body(srv_ctx *c, struct MHD_Connection *con, conn *c
 }
 
 static enum MHD_Result send_json(srv_ctx *c, struct MHD_Connection *con, conn *cn, int status, json_t *v) {
-    char *s = srv_json_dump(v);
-    json_decref(v);
-    ds4_buf b = {0};
-    ds4_buf_adds(&b, s);
-    ds4_buf_adds(&b, "\n");
+    char *s = srv_json_line(v);
+    enum MHD_Result ok = send_body(c, con, cn, status, "application/json", s, strlen(s));
     free(s);
-    enum MHD_Result ok = send_body(c, con, cn, status, "application/json", b.p, b.len);
-    ds4_buf_free(&b);
     return ok;
 }
 

@@ -187,5 +187,7 @@ char *srv_new_tool_id(srv_api api);
 
 /* JSON helpers used by the emitters: compact dump (caller frees). */
 char *srv_json_dump(json_t *v);
+/* Compact JSON text of v followed by a newline (a reply body); takes v. */
+char *srv_json_line(json_t *v);
 
 #endif

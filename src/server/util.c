@@ -53,6 +53,16 @@ char *srv_json_dump(json_t *v) {
     return s ? s : ds4_xstrdup("null");
 }
 
+char *srv_json_line(json_t *v) {
+    char *s = srv_json_dump(v);
+    json_decref(v);
+    ds4_buf b = {0};
+    ds4_buf_adds(&b, s);
+    ds4_buf_adds(&b, "\n");
+    free(s);
+    return ds4_buf_take(&b);
+}
+
 const char *srv_finish_name(srv_finish f) {
     switch (f) {
     case SRV_FINISH_STOP: return "stop";
@@ -111,13 +121,7 @@ char *srv_error_body(const srv_error *e, srv_api api) {
         json_object_set_new(inner, "n_prompt_tokens", json_integer(e->n_prompt));
         json_object_set_new(inner, "n_ctx", json_integer(e->n_ctx));
     }
-    char *s = srv_json_dump(root);
-    json_decref(root);
-    ds4_buf b = {0};
-    ds4_buf_adds(&b, s);
-    ds4_buf_adds(&b, "\n");
-    free(s);
-    return ds4_buf_take(&b);
+    return srv_json_line(root);
 }
 
 static void free_calls(srv_tool_call *c, int n) {
