@@ -99,6 +99,8 @@ typedef struct srv_request {
 } srv_request;
 
 void srv_request_free(srv_request *r);
+/* Frees n calls and their strings, then the array. */
+void srv_tool_calls_free(srv_tool_call *c, int n);
 
 /* A request error in a protocol-neutral form; http.c renders it in the
  * endpoint's native shape (OpenAI or Anthropic). */

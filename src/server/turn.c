@@ -244,12 +244,7 @@ void srv_turn_finish(srv_turn *t, srv_finish finish, const char *error, srv_resu
 
 void srv_turn_free(srv_turn *t) {
     if (!t) return;
-    for (int i = 0; i < t->n_calls; i++) {
-        free(t->calls[i].id);
-        free(t->calls[i].name);
-        free(t->calls[i].arguments);
-    }
-    free(t->calls);
+    srv_tool_calls_free(t->calls, t->n_calls);
     ds4_dsml_parser_free(t->parser);
     ds4_buf_free(&t->text);
     ds4_buf_free(&t->reasoning);

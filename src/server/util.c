@@ -124,7 +124,7 @@ char *srv_error_body(const srv_error *e, srv_api api) {
     return srv_json_line(root);
 }
 
-static void free_calls(srv_tool_call *c, int n) {
+void srv_tool_calls_free(srv_tool_call *c, int n) {
     for (int i = 0; i < n; i++) {
         free(c[i].id);
         free(c[i].name);
@@ -140,7 +140,7 @@ void srv_request_free(srv_request *r) {
         free(r->msgs[i].content);
         free(r->msgs[i].reasoning);
         free(r->msgs[i].tool_call_id);
-        free_calls(r->msgs[i].calls, r->msgs[i].n_calls);
+        srv_tool_calls_free(r->msgs[i].calls, r->msgs[i].n_calls);
     }
     free(r->msgs);
     free(r->prompt);
@@ -161,7 +161,7 @@ void srv_result_free(srv_result *r) {
     if (!r) return;
     free(r->reasoning);
     free(r->content);
-    free_calls(r->calls, r->n_calls);
+    srv_tool_calls_free(r->calls, r->n_calls);
     free(r->raw_dsml);
     free(r->error);
     *r = (srv_result){0};
