@@ -1,6 +1,7 @@
 /* quant_testdata.h — deterministic random data for the quant tests:
  * a small PRNG, weight-like float rows (Gaussian, heavy-tailed, with
- * outliers), random f16 scales and random-but-valid blocks of every format. */
+ * outliers), random f16 scales, random-but-valid blocks of every format,
+ * activation rows, and a float's bits (tests compare results bit for bit). */
 #ifndef DS4_QUANT_TESTDATA_H
 #define DS4_QUANT_TESTDATA_H
 
@@ -88,6 +89,35 @@ static inline void qt_fill_q8_K(qt_rng *r, ds4_block_q8_K *a, uint64_t nblocks) 
             a[b].bsums[j] = (int16_t)s;
         }
     }
+}
+
+/* Random activation row of n values for weight type wtype: Q8_0 activation
+ * blocks, Q8_K blocks (the k-quants and IQ2_XXS) or Gaussian floats. */
+static inline void qt_fill_act(qt_rng *r, uint32_t wtype, void *act, uint64_t n) {
+    if (wtype == DS4_TYPE_Q8_0) {
+        ds4_block_q8_0_act *a = act;
+        for (uint64_t b = 0; b < n / DS4_QK8_0; b++) {
+            a[b].d = (float)((qt_uniform(r) - 0.5) * 0.1);
+            for (int i = 0; i < DS4_QK8_0; i++) a[b].qs[i] = (int8_t)(qt_next(r) & 255);
+        }
+    } else if (wtype == DS4_TYPE_Q2_K || wtype == DS4_TYPE_Q4_K || wtype == DS4_TYPE_IQ2_XXS) {
+        qt_fill_q8_K(r, act, n / DS4_QK_K);
+    } else {
+        float *x = act;
+        for (uint64_t i = 0; i < n; i++) x[i] = qt_gauss(r);
+    }
+}
+
+static inline uint32_t qt_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float qt_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
 }
 
 #endif

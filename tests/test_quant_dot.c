@@ -22,25 +22,6 @@
 static const uint32_t qtypes[] = {DS4_TYPE_Q8_0, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_IQ2_XXS};
 static const uint32_t ftypes[] = {DS4_TYPE_F32, DS4_TYPE_F16, DS4_TYPE_BF16};
 
-static uint32_t bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-/* Random activation row for a quantised weight type, codes over -128..127. */
-static void fill_act(qt_rng *r, uint32_t wtype, void *act, uint64_t n) {
-    if (wtype == DS4_TYPE_Q8_0) {
-        ds4_block_q8_0_act *a = act;
-        for (uint64_t b = 0; b < n / DS4_QK8_0; b++) {
-            a[b].d = (float)((qt_uniform(r) - 0.5) * 0.1);
-            for (int i = 0; i < DS4_QK8_0; i++) a[b].qs[i] = (int8_t)(qt_next(r) & 255);
-        }
-    } else {
-        qt_fill_q8_K(r, act, n / DS4_QK_K);
-    }
-}
-
 static double dequant_dot(uint32_t wtype, const void *w, const void *act, uint64_t n, double *mag) {
     float *wf = malloc(n * sizeof(float)), *af = malloc(n * sizeof(float));
     ds4_dequantize_row(wtype, w, wf, n);
@@ -95,14 +76,14 @@ static void test_quantised(ds4_isa best) {
             void *act = malloc(ds4_act_row_bytes(type, n));
             for (int rep = 0; rep < 8; rep++) {
                 qt_fill_blocks(&r, type, w, n / ti->block_elems, 1);
-                fill_act(&r, type, act, n);
+                qt_fill_act(&r, type, act, n);
                 ds4_quant_set_isa(DS4_ISA_SCALAR);
                 float ref = ds4_dot(type, n, w, act);
                 for (int isa = DS4_ISA_AVX2; isa <= (int)best; isa++) {
                     ds4_quant_set_isa((ds4_isa)isa);
                     float v = ds4_dot(type, n, w, act);
-                    CHECK(bits(v) == bits(ref), "%s n=%llu %s: %a != scalar %a", ti->name, (unsigned long long)n,
-                          ds4_isa_name((ds4_isa)isa), v, ref);
+                    CHECK(qt_bits(v) == qt_bits(ref), "%s n=%llu %s: %a != scalar %a", ti->name,
+                          (unsigned long long)n, ds4_isa_name((ds4_isa)isa), v, ref);
                 }
                 double mag, exact = dequant_dot(type, w, act, n, &mag);
                 if (type != DS4_TYPE_Q8_0) mag += min_magnitude(type, w, act, n);
@@ -129,7 +110,7 @@ static void test_exact_integers(ds4_isa best) {
         void *act = malloc(ds4_act_row_bytes(type, n));
         float *wf = malloc(n * sizeof(float));
         qt_fill_blocks(&r, type, w, n / ti->block_elems, 0);
-        fill_act(&r, type, act, n);
+        qt_fill_act(&r, type, act, n);
         for (uint64_t b = 0; b < n / ti->block_elems; b++) {
             switch (type) {
             case DS4_TYPE_Q8_0: ((ds4_block_q8_0 *)w)[b].d = 0x3c00; ((ds4_block_q8_0_act *)act)[b].d = 1.0f; break;
@@ -179,7 +160,7 @@ static void test_float(ds4_isa best) {
             for (int isa = DS4_ISA_AVX2; isa <= (int)best; isa++) {
                 ds4_quant_set_isa((ds4_isa)isa);
                 float v = ds4_dot(type, n, w, x);
-                CHECK(bits(v) == bits(ref), "%s n=%llu %s: %a != scalar %a", ds4_type_name(type),
+                CHECK(qt_bits(v) == qt_bits(ref), "%s n=%llu %s: %a != scalar %a", ds4_type_name(type),
                       (unsigned long long)n, ds4_isa_name((ds4_isa)isa), v, ref);
             }
             float *deq = malloc((n + 1) * sizeof(float));
@@ -227,7 +208,7 @@ static void test_generic(ds4_isa best) {
             case DS4_TYPE_Q4_K: d = ds4_dot_q4_K(n, w + k * rb, act); break;
             default: d = ds4_dot_iq2_xxs(n, w + k * rb, act); break;
             }
-            CHECK(bits(d) == bits(y[k]), "%s matvec row %llu", ds4_type_name(type), (unsigned long long)k);
+            CHECK(qt_bits(d) == qt_bits(y[k]), "%s matvec row %llu", ds4_type_name(type), (unsigned long long)k);
             /* quantised end to end: close to the float dot of the original row */
             double ref = 0.0, mag = 0.0;
             for (uint64_t i = 0; i < n; i++) {

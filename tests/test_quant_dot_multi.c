@@ -18,21 +18,6 @@
 static const uint32_t types[] = {DS4_TYPE_Q8_0, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_IQ2_XXS,
                                  DS4_TYPE_F32, DS4_TYPE_F16, DS4_TYPE_BF16};
 
-static void fill_act(qt_rng *r, uint32_t wtype, void *act, uint64_t n) {
-    if (wtype == DS4_TYPE_Q8_0) {
-        ds4_block_q8_0_act *a = act;
-        for (uint64_t b = 0; b < n / DS4_QK8_0; b++) {
-            a[b].d = (float)((qt_uniform(r) - 0.5) * 0.1);
-            for (int i = 0; i < DS4_QK8_0; i++) a[b].qs[i] = (int8_t)(qt_next(r) & 255);
-        }
-    } else if (wtype == DS4_TYPE_Q2_K || wtype == DS4_TYPE_Q4_K || wtype == DS4_TYPE_IQ2_XXS) {
-        qt_fill_q8_K(r, act, n / DS4_QK_K);
-    } else {
-        float *x = act;
-        for (uint64_t i = 0; i < n; i++) x[i] = qt_gauss(r);
-    }
-}
-
 static void fill_weights(qt_rng *r, uint32_t type, void *w, uint64_t n) {
     if (type == DS4_TYPE_F32 || type == DS4_TYPE_F16 || type == DS4_TYPE_BF16) {
         float *x = malloc(n * sizeof(float));
@@ -67,7 +52,7 @@ int main(void) {
                 const void *acts[NA];
                 for (int k = 0; k < NA; k++) {
                     acts[k] = act + ab * (size_t)(NA - 1 - k); /* not in memory order */
-                    fill_act(&r, type, act + ab * (size_t)k, n);
+                    qt_fill_act(&r, type, act + ab * (size_t)k, n);
                 }
                 for (int na = 1; na <= NA; na++) {
                     float out[NA];

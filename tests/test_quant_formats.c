@@ -18,18 +18,6 @@
 #include "quant_testdata.h"
 #include "testutil.h"
 
-static uint32_t bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float from_bits(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 static void test_types(void) {
     static const struct { uint32_t id; const char *name; uint32_t elems, bytes; } want[] = {
         {0, "F32", 1, 4}, {1, "F16", 1, 2}, {8, "Q8_0", 32, 34}, {10, "Q2_K", 256, 84},
@@ -58,7 +46,7 @@ static void test_f16(void) {
         uint16_t hv = (uint16_t)h;
         memcpy(&ref, &hv, 2);
         float ours = ds4_f16_to_f32(hv), want = (float)ref;
-        int ok = isnan(want) ? isnan(ours) && (bits(ours) >> 31) == (h >> 15) : bits(ours) == bits(want);
+        int ok = isnan(want) ? isnan(ours) && (qt_bits(ours) >> 31) == (h >> 15) : qt_bits(ours) == qt_bits(want);
         if (!ok && bad++ < 5) CHECK(0, "f16 %04x -> %a, want %a", h, ours, want);
     }
     CHECK(bad == 0, "%d f16 -> f32 mismatches", bad);
@@ -68,7 +56,7 @@ static void test_f16(void) {
             double a = ds4_f16_to_f32((uint16_t)h), b = h + 1 < 0x7c00 ? ds4_f16_to_f32((uint16_t)(h + 1)) : 65536.0;
             float mid = (float)((a + b) / 2);
             for (int k = -1; k <= 1; k++) {
-                float f = from_bits(bits(mid) + (uint32_t)k);
+                float f = qt_from_bits(qt_bits(mid) + (uint32_t)k);
                 if (sgn) f = -f;
                 _Float16 ref = (_Float16)f;
                 uint16_t want;
@@ -90,13 +78,13 @@ static void test_f16(void) {
 /* bf16 by definition: the nearer of the two bf16 values around f, ties to
  * the even one; NaN stays NaN. */
 static uint16_t bf16_reference(float f) {
-    uint32_t u = bits(f);
+    uint32_t u = qt_bits(f);
     if (isnan(f)) return (uint16_t)((u >> 16) | 0x40);
     uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
     if ((u & 0xffff) == 0) return lo;
-    double vlo = from_bits((uint32_t)lo << 16);
+    double vlo = qt_from_bits((uint32_t)lo << 16);
     double vhi = (hi & 0x7fff) == 0x7f80 ? copysign(0x1p128, f) /* rounding up overflows */
-                                         : from_bits((uint32_t)hi << 16);
+                                         : qt_from_bits((uint32_t)hi << 16);
     double dl = fabs((double)f - vlo), dh = fabs(vhi - (double)f);
     if (dl != dh) return dl < dh ? lo : hi;
     return (lo & 1) ? hi : lo;
@@ -108,13 +96,13 @@ static void test_bf16(void) {
     for (int i = 0; i < 1000000; i++) {
         uint32_t u = (uint32_t)qt_next(&r);
         if (i % 4 == 0) u = (u & 0xffff0000u) | 0x8000u; /* exact ties */
-        float f = from_bits(u);
+        float f = qt_from_bits(u);
         if (ds4_f32_to_bf16(f) != bf16_reference(f) && bad++ < 5)
             CHECK(0, "bf16 of %a (%08x): %04x want %04x", f, u, ds4_f32_to_bf16(f), bf16_reference(f));
     }
     CHECK(bad == 0, "%d f32 -> bf16 mismatches", bad);
     for (uint32_t h = 0; h < 65536; h++)
-        if (bits(ds4_bf16_to_f32((uint16_t)h)) != h << 16 && bad++ < 5) CHECK(0, "bf16 %04x", h);
+        if (qt_bits(ds4_bf16_to_f32((uint16_t)h)) != h << 16 && bad++ < 5) CHECK(0, "bf16 %04x", h);
 }
 
 /* model-spec §3, Q8_0 activation: amax/127 in f32, lrintf(x * (1/d)). */

@@ -76,20 +76,8 @@ static void load_ggml(void) {
     *(void **)&gg.quantize_free = must(lib, "ggml_quantize_free");
 }
 
-static uint32_t bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float from_bits(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 static int same_float(float a, float b) {
-    return bits(a) == bits(b) || (isnan(a) && isnan(b));
+    return qt_bits(a) == qt_bits(b) || (isnan(a) && isnan(b));
 }
 
 static void test_half_conversions(void) {
@@ -113,13 +101,13 @@ static void test_half_conversions(void) {
             float a = ds4_f16_to_f32((uint16_t)h), b = ds4_f16_to_f32((uint16_t)(h + 1));
             if (isnan(a) || isnan(b) || isinf(a) || isinf(b)) continue;
             f = (float)(((double)a + b) / 2);
-            f = from_bits(bits(f) + (uint32_t)(i % 3) - 1);
+            f = qt_from_bits(qt_bits(f) + (uint32_t)(i % 3) - 1);
         } else {
-            f = from_bits((uint32_t)qt_next(&r));
+            f = qt_from_bits((uint32_t)qt_next(&r));
         }
         uint16_t o = ds4_f32_to_f16(f), t = gg.fp32_to_fp16(f);
         if (o != t && !(isnan(f) && (o & 0x7fff) > 0x7c00 && (t & 0x7fff) > 0x7c00) && bad++ < 5)
-            CHECK(0, "f32 %a (%08x) -> f16: ours %04x ggml %04x", f, bits(f), o, t);
+            CHECK(0, "f32 %a (%08x) -> f16: ours %04x ggml %04x", f, qt_bits(f), o, t);
         uint16_t ob = ds4_f32_to_bf16(f), tb = gg.fp32_to_bf16(f);
         if (ob != tb && bad++ < 5) CHECK(0, "f32 %a -> bf16: ours %04x ggml %04x", f, ob, tb);
     }
@@ -175,7 +163,7 @@ static void test_q8_quantisers(void) {
         gg.q8_K_ref(x, b, (int64_t)n);
         int bad = 0;
         for (int i = 0; i < 64; i++) {
-            int same = bits(a[i].d) == bits(b[i].d) && memcmp(a[i].qs, b[i].qs, sizeof a[i].qs) == 0;
+            int same = qt_bits(a[i].d) == qt_bits(b[i].d) && memcmp(a[i].qs, b[i].qs, sizeof a[i].qs) == 0;
             /* ggml leaves bsums unset for an all-zero block; ds4 writes zeros */
             if (a[i].d != 0.0f) same = same && memcmp(a[i].bsums, b[i].bsums, sizeof a[i].bsums) == 0;
             bad += !same;
