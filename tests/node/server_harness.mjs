@@ -11,6 +11,10 @@ import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
+import { check } from './checks.mjs';
+
+export { check, done } from './checks.mjs';
+
 const root = process.env.DS4_ROOT || resolve(import.meta.dirname, '../..');
 const build = resolve(root, process.env.DS4_BUILD || 'build');
 const bin = (name) => join(build, 'bin', name);
@@ -76,22 +80,6 @@ export async function startServer(args = [], { ctx = 8192, layers = 0 } = {}) {
       return code;
     },
   };
-}
-
-let failures = 0;
-let checks = 0;
-export function check(cond, msg, extra) {
-  checks++;
-  if (!cond) {
-    failures++;
-    console.error(`FAIL: ${msg}`);
-    if (extra !== undefined) console.error(typeof extra === 'string' ? extra : JSON.stringify(extra, null, 1).slice(0, 2000));
-  }
-}
-
-export function done(name) {
-  console.log(`${name}: ${checks} checks, ${failures} failed`);
-  process.exit(failures ? 1 : 0);
 }
 
 // Raw SSE events of a response body: [{event, data}] (data parsed as JSON

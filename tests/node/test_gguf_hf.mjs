@@ -12,19 +12,12 @@ import fs from "node:fs";
 import path from "node:path";
 import os from "node:os";
 
+import { check, done } from "./checks.mjs";
+
 const root = process.env.DS4_ROOT ?? process.cwd();
 const build = process.env.DS4_BUILD ?? "build";
 const bin = path.resolve(root, build, "bin", "ds4-gguf");
 const tmp = process.env.DS4_TMP ?? fs.mkdtempSync(path.join(os.tmpdir(), "gguf-hf-"));
-let checks = 0, failures = 0;
-
-function check(cond, msg) {
-  checks++;
-  if (!cond) {
-    failures++;
-    console.error("check failed: " + msg);
-  }
-}
 
 if (!fs.existsSync(bin)) {
   console.error(`${bin} is missing: build it first (make BUILD=${build})`);
@@ -145,5 +138,4 @@ const fromHf = dump(hfFile);
 check(fromHf.version === 3 && fromHf.alignment === 64 && fromHf.tensors.length === 0, "hf file header");
 compareMetadata(fromHf, typed, "hf-written");
 
-console.log(`test_gguf_hf: ${checks} checks, ${failures} failed`);
-process.exit(failures ? 1 : 0);
+done("test_gguf_hf");

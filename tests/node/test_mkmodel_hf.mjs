@@ -14,18 +14,12 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
+import { check, done } from "./checks.mjs";
+
 const root = process.env.DS4_ROOT ?? process.cwd();
 const build = process.env.DS4_BUILD ?? "build";
 const bin = path.resolve(root, build, "bin", "ds4-mkmodel");
 const tmp = process.env.DS4_TMP ?? fs.mkdtempSync(path.join(os.tmpdir(), "mkmodel-hf-"));
-let checks = 0, failures = 0;
-function check(cond, msg) {
-  checks++;
-  if (!cond) {
-    failures++;
-    console.error("check failed: " + msg);
-  }
-}
 if (!fs.existsSync(bin)) {
   console.error(`${bin} is missing: build it first (make BUILD=${build})`);
   process.exit(1);
@@ -213,5 +207,4 @@ for (const c of cases) {
   fs.rmSync(mtp);
 }
 
-console.log(`test_mkmodel_hf: ${checks} checks, ${failures} failed`);
-process.exit(failures ? 1 : 0);
+done("test_mkmodel_hf");
