@@ -14,6 +14,7 @@
 #include "../src/gguf/gguf.h"
 #include "../src/tok/pretokenize.h"
 #include "../src/tok/tokenizer.h"
+#include "byte_level.h"
 #include "testutil.h"
 
 /* ---- pre-tokenizer ---- */
@@ -91,24 +92,6 @@ static void test_pretokenizer(void) {
 
 /* ---- a small vocabulary built in the test ---- */
 
-/* GPT-2 byte-level string of byte b (model-spec.md §9). */
-static void byte_str(int b, char out[3]) {
-    int cp = b, extra = 256;
-    if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
-        for (int i = 0; i < b; i++)
-            if (!((i >= 33 && i <= 126) || (i >= 161 && i <= 172) || i >= 174)) extra++;
-        cp = extra;
-    }
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        out[1] = 0;
-    } else {
-        out[0] = (char)(0xC0 | cp >> 6);
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        out[2] = 0;
-    }
-}
-
 typedef struct vocab {
     char *tokens[400];
     size_t n;
@@ -124,7 +107,7 @@ static void vocab_init(vocab *v, const char *const *extra) {
     v->n = 0;
     for (int b = 0; b < 256; b++) {
         char s[3];
-        byte_str(b, s);
+        byte_level_str(b, s);
         vocab_add(v, s);
     }
     for (; extra && *extra; extra++) vocab_add(v, *extra);

@@ -10,26 +10,9 @@
 #include <string.h>
 
 #include "../../src/tok/tokenizer.h"
+#include "../byte_level.h"
 
 static ds4_tokenizer *tok;
-
-/* GPT-2 byte-level string of byte b (model-spec.md §9). */
-static void byte_str(int b, char out[3]) {
-    int cp = b;
-    if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
-        cp = 256;
-        for (int i = 0; i < b; i++)
-            if (!((i >= 33 && i <= 126) || (i >= 161 && i <= 172) || i >= 174)) cp++;
-    }
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        out[1] = 0;
-    } else {
-        out[0] = (char)(0xC0 | cp >> 6);
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        out[2] = 0;
-    }
-}
 
 static void init(void) {
     static char bytes[256][3];
@@ -42,7 +25,7 @@ static void init(void) {
     enum { N_EXTRA = sizeof extra / sizeof extra[0] };
     const char *tokens[256 + N_EXTRA];
     for (int b = 0; b < 256; b++) {
-        byte_str(b, bytes[b]);
+        byte_level_str(b, bytes[b]);
         tokens[b] = bytes[b];
     }
     for (int i = 0; i < N_EXTRA; i++) tokens[256 + i] = extra[i];
