@@ -5,6 +5,7 @@
 # $OUT (default /tmp/cuda-forward).
 #
 #   scripts/cuda-forward-check.sh            LAYERS="4 28" CTX=512 GEN=64 PROFILE_LAYERS=4
+#   (TEST=0: speed only, no test_cuda_forward; e.g. for a baseline build)
 #
 # Binaries: $BIN_DIR (default build-cuda) from `make cuda`, built here
 # unless they exist already. The lent GPU machines have nvcc but not
@@ -27,7 +28,9 @@ if [ ! -x "$BIN_DIR/tests/test_cuda_forward" ]; then
 fi
 [ -d "$BIN_DIR/lib" ] && export LD_LIBRARY_PATH="$PWD/$BIN_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 rc=0
-timeout 240 "$BIN_DIR/tests/test_cuda_forward" 2>&1 | tee "$OUT/test-cuda.txt" || rc=1
+if [ "${TEST:-1}" != 0 ]; then
+    timeout 240 "$BIN_DIR/tests/test_cuda_forward" 2>&1 | tee "$OUT/test-cuda.txt" || rc=1
+fi
 if [ -n "${PROFILE_LAYERS:-}" ]; then
     echo "== DS4_CUDA_PROFILE=1 ds4-bench --synthetic q2 --layers $PROFILE_LAYERS (uncaptured, per operation)"
     DS4_CUDA_PROFILE=1 timeout 200 "$BIN_DIR/bin/ds4-bench" --synthetic q2 --layers "$PROFILE_LAYERS" --cuda \

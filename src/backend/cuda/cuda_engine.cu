@@ -60,6 +60,7 @@ struct dwork {
     step_io *io;
     float *H, *hc_flat, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
     float *iscores, *att, *low, *y, *router, *ew, *mid, *smid, *sh, *ehc, *logits;
+    double *hc_part; /* HC_PART_BLOCKS x (HC_MIX + 1) partial sums of HC pre */
     int32_t *ids, *zero_id, *sel, *n_sel;
     float *one_w;
     uint8_t *actA, *actB;
@@ -266,7 +267,7 @@ static bool moe_type(uint32_t t) {
 static int check_model(const ds4_model *m, ds4_err *err) {
     const ds4_hparams *hp = &m->hp;
     if (hp->n_hc != HC_N) return ds4_fail(err, "cuda: %u HC streams (the kernels take %d)", hp->n_hc, HC_N);
-    if (hp->head_dim > 1024 || hp->indexer_head_dim > 1024 || hp->head_dim - hp->n_rot > 64 * 64 ||
+    if (hp->head_dim > 2 * 32 * ATT_PAIRS || hp->head_dim % 2 || hp->indexer_head_dim > 1024 || hp->head_dim - hp->n_rot > 64 * 64 ||
         hp->indexer_head_dim > 32 * 64)
         return ds4_fail(err, "cuda: head sizes %u/%u are beyond the kernels' limits", hp->head_dim,
                         hp->indexer_head_dim);
@@ -284,6 +285,11 @@ static int check_model(const ds4_model *m, ds4_err *err) {
             if (mats[i]->data && !matvec_type(mats[i]->type))
                 return ds4_fail(err, "cuda: %s has type %s, which the CUDA backend cannot multiply yet",
                                 mats[i]->name, ds4_type_name(mats[i]->type));
+        const ds4_tensor *fns[] = {&L->hc_attn_fn, &L->hc_ffn_fn};
+        for (int i = 0; i < 2; i++)
+            if (!plain_type(fns[i]->type) || fns[i]->n_dims != 2 || fns[i]->ne[0] != HC_N * hp->n_embd ||
+                fns[i]->ne[1] != HC_MIX)
+                return ds4_fail(err, "cuda: %s must be F16 or F32 [%u, %d]", fns[i]->name, HC_N * hp->n_embd, HC_MIX);
         const ds4_tensor *moes[] = {&L->ffn_gate_exps, &L->ffn_up_exps, &L->ffn_down_exps, &L->ffn_gate_shexp,
                                     &L->ffn_up_shexp, &L->ffn_down_shexp};
         for (size_t i = 0; i < sizeof moes / sizeof *moes; i++)
@@ -325,7 +331,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     size_t act_bytes = max_n * 2 + 1024;
 #define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
     F(w->io, 1);
-    F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
+    F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, HC_PART_BLOCKS * (HC_MIX + 1)); F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
     F(w->x, D); F(w->a, D); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
     F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
     F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
@@ -402,7 +408,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
         ds4_cuda_engine_close(e);
         return -1;
     }
-    size_t smem = (hp->head_dim + e->max_rows) * sizeof(float);
+    size_t smem = (hp->head_dim * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
     c = cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (c != cudaSuccess) {
         ds4_fail(err, "cuda: attention over %u rows needs %zu bytes of shared memory: %s", e->max_rows, smem,
@@ -467,17 +473,29 @@ static int mv(enq *q, const dmat &m, const float *x, uint8_t *buf, float *y) {
     return mv_rows(q, m, 0, m.rows, act_of(q, m.type, x, m.in, buf), y);
 }
 
-/* HC pre of a sublayer: ws.a = norm(Σ pre·H)·w, post/comb kept. */
+/* mv while the indexer is active (step_io.idx_active); F32 weights always. */
+static int mv_gated(enq *q, const dmat &m, const float *x, uint8_t *buf, float *y) {
+    if (m.type == DS4_TYPE_F32) return mv(q, m, x, buf, y);
+    const void *act = act_of(q, m.type, x, m.in, buf);
+    if (!act) return -1;
+    return ds4_cuda_matvec_grouped(q->e->k, m.type, m.w, m.rows, m.in, act, 1, y, &q->e->w.io->idx_active,
+                                   (ds4_cuda_stream)q->st, q->err);
+}
+
+/* HC pre of a sublayer: ws.a = norm(Σ pre·H)·w, post/comb kept. The mix
+ * product and the norm of H are spread over HC_PART_BLOCKS blocks, the rest
+ * is one block; a fn of a quantised type (no model has one) would need the
+ * flattened, normed H quantised first, which these kernels do not do. */
 static int hc_pre(enq *q, const dmat &fn, const float *scale, const float *base, const float *norm_w) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     dwork *w = &e->w;
     uint32_t D = hp->n_embd;
-    q->memo_x = NULL;
-    k_rmsnorm<<<1, 1024, 0, q->st>>>(w->H, w->hc_flat, NULL, (int)(HC_N * D), 0, hp->rms_eps);
-    if (launched(q->err, "hc norm") || mv(q, fn, w->hc_flat, w->actB, w->mix)) return -1;
-    k_hc_pre<<<1, 1024, 0, q->st>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, w->H, D, norm_w,
-                                   hp->rms_eps, w->x, w->a, w->post, w->comb);
+    q->memo_x = NULL; /* a changes */
+    k_hc_mix_part<<<HC_PART_BLOCKS, 128, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, w->hc_part);
+    k_hc_pre<<<1, 1024, 0, q->st>>>(w->hc_part, HC_PART_BLOCKS, HC_N * D, w->mix, scale, base,
+                                   (int)hp->hc_sinkhorn_iter, hp->hc_eps, w->H, D, norm_w, hp->rms_eps, w->x, w->a,
+                                   w->post, w->comb);
     mark(e, q->st, "hc pre (norm, fn, split)");
     return launched(q->err, "hc pre");
 }
@@ -528,8 +546,9 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         k_compressor<<<1, 512, ihd * sizeof(float), q->st>>>(w->ikv, w->isc, L->index_ape, L->index_norm,
                                                               K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, n_rot,
                                                               hp->rms_eps, e->rope_comp, 1, w->io);
-        if (launched(q->err, "indexer compressor") || mv(q, L->idx_q_b, w->qr, w->actB, w->iq) ||
-            mv(q, L->idx_proj, w->a, w->actA, w->iw))
+        /* The query projections only while the indexer picks rows. */
+        if (launched(q->err, "indexer compressor") || mv_gated(q, L->idx_q_b, w->qr, w->actB, w->iq) ||
+            mv_gated(q, L->idx_proj, w->a, w->actA, w->iw))
             return -1;
         int nih = (int)hp->n_indexer_head;
         k_idx_query<<<nih, 128, ihd * sizeof(float), q->st>>>(w->iq, w->iw, ihd, nih, e->rope_comp, w->io);
@@ -541,22 +560,28 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (launched(q->err, "indexer")) return -1;
         mark(e, q->st, "indexer (comp, q, scores, top-k)");
     }
-    size_t smem = (hd + e->max_rows) * sizeof(float);
-    k_attention<<<hp->n_head, 256, smem, q->st>>>(w->q, K->raw, (int)hp->n_swa, K->comp, (int)L->ratio, w->sel,
-                                                  L->ratio == 4 ? w->n_sel : NULL, L->sinks, hd, rp, w->io, w->att);
+    size_t smem = (hd * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
+    k_attention<<<hp->n_head, ATT_THREADS, smem, q->st>>>(w->q, K->raw, (int)hp->n_swa, K->comp, (int)L->ratio,
+                                                          w->sel, L->ratio == 4 ? w->n_sel : NULL, L->sinks, hd,
+                                                          (int)e->max_rows, rp, w->io, w->att);
     if (launched(q->err, "attention")) return -1;
     mark(e, q->st, "attention");
-    /* Grouped output: group g's heads through rows g·o_lora.. of out_a. */
+    /* Grouped output: group g's heads through rows g·o_lora.. of out_a, all
+     * groups in one launch (f32 weights: one launch per group). */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group;
     const uint8_t *act = (const uint8_t *)act_of(q, L->out_a.type, w->att, qdim, w->actB);
     if (!act) return -1;
-    uint64_t act_group = L->out_a.type == DS4_TYPE_F16 || L->out_a.type == DS4_TYPE_F32
-                             ? (uint64_t)gdim * sizeof(float)
-                             : ds4_act_row_bytes(L->out_a.type, gdim);
     dmat oa = L->out_a;
     oa.in = gdim;
-    for (uint32_t g = 0; g < hp->n_out_group; g++)
-        if (mv_rows(q, oa, g * hp->o_lora, hp->o_lora, act + g * act_group, w->low + g * hp->o_lora)) return -1;
+    if (oa.type == DS4_TYPE_F32) {
+        for (uint32_t g = 0; g < hp->n_out_group; g++)
+            if (mv_rows(q, oa, g * hp->o_lora, hp->o_lora, act + (uint64_t)g * gdim * sizeof(float),
+                        w->low + g * hp->o_lora))
+                return -1;
+    } else if (ds4_cuda_matvec_grouped(e->k, oa.type, oa.w, hp->n_out_group * hp->o_lora, gdim, act,
+                                       hp->n_out_group, w->low, NULL, (ds4_cuda_stream)q->st, q->err)) {
+        return -1;
+    }
     mark(e, q->st, "attn out_a (grouped)");
     if (mv(q, L->out_b, w->low, w->actB, w->y)) return -1;
     mark(e, q->st, "attn out_b");
@@ -761,6 +786,7 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     if (!e->prof && !s->graph && capture(s, err)) return -1;
     s->h_io->token = token;
     s->h_io->pos = pos;
+    s->h_io->idx_active = (pos + 1) / 4 > (int)hp->indexer_top_k;
     cudaError_t c = cudaMemcpyAsync(e->w.io, s->h_io, sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
     if (e->prof) {
         if (c != cudaSuccess || enqueue_step(s, err)) return c != cudaSuccess ? cuda_fail(err, "decode step", c) : -1;

@@ -311,6 +311,8 @@ struct mv_params {
     uint32_t n_rows, n_in, row_bytes;
     uint32_t S, slice_blocks, slice_bytes; /* S slices per row */
     uint32_t buf_stride, act_smem;
+    uint32_t group_rows, act_n; /* rows per activation group; elements staged */
+    const int32_t *active;      /* NULL, or skip the whole call while *active == 0 */
     int aligned;
 };
 
@@ -325,6 +327,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     float *partial = (float *)s;
     uint8_t *const buf = s + 2 * NW * sizeof(float) + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
+    if (p.active && *p.active == 0) return;
 
     /* The first weights are requested before the activation is staged. */
     const uint32_t n_items = p.n_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
@@ -335,8 +338,9 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
     cp_async_commit();
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
-    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.act_n, tid, NW * 32);
     __syncthreads();
+    const uint32_t row_blocks = p.slice_blocks * p.S;
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
         if (ntile < n_tiles && nitem < n_items)
@@ -348,7 +352,9 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
         __syncwarp();
         uint32_t row = item / p.S, sl = item % p.S;
         float r = 0.0f;
-        if (item < n_items) dot_rows<F, 1>(buf + (it & 1) * p.buf_stride, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
+        if (item < n_items)
+            dot_rows<F, 1>(buf + (it & 1) * p.buf_stride, 0, p.slice_blocks, a,
+                           row / p.group_rows * row_blocks + sl * p.slice_blocks, tab, lane, &r);
         if (p.S == 1) {
             if (item < n_items && lane == 0) p.y[row] = r;
         } else {
@@ -533,7 +539,7 @@ static int check_launch(ds4_err *err, const char *what) {
 
 template <class F>
 static int run_matvec(ds4_cuda_kernels *k, const void *w, uint32_t n_rows, uint32_t n_in, const void *act,
-                      float *y, cudaStream_t st, ds4_err *err) {
+                      uint32_t n_groups, float *y, const int32_t *active, cudaStream_t st, ds4_err *err) {
     const int NW = MV_WARPS;
     uint32_t nb = n_in / F::block_elems, row_bytes = nb * F::block_bytes;
     /* Split rows into S slices while there are too few items to fill the
@@ -558,7 +564,10 @@ static int run_matvec(ds4_cuda_kernels *k, const void *w, uint32_t n_rows, uint3
     p.slice_bytes = row_bytes / S;
     p.aligned = (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && p.slice_bytes % 16 == 0;
     p.buf_stride = round16(p.slice_bytes) + 16;
-    p.act_smem = act_smem_bytes(F::act_kind, n_in);
+    p.group_rows = n_rows / n_groups;
+    p.act_n = n_in * n_groups;
+    p.active = active;
+    p.act_smem = act_smem_bytes(F::act_kind, p.act_n);
     size_t smem = table_bytes<F>() + p.act_smem + 2 * NW * sizeof(float) + (size_t)NW * 2 * p.buf_stride;
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_rows * S + NW - 1) / NW);
     int grid = 1;
@@ -736,15 +745,23 @@ static int check_shape(uint32_t wtype, uint32_t n_in, const void *w, const void 
 
 extern "C" int ds4_cuda_matvec(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_rows,
                                uint32_t n_in, const void *act, float *y, ds4_cuda_stream stream, ds4_err *err) {
+    return ds4_cuda_matvec_grouped(k, wtype, w, n_rows, n_in, act, 1, y, NULL, stream, err);
+}
+
+extern "C" int ds4_cuda_matvec_grouped(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_rows,
+                                       uint32_t n_in, const void *act, uint32_t n_groups, float *y,
+                                       const int32_t *active, ds4_cuda_stream stream, ds4_err *err) {
     if (check_shape(wtype, n_in, w, act, err)) return -1;
     if (n_rows == 0) return 0;
+    if (n_groups == 0 || n_rows % n_groups)
+        return ds4_fail(err, "cuda: %u rows do not split into %u equal groups", n_rows, n_groups);
     cudaStream_t st = (cudaStream_t)stream;
     switch (wtype) {
-    case DS4_TYPE_Q8_0: return run_matvec<fmt_q8_0>(k, w, n_rows, n_in, act, y, st, err);
-    case DS4_TYPE_Q2_K: return run_matvec<fmt_q2_K>(k, w, n_rows, n_in, act, y, st, err);
-    case DS4_TYPE_Q4_K: return run_matvec<fmt_q4_K>(k, w, n_rows, n_in, act, y, st, err);
-    case DS4_TYPE_IQ2_XXS: return run_matvec<fmt_iq2_xxs>(k, w, n_rows, n_in, act, y, st, err);
-    default: return run_matvec<fmt_f16>(k, w, n_rows, n_in, act, y, st, err);
+    case DS4_TYPE_Q8_0: return run_matvec<fmt_q8_0>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
+    case DS4_TYPE_Q2_K: return run_matvec<fmt_q2_K>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
+    case DS4_TYPE_Q4_K: return run_matvec<fmt_q4_K>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
+    case DS4_TYPE_IQ2_XXS: return run_matvec<fmt_iq2_xxs>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
+    default: return run_matvec<fmt_f16>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
     }
 }
 

@@ -59,6 +59,16 @@ int ds4_cuda_quantize_act(ds4_cuda_kernels *k, uint32_t wtype, const float *x, v
 int ds4_cuda_matvec(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_rows, uint32_t n_in,
                     const void *act, float *y, ds4_cuda_stream stream, ds4_err *err);
 
+/* Grouped and gated: the rows form n_groups equal groups, group g's rows
+ * multiply elements g·n_in .. of the activation (act = n_groups·n_in
+ * values quantised as one row); the attention output projection in one
+ * launch. active: NULL, or a device int; while it is 0 the call does
+ * nothing (y keeps its values), so a captured graph can skip products
+ * whose result the step will not read. */
+int ds4_cuda_matvec_grouped(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_rows, uint32_t n_in,
+                            const void *act, uint32_t n_groups, float *y, const int32_t *active,
+                            ds4_cuda_stream stream, ds4_err *err);
+
 /* gate, up: stacked [n_in, n_ff, n_expert] tensors of type wtype (expert e
  * = rows e·n_ff ..). ids[n_sel] (int32), weights[n_sel] (f32): the selected
  * experts and their router weights; an id outside [0, n_expert) gives a

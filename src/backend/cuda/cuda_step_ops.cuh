@@ -26,6 +26,7 @@
 struct step_io {
     int32_t token;
     int32_t pos;
+    int32_t idx_active; /* (pos+1)/4 > indexer top_k: the indexer picks rows */
 };
 
 /* RoPE parameters of one layer kind (numerics.h rope_params, by value). */
@@ -218,22 +219,77 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
     for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w ? xr[i] * s * w[i] : xr[i] * s;
 }
 
-/* HC pre, after the mix product (model-spec §5.2 steps 3-4) and the
- * sublayer's RMSNorm: pre/post/comb from mix, x = Σ pre·H, a = norm(x)·w. */
-__global__ void k_hc_pre(const float *mix, const float *scale, const float *base, int iters, float hc_eps,
-                         const float *H, uint32_t D, const float *norm_w, float rms_eps, float *x, float *a,
-                         float *post_out, float *comb_out) {
-    __shared__ float pre[HC_N];
+/* HC pre, part 1 (model-spec §5.2 steps 1-2) over the whole grid: block b
+ * adds, over its share of the n = HC_N·D flattened streams, Σ H² and the
+ * MIX products fn_j·H, into part[b·(MIX+1) + j] (j = MIX: Σ H²), as
+ * doubles. fn: MIX rows of n, F16 or F32. The mix is (fn·H)·(1/rms(H)),
+ * the CPU's fn·(H/rms) up to rounding. */
+enum { HC_MIX = 24, HC_PART_BLOCKS = 64 };
+
+__global__ void k_hc_mix_part(const void *fn, int f16, const float *H, uint32_t n, double *part) {
+    __shared__ double red[32][HC_MIX + 1];
+    float dot[HC_MIX];
+#pragma unroll
+    for (int j = 0; j < HC_MIX; j++) dot[j] = 0.0f;
+    double ss = 0.0;
+    for (uint32_t c = blockIdx.x * blockDim.x + threadIdx.x; c < n / 2; c += gridDim.x * blockDim.x) {
+        float2 h = ((const float2 *)H)[c];
+        ss += (double)h.x * (double)h.x + (double)h.y * (double)h.y;
+#pragma unroll
+        for (int j = 0; j < HC_MIX; j++) {
+            float2 w = f16 ? __half22float2(((const __half2 *)fn)[(size_t)j * (n / 2) + c])
+                           : ((const float2 *)fn)[(size_t)j * (n / 2) + c];
+            dot[j] += w.x * h.x + w.y * h.y;
+        }
+    }
+    int wp = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int j = 0; j <= HC_MIX; j++) {
+        double v = j < HC_MIX ? (double)dot[j] : ss;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (l == 0) red[wp][j] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x <= HC_MIX) {
+        double t = 0.0;
+        for (int i = 0; i < nw; i++) t += red[i][threadIdx.x];
+        part[(size_t)blockIdx.x * (HC_MIX + 1) + threadIdx.x] = t;
+    }
+}
+
+/* HC pre, part 2 (model-spec §5.2 steps 3-4) and the sublayer's RMSNorm, one
+ * block: mix from the n_part partial sums, pre/post/comb from mix (warp 0:
+ * Sinkhorn, while the other warps form x = Σ pre·H), a = norm(x)·w. */
+__global__ void k_hc_pre(const double *part, int n_part, uint32_t n, float *mix, const float *scale,
+                         const float *base, int iters, float hc_eps, const float *H, uint32_t D,
+                         const float *norm_w, float rms_eps, float *x, float *a, float *post_out, float *comb_out) {
+    __shared__ float pre[HC_N], mixs[HC_MIX];
+    __shared__ double tot[HC_MIX + 1];
     __shared__ double sh[32];
+    int wp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (wp <= HC_MIX) {
+        double v = 0.0;
+        for (int b = lane; b < n_part; b += 32) v += part[(size_t)b * (HC_MIX + 1) + wp];
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) tot[wp] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < HC_MIX) {
+        float s = rms_scale(tot[HC_MIX], (int)n, rms_eps);
+        float m = (float)tot[threadIdx.x] * s;
+        mixs[threadIdx.x] = m;
+        mix[threadIdx.x] = m;
+        if (threadIdx.x < HC_N) pre[threadIdx.x] = dev_sigmoid(m * scale[0] + base[threadIdx.x]) + hc_eps;
+    }
+    __syncthreads();
+    double ss = 0.0;
     if (threadIdx.x < 32) {
         /* Warp 0: lane l (mod 16) holds C[r][c], r = l/4, c = l%4; every sum
          * reads its four terms in the CPU's order, so the bits are the CPU's. */
         int l = threadIdx.x & 15, r = l >> 2, col = l & 3;
-        if (threadIdx.x < HC_N) pre[threadIdx.x] = dev_sigmoid(mix[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
-        else if (threadIdx.x < 2 * HC_N)
-            post_out[threadIdx.x - HC_N] =
-                2.0f * dev_sigmoid(mix[threadIdx.x] * scale[1] + base[threadIdx.x]);
-        float v = mix[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
+        if (threadIdx.x >= HC_N && threadIdx.x < 2 * HC_N)
+            post_out[threadIdx.x - HC_N] = 2.0f * dev_sigmoid(mixs[threadIdx.x] * scale[1] + base[threadIdx.x]);
+        float v = mixs[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
         float m = __shfl_sync(0xffffffffu, v, r * 4);
         for (int k = 1; k < HC_N; k++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, r * 4 + k));
         v = expf(v - m);
@@ -251,14 +307,13 @@ __global__ void k_hc_pre(const float *mix, const float *scale, const float *base
             v /= cs + hc_eps;
         }
         if (threadIdx.x < HC_N * HC_N) comb_out[threadIdx.x] = v;
-    }
-    __syncthreads();
-    double ss = 0.0;
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int h = 0; h < HC_N; h++) acc += pre[h] * H[(size_t)h * D + d];
-        x[d] = acc;
-        ss += (double)acc * (double)acc;
+    } else {
+        for (uint32_t d = threadIdx.x - 32; d < D; d += blockDim.x - 32) {
+            float acc = 0.0f;
+            for (int h = 0; h < HC_N; h++) acc += pre[h] * H[(size_t)h * D + d];
+            x[d] = acc;
+            ss += (double)acc * (double)acc;
+        }
     }
     float s = rms_scale(block_sum_d(ss, sh), (int)D, rms_eps);
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) a[d] = x[d] * s * norm_w[d];
@@ -392,6 +447,7 @@ __global__ void k_frontier_clear(float *kv, float *sc, size_t n) {
 __global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp, const step_io *io) {
     extern __shared__ float xs[];
     __shared__ float sc[64];
+    if (!io->idx_active) return;
     float *qh = iq + (size_t)blockIdx.x * ihd;
     for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
     block_rope(xs, ihd, io->pos, rp, false);
@@ -495,13 +551,26 @@ __global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel,
 /* Attention with a sink for one head per block (model-spec §5.5 step 7-8):
  * rows = the raw window (oldest first) then the visible compressed rows or
  * the indexer's selection; softmax with the sink in the denominator; output
- * rotated back at the query position. Shared: q[hd] + w[max_rows]. */
-__global__ void k_attention(const float *q, const __half *ring, int n_swa, const __half *comp, int ratio,
-                            const int *sel, const int *n_sel, const float *sinks, int hd, rope_dev rp,
-                            const step_io *io, float *out) {
+ * rotated back at the query position. Each warp takes every nw-th row, in
+ * the scores and in the weighted sum (a whole row per warp, f16 pairs per
+ * lane, up to ATT_PAIRS per lane); the warps' sums are added in warp order.
+ * Shared: q[hd] + w[max_rows] + nw·hd partial sums. */
+enum { ATT_THREADS = 512, ATT_PAIRS = 16 };
+
+__device__ __forceinline__ const __half2 *att_row(int r, int n_raw, int lo, int n_swa, const __half *ring,
+                                                 const __half *comp, const int *pick, int hd) {
+    const __half *row = r < n_raw ? ring + (size_t)((lo + r) % n_swa) * hd
+                                  : comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
+    return (const __half2 *)row;
+}
+
+__global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const __half *ring, int n_swa,
+                                                           const __half *comp, int ratio, const int *sel,
+                                                           const int *n_sel, const float *sinks, int hd, int max_rows,
+                                                           rope_dev rp, const step_io *io, float *out) {
     extern __shared__ float smem[];
     __shared__ float shf[32];
-    float *qs = smem, *ws = smem + hd;
+    float *qs = smem, *ws = smem + hd, *red = smem + hd + max_rows;
     int h = blockIdx.x, p = io->pos;
     int lo = p - n_swa + 1 < 0 ? 0 : p - n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
     const int *pick = NULL;
@@ -512,16 +581,19 @@ __global__ void k_attention(const float *q, const __half *ring, int n_swa, const
             pick = sel;
         }
     }
-    int nr = n_raw + n_comp;
+    int nr = n_raw + n_comp, hp = hd / 2;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[(size_t)h * hd + i];
     __syncthreads();
     float scale = 1.0f / sqrtf((float)hd);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const float2 *q2 = (const float2 *)qs;
     for (int r = warp; r < nr; r += nw) {
-        const __half *row = r < n_raw ? ring + (size_t)((lo + r) % n_swa) * hd
-                                      : comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
+        const __half2 *row = att_row(r, n_raw, lo, n_swa, ring, comp, pick, hd);
         float d = 0.0f;
-        for (int i = lane; i < hd; i += 32) d += qs[i] * __half2float(row[i]);
+        for (int j = lane; j < hp; j += 32) {
+            float2 k = __half22float2(row[j]), x = q2[j];
+            d += x.x * k.x + x.y * k.y;
+        }
         d = warp_sum_f(d);
         if (lane == 0) ws[r] = scale * d;
     }
@@ -537,14 +609,35 @@ __global__ void k_attention(const float *q, const __half *ring, int n_swa, const
     }
     float den = expf(sinks[h] - m) + block_sum_f(part, shf);
     float inv = 1.0f / den;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float acc = 0.0f;
-        for (int r = 0; r < nr; r++) {
-            const __half *row = r < n_raw ? ring + (size_t)((lo + r) % n_swa) * hd
-                                          : comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
-            acc += ws[r] * __half2float(row[i]);
+    float2 acc[ATT_PAIRS];
+#pragma unroll
+    for (int k = 0; k < ATT_PAIRS; k++) acc[k] = make_float2(0.0f, 0.0f);
+    for (int r = warp; r < nr; r += nw) {
+        const __half2 *row = att_row(r, n_raw, lo, n_swa, ring, comp, pick, hd);
+        float w = ws[r];
+#pragma unroll
+        for (int k = 0; k < ATT_PAIRS; k++) {
+            int j = lane + 32 * k;
+            if (j < hp) {
+                float2 v = __half22float2(row[j]);
+                acc[k].x += w * v.x;
+                acc[k].y += w * v.y;
+            }
         }
-        qs[i] = acc * inv;
+    }
+#pragma unroll
+    for (int k = 0; k < ATT_PAIRS; k++) {
+        int j = lane + 32 * k;
+        if (j < hp) {
+            red[(size_t)warp * hd + 2 * j] = acc[k].x;
+            red[(size_t)warp * hd + 2 * j + 1] = acc[k].y;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float t = 0.0f;
+        for (int wi = 0; wi < nw; wi++) t += red[(size_t)wi * hd + i];
+        qs[i] = t * inv;
     }
     block_rope(qs, hd, p, rp, true);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) out[(size_t)h * hd + i] = qs[i];
