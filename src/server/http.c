@@ -17,6 +17,14 @@
  * after --keepalive seconds (5) without output (queue wait, prefill,
  * withheld tool output), so clients' idle timeouts do not fire.
  *
+ * Oversized bodies: a body over --max-body-mb by at most drain_cap() is
+ * read and thrown away, then answered 413, so the client finishes writing
+ * and reads the answer (answering first and closing makes the kernel reset
+ * the connection under a client still writing: EPIPE instead of a 413).
+ * A larger declared body is answered 413 at once and the connection closed
+ * unread; a chunked body that streams past the cap is cut off (MHD cannot
+ * queue a response mid-body). No oversized body is ever kept or parsed.
+ *
  * Every response carries "Connection: close": one request per connection,
  * as ds4 (no races between a client reusing a socket and our timeout).
  * Slow or stalled clients are dropped by MHD's connection timeout. Nothing
@@ -58,6 +66,7 @@ typedef struct conn {
     const char *endpoint; /* metrics label */
     ds4_buf body;
     bool too_large;
+    unsigned long long received; /* body bytes seen, kept or drained */
     srv_job *job;
 } conn;
 
@@ -378,7 +387,8 @@ static enum MHD_Result handle_get(srv_ctx *c, struct MHD_Connection *con, conn *
     }
 }
 
-/* The body is in (or, for a declared oversized body, will never be read). */
+/* The body is in (or drained, or, for a body declared past drain_cap, will
+ * never be read). */
 static enum MHD_Result finish_request(srv_ctx *c, struct MHD_Connection *con, conn *cn, const char *url,
                                       const char *method) {
     if (cn->route == R_OPTIONS) return send_body(c, con, cn, 204, NULL, "", 0);
@@ -402,6 +412,14 @@ static enum MHD_Result finish_request(srv_ctx *c, struct MHD_Connection *con, co
     }
 }
 
+/* The largest body still read (and discarded) before a 413: the limit plus
+ * 3x the limit, but at most 32 MiB of waste per request. */
+static unsigned long long drain_cap(const srv_ctx *c) {
+    unsigned long long lim = c->cfg.max_body, extra = 3 * lim;
+    if (extra > (32ull << 20)) extra = 32ull << 20;
+    return lim + extra;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_size,
                                   void **con_cls) {
@@ -413,13 +431,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         *con_cls = cn;
         cn->route = route_of(method, url, &cn->api, &cn->endpoint);
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > c->cfg.max_body) {
-            cn->too_large = true; /* answered now, without reading the body */
-            return finish_request(c, con, cn, url, method);
+        unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
+        if (declared > c->cfg.max_body) {
+            cn->too_large = true; /* drained, then answered in finish_request */
+            if (declared > drain_cap(c)) return finish_request(c, con, cn, url, method); /* now, unread */
         }
         return MHD_YES;
     }
     if (*upload_size) { /* body bytes */
+        cn->received += *upload_size;
+        if (cn->received > drain_cap(c)) return MHD_NO; /* chunked, past the cap: close */
         if (!cn->too_large && cn->body.len + *upload_size > c->cfg.max_body) {
             cn->too_large = true;
             ds4_buf_free(&cn->body);
