@@ -35,11 +35,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "../src/backend/cpu/cpu_pool.h"
 #include "../src/chat/chat.h"
+#include "../src/common/clock.h"
+#include "../src/common/parse.h"
 #include "../src/engine/engine.h"
 #include "../src/engine/session_payload.h"
 #include "../src/model/synth.h"
@@ -100,16 +101,9 @@ static void usage(FILE *out) {
 
 /* ------------------------------------------------------------ options */
 
-static int parse_int(const char *flag, const char *s, int min, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > INT_MAX) {
-        fprintf(stderr, "ds4-bench: %s needs an integer >= %d, got '%s'\n", flag, min, s);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
+/* A count flag: an int >= min (the message names the flag and the range). */
+static int int_flag(const char *flag, const char *s, int min, int *out) {
+    return ds4_parse_int_flag("ds4-bench", flag, s, min, INT_MAX, out);
 }
 
 /* 0 = ok, 1 = help printed, 2 = usage error (message printed). */
@@ -156,15 +150,15 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         else if (IS("--backend")) o->backend = v;
         else if (IS("--synthetic")) o->synthetic = v;
         else if (IS("--preset")) o->preset = v;
-        else if (IS("--layers")) rc = parse_int(a, v, 1, &o->layers);
-        else if (IS("-t") || IS("--threads")) rc = parse_int(a, v, 1, &o->threads);
-        else if (IS("--ctx-start")) rc = parse_int(a, v, 1, &o->ctx_start);
-        else if (IS("--ctx-max")) rc = parse_int(a, v, 1, &o->ctx_max);
-        else if (IS("--ctx-alloc")) rc = parse_int(a, v, 1, &o->ctx_alloc);
-        else if (IS("--step-incr")) rc = parse_int(a, v, 1, &o->step_incr);
-        else if (IS("--prefill-chunk")) rc = parse_int(a, v, 1, &o->prefill_chunk);
-        else if (IS("--bw-mib")) rc = parse_int(a, v, 0, &o->bw_mib);
-        else if (IS("--gen-tokens") || IS("--tokens") || IS("-n")) rc = parse_int(a, v, 1, &o->gen_tokens);
+        else if (IS("--layers")) rc = int_flag(a, v, 1, &o->layers);
+        else if (IS("-t") || IS("--threads")) rc = int_flag(a, v, 1, &o->threads);
+        else if (IS("--ctx-start")) rc = int_flag(a, v, 1, &o->ctx_start);
+        else if (IS("--ctx-max")) rc = int_flag(a, v, 1, &o->ctx_max);
+        else if (IS("--ctx-alloc")) rc = int_flag(a, v, 1, &o->ctx_alloc);
+        else if (IS("--step-incr")) rc = int_flag(a, v, 1, &o->step_incr);
+        else if (IS("--prefill-chunk")) rc = int_flag(a, v, 1, &o->prefill_chunk);
+        else if (IS("--bw-mib")) rc = int_flag(a, v, 0, &o->bw_mib);
+        else if (IS("--gen-tokens") || IS("--tokens") || IS("-n")) rc = int_flag(a, v, 1, &o->gen_tokens);
         else if (IS("--step-mul")) {
             char *end;
             errno = 0;
@@ -230,14 +224,6 @@ static int next_frontier(const bench_opts *o, int cur) {
     return next > (double)o->ctx_max ? o->ctx_max : (int)next;
 }
 
-/* --------------------------------------------------------------- timing */
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ----------------------------------------------- memory read bandwidth */
 
 typedef uint64_t u64x8 __attribute__((vector_size(64)));
@@ -256,15 +242,9 @@ typedef struct bw_job {
     double cpu;     /* the thread's CPU seconds for the read */
 } bw_job;
 
-static double thread_cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void *bw_read_slice(void *arg) {
     bw_job *j = arg;
-    double c0 = thread_cpu_s();
+    double c0 = ds4_thread_cpu_now();
     u64x8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     size_t i = 0;
     for (; i + 4 <= j->n; i += 4) {
@@ -278,7 +258,7 @@ static void *bw_read_slice(void *arg) {
     uint64_t s = 0;
     for (int k = 0; k < 8; k++) s ^= a[k];
     j->sink = s;
-    j->cpu = thread_cpu_s() - c0;
+    j->cpu = ds4_thread_cpu_now() - c0;
     return NULL;
 }
 
@@ -311,7 +291,7 @@ static bw_rate bw_probe_measure(bw_probe *p) {
     double bytes = (double)(p->nvec * sizeof(u64x8));
     for (int pass = 0; pass < 3; pass++) {
         int started = 0;
-        double t0 = now_s();
+        double t0 = ds4_now();
         for (int t = 0; t < threads; t++) {
             size_t lo = p->nvec * t / threads, hi = p->nvec * (t + 1) / threads;
             jobs[t] = (bw_job){p->buf + lo, hi - lo, 0, 0};
@@ -323,7 +303,7 @@ static bw_rate bw_probe_measure(bw_probe *p) {
             pthread_join(tid[t], NULL);
             cpu += jobs[t].cpu;
         }
-        double dt = now_s() - t0;
+        double dt = ds4_now() - t0;
         if (started < threads) return (bw_rate){0, 0};
         if (dt > 0 && bytes / dt > best.wall) best.wall = bytes / dt;
         if (cpu > 0 && bytes / cpu > best.per_cpu) best.per_cpu = bytes / cpu;
@@ -427,28 +407,13 @@ static int prompt_tokens(const bench_opts *o, ds4_engine *e, int32_t **ids, size
 
 /* ------------------------------------------------------- the snapshot */
 
-typedef struct mem_payload {
+/* The session's payload, in a buffer grown to fit. */
+typedef struct snapshot {
     uint8_t *p;
-    size_t len, cap, pos;
-} mem_payload;
+    size_t len, cap;
+} snapshot;
 
-static int payload_write(void *ctx, const void *buf, size_t n) {
-    mem_payload *m = ctx;
-    if (n > m->cap - m->len) return -1;
-    memcpy(m->p + m->len, buf, n);
-    m->len += n;
-    return 0;
-}
-
-static int payload_read(void *ctx, void *buf, size_t n) {
-    mem_payload *m = ctx;
-    if (n > m->len - m->pos) return -1;
-    memcpy(buf, m->p + m->pos, n);
-    m->pos += n;
-    return 0;
-}
-
-static int snapshot_save(ds4_session *s, mem_payload *m, ds4_err *err) {
+static int snapshot_save(ds4_session *s, snapshot *m, ds4_err *err) {
     uint64_t need = ds4_session_payload_bytes(s);
     if (need > m->cap) {
         if (need > SIZE_MAX) return ds4_fail(err, "snapshot of %llu bytes is too large", (unsigned long long)need);
@@ -457,15 +422,11 @@ static int snapshot_save(ds4_session *s, mem_payload *m, ds4_err *err) {
         m->p = p;
         m->cap = (size_t)need;
     }
-    m->len = m->pos = 0;
-    ds4_writer w = {payload_write, m};
-    return ds4_session_save_payload(s, &w, err);
+    return ds4_session_save_payload_mem(s, m->p, m->cap, &m->len, err);
 }
 
-static int snapshot_restore(ds4_session *s, mem_payload *m, ds4_err *err) {
-    m->pos = 0;
-    ds4_reader r = {payload_read, m};
-    return ds4_session_load_payload(s, &r, m->len, err);
+static int snapshot_restore(ds4_session *s, const snapshot *m, ds4_err *err) {
+    return ds4_session_load_payload_mem(s, m->p, m->len, err);
 }
 
 /* --------------------------------------------------------------- decode */
@@ -500,12 +461,6 @@ typedef struct bench_run {
     bw_probe probe;     /* probe.buf NULL: no bandwidth probes */
     double bw_min, bw_max; /* wall-time probes */
 } bench_run;
-
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Bytes for people: "734.0 MB", "9.561 GB". */
 static const char *show_bytes(double b, char buf[32]) {
@@ -582,7 +537,7 @@ static int run_sweep(bench_run *b, ds4_err *err) {
     if (ds4_session_new(b->e, &s, err)) return -1;
     int n_vocab = (int)ds4_engine_model(b->e)->hp.n_vocab;
     int32_t eos = ds4_tokenizer_specials(ds4_engine_tokenizer(b->e)).eos;
-    mem_payload snap = {0};
+    snapshot snap = {0};
     int rc = 0, prev = 0;
     /* CUDA sessions cannot be saved yet: each frontier is prefilled from a reset session. */
     bool snapshots = strcmp(ds4_engine_backend_name(b->e), "cuda") != 0;
@@ -590,10 +545,10 @@ static int run_sweep(bench_run *b, ds4_err *err) {
     fflush(b->csv);
     for (int f = o->ctx_start;; f = next_frontier(o, f)) {
         frontier_result r = {.ctx = f, .prefill_tokens = f - prev};
-        double c0 = cpu_s(), t0 = now_s();
+        double c0 = ds4_process_cpu_now(), t0 = ds4_now();
         rc = ds4_session_sync(s, b->ids, f, NULL, NULL, NULL, err);
-        r.prefill_s = now_s() - t0;
-        r.prefill_cpu = cpu_s() - c0;
+        r.prefill_s = ds4_now() - t0;
+        r.prefill_cpu = ds4_process_cpu_now() - c0;
         if (rc) { ds4_fail_prefix(err, "prefill"); break; }
         if (snapshots && (rc = snapshot_save(s, &snap, err))) break;
         r.kv_bytes = snapshots ? snap.len : 0;
@@ -602,14 +557,14 @@ static int run_sweep(bench_run *b, ds4_err *err) {
             if (r.bw.wall > 0 && (b->bw_min == 0 || r.bw.wall < b->bw_min)) b->bw_min = r.bw.wall;
             if (r.bw.wall > b->bw_max) b->bw_max = r.bw.wall;
         }
-        c0 = cpu_s();
-        t0 = now_s();
+        c0 = ds4_process_cpu_now();
+        t0 = ds4_now();
         for (int i = 0; i < o->gen_tokens && rc == 0; i++) {
             int32_t next = argmax_except(ds4_session_logits(s), n_vocab, eos);
             rc = ds4_session_eval(s, &next, 1, NULL, NULL, err);
         }
-        r.gen_s = now_s() - t0;
-        r.gen_cpu = cpu_s() - c0;
+        r.gen_s = ds4_now() - t0;
+        r.gen_cpu = ds4_process_cpu_now() - c0;
         if (rc) { ds4_fail_prefix(err, "decode"); break; }
         if (snapshots && (rc = snapshot_restore(s, &snap, err))) break;
         if (!snapshots) ds4_session_reset(s);
@@ -639,12 +594,12 @@ int main(int argc, char **argv) {
     uint64_t image_size = 0;
     double build_s = 0;
     if (o.synthetic) {
-        double t0 = now_s();
+        double t0 = ds4_now();
         if (build_synthetic(&o, &image, &image_size, &err)) {
             fprintf(stderr, "ds4-bench: %s\n", err.msg);
             return 1;
         }
-        build_s = now_s() - t0;
+        build_s = ds4_now() - t0;
     }
     bench_run b = {.o = &o, .threads = o.threads ? o.threads : cpu_default_threads(), .csv = stdout};
     ds4_engine_config cfg = {.model_path = o.synthetic ? NULL : o.model_path, .model_image = image,

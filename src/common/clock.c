@@ -1,4 +1,4 @@
-/* clock.c — monotonic and thread-CPU seconds (see clock.h). */
+/* clock.c — monotonic, thread-CPU and process-CPU seconds (see clock.h). */
 #include "clock.h"
 
 #include <time.h>
@@ -12,3 +12,5 @@ static double seconds(clockid_t id) {
 double ds4_now(void) { return seconds(CLOCK_MONOTONIC); }
 
 double ds4_thread_cpu_now(void) { return seconds(CLOCK_THREAD_CPUTIME_ID); }
+
+double ds4_process_cpu_now(void) { return seconds(CLOCK_PROCESS_CPUTIME_ID); }
