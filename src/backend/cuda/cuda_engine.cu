@@ -70,6 +70,8 @@ struct ds4_cuda_engine {
     const ds4_model *m;
     ds4_cuda_kernels *k;
     cudaStream_t stream;
+    cudaStream_t side;                 /* HC split (Sinkhorn) beside the main work */
+    cudaEvent_t side_fork, side_join;
     int ctx;
     uint8_t *arena;
     uint64_t arena_used, arena_size;
@@ -389,6 +391,9 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     const char *prof = getenv("DS4_CUDA_PROFILE");
     e->prof = prof && *prof && strcmp(prof, "0") != 0;
     cudaError_t c = cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking);
+    if (c == cudaSuccess) c = cudaStreamCreateWithFlags(&e->side, cudaStreamNonBlocking);
+    if (c == cudaSuccess) c = cudaEventCreateWithFlags(&e->side_fork, cudaEventDisableTiming);
+    if (c == cudaSuccess) c = cudaEventCreateWithFlags(&e->side_join, cudaEventDisableTiming);
     if (c != cudaSuccess) {
         ds4_cuda_engine_close(e);
         return cuda_fail(err, "stream", c);
@@ -428,6 +433,9 @@ extern "C" void ds4_cuda_engine_close(ds4_cuda_engine *e) {
     for (int i = 0; i < e->n_small; i++) cudaFree(e->small[i]);
     free(e->small);
     cudaFree(e->arena);
+    if (e->side_fork) cudaEventDestroy(e->side_fork);
+    if (e->side_join) cudaEventDestroy(e->side_join);
+    if (e->side) cudaStreamDestroy(e->side);
     if (e->stream) cudaStreamDestroy(e->stream);
     ds4_cuda_kernels_free(e->k);
     free(e);
@@ -482,10 +490,10 @@ static int mv_gated(enq *q, const dmat &m, const float *x, uint8_t *buf, float *
                                    (ds4_cuda_stream)q->st, q->err);
 }
 
-/* HC pre of a sublayer: ws.a = norm(Σ pre·H)·w, post/comb kept. The mix
- * product and the norm of H are spread over HC_PART_BLOCKS blocks, the rest
- * is one block; a fn of a quantised type (no model has one) would need the
- * flattened, normed H quantised first, which these kernels do not do. */
+/* HC pre of a sublayer: ws.a = norm(Σ pre·H)·w; post/comb (k_hc_split)
+ * on the side stream, joined again by hc_post. The mix product and the
+ * norm of H are spread over HC_PART_BLOCKS blocks, the rest is one block
+ * (check_model: fn is F16 or F32). */
 static int hc_pre(enq *q, const dmat &fn, const float *scale, const float *base, const float *norm_w) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
@@ -493,16 +501,27 @@ static int hc_pre(enq *q, const dmat &fn, const float *scale, const float *base,
     uint32_t D = hp->n_embd;
     q->memo_x = NULL; /* a changes */
     k_hc_mix_part<<<HC_PART_BLOCKS, 128, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, w->hc_part);
-    k_hc_pre<<<1, 1024, 0, q->st>>>(w->hc_part, HC_PART_BLOCKS, HC_N * D, w->mix, scale, base,
-                                   (int)hp->hc_sinkhorn_iter, hp->hc_eps, w->H, D, norm_w, hp->rms_eps, w->x, w->a,
-                                   w->post, w->comb);
-    mark(e, q->st, "hc pre (norm, fn, split)");
-    return launched(q->err, "hc pre");
+    if (launched(q->err, "hc mix")) return -1;
+    mark(e, q->st, "hc pre: norm + mix (grid)");
+    k_hc_pre<<<1, 1024, 0, q->st>>>(w->hc_part, HC_PART_BLOCKS, HC_N * D, w->mix, scale, base, hp->hc_eps, w->H, D,
+                                   norm_w, hp->rms_eps, w->x, w->a);
+    if (launched(q->err, "hc pre")) return -1;
+    cudaError_t c = cudaEventRecord(e->side_fork, q->st);
+    if (c == cudaSuccess) c = cudaStreamWaitEvent(e->side, e->side_fork, 0);
+    if (c != cudaSuccess) return cuda_fail(q->err, "hc split fork", c);
+    k_hc_split<<<1, 32, 0, e->side>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, w->post, w->comb);
+    if (launched(q->err, "hc split")) return -1;
+    c = cudaEventRecord(e->side_join, e->side);
+    if (c != cudaSuccess) return cuda_fail(q->err, "hc split join", c);
+    mark(e, q->st, "hc pre: x, norm (1 block)");
+    return 0;
 }
 
 static int hc_post(enq *q) {
     dwork *w = &q->e->w;
     uint32_t D = q->e->m->hp.n_embd;
+    cudaError_t c = cudaStreamWaitEvent(q->st, q->e->side_join, 0);
+    if (c != cudaSuccess) return cuda_fail(q->err, "hc split join", c);
     k_hc_post<<<(D + 255) / 256, 256, 0, q->st>>>(w->H, w->y, w->post, w->comb, D);
     mark(q->e, q->st, "hc post");
     return launched(q->err, "hc post");

@@ -311,14 +311,17 @@ struct mv_params {
     uint32_t n_rows, n_in, row_bytes;
     uint32_t S, slice_blocks, slice_bytes; /* S slices per row */
     uint32_t buf_stride, act_smem;
-    uint32_t group_rows, act_n; /* rows per activation group; elements staged */
+    uint32_t n_groups, group_rows; /* activation groups, rows per group */
+    size_t act_group_bytes;        /* bytes of one group's activation */
     const int32_t *active;      /* NULL, or skip the whole call while *active == 0 */
     int aligned;
 };
 
-/* Items are (row, slice) pairs; a tile is NW consecutive items, one per
+/* Items are (row, slice) pairs;  a tile is NW consecutive items, one per
  * warp, so a row's S slices meet in one thread block and are added in
- * slice order through shared memory. */
+ * slice order through shared memory. With activation groups, gridDim.x is
+ * a multiple of n_groups and block b works on the tiles of group
+ * b / (gridDim.x / n_groups) only, staging only that group's activation. */
 template <class F, int NW>
 __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
@@ -330,22 +333,24 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
     if (p.active && *p.active == 0) return;
 
     /* The first weights are requested before the activation is staged. */
-    const uint32_t n_items = p.n_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
-    uint32_t tile = blockIdx.x, item = tile * NW + warp;
+    const uint32_t bpg = gridDim.x / p.n_groups, g = blockIdx.x / bpg;
+    const uint32_t n_items = p.group_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
+    const uint8_t *const wg = p.w + (size_t)g * p.group_rows * p.row_bytes;
+    uint32_t tile = blockIdx.x % bpg, item = tile * NW + warp;
     if (tile < n_tiles && item < n_items)
-        stage_span(buf, p.w + (size_t)(item / p.S) * p.row_bytes + (size_t)(item % p.S) * p.slice_bytes,
+        stage_span(buf, wg + (size_t)(item / p.S) * p.row_bytes + (size_t)(item % p.S) * p.slice_bytes,
                    p.slice_bytes, p.aligned, lane);
     cp_async_commit();
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
-    const act_view a = stage_act<F::act_kind>(s, p.act, p.act_n, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    float *const y = p.y + (size_t)g * p.group_rows;
     __syncthreads();
-    const uint32_t row_blocks = p.slice_blocks * p.S;
     for (uint32_t it = 0; tile < n_tiles; it++) {
-        uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
+        uint32_t ntile = tile + bpg, nitem = ntile * NW + warp;
         if (ntile < n_tiles && nitem < n_items)
             stage_span(buf + ((it + 1) & 1) * p.buf_stride,
-                       p.w + (size_t)(nitem / p.S) * p.row_bytes + (size_t)(nitem % p.S) * p.slice_bytes,
+                       wg + (size_t)(nitem / p.S) * p.row_bytes + (size_t)(nitem % p.S) * p.slice_bytes,
                        p.slice_bytes, p.aligned, lane);
         cp_async_commit();
         cp_async_wait1();
@@ -353,10 +358,9 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
         uint32_t row = item / p.S, sl = item % p.S;
         float r = 0.0f;
         if (item < n_items)
-            dot_rows<F, 1>(buf + (it & 1) * p.buf_stride, 0, p.slice_blocks, a,
-                           row / p.group_rows * row_blocks + sl * p.slice_blocks, tab, lane, &r);
+            dot_rows<F, 1>(buf + (it & 1) * p.buf_stride, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
         if (p.S == 1) {
-            if (item < n_items && lane == 0) p.y[row] = r;
+            if (item < n_items && lane == 0) y[row] = r;
         } else {
             float *pp = partial + (it & 1) * NW;
             if (lane == 0) pp[warp] = r;
@@ -364,7 +368,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
             if (item < n_items && lane == 0 && sl == 0) {
                 float t = 0.0f;
                 for (uint32_t k = 0; k < p.S; k++) t += pp[warp + k];
-                p.y[row] = t;
+                y[row] = t;
             }
         }
         __syncwarp();
@@ -564,18 +568,22 @@ static int run_matvec(ds4_cuda_kernels *k, const void *w, uint32_t n_rows, uint3
     p.slice_bytes = row_bytes / S;
     p.aligned = (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && p.slice_bytes % 16 == 0;
     p.buf_stride = round16(p.slice_bytes) + 16;
+    p.n_groups = n_groups;
     p.group_rows = n_rows / n_groups;
-    p.act_n = n_in * n_groups;
+    p.act_group_bytes = (int)F::act_kind == DS4_ACT_F32 ? (size_t)n_in * 4
+                        : (int)F::act_kind == DS4_ACT_Q8_0 ? (size_t)n_in / 32 * 36
+                                                      : (size_t)n_in / 256 * 292;
     p.active = active;
-    p.act_smem = act_smem_bytes(F::act_kind, p.act_n);
+    p.act_smem = act_smem_bytes(F::act_kind, n_in);
     size_t smem = table_bytes<F>() + p.act_smem + 2 * NW * sizeof(float) + (size_t)NW * 2 * p.buf_stride;
-    uint32_t n_tiles = (uint32_t)(((uint64_t)n_rows * S + NW - 1) / NW);
+    uint32_t n_tiles = n_groups * (uint32_t)(((uint64_t)p.group_rows * S + NW - 1) / NW);
     int grid = 1;
     /* Unsplit rows: 2 waves even out the tail (attn_q_b, 1 -> 2 waves:
      * H100 16.3 -> 15.4 us, H200 13.5 -> 13.3 us; 4 waves helped the H100
      * more but cost the H200); split rows and the MoE kernels run best
      * persistent. */
     if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 ? 2 : 1, &grid, err)) return -1;
+    grid = grid < (int)n_groups ? (int)n_groups : grid / (int)n_groups * (int)n_groups;
     k_matvec<F, NW><<<grid, NW * 32, smem, st>>>(p);
     return check_launch(err, "matvec launch");
 }

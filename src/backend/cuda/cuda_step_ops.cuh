@@ -257,13 +257,13 @@ __global__ void k_hc_mix_part(const void *fn, int f16, const float *H, uint32_t 
     }
 }
 
-/* HC pre, part 2 (model-spec §5.2 steps 3-4) and the sublayer's RMSNorm, one
- * block: mix from the n_part partial sums, pre/post/comb from mix (warp 0:
- * Sinkhorn, while the other warps form x = Σ pre·H), a = norm(x)·w. */
+/* HC pre, part 2 (model-spec §5.2 step 4) and the sublayer's RMSNorm, one
+ * block: mix from the n_part partial sums, pre = σ(mix·scale + base) + eps,
+ * x = Σ pre·H, a = norm(x)·w. post and comb are k_hc_split's. */
 __global__ void k_hc_pre(const double *part, int n_part, uint32_t n, float *mix, const float *scale,
-                         const float *base, int iters, float hc_eps, const float *H, uint32_t D,
-                         const float *norm_w, float rms_eps, float *x, float *a, float *post_out, float *comb_out) {
-    __shared__ float pre[HC_N], mixs[HC_MIX];
+                         const float *base, float hc_eps, const float *H, uint32_t D, const float *norm_w,
+                         float rms_eps, float *x, float *a) {
+    __shared__ float pre[HC_N];
     __shared__ double tot[HC_MIX + 1];
     __shared__ double sh[32];
     int wp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -275,48 +275,50 @@ __global__ void k_hc_pre(const double *part, int n_part, uint32_t n, float *mix,
     }
     __syncthreads();
     if (threadIdx.x < HC_MIX) {
-        float s = rms_scale(tot[HC_MIX], (int)n, rms_eps);
-        float m = (float)tot[threadIdx.x] * s;
-        mixs[threadIdx.x] = m;
+        float m = (float)tot[threadIdx.x] * rms_scale(tot[HC_MIX], (int)n, rms_eps);
         mix[threadIdx.x] = m;
         if (threadIdx.x < HC_N) pre[threadIdx.x] = dev_sigmoid(m * scale[0] + base[threadIdx.x]) + hc_eps;
     }
     __syncthreads();
     double ss = 0.0;
-    if (threadIdx.x < 32) {
-        /* Warp 0: lane l (mod 16) holds C[r][c], r = l/4, c = l%4; every sum
-         * reads its four terms in the CPU's order, so the bits are the CPU's. */
-        int l = threadIdx.x & 15, r = l >> 2, col = l & 3;
-        if (threadIdx.x >= HC_N && threadIdx.x < 2 * HC_N)
-            post_out[threadIdx.x - HC_N] = 2.0f * dev_sigmoid(mixs[threadIdx.x] * scale[1] + base[threadIdx.x]);
-        float v = mixs[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
-        float m = __shfl_sync(0xffffffffu, v, r * 4);
-        for (int k = 1; k < HC_N; k++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, r * 4 + k));
-        v = expf(v - m);
-        float sum = 0.0f;
-        for (int k = 0; k < HC_N; k++) sum += __shfl_sync(0xffffffffu, v, r * 4 + k);
-        v = v / sum + hc_eps;
-        for (int it = 0; it < iters; it++) {
-            if (it > 0) {
-                float rs = 0.0f;
-                for (int k = 0; k < HC_N; k++) rs += __shfl_sync(0xffffffffu, v, r * 4 + k);
-                v /= rs + hc_eps;
-            }
-            float cs = 0.0f;
-            for (int k = 0; k < HC_N; k++) cs += __shfl_sync(0xffffffffu, v, k * 4 + col);
-            v /= cs + hc_eps;
-        }
-        if (threadIdx.x < HC_N * HC_N) comb_out[threadIdx.x] = v;
-    } else {
-        for (uint32_t d = threadIdx.x - 32; d < D; d += blockDim.x - 32) {
-            float acc = 0.0f;
-            for (int h = 0; h < HC_N; h++) acc += pre[h] * H[(size_t)h * D + d];
-            x[d] = acc;
-            ss += (double)acc * (double)acc;
-        }
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int h = 0; h < HC_N; h++) acc += pre[h] * H[(size_t)h * D + d];
+        x[d] = acc;
+        ss += (double)acc * (double)acc;
     }
     float s = rms_scale(block_sum_d(ss, sh), (int)D, rms_eps);
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) a[d] = x[d] * s * norm_w[d];
+}
+
+/* HC post gates and the Sinkhorn-normalised mixing matrix from mix (model-
+ * spec §5.2 step 3), one warp: lane l (mod 16) holds C[r][c], r = l/4,
+ * c = l%4; every sum reads its four terms in the CPU's order, so the bits
+ * are the CPU's. Nothing before HC post reads them: the step runs it on a
+ * second stream beside the attention or MoE. */
+__global__ void k_hc_split(const float *mix, const float *scale, const float *base, int iters, float hc_eps,
+                           float *post_out, float *comb_out) {
+    int l = threadIdx.x & 15, r = l >> 2, col = l & 3;
+    if (threadIdx.x >= HC_N && threadIdx.x < 2 * HC_N)
+        post_out[threadIdx.x - HC_N] = 2.0f * dev_sigmoid(mix[threadIdx.x] * scale[1] + base[threadIdx.x]);
+    float v = mix[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
+    float m = __shfl_sync(0xffffffffu, v, r * 4);
+    for (int k = 1; k < HC_N; k++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, r * 4 + k));
+    v = expf(v - m);
+    float sum = 0.0f;
+    for (int k = 0; k < HC_N; k++) sum += __shfl_sync(0xffffffffu, v, r * 4 + k);
+    v = v / sum + hc_eps;
+    for (int it = 0; it < iters; it++) {
+        if (it > 0) {
+            float rs = 0.0f;
+            for (int k = 0; k < HC_N; k++) rs += __shfl_sync(0xffffffffu, v, r * 4 + k);
+            v /= rs + hc_eps;
+        }
+        float cs = 0.0f;
+        for (int k = 0; k < HC_N; k++) cs += __shfl_sync(0xffffffffu, v, k * 4 + col);
+        v /= cs + hc_eps;
+    }
+    if (threadIdx.x < HC_N * HC_N) comb_out[threadIdx.x] = v;
 }
 
 /* HC post (model-spec §5.3): H[dst] = post[dst]·y + Σ_src comb[src][dst]·H[src]. */
