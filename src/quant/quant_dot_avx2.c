@@ -14,14 +14,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#define AVX2 __attribute__((target("avx2,f16c")))
+#include "quant_simd.h"
 
-AVX2 static inline int32_t hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
+#define AVX2 __attribute__((target("avx2,f16c")))
 
 /* 32 signed x signed byte products, widened to 16 bits: 8 int32 partial sums. */
 AVX2 static inline __m256i q8_0_block(const int8_t *w, const int8_t *a) {
@@ -30,21 +25,6 @@ AVX2 static inline __m256i q8_0_block(const int8_t *w, const int8_t *a) {
     __m256i al = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a));
     __m256i ah = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + 16)));
     return _mm256_add_epi32(_mm256_madd_epi16(wl, al), _mm256_madd_epi16(wh, ah));
-}
-
-/* Horizontal sums of 8 vectors at once: out[k] = sum of p[k]. */
-AVX2 static inline void hsum8_i32(const __m256i *p, int32_t *out) {
-    __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
-    __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
-    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
-    __m128i v0 = _mm_add_epi32(_mm256_castsi256_si128(u0), _mm256_extracti128_si256(u0, 1));
-    __m128i v1 = _mm_add_epi32(_mm256_castsi256_si128(u1), _mm256_extracti128_si256(u1, 1));
-    _mm_storeu_si128((__m128i *)out, v0);
-    _mm_storeu_si128((__m128i *)(out + 4), v1);
-}
-
-AVX2 static inline float f16_to_f32(uint16_t h) {
-    return _cvtsh_ss(h);
 }
 
 AVX2 static float dot_q8_0(uint64_t n, const void *w, const ds4_block_q8_0_act *a) {
@@ -95,19 +75,6 @@ AVX2 static float dot_q2_K(uint64_t n, const void *w, const ds4_block_q8_K *a) {
     return acc;
 }
 
-/* The 8 scales and 8 mins of a Q4_K block as bytes (model-spec §3 packing,
- * four sub-blocks per 32-bit word). */
-static inline void q4_K_unpack(const uint8_t *packed, uint8_t *sc, uint8_t *m) {
-    uint32_t u[3], out[4];
-    memcpy(u, packed, 12);
-    out[0] = u[0] & 0x3f3f3f3f;
-    out[1] = (u[2] & 0x0f0f0f0f) | ((u[0] >> 6) & 0x03030303) << 4;
-    out[2] = u[1] & 0x3f3f3f3f;
-    out[3] = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 6) & 0x03030303) << 4;
-    memcpy(sc, out, 8);
-    memcpy(m, out + 2, 8);
-}
-
 AVX2 static float dot_q4_K(uint64_t n, const void *w, const ds4_block_q8_K *a) {
     const ds4_block_q4_K *b = w;
     const __m256i m15 = _mm256_set1_epi8(15);
@@ -135,12 +102,9 @@ AVX2 static float dot_q4_K(uint64_t n, const void *w, const ds4_block_q8_K *a) {
     return acc;
 }
 
-/* Per sub-block: signed grid values (|g| <= 43) times activations. The sign
- * goes on the grid, and the signed x signed product is |a| * (g signed like
- * a), which is exact for every activation byte including -128. */
+/* Per sub-block: signed grid values times activations (iq2_xxs_madd). */
 AVX2 float ds4_dot_iq2_xxs_avx2(uint64_t n, const void *w, const ds4_block_q8_K *a) {
     const ds4_block_iq2_xxs *b = w;
-    const uint64_t *grid = ds4_iq2xxs_grid, *smask = ds4_iq2xxs_sign_masks;
     float acc = 0.0f;
     for (uint64_t i = 0; i < n / DS4_QK_K; i++, b++, a++) {
         __m256i sum = _mm256_setzero_si256();
@@ -148,14 +112,10 @@ AVX2 float ds4_dot_iq2_xxs_avx2(uint64_t n, const void *w, const ds4_block_q8_K 
             uint32_t aux[2];
             memcpy(aux, b->qs + 4 * sb, 8);
             uint32_t A = aux[0], B = aux[1];
-            __m256i g = _mm256_set_epi64x((int64_t)grid[A >> 24], (int64_t)grid[(A >> 16) & 255],
-                                          (int64_t)grid[(A >> 8) & 255], (int64_t)grid[A & 255]);
-            __m256i neg = _mm256_set_epi64x((int64_t)smask[(B >> 21) & 127], (int64_t)smask[(B >> 14) & 127],
-                                            (int64_t)smask[(B >> 7) & 127], (int64_t)smask[B & 127]);
-            __m256i sg = _mm256_sub_epi8(_mm256_xor_si256(g, neg), neg);
-            __m256i q8 = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * sb));
-            __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(q8), _mm256_sign_epi8(sg, q8));
-            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, _mm256_set1_epi16((int16_t)(2 * (B >> 28) + 1))));
+            __m256i g = iq2_xxs_grid_values(A);
+            __m256i sg = iq2_xxs_sign_table(g, B);
+            __m256i ls = _mm256_set1_epi16((int16_t)(2 * (B >> 28) + 1));
+            sum = _mm256_add_epi32(sum, iq2_xxs_madd(sg, a->qs + 32 * sb, ls));
         }
         acc += (f16_to_f32(b->d) * a->d) * (float)hsum_i32(sum);
     }

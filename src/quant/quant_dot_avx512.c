@@ -11,17 +11,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
+#include "quant_simd.h"
+
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")))
 
-AVX512 static inline int32_t hsum256_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
 AVX512 static inline int32_t hsum512_i32(__m512i v) {
-    return hsum256_i32(_mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)));
+    return hsum_i32(_mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)));
 }
 
 /* 16-bit lanes 0..15 = a, 16..31 = b. */
@@ -37,20 +32,6 @@ AVX512 static inline __m256i q8_0_block(const int8_t *w, const int8_t *a) {
     return _mm256_add_epi32(_mm512_castsi512_si256(p), _mm512_extracti64x4_epi64(p, 1));
 }
 
-AVX512 static inline void hsum8_i32(const __m256i *p, int32_t *out) {
-    __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
-    __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
-    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
-    __m128i v0 = _mm_add_epi32(_mm256_castsi256_si128(u0), _mm256_extracti128_si256(u0, 1));
-    __m128i v1 = _mm_add_epi32(_mm256_castsi256_si128(u1), _mm256_extracti128_si256(u1, 1));
-    _mm_storeu_si128((__m128i *)out, v0);
-    _mm_storeu_si128((__m128i *)(out + 4), v1);
-}
-
-AVX512 static inline float f16_to_f32(uint16_t h) {
-    return _cvtsh_ss(h);
-}
-
 AVX512 static float dot_q8_0(uint64_t n, const void *w, const ds4_block_q8_0_act *a) {
     const ds4_block_q8_0 *b = w;
     uint64_t nb = n / DS4_QK8_0, i = 0;
@@ -62,7 +43,7 @@ AVX512 static float dot_q8_0(uint64_t n, const void *w, const ds4_block_q8_0_act
         hsum8_i32(p, isum);
         for (int k = 0; k < 8; k++) acc += (f16_to_f32(b[i + k].d) * a[i + k].d) * (float)isum[k];
     }
-    for (; i < nb; i++) acc += (f16_to_f32(b[i].d) * a[i].d) * (float)hsum256_i32(q8_0_block(b[i].qs, a[i].qs));
+    for (; i < nb; i++) acc += (f16_to_f32(b[i].d) * a[i].d) * (float)hsum_i32(q8_0_block(b[i].qs, a[i].qs));
     return acc;
 }
 
@@ -89,7 +70,7 @@ AVX512 static float dot_q2_K(uint64_t n, const void *w, const ds4_block_q8_K *a)
         __m128i sc8 = _mm_loadu_si128((const __m128i *)b->scales);
         __m512i scales = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, m15)));
         __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m15));
-        int32_t summ = hsum256_i32(_mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)a->bsums)));
+        int32_t summ = hsum_i32(_mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)a->bsums)));
         __m512i sum = _mm512_setzero_si512();
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
@@ -107,17 +88,6 @@ AVX512 static float dot_q2_K(uint64_t n, const void *w, const ds4_block_q8_K *a)
         acc += dall * (float)isum - dmin * (float)summ;
     }
     return acc;
-}
-
-static inline void q4_K_unpack(const uint8_t *packed, uint8_t *sc, uint8_t *m) {
-    uint32_t u[3], out[4];
-    memcpy(u, packed, 12);
-    out[0] = u[0] & 0x3f3f3f3f;
-    out[1] = (u[2] & 0x0f0f0f0f) | ((u[0] >> 6) & 0x03030303) << 4;
-    out[2] = u[1] & 0x3f3f3f3f;
-    out[3] = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 6) & 0x03030303) << 4;
-    memcpy(sc, out, 8);
-    memcpy(m, out + 2, 8);
 }
 
 /* A step takes sub-blocks 2p and 2p+1: the 32 code bytes they share, in

@@ -29,27 +29,10 @@ static void multi_generic(uint32_t wtype, uint64_t n, const void *w, const void 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
+#include "quant_simd.h"
+
 #define AVX2 __attribute__((target("avx2,f16c")))
 #define INLINE inline __attribute__((always_inline))
-
-AVX2 static INLINE int32_t hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
-/* Lane k = horizontal sum of p[k], k < 8. */
-AVX2 static INLINE __m256i hsum8_vec(const __m256i *p) {
-    __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
-    __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
-    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
-    /* u0 = [s0..s3 low halves | s0..s3 high halves], u1 likewise for s4..s7 */
-    __m256i lo = _mm256_permute2x128_si256(u0, u1, 0x20), hi = _mm256_permute2x128_si256(u0, u1, 0x31);
-    return _mm256_add_epi32(lo, hi);
-}
-
-AVX2 static INLINE float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 
 /* ---- Q8_0 (AVX-512 VNNI, 256-bit registers) ---- */
 
@@ -164,7 +147,6 @@ AVX2 static INLINE void q2_K_avx2(uint64_t n, const void *wv, const void *const 
 AVX2 static INLINE void iq2_xxs_avx2(uint64_t n, const void *wv, const void *const *acts, const int na,
                                      float *out) {
     const ds4_block_iq2_xxs *b = wv;
-    const uint64_t *grid = ds4_iq2xxs_grid, *smask = ds4_iq2xxs_sign_masks;
     float acc[DS4_DOT_MULTI_MAX] = {0};
     for (uint64_t i = 0; i < n / DS4_QK_K; i++, b++) {
         __m256i sum[DS4_DOT_MULTI_MAX];
@@ -174,18 +156,13 @@ AVX2 static INLINE void iq2_xxs_avx2(uint64_t n, const void *wv, const void *con
             uint32_t aux[2];
             memcpy(aux, b->qs + 4 * sb, 8);
             uint32_t A = aux[0], B = aux[1];
-            __m256i g = _mm256_set_epi64x((int64_t)grid[A >> 24], (int64_t)grid[(A >> 16) & 255],
-                                          (int64_t)grid[(A >> 8) & 255], (int64_t)grid[A & 255]);
-            __m256i neg = _mm256_set_epi64x((int64_t)smask[(B >> 21) & 127], (int64_t)smask[(B >> 14) & 127],
-                                            (int64_t)smask[(B >> 7) & 127], (int64_t)smask[B & 127]);
-            __m256i sg = _mm256_sub_epi8(_mm256_xor_si256(g, neg), neg);
+            __m256i g = iq2_xxs_grid_values(A);
+            __m256i sg = iq2_xxs_sign_table(g, B);
             __m256i ls = _mm256_set1_epi16((int16_t)(2 * (B >> 28) + 1));
             #pragma GCC unroll 4
             for (int k = 0; k < na; k++) {
                 const ds4_block_q8_K *a = (const ds4_block_q8_K *)acts[k] + i;
-                __m256i q8 = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * sb));
-                __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(q8), _mm256_sign_epi8(sg, q8));
-                sum[k] = _mm256_add_epi32(sum[k], _mm256_madd_epi16(p, ls));
+                sum[k] = _mm256_add_epi32(sum[k], iq2_xxs_madd(sg, a->qs + 32 * sb, ls));
             }
         }
         float d = f16_to_f32(b->d);
@@ -210,7 +187,6 @@ AVX2 static INLINE void iq2_xxs_avx2(uint64_t n, const void *wv, const void *con
 BITALG static INLINE void iq2_xxs_bitalg(uint64_t n, const void *wv, const void *const *acts, const int na,
                                          float *out) {
     const ds4_block_iq2_xxs *b = wv;
-    const uint64_t *grid = ds4_iq2xxs_grid;
     const __m256i shifts = _mm256_set_epi64x(21, 14, 7, 0), m127 = _mm256_set1_epi64x(127);
     const __m256i one = _mm256_set1_epi64x(1), bytes = _mm256_set1_epi64x(0x0706050403020100ll);
     float acc[DS4_DOT_MULTI_MAX] = {0};
@@ -223,8 +199,7 @@ BITALG static INLINE void iq2_xxs_bitalg(uint64_t n, const void *wv, const void 
             uint32_t aux[2];
             memcpy(aux, b->qs + 4 * sb, 8);
             uint32_t A = aux[0], B = aux[1];
-            __m256i g = _mm256_set_epi64x((int64_t)grid[A >> 24], (int64_t)grid[(A >> 16) & 255],
-                                          (int64_t)grid[(A >> 8) & 255], (int64_t)grid[A & 255]);
+            __m256i g = iq2_xxs_grid_values(A);
             __m256i s = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(B), shifts), m127);
             s = _mm256_or_si256(s, _mm256_slli_epi64(_mm256_and_si256(_mm256_popcnt_epi64(s), one), 7));
             __mmask32 neg = _mm256_bitshuffle_epi64_mask(s, bytes);
@@ -233,9 +208,7 @@ BITALG static INLINE void iq2_xxs_bitalg(uint64_t n, const void *wv, const void 
 #pragma GCC unroll 4
             for (int k = 0; k < na; k++) {
                 const ds4_block_q8_K *a = (const ds4_block_q8_K *)acts[k] + i;
-                __m256i q8 = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * sb));
-                __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(q8), _mm256_sign_epi8(sg, q8));
-                sum[k] = _mm256_add_epi32(sum[k], _mm256_madd_epi16(p, ls));
+                sum[k] = _mm256_add_epi32(sum[k], iq2_xxs_madd(sg, a->qs + 32 * sb, ls));
             }
         }
         float d = f16_to_f32(b->d);
