@@ -5,7 +5,8 @@
 # $OUT (default /tmp/cuda-forward).
 #
 #   scripts/cuda-forward-check.sh            LAYERS="4 28" CTX=512 GEN=64 PROFILE_LAYERS=4
-#   (TEST=0: speed only, no test_cuda_forward; e.g. for a baseline build)
+#   (TEST=0: speed only, no test_cuda_forward; e.g. for a baseline build;
+#   PROFILE_CTX: context of the profile run, default 128)
 #
 # Binaries: $BIN_DIR (default build-cuda) from `make cuda`, built here
 # unless they exist already. The lent GPU machines have nvcc but not
@@ -32,9 +33,9 @@ if [ "${TEST:-1}" != 0 ]; then
     timeout 240 "$BIN_DIR/tests/test_cuda_forward" 2>&1 | tee "$OUT/test-cuda.txt" || rc=1
 fi
 if [ -n "${PROFILE_LAYERS:-}" ]; then
-    echo "== DS4_CUDA_PROFILE=1 ds4-bench --synthetic q2 --layers $PROFILE_LAYERS (uncaptured, per operation)"
+    echo "== DS4_CUDA_PROFILE=1 ds4-bench --synthetic q2 --layers $PROFILE_LAYERS at ctx ${PROFILE_CTX:-128} (uncaptured, per operation)"
     DS4_CUDA_PROFILE=1 timeout 200 "$BIN_DIR/bin/ds4-bench" --synthetic q2 --layers "$PROFILE_LAYERS" --cuda \
-        --ctx-start 128 --ctx-max 128 -n 16 --bw-mib 0 --csv "$OUT/profile.csv" 2>&1 | tee "$OUT/profile.txt" || rc=1
+        --ctx-start "${PROFILE_CTX:-128}" --ctx-max "${PROFILE_CTX:-128}" -n 16 --bw-mib 0 --csv "$OUT/profile.csv" 2>&1 | tee "$OUT/profile.txt" || rc=1
 fi
 for L in ${LAYERS:-4 28}; do
     echo "== ds4-bench --synthetic q2 --layers $L"

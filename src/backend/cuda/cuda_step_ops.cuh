@@ -492,32 +492,59 @@ __device__ uint32_t score_key(float f) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-/* Count over the block of keys[0..n) with key >= t (every thread gets it). */
-__device__ int block_count_ge(const float *scores, int n, uint32_t t, float *shf) {
-    int cnt = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) cnt += score_key(scores[i]) >= t;
-    return (int)block_sum_f((float)cnt, shf);
-}
-
 /* The top_k best scores of the visible rows (ties → lower index), as
  * ascending row indices (numerics.c topk_indices_ascending); n_sel = -1
- * while every visible row is attended. Radix select of the k-th key, then
- * one ordered pass that keeps the keys above it and the first ties. */
+ * while every visible row is attended. Radix select of the k-th key, 8
+ * bits a pass (a 256-bin histogram of the keys that share the prefix found
+ * so far; warp 0 finds the bin holding the k-th from the top), then one
+ * ordered pass that keeps the keys above it and the first ties. */
 __global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel, const step_io *io) {
-    __shared__ float shf[32];
+    __shared__ int hist[256];
+    __shared__ uint32_t prefix_s;
+    __shared__ int need_s;
     __shared__ int scan[1024];
     int visible = (io->pos + 1) / 4;
     if (visible <= top_k) {
         if (threadIdx.x == 0) *n_sel = -1;
         return;
     }
-    uint32_t t = 0;
-    for (int bit = 31; bit >= 0; bit--) {
-        uint32_t cand = t | (1u << bit);
-        if (block_count_ge(scores, visible, cand, shf) >= top_k) t = cand;
+    uint32_t t = 0, mask = 0;
+    int need = top_k; /* how many of the keys matching t under mask to take */
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < visible; i += blockDim.x) {
+            uint32_t key = score_key(scores[i]);
+            if ((key & mask) == t) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            /* lane l: bins 255-8l down to 248-8l; counts from the top */
+            int l = threadIdx.x, own = 0;
+            for (int j = 0; j < 8; j++) own += hist[255 - 8 * l - j];
+            int incl = own;
+            for (int o = 1; o < 32; o <<= 1) {
+                int v = __shfl_up_sync(0xffffffffu, incl, o);
+                if (l >= o) incl += v;
+            }
+            unsigned hit = __ballot_sync(0xffffffffu, incl >= need);
+            if (l == __ffs(hit) - 1) {
+                int acc = incl - own, d = 255 - 8 * l;
+                for (int j = 0; j < 8; j++, d--) {
+                    if (acc + hist[d] >= need) break;
+                    acc += hist[d];
+                }
+                prefix_s = t | ((uint32_t)d << shift);
+                need_s = need - acc;
+            }
+        }
+        __syncthreads();
+        t = prefix_s;
+        need = need_s;
+        mask |= 255u << shift;
+        __syncthreads();
     }
-    int n_above = t == 0xffffffffu ? 0 : block_count_ge(scores, visible, t + 1, shf);
-    int ties_left = top_k - n_above, out = 0;
+    int ties_left = need, out = 0;
     for (int base = 0; base < visible; base += blockDim.x) {
         int i = base + threadIdx.x;
         uint32_t key = i < visible ? score_key(scores[i]) : 0u;
