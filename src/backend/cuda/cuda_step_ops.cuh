@@ -41,25 +41,16 @@ enum { OPS_THREADS = 512, HC_N = 4 };
 
 /* ---------------------------------------------------------------- helpers */
 
-/* Sum over the block (every thread gets it); sh: blockDim/32 doubles. */
-__device__ double block_sum_d(double v, double *sh) {
+/* Sum over the block (every thread gets it); sh: blockDim/32 values of T
+ * (double for the RMSNorm sums of squares, float elsewhere). */
+template <typename T>
+__device__ T block_sum(T v, T *sh) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
     __syncthreads();
     if (l == 0) sh[w] = v;
     __syncthreads();
-    double t = 0.0;
-    for (int i = 0; i < nw; i++) t += sh[i];
-    return t;
-}
-
-__device__ float block_sum_f(float v, float *sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (l == 0) sh[w] = v;
-    __syncthreads();
-    float t = 0.0f;
+    T t = 0;
     for (int i = 0; i < nw; i++) t += sh[i];
     return t;
 }
@@ -215,7 +206,7 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
     float *yr = y + blockIdx.x * ld;
     double ss = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
-    float s = rms_scale(block_sum_d(ss, sh), n, eps);
+    float s = rms_scale(block_sum(ss, sh), n, eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w ? xr[i] * s * w[i] : xr[i] * s;
 }
 
@@ -287,7 +278,7 @@ __global__ void k_hc_pre(const double *part, int n_part, uint32_t n, float *mix,
         x[d] = acc;
         ss += (double)acc * (double)acc;
     }
-    float s = rms_scale(block_sum_d(ss, sh), (int)D, rms_eps);
+    float s = rms_scale(block_sum(ss, sh), (int)D, rms_eps);
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) a[d] = x[d] * s * norm_w[d];
 }
 
@@ -344,7 +335,7 @@ __global__ void k_q_prepare(float *q, int hd, float eps, rope_dev rp, const step
         xs[i] = qh[i];
         ss += (double)xs[i] * (double)xs[i];
     }
-    float s = rms_scale(block_sum_d(ss, sh), hd, eps);
+    float s = rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s;
     block_rope(xs, hd, io->pos, rp, false);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qh[i] = xs[i];
@@ -362,7 +353,7 @@ __global__ void k_kv_prepare(const float *kv, const float *norm_w, int hd, int n
         xs[i] = kv[i];
         ss += (double)xs[i] * (double)xs[i];
     }
-    float s = rms_scale(block_sum_d(ss, sh), hd, eps);
+    float s = rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
     block_rope(xs, hd, io->pos, rp, false);
     block_fp8_roundtrip(xs, hd - n_rot, sc);
@@ -411,7 +402,7 @@ __global__ void k_compressor(const float *kv_cur, const float *sc_cur, const flo
         out[j] = v;
         ss += (double)v * (double)v;
     }
-    float s = rms_scale(block_sum_d(ss, sh), hd, eps);
+    float s = rms_scale(block_sum(ss, sh), hd, eps);
     for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
     block_rope(out, hd, p + 1 - R, rp, false);
     if (indexer)
@@ -636,7 +627,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const
         ws[r] = w;
         part += w;
     }
-    float den = expf(sinks[h] - m) + block_sum_f(part, shf);
+    float den = expf(sinks[h] - m) + block_sum(part, shf);
     float inv = 1.0f / den;
     float2 acc[ATT_PAIRS];
 #pragma unroll
@@ -742,7 +733,7 @@ __global__ void k_out_collapse(const float *z, const float *scale, const float *
         e[d] = acc;
         ss += (double)acc * (double)acc;
     }
-    float s = rms_scale(block_sum_d(ss, sh), (int)D, rms_eps);
+    float s = rms_scale(block_sum(ss, sh), (int)D, rms_eps);
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) e[d] = e[d] * s * norm_w[d];
 }
 
