@@ -22,22 +22,9 @@
 #include <math.h>
 #include <stdint.h>
 
-/* The inputs of one step, written to device memory before each replay. */
-struct step_io {
-    int32_t token;
-    int32_t pos;
-    int32_t idx_active; /* (pos+1)/4 > indexer top_k: the indexer picks rows */
-};
+#include "cuda_engine_impl.cuh"
 
-/* RoPE parameters of one layer kind (numerics.h rope_params, by value). */
-struct rope_dev {
-    int n_rot;
-    float theta_scale;
-    int yarn;
-    float freq_scale, corr_low, corr_high;
-};
-
-enum { OPS_THREADS = 512, HC_N = 4 };
+enum { OPS_THREADS = 512 };
 
 /* ---------------------------------------------------------------- helpers */
 

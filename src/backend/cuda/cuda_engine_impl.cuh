@@ -1,0 +1,121 @@
+/* cuda_engine_impl.cuh — the CUDA backend's internal data structures,
+ * shared by its translation units (cuda_engine.cu: upload, sessions and the
+ * decode step; others that enqueue work on the same weights and state):
+ * the device copy of each weight matrix, the per-layer weight table, the
+ * step workspace, the engine and the session with its device KV state.
+ * Internal to src/backend/cuda; the C API is cuda_engine.h. */
+#ifndef DS4_CUDA_ENGINE_IMPL_CUH
+#define DS4_CUDA_ENGINE_IMPL_CUH
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda_engine.h"
+#include "cuda_kernels.h"
+
+extern "C" {
+#include "../../model/model.h"
+}
+
+enum { HC_N = 4 };
+
+/* The inputs of one step, written to device memory before each replay. */
+struct step_io {
+    int32_t token;
+    int32_t pos;
+    int32_t idx_active; /* (pos+1)/4 > indexer top_k: the indexer picks rows */
+};
+
+/* RoPE parameters of one layer kind (numerics.h rope_params, by value). */
+struct rope_dev {
+    int n_rot;
+    float theta_scale;
+    int yarn;
+    float freq_scale, corr_low, corr_high;
+};
+
+/* A weight matrix in device memory: rows of `in` elements of `type`. */
+struct dmat {
+    const uint8_t *w;
+    uint32_t type, in, rows;
+    uint64_t row_bytes;
+};
+
+struct dlayer {
+    uint32_t ratio;
+    dmat hc_attn_fn, hc_ffn_fn, q_a, q_b, kv, out_a, out_b;
+    dmat comp_kv, comp_gate, idx_q_b, idx_proj, idx_comp_kv, idx_comp_gate;
+    dmat gate_inp, gate_exps, up_exps, down_exps, gate_sh, up_sh, down_sh;
+    const int32_t *tid2eid;
+    const float *hc_attn_scale, *hc_attn_base, *hc_ffn_scale, *hc_ffn_base;
+    const float *attn_norm, *q_a_norm, *kv_a_norm, *sinks, *ffn_norm;
+    const float *comp_ape, *comp_norm, *index_ape, *index_norm, *probs_bias;
+    float clamp;
+};
+
+/* Device workspace of one step (shared by the engine's sessions). */
+struct dwork {
+    step_io *io;
+    float *H, *hc_flat, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
+    float *iscores, *att, *low, *y, *router, *ew, *mid, *smid, *sh, *ehc, *logits;
+    double *hc_part; /* HC_PART_BLOCKS x (HC_MIX + 1) partial sums of HC pre */
+    int32_t *ids, *zero_id, *sel, *n_sel;
+    float *one_w;
+    uint8_t *actA, *actB;
+};
+
+struct ds4_cuda_engine {
+    const ds4_model *m;
+    ds4_cuda_kernels *k;
+    cudaStream_t stream;
+    cudaStream_t side;                 /* HC split (Sinkhorn) beside the main work */
+    cudaEvent_t side_fork, side_join;
+    int ctx;
+    uint8_t *arena;
+    uint64_t arena_used, arena_size;
+    dlayer L[DS4_MAX_LAYERS];
+    uint32_t comp_cap[DS4_MAX_LAYERS];
+    dmat token_embd, output, output_hc_fn;
+    const float *out_hc_scale, *out_hc_base, *out_norm;
+    rope_dev rope_plain, rope_comp;
+    uint32_t max_rows; /* rows one head attends at most */
+    dwork w;
+    /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */
+    bool prof;
+    cudaEvent_t ev[1024];
+    const char *ev_label[1024];
+    int n_ev, n_prof_steps;
+    const char *prof_label[48];
+    double prof_ms[48];
+    int n_prof;
+    void **small;      /* cudaMalloc'd small buffers, freed at close */
+    int n_small, cap_small;
+    char name[320];
+};
+
+struct dlayer_kv {
+    __half *raw, *comp, *index;
+    float *st_kv, *st_sc, *ist_kv, *ist_sc;
+    size_t st_n, ist_n;
+};
+
+struct ds4_cuda_session {
+    ds4_cuda_engine *e;
+    dlayer_kv L[DS4_MAX_LAYERS];
+    void *state;      /* one allocation for every layer's state */
+    step_io *h_io;    /* pinned */
+    float *h_logits;  /* pinned, n_vocab */
+    cudaGraphExec_t graph;
+};
+
+static inline int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
+    return ds4_fail(err, "cuda: %s: %s", what, cudaGetErrorString(e));
+}
+
+static inline int launched(ds4_err *err, const char *what) {
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? 0 : cuda_fail(err, what, e);
+}
+
+#endif
