@@ -42,6 +42,15 @@
  * (graph replay after reset), a second session must not disturb the first,
  * and a bad token must be refused.
  *
+ * Synthetic weights generated in device memory (ds4_synth_image_build's
+ * fills) must give the logits of the host-generated image bit for bit, for
+ * every generated type. Session payloads: a CUDA session saved after N
+ * tokens and loaded into a fresh CUDA session continues bit for bit like
+ * the uninterrupted run (and saves the same bytes again); a CPU-saved
+ * payload continues on CUDA, and a CUDA-saved one on the CPU, like the
+ * other backend within the strict tolerance for the first step and the
+ * free-running bounds after.
+ *
  * Built by `make cuda` (test-cuda runs it on a GPU machine); the plain
  * build compiles it too and it skips there. */
 #include <math.h>
@@ -50,6 +59,7 @@
 #include <time.h>
 
 #include "../src/engine/engine_impl.h"
+#include "../src/engine/session_payload.h"
 #include "../src/model/synth.h"
 #include "../src/quant/quant.h"
 #include "testutil.h"
@@ -103,6 +113,21 @@ static int tiny_image(uint32_t n_layer, bool f16, void **image, uint64_t *size, 
     int rc = ds4_synth_model_image(&c, image, size, err);
     ds4_synth_vocab_free(&vocab);
     return rc;
+}
+
+/* The tiny model's config (vocab filled in; free it after building). */
+static int tiny_config(const char *experts, bool f16, ds4_synth_config *c, ds4_synth_vocab *vocab, ds4_err *err) {
+    memset(c, 0, sizeof *c);
+    c->seed = 7;
+    c->name = "tiny (test_cuda_forward)";
+    c->weights = f16 ? DS4_WEIGHTS_F16 : DS4_WEIGHTS_PUBLISHED;
+    if (ds4_synth_preset("tiny", 0, &c->hp, err) ||
+        ds4_synth_expert_types(experts, &c->expert_gate_type, &c->expert_down_type, err) ||
+        ds4_synth_vocab_fallback(vocab, c->hp.n_vocab, err))
+        return -1;
+    c->hp.n_vocab = vocab->n_tokens;
+    c->vocab = vocab;
+    return 0;
 }
 
 static double rel_diff(const float *a, const float *b, size_t n) {
@@ -513,6 +538,171 @@ out:
     free(image);
 }
 
+/* ---- synthetic weights generated on the device ---- */
+
+/* All logits of n tokens through a cuda engine on img. */
+static int cuda_logits(const ds4_synth_image *img, const int32_t *toks, int n, float *out, ds4_err *err) {
+    ds4_engine *e = NULL;
+    ds4_session *s = NULL;
+    ds4_engine_config cfg = {.model_image = img->base, .model_image_size = img->size, .ctx = 64, .threads = 2,
+                             .backend = "cuda", .synth_fills = img->fills, .n_synth_fills = img->n_fills};
+    int rc = ds4_engine_open(&e, &cfg, err) || ds4_session_new(e, &s, err) ||
+             ds4_session_eval_all_logits(s, toks, n, out, err) ? -1 : 0;
+    ds4_session_free(s);
+    ds4_engine_close(e);
+    return rc;
+}
+
+static void device_fill_run(const char *experts, bool f16, const int32_t *toks) {
+    enum { N = 24 };
+    ds4_err err = {0};
+    ds4_synth_config c;
+    ds4_synth_vocab vocab = {0};
+    ds4_synth_image host = {0}, dev = {0};
+    float *a = NULL, *b = NULL;
+    size_t nv = 0, differ = 0;
+    if (tiny_config(experts, f16, &c, &vocab, &err) || ds4_synth_image_build(&c, 0, &host, &err) ||
+        ds4_synth_image_build(&c, 1, &dev, &err)) {
+        CHECK(0, "device fill %s: %s", experts, err.msg);
+        goto out;
+    }
+    nv = c.hp.n_vocab;
+    a = malloc(sizeof(float) * nv * N);
+    b = malloc(sizeof(float) * nv * N);
+    if (!a || !b || cuda_logits(&host, toks, N, a, &err) || cuda_logits(&dev, toks, N, b, &err)) {
+        CHECK(0, "device fill %s: %s", experts, err.msg);
+        goto out;
+    }
+    for (size_t i = 0; i < nv * N; i++) differ += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    printf("== device-generated weights, %s experts, %s weights: %u tensors (%.1f MiB) made on the GPU; %zu of %zu "
+           "logits differ from the host-generated image\n", experts, f16 ? "F16" : "published", dev.n_fills,
+           dev.fill_bytes / 1048576.0, differ, nv * N);
+    CHECK(dev.n_fills > 0 && differ == 0, "device fill %s: %zu logits differ (%u fills)", experts, differ, dev.n_fills);
+out:
+    free(a);
+    free(b);
+    ds4_synth_image_free(&host);
+    ds4_synth_image_free(&dev);
+    ds4_synth_vocab_free(&vocab);
+}
+
+/* ---- session payloads on CUDA ---- */
+
+typedef struct payload {
+    uint8_t *p;
+    size_t len;
+} payload;
+
+static int save(ds4_session *s, payload *out, ds4_err *err) {
+    size_t cap = (size_t)ds4_session_payload_bytes(s);
+    out->p = malloc(cap);
+    if (!out->p) return ds4_fail(err, "out of memory");
+    return ds4_session_save_payload_mem(s, out->p, cap, &out->len, err);
+}
+
+/* How the continuation b on one backend compares with a on the other, both
+ * from the same saved state: the first step within TOL_REL, then the
+ * free-running bounds. */
+static void cross_check(const char *what, const float *a, const float *b, int nv, int n) {
+    double first = rel_diff(a, b, nv), sum = 0;
+    int mismatches = 0;
+    for (int p = 0; p < n; p++) {
+        const float *x = a + (size_t)p * nv, *y = b + (size_t)p * nv;
+        double e2 = 0, r2 = 0, mx = 0;
+        for (int i = 0; i < nv; i++) {
+            e2 += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+            r2 += (double)x[i] * x[i];
+            mx = fmax(mx, fabs(x[i]));
+        }
+        sum += sqrt(e2 / (r2 > 0 ? r2 : 1));
+        float ma, mb;
+        if (top1(x, nv, &ma) != top1(y, nv, &mb) && ma > TOL_REL * mx) mismatches++;
+    }
+    printf("%s: first step max|d|/max %.3g, mean |d|/|ref| %.3g over %d steps, top-1 differs at %d\n", what, first,
+           sum / n, n, mismatches);
+    CHECK(first <= TOL_REL, "%s: first step differs by %.3g", what, first);
+    CHECK(sum / n <= 0.03 && mismatches <= n / 10 + 1, "%s: mean |d|/|ref| %.3g, %d top-1 changes", what, sum / n,
+          mismatches);
+}
+
+static void payload_run(const int32_t *toks) {
+    enum { N_SAVE = 150, N_MORE = 30 };
+    ds4_err err = {0};
+    void *image = NULL;
+    uint64_t size = 0;
+    ds4_engine *cpu = NULL, *gpu = NULL;
+    ds4_session *sc = NULL, *sc2 = NULL, *sg = NULL, *sg2 = NULL, *sg3 = NULL;
+    payload pg = {0}, pg2 = {0}, pc = {0};
+    float *ref = NULL, *got = NULL, *cref = NULL;
+    const char *what = "session payloads (F16 model)";
+    size_t differ = 0;
+    int nv;
+    if (tiny_image(0, true, &image, &size, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+    ds4_engine_config cfg = {.model_image = image, .model_image_size = size, .ctx = 512, .threads = 4, .backend = "cpu"};
+    if (ds4_engine_open(&cpu, &cfg, &err) || (cfg.backend = "cuda", ds4_engine_open(&gpu, &cfg, &err)) ||
+        ds4_session_new(cpu, &sc, &err) || ds4_session_new(cpu, &sc2, &err) || ds4_session_new(gpu, &sg, &err) ||
+        ds4_session_new(gpu, &sg2, &err) || ds4_session_new(gpu, &sg3, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        goto out;
+    }
+    nv = (int)cpu->model.hp.n_vocab;
+    ref = malloc(sizeof(float) * nv * N_MORE);
+    got = malloc(sizeof(float) * nv * N_MORE);
+    cref = malloc(sizeof(float) * nv * N_MORE);
+    if (!ref || !got || !cref) goto out;
+    /* CUDA: save after N_SAVE, continue; a fresh session loads and continues. */
+    if (ds4_session_eval(sg, toks, N_SAVE, NULL, NULL, &err) || save(sg, &pg, &err) ||
+        ds4_session_eval_all_logits(sg, toks + N_SAVE, N_MORE, ref, &err) ||
+        ds4_session_load_payload_mem(sg2, pg.p, pg.len, &err)) {
+        CHECK(0, "%s: cuda save/load: %s", what, err.msg);
+        goto out;
+    }
+    CHECK(ds4_session_n_tokens(sg2) == N_SAVE, "loaded session holds %d tokens", ds4_session_n_tokens(sg2));
+    if (save(sg2, &pg2, &err)) CHECK(0, "%s: save after load: %s", what, err.msg);
+    CHECK(pg2.len == pg.len && memcmp(pg.p, pg2.p, pg.len) == 0, "%s: save after load gives other bytes", what);
+    if (ds4_session_eval_all_logits(sg2, toks + N_SAVE, N_MORE, got, &err)) {
+        CHECK(0, "%s: continue after load: %s", what, err.msg);
+        goto out;
+    }
+    for (size_t i = 0; i < (size_t)nv * N_MORE; i++) differ += memcmp(&ref[i], &got[i], sizeof(float)) != 0;
+    printf("== %s: cuda saved after %d tokens (%zu bytes), loaded into a fresh cuda session, %d more tokens: %zu "
+           "logits differ from the uninterrupted run\n", what, N_SAVE, pg.len, N_MORE, differ);
+    CHECK(differ == 0, "%s: %zu logits differ after a cuda save/load", what, differ);
+    /* Across backends: a CPU payload on CUDA, a CUDA payload on the CPU. */
+    if (ds4_session_eval(sc, toks, N_SAVE, NULL, NULL, &err) || save(sc, &pc, &err) ||
+        ds4_session_eval_all_logits(sc, toks + N_SAVE, N_MORE, cref, &err) ||
+        ds4_session_load_payload_mem(sg3, pc.p, pc.len, &err) ||
+        ds4_session_eval_all_logits(sg3, toks + N_SAVE, N_MORE, got, &err)) {
+        CHECK(0, "%s: cpu payload on cuda: %s", what, err.msg);
+        goto out;
+    }
+    cross_check("cpu-saved payload continued on cuda vs on the cpu", cref, got, nv, N_MORE);
+    if (ds4_session_load_payload_mem(sc2, pg.p, pg.len, &err) ||
+        ds4_session_eval_all_logits(sc2, toks + N_SAVE, N_MORE, got, &err)) {
+        CHECK(0, "%s: cuda payload on the cpu: %s", what, err.msg);
+        goto out;
+    }
+    cross_check("cuda-saved payload continued on the cpu vs on cuda", ref, got, nv, N_MORE);
+out:
+    free(pg.p);
+    free(pg2.p);
+    free(pc.p);
+    free(ref);
+    free(got);
+    free(cref);
+    ds4_session_free(sc);
+    ds4_session_free(sc2);
+    ds4_session_free(sg);
+    ds4_session_free(sg2);
+    ds4_session_free(sg3);
+    ds4_engine_close(cpu);
+    ds4_engine_close(gpu);
+    free(image);
+}
+
 int main(void) {
     if (!ds4_cuda_available()) TEST_SKIP("no CUDA device");
     int32_t toks[N_TOK];
@@ -525,6 +715,10 @@ int main(void) {
     compare_run(true, toks);
     for (uint32_t nl = 1; nl <= 6; nl++) diagnose(nl, 17);
     compare_run(false, toks);
+    device_fill_run("q2", false, toks);
+    device_fill_run("q4", false, toks);
+    device_fill_run("f16", true, toks);
+    payload_run(toks);
     return TEST_DONE();
 }
 #endif

@@ -252,6 +252,17 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     if (cfg->prefill_chunk < 0) return ds4_fail(err, "prefill chunk %d is negative", cfg->prefill_chunk);
     if (cfg->ctx > (1 << 26)) return ds4_fail(err, "context size %d is larger than %d", cfg->ctx, 1 << 26);
     if (cfg->mtp_path) return ds4_fail(err, "MTP drafting is not supported by the cpu backend");
+    if (cfg->n_synth_fills && !cfg->model_image)
+        return ds4_fail(err, "engine: synthetic fills are given without a model image");
+#ifdef DS4_CUDA
+    if (cfg->n_synth_fills && !use_cuda)
+#else
+    if (cfg->n_synth_fills)
+#endif
+        return ds4_fail(err, "the model image leaves %u weight tensors to be generated on the GPU "
+                        "(synthetic weights on the device); the cpu backend reads weights from memory: "
+                        "use the cuda backend, or build the image with every tensor on the host",
+                        cfg->n_synth_fills);
     ds4_engine *e = calloc(1, sizeof *e);
     if (!e) return ds4_fail(err, "out of memory");
     pthread_mutex_init(&e->eval_mu, NULL);
@@ -313,7 +324,8 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
         return -1;
     }
 #ifdef DS4_CUDA
-    if (use_cuda && ds4_cuda_engine_open((ds4_cuda_engine **)&e->cuda, &e->model, e->ctx, e->exact, err) != 0) {
+    if (use_cuda && ds4_cuda_engine_open((ds4_cuda_engine **)&e->cuda, &e->model, e->ctx, e->exact,
+                                         cfg->synth_fills, cfg->n_synth_fills, err) != 0) {
         ds4_engine_close(e);
         return -1;
     }

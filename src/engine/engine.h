@@ -25,6 +25,7 @@
 
 #include "../common/error.h"
 #include "../model/model.h"
+#include "../model/synth_fill.h"
 
 typedef struct ds4_engine ds4_engine;
 typedef struct ds4_session ds4_session;
@@ -43,6 +44,13 @@ typedef struct ds4_engine_config {
     const char *backend;   /* "cpu", "cuda" or NULL = best available */
     int prefill_chunk;     /* tokens per prefill chunk, 0 = 256 (capped at ctx); the
                               engine's scratch is sized for one chunk */
+    /* With model_image: synthetic tensors the image does not hold
+     * (ds4_synth_image_build's fills, synth_fill.h), generated where the
+     * backend keeps its weights. The cuda backend fills them in device
+     * memory while uploading; the cpu backend reads weights in place and
+     * refuses such a config. */
+    const ds4_synth_fill *synth_fills;
+    uint32_t n_synth_fills;
 } ds4_engine_config;
 
 int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err);

@@ -6,7 +6,13 @@
  * shape), so the loader computes the exact payload size before it reads any
  * row and refuses a payload whose size differs. Row counts are not trusted
  * either: N tokens through a ratio-R compressor give exactly floor(N/R) rows,
- * and anything else is a corrupt or foreign payload. */
+ * and anything else is a corrupt or foreign payload.
+ *
+ * A CUDA session keeps its state on the device in the CPU session's layout
+ * (cuda_engine.h ds4_cuda_session_state), so the payload is the same: saving
+ * first copies the state into the host session's buffers, which then serve
+ * as staging, and loading copies them to the device after every check
+ * passed. Payloads move freely between the backends. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +20,9 @@
 #include "../quant/quant.h"
 #include "engine_impl.h"
 #include "session_payload.h"
+#ifdef DS4_CUDA
+#include "../backend/cuda/cuda_engine.h"
+#endif
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the DS4 payload is little-endian; this file assumes a little-endian host"
@@ -61,6 +70,49 @@ uint64_t ds4_session_payload_bytes(const ds4_session *s) {
     return payload_bytes_for(s->e, n, min_u32(n, raw_window(&s->e->model.hp, (uint32_t)s->e->ctx)));
 }
 
+/* ------------------------------------------------------------ cuda state */
+
+/* Copies a CUDA session's state between the device and the host session's
+ * buffers (upload: to the device): every layer's raw ring, the compressed
+ * and indexer rows that n_tokens produce, and the frontiers. A download
+ * also sets the row counts, which only the device tracks. */
+static int cuda_state_copy(const ds4_session *s, bool upload, ds4_err *err) {
+#ifdef DS4_CUDA
+    const ds4_engine *e = s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    uint32_t n = (uint32_t)s->n_tokens;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        layer_kv *L = &s->layers[il];
+        uint32_t r = e->model.layers[il].compress_ratio;
+        struct state_buf { const char *name; void *p; size_t bytes; } b[7];
+        int nb = 0;
+        b[nb++] = (struct state_buf){"raw", L->raw.data, (size_t)L->raw.cap * L->raw.width * 2};
+        if (r) {
+            size_t st = state_floats(&L->comp_st) * sizeof(float);
+            b[nb++] = (struct state_buf){"comp", L->comp.data, (size_t)(n / r) * L->comp.width * 2};
+            b[nb++] = (struct state_buf){"comp_kv", L->comp_st.kv, st};
+            b[nb++] = (struct state_buf){"comp_score", L->comp_st.score, st};
+        }
+        if (r == 4) {
+            size_t st = state_floats(&L->index_st) * sizeof(float);
+            b[nb++] = (struct state_buf){"index", L->index_comp.data, (size_t)(n / 4) * L->index_comp.width * 2};
+            b[nb++] = (struct state_buf){"index_kv", L->index_st.kv, st};
+            b[nb++] = (struct state_buf){"index_score", L->index_st.score, st};
+        }
+        if (!L->raw.f16) return ds4_fail(err, "cuda session state is f16; this session stores f32 rows");
+        for (int i = 0; i < nb; i++)
+            if (ds4_cuda_session_state(s->cuda, il, b[i].name, b[i].p, b[i].bytes, upload, err)) return -1;
+        if (!upload) {
+            L->n_comp = r ? n / r : 0;
+            L->n_index_comp = r == 4 ? n / 4 : 0;
+        }
+    }
+    return 0;
+#else
+    return ds4_fail(err, "internal: a cuda session in a build without CUDA");
+#endif
+}
+
 /* ------------------------------------------------------------------ save */
 
 static int put(ds4_writer *w, const void *p, size_t n, ds4_err *err) {
@@ -87,7 +139,7 @@ int ds4_session_save_payload(const ds4_session *s, ds4_writer *w, ds4_err *err) 
     const ds4_engine *e = s->e;
     const ds4_hparams *hp = &e->model.hp;
     uint32_t n = (uint32_t)s->n_tokens, ctx = (uint32_t)e->ctx;
-    if (s->cuda) return ds4_fail(err, "session save is not implemented for the cuda backend yet");
+    if (s->cuda && n < ctx && cuda_state_copy(s, false, err)) return ds4_fail_prefix(err, "session save");
     if (n >= ctx)
         return ds4_fail(err, "session holds %u tokens, the whole context of %u: a full context cannot be "
                         "continued, so it is not saved", n, ctx);
@@ -243,9 +295,8 @@ static int load_body(ds4_session *s, ds4_reader *r, uint64_t nbytes, ds4_err *er
 }
 
 int ds4_session_load_payload(ds4_session *s, ds4_reader *r, uint64_t nbytes, ds4_err *err) {
-    if (s->cuda) return ds4_fail(err, "session load is not implemented for the cuda backend yet");
     ds4_session_reset(s);
-    if (load_body(s, r, nbytes, err) == 0) return 0;
+    if (load_body(s, r, nbytes, err) == 0 && (!s->cuda || cuda_state_copy(s, true, err) == 0)) return 0;
     ds4_session_reset(s);
     return ds4_fail_prefix(err, "session payload");
 }

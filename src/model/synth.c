@@ -9,17 +9,24 @@
  * type the mean and RMS of a block with d = 1 (and dmin chosen to cancel the
  * mean, for the K-quants) are measured once with the library's dequantiser,
  * and d is then set to std / RMS. Every bit pattern of the code bytes is a
- * valid block for Q8_0, Q2_K, Q4_K and IQ2_XXS (model-spec §14). */
+ * valid block for Q8_0, Q2_K, Q4_K and IQ2_XXS (model-spec §14). Those and
+ * the F16/F32 tensors come from the counter-based generator of synth_fill.h
+ * (large ones filled by several threads); ds4_synth_image_build leaves the
+ * large weight matrices to the backend, which runs the same generator in
+ * device memory. */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "../quant/quant.h"
 #include "layout.h"
 #include "synth.h"
+#include "synth_fill.h"
 
 #define IMAGE_ALIGN (2u << 20) /* memory images start on a 2 MiB (huge page) boundary */
 
@@ -95,11 +102,6 @@ static uint64_t splitmix64(uint64_t *s) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
-}
-
-/* Uniform on [-sqrt(3), sqrt(3)]: mean 0, variance 1. */
-static float unit_uniform(uint64_t *s) {
-    return ((float)(splitmix64(s) >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * 1.7320508f;
 }
 
 static uint64_t name_seed(uint64_t seed, const char *name) {
@@ -193,6 +195,8 @@ typedef struct tensor_spec {
     uint64_t ne[3];
     init_kind init;
     float mean, std;
+    bool matrix;  /* a weight matrix (linear or embedding role) */
+    bool device;  /* left for the backend to generate (ds4_synth_image_build) */
 } tensor_spec;
 
 typedef struct synth {
@@ -202,7 +206,64 @@ typedef struct synth {
     size_t n_specs, cap_specs;
     quant_calib calib[sizeof quant_layouts / sizeof quant_layouts[0]];
     ds4_err *err;
+    uint64_t device_min_bytes;  /* 0: every tensor generated here */
+    const uint8_t *image;       /* the image being written, for the fills' offsets */
+    ds4_synth_fill *fills;      /* tensors left to the backend */
+    uint32_t n_fills;
+    uint64_t fill_bytes;
 } synth;
+
+/* The generator of a Gaussian-init tensor of a type synth_fill.h makes. */
+static void fill_params(synth *s, const tensor_spec *t, uint64_t nbytes, ds4_synth_fill *f) {
+    memset(f, 0, sizeof *f);
+    f->nbytes = nbytes;
+    f->seed = name_seed(s->c->seed, t->name);
+    f->type = t->type;
+    if (t->type == DS4_TYPE_F16 || t->type == DS4_TYPE_F32) {
+        f->mean = t->mean;
+        f->scale = (float)(t->std * sqrt(3.0) / 8388608.0); /* t/2^23·sqrt 3: variance 1 */
+        return;
+    }
+    const quant_layout *q = layout_of(t->type);
+    quant_calib *c = &s->calib[q - quant_layouts];
+    if (!c->done) calibrate(q, c);
+    float d = t->std / c->rms;
+    f->d = ds4_f32_to_f16(d);
+    f->dmin = q->has_dmin ? ds4_f32_to_f16(d * c->dmin_ratio) : 0;
+}
+
+typedef struct fill_job {
+    const ds4_synth_fill *f;
+    uint8_t *dst;
+    uint64_t w0, w1; /* words [w0, w1) */
+} fill_job;
+
+static void *fill_words(void *arg) {
+    fill_job *j = arg;
+    uint64_t n_full = j->f->nbytes / 8;
+    for (uint64_t w = j->w0; w < j->w1; w++) {
+        uint64_t v = ds4_synth_word(j->f, w);
+        memcpy(j->dst + 8 * w, &v, w < n_full ? 8 : j->f->nbytes - 8 * w);
+    }
+    return NULL;
+}
+
+/* The whole tensor, on up to 16 threads when it is large. */
+static void fill_generated(const ds4_synth_fill *f, uint8_t *dst) {
+    enum { MAX_THREADS = 16 };
+    uint64_t words = (f->nbytes + 7) / 8;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = f->nbytes < (8u << 20) || cores < 2 ? 1 : cores > MAX_THREADS ? MAX_THREADS : (int)cores;
+    fill_job jobs[MAX_THREADS];
+    pthread_t tid[MAX_THREADS];
+    int started = 0;
+    for (int i = 0; i < n; i++) jobs[i] = (fill_job){f, dst, words * i / n, words * (i + 1) / n};
+    for (int i = 1; i < n; i++, started++)
+        if (pthread_create(&tid[i], NULL, fill_words, &jobs[i])) break;
+    fill_words(&jobs[0]);
+    for (int i = 1; i <= started; i++) pthread_join(tid[i], NULL);
+    for (int i = started + 1; i < n; i++) fill_words(&jobs[i]); /* threads that did not start */
+}
 
 static int fill_tensor(void *ctx, void *dst, uint64_t nbytes, ds4_err *err) {
     tensor_spec *t = ctx;
@@ -229,35 +290,24 @@ static int fill_tensor(void *ctx, void *dst, uint64_t nbytes, ds4_err *err) {
         free(perm);
         return 0;
     }
-    switch (t->type) {
-    case DS4_TYPE_F32: {
-        float *out = dst;
-        for (uint64_t i = 0; i < n; i++) out[i] = t->mean + t->std * unit_uniform(&rng);
-        return 0;
-    }
-    case DS4_TYPE_F16: {
-        uint16_t *out = dst;
-        for (uint64_t i = 0; i < n; i++) out[i] = ds4_f32_to_f16(t->mean + t->std * unit_uniform(&rng));
-        return 0;
-    }
-    case DS4_TYPE_I32:
+    if (t->type == DS4_TYPE_I32) {
         memset(dst, 0, nbytes);
         return 0;
-    default: break;
     }
-    const quant_layout *q = layout_of(t->type);
-    if (!q) return ds4_fail(err, "%s: cannot generate type %u", t->name, t->type);
-    quant_calib *c = &s->calib[q - quant_layouts];
-    if (!c->done) calibrate(q, c);
-    float d = t->std / c->rms;
-    uint8_t *out = dst;
-    random_bytes(&rng, out, nbytes);
-    for (uint64_t off = 0; off + ti->block_bytes <= nbytes; off += ti->block_bytes)
-        set_scales(q, out + off, d, d * c->dmin_ratio);
+    if (!ds4_synth_fill_type_ok(t->type)) return ds4_fail(err, "%s: cannot generate type %u", t->name, t->type);
+    ds4_synth_fill f;
+    fill_params(s, t, nbytes, &f);
+    if (t->device) {
+        f.offset = (uint64_t)((const uint8_t *)dst - s->image);
+        s->fills[s->n_fills++] = f;
+        s->fill_bytes += nbytes;
+        return 0;
+    }
+    fill_generated(&f, dst);
     return 0;
 }
 
-static int add(synth *s, const char *prefix, const char *suffix, uint32_t type, init_kind init,
+static int add(synth *s, const char *prefix, const char *suffix, uint32_t type, init_kind init, bool matrix,
                float mean, float std, uint32_t n_dims, uint64_t ne0, uint64_t ne1, uint64_t ne2) {
     if (s->n_specs == s->cap_specs) return ds4_fail(s->err, "internal: tensor list full");
     tensor_spec *t = &s->specs[s->n_specs];
@@ -274,6 +324,11 @@ static int add(synth *s, const char *prefix, const char *suffix, uint32_t type, 
         s->c->tensor_hook(s->c->hook_ctx, s->w, t->name, &t->type, &t->n_dims, t->ne))
         return 0;
     for (uint32_t i = t->n_dims; i < 3; i++) t->ne[i] = 1;
+    if (s->device_min_bytes && matrix && init == INIT_GAUSS && ds4_synth_fill_type_ok(t->type) &&
+        ds4_type_info_get(t->type)) {
+        uint64_t rows = t->ne[1] * t->ne[2];
+        t->device = ds4_type_row_bytes(t->type, t->ne[0]) * rows >= s->device_min_bytes;
+    }
     s->n_specs++;
     return gguf_writer_add_tensor(s->w, t->name, t->type, t->n_dims, t->ne, NULL, fill_tensor, t,
                                   s->err);
@@ -310,7 +365,8 @@ static int add_slot(void *ctx, const char *prefix, int layer, const ds4_slot *sl
     }
     float mean, std;
     role_init(sl, &mean, &std);
-    return add(s, prefix, sl->suffix, type, sl->kind == DS4_SLOT_TID2EID ? INIT_TID2EID : INIT_GAUSS,
+    bool matrix = sl->role == DS4_ROLE_LINEAR || sl->role == DS4_ROLE_EMBEDDING;
+    return add(s, prefix, sl->suffix, type, sl->kind == DS4_SLOT_TID2EID ? INIT_TID2EID : INIT_GAUSS, matrix,
                mean, std, sl->n_dims, sl->ne[0], sl->ne[1], sl->ne[2]);
 }
 
@@ -344,28 +400,61 @@ static uint64_t memory_available(void) {
     return (uint64_t)kb << 10;
 }
 
-/* Writes the file to path, or (path NULL) into a new memory image. An image
- * larger than the memory available is refused up front: with overcommit the
- * allocation would succeed and the process be killed while filling it. */
-static int synth_finish(synth *s, int rc, const char *path, void **image, uint64_t *size) {
-    if (rc == 0 && path) rc = gguf_writer_write(s->w, path, s->err);
-    if (rc == 0 && !path) {
-        uint64_t n = gguf_writer_image_size(s->w), avail = memory_available();
-        void *buf = NULL;
-        if (avail && n > avail) {
-            rc = ds4_fail(s->err, "a %.2f GiB model image does not fit in the %.2f GiB of memory available "
-                          "(fewer layers?)", (double)n / (1 << 30), (double)avail / (1 << 30));
-        } else if (n > SIZE_MAX || posix_memalign(&buf, IMAGE_ALIGN, (size_t)n) != 0) {
-            rc = ds4_fail(s->err, "out of memory for a %.2f GiB model image", (double)n / (1 << 30));
-        } else {
-            madvise(buf, (size_t)n, MADV_HUGEPAGE); /* fewer TLB misses on weights; advisory */
-            rc = gguf_writer_write_memory(s->w, buf, n, s->err);
-            if (rc == 0) { *image = buf; *size = n; }
-            else free(buf);
-        }
+/* Where synth_finish puts the model: a file (path), a malloc'd image, or
+ * (device_min_bytes > 0) an anonymous mapping with the large matrices left
+ * untouched and listed as fills. */
+typedef struct synth_out {
+    const char *path;
+    ds4_synth_image *img;
+} synth_out;
+
+/* An image larger than the memory available is refused up front: with
+ * overcommit the allocation would succeed and the process be killed while
+ * filling it. Only the bytes generated here count. */
+static int write_image(synth *s, ds4_synth_image *img) {
+    uint64_t n = gguf_writer_image_size(s->w), avail = memory_available(), host = n;
+    bool mapped = s->device_min_bytes > 0;
+    if (mapped) {
+        host = 0;
+        for (size_t i = 0; i < s->n_specs; i++)
+            if (!s->specs[i].device) host += ds4_type_row_bytes(s->specs[i].type, s->specs[i].ne[0]) *
+                                             s->specs[i].ne[1] * s->specs[i].ne[2];
     }
+    if (avail && host > avail)
+        return ds4_fail(s->err, "a %.2f GiB model image does not fit in the %.2f GiB of memory available "
+                        "(fewer layers?)", (double)host / (1 << 30), (double)avail / (1 << 30));
+    void *buf = NULL;
+    if (n > SIZE_MAX) return ds4_fail(s->err, "a %.2f GiB model image is too large", (double)n / (1 << 30));
+    if (mapped) {
+        /* Reserved without backing: the pages the backend generates are never touched here. */
+        buf = mmap(NULL, (size_t)n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (buf == MAP_FAILED) buf = NULL;
+        s->fills = calloc(s->n_specs ? s->n_specs : 1, sizeof *s->fills);
+        if (!s->fills && buf) { munmap(buf, (size_t)n); buf = NULL; }
+    } else if (posix_memalign(&buf, IMAGE_ALIGN, (size_t)n) != 0) {
+        buf = NULL;
+    } else {
+        madvise(buf, (size_t)n, MADV_HUGEPAGE); /* fewer TLB misses on weights; advisory */
+    }
+    if (!buf) return ds4_fail(s->err, "out of memory for a %.2f GiB model image", (double)n / (1 << 30));
+    s->image = buf;
+    int rc = gguf_writer_write_memory(s->w, buf, n, s->err);
+    img->base = buf;
+    img->size = n;
+    img->mapped = mapped;
+    img->fills = s->fills;
+    img->n_fills = s->n_fills;
+    img->fill_bytes = s->fill_bytes;
+    s->fills = NULL;
+    if (rc) ds4_synth_image_free(img);
+    return rc;
+}
+
+static int synth_finish(synth *s, int rc, const synth_out *out) {
+    if (rc == 0) rc = out->path ? gguf_writer_write(s->w, out->path, s->err) : write_image(s, out->img);
     gguf_writer_free(s->w);
     free(s->specs);
+    free(s->fills);
     return rc;
 }
 
@@ -377,26 +466,48 @@ static int add_model_tensors(synth *s) {
     return 0;
 }
 
-static int synth_model(const ds4_synth_config *c, const char *path, void **image, uint64_t *size,
+static int synth_model(const ds4_synth_config *c, const synth_out *out, uint64_t device_min_bytes,
                        ds4_err *err) {
     if (c->hp.n_layer < 1 || c->hp.n_layer > DS4_MAX_LAYERS)
         return ds4_fail(err, "layer count %u is not in 1..%d", c->hp.n_layer, DS4_MAX_LAYERS);
     synth s;
     if (synth_begin(&s, c, 16 + (size_t)c->hp.n_layer * 40, err)) return -1;
+    s.device_min_bytes = device_min_bytes;
     ds4_model_meta_write(s.w, c->name ? c->name : "DeepSeek V4 Flash (synthetic)", &c->hp,
                          c->meta_hook, c->hook_ctx);
     if (c->vocab) ds4_synth_vocab_write(s.w, c->vocab, c->meta_hook, c->hook_ctx);
-    return synth_finish(&s, add_model_tensors(&s), path, image, size);
+    return synth_finish(&s, add_model_tensors(&s), out);
 }
 
 int ds4_synth_write_model(const ds4_synth_config *c, const char *path, ds4_err *err) {
-    return synth_model(c, path, NULL, NULL, err);
+    synth_out out = {.path = path};
+    return synth_model(c, &out, 0, err);
 }
 
 int ds4_synth_model_image(const ds4_synth_config *c, void **image, uint64_t *size, ds4_err *err) {
+    ds4_synth_image img;
+    synth_out out = {.img = &img};
+    memset(&img, 0, sizeof img);
     *image = NULL;
     *size = 0;
-    return synth_model(c, NULL, image, size, err);
+    if (synth_model(c, &out, 0, err)) return -1;
+    *image = img.base;
+    *size = img.size;
+    return 0;
+}
+
+int ds4_synth_image_build(const ds4_synth_config *c, uint64_t device_min_bytes, ds4_synth_image *img,
+                          ds4_err *err) {
+    synth_out out = {.img = img};
+    memset(img, 0, sizeof *img);
+    return synth_model(c, &out, device_min_bytes, err);
+}
+
+void ds4_synth_image_free(ds4_synth_image *img) {
+    if (img->mapped && img->base) munmap(img->base, (size_t)img->size);
+    else free(img->base);
+    free(img->fills);
+    memset(img, 0, sizeof *img);
 }
 
 /* The published MTP file carries no model metadata that ds4 reads; we write
@@ -405,5 +516,6 @@ int ds4_synth_write_mtp(const ds4_synth_config *c, const char *path, ds4_err *er
     synth s;
     if (synth_begin(&s, c, 64, err)) return -1;
     ds4_model_meta_write(s.w, "DeepSeek V4 Flash MTP (synthetic)", NULL, c->meta_hook, c->hook_ctx);
-    return synth_finish(&s, ds4_layout_mtp(&c->hp, add_slot, &s), path, NULL, NULL);
+    synth_out out = {.path = path};
+    return synth_finish(&s, ds4_layout_mtp(&c->hp, add_slot, &s), &out);
 }

@@ -7,7 +7,8 @@
  * HC scales and biases. Quantised tensors get random codes with calibrated
  * block scales (no quantiser is run), so full-size files are cheap to make;
  * tensor data is produced while the file is streamed out, one tensor at a
- * time (or generated in place into a memory image). ds4_synth_write_mtp()
+ * time (or generated in place into a memory image, or left to the GPU:
+ * ds4_synth_image_build). ds4_synth_write_mtp()
  * writes the matching MTP file (§2.4).
  *
  * Presets: "tiny" (n_embd 256, 6 layers with ratios 0,0,4,16,4,16, 3 hash
@@ -31,6 +32,7 @@
 #include "../common/error.h"
 #include "../gguf/gguf.h"
 #include "model.h"
+#include "synth_fill.h"
 
 /* GGUF token types (llama.cpp's convention). */
 enum { DS4_TOKEN_NORMAL = 1, DS4_TOKEN_CONTROL = 3, DS4_TOKEN_USER_DEFINED = 4, DS4_TOKEN_UNUSED = 5 };
@@ -83,6 +85,27 @@ int ds4_synth_write_model(const ds4_synth_config *c, const char *path, ds4_err *
  * benchmarks need no multi-GB file): *image is 2 MiB-aligned, *size bytes;
  * the caller frees it with free() after closing the model. */
 int ds4_synth_model_image(const ds4_synth_config *c, void **image, uint64_t *size, ds4_err *err);
+
+/* A model image whose large weight matrices may be left to the backend. */
+typedef struct ds4_synth_image {
+    void *base;               /* the GGUF image */
+    uint64_t size;
+    bool mapped;              /* an anonymous mapping (fills left untouched), else malloc'd */
+    ds4_synth_fill *fills;    /* tensors not generated here, in image order */
+    uint32_t n_fills;
+    uint64_t fill_bytes;      /* their data bytes */
+} ds4_synth_image;
+/* Like ds4_synth_model_image; with device_min_bytes > 0 the weight matrices
+ * (linear and embedding roles, every type synth_fill.h makes) of at least
+ * that many bytes are not generated: the image is an anonymous mapping
+ * reserved without backing, their pages are never touched, and img->fills
+ * says how to generate each. Pass the fills to the engine
+ * (ds4_engine_config.synth_fills): the cuda backend generates them in
+ * device memory; reading them on the host gives zeros. Free with
+ * ds4_synth_image_free after closing the engine. */
+int ds4_synth_image_build(const ds4_synth_config *c, uint64_t device_min_bytes, ds4_synth_image *img,
+                          ds4_err *err);
+void ds4_synth_image_free(ds4_synth_image *img);
 int ds4_synth_write_mtp(const ds4_synth_config *c, const char *path, ds4_err *err);
 
 #endif

@@ -36,6 +36,7 @@ extern "C" {
 
 #include "cuda_step_ops.cuh"
 #include "cuda_engine_impl.cuh"
+#include "cuda_synth.cuh"
 
 /* Profiling: an event after the operations enqueued since the last mark. */
 static void mark(ds4_cuda_engine *e, cudaStream_t st, const char *label) {
@@ -79,15 +80,38 @@ static void prof_print(const ds4_cuda_engine *e) {
 
 static uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
 
-/* Reserves room for t (base == NULL) or copies it into the arena. */
+/* The synthetic fill of t's data, if it is generated on the device (the
+ * fills are sorted by their offset into the model's image). */
+static const ds4_synth_fill *fill_of(const ds4_cuda_engine *e, const ds4_tensor *t) {
+    if (!e->n_fills || !t->data) return NULL;
+    uint64_t off = (uint64_t)((const uint8_t *)t->data - e->m->file.base);
+    uint32_t lo = 0, hi = e->n_fills;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (e->fills[mid].offset < off) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < e->n_fills && e->fills[lo].offset == off ? &e->fills[lo] : NULL;
+}
+
+/* Reserves room for t (counting) or puts it into the arena: copied from
+ * the host, or generated there when it is a synthetic fill. */
 static int put_tensor(ds4_cuda_engine *e, const ds4_tensor *t, dmat *out, bool counting, ds4_err *err) {
     memset(out, 0, sizeof *out);
     if (!t->data) return 0;
     uint64_t off = e->arena_used;
     e->arena_used = align256(e->arena_used + t->nbytes);
     if (counting) return 0;
-    cudaError_t c = cudaMemcpy(e->arena + off, t->data, t->nbytes, cudaMemcpyHostToDevice);
-    if (c != cudaSuccess) return cuda_fail(err, "weight upload", c);
+    const ds4_synth_fill *f = fill_of(e, t);
+    if (f && f->nbytes != t->nbytes)
+        return ds4_fail(err, "cuda: synthetic fill of %s has %llu bytes, the tensor %llu", t->name,
+                        (unsigned long long)f->nbytes, (unsigned long long)t->nbytes);
+    if (f) {
+        if (ds4_cuda_synth_fill(e->arena + off, f, e->stream, err)) return -1;
+    } else {
+        cudaError_t c = cudaMemcpy(e->arena + off, t->data, t->nbytes, cudaMemcpyHostToDevice);
+        if (c != cudaSuccess) return cuda_fail(err, "weight upload", c);
+    }
     const ds4_type_info *ti = ds4_type_info_get(t->type);
     out->w = e->arena + off;
     out->type = t->type;
@@ -101,6 +125,7 @@ static int put_tensor(ds4_cuda_engine *e, const ds4_tensor *t, dmat *out, bool c
 static int put_f32(ds4_cuda_engine *e, const ds4_tensor *t, const float **out, ds4_err *err) {
     *out = NULL;
     if (!t->data) return 0;
+    if (fill_of(e, t)) return ds4_fail(err, "cuda: %s is read on the host but was left to the device", t->name);
     uint64_t n = 1;
     for (uint32_t d = 0; d < t->n_dims; d++) n *= t->ne[d];
     float *h = (float *)malloc(n * sizeof(float));
@@ -165,6 +190,8 @@ static int upload_weights(ds4_cuda_engine *e, bool counting, ds4_err *err) {
 #undef PUT
     if (counting) return 0;
     if (m->hp.n_layer > 8) fprintf(stderr, "\n");
+    cudaError_t c = cudaStreamSynchronize(e->stream); /* the synthetic fills */
+    if (c != cudaSuccess) return cuda_fail(err, "synthetic weight fill", c);
     if (put_f32(e, &m->output_hc_scale, &e->out_hc_scale, err) || put_f32(e, &m->output_hc_base, &e->out_hc_base, err) ||
         put_f32(e, &m->output_norm, &e->out_norm, err))
         return -1;
@@ -281,13 +308,80 @@ extern "C" bool ds4_cuda_available(void) {
     return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
-extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact, ds4_err *err) {
+/* Lays out one session's KV state for ctx tokens (model-spec §7.1, the CPU
+ * engine's layout) at base into s's layer pointers (s NULL: sizes only);
+ * returns the bytes. */
+static size_t session_layout(const ds4_cuda_engine *e, uint32_t ctx, ds4_cuda_session *s, uint8_t *base) {
+    const ds4_hparams *hp = &e->m->hp;
+    size_t hd = hp->head_dim, ihd = hp->indexer_head_dim, off = 0;
+#define CARVE(ptr, type, n)                                                  \
+    do {                                                                     \
+        if (s) (ptr) = (type *)(base + off);                                 \
+        off = align256(off + (size_t)(n) * sizeof(type));                    \
+    } while (0)
+    dlayer_kv scratch;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        dlayer_kv *K = s ? &s->L[il] : &scratch;
+        uint32_t r = e->m->layers[il].compress_ratio;
+        size_t cap = r ? ctx / r + 2 : 0;
+        CARVE(K->raw, __half, (size_t)hp->n_swa * hd);
+        if (r) {
+            size_t coff = r == 4 ? 2 : 1;
+            K->st_n = coff * r * coff * hd;
+            CARVE(K->comp, __half, cap * hd);
+            CARVE(K->st_kv, float, K->st_n);
+            CARVE(K->st_sc, float, K->st_n);
+        }
+        if (r == 4) {
+            K->ist_n = 2 * 4 * 2 * ihd;
+            CARVE(K->index, __half, cap * ihd);
+            CARVE(K->ist_kv, float, K->ist_n);
+            CARVE(K->ist_sc, float, K->ist_n);
+        }
+    }
+#undef CARVE
+    return off;
+}
+
+static double gib(double bytes) { return bytes / 1073741824.0; }
+
+/* Device memory left for the driver, graph and kernel launches beyond what
+ * the engine allocates itself. */
+#define DEVICE_RESERVE ((size_t)256 << 20)
+
+/* Before the weights are loaded: weights + one session at ctx must fit in
+ * what is free (the workspace is allocated already). */
+static int check_fit(ds4_cuda_engine *e, size_t free_b, size_t work_b, ds4_err *err) {
+    size_t sess = session_layout(e, (uint32_t)e->ctx, NULL, NULL);
+    size_t need = e->arena_size + sess + DEVICE_RESERVE;
+    if (need <= free_b) return 0;
+    int lo = 0, hi = e->ctx; /* the largest ctx that fits is in [lo, hi) */
+    while (hi - lo > 1) {
+        int mid = lo + (hi - lo) / 2;
+        if (e->arena_size + session_layout(e, (uint32_t)mid, NULL, NULL) + DEVICE_RESERVE <= free_b) lo = mid;
+        else hi = mid;
+    }
+    char fit[96];
+    if (lo >= 1) snprintf(fit, sizeof fit, "the largest ctx that fits is %d", lo);
+    else snprintf(fit, sizeof fit, "the weights alone do not fit (fewer layers?)");
+    return ds4_fail(err, "cuda: ctx %d needs %.2f GiB of device memory (weights %.2f, session state %.2f, "
+                    "reserve %.2f; workspace %.2f allocated) but %.2f GiB are free on %s: %s", e->ctx,
+                    gib((double)need), gib((double)e->arena_size), gib((double)sess), gib((double)DEVICE_RESERVE),
+                    gib((double)work_b), gib((double)free_b), e->name, fit);
+}
+
+extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact,
+                                    const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err) {
     *out = NULL;
     if (exact) return ds4_fail(err, "cuda: exact mode is not implemented on the GPU (use the cpu backend)");
     if (check_model(m, err)) return -1;
+    for (uint32_t i = 1; i < n_fills; i++)
+        if (fills[i].offset <= fills[i - 1].offset) return ds4_fail(err, "cuda: synthetic fills are not sorted");
     ds4_cuda_engine *e = (ds4_cuda_engine *)calloc(1, sizeof *e);
     if (!e) return ds4_fail(err, "cuda: out of host memory");
     e->m = m;
+    e->fills = fills;
+    e->n_fills = n_fills;
     e->ctx = ctx;
     if (ds4_cuda_kernels_init(&e->k, 0, err)) {
         free(e);
@@ -318,19 +412,36 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     }
     upload_weights(e, true, NULL);
     e->arena_size = e->arena_used;
-    size_t free_b = 0, total_b = 0;
+    size_t free0 = 0, free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free0, &total_b);
+    if (alloc_work(e, err)) {
+        ds4_cuda_engine_close(e);
+        return -1;
+    }
     cudaMemGetInfo(&free_b, &total_b);
+    size_t work_b = free0 > free_b ? free0 - free_b : 0;
+    if (check_fit(e, free_b, work_b, err)) {
+        ds4_cuda_engine_close(e);
+        return -1;
+    }
     c = cudaMalloc(&e->arena, e->arena_size);
     if (c != cudaSuccess) {
         ds4_fail(err, "cuda: the weights need %.2f GiB of device memory; %.2f GiB are free on %s",
-                 e->arena_size / 1073741824.0, free_b / 1073741824.0, e->name);
+                 gib((double)e->arena_size), gib((double)free_b), e->name);
         ds4_cuda_engine_close(e);
         return -1;
     }
-    if (upload_weights(e, false, err) || alloc_work(e, err)) {
+    if (upload_weights(e, false, err)) {
         ds4_cuda_engine_close(e);
         return -1;
     }
+    e->fills = NULL; /* the caller's, valid during open only */
+    e->n_fills = 0;
+    size_t sess = session_layout(e, (uint32_t)ctx, NULL, NULL);
+    fprintf(stderr, "cuda: %s: weights %.2f GiB (%u tensors generated on the device), session state %.3f GiB "
+            "per session at ctx %d, workspace %.3f GiB; %.2f of %.2f GiB free before the first session\n", e->name,
+            gib((double)e->arena_size), n_fills, gib((double)sess), ctx, gib((double)work_b),
+            gib((double)(free_b - e->arena_size)), gib((double)total_b));
     size_t smem = (hp->head_dim * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
     c = cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (c != cudaSuccess) {
@@ -621,45 +732,14 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     ds4_cuda_session *s = (ds4_cuda_session *)calloc(1, sizeof *s);
     if (!s) return ds4_fail(err, "cuda: out of host memory");
     s->e = e;
-    size_t hd = hp->head_dim, ihd = hp->indexer_head_dim, total = 0;
-    /* Two passes: sizes, then pointers into one allocation. */
-    for (int pass = 0; pass < 2; pass++) {
-        size_t off = 0;
-        uint8_t *base = (uint8_t *)s->state;
-#define CARVE(ptr, type, n)                                                  \
-    do {                                                                     \
-        if (pass) (ptr) = (type *)(base + off);                              \
-        off = align256(off + (size_t)(n) * sizeof(type));                    \
-    } while (0)
-        for (uint32_t il = 0; il < hp->n_layer; il++) {
-            dlayer_kv *K = &s->L[il];
-            uint32_t r = e->m->layers[il].compress_ratio;
-            CARVE(K->raw, __half, (size_t)hp->n_swa * hd);
-            if (r) {
-                size_t coff = r == 4 ? 2 : 1;
-                K->st_n = coff * r * coff * hd;
-                CARVE(K->comp, __half, (size_t)e->comp_cap[il] * hd);
-                CARVE(K->st_kv, float, K->st_n);
-                CARVE(K->st_sc, float, K->st_n);
-            }
-            if (r == 4) {
-                K->ist_n = 2 * 4 * 2 * ihd;
-                CARVE(K->index, __half, (size_t)e->comp_cap[il] * ihd);
-                CARVE(K->ist_kv, float, K->ist_n);
-                CARVE(K->ist_sc, float, K->ist_n);
-            }
-        }
-#undef CARVE
-        if (!pass) {
-            total = off;
-            cudaError_t c = cudaMalloc(&s->state, total ? total : 256);
-            if (c != cudaSuccess) {
-                free(s);
-                return ds4_fail(err, "cuda: a %d-token session needs %.1f MiB of device memory: %s", e->ctx,
-                                total / 1048576.0, cudaGetErrorString(c));
-            }
-        }
+    size_t total = session_layout(e, (uint32_t)e->ctx, NULL, NULL);
+    cudaError_t c0 = cudaMalloc(&s->state, total ? total : 256);
+    if (c0 != cudaSuccess) {
+        free(s);
+        return ds4_fail(err, "cuda: a %d-token session needs %.1f MiB of device memory: %s", e->ctx,
+                        total / 1048576.0, cudaGetErrorString(c0));
     }
+    session_layout(e, (uint32_t)e->ctx, s, (uint8_t *)s->state);
     cudaError_t c = cudaMemset(s->state, 0, total ? total : 256);
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, sizeof(step_io));
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_logits, hp->n_vocab * sizeof(float));

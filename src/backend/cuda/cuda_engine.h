@@ -29,6 +29,7 @@ extern "C" {
 
 #include "../../common/error.h"
 #include "../../model/model.h"
+#include "../../model/synth_fill.h"
 
 typedef struct ds4_cuda_engine ds4_cuda_engine;
 typedef struct ds4_cuda_session ds4_cuda_session;
@@ -37,8 +38,15 @@ typedef struct ds4_cuda_session ds4_cuda_session;
 bool ds4_cuda_available(void);
 
 /* Uploads the model (which must outlive the engine) for contexts of up to
- * ctx tokens. exact mode is not implemented on the GPU (an error). */
-int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact, ds4_err *err);
+ * ctx tokens. exact mode is not implemented on the GPU (an error). The
+ * n_fills synthetic tensors (synth_fill.h; offsets into the model's image,
+ * sorted) are not copied but generated in device memory. Before loading,
+ * the weights, one session's state at ctx and the workspace are checked
+ * against the device's free memory: if they do not fit, the error gives
+ * the numbers and the largest ctx that would; on success the use is
+ * printed to stderr. */
+int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact,
+                         const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err);
 void ds4_cuda_engine_close(ds4_cuda_engine *e);
 /* "cuda (NVIDIA H100 ...)" style name for logs. */
 const char *ds4_cuda_engine_device_name(const ds4_cuda_engine *e);

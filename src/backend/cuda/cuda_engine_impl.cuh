@@ -67,6 +67,8 @@ struct dwork {
 
 struct ds4_cuda_engine {
     const ds4_model *m;
+    const ds4_synth_fill *fills; /* synthetic tensors generated on the device (during open only) */
+    uint32_t n_fills;
     ds4_cuda_kernels *k;
     cudaStream_t stream;
     cudaStream_t side;                 /* HC split (Sinkhorn) beside the main work */
