@@ -3,9 +3,11 @@
  *
  * Weights: every tensor the step reads is copied once into one device
  * arena in its GGUF block layout (the matvec kernels read those bytes
- * directly); the small per-layer vectors (norm weights, HC scales and
- * biases, sinks, APE, router bias) are converted to f32 first, as the CPU
- * engine does at open.
+ * directly), or, for a synthetic model's large matrices, generated there
+ * (cuda_synth.cuh); the small per-layer vectors (norm weights, HC scales
+ * and biases, sinks, APE, router bias) are converted to f32 first, as the
+ * CPU engine does at open. Before anything is loaded, the weights and one
+ * session's state at ctx are checked against the free device memory.
  *
  * The step is the forward pass of src/engine/forward.c for one token, in
  * the same order: embedding, then per layer HC pre → attention (Q, KV,
@@ -262,6 +264,7 @@ static int dalloc(ds4_cuda_engine *e, void **p, size_t bytes, ds4_err *err) {
     cudaError_t c = cudaMalloc(p, bytes ? bytes : 16);
     if (c != cudaSuccess) return cuda_fail(err, "workspace allocation", c);
     e->small[e->n_small++] = *p;
+    e->work_bytes += bytes;
     return 0;
 }
 
@@ -351,7 +354,7 @@ static double gib(double bytes) { return bytes / 1073741824.0; }
 
 /* Before the weights are loaded: weights + one session at ctx must fit in
  * what is free (the workspace is allocated already). */
-static int check_fit(ds4_cuda_engine *e, size_t free_b, size_t work_b, ds4_err *err) {
+static int check_fit(ds4_cuda_engine *e, size_t free_b, ds4_err *err) {
     size_t sess = session_layout(e, (uint32_t)e->ctx, NULL, NULL);
     size_t need = e->arena_size + sess + DEVICE_RESERVE;
     if (need <= free_b) return 0;
@@ -365,9 +368,9 @@ static int check_fit(ds4_cuda_engine *e, size_t free_b, size_t work_b, ds4_err *
     if (lo >= 1) snprintf(fit, sizeof fit, "the largest ctx that fits is %d", lo);
     else snprintf(fit, sizeof fit, "the weights alone do not fit (fewer layers?)");
     return ds4_fail(err, "cuda: ctx %d needs %.2f GiB of device memory (weights %.2f, session state %.2f, "
-                    "reserve %.2f; workspace %.2f allocated) but %.2f GiB are free on %s: %s", e->ctx,
+                    "reserve %.2f; workspace %.1f MiB allocated) but %.2f GiB are free on %s: %s", e->ctx,
                     gib((double)need), gib((double)e->arena_size), gib((double)sess), gib((double)DEVICE_RESERVE),
-                    gib((double)work_b), gib((double)free_b), e->name, fit);
+                    e->work_bytes / 1048576.0, gib((double)free_b), e->name, fit);
 }
 
 extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact,
@@ -412,15 +415,13 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     }
     upload_weights(e, true, NULL);
     e->arena_size = e->arena_used;
-    size_t free0 = 0, free_b = 0, total_b = 0;
-    cudaMemGetInfo(&free0, &total_b);
+    size_t free_b = 0, total_b = 0;
     if (alloc_work(e, err)) {
         ds4_cuda_engine_close(e);
         return -1;
     }
     cudaMemGetInfo(&free_b, &total_b);
-    size_t work_b = free0 > free_b ? free0 - free_b : 0;
-    if (check_fit(e, free_b, work_b, err)) {
+    if (check_fit(e, free_b, err)) {
         ds4_cuda_engine_close(e);
         return -1;
     }
@@ -439,8 +440,8 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->n_fills = 0;
     size_t sess = session_layout(e, (uint32_t)ctx, NULL, NULL);
     fprintf(stderr, "cuda: %s: weights %.2f GiB (%u tensors generated on the device), session state %.3f GiB "
-            "per session at ctx %d, workspace %.3f GiB; %.2f of %.2f GiB free before the first session\n", e->name,
-            gib((double)e->arena_size), n_fills, gib((double)sess), ctx, gib((double)work_b),
+            "per session at ctx %d, workspace %.1f MiB; %.2f of %.2f GiB free before the first session\n", e->name,
+            gib((double)e->arena_size), n_fills, gib((double)sess), ctx, e->work_bytes / 1048576.0,
             gib((double)(free_b - e->arena_size)), gib((double)total_b));
     size_t smem = (hp->head_dim * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
     c = cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);

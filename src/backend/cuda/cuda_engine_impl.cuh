@@ -69,6 +69,7 @@ struct ds4_cuda_engine {
     const ds4_model *m;
     const ds4_synth_fill *fills; /* synthetic tensors generated on the device (during open only) */
     uint32_t n_fills;
+    uint64_t work_bytes; /* the step workspace (dalloc) */
     ds4_cuda_kernels *k;
     cudaStream_t stream;
     cudaStream_t side;                 /* HC split (Sinkhorn) beside the main work */
