@@ -11,9 +11,14 @@
  * the same order: embedding, then per layer HC pre → attention (Q, KV,
  * compressors, indexer, attention, grouped output) → HC post → HC pre →
  * MoE (router, shared expert, routed experts) → HC post, then the output
- * head. Quantised products go through cuda_kernels.h with the activation
- * quantised on the device exactly as ds4_quantize_act does; the rest is
- * cuda_step_ops.cuh. Nothing depends on host values that change between
+ * head. Each HC post and the next HC pre are one kernel (k_hc); products
+ * that read the same activation share a launch; the shared expert runs on
+ * a second stream beside the router and the routed gate/up. Quantised
+ * products go through cuda_kernels.h with the activation quantised on the
+ * device exactly as ds4_quantize_act does (inside the product's blocks
+ * where the kernel allows it); the rest is cuda_step_ops.cuh. Kernels are
+ * launched with programmatic dependent launch where the device has it
+ * (cuda_pdl.cuh). Nothing depends on host values that change between
  * tokens: the token id and position live in device memory (step_io) and
  * the kernels derive window bounds, compressor emissions, compressed-row
  * counts and indexer activity from the position, so the enqueue is
@@ -642,7 +647,8 @@ static int output_head(enq *q) {
  * dependent launch (also off once a capture with it failed; the kernels
  * ignore it where the device lacks it); DS4_CUDA_SIDE, the shared expert
  * on the side stream. DS4_CUDA_WAVES=n: every matrix kernel's grid is n
- * waves of resident blocks (ds4_cuda_kernels_set_waves; default per kernel). */
+ * waves of resident blocks (ds4_cuda_kernels_set_waves; default per kernel);
+ * DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1: ds4_cuda_kernels_set_matvec_tuning. */
 static bool env_on(const char *name) {
     const char *v = getenv(name);
     return !(v && !strcmp(v, "0"));
@@ -655,6 +661,8 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     ds4_cuda_kernels_set_pdl(e->k, !e->w.pdl_failed && env_on("DS4_CUDA_PDL"));
     const char *waves = getenv("DS4_CUDA_WAVES");
     ds4_cuda_kernels_set_waves(e->k, waves ? atoi(waves) : 0);
+    const char *split = getenv("DS4_CUDA_SPLIT"), *deep = getenv("DS4_CUDA_DEEP");
+    ds4_cuda_kernels_set_matvec_tuning(e->k, split ? atoi(split) : 0, deep && !strcmp(deep, "1"));
     enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_SIDE")};
     e->n_ev = 0;
     mark(e, q.st, "start");

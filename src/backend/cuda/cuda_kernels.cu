@@ -14,9 +14,13 @@
  * possible for the blocks whose size is not a multiple of 16 (34, 66 and 84
  * bytes) while keeping the GGUF layout; the block arithmetic then reads
  * shared memory freely (cuda_formats.cuh). A block requests its first
- * weights, then stages the quantised activation once in a split layout
- * (codes / scales / sums; an f32 activation stays in global memory) and,
- * for IQ2_XXS, the decode tables, where the random lookups are cheapest.
+ * weights (before waiting for the previous kernel under programmatic
+ * dependent launch, cuda_pdl.cuh), then stages the activation once in a
+ * split layout (codes / scales / sums; an f32 activation stays in global
+ * memory) — quantised already, or quantised by the block itself from f32
+ * (the decode step: no separate quantisation launch) — and, for IQ2_XXS,
+ * the decode tables, where the random lookups are cheapest. One launch
+ * may cover several matrices that read the same activation.
  * Measurements and the reasons for each choice: notes/cuda-kernels.md.
  *
  * Rows whose byte length (or base address) is not 16-byte aligned, as in
@@ -42,6 +46,8 @@ struct ds4_cuda_kernels {
     size_t smem_optin;
     int waves; /* grid = waves x the blocks that fit at once; 0 = per kernel */
     int pdl_ok, pdl; /* the device has programmatic dependent launch; it is on */
+    int split_per_sm;  /* matvec: split rows until there are this many items per SM */
+    int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
 };
@@ -63,6 +69,8 @@ __device__ __forceinline__ void cp_async16(void *sdst, const void *gsrc) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+__device__ __forceinline__ void cp_async_wait3() { asm volatile("cp.async.wait_group 3;\n" ::: "memory"); }
 
 /* Copies `bytes` from global memory to a warp's buffer: asynchronous
  * 16-byte copies when source and length are 16-byte aligned, else plain
@@ -237,9 +245,11 @@ __device__ __forceinline__ float q8_K_warp(const float v[8], int lane, uint32_t 
     return 1.0f / iscale;
 }
 
-/* Passes of stage_act_x whose loads are issued together: 8 for Q8_0 (a
- * 8192-value row with 8 warps), 2 for Q8_K (4096 values). */
-enum { QX_P = 8, QX_PK = 2 };
+/* Passes of stage_act_x whose loads are issued together (Q8_0: 4 blocks
+ * of 32 a warp and pass; Q8_K: one block of 256). More registers for them
+ * cost the kernels occupancy: 8 Q8_0 passes took k_matvec<Q8_0> from 32
+ * to 64 registers and out_a/out_b from 26/25 to 30/26 us a layer (H100). */
+enum { QX_P = 2, QX_PK = 2 };
 
 /* Stages an f32 activation x[0..n) quantised in the block (the bytes
  * ds4_cuda_quantize_act writes, in the split layout), optionally after an
@@ -440,6 +450,7 @@ struct mv_params {
     uint32_t n_in, row_bytes;
     uint32_t S, slice_blocks, slice_bytes; /* S slices per row */
     uint32_t buf_stride, act_smem;
+    uint32_t nbuf;                 /* staging buffers per warp: 2 or 4 (tiles in flight) */
     uint32_t n_groups, group_rows; /* activation groups, rows per group */
     size_t act_group_bytes;        /* bytes of one group's quantised activation */
     const int32_t *active;         /* NULL, or skip the whole call while *active == 0 */
@@ -464,22 +475,22 @@ __device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g,
  * Under programmatic dependent launch the first weights are requested
  * before waiting for the previous kernel (which writes the activation). */
 template <class F, int NW>
-__global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
+__global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) k_matvec(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    /* Shared memory: [tables][activation][32 doubles][partials][NW x 2 buffers]. */
+    /* Shared memory: [tables][activation][32 doubles][partials][NW x nbuf buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     double *red = (double *)s;
     float *partial = (float *)(s + 32 * sizeof(double));
-    uint8_t *const buf = s + 32 * sizeof(double) + 2 * NW * sizeof(float) + warp * 2 * p.buf_stride;
+    uint8_t *const buf = s + 32 * sizeof(double) + 2 * NW * sizeof(float) + warp * p.nbuf * p.buf_stride;
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
 
     const uint32_t bpg = gridDim.x / p.n_groups, g = blockIdx.x / bpg;
     const uint32_t n_items = p.group_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
     uint32_t tile = blockIdx.x % bpg, item = tile * NW + warp;
     float *yrow;
-    /* tiles it and it + 1 in flight: the first two before the activation */
+    /* tiles it .. it + nbuf - 1 in flight: the first nbuf before the activation */
     auto issue = [&](uint32_t t, uint8_t *dst) {
         uint32_t i = t * NW + warp;
         if (t < n_tiles && i < n_items)
@@ -487,8 +498,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
                        p.aligned, lane);
         cp_async_commit();
     };
-    issue(tile, buf);
-    issue(tile + bpg, buf + p.buf_stride);
+    for (uint32_t k = 0; k < p.nbuf; k++) issue(tile + k * bpg, buf + k * p.buf_stride);
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     pdl_wait();
@@ -498,12 +508,13 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + bpg, nitem = ntile * NW + warp;
-        cp_async_wait1();
+        uint8_t *cur = buf + (it & (p.nbuf - 1)) * p.buf_stride; /* nbuf: 2 or 4 */
+        if (p.nbuf == 4) cp_async_wait3();
+        else cp_async_wait1();
         __syncwarp();
         uint32_t sl = item % p.S;
         float r = 0.0f;
-        if (item < n_items)
-            dot_rows<F, 1>(buf + (it & 1) * p.buf_stride, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
+        if (item < n_items) dot_rows<F, 1>(cur, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
         if (item < n_items) mv_row(p, g, item / p.S, &yrow);
         if (p.S == 1) {
             if (item < n_items && lane == 0) *yrow = r;
@@ -518,7 +529,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
             }
         }
         __syncwarp();
-        issue(ntile + bpg, buf + (it & 1) * p.buf_stride);
+        issue(tile + p.nbuf * bpg, cur);
         tile = ntile;
         item = nitem;
     }
@@ -665,7 +676,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
 /* Host side                                                           */
 /* ------------------------------------------------------------------ */
 
-enum { MV_WARPS = 8, GU_WARPS = 8, DN_WARPS = 4 };
+enum { MV_WARPS = 8, GU_WARPS = 8, DN_WARPS = 4, MV_DEEP_SLICE = 2176 };
 
 static uint32_t round16(uint32_t x) { return (x + 15) & ~15u; }
 
@@ -702,7 +713,7 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     uint32_t nb = d->n_in / F::block_elems, row_bytes = nb * F::block_bytes;
     /* Split rows into S slices while there are too few items to fill the
      * device or a row is longer than a staging buffer. */
-    uint32_t S = 1, target = (uint32_t)k->n_sm * 16;
+    uint32_t S = 1, target = (uint32_t)k->n_sm * (uint32_t)k->split_per_sm;
     for (;;) {
         uint32_t s2 = 2 * S;
         bool can = s2 <= (uint32_t)NW && nb % s2 == 0 && (row_bytes / s2) % 16 == 0;
@@ -731,6 +742,7 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     p.slice_blocks = nb / S;
     p.slice_bytes = row_bytes / S;
     p.buf_stride = round16(p.slice_bytes) + 16;
+    p.nbuf = k->deep && p.slice_bytes <= MV_DEEP_SLICE ? 4 : 2;
     p.n_groups = d->n_groups;
     p.group_rows = n_rows / d->n_groups;
     p.act_group_bytes = (int)F::act_kind == DS4_ACT_F32 ? (size_t)d->n_in * 4
@@ -740,14 +752,16 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     p.act_smem = act_smem_bytes(F::act_kind, d->n_in);
     if ((int)F::act_kind == DS4_ACT_F32 && d->x && d->norm_w) p.act_smem = round16(d->n_in * 4);
     size_t smem = table_bytes<F>() + p.act_smem + 32 * sizeof(double) + 2 * NW * sizeof(float) +
-                  (size_t)NW * 2 * p.buf_stride;
+                  (size_t)NW * p.nbuf * p.buf_stride;
     uint32_t n_tiles = d->n_groups * (uint32_t)(((uint64_t)p.group_rows * S + NW - 1) / NW);
     int grid = 1;
-    /* Unsplit rows: 2 waves even out the tail (attn_q_b, 1 -> 2 waves:
-     * H100 16.3 -> 15.4 us, H200 13.5 -> 13.3 us; 4 waves helped the H100
-     * more but cost the H200); split rows and the MoE kernels run best
-     * persistent. */
-    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 ? 2 : 1, &grid, err)) return -1;
+    /* Unsplit rows with a quantised activation: 2 waves even out the tail
+     * (attn_q_b, 1 -> 2 waves: H100 16.3 -> 15.4 us, H200 13.5 -> 13.3 us;
+     * 4 waves helped the H100 more but cost the H200); split rows, the MoE
+     * kernels, and blocks that quantise x themselves (a longer start, paid
+     * once per block) run best persistent (the decode step, 12 layers at
+     * ctx 512 on an H100: 1 wave for every kernel -10 us a layer). */
+    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
     grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
     cudaError_t e = pdl_launch(k->pdl, k_matvec<F, NW>, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
@@ -851,6 +865,7 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->n_sm = prop.multiProcessorCount;
     k->smem_optin = prop.sharedMemPerBlockOptin;
     k->waves = 0;
+    k->split_per_sm = 16;
     k->pdl_ok = prop.major >= 9;
     snprintf(k->name, sizeof k->name, "%s", prop.name);
     uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
@@ -883,6 +898,11 @@ extern "C" void ds4_cuda_kernels_set_waves(ds4_cuda_kernels *k, int waves) { k->
 extern "C" void ds4_cuda_kernels_set_pdl(ds4_cuda_kernels *k, int on) { k->pdl = on && k->pdl_ok; }
 
 extern "C" int ds4_cuda_kernels_pdl(const ds4_cuda_kernels *k) { return k->pdl; }
+
+extern "C" void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, int deep) {
+    k->split_per_sm = split_per_sm > 0 ? split_per_sm : 16;
+    k->deep = deep != 0;
+}
 
 extern "C" int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k) { return k->n_sm; }
 

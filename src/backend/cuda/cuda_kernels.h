@@ -94,6 +94,11 @@ int ds4_cuda_moe_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uin
  * activation (cuda_pdl.cuh). Ignored on devices without it. */
 void ds4_cuda_kernels_set_pdl(ds4_cuda_kernels *k, int on);
 int ds4_cuda_kernels_pdl(const ds4_cuda_kernels *k);
+/* Matrix-vector tuning, for measuring: rows are cut into slices until
+ * there are split_per_sm items per multiprocessor (<= 0: the default, 16);
+ * deep: four staging buffers per warp instead of two where slices are
+ * small (more weight bytes in flight). */
+void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, int deep);
 
 /* One launch for several products, described by ds4_cuda_mv:
  *  - up to DS4_CUDA_MV_SEGS matrices of the same type and n_in that read
