@@ -110,7 +110,10 @@ void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, i
  *    ds4_cuda_quantize_act), optionally after an RMSNorm with weights
  *    norm_w (x/rms(x)·w, eps), whose result block 0 also writes to
  *    norm_out (if not NULL) for later products that read it;
- *  - active: NULL, or a device int; while it is 0 nothing is done. */
+ *  - active: NULL, or a device int; while it is 0 nothing is done. It is
+ *    read before waiting for the previous kernel (programmatic launch), so
+ *    no kernel on the stream may write it (the step's is copied from the
+ *    host before the graph runs). */
 #define DS4_CUDA_MV_SEGS 6
 typedef struct ds4_cuda_mv_seg {
     const void *w;
