@@ -13,9 +13,14 @@
  * the same order: embedding, then per layer HC pre → attention (Q, KV,
  * compressors, indexer, attention, grouped output) → HC post → HC pre →
  * MoE (router, shared expert, routed experts) → HC post, then the output
- * head. Quantised products go through cuda_kernels.h with the activation
- * quantised on the device exactly as ds4_quantize_act does; the rest is
- * cuda_step_ops.cuh. Nothing depends on host values that change between
+ * head. Each HC post and the next HC pre are one kernel (k_hc); products
+ * that read the same activation share a launch; the shared expert runs on
+ * a second stream beside the router and the routed gate/up. Quantised
+ * products go through cuda_kernels.h with the activation quantised on the
+ * device exactly as ds4_quantize_act does (inside the product's blocks
+ * where the kernel allows it); the rest is cuda_step_ops.cuh. Kernels are
+ * launched with programmatic dependent launch where the device has it
+ * (cuda_pdl.cuh). Nothing depends on host values that change between
  * tokens: the token id and position live in device memory (step_io) and
  * the kernels derive window bounds, compressor emissions, compressed-row
  * counts and indexer activity from the position, so the enqueue is
@@ -27,6 +32,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <utility>
 
 #include "cuda_engine.h"
 #include "cuda_kernels.h"
@@ -216,6 +223,8 @@ static bool moe_type(uint32_t t) {
 static int check_model(const ds4_model *m, ds4_err *err) {
     const ds4_hparams *hp = &m->hp;
     if (hp->n_hc != HC_N) return ds4_fail(err, "cuda: %u HC streams (the kernels take %d)", hp->n_hc, HC_N);
+    if (hp->n_embd > HC_XB * (HC_THREADS - 32))
+        return ds4_fail(err, "cuda: n_embd %u is beyond the HC kernel's %d", hp->n_embd, HC_XB * (HC_THREADS - 32));
     if (hp->head_dim > 2 * 32 * ATT_PAIRS || hp->head_dim % 2 || hp->indexer_head_dim > 1024 || hp->head_dim - hp->n_rot > 64 * 64 ||
         hp->indexer_head_dim > 32 * 64)
         return ds4_fail(err, "cuda: head sizes %u/%u are beyond the kernels' limits", hp->head_dim,
@@ -281,8 +290,9 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     size_t act_bytes = max_n * 2 + 1024;
 #define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
     F(w->io, 1);
-    F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, HC_PART_BLOCKS * (HC_MIX + 1)); F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
-    F(w->x, D); F(w->a, D); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
+    F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
+    F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
+    F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
     F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
     F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
     F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
@@ -296,6 +306,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     float one = 1.0f;
     cudaError_t c = cudaMemcpy(w->zero_id, &zero, sizeof zero, cudaMemcpyHostToDevice);
     if (c == cudaSuccess) c = cudaMemcpy(w->one_w, &one, sizeof one, cudaMemcpyHostToDevice);
+    if (c == cudaSuccess) c = cudaMemset(w->hc_count, 0, sizeof *w->hc_count);
     return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
 }
 
@@ -480,81 +491,73 @@ struct enq {
     ds4_cuda_engine *e;
     cudaStream_t st;
     ds4_err *err;
-    const float *memo_x; /* what actA holds, quantised for memo_type */
-    uint32_t memo_type;
-    uint32_t memo_n;
+    bool pdl;  /* programmatic dependent launch (cuda_pdl.cuh) */
+    bool side; /* the shared expert on the side stream, beside the router */
 };
 
-/* The activation for weights of type `type`: f32 x itself for F16/F32,
- * else x quantised into buf (actA remembers what it holds). */
-static const void *act_of(enq *q, uint32_t type, const float *x, uint32_t n, uint8_t *buf) {
-    if (type == DS4_TYPE_F16 || type == DS4_TYPE_F32) return x;
-    bool is_a = buf == q->e->w.actA;
-    if (is_a && q->memo_x == x && q->memo_type == type && q->memo_n == n) return buf;
-    if (ds4_cuda_quantize_act(q->e->k, type, x, buf, n, (ds4_cuda_stream)q->st, q->err)) return NULL;
-    if (is_a) q->memo_x = x, q->memo_type = type, q->memo_n = n;
-    return buf;
+/* kernel<<<grid, block, smem, q->st>>>(args...), programmatic when q->pdl. */
+template <typename... KArgs, typename... Args>
+static int run(enq *q, const char *what, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+               Args &&...args) {
+    cudaError_t c = pdl_launch(q->pdl, kernel, grid, block, smem, q->st, std::forward<Args>(args)...);
+    return c == cudaSuccess ? 0 : cuda_fail(q->err, what, c);
 }
 
-static int mv_rows(enq *q, const dmat &m, uint32_t row0, uint32_t n_rows, const void *act, float *y) {
-    if (!act) return -1;
-    const uint8_t *w = m.w + (uint64_t)row0 * m.row_bytes;
-    if (m.type == DS4_TYPE_F32) {
-        uint32_t blocks = (n_rows * 32 + 255) / 256;
-        k_matvec_f32<<<blocks, 256, 0, q->st>>>((const float *)w, n_rows, m.in, (const float *)act, y);
-        return launched(q->err, "f32 matvec");
+/* n_in-wide products of x by up to DS4_CUDA_MV_SEGS matrices m[i] -> y[i]:
+ * neighbours of the same type and width share one launch, each block
+ * quantising x itself; f32 weights take a plain warp-per-row kernel.
+ * norm_w: x is RMSNormed (·norm_w) first, and the normed x written to
+ * norm_out (quantised types and F16 only). active: see ds4_cuda_mv. */
+static int mv_list(enq *q, const dmat *const *m, float *const *y, int n, const float *x, const float *norm_w = NULL,
+                   float *norm_out = NULL, const int32_t *active = NULL) {
+    for (int i = 0; i < n;) {
+        if (m[i]->type == DS4_TYPE_F32) {
+            if (norm_w) return ds4_fail(q->err, "cuda: a normed product of f32 weights");
+            if (run(q, "f32 matvec", k_matvec_f32, (m[i]->rows * 32 + 255) / 256, 256, 0, (const float *)m[i]->w,
+                    m[i]->rows, m[i]->in, x, y[i]))
+                return -1;
+            i++;
+            continue;
+        }
+        ds4_cuda_mv d = {};
+        d.wtype = m[i]->type;
+        d.n_in = m[i]->in;
+        d.n_groups = 1;
+        d.x = x;
+        d.norm_w = norm_w;
+        d.eps = q->e->m->hp.rms_eps;
+        d.norm_out = norm_out;
+        d.active = active;
+        while (i < n && d.n_seg < DS4_CUDA_MV_SEGS && m[i]->type == d.wtype && m[i]->in == d.n_in) {
+            d.seg[d.n_seg].w = m[i]->w;
+            d.seg[d.n_seg].rows = m[i]->rows;
+            d.seg[d.n_seg++].y = y[i++];
+        }
+        if (ds4_cuda_matvec_multi(q->e->k, &d, (ds4_cuda_stream)q->st, q->err)) return -1;
     }
-    return ds4_cuda_matvec(q->e->k, m.type, w, n_rows, m.in, act, y, (ds4_cuda_stream)q->st, q->err);
+    return 0;
 }
 
-static int mv(enq *q, const dmat &m, const float *x, uint8_t *buf, float *y) {
-    return mv_rows(q, m, 0, m.rows, act_of(q, m.type, x, m.in, buf), y);
+static int mv(enq *q, const dmat &m, const float *x, float *y) {
+    const dmat *mm = &m;
+    return mv_list(q, &mm, &y, 1, x);
 }
 
-/* mv while the indexer is active (step_io.idx_active); F32 weights always. */
-static int mv_gated(enq *q, const dmat &m, const float *x, uint8_t *buf, float *y) {
-    if (m.type == DS4_TYPE_F32) return mv(q, m, x, buf, y);
-    const void *act = act_of(q, m.type, x, m.in, buf);
-    if (!act) return -1;
-    return ds4_cuda_matvec_grouped(q->e->k, m.type, m.w, m.rows, m.in, act, 1, y, &q->e->w.io->idx_active,
-                                   (ds4_cuda_stream)q->st, q->err);
-}
-
-/* HC pre of a sublayer: ws.a = norm(Σ pre·H)·w; post/comb (k_hc_split)
- * on the side stream, joined again by hc_post. The mix product and the
- * norm of H are spread over HC_PART_BLOCKS blocks, the rest is one block
- * (check_model: fn is F16 or F32). */
-static int hc_pre(enq *q, const dmat &fn, const float *scale, const float *base, const float *norm_w) {
+/* HC between sublayers (k_hc): post of the finished sublayer's output y
+ * (NULL before the first), then pre of the next into ws.x / ws.a, its
+ * post gates and mixing matrix into ws.post / ws.comb (check_model: fn is
+ * F16 or F32). */
+static int hc(enq *q, const float *y, const dmat &fn, const float *scale, const float *base, const float *norm_w) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     dwork *w = &e->w;
     uint32_t D = hp->n_embd;
-    q->memo_x = NULL; /* a changes */
-    k_hc_mix_part<<<HC_PART_BLOCKS, 128, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, w->hc_part);
-    if (launched(q->err, "hc mix")) return -1;
-    mark(e, q->st, "hc pre: norm + mix (grid)");
-    k_hc_pre<<<1, 1024, 0, q->st>>>(w->hc_part, HC_PART_BLOCKS, HC_N * D, w->mix, scale, base, hp->hc_eps, w->H, D,
-                                   norm_w, hp->rms_eps, w->x, w->a);
-    if (launched(q->err, "hc pre")) return -1;
-    cudaError_t c = cudaEventRecord(e->side_fork, q->st);
-    if (c == cudaSuccess) c = cudaStreamWaitEvent(e->side, e->side_fork, 0);
-    if (c != cudaSuccess) return cuda_fail(q->err, "hc split fork", c);
-    k_hc_split<<<1, 32, 0, e->side>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, w->post, w->comb);
-    if (launched(q->err, "hc split")) return -1;
-    c = cudaEventRecord(e->side_join, e->side);
-    if (c != cudaSuccess) return cuda_fail(q->err, "hc split join", c);
-    mark(e, q->st, "hc pre: x, norm (1 block)");
+    if (run(q, "hc", k_hc, (D + HC_DPB - 1) / HC_DPB, HC_THREADS, 0, w->H, y, w->post, w->comb, D, (const void *)fn.w,
+            (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps, (int)hp->hc_sinkhorn_iter, norm_w, hp->rms_eps,
+            w->hc_part, w->hc_count, w->mix, w->x, w->a))
+        return -1;
+    mark(e, q->st, y ? "hc post + pre" : "hc pre");
     return 0;
-}
-
-static int hc_post(enq *q) {
-    dwork *w = &q->e->w;
-    uint32_t D = q->e->m->hp.n_embd;
-    cudaError_t c = cudaStreamWaitEvent(q->st, q->e->side_join, 0);
-    if (c != cudaSuccess) return cuda_fail(q->err, "hc split join", c);
-    k_hc_post<<<(D + 255) / 256, 256, 0, q->st>>>(w->H, w->y, w->post, w->comb, D);
-    mark(q->e, q->st, "hc post");
-    return launched(q->err, "hc post");
 }
 
 static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
@@ -565,107 +568,123 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     dwork *w = &e->w;
     int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim, n_rot = (int)hp->n_rot;
     rope_dev rp = L->ratio ? e->rope_comp : e->rope_plain;
-    if (hc_pre(q, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm) ||
-        mv(q, L->q_a, w->a, w->actA, w->qr) || mv(q, L->kv, w->a, w->actA, w->kv))
-        return -1;
-    mark(e, q->st, "attn q_a + kv");
-    if (L->ratio && (mv(q, L->comp_kv, w->a, w->actA, w->ckv) || mv(q, L->comp_gate, w->a, w->actA, w->csc)))
-        return -1;
-    if (L->ratio == 4 &&
-        (mv(q, L->idx_comp_kv, w->a, w->actA, w->ikv) || mv(q, L->idx_comp_gate, w->a, w->actA, w->isc)))
-        return -1;
-    mark(e, q->st, "compressor projections");
-    k_rmsnorm<<<1, 1024, 0, q->st>>>(w->qr, w->qr, L->q_a_norm, (int)hp->q_lora, 0, hp->rms_eps);
-    if (launched(q->err, "q norm") || mv(q, L->q_b, w->qr, w->actB, w->q)) return -1;
+    if (hc(q, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm)) return -1;
+    /* Every product of the normed x: Q8_0 ones in one launch, F16 ones in
+     * another (the indexer's head weights too: they are read only while the
+     * indexer is active, and cost little). */
+    const dmat *ms[7] = {&L->q_a, &L->kv};
+    float *ys[7] = {w->qraw, w->kv};
+    int n = 2;
+    if (L->ratio) ms[n] = &L->comp_kv, ys[n++] = w->ckv, ms[n] = &L->comp_gate, ys[n++] = w->csc;
+    if (L->ratio == 4) {
+        ms[n] = &L->idx_comp_kv, ys[n++] = w->ikv, ms[n] = &L->idx_comp_gate, ys[n++] = w->isc;
+        ms[n] = &L->idx_proj, ys[n++] = w->iw;
+    }
+    if (mv_list(q, ms, ys, n, w->a)) return -1;
+    mark(e, q->st, "q_a, kv, compressor and indexer projections");
+    /* q_b of the q_a-normed qraw; the normed rows (ws.qr) also feed the
+     * indexer's query. */
+    if (L->q_b.type == DS4_TYPE_F32) {
+        if (run(q, "q norm", k_rmsnorm, 1, 1024, 0, (const float *)w->qraw, w->qr, L->q_a_norm, (int)hp->q_lora,
+                (size_t)0, hp->rms_eps) ||
+            mv(q, L->q_b, w->qr, w->q))
+            return -1;
+    } else {
+        const dmat *mq = &L->q_b;
+        float *yq = w->q;
+        if (mv_list(q, &mq, &yq, 1, w->qraw, L->q_a_norm, w->qr)) return -1;
+    }
     mark(e, q->st, "attn q norm + q_b");
-    k_q_prepare<<<hp->n_head, 256, hd * sizeof(float), q->st>>>(w->q, hd, hp->rms_eps, rp, w->io);
-    k_kv_prepare<<<1, 512, hd * sizeof(float), q->st>>>(w->kv, L->kv_a_norm, hd, n_rot, hp->rms_eps, rp, w->io,
-                                                         K->raw, (int)hp->n_swa);
-    if (launched(q->err, "q/kv prepare")) return -1;
+    if (run(q, "q/kv prepare", k_qkv_prepare, hp->n_head + 1, 256, hd * sizeof(float), w->q, (const float *)w->kv,
+            L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rp, (const step_io *)w->io, K->raw, (int)hp->n_swa))
+        return -1;
     mark(e, q->st, "q/kv norm, rope, fp8");
     if (L->ratio) {
-        int coff = L->ratio == 4 ? 2 : 1;
-        k_compressor<<<1, 512, hd * sizeof(float), q->st>>>(w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv,
-                                                             K->st_sc, K->comp, (int)L->ratio, coff, hd, n_rot,
-                                                             hp->rms_eps, e->rope_comp, 0, w->io);
-        if (launched(q->err, "compressor")) return -1;
-        mark(e, q->st, "compressor frontier");
+        comp_args c0 = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
+                        L->ratio == 4 ? 2 : 1, hd, 0};
+        comp_args c1 = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1};
+        if (run(q, "compressors", k_compressors, L->ratio == 4 ? 2 : 1, 512, (size_t)(hd > ihd ? hd : ihd) * sizeof(float),
+                c0, c1, n_rot, hp->rms_eps, e->rope_comp, (const step_io *)w->io))
+            return -1;
+        mark(e, q->st, "compressor frontiers");
     }
     if (L->ratio == 4) {
-        k_compressor<<<1, 512, ihd * sizeof(float), q->st>>>(w->ikv, w->isc, L->index_ape, L->index_norm,
-                                                              K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, n_rot,
-                                                              hp->rms_eps, e->rope_comp, 1, w->io);
-        /* The query projections only while the indexer picks rows. */
-        if (launched(q->err, "indexer compressor") || mv_gated(q, L->idx_q_b, w->qr, w->actB, w->iq) ||
-            mv_gated(q, L->idx_proj, w->a, w->actA, w->iw))
+        /* The query projection only while the indexer picks rows. */
+        const dmat *mi = &L->idx_q_b;
+        float *yi = w->iq;
+        if (L->idx_q_b.type == DS4_TYPE_F32 ? mv(q, L->idx_q_b, w->qr, w->iq)
+                                            : mv_list(q, &mi, &yi, 1, w->qr, NULL, NULL, &w->io->idx_active))
             return -1;
         int nih = (int)hp->n_indexer_head;
-        k_idx_query<<<nih, 128, ihd * sizeof(float), q->st>>>(w->iq, w->iw, ihd, nih, e->rope_comp, w->io);
         uint32_t blocks = (e->comp_cap[il] + 7) / 8;
         if (blocks > 1024) blocks = 1024;
-        k_idx_scores<<<blocks, 256, 0, q->st>>>(w->iq, w->iw, K->index, ihd, nih, (int)hp->indexer_top_k,
-                                                w->iscores, w->io);
-        k_idx_topk<<<1, 1024, 0, q->st>>>(w->iscores, (int)hp->indexer_top_k, w->sel, w->n_sel, w->io);
-        if (launched(q->err, "indexer")) return -1;
-        mark(e, q->st, "indexer (comp, q, scores, top-k)");
+        if (run(q, "indexer query", k_idx_query, nih, 128, ihd * sizeof(float), w->iq, w->iw, ihd, nih, e->rope_comp,
+                (const step_io *)w->io) ||
+            run(q, "indexer scores", k_idx_scores, blocks, 256, 0, (const float *)w->iq, (const float *)w->iw,
+                (const __half *)K->index, ihd, nih, (int)hp->indexer_top_k, w->iscores, (const step_io *)w->io) ||
+            run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, (const float *)w->iscores, (int)hp->indexer_top_k, w->sel,
+                w->n_sel, (const step_io *)w->io))
+            return -1;
+        mark(e, q->st, "indexer (q, scores, top-k)");
     }
     size_t smem = (hd * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
-    k_attention<<<hp->n_head, ATT_THREADS, smem, q->st>>>(w->q, K->raw, (int)hp->n_swa, K->comp, (int)L->ratio,
-                                                          w->sel, L->ratio == 4 ? w->n_sel : NULL, L->sinks, hd,
-                                                          (int)e->max_rows, rp, w->io, w->att);
-    if (launched(q->err, "attention")) return -1;
+    if (run(q, "attention", k_attention, hp->n_head, ATT_THREADS, smem, (const float *)w->q, (const __half *)K->raw,
+            (int)hp->n_swa, (const __half *)K->comp, (int)L->ratio, (const int *)w->sel,
+            (const int *)(L->ratio == 4 ? w->n_sel : NULL), L->sinks, hd, (int)e->max_rows, rp, (const step_io *)w->io,
+            w->att))
+        return -1;
     mark(e, q->st, "attention");
     /* Grouped output: group g's heads through rows g·o_lora.. of out_a, all
      * groups in one launch (f32 weights: one launch per group). */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group;
-    const uint8_t *act = (const uint8_t *)act_of(q, L->out_a.type, w->att, qdim, w->actB);
-    if (!act) return -1;
-    dmat oa = L->out_a;
-    oa.in = gdim;
-    if (oa.type == DS4_TYPE_F32) {
+    if (L->out_a.type == DS4_TYPE_F32) {
         for (uint32_t g = 0; g < hp->n_out_group; g++)
-            if (mv_rows(q, oa, g * hp->o_lora, hp->o_lora, act + (uint64_t)g * gdim * sizeof(float),
-                        w->low + g * hp->o_lora))
+            if (run(q, "f32 matvec", k_matvec_f32, (hp->o_lora * 32 + 255) / 256, 256, 0,
+                    (const float *)(L->out_a.w + (uint64_t)g * hp->o_lora * L->out_a.row_bytes), hp->o_lora, gdim,
+                    (const float *)(w->att + (size_t)g * gdim), w->low + g * hp->o_lora))
                 return -1;
-    } else if (ds4_cuda_matvec_grouped(e->k, oa.type, oa.w, hp->n_out_group * hp->o_lora, gdim, act,
-                                       hp->n_out_group, w->low, NULL, (ds4_cuda_stream)q->st, q->err)) {
-        return -1;
+    } else {
+        ds4_cuda_mv d = {};
+        d.wtype = L->out_a.type;
+        d.n_in = gdim;
+        d.n_groups = hp->n_out_group;
+        d.n_seg = 1;
+        d.seg[0].w = L->out_a.w;
+        d.seg[0].rows = hp->n_out_group * hp->o_lora;
+        d.seg[0].y = w->low;
+        d.x = w->att;
+        if (ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err)) return -1;
     }
     mark(e, q->st, "attn out_a (grouped)");
-    if (mv(q, L->out_b, w->low, w->actB, w->y)) return -1;
+    if (mv(q, L->out_b, w->low, w->y)) return -1;
     mark(e, q->st, "attn out_b");
-    return hc_post(q);
+    return 0;
 }
 
 /* Expert gate/up and down (several experts, or the shared one as expert 0
- * of 1): the quantised MoE kernels, or plain-float ones for F16/F32. */
+ * of 1, fixed_ids): the quantised MoE kernels, or plain-float ones for
+ * F16/F32. */
 static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
-                       const float *weights, uint32_t n_sel, float clamp, const float *x, float *mid) {
-    if (plain_type(gate.type)) {
-        uint32_t blocks = (n_sel * n_ff * 32 + 255) / 256;
-        k_moe_plain_gate_up<<<blocks, 256, 0, q->st>>>(gate.w, up.w, gate.type == DS4_TYPE_F16, gate.in, n_ff, n_expert,
-                                                       ids, weights, n_sel, clamp, x, mid);
-        return launched(q->err, "plain gate/up");
-    }
-    const void *act = act_of(q, gate.type, x, gate.in, q->e->w.actA);
-    if (!act) return -1;
-    return ds4_cuda_moe_gate_up(q->e->k, gate.type, gate.w, up.w, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp,
-                                act, mid, (ds4_cuda_stream)q->st, q->err);
+                       const float *weights, uint32_t n_sel, float clamp, int fixed_ids, const float *x, float *mid) {
+    if (plain_type(gate.type))
+        return run(q, "plain gate/up", k_moe_plain_gate_up, (n_sel * n_ff * 32 + 255) / 256, 256, 0,
+                   (const void *)gate.w, (const void *)up.w, (int)(gate.type == DS4_TYPE_F16), gate.in, n_ff, n_expert,
+                   ids, weights, n_sel, clamp, x, mid);
+    return ds4_cuda_moe_gate_up_x(q->e->k, gate.type, gate.w, up.w, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp,
+                                  x, fixed_ids, mid, (ds4_cuda_stream)q->st, q->err);
 }
 
 static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert, const int32_t *ids,
-                    uint32_t n_sel, const float *mid, const float *add, float *out) {
-    if (plain_type(down.type)) {
-        uint32_t blocks = (n_out * 32 + 255) / 256;
-        k_moe_plain_down<<<blocks, 256, 0, q->st>>>(down.w, down.type == DS4_TYPE_F16, n_ff, n_out, n_expert, ids, n_sel,
-                                                    mid, add, out);
-        return launched(q->err, "plain down");
-    }
-    const void *act = act_of(q, down.type, mid, n_sel * n_ff, q->e->w.actB);
-    if (!act) return -1;
-    return ds4_cuda_moe_down(q->e->k, down.type, down.w, n_ff, n_out, n_expert, ids, n_sel, act, add, out,
-                             (ds4_cuda_stream)q->st, q->err);
+                    uint32_t n_sel, int fixed_ids, const float *mid, uint8_t *act, const float *add, float *out) {
+    if (plain_type(down.type))
+        return run(q, "plain down", k_moe_plain_down, (n_out * 32 + 255) / 256, 256, 0, (const void *)down.w,
+                   (int)(down.type == DS4_TYPE_F16), n_ff, n_out, n_expert, ids, n_sel, mid, add, out);
+    if (ds4_cuda_quantize_act(q->e->k, down.type, mid, act, n_sel * n_ff, (ds4_cuda_stream)q->st, q->err)) return -1;
+    return ds4_cuda_moe_down_x(q->e->k, down.type, down.w, n_ff, n_out, n_expert, ids, n_sel, act, add, fixed_ids, out,
+                               (ds4_cuda_stream)q->st, q->err);
 }
+
+static int shared_expert(enq *q, uint32_t il);
 
 static int ffn(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
@@ -673,24 +692,49 @@ static int ffn(enq *q, uint32_t il) {
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
-    if (hc_pre(q, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) ||
-        mv(q, L->gate_inp, w->a, w->actA, w->router))
+    if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) || shared_expert(q, il) ||
+        mv(q, L->gate_inp, w->a, w->router) ||
+        run(q, "router", k_route, 1, 256, ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
+            (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm, (const step_io *)w->io, w->ids,
+            w->ew))
         return -1;
-    k_route<<<1, 256, ne * sizeof(float), q->st>>>(w->router, L->probs_bias, L->tid2eid, (int)ne, (int)nu,
-                                                  hp->expert_weight_scale, hp->expert_weights_norm, w->io, w->ids,
-                                                  w->ew);
-    if (launched(q->err, "router")) return -1;
     mark(e, q->st, "router + selection");
-    /* Shared expert: one "expert" of weight 1 through the MoE kernels. */
-    if (moe_gate_up(q, L->gate_sh, L->up_sh, ff, 1, w->zero_id, w->one_w, 1, L->clamp, w->a, w->smid) ||
-        moe_down(q, L->down_sh, ff, D, 1, w->zero_id, 1, w->smid, NULL, w->sh))
-        return -1;
-    mark(e, q->st, "shared expert");
-    if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, w->a, w->mid)) return -1;
+    if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, 0, w->a, w->mid)) return -1;
     mark(e, q->st, "routed gate/up");
-    if (moe_down(q, L->down_exps, ff, D, ne, w->ids, nu, w->mid, w->sh, w->y)) return -1;
+    if (q->side) {
+        cudaError_t c = cudaStreamWaitEvent(q->st, e->side_join, 0);
+        if (c != cudaSuccess) return cuda_fail(q->err, "shared expert join", c);
+    }
+    if (moe_down(q, L->down_exps, ff, D, ne, w->ids, nu, 0, w->mid, w->actB, w->sh, w->y)) return -1;
     mark(e, q->st, "routed down");
-    return hc_post(q);
+    return 0;
+}
+
+/* Shared expert: one "expert" of weight 1 through the MoE kernels, into
+ * ws.sh; with q->side on the side stream (forked after HC pre, joined
+ * before the routed down that adds it), else in line. */
+static int shared_expert(enq *q, uint32_t il) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    const dlayer *L = &e->L[il];
+    dwork *w = &e->w;
+    enq qs = *q;
+    if (q->side) {
+        cudaError_t c = cudaEventRecord(e->side_fork, q->st);
+        if (c == cudaSuccess) c = cudaStreamWaitEvent(e->side, e->side_fork, 0);
+        if (c != cudaSuccess) return cuda_fail(q->err, "shared expert fork", c);
+        qs.st = e->side;
+    }
+    if (moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, 1, w->a, w->smid) ||
+        moe_down(&qs, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, 1, w->smid, w->actA, NULL, w->sh))
+        return -1;
+    if (q->side) {
+        cudaError_t c = cudaEventRecord(e->side_join, e->side);
+        if (c != cudaSuccess) return cuda_fail(q->err, "shared expert join", c);
+    } else {
+        mark(e, q->st, "shared expert");
+    }
+    return 0;
 }
 
 static int output_head(enq *q) {
@@ -698,27 +742,45 @@ static int output_head(enq *q) {
     const ds4_hparams *hp = &e->m->hp;
     dwork *w = &e->w;
     uint32_t D = hp->n_embd;
-    q->memo_x = NULL;
-    k_rmsnorm<<<1, 1024, 0, q->st>>>(w->H, w->hc_flat, NULL, (int)(HC_N * D), 0, hp->rms_eps);
-    if (launched(q->err, "head norm") || mv(q, e->output_hc_fn, w->hc_flat, w->actB, w->mix)) return -1;
-    k_out_collapse<<<1, 1024, 0, q->st>>>(w->mix, e->out_hc_scale, e->out_hc_base, hp->hc_eps, w->H, D, e->out_norm,
-                                          hp->rms_eps, w->ehc);
-    if (launched(q->err, "head collapse")) return -1;
-    if (mv(q, e->output, w->ehc, w->actA, w->logits)) return -1;
-    mark(e, q->st, "output head");
+    if (run(q, "hc post", k_hc_post, (D + 255) / 256, 256, 0, w->H, (const float *)w->y, (const float *)w->post,
+            (const float *)w->comb, D) ||
+        run(q, "head norm", k_rmsnorm, 1, 1024, 0, (const float *)w->H, w->hc_flat, (const float *)NULL,
+            (int)(HC_N * D), (size_t)0, hp->rms_eps) ||
+        mv(q, e->output_hc_fn, w->hc_flat, w->mix) ||
+        run(q, "head collapse", k_out_collapse, 1, 1024, 0, (const float *)w->mix, e->out_hc_scale, e->out_hc_base,
+            hp->hc_eps, (const float *)w->H, D, e->out_norm, hp->rms_eps, w->ehc) ||
+        mv(q, e->output, w->ehc, w->logits))
+        return -1;
+    mark(e, q->st, "hc post, output head");
     return 0;
+}
+
+/* Switches for measuring (on unless set to 0): DS4_CUDA_PDL, programmatic
+ * dependent launch (also off once a capture with it failed; the kernels
+ * ignore it where the device lacks it); DS4_CUDA_SIDE, the shared expert
+ * on the side stream. DS4_CUDA_WAVES=n: every matrix kernel's grid is n
+ * waves of resident blocks (ds4_cuda_kernels_set_waves; default per kernel);
+ * DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1: ds4_cuda_kernels_set_matvec_tuning. */
+static bool env_on(const char *name) {
+    const char *v = getenv(name);
+    return !(v && !strcmp(v, "0"));
 }
 
 /* The whole step, enqueued on the engine's stream. */
 static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
-    enq q = {e, e->stream, err, NULL, 0, 0};
+    ds4_cuda_kernels_set_pdl(e->k, !e->w.pdl_failed && env_on("DS4_CUDA_PDL"));
+    const char *waves = getenv("DS4_CUDA_WAVES");
+    ds4_cuda_kernels_set_waves(e->k, waves ? atoi(waves) : 0);
+    const char *split = getenv("DS4_CUDA_SPLIT"), *deep = getenv("DS4_CUDA_DEEP");
+    ds4_cuda_kernels_set_matvec_tuning(e->k, split ? atoi(split) : 0, deep && !strcmp(deep, "1"));
+    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_SIDE")};
     e->n_ev = 0;
     mark(e, q.st, "start");
-    k_embed<<<(hp->n_embd + 255) / 256, 256, 0, q.st>>>(e->token_embd.w, e->token_embd.type == DS4_TYPE_F16,
-                                                         hp->n_embd, e->w.io, e->w.H);
-    if (launched(err, "embedding")) return -1;
+    if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
+            (int)(e->token_embd.type == DS4_TYPE_F16), hp->n_embd, (const step_io *)e->w.io, e->w.H))
+        return -1;
     mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if (attention(&q, s, il) || ffn(&q, il)) return -1;
@@ -779,7 +841,7 @@ extern "C" int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err) {
     return c == cudaSuccess ? 0 : cuda_fail(err, "frontier reset", c);
 }
 
-static int capture(ds4_cuda_session *s, ds4_err *err) {
+static int capture_once(ds4_cuda_session *s, ds4_err *err) {
     cudaStream_t st = s->e->stream;
     cudaError_t c = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
     if (c != cudaSuccess) return cuda_fail(err, "graph capture", c);
@@ -794,6 +856,17 @@ static int capture(ds4_cuda_session *s, ds4_err *err) {
     c = cudaGraphInstantiate(&s->graph, g, 0);
     cudaGraphDestroy(g);
     return c == cudaSuccess ? 0 : cuda_fail(err, "graph instantiate", c);
+}
+
+/* Captures the step; if that fails with programmatic launches, once more
+ * without them (and says so). */
+static int capture(ds4_cuda_session *s, ds4_err *err) {
+    if (!capture_once(s, err)) return 0;
+    if (!ds4_cuda_kernels_pdl(s->e->k)) return -1;
+    fprintf(stderr, "cuda: capturing the step with programmatic launches failed (%s); capturing without\n", err->msg);
+    cudaGetLastError();
+    s->e->w.pdl_failed = 1;
+    return capture_once(s, err);
 }
 
 extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err) {

@@ -59,7 +59,10 @@ struct dwork {
     step_io *io;
     float *H, *hc_flat, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
     float *iscores, *att, *low, *y, *router, *ew, *mid, *smid, *sh, *ehc, *logits;
-    double *hc_part; /* HC_PART_BLOCKS x (HC_MIX + 1) partial sums of HC pre */
+    float *qraw;     /* q_a's output before its RMSNorm (qr: after) */
+    double *hc_part; /* per k_hc block, HC_MIX + 1 partial sums of HC pre */
+    unsigned *hc_count; /* k_hc blocks done (the last resets it) */
+    int pdl_failed;  /* capturing with programmatic launches failed once */
     int32_t *ids, *zero_id, *sel, *n_sel;
     float *one_w;
     uint8_t *actA, *actB;

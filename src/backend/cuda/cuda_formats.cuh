@@ -42,6 +42,7 @@
 #ifndef DS4_CUDA_FORMATS_CUH
 #define DS4_CUDA_FORMATS_CUH
 
+#include <math.h>
 #include <stdint.h>
 #include <cuda_fp16.h>
 
@@ -50,6 +51,10 @@ extern "C" {
 }
 
 #define DS4_HD __host__ __device__ __forceinline__
+
+/* RMSNorm scale of n values whose squares sum to ss (numerics.c num_rmsnorm:
+ * 1/sqrt(mean + eps) in f32 from the double mean). */
+DS4_HD float ds4_rms_scale(double ss, int n, float eps) { return 1.0f / sqrtf((float)(ss / n) + eps); }
 
 /* Activation in the split layout the kernels stage into shared memory. */
 typedef struct act_view {

@@ -14,9 +14,13 @@
  * possible for the blocks whose size is not a multiple of 16 (34, 66 and 84
  * bytes) while keeping the GGUF layout; the block arithmetic then reads
  * shared memory freely (cuda_formats.cuh). A block requests its first
- * weights, then stages the quantised activation once in a split layout
- * (codes / scales / sums; an f32 activation stays in global memory) and,
- * for IQ2_XXS, the decode tables, where the random lookups are cheapest.
+ * weights (before waiting for the previous kernel under programmatic
+ * dependent launch, cuda_pdl.cuh), then stages the activation once in a
+ * split layout (codes / scales / sums; an f32 activation stays in global
+ * memory) — quantised already, or quantised by the block itself from f32
+ * (the decode step: no separate quantisation launch) — and, for IQ2_XXS,
+ * the decode tables, where the random lookups are cheapest. One launch
+ * may cover several matrices that read the same activation.
  * Measurements and the reasons for each choice: notes/cuda-kernels.md.
  *
  * Rows whose byte length (or base address) is not 16-byte aligned, as in
@@ -29,6 +33,7 @@
 
 #include "cuda_formats.cuh"
 #include "cuda_kernels.h"
+#include "cuda_pdl.cuh"
 
 
 #define FULL_MASK 0xffffffffu
@@ -40,6 +45,9 @@ struct ds4_cuda_kernels {
     int n_sm;
     size_t smem_optin;
     int waves; /* grid = waves x the blocks that fit at once; 0 = per kernel */
+    int pdl_ok, pdl; /* the device has programmatic dependent launch; it is on */
+    int split_per_sm;  /* matvec: split rows until there are this many items per SM */
+    int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
 };
@@ -61,6 +69,8 @@ __device__ __forceinline__ void cp_async16(void *sdst, const void *gsrc) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+__device__ __forceinline__ void cp_async_wait3() { asm volatile("cp.async.wait_group 3;\n" ::: "memory"); }
 
 /* Copies `bytes` from global memory to a warp's buffer: asynchronous
  * 16-byte copies when source and length are 16-byte aligned, else plain
@@ -123,8 +133,8 @@ __device__ __forceinline__ void dot_span_f16(const uint8_t *span, uint32_t strid
 #pragma unroll
     for (int r = 0; r < NR; r++) acc[r] = 0.0f;
     for (uint32_t u = lane; u < nblk; u += 32) {
-        const float4 *x = (const float4 *)(a.x + 8u * (ab0 + u));
-        float4 x0 = __ldg(x), x1 = __ldg(x + 1);
+        const float4 *x = (const float4 *)(a.x + 8u * (ab0 + u)); /* global or (normed) shared memory */
+        float4 x0 = x[0], x1 = x[1];
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             uint4 w = *(const uint4 *)(span + r * stride + 16u * u);
@@ -186,6 +196,168 @@ __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid,
     return a;
 }
 
+/* ds4_round_clamp: nearest, ties to even; NaN -> 0; clamped. */
+__device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
+    if (!(v == v)) v = 0.0f;
+    if (v <= (float)lo) return lo;
+    if (v >= (float)hi) return hi;
+    return __float2int_rn(v);
+}
+
+/* Q8_K of one 256-value block over a warp, lane l holding values 8l..8l+7:
+ * the first value of largest magnitude sets iscale = -127/max; the codes
+ * round(iscale·v) packed four to a word into w, their sum into *sum8.
+ * Returns d = 1/iscale (0 and zero codes for an all-zero block). */
+__device__ __forceinline__ float q8_K_warp(const float v[8], int lane, uint32_t w[2], int *sum8) {
+    float amax = 0.0f, mx = 0.0f;
+    int idx = 1 << 30;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        float ax = fabsf(v[j]);
+        if (ax > amax) {
+            amax = ax;
+            mx = v[j];
+            idx = 8 * lane + j;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float oa = __shfl_xor_sync(FULL_MASK, amax, o), om = __shfl_xor_sync(FULL_MASK, mx, o);
+        int oi = __shfl_xor_sync(FULL_MASK, idx, o);
+        if (oa > amax || (oa == amax && oi < idx)) {
+            amax = oa;
+            mx = om;
+            idx = oi;
+        }
+    }
+    w[0] = w[1] = 0;
+    *sum8 = 0;
+    if (amax == 0.0f) return 0.0f;
+    float iscale = -127.0f / mx;
+    int sum = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int q = round_clamp(__fmul_rn(iscale, v[j]), -128, 127);
+        sum += q;
+        w[j / 4] |= (uint32_t)(uint8_t)(int8_t)q << (8 * (j % 4));
+    }
+    *sum8 = sum;
+    return 1.0f / iscale;
+}
+
+/* Passes of stage_act_x whose loads are issued together (Q8_0: 4 blocks
+ * of 32 a warp and pass; Q8_K: one block of 256). More registers for them
+ * cost the kernels occupancy: 8 Q8_0 passes took k_matvec<Q8_0> from 32
+ * to 64 registers and out_a/out_b from 26/25 to 30/26 us a layer (H100). */
+enum { QX_P = 2, QX_PK = 2 };
+
+/* Stages an f32 activation x[0..n) quantised in the block (the bytes
+ * ds4_cuda_quantize_act writes, in the split layout), optionally after an
+ * RMSNorm v = x·(1/rms(x))·norm_w (block 0 writes v to norm_out). An f32
+ * activation (F16 weights) stays in global memory unless it is normed
+ * (then v is kept in shared memory). All threads take part; red: 32
+ * doubles of scratch. */
+template <int KIND>
+__device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const float *norm_w, float eps,
+                                float *norm_out, double *red, int tid, int nth) {
+    act_view a = {};
+    const int lane = tid & 31, wp = tid >> 5, nw = nth >> 5;
+    float scale = 1.0f;
+    if (norm_w) {
+        double ss = 0.0;
+        for (uint32_t i = tid; i < n; i += nth) ss = __dadd_rn(ss, __dmul_rn((double)x[i], (double)x[i]));
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(FULL_MASK, ss, o);
+        if (lane == 0) red[wp] = ss;
+        __syncthreads();
+        double t = 0.0;
+        for (int i = 0; i < nw; i++) t += red[i];
+        scale = ds4_rms_scale(t, n, eps);
+        if (norm_out && blockIdx.x == 0)
+            for (uint32_t i = tid; i < n; i += nth) norm_out[i] = __fmul_rn(__fmul_rn(x[i], scale), norm_w[i]);
+    }
+    auto val = [&](uint32_t i) { return norm_w ? __fmul_rn(__fmul_rn(x[i], scale), norm_w[i]) : x[i]; };
+    if (KIND == DS4_ACT_F32) {
+        if (norm_w) {
+            float *v = (float *)s;
+            for (uint32_t i = tid; i < n; i += nth) v[i] = val(i);
+            a.x = v;
+        } else {
+            a.x = x;
+        }
+    } else if (KIND == DS4_ACT_Q8_0) {
+        /* 8 lanes per 32-value block, 4 values each; a warp takes 4 blocks a
+         * pass and loads QX_P passes' values before quantising any (the
+         * loads' latency, not their count, is the cost) */
+        uint32_t nb = n / 32;
+        int8_t *q = (int8_t *)s;
+        float *d = (float *)(s + n);
+        for (uint32_t c0 = 4 * wp; c0 < nb; c0 += 4 * nw * QX_P) {
+            float v[QX_P][4];
+#pragma unroll
+            for (int k = 0; k < QX_P; k++) {
+                uint32_t b = c0 + 4 * nw * k + (lane >> 3), i0 = 32 * b + 4 * (lane & 7);
+#pragma unroll
+                for (int j = 0; j < 4; j++) v[k][j] = b < nb ? val(i0 + j) : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < QX_P; k++) {
+                if (c0 + 4 * nw * k >= nb) break; /* the same for the whole warp */
+                uint32_t b = c0 + 4 * nw * k + (lane >> 3), i0 = 32 * b + 4 * (lane & 7);
+                float amax = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 4; j++) amax = fmaxf(amax, fabsf(v[k][j]));
+#pragma unroll
+                for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
+                float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+                if (b < nb) {
+                    uint32_t wd = 0;
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        wd |= (uint32_t)(uint8_t)(int8_t)round_clamp(__fmul_rn(v[k][j], id), -128, 127) << (8 * j);
+                    *(uint32_t *)(q + i0) = wd;
+                    if ((lane & 7) == 0) d[b] = dd;
+                }
+            }
+        }
+        a.q = q;
+        a.d = d;
+    } else {
+        /* one warp per 256-value block, 8 values per lane, QX_PK blocks'
+         * values loaded before quantising any */
+        uint32_t nb = n / 256;
+        int8_t *q = (int8_t *)s;
+        float *d = (float *)(s + n);
+        int16_t *bs = (int16_t *)(s + n + 4 * nb);
+        for (uint32_t c0 = wp; c0 < nb; c0 += nw * QX_PK) {
+            float v[QX_PK][8];
+#pragma unroll
+            for (int k = 0; k < QX_PK; k++) {
+                uint32_t b = c0 + nw * k;
+#pragma unroll
+                for (int j = 0; j < 8; j++) v[k][j] = b < nb ? val(256 * b + 8 * lane + j) : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < QX_PK; k++) {
+                uint32_t b = c0 + nw * k;
+                if (b >= nb) break;
+                uint32_t w[2];
+                int sum;
+                float dd = q8_K_warp(v[k], lane, w, &sum);
+                *(uint32_t *)(q + 256 * b + 8 * lane) = w[0];
+                *(uint32_t *)(q + 256 * b + 8 * lane + 4) = w[1];
+                sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+                if ((lane & 1) == 0) bs[16 * b + lane / 2] = (int16_t)sum;
+                if (lane == 0) d[b] = dd;
+            }
+        }
+        a.q = q;
+        a.d = d;
+        a.bsums = bs;
+    }
+    return a;
+}
+
 /* Shared-memory bytes of the IQ2_XXS tables (0 for other formats). */
 template <class F>
 __host__ __device__ constexpr uint32_t table_bytes() {
@@ -223,16 +395,10 @@ __device__ __forceinline__ float swiglu(float g, float u, float clamp, float w) 
 /* Activation quantisers (model-spec §3, bit-exact with quant_rows.c)  */
 /* ------------------------------------------------------------------ */
 
-/* ds4_round_clamp: nearest, ties to even; NaN -> 0; clamped. */
-__device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
-    if (!(v == v)) v = 0.0f;
-    if (v <= (float)lo) return lo;
-    if (v >= (float)hi) return hi;
-    return __float2int_rn(v);
-}
-
 /* One warp per 32-value block: d = amax/127 (f32), q = round(x·(1/d)). */
 __global__ void k_quantize_q8_0(const float *x, uint8_t *y, uint32_t nb) {
+    pdl_trigger();
+    pdl_wait();
     uint32_t b = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x & 31;
     if (b >= nb) return;
@@ -246,58 +412,25 @@ __global__ void k_quantize_q8_0(const float *x, uint8_t *y, uint32_t nb) {
     if (lane == 0) *(float *)blk = d;
 }
 
-/* One warp per 256-value block, 8 values per lane: the first value of
- * largest magnitude sets iscale = -127/max; d = 1/iscale; bsums per 16. */
+/* One warp per 256-value block, 8 values per lane (q8_K_warp); bsums per 16. */
 __global__ void k_quantize_q8_K(const float *x, uint8_t *y, uint32_t nb) {
+    pdl_trigger();
+    pdl_wait();
     uint32_t b = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x & 31;
     if (b >= nb) return;
     const float4 *src = (const float4 *)(x + 256 * (size_t)b + 8 * lane);
     float4 p0 = src[0], p1 = src[1];
     float v[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
-    float amax = 0.0f, mx = 0.0f;
-    int idx = 1 << 30;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        float ax = fabsf(v[j]);
-        if (ax > amax) {
-            amax = ax;
-            mx = v[j];
-            idx = 8 * lane + j;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float oa = __shfl_xor_sync(FULL_MASK, amax, o), om = __shfl_xor_sync(FULL_MASK, mx, o);
-        int oi = __shfl_xor_sync(FULL_MASK, idx, o);
-        if (oa > amax || (oa == amax && oi < idx)) {
-            amax = oa;
-            mx = om;
-            idx = oi;
-        }
-    }
+    uint32_t w[2];
+    int sum;
+    float d = q8_K_warp(v, lane, w, &sum);
     uint8_t *blk = y + 292 * (size_t)b;
-    if (amax == 0.0f) {
-        *(uint32_t *)(blk + 4 + 8 * lane) = 0;
-        *(uint32_t *)(blk + 8 + 8 * lane) = 0;
-        if (lane < 8) *(uint32_t *)(blk + 260 + 4 * lane) = 0;
-        if (lane == 0) *(float *)blk = 0.0f;
-        return;
-    }
-    float iscale = -127.0f / mx;
-    uint32_t w[2] = {0, 0};
-    int sum = 0;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        int q = round_clamp(__fmul_rn(iscale, v[j]), -128, 127);
-        sum += q;
-        w[j / 4] |= (uint32_t)(uint8_t)(int8_t)q << (8 * (j % 4));
-    }
     *(uint32_t *)(blk + 4 + 8 * lane) = w[0]; /* 4-byte aligned only */
     *(uint32_t *)(blk + 8 + 8 * lane) = w[1];
     sum += __shfl_xor_sync(FULL_MASK, sum, 1);
     if ((lane & 1) == 0) *(int16_t *)(blk + 260 + lane) = (int16_t)sum;
-    if (lane == 0) *(float *)blk = 1.0f / iscale;
+    if (lane == 0) *(float *)blk = d;
 }
 
 /* ------------------------------------------------------------------ */
@@ -305,62 +438,86 @@ __global__ void k_quantize_q8_K(const float *x, uint8_t *y, uint32_t nb) {
 /* ------------------------------------------------------------------ */
 
 struct mv_params {
-    const uint8_t *w, *act;
-    float *y;
+    const uint8_t *w[DS4_CUDA_MV_SEGS]; /* segment matrices (group 0 of w[0] with groups) */
+    float *y[DS4_CUDA_MV_SEGS];
+    uint32_t seg_end[DS4_CUDA_MV_SEGS]; /* rows of segments 0..i together */
+    uint32_t n_seg;
+    const uint8_t *act;                 /* quantised activation, or NULL: */
+    const float *x, *norm_w;            /* f32 activation quantised per block (normed first) */
+    float eps;
+    float *norm_out;
     const uint32_t *tab;
-    uint32_t n_rows, n_in, row_bytes;
+    uint32_t n_in, row_bytes;
     uint32_t S, slice_blocks, slice_bytes; /* S slices per row */
     uint32_t buf_stride, act_smem;
+    uint32_t nbuf;                 /* staging buffers per warp: 2 or 4 (tiles in flight) */
     uint32_t n_groups, group_rows; /* activation groups, rows per group */
-    size_t act_group_bytes;        /* bytes of one group's activation */
-    const int32_t *active;      /* NULL, or skip the whole call while *active == 0 */
+    size_t act_group_bytes;        /* bytes of one group's quantised activation */
+    const int32_t *active;         /* NULL, or skip the whole call while *active == 0 */
     int aligned;
 };
+
+/* Weights of row `row` (of group g, or of the segments' joint row space)
+ * and where its result goes. */
+__device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g, uint32_t row, float **y) {
+    uint32_t sg = 0, start = 0;
+    while (sg + 1 < p.n_seg && row >= p.seg_end[sg]) start = p.seg_end[sg++];
+    size_t r = (size_t)g * p.group_rows + (row - start);
+    *y = p.y[sg] + r;
+    return p.w[sg] + r * p.row_bytes;
+}
 
 /* Items are (row, slice) pairs;  a tile is NW consecutive items, one per
  * warp, so a row's S slices meet in one thread block and are added in
  * slice order through shared memory. With activation groups, gridDim.x is
  * a multiple of n_groups and block b works on the tiles of group
- * b / (gridDim.x / n_groups) only, staging only that group's activation. */
+ * b / (gridDim.x / n_groups) only, staging only that group's activation.
+ * Under programmatic dependent launch the first weights are requested
+ * before waiting for the previous kernel (which writes the activation). */
 template <class F, int NW>
-__global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
+__global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) k_matvec(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
+    pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    /* Shared memory: [tables][activation][partials][NW x 2 buffers]. */
+    /* Shared memory: [tables][activation][32 doubles][partials][NW x nbuf buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
-    float *partial = (float *)s;
-    uint8_t *const buf = s + 2 * NW * sizeof(float) + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
-    if (p.active && *p.active == 0) return;
+    double *red = (double *)s;
+    float *partial = (float *)(s + 32 * sizeof(double));
+    uint8_t *const buf = s + 32 * sizeof(double) + 2 * NW * sizeof(float) + warp * p.nbuf * p.buf_stride;
+    if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
 
-    /* The first weights are requested before the activation is staged. */
     const uint32_t bpg = gridDim.x / p.n_groups, g = blockIdx.x / bpg;
     const uint32_t n_items = p.group_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
-    const uint8_t *const wg = p.w + (size_t)g * p.group_rows * p.row_bytes;
     uint32_t tile = blockIdx.x % bpg, item = tile * NW + warp;
-    if (tile < n_tiles && item < n_items)
-        stage_span(buf, wg + (size_t)(item / p.S) * p.row_bytes + (size_t)(item % p.S) * p.slice_bytes,
-                   p.slice_bytes, p.aligned, lane);
-    cp_async_commit();
+    float *yrow;
+    /* tiles it .. it + nbuf - 1 in flight: the first nbuf before the activation */
+    auto issue = [&](uint32_t t, uint8_t *dst) {
+        uint32_t i = t * NW + warp;
+        if (t < n_tiles && i < n_items)
+            stage_span(dst, mv_row(p, g, i / p.S, &yrow) + (size_t)(i % p.S) * p.slice_bytes, p.slice_bytes,
+                       p.aligned, lane);
+        cp_async_commit();
+    };
+    for (uint32_t k = 0; k < p.nbuf; k++) issue(tile + k * bpg, buf + k * p.buf_stride);
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
-    const act_view a = stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
-    float *const y = p.y + (size_t)g * p.group_rows;
+    pdl_wait();
+    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
+                                                      p.norm_out, red, tid, NW * 32)
+                           : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + bpg, nitem = ntile * NW + warp;
-        if (ntile < n_tiles && nitem < n_items)
-            stage_span(buf + ((it + 1) & 1) * p.buf_stride,
-                       wg + (size_t)(nitem / p.S) * p.row_bytes + (size_t)(nitem % p.S) * p.slice_bytes,
-                       p.slice_bytes, p.aligned, lane);
-        cp_async_commit();
-        cp_async_wait1();
+        uint8_t *cur = buf + (it & (p.nbuf - 1)) * p.buf_stride; /* nbuf: 2 or 4 */
+        if (p.nbuf == 4) cp_async_wait3();
+        else cp_async_wait1();
         __syncwarp();
-        uint32_t row = item / p.S, sl = item % p.S;
+        uint32_t sl = item % p.S;
         float r = 0.0f;
-        if (item < n_items)
-            dot_rows<F, 1>(buf + (it & 1) * p.buf_stride, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
+        if (item < n_items) dot_rows<F, 1>(cur, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
+        if (item < n_items) mv_row(p, g, item / p.S, &yrow);
         if (p.S == 1) {
-            if (item < n_items && lane == 0) y[row] = r;
+            if (item < n_items && lane == 0) *yrow = r;
         } else {
             float *pp = partial + (it & 1) * NW;
             if (lane == 0) pp[warp] = r;
@@ -368,10 +525,11 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
             if (item < n_items && lane == 0 && sl == 0) {
                 float t = 0.0f;
                 for (uint32_t k = 0; k < p.S; k++) t += pp[warp + k];
-                y[row] = t;
+                *yrow = t;
             }
         }
         __syncwarp();
+        issue(tile + p.nbuf * bpg, cur);
         tile = ntile;
         item = nitem;
     }
@@ -384,6 +542,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec(const mv_params p) {
 struct moe_params {
     const uint8_t *w0, *w1; /* gate, up (gate_up) or down, unused */
     const uint8_t *act;
+    const float *x; /* gate_up: f32 activation quantised per block (act NULL) */
     const int32_t *ids;
     const float *weights, *add;
     float *out;
@@ -394,6 +553,7 @@ struct moe_params {
     size_t expert_bytes;
     float clamp;
     int aligned;
+    int fixed_ids; /* ids/weights do not come from an earlier kernel */
 };
 
 /* Item (k, r): row r of gate and of up of expert ids[k], staged side by
@@ -408,7 +568,10 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     float *wts = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
     uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
 
-    /* The first weights are requested before the activation is staged. */
+    /* The first weights are requested before the activation is staged (and,
+     * when the ids are fixed, before waiting for the previous kernel). */
+    pdl_trigger();
+    if (!p.fixed_ids) pdl_wait();
     const uint32_t n_items = p.n_sel * p.n_rows, n_tiles = (n_items + NW - 1) / NW;
     auto issue = [&](uint32_t item, uint8_t *dst, const int32_t *id_list) {
         uint32_t k = item / p.n_rows, r = item % p.n_rows;
@@ -427,7 +590,9 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     }
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
-    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
+    if (p.fixed_ids) pdl_wait();
+    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32)
+                           : stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
@@ -463,7 +628,10 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     int32_t *ids = (int32_t *)s;
     uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
 
-    /* The first weights are requested before the activation is staged. */
+    /* The first weights are requested before the activation is staged (and,
+     * when the ids are fixed, before waiting for the previous kernel). */
+    pdl_trigger();
+    if (!p.fixed_ids) pdl_wait();
     const uint32_t n_items = p.n_rows, n_tiles = (n_items + NW - 1) / NW;
     auto issue = [&](uint32_t o, uint8_t *dst, const int32_t *id_list) {
         for (uint32_t k = 0; k < p.n_sel; k++) {
@@ -479,6 +647,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     if (tid < (int)p.n_sel) ids[tid] = p.ids[tid];
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    if (p.fixed_ids) pdl_wait();
     const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -507,7 +676,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
 /* Host side                                                           */
 /* ------------------------------------------------------------------ */
 
-enum { MV_WARPS = 8, GU_WARPS = 8, DN_WARPS = 4 };
+enum { MV_WARPS = 8, GU_WARPS = 8, DN_WARPS = 4, MV_DEEP_SLICE = 2176 };
 
 static uint32_t round16(uint32_t x) { return (x + 15) & ~15u; }
 
@@ -536,67 +705,80 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
     return 0;
 }
 
-static int check_launch(ds4_err *err, const char *what) {
-    cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? 0 : cuda_fail(err, what, e);
-}
-
 template <class F>
-static int run_matvec(ds4_cuda_kernels *k, const void *w, uint32_t n_rows, uint32_t n_in, const void *act,
-                      uint32_t n_groups, float *y, const int32_t *active, cudaStream_t st, ds4_err *err) {
+static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st, ds4_err *err) {
     const int NW = MV_WARPS;
-    uint32_t nb = n_in / F::block_elems, row_bytes = nb * F::block_bytes;
+    uint32_t n_rows = 0;
+    for (uint32_t i = 0; i < d->n_seg; i++) n_rows += d->seg[i].rows;
+    uint32_t nb = d->n_in / F::block_elems, row_bytes = nb * F::block_bytes;
     /* Split rows into S slices while there are too few items to fill the
      * device or a row is longer than a staging buffer. */
-    uint32_t S = 1, target = (uint32_t)k->n_sm * 16;
+    uint32_t S = 1, target = (uint32_t)k->n_sm * (uint32_t)k->split_per_sm;
     for (;;) {
         uint32_t s2 = 2 * S;
         bool can = s2 <= (uint32_t)NW && nb % s2 == 0 && (row_bytes / s2) % 16 == 0;
         if (!can || ((uint64_t)n_rows * S >= target && row_bytes / S <= MAX_SLICE_BYTES)) break;
         S = s2;
     }
-    mv_params p;
-    p.w = (const uint8_t *)w;
-    p.act = (const uint8_t *)act;
-    p.y = y;
+    mv_params p = {};
+    p.n_seg = d->n_seg;
+    p.aligned = row_bytes % 16 == 0 && (row_bytes / S) % 16 == 0;
+    for (uint32_t i = 0, end = 0; i < d->n_seg; i++) {
+        p.w[i] = (const uint8_t *)d->seg[i].w;
+        p.y[i] = d->seg[i].y;
+        end += d->n_groups > 1 ? d->seg[i].rows / d->n_groups : d->seg[i].rows;
+        p.seg_end[i] = end;
+        p.aligned &= (uintptr_t)d->seg[i].w % 16 == 0;
+    }
+    p.act = (const uint8_t *)d->act;
+    p.x = d->x;
+    p.norm_w = d->norm_w;
+    p.eps = d->eps;
+    p.norm_out = d->norm_out;
     p.tab = k->tables;
-    p.n_rows = n_rows;
-    p.n_in = n_in;
+    p.n_in = d->n_in;
     p.row_bytes = row_bytes;
     p.S = S;
     p.slice_blocks = nb / S;
     p.slice_bytes = row_bytes / S;
-    p.aligned = (uintptr_t)w % 16 == 0 && row_bytes % 16 == 0 && p.slice_bytes % 16 == 0;
     p.buf_stride = round16(p.slice_bytes) + 16;
-    p.n_groups = n_groups;
-    p.group_rows = n_rows / n_groups;
-    p.act_group_bytes = (int)F::act_kind == DS4_ACT_F32 ? (size_t)n_in * 4
-                        : (int)F::act_kind == DS4_ACT_Q8_0 ? (size_t)n_in / 32 * 36
-                                                      : (size_t)n_in / 256 * 292;
-    p.active = active;
-    p.act_smem = act_smem_bytes(F::act_kind, n_in);
-    size_t smem = table_bytes<F>() + p.act_smem + 2 * NW * sizeof(float) + (size_t)NW * 2 * p.buf_stride;
-    uint32_t n_tiles = n_groups * (uint32_t)(((uint64_t)p.group_rows * S + NW - 1) / NW);
+    p.nbuf = k->deep && p.slice_bytes <= MV_DEEP_SLICE ? 4 : 2;
+    p.n_groups = d->n_groups;
+    p.group_rows = n_rows / d->n_groups;
+    p.act_group_bytes = (int)F::act_kind == DS4_ACT_F32 ? (size_t)d->n_in * 4
+                        : (int)F::act_kind == DS4_ACT_Q8_0 ? (size_t)d->n_in / 32 * 36
+                                                      : (size_t)d->n_in / 256 * 292;
+    p.active = d->active;
+    p.act_smem = act_smem_bytes(F::act_kind, d->n_in);
+    if ((int)F::act_kind == DS4_ACT_F32 && d->x && d->norm_w) p.act_smem = round16(d->n_in * 4);
+    size_t smem = table_bytes<F>() + p.act_smem + 32 * sizeof(double) + 2 * NW * sizeof(float) +
+                  (size_t)NW * p.nbuf * p.buf_stride;
+    uint32_t n_tiles = d->n_groups * (uint32_t)(((uint64_t)p.group_rows * S + NW - 1) / NW);
     int grid = 1;
-    /* Unsplit rows: 2 waves even out the tail (attn_q_b, 1 -> 2 waves:
-     * H100 16.3 -> 15.4 us, H200 13.5 -> 13.3 us; 4 waves helped the H100
-     * more but cost the H200); split rows and the MoE kernels run best
-     * persistent. */
-    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 ? 2 : 1, &grid, err)) return -1;
-    grid = grid < (int)n_groups ? (int)n_groups : grid / (int)n_groups * (int)n_groups;
-    k_matvec<F, NW><<<grid, NW * 32, smem, st>>>(p);
-    return check_launch(err, "matvec launch");
+    /* Unsplit rows with a quantised activation: 2 waves even out the tail
+     * (attn_q_b, 1 -> 2 waves: H100 16.3 -> 15.4 us, H200 13.5 -> 13.3 us;
+     * 4 waves helped the H100 more but cost the H200); split rows, the MoE
+     * kernels, and blocks that quantise x themselves (a longer start, paid
+     * once per block) run best persistent (the decode step, 12 layers at
+     * ctx 512 on an H100: 1 wave for every kernel -10 us a layer). */
+    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
+    grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
+    cudaError_t e = pdl_launch(k->pdl, k_matvec<F, NW>, grid, NW * 32, smem, st, p);
+    return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
 }
 
 template <class F>
 static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
                        uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
-                       const void *x_act, float *mid, cudaStream_t st, ds4_err *err) {
+                       const void *x_act, const float *x, int fixed_ids, float *mid, cudaStream_t st,
+                       ds4_err *err) {
     const int NW = GU_WARPS;
     moe_params p = {};
     p.w0 = (const uint8_t *)gate;
     p.w1 = (const uint8_t *)up;
     p.act = (const uint8_t *)x_act;
+    p.x = x;
+    p.fixed_ids = fixed_ids;
     p.ids = ids;
     p.weights = weights;
     p.out = mid;
@@ -617,19 +799,20 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + NW - 1) / NW);
     int grid = 1;
     if (launch_grid(k, k_moe_gate_up<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
-    k_moe_gate_up<F, NW><<<grid, NW * 32, smem, st>>>(p);
-    return check_launch(err, "moe gate/up launch");
+    cudaError_t e = pdl_launch(k->pdl, k_moe_gate_up<F, NW>, grid, NW * 32, smem, st, p);
+    return e == cudaSuccess ? 0 : cuda_fail(err, "moe gate/up launch", e);
 }
 
 template <class F>
 static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert,
-                    const int32_t *ids, uint32_t n_sel, const void *mid_act, const float *add, float *out,
-                    cudaStream_t st, ds4_err *err) {
+                    const int32_t *ids, uint32_t n_sel, const void *mid_act, const float *add, int fixed_ids,
+                    float *out, cudaStream_t st, ds4_err *err) {
     const int NW = DN_WARPS;
     moe_params p = {};
     p.w0 = (const uint8_t *)down;
     p.act = (const uint8_t *)mid_act;
     p.ids = ids;
+    p.fixed_ids = fixed_ids;
     p.add = add;
     p.out = out;
     p.tab = k->tables;
@@ -648,8 +831,8 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     uint32_t n_tiles = (n_out + NW - 1) / NW;
     int grid = 1;
     if (launch_grid(k, k_moe_down<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
-    k_moe_down<F, NW><<<grid, NW * 32, smem, st>>>(p);
-    return check_launch(err, "moe down launch");
+    cudaError_t e = pdl_launch(k->pdl, k_moe_down<F, NW>, grid, NW * 32, smem, st, p);
+    return e == cudaSuccess ? 0 : cuda_fail(err, "moe down launch", e);
 }
 
 /* Lets every kernel use all the shared memory the device allows. */
@@ -682,6 +865,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->n_sm = prop.multiProcessorCount;
     k->smem_optin = prop.sharedMemPerBlockOptin;
     k->waves = 0;
+    k->split_per_sm = 16;
+    k->pdl_ok = prop.major >= 9;
     snprintf(k->name, sizeof k->name, "%s", prop.name);
     uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
     if (!ds4_cuda_iq2_tables(host_tab)) {
@@ -710,6 +895,15 @@ extern "C" void ds4_cuda_kernels_free(ds4_cuda_kernels *k) {
 
 extern "C" void ds4_cuda_kernels_set_waves(ds4_cuda_kernels *k, int waves) { k->waves = waves < 0 ? 0 : waves; }
 
+extern "C" void ds4_cuda_kernels_set_pdl(ds4_cuda_kernels *k, int on) { k->pdl = on && k->pdl_ok; }
+
+extern "C" int ds4_cuda_kernels_pdl(const ds4_cuda_kernels *k) { return k->pdl; }
+
+extern "C" void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, int deep) {
+    k->split_per_sm = split_per_sm > 0 ? split_per_sm : 16;
+    k->deep = deep != 0;
+}
+
 extern "C" int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k) { return k->n_sm; }
 
 extern "C" const char *ds4_cuda_kernels_device_name(const ds4_cuda_kernels *k) { return k->name; }
@@ -718,20 +912,21 @@ extern "C" int ds4_cuda_quantize_act(ds4_cuda_kernels *k, uint32_t wtype, const 
                                      ds4_cuda_stream stream, ds4_err *err) {
     cudaStream_t st = (cudaStream_t)stream;
     if (n == 0) return 0;
+    cudaError_t e;
     switch (wtype) {
     case DS4_TYPE_F16: {
-        cudaError_t e = cudaMemcpyAsync(act, x, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, st);
+        e = cudaMemcpyAsync(act, x, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, st);
         return e == cudaSuccess ? 0 : cuda_fail(err, "activation copy", e);
     }
     case DS4_TYPE_Q8_0:
         if (n % 32) return ds4_fail(err, "cuda: Q8_0 activation of %u values (not a multiple of 32)", n);
-        k_quantize_q8_0<<<(n / 32 + 7) / 8, 256, 0, st>>>(x, (uint8_t *)act, n / 32);
-        return check_launch(err, "Q8_0 activation launch");
+        e = pdl_launch(k->pdl, k_quantize_q8_0, (n / 32 + 7) / 8, 256, 0, st, x, (uint8_t *)act, n / 32);
+        return e == cudaSuccess ? 0 : cuda_fail(err, "Q8_0 activation launch", e);
     case DS4_TYPE_Q2_K: case DS4_TYPE_Q4_K: case DS4_TYPE_IQ2_XXS:
         if (n % 256) return ds4_fail(err, "cuda: Q8_K activation of %u values (not a multiple of 256)", n);
         if ((uintptr_t)x % 16) return ds4_fail(err, "cuda: Q8_K activation source not 16-byte aligned");
-        k_quantize_q8_K<<<(n / 256 + 7) / 8, 256, 0, st>>>(x, (uint8_t *)act, n / 256);
-        return check_launch(err, "Q8_K activation launch");
+        e = pdl_launch(k->pdl, k_quantize_q8_K, (n / 256 + 7) / 8, 256, 0, st, x, (uint8_t *)act, n / 256);
+        return e == cudaSuccess ? 0 : cuda_fail(err, "Q8_K activation launch", e);
     default:
         return ds4_fail(err, "cuda: no activation format for weight type %s", ds4_type_name(wtype));
     }
@@ -759,17 +954,43 @@ extern "C" int ds4_cuda_matvec(ds4_cuda_kernels *k, uint32_t wtype, const void *
 extern "C" int ds4_cuda_matvec_grouped(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_rows,
                                        uint32_t n_in, const void *act, uint32_t n_groups, float *y,
                                        const int32_t *active, ds4_cuda_stream stream, ds4_err *err) {
-    if (check_shape(wtype, n_in, w, act, err)) return -1;
+    ds4_cuda_mv d = {};
+    d.wtype = wtype;
+    d.n_in = n_in;
+    d.n_groups = n_groups;
+    d.n_seg = 1;
+    d.seg[0].w = w;
+    d.seg[0].rows = n_rows;
+    d.seg[0].y = y;
+    d.act = act;
+    d.active = active;
+    return ds4_cuda_matvec_multi(k, &d, stream, err);
+}
+
+extern "C" int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *d, ds4_cuda_stream stream,
+                                     ds4_err *err) {
+    if (d->n_seg < 1 || d->n_seg > DS4_CUDA_MV_SEGS)
+        return ds4_fail(err, "cuda: %u matrices in one product (1..%d)", d->n_seg, DS4_CUDA_MV_SEGS);
+    if (d->n_groups == 0 || (d->n_groups > 1 && d->n_seg > 1))
+        return ds4_fail(err, "cuda: %u activation groups over %u matrices", d->n_groups, d->n_seg);
+    if (!d->act == !d->x) return ds4_fail(err, "cuda: a product needs exactly one of act and x");
+    if (d->x && ((uintptr_t)d->x % 16 || (d->norm_w && d->n_groups > 1)))
+        return ds4_fail(err, "cuda: misaligned f32 activation, or a norm over groups");
+    uint32_t n_rows = 0;
+    for (uint32_t i = 0; i < d->n_seg; i++) {
+        if (check_shape(d->wtype, d->n_in, d->seg[i].w, d->x ? (const void *)d->x : d->act, err)) return -1;
+        n_rows += d->seg[i].rows;
+    }
     if (n_rows == 0) return 0;
-    if (n_groups == 0 || n_rows % n_groups)
-        return ds4_fail(err, "cuda: %u rows do not split into %u equal groups", n_rows, n_groups);
+    if (n_rows % d->n_groups)
+        return ds4_fail(err, "cuda: %u rows do not split into %u equal groups", n_rows, d->n_groups);
     cudaStream_t st = (cudaStream_t)stream;
-    switch (wtype) {
-    case DS4_TYPE_Q8_0: return run_matvec<fmt_q8_0>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
-    case DS4_TYPE_Q2_K: return run_matvec<fmt_q2_K>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
-    case DS4_TYPE_Q4_K: return run_matvec<fmt_q4_K>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
-    case DS4_TYPE_IQ2_XXS: return run_matvec<fmt_iq2_xxs>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
-    default: return run_matvec<fmt_f16>(k, w, n_rows, n_in, act, n_groups, y, active, st, err);
+    switch (d->wtype) {
+    case DS4_TYPE_Q8_0: return run_matvec<fmt_q8_0>(k, d, st, err);
+    case DS4_TYPE_Q2_K: return run_matvec<fmt_q2_K>(k, d, st, err);
+    case DS4_TYPE_Q4_K: return run_matvec<fmt_q4_K>(k, d, st, err);
+    case DS4_TYPE_IQ2_XXS: return run_matvec<fmt_iq2_xxs>(k, d, st, err);
+    default: return run_matvec<fmt_f16>(k, d, st, err);
     }
 }
 
@@ -781,16 +1002,19 @@ static int check_moe(uint32_t wtype, uint32_t n_sel, ds4_err *err) {
     return 0;
 }
 
-extern "C" int ds4_cuda_moe_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
-                                    uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
-                                    const float *weights, uint32_t n_sel, float clamp, const void *x_act,
-                                    float *mid, ds4_cuda_stream stream, ds4_err *err) {
-    if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_in, gate, x_act, err) ||
-        check_shape(wtype, n_in, up, x_act, err))
+/* Gate/up with the activation quantised already (x_act) or as f32 (xf). */
+static int gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
+                   uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
+                   const void *x_act, const float *xf, int fixed_ids, float *mid, ds4_cuda_stream stream,
+                   ds4_err *err) {
+    const void *x = x_act ? x_act : (const void *)xf;
+    if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_in, gate, x, err) ||
+        check_shape(wtype, n_in, up, x, err))
         return -1;
     if (n_ff == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-#define GATE_UP(F) run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, mid, st, err)
+#define GATE_UP(F)                                                                                              \
+    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, xf, fixed_ids, mid, st, err)
     switch (wtype) {
     case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
     case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
@@ -800,14 +1024,37 @@ extern "C" int ds4_cuda_moe_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const v
 #undef GATE_UP
 }
 
+extern "C" int ds4_cuda_moe_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
+                                    uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
+                                    const float *weights, uint32_t n_sel, float clamp, const void *x_act,
+                                    float *mid, ds4_cuda_stream stream, ds4_err *err) {
+    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL, 0, mid,
+                   stream, err);
+}
+
+extern "C" int ds4_cuda_moe_gate_up_x(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
+                                      uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
+                                      const float *weights, uint32_t n_sel, float clamp, const float *x,
+                                      int fixed_ids, float *mid, ds4_cuda_stream stream, ds4_err *err) {
+    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, NULL, x, fixed_ids, mid,
+                   stream, err);
+}
+
 extern "C" int ds4_cuda_moe_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
                                  uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
                                  const void *mid_act, const float *add, float *out, ds4_cuda_stream stream,
                                  ds4_err *err) {
+    return ds4_cuda_moe_down_x(k, wtype, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, 0, out, stream, err);
+}
+
+extern "C" int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
+                                   uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
+                                   const void *mid_act, const float *add, int fixed_ids, float *out,
+                                   ds4_cuda_stream stream, ds4_err *err) {
     if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_ff, down, mid_act, err)) return -1;
     if (n_out == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-#define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, out, st, err)
+#define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, fixed_ids, out, st, err)
     switch (wtype) {
     case DS4_TYPE_Q8_0: return DOWN(fmt_q8_0);
     case DS4_TYPE_Q2_K: return DOWN(fmt_q2_K);

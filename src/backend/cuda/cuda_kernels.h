@@ -88,6 +88,62 @@ int ds4_cuda_moe_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uin
                       const void *mid_act, const float *add, float *out, ds4_cuda_stream stream,
                       ds4_err *err);
 
+/* Programmatic dependent launch (sm_90+; off by default): the kernels are
+ * launched so that they may start while the previous kernel on the stream
+ * runs, request their first weights, and wait for it before reading their
+ * activation (cuda_pdl.cuh). Ignored on devices without it. */
+void ds4_cuda_kernels_set_pdl(ds4_cuda_kernels *k, int on);
+int ds4_cuda_kernels_pdl(const ds4_cuda_kernels *k);
+/* Matrix-vector tuning, for measuring: rows are cut into slices until
+ * there are split_per_sm items per multiprocessor (<= 0: the default, 16);
+ * deep: four staging buffers per warp instead of two where slices are
+ * small (more weight bytes in flight). */
+void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, int deep);
+
+/* One launch for several products, described by ds4_cuda_mv:
+ *  - up to DS4_CUDA_MV_SEGS matrices of the same type and n_in that read
+ *    the same activation (seg[i]: rows of w into y), their rows one item
+ *    space; or one matrix in n_groups groups (n_seg 1, as
+ *    ds4_cuda_matvec_grouped);
+ *  - the activation either quantised already (act) or as f32 (x), which
+ *    every thread block quantises itself (the same bytes as
+ *    ds4_cuda_quantize_act), optionally after an RMSNorm with weights
+ *    norm_w (x/rms(x)·w, eps), whose result block 0 also writes to
+ *    norm_out (if not NULL) for later products that read it;
+ *  - active: NULL, or a device int; while it is 0 nothing is done. It is
+ *    read before waiting for the previous kernel (programmatic launch), so
+ *    no kernel on the stream may write it (the step's is copied from the
+ *    host before the graph runs). */
+#define DS4_CUDA_MV_SEGS 6
+typedef struct ds4_cuda_mv_seg {
+    const void *w;
+    uint32_t rows;
+    float *y;
+} ds4_cuda_mv_seg;
+typedef struct ds4_cuda_mv {
+    uint32_t wtype, n_in, n_groups, n_seg;
+    ds4_cuda_mv_seg seg[DS4_CUDA_MV_SEGS];
+    const void *act;
+    const float *x, *norm_w;
+    float eps;
+    float *norm_out;
+    const int32_t *active;
+} ds4_cuda_mv;
+int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *mv, ds4_cuda_stream stream, ds4_err *err);
+
+/* ds4_cuda_moe_gate_up with the activation as f32 x (quantised in every
+ * block), and fixed_ids: ids and weights do not depend on earlier kernels
+ * (the shared expert), so the first weights are requested before waiting
+ * for them. */
+int ds4_cuda_moe_gate_up_x(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in,
+                           uint32_t n_ff, uint32_t n_expert, const int32_t *ids, const float *weights,
+                           uint32_t n_sel, float clamp, const float *x, int fixed_ids, float *mid,
+                           ds4_cuda_stream stream, ds4_err *err);
+/* ds4_cuda_moe_down with fixed_ids as above. */
+int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff, uint32_t n_out,
+                        uint32_t n_expert, const int32_t *ids, uint32_t n_sel, const void *mid_act,
+                        const float *add, int fixed_ids, float *out, ds4_cuda_stream stream, ds4_err *err);
+
 /* The most experts one MoE call takes. */
 #define DS4_CUDA_MAX_SEL 8
 

@@ -23,6 +23,8 @@
 #include <stdint.h>
 
 #include "cuda_engine_impl.cuh"
+#include "cuda_formats.cuh"
+#include "cuda_pdl.cuh"
 
 enum { OPS_THREADS = 512 };
 
@@ -67,9 +69,6 @@ __device__ float dev_softplus(float x) {
 }
 
 __device__ float f16_round_dev(float x) { return __half2float(__float2half_rn(x)); }
-
-/* RMSNorm scale of n values held by the block (ss = Σ x² in double). */
-__device__ float rms_scale(double ss, int n, float eps) { return 1.0f / sqrtf((float)(ss / n) + eps); }
 
 /* One RoPE pair k of a tail t[0..n_rot) at position pos (numerics.c
  * rope_tail: the per-pair angle is pos·theta_scale^k as a chain of float
@@ -179,6 +178,8 @@ __device__ void block_indexer_qat(float *x, int n, float *sc) {
 
 /* H = the token's embedding row in all HC streams (model-spec §5.1). */
 __global__ void k_embed(const void *embd, int f16, uint32_t D, const step_io *io, float *H) {
+    pdl_trigger();
+    pdl_wait();
     uint32_t d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= D) return;
     size_t off = (size_t)io->token * D + d;
@@ -188,97 +189,27 @@ __global__ void k_embed(const void *embd, int f16, uint32_t D, const step_io *io
 
 /* rows of n values: y = x/rms(x) (· w); one block per row. */
 __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_t ld, float eps) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ double sh[32];
     const float *xr = x + blockIdx.x * ld;
     float *yr = y + blockIdx.x * ld;
     double ss = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
-    float s = rms_scale(block_sum(ss, sh), n, eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), n, eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w ? xr[i] * s * w[i] : xr[i] * s;
-}
-
-/* HC pre, part 1 (model-spec §5.2 steps 1-2) over the whole grid: block b
- * adds, over its share of the n = HC_N·D flattened streams, Σ H² and the
- * MIX products fn_j·H, into part[b·(MIX+1) + j] (j = MIX: Σ H²), as
- * doubles. fn: MIX rows of n, F16 or F32. The mix is (fn·H)·(1/rms(H)),
- * the CPU's fn·(H/rms) up to rounding. */
-enum { HC_MIX = 24, HC_PART_BLOCKS = 64 };
-
-__global__ void k_hc_mix_part(const void *fn, int f16, const float *H, uint32_t n, double *part) {
-    __shared__ double red[32][HC_MIX + 1];
-    float dot[HC_MIX];
-#pragma unroll
-    for (int j = 0; j < HC_MIX; j++) dot[j] = 0.0f;
-    double ss = 0.0;
-    for (uint32_t c = blockIdx.x * blockDim.x + threadIdx.x; c < n / 2; c += gridDim.x * blockDim.x) {
-        float2 h = ((const float2 *)H)[c];
-        ss += (double)h.x * (double)h.x + (double)h.y * (double)h.y;
-#pragma unroll
-        for (int j = 0; j < HC_MIX; j++) {
-            float2 w = f16 ? __half22float2(((const __half2 *)fn)[(size_t)j * (n / 2) + c])
-                           : ((const float2 *)fn)[(size_t)j * (n / 2) + c];
-            dot[j] += w.x * h.x + w.y * h.y;
-        }
-    }
-    int wp = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
-#pragma unroll
-    for (int j = 0; j <= HC_MIX; j++) {
-        double v = j < HC_MIX ? (double)dot[j] : ss;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (l == 0) red[wp][j] = v;
-    }
-    __syncthreads();
-    if (threadIdx.x <= HC_MIX) {
-        double t = 0.0;
-        for (int i = 0; i < nw; i++) t += red[i][threadIdx.x];
-        part[(size_t)blockIdx.x * (HC_MIX + 1) + threadIdx.x] = t;
-    }
-}
-
-/* HC pre, part 2 (model-spec §5.2 step 4) and the sublayer's RMSNorm, one
- * block: mix from the n_part partial sums, pre = σ(mix·scale + base) + eps,
- * x = Σ pre·H, a = norm(x)·w. post and comb are k_hc_split's. */
-__global__ void k_hc_pre(const double *part, int n_part, uint32_t n, float *mix, const float *scale,
-                         const float *base, float hc_eps, const float *H, uint32_t D, const float *norm_w,
-                         float rms_eps, float *x, float *a) {
-    __shared__ float pre[HC_N];
-    __shared__ double tot[HC_MIX + 1];
-    __shared__ double sh[32];
-    int wp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (wp <= HC_MIX) {
-        double v = 0.0;
-        for (int b = lane; b < n_part; b += 32) v += part[(size_t)b * (HC_MIX + 1) + wp];
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) tot[wp] = v;
-    }
-    __syncthreads();
-    if (threadIdx.x < HC_MIX) {
-        float m = (float)tot[threadIdx.x] * rms_scale(tot[HC_MIX], (int)n, rms_eps);
-        mix[threadIdx.x] = m;
-        if (threadIdx.x < HC_N) pre[threadIdx.x] = dev_sigmoid(m * scale[0] + base[threadIdx.x]) + hc_eps;
-    }
-    __syncthreads();
-    double ss = 0.0;
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int h = 0; h < HC_N; h++) acc += pre[h] * H[(size_t)h * D + d];
-        x[d] = acc;
-        ss += (double)acc * (double)acc;
-    }
-    float s = rms_scale(block_sum(ss, sh), (int)D, rms_eps);
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) a[d] = x[d] * s * norm_w[d];
 }
 
 /* HC post gates and the Sinkhorn-normalised mixing matrix from mix (model-
  * spec §5.2 step 3), one warp: lane l (mod 16) holds C[r][c], r = l/4,
  * c = l%4; every sum reads its four terms in the CPU's order, so the bits
- * are the CPU's. Nothing before HC post reads them: the step runs it on a
- * second stream beside the attention or MoE. */
-__global__ void k_hc_split(const float *mix, const float *scale, const float *base, int iters, float hc_eps,
-                           float *post_out, float *comb_out) {
-    int l = threadIdx.x & 15, r = l >> 2, col = l & 3;
-    if (threadIdx.x >= HC_N && threadIdx.x < 2 * HC_N)
-        post_out[threadIdx.x - HC_N] = 2.0f * dev_sigmoid(mix[threadIdx.x] * scale[1] + base[threadIdx.x]);
+ * are the CPU's. */
+enum { HC_MIX = 24 };
+
+__device__ void hc_split_warp(const float *mix, const float *scale, const float *base, int iters, float hc_eps,
+                              float *post_out, float *comb_out) {
+    int lane = threadIdx.x & 31, l = lane & 15, r = l >> 2, col = l & 3;
+    if (lane >= HC_N && lane < 2 * HC_N) post_out[lane - HC_N] = 2.0f * dev_sigmoid(mix[lane] * scale[1] + base[lane]);
     float v = mix[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
     float m = __shfl_sync(0xffffffffu, v, r * 4);
     for (int k = 1; k < HC_N; k++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, r * 4 + k));
@@ -296,11 +227,132 @@ __global__ void k_hc_split(const float *mix, const float *scale, const float *ba
         for (int k = 0; k < HC_N; k++) cs += __shfl_sync(0xffffffffu, v, k * 4 + col);
         v /= cs + hc_eps;
     }
-    if (threadIdx.x < HC_N * HC_N) comb_out[threadIdx.x] = v;
+    if (lane < HC_N * HC_N) comb_out[lane] = v;
+}
+
+/* Between two sublayers, one launch (model-spec §5.3, then §5.2 and the
+ * next sublayer's RMSNorm). Thread t of block b owns element (h, d) of H,
+ * h = t / HC_DPB, d = b·HC_DPB + t % HC_DPB: it loads its MIX weights of fn
+ * (MIX rows of HC_N·D, F16 or F32) before waiting for the previous kernel;
+ * with y, applies HC post of the finished sublayer, H[h] = post[h]·y +
+ * Σ_src comb[src][h]·H[src]; and the block adds Σ H² and the products
+ * fn_j·H over its elements (doubles, into part). The last block to finish
+ * (count) takes mix = (fn·H)·(1/rms(H)), the CPU's fn·(H/rms) up to
+ * rounding, and pre = σ(mix·scale + base) + eps; then, at the same time,
+ * its warp 0 the post gates and mixing matrix of the next sublayer
+ * (hc_split_warp) and its other warps x = Σ pre·H and a = norm(x)·w, each
+ * thread loading all its H values at once (the kernel's latency is its
+ * cost: HC_XB dims per thread cover D = 4096 in one round). */
+enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 9 };
+
+__device__ __forceinline__ void bar_named(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+
+__global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, float *post, float *comb, uint32_t D,
+                                                    const void *fn, int f16, const float *scale, const float *base,
+                                                    float hc_eps, int iters, const float *norm_w, float rms_eps,
+                                                    double *part, unsigned *count, float *mix, float *x, float *a) {
+    __shared__ double red[HC_THREADS / 32][HC_MIX + 1];
+    __shared__ double tot[HC_MIX + 1];
+    __shared__ float mix_s[HC_MIX], pre_s[HC_N];
+    __shared__ int last;
+    pdl_trigger();
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, nw = blockDim.x >> 5;
+    const uint32_t n = HC_N * D, d0 = blockIdx.x * HC_DPB, nd = D - d0 < HC_DPB ? D - d0 : HC_DPB;
+    const bool own = tid < (int)(HC_N * nd);
+    const uint32_t h = own ? tid / nd : 0, d = d0 + (own ? tid % nd : 0);
+    const size_t c = (size_t)h * D + d;
+    float wv[HC_MIX];
+#pragma unroll
+    for (int j = 0; j < HC_MIX; j++)
+        wv[j] = !own ? 0.0f
+                : f16 ? __half2float(((const __half *)fn)[(size_t)j * n + c])
+                      : ((const float *)fn)[(size_t)j * n + c];
+    pdl_wait();
+    float v = 0.0f;
+    if (own) {
+        v = H[c];
+        if (y) {
+            float acc = post[h] * y[d];
+            for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + h] * H[(size_t)src * D + d];
+            v = acc;
+        }
+    }
+    __syncthreads(); /* every old H value of the block is read */
+    if (own && y) H[c] = v;
+#pragma unroll
+    for (int j = 0; j <= HC_MIX; j++) {
+        double t = j < HC_MIX ? (double)(wv[j] * v) : (double)v * (double)v;
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (lane == 0) red[wp][j] = t;
+    }
+    __syncthreads();
+    if (tid <= HC_MIX) {
+        double t = 0.0;
+        for (int i = 0; i < nw; i++) t += red[i][tid];
+        part[(size_t)blockIdx.x * (HC_MIX + 1) + tid] = t;
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int j = wp; j <= HC_MIX; j += nw) {
+        double t = 0.0;
+        for (uint32_t b = lane; b < gridDim.x; b += 32) t += __ldcg(&part[(size_t)b * (HC_MIX + 1) + j]);
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (lane == 0) tot[j] = t;
+    }
+    __syncthreads();
+    if (tid < HC_MIX) {
+        float m = (float)tot[tid] * ds4_rms_scale(tot[HC_MIX], (int)n, rms_eps);
+        mix[tid] = m;
+        mix_s[tid] = m;
+        if (tid < HC_N) pre_s[tid] = dev_sigmoid(m * scale[0] + base[tid]) + hc_eps;
+    }
+    __syncthreads();
+    if (wp == 0) {
+        hc_split_warp(mix_s, scale, base, iters, hc_eps, post, comb);
+        if (lane == 0) *count = 0;
+        return;
+    }
+    /* warps 1.. : x and its norm (a named barrier without warp 0); thread
+     * t1 takes dims t1 + k·n1, k < HC_XB (check_model: D ≤ HC_XB·n1) */
+    const uint32_t t1 = tid - 32, n1 = blockDim.x - 32;
+    float hv[HC_XB][HC_N], wn[HC_XB];
+#pragma unroll
+    for (int k = 0; k < HC_XB; k++) {
+        uint32_t dd = t1 + k * n1;
+#pragma unroll
+        for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = dd < D ? __ldcg(&H[(size_t)hh * D + dd]) : 0.0f;
+        wn[k] = dd < D ? norm_w[dd] : 0.0f;
+    }
+    double xs = 0.0;
+#pragma unroll
+    for (int k = 0; k < HC_XB; k++) {
+        float acc = 0.0f;
+        for (int hh = 0; hh < HC_N; hh++) acc += pre_s[hh] * hv[k][hh];
+        hv[k][0] = acc;
+        if (t1 + k * n1 < D) {
+            x[t1 + k * n1] = acc;
+            xs += (double)acc * (double)acc;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) xs += __shfl_xor_sync(0xffffffffu, xs, o);
+    if (lane == 0) red[wp][0] = xs;
+    bar_named(1, (int)n1);
+    double t = 0.0;
+    for (int i = 1; i < nw; i++) t += red[i][0];
+    float sc = ds4_rms_scale(t, (int)D, rms_eps);
+#pragma unroll
+    for (int k = 0; k < HC_XB; k++)
+        if (t1 + k * n1 < D) a[t1 + k * n1] = hv[k][0] * sc * wn[k];
 }
 
 /* HC post (model-spec §5.3): H[dst] = post[dst]·y + Σ_src comb[src][dst]·H[src]. */
 __global__ void k_hc_post(float *H, const float *y, const float *post, const float *comb, uint32_t D) {
+    pdl_trigger();
+    pdl_wait();
     uint32_t d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= D) return;
     float old[HC_N];
@@ -313,26 +365,23 @@ __global__ void k_hc_post(float *H, const float *y, const float *post, const flo
 }
 
 /* Per head: unweighted RMSNorm, then RoPE of the tail (attention Q). */
-__global__ void k_q_prepare(float *q, int hd, float eps, rope_dev rp, const step_io *io) {
-    extern __shared__ float xs[];
+__device__ void q_prepare(float *qh, float *xs, int hd, float eps, const rope_dev &rp, int64_t pos) {
     __shared__ double sh[32];
-    float *qh = q + (size_t)blockIdx.x * hd;
     double ss = 0.0;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         xs[i] = qh[i];
         ss += (double)xs[i] * (double)xs[i];
     }
-    float s = rms_scale(block_sum(ss, sh), hd, eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s;
-    block_rope(xs, hd, io->pos, rp, false);
+    block_rope(xs, hd, pos, rp, false);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qh[i] = xs[i];
 }
 
 /* The token's KV row: weighted RMSNorm, RoPE, FP8 round-trip, f16 into the
  * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task). */
-__global__ void k_kv_prepare(const float *kv, const float *norm_w, int hd, int n_rot, float eps, rope_dev rp,
-                             const step_io *io, __half *ring, int n_swa) {
-    extern __shared__ float xs[];
+__device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int hd, int n_rot, float eps,
+                           const rope_dev &rp, int64_t pos, __half *ring, int n_swa) {
     __shared__ double sh[32];
     __shared__ float sc[64];
     double ss = 0.0;
@@ -340,12 +389,24 @@ __global__ void k_kv_prepare(const float *kv, const float *norm_w, int hd, int n
         xs[i] = kv[i];
         ss += (double)xs[i] * (double)xs[i];
     }
-    float s = rms_scale(block_sum(ss, sh), hd, eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
-    block_rope(xs, hd, io->pos, rp, false);
+    block_rope(xs, hd, pos, rp, false);
     block_fp8_roundtrip(xs, hd - n_rot, sc);
-    __half *row = ring + (size_t)(io->pos % n_swa) * hd;
+    __half *row = ring + (size_t)(pos % n_swa) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = __float2half_rn(xs[i]);
+}
+
+/* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare. */
+__global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
+                              rope_dev rp, const step_io *io, __half *ring, int n_swa) {
+    extern __shared__ float xs[];
+    pdl_trigger();
+    pdl_wait();
+    if ((int)blockIdx.x < n_head)
+        q_prepare(q + (size_t)blockIdx.x * hd, xs, hd, eps, rp, io->pos);
+    else
+        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, rp, io->pos, ring, n_swa);
 }
 
 /* KV compressor frontier (model-spec §5.6, compressor.c compressor_run) for
@@ -353,13 +414,20 @@ __global__ void k_kv_prepare(const float *kv, const float *norm_w, int hd, int n
  * frontier per dimension, RMSNorm, RoPE at the window start, FP8
  * (attention) or Hadamard+FP4 (indexer) round-trip, append the f16 row
  * number (pos+1)/R - 1, and shift/reset the frontier. One block. */
-__global__ void k_compressor(const float *kv_cur, const float *sc_cur, const float *ape, const float *norm_w,
-                             float *st_kv, float *st_sc, __half *rows, int R, int coff, int hd, int n_rot,
-                             float eps, rope_dev rp, int indexer, const step_io *io) {
-    extern __shared__ float out[];
+struct comp_args {
+    const float *kv_cur, *sc_cur, *ape, *norm_w;
+    float *st_kv, *st_sc;
+    __half *rows;
+    int R, coff, hd, indexer;
+};
+
+__device__ void compressor(const comp_args &c, float *out, int n_rot, float eps, const rope_dev &rp, int64_t p) {
     __shared__ double sh[32];
     __shared__ float sc[64];
-    int64_t p = io->pos;
+    const float *kv_cur = c.kv_cur, *sc_cur = c.sc_cur, *ape = c.ape, *norm_w = c.norm_w;
+    float *st_kv = c.st_kv, *st_sc = c.st_sc;
+    __half *rows = c.rows;
+    int R = c.R, coff = c.coff, hd = c.hd, indexer = c.indexer;
     int W = coff * hd, slot = (int)(p % R), row = (coff == 2 ? R : 0) + slot;
     for (int k = threadIdx.x; k < W; k += blockDim.x) {
         st_kv[(size_t)row * W + k] = kv_cur[k];
@@ -389,7 +457,7 @@ __global__ void k_compressor(const float *kv_cur, const float *sc_cur, const flo
         out[j] = v;
         ss += (double)v * (double)v;
     }
-    float s = rms_scale(block_sum(ss, sh), hd, eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
     block_rope(out, hd, p + 1 - R, rp, false);
     if (indexer)
@@ -414,6 +482,14 @@ __global__ void k_compressor(const float *kv_cur, const float *sc_cur, const flo
     }
 }
 
+/* Block i runs compressor i (the attention's, then the indexer's). */
+__global__ void k_compressors(comp_args c0, comp_args c1, int n_rot, float eps, rope_dev rp, const step_io *io) {
+    extern __shared__ float out[];
+    pdl_trigger();
+    pdl_wait();
+    compressor(blockIdx.x == 0 ? c0 : c1, out, n_rot, eps, rp, io->pos);
+}
+
 /* Frontier rows to 0 / −∞ (session reset). */
 __global__ void k_frontier_clear(float *kv, float *sc, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -425,6 +501,8 @@ __global__ void k_frontier_clear(float *kv, float *sc, size_t n) {
 /* Indexer query heads (compressor.c idx_query_task): RoPE, QAT per head
  * (one block each); block 0 also scales the head weights by 1/√(ihd·nih). */
 __global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp, const step_io *io) {
+    pdl_trigger();
+    pdl_wait();
     extern __shared__ float xs[];
     __shared__ float sc[64];
     if (!io->idx_active) return;
@@ -443,6 +521,8 @@ __global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp,
  * per row; nothing to do while every visible row is attended anyway. */
 __global__ void k_idx_scores(const float *iq, const float *iw, const __half *rows, int ihd, int nih, int top_k,
                              float *scores, const step_io *io) {
+    pdl_trigger();
+    pdl_wait();
     int visible = (io->pos + 1) / 4;
     if (visible <= top_k) return;
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
@@ -477,6 +557,8 @@ __device__ uint32_t score_key(float f) {
  * so far; warp 0 finds the bin holding the k-th from the top), then one
  * ordered pass that keeps the keys above it and the first ties. */
 __global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel, const step_io *io) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ int hist[256];
     __shared__ uint32_t prefix_s;
     __shared__ int need_s;
@@ -575,6 +657,8 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const
                                                            const __half *comp, int ratio, const int *sel,
                                                            const int *n_sel, const float *sinks, int hd, int max_rows,
                                                            rope_dev rp, const step_io *io, float *out) {
+    pdl_trigger();
+    pdl_wait();
     extern __shared__ float smem[];
     __shared__ float shf[32];
     float *qs = smem, *ws = smem + hd, *red = smem + hd + max_rows;
@@ -656,6 +740,8 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const
  * × scale. One block. */
 __global__ void k_route(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
                         float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights) {
+    pdl_trigger();
+    pdl_wait();
     extern __shared__ float prob[];
     __shared__ float bv[32];
     __shared__ int bi[32];
@@ -709,6 +795,8 @@ __global__ void k_route(const float *logits, const float *bias, const int32_t *t
  * w_h = σ(z_h·scale + base_h) + eps, then RMSNorm with output_norm. */
 __global__ void k_out_collapse(const float *z, const float *scale, const float *base, float hc_eps,
                                const float *H, uint32_t D, const float *norm_w, float rms_eps, float *e) {
+    pdl_trigger();
+    pdl_wait();
     __shared__ float w[HC_N];
     __shared__ double sh[32];
     if (threadIdx.x < HC_N) w[threadIdx.x] = dev_sigmoid(z[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
@@ -720,12 +808,14 @@ __global__ void k_out_collapse(const float *z, const float *scale, const float *
         e[d] = acc;
         ss += (double)acc * (double)acc;
     }
-    float s = rms_scale(block_sum(ss, sh), (int)D, rms_eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), (int)D, rms_eps);
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) e[d] = e[d] * s * norm_w[d];
 }
 
 /* y = x (f32 weights are not in the matvec kernels: plain dot per warp). */
 __global__ void k_matvec_f32(const float *w, uint32_t n_rows, uint32_t n_in, const float *x, float *y) {
+    pdl_trigger();
+    pdl_wait();
     uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= n_rows) return;
     const float *row = w + (size_t)warp * n_in;
@@ -754,6 +844,8 @@ __device__ float plain_dot(const void *w, int f16, size_t row, uint32_t n_in, co
 __global__ void k_moe_plain_gate_up(const void *gate, const void *up, int f16, uint32_t n_in, uint32_t n_ff,
                                     uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel,
                                     float clamp, const float *x, float *mid) {
+    pdl_trigger();
+    pdl_wait();
     uint32_t item = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (item >= n_sel * n_ff) return;
     uint32_t k = item / n_ff, r = item % n_ff, e = (uint32_t)ids[k];
@@ -779,6 +871,8 @@ __global__ void k_moe_plain_gate_up(const void *gate, const void *up, int f16, u
 
 __global__ void k_moe_plain_down(const void *down, int f16, uint32_t n_ff, uint32_t n_out, uint32_t n_expert,
                                  const int32_t *ids, uint32_t n_sel, const float *mid, const float *add, float *out) {
+    pdl_trigger();
+    pdl_wait();
     uint32_t o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (o >= n_out) return;
     float acc = 0.0f;

@@ -1,0 +1,51 @@
+/* cuda_pdl.cuh — programmatic dependent launch (sm_90+) for the decode
+ * step's kernels, shared by cuda_kernels.cu and cuda_engine.cu.
+ *
+ * A kernel launched with the programmatic-serialization attribute may start
+ * while the kernel before it on the stream is still running; it must call
+ * pdl_wait() before it reads anything an earlier kernel wrote or writes
+ * anything an earlier kernel may still read (pdl_wait returns once the
+ * previous grid has finished and its memory is visible; earlier grids
+ * finished before that one passed its own pdl_wait). Work that touches
+ * only constant data (weights) goes before it: the step's matrix kernels
+ * request their first weight tiles first. pdl_trigger() lets the next
+ * kernel be scheduled as soon as every block of this one has started.
+ * Both are no-ops below sm_90 and when the kernel was launched without the
+ * attribute (graph capture keeps the attribute as a programmatic edge). */
+#ifndef DS4_CUDA_PDL_CUH
+#define DS4_CUDA_PDL_CUH
+
+#include <cuda_runtime.h>
+#include <utility>
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+/* kernel<<<grid, block, smem, st>>>(args...), with programmatic
+ * serialization after the previous kernel when pdl is set. */
+template <typename... KArgs, typename... Args>
+static cudaError_t pdl_launch(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                              Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+#endif
