@@ -30,7 +30,7 @@ all: $(CUDA_BUILD)/libds4cuda.a $(CUDA_BUILD)/bin/ds4-cuda-bench $(CUDA_BUILD)/b
      $(CUDA_BUILD)/bin/ds4-server $(CUDA_BUILD)/bin/ds4-bench $(CUDA_BUILD)/tests/test_cuda_forward
 
 # The decode step restates the CPU's float operations: no contracted multiply-adds.
-$(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_engine.o: NVCCFLAGS += -fmad=false
+$(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_engine.o $(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_prefill.o: NVCCFLAGS += -fmad=false
 
 $(CUDA_BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
