@@ -33,62 +33,7 @@ extern "C" {
 #include "../../quant/quant.h"
 }
 
-#if __has_include("cuda_mmq.h")
 #include "cuda_mmq.h"
-#else
-/* Until the batched products (cuda_mmq.h) are merged: the same API over the
- * decode kernels, token by token (the CPU's activation layout, per-row). */
-static int ds4_cuda_mmq_init(ds4_cuda_kernels *, ds4_err *) { return 0; }
-static size_t ds4_cuda_mmq_act_bytes(uint32_t type, uint32_t in, uint32_t n_tok) {
-    return (size_t)ds4_act_row_bytes(type, in) * n_tok;
-}
-static int ds4_cuda_mmq_quantize(ds4_cuda_kernels *k, uint32_t type, const float *x, uint32_t in, uint32_t n_tok,
-                                 void *act, ds4_cuda_stream st, ds4_err *err) {
-    return ds4_cuda_quantize_act(k, type, x, act, in * n_tok, st, err);
-}
-static int ds4_cuda_mmq(ds4_cuda_kernels *k, uint32_t type, const void *w, uint32_t rows, uint32_t in, const void *act,
-                        uint32_t n_tok, float *y, uint32_t ldy, ds4_cuda_stream st, ds4_err *err) {
-    size_t rb = ds4_act_row_bytes(type, in);
-    for (uint32_t t = 0; t < n_tok; t++)
-        if (ds4_cuda_matvec(k, type, w, rows, in, (const uint8_t *)act + t * rb, y + (size_t)t * ldy, st, err))
-            return -1;
-    return 0;
-}
-static int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const void *w, uint32_t rows, uint32_t in,
-                                uint32_t n_groups, const void *act, uint32_t n_tok, float *y, uint32_t ldy,
-                                ds4_cuda_stream st, ds4_err *err) {
-    size_t rb = ds4_act_row_bytes(type, in * n_groups);
-    for (uint32_t t = 0; t < n_tok; t++)
-        if (ds4_cuda_matvec_grouped(k, type, w, rows, in, (const uint8_t *)act + t * rb, n_groups,
-                                    y + (size_t)t * ldy, NULL, st, err))
-            return -1;
-    return 0;
-}
-static size_t ds4_cuda_mmq_moe_ws_bytes(uint32_t, uint32_t down_type, uint32_t, uint32_t n_ff, uint32_t,
-                                        uint32_t n_used, uint32_t n_tok) {
-    return (size_t)n_tok * n_used * n_ff * sizeof(float) + ds4_act_row_bytes(down_type, n_used * n_ff) * n_tok;
-}
-static int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const void *gate, const void *up,
-                            uint32_t down_type, const void *down, uint32_t n_embd, uint32_t n_ff, uint32_t n_expert,
-                            uint32_t n_used, float clamp, const int32_t *ids, const float *weights, uint32_t n_tok,
-                            const void *x_act, const float *add, float *out, void *ws, size_t, ds4_cuda_stream st,
-                            ds4_err *err) {
-    float *mid = (float *)ws;
-    uint8_t *mact = (uint8_t *)ws + (size_t)n_tok * n_used * n_ff * sizeof(float);
-    size_t xb = ds4_act_row_bytes(gate_type, n_embd), mb = ds4_act_row_bytes(down_type, n_used * n_ff);
-    for (uint32_t t = 0; t < n_tok; t++)
-        if (ds4_cuda_moe_gate_up(k, gate_type, gate, up, n_embd, n_ff, n_expert, ids + (size_t)t * n_used,
-                                 weights + (size_t)t * n_used, n_used, clamp, (const uint8_t *)x_act + t * xb,
-                                 mid + (size_t)t * n_used * n_ff, st, err))
-            return -1;
-    if (ds4_cuda_quantize_act(k, down_type, mid, mact, n_tok * n_used * n_ff, st, err)) return -1;
-    for (uint32_t t = 0; t < n_tok; t++)
-        if (ds4_cuda_moe_down(k, down_type, down, n_ff, n_embd, n_expert, ids + (size_t)t * n_used, n_used,
-                              mact + t * mb, add ? add + (size_t)t * n_embd : NULL, out + (size_t)t * n_embd, st, err))
-            return -1;
-    return 0;
-}
-#endif
 
 #include "cuda_engine_impl.cuh"
 #include "cuda_prefill_ops.cuh"
