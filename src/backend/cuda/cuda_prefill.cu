@@ -211,6 +211,12 @@ static int proj_rows(pfq *q, const dmat &m, uint32_t row0, uint32_t n_rows, uint
                      int n, float *Y, size_t ldy, uint8_t *buf) {
     const uint8_t *wt = m.w + (uint64_t)row0 * (plain(m.type) ? (uint64_t)in * (m.type == DS4_TYPE_F16 ? 2 : 4)
                                                               : m.row_bytes);
+    if (m.type == DS4_TYPE_F16 && in % HG_BK == 0 && ldx % 4 == 0 && ((uintptr_t)X & 15) == 0 &&
+        ((uintptr_t)wt & 15) == 0) {
+        dim3 grid((n_rows + HG_BN - 1) / HG_BN, (n + HG_BM - 1) / HG_BM);
+        pf_gemm_f16<<<grid, 256, 0, q->st>>>((const __half *)wt, n_rows, in, X, ldx, n, Y, ldy);
+        return launched(q->err, "prefill f16 gemm");
+    }
     if (plain(m.type)) {
         dim3 grid((n_rows + PG_TILE - 1) / PG_TILE, (n + PG_TILE - 1) / PG_TILE);
         pf_gemm_plain<<<grid, 256, 0, q->st>>>(wt, m.type == DS4_TYPE_F16, n_rows, in, X, ldx, n, Y, ldy);
@@ -296,10 +302,9 @@ static int indexer(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) {
         pmark(q->st, "indexer q, w");
         for (int b = t0; b < T; b += w->score_tok) {
             int nb = T - b < w->score_tok ? T - b : w->score_tok;
-            int max_vis = (pos0 + b + nb) / 4;
-            pf_idx_scores<<<dim3((max_vis + 63) / 64, nb), 256, qd * sizeof(float), q->st>>>(
-                w->iq + (size_t)b * qd, w->iw + (size_t)b * nih, s->L[il].index, ihd, nih, pos0 + b, w->scores,
-                w->score_ld);
+            pf_idx_scores<<<nb, 256, pf_idx_smem(nih, ihd), q->st>>>(w->iq + (size_t)b * qd, w->iw + (size_t)b * nih,
+                                                                     s->L[il].index, ihd, nih, pos0 + b, w->scores,
+                                                                     w->score_ld);
             pf_idx_topk<<<nb, 1024, 0, q->st>>>(w->scores, w->score_ld, top_k, pos0 + b, w->sel + (size_t)b * top_k,
                                                 w->n_sel + b);
             if (launched(q->err, "prefill indexer scores")) return -1;
@@ -352,9 +357,8 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
         return -1;
     pf_att pa = {K->raw, w->kvc, K->comp, L->ratio == 4 ? w->sel : NULL, L->ratio == 4 ? w->n_sel : NULL,
                  (int)hp->n_swa, (int)L->ratio, pos0, (int)hp->indexer_top_k};
-    size_t smem = (hd * (1 + PF_ATT_THREADS / 32) + e->max_rows) * sizeof(float);
-    pf_attention<<<dim3(hp->n_head, T), PF_ATT_THREADS, smem, q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp,
-                                                                      w->att);
+    pf_attention<<<T, PA_WARPS * 32, pf_att_smem((int)hp->n_head, hd), q->st>>>(w->q, pa, L->sinks, hd,
+                                                                               (int)hp->n_head, rp, w->att);
     int first = T > (int)hp->n_swa ? T - (int)hp->n_swa : 0;
     pf_ring_put<<<T - first, 256, 0, q->st>>>(w->kvc, hd, first, pos0, K->raw, (int)hp->n_swa);
     if (launched(q->err, "prefill attention")) return -1;
@@ -482,11 +486,16 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
     if (!e->prefill || e->prefill->cap < want) {
         ds4_cuda_prefill_free(e);
         if (ds4_cuda_mmq_init(e->k, err) || pf_ws_new(s, want, &e->prefill, err)) return -1;
-        size_t smem = (hp->head_dim * (1 + PF_ATT_THREADS / 32) + e->max_rows) * sizeof(float);
+        int mt = ((int)hp->n_head + 15) / 16;
+        if ((mt != 1 && mt != 2 && mt != 4) || hp->head_dim % 16 || hp->head_dim > 512 || hp->n_rot > hp->head_dim ||
+            hp->n_indexer_head > 64 || hp->indexer_head_dim % 16)
+            return ds4_fail(err, "cuda prefill: %u heads of %u (indexer %u of %u) are beyond the kernels' shapes",
+                            hp->n_head, hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);
+        size_t smem = pf_att_smem((int)hp->n_head, (int)hp->head_dim);
         cudaError_t c = cudaFuncSetAttribute(pf_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        size_t qsm = (size_t)hp->n_indexer_head * hp->indexer_head_dim * sizeof(float);
         if (c == cudaSuccess)
-            c = cudaFuncSetAttribute(pf_idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)qsm);
+            c = cudaFuncSetAttribute(pf_idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim));
         if (c != cudaSuccess) return cuda_fail(err, "prefill attention shared memory", c);
     }
     const char *pe = getenv("DS4_CUDA_PREFILL_PROFILE");

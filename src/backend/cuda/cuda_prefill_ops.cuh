@@ -305,6 +305,32 @@ __global__ void pf_hc_post(float *H, const float *y, const float *post, const fl
     }
 }
 
+/* mma.sync m16n8k16 (f16 in, f32 accumulate) and ldmatrix helpers. */
+__device__ __forceinline__ uint32_t pa_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void pa_ldm_x4(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_ldm_x2(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_ldm_x2_t(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_mma(float *c, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 /* Plain-float products: Y[t][r] = W_r · X_t for W F16 or F32 (rows of n_in),
  * f32 accumulation; 64×64 tiles of (token, row), 256 threads × 4×4. */
 enum { PG_TILE = 64, PG_K = 16 };
@@ -353,6 +379,73 @@ __global__ void __launch_bounds__(256) pf_gemm_plain(const void *W, int f16, uin
             if (r < n_rows) Y[(size_t)t * ldy + r] = acc[i][j];
         }
     }
+}
+
+/* F16 weights on tensor cores: Y[t][r] = W_r · X_t with X split into
+ * hi + lo f16 (two products, ~22 bits of X), W exact, f32 accumulation.
+ * Block tile 64 tokens × 128 rows, k-steps of 32; 8 warps as 2 × 4, each
+ * 32 tokens × 32 rows. n_in a multiple of 32 (else pf_gemm_plain). */
+enum { HG_BM = 64, HG_BN = 128, HG_BK = 32, HG_S = HG_BK + 8 };
+__global__ void __launch_bounds__(256) pf_gemm_f16(const __half *W, uint32_t n_rows, uint32_t n_in, const float *X,
+                                                   size_t ldx, int T, float *Y, size_t ldy) {
+    __shared__ __align__(16) __half xh[HG_BM * HG_S], xl[HG_BM * HG_S], ws[HG_BN * HG_S];
+    int t0 = blockIdx.y * HG_BM, r0 = blockIdx.x * HG_BN;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp >> 2, wn = warp & 3;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+    for (uint32_t k0 = 0; k0 < n_in; k0 += HG_BK) {
+        for (int i = tid; i < HG_BM * HG_BK / 4; i += 256) {
+            int r = i / (HG_BK / 4), c = (i % (HG_BK / 4)) * 4, t = t0 + r;
+            float4 v = t < T ? *(const float4 *)(X + (size_t)t * ldx + k0 + c) : make_float4(0, 0, 0, 0);
+            float f[4] = {v.x, v.y, v.z, v.w};
+            for (int e = 0; e < 4; e++) {
+                __half hi = __float2half_rn(f[e]);
+                xh[r * HG_S + c + e] = hi;
+                xl[r * HG_S + c + e] = __float2half_rn(f[e] - __half2float(hi));
+            }
+        }
+        for (int i = tid; i < HG_BN * HG_BK / 8; i += 256) {
+            int r = i / (HG_BK / 8), c = (i % (HG_BK / 8)) * 8;
+            uint32_t row = r0 + r;
+            uint4 v = row < n_rows ? *(const uint4 *)(W + (size_t)row * n_in + k0 + c) : make_uint4(0, 0, 0, 0);
+            *(uint4 *)(ws + r * HG_S + c) = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < HG_BK; kk += 16) {
+            uint32_t ah[2][4], al[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const __half *ar = xh + (wm * 32 + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * HG_S + kk + (lane >> 4) * 8;
+                pa_ldm_x4(ah[i], ar);
+                pa_ldm_x4(al[i], ar + (xl - xh));
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                pa_ldm_x2(b[j], ws + (wn * 32 + j * 8 + (lane & 7)) * HG_S + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    pa_mma(acc[i][j], ah[i], b[j]);
+                    pa_mma(acc[i][j], al[i], b[j]);
+                }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int t = t0 + wm * 32 + i * 16 + (lane >> 2) + (e >> 1) * 8;
+                uint32_t r = r0 + wn * 32 + j * 8 + (lane & 3) * 2 + (e & 1);
+                if (t < T && r < n_rows) Y[(size_t)t * ldy + r] = acc[i][j][e];
+            }
 }
 
 /* Per (head, token): unweighted RMSNorm, RoPE of the tail at pos0+t. */
@@ -528,29 +621,76 @@ __global__ void pf_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp
     }
 }
 
-/* scores[t][c] = Σ_h max(0, q_{t,h}·k_c)·w_{t,h} for c < visible(t); grid
- * (row blocks of 64, tokens), 8 warps, a row per warp at a time. */
-__global__ void pf_idx_scores(const float *iq, const float *iw, const __half *rows, int ihd, int nih, int pos_first,
-                              float *scores, size_t lds) {
-    extern __shared__ float qs[];
-    int t = blockIdx.y, visible = (pos_first + t + 1) / 4;
-    int c0 = blockIdx.x * 64;
-    if (c0 >= visible) return;
-    for (int i = threadIdx.x; i < nih * ihd; i += blockDim.x) qs[i] = iq[(size_t)t * nih * ihd + i];
-    __syncthreads();
-    const float *w = iw + (size_t)t * nih;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int c = c0 + warp; c < c0 + 64 && c < visible; c += 8) {
-        const __half *k = rows + (size_t)c * ihd;
-        float score = 0.0f;
-        for (int h = 0; h < nih; h++) {
-            const float *q = qs + h * ihd;
-            float d = 0.0f;
-            for (int i = lane; i < ihd; i += 32) d += q[i] * __half2float(k[i]);
-            d = pf_warp_sum(d);
-            score += (d > 0.0f ? d : 0.0f) * w[h];
+/* scores[t][c] = Σ_h max(0, q_{t,h}·k_c)·w_{t,h} for c < visible(t), one
+ * block per token: the head dots of a tile of IX_ROWS rows on tensor cores
+ * (q split hi + lo f16, rows exact f16, f32 accumulation) into shared
+ * memory, then one thread per row sums the heads in order, as the CPU. */
+enum { IX_ROWS = 64 };
+
+static inline size_t pf_idx_smem(int nih, int ihd) {
+    size_t mh = (size_t)(nih + 15) / 16 * 16, qs = (size_t)ihd + 8;
+    return 2 * mh * qs * 2 + (size_t)IX_ROWS * qs * 2 + mh * (IX_ROWS + 1) * 4 + mh * 4;
+}
+
+__global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const float *iw, const __half *rows, int ihd,
+                                                     int nih, int pos_first, float *scores, size_t lds) {
+    extern __shared__ __align__(16) unsigned char ix_raw[];
+    const int MT = (nih + 15) / 16, MH = MT * 16, QS = ihd + 8;
+    __half *qh = (__half *)ix_raw, *ql = qh + (size_t)MH * QS, *kt = ql + (size_t)MH * QS;
+    float *S = (float *)(kt + (size_t)IX_ROWS * QS), *wh = S + MH * (IX_ROWS + 1);
+    int t = blockIdx.x, visible = (pos_first + t + 1) / 4, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const float *qt = iq + (size_t)t * nih * ihd;
+    for (int i = tid; i < MH * ihd; i += blockDim.x) {
+        int h = i / ihd, d = i % ihd;
+        float v = h < nih ? qt[(size_t)h * ihd + d] : 0.0f;
+        __half hi = __float2half_rn(v);
+        qh[(size_t)h * QS + d] = hi;
+        ql[(size_t)h * QS + d] = __float2half_rn(v - __half2float(hi));
+    }
+    for (int h = tid; h < MH; h += blockDim.x) wh[h] = h < nih ? iw[(size_t)t * nih + h] : 0.0f;
+    const int chunks = ihd / 8, nw = blockDim.x >> 5;
+    for (int c0 = 0; c0 < visible; c0 += IX_ROWS) {
+        __syncthreads();
+        for (int i = tid; i < IX_ROWS * chunks; i += blockDim.x) {
+            int r = i / chunks, c = i % chunks;
+            __half *d = kt + (size_t)r * QS + c * 8;
+            if (c0 + r < visible)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)),
+                             "l"(rows + (size_t)(c0 + r) * ihd + c * 8));
+            else
+                *(uint4 *)d = make_uint4(0, 0, 0, 0);
         }
-        if (lane == 0) scores[(size_t)t * lds + c] = score;
+        asm volatile("cp.async.commit_group;");
+        asm volatile("cp.async.wait_group 0;");
+        __syncthreads();
+        for (int task = warp; task < MT * (IX_ROWS / 8); task += nw) {
+            int m = task / (IX_ROWS / 8), n = task % (IX_ROWS / 8);
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
+            const __half *brow = kt + (size_t)(n * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+            for (int k0 = 0; k0 < ihd; k0 += 16) {
+                uint32_t ah[4], al[4], b[2];
+                pa_ldm_x4(ah, arow + k0);
+                pa_ldm_x4(al, arow + (size_t)MH * QS + k0);
+                pa_ldm_x2(b, brow + k0);
+                pa_mma(c, ah, b);
+                pa_mma(c, al, b);
+            }
+            int r0 = m * 16 + (lane >> 2), col = n * 8 + (lane & 3) * 2;
+            S[r0 * (IX_ROWS + 1) + col] = c[0];
+            S[r0 * (IX_ROWS + 1) + col + 1] = c[1];
+            S[(r0 + 8) * (IX_ROWS + 1) + col] = c[2];
+            S[(r0 + 8) * (IX_ROWS + 1) + col + 1] = c[3];
+        }
+        __syncthreads();
+        for (int r = tid; r < IX_ROWS && c0 + r < visible; r += blockDim.x) {
+            float score = 0.0f;
+            for (int h = 0; h < nih; h++) {
+                float d = S[h * (IX_ROWS + 1) + r];
+                score += (d > 0.0f ? d : 0.0f) * wh[h];
+            }
+            scores[(size_t)t * lds + c0 + r] = score;
+        }
     }
 }
 
@@ -644,12 +784,16 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
     if (threadIdx.x == 0) n_sel[t] = top_k;
 }
 
-/* ---- attention: one block per (head, token) ----
+/* ---- attention: one block per token, all heads, on tensor cores ----
  * Rows of token t (position p): raw positions lo..p (lo = max(0, p-n_swa+1))
  * from the ring (before pos0) or the chunk's rows kvc, then the visible
- * compressed rows or the indexer's selection; softmax with the sink; the
- * output rotated back at p. k_attention's arithmetic. */
-enum { PF_ATT_THREADS = 512, PF_ATT_PAIRS = 16 };
+ * compressed rows or the indexer's selection. Rows stream through shared
+ * memory in tiles of PA_ROWS (cp.async, double-buffered); scores S = Q·Kᵀ
+ * and the output P·V are f16 mma.sync with f32 accumulation, Q and P each
+ * split as hi + lo f16 (two products) so they keep ~22 bits, K = V exact
+ * (f16 rows). The softmax is online (running max from the sink, rescaled
+ * sums); the output × 1/den, rotated back at p. Heads padded to 16s. */
+enum { PA_WARPS = 16, PA_ROWS = 32, PA_PS = PA_ROWS + 8, PA_MAX_TASKS = 16 };
 
 struct pf_att {
     const __half *ring, *kvc, *comp;
@@ -657,21 +801,32 @@ struct pf_att {
     int n_swa, ratio, pos0, top_k;
 };
 
-__device__ __forceinline__ const __half2 *pf_att_row(const pf_att &a, int r, int n_raw, int lo, const int *pick,
-                                                     int hd) {
+__device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int n_raw, int lo, const int *pick,
+                                                    int hd) {
     if (r < n_raw) {
         int pos = lo + r;
-        return (const __half2 *)(pos < a.pos0 ? a.ring + (size_t)(pos % a.n_swa) * hd
-                                              : a.kvc + (size_t)(pos - a.pos0) * hd);
+        return pos < a.pos0 ? a.ring + (size_t)(pos % a.n_swa) * hd : a.kvc + (size_t)(pos - a.pos0) * hd;
     }
-    return (const __half2 *)(a.comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd);
+    return a.comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
 }
 
-__global__ void __launch_bounds__(PF_ATT_THREADS) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
-                                                               int n_head, rope_dev rp, float *out) {
-    extern __shared__ float smem[];
-    __shared__ float shf[32];
-    int h = blockIdx.x, t = blockIdx.y, p = a.pos0 + t;
+/* Shared bytes of pf_attention for n_head heads of hd. */
+static inline size_t pf_att_smem(int n_head, int hd) {
+    size_t mh = (size_t)(n_head + 15) / 16 * 16, qs = (size_t)hd + 8;
+    return 2 * mh * qs * 2 + 2 * (size_t)PA_ROWS * qs * 2 + mh * (PA_ROWS + 1) * 4 + 2 * mh * PA_PS * 2 + 3 * mh * 4;
+}
+
+__global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
+                                                                 int n_head, rope_dev rp, float *out) {
+    extern __shared__ __align__(16) unsigned char pa_raw[];
+    const int MT = (n_head + 15) / 16, MH = MT * 16, QS = hd + 8, NTD = hd / 8;
+    __half *qh = (__half *)pa_raw, *ql = qh + (size_t)MH * QS;
+    __half *kt = ql + (size_t)MH * QS; /* 2 buffers of PA_ROWS × QS */
+    float *S = (float *)(kt + 2 * PA_ROWS * QS);
+    __half *ph = (__half *)(S + MH * (PA_ROWS + 1)), *pl = ph + MH * PA_PS;
+    float *mrun = (float *)(pl + MH * PA_PS), *lrun = mrun + MH, *resc = lrun + MH;
+    float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
+    int t = blockIdx.x, p = a.pos0 + t, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int lo = p - a.n_swa + 1 < 0 ? 0 : p - a.n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
     const int *pick = NULL;
     if (a.ratio) {
@@ -681,69 +836,147 @@ __global__ void __launch_bounds__(PF_ATT_THREADS) pf_attention(const float *q, p
             pick = a.sel + (size_t)t * a.top_k;
         }
     }
-    int nr = n_raw + n_comp, hp = hd / 2;
-    float *qs = smem, *ws = smem + hd, *red = smem + hd + nr;
-    const float *qh = q + ((size_t)t * n_head + h) * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qh[i];
-    __syncthreads();
-    float scale = 1.0f / sqrtf((float)hd);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    const float2 *q2 = (const float2 *)qs;
-    for (int r = warp; r < nr; r += nw) {
-        const __half2 *row = pf_att_row(a, r, n_raw, lo, pick, hd);
-        float d = 0.0f;
-        for (int j = lane; j < hp; j += 32) {
-            float2 k = __half22float2(row[j]), x = q2[j];
-            d += x.x * k.x + x.y * k.y;
-        }
-        d = pf_warp_sum(d);
-        if (lane == 0) ws[r] = scale * d;
-    }
-    __syncthreads();
-    float m = sinks[h];
-    for (int r = threadIdx.x; r < nr; r += blockDim.x) m = fmaxf(m, ws[r]);
-    m = pf_block_max(m, shf);
-    float part = 0.0f;
-    for (int r = threadIdx.x; r < nr; r += blockDim.x) {
-        float w = expf(ws[r] - m);
-        ws[r] = w;
-        part += w;
-    }
-    float den = expf(sinks[h] - m) + pf_block_sum(part, shf);
-    float inv = 1.0f / den;
-    float2 acc[PF_ATT_PAIRS];
-#pragma unroll
-    for (int k = 0; k < PF_ATT_PAIRS; k++) acc[k] = make_float2(0.0f, 0.0f);
-    for (int r = warp; r < nr; r += nw) {
-        const __half2 *row = pf_att_row(a, r, n_raw, lo, pick, hd);
-        float w = ws[r];
-#pragma unroll
-        for (int k = 0; k < PF_ATT_PAIRS; k++) {
-            int j = lane + 32 * k;
-            if (j < hp) {
-                float2 v = __half22float2(row[j]);
-                acc[k].x += w * v.x;
-                acc[k].y += w * v.y;
+    int nr = n_raw + n_comp, n_tiles = (nr + PA_ROWS - 1) / PA_ROWS;
+    const int chunks = hd / 8; /* 16-byte pieces of a row */
+    auto load_tile = [&](int j, int b) {
+        __half *dst = kt + (size_t)b * PA_ROWS * QS;
+        for (int i = tid; i < PA_ROWS * chunks; i += blockDim.x) {
+            int r = i / chunks, c = i % chunks, row = j * PA_ROWS + r;
+            __half *d = dst + (size_t)r * QS + c * 8;
+            if (row < nr) {
+                const __half *src = pf_att_row(a, row, n_raw, lo, pick, hd) + c * 8;
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)), "l"(src));
+            } else {
+                *(uint4 *)d = make_uint4(0, 0, 0, 0);
             }
         }
+        asm volatile("cp.async.commit_group;");
+    };
+    load_tile(0, 0);
+    /* Q as hi + lo halves; padded heads zero; running stats from the sink */
+    const float *qt = q + (size_t)t * n_head * hd;
+    for (int i = tid; i < MH * hd; i += blockDim.x) {
+        int h = i / hd, d = i % hd;
+        float v = h < n_head ? qt[(size_t)h * hd + d] : 0.0f;
+        __half hi = __float2half_rn(v);
+        qh[(size_t)h * QS + d] = hi;
+        ql[(size_t)h * QS + d] = __float2half_rn(v - __half2float(hi));
     }
+    for (int h = tid; h < MH; h += blockDim.x) {
+        mrun[h] = h < n_head ? sinks[h] : 0.0f;
+        lrun[h] = 1.0f; /* the sink's own term, exp(sink - m) with m = sink */
+    }
+    float scale = 1.0f / sqrtf((float)hd);
+    /* PV tasks of this warp: (m-tile, n-tile of 8 dims), m-major */
+    int n_tasks = MT * NTD, per = (n_tasks + PA_WARPS - 1) / PA_WARPS, task0 = warp * per;
+    float acc[PA_MAX_TASKS][4];
 #pragma unroll
-    for (int k = 0; k < PF_ATT_PAIRS; k++) {
-        int j = lane + 32 * k;
-        if (j < hp) {
-            red[(size_t)warp * hd + 2 * j] = acc[k].x;
-            red[(size_t)warp * hd + 2 * j + 1] = acc[k].y;
+    for (int k = 0; k < PA_MAX_TASKS; k++) acc[k][0] = acc[k][1] = acc[k][2] = acc[k][3] = 0.0f;
+    int tph = blockDim.x / MH; /* softmax threads per head */
+    for (int j = 0; j < n_tiles; j++) {
+        if (j + 1 < n_tiles) {
+            load_tile(j + 1, (j + 1) & 1);
+            asm volatile("cp.async.wait_group 1;");
+        } else {
+            asm volatile("cp.async.wait_group 0;");
+        }
+        __syncthreads();
+        const __half *K = kt + (size_t)(j & 1) * PA_ROWS * QS;
+        /* S = scale · Q·Kᵀ, one 16×8 tile per task */
+        for (int task = warp; task < MT * (PA_ROWS / 8); task += PA_WARPS) {
+            int m = task / (PA_ROWS / 8), n = task % (PA_ROWS / 8);
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
+            const __half *brow = K + (size_t)(n * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+            for (int k0 = 0; k0 < hd; k0 += 16) {
+                uint32_t ah[4], al[4], b[2];
+                pa_ldm_x4(ah, arow + k0);
+                pa_ldm_x4(al, arow + (size_t)MH * QS + k0);
+                pa_ldm_x2(b, brow + k0);
+                pa_mma(c, ah, b);
+                pa_mma(c, al, b);
+            }
+            int r0 = m * 16 + (lane >> 2), c0 = n * 8 + (lane & 3) * 2;
+            for (int e = 0; e < 4; e++) {
+                int r = r0 + (e >> 1) * 8, col = c0 + (e & 1);
+                S[r * (PA_ROWS + 1) + col] = j * PA_ROWS + col < nr ? scale * c[e] : -INFINITY;
+            }
+        }
+        __syncthreads();
+        /* online softmax: tph threads per head */
+        {
+            int h = tid / tph, sub = tid % tph;
+            float mx = -INFINITY;
+            for (int col = sub; col < PA_ROWS; col += tph) mx = fmaxf(mx, S[h * (PA_ROWS + 1) + col]);
+            for (int o = tph / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float m_old = mrun[h], m_new = fmaxf(m_old, mx);
+            float sum = 0.0f;
+            for (int col = sub; col < PA_ROWS; col += tph) {
+                float e = h < n_head ? expf(S[h * (PA_ROWS + 1) + col] - m_new) : 0.0f;
+                __half hi = __float2half_rn(e);
+                ph[h * PA_PS + col] = hi;
+                pl[h * PA_PS + col] = __float2half_rn(e - __half2float(hi));
+                sum += e;
+            }
+            for (int o = tph / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            __syncwarp();
+            if (sub == 0) {
+                float sc = h < n_head ? expf(m_old - m_new) : 1.0f;
+                resc[h] = sc;
+                lrun[h] = lrun[h] * sc + sum;
+                mrun[h] = m_new;
+            }
+        }
+        __syncthreads();
+        /* O = O·resc + P·V */
+        {
+            int m_cur = -1;
+            uint32_t pah[2][4], pal[2][4];
+#pragma unroll
+            for (int k = 0; k < PA_MAX_TASKS; k++) {
+                int task = task0 + k;
+                if (k >= per || task >= n_tasks) break;
+                int m = task / NTD, n = task % NTD;
+                if (m != m_cur) {
+                    m_cur = m;
+                    for (int ks = 0; ks < 2; ks++) {
+                        const __half *arow = ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PA_PS + ks * 16 +
+                                             (lane >> 4) * 8;
+                        pa_ldm_x4(pah[ks], arow);
+                        pa_ldm_x4(pal[ks], arow + MH * PA_PS);
+                    }
+                }
+                float s0 = resc[m * 16 + (lane >> 2)], s1 = resc[m * 16 + (lane >> 2) + 8];
+                acc[k][0] *= s0, acc[k][1] *= s0, acc[k][2] *= s1, acc[k][3] *= s1;
+                for (int ks = 0; ks < 2; ks++) {
+                    uint32_t b[2];
+                    pa_ldm_x2_t(b, K + (size_t)(ks * 16 + (lane & 15)) * QS + n * 8);
+                    pa_mma(acc[k], pah[ks], b);
+                    pa_mma(acc[k], pal[ks], b);
+                }
+            }
+        }
+        __syncthreads();
+    }
+    /* output × 1/den into shared (over Q), inverse RoPE, store */
+#pragma unroll
+    for (int k = 0; k < PA_MAX_TASKS; k++) {
+        int task = task0 + k;
+        if (k >= per || task >= n_tasks) break;
+        int m = task / NTD, n = task % NTD;
+        for (int e = 0; e < 4; e++) {
+            int h = m * 16 + (lane >> 2) + (e >> 1) * 8, d = n * 8 + (lane & 3) * 2 + (e & 1);
+            if (h < n_head) os[(size_t)h * hd + d] = acc[k][e] * (1.0f / lrun[h]);
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float s = 0.0f;
-        for (int wi = 0; wi < nw; wi++) s += red[(size_t)wi * hd + i];
-        qs[i] = s * inv;
+    for (int i = tid; i < n_head * (rp.n_rot / 2); i += blockDim.x) {
+        int h = i / (rp.n_rot / 2), k = i % (rp.n_rot / 2);
+        pf_rope_pair(os + (size_t)h * hd + hd - rp.n_rot, k, p, rp, true);
     }
-    pf_block_rope(qs, hd, p, rp, true);
-    float *o = out + ((size_t)t * n_head + h) * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) o[i] = qs[i];
+    __syncthreads();
+    float *o = out + (size_t)t * n_head * hd;
+    for (int i = tid; i < n_head * hd; i += blockDim.x) o[i] = os[i];
 }
 
 /* ---- MoE ---- */
