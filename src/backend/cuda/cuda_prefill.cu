@@ -51,6 +51,11 @@ struct pf_ws {
     uint8_t *act, *act2, *moe_ws;
     size_t act_bytes, moe_ws_bytes, score_ld;
     int score_tok; /* tokens whose scores fit the score buffer at once */
+    __half *xh, *xl; /* an f32 input split hi + lo for the F16 products, split_n values */
+    size_t split_n, split_ld;
+    const float *split_x; /* what xh/xl hold: split_rows rows of split_in from split_x */
+    uint32_t split_in;
+    int split_rows;
     void *bufs[64];
     int n_bufs;
 };
@@ -131,6 +136,8 @@ static int pf_ws_new(ds4_cuda_session *s, int cap, pf_ws **out, ds4_err *err) {
     F(sg, C * ff); F(su, C * ff); F(smid, C * ff); F(sh, C * D); F(mid, C * nu * ff);
     F(hc_flat, HC_N * D); F(hmix, PF_MIX); F(ehc, D); F(logits, hp->n_vocab);
     F(snap_kv, st_max); F(snap_sc, st_max);
+    w->split_n = C * max_sz(max_sz(D, hp->q_lora), max_sz(qdim / hp->n_out_group, max_sz(low, ff)));
+    F(xh, w->split_n); F(xl, w->split_n);
     F(act, w->act_bytes); F(act2, w->act_bytes); F(moe_ws, w->moe_ws_bytes);
 #undef F
     *out = w;
@@ -197,6 +204,12 @@ struct pfq {
     int memo_n;
 };
 
+/* The inputs changed: act and xh/xl no longer hold a known input. */
+static void forget(pfq *q) {
+    q->memo_x = NULL;
+    q->w->split_x = NULL;
+}
+
 /* x [n][in] quantised for weights of `type` into buf (act remembers its input). */
 static const void *quantize(pfq *q, uint32_t type, const float *x, uint32_t in, int n, uint8_t *buf) {
     bool is_act = buf == q->w->act;
@@ -211,10 +224,15 @@ static int proj_rows(pfq *q, const dmat &m, uint32_t row0, uint32_t n_rows, uint
                      int n, float *Y, size_t ldy, uint8_t *buf) {
     const uint8_t *wt = m.w + (uint64_t)row0 * (plain(m.type) ? (uint64_t)in * (m.type == DS4_TYPE_F16 ? 2 : 4)
                                                               : m.row_bytes);
-    if (m.type == DS4_TYPE_F16 && in % HG_BK == 0 && ldx % 4 == 0 && ((uintptr_t)X & 15) == 0 &&
-        ((uintptr_t)wt & 15) == 0) {
+    if (m.type == DS4_TYPE_F16 && in % HG_BK == 0 && ((uintptr_t)wt & 15) == 0 && (size_t)n * in <= q->w->split_n) {
+        pf_ws *w = q->w;
+        if (w->split_x != X || w->split_ld != ldx || w->split_in != in || w->split_rows != n) {
+            size_t items = (size_t)n * in;
+            pf_split_f16<<<(unsigned)((items + 255) / 256), 256, 0, q->st>>>(X, ldx, in, n, w->xh, w->xl);
+            w->split_x = X, w->split_ld = ldx, w->split_in = in, w->split_rows = n;
+        }
         dim3 grid((n_rows + HG_BN - 1) / HG_BN, (n + HG_BM - 1) / HG_BM);
-        pf_gemm_f16<<<grid, 256, 0, q->st>>>((const __half *)wt, n_rows, in, X, ldx, n, Y, ldy);
+        pf_gemm_f16<<<grid, 256, pf_gemm_f16_smem(), q->st>>>((const __half *)wt, n_rows, in, w->xh, w->xl, n, Y, ldy);
         return launched(q->err, "prefill f16 gemm");
     }
     if (plain(m.type)) {
@@ -240,7 +258,7 @@ static int hc_pre(pfq *q, const dmat &fn, const float *scale, const float *base,
     const ds4_hparams *hp = &e->m->hp;
     pf_ws *w = q->w;
     uint32_t D = hp->n_embd;
-    q->memo_x = NULL;
+    forget(q);
     pf_hc_mix<<<(T + PF_HC_TOK - 1) / PF_HC_TOK, 256, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, T,
                                                                   hp->rms_eps, w->mix);
     pf_hc_split<<<(T + 7) / 8, 256, 0, q->st>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, T, w->pre,
@@ -338,6 +356,7 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
         return -1;
     pmark(q->st, "q_a, kv, compressor proj");
     pf_rmsnorm<<<T, 512, 0, q->st>>>(w->qr, hp->q_lora, w->qr, hp->q_lora, L->q_a_norm, (int)hp->q_lora, hp->rms_eps);
+    forget(q); /* qr normed in place */
     if (launched(q->err, "prefill q norm") ||
         proj_rows(q, L->q_b, 0, L->q_b.rows, L->q_b.in, w->qr, hp->q_lora, T, w->q, L->q_b.rows, w->act2))
         return -1;
@@ -444,7 +463,7 @@ static int output_head(pfq *q, int t) {
     const ds4_hparams *hp = &e->m->hp;
     pf_ws *w = q->w;
     uint32_t D = hp->n_embd;
-    q->memo_x = NULL;
+    forget(q);
     const float *Ht = w->H + (size_t)t * HC_N * D;
     pf_rmsnorm<<<1, 1024, 0, q->st>>>(Ht, 0, w->hc_flat, 0, NULL, (int)(HC_N * D), hp->rms_eps);
     if (launched(q->err, "prefill head norm") || proj(q, e->output_hc_fn, w->hc_flat, 1, w->hmix)) return -1;
@@ -459,6 +478,7 @@ static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int 
     const ds4_hparams *hp = &e->m->hp;
     pf_ws *w = e->prefill;
     pfq q = {e, w, e->stream, err, NULL, 0, 0, 0};
+    forget(&q);
     cudaError_t c = cudaMemcpyAsync(w->tok, tokens, (size_t)T * sizeof(int32_t), cudaMemcpyHostToDevice, q.st);
     if (c != cudaSuccess) return cuda_fail(err, "prefill tokens", c);
     pf_embed<<<dim3((hp->n_embd + 255) / 256, T), 256, 0, q.st>>>(e->token_embd.w, e->token_embd.type == DS4_TYPE_F16,
@@ -487,12 +507,14 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
         ds4_cuda_prefill_free(e);
         if (ds4_cuda_mmq_init(e->k, err) || pf_ws_new(s, want, &e->prefill, err)) return -1;
         int mt = ((int)hp->n_head + 15) / 16;
-        if ((mt != 1 && mt != 2 && mt != 4) || hp->head_dim % 16 || hp->head_dim > 512 || hp->n_rot > hp->head_dim ||
+        if ((mt != 1 && mt != 2 && mt != 4) || hp->head_dim % 32 || hp->head_dim > 512 || hp->n_rot > hp->head_dim ||
             hp->n_indexer_head > 64 || hp->indexer_head_dim % 16)
             return ds4_fail(err, "cuda prefill: %u heads of %u (indexer %u of %u) are beyond the kernels' shapes",
                             hp->n_head, hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);
         size_t smem = pf_att_smem((int)hp->n_head, (int)hp->head_dim);
         cudaError_t c = cudaFuncSetAttribute(pf_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (c == cudaSuccess)
+            c = cudaFuncSetAttribute(pf_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_gemm_f16_smem());
         if (c == cudaSuccess)
             c = cudaFuncSetAttribute(pf_idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int)pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim));

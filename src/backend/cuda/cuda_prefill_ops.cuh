@@ -381,69 +381,107 @@ __global__ void __launch_bounds__(256) pf_gemm_plain(const void *W, int f16, uin
     }
 }
 
-/* F16 weights on tensor cores: Y[t][r] = W_r · X_t with X split into
- * hi + lo f16 (two products, ~22 bits of X), W exact, f32 accumulation.
- * Block tile 64 tokens × 128 rows, k-steps of 32; 8 warps as 2 × 4, each
- * 32 tokens × 32 rows. n_in a multiple of 32 (else pf_gemm_plain). */
-enum { HG_BM = 64, HG_BN = 128, HG_BK = 32, HG_S = HG_BK + 8 };
-__global__ void __launch_bounds__(256) pf_gemm_f16(const __half *W, uint32_t n_rows, uint32_t n_in, const float *X,
-                                                   size_t ldx, int T, float *Y, size_t ldy) {
-    __shared__ __align__(16) __half xh[HG_BM * HG_S], xl[HG_BM * HG_S], ws[HG_BN * HG_S];
+/* X (n rows of `in` f32, stride ldx) as hi + lo f16 rows of `in`:
+ * hi = f16(x), lo = f16(x - hi), so hi + lo keeps ~22 bits of x. */
+__global__ void pf_split_f16(const float *X, size_t ldx, uint32_t in, int n, __half *xh, __half *xl) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)n * in) return;
+    size_t t = i / in, k = i % in;
+    float v = X[t * ldx + k];
+    __half hi = __float2half_rn(v);
+    xh[i] = hi;
+    xl[i] = __float2half_rn(v - __half2float(hi));
+}
+
+/* F16 weights on tensor cores: Y[t][r] = W_r · (hi_t + lo_t), two f16
+ * products with f32 accumulation (W exact, X to ~22 bits). Block tile 128
+ * tokens × 128 rows, k-steps of 32 in a 3-stage cp.async pipeline; 8 warps
+ * as 4 × 2, each 32 tokens × 64 rows. n_in a multiple of 32, rows 16-byte
+ * aligned. */
+enum { HG_BM = 128, HG_BN = 128, HG_BK = 32, HG_S = HG_BK + 8, HG_STAGES = 3 };
+static inline size_t pf_gemm_f16_smem() { return (size_t)HG_STAGES * (2 * HG_BM + HG_BN) * HG_S * 2; }
+
+__global__ void __launch_bounds__(256) pf_gemm_f16(const __half *W, uint32_t n_rows, uint32_t n_in, const __half *xh,
+                                                   const __half *xl, int T, float *Y, size_t ldy) {
+    extern __shared__ __align__(16) unsigned char hg_raw[];
+    __half *sm = (__half *)hg_raw; /* per stage: A hi [BM][S], A lo [BM][S], B [BN][S] */
+    const int stage_h = (2 * HG_BM + HG_BN) * HG_S;
     int t0 = blockIdx.y * HG_BM, r0 = blockIdx.x * HG_BN;
-    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp >> 2, wn = warp & 3;
-    float acc[2][4][4];
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
-    for (uint32_t k0 = 0; k0 < n_in; k0 += HG_BK) {
-        for (int i = tid; i < HG_BM * HG_BK / 4; i += 256) {
-            int r = i / (HG_BK / 4), c = (i % (HG_BK / 4)) * 4, t = t0 + r;
-            float4 v = t < T ? *(const float4 *)(X + (size_t)t * ldx + k0 + c) : make_float4(0, 0, 0, 0);
-            float f[4] = {v.x, v.y, v.z, v.w};
-            for (int e = 0; e < 4; e++) {
-                __half hi = __float2half_rn(f[e]);
-                xh[r * HG_S + c + e] = hi;
-                xl[r * HG_S + c + e] = __float2half_rn(f[e] - __half2float(hi));
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp >> 1, wn = warp & 1;
+    auto load = [&](int kt, int st) {
+        __half *A = sm + st * stage_h, *Al = A + HG_BM * HG_S, *B = Al + HG_BM * HG_S;
+        uint32_t k0 = (uint32_t)kt * HG_BK;
+        for (int i = tid; i < HG_BM * (HG_BK / 8); i += 256) {
+            int r = i / (HG_BK / 8), c = (i % (HG_BK / 8)) * 8, t = t0 + r;
+            __half *dh = A + r * HG_S + c, *dl = Al + r * HG_S + c;
+            if (t < T) {
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(dh)),
+                             "l"(xh + (size_t)t * n_in + k0 + c));
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(dl)),
+                             "l"(xl + (size_t)t * n_in + k0 + c));
+            } else {
+                *(uint4 *)dh = make_uint4(0, 0, 0, 0);
+                *(uint4 *)dl = make_uint4(0, 0, 0, 0);
             }
         }
-        for (int i = tid; i < HG_BN * HG_BK / 8; i += 256) {
+        for (int i = tid; i < HG_BN * (HG_BK / 8); i += 256) {
             int r = i / (HG_BK / 8), c = (i % (HG_BK / 8)) * 8;
             uint32_t row = r0 + r;
-            uint4 v = row < n_rows ? *(const uint4 *)(W + (size_t)row * n_in + k0 + c) : make_uint4(0, 0, 0, 0);
-            *(uint4 *)(ws + r * HG_S + c) = v;
+            __half *d = B + r * HG_S + c;
+            if (row < n_rows)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)),
+                             "l"(W + (size_t)row * n_in + k0 + c));
+            else
+                *(uint4 *)d = make_uint4(0, 0, 0, 0);
         }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < HG_BK; kk += 16) {
-            uint32_t ah[2][4], al[2][4], b[4][2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const __half *ar = xh + (wm * 32 + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * HG_S + kk + (lane >> 4) * 8;
-                pa_ldm_x4(ah[i], ar);
-                pa_ldm_x4(al[i], ar + (xl - xh));
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-                pa_ldm_x2(b[j], ws + (wn * 32 + j * 8 + (lane & 7)) * HG_S + kk + ((lane >> 3) & 1) * 8);
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    pa_mma(acc[i][j], ah[i], b[j]);
-                    pa_mma(acc[i][j], al[i], b[j]);
-                }
-        }
-        __syncthreads();
-    }
+    };
+    float acc[2][8][4];
 #pragma unroll
     for (int i = 0; i < 2; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < 8; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+    int n_k = (int)(n_in / HG_BK);
+    for (int s = 0; s < HG_STAGES - 1; s++) {
+        if (s < n_k) load(s, s);
+        asm volatile("cp.async.commit_group;");
+    }
+    for (int kt = 0; kt < n_k; kt++) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(HG_STAGES - 2));
+        __syncthreads();
+        int nk = kt + HG_STAGES - 1;
+        if (nk < n_k) load(nk, nk % HG_STAGES);
+        asm volatile("cp.async.commit_group;");
+        const __half *A = sm + (kt % HG_STAGES) * stage_h, *Al = A + HG_BM * HG_S, *B = Al + HG_BM * HG_S;
+#pragma unroll
+        for (int kk = 0; kk < HG_BK; kk += 16) {
+            uint32_t ah[2][4], al[2][4];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                int off = (wm * 32 + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * HG_S + kk + (lane >> 4) * 8;
+                pa_ldm_x4(ah[i], A + off);
+                pa_ldm_x4(al[i], Al + off);
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                uint32_t b[2];
+                pa_ldm_x2(b, B + (wn * 64 + j * 8 + (lane & 7)) * HG_S + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    pa_mma(acc[i][j], ah[i], b);
+                    pa_mma(acc[i][j], al[i], b);
+                }
+            }
+        }
+    }
+    asm volatile("cp.async.wait_group 0;");
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int t = t0 + wm * 32 + i * 16 + (lane >> 2) + (e >> 1) * 8;
-                uint32_t r = r0 + wn * 32 + j * 8 + (lane & 3) * 2 + (e & 1);
+                uint32_t r = r0 + wn * 64 + j * 8 + (lane & 3) * 2 + (e & 1);
                 if (t < T && r < n_rows) Y[(size_t)t * ldy + r] = acc[i][j][e];
             }
 }
@@ -663,24 +701,35 @@ __global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const floa
         asm volatile("cp.async.commit_group;");
         asm volatile("cp.async.wait_group 0;");
         __syncthreads();
-        for (int task = warp; task < MT * (IX_ROWS / 8); task += nw) {
-            int m = task / (IX_ROWS / 8), n = task % (IX_ROWS / 8);
-            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        /* a task: 16 heads × 32 rows (4 n-tiles sharing the q fragments) */
+        for (int task = warp; task < MT * (IX_ROWS / 32); task += nw) {
+            int m = task / (IX_ROWS / 32), n0 = (task % (IX_ROWS / 32)) * 4;
+            float c[4][4];
+#pragma unroll
+            for (int nn = 0; nn < 4; nn++) c[nn][0] = c[nn][1] = c[nn][2] = c[nn][3] = 0.0f;
             const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
-            const __half *brow = kt + (size_t)(n * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+            const __half *brow = kt + (size_t)(n0 * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
             for (int k0 = 0; k0 < ihd; k0 += 16) {
-                uint32_t ah[4], al[4], b[2];
+                uint32_t ah[4], al[4];
                 pa_ldm_x4(ah, arow + k0);
                 pa_ldm_x4(al, arow + (size_t)MH * QS + k0);
-                pa_ldm_x2(b, brow + k0);
-                pa_mma(c, ah, b);
-                pa_mma(c, al, b);
+#pragma unroll
+                for (int nn = 0; nn < 4; nn++) {
+                    uint32_t b[2];
+                    pa_ldm_x2(b, brow + (size_t)nn * 8 * QS + k0);
+                    pa_mma(c[nn], ah, b);
+                    pa_mma(c[nn], al, b);
+                }
             }
-            int r0 = m * 16 + (lane >> 2), col = n * 8 + (lane & 3) * 2;
-            S[r0 * (IX_ROWS + 1) + col] = c[0];
-            S[r0 * (IX_ROWS + 1) + col + 1] = c[1];
-            S[(r0 + 8) * (IX_ROWS + 1) + col] = c[2];
-            S[(r0 + 8) * (IX_ROWS + 1) + col + 1] = c[3];
+            int r0 = m * 16 + (lane >> 2);
+#pragma unroll
+            for (int nn = 0; nn < 4; nn++) {
+                int col = (n0 + nn) * 8 + (lane & 3) * 2;
+                S[r0 * (IX_ROWS + 1) + col] = c[nn][0];
+                S[r0 * (IX_ROWS + 1) + col + 1] = c[nn][1];
+                S[(r0 + 8) * (IX_ROWS + 1) + col] = c[nn][2];
+                S[(r0 + 8) * (IX_ROWS + 1) + col + 1] = c[nn][3];
+            }
         }
         __syncthreads();
         for (int r = tid; r < IX_ROWS && c0 + r < visible; r += blockDim.x) {
@@ -789,10 +838,12 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
  * from the ring (before pos0) or the chunk's rows kvc, then the visible
  * compressed rows or the indexer's selection. Rows stream through shared
  * memory in tiles of PA_ROWS (cp.async, double-buffered); scores S = Q·Kᵀ
- * and the output P·V are f16 mma.sync with f32 accumulation, Q and P each
- * split as hi + lo f16 (two products) so they keep ~22 bits, K = V exact
- * (f16 rows). The softmax is online (running max from the sink, rescaled
- * sums); the output × 1/den, rotated back at p. Heads padded to 16s. */
+ * and the output P·V are f16 mma.sync with f32 accumulation: Q split as
+ * hi + lo f16 (two products, ~22 bits; scores feed exp), K = V exact (f16
+ * rows), the weights P = exp(s - m) in [0, 1] as f16 (relative 2^-12 each,
+ * independent across rows; the denominator sums them in f32). The softmax
+ * is online (running max from the sink, rescaled sums); the output ×
+ * 1/den, rotated back at p. Heads padded to 16s. */
 enum { PA_WARPS = 16, PA_ROWS = 32, PA_PS = PA_ROWS + 8, PA_MAX_TASKS = 16 };
 
 struct pf_att {
@@ -813,7 +864,7 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
 /* Shared bytes of pf_attention for n_head heads of hd. */
 static inline size_t pf_att_smem(int n_head, int hd) {
     size_t mh = (size_t)(n_head + 15) / 16 * 16, qs = (size_t)hd + 8;
-    return 2 * mh * qs * 2 + 2 * (size_t)PA_ROWS * qs * 2 + mh * (PA_ROWS + 1) * 4 + 2 * mh * PA_PS * 2 + 3 * mh * 4;
+    return 2 * mh * qs * 2 + 2 * (size_t)PA_ROWS * qs * 2 + 2 * mh * (PA_ROWS + 1) * 4 + mh * PA_PS * 2 + 3 * mh * 4;
 }
 
 __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
@@ -823,8 +874,8 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
     __half *qh = (__half *)pa_raw, *ql = qh + (size_t)MH * QS;
     __half *kt = ql + (size_t)MH * QS; /* 2 buffers of PA_ROWS × QS */
     float *S = (float *)(kt + 2 * PA_ROWS * QS);
-    __half *ph = (__half *)(S + MH * (PA_ROWS + 1)), *pl = ph + MH * PA_PS;
-    float *mrun = (float *)(pl + MH * PA_PS), *lrun = mrun + MH, *resc = lrun + MH;
+    __half *ph = (__half *)(S + 2 * MH * (PA_ROWS + 1));
+    float *mrun = (float *)(ph + MH * PA_PS), *lrun = mrun + MH, *resc = lrun + MH;
     float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
     int t = blockIdx.x, p = a.pos0 + t, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int lo = p - a.n_swa + 1 < 0 ? 0 : p - a.n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
@@ -882,40 +933,47 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
         }
         __syncthreads();
         const __half *K = kt + (size_t)(j & 1) * PA_ROWS * QS;
-        /* S = scale · Q·Kᵀ, one 16×8 tile per task */
-        for (int task = warp; task < MT * (PA_ROWS / 8); task += PA_WARPS) {
-            int m = task / (PA_ROWS / 8), n = task % (PA_ROWS / 8);
-            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        /* Q·Kᵀ: a task = (16 heads, 16 rows, half of the dims) into S[half] */
+        for (int task = warp; task < MT * (PA_ROWS / 16) * 2; task += PA_WARPS) {
+            int m = task / (PA_ROWS / 16 * 2), np = (task / 2) % (PA_ROWS / 16), kh = task & 1;
+            float c[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
             const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
-            const __half *brow = K + (size_t)(n * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
-            for (int k0 = 0; k0 < hd; k0 += 16) {
-                uint32_t ah[4], al[4], b[2];
+            const __half *brow = K + (size_t)(np * 16 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+            for (int k0 = kh * (hd / 2); k0 < (kh + 1) * (hd / 2); k0 += 16) {
+                uint32_t ah[4], al[4], b0[2], b1[2];
                 pa_ldm_x4(ah, arow + k0);
                 pa_ldm_x4(al, arow + (size_t)MH * QS + k0);
-                pa_ldm_x2(b, brow + k0);
-                pa_mma(c, ah, b);
-                pa_mma(c, al, b);
+                pa_ldm_x2(b0, brow + k0);
+                pa_ldm_x2(b1, brow + 8 * QS + k0);
+                pa_mma(c[0], ah, b0);
+                pa_mma(c[0], al, b0);
+                pa_mma(c[1], ah, b1);
+                pa_mma(c[1], al, b1);
             }
-            int r0 = m * 16 + (lane >> 2), c0 = n * 8 + (lane & 3) * 2;
-            for (int e = 0; e < 4; e++) {
-                int r = r0 + (e >> 1) * 8, col = c0 + (e & 1);
-                S[r * (PA_ROWS + 1) + col] = j * PA_ROWS + col < nr ? scale * c[e] : -INFINITY;
-            }
+            float *Sk = S + kh * MH * (PA_ROWS + 1);
+            int r0 = m * 16 + (lane >> 2);
+            for (int nn = 0; nn < 2; nn++)
+                for (int e = 0; e < 4; e++)
+                    Sk[(r0 + (e >> 1) * 8) * (PA_ROWS + 1) + np * 16 + nn * 8 + (lane & 3) * 2 + (e & 1)] = c[nn][e];
         }
         __syncthreads();
-        /* online softmax: tph threads per head */
+        /* scores = scale · (S[0] + S[1]), past the rows -∞; online softmax,
+         * tph threads per head */
         {
             int h = tid / tph, sub = tid % tph;
             float mx = -INFINITY;
-            for (int col = sub; col < PA_ROWS; col += tph) mx = fmaxf(mx, S[h * (PA_ROWS + 1) + col]);
+            for (int col = sub; col < PA_ROWS; col += tph) {
+                float *sp = S + h * (PA_ROWS + 1) + col;
+                float v = j * PA_ROWS + col < nr ? scale * (sp[0] + sp[MH * (PA_ROWS + 1)]) : -INFINITY;
+                *sp = v;
+                mx = fmaxf(mx, v);
+            }
             for (int o = tph / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
             float m_old = mrun[h], m_new = fmaxf(m_old, mx);
             float sum = 0.0f;
             for (int col = sub; col < PA_ROWS; col += tph) {
                 float e = h < n_head ? expf(S[h * (PA_ROWS + 1) + col] - m_new) : 0.0f;
-                __half hi = __float2half_rn(e);
-                ph[h * PA_PS + col] = hi;
-                pl[h * PA_PS + col] = __float2half_rn(e - __half2float(hi));
+                ph[h * PA_PS + col] = __float2half_rn(e);
                 sum += e;
             }
             for (int o = tph / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
@@ -931,7 +989,7 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
         /* O = O·resc + P·V */
         {
             int m_cur = -1;
-            uint32_t pah[2][4], pal[2][4];
+            uint32_t pah[2][4];
 #pragma unroll
             for (int k = 0; k < PA_MAX_TASKS; k++) {
                 int task = task0 + k;
@@ -943,7 +1001,6 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
                         const __half *arow = ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PA_PS + ks * 16 +
                                              (lane >> 4) * 8;
                         pa_ldm_x4(pah[ks], arow);
-                        pa_ldm_x4(pal[ks], arow + MH * PA_PS);
                     }
                 }
                 float s0 = resc[m * 16 + (lane >> 2)], s1 = resc[m * 16 + (lane >> 2) + 8];
@@ -952,7 +1009,6 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
                     uint32_t b[2];
                     pa_ldm_x2_t(b, K + (size_t)(ks * 16 + (lane & 15)) * QS + n * 8);
                     pa_mma(acc[k], pah[ks], b);
-                    pa_mma(acc[k], pal[ks], b);
                 }
             }
         }
