@@ -228,7 +228,7 @@ __global__ void k_plain(const plain_params p) {
     if (r >= p.rows) return;
     uint32_t col = (r / p.group_rows) * p.in;
     size_t e0 = (size_t)t * p.a_stride + col; /* first activation element */
-    const uint32_t bsz = F::act_kind == DS4_ACT_Q8_0 ? 32 : 256;
+    const uint32_t bsz = (int)F::act_kind == DS4_ACT_Q8_0 ? 32 : 256;
     act_view a = {};
     a.q = (const int8_t *)p.act + e0;
     a.d = (const float *)(p.act + p.d_off) + e0 / bsz;
@@ -402,7 +402,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
     const uint8_t *asp = p.act + p.split_off;
 
     auto nk_of = [&](uint32_t kb) -> int {
-        if (F::act_kind == DS4_ACT_Q8_0) return (int)min(8u, p.nb32 - kb * 8);
+        if ((int)F::act_kind == DS4_ACT_Q8_0) return (int)min(8u, p.nb32 - kb * 8);
         return 8;
     };
     /* Activation codes and scales of K step kb into stage buffer sbuf. */
@@ -414,7 +414,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
 #pragma unroll
         for (int i = 0; i < NBCH; i++) {
             if (bc[i] < 2 * nk) cp_async16(sb + bn[i] * MQ_SA + 16 * bc[i], aq + arow[i] + (size_t)kb * 256 + 16 * bc[i]);
-            if (F::act_kind == DS4_ACT_Q8_0) {
+            if ((int)F::act_kind == DS4_ACT_Q8_0) {
                 if (bc[i] < nk) cp_async4(sad + bc[i] * BN + bn[i], ad + arow[i] / 32 + kb * 8 + bc[i]);
             } else {
                 size_t blk = arow[i] / 256 + kb;
@@ -429,14 +429,14 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
         int nk = nk_of(kb);
 #pragma unroll
         for (int i = 0; i < NTASK; i++)
-            if (trow[i] < MQ_BM && (F::act_kind != DS4_ACT_Q8_0 || tpart[i] < nk)) F::load(wrow[i], kb, tpart[i], raw[i]);
+            if (trow[i] < MQ_BM && ((int)F::act_kind != DS4_ACT_Q8_0 || tpart[i] < nk)) F::load(wrow[i], kb, tpart[i], raw[i]);
     };
     auto decode_a = [&](uint32_t kb) {
         int nk = nk_of(kb);
 #pragma unroll
         for (int i = 0; i < NTASK; i++) {
             int r = trow[i], s = tpart[i];
-            if (r >= MQ_BM || (F::act_kind == DS4_ACT_Q8_0 && s >= nk)) continue;
+            if (r >= MQ_BM || ((int)F::act_kind == DS4_ACT_Q8_0 && s >= nk)) continue;
             uint32_t codes[8 * F::SEGS];
             mq_meta m;
             F::decode(raw[i], s, tab, codes, m);
@@ -446,7 +446,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                 dst[0] = make_uint4(codes[8 * sg], codes[8 * sg + 1], codes[8 * sg + 2], codes[8 * sg + 3]);
                 dst[1] = make_uint4(codes[8 * sg + 4], codes[8 * sg + 5], codes[8 * sg + 6], codes[8 * sg + 7]);
             }
-            if (F::act_kind == DS4_ACT_Q8_0) {
+            if ((int)F::act_kind == DS4_ACT_Q8_0) {
                 sWd[s * MQ_BM + r] = m.d[0];
             } else {
                 if (s == 0) {
@@ -504,7 +504,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                                     ((lane >> 3) & 1) * 16);
                 b[2 * nj][0] = t4[0], b[2 * nj][1] = t4[1], b[2 * nj + 1][0] = t4[2], b[2 * nj + 1][1] = t4[3];
             }
-            if (F::act_kind == DS4_ACT_Q8_0) {
+            if ((int)F::act_kind == DS4_ACT_Q8_0) {
                 float wd[2][2];
                 float2 da[4];
 #pragma unroll
@@ -543,7 +543,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                     for (int ni = 0; ni < 4; ni++) mma_k32(iacc[mi][ni], a[mi], b[ni]);
             }
         }
-        if (F::act_kind == DS4_ACT_Q8_K) {
+        if ((int)F::act_kind == DS4_ACT_Q8_K) {
             /* The block's f32 terms (and the min sums). */
 #pragma unroll
             for (int mi = 0; mi < 2; mi++) {
@@ -735,8 +735,8 @@ extern "C" int ds4_cuda_mmq_quantize(ds4_cuda_kernels *k, uint32_t type, const f
 }
 
 /* Which kernel a dense product takes. */
-static bool tc_usable(uint32_t type, const void *w, size_t row_bytes, uint32_t group_rows) {
-    if (group_rows % MQ_BM) return false;
+static bool tc_usable(uint32_t type, const void *w, uint32_t n_groups, uint32_t group_rows) {
+    if (n_groups > 1 && group_rows % MQ_BM) return false; /* a row tile reads one group's activation */
     switch (type) {
     case DS4_TYPE_Q8_0: case DS4_TYPE_IQ2_XXS: return true;
     case DS4_TYPE_Q2_K: return (uintptr_t)w % 4 == 0;
@@ -813,7 +813,7 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
         return check_launch(err, "f32 product launch");
     }
     size_t row_bytes = ds4_type_row_bytes(type, in);
-    if (g_force_bn == 1 || !tc_usable(type, w, row_bytes, group_rows)) {
+    if (g_force_bn == 1 || !tc_usable(type, w, n_groups, group_rows)) {
         plain_params p;
         p.w = (const uint8_t *)w;
         p.row_bytes = row_bytes;
@@ -920,9 +920,8 @@ extern "C" int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const v
         return ds4_fail(err, "cuda: batched MoE shape n_embd %u n_ff %u (n_ff must be a multiple of 64 and of the "
                         "blocks) experts %u used %u", n_embd, n_ff, n_expert, n_used);
     size_t gu_rb = ds4_type_row_bytes(gate_type, n_embd), dn_rb = ds4_type_row_bytes(down_type, n_ff);
-    if (!tc_usable(gate_type, gate, gu_rb, MQ_BM) || !tc_usable(gate_type, up, gu_rb, MQ_BM) ||
-        !tc_usable(down_type, down, dn_rb, MQ_BM) || (gate_type == DS4_TYPE_Q4_K && gu_rb % 16) ||
-        (down_type == DS4_TYPE_Q4_K && dn_rb % 16))
+    if (!tc_usable(gate_type, gate, 1, n_ff) || !tc_usable(gate_type, up, 1, n_ff) ||
+        !tc_usable(down_type, down, 1, n_embd))
         return ds4_fail(err, "cuda: batched MoE weights misaligned");
     if (n_tok == 0) return 0;
     moe_ws w = moe_carve((uint8_t *)ws, down_type, n_embd, n_ff, n_expert, n_used, n_tok);
