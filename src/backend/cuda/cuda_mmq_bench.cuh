@@ -79,7 +79,7 @@ static float mq_emulate_row(const uint8_t *row, uint32_t in, const mq_host_act &
         for (int s = 0; s < nk; s++) {
             int32_t dot = 0;
             for (int i = 0; i < 32; i++) dot += codes[32 * s + i] * a.q[256 * kb + 32 * s + i];
-            if ((int)F::act_kind == DS4_ACT_Q8_0) acc += mq_term_plain(wd[s], a.d[8 * kb + s], dot);
+            if ((int)F::act_kind == DS4_ACT_Q8_0) acc += mq_term_q8_0(wd[s], a.d[8 * kb + s], dot);
             else if (F::int_scale) isum += sc[s] * dot;
             else isum += dot;
         }
@@ -264,7 +264,7 @@ static void mq_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint
         }
         bool ok = err <= 1e-5 && act_bad == 0;
         timing t = {0, 0};
-        if (kv == 0 && reps > 0)
+        if (reps > 0 && (kv == 0 || wtype == DS4_TYPE_F16))
             t = time_graph(st, 3, reps, [&](int i) {
                 DS(ds4_cuda_mmq_grouped(k, wtype, d_w, rows, in, n_groups, d_act, n_tok, d_y, rows, st, &err_));
             });
@@ -421,6 +421,8 @@ static void mmq_bench(ds4_cuda_kernels *k, cudaStream_t st, int reps, bool quick
     mq_case(k, st, "odd q4_K", DS4_TYPE_Q4_K, 512, 384, 1, 129, 0, 104, true);
     mq_case(k, st, "odd iq2_xxs", DS4_TYPE_IQ2_XXS, 768, 256, 1, 3, 0, 105, true);
     mq_case(k, st, "odd f16", DS4_TYPE_F16, 72, 29, 1, 33, 0, 106, false);
+    mq_case(k, st, "odd f16 tc", DS4_TYPE_F16, 96, 150, 1, 131, 0, 109, true);
+    mq_case(k, st, "odd f16 tc grouped", DS4_TYPE_F16, 64, 256, 2, 17, 0, 110, true);
     mq_moe_case(k, st, "odd moe q2", DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, 256, 256, 8, 3, 37, 0, 107);
     mq_moe_case(k, st, "odd moe q8_0", DS4_TYPE_Q8_0, DS4_TYPE_Q8_0, 512, 192, 1, 1, 70, 0, 108);
 
@@ -438,16 +440,20 @@ static void mmq_bench(ds4_cuda_kernels *k, cudaStream_t st, int reps, bool quick
         mq_case(k, st, "dense iq2_xxs", DS4_TYPE_IQ2_XXS, 4096, 2048, 1, n, reps, 208, false);
         mq_case(k, st, "dense q2_K", DS4_TYPE_Q2_K, 2048, 4096, 1, n, reps, 209, false);
         mq_case(k, st, "dense q4_K", DS4_TYPE_Q4_K, 4096, 2048, 1, n, reps, 210, false);
-        mq_case(k, st, "compressor f16", DS4_TYPE_F16, 4096, 1024, 1, n, reps, 211, false);
-        mq_case(k, st, "indexer q_b f16", DS4_TYPE_F16, 1024, 8192, 1, n, reps, 212, false);
-        mq_case(k, st, "router f16", DS4_TYPE_F16, 4096, 256, 1, n, reps, 213, false);
+        mq_case(k, st, "compressor f16", DS4_TYPE_F16, 4096, 1024, 1, n, reps, 211, true);
+        mq_case(k, st, "indexer q_b f16", DS4_TYPE_F16, 1024, 8192, 1, n, reps, 212, true);
+        mq_case(k, st, "router f16", DS4_TYPE_F16, 4096, 256, 1, n, reps, 213, true);
     }
     const uint32_t mtoks[] = {512, 2048, 8192};
     for (uint32_t n : mtoks) {
         if (quick && n != 8192) continue;
-        mq_moe_case(k, st, "moe q2", DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, 4096, 2048, 256, 6, n, reps, 301);
-        mq_moe_case(k, st, "moe q4", DS4_TYPE_Q4_K, DS4_TYPE_Q4_K, 4096, 2048, 256, 6, n, reps, 302);
-        mq_moe_case(k, st, "shexp fused", DS4_TYPE_Q8_0, DS4_TYPE_Q8_0, 4096, 2048, 1, 1, n, reps, 303);
+        char nm[3][32];
+        snprintf(nm[0], 32, "moe q2 @%u", n);
+        snprintf(nm[1], 32, "moe q4 @%u", n);
+        snprintf(nm[2], 32, "shexp fused @%u", n);
+        mq_moe_case(k, st, nm[0], DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, 4096, 2048, 256, 6, n, reps, 301);
+        mq_moe_case(k, st, nm[1], DS4_TYPE_Q4_K, DS4_TYPE_Q4_K, 4096, 2048, 256, 6, n, reps, 302);
+        mq_moe_case(k, st, nm[2], DS4_TYPE_Q8_0, DS4_TYPE_Q8_0, 4096, 2048, 1, 1, n, reps, 303);
     }
     printf("\n| case | shape | us | TFLOP/s | max rel err | not bit-exact | act mismatch | check |\n");
     printf("|---|---|---:|---:|---:|---:|---:|---|\n");
