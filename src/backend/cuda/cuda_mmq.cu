@@ -228,7 +228,7 @@ __global__ void k_plain(const plain_params p) {
     if (r >= p.rows) return;
     uint32_t col = (r / p.group_rows) * p.in;
     size_t e0 = (size_t)t * p.a_stride + col; /* first activation element */
-    const uint32_t bsz = F::act_kind == DS4_ACT_Q8_0 ? 32 : 256;
+    const uint32_t bsz = (int)F::act_kind == DS4_ACT_Q8_0 ? 32 : 256;
     act_view a = {};
     a.q = (const int8_t *)p.act + e0;
     a.d = (const float *)(p.act + p.d_off) + e0 / bsz;
@@ -237,14 +237,22 @@ __global__ void k_plain(const plain_params p) {
     uint32_t nb = p.in / F::block_elems;
     float acc = 0.0f;
     for (uint32_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + (size_t)b * F::block_bytes;
+        /* The units read whole aligned words, which for the 34- and 66-byte
+         * blocks can pass the block's end: copy those blocks first. */
+        uint32_t copy[(F::block_bytes + 3) / 4 + 4];
+        if (F::block_bytes % 4) {
+            for (int i = 0; i < F::block_bytes / 2; i++) ((uint16_t *)copy)[i] = ((const uint16_t *)blk)[i];
+            blk = (const uint8_t *)copy;
+        }
         int32_t isum = 0, summ = 0;
         for (int part = 0; part < F::G; part++) {
             int32_t is, sm;
-            F::template unit<1>(row + (size_t)b * F::block_bytes, 0, part, a, b, g_mq_tab_rep, 0, &is, &sm);
+            F::template unit<1>(blk, 0, part, a, b, g_mq_tab_rep, 0, &is, &sm);
             isum += is;
             summ += sm;
         }
-        acc += F::term(row + (size_t)b * F::block_bytes, a, b, isum, summ);
+        acc += F::term(blk, a, b, isum, summ);
     }
     p.y[(size_t)t * p.ldy + r] = acc * F::final_scale;
 }
@@ -293,6 +301,131 @@ __global__ void __launch_bounds__(256) k_fgemm(const WT *w, uint32_t rows, uint3
             uint32_t r = r0 + 4 * tr + i, t = t0 + 4 * tc + j;
             if (r < rows && t < n_tok && (r / group_rows) * in == col) y[(size_t)t * ldy + r] = acc[i][j];
         }
+}
+
+/* ------------------------------------------------------------------ */
+/* F16 weights on tensor cores                                          */
+/* ------------------------------------------------------------------ */
+
+/* The CPU multiplies f16 weights (exact in f32) with f32 activations. Here
+ * each activation is split into two halves, hi = f16(x) and lo = f16(x -
+ * hi), which carry 22 significant bits, and W·x = W·hi + W·lo with f16
+ * mma's accumulating in f32: each product w·hi, w·lo is exact, so the
+ * result differs from the CPU's only by summation order and the ~2^-22
+ * relative truncation of x (tiny lo parts become f16 subnormals, an
+ * absolute error below 6e-8 · |w|). Valid for |x| < 65504 (f16 range);
+ * every F16 product in the model reads RMS-normalised activations.
+ * Tiles: 128 rows x 128 tokens x 32 k per step, 8 warps of 32 x 64;
+ * weights by cp.async, activations through registers (split on the way),
+ * both double-buffered. Shared rows are 40 halves (80 bytes) apart, so
+ * ldmatrix's 8 row addresses hit 8 different bank groups. */
+#define H_BM 128
+#define H_BN 128
+#define H_BK 32
+#define H_LD 40
+#define H_TILE (H_BM * H_LD)
+#define H_SMEM (6 * H_TILE * 2)
+
+__device__ __forceinline__ void mma_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__global__ void __launch_bounds__(256, 2) k_h16(const __half *w, uint32_t rows, uint32_t in, uint32_t group_rows,
+                                                 const float *x, uint32_t a_stride, uint32_t n_tok, float *y,
+                                                 uint32_t ldy) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    __half *sw = (__half *)smem, *sxh = sw + 2 * H_TILE, *sxl = sw + 4 * H_TILE; /* [2][tile] each */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp & 3, wn = warp >> 2, g = lane >> 2, tg = lane & 3;
+    const uint32_t row0 = blockIdx.x * H_BM, t0 = blockIdx.y * H_BN;
+    const uint32_t col0 = (row0 / group_rows) * in;
+    const __half *wsrc[2];
+    const float *xsrc[4];
+    for (int i = 0; i < 2; i++) {
+        int c = tid + 256 * i; /* 4 chunks of 8 halves per row */
+        wsrc[i] = w + (size_t)min(row0 + c / 4, rows - 1) * in + 8 * (c % 4);
+    }
+    for (int i = 0; i < 4; i++) {
+        int c = tid + 256 * i; /* 8 float4 per token */
+        xsrc[i] = x + (size_t)min(t0 + c / 8, n_tok - 1) * a_stride + col0 + 4 * (c % 8);
+    }
+    float4 xr[4];
+    auto stage_w = [&](uint32_t k0, int buf) {
+        for (int i = 0; i < 2; i++) {
+            int c = tid + 256 * i;
+            cp_async16(sw + buf * H_TILE + (c / 4) * H_LD + 8 * (c % 4), wsrc[i] + k0);
+        }
+        cp_async_commit();
+    };
+    auto load_x = [&](uint32_t k0) {
+        for (int i = 0; i < 4; i++) xr[i] = *(const float4 *)(xsrc[i] + k0);
+    };
+    auto store_x = [&](int buf) {
+        for (int i = 0; i < 4; i++) {
+            int c = tid + 256 * i, o = buf * H_TILE + (c / 8) * H_LD + 4 * (c % 8);
+            float v[4] = {xr[i].x, xr[i].y, xr[i].z, xr[i].w};
+            __half h[4], l[4];
+            for (int j = 0; j < 4; j++) {
+                h[j] = __float2half_rn(v[j]);
+                l[j] = __float2half_rn(v[j] - __half2float(h[j]));
+            }
+            *(uint2 *)(sxh + o) = *(const uint2 *)h;
+            *(uint2 *)(sxl + o) = *(const uint2 *)l;
+        }
+    };
+    float acc[2][8][4] = {};
+    stage_w(0, 0);
+    load_x(0);
+    store_x(0);
+    cp_async_wait0();
+    __syncthreads();
+    const uint32_t nk = in / H_BK;
+    const int mrow = wm * 32, ncol = wn * 64;
+    for (uint32_t kt = 0; kt < nk; kt++) {
+        const int cur = kt & 1;
+        if (kt + 1 < nk) {
+            stage_w((kt + 1) * H_BK, cur ^ 1);
+            load_x((kt + 1) * H_BK);
+        }
+        const __half *cw = sw + cur * H_TILE, *ch = sxh + cur * H_TILE, *cl = sxl + cur * H_TILE;
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            uint32_t a[2][4];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+                ldmatrix_x4(a[mi], cw + (mrow + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * H_LD + ks * 16 +
+                                       (lane >> 4) * 8);
+#pragma unroll
+            for (int nj = 0; nj < 4; nj++) {
+                uint32_t bh[4], bl[4];
+                int o = (ncol + nj * 16 + (lane & 7) + (lane >> 4) * 8) * H_LD + ks * 16 + ((lane >> 3) & 1) * 8;
+                ldmatrix_x4(bh, ch + o);
+                ldmatrix_x4(bl, cl + o);
+#pragma unroll
+                for (int mi = 0; mi < 2; mi++) {
+                    mma_f16(acc[mi][2 * nj], a[mi], bh[0], bh[1]);
+                    mma_f16(acc[mi][2 * nj], a[mi], bl[0], bl[1]);
+                    mma_f16(acc[mi][2 * nj + 1], a[mi], bh[2], bh[3]);
+                    mma_f16(acc[mi][2 * nj + 1], a[mi], bl[2], bl[3]);
+                }
+            }
+        }
+        if (kt + 1 < nk) store_x(cur ^ 1);
+        cp_async_wait0();
+        __syncthreads();
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                uint32_t r = row0 + mrow + mi * 16 + g + 8 * (e >> 1), t = t0 + ncol + ni * 8 + 2 * tg + (e & 1);
+                if (r < rows && t < n_tok) y[(size_t)t * ldy + r] = acc[mi][ni][e];
+            }
 }
 
 /* ------------------------------------------------------------------ */
@@ -364,48 +497,39 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
     if (F::needs_tab)
         for (int i = tid; i < DS4_CUDA_IQ2_TABLE_WORDS; i += NT) tab[i] = g_mq_tab[i];
 
-    /* Rows this thread decodes, and the weight row pointers. */
-    const uint8_t *wrow[NTASK];
-    int trow[NTASK], tpart[NTASK];
-    uint32_t row0 = rt * MQ_BM;
-#pragma unroll
-    for (int i = 0; i < NTASK; i++) {
-        int task = tid + i * NT;
-        trow[i] = task / F::TPR;
-        tpart[i] = task % F::TPR;
-        int r = trow[i] < MQ_BM ? trow[i] : MQ_BM - 1;
-        if (p.mode == MODE_GATE_UP) {
-            const uint8_t *base = (r < 64 ? p.w0 : p.w1) + (size_t)expert * p.expert_bytes;
-            wrow[i] = base + (size_t)(rt * 64 + (r & 63)) * p.row_bytes;
-        } else {
-            uint32_t gr = min(row0 + (uint32_t)r, p.rows - 1);
-            wrow[i] = p.w0 + (size_t)expert * p.expert_bytes + (size_t)gr * p.row_bytes;
-        }
-    }
-    /* Activation rows of this thread's chunks (first element index). */
+    /* Decode tasks of this thread: rows trow0 + i * (NT / TPR), part tpart
+     * (TPR divides NT). Row pointers are formed when loading. */
+    constexpr int RSTEP = NT / F::TPR;
+    const int tpart = tid % F::TPR, trow0 = tid / F::TPR;
+    const uint32_t row0 = rt * MQ_BM;
+    const uint8_t *const wbase = p.w0 + (size_t)expert * p.expert_bytes;
+    auto row_ptr = [&](int r) -> const uint8_t * {
+        if (p.mode == MODE_GATE_UP)
+            return (r < 64 ? wbase : p.w1 + (size_t)expert * p.expert_bytes) + (size_t)(rt * 64 + (r & 63)) * p.row_bytes;
+        return wbase + (size_t)min(row0 + (uint32_t)r, p.rows - 1) * p.row_bytes;
+    };
+    /* Activation chunks of this thread: 16 bytes at column 16 * bc of tile
+     * rows (tid / 16) + i * (NT / 16); their token (or pair) rows. */
+    const int bc = tid & 15, bn0 = tid >> 4;
     const uint32_t col0 = p.mode == MODE_DENSE ? (row0 / p.group_rows) * p.in : 0;
-    size_t arow[NBCH];
-    int bn[NBCH], bc[NBCH];
+    uint32_t arow[NBCH];
 #pragma unroll
     for (int i = 0; i < NBCH; i++) {
-        int ch = tid + i * NT;
-        bn[i] = ch / 16;
-        bc[i] = ch % 16;
-        uint32_t j = ct * BN + bn[i], ar;
+        uint32_t j = ct * BN + bn0 + i * (NT / 16), ar;
         if (p.mode == MODE_DENSE) ar = min(j, p.n_tok - 1);
         else if (p.mode == MODE_GATE_UP) ar = p.pair_tok[j] < 0 ? 0 : p.pair_tok[j];
         else ar = j;
-        arow[i] = (size_t)ar * p.a_stride + col0;
+        arow[i] = ar;
     }
-    const int8_t *aq = (const int8_t *)p.act;
+    const int8_t *aq = (const int8_t *)p.act + col0;
     const float *ad = (const float *)(p.act + p.d_off);
     const uint8_t *asp = p.act + p.split_off;
 
     auto nk_of = [&](uint32_t kb) -> int {
-        if (F::act_kind == DS4_ACT_Q8_0) return (int)min(8u, p.nb32 - kb * 8);
+        if ((int)F::act_kind == DS4_ACT_Q8_0) return (int)min(8u, p.nb32 - kb * 8);
         return 8;
     };
-    /* Activation codes and scales of K step kb into stage buffer sbuf. */
+    /* Activation codes and scales of K step kb into stage buffer buf. */
     auto stage_b = [&](uint32_t kb, int buf) {
         uint8_t *sb = smem + C::B_OFF + buf * C::STAGE;
         float *sad = (float *)(sb + C::B_SZ);
@@ -413,13 +537,15 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
         int nk = nk_of(kb);
 #pragma unroll
         for (int i = 0; i < NBCH; i++) {
-            if (bc[i] < 2 * nk) cp_async16(sb + bn[i] * MQ_SA + 16 * bc[i], aq + arow[i] + (size_t)kb * 256 + 16 * bc[i]);
-            if (F::act_kind == DS4_ACT_Q8_0) {
-                if (bc[i] < nk) cp_async4(sad + bc[i] * BN + bn[i], ad + arow[i] / 32 + kb * 8 + bc[i]);
+            const int bn = bn0 + i * (NT / 16);
+            const size_t e0 = (size_t)arow[i] * p.a_stride + col0; /* first element of the row */
+            if (bc < 2 * nk) cp_async16(sb + bn * MQ_SA + 16 * bc, aq + (size_t)arow[i] * p.a_stride + kb * 256 + 16 * bc);
+            if ((int)F::act_kind == DS4_ACT_Q8_0) {
+                if (bc < nk) cp_async4(sad + bc * BN + bn, ad + e0 / 32 + kb * 8 + bc);
             } else {
-                size_t blk = arow[i] / 256 + kb;
-                if (bc[i] == 0) cp_async4(sad + bn[i], ad + blk);
-                if (bc[i] < 2) cp_async16(ssp + bn[i] * 32 + 16 * bc[i], asp + 32 * blk + 16 * bc[i]);
+                size_t blk = e0 / 256 + kb;
+                if (bc == 0) cp_async4(sad + bn, ad + blk);
+                if (bc < 2) cp_async16(ssp + bn * 32 + 16 * bc, asp + 32 * blk + 16 * bc);
             }
         }
         cp_async_commit();
@@ -428,15 +554,17 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
     auto load_a = [&](uint32_t kb) {
         int nk = nk_of(kb);
 #pragma unroll
-        for (int i = 0; i < NTASK; i++)
-            if (trow[i] < MQ_BM && (F::act_kind != DS4_ACT_Q8_0 || tpart[i] < nk)) F::load(wrow[i], kb, tpart[i], raw[i]);
+        for (int i = 0; i < NTASK; i++) {
+            int r = trow0 + i * RSTEP;
+            if (r < MQ_BM && ((int)F::act_kind != DS4_ACT_Q8_0 || tpart < nk)) F::load(row_ptr(r), kb, tpart, raw[i]);
+        }
     };
     auto decode_a = [&](uint32_t kb) {
         int nk = nk_of(kb);
 #pragma unroll
         for (int i = 0; i < NTASK; i++) {
-            int r = trow[i], s = tpart[i];
-            if (r >= MQ_BM || (F::act_kind == DS4_ACT_Q8_0 && s >= nk)) continue;
+            int r = trow0 + i * RSTEP, s = tpart;
+            if (r >= MQ_BM || ((int)F::act_kind == DS4_ACT_Q8_0 && s >= nk)) continue;
             uint32_t codes[8 * F::SEGS];
             mq_meta m;
             F::decode(raw[i], s, tab, codes, m);
@@ -446,7 +574,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                 dst[0] = make_uint4(codes[8 * sg], codes[8 * sg + 1], codes[8 * sg + 2], codes[8 * sg + 3]);
                 dst[1] = make_uint4(codes[8 * sg + 4], codes[8 * sg + 5], codes[8 * sg + 6], codes[8 * sg + 7]);
             }
-            if (F::act_kind == DS4_ACT_Q8_0) {
+            if ((int)F::act_kind == DS4_ACT_Q8_0) {
                 sWd[s * MQ_BM + r] = m.d[0];
             } else {
                 if (s == 0) {
@@ -504,7 +632,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                                     ((lane >> 3) & 1) * 16);
                 b[2 * nj][0] = t4[0], b[2 * nj][1] = t4[1], b[2 * nj + 1][0] = t4[2], b[2 * nj + 1][1] = t4[3];
             }
-            if (F::act_kind == DS4_ACT_Q8_0) {
+            if ((int)F::act_kind == DS4_ACT_Q8_0) {
                 float wd[2][2];
                 float2 da[4];
 #pragma unroll
@@ -520,7 +648,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                         mma_k32(c, a[mi], b[ni]);
 #pragma unroll
                         for (int e = 0; e < 4; e++)
-                            acc[mi][ni][e] += mq_term_plain(wd[mi][e >> 1], (e & 1) ? da[ni].y : da[ni].x, c[e]);
+                            acc[mi][ni][e] += mq_term_q8_0(wd[mi][e >> 1], (e & 1) ? da[ni].y : da[ni].x, c[e]);
                     }
             } else if (F::int_scale) {
                 int sc[2][2];
@@ -543,7 +671,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                     for (int ni = 0; ni < 4; ni++) mma_k32(iacc[mi][ni], a[mi], b[ni]);
             }
         }
-        if (F::act_kind == DS4_ACT_Q8_K) {
+        if ((int)F::act_kind == DS4_ACT_Q8_K) {
             /* The block's f32 terms (and the min sums). */
 #pragma unroll
             for (int mi = 0; mi < 2; mi++) {
@@ -704,7 +832,8 @@ extern "C" int ds4_cuda_mmq_init(ds4_cuda_kernels *k, ds4_err *err) {
         (e = allow_tc_smem<mq_q8_0, 64>()) || (e = allow_tc_smem<mq_q8_0, 128>()) ||
         (e = allow_tc_smem<mq_q2_K, 64>()) || (e = allow_tc_smem<mq_q2_K, 128>()) ||
         (e = allow_tc_smem<mq_q4_K, 64>()) || (e = allow_tc_smem<mq_q4_K, 128>()) ||
-        (e = allow_tc_smem<mq_iq2_xxs, 64>()) || (e = allow_tc_smem<mq_iq2_xxs, 128>()))
+        (e = allow_tc_smem<mq_iq2_xxs, 64>()) || (e = allow_tc_smem<mq_iq2_xxs, 128>()) ||
+        (e = cudaFuncSetAttribute(k_h16, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM)))
         return cuda_fail(err, "mmq setup", e);
     if (dev < 64) g_ready_devices |= 1ull << dev;
     return 0;
@@ -735,8 +864,8 @@ extern "C" int ds4_cuda_mmq_quantize(ds4_cuda_kernels *k, uint32_t type, const f
 }
 
 /* Which kernel a dense product takes. */
-static bool tc_usable(uint32_t type, const void *w, size_t row_bytes, uint32_t group_rows) {
-    if (group_rows % MQ_BM) return false;
+static bool tc_usable(uint32_t type, const void *w, uint32_t n_groups, uint32_t group_rows) {
+    if (n_groups > 1 && group_rows % MQ_BM) return false; /* a row tile reads one group's activation */
     switch (type) {
     case DS4_TYPE_Q8_0: case DS4_TYPE_IQ2_XXS: return true;
     case DS4_TYPE_Q2_K: return (uintptr_t)w % 4 == 0;
@@ -802,6 +931,13 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
         return ds4_fail(err, "cuda: misaligned weights (need 2 bytes) or activation (need 16)");
     if (rows == 0 || n_tok == 0) return 0;
     uint32_t group_rows = rows / n_groups, a_stride = in * n_groups;
+    if (type == DS4_TYPE_F16 && g_force_bn != 1 && in % H_BK == 0 && (uintptr_t)w % 16 == 0 &&
+        (n_groups == 1 || group_rows % H_BM == 0)) {
+        dim3 grid((rows + H_BM - 1) / H_BM, (n_tok + H_BN - 1) / H_BN);
+        k_h16<<<grid, 256, H_SMEM, st>>>((const __half *)w, rows, in, group_rows, (const float *)act, a_stride, n_tok,
+                                         y, ldy);
+        return check_launch(err, "f16 product launch");
+    }
     if (kind == DS4_ACT_F32) {
         dim3 grid((rows + 63) / 64, (n_tok + 63) / 64);
         if (type == DS4_TYPE_F16)
@@ -813,7 +949,7 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
         return check_launch(err, "f32 product launch");
     }
     size_t row_bytes = ds4_type_row_bytes(type, in);
-    if (g_force_bn == 1 || !tc_usable(type, w, row_bytes, group_rows)) {
+    if (g_force_bn == 1 || !tc_usable(type, w, n_groups, group_rows)) {
         plain_params p;
         p.w = (const uint8_t *)w;
         p.row_bytes = row_bytes;
@@ -920,9 +1056,8 @@ extern "C" int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const v
         return ds4_fail(err, "cuda: batched MoE shape n_embd %u n_ff %u (n_ff must be a multiple of 64 and of the "
                         "blocks) experts %u used %u", n_embd, n_ff, n_expert, n_used);
     size_t gu_rb = ds4_type_row_bytes(gate_type, n_embd), dn_rb = ds4_type_row_bytes(down_type, n_ff);
-    if (!tc_usable(gate_type, gate, gu_rb, MQ_BM) || !tc_usable(gate_type, up, gu_rb, MQ_BM) ||
-        !tc_usable(down_type, down, dn_rb, MQ_BM) || (gate_type == DS4_TYPE_Q4_K && gu_rb % 16) ||
-        (down_type == DS4_TYPE_Q4_K && dn_rb % 16))
+    if (!tc_usable(gate_type, gate, 1, n_ff) || !tc_usable(gate_type, up, 1, n_ff) ||
+        !tc_usable(down_type, down, 1, n_embd))
         return ds4_fail(err, "cuda: batched MoE weights misaligned");
     if (n_tok == 0) return 0;
     moe_ws w = moe_carve((uint8_t *)ws, down_type, n_embd, n_ff, n_expert, n_used, n_tok);

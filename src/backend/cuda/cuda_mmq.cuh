@@ -31,7 +31,9 @@
  *
  * Decode tasks: per K step a row is decoded by TPR tasks; a task first
  * loads its raw words (load: global loads only, issued early) and later
- * decodes them (decode: into 32-byte segments + scale metadata).
+ * decodes them (decode: into 32-byte segments + scale metadata). Loads
+ * are aligned words that never extend past the block's last byte (a
+ * weight block can end an allocation and its mapped memory).
  *
  * Activation layout (ds4_cuda_mmq_act_bytes): for n = n_tok * in values,
  * int8 codes [n] (token t at t * in), f32 scales [n / 32] (Q8_0) or
@@ -74,6 +76,7 @@ DS4_HD uint32_t mq_funnel(uint32_t lo, uint32_t hi, uint32_t sh) {
 }
 
 DS4_HD uint32_t mq_ld32(const uint8_t *p) { return *(const uint32_t *)p; }
+DS4_HD uint32_t mq_ld16(const uint8_t *p) { return *(const uint16_t *)p; }
 
 /* Decoded metadata of one task (what it writes besides codes). */
 struct mq_meta {
@@ -96,7 +99,10 @@ struct mq_q8_0 {
         const uint8_t *base = (const uint8_t *)(addr & ~(uintptr_t)3);
         r.sh = (uint32_t)(addr & 3) * 8;
 #pragma unroll
-        for (int i = 0; i < 9; i++) r.w[i] = mq_ld32(base + 4 * i);
+        for (int i = 0; i < 8; i++) r.w[i] = mq_ld32(base + 4 * i);
+        /* The block ends at base + 34 when sh = 0: never read past it
+         * (the last block of an allocation may end a mapped page). */
+        r.w[8] = r.sh ? mq_ld32(base + 32) : mq_ld16(base + 32);
     }
     DS4_HD static void decode(const raw &r, int s, const uint32_t *tab, uint32_t *codes, mq_meta &m) {
 #pragma unroll
@@ -117,7 +123,9 @@ struct mq_iq2_xxs {
         uintptr_t blk = (uintptr_t)(row + (size_t)kb * 66), addr = blk + 2 + 8 * s;
         const uint8_t *base = (const uint8_t *)(addr & ~(uintptr_t)3);
         r.sh = (uint32_t)(addr & 3) * 8;
-        for (int i = 0; i < 3; i++) r.w[i] = mq_ld32(base + 4 * i);
+        r.w[0] = mq_ld32(base);
+        r.w[1] = mq_ld32(base + 4);
+        r.w[2] = mq_ld16(base + 8); /* only its low half is used: no read past the block */
         r.dsh = (uint32_t)(blk & 3) * 8;
         r.dw = s == 0 ? mq_ld32((const uint8_t *)(blk & ~(uintptr_t)3)) : 0;
     }
@@ -203,6 +211,21 @@ struct mq_q2_K {
 
 /* Block terms, the CPU's f32 operations. */
 DS4_HD float mq_term_plain(float dw, float da, int32_t isum) { return fs_mul(fs_mul(dw, da), (float)isum); }
+
+/* (float)c for |c| < 2^22 without the slow integer conversion unit: the
+ * bits of 1.5 * 2^23 plus c are the float 1.5 * 2^23 + c (its ulp is 1),
+ * so subtracting 1.5 * 2^23 leaves c exactly. A Q8_0 block sum is at most
+ * 32 * 128 * 127 < 2^19 in magnitude. */
+DS4_HD float mq_small_i2f(int32_t c) {
+#ifdef __CUDA_ARCH__
+    return __fsub_rn(__int_as_float(0x4B400000 + c), 12582912.0f);
+#else
+    return (float)c;
+#endif
+}
+
+/* The Q8_0 term with that conversion: the same float as mq_term_plain. */
+DS4_HD float mq_term_q8_0(float dw, float da, int32_t isum) { return fs_mul(fs_mul(dw, da), mq_small_i2f(isum)); }
 DS4_HD float mq_term_min(float dw, float dmw, float da, int32_t isum, int32_t summ) {
     return fs_sub(fs_mul(fs_mul(da, dw), (float)isum), fs_mul(fs_mul(da, dmw), (float)summ));
 }
