@@ -507,7 +507,7 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
         ds4_cuda_prefill_free(e);
         if (ds4_cuda_mmq_init(e->k, err) || pf_ws_new(s, want, &e->prefill, err)) return -1;
         int mt = ((int)hp->n_head + 15) / 16;
-        if ((mt != 1 && mt != 2 && mt != 4) || hp->head_dim % 32 || hp->head_dim > 512 || hp->n_rot > hp->head_dim ||
+        if ((mt != 1 && mt != 2 && mt != 4) || hp->head_dim % 16 || hp->head_dim > 512 || hp->n_rot > hp->head_dim ||
             hp->n_indexer_head > 64 || hp->indexer_head_dim % 16)
             return ds4_fail(err, "cuda prefill: %u heads of %u (indexer %u of %u) are beyond the kernels' shapes",
                             hp->n_head, hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);

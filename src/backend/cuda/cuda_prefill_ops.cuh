@@ -838,12 +838,10 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
  * from the ring (before pos0) or the chunk's rows kvc, then the visible
  * compressed rows or the indexer's selection. Rows stream through shared
  * memory in tiles of PA_ROWS (cp.async, double-buffered); scores S = Q·Kᵀ
- * and the output P·V are f16 mma.sync with f32 accumulation: Q split as
- * hi + lo f16 (two products, ~22 bits; scores feed exp), K = V exact (f16
- * rows), the weights P = exp(s - m) in [0, 1] as f16 (relative 2^-12 each,
- * independent across rows; the denominator sums them in f32). The softmax
- * is online (running max from the sink, rescaled sums); the output ×
- * 1/den, rotated back at p. Heads padded to 16s. */
+ * and the output P·V are f16 mma.sync with f32 accumulation, Q and P each
+ * split as hi + lo f16 (two products) so they keep ~22 bits, K = V exact
+ * (f16 rows). The softmax is online (running max from the sink, rescaled
+ * sums); the output × 1/den, rotated back at p. Heads padded to 16s. */
 enum { PA_WARPS = 16, PA_ROWS = 32, PA_PS = PA_ROWS + 8, PA_MAX_TASKS = 16 };
 
 struct pf_att {
@@ -864,7 +862,7 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
 /* Shared bytes of pf_attention for n_head heads of hd. */
 static inline size_t pf_att_smem(int n_head, int hd) {
     size_t mh = (size_t)(n_head + 15) / 16 * 16, qs = (size_t)hd + 8;
-    return 2 * mh * qs * 2 + 2 * (size_t)PA_ROWS * qs * 2 + 2 * mh * (PA_ROWS + 1) * 4 + mh * PA_PS * 2 + 3 * mh * 4;
+    return 2 * mh * qs * 2 + 2 * (size_t)PA_ROWS * qs * 2 + mh * (PA_ROWS + 1) * 4 + 2 * mh * PA_PS * 2 + 3 * mh * 4;
 }
 
 __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
@@ -874,8 +872,8 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
     __half *qh = (__half *)pa_raw, *ql = qh + (size_t)MH * QS;
     __half *kt = ql + (size_t)MH * QS; /* 2 buffers of PA_ROWS × QS */
     float *S = (float *)(kt + 2 * PA_ROWS * QS);
-    __half *ph = (__half *)(S + 2 * MH * (PA_ROWS + 1));
-    float *mrun = (float *)(ph + MH * PA_PS), *lrun = mrun + MH, *resc = lrun + MH;
+    __half *ph = (__half *)(S + MH * (PA_ROWS + 1)), *pl = ph + MH * PA_PS;
+    float *mrun = (float *)(pl + MH * PA_PS), *lrun = mrun + MH, *resc = lrun + MH;
     float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
     int t = blockIdx.x, p = a.pos0 + t, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int lo = p - a.n_swa + 1 < 0 ? 0 : p - a.n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
@@ -933,47 +931,40 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
         }
         __syncthreads();
         const __half *K = kt + (size_t)(j & 1) * PA_ROWS * QS;
-        /* Q·Kᵀ: a task = (16 heads, 16 rows, half of the dims) into S[half] */
-        for (int task = warp; task < MT * (PA_ROWS / 16) * 2; task += PA_WARPS) {
-            int m = task / (PA_ROWS / 16 * 2), np = (task / 2) % (PA_ROWS / 16), kh = task & 1;
-            float c[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        /* S = scale · Q·Kᵀ, one 16×8 tile per task */
+        for (int task = warp; task < MT * (PA_ROWS / 8); task += PA_WARPS) {
+            int m = task / (PA_ROWS / 8), n = task % (PA_ROWS / 8);
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
-            const __half *brow = K + (size_t)(np * 16 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
-            for (int k0 = kh * (hd / 2); k0 < (kh + 1) * (hd / 2); k0 += 16) {
-                uint32_t ah[4], al[4], b0[2], b1[2];
+            const __half *brow = K + (size_t)(n * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+            for (int k0 = 0; k0 < hd; k0 += 16) {
+                uint32_t ah[4], al[4], b[2];
                 pa_ldm_x4(ah, arow + k0);
                 pa_ldm_x4(al, arow + (size_t)MH * QS + k0);
-                pa_ldm_x2(b0, brow + k0);
-                pa_ldm_x2(b1, brow + 8 * QS + k0);
-                pa_mma(c[0], ah, b0);
-                pa_mma(c[0], al, b0);
-                pa_mma(c[1], ah, b1);
-                pa_mma(c[1], al, b1);
+                pa_ldm_x2(b, brow + k0);
+                pa_mma(c, ah, b);
+                pa_mma(c, al, b);
             }
-            float *Sk = S + kh * MH * (PA_ROWS + 1);
-            int r0 = m * 16 + (lane >> 2);
-            for (int nn = 0; nn < 2; nn++)
-                for (int e = 0; e < 4; e++)
-                    Sk[(r0 + (e >> 1) * 8) * (PA_ROWS + 1) + np * 16 + nn * 8 + (lane & 3) * 2 + (e & 1)] = c[nn][e];
+            int r0 = m * 16 + (lane >> 2), c0 = n * 8 + (lane & 3) * 2;
+            for (int e = 0; e < 4; e++) {
+                int r = r0 + (e >> 1) * 8, col = c0 + (e & 1);
+                S[r * (PA_ROWS + 1) + col] = j * PA_ROWS + col < nr ? scale * c[e] : -INFINITY;
+            }
         }
         __syncthreads();
-        /* scores = scale · (S[0] + S[1]), past the rows -∞; online softmax,
-         * tph threads per head */
+        /* online softmax: tph threads per head */
         {
             int h = tid / tph, sub = tid % tph;
             float mx = -INFINITY;
-            for (int col = sub; col < PA_ROWS; col += tph) {
-                float *sp = S + h * (PA_ROWS + 1) + col;
-                float v = j * PA_ROWS + col < nr ? scale * (sp[0] + sp[MH * (PA_ROWS + 1)]) : -INFINITY;
-                *sp = v;
-                mx = fmaxf(mx, v);
-            }
+            for (int col = sub; col < PA_ROWS; col += tph) mx = fmaxf(mx, S[h * (PA_ROWS + 1) + col]);
             for (int o = tph / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
             float m_old = mrun[h], m_new = fmaxf(m_old, mx);
             float sum = 0.0f;
             for (int col = sub; col < PA_ROWS; col += tph) {
                 float e = h < n_head ? expf(S[h * (PA_ROWS + 1) + col] - m_new) : 0.0f;
-                ph[h * PA_PS + col] = __float2half_rn(e);
+                __half hi = __float2half_rn(e);
+                ph[h * PA_PS + col] = hi;
+                pl[h * PA_PS + col] = __float2half_rn(e - __half2float(hi));
                 sum += e;
             }
             for (int o = tph / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
@@ -989,7 +980,7 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
         /* O = O·resc + P·V */
         {
             int m_cur = -1;
-            uint32_t pah[2][4];
+            uint32_t pah[2][4], pal[2][4];
 #pragma unroll
             for (int k = 0; k < PA_MAX_TASKS; k++) {
                 int task = task0 + k;
@@ -1001,6 +992,7 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
                         const __half *arow = ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PA_PS + ks * 16 +
                                              (lane >> 4) * 8;
                         pa_ldm_x4(pah[ks], arow);
+                        pa_ldm_x4(pal[ks], arow + MH * PA_PS);
                     }
                 }
                 float s0 = resc[m * 16 + (lane >> 2)], s1 = resc[m * 16 + (lane >> 2) + 8];
@@ -1009,6 +1001,7 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
                     uint32_t b[2];
                     pa_ldm_x2_t(b, K + (size_t)(ks * 16 + (lane & 15)) * QS + n * 8);
                     pa_mma(acc[k], pah[ks], b);
+                    pa_mma(acc[k], pal[ks], b);
                 }
             }
         }
