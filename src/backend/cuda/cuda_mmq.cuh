@@ -125,7 +125,9 @@ struct mq_iq2_xxs {
         r.sh = (uint32_t)(addr & 3) * 8;
         r.w[0] = mq_ld32(base);
         r.w[1] = mq_ld32(base + 4);
-        r.w[2] = mq_ld16(base + 8); /* only its low half is used: no read past the block */
+        /* Only w[2]'s low half is used, and only when sh = 16: no read past
+         * the block. */
+        r.w[2] = r.sh ? mq_ld16(base + 8) : 0;
         r.dsh = (uint32_t)(blk & 3) * 8;
         r.dw = s == 0 ? mq_ld32((const uint8_t *)(blk & ~(uintptr_t)3)) : 0;
     }

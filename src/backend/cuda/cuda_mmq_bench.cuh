@@ -15,6 +15,8 @@
  *                      bit-identical), the routed MoE against a CPU loop of
  *                      moe.c's formula; then times each product (median of
  *                      graph replays) in µs and TFLOP/s. */
+#include <sys/mman.h>
+
 #include "cuda_mmq.cuh"
 #include "cuda_mmq.h"
 
@@ -99,10 +101,15 @@ static float mq_emulate_row(const uint8_t *row, uint32_t in, const mq_host_act &
 template <class F>
 static int mq_host_check_format(uint32_t wtype, uint32_t in, uint32_t rows, const uint32_t *tab, uint64_t *seed) {
     uint32_t row_bytes = (uint32_t)ds4_type_row_bytes(wtype, in);
-    /* Rows back to back (odd byte offsets included), plus slack for the
-     * aligned-word loads past a row's end. */
-    std::vector<uint8_t> w((size_t)row_bytes * rows + 64);
-    uint8_t *base = (uint8_t *)(((uintptr_t)w.data() + 15) & ~(uintptr_t)15);
+    /* Rows back to back, ending exactly where an inaccessible page starts:
+     * a decode that reads past the last block crashes the check. */
+    size_t bytes = (size_t)row_bytes * rows, page = 4096, span = (bytes + page - 1) / page * page;
+    uint8_t *map = (uint8_t *)mmap(NULL, span + 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED || mprotect(map + page + span, page, PROT_NONE)) {
+        printf("host-check mmq: mmap failed\n");
+        return 1;
+    }
+    uint8_t *base = map + page + span - bytes;
     std::vector<float> x(in);
     std::vector<uint8_t> act(ds4_act_row_bytes(wtype, in));
     random_activation(x.data(), in, seed);
@@ -119,6 +126,7 @@ static int mq_host_check_format(uint32_t wtype, uint32_t in, uint32_t rows, cons
             bad++;
         }
     }
+    munmap(map, span + 2 * page);
     printf("host-check mmq %-8s n_in %5u: %u rows, %d differ from ds4_dot\n", type_name(wtype), in, rows, bad);
     return bad;
 }
