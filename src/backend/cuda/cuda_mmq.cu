@@ -1,8 +1,9 @@
 /* cuda_mmq.cu — batched quantised matrix products for prefill (cuda_mmq.h):
  * activation quantisers into the split layout, the int8 tensor-core product
- * for Q8_0 / Q2_K / Q4_K / IQ2_XXS, an f32 CUDA-core product for F16 / F32
- * weights, a plain one-thread-per-output product (odd shapes and
- * misaligned weights), and the routed MoE: a device-built plan (pairs
+ * for Q8_0 / Q2_K / Q4_K / IQ2_XXS, an f16 tensor-core product for F16
+ * weights (an f32 CUDA-core one for F32 weights and odd F16 shapes), a
+ * plain one-thread-per-output product (odd shapes, misaligned weights),
+ * and the routed MoE: a device-built plan (pairs
  * bucketed by expert), gate+up with the clamped SwiGLU, the mid
  * quantisation, down, and the per-token sum over slots.
  *
@@ -15,7 +16,9 @@
  * buffered). Fragments come from ldmatrix (rows 272 bytes apart: the 8 row
  * addresses of one 8x16-byte matrix hit 8 different bank groups), products
  * from mma.sync m16n8k32 s8. Each output's block terms are added in block
- * order by one thread, with the CPU's f32 operations. */
+ * order by one thread, with the CPU's f32 operations.
+ *
+ * F16 weights: k_h16 (f16 mma, the activation split into two halves). */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -716,7 +719,10 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
     /* Epilogue. */
     const int mrow = wm * 32, ncol = wn * 32;
     if (p.mode == MODE_GATE_UP) {
-        /* gate rows 0..63, up rows 64..127 of the tile meet in shared memory */
+        /* gate rows 0..63, up rows 64..127 of the tile meet in shared memory
+         * (the MoE runs with BN = 64: [128][65] floats fit in sA) */
+        static_assert(BN != 64 || MQ_BM * (BN + 1) * 4 <= MQ_BM * MQ_SA, "gate/up exchange must fit in sA");
+        if (BN != 64) return;
         float *so = (float *)(smem + C::SA_OFF); /* [128][BN + 1] */
 #pragma unroll
         for (int mi = 0; mi < 2; mi++)
