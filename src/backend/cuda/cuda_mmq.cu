@@ -76,6 +76,14 @@ __device__ __forceinline__ void mma_k32(int32_t *c, const uint32_t *a, const uin
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+/* c = a (16x32, row) * b (32x8, col), int8 -> int32 (zero accumulator). */
+__device__ __forceinline__ void mma_k32_z(int32_t *c, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%10,%10,%10};\n"
+                 : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
+}
+
 /* c += a (16x16) * b (16x8), int8 -> int32. */
 __device__ __forceinline__ void mma_k16(int32_t *c, uint32_t a0, uint32_t a1, uint32_t b0) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
@@ -647,11 +655,11 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                 for (int mi = 0; mi < 2; mi++)
 #pragma unroll
                     for (int ni = 0; ni < 4; ni++) {
-                        int32_t c[4] = {0, 0, 0, 0};
-                        mma_k32(c, a[mi], b[ni]);
+                        int32_t c[4];
+                        mma_k32_z(c, a[mi], b[ni]);
 #pragma unroll
                         for (int e = 0; e < 4; e++)
-                            acc[mi][ni][e] += mq_term_q8_0(wd[mi][e >> 1], (e & 1) ? da[ni].y : da[ni].x, c[e]);
+                            acc[mi][ni][e] += F::term(wd[mi][e >> 1], 0.0f, (e & 1) ? da[ni].y : da[ni].x, c[e], 0);
                     }
             } else if (F::int_scale) {
                 int sc[2][2];
@@ -662,8 +670,8 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                 for (int mi = 0; mi < 2; mi++)
 #pragma unroll
                     for (int ni = 0; ni < 4; ni++) {
-                        int32_t c[4] = {0, 0, 0, 0};
-                        mma_k32(c, a[mi], b[ni]);
+                        int32_t c[4];
+                        mma_k32_z(c, a[mi], b[ni]);
 #pragma unroll
                         for (int e = 0; e < 4; e++) iacc[mi][ni][e] += sc[mi][e >> 1] * c[e];
                     }
@@ -700,11 +708,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         float dav = (e & 1) ? da.y : da.x;
-                        if (F::has_min)
-                            acc[mi][ni][e] += mq_term_min(dw[e >> 1], dmw[e >> 1], dav, iacc[mi][ni][e],
-                                                          64 * shi[e] + slo[e]);
-                        else
-                            acc[mi][ni][e] += mq_term_plain(dw[e >> 1], dav, iacc[mi][ni][e]);
+                        acc[mi][ni][e] += F::term(dw[e >> 1], dmw[e >> 1], dav, iacc[mi][ni][e], 64 * shi[e] + slo[e]);
                         iacc[mi][ni][e] = 0;
                     }
                 }
@@ -992,8 +996,14 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
     p.ldy = ldy;
     p.mode = MODE_DENSE;
     fill_act(p, type, act, a_stride, n_tok);
-    int bn = g_force_bn >= 64 ? g_force_bn : n_tok >= 1024 ? 128 : 64;
-    return run_tc_type(type, p, (rows + MQ_BM - 1) / MQ_BM, n_tok, bn, st, err);
+    /* 128-token tiles decode each weight tile half as often; 64 wins only
+     * while 128 would leave SMs idle (H100, 512 tokens: q_a 87 vs 93 us,
+     * shexp down 65 vs 50 us). */
+    uint32_t row_tiles = (rows + MQ_BM - 1) / MQ_BM;
+    int bn = g_force_bn >= 64 ? g_force_bn
+             : (uint64_t)row_tiles * ((n_tok + 127) / 128) * 10 >= (uint64_t)ds4_cuda_kernels_sm_count(k) * 9 ? 128
+                                                                                                          : 64;
+    return run_tc_type(type, p, row_tiles, n_tok, bn, st, err);
 }
 
 extern "C" int ds4_cuda_mmq(ds4_cuda_kernels *k, uint32_t type, const void *w, uint32_t rows, uint32_t in,

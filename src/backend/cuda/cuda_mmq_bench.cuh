@@ -81,7 +81,7 @@ static float mq_emulate_row(const uint8_t *row, uint32_t in, const mq_host_act &
         for (int s = 0; s < nk; s++) {
             int32_t dot = 0;
             for (int i = 0; i < 32; i++) dot += codes[32 * s + i] * a.q[256 * kb + 32 * s + i];
-            if ((int)F::act_kind == DS4_ACT_Q8_0) acc += mq_term_q8_0(wd[s], a.d[8 * kb + s], dot);
+            if ((int)F::act_kind == DS4_ACT_Q8_0) acc += F::term(wd[s], 0.0f, a.d[8 * kb + s], dot, 0);
             else if (F::int_scale) isum += sc[s] * dot;
             else isum += dot;
         }
@@ -91,8 +91,7 @@ static float mq_emulate_row(const uint8_t *row, uint32_t in, const mq_host_act &
                 slo += mins[j] * a.split[32 * kb + j];
                 shi += mins[j] * a.split[32 * kb + 16 + j];
             }
-            acc += F::has_min ? mq_term_min(wd[0], dmin, a.d[kb], isum, 64 * shi + slo)
-                              : mq_term_plain(wd[0], a.d[kb], isum);
+            acc += F::term(wd[0], dmin, a.d[kb], isum, 64 * shi + slo);
         }
     }
     return acc * F::final_scale;
