@@ -463,19 +463,19 @@ struct tc_params {
     float clamp;
 };
 
-template <int BN>
+template <int BN, int NBUF>
 struct tc_cfg {
     enum {
         NW = BN / 8,
         NT = NW * 32,
-        /* shared memory: [tab][sA][sWd 8*BM f32][sWsc BM*8][sWmin BM*16] then
-         * 2 x ([sB BN*SA][sAd 8*BN f32][sAsp BN*32]) */
+        /* shared memory: [tab], NBUF x A ([sA BM*SA][sWd 8*BM f32][sWsc BM*8]
+         * [sWmin BM*16]), 2 x B ([sB BN*SA][sAd 8*BN f32][sAsp BN*32]) */
         TAB = DS4_CUDA_IQ2_TABLE_WORDS * 4,
-        SA_OFF = TAB,
-        WD_OFF = SA_OFF + MQ_BM * MQ_SA,
+        WD_OFF = MQ_BM * MQ_SA, /* within an A buffer */
         WSC_OFF = WD_OFF + 8 * MQ_BM * 4,
         WMIN_OFF = WSC_OFF + MQ_BM * 8,
-        B_OFF = WMIN_OFF + MQ_BM * 16,
+        A_SZ = WMIN_OFF + MQ_BM * 16,
+        B_OFF = TAB + NBUF * A_SZ,
         B_SZ = BN * MQ_SA,
         AD_SZ = 8 * BN * 4,
         ASP_SZ = BN * 32,
@@ -484,17 +484,19 @@ struct tc_cfg {
     };
 };
 
-template <class F, int BN>
-__global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const tc_params p) {
-    typedef tc_cfg<BN> C;
+/* NBUF = 1: one decoded weight tile; its next step is decoded after every
+ * warp's products (two barriers a step), while the other resident block
+ * computes. NBUF = 2: step k+1 is decoded into the other buffer before step
+ * k's products, one barrier a step, so one block's warps overlap decoding
+ * and products. */
+template <class F, int BN, int NBUF>
+__global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(const tc_params p) {
+    typedef tc_cfg<BN, NBUF> C;
     constexpr int NT = C::NT;
     constexpr int NTASK = (MQ_BM * F::TPR + NT - 1) / NT; /* decode tasks per thread */
     constexpr int NBCH = BN * 16 / NT;                     /* 16-byte activation chunks per thread */
     extern __shared__ __align__(16) uint8_t smem[];
     uint32_t *tab = (uint32_t *)smem;
-    uint8_t *sA = smem + C::SA_OFF;
-    float *sWd = (float *)(smem + C::WD_OFF);
-    uint8_t *sWsc = smem + C::WSC_OFF, *sWmin = smem + C::WMIN_OFF;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp & 3, wn = warp >> 2, g = lane >> 2, tg = lane & 3;
@@ -570,7 +572,9 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
             if (r < MQ_BM && ((int)F::act_kind != DS4_ACT_Q8_0 || tpart < nk)) F::load(row_ptr(r), kb, tpart, raw[i]);
         }
     };
-    auto decode_a = [&](uint32_t kb) {
+    auto decode_a = [&](uint32_t kb, int buf) {
+        uint8_t *sA = smem + C::TAB + buf * C::A_SZ, *sWsc = sA + C::WSC_OFF, *sWmin = sA + C::WMIN_OFF;
+        float *sWd = (float *)(sA + C::WD_OFF);
         int nk = nk_of(kb);
 #pragma unroll
         for (int i = 0; i < NTASK; i++) {
@@ -611,11 +615,12 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.0f, iacc[mi][ni][e] = 0;
 
-    /* Prologue: step 0 staged. */
+    /* Prologue: step 0 staged (NBUF = 2: step 1's weights requested). */
     stage_b(0, 0);
     load_a(0);
     __syncthreads(); /* tables */
-    decode_a(0);
+    decode_a(0, 0);
+    if (NBUF == 2 && 1 < p.nkb) load_a(1);
     cp_async_wait0();
     __syncthreads();
 
@@ -623,8 +628,16 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
         const int cur = kb & 1;
         if (kb + 1 < p.nkb) {
             stage_b(kb + 1, cur ^ 1);
-            load_a(kb + 1);
+            if (NBUF == 2) {
+                decode_a(kb + 1, cur ^ 1);
+                if (kb + 2 < p.nkb) load_a(kb + 2);
+            } else {
+                load_a(kb + 1);
+            }
         }
+        const uint8_t *sA = smem + C::TAB + (NBUF == 2 ? cur : 0) * C::A_SZ;
+        const uint8_t *sWsc = sA + C::WSC_OFF, *sWmin = sA + C::WMIN_OFF;
+        const float *sWd = (const float *)(sA + C::WD_OFF);
         const uint8_t *sb = smem + C::B_OFF + cur * C::STAGE;
         const float *sad = (const float *)(sb + C::B_SZ);
         const uint8_t *ssp = sb + C::B_SZ + C::AD_SZ;
@@ -714,8 +727,10 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                 }
             }
         }
-        __syncthreads(); /* every warp is done with sA and this stage */
-        if (kb + 1 < p.nkb) decode_a(kb + 1);
+        if (NBUF == 1) {
+            __syncthreads(); /* every warp is done with sA */
+            if (kb + 1 < p.nkb) decode_a(kb + 1, 0);
+        }
         cp_async_wait0();
         __syncthreads();
     }
@@ -727,7 +742,7 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
          * (the MoE runs with BN = 64: [128][65] floats fit in sA) */
         static_assert(BN != 64 || MQ_BM * (BN + 1) * 4 <= MQ_BM * MQ_SA, "gate/up exchange must fit in sA");
         if (BN != 64) return;
-        float *so = (float *)(smem + C::SA_OFF); /* [128][BN + 1] */
+        float *so = (float *)(smem + C::TAB); /* [128][BN + 1] over the first sA */
 #pragma unroll
         for (int mi = 0; mi < 2; mi++)
 #pragma unroll
@@ -823,9 +838,16 @@ __global__ void k_combine(const float *gd, const int *pair_of, uint32_t n_tok, u
 
 static uint64_t g_ready_devices; /* bit d: ds4_cuda_mmq_init ran for device d */
 
-template <class F, int BN>
+template <class F>
 static cudaError_t allow_tc_smem() {
-    return cudaFuncSetAttribute(k_tc<F, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)tc_cfg<BN>::SMEM);
+    cudaError_t e;
+    if ((e = cudaFuncSetAttribute(k_tc<F, 64, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)tc_cfg<64, 1>::SMEM)) ||
+        (e = cudaFuncSetAttribute(k_tc<F, 128, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)tc_cfg<128, 1>::SMEM)))
+        return e;
+    return cudaFuncSetAttribute(k_tc<F, 128, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)tc_cfg<128, 2>::SMEM);
 }
 
 extern "C" int ds4_cuda_mmq_init(ds4_cuda_kernels *k, ds4_err *err) {
@@ -839,10 +861,8 @@ extern "C" int ds4_cuda_mmq_init(ds4_cuda_kernels *k, ds4_err *err) {
     for (int i = 0; i < DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES; i++) rep[i] = compact[i / DS4_CUDA_IQ2_COPIES];
     if ((e = cudaMemcpyToSymbol(g_mq_tab, compact, sizeof compact)) != cudaSuccess ||
         (e = cudaMemcpyToSymbol(g_mq_tab_rep, rep, sizeof rep)) != cudaSuccess ||
-        (e = allow_tc_smem<mq_q8_0, 64>()) || (e = allow_tc_smem<mq_q8_0, 128>()) ||
-        (e = allow_tc_smem<mq_q2_K, 64>()) || (e = allow_tc_smem<mq_q2_K, 128>()) ||
-        (e = allow_tc_smem<mq_q4_K, 64>()) || (e = allow_tc_smem<mq_q4_K, 128>()) ||
-        (e = allow_tc_smem<mq_iq2_xxs, 64>()) || (e = allow_tc_smem<mq_iq2_xxs, 128>()) ||
+        (e = allow_tc_smem<mq_q8_0>()) || (e = allow_tc_smem<mq_q2_K>()) || (e = allow_tc_smem<mq_q4_K>()) ||
+        (e = allow_tc_smem<mq_iq2_xxs>()) ||
         (e = cudaFuncSetAttribute(k_h16, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM)))
         return cuda_fail(err, "mmq setup", e);
     if (dev < 64) g_ready_devices |= 1ull << dev;
@@ -886,16 +906,19 @@ static bool tc_usable(uint32_t type, const void *w, uint32_t n_groups, uint32_t 
 
 static int g_force_bn = 0; /* bench: 0 = choose */
 
-template <class F, int BN>
+template <class F, int BN, int NBUF>
 static int launch_tc(const tc_params &p, dim3 grid, cudaStream_t st, ds4_err *err) {
-    k_tc<F, BN><<<grid, tc_cfg<BN>::NT, tc_cfg<BN>::SMEM, st>>>(p);
+    k_tc<F, BN, NBUF><<<grid, tc_cfg<BN, NBUF>::NT, tc_cfg<BN, NBUF>::SMEM, st>>>(p);
     return check_launch(err, "mmq launch");
 }
 
+/* bn: 64, 128 (two decoded weight buffers) or 129 (128 with one). */
 template <class F>
 static int run_tc(tc_params &p, uint32_t row_tiles, uint32_t n_cols, int bn, cudaStream_t st, ds4_err *err) {
-    if (bn == 128) return launch_tc<F, 128>(p, dim3(row_tiles, (n_cols + 127) / 128), st, err);
-    return launch_tc<F, 64>(p, dim3(row_tiles, (n_cols + 63) / 64), st, err);
+    dim3 g128(row_tiles, (n_cols + 127) / 128);
+    if (bn == 128) return launch_tc<F, 128, 2>(p, g128, st, err);
+    if (bn == 129) return launch_tc<F, 128, 1>(p, g128, st, err);
+    return launch_tc<F, 64, 1>(p, dim3(row_tiles, (n_cols + 63) / 64), st, err);
 }
 
 static int run_tc_type(uint32_t type, tc_params &p, uint32_t row_tiles, uint32_t n_cols, int bn, cudaStream_t st,

@@ -90,7 +90,8 @@ int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const void *gate, 
 /* Tests and benchmarks: which kernel the dense products take. 0 =
  * automatic, 1 = the plain one-thread-per-output kernel (F16: the f32
  * CUDA-core kernel), 64 or 128 = the int8 tensor-core kernel with tiles of
- * that many tokens. Process-wide, not thread-safe. */
+ * that many tokens (129: 128 with one decoded weight buffer instead of two).
+ * Process-wide, not thread-safe. */
 void ds4_cuda_mmq_set_kernel(int which);
 
 #ifdef __cplusplus
