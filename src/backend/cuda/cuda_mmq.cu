@@ -324,7 +324,9 @@ __global__ void __launch_bounds__(256) k_fgemm(const WT *w, uint32_t rows, uint3
  * mma's accumulating in f32: each product w·hi, w·lo is exact, so the
  * result differs from the CPU's only by summation order and the ~2^-22
  * relative truncation of x (tiny lo parts become f16 subnormals, an
- * absolute error below 6e-8 · |w|). Valid for |x| < 65504 (f16 range);
+ * absolute error below 6e-8 · |w|). The mma accumulates one 16-wide k
+ * slice at a time from zero and f32 adds collect the slices (section F16
+ * of notes/cuda-kernels.md "Batched products"). Valid for |x| < 65504 (f16 range);
  * every F16 product in the model reads RMS-normalised activations.
  * Tiles: 128 rows x 128 tokens x 32 k per step, 8 warps of 32 x 64;
  * weights by cp.async, activations through registers (split on the way),
@@ -417,10 +419,20 @@ __global__ void __launch_bounds__(256, 2) k_h16(const __half *w, uint32_t rows, 
                 ldmatrix_x4(bl, cl + o);
 #pragma unroll
                 for (int mi = 0; mi < 2; mi++) {
-                    mma_f16(acc[mi][2 * nj], a[mi], bh[0], bh[1]);
-                    mma_f16(acc[mi][2 * nj], a[mi], bl[0], bl[1]);
-                    mma_f16(acc[mi][2 * nj + 1], a[mi], bh[2], bh[3]);
-                    mma_f16(acc[mi][2 * nj + 1], a[mi], bl[2], bl[3]);
+                    /* Each 16-wide k slice into a zeroed accumulator, then a
+                     * plain f32 add: the tensor cores' own accumulation
+                     * truncates, which over K = 4096 gave 1.1-1.6e-5 relative
+                     * error when acc itself was the mma accumulator. */
+                    float t0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, t1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    mma_f16(t0, a[mi], bh[0], bh[1]);
+                    mma_f16(t0, a[mi], bl[0], bl[1]);
+                    mma_f16(t1, a[mi], bh[2], bh[3]);
+                    mma_f16(t1, a[mi], bl[2], bl[3]);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        acc[mi][2 * nj][e] += t0[e];
+                        acc[mi][2 * nj + 1][e] += t1[e];
+                    }
                 }
             }
         }
@@ -837,43 +849,59 @@ __global__ void k_combine(const float *gd, const int *pair_of, uint32_t n_tok, u
 /* ------------------------------------------------------------------ */
 
 static uint64_t g_ready_devices; /* bit d: ds4_cuda_mmq_init ran for device d */
+static int g_smem_optin[64];     /* shared memory a block may use, per device */
+
+/* Lifts a kernel's shared-memory limit when the device has that much. */
+template <class K>
+static cudaError_t allow_smem(K kernel, int bytes, int optin) {
+    return bytes > optin ? cudaSuccess
+                         : cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
 
 template <class F>
-static cudaError_t allow_tc_smem() {
+static cudaError_t allow_tc_smem(int optin) {
     cudaError_t e;
-    if ((e = cudaFuncSetAttribute(k_tc<F, 64, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)tc_cfg<64, 1>::SMEM)) ||
-        (e = cudaFuncSetAttribute(k_tc<F, 128, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)tc_cfg<128, 1>::SMEM)))
+    if ((e = allow_smem(k_tc<F, 64, 1>, (int)tc_cfg<64, 1>::SMEM, optin)) ||
+        (e = allow_smem(k_tc<F, 128, 1>, (int)tc_cfg<128, 1>::SMEM, optin)))
         return e;
-    return cudaFuncSetAttribute(k_tc<F, 128, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)tc_cfg<128, 2>::SMEM);
+    return allow_smem(k_tc<F, 128, 2>, (int)tc_cfg<128, 2>::SMEM, optin);
 }
 
 extern "C" int ds4_cuda_mmq_init(ds4_cuda_kernels *k, ds4_err *err) {
-    int dev = 0;
+    int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return cuda_fail(err, "current device", e);
-    if (dev < 64 && (g_ready_devices >> dev) & 1) return 0;
+    if (dev >= 64) return ds4_fail(err, "cuda: device %d (the batched products take devices 0-63)", dev);
+    if ((g_ready_devices >> dev) & 1) return 0;
+    if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+        return cuda_fail(err, "device attribute", e);
+    /* The 64-token tiles (86.5 KB) and the F16 kernel (61 KB) must fit;
+     * the 128-token ones (130 / 172 KB, Hopper) are used where they do. */
+    if (optin < (int)tc_cfg<64, 1>::SMEM)
+        return ds4_fail(err, "cuda: the batched products need %d bytes of shared memory per block, the device "
+                        "allows %d", (int)tc_cfg<64, 1>::SMEM, optin);
     uint32_t compact[DS4_CUDA_IQ2_TABLE_WORDS];
     static uint32_t rep[DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES];
     if (!ds4_cuda_iq2_tables(compact)) return ds4_fail(err, "cuda: the IQ2_XXS grid holds a value other than 8, 25 or 43");
     for (int i = 0; i < DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES; i++) rep[i] = compact[i / DS4_CUDA_IQ2_COPIES];
     if ((e = cudaMemcpyToSymbol(g_mq_tab, compact, sizeof compact)) != cudaSuccess ||
         (e = cudaMemcpyToSymbol(g_mq_tab_rep, rep, sizeof rep)) != cudaSuccess ||
-        (e = allow_tc_smem<mq_q8_0>()) || (e = allow_tc_smem<mq_q2_K>()) || (e = allow_tc_smem<mq_q4_K>()) ||
-        (e = allow_tc_smem<mq_iq2_xxs>()) ||
-        (e = cudaFuncSetAttribute(k_h16, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM)))
+        (e = allow_tc_smem<mq_q8_0>(optin)) || (e = allow_tc_smem<mq_q2_K>(optin)) ||
+        (e = allow_tc_smem<mq_q4_K>(optin)) || (e = allow_tc_smem<mq_iq2_xxs>(optin)) ||
+        (e = allow_smem(k_h16, H_SMEM, optin)))
         return cuda_fail(err, "mmq setup", e);
-    if (dev < 64) g_ready_devices |= 1ull << dev;
+    g_smem_optin[dev] = optin;
+    g_ready_devices |= 1ull << dev;
     return 0;
 }
 
+/* The current device's shared-memory limit, or -1 (with a message) if
+ * ds4_cuda_mmq_init has not run for it. */
 static int check_ready(ds4_err *err) {
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev >= 64 || !((g_ready_devices >> dev) & 1))
         return ds4_fail(err, "cuda: ds4_cuda_mmq_init was not called for this device");
-    return 0;
+    return g_smem_optin[dev];
 }
 
 extern "C" size_t ds4_cuda_mmq_act_bytes(uint32_t type, uint32_t in, uint32_t n_tok) {
@@ -949,7 +977,8 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
     cudaStream_t st = (cudaStream_t)stream;
     int kind = act_kind_of(type);
     if (kind < 0) return ds4_fail(err, "cuda: no batched product for weight type %s", ds4_type_name(type));
-    if (check_ready(err)) return -1;
+    int optin = check_ready(err);
+    if (optin < 0) return -1;
     uint32_t be = kind == DS4_ACT_F32 ? 1 : kind == DS4_ACT_Q8_0 ? 32 : 256;
     if (in == 0 || in % be)
         return ds4_fail(err, "cuda: %s rows of %u values (need a positive multiple of %u)", ds4_type_name(type), in, be);
@@ -1026,6 +1055,15 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
     int bn = g_force_bn >= 64 ? g_force_bn
              : (uint64_t)row_tiles * ((n_tok + 127) / 128) * 10 >= (uint64_t)ds4_cuda_kernels_sm_count(k) * 9 ? 128
                                                                                                           : 64;
+    /* Two decoded weight buffers pay off for the K-quants (H100, 4096
+     * tokens: IQ2_XXS 299 -> 284 us, Q2_K 276 -> 259, Q4_K 317 -> 307) but
+     * not for Q8_0, whose per-block scaling already keeps the SM busy
+     * (attn_output_b 1525 us with one buffer, 1656 with two). */
+    if (bn == 128 && g_force_bn == 0 && type == DS4_TYPE_Q8_0) bn = 129;
+    /* Devices with less shared memory per block than Hopper (sm_80: 163
+     * KB, sm_89 / sm_120: 99 KB) take the smaller tiles. */
+    if (bn == 128 && (int)tc_cfg<128, 2>::SMEM > optin) bn = 129;
+    if (bn == 129 && (int)tc_cfg<128, 1>::SMEM > optin) bn = 64;
     return run_tc_type(type, p, row_tiles, n_tok, bn, st, err);
 }
 
@@ -1086,7 +1124,7 @@ extern "C" int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const v
                                 const float *weights, uint32_t n_tok, const void *x_act, const float *add, float *out,
                                 void *ws, size_t ws_bytes, ds4_cuda_stream stream, ds4_err *err) {
     cudaStream_t st = (cudaStream_t)stream;
-    if (check_ready(err)) return -1;
+    if (check_ready(err) < 0) return -1;
     if (!moe_type_ok(gate_type) || !moe_type_ok(down_type))
         return ds4_fail(err, "cuda: no batched MoE for expert types %s / %s", ds4_type_name(gate_type),
                         ds4_type_name(down_type));

@@ -88,26 +88,9 @@ struct mq_meta {
 /* Block terms, the CPU's f32 operations. */
 DS4_HD float mq_term_plain(float dw, float da, int32_t isum) { return fs_mul(fs_mul(dw, da), (float)isum); }
 
-/* (float)c for |c| < 2^22 without the slow integer conversion unit: the
- * bits of 1.5 * 2^23 plus c are the float 1.5 * 2^23 + c (its ulp is 1),
- * so subtracting 1.5 * 2^23 leaves c exactly. */
-DS4_HD float mq_small_i2f(int32_t c) {
-#ifdef __CUDA_ARCH__
-    return __fsub_rn(__int_as_float(0x4B400000 + c), 12582912.0f);
-#else
-    return (float)c;
-#endif
-}
-
-/* The Q8_0 term (|isum| <= 32 * 128 * 127 < 2^19): mq_term_plain's float. */
-DS4_HD float mq_term_q8_0(float dw, float da, int32_t isum) { return fs_mul(fs_mul(dw, da), mq_small_i2f(isum)); }
-
-/* K-quant terms (a 256 block): (da * d) * isum - (da * dmin) * summ, with
- * the fast conversion where the sums are known to be small: Q2_K |isum| <=
- * 256 * 45 * 128 < 2^21, |summ| <= 16 * 15 * 2048 < 2^19; Q4_K |summ| <= 8 *
- * 63 * 4096 < 2^21 (its isum, up to 256 * 945 * 128, is not). */
-DS4_HD float mq_term_k(float dw, float dmw, float da, float fisum, float fsumm) {
-    return fs_sub(fs_mul(fs_mul(da, dw), fisum), fs_mul(fs_mul(da, dmw), fsumm));
+/* K-quant terms (a 256 block): (da * d) * isum - (da * dmin) * summ. */
+DS4_HD float mq_term_k(float dw, float dmw, float da, int32_t isum, int32_t summ) {
+    return fs_sub(fs_mul(fs_mul(da, dw), (float)isum), fs_mul(fs_mul(da, dmw), (float)summ));
 }
 
 /* ---- Q8_0: task s = block s of the K step (8 blocks of 32). ---- */
@@ -115,7 +98,7 @@ struct mq_q8_0 {
     enum { TPR = 8, SEGS = 1, act_kind = DS4_ACT_Q8_0, has_min = 0, int_scale = 0, folded = 0, needs_tab = 0 };
     static constexpr float final_scale = 1.0f;
     DS4_HD static float term(float dw, float dmw, float da, int32_t isum, int32_t summ) {
-        return mq_term_q8_0(dw, da, isum);
+        return mq_term_plain(dw, da, isum);
     }
     struct raw {
         uint32_t w[9];
@@ -181,7 +164,7 @@ struct mq_q4_K {
     enum { TPR = 4, SEGS = 2, act_kind = DS4_ACT_Q8_K, has_min = 1, int_scale = 1, folded = 0, needs_tab = 0 };
     static constexpr float final_scale = 1.0f;
     DS4_HD static float term(float dw, float dmw, float da, int32_t isum, int32_t summ) {
-        return mq_term_k(dw, dmw, da, (float)isum, mq_small_i2f(summ));
+        return mq_term_k(dw, dmw, da, isum, summ);
     }
     struct raw {
         uint32_t q[8], s[3], dd;
@@ -222,7 +205,7 @@ struct mq_q2_K {
     enum { TPR = 2, SEGS = 4, act_kind = DS4_ACT_Q8_K, has_min = 1, int_scale = 0, folded = 1, needs_tab = 0 };
     static constexpr float final_scale = 1.0f;
     DS4_HD static float term(float dw, float dmw, float da, int32_t isum, int32_t summ) {
-        return mq_term_k(dw, dmw, da, mq_small_i2f(isum), mq_small_i2f(summ));
+        return mq_term_k(dw, dmw, da, isum, summ);
     }
     struct raw {
         uint32_t q[8], s[2], dd;

@@ -11,7 +11,8 @@
  * weights take the f32 activation itself; F16 runs on f16 tensor cores
  * with each activation split into two halves (22 significant bits, |x| <
  * 65504: the model's F16 products read RMS-normalised activations), which
- * differs from the CPU's f32 sums by rounding at the 1e-7 level.
+ * differs from the CPU's f32 sums by rounding only (a few 1e-6 of a row's
+ * largest output).
  *
  * The quantised activations use this file's own layout (not the CPU
  * struct): ds4_cuda_mmq_act_bytes() tells its size; only
