@@ -1,8 +1,9 @@
 /* cuda_mmq.cu — batched quantised matrix products for prefill (cuda_mmq.h):
  * activation quantisers into the split layout, the int8 tensor-core product
- * for Q8_0 / Q2_K / Q4_K / IQ2_XXS, an f32 CUDA-core product for F16 / F32
- * weights, a plain one-thread-per-output product (odd shapes and
- * misaligned weights), and the routed MoE: a device-built plan (pairs
+ * for Q8_0 / Q2_K / Q4_K / IQ2_XXS, an f16 tensor-core product for F16
+ * weights (an f32 CUDA-core one for F32 weights and odd F16 shapes), a
+ * plain one-thread-per-output product (odd shapes, misaligned weights),
+ * and the routed MoE: a device-built plan (pairs
  * bucketed by expert), gate+up with the clamped SwiGLU, the mid
  * quantisation, down, and the per-token sum over slots.
  *
@@ -15,7 +16,9 @@
  * buffered). Fragments come from ldmatrix (rows 272 bytes apart: the 8 row
  * addresses of one 8x16-byte matrix hit 8 different bank groups), products
  * from mma.sync m16n8k32 s8. Each output's block terms are added in block
- * order by one thread, with the CPU's f32 operations. */
+ * order by one thread, with the CPU's f32 operations.
+ *
+ * F16 weights: k_h16 (f16 mma, the activation split into two halves). */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +74,14 @@ __device__ __forceinline__ void mma_k32(int32_t *c, const uint32_t *a, const uin
                  "{%0,%1,%2,%3};\n"
                  : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* c = a (16x32, row) * b (32x8, col), int8 -> int32 (zero accumulator). */
+__device__ __forceinline__ void mma_k32_z(int32_t *c, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%10,%10,%10};\n"
+                 : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
 }
 
 /* c += a (16x16) * b (16x8), int8 -> int32. */
@@ -313,7 +324,9 @@ __global__ void __launch_bounds__(256) k_fgemm(const WT *w, uint32_t rows, uint3
  * mma's accumulating in f32: each product w·hi, w·lo is exact, so the
  * result differs from the CPU's only by summation order and the ~2^-22
  * relative truncation of x (tiny lo parts become f16 subnormals, an
- * absolute error below 6e-8 · |w|). Valid for |x| < 65504 (f16 range);
+ * absolute error below 6e-8 · |w|). The mma accumulates one 16-wide k
+ * slice at a time from zero and f32 adds collect the slices (section F16
+ * of notes/cuda-kernels.md "Batched products"). Valid for |x| < 65504 (f16 range);
  * every F16 product in the model reads RMS-normalised activations.
  * Tiles: 128 rows x 128 tokens x 32 k per step, 8 warps of 32 x 64;
  * weights by cp.async, activations through registers (split on the way),
@@ -406,10 +419,20 @@ __global__ void __launch_bounds__(256, 2) k_h16(const __half *w, uint32_t rows, 
                 ldmatrix_x4(bl, cl + o);
 #pragma unroll
                 for (int mi = 0; mi < 2; mi++) {
-                    mma_f16(acc[mi][2 * nj], a[mi], bh[0], bh[1]);
-                    mma_f16(acc[mi][2 * nj], a[mi], bl[0], bl[1]);
-                    mma_f16(acc[mi][2 * nj + 1], a[mi], bh[2], bh[3]);
-                    mma_f16(acc[mi][2 * nj + 1], a[mi], bl[2], bl[3]);
+                    /* Each 16-wide k slice into a zeroed accumulator, then a
+                     * plain f32 add: the tensor cores' own accumulation
+                     * truncates, which over K = 4096 gave 1.1-1.6e-5 relative
+                     * error when acc itself was the mma accumulator. */
+                    float t0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, t1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    mma_f16(t0, a[mi], bh[0], bh[1]);
+                    mma_f16(t0, a[mi], bl[0], bl[1]);
+                    mma_f16(t1, a[mi], bh[2], bh[3]);
+                    mma_f16(t1, a[mi], bl[2], bl[3]);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        acc[mi][2 * nj][e] += t0[e];
+                        acc[mi][2 * nj + 1][e] += t1[e];
+                    }
                 }
             }
         }
@@ -452,19 +475,19 @@ struct tc_params {
     float clamp;
 };
 
-template <int BN>
+template <int BN, int NBUF>
 struct tc_cfg {
     enum {
         NW = BN / 8,
         NT = NW * 32,
-        /* shared memory: [tab][sA][sWd 8*BM f32][sWsc BM*8][sWmin BM*16] then
-         * 2 x ([sB BN*SA][sAd 8*BN f32][sAsp BN*32]) */
+        /* shared memory: [tab], NBUF x A ([sA BM*SA][sWd 8*BM f32][sWsc BM*8]
+         * [sWmin BM*16]), 2 x B ([sB BN*SA][sAd 8*BN f32][sAsp BN*32]) */
         TAB = DS4_CUDA_IQ2_TABLE_WORDS * 4,
-        SA_OFF = TAB,
-        WD_OFF = SA_OFF + MQ_BM * MQ_SA,
+        WD_OFF = MQ_BM * MQ_SA, /* within an A buffer */
         WSC_OFF = WD_OFF + 8 * MQ_BM * 4,
         WMIN_OFF = WSC_OFF + MQ_BM * 8,
-        B_OFF = WMIN_OFF + MQ_BM * 16,
+        A_SZ = WMIN_OFF + MQ_BM * 16,
+        B_OFF = TAB + NBUF * A_SZ,
         B_SZ = BN * MQ_SA,
         AD_SZ = 8 * BN * 4,
         ASP_SZ = BN * 32,
@@ -473,17 +496,19 @@ struct tc_cfg {
     };
 };
 
-template <class F, int BN>
-__global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const tc_params p) {
-    typedef tc_cfg<BN> C;
+/* NBUF = 1: one decoded weight tile; its next step is decoded after every
+ * warp's products (two barriers a step), while the other resident block
+ * computes. NBUF = 2: step k+1 is decoded into the other buffer before step
+ * k's products, one barrier a step, so one block's warps overlap decoding
+ * and products. */
+template <class F, int BN, int NBUF>
+__global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(const tc_params p) {
+    typedef tc_cfg<BN, NBUF> C;
     constexpr int NT = C::NT;
     constexpr int NTASK = (MQ_BM * F::TPR + NT - 1) / NT; /* decode tasks per thread */
     constexpr int NBCH = BN * 16 / NT;                     /* 16-byte activation chunks per thread */
     extern __shared__ __align__(16) uint8_t smem[];
     uint32_t *tab = (uint32_t *)smem;
-    uint8_t *sA = smem + C::SA_OFF;
-    float *sWd = (float *)(smem + C::WD_OFF);
-    uint8_t *sWsc = smem + C::WSC_OFF, *sWmin = smem + C::WMIN_OFF;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp & 3, wn = warp >> 2, g = lane >> 2, tg = lane & 3;
@@ -559,7 +584,9 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
             if (r < MQ_BM && ((int)F::act_kind != DS4_ACT_Q8_0 || tpart < nk)) F::load(row_ptr(r), kb, tpart, raw[i]);
         }
     };
-    auto decode_a = [&](uint32_t kb) {
+    auto decode_a = [&](uint32_t kb, int buf) {
+        uint8_t *sA = smem + C::TAB + buf * C::A_SZ, *sWsc = sA + C::WSC_OFF, *sWmin = sA + C::WMIN_OFF;
+        float *sWd = (float *)(sA + C::WD_OFF);
         int nk = nk_of(kb);
 #pragma unroll
         for (int i = 0; i < NTASK; i++) {
@@ -600,11 +627,12 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.0f, iacc[mi][ni][e] = 0;
 
-    /* Prologue: step 0 staged. */
+    /* Prologue: step 0 staged (NBUF = 2: step 1's weights requested). */
     stage_b(0, 0);
     load_a(0);
     __syncthreads(); /* tables */
-    decode_a(0);
+    decode_a(0, 0);
+    if (NBUF == 2 && 1 < p.nkb) load_a(1);
     cp_async_wait0();
     __syncthreads();
 
@@ -612,8 +640,16 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
         const int cur = kb & 1;
         if (kb + 1 < p.nkb) {
             stage_b(kb + 1, cur ^ 1);
-            load_a(kb + 1);
+            if (NBUF == 2) {
+                decode_a(kb + 1, cur ^ 1);
+                if (kb + 2 < p.nkb) load_a(kb + 2);
+            } else {
+                load_a(kb + 1);
+            }
         }
+        const uint8_t *sA = smem + C::TAB + (NBUF == 2 ? cur : 0) * C::A_SZ;
+        const uint8_t *sWsc = sA + C::WSC_OFF, *sWmin = sA + C::WMIN_OFF;
+        const float *sWd = (const float *)(sA + C::WD_OFF);
         const uint8_t *sb = smem + C::B_OFF + cur * C::STAGE;
         const float *sad = (const float *)(sb + C::B_SZ);
         const uint8_t *ssp = sb + C::B_SZ + C::AD_SZ;
@@ -644,11 +680,11 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                 for (int mi = 0; mi < 2; mi++)
 #pragma unroll
                     for (int ni = 0; ni < 4; ni++) {
-                        int32_t c[4] = {0, 0, 0, 0};
-                        mma_k32(c, a[mi], b[ni]);
+                        int32_t c[4];
+                        mma_k32_z(c, a[mi], b[ni]);
 #pragma unroll
                         for (int e = 0; e < 4; e++)
-                            acc[mi][ni][e] += mq_term_q8_0(wd[mi][e >> 1], (e & 1) ? da[ni].y : da[ni].x, c[e]);
+                            acc[mi][ni][e] += F::term(wd[mi][e >> 1], 0.0f, (e & 1) ? da[ni].y : da[ni].x, c[e], 0);
                     }
             } else if (F::int_scale) {
                 int sc[2][2];
@@ -659,8 +695,8 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
                 for (int mi = 0; mi < 2; mi++)
 #pragma unroll
                     for (int ni = 0; ni < 4; ni++) {
-                        int32_t c[4] = {0, 0, 0, 0};
-                        mma_k32(c, a[mi], b[ni]);
+                        int32_t c[4];
+                        mma_k32_z(c, a[mi], b[ni]);
 #pragma unroll
                         for (int e = 0; e < 4; e++) iacc[mi][ni][e] += sc[mi][e >> 1] * c[e];
                     }
@@ -697,18 +733,16 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         float dav = (e & 1) ? da.y : da.x;
-                        if (F::has_min)
-                            acc[mi][ni][e] += mq_term_min(dw[e >> 1], dmw[e >> 1], dav, iacc[mi][ni][e],
-                                                          64 * shi[e] + slo[e]);
-                        else
-                            acc[mi][ni][e] += mq_term_plain(dw[e >> 1], dav, iacc[mi][ni][e]);
+                        acc[mi][ni][e] += F::term(dw[e >> 1], dmw[e >> 1], dav, iacc[mi][ni][e], 64 * shi[e] + slo[e]);
                         iacc[mi][ni][e] = 0;
                     }
                 }
             }
         }
-        __syncthreads(); /* every warp is done with sA and this stage */
-        if (kb + 1 < p.nkb) decode_a(kb + 1);
+        if (NBUF == 1) {
+            __syncthreads(); /* every warp is done with sA */
+            if (kb + 1 < p.nkb) decode_a(kb + 1, 0);
+        }
         cp_async_wait0();
         __syncthreads();
     }
@@ -716,8 +750,11 @@ __global__ void __launch_bounds__(tc_cfg<BN>::NT, BN == 64 ? 2 : 1) k_tc(const t
     /* Epilogue. */
     const int mrow = wm * 32, ncol = wn * 32;
     if (p.mode == MODE_GATE_UP) {
-        /* gate rows 0..63, up rows 64..127 of the tile meet in shared memory */
-        float *so = (float *)(smem + C::SA_OFF); /* [128][BN + 1] */
+        /* gate rows 0..63, up rows 64..127 of the tile meet in shared memory
+         * (the MoE runs with BN = 64: [128][65] floats fit in sA) */
+        static_assert(BN != 64 || MQ_BM * (BN + 1) * 4 <= MQ_BM * MQ_SA, "gate/up exchange must fit in sA");
+        if (BN != 64) return;
+        float *so = (float *)(smem + C::TAB); /* [128][BN + 1] over the first sA */
 #pragma unroll
         for (int mi = 0; mi < 2; mi++)
 #pragma unroll
@@ -812,38 +849,59 @@ __global__ void k_combine(const float *gd, const int *pair_of, uint32_t n_tok, u
 /* ------------------------------------------------------------------ */
 
 static uint64_t g_ready_devices; /* bit d: ds4_cuda_mmq_init ran for device d */
+static int g_smem_optin[64];     /* shared memory a block may use, per device */
 
-template <class F, int BN>
-static cudaError_t allow_tc_smem() {
-    return cudaFuncSetAttribute(k_tc<F, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)tc_cfg<BN>::SMEM);
+/* Lifts a kernel's shared-memory limit when the device has that much. */
+template <class K>
+static cudaError_t allow_smem(K kernel, int bytes, int optin) {
+    return bytes > optin ? cudaSuccess
+                         : cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+template <class F>
+static cudaError_t allow_tc_smem(int optin) {
+    cudaError_t e;
+    if ((e = allow_smem(k_tc<F, 64, 1>, (int)tc_cfg<64, 1>::SMEM, optin)) ||
+        (e = allow_smem(k_tc<F, 128, 1>, (int)tc_cfg<128, 1>::SMEM, optin)))
+        return e;
+    return allow_smem(k_tc<F, 128, 2>, (int)tc_cfg<128, 2>::SMEM, optin);
 }
 
 extern "C" int ds4_cuda_mmq_init(ds4_cuda_kernels *k, ds4_err *err) {
-    int dev = 0;
+    int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return cuda_fail(err, "current device", e);
-    if (dev < 64 && (g_ready_devices >> dev) & 1) return 0;
+    if (dev >= 64) return ds4_fail(err, "cuda: device %d (the batched products take devices 0-63)", dev);
+    if ((g_ready_devices >> dev) & 1) return 0;
+    if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+        return cuda_fail(err, "device attribute", e);
+    /* The 64-token tiles (86.5 KB) and the F16 kernel (61 KB) must fit;
+     * the 128-token ones (130 / 172 KB, Hopper) are used where they do. */
+    if (optin < (int)tc_cfg<64, 1>::SMEM)
+        return ds4_fail(err, "cuda: the batched products need %d bytes of shared memory per block, the device "
+                        "allows %d", (int)tc_cfg<64, 1>::SMEM, optin);
     uint32_t compact[DS4_CUDA_IQ2_TABLE_WORDS];
     static uint32_t rep[DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES];
     if (!ds4_cuda_iq2_tables(compact)) return ds4_fail(err, "cuda: the IQ2_XXS grid holds a value other than 8, 25 or 43");
     for (int i = 0; i < DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES; i++) rep[i] = compact[i / DS4_CUDA_IQ2_COPIES];
     if ((e = cudaMemcpyToSymbol(g_mq_tab, compact, sizeof compact)) != cudaSuccess ||
         (e = cudaMemcpyToSymbol(g_mq_tab_rep, rep, sizeof rep)) != cudaSuccess ||
-        (e = allow_tc_smem<mq_q8_0, 64>()) || (e = allow_tc_smem<mq_q8_0, 128>()) ||
-        (e = allow_tc_smem<mq_q2_K, 64>()) || (e = allow_tc_smem<mq_q2_K, 128>()) ||
-        (e = allow_tc_smem<mq_q4_K, 64>()) || (e = allow_tc_smem<mq_q4_K, 128>()) ||
-        (e = allow_tc_smem<mq_iq2_xxs, 64>()) || (e = allow_tc_smem<mq_iq2_xxs, 128>()) ||
-        (e = cudaFuncSetAttribute(k_h16, cudaFuncAttributeMaxDynamicSharedMemorySize, H_SMEM)))
+        (e = allow_tc_smem<mq_q8_0>(optin)) || (e = allow_tc_smem<mq_q2_K>(optin)) ||
+        (e = allow_tc_smem<mq_q4_K>(optin)) || (e = allow_tc_smem<mq_iq2_xxs>(optin)) ||
+        (e = allow_smem(k_h16, H_SMEM, optin)))
         return cuda_fail(err, "mmq setup", e);
-    if (dev < 64) g_ready_devices |= 1ull << dev;
+    g_smem_optin[dev] = optin;
+    g_ready_devices |= 1ull << dev;
     return 0;
 }
 
+/* The current device's shared-memory limit, or -1 (with a message) if
+ * ds4_cuda_mmq_init has not run for it. */
 static int check_ready(ds4_err *err) {
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev >= 64 || !((g_ready_devices >> dev) & 1))
         return ds4_fail(err, "cuda: ds4_cuda_mmq_init was not called for this device");
-    return 0;
+    return g_smem_optin[dev];
 }
 
 extern "C" size_t ds4_cuda_mmq_act_bytes(uint32_t type, uint32_t in, uint32_t n_tok) {
@@ -876,16 +934,19 @@ static bool tc_usable(uint32_t type, const void *w, uint32_t n_groups, uint32_t 
 
 static int g_force_bn = 0; /* bench: 0 = choose */
 
-template <class F, int BN>
+template <class F, int BN, int NBUF>
 static int launch_tc(const tc_params &p, dim3 grid, cudaStream_t st, ds4_err *err) {
-    k_tc<F, BN><<<grid, tc_cfg<BN>::NT, tc_cfg<BN>::SMEM, st>>>(p);
+    k_tc<F, BN, NBUF><<<grid, tc_cfg<BN, NBUF>::NT, tc_cfg<BN, NBUF>::SMEM, st>>>(p);
     return check_launch(err, "mmq launch");
 }
 
+/* bn: 64, 128 (two decoded weight buffers) or 129 (128 with one). */
 template <class F>
 static int run_tc(tc_params &p, uint32_t row_tiles, uint32_t n_cols, int bn, cudaStream_t st, ds4_err *err) {
-    if (bn == 128) return launch_tc<F, 128>(p, dim3(row_tiles, (n_cols + 127) / 128), st, err);
-    return launch_tc<F, 64>(p, dim3(row_tiles, (n_cols + 63) / 64), st, err);
+    dim3 g128(row_tiles, (n_cols + 127) / 128);
+    if (bn == 128) return launch_tc<F, 128, 2>(p, g128, st, err);
+    if (bn == 129) return launch_tc<F, 128, 1>(p, g128, st, err);
+    return launch_tc<F, 64, 1>(p, dim3(row_tiles, (n_cols + 63) / 64), st, err);
 }
 
 static int run_tc_type(uint32_t type, tc_params &p, uint32_t row_tiles, uint32_t n_cols, int bn, cudaStream_t st,
@@ -916,7 +977,8 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
     cudaStream_t st = (cudaStream_t)stream;
     int kind = act_kind_of(type);
     if (kind < 0) return ds4_fail(err, "cuda: no batched product for weight type %s", ds4_type_name(type));
-    if (check_ready(err)) return -1;
+    int optin = check_ready(err);
+    if (optin < 0) return -1;
     uint32_t be = kind == DS4_ACT_F32 ? 1 : kind == DS4_ACT_Q8_0 ? 32 : 256;
     if (in == 0 || in % be)
         return ds4_fail(err, "cuda: %s rows of %u values (need a positive multiple of %u)", ds4_type_name(type), in, be);
@@ -986,8 +1048,23 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
     p.ldy = ldy;
     p.mode = MODE_DENSE;
     fill_act(p, type, act, a_stride, n_tok);
-    int bn = g_force_bn >= 64 ? g_force_bn : n_tok >= 1024 ? 128 : 64;
-    return run_tc_type(type, p, (rows + MQ_BM - 1) / MQ_BM, n_tok, bn, st, err);
+    /* 128-token tiles decode each weight tile half as often; 64 wins only
+     * while 128 would leave SMs idle (H100, 512 tokens: q_a 87 vs 93 us,
+     * shexp down 65 vs 50 us). */
+    uint32_t row_tiles = (rows + MQ_BM - 1) / MQ_BM;
+    int bn = g_force_bn >= 64 ? g_force_bn
+             : (uint64_t)row_tiles * ((n_tok + 127) / 128) * 10 >= (uint64_t)ds4_cuda_kernels_sm_count(k) * 9 ? 128
+                                                                                                          : 64;
+    /* Two decoded weight buffers pay off for the K-quants (H100, 4096
+     * tokens: IQ2_XXS 299 -> 284 us, Q2_K 276 -> 259, Q4_K 317 -> 307) but
+     * not for Q8_0, whose per-block scaling already keeps the SM busy
+     * (attn_output_b 1525 us with one buffer, 1656 with two). */
+    if (bn == 128 && g_force_bn == 0 && type == DS4_TYPE_Q8_0) bn = 129;
+    /* Devices with less shared memory per block than Hopper (sm_80: 163
+     * KB, sm_89 / sm_120: 99 KB) take the smaller tiles. */
+    if (bn == 128 && (int)tc_cfg<128, 2>::SMEM > optin) bn = 129;
+    if (bn == 129 && (int)tc_cfg<128, 1>::SMEM > optin) bn = 64;
+    return run_tc_type(type, p, row_tiles, n_tok, bn, st, err);
 }
 
 extern "C" int ds4_cuda_mmq(ds4_cuda_kernels *k, uint32_t type, const void *w, uint32_t rows, uint32_t in,
@@ -1047,7 +1124,7 @@ extern "C" int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const v
                                 const float *weights, uint32_t n_tok, const void *x_act, const float *add, float *out,
                                 void *ws, size_t ws_bytes, ds4_cuda_stream stream, ds4_err *err) {
     cudaStream_t st = (cudaStream_t)stream;
-    if (check_ready(err)) return -1;
+    if (check_ready(err) < 0) return -1;
     if (!moe_type_ok(gate_type) || !moe_type_ok(down_type))
         return ds4_fail(err, "cuda: no batched MoE for expert types %s / %s", ds4_type_name(gate_type),
                         ds4_type_name(down_type));

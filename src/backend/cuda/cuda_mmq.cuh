@@ -85,10 +85,21 @@ struct mq_meta {
     uint8_t mins[8];   /* Q2_K: 8 sub-block mins; Q4_K: 4 (2 per segment, repeated) */
 };
 
+/* Block terms, the CPU's f32 operations. */
+DS4_HD float mq_term_plain(float dw, float da, int32_t isum) { return fs_mul(fs_mul(dw, da), (float)isum); }
+
+/* K-quant terms (a 256 block): (da * d) * isum - (da * dmin) * summ. */
+DS4_HD float mq_term_k(float dw, float dmw, float da, int32_t isum, int32_t summ) {
+    return fs_sub(fs_mul(fs_mul(da, dw), (float)isum), fs_mul(fs_mul(da, dmw), (float)summ));
+}
+
 /* ---- Q8_0: task s = block s of the K step (8 blocks of 32). ---- */
 struct mq_q8_0 {
     enum { TPR = 8, SEGS = 1, act_kind = DS4_ACT_Q8_0, has_min = 0, int_scale = 0, folded = 0, needs_tab = 0 };
     static constexpr float final_scale = 1.0f;
+    DS4_HD static float term(float dw, float dmw, float da, int32_t isum, int32_t summ) {
+        return mq_term_plain(dw, da, isum);
+    }
     struct raw {
         uint32_t w[9];
         uint32_t sh;
@@ -115,6 +126,9 @@ struct mq_q8_0 {
 struct mq_iq2_xxs {
     enum { TPR = 8, SEGS = 1, act_kind = DS4_ACT_Q8_K, has_min = 0, int_scale = 1, folded = 0, needs_tab = 1 };
     static constexpr float final_scale = 0.125f;
+    DS4_HD static float term(float dw, float dmw, float da, int32_t isum, int32_t summ) {
+        return mq_term_plain(dw, da, isum);
+    }
     struct raw {
         uint32_t w[3], dw;
         uint32_t sh, dsh;
@@ -125,7 +139,9 @@ struct mq_iq2_xxs {
         r.sh = (uint32_t)(addr & 3) * 8;
         r.w[0] = mq_ld32(base);
         r.w[1] = mq_ld32(base + 4);
-        r.w[2] = mq_ld16(base + 8); /* only its low half is used: no read past the block */
+        /* Only w[2]'s low half is used, and only when sh = 16: no read past
+         * the block. */
+        r.w[2] = r.sh ? mq_ld16(base + 8) : 0;
         r.dsh = (uint32_t)(blk & 3) * 8;
         r.dw = s == 0 ? mq_ld32((const uint8_t *)(blk & ~(uintptr_t)3)) : 0;
     }
@@ -147,6 +163,9 @@ struct mq_iq2_xxs {
 struct mq_q4_K {
     enum { TPR = 4, SEGS = 2, act_kind = DS4_ACT_Q8_K, has_min = 1, int_scale = 1, folded = 0, needs_tab = 0 };
     static constexpr float final_scale = 1.0f;
+    DS4_HD static float term(float dw, float dmw, float da, int32_t isum, int32_t summ) {
+        return mq_term_k(dw, dmw, da, isum, summ);
+    }
     struct raw {
         uint32_t q[8], s[3], dd;
     };
@@ -185,6 +204,9 @@ struct mq_q4_K {
 struct mq_q2_K {
     enum { TPR = 2, SEGS = 4, act_kind = DS4_ACT_Q8_K, has_min = 1, int_scale = 0, folded = 1, needs_tab = 0 };
     static constexpr float final_scale = 1.0f;
+    DS4_HD static float term(float dw, float dmw, float da, int32_t isum, int32_t summ) {
+        return mq_term_k(dw, dmw, da, isum, summ);
+    }
     struct raw {
         uint32_t q[8], s[2], dd;
     };
@@ -208,26 +230,5 @@ struct mq_q2_K {
         m.d[1] = fs_h2f((uint16_t)(r.dd >> 16));
     }
 };
-
-/* Block terms, the CPU's f32 operations. */
-DS4_HD float mq_term_plain(float dw, float da, int32_t isum) { return fs_mul(fs_mul(dw, da), (float)isum); }
-
-/* (float)c for |c| < 2^22 without the slow integer conversion unit: the
- * bits of 1.5 * 2^23 plus c are the float 1.5 * 2^23 + c (its ulp is 1),
- * so subtracting 1.5 * 2^23 leaves c exactly. A Q8_0 block sum is at most
- * 32 * 128 * 127 < 2^19 in magnitude. */
-DS4_HD float mq_small_i2f(int32_t c) {
-#ifdef __CUDA_ARCH__
-    return __fsub_rn(__int_as_float(0x4B400000 + c), 12582912.0f);
-#else
-    return (float)c;
-#endif
-}
-
-/* The Q8_0 term with that conversion: the same float as mq_term_plain. */
-DS4_HD float mq_term_q8_0(float dw, float da, int32_t isum) { return fs_mul(fs_mul(dw, da), mq_small_i2f(isum)); }
-DS4_HD float mq_term_min(float dw, float dmw, float da, int32_t isum, int32_t summ) {
-    return fs_sub(fs_mul(fs_mul(da, dw), (float)isum), fs_mul(fs_mul(da, dmw), (float)summ));
-}
 
 #endif

@@ -6,8 +6,13 @@
  * quantised exactly as ds4_cuda_quantize_act() / ds4_quantize_act() would
  * quantise it alone (Q8_0-act for Q8_0 weights, Q8_K for Q2_K / Q4_K /
  * IQ2_XXS), and every quant block contributes the same f32 term as the CPU's
- * ds4_dot; only the order in which block terms are summed differs. F16 / F32
- * weights take the f32 activation itself.
+ * ds4_dot and, as on the CPU, one thread adds a row's block terms in block
+ * order, so the quantised products equal ds4_dot bit for bit. F16 / F32
+ * weights take the f32 activation itself; F16 runs on f16 tensor cores
+ * with each activation split into two halves (22 significant bits, |x| <
+ * 65504: the model's F16 products read RMS-normalised activations), which
+ * differs from the CPU's f32 sums by rounding only (a few 1e-6 of a row's
+ * largest output).
  *
  * The quantised activations use this file's own layout (not the CPU
  * struct): ds4_cuda_mmq_act_bytes() tells its size; only
@@ -84,8 +89,10 @@ int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const void *gate, 
                      const float *add, float *out, void *ws, size_t ws_bytes, ds4_cuda_stream st, ds4_err *err);
 
 /* Tests and benchmarks: which kernel the dense products take. 0 =
- * automatic, 1 = the plain one-thread-per-output kernel, 64 or 128 = the
- * tensor-core kernel with tiles of that many tokens. Not thread-safe. */
+ * automatic, 1 = the plain one-thread-per-output kernel (F16: the f32
+ * CUDA-core kernel), 64 or 128 = the int8 tensor-core kernel with tiles of
+ * that many tokens (129: 128 with one decoded weight buffer instead of two).
+ * Process-wide, not thread-safe. */
 void ds4_cuda_mmq_set_kernel(int which);
 
 #ifdef __cplusplus
