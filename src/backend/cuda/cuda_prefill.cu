@@ -56,6 +56,7 @@ struct pf_ws {
     const float *split_x; /* what xh/xl hold: split_rows rows of split_in from split_x */
     uint32_t split_in;
     int split_rows;
+    int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2>) */
     void *bufs[64];
     int n_bufs;
 };
@@ -261,10 +262,11 @@ static int hc_pre(pfq *q, const dmat &fn, const float *scale, const float *base,
     forget(q);
     pf_hc_mix<<<(T + PF_HC_TOK - 1) / PF_HC_TOK, 256, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, T,
                                                                   hp->rms_eps, w->mix);
+    pmark(q->st, "hc pre mix");
     pf_hc_split<<<(T + 7) / 8, 256, 0, q->st>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, T, w->pre,
                                                 w->post, w->comb);
     pf_hc_x<<<T, 512, 0, q->st>>>(w->pre, w->H, D, norm_w, hp->rms_eps, w->x, w->a);
-    pmark(q->st, "hc pre");
+    pmark(q->st, "hc pre split, x");
     return launched(q->err, "prefill hc pre");
 }
 
@@ -360,11 +362,13 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
     if (launched(q->err, "prefill q norm") ||
         proj_rows(q, L->q_b, 0, L->q_b.rows, L->q_b.in, w->qr, hp->q_lora, T, w->q, L->q_b.rows, w->act2))
         return -1;
-    pf_q_prepare<<<dim3(hp->n_head, T), 256, hd * sizeof(float), q->st>>>(w->q, (int)hp->n_head, hd, hp->rms_eps, rp,
-                                                                          pos0);
+    pmark(q->st, "q norm, q_b");
+    int n_qh = T * (int)hp->n_head;
+    pf_q_prepare<<<(n_qh + PF_QP_WARPS - 1) / PF_QP_WARPS, PF_QP_WARPS * 32, 0, q->st>>>(
+        w->q, (int)hp->n_head, hd, hp->rms_eps, rp, pos0, n_qh);
     pf_kv_prepare<<<T, 512, hd * sizeof(float), q->st>>>(w->kv, L->kv_a_norm, hd, n_rot, hp->rms_eps, rp, pos0, w->kvc);
     if (launched(q->err, "prefill q/kv prepare")) return -1;
-    pmark(q->st, "q norm, q_b, q/kv prepare");
+    pmark(q->st, "q/kv prepare");
     if (L->ratio &&
         compressor(q, w->ckv, w->csc, (size_t)coff * hd, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->st_n, K->comp,
                    (int)L->ratio, coff, hd, false, pos0, T))
@@ -376,8 +380,11 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
         return -1;
     pf_att pa = {K->raw, w->kvc, K->comp, L->ratio == 4 ? w->sel : NULL, L->ratio == 4 ? w->n_sel : NULL,
                  (int)hp->n_swa, (int)L->ratio, pos0, (int)hp->indexer_top_k};
-    pf_attention<<<T, PA_WARPS * 32, pf_att_smem((int)hp->n_head, hd), q->st>>>(w->q, pa, L->sinks, hd,
-                                                                               (int)hp->n_head, rp, w->att);
+    dim3 agrid((hp->n_head + 16 * w->att_mb - 1) / (16 * w->att_mb), T);
+    if (w->att_mb == 2)
+        pf_attention<2><<<agrid, 256, pf_att_smem(2, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att);
+    else
+        pf_attention<1><<<agrid, 128, pf_att_smem(1, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att);
     int first = T > (int)hp->n_swa ? T - (int)hp->n_swa : 0;
     pf_ring_put<<<T - first, 256, 0, q->st>>>(w->kvc, hd, first, pos0, K->raw, (int)hp->n_swa);
     if (launched(q->err, "prefill attention")) return -1;
@@ -492,6 +499,44 @@ static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int 
     return 0;
 }
 
+/* The kernels' shapes and shared memory for this model on this device;
+ * the attention's heads a block (w->att_mb) from the device's limit. */
+static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
+    if (hp->head_dim % 64 || hp->head_dim > 512 || hp->n_rot > hp->head_dim || hp->n_indexer_head > 64 ||
+        hp->indexer_head_dim % 16)
+        return ds4_fail(err, "cuda prefill: heads of %u (indexer %u of %u) are beyond the kernels' shapes",
+                        hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);
+    /* attention: 32 heads a block where the device's shared memory allows, else 16 */
+    int dev = 0, optin = 0;
+    cudaError_t c = cudaGetDevice(&dev);
+    if (c == cudaSuccess) c = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (c != cudaSuccess) return cuda_fail(err, "prefill device attributes", c);
+    int hd = (int)hp->head_dim;
+    w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd) <= (size_t)optin ? 2 : 1;
+    size_t smem = pf_att_smem(w->att_mb, hd);
+    if (smem > (size_t)optin || pf_gemm_f16_smem() > (size_t)optin ||
+        pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim) > (size_t)optin)
+        return ds4_fail(err,
+                        "cuda prefill: the kernels need %zu (attention), %zu (f16 products) and %zu (indexer) "
+                        "bytes of shared memory a block, the device allows %d",
+                        smem, pf_gemm_f16_smem(),
+                        pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim), optin);
+    c = w->att_mb == 2
+            ? cudaFuncSetAttribute(pf_attention<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
+            : cudaFuncSetAttribute(pf_attention<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (c == cudaSuccess)
+        c = w->att_mb == 2
+                ? cudaFuncSetAttribute(pf_attention<2>, cudaFuncAttributePreferredSharedMemoryCarveout, 100)
+                : cudaFuncSetAttribute(pf_attention<1>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+    if (c == cudaSuccess)
+        c = cudaFuncSetAttribute(pf_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_gemm_f16_smem());
+    if (c == cudaSuccess)
+        c = cudaFuncSetAttribute(pf_idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim));
+    if (c != cudaSuccess) return cuda_fail(err, "prefill kernel attributes", c);
+    return 0;
+}
+
 extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *tokens, int n, int pos0, float *logits,
                                         ds4_err *err) {
     ds4_cuda_engine *e = s->e;
@@ -506,19 +551,10 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
     if (!e->prefill || e->prefill->cap < want) {
         ds4_cuda_prefill_free(e);
         if (ds4_cuda_mmq_init(e->k, err) || pf_ws_new(s, want, &e->prefill, err)) return -1;
-        int mt = ((int)hp->n_head + 15) / 16;
-        if ((mt != 1 && mt != 2 && mt != 4) || hp->head_dim % 16 || hp->head_dim > 512 || hp->n_rot > hp->head_dim ||
-            hp->n_indexer_head > 64 || hp->indexer_head_dim % 16)
-            return ds4_fail(err, "cuda prefill: %u heads of %u (indexer %u of %u) are beyond the kernels' shapes",
-                            hp->n_head, hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);
-        size_t smem = pf_att_smem((int)hp->n_head, (int)hp->head_dim);
-        cudaError_t c = cudaFuncSetAttribute(pf_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (c == cudaSuccess)
-            c = cudaFuncSetAttribute(pf_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_gemm_f16_smem());
-        if (c == cudaSuccess)
-            c = cudaFuncSetAttribute(pf_idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim));
-        if (c != cudaSuccess) return cuda_fail(err, "prefill attention shared memory", c);
+        if (pf_kernels_setup(e->prefill, hp, err)) {
+            ds4_cuda_prefill_free(e);
+            return -1;
+        }
     }
     const char *pe = getenv("DS4_CUDA_PREFILL_PROFILE");
     g_prof.on = pe && *pe && strcmp(pe, "0") != 0;

@@ -318,14 +318,14 @@ __device__ __forceinline__ void pa_ldm_x2(uint32_t *r, const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(pa_smem(p)));
 }
 
-__device__ __forceinline__ void pa_ldm_x2_t(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
-                 : "=r"(r[0]), "=r"(r[1])
+__device__ __forceinline__ void pa_ldm_x4_t(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(pa_smem(p)));
 }
 
 __device__ __forceinline__ void pa_mma(float *c, const uint32_t *a, const uint32_t *b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -486,21 +486,27 @@ __global__ void __launch_bounds__(256) pf_gemm_f16(const __half *W, uint32_t n_r
             }
 }
 
-/* Per (head, token): unweighted RMSNorm, RoPE of the tail at pos0+t. */
-__global__ void pf_q_prepare(float *q, int n_head, int hd, float eps, rope_dev rp, int pos0) {
-    extern __shared__ float xs[];
-    __shared__ double sh[32];
-    int t = blockIdx.y;
-    float *qh = q + ((size_t)t * n_head + blockIdx.x) * hd;
+/* Per (token, head), a warp each (PF_QP_WARPS a block; hd ≤ 512):
+ * unweighted RMSNorm, RoPE of the tail at pos0+t. n_items = T·n_head. */
+enum { PF_QP_WARPS = 8 };
+__global__ void __launch_bounds__(PF_QP_WARPS * 32) pf_q_prepare(float *q, int n_head, int hd, float eps,
+                                                                 rope_dev rp, int pos0, int n_items) {
+    __shared__ float xs_all[PF_QP_WARPS][512];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, item = blockIdx.x * PF_QP_WARPS + warp;
+    if (item >= n_items) return;
+    float *xs = xs_all[warp], *qh = q + (size_t)item * hd;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    for (int i = lane; i < hd; i += 32) {
         xs[i] = qh[i];
         ss += (double)xs[i] * (double)xs[i];
     }
-    float s = pf_rms_scale(pf_block_sum(ss, sh), hd, eps);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s;
-    pf_block_rope(xs, hd, pos0 + t, rp, false);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) qh[i] = xs[i];
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    float s = pf_rms_scale(ss, hd, eps);
+    for (int i = lane; i < hd; i += 32) xs[i] = xs[i] * s;
+    __syncwarp();
+    for (int k = lane; k < rp.n_rot / 2; k += 32) pf_rope_pair(xs + hd - rp.n_rot, k, pos0 + item / n_head, rp, false);
+    __syncwarp();
+    for (int i = lane; i < hd; i += 32) qh[i] = xs[i];
 }
 
 /* Per token: weighted RMSNorm, RoPE, FP8 round-trip, f16 → kvc[t]. */
@@ -833,7 +839,7 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
     if (threadIdx.x == 0) n_sel[t] = top_k;
 }
 
-/* ---- attention: one block per token, all heads, on tensor cores ----
+/* ---- attention: a block per (token, group of 16·MB heads), on tensor cores ----
  * Rows of token t (position p): raw positions lo..p (lo = max(0, p-n_swa+1))
  * from the ring (before pos0) or the chunk's rows kvc, then the visible
  * compressed rows or the indexer's selection. Rows stream through shared
@@ -841,8 +847,18 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
  * and the output P·V are f16 mma.sync with f32 accumulation, Q and P each
  * split as hi + lo f16 (two products) so they keep ~22 bits, K = V exact
  * (f16 rows). The softmax is online (running max from the sink, rescaled
- * sums); the output × 1/den, rotated back at p. Heads padded to 16s. */
-enum { PA_WARPS = 16, PA_ROWS = 32, PA_PS = PA_ROWS + 8, PA_MAX_TASKS = 16 };
+ * sums); the output × 1/den, rotated back at p. Heads padded to 16s.
+ *
+ * Work split: the block's 4·MB warps are (m-tile of 16 heads, quarter of
+ * the head dims). For S each warp sums its quarter of the dims (A = Q from
+ * shared memory, B = the tile's rows) and the four partial sums are added
+ * in order by the softmax threads (8 per head, 2 columns each, running max
+ * and sum in registers); for P·V each warp owns its quarter of the output
+ * dims for its 16 heads (64 accumulators a thread for hd 512). Shared rows
+ * (Q, K tiles) are XOR-swizzled by 16-byte chunks so ldmatrix is free of
+ * bank conflicts. MB = 2 (32 heads, ~109 KB at hd 512: two blocks an SM on
+ * sm_90) where the device allows it, else MB = 1 (~71 KB: sm_89/sm_120). */
+enum { PA_ROWS = 16, PA_SP = PA_ROWS + 4, PA_PS = PA_ROWS + 8 };
 
 struct pf_att {
     const __half *ring, *kvc, *comp;
@@ -859,23 +875,28 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
     return a.comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
 }
 
-/* Shared bytes of pf_attention for n_head heads of hd. */
-static inline size_t pf_att_smem(int n_head, int hd) {
-    size_t mh = (size_t)(n_head + 15) / 16 * 16, qs = (size_t)hd + 8;
-    return 2 * mh * qs * 2 + 2 * (size_t)PA_ROWS * qs * 2 + mh * (PA_ROWS + 1) * 4 + 2 * mh * PA_PS * 2 + 3 * mh * 4;
+/* Offset (in halves) of 16-byte chunk c of row r in a swizzled [rows][hd] f16 array. */
+__device__ __forceinline__ int pa_sw(int r, int c, int hd) { return r * hd + ((c ^ (r & 7)) << 3); }
+
+/* Shared bytes of pf_attention<mb> for heads of hd (hd % 64 == 0). */
+static inline size_t pf_att_smem(int mb, int hd) {
+    size_t hb = 16 * (size_t)mb;
+    return hb * hd * 4 + 2 * (size_t)PA_ROWS * hd * 2 + 4 * hb * PA_SP * 4 + 2 * hb * PA_PS * 2 + 2 * hb * 4;
 }
 
-__global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
-                                                                 int n_head, rope_dev rp, float *out) {
+template <int MB>
+__global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
+                                                            int n_head, rope_dev rp, float *out) {
     extern __shared__ __align__(16) unsigned char pa_raw[];
-    const int MT = (n_head + 15) / 16, MH = MT * 16, QS = hd + 8, NTD = hd / 8;
-    __half *qh = (__half *)pa_raw, *ql = qh + (size_t)MH * QS;
-    __half *kt = ql + (size_t)MH * QS; /* 2 buffers of PA_ROWS × QS */
-    float *S = (float *)(kt + 2 * PA_ROWS * QS);
-    __half *ph = (__half *)(S + MH * (PA_ROWS + 1)), *pl = ph + MH * PA_PS;
-    float *mrun = (float *)(pl + MH * PA_PS), *lrun = mrun + MH, *resc = lrun + MH;
+    constexpr int HB = 16 * MB;
+    __half *qh = (__half *)pa_raw, *ql = qh + HB * hd;
+    __half *kt = ql + HB * hd; /* 2 buffers of PA_ROWS × hd */
+    float *sp = (float *)(kt + 2 * PA_ROWS * hd); /* [quarter][HB][PA_SP] partial scores */
+    __half *ph = (__half *)(sp + 4 * HB * PA_SP), *pl = ph + HB * PA_PS;
+    float *resc = (float *)(pl + HB * PA_PS), *lfin = resc + HB;
     float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
-    int t = blockIdx.x, p = a.pos0 + t, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h0 = blockIdx.x * HB, t = blockIdx.y, p = a.pos0 + t;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, m = warp >> 2, quarter = warp & 3;
     int lo = p - a.n_swa + 1 < 0 ? 0 : p - a.n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
     const int *pick = NULL;
     if (a.ratio) {
@@ -885,13 +906,13 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
             pick = a.sel + (size_t)t * a.top_k;
         }
     }
-    int nr = n_raw + n_comp, n_tiles = (nr + PA_ROWS - 1) / PA_ROWS;
-    const int chunks = hd / 8; /* 16-byte pieces of a row */
+    const int nr = n_raw + n_comp, n_tiles = (nr + PA_ROWS - 1) / PA_ROWS;
+    const int chunks = hd >> 3, qd = hd >> 2, NT = hd >> 5;
     auto load_tile = [&](int j, int b) {
-        __half *dst = kt + (size_t)b * PA_ROWS * QS;
+        __half *dst = kt + b * PA_ROWS * hd;
         for (int i = tid; i < PA_ROWS * chunks; i += blockDim.x) {
-            int r = i / chunks, c = i % chunks, row = j * PA_ROWS + r;
-            __half *d = dst + (size_t)r * QS + c * 8;
+            int r = i / chunks, c = i - r * chunks, row = j * PA_ROWS + r;
+            __half *d = dst + pa_sw(r, c, hd);
             if (row < nr) {
                 const __half *src = pf_att_row(a, row, n_raw, lo, pick, hd) + c * 8;
                 asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)), "l"(src));
@@ -902,130 +923,129 @@ __global__ void __launch_bounds__(PA_WARPS * 32, 1) pf_attention(const float *q,
         asm volatile("cp.async.commit_group;");
     };
     load_tile(0, 0);
-    /* Q as hi + lo halves; padded heads zero; running stats from the sink */
+    /* Q of the block's heads as hi + lo halves; padded heads zero */
     const float *qt = q + (size_t)t * n_head * hd;
-    for (int i = tid; i < MH * hd; i += blockDim.x) {
-        int h = i / hd, d = i % hd;
-        float v = h < n_head ? qt[(size_t)h * hd + d] : 0.0f;
-        __half hi = __float2half_rn(v);
-        qh[(size_t)h * QS + d] = hi;
-        ql[(size_t)h * QS + d] = __float2half_rn(v - __half2float(hi));
+    for (int i = tid; i < HB * hd / 4; i += blockDim.x) {
+        int hl = (4 * i) / hd, d = 4 * i - hl * hd;
+        float4 v = h0 + hl < n_head ? *(const float4 *)(qt + (size_t)(h0 + hl) * hd + d)
+                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        __half2 h01 = __floats2half2_rn(v.x, v.y), h23 = __floats2half2_rn(v.z, v.w);
+        float2 f01 = __half22float2(h01), f23 = __half22float2(h23);
+        int o = pa_sw(hl, d >> 3, hd) + (d & 7);
+        *(__half2 *)(qh + o) = h01;
+        *(__half2 *)(qh + o + 2) = h23;
+        *(__half2 *)(ql + o) = __floats2half2_rn(v.x - f01.x, v.y - f01.y);
+        *(__half2 *)(ql + o + 2) = __floats2half2_rn(v.z - f23.x, v.w - f23.y);
     }
-    for (int h = tid; h < MH; h += blockDim.x) {
-        mrun[h] = h < n_head ? sinks[h] : 0.0f;
-        lrun[h] = 1.0f; /* the sink's own term, exp(sink - m) with m = sink */
-    }
-    float scale = 1.0f / sqrtf((float)hd);
-    /* PV tasks of this warp: (m-tile, n-tile of 8 dims), m-major */
-    int n_tasks = MT * NTD, per = (n_tasks + PA_WARPS - 1) / PA_WARPS, task0 = warp * per;
-    float acc[PA_MAX_TASKS][4];
+    /* softmax role: head hs of the block, columns 2·sub and 2·sub+1 of a tile;
+     * the running max and sum start from the sink (its term exp(sink - m) = 1) */
+    const int hs = tid >> 3, sub = tid & 7;
+    const bool hv = h0 + hs < n_head;
+    float m_run = hv ? sinks[h0 + hs] : 0.0f, l_run = 1.0f;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float acc[16][4];
 #pragma unroll
-    for (int k = 0; k < PA_MAX_TASKS; k++) acc[k][0] = acc[k][1] = acc[k][2] = acc[k][3] = 0.0f;
-    int tph = blockDim.x / MH; /* softmax threads per head */
+    for (int k = 0; k < 16; k++) acc[k][0] = acc[k][1] = acc[k][2] = acc[k][3] = 0.0f;
+    const int arow = m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, acol = lane >> 4;
+    const int brow = (lane & 7) + (lane >> 4) * 8, bcol = (lane >> 3) & 1;
+    const int vrow = (lane & 7) + ((lane >> 3) & 1) * 8, vcol = quarter * (qd >> 3) + (lane >> 4);
     for (int j = 0; j < n_tiles; j++) {
-        if (j + 1 < n_tiles) {
-            load_tile(j + 1, (j + 1) & 1);
-            asm volatile("cp.async.wait_group 1;");
-        } else {
-            asm volatile("cp.async.wait_group 0;");
-        }
+        asm volatile("cp.async.wait_group 0;");
         __syncthreads();
-        const __half *K = kt + (size_t)(j & 1) * PA_ROWS * QS;
-        /* S = scale · Q·Kᵀ, one 16×8 tile per task */
-        for (int task = warp; task < MT * (PA_ROWS / 8); task += PA_WARPS) {
-            int m = task / (PA_ROWS / 8), n = task % (PA_ROWS / 8);
-            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
-            const __half *brow = K + (size_t)(n * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
-            for (int k0 = 0; k0 < hd; k0 += 16) {
-                uint32_t ah[4], al[4], b[2];
-                pa_ldm_x4(ah, arow + k0);
-                pa_ldm_x4(al, arow + (size_t)MH * QS + k0);
-                pa_ldm_x2(b, brow + k0);
-                pa_mma(c, ah, b);
-                pa_mma(c, al, b);
-            }
-            int r0 = m * 16 + (lane >> 2), c0 = n * 8 + (lane & 3) * 2;
-            for (int e = 0; e < 4; e++) {
-                int r = r0 + (e >> 1) * 8, col = c0 + (e & 1);
-                S[r * (PA_ROWS + 1) + col] = j * PA_ROWS + col < nr ? scale * c[e] : -INFINITY;
-            }
-        }
-        __syncthreads();
-        /* online softmax: tph threads per head */
+        if (j + 1 < n_tiles) load_tile(j + 1, (j + 1) & 1);
+        const __half *K = kt + (j & 1) * PA_ROWS * hd;
+        /* partial S over this warp's quarter of the dims: 16 heads × 16 rows */
         {
-            int h = tid / tph, sub = tid % tph;
-            float mx = -INFINITY;
-            for (int col = sub; col < PA_ROWS; col += tph) mx = fmaxf(mx, S[h * (PA_ROWS + 1) + col]);
-            for (int o = tph / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            float m_old = mrun[h], m_new = fmaxf(m_old, mx);
-            float sum = 0.0f;
-            for (int col = sub; col < PA_ROWS; col += tph) {
-                float e = h < n_head ? expf(S[h * (PA_ROWS + 1) + col] - m_new) : 0.0f;
-                __half hi = __float2half_rn(e);
-                ph[h * PA_PS + col] = hi;
-                pl[h * PA_PS + col] = __float2half_rn(e - __half2float(hi));
-                sum += e;
+            float c[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            for (int k0 = quarter * qd; k0 < quarter * qd + qd; k0 += 16) {
+                int c0 = k0 >> 3;
+                uint32_t ah[4], al[4], b[4];
+                pa_ldm_x4(ah, qh + pa_sw(arow, c0 + acol, hd));
+                pa_ldm_x4(al, ql + pa_sw(arow, c0 + acol, hd));
+                pa_ldm_x4(b, K + pa_sw(brow, c0 + bcol, hd));
+                pa_mma(c[0], ah, b);
+                pa_mma(c[0], al, b);
+                pa_mma(c[1], ah, b + 2);
+                pa_mma(c[1], al, b + 2);
             }
-            for (int o = tph / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            __syncwarp();
-            if (sub == 0) {
-                float sc = h < n_head ? expf(m_old - m_new) : 1.0f;
-                resc[h] = sc;
-                lrun[h] = lrun[h] * sc + sum;
-                mrun[h] = m_new;
-            }
-        }
-        __syncthreads();
-        /* O = O·resc + P·V */
-        {
-            int m_cur = -1;
-            uint32_t pah[2][4], pal[2][4];
+            float *dst = sp + (quarter * HB + m * 16 + (lane >> 2)) * PA_SP + (lane & 3) * 2;
 #pragma unroll
-            for (int k = 0; k < PA_MAX_TASKS; k++) {
-                int task = task0 + k;
-                if (k >= per || task >= n_tasks) break;
-                int m = task / NTD, n = task % NTD;
-                if (m != m_cur) {
-                    m_cur = m;
-                    for (int ks = 0; ks < 2; ks++) {
-                        const __half *arow = ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PA_PS + ks * 16 +
-                                             (lane >> 4) * 8;
-                        pa_ldm_x4(pah[ks], arow);
-                        pa_ldm_x4(pal[ks], arow + MH * PA_PS);
+            for (int n = 0; n < 2; n++) {
+                *(float2 *)(dst + n * 8) = make_float2(c[n][0], c[n][1]);
+                *(float2 *)(dst + 8 * PA_SP + n * 8) = make_float2(c[n][2], c[n][3]);
+            }
+        }
+        __syncthreads();
+        /* online softmax: the four partial sums in order, P as hi + lo */
+        {
+            const float *s0 = sp + hs * PA_SP + 2 * sub;
+            float v[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float s = s0[e] + s0[HB * PA_SP + e] + s0[2 * HB * PA_SP + e] + s0[3 * HB * PA_SP + e];
+                v[e] = j * PA_ROWS + 2 * sub + e < nr ? scale * s : -INFINITY;
+            }
+            float mx = fmaxf(v[0], v[1]);
+            for (int o = 4; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float m_new = fmaxf(m_run, mx);
+            float e0 = hv ? expf(v[0] - m_new) : 0.0f, e1 = hv ? expf(v[1] - m_new) : 0.0f;
+            __half2 hi = __floats2half2_rn(e0, e1);
+            float2 hf = __half22float2(hi);
+            *(__half2 *)(ph + hs * PA_PS + 2 * sub) = hi;
+            *(__half2 *)(pl + hs * PA_PS + 2 * sub) = __floats2half2_rn(e0 - hf.x, e1 - hf.y);
+            float sum = e0 + e1;
+            for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            float sc = hv ? expf(m_run - m_new) : 1.0f;
+            l_run = l_run * sc + sum;
+            m_run = m_new;
+            if (sub == 0) resc[hs] = sc;
+        }
+        __syncthreads();
+        /* O = O·resc + P·V over this warp's quarter of the output dims */
+        {
+            uint32_t pah[4], pal[4];
+            const __half *pa = ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PA_PS + (lane >> 4) * 8;
+            pa_ldm_x4(pah, pa);
+            pa_ldm_x4(pal, pa + HB * PA_PS);
+            float s0 = resc[m * 16 + (lane >> 2)], s1 = resc[m * 16 + (lane >> 2) + 8];
+#pragma unroll
+            for (int nn = 0; nn < 16; nn += 2) {
+                if (nn < NT) {
+                    uint32_t b[4];
+                    pa_ldm_x4_t(b, K + pa_sw(vrow, vcol + nn, hd));
+#pragma unroll
+                    for (int u = 0; u < 2; u++) {
+                        float *c = acc[nn + u];
+                        c[0] *= s0, c[1] *= s0, c[2] *= s1, c[3] *= s1;
+                        pa_mma(c, pah, b + 2 * u);
+                        pa_mma(c, pal, b + 2 * u);
                     }
                 }
-                float s0 = resc[m * 16 + (lane >> 2)], s1 = resc[m * 16 + (lane >> 2) + 8];
-                acc[k][0] *= s0, acc[k][1] *= s0, acc[k][2] *= s1, acc[k][3] *= s1;
-                for (int ks = 0; ks < 2; ks++) {
-                    uint32_t b[2];
-                    pa_ldm_x2_t(b, K + (size_t)(ks * 16 + (lane & 15)) * QS + n * 8);
-                    pa_mma(acc[k], pah[ks], b);
-                    pa_mma(acc[k], pal[ks], b);
-                }
             }
         }
-        __syncthreads();
     }
+    if (sub == 0) lfin[hs] = l_run;
+    __syncthreads();
     /* output × 1/den into shared (over Q), inverse RoPE, store */
 #pragma unroll
-    for (int k = 0; k < PA_MAX_TASKS; k++) {
-        int task = task0 + k;
-        if (k >= per || task >= n_tasks) break;
-        int m = task / NTD, n = task % NTD;
-        for (int e = 0; e < 4; e++) {
-            int h = m * 16 + (lane >> 2) + (e >> 1) * 8, d = n * 8 + (lane & 3) * 2 + (e & 1);
-            if (h < n_head) os[(size_t)h * hd + d] = acc[k][e] * (1.0f / lrun[h]);
+    for (int nn = 0; nn < 16; nn++) {
+        if (nn < NT) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int hl = m * 16 + (lane >> 2) + (e >> 1) * 8, d = quarter * qd + nn * 8 + (lane & 3) * 2 + (e & 1);
+                os[hl * hd + d] = acc[nn][e] * (1.0f / lfin[hl]);
+            }
         }
     }
     __syncthreads();
-    for (int i = tid; i < n_head * (rp.n_rot / 2); i += blockDim.x) {
-        int h = i / (rp.n_rot / 2), k = i % (rp.n_rot / 2);
-        pf_rope_pair(os + (size_t)h * hd + hd - rp.n_rot, k, p, rp, true);
+    int n_valid = n_head - h0 < HB ? n_head - h0 : HB;
+    for (int i = tid; i < n_valid * (rp.n_rot / 2); i += blockDim.x) {
+        int hl = i / (rp.n_rot / 2), k = i % (rp.n_rot / 2);
+        pf_rope_pair(os + hl * hd + hd - rp.n_rot, k, p, rp, true);
     }
     __syncthreads();
-    float *o = out + (size_t)t * n_head * hd;
-    for (int i = tid; i < n_head * hd; i += blockDim.x) o[i] = os[i];
+    float4 *o = (float4 *)(out + ((size_t)t * n_head + h0) * hd);
+    for (int i = tid; i < n_valid * hd / 4; i += blockDim.x) o[i] = ((const float4 *)os)[i];
 }
 
 /* ---- MoE ---- */
