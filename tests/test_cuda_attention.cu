@@ -1,9 +1,10 @@
 /* test_cuda_attention.cu — the batched prefill's attention kernel
  * (cuda_prefill_ops.cuh pf_attention) at the full model's shape (64 heads
  * of 512, window 128), which test_cuda_forward's tiny model (8 heads of
- * 128) does not reach: both head groupings (16 and 32 heads a block)
- * against a double-precision CPU reference of the same rows, then the
- * kernel time of a 4096-token chunk at 8k context.
+ * 128) does not reach: every kernel shape (16 or 32 heads a block, 16- or
+ * 32-row tiles) that fits the device against a double-precision CPU
+ * reference of the same rows, then each shape's time for a 4096-token
+ * chunk at 8k context.
  *
  * Cases: ratio 4 with the indexer's selection (512 of the visible
  * compressed rows, ring rows before the chunk and the chunk's own rows
@@ -133,23 +134,34 @@ static std::vector<const __half *> rows_of(const att_data *a, int t) {
     return r;
 }
 
-static void launch(const att_data *a, int mb, cudaStream_t st) {
+/* The kernel shapes: heads a block 16·mb, rows a tile r; the prefill runs the first that fits. */
+struct att_shape {
+    int mb, r;
+};
+static const att_shape shapes[] = {{2, 16}, {1, 16}, {2, 32}, {1, 32}};
+
+static void launch(const att_data *a, att_shape sh, cudaStream_t st) {
     const att_case &c = a->c;
     pf_att pa = {a->d_ring, a->d_kvc, a->d_comp, c.ratio == 4 ? a->d_sel : NULL, c.ratio == 4 ? a->d_nsel : NULL,
                  NSWA, c.ratio, c.pos0, TOPK};
     rope_dev rp = {0, 1.0f, 0, 1.0f, 0.0f, 1.0f};
-    dim3 grid(HEADS / (16 * mb), c.T);
-    if (mb == 2)
-        pf_attention<2><<<grid, 256, pf_att_smem(2, HD), st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+    dim3 grid(HEADS / (16 * sh.mb), c.T);
+    size_t smem = pf_att_smem(sh.mb, HD, sh.r);
+    if (sh.mb == 2 && sh.r == 16)
+        pf_attention<2, 16><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+    else if (sh.mb == 1 && sh.r == 16)
+        pf_attention<1, 16><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+    else if (sh.mb == 2)
+        pf_attention<2, 32><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
     else
-        pf_attention<1><<<grid, 128, pf_att_smem(1, HD), st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+        pf_attention<1, 32><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
 }
 
 /* Worst |gpu - ref| / max|ref| of a head over the checked tokens. */
-static double check(att_data *a, int mb) {
+static double check(att_data *a, att_shape sh) {
     const att_case &c = a->c;
     CK(cudaMemset(a->d_out, 0xff, a->q.size() * 4));
-    launch(a, mb, 0);
+    launch(a, sh, 0);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     std::vector<float> out(a->q.size());
@@ -201,14 +213,19 @@ int main(void) {
     }
     int optin = 0;
     CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
-    bool mb2 = pf_att_smem(2, HD) <= (size_t)optin;
-    CK(cudaFuncSetAttribute(pf_attention<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_att_smem(1, HD)));
-    if (mb2) {
-        CK(cudaFuncSetAttribute(pf_attention<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_att_smem(2, HD)));
-        CK(cudaFuncSetAttribute(pf_attention<2>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    bool fits[4];
+    for (int i = 0; i < 4; i++) {
+        att_shape sh = shapes[i];
+        size_t smem = pf_att_smem(sh.mb, HD, sh.r);
+        fits[i] = smem <= (size_t)optin;
+        printf("%d heads a block, %d-row tiles: %zu bytes of shared memory%s\n", 16 * sh.mb, sh.r, smem,
+               fits[i] ? "" : " (over the device's limit: not run)");
+        if (!fits[i]) continue;
+        const void *f = sh.mb == 2 ? (sh.r == 16 ? (const void *)pf_attention<2, 16> : (const void *)pf_attention<2, 32>)
+                                   : (sh.r == 16 ? (const void *)pf_attention<1, 16> : (const void *)pf_attention<1, 32>);
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
     }
-    printf("shared memory a block: %d bytes; 16 heads a block %zu, 32 heads %zu%s\n", optin, pf_att_smem(1, HD),
-           pf_att_smem(2, HD), mb2 ? "" : " (too much: not run)");
     att_case cases[] = {{"ratio 4, selection, chunk at 4096", 4, 4096, 4096},
                         {"ratio 128 from position 0", 128, 0, 300},
                         {"ratio 0 at 200", 0, 200, 150}};
@@ -217,11 +234,13 @@ int main(void) {
         att_data a = {};
         a.c = c;
         make_data(&a);
-        for (int mb = 1; mb <= (mb2 ? 2 : 1); mb++) {
-            double w = check(&a, mb);
+        for (int i = 0; i < 4; i++) {
+            if (!fits[i]) continue;
+            double w = check(&a, shapes[i]);
             bool ok = w <= 1e-4;
             failed += !ok;
-            printf("%-36s %2d heads a block: worst |d|/max|ref| %.3g %s\n", c.name, 16 * mb, w, ok ? "ok" : "FAIL");
+            printf("%-34s %2d heads, %d rows: worst |d|/max|ref| %.3g %s\n", c.name, 16 * shapes[i].mb, shapes[i].r,
+                   w, ok ? "ok" : "FAIL");
         }
         if (c.ratio == 4) {
             /* time: 640 rows a token (128 window + 512 selected) */
@@ -229,17 +248,18 @@ int main(void) {
             CK(cudaEventCreate(&e0));
             CK(cudaEventCreate(&e1));
             double flop = 4.0 * c.T * HEADS * (double)(NSWA + TOPK) * HD;
-            for (int mb = 1; mb <= (mb2 ? 2 : 1); mb++) {
-                launch(&a, mb, 0);
+            for (int i = 0; i < 4; i++) {
+                if (!fits[i]) continue;
+                launch(&a, shapes[i], 0);
                 CK(cudaEventRecord(e0));
-                for (int i = 0; i < 5; i++) launch(&a, mb, 0);
+                for (int k = 0; k < 5; k++) launch(&a, shapes[i], 0);
                 CK(cudaEventRecord(e1));
                 CK(cudaEventSynchronize(e1));
                 float ms = 0;
                 CK(cudaEventElapsedTime(&ms, e0, e1));
                 ms /= 5;
-                printf("time, %d tokens x 640 rows, %2d heads a block: %.3f ms (%.0f TFLOP/s)\n", c.T, 16 * mb, ms,
-                       flop / (ms * 1e-3) * 1e-12);
+                printf("time, %d tokens x 640 rows, %2d heads, %d rows: %.3f ms (%.0f TFLOP/s)\n", c.T,
+                       16 * shapes[i].mb, shapes[i].r, ms, flop / (ms * 1e-3) * 1e-12);
             }
         }
         free_data(&a);

@@ -843,22 +843,24 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
  * Rows of token t (position p): raw positions lo..p (lo = max(0, p-n_swa+1))
  * from the ring (before pos0) or the chunk's rows kvc, then the visible
  * compressed rows or the indexer's selection. Rows stream through shared
- * memory in tiles of PA_ROWS (cp.async, double-buffered); scores S = Q·Kᵀ
- * and the output P·V are f16 mma.sync with f32 accumulation, Q and P each
- * split as hi + lo f16 (two products) so they keep ~22 bits, K = V exact
- * (f16 rows). The softmax is online (running max from the sink, rescaled
- * sums); the output × 1/den, rotated back at p. Heads padded to 16s.
+ * memory in tiles of R (cp.async, double-buffered); scores S = Q·Kᵀ and
+ * the output P·V are f16 mma.sync with f32 accumulation, Q and P each split
+ * as hi + lo f16 (two products) so they keep ~22 bits, K = V exact (f16
+ * rows). The softmax is online (running max from the sink, rescaled sums);
+ * the output × 1/den, rotated back at p. Heads padded to 16s.
  *
  * Work split: the block's 4·MB warps are (m-tile of 16 heads, quarter of
  * the head dims). For S each warp sums its quarter of the dims (A = Q from
  * shared memory, B = the tile's rows) and the four partial sums are added
- * in order by the softmax threads (8 per head, 2 columns each, running max
- * and sum in registers); for P·V each warp owns its quarter of the output
- * dims for its 16 heads (64 accumulators a thread for hd 512). Shared rows
- * (Q, K tiles) are XOR-swizzled by 16-byte chunks so ldmatrix is free of
- * bank conflicts. MB = 2 (32 heads, ~109 KB at hd 512: two blocks an SM on
- * sm_90) where the device allows it, else MB = 1 (~71 KB: sm_89/sm_120). */
-enum { PA_ROWS = 16, PA_SP = PA_ROWS + 4, PA_PS = PA_ROWS + 8 };
+ * in order by the softmax threads (8 per head, R/8 columns each, running
+ * max and sum in registers); for P·V each warp owns its quarter of the
+ * output dims for its 16 heads (64 accumulators a thread for hd 512).
+ * Shared rows (Q, K tiles) are XOR-swizzled by 16-byte chunks so ldmatrix
+ * is free of bank conflicts. The prefill runs MB = 2, R = 16 (32 heads,
+ * ~109 KB at hd 512: two blocks an SM on sm_90) where the device allows
+ * it, else MB = 1 (~71 KB: sm_89/sm_120); test_cuda_attention times the
+ * other shapes too. */
+enum { PA_ROWS = 16 };
 
 struct pf_att {
     const __half *ring, *kvc, *comp;
@@ -878,22 +880,23 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
 /* Offset (in halves) of 16-byte chunk c of row r in a swizzled [rows][hd] f16 array. */
 __device__ __forceinline__ int pa_sw(int r, int c, int hd) { return r * hd + ((c ^ (r & 7)) << 3); }
 
-/* Shared bytes of pf_attention<mb> for heads of hd (hd % 64 == 0). */
-static inline size_t pf_att_smem(int mb, int hd) {
+/* Shared bytes of pf_attention<mb, r> for heads of hd (hd % 64 == 0). */
+static inline size_t pf_att_smem(int mb, int hd, int r = PA_ROWS) {
     size_t hb = 16 * (size_t)mb;
-    return hb * hd * 4 + 2 * (size_t)PA_ROWS * hd * 2 + 4 * hb * PA_SP * 4 + 2 * hb * PA_PS * 2 + 2 * hb * 4;
+    return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4;
 }
 
-template <int MB>
+template <int MB, int R = PA_ROWS>
 __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
                                                             int n_head, rope_dev rp, float *out) {
+    static_assert(R == 16 || R == 32, "tile rows");
     extern __shared__ __align__(16) unsigned char pa_raw[];
-    constexpr int HB = 16 * MB;
+    constexpr int HB = 16 * MB, SP = R + 4, PS = R + 8, NC = R / 8; /* NC: softmax columns a thread */
     __half *qh = (__half *)pa_raw, *ql = qh + HB * hd;
-    __half *kt = ql + HB * hd; /* 2 buffers of PA_ROWS × hd */
-    float *sp = (float *)(kt + 2 * PA_ROWS * hd); /* [quarter][HB][PA_SP] partial scores */
-    __half *ph = (__half *)(sp + 4 * HB * PA_SP), *pl = ph + HB * PA_PS;
-    float *resc = (float *)(pl + HB * PA_PS), *lfin = resc + HB;
+    __half *kt = ql + HB * hd; /* 2 buffers of R × hd */
+    float *sp = (float *)(kt + 2 * R * hd); /* [quarter][HB][SP] partial scores */
+    __half *ph = (__half *)(sp + 4 * HB * SP), *pl = ph + HB * PS;
+    float *resc = (float *)(pl + HB * PS), *lfin = resc + HB;
     float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
     const int h0 = blockIdx.x * HB, t = blockIdx.y, p = a.pos0 + t;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, m = warp >> 2, quarter = warp & 3;
@@ -906,12 +909,12 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
             pick = a.sel + (size_t)t * a.top_k;
         }
     }
-    const int nr = n_raw + n_comp, n_tiles = (nr + PA_ROWS - 1) / PA_ROWS;
+    const int nr = n_raw + n_comp, n_tiles = (nr + R - 1) / R;
     const int chunks = hd >> 3, qd = hd >> 2, NT = hd >> 5;
     auto load_tile = [&](int j, int b) {
-        __half *dst = kt + b * PA_ROWS * hd;
-        for (int i = tid; i < PA_ROWS * chunks; i += blockDim.x) {
-            int r = i / chunks, c = i - r * chunks, row = j * PA_ROWS + r;
+        __half *dst = kt + b * R * hd;
+        for (int i = tid; i < R * chunks; i += blockDim.x) {
+            int r = i / chunks, c = i - r * chunks, row = j * R + r;
             __half *d = dst + pa_sw(r, c, hd);
             if (row < nr) {
                 const __half *src = pf_att_row(a, row, n_raw, lo, pick, hd) + c * 8;
@@ -937,8 +940,8 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         *(__half2 *)(ql + o) = __floats2half2_rn(v.x - f01.x, v.y - f01.y);
         *(__half2 *)(ql + o + 2) = __floats2half2_rn(v.z - f23.x, v.w - f23.y);
     }
-    /* softmax role: head hs of the block, columns 2·sub and 2·sub+1 of a tile;
-     * the running max and sum start from the sink (its term exp(sink - m) = 1) */
+    /* softmax role: head hs of the block, columns NC·sub .. NC·sub+NC-1 of a
+     * tile; the running max and sum start from the sink (exp(sink - m) = 1) */
     const int hs = tid >> 3, sub = tid & 7;
     const bool hv = h0 + hs < n_head;
     float m_run = hv ? sinks[h0 + hs] : 0.0f, l_run = 1.0f;
@@ -953,47 +956,56 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         asm volatile("cp.async.wait_group 0;");
         __syncthreads();
         if (j + 1 < n_tiles) load_tile(j + 1, (j + 1) & 1);
-        const __half *K = kt + (j & 1) * PA_ROWS * hd;
-        /* partial S over this warp's quarter of the dims: 16 heads × 16 rows */
+        const __half *K = kt + (j & 1) * R * hd;
+        /* partial S over this warp's quarter of the dims: 16 heads × R rows */
         {
-            float c[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            float c[R / 8][4];
+#pragma unroll
+            for (int n = 0; n < R / 8; n++) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
             for (int k0 = quarter * qd; k0 < quarter * qd + qd; k0 += 16) {
                 int c0 = k0 >> 3;
-                uint32_t ah[4], al[4], b[4];
+                uint32_t ah[4], al[4];
                 pa_ldm_x4(ah, qh + pa_sw(arow, c0 + acol, hd));
                 pa_ldm_x4(al, ql + pa_sw(arow, c0 + acol, hd));
-                pa_ldm_x4(b, K + pa_sw(brow, c0 + bcol, hd));
-                pa_mma(c[0], ah, b);
-                pa_mma(c[0], al, b);
-                pa_mma(c[1], ah, b + 2);
-                pa_mma(c[1], al, b + 2);
-            }
-            float *dst = sp + (quarter * HB + m * 16 + (lane >> 2)) * PA_SP + (lane & 3) * 2;
 #pragma unroll
-            for (int n = 0; n < 2; n++) {
+                for (int np = 0; np < R / 16; np++) {
+                    uint32_t b[4];
+                    pa_ldm_x4(b, K + pa_sw(np * 16 + brow, c0 + bcol, hd));
+                    pa_mma(c[2 * np], ah, b);
+                    pa_mma(c[2 * np], al, b);
+                    pa_mma(c[2 * np + 1], ah, b + 2);
+                    pa_mma(c[2 * np + 1], al, b + 2);
+                }
+            }
+            float *dst = sp + (quarter * HB + m * 16 + (lane >> 2)) * SP + (lane & 3) * 2;
+#pragma unroll
+            for (int n = 0; n < R / 8; n++) {
                 *(float2 *)(dst + n * 8) = make_float2(c[n][0], c[n][1]);
-                *(float2 *)(dst + 8 * PA_SP + n * 8) = make_float2(c[n][2], c[n][3]);
+                *(float2 *)(dst + 8 * SP + n * 8) = make_float2(c[n][2], c[n][3]);
             }
         }
         __syncthreads();
         /* online softmax: the four partial sums in order, P as hi + lo */
         {
-            const float *s0 = sp + hs * PA_SP + 2 * sub;
-            float v[2];
+            const float *s0 = sp + hs * SP + NC * sub;
+            float v[NC], mx = -INFINITY;
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                float s = s0[e] + s0[HB * PA_SP + e] + s0[2 * HB * PA_SP + e] + s0[3 * HB * PA_SP + e];
-                v[e] = j * PA_ROWS + 2 * sub + e < nr ? scale * s : -INFINITY;
+            for (int e = 0; e < NC; e++) {
+                float s = s0[e] + s0[HB * SP + e] + s0[2 * HB * SP + e] + s0[3 * HB * SP + e];
+                v[e] = j * R + NC * sub + e < nr ? scale * s : -INFINITY;
+                mx = fmaxf(mx, v[e]);
             }
-            float mx = fmaxf(v[0], v[1]);
             for (int o = 4; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            float m_new = fmaxf(m_run, mx);
-            float e0 = hv ? expf(v[0] - m_new) : 0.0f, e1 = hv ? expf(v[1] - m_new) : 0.0f;
-            __half2 hi = __floats2half2_rn(e0, e1);
-            float2 hf = __half22float2(hi);
-            *(__half2 *)(ph + hs * PA_PS + 2 * sub) = hi;
-            *(__half2 *)(pl + hs * PA_PS + 2 * sub) = __floats2half2_rn(e0 - hf.x, e1 - hf.y);
-            float sum = e0 + e1;
+            float m_new = fmaxf(m_run, mx), sum = 0.0f;
+#pragma unroll
+            for (int e = 0; e < NC; e += 2) {
+                float e0 = hv ? expf(v[e] - m_new) : 0.0f, e1 = hv ? expf(v[e + 1] - m_new) : 0.0f;
+                __half2 hi = __floats2half2_rn(e0, e1);
+                float2 hf = __half22float2(hi);
+                *(__half2 *)(ph + hs * PS + NC * sub + e) = hi;
+                *(__half2 *)(pl + hs * PS + NC * sub + e) = __floats2half2_rn(e0 - hf.x, e1 - hf.y);
+                sum += e0 + e1;
+            }
             for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
             float sc = hv ? expf(m_run - m_new) : 1.0f;
             l_run = l_run * sc + sum;
@@ -1003,22 +1015,25 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         __syncthreads();
         /* O = O·resc + P·V over this warp's quarter of the output dims */
         {
-            uint32_t pah[4], pal[4];
-            const __half *pa = ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PA_PS + (lane >> 4) * 8;
-            pa_ldm_x4(pah, pa);
-            pa_ldm_x4(pal, pa + HB * PA_PS);
             float s0 = resc[m * 16 + (lane >> 2)], s1 = resc[m * 16 + (lane >> 2) + 8];
 #pragma unroll
-            for (int nn = 0; nn < 16; nn += 2) {
-                if (nn < NT) {
-                    uint32_t b[4];
-                    pa_ldm_x4_t(b, K + pa_sw(vrow, vcol + nn, hd));
+            for (int k = 0; k < 16; k++) acc[k][0] *= s0, acc[k][1] *= s0, acc[k][2] *= s1, acc[k][3] *= s1;
 #pragma unroll
-                    for (int u = 0; u < 2; u++) {
-                        float *c = acc[nn + u];
-                        c[0] *= s0, c[1] *= s0, c[2] *= s1, c[3] *= s1;
-                        pa_mma(c, pah, b + 2 * u);
-                        pa_mma(c, pal, b + 2 * u);
+            for (int ks = 0; ks < R / 16; ks++) {
+                uint32_t pah[4], pal[4];
+                const __half *pa =
+                    ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PS + ks * 16 + (lane >> 4) * 8;
+                pa_ldm_x4(pah, pa);
+                pa_ldm_x4(pal, pa + HB * PS);
+#pragma unroll
+                for (int nn = 0; nn < 16; nn += 2) {
+                    if (nn < NT) {
+                        uint32_t b[4];
+                        pa_ldm_x4_t(b, K + pa_sw(ks * 16 + vrow, vcol + nn, hd));
+                        pa_mma(acc[nn], pah, b);
+                        pa_mma(acc[nn], pal, b);
+                        pa_mma(acc[nn + 1], pah, b + 2);
+                        pa_mma(acc[nn + 1], pal, b + 2);
                     }
                 }
             }
