@@ -260,8 +260,11 @@ static int hc_pre(pfq *q, const dmat &fn, const float *scale, const float *base,
     pf_ws *w = q->w;
     uint32_t D = hp->n_embd;
     forget(q);
-    pf_hc_mix<<<(T + PF_HC_TOK - 1) / PF_HC_TOK, 256, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, T,
-                                                                  hp->rms_eps, w->mix);
+    if (fn.type == DS4_TYPE_F16 && (HC_N * D) % 128 == 0)
+        pf_hc_mix_tc<<<(T + 15) / 16, 256, 0, q->st>>>((const __half *)fn.w, w->H, HC_N * D, T, hp->rms_eps, w->mix);
+    else
+        pf_hc_mix<<<(T + PF_HC_TOK - 1) / PF_HC_TOK, 256, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, T,
+                                                                      hp->rms_eps, w->mix);
     pmark(q->st, "hc pre mix");
     pf_hc_split<<<(T + 7) / 8, 256, 0, q->st>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, T, w->pre,
                                                 w->post, w->comb);

@@ -331,6 +331,78 @@ __device__ __forceinline__ void pa_mma(float *c, const uint32_t *a, const uint32
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+/* HC pre, step 1-2 on tensor cores for F16 fn: mix[t][j] = (fn_j·H_t)·(1/rms(H_t))
+ * for 16 tokens a block (one m-tile); the 8 warps split n (n % 128 == 0):
+ * H as hi + lo f16 from registers (A, ~22 bits), fn exact (B), each 16-wide
+ * k step's products summed by a fresh mma and added to f32 accumulators;
+ * Σ H² per lane in double. The warps' partial sums are added in order (in
+ * double, as pf_hc_mix does). */
+__global__ void __launch_bounds__(256) pf_hc_mix_tc(const __half *fn, const float *H, uint32_t n, int T, float eps,
+                                                    float *mix) {
+    __shared__ float red[8][16][PF_MIX];
+    __shared__ double red_ss[8][16];
+    const int t0 = blockIdx.x * 16, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const uint32_t span = n / 8, k_begin = warp * span;
+    const int ta = t0 + g, tb = t0 + g + 8;
+    const float *ha = H + (size_t)(ta < T ? ta : 0) * n, *hb = H + (size_t)(tb < T ? tb : 0) * n;
+    const bool va = ta < T, vb = tb < T;
+    float acc[3][4];
+#pragma unroll
+    for (int j = 0; j < 3; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    double ssa = 0.0, ssb = 0.0;
+    auto split = [](float2 v, uint32_t *hi, uint32_t *lo) {
+        __half2 h = __floats2half2_rn(v.x, v.y);
+        float2 f = __half22float2(h);
+        __half2 l = __floats2half2_rn(v.x - f.x, v.y - f.y);
+        *hi = *(uint32_t *)&h;
+        *lo = *(uint32_t *)&l;
+    };
+#pragma unroll 4
+    for (uint32_t k0 = k_begin; k0 < k_begin + span; k0 += 16) {
+        uint32_t kc = k0 + 2 * q4;
+        float2 zero = make_float2(0.0f, 0.0f);
+        float2 x0 = va ? *(const float2 *)(ha + kc) : zero, x1 = vb ? *(const float2 *)(hb + kc) : zero;
+        float2 x2 = va ? *(const float2 *)(ha + kc + 8) : zero, x3 = vb ? *(const float2 *)(hb + kc + 8) : zero;
+        ssa += (double)x0.x * (double)x0.x + (double)x0.y * (double)x0.y + (double)x2.x * (double)x2.x +
+               (double)x2.y * (double)x2.y;
+        ssb += (double)x1.x * (double)x1.x + (double)x1.y * (double)x1.y + (double)x3.x * (double)x3.x +
+               (double)x3.y * (double)x3.y;
+        uint32_t ah[4], al[4];
+        split(x0, &ah[0], &al[0]);
+        split(x1, &ah[1], &al[1]);
+        split(x2, &ah[2], &al[2]);
+        split(x3, &ah[3], &al[3]);
+#pragma unroll
+        for (int j = 0; j < 3; j++) {
+            const __half *fr = fn + (size_t)(j * 8 + g) * n + kc;
+            uint32_t b[2] = {*(const uint32_t *)fr, *(const uint32_t *)(fr + 8)};
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            pa_mma(c, ah, b);
+            pa_mma(c, al, b);
+            acc[j][0] += c[0], acc[j][1] += c[1], acc[j][2] += c[2], acc[j][3] += c[3];
+        }
+    }
+    for (int o = 1; o < 4; o <<= 1) {
+        ssa += __shfl_xor_sync(0xffffffffu, ssa, o);
+        ssb += __shfl_xor_sync(0xffffffffu, ssb, o);
+    }
+#pragma unroll
+    for (int j = 0; j < 3; j++) {
+        int col = j * 8 + 2 * q4;
+        red[warp][g][col] = acc[j][0], red[warp][g][col + 1] = acc[j][1];
+        red[warp][g + 8][col] = acc[j][2], red[warp][g + 8][col + 1] = acc[j][3];
+    }
+    if (q4 == 0) red_ss[warp][g] = ssa, red_ss[warp][g + 8] = ssb;
+    __syncthreads();
+    for (int i = threadIdx.x; i < 16 * PF_MIX; i += blockDim.x) {
+        int r = i / PF_MIX, j = i % PF_MIX;
+        if (t0 + r >= T) continue;
+        double tot = 0.0, s2 = 0.0;
+        for (int w = 0; w < 8; w++) tot += red[w][r][j], s2 += red_ss[w][r];
+        mix[(size_t)(t0 + r) * PF_MIX + j] = (float)tot * pf_rms_scale(s2, (int)n, eps);
+    }
+}
+
 /* Plain-float products: Y[t][r] = W_r · X_t for W F16 or F32 (rows of n_in),
  * f32 accumulation; 64×64 tiles of (token, row), 256 threads × 4×4. */
 enum { PG_TILE = 64, PG_K = 16 };
