@@ -328,11 +328,12 @@ static int indexer(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) {
             pf_idx_scores<<<nb, 256, pf_idx_smem(nih, ihd), q->st>>>(w->iq + (size_t)b * qd, w->iw + (size_t)b * nih,
                                                                      s->L[il].index, ihd, nih, pos0 + b, w->scores,
                                                                      w->score_ld);
+            pmark(q->st, "indexer scores");
             pf_idx_topk<<<nb, 1024, 0, q->st>>>(w->scores, w->score_ld, top_k, pos0 + b, w->sel + (size_t)b * top_k,
                                                 w->n_sel + b);
             if (launched(q->err, "prefill indexer scores")) return -1;
         }
-        pmark(q->st, "indexer scores + top-k");
+        pmark(q->st, "indexer top-k");
     }
     if (t0 > 0) {
         /* tokens before t0 attend every visible row */
@@ -505,7 +506,7 @@ static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int 
 /* The kernels' shapes and shared memory for this model on this device;
  * the attention's heads a block (w->att_mb) from the device's limit. */
 static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
-    if (hp->head_dim % 64 || hp->head_dim > 512 || hp->n_rot > hp->head_dim || hp->n_indexer_head > 64 ||
+    if (hp->head_dim < 64 || hp->head_dim > 512 || (hp->head_dim & (hp->head_dim - 1)) || hp->n_rot > hp->head_dim || hp->n_indexer_head > 64 ||
         hp->indexer_head_dim % 16)
         return ds4_fail(err, "cuda prefill: heads of %u (indexer %u of %u) are beyond the kernels' shapes",
                         hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);

@@ -952,7 +952,7 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
 /* Offset (in halves) of 16-byte chunk c of row r in a swizzled [rows][hd] f16 array. */
 __device__ __forceinline__ int pa_sw(int r, int c, int hd) { return r * hd + ((c ^ (r & 7)) << 3); }
 
-/* Shared bytes of pf_attention<mb, r> for heads of hd (hd % 64 == 0). */
+/* Shared bytes of pf_attention<mb, r> for heads of hd (a power of two, 64..512). */
 static inline size_t pf_att_smem(int mb, int hd, int r = PA_ROWS) {
     size_t hb = 16 * (size_t)mb;
     return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4;
@@ -983,13 +983,16 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
     }
     const int nr = n_raw + n_comp, n_tiles = (nr + R - 1) / R;
     const int chunks = hd >> 3, qd = hd >> 2, NT = hd >> 5;
+    /* tile loads: thread tid copies chunk c_ld of rows r_ld, r_ld + r_step, ...
+     * (hd a power of two up to 512, so chunks divides the block) */
+    const int c_ld = tid & (chunks - 1), r_ld = tid / chunks, r_step = blockDim.x / chunks;
     auto load_tile = [&](int j, int b) {
         __half *dst = kt + b * R * hd;
-        for (int i = tid; i < R * chunks; i += blockDim.x) {
-            int r = i / chunks, c = i - r * chunks, row = j * R + r;
-            __half *d = dst + pa_sw(r, c, hd);
+        for (int r = r_ld; r < R; r += r_step) {
+            int row = j * R + r;
+            __half *d = dst + pa_sw(r, c_ld, hd);
             if (row < nr) {
-                const __half *src = pf_att_row(a, row, n_raw, lo, pick, hd) + c * 8;
+                const __half *src = pf_att_row(a, row, n_raw, lo, pick, hd) + c_ld * 8;
                 asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)), "l"(src));
             } else {
                 *(uint4 *)d = make_uint4(0, 0, 0, 0);
