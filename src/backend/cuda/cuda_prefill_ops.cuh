@@ -739,22 +739,39 @@ __global__ void pf_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp
 
 /* scores[t][c] = Σ_h max(0, q_{t,h}·k_c)·w_{t,h} for c < visible(t), one
  * block per token: the head dots of a tile of IX_ROWS rows on tensor cores
- * (q split hi + lo f16, rows exact f16, f32 accumulation) into shared
- * memory, then one thread per row sums the heads in order, as the CPU. */
+ * (q split hi + lo f16, rows exact f16, f32 accumulation), a warp's task 16
+ * heads × 32 rows; the ReLU and head weights applied to the accumulators,
+ * the task's 16 heads summed across its lanes (a tree), the m-tiles' sums
+ * added in order. Row tiles double-buffered (cp.async). */
 enum { IX_ROWS = 64 };
 
 static inline size_t pf_idx_smem(int nih, int ihd) {
     size_t mh = (size_t)(nih + 15) / 16 * 16, qs = (size_t)ihd + 8;
-    return 2 * mh * qs * 2 + (size_t)IX_ROWS * qs * 2 + mh * (IX_ROWS + 1) * 4 + mh * 4;
+    return 2 * mh * qs * 2 + 2 * (size_t)IX_ROWS * qs * 2 + (mh / 16) * IX_ROWS * 4 + mh * 4;
 }
 
 __global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const float *iw, const __half *rows, int ihd,
                                                      int nih, int pos_first, float *scores, size_t lds) {
     extern __shared__ __align__(16) unsigned char ix_raw[];
     const int MT = (nih + 15) / 16, MH = MT * 16, QS = ihd + 8;
-    __half *qh = (__half *)ix_raw, *ql = qh + (size_t)MH * QS, *kt = ql + (size_t)MH * QS;
-    float *S = (float *)(kt + (size_t)IX_ROWS * QS), *wh = S + MH * (IX_ROWS + 1);
+    __half *qh = (__half *)ix_raw, *ql = qh + (size_t)MH * QS, *kt = ql + (size_t)MH * QS; /* kt: 2 tiles */
+    float *part = (float *)(kt + 2 * (size_t)IX_ROWS * QS), *wh = part + MT * IX_ROWS;
     int t = blockIdx.x, visible = (pos_first + t + 1) / 4, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int chunks = ihd / 8, nw = blockDim.x >> 5, n_tiles = (visible + IX_ROWS - 1) / IX_ROWS;
+    auto load = [&](int c0, int b) {
+        __half *dst = kt + (size_t)b * IX_ROWS * QS;
+        for (int i = tid; i < IX_ROWS * chunks; i += blockDim.x) {
+            int r = i / chunks, c = i % chunks;
+            __half *d = dst + (size_t)r * QS + c * 8;
+            if (c0 + r < visible)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)),
+                             "l"(rows + (size_t)(c0 + r) * ihd + c * 8));
+            else
+                *(uint4 *)d = make_uint4(0, 0, 0, 0);
+        }
+        asm volatile("cp.async.commit_group;");
+    };
+    if (n_tiles > 0) load(0, 0);
     const float *qt = iq + (size_t)t * nih * ihd;
     for (int i = tid; i < MH * ihd; i += blockDim.x) {
         int h = i / ihd, d = i % ihd;
@@ -764,21 +781,12 @@ __global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const floa
         ql[(size_t)h * QS + d] = __float2half_rn(v - __half2float(hi));
     }
     for (int h = tid; h < MH; h += blockDim.x) wh[h] = h < nih ? iw[(size_t)t * nih + h] : 0.0f;
-    const int chunks = ihd / 8, nw = blockDim.x >> 5;
-    for (int c0 = 0; c0 < visible; c0 += IX_ROWS) {
-        __syncthreads();
-        for (int i = tid; i < IX_ROWS * chunks; i += blockDim.x) {
-            int r = i / chunks, c = i % chunks;
-            __half *d = kt + (size_t)r * QS + c * 8;
-            if (c0 + r < visible)
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)),
-                             "l"(rows + (size_t)(c0 + r) * ihd + c * 8));
-            else
-                *(uint4 *)d = make_uint4(0, 0, 0, 0);
-        }
-        asm volatile("cp.async.commit_group;");
+    for (int it = 0; it < n_tiles; it++) {
+        int c0 = it * IX_ROWS;
         asm volatile("cp.async.wait_group 0;");
         __syncthreads();
+        if (it + 1 < n_tiles) load(c0 + IX_ROWS, (it + 1) & 1);
+        const __half *K = kt + (size_t)(it & 1) * IX_ROWS * QS;
         /* a task: 16 heads × 32 rows (4 n-tiles sharing the q fragments) */
         for (int task = warp; task < MT * (IX_ROWS / 32); task += nw) {
             int m = task / (IX_ROWS / 32), n0 = (task % (IX_ROWS / 32)) * 4;
@@ -786,7 +794,7 @@ __global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const floa
 #pragma unroll
             for (int nn = 0; nn < 4; nn++) c[nn][0] = c[nn][1] = c[nn][2] = c[nn][3] = 0.0f;
             const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
-            const __half *brow = kt + (size_t)(n0 * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+            const __half *brow = K + (size_t)(n0 * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
             for (int k0 = 0; k0 < ihd; k0 += 16) {
                 uint32_t ah[4], al[4];
                 pa_ldm_x4(ah, arow + k0);
@@ -799,23 +807,27 @@ __global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const floa
                     pa_mma(c[nn], al, b);
                 }
             }
-            int r0 = m * 16 + (lane >> 2);
+            /* heads g and g+8 of the m-tile in this lane, then the tree over g */
+            float w0 = wh[m * 16 + (lane >> 2)], w1 = wh[m * 16 + (lane >> 2) + 8];
 #pragma unroll
             for (int nn = 0; nn < 4; nn++) {
-                int col = (n0 + nn) * 8 + (lane & 3) * 2;
-                S[r0 * (IX_ROWS + 1) + col] = c[nn][0];
-                S[r0 * (IX_ROWS + 1) + col + 1] = c[nn][1];
-                S[(r0 + 8) * (IX_ROWS + 1) + col] = c[nn][2];
-                S[(r0 + 8) * (IX_ROWS + 1) + col + 1] = c[nn][3];
+                float v0 = (c[nn][0] > 0.0f ? c[nn][0] : 0.0f) * w0 + (c[nn][2] > 0.0f ? c[nn][2] : 0.0f) * w1;
+                float v1 = (c[nn][1] > 0.0f ? c[nn][1] : 0.0f) * w0 + (c[nn][3] > 0.0f ? c[nn][3] : 0.0f) * w1;
+                for (int o = 4; o < 32; o <<= 1) {
+                    v0 += __shfl_xor_sync(0xffffffffu, v0, o);
+                    v1 += __shfl_xor_sync(0xffffffffu, v1, o);
+                }
+                if (lane < 4) {
+                    int col = (n0 + nn) * 8 + lane * 2;
+                    part[m * IX_ROWS + col] = v0;
+                    part[m * IX_ROWS + col + 1] = v1;
+                }
             }
         }
         __syncthreads();
         for (int r = tid; r < IX_ROWS && c0 + r < visible; r += blockDim.x) {
             float score = 0.0f;
-            for (int h = 0; h < nih; h++) {
-                float d = S[h * (IX_ROWS + 1) + r];
-                score += (d > 0.0f ? d : 0.0f) * wh[h];
-            }
+            for (int m = 0; m < MT; m++) score += part[m * IX_ROWS + r];
             scores[(size_t)t * lds + c0 + r] = score;
         }
     }
