@@ -53,6 +53,9 @@ struct att_data {
     int n_comp_rows;
     std::vector<float> q, sinks;
     std::vector<__half> ring, kvc, comp;
+    std::vector<float> ringf, kvcf, compf; /* the same rows as floats, for the reference */
+    std::vector<int> checked;              /* tokens the reference covers */
+    std::vector<double> ref;               /* their outputs [checked][HEADS][HD] */
     std::vector<int> sel, n_sel;
     float *d_q, *d_sinks, *d_out;
     __half *d_ring, *d_kvc, *d_comp;
@@ -96,6 +99,13 @@ static void make_data(att_data *a) {
             a->n_sel[t] = TOPK;
         }
     }
+    auto to_float = [](const std::vector<__half> &h, std::vector<float> &f) {
+        f.resize(h.size());
+        for (size_t i = 0; i < h.size(); i++) f[i] = __half2float(h[i]);
+    };
+    to_float(a->ring, a->ringf);
+    to_float(a->kvc, a->kvcf);
+    to_float(a->comp, a->compf);
     CK(cudaMalloc(&a->d_q, a->q.size() * 4));
     CK(cudaMalloc(&a->d_sinks, HEADS * 4));
     CK(cudaMalloc(&a->d_out, a->q.size() * 4));
@@ -118,20 +128,52 @@ static void free_data(att_data *a) {
     for (void *x : p) cudaFree(x);
 }
 
-/* The rows token t attends, as pointers to host f16 rows. */
-static std::vector<const __half *> rows_of(const att_data *a, int t) {
+/* The rows token t attends, as pointers to the float copies. */
+static std::vector<const float *> rows_of(const att_data *a, int t) {
     const att_case &c = a->c;
-    std::vector<const __half *> r;
+    std::vector<const float *> r;
     int p = c.pos0 + t, lo = p - NSWA + 1 < 0 ? 0 : p - NSWA + 1;
     for (int pos = lo; pos <= p; pos++)
-        r.push_back(pos < c.pos0 ? &a->ring[(size_t)(pos % NSWA) * HD] : &a->kvc[(size_t)(pos - c.pos0) * HD]);
+        r.push_back(pos < c.pos0 ? &a->ringf[(size_t)(pos % NSWA) * HD] : &a->kvcf[(size_t)(pos - c.pos0) * HD]);
     if (c.ratio) {
         if (a->n_sel[t] >= 0)
-            for (int k = 0; k < a->n_sel[t]; k++) r.push_back(&a->comp[(size_t)a->sel[(size_t)t * TOPK + k] * HD]);
+            for (int k = 0; k < a->n_sel[t]; k++) r.push_back(&a->compf[(size_t)a->sel[(size_t)t * TOPK + k] * HD]);
         else
-            for (int k = 0; k < (p + 1) / c.ratio; k++) r.push_back(&a->comp[(size_t)k * HD]);
+            for (int k = 0; k < (p + 1) / c.ratio; k++) r.push_back(&a->compf[(size_t)k * HD]);
     }
     return r;
+}
+
+/* The reference outputs of the checked tokens (every head), in double. */
+static void reference(att_data *a) {
+    const att_case &c = a->c;
+    int toks[] = {0, 1, 2, 7, 15, 16, 17, 100, 127, 128, 129, 300, c.T / 2, c.T - 2, c.T - 1};
+    for (int t : toks)
+        if (t < c.T && (a->checked.empty() || a->checked.back() < t)) a->checked.push_back(t);
+    a->ref.assign(a->checked.size() * HEADS * HD, 0.0);
+    std::vector<double> s;
+    for (size_t ci = 0; ci < a->checked.size(); ci++) {
+        int t = a->checked[ci];
+        std::vector<const float *> r = rows_of(a, t);
+        s.resize(r.size());
+        for (int h = 0; h < HEADS; h++) {
+            const float *qh = &a->q[((size_t)t * HEADS + h) * HD];
+            double m = a->sinks[h];
+            for (size_t k = 0; k < r.size(); k++) {
+                double d = 0.0;
+                for (int i = 0; i < HD; i++) d += (double)qh[i] * (double)r[k][i];
+                s[k] = d / sqrt((double)HD);
+                if (s[k] > m) m = s[k];
+            }
+            double den = exp(a->sinks[h] - m), *o = &a->ref[(ci * HEADS + h) * HD];
+            for (size_t k = 0; k < r.size(); k++) {
+                double e = exp(s[k] - m);
+                den += e;
+                for (int i = 0; i < HD; i++) o[i] += e * (double)r[k][i];
+            }
+            for (int i = 0; i < HD; i++) o[i] /= den;
+        }
+    }
 }
 
 /* The kernel shapes: heads a block 16·mb, rows a tile r; the prefill runs the first that fits. */
@@ -159,43 +201,22 @@ static void launch(const att_data *a, att_shape sh, cudaStream_t st) {
 
 /* Worst |gpu - ref| / max|ref| of a head over the checked tokens. */
 static double check(att_data *a, att_shape sh) {
-    const att_case &c = a->c;
     CK(cudaMemset(a->d_out, 0xff, a->q.size() * 4));
     launch(a, sh, 0);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     std::vector<float> out(a->q.size());
     CK(cudaMemcpy(out.data(), a->d_out, out.size() * 4, cudaMemcpyDeviceToHost));
-    int toks[] = {0, 1, 2, 7, 15, 16, 17, 100, 127, 128, 129, 300, c.T / 2, c.T - 2, c.T - 1};
     double worst = 0.0;
-    std::vector<double> s, o(HD);
-    for (int ti = 0; ti < (int)(sizeof toks / sizeof *toks); ti++) {
-        int t = toks[ti];
-        if (t >= c.T) continue;
-        std::vector<const __half *> r = rows_of(a, t);
-        s.resize(r.size());
+    for (size_t ci = 0; ci < a->checked.size(); ci++) {
+        int t = a->checked[ci];
         for (int h = 0; h < HEADS; h++) {
-            const float *qh = &a->q[((size_t)t * HEADS + h) * HD];
-            double m = a->sinks[h];
-            for (size_t k = 0; k < r.size(); k++) {
-                double d = 0.0;
-                for (int i = 0; i < HD; i++) d += (double)qh[i] * (double)__half2float(r[k][i]);
-                s[k] = d / sqrt((double)HD);
-                if (s[k] > m) m = s[k];
-            }
-            double den = exp(a->sinks[h] - m);
-            for (int i = 0; i < HD; i++) o[i] = 0.0;
-            for (size_t k = 0; k < r.size(); k++) {
-                double e = exp(s[k] - m);
-                den += e;
-                for (int i = 0; i < HD; i++) o[i] += e * (double)__half2float(r[k][i]);
-            }
-            double mx = 0.0, md = 0.0;
+            const double *ref = &a->ref[(ci * HEADS + h) * HD];
             const float *g = &out[((size_t)t * HEADS + h) * HD];
+            double mx = 0.0, md = 0.0;
             for (int i = 0; i < HD; i++) {
-                double ref = o[i] / den;
-                if (fabs(ref) > mx) mx = fabs(ref);
-                double d = fabs((double)g[i] - ref);
+                if (fabs(ref[i]) > mx) mx = fabs(ref[i]);
+                double d = fabs((double)g[i] - ref[i]);
                 if (!(d <= md)) md = d; /* NaN counts as worst */
             }
             double rel = mx > 0 ? md / mx : md;
@@ -234,6 +255,7 @@ int main(void) {
         att_data a = {};
         a.c = c;
         make_data(&a);
+        reference(&a);
         for (int i = 0; i < 4; i++) {
             if (!fits[i]) continue;
             double w = check(&a, shapes[i]);
