@@ -51,6 +51,14 @@
  * other backend within the strict tolerance for the first step and the
  * free-running bounds after.
  *
+ * The batched prefill (ds4_session_eval of several tokens on CUDA) gets the
+ * same two kinds of check: strict, chunks of 2-16 tokens each from the
+ * CPU's state (last logits, state after the chunk); free-running, a
+ * 276-token prompt in one chunk and as 100 + 176 against the CPU's prefill
+ * and against CUDA's own token-by-token steps, then 24 decode steps after
+ * each (the F16 model within the free-running bounds, the published types
+ * reported), and the same prefill after a reset gives the same bits.
+ *
  * Built by `make cuda` (test-cuda runs it on a GPU machine); the plain
  * build compiles it too and it skips there. */
 #include <math.h>
@@ -703,6 +711,216 @@ out:
     free(image);
 }
 
+/* ---- batched prefill (ds4_cuda_session_prefill via ds4_session_eval) ---- */
+
+/* max|d|/max|ref| and |d|/|ref| of two logit vectors, and whether their
+ * top-1 differs beyond a tie (the reference's top-2 margin above TOL_REL). */
+static void logit_cmp(const float *ref, const float *got, int nv, double *rel, double *l2, bool *top_differs) {
+    double mx = 0, md = 0, e2 = 0, r2 = 0;
+    for (int i = 0; i < nv; i++) {
+        double d = (double)ref[i] - got[i];
+        if (!isfinite(got[i])) d = INFINITY;
+        mx = fmax(mx, fabs(ref[i]));
+        md = fmax(md, fabs(d));
+        e2 += d * d;
+        r2 += (double)ref[i] * ref[i];
+    }
+    *rel = md / (mx > 0 ? mx : 1);
+    *l2 = sqrt(e2 / (r2 > 0 ? r2 : 1));
+    float ma, mb;
+    *top_differs = top1(ref, nv, &ma) != top1(got, nv, &mb) && ma > TOL_REL * mx;
+}
+
+/* Strict, F16 model: chunks of 2-16 tokens, each from the CPU's state, so
+ * each chunk checks one batched prefill: its last logits within TOL_REL
+ * with the same top-1, the state after it equal but for rounding steps.
+ * The chunk sizes walk the chunk boundaries across windows (16), ratio-4
+ * and ratio-16 emissions and the indexer's start (position 35). Unlike a
+ * single step, a chunk's later tokens read its earlier tokens' rows, so a
+ * rounding-step flip inside the chunk (an FP4 code of an indexer row, then
+ * the selection) can move the rest of the chunk as free-running decode
+ * does: such chunks (logits beyond TOL_REL) are reported with their
+ * largest state difference and allowed in at most MAX_DIVERGED of them. */
+enum { MAX_DIVERGED = 2 };
+static void prefill_synced(const int32_t *toks) {
+    ds4_err err = {0};
+    void *image = NULL;
+    uint64_t size = 0;
+    ds4_engine *cpu = NULL, *gpu = NULL;
+    ds4_session *sc = NULL, *sg = NULL;
+    const char *what = "F16 model, CUDA prefill chunks of 2-16 tokens from the CPU's state (strict)";
+    if (tiny_image(0, true, &image, &size, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+    ds4_engine_config cfg = {.model_image = image, .model_image_size = size, .ctx = 512, .threads = 4, .backend = "cpu"};
+    if (ds4_engine_open(&cpu, &cfg, &err) || (cfg.backend = "cuda", ds4_engine_open(&gpu, &cfg, &err)) ||
+        ds4_session_new(cpu, &sc, &err) || ds4_session_new(gpu, &sg, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        goto out;
+    }
+    const ds4_hparams *hp = &cpu->model.hp;
+    int nv = (int)hp->n_vocab;
+    static const int sizes[] = {16, 5, 2, 13, 16, 3, 9, 16, 7, 11, 4, 16, 15, 6, 8, 16};
+    state_cmp st;
+    memset(&st, 0, sizeof st);
+    double worst = 0;
+    int worst_pos = 0, mismatches = 0, chunks = 0, diverged = 0;
+    for (int p = 0, i = 0; p < N_TOK; i++) {
+        int n = sizes[i % (sizeof sizes / sizeof *sizes)];
+        if (p + n > N_TOK) n = N_TOK - p;
+        if (n < 2) break;
+        state_cmp cst;
+        memset(&cst, 0, sizeof cst);
+        if (upload_state(sc, sg, &err) || ds4_session_eval(sc, toks + p, n, NULL, NULL, &err) ||
+            ds4_session_eval(sg, toks + p, n, NULL, NULL, &err) || compare_state(p + n - 1, sc, sg, &cst, &err)) {
+            CHECK(0, "%s: pos %d: %s", what, p, err.msg);
+            goto out;
+        }
+        double rel, l2;
+        bool differs;
+        logit_cmp(ds4_session_logits(sc), ds4_session_logits(sg), nv, &rel, &l2, &differs);
+        chunks++;
+        if (rel > TOL_REL) {
+            diverged++;
+            printf("chunk %d..%d diverged: logits %.3g of max; %d stored rows beyond %.2g, largest: %s; largest "
+                   "frontier difference: %s\n", p, p + n - 1, rel, cst.bad_rows, ROW_TOL, cst.row_note,
+                   cst.frontier_note);
+        } else {
+            if (rel > worst) worst = rel, worst_pos = p + n - 1;
+            mismatches += differs;
+            st.diff_values += cst.diff_values, st.diff_rows += cst.diff_rows, st.bad_rows += cst.bad_rows;
+            if (cst.row_rel > st.row_rel) st.row_rel = cst.row_rel, memcpy(st.row_note, cst.row_note, sizeof st.row_note);
+            if (cst.frontier_rel > st.frontier_rel)
+                st.frontier_rel = cst.frontier_rel, memcpy(st.frontier_note, cst.frontier_note, sizeof st.frontier_note);
+            if (cst.have_first && !st.have_first) {
+                st.have_first = true;
+                st.first_pos = cst.first_pos, st.first_layer = cst.first_layer, st.first_buf = cst.first_buf;
+                st.first_index = cst.first_index, st.first_cpu = cst.first_cpu, st.first_gpu = cst.first_gpu;
+            }
+        }
+        p += n;
+    }
+    printf("== %s: %d chunks, %d diverged (at most %d allowed)\n", what, chunks, diverged, MAX_DIVERGED);
+    printf("the others: last logits worst max|d|/max|logit| %.3g (chunk ending at %d); top-1 differs in %d chunks\n",
+           worst, worst_pos, mismatches);
+    printf("state after each chunk: %d values in %d rows differ; stored rows: largest |d|/|ref| %.3g, %d beyond %.2g; "
+           "frontiers: largest max|d|/max %.3g\n", st.diff_values, st.diff_rows, st.row_rel, st.bad_rows, ROW_TOL,
+           st.frontier_rel);
+    print_first("prefill synced", &st, hp->head_dim);
+    if (st.diff_rows) printf("  largest stored-row difference: %s\n  largest frontier difference: %s\n", st.row_note,
+                             st.frontier_note);
+    CHECK(diverged <= MAX_DIVERGED, "%s: %d chunks diverged", what, diverged);
+    CHECK(worst <= TOL_REL, "%s: worst relative difference %.3g at pos %d", what, worst, worst_pos);
+    CHECK(mismatches == 0, "%s: %d chunks with a different top-1 token", what, mismatches);
+    CHECK(st.bad_rows == 0, "%s: %d state rows differ in more than rounding steps", what, st.bad_rows);
+    CHECK(st.frontier_rel <= TOL_REL, "%s: frontier rows differ by %.3g", what, st.frontier_rel);
+out:
+    ds4_session_free(sc);
+    ds4_session_free(sg);
+    ds4_engine_close(cpu);
+    ds4_engine_close(gpu);
+    free(image);
+}
+
+/* Free-running: the prompt in long chunks (one of N_TOK - N_DEC, and
+ * 100 + the rest) on CUDA against the CPU's batched prefill and CUDA's own
+ * token-by-token decode, then N_DEC decode steps after each. F16: the
+ * free-running bounds of compare_run (rounding-step flips amplify, see the
+ * header); published types: reported, finite. A reset and the same prefill
+ * again give the same bits. */
+enum { N_DEC = 24 };
+static void prefill_free(bool f16, const int32_t *toks) {
+    ds4_err err = {0};
+    void *image = NULL;
+    uint64_t size = 0;
+    ds4_engine *cpu = NULL, *gpu = NULL;
+    ds4_session *sc = NULL, *sp = NULL, *sp2 = NULL, *ss = NULL;
+    const char *what = f16 ? "F16 model, CUDA prefill free-running" : "published types, CUDA prefill (reported)";
+    float *lc = NULL, *lp = NULL, *lp2 = NULL, *ls = NULL, *l1 = NULL;
+    if (tiny_image(0, f16, &image, &size, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
+    ds4_engine_config cfg = {.model_image = image, .model_image_size = size, .ctx = 512, .threads = 4, .backend = "cpu"};
+    if (ds4_engine_open(&cpu, &cfg, &err) || (cfg.backend = "cuda", ds4_engine_open(&gpu, &cfg, &err)) ||
+        ds4_session_new(cpu, &sc, &err) || ds4_session_new(gpu, &sp, &err) || ds4_session_new(gpu, &sp2, &err) ||
+        ds4_session_new(gpu, &ss, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        goto out;
+    }
+    int nv = (int)cpu->model.hp.n_vocab, np = N_TOK - N_DEC;
+    size_t all = (size_t)nv * (N_DEC + 1);
+    lc = malloc(sizeof(float) * all), lp = malloc(sizeof(float) * all), lp2 = malloc(sizeof(float) * all);
+    ls = malloc(sizeof(float) * all), l1 = malloc(sizeof(float) * nv * np);
+    if (!lc || !lp || !lp2 || !ls || !l1) goto out;
+    double t0 = now_s();
+    if (ds4_session_eval(sp, toks, np, NULL, NULL, &err)) { CHECK(0, "%s: cuda prefill: %s", what, err.msg); goto out; }
+    double t1 = now_s();
+    if (ds4_session_eval(sc, toks, np, NULL, NULL, &err) || ds4_session_eval(sp2, toks, 100, NULL, NULL, &err) ||
+        ds4_session_eval(sp2, toks + 100, np - 100, NULL, NULL, &err) ||
+        ds4_session_eval_all_logits(ss, toks, np, l1, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        goto out;
+    }
+    ds4_session *S[4] = {sc, sp, sp2, ss};
+    float *L[4] = {lc, lp, lp2, ls};
+    for (int k = 0; k < 4; k++) memcpy(L[k], ds4_session_logits(S[k]), sizeof(float) * nv);
+    for (int d = 0; d < N_DEC; d++)
+        for (int k = 0; k < 4; k++)
+            if (ds4_session_eval(S[k], toks + np + d, 1, NULL, NULL, &err)) {
+                CHECK(0, "%s: decode %d: %s", what, d, err.msg);
+                goto out;
+            } else {
+                memcpy(L[k] + (size_t)(d + 1) * nv, ds4_session_logits(S[k]), sizeof(float) * nv);
+            }
+    printf("== %s: prefill of %d tokens (%.3f s incl. workspace), then %d decode steps; |d|/|ref| (max|d|/max), "
+           "top-1 differences beyond ties:\n", what, np, t1 - t0, N_DEC);
+    const char *pair[3] = {"prefill vs cpu", "prefill 100+rest vs cpu", "prefill vs cuda steps"};
+    const float *ref[3] = {lc, lc, ls}, *got[3] = {lp, lp2, lp};
+    double mean[3] = {0}, worst[3] = {0};
+    int tops[3] = {0}, nonfinite = 0;
+    for (int c = 0; c < 3; c++) {
+        double first_l2 = 0, first_rel = 0;
+        for (int d = 0; d <= N_DEC; d++) {
+            double rel, l2;
+            bool differs;
+            logit_cmp(ref[c] + (size_t)d * nv, got[c] + (size_t)d * nv, nv, &rel, &l2, &differs);
+            if (d == 0) first_l2 = l2, first_rel = rel;
+            mean[c] += l2 / (N_DEC + 1);
+            worst[c] = fmax(worst[c], l2);
+            tops[c] += differs;
+        }
+        printf("  %-24s prefill's logits %.3g (%.3g); over it and the decode steps: mean %.3g, worst %.3g; top-1 %d of %d\n",
+               pair[c], first_l2, first_rel, mean[c], worst[c], tops[c], N_DEC + 1);
+    }
+    for (size_t i = 0; i < all; i++) nonfinite += !isfinite(lp[i]) + !isfinite(lp2[i]);
+    CHECK(nonfinite == 0, "%s: %d non-finite logits", what, nonfinite);
+    if (f16) {
+        for (int c = 0; c < 3; c++) {
+            CHECK(mean[c] <= 0.03, "%s: %s: mean |d|/|ref| %.3g", what, pair[c], mean[c]);
+            CHECK(tops[c] <= (N_DEC + 1) / 5, "%s: %s: %d top-1 differences", what, pair[c], tops[c]);
+        }
+        /* a reset and the same prefill give the same bits */
+        ds4_session_reset(sp);
+        if (ds4_session_eval(sp, toks, np, NULL, NULL, &err)) { CHECK(0, "%s: again: %s", what, err.msg); goto out; }
+        CHECK(memcmp(ds4_session_logits(sp), lp, sizeof(float) * nv) == 0, "%s: prefill after reset differs", what);
+    }
+out:
+    free(lc);
+    free(lp);
+    free(lp2);
+    free(ls);
+    free(l1);
+    ds4_session_free(sc);
+    ds4_session_free(sp);
+    ds4_session_free(sp2);
+    ds4_session_free(ss);
+    ds4_engine_close(cpu);
+    ds4_engine_close(gpu);
+    free(image);
+}
+
 int main(void) {
     if (!ds4_cuda_available()) TEST_SKIP("no CUDA device");
     int32_t toks[N_TOK];
@@ -711,6 +929,9 @@ int main(void) {
         r ^= r << 13, r ^= r >> 7, r ^= r << 17;
         toks[i] = (int32_t)(r % 1024); /* the tiny vocabulary */
     }
+    prefill_synced(toks);
+    prefill_free(true, toks);
+    prefill_free(false, toks);
     synced_run(toks);
     compare_run(true, toks);
     for (uint32_t nl = 1; nl <= 6; nl++) diagnose(nl, 17);

@@ -24,6 +24,7 @@
 
 #define DEFAULT_CTX 4096
 #define DEFAULT_PREFILL_CHUNK 256
+#define DEFAULT_CUDA_PREFILL_CHUNK 4096
 
 /* ---------------------------------------------------------------- checks */
 
@@ -285,6 +286,8 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     e->ctx = cfg->ctx ? cfg->ctx : DEFAULT_CTX;
     e->chunk = cfg->prefill_chunk ? cfg->prefill_chunk : DEFAULT_PREFILL_CHUNK;
     if (e->chunk > e->ctx) e->chunk = e->ctx;
+    e->cuda_chunk = cfg->prefill_chunk ? cfg->prefill_chunk : DEFAULT_CUDA_PREFILL_CHUNK;
+    if (e->cuda_chunk > e->ctx) e->cuda_chunk = e->ctx;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         uint32_t r = e->model.layers[il].compress_ratio;
         e->comp_cap[il] = r ? (uint32_t)e->ctx / r + 2 : 0;
@@ -465,10 +468,13 @@ const float *ds4_session_logits(const ds4_session *s) { return s->logits; }
 
 /* ------------------------------------------------------------------ eval */
 
-/* One chunk through the model: forward_chunk, or on CUDA the decode step
- * token by token (batched CUDA prefill is not written yet). */
+/* One chunk through the model: forward_chunk, or on CUDA the batched
+ * prefill (the decode step token by token when every position's logits
+ * are wanted). */
 static int forward_any(ds4_session *s, const int32_t *tokens, int n, float *all_logits, ds4_err *err) {
 #ifdef DS4_CUDA
+    if (s->cuda && !all_logits && n > 1)
+        return ds4_cuda_session_prefill(s->cuda, tokens, n, s->n_tokens, s->logits, err);
     if (s->cuda) {
         uint32_t n_vocab = s->e->model.hp.n_vocab;
         for (int i = 0; i < n; i++) {
@@ -500,7 +506,8 @@ static int eval_tokens(ds4_session *s, const int32_t *tokens, int n, float *all_
     pthread_mutex_lock(&e->eval_mu);
     int done = 0, rc = 0;
     while (done < n) {
-        int m = n - done < e->chunk ? n - done : e->chunk;
+        int chunk = s->cuda ? e->cuda_chunk : e->chunk;
+        int m = n - done < chunk ? n - done : chunk;
         if (forward_any(s, tokens + done, m, all_logits ? all_logits + (size_t)done * n_vocab : NULL, err) != 0) {
             rc = -1;
             break;

@@ -120,6 +120,7 @@ struct ds4_engine {
     ds4_tokenizer *tok;
     int ctx;
     int chunk;
+    int cuda_chunk;    /* tokens per batched CUDA prefill call */
     bool exact;
     cpu_ctx cpu;
     chunk_ws ws;

@@ -9,6 +9,8 @@
 #   $(CUDA_BUILD)/bin/ds4-cuda-bench  cuda_bench.cu + the library + src/quant
 #                                     (the CPU reference it checks against)
 #   $(CUDA_BUILD)/tests/test_cuda_forward   CUDA vs CPU logits (test-cuda)
+#   $(CUDA_BUILD)/tests/test_cuda_attention the prefill attention kernel at the
+#                                     full model's shape vs a CPU reference
 
 CUDA_DIR := src/backend/cuda
 CUDA_BENCH_SRC := $(CUDA_DIR)/cuda_bench.cu
@@ -27,10 +29,11 @@ LINK_LIBS := -Xlinker --start-group $(CUDA_BUILD)/libds4.a $(CUDA_BUILD)/libds4c
 
 .PHONY: all
 all: $(CUDA_BUILD)/libds4cuda.a $(CUDA_BUILD)/bin/ds4-cuda-bench $(CUDA_BUILD)/bin/ds4 \
-     $(CUDA_BUILD)/bin/ds4-server $(CUDA_BUILD)/bin/ds4-bench $(CUDA_BUILD)/tests/test_cuda_forward
+     $(CUDA_BUILD)/bin/ds4-server $(CUDA_BUILD)/bin/ds4-bench $(CUDA_BUILD)/tests/test_cuda_forward \
+     $(CUDA_BUILD)/tests/test_cuda_attention
 
 # The decode step restates the CPU's float operations: no contracted multiply-adds.
-$(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_engine.o: NVCCFLAGS += -fmad=false
+$(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_engine.o $(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_prefill.o: NVCCFLAGS += -fmad=false
 
 $(CUDA_BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
@@ -73,4 +76,9 @@ $(CUDA_BUILD)/tests/test_cuda_forward: $(CUDA_BUILD)/obj/tests/test_cuda_forward
 	@mkdir -p $(dir $@)
 	$(NVCC) $(CUDA_ARCHS) $< $(LINK_LIBS) -o $@
 
--include $(CUDA_LIB_OBJ:.o=.d) $(CUDA_BENCH_OBJ:.o=.d) $(C_LIB_OBJ:.o=.d) $(PROG_OBJ:.o=.d) $(CUDA_HOST_OBJ:.o=.d)
+# Self-contained (includes the prefill's device code), same flags as cuda_prefill.o.
+$(CUDA_BUILD)/tests/test_cuda_attention: tests/test_cuda_attention.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -fmad=false $(CUDA_ARCHS) -MMD -MP $< -o $@
+
+-include $(CUDA_BUILD)/tests/test_cuda_attention.d $(CUDA_LIB_OBJ:.o=.d) $(CUDA_BENCH_OBJ:.o=.d) $(C_LIB_OBJ:.o=.d) $(PROG_OBJ:.o=.d) $(CUDA_HOST_OBJ:.o=.d)

@@ -644,16 +644,19 @@ static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, ui
     CK(cudaFree(d_midact));
 }
 
+#include "cuda_mmq_bench.cuh"
+
 static void usage(void) {
-    fprintf(stderr, "usage: ds4-cuda-bench [--host-check] [--reps N] [--quick] [--device D] [--only SUBSTR]\n");
+    fprintf(stderr, "usage: ds4-cuda-bench [--host-check] [--mmq] [--reps N] [--quick] [--device D] [--only SUBSTR]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int reps = 30, device = 0;
-    bool quick = false;
+    bool quick = false, mmq = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--host-check")) return host_check();
+        if (!strcmp(argv[i], "--host-check")) return host_check() | mmq_host_check();
+        else if (!strcmp(argv[i], "--mmq")) mmq = true;
         else if (!strcmp(argv[i], "--quick")) quick = true;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
@@ -666,6 +669,13 @@ int main(int argc, char **argv) {
     DS(ds4_cuda_kernels_init(&k, device, &err_));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    if (mmq) { /* the batched products only */
+        if (mmq_host_check()) g_failures++;
+        mmq_bench(k, st, reps, quick);
+        printf("%s: %d check(s) failed\n", g_failures ? "FAIL" : "ok", g_failures);
+        ds4_cuda_kernels_free(k);
+        return g_failures ? 1 : 0;
+    }
     double memcpy_gbs, kernel_gbs;
     g_copy_gbs = copy_bandwidth(st, reps, ds4_cuda_kernels_sm_count(k), &memcpy_gbs, &kernel_gbs);
     timing te = time_graph(st, 256, reps, [&](int i) { k_empty<<<1, 32, 0, st>>>(); });

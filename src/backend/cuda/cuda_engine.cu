@@ -469,6 +469,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
 extern "C" void ds4_cuda_engine_close(ds4_cuda_engine *e) {
     if (!e) return;
     prof_print(e);
+    ds4_cuda_prefill_free(e);
     for (int i = 0; i < 1024; i++)
         if (e->ev[i]) cudaEventDestroy(e->ev[i]);
     for (int i = 0; i < e->n_small; i++) cudaFree(e->small[i]);

@@ -14,7 +14,8 @@
  * made on the device, so the whole step is one CUDA graph (captured on the
  * session's first step, replayed after) with the token id and position
  * written to device memory before each launch. Only the logits come back.
- * Prefill is that same step token by token for now.
+ * ds4_cuda_session_prefill() runs a chunk of tokens through the model at
+ * once (cuda_prefill.cu) and leaves the same state as that many steps.
  *
  * The plain (cpu-only) build never sees this header's implementation: the
  * engine calls it only when built with DS4_CUDA (`make cuda`). */
@@ -58,6 +59,11 @@ int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err);
 /* Token `token` at position `pos` (= tokens evaluated so far, < ctx);
  * logits (n_vocab floats, host memory) receive the next-token logits. */
 int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err);
+/* Tokens[0..n) at positions pos0.. (pos0 = tokens evaluated so far,
+ * pos0 + n <= ctx) in batched chunks; logits receive the last token's
+ * next-token logits. The state after it is the state after n steps. */
+int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *tokens, int n, int pos0, float *logits,
+                             ds4_err *err);
 
 /* For tests: copies `bytes` of the step workspace buffer `name` ("H", "x",
  * "a", "qr", "q", "att", "low", "y", "router" (logits), "ids", "ew",

@@ -95,6 +95,7 @@ struct ds4_cuda_engine {
     const char *prof_label[48];
     double prof_ms[48];
     int n_prof;
+    struct pf_ws *prefill; /* batched prefill workspace (cuda_prefill.cu), NULL until the first */
     void **small;      /* cudaMalloc'd small buffers, freed at close */
     int n_small, cap_small;
     char name[320];
@@ -114,6 +115,9 @@ struct ds4_cuda_session {
     float *h_logits;  /* pinned, n_vocab */
     cudaGraphExec_t graph;
 };
+
+/* Releases the prefill workspace (cuda_prefill.cu); at engine close. */
+void ds4_cuda_prefill_free(ds4_cuda_engine *e);
 
 static inline int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
     return ds4_fail(err, "cuda: %s: %s", what, cudaGetErrorString(e));

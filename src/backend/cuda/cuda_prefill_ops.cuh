@@ -1,0 +1,1312 @@
+/* cuda_prefill_ops.cuh — device code of the batched prefill (cuda_prefill.cu):
+ * the decode step's per-token operations (cuda_step_ops.cuh) restated for a
+ * chunk of T tokens at positions pos0 .. pos0+T-1, the token index in the
+ * grid: embedding, hyper-connection pre/post with Sinkhorn, RMSNorms, RoPE,
+ * the FP8 KV and Hadamard+FP4 round-trips, the compressors (every emission
+ * of the chunk pooled in parallel from the chunk's projections and the
+ * frontier as it was before the chunk), the indexer's scores and top-k per
+ * token, attention per (token, head) over the raw window (ring rows before
+ * the chunk, the chunk's own rows after) plus the compressed rows, the
+ * router, plain-float GEMM/MoE for F16/F32 weights, the output collapse.
+ *
+ * Numerics are the CPU reference's (src/engine: forward.c, attention.c,
+ * compressor.c, moe.c) with the same float operations in the same order
+ * wherever one thread owns a value, as in the decode step; sums across
+ * threads are tree sums. Compiled with -fmad=false.
+ * The small __device__ helpers duplicate cuda_step_ops.cuh's (that header
+ * defines the decode kernels and is included by cuda_engine.cu alone).
+ * Included once, by cuda_prefill.cu. */
+#ifndef DS4_CUDA_PREFILL_OPS_CUH
+#define DS4_CUDA_PREFILL_OPS_CUH
+
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_engine_impl.cuh"
+
+enum { PF_MIX = 2 * HC_N + HC_N * HC_N };
+
+/* ---------------------------------------------------------------- helpers */
+
+template <typename T>
+__device__ T pf_block_sum(T v, T *sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    T t = 0;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+__device__ float pf_block_max(float v, float *sh) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    float t = sh[0];
+    for (int i = 1; i < nw; i++) t = fmaxf(t, sh[i]);
+    return t;
+}
+
+__device__ float pf_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float pf_sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+__device__ float pf_softplus(float x) {
+    if (x > 20.0f) return x;
+    if (x < -20.0f) return expf(x);
+    return log1pf(expf(x));
+}
+
+__device__ float pf_rms_scale(double ss, int n, float eps) { return 1.0f / sqrtf((float)(ss / n) + eps); }
+
+/* RoPE pair k of a tail t[0..n_rot) at pos (numerics.c rope_tail). */
+__device__ void pf_rope_pair(float *t, int k, int64_t pos, const rope_dev &rp, bool inverse) {
+    float theta_ext = (float)pos;
+    for (int i = 0; i < k; i++) theta_ext *= rp.theta_scale;
+    float theta = theta_ext;
+    if (rp.yarn) {
+        float y = ((float)k - rp.corr_low) / fmaxf(0.001f, rp.corr_high - rp.corr_low);
+        float ramp = 1.0f - fminf(1.0f, fmaxf(0.0f, y));
+        float theta_interp = rp.freq_scale * theta_ext;
+        theta = theta_interp * (1.0f - ramp) + theta_ext * ramp;
+    }
+    float c = cosf(theta), s = sinf(theta);
+    if (inverse) s = -s;
+    float x0 = t[2 * k], x1 = t[2 * k + 1];
+    t[2 * k] = x0 * c - x1 * s;
+    t[2 * k + 1] = x0 * s + x1 * c;
+}
+
+__device__ void pf_block_rope(float *x, int hd, int64_t pos, const rope_dev &rp, bool inverse) {
+    __syncthreads();
+    for (int k = threadIdx.x; k < rp.n_rot / 2; k += blockDim.x) pf_rope_pair(x + hd - rp.n_rot, k, pos, rp, inverse);
+    __syncthreads();
+}
+
+__device__ float pf_e4m3_round(float v) {
+    if (v != v) return 0.0f;
+    float a = fabsf(v);
+    if (a > 448.0f) a = 448.0f;
+    float step;
+    if (a < 0.015625f) {
+        step = 0.001953125f;
+    } else {
+        int e;
+        frexpf(a, &e);
+        step = ldexpf(1.0f, e - 4);
+    }
+    float r = rintf(a / step) * step;
+    return v < 0 ? -r : r;
+}
+
+__device__ float pf_e2m1_round(float v) {
+    if (v != v) return 0.0f;
+    float a = fabsf(v);
+    if (a > 6.0f) a = 6.0f;
+    float step = a < 2.0f ? 0.5f : a < 4.0f ? 1.0f : 2.0f;
+    float r = rintf(a / step) * step;
+    return v < 0 ? -r : r;
+}
+
+/* numerics.c fp8_kv_roundtrip of x[0..n_nope) in shared memory. */
+__device__ void pf_block_fp8(float *x, int n_nope, float *sc) {
+    __syncthreads();
+    for (int b = threadIdx.x; b < n_nope / 64; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < 64; i++) amax = fmaxf(amax, fabsf(x[64 * b + i]));
+        if (amax < 1e-4f) amax = 1e-4f;
+        sc[b] = exp2f(ceilf(log2f(amax / 448.0f)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_nope / 64 * 64; i += blockDim.x) {
+        float scale = sc[i / 64];
+        float q = x[i] / scale;
+        q = fminf(448.0f, fmaxf(-448.0f, q));
+        x[i] = pf_e4m3_round(q) * scale;
+    }
+    __syncthreads();
+}
+
+/* numerics.c indexer_qat (Hadamard ·1/√n, FP4 round-trip) in shared memory. */
+__device__ void pf_block_qat(float *x, int n, float *sc) {
+    __syncthreads();
+    for (int h = 1; h < n; h *= 2) {
+        for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
+            int j = (i / h) * 2 * h + (i % h);
+            float a = x[j], b = x[j + h];
+            x[j] = a + b;
+            x[j + h] = a - b;
+        }
+        __syncthreads();
+    }
+    float s = (float)(1.0 / sqrt((double)n));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
+    __syncthreads();
+    for (int b = threadIdx.x; b < n / 32; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * b + i]));
+        if (amax < 7.052966104933725e-38f) amax = 7.052966104933725e-38f;
+        sc[b] = exp2f(ceilf(log2f(amax / 6.0f)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float scale = sc[i / 32];
+        float q = x[i] / scale;
+        q = fminf(6.0f, fmaxf(-6.0f, q));
+        x[i] = pf_e2m1_round(q) * scale;
+    }
+    __syncthreads();
+}
+
+/* ------------------------------------------------------------- kernels */
+
+/* H[t] = token t's embedding row in all HC streams; grid (D/256, T). */
+__global__ void pf_embed(const void *embd, int f16, uint32_t D, const int32_t *tokens, float *H) {
+    uint32_t d = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (d >= D) return;
+    size_t off = (size_t)tokens[t] * D + d;
+    float v = f16 ? __half2float(((const __half *)embd)[off]) : ((const float *)embd)[off];
+    float *Ht = H + (size_t)t * HC_N * D;
+    for (int h = 0; h < HC_N; h++) Ht[(size_t)h * D + d] = v;
+}
+
+/* Rows of n values: y = x/rms(x) (· w); one block per row. */
+__global__ void pf_rmsnorm(const float *x, size_t ldx, float *y, size_t ldy, const float *w, int n, float eps) {
+    __shared__ double sh[32];
+    const float *xr = x + blockIdx.x * ldx;
+    float *yr = y + blockIdx.x * ldy;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    float s = pf_rms_scale(pf_block_sum(ss, sh), n, eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w ? xr[i] * s * w[i] : xr[i] * s;
+}
+
+/* HC pre, step 1-2: mix[t][j] = (fn_j·H_t)·(1/rms(H_t)); PF_HC_TOK tokens a
+ * block (fn read once for them), fn F16 or F32 [MIX][n]. */
+enum { PF_HC_TOK = 4 };
+__global__ void __launch_bounds__(256) pf_hc_mix(const void *fn, int f16, const float *H, uint32_t n, int T,
+                                                 float eps, float *mix) {
+    __shared__ double red[8][PF_HC_TOK][PF_MIX + 1];
+    int t0 = blockIdx.x * PF_HC_TOK;
+    float dot[PF_HC_TOK][PF_MIX];
+    double ss[PF_HC_TOK];
+#pragma unroll
+    for (int k = 0; k < PF_HC_TOK; k++) {
+        ss[k] = 0.0;
+#pragma unroll
+        for (int j = 0; j < PF_MIX; j++) dot[k][j] = 0.0f;
+    }
+    for (uint32_t c = threadIdx.x; c < n / 2; c += blockDim.x) {
+        float2 h[PF_HC_TOK];
+#pragma unroll
+        for (int k = 0; k < PF_HC_TOK; k++) {
+            h[k] = t0 + k < T ? ((const float2 *)(H + (size_t)(t0 + k) * n))[c] : make_float2(0.0f, 0.0f);
+            ss[k] += (double)h[k].x * (double)h[k].x + (double)h[k].y * (double)h[k].y;
+        }
+#pragma unroll
+        for (int j = 0; j < PF_MIX; j++) {
+            float2 w = f16 ? __half22float2(((const __half2 *)fn)[(size_t)j * (n / 2) + c])
+                           : ((const float2 *)fn)[(size_t)j * (n / 2) + c];
+#pragma unroll
+            for (int k = 0; k < PF_HC_TOK; k++) dot[k][j] += w.x * h[k].x + w.y * h[k].y;
+        }
+    }
+    int wp = threadIdx.x >> 5, l = threadIdx.x & 31;
+#pragma unroll
+    for (int k = 0; k < PF_HC_TOK; k++)
+#pragma unroll
+        for (int j = 0; j <= PF_MIX; j++) {
+            double v = j < PF_MIX ? (double)dot[k][j] : ss[k];
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (l == 0) red[wp][k][j] = v;
+        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < PF_HC_TOK * PF_MIX; i += blockDim.x) {
+        int k = i / PF_MIX, j = i % PF_MIX;
+        if (t0 + k >= T) continue;
+        double tot = 0.0, s2 = 0.0;
+        for (int w = 0; w < 8; w++) tot += red[w][k][j], s2 += red[w][k][PF_MIX];
+        mix[(size_t)(t0 + k) * PF_MIX + j] = (float)tot * pf_rms_scale(s2, (int)n, eps);
+    }
+}
+
+/* HC pre, step 3-4 per token (one warp each, 8 a block): pre, post and the
+ * Sinkhorn-normalised comb (cuda_step_ops.cuh k_hc_split's lane layout). */
+__global__ void pf_hc_split(const float *mix, const float *scale, const float *base, int iters, float hc_eps, int T,
+                            float *pre_out, float *post_out, float *comb_out) {
+    int t = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (t >= T) return;
+    int lane = threadIdx.x & 31, l = lane & 15, r = l >> 2, col = l & 3;
+    const float *m = mix + (size_t)t * PF_MIX;
+    if (lane < HC_N) pre_out[(size_t)t * HC_N + lane] = pf_sigmoid(m[lane] * scale[0] + base[lane]) + hc_eps;
+    if (lane >= HC_N && lane < 2 * HC_N)
+        post_out[(size_t)t * HC_N + lane - HC_N] = 2.0f * pf_sigmoid(m[lane] * scale[1] + base[lane]);
+    float v = m[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
+    float mx = __shfl_sync(0xffffffffu, v, r * 4);
+    for (int k = 1; k < HC_N; k++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, r * 4 + k));
+    v = expf(v - mx);
+    float sum = 0.0f;
+    for (int k = 0; k < HC_N; k++) sum += __shfl_sync(0xffffffffu, v, r * 4 + k);
+    v = v / sum + hc_eps;
+    for (int it = 0; it < iters; it++) {
+        if (it > 0) {
+            float rs = 0.0f;
+            for (int k = 0; k < HC_N; k++) rs += __shfl_sync(0xffffffffu, v, r * 4 + k);
+            v /= rs + hc_eps;
+        }
+        float cs = 0.0f;
+        for (int k = 0; k < HC_N; k++) cs += __shfl_sync(0xffffffffu, v, k * 4 + col);
+        v /= cs + hc_eps;
+    }
+    if (lane < HC_N * HC_N) comb_out[(size_t)t * HC_N * HC_N + lane] = v;
+}
+
+/* x_t = Σ pre·H_t, a_t = norm(x_t)·w; one block per token. */
+__global__ void pf_hc_x(const float *pre, const float *H, uint32_t D, const float *norm_w, float rms_eps, float *x,
+                        float *a) {
+    __shared__ double sh[32];
+    int t = blockIdx.x;
+    float p[HC_N];
+    for (int h = 0; h < HC_N; h++) p[h] = pre[(size_t)t * HC_N + h];
+    const float *Ht = H + (size_t)t * HC_N * D;
+    float *xt = x + (size_t)t * D, *at = a + (size_t)t * D;
+    double ss = 0.0;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int h = 0; h < HC_N; h++) acc += p[h] * Ht[(size_t)h * D + d];
+        xt[d] = acc;
+        ss += (double)acc * (double)acc;
+    }
+    float s = pf_rms_scale(pf_block_sum(ss, sh), (int)D, rms_eps);
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) at[d] = xt[d] * s * norm_w[d];
+}
+
+/* HC post: H_t[dst] = post[dst]·y_t + Σ_src comb[src][dst]·H_t[src]; grid (D/256, T). */
+__global__ void pf_hc_post(float *H, const float *y, const float *post, const float *comb, uint32_t D) {
+    uint32_t d = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (d >= D) return;
+    float *Ht = H + (size_t)t * HC_N * D;
+    const float *pt = post + (size_t)t * HC_N, *ct = comb + (size_t)t * HC_N * HC_N;
+    float yv = y[(size_t)t * D + d];
+    float old[HC_N];
+    for (int h = 0; h < HC_N; h++) old[h] = Ht[(size_t)h * D + d];
+    for (int dst = 0; dst < HC_N; dst++) {
+        float acc = pt[dst] * yv;
+        for (int src = 0; src < HC_N; src++) acc += ct[src * HC_N + dst] * old[src];
+        Ht[(size_t)dst * D + d] = acc;
+    }
+}
+
+/* mma.sync m16n8k16 (f16 in, f32 accumulate) and ldmatrix helpers. */
+__device__ __forceinline__ uint32_t pa_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void pa_ldm_x4(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_ldm_x2(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_ldm_x4_t(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_mma(float *c, const uint32_t *a, const uint32_t *b) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* HC pre, step 1-2 on tensor cores for F16 fn: mix[t][j] = (fn_j·H_t)·(1/rms(H_t))
+ * for 16 tokens a block (one m-tile); the 8 warps split n (n % 128 == 0):
+ * H as hi + lo f16 from registers (A, ~22 bits), fn exact (B), each 16-wide
+ * k step's products summed by a fresh mma and added to f32 accumulators;
+ * Σ H² per lane in double. The warps' partial sums are added in order (in
+ * double, as pf_hc_mix does). */
+__global__ void __launch_bounds__(256) pf_hc_mix_tc(const __half *fn, const float *H, uint32_t n, int T, float eps,
+                                                    float *mix) {
+    __shared__ float red[8][16][PF_MIX];
+    __shared__ double red_ss[8][16];
+    const int t0 = blockIdx.x * 16, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const uint32_t span = n / 8, k_begin = warp * span;
+    const int ta = t0 + g, tb = t0 + g + 8;
+    const float *ha = H + (size_t)(ta < T ? ta : 0) * n, *hb = H + (size_t)(tb < T ? tb : 0) * n;
+    const bool va = ta < T, vb = tb < T;
+    float acc[3][4];
+#pragma unroll
+    for (int j = 0; j < 3; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    double ssa = 0.0, ssb = 0.0;
+    auto split = [](float2 v, uint32_t *hi, uint32_t *lo) {
+        __half2 h = __floats2half2_rn(v.x, v.y);
+        float2 f = __half22float2(h);
+        __half2 l = __floats2half2_rn(v.x - f.x, v.y - f.y);
+        *hi = *(uint32_t *)&h;
+        *lo = *(uint32_t *)&l;
+    };
+#pragma unroll 4
+    for (uint32_t k0 = k_begin; k0 < k_begin + span; k0 += 16) {
+        uint32_t kc = k0 + 2 * q4;
+        float2 zero = make_float2(0.0f, 0.0f);
+        float2 x0 = va ? *(const float2 *)(ha + kc) : zero, x1 = vb ? *(const float2 *)(hb + kc) : zero;
+        float2 x2 = va ? *(const float2 *)(ha + kc + 8) : zero, x3 = vb ? *(const float2 *)(hb + kc + 8) : zero;
+        ssa += (double)x0.x * (double)x0.x + (double)x0.y * (double)x0.y + (double)x2.x * (double)x2.x +
+               (double)x2.y * (double)x2.y;
+        ssb += (double)x1.x * (double)x1.x + (double)x1.y * (double)x1.y + (double)x3.x * (double)x3.x +
+               (double)x3.y * (double)x3.y;
+        uint32_t ah[4], al[4];
+        split(x0, &ah[0], &al[0]);
+        split(x1, &ah[1], &al[1]);
+        split(x2, &ah[2], &al[2]);
+        split(x3, &ah[3], &al[3]);
+#pragma unroll
+        for (int j = 0; j < 3; j++) {
+            const __half *fr = fn + (size_t)(j * 8 + g) * n + kc;
+            uint32_t b[2] = {*(const uint32_t *)fr, *(const uint32_t *)(fr + 8)};
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            pa_mma(c, ah, b);
+            pa_mma(c, al, b);
+            acc[j][0] += c[0], acc[j][1] += c[1], acc[j][2] += c[2], acc[j][3] += c[3];
+        }
+    }
+    for (int o = 1; o < 4; o <<= 1) {
+        ssa += __shfl_xor_sync(0xffffffffu, ssa, o);
+        ssb += __shfl_xor_sync(0xffffffffu, ssb, o);
+    }
+#pragma unroll
+    for (int j = 0; j < 3; j++) {
+        int col = j * 8 + 2 * q4;
+        red[warp][g][col] = acc[j][0], red[warp][g][col + 1] = acc[j][1];
+        red[warp][g + 8][col] = acc[j][2], red[warp][g + 8][col + 1] = acc[j][3];
+    }
+    if (q4 == 0) red_ss[warp][g] = ssa, red_ss[warp][g + 8] = ssb;
+    __syncthreads();
+    for (int i = threadIdx.x; i < 16 * PF_MIX; i += blockDim.x) {
+        int r = i / PF_MIX, j = i % PF_MIX;
+        if (t0 + r >= T) continue;
+        double tot = 0.0, s2 = 0.0;
+        for (int w = 0; w < 8; w++) tot += red[w][r][j], s2 += red_ss[w][r];
+        mix[(size_t)(t0 + r) * PF_MIX + j] = (float)tot * pf_rms_scale(s2, (int)n, eps);
+    }
+}
+
+/* Plain-float products: Y[t][r] = W_r · X_t for W F16 or F32 (rows of n_in),
+ * f32 accumulation; 64×64 tiles of (token, row), 256 threads × 4×4. */
+enum { PG_TILE = 64, PG_K = 16 };
+__global__ void __launch_bounds__(256) pf_gemm_plain(const void *W, int f16, uint32_t n_rows, uint32_t n_in,
+                                                     const float *X, size_t ldx, int T, float *Y, size_t ldy) {
+    __shared__ float xs[PG_K][PG_TILE + 1], ws[PG_K][PG_TILE + 1];
+    int t0 = blockIdx.y * PG_TILE, r0 = blockIdx.x * PG_TILE;
+    int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+    for (uint32_t k0 = 0; k0 < n_in; k0 += PG_K) {
+        for (int i = threadIdx.x; i < PG_K * PG_TILE; i += 256) {
+            int kk = i % PG_K, rr = i / PG_K;
+            uint32_t k = k0 + kk;
+            int t = t0 + rr;
+            xs[kk][rr] = (t < T && k < n_in) ? X[(size_t)t * ldx + k] : 0.0f;
+            uint32_t r = r0 + rr;
+            float w = 0.0f;
+            if (r < n_rows && k < n_in)
+                w = f16 ? __half2float(((const __half *)W)[(size_t)r * n_in + k]) : ((const float *)W)[(size_t)r * n_in + k];
+            ws[kk][rr] = w;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < PG_K; kk++) {
+            float xv[4], wv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) xv[i] = xs[kk][ty * 4 + i], wv[i] = ws[kk][tx * 4 + i];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] += xv[i] * wv[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int t = t0 + ty * 4 + i;
+        if (t >= T) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t r = r0 + tx * 4 + j;
+            if (r < n_rows) Y[(size_t)t * ldy + r] = acc[i][j];
+        }
+    }
+}
+
+/* X (n rows of `in` f32, stride ldx) as hi + lo f16 rows of `in`:
+ * hi = f16(x), lo = f16(x - hi), so hi + lo keeps ~22 bits of x. */
+__global__ void pf_split_f16(const float *X, size_t ldx, uint32_t in, int n, __half *xh, __half *xl) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)n * in) return;
+    size_t t = i / in, k = i % in;
+    float v = X[t * ldx + k];
+    __half hi = __float2half_rn(v);
+    xh[i] = hi;
+    xl[i] = __float2half_rn(v - __half2float(hi));
+}
+
+/* F16 weights on tensor cores: Y[t][r] = W_r · (hi_t + lo_t), two f16
+ * products with f32 accumulation (W exact, X to ~22 bits). Block tile 128
+ * tokens × 128 rows, k-steps of 32 in a 3-stage cp.async pipeline; 8 warps
+ * as 4 × 2, each 32 tokens × 64 rows. n_in a multiple of 32, rows 16-byte
+ * aligned. */
+enum { HG_BM = 128, HG_BN = 128, HG_BK = 32, HG_S = HG_BK + 8, HG_STAGES = 3 };
+static inline size_t pf_gemm_f16_smem() { return (size_t)HG_STAGES * (2 * HG_BM + HG_BN) * HG_S * 2; }
+
+__global__ void __launch_bounds__(256) pf_gemm_f16(const __half *W, uint32_t n_rows, uint32_t n_in, const __half *xh,
+                                                   const __half *xl, int T, float *Y, size_t ldy) {
+    extern __shared__ __align__(16) unsigned char hg_raw[];
+    __half *sm = (__half *)hg_raw; /* per stage: A hi [BM][S], A lo [BM][S], B [BN][S] */
+    const int stage_h = (2 * HG_BM + HG_BN) * HG_S;
+    int t0 = blockIdx.y * HG_BM, r0 = blockIdx.x * HG_BN;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp >> 1, wn = warp & 1;
+    auto load = [&](int kt, int st) {
+        __half *A = sm + st * stage_h, *Al = A + HG_BM * HG_S, *B = Al + HG_BM * HG_S;
+        uint32_t k0 = (uint32_t)kt * HG_BK;
+        for (int i = tid; i < HG_BM * (HG_BK / 8); i += 256) {
+            int r = i / (HG_BK / 8), c = (i % (HG_BK / 8)) * 8, t = t0 + r;
+            __half *dh = A + r * HG_S + c, *dl = Al + r * HG_S + c;
+            if (t < T) {
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(dh)),
+                             "l"(xh + (size_t)t * n_in + k0 + c));
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(dl)),
+                             "l"(xl + (size_t)t * n_in + k0 + c));
+            } else {
+                *(uint4 *)dh = make_uint4(0, 0, 0, 0);
+                *(uint4 *)dl = make_uint4(0, 0, 0, 0);
+            }
+        }
+        for (int i = tid; i < HG_BN * (HG_BK / 8); i += 256) {
+            int r = i / (HG_BK / 8), c = (i % (HG_BK / 8)) * 8;
+            uint32_t row = r0 + r;
+            __half *d = B + r * HG_S + c;
+            if (row < n_rows)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)),
+                             "l"(W + (size_t)row * n_in + k0 + c));
+            else
+                *(uint4 *)d = make_uint4(0, 0, 0, 0);
+        }
+    };
+    float acc[2][8][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+    int n_k = (int)(n_in / HG_BK);
+    for (int s = 0; s < HG_STAGES - 1; s++) {
+        if (s < n_k) load(s, s);
+        asm volatile("cp.async.commit_group;");
+    }
+    for (int kt = 0; kt < n_k; kt++) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(HG_STAGES - 2));
+        __syncthreads();
+        int nk = kt + HG_STAGES - 1;
+        if (nk < n_k) load(nk, nk % HG_STAGES);
+        asm volatile("cp.async.commit_group;");
+        const __half *A = sm + (kt % HG_STAGES) * stage_h, *Al = A + HG_BM * HG_S, *B = Al + HG_BM * HG_S;
+#pragma unroll
+        for (int kk = 0; kk < HG_BK; kk += 16) {
+            uint32_t ah[2][4], al[2][4];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                int off = (wm * 32 + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * HG_S + kk + (lane >> 4) * 8;
+                pa_ldm_x4(ah[i], A + off);
+                pa_ldm_x4(al[i], Al + off);
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                uint32_t b[2];
+                pa_ldm_x2(b, B + (wn * 64 + j * 8 + (lane & 7)) * HG_S + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    pa_mma(acc[i][j], ah[i], b);
+                    pa_mma(acc[i][j], al[i], b);
+                }
+            }
+        }
+    }
+    asm volatile("cp.async.wait_group 0;");
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int t = t0 + wm * 32 + i * 16 + (lane >> 2) + (e >> 1) * 8;
+                uint32_t r = r0 + wn * 64 + j * 8 + (lane & 3) * 2 + (e & 1);
+                if (t < T && r < n_rows) Y[(size_t)t * ldy + r] = acc[i][j][e];
+            }
+}
+
+/* Per (token, head), a warp each (PF_QP_WARPS a block; hd ≤ 512):
+ * unweighted RMSNorm, RoPE of the tail at pos0+t. n_items = T·n_head. */
+enum { PF_QP_WARPS = 8 };
+__global__ void __launch_bounds__(PF_QP_WARPS * 32) pf_q_prepare(float *q, int n_head, int hd, float eps,
+                                                                 rope_dev rp, int pos0, int n_items) {
+    __shared__ float xs_all[PF_QP_WARPS][512];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, item = blockIdx.x * PF_QP_WARPS + warp;
+    if (item >= n_items) return;
+    float *xs = xs_all[warp], *qh = q + (size_t)item * hd;
+    double ss = 0.0;
+    for (int i = lane; i < hd; i += 32) {
+        xs[i] = qh[i];
+        ss += (double)xs[i] * (double)xs[i];
+    }
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    float s = pf_rms_scale(ss, hd, eps);
+    for (int i = lane; i < hd; i += 32) xs[i] = xs[i] * s;
+    __syncwarp();
+    for (int k = lane; k < rp.n_rot / 2; k += 32) pf_rope_pair(xs + hd - rp.n_rot, k, pos0 + item / n_head, rp, false);
+    __syncwarp();
+    for (int i = lane; i < hd; i += 32) qh[i] = xs[i];
+}
+
+/* Per token: weighted RMSNorm, RoPE, FP8 round-trip, f16 → kvc[t]. */
+__global__ void pf_kv_prepare(const float *kv, const float *norm_w, int hd, int n_rot, float eps, rope_dev rp,
+                              int pos0, __half *kvc) {
+    extern __shared__ float xs[];
+    __shared__ double sh[32];
+    __shared__ float sc[64];
+    int t = blockIdx.x;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        xs[i] = kv[(size_t)t * hd + i];
+        ss += (double)xs[i] * (double)xs[i];
+    }
+    float s = pf_rms_scale(pf_block_sum(ss, sh), hd, eps);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
+    pf_block_rope(xs, hd, pos0 + t, rp, false);
+    pf_block_fp8(xs, hd - n_rot, sc);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) kvc[(size_t)t * hd + i] = __float2half_rn(xs[i]);
+}
+
+/* The chunk's last rows into the raw window ring: kvc rows first..T-1. */
+__global__ void pf_ring_put(const __half *kvc, int hd, int first, int pos0, __half *ring, int n_swa) {
+    int t = first + blockIdx.x;
+    __half *dst = ring + (size_t)((pos0 + t) % n_swa) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = kvc[(size_t)t * hd + i];
+}
+
+/* ---- compressor (compressor.c compressor_run) over a chunk ----
+ *
+ * A frontier column's values depend only on which position wrote it last,
+ * so every emission of the chunk is pooled in parallel: candidate c of the
+ * window w emitting at position (w+1)·R-1 is, with coff 2, position
+ * (w-1)·R + c (lane A, column j) for c < R and w·R + c-R (lane B, column
+ * hd + j) after; with coff 1, position w·R + c. A position of the chunk
+ * gives the chunk's projections (score + APE, as the frontier stores it),
+ * an earlier one the frontier saved before the chunk (old). */
+struct pf_comp {
+    const float *kv, *sc; /* chunk projections, rows of ld */
+    size_t ld;
+    const float *ape;
+    const float *old_kv, *old_sc; /* frontier before the chunk, rows of W */
+    int R, coff, hd, W, pos0;
+};
+
+__device__ __forceinline__ void pf_cand(const pf_comp &c, int64_t pos, int col, float *kv, float *sc) {
+    if (pos >= c.pos0) {
+        size_t t = (size_t)(pos - c.pos0);
+        int slot = (int)(pos % c.R);
+        *kv = c.kv[t * c.ld + col];
+        *sc = c.sc[t * c.ld + col] + c.ape[(size_t)slot * c.W + col];
+        return;
+    }
+    int64_t wp = pos >= 0 ? pos / c.R : -((-pos + c.R - 1) / c.R);
+    int slot = (int)(pos - wp * c.R), w_cur = c.pos0 / c.R;
+    int row = -1;
+    if (wp == w_cur) row = (c.coff == 2 ? c.R : 0) + slot;
+    else if (c.coff == 2 && wp == w_cur - 1) row = slot;
+    if (row < 0) {
+        *kv = 0.0f;
+        *sc = -INFINITY;
+        return;
+    }
+    *kv = c.old_kv[(size_t)row * c.W + col];
+    *sc = c.old_sc[(size_t)row * c.W + col];
+}
+
+/* One block per emission e (window w = pos0/R + e): pool, RMSNorm, RoPE at
+ * the window start, FP8 (attention) or QAT (indexer), f16 row w. */
+__global__ void pf_comp_emit(pf_comp c, const float *norm_w, int n_rot, float eps, rope_dev rp, int indexer,
+                             __half *rows) {
+    extern __shared__ float out[];
+    __shared__ double sh[32];
+    __shared__ float sc[64];
+    int64_t w = c.pos0 / c.R + blockIdx.x;
+    int R = c.R, n_cand = c.coff * R, hd = c.hd;
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+        float m = -INFINITY;
+        for (int k = 0; k < n_cand; k++) {
+            float kv, s;
+            int64_t pos = c.coff == 2 ? (k < R ? (w - 1) * R + k : w * R + k - R) : w * R + k;
+            pf_cand(c, pos, c.coff == 2 && k >= R ? hd + j : j, &kv, &s);
+            m = fmaxf(m, s);
+        }
+        float v = 0.0f;
+        if (m != -INFINITY) {
+            float sum = 0.0f, acc = 0.0f;
+            for (int k = 0; k < n_cand; k++) {
+                float kv, s;
+                int64_t pos = c.coff == 2 ? (k < R ? (w - 1) * R + k : w * R + k - R) : w * R + k;
+                pf_cand(c, pos, c.coff == 2 && k >= R ? hd + j : j, &kv, &s);
+                float e = expf(s - m);
+                sum += e;
+                acc += e * kv;
+            }
+            v = acc / sum;
+        }
+        out[j] = v;
+        ss += (double)v * (double)v;
+    }
+    float s = pf_rms_scale(pf_block_sum(ss, sh), hd, eps);
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
+    pf_block_rope(out, hd, w * R, rp, false);
+    if (indexer)
+        pf_block_qat(out, hd, sc);
+    else
+        pf_block_fp8(out, hd - n_rot, sc);
+    __half *dst = rows + (size_t)w * hd;
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) dst[j] = __float2half_rn(out[j]);
+}
+
+/* The frontier after the chunk, as T decode steps leave it: one thread per
+ * value (row r, column k) of st (coff·R rows of W). */
+__global__ void pf_comp_state(pf_comp c, int T, float *st_kv, float *st_sc) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x, R = c.R, W = c.W;
+    if (i >= c.coff * R * W) return;
+    int r = i / W, k = i % W;
+    int64_t p_last = (int64_t)c.pos0 + T - 1, wl = p_last / R;
+    bool emit_end = (p_last + 1) % R == 0;
+    bool emitted = (c.pos0 + T) / R - c.pos0 / R > 0;
+    float kv = 0.0f, sc = -INFINITY;
+    bool lane_a = c.coff == 2 && r < R;
+    int slot = c.coff == 2 ? r % R : r;
+    if (emit_end) {
+        if (lane_a) pf_cand(c, wl * R + slot, k, &kv, &sc);
+    } else if (lane_a) {
+        pf_cand(c, (wl - 1) * R + slot, k, &kv, &sc);
+    } else {
+        int64_t pos = wl * R + slot;
+        if (pos <= p_last)
+            pf_cand(c, pos, k, &kv, &sc);
+        else if (!emitted)
+            kv = c.old_kv[i], sc = c.old_sc[i];
+    }
+    st_kv[i] = kv;
+    st_sc[i] = sc;
+}
+
+/* ---- indexer (compressor.c indexer_select) ---- */
+
+/* Query heads of the active tokens (grid nih × n): RoPE at pos, QAT; the
+ * first block of each token scales its head weights by 1/√(ihd·nih). */
+__global__ void pf_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp, int pos_first) {
+    extern __shared__ float xs[];
+    __shared__ float sc[64];
+    int t = blockIdx.y;
+    float *qh = iq + ((size_t)t * nih + blockIdx.x) * ihd;
+    for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
+    pf_block_rope(xs, ihd, pos_first + t, rp, false);
+    pf_block_qat(xs, ihd, sc);
+    for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
+    if (blockIdx.x == 0) {
+        float denom = sqrtf((float)(ihd * nih));
+        for (int h = threadIdx.x; h < nih; h += blockDim.x) iw[(size_t)t * nih + h] = iw[(size_t)t * nih + h] / denom;
+    }
+}
+
+/* scores[t][c] = Σ_h max(0, q_{t,h}·k_c)·w_{t,h} for c < visible(t), one
+ * block per token: the head dots of a tile of IX_ROWS rows on tensor cores
+ * (q split hi + lo f16, rows exact f16, f32 accumulation), a warp's task 16
+ * heads × 32 rows; the ReLU and head weights applied to the accumulators,
+ * the task's 16 heads summed across its lanes (a tree), the m-tiles' sums
+ * added in order. Row tiles double-buffered (cp.async). */
+enum { IX_ROWS = 64 };
+
+static inline size_t pf_idx_smem(int nih, int ihd) {
+    size_t mh = (size_t)(nih + 15) / 16 * 16, qs = (size_t)ihd + 8;
+    return 2 * mh * qs * 2 + 2 * (size_t)IX_ROWS * qs * 2 + (mh / 16) * IX_ROWS * 4 + mh * 4;
+}
+
+__global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const float *iw, const __half *rows, int ihd,
+                                                     int nih, int pos_first, float *scores, size_t lds) {
+    extern __shared__ __align__(16) unsigned char ix_raw[];
+    const int MT = (nih + 15) / 16, MH = MT * 16, QS = ihd + 8;
+    __half *qh = (__half *)ix_raw, *ql = qh + (size_t)MH * QS, *kt = ql + (size_t)MH * QS; /* kt: 2 tiles */
+    float *part = (float *)(kt + 2 * (size_t)IX_ROWS * QS), *wh = part + MT * IX_ROWS;
+    int t = blockIdx.x, visible = (pos_first + t + 1) / 4, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int chunks = ihd / 8, nw = blockDim.x >> 5, n_tiles = (visible + IX_ROWS - 1) / IX_ROWS;
+    auto load = [&](int c0, int b) {
+        __half *dst = kt + (size_t)b * IX_ROWS * QS;
+        for (int i = tid; i < IX_ROWS * chunks; i += blockDim.x) {
+            int r = i / chunks, c = i % chunks;
+            __half *d = dst + (size_t)r * QS + c * 8;
+            if (c0 + r < visible)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)),
+                             "l"(rows + (size_t)(c0 + r) * ihd + c * 8));
+            else
+                *(uint4 *)d = make_uint4(0, 0, 0, 0);
+        }
+        asm volatile("cp.async.commit_group;");
+    };
+    if (n_tiles > 0) load(0, 0);
+    const float *qt = iq + (size_t)t * nih * ihd;
+    for (int i = tid; i < MH * ihd; i += blockDim.x) {
+        int h = i / ihd, d = i % ihd;
+        float v = h < nih ? qt[(size_t)h * ihd + d] : 0.0f;
+        __half hi = __float2half_rn(v);
+        qh[(size_t)h * QS + d] = hi;
+        ql[(size_t)h * QS + d] = __float2half_rn(v - __half2float(hi));
+    }
+    for (int h = tid; h < MH; h += blockDim.x) wh[h] = h < nih ? iw[(size_t)t * nih + h] : 0.0f;
+    for (int it = 0; it < n_tiles; it++) {
+        int c0 = it * IX_ROWS;
+        asm volatile("cp.async.wait_group 0;");
+        __syncthreads();
+        if (it + 1 < n_tiles) load(c0 + IX_ROWS, (it + 1) & 1);
+        const __half *K = kt + (size_t)(it & 1) * IX_ROWS * QS;
+        /* a task: 16 heads × 32 rows (4 n-tiles sharing the q fragments) */
+        for (int task = warp; task < MT * (IX_ROWS / 32); task += nw) {
+            int m = task / (IX_ROWS / 32), n0 = (task % (IX_ROWS / 32)) * 4;
+            float c[4][4];
+#pragma unroll
+            for (int nn = 0; nn < 4; nn++) c[nn][0] = c[nn][1] = c[nn][2] = c[nn][3] = 0.0f;
+            const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
+            const __half *brow = K + (size_t)(n0 * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+            for (int k0 = 0; k0 < ihd; k0 += 16) {
+                uint32_t ah[4], al[4];
+                pa_ldm_x4(ah, arow + k0);
+                pa_ldm_x4(al, arow + (size_t)MH * QS + k0);
+#pragma unroll
+                for (int nn = 0; nn < 4; nn++) {
+                    uint32_t b[2];
+                    pa_ldm_x2(b, brow + (size_t)nn * 8 * QS + k0);
+                    pa_mma(c[nn], ah, b);
+                    pa_mma(c[nn], al, b);
+                }
+            }
+            /* heads g and g+8 of the m-tile in this lane, then the tree over g */
+            float w0 = wh[m * 16 + (lane >> 2)], w1 = wh[m * 16 + (lane >> 2) + 8];
+#pragma unroll
+            for (int nn = 0; nn < 4; nn++) {
+                float v0 = (c[nn][0] > 0.0f ? c[nn][0] : 0.0f) * w0 + (c[nn][2] > 0.0f ? c[nn][2] : 0.0f) * w1;
+                float v1 = (c[nn][1] > 0.0f ? c[nn][1] : 0.0f) * w0 + (c[nn][3] > 0.0f ? c[nn][3] : 0.0f) * w1;
+                for (int o = 4; o < 32; o <<= 1) {
+                    v0 += __shfl_xor_sync(0xffffffffu, v0, o);
+                    v1 += __shfl_xor_sync(0xffffffffu, v1, o);
+                }
+                if (lane < 4) {
+                    int col = (n0 + nn) * 8 + lane * 2;
+                    part[m * IX_ROWS + col] = v0;
+                    part[m * IX_ROWS + col + 1] = v1;
+                }
+            }
+        }
+        __syncthreads();
+        for (int r = tid; r < IX_ROWS && c0 + r < visible; r += blockDim.x) {
+            float score = 0.0f;
+            for (int m = 0; m < MT; m++) score += part[m * IX_ROWS + r];
+            scores[(size_t)t * lds + c0 + r] = score;
+        }
+    }
+}
+
+__device__ uint32_t pf_score_key(float f) {
+    if (f != f) return 0u;
+    if (f == 0.0f) f = 0.0f;
+    uint32_t b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+/* Top-k of token t's visible scores as ascending row indices (ties → lower
+ * index; k_idx_topk's radix select), one block of 1024 per token;
+ * n_sel[t] = -1 while every visible row is attended. */
+__global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, size_t lds, int top_k, int pos0,
+                                                    int *sel_all, int *n_sel) {
+    __shared__ int hist[256];
+    __shared__ uint32_t prefix_s;
+    __shared__ int need_s;
+    __shared__ int scan[1024];
+    int t = blockIdx.x, visible = (pos0 + t + 1) / 4;
+    if (visible <= top_k) {
+        if (threadIdx.x == 0) n_sel[t] = -1;
+        return;
+    }
+    const float *scores = scores_all + (size_t)t * lds;
+    int *sel = sel_all + (size_t)t * top_k;
+    uint32_t tv = 0, mask = 0;
+    int need = top_k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < visible; i += blockDim.x) {
+            uint32_t key = pf_score_key(scores[i]);
+            if ((key & mask) == tv) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            int l = threadIdx.x, own = 0;
+            for (int j = 0; j < 8; j++) own += hist[255 - 8 * l - j];
+            int incl = own;
+            for (int o = 1; o < 32; o <<= 1) {
+                int v = __shfl_up_sync(0xffffffffu, incl, o);
+                if (l >= o) incl += v;
+            }
+            unsigned hit = __ballot_sync(0xffffffffu, incl >= need);
+            if (l == __ffs(hit) - 1) {
+                int acc = incl - own, d = 255 - 8 * l;
+                for (int j = 0; j < 8; j++, d--) {
+                    if (acc + hist[d] >= need) break;
+                    acc += hist[d];
+                }
+                prefix_s = tv | ((uint32_t)d << shift);
+                need_s = need - acc;
+            }
+        }
+        __syncthreads();
+        tv = prefix_s;
+        need = need_s;
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    int ties_left = need, out = 0;
+    for (int base = 0; base < visible; base += blockDim.x) {
+        int i = base + threadIdx.x;
+        uint32_t key = i < visible ? pf_score_key(scores[i]) : 0u;
+        int tie = i < visible && key == tv;
+        scan[threadIdx.x] = tie;
+        __syncthreads();
+        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
+            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
+            __syncthreads();
+            scan[threadIdx.x] += v;
+            __syncthreads();
+        }
+        int tie_rank = scan[threadIdx.x] - tie, ties_here = scan[blockDim.x - 1];
+        int pick = i < visible && (key > tv || (tie && tie_rank < ties_left));
+        __syncthreads();
+        scan[threadIdx.x] = pick;
+        __syncthreads();
+        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
+            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
+            __syncthreads();
+            scan[threadIdx.x] += v;
+            __syncthreads();
+        }
+        if (pick) sel[out + scan[threadIdx.x] - 1] = i;
+        out += scan[blockDim.x - 1];
+        ties_left -= ties_here < ties_left ? ties_here : ties_left;
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) n_sel[t] = top_k;
+}
+
+/* ---- attention: a block per (token, group of 16·MB heads), on tensor cores ----
+ * Rows of token t (position p): raw positions lo..p (lo = max(0, p-n_swa+1))
+ * from the ring (before pos0) or the chunk's rows kvc, then the visible
+ * compressed rows or the indexer's selection. Rows stream through shared
+ * memory in tiles of R (cp.async, double-buffered); scores S = Q·Kᵀ and
+ * the output P·V are f16 mma.sync with f32 accumulation, Q and P each split
+ * as hi + lo f16 (two products) so they keep ~22 bits, K = V exact (f16
+ * rows). The softmax is online (running max from the sink, rescaled sums);
+ * the output × 1/den, rotated back at p. Heads padded to 16s.
+ *
+ * Work split: the block's 4·MB warps are (m-tile of 16 heads, quarter of
+ * the head dims). For S each warp sums its quarter of the dims (A = Q from
+ * shared memory, B = the tile's rows) and the four partial sums are added
+ * in order by the softmax threads (8 per head, R/8 columns each, running
+ * max and sum in registers); for P·V each warp owns its quarter of the
+ * output dims for its 16 heads (64 accumulators a thread for hd 512).
+ * Shared rows (Q, K tiles) are XOR-swizzled by 16-byte chunks so ldmatrix
+ * is free of bank conflicts. The prefill runs MB = 2, R = 16 (32 heads,
+ * ~109 KB at hd 512: two blocks an SM on sm_90) where the device allows
+ * it, else MB = 1 (~71 KB: sm_89/sm_120); test_cuda_attention times the
+ * other shapes too. */
+enum { PA_ROWS = 16 };
+
+struct pf_att {
+    const __half *ring, *kvc, *comp;
+    const int *sel, *n_sel; /* NULL unless ratio 4 */
+    int n_swa, ratio, pos0, top_k;
+};
+
+__device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int n_raw, int lo, const int *pick,
+                                                    int hd) {
+    if (r < n_raw) {
+        int pos = lo + r;
+        return pos < a.pos0 ? a.ring + (size_t)(pos % a.n_swa) * hd : a.kvc + (size_t)(pos - a.pos0) * hd;
+    }
+    return a.comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
+}
+
+/* Offset (in halves) of 16-byte chunk c of row r in a swizzled [rows][hd] f16 array. */
+__device__ __forceinline__ int pa_sw(int r, int c, int hd) { return r * hd + ((c ^ (r & 7)) << 3); }
+
+/* Shared bytes of pf_attention<mb, r> for heads of hd (a power of two, 64..512)
+ * and an indexer selection of top_k rows. */
+static inline size_t pf_att_smem(int mb, int hd, int top_k, int r = PA_ROWS) {
+    size_t hb = 16 * (size_t)mb;
+    return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4 +
+           (size_t)top_k * 4;
+}
+
+template <int MB, int R = PA_ROWS>
+__global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
+                                                            int n_head, rope_dev rp, float *out) {
+    static_assert(R == 16 || R == 32, "tile rows");
+    extern __shared__ __align__(16) unsigned char pa_raw[];
+    constexpr int HB = 16 * MB, SP = R + 4, PS = R + 8, NC = R / 8; /* NC: softmax columns a thread */
+    __half *qh = (__half *)pa_raw, *ql = qh + HB * hd;
+    __half *kt = ql + HB * hd; /* 2 buffers of R × hd */
+    float *sp = (float *)(kt + 2 * R * hd); /* [quarter][HB][SP] partial scores */
+    __half *ph = (__half *)(sp + 4 * HB * SP), *pl = ph + HB * PS;
+    float *resc = (float *)(pl + HB * PS), *lfin = resc + HB;
+    int *pk = (int *)(lfin + HB); /* the token's selection, a.top_k rows */
+    float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
+    const int h0 = blockIdx.x * HB, t = blockIdx.y, p = a.pos0 + t;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, m = warp >> 2, quarter = warp & 3;
+    int lo = p - a.n_swa + 1 < 0 ? 0 : p - a.n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
+    const int *pick = NULL;
+    if (a.ratio) {
+        n_comp = (p + 1) / a.ratio;
+        if (a.n_sel && a.n_sel[t] >= 0) {
+            n_comp = a.n_sel[t];
+            const int *sel = a.sel + (size_t)t * a.top_k;
+            for (int i = threadIdx.x; i < n_comp; i += blockDim.x) pk[i] = sel[i];
+            __syncthreads(); /* block-uniform branch */
+            pick = pk;
+        }
+    }
+    const int nr = n_raw + n_comp, n_tiles = (nr + R - 1) / R;
+    const int chunks = hd >> 3, qd = hd >> 2, NT = hd >> 5;
+    /* tile loads: thread tid copies chunk c_ld of rows r_ld, r_ld + r_step, ...
+     * (hd a power of two up to 512, so chunks divides the block) */
+    const int c_ld = tid & (chunks - 1), r_ld = tid / chunks, r_step = blockDim.x / chunks;
+    auto load_tile = [&](int j, int b) {
+        __half *dst = kt + b * R * hd;
+        for (int r = r_ld; r < R; r += r_step) {
+            int row = j * R + r;
+            __half *d = dst + pa_sw(r, c_ld, hd);
+            if (row < nr) {
+                const __half *src = pf_att_row(a, row, n_raw, lo, pick, hd) + c_ld * 8;
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)), "l"(src));
+            } else {
+                *(uint4 *)d = make_uint4(0, 0, 0, 0);
+            }
+        }
+        asm volatile("cp.async.commit_group;");
+    };
+    load_tile(0, 0);
+    /* Q of the block's heads as hi + lo halves; padded heads zero */
+    const float *qt = q + (size_t)t * n_head * hd;
+    for (int i = tid; i < HB * hd / 4; i += blockDim.x) {
+        int hl = (4 * i) / hd, d = 4 * i - hl * hd;
+        float4 v = h0 + hl < n_head ? *(const float4 *)(qt + (size_t)(h0 + hl) * hd + d)
+                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        __half2 h01 = __floats2half2_rn(v.x, v.y), h23 = __floats2half2_rn(v.z, v.w);
+        float2 f01 = __half22float2(h01), f23 = __half22float2(h23);
+        int o = pa_sw(hl, d >> 3, hd) + (d & 7);
+        *(__half2 *)(qh + o) = h01;
+        *(__half2 *)(qh + o + 2) = h23;
+        *(__half2 *)(ql + o) = __floats2half2_rn(v.x - f01.x, v.y - f01.y);
+        *(__half2 *)(ql + o + 2) = __floats2half2_rn(v.z - f23.x, v.w - f23.y);
+    }
+    /* softmax role: head hs of the block, columns NC·sub .. NC·sub+NC-1 of a
+     * tile; the running max and sum start from the sink (exp(sink - m) = 1) */
+    const int hs = tid >> 3, sub = tid & 7;
+    const bool hv = h0 + hs < n_head;
+    float m_run = hv ? sinks[h0 + hs] : 0.0f, l_run = 1.0f;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float acc[16][4];
+#pragma unroll
+    for (int k = 0; k < 16; k++) acc[k][0] = acc[k][1] = acc[k][2] = acc[k][3] = 0.0f;
+    const int arow = m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, acol = lane >> 4;
+    const int brow = (lane & 7) + (lane >> 4) * 8, bcol = (lane >> 3) & 1;
+    const int vrow = (lane & 7) + ((lane >> 3) & 1) * 8, vcol = quarter * (qd >> 3) + (lane >> 4);
+    for (int j = 0; j < n_tiles; j++) {
+        asm volatile("cp.async.wait_group 0;");
+        __syncthreads();
+        if (j + 1 < n_tiles) load_tile(j + 1, (j + 1) & 1);
+        const __half *K = kt + (j & 1) * R * hd;
+        /* partial S over this warp's quarter of the dims: 16 heads × R rows;
+         * the hi and lo products in two accumulators (shorter mma chains) */
+        {
+            float c[R / 8][4], cl[R / 8][4];
+#pragma unroll
+            for (int n = 0; n < R / 8; n++)
+                c[n][0] = c[n][1] = c[n][2] = c[n][3] = cl[n][0] = cl[n][1] = cl[n][2] = cl[n][3] = 0.0f;
+            for (int k0 = quarter * qd; k0 < quarter * qd + qd; k0 += 16) {
+                int c0 = k0 >> 3;
+                uint32_t ah[4], al[4];
+                pa_ldm_x4(ah, qh + pa_sw(arow, c0 + acol, hd));
+                pa_ldm_x4(al, ql + pa_sw(arow, c0 + acol, hd));
+#pragma unroll
+                for (int np = 0; np < R / 16; np++) {
+                    uint32_t b[4];
+                    pa_ldm_x4(b, K + pa_sw(np * 16 + brow, c0 + bcol, hd));
+                    pa_mma(c[2 * np], ah, b);
+                    pa_mma(cl[2 * np], al, b);
+                    pa_mma(c[2 * np + 1], ah, b + 2);
+                    pa_mma(cl[2 * np + 1], al, b + 2);
+                }
+            }
+            float *dst = sp + (quarter * HB + m * 16 + (lane >> 2)) * SP + (lane & 3) * 2;
+#pragma unroll
+            for (int n = 0; n < R / 8; n++) {
+                *(float2 *)(dst + n * 8) = make_float2(c[n][0] + cl[n][0], c[n][1] + cl[n][1]);
+                *(float2 *)(dst + 8 * SP + n * 8) = make_float2(c[n][2] + cl[n][2], c[n][3] + cl[n][3]);
+            }
+        }
+        __syncthreads();
+        /* online softmax: the four partial sums in order, P as hi + lo */
+        {
+            const float *s0 = sp + hs * SP + NC * sub;
+            float v[NC], mx = -INFINITY;
+#pragma unroll
+            for (int e = 0; e < NC; e++) {
+                float s = s0[e] + s0[HB * SP + e] + s0[2 * HB * SP + e] + s0[3 * HB * SP + e];
+                v[e] = j * R + NC * sub + e < nr ? scale * s : -INFINITY;
+                mx = fmaxf(mx, v[e]);
+            }
+            for (int o = 4; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float m_new = fmaxf(m_run, mx), sum = 0.0f;
+#pragma unroll
+            for (int e = 0; e < NC; e += 2) {
+                float e0 = hv ? expf(v[e] - m_new) : 0.0f, e1 = hv ? expf(v[e + 1] - m_new) : 0.0f;
+                __half2 hi = __floats2half2_rn(e0, e1);
+                float2 hf = __half22float2(hi);
+                *(__half2 *)(ph + hs * PS + NC * sub + e) = hi;
+                *(__half2 *)(pl + hs * PS + NC * sub + e) = __floats2half2_rn(e0 - hf.x, e1 - hf.y);
+                sum += e0 + e1;
+            }
+            for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            float sc = hv ? expf(m_run - m_new) : 1.0f;
+            l_run = l_run * sc + sum;
+            m_run = m_new;
+            if (sub == 0) resc[hs] = sc;
+        }
+        __syncthreads();
+        /* O = O·resc + P·V over this warp's quarter of the output dims */
+        {
+            float s0 = resc[m * 16 + (lane >> 2)], s1 = resc[m * 16 + (lane >> 2) + 8];
+            if (!__all_sync(0xffffffffu, s0 == 1.0f && s1 == 1.0f)) { /* the max moved for a head */
+#pragma unroll
+                for (int k = 0; k < 16; k++) acc[k][0] *= s0, acc[k][1] *= s0, acc[k][2] *= s1, acc[k][3] *= s1;
+            }
+#pragma unroll
+            for (int ks = 0; ks < R / 16; ks++) {
+                uint32_t pah[4], pal[4];
+                const __half *pa =
+                    ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PS + ks * 16 + (lane >> 4) * 8;
+                pa_ldm_x4(pah, pa);
+                pa_ldm_x4(pal, pa + HB * PS);
+#pragma unroll
+                for (int nn = 0; nn < 16; nn += 2) {
+                    if (nn < NT) {
+                        uint32_t b[4];
+                        pa_ldm_x4_t(b, K + pa_sw(ks * 16 + vrow, vcol + nn, hd));
+                        pa_mma(acc[nn], pah, b);
+                        pa_mma(acc[nn], pal, b);
+                        pa_mma(acc[nn + 1], pah, b + 2);
+                        pa_mma(acc[nn + 1], pal, b + 2);
+                    }
+                }
+            }
+        }
+    }
+    if (sub == 0) lfin[hs] = l_run;
+    __syncthreads();
+    /* output × 1/den into shared (over Q), inverse RoPE, store */
+#pragma unroll
+    for (int nn = 0; nn < 16; nn++) {
+        if (nn < NT) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int hl = m * 16 + (lane >> 2) + (e >> 1) * 8, d = quarter * qd + nn * 8 + (lane & 3) * 2 + (e & 1);
+                os[hl * hd + d] = acc[nn][e] * (1.0f / lfin[hl]);
+            }
+        }
+    }
+    __syncthreads();
+    int n_valid = n_head - h0 < HB ? n_head - h0 : HB;
+    for (int i = tid; i < n_valid * (rp.n_rot / 2); i += blockDim.x) {
+        int hl = i / (rp.n_rot / 2), k = i % (rp.n_rot / 2);
+        pf_rope_pair(os + hl * hd + hd - rp.n_rot, k, p, rp, true);
+    }
+    __syncthreads();
+    float4 *o = (float4 *)(out + ((size_t)t * n_head + h0) * hd);
+    for (int i = tid; i < n_valid * hd / 4; i += blockDim.x) o[i] = ((const float4 *)os)[i];
+}
+
+/* ---- MoE ---- */
+
+/* Router per token (block each; cuda_step_ops.cuh k_route). */
+__global__ void pf_route(const float *logits_all, const float *bias, const int32_t *tid2eid, int ne, int nu,
+                         float wscale, int wnorm, const int32_t *tokens, int32_t *ids_all, float *weights_all) {
+    extern __shared__ float prob[];
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    __shared__ int chosen[DS4_CUDA_MAX_SEL];
+    int t = blockIdx.x;
+    const float *logits = logits_all + (size_t)t * ne;
+    for (int i = threadIdx.x; i < ne; i += blockDim.x) prob[i] = sqrtf(pf_softplus(logits[i]));
+    __syncthreads();
+    if (tid2eid) {
+        if (threadIdx.x < (unsigned)nu) chosen[threadIdx.x] = tid2eid[(size_t)tokens[t] * nu + threadIdx.x];
+    } else {
+        for (int j = 0; j < nu; j++) {
+            float best = -INFINITY;
+            int besti = -1;
+            for (int i = threadIdx.x; i < ne; i += blockDim.x) {
+                bool taken = false;
+                for (int q = 0; q < j; q++) taken |= chosen[q] == i;
+                if (taken) continue;
+                float v = prob[i] + (bias ? bias[i] : 0.0f);
+                if (v != v) v = -INFINITY;
+                if (besti < 0 || v > best) best = v, besti = i;
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, best, o);
+                int oi = __shfl_xor_sync(0xffffffffu, besti, o);
+                if (oi >= 0 && (besti < 0 || ov > best || (ov == best && oi < besti))) best = ov, besti = oi;
+            }
+            if ((threadIdx.x & 31) == 0) bv[threadIdx.x >> 5] = best, bi[threadIdx.x >> 5] = besti;
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                float b = bv[0];
+                int x = bi[0];
+                for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+                    if (bi[w] >= 0 && (x < 0 || bv[w] > b || (bv[w] == b && bi[w] < x))) b = bv[w], x = bi[w];
+                chosen[j] = x;
+            }
+            __syncthreads();
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0.0f;
+        for (int i = 0; i < nu; i++) sum += prob[chosen[i]];
+        if (sum < 6.103515625e-05f) sum = 6.103515625e-05f;
+        for (int i = 0; i < nu; i++) {
+            ids_all[(size_t)t * nu + i] = chosen[i];
+            weights_all[(size_t)t * nu + i] = wnorm ? prob[chosen[i]] / sum * wscale : prob[chosen[i]] * wscale;
+        }
+    }
+}
+
+__device__ float pf_swiglu(float g, float u, float clamp, float weight) {
+    if (clamp > 0.0f) {
+        g = fminf(g, clamp);
+        u = fminf(fmaxf(u, -clamp), clamp);
+    }
+    float s;
+    if (g >= 0.0f) {
+        s = 1.0f / (1.0f + expf(-g));
+    } else {
+        float ex = expf(g);
+        s = ex / (1.0f + ex);
+    }
+    return g * s * u * weight;
+}
+
+/* mid = swiglu(g, u) with weight 1 (the shared expert), n values. */
+__global__ void pf_swiglu_rows(const float *g, const float *u, size_t n, float clamp, float *mid) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) mid[i] = pf_swiglu(g[i], u[i], clamp, 1.0f);
+}
+
+__device__ float pf_plain_dot(const void *w, int f16, size_t row, uint32_t n_in, const float *x, int lane) {
+    float d = 0.0f;
+    if (f16) {
+        const __half *r = (const __half *)w + row * n_in;
+        for (uint32_t i = lane; i < n_in; i += 32) d += __half2float(r[i]) * x[i];
+    } else {
+        const float *r = (const float *)w + row * n_in;
+        for (uint32_t i = lane; i < n_in; i += 32) d += r[i] * x[i];
+    }
+    return pf_warp_sum(d);
+}
+
+/* x[0..n) = v. */
+__global__ void pf_fill_f32(float *x, int n, float v) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = v;
+}
+
+/* Plain-float routed experts for T tokens: a warp per (token, slot, row). */
+__global__ void pf_moe_plain_gate_up(const void *gate, const void *up, int f16, uint32_t n_in, uint32_t n_ff,
+                                     uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t nu, int T,
+                                     float clamp, const float *x, float *mid) {
+    size_t item = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (item >= (size_t)T * nu * n_ff) return;
+    size_t tk = item / n_ff;
+    uint32_t r = item % n_ff, t = (uint32_t)(tk / nu), e = (uint32_t)ids[tk];
+    float v = 0.0f;
+    if (e < n_expert) {
+        size_t row = (size_t)e * n_ff + r;
+        const float *xt = x + (size_t)t * n_in;
+        float g = pf_plain_dot(gate, f16, row, n_in, xt, lane), u = pf_plain_dot(up, f16, row, n_in, xt, lane);
+        v = pf_swiglu(g, u, clamp, weights[tk]);
+    }
+    if (lane == 0) mid[item] = v;
+}
+
+/* out[t][o] = Σ_k in order down_{ids[t][k]} row o · mid[t][k] + add[t][o]. */
+__global__ void pf_moe_plain_down(const void *down, int f16, uint32_t n_ff, uint32_t n_out, uint32_t n_expert,
+                                  const int32_t *ids, uint32_t nu, int T, const float *mid, const float *add,
+                                  float *out) {
+    size_t item = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (item >= (size_t)T * n_out) return;
+    uint32_t t = (uint32_t)(item / n_out), o = item % n_out;
+    float acc = 0.0f;
+    for (uint32_t k = 0; k < nu; k++) {
+        uint32_t e = (uint32_t)ids[(size_t)t * nu + k];
+        if (e < n_expert)
+            acc += pf_plain_dot(down, f16, (size_t)e * n_out + o, n_ff, mid + ((size_t)t * nu + k) * n_ff, lane);
+    }
+    if (lane == 0) out[item] = acc + add[item];
+}
+
+/* Output head collapse of one token (k_out_collapse). */
+__global__ void pf_out_collapse(const float *z, const float *scale, const float *base, float hc_eps, const float *H,
+                                uint32_t D, const float *norm_w, float rms_eps, float *e) {
+    __shared__ float w[HC_N];
+    __shared__ double sh[32];
+    if (threadIdx.x < HC_N) w[threadIdx.x] = pf_sigmoid(z[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    __syncthreads();
+    double ss = 0.0;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int h = 0; h < HC_N; h++) acc += w[h] * H[(size_t)h * D + d];
+        e[d] = acc;
+        ss += (double)acc * (double)acc;
+    }
+    float s = pf_rms_scale(pf_block_sum(ss, sh), (int)D, rms_eps);
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) e[d] = e[d] * s * norm_w[d];
+}
+
+#endif

@@ -1,0 +1,291 @@
+/* test_cuda_attention.cu — the batched prefill's attention kernel
+ * (cuda_prefill_ops.cuh pf_attention) at the full model's shape (64 heads
+ * of 512, window 128), which test_cuda_forward's tiny model (8 heads of
+ * 128) does not reach: every kernel shape (16 or 32 heads a block, 16- or
+ * 32-row tiles) that fits the device against a double-precision CPU
+ * reference of the same rows, then each shape's time for a 4096-token
+ * chunk at 8k context.
+ *
+ * Cases: ratio 4 with the indexer's selection (512 of the visible
+ * compressed rows, ring rows before the chunk and the chunk's own rows
+ * after); ratio 128 from position 0 (the first tokens see fewer rows than
+ * a tile); ratio 0. RoPE is off (n_rot 0: the rotation is the decode
+ * step's code, checked by test_cuda_forward). Reference: for each checked
+ * (token, head) the softmax over the sink and the rows of Q·K/√hd in
+ * double, then P·V; Q as the kernel gets it (f32), rows as stored (f16).
+ * Passes when every checked output is within 1e-4 of the largest |ref| of
+ * its head (the kernel keeps Q and P to ~22 bits, K/V exact).
+ *
+ * Built by `make cuda` (cuda.mk); run on a GPU machine (exit 77 without
+ * a device, 1 on a failed check). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+#include "../src/backend/cuda/cuda_prefill_ops.cuh"
+
+enum { HEADS = 64, HD = 512, NSWA = 128, TOPK = 512 };
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static double urand(void) { /* [-1, 1) */
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (double)(rng >> 11) * (2.0 / 9007199254740992.0) - 1.0;
+}
+
+#define CK(x)                                                                                  \
+    do {                                                                                       \
+        cudaError_t c_ = (x);                                                                  \
+        if (c_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(c_)); \
+            exit(1);                                                                           \
+        }                                                                                      \
+    } while (0)
+
+struct att_case {
+    const char *name;
+    int ratio, pos0, T;
+};
+
+struct att_data {
+    att_case c;
+    int n_comp_rows;
+    std::vector<float> q, sinks;
+    std::vector<__half> ring, kvc, comp;
+    std::vector<float> ringf, kvcf, compf; /* the same rows as floats, for the reference */
+    std::vector<int> checked;              /* tokens the reference covers */
+    std::vector<double> ref;               /* their outputs [checked][HEADS][HD] */
+    std::vector<int> sel, n_sel;
+    float *d_q, *d_sinks, *d_out;
+    __half *d_ring, *d_kvc, *d_comp;
+    int *d_sel, *d_nsel;
+};
+
+static void make_data(att_data *a) {
+    const att_case &c = a->c;
+    size_t T = (size_t)c.T;
+    a->q.resize(T * HEADS * HD);
+    for (auto &v : a->q) v = (float)(4.0 * urand());
+    a->sinks.resize(HEADS);
+    for (auto &v : a->sinks) v = (float)urand();
+    a->ring.resize((size_t)NSWA * HD);
+    a->kvc.resize(T * HD);
+    for (auto &v : a->ring) v = __float2half((float)urand());
+    for (auto &v : a->kvc) v = __float2half((float)urand());
+    a->n_comp_rows = c.ratio ? (c.pos0 + c.T) / c.ratio + 1 : 1;
+    a->comp.resize((size_t)a->n_comp_rows * HD);
+    for (auto &v : a->comp) v = __float2half((float)urand());
+    a->sel.assign(T * TOPK, 0);
+    a->n_sel.assign(T, -1);
+    if (c.ratio == 4) {
+        std::vector<int> idx;
+        for (int t = 0; t < c.T; t++) {
+            int vis = (c.pos0 + t + 1) / 4;
+            if (vis <= TOPK) continue;
+            idx.resize(vis);
+            for (int i = 0; i < vis; i++) idx[i] = i;
+            for (int i = 0; i < TOPK; i++) { /* partial shuffle, then ascending */
+                int j = i + (int)((urand() * 0.5 + 0.5) * (vis - i));
+                if (j >= vis) j = vis - 1;
+                int x = idx[i];
+                idx[i] = idx[j], idx[j] = x;
+            }
+            std::vector<char> on(vis, 0);
+            for (int i = 0; i < TOPK; i++) on[idx[i]] = 1;
+            int k = 0;
+            for (int i = 0; i < vis; i++)
+                if (on[i]) a->sel[(size_t)t * TOPK + k++] = i;
+            a->n_sel[t] = TOPK;
+        }
+    }
+    auto to_float = [](const std::vector<__half> &h, std::vector<float> &f) {
+        f.resize(h.size());
+        for (size_t i = 0; i < h.size(); i++) f[i] = __half2float(h[i]);
+    };
+    to_float(a->ring, a->ringf);
+    to_float(a->kvc, a->kvcf);
+    to_float(a->comp, a->compf);
+    CK(cudaMalloc(&a->d_q, a->q.size() * 4));
+    CK(cudaMalloc(&a->d_sinks, HEADS * 4));
+    CK(cudaMalloc(&a->d_out, a->q.size() * 4));
+    CK(cudaMalloc(&a->d_ring, a->ring.size() * 2));
+    CK(cudaMalloc(&a->d_kvc, a->kvc.size() * 2));
+    CK(cudaMalloc(&a->d_comp, a->comp.size() * 2));
+    CK(cudaMalloc(&a->d_sel, a->sel.size() * 4));
+    CK(cudaMalloc(&a->d_nsel, a->n_sel.size() * 4));
+    CK(cudaMemcpy(a->d_q, a->q.data(), a->q.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(a->d_sinks, a->sinks.data(), HEADS * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(a->d_ring, a->ring.data(), a->ring.size() * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(a->d_kvc, a->kvc.data(), a->kvc.size() * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(a->d_comp, a->comp.data(), a->comp.size() * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(a->d_sel, a->sel.data(), a->sel.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(a->d_nsel, a->n_sel.data(), a->n_sel.size() * 4, cudaMemcpyHostToDevice));
+}
+
+static void free_data(att_data *a) {
+    void *p[] = {a->d_q, a->d_sinks, a->d_out, a->d_ring, a->d_kvc, a->d_comp, a->d_sel, a->d_nsel};
+    for (void *x : p) cudaFree(x);
+}
+
+/* The rows token t attends, as pointers to the float copies. */
+static std::vector<const float *> rows_of(const att_data *a, int t) {
+    const att_case &c = a->c;
+    std::vector<const float *> r;
+    int p = c.pos0 + t, lo = p - NSWA + 1 < 0 ? 0 : p - NSWA + 1;
+    for (int pos = lo; pos <= p; pos++)
+        r.push_back(pos < c.pos0 ? &a->ringf[(size_t)(pos % NSWA) * HD] : &a->kvcf[(size_t)(pos - c.pos0) * HD]);
+    if (c.ratio) {
+        if (a->n_sel[t] >= 0)
+            for (int k = 0; k < a->n_sel[t]; k++) r.push_back(&a->compf[(size_t)a->sel[(size_t)t * TOPK + k] * HD]);
+        else
+            for (int k = 0; k < (p + 1) / c.ratio; k++) r.push_back(&a->compf[(size_t)k * HD]);
+    }
+    return r;
+}
+
+/* The reference outputs of the checked tokens (every head), in double. */
+static void reference(att_data *a) {
+    const att_case &c = a->c;
+    int toks[] = {0, 1, 2, 7, 15, 16, 17, 100, 127, 128, 129, 300, c.T / 2, c.T - 2, c.T - 1};
+    for (int t : toks)
+        if (t < c.T && (a->checked.empty() || a->checked.back() < t)) a->checked.push_back(t);
+    a->ref.assign(a->checked.size() * HEADS * HD, 0.0);
+    std::vector<double> s;
+    for (size_t ci = 0; ci < a->checked.size(); ci++) {
+        int t = a->checked[ci];
+        std::vector<const float *> r = rows_of(a, t);
+        s.resize(r.size());
+        for (int h = 0; h < HEADS; h++) {
+            const float *qh = &a->q[((size_t)t * HEADS + h) * HD];
+            double m = a->sinks[h];
+            for (size_t k = 0; k < r.size(); k++) {
+                double d = 0.0;
+                for (int i = 0; i < HD; i++) d += (double)qh[i] * (double)r[k][i];
+                s[k] = d / sqrt((double)HD);
+                if (s[k] > m) m = s[k];
+            }
+            double den = exp(a->sinks[h] - m), *o = &a->ref[(ci * HEADS + h) * HD];
+            for (size_t k = 0; k < r.size(); k++) {
+                double e = exp(s[k] - m);
+                den += e;
+                for (int i = 0; i < HD; i++) o[i] += e * (double)r[k][i];
+            }
+            for (int i = 0; i < HD; i++) o[i] /= den;
+        }
+    }
+}
+
+/* The kernel shapes: heads a block 16·mb, rows a tile r; the prefill runs the first that fits. */
+struct att_shape {
+    int mb, r;
+};
+static const att_shape shapes[] = {{2, 16}, {1, 16}, {2, 32}, {1, 32}};
+
+static void launch(const att_data *a, att_shape sh, cudaStream_t st) {
+    const att_case &c = a->c;
+    pf_att pa = {a->d_ring, a->d_kvc, a->d_comp, c.ratio == 4 ? a->d_sel : NULL, c.ratio == 4 ? a->d_nsel : NULL,
+                 NSWA, c.ratio, c.pos0, TOPK};
+    rope_dev rp = {0, 1.0f, 0, 1.0f, 0.0f, 1.0f};
+    dim3 grid(HEADS / (16 * sh.mb), c.T);
+    size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.r);
+    if (sh.mb == 2 && sh.r == 16)
+        pf_attention<2, 16><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+    else if (sh.mb == 1 && sh.r == 16)
+        pf_attention<1, 16><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+    else if (sh.mb == 2)
+        pf_attention<2, 32><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+    else
+        pf_attention<1, 32><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+}
+
+/* Worst |gpu - ref| / max|ref| of a head over the checked tokens. */
+static double check(att_data *a, att_shape sh) {
+    CK(cudaMemset(a->d_out, 0xff, a->q.size() * 4));
+    launch(a, sh, 0);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    std::vector<float> out(a->q.size());
+    CK(cudaMemcpy(out.data(), a->d_out, out.size() * 4, cudaMemcpyDeviceToHost));
+    double worst = 0.0;
+    for (size_t ci = 0; ci < a->checked.size(); ci++) {
+        int t = a->checked[ci];
+        for (int h = 0; h < HEADS; h++) {
+            const double *ref = &a->ref[(ci * HEADS + h) * HD];
+            const float *g = &out[((size_t)t * HEADS + h) * HD];
+            double mx = 0.0, md = 0.0;
+            for (int i = 0; i < HD; i++) {
+                if (fabs(ref[i]) > mx) mx = fabs(ref[i]);
+                double d = fabs((double)g[i] - ref[i]);
+                if (!(d <= md)) md = d; /* NaN counts as worst */
+            }
+            double rel = mx > 0 ? md / mx : md;
+            if (!(rel <= worst)) worst = rel;
+        }
+    }
+    return worst;
+}
+
+int main(void) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        printf("no CUDA device\n");
+        return 77;
+    }
+    int optin = 0;
+    CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+    bool fits[4];
+    for (int i = 0; i < 4; i++) {
+        att_shape sh = shapes[i];
+        size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.r);
+        fits[i] = smem <= (size_t)optin;
+        printf("%d heads a block, %d-row tiles: %zu bytes of shared memory%s\n", 16 * sh.mb, sh.r, smem,
+               fits[i] ? "" : " (over the device's limit: not run)");
+        if (!fits[i]) continue;
+        const void *f = sh.mb == 2 ? (sh.r == 16 ? (const void *)pf_attention<2, 16> : (const void *)pf_attention<2, 32>)
+                                   : (sh.r == 16 ? (const void *)pf_attention<1, 16> : (const void *)pf_attention<1, 32>);
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    }
+    att_case cases[] = {{"ratio 4, selection, chunk at 4096", 4, 4096, 4096},
+                        {"ratio 128 from position 0", 128, 0, 300},
+                        {"ratio 0 at 200", 0, 200, 150}};
+    int failed = 0;
+    for (const att_case &c : cases) {
+        att_data a = {};
+        a.c = c;
+        make_data(&a);
+        reference(&a);
+        for (int i = 0; i < 4; i++) {
+            if (!fits[i]) continue;
+            double w = check(&a, shapes[i]);
+            bool ok = w <= 1e-4;
+            failed += !ok;
+            printf("%-34s %2d heads, %d rows: worst |d|/max|ref| %.3g %s\n", c.name, 16 * shapes[i].mb, shapes[i].r,
+                   w, ok ? "ok" : "FAIL");
+        }
+        if (c.ratio == 4) {
+            /* time: 640 rows a token (128 window + 512 selected) */
+            cudaEvent_t e0, e1;
+            CK(cudaEventCreate(&e0));
+            CK(cudaEventCreate(&e1));
+            double flop = 4.0 * c.T * HEADS * (double)(NSWA + TOPK) * HD;
+            for (int i = 0; i < 4; i++) {
+                if (!fits[i]) continue;
+                launch(&a, shapes[i], 0);
+                CK(cudaEventRecord(e0));
+                for (int k = 0; k < 5; k++) launch(&a, shapes[i], 0);
+                CK(cudaEventRecord(e1));
+                CK(cudaEventSynchronize(e1));
+                float ms = 0;
+                CK(cudaEventElapsedTime(&ms, e0, e1));
+                ms /= 5;
+                printf("time, %d tokens x 640 rows, %2d heads, %d rows: %.3f ms (%.0f TFLOP/s)\n", c.T,
+                       16 * shapes[i].mb, shapes[i].r, ms, flop / (ms * 1e-3) * 1e-12);
+            }
+        }
+        free_data(&a);
+    }
+    printf("tests/test_cuda_attention.cu: %s\n", failed ? "FAILED" : "ok");
+    return failed ? 1 : 0;
+}
