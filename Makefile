@@ -101,12 +101,13 @@ cuda:
 	@$(MAKE) --no-print-directory -f src/backend/cuda/cuda.mk NVCC="$(NVCC)" CUDA_BUILD="$(CUDA_BUILD)" \
 	  CUDA_ARCHS="$(CUDA_ARCHS)" CC="$(CC)" CFLAGS="$(CFLAGS)"
 
-# On a GPU machine: the CUDA backend against the CPU backend (tiny model, logits
-# at every position); the output is kept in tests/cuda/last-run.txt.
+# On a GPU machine: the CUDA backend against the CPU backend (tiny models, logits
+# and state), then the prefill attention kernel against a CPU reference at the
+# full model's shape; the output is kept in tests/cuda/last-run.txt.
 test-cuda: cuda
 	@mkdir -p tests/cuda
-	@$(CUDA_BUILD)/tests/test_cuda_forward >tests/cuda/last-run.txt 2>&1; rc=$$?; \
-	  cat tests/cuda/last-run.txt; exit $$rc
+	@{ $(CUDA_BUILD)/tests/test_cuda_forward && $(CUDA_BUILD)/tests/test_cuda_attention; } \
+	  >tests/cuda/last-run.txt 2>&1; rc=$$?; cat tests/cuda/last-run.txt; exit $$rc
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 fuzz: deps
@@ -120,4 +121,5 @@ build-fuzz/fuzz/%: tests/fuzz/%.c build-fuzz/libds4.a
 clean:
 	rm -rf build build-san build-fuzz $(PROGS)
 
--include $(LIB_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d)
+PROG_DEPS := $(BUILD)/obj/src/cli/main.d $(BUILD)/obj/src/server/main.d $(TOOL_PROGS:%=$(BUILD)/obj/tools/%.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_SRC:tests/%.c=$(BUILD)/obj/tests/%.d) $(PROG_DEPS)
