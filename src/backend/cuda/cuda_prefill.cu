@@ -385,11 +385,10 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
     pf_att pa = {K->raw, w->kvc, K->comp, L->ratio == 4 ? w->sel : NULL, L->ratio == 4 ? w->n_sel : NULL,
                  (int)hp->n_swa, (int)L->ratio, pos0, (int)hp->indexer_top_k};
     dim3 agrid((hp->n_head + 16 * w->att_mb - 1) / (16 * w->att_mb), T);
-    size_t asmem = pf_att_smem(w->att_mb, hd, (int)hp->indexer_top_k);
     if (w->att_mb == 2)
-        pf_attention<2><<<agrid, 256, asmem, q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att);
+        pf_attention<2><<<agrid, 256, pf_att_smem(2, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att);
     else
-        pf_attention<1><<<agrid, 128, asmem, q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att);
+        pf_attention<1><<<agrid, 128, pf_att_smem(1, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att);
     int first = T > (int)hp->n_swa ? T - (int)hp->n_swa : 0;
     pf_ring_put<<<T - first, 256, 0, q->st>>>(w->kvc, hd, first, pos0, K->raw, (int)hp->n_swa);
     if (launched(q->err, "prefill attention")) return -1;
@@ -517,9 +516,8 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     if (c == cudaSuccess) c = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (c != cudaSuccess) return cuda_fail(err, "prefill device attributes", c);
     int hd = (int)hp->head_dim;
-    int top_k = (int)hp->indexer_top_k;
-    w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd, top_k) <= (size_t)optin ? 2 : 1;
-    size_t smem = pf_att_smem(w->att_mb, hd, top_k);
+    w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd) <= (size_t)optin ? 2 : 1;
+    size_t smem = pf_att_smem(w->att_mb, hd);
     if (smem > (size_t)optin || pf_gemm_f16_smem() > (size_t)optin ||
         pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim) > (size_t)optin)
         return ds4_fail(err,

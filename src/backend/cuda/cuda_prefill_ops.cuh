@@ -964,12 +964,10 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
 /* Offset (in halves) of 16-byte chunk c of row r in a swizzled [rows][hd] f16 array. */
 __device__ __forceinline__ int pa_sw(int r, int c, int hd) { return r * hd + ((c ^ (r & 7)) << 3); }
 
-/* Shared bytes of pf_attention<mb, r> for heads of hd (a power of two, 64..512)
- * and an indexer selection of top_k rows. */
-static inline size_t pf_att_smem(int mb, int hd, int top_k, int r = PA_ROWS) {
+/* Shared bytes of pf_attention<mb, r> for heads of hd (a power of two, 64..512). */
+static inline size_t pf_att_smem(int mb, int hd, int r = PA_ROWS) {
     size_t hb = 16 * (size_t)mb;
-    return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4 +
-           (size_t)top_k * 4;
+    return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4;
 }
 
 template <int MB, int R = PA_ROWS>
@@ -983,7 +981,6 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
     float *sp = (float *)(kt + 2 * R * hd); /* [quarter][HB][SP] partial scores */
     __half *ph = (__half *)(sp + 4 * HB * SP), *pl = ph + HB * PS;
     float *resc = (float *)(pl + HB * PS), *lfin = resc + HB;
-    int *pk = (int *)(lfin + HB); /* the token's selection, a.top_k rows */
     float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
     const int h0 = blockIdx.x * HB, t = blockIdx.y, p = a.pos0 + t;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, m = warp >> 2, quarter = warp & 3;
@@ -993,10 +990,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         n_comp = (p + 1) / a.ratio;
         if (a.n_sel && a.n_sel[t] >= 0) {
             n_comp = a.n_sel[t];
-            const int *sel = a.sel + (size_t)t * a.top_k;
-            for (int i = threadIdx.x; i < n_comp; i += blockDim.x) pk[i] = sel[i];
-            __syncthreads(); /* block-uniform branch */
-            pick = pk;
+            pick = a.sel + (size_t)t * a.top_k;
         }
     }
     const int nr = n_raw + n_comp, n_tiles = (nr + R - 1) / R;
@@ -1050,13 +1044,11 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         __syncthreads();
         if (j + 1 < n_tiles) load_tile(j + 1, (j + 1) & 1);
         const __half *K = kt + (j & 1) * R * hd;
-        /* partial S over this warp's quarter of the dims: 16 heads × R rows;
-         * the hi and lo products in two accumulators (shorter mma chains) */
+        /* partial S over this warp's quarter of the dims: 16 heads × R rows */
         {
-            float c[R / 8][4], cl[R / 8][4];
+            float c[R / 8][4];
 #pragma unroll
-            for (int n = 0; n < R / 8; n++)
-                c[n][0] = c[n][1] = c[n][2] = c[n][3] = cl[n][0] = cl[n][1] = cl[n][2] = cl[n][3] = 0.0f;
+            for (int n = 0; n < R / 8; n++) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
             for (int k0 = quarter * qd; k0 < quarter * qd + qd; k0 += 16) {
                 int c0 = k0 >> 3;
                 uint32_t ah[4], al[4];
@@ -1067,16 +1059,16 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
                     uint32_t b[4];
                     pa_ldm_x4(b, K + pa_sw(np * 16 + brow, c0 + bcol, hd));
                     pa_mma(c[2 * np], ah, b);
-                    pa_mma(cl[2 * np], al, b);
+                    pa_mma(c[2 * np], al, b);
                     pa_mma(c[2 * np + 1], ah, b + 2);
-                    pa_mma(cl[2 * np + 1], al, b + 2);
+                    pa_mma(c[2 * np + 1], al, b + 2);
                 }
             }
             float *dst = sp + (quarter * HB + m * 16 + (lane >> 2)) * SP + (lane & 3) * 2;
 #pragma unroll
             for (int n = 0; n < R / 8; n++) {
-                *(float2 *)(dst + n * 8) = make_float2(c[n][0] + cl[n][0], c[n][1] + cl[n][1]);
-                *(float2 *)(dst + 8 * SP + n * 8) = make_float2(c[n][2] + cl[n][2], c[n][3] + cl[n][3]);
+                *(float2 *)(dst + n * 8) = make_float2(c[n][0], c[n][1]);
+                *(float2 *)(dst + 8 * SP + n * 8) = make_float2(c[n][2], c[n][3]);
             }
         }
         __syncthreads();
@@ -1111,10 +1103,8 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         /* O = O·resc + P·V over this warp's quarter of the output dims */
         {
             float s0 = resc[m * 16 + (lane >> 2)], s1 = resc[m * 16 + (lane >> 2) + 8];
-            if (!__all_sync(0xffffffffu, s0 == 1.0f && s1 == 1.0f)) { /* the max moved for a head */
 #pragma unroll
-                for (int k = 0; k < 16; k++) acc[k][0] *= s0, acc[k][1] *= s0, acc[k][2] *= s1, acc[k][3] *= s1;
-            }
+            for (int k = 0; k < 16; k++) acc[k][0] *= s0, acc[k][1] *= s0, acc[k][2] *= s1, acc[k][3] *= s1;
 #pragma unroll
             for (int ks = 0; ks < R / 16; ks++) {
                 uint32_t pah[4], pal[4];
