@@ -251,6 +251,32 @@ __device__ __forceinline__ float q8_K_warp(const float v[8], int lane, uint32_t 
  * to 64 registers and out_a/out_b from 26/25 to 30/26 us a layer (H100). */
 enum { QX_P = 2, QX_PK = 2 };
 
+/* v[k][j] = x[ix[k] + j] (· scale · norm_w[ix[k] + j]): every load issued
+ * before any is used (a branch per load serializes them). */
+template <int P, int W>
+__device__ __forceinline__ void load_x(const float *x, const float *norm_w, float scale, const uint32_t *ix,
+                                       float (*v)[W]) {
+    if (norm_w) {
+        float w[P][W];
+#pragma unroll
+        for (int k = 0; k < P; k++)
+#pragma unroll
+            for (int j = 0; j < W; j++) {
+                v[k][j] = x[ix[k] + j];
+                w[k][j] = norm_w[ix[k] + j];
+            }
+#pragma unroll
+        for (int k = 0; k < P; k++)
+#pragma unroll
+            for (int j = 0; j < W; j++) v[k][j] = __fmul_rn(__fmul_rn(v[k][j], scale), w[k][j]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < P; k++)
+#pragma unroll
+            for (int j = 0; j < W; j++) v[k][j] = x[ix[k] + j];
+    }
+}
+
 /* Stages an f32 activation x[0..n) quantised in the block (the bytes
  * ds4_cuda_quantize_act writes, in the split layout), optionally after an
  * RMSNorm v = x·(1/rms(x))·norm_w (block 0 writes v to norm_out). An f32
@@ -294,12 +320,13 @@ __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const fl
         float *d = (float *)(s + n);
         for (uint32_t c0 = 4 * wp; c0 < nb; c0 += 4 * nw * QX_P) {
             float v[QX_P][4];
+            uint32_t ix[QX_P];
 #pragma unroll
             for (int k = 0; k < QX_P; k++) {
-                uint32_t b = c0 + 4 * nw * k + (lane >> 3), i0 = 32 * b + 4 * (lane & 7);
-#pragma unroll
-                for (int j = 0; j < 4; j++) v[k][j] = b < nb ? val(i0 + j) : 0.0f;
+                uint32_t b = c0 + 4 * nw * k + (lane >> 3);
+                ix[k] = 32 * (b < nb ? b : nb - 1) + 4 * (lane & 7); /* clamped: no branch per load */
             }
+            load_x<QX_P, 4>(x, norm_w, scale, ix, v);
 #pragma unroll
             for (int k = 0; k < QX_P; k++) {
                 if (c0 + 4 * nw * k >= nb) break; /* the same for the whole warp */
@@ -331,12 +358,10 @@ __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const fl
         int16_t *bs = (int16_t *)(s + n + 4 * nb);
         for (uint32_t c0 = wp; c0 < nb; c0 += nw * QX_PK) {
             float v[QX_PK][8];
+            uint32_t ix[QX_PK];
 #pragma unroll
-            for (int k = 0; k < QX_PK; k++) {
-                uint32_t b = c0 + nw * k;
-#pragma unroll
-                for (int j = 0; j < 8; j++) v[k][j] = b < nb ? val(256 * b + 8 * lane + j) : 0.0f;
-            }
+            for (int k = 0; k < QX_PK; k++) ix[k] = 256 * (c0 + nw * k < nb ? c0 + nw * k : nb - 1) + 8 * lane;
+            load_x<QX_PK, 8>(x, norm_w, scale, ix, v);
 #pragma unroll
             for (int k = 0; k < QX_PK; k++) {
                 uint32_t b = c0 + nw * k;
