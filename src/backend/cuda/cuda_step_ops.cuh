@@ -261,12 +261,23 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, flo
     const bool own = tid < (int)(HC_N * nd);
     const uint32_t h = own ? tid / nd : 0, d = d0 + (own ? tid % nd : 0);
     const size_t c = (size_t)h * D + d;
+    /* all MIX loads issued before any is used: a branch per load (own,
+     * f16) put each load and its use in one basic block and serialized
+     * them (21.6 us a call under ncu) */
+    const size_t cc = own ? c : 0;
     float wv[HC_MIX];
+    if (f16) {
+        const __half *fh = (const __half *)fn + cc;
+        __half hw[HC_MIX];
 #pragma unroll
-    for (int j = 0; j < HC_MIX; j++)
-        wv[j] = !own ? 0.0f
-                : f16 ? __half2float(((const __half *)fn)[(size_t)j * n + c])
-                      : ((const float *)fn)[(size_t)j * n + c];
+        for (int j = 0; j < HC_MIX; j++) hw[j] = fh[(size_t)j * n];
+#pragma unroll
+        for (int j = 0; j < HC_MIX; j++) wv[j] = __half2float(hw[j]);
+    } else {
+        const float *ff = (const float *)fn + cc;
+#pragma unroll
+        for (int j = 0; j < HC_MIX; j++) wv[j] = ff[(size_t)j * n];
+    }
     pdl_wait();
     float v = 0.0f;
     if (own) {
@@ -322,10 +333,10 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, flo
     float hv[HC_XB][HC_N], wn[HC_XB];
 #pragma unroll
     for (int k = 0; k < HC_XB; k++) {
-        uint32_t dd = t1 + k * n1;
+        uint32_t dd = t1 + k * n1 < D ? t1 + k * n1 : D - 1; /* no branch: all loads in flight */
 #pragma unroll
-        for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = dd < D ? __ldcg(&H[(size_t)hh * D + dd]) : 0.0f;
-        wn[k] = dd < D ? norm_w[dd] : 0.0f;
+        for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = __ldcg(&H[(size_t)hh * D + dd]);
+        wn[k] = norm_w[dd];
     }
     double xs = 0.0;
 #pragma unroll
