@@ -761,8 +761,7 @@ static int output_head(enq *q) {
  * ignore it where the device lacks it); DS4_CUDA_SIDE, the shared expert
  * on the side stream. DS4_CUDA_WAVES=n: every matrix kernel's grid is n
  * waves of resident blocks (ds4_cuda_kernels_set_waves; default per kernel);
- * DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1: ds4_cuda_kernels_set_matvec_tuning;
- * DS4_CUDA_XBULK=1|2: ds4_cuda_kernels_set_xbulk. */
+ * DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1: ds4_cuda_kernels_set_matvec_tuning. */
 static bool env_on(const char *name) {
     const char *v = getenv(name);
     return !(v && !strcmp(v, "0"));
@@ -777,8 +776,6 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     ds4_cuda_kernels_set_waves(e->k, waves ? atoi(waves) : 0);
     const char *split = getenv("DS4_CUDA_SPLIT"), *deep = getenv("DS4_CUDA_DEEP");
     ds4_cuda_kernels_set_matvec_tuning(e->k, split ? atoi(split) : 0, deep && !strcmp(deep, "1"));
-    const char *xbulk = getenv("DS4_CUDA_XBULK");
-    ds4_cuda_kernels_set_xbulk(e->k, xbulk ? atoi(xbulk) : 0);
     enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_SIDE")};
     e->n_ev = 0;
     mark(e, q.st, "start");

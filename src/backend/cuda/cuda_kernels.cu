@@ -48,7 +48,6 @@ struct ds4_cuda_kernels {
     int pdl_ok, pdl; /* the device has programmatic dependent launch; it is on */
     int split_per_sm;  /* matvec: split rows until there are this many items per SM */
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
-    int xbulk;         /* Q8_0 matvec on f32 x: bulk-copy x (1: where it costs no occupancy, 2: always) */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
 };
@@ -72,43 +71,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
 __device__ __forceinline__ void cp_async_wait3() { asm volatile("cp.async.wait_group 3;\n" ::: "memory"); }
-
-/* sm_90 one-dimensional bulk copies global -> shared memory that complete
- * on an mbarrier (the transaction count is the bytes), independent of the
- * cp.async groups: one thread requests a whole f32 activation at once, so
- * staging it costs one memory latency whatever its length. Below sm_90
- * these are never called (the host does not select the bulk staging). */
-__device__ __forceinline__ void mbar_init_tx(uint64_t *bar, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned b = (unsigned)__cvta_generic_to_shared(bar);
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n"
-                 "fence.mbarrier_init.release.cluster;\n"
-                 "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"(bytes)
-                 : "memory");
-#endif
-}
-
-__device__ __forceinline__ void bulk_g2s(void *sdst, const void *gsrc, uint32_t bytes, uint64_t *bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned d = (unsigned)__cvta_generic_to_shared(sdst), b = (unsigned)__cvta_generic_to_shared(bar);
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(d),
-                 "l"(gsrc), "r"(bytes), "r"(b)
-                 : "memory");
-#endif
-}
-
-/* Waits until the barrier's phase `parity` has completed. */
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned b = (unsigned)__cvta_generic_to_shared(bar), done = 0;
-    while (!done)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(b), "r"(parity)
-                     : "memory");
-#endif
-}
 
 /* Copies `bytes` from global memory to a warp's buffer: asynchronous
  * 16-byte copies when source and length are 16-byte aligned, else plain
@@ -335,40 +297,17 @@ __device__ __forceinline__ void q8_0_put(int8_t *q, float *d, uint32_t b, uint32
     }
 }
 
-/* Shared-memory bytes of the bulk staging of stage_act_x (Q8_0 only): the
- * f32 activation (its codes are written over it), the scales, the norm
- * weights if normed, and the mbarrier in the last 16 bytes. */
-__host__ __device__ inline uint32_t act_bulk_smem_bytes(uint32_t n, bool normed) {
-    return 4 * n + ((4 * (n / 32) + 15) & ~15u) + (normed ? 4 * n : 0) + 16;
-}
-
 /* Stages an f32 activation x[0..n) quantised in the block (the bytes
  * ds4_cuda_quantize_act writes, in the split layout), optionally after an
  * RMSNorm v = x·(1/rms(x))·norm_w (block 0 writes v to norm_out). An f32
  * activation (F16 weights) stays in global memory unless it is normed
  * (then v is kept in shared memory). All threads take part; red: 32
- * doubles of scratch. bar (Q8_0 only, sm_90): x and norm_w are first
- * copied to shared memory by one bulk copy (layout act_bulk_smem_bytes,
- * bar its last 16 bytes) and quantised from there: one memory latency
- * instead of one per pass (the same values and bytes either way). */
+ * doubles of scratch. */
 template <int KIND>
 __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const float *norm_w, float eps,
-                                float *norm_out, double *red, int tid, int nth, uint64_t *bar = nullptr) {
+                                float *norm_out, double *red, int tid, int nth) {
     act_view a = {};
     const int lane = tid & 31, wp = tid >> 5, nw = nth >> 5;
-    const bool bulk = KIND == DS4_ACT_Q8_0 && bar;
-    if (bulk) {
-        float *xs = (float *)s, *ws = (float *)(s + 4 * n + ((4 * (n / 32) + 15) & ~15u));
-        if (tid == 0) {
-            mbar_init_tx(bar, (norm_w ? 8u : 4u) * n);
-            bulk_g2s(xs, x, 4 * n, bar);
-            if (norm_w) bulk_g2s(ws, norm_w, 4 * n, bar);
-        }
-        __syncthreads(); /* the barrier is initialised before anyone waits on it */
-        mbar_wait(bar, 0);
-        x = xs;
-        if (norm_w) norm_w = ws;
-    }
     float scale = 1.0f;
     if (norm_w) {
         /* each thread's values in index order as before, 4 loads at once */
@@ -411,29 +350,6 @@ __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const fl
         } else {
             a.x = x;
         }
-    } else if (KIND == DS4_ACT_Q8_0 && bulk) {
-        /* from shared memory, a pass of 4 blocks a warp at a time; block
-         * b's codes overwrite the f32 values of block b/4, read in this
-         * pass or an earlier one */
-        uint32_t nb = n / 32;
-        int8_t *q = (int8_t *)s;
-        float *d = (float *)(s + 4 * n);
-        for (uint32_t c0 = 0; c0 < nb; c0 += 4 * nw) { /* the same trip count for every warp */
-            uint32_t b = c0 + 4 * wp + (lane >> 3), i0 = 32 * (b < nb ? b : 0) + 4 * (lane & 7);
-            float4 xv = *(const float4 *)(x + i0);
-            float v[4] = {xv.x, xv.y, xv.z, xv.w};
-            if (norm_w) {
-                float4 wv = *(const float4 *)(norm_w + i0);
-                v[0] = __fmul_rn(__fmul_rn(v[0], scale), wv.x);
-                v[1] = __fmul_rn(__fmul_rn(v[1], scale), wv.y);
-                v[2] = __fmul_rn(__fmul_rn(v[2], scale), wv.z);
-                v[3] = __fmul_rn(__fmul_rn(v[3], scale), wv.w);
-            }
-            __syncthreads(); /* every value of the pass read before its codes are written */
-            q8_0_put(q, d, b, nb, lane, v);
-        }
-        a.q = q;
-        a.d = d;
     } else if (KIND == DS4_ACT_Q8_0) {
         /* 8 lanes per 32-value block, 4 values each; a warp takes 4 blocks a
          * pass and loads QX_P passes' values before quantising any (the
@@ -589,7 +505,6 @@ struct mv_params {
     size_t act_group_bytes;        /* bytes of one group's quantised activation */
     const int32_t *active;         /* NULL, or skip the whole call while *active == 0 */
     int aligned;
-    int xbulk; /* launched as k_matvec<F, NW, true>: x staged by one bulk copy (act_bulk_smem_bytes) */
 };
 
 /* Weights of row `row` (of group g, or of the segments' joint row space)
@@ -609,7 +524,7 @@ __device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g,
  * b / (gridDim.x / n_groups) only, staging only that group's activation.
  * Under programmatic dependent launch the first weights are requested
  * before waiting for the previous kernel (which writes the activation). */
-template <class F, int NW, bool XB = false>
+template <class F, int NW>
 __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) k_matvec(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     pdl_trigger();
@@ -637,9 +552,8 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     pdl_wait();
-    uint64_t *bar = XB ? (uint64_t *)(s + p.act_smem - 16) : nullptr; /* XB: p.xbulk */
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
-                                                      p.norm_out, red, tid, NW * 32, bar)
+                                                      p.norm_out, red, tid, NW * 32)
                            : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -889,23 +803,6 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     if ((int)F::act_kind == DS4_ACT_F32 && d->x && d->norm_w) p.act_smem = round16(d->n_in * 4);
     const size_t fixed = table_bytes<F>() + 32 * sizeof(double) + 2 * NW * sizeof(float) +
                          (size_t)NW * p.nbuf * p.buf_stride;
-    /* Bulk staging of x (sm_90, Q8_0): more shared memory per block, so by
-     * default only where the blocks per SM stay the same. */
-    if constexpr ((int)F::act_kind == DS4_ACT_Q8_0) {
-        if (k->xbulk && k->pdl_ok && d->x && (uintptr_t)d->norm_w % 16 == 0) {
-            uint32_t bulk_smem = act_bulk_smem_bytes(d->n_in, d->norm_w != NULL);
-            int per_sm = 0, per_sm_bulk = 0;
-            if (fixed + bulk_smem <= k->smem_optin &&
-                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_matvec<F, NW>, NW * 32,
-                                                              fixed + p.act_smem) == cudaSuccess &&
-                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_bulk, k_matvec<F, NW, true>, NW * 32,
-                                                              fixed + bulk_smem) == cudaSuccess &&
-                (k->xbulk == 2 || per_sm_bulk >= per_sm)) {
-                p.xbulk = 1;
-                p.act_smem = bulk_smem;
-            }
-        }
-    }
     size_t smem = fixed + p.act_smem;
     uint32_t n_tiles = d->n_groups * (uint32_t)(((uint64_t)p.group_rows * S + NW - 1) / NW);
     int grid = 1;
@@ -916,8 +813,6 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
      * once per block) run best persistent (the decode step, 12 layers at
      * ctx 512 on an H100: 1 wave for every kernel -10 us a layer). */
     void (*kern)(const mv_params) = k_matvec<F, NW>;
-    if constexpr ((int)F::act_kind == DS4_ACT_Q8_0)
-        if (p.xbulk) kern = k_matvec<F, NW, true>;
     if (launch_grid(k, kern, NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
     grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
     cudaError_t e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
@@ -998,10 +893,6 @@ static cudaError_t allow_smem(int bytes) {
     cudaError_t e;
     if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
-    if constexpr ((int)F::act_kind == DS4_ACT_Q8_0)
-        if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      bytes)))
-            return e;
     if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
@@ -1065,7 +956,6 @@ extern "C" void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int spli
     k->deep = deep != 0;
 }
 
-extern "C" void ds4_cuda_kernels_set_xbulk(ds4_cuda_kernels *k, int mode) { k->xbulk = mode >= 0 && mode <= 2 ? mode : 0; }
 
 extern "C" int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k) { return k->n_sm; }
 

@@ -99,11 +99,6 @@ int ds4_cuda_kernels_pdl(const ds4_cuda_kernels *k);
  * deep: four staging buffers per warp instead of two where slices are
  * small (more weight bytes in flight). */
 void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, int deep);
-/* Q8_0 products on an f32 activation x (sm_90): each block copies x (and
- * the norm weights) to shared memory with one bulk copy and quantises it
- * there, instead of loading it pass by pass (same bytes). mode 0: off (the
- * default), 1: where it costs no blocks per SM, 2: always. */
-void ds4_cuda_kernels_set_xbulk(ds4_cuda_kernels *k, int mode);
 
 /* One launch for several products, described by ds4_cuda_mv:
  *  - up to DS4_CUDA_MV_SEGS matrices of the same type and n_in that read
