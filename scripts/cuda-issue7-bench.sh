@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # cuda-issue7-bench.sh — on a GPU machine: the measurements issue 7's "done
 # when" names, in one run. Logs and CSVs in $OUT (default /tmp/cuda-issue7).
-#   1. test_cuda_forward (what `make test-cuda` runs): CUDA vs CPU
+#   1. test_cuda_forward and test_cuda_attention (what `make test-cuda` runs)
 #   2. q2, all layers that fit (43 on an H200): an 8192-token random prompt
 #      prefilled from scratch, then frontiers 16k, 32k, 64k (decode at each),
 #      and decode at 4096 in a second run
 #   3. q2 at 4 layers (same sweeps) for the per-layer time
 #   4. q4 at the most layers that fit and at 4 layers: per-layer decode time
-# Binaries: $BIN_DIR (bin/ds4-bench, tests/test_cuda_forward, lib/ with the
+# Binaries: $BIN_DIR (bin/ds4-bench, tests/test_cuda_{forward,attention}, lib/ with the
 # shared libraries the GPU machine lacks), built on the dev machine:
 #   make cuda CUDA_BUILD=$BIN_DIR CUDA_ARCHS="-gencode arch=compute_90,code=sm_90"
 set -u -o pipefail
@@ -21,8 +21,9 @@ nvidia-smi --query-gpu=name,memory.total,memory.free,clocks.max.sm,clocks.max.me
 echo "commit ${DS4_COMMIT:-?}"
 rc=0
 if [ "${TEST:-1}" != 0 ]; then
-    timeout 200 "$BIN_DIR/tests/test_cuda_forward" >"$OUT/test-cuda.txt" 2>&1 || rc=1
-    tail -3 "$OUT/test-cuda.txt"
+    { timeout 200 "$BIN_DIR/tests/test_cuda_forward" && timeout 120 "$BIN_DIR/tests/test_cuda_attention"; } \
+        >"$OUT/test-cuda.txt" 2>&1 || rc=1
+    grep -E "FAIL|checks|passed|failed" "$OUT/test-cuda.txt" | tail -8
 fi
 # bench NAME TYPE LAYERS ARGS...: one ds4-bench run, CSV and stderr kept.
 bench() {
