@@ -740,8 +740,15 @@ static void logit_cmp(const float *ref, const float *got, int nv, double *rel, d
  * rounding-step flip inside the chunk (an FP4 code of an indexer row, then
  * the selection) can move the rest of the chunk as free-running decode
  * does: such chunks (logits beyond TOL_REL) are reported with their
- * largest state difference and allowed in at most MAX_DIVERGED of them. */
-enum { MAX_DIVERGED = 2 };
+ * largest state difference and allowed in at most MAX_DIVERGED of them,
+ * each still within DIVERGED_TOL of the largest logit. How many chunks a
+ * model's rows put on rounding midpoints depends on its weights: 2 of 30
+ * with the first synthetic generator, 4 with the current one (H200, the
+ * diverged chunks 0.0015-0.029 of the largest logit, each traced to FP8 or
+ * FP4 codes one step apart); a planted logic error moves whole rows and
+ * the logits by ~0.25 (notes/cuda-kernels.md §5). */
+enum { MAX_DIVERGED = 6 };
+#define DIVERGED_TOL 0.05
 static void prefill_synced(const int32_t *toks) {
     ds4_err err = {0};
     void *image = NULL;
@@ -783,6 +790,7 @@ static void prefill_synced(const int32_t *toks) {
         chunks++;
         if (rel > TOL_REL) {
             diverged++;
+            CHECK(rel <= DIVERGED_TOL, "%s: chunk %d..%d: logits differ by %.3g of the largest", what, p, p + n - 1, rel);
             printf("chunk %d..%d diverged: logits %.3g of max; %d stored rows beyond %.2g, largest: %s; largest "
                    "frontier difference: %s\n", p, p + n - 1, rel, cst.bad_rows, ROW_TOL, cst.row_note,
                    cst.frontier_note);
@@ -876,11 +884,14 @@ static void prefill_free(bool f16, const int32_t *toks) {
             }
     printf("== %s: prefill of %d tokens (%.3f s incl. workspace), then %d decode steps; |d|/|ref| (max|d|/max), "
            "top-1 differences beyond ties:\n", what, np, t1 - t0, N_DEC);
-    const char *pair[3] = {"prefill vs cpu", "prefill 100+rest vs cpu", "prefill vs cuda steps"};
-    const float *ref[3] = {lc, lc, ls}, *got[3] = {lp, lp2, lp};
-    double mean[3] = {0}, worst[3] = {0};
-    int tops[3] = {0}, nonfinite = 0;
-    for (int c = 0; c < 3; c++) {
+    /* pair 3, CUDA's token-by-token steps (each checked strictly in
+     * synced_run) against the CPU over the same positions, is the noise
+     * that free-running accumulates there: the prefill may not do worse */
+    const char *pair[4] = {"prefill vs cpu", "prefill 100+rest vs cpu", "prefill vs cuda steps", "cuda steps vs cpu"};
+    const float *ref[4] = {lc, lc, ls, lc}, *got[4] = {lp, lp2, lp, ls};
+    double mean[4] = {0}, worst[4] = {0};
+    int tops[4] = {0}, nonfinite = 0;
+    for (int c = 0; c < 4; c++) {
         double first_l2 = 0, first_rel = 0;
         for (int d = 0; d <= N_DEC; d++) {
             double rel, l2;
@@ -898,8 +909,10 @@ static void prefill_free(bool f16, const int32_t *toks) {
     CHECK(nonfinite == 0, "%s: %d non-finite logits", what, nonfinite);
     if (f16) {
         for (int c = 0; c < 3; c++) {
-            CHECK(mean[c] <= 0.03, "%s: %s: mean |d|/|ref| %.3g", what, pair[c], mean[c]);
-            CHECK(tops[c] <= (N_DEC + 1) / 5, "%s: %s: %d top-1 differences", what, pair[c], tops[c]);
+            double mean_max = c < 2 ? fmax(0.03, 1.5 * mean[3]) : 0.03;
+            int tops_max = c < 2 && tops[3] + 2 > (N_DEC + 1) / 5 ? tops[3] + 2 : (N_DEC + 1) / 5;
+            CHECK(mean[c] <= mean_max, "%s: %s: mean |d|/|ref| %.3g (bound %.3g)", what, pair[c], mean[c], mean_max);
+            CHECK(tops[c] <= tops_max, "%s: %s: %d top-1 differences (bound %d)", what, pair[c], tops[c], tops_max);
         }
         /* a reset and the same prefill give the same bits */
         ds4_session_reset(sp);
