@@ -831,15 +831,13 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
 /* ------------------------------------------------------------------ */
 
 /* One block: counts pairs per expert, cuts each expert's segment of pair
- * slots into tiles, maps tiles to experts (-1: unused) and their first
- * slots, places the pairs (from each segment's first slot, so a tile's
- * pairs fill its first columns). big = 0: tiles of 64 slots. big = 1:
- * every 128 pairs of an expert make a 128-slot tile and the rest r one
- * more, of 128 slots if r > 64, else of 64 (each 128 tile holds > 64
- * pairs, so there are at most n_pairs / 65 of them; at most one 64 tile
- * per expert; either way an expert wastes fewer than 64 slots). The 128
- * tiles are entries 0 .. n_big-1 of tile_expert / tile_slot, the 64 tiles
- * entries n_big .. n_big+n_small-1. */
+ * slots into tiles (mq_moe_tiles: the 128 tiles first), maps tiles to
+ * experts (-1: unused) and their first slots, places the pairs (from each
+ * segment's first slot, so a tile's pairs fill its first columns). As
+ * every 128 tile holds > 64 pairs there are at most n_pairs / 65 of them,
+ * and with big = 1 at most one 64 tile per expert. The 128 tiles are
+ * entries 0 .. n_big-1 of tile_expert / tile_slot, the 64 tiles entries
+ * n_big .. n_big+n_small-1. */
 __global__ void __launch_bounds__(1024) k_plan(const int32_t *ids, const float *wts, uint32_t n_pairs, uint32_t n_used,
                                                uint32_t n_expert, int big, uint32_t n_big, uint32_t n_small,
                                                uint32_t bound, int *tile_expert, int *tile_slot, int *pair_tok,
@@ -858,8 +856,8 @@ __global__ void __launch_bounds__(1024) k_plan(const int32_t *ids, const float *
     if (tid == 0) {
         off[0] = nbo[0] = nso[0] = 0;
         for (uint32_t e = 0; e < n_expert; e++) {
-            int c = cnt[e], r = c % 128, nb = big ? c / 128 + (r > 64) : 0;
-            int ns = big ? (r > 0 && r <= 64) : (c + 63) / 64;
+            int nb, ns;
+            mq_moe_tiles(cnt[e], big, &nb, &ns);
             off[e + 1] = off[e] + 128 * nb + 64 * ns;
             nbo[e + 1] = nbo[e] + nb;
             nso[e + 1] = nso[e] + ns;

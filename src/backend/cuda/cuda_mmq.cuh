@@ -111,6 +111,17 @@ DS4_HD float mq_fb_float(int32_t biased) {
 #endif
 }
 
+/* The routed MoE's tiles of an expert with c pairs (k_plan): big = 0: nb
+ * = 0 tiles of 128 slots and ns = ceil(c / 64) of 64. big = 1: one 128
+ * tile per full 128 pairs and for the rest r one more, of 128 slots if r >
+ * 64, else (0 < r <= 64) of 64. Either way fewer than 64 slots go unused,
+ * and with big = 1 every 128 tile holds more than 64 pairs. */
+DS4_HD void mq_moe_tiles(int c, int big, int *nb, int *ns) {
+    int r = c % 128;
+    *nb = big ? c / 128 + (r > 64) : 0;
+    *ns = big ? (r > 0 && r <= 64) : (c + 63) / 64;
+}
+
 /* ---- Q8_0: task s = block s of the K step (8 blocks of 32). ---- */
 struct mq_q8_0 {
     enum { TPR = 8, SEGS = 1, act_kind = DS4_ACT_Q8_0, has_min = 0, int_scale = 0, folded = 0, needs_tab = 0 };

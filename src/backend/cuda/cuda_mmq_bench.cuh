@@ -152,6 +152,20 @@ static int mmq_host_check(void) {
     }
     printf("host-check mmq Q8_0 float-bits sums: %ld of %d differ\n", fb_bad, 2 * 32 * 128 * 128 + 1);
     bad += fb_bad != 0;
+    /* MoE tiles per expert: every pair has a slot, fewer than 64 unused,
+     * each 128 tile more than 64 pairs (k_plan's grid bound n_pairs / 65),
+     * at most one 64 tile with big = 1. */
+    int tiles_bad = 0;
+    for (int big = 0; big < 2; big++)
+        for (int c = 0; c <= 5000; c++) {
+            int nb, ns;
+            mq_moe_tiles(c, big, &nb, &ns);
+            /* pairs fill the 128 tiles first: the last one holds last128 */
+            int waste = 128 * nb + 64 * ns - c, last128 = std::min(c, 128 * nb) - 128 * (nb - 1);
+            tiles_bad += waste < 0 || waste >= 64 || (big ? ns > 1 : nb != 0) || (nb > 0 && last128 <= 64);
+        }
+    printf("host-check mmq MoE tiles: %d of 10002 expert sizes wrong\n", tiles_bad);
+    bad += tiles_bad != 0;
     printf("host-check mmq: %s\n", bad ? "FAIL" : "ok");
     return bad ? 1 : 0;
 }
