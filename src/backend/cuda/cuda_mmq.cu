@@ -84,6 +84,14 @@ __device__ __forceinline__ void mma_k32_z(int32_t *c, const uint32_t *a, const u
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
 }
 
+/* c = a (16x32, row) * b (32x8, col) + c0 (each element), int8 -> int32. */
+__device__ __forceinline__ void mma_k32_c(int32_t *c, const uint32_t *a, const uint32_t *b, int32_t c0) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%10,%10,%10};\n"
+                 : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(c0));
+}
+
 /* c += a (16x16) * b (16x8), int8 -> int32. */
 __device__ __forceinline__ void mma_k16(int32_t *c, uint32_t a0, uint32_t a1, uint32_t b0) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
@@ -457,6 +465,20 @@ __global__ void __launch_bounds__(256, 2) k_h16(const __half *w, uint32_t rows, 
 
 enum { MODE_DENSE = 0, MODE_GATE_UP = 1, MODE_DOWN = 2 };
 
+/* Q8_0 with each block's integer sum turned into a float by the mma's
+ * accumulator input and one f32 subtraction instead of an int-to-float
+ * conversion (same terms, same bits); chosen by ds4_cuda_mmq_set_kernel
+ * 130 / 131 (BN 128, one / two decoded weight buffers). */
+struct mq_q8_0_fb : mq_q8_0 {};
+template <class F>
+struct q8_bias {
+    static constexpr bool on = false;
+};
+template <>
+struct q8_bias<mq_q8_0_fb> {
+    static constexpr bool on = true;
+};
+
 struct tc_params {
     const uint8_t *w0, *w1; /* weights (gate/up: w0 gate, w1 up) */
     size_t row_bytes, expert_bytes;
@@ -470,7 +492,7 @@ struct tc_params {
     float *y;
     uint32_t ldy;
     int mode;
-    const int *tile_expert, *pair_tok;
+    const int *tile_expert, *tile_slot, *pair_tok; /* MoE: per tile its expert and first pair slot */
     const float *pair_w;
     float clamp;
 };
@@ -515,9 +537,11 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
     const uint32_t rt = blockIdx.x, ct = blockIdx.y;
 
     int expert = 0;
+    uint32_t cbase = ct * BN; /* the tile's first token (dense) or pair slot (MoE) */
     if (p.mode != MODE_DENSE) {
         expert = p.tile_expert[ct];
         if (expert < 0) return;
+        cbase = (uint32_t)p.tile_slot[ct];
     }
     if (F::needs_tab)
         for (int i = tid; i < DS4_CUDA_IQ2_TABLE_WORDS; i += NT) tab[i] = g_mq_tab[i];
@@ -540,7 +564,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
     uint32_t arow[NBCH];
 #pragma unroll
     for (int i = 0; i < NBCH; i++) {
-        uint32_t j = ct * BN + bn0 + i * (NT / 16), ar;
+        uint32_t j = cbase + bn0 + i * (NT / 16), ar;
         if (p.mode == MODE_DENSE) ar = min(j, p.n_tok - 1);
         else if (p.mode == MODE_GATE_UP) ar = p.pair_tok[j] < 0 ? 0 : p.pair_tok[j];
         else ar = j;
@@ -637,6 +661,13 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
     __syncthreads();
 
     for (uint32_t kb = 0; kb < p.nkb; kb++) {
+        /* BN = 128: a warp whose first column holds no token or pair has
+         * none at all (MoE tiles fill their pair slots from the first): it
+         * skips its products and only helps to stage and decode. Asked
+         * again every step (an L1 hit): a flag kept through the loop costs
+         * a register and ptxas spills. */
+        const bool wlive = BN == 64 || (p.mode == MODE_DENSE ? cbase + wn * 32 < p.n_tok
+                                                             : __ldg(p.pair_tok + cbase + wn * 32) >= 0);
         const int cur = kb & 1;
         if (kb + 1 < p.nkb) {
             stage_b(kb + 1, cur ^ 1);
@@ -653,7 +684,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
         const uint8_t *sb = smem + C::B_OFF + cur * C::STAGE;
         const float *sad = (const float *)(sb + C::B_SZ);
         const uint8_t *ssp = sb + C::B_SZ + C::AD_SZ;
-        const int nk = nk_of(kb);
+        const int nk = wlive ? nk_of(kb) : 0;
         const int mrow = wm * 32, ncol = wn * 32;
         for (int s = 0; s < nk; s++) {
             uint32_t a[2][4], b[4][2];
@@ -681,10 +712,19 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
 #pragma unroll
                     for (int ni = 0; ni < 4; ni++) {
                         int32_t c[4];
-                        mma_k32_z(c, a[mi], b[ni]);
+                        if (q8_bias<F>::on) {
+                            mma_k32_c(c, a[mi], b[ni], MQ_FB_BIAS);
 #pragma unroll
-                        for (int e = 0; e < 4; e++)
-                            acc[mi][ni][e] += F::term(wd[mi][e >> 1], 0.0f, (e & 1) ? da[ni].y : da[ni].x, c[e], 0);
+                            for (int e = 0; e < 4; e++)
+                                acc[mi][ni][e] += fs_mul(fs_mul(wd[mi][e >> 1], (e & 1) ? da[ni].y : da[ni].x),
+                                                         mq_fb_float(c[e]));
+                        } else {
+                            mma_k32_z(c, a[mi], b[ni]);
+#pragma unroll
+                            for (int e = 0; e < 4; e++)
+                                acc[mi][ni][e] +=
+                                    F::term(wd[mi][e >> 1], 0.0f, (e & 1) ? da[ni].y : da[ni].x, c[e], 0);
+                        }
                     }
             } else if (F::int_scale) {
                 int sc[2][2];
@@ -707,7 +747,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
                     for (int ni = 0; ni < 4; ni++) mma_k32(iacc[mi][ni], a[mi], b[ni]);
             }
         }
-        if ((int)F::act_kind == DS4_ACT_Q8_K) {
+        if ((int)F::act_kind == DS4_ACT_Q8_K && wlive) {
             /* The block's f32 terms (and the min sums). */
 #pragma unroll
             for (int mi = 0; mi < 2; mi++) {
@@ -751,10 +791,10 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
     const int mrow = wm * 32, ncol = wn * 32;
     if (p.mode == MODE_GATE_UP) {
         /* gate rows 0..63, up rows 64..127 of the tile meet in shared memory
-         * (the MoE runs with BN = 64: [128][65] floats fit in sA) */
-        static_assert(BN != 64 || MQ_BM * (BN + 1) * 4 <= MQ_BM * MQ_SA, "gate/up exchange must fit in sA");
-        if (BN != 64) return;
-        float *so = (float *)(smem + C::TAB); /* [128][BN + 1] over the first sA */
+         * ([128][BN + 1] floats over the weight and activation buffers: the
+         * loop's last barrier came after every read of them) */
+        static_assert(MQ_BM * (BN + 1) * 4 <= C::SMEM - C::TAB, "gate/up exchange must fit");
+        float *so = (float *)(smem + C::TAB);
 #pragma unroll
         for (int mi = 0; mi < 2; mi++)
 #pragma unroll
@@ -766,7 +806,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
         __syncthreads();
         for (int i = tid; i < 64 * BN; i += NT) {
             int r = i & 63, n = i >> 6;
-            uint32_t pr = ct * BN + n;
+            uint32_t pr = cbase + n;
             int tok = p.pair_tok[pr];
             float v = tok < 0 ? 0.0f : mq_swiglu(so[r * (BN + 1) + n], so[(64 + r) * (BN + 1) + n], p.clamp, p.pair_w[pr]);
             p.y[(size_t)pr * p.ldy + rt * 64 + r] = v;
@@ -779,7 +819,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
         for (int ni = 0; ni < 4; ni++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                uint32_t r = row0 + mrow + mi * 16 + g + 8 * (e >> 1), j = ct * BN + ncol + ni * 8 + 2 * tg + (e & 1);
+                uint32_t r = row0 + mrow + mi * 16 + g + 8 * (e >> 1), j = cbase + ncol + ni * 8 + 2 * tg + (e & 1);
                 if (r >= p.rows) continue;
                 if (p.mode == MODE_DENSE ? j >= p.n_tok : p.pair_tok[j] < 0) continue;
                 p.y[(size_t)j * p.ldy + r] = acc[mi][ni][e] * F::final_scale;
@@ -790,13 +830,21 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
 /* MoE plan and combine                                                 */
 /* ------------------------------------------------------------------ */
 
-/* One block: counts pairs per expert, pads each expert's segment to the
- * tile size, maps tiles to experts (-1: empty), places the pairs. */
+/* One block: counts pairs per expert, cuts each expert's segment of pair
+ * slots into tiles (mq_moe_tiles: the 128 tiles first), maps tiles to
+ * experts (-1: unused) and their first slots, places the pairs (from each
+ * segment's first slot, so a tile's pairs fill its first columns). As
+ * every 128 tile holds > 64 pairs there are at most n_pairs / 65 of them,
+ * and with big = 1 at most one 64 tile per expert. The 128 tiles are
+ * entries 0 .. n_big-1 of tile_expert / tile_slot, the 64 tiles entries
+ * n_big .. n_big+n_small-1. */
 __global__ void __launch_bounds__(1024) k_plan(const int32_t *ids, const float *wts, uint32_t n_pairs, uint32_t n_used,
-                                               uint32_t n_expert, uint32_t tile, uint32_t n_tiles, uint32_t bound,
-                                               int *tile_expert, int *pair_tok, float *pair_w, int *pair_of, int *total) {
+                                               uint32_t n_expert, int big, uint32_t n_big, uint32_t n_small,
+                                               uint32_t bound, int *tile_expert, int *tile_slot, int *pair_tok,
+                                               float *pair_w, int *pair_of, int *total) {
     extern __shared__ int sm[];
-    int *cnt = sm, *off = sm + n_expert, *fill = sm + 2 * n_expert + 1;
+    int *cnt = sm, *fill = sm + n_expert, *off = sm + 2 * n_expert, *nbo = off + n_expert + 1,
+        *nso = nbo + n_expert + 1;
     const int tid = threadIdx.x, nt = blockDim.x;
     for (uint32_t e = tid; e < n_expert; e += nt) cnt[e] = fill[e] = 0;
     __syncthreads();
@@ -806,14 +854,28 @@ __global__ void __launch_bounds__(1024) k_plan(const int32_t *ids, const float *
     }
     __syncthreads();
     if (tid == 0) {
-        off[0] = 0;
-        for (uint32_t e = 0; e < n_expert; e++) off[e + 1] = off[e] + (cnt[e] + tile - 1) / tile * tile;
+        off[0] = nbo[0] = nso[0] = 0;
+        for (uint32_t e = 0; e < n_expert; e++) {
+            int nb, ns;
+            mq_moe_tiles(cnt[e], big, &nb, &ns);
+            off[e + 1] = off[e] + 128 * nb + 64 * ns;
+            nbo[e + 1] = nbo[e] + nb;
+            nso[e + 1] = nso[e] + ns;
+        }
         *total = off[n_expert];
     }
-    for (uint32_t t = tid; t < n_tiles; t += nt) tile_expert[t] = -1;
+    for (uint32_t t = tid; t < n_big + n_small; t += nt) tile_expert[t] = -1;
     __syncthreads();
     for (uint32_t e = tid; e < n_expert; e += nt) {
-        for (int t = off[e] / tile; t < off[e + 1] / (int)tile; t++) tile_expert[t] = (int)e;
+        int nb = nbo[e + 1] - nbo[e];
+        for (int t = 0; t < nb; t++) {
+            tile_expert[nbo[e] + t] = (int)e;
+            tile_slot[nbo[e] + t] = off[e] + 128 * t;
+        }
+        for (int t = 0; t < nso[e + 1] - nso[e]; t++) {
+            tile_expert[n_big + nso[e] + t] = (int)e;
+            tile_slot[n_big + nso[e] + t] = off[e] + 128 * nb + 64 * t;
+        }
         for (int q = off[e] + cnt[e]; q < off[e + 1]; q++) pair_tok[q] = -1, pair_w[q] = 0.0f;
     }
     for (uint32_t q = off[n_expert] + tid; q < bound; q += nt) pair_tok[q] = -1, pair_w[q] = 0.0f;
@@ -887,6 +949,8 @@ extern "C" int ds4_cuda_mmq_init(ds4_cuda_kernels *k, ds4_err *err) {
     if ((e = cudaMemcpyToSymbol(g_mq_tab, compact, sizeof compact)) != cudaSuccess ||
         (e = cudaMemcpyToSymbol(g_mq_tab_rep, rep, sizeof rep)) != cudaSuccess ||
         (e = allow_tc_smem<mq_q8_0>(optin)) || (e = allow_tc_smem<mq_q2_K>(optin)) ||
+        (e = allow_smem(k_tc<mq_q8_0_fb, 128, 1>, (int)tc_cfg<128, 1>::SMEM, optin)) ||
+        (e = allow_smem(k_tc<mq_q8_0_fb, 128, 2>, (int)tc_cfg<128, 2>::SMEM, optin)) ||
         (e = allow_tc_smem<mq_q4_K>(optin)) || (e = allow_tc_smem<mq_iq2_xxs>(optin)) ||
         (e = allow_smem(k_h16, H_SMEM, optin)))
         return cuda_fail(err, "mmq setup", e);
@@ -951,12 +1015,24 @@ static int run_tc(tc_params &p, uint32_t row_tiles, uint32_t n_cols, int bn, cud
 
 static int run_tc_type(uint32_t type, tc_params &p, uint32_t row_tiles, uint32_t n_cols, int bn, cudaStream_t st,
                        ds4_err *err) {
+    dim3 g128(row_tiles, (n_cols + 127) / 128);
+    if (bn >= 130 && type == DS4_TYPE_Q8_0)
+        return bn == 130 ? launch_tc<mq_q8_0_fb, 128, 1>(p, g128, st, err) : launch_tc<mq_q8_0_fb, 128, 2>(p, g128, st, err);
+    if (bn >= 130) bn = bn == 130 ? 129 : 128;
     switch (type) {
     case DS4_TYPE_Q8_0: return run_tc<mq_q8_0>(p, row_tiles, n_cols, bn, st, err);
     case DS4_TYPE_Q2_K: return run_tc<mq_q2_K>(p, row_tiles, n_cols, bn, st, err);
     case DS4_TYPE_Q4_K: return run_tc<mq_q4_K>(p, row_tiles, n_cols, bn, st, err);
     default: return run_tc<mq_iq2_xxs>(p, row_tiles, n_cols, bn, st, err);
     }
+}
+
+/* The 128-token variant a type takes (128: two decoded weight buffers,
+ * 129: one; the dense products' choice), 0 if the device lacks the shared
+ * memory for either. */
+static int tc_big_bn(uint32_t type, int optin) {
+    if (type != DS4_TYPE_Q8_0 && (int)tc_cfg<128, 2>::SMEM <= optin) return 128;
+    return (int)tc_cfg<128, 1>::SMEM <= optin ? 129 : 0;
 }
 
 static void fill_act(tc_params &p, uint32_t type, const void *act, uint32_t a_stride, size_t n_act_rows) {
@@ -1062,8 +1138,8 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
     if (bn == 128 && g_force_bn == 0 && type == DS4_TYPE_Q8_0) bn = 129;
     /* Devices with less shared memory per block than Hopper (sm_80: 163
      * KB, sm_89 / sm_120: 99 KB) take the smaller tiles. */
-    if (bn == 128 && (int)tc_cfg<128, 2>::SMEM > optin) bn = 129;
-    if (bn == 129 && (int)tc_cfg<128, 1>::SMEM > optin) bn = 64;
+    if ((bn == 128 || bn == 131) && (int)tc_cfg<128, 2>::SMEM > optin) bn = 129;
+    if ((bn == 129 || bn == 130) && (int)tc_cfg<128, 1>::SMEM > optin) bn = 64;
     return run_tc_type(type, p, row_tiles, n_tok, bn, st, err);
 }
 
@@ -1078,11 +1154,11 @@ extern "C" int ds4_cuda_mmq(ds4_cuda_kernels *k, uint32_t type, const void *w, u
 
 /* Workspace carving (all regions 256-byte aligned). */
 struct moe_ws {
-    int *tile_expert, *pair_tok, *pair_of, *total;
+    int *tile_expert, *tile_slot, *pair_tok, *pair_of, *total;
     float *pair_w, *mid, *gd;
     uint8_t *mid_act;
     size_t bytes;
-    uint32_t bound, n_tiles;
+    uint32_t bound, n_tiles; /* pair slots; tile entries (both k_plan layouts fit) */
 };
 
 static moe_ws moe_carve(uint8_t *base, uint32_t down_type, uint32_t n_embd, uint32_t n_ff, uint32_t n_expert,
@@ -1090,7 +1166,7 @@ static moe_ws moe_carve(uint8_t *base, uint32_t down_type, uint32_t n_embd, uint
     moe_ws w = {};
     uint64_t pairs = (uint64_t)n_tok * n_used;
     w.bound = (uint32_t)((pairs + (uint64_t)n_expert * (MOE_BN - 1) + MOE_BN - 1) / MOE_BN * MOE_BN);
-    w.n_tiles = w.bound / MOE_BN;
+    w.n_tiles = w.bound / MOE_BN + (uint32_t)(pairs / 65) + n_expert;
     size_t o = 0;
     auto take = [&](size_t bytes) -> uint8_t * {
         uint8_t *p = base ? base + o : NULL;
@@ -1099,6 +1175,7 @@ static moe_ws moe_carve(uint8_t *base, uint32_t down_type, uint32_t n_embd, uint
     };
     w.total = (int *)take(sizeof(int));
     w.tile_expert = (int *)take(sizeof(int) * w.n_tiles);
+    w.tile_slot = (int *)take(sizeof(int) * w.n_tiles);
     w.pair_tok = (int *)take(sizeof(int) * w.bound);
     w.pair_w = (float *)take(sizeof(float) * w.bound);
     w.pair_of = (int *)take(sizeof(int) * pairs);
@@ -1124,7 +1201,8 @@ extern "C" int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const v
                                 const float *weights, uint32_t n_tok, const void *x_act, const float *add, float *out,
                                 void *ws, size_t ws_bytes, ds4_cuda_stream stream, ds4_err *err) {
     cudaStream_t st = (cudaStream_t)stream;
-    if (check_ready(err) < 0) return -1;
+    int optin = check_ready(err);
+    if (optin < 0) return -1;
     if (!moe_type_ok(gate_type) || !moe_type_ok(down_type))
         return ds4_fail(err, "cuda: no batched MoE for expert types %s / %s", ds4_type_name(gate_type),
                         ds4_type_name(down_type));
@@ -1141,11 +1219,28 @@ extern "C" int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const v
     if (!ws || ws_bytes < w.bytes || (uintptr_t)ws % 256)
         return ds4_fail(err, "cuda: MoE workspace of %zu bytes (need %zu, 256-byte aligned)", ws_bytes, w.bytes);
 
+    /* Tiles of 128 pairs (where an expert has more than 64) decode each
+     * expert's weight tile once per 128 of its pairs instead of per 64;
+     * ds4_cuda_mmq_set_kernel(64) keeps every tile at 64. */
     uint32_t n_pairs = n_tok * n_used;
-    k_plan<<<1, 1024, sizeof(int) * (3 * n_expert + 1), st>>>(ids, weights, n_pairs, n_used, n_expert, MOE_BN,
-                                                              w.n_tiles, w.bound, w.tile_expert, w.pair_tok,
-                                                              w.pair_w, w.pair_of, w.total);
+    int bn_g = tc_big_bn(gate_type, optin), bn_d = tc_big_bn(down_type, optin);
+    int big = g_force_bn != 64 && bn_g && bn_d && n_pairs >= 65;
+    uint32_t n_big = big ? n_pairs / 65 : 0, n_small = big ? n_expert : w.bound / MOE_BN;
+    k_plan<<<1, 1024, sizeof(int) * (5 * n_expert + 3), st>>>(ids, weights, n_pairs, n_used, n_expert, big, n_big,
+                                                              n_small, w.bound, w.tile_expert, w.tile_slot,
+                                                              w.pair_tok, w.pair_w, w.pair_of, w.total);
     if (check_launch(err, "MoE plan launch")) return -1;
+    /* Both tile lists of a product: the 128 tiles, then the 64 tiles. */
+    auto run_tiles = [&](tc_params &p, uint32_t type, int bn, uint32_t row_tiles) -> int {
+        if (n_big) {
+            p.tile_expert = w.tile_expert;
+            p.tile_slot = w.tile_slot;
+            if (run_tc_type(type, p, row_tiles, n_big * 128, bn, st, err)) return -1;
+        }
+        p.tile_expert = w.tile_expert + n_big;
+        p.tile_slot = w.tile_slot + n_big;
+        return run_tc_type(type, p, row_tiles, n_small * MOE_BN, MOE_BN, st, err);
+    };
 
     tc_params p = {};
     p.w0 = (const uint8_t *)gate;
@@ -1160,12 +1255,11 @@ extern "C" int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const v
     p.y = w.mid;
     p.ldy = n_ff;
     p.mode = MODE_GATE_UP;
-    p.tile_expert = w.tile_expert;
     p.pair_tok = w.pair_tok;
     p.pair_w = w.pair_w;
     p.clamp = clamp;
     fill_act(p, gate_type, x_act, n_embd, n_tok);
-    if (run_tc_type(gate_type, p, n_ff / 64, w.bound, MOE_BN, st, err)) return -1;
+    if (run_tiles(p, gate_type, bn_g, n_ff / 64)) return -1;
 
     if (quantize_rows(down_type, w.mid, n_ff, w.bound, w.mid_act, w.total, st, err)) return -1;
 
@@ -1182,7 +1276,7 @@ extern "C" int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const v
     p.ldy = n_embd;
     p.mode = MODE_DOWN;
     fill_act(p, down_type, w.mid_act, n_ff, w.bound);
-    if (run_tc_type(down_type, p, (n_embd + MQ_BM - 1) / MQ_BM, w.bound, MOE_BN, st, err)) return -1;
+    if (run_tiles(p, down_type, bn_d, (n_embd + MQ_BM - 1) / MQ_BM)) return -1;
 
     size_t n_out = (size_t)n_tok * n_embd;
     k_combine<<<(unsigned)((n_out + 255) / 256), 256, 0, st>>>(w.gd, w.pair_of, n_tok, n_used, n_embd, add, out);

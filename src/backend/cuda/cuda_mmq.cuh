@@ -43,6 +43,8 @@
 #ifndef DS4_CUDA_MMQ_CUH
 #define DS4_CUDA_MMQ_CUH
 
+#include <string.h>
+
 #include "cuda_formats.cuh"
 
 /* Byte offsets of the activation regions. */
@@ -91,6 +93,33 @@ DS4_HD float mq_term_plain(float dw, float da, int32_t isum) { return fs_mul(fs_
 /* K-quant terms (a 256 block): (da * d) * isum - (da * dmin) * summ. */
 DS4_HD float mq_term_k(float dw, float dmw, float da, int32_t isum, int32_t summ) {
     return fs_sub(fs_mul(fs_mul(da, dw), (float)isum), fs_mul(fs_mul(da, dmw), (float)summ));
+}
+
+/* Q8_0's integer block sum as a float without an int-to-float conversion:
+ * the mma adds MQ_FB_BIAS to the sum (its accumulator input), which makes
+ * the bits of the float 1.5 * 2^23 + isum for |isum| < 2^22 (a Q8_0
+ * block's sum is at most 32 * 128 * 127 in magnitude); subtracting 1.5 *
+ * 2^23 is exact. */
+#define MQ_FB_BIAS 0x4B400000
+DS4_HD float mq_fb_float(int32_t biased) {
+#ifdef __CUDA_ARCH__
+    return fs_sub(__int_as_float(biased), 12582912.0f);
+#else
+    float f;
+    memcpy(&f, &biased, sizeof f);
+    return fs_sub(f, 12582912.0f);
+#endif
+}
+
+/* The routed MoE's tiles of an expert with c pairs (k_plan): big = 0: nb
+ * = 0 tiles of 128 slots and ns = ceil(c / 64) of 64. big = 1: one 128
+ * tile per full 128 pairs and for the rest r one more, of 128 slots if r >
+ * 64, else (0 < r <= 64) of 64. Either way fewer than 64 slots go unused,
+ * and with big = 1 every 128 tile holds more than 64 pairs. */
+DS4_HD void mq_moe_tiles(int c, int big, int *nb, int *ns) {
+    int r = c % 128;
+    *nb = big ? c / 128 + (r > 64) : 0;
+    *ns = big ? (r > 0 && r <= 64) : (c + 63) / 64;
 }
 
 /* ---- Q8_0: task s = block s of the K step (8 blocks of 32). ---- */

@@ -91,8 +91,12 @@ int ds4_cuda_mmq_moe(ds4_cuda_kernels *k, uint32_t gate_type, const void *gate, 
 /* Tests and benchmarks: which kernel the dense products take. 0 =
  * automatic, 1 = the plain one-thread-per-output kernel (F16: the f32
  * CUDA-core kernel), 64 or 128 = the int8 tensor-core kernel with tiles of
- * that many tokens (129: 128 with one decoded weight buffer instead of two).
- * Process-wide, not thread-safe. */
+ * that many tokens (129: 128 with one decoded weight buffer instead of two;
+ * 130 / 131: Q8_0 at 128 with one / two buffers, each block's integer sum
+ * made a float by the mma's accumulator input instead of a conversion).
+ * The routed MoE takes tiles of 128 pairs for experts with more than 64
+ * pairs unless `which` is 64 (every tile 64 pairs). Process-wide, not
+ * thread-safe. */
 void ds4_cuda_mmq_set_kernel(int which);
 
 #ifdef __cplusplus

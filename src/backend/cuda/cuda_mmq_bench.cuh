@@ -143,6 +143,29 @@ static int mmq_host_check(void) {
     }
     bad += mq_host_check_format<mq_q8_0>(DS4_TYPE_Q8_0, 96, 48, tab, &seed);
     bad += mq_host_check_format<mq_q8_0>(DS4_TYPE_Q8_0, 416, 48, tab, &seed);
+    /* The float-bits conversion of Q8_0 block sums (set_kernel 130 / 131)
+     * equals (float)isum for every sum a block can have. */
+    long fb_bad = 0;
+    for (int32_t isum = -32 * 128 * 128; isum <= 32 * 128 * 128; isum++) {
+        float a = mq_fb_float(isum + MQ_FB_BIAS), b = (float)isum;
+        fb_bad += memcmp(&a, &b, sizeof a) != 0;
+    }
+    printf("host-check mmq Q8_0 float-bits sums: %ld of %d differ\n", fb_bad, 2 * 32 * 128 * 128 + 1);
+    bad += fb_bad != 0;
+    /* MoE tiles per expert: every pair has a slot, fewer than 64 unused,
+     * each 128 tile more than 64 pairs (k_plan's grid bound n_pairs / 65),
+     * at most one 64 tile with big = 1. */
+    int tiles_bad = 0;
+    for (int big = 0; big < 2; big++)
+        for (int c = 0; c <= 5000; c++) {
+            int nb, ns;
+            mq_moe_tiles(c, big, &nb, &ns);
+            /* pairs fill the 128 tiles first: the last one holds last128 */
+            int waste = 128 * nb + 64 * ns - c, last128 = std::min(c, 128 * nb) - 128 * (nb - 1);
+            tiles_bad += waste < 0 || waste >= 64 || (big ? ns > 1 : nb != 0) || (nb > 0 && last128 <= 64);
+        }
+    printf("host-check mmq MoE tiles: %d of 10002 expert sizes wrong\n", tiles_bad);
+    bad += tiles_bad != 0;
     printf("host-check mmq: %s\n", bad ? "FAIL" : "ok");
     return bad ? 1 : 0;
 }
@@ -259,6 +282,7 @@ static void mq_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint
     std::vector<int> kinds = {0};
     if (plain_too || wtype == DS4_TYPE_F16) kinds.push_back(1);
     if (wtype != DS4_TYPE_F16) kinds.insert(kinds.end(), {64, 128, 129});
+    if (wtype == DS4_TYPE_Q8_0) kinds.insert(kinds.end(), {130, 131});
     for (int kind : kinds) {
         ds4_cuda_mmq_set_kernel(kind);
         CK(cudaMemsetAsync(d_y, 0xff, (size_t)rows * n_tok * 4, st));
@@ -283,6 +307,7 @@ static void mq_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint
         char nm[64];
         if (kind == 0) snprintf(nm, sizeof nm, "%s", name);
         else if (kind == 1) snprintf(nm, sizeof nm, "%s (%s)", name, wtype == DS4_TYPE_F16 ? "cuda cores" : "plain");
+        else if (kind >= 130) snprintf(nm, sizeof nm, "%s (BN 128%s fb)", name, kind == 130 ? " 1 buf" : "");
         else snprintf(nm, sizeof nm, "%s (BN %d%s)", name, kind == 129 ? 128 : kind, kind == 129 ? " 1 buf" : "");
         mq_add(nm, shape, flop, t.us, err, inexact, act_bad, ok);
     }
@@ -359,21 +384,14 @@ static void mq_moe_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, 
         DS(ds4_cuda_mmq_moe(k, gtype, d_gate, d_up, dtype, d_down, n_embd, n_ff, n_expert, n_used, clamp, d_ids, d_wts,
                             n_tok, d_xact, d_add, d_out, d_ws, wsb, st, &err_));
     };
-    CK(cudaMemsetAsync(d_out, 0xff, add.size() * 4, st));
-    run();
-    CK(cudaStreamSynchronize(st));
-    std::vector<float> out(add.size());
-    CK(cudaMemcpy(out.data(), d_out, out.size() * 4, cudaMemcpyDeviceToHost));
     /* CPU: moe.c's formula for sampled tokens. */
     std::vector<uint32_t> ts = mq_sample(n_tok, 4);
     std::vector<uint8_t> xa(ds4_act_row_bytes(gtype, n_embd)), ma(ds4_act_row_bytes(dtype, n_ff));
     std::vector<uint8_t> hg(grb * n_ff), hu(grb * n_ff), hd(drb * n_embd);
-    std::vector<float> mid(n_ff), ref(n_embd), acc(n_embd);
-    double err = 0.0;
-    long inexact = 0;
-    for (uint32_t t : ts) {
+    std::vector<float> mid(n_ff), ref((size_t)ts.size() * n_embd);
+    for (size_t ti = 0; ti < ts.size(); ti++) {
+        uint32_t t = ts[ti];
         ds4_quantize_act(gtype, &x[(size_t)t * n_embd], xa.data(), n_embd);
-        std::fill(acc.begin(), acc.end(), 0.0f);
         std::vector<std::vector<float>> per(n_used, std::vector<float>(n_embd));
         for (uint32_t j = 0; j < n_used; j++) {
             int32_t e = ids[(size_t)t * n_used + j];
@@ -394,16 +412,34 @@ static void mq_moe_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, 
         for (uint32_t o = 0; o < n_embd; o++) {
             float a = 0.0f;
             for (uint32_t j = 0; j < n_used; j++) a += per[j][o];
-            ref[o] = a + add[(size_t)t * n_embd + o];
+            ref[ti * n_embd + o] = a + add[(size_t)t * n_embd + o];
         }
-        err = std::max(err, rel_err(&out[(size_t)t * n_embd], ref.data(), n_embd));
-        for (uint32_t o = 0; o < n_embd; o++) inexact += memcmp(&out[(size_t)t * n_embd + o], &ref[o], 4) != 0;
     }
-    timing tm = {0, 0};
-    if (reps > 0) tm = time_graph(st, 2, reps, [&](int i) { run(); });
     char shape[64];
     snprintf(shape, sizeof shape, "%s+%s %ux%u tok %u", type_name(gtype), type_name(dtype), n_expert, n_used, n_tok);
-    mq_add(name, shape, 2.0 * 3.0 * n_embd * (double)n_ff * n_used * n_tok, tm.us, err, inexact, 0, err <= 1e-5);
+    /* 0: the automatic tiles (128 pairs for experts with more than 64);
+     * 64: every tile 64 pairs. */
+    for (int kind : {0, 64}) {
+        ds4_cuda_mmq_set_kernel(kind);
+        CK(cudaMemsetAsync(d_out, 0xff, add.size() * 4, st));
+        run();
+        CK(cudaStreamSynchronize(st));
+        std::vector<float> out(add.size());
+        CK(cudaMemcpy(out.data(), d_out, out.size() * 4, cudaMemcpyDeviceToHost));
+        double err = 0.0;
+        long inexact = 0;
+        for (size_t ti = 0; ti < ts.size(); ti++) {
+            const float *g = &out[(size_t)ts[ti] * n_embd], *c = &ref[ti * n_embd];
+            err = std::max(err, rel_err(g, c, n_embd));
+            for (uint32_t o = 0; o < n_embd; o++) inexact += memcmp(&g[o], &c[o], 4) != 0;
+        }
+        timing tm = {0, 0};
+        if (reps > 0) tm = time_graph(st, 2, reps, [&](int i) { run(); });
+        char nm[64];
+        snprintf(nm, sizeof nm, kind ? "%s (64 tiles)" : "%s", name);
+        mq_add(nm, shape, 2.0 * 3.0 * n_embd * (double)n_ff * n_used * n_tok, tm.us, err, inexact, 0, err <= 1e-5);
+    }
+    ds4_cuda_mmq_set_kernel(0);
     CK(cudaFree(d_gate));
     CK(cudaFree(d_up));
     CK(cudaFree(d_down));
@@ -430,6 +466,9 @@ static void mmq_bench(ds4_cuda_kernels *k, cudaStream_t st, int reps, bool quick
     mq_case(k, st, "odd f16 tc grouped", DS4_TYPE_F16, 64, 256, 2, 17, 0, 110, true);
     mq_moe_case(k, st, "odd moe q2", DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, 256, 256, 8, 3, 37, 0, 107);
     mq_moe_case(k, st, "odd moe q8_0", DS4_TYPE_Q8_0, DS4_TYPE_Q8_0, 512, 192, 1, 1, 70, 0, 108);
+    /* ~112 pairs per expert: 128-pair tiles, some experts also a 64 tile. */
+    mq_moe_case(k, st, "odd moe q2 big", DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, 256, 256, 8, 3, 300, 0, 111);
+    mq_moe_case(k, st, "odd moe q4 big", DS4_TYPE_Q4_K, DS4_TYPE_Q4_K, 512, 320, 5, 2, 333, 0, 112);
 
     /* Prefill shapes (model-spec §2.2). */
     const uint32_t toks[] = {512, 4096};
@@ -449,9 +488,9 @@ static void mmq_bench(ds4_cuda_kernels *k, cudaStream_t st, int reps, bool quick
         mq_case(k, st, "indexer q_b f16", DS4_TYPE_F16, 1024, 8192, 1, n, reps, 212, true);
         mq_case(k, st, "router f16", DS4_TYPE_F16, 4096, 256, 1, n, reps, 213, true);
     }
-    const uint32_t mtoks[] = {512, 2048, 8192};
+    const uint32_t mtoks[] = {512, 2048, 4096, 8192};
     for (uint32_t n : mtoks) {
-        if (quick && n != 8192) continue;
+        if (quick && n < 4096) continue;
         char nm[3][32];
         snprintf(nm[0], 32, "moe q2 @%u", n);
         snprintf(nm[1], 32, "moe q4 @%u", n);
