@@ -48,7 +48,7 @@ struct ds4_cuda_kernels {
     int pdl_ok, pdl; /* the device has programmatic dependent launch; it is on */
     int split_per_sm;  /* matvec: split rows until there are this many items per SM */
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
-    int dyn;           /* tiles after each block's first ones handed out by a counter (DS4_CUDA_DYN) */
+    int dyn;           /* tiles after each block's first ones handed out by a counter (DS4_CUDA_DYN; 2: test grids) */
     int gu16;          /* IQ2_XXS gate/up blocks of GU_WARPS_TAB warps (DS4_CUDA_GU16=1) */
     uint32_t *sched;   /* SCHED_SLOTS counter slots of SCHED_WORDS words, zero between launches */
     unsigned sched_next; /* the next launch's slot (round robin) */
@@ -851,7 +851,9 @@ static int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
 /* Grid of a persistent kernel: `waves` times as many blocks as fit at
  * once (1: every block stays resident and loops over tiles; more: the
  * hardware hands out the extra blocks as others finish, which evens out the
- * tail), at most one per tile. */
+ * tail), at most one per tile. DS4_CUDA_DYN=2 (a test setting): at most a
+ * block per 4 tiles, so that the counter hands out tiles even in the tiny
+ * test models' products. */
 template <class K>
 static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, uint32_t n_tiles, int waves,
                        int *grid, ds4_err *err) {
@@ -864,7 +866,8 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
     if (e != cudaSuccess) return cuda_fail(err, "occupancy", e);
     if (per_sm < 1) per_sm = 1;
     uint64_t g = (uint64_t)per_sm * (uint64_t)k->n_sm * (uint64_t)waves;
-    *grid = (int)(g < n_tiles ? g : n_tiles);
+    uint64_t most = k->dyn == 2 ? n_tiles / 4 : n_tiles;
+    *grid = (int)(g < most ? g : most);
     if (*grid < 1) *grid = 1;
     return 0;
 }
@@ -1067,8 +1070,9 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->waves = 0;
     k->split_per_sm = 16;
     k->pdl_ok = prop.major >= 9;
-    const char *dyn = getenv("DS4_CUDA_DYN"); /* 0: static tiles only (for comparison) */
-    k->dyn = !(dyn && !strcmp(dyn, "0"));
+    /* DS4_CUDA_DYN: 0 static tiles only (for comparison), 2 small grids (test), else on */
+    const char *dyn = getenv("DS4_CUDA_DYN");
+    k->dyn = dyn && !strcmp(dyn, "0") ? 0 : dyn && !strcmp(dyn, "2") ? 2 : 1;
     const char *gu16 = getenv("DS4_CUDA_GU16");
     k->gu16 = gu16 && !strcmp(gu16, "1");
     snprintf(k->name, sizeof k->name, "%s", prop.name);
