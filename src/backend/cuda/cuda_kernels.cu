@@ -873,12 +873,20 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
 }
 
 /* This launch's counter slot for dynamic tile hand-out, or NULL where it is
- * off or every tile of a group is among the blocks' static first ones
- * (n_static per group). Slots go round robin: a slot is used again only
- * SCHED_SLOTS launches later, long after its last user finished (kernels
- * running at once, e.g. on the step's side stream, never share one). */
-static uint32_t *sched_slot(ds4_cuda_kernels *k, uint32_t tiles_per_group, uint32_t n_static, uint32_t n_groups) {
-    if (!k->dyn || tiles_per_group <= n_static || n_groups > SCHED_GROUPS) return NULL;
+ * off, where every tile of a group is among the blocks' static first ones
+ * (nbuf per block), or where blocks have so many tiles
+ * that a static share ends within one tile of the mean (the output head:
+ * ~40 a block, at the copy ceiling already). Slots go round robin: a slot
+ * is used again only SCHED_SLOTS launches later, long after its last user
+ * finished (kernels running at once, e.g. on the step's side stream, never
+ * share one). */
+enum { DYN_MAX_TILES_PER_BLOCK = 16 };
+
+static uint32_t *sched_slot(ds4_cuda_kernels *k, uint32_t tiles_per_group, uint32_t blocks_per_group, uint32_t nbuf,
+                            uint32_t n_groups) {
+    uint64_t b = blocks_per_group;
+    if (!k->dyn || tiles_per_group <= nbuf * b || n_groups > SCHED_GROUPS) return NULL;
+    if (k->dyn == 1 && tiles_per_group > DYN_MAX_TILES_PER_BLOCK * b) return NULL;
     unsigned i = __atomic_fetch_add(&k->sched_next, 1u, __ATOMIC_RELAXED) % SCHED_SLOTS;
     return k->sched + (size_t)i * SCHED_WORDS;
 }
@@ -944,7 +952,7 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     if (launch_grid(k, kern, NW * 32, smem, n_tiles, S == 1 && !d->x && !k->dyn ? 2 : 1, &grid, err)) return -1;
     grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
     uint32_t bpg = (uint32_t)grid / d->n_groups;
-    p.sched = sched_slot(k, n_tiles / d->n_groups, p.nbuf * bpg, d->n_groups);
+    p.sched = sched_slot(k, n_tiles / d->n_groups, bpg, p.nbuf, d->n_groups);
     p.first_dyn = p.nbuf * bpg;
     cudaError_t e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
@@ -981,7 +989,7 @@ static int run_gate_up_nw(ds4_cuda_kernels *k, const void *gate, const void *up,
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + NW - 1) / NW);
     int grid = 1;
     if (launch_grid(k, k_moe_gate_up<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
-    p.sched = sched_slot(k, n_tiles, 2 * (uint32_t)grid, 1);
+    p.sched = sched_slot(k, n_tiles, (uint32_t)grid, 2, 1);
     p.first_dyn = 2 * (uint32_t)grid;
     cudaError_t e = pdl_launch(k->pdl, k_moe_gate_up<F, NW>, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "moe gate/up launch", e);
@@ -1028,7 +1036,7 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     uint32_t n_tiles = (n_out + NW - 1) / NW;
     int grid = 1;
     if (launch_grid(k, k_moe_down<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
-    p.sched = sched_slot(k, n_tiles, 2 * (uint32_t)grid, 1);
+    p.sched = sched_slot(k, n_tiles, (uint32_t)grid, 2, 1);
     p.first_dyn = 2 * (uint32_t)grid;
     cudaError_t e = pdl_launch(k->pdl, k_moe_down<F, NW>, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "moe down launch", e);
