@@ -119,11 +119,6 @@ __device__ __forceinline__ float warp_sum(float v) {
  * zeroes the slot. Slot: word 0 counts finished blocks, word 1 + g is
  * activation group g's counter. */
 enum { SCHED_SLOTS = 16384, SCHED_WORDS = 16, SCHED_GROUPS = SCHED_WORDS - 1, RING = 8 };
-/* Static shared memory of the matvec/MoE kernels (their tile ring), kept
- * out of the dynamic allowance: static + dynamic may not pass the device's
- * per-block limit (cudaFuncSetAttribute refuses it). */
-enum { KERNEL_STATIC_SMEM = 64 };
-static_assert(RING * sizeof(uint32_t) <= KERNEL_STATIC_SMEM, "the tile ring outgrew its reserve");
 
 __device__ __forceinline__ void sched_finish(uint32_t *slot, uint32_t n_ctr) {
     if (!slot || threadIdx.x != 0) return;
@@ -1079,7 +1074,7 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     if (!k) return ds4_fail(err, "cuda: out of host memory");
     k->device = device;
     k->n_sm = prop.multiProcessorCount;
-    k->smem_optin = prop.sharedMemPerBlockOptin - KERNEL_STATIC_SMEM; /* dynamic shared memory per block */
+    k->smem_optin = prop.sharedMemPerBlockOptin;
     k->waves = 0;
     k->split_per_sm = 16;
     k->pdl_ok = prop.major >= 9;
