@@ -48,10 +48,6 @@ struct ds4_cuda_kernels {
     int pdl_ok, pdl; /* the device has programmatic dependent launch; it is on */
     int split_per_sm;  /* matvec: split rows until there are this many items per SM */
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
-    int dyn;           /* tiles after each block's first ones handed out by a counter (DS4_CUDA_DYN; 2: test grids) */
-    int gu16;          /* IQ2_XXS gate/up blocks of GU_WARPS_TAB warps (DS4_CUDA_GU16=1) */
-    uint32_t *sched;   /* SCHED_SLOTS counter slots of SCHED_WORDS words, zero between launches */
-    unsigned sched_next; /* the next launch's slot (round robin) */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
 };
@@ -70,21 +66,11 @@ __device__ __forceinline__ void cp_async16(void *sdst, const void *gsrc) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc) : "memory");
 }
 
-/* 4-byte asynchronous copy (the Q8_0/Q8_K fields are only 4-byte aligned). */
-__device__ __forceinline__ void cp_async4(void *sdst, const void *gsrc) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gsrc) : "memory");
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
 __device__ __forceinline__ void cp_async_wait3() { asm volatile("cp.async.wait_group 3;\n" ::: "memory"); }
-
-__device__ __forceinline__ void cp_async_wait2() { asm volatile("cp.async.wait_group 2;\n" ::: "memory"); }
-
-__device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 /* Copies `bytes` from global memory to a warp's buffer: asynchronous
  * 16-byte copies when source and length are 16-byte aligned, else plain
@@ -102,31 +88,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
-}
-
-/* Dynamic tile hand-out (ds4_cuda_kernels.dyn). A persistent block takes
- * its first nbuf tiles statically (t0, t0 + stride, ...: requested before
- * it waits for its input, as before); every later tile comes from an
- * atomic counter in the launch's slot (first_dyn + the counter's old
- * value), so blocks whose weights arrive early take more tiles and the
- * tail shrinks (notes/cuda-kernels.md section 10: with 2-4 tiles per block
- * a static assignment ends with the slowest block). Thread 0 asks one
- * iteration ahead (the answer has an iteration to arrive) and publishes
- * the tile nbuf iterations ahead in a ring of 8 shared words before the
- * iteration's barrier; the tiles a block gets increase, so it stops at
- * the first one past the end. A block per tile, not a warp per row: one
- * counter takes roughly one atomic per L2 clock. The last block to finish
- * zeroes the slot. Slot: word 0 counts finished blocks, word 1 + g is
- * activation group g's counter. */
-enum { SCHED_SLOTS = 16384, SCHED_WORDS = 16, SCHED_GROUPS = SCHED_WORDS - 1, RING = 8 };
-
-__device__ __forceinline__ void sched_finish(uint32_t *slot, uint32_t n_ctr) {
-    if (!slot || threadIdx.x != 0) return;
-    __threadfence(); /* this block's last request is answered before it counts as finished */
-    if (atomicAdd(slot, 1u) == gridDim.x - 1) {
-        for (uint32_t i = 1; i <= n_ctr; i++) slot[i] = 0;
-        slot[0] = 0;
-    }
 }
 
 /* The dot products of NR staged rows (`stride` bytes apart) of nblk blocks
@@ -206,27 +167,18 @@ __host__ __device__ inline uint32_t act_smem_bytes(int kind, uint32_t n) {
 
 /* Stages the activation (the CPU struct layout in global memory) into the
  * split layout; all threads of the block take part. An f32 activation (F16
- * weights) stays in global memory: each warp reads only its slice. ASYNC:
- * every word goes by a 4-byte cp.async, all requested at once and
- * committed as one group that the caller waits for (plain loads and
- * stores leave a thread a few loads in flight at a time: the 6 quantised
- * mid rows of the MoE down are 27 words per thread); else plain copies,
- * done on return. */
-template <int KIND, bool ASYNC = false>
+ * weights) stays in global memory: each warp reads only its slice. */
+template <int KIND>
 __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid, int nth) {
     act_view a = {};
-    auto put = [](uint32_t *dst, const uint8_t *src) {
-        if (ASYNC) cp_async4(dst, src);
-        else *dst = *(const uint32_t *)src;
-    };
     if (KIND == DS4_ACT_F32) {
         a.x = (const float *)g;
     } else if (KIND == DS4_ACT_Q8_0) {
         uint32_t nb = n / 32;
         uint32_t *q = (uint32_t *)s;
         float *d = (float *)(s + n);
-        for (uint32_t i = tid; i < nb * 8; i += nth) put(q + i, g + 36 * (i / 8) + 4 + 4 * (i % 8));
-        for (uint32_t i = tid; i < nb; i += nth) put((uint32_t *)d + i, g + 36 * i);
+        for (uint32_t i = tid; i < nb * 8; i += nth) q[i] = *(const uint32_t *)(g + 36 * (i / 8) + 4 + 4 * (i % 8));
+        for (uint32_t i = tid; i < nb; i += nth) d[i] = *(const float *)(g + 36 * i);
         a.q = (const int8_t *)s;
         a.d = d;
     } else {
@@ -234,14 +186,13 @@ __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid,
         uint32_t *q = (uint32_t *)s;
         float *d = (float *)(s + n);
         uint32_t *bs = (uint32_t *)(s + n + 4 * nb);
-        for (uint32_t i = tid; i < nb * 64; i += nth) put(q + i, g + 292 * (i / 64) + 4 + 4 * (i % 64));
-        for (uint32_t i = tid; i < nb; i += nth) put((uint32_t *)d + i, g + 292 * i);
-        for (uint32_t i = tid; i < nb * 8; i += nth) put(bs + i, g + 292 * (i / 8) + 260 + 4 * (i % 8));
+        for (uint32_t i = tid; i < nb * 64; i += nth) q[i] = *(const uint32_t *)(g + 292 * (i / 64) + 4 + 4 * (i % 64));
+        for (uint32_t i = tid; i < nb; i += nth) d[i] = *(const float *)(g + 292 * i);
+        for (uint32_t i = tid; i < nb * 8; i += nth) bs[i] = *(const uint32_t *)(g + 292 * (i / 8) + 260 + 4 * (i % 8));
         a.q = (const int8_t *)s;
         a.d = d;
         a.bsums = (const int16_t *)bs;
     }
-    if (ASYNC) cp_async_commit();
     return a;
 }
 
@@ -553,8 +504,6 @@ struct mv_params {
     uint32_t n_groups, group_rows; /* activation groups, rows per group */
     size_t act_group_bytes;        /* bytes of one group's quantised activation */
     const int32_t *active;         /* NULL, or skip the whole call while *active == 0 */
-    uint32_t *sched;               /* NULL (static tiles), or this launch's counter slot */
-    uint32_t first_dyn;            /* the tile a counter value of 0 stands for */
     int aligned;
 };
 
@@ -585,14 +534,11 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     double *red = (double *)s;
     float *partial = (float *)(s + 32 * sizeof(double));
     uint8_t *const buf = s + 32 * sizeof(double) + 2 * NW * sizeof(float) + warp * p.nbuf * p.buf_stride;
-    __shared__ uint32_t ring[RING]; /* tiles of iterations it .. it + nbuf (dynamic hand-out) */
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
 
     const uint32_t bpg = gridDim.x / p.n_groups, g = blockIdx.x / bpg;
     const uint32_t n_items = p.group_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
     uint32_t tile = blockIdx.x % bpg, item = tile * NW + warp;
-    uint32_t *const ctr = p.sched ? p.sched + 1 + g : nullptr;
-    if (ctr && tid < (int)p.nbuf) ring[tid] = tile + tid * bpg;
     float *yrow;
     /* tiles it .. it + nbuf - 1 in flight: the first nbuf before the activation */
     auto issue = [&](uint32_t t, uint8_t *dst) {
@@ -609,12 +555,9 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
                                                       p.norm_out, red, tid, NW * 32)
                            : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
-    uint32_t grab = 0; /* counter value for the tile of iteration it + nbuf */
-    if (ctr && tid == 0) grab = atomicAdd(ctr, 1u);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
-        uint32_t next_grab = 0;
-        if (ctr && tid == 0) next_grab = atomicAdd(ctr, 1u);
+        uint32_t ntile = tile + bpg, nitem = ntile * NW + warp;
         uint8_t *cur = buf + (it & (p.nbuf - 1)) * p.buf_stride; /* nbuf: 2 or 4 */
         if (p.nbuf == 4) cp_async_wait3();
         else cp_async_wait1();
@@ -623,11 +566,8 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
         float r = 0.0f;
         if (item < n_items) dot_rows<F, 1>(cur, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
         if (item < n_items) mv_row(p, g, item / p.S, &yrow);
-        if (ctr && tid == 0) ring[(it + p.nbuf) % RING] = p.first_dyn + grab;
-        grab = next_grab;
         if (p.S == 1) {
             if (item < n_items && lane == 0) *yrow = r;
-            if (ctr) __syncthreads();
         } else {
             float *pp = partial + (it & 1) * NW;
             if (lane == 0) pp[warp] = r;
@@ -639,11 +579,10 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
             }
         }
         __syncwarp();
-        issue(ctr ? ring[(it + p.nbuf) % RING] : tile + p.nbuf * bpg, cur);
-        tile = ctr ? ring[(it + 1) % RING] : tile + bpg;
-        item = tile * NW + warp;
+        issue(tile + p.nbuf * bpg, cur);
+        tile = ntile;
+        item = nitem;
     }
-    sched_finish(p.sched, p.n_groups);
 }
 
 /* ------------------------------------------------------------------ */
@@ -665,14 +604,10 @@ struct moe_params {
     float clamp;
     int aligned;
     int fixed_ids; /* ids/weights do not come from an earlier kernel */
-    uint32_t *sched;    /* NULL (static tiles), or this launch's counter slot */
-    uint32_t first_dyn; /* the tile a counter value of 0 stands for */
 };
 
 /* Item (k, r): row r of gate and of up of expert ids[k], staged side by
- * side; the warp writes mid[k·n_rows + r]. Both staging buffers are
- * filled before the activation is staged (as in k_matvec); tiles as in
- * k_matvec (stride gridDim.x, dynamic after the first two when p.sched). */
+ * side; the warp writes mid[k·n_rows + r]. */
 template <class F, int NW>
 __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
@@ -682,32 +617,23 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     int32_t *ids = (int32_t *)s;
     float *wts = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
     uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
-    __shared__ uint32_t ring[RING];
 
     /* The first weights are requested before the activation is staged (and,
      * when the ids are fixed, before waiting for the previous kernel). */
     pdl_trigger();
     if (!p.fixed_ids) pdl_wait();
     const uint32_t n_items = p.n_sel * p.n_rows, n_tiles = (n_items + NW - 1) / NW;
-    auto issue = [&](uint32_t t, uint8_t *dst, const int32_t *id_list) {
-        uint32_t item = t * NW + warp;
-        if (t < n_tiles && item < n_items) {
-            uint32_t k = item / p.n_rows, r = item % p.n_rows;
-            uint32_t e = (uint32_t)id_list[k];
-            if (e < p.n_expert) {
-                size_t off = (size_t)e * p.expert_bytes + (size_t)r * p.row_bytes;
-                stage_span(dst, p.w0 + off, p.row_bytes, p.aligned, lane);
-                stage_span(dst + p.part_stride, p.w1 + off, p.row_bytes, p.aligned, lane);
-            }
-        }
-        cp_async_commit();
+    auto issue = [&](uint32_t item, uint8_t *dst, const int32_t *id_list) {
+        uint32_t k = item / p.n_rows, r = item % p.n_rows;
+        uint32_t e = (uint32_t)id_list[k];
+        if (e >= p.n_expert) return;
+        size_t off = (size_t)e * p.expert_bytes + (size_t)r * p.row_bytes;
+        stage_span(dst, p.w0 + off, p.row_bytes, p.aligned, lane);
+        stage_span(dst + p.part_stride, p.w1 + off, p.row_bytes, p.aligned, lane);
     };
-    const uint32_t stride = gridDim.x;
     uint32_t tile = blockIdx.x, item = tile * NW + warp;
-    issue(tile, buf, p.ids);
-    issue(tile + stride, buf + p.buf_stride, p.ids);
-    uint32_t *const ctr = p.sched ? p.sched + 1 : nullptr;
-    if (ctr && tid < 2) ring[tid] = tile + tid * stride;
+    if (tile < n_tiles && item < n_items) issue(item, buf, p.ids);
+    cp_async_commit();
     if (tid < (int)p.n_sel) {
         ids[tid] = p.ids[tid];
         wts[tid] = p.weights[tid];
@@ -717,13 +643,11 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     if (p.fixed_ids) pdl_wait();
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32)
                            : stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
-    uint32_t grab = 0; /* counter value for the tile of iteration it + 2 */
-    if (ctr && tid == 0) grab = atomicAdd(ctr, 1u);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
-        uint32_t next_grab = 0;
-        if (ctr && tid == 0) next_grab = atomicAdd(ctr, 1u);
-        uint8_t *cur = buf + (it & 1) * p.buf_stride;
+        uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
+        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
+        cp_async_commit();
         cp_async_wait1();
         __syncwarp();
         if (item < n_items) {
@@ -731,28 +655,20 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
             float mid = 0.0f;
             if ((uint32_t)ids[k] < p.n_expert) {
                 float gu[2];
-                dot_rows<F, 2>(cur, p.part_stride, p.nb, a, 0, tab, lane, gu);
+                dot_rows<F, 2>(buf + (it & 1) * p.buf_stride, p.part_stride, p.nb, a, 0, tab, lane, gu);
                 mid = swiglu(gu[0], gu[1], p.clamp, wts[k]);
             }
             if (lane == 0) p.out[item] = mid;
         }
-        if (ctr) {
-            if (tid == 0) ring[(it + 2) % RING] = p.first_dyn + grab;
-            grab = next_grab;
-            __syncthreads();
-        }
         __syncwarp();
-        issue(ctr ? ring[(it + 2) % RING] : tile + 2 * stride, cur, ids);
-        tile = ctr ? ring[(it + 1) % RING] : tile + stride;
-        item = tile * NW + warp;
+        tile = ntile;
+        item = nitem;
     }
-    sched_finish(p.sched, 1);
 }
 
 /* Item o: row o of down of every selected expert, staged side by side; the
  * warp adds the n_sel dot products in selection order. The activation is
- * the n_sel quantised mid rows back to back. Buffers and tiles as in
- * k_moe_gate_up. */
+ * the n_sel quantised mid rows back to back. */
 template <class F, int NW>
 __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
@@ -761,53 +677,33 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
     uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
-    __shared__ uint32_t ring[RING];
 
     /* The first weights are requested before the activation is staged (and,
      * when the ids are fixed, before waiting for the previous kernel). */
     pdl_trigger();
     if (!p.fixed_ids) pdl_wait();
     const uint32_t n_items = p.n_rows, n_tiles = (n_items + NW - 1) / NW;
-    auto issue = [&](uint32_t t, uint8_t *dst, const int32_t *id_list) {
-        uint32_t o = t * NW + warp;
-        if (t < n_tiles && o < n_items)
-            for (uint32_t k = 0; k < p.n_sel; k++) {
-                uint32_t e = (uint32_t)id_list[k];
-                if (e < p.n_expert)
-                    stage_span(dst + k * p.part_stride, p.w0 + (size_t)e * p.expert_bytes + (size_t)o * p.row_bytes,
-                               p.row_bytes, p.aligned, lane);
-            }
-        cp_async_commit();
+    auto issue = [&](uint32_t o, uint8_t *dst, const int32_t *id_list) {
+        for (uint32_t k = 0; k < p.n_sel; k++) {
+            uint32_t e = (uint32_t)id_list[k];
+            if (e < p.n_expert)
+                stage_span(dst + k * p.part_stride, p.w0 + (size_t)e * p.expert_bytes + (size_t)o * p.row_bytes,
+                           p.row_bytes, p.aligned, lane);
+        }
     };
-    const uint32_t stride = gridDim.x;
     uint32_t tile = blockIdx.x, item = tile * NW + warp;
-    /* The activation's copies go first when the kernel has waited already
-     * (routed: ids from the router), else after the wait; either way all
-     * of them are in flight at once (one commit group). */
-    uint8_t *const s_act = smem + table_bytes<F>();
-    act_view a = {};
-    if (!p.fixed_ids) a = stage_act<F::act_kind, true>(s_act, p.act, p.n_in * p.n_sel, tid, NW * 32);
-    issue(tile, buf, p.ids);
-    issue(tile + stride, buf + p.buf_stride, p.ids);
-    uint32_t *const ctr = p.sched ? p.sched + 1 : nullptr;
-    if (ctr && tid < 2) ring[tid] = tile + tid * stride;
+    if (tile < n_tiles && item < n_items) issue(item, buf, p.ids);
+    cp_async_commit();
     if (tid < (int)p.n_sel) ids[tid] = p.ids[tid];
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
-    if (p.fixed_ids) {
-        pdl_wait();
-        a = stage_act<F::act_kind, true>(s_act, p.act, p.n_in * p.n_sel, tid, NW * 32);
-        cp_async_wait0(); /* the activation, committed last */
-    } else {
-        cp_async_wait2(); /* the activation, committed before the two tiles */
-    }
-    uint32_t grab = 0; /* counter value for the tile of iteration it + 2 */
-    if (ctr && tid == 0) grab = atomicAdd(ctr, 1u);
+    if (p.fixed_ids) pdl_wait();
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
-        uint32_t next_grab = 0;
-        if (ctr && tid == 0) next_grab = atomicAdd(ctr, 1u);
-        uint8_t *cur = buf + (it & 1) * p.buf_stride;
+        uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
+        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
+        cp_async_commit();
         cp_async_wait1();
         __syncwarp();
         if (item < n_items) {
@@ -815,32 +711,22 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
             for (uint32_t k = 0; k < p.n_sel; k++) {
                 if ((uint32_t)ids[k] >= p.n_expert) continue;
                 float d;
-                dot_rows<F, 1>(cur + k * p.part_stride, 0, p.nb, a, k * p.nb, tab, lane, &d);
+                dot_rows<F, 1>(buf + (it & 1) * p.buf_stride + k * p.part_stride, 0, p.nb, a, k * p.nb, tab, lane, &d);
                 acc += d;
             }
             if (lane == 0) p.out[item] = p.add ? acc + p.add[item] : acc;
         }
-        if (ctr) {
-            if (tid == 0) ring[(it + 2) % RING] = p.first_dyn + grab;
-            grab = next_grab;
-            __syncthreads();
-        }
         __syncwarp();
-        issue(ctr ? ring[(it + 2) % RING] : tile + 2 * stride, cur, ids);
-        tile = ctr ? ring[(it + 1) % RING] : tile + stride;
-        item = tile * NW + warp;
+        tile = ntile;
+        item = nitem;
     }
-    sched_finish(p.sched, 1);
 }
 
 /* ------------------------------------------------------------------ */
 /* Host side                                                           */
 /* ------------------------------------------------------------------ */
 
-/* GU_WARPS_TAB: gate/up blocks of formats with decode tables (IQ2_XXS)
- * under DS4_CUDA_GU16=1: 16 warps share one 24 KB copy of the tables, 2
- * blocks (32 warps) per SM instead of 3 x 8 (the kernel is decode-bound). */
-enum { MV_WARPS = 8, GU_WARPS = 8, GU_WARPS_TAB = 16, DN_WARPS = 4, MV_DEEP_SLICE = 2176 };
+enum { MV_WARPS = 8, GU_WARPS = 8, DN_WARPS = 4, MV_DEEP_SLICE = 2176 };
 
 static uint32_t round16(uint32_t x) { return (x + 15) & ~15u; }
 
@@ -851,9 +737,7 @@ static int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
 /* Grid of a persistent kernel: `waves` times as many blocks as fit at
  * once (1: every block stays resident and loops over tiles; more: the
  * hardware hands out the extra blocks as others finish, which evens out the
- * tail), at most one per tile. DS4_CUDA_DYN=2 (a test setting): at most a
- * block per 4 tiles, so that the counter hands out tiles even in the tiny
- * test models' products. */
+ * tail), at most one per tile. */
 template <class K>
 static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, uint32_t n_tiles, int waves,
                        int *grid, ds4_err *err) {
@@ -866,29 +750,9 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
     if (e != cudaSuccess) return cuda_fail(err, "occupancy", e);
     if (per_sm < 1) per_sm = 1;
     uint64_t g = (uint64_t)per_sm * (uint64_t)k->n_sm * (uint64_t)waves;
-    uint64_t most = k->dyn == 2 ? n_tiles / 4 : n_tiles;
-    *grid = (int)(g < most ? g : most);
+    *grid = (int)(g < n_tiles ? g : n_tiles);
     if (*grid < 1) *grid = 1;
     return 0;
-}
-
-/* This launch's counter slot for dynamic tile hand-out, or NULL where it is
- * off, where every tile of a group is among the blocks' static first ones
- * (nbuf per block), or where blocks have so many tiles
- * that a static share ends within one tile of the mean (the output head:
- * ~40 a block, at the copy ceiling already). Slots go round robin: a slot
- * is used again only SCHED_SLOTS launches later, long after its last user
- * finished (kernels running at once, e.g. on the step's side stream, never
- * share one). */
-enum { DYN_MAX_TILES_PER_BLOCK = 16 };
-
-static uint32_t *sched_slot(ds4_cuda_kernels *k, uint32_t tiles_per_group, uint32_t blocks_per_group, uint32_t nbuf,
-                            uint32_t n_groups) {
-    uint64_t b = blocks_per_group;
-    if (!k->dyn || tiles_per_group <= nbuf * b || n_groups > SCHED_GROUPS) return NULL;
-    if (k->dyn == 1 && tiles_per_group > DYN_MAX_TILES_PER_BLOCK * b) return NULL;
-    unsigned i = __atomic_fetch_add(&k->sched_next, 1u, __ATOMIC_RELAXED) % SCHED_SLOTS;
-    return k->sched + (size_t)i * SCHED_WORDS;
 }
 
 template <class F>
@@ -949,20 +813,18 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
      * once per block) run best persistent (the decode step, 12 layers at
      * ctx 512 on an H100: 1 wave for every kernel -10 us a layer). */
     void (*kern)(const mv_params) = k_matvec<F, NW>;
-    if (launch_grid(k, kern, NW * 32, smem, n_tiles, S == 1 && !d->x && !k->dyn ? 2 : 1, &grid, err)) return -1;
+    if (launch_grid(k, kern, NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
     grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
-    uint32_t bpg = (uint32_t)grid / d->n_groups;
-    p.sched = sched_slot(k, n_tiles / d->n_groups, bpg, p.nbuf, d->n_groups);
-    p.first_dyn = p.nbuf * bpg;
     cudaError_t e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
 }
 
-template <class F, int NW>
-static int run_gate_up_nw(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
-                          uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
-                          const void *x_act, const float *x, int fixed_ids, float *mid, cudaStream_t st,
-                          ds4_err *err) {
+template <class F>
+static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
+                       uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
+                       const void *x_act, const float *x, int fixed_ids, float *mid, cudaStream_t st,
+                       ds4_err *err) {
+    const int NW = GU_WARPS;
     moe_params p = {};
     p.w0 = (const uint8_t *)gate;
     p.w1 = (const uint8_t *)up;
@@ -989,23 +851,8 @@ static int run_gate_up_nw(ds4_cuda_kernels *k, const void *gate, const void *up,
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + NW - 1) / NW);
     int grid = 1;
     if (launch_grid(k, k_moe_gate_up<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
-    p.sched = sched_slot(k, n_tiles, (uint32_t)grid, 2, 1);
-    p.first_dyn = 2 * (uint32_t)grid;
     cudaError_t e = pdl_launch(k->pdl, k_moe_gate_up<F, NW>, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "moe gate/up launch", e);
-}
-
-template <class F>
-static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
-                       uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
-                       const void *x_act, const float *x, int fixed_ids, float *mid, cudaStream_t st,
-                       ds4_err *err) {
-    if constexpr ((bool)F::needs_tab)
-        if (k->gu16)
-            return run_gate_up_nw<F, GU_WARPS_TAB>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp,
-                                                   x_act, x, fixed_ids, mid, st, err);
-    return run_gate_up_nw<F, GU_WARPS>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, x,
-                                       fixed_ids, mid, st, err);
 }
 
 template <class F>
@@ -1036,8 +883,6 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     uint32_t n_tiles = (n_out + NW - 1) / NW;
     int grid = 1;
     if (launch_grid(k, k_moe_down<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
-    p.sched = sched_slot(k, n_tiles, (uint32_t)grid, 2, 1);
-    p.first_dyn = 2 * (uint32_t)grid;
     cudaError_t e = pdl_launch(k->pdl, k_moe_down<F, NW>, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "moe down launch", e);
 }
@@ -1050,10 +895,6 @@ static cudaError_t allow_smem(int bytes) {
         return e;
     if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
-    if constexpr ((bool)F::needs_tab)
-        if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS_TAB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      bytes)))
-            return e;
     return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
@@ -1078,21 +919,13 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->waves = 0;
     k->split_per_sm = 16;
     k->pdl_ok = prop.major >= 9;
-    /* DS4_CUDA_DYN: 0 static tiles only (for comparison), 2 small grids (test), else on */
-    const char *dyn = getenv("DS4_CUDA_DYN");
-    k->dyn = dyn && !strcmp(dyn, "0") ? 0 : dyn && !strcmp(dyn, "2") ? 2 : 1;
-    const char *gu16 = getenv("DS4_CUDA_GU16");
-    k->gu16 = gu16 && !strcmp(gu16, "1");
     snprintf(k->name, sizeof k->name, "%s", prop.name);
     uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
     if (!ds4_cuda_iq2_tables(host_tab)) {
         free(k);
         return ds4_fail(err, "cuda: the IQ2_XXS grid holds a value other than 8, 25 or 43");
     }
-    const size_t sched_bytes = (size_t)SCHED_SLOTS * SCHED_WORDS * sizeof(uint32_t);
-    if ((e = cudaMalloc(&k->sched, sched_bytes)) != cudaSuccess ||
-        (e = cudaMemset(k->sched, 0, sched_bytes)) != cudaSuccess ||
-        (e = cudaMalloc(&k->tables, sizeof host_tab)) != cudaSuccess ||
+    if ((e = cudaMalloc(&k->tables, sizeof host_tab)) != cudaSuccess ||
         (e = cudaMemcpy(k->tables, host_tab, sizeof host_tab, cudaMemcpyHostToDevice)) != cudaSuccess ||
         (e = allow_smem<fmt_q8_0>((int)k->smem_optin)) != cudaSuccess ||
         (e = allow_smem<fmt_q2_K>((int)k->smem_optin)) != cudaSuccess ||
@@ -1109,7 +942,6 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
 extern "C" void ds4_cuda_kernels_free(ds4_cuda_kernels *k) {
     if (!k) return;
     cudaFree(k->tables);
-    cudaFree(k->sched);
     free(k);
 }
 
