@@ -290,7 +290,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     size_t act_bytes = max_n * 2 + 1024;
 #define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
     F(w->io, 1);
-    F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1); F(w->rt_count, 1);
+    F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
     F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
     F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
@@ -307,7 +307,6 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     cudaError_t c = cudaMemcpy(w->zero_id, &zero, sizeof zero, cudaMemcpyHostToDevice);
     if (c == cudaSuccess) c = cudaMemcpy(w->one_w, &one, sizeof one, cudaMemcpyHostToDevice);
     if (c == cudaSuccess) c = cudaMemset(w->hc_count, 0, sizeof *w->hc_count);
-    if (c == cudaSuccess) c = cudaMemset(w->rt_count, 0, sizeof *w->rt_count);
     return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
 }
 
@@ -597,7 +596,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (mv_list(q, &mq, &yq, 1, w->qraw, L->q_a_norm, w->qr)) return -1;
     }
     mark(e, q->st, "attn q norm + q_b");
-    if (run(q, "q/kv prepare", k_qkv_prepare, hp->n_head + 1, 256, 2 * hd * sizeof(float), w->q, (const float *)w->kv,
+    if (run(q, "q/kv prepare", k_qkv_prepare, hp->n_head + 1, 256, hd * sizeof(float), w->q, (const float *)w->kv,
             L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rp, (const step_io *)w->io, K->raw, (int)hp->n_swa))
         return -1;
     mark(e, q->st, "q/kv norm, rope, fp8");
@@ -694,20 +693,12 @@ static int ffn(enq *q, uint32_t il) {
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
-    if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) || shared_expert(q, il)) return -1;
-    const dmat &gi = L->gate_inp;
-    if (gi.type == DS4_TYPE_F16 && ne <= RT_MAXE && gi.in % 8 == 0) {
-        /* product and selection in one launch */
-        if (run(q, "router", k_router, (ne + RT_ROWS - 1) / RT_ROWS, RT_THREADS, 0, (const __half *)gi.w, gi.in,
-                (const float *)w->a, (int)ne, L->probs_bias, L->tid2eid, (int)nu, hp->expert_weight_scale,
-                (int)hp->expert_weights_norm, (const step_io *)w->io, w->router, w->rt_count, w->ids, w->ew))
-            return -1;
-    } else if (mv(q, gi, w->a, w->router) ||
-               run(q, "router", k_route, 1, 256, ne * sizeof(float), (const float *)w->router, L->probs_bias,
-                   L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm,
-                   (const step_io *)w->io, w->ids, w->ew)) {
+    if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) || shared_expert(q, il) ||
+        mv(q, L->gate_inp, w->a, w->router) ||
+        run(q, "router", k_route, 1, 256, ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
+            (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm, (const step_io *)w->io, w->ids,
+            w->ew))
         return -1;
-    }
     mark(e, q->st, "router + selection");
     if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, 0, w->a, w->mid)) return -1;
     mark(e, q->st, "routed gate/up");

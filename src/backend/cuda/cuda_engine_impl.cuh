@@ -62,7 +62,6 @@ struct dwork {
     float *qraw;     /* q_a's output before its RMSNorm (qr: after) */
     double *hc_part; /* per k_hc block, HC_MIX + 1 partial sums of HC pre */
     unsigned *hc_count; /* k_hc blocks done (the last resets it) */
-    unsigned *rt_count; /* k_router blocks done (the last resets it) */
     int pdl_failed;  /* capturing with programmatic launches failed once */
     int32_t *ids, *zero_id, *sel, *n_sel;
     float *one_w;

@@ -126,15 +126,11 @@ __device__ float e2m1_round_dev(float v) {
  * fp8_kv_roundtrip); sc: n_nope/64 floats of shared scratch. */
 __device__ void block_fp8_roundtrip(float *x, int n_nope, float *sc) {
     __syncthreads();
-    /* one warp a 64-block (max is exact in any order; the leading 0 drops
-     * NaNs as the CPU's fmaxf chain does) */
-    for (int b = threadIdx.x >> 5; b < n_nope / 64; b += blockDim.x >> 5) {
-        int l = threadIdx.x & 31;
-        float amax = fmaxf(fabsf(x[64 * b + l]), fabsf(x[64 * b + 32 + l]));
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        amax = fmaxf(0.0f, amax);
+    for (int b = threadIdx.x; b < n_nope / 64; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < 64; i++) amax = fmaxf(amax, fabsf(x[64 * b + i]));
         if (amax < 1e-4f) amax = 1e-4f;
-        if (l == 0) sc[b] = exp2f(ceilf(log2f(amax / 448.0f)));
+        sc[b] = exp2f(ceilf(log2f(amax / 448.0f)));
     }
     __syncthreads();
     for (int i = threadIdx.x; i < n_nope / 64 * 64; i += blockDim.x) {
@@ -162,13 +158,11 @@ __device__ void block_indexer_qat(float *x, int n, float *sc) {
     float s = (float)(1.0 / sqrt((double)n));
     for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
     __syncthreads();
-    for (int b = threadIdx.x >> 5; b < n / 32; b += blockDim.x >> 5) { /* one warp a 32-block, as above */
-        int l = threadIdx.x & 31;
-        float amax = fabsf(x[32 * b + l]);
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        amax = fmaxf(0.0f, amax);
+    for (int b = threadIdx.x; b < n / 32; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * b + i]));
         if (amax < 7.052966104933725e-38f) amax = 7.052966104933725e-38f;
-        if (l == 0) sc[b] = exp2f(ceilf(log2f(amax / 6.0f)));
+        sc[b] = exp2f(ceilf(log2f(amax / 6.0f)));
     }
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -251,19 +245,6 @@ __device__ void hc_split_warp(const float *mix, const float *scale, const float 
  * cost: HC_XB dims per thread cover D = 4096 in one round). */
 enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 9 };
 
-/* One reduce-scatter step over lane pairs l, l ^ O: of the 2·O values each
- * carries, the lower lane keeps the pair sums of [0, O), the upper those of
- * [O, 2·O) (into rs[0..O)). */
-template <int O>
-__device__ __forceinline__ void scatter_step(double *rs, int lane) {
-    const bool up = lane & O;
-#pragma unroll
-    for (int i = 0; i < O; i++) {
-        double send = up ? rs[i] : rs[i + O], keep = up ? rs[i + O] : rs[i];
-        rs[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
-    }
-}
-
 __device__ __forceinline__ void bar_named(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
 
 __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, float *post, float *comb, uint32_t D,
@@ -298,34 +279,23 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, flo
         for (int j = 0; j < HC_MIX; j++) wv[j] = ff[(size_t)j * n];
     }
     pdl_wait();
-    float v;
-    if (y) { /* d is clamped for threads that own nothing: loads unconditional */
-        float hs[HC_N], cm[HC_N];
-#pragma unroll
-        for (int src = 0; src < HC_N; src++) hs[src] = H[(size_t)src * D + d], cm[src] = comb[src * HC_N + h];
-        float acc = post[h] * y[d];
-#pragma unroll
-        for (int src = 0; src < HC_N; src++) acc += cm[src] * hs[src];
-        v = acc;
-    } else {
+    float v = 0.0f;
+    if (own) {
         v = H[c];
+        if (y) {
+            float acc = post[h] * y[d];
+            for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + h] * H[(size_t)src * D + d];
+            v = acc;
+        }
     }
-    v = own ? v : 0.0f;
     __syncthreads(); /* every old H value of the block is read */
     if (own && y) H[c] = v;
-    /* The warp's HC_MIX + 1 sums at once (reduce-scatter: each step halves
-     * the values a lane carries, 31 exchanges instead of 5 per value); lane
-     * j ends with sum j. */
-    double rs[32];
 #pragma unroll
-    for (int j = 0; j < 32; j++)
-        rs[j] = j < HC_MIX ? (double)(wv[j < HC_MIX ? j : 0] * v) : j == HC_MIX ? (double)v * (double)v : 0.0;
-    scatter_step<16>(rs, lane);
-    scatter_step<8>(rs, lane);
-    scatter_step<4>(rs, lane);
-    scatter_step<2>(rs, lane);
-    scatter_step<1>(rs, lane);
-    if (lane <= HC_MIX) red[wp][lane] = rs[0];
+    for (int j = 0; j <= HC_MIX; j++) {
+        double t = j < HC_MIX ? (double)(wv[j] * v) : (double)v * (double)v;
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (lane == 0) red[wp][j] = t;
+    }
     __syncthreads();
     if (tid <= HC_MIX) {
         double t = 0.0;
@@ -338,22 +308,11 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, flo
     __syncthreads();
     if (!last) return;
     __threadfence();
-    {
-        /* warp wp sums j0 = wp and j1 = wp + nw (nw ≥ 13: HC_MIX + 1 ≤ 2·nw),
-         * both loads of a round issued together */
-        const int j0 = wp, j1 = wp + nw <= HC_MIX ? wp + nw : HC_MIX;
-        double t0 = 0.0, t1 = 0.0;
-        for (uint32_t b = lane; b < gridDim.x; b += 32) {
-            double a0 = __ldcg(&part[(size_t)b * (HC_MIX + 1) + j0]), a1 = __ldcg(&part[(size_t)b * (HC_MIX + 1) + j1]);
-            t0 += a0;
-            t1 += a1;
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-            t0 += __shfl_xor_sync(0xffffffffu, t0, o);
-            t1 += __shfl_xor_sync(0xffffffffu, t1, o);
-        }
-        if (lane == 0 && j0 <= HC_MIX) tot[j0] = t0;
-        if (lane == 0 && wp + nw <= HC_MIX) tot[j1] = t1;
+    for (int j = wp; j <= HC_MIX; j += nw) {
+        double t = 0.0;
+        for (uint32_t b = lane; b < gridDim.x; b += 32) t += __ldcg(&part[(size_t)b * (HC_MIX + 1) + j]);
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (lane == 0) tot[j] = t;
     }
     __syncthreads();
     if (tid < HC_MIX) {
@@ -431,9 +390,8 @@ __device__ void q_prepare(float *qh, float *xs, int hd, float eps, const rope_de
 }
 
 /* The token's KV row: weighted RMSNorm, RoPE, FP8 round-trip, f16 into the
- * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task);
- * wn: the norm weights, already in shared memory. */
-__device__ void kv_prepare(const float *kv, float *xs, const float *wn, int hd, int n_rot, float eps,
+ * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task). */
+__device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int hd, int n_rot, float eps,
                            const rope_dev &rp, int64_t pos, __half *ring, int n_swa) {
     __shared__ double sh[32];
     __shared__ float sc[64];
@@ -443,28 +401,23 @@ __device__ void kv_prepare(const float *kv, float *xs, const float *wn, int hd, 
         ss += (double)xs[i] * (double)xs[i];
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * wn[i];
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
     block_rope(xs, hd, pos, rp, false);
     block_fp8_roundtrip(xs, hd - n_rot, sc);
     __half *row = ring + (size_t)(pos % n_swa) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = __float2half_rn(xs[i]);
 }
 
-/* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare,
- * its norm weights (constant) copied to shared memory before the wait.
- * Shared: 2·hd floats. */
+/* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare. */
 __global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
                               rope_dev rp, const step_io *io, __half *ring, int n_swa) {
     extern __shared__ float xs[];
     pdl_trigger();
-    const bool kvb = (int)blockIdx.x == n_head;
-    if (kvb)
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[hd + i] = norm_w[i];
     pdl_wait();
-    if (!kvb)
+    if ((int)blockIdx.x < n_head)
         q_prepare(q + (size_t)blockIdx.x * hd, xs, hd, eps, rp, io->pos);
     else
-        kv_prepare(kv, xs, xs + hd, hd, n_rot, eps, rp, io->pos, ring, n_swa);
+        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, rp, io->pos, ring, n_swa);
 }
 
 /* KV compressor frontier (model-spec §5.6, compressor.c compressor_run) for
@@ -847,132 +800,6 @@ __global__ void k_route(const float *logits, const float *bias, const int32_t *t
             weights[i] = wnorm ? prob[chosen[i]] / sum * wscale : prob[chosen[i]] * wscale;
         }
     }
-}
-
-/* The router in one launch (F16 gate_inp, ne ≤ RT_MAXE, n_in a multiple of
- * 8): block b takes rows RT_ROWS·b.., RT_WPR warps a row, each warp a
- * contiguous quarter of it; a lane requests its first RT_PF 16-byte weight
- * chunks before waiting for x (the weights are constant), then f32
- * products of the f16 weights (the F16 matvec's arithmetic) and tree sums.
- * The last block to finish (count) routes in one warp (route_warp). */
-enum { RT_ROWS = 2, RT_WPR = 4, RT_THREADS = 32 * RT_ROWS * RT_WPR, RT_PF = 4, RT_EPL = 8, RT_MAXE = 32 * RT_EPL };
-
-/* moe.c route_task in one warp over ne ≤ RT_MAXE logits: lane l holds
- * experts l + 32k; probabilities sqrt(softplus(logit)); experts from
- * tid2eid[token] or n_used arg-max rounds over prob + bias (NaN lowest,
- * ties → lower index, as topk_rank_order: best first); weights =
- * renormalised unbiased probs × scale, summed in selection order. */
-__device__ void route_warp(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
-                           float wscale, int wnorm, int token, int32_t *ids, float *weights) {
-    const int lane = threadIdx.x & 31;
-    float lg[RT_EPL], bv[RT_EPL], pv[RT_EPL];
-#pragma unroll
-    for (int k = 0; k < RT_EPL; k++) {
-        int i = lane + 32 * k, ic = i < ne ? i : ne - 1; /* clamped: every load in flight */
-        lg[k] = __ldcg(&logits[ic]);
-        bv[k] = bias ? bias[ic] : 0.0f;
-    }
-    unsigned avail = 0;
-#pragma unroll
-    for (int k = 0; k < RT_EPL; k++) {
-        pv[k] = sqrtf(dev_softplus(lg[k]));
-        float v = pv[k] + bv[k];
-        bv[k] = v != v ? -INFINITY : v;
-        if (lane + 32 * k < ne) avail |= 1u << k;
-    }
-    int ch[DS4_CUDA_MAX_SEL];
-#pragma unroll
-    for (int j = 0; j < DS4_CUDA_MAX_SEL; j++) {
-        if (j >= nu) break;
-        if (tid2eid) {
-            ch[j] = tid2eid[(size_t)token * nu + j];
-            continue;
-        }
-        float best = -INFINITY;
-        int besti = -1;
-#pragma unroll
-        for (int k = 0; k < RT_EPL; k++)
-            if (((avail >> k) & 1u) && (besti < 0 || bv[k] > best)) best = bv[k], besti = lane + 32 * k;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, besti, o);
-            if (oi >= 0 && (besti < 0 || ov > best || (ov == best && oi < besti))) best = ov, besti = oi;
-        }
-        if (besti >= 0 && (besti & 31) == lane) avail &= ~(1u << (besti >> 5));
-        ch[j] = besti;
-    }
-    float sum = 0.0f, p[DS4_CUDA_MAX_SEL];
-#pragma unroll
-    for (int j = 0; j < DS4_CUDA_MAX_SEL; j++) {
-        if (j >= nu) break;
-        int c = ch[j] < 0 ? 0 : ch[j];
-        float mine = 0.0f;
-#pragma unroll
-        for (int k = 0; k < RT_EPL; k++)
-            if (k == (c >> 5)) mine = pv[k];
-        p[j] = __shfl_sync(0xffffffffu, mine, c & 31);
-        sum += p[j];
-    }
-    if (sum < 6.103515625e-05f) sum = 6.103515625e-05f;
-#pragma unroll
-    for (int j = 0; j < DS4_CUDA_MAX_SEL; j++)
-        if (j < nu && lane == j) {
-            ids[j] = ch[j];
-            weights[j] = wnorm ? p[j] / sum * wscale : p[j] * wscale;
-        }
-}
-
-__device__ __forceinline__ float dot8_f16(uint4 w, const float *x) {
-    const __half2 *h = (const __half2 *)&w;
-    float4 x0 = *(const float4 *)x, x1 = *(const float4 *)(x + 4);
-    float2 a = __half22float2(h[0]), b = __half22float2(h[1]), c = __half22float2(h[2]), d = __half22float2(h[3]);
-    return a.x * x0.x + a.y * x0.y + b.x * x0.z + b.y * x0.w + c.x * x1.x + c.y * x1.y + d.x * x1.z + d.y * x1.w;
-}
-
-__global__ void __launch_bounds__(RT_THREADS) k_router(const __half *w, uint32_t n_in, const float *x, int ne,
-                                                       const float *bias, const int32_t *tid2eid, int nu, float wscale,
-                                                       int wnorm, const step_io *io, float *logits, unsigned *count,
-                                                       int32_t *ids, float *weights) {
-    __shared__ float red[RT_ROWS * RT_WPR];
-    __shared__ int last;
-    pdl_trigger();
-    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
-    const int row = blockIdx.x * RT_ROWS + wp / RT_WPR, q = wp % RT_WPR;
-    const uint4 *wr = (const uint4 *)(w + (size_t)(row < ne ? row : ne - 1) * n_in);
-    const uint32_t nv = n_in / 8, per = (nv + RT_WPR - 1) / RT_WPR, beg = q * per,
-                   end = beg + per < nv ? beg + per : nv;
-    uint4 pf[RT_PF];
-#pragma unroll
-    for (int k = 0; k < RT_PF; k++) {
-        uint32_t i = beg + lane + 32 * k;
-        pf[k] = wr[i < nv ? i : nv - 1];
-    }
-    pdl_wait();
-    float acc = 0.0f;
-#pragma unroll
-    for (int k = 0; k < RT_PF; k++) {
-        uint32_t i = beg + lane + 32 * k, ic = i < nv ? i : nv - 1;
-        float d = dot8_f16(pf[k], x + 8 * (size_t)ic);
-        acc += i < end ? d : 0.0f;
-    }
-    for (uint32_t i = beg + lane + 32 * RT_PF; i < end; i += 32) acc += dot8_f16(wr[i], x + 8 * (size_t)i);
-    acc = warp_sum_f(acc);
-    if (lane == 0) red[wp] = acc;
-    __syncthreads();
-    if ((int)threadIdx.x < RT_ROWS) {
-        int r = blockIdx.x * RT_ROWS + threadIdx.x;
-        float t = red[RT_WPR * threadIdx.x];
-        for (int k = 1; k < RT_WPR; k++) t += red[RT_WPR * threadIdx.x + k];
-        if (r < ne) logits[r] = t;
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last || wp) return;
-    __threadfence();
-    route_warp(logits, bias, tid2eid, ne, nu, wscale, wnorm, io->token, ids, weights);
-    if (lane == 0) *count = 0;
 }
 
 /* Output head collapse (model-spec §5.9 steps 2-3): e = Σ w_h·H[h] with
