@@ -335,6 +335,10 @@ static void mq_moe_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, 
                         uint32_t n_embd, uint32_t n_ff, uint32_t n_expert, uint32_t n_used, uint32_t n_tok, int reps,
                         uint64_t seed) {
     if (!selected(name)) return;
+    if (n_embd % ds4_type_info_get(gtype)->block_elems || n_ff % ds4_type_info_get(dtype)->block_elems) {
+        fprintf(stderr, "%s: n_embd %u / n_ff %u are not whole blocks of the weight types\n", name, n_embd, n_ff);
+        exit(2);
+    }
     size_t grb = ds4_type_row_bytes(gtype, n_embd), drb = ds4_type_row_bytes(dtype, n_ff);
     size_t gbytes = grb * n_ff * n_expert, dbytes = drb * n_embd * n_expert;
     uint8_t *d_gate, *d_up, *d_down;
@@ -468,7 +472,8 @@ static void mmq_bench(ds4_cuda_kernels *k, cudaStream_t st, int reps, bool quick
     mq_moe_case(k, st, "odd moe q8_0", DS4_TYPE_Q8_0, DS4_TYPE_Q8_0, 512, 192, 1, 1, 70, 0, 108);
     /* ~112 pairs per expert: 128-pair tiles, some experts also a 64 tile. */
     mq_moe_case(k, st, "odd moe q2 big", DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, 256, 256, 8, 3, 300, 0, 111);
-    mq_moe_case(k, st, "odd moe q4 big", DS4_TYPE_Q4_K, DS4_TYPE_Q4_K, 512, 320, 5, 2, 333, 0, 112);
+    /* n_ff a multiple of 256: Q4_K down rows are whole 256-value blocks */
+    mq_moe_case(k, st, "odd moe q4 big", DS4_TYPE_Q4_K, DS4_TYPE_Q4_K, 512, 512, 5, 2, 333, 0, 112);
 
     /* Prefill shapes (model-spec §2.2). */
     const uint32_t toks[] = {512, 4096};
