@@ -59,13 +59,23 @@
  * each (the F16 model within the free-running bounds, the published types
  * reported), and the same prefill after a reset gives the same bits.
  *
+ * Exact mode (--exact, plain f32 numerics) on CUDA: the transformers
+ * fixture tests/fixtures/hf-tiny (test_hf_fixture.c) token by token, as a
+ * prefill in pieces and across a session save/load, each within 1e-3 of
+ * the logits' scale of transformers' logits with the same argmax at >= 99%
+ * of positions; and the published-types model (quantised weights) on CUDA
+ * against the CPU, both exact, to the same bounds.
+ *
  * Built by `make cuda` (test-cuda runs it on a GPU machine); the plain
  * build compiles it too and it skips there. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "../src/convert/convert.h"
+#include "../src/convert/safetensors.h"
 #include "../src/engine/engine_impl.h"
 #include "../src/engine/session_payload.h"
 #include "../src/model/synth.h"
@@ -934,6 +944,193 @@ out:
     free(image);
 }
 
+/* ---- exact mode on CUDA (plain f32 numerics) ---- */
+
+/* max|d|, the reference's largest |logit|, and the positions whose argmax
+ * differs, of n positions' logits against ref. */
+typedef struct fit {
+    double max_abs, scale;
+    int worst_pos, argmax_bad, n;
+} fit;
+
+static void fit_add(fit *f, const float *ref, const float *got, int nv, int pos) {
+    float ma, mb;
+    for (int i = 0; i < nv; i++) {
+        double d = fabs((double)ref[i] - got[i]);
+        if (!(d <= f->max_abs)) f->max_abs = isnan(d) ? INFINITY : d, f->worst_pos = pos;
+        f->scale = fmax(f->scale, fabs(ref[i]));
+    }
+    f->argmax_bad += top1(ref, nv, &ma) != top1(got, nv, &mb);
+    f->n++;
+}
+
+/* Within 1e-3 of the logits' scale, the same argmax at >= 99% of positions. */
+static void fit_check(const char *what, const fit *f) {
+    double rel = f->max_abs / (f->scale > 0 ? f->scale : 1);
+    printf("%-58s max |d| %.3g (position %d; logits' max |ref| %.3g: %.3g of it), argmax differs at %d of %d\n", what,
+           f->max_abs, f->worst_pos, f->scale, rel, f->argmax_bad, f->n);
+    CHECK(f->n > 0 && rel <= 1e-3, "%s: max |d| %.3g is %.3g of the logits' scale", what, f->max_abs, rel);
+    CHECK(f->argmax_bad * 100 <= f->n, "%s: argmax differs at %d of %d positions", what, f->argmax_bad, f->n);
+}
+
+/* tests/fixtures/hf-tiny (test_hf_fixture.c: a tiny DeepseekV4ForCausalLM,
+ * its prompt and transformers' logits of every position), converted with F32
+ * weights and experts, run on CUDA with --exact: token by token (all
+ * logits, each position compared), through the prefill entry in pieces
+ * (exact mode runs them as steps; the last logits of each piece
+ * compared), and saved after 300 tokens, loaded
+ * into a fresh CUDA session and into a CPU one (both exact) and continued
+ * (the continuations compared with the reference; the CUDA one must also
+ * repeat the uninterrupted run's bits). */
+static void hf_fixture_exact(void) {
+    const char *root = getenv("DS4_ROOT") ? getenv("DS4_ROOT") : ".";
+    const char *tmp = getenv("DS4_TMP") ? getenv("DS4_TMP") : "/tmp";
+    char dir[2048], gguf[2048], path[2200];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/hf-tiny", root);
+    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
+    snprintf(gguf, sizeof gguf, "%s/hf-tiny-f32-cuda.gguf", tmp);
+    ds4_err err = {0};
+    ds4_st_file ref_file;
+    memset(&ref_file, 0, sizeof ref_file);
+    if (access(path, R_OK)) {
+        printf("== hf-tiny fixture on CUDA --exact: skipped (%s is not there)\n", path);
+        return;
+    }
+    ds4_convert_opts o = {.in_dir = dir, .out_path = gguf, .quiet = true};
+    if (ds4_convert_set_types(&o, "f32", "f32", &err) || ds4_convert(&o, &err) ||
+        ds4_st_open(&ref_file, path, &err)) {
+        CHECK(0, "hf fixture: %s", err.msg);
+        return;
+    }
+    const ds4_st_tensor *ids_t = ds4_st_find(&ref_file, "input_ids"), *lg = ds4_st_find(&ref_file, "logits");
+    if (!ids_t || !lg || ids_t->dtype != DS4_ST_I32 || lg->dtype != DS4_ST_F32 || ids_t->n_dims != 1 ||
+        lg->n_dims != 2 || lg->shape[0] != ids_t->shape[0]) {
+        CHECK(0, "hf fixture: %s: expected input_ids I32 [N] and logits F32 [N, V]", path);
+        ds4_st_close(&ref_file);
+        return;
+    }
+    int n = (int)ids_t->shape[0], nv = (int)lg->shape[1];
+    enum { N_SAVE = 300 };
+    int32_t *ids = malloc(sizeof(int32_t) * n);
+    float *ref = malloc(sizeof(float) * (size_t)n * nv), *got = malloc(sizeof(float) * (size_t)n * nv);
+    float *more = malloc(sizeof(float) * (size_t)n * nv);
+    ds4_engine *gpu = NULL, *cpu = NULL;
+    ds4_session *s = NULL, *s2 = NULL, *sc = NULL;
+    payload pl = {0};
+    if (!ids || !ref || !got || !more || n <= N_SAVE) goto out;
+    memcpy(ids, ids_t->data, sizeof(int32_t) * n);
+    memcpy(ref, lg->data, sizeof(float) * (size_t)n * nv);
+    ds4_engine_config cfg = {.model_path = gguf, .ctx = n + 8, .exact = true, .backend = "cuda"};
+    if (ds4_engine_open(&gpu, &cfg, &err) || (cfg.backend = "cpu", cfg.threads = 4, ds4_engine_open(&cpu, &cfg, &err)) ||
+        ds4_session_new(gpu, &s, &err) || ds4_session_new(gpu, &s2, &err) || ds4_session_new(cpu, &sc, &err)) {
+        CHECK(0, "hf fixture, cuda --exact: %s", err.msg);
+        goto out;
+    }
+    CHECK(gpu->model.hp.n_vocab == (uint32_t)nv, "hf fixture: vocabulary %u, reference %d", gpu->model.hp.n_vocab, nv);
+    if (gpu->model.hp.n_vocab != (uint32_t)nv) goto out;
+    /* decode: every position (all logits: CUDA steps token by token) */
+    fit fd = {0};
+    if (ds4_session_eval_all_logits(s, ids, n, got, &err)) {
+        CHECK(0, "hf fixture, cuda --exact decode: %s", err.msg);
+        goto out;
+    }
+    for (int t = 0; t < n; t++) fit_add(&fd, ref + (size_t)t * nv, got + (size_t)t * nv, nv, t);
+    printf("== hf-tiny fixture (%d positions, vocabulary %d) on CUDA with --exact, against transformers:\n", n, nv);
+    fit_check("decode (chunk 1), every position", &fd);
+    /* prefill in pieces of 1..97 tokens: the last logits of each */
+    fit fp = {0};
+    ds4_session_reset(s);
+    for (int p = 0, k = 0; p < n; k++) {
+        int m = 1 + (k * 37 + 11) % 97;
+        if (m > n - p) m = n - p;
+        if (ds4_session_eval(s, ids + p, m, NULL, NULL, &err)) {
+            CHECK(0, "hf fixture, cuda --exact prefill at %d: %s", p, err.msg);
+            goto out;
+        }
+        p += m;
+        fit_add(&fp, ref + (size_t)(p - 1) * nv, ds4_session_logits(s), nv, p - 1);
+    }
+    fit_check("prefill in pieces of 1-97 tokens, each piece's last", &fp);
+    /* the session payload of an exact session */
+    ds4_session_reset(s);
+    if (ds4_session_eval(s, ids, N_SAVE, NULL, NULL, &err) || save(s, &pl, &err) ||
+        ds4_session_load_payload_mem(s2, pl.p, pl.len, &err) || ds4_session_load_payload_mem(sc, pl.p, pl.len, &err) ||
+        ds4_session_eval_all_logits(s2, ids + N_SAVE, n - N_SAVE, more, &err)) {
+        CHECK(0, "hf fixture, cuda --exact payload: %s", err.msg);
+        goto out;
+    }
+    size_t differ = 0;
+    for (size_t i = 0; i < (size_t)(n - N_SAVE) * nv; i++)
+        differ += memcmp(&more[i], &got[(size_t)N_SAVE * nv + i], sizeof(float)) != 0;
+    printf("saved after %d tokens (%zu bytes), loaded into a fresh CUDA session: %zu of the next %d positions' "
+           "logits differ from the uninterrupted run\n", N_SAVE, pl.len, differ, n - N_SAVE);
+    CHECK(differ == 0, "hf fixture: %zu logits differ after an exact cuda save/load", differ);
+    fit fc = {0};
+    if (ds4_session_eval_all_logits(sc, ids + N_SAVE, n - N_SAVE, more, &err)) {
+        CHECK(0, "hf fixture, cuda payload on the cpu: %s", err.msg);
+        goto out;
+    }
+    for (int t = N_SAVE; t < n; t++) fit_add(&fc, ref + (size_t)t * nv, more + (size_t)(t - N_SAVE) * nv, nv, t);
+    fit_check("the CUDA payload continued on the CPU (--exact)", &fc);
+out:
+    free(pl.p);
+    ds4_session_free(s);
+    ds4_session_free(s2);
+    ds4_session_free(sc);
+    ds4_engine_close(gpu);
+    ds4_engine_close(cpu);
+    free(ids);
+    free(ref);
+    free(got);
+    free(more);
+    ds4_st_close(&ref_file);
+    remove(gguf);
+}
+
+/* The published-types tiny model (Q8_0 projections, q2 experts: the
+ * exact-mode products dequantise them) with --exact on the CPU and on
+ * CUDA, free-running over N_TOK tokens: no quantisation step is left to
+ * amplify summation-order differences, so the runs must agree like the
+ * fixture does (1e-3 of the logits' scale, argmax at >= 99% of positions). */
+static void published_exact(const int32_t *toks) {
+    ds4_err err = {0};
+    void *image = NULL;
+    uint64_t size = 0;
+    ds4_engine *cpu = NULL, *gpu = NULL;
+    ds4_session *sc = NULL, *sg = NULL;
+    float *lc = NULL, *lg = NULL;
+    if (tiny_image(0, false, &image, &size, &err)) {
+        CHECK(0, "published types --exact: %s", err.msg);
+        return;
+    }
+    ds4_engine_config cfg = {.model_image = image, .model_image_size = size, .ctx = 512, .threads = 4,
+                             .backend = "cpu", .exact = true};
+    if (ds4_engine_open(&cpu, &cfg, &err) || (cfg.backend = "cuda", ds4_engine_open(&gpu, &cfg, &err)) ||
+        ds4_session_new(cpu, &sc, &err) || ds4_session_new(gpu, &sg, &err)) {
+        CHECK(0, "published types --exact: %s", err.msg);
+        goto out;
+    }
+    int nv = (int)cpu->model.hp.n_vocab;
+    lc = malloc(sizeof(float) * nv * N_TOK), lg = malloc(sizeof(float) * nv * N_TOK);
+    if (!lc || !lg) goto out;
+    if (ds4_session_eval_all_logits(sc, toks, N_TOK, lc, &err) || ds4_session_eval_all_logits(sg, toks, N_TOK, lg, &err)) {
+        CHECK(0, "published types --exact: %s", err.msg);
+        goto out;
+    }
+    fit f = {0};
+    for (int t = 0; t < N_TOK; t++) fit_add(&f, lc + (size_t)t * nv, lg + (size_t)t * nv, nv, t);
+    printf("== published types (Q8_0, q2 experts) with --exact, CUDA against the CPU over %d tokens:\n", N_TOK);
+    fit_check("decode, every position", &f);
+out:
+    free(lc);
+    free(lg);
+    ds4_session_free(sc);
+    ds4_session_free(sg);
+    ds4_engine_close(cpu);
+    ds4_engine_close(gpu);
+    free(image);
+}
+
 int main(void) {
     if (!ds4_cuda_available()) TEST_SKIP("no CUDA device");
     int32_t toks[N_TOK];
@@ -953,6 +1150,8 @@ int main(void) {
     device_fill_run("q4", false, toks);
     device_fill_run("f16", true, toks);
     payload_run(toks);
+    hf_fixture_exact();
+    published_exact(toks);
     return TEST_DONE();
 }
 #endif

@@ -86,20 +86,20 @@ static int cuda_state_copy(const ds4_session *s, bool upload, ds4_err *err) {
         uint32_t r = e->model.layers[il].compress_ratio;
         struct state_buf { const char *name; void *p; size_t bytes; } b[7];
         int nb = 0;
-        b[nb++] = (struct state_buf){"raw", L->raw.data, (size_t)L->raw.cap * L->raw.width * 2};
+        size_t el = L->raw.f16 ? 2 : 4; /* f32 rows in exact mode, on both backends */
+        b[nb++] = (struct state_buf){"raw", L->raw.data, (size_t)L->raw.cap * L->raw.width * el};
         if (r) {
             size_t st = state_floats(&L->comp_st) * sizeof(float);
-            b[nb++] = (struct state_buf){"comp", L->comp.data, (size_t)(n / r) * L->comp.width * 2};
+            b[nb++] = (struct state_buf){"comp", L->comp.data, (size_t)(n / r) * L->comp.width * el};
             b[nb++] = (struct state_buf){"comp_kv", L->comp_st.kv, st};
             b[nb++] = (struct state_buf){"comp_score", L->comp_st.score, st};
         }
         if (r == 4) {
             size_t st = state_floats(&L->index_st) * sizeof(float);
-            b[nb++] = (struct state_buf){"index", L->index_comp.data, (size_t)(n / 4) * L->index_comp.width * 2};
+            b[nb++] = (struct state_buf){"index", L->index_comp.data, (size_t)(n / 4) * L->index_comp.width * el};
             b[nb++] = (struct state_buf){"index_kv", L->index_st.kv, st};
             b[nb++] = (struct state_buf){"index_score", L->index_st.score, st};
         }
-        if (!L->raw.f16) return ds4_fail(err, "cuda session state is f16; this session stores f32 rows");
         for (int i = 0; i < nb; i++)
             if (ds4_cuda_session_state(s->cuda, il, b[i].name, b[i].p, b[i].bytes, upload, err)) return -1;
         if (!upload) {

@@ -27,7 +27,13 @@
  * captured once per session into a graph and replayed.
  *
  * Device memory per session: raw ring (n_swa rows) and compressed/indexer
- * rows (ctx/R + 2) as f16, frontiers as f32 — the CPU engine's layout. */
+ * rows (ctx/R + 2) as f16, frontiers as f32 — the CPU engine's layout.
+ *
+ * Exact mode (plain f32 numerics, as the CPU engine's): every product goes
+ * through cuda_exact.cuh (weights dequantised, f32 activations), the KV
+ * rows are f32 and the FP8/FP4 round-trips are skipped (the row-handling
+ * kernels of cuda_step_ops.cuh instantiated for float rows). The batched
+ * prefill then runs as decode steps (cuda_prefill.cu). */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +50,7 @@ extern "C" {
 }
 
 #include "cuda_step_ops.cuh"
+#include "cuda_exact.cuh"
 #include "cuda_engine_impl.cuh"
 #include "cuda_synth.cuh"
 
@@ -328,32 +335,37 @@ extern "C" bool ds4_cuda_available(void) {
 static size_t session_layout(const ds4_cuda_engine *e, uint32_t ctx, ds4_cuda_session *s, uint8_t *base) {
     const ds4_hparams *hp = &e->m->hp;
     size_t hd = hp->head_dim, ihd = hp->indexer_head_dim, off = 0;
-#define CARVE(ptr, type, n)                                                  \
+    size_t row_el = e->exact ? sizeof(float) : sizeof(__half); /* stored rows */
+#define CARVE_B(ptr, type, bytes)                                            \
     do {                                                                     \
         if (s) (ptr) = (type *)(base + off);                                 \
-        off = align256(off + (size_t)(n) * sizeof(type));                    \
+        off = align256(off + (bytes));                                       \
     } while (0)
+#define CARVE(ptr, type, n) CARVE_B(ptr, type, (size_t)(n) * sizeof(type))
+#define CARVE_ROWS(ptr, n) CARVE_B(ptr, __half, (size_t)(n) * row_el)
     dlayer_kv scratch;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         dlayer_kv *K = s ? &s->L[il] : &scratch;
         uint32_t r = e->m->layers[il].compress_ratio;
         size_t cap = r ? ctx / r + 2 : 0;
-        CARVE(K->raw, __half, (size_t)hp->n_swa * hd);
+        CARVE_ROWS(K->raw, (size_t)hp->n_swa * hd);
         if (r) {
             size_t coff = r == 4 ? 2 : 1;
             K->st_n = coff * r * coff * hd;
-            CARVE(K->comp, __half, cap * hd);
+            CARVE_ROWS(K->comp, cap * hd);
             CARVE(K->st_kv, float, K->st_n);
             CARVE(K->st_sc, float, K->st_n);
         }
         if (r == 4) {
             K->ist_n = 2 * 4 * 2 * ihd;
-            CARVE(K->index, __half, cap * ihd);
+            CARVE_ROWS(K->index, cap * ihd);
             CARVE(K->ist_kv, float, K->ist_n);
             CARVE(K->ist_sc, float, K->ist_n);
         }
     }
+#undef CARVE_ROWS
 #undef CARVE
+#undef CARVE_B
     return off;
 }
 
@@ -387,8 +399,7 @@ static int check_fit(ds4_cuda_engine *e, size_t free_b, ds4_err *err) {
 extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact,
                                     const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err) {
     *out = NULL;
-    if (exact) return ds4_fail(err, "cuda: exact mode is not implemented on the GPU (use the cpu backend)");
-    if (check_model(m, err)) return -1;
+    if (check_model(m, err) || (exact && ds4_cuda_exact_init(err))) return -1;
     for (uint32_t i = 1; i < n_fills; i++)
         if (fills[i].offset <= fills[i - 1].offset) return ds4_fail(err, "cuda: synthetic fills are not sorted");
     ds4_cuda_engine *e = (ds4_cuda_engine *)calloc(1, sizeof *e);
@@ -397,6 +408,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->fills = fills;
     e->n_fills = n_fills;
     e->ctx = ctx;
+    e->exact = exact;
     if (ds4_cuda_kernels_init(&e->k, 0, err)) {
         free(e);
         return -1;
@@ -455,7 +467,8 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
             gib((double)e->arena_size), n_fills, gib((double)sess), ctx, e->work_bytes / 1048576.0,
             gib((double)(free_b - e->arena_size)), gib((double)total_b));
     size_t smem = (hp->head_dim * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
-    c = cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    c = cudaFuncSetAttribute(exact ? (const void *)k_attention<float> : (const void *)k_attention<__half>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (c != cudaSuccess) {
         ds4_fail(err, "cuda: attention over %u rows needs %zu bytes of shared memory: %s", e->max_rows, smem,
                  cudaGetErrorString(c));
@@ -504,19 +517,26 @@ static int run(enq *q, const char *what, void (*kernel)(KArgs...), dim3 grid, di
     return c == cudaSuccess ? 0 : cuda_fail(q->err, what, c);
 }
 
+/* rows rows of m (from w) by x: f32 weights, or any type in exact mode. */
+static int exact_mv(enq *q, const dmat &m, const uint8_t *w, uint32_t rows, const float *x, float *y) {
+    if (q->e->exact)
+        return run(q, "exact matvec", k_exact_matvec, (rows * 32 + 255) / 256, 256, 0, w, m.type, m.row_bytes, rows,
+                   m.in, x, y);
+    return run(q, "f32 matvec", k_matvec_f32, (rows * 32 + 255) / 256, 256, 0, (const float *)w, rows, m.in, x, y);
+}
+
 /* n_in-wide products of x by up to DS4_CUDA_MV_SEGS matrices m[i] -> y[i]:
  * neighbours of the same type and width share one launch, each block
- * quantising x itself; f32 weights take a plain warp-per-row kernel.
+ * quantising x itself; f32 weights (every type in exact mode) take a plain
+ * warp-per-row kernel.
  * norm_w: x is RMSNormed (·norm_w) first, and the normed x written to
  * norm_out (quantised types and F16 only). active: see ds4_cuda_mv. */
 static int mv_list(enq *q, const dmat *const *m, float *const *y, int n, const float *x, const float *norm_w = NULL,
                    float *norm_out = NULL, const int32_t *active = NULL) {
     for (int i = 0; i < n;) {
-        if (m[i]->type == DS4_TYPE_F32) {
-            if (norm_w) return ds4_fail(q->err, "cuda: a normed product of f32 weights");
-            if (run(q, "f32 matvec", k_matvec_f32, (m[i]->rows * 32 + 255) / 256, 256, 0, (const float *)m[i]->w,
-                    m[i]->rows, m[i]->in, x, y[i]))
-                return -1;
+        if (m[i]->type == DS4_TYPE_F32 || q->e->exact) {
+            if (norm_w) return ds4_fail(q->err, "cuda: a normed product of f32 weights or in exact mode");
+            if (exact_mv(q, *m[i], m[i]->w, m[i]->rows, x, y[i])) return -1;
             i++;
             continue;
         }
@@ -561,6 +581,8 @@ static int hc(enq *q, const float *y, const dmat &fn, const float *scale, const 
     return 0;
 }
 
+/* RowT: the stored rows' type (float in exact mode). */
+template <typename RowT>
 static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
@@ -585,7 +607,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     mark(e, q->st, "q_a, kv, compressor and indexer projections");
     /* q_b of the q_a-normed qraw; the normed rows (ws.qr) also feed the
      * indexer's query. */
-    if (L->q_b.type == DS4_TYPE_F32) {
+    if (L->q_b.type == DS4_TYPE_F32 || e->exact) {
         if (run(q, "q norm", k_rmsnorm, 1, 1024, 0, (const float *)w->qraw, w->qr, L->q_a_norm, (int)hp->q_lora,
                 (size_t)0, hp->rms_eps) ||
             mv(q, L->q_b, w->qr, w->q))
@@ -596,15 +618,16 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (mv_list(q, &mq, &yq, 1, w->qraw, L->q_a_norm, w->qr)) return -1;
     }
     mark(e, q->st, "attn q norm + q_b");
-    if (run(q, "q/kv prepare", k_qkv_prepare, hp->n_head + 1, 256, hd * sizeof(float), w->q, (const float *)w->kv,
-            L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rp, (const step_io *)w->io, K->raw, (int)hp->n_swa))
+    if (run(q, "q/kv prepare", k_qkv_prepare<RowT>, hp->n_head + 1, 256, hd * sizeof(float), w->q, (const float *)w->kv,
+            L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rp, (const step_io *)w->io, (RowT *)K->raw,
+            (int)hp->n_swa))
         return -1;
     mark(e, q->st, "q/kv norm, rope, fp8");
     if (L->ratio) {
         comp_args c0 = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
                         L->ratio == 4 ? 2 : 1, hd, 0};
         comp_args c1 = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1};
-        if (run(q, "compressors", k_compressors, L->ratio == 4 ? 2 : 1, 512, (size_t)(hd > ihd ? hd : ihd) * sizeof(float),
+        if (run(q, "compressors", k_compressors<RowT>, L->ratio == 4 ? 2 : 1, 512, (size_t)(hd > ihd ? hd : ihd) * sizeof(float),
                 c0, c1, n_rot, hp->rms_eps, e->rope_comp, (const step_io *)w->io))
             return -1;
         mark(e, q->st, "compressor frontiers");
@@ -613,36 +636,35 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         /* The query projection only while the indexer picks rows. */
         const dmat *mi = &L->idx_q_b;
         float *yi = w->iq;
-        if (L->idx_q_b.type == DS4_TYPE_F32 ? mv(q, L->idx_q_b, w->qr, w->iq)
+        if (L->idx_q_b.type == DS4_TYPE_F32 || e->exact ? mv(q, L->idx_q_b, w->qr, w->iq)
                                             : mv_list(q, &mi, &yi, 1, w->qr, NULL, NULL, &w->io->idx_active))
             return -1;
         int nih = (int)hp->n_indexer_head;
         uint32_t blocks = (e->comp_cap[il] + 7) / 8;
         if (blocks > 1024) blocks = 1024;
         if (run(q, "indexer query", k_idx_query, nih, 128, ihd * sizeof(float), w->iq, w->iw, ihd, nih, e->rope_comp,
-                (const step_io *)w->io) ||
-            run(q, "indexer scores", k_idx_scores, blocks, 256, 0, (const float *)w->iq, (const float *)w->iw,
-                (const __half *)K->index, ihd, nih, (int)hp->indexer_top_k, w->iscores, (const step_io *)w->io) ||
+                (const step_io *)w->io, (int)e->exact) ||
+            run(q, "indexer scores", k_idx_scores<RowT>, blocks, 256, 0, (const float *)w->iq, (const float *)w->iw,
+                (const RowT *)K->index, ihd, nih, (int)hp->indexer_top_k, w->iscores, (const step_io *)w->io) ||
             run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, (const float *)w->iscores, (int)hp->indexer_top_k, w->sel,
                 w->n_sel, (const step_io *)w->io))
             return -1;
         mark(e, q->st, "indexer (q, scores, top-k)");
     }
     size_t smem = (hd * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
-    if (run(q, "attention", k_attention, hp->n_head, ATT_THREADS, smem, (const float *)w->q, (const __half *)K->raw,
-            (int)hp->n_swa, (const __half *)K->comp, (int)L->ratio, (const int *)w->sel,
+    if (run(q, "attention", k_attention<RowT>, hp->n_head, ATT_THREADS, smem, (const float *)w->q, (const RowT *)K->raw,
+            (int)hp->n_swa, (const RowT *)K->comp, (int)L->ratio, (const int *)w->sel,
             (const int *)(L->ratio == 4 ? w->n_sel : NULL), L->sinks, hd, (int)e->max_rows, rp, (const step_io *)w->io,
             w->att))
         return -1;
     mark(e, q->st, "attention");
     /* Grouped output: group g's heads through rows g·o_lora.. of out_a, all
-     * groups in one launch (f32 weights: one launch per group). */
+     * groups in one launch (f32 weights, exact mode: one launch per group). */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group;
-    if (L->out_a.type == DS4_TYPE_F32) {
+    if (L->out_a.type == DS4_TYPE_F32 || e->exact) {
         for (uint32_t g = 0; g < hp->n_out_group; g++)
-            if (run(q, "f32 matvec", k_matvec_f32, (hp->o_lora * 32 + 255) / 256, 256, 0,
-                    (const float *)(L->out_a.w + (uint64_t)g * hp->o_lora * L->out_a.row_bytes), hp->o_lora, gdim,
-                    (const float *)(w->att + (size_t)g * gdim), w->low + g * hp->o_lora))
+            if (exact_mv(q, L->out_a, L->out_a.w + (uint64_t)g * hp->o_lora * L->out_a.row_bytes, hp->o_lora,
+                         w->att + (size_t)g * gdim, w->low + g * hp->o_lora))
                 return -1;
     } else {
         ds4_cuda_mv d = {};
@@ -664,9 +686,12 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
 
 /* Expert gate/up and down (several experts, or the shared one as expert 0
  * of 1, fixed_ids): the quantised MoE kernels, or plain-float ones for
- * F16/F32. */
+ * F16/F32, or in exact mode cuda_exact.cuh's for every type. */
 static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
                        const float *weights, uint32_t n_sel, float clamp, int fixed_ids, const float *x, float *mid) {
+    if (q->e->exact)
+        return run(q, "exact gate/up", k_exact_gate_up, (n_sel * n_ff * 32 + 255) / 256, 256, 0, gate.w, up.w,
+                   gate.type, gate.row_bytes, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp, x, mid);
     if (plain_type(gate.type))
         return run(q, "plain gate/up", k_moe_plain_gate_up, (n_sel * n_ff * 32 + 255) / 256, 256, 0,
                    (const void *)gate.w, (const void *)up.w, (int)(gate.type == DS4_TYPE_F16), gate.in, n_ff, n_expert,
@@ -677,6 +702,9 @@ static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, 
 
 static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert, const int32_t *ids,
                     uint32_t n_sel, int fixed_ids, const float *mid, uint8_t *act, const float *add, float *out) {
+    if (q->e->exact)
+        return run(q, "exact down", k_exact_down, (n_out * 32 + 255) / 256, 256, 0, down.w, down.type, down.row_bytes,
+                   n_ff, n_out, n_expert, ids, n_sel, mid, add, out);
     if (plain_type(down.type))
         return run(q, "plain down", k_moe_plain_down, (n_out * 32 + 255) / 256, 256, 0, (const void *)down.w,
                    (int)(down.type == DS4_TYPE_F16), n_ff, n_out, n_expert, ids, n_sel, mid, add, out);
@@ -784,7 +812,7 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
         return -1;
     mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)
-        if (attention(&q, s, il) || ffn(&q, il)) return -1;
+        if ((e->exact ? attention<float>(&q, s, il) : attention<__half>(&q, s, il)) || ffn(&q, il)) return -1;
     return output_head(&q);
 }
 
@@ -915,11 +943,11 @@ extern "C" int ds4_cuda_session_state(ds4_cuda_session *s, uint32_t layer, const
     const ds4_hparams *hp = &e->m->hp;
     if (layer >= hp->n_layer) return ds4_fail(err, "cuda: no layer %u", layer);
     dlayer_kv *K = &s->L[layer];
-    size_t cap = e->comp_cap[layer];
+    size_t cap = e->comp_cap[layer], el = e->exact ? sizeof(float) : sizeof(__half);
     struct { const char *name; void *p; size_t size; } bufs[] = {
-        {"raw", K->raw, (size_t)hp->n_swa * hp->head_dim * sizeof(__half)},
-        {"comp", K->comp, K->comp ? cap * hp->head_dim * sizeof(__half) : 0},
-        {"index", K->index, K->index ? cap * hp->indexer_head_dim * sizeof(__half) : 0},
+        {"raw", K->raw, (size_t)hp->n_swa * hp->head_dim * el},
+        {"comp", K->comp, K->comp ? cap * hp->head_dim * el : 0},
+        {"index", K->index, K->index ? cap * hp->indexer_head_dim * el : 0},
         {"comp_kv", K->st_kv, K->st_n * sizeof(float)}, {"comp_score", K->st_sc, K->st_n * sizeof(float)},
         {"index_kv", K->ist_kv, K->ist_n * sizeof(float)}, {"index_score", K->ist_sc, K->ist_n * sizeof(float)}};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) {

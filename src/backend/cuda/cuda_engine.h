@@ -5,7 +5,7 @@
  * ds4_cuda_session holds one conversation's KV state on the device: the raw
  * window ring, compressed rows, compressor frontiers and indexer rows
  * (model-spec §7.1; rows as f16, as the CPU backend keeps them in the
- * official numerics).
+ * official numerics; f32 in exact mode).
  *
  * ds4_cuda_session_step() runs one token through the model (model-spec §5)
  * with the CPU backend's official numerics: the same activation
@@ -14,6 +14,8 @@
  * made on the device, so the whole step is one CUDA graph (captured on the
  * session's first step, replayed after) with the token id and position
  * written to device memory before each launch. Only the logits come back.
+ * In exact mode (ds4_cuda_engine_open) the step runs the CPU's exact
+ * numerics instead.
  * ds4_cuda_session_prefill() runs a chunk of tokens through the model at
  * once (cuda_prefill.cu) and leaves the same state as that many steps.
  *
@@ -39,7 +41,11 @@ typedef struct ds4_cuda_session ds4_cuda_session;
 bool ds4_cuda_available(void);
 
 /* Uploads the model (which must outlive the engine) for contexts of up to
- * ctx tokens. exact mode is not implemented on the GPU (an error). The
+ * ctx tokens. exact: plain f32 numerics as the CPU engine's exact mode (no
+ * activation quantisation: weights dequantised and multiplied with f32
+ * activations; no FP8/FP4 round-trips; KV rows stored as f32), for
+ * checking against transformers, not for speed; the prefill then runs
+ * token by token. The
  * n_fills synthetic tensors (synth_fill.h; offsets into the model's image,
  * sorted) are not copied but generated in device memory. Before loading,
  * the weights, one session's state at ctx and the workspace are checked
@@ -73,7 +79,8 @@ int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *tokens, int n, 
 int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name, void *dst, size_t bytes, ds4_err *err);
 
 /* For tests: one layer's KV state buffer `which` ("raw": n_swa rows of
- * head_dim f16; "comp" and "index": compressed / indexer rows as f16, row
+ * head_dim f16 (f32 in exact mode, as all rows); "comp" and "index":
+ * compressed / indexer rows as f16, row
  * i at i·width; "comp_kv", "comp_score", "index_kv", "index_score": the
  * frontiers, f32 [coff·R][coff·width]) — the CPU engine's layouts — copied
  * from the device into host (upload false) or from host to the device

@@ -78,6 +78,7 @@ struct ds4_cuda_engine {
     cudaStream_t side;                 /* HC split (Sinkhorn) beside the main work */
     cudaEvent_t side_fork, side_join;
     int ctx;
+    bool exact; /* plain f32 numerics (cuda_exact.cuh products, f32 rows) */
     uint8_t *arena;
     uint64_t arena_used, arena_size;
     dlayer L[DS4_MAX_LAYERS];
@@ -101,6 +102,8 @@ struct ds4_cuda_engine {
     char name[320];
 };
 
+/* One layer's KV state: stored rows as f16, in exact mode as f32 (the
+ * pointers then address floats: cast with the engine's exact flag). */
 struct dlayer_kv {
     __half *raw, *comp, *index;
     float *st_kv, *st_sc, *ist_kv, *ist_sc;

@@ -17,7 +17,8 @@
  *   last n_swa KV rows into the ring; grouped output projection; HC post;
  *   HC pre, router, shared and routed experts (tokens grouped by expert in
  *   ds4_cuda_mmq_moe), HC post.
- * The output head runs for the last token only.
+ * The output head runs for the last token only. In exact mode (plain f32
+ * numerics, f32 rows) the chunk runs as decode steps instead.
  *
  * The workspace (activations of up to PF_MAX_CHUNK tokens) belongs to the
  * engine, allocated at the first prefill and grown when a larger chunk
@@ -551,6 +552,11 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= hp->n_vocab)
             return ds4_fail(err, "cuda: token %d outside the vocabulary", tokens[i]);
+    if (e->exact) { /* exact mode: the decode step's f32 numerics, token by token */
+        for (int i = 0; i < n; i++)
+            if (ds4_cuda_session_step(s, tokens[i], pos0 + i, logits, err)) return -1;
+        return 0;
+    }
     int want = n < PF_MAX_CHUNK ? n : PF_MAX_CHUNK;
     if (!e->prefill || e->prefill->cap < want) {
         ds4_cuda_prefill_free(e);

@@ -14,7 +14,12 @@
  * with -fmad=false so no multiply-add is contracted that the CPU does not
  * contract. Everything that depends on the token or its position reads
  * them from device memory (step_io), so one captured graph serves every
- * step. Included once, by cuda_engine.cu. */
+ * step. Included once, by cuda_engine.cu.
+ *
+ * Exact mode (cuda_engine.h): the kernels that store or read KV rows are
+ * templates on the row type RowT, __half in the official numerics and
+ * float in exact mode, where the FP8 and Hadamard+FP4 round-trips are
+ * skipped as well (row_exact<RowT>). */
 #ifndef DS4_CUDA_STEP_OPS_CUH
 #define DS4_CUDA_STEP_OPS_CUH
 
@@ -69,6 +74,16 @@ __device__ float dev_softplus(float x) {
 }
 
 __device__ float f16_round_dev(float x) { return __half2float(__float2half_rn(x)); }
+
+/* Stored KV rows: f16 (official numerics) or f32 (exact mode). */
+template <typename RowT> __device__ __forceinline__ constexpr bool row_exact() { return sizeof(RowT) == sizeof(float); }
+__device__ __forceinline__ void row_put(__half *p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void row_put(float *p, float v) { *p = v; }
+__device__ __forceinline__ float row_get(const __half *r, int i) { return __half2float(r[i]); }
+__device__ __forceinline__ float row_get(const float *r, int i) { return r[i]; }
+/* Values 2j and 2j+1 of a row. */
+__device__ __forceinline__ float2 row_pair(const __half *r, int j) { return __half22float2(((const __half2 *)r)[j]); }
+__device__ __forceinline__ float2 row_pair(const float *r, int j) { return ((const float2 *)r)[j]; }
 
 /* One RoPE pair k of a tail t[0..n_rot) at position pos (numerics.c
  * rope_tail: the per-pair angle is pos·theta_scale^k as a chain of float
@@ -390,9 +405,11 @@ __device__ void q_prepare(float *qh, float *xs, int hd, float eps, const rope_de
 }
 
 /* The token's KV row: weighted RMSNorm, RoPE, FP8 round-trip, f16 into the
- * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task). */
+ * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task);
+ * exact mode: no round-trip, f32 rows. */
+template <typename RowT>
 __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int hd, int n_rot, float eps,
-                           const rope_dev &rp, int64_t pos, __half *ring, int n_swa) {
+                           const rope_dev &rp, int64_t pos, RowT *ring, int n_swa) {
     __shared__ double sh[32];
     __shared__ float sc[64];
     double ss = 0.0;
@@ -403,14 +420,15 @@ __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int 
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
     block_rope(xs, hd, pos, rp, false);
-    block_fp8_roundtrip(xs, hd - n_rot, sc);
-    __half *row = ring + (size_t)(pos % n_swa) * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = __float2half_rn(xs[i]);
+    if (!row_exact<RowT>()) block_fp8_roundtrip(xs, hd - n_rot, sc);
+    RowT *row = ring + (size_t)(pos % n_swa) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) row_put(&row[i], xs[i]);
 }
 
 /* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare. */
+template <typename RowT>
 __global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
-                              rope_dev rp, const step_io *io, __half *ring, int n_swa) {
+                              rope_dev rp, const step_io *io, RowT *ring, int n_swa) {
     extern __shared__ float xs[];
     pdl_trigger();
     pdl_wait();
@@ -428,16 +446,17 @@ __global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, in
 struct comp_args {
     const float *kv_cur, *sc_cur, *ape, *norm_w;
     float *st_kv, *st_sc;
-    __half *rows;
+    void *rows; /* RowT */
     int R, coff, hd, indexer;
 };
 
+template <typename RowT>
 __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps, const rope_dev &rp, int64_t p) {
     __shared__ double sh[32];
     __shared__ float sc[64];
     const float *kv_cur = c.kv_cur, *sc_cur = c.sc_cur, *ape = c.ape, *norm_w = c.norm_w;
     float *st_kv = c.st_kv, *st_sc = c.st_sc;
-    __half *rows = c.rows;
+    RowT *rows = (RowT *)c.rows;
     int R = c.R, coff = c.coff, hd = c.hd, indexer = c.indexer;
     int W = coff * hd, slot = (int)(p % R), row = (coff == 2 ? R : 0) + slot;
     for (int k = threadIdx.x; k < W; k += blockDim.x) {
@@ -471,12 +490,14 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
     block_rope(out, hd, p + 1 - R, rp, false);
-    if (indexer)
-        block_indexer_qat(out, hd, sc);
-    else
-        block_fp8_roundtrip(out, hd - n_rot, sc);
-    __half *dst = rows + (size_t)((p + 1) / R - 1) * hd;
-    for (int j = threadIdx.x; j < hd; j += blockDim.x) dst[j] = __float2half_rn(out[j]);
+    if (!row_exact<RowT>()) {
+        if (indexer)
+            block_indexer_qat(out, hd, sc);
+        else
+            block_fp8_roundtrip(out, hd - n_rot, sc);
+    }
+    RowT *dst = rows + (size_t)((p + 1) / R - 1) * hd;
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) row_put(&dst[j], out[j]);
     __syncthreads();
     if (coff == 2) {
         for (int k = threadIdx.x; k < R * W; k += blockDim.x) {
@@ -494,11 +515,12 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
 }
 
 /* Block i runs compressor i (the attention's, then the indexer's). */
+template <typename RowT>
 __global__ void k_compressors(comp_args c0, comp_args c1, int n_rot, float eps, rope_dev rp, const step_io *io) {
     extern __shared__ float out[];
     pdl_trigger();
     pdl_wait();
-    compressor(blockIdx.x == 0 ? c0 : c1, out, n_rot, eps, rp, io->pos);
+    compressor<RowT>(blockIdx.x == 0 ? c0 : c1, out, n_rot, eps, rp, io->pos);
 }
 
 /* Frontier rows to 0 / −∞ (session reset). */
@@ -510,8 +532,9 @@ __global__ void k_frontier_clear(float *kv, float *sc, size_t n) {
 }
 
 /* Indexer query heads (compressor.c idx_query_task): RoPE, QAT per head
- * (one block each); block 0 also scales the head weights by 1/√(ihd·nih). */
-__global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp, const step_io *io) {
+ * (one block each; not in exact mode); block 0 also scales the head
+ * weights by 1/√(ihd·nih). */
+__global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp, const step_io *io, int exact) {
     pdl_trigger();
     pdl_wait();
     extern __shared__ float xs[];
@@ -520,7 +543,7 @@ __global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp,
     float *qh = iq + (size_t)blockIdx.x * ihd;
     for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
     block_rope(xs, ihd, io->pos, rp, false);
-    block_indexer_qat(xs, ihd, sc);
+    if (!exact) block_indexer_qat(xs, ihd, sc);
     for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
     if (blockIdx.x == 0) {
         float denom = sqrtf((float)(ihd * nih));
@@ -530,7 +553,8 @@ __global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp,
 
 /* score_c = Σ_h max(0, q_h·k_c)·w_h for the visible indexer rows, one warp
  * per row; nothing to do while every visible row is attended anyway. */
-__global__ void k_idx_scores(const float *iq, const float *iw, const __half *rows, int ihd, int nih, int top_k,
+template <typename RowT>
+__global__ void k_idx_scores(const float *iq, const float *iw, const RowT *rows, int ihd, int nih, int top_k,
                              float *scores, const step_io *io) {
     pdl_trigger();
     pdl_wait();
@@ -539,12 +563,12 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const __half *row
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     int n_warps = (gridDim.x * blockDim.x) >> 5;
     for (int c = warp; c < visible; c += n_warps) {
-        const __half *k = rows + (size_t)c * ihd;
+        const RowT *k = rows + (size_t)c * ihd;
         float score = 0.0f;
         for (int h = 0; h < nih; h++) {
             const float *q = iq + (size_t)h * ihd;
             float d = 0.0f;
-            for (int i = lane; i < ihd; i += 32) d += q[i] * __half2float(k[i]);
+            for (int i = lane; i < ihd; i += 32) d += q[i] * row_get(k, i);
             d = warp_sum_f(d);
             score += (d > 0.0f ? d : 0.0f) * iw[h];
         }
@@ -657,15 +681,15 @@ __global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel,
  * Shared: q[hd] + w[max_rows] + nw·hd partial sums. */
 enum { ATT_THREADS = 512, ATT_PAIRS = 16 };
 
-__device__ __forceinline__ const __half2 *att_row(int r, int n_raw, int lo, int n_swa, const __half *ring,
-                                                 const __half *comp, const int *pick, int hd) {
-    const __half *row = r < n_raw ? ring + (size_t)((lo + r) % n_swa) * hd
-                                  : comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
-    return (const __half2 *)row;
+template <typename RowT>
+__device__ __forceinline__ const RowT *att_row(int r, int n_raw, int lo, int n_swa, const RowT *ring,
+                                               const RowT *comp, const int *pick, int hd) {
+    return r < n_raw ? ring + (size_t)((lo + r) % n_swa) * hd : comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
 }
 
-__global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const __half *ring, int n_swa,
-                                                           const __half *comp, int ratio, const int *sel,
+template <typename RowT>
+__global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const RowT *ring, int n_swa,
+                                                           const RowT *comp, int ratio, const int *sel,
                                                            const int *n_sel, const float *sinks, int hd, int max_rows,
                                                            rope_dev rp, const step_io *io, float *out) {
     pdl_trigger();
@@ -690,10 +714,10 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     const float2 *q2 = (const float2 *)qs;
     for (int r = warp; r < nr; r += nw) {
-        const __half2 *row = att_row(r, n_raw, lo, n_swa, ring, comp, pick, hd);
+        const RowT *row = att_row(r, n_raw, lo, n_swa, ring, comp, pick, hd);
         float d = 0.0f;
         for (int j = lane; j < hp; j += 32) {
-            float2 k = __half22float2(row[j]), x = q2[j];
+            float2 k = row_pair(row, j), x = q2[j];
             d += x.x * k.x + x.y * k.y;
         }
         d = warp_sum_f(d);
@@ -715,13 +739,13 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const
 #pragma unroll
     for (int k = 0; k < ATT_PAIRS; k++) acc[k] = make_float2(0.0f, 0.0f);
     for (int r = warp; r < nr; r += nw) {
-        const __half2 *row = att_row(r, n_raw, lo, n_swa, ring, comp, pick, hd);
+        const RowT *row = att_row(r, n_raw, lo, n_swa, ring, comp, pick, hd);
         float w = ws[r];
 #pragma unroll
         for (int k = 0; k < ATT_PAIRS; k++) {
             int j = lane + 32 * k;
             if (j < hp) {
-                float2 v = __half22float2(row[j]);
+                float2 v = row_pair(row, j);
                 acc[k].x += w * v.x;
                 acc[k].y += w * v.y;
             }
