@@ -13,8 +13,8 @@
  * compressor.c, moe.c) with the same float operations in the same order
  * wherever one thread owns a value, as in the decode step; sums across
  * threads are tree sums. Compiled with -fmad=false.
- * The small __device__ helpers duplicate cuda_step_ops.cuh's (that header
- * defines the decode kernels and is included by cuda_engine.cu alone).
+ * The small __device__ helpers are cuda_device_math.cuh's, shared with the
+ * decode step.
  * Included once, by cuda_prefill.cu. */
 #ifndef DS4_CUDA_PREFILL_OPS_CUH
 #define DS4_CUDA_PREFILL_OPS_CUH
@@ -23,148 +23,13 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cuda_device_math.cuh"
 #include "cuda_engine_impl.cuh"
+#include "cuda_formats.cuh"
 
 enum { PF_MIX = 2 * HC_N + HC_N * HC_N };
 
 /* ---------------------------------------------------------------- helpers */
-
-template <typename T>
-__device__ T pf_block_sum(T v, T *sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (l == 0) sh[w] = v;
-    __syncthreads();
-    T t = 0;
-    for (int i = 0; i < nw; i++) t += sh[i];
-    return t;
-}
-
-__device__ float pf_block_max(float v, float *sh) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (l == 0) sh[w] = v;
-    __syncthreads();
-    float t = sh[0];
-    for (int i = 1; i < nw; i++) t = fmaxf(t, sh[i]);
-    return t;
-}
-
-__device__ float pf_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ float pf_sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
-
-__device__ float pf_softplus(float x) {
-    if (x > 20.0f) return x;
-    if (x < -20.0f) return expf(x);
-    return log1pf(expf(x));
-}
-
-__device__ float pf_rms_scale(double ss, int n, float eps) { return 1.0f / sqrtf((float)(ss / n) + eps); }
-
-/* RoPE pair k of a tail t[0..n_rot) at pos (numerics.c rope_tail). */
-__device__ void pf_rope_pair(float *t, int k, int64_t pos, const rope_dev &rp, bool inverse) {
-    float theta_ext = (float)pos;
-    for (int i = 0; i < k; i++) theta_ext *= rp.theta_scale;
-    float theta = theta_ext;
-    if (rp.yarn) {
-        float y = ((float)k - rp.corr_low) / fmaxf(0.001f, rp.corr_high - rp.corr_low);
-        float ramp = 1.0f - fminf(1.0f, fmaxf(0.0f, y));
-        float theta_interp = rp.freq_scale * theta_ext;
-        theta = theta_interp * (1.0f - ramp) + theta_ext * ramp;
-    }
-    float c = cosf(theta), s = sinf(theta);
-    if (inverse) s = -s;
-    float x0 = t[2 * k], x1 = t[2 * k + 1];
-    t[2 * k] = x0 * c - x1 * s;
-    t[2 * k + 1] = x0 * s + x1 * c;
-}
-
-__device__ void pf_block_rope(float *x, int hd, int64_t pos, const rope_dev &rp, bool inverse) {
-    __syncthreads();
-    for (int k = threadIdx.x; k < rp.n_rot / 2; k += blockDim.x) pf_rope_pair(x + hd - rp.n_rot, k, pos, rp, inverse);
-    __syncthreads();
-}
-
-__device__ float pf_e4m3_round(float v) {
-    if (v != v) return 0.0f;
-    float a = fabsf(v);
-    if (a > 448.0f) a = 448.0f;
-    float step;
-    if (a < 0.015625f) {
-        step = 0.001953125f;
-    } else {
-        int e;
-        frexpf(a, &e);
-        step = ldexpf(1.0f, e - 4);
-    }
-    float r = rintf(a / step) * step;
-    return v < 0 ? -r : r;
-}
-
-__device__ float pf_e2m1_round(float v) {
-    if (v != v) return 0.0f;
-    float a = fabsf(v);
-    if (a > 6.0f) a = 6.0f;
-    float step = a < 2.0f ? 0.5f : a < 4.0f ? 1.0f : 2.0f;
-    float r = rintf(a / step) * step;
-    return v < 0 ? -r : r;
-}
-
-/* numerics.c fp8_kv_roundtrip of x[0..n_nope) in shared memory. */
-__device__ void pf_block_fp8(float *x, int n_nope, float *sc) {
-    __syncthreads();
-    for (int b = threadIdx.x; b < n_nope / 64; b += blockDim.x) {
-        float amax = 0.0f;
-        for (int i = 0; i < 64; i++) amax = fmaxf(amax, fabsf(x[64 * b + i]));
-        if (amax < 1e-4f) amax = 1e-4f;
-        sc[b] = exp2f(ceilf(log2f(amax / 448.0f)));
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < n_nope / 64 * 64; i += blockDim.x) {
-        float scale = sc[i / 64];
-        float q = x[i] / scale;
-        q = fminf(448.0f, fmaxf(-448.0f, q));
-        x[i] = pf_e4m3_round(q) * scale;
-    }
-    __syncthreads();
-}
-
-/* numerics.c indexer_qat (Hadamard ·1/√n, FP4 round-trip) in shared memory. */
-__device__ void pf_block_qat(float *x, int n, float *sc) {
-    __syncthreads();
-    for (int h = 1; h < n; h *= 2) {
-        for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
-            int j = (i / h) * 2 * h + (i % h);
-            float a = x[j], b = x[j + h];
-            x[j] = a + b;
-            x[j + h] = a - b;
-        }
-        __syncthreads();
-    }
-    float s = (float)(1.0 / sqrt((double)n));
-    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
-    __syncthreads();
-    for (int b = threadIdx.x; b < n / 32; b += blockDim.x) {
-        float amax = 0.0f;
-        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * b + i]));
-        if (amax < 7.052966104933725e-38f) amax = 7.052966104933725e-38f;
-        sc[b] = exp2f(ceilf(log2f(amax / 6.0f)));
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float scale = sc[i / 32];
-        float q = x[i] / scale;
-        q = fminf(6.0f, fmaxf(-6.0f, q));
-        x[i] = pf_e2m1_round(q) * scale;
-    }
-    __syncthreads();
-}
 
 /* ------------------------------------------------------------- kernels */
 
@@ -185,7 +50,7 @@ __global__ void pf_rmsnorm(const float *x, size_t ldx, float *y, size_t ldy, con
     float *yr = y + blockIdx.x * ldy;
     double ss = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
-    float s = pf_rms_scale(pf_block_sum(ss, sh), n, eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), n, eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w ? xr[i] * s * w[i] : xr[i] * s;
 }
 
@@ -234,7 +99,7 @@ __global__ void __launch_bounds__(256) pf_hc_mix(const void *fn, int f16, const 
         if (t0 + k >= T) continue;
         double tot = 0.0, s2 = 0.0;
         for (int w = 0; w < 8; w++) tot += red[w][k][j], s2 += red[w][k][PF_MIX];
-        mix[(size_t)(t0 + k) * PF_MIX + j] = (float)tot * pf_rms_scale(s2, (int)n, eps);
+        mix[(size_t)(t0 + k) * PF_MIX + j] = (float)tot * ds4_rms_scale(s2, (int)n, eps);
     }
 }
 
@@ -246,9 +111,9 @@ __global__ void pf_hc_split(const float *mix, const float *scale, const float *b
     if (t >= T) return;
     int lane = threadIdx.x & 31, l = lane & 15, r = l >> 2, col = l & 3;
     const float *m = mix + (size_t)t * PF_MIX;
-    if (lane < HC_N) pre_out[(size_t)t * HC_N + lane] = pf_sigmoid(m[lane] * scale[0] + base[lane]) + hc_eps;
+    if (lane < HC_N) pre_out[(size_t)t * HC_N + lane] = dev_sigmoid(m[lane] * scale[0] + base[lane]) + hc_eps;
     if (lane >= HC_N && lane < 2 * HC_N)
-        post_out[(size_t)t * HC_N + lane - HC_N] = 2.0f * pf_sigmoid(m[lane] * scale[1] + base[lane]);
+        post_out[(size_t)t * HC_N + lane - HC_N] = 2.0f * dev_sigmoid(m[lane] * scale[1] + base[lane]);
     float v = m[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
     float mx = __shfl_sync(0xffffffffu, v, r * 4);
     for (int k = 1; k < HC_N; k++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, r * 4 + k));
@@ -285,7 +150,7 @@ __global__ void pf_hc_x(const float *pre, const float *H, uint32_t D, const floa
         xt[d] = acc;
         ss += (double)acc * (double)acc;
     }
-    float s = pf_rms_scale(pf_block_sum(ss, sh), (int)D, rms_eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), (int)D, rms_eps);
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) at[d] = xt[d] * s * norm_w[d];
 }
 
@@ -399,7 +264,7 @@ __global__ void __launch_bounds__(256) pf_hc_mix_tc(const __half *fn, const floa
         if (t0 + r >= T) continue;
         double tot = 0.0, s2 = 0.0;
         for (int w = 0; w < 8; w++) tot += red[w][r][j], s2 += red_ss[w][r];
-        mix[(size_t)(t0 + r) * PF_MIX + j] = (float)tot * pf_rms_scale(s2, (int)n, eps);
+        mix[(size_t)(t0 + r) * PF_MIX + j] = (float)tot * ds4_rms_scale(s2, (int)n, eps);
     }
 }
 
@@ -573,10 +438,10 @@ __global__ void __launch_bounds__(PF_QP_WARPS * 32) pf_q_prepare(float *q, int n
         ss += (double)xs[i] * (double)xs[i];
     }
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    float s = pf_rms_scale(ss, hd, eps);
+    float s = ds4_rms_scale(ss, hd, eps);
     for (int i = lane; i < hd; i += 32) xs[i] = xs[i] * s;
     __syncwarp();
-    for (int k = lane; k < rp.n_rot / 2; k += 32) pf_rope_pair(xs + hd - rp.n_rot, k, pos0 + item / n_head, rp, false);
+    for (int k = lane; k < rp.n_rot / 2; k += 32) rope_pair(xs + hd - rp.n_rot, k, pos0 + item / n_head, rp, false);
     __syncwarp();
     for (int i = lane; i < hd; i += 32) qh[i] = xs[i];
 }
@@ -593,10 +458,10 @@ __global__ void pf_kv_prepare(const float *kv, const float *norm_w, int hd, int 
         xs[i] = kv[(size_t)t * hd + i];
         ss += (double)xs[i] * (double)xs[i];
     }
-    float s = pf_rms_scale(pf_block_sum(ss, sh), hd, eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
-    pf_block_rope(xs, hd, pos0 + t, rp, false);
-    pf_block_fp8(xs, hd - n_rot, sc);
+    block_rope(xs, hd, pos0 + t, rp, false);
+    block_fp8_roundtrip(xs, hd - n_rot, sc);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) kvc[(size_t)t * hd + i] = __float2half_rn(xs[i]);
 }
 
@@ -680,13 +545,13 @@ __global__ void pf_comp_emit(pf_comp c, const float *norm_w, int n_rot, float ep
         out[j] = v;
         ss += (double)v * (double)v;
     }
-    float s = pf_rms_scale(pf_block_sum(ss, sh), hd, eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
-    pf_block_rope(out, hd, w * R, rp, false);
+    block_rope(out, hd, w * R, rp, false);
     if (indexer)
-        pf_block_qat(out, hd, sc);
+        block_indexer_qat(out, hd, sc);
     else
-        pf_block_fp8(out, hd - n_rot, sc);
+        block_fp8_roundtrip(out, hd - n_rot, sc);
     __half *dst = rows + (size_t)w * hd;
     for (int j = threadIdx.x; j < hd; j += blockDim.x) dst[j] = __float2half_rn(out[j]);
 }
@@ -728,8 +593,8 @@ __global__ void pf_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp
     int t = blockIdx.y;
     float *qh = iq + ((size_t)t * nih + blockIdx.x) * ihd;
     for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
-    pf_block_rope(xs, ihd, pos_first + t, rp, false);
-    pf_block_qat(xs, ihd, sc);
+    block_rope(xs, ihd, pos_first + t, rp, false);
+    block_indexer_qat(xs, ihd, sc);
     for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
     if (blockIdx.x == 0) {
         float denom = sqrtf((float)(ihd * nih));
@@ -1143,7 +1008,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
     int n_valid = n_head - h0 < HB ? n_head - h0 : HB;
     for (int i = tid; i < n_valid * (rp.n_rot / 2); i += blockDim.x) {
         int hl = i / (rp.n_rot / 2), k = i % (rp.n_rot / 2);
-        pf_rope_pair(os + hl * hd + hd - rp.n_rot, k, p, rp, true);
+        rope_pair(os + hl * hd + hd - rp.n_rot, k, p, rp, true);
     }
     __syncthreads();
     float4 *o = (float4 *)(out + ((size_t)t * n_head + h0) * hd);
@@ -1161,7 +1026,7 @@ __global__ void pf_route(const float *logits_all, const float *bias, const int32
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
     int t = blockIdx.x;
     const float *logits = logits_all + (size_t)t * ne;
-    for (int i = threadIdx.x; i < ne; i += blockDim.x) prob[i] = sqrtf(pf_softplus(logits[i]));
+    for (int i = threadIdx.x; i < ne; i += blockDim.x) prob[i] = sqrtf(dev_softplus(logits[i]));
     __syncthreads();
     if (tid2eid) {
         if (threadIdx.x < (unsigned)nu) chosen[threadIdx.x] = tid2eid[(size_t)tokens[t] * nu + threadIdx.x];
@@ -1236,7 +1101,7 @@ __device__ float pf_plain_dot(const void *w, int f16, size_t row, uint32_t n_in,
         const float *r = (const float *)w + row * n_in;
         for (uint32_t i = lane; i < n_in; i += 32) d += r[i] * x[i];
     }
-    return pf_warp_sum(d);
+    return warp_sum_f(d);
 }
 
 /* x[0..n) = v. */
@@ -1286,7 +1151,7 @@ __global__ void pf_out_collapse(const float *z, const float *scale, const float 
                                 uint32_t D, const float *norm_w, float rms_eps, float *e) {
     __shared__ float w[HC_N];
     __shared__ double sh[32];
-    if (threadIdx.x < HC_N) w[threadIdx.x] = pf_sigmoid(z[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    if (threadIdx.x < HC_N) w[threadIdx.x] = dev_sigmoid(z[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
     __syncthreads();
     double ss = 0.0;
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
@@ -1295,7 +1160,7 @@ __global__ void pf_out_collapse(const float *z, const float *scale, const float 
         e[d] = acc;
         ss += (double)acc * (double)acc;
     }
-    float s = pf_rms_scale(pf_block_sum(ss, sh), (int)D, rms_eps);
+    float s = ds4_rms_scale(block_sum(ss, sh), (int)D, rms_eps);
     for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) e[d] = e[d] * s * norm_w[d];
 }
 

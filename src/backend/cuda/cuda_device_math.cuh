@@ -1,0 +1,159 @@
+/* cuda_device_math.cuh — the small device helpers shared by the decode
+ * step's kernels (cuda_step_ops.cuh) and the batched prefill's
+ * (cuda_prefill_ops.cuh): block and warp reductions, sigmoid/softplus, RoPE
+ * pairs, and the FP8 KV and Hadamard+FP4 indexer round-trips, each restating
+ * src/engine/numerics.c with the same float operations. Internal linkage:
+ * every translation unit that includes it gets its own copy. Built with
+ * -fmad=false like its includers (no contraction the CPU does not do). */
+#ifndef DS4_CUDA_DEVICE_MATH_CUH
+#define DS4_CUDA_DEVICE_MATH_CUH
+
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_engine_impl.cuh"
+
+/* Sum over the block (every thread gets it); sh: blockDim/32 values of T
+ * (double for the RMSNorm sums of squares, float elsewhere). */
+template <typename T>
+static __device__ T block_sum(T v, T *sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    T t = 0;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+static __device__ float block_max_f(float v, float *sh) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    float t = sh[0];
+    for (int i = 1; i < nw; i++) t = fmaxf(t, sh[i]);
+    return t;
+}
+
+static __device__ float warp_sum_f(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ float dev_sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+static __device__ float dev_softplus(float x) {
+    if (x > 20.0f) return x;
+    if (x < -20.0f) return expf(x);
+    return log1pf(expf(x));
+}
+
+/* One RoPE pair k of a tail t[0..n_rot) at position pos (numerics.c
+ * rope_tail: the per-pair angle is pos·theta_scale^k as a chain of float
+ * multiplications, the YaRN blend in the same order). */
+static __device__ void rope_pair(float *t, int k, int64_t pos, const rope_dev &rp, bool inverse) {
+    float theta_ext = (float)pos;
+    for (int i = 0; i < k; i++) theta_ext *= rp.theta_scale;
+    float theta = theta_ext;
+    if (rp.yarn) {
+        float y = ((float)k - rp.corr_low) / fmaxf(0.001f, rp.corr_high - rp.corr_low);
+        float ramp = 1.0f - fminf(1.0f, fmaxf(0.0f, y));
+        float theta_interp = rp.freq_scale * theta_ext;
+        theta = theta_interp * (1.0f - ramp) + theta_ext * ramp;
+    }
+    float c = cosf(theta), s = sinf(theta);
+    if (inverse) s = -s;
+    float x0 = t[2 * k], x1 = t[2 * k + 1];
+    t[2 * k] = x0 * c - x1 * s;
+    t[2 * k + 1] = x0 * s + x1 * c;
+}
+
+/* The block rotates the tail of x[0..hd) (shared memory) in place. */
+static __device__ void block_rope(float *x, int hd, int64_t pos, const rope_dev &rp, bool inverse) {
+    __syncthreads();
+    for (int k = threadIdx.x; k < rp.n_rot / 2; k += blockDim.x) rope_pair(x + hd - rp.n_rot, k, pos, rp, inverse);
+    __syncthreads();
+}
+
+static __device__ float e4m3_round_dev(float v) {
+    if (v != v) return 0.0f;
+    float a = fabsf(v);
+    if (a > 448.0f) a = 448.0f;
+    float step;
+    if (a < 0.015625f) {
+        step = 0.001953125f;
+    } else {
+        int e;
+        frexpf(a, &e);
+        step = ldexpf(1.0f, e - 4);
+    }
+    float r = rintf(a / step) * step;
+    return v < 0 ? -r : r;
+}
+
+static __device__ float e2m1_round_dev(float v) {
+    if (v != v) return 0.0f;
+    float a = fabsf(v);
+    if (a > 6.0f) a = 6.0f;
+    float step = a < 2.0f ? 0.5f : a < 4.0f ? 1.0f : 2.0f;
+    float r = rintf(a / step) * step;
+    return v < 0 ? -r : r;
+}
+
+/* FP8 KV round-trip of x[0..n_nope) in shared memory (numerics.c
+ * fp8_kv_roundtrip); sc: n_nope/64 floats of shared scratch. */
+static __device__ void block_fp8_roundtrip(float *x, int n_nope, float *sc) {
+    __syncthreads();
+    for (int b = threadIdx.x; b < n_nope / 64; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < 64; i++) amax = fmaxf(amax, fabsf(x[64 * b + i]));
+        if (amax < 1e-4f) amax = 1e-4f;
+        sc[b] = exp2f(ceilf(log2f(amax / 448.0f)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_nope / 64 * 64; i += blockDim.x) {
+        float scale = sc[i / 64];
+        float q = x[i] / scale;
+        q = fminf(448.0f, fmaxf(-448.0f, q));
+        x[i] = e4m3_round_dev(q) * scale;
+    }
+    __syncthreads();
+}
+
+/* Hadamard (Sylvester order, ·1/√n) then FP4 round-trip of x[0..n) in
+ * shared memory (numerics.c indexer_qat); sc: n/32 floats. */
+static __device__ void block_indexer_qat(float *x, int n, float *sc) {
+    __syncthreads();
+    for (int h = 1; h < n; h *= 2) {
+        for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
+            int j = (i / h) * 2 * h + (i % h);
+            float a = x[j], b = x[j + h];
+            x[j] = a + b;
+            x[j + h] = a - b;
+        }
+        __syncthreads();
+    }
+    float s = (float)(1.0 / sqrt((double)n));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
+    __syncthreads();
+    for (int b = threadIdx.x; b < n / 32; b += blockDim.x) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * b + i]));
+        if (amax < 7.052966104933725e-38f) amax = 7.052966104933725e-38f;
+        sc[b] = exp2f(ceilf(log2f(amax / 6.0f)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float scale = sc[i / 32];
+        float q = x[i] / scale;
+        q = fminf(6.0f, fmaxf(-6.0f, q));
+        x[i] = e2m1_round_dev(q) * scale;
+    }
+    __syncthreads();
+}
+
+#endif
