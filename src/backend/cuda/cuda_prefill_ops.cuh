@@ -698,15 +698,8 @@ __global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const floa
     }
 }
 
-__device__ uint32_t pf_score_key(float f) {
-    if (f != f) return 0u;
-    if (f == 0.0f) f = 0.0f;
-    uint32_t b = __float_as_uint(f);
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
 /* Top-k of token t's visible scores as ascending row indices (ties → lower
- * index; k_idx_topk's radix select), one block of 1024 per token;
+ * index; block_topk_ascending), one block of 1024 per token;
  * n_sel[t] = -1 while every visible row is attended. */
 __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, size_t lds, int top_k, int pos0,
                                                     int *sel_all, int *n_sel) {
@@ -721,70 +714,7 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
     }
     const float *scores = scores_all + (size_t)t * lds;
     int *sel = sel_all + (size_t)t * top_k;
-    uint32_t tv = 0, mask = 0;
-    int need = top_k;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-        __syncthreads();
-        for (int i = threadIdx.x; i < visible; i += blockDim.x) {
-            uint32_t key = pf_score_key(scores[i]);
-            if ((key & mask) == tv) atomicAdd(&hist[(key >> shift) & 255u], 1);
-        }
-        __syncthreads();
-        if (threadIdx.x < 32) {
-            int l = threadIdx.x, own = 0;
-            for (int j = 0; j < 8; j++) own += hist[255 - 8 * l - j];
-            int incl = own;
-            for (int o = 1; o < 32; o <<= 1) {
-                int v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (l >= o) incl += v;
-            }
-            unsigned hit = __ballot_sync(0xffffffffu, incl >= need);
-            if (l == __ffs(hit) - 1) {
-                int acc = incl - own, d = 255 - 8 * l;
-                for (int j = 0; j < 8; j++, d--) {
-                    if (acc + hist[d] >= need) break;
-                    acc += hist[d];
-                }
-                prefix_s = tv | ((uint32_t)d << shift);
-                need_s = need - acc;
-            }
-        }
-        __syncthreads();
-        tv = prefix_s;
-        need = need_s;
-        mask |= 255u << shift;
-        __syncthreads();
-    }
-    int ties_left = need, out = 0;
-    for (int base = 0; base < visible; base += blockDim.x) {
-        int i = base + threadIdx.x;
-        uint32_t key = i < visible ? pf_score_key(scores[i]) : 0u;
-        int tie = i < visible && key == tv;
-        scan[threadIdx.x] = tie;
-        __syncthreads();
-        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
-            __syncthreads();
-            scan[threadIdx.x] += v;
-            __syncthreads();
-        }
-        int tie_rank = scan[threadIdx.x] - tie, ties_here = scan[blockDim.x - 1];
-        int pick = i < visible && (key > tv || (tie && tie_rank < ties_left));
-        __syncthreads();
-        scan[threadIdx.x] = pick;
-        __syncthreads();
-        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
-            __syncthreads();
-            scan[threadIdx.x] += v;
-            __syncthreads();
-        }
-        if (pick) sel[out + scan[threadIdx.x] - 1] = i;
-        out += scan[blockDim.x - 1];
-        ties_left -= ties_here < ties_left ? ties_here : ties_left;
-        __syncthreads();
-    }
+    block_topk_ascending(scores, visible, top_k, sel, hist, scan, &prefix_s, &need_s);
     if (threadIdx.x == 0) n_sel[t] = top_k;
 }
 

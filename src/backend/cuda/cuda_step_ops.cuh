@@ -437,19 +437,8 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const RowT *rows,
 
 /* Order-preserving key of a score: higher score = higher key; NaN lowest;
  * -0 and +0 equal (they tie on the CPU). */
-__device__ uint32_t score_key(float f) {
-    if (f != f) return 0u;
-    if (f == 0.0f) f = 0.0f;
-    uint32_t b = __float_as_uint(f);
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
-/* The top_k best scores of the visible rows (ties → lower index), as
- * ascending row indices (numerics.c topk_indices_ascending); n_sel = -1
- * while every visible row is attended. Radix select of the k-th key, 8
- * bits a pass (a 256-bin histogram of the keys that share the prefix found
- * so far; warp 0 finds the bin holding the k-th from the top), then one
- * ordered pass that keeps the keys above it and the first ties. */
+/* The indexer's top_k of the visible rows as ascending row indices
+ * (block_topk_ascending); n_sel = -1 while every visible row is attended. */
 __global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel, const step_io *io) {
     pdl_trigger();
     pdl_wait();
@@ -462,72 +451,7 @@ __global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel,
         if (threadIdx.x == 0) *n_sel = -1;
         return;
     }
-    uint32_t t = 0, mask = 0;
-    int need = top_k; /* how many of the keys matching t under mask to take */
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-        __syncthreads();
-        for (int i = threadIdx.x; i < visible; i += blockDim.x) {
-            uint32_t key = score_key(scores[i]);
-            if ((key & mask) == t) atomicAdd(&hist[(key >> shift) & 255u], 1);
-        }
-        __syncthreads();
-        if (threadIdx.x < 32) {
-            /* lane l: bins 255-8l down to 248-8l; counts from the top */
-            int l = threadIdx.x, own = 0;
-            for (int j = 0; j < 8; j++) own += hist[255 - 8 * l - j];
-            int incl = own;
-            for (int o = 1; o < 32; o <<= 1) {
-                int v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (l >= o) incl += v;
-            }
-            unsigned hit = __ballot_sync(0xffffffffu, incl >= need);
-            if (l == __ffs(hit) - 1) {
-                int acc = incl - own, d = 255 - 8 * l;
-                for (int j = 0; j < 8; j++, d--) {
-                    if (acc + hist[d] >= need) break;
-                    acc += hist[d];
-                }
-                prefix_s = t | ((uint32_t)d << shift);
-                need_s = need - acc;
-            }
-        }
-        __syncthreads();
-        t = prefix_s;
-        need = need_s;
-        mask |= 255u << shift;
-        __syncthreads();
-    }
-    int ties_left = need, out = 0;
-    for (int base = 0; base < visible; base += blockDim.x) {
-        int i = base + threadIdx.x;
-        uint32_t key = i < visible ? score_key(scores[i]) : 0u;
-        int tie = i < visible && key == t;
-        /* inclusive scan of ties, then of picks, in index order */
-        scan[threadIdx.x] = tie;
-        __syncthreads();
-        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
-            __syncthreads();
-            scan[threadIdx.x] += v;
-            __syncthreads();
-        }
-        int tie_rank = scan[threadIdx.x] - tie, ties_here = scan[blockDim.x - 1];
-        int pick = i < visible && (key > t || (tie && tie_rank < ties_left));
-        __syncthreads();
-        scan[threadIdx.x] = pick;
-        __syncthreads();
-        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
-            __syncthreads();
-            scan[threadIdx.x] += v;
-            __syncthreads();
-        }
-        if (pick) sel[out + scan[threadIdx.x] - 1] = i;
-        out += scan[blockDim.x - 1];
-        ties_left -= ties_here < ties_left ? ties_here : ties_left;
-        __syncthreads();
-    }
+    block_topk_ascending(scores, visible, top_k, sel, hist, scan, &prefix_s, &need_s);
     if (threadIdx.x == 0) *n_sel = top_k;
 }
 
