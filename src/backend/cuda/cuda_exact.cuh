@@ -117,18 +117,7 @@ __global__ void k_exact_gate_up(const uint8_t *gate, const uint8_t *up, uint32_t
     if (e < n_expert) {
         uint64_t off = ((uint64_t)e * n_ff + r) * row_bytes;
         float g = exact_dot(gate + off, type, n_in, x, lane), u = exact_dot(up + off, type, n_in, x, lane);
-        if (clamp > 0.0f) {
-            g = fminf(g, clamp);
-            u = fminf(fmaxf(u, -clamp), clamp);
-        }
-        float s;
-        if (g >= 0.0f) {
-            s = 1.0f / (1.0f + expf(-g));
-        } else {
-            float ex = expf(g);
-            s = ex / (1.0f + ex);
-        }
-        v = g * s * u * weights[k];
+        v = ds4_swiglu(g, u, clamp, weights[k]);
     }
     if (lane == 0) mid[item] = v;
 }

@@ -334,4 +334,21 @@ static inline bool ds4_cuda_iq2_tables(uint32_t *out) {
     return true;
 }
 
+/* silu(min(g, c)) · clamp(u, ±c) · w with moe.c's operations, each
+ * product rounded on its own (no contraction whatever the build flags). */
+static __device__ __forceinline__ float ds4_swiglu(float g, float u, float clamp, float w) {
+    if (clamp > 0.0f) {
+        g = fminf(g, clamp);
+        u = fminf(fmaxf(u, -clamp), clamp);
+    }
+    float s;
+    if (g >= 0.0f) {
+        s = 1.0f / (1.0f + expf(-g));
+    } else {
+        float e = expf(g);
+        s = e / (1.0f + e);
+    }
+    return __fmul_rn(__fmul_rn(__fmul_rn(g, s), u), w);
+}
+
 #endif

@@ -425,22 +425,6 @@ __device__ __forceinline__ const uint32_t *stage_tables(uint8_t *&s, const uint3
     return t;
 }
 
-/* silu(min(g, c)) · clamp(u, ±c) · w as the CPU writes it (moe.c). */
-__device__ __forceinline__ float swiglu(float g, float u, float clamp, float w) {
-    if (clamp > 0.0f) {
-        g = fminf(g, clamp);
-        u = fminf(fmaxf(u, -clamp), clamp);
-    }
-    float s;
-    if (g >= 0.0f) {
-        s = 1.0f / (1.0f + expf(-g));
-    } else {
-        float e = expf(g);
-        s = e / (1.0f + e);
-    }
-    return __fmul_rn(__fmul_rn(__fmul_rn(g, s), u), w);
-}
-
 /* ------------------------------------------------------------------ */
 /* Activation quantisers (model-spec §3, bit-exact with quant_rows.c)  */
 /* ------------------------------------------------------------------ */
@@ -656,7 +640,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
             if ((uint32_t)ids[k] < p.n_expert) {
                 float gu[2];
                 dot_rows<F, 2>(buf + (it & 1) * p.buf_stride, p.part_stride, p.nb, a, 0, tab, lane, gu);
-                mid = swiglu(gu[0], gu[1], p.clamp, wts[k]);
+                mid = ds4_swiglu(gu[0], gu[1], p.clamp, wts[k]);
             }
             if (lane == 0) p.out[item] = mid;
         }

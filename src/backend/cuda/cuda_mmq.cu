@@ -107,22 +107,6 @@ __device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
     return __float2int_rn(v);
 }
 
-/* silu(min(g, c)) * clamp(u, +-c) * w, moe.c's operations. */
-__device__ __forceinline__ float mq_swiglu(float g, float u, float clamp, float w) {
-    if (clamp > 0.0f) {
-        g = fminf(g, clamp);
-        u = fminf(fmaxf(u, -clamp), clamp);
-    }
-    float s;
-    if (g >= 0.0f) {
-        s = 1.0f / (1.0f + expf(-g));
-    } else {
-        float e = expf(g);
-        s = e / (1.0f + e);
-    }
-    return __fmul_rn(__fmul_rn(__fmul_rn(g, s), u), w);
-}
-
 /* ------------------------------------------------------------------ */
 /* Activation quantisers (bit-exact with ds4_quantize_act)             */
 /* ------------------------------------------------------------------ */
@@ -808,7 +792,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
             int r = i & 63, n = i >> 6;
             uint32_t pr = cbase + n;
             int tok = p.pair_tok[pr];
-            float v = tok < 0 ? 0.0f : mq_swiglu(so[r * (BN + 1) + n], so[(64 + r) * (BN + 1) + n], p.clamp, p.pair_w[pr]);
+            float v = tok < 0 ? 0.0f : ds4_swiglu(so[r * (BN + 1) + n], so[(64 + r) * (BN + 1) + n], p.clamp, p.pair_w[pr]);
             p.y[(size_t)pr * p.ldy + rt * 64 + r] = v;
         }
         return;

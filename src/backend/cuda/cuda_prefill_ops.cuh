@@ -1001,25 +1001,10 @@ __global__ void pf_route(const float *logits_all, const float *bias, const int32
     }
 }
 
-__device__ float pf_swiglu(float g, float u, float clamp, float weight) {
-    if (clamp > 0.0f) {
-        g = fminf(g, clamp);
-        u = fminf(fmaxf(u, -clamp), clamp);
-    }
-    float s;
-    if (g >= 0.0f) {
-        s = 1.0f / (1.0f + expf(-g));
-    } else {
-        float ex = expf(g);
-        s = ex / (1.0f + ex);
-    }
-    return g * s * u * weight;
-}
-
 /* mid = swiglu(g, u) with weight 1 (the shared expert), n values. */
 __global__ void pf_swiglu_rows(const float *g, const float *u, size_t n, float clamp, float *mid) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) mid[i] = pf_swiglu(g[i], u[i], clamp, 1.0f);
+    if (i < n) mid[i] = ds4_swiglu(g[i], u[i], clamp, 1.0f);
 }
 
 __device__ float pf_plain_dot(const void *w, int f16, size_t row, uint32_t n_in, const float *x, int lane) {
@@ -1054,7 +1039,7 @@ __global__ void pf_moe_plain_gate_up(const void *gate, const void *up, int f16, 
         size_t row = (size_t)e * n_ff + r;
         const float *xt = x + (size_t)t * n_in;
         float g = pf_plain_dot(gate, f16, row, n_in, xt, lane), u = pf_plain_dot(up, f16, row, n_in, xt, lane);
-        v = pf_swiglu(g, u, clamp, weights[tk]);
+        v = ds4_swiglu(g, u, clamp, weights[tk]);
     }
     if (lane == 0) mid[item] = v;
 }

@@ -671,18 +671,7 @@ __global__ void k_moe_plain_gate_up(const void *gate, const void *up, int f16, u
     if (e < n_expert) {
         size_t row = (size_t)e * n_ff + r;
         float g = plain_dot(gate, f16, row, n_in, x, lane), u = plain_dot(up, f16, row, n_in, x, lane);
-        if (clamp > 0.0f) {
-            g = fminf(g, clamp);
-            u = fminf(fmaxf(u, -clamp), clamp);
-        }
-        float s;
-        if (g >= 0.0f) {
-            s = 1.0f / (1.0f + expf(-g));
-        } else {
-            float ex = expf(g);
-            s = ex / (1.0f + ex);
-        }
-        v = g * s * u * weights[k];
+        v = ds4_swiglu(g, u, clamp, weights[k]);
     }
     if (lane == 0) mid[item] = v;
 }
