@@ -155,7 +155,8 @@ static void random_blocks(uint32_t wtype, uint8_t *w, uint64_t n_blocks, uint64_
 }
 
 template <class F>
-static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const uint32_t *tab, uint64_t *seed) {
+static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const uint32_t *tab, uint64_t *seed,
+                             const char *label = NULL) {
     uint32_t nb = n_in / F::block_elems, row_bytes = nb * F::block_bytes;
     /* One row per 16-aligned buffer with padding, as a warp stages it. */
     uint32_t stride = ((row_bytes + 15) & ~15u) + 16;
@@ -187,7 +188,8 @@ static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const
         }
     }
     free(w);
-    printf("host-check %-8s n_in %5u: %u rows, %d differ from ds4_dot\n", type_name(wtype), n_in, rows, bad);
+    printf("host-check %-8s n_in %5u: %u rows, %d differ from ds4_dot\n", label ? label : type_name(wtype), n_in,
+           rows, bad);
     return bad;
 }
 
@@ -208,6 +210,8 @@ static int host_check(void) {
         bad += host_check_format<fmt_q2_K>(DS4_TYPE_Q2_K, n, 64, tab, &seed);
         bad += host_check_format<fmt_q4_K>(DS4_TYPE_Q4_K, n, 64, tab, &seed);
         bad += host_check_format<fmt_iq2_xxs>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed);
+        bad += host_check_format<fmt_iq2_xxs4>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/4");
+        bad += host_check_format<fmt_iq2_xxs2>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/2");
     }
     bad += host_check_format<fmt_q8_0>(DS4_TYPE_Q8_0, 96, 64, tab, &seed);
     printf("host-check: %s\n", bad ? "FAIL" : "ok");

@@ -30,7 +30,7 @@
  *
  * G per format: Q8_0 1 (a 34-byte block per lane), Q2_K 4 (16 code bytes =
  * 4 sub-blocks of 16 per lane), Q4_K 8 (16 code bytes = 32 nibbles per
- * lane), IQ2_XXS 8 (one 32-value sub-block per lane).
+ * lane), IQ2_XXS 8 (one 32-value sub-block per lane; fmt_iq2_xxs_g: 4 or 2).
  *
  * IQ2_XXS decodes without 64-bit grid lookups: each grid point is stored as
  * 8 nibbles (0, 1, 2 for the magnitudes 8, 25, 43) and each sign byte as 8
@@ -311,6 +311,64 @@ struct fmt_iq2_xxs {
         return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
     }
 };
+
+/* ---- IQ2_XXS with SUB = 8/G sub-blocks per lane (G = 4 or 2) ----
+ * The same sub-block arithmetic as fmt_iq2_xxs, but each lane adds the
+ * integer sums of SUB neighbouring sub-blocks before the group's
+ * xor-shuffles: with G = 4, 2 shuffle rounds per 64 values instead of 3
+ * per 32, and half as many loop steps and block terms per warp; with
+ * G = 2 one round per 128 values (a 4096-wide row is one step of the
+ * warp). The integer sum of each block stays exact, so the terms equal
+ * fmt_iq2_xxs's bit for bit. Lane order: the sub-blocks are walked in a
+ * per-lane rotated order so that the 8 lanes of a 16-byte activation load
+ * read at most 2 lanes per bank group (as fmt_iq2_xxs), instead of 4 (G=4)
+ * or 8 (G=2) in the natural order. Chosen at run time by DS4_CUDA_IQ2V
+ * (1: G = 4, 2: G = 2). */
+template <int GG>
+struct fmt_iq2_xxs_g {
+    enum { block_elems = 256, block_bytes = 66, G = GG, act_kind = DS4_ACT_Q8_K, needs_tab = 1, has_summ = 0 };
+    enum { SUB = 8 / GG };
+    static constexpr float final_scale = 0.125f;
+    template <int NR>
+    DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
+                            const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
+        const uint32_t *grid = tab + copy, *sign = tab + 256 * DS4_CUDA_IQ2_COPIES + copy;
+        /* G = 4: lanes p and p + 2 of a block start on different halves;
+         * G = 2: the 4 blocks of a quarter warp start on different quarters. */
+        const int rot = GG == 4 ? (part >> 1) : (int)(ab & 3);
+#pragma unroll
+        for (int r = 0; r < NR; r++) isum[r] = summ[r] = 0;
+#pragma unroll
+        for (int j = 0; j < SUB; j++) {
+            const int sb = SUB * part + ((j + rot) & (SUB - 1));
+            const uint4 *x4 = (const uint4 *)(a.q + 256 * ab + 32 * sb);
+            uint4 x0 = x4[0], x1 = x4[1];
+            uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                uintptr_t addr = (uintptr_t)(b + r * stride + 2 + 8 * sb);
+                const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
+                uint32_t sh = (uint32_t)(addr & 3) * 8;
+                uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
+                uint32_t A = fs_funnel(w0, w1, sh), B = fs_funnel(w1, w2, sh);
+                int32_t s = 0;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    uint32_t sel = grid[((A >> (8 * k)) & 255) * DS4_CUDA_IQ2_COPIES] +
+                                   sign[((B >> (7 * k)) & 127) * DS4_CUDA_IQ2_COPIES];
+                    s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel), xs[2 * k], s);
+                    s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel >> 16), xs[2 * k + 1], s);
+                }
+                isum[r] += (int32_t)(2 * (B >> 28) + 1) * s;
+            }
+        }
+    }
+    DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
+        return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
+    }
+};
+typedef fmt_iq2_xxs_g<4> fmt_iq2_xxs4;
+typedef fmt_iq2_xxs_g<2> fmt_iq2_xxs2;
 
 /* The compact IQ2_XXS nibble tables (DS4_CUDA_IQ2_TABLE_WORDS words) from
  * src/quant's grid and signs; false if a grid byte is not 8, 25 or 43. */

@@ -50,6 +50,7 @@ struct ds4_cuda_kernels {
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
+    int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane; 0: one */
 };
 
 /* F16 weights: "blocks" of 8 halves (16 bytes), f32 activation. */
@@ -871,15 +872,17 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     return e == cudaSuccess ? 0 : cuda_fail(err, "moe down launch", e);
 }
 
-/* Lets every kernel use all the shared memory the device allows. */
-template <class F>
+/* Lets every kernel use all the shared memory the device allows (the
+ * IQ2_XXS variants have no down kernel: the down matrices are Q2_K). */
+template <class F, bool DOWN = true>
 static cudaError_t allow_smem(int bytes) {
     cudaError_t e;
     if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
-    return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if constexpr (!DOWN) return cudaSuccess;
+    else return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
 /* ------------------------------------------------------------------ */
@@ -903,6 +906,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->waves = 0;
     k->split_per_sm = 16;
     k->pdl_ok = prop.major >= 9;
+    const char *v = getenv("DS4_CUDA_IQ2V");
+    k->iq2v = v && (v[0] == '1' || v[0] == '2') ? v[0] - '0' : 0;
     snprintf(k->name, sizeof k->name, "%s", prop.name);
     uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
     if (!ds4_cuda_iq2_tables(host_tab)) {
@@ -915,6 +920,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
         (e = allow_smem<fmt_q2_K>((int)k->smem_optin)) != cudaSuccess ||
         (e = allow_smem<fmt_q4_K>((int)k->smem_optin)) != cudaSuccess ||
         (e = allow_smem<fmt_iq2_xxs>((int)k->smem_optin)) != cudaSuccess ||
+        (e = allow_smem<fmt_iq2_xxs4, false>((int)k->smem_optin)) != cudaSuccess ||
+        (e = allow_smem<fmt_iq2_xxs2, false>((int)k->smem_optin)) != cudaSuccess ||
         (e = allow_smem<fmt_f16>((int)k->smem_optin)) != cudaSuccess) {
         ds4_cuda_kernels_free(k);
         return cuda_fail(err, "kernel setup", e);
@@ -1026,7 +1033,10 @@ extern "C" int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *d, 
     case DS4_TYPE_Q8_0: return run_matvec<fmt_q8_0>(k, d, st, err);
     case DS4_TYPE_Q2_K: return run_matvec<fmt_q2_K>(k, d, st, err);
     case DS4_TYPE_Q4_K: return run_matvec<fmt_q4_K>(k, d, st, err);
-    case DS4_TYPE_IQ2_XXS: return run_matvec<fmt_iq2_xxs>(k, d, st, err);
+    case DS4_TYPE_IQ2_XXS:
+        return k->iq2v == 1   ? run_matvec<fmt_iq2_xxs4>(k, d, st, err)
+               : k->iq2v == 2 ? run_matvec<fmt_iq2_xxs2>(k, d, st, err)
+                              : run_matvec<fmt_iq2_xxs>(k, d, st, err);
     default: return run_matvec<fmt_f16>(k, d, st, err);
     }
 }
@@ -1056,7 +1066,8 @@ static int gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const 
     case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
     case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
     case DS4_TYPE_Q4_K: return GATE_UP(fmt_q4_K);
-    default: return GATE_UP(fmt_iq2_xxs);
+    default:
+        return k->iq2v == 1 ? GATE_UP(fmt_iq2_xxs4) : k->iq2v == 2 ? GATE_UP(fmt_iq2_xxs2) : GATE_UP(fmt_iq2_xxs);
     }
 #undef GATE_UP
 }
