@@ -50,7 +50,8 @@ struct ds4_cuda_kernels {
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
-    int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane; 0: one */
+    int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane, 0: one;
+                         -1 (unset): the routed gate/up by row width (iq2_gate_up_variant) */
 };
 
 /* F16 weights: "blocks" of 8 halves (16 bytes), f32 activation. */
@@ -907,7 +908,7 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->split_per_sm = 16;
     k->pdl_ok = prop.major >= 9;
     const char *v = getenv("DS4_CUDA_IQ2V");
-    k->iq2v = v && (v[0] == '1' || v[0] == '2') ? v[0] - '0' : 0;
+    k->iq2v = v && (v[0] == '0' || v[0] == '1' || v[0] == '2') ? v[0] - '0' : -1;
     snprintf(k->name, sizeof k->name, "%s", prop.name);
     uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
     if (!ds4_cuda_iq2_tables(host_tab)) {
@@ -1041,6 +1042,16 @@ extern "C" int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *d, 
     }
 }
 
+/* IQ2_XXS gate/up variant: DS4_CUDA_IQ2V when set, else by the row's
+ * 256-value blocks — 4 sub-blocks per lane from 16 blocks (4096 wide: the
+ * flash experts; H100, 24 q2 layers at ctx 4096: 260.6 -> 244.8 us per
+ * layer), 2 from 8, else one (lanes of a narrower row would sit idle). */
+static int iq2_gate_up_variant(const ds4_cuda_kernels *k, uint32_t n_in) {
+    if (k->iq2v >= 0) return k->iq2v;
+    uint32_t blocks = n_in / 256;
+    return blocks >= 16 ? 2 : blocks >= 8 ? 1 : 0;
+}
+
 static int check_moe(uint32_t wtype, uint32_t n_sel, ds4_err *err) {
     if (!(wtype == DS4_TYPE_Q8_0 || wtype == DS4_TYPE_Q2_K || wtype == DS4_TYPE_Q4_K || wtype == DS4_TYPE_IQ2_XXS))
         return ds4_fail(err, "cuda: no MoE kernel for expert type %s", ds4_type_name(wtype));
@@ -1066,8 +1077,10 @@ static int gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const 
     case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
     case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
     case DS4_TYPE_Q4_K: return GATE_UP(fmt_q4_K);
-    default:
-        return k->iq2v == 1 ? GATE_UP(fmt_iq2_xxs4) : k->iq2v == 2 ? GATE_UP(fmt_iq2_xxs2) : GATE_UP(fmt_iq2_xxs);
+    default: {
+        int v = iq2_gate_up_variant(k, n_in);
+        return v == 1 ? GATE_UP(fmt_iq2_xxs4) : v == 2 ? GATE_UP(fmt_iq2_xxs2) : GATE_UP(fmt_iq2_xxs);
+    }
     }
 #undef GATE_UP
 }
