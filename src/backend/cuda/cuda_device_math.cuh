@@ -242,4 +242,57 @@ static __device__ void block_topk_ascending(const float *scores, int visible, in
     }
 }
 
+/* Router of one token by the whole block (model-spec §5.8 steps 2-4,
+ * moe.c route_task): prob = sqrt(softplus(logit)) into prob[ne]; experts
+ * from tid2eid[token] (hash layers) or the top nu of prob + bias (ties →
+ * lower index); weights = renormalised unbiased probs × wscale. prob,
+ * chosen[nu], bv[32], bi[32] are the caller's shared memory. */
+static __device__ void block_route(const float *logits, const float *bias, const int32_t *tid2eid, int32_t token,
+                                   int ne, int nu, float wscale, int wnorm, float *prob, int *chosen, float *bv,
+                                   int *bi, int32_t *ids, float *weights) {
+    for (int i = threadIdx.x; i < ne; i += blockDim.x) prob[i] = sqrtf(dev_softplus(logits[i]));
+    __syncthreads();
+    if (tid2eid) {
+        if (threadIdx.x < (unsigned)nu) chosen[threadIdx.x] = tid2eid[(size_t)token * nu + threadIdx.x];
+    } else {
+        for (int j = 0; j < nu; j++) {
+            float best = -INFINITY;
+            int besti = -1;
+            for (int i = threadIdx.x; i < ne; i += blockDim.x) {
+                bool taken = false;
+                for (int q = 0; q < j; q++) taken |= chosen[q] == i;
+                if (taken) continue;
+                float v = prob[i] + (bias ? bias[i] : 0.0f);
+                if (v != v) v = -INFINITY;
+                if (besti < 0 || v > best) best = v, besti = i; /* i ascending: ties keep the lower */
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, best, o);
+                int oi = __shfl_xor_sync(0xffffffffu, besti, o);
+                if (oi >= 0 && (besti < 0 || ov > best || (ov == best && oi < besti))) best = ov, besti = oi;
+            }
+            if ((threadIdx.x & 31) == 0) bv[threadIdx.x >> 5] = best, bi[threadIdx.x >> 5] = besti;
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                float b = bv[0];
+                int x = bi[0];
+                for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+                    if (bi[w] >= 0 && (x < 0 || bv[w] > b || (bv[w] == b && bi[w] < x))) b = bv[w], x = bi[w];
+                chosen[j] = x;
+            }
+            __syncthreads();
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0.0f;
+        for (int i = 0; i < nu; i++) sum += prob[chosen[i]];
+        if (sum < 6.103515625e-05f) sum = 6.103515625e-05f;
+        for (int i = 0; i < nu; i++) {
+            ids[i] = chosen[i];
+            weights[i] = wnorm ? prob[chosen[i]] / sum * wscale : prob[chosen[i]] * wscale;
+        }
+    }
+}
+
 #endif

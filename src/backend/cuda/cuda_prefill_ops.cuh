@@ -947,7 +947,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
 
 /* ---- MoE ---- */
 
-/* Router per token (block each; cuda_step_ops.cuh k_route). */
+/* Router per token (a block each; block_route). */
 __global__ void pf_route(const float *logits_all, const float *bias, const int32_t *tid2eid, int ne, int nu,
                          float wscale, int wnorm, const int32_t *tokens, int32_t *ids_all, float *weights_all) {
     extern __shared__ float prob[];
@@ -956,49 +956,8 @@ __global__ void pf_route(const float *logits_all, const float *bias, const int32
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
     int t = blockIdx.x;
     const float *logits = logits_all + (size_t)t * ne;
-    for (int i = threadIdx.x; i < ne; i += blockDim.x) prob[i] = sqrtf(dev_softplus(logits[i]));
-    __syncthreads();
-    if (tid2eid) {
-        if (threadIdx.x < (unsigned)nu) chosen[threadIdx.x] = tid2eid[(size_t)tokens[t] * nu + threadIdx.x];
-    } else {
-        for (int j = 0; j < nu; j++) {
-            float best = -INFINITY;
-            int besti = -1;
-            for (int i = threadIdx.x; i < ne; i += blockDim.x) {
-                bool taken = false;
-                for (int q = 0; q < j; q++) taken |= chosen[q] == i;
-                if (taken) continue;
-                float v = prob[i] + (bias ? bias[i] : 0.0f);
-                if (v != v) v = -INFINITY;
-                if (besti < 0 || v > best) best = v, besti = i;
-            }
-            for (int o = 16; o > 0; o >>= 1) {
-                float ov = __shfl_xor_sync(0xffffffffu, best, o);
-                int oi = __shfl_xor_sync(0xffffffffu, besti, o);
-                if (oi >= 0 && (besti < 0 || ov > best || (ov == best && oi < besti))) best = ov, besti = oi;
-            }
-            if ((threadIdx.x & 31) == 0) bv[threadIdx.x >> 5] = best, bi[threadIdx.x >> 5] = besti;
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                float b = bv[0];
-                int x = bi[0];
-                for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-                    if (bi[w] >= 0 && (x < 0 || bv[w] > b || (bv[w] == b && bi[w] < x))) b = bv[w], x = bi[w];
-                chosen[j] = x;
-            }
-            __syncthreads();
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float sum = 0.0f;
-        for (int i = 0; i < nu; i++) sum += prob[chosen[i]];
-        if (sum < 6.103515625e-05f) sum = 6.103515625e-05f;
-        for (int i = 0; i < nu; i++) {
-            ids_all[(size_t)t * nu + i] = chosen[i];
-            weights_all[(size_t)t * nu + i] = wnorm ? prob[chosen[i]] / sum * wscale : prob[chosen[i]] * wscale;
-        }
-    }
+    block_route(logits, bias, tid2eid, tokens[t], ne, nu, wscale, wnorm, prob, chosen, bv, bi, ids_all + (size_t)t * nu,
+                weights_all + (size_t)t * nu);
 }
 
 /* mid = swiglu(g, u) with weight 1 (the shared expert), n values. */

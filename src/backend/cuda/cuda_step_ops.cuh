@@ -564,49 +564,7 @@ __global__ void k_route(const float *logits, const float *bias, const int32_t *t
     __shared__ float bv[32];
     __shared__ int bi[32];
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
-    for (int i = threadIdx.x; i < ne; i += blockDim.x) prob[i] = sqrtf(dev_softplus(logits[i]));
-    __syncthreads();
-    if (tid2eid) {
-        if (threadIdx.x < (unsigned)nu) chosen[threadIdx.x] = tid2eid[(size_t)io->token * nu + threadIdx.x];
-    } else {
-        for (int j = 0; j < nu; j++) {
-            float best = -INFINITY;
-            int besti = -1;
-            for (int i = threadIdx.x; i < ne; i += blockDim.x) {
-                bool taken = false;
-                for (int q = 0; q < j; q++) taken |= chosen[q] == i;
-                if (taken) continue;
-                float v = prob[i] + (bias ? bias[i] : 0.0f);
-                if (v != v) v = -INFINITY;
-                if (besti < 0 || v > best) best = v, besti = i; /* i ascending: ties keep the lower */
-            }
-            for (int o = 16; o > 0; o >>= 1) {
-                float ov = __shfl_xor_sync(0xffffffffu, best, o);
-                int oi = __shfl_xor_sync(0xffffffffu, besti, o);
-                if (oi >= 0 && (besti < 0 || ov > best || (ov == best && oi < besti))) best = ov, besti = oi;
-            }
-            if ((threadIdx.x & 31) == 0) bv[threadIdx.x >> 5] = best, bi[threadIdx.x >> 5] = besti;
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                float b = bv[0];
-                int x = bi[0];
-                for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-                    if (bi[w] >= 0 && (x < 0 || bv[w] > b || (bv[w] == b && bi[w] < x))) b = bv[w], x = bi[w];
-                chosen[j] = x;
-            }
-            __syncthreads();
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float sum = 0.0f;
-        for (int i = 0; i < nu; i++) sum += prob[chosen[i]];
-        if (sum < 6.103515625e-05f) sum = 6.103515625e-05f;
-        for (int i = 0; i < nu; i++) {
-            ids[i] = chosen[i];
-            weights[i] = wnorm ? prob[chosen[i]] / sum * wscale : prob[chosen[i]] * wscale;
-        }
-    }
+    block_route(logits, bias, tid2eid, io->token, ne, nu, wscale, wnorm, prob, chosen, bv, bi, ids, weights);
 }
 
 /* Output head collapse (model-spec §5.9 steps 2-3): e = Σ w_h·H[h] with
