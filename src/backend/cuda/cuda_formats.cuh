@@ -276,54 +276,18 @@ struct fmt_q4_K {
 };
 
 /* ---- IQ2_XXS: d f16, 8 sub-blocks of (A, B) u32 (66 B); Q8_K. ----
- * Part sb: byte k of A picks grid point k, bits 7k.. of B its signs, B>>28
- * the sub-block scale; the nibble tables turn them into signed bytes. */
-struct fmt_iq2_xxs {
-    enum { block_elems = 256, block_bytes = 66, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 1, has_summ = 0 };
-    static constexpr float final_scale = 0.125f;
-    template <int NR>
-    DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
-                            const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
-        const uint4 *x4 = (const uint4 *)(a.q + 256 * ab + 32 * part);
-        uint4 x0 = x4[0], x1 = x4[1];
-        uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-        const uint32_t *grid = tab + copy, *sign = tab + 256 * DS4_CUDA_IQ2_COPIES + copy;
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-            uintptr_t addr = (uintptr_t)(b + r * stride + 2 + 8 * part);
-            const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
-            uint32_t sh = (uint32_t)(addr & 3) * 8;
-            uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
-            uint32_t A = fs_funnel(w0, w1, sh), B = fs_funnel(w1, w2, sh);
-            int32_t s = 0;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                uint32_t sel = grid[((A >> (8 * k)) & 255) * DS4_CUDA_IQ2_COPIES] +
-                               sign[((B >> (7 * k)) & 127) * DS4_CUDA_IQ2_COPIES];
-                s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel), xs[2 * k], s);
-                s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel >> 16), xs[2 * k + 1], s);
-            }
-            isum[r] = (int32_t)(2 * (B >> 28) + 1) * s;
-            summ[r] = 0;
-        }
-    }
-    DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
-        return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
-    }
-};
-
-/* ---- IQ2_XXS with SUB = 8/G sub-blocks per lane (G = 4 or 2) ----
- * The same sub-block arithmetic as fmt_iq2_xxs, but each lane adds the
- * integer sums of SUB neighbouring sub-blocks before the group's
- * xor-shuffles: with G = 4, 2 shuffle rounds per 64 values instead of 3
- * per 32, and half as many loop steps and block terms per warp; with
- * G = 2 one round per 128 values (a 4096-wide row is one step of the
- * warp). The integer sum of each block stays exact, so the terms equal
- * fmt_iq2_xxs's bit for bit. Lane order: the sub-blocks are walked in a
+ * Sub-block sb: byte k of A picks grid point k, bits 7k.. of B its signs,
+ * B>>28 the sub-block scale; the nibble tables turn them into signed bytes.
+ * G lanes per block, each adding the integer sums of SUB = 8/G neighbouring
+ * sub-blocks before the group's xor-shuffles: G = 8 (fmt_iq2_xxs) one
+ * sub-block a lane; G = 4, 2 shuffle rounds per 64 values instead of 3 per
+ * 32; G = 2 one round per 128 values (a 4096-wide row is one step of the
+ * warp). The integer sum of each block stays exact, so every G gives the
+ * same terms bit for bit. Lane order: the sub-blocks are walked in a
  * per-lane rotated order so that the 8 lanes of a 16-byte activation load
- * read at most 2 lanes per bank group (as fmt_iq2_xxs), instead of 4 (G=4)
- * or 8 (G=2) in the natural order. Chosen at run time by DS4_CUDA_IQ2V
- * (1: G = 4, 2: G = 2). */
+ * read at most 2 lanes per bank group, instead of 4 (G=4) or 8 (G=2) in the
+ * natural order. G = 4 and 2 are chosen at run time (cuda_kernels.cu
+ * iq2_gate_up_variant, DS4_CUDA_IQ2V). */
 template <int GG>
 struct fmt_iq2_xxs_g {
     enum { block_elems = 256, block_bytes = 66, G = GG, act_kind = DS4_ACT_Q8_K, needs_tab = 1, has_summ = 0 };
@@ -335,7 +299,7 @@ struct fmt_iq2_xxs_g {
         const uint32_t *grid = tab + copy, *sign = tab + 256 * DS4_CUDA_IQ2_COPIES + copy;
         /* G = 4: lanes p and p + 2 of a block start on different halves;
          * G = 2: the 4 blocks of a quarter warp start on different quarters. */
-        const int rot = GG == 4 ? (part >> 1) : (int)(ab & 3);
+        const int rot = GG == 4 ? (part >> 1) : GG == 2 ? (int)(ab & 3) : 0;
 #pragma unroll
         for (int r = 0; r < NR; r++) isum[r] = summ[r] = 0;
 #pragma unroll
@@ -367,6 +331,7 @@ struct fmt_iq2_xxs_g {
         return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
     }
 };
+typedef fmt_iq2_xxs_g<8> fmt_iq2_xxs;
 typedef fmt_iq2_xxs_g<4> fmt_iq2_xxs4;
 typedef fmt_iq2_xxs_g<2> fmt_iq2_xxs2;
 
@@ -407,6 +372,55 @@ static __device__ __forceinline__ float ds4_swiglu(float g, float u, float clamp
         s = e / (1.0f + e);
     }
     return __fmul_rn(__fmul_rn(__fmul_rn(g, s), u), w);
+}
+
+/* ds4_round_clamp: nearest, ties to even; NaN -> 0; clamped. */
+static __device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
+    if (!(v == v)) v = 0.0f;
+    if (v <= (float)lo) return lo;
+    if (v >= (float)hi) return hi;
+    return __float2int_rn(v);
+}
+
+/* Q8_K of one 256-value block over a warp, lane l holding values 8l..8l+7:
+ * the first value of largest magnitude sets iscale = -127/max; the codes
+ * round(iscale·v) packed four to a word into w, their sum into *sum8.
+ * Returns d = 1/iscale (0 and zero codes for an all-zero block). */
+static __device__ __forceinline__ float q8_K_warp(const float v[8], int lane, uint32_t w[2], int *sum8) {
+    float amax = 0.0f, mx = 0.0f;
+    int idx = 1 << 30;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        float ax = fabsf(v[j]);
+        if (ax > amax) {
+            amax = ax;
+            mx = v[j];
+            idx = 8 * lane + j;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float oa = __shfl_xor_sync(0xffffffffu, amax, o), om = __shfl_xor_sync(0xffffffffu, mx, o);
+        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (oa > amax || (oa == amax && oi < idx)) {
+            amax = oa;
+            mx = om;
+            idx = oi;
+        }
+    }
+    w[0] = w[1] = 0;
+    *sum8 = 0;
+    if (amax == 0.0f) return 0.0f;
+    float iscale = -127.0f / mx;
+    int sum = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int q = round_clamp(__fmul_rn(iscale, v[j]), -128, 127);
+        sum += q;
+        w[j / 4] |= (uint32_t)(uint8_t)(int8_t)q << (8 * (j % 4));
+    }
+    *sum8 = sum;
+    return 1.0f / iscale;
 }
 
 #endif

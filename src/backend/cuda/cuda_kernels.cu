@@ -198,55 +198,6 @@ __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid,
     return a;
 }
 
-/* ds4_round_clamp: nearest, ties to even; NaN -> 0; clamped. */
-__device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
-    if (!(v == v)) v = 0.0f;
-    if (v <= (float)lo) return lo;
-    if (v >= (float)hi) return hi;
-    return __float2int_rn(v);
-}
-
-/* Q8_K of one 256-value block over a warp, lane l holding values 8l..8l+7:
- * the first value of largest magnitude sets iscale = -127/max; the codes
- * round(iscale·v) packed four to a word into w, their sum into *sum8.
- * Returns d = 1/iscale (0 and zero codes for an all-zero block). */
-__device__ __forceinline__ float q8_K_warp(const float v[8], int lane, uint32_t w[2], int *sum8) {
-    float amax = 0.0f, mx = 0.0f;
-    int idx = 1 << 30;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        float ax = fabsf(v[j]);
-        if (ax > amax) {
-            amax = ax;
-            mx = v[j];
-            idx = 8 * lane + j;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float oa = __shfl_xor_sync(FULL_MASK, amax, o), om = __shfl_xor_sync(FULL_MASK, mx, o);
-        int oi = __shfl_xor_sync(FULL_MASK, idx, o);
-        if (oa > amax || (oa == amax && oi < idx)) {
-            amax = oa;
-            mx = om;
-            idx = oi;
-        }
-    }
-    w[0] = w[1] = 0;
-    *sum8 = 0;
-    if (amax == 0.0f) return 0.0f;
-    float iscale = -127.0f / mx;
-    int sum = 0;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        int q = round_clamp(__fmul_rn(iscale, v[j]), -128, 127);
-        sum += q;
-        w[j / 4] |= (uint32_t)(uint8_t)(int8_t)q << (8 * (j % 4));
-    }
-    *sum8 = sum;
-    return 1.0f / iscale;
-}
-
 /* Passes of stage_act_x whose loads are issued together (Q8_0: 4 blocks
  * of 32 a warp and pass; Q8_K: one block of 256). More registers for them
  * cost the kernels occupancy: 8 Q8_0 passes took k_matvec<Q8_0> from 32

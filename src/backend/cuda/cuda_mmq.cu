@@ -99,14 +99,6 @@ __device__ __forceinline__ void mma_k16(int32_t *c, uint32_t a0, uint32_t a1, ui
                  : "r"(a0), "r"(a1), "r"(b0));
 }
 
-/* ds4_round_clamp: nearest, ties to even; NaN -> 0; clamped. */
-__device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
-    if (!(v == v)) v = 0.0f;
-    if (v <= (float)lo) return lo;
-    if (v >= (float)hi) return hi;
-    return __float2int_rn(v);
-}
-
 /* ------------------------------------------------------------------ */
 /* Activation quantisers (bit-exact with ds4_quantize_act)             */
 /* ------------------------------------------------------------------ */
@@ -137,40 +129,9 @@ __global__ void k_quant_q8_K(const float *x, uint32_t nb, int8_t *q, float *d, i
     const float4 *src = (const float4 *)(x + 256 * (size_t)b + 8 * lane);
     float4 p0 = src[0], p1 = src[1];
     float v[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
-    float amax = 0.0f, mx = 0.0f;
-    int idx = 1 << 30;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        float ax = fabsf(v[j]);
-        if (ax > amax) {
-            amax = ax;
-            mx = v[j];
-            idx = 8 * lane + j;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float oa = __shfl_xor_sync(0xffffffffu, amax, o), om = __shfl_xor_sync(0xffffffffu, mx, o);
-        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (oa > amax || (oa == amax && oi < idx)) {
-            amax = oa;
-            mx = om;
-            idx = oi;
-        }
-    }
-    uint32_t w[2] = {0, 0};
-    int sum = 0;
-    float dd = 0.0f;
-    if (amax != 0.0f) {
-        float iscale = -127.0f / mx;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            int qv = round_clamp(__fmul_rn(iscale, v[j]), -128, 127);
-            sum += qv;
-            w[j / 4] |= (uint32_t)(uint8_t)(int8_t)qv << (8 * (j % 4));
-        }
-        dd = 1.0f / iscale;
-    }
+    uint32_t w[2];
+    int sum;
+    float dd = q8_K_warp(v, lane, w, &sum);
     *(uint2 *)(q + 256 * (size_t)b + 8 * lane) = make_uint2(w[0], w[1]);
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     if ((lane & 1) == 0) {
