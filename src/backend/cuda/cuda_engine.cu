@@ -232,7 +232,7 @@ static int check_model(const ds4_model *m, ds4_err *err) {
     if (hp->n_hc != HC_N) return ds4_fail(err, "cuda: %u HC streams (the kernels take %d)", hp->n_hc, HC_N);
     if (hp->n_embd > HC_XB * (HC_THREADS - 32))
         return ds4_fail(err, "cuda: n_embd %u is beyond the HC kernel's %d", hp->n_embd, HC_XB * (HC_THREADS - 32));
-    if (hp->head_dim > 2 * 32 * ATT_PAIRS || hp->head_dim % 2 || hp->indexer_head_dim > 1024 || hp->head_dim - hp->n_rot > 64 * 64 ||
+    if (hp->head_dim > 2 * ATT_TPB || hp->head_dim % 8 || hp->indexer_head_dim > 1024 || hp->head_dim - hp->n_rot > 64 * 64 ||
         hp->indexer_head_dim > 32 * 64)
         return ds4_fail(err, "cuda: head sizes %u/%u are beyond the kernels' limits", hp->head_dim,
                         hp->indexer_head_dim);
@@ -303,7 +303,8 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
     F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
     F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
-    F(w->att, qdim); F(w->low, (size_t)hp->n_out_group * hp->o_lora); F(w->y, D);
+    F(w->att, qdim); F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
+    F(w->low, (size_t)hp->n_out_group * hp->o_lora); F(w->y, D);
     F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL);
     F(w->mid, nu * ff); F(w->smid, ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
     F(w->zero_id, 1); F(w->one_w, 1);
@@ -423,6 +424,16 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
         extra = att > extra ? att : extra;
     }
     e->max_rows += extra;
+    /* Attention blocks: up to ATT_HG heads each (a divisor of n_head), and
+     * enough row splits for about two blocks per multiprocessor. */
+    e->att_hg = ATT_HG;
+    while (hp->n_head % e->att_hg) e->att_hg--;
+    int n_sm = 0;
+    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0);
+    int groups = (int)hp->n_head / e->att_hg, chunks = (int)(e->max_rows + ATT_RC - 1) / ATT_RC;
+    e->att_splits = 2 * (n_sm > 0 ? n_sm : 1) / groups;
+    if (e->att_splits > chunks) e->att_splits = chunks;
+    if (e->att_splits < 1) e->att_splits = 1;
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
     snprintf(e->name, sizeof e->name, "%s", ds4_cuda_kernels_device_name(e->k));
@@ -466,12 +477,11 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
             "per session at ctx %d, workspace %.1f MiB; %.2f of %.2f GiB free before the first session\n", e->name,
             gib((double)e->arena_size), n_fills, gib((double)sess), ctx, e->work_bytes / 1048576.0,
             gib((double)(free_b - e->arena_size)), gib((double)total_b));
-    size_t smem = (hp->head_dim * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
-    c = cudaFuncSetAttribute(exact ? (const void *)k_attention<float> : (const void *)k_attention<__half>,
+    size_t smem = att_split_smem(e->att_hg, (int)hp->head_dim, exact ? sizeof(float) : sizeof(__half));
+    c = cudaFuncSetAttribute(exact ? (const void *)k_attention_split<float> : (const void *)k_attention_split<__half>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (c != cudaSuccess) {
-        ds4_fail(err, "cuda: attention over %u rows needs %zu bytes of shared memory: %s", e->max_rows, smem,
-                 cudaGetErrorString(c));
+        ds4_fail(err, "cuda: attention needs %zu bytes of shared memory per block: %s", smem, cudaGetErrorString(c));
         ds4_cuda_engine_close(e);
         return -1;
     }
@@ -651,11 +661,14 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
             return -1;
         mark(e, q->st, "indexer (q, scores, top-k)");
     }
-    size_t smem = (hd * (1 + ATT_THREADS / 32) + e->max_rows) * sizeof(float);
-    if (run(q, "attention", k_attention<RowT>, hp->n_head, ATT_THREADS, smem, (const float *)w->q, (const RowT *)K->raw,
-            (int)hp->n_swa, (const RowT *)K->comp, (int)L->ratio, (const int *)w->sel,
-            (const int *)(L->ratio == 4 ? w->n_sel : NULL), L->sinks, hd, (int)e->max_rows, rp, (const step_io *)w->io,
-            w->att))
+    const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
+    if (run(q, "attention", k_attention_split<RowT>, dim3(hp->n_head / e->att_hg, e->att_splits), ATT_TPB,
+            att_split_smem(e->att_hg, hd, sizeof(RowT)), (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa,
+            (const RowT *)K->comp, (int)L->ratio, (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io,
+            w->att_part, w->att_ml) ||
+        run(q, "attention combine", k_attention_combine, hp->n_head, 256, hd * sizeof(float),
+            (const float *)w->att_part, (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
+            (const int *)w->sel, n_sel, L->sinks, hd, rp, (const step_io *)w->io, w->att))
         return -1;
     mark(e, q->st, "attention");
     /* Grouped output: group g's heads through rows g·o_lora.. of out_a, all

@@ -60,6 +60,8 @@ struct dwork {
     float *H, *hc_flat, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
     float *iscores, *att, *low, *y, *router, *ew, *mid, *smid, *sh, *ehc, *logits;
     float *qraw;     /* q_a's output before its RMSNorm (qr: after) */
+    float *att_part; /* attention splits' weighted sums [head][split][head_dim] */
+    float2 *att_ml;  /* and their (max, sum) [head][split] */
     double *hc_part; /* per k_hc block, HC_MIX + 1 partial sums of HC pre */
     unsigned *hc_count; /* k_hc blocks done (the last resets it) */
     int pdl_failed;  /* capturing with programmatic launches failed once */
@@ -87,6 +89,7 @@ struct ds4_cuda_engine {
     const float *out_hc_scale, *out_hc_base, *out_norm;
     rope_dev rope_plain, rope_comp;
     uint32_t max_rows; /* rows one head attends at most */
+    int att_hg, att_splits; /* attention: heads per block, blocks per head group (k_attention_split) */
     dwork w;
     /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */
     bool prof;

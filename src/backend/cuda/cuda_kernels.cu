@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_async.cuh"
 #include "cuda_formats.cuh"
 #include "cuda_kernels.h"
 #include "cuda_pdl.cuh"
@@ -62,17 +63,6 @@ struct fmt_f16 {
 /* ------------------------------------------------------------------ */
 /* Device helpers                                                      */
 /* ------------------------------------------------------------------ */
-
-__device__ __forceinline__ void cp_async16(void *sdst, const void *gsrc) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-
-__device__ __forceinline__ void cp_async_wait3() { asm volatile("cp.async.wait_group 3;\n" ::: "memory"); }
 
 /* Copies `bytes` from global memory to a warp's buffer: asynchronous
  * 16-byte copies when source and length are 16-byte aligned, else plain
@@ -496,8 +486,8 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + bpg, nitem = ntile * NW + warp;
         uint8_t *cur = buf + (it & (p.nbuf - 1)) * p.buf_stride; /* nbuf: 2 or 4 */
-        if (p.nbuf == 4) cp_async_wait3();
-        else cp_async_wait1();
+        if (p.nbuf == 4) cp_async_wait<3>();
+        else cp_async_wait<1>();
         __syncwarp();
         uint32_t sl = item % p.S;
         float r = 0.0f;
@@ -585,7 +575,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
         if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
         cp_async_commit();
-        cp_async_wait1();
+        cp_async_wait<1>();
         __syncwarp();
         if (item < n_items) {
             uint32_t k = item / p.n_rows;
@@ -641,7 +631,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
         if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
         cp_async_commit();
-        cp_async_wait1();
+        cp_async_wait<1>();
         __syncwarp();
         if (item < n_items) {
             float acc = 0.0f;

@@ -29,6 +29,7 @@
 
 #include "cuda_engine_impl.cuh"
 #include "cuda_formats.cuh"
+#include "cuda_async.cuh"
 #include "cuda_pdl.cuh"
 #include "cuda_device_math.cuh"
 
@@ -455,101 +456,197 @@ __global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel,
     if (threadIdx.x == 0) *n_sel = top_k;
 }
 
-/* Attention with a sink for one head per block (model-spec §5.5 step 7-8):
- * rows = the raw window (oldest first) then the visible compressed rows or
- * the indexer's selection; softmax with the sink in the denominator; output
- * rotated back at the query position. Each warp takes every nw-th row, in
- * the scores and in the weighted sum (a whole row per warp, f16 pairs per
- * lane, up to ATT_PAIRS per lane); the warps' sums are added in warp order.
- * Shared: q[hd] + w[max_rows] + nw·hd partial sums. */
-enum { ATT_THREADS = 512, ATT_PAIRS = 16 };
+/* Attention with a sink for one decode token (model-spec §5.5 steps 7-8),
+ * split over blocks like flash decoding. Rows: the raw window (oldest
+ * first), then the visible compressed rows or the indexer's selection; all
+ * heads read the same rows (one KV head). k_attention_split's block (g, s)
+ * takes the ATT_HG heads of group g and the row chunks s, s+S, ... of
+ * ATT_RC rows, staged in shared memory by cp.async (the next chunk loads
+ * while this one is used), and keeps per head a running max m, sum l and
+ * weighted row sum o: for a chunk, thread (warp h, lane r) takes the dot of
+ * head h with row r (in index order), warp h the chunk's max, the weights
+ * exp(s − m) and their sum; then thread j rescales its pair (2j, 2j+1) of
+ * every head's o and adds the chunk's rows in order. It writes (m, l) and o
+ * to the split's slot. k_attention_combine adds the busy splits in split
+ * order with the sink in the denominator and rotates the result back at
+ * the query position. Sums are regrouped against the CPU (chunks, then
+ * splits), so results differ from it by rounding only. Rows in shared
+ * memory are ATT_PAD bytes longer than a row so that the lanes of a
+ * quarter warp read 16 bytes of 8 different rows without bank conflicts. */
+enum { ATT_HG = 8, ATT_RC = 32, ATT_TPB = 256, ATT_PAD = 16 };
 
-template <typename RowT>
-__device__ __forceinline__ const RowT *att_row(int r, int n_raw, int lo, int n_swa, const RowT *ring,
-                                               const RowT *comp, const int *pick, int hd) {
-    return r < n_raw ? ring + (size_t)((lo + r) % n_swa) * hd : comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
+/* The rows one token attends: n_raw window rows from position lo, then
+ * n_comp compressed rows (pick: the indexer's selection, or NULL: all). */
+struct att_span {
+    int lo, n_raw, n_comp;
+    const int *pick;
+};
+
+__device__ __forceinline__ att_span att_rows(const step_io *io, int n_swa, int ratio, const int *sel,
+                                             const int *n_sel) {
+    att_span a;
+    int p = io->pos;
+    a.lo = p - n_swa + 1 < 0 ? 0 : p - n_swa + 1;
+    a.n_raw = p - a.lo + 1;
+    a.n_comp = 0;
+    a.pick = NULL;
+    if (ratio) {
+        a.n_comp = (p + 1) / ratio;
+        if (n_sel && *n_sel >= 0) {
+            a.n_comp = *n_sel;
+            a.pick = sel;
+        }
+    }
+    return a;
 }
 
 template <typename RowT>
-__global__ void __launch_bounds__(ATT_THREADS) k_attention(const float *q, const RowT *ring, int n_swa,
-                                                           const RowT *comp, int ratio, const int *sel,
-                                                           const int *n_sel, const float *sinks, int hd, int max_rows,
-                                                           rope_dev rp, const step_io *io, float *out) {
+__device__ __forceinline__ const RowT *att_row(int r, const att_span &a, int n_swa, const RowT *ring,
+                                               const RowT *comp, int hd) {
+    return r < a.n_raw ? ring + (size_t)((a.lo + r) % n_swa) * hd
+                       : comp + (size_t)(a.pick ? a.pick[r - a.n_raw] : r - a.n_raw) * hd;
+}
+
+/* Shared bytes of k_attention_split: q of hg heads, their chunk weights,
+ * two row buffers. */
+static inline size_t att_split_smem(int hg, int hd, size_t row_bytes) {
+    return (size_t)hg * hd * 4 + (size_t)hg * ATT_RC * 4 + 2 * (size_t)ATT_RC * (hd * row_bytes + ATT_PAD);
+}
+
+/* q·row over hd values (8 f16 or 4 f32 per 16-byte step, in index order). */
+__device__ __forceinline__ float att_dot(const float *q, const __half *row, int hd) {
+    float d = 0.0f;
+    for (int i = 0; i < hd; i += 8) {
+        uint4 u = *(const uint4 *)(row + i);
+        float4 qa = *(const float4 *)(q + i), qb = *(const float4 *)(q + i + 4);
+        float2 k0 = __half22float2(*(const __half2 *)&u.x), k1 = __half22float2(*(const __half2 *)&u.y);
+        float2 k2 = __half22float2(*(const __half2 *)&u.z), k3 = __half22float2(*(const __half2 *)&u.w);
+        d += qa.x * k0.x; d += qa.y * k0.y; d += qa.z * k1.x; d += qa.w * k1.y;
+        d += qb.x * k2.x; d += qb.y * k2.y; d += qb.z * k3.x; d += qb.w * k3.y;
+    }
+    return d;
+}
+
+__device__ __forceinline__ float att_dot(const float *q, const float *row, int hd) {
+    float d = 0.0f;
+    for (int i = 0; i < hd; i += 4) {
+        float4 k = *(const float4 *)(row + i), x = *(const float4 *)(q + i);
+        d += x.x * k.x; d += x.y * k.y; d += x.z * k.z; d += x.w * k.w;
+    }
+    return d;
+}
+
+template <typename RowT>
+__global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, const RowT *ring, int n_swa,
+                                                             const RowT *comp, int ratio, const int *sel,
+                                                             const int *n_sel, int hd, int hg, const step_io *io,
+                                                             float *part_o, float2 *part_ml) {
     pdl_trigger();
     pdl_wait();
-    extern __shared__ float smem[];
-    __shared__ float shf[32];
-    float *qs = smem, *ws = smem + hd, *red = smem + hd + max_rows;
-    int h = blockIdx.x, p = io->pos;
-    int lo = p - n_swa + 1 < 0 ? 0 : p - n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
-    const int *pick = NULL;
-    if (ratio) {
-        n_comp = (p + 1) / ratio;
-        if (n_sel && *n_sel >= 0) {
-            n_comp = *n_sel;
-            pick = sel;
+    extern __shared__ __align__(16) unsigned char att_raw[];
+    const int rs = hd * (int)sizeof(RowT) + ATT_PAD, chunks16 = hd * (int)sizeof(RowT) / 16;
+    float *qs = (float *)att_raw, *ps = qs + hg * hd;
+    unsigned char *buf = (unsigned char *)(ps + hg * ATT_RC);
+    __shared__ float alpha_sh[ATT_HG];
+    const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
+    const int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
+    const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
+    if (s >= n_chunks) return;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    auto load = [&](int c, int b) {
+        unsigned char *dst = buf + (size_t)b * ATT_RC * rs;
+        int r0 = c * ATT_RC, nrow = nr - r0 < ATT_RC ? nr - r0 : ATT_RC;
+        for (int i = tid; i < nrow * chunks16; i += blockDim.x) {
+            int r = i / chunks16, k = i % chunks16;
+            cp_async16(dst + (size_t)r * rs + 16 * k, (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd) + 16 * k);
         }
-    }
-    int nr = n_raw + n_comp, hp = hd / 2;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[(size_t)h * hd + i];
-    __syncthreads();
-    float scale = 1.0f / sqrtf((float)hd);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    const float2 *q2 = (const float2 *)qs;
-    for (int r = warp; r < nr; r += nw) {
-        const RowT *row = att_row(r, n_raw, lo, n_swa, ring, comp, pick, hd);
-        float d = 0.0f;
-        for (int j = lane; j < hp; j += 32) {
-            float2 k = row_pair(row, j), x = q2[j];
-            d += x.x * k.x + x.y * k.y;
+        cp_async_commit();
+    };
+    load(s, 0);
+    for (int i = tid; i < hg * hd; i += blockDim.x) qs[i] = q[(size_t)h0 * hd + i];
+    const float scale = 1.0f / sqrtf((float)hd);
+    float m_run = -INFINITY, l_run = 0.0f; /* head `warp`'s, in every lane of that warp */
+    float2 o[ATT_HG];
+#pragma unroll
+    for (int h = 0; h < ATT_HG; h++) o[h] = make_float2(0.0f, 0.0f);
+    const int j = tid; /* this thread's pair of every head's output */
+    int b = 0;
+    for (int c = s; c < n_chunks; c += S, b ^= 1) {
+        cp_async_wait<0>();
+        __syncthreads(); /* chunk c staged; the other buffer is free */
+        if (c + S < n_chunks) load(c + S, b ^ 1);
+        const unsigned char *rows = buf + (size_t)b * ATT_RC * rs;
+        const int nrow = nr - c * ATT_RC < ATT_RC ? nr - c * ATT_RC : ATT_RC;
+        if (warp < hg) {
+            float sc = -INFINITY;
+            if (lane < nrow) sc = scale * att_dot(qs + warp * hd, (const RowT *)(rows + (size_t)lane * rs), hd);
+            float cm = sc;
+            for (int off = 16; off > 0; off >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, off));
+            float m_new = fmaxf(m_run, cm), alpha = expf(m_run - m_new);
+            float pr = lane < nrow ? expf(sc - m_new) : 0.0f;
+            ps[warp * ATT_RC + lane] = pr;
+            l_run = l_run * alpha + warp_sum_f(pr);
+            m_run = m_new;
+            if (lane == 0) alpha_sh[warp] = alpha;
         }
-        d = warp_sum_f(d);
-        if (lane == 0) ws[r] = scale * d;
-    }
-    __syncthreads();
-    float m = sinks[h];
-    for (int r = threadIdx.x; r < nr; r += blockDim.x) m = fmaxf(m, ws[r]);
-    m = block_max_f(m, shf);
-    float part = 0.0f;
-    for (int r = threadIdx.x; r < nr; r += blockDim.x) {
-        float w = expf(ws[r] - m);
-        ws[r] = w;
-        part += w;
-    }
-    float den = expf(sinks[h] - m) + block_sum(part, shf);
-    float inv = 1.0f / den;
-    float2 acc[ATT_PAIRS];
+        __syncthreads();
+        if (2 * j < hd) {
 #pragma unroll
-    for (int k = 0; k < ATT_PAIRS; k++) acc[k] = make_float2(0.0f, 0.0f);
-    for (int r = warp; r < nr; r += nw) {
-        const RowT *row = att_row(r, n_raw, lo, n_swa, ring, comp, pick, hd);
-        float w = ws[r];
+            for (int h = 0; h < ATT_HG; h++)
+                if (h < hg) {
+                    o[h].x *= alpha_sh[h];
+                    o[h].y *= alpha_sh[h];
+                }
+            for (int r = 0; r < nrow; r++) {
+                float2 v = row_pair((const RowT *)(rows + (size_t)r * rs), j);
 #pragma unroll
-        for (int k = 0; k < ATT_PAIRS; k++) {
-            int j = lane + 32 * k;
-            if (j < hp) {
-                float2 v = row_pair(row, j);
-                acc[k].x += w * v.x;
-                acc[k].y += w * v.y;
+                for (int h = 0; h < ATT_HG; h++)
+                    if (h < hg) {
+                        float p = ps[h * ATT_RC + r];
+                        o[h].x += p * v.x;
+                        o[h].y += p * v.y;
+                    }
             }
         }
     }
+    if (2 * j < hd)
 #pragma unroll
-    for (int k = 0; k < ATT_PAIRS; k++) {
-        int j = lane + 32 * k;
-        if (j < hp) {
-            red[(size_t)warp * hd + 2 * j] = acc[k].x;
-            red[(size_t)warp * hd + 2 * j + 1] = acc[k].y;
+        for (int h = 0; h < ATT_HG; h++)
+            if (h < hg) ((float2 *)(part_o + ((size_t)(h0 + h) * S + s) * hd))[j] = o[h];
+    if (warp < hg && lane == 0) part_ml[(size_t)(h0 + warp) * S + s] = make_float2(m_run, l_run);
+}
+
+/* out[h] = (Σ_s o_s·e^(m_s−M)) / (e^(sink−M) + Σ_s l_s·e^(m_s−M)) over the
+ * busy splits in order, M the largest of the sink and the m_s, rotated back
+ * at the query position; one block per head, a pair per thread. */
+__global__ void k_attention_combine(const float *part_o, const float2 *part_ml, int S, int n_swa, int ratio,
+                                    const int *sel, const int *n_sel, const float *sinks, int hd, rope_dev rp,
+                                    const step_io *io, float *out) {
+    pdl_trigger();
+    pdl_wait();
+    extern __shared__ float os[];
+    const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
+    const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
+    const int h = blockIdx.x;
+    const float2 *ml = part_ml + (size_t)h * S;
+    float M = sinks[h];
+    for (int s = 0; s < busy; s++) M = fmaxf(M, ml[s].x);
+    float den = expf(sinks[h] - M);
+    for (int s = 0; s < busy; s++) den += ml[s].y * expf(ml[s].x - M);
+    float inv = 1.0f / den;
+    for (int j = threadIdx.x; 2 * j < hd; j += blockDim.x) {
+        float2 t = make_float2(0.0f, 0.0f);
+        for (int s = 0; s < busy; s++) {
+            float w = expf(ml[s].x - M);
+            float2 v = ((const float2 *)(part_o + ((size_t)h * S + s) * hd))[j];
+            t.x += v.x * w;
+            t.y += v.y * w;
         }
+        os[2 * j] = t.x * inv;
+        os[2 * j + 1] = t.y * inv;
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float t = 0.0f;
-        for (int wi = 0; wi < nw; wi++) t += red[(size_t)wi * hd + i];
-        qs[i] = t * inv;
-    }
-    block_rope(qs, hd, p, rp, true);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) out[(size_t)h * hd + i] = qs[i];
+    block_rope(os, hd, io->pos, rp, true);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) out[(size_t)h * hd + i] = os[i];
 }
 
 /* Router (model-spec §5.8 steps 2-4, moe.c route_task): probabilities
