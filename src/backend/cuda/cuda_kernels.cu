@@ -425,7 +425,7 @@ struct mv_params {
     float *norm_out;
     const uint32_t *tab;
     uint32_t n_in, row_bytes;
-    uint32_t S, slice_blocks, slice_bytes; /* S slices per row */
+    uint32_t S, lgS, slice_blocks, slice_bytes; /* S = 2^lgS slices per row */
     uint32_t buf_stride, act_smem;
     uint32_t nbuf;                 /* staging buffers per warp: 2 or 4 (tiles in flight) */
     uint32_t n_groups, group_rows; /* activation groups, rows per group */
@@ -471,7 +471,7 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     auto issue = [&](uint32_t t, uint8_t *dst) {
         uint32_t i = t * NW + warp;
         if (t < n_tiles && i < n_items)
-            stage_span(dst, mv_row(p, g, i / p.S, &yrow) + (size_t)(i % p.S) * p.slice_bytes, p.slice_bytes,
+            stage_span(dst, mv_row(p, g, i >> p.lgS, &yrow) + (size_t)(i & (p.S - 1)) * p.slice_bytes, p.slice_bytes,
                        p.aligned, lane);
         cp_async_commit();
     };
@@ -489,10 +489,10 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
         if (p.nbuf == 4) cp_async_wait<3>();
         else cp_async_wait<1>();
         __syncwarp();
-        uint32_t sl = item % p.S;
+        uint32_t sl = item & (p.S - 1);
         float r = 0.0f;
         if (item < n_items) dot_rows<F, 1>(cur, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
-        if (item < n_items) mv_row(p, g, item / p.S, &yrow);
+        if (item < n_items) mv_row(p, g, item >> p.lgS, &yrow);
         if (p.S == 1) {
             if (item < n_items && lane == 0) *yrow = r;
         } else {
@@ -716,6 +716,7 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     p.n_in = d->n_in;
     p.row_bytes = row_bytes;
     p.S = S;
+    while ((1u << p.lgS) < S) p.lgS++;
     p.slice_blocks = nb / S;
     p.slice_bytes = row_bytes / S;
     p.buf_stride = round16(p.slice_bytes) + 16;
