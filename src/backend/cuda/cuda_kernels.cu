@@ -49,6 +49,7 @@ struct ds4_cuda_kernels {
     int pdl_ok, pdl; /* the device has programmatic dependent launch; it is on */
     int split_per_sm;  /* matvec: split rows until there are this many items per SM */
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
+    int stream;        /* matvec: k_matvec_stream for products with many rows (DS4_CUDA_STREAM=0: off) */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
     int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane, 0: one;
@@ -82,15 +83,12 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-/* The dot products of NR staged rows (`stride` bytes apart) of nblk blocks
- * with the activation blocks ab0.., over the whole warp: out[r] is in every
- * lane. */
+/* Adds to each lane's acc[r] its blocks' terms of NR staged rows (`stride`
+ * bytes apart) of nblk blocks with the activation blocks ab0..: lane l
+ * takes units l, l + 32, ... in order (a unit: 1/G of a block). */
 template <class F, int NR>
-__device__ __forceinline__ void dot_span(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
-                                         uint32_t ab0, const uint32_t *tab, int lane, float *out) {
-    float acc[NR];
-#pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+__device__ __forceinline__ void span_acc(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+                                         uint32_t ab0, const uint32_t *tab, int lane, float *acc) {
     const uint32_t U = nblk * F::G;
     const int copy = lane % DS4_CUDA_IQ2_COPIES;
     for (uint32_t u0 = 0; u0 < U; u0 += 32) {
@@ -113,17 +111,12 @@ __device__ __forceinline__ void dot_span(const uint8_t *span, uint32_t stride, u
                 acc[r] += F::term(span + r * stride + blk * F::block_bytes, a, ab0 + blk, is[r], sm[r]);
         }
     }
-#pragma unroll
-    for (int r = 0; r < NR; r++) out[r] = warp_sum(acc[r]) * F::final_scale;
 }
 
-/* F16: 8 halves per lane and step, f32 multiply-adds. */
+/* F16: 8 halves per lane and unit, f32 multiply-adds. */
 template <class F, int NR>
-__device__ __forceinline__ void dot_span_f16(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
-                                             uint32_t ab0, int lane, float *out) {
-    float acc[NR];
-#pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+__device__ __forceinline__ void span_acc_f16(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+                                             uint32_t ab0, int lane, float *acc) {
     for (uint32_t u = lane; u < nblk; u += 32) {
         const float4 *x = (const float4 *)(a.x + 8u * (ab0 + u)); /* global or (normed) shared memory */
         float4 x0 = x[0], x1 = x[1];
@@ -136,16 +129,34 @@ __device__ __forceinline__ void dot_span_f16(const uint8_t *span, uint32_t strid
             acc[r] += f2.x * x1.x + f2.y * x1.y + f3.x * x1.z + f3.y * x1.w;
         }
     }
-#pragma unroll
-    for (int r = 0; r < NR; r++) out[r] = warp_sum(acc[r]);
+}
+
+/* A row's dot product from its lanes' sums (every lane gets it). */
+template <class F>
+__device__ __forceinline__ float row_total(float acc) {
+    if constexpr (F::act_kind == DS4_ACT_F32) return warp_sum(acc);
+    else return warp_sum(acc) * F::final_scale;
 }
 
 /* One entry point for both kinds of format. */
 template <class F, int NR>
+__device__ __forceinline__ void rows_acc(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+                                         uint32_t ab0, const uint32_t *tab, int lane, float *acc) {
+    if constexpr (F::act_kind == DS4_ACT_F32) span_acc_f16<F, NR>(span, stride, nblk, a, ab0, lane, acc);
+    else span_acc<F, NR>(span, stride, nblk, a, ab0, tab, lane, acc);
+}
+
+/* The dot products of NR staged rows with the activation over the whole
+ * warp: out[r] is in every lane. */
+template <class F, int NR>
 __device__ __forceinline__ void dot_rows(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
                                          uint32_t ab0, const uint32_t *tab, int lane, float *out) {
-    if constexpr (F::act_kind == DS4_ACT_F32) dot_span_f16<F, NR>(span, stride, nblk, a, ab0, lane, out);
-    else dot_span<F, NR>(span, stride, nblk, a, ab0, tab, lane, out);
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+    rows_acc<F, NR>(span, stride, nblk, a, ab0, tab, lane, acc);
+#pragma unroll
+    for (int r = 0; r < NR; r++) out[r] = row_total<F>(acc[r]);
 }
 
 /* Shared-memory bytes of a staged activation of n elements. */
@@ -426,6 +437,7 @@ struct mv_params {
     const uint32_t *tab;
     uint32_t n_in, row_bytes;
     uint32_t S, lgS, slice_blocks, slice_bytes; /* S = 2^lgS slices per row */
+    uint32_t lgC;                       /* k_matvec_stream: a row is 2^lgC chunks of slice_bytes */
     uint32_t buf_stride, act_smem;
     uint32_t nbuf;                 /* staging buffers per warp: 2 or 4 (tiles in flight) */
     uint32_t n_groups, group_rows; /* activation groups, rows per group */
@@ -509,6 +521,67 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
         issue(tile + p.nbuf * bpg, cur);
         tile = ntile;
         item = nitem;
+    }
+}
+
+/* Streaming product for matrices with many rows (no fewer than half the
+ * resident warps): each warp owns a contiguous run of whole rows of one
+ * activation group and streams them through MVS_STAGES staging buffers in
+ * chunks (a row is 2^lgC chunks of slice_bytes), the next MVS_STAGES - 1
+ * chunks in flight while one is used. Lanes keep their block sums across a
+ * row's chunks in block order (as dot_rows over the whole row: the same
+ * result) and the warp adds them at the row's end; no synchronisation
+ * between warps once the activation is staged, and nothing but the chunk
+ * index to compute per step (k_matvec spends its issue slots on per-item
+ * bookkeeping for short rows, and its slices of long rows meet through a
+ * block barrier per tile). */
+enum { MVS_STAGES = 4, MVS_CHUNK_MAX = 2176 };
+
+template <class F, int NW>
+__global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    pdl_trigger();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    /* Shared memory: [tables][activation][32 doubles][NW x MVS_STAGES buffers]. */
+    uint8_t *s = smem + table_bytes<F>() + p.act_smem;
+    double *red = (double *)s;
+    uint8_t *const buf = s + 32 * sizeof(double) + warp * MVS_STAGES * p.buf_stride;
+    if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
+
+    const uint32_t bpg = gridDim.x / p.n_groups, g = blockIdx.x / bpg;
+    const uint32_t wg = (blockIdx.x % bpg) * NW + warp, nwg = bpg * NW;
+    const uint32_t r0 = (uint32_t)((uint64_t)p.group_rows * wg / nwg);
+    const uint32_t n_steps = ((uint32_t)((uint64_t)p.group_rows * (wg + 1) / nwg) - r0) << p.lgC;
+    const uint32_t last = (1u << p.lgC) - 1;
+    float *yrow;
+    auto issue = [&](uint32_t k, uint8_t *dst) {
+        if (k < n_steps)
+            stage_span(dst, mv_row(p, g, r0 + (k >> p.lgC), &yrow) + (size_t)(k & last) * p.slice_bytes,
+                       p.slice_bytes, true, lane);
+        cp_async_commit();
+    };
+    for (uint32_t k = 0; k < MVS_STAGES; k++) issue(k, buf + k * p.buf_stride);
+    s = smem;
+    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    pdl_wait();
+    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
+                                                      p.norm_out, red, tid, NW * 32)
+                           : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    __syncthreads();
+    float acc = 0.0f;
+    for (uint32_t k = 0; k < n_steps; k++) {
+        uint8_t *cur = buf + (k % MVS_STAGES) * p.buf_stride;
+        cp_async_wait<MVS_STAGES - 1>();
+        __syncwarp();
+        rows_acc<F, 1>(cur, 0, p.slice_blocks, a, (k & last) * p.slice_blocks, tab, lane, &acc);
+        if ((k & last) == last) {
+            float r = row_total<F>(acc);
+            mv_row(p, g, r0 + (k >> p.lgC), &yrow);
+            if (lane == 0) *yrow = r;
+            acc = 0.0f;
+        }
+        __syncwarp();
+        issue(k + MVS_STAGES, cur);
     }
 }
 
@@ -729,11 +802,38 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     p.active = d->active;
     p.act_smem = act_smem_bytes(F::act_kind, d->n_in);
     if ((int)F::act_kind == DS4_ACT_F32 && d->x && d->norm_w) p.act_smem = round16(d->n_in * 4);
+    int grid = 1;
+    cudaError_t e;
+    /* Many rows: k_matvec_stream, rows in chunks of at most MVS_CHUNK_MAX
+     * bytes that keep the lanes' block order (a multiple of 32 units). */
+    uint32_t cb = nb;
+    while (cb * F::block_bytes > MVS_CHUNK_MAX && cb % 2 == 0 && (cb / 2 * F::block_bytes) % 16 == 0 &&
+           (cb / 2 * F::G) % 32 == 0)
+        cb /= 2;
+    if (k->stream && p.aligned && row_bytes % 16 == 0 && cb * F::block_bytes <= MVS_CHUNK_MAX) {
+        mv_params q = p;
+        q.S = 1;
+        q.lgS = 0;
+        q.slice_blocks = cb;
+        q.slice_bytes = cb * F::block_bytes;
+        while ((cb << q.lgC) < nb) q.lgC++;
+        q.buf_stride = round16(q.slice_bytes) + 16;
+        size_t smem = table_bytes<F>() + p.act_smem + 32 * sizeof(double) + (size_t)NW * MVS_STAGES * q.buf_stride;
+        void (*kern)(const mv_params) = k_matvec_stream<F, NW>;
+        int per_sm = 0;
+        if (smem <= k->smem_optin &&
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem) == cudaSuccess &&
+            per_sm > 0 && 2ull * n_rows >= (uint64_t)per_sm * k->n_sm * NW) {
+            grid = per_sm * k->n_sm;
+            grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
+            e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, q);
+            return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
+        }
+    }
     const size_t fixed = table_bytes<F>() + 32 * sizeof(double) + 2 * NW * sizeof(float) +
                          (size_t)NW * p.nbuf * p.buf_stride;
     size_t smem = fixed + p.act_smem;
     uint32_t n_tiles = d->n_groups * (uint32_t)(((uint64_t)p.group_rows * S + NW - 1) / NW);
-    int grid = 1;
     /* Unsplit rows with a quantised activation: 2 waves even out the tail
      * (attn_q_b, 1 -> 2 waves: H100 16.3 -> 15.4 us, H200 13.5 -> 13.3 us;
      * 4 waves helped the H100 more but cost the H200); split rows, the MoE
@@ -743,7 +843,7 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     void (*kern)(const mv_params) = k_matvec<F, NW>;
     if (launch_grid(k, kern, NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
     grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
-    cudaError_t e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
+    e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
 }
 
@@ -822,6 +922,8 @@ static cudaError_t allow_smem(int bytes) {
     cudaError_t e;
     if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
+    if ((e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+        return e;
     if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if constexpr (!DOWN) return cudaSuccess;
@@ -848,6 +950,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->smem_optin = prop.sharedMemPerBlockOptin;
     k->waves = 0;
     k->split_per_sm = 16;
+    const char *sv = getenv("DS4_CUDA_STREAM");
+    k->stream = !(sv && !strcmp(sv, "0"));
     k->pdl_ok = prop.major >= 9;
     const char *v = getenv("DS4_CUDA_IQ2V");
     k->iq2v = v && (v[0] == '0' || v[0] == '1' || v[0] == '2') ? v[0] - '0' : -1;
