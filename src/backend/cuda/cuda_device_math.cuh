@@ -2,7 +2,8 @@
  * step's kernels (cuda_step_ops.cuh) and the batched prefill's
  * (cuda_prefill_ops.cuh): block and warp reductions, sigmoid/softplus, RoPE
  * pairs, and the FP8 KV and Hadamard+FP4 indexer round-trips, each restating
- * src/engine/numerics.c with the same float operations. Internal linkage:
+ * src/engine/numerics.c with the same float operations; the mma.sync and
+ * ldmatrix wrappers; the indexer's top-k selection. Internal linkage:
  * every translation unit that includes it gets its own copy. Built with
  * -fmad=false like its includers (no contraction the CPU does not do). */
 #ifndef DS4_CUDA_DEVICE_MATH_CUH
@@ -154,6 +155,32 @@ static __device__ void block_indexer_qat(float *x, int n, float *sc) {
         x[i] = e2m1_round_dev(q) * scale;
     }
     __syncthreads();
+}
+
+/* mma.sync m16n8k16 (f16 in, f32 accumulate) and ldmatrix helpers. */
+__device__ __forceinline__ uint32_t pa_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void pa_ldm_x4(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_ldm_x2(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_ldm_x4_t(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_mma(float *c, const uint32_t *a, const uint32_t *b) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
 /* Radix key of a score: larger scores give larger keys, −0 and +0 the

@@ -87,6 +87,7 @@ struct ds4_cuda_engine {
     const float *out_hc_scale, *out_hc_base, *out_norm;
     rope_dev rope_plain, rope_comp;
     uint32_t max_rows; /* rows one head attends at most */
+    uint32_t idx_slots; /* idx_scores blocks the device holds at once (official mode) */
     dwork w;
     /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */
     bool prof;

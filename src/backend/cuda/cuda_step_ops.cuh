@@ -31,6 +31,7 @@
 #include "cuda_formats.cuh"
 #include "cuda_pdl.cuh"
 #include "cuda_device_math.cuh"
+#include "cuda_idx_scores.cuh"
 
 enum { OPS_THREADS = 512 };
 
@@ -42,8 +43,6 @@ __device__ float f16_round_dev(float x) { return __half2float(__float2half_rn(x)
 template <typename RowT> __device__ __forceinline__ constexpr bool row_exact() { return sizeof(RowT) == sizeof(float); }
 __device__ __forceinline__ void row_put(__half *p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void row_put(float *p, float v) { *p = v; }
-__device__ __forceinline__ float row_get(const __half *r, int i) { return __half2float(r[i]); }
-__device__ __forceinline__ float row_get(const float *r, int i) { return r[i]; }
 /* Values 2j and 2j+1 of a row. */
 __device__ __forceinline__ float2 row_pair(const __half *r, int j) { return __half22float2(((const __half2 *)r)[j]); }
 __device__ __forceinline__ float2 row_pair(const float *r, int j) { return ((const float2 *)r)[j]; }
@@ -410,10 +409,10 @@ __global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp,
     }
 }
 
-/* score_c = Σ_h max(0, q_h·k_c)·w_h for the visible indexer rows, one warp
- * per row; nothing to do while every visible row is attended anyway. */
-template <typename RowT>
-__global__ void k_idx_scores(const float *iq, const float *iw, const RowT *rows, int ihd, int nih, int top_k,
+/* score_c = Σ_h max(0, q_h·k_c)·w_h for the visible f32 indexer rows of
+ * exact mode, one warp per row (f16 rows: idx_scores, on tensor cores);
+ * nothing to do while every visible row is attended anyway. */
+__global__ void k_idx_scores(const float *iq, const float *iw, const float *rows, int ihd, int nih, int top_k,
                              float *scores, const step_io *io) {
     pdl_trigger();
     pdl_wait();
@@ -422,12 +421,12 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const RowT *rows,
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     int n_warps = (gridDim.x * blockDim.x) >> 5;
     for (int c = warp; c < visible; c += n_warps) {
-        const RowT *k = rows + (size_t)c * ihd;
+        const float *k = rows + (size_t)c * ihd;
         float score = 0.0f;
         for (int h = 0; h < nih; h++) {
             const float *q = iq + (size_t)h * ihd;
             float d = 0.0f;
-            for (int i = lane; i < ihd; i += 32) d += q[i] * row_get(k, i);
+            for (int i = lane; i < ihd; i += 32) d += q[i] * k[i];
             d = warp_sum_f(d);
             score += (d > 0.0f ? d : 0.0f) * iw[h];
         }
