@@ -47,7 +47,7 @@ static __global__ void __launch_bounds__(IX_THREADS)
     int warp = tid >> 5, lane = tid & 31;
     const int chunks = ihd / 8, nw = blockDim.x >> 5, n_tiles = (visible + IX_ROWS - 1) / IX_ROWS;
     if (visible <= top_k || (int)blockIdx.y >= n_tiles) return;
-    auto load = [&](int c0, int b) {
+    auto load = [=](int c0, int b) {
         __half *dst = kt + (size_t)b * IX_ROWS * QS;
         for (int i = tid; i < IX_ROWS * chunks; i += blockDim.x) {
             int r = i / chunks, c = i % chunks;

@@ -580,12 +580,9 @@ __global__ void pf_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp
 /* Top-k of token t's visible scores as ascending row indices (ties → lower
  * index; block_topk_ascending), one block of 1024 per token;
  * n_sel[t] = -1 while every visible row is attended. */
-__global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, size_t lds, int top_k, int pos0,
+__global__ void __launch_bounds__(1024, 1) pf_idx_topk(const float *scores_all, size_t lds, int top_k, int pos0,
                                                     int *sel_all, int *n_sel) {
-    __shared__ int hist[256];
-    __shared__ uint32_t prefix_s;
-    __shared__ int need_s;
-    __shared__ int scan[1024];
+    __shared__ topk_smem sm;
     int t = blockIdx.x, visible = (pos0 + t + 1) / 4;
     if (visible <= top_k) {
         if (threadIdx.x == 0) n_sel[t] = -1;
@@ -593,7 +590,7 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
     }
     const float *scores = scores_all + (size_t)t * lds;
     int *sel = sel_all + (size_t)t * top_k;
-    block_topk_ascending(scores, visible, top_k, sel, hist, scan, &prefix_s, &need_s);
+    block_topk_ascending(scores, visible, top_k, sel, &sm);
     if (threadIdx.x == 0) n_sel[t] = top_k;
 }
 

@@ -434,23 +434,19 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const float *rows
     }
 }
 
-/* Order-preserving key of a score: higher score = higher key; NaN lowest;
- * -0 and +0 equal (they tie on the CPU). */
 /* The indexer's top_k of the visible rows as ascending row indices
  * (block_topk_ascending); n_sel = -1 while every visible row is attended. */
-__global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel, const step_io *io) {
+__global__ void __launch_bounds__(1024, 1) k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel,
+                                                   const step_io *io) {
     pdl_trigger();
     pdl_wait();
-    __shared__ int hist[256];
-    __shared__ uint32_t prefix_s;
-    __shared__ int need_s;
-    __shared__ int scan[1024];
+    __shared__ topk_smem sm;
     int visible = (io->pos + 1) / 4;
     if (visible <= top_k) {
         if (threadIdx.x == 0) *n_sel = -1;
         return;
     }
-    block_topk_ascending(scores, visible, top_k, sel, hist, scan, &prefix_s, &need_s);
+    block_topk_ascending(scores, visible, top_k, sel, &sm);
     if (threadIdx.x == 0) *n_sel = top_k;
 }
 
