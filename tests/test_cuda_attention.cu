@@ -16,12 +16,24 @@
  * Passes when every checked output is within 1e-4 of the largest |ref| of
  * its head (the kernel keeps Q and P to ~22 bits, K/V exact).
  *
+ * Also the indexer at the full shape (64 heads of 128, top-k 512), which
+ * the tiny model's few rows do not reach either: idx_scores
+ * (cuda_idx_scores.cuh) over 16384 rows with its row tiles spread over
+ * 1, 37, 256 and 300 blocks (bit for bit the same scores; within 1e-5 of
+ * the largest |score| from a double-precision reference; nothing written
+ * while the visible rows are at most top-k), and pf_idx_topk
+ * (block_topk_ascending) against a sort by numerics.c's order (NaN as
+ * -inf, ties to the lower index) on those scores and on tie-heavy and
+ * NaN/±0 inputs up to 262144 rows (1M context); then both kernels' times
+ * at 16384 and 262144 visible rows.
+ *
  * Built by `make cuda` (cuda.mk); run on a GPU machine (exit 77 without
  * a device, 1 on a failed check). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <algorithm>
 #include <vector>
 
 #include "../src/backend/cuda/cuda_prefill_ops.cuh"
@@ -226,6 +238,169 @@ static double check(att_data *a, att_shape sh) {
     return worst;
 }
 
+/* ---- the indexer: 64 heads of 128, top-k 512 ---- */
+enum { IX_HEADS = 64, IX_HD = 128 };
+
+/* The top k of s as ascending indices: numerics.c's order (NaN as -inf, the
+ * lower index first among equals) by a full sort. */
+static std::vector<int> topk_ref(const std::vector<float> &s, int k) {
+    std::vector<int> idx(s.size());
+    for (size_t i = 0; i < s.size(); i++) idx[i] = (int)i;
+    auto val = [&](int i) { return s[i] != s[i] ? -INFINITY : s[i]; };
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return val(a) > val(b); });
+    idx.resize(k);
+    std::sort(idx.begin(), idx.end());
+    return idx;
+}
+
+/* pf_idx_topk of one token seeing s.size() rows against topk_ref; its time
+ * (ms) into *ms when ms. */
+static bool topk_case(const char *name, const std::vector<float> &s, float *ms) {
+    int vis = (int)s.size();
+    float *d_s;
+    int *d_sel, *d_nsel;
+    CK(cudaMalloc(&d_s, s.size() * 4));
+    CK(cudaMalloc(&d_sel, TOPK * 4));
+    CK(cudaMalloc(&d_nsel, 4));
+    CK(cudaMemcpy(d_s, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemset(d_sel, 0xff, TOPK * 4));
+    pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
+    CK(cudaGetLastError());
+    std::vector<int> sel(TOPK);
+    int n_sel = 0;
+    CK(cudaMemcpy(sel.data(), d_sel, TOPK * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(&n_sel, d_nsel, 4, cudaMemcpyDeviceToHost));
+    bool ok = n_sel == TOPK && sel == topk_ref(s, TOPK);
+    printf("indexer top-k, %-38s %6d rows: %s\n", name, vis, ok ? "ok" : "FAIL");
+    if (ms) {
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        CK(cudaEventRecord(e0));
+        for (int k = 0; k < 20; k++) pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(ms, e0, e1));
+        *ms /= 20;
+        CK(cudaEventDestroy(e0));
+        CK(cudaEventDestroy(e1));
+    }
+    CK(cudaFree(d_s));
+    CK(cudaFree(d_sel));
+    CK(cudaFree(d_nsel));
+    return ok;
+}
+
+/* Scores of one token seeing vis rows, the row tiles over ny blocks. */
+static std::vector<float> scores_run(const float *d_q, const float *d_w, const __half *d_rows, int vis, int ny,
+                                     float *d_s, int *d_pos) {
+    int pos = 4 * vis - 1;
+    CK(cudaMemcpy(d_pos, &pos, 4, cudaMemcpyHostToDevice));
+    CK(cudaMemset(d_s, 0xff, (size_t)vis * 4));
+    idx_scores<<<dim3(1, ny), IX_THREADS, idx_scores_smem(IX_HEADS, IX_HD)>>>(d_q, d_w, d_rows, IX_HD, IX_HEADS, 0,
+                                                                            d_pos, TOPK, d_s, 0);
+    CK(cudaGetLastError());
+    std::vector<float> s(vis);
+    CK(cudaMemcpy(s.data(), d_s, s.size() * 4, cudaMemcpyDeviceToHost));
+    return s;
+}
+
+static int indexer_checks(void) {
+    const int vis = 16384, big = 262144;
+    int failed = 0, dev = 0, n_sm = 0, per_sm = 0;
+    size_t smem = idx_scores_smem(IX_HEADS, IX_HD);
+    CK(cudaFuncSetAttribute(idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    CK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, idx_scores, IX_THREADS, smem));
+    std::vector<float> q((size_t)IX_HEADS * IX_HD), w(IX_HEADS);
+    std::vector<__half> rows((size_t)big * IX_HD);
+    for (float &v : q) v = (float)urand();
+    for (float &v : w) v = (float)(0.1 * urand());
+    for (__half &v : rows) v = __float2half_rn((float)urand());
+    float *d_q, *d_w, *d_s;
+    __half *d_rows;
+    int *d_pos;
+    CK(cudaMalloc(&d_q, q.size() * 4));
+    CK(cudaMalloc(&d_w, w.size() * 4));
+    CK(cudaMalloc(&d_rows, rows.size() * 2));
+    CK(cudaMalloc(&d_s, (size_t)big * 4));
+    CK(cudaMalloc(&d_pos, 4));
+    CK(cudaMemcpy(d_q, q.data(), q.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_w, w.data(), w.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_rows, rows.data(), rows.size() * 2, cudaMemcpyHostToDevice));
+    /* scores: the same bits on any grid, close to a double reference */
+    std::vector<float> s1 = scores_run(d_q, d_w, d_rows, vis, 1, d_s, d_pos);
+    bool same = true;
+    for (int ny : {37, vis / IX_ROWS, 300}) same &= scores_run(d_q, d_w, d_rows, vis, ny, d_s, d_pos) == s1;
+    double mx = 0.0, md = 0.0;
+    for (int c = 0; c < vis; c++) {
+        double sc = 0.0;
+        for (int h = 0; h < IX_HEADS; h++) {
+            const float *qh = &q[(size_t)h * IX_HD];
+            const __half *k = &rows[(size_t)c * IX_HD];
+            double d = 0.0;
+            for (int i = 0; i < IX_HD; i++) d += (double)qh[i] * (double)__half2float(k[i]);
+            sc += (d > 0.0 ? d : 0.0) * w[h];
+        }
+        mx = fabs(sc) > mx ? fabs(sc) : mx;
+        double err = fabs((double)s1[c] - sc);
+        if (!(err <= md)) md = err;
+    }
+    bool close = md <= 1e-5 * mx;
+    /* at most top_k visible rows: nothing written */
+    int pos = 4 * TOPK - 1;
+    CK(cudaMemcpy(d_pos, &pos, 4, cudaMemcpyHostToDevice));
+    CK(cudaMemset(d_s, 0xff, TOPK * 4));
+    idx_scores<<<dim3(1, 4), IX_THREADS, smem>>>(d_q, d_w, d_rows, IX_HD, IX_HEADS, 0, d_pos, TOPK, d_s, 0);
+    std::vector<unsigned> untouched(TOPK);
+    CK(cudaMemcpy(untouched.data(), d_s, TOPK * 4, cudaMemcpyDeviceToHost));
+    bool idle = true;
+    for (unsigned u : untouched) idle &= u == 0xffffffffu;
+    printf("indexer scores, %d rows: grids of 1, 37, 256, 300 blocks %s; worst |d|/max|ref| %.3g %s; "
+           "%d rows visible: nothing written %s\n",
+           vis, same ? "identical" : "DIFFER", md / mx, close ? "ok" : "FAIL", TOPK, idle ? "ok" : "FAIL");
+    failed += !same + !close + !idle;
+    /* top-k */
+    std::vector<float> t(big);
+    failed += !topk_case("of the scores above", s1, NULL);
+    for (int i = 0; i < big; i++) t[i] = (float)(int)((urand() + 1.0) * 2.5);
+    failed += !topk_case("5 values (ties)", std::vector<float>(t.begin(), t.begin() + vis), NULL);
+    failed += !topk_case("5 values (ties)", t, NULL);
+    for (int i = 0; i < big; i++) t[i] = i % 7 == 0 ? NAN : i % 3 == 0 ? -0.0f : i % 3 == 1 ? 0.0f : -1.0f;
+    failed += !topk_case("NaN, -0, +0, -1", t, NULL);
+    for (int i = 0; i < 600; i++) t[i] = i % 6 == 0 ? NAN : (float)urand();
+    failed += !topk_case("NaN among 500 values", std::vector<float>(t.begin(), t.begin() + 600), NULL);
+    failed += !topk_case("all equal", std::vector<float>(TOPK + 1, 2.5f), NULL);
+    /* times */
+    for (int n : {vis, big}) {
+        float ms_t = 0, ms_s = 0;
+        for (int i = 0; i < n; i++) t[i] = (float)urand();
+        failed += !topk_case("uniform", std::vector<float>(t.begin(), t.begin() + n), &ms_t);
+        int tiles = n / IX_ROWS, ny = tiles < n_sm * per_sm ? tiles : n_sm * per_sm;
+        pos = 4 * n - 1;
+        CK(cudaMemcpy(d_pos, &pos, 4, cudaMemcpyHostToDevice));
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        CK(cudaEventRecord(e0));
+        for (int k = 0; k < 20; k++)
+            idx_scores<<<dim3(1, ny), IX_THREADS, smem>>>(d_q, d_w, d_rows, IX_HD, IX_HEADS, 0, d_pos, TOPK, d_s, 0);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms_s, e0, e1));
+        printf("time, indexer of one token over %d rows: scores %.1f us (%d blocks), top-k %.1f us\n", n,
+               ms_s / 20 * 1e3, ny, ms_t * 1e3);
+        CK(cudaEventDestroy(e0));
+        CK(cudaEventDestroy(e1));
+    }
+    CK(cudaFree(d_q));
+    CK(cudaFree(d_w));
+    CK(cudaFree(d_rows));
+    CK(cudaFree(d_s));
+    CK(cudaFree(d_pos));
+    return failed;
+}
+
 int main(void) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -286,6 +461,7 @@ int main(void) {
         }
         free_data(&a);
     }
+    failed += indexer_checks();
     printf("tests/test_cuda_attention.cu: %s\n", failed ? "FAILED" : "ok");
     return failed ? 1 : 0;
 }

@@ -2,7 +2,8 @@
  * step's kernels (cuda_step_ops.cuh) and the batched prefill's
  * (cuda_prefill_ops.cuh): block and warp reductions, sigmoid/softplus, RoPE
  * pairs, and the FP8 KV and Hadamard+FP4 indexer round-trips, each restating
- * src/engine/numerics.c with the same float operations. Internal linkage:
+ * src/engine/numerics.c with the same float operations; the mma.sync and
+ * ldmatrix wrappers; the indexer's top-k selection. Internal linkage:
  * every translation unit that includes it gets its own copy. Built with
  * -fmad=false like its includers (no contraction the CPU does not do). */
 #ifndef DS4_CUDA_DEVICE_MATH_CUH
@@ -156,6 +157,32 @@ static __device__ void block_indexer_qat(float *x, int n, float *sc) {
     __syncthreads();
 }
 
+/* mma.sync m16n8k16 (f16 in, f32 accumulate) and ldmatrix helpers. */
+__device__ __forceinline__ uint32_t pa_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void pa_ldm_x4(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_ldm_x2(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_ldm_x4_t(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pa_smem(p)));
+}
+
+__device__ __forceinline__ void pa_mma(float *c, const uint32_t *a, const uint32_t *b) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 /* Radix key of a score: larger scores give larger keys, −0 and +0 the
  * same, NaN the smallest. */
 static __device__ uint32_t score_key(float f) {
@@ -165,81 +192,137 @@ static __device__ uint32_t score_key(float f) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+/* Inclusive prefix sum over the warp's lanes. */
+static __device__ int warp_scan_incl(int v) {
+    int l = threadIdx.x & 31;
+    for (int o = 1; o < 32; o <<= 1) {
+        int u = __shfl_up_sync(0xffffffffu, v, o);
+        if (l >= o) v += u;
+    }
+    return v;
+}
+
+/* f(valid, i, key) for the indices of lo..hi (the calling warp's segment) in
+ * ascending order, lane l taking i ≡ lo + l (mod 32); 32·TOPK_BATCH keys
+ * loaded before any is used. Every lane calls f the same number of times
+ * (valid = i < hi), so f may use warp votes. */
+enum { TOPK_BATCH = 8 };
+
+template <typename F>
+static __device__ void warp_keys(const float *scores, int lo, int hi, F f) {
+    int lane = threadIdx.x & 31;
+    for (int base = lo; base < hi; base += 32 * TOPK_BATCH) {
+        uint32_t key[TOPK_BATCH];
+#pragma unroll
+        for (int u = 0; u < TOPK_BATCH; u++) {
+            int i = base + 32 * u + lane;
+            key[u] = i < hi ? score_key(scores[i]) : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < TOPK_BATCH; u++) f(base + 32 * u + lane < hi, base + 32 * u + lane, key[u]);
+    }
+}
+
+/* Shared memory of block_topk_ascending. */
+struct topk_smem {
+    int hist[32][256]; /* a warp's own histogram */
+    int total[256];
+    int ties[32], out[32]; /* a warp's counts, then what comes before its segment */
+    uint32_t prefix;
+    int need;
+};
+
 /* The top_k best of scores[0..visible) as ascending indices into sel
  * (ties → lower index: numerics.c topk_indices_ascending), by the whole
- * block (blockDim.x <= 1024): radix select of the k-th key, 8 bits a pass
- * (a 256-bin histogram of the keys that share the prefix found so far;
- * warp 0 finds the bin holding the k-th from the top), then one ordered
- * pass that keeps the keys above it and the first ties. hist[256],
- * scan[blockDim.x], *prefix_s and *need_s are the caller's shared memory. */
-static __device__ void block_topk_ascending(const float *scores, int visible, int top_k, int *sel, int *hist, int *scan,
-                                            uint32_t *prefix_s, int *need_s) {
+ * block (blockDim.x a multiple of 32, at most 1024; the kernels declare
+ * __launch_bounds__(1024, 1): ~48 registers, no spills). Warp w owns the
+ * contiguous segment w·seg.. of the indices. Radix select of the k-th key,
+ * 8 bits a pass: each warp counts the keys that share the prefix found so
+ * far into its own 256-bin histogram (lanes with the same bin add once:
+ * one add where the whole warp agrees, else __match_any_sync groups), the
+ * warps' bins are added, warp 0 finds the bin
+ * holding the k-th from the top. Then each warp counts its keys above the
+ * k-th and its ties; one warp scan gives every warp the ties before its
+ * segment (the first `need` ties are taken) and its first output slot; each
+ * warp writes its picks in index order (ballots). */
+static __device__ void block_topk_ascending(const float *scores, int visible, int top_k, int *sel, topk_smem *sm) {
+    const int nw = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int seg = ((visible + nw - 1) / nw + 31) & ~31;
+    const int lo = w * seg < visible ? w * seg : visible, hi = lo + seg < visible ? lo + seg : visible;
     uint32_t t = 0, mask = 0;
     int need = top_k; /* how many of the keys matching t under mask to take */
+    int *h = sm->hist[w];
     for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        for (int b = lane; b < 256; b += 32) h[b] = 0;
+        __syncwarp();
+        warp_keys(scores, lo, hi, [&](bool valid, int, uint32_t key) {
+            int bin = valid && (key & mask) == t ? (int)((key >> shift) & 255u) : -1;
+            int bin0 = __shfl_sync(0xffffffffu, bin, 0);
+            if (__all_sync(0xffffffffu, bin == bin0)) {
+                if (lane == 0 && bin0 >= 0) atomicAdd(&h[bin0], 32);
+            } else {
+                unsigned same = __match_any_sync(0xffffffffu, bin);
+                if (bin >= 0 && lane == __ffs(same) - 1) atomicAdd(&h[bin], __popc(same));
+            }
+        });
         __syncthreads();
-        for (int i = threadIdx.x; i < visible; i += blockDim.x) {
-            uint32_t key = score_key(scores[i]);
-            if ((key & mask) == t) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+            int n = 0;
+            for (int v = 0; v < nw; v++) n += sm->hist[v][b];
+            sm->total[b] = n;
         }
         __syncthreads();
-        if (threadIdx.x < 32) {
+        if (w == 0) {
             /* lane l: bins 255-8l down to 248-8l; counts from the top */
-            int l = threadIdx.x, own = 0;
-            for (int j = 0; j < 8; j++) own += hist[255 - 8 * l - j];
-            int incl = own;
-            for (int o = 1; o < 32; o <<= 1) {
-                int v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (l >= o) incl += v;
-            }
+            int own = 0;
+            for (int j = 0; j < 8; j++) own += sm->total[255 - 8 * lane - j];
+            int incl = warp_scan_incl(own);
             unsigned hit = __ballot_sync(0xffffffffu, incl >= need);
-            if (l == __ffs(hit) - 1) {
-                int acc = incl - own, d = 255 - 8 * l;
+            if (lane == __ffs(hit) - 1) {
+                int acc = incl - own, d = 255 - 8 * lane;
                 for (int j = 0; j < 8; j++, d--) {
-                    if (acc + hist[d] >= need) break;
-                    acc += hist[d];
+                    if (acc + sm->total[d] >= need) break;
+                    acc += sm->total[d];
                 }
-                *prefix_s = t | ((uint32_t)d << shift);
-                *need_s = need - acc;
+                sm->prefix = t | ((uint32_t)d << shift);
+                sm->need = need - acc;
             }
         }
         __syncthreads();
-        t = *prefix_s;
-        need = *need_s;
+        t = sm->prefix;
+        need = sm->need;
         mask |= 255u << shift;
-        __syncthreads();
     }
-    int ties_left = need, out = 0;
-    for (int base = 0; base < visible; base += blockDim.x) {
-        int i = base + threadIdx.x;
-        uint32_t key = i < visible ? score_key(scores[i]) : 0u;
-        int tie = i < visible && key == t;
-        /* inclusive scan of ties, then of picks, in index order */
-        scan[threadIdx.x] = tie;
-        __syncthreads();
-        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
-            __syncthreads();
-            scan[threadIdx.x] += v;
-            __syncthreads();
-        }
-        int tie_rank = scan[threadIdx.x] - tie, ties_here = scan[blockDim.x - 1];
-        int pick = i < visible && (key > t || (tie && tie_rank < ties_left));
-        __syncthreads();
-        scan[threadIdx.x] = pick;
-        __syncthreads();
-        for (int o = 1; o < (int)blockDim.x; o <<= 1) {
-            int v = threadIdx.x >= (unsigned)o ? scan[threadIdx.x - o] : 0;
-            __syncthreads();
-            scan[threadIdx.x] += v;
-            __syncthreads();
-        }
-        if (pick) sel[out + scan[threadIdx.x] - 1] = i;
-        out += scan[blockDim.x - 1];
-        ties_left -= ties_here < ties_left ? ties_here : ties_left;
-        __syncthreads();
+    /* t is the k-th key; all keys above it and the first `need` ties */
+    int above = 0, ties = 0;
+    warp_keys(scores, lo, hi, [&](bool valid, int, uint32_t key) {
+        above += valid && key > t;
+        ties += valid && key == t;
+    });
+    for (int o = 16; o > 0; o >>= 1) {
+        above += __shfl_xor_sync(0xffffffffu, above, o);
+        ties += __shfl_xor_sync(0xffffffffu, ties, o);
     }
+    if (lane == 0) sm->ties[w] = ties, sm->out[w] = above;
+    __syncthreads();
+    if (w == 0) {
+        int tw = lane < nw ? sm->ties[lane] : 0, aw = lane < nw ? sm->out[lane] : 0;
+        int tb = warp_scan_incl(tw) - tw, take = need - tb < 0 ? 0 : need - tb < tw ? need - tb : tw;
+        int pw = aw + take, pb = warp_scan_incl(pw) - pw;
+        if (lane < nw) sm->ties[lane] = tb, sm->out[lane] = pb;
+    }
+    __syncthreads();
+    int tie_rank = sm->ties[w], out = sm->out[w];
+    const unsigned below = (1u << lane) - 1u;
+    warp_keys(scores, lo, hi, [&](bool valid, int i, uint32_t key) {
+        bool tie = valid && key == t;
+        unsigned tm = __ballot_sync(0xffffffffu, tie);
+        bool pick = valid && (key > t || (tie && tie_rank + __popc(tm & below) < need));
+        unsigned pm = __ballot_sync(0xffffffffu, pick);
+        if (pick) sel[out + __popc(pm & below)] = i;
+        tie_rank += __popc(tm);
+        out += __popc(pm);
+    });
 }
 
 /* Router of one token by the whole block (model-spec §5.8 steps 2-4,

@@ -397,6 +397,23 @@ static int check_fit(ds4_cuda_engine *e, size_t free_b, ds4_err *err) {
                     e->work_bytes / 1048576.0, gib((double)free_b), e->name, fit);
 }
 
+/* The indexer's tensor-core scores (official mode): its shared memory and
+ * how many of its blocks the device holds at once (e->idx_slots, the decode
+ * step's grid at most). */
+static int idx_scores_setup(ds4_cuda_engine *e, ds4_err *err) {
+    const ds4_hparams *hp = &e->m->hp;
+    int nih = (int)hp->n_indexer_head, ihd = (int)hp->indexer_head_dim, per_sm = 0;
+    size_t smem = idx_scores_smem(nih, ihd);
+    if (ihd % 16) return ds4_fail(err, "cuda: indexer head dim %d is not a multiple of 16", ihd);
+    cudaError_t c = cudaFuncSetAttribute(idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (c == cudaSuccess) c = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, idx_scores, IX_THREADS, smem);
+    if (c != cudaSuccess || per_sm < 1)
+        return ds4_fail(err, "cuda: indexer scores of %d heads of %d need %zu bytes of shared memory a block: %s",
+                        nih, ihd, smem, c != cudaSuccess ? cudaGetErrorString(c) : "more than the device holds");
+    e->idx_slots = (uint32_t)(ds4_cuda_kernels_sm_count(e->k) * per_sm);
+    return 0;
+}
+
 extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact,
                                     const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err) {
     *out = NULL;
@@ -482,6 +499,10 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (c != cudaSuccess) {
         ds4_fail(err, "cuda: attention needs %zu bytes of shared memory per block: %s", smem, cudaGetErrorString(c));
+        ds4_cuda_engine_close(e);
+        return -1;
+    }
+    if (!exact && idx_scores_setup(e, err)) {
         ds4_cuda_engine_close(e);
         return -1;
     }
@@ -649,15 +670,22 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (L->idx_q_b.type == DS4_TYPE_F32 || e->exact ? mv(q, L->idx_q_b, w->qr, w->iq)
                                             : mv_list(q, &mi, &yi, 1, w->qr, NULL, NULL, &w->io->idx_active))
             return -1;
-        int nih = (int)hp->n_indexer_head;
-        uint32_t blocks = (e->comp_cap[il] + 7) / 8;
-        if (blocks > 1024) blocks = 1024;
+        int nih = (int)hp->n_indexer_head, top_k = (int)hp->indexer_top_k;
         if (run(q, "indexer query", k_idx_query, nih, 128, ihd * sizeof(float), w->iq, w->iw, ihd, nih, e->rope_comp,
-                (const step_io *)w->io, (int)e->exact) ||
-            run(q, "indexer scores", k_idx_scores<RowT>, blocks, 256, 0, (const float *)w->iq, (const float *)w->iw,
-                (const RowT *)K->index, ihd, nih, (int)hp->indexer_top_k, w->iscores, (const step_io *)w->io) ||
-            run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, (const float *)w->iscores, (int)hp->indexer_top_k, w->sel,
-                w->n_sel, (const step_io *)w->io))
+                (const step_io *)w->io, (int)e->exact))
+            return -1;
+        /* scores: a grid fixed at capture, its blocks take every gridDim-th
+         * row tile of the visible rows (at most comp_cap) */
+        uint32_t tiles = (e->comp_cap[il] + IX_ROWS - 1) / IX_ROWS, blocks = (e->comp_cap[il] + 7) / 8;
+        if ((e->exact ? run(q, "indexer scores", k_idx_scores, blocks < 1024 ? blocks : 1024, 256, 0,
+                            (const float *)w->iq, (const float *)w->iw, (const float *)K->index, ihd, nih, top_k,
+                            w->iscores, (const step_io *)w->io)
+                      : run(q, "indexer scores", idx_scores, dim3(1, tiles < e->idx_slots ? tiles : e->idx_slots),
+                            IX_THREADS, idx_scores_smem(nih, ihd), (const float *)w->iq, (const float *)w->iw,
+                            (const __half *)K->index, ihd, nih, 0, (const int32_t *)&w->io->pos, top_k, w->iscores,
+                            (size_t)0)) ||
+            run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, (const float *)w->iscores, top_k, w->sel, w->n_sel,
+                (const step_io *)w->io))
             return -1;
         mark(e, q->st, "indexer (q, scores, top-k)");
     }

@@ -90,6 +90,7 @@ struct ds4_cuda_engine {
     rope_dev rope_plain, rope_comp;
     uint32_t max_rows; /* rows one head attends at most */
     int att_hg, att_splits; /* attention: heads per block, blocks per head group (k_attention_split) */
+    uint32_t idx_slots; /* idx_scores blocks the device holds at once (official mode) */
     dwork w;
     /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */
     bool prof;

@@ -326,9 +326,9 @@ static int indexer(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) {
         pmark(q->st, "indexer q, w");
         for (int b = t0; b < T; b += w->score_tok) {
             int nb = T - b < w->score_tok ? T - b : w->score_tok;
-            pf_idx_scores<<<nb, 256, pf_idx_smem(nih, ihd), q->st>>>(w->iq + (size_t)b * qd, w->iw + (size_t)b * nih,
-                                                                     s->L[il].index, ihd, nih, pos0 + b, w->scores,
-                                                                     w->score_ld);
+            idx_scores<<<nb, IX_THREADS, idx_scores_smem(nih, ihd), q->st>>>(
+                w->iq + (size_t)b * qd, w->iw + (size_t)b * nih, s->L[il].index, ihd, nih, pos0 + b,
+                (const int32_t *)NULL, top_k, w->scores, w->score_ld);
             pmark(q->st, "indexer scores");
             pf_idx_topk<<<nb, 1024, 0, q->st>>>(w->scores, w->score_ld, top_k, pos0 + b, w->sel + (size_t)b * top_k,
                                                 w->n_sel + b);
@@ -520,12 +520,12 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd) <= (size_t)optin ? 2 : 1;
     size_t smem = pf_att_smem(w->att_mb, hd);
     if (smem > (size_t)optin || pf_gemm_f16_smem() > (size_t)optin ||
-        pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim) > (size_t)optin)
+        idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim) > (size_t)optin)
         return ds4_fail(err,
                         "cuda prefill: the kernels need %zu (attention), %zu (f16 products) and %zu (indexer) "
                         "bytes of shared memory a block, the device allows %d",
                         smem, pf_gemm_f16_smem(),
-                        pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim), optin);
+                        idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim), optin);
     c = w->att_mb == 2
             ? cudaFuncSetAttribute(pf_attention<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
             : cudaFuncSetAttribute(pf_attention<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -536,8 +536,8 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     if (c == cudaSuccess)
         c = cudaFuncSetAttribute(pf_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_gemm_f16_smem());
     if (c == cudaSuccess)
-        c = cudaFuncSetAttribute(pf_idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)pf_idx_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim));
+        c = cudaFuncSetAttribute(idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim));
     if (c != cudaSuccess) return cuda_fail(err, "prefill kernel attributes", c);
     return 0;
 }

@@ -26,6 +26,7 @@
 #include "cuda_device_math.cuh"
 #include "cuda_engine_impl.cuh"
 #include "cuda_formats.cuh"
+#include "cuda_idx_scores.cuh"
 
 enum { PF_MIX = 2 * HC_N + HC_N * HC_N };
 
@@ -168,32 +169,6 @@ __global__ void pf_hc_post(float *H, const float *y, const float *post, const fl
         for (int src = 0; src < HC_N; src++) acc += ct[src * HC_N + dst] * old[src];
         Ht[(size_t)dst * D + d] = acc;
     }
-}
-
-/* mma.sync m16n8k16 (f16 in, f32 accumulate) and ldmatrix helpers. */
-__device__ __forceinline__ uint32_t pa_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void pa_ldm_x4(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(pa_smem(p)));
-}
-
-__device__ __forceinline__ void pa_ldm_x2(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(pa_smem(p)));
-}
-
-__device__ __forceinline__ void pa_ldm_x4_t(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(pa_smem(p)));
-}
-
-__device__ __forceinline__ void pa_mma(float *c, const uint32_t *a, const uint32_t *b) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
 /* HC pre, step 1-2 on tensor cores for F16 fn: mix[t][j] = (fn_j·H_t)·(1/rms(H_t))
@@ -602,111 +577,12 @@ __global__ void pf_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp
     }
 }
 
-/* scores[t][c] = Σ_h max(0, q_{t,h}·k_c)·w_{t,h} for c < visible(t), one
- * block per token: the head dots of a tile of IX_ROWS rows on tensor cores
- * (q split hi + lo f16, rows exact f16, f32 accumulation), a warp's task 16
- * heads × 32 rows; the ReLU and head weights applied to the accumulators,
- * the task's 16 heads summed across its lanes (a tree), the m-tiles' sums
- * added in order. Row tiles double-buffered (cp.async). */
-enum { IX_ROWS = 64 };
-
-static inline size_t pf_idx_smem(int nih, int ihd) {
-    size_t mh = (size_t)(nih + 15) / 16 * 16, qs = (size_t)ihd + 8;
-    return 2 * mh * qs * 2 + 2 * (size_t)IX_ROWS * qs * 2 + (mh / 16) * IX_ROWS * 4 + mh * 4;
-}
-
-__global__ void __launch_bounds__(256) pf_idx_scores(const float *iq, const float *iw, const __half *rows, int ihd,
-                                                     int nih, int pos_first, float *scores, size_t lds) {
-    extern __shared__ __align__(16) unsigned char ix_raw[];
-    const int MT = (nih + 15) / 16, MH = MT * 16, QS = ihd + 8;
-    __half *qh = (__half *)ix_raw, *ql = qh + (size_t)MH * QS, *kt = ql + (size_t)MH * QS; /* kt: 2 tiles */
-    float *part = (float *)(kt + 2 * (size_t)IX_ROWS * QS), *wh = part + MT * IX_ROWS;
-    int t = blockIdx.x, visible = (pos_first + t + 1) / 4, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int chunks = ihd / 8, nw = blockDim.x >> 5, n_tiles = (visible + IX_ROWS - 1) / IX_ROWS;
-    auto load = [&](int c0, int b) {
-        __half *dst = kt + (size_t)b * IX_ROWS * QS;
-        for (int i = tid; i < IX_ROWS * chunks; i += blockDim.x) {
-            int r = i / chunks, c = i % chunks;
-            __half *d = dst + (size_t)r * QS + c * 8;
-            if (c0 + r < visible)
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)),
-                             "l"(rows + (size_t)(c0 + r) * ihd + c * 8));
-            else
-                *(uint4 *)d = make_uint4(0, 0, 0, 0);
-        }
-        asm volatile("cp.async.commit_group;");
-    };
-    if (n_tiles > 0) load(0, 0);
-    const float *qt = iq + (size_t)t * nih * ihd;
-    for (int i = tid; i < MH * ihd; i += blockDim.x) {
-        int h = i / ihd, d = i % ihd;
-        float v = h < nih ? qt[(size_t)h * ihd + d] : 0.0f;
-        __half hi = __float2half_rn(v);
-        qh[(size_t)h * QS + d] = hi;
-        ql[(size_t)h * QS + d] = __float2half_rn(v - __half2float(hi));
-    }
-    for (int h = tid; h < MH; h += blockDim.x) wh[h] = h < nih ? iw[(size_t)t * nih + h] : 0.0f;
-    for (int it = 0; it < n_tiles; it++) {
-        int c0 = it * IX_ROWS;
-        asm volatile("cp.async.wait_group 0;");
-        __syncthreads();
-        if (it + 1 < n_tiles) load(c0 + IX_ROWS, (it + 1) & 1);
-        const __half *K = kt + (size_t)(it & 1) * IX_ROWS * QS;
-        /* a task: 16 heads × 32 rows (4 n-tiles sharing the q fragments) */
-        for (int task = warp; task < MT * (IX_ROWS / 32); task += nw) {
-            int m = task / (IX_ROWS / 32), n0 = (task % (IX_ROWS / 32)) * 4;
-            float c[4][4];
-#pragma unroll
-            for (int nn = 0; nn < 4; nn++) c[nn][0] = c[nn][1] = c[nn][2] = c[nn][3] = 0.0f;
-            const __half *arow = qh + (size_t)(m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * QS + (lane >> 4) * 8;
-            const __half *brow = K + (size_t)(n0 * 8 + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
-            for (int k0 = 0; k0 < ihd; k0 += 16) {
-                uint32_t ah[4], al[4];
-                pa_ldm_x4(ah, arow + k0);
-                pa_ldm_x4(al, arow + (size_t)MH * QS + k0);
-#pragma unroll
-                for (int nn = 0; nn < 4; nn++) {
-                    uint32_t b[2];
-                    pa_ldm_x2(b, brow + (size_t)nn * 8 * QS + k0);
-                    pa_mma(c[nn], ah, b);
-                    pa_mma(c[nn], al, b);
-                }
-            }
-            /* heads g and g+8 of the m-tile in this lane, then the tree over g */
-            float w0 = wh[m * 16 + (lane >> 2)], w1 = wh[m * 16 + (lane >> 2) + 8];
-#pragma unroll
-            for (int nn = 0; nn < 4; nn++) {
-                float v0 = (c[nn][0] > 0.0f ? c[nn][0] : 0.0f) * w0 + (c[nn][2] > 0.0f ? c[nn][2] : 0.0f) * w1;
-                float v1 = (c[nn][1] > 0.0f ? c[nn][1] : 0.0f) * w0 + (c[nn][3] > 0.0f ? c[nn][3] : 0.0f) * w1;
-                for (int o = 4; o < 32; o <<= 1) {
-                    v0 += __shfl_xor_sync(0xffffffffu, v0, o);
-                    v1 += __shfl_xor_sync(0xffffffffu, v1, o);
-                }
-                if (lane < 4) {
-                    int col = (n0 + nn) * 8 + lane * 2;
-                    part[m * IX_ROWS + col] = v0;
-                    part[m * IX_ROWS + col + 1] = v1;
-                }
-            }
-        }
-        __syncthreads();
-        for (int r = tid; r < IX_ROWS && c0 + r < visible; r += blockDim.x) {
-            float score = 0.0f;
-            for (int m = 0; m < MT; m++) score += part[m * IX_ROWS + r];
-            scores[(size_t)t * lds + c0 + r] = score;
-        }
-    }
-}
-
 /* Top-k of token t's visible scores as ascending row indices (ties → lower
  * index; block_topk_ascending), one block of 1024 per token;
  * n_sel[t] = -1 while every visible row is attended. */
-__global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, size_t lds, int top_k, int pos0,
+__global__ void __launch_bounds__(1024, 1) pf_idx_topk(const float *scores_all, size_t lds, int top_k, int pos0,
                                                     int *sel_all, int *n_sel) {
-    __shared__ int hist[256];
-    __shared__ uint32_t prefix_s;
-    __shared__ int need_s;
-    __shared__ int scan[1024];
+    __shared__ topk_smem sm;
     int t = blockIdx.x, visible = (pos0 + t + 1) / 4;
     if (visible <= top_k) {
         if (threadIdx.x == 0) n_sel[t] = -1;
@@ -714,7 +590,7 @@ __global__ void __launch_bounds__(1024) pf_idx_topk(const float *scores_all, siz
     }
     const float *scores = scores_all + (size_t)t * lds;
     int *sel = sel_all + (size_t)t * top_k;
-    block_topk_ascending(scores, visible, top_k, sel, hist, scan, &prefix_s, &need_s);
+    block_topk_ascending(scores, visible, top_k, sel, &sm);
     if (threadIdx.x == 0) n_sel[t] = top_k;
 }
 

@@ -32,6 +32,7 @@
 #include "cuda_async.cuh"
 #include "cuda_pdl.cuh"
 #include "cuda_device_math.cuh"
+#include "cuda_idx_scores.cuh"
 
 enum { OPS_THREADS = 512 };
 
@@ -43,8 +44,6 @@ __device__ float f16_round_dev(float x) { return __half2float(__float2half_rn(x)
 template <typename RowT> __device__ __forceinline__ constexpr bool row_exact() { return sizeof(RowT) == sizeof(float); }
 __device__ __forceinline__ void row_put(__half *p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void row_put(float *p, float v) { *p = v; }
-__device__ __forceinline__ float row_get(const __half *r, int i) { return __half2float(r[i]); }
-__device__ __forceinline__ float row_get(const float *r, int i) { return r[i]; }
 /* Values 2j and 2j+1 of a row. */
 __device__ __forceinline__ float2 row_pair(const __half *r, int j) { return __half22float2(((const __half2 *)r)[j]); }
 __device__ __forceinline__ float2 row_pair(const float *r, int j) { return ((const float2 *)r)[j]; }
@@ -411,10 +410,10 @@ __global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp,
     }
 }
 
-/* score_c = Σ_h max(0, q_h·k_c)·w_h for the visible indexer rows, one warp
- * per row; nothing to do while every visible row is attended anyway. */
-template <typename RowT>
-__global__ void k_idx_scores(const float *iq, const float *iw, const RowT *rows, int ihd, int nih, int top_k,
+/* score_c = Σ_h max(0, q_h·k_c)·w_h for the visible f32 indexer rows of
+ * exact mode, one warp per row (f16 rows: idx_scores, on tensor cores);
+ * nothing to do while every visible row is attended anyway. */
+__global__ void k_idx_scores(const float *iq, const float *iw, const float *rows, int ihd, int nih, int top_k,
                              float *scores, const step_io *io) {
     pdl_trigger();
     pdl_wait();
@@ -423,12 +422,12 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const RowT *rows,
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     int n_warps = (gridDim.x * blockDim.x) >> 5;
     for (int c = warp; c < visible; c += n_warps) {
-        const RowT *k = rows + (size_t)c * ihd;
+        const float *k = rows + (size_t)c * ihd;
         float score = 0.0f;
         for (int h = 0; h < nih; h++) {
             const float *q = iq + (size_t)h * ihd;
             float d = 0.0f;
-            for (int i = lane; i < ihd; i += 32) d += q[i] * row_get(k, i);
+            for (int i = lane; i < ihd; i += 32) d += q[i] * k[i];
             d = warp_sum_f(d);
             score += (d > 0.0f ? d : 0.0f) * iw[h];
         }
@@ -436,23 +435,19 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const RowT *rows,
     }
 }
 
-/* Order-preserving key of a score: higher score = higher key; NaN lowest;
- * -0 and +0 equal (they tie on the CPU). */
 /* The indexer's top_k of the visible rows as ascending row indices
  * (block_topk_ascending); n_sel = -1 while every visible row is attended. */
-__global__ void k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel, const step_io *io) {
+__global__ void __launch_bounds__(1024, 1) k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel,
+                                                   const step_io *io) {
     pdl_trigger();
     pdl_wait();
-    __shared__ int hist[256];
-    __shared__ uint32_t prefix_s;
-    __shared__ int need_s;
-    __shared__ int scan[1024];
+    __shared__ topk_smem sm;
     int visible = (io->pos + 1) / 4;
     if (visible <= top_k) {
         if (threadIdx.x == 0) *n_sel = -1;
         return;
     }
-    block_topk_ascending(scores, visible, top_k, sel, hist, scan, &prefix_s, &need_s);
+    block_topk_ascending(scores, visible, top_k, sel, &sm);
     if (threadIdx.x == 0) *n_sel = top_k;
 }
 
