@@ -445,8 +445,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
      * enough row splits for about two blocks per multiprocessor. */
     e->att_hg = ATT_HG;
     while (hp->n_head % e->att_hg) e->att_hg--;
-    int n_sm = 0;
-    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0);
+    int n_sm = ds4_cuda_kernels_sm_count(e->k);
     int groups = (int)hp->n_head / e->att_hg, chunks = (int)(e->max_rows + ATT_RC - 1) / ATT_RC;
     e->att_splits = 2 * (n_sm > 0 ? n_sm : 1) / groups;
     if (e->att_splits > chunks) e->att_splits = chunks;
