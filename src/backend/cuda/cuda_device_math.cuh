@@ -40,6 +40,19 @@ static __device__ float block_max_f(float v, float *sh) {
     return t;
 }
 
+/* v[k] = src[i0 + k·stride] for k < N, every load issued before any value is
+ * used (a loop whose loads sit behind a bounds branch waits one memory
+ * latency per load); indices at or past n read src[n - 1] (n > 0): the
+ * caller masks them. */
+template <int N, typename T>
+static __device__ __forceinline__ void load_batch(const T *src, int i0, int stride, int n, T *v) {
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        int i = i0 + k * stride;
+        v[k] = src[i < n ? i : n - 1];
+    }
+}
+
 static __device__ float warp_sum_f(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

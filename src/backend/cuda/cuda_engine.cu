@@ -693,7 +693,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
             att_split_smem(e->att_hg, hd, sizeof(RowT)), (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa,
             (const RowT *)K->comp, (int)L->ratio, (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io,
             w->att_part, w->att_ml) ||
-        run(q, "attention combine", k_attention_combine, hp->n_head, 256, hd * sizeof(float),
+        run(q, "attention combine", k_attention_combine, hp->n_head, 256, (hd + 2 * e->att_splits) * sizeof(float),
             (const float *)w->att_part, (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
             (const int *)w->sel, n_sel, L->sinks, hd, rp, (const step_io *)w->io, w->att))
         return -1;

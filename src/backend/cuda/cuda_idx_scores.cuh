@@ -61,13 +61,24 @@ static __global__ void __launch_bounds__(IX_THREADS)
         asm volatile("cp.async.commit_group;");
     };
     load(blockIdx.y * IX_ROWS, 0);
-    const float *qt = iq + (size_t)t * nih * ihd;
-    for (int i = tid; i < MH * ihd; i += blockDim.x) {
-        int h = i / ihd, d = i % ihd;
-        float v = h < nih ? qt[(size_t)h * ihd + d] : 0.0f;
-        __half hi = __float2half_rn(v);
-        qh[(size_t)h * QS + d] = hi;
-        ql[(size_t)h * QS + d] = __float2half_rn(v - __half2float(hi));
+    const float4 *qt = (const float4 *)(iq + (size_t)t * nih * ihd);
+    const int nq4 = nih * ihd / 4;
+    for (int i0 = tid; i0 < MH * ihd / 4; i0 += 8 * blockDim.x) {
+        float4 v4[8];
+        load_batch<8>(qt, i0, blockDim.x, nq4, v4);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int i = i0 + k * blockDim.x, h = 4 * i / ihd, d = 4 * i % ihd;
+            if (i >= MH * ihd / 4) break;
+            float v[4] = {v4[k].x, v4[k].y, v4[k].z, v4[k].w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = h < nih ? v[e] : 0.0f;
+                __half hi = __float2half_rn(x);
+                qh[(size_t)h * QS + d + e] = hi;
+                ql[(size_t)h * QS + d + e] = __float2half_rn(x - __half2float(hi));
+            }
+        }
     }
     for (int h = tid; h < MH; h += blockDim.x) wh[h] = h < nih ? iw[(size_t)t * nih + h] : 0.0f;
     for (int it = blockIdx.y, j = 0; it < n_tiles; it += gridDim.y, j++) {

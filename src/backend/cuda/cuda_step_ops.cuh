@@ -69,9 +69,24 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
     const float *xr = x + blockIdx.x * ld;
     float *yr = y + blockIdx.x * ld;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    for (int i0 = threadIdx.x; i0 < n; i0 += 8 * blockDim.x) {
+        float v[8];
+        load_batch<8>(xr, i0, blockDim.x, n, v);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (i0 + k * (int)blockDim.x < n) ss += (double)v[k] * (double)v[k];
+    }
     float s = ds4_rms_scale(block_sum(ss, sh), n, eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w ? xr[i] * s * w[i] : xr[i] * s;
+    for (int i0 = threadIdx.x; i0 < n; i0 += 8 * blockDim.x) {
+        float v[8], g[8];
+        load_batch<8>(xr, i0, blockDim.x, n, v);
+        if (w) load_batch<8>(w, i0, blockDim.x, n, g);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int i = i0 + k * blockDim.x;
+            if (i < n) yr[i] = w ? v[k] * s * g[k] : v[k] * s;
+        }
+    }
 }
 
 /* HC post gates and the Sinkhorn-normalised mixing matrix from mix (model-
@@ -558,7 +573,17 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
         cp_async_commit();
     };
     load(s, 0);
-    for (int i = tid; i < hg * hd; i += blockDim.x) qs[i] = q[(size_t)h0 * hd + i];
+    {
+        const float4 *q4 = (const float4 *)(q + (size_t)h0 * hd);
+        const int n4 = hg * hd / 4;
+        for (int i0 = tid; i0 < n4; i0 += 4 * blockDim.x) {
+            float4 v[4];
+            load_batch<4>(q4, i0, blockDim.x, n4, v);
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                if (i0 + k * (int)blockDim.x < n4) ((float4 *)qs)[i0 + k * blockDim.x] = v[k];
+        }
+    }
     const float scale = 1.0f / sqrtf((float)hd);
     float m_run = -INFINITY, l_run = 0.0f; /* head `warp`'s, in every lane of that warp */
     float2 o[ATT_HG];
@@ -613,7 +638,8 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
 
 /* out[h] = (Σ_s o_s·e^(m_s−M)) / (e^(sink−M) + Σ_s l_s·e^(m_s−M)) over the
  * busy splits in order, M the largest of the sink and the m_s, rotated back
- * at the query position; one block per head, a pair per thread. */
+ * at the query position; one block per head, a pair per thread. Shared:
+ * hd outputs, then the splits' m (turned into weights) and l. */
 __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, int S, int n_swa, int ratio,
                                     const int *sel, const int *n_sel, const float *sinks, int hd, rope_dev rp,
                                     const step_io *io, float *out) {
@@ -623,19 +649,39 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
     const int h = blockIdx.x;
-    const float2 *ml = part_ml + (size_t)h * S;
-    float M = sinks[h];
-    for (int s = 0; s < busy; s++) M = fmaxf(M, ml[s].x);
-    float den = expf(sinks[h] - M);
-    for (int s = 0; s < busy; s++) den += ml[s].y * expf(ml[s].x - M);
-    float inv = 1.0f / den;
+    float *wsplit = os + hd, *lsplit = wsplit + S;
+    __shared__ float inv_s;
+    for (int s = threadIdx.x; s < busy; s += blockDim.x) {
+        float2 ml = part_ml[(size_t)h * S + s];
+        wsplit[s] = ml.x;
+        lsplit[s] = ml.y;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float M = sinks[h];
+        for (int s = 0; s < busy; s++) M = fmaxf(M, wsplit[s]);
+        float den = expf(sinks[h] - M);
+        for (int s = 0; s < busy; s++) {
+            float w = expf(wsplit[s] - M);
+            den += lsplit[s] * w;
+            wsplit[s] = w;
+        }
+        inv_s = 1.0f / den;
+    }
+    __syncthreads();
+    const float inv = inv_s;
+    const float2 *po = (const float2 *)(part_o + (size_t)h * S * hd);
     for (int j = threadIdx.x; 2 * j < hd; j += blockDim.x) {
         float2 t = make_float2(0.0f, 0.0f);
-        for (int s = 0; s < busy; s++) {
-            float w = expf(ml[s].x - M);
-            float2 v = ((const float2 *)(part_o + ((size_t)h * S + s) * hd))[j];
-            t.x += v.x * w;
-            t.y += v.y * w;
+        for (int s0 = 0; s0 < busy; s0 += 8) {
+            float2 v[8];
+            load_batch<8>(po + j, s0 * (hd / 2), hd / 2, busy * (hd / 2) - j, v);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (s0 + k < busy) {
+                    t.x += v[k].x * wsplit[s0 + k];
+                    t.y += v[k].y * wsplit[s0 + k];
+                }
         }
         os[2 * j] = t.x * inv;
         os[2 * j + 1] = t.y * inv;
