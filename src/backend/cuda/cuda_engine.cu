@@ -374,7 +374,6 @@ static double gib(double bytes) { return bytes / 1073741824.0; }
 
 /* Device memory left for the driver, graph and kernel launches beyond what
  * the engine allocates itself. */
-#define DEVICE_RESERVE ((size_t)256 << 20)
 
 /* Before the weights are loaded: weights + one session at ctx must fit in
  * what is free (the workspace is allocated already). */

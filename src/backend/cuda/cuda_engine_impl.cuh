@@ -70,6 +70,12 @@ struct dwork {
     uint8_t *actA, *actB;
 };
 
+/* Device memory kept free beside the weights and sessions (the fit check),
+ * and beside the prefill workspace (the decode step's graph, instantiated
+ * after a prefill, and the driver need it). */
+#define DEVICE_RESERVE ((size_t)256 << 20)
+#define PREFILL_RESERVE ((size_t)1024 << 20)
+
 struct ds4_cuda_engine {
     const ds4_model *m;
     const ds4_synth_fill *fills; /* synthetic tensors generated on the device (during open only) */
@@ -101,6 +107,7 @@ struct ds4_cuda_engine {
     double prof_ms[48];
     int n_prof;
     struct pf_ws *prefill; /* batched prefill workspace (cuda_prefill.cu), NULL until the first */
+    int prefill_cap_max;   /* tokens per prefill chunk whose workspace fits (0: not yet limited) */
     void **small;      /* cudaMalloc'd small buffers, freed at close */
     int n_small, cap_small;
     char name[320];

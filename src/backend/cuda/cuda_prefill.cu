@@ -22,7 +22,9 @@
  *
  * The workspace (activations of up to PF_MAX_CHUNK tokens) belongs to the
  * engine, allocated at the first prefill and grown when a larger chunk
- * comes; ds4_cuda_prefill_free releases it at engine close. */
+ * comes, smaller chunks where a full one would leave less than
+ * PREFILL_RESERVE of device memory; ds4_cuda_prefill_free releases it at
+ * engine close. */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -558,9 +560,24 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
         return 0;
     }
     int want = n < PF_MAX_CHUNK ? n : PF_MAX_CHUNK;
+    if (e->prefill_cap_max && want > e->prefill_cap_max) want = e->prefill_cap_max;
     if (!e->prefill || e->prefill->cap < want) {
         ds4_cuda_prefill_free(e);
-        if (ds4_cuda_mmq_init(e->k, err) || pf_ws_new(s, want, &e->prefill, err)) return -1;
+        if (ds4_cuda_mmq_init(e->k, err)) return -1;
+        /* The workspace leaves PREFILL_RESERVE free (the decode step's graph
+         * is instantiated later): chunks are halved until it does. */
+        for (;;) {
+            size_t free_b = 0, total_b = 0;
+            int r = pf_ws_new(s, want, &e->prefill, err);
+            if (r == 0 && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && free_b >= PREFILL_RESERVE) break;
+            cudaGetLastError(); /* a failed allocation is not sticky */
+            ds4_cuda_prefill_free(e);
+            if (want <= 16)
+                return r ? -1 : ds4_fail(err, "cuda prefill: no room for a workspace of %d tokens beside %.2f GiB kept free",
+                                         want, PREFILL_RESERVE / 1073741824.0);
+            want /= 2;
+            e->prefill_cap_max = want;
+        }
         if (pf_kernels_setup(e->prefill, hp, err)) {
             ds4_cuda_prefill_free(e);
             return -1;
