@@ -50,6 +50,7 @@ struct ds4_cuda_kernels {
     int split_per_sm;  /* matvec: split rows until there are this many items per SM */
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
     int stream;        /* matvec: k_matvec_stream for products with many rows (DS4_CUDA_STREAM=0: off) */
+    int mvs_stages, mvs_chunk; /* its staging buffers per warp (2, 4, 8) and largest chunk in bytes */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
     int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane, 0: one;
@@ -526,26 +527,30 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
 
 /* Streaming product for matrices with many rows (no fewer than half the
  * resident warps): each warp owns a contiguous run of whole rows of one
- * activation group and streams them through MVS_STAGES staging buffers in
- * chunks (a row is 2^lgC chunks of slice_bytes), the next MVS_STAGES - 1
- * chunks in flight while one is used. Lanes keep their block sums across a
+ * activation group and streams them through NST staging buffers in chunks
+ * (a row is 2^lgC chunks of slice_bytes), the next NST - 1 chunks in flight
+ * while one is used. Lanes keep their block sums across a
  * row's chunks in block order (as dot_rows over the whole row: the same
  * result) and the warp adds them at the row's end; no synchronisation
  * between warps once the activation is staged, and nothing but the chunk
  * index to compute per step (k_matvec spends its issue slots on per-item
  * bookkeeping for short rows, and its slices of long rows meet through a
  * block barrier per tile). */
-enum { MVS_STAGES = 4, MVS_CHUNK_MAX = 2176 };
+/* Defaults from ds4-cuda-bench on an H200 (attn_q_b / out_a / out_b, us):
+ * 2 stages of <= 1088 bytes 13.5/13.9/13.7; 2 x 2176 13.6/14.4/13.7;
+ * 4 x 2176 15.2/15.7/14.1; 8 x 2176 17.0/17.4/17.0 (fewer stages leave room
+ * for more warps). DS4_CUDA_MVS=stages,bytes (stages 2, 4 or 8) overrides. */
+enum { MVS_STAGES = 2, MVS_CHUNK_MAX = 1088 };
 
-template <class F, int NW>
+template <class F, int NW, int NST>
 __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    /* Shared memory: [tables][activation][32 doubles][NW x MVS_STAGES buffers]. */
+    /* Shared memory: [tables][activation][32 doubles][NW x NST buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     double *red = (double *)s;
-    uint8_t *const buf = s + 32 * sizeof(double) + warp * MVS_STAGES * p.buf_stride;
+    uint8_t *const buf = s + 32 * sizeof(double) + warp * NST * p.buf_stride;
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
 
     const uint32_t bpg = gridDim.x / p.n_groups, g = blockIdx.x / bpg;
@@ -560,7 +565,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
                        p.slice_bytes, true, lane);
         cp_async_commit();
     };
-    for (uint32_t k = 0; k < MVS_STAGES; k++) issue(k, buf + k * p.buf_stride);
+    for (uint32_t k = 0; k < NST; k++) issue(k, buf + k * p.buf_stride);
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     pdl_wait();
@@ -570,8 +575,8 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
     __syncthreads();
     float acc = 0.0f;
     for (uint32_t k = 0; k < n_steps; k++) {
-        uint8_t *cur = buf + (k % MVS_STAGES) * p.buf_stride;
-        cp_async_wait<MVS_STAGES - 1>();
+        uint8_t *cur = buf + (k % NST) * p.buf_stride;
+        cp_async_wait<NST - 1>();
         __syncwarp();
         rows_acc<F, 1>(cur, 0, p.slice_blocks, a, (k & last) * p.slice_blocks, tab, lane, &acc);
         if ((k & last) == last) {
@@ -581,7 +586,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
             acc = 0.0f;
         }
         __syncwarp();
-        issue(k + MVS_STAGES, cur);
+        issue(k + NST, cur);
     }
 }
 
@@ -807,10 +812,10 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     /* Many rows: k_matvec_stream, rows in chunks of at most MVS_CHUNK_MAX
      * bytes that keep the lanes' block order (a multiple of 32 units). */
     uint32_t cb = nb;
-    while (cb * F::block_bytes > MVS_CHUNK_MAX && cb % 2 == 0 && (cb / 2 * F::block_bytes) % 16 == 0 &&
+    while (cb * F::block_bytes > (uint32_t)k->mvs_chunk && cb % 2 == 0 && (cb / 2 * F::block_bytes) % 16 == 0 &&
            (cb / 2 * F::G) % 32 == 0)
         cb /= 2;
-    if (k->stream && p.aligned && row_bytes % 16 == 0 && cb * F::block_bytes <= MVS_CHUNK_MAX) {
+    if (k->stream && p.aligned && row_bytes % 16 == 0 && cb * F::block_bytes <= (uint32_t)k->mvs_chunk) {
         mv_params q = p;
         q.S = 1;
         q.lgS = 0;
@@ -818,8 +823,11 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
         q.slice_bytes = cb * F::block_bytes;
         while ((cb << q.lgC) < nb) q.lgC++;
         q.buf_stride = round16(q.slice_bytes) + 16;
-        size_t smem = table_bytes<F>() + p.act_smem + 32 * sizeof(double) + (size_t)NW * MVS_STAGES * q.buf_stride;
-        void (*kern)(const mv_params) = k_matvec_stream<F, NW>;
+        const int nst = k->mvs_stages;
+        size_t smem = table_bytes<F>() + p.act_smem + 32 * sizeof(double) + (size_t)NW * nst * q.buf_stride;
+        void (*kern)(const mv_params) = nst == 2   ? k_matvec_stream<F, NW, 2>
+                                        : nst == 8 ? k_matvec_stream<F, NW, 8>
+                                                   : k_matvec_stream<F, NW, MVS_STAGES>;
         int per_sm = 0;
         if (smem <= k->smem_optin &&
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem) == cudaSuccess &&
@@ -922,7 +930,9 @@ static cudaError_t allow_smem(int bytes) {
     cudaError_t e;
     if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
-    if ((e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+    if ((e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
@@ -952,6 +962,14 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->split_per_sm = 16;
     const char *sv = getenv("DS4_CUDA_STREAM");
     k->stream = !(sv && !strcmp(sv, "0"));
+    k->mvs_stages = MVS_STAGES;
+    k->mvs_chunk = MVS_CHUNK_MAX;
+    const char *mv = getenv("DS4_CUDA_MVS");
+    if (mv) {
+        int st = 0, ch = 0;
+        if (sscanf(mv, "%d,%d", &st, &ch) >= 1 && (st == 2 || st == 4 || st == 8)) k->mvs_stages = st;
+        if (ch >= 512 && ch <= 16384) k->mvs_chunk = ch;
+    }
     k->pdl_ok = prop.major >= 9;
     const char *v = getenv("DS4_CUDA_IQ2V");
     k->iq2v = v && (v[0] == '0' || v[0] == '1' || v[0] == '2') ? v[0] - '0' : -1;
