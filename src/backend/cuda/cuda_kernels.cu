@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "cuda_async.cuh"
 #include "cuda_formats.cuh"
 #include "cuda_kernels.h"
@@ -51,6 +53,7 @@ struct ds4_cuda_kernels {
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
     int stream;        /* matvec: k_matvec_stream for products with many rows (DS4_CUDA_STREAM=0: off) */
     int mvs_stages, mvs_chunk; /* its staging buffers per warp (2, 4, 8) and largest chunk in bytes */
+    int moe_nb;        /* MoE kernels: staging buffers per warp, 1 or 2 (DS4_CUDA_MOENB); 0: by format */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
     int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane, 0: one;
@@ -613,7 +616,7 @@ struct moe_params {
 
 /* Item (k, r): row r of gate and of up of expert ids[k], staged side by
  * side; the warp writes mid[k·n_rows + r]. */
-template <class F, int NW>
+template <class F, int NW, int NB>
 __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -621,7 +624,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
     float *wts = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
-    uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
+    uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * NB * p.buf_stride; /* NB buffers of buf_stride */
 
     /* The first weights are requested before the activation is staged (and,
      * when the ids are fixed, before waiting for the previous kernel). */
@@ -651,21 +654,30 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
-        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
-        cp_async_commit();
-        cp_async_wait<1>();
+        uint8_t *cur = buf + (NB == 2 ? (it & 1) : 0) * p.buf_stride;
+        if (NB == 2) { /* the next item loads while this one is used */
+            if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncwarp();
         if (item < n_items) {
             uint32_t k = item / p.n_rows;
             float mid = 0.0f;
             if ((uint32_t)ids[k] < p.n_expert) {
                 float gu[2];
-                dot_rows<F, 2>(buf + (it & 1) * p.buf_stride, p.part_stride, p.nb, a, 0, tab, lane, gu);
+                dot_rows<F, 2>(cur, p.part_stride, p.nb, a, 0, tab, lane, gu);
                 mid = ds4_swiglu(gu[0], gu[1], p.clamp, wts[k]);
             }
             if (lane == 0) p.out[item] = mid;
         }
         __syncwarp();
+        if (NB == 1) { /* one buffer: the next item after this one */
+            if (ntile < n_tiles && nitem < n_items) issue(nitem, buf, ids);
+            cp_async_commit();
+        }
         tile = ntile;
         item = nitem;
     }
@@ -674,14 +686,14 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
 /* Item o: row o of down of every selected expert, staged side by side; the
  * warp adds the n_sel dot products in selection order. The activation is
  * the n_sel quantised mid rows back to back. */
-template <class F, int NW>
+template <class F, int NW, int NB>
 __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     /* Shared memory: [tables][activation][ids][NW x 2 buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
-    uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * 2 * p.buf_stride; /* two buffers of buf_stride */
+    uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * NB * p.buf_stride; /* NB buffers of buf_stride */
 
     /* The first weights are requested before the activation is staged (and,
      * when the ids are fixed, before waiting for the previous kernel). */
@@ -707,21 +719,30 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
-        if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
-        cp_async_commit();
-        cp_async_wait<1>();
+        uint8_t *cur = buf + (NB == 2 ? (it & 1) : 0) * p.buf_stride;
+        if (NB == 2) { /* the next item loads while this one is used */
+            if (ntile < n_tiles && nitem < n_items) issue(nitem, buf + ((it + 1) & 1) * p.buf_stride, ids);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncwarp();
         if (item < n_items) {
             float acc = 0.0f;
             for (uint32_t k = 0; k < p.n_sel; k++) {
                 if ((uint32_t)ids[k] >= p.n_expert) continue;
                 float d;
-                dot_rows<F, 1>(buf + (it & 1) * p.buf_stride + k * p.part_stride, 0, p.nb, a, k * p.nb, tab, lane, &d);
+                dot_rows<F, 1>(cur + k * p.part_stride, 0, p.nb, a, k * p.nb, tab, lane, &d);
                 acc += d;
             }
             if (lane == 0) p.out[item] = p.add ? acc + p.add[item] : acc;
         }
         __syncwarp();
+        if (NB == 1) { /* one buffer: the next item after this one */
+            if (ntile < n_tiles && nitem < n_items) issue(nitem, buf, ids);
+            cp_async_commit();
+        }
         tile = ntile;
         item = nitem;
     }
@@ -855,6 +876,16 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
 }
 
+/* Staging buffers per warp of the MoE kernels: one for Q4_K (more warps
+ * fit: ds4-cuda-bench on an H200, q4 gate+up 1732 -> 1938 GB/s, down 994 ->
+ * 1127), two (the next item loading during this one) for the q2 formats
+ * (q2 gate+up 1166 vs 1130 GB/s with one, down 1105 vs 970). */
+template <class F>
+static int moe_buffers(const ds4_cuda_kernels *k) {
+    if (k->moe_nb) return k->moe_nb;
+    return std::is_same<F, fmt_q4_K>::value ? 1 : 2;
+}
+
 template <class F>
 static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
                        uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
@@ -883,11 +914,13 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
     p.act_smem = act_smem_bytes(F::act_kind, n_in);
     p.clamp = clamp;
     p.aligned = (uintptr_t)gate % 16 == 0 && (uintptr_t)up % 16 == 0 && p.row_bytes % 16 == 0;
-    size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * 2 * p.buf_stride;
+    const int nb = moe_buffers<F>(k);
+    size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * nb * p.buf_stride;
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + NW - 1) / NW);
     int grid = 1;
-    if (launch_grid(k, k_moe_gate_up<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
-    cudaError_t e = pdl_launch(k->pdl, k_moe_gate_up<F, NW>, grid, NW * 32, smem, st, p);
+    void (*kern)(const moe_params) = nb == 1 ? k_moe_gate_up<F, NW, 1> : k_moe_gate_up<F, NW, 2>;
+    if (launch_grid(k, kern, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
+    cudaError_t e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "moe gate/up launch", e);
 }
 
@@ -915,11 +948,13 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     p.buf_stride = n_sel * p.part_stride;
     p.act_smem = act_smem_bytes(F::act_kind, n_ff * n_sel);
     p.aligned = (uintptr_t)down % 16 == 0 && p.row_bytes % 16 == 0;
-    size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * 2 * p.buf_stride;
+    const int nb = moe_buffers<F>(k);
+    size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * nb * p.buf_stride;
     uint32_t n_tiles = (n_out + NW - 1) / NW;
     int grid = 1;
-    if (launch_grid(k, k_moe_down<F, NW>, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
-    cudaError_t e = pdl_launch(k->pdl, k_moe_down<F, NW>, grid, NW * 32, smem, st, p);
+    void (*kern)(const moe_params) = nb == 1 ? k_moe_down<F, NW, 1> : k_moe_down<F, NW, 2>;
+    if (launch_grid(k, kern, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
+    cudaError_t e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "moe down launch", e);
 }
 
@@ -934,10 +969,13 @@ static cudaError_t allow_smem(int bytes) {
         (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
         (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
-    if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+    if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if constexpr (!DOWN) return cudaSuccess;
-    else return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    else if ((e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+        return e;
+    else return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
 /* ------------------------------------------------------------------ */
@@ -962,6 +1000,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->split_per_sm = 16;
     const char *sv = getenv("DS4_CUDA_STREAM");
     k->stream = !(sv && !strcmp(sv, "0"));
+    const char *nbv = getenv("DS4_CUDA_MOENB");
+    k->moe_nb = nbv && (nbv[0] == '1' || nbv[0] == '2') ? nbv[0] - '0' : 0;
     k->mvs_stages = MVS_STAGES;
     k->mvs_chunk = MVS_CHUNK_MAX;
     const char *mv = getenv("DS4_CUDA_MVS");
