@@ -21,11 +21,13 @@
  * (cuda_idx_scores.cuh) over 16384 rows with its row tiles spread over
  * 1, 37, 256 and 300 blocks (bit for bit the same scores; within 1e-5 of
  * the largest |score| from a double-precision reference; nothing written
- * while the visible rows are at most top-k), and pf_idx_topk
- * (block_topk_ascending) against a sort by numerics.c's order (NaN as
- * -inf, ties to the lower index) on those scores and on tie-heavy and
- * NaN/±0 inputs up to 262144 rows (1M context); then both kernels' times
- * at 16384 and 262144 visible rows.
+ * while the visible rows are at most top-k), and the top-k both ways —
+ * pf_idx_topk (block_topk_ascending, one block) and the decode step's grid
+ * top-k (cuda_topk_grid.cuh, run twice so its state is checked to reset) —
+ * against a sort by numerics.c's order (NaN as -inf, ties to the lower
+ * index) on those scores and on tie-heavy and NaN/±0 inputs up to 262144
+ * rows (1M context); then the kernels' times at 16384 and 262144 visible
+ * rows.
  *
  * Built by `make cuda` (cuda.mk); run on a GPU machine (exit 77 without
  * a device, 1 on a failed check). */
@@ -37,6 +39,7 @@
 #include <vector>
 
 #include "../src/backend/cuda/cuda_prefill_ops.cuh"
+#include "../src/backend/cuda/cuda_topk_grid.cuh"
 
 enum { HEADS = 64, HD = 512, NSWA = 128, TOPK = 512 };
 
@@ -253,41 +256,81 @@ static std::vector<int> topk_ref(const std::vector<float> &s, int k) {
     return idx;
 }
 
-/* pf_idx_topk of one token seeing s.size() rows against topk_ref; its time
- * (ms) into *ms when ms. */
+/* The decode step's grid top-k (cuda_topk_grid.cuh) over vis rows: the
+ * engine's six launches. */
+static void topk_grid_run(const float *d_s, int vis, int g, topk_grid_state *d_st, int *d_wa, int *d_wt, int *d_sel,
+                          int *d_nsel, const step_io *d_io) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+        k_topk_grid_pass<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, shift, d_st, d_io);
+    k_topk_grid_count<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, d_st, d_wa, d_wt, d_io);
+    k_topk_grid_write<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+}
+
+/* The top-k of one token seeing s.size() rows against topk_ref, by
+ * pf_idx_topk (one block, as the prefill and short decode contexts) and by
+ * the grid top-k (long decode contexts); their times (ms) into ms[0], ms[1]
+ * when ms. */
 static bool topk_case(const char *name, const std::vector<float> &s, float *ms) {
-    int vis = (int)s.size();
+    int vis = (int)s.size(), n_sm = 0, g;
+    CK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0));
+    g = topk_grid_blocks(n_sm, (uint32_t)vis);
     float *d_s;
-    int *d_sel, *d_nsel;
+    int *d_sel, *d_nsel, *d_wa, *d_wt;
+    topk_grid_state *d_st;
+    step_io io = {0, 4 * vis - 1, 1}, *d_io;
     CK(cudaMalloc(&d_s, s.size() * 4));
     CK(cudaMalloc(&d_sel, TOPK * 4));
     CK(cudaMalloc(&d_nsel, 4));
+    CK(cudaMalloc(&d_st, sizeof *d_st));
+    CK(cudaMalloc(&d_wa, (size_t)g * TOPK_GRID_WARPS * 4));
+    CK(cudaMalloc(&d_wt, (size_t)g * TOPK_GRID_WARPS * 4));
+    CK(cudaMalloc(&d_io, sizeof io));
+    CK(cudaMemset(d_st, 0, sizeof *d_st));
+    CK(cudaMemcpy(d_io, &io, sizeof io, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(d_s, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemset(d_sel, 0xff, TOPK * 4));
-    pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
-    CK(cudaGetLastError());
-    std::vector<int> sel(TOPK);
-    int n_sel = 0;
-    CK(cudaMemcpy(sel.data(), d_sel, TOPK * 4, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(&n_sel, d_nsel, 4, cudaMemcpyDeviceToHost));
-    bool ok = n_sel == TOPK && sel == topk_ref(s, TOPK);
-    printf("indexer top-k, %-38s %6d rows: %s\n", name, vis, ok ? "ok" : "FAIL");
-    if (ms) {
-        cudaEvent_t e0, e1;
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
-        CK(cudaEventRecord(e0));
-        for (int k = 0; k < 20; k++) pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(ms, e0, e1));
-        *ms /= 20;
-        CK(cudaEventDestroy(e0));
-        CK(cudaEventDestroy(e1));
+    const std::vector<int> ref = topk_ref(s, TOPK);
+    bool ok = true;
+    for (int way = 0; way < 2; way++) {
+        CK(cudaMemset(d_sel, 0xff, TOPK * 4));
+        CK(cudaMemset(d_nsel, 0, 4));
+        /* the grid version twice: its state must be ready again after a step */
+        for (int rep = 0; rep < (way ? 2 : 1); rep++) {
+            if (way) topk_grid_run(d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+            else pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
+        }
+        CK(cudaGetLastError());
+        std::vector<int> sel(TOPK);
+        int n_sel = 0;
+        CK(cudaMemcpy(sel.data(), d_sel, TOPK * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(&n_sel, d_nsel, 4, cudaMemcpyDeviceToHost));
+        bool good = n_sel == TOPK && sel == ref;
+        printf("indexer top-k, %-38s %6d rows, %-16s %s\n", name, vis, way ? "grid of blocks:" : "one block:",
+               good ? "ok" : "FAIL");
+        ok &= good;
+        if (ms) {
+            cudaEvent_t e0, e1;
+            CK(cudaEventCreate(&e0));
+            CK(cudaEventCreate(&e1));
+            CK(cudaEventRecord(e0));
+            for (int k = 0; k < 20; k++) {
+                if (way) topk_grid_run(d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+                else pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
+            }
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            CK(cudaEventElapsedTime(&ms[way], e0, e1));
+            ms[way] /= 20;
+            CK(cudaEventDestroy(e0));
+            CK(cudaEventDestroy(e1));
+        }
     }
     CK(cudaFree(d_s));
     CK(cudaFree(d_sel));
     CK(cudaFree(d_nsel));
+    CK(cudaFree(d_st));
+    CK(cudaFree(d_wa));
+    CK(cudaFree(d_wt));
+    CK(cudaFree(d_io));
     return ok;
 }
 
@@ -373,9 +416,9 @@ static int indexer_checks(void) {
     failed += !topk_case("all equal", std::vector<float>(TOPK + 1, 2.5f), NULL);
     /* times */
     for (int n : {vis, big}) {
-        float ms_t = 0, ms_s = 0;
+        float ms_t[2] = {0, 0}, ms_s = 0;
         for (int i = 0; i < n; i++) t[i] = (float)urand();
-        failed += !topk_case("uniform", std::vector<float>(t.begin(), t.begin() + n), &ms_t);
+        failed += !topk_case("uniform", std::vector<float>(t.begin(), t.begin() + n), ms_t);
         int tiles = n / IX_ROWS, ny = tiles < n_sm * per_sm ? tiles : n_sm * per_sm;
         pos = 4 * n - 1;
         CK(cudaMemcpy(d_pos, &pos, 4, cudaMemcpyHostToDevice));
@@ -388,8 +431,9 @@ static int indexer_checks(void) {
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         CK(cudaEventElapsedTime(&ms_s, e0, e1));
-        printf("time, indexer of one token over %d rows: scores %.1f us (%d blocks), top-k %.1f us\n", n,
-               ms_s / 20 * 1e3, ny, ms_t * 1e3);
+        printf("time, indexer of one token over %d rows: scores %.1f us (%d blocks), top-k %.1f us (one block), "
+               "%.1f us (grid, %d blocks)\n",
+               n, ms_s / 20 * 1e3, ny, ms_t[0] * 1e3, ms_t[1] * 1e3, topk_grid_blocks(n_sm, (uint32_t)n));
         CK(cudaEventDestroy(e0));
         CK(cudaEventDestroy(e1));
     }

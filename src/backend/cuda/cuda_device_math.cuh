@@ -245,19 +245,93 @@ struct topk_smem {
     int need;
 };
 
+/* The pieces of the radix select, shared by the one-block top-k below and
+ * the decode step's grid-wide one (cuda_topk_grid.cuh). */
+
+/* Counts the keys of [lo, hi) whose bits under mask equal t into the warp's
+ * 256-bin histogram h by digit (key >> shift) & 255 (lanes with the same bin
+ * add once: one add where the whole warp agrees, else __match_any_sync
+ * groups). h must be zero. */
+static __device__ void warp_digit_hist(const float *scores, int lo, int hi, uint32_t t, uint32_t mask, int shift,
+                                       int *h) {
+    const int lane = threadIdx.x & 31;
+    warp_keys(scores, lo, hi, [&](bool valid, int, uint32_t key) {
+        int bin = valid && (key & mask) == t ? (int)((key >> shift) & 255u) : -1;
+        int bin0 = __shfl_sync(0xffffffffu, bin, 0);
+        if (__all_sync(0xffffffffu, bin == bin0)) {
+            if (lane == 0 && bin0 >= 0) atomicAdd(&h[bin0], 32);
+        } else {
+            unsigned same = __match_any_sync(0xffffffffu, bin);
+            if (bin >= 0 && lane == __ffs(same) - 1) atomicAdd(&h[bin], __popc(same));
+        }
+    });
+}
+
+/* By one warp: the digit d of the need-th largest key among those counted
+ * in total[256] (digits at shift); *prefix = t | d << shift, *need_out = how
+ * many of the keys with that digit to take. */
+static __device__ void warp_find_digit(const int *total, uint32_t t, int shift, int need, uint32_t *prefix,
+                                       int *need_out) {
+    /* lane l: bins 255-8l down to 248-8l; counts from the top */
+    const int lane = threadIdx.x & 31;
+    int own = 0;
+    for (int j = 0; j < 8; j++) own += total[255 - 8 * lane - j];
+    int incl = warp_scan_incl(own);
+    unsigned hit = __ballot_sync(0xffffffffu, incl >= need);
+    if (lane == __ffs(hit) - 1) {
+        int acc = incl - own, d = 255 - 8 * lane;
+        for (int j = 0; j < 8; j++, d--) {
+            if (acc + total[d] >= need) break;
+            acc += total[d];
+        }
+        *prefix = t | ((uint32_t)d << shift);
+        *need_out = need - acc;
+    }
+}
+
+/* The warp's keys of [lo, hi) above t and equal to t (in every lane). */
+static __device__ void warp_count_above(const float *scores, int lo, int hi, uint32_t t, int *above, int *ties) {
+    int a = 0, e = 0;
+    warp_keys(scores, lo, hi, [&](bool valid, int, uint32_t key) {
+        a += valid && key > t;
+        e += valid && key == t;
+    });
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, o);
+        e += __shfl_xor_sync(0xffffffffu, e, o);
+    }
+    *above = a;
+    *ties = e;
+}
+
+/* Writes the warp's picks of [lo, hi) in index order from sel[out]: keys
+ * above t, and ties while the tie rank (from tie_rank, the ties before the
+ * segment) is below need. */
+static __device__ void warp_write_picks(const float *scores, int lo, int hi, uint32_t t, int need, int tie_rank,
+                                        int out, int *sel) {
+    const unsigned below = (1u << (threadIdx.x & 31)) - 1u;
+    warp_keys(scores, lo, hi, [&](bool valid, int i, uint32_t key) {
+        bool tie = valid && key == t;
+        unsigned tm = __ballot_sync(0xffffffffu, tie);
+        bool pick = valid && (key > t || (tie && tie_rank + __popc(tm & below) < need));
+        unsigned pm = __ballot_sync(0xffffffffu, pick);
+        if (pick) sel[out + __popc(pm & below)] = i;
+        tie_rank += __popc(tm);
+        out += __popc(pm);
+    });
+}
+
 /* The top_k best of scores[0..visible) as ascending indices into sel
  * (ties → lower index: numerics.c topk_indices_ascending), by the whole
  * block (blockDim.x a multiple of 32, at most 1024; the kernels declare
  * __launch_bounds__(1024, 1): ~48 registers, no spills). Warp w owns the
  * contiguous segment w·seg.. of the indices. Radix select of the k-th key,
  * 8 bits a pass: each warp counts the keys that share the prefix found so
- * far into its own 256-bin histogram (lanes with the same bin add once:
- * one add where the whole warp agrees, else __match_any_sync groups), the
- * warps' bins are added, warp 0 finds the bin
- * holding the k-th from the top. Then each warp counts its keys above the
- * k-th and its ties; one warp scan gives every warp the ties before its
- * segment (the first `need` ties are taken) and its first output slot; each
- * warp writes its picks in index order (ballots). */
+ * far into its own histogram (warp_digit_hist), the warps' bins are added,
+ * warp 0 finds the bin holding the k-th from the top. Then each warp counts
+ * its keys above the k-th and its ties; one warp scan gives every warp the
+ * ties before its segment (the first `need` ties are taken) and its first
+ * output slot; each warp writes its picks in index order (ballots). */
 static __device__ void block_topk_ascending(const float *scores, int visible, int top_k, int *sel, topk_smem *sm) {
     const int nw = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int seg = ((visible + nw - 1) / nw + 31) & ~31;
@@ -268,16 +342,7 @@ static __device__ void block_topk_ascending(const float *scores, int visible, in
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = lane; b < 256; b += 32) h[b] = 0;
         __syncwarp();
-        warp_keys(scores, lo, hi, [&](bool valid, int, uint32_t key) {
-            int bin = valid && (key & mask) == t ? (int)((key >> shift) & 255u) : -1;
-            int bin0 = __shfl_sync(0xffffffffu, bin, 0);
-            if (__all_sync(0xffffffffu, bin == bin0)) {
-                if (lane == 0 && bin0 >= 0) atomicAdd(&h[bin0], 32);
-            } else {
-                unsigned same = __match_any_sync(0xffffffffu, bin);
-                if (bin >= 0 && lane == __ffs(same) - 1) atomicAdd(&h[bin], __popc(same));
-            }
-        });
+        warp_digit_hist(scores, lo, hi, t, mask, shift, h);
         __syncthreads();
         for (int b = threadIdx.x; b < 256; b += blockDim.x) {
             int n = 0;
@@ -285,37 +350,15 @@ static __device__ void block_topk_ascending(const float *scores, int visible, in
             sm->total[b] = n;
         }
         __syncthreads();
-        if (w == 0) {
-            /* lane l: bins 255-8l down to 248-8l; counts from the top */
-            int own = 0;
-            for (int j = 0; j < 8; j++) own += sm->total[255 - 8 * lane - j];
-            int incl = warp_scan_incl(own);
-            unsigned hit = __ballot_sync(0xffffffffu, incl >= need);
-            if (lane == __ffs(hit) - 1) {
-                int acc = incl - own, d = 255 - 8 * lane;
-                for (int j = 0; j < 8; j++, d--) {
-                    if (acc + sm->total[d] >= need) break;
-                    acc += sm->total[d];
-                }
-                sm->prefix = t | ((uint32_t)d << shift);
-                sm->need = need - acc;
-            }
-        }
+        if (w == 0) warp_find_digit(sm->total, t, shift, need, &sm->prefix, &sm->need);
         __syncthreads();
         t = sm->prefix;
         need = sm->need;
         mask |= 255u << shift;
     }
     /* t is the k-th key; all keys above it and the first `need` ties */
-    int above = 0, ties = 0;
-    warp_keys(scores, lo, hi, [&](bool valid, int, uint32_t key) {
-        above += valid && key > t;
-        ties += valid && key == t;
-    });
-    for (int o = 16; o > 0; o >>= 1) {
-        above += __shfl_xor_sync(0xffffffffu, above, o);
-        ties += __shfl_xor_sync(0xffffffffu, ties, o);
-    }
+    int above, ties;
+    warp_count_above(scores, lo, hi, t, &above, &ties);
     if (lane == 0) sm->ties[w] = ties, sm->out[w] = above;
     __syncthreads();
     if (w == 0) {
@@ -325,17 +368,7 @@ static __device__ void block_topk_ascending(const float *scores, int visible, in
         if (lane < nw) sm->ties[lane] = tb, sm->out[lane] = pb;
     }
     __syncthreads();
-    int tie_rank = sm->ties[w], out = sm->out[w];
-    const unsigned below = (1u << lane) - 1u;
-    warp_keys(scores, lo, hi, [&](bool valid, int i, uint32_t key) {
-        bool tie = valid && key == t;
-        unsigned tm = __ballot_sync(0xffffffffu, tie);
-        bool pick = valid && (key > t || (tie && tie_rank + __popc(tm & below) < need));
-        unsigned pm = __ballot_sync(0xffffffffu, pick);
-        if (pick) sel[out + __popc(pm & below)] = i;
-        tie_rank += __popc(tm);
-        out += __popc(pm);
-    });
+    warp_write_picks(scores, lo, hi, t, need, sm->ties[w], sm->out[w], sel);
 }
 
 /* Router of one token by the whole block (model-spec §5.8 steps 2-4,

@@ -50,6 +50,7 @@ extern "C" {
 }
 
 #include "cuda_step_ops.cuh"
+#include "cuda_topk_grid.cuh"
 #include "cuda_exact.cuh"
 #include "cuda_engine_impl.cuh"
 #include "cuda_synth.cuh"
@@ -303,6 +304,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
     F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
     F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
+    F(w->tkg, 1); F(w->tk_wa, (e->topk_grid + 1) * TOPK_GRID_WARPS); F(w->tk_wt, (e->topk_grid + 1) * TOPK_GRID_WARPS);
     F(w->att, qdim); F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
     F(w->low, (size_t)hp->n_out_group * hp->o_lora); F(w->y, D);
     F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL);
@@ -315,6 +317,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     cudaError_t c = cudaMemcpy(w->zero_id, &zero, sizeof zero, cudaMemcpyHostToDevice);
     if (c == cudaSuccess) c = cudaMemcpy(w->one_w, &one, sizeof one, cudaMemcpyHostToDevice);
     if (c == cudaSuccess) c = cudaMemset(w->hc_count, 0, sizeof *w->hc_count);
+    if (c == cudaSuccess) c = cudaMemset(w->tkg, 0, sizeof *w->tkg);
     return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
 }
 
@@ -449,6 +452,15 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->att_splits = 2 * (n_sm > 0 ? n_sm : 1) / groups;
     if (e->att_splits > chunks) e->att_splits = chunks;
     if (e->att_splits < 1) e->att_splits = 1;
+    /* The indexer's top-k over the grid once a ratio-4 layer can see more
+     * than TOPK_GRID_MIN rows (cuda_topk_grid.cuh); DS4_CUDA_TOPK_GRID=1|0
+     * forces it on or off (tests). */
+    uint32_t idx_cap = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++)
+        if (m->layers[il].compress_ratio == 4 && e->comp_cap[il] > idx_cap) idx_cap = e->comp_cap[il];
+    const char *tg = getenv("DS4_CUDA_TOPK_GRID");
+    bool grid_topk = tg && (tg[0] == '0' || tg[0] == '1') ? tg[0] == '1' : idx_cap > TOPK_GRID_MIN;
+    e->topk_grid = grid_topk && idx_cap ? topk_grid_blocks(n_sm, idx_cap) : 0;
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
     snprintf(e->name, sizeof e->name, "%s", ds4_cuda_kernels_device_name(e->k));
@@ -610,6 +622,24 @@ static int hc(enq *q, const float *y, const dmat &fn, const float *scale, const 
     return 0;
 }
 
+/* The indexer's top_k of the visible scores into ws.sel / ws.n_sel: one
+ * block (k_idx_topk), or at long context the grid top-k's six launches. */
+static int idx_topk(enq *q, int top_k) {
+    ds4_cuda_engine *e = q->e;
+    dwork *w = &e->w;
+    const float *sc = w->iscores;
+    const step_io *io = w->io;
+    const int g = e->topk_grid;
+    if (!g) return run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, sc, top_k, w->sel, w->n_sel, io);
+    for (int shift = 24; shift >= 0; shift -= 8)
+        if (run(q, "indexer top-k pass", k_topk_grid_pass, g, TOPK_GRID_THREADS, 0, sc, top_k, shift, w->tkg, io))
+            return -1;
+    return run(q, "indexer top-k count", k_topk_grid_count, g, TOPK_GRID_THREADS, 0, sc, top_k, w->tkg, w->tk_wa,
+               w->tk_wt, io) ||
+           run(q, "indexer top-k write", k_topk_grid_write, g, TOPK_GRID_THREADS, 0, sc, top_k,
+               (const topk_grid_state *)w->tkg, (const int *)w->tk_wa, (const int *)w->tk_wt, w->sel, w->n_sel, io);
+}
+
 /* RowT: the stored rows' type (float in exact mode). */
 template <typename RowT>
 static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
@@ -682,8 +712,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                             IX_THREADS, idx_scores_smem(nih, ihd), (const float *)w->iq, (const float *)w->iw,
                             (const __half *)K->index, ihd, nih, 0, (const int32_t *)&w->io->pos, top_k, w->iscores,
                             (size_t)0)) ||
-            run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, (const float *)w->iscores, top_k, w->sel, w->n_sel,
-                (const step_io *)w->io))
+            idx_topk(q, top_k))
             return -1;
         mark(e, q->st, "indexer (q, scores, top-k)");
     }

@@ -64,6 +64,8 @@ struct dwork {
     float2 *att_ml;  /* and their (max, sum) [head][split] */
     double *hc_part; /* per k_hc block, HC_MIX + 1 partial sums of HC pre */
     unsigned *hc_count; /* k_hc blocks done (the last resets it) */
+    struct topk_grid_state *tkg; /* the grid top-k's state and per-warp counts (cuda_topk_grid.cuh) */
+    int *tk_wa, *tk_wt;
     int pdl_failed;  /* capturing with programmatic launches failed once */
     int32_t *ids, *zero_id, *sel, *n_sel;
     float *one_w;
@@ -96,6 +98,7 @@ struct ds4_cuda_engine {
     rope_dev rope_plain, rope_comp;
     uint32_t max_rows; /* rows one head attends at most */
     int att_hg, att_splits; /* attention: heads per block, blocks per head group (k_attention_split) */
+    int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk */
     uint32_t idx_slots; /* idx_scores blocks the device holds at once (official mode) */
     dwork w;
     /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */
