@@ -54,6 +54,8 @@ struct ds4_cuda_kernels {
     int stream;        /* matvec: k_matvec_stream for products with many rows (DS4_CUDA_STREAM=0: off) */
     int mvs_stages, mvs_chunk; /* its staging buffers per warp (2, 4, 8) and largest chunk in bytes */
     int moe_nb;        /* MoE kernels: staging buffers per warp, 1 or 2 (DS4_CUDA_MOENB); 0: by format */
+    int down_rows;     /* MoE down: 1 one expert row a warp (k_moe_down_rows), 2 all of an output row's
+                          experts a warp (k_moe_down); 0: by format (DS4_CUDA_DOWNROWS=1|2) */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
     int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane, 0: one;
@@ -68,6 +70,8 @@ struct fmt_f16 {
 /* ------------------------------------------------------------------ */
 /* Device helpers                                                      */
 /* ------------------------------------------------------------------ */
+
+__host__ __device__ constexpr uint32_t round16_dev(uint32_t x) { return (x + 15) & ~15u; }
 
 /* Copies `bytes` from global memory to a warp's buffer: asynchronous
  * 16-byte copies when source and length are 16-byte aligned, else plain
@@ -748,6 +752,66 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     }
 }
 
+/* Down, one expert row per warp: a block's warps are (row slot r, selected
+ * expert k), R = blockDim/32/n_sel row slots; iteration it takes rows
+ * (it·gridDim + block)·R + r. Each warp stages its row of expert ids[k]
+ * (the next iteration's while it uses this one), writes its dot product to
+ * shared memory, and after a barrier thread r adds row r's n_sel products
+ * in selection order (+ add): k_moe_down's sums, bit for bit, with every
+ * expert's row in flight at once and a sixth of the staging per warp. */
+template <class F>
+__global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nth = blockDim.x;
+    const int S = (int)p.n_sel, R = nth / 32 / S, k = warp % S, r = warp / S;
+    /* Shared memory: [tables][activation][ids][2 x R x S products][warps x 2 buffers]. */
+    uint8_t *s = smem + table_bytes<F>() + p.act_smem;
+    int32_t *ids = (int32_t *)s;
+    float *part = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
+    uint8_t *const buf = s + 4 * DS4_CUDA_MAX_SEL + round16_dev(8 * DS4_CUDA_MAX_SEL * R) + warp * 2 * p.part_stride;
+    pdl_trigger();
+    if (!p.fixed_ids) pdl_wait();
+    const uint32_t n_it = (p.n_rows + gridDim.x * R - 1) / (gridDim.x * R);
+    auto row_of = [&](uint32_t it, int slot) { return (it * gridDim.x + blockIdx.x) * (uint32_t)R + (uint32_t)slot; };
+    auto issue = [&](uint32_t it, uint8_t *dst, const int32_t *id_list) {
+        uint32_t o = row_of(it, r), e = warp < R * S ? (uint32_t)id_list[k] : p.n_expert;
+        if (it < n_it && o < p.n_rows && e < p.n_expert)
+            stage_span(dst, p.w0 + (size_t)e * p.expert_bytes + (size_t)o * p.row_bytes, p.row_bytes, p.aligned,
+                       lane);
+        cp_async_commit();
+    };
+    issue(0, buf, p.ids);
+    if (tid < S) ids[tid] = p.ids[tid];
+    s = smem;
+    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, nth);
+    if (p.fixed_ids) pdl_wait();
+    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, nth);
+    __syncthreads();
+    for (uint32_t it = 0; it < n_it; it++) {
+        uint8_t *cur = buf + (it & 1) * p.part_stride;
+        issue(it + 1, buf + ((it + 1) & 1) * p.part_stride, ids);
+        cp_async_wait<1>();
+        __syncwarp();
+        float *pp = part + (it & 1) * R * S;
+        if (warp < R * S) {
+            float d = 0.0f;
+            if (row_of(it, r) < p.n_rows && (uint32_t)ids[k] < p.n_expert)
+                dot_rows<F, 1>(cur, 0, p.nb, a, k * p.nb, tab, lane, &d);
+            if (lane == 0) pp[r * S + k] = d;
+        }
+        __syncthreads();
+        if (tid < R) {
+            uint32_t o = row_of(it, tid);
+            if (o < p.n_rows) {
+                float acc = 0.0f;
+                for (int kk = 0; kk < S; kk++)
+                    if ((uint32_t)ids[kk] < p.n_expert) acc += pp[tid * S + kk];
+                p.out[o] = p.add ? acc + p.add[o] : acc;
+            }
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* Host side                                                           */
 /* ------------------------------------------------------------------ */
@@ -876,6 +940,16 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
 }
 
+/* The down product one expert row a warp (k_moe_down_rows) for Q4_K:
+ * ds4-cuda-bench on an H200, q4 down 25.1 -> 20.2 us; the same for Q2_K
+ * (14.6 -> 14.5) and slower for the shared expert's Q8_0 (6.34 -> 6.51), which
+ * keep k_moe_down. */
+template <class F>
+static bool moe_down_rows(const ds4_cuda_kernels *k) {
+    if (k->down_rows) return k->down_rows == 1;
+    return std::is_same<F, fmt_q4_K>::value;
+}
+
 /* Staging buffers per warp of the MoE kernels: one for Q4_K (more warps
  * fit: ds4-cuda-bench on an H200, q4 gate+up 1732 -> 1938 GB/s, down 994 ->
  * 1127), two (the next item loading during this one) for the q2 formats
@@ -948,6 +1022,16 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     p.buf_stride = n_sel * p.part_stride;
     p.act_smem = act_smem_bytes(F::act_kind, n_ff * n_sel);
     p.aligned = (uintptr_t)down % 16 == 0 && p.row_bytes % 16 == 0;
+    if (moe_down_rows<F>(k)) { /* k_moe_down_rows: n_sel·R warps, R rows an iteration */
+        int R = (8 + (int)n_sel - 1) / (int)n_sel, threads = 32 * (int)n_sel * R;
+        size_t smem = table_bytes<F>() + p.act_smem + 4 * DS4_CUDA_MAX_SEL + round16_dev(8 * DS4_CUDA_MAX_SEL * R) +
+                      (size_t)threads / 32 * 2 * p.part_stride;
+        uint32_t n_blocks = (n_out + R - 1) / R;
+        int grid = 1;
+        if (launch_grid(k, k_moe_down_rows<F>, threads, smem, n_blocks, 1, &grid, err)) return -1;
+        cudaError_t e = pdl_launch(k->pdl, k_moe_down_rows<F>, grid, threads, smem, st, p);
+        return e == cudaSuccess ? 0 : cuda_fail(err, "moe down launch", e);
+    }
     const int nb = moe_buffers<F>(k);
     size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * nb * p.buf_stride;
     uint32_t n_tiles = (n_out + NW - 1) / NW;
@@ -973,7 +1057,8 @@ static cudaError_t allow_smem(int bytes) {
         (e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if constexpr (!DOWN) return cudaSuccess;
-    else if ((e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+    else if ((e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+             (e = cudaFuncSetAttribute(k_moe_down_rows<F>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     else return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
@@ -1000,6 +1085,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->split_per_sm = 16;
     const char *sv = getenv("DS4_CUDA_STREAM");
     k->stream = !(sv && !strcmp(sv, "0"));
+    const char *drv = getenv("DS4_CUDA_DOWNROWS");
+    k->down_rows = drv && (drv[0] == '1' || drv[0] == '2') ? drv[0] - '0' : 0;
     const char *nbv = getenv("DS4_CUDA_MOENB");
     k->moe_nb = nbv && (nbv[0] == '1' || nbv[0] == '2') ? nbv[0] - '0' : 0;
     k->mvs_stages = MVS_STAGES;
