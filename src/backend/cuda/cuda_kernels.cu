@@ -20,8 +20,12 @@
  * memory) — quantised already, or quantised by the block itself from f32
  * (the decode step: no separate quantisation launch) — and, for IQ2_XXS,
  * the decode tables, where the random lookups are cheapest. One launch
- * may cover several matrices that read the same activation.
- * Measurements and the reasons for each choice: notes/cuda-kernels.md.
+ * may cover several matrices that read the same activation. Products with
+ * half to eight rows a resident warp go through k_matvec_stream instead
+ * (each warp its own run of whole rows, streamed in chunks, no barrier
+ * between warps); the Q4_K MoE down through k_moe_down_rows (one expert's
+ * row a warp). Measurements and the reasons for each choice:
+ * notes/cuda-kernels.md (§15 for the stream and row kernels).
  *
  * Rows whose byte length (or base address) is not 16-byte aligned, as in
  * tiny test models, take a synchronous 2-byte copy instead: slower, same
