@@ -468,16 +468,6 @@ __device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g,
     return p.w[sg] + r * p.row_bytes;
 }
 
-/* The activation of group g staged for a product: quantised (normed first
- * with norm_w) from the f32 x, or copied from a quantised one. */
-template <class F>
-__device__ __forceinline__ act_view mv_stage_act(const mv_params &p, uint32_t g, uint8_t *s, double *red, int tid,
-                                                 int nth) {
-    return p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps, p.norm_out, red, tid,
-                                          nth)
-               : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, nth);
-}
-
 /* Items are (row, slice) pairs;  a tile is NW consecutive items, one per
  * warp, so a row's S slices meet in one thread block and are added in
  * slice order through shared memory. With activation groups, gridDim.x is
@@ -513,7 +503,9 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     pdl_wait();
-    const act_view a = mv_stage_act<F>(p, g, s, red, tid, NW * 32);
+    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
+                                                      p.norm_out, red, tid, NW * 32)
+                           : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + bpg, nitem = ntile * NW + warp;
@@ -588,7 +580,9 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     pdl_wait();
-    const act_view a = mv_stage_act<F>(p, g, s, red, tid, NW * 32);
+    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
+                                                      p.norm_out, red, tid, NW * 32)
+                           : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     __syncthreads();
     float acc = 0.0f;
     for (uint32_t k = 0; k < n_steps; k++) {
