@@ -580,6 +580,8 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     pdl_wait();
+    /* as in k_matvec: one shared helper for the two measured 1.5% slower
+     * (43 q2 layers, H200, notes/cuda-kernels.md §15) */
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
                                                       p.norm_out, red, tid, NW * 32)
                            : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
