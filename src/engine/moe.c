@@ -55,14 +55,7 @@ static void route_task(void *ctx, int t, int worker) {
 
 /* mid = silu(min(g, c)) · clamp(u, -c, c) (· weight), in place in g. */
 static void swiglu_row(float *g, const float *u, int n, float clamp, float weight) {
-    for (int i = 0; i < n; i++) {
-        float gv = g[i], uv = u[i];
-        if (clamp > 0.0f) {
-            gv = fminf(gv, clamp);
-            uv = fminf(fmaxf(uv, -clamp), clamp);
-        }
-        g[i] = silu(gv) * uv * weight;
-    }
+    for (int i = 0; i < n; i++) g[i] = swiglu(g[i], u[i], clamp, weight);
 }
 
 static void shared_mid_task(void *ctx, int t, int worker) {

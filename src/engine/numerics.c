@@ -150,6 +150,14 @@ float silu(float x) {
     return x * s;
 }
 
+float swiglu(float g, float u, float clamp, float weight) {
+    if (clamp > 0.0f) {
+        g = fminf(g, clamp);
+        u = fminf(fmaxf(u, -clamp), clamp);
+    }
+    return silu(g) * u * weight;
+}
+
 float softplus(float x) {
     if (x > 20.0f) return x;
     if (x < -20.0f) return expf(x);

@@ -57,6 +57,9 @@ void hc_split(const float *mix, const float *scale, const float *base, int iters
 
 float sigmoid_plain(float z);
 float silu(float x);
+/* One routed/shared-expert value: silu(min(g, c)) · clamp(u, -c, c) · weight
+ * (no clamp while c <= 0). */
+float swiglu(float g, float u, float clamp, float weight);
 float softplus(float x);
 
 /* Indices of the k best scores (higher score first, ties → lower index),

@@ -17,7 +17,8 @@ CUDA_BENCH_SRC := $(CUDA_DIR)/cuda_bench.cu
 CUDA_LIB_SRC := $(filter-out $(CUDA_BENCH_SRC),$(wildcard $(CUDA_DIR)/*.cu))
 CUDA_LIB_OBJ := $(CUDA_LIB_SRC:%.cu=$(CUDA_BUILD)/obj/%.o)
 CUDA_BENCH_OBJ := $(CUDA_BENCH_SRC:%.cu=$(CUDA_BUILD)/obj/%.o)
-CUDA_HOST_OBJ := $(patsubst %.c,$(CUDA_BUILD)/bench-obj/%.o,$(wildcard src/quant/*.c) src/common/error.c)
+CUDA_HOST_OBJ := $(patsubst %.c,$(CUDA_BUILD)/bench-obj/%.o,$(wildcard src/quant/*.c) src/common/error.c \
+                   src/engine/numerics.c)
 NVCCFLAGS ?= -O3 -std=c++17 -lineinfo -Xcompiler -Wall,-Wno-unknown-pragmas
 
 C_LIB_SRC := $(filter-out %/main.c,$(wildcard src/*/*.c src/backend/*/*.c))

@@ -1,6 +1,6 @@
 /* cuda_bench.cu — ds4-cuda-bench: checks the CUDA matrix-vector kernels
- * against the CPU reference (src/quant) and times them against the measured
- * memory bandwidth.
+ * against the CPU reference (src/quant, engine/numerics.c) and times them
+ * against the measured memory bandwidth.
  *
  *   ds4-cuda-bench --host-check   no GPU needed: runs the kernels' block
  *                                 arithmetic (cuda_formats.cuh) on the CPU and
@@ -31,6 +31,10 @@
 
 #include "cuda_formats.cuh"
 #include "cuda_kernels.h"
+
+extern "C" {
+#include "../../engine/numerics.h"
+}
 
 
 #define CK(call)                                                                              \
@@ -485,22 +489,6 @@ static void bench_matvec(ds4_cuda_kernels *k, cudaStream_t st, const char *name,
     CK(cudaFree(d_y));
 }
 
-/* The CPU's SwiGLU (engine/numerics.c silu, engine/moe.c swiglu_row). */
-static float cpu_swiglu(float g, float u, float clamp, float w) {
-    if (clamp > 0.0f) {
-        g = fminf(g, clamp);
-        u = fminf(fmaxf(u, -clamp), clamp);
-    }
-    float s;
-    if (g >= 0.0f) {
-        s = 1.0f / (1.0f + expf(-g));
-    } else {
-        float e = expf(g);
-        s = e / (1.0f + e);
-    }
-    return g * s * u * w;
-}
-
 /* The routed-MoE decode step for n_sel experts out of n_expert stacked
  * [n_in, n_ff] gate/up and [n_ff, n_out] down matrices. */
 static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint32_t gtype, uint32_t dtype,
@@ -581,7 +569,7 @@ static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, ui
         CK(cudaMemcpy(dws[j].data(), d_down + e * dexp, dexp, cudaMemcpyDeviceToHost));
         ds4_matvec(gtype, gw.data(), n_ff, n_in, xact_cpu.data(), g.data());
         ds4_matvec(gtype, uw.data(), n_ff, n_in, xact_cpu.data(), u.data());
-        for (uint32_t r = 0; r < n_ff; r++) mid_ref[j * n_ff + r] = cpu_swiglu(g[r], u[r], clamp, wts[j]);
+        for (uint32_t r = 0; r < n_ff; r++) mid_ref[j * n_ff + r] = swiglu(g[r], u[r], clamp, wts[j]);
     }
     double mid_err = rel_err(mid.data(), mid_ref.data(), mid.size());
     std::vector<uint8_t> midact_cpu(mab);

@@ -318,17 +318,6 @@ static void mq_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint
     CK(cudaFree(d_y));
 }
 
-static float mq_host_silu(float x) {
-    float s;
-    if (x >= 0.0f) {
-        s = 1.0f / (1.0f + expf(-x));
-    } else {
-        float e = expf(x);
-        s = e / (1.0f + e);
-    }
-    return x * s;
-}
-
 /* Routed MoE case: random routing (distinct experts per token), the CPU
  * loop of moe.c on sampled tokens. */
 static void mq_moe_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint32_t gtype, uint32_t dtype,
@@ -406,9 +395,7 @@ static void mq_moe_case(ds4_cuda_kernels *k, cudaStream_t st, const char *name, 
             for (uint32_t r = 0; r < n_ff; r++) {
                 float gv = ds4_dot(gtype, n_embd, hg.data() + r * grb, xa.data());
                 float uv = ds4_dot(gtype, n_embd, hu.data() + r * grb, xa.data());
-                gv = fminf(gv, clamp);
-                uv = fminf(fmaxf(uv, -clamp), clamp);
-                mid[r] = mq_host_silu(gv) * uv * w;
+                mid[r] = swiglu(gv, uv, clamp, w);
             }
             ds4_quantize_act(dtype, mid.data(), ma.data(), n_ff);
             for (uint32_t o = 0; o < n_embd; o++) per[j][o] = ds4_dot(dtype, n_ff, hd.data() + o * drb, ma.data());
