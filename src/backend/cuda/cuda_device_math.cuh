@@ -118,24 +118,36 @@ static __device__ float e2m1_round_dev(float v) {
     return v < 0 ? -r : r;
 }
 
-/* FP8 KV round-trip of x[0..n_nope) in shared memory (numerics.c
- * fp8_kv_roundtrip); sc: n_nope/64 floats of shared scratch. */
-static __device__ void block_fp8_roundtrip(float *x, int n_nope, float *sc) {
+/* Block-scaled round trip of x[0..n/B·B) in shared memory, FP8 e4m3 in
+ * blocks of B = 64 (limit 448) or FP4 e2m1 in blocks of 32 (limit 6): each
+ * block's scale is 2^ceil(log2(amax / limit)) (amax at least a floor), each
+ * value divided by it, clamped to ±limit, rounded to the format and scaled
+ * back (numerics.c fp8_kv_roundtrip, indexer_qat); sc: n/B floats of
+ * shared scratch. */
+template <bool FP4>
+static __device__ void block_scaled_roundtrip(float *x, int n, float *sc) {
+    constexpr int B = FP4 ? 32 : 64;
+    constexpr float lim = FP4 ? 6.0f : 448.0f, amax_floor = FP4 ? 7.052966104933725e-38f : 1e-4f;
     __syncthreads();
-    for (int b = threadIdx.x; b < n_nope / 64; b += blockDim.x) {
+    for (int b = threadIdx.x; b < n / B; b += blockDim.x) {
         float amax = 0.0f;
-        for (int i = 0; i < 64; i++) amax = fmaxf(amax, fabsf(x[64 * b + i]));
-        if (amax < 1e-4f) amax = 1e-4f;
-        sc[b] = exp2f(ceilf(log2f(amax / 448.0f)));
+        for (int i = 0; i < B; i++) amax = fmaxf(amax, fabsf(x[B * b + i]));
+        if (amax < amax_floor) amax = amax_floor;
+        sc[b] = exp2f(ceilf(log2f(amax / lim)));
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < n_nope / 64 * 64; i += blockDim.x) {
-        float scale = sc[i / 64];
+    for (int i = threadIdx.x; i < n / B * B; i += blockDim.x) {
+        float scale = sc[i / B];
         float q = x[i] / scale;
-        q = fminf(448.0f, fmaxf(-448.0f, q));
-        x[i] = e4m3_round_dev(q) * scale;
+        q = fminf(lim, fmaxf(-lim, q));
+        x[i] = (FP4 ? e2m1_round_dev(q) : e4m3_round_dev(q)) * scale;
     }
     __syncthreads();
+}
+
+/* FP8 KV round-trip of x[0..n_nope) (numerics.c fp8_kv_roundtrip). */
+static __device__ void block_fp8_roundtrip(float *x, int n_nope, float *sc) {
+    block_scaled_roundtrip<false>(x, n_nope, sc);
 }
 
 /* Hadamard (Sylvester order, ·1/√n) then FP4 round-trip of x[0..n) in
@@ -153,21 +165,7 @@ static __device__ void block_indexer_qat(float *x, int n, float *sc) {
     }
     float s = (float)(1.0 / sqrt((double)n));
     for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
-    __syncthreads();
-    for (int b = threadIdx.x; b < n / 32; b += blockDim.x) {
-        float amax = 0.0f;
-        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * b + i]));
-        if (amax < 7.052966104933725e-38f) amax = 7.052966104933725e-38f;
-        sc[b] = exp2f(ceilf(log2f(amax / 6.0f)));
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float scale = sc[i / 32];
-        float q = x[i] / scale;
-        q = fminf(6.0f, fmaxf(-6.0f, q));
-        x[i] = e2m1_round_dev(q) * scale;
-    }
-    __syncthreads();
+    block_scaled_roundtrip<true>(x, n, sc);
 }
 
 /* mma.sync m16n8k16 (f16 in, f32 accumulate) and ldmatrix helpers. */
