@@ -375,9 +375,6 @@ static size_t session_layout(const ds4_cuda_engine *e, uint32_t ctx, ds4_cuda_se
 
 static double gib(double bytes) { return bytes / 1073741824.0; }
 
-/* Device memory left for the driver, graph and kernel launches beyond what
- * the engine allocates itself. */
-
 /* Before the weights are loaded: weights + one session at ctx must fit in
  * what is free (the workspace is allocated already). */
 static int check_fit(ds4_cuda_engine *e, size_t free_b, ds4_err *err) {
@@ -434,21 +431,19 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
         return -1;
     }
     const ds4_hparams *hp = &m->hp;
-    e->max_rows = hp->n_swa;
-    uint32_t extra = 0;
+    uint32_t extra = 0; /* compressed rows one head attends at most */
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         uint32_t r = m->layers[il].compress_ratio;
         e->comp_cap[il] = r ? (uint32_t)ctx / r + 2 : 0;
         uint32_t att = r == 4 && e->comp_cap[il] > hp->indexer_top_k ? hp->indexer_top_k : e->comp_cap[il];
         extra = att > extra ? att : extra;
     }
-    e->max_rows += extra;
     /* Attention blocks: up to ATT_HG heads each (a divisor of n_head), and
      * enough row splits for about two blocks per multiprocessor. */
     e->att_hg = ATT_HG;
     while (hp->n_head % e->att_hg) e->att_hg--;
     int n_sm = ds4_cuda_kernels_sm_count(e->k);
-    int groups = (int)hp->n_head / e->att_hg, chunks = (int)(e->max_rows + ATT_RC - 1) / ATT_RC;
+    int groups = (int)hp->n_head / e->att_hg, chunks = (int)(hp->n_swa + extra + ATT_RC - 1) / ATT_RC;
     e->att_splits = 2 * (n_sm > 0 ? n_sm : 1) / groups;
     if (e->att_splits > chunks) e->att_splits = chunks;
     if (e->att_splits < 1) e->att_splits = 1;

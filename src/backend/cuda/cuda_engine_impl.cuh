@@ -96,7 +96,6 @@ struct ds4_cuda_engine {
     dmat token_embd, output, output_hc_fn;
     const float *out_hc_scale, *out_hc_base, *out_norm;
     rope_dev rope_plain, rope_comp;
-    uint32_t max_rows; /* rows one head attends at most */
     int att_hg, att_splits; /* attention: heads per block, blocks per head group (k_attention_split) */
     int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk */
     uint32_t idx_slots; /* idx_scores blocks the device holds at once (official mode) */

@@ -75,7 +75,7 @@ struct fmt_f16 {
 /* Device helpers                                                      */
 /* ------------------------------------------------------------------ */
 
-__host__ __device__ constexpr uint32_t round16_dev(uint32_t x) { return (x + 15) & ~15u; }
+__host__ __device__ constexpr uint32_t round16(uint32_t x) { return (x + 15) & ~15u; }
 
 /* Copies `bytes` from global memory to a warp's buffer: asynchronous
  * 16-byte copies when source and length are 16-byte aligned, else plain
@@ -774,7 +774,7 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
     float *part = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
-    uint8_t *const buf = s + 4 * DS4_CUDA_MAX_SEL + round16_dev(8 * DS4_CUDA_MAX_SEL * R) + warp * 2 * p.part_stride;
+    uint8_t *const buf = s + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R) + warp * 2 * p.part_stride;
     pdl_trigger();
     if (!p.fixed_ids) pdl_wait();
     const uint32_t n_it = (p.n_rows + gridDim.x * R - 1) / (gridDim.x * R);
@@ -823,8 +823,6 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
 /* ------------------------------------------------------------------ */
 
 enum { MV_WARPS = 8, GU_WARPS = 8, DN_WARPS = 4, MV_DEEP_SLICE = 2176 };
-
-static uint32_t round16(uint32_t x) { return (x + 15) & ~15u; }
 
 static int cuda_fail(ds4_err *err, const char *what, cudaError_t e) {
     return ds4_fail(err, "cuda: %s: %s", what, cudaGetErrorString(e));
@@ -1030,7 +1028,7 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     p.aligned = (uintptr_t)down % 16 == 0 && p.row_bytes % 16 == 0;
     if (moe_down_rows<F>(k)) { /* k_moe_down_rows: n_sel·R warps, R rows an iteration */
         int R = (8 + (int)n_sel - 1) / (int)n_sel, threads = 32 * (int)n_sel * R;
-        size_t smem = table_bytes<F>() + p.act_smem + 4 * DS4_CUDA_MAX_SEL + round16_dev(8 * DS4_CUDA_MAX_SEL * R) +
+        size_t smem = table_bytes<F>() + p.act_smem + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R) +
                       (size_t)threads / 32 * 2 * p.part_stride;
         uint32_t n_blocks = (n_out + R - 1) / R;
         int grid = 1;
