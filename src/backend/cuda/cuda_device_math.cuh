@@ -29,6 +29,30 @@ static __device__ T block_sum(T v, T *sh) {
     return t;
 }
 
+/* Warp reduce-scatter of 32 values a lane: lane l returns the warp's sum of
+ * v[l]. Each value is added over the same xor tree as a per-value butterfly
+ * (own + partner at distances 16, 8, 4, 2, 1), so the sums are the same
+ * bits, for 31 shuffles instead of 160 (values known to be zero fold away). */
+template <int O, typename T>
+static __device__ __forceinline__ void scatter_level(T (&v)[32], int lane) {
+    const bool up = lane & O;
+#pragma unroll
+    for (int i = 0; i < O; i++) {
+        T send = up ? v[i] : v[i + O], keep = up ? v[i + O] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+}
+
+template <typename T>
+static __device__ __forceinline__ T warp_scatter_sum32(T (&v)[32], int lane) {
+    scatter_level<16>(v, lane);
+    scatter_level<8>(v, lane);
+    scatter_level<4>(v, lane);
+    scatter_level<2>(v, lane);
+    scatter_level<1>(v, lane);
+    return v[0];
+}
+
 static __device__ float block_max_f(float v, float *sh) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;

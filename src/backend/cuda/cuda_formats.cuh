@@ -98,10 +98,13 @@ DS4_HD int fs_dp4a(uint32_t a, uint32_t b, int c) {
 }
 
 /* Byte i of the result = byte (nibble i of s) of y:x, for the low 4
- * nibbles of s, each < 8. */
+ * nibbles of s, each < 8 (the upper 16 bits of s are ignored). PTX prmt
+ * directly: __byte_perm would first mask s with 0x7777, a LOP3 per call. */
 DS4_HD uint32_t fs_perm(uint32_t x, uint32_t y, uint32_t s) {
 #ifdef __CUDA_ARCH__
-    return __byte_perm(x, y, s);
+    uint32_t r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(x), "r"(y), "r"(s));
+    return r;
 #else
     uint64_t v = (uint64_t)y << 32 | x;
     uint32_t r = 0;
@@ -293,33 +296,48 @@ struct fmt_iq2_xxs_g {
     enum { block_elems = 256, block_bytes = 66, G = GG, act_kind = DS4_ACT_Q8_K, needs_tab = 1, has_summ = 0 };
     enum { SUB = 8 / GG };
     static constexpr float final_scale = 0.125f;
+    /* Table lookups by byte offset: word w of copy c sits at w·64 + 4c
+     * (16 copies), so a code's offset is its bits shifted into place,
+     * masked and or-ed with the lane's 4c — two operations a lookup. */
+    static_assert(DS4_CUDA_IQ2_COPIES == 16, "IQ2_XXS lookups assume 16 table copies (64-byte rows)");
+    DS4_HD static uint32_t tab_at(const uint8_t *t, uint32_t off) { return *(const uint32_t *)(t + off); }
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
-        const uint32_t *grid = tab + copy, *sign = tab + 256 * DS4_CUDA_IQ2_COPIES + copy;
+        const uint8_t *grid = (const uint8_t *)tab, *sign = grid + 256 * 64;
+        const uint32_t c4 = 4u * (uint32_t)copy;
         /* G = 4: lanes p and p + 2 of a block start on different halves;
          * G = 2: the 4 blocks of a quarter warp start on different quarters. */
         const int rot = GG == 4 ? (part >> 1) : GG == 2 ? (int)(ab & 3) : 0;
+        /* this part's SUB sub-blocks of row r: 8·SUB bytes from byte 2 + 8·SUB·part,
+         * read as aligned words shifted by sh (the same for every sub-block) */
+        const uint32_t *w[NR];
+        uint32_t sh = 0;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            uintptr_t addr = (uintptr_t)(b + r * stride + 2 + 8 * SUB * part);
+            w[r] = (const uint32_t *)(addr & ~(uintptr_t)3);
+            sh = (uint32_t)(addr & 3) * 8;
+        }
 #pragma unroll
         for (int r = 0; r < NR; r++) isum[r] = summ[r] = 0;
 #pragma unroll
         for (int j = 0; j < SUB; j++) {
-            const int sb = SUB * part + ((j + rot) & (SUB - 1));
+            const int sl = (j + rot) & (SUB - 1), sb = SUB * part + sl;
             const uint4 *x4 = (const uint4 *)(a.q + 256 * ab + 32 * sb);
             uint4 x0 = x4[0], x1 = x4[1];
             uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
             for (int r = 0; r < NR; r++) {
-                uintptr_t addr = (uintptr_t)(b + r * stride + 2 + 8 * sb);
-                const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
-                uint32_t sh = (uint32_t)(addr & 3) * 8;
-                uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
+                const uint32_t *ws = w[r] + 2 * sl;
+                uint32_t w0 = ws[0], w1 = ws[1], w2 = ws[2];
                 uint32_t A = fs_funnel(w0, w1, sh), B = fs_funnel(w1, w2, sh);
                 int32_t s = 0;
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
-                    uint32_t sel = grid[((A >> (8 * k)) & 255) * DS4_CUDA_IQ2_COPIES] +
-                                   sign[((B >> (7 * k)) & 127) * DS4_CUDA_IQ2_COPIES];
+                    uint32_t go = ((k ? A >> (8 * k - 6) : A << 6) & (255u << 6)) | c4;
+                    uint32_t so = ((k ? B >> (7 * k - 6) : B << 6) & (127u << 6)) | c4;
+                    uint32_t sel = tab_at(grid, go) + tab_at(sign, so);
                     s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel), xs[2 * k], s);
                     s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel >> 16), xs[2 * k + 1], s);
                 }

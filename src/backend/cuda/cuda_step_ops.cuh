@@ -94,6 +94,7 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
  * c = l%4; every sum reads its four terms in the CPU's order, so the bits
  * are the CPU's. */
 enum { HC_MIX = 24 };
+static_assert(HC_MIX < 32, "k_hc reduces the HC_MIX + 1 sums with one warp reduce-scatter");
 
 __device__ void hc_split_warp(const float *mix, const float *scale, const float *base, int iters, float hc_eps,
                               float *post_out, float *comb_out) {
@@ -179,12 +180,11 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, flo
     }
     __syncthreads(); /* every old H value of the block is read */
     if (own && y) H[c] = v;
+    double prod[32];
 #pragma unroll
-    for (int j = 0; j <= HC_MIX; j++) {
-        double t = j < HC_MIX ? (double)(wv[j] * v) : (double)v * (double)v;
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (lane == 0) red[wp][j] = t;
-    }
+    for (int j = 0; j < 32; j++) prod[j] = j < HC_MIX ? (double)(wv[j] * v) : j == HC_MIX ? (double)v * (double)v : 0.0;
+    const double ts = warp_scatter_sum32(prod, lane);
+    if (lane <= HC_MIX) red[wp][lane] = ts;
     __syncthreads();
     if (tid <= HC_MIX) {
         double t = 0.0;
