@@ -19,6 +19,8 @@
  *                                 GB/s counts weight + activation + output
  *                                 bytes; "% copy" is against a device-to-device
  *                                 copy measured in the same run (read + write).
+ *                                 DS4_BENCH_L2_WARM=1: one weight copy and one
+ *                                 expert set, so weights that fit come from L2.
  * Exit status: 0 all checks passed, 1 a check failed, 2 usage or CUDA error. */
 #include <cuda_runtime.h>
 #include <math.h>
