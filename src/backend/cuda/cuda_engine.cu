@@ -13,9 +13,11 @@
  * the same order: embedding, then per layer HC pre → attention (Q, KV,
  * compressors, indexer, attention, grouped output) → HC post → HC pre →
  * MoE (router, shared expert, routed experts) → HC post, then the output
- * head. Each HC post and the next HC pre are one kernel (k_hc); products
- * that read the same activation share a launch; the shared expert runs on
- * a second stream beside the router and the routed gate/up. Quantised
+ * head. Each HC post and the next HC pre are one kernel (k_hc), whose
+ * Sinkhorn split for the next HC runs in a spare block of a later kernel
+ * (q/kv preparation, the router's selection); products that read the same
+ * activation share a launch; the shared expert runs on a second stream
+ * beside the router and the routed gate/up. Quantised
  * products go through cuda_kernels.h with the activation quantised on the
  * device exactly as ds4_quantize_act does (inside the product's blocks
  * where the kernel allows it); the rest is cuda_step_ops.cuh. Kernels are
@@ -231,8 +233,8 @@ static bool moe_type(uint32_t t) {
 static int check_model(const ds4_model *m, ds4_err *err) {
     const ds4_hparams *hp = &m->hp;
     if (hp->n_hc != HC_N) return ds4_fail(err, "cuda: %u HC streams (the kernels take %d)", hp->n_hc, HC_N);
-    if (hp->n_embd > HC_XB * (HC_THREADS - 32))
-        return ds4_fail(err, "cuda: n_embd %u is beyond the HC kernel's %d", hp->n_embd, HC_XB * (HC_THREADS - 32));
+    if (hp->n_embd > HC_XB * HC_THREADS)
+        return ds4_fail(err, "cuda: n_embd %u is beyond the HC kernel's %d", hp->n_embd, HC_XB * HC_THREADS);
     if (hp->head_dim > 2 * ATT_TPB || hp->head_dim % 8 || hp->indexer_head_dim > 1024 || hp->head_dim - hp->n_rot > 64 * 64 ||
         hp->indexer_head_dim > 32 * 64)
         return ds4_fail(err, "cuda: head sizes %u/%u are beyond the kernels' limits", hp->head_dim,
@@ -600,18 +602,26 @@ static int mv(enq *q, const dmat &m, const float *x, float *y) {
     return mv_list(q, &mm, &y, 1, x);
 }
 
+/* The split of the last k_hc's mix into ws.post / ws.comb, for the spare
+ * block of the kernel that does it (hc_split_block). */
+static hc_split_args hc_split_of(const ds4_cuda_engine *e, const float *scale, const float *base) {
+    const dwork *w = &e->w;
+    return hc_split_args{w->mix, scale, base, w->post, w->comb, (int)e->m->hp.hc_sinkhorn_iter, e->m->hp.hc_eps};
+}
+
 /* HC between sublayers (k_hc): post of the finished sublayer's output y
- * (NULL before the first), then pre of the next into ws.x / ws.a, its
- * post gates and mixing matrix into ws.post / ws.comb (check_model: fn is
- * F16 or F32). */
+ * (NULL before the first), then pre of the next into ws.x / ws.a and its
+ * mix into ws.mix, whose split into post gates and mixing matrix (ws.post,
+ * ws.comb) a later kernel of the sublayer does (hc_split_of; check_model:
+ * fn is F16 or F32). */
 static int hc(enq *q, const float *y, const dmat &fn, const float *scale, const float *base, const float *norm_w) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     dwork *w = &e->w;
     uint32_t D = hp->n_embd;
-    if (run(q, "hc", k_hc, (D + HC_DPB - 1) / HC_DPB, HC_THREADS, 0, w->H, y, w->post, w->comb, D, (const void *)fn.w,
-            (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps, (int)hp->hc_sinkhorn_iter, norm_w, hp->rms_eps,
-            w->hc_part, w->hc_count, w->mix, w->x, w->a))
+    if (run(q, "hc", k_hc, (D + HC_DPB - 1) / HC_DPB, HC_THREADS, 0, w->H, y, (const float *)w->post,
+            (const float *)w->comb, D, (const void *)fn.w, (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps,
+            norm_w, hp->rms_eps, w->hc_part, w->hc_count, w->mix, w->x, w->a))
         return -1;
     mark(e, q->st, y ? "hc post + pre" : "hc pre");
     return 0;
@@ -672,9 +682,9 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (mv_list(q, &mq, &yq, 1, w->qraw, L->q_a_norm, w->qr)) return -1;
     }
     mark(e, q->st, "attn q norm + q_b");
-    if (run(q, "q/kv prepare", k_qkv_prepare<RowT>, hp->n_head + 1, 256, hd * sizeof(float), w->q, (const float *)w->kv,
+    if (run(q, "q/kv prepare", k_qkv_prepare<RowT>, hp->n_head + 2, 256, hd * sizeof(float), w->q, (const float *)w->kv,
             L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rp, (const step_io *)w->io, (RowT *)K->raw,
-            (int)hp->n_swa))
+            (int)hp->n_swa, hc_split_of(e, L->hc_attn_scale, L->hc_attn_base)))
         return -1;
     mark(e, q->st, "q/kv norm, rope, fp8");
     if (L->ratio) {
@@ -786,9 +796,9 @@ static int ffn(enq *q, uint32_t il) {
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
     if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) || shared_expert(q, il) ||
         mv(q, L->gate_inp, w->a, w->router) ||
-        run(q, "router", k_route, 1, 256, ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
+        run(q, "router", k_route, 2, 256, ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
             (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm, (const step_io *)w->io, w->ids,
-            w->ew))
+            w->ew, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)))
         return -1;
     mark(e, q->st, "router + selection");
     if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, 0, w->a, w->mid)) return -1;

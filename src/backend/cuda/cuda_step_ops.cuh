@@ -120,6 +120,23 @@ __device__ void hc_split_warp(const float *mix, const float *scale, const float 
     if (lane < HC_N * HC_N) comb_out[lane] = v;
 }
 
+/* k_hc's mix turned into the next HC's post gates and mixing matrix
+ * (hc_split_warp) by one warp of a later kernel that has room for it —
+ * an extra block of k_qkv_prepare (attention HC) and of k_route (FFN HC) —
+ * instead of by k_hc itself, whose 20 dependent Sinkhorn iterations (~3.6
+ * us) finished 1.6-2.5 us after its x and a were written (H200,
+ * globaltimer stamps) and held back the product waiting for them. */
+struct hc_split_args {
+    const float *mix, *scale, *base;
+    float *post, *comb;
+    int iters;
+    float hc_eps;
+};
+
+__device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
+    if (threadIdx.x < 32) hc_split_warp(h.mix, h.scale, h.base, h.iters, h.hc_eps, h.post, h.comb);
+}
+
 /* Between two sublayers, one launch (model-spec §5.3, then §5.2 and the
  * next sublayer's RMSNorm). Thread t of block b owns element (h, d) of H,
  * h = t / HC_DPB, d = b·HC_DPB + t % HC_DPB: it loads its MIX weights of fn
@@ -128,22 +145,20 @@ __device__ void hc_split_warp(const float *mix, const float *scale, const float 
  * Σ_src comb[src][h]·H[src]; and the block adds Σ H² and the products
  * fn_j·H over its elements (doubles, into part). The last block to finish
  * (count) takes mix = (fn·H)·(1/rms(H)), the CPU's fn·(H/rms) up to
- * rounding, and pre = σ(mix·scale + base) + eps; then, at the same time,
- * its warp 0 the post gates and mixing matrix of the next sublayer
- * (hc_split_warp) and its other warps x = Σ pre·H and a = norm(x)·w, each
- * thread loading all its H values at once (the kernel's latency is its
- * cost: HC_XB dims per thread cover D = 4096 in one round). */
-enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 9 };
+ * rounding, and pre = σ(mix·scale + base) + eps; then x = Σ pre·H and a =
+ * norm(x)·w, each thread loading all its H values at once (the kernel's
+ * latency is its cost: HC_XB dims per thread cover D = 4096 in one round).
+ * The post gates and mixing matrix of the next sublayer come from mix,
+ * later (hc_split_block). */
+enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 8 };
 
-__device__ __forceinline__ void bar_named(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
-
-__global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, float *post, float *comb, uint32_t D,
-                                                    const void *fn, int f16, const float *scale, const float *base,
-                                                    float hc_eps, int iters, const float *norm_w, float rms_eps,
+__global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, const float *post, const float *comb,
+                                                    uint32_t D, const void *fn, int f16, const float *scale,
+                                                    const float *base, float hc_eps, const float *norm_w, float rms_eps,
                                                     double *part, unsigned *count, float *mix, float *x, float *a) {
     __shared__ double red[HC_THREADS / 32][HC_MIX + 1];
     __shared__ double tot[HC_MIX + 1];
-    __shared__ float mix_s[HC_MIX], pre_s[HC_N];
+    __shared__ float pre_s[HC_N];
     __shared__ int last;
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, nw = blockDim.x >> 5;
@@ -207,18 +222,13 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, flo
     if (tid < HC_MIX) {
         float m = (float)tot[tid] * ds4_rms_scale(tot[HC_MIX], (int)n, rms_eps);
         mix[tid] = m;
-        mix_s[tid] = m;
         if (tid < HC_N) pre_s[tid] = dev_sigmoid(m * scale[0] + base[tid]) + hc_eps;
     }
     __syncthreads();
-    if (wp == 0) {
-        hc_split_warp(mix_s, scale, base, iters, hc_eps, post, comb);
-        if (lane == 0) *count = 0;
-        return;
-    }
-    /* warps 1.. : x and its norm (a named barrier without warp 0); thread
-     * t1 takes dims t1 + k·n1, k < HC_XB (check_model: D ≤ HC_XB·n1) */
-    const uint32_t t1 = tid - 32, n1 = blockDim.x - 32;
+    if (tid == 0) *count = 0;
+    /* x and its norm by the whole block: thread t1 takes dims t1 + k·n1,
+     * k < HC_XB (check_model: D ≤ HC_XB·n1) */
+    const uint32_t t1 = tid, n1 = blockDim.x;
     float hv[HC_XB][HC_N], wn[HC_XB];
 #pragma unroll
     for (int k = 0; k < HC_XB; k++) {
@@ -240,9 +250,9 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, flo
     }
     for (int o = 16; o > 0; o >>= 1) xs += __shfl_xor_sync(0xffffffffu, xs, o);
     if (lane == 0) red[wp][0] = xs;
-    bar_named(1, (int)n1);
+    __syncthreads();
     double t = 0.0;
-    for (int i = 1; i < nw; i++) t += red[i][0];
+    for (int i = 0; i < nw; i++) t += red[i][0];
     float sc = ds4_rms_scale(t, (int)D, rms_eps);
 #pragma unroll
     for (int k = 0; k < HC_XB; k++)
@@ -299,17 +309,20 @@ __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int 
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row_put(&row[i], xs[i]);
 }
 
-/* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare. */
+/* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare;
+ * block n_head + 1: the attention HC's split (hc_split_block). */
 template <typename RowT>
 __global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
-                              rope_dev rp, const step_io *io, RowT *ring, int n_swa) {
+                              rope_dev rp, const step_io *io, RowT *ring, int n_swa, hc_split_args hs) {
     extern __shared__ float xs[];
     pdl_trigger();
     pdl_wait();
     if ((int)blockIdx.x < n_head)
         q_prepare(q + (size_t)blockIdx.x * hd, xs, hd, eps, rp, io->pos);
-    else
+    else if ((int)blockIdx.x == n_head)
         kv_prepare(kv, xs, norm_w, hd, n_rot, eps, rp, io->pos, ring, n_swa);
+    else
+        hc_split_block(hs);
 }
 
 /* KV compressor frontier (model-spec §5.6, compressor.c compressor_run) for
@@ -693,11 +706,15 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
 /* Router (model-spec §5.8 steps 2-4, moe.c route_task): probabilities
  * sqrt(softplus(logit)); experts from tid2eid[token] or the top n_used of
  * prob + bias (ties → lower index); weights = renormalised unbiased probs
- * × scale. One block. */
+ * × scale. Block 0; block 1: the FFN HC's split (hc_split_block). */
 __global__ void k_route(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
-                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights) {
+                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights, hc_split_args hs) {
     pdl_trigger();
     pdl_wait();
+    if (blockIdx.x == 1) { /* the FFN HC's split */
+        hc_split_block(hs);
+        return;
+    }
     extern __shared__ float prob[];
     __shared__ float bv[32];
     __shared__ int bi[32];
