@@ -151,6 +151,7 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
  * The post gates and mixing matrix of the next sublayer come from mix,
  * later (hc_split_block). */
 enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 8 };
+static_assert(HC_MIX + 1 <= 2 * (HC_THREADS / 32), "k_hc's last block adds two of the sums a warp");
 
 __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, const float *post, const float *comb,
                                                     uint32_t D, const void *fn, int f16, const float *scale,
@@ -183,6 +184,12 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, con
 #pragma unroll
         for (int j = 0; j < HC_MIX; j++) wv[j] = ff[(size_t)j * n];
     }
+    /* the norm weights of this thread's dims of x, should the block be the
+     * last (a weight: read before the wait, off the last block's chain) */
+    const uint32_t t1 = tid, n1 = blockDim.x;
+    float wn[HC_XB];
+#pragma unroll
+    for (int k = 0; k < HC_XB; k++) wn[k] = norm_w[t1 + k * n1 < D ? t1 + k * n1 : D - 1];
     pdl_wait();
     float v = 0.0f;
     if (own) {
@@ -212,11 +219,18 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, con
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int j = wp; j <= HC_MIX; j += nw) {
-        double t = 0.0;
-        for (uint32_t b = lane; b < gridDim.x; b += 32) t += __ldcg(&part[(size_t)b * (HC_MIX + 1) + j]);
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (lane == 0) tot[j] = t;
+    /* warp w adds sums w and w + nw over the blocks, a block a lane (check_model:
+     * at most 32 blocks), both loads in flight at once */
+    double tv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = wp + r * nw;
+        tv[r] = j <= HC_MIX && lane < (int)gridDim.x ? __ldcg(&part[(size_t)lane * (HC_MIX + 1) + j]) : 0.0;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        for (int o = 16; o > 0; o >>= 1) tv[r] += __shfl_xor_sync(0xffffffffu, tv[r], o);
+        if (lane == 0 && wp + r * nw <= HC_MIX) tot[wp + r * nw] = tv[r];
     }
     __syncthreads();
     if (tid < HC_MIX) {
@@ -228,14 +242,12 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, con
     if (tid == 0) *count = 0;
     /* x and its norm by the whole block: thread t1 takes dims t1 + k·n1,
      * k < HC_XB (check_model: D ≤ HC_XB·n1) */
-    const uint32_t t1 = tid, n1 = blockDim.x;
-    float hv[HC_XB][HC_N], wn[HC_XB];
+    float hv[HC_XB][HC_N];
 #pragma unroll
     for (int k = 0; k < HC_XB; k++) {
         uint32_t dd = t1 + k * n1 < D ? t1 + k * n1 : D - 1; /* no branch: all loads in flight */
 #pragma unroll
         for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = __ldcg(&H[(size_t)hh * D + dd]);
-        wn[k] = norm_w[dd];
     }
     double xs = 0.0;
 #pragma unroll
