@@ -422,7 +422,7 @@ static int ffn(pfq *q, uint32_t il, int T) {
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
     if (hc_pre(q, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, T) || proj(q, L->gate_inp, w->a, T, w->router))
         return -1;
-    pf_route<<<T, 256, ne * sizeof(float), q->st>>>(w->router, L->probs_bias, L->tid2eid, (int)ne, (int)nu,
+    pf_route<<<T, 256, 2 * ne * sizeof(float), q->st>>>(w->router, L->probs_bias, L->tid2eid, (int)ne, (int)nu,
                                                    hp->expert_weight_scale, hp->expert_weights_norm, w->tok, w->ids,
                                                    w->ew);
     if (launched(q->err, "prefill router")) return -1;

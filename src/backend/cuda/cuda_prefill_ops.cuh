@@ -826,13 +826,11 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
 /* Router per token (a block each; block_route). */
 __global__ void pf_route(const float *logits_all, const float *bias, const int32_t *tid2eid, int ne, int nu,
                          float wscale, int wnorm, const int32_t *tokens, int32_t *ids_all, float *weights_all) {
-    extern __shared__ float prob[];
-    __shared__ float bv[32];
-    __shared__ int bi[32];
+    extern __shared__ float prob[]; /* 2·ne */
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
     int t = blockIdx.x;
     const float *logits = logits_all + (size_t)t * ne;
-    block_route(logits, bias, tid2eid, tokens[t], ne, nu, wscale, wnorm, prob, chosen, bv, bi, ids_all + (size_t)t * nu,
+    block_route(logits, bias, tid2eid, tokens[t], ne, nu, wscale, wnorm, prob, chosen, ids_all + (size_t)t * nu,
                 weights_all + (size_t)t * nu);
 }
 

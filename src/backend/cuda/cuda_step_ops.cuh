@@ -727,11 +727,9 @@ __global__ void k_route(const float *logits, const float *bias, const int32_t *t
         hc_split_block(hs);
         return;
     }
-    extern __shared__ float prob[];
-    __shared__ float bv[32];
-    __shared__ int bi[32];
+    extern __shared__ float prob[]; /* 2·ne */
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
-    block_route(logits, bias, tid2eid, io->token, ne, nu, wscale, wnorm, prob, chosen, bv, bi, ids, weights);
+    block_route(logits, bias, tid2eid, io->token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
 }
 
 /* Output head collapse (model-spec §5.9 steps 2-3): e = Σ w_h·H[h] with
