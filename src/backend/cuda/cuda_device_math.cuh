@@ -416,14 +416,22 @@ static __device__ void block_route(const float *logits, const float *bias, const
     if (tid2eid) {
         if (threadIdx.x < (unsigned)nu) chosen[threadIdx.x] = tid2eid[(size_t)token * nu + threadIdx.x];
     } else {
-        for (int i = threadIdx.x; i < ne; i += blockDim.x) {
+        /* S threads a key (a power of two, up to 32: lanes of one warp),
+         * each comparing every S-th key; their counts added by shuffles */
+        int S = 1;
+        while (2 * S <= 32 && 2 * S * ne <= (int)blockDim.x) S *= 2;
+        const int part = (int)threadIdx.x & (S - 1);
+        for (int base = 0; base < ne; base += (int)blockDim.x / S) {
+            const int i0 = base + (int)threadIdx.x / S;
+            const int i = i0 < ne ? i0 : ne - 1; /* every lane takes part in the shuffles */
             const float v = key[i];
             int rank = 0;
-            for (int k = 0; k < ne; k++) {
+            for (int k = part; k < ne; k += S) {
                 const float u = key[k];
                 rank += (u > v) | ((u == v) & (k < i));
             }
-            if (rank < nu) chosen[rank] = i;
+            for (int o = S / 2; o > 0; o >>= 1) rank += __shfl_xor_sync(0xffffffffu, rank, o);
+            if (i0 < ne && part == 0 && rank < nu) chosen[rank] = i;
         }
     }
     __syncthreads();

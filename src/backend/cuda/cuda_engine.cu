@@ -796,7 +796,7 @@ static int ffn(enq *q, uint32_t il) {
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
     if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) || shared_expert(q, il) ||
         mv(q, L->gate_inp, w->a, w->router) ||
-        run(q, "router", k_route, 2, 256, 2 * ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
+        run(q, "router", k_route, 2, 1024, 2 * ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
             (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm, (const step_io *)w->io, w->ids,
             w->ew, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)))
         return -1;
