@@ -20,6 +20,10 @@ CUDA_BENCH_OBJ := $(CUDA_BENCH_SRC:%.cu=$(CUDA_BUILD)/obj/%.o)
 CUDA_HOST_OBJ := $(patsubst %.c,$(CUDA_BUILD)/bench-obj/%.o,$(wildcard src/quant/*.c) src/common/error.c \
                    src/engine/numerics.c)
 NVCCFLAGS ?= -O3 -std=c++17 -lineinfo -Xcompiler -Wall,-Wno-unknown-pragmas
+# CUDA_TIMELINE=1: stamp every decode-step kernel (cuda_timeline.cuh), for measuring only
+ifeq ($(CUDA_TIMELINE),1)
+NVCCFLAGS += -DDS4_CUDA_TIMELINE
+endif
 
 C_LIB_SRC := $(filter-out %/main.c,$(wildcard src/*/*.c src/backend/*/*.c))
 C_LIB_OBJ := $(C_LIB_SRC:%.c=$(CUDA_BUILD)/obj/%.o)

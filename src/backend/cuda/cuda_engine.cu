@@ -37,6 +37,9 @@
  * kernels of cuda_step_ops.cuh instantiated for float rows). The batched
  * prefill then runs as decode steps (cuda_prefill.cu). */
 #include <cuda_runtime.h>
+#ifdef DS4_CUDA_TIMELINE
+#include <algorithm>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -464,6 +467,14 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     const char *prof = getenv("DS4_CUDA_PROFILE");
     e->prof = prof && *prof && strcmp(prof, "0") != 0;
     cudaError_t c = cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking);
+#ifdef DS4_CUDA_TIMELINE
+    const char *tlv = getenv("DS4_CUDA_TIMELINE");
+    e->tl_report = tlv ? atoi(tlv) : 40;
+    if (c == cudaSuccess) c = cudaMalloc(&e->tl, sizeof(tl_buf));
+    if (c == cudaSuccess) c = cudaMemset(e->tl, 0, sizeof(unsigned));
+    if (c == cudaSuccess) c = tl_bind_here(e->tl);
+    if (c == cudaSuccess) c = ds4_cuda_tl_bind_kernels(e->tl);
+#endif
     if (c == cudaSuccess) c = cudaStreamCreateWithFlags(&e->side, cudaStreamNonBlocking);
     if (c == cudaSuccess) c = cudaEventCreateWithFlags(&e->side_fork, cudaEventDisableTiming);
     if (c == cudaSuccess) c = cudaEventCreateWithFlags(&e->side_join, cudaEventDisableTiming);
@@ -529,6 +540,9 @@ extern "C" void ds4_cuda_engine_close(ds4_cuda_engine *e) {
     if (e->side_fork) cudaEventDestroy(e->side_fork);
     if (e->side_join) cudaEventDestroy(e->side_join);
     if (e->side) cudaStreamDestroy(e->side);
+#ifdef DS4_CUDA_TIMELINE
+    if (e->tl) cudaFree(e->tl);
+#endif
     if (e->stream) cudaStreamDestroy(e->stream);
     ds4_cuda_kernels_free(e->k);
     free(e);
@@ -971,12 +985,53 @@ static int capture(ds4_cuda_session *s, ds4_err *err) {
     return capture_once(s, err);
 }
 
+#ifdef DS4_CUDA_TIMELINE
+/* cuda_timeline.cuh: the last step's kernels, each with the time from its
+ * wait's release to the next kernel's, and the sum per kernel. */
+static void tl_report(ds4_cuda_engine *e) {
+    const void *const *k;
+    size_t n = ds4_cuda_tl_labels(&k);
+    unsigned count = 0;
+    static unsigned long long t[TL_MAX];
+    if (cudaMemcpy(&count, &e->tl->n, sizeof count, cudaMemcpyDeviceToHost) != cudaSuccess ||
+        cudaMemcpy(t, e->tl->t, sizeof t, cudaMemcpyDeviceToHost) != cudaSuccess || n < 2 || count < n ||
+        n > TL_MAX)
+        return;
+    static unsigned long long last[TL_MAX];
+    for (size_t i = 0; i < n; i++) last[i] = t[(count - n + i) % TL_MAX];
+    std::sort(last, last + n);
+    static double sum[4096];
+    static int cnt[4096];
+    static const char *names[4096];
+    size_t nk = 0;
+    fprintf(stderr, "cuda timeline (step %d, %zu kernels, %.1f us from the first release to the last)%s:\n",
+            e->tl_step, n, (last[n - 1] - last[0]) / 1000.0, env_on("DS4_CUDA_SIDE") ? " -- DS4_CUDA_SIDE=0 for a clean order" : "");
+    for (size_t i = 0; i + 1 < n; i++) {
+        const char *name = "?";
+        cudaFuncGetName(&name, k[i]);
+        double us = (last[i + 1] - last[i]) / 1000.0;
+        fprintf(stderr, "  %4zu %8.2f us  %s\n", i, us, name);
+        size_t j = 0;
+        while (j < nk && strcmp(names[j], name)) j++;
+        if (j == nk && nk < 4096) names[nk++] = name;
+        if (j < nk) sum[j] += us, cnt[j]++;
+    }
+    for (size_t j = 0; j < nk; j++) fprintf(stderr, "  total %9.1f us x%-4d %s\n", sum[j], cnt[j], names[j]);
+}
+#endif
+
 extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
     if (token < 0 || (uint32_t)token >= hp->n_vocab) return ds4_fail(err, "cuda: token %d outside the vocabulary", token);
     if (pos < 0 || pos >= e->ctx) return ds4_fail(err, "cuda: position %d outside the context of %d", pos, e->ctx);
+#ifdef DS4_CUDA_TIMELINE
+    ds4_cuda_tl_record(!e->prof && !s->graph);
+#endif
     if (!e->prof && !s->graph && capture(s, err)) return -1;
+#ifdef DS4_CUDA_TIMELINE
+    ds4_cuda_tl_record(0);
+#endif
     s->h_io->token = token;
     s->h_io->pos = pos;
     s->h_io->idx_active = (pos + 1) / 4 > (int)hp->indexer_top_k;
@@ -992,6 +1047,9 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
     if (c != cudaSuccess) return cuda_fail(err, "decode step", c);
     memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
+#ifdef DS4_CUDA_TIMELINE
+    if (++e->tl_step == e->tl_report) tl_report(e);
+#endif
     return 0;
 }
 

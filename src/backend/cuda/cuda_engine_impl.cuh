@@ -102,6 +102,10 @@ struct ds4_cuda_engine {
     dwork w;
     /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */
     bool prof;
+#ifdef DS4_CUDA_TIMELINE
+    struct tl_buf *tl; /* cuda_timeline.cuh: the step's stamps */
+    int tl_step, tl_report; /* steps run; the step to report (DS4_CUDA_TIMELINE=N) */
+#endif
     cudaEvent_t ev[1024];
     const char *ev_label[1024];
     int n_ev, n_prof_steps;

@@ -1319,3 +1319,26 @@ extern "C" int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const vo
     }
 #undef DOWN
 }
+
+#ifdef DS4_CUDA_TIMELINE
+/* cuda_timeline.cuh: the kernels launched while a step is captured. */
+static const void *g_tl_kernels[4096];
+static size_t g_tl_n;
+static bool g_tl_on;
+
+extern "C" void ds4_cuda_tl_label(const void *kernel) {
+    if (g_tl_on && g_tl_n < sizeof g_tl_kernels / sizeof *g_tl_kernels) g_tl_kernels[g_tl_n++] = kernel;
+}
+
+extern "C" void ds4_cuda_tl_record(int on) {
+    if (on) g_tl_n = 0;
+    g_tl_on = on != 0;
+}
+
+extern "C" size_t ds4_cuda_tl_labels(const void *const **out) {
+    *out = g_tl_kernels;
+    return g_tl_n;
+}
+
+extern "C" cudaError_t ds4_cuda_tl_bind_kernels(tl_buf *b) { return tl_bind_here(b); }
+#endif

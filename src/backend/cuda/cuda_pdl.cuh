@@ -18,10 +18,13 @@
 #include <cuda_runtime.h>
 #include <utility>
 
+#include "cuda_timeline.cuh"
+
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+    tl_stamp();
 }
 
 __device__ __forceinline__ void pdl_trigger() {
@@ -45,6 +48,7 @@ static cudaError_t pdl_launch(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = pdl ? 1 : 0;
+    ds4_cuda_tl_label((const void *)kernel);
     return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
