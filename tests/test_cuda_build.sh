@@ -19,6 +19,9 @@ out="$DS4_BUILD/cuda-check"
 make --no-print-directory cuda NVCC="$NVCC" CUDA_BUILD="$out" || { echo "FAIL: make cuda"; exit 1; }
 [ -f "$out/libds4cuda.a" ] || { echo "FAIL: no $out/libds4cuda.a"; exit 1; }
 "$out/bin/ds4-cuda-bench" --host-check || { echo "FAIL: host check"; exit 1; }
+# The measuring option (cuda_timeline.cuh) keeps building: sm_90 only.
+make --no-print-directory cuda NVCC="$NVCC" CUDA_BUILD="$out-timeline" CUDA_TIMELINE=1 \
+    CUDA_ARCHS="-gencode arch=compute_90,code=sm_90" >/dev/null || { echo "FAIL: make cuda CUDA_TIMELINE=1"; exit 1; }
 # Bad usage is a clear error, not a crash.
 "$out/bin/ds4-cuda-bench" --reps 2>/dev/null
 [ $? -eq 2 ] || { echo "FAIL: bad usage should exit 2"; exit 1; }
