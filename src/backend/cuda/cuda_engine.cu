@@ -39,6 +39,7 @@
 #include <cuda_runtime.h>
 #ifdef DS4_CUDA_TIMELINE
 #include <algorithm>
+#include <vector>
 #endif
 #include <stdio.h>
 #include <stdlib.h>
@@ -992,18 +993,17 @@ static void tl_report(ds4_cuda_engine *e) {
     const void *const *k;
     size_t n = ds4_cuda_tl_labels(&k);
     unsigned count = 0;
-    static unsigned long long t[TL_MAX];
+    std::vector<unsigned long long> t(TL_MAX);
     if (cudaMemcpy(&count, &e->tl->n, sizeof count, cudaMemcpyDeviceToHost) != cudaSuccess ||
-        cudaMemcpy(t, e->tl->t, sizeof t, cudaMemcpyDeviceToHost) != cudaSuccess || n < 2 || count < n ||
-        n > TL_MAX)
+        cudaMemcpy(t.data(), e->tl->t, t.size() * sizeof t[0], cudaMemcpyDeviceToHost) != cudaSuccess || n < 2 ||
+        count < n || n > TL_MAX)
         return;
-    static unsigned long long last[TL_MAX];
+    std::vector<unsigned long long> last(n);
     for (size_t i = 0; i < n; i++) last[i] = t[(count - n + i) % TL_MAX];
-    std::sort(last, last + n);
-    static double sum[4096];
-    static int cnt[4096];
-    static const char *names[4096];
-    size_t nk = 0;
+    std::sort(last.begin(), last.end());
+    std::vector<const char *> names;
+    std::vector<double> sum;
+    std::vector<int> cnt;
     fprintf(stderr, "cuda timeline (step %d, %zu kernels, %.1f us from the first release to the last)%s:\n",
             e->tl_step, n, (last[n - 1] - last[0]) / 1000.0, env_on("DS4_CUDA_SIDE") ? " -- DS4_CUDA_SIDE=0 for a clean order" : "");
     for (size_t i = 0; i + 1 < n; i++) {
@@ -1012,11 +1012,11 @@ static void tl_report(ds4_cuda_engine *e) {
         double us = (last[i + 1] - last[i]) / 1000.0;
         fprintf(stderr, "  %4zu %8.2f us  %s\n", i, us, name);
         size_t j = 0;
-        while (j < nk && strcmp(names[j], name)) j++;
-        if (j == nk && nk < 4096) names[nk++] = name;
-        if (j < nk) sum[j] += us, cnt[j]++;
+        while (j < names.size() && strcmp(names[j], name)) j++;
+        if (j == names.size()) names.push_back(name), sum.push_back(0.0), cnt.push_back(0);
+        sum[j] += us, cnt[j]++;
     }
-    for (size_t j = 0; j < nk; j++) fprintf(stderr, "  total %9.1f us x%-4d %s\n", sum[j], cnt[j], names[j]);
+    for (size_t j = 0; j < names.size(); j++) fprintf(stderr, "  total %9.1f us x%-4d %s\n", sum[j], cnt[j], names[j]);
 }
 #endif
 
