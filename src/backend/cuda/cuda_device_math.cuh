@@ -396,13 +396,43 @@ static __device__ void block_topk_ascending(const float *scores, int visible, in
 /* Router of one token by the whole block (model-spec §5.8 steps 2-4,
  * moe.c route_task): prob = sqrt(softplus(logit)) into prob[0..ne); experts
  * from tid2eid[token] (hash layers) or the top nu of prob + bias (ties →
- * lower index); weights = renormalised unbiased probs × wscale. prob[2·ne]
- * (the second half: the selection keys) and chosen[nu] are the caller's
- * shared memory. The top nu come from each key's rank in (key descending,
- * index ascending), the order in which nu passes of "the largest, ties to
- * the lower index" take them: one pass over the keys instead of nu passes
- * with two block barriers each (the decode step's k_route was ~8 us on an
- * H200, of which the nu passes ~5). */
+ * lower index, NaN as −inf); weights = renormalised unbiased probs ×
+ * wscale. prob[2·ne] (the second half: the selection keys) and chosen[nu]
+ * are the caller's shared memory; ne ≤ ROUTE_MAX_EXPERTS (check_model).
+ * The selection is one warp's: lane l holds the radix keys (score_key) of
+ * experts l·K .. l·K + K − 1, K = ⌈ne/32⌉, so lower lanes hold lower
+ * indices; each of nu rounds takes the largest key by one warp max, the
+ * lowest lane holding it, and there its first such key — exactly "the
+ * largest, ties to the lower index" — and the winner drops it. (Counting
+ * each key's rank on the whole block, as before, cost ~2 µs of issue for
+ * 256 experts: the decode step's k_route took ~6 µs on top-k layers.) */
+enum { ROUTE_KEYS_PER_LANE = 8, ROUTE_MAX_EXPERTS = 32 * ROUTE_KEYS_PER_LANE };
+
+static __device__ void warp_route_select(const float *key, int ne, int nu, int *chosen) {
+    const int lane = threadIdx.x & 31, K = (ne + 31) / 32;
+    uint32_t kk[ROUTE_KEYS_PER_LANE]; /* 0 below every key: empty or taken */
+#pragma unroll
+    for (int k = 0; k < ROUTE_KEYS_PER_LANE; k++) {
+        const int i = lane * K + k;
+        kk[k] = k < K && i < ne ? score_key(key[i]) : 0u;
+    }
+    for (int r = 0; r < nu; r++) {
+        uint32_t bv = kk[0];
+        int bk = 0;
+#pragma unroll
+        for (int k = 1; k < ROUTE_KEYS_PER_LANE; k++)
+            if (kk[k] > bv) bv = kk[k], bk = k;
+        const uint32_t m = __reduce_max_sync(0xffffffffu, bv);
+        const int w = __ffs(__ballot_sync(0xffffffffu, bv == m)) - 1;
+        if (lane == w) {
+            chosen[r] = lane * K + bk;
+#pragma unroll
+            for (int k = 0; k < ROUTE_KEYS_PER_LANE; k++)
+                if (k == bk) kk[k] = 0u;
+        }
+    }
+}
+
 static __device__ void block_route(const float *logits, const float *bias, const int32_t *tid2eid, int32_t token,
                                    int ne, int nu, float wscale, int wnorm, float *prob, int *chosen, int32_t *ids,
                                    float *weights) {
@@ -415,24 +445,8 @@ static __device__ void block_route(const float *logits, const float *bias, const
     __syncthreads();
     if (tid2eid) {
         if (threadIdx.x < (unsigned)nu) chosen[threadIdx.x] = tid2eid[(size_t)token * nu + threadIdx.x];
-    } else {
-        /* S threads a key (a power of two, up to 32: lanes of one warp),
-         * each comparing every S-th key; their counts added by shuffles */
-        int S = 1;
-        while (2 * S <= 32 && 2 * S * ne <= (int)blockDim.x) S *= 2;
-        const int part = (int)threadIdx.x & (S - 1);
-        for (int base = 0; base < ne; base += (int)blockDim.x / S) {
-            const int i0 = base + (int)threadIdx.x / S;
-            const int i = i0 < ne ? i0 : ne - 1; /* every lane takes part in the shuffles */
-            const float v = key[i];
-            int rank = 0;
-            for (int k = part; k < ne; k += S) {
-                const float u = key[k];
-                rank += (u > v) | ((u == v) & (k < i));
-            }
-            for (int o = S / 2; o > 0; o >>= 1) rank += __shfl_xor_sync(0xffffffffu, rank, o);
-            if (i0 < ne && part == 0 && rank < nu) chosen[rank] = i;
-        }
+    } else if (threadIdx.x < 32) {
+        warp_route_select(key, ne, nu, chosen);
     }
     __syncthreads();
     if (threadIdx.x == 0) {

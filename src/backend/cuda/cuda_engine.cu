@@ -14,8 +14,9 @@
  * compressors, indexer, attention, grouped output) → HC post → HC pre →
  * MoE (router, shared expert, routed experts) → HC post, then the output
  * head. Each HC post and the next HC pre are one kernel (k_hc), whose
- * Sinkhorn split for the next HC runs in a spare block of a later kernel
- * (q/kv preparation, the router's selection); products that read the same
+ * Sinkhorn split for the next HC runs off the critical path (an extra
+ * column of the attention's blocks; a one-warp kernel beside the shared
+ * expert on its stream); products that read the same
  * activation share a launch; the shared expert runs on a second stream
  * beside the router and the routed gate/up. Quantised
  * products go through cuda_kernels.h with the activation quantised on the
@@ -243,6 +244,8 @@ static int check_model(const ds4_model *m, ds4_err *err) {
         hp->indexer_head_dim > 32 * 64)
         return ds4_fail(err, "cuda: head sizes %u/%u are beyond the kernels' limits", hp->head_dim,
                         hp->indexer_head_dim);
+    if (hp->n_expert > ROUTE_MAX_EXPERTS)
+        return ds4_fail(err, "cuda: %u experts (the router takes at most %d)", hp->n_expert, ROUTE_MAX_EXPERTS);
     if (hp->n_expert_used > DS4_CUDA_MAX_SEL)
         return ds4_fail(err, "cuda: %u experts per token (at most %d)", hp->n_expert_used, DS4_CUDA_MAX_SEL);
     if (m->token_embd.type != DS4_TYPE_F16 && m->token_embd.type != DS4_TYPE_F32)
@@ -617,8 +620,8 @@ static int mv(enq *q, const dmat &m, const float *x, float *y) {
     return mv_list(q, &mm, &y, 1, x);
 }
 
-/* The split of the last k_hc's mix into ws.post / ws.comb, for the spare
- * block of the kernel that does it (hc_split_block). */
+/* The split of the last k_hc's mix into ws.post / ws.comb, for the
+ * kernel that does it (hc_split_block). */
 static hc_split_args hc_split_of(const ds4_cuda_engine *e, const float *scale, const float *base) {
     const dwork *w = &e->w;
     return hc_split_args{w->mix, scale, base, w->post, w->comb, (int)e->m->hp.hc_sinkhorn_iter, e->m->hp.hc_eps};
@@ -697,9 +700,9 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (mv_list(q, &mq, &yq, 1, w->qraw, L->q_a_norm, w->qr)) return -1;
     }
     mark(e, q->st, "attn q norm + q_b");
-    if (run(q, "q/kv prepare", k_qkv_prepare<RowT>, hp->n_head + 2, 256, hd * sizeof(float), w->q, (const float *)w->kv,
+    if (run(q, "q/kv prepare", k_qkv_prepare<RowT>, hp->n_head + 1, 256, hd * sizeof(float), w->q, (const float *)w->kv,
             L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rp, (const step_io *)w->io, (RowT *)K->raw,
-            (int)hp->n_swa, hc_split_of(e, L->hc_attn_scale, L->hc_attn_base)))
+            (int)hp->n_swa))
         return -1;
     mark(e, q->st, "q/kv norm, rope, fp8");
     if (L->ratio) {
@@ -737,10 +740,12 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         mark(e, q->st, "indexer (q, scores, top-k)");
     }
     const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
-    if (run(q, "attention", k_attention_split<RowT>, dim3(hp->n_head / e->att_hg, e->att_splits), ATT_TPB,
+    /* one extra column of blocks: the attention HC's split (a ~4 us chain
+     * that the ≥ 9 us of attention hides) */
+    if (run(q, "attention", k_attention_split<RowT>, dim3(hp->n_head / e->att_hg + 1, e->att_splits), ATT_TPB,
             att_split_smem(e->att_hg, hd, sizeof(RowT)), (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa,
             (const RowT *)K->comp, (int)L->ratio, (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io,
-            w->att_part, w->att_ml) ||
+            w->att_part, w->att_ml, hc_split_of(e, L->hc_attn_scale, L->hc_attn_base)) ||
         run(q, "attention combine", k_attention_combine, hp->n_head, 256, (hd + 2 * e->att_splits) * sizeof(float),
             (const float *)w->att_part, (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
             (const int *)w->sel, n_sel, L->sinks, hd, rp, (const step_io *)w->io, w->att))
@@ -811,9 +816,9 @@ static int ffn(enq *q, uint32_t il) {
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
     if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) || shared_expert(q, il) ||
         mv(q, L->gate_inp, w->a, w->router) ||
-        run(q, "router", k_route, 2, 1024, 2 * ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
+        run(q, "router", k_route, 1, 256, 2 * ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
             (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm, (const step_io *)w->io, w->ids,
-            w->ew, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)))
+            w->ew))
         return -1;
     mark(e, q->st, "router + selection");
     if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, 0, w->a, w->mid)) return -1;
@@ -842,7 +847,8 @@ static int shared_expert(enq *q, uint32_t il) {
         if (c != cudaSuccess) return cuda_fail(q->err, "shared expert fork", c);
         qs.st = e->side;
     }
-    if (moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, 1, w->a, w->smid) ||
+    if (run(&qs, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)) ||
+        moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, 1, w->a, w->smid) ||
         moe_down(&qs, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, 1, w->smid, w->actA, NULL, w->sh))
         return -1;
     if (q->side) {

@@ -121,11 +121,13 @@ __device__ void hc_split_warp(const float *mix, const float *scale, const float 
 }
 
 /* k_hc's mix turned into the next HC's post gates and mixing matrix
- * (hc_split_warp) by one warp of a later kernel that has room for it —
- * an extra block of k_qkv_prepare (attention HC) and of k_route (FFN HC) —
- * instead of by k_hc itself, whose 20 dependent Sinkhorn iterations (~3.6
- * us) finished 1.6-2.5 us after its x and a were written (H200,
- * globaltimer stamps) and held back the product waiting for them. */
+ * (hc_split_warp) by one warp off the critical path — an extra block of
+ * k_attention_split (attention HC; the attention lasts ≥ 9 us) and a
+ * one-warp kernel on the shared expert's side stream (FFN HC) — instead of
+ * by k_hc itself, whose 20 dependent Sinkhorn iterations (~3.6 us)
+ * finished 1.6-2.5 us after its x and a were written (H200, globaltimer
+ * stamps), or by spare blocks of q/kv preparation and of the router's
+ * selection, whose ends they set once those got faster. */
 struct hc_split_args {
     const float *mix, *scale, *base;
     float *post, *comb;
@@ -321,20 +323,17 @@ __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int 
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row_put(&row[i], xs[i]);
 }
 
-/* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare;
- * block n_head + 1: the attention HC's split (hc_split_block). */
+/* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare. */
 template <typename RowT>
 __global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
-                              rope_dev rp, const step_io *io, RowT *ring, int n_swa, hc_split_args hs) {
+                              rope_dev rp, const step_io *io, RowT *ring, int n_swa) {
     extern __shared__ float xs[];
     pdl_trigger();
     pdl_wait();
     if ((int)blockIdx.x < n_head)
         q_prepare(q + (size_t)blockIdx.x * hd, xs, hd, eps, rp, io->pos);
-    else if ((int)blockIdx.x == n_head)
-        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, rp, io->pos, ring, n_swa);
     else
-        hc_split_block(hs);
+        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, rp, io->pos, ring, n_swa);
 }
 
 /* KV compressor frontier (model-spec §5.6, compressor.c compressor_run) for
@@ -575,9 +574,13 @@ template <typename RowT>
 __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, const RowT *ring, int n_swa,
                                                              const RowT *comp, int ratio, const int *sel,
                                                              const int *n_sel, int hd, int hg, const step_io *io,
-                                                             float *part_o, float2 *part_ml) {
+                                                             float *part_o, float2 *part_ml, hc_split_args hs) {
     pdl_trigger();
     pdl_wait();
+    if (blockIdx.x == gridDim.x - 1) { /* the extra column: block (last, 0) does the attention HC's split */
+        if (blockIdx.y == 0) hc_split_block(hs);
+        return;
+    }
     extern __shared__ __align__(16) unsigned char att_raw[];
     const int rs = hd * (int)sizeof(RowT) + ATT_PAD, chunks16 = hd * (int)sizeof(RowT) / 16;
     float *qs = (float *)att_raw, *ps = qs + hg * hd;
@@ -718,18 +721,22 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
 /* Router (model-spec §5.8 steps 2-4, moe.c route_task): probabilities
  * sqrt(softplus(logit)); experts from tid2eid[token] or the top n_used of
  * prob + bias (ties → lower index); weights = renormalised unbiased probs
- * × scale. Block 0; block 1: the FFN HC's split (hc_split_block). */
+ * × scale. One block. */
 __global__ void k_route(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
-                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights, hc_split_args hs) {
+                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights) {
     pdl_trigger();
     pdl_wait();
-    if (blockIdx.x == 1) { /* the FFN HC's split */
-        hc_split_block(hs);
-        return;
-    }
     extern __shared__ float prob[]; /* 2·ne */
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
     block_route(logits, bias, tid2eid, io->token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
+}
+
+/* The FFN HC's split (hc_split_block) as its own one-warp kernel, on the
+ * shared expert's side stream: off the router's critical path. */
+__global__ void k_hc_split(hc_split_args hs) {
+    pdl_trigger();
+    pdl_wait();
+    hc_split_block(hs);
 }
 
 /* Output head collapse (model-spec §5.9 steps 2-3): e = Σ w_h·H[h] with
