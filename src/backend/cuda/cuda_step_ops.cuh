@@ -591,25 +591,32 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
     const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
     if (s >= n_chunks) return;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    /* a chunk's rows: TPR threads a row, each finding the row (an indexer
+     * pick is a load) once and then copying every TPR-th 16 bytes of it */
+    const int TPR = (int)blockDim.x / ATT_RC;
     auto load = [&](int c, int b) {
         unsigned char *dst = buf + (size_t)b * ATT_RC * rs;
-        int r0 = c * ATT_RC, nrow = nr - r0 < ATT_RC ? nr - r0 : ATT_RC;
-        for (int i = tid; i < nrow * chunks16; i += blockDim.x) {
-            int r = i / chunks16, k = i % chunks16;
-            cp_async16(dst + (size_t)r * rs + 16 * k, (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd) + 16 * k);
+        const int r = tid / TPR, r0 = c * ATT_RC;
+        if (r < ATT_RC && r0 + r < nr) {
+            const unsigned char *src = (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd);
+            for (int k = tid % TPR; k < chunks16; k += TPR) cp_async16(dst + (size_t)r * rs + 16 * k, src + 16 * k);
         }
         cp_async_commit();
     };
-    load(s, 0);
     {
+        /* q's first loads in flight before the first chunk is requested */
         const float4 *q4 = (const float4 *)(q + (size_t)h0 * hd);
         const int n4 = hg * hd / 4;
-        for (int i0 = tid; i0 < n4; i0 += 4 * blockDim.x) {
-            float4 v[4];
-            load_batch<4>(q4, i0, blockDim.x, n4, v);
+        float4 v[4];
+        load_batch<4>(q4, tid, blockDim.x, n4, v);
+        load(s, 0);
+        for (int i0 = tid;;) {
 #pragma unroll
             for (int k = 0; k < 4; k++)
                 if (i0 + k * (int)blockDim.x < n4) ((float4 *)qs)[i0 + k * blockDim.x] = v[k];
+            i0 += 4 * blockDim.x;
+            if (i0 >= n4) break;
+            load_batch<4>(q4, i0, blockDim.x, n4, v);
         }
     }
     const float scale = 1.0f / sqrtf((float)hd);
