@@ -22,12 +22,13 @@
  * 1, 37, 256 and 300 blocks (bit for bit the same scores; within 1e-5 of
  * the largest |score| from a double-precision reference; nothing written
  * while the visible rows are at most top-k), and the top-k both ways —
- * pf_idx_topk (block_topk_ascending, one block) and the decode step's grid
- * top-k (cuda_topk_grid.cuh, run twice so its state is checked to reset) —
- * against a sort by numerics.c's order (NaN as -inf, ties to the lower
- * index) on those scores and on tie-heavy and NaN/±0 inputs up to 262144
- * rows (1M context); then the kernels' times at 16384 and 262144 visible
- * rows.
+ * pf_idx_topk (block_topk_ascending, one block: from registers up to 8192
+ * rows, else the radix select), the radix select alone at every size
+ * (k_topk_radix) and the decode step's grid top-k (cuda_topk_grid.cuh, run
+ * twice so its state is checked to reset) — against a sort by numerics.c's
+ * order (NaN as -inf, ties to the lower index) on those scores and on
+ * tie-heavy, NaN/±0, ±inf and nearly-equal inputs from 513 to 262144 rows
+ * (1M context); then the kernels' times at 1024 to 262144 visible rows.
  *
  * Built by `make cuda` (cuda.mk); run on a GPU machine (exit 77 without
  * a device, 1 on a failed check). */
@@ -256,6 +257,13 @@ static std::vector<int> topk_ref(const std::vector<float> &s, int k) {
     return idx;
 }
 
+/* block_topk_ascending's radix path alone (the one-block top-k above
+ * TOPK_REG_SLOTS rows a thread), to hold the register path against it. */
+__global__ void __launch_bounds__(1024, 1) k_topk_radix(const float *scores, int visible, int *sel) {
+    __shared__ topk_radix_smem sm;
+    block_topk_radix(scores, visible, TOPK, sel, &sm);
+}
+
 /* The decode step's grid top-k (cuda_topk_grid.cuh) over vis rows: the
  * engine's six launches. */
 static void topk_grid_run(const float *d_s, int vis, int g, topk_grid_state *d_st, int *d_wa, int *d_wt, int *d_sel,
@@ -266,10 +274,18 @@ static void topk_grid_run(const float *d_s, int vis, int g, topk_grid_state *d_s
     k_topk_grid_write<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
 }
 
-/* The top-k of one token seeing s.size() rows against topk_ref, by
- * pf_idx_topk (one block, as the prefill and short decode contexts) and by
- * the grid top-k (long decode contexts); their times (ms) into ms[0], ms[1]
- * when ms. */
+/* One way of the top-k over vis rows: 0 pf_idx_topk (one block, as the
+ * prefill and decode contexts up to TOPK_GRID_MIN rows), 1 the grid top-k
+ * (longer decode contexts), 2 the radix path alone in one block. */
+static void topk_way(int way, const float *d_s, int vis, int g, topk_grid_state *d_st, int *d_wa, int *d_wt,
+                     int *d_sel, int *d_nsel, const step_io *d_io) {
+    if (way == 0) pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
+    else if (way == 1) topk_grid_run(d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+    else k_topk_radix<<<1, 1024>>>(d_s, vis, d_sel);
+}
+
+/* The top-k of one token seeing s.size() rows against topk_ref, the three
+ * ways of topk_way; their times (ms) into ms[0..2] when ms. */
 static bool topk_case(const char *name, const std::vector<float> &s, float *ms) {
     int vis = (int)s.size(), n_sm = 0, g;
     CK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0));
@@ -290,32 +306,26 @@ static bool topk_case(const char *name, const std::vector<float> &s, float *ms) 
     CK(cudaMemcpy(d_s, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
     const std::vector<int> ref = topk_ref(s, TOPK);
     bool ok = true;
-    for (int way = 0; way < 2; way++) {
+    for (int way = 0; way < 3; way++) {
         CK(cudaMemset(d_sel, 0xff, TOPK * 4));
         CK(cudaMemset(d_nsel, 0, 4));
         /* the grid version twice: its state must be ready again after a step */
-        for (int rep = 0; rep < (way ? 2 : 1); rep++) {
-            if (way) topk_grid_run(d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
-            else pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
-        }
+        for (int rep = 0; rep < (way == 1 ? 2 : 1); rep++) topk_way(way, d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
         CK(cudaGetLastError());
         std::vector<int> sel(TOPK);
         int n_sel = 0;
         CK(cudaMemcpy(sel.data(), d_sel, TOPK * 4, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(&n_sel, d_nsel, 4, cudaMemcpyDeviceToHost));
-        bool good = n_sel == TOPK && sel == ref;
-        printf("indexer top-k, %-38s %6d rows, %-16s %s\n", name, vis, way ? "grid of blocks:" : "one block:",
-               good ? "ok" : "FAIL");
+        bool good = (way == 2 || n_sel == TOPK) && sel == ref; /* k_topk_radix leaves n_sel */
+        static const char *const way_name[3] = {"one block:", "grid of blocks:", "radix, one block:"};
+        printf("indexer top-k, %-38s %6d rows, %-17s %s\n", name, vis, way_name[way], good ? "ok" : "FAIL");
         ok &= good;
         if (ms) {
             cudaEvent_t e0, e1;
             CK(cudaEventCreate(&e0));
             CK(cudaEventCreate(&e1));
             CK(cudaEventRecord(e0));
-            for (int k = 0; k < 20; k++) {
-                if (way) topk_grid_run(d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
-                else pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
-            }
+            for (int k = 0; k < 20; k++) topk_way(way, d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
             CK(cudaEventRecord(e1));
             CK(cudaEventSynchronize(e1));
             CK(cudaEventElapsedTime(&ms[way], e0, e1));
@@ -414,9 +424,21 @@ static int indexer_checks(void) {
     for (int i = 0; i < 600; i++) t[i] = i % 6 == 0 ? NAN : (float)urand();
     failed += !topk_case("NaN among 500 values", std::vector<float>(t.begin(), t.begin() + 600), NULL);
     failed += !topk_case("all equal", std::vector<float>(TOPK + 1, 2.5f), NULL);
+    /* the register path's sizes: one key a thread, several, the largest, one past it */
+    for (int n : {1024, 1025, 3000, 8192, 8193}) {
+        for (int i = 0; i < n; i++) t[i] = (float)(int)((urand() + 1.0) * 2.5);
+        failed += !topk_case("5 values (ties)", std::vector<float>(t.begin(), t.begin() + n), NULL);
+        for (int i = 0; i < n; i++) t[i] = i % 7 == 0 ? NAN : i % 3 == 0 ? -0.0f : i % 3 == 1 ? 0.0f : -1.0f;
+        failed += !topk_case("NaN, -0, +0, -1", std::vector<float>(t.begin(), t.begin() + n), NULL);
+        for (int i = 0; i < n; i++) t[i] = i % 5 == 0 ? -INFINITY : i % 5 == 1 ? INFINITY : (float)urand();
+        failed += !topk_case("+-inf among values", std::vector<float>(t.begin(), t.begin() + n), NULL);
+        /* keys equal but for the last bits: every radix digit matters */
+        for (int i = 0; i < n; i++) t[i] = 1.0f + (float)(int)((urand() + 1.0) * 20) * 1.2e-7f;
+        failed += !topk_case("nearly equal", std::vector<float>(t.begin(), t.begin() + n), NULL);
+    }
     /* times */
-    for (int n : {vis, big}) {
-        float ms_t[2] = {0, 0}, ms_s = 0;
+    for (int n : {1024, 4096, 8192, vis, big}) {
+        float ms_t[3] = {0, 0, 0}, ms_s = 0;
         for (int i = 0; i < n; i++) t[i] = (float)urand();
         failed += !topk_case("uniform", std::vector<float>(t.begin(), t.begin() + n), ms_t);
         int tiles = n / IX_ROWS, ny = tiles < n_sm * per_sm ? tiles : n_sm * per_sm;
@@ -432,8 +454,9 @@ static int indexer_checks(void) {
         CK(cudaEventSynchronize(e1));
         CK(cudaEventElapsedTime(&ms_s, e0, e1));
         printf("time, indexer of one token over %d rows: scores %.1f us (%d blocks), top-k %.1f us (one block), "
-               "%.1f us (grid, %d blocks)\n",
-               n, ms_s / 20 * 1e3, ny, ms_t[0] * 1e3, ms_t[1] * 1e3, topk_grid_blocks(n_sm, (uint32_t)n));
+               "%.1f us (grid, %d blocks), %.1f us (radix, one block)\n",
+               n, ms_s / 20 * 1e3, ny, ms_t[0] * 1e3, ms_t[1] * 1e3, topk_grid_blocks(n_sm, (uint32_t)n),
+               ms_t[2] * 1e3);
         CK(cudaEventDestroy(e0));
         CK(cudaEventDestroy(e1));
     }

@@ -258,8 +258,8 @@ static __device__ void warp_keys(const float *scores, int lo, int hi, F f) {
     }
 }
 
-/* Shared memory of block_topk_ascending. */
-struct topk_smem {
+/* Shared memory of block_topk_radix. */
+struct topk_radix_smem {
     int hist[32][256]; /* a warp's own histogram */
     int total[256];
     int ties[32], out[32]; /* a warp's counts, then what comes before its segment */
@@ -343,10 +343,8 @@ static __device__ void warp_write_picks(const float *scores, int lo, int hi, uin
     });
 }
 
-/* The top_k best of scores[0..visible) as ascending indices into sel
- * (ties → lower index: numerics.c topk_indices_ascending), by the whole
- * block (blockDim.x a multiple of 32, at most 1024; the kernels declare
- * __launch_bounds__(1024, 1): ~48 registers, no spills). Warp w owns the
+/* block_topk_ascending's path for more rows than the registers hold
+ * (block_topk_registers): the same selection and output. Warp w owns the
  * contiguous segment w·seg.. of the indices. Radix select of the k-th key,
  * 8 bits a pass: each warp counts the keys that share the prefix found so
  * far into its own histogram (warp_digit_hist), the warps' bins are added,
@@ -354,7 +352,8 @@ static __device__ void warp_write_picks(const float *scores, int lo, int hi, uin
  * its keys above the k-th and its ties; one warp scan gives every warp the
  * ties before its segment (the first `need` ties are taken) and its first
  * output slot; each warp writes its picks in index order (ballots). */
-static __device__ void block_topk_ascending(const float *scores, int visible, int top_k, int *sel, topk_smem *sm) {
+static __device__ void block_topk_radix(const float *scores, int visible, int top_k, int *sel,
+                                        topk_radix_smem *sm) {
     const int nw = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int seg = ((visible + nw - 1) / nw + 31) & ~31;
     const int lo = w * seg < visible ? w * seg : visible, hi = lo + seg < visible ? lo + seg : visible;
@@ -391,6 +390,139 @@ static __device__ void block_topk_ascending(const float *scores, int visible, in
     }
     __syncthreads();
     warp_write_picks(scores, lo, hi, t, need, sm->ties[w], sm->out[w], sel);
+}
+
+/* ---- the one-block top-k from registers (block_topk_registers) ----
+ * For up to TOPK_REG_SLOTS keys a thread (8192 rows with 1024 threads: every
+ * decode step below the grid top-k's TOPK_GRID_MIN): the keys are read once
+ * into registers, and a pass is one block barrier, where the radix path
+ * above reads the scores again and meets 3 barriers a pass. */
+enum { TOPK_REG_SLOTS = 8, TOPK_REG_BITS = 4, TOPK_REG_BINS = 1 << TOPK_REG_BITS };
+
+/* Shared memory of block_topk_registers. */
+struct topk_reg_smem {
+    int count[2][32][TOPK_REG_BINS]; /* a warp's bin counts, of even and odd passes */
+    int scan[32];                    /* a warp's packed counts for the output slots */
+};
+
+/* The shared memory of block_topk_ascending: one path runs. */
+union topk_smem {
+    topk_radix_smem radix;
+    topk_reg_smem reg;
+};
+
+/* In every lane: how many of the warp's candidates (slots e < per with bit
+ * e of valid, key bits under mask equal to t) have the digit
+ * (key >> shift) & 15 equal to lane & 15. Four ballots of digit bits a slot;
+ * lane b keeps the candidates whose four bits spell b. */
+static __device__ int warp_reg_bin_count(const uint32_t *key, int per, unsigned valid, uint32_t t, uint32_t mask,
+                                         int shift) {
+    const int b = threadIdx.x & (TOPK_REG_BINS - 1);
+    int n = 0;
+#pragma unroll
+    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
+        if (e >= per) break; /* per is the same in the whole block */
+        unsigned m = __ballot_sync(0xffffffffu, (valid >> e & 1u) && (key[e] & mask) == t);
+        if (!m) continue; /* the same in the whole warp */
+        const uint32_t d = key[e] >> shift;
+#pragma unroll
+        for (int j = 0; j < TOPK_REG_BITS; j++) {
+            unsigned bit = __ballot_sync(0xffffffffu, d >> j & 1u);
+            m &= (b >> j & 1) ? bit : ~bit;
+        }
+        n += __popc(m);
+    }
+    return n;
+}
+
+/* By every warp alike, from the nw warps' counts of one pass (cnt[w][bin]):
+ * the digit of the need-th largest candidate; *need becomes how many with
+ * that digit to take, *in_bin how many candidates have it. Lane l adds the
+ * counts of bin 15 − (l & 15) over the even (l < 16) or odd warps (no bank
+ * conflicts), the halves are added; lanes 0..15 then run from the top bin
+ * down. */
+static __device__ uint32_t warp_reg_find_digit(const int (*cnt)[TOPK_REG_BINS], int nw, int *need, int *in_bin) {
+    const int lane = threadIdx.x & 31, bin = TOPK_REG_BINS - 1 - (lane & (TOPK_REG_BINS - 1));
+    int n = 0;
+    for (int v = lane >> 4; v < nw; v += 2) n += cnt[v][bin];
+    n += __shfl_xor_sync(0xffffffffu, n, 16);
+    const int incl = warp_scan_incl(n);
+    const unsigned hit = __ballot_sync(0xffffffffu, incl >= *need) & 0xffffu;
+    const int f = __ffs(hit) - 1;
+    *need -= __shfl_sync(0xffffffffu, incl - n, f);
+    *in_bin = __shfl_sync(0xffffffffu, n, f);
+    return (uint32_t)(TOPK_REG_BINS - 1 - f);
+}
+
+/* block_topk_ascending's path for visible ≤ TOPK_REG_SLOTS·blockDim.x. Thread
+ * j holds the keys of indices j·per .. j·per + per − 1 (per = ⌈visible /
+ * blockDim.x⌉). Radix select of the k-th key from the top, 4 bits a pass:
+ * the warps count the candidates (keys sharing the prefix t found so far)
+ * by digit (warp_reg_bin_count), one barrier, every warp adds the counts and
+ * finds the same digit (warp_reg_find_digit; the counts alternate between
+ * two buffers, so a pass's writes never meet the previous pass's reads).
+ * It stops early once every candidate with the digit is taken (no tie left
+ * to break). Then thread j's picks are its keys above t under the mask and
+ * its first ties while the tie rank is below need: one block scan of the
+ * packed counts (above << 16 | ties; both below 2^16) gives each thread the
+ * keys above and ties before its indices, and a pick's slot is
+ * above-before + min(ties-before, need). */
+static __device__ void block_topk_registers(const float *scores, int visible, int top_k, int *sel,
+                                            topk_reg_smem *sm) {
+    const int nw = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int per = (visible + (int)blockDim.x - 1) / (int)blockDim.x, first = (int)threadIdx.x * per;
+    uint32_t key[TOPK_REG_SLOTS];
+    unsigned valid = 0;
+#pragma unroll
+    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
+        const bool v = e < per && first + e < visible;
+        key[e] = v ? score_key(scores[first + e]) : 0u;
+        valid |= (unsigned)v << e;
+    }
+    uint32_t t = 0, mask = 0;
+    int need = top_k; /* how many of the keys matching t under mask to take */
+    for (int shift = 32 - TOPK_REG_BITS, buf = 0; shift >= 0; shift -= TOPK_REG_BITS, buf ^= 1) {
+        const int n = warp_reg_bin_count(key, per, valid, t, mask, shift);
+        if (lane < TOPK_REG_BINS) sm->count[buf][w][lane] = n;
+        __syncthreads();
+        int in_bin;
+        t |= warp_reg_find_digit(sm->count[buf], nw, &need, &in_bin) << shift;
+        mask |= (uint32_t)(TOPK_REG_BINS - 1) << shift;
+        if (in_bin == need) break;
+    }
+    int above = 0, ties = 0;
+#pragma unroll
+    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
+        const uint32_t k = key[e] & mask;
+        above += (valid >> e & 1u) && k > t;
+        ties += (valid >> e & 1u) && k == t;
+    }
+    const int own = above << 16 | ties, incl = warp_scan_incl(own);
+    if (lane == 31) sm->scan[w] = incl;
+    __syncthreads();
+    const int wt = lane < nw ? sm->scan[lane] : 0, wincl = warp_scan_incl(wt);
+    const int before = __shfl_sync(0xffffffffu, wincl - wt, w) + incl - own;
+    int a = before >> 16, r = before & 0xffff;
+#pragma unroll
+    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
+        const uint32_t k = key[e] & mask;
+        if (!(valid >> e & 1u) || k < t) continue;
+        if (k > t || r < need) sel[a + (r < need ? r : need)] = first + e;
+        if (k > t) a++;
+        else r++;
+    }
+}
+
+/* The top_k best of scores[0..visible) as ascending indices into sel
+ * (ties → lower index: numerics.c topk_indices_ascending; NaN below every
+ * number, score_key), by the whole block (blockDim.x a multiple of 32, at
+ * most 1024; the kernels declare __launch_bounds__(1024, 1)); needs
+ * 0 < top_k < visible. From registers while the block can hold the keys,
+ * else the radix select over the scores in memory; both take the same set
+ * and write it in the same order. */
+static __device__ void block_topk_ascending(const float *scores, int visible, int top_k, int *sel, topk_smem *sm) {
+    if (visible <= TOPK_REG_SLOTS * (int)blockDim.x) block_topk_registers(scores, visible, top_k, sel, &sm->reg);
+    else block_topk_radix(scores, visible, top_k, sel, &sm->radix);
 }
 
 /* Router of one token by the whole block (model-spec §5.8 steps 2-4,
