@@ -70,6 +70,7 @@ struct dwork {
     int32_t *ids, *zero_id, *sel, *n_sel;
     float *one_w;
     uint8_t *actA, *actB;
+    uint8_t *lowq; /* low quantised for out_b */
 };
 
 /* Device memory kept free beside the weights and sessions (the fit check),
