@@ -90,10 +90,10 @@ static __device__ float dev_softplus(float x) {
     return log1pf(expf(x));
 }
 
-/* One RoPE pair k of a tail t[0..n_rot) at position pos (numerics.c
- * rope_tail: the per-pair angle is pos·theta_scale^k as a chain of float
+/* Cosine and sine of RoPE pair k at position pos (numerics.c rope_tail:
+ * the per-pair angle is pos·theta_scale^k as a chain of float
  * multiplications, the YaRN blend in the same order). */
-static __device__ void rope_pair(float *t, int k, int64_t pos, const rope_dev &rp, bool inverse) {
+static __device__ float2 rope_cs(int k, int64_t pos, const rope_dev &rp) {
     float theta_ext = (float)pos;
     for (int i = 0; i < k; i++) theta_ext *= rp.theta_scale;
     float theta = theta_ext;
@@ -103,17 +103,40 @@ static __device__ void rope_pair(float *t, int k, int64_t pos, const rope_dev &r
         float theta_interp = rp.freq_scale * theta_ext;
         theta = theta_interp * (1.0f - ramp) + theta_ext * ramp;
     }
-    float c = cosf(theta), s = sinf(theta);
-    if (inverse) s = -s;
+    return make_float2(cosf(theta), sinf(theta));
+}
+
+/* Pair k of a tail t rotated by the angle of cosine c, sine s. */
+static __device__ __forceinline__ void rope_rotate(float *t, int k, float c, float s) {
     float x0 = t[2 * k], x1 = t[2 * k + 1];
     t[2 * k] = x0 * c - x1 * s;
     t[2 * k + 1] = x0 * s + x1 * c;
+}
+
+/* One RoPE pair k of a tail t[0..n_rot) at position pos (inverse: the
+ * sine negated). */
+static __device__ void rope_pair(float *t, int k, int64_t pos, const rope_dev &rp, bool inverse) {
+    const float2 cs = rope_cs(k, pos, rp);
+    rope_rotate(t, k, cs.x, inverse ? -cs.y : cs.y);
 }
 
 /* The block rotates the tail of x[0..hd) (shared memory) in place. */
 static __device__ void block_rope(float *x, int hd, int64_t pos, const rope_dev &rp, bool inverse) {
     __syncthreads();
     for (int k = threadIdx.x; k < rp.n_rot / 2; k += blockDim.x) rope_pair(x + hd - rp.n_rot, k, pos, rp, inverse);
+    __syncthreads();
+}
+
+/* block_rope at the step's position with its cosines and sines from the
+ * table cs (n_rot/2 pairs, k_embed's): the same values, without each
+ * block's chain of angle products, cosf and sinf (~1-1.5 us of a q/kv
+ * preparation, indexer query or combine block on an H200). */
+static __device__ void block_rope_tab(float *x, int hd, int n_rot, const float2 *cs, bool inverse) {
+    __syncthreads();
+    for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {
+        const float2 v = cs[k];
+        rope_rotate(x + hd - n_rot, k, v.x, inverse ? -v.y : v.y);
+    }
     __syncthreads();
 }
 

@@ -309,7 +309,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->io, 1);
     F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
-    F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
+    F(w->x, D); F(w->a, D); F(w->rope_cs0, hp->n_rot / 2 + 1); F(w->rope_cs1, hp->n_rot / 2 + 1); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
     F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
     F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
     F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
@@ -691,7 +691,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     dlayer_kv *K = &s->L[il];
     dwork *w = &e->w;
     int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim, n_rot = (int)hp->n_rot;
-    rope_dev rp = L->ratio ? e->rope_comp : e->rope_plain;
+    const float2 *rcs = L->ratio ? w->rope_cs1 : w->rope_cs0; /* this layer's rope kind at the step's position */
     if (hc(q, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm)) return -1;
     /* Every product of the normed x: Q8_0 ones in one launch, F16 ones in
      * another (the indexer's head weights too: they are read only while the
@@ -720,7 +720,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     }
     mark(e, q->st, "attn q norm + q_b");
     if (run(q, "q/kv prepare", k_qkv_prepare<RowT>, hp->n_head + 1, 256, hd * sizeof(float), w->q, (const float *)w->kv,
-            L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rp, (const step_io *)w->io, (RowT *)K->raw,
+            L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rcs, (const step_io *)w->io, (RowT *)K->raw,
             (int)hp->n_swa))
         return -1;
     mark(e, q->st, "q/kv norm, rope, fp8");
@@ -741,7 +741,8 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                                             : mv_list(q, &mi, &yi, 1, w->qr, NULL, NULL, &w->io->idx_active))
             return -1;
         int nih = (int)hp->n_indexer_head, top_k = (int)hp->indexer_top_k;
-        if (run(q, "indexer query", k_idx_query, nih, 128, ihd * sizeof(float), w->iq, w->iw, ihd, nih, e->rope_comp,
+        if (run(q, "indexer query", k_idx_query, nih, 128, ihd * sizeof(float), w->iq, w->iw, ihd, nih,
+                e->rope_comp.n_rot, (const float2 *)w->rope_cs1,
                 (const step_io *)w->io, (int)e->exact))
             return -1;
         /* scores: a grid fixed at capture, its blocks take every gridDim-th
@@ -767,7 +768,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
             w->att_part, w->att_ml, hc_split_of(e, L->hc_attn_scale, L->hc_attn_base)) ||
         run(q, "attention combine", k_attention_combine, hp->n_head, 256, (hd + 2 * e->att_splits) * sizeof(float),
             (const float *)w->att_part, (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
-            (const int *)w->sel, n_sel, L->sinks, hd, rp, (const step_io *)w->io, w->att))
+            (const int *)w->sel, n_sel, L->sinks, hd, n_rot, rcs, (const step_io *)w->io, w->att))
         return -1;
     mark(e, q->st, "attention");
     /* Grouped output: group g's heads through rows g·o_lora.. of out_a, all
@@ -921,7 +922,8 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     e->n_ev = 0;
     mark(e, q.st, "start");
     if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
-            (int)(e->token_embd.type == DS4_TYPE_F16), hp->n_embd, (const step_io *)e->w.io, e->w.H))
+            (int)(e->token_embd.type == DS4_TYPE_F16), hp->n_embd, (const step_io *)e->w.io, e->w.H, e->rope_plain,
+            e->rope_comp, e->w.rope_cs0, e->w.rope_cs1))
         return -1;
     mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)

@@ -71,6 +71,7 @@ struct dwork {
     float *one_w;
     uint8_t *actA, *actB;
     uint8_t *lowq; /* low quantised for out_b */
+    float2 *rope_cs0, *rope_cs1; /* the step's RoPE cosines and sines, plain and compressed kind (k_embed) */
 };
 
 /* Device memory kept free beside the weights and sessions (the fit check),

@@ -50,10 +50,17 @@ __device__ __forceinline__ float2 row_pair(const float *r, int j) { return ((con
 
 /* ------------------------------------------------------------- kernels */
 
-/* H = the token's embedding row in all HC streams (model-spec §5.1). */
-__global__ void k_embed(const void *embd, int f16, uint32_t D, const step_io *io, float *H) {
+/* H = the token's embedding row in all HC streams (model-spec §5.1); block
+ * 0 also fills the step's RoPE tables (rope_cs at the token's position) of
+ * the two rope kinds, read by every later rotation at that position. */
+__global__ void k_embed(const void *embd, int f16, uint32_t D, const step_io *io, float *H, rope_dev rp0,
+                        rope_dev rp1, float2 *cs0, float2 *cs1) {
     pdl_trigger();
     pdl_wait();
+    if (blockIdx.x == 0) {
+        for (int k = threadIdx.x; k < rp0.n_rot / 2; k += blockDim.x) cs0[k] = rope_cs(k, io->pos, rp0);
+        for (int k = threadIdx.x; k < rp1.n_rot / 2; k += blockDim.x) cs1[k] = rope_cs(k, io->pos, rp1);
+    }
     uint32_t d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= D) return;
     size_t off = (size_t)io->token * D + d;
@@ -289,7 +296,7 @@ __global__ void k_hc_post(float *H, const float *y, const float *post, const flo
 }
 
 /* Per head: unweighted RMSNorm, then RoPE of the tail (attention Q). */
-__device__ void q_prepare(float *qh, float *xs, int hd, float eps, const rope_dev &rp, int64_t pos) {
+__device__ void q_prepare(float *qh, float *xs, int hd, int n_rot, float eps, const float2 *cs) {
     __shared__ double sh[32];
     double ss = 0.0;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
@@ -298,7 +305,7 @@ __device__ void q_prepare(float *qh, float *xs, int hd, float eps, const rope_de
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s;
-    block_rope(xs, hd, pos, rp, false);
+    block_rope_tab(xs, hd, n_rot, cs, false);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qh[i] = xs[i];
 }
 
@@ -307,7 +314,7 @@ __device__ void q_prepare(float *qh, float *xs, int hd, float eps, const rope_de
  * exact mode: no round-trip, f32 rows. */
 template <typename RowT>
 __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int hd, int n_rot, float eps,
-                           const rope_dev &rp, int64_t pos, RowT *ring, int n_swa) {
+                           const float2 *cs, int64_t pos, RowT *ring, int n_swa) {
     __shared__ double sh[32];
     __shared__ float sc[64];
     double ss = 0.0;
@@ -317,7 +324,7 @@ __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int 
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
-    block_rope(xs, hd, pos, rp, false);
+    block_rope_tab(xs, hd, n_rot, cs, false);
     if (!row_exact<RowT>()) block_fp8_roundtrip(xs, hd - n_rot, sc);
     RowT *row = ring + (size_t)(pos % n_swa) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row_put(&row[i], xs[i]);
@@ -326,14 +333,14 @@ __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int 
 /* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare. */
 template <typename RowT>
 __global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
-                              rope_dev rp, const step_io *io, RowT *ring, int n_swa) {
+                              const float2 *cs, const step_io *io, RowT *ring, int n_swa) {
     extern __shared__ float xs[];
     pdl_trigger();
     pdl_wait();
     if ((int)blockIdx.x < n_head)
-        q_prepare(q + (size_t)blockIdx.x * hd, xs, hd, eps, rp, io->pos);
+        q_prepare(q + (size_t)blockIdx.x * hd, xs, hd, n_rot, eps, cs);
     else
-        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, rp, io->pos, ring, n_swa);
+        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, cs, io->pos, ring, n_swa);
 }
 
 /* KV compressor frontier (model-spec §5.6, compressor.c compressor_run) for
@@ -432,7 +439,8 @@ __global__ void k_frontier_clear(float *kv, float *sc, size_t n) {
 /* Indexer query heads (compressor.c idx_query_task): RoPE, QAT per head
  * (one block each; not in exact mode); block 0 also scales the head
  * weights by 1/√(ihd·nih). */
-__global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp, const step_io *io, int exact) {
+__global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, int n_rot, const float2 *cs, const step_io *io,
+                            int exact) {
     pdl_trigger();
     pdl_wait();
     extern __shared__ float xs[];
@@ -440,7 +448,7 @@ __global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp,
     if (!io->idx_active) return;
     float *qh = iq + (size_t)blockIdx.x * ihd;
     for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
-    block_rope(xs, ihd, io->pos, rp, false);
+    block_rope_tab(xs, ihd, n_rot, cs, false);
     if (!exact) block_indexer_qat(xs, ihd, sc);
     for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
     if (blockIdx.x == 0) {
@@ -676,8 +684,8 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
  * at the query position; one block per head, a pair per thread. Shared:
  * hd outputs, then the splits' m (turned into weights) and l. */
 __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, int S, int n_swa, int ratio,
-                                    const int *sel, const int *n_sel, const float *sinks, int hd, rope_dev rp,
-                                    const step_io *io, float *out) {
+                                    const int *sel, const int *n_sel, const float *sinks, int hd, int n_rot,
+                                    const float2 *cs, const step_io *io, float *out) {
     pdl_trigger();
     pdl_wait();
     extern __shared__ float os[];
@@ -721,7 +729,7 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
         os[2 * j] = t.x * inv;
         os[2 * j + 1] = t.y * inv;
     }
-    block_rope(os, hd, io->pos, rp, true);
+    block_rope_tab(os, hd, n_rot, cs, true);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) out[(size_t)h * hd + i] = os[i];
 }
 
