@@ -309,7 +309,8 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->io, 1);
     F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
-    F(w->x, D); F(w->a, D); F(w->rope_cs0, hp->n_rot / 2 + 1); F(w->rope_cs1, hp->n_rot / 2 + 1); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
+    F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
+    F(w->rope_cs0, hp->n_rot / 2); F(w->rope_cs1, hp->n_rot / 2);
     F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
     F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
     F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
@@ -741,9 +742,8 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                                             : mv_list(q, &mi, &yi, 1, w->qr, NULL, NULL, &w->io->idx_active))
             return -1;
         int nih = (int)hp->n_indexer_head, top_k = (int)hp->indexer_top_k;
-        if (run(q, "indexer query", k_idx_query, nih, 128, ihd * sizeof(float), w->iq, w->iw, ihd, nih,
-                e->rope_comp.n_rot, (const float2 *)w->rope_cs1,
-                (const step_io *)w->io, (int)e->exact))
+        if (run(q, "indexer query", k_idx_query, nih, 128, ihd * sizeof(float), w->iq, w->iw, ihd, nih, n_rot,
+                (const float2 *)w->rope_cs1, (const step_io *)w->io, (int)e->exact))
             return -1;
         /* scores: a grid fixed at capture, its blocks take every gridDim-th
          * row tile of the visible rows (at most comp_cap) */
