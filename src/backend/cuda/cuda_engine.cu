@@ -720,20 +720,17 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (mv_list(q, &mq, &yq, 1, w->qraw, L->q_a_norm, w->qr)) return -1;
     }
     mark(e, q->st, "attn q norm + q_b");
-    if (run(q, "q/kv prepare", k_qkv_prepare<RowT>, hp->n_head + 1, 256, hd * sizeof(float), w->q, (const float *)w->kv,
-            L->kv_a_norm, (int)hp->n_head, hd, n_rot, hp->rms_eps, rcs, (const step_io *)w->io, (RowT *)K->raw,
-            (int)hp->n_swa))
+    /* the compressors (none on a layer without a ratio) in the same launch */
+    const int n_comp = L->ratio == 4 ? 2 : L->ratio ? 1 : 0;
+    const comp_args c0 = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
+                          L->ratio == 4 ? 2 : 1, hd, 0};
+    const comp_args c1 = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1};
+    if (run(q, "q/kv prepare + compressors", k_qkv_prepare<RowT>, n_comp + hp->n_head + 1, 512,
+            (size_t)(hd > ihd ? hd : ihd) * sizeof(float), w->q, (const float *)w->kv, L->kv_a_norm, (int)hp->n_head,
+            hd, n_rot, hp->rms_eps, rcs, (const step_io *)w->io, (RowT *)K->raw, (int)hp->n_swa, c0, c1, n_comp,
+            e->rope_comp))
         return -1;
-    mark(e, q->st, "q/kv norm, rope, fp8");
-    if (L->ratio) {
-        comp_args c0 = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
-                        L->ratio == 4 ? 2 : 1, hd, 0};
-        comp_args c1 = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1};
-        if (run(q, "compressors", k_compressors<RowT>, L->ratio == 4 ? 2 : 1, 512, (size_t)(hd > ihd ? hd : ihd) * sizeof(float),
-                c0, c1, n_rot, hp->rms_eps, e->rope_comp, (const step_io *)w->io))
-            return -1;
-        mark(e, q->st, "compressor frontiers");
-    }
+    mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers");
     if (L->ratio == 4) {
         /* The query projection only while the indexer picks rows. */
         const dmat *mi = &L->idx_q_b;

@@ -330,19 +330,6 @@ __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int 
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row_put(&row[i], xs[i]);
 }
 
-/* Blocks 0..n_head-1: q_prepare of their head; block n_head: kv_prepare. */
-template <typename RowT>
-__global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
-                              const float2 *cs, const step_io *io, RowT *ring, int n_swa) {
-    extern __shared__ float xs[];
-    pdl_trigger();
-    pdl_wait();
-    if ((int)blockIdx.x < n_head)
-        q_prepare(q + (size_t)blockIdx.x * hd, xs, hd, n_rot, eps, cs);
-    else
-        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, cs, io->pos, ring, n_swa);
-}
-
 /* KV compressor frontier (model-spec §5.6, compressor.c compressor_run) for
  * one token: store its kv/score(+APE) row; every R-th token pool the
  * frontier per dimension, RMSNorm, RoPE at the window start, FP8
@@ -419,13 +406,28 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
     }
 }
 
-/* Block i runs compressor i (the attention's, then the indexer's). */
+/* One launch for what reads the q_a/kv and compressor projections:
+ * blocks 0..n_comp-1 run compressor i (the attention's, then the
+ * indexer's; scheduled first: on a token that emits a row theirs is the
+ * longer chain), blocks n_comp..n_comp+n_head-1 q_prepare of their head,
+ * the last block kv_prepare. The compressors read only their projections
+ * and write the frontier and the compressed rows; preparation reads q and
+ * kv and writes q and the raw window row: the blocks share nothing (two
+ * launches cost ~5 us a layer more, H200 timeline). */
 template <typename RowT>
-__global__ void k_compressors(comp_args c0, comp_args c1, int n_rot, float eps, rope_dev rp, const step_io *io) {
-    extern __shared__ float out[];
+__global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
+                              const float2 *cs, const step_io *io, RowT *ring, int n_swa, comp_args c0, comp_args c1,
+                              int n_comp, rope_dev rp) {
+    extern __shared__ float xs[];
     pdl_trigger();
     pdl_wait();
-    compressor<RowT>(blockIdx.x == 0 ? c0 : c1, out, n_rot, eps, rp, io->pos);
+    const int b = (int)blockIdx.x - n_comp;
+    if (b < 0)
+        compressor<RowT>(b == -n_comp ? c0 : c1, xs, n_rot, eps, rp, io->pos);
+    else if (b < n_head)
+        q_prepare(q + (size_t)b * hd, xs, hd, n_rot, eps, cs);
+    else
+        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, cs, io->pos, ring, n_swa);
 }
 
 /* Frontier rows to 0 / −∞ (session reset). */
