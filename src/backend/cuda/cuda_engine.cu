@@ -720,28 +720,46 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (mv_list(q, &mq, &yq, 1, w->qraw, L->q_a_norm, w->qr)) return -1;
     }
     mark(e, q->st, "attn q norm + q_b");
-    /* the compressors (none on a layer without a ratio) in the same launch */
-    const int n_comp = L->ratio == 4 ? 2 : L->ratio ? 1 : 0;
-    const comp_args c0 = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
-                          L->ratio == 4 ? 2 : 1, hd, 0};
-    const comp_args c1 = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1};
-    if (run(q, "q/kv prepare + compressors", k_qkv_prepare<RowT>, n_comp + hp->n_head + 1, 512,
-            (size_t)(hd > ihd ? hd : ihd) * sizeof(float), w->q, (const float *)w->kv, L->kv_a_norm, (int)hp->n_head,
-            hd, n_rot, hp->rms_eps, rcs, (const step_io *)w->io, (RowT *)K->raw, (int)hp->n_swa, c0, c1, n_comp,
-            e->rope_comp))
-        return -1;
-    mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers");
+    /* The query projection only while the indexer picks rows. */
     if (L->ratio == 4) {
-        /* The query projection only while the indexer picks rows. */
         const dmat *mi = &L->idx_q_b;
         float *yi = w->iq;
         if (L->idx_q_b.type == DS4_TYPE_F32 || e->exact ? mv(q, L->idx_q_b, w->qr, w->iq)
                                             : mv_list(q, &mi, &yi, 1, w->qr, NULL, NULL, &w->io->idx_active))
             return -1;
+        mark(e, q->st, "indexer q_b");
+    }
+    /* preparation, the compressors (none on a layer without a ratio) and
+     * the indexer's query in one launch */
+    prep_args<RowT> pa = {};
+    pa.q = w->q;
+    pa.kv = w->kv;
+    pa.norm_w = L->kv_a_norm;
+    pa.n_head = (int)hp->n_head;
+    pa.hd = hd;
+    pa.n_rot = n_rot;
+    pa.n_swa = (int)hp->n_swa;
+    pa.eps = hp->rms_eps;
+    pa.cs = rcs;
+    pa.ring = (RowT *)K->raw;
+    pa.c[0] = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
+               L->ratio == 4 ? 2 : 1, hd, 0};
+    pa.c[1] = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1};
+    pa.n_comp = L->ratio == 4 ? 2 : L->ratio ? 1 : 0;
+    pa.rp = e->rope_comp;
+    pa.iq = w->iq;
+    pa.iw = w->iw;
+    pa.n_idx = L->ratio == 4 ? (int)hp->n_indexer_head : 0;
+    pa.ihd = ihd;
+    pa.exact = (int)e->exact;
+    pa.ics = w->rope_cs1;
+    pa.io = w->io;
+    if (run(q, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>, pa.n_comp + pa.n_head + 1 + pa.n_idx,
+            512, (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa))
+        return -1;
+    mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers; indexer query");
+    if (L->ratio == 4) {
         int nih = (int)hp->n_indexer_head, top_k = (int)hp->indexer_top_k;
-        if (run(q, "indexer query", k_idx_query, nih, 128, ihd * sizeof(float), w->iq, w->iw, ihd, nih, n_rot,
-                (const float2 *)w->rope_cs1, (const step_io *)w->io, (int)e->exact))
-            return -1;
         /* scores: a grid fixed at capture, its blocks take every gridDim-th
          * row tile of the visible rows (at most comp_cap) */
         uint32_t tiles = (e->comp_cap[il] + IX_ROWS - 1) / IX_ROWS, blocks = (e->comp_cap[il] + 7) / 8;
@@ -754,7 +772,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                             (size_t)0)) ||
             idx_topk(q, top_k))
             return -1;
-        mark(e, q->st, "indexer (q, scores, top-k)");
+        mark(e, q->st, "indexer scores, top-k");
     }
     const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
     /* one extra column of blocks: the attention HC's split (a ~4 us chain

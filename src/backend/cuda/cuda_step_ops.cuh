@@ -406,28 +406,61 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
     }
 }
 
-/* One launch for what reads the q_a/kv and compressor projections:
- * blocks 0..n_comp-1 run compressor i (the attention's, then the
- * indexer's; scheduled first: on a token that emits a row theirs is the
- * longer chain), blocks n_comp..n_comp+n_head-1 q_prepare of their head,
- * the last block kv_prepare. The compressors read only their projections
- * and write the frontier and the compressed rows; preparation reads q and
- * kv and writes q and the raw window row: the blocks share nothing (two
- * launches cost ~5 us a layer more, H200 timeline). */
+/* Indexer query head (compressor.c idx_query_task): RoPE, QAT (not in
+ * exact mode); head 0 also scales the head weights by 1/√(ihd·nih). */
+__device__ void idx_query_head(float *iq, float *iw, int h, int ihd, int nih, int n_rot, const float2 *cs, int exact,
+                               float *xs) {
+    __shared__ float sc[64];
+    float *qh = iq + (size_t)h * ihd;
+    for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
+    block_rope_tab(xs, ihd, n_rot, cs, false);
+    if (!exact) block_indexer_qat(xs, ihd, sc);
+    for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
+    if (h == 0) {
+        float denom = sqrtf((float)(ihd * nih));
+        for (int j = threadIdx.x; j < nih; j += blockDim.x) iw[j] = iw[j] / denom;
+    }
+}
+
+/* Everything that reads the step's projections and writes what the
+ * indexer's scores and the attention read, in one launch of independent
+ * blocks (each a separate launch before: ~5 us a launch, H200 timeline):
+ * blocks 0..n_comp-1 the compressors (c[0] the attention's, c[1] the
+ * indexer's; first, as on a token that emits a row theirs is the longer
+ * chain), then q_prepare of each head, kv_prepare, and with n_idx the
+ * indexer's query heads (while the indexer picks rows). */
 template <typename RowT>
-__global__ void k_qkv_prepare(float *q, const float *kv, const float *norm_w, int n_head, int hd, int n_rot, float eps,
-                              const float2 *cs, const step_io *io, RowT *ring, int n_swa, comp_args c0, comp_args c1,
-                              int n_comp, rope_dev rp) {
+struct prep_args {
+    float *q;
+    const float *kv, *norm_w;
+    int n_head, hd, n_rot, n_swa;
+    float eps;
+    const float2 *cs; /* the layer's rope kind at the step's position */
+    RowT *ring;
+    comp_args c[2];
+    int n_comp;
+    rope_dev rp; /* the compressors' rope */
+    float *iq, *iw;
+    int n_idx, ihd, exact;
+    const float2 *ics; /* the indexer's rope */
+    const step_io *io;
+};
+
+template <typename RowT>
+__global__ void k_qkv_prepare(const prep_args<RowT> a) {
     extern __shared__ float xs[];
     pdl_trigger();
     pdl_wait();
-    const int b = (int)blockIdx.x - n_comp;
-    if (b < 0)
-        compressor<RowT>(b == -n_comp ? c0 : c1, xs, n_rot, eps, rp, io->pos);
-    else if (b < n_head)
-        q_prepare(q + (size_t)b * hd, xs, hd, n_rot, eps, cs);
-    else
-        kv_prepare(kv, xs, norm_w, hd, n_rot, eps, cs, io->pos, ring, n_swa);
+    int b = (int)blockIdx.x;
+    if (b < a.n_comp) {
+        compressor<RowT>(a.c[b], xs, a.n_rot, a.eps, a.rp, a.io->pos);
+    } else if ((b -= a.n_comp) < a.n_head) {
+        q_prepare(a.q + (size_t)b * a.hd, xs, a.hd, a.n_rot, a.eps, a.cs);
+    } else if (b == a.n_head) {
+        kv_prepare(a.kv, xs, a.norm_w, a.hd, a.n_rot, a.eps, a.cs, a.io->pos, a.ring, a.n_swa);
+    } else if (a.io->idx_active) {
+        idx_query_head(a.iq, a.iw, b - a.n_head - 1, a.ihd, a.n_idx, a.n_rot, a.ics, a.exact, xs);
+    }
 }
 
 /* Frontier rows to 0 / −∞ (session reset). */
@@ -436,27 +469,6 @@ __global__ void k_frontier_clear(float *kv, float *sc, size_t n) {
     if (i >= n) return;
     kv[i] = 0.0f;
     sc[i] = -INFINITY;
-}
-
-/* Indexer query heads (compressor.c idx_query_task): RoPE, QAT per head
- * (one block each; not in exact mode); block 0 also scales the head
- * weights by 1/√(ihd·nih). */
-__global__ void k_idx_query(float *iq, float *iw, int ihd, int nih, int n_rot, const float2 *cs, const step_io *io,
-                            int exact) {
-    pdl_trigger();
-    pdl_wait();
-    extern __shared__ float xs[];
-    __shared__ float sc[64];
-    if (!io->idx_active) return;
-    float *qh = iq + (size_t)blockIdx.x * ihd;
-    for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
-    block_rope_tab(xs, ihd, n_rot, cs, false);
-    if (!exact) block_indexer_qat(xs, ihd, sc);
-    for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
-    if (blockIdx.x == 0) {
-        float denom = sqrtf((float)(ihd * nih));
-        for (int h = threadIdx.x; h < nih; h += blockDim.x) iw[h] = iw[h] / denom;
-    }
 }
 
 /* score_c = Σ_h max(0, q_h·k_c)·w_h for the visible f32 indexer rows of
