@@ -582,14 +582,37 @@ static int exact_mv(enq *q, const dmat &m, const uint8_t *w, uint32_t rows, cons
     return run(q, "f32 matvec", k_matvec_f32, (rows * 32 + 255) / 256, 256, 0, (const float *)w, rows, m.in, x, y);
 }
 
-/* n_in-wide products of x by up to DS4_CUDA_MV_SEGS matrices m[i] -> y[i]:
+/* The product of x (normed by norm_w first, if not NULL, and then written
+ * to norm_out) by the quantised or F16 matrix m into y; active: see
+ * ds4_cuda_mv. */
+static ds4_cuda_mv mv_of(const enq *q, const dmat &m, float *y, const float *x, const float *norm_w, float *norm_out,
+                         const int32_t *active) {
+    ds4_cuda_mv d = {};
+    d.wtype = m.type;
+    d.n_in = m.in;
+    d.n_groups = 1;
+    d.n_seg = 1;
+    d.seg[0] = {m.w, m.rows, y};
+    d.x = x;
+    d.norm_w = norm_w;
+    d.eps = q->e->m->hp.rms_eps;
+    d.norm_out = norm_out;
+    d.active = active;
+    return d;
+}
+
+/* Products of x by the matrices m[i] -> y[i] (at most 2 · DS4_CUDA_MV_SEGS):
  * neighbours of the same type and width share one launch, each block
- * quantising x itself; f32 weights (every type in exact mode) take a plain
- * warp-per-row kernel.
+ * quantising x itself, and two such launches of types that pair
+ * (ds4_cuda_matvec_pair: Q8_0 and F16) become one; f32 weights (every type
+ * in exact mode) take a plain warp-per-row kernel.
  * norm_w: x is RMSNormed (·norm_w) first, and the normed x written to
- * norm_out (quantised types and F16 only). active: see ds4_cuda_mv. */
+ * norm_out (quantised types and F16 only; by the first launch only).
+ * active: see ds4_cuda_mv. */
 static int mv_list(enq *q, const dmat *const *m, float *const *y, int n, const float *x, const float *norm_w = NULL,
                    float *norm_out = NULL, const int32_t *active = NULL) {
+    ds4_cuda_mv d[2] = {};
+    int nd = 0;
     for (int i = 0; i < n;) {
         if (m[i]->type == DS4_TYPE_F32 || q->e->exact) {
             if (norm_w) return ds4_fail(q->err, "cuda: a normed product of f32 weights or in exact mode");
@@ -597,21 +620,20 @@ static int mv_list(enq *q, const dmat *const *m, float *const *y, int n, const f
             i++;
             continue;
         }
-        ds4_cuda_mv d = {};
-        d.wtype = m[i]->type;
-        d.n_in = m[i]->in;
-        d.n_groups = 1;
-        d.x = x;
-        d.norm_w = norm_w;
-        d.eps = q->e->m->hp.rms_eps;
-        d.norm_out = norm_out;
-        d.active = active;
-        while (i < n && d.n_seg < DS4_CUDA_MV_SEGS && m[i]->type == d.wtype && m[i]->in == d.n_in) {
-            d.seg[d.n_seg].w = m[i]->w;
-            d.seg[d.n_seg].rows = m[i]->rows;
-            d.seg[d.n_seg++].y = y[i++];
+        ds4_cuda_mv *c = &d[nd];
+        *c = mv_of(q, *m[i], y[i], x, norm_w, nd == 0 ? norm_out : NULL, active);
+        nd++, i++;
+        while (i < n && c->n_seg < DS4_CUDA_MV_SEGS && m[i]->type == c->wtype && m[i]->in == c->n_in) {
+            c->seg[c->n_seg].w = m[i]->w;
+            c->seg[c->n_seg].rows = m[i]->rows;
+            c->seg[c->n_seg++].y = y[i++];
         }
-        if (ds4_cuda_matvec_multi(q->e->k, &d, (ds4_cuda_stream)q->st, q->err)) return -1;
+        if (nd == 2 || i == n || m[i]->type == DS4_TYPE_F32) {
+            if (nd == 2 ? ds4_cuda_matvec_pair(q->e->k, &d[0], &d[1], (ds4_cuda_stream)q->st, q->err)
+                        : ds4_cuda_matvec_multi(q->e->k, &d[0], (ds4_cuda_stream)q->st, q->err))
+                return -1;
+            nd = 0;
+        }
     }
     return 0;
 }
@@ -714,6 +736,13 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                 (size_t)0, hp->rms_eps) ||
             mv(q, L->q_b, w->qr, w->q))
             return -1;
+    } else if (L->ratio == 4 && L->idx_q_b.type != DS4_TYPE_F32) {
+        /* with the indexer's query projection (only while the indexer
+         * picks rows), which norms qraw itself: one launch where the types
+         * pair */
+        const ds4_cuda_mv dq = mv_of(q, L->q_b, w->q, w->qraw, L->q_a_norm, w->qr, NULL),
+                          di = mv_of(q, L->idx_q_b, w->iq, w->qraw, L->q_a_norm, NULL, &w->io->idx_active);
+        if (ds4_cuda_matvec_pair(e->k, &dq, &di, (ds4_cuda_stream)q->st, q->err)) return -1;
     } else {
         const dmat *mq = &L->q_b;
         float *yq = w->q;
@@ -721,7 +750,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     }
     mark(e, q->st, "attn q norm + q_b");
     /* The query projection only while the indexer picks rows. */
-    if (L->ratio == 4) {
+    if (L->ratio == 4 && (L->q_b.type == DS4_TYPE_F32 || e->exact || L->idx_q_b.type == DS4_TYPE_F32)) {
         const dmat *mi = &L->idx_q_b;
         float *yi = w->iq;
         if (L->idx_q_b.type == DS4_TYPE_F32 || e->exact ? mv(q, L->idx_q_b, w->qr, w->iq)

@@ -271,7 +271,7 @@ __device__ __forceinline__ void q8_0_put(int8_t *q, float *d, uint32_t b, uint32
  * doubles of scratch. */
 template <int KIND>
 __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const float *norm_w, float eps,
-                                float *norm_out, double *red, int tid, int nth) {
+                                float *norm_out, double *red, int tid, int nth, bool first = true) {
     act_view a = {};
     const int lane = tid & 31, wp = tid >> 5, nw = nth >> 5;
     float scale = 1.0f;
@@ -293,7 +293,7 @@ __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const fl
         double t = 0.0;
         for (int i = 0; i < nw; i++) t += red[i];
         scale = ds4_rms_scale(t, n, eps);
-        if (norm_out && blockIdx.x == 0)
+        if (norm_out && first)
             for (uint32_t i0 = tid; i0 < n; i0 += 4 * nth) {
                 float v[4], w[4];
 #pragma unroll
@@ -476,8 +476,7 @@ __device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g,
  * Under programmatic dependent launch the first weights are requested
  * before waiting for the previous kernel (which writes the activation). */
 template <class F, int NW>
-__global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) k_matvec(const mv_params p) {
-    extern __shared__ __align__(16) uint8_t smem[];
+__device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, uint32_t blk, uint32_t nblk) {
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     /* Shared memory: [tables][activation][32 doubles][partials][NW x nbuf buffers]. */
@@ -487,9 +486,9 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     uint8_t *const buf = s + 32 * sizeof(double) + 2 * NW * sizeof(float) + warp * p.nbuf * p.buf_stride;
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
 
-    const uint32_t bpg = gridDim.x / p.n_groups, g = blockIdx.x / bpg;
+    const uint32_t bpg = nblk / p.n_groups, g = blk / bpg;
     const uint32_t n_items = p.group_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
-    uint32_t tile = blockIdx.x % bpg, item = tile * NW + warp;
+    uint32_t tile = blk % bpg, item = tile * NW + warp;
     float *yrow;
     /* tiles it .. it + nbuf - 1 in flight: the first nbuf before the activation */
     auto issue = [&](uint32_t t, uint8_t *dst) {
@@ -504,7 +503,7 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     pdl_wait();
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
-                                                      p.norm_out, red, tid, NW * 32)
+                                                      p.norm_out, red, tid, NW * 32, blk == 0)
                            : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -536,6 +535,12 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
     }
 }
 
+template <class F, int NW>
+__global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) k_matvec(const mv_params p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    matvec_body<F, NW>(p, smem, blockIdx.x, gridDim.x);
+}
+
 /* Streaming product for matrices with many rows (no fewer than half the
  * resident warps): each warp owns a contiguous run of whole rows of one
  * activation group and streams them through NST staging buffers in chunks
@@ -554,8 +559,7 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
 enum { MVS_STAGES = 2, MVS_CHUNK_MAX = 1088 };
 
 template <class F, int NW, int NST>
-__global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
-    extern __shared__ __align__(16) uint8_t smem[];
+__device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *smem, uint32_t blk, uint32_t nblk) {
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     /* Shared memory: [tables][activation][32 doubles][NW x NST buffers]. */
@@ -564,8 +568,8 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
     uint8_t *const buf = s + 32 * sizeof(double) + warp * NST * p.buf_stride;
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
 
-    const uint32_t bpg = gridDim.x / p.n_groups, g = blockIdx.x / bpg;
-    const uint32_t wg = (blockIdx.x % bpg) * NW + warp, nwg = bpg * NW;
+    const uint32_t bpg = nblk / p.n_groups, g = blk / bpg;
+    const uint32_t wg = (blk % bpg) * NW + warp, nwg = bpg * NW;
     const uint32_t r0 = (uint32_t)((uint64_t)p.group_rows * wg / nwg);
     const uint32_t n_steps = ((uint32_t)((uint64_t)p.group_rows * (wg + 1) / nwg) - r0) << p.lgC;
     const uint32_t last = (1u << p.lgC) - 1;
@@ -583,7 +587,7 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
     /* as in k_matvec: one shared helper for the two measured 1.5% slower
      * (43 q2 layers, H200, notes/cuda-kernels.md §15) */
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
-                                                      p.norm_out, red, tid, NW * 32)
+                                                      p.norm_out, red, tid, NW * 32, blk == 0)
                            : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     __syncthreads();
     float acc = 0.0f;
@@ -601,6 +605,29 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
         __syncwarp();
         issue(k + NST, cur);
     }
+}
+
+template <class F, int NW, int NST>
+__global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    matvec_stream_body<F, NW, NST>(p, smem, blockIdx.x, gridDim.x);
+}
+
+/* Two products of different weight types in one launch (each alone pays
+ * its own start and drain, ~4 us: notes/cuda-kernels.md §16): blocks
+ * 0..split-1 run the first (S0: its streaming body with S0 stages, 0: the
+ * tiled one), the others the second; no block waits for another. */
+template <class F, int S, int NW>
+__device__ __forceinline__ void matvec_one(const mv_params &p, uint8_t *smem, uint32_t blk, uint32_t nblk) {
+    if constexpr (S > 0) matvec_stream_body<F, NW, S>(p, smem, blk, nblk);
+    else matvec_body<F, NW>(p, smem, blk, nblk);
+}
+
+template <class F0, int S0, class F1, int S1, int NW>
+__global__ void __launch_bounds__(NW * 32) k_matvec_pair(const mv_params p0, const mv_params p1, uint32_t split) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    if (blockIdx.x < split) matvec_one<F0, S0, NW>(p0, smem, blockIdx.x, split);
+    else matvec_one<F1, S1, NW>(p1, smem, blockIdx.x - split, gridDim.x - split);
 }
 
 /* ------------------------------------------------------------------ */
@@ -849,8 +876,26 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
     return 0;
 }
 
+/* The streaming kernel with nst staging buffers a warp (2, 4 or 8). */
 template <class F>
-static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st, ds4_err *err) {
+static void (*stream_kernel(int nst))(const mv_params) {
+    return nst == 8 ? k_matvec_stream<F, MV_WARPS, 8> : nst == 4 ? k_matvec_stream<F, MV_WARPS, 4>
+                                                              : k_matvec_stream<F, MV_WARPS, 2>;
+}
+
+/* A product as planned for its launch: the kernel's parameters, its
+ * streaming stages (0: the tiled k_matvec), shared memory, grid, and the
+ * weight bytes it reads. */
+struct mv_plan {
+    mv_params p;
+    int stages;
+    size_t smem;
+    int grid;
+    uint64_t bytes;
+};
+
+template <class F>
+static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, ds4_err *err) {
     const int NW = MV_WARPS;
     uint32_t n_rows = 0;
     for (uint32_t i = 0; i < d->n_seg; i++) n_rows += d->seg[i].rows;
@@ -896,8 +941,7 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     p.active = d->active;
     p.act_smem = act_smem_bytes(F::act_kind, d->n_in);
     if ((int)F::act_kind == DS4_ACT_F32 && d->x && d->norm_w) p.act_smem = round16(d->n_in * 4);
-    int grid = 1;
-    cudaError_t e;
+    pl->bytes = (uint64_t)n_rows * row_bytes;
     /* Many rows: k_matvec_stream, rows in chunks of at most MVS_CHUNK_MAX
      * bytes that keep the lanes' block order (a multiple of 32 units). */
     uint32_t cb = nb;
@@ -914,17 +958,17 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
         q.buf_stride = round16(q.slice_bytes) + 16;
         const int nst = k->mvs_stages;
         size_t smem = table_bytes<F>() + p.act_smem + 32 * sizeof(double) + (size_t)NW * nst * q.buf_stride;
-        void (*kern)(const mv_params) = nst == 2   ? k_matvec_stream<F, NW, 2>
-                                        : nst == 8 ? k_matvec_stream<F, NW, 8>
-                                                   : k_matvec_stream<F, NW, MVS_STAGES>;
+        void (*kern)(const mv_params) = stream_kernel<F>(nst);
         int per_sm = 0;
         if (smem <= k->smem_optin &&
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem) == cudaSuccess &&
             per_sm > 0 && 2ull * n_rows >= (uint64_t)per_sm * k->n_sm * NW) {
-            grid = per_sm * k->n_sm;
-            grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
-            e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, q);
-            return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
+            int grid = per_sm * k->n_sm;
+            pl->grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
+            pl->p = q;
+            pl->stages = nst;
+            pl->smem = smem;
+            return 0;
         }
     }
     const size_t fixed = table_bytes<F>() + 32 * sizeof(double) + 2 * NW * sizeof(float) +
@@ -937,12 +981,61 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
      * kernels, and blocks that quantise x themselves (a longer start, paid
      * once per block) run best persistent (the decode step, 12 layers at
      * ctx 512 on an H100: 1 wave for every kernel -10 us a layer). */
-    void (*kern)(const mv_params) = k_matvec<F, NW>;
-    if (launch_grid(k, kern, NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
-    grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
-    e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
+    int grid = 1;
+    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
+    pl->grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
+    pl->p = p;
+    pl->stages = 0;
+    pl->smem = smem;
+    return 0;
+}
+
+template <class F>
+static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st, ds4_err *err) {
+    mv_plan pl;
+    if (plan_matvec<F>(k, d, &pl, err)) return -1;
+    void (*kern)(const mv_params) = pl.stages ? stream_kernel<F>(pl.stages) : k_matvec<F, MV_WARPS>;
+    cudaError_t e = pdl_launch(k->pdl, kern, pl.grid, MV_WARPS * 32, pl.smem, st, pl.p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
 }
+
+/* The pair kernel for the stages of both halves (each 0 or MVS_STAGES). */
+template <class F0, class F1>
+static void (*pair_kernel(int s0, int s1))(const mv_params, const mv_params, uint32_t) {
+    const int NW = MV_WARPS, S = MVS_STAGES;
+    return s0 ? (s1 ? k_matvec_pair<F0, S, F1, S, NW> : k_matvec_pair<F0, S, F1, 0, NW>)
+              : (s1 ? k_matvec_pair<F0, 0, F1, S, NW> : k_matvec_pair<F0, 0, F1, 0, NW>);
+}
+
+/* d0 (type F0) and d1 (F1) in one launch: one wave of the pair kernel,
+ * its blocks shared in proportion to the weight bytes (no more to a half
+ * than it would take alone); two launches where the pair does not apply
+ * (activation groups, other staging depths, a shared-memory or occupancy
+ * failure). */
+template <class F0, class F1>
+static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_mv *d1, cudaStream_t st,
+                    ds4_err *err) {
+    mv_plan a, b;
+    if (plan_matvec<F0>(k, d0, &a, err) || plan_matvec<F1>(k, d1, &b, err)) return -1;
+    const bool fits = d0->n_groups == 1 && d1->n_groups == 1 && (a.stages == 0 || a.stages == MVS_STAGES) &&
+                      (b.stages == 0 || b.stages == MVS_STAGES);
+    auto kern = pair_kernel<F0, F1>(a.stages, b.stages);
+    const size_t smem = a.smem > b.smem ? a.smem : b.smem;
+    int per_sm = 0;
+    if (!fits || smem > k->smem_optin ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, MV_WARPS * 32, smem) != cudaSuccess ||
+        per_sm < 1)
+        return run_matvec<F0>(k, d0, st, err) || run_matvec<F1>(k, d1, st, err) ? -1 : 0;
+    const int total = per_sm * k->n_sm;
+    int g0 = (int)((double)total * (double)a.bytes / (double)(a.bytes + b.bytes) + 0.5);
+    g0 = g0 < 1 ? 1 : g0 > total - 1 ? total - 1 : g0;
+    if (g0 > a.grid) g0 = a.grid;
+    int g1 = total - g0 < b.grid ? total - g0 : b.grid;
+    if (g1 < 1) g1 = 1;
+    cudaError_t e = pdl_launch(k->pdl, kern, g0 + g1, MV_WARPS * 32, smem, st, a.p, b.p, (uint32_t)g0);
+    return e == cudaSuccess ? 0 : cuda_fail(err, "matvec pair launch", e);
+}
+
 
 /* The down product one expert row a warp (k_moe_down_rows) for Q4_K:
  * ds4-cuda-bench on an H200, q4 down 25.1 -> 20.2 us; the same for Q2_K
@@ -1067,6 +1160,15 @@ static cudaError_t allow_smem(int bytes) {
     else return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
+template <class F0, class F1>
+static cudaError_t allow_pair_smem(int bytes) {
+    cudaError_t e = cudaSuccess;
+    for (int s0 = 0; s0 <= MVS_STAGES && e == cudaSuccess; s0 += MVS_STAGES)
+        for (int s1 = 0; s1 <= MVS_STAGES && e == cudaSuccess; s1 += MVS_STAGES)
+            e = cudaFuncSetAttribute(pair_kernel<F0, F1>(s0, s1), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    return e;
+}
+
 /* ------------------------------------------------------------------ */
 /* Public API                                                          */
 /* ------------------------------------------------------------------ */
@@ -1118,7 +1220,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
         (e = allow_smem<fmt_iq2_xxs>((int)k->smem_optin)) != cudaSuccess ||
         (e = allow_smem<fmt_iq2_xxs4, false>((int)k->smem_optin)) != cudaSuccess ||
         (e = allow_smem<fmt_iq2_xxs2, false>((int)k->smem_optin)) != cudaSuccess ||
-        (e = allow_smem<fmt_f16>((int)k->smem_optin)) != cudaSuccess) {
+        (e = allow_smem<fmt_f16>((int)k->smem_optin)) != cudaSuccess ||
+        (e = allow_pair_smem<fmt_q8_0, fmt_f16>((int)k->smem_optin)) != cudaSuccess) {
         ds4_cuda_kernels_free(k);
         return cuda_fail(err, "kernel setup", e);
     }
@@ -1207,8 +1310,8 @@ extern "C" int ds4_cuda_matvec_grouped(ds4_cuda_kernels *k, uint32_t wtype, cons
     return ds4_cuda_matvec_multi(k, &d, stream, err);
 }
 
-extern "C" int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *d, ds4_cuda_stream stream,
-                                     ds4_err *err) {
+/* The checks every product passes; *n_rows: its rows (0: nothing to do). */
+static int check_mv(const ds4_cuda_mv *d, uint32_t *n_rows, ds4_err *err) {
     if (d->n_seg < 1 || d->n_seg > DS4_CUDA_MV_SEGS)
         return ds4_fail(err, "cuda: %u matrices in one product (1..%d)", d->n_seg, DS4_CUDA_MV_SEGS);
     if (d->n_groups == 0 || (d->n_groups > 1 && d->n_seg > 1))
@@ -1216,14 +1319,21 @@ extern "C" int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *d, 
     if (!d->act == !d->x) return ds4_fail(err, "cuda: a product needs exactly one of act and x");
     if (d->x && ((uintptr_t)d->x % 16 || (d->norm_w && d->n_groups > 1)))
         return ds4_fail(err, "cuda: misaligned f32 activation, or a norm over groups");
-    uint32_t n_rows = 0;
+    *n_rows = 0;
     for (uint32_t i = 0; i < d->n_seg; i++) {
         if (check_shape(d->wtype, d->n_in, d->seg[i].w, d->x ? (const void *)d->x : d->act, err)) return -1;
-        n_rows += d->seg[i].rows;
+        *n_rows += d->seg[i].rows;
     }
+    if (*n_rows % d->n_groups)
+        return ds4_fail(err, "cuda: %u rows do not split into %u equal groups", *n_rows, d->n_groups);
+    return 0;
+}
+
+extern "C" int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *d, ds4_cuda_stream stream,
+                                     ds4_err *err) {
+    uint32_t n_rows = 0;
+    if (check_mv(d, &n_rows, err)) return -1;
     if (n_rows == 0) return 0;
-    if (n_rows % d->n_groups)
-        return ds4_fail(err, "cuda: %u rows do not split into %u equal groups", n_rows, d->n_groups);
     cudaStream_t st = (cudaStream_t)stream;
     switch (d->wtype) {
     case DS4_TYPE_Q8_0: return run_matvec<fmt_q8_0>(k, d, st, err);
@@ -1235,6 +1345,18 @@ extern "C" int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *d, 
                               : run_matvec<fmt_iq2_xxs>(k, d, st, err);
     default: return run_matvec<fmt_f16>(k, d, st, err);
     }
+}
+
+extern "C" int ds4_cuda_matvec_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *a, const ds4_cuda_mv *b,
+                                    ds4_cuda_stream stream, ds4_err *err) {
+    uint32_t ra = 0, rb = 0;
+    if (check_mv(a, &ra, err) || check_mv(b, &rb, err)) return -1;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (ra && rb && a->wtype == DS4_TYPE_Q8_0 && b->wtype == DS4_TYPE_F16)
+        return run_pair<fmt_q8_0, fmt_f16>(k, a, b, st, err);
+    if (ra && rb && a->wtype == DS4_TYPE_F16 && b->wtype == DS4_TYPE_Q8_0)
+        return run_pair<fmt_q8_0, fmt_f16>(k, b, a, st, err);
+    return ds4_cuda_matvec_multi(k, a, stream, err) || ds4_cuda_matvec_multi(k, b, stream, err) ? -1 : 0;
 }
 
 /* IQ2_XXS gate/up variant: DS4_CUDA_IQ2V when set, else by the row's

@@ -130,6 +130,11 @@ typedef struct ds4_cuda_mv {
     const int32_t *active;
 } ds4_cuda_mv;
 int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *mv, ds4_cuda_stream stream, ds4_err *err);
+/* Two products in one launch where their weight types allow it (Q8_0 with
+ * F16; they must not read each other's results: norm_out included),
+ * otherwise one after the other. */
+int ds4_cuda_matvec_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *a, const ds4_cuda_mv *b, ds4_cuda_stream stream,
+                         ds4_err *err);
 
 /* ds4_cuda_moe_gate_up with the activation as f32 x (quantised in every
  * block), and fixed_ids: ids and weights do not depend on earlier kernels
