@@ -310,7 +310,8 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
     F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
-    F(w->rope_cs0, hp->n_rot / 2); F(w->rope_cs1, hp->n_rot / 2);
+    F(w->rope.cs0, hp->n_rot / 2); F(w->rope.cs1, hp->n_rot / 2);
+    for (int i = 0; i < w->rope.n_win; i++) F(w->rope.win[i], hp->n_rot / 2);
     F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
     F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
     F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
@@ -468,6 +469,14 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->topk_grid = grid_topk && idx_cap ? topk_grid_blocks(n_sm, idx_cap) : 0;
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
+    rope_tabs *rt = &e->w.rope;
+    rt->plain = e->rope_plain;
+    rt->comp = e->rope_comp;
+    for (uint32_t il = 0; il < hp->n_layer; il++) { /* the compressors' ratios (the indexer's is 4) */
+        int r = (int)m->layers[il].compress_ratio, seen = 0;
+        for (int i = 0; i < rt->n_win; i++) seen |= rt->win_ratio[i] == r;
+        if (r && !seen && rt->n_win < ROPE_WINS) rt->win_ratio[rt->n_win++] = r;
+    }
     snprintf(e->name, sizeof e->name, "%s", ds4_cuda_kernels_device_name(e->k));
     const char *prof = getenv("DS4_CUDA_PROFILE");
     e->prof = prof && *prof && strcmp(prof, "0") != 0;
@@ -705,6 +714,13 @@ static int out_b(enq *q, const dmat &m) {
     return ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err);
 }
 
+/* k_embed's table for the window start of a ratio-R compressor, or NULL. */
+static const float2 *rope_window(const rope_tabs &rt, int R) {
+    for (int i = 0; i < rt.n_win; i++)
+        if (rt.win_ratio[i] == R) return rt.win[i];
+    return NULL;
+}
+
 /* RowT: the stored rows' type (float in exact mode). */
 template <typename RowT>
 static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
@@ -714,7 +730,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     dlayer_kv *K = &s->L[il];
     dwork *w = &e->w;
     int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim, n_rot = (int)hp->n_rot;
-    const float2 *rcs = L->ratio ? w->rope_cs1 : w->rope_cs0; /* this layer's rope kind at the step's position */
+    const float2 *rcs = L->ratio ? w->rope.cs1 : w->rope.cs0; /* this layer's rope kind at the step's position */
     if (hc(q, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm)) return -1;
     /* Every product of the normed x: Q8_0 ones in one launch, F16 ones in
      * another (the indexer's head weights too: they are read only while the
@@ -772,8 +788,9 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     pa.cs = rcs;
     pa.ring = (RowT *)K->raw;
     pa.c[0] = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
-               L->ratio == 4 ? 2 : 1, hd, 0};
-    pa.c[1] = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1};
+               L->ratio == 4 ? 2 : 1, hd, 0, rope_window(w->rope, (int)L->ratio)};
+    pa.c[1] = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1,
+               rope_window(w->rope, 4)};
     pa.n_comp = L->ratio == 4 ? 2 : L->ratio ? 1 : 0;
     pa.rp = e->rope_comp;
     pa.iq = w->iq;
@@ -781,7 +798,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     pa.n_idx = L->ratio == 4 ? (int)hp->n_indexer_head : 0;
     pa.ihd = ihd;
     pa.exact = (int)e->exact;
-    pa.ics = w->rope_cs1;
+    pa.ics = w->rope.cs1;
     pa.io = w->io;
     if (run(q, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>, pa.n_comp + pa.n_head + 1 + pa.n_idx,
             512, (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa))
@@ -966,8 +983,8 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     e->n_ev = 0;
     mark(e, q.st, "start");
     if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
-            (int)(e->token_embd.type == DS4_TYPE_F16), hp->n_embd, (const step_io *)e->w.io, e->w.H, e->rope_plain,
-            e->rope_comp, e->w.rope_cs0, e->w.rope_cs1))
+            (int)(e->token_embd.type == DS4_TYPE_F16), hp->n_embd, (const step_io *)e->w.io, e->w.H,
+            e->w.rope))
         return -1;
     mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)

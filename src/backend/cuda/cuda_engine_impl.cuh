@@ -35,6 +35,20 @@ struct rope_dev {
     float freq_scale, corr_low, corr_high;
 };
 
+/* The step's RoPE tables, filled by k_embed (n_rot/2 (cos, sin) pairs
+ * each): the plain and the compressed kind at the token's position, and
+ * the compressed kind at pos + 1 - R for up to ROPE_WINS compressor
+ * ratios R (the start of a window that closes at this step; a compressor
+ * of another ratio computes its angles). */
+enum { ROPE_WINS = 2 };
+struct rope_tabs {
+    rope_dev plain, comp;
+    float2 *cs0, *cs1;
+    float2 *win[ROPE_WINS];
+    int win_ratio[ROPE_WINS];
+    int n_win;
+};
+
 /* A weight matrix in device memory: rows of `in` elements of `type`. */
 struct dmat {
     const uint8_t *w;
@@ -71,7 +85,7 @@ struct dwork {
     float *one_w;
     uint8_t *actA, *actB;
     uint8_t *lowq; /* low quantised for out_b */
-    float2 *rope_cs0, *rope_cs1; /* the step's RoPE cosines and sines, plain and compressed kind (k_embed) */
+    rope_tabs rope; /* the step's RoPE cosines and sines (k_embed) */
 };
 
 /* Device memory kept free beside the weights and sessions (the fit check),

@@ -51,15 +51,20 @@ __device__ __forceinline__ float2 row_pair(const float *r, int j) { return ((con
 /* ------------------------------------------------------------- kernels */
 
 /* H = the token's embedding row in all HC streams (model-spec §5.1); block
- * 0 also fills the step's RoPE tables (rope_cs at the token's position) of
- * the two rope kinds, read by every later rotation at that position. */
-__global__ void k_embed(const void *embd, int f16, uint32_t D, const step_io *io, float *H, rope_dev rp0,
-                        rope_dev rp1, float2 *cs0, float2 *cs1) {
+ * 0 also fills the step's RoPE tables (rope_tabs), read by every later
+ * rotation at those positions, a thread a pair. */
+__global__ void k_embed(const void *embd, int f16, uint32_t D, const step_io *io, float *H, rope_tabs rt) {
     pdl_trigger();
     pdl_wait();
     if (blockIdx.x == 0) {
-        for (int k = threadIdx.x; k < rp0.n_rot / 2; k += blockDim.x) cs0[k] = rope_cs(k, io->pos, rp0);
-        for (int k = threadIdx.x; k < rp1.n_rot / 2; k += blockDim.x) cs1[k] = rope_cs(k, io->pos, rp1);
+        const int half = (rt.plain.n_rot > rt.comp.n_rot ? rt.plain.n_rot : rt.comp.n_rot) / 2;
+        for (int i = threadIdx.x; i < (2 + rt.n_win) * half; i += blockDim.x) {
+            const int t = i / half, k = i % half;
+            const rope_dev &rp = t == 0 ? rt.plain : rt.comp;
+            if (k >= rp.n_rot / 2) continue;
+            float2 *cs = t == 0 ? rt.cs0 : t == 1 ? rt.cs1 : rt.win[t - 2];
+            cs[k] = rope_cs(k, t < 2 ? (int64_t)io->pos : (int64_t)io->pos + 1 - rt.win_ratio[t - 2], rp);
+        }
     }
     uint32_t d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= D) return;
@@ -340,6 +345,7 @@ struct comp_args {
     float *st_kv, *st_sc;
     void *rows; /* RowT */
     int R, coff, hd, indexer;
+    const float2 *win_cs; /* k_embed's table at the window's start, or NULL */
 };
 
 template <typename RowT>
@@ -357,22 +363,38 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
     }
     if ((p + 1) % R != 0) return;
     __syncthreads();
-    int n_cand = coff * R;
+    /* Each thread pools its dimensions over the n_cand candidates, their
+     * frontier values loaded CH at a time (one L2 round trip for a window
+     * of 8, not one per candidate), the sums in candidate order. */
+    enum { CH = 8 };
+    const int n_cand = coff * R;
     double ss = 0.0;
     for (int j = threadIdx.x; j < hd; j += blockDim.x) {
-        float m = -INFINITY;
-        for (int c = 0; c < n_cand; c++) {
-            int col = c < R ? j : hd + j;
-            m = fmaxf(m, st_sc[(size_t)c * W + col]);
+        auto at = [&](int c) { return (size_t)c * W + (c < R ? j : hd + j); };
+        float m = -INFINITY, s[CH], x[CH];
+        for (int c0 = 0; c0 < n_cand; c0 += CH) {
+#pragma unroll
+            for (int k = 0; k < CH; k++) s[k] = c0 + k < n_cand ? st_sc[at(c0 + k)] : -INFINITY;
+#pragma unroll
+            for (int k = 0; k < CH; k++) m = fmaxf(m, s[k]);
         }
         float v = 0.0f;
         if (m != -INFINITY) {
             float sum = 0.0f, acc = 0.0f;
-            for (int c = 0; c < n_cand; c++) {
-                int col = c < R ? j : hd + j;
-                float w = expf(st_sc[(size_t)c * W + col] - m);
-                sum += w;
-                acc += w * st_kv[(size_t)c * W + col];
+            for (int c0 = 0; c0 < n_cand; c0 += CH) {
+#pragma unroll
+                for (int k = 0; k < CH; k++)
+                    if (c0 + k < n_cand) {
+                        if (n_cand > CH) s[k] = st_sc[at(c0 + k)]; /* else still loaded */
+                        x[k] = st_kv[at(c0 + k)];
+                    }
+#pragma unroll
+                for (int k = 0; k < CH; k++)
+                    if (c0 + k < n_cand) {
+                        float w = expf(s[k] - m);
+                        sum += w;
+                        acc += w * x[k];
+                    }
             }
             v = acc / sum;
         }
@@ -381,7 +403,8 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
-    block_rope(out, hd, p + 1 - R, rp, false);
+    if (c.win_cs) block_rope_tab(out, hd, rp.n_rot, c.win_cs, false);
+    else block_rope(out, hd, p + 1 - R, rp, false);
     if (!row_exact<RowT>()) {
         if (indexer)
             block_indexer_qat(out, hd, sc);
