@@ -319,7 +319,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->att, qdim); F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
     F(w->low, (size_t)hp->n_out_group * hp->o_lora); F(w->lowq, act_bytes); F(w->y, D);
     F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL);
-    F(w->mid, nu * ff); F(w->smid, ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
+    F(w->mid, nu * ff); F(w->smid, ff); F(w->shgu, 2 * ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
     F(w->zero_id, 1); F(w->one_w, 1);
     F(w->actA, act_bytes); F(w->actB, act_bytes);
 #undef F
@@ -888,6 +888,15 @@ static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uin
 }
 
 static int shared_expert(enq *q, uint32_t il);
+static int shared_down(enq *q, uint32_t il);
+
+/* Whether the shared expert's gate and up rows join the router's product,
+ * and its SwiGLU and quantisation the router's launch (quantised gate/up
+ * of one type, a Q8_0 down, not exact mode); else shared_expert(). */
+static bool shared_with_router(const ds4_cuda_engine *e, const dlayer *L) {
+    return !e->exact && !plain_type(L->gate_sh.type) && L->gate_sh.type == L->up_sh.type &&
+           L->down_sh.type == DS4_TYPE_Q8_0 && L->gate_inp.type != DS4_TYPE_F32 && e->m->hp.n_ff_exp % 32 == 0;
+}
 
 static int ffn(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
@@ -895,13 +904,26 @@ static int ffn(enq *q, uint32_t il) {
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
-    if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm) || shared_expert(q, il) ||
-        mv(q, L->gate_inp, w->a, w->router) ||
-        run(q, "router", k_route, 1, 256, 2 * ne * sizeof(float), (const float *)w->router, L->probs_bias, L->tid2eid,
-            (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm, (const step_io *)w->io, w->ids,
-            w->ew))
+    if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm)) return -1;
+    const bool with_router = shared_with_router(e, L);
+    if (with_router) {
+        ds4_cuda_mv dg = mv_of(q, L->gate_sh, w->shgu, w->a, NULL, NULL, NULL),
+                    dr = mv_of(q, L->gate_inp, w->router, w->a, NULL, NULL, NULL);
+        dg.seg[dg.n_seg++] = {L->up_sh.w, L->up_sh.rows, w->shgu + ff};
+        if (ds4_cuda_matvec_pair(e->k, &dg, &dr, (ds4_cuda_stream)q->st, q->err)) return -1;
+    } else if (shared_expert(q, il) || mv(q, L->gate_inp, w->a, w->router)) {
+        return -1;
+    }
+    /* with the shared expert here: the FFN HC's split in block 1, the
+     * shared SwiGLU and quantisation in 8-warp blocks after it */
+    const shared_mid_args sm = {w->shgu, w->smid, with_router ? w->actA : NULL, (int)ff, L->clamp};
+    if (run(q, "router", k_route, with_router ? 2 + (ff / 32 + 7) / 8 : 1, 256, 2 * ne * sizeof(float),
+            (const float *)w->router, L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale,
+            (int)hp->expert_weights_norm, (const step_io *)w->io, w->ids, w->ew,
+            with_router ? hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{}, sm))
         return -1;
     mark(e, q->st, "router + selection");
+    if (with_router && shared_down(q, il)) return -1;
     if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, 0, w->a, w->mid)) return -1;
     mark(e, q->st, "routed gate/up");
     if (q->side) {
@@ -913,6 +935,43 @@ static int ffn(enq *q, uint32_t il) {
     return 0;
 }
 
+/* The side stream for the shared expert's work (forked from the main
+ * stream's frontier), or the main stream itself without q->side. */
+static int side_fork(enq *q, enq *qs) {
+    *qs = *q;
+    if (!q->side) return 0;
+    cudaError_t c = cudaEventRecord(q->e->side_fork, q->st);
+    if (c == cudaSuccess) c = cudaStreamWaitEvent(q->e->side, q->e->side_fork, 0);
+    if (c != cudaSuccess) return cuda_fail(q->err, "shared expert fork", c);
+    qs->st = q->e->side;
+    return 0;
+}
+
+/* Marks the side stream's end for the routed down's join, or (in line)
+ * the profile's phase. */
+static int side_join(enq *q, const char *what) {
+    if (!q->side) {
+        mark(q->e, q->st, what);
+        return 0;
+    }
+    cudaError_t c = cudaEventRecord(q->e->side_join, q->e->side);
+    return c == cudaSuccess ? 0 : cuda_fail(q->err, "shared expert join", c);
+}
+
+/* The shared expert's down product of ws.actA (quantised by the router's
+ * launch) into ws.sh, beside the routed gate/up on the side stream. */
+static int shared_down(enq *q, uint32_t il) {
+    ds4_cuda_engine *e = q->e;
+    const dlayer *L = &e->L[il];
+    dwork *w = &e->w;
+    enq qs;
+    if (side_fork(q, &qs) ||
+        ds4_cuda_moe_down_x(e->k, L->down_sh.type, L->down_sh.w, e->m->hp.n_ff_exp, e->m->hp.n_embd, 1, w->zero_id,
+                            1, w->actA, NULL, 1, w->sh, (ds4_cuda_stream)qs.st, q->err))
+        return -1;
+    return side_join(q, "shared expert down");
+}
+
 /* Shared expert: one "expert" of weight 1 through the MoE kernels, into
  * ws.sh; with q->side on the side stream (forked after HC pre, joined
  * before the routed down that adds it), else in line. */
@@ -921,24 +980,13 @@ static int shared_expert(enq *q, uint32_t il) {
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
-    enq qs = *q;
-    if (q->side) {
-        cudaError_t c = cudaEventRecord(e->side_fork, q->st);
-        if (c == cudaSuccess) c = cudaStreamWaitEvent(e->side, e->side_fork, 0);
-        if (c != cudaSuccess) return cuda_fail(q->err, "shared expert fork", c);
-        qs.st = e->side;
-    }
-    if (run(&qs, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)) ||
+    enq qs;
+    if (side_fork(q, &qs) ||
+        run(&qs, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)) ||
         moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, 1, w->a, w->smid) ||
         moe_down(&qs, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, 1, w->smid, w->actA, NULL, w->sh))
         return -1;
-    if (q->side) {
-        cudaError_t c = cudaEventRecord(e->side_join, e->side);
-        if (c != cudaSuccess) return cuda_fail(q->err, "shared expert join", c);
-    } else {
-        mark(e, q->st, "shared expert");
-    }
-    return 0;
+    return side_join(q, "shared expert");
 }
 
 static int output_head(enq *q) {

@@ -74,6 +74,7 @@ struct dwork {
     float *H, *hc_flat, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
     float *iscores, *att, *low, *y, *router, *ew, *mid, *smid, *sh, *ehc, *logits;
     float *qraw;     /* q_a's output before its RMSNorm (qr: after) */
+    float *shgu;     /* the shared expert's gate, then up products (with the router's) */
     float *att_part; /* attention splits' weighted sums [head][split][head_dim] */
     float2 *att_ml;  /* and their (max, sum) [head][split] */
     double *hc_part; /* per k_hc block, HC_MIX + 1 partial sums of HC pre */

@@ -400,6 +400,18 @@ static __device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
     return __float2int_rn(v);
 }
 
+/* Q8_0 of one 32-value block by a warp, lane i holding value i (as
+ * quant_rows.c: d = amax/127, codes round(v·(1/d))): the 36-byte block of
+ * the quantised activation (f32 d, then the 32 codes) at blk. */
+static __device__ __forceinline__ void warp_q8_0_block(float v, uint8_t *blk, int lane) {
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    blk[4 + lane] = (uint8_t)(int8_t)round_clamp(__fmul_rn(v, id), -128, 127);
+    if (lane == 0) *(float *)blk = d;
+}
+
 /* Q8_K of one 256-value block over a warp, lane l holding values 8l..8l+7:
  * the first value of largest magnitude sets iscale = -127/max; the codes
  * round(iscale·v) packed four to a word into w, their sum into *sum8.

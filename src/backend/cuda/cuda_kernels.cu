@@ -402,14 +402,7 @@ __global__ void k_quantize_q8_0(const float *x, uint8_t *y, uint32_t nb) {
     uint32_t b = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x & 31;
     if (b >= nb) return;
-    float v = x[32 * b + lane];
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
-    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    uint8_t *blk = y + 36 * b;
-    blk[4 + lane] = (uint8_t)(int8_t)round_clamp(__fmul_rn(v, id), -128, 127);
-    if (lane == 0) *(float *)blk = d;
+    warp_q8_0_block(x[32 * b + lane], y + 36 * b, lane);
 }
 
 /* One warp per 256-value block, 8 values per lane (q8_K_warp); bsums per 16. */

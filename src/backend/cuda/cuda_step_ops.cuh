@@ -774,13 +774,44 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
  * sqrt(softplus(logit)); experts from tid2eid[token] or the top n_used of
  * prob + bias (ties → lower index); weights = renormalised unbiased probs
  * × scale. One block. */
+/* The shared expert's gate and up rows (gu: the ff gate values, then the
+ * ff up values) through moe.c's clamped SwiGLU of weight 1 and quantised
+ * as Q8_0 for its down product (act), as the MoE kernels and
+ * k_quantize_q8_0 do it: a warp per 32 values. */
+struct shared_mid_args {
+    const float *gu;
+    float *mid;   /* the f32 values too (ws.smid, as the MoE kernels leave it) */
+    uint8_t *act; /* NULL: nothing to do */
+    int ff;
+    float clamp;
+};
+
+/* Block 0: the router (block_route). With the FFN's HC split (hs.mix not
+ * NULL) block 1 runs it, and with sm.act the blocks after that the shared
+ * expert's SwiGLU and quantisation: work that needs only the products of
+ * the normed x, in the launch already on the chain (each was a launch of
+ * its own on the side stream: H200, 43 layers, the shared expert cost
+ * 12.6 us a layer there). */
 __global__ void k_route(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
-                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights) {
+                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights, hc_split_args hs,
+                        shared_mid_args sm) {
     pdl_trigger();
     pdl_wait();
     extern __shared__ float prob[]; /* 2·ne */
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
-    block_route(logits, bias, tid2eid, io->token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
+    if (blockIdx.x == 0) {
+        block_route(logits, bias, tid2eid, io->token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
+    } else if (blockIdx.x == 1) {
+        if (hs.mix) hc_split_block(hs);
+    } else if (sm.act) {
+        const int lane = threadIdx.x & 31, nwarp = (gridDim.x - 2) * (blockDim.x >> 5);
+        for (int b = (blockIdx.x - 2) * (blockDim.x >> 5) + (threadIdx.x >> 5); b < sm.ff / 32; b += nwarp) {
+            const int i = 32 * b + lane;
+            const float v = ds4_swiglu(sm.gu[i], sm.gu[sm.ff + i], sm.clamp, 1.0f);
+            sm.mid[i] = v;
+            warp_q8_0_block(v, sm.act + 36 * b, lane);
+        }
+    }
 }
 
 /* The FFN HC's split (hc_split_block) as its own one-warp kernel, on the
