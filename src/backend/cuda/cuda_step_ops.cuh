@@ -357,16 +357,29 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
     RowT *rows = (RowT *)c.rows;
     int R = c.R, coff = c.coff, hd = c.hd, indexer = c.indexer;
     int W = coff * hd, slot = (int)(p % R), row = (coff == 2 ? R : 0) + slot;
-    for (int k = threadIdx.x; k < W; k += blockDim.x) {
-        st_kv[(size_t)row * W + k] = kv_cur[k];
-        st_sc[(size_t)row * W + k] = sc_cur[k] + ape[(size_t)slot * W + k];
+    /* Copies through registers, CH values a thread loaded before any is
+     * stored: the compiler cannot tell the frontier from the projections,
+     * so a plain loop waited for each store's loads in turn (one L2 round
+     * trip an iteration; the shift below took ~5 us a closing window). */
+    enum { CH = 8 };
+    for (int k0 = threadIdx.x; k0 < W; k0 += CH * blockDim.x) {
+        float kv[CH], sv[CH];
+#pragma unroll
+        for (int i = 0; i < CH; i++) {
+            const int k = k0 + i * blockDim.x;
+            if (k < W) kv[i] = kv_cur[k], sv[i] = sc_cur[k] + ape[(size_t)slot * W + k];
+        }
+#pragma unroll
+        for (int i = 0; i < CH; i++) {
+            const int k = k0 + i * blockDim.x;
+            if (k < W) st_kv[(size_t)row * W + k] = kv[i], st_sc[(size_t)row * W + k] = sv[i];
+        }
     }
     if ((p + 1) % R != 0) return;
     __syncthreads();
     /* Each thread pools its dimensions over the n_cand candidates, their
      * frontier values loaded CH at a time (one L2 round trip for a window
      * of 8, not one per candidate), the sums in candidate order. */
-    enum { CH = 8 };
     const int n_cand = coff * R;
     double ss = 0.0;
     for (int j = threadIdx.x; j < hd; j += blockDim.x) {
@@ -415,11 +428,24 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
     for (int j = threadIdx.x; j < hd; j += blockDim.x) row_put(&dst[j], out[j]);
     __syncthreads();
     if (coff == 2) {
-        for (int k = threadIdx.x; k < R * W; k += blockDim.x) {
-            st_kv[k] = st_kv[(size_t)R * W + k];
-            st_sc[k] = st_sc[(size_t)R * W + k];
-            st_kv[(size_t)R * W + k] = 0.0f;
-            st_sc[(size_t)R * W + k] = -INFINITY;
+        const int n = R * W;
+        for (int k0 = threadIdx.x; k0 < n; k0 += CH * blockDim.x) {
+            float kv[CH], sv[CH];
+#pragma unroll
+            for (int i = 0; i < CH; i++) {
+                const int k = k0 + i * blockDim.x;
+                if (k < n) kv[i] = st_kv[(size_t)n + k], sv[i] = st_sc[(size_t)n + k];
+            }
+#pragma unroll
+            for (int i = 0; i < CH; i++) {
+                const int k = k0 + i * blockDim.x;
+                if (k < n) {
+                    st_kv[k] = kv[i];
+                    st_sc[k] = sv[i];
+                    st_kv[(size_t)n + k] = 0.0f;
+                    st_sc[(size_t)n + k] = -INFINITY;
+                }
+            }
         }
     } else {
         for (int k = threadIdx.x; k < R * W; k += blockDim.x) {
