@@ -15,10 +15,12 @@
  * MoE (router, shared expert, routed experts) → HC post, then the output
  * head. Each HC post and the next HC pre are one kernel (k_hc), whose
  * Sinkhorn split for the next HC runs off the critical path (an extra
- * column of the attention's blocks; a one-warp kernel beside the shared
- * expert on its stream); products that read the same
- * activation share a launch; the shared expert runs on a second stream
- * beside the router and the routed gate/up. Quantised
+ * column of the attention's blocks; a spare block of the router's
+ * launch); products that read the same activation share a launch (two
+ * weight types: k_matvec_pair), and so do small kernels that share no
+ * data (the preparation's launch: compressors, q/kv, indexer query); the
+ * shared expert's gate/up rides with the router's product, its down runs
+ * on a second stream beside the routed gate/up. Quantised
  * products go through cuda_kernels.h with the activation quantised on the
  * device exactly as ds4_quantize_act does (inside the product's blocks
  * where the kernel allows it); the rest is cuda_step_ops.cuh. Kernels are
