@@ -1029,7 +1029,6 @@ static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_m
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec pair launch", e);
 }
 
-
 /* The down product one expert row a warp (k_moe_down_rows) for Q4_K:
  * ds4-cuda-bench on an H200, q4 down 25.1 -> 20.2 us; the same for Q2_K
  * (14.6 -> 14.5) and slower for the shared expert's Q8_0 (6.34 -> 6.51), which
