@@ -309,7 +309,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     size_t act_bytes = max_n * 2 + 1024;
 #define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
     F(w->io, 1);
-    F(w->H, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
+    F(w->H, 4 * D); F(w->H2, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
     F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
     F(w->rope.cs0, hp->n_rot / 2); F(w->rope.cs1, hp->n_rot / 2);
@@ -665,13 +665,17 @@ static hc_split_args hc_split_of(const ds4_cuda_engine *e, const float *scale, c
  * (NULL before the first), then pre of the next into ws.x / ws.a and its
  * mix into ws.mix, whose split into post gates and mixing matrix (ws.post,
  * ws.comb) a later kernel of the sublayer does (hc_split_of; check_model:
- * fn is F16 or F32). */
-static int hc(enq *q, const float *y, const dmat &fn, const float *scale, const float *base, const float *norm_w) {
+ * fn is F16 or F32). Sublayer `sub` (2·layer, + 1 for the FFN) reads
+ * ws.H or ws.H2 by its parity and writes the other: after every layer's
+ * two, the streams are back in ws.H for the output head. */
+static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float *scale, const float *base,
+              const float *norm_w) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     dwork *w = &e->w;
     uint32_t D = hp->n_embd;
-    if (run(q, "hc", k_hc, (D + HC_DPB - 1) / HC_DPB, HC_THREADS, 0, w->H, y, (const float *)w->post,
+    float *h_in = sub % 2 ? w->H2 : w->H, *h_out = sub % 2 ? w->H : w->H2;
+    if (run(q, "hc", k_hc, (D + HC_DPB - 1) / HC_DPB, HC_THREADS, 0, (const float *)h_in, h_out, y, (const float *)w->post,
             (const float *)w->comb, D, (const void *)fn.w, (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps,
             norm_w, hp->rms_eps, w->hc_part, w->hc_count, w->mix, w->x, w->a))
         return -1;
@@ -733,7 +737,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     dwork *w = &e->w;
     int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim, n_rot = (int)hp->n_rot;
     const float2 *rcs = L->ratio ? w->rope.cs1 : w->rope.cs0; /* this layer's rope kind at the step's position */
-    if (hc(q, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm)) return -1;
+    if (hc(q, 2 * il, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm)) return -1;
     /* Every product of the normed x: Q8_0 ones in one launch, F16 ones in
      * another (the indexer's head weights too: they are read only while the
      * indexer is active, and cost little). */
@@ -906,7 +910,7 @@ static int ffn(enq *q, uint32_t il) {
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
-    if (hc(q, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm)) return -1;
+    if (hc(q, 2 * il + 1, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm)) return -1;
     const bool with_router = shared_with_router(e, L);
     if (with_router) {
         ds4_cuda_mv dg = mv_of(q, L->gate_sh, w->shgu, w->a, NULL, NULL, NULL),

@@ -72,6 +72,7 @@ struct dlayer {
 struct dwork {
     step_io *io;
     float *H, *hc_flat, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
+    float *H2; /* k_hc's second buffer of the HC streams: call i reads one and writes the other; H after an even count */
     float *iscores, *att, *low, *y, *router, *ew, *mid, *smid, *sh, *ehc, *logits;
     float *qraw;     /* q_a's output before its RMSNorm (qr: after) */
     float *shgu;     /* the shared expert's gate, then up products (with the router's) */

@@ -155,22 +155,26 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
  * next sublayer's RMSNorm). Thread t of block b owns element (h, d) of H,
  * h = t / HC_DPB, d = b·HC_DPB + t % HC_DPB: it loads its MIX weights of fn
  * (MIX rows of HC_N·D, F16 or F32) before waiting for the previous kernel;
- * with y, applies HC post of the finished sublayer, H[h] = post[h]·y +
- * Σ_src comb[src][h]·H[src]; and the block adds Σ H² and the products
- * fn_j·H over its elements (doubles, into part). The last block to finish
- * (count) takes mix = (fn·H)·(1/rms(H)), the CPU's fn·(H/rms) up to
- * rounding, and pre = σ(mix·scale + base) + eps; then x = Σ pre·H and a =
- * norm(x)·w, each thread loading all its H values at once (the kernel's
- * latency is its cost: HC_XB dims per thread cover D = 4096 in one round).
+ * H is read from H_in and written to H (two buffers, alternating between
+ * calls, so that any block may read any element of H_in): with y, HC post
+ * of the finished sublayer, H[h] = post[h]·y + Σ_src comb[src][h]·H_in[src];
+ * and the block adds Σ H² and the products fn_j·H over its elements
+ * (doubles, into part). The last block to finish (count) takes mix =
+ * (fn·H)·(1/rms(H)), the CPU's fn·(H/rms) up to rounding, and pre =
+ * σ(mix·scale + base) + eps; then x = Σ pre·H and a = norm(x)·w from the
+ * H values every thread computed for its HC_XB dims right after the wait
+ * (D = 4096 in one round): the kernel's latency is its cost, and nothing
+ * is loaded after the last block's sums but the sums themselves.
  * The post gates and mixing matrix of the next sublayer come from mix,
  * later (hc_split_block). */
 enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 8 };
 static_assert(HC_MIX + 1 <= 2 * (HC_THREADS / 32), "k_hc's last block adds two of the sums a warp");
 
-__global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, const float *post, const float *comb,
-                                                    uint32_t D, const void *fn, int f16, const float *scale,
-                                                    const float *base, float hc_eps, const float *norm_w, float rms_eps,
-                                                    double *part, unsigned *count, float *mix, float *x, float *a) {
+__global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, const float *y, const float *post,
+                                                    const float *comb, uint32_t D, const void *fn, int f16,
+                                                    const float *scale, const float *base, float hc_eps,
+                                                    const float *norm_w, float rms_eps, double *part, unsigned *count,
+                                                    float *mix, float *x, float *a) {
     __shared__ double red[HC_THREADS / 32][HC_MIX + 1];
     __shared__ double tot[HC_MIX + 1];
     __shared__ float pre_s[HC_N];
@@ -205,17 +209,44 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, con
 #pragma unroll
     for (int k = 0; k < HC_XB; k++) wn[k] = norm_w[t1 + k * n1 < D ? t1 + k * n1 : D - 1];
     pdl_wait();
+    /* H after the post of every dimension this thread would take as the
+     * last block (thread t1's dims t1 + k·n1): from H_in and y, loaded
+     * with the thread's own element and computed with the owners' very
+     * operations, so that the last block needs no load after its sums */
+    float hv[HC_XB][HC_N];
+    {
+        float yv[HC_XB];
+#pragma unroll
+        for (int k = 0; k < HC_XB; k++) {
+            const uint32_t dd = t1 + k * n1 < D ? t1 + k * n1 : D - 1; /* no branch: all loads in flight */
+            yv[k] = y ? y[dd] : 0.0f;
+#pragma unroll
+            for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = H_in[(size_t)hh * D + dd];
+        }
+        if (y)
+#pragma unroll
+            for (int k = 0; k < HC_XB; k++) {
+                float nv[HC_N];
+#pragma unroll
+                for (int hh = 0; hh < HC_N; hh++) {
+                    float acc = post[hh] * yv[k];
+                    for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + hh] * hv[k][src];
+                    nv[hh] = acc;
+                }
+#pragma unroll
+                for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = nv[hh];
+            }
+    }
     float v = 0.0f;
     if (own) {
-        v = H[c];
+        v = H_in[c];
         if (y) {
             float acc = post[h] * y[d];
-            for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + h] * H[(size_t)src * D + d];
+            for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + h] * H_in[(size_t)src * D + d];
             v = acc;
         }
+        H[c] = v;
     }
-    __syncthreads(); /* every old H value of the block is read */
-    if (own && y) H[c] = v;
     double prod[32];
 #pragma unroll
     for (int j = 0; j < 32; j++) prod[j] = j < HC_MIX ? (double)(wv[j] * v) : j == HC_MIX ? (double)v * (double)v : 0.0;
@@ -255,14 +286,7 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(float *H, const float *y, con
     __syncthreads();
     if (tid == 0) *count = 0;
     /* x and its norm by the whole block: thread t1 takes dims t1 + k·n1,
-     * k < HC_XB (check_model: D ≤ HC_XB·n1) */
-    float hv[HC_XB][HC_N];
-#pragma unroll
-    for (int k = 0; k < HC_XB; k++) {
-        uint32_t dd = t1 + k * n1 < D ? t1 + k * n1 : D - 1; /* no branch: all loads in flight */
-#pragma unroll
-        for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = __ldcg(&H[(size_t)hh * D + dd]);
-    }
+     * k < HC_XB (check_model: D ≤ HC_XB·n1), their H already in hv */
     double xs = 0.0;
 #pragma unroll
     for (int k = 0; k < HC_XB; k++) {
