@@ -20,12 +20,15 @@
  * memory) — quantised already, or quantised by the block itself from f32
  * (the decode step: no separate quantisation launch) — and, for IQ2_XXS,
  * the decode tables, where the random lookups are cheapest. One launch
- * may cover several matrices that read the same activation. Products with
+ * may cover several matrices that read the same activation, and
+ * k_matvec_pair two products of different weight types (blocks split
+ * between them: one start and drain instead of two). Products with
  * half to eight rows a resident warp go through k_matvec_stream instead
  * (each warp its own run of whole rows, streamed in chunks, no barrier
  * between warps); the Q4_K MoE down through k_moe_down_rows (one expert's
  * row a warp). Measurements and the reasons for each choice:
- * notes/cuda-kernels.md (§15 for the stream and row kernels).
+ * notes/cuda-kernels.md (§15 for the stream and row kernels, §18 for the
+ * pair).
  *
  * Rows whose byte length (or base address) is not 16-byte aligned, as in
  * tiny test models, take a synchronous 2-byte copy instead: slower, same
