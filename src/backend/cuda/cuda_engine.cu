@@ -309,7 +309,8 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     size_t act_bytes = max_n * 2 + 1024;
 #define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
     F(w->io, 1);
-    F(w->H, 4 * D); F(w->H2, 4 * D); F(w->hc_flat, 4 * D); F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
+    F(w->H, 4 * D); F(w->H2, 4 * D); F(w->hc_flat, 4 * D);
+    F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
     F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
     F(w->rope.cs0, hp->n_rot / 2); F(w->rope.cs1, hp->n_rot / 2);
@@ -594,7 +595,8 @@ static int exact_mv(enq *q, const dmat &m, const uint8_t *w, uint32_t rows, cons
 }
 
 /* The product of x (normed by norm_w first, if not NULL, and then written
- * to norm_out) by the quantised or F16 matrix m into y; active: see
+ * to norm_out) by the quantised or F16 matrix m into y — with x NULL, of
+ * the quantised activation the caller puts in .act; active: see
  * ds4_cuda_mv. */
 static ds4_cuda_mv mv_of(const enq *q, const dmat &m, float *y, const float *x, const float *norm_w, float *norm_out,
                          const int32_t *active) {
@@ -675,9 +677,9 @@ static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float 
     dwork *w = &e->w;
     uint32_t D = hp->n_embd;
     float *h_in = sub % 2 ? w->H2 : w->H, *h_out = sub % 2 ? w->H : w->H2;
-    if (run(q, "hc", k_hc, (D + HC_DPB - 1) / HC_DPB, HC_THREADS, 0, (const float *)h_in, h_out, y, (const float *)w->post,
-            (const float *)w->comb, D, (const void *)fn.w, (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps,
-            norm_w, hp->rms_eps, w->hc_part, w->hc_count, w->mix, w->x, w->a))
+    if (run(q, "hc", k_hc, (D + HC_DPB - 1) / HC_DPB, HC_THREADS, 0, (const float *)h_in, h_out, y,
+            (const float *)w->post, (const float *)w->comb, D, (const void *)fn.w, (int)(fn.type == DS4_TYPE_F16),
+            scale, base, hp->hc_eps, norm_w, hp->rms_eps, w->hc_part, w->hc_count, w->mix, w->x, w->a))
         return -1;
     mark(e, q->st, y ? "hc post + pre" : "hc pre");
     return 0;
@@ -710,12 +712,7 @@ static int out_b(enq *q, const dmat &m) {
     dwork *w = &e->w;
     if (m.type == DS4_TYPE_F32 || m.type == DS4_TYPE_F16 || e->exact) return mv(q, m, w->low, w->y);
     if (ds4_cuda_quantize_act(e->k, m.type, w->low, w->lowq, m.in, (ds4_cuda_stream)q->st, q->err)) return -1;
-    ds4_cuda_mv d = {};
-    d.wtype = m.type;
-    d.n_in = m.in;
-    d.n_groups = 1;
-    d.n_seg = 1;
-    d.seg[0] = {m.w, m.rows, w->y};
+    ds4_cuda_mv d = mv_of(q, m, w->y, NULL, NULL, NULL, NULL);
     d.act = w->lowq;
     return ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err);
 }
@@ -847,15 +844,8 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                          w->att + (size_t)g * gdim, w->low + g * hp->o_lora))
                 return -1;
     } else {
-        ds4_cuda_mv d = {};
-        d.wtype = L->out_a.type;
-        d.n_in = gdim;
+        ds4_cuda_mv d = mv_of(q, L->out_a, w->low, w->att, NULL, NULL, NULL); /* rows: every group's, gdim wide */
         d.n_groups = hp->n_out_group;
-        d.n_seg = 1;
-        d.seg[0].w = L->out_a.w;
-        d.seg[0].rows = hp->n_out_group * hp->o_lora;
-        d.seg[0].y = w->low;
-        d.x = w->att;
         if (ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err)) return -1;
     }
     mark(e, q->st, "attn out_a (grouped)");

@@ -268,13 +268,14 @@ __device__ __forceinline__ void q8_0_put(int8_t *q, float *d, uint32_t b, uint32
 
 /* Stages an f32 activation x[0..n) quantised in the block (the bytes
  * ds4_cuda_quantize_act writes, in the split layout), optionally after an
- * RMSNorm v = x·(1/rms(x))·norm_w (block 0 writes v to norm_out). An f32
+ * RMSNorm v = x·(1/rms(x))·norm_w (written to norm_out by the block
+ * whose `first` is set: a product's block 0, in a pair each half's). An f32
  * activation (F16 weights) stays in global memory unless it is normed
  * (then v is kept in shared memory). All threads take part; red: 32
  * doubles of scratch. */
 template <int KIND>
 __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const float *norm_w, float eps,
-                                float *norm_out, double *red, int tid, int nth, bool first = true) {
+                                float *norm_out, double *red, int tid, int nth, bool first) {
     act_view a = {};
     const int lane = tid & 31, wp = tid >> 5, nw = nth >> 5;
     float scale = 1.0f;
@@ -682,7 +683,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     s = smem;
     const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
     if (p.fixed_ids) pdl_wait();
-    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32)
+    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
                            : stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
