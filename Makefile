@@ -106,7 +106,8 @@ cuda:
 # full model's shape; the output is kept in tests/cuda/last-run.txt.
 test-cuda: cuda
 	@mkdir -p tests/cuda
-	@{ $(CUDA_BUILD)/tests/test_cuda_forward && $(CUDA_BUILD)/tests/test_cuda_attention; } \
+	@{ $(CUDA_BUILD)/tests/test_cuda_forward && $(CUDA_BUILD)/tests/test_cuda_attention && \
+	   $(CUDA_BUILD)/tests/test_cuda_gemm16; } \
 	  >tests/cuda/last-run.txt 2>&1; rc=$$?; cat tests/cuda/last-run.txt; exit $$rc
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)

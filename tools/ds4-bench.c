@@ -66,6 +66,7 @@ typedef struct bench_opts {
     double step_mul;
     int bw_mib;              /* bandwidth probe buffer, 0 = skip */
     bool warm_weights;
+    bool quality;            /* --quality: the engine's exact kernels where it has faster ones */
 } bench_opts;
 
 static void usage(FILE *out) {
@@ -91,6 +92,7 @@ static void usage(FILE *out) {
         "  -t, --threads N          CPU threads (default DS4_THREADS or all cores)\n"
         "  --prefill-chunk N        tokens per prefill chunk (default: the engine's)\n"
         "  --warm-weights           touch every weight page before measuring\n"
+        "  --quality                exact kernels where a faster approximation exists (CUDA prefill)\n"
         "Sweep:\n"
         "  --ctx-start N            first frontier (default 2048)\n"
         "  --ctx-max N              last frontier (default 32768)\n"
@@ -124,6 +126,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         if (IS("--cpu")) { o->backend = "cpu"; continue; }
         if (IS("--cuda")) { o->backend = "cuda"; continue; }
         if (IS("--warm-weights")) { o->warm_weights = true; continue; }
+        if (IS("--quality")) { o->quality = true; continue; }
         if (a[0] != '-') {
             fprintf(stderr, "ds4-bench: unexpected argument '%s'\n", a);
             usage(stderr);
@@ -610,7 +613,7 @@ int main(int argc, char **argv) {
     bench_run b = {.o = &o, .threads = o.threads ? o.threads : cpu_default_threads(), .csv = stdout};
     ds4_engine_config cfg = {.model_path = o.synthetic ? NULL : o.model_path, .model_image = img.base,
                              .model_image_size = img.size, .ctx = o.ctx_alloc, .threads = b.threads,
-                             .backend = o.backend, .prefill_chunk = o.prefill_chunk,
+                             .backend = o.backend, .prefill_chunk = o.prefill_chunk, .quality = o.quality,
                              .synth_fills = img.fills, .n_synth_fills = img.n_fills};
     double t_open = ds4_now();
     if (ds4_engine_open(&b.e, &cfg, &err)) {

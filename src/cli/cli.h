@@ -31,6 +31,7 @@ typedef struct ds4_cli_options {
     uint64_t seed;            /* --seed, 0 = time-based */
     ds4_think_mode think;     /* --think (default), --think-max, --nothink */
     bool exact;               /* --exact: plain f32, official-numerics simulations off */
+    bool quality;             /* --quality: exact kernels where a faster approximation exists */
     const char *backend;      /* "cpu" | "cuda" | NULL = best available */
     bool info;                /* --info / --inspect */
     bool dump_tokens;         /* --dump-tokens */

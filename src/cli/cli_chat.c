@@ -65,7 +65,7 @@ static int render(const cli_chat *c, ds4_buf *out) {
 static int open_engine(cli_chat *c, int ctx) {
     const ds4_cli_options *o = c->o;
     ds4_engine_config cfg = {.model_path = o->model_path, .mtp_path = o->mtp_path, .ctx = ctx,
-                             .threads = o->threads, .exact = o->exact, .backend = o->backend,
+                             .threads = o->threads, .exact = o->exact, .quality = o->quality, .backend = o->backend,
                              .prefill_chunk = o->prefill_chunk};
     ds4_err err = {{0}};
     if (ds4_engine_open(&c->eng, &cfg, &err) || ds4_session_new(c->eng, &c->sess, &err)) {

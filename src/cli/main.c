@@ -28,6 +28,7 @@ static void usage(FILE *out) {
         "      --seed N          sampling seed (default: time-based)\n"
         "      --think | --think-max | --nothink   thinking mode (default --think)\n"
         "      --exact           plain f32 numerics (for comparison with transformers)\n"
+        "      --quality         exact kernels where a faster approximation exists (CUDA prefill)\n"
         "      --cpu | --cuda | --backend cpu|cuda\n"
         "      --info, --inspect print the model's hyperparameters, tensors and memory needs\n"
         "      --dump-tokens     tokenize -p/--prompt-file text as written, one token per line\n"
@@ -86,6 +87,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--think-max")) o.think = DS4_THINK_MAX;
         else if (!strcmp(a, "--nothink")) o.think = DS4_THINK_NONE;
         else if (!strcmp(a, "--exact")) o.exact = true;
+        else if (!strcmp(a, "--quality")) o.quality = true;
         else if (!strcmp(a, "--cpu")) o.backend = "cpu";
         else if (!strcmp(a, "--cuda")) o.backend = "cuda";
         else if (!strcmp(a, "--backend")) {

@@ -328,7 +328,7 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     }
 #ifdef DS4_CUDA
     if (use_cuda && ds4_cuda_engine_open((ds4_cuda_engine **)&e->cuda, &e->model, e->ctx, e->exact,
-                                         cfg->synth_fills, cfg->n_synth_fills, err) != 0) {
+                                         cfg->quality, cfg->synth_fills, cfg->n_synth_fills, err) != 0) {
         ds4_engine_close(e);
         return -1;
     }

@@ -41,6 +41,8 @@ typedef struct ds4_engine_config {
     int ctx;               /* max tokens per session, 0 = 4096 */
     int threads;           /* 0 = DS4_THREADS env or all cores */
     bool exact;            /* plain f32 numerics */
+    bool quality;          /* --quality: exact kernels where a faster approximation exists
+                              (the CUDA prefill's Q8_0 products on the integer path) */
     const char *backend;   /* "cpu", "cuda" or NULL = best available */
     int prefill_chunk;     /* tokens per prefill chunk, 0 = 256 (capped at ctx); the
                               engine's scratch is sized for one chunk */

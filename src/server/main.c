@@ -30,6 +30,7 @@ static void usage(FILE *out) {
         "  -n, --tokens N          default max output tokens when a request sets none (default 393216)\n"
         "  -t, --threads N         CPU threads (default: all cores, or DS4_THREADS)\n"
         "      --exact             plain f32 numerics\n"
+        "      --quality           exact kernels where a faster approximation exists (CUDA prefill)\n"
         "      --cpu | --cuda | --backend cpu|cuda\n"
         "      --chdir DIR         change directory before loading the model\n"
         "\n"
@@ -101,6 +102,7 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
             exit(0);
         } else if (IS("--cors")) cfg->cors = true, takes = false;
         else if (IS("--exact")) cfg->engine.exact = true, takes = false;
+        else if (IS("--quality")) cfg->engine.quality = true, takes = false;
         else if (IS("--cpu")) cfg->engine.backend = "cpu", takes = false;
         else if (IS("--cuda")) cfg->engine.backend = "cuda", takes = false;
         else if (IS("--think")) cfg->think = SRV_THINK_HIGH, takes = false;

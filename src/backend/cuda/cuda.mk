@@ -11,6 +11,8 @@
 #   $(CUDA_BUILD)/tests/test_cuda_forward   CUDA vs CPU logits (test-cuda)
 #   $(CUDA_BUILD)/tests/test_cuda_attention the prefill attention kernel at the
 #                                     full model's shape vs a CPU reference
+#   $(CUDA_BUILD)/tests/test_cuda_gemm16    the prefill's f16 Q8_0 products vs
+#                                     the CPU's integer ones
 
 CUDA_DIR := src/backend/cuda
 CUDA_BENCH_SRC := $(CUDA_DIR)/cuda_bench.cu
@@ -30,12 +32,12 @@ C_LIB_OBJ := $(C_LIB_SRC:%.c=$(CUDA_BUILD)/obj/%.o)
 PROG_OBJ := $(CUDA_BUILD)/obj/src/cli/main.o $(CUDA_BUILD)/obj/src/server/main.o \
             $(CUDA_BUILD)/obj/tools/ds4-bench.o $(CUDA_BUILD)/obj/tests/test_cuda_forward.o
 LINK_LIBS := -Xlinker --start-group $(CUDA_BUILD)/libds4.a $(CUDA_BUILD)/libds4cuda.a -Xlinker --end-group \
-             -ljansson -lmicrohttpd -lutf8proc -ledit -lcrypto -lm -lpthread -ldl
+             -lcublas -ljansson -lmicrohttpd -lutf8proc -ledit -lcrypto -lm -lpthread -ldl
 
 .PHONY: all
 all: $(CUDA_BUILD)/libds4cuda.a $(CUDA_BUILD)/bin/ds4-cuda-bench $(CUDA_BUILD)/bin/ds4 \
      $(CUDA_BUILD)/bin/ds4-server $(CUDA_BUILD)/bin/ds4-bench $(CUDA_BUILD)/tests/test_cuda_forward \
-     $(CUDA_BUILD)/tests/test_cuda_attention
+     $(CUDA_BUILD)/tests/test_cuda_attention $(CUDA_BUILD)/tests/test_cuda_gemm16
 
 # The decode step restates the CPU's float operations: no contracted multiply-adds.
 $(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_engine.o $(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_prefill.o: NVCCFLAGS += -fmad=false
@@ -81,9 +83,14 @@ $(CUDA_BUILD)/tests/test_cuda_forward: $(CUDA_BUILD)/obj/tests/test_cuda_forward
 	@mkdir -p $(dir $@)
 	$(NVCC) $(CUDA_ARCHS) $< $(LINK_LIBS) -o $@
 
+$(CUDA_BUILD)/tests/test_cuda_gemm16: $(CUDA_BUILD)/obj/tests/test_cuda_gemm16.o $(CUDA_BUILD)/libds4cuda.a \
+                                      $(CUDA_HOST_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CUDA_ARCHS) $^ -lcublas -lm -o $@
+
 # Self-contained (includes the prefill's device code), same flags as cuda_prefill.o.
 $(CUDA_BUILD)/tests/test_cuda_attention: tests/test_cuda_attention.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -fmad=false $(CUDA_ARCHS) -MMD -MP $< -o $@
 
--include $(CUDA_BUILD)/tests/test_cuda_attention.d $(CUDA_LIB_OBJ:.o=.d) $(CUDA_BENCH_OBJ:.o=.d) $(C_LIB_OBJ:.o=.d) $(PROG_OBJ:.o=.d) $(CUDA_HOST_OBJ:.o=.d)
+-include $(CUDA_BUILD)/tests/test_cuda_attention.d $(CUDA_BUILD)/obj/tests/test_cuda_gemm16.d $(CUDA_LIB_OBJ:.o=.d) $(CUDA_BENCH_OBJ:.o=.d) $(C_LIB_OBJ:.o=.d) $(PROG_OBJ:.o=.d) $(CUDA_HOST_OBJ:.o=.d)

@@ -427,7 +427,7 @@ static int idx_scores_setup(ds4_cuda_engine *e, ds4_err *err) {
     return 0;
 }
 
-extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact,
+extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact, bool quality,
                                     const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err) {
     *out = NULL;
     if (check_model(m, err) || (exact && ds4_cuda_exact_init(err))) return -1;
@@ -440,6 +440,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->n_fills = n_fills;
     e->ctx = ctx;
     e->exact = exact;
+    e->quality = quality;
     if (ds4_cuda_kernels_init(&e->k, 0, err)) {
         free(e);
         return -1;

@@ -52,7 +52,7 @@ bool ds4_cuda_available(void);
  * against the device's free memory: if they do not fit, the error gives
  * the numbers and the largest ctx that would; on success the use is
  * printed to stderr. */
-int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact,
+int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact, bool quality,
                          const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err);
 void ds4_cuda_engine_close(ds4_cuda_engine *e);
 /* "cuda (NVIDIA H100 ...)" style name for logs. */

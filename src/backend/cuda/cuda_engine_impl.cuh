@@ -107,6 +107,7 @@ struct ds4_cuda_engine {
     cudaEvent_t side_fork, side_join;
     int ctx;
     bool exact; /* plain f32 numerics (cuda_exact.cuh products, f32 rows) */
+    bool quality; /* --quality: the prefill's Q8_0 products on the integer path (cuda_mmq.h), not f16 */
     uint8_t *arena;
     uint64_t arena_used, arena_size;
     dlayer L[DS4_MAX_LAYERS];

@@ -401,14 +401,22 @@ static __device__ __forceinline__ int round_clamp(float v, int lo, int hi) {
 }
 
 /* Q8_0 of one 32-value block by a warp, lane i holding value i (as
- * quant_rows.c: d = amax/127, codes round(v·(1/d))): the 36-byte block of
- * the quantised activation (f32 d, then the 32 codes) at blk. */
-static __device__ __forceinline__ void warp_q8_0_block(float v, uint8_t *blk, int lane) {
+ * quant_rows.c: d = amax/127, codes round(v·(1/d))): lane i's code, and
+ * the block's d in *d. */
+static __device__ __forceinline__ int warp_q8_0_code(float v, float *d) {
     float amax = fabsf(v);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    blk[4 + lane] = (uint8_t)(int8_t)round_clamp(__fmul_rn(v, id), -128, 127);
+    *d = amax / 127.0f;
+    float id = *d != 0.0f ? 1.0f / *d : 0.0f;
+    return round_clamp(__fmul_rn(v, id), -128, 127);
+}
+
+/* The same block as the 36-byte block of the quantised activation (f32 d,
+ * then the 32 codes) at blk. */
+static __device__ __forceinline__ void warp_q8_0_block(float v, uint8_t *blk, int lane) {
+    float d;
+    blk[4 + lane] = (uint8_t)(int8_t)warp_q8_0_code(v, &d);
     if (lane == 0) *(float *)blk = d;
 }
 

@@ -25,7 +25,7 @@
  * between them: one start and drain instead of two). Products with
  * half to eight rows a resident warp go through k_matvec_stream instead
  * (each warp its own run of whole rows, streamed in chunks, no barrier
- * between warps); the Q4_K MoE down through k_moe_down_rows (one expert's
+ * between warps); the MoE down through k_moe_down_rows (one expert's
  * row a warp). Measurements and the reasons for each choice:
  * notes/cuda-kernels.md (§15 for the stream and row kernels, §18 for the
  * pair).
@@ -61,8 +61,8 @@ struct ds4_cuda_kernels {
     int stream;        /* matvec: k_matvec_stream for products with many rows (DS4_CUDA_STREAM=0: off) */
     int mvs_stages, mvs_chunk; /* its staging buffers per warp (2, 4, 8) and largest chunk in bytes */
     int moe_nb;        /* MoE kernels: staging buffers per warp, 1 or 2 (DS4_CUDA_MOENB); 0: by format */
-    int down_rows;     /* MoE down: 1 one expert row a warp (k_moe_down_rows), 2 all of an output row's
-                          experts a warp (k_moe_down); 0: by format (DS4_CUDA_DOWNROWS=1|2) */
+    int down_rows;     /* MoE down: 2 (DS4_CUDA_DOWNROWS=2) all of an output row's experts a warp
+                          (k_moe_down), else one expert row a warp (k_moe_down_rows) */
     char name[256];
     uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
     int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane, 0: one;
@@ -1033,15 +1033,12 @@ static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_m
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec pair launch", e);
 }
 
-/* The down product one expert row a warp (k_moe_down_rows) for Q4_K:
- * ds4-cuda-bench on an H200, q4 down 25.1 -> 20.2 us; the same for Q2_K
- * (14.6 -> 14.5) and slower for the shared expert's Q8_0 (6.34 -> 6.51), which
- * keep k_moe_down. */
-template <class F>
-static bool moe_down_rows(const ds4_cuda_kernels *k) {
-    if (k->down_rows) return k->down_rows == 1;
-    return std::is_same<F, fmt_q4_K>::value;
-}
+/* The down product one expert row a warp (k_moe_down_rows), every format:
+ * ds4-cuda-bench on an H200, q4 down 25.1 -> 20.2 us, Q2_K 14.6 -> 14.5 and
+ * the shared expert's Q8_0 6.34 -> 6.51 in isolation; in the decode step
+ * (43 q2 layers, ctx 4096, H200, three alternating rounds) 144.0 against
+ * 142.0 tok/s with all three on it. DS4_CUDA_DOWNROWS=2: k_moe_down. */
+static bool moe_down_rows(const ds4_cuda_kernels *k) { return k->down_rows != 2; }
 
 /* Staging buffers per warp of the MoE kernels: one for Q4_K (more warps
  * fit: ds4-cuda-bench on an H200, q4 gate+up 1732 -> 1938 GB/s, down 994 ->
@@ -1115,7 +1112,7 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     p.buf_stride = n_sel * p.part_stride;
     p.act_smem = act_smem_bytes(F::act_kind, n_ff * n_sel);
     p.aligned = (uintptr_t)down % 16 == 0 && p.row_bytes % 16 == 0;
-    if (moe_down_rows<F>(k)) { /* k_moe_down_rows: n_sel·R warps, R rows an iteration */
+    if (moe_down_rows(k)) { /* k_moe_down_rows: n_sel·R warps, R rows an iteration */
         int R = (8 + (int)n_sel - 1) / (int)n_sel, threads = 32 * (int)n_sel * R;
         size_t smem = table_bytes<F>() + p.act_smem + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R) +
                       (size_t)threads / 32 * 2 * p.part_stride;

@@ -36,6 +36,7 @@ extern "C" {
 #include "../../quant/quant.h"
 }
 
+#include "cuda_gemm16.h"
 #include "cuda_mmq.h"
 
 #include "cuda_engine_impl.cuh"
@@ -60,12 +61,14 @@ struct pf_ws {
     uint32_t split_in;
     int split_rows;
     int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2>) */
+    ds4_gemm16 *g16; /* Q8_0 products on f16 tensor cores (cuda_gemm16.h); NULL with --quality */
     void *bufs[64];
     int n_bufs;
 };
 
 static void pf_ws_free(pf_ws *w) {
     if (!w) return;
+    ds4_gemm16_free(w->g16);
     for (int i = 0; i < w->n_bufs; i++) cudaFree(w->bufs[i]);
     free(w);
 }
@@ -86,6 +89,23 @@ static int pf_alloc(pf_ws *w, void **p, size_t bytes, ds4_err *err) {
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
 static bool plain(uint32_t t) { return t == DS4_TYPE_F16 || t == DS4_TYPE_F32; }
+
+/* The f16 products' largest weight (rows × in) and widest input of a
+ * layer's Q8_0 projections: q_a, kv, q_b, out_a a group at a time, out_b
+ * and the shared expert (cuda_gemm16.h; unless --quality). */
+static void g16_sizes(const dlayer *L, const ds4_hparams *hp, size_t *max_w, size_t *max_in) {
+    size_t gdim = (size_t)hp->n_head * hp->head_dim / hp->n_out_group;
+    struct { const dmat *m; size_t rows, in; } p[] = {
+        {&L->q_a, L->q_a.rows, L->q_a.in},     {&L->kv, L->kv.rows, L->kv.in},       {&L->q_b, L->q_b.rows, L->q_b.in},
+        {&L->out_a, hp->o_lora, gdim},         {&L->out_b, L->out_b.rows, L->out_b.in},
+        {&L->gate_sh, L->gate_sh.rows, L->gate_sh.in}, {&L->up_sh, L->up_sh.rows, L->up_sh.in},
+        {&L->down_sh, L->down_sh.rows, L->down_sh.in}};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++)
+        if (p[i].m->w && p[i].m->type == DS4_TYPE_Q8_0) {
+            *max_w = max_sz(*max_w, p[i].rows * p[i].in);
+            *max_in = max_sz(*max_in, p[i].in);
+        }
+}
 
 /* Activation bytes of n tokens of width in for weights of type t (0 for plain types). */
 static size_t act_need(uint32_t t, uint32_t in, uint32_t n) {
@@ -122,6 +142,13 @@ static int pf_ws_new(ds4_cuda_session *s, int cap, pf_ws **out, ds4_err *err) {
             moe = max_sz(moe, ds4_cuda_mmq_moe_ws_bytes(L->gate_sh.type, L->down_sh.type, (uint32_t)D, (uint32_t)ff, 1,
                                                        1, cap));
         }
+    }
+    size_t g16_w = 0, g16_in = 0;
+    if (!e->quality)
+        for (uint32_t il = 0; il < hp->n_layer; il++) g16_sizes(&e->L[il], hp, &g16_w, &g16_in);
+    if (g16_w && ds4_gemm16_new(&w->g16, g16_w, C * g16_in, err)) {
+        pf_ws_free(w);
+        return -1;
     }
     act = max_sz(act, act_need(e->output_hc_fn.type, HC_N * (uint32_t)D, 1));
     act = max_sz(act, act_need(e->output.type, (uint32_t)D, 1));
@@ -244,6 +271,8 @@ static int proj_rows(pfq *q, const dmat &m, uint32_t row0, uint32_t n_rows, uint
         pf_gemm_plain<<<grid, 256, 0, q->st>>>(wt, m.type == DS4_TYPE_F16, n_rows, in, X, ldx, n, Y, ldy);
         return launched(q->err, "prefill plain gemm");
     }
+    if (m.type == DS4_TYPE_Q8_0 && ds4_gemm16_fits(q->w->g16, n_rows, in, (uint32_t)n))
+        return ds4_gemm16_q8_0(q->w->g16, wt, n_rows, in, X, ldx, (uint32_t)n, Y, ldy, (ds4_cuda_stream)q->st, q->err);
     if (ldx != in) return ds4_fail(q->err, "cuda prefill: strided input to a quantised product");
     const void *act = quantize(q, m.type, X, in, n, buf);
     if (!act) return -1;
@@ -398,7 +427,7 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
     pmark(q->st, "attention");
     /* grouped output projection: group g's heads → rows g·o_lora.. of out_a */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group, nlow = hp->n_out_group * hp->o_lora;
-    if (plain(L->out_a.type)) {
+    if (plain(L->out_a.type) || (w->g16 && L->out_a.type == DS4_TYPE_Q8_0)) { /* a group at a time */
         for (uint32_t g = 0; g < hp->n_out_group; g++)
             if (proj_rows(q, L->out_a, g * hp->o_lora, hp->o_lora, gdim, w->att + g * gdim, qdim, T,
                           w->low + g * hp->o_lora, nlow, w->act2))
@@ -428,7 +457,9 @@ static int ffn(pfq *q, uint32_t il, int T) {
     if (launched(q->err, "prefill router")) return -1;
     pmark(q->st, "router");
     /* shared expert → sh */
-    if (plain(L->gate_sh.type)) {
+    bool sh_g16 = w->g16 && L->gate_sh.type == DS4_TYPE_Q8_0 && L->up_sh.type == DS4_TYPE_Q8_0 &&
+                  L->down_sh.type == DS4_TYPE_Q8_0;
+    if (plain(L->gate_sh.type) || sh_g16) { /* three products and the SwiGLU between */
         if (proj(q, L->gate_sh, w->a, T, w->sg) || proj(q, L->up_sh, w->a, T, w->su)) return -1;
         size_t n = (size_t)T * ff;
         pf_swiglu_rows<<<(unsigned)((n + 255) / 256), 256, 0, q->st>>>(w->sg, w->su, n, L->clamp, w->smid);

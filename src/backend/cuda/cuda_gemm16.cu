@@ -1,0 +1,113 @@
+/* cuda_gemm16.cu — a prefill chunk's Q8_0 products on f16 tensor cores
+ * (cuda_gemm16.h): the weights dequantised to f16, the activation
+ * quantised to Q8_0 as on the CPU and dequantised to f16, one cuBLAS
+ * f16 × f16 → f32 product with f32 accumulation. */
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdlib.h>
+
+#include "cuda_formats.cuh"
+#include "cuda_gemm16.h"
+
+/* cuBLAS's scratch, given explicitly so that all memory is allocated up front. */
+enum { G16_BLAS_WS = 32 << 20 };
+
+struct ds4_gemm16 {
+    cublasHandle_t blas;
+    __half *w16, *x16;
+    void *blas_ws;
+    size_t max_w, max_x;
+};
+
+/* Thread i: values 8(i%4).. of Q8_0 block i/4, d·q rounded once to f16
+ * (d·q is exact in f32), stored as one 16-byte word. */
+__global__ void k_g16_weights(const uint8_t *w, size_t n_parts, __half *out) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_parts) return;
+    const uint8_t *b = w + (i / 4) * 34;
+    const float d = __half2float(__ushort_as_half(*(const uint16_t *)b));
+    const uint16_t *qs = (const uint16_t *)(b + 2 + 8 * (i % 4));
+    __align__(16) __half h[8];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        uint16_t two = qs[j];
+        h[2 * j] = __float2half_rn(d * (float)(int8_t)(two & 255));
+        h[2 * j + 1] = __float2half_rn(d * (float)(int8_t)(two >> 8));
+    }
+    *(uint4 *)(out + 8 * i) = *(const uint4 *)h;
+}
+
+/* Warp w: Q8_0 block w % (in/32) of token w / (in/32), quantised as the
+ * CPU does (warp_q8_0_code), each d·q rounded to f16; out is [n][in]. */
+__global__ void k_g16_act(const float *x, size_t ldx, uint32_t in, uint32_t n, __half *out) {
+    const uint32_t bpt = in / 32, lane = threadIdx.x & 31;
+    const size_t wi = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (wi >= (size_t)n * bpt) return;
+    const size_t t = wi / bpt, b = wi % bpt;
+    float d;
+    const int q = warp_q8_0_code(x[t * ldx + 32 * b + lane], &d);
+    out[t * in + 32 * b + lane] = __float2half_rn(__fmul_rn(d, (float)q));
+}
+
+static int blas_fail(ds4_err *err, const char *what, cublasStatus_t s) {
+    return ds4_fail(err, "cuda: %s: %s", what, cublasGetStatusString(s));
+}
+
+size_t ds4_gemm16_bytes(size_t max_w, size_t max_x) { return 2 * (max_w + max_x) + G16_BLAS_WS; }
+
+void ds4_gemm16_free(ds4_gemm16 *g) {
+    if (!g) return;
+    if (g->blas) cublasDestroy(g->blas);
+    cudaFree(g->w16);
+    cudaFree(g->x16);
+    cudaFree(g->blas_ws);
+    free(g);
+}
+
+int ds4_gemm16_new(ds4_gemm16 **out, size_t max_w, size_t max_x, ds4_err *err) {
+    *out = NULL;
+    ds4_gemm16 *g = (ds4_gemm16 *)calloc(1, sizeof *g);
+    if (!g) return ds4_fail(err, "cuda: out of host memory");
+    g->max_w = max_w;
+    g->max_x = max_x;
+    cudaError_t c = cudaMalloc((void **)&g->w16, 2 * max_w);
+    if (c == cudaSuccess) c = cudaMalloc((void **)&g->x16, 2 * max_x);
+    if (c == cudaSuccess) c = cudaMalloc(&g->blas_ws, G16_BLAS_WS);
+    if (c != cudaSuccess) {
+        ds4_gemm16_free(g);
+        return ds4_fail(err, "cuda: f16 product buffers: %s", cudaGetErrorString(c));
+    }
+    cublasStatus_t s = cublasCreate(&g->blas);
+    if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetWorkspace(g->blas, g->blas_ws, G16_BLAS_WS);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        ds4_gemm16_free(g);
+        return blas_fail(err, "cublas handle", s);
+    }
+    *out = g;
+    return 0;
+}
+
+int ds4_gemm16_fits(const ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n) {
+    return g && in % 32 == 0 && (size_t)rows * in <= g->max_w && (size_t)n * in <= g->max_x;
+}
+
+int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const float *x, size_t ldx, uint32_t n,
+                    float *y, size_t ldy, ds4_cuda_stream stream, ds4_err *err) {
+    if (!ds4_gemm16_fits(g, rows, in, n))
+        return ds4_fail(err, "cuda: f16 product of %u x %u for %u tokens does not fit its buffers", rows, in, n);
+    cudaStream_t st = (cudaStream_t)stream;
+    size_t parts = (size_t)rows * in / 8, warps = (size_t)n * (in / 32);
+    k_g16_weights<<<(unsigned)((parts + 255) / 256), 256, 0, st>>>((const uint8_t *)w, parts, g->w16);
+    k_g16_act<<<(unsigned)((warps * 32 + 255) / 256), 256, 0, st>>>(x, ldx, in, n, g->x16);
+    cudaError_t c = cudaGetLastError();
+    if (c != cudaSuccess) return ds4_fail(err, "cuda: f16 product conversion: %s", cudaGetErrorString(c));
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s = cublasSetStream(g->blas, st);
+    /* column-major: Y (rows × n, ldy) = W16ᵀ (W16: in × rows) · X16 (in × n) */
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)in, &one, g->w16, CUDA_R_16F,
+                         (int)in, g->x16, CUDA_R_16F, (int)in, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT);
+    return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_fail(err, "f16 product", s);
+}

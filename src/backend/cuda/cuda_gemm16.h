@@ -1,0 +1,54 @@
+/* cuda_gemm16.h — a prefill chunk's Q8_0 products on f16 tensor cores.
+ *
+ * Y[t·ldy + r] = Σ_k W[r][k]·X[t][k] for a Q8_0 matrix W (rows × in, GGUF
+ * blocks back to back) and n tokens of an f32 activation X (stride ldx).
+ * Each token's activation is first quantised to Q8_0 exactly as the CPU
+ * quantises it (ds4_quantize_q8_0_act: d = amax/127, codes round(x/d)), so
+ * the product keeps the official activation quantisation; then every
+ * weight d_w·q_w and activation d_a·q_a is rounded to f16 (a relative error
+ * of at most 2^-11 each, where the exact integer path of cuda_mmq.h has
+ * none) and cuBLAS multiplies them with f32 accumulation. The sum of a row
+ * thus differs from ds4_dot's by at most ~2^-10 of Σ|w·x| plus f32
+ * rounding, while the integer path's per-block f32 scaling costs it 3-4x
+ * the tensor-core time (notes/cuda-kernels.md §19). The upstream engine's
+ * GPU prefill likewise leaves the integer path (model-spec §5.10); the
+ * engine's --quality keeps cuda_mmq.h's exact products instead.
+ *
+ * The activations must stay within f16's range (|x| < 65504), as the
+ * model's do: RMS-normalised inputs, attention outputs, clamped SwiGLU.
+ *
+ * Pointers are device pointers (16-byte aligned); calls only enqueue on
+ * `st` and never synchronise. */
+#ifndef DS4_CUDA_GEMM16_H
+#define DS4_CUDA_GEMM16_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cuda_kernels.h" /* ds4_err, ds4_cuda_stream */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ds4_gemm16 ds4_gemm16;
+
+/* A cuBLAS handle and f16 buffers for weights of up to max_w elements and
+ * activations of up to max_x elements (tokens × in). */
+int ds4_gemm16_new(ds4_gemm16 **out, size_t max_w, size_t max_x, ds4_err *err);
+void ds4_gemm16_free(ds4_gemm16 *g);
+/* Bytes of device memory ds4_gemm16_new allocates for those sizes. */
+size_t ds4_gemm16_bytes(size_t max_w, size_t max_x);
+
+/* Whether ds4_gemm16_q8_0 takes this shape (in a multiple of 32, the
+ * buffers large enough). */
+int ds4_gemm16_fits(const ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n);
+
+int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const float *x, size_t ldx, uint32_t n,
+                    float *y, size_t ldy, ds4_cuda_stream st, ds4_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,118 @@
+/* test_cuda_gemm16.cu — the prefill's Q8_0 products on f16 tensor cores
+ * (cuda_gemm16.h) against the CPU's integer products (ds4_dot_q8_0 after
+ * ds4_quantize_q8_0_act, src/quant).
+ *
+ * The f16 path rounds each weight d·q and each activation d·q to f16 (a
+ * relative 2^-11 at most each) and accumulates in f32, so every output must
+ * lie within 2^-10 · Σ_k |w_k·x_k| (+ f32 rounding) of the CPU's, where
+ * w and x are the dequantised weight and activation; the test requires
+ * that bound for every output and prints how much of it was used. Shapes:
+ * the model's (q_a 4096 → 1024, q_b 1024 → 32768 in part, out_b 8192 →
+ * 4096 in part) with strided inputs and outputs as the prefill passes them,
+ * and tokens of very different magnitudes (1e-3 to 300). Built by `make
+ * cuda`; `make test-cuda` runs it on a GPU machine. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <vector>
+
+#include "../src/backend/cuda/cuda_gemm16.h"
+extern "C" {
+#include "../src/quant/quant.h"
+}
+
+static int g_fail, g_checks;
+#define CHECK(c, ...)                                                    \
+    do {                                                                 \
+        g_checks++;                                                      \
+        if (!(c)) {                                                      \
+            g_fail++;                                                    \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                  \
+            printf(__VA_ARGS__);                                         \
+            printf("\n");                                                \
+        }                                                                \
+    } while (0)
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static void run_case(ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n, size_t ldx, size_t ldy) {
+    const uint64_t rb = ds4_type_row_bytes(DS4_TYPE_Q8_0, in);
+    std::vector<uint8_t> w(rows * rb);
+    std::vector<float> wf(in), x((size_t)n * ldx, 0.0f), y((size_t)n * ldy, -7.0f);
+    for (uint32_t r = 0; r < rows; r++) {
+        for (uint32_t k = 0; k < in; k++) wf[k] = 0.05f * frand() * (k % 97 == 0 ? 8.0f : 1.0f);
+        ds4_quantize_row(DS4_TYPE_Q8_0, wf.data(), &w[r * rb], in, NULL);
+    }
+    const float scale[] = {1.0f, 1e-3f, 300.0f, 0.02f};
+    for (uint32_t t = 0; t < n; t++)
+        for (uint32_t k = 0; k < in; k++) x[t * ldx + k] = scale[t % 4] * frand() * (k % 61 == 3 ? 6.0f : 1.0f);
+    uint8_t *dw;
+    float *dx, *dy;
+    cudaMalloc(&dw, w.size());
+    cudaMalloc(&dx, x.size() * sizeof(float));
+    cudaMalloc(&dy, y.size() * sizeof(float));
+    cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice);
+    cudaMemcpy(dx, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice);
+    cudaMemcpy(dy, y.data(), y.size() * sizeof(float), cudaMemcpyHostToDevice);
+    ds4_err err = {};
+    int rc = ds4_gemm16_q8_0(g, dw, rows, in, dx, ldx, n, dy, ldy, NULL, &err);
+    CHECK(rc == 0, "%u x %u, %u tokens: %s", rows, in, n, err.msg);
+    cudaError_t c = cudaMemcpy(y.data(), dy, y.size() * sizeof(float), cudaMemcpyDeviceToHost);
+    CHECK(c == cudaSuccess, "copy back: %s", cudaGetErrorString(c));
+    std::vector<ds4_block_q8_0_act> act(in / 32);
+    std::vector<float> wd(in), xd(in);
+    double worst = 0.0;
+    int bad = 0, untouched = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        ds4_quantize_q8_0_act(&x[t * ldx], act.data(), in);
+        for (uint32_t k = 0; k < in; k++) xd[k] = act[k / 32].d * act[k / 32].qs[k % 32];
+        for (uint32_t r = 0; r < rows; r++) {
+            ds4_dequantize_row(DS4_TYPE_Q8_0, &w[r * rb], wd.data(), in);
+            double bound = 0.0;
+            for (uint32_t k = 0; k < in; k++) bound += fabs((double)wd[k] * xd[k]);
+            const float ref = ds4_dot_q8_0(in, &w[r * rb], act.data()), got = y[t * ldy + r];
+            const double allowed = bound / 1024.0 + 1e-6 * fabs(ref) + 1e-30;
+            const double used = fabs((double)got - ref) / allowed;
+            if (!(used <= 1.0)) bad++;
+            if (used > worst) worst = used;
+        }
+        for (size_t r = rows; r < ldy; r++) untouched += y[t * ldy + r] == -7.0f;
+    }
+    CHECK(bad == 0, "%u x %u, %u tokens: %d outputs beyond 2^-10 of sum |w x| (worst %.3g of it)", rows, in, n, bad,
+          worst);
+    CHECK(untouched == (int)(n * (ldy - rows)), "%u x %u: outputs past the rows were written", rows, in);
+    printf("q8_0 %5u x %5u, %3u tokens (ldx %zu, ldy %zu): worst |gpu - cpu| = %.3f of the bound\n", rows, in, n, ldx,
+           ldy, worst);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+}
+
+int main(void) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        printf("test_cuda_gemm16: no CUDA device, skipped\n");
+        return 0;
+    }
+    ds4_gemm16 *g = NULL;
+    ds4_err err = {};
+    if (ds4_gemm16_new(&g, (size_t)4096 * 8192, (size_t)128 * 8192, &err)) {
+        printf("FAIL: %s\n", err.msg);
+        return 1;
+    }
+    run_case(g, 1024, 4096, 37, 4096, 1024);    /* q_a */
+    run_case(g, 2048, 1024, 128, 1024, 2048);   /* part of q_b */
+    run_case(g, 256, 8192, 5, 8192, 4096);      /* out_b rows, strided output */
+    run_case(g, 384, 4096, 9, 32768, 8192);     /* an out_a group: strided input */
+    CHECK(!ds4_gemm16_fits(g, 4096, 8192 + 32, 1), "a weight past the buffer is refused");
+    CHECK(!ds4_gemm16_fits(g, 16, 100, 1), "a width that is not whole Q8_0 blocks is refused");
+    CHECK(ds4_gemm16_q8_0(g, NULL, 16, 100, NULL, 100, 1, NULL, 16, NULL, &err) != 0, "and reported");
+    ds4_gemm16_free(g);
+    printf("tests/test_cuda_gemm16.cu: %d checks, %d failed\n", g_checks, g_fail);
+    return g_fail != 0;
+}
