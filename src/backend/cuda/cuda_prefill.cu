@@ -112,7 +112,7 @@ static size_t act_need(uint32_t t, uint32_t in, uint32_t n) {
     return plain(t) ? 0 : ds4_cuda_mmq_act_bytes(t, in, n);
 }
 
-static int pf_ws_new(ds4_cuda_session *s, int cap, pf_ws **out, ds4_err *err) {
+static int pf_ws_new(ds4_cuda_session *s, int cap, bool f16, pf_ws **out, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_model *m = e->m;
     const ds4_hparams *hp = &m->hp;
@@ -144,7 +144,7 @@ static int pf_ws_new(ds4_cuda_session *s, int cap, pf_ws **out, ds4_err *err) {
         }
     }
     size_t g16_w = 0, g16_in = 0;
-    if (!e->quality)
+    if (f16)
         for (uint32_t il = 0; il < hp->n_layer; il++) g16_sizes(&e->L[il], hp, &g16_w, &g16_in);
     if (g16_w && ds4_gemm16_new(&w->g16, g16_w, C * g16_in, err)) {
         pf_ws_free(w);
@@ -596,18 +596,25 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
         ds4_cuda_prefill_free(e);
         if (ds4_cuda_mmq_init(e->k, err)) return -1;
         /* The workspace leaves PREFILL_RESERVE free (the decode step's graph
-         * is instantiated later): chunks are halved until it does. */
-        for (;;) {
+         * is instantiated later): where it does not, the same chunk without
+         * the f16 products (cuBLAS and their buffers: ~0.2 GiB), then chunks
+         * halved, each first with them again. */
+        for (bool f16 = !e->quality;;) {
             size_t free_b = 0, total_b = 0;
-            int r = pf_ws_new(s, want, &e->prefill, err);
+            int r = pf_ws_new(s, want, f16, &e->prefill, err);
             if (r == 0 && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && free_b >= PREFILL_RESERVE) break;
             cudaGetLastError(); /* a failed allocation is not sticky */
             ds4_cuda_prefill_free(e);
+            if (f16) {
+                f16 = false;
+                continue;
+            }
             if (want <= 16)
                 return r ? -1 : ds4_fail(err, "cuda prefill: no room for a workspace of %d tokens beside %.2f GiB kept free",
                                          want, PREFILL_RESERVE / 1073741824.0);
             want /= 2;
             e->prefill_cap_max = want;
+            f16 = !e->quality;
         }
         if (pf_kernels_setup(e->prefill, hp, err)) {
             ds4_cuda_prefill_free(e);
