@@ -21,18 +21,7 @@
 extern "C" {
 #include "../src/quant/quant.h"
 }
-
-static int g_fail, g_checks;
-#define CHECK(c, ...)                                                    \
-    do {                                                                 \
-        g_checks++;                                                      \
-        if (!(c)) {                                                      \
-            g_fail++;                                                    \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                  \
-            printf(__VA_ARGS__);                                         \
-            printf("\n");                                                \
-        }                                                                \
-    } while (0)
+#include "testutil.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -95,10 +84,7 @@ static void run_case(ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n, size
 
 int main(void) {
     int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
-        printf("test_cuda_gemm16: no CUDA device, skipped\n");
-        return 0;
-    }
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) TEST_SKIP("no CUDA device");
     ds4_gemm16 *g = NULL;
     ds4_err err = {};
     if (ds4_gemm16_new(&g, (size_t)4096 * 8192, (size_t)128 * 8192, &err)) {
@@ -113,6 +99,5 @@ int main(void) {
     CHECK(!ds4_gemm16_fits(g, 16, 100, 1), "a width that is not whole Q8_0 blocks is refused");
     CHECK(ds4_gemm16_q8_0(g, NULL, 16, 100, NULL, 100, 1, NULL, 16, NULL, &err) != 0, "and reported");
     ds4_gemm16_free(g);
-    printf("tests/test_cuda_gemm16.cu: %d checks, %d failed\n", g_checks, g_fail);
-    return g_fail != 0;
+    return TEST_DONE();
 }

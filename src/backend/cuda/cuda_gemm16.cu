@@ -54,8 +54,6 @@ static int blas_fail(ds4_err *err, const char *what, cublasStatus_t s) {
     return ds4_fail(err, "cuda: %s: %s", what, cublasGetStatusString(s));
 }
 
-size_t ds4_gemm16_bytes(size_t max_w, size_t max_x) { return 2 * (max_w + max_x) + G16_BLAS_WS; }
-
 void ds4_gemm16_free(ds4_gemm16 *g) {
     if (!g) return;
     if (g->blas) cublasDestroy(g->blas);

@@ -37,8 +37,6 @@ typedef struct ds4_gemm16 ds4_gemm16;
  * activations of up to max_x elements (tokens × in). */
 int ds4_gemm16_new(ds4_gemm16 **out, size_t max_w, size_t max_x, ds4_err *err);
 void ds4_gemm16_free(ds4_gemm16 *g);
-/* Bytes of device memory ds4_gemm16_new allocates for those sizes. */
-size_t ds4_gemm16_bytes(size_t max_w, size_t max_x);
 
 /* Whether ds4_gemm16_q8_0 takes this shape (in a multiple of 32, the
  * buffers large enough). */
