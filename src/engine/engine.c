@@ -24,7 +24,7 @@
 
 #define DEFAULT_CTX 4096
 #define DEFAULT_PREFILL_CHUNK 256
-#define DEFAULT_CUDA_PREFILL_CHUNK 4096
+#define DEFAULT_CUDA_PREFILL_CHUNK 8192
 
 /* ---------------------------------------------------------------- checks */
 

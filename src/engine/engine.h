@@ -44,7 +44,7 @@ typedef struct ds4_engine_config {
     bool quality;          /* --quality: exact kernels where a faster approximation exists
                               (the CUDA prefill's Q8_0 products on the integer path) */
     const char *backend;   /* "cpu", "cuda" or NULL = best available */
-    int prefill_chunk;     /* tokens per prefill chunk, 0 = 256 (capped at ctx); the
+    int prefill_chunk;     /* tokens per prefill chunk, 0 = 256 (CUDA: 8192; capped at ctx); the
                               engine's scratch is sized for one chunk */
     /* With model_image: synthetic tensors the image does not hold
      * (ds4_synth_image_build's fills, synth_fill.h), generated where the

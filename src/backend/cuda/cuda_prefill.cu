@@ -42,7 +42,7 @@ extern "C" {
 #include "cuda_engine_impl.cuh"
 #include "cuda_prefill_ops.cuh"
 
-enum { PF_MAX_CHUNK = 4096, PF_SCORE_FLOATS = 1 << 25 };
+enum { PF_MAX_CHUNK = 16384, PF_SCORE_FLOATS = 1 << 25 };
 
 struct pf_ws {
     int cap;
@@ -599,10 +599,16 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
          * is instantiated later): where it does not, the same chunk without
          * the f16 products (cuBLAS and their buffers: ~0.2 GiB), then chunks
          * halved, each first with them again. */
+        size_t free0 = 0, total_b = 0;
+        cudaMemGetInfo(&free0, &total_b);
         for (bool f16 = !e->quality;;) {
-            size_t free_b = 0, total_b = 0;
+            size_t free_b = 0;
             int r = pf_ws_new(s, want, f16, &e->prefill, err);
-            if (r == 0 && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && free_b >= PREFILL_RESERVE) break;
+            if (r == 0 && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && free_b >= PREFILL_RESERVE) {
+                fprintf(stderr, "cuda: prefill workspace for %d-token chunks%s: %.2f GiB\n", want,
+                        e->prefill->g16 ? "" : " (integer products)", (double)(free0 - free_b) / 1073741824.0);
+                break;
+            }
             cudaGetLastError(); /* a failed allocation is not sticky */
             ds4_cuda_prefill_free(e);
             if (f16) {
