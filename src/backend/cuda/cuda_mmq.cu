@@ -109,12 +109,8 @@ __global__ void k_quant_q8_0(const float *x, uint32_t nb, int8_t *q, float *d, c
     uint32_t b = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x & 31;
     if (b >= nb || (rows && b >= (uint32_t)*rows * bpr)) return;
-    float v = x[32 * (size_t)b + lane];
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    q[32 * (size_t)b + lane] = (int8_t)round_clamp(__fmul_rn(v, id), -128, 127);
+    float dd;
+    q[32 * (size_t)b + lane] = (int8_t)warp_q8_0_code(x[32 * (size_t)b + lane], &dd);
     if (lane == 0) d[b] = dd;
 }
 
