@@ -51,6 +51,7 @@
 #include <utility>
 
 #include "cuda_engine.h"
+#include "cuda_gemm16.h"
 #include "cuda_kernels.h"
 
 extern "C" {
@@ -542,6 +543,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
         ds4_cuda_engine_close(e);
         return -1;
     }
+    if (!exact && !quality) ds4_gemm16_warm(); /* the prefill's f16 products use cuBLAS */
     *out = e;
     return 0;
 }

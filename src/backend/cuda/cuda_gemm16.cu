@@ -109,3 +109,24 @@ int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, co
                          CUBLAS_GEMM_DEFAULT);
     return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_fail(err, "f16 product", s);
 }
+
+void ds4_gemm16_warm(void) {
+    enum { N = 256 };
+    cublasHandle_t h = NULL;
+    void *buf = NULL;
+    if (cudaMalloc(&buf, 2 * 2 * N * N + 4 * N * N) != cudaSuccess || cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+        cudaFree(buf);
+        cudaGetLastError(); /* not sticky */
+        return;
+    }
+    __half *a = (__half *)buf, *b = a + N * N;
+    float *y = (float *)(b + N * N);
+    const float one = 1.0f, zero = 0.0f;
+    cudaMemset(buf, 0, 2 * 2 * N * N);
+    cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, N, N, &one, a, CUDA_R_16F, N, b, CUDA_R_16F, N, &zero, y, CUDA_R_32F, N,
+                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cudaDeviceSynchronize();
+    cublasDestroy(h);
+    cudaFree(buf);
+    cudaGetLastError();
+}

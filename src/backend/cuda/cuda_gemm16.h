@@ -45,6 +45,12 @@ int ds4_gemm16_fits(const ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n)
 int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const float *x, size_t ldx, uint32_t n,
                     float *y, size_t ldy, ds4_cuda_stream st, ds4_err *err);
 
+/* cuBLAS loads its libraries and kernels at a process's first product
+ * (~80 ms on an H200, which the first prefill chunk would pay): one small
+ * product of the same types here, at model load, takes that off the first
+ * request. Best effort: a failure only leaves the cost where it was. */
+void ds4_gemm16_warm(void);
+
 #ifdef __cplusplus
 }
 #endif
