@@ -46,7 +46,7 @@ int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, co
                     float *y, size_t ldy, ds4_cuda_stream st, ds4_err *err);
 
 /* cuBLAS loads its libraries and kernels at a process's first product
- * (~80 ms on an H200, which the first prefill chunk would pay): one small
+ * (~50-60 ms on an H200, which the first prefill chunk would pay): one small
  * product of the same types here, at model load, takes that off the first
  * request. Best effort: a failure only leaves the cost where it was. */
 void ds4_gemm16_warm(void);
