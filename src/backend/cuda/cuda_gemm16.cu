@@ -86,6 +86,15 @@ int ds4_gemm16_new(ds4_gemm16 **out, size_t max_w, size_t max_x, ds4_err *err) {
     return 0;
 }
 
+/* Y (column-major rows × n, ldy) = W16ᵀ (W16: in × rows) · X16 (in × n),
+ * f16 inputs, f32 accumulation and output: the product and its warm-up. */
+static cublasStatus_t g16_product(ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n, float *y, size_t ldy) {
+    const float one = 1.0f, zero = 0.0f;
+    return cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)in, &one, g->w16, CUDA_R_16F,
+                        (int)in, g->x16, CUDA_R_16F, (int)in, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT);
+}
+
 int ds4_gemm16_fits(const ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n) {
     return g && in % 32 == 0 && (size_t)rows * in <= g->max_w && (size_t)n * in <= g->max_x;
 }
@@ -100,33 +109,22 @@ int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, co
     k_g16_act<<<(unsigned)((warps * 32 + 255) / 256), 256, 0, st>>>(x, ldx, in, n, g->x16);
     cudaError_t c = cudaGetLastError();
     if (c != cudaSuccess) return ds4_fail(err, "cuda: f16 product conversion: %s", cudaGetErrorString(c));
-    const float one = 1.0f, zero = 0.0f;
     cublasStatus_t s = cublasSetStream(g->blas, st);
-    /* column-major: Y (rows × n, ldy) = W16ᵀ (W16: in × rows) · X16 (in × n) */
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)in, &one, g->w16, CUDA_R_16F,
-                         (int)in, g->x16, CUDA_R_16F, (int)in, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
-                         CUBLAS_GEMM_DEFAULT);
+    if (s == CUBLAS_STATUS_SUCCESS) s = g16_product(g, rows, in, n, y, ldy);
     return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_fail(err, "f16 product", s);
 }
 
 void ds4_gemm16_warm(void) {
     enum { N = 256 };
-    cublasHandle_t h = NULL;
-    void *buf = NULL;
-    if (cudaMalloc(&buf, 2 * 2 * N * N + 4 * N * N) != cudaSuccess || cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
-        cudaFree(buf);
-        cudaGetLastError(); /* not sticky */
-        return;
+    ds4_gemm16 *g = NULL;
+    float *y = NULL;
+    ds4_err err = {{0}};
+    if (ds4_gemm16_new(&g, N * N, N * N, &err) == 0 && cudaMalloc((void **)&y, 4 * N * N) == cudaSuccess &&
+        cudaMemset(g->w16, 0, 2 * N * N) == cudaSuccess && cudaMemset(g->x16, 0, 2 * N * N) == cudaSuccess) {
+        g16_product(g, N, N, N, y, N);
+        cudaDeviceSynchronize();
     }
-    __half *a = (__half *)buf, *b = a + N * N;
-    float *y = (float *)(b + N * N);
-    const float one = 1.0f, zero = 0.0f;
-    cudaMemset(buf, 0, 2 * 2 * N * N);
-    cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, N, N, &one, a, CUDA_R_16F, N, b, CUDA_R_16F, N, &zero, y, CUDA_R_32F, N,
-                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    cudaDeviceSynchronize();
-    cublasDestroy(h);
-    cudaFree(buf);
-    cudaGetLastError();
+    cudaFree(y);
+    ds4_gemm16_free(g);
+    cudaGetLastError(); /* a failure is not sticky */
 }

@@ -47,8 +47,8 @@ int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, co
 
 /* cuBLAS loads its libraries and kernels at a process's first product
  * (~50-60 ms on an H200, which the first prefill chunk would pay): one small
- * product of the same types here, at model load, takes that off the first
- * request. Best effort: a failure only leaves the cost where it was. */
+ * product through the same handle set-up and call, at model load, takes
+ * that off the first request. Best effort: a failure only leaves the cost where it was. */
 void ds4_gemm16_warm(void);
 
 #ifdef __cplusplus
