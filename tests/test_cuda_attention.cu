@@ -14,7 +14,9 @@
  * (token, head) the softmax over the sink and the rows of Q·K/√hd in
  * double, then P·V; Q as the kernel gets it (f32), rows as stored (f16).
  * Passes when every checked output is within 1e-4 of the largest |ref| of
- * its head (the kernel keeps Q and P to ~22 bits, K/V exact).
+ * its head (the kernel keeps Q and P to ~22 bits, K/V exact), and when the
+ * kernel's f16 output (for the f16 output projection) is, bit for bit, the
+ * CPU's Q8_0 quantisation of its f32 output with each d·q rounded to f16.
  *
  * Also the indexer at the full shape (64 heads of 128, top-k 512), which
  * the tiny model's few rows do not reach either: idx_scores
@@ -40,6 +42,9 @@
 #include <vector>
 
 #include "../src/backend/cuda/cuda_prefill_ops.cuh"
+extern "C" {
+#include "../src/quant/quant.h"
+}
 #include "../src/backend/cuda/cuda_topk_grid.cuh"
 
 enum { HEADS = 64, HD = 512, NSWA = 128, TOPK = 512 };
@@ -198,7 +203,7 @@ struct att_shape {
 };
 static const att_shape shapes[] = {{2, 16}, {1, 16}, {2, 32}, {1, 32}};
 
-static void launch(const att_data *a, att_shape sh, cudaStream_t st) {
+static void launch(const att_data *a, att_shape sh, cudaStream_t st, __half *out16 = NULL) {
     const att_case &c = a->c;
     pf_att pa = {a->d_ring, a->d_kvc, a->d_comp, c.ratio == 4 ? a->d_sel : NULL, c.ratio == 4 ? a->d_nsel : NULL,
                  NSWA, c.ratio, c.pos0, TOPK};
@@ -206,23 +211,51 @@ static void launch(const att_data *a, att_shape sh, cudaStream_t st) {
     dim3 grid(HEADS / (16 * sh.mb), c.T);
     size_t smem = pf_att_smem(sh.mb, HD, sh.r);
     if (sh.mb == 2 && sh.r == 16)
-        pf_attention<2, 16><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+        pf_attention<2, 16><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
     else if (sh.mb == 1 && sh.r == 16)
-        pf_attention<1, 16><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+        pf_attention<1, 16><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
     else if (sh.mb == 2)
-        pf_attention<2, 32><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+        pf_attention<2, 32><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
     else
-        pf_attention<1, 32><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out);
+        pf_attention<1, 32><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
 }
 
-/* Worst |gpu - ref| / max|ref| of a head over the checked tokens. */
-static double check(att_data *a, att_shape sh) {
+/* The f16 output (out16: what the f16 output projection reads) of the
+ * checked tokens against the CPU's Q8_0 quantiser (src/quant
+ * ds4_quantize_q8_0_act) applied to the kernel's f32 output, each d·q
+ * rounded to f16: the number of values that differ in any bit. */
+static long check16(att_data *a, att_shape sh, const std::vector<float> &out) {
+    __half *d16;
+    CK(cudaMalloc(&d16, a->q.size() * sizeof(__half)));
+    CK(cudaMemset(d16, 0xff, a->q.size() * sizeof(__half)));
+    launch(a, sh, 0, d16);
+    CK(cudaGetLastError());
+    std::vector<__half> got(a->q.size());
+    CK(cudaMemcpy(got.data(), d16, got.size() * sizeof(__half), cudaMemcpyDeviceToHost));
+    CK(cudaFree(d16));
+    std::vector<ds4_block_q8_0_act> blk(HEADS * HD / 32);
+    long bad = 0;
+    for (int t : a->checked) {
+        const size_t base = (size_t)t * HEADS * HD;
+        ds4_quantize_q8_0_act(&out[base], blk.data(), HEADS * HD);
+        for (size_t i = 0; i < (size_t)HEADS * HD; i++) {
+            const __half want = __float2half_rn(blk[i / 32].d * (float)blk[i / 32].qs[i % 32]);
+            bad += __half_as_ushort(got[base + i]) != __half_as_ushort(want);
+        }
+    }
+    return bad;
+}
+
+/* Worst |gpu - ref| / max|ref| of a head over the checked tokens; the f16
+ * output's differing values (check16) into *bad16. */
+static double check(att_data *a, att_shape sh, long *bad16) {
     CK(cudaMemset(a->d_out, 0xff, a->q.size() * 4));
     launch(a, sh, 0);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     std::vector<float> out(a->q.size());
     CK(cudaMemcpy(out.data(), a->d_out, out.size() * 4, cudaMemcpyDeviceToHost));
+    *bad16 = check16(a, sh, out);
     double worst = 0.0;
     for (size_t ci = 0; ci < a->checked.size(); ci++) {
         int t = a->checked[ci];
@@ -500,11 +533,12 @@ int main(void) {
         reference(&a);
         for (int i = 0; i < 4; i++) {
             if (!fits[i]) continue;
-            double w = check(&a, shapes[i]);
-            bool ok = w <= 1e-4;
+            long bad16 = 0;
+            double w = check(&a, shapes[i], &bad16);
+            bool ok = w <= 1e-4 && bad16 == 0;
             failed += !ok;
-            printf("%-34s %2d heads, %d rows: worst |d|/max|ref| %.3g %s\n", c.name, 16 * shapes[i].mb, shapes[i].r,
-                   w, ok ? "ok" : "FAIL");
+            printf("%-34s %2d heads, %d rows: worst |d|/max|ref| %.3g, f16 output: %ld values off the CPU's Q8_0 %s\n",
+                   c.name, 16 * shapes[i].mb, shapes[i].r, w, bad16, ok ? "ok" : "FAIL");
         }
         if (c.ratio == 4) {
             /* time: 640 rows a token (128 window + 512 selected) */

@@ -11,6 +11,7 @@
  * 4096 in part) with strided inputs and outputs as the prefill passes them,
  * and tokens of very different magnitudes (1e-3 to 300). Built by `make
  * cuda`; `make test-cuda` runs it on a GPU machine. */
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -82,6 +83,39 @@ static void run_case(ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n, size
     cudaFree(dy);
 }
 
+/* The activation half alone (ds4_gemm16_act): every f16 value equals the
+ * CPU's Q8_0 quantisation of the token (ds4_quantize_q8_0_act) with d·q
+ * rounded to f16, bit for bit; strided rows, tokens of very different
+ * magnitudes, zeros and a block with one large value. */
+static void act_case(ds4_gemm16 *g, uint32_t in, uint32_t n, size_t ldx) {
+    std::vector<float> x((size_t)n * ldx, 0.0f);
+    const float scale[] = {1.0f, 1e-3f, 300.0f, 0.0f, 0.02f};
+    for (uint32_t t = 0; t < n; t++)
+        for (uint32_t k = 0; k < in; k++)
+            x[t * ldx + k] = scale[t % 5] * frand() * (k % 61 == 3 ? 6.0f : 1.0f) * (k / 32 == 5 && k % 32 ? 1e-4f : 1.0f);
+    float *dx;
+    cudaMalloc(&dx, x.size() * sizeof(float));
+    cudaMemcpy(dx, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice);
+    ds4_err err = {};
+    const void *d16 = ds4_gemm16_act(g, dx, ldx, in, n, NULL, &err);
+    CHECK(d16 != NULL, "activation of %u x %u: %s", n, in, err.msg);
+    std::vector<__half> got((size_t)n * in);
+    cudaError_t c = d16 ? cudaMemcpy(got.data(), d16, got.size() * sizeof(__half), cudaMemcpyDeviceToHost)
+                        : cudaErrorInvalidValue;
+    CHECK(c == cudaSuccess, "copy back: %s", cudaGetErrorString(c));
+    std::vector<ds4_block_q8_0_act> act(in / 32);
+    long bad = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        ds4_quantize_q8_0_act(&x[t * ldx], act.data(), in);
+        for (uint32_t k = 0; k < in; k++)
+            bad += __half_as_ushort(got[(size_t)t * in + k]) !=
+                   __half_as_ushort(__float2half_rn(act[k / 32].d * (float)act[k / 32].qs[k % 32]));
+    }
+    CHECK(bad == 0, "activation of %u x %u (ldx %zu): %ld values differ from the CPU's Q8_0", n, in, ldx, bad);
+    printf("activation %3u x %5u (ldx %zu): %ld values differ from the CPU's Q8_0\n", n, in, ldx, bad);
+    cudaFree(dx);
+}
+
 int main(void) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) TEST_SKIP("no CUDA device");
@@ -91,6 +125,9 @@ int main(void) {
         printf("FAIL: %s\n", err.msg);
         return 1;
     }
+    act_case(g, 4096, 37, 4096);
+    act_case(g, 4096, 9, 32768); /* an out_a group's strided input */
+    act_case(g, 96, 3, 104);     /* a partial warp of threads */
     run_case(g, 1024, 4096, 37, 4096, 1024);    /* q_a */
     run_case(g, 2048, 1024, 128, 1024, 2048);   /* part of q_b */
     run_case(g, 256, 8192, 5, 8192, 4096);      /* out_b rows, strided output */
@@ -98,6 +135,7 @@ int main(void) {
     CHECK(!ds4_gemm16_fits(g, 4096, 8192 + 32, 1), "a weight past the buffer is refused");
     CHECK(!ds4_gemm16_fits(g, 16, 100, 1), "a width that is not whole Q8_0 blocks is refused");
     CHECK(ds4_gemm16_q8_0(g, NULL, 16, 100, NULL, 100, 1, NULL, 16, NULL, &err) != 0, "and reported");
+    CHECK(ds4_gemm16_act(g, NULL, 4096, 4096, 257, NULL, &err) == NULL, "an activation past the buffer is refused");
     ds4_gemm16_free(g);
     return TEST_DONE();
 }

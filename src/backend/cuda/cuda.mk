@@ -88,9 +88,10 @@ $(CUDA_BUILD)/tests/test_cuda_gemm16: $(CUDA_BUILD)/obj/tests/test_cuda_gemm16.o
 	@mkdir -p $(dir $@)
 	$(NVCC) $(CUDA_ARCHS) $^ -lcublas -lm -o $@
 
-# Self-contained (includes the prefill's device code), same flags as cuda_prefill.o.
-$(CUDA_BUILD)/tests/test_cuda_attention: tests/test_cuda_attention.cu
+# Includes the prefill's device code, same flags as cuda_prefill.o; the CPU
+# quantiser (src/quant) is its oracle for the f16 output.
+$(CUDA_BUILD)/tests/test_cuda_attention: tests/test_cuda_attention.cu $(CUDA_HOST_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -fmad=false $(CUDA_ARCHS) -MMD -MP $< -o $@
+	$(NVCC) $(NVCCFLAGS) -fmad=false $(CUDA_ARCHS) -MMD -MP $< $(CUDA_HOST_OBJ) -lm -o $@
 
 -include $(CUDA_BUILD)/tests/test_cuda_attention.d $(CUDA_BUILD)/obj/tests/test_cuda_gemm16.d $(CUDA_LIB_OBJ:.o=.d) $(CUDA_BENCH_OBJ:.o=.d) $(C_LIB_OBJ:.o=.d) $(PROG_OBJ:.o=.d) $(CUDA_HOST_OBJ:.o=.d)

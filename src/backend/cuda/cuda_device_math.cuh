@@ -106,11 +106,16 @@ static __device__ float2 rope_cs(int k, int64_t pos, const rope_dev &rp) {
     return make_float2(cosf(theta), sinf(theta));
 }
 
+/* A pair (x0, x1) rotated by the angle of cosine c, sine s. */
+static __device__ __forceinline__ void rope_rot2(float &x0, float &x1, float c, float s) {
+    const float a = x0, b = x1;
+    x0 = a * c - b * s;
+    x1 = a * s + b * c;
+}
+
 /* Pair k of a tail t rotated by the angle of cosine c, sine s. */
 static __device__ __forceinline__ void rope_rotate(float *t, int k, float c, float s) {
-    float x0 = t[2 * k], x1 = t[2 * k + 1];
-    t[2 * k] = x0 * c - x1 * s;
-    t[2 * k + 1] = x0 * s + x1 * c;
+    rope_rot2(t[2 * k], t[2 * k + 1], c, s);
 }
 
 /* One RoPE pair k of a tail t[0..n_rot) at position pos (inverse: the
@@ -171,24 +176,34 @@ static __device__ float e2m1_round_dev(float v) {
  * value divided by it, clamped to ±limit, rounded to the format and scaled
  * back (numerics.c fp8_kv_roundtrip, indexer_qat); sc: n/B floats of
  * shared scratch. */
+/* A block's scale from the largest |value| of its values (a fmaxf fold from 0). */
+template <bool FP4>
+static __device__ __forceinline__ float scaled_block_scale(float amax) {
+    constexpr float lim = FP4 ? 6.0f : 448.0f, amax_floor = FP4 ? 7.052966104933725e-38f : 1e-4f;
+    if (amax < amax_floor) amax = amax_floor;
+    return exp2f(ceilf(log2f(amax / lim)));
+}
+
+/* One value's round trip at its block's scale. */
+template <bool FP4>
+static __device__ __forceinline__ float scaled_round(float x, float scale) {
+    constexpr float lim = FP4 ? 6.0f : 448.0f;
+    float q = x / scale;
+    q = fminf(lim, fmaxf(-lim, q));
+    return (FP4 ? e2m1_round_dev(q) : e4m3_round_dev(q)) * scale;
+}
+
 template <bool FP4>
 static __device__ void block_scaled_roundtrip(float *x, int n, float *sc) {
     constexpr int B = FP4 ? 32 : 64;
-    constexpr float lim = FP4 ? 6.0f : 448.0f, amax_floor = FP4 ? 7.052966104933725e-38f : 1e-4f;
     __syncthreads();
     for (int b = threadIdx.x; b < n / B; b += blockDim.x) {
         float amax = 0.0f;
         for (int i = 0; i < B; i++) amax = fmaxf(amax, fabsf(x[B * b + i]));
-        if (amax < amax_floor) amax = amax_floor;
-        sc[b] = exp2f(ceilf(log2f(amax / lim)));
+        sc[b] = scaled_block_scale<FP4>(amax);
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < n / B * B; i += blockDim.x) {
-        float scale = sc[i / B];
-        float q = x[i] / scale;
-        q = fminf(lim, fmaxf(-lim, q));
-        x[i] = (FP4 ? e2m1_round_dev(q) : e4m3_round_dev(q)) * scale;
-    }
+    for (int i = threadIdx.x; i < n / B * B; i += blockDim.x) x[i] = scaled_round<FP4>(x[i], sc[i / B]);
     __syncthreads();
 }
 

@@ -412,6 +412,23 @@ static __device__ __forceinline__ int warp_q8_0_code(float v, float *d) {
     return round_clamp(__fmul_rn(v, id), -128, 127);
 }
 
+/* The same Q8_0 block held by four consecutive lanes 4k..4k+3, eight values
+ * each (lane 4k+j: values 8j..8j+7), for bandwidth-bound conversions: the
+ * d and codes of warp_q8_0_code (the same maximum, division and rounding),
+ * each d·q rounded to f16 into h. Every lane of the warp must call it. */
+static __device__ __forceinline__ void quad_q8_0_f16(const float v[8], __half2 h[4]) {
+    float amax = fabsf(v[0]);
+#pragma unroll
+    for (int j = 1; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        h[j] = __floats2half2_rn(__fmul_rn(d, (float)round_clamp(__fmul_rn(v[2 * j], id), -128, 127)),
+                                 __fmul_rn(d, (float)round_clamp(__fmul_rn(v[2 * j + 1], id), -128, 127)));
+}
+
 /* The same block as the 36-byte block of the quantised activation (f32 d,
  * then the 32 codes) at blk. */
 static __device__ __forceinline__ void warp_q8_0_block(float v, uint8_t *blk, int lane) {

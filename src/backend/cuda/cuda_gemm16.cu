@@ -38,16 +38,24 @@ __global__ void k_g16_weights(const uint8_t *w, size_t n_parts, __half *out) {
     *(uint4 *)(out + 8 * i) = *(const uint4 *)h;
 }
 
-/* Warp w: Q8_0 block w % (in/32) of token w / (in/32), quantised as the
- * CPU does (warp_q8_0_code), each d·q rounded to f16; out is [n][in]. */
-__global__ void k_g16_act(const float *x, size_t ldx, uint32_t in, uint32_t n, __half *out) {
-    const uint32_t bpt = in / 32, lane = threadIdx.x & 31;
-    const size_t wi = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    if (wi >= (size_t)n * bpt) return;
-    const size_t t = wi / bpt, b = wi % bpt;
-    float d;
-    const int q = warp_q8_0_code(x[t * ldx + 32 * b + lane], &d);
-    out[t * in + 32 * b + lane] = __float2half_rn(__fmul_rn(d, (float)q));
+/* Thread i: values 8(i % (in/8)).. of token i / (in/8), four threads a
+ * Q8_0 block, quantised as the CPU does (quad_q8_0_f16: warp_q8_0_code's
+ * d and codes), each d·q rounded to f16; out is [n][ldo]. Two 16-byte loads
+ * a thread keep the conversion at memory speed (a warp a block, one
+ * 128-byte load each, ran at a third of it). */
+__global__ void k_g16_act(const float *x, size_t ldx, uint32_t in, uint32_t n, __half *out, size_t ldo) {
+    const uint32_t per_tok = in / 8;
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, t = i / per_tok, c = 8 * (i % per_tok);
+    const bool on = t < n; /* every lane reaches the shuffles */
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f), b = a;
+    if (on) {
+        a = *(const float4 *)(x + t * ldx + c);
+        b = *(const float4 *)(x + t * ldx + c + 4);
+    }
+    const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    __align__(16) __half2 h[4];
+    quad_q8_0_f16(v, h);
+    if (on) *(uint4 *)(out + t * ldo + c) = *(const uint4 *)h;
 }
 
 static int blas_fail(ds4_err *err, const char *what, cublasStatus_t s) {
@@ -86,12 +94,13 @@ int ds4_gemm16_new(ds4_gemm16 **out, size_t max_w, size_t max_x, ds4_err *err) {
     return 0;
 }
 
-/* Y (column-major rows × n, ldy) = W16ᵀ (W16: in × rows) · X16 (in × n),
- * f16 inputs, f32 accumulation and output: the product and its warm-up. */
-static cublasStatus_t g16_product(ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n, float *y, size_t ldy) {
+/* Y (column-major rows × n, ldy) = W16ᵀ (W16: in × rows) · X16 (in × n,
+ * ldx), f16 inputs, f32 accumulation and output: the product and its warm-up. */
+static cublasStatus_t g16_product(ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n, const __half *x16, size_t ldx,
+                                  float *y, size_t ldy) {
     const float one = 1.0f, zero = 0.0f;
     return cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)in, &one, g->w16, CUDA_R_16F,
-                        (int)in, g->x16, CUDA_R_16F, (int)in, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
+                        (int)in, x16, CUDA_R_16F, (int)ldx, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
                         CUBLAS_GEMM_DEFAULT);
 }
 
@@ -99,19 +108,42 @@ int ds4_gemm16_fits(const ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n)
     return g && in % 32 == 0 && (size_t)rows * in <= g->max_w && (size_t)n * in <= g->max_x;
 }
 
+const void *ds4_gemm16_act(ds4_gemm16 *g, const float *x, size_t ldx, uint32_t in, uint32_t n, ds4_cuda_stream stream,
+                           ds4_err *err) {
+    if (!g || in % 32 || ldx % 4 || ((uintptr_t)x & 15) || (size_t)n * in > g->max_x) {
+        ds4_fail(err, "cuda: f16 activation of %u x %u (stride %zu) does not fit its buffer", n, in, ldx);
+        return NULL;
+    }
+    size_t threads = (size_t)n * (in / 8);
+    k_g16_act<<<(unsigned)((threads + 255) / 256), 256, 0, (cudaStream_t)stream>>>(x, ldx, in, n, g->x16, in);
+    cudaError_t c = cudaGetLastError();
+    if (c != cudaSuccess) {
+        ds4_fail(err, "cuda: f16 activation: %s", cudaGetErrorString(c));
+        return NULL;
+    }
+    return g->x16;
+}
+
+int ds4_gemm16_q8_0_x16(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const void *x16, size_t ldx16,
+                        uint32_t n, float *y, size_t ldy, ds4_cuda_stream stream, ds4_err *err) {
+    if (!ds4_gemm16_fits(g, rows, in, n) || ldx16 < in)
+        return ds4_fail(err, "cuda: f16 product of %u x %u for %u tokens does not fit its buffers", rows, in, n);
+    cudaStream_t st = (cudaStream_t)stream;
+    size_t parts = (size_t)rows * in / 8;
+    k_g16_weights<<<(unsigned)((parts + 255) / 256), 256, 0, st>>>((const uint8_t *)w, parts, g->w16);
+    cudaError_t c = cudaGetLastError();
+    if (c != cudaSuccess) return ds4_fail(err, "cuda: f16 weights: %s", cudaGetErrorString(c));
+    cublasStatus_t s = cublasSetStream(g->blas, st);
+    if (s == CUBLAS_STATUS_SUCCESS) s = g16_product(g, rows, in, n, (const __half *)x16, ldx16, y, ldy);
+    return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_fail(err, "f16 product", s);
+}
+
 int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const float *x, size_t ldx, uint32_t n,
                     float *y, size_t ldy, ds4_cuda_stream stream, ds4_err *err) {
     if (!ds4_gemm16_fits(g, rows, in, n))
         return ds4_fail(err, "cuda: f16 product of %u x %u for %u tokens does not fit its buffers", rows, in, n);
-    cudaStream_t st = (cudaStream_t)stream;
-    size_t parts = (size_t)rows * in / 8, warps = (size_t)n * (in / 32);
-    k_g16_weights<<<(unsigned)((parts + 255) / 256), 256, 0, st>>>((const uint8_t *)w, parts, g->w16);
-    k_g16_act<<<(unsigned)((warps * 32 + 255) / 256), 256, 0, st>>>(x, ldx, in, n, g->x16);
-    cudaError_t c = cudaGetLastError();
-    if (c != cudaSuccess) return ds4_fail(err, "cuda: f16 product conversion: %s", cudaGetErrorString(c));
-    cublasStatus_t s = cublasSetStream(g->blas, st);
-    if (s == CUBLAS_STATUS_SUCCESS) s = g16_product(g, rows, in, n, y, ldy);
-    return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_fail(err, "f16 product", s);
+    const void *x16 = ds4_gemm16_act(g, x, ldx, in, n, stream, err);
+    return x16 ? ds4_gemm16_q8_0_x16(g, w, rows, in, x16, in, n, y, ldy, stream, err) : -1;
 }
 
 void ds4_gemm16_warm(void) {
@@ -121,7 +153,7 @@ void ds4_gemm16_warm(void) {
     ds4_err err = {{0}};
     if (ds4_gemm16_new(&g, N * N, N * N, &err) == 0 && cudaMalloc((void **)&y, 4 * N * N) == cudaSuccess &&
         cudaMemset(g->w16, 0, 2 * N * N) == cudaSuccess && cudaMemset(g->x16, 0, 2 * N * N) == cudaSuccess) {
-        g16_product(g, N, N, N, y, N);
+        g16_product(g, N, N, N, g->x16, N, y, N);
         cudaDeviceSynchronize();
     }
     cudaFree(y);

@@ -45,6 +45,20 @@ int ds4_gemm16_fits(const ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n)
 int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const float *x, size_t ldx, uint32_t n,
                     float *y, size_t ldy, ds4_cuda_stream st, ds4_err *err);
 
+/* ds4_gemm16_q8_0 in two halves, so that one activation serves several
+ * products (q_a and kv, the shared expert's gate and up):
+ * ds4_gemm16_act quantises and rounds x (16-byte aligned, ldx a multiple
+ * of 4) into the handle's f16 buffer and returns it ([n][in], device
+ * memory; NULL and *err when it does not fit); the buffer holds it until
+ * the next ds4_gemm16_act or ds4_gemm16_q8_0. ds4_gemm16_q8_0_x16
+ * multiplies by an activation already in that form (f16 of each Q8_0 d·q,
+ * rows of stride ldx16 ≥ in): the buffer's, or one a kernel wrote that way
+ * (the prefill attention's output, quad_q8_0_f16). */
+const void *ds4_gemm16_act(ds4_gemm16 *g, const float *x, size_t ldx, uint32_t in, uint32_t n, ds4_cuda_stream st,
+                           ds4_err *err);
+int ds4_gemm16_q8_0_x16(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const void *x16, size_t ldx16,
+                        uint32_t n, float *y, size_t ldy, ds4_cuda_stream st, ds4_err *err);
+
 /* cuBLAS loads its libraries and kernels at a process's first product
  * (~50-60 ms on an H200, which the first prefill chunk would pay): one small
  * product through the same handle set-up and call, at model load, takes

@@ -233,11 +233,17 @@ struct pfq {
     const float *memo_x; /* what w->act holds: x quantised for memo_type, memo_in wide, memo_n tokens */
     uint32_t memo_type, memo_in;
     int memo_n;
+    const float *g16_x; /* what the f16 products' activation buffer g16_x16 holds: g16_n rows of g16_in, stride g16_ld */
+    const void *g16_x16;
+    size_t g16_ld;
+    uint32_t g16_in;
+    int g16_n;
 };
 
-/* The inputs changed: act and xh/xl no longer hold a known input. */
+/* The inputs changed: act, xh/xl and the f16 activation no longer hold a known input. */
 static void forget(pfq *q) {
     q->memo_x = NULL;
+    q->g16_x = NULL;
     q->w->split_x = NULL;
 }
 
@@ -255,11 +261,12 @@ static int proj_rows(pfq *q, const dmat &m, uint32_t row0, uint32_t n_rows, uint
                      int n, float *Y, size_t ldy, uint8_t *buf) {
     const uint8_t *wt = m.w + (uint64_t)row0 * (plain(m.type) ? (uint64_t)in * (m.type == DS4_TYPE_F16 ? 2 : 4)
                                                               : m.row_bytes);
-    if (m.type == DS4_TYPE_F16 && in % HG_BK == 0 && ((uintptr_t)wt & 15) == 0 && (size_t)n * in <= q->w->split_n) {
+    if (m.type == DS4_TYPE_F16 && in % HG_BK == 0 && ((uintptr_t)wt & 15) == 0 && ((uintptr_t)X & 15) == 0 &&
+        ldx % 4 == 0 && (size_t)n * in <= q->w->split_n) {
         pf_ws *w = q->w;
         if (w->split_x != X || w->split_ld != ldx || w->split_in != in || w->split_rows != n) {
-            size_t items = (size_t)n * in;
-            pf_split_f16<<<(unsigned)((items + 255) / 256), 256, 0, q->st>>>(X, ldx, in, n, w->xh, w->xl);
+            size_t threads = (size_t)n * in / 8;
+            pf_split_f16<<<(unsigned)((threads + 255) / 256), 256, 0, q->st>>>(X, ldx, in, n, w->xh, w->xl);
             w->split_x = X, w->split_ld = ldx, w->split_in = in, w->split_rows = n;
         }
         dim3 grid((n_rows + HG_BN - 1) / HG_BN, (n + HG_BM - 1) / HG_BM);
@@ -271,8 +278,16 @@ static int proj_rows(pfq *q, const dmat &m, uint32_t row0, uint32_t n_rows, uint
         pf_gemm_plain<<<grid, 256, 0, q->st>>>(wt, m.type == DS4_TYPE_F16, n_rows, in, X, ldx, n, Y, ldy);
         return launched(q->err, "prefill plain gemm");
     }
-    if (m.type == DS4_TYPE_Q8_0 && ds4_gemm16_fits(q->w->g16, n_rows, in, (uint32_t)n))
-        return ds4_gemm16_q8_0(q->w->g16, wt, n_rows, in, X, ldx, (uint32_t)n, Y, ldy, (ds4_cuda_stream)q->st, q->err);
+    if (m.type == DS4_TYPE_Q8_0 && ds4_gemm16_fits(q->w->g16, n_rows, in, (uint32_t)n)) {
+        if (q->g16_x != X || q->g16_ld != ldx || q->g16_in != in || q->g16_n != n) {
+            q->g16_x = NULL;
+            q->g16_x16 = ds4_gemm16_act(q->w->g16, X, ldx, in, (uint32_t)n, (ds4_cuda_stream)q->st, q->err);
+            if (!q->g16_x16) return -1;
+            q->g16_x = X, q->g16_ld = ldx, q->g16_in = in, q->g16_n = n;
+        }
+        return ds4_gemm16_q8_0_x16(q->w->g16, wt, n_rows, in, q->g16_x16, in, (uint32_t)n, Y, ldy,
+                                   (ds4_cuda_stream)q->st, q->err);
+    }
     if (ldx != in) return ds4_fail(q->err, "cuda prefill: strided input to a quantised product");
     const void *act = quantize(q, m.type, X, in, n, buf);
     if (!act) return -1;
@@ -346,13 +361,17 @@ static int indexer(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) {
         int n = T - t0;
         size_t qd = (size_t)nih * ihd;
         if (proj_rows(q, L->idx_q_b, 0, L->idx_q_b.rows, L->idx_q_b.in, w->qr + (size_t)t0 * hp->q_lora, hp->q_lora, n,
-                      w->iq + (size_t)t0 * qd, qd, w->act2) ||
-            proj_rows(q, L->idx_proj, 0, L->idx_proj.rows, L->idx_proj.in, w->a + (size_t)t0 * hp->n_embd, hp->n_embd,
-                      n, w->iw + (size_t)t0 * nih, nih, w->act))
+                      w->iq + (size_t)t0 * qd, qd, w->act2))
             return -1;
-        pf_idx_query<<<dim3(nih, n), 128, ihd * sizeof(float), q->st>>>(w->iq + (size_t)t0 * qd,
-                                                                         w->iw + (size_t)t0 * nih, ihd, nih,
-                                                                         e->rope_comp, pos0 + t0);
+        /* the head weights w->iw came with the compressor projections */
+        unsigned qgrid = (unsigned)(((size_t)n * nih + PF_IQ_WARPS - 1) / PF_IQ_WARPS);
+        float *iq = w->iq + (size_t)t0 * qd, *iw = w->iw + (size_t)t0 * nih;
+        switch (ihd) {
+        case 64: pf_idx_query<2><<<qgrid, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0, n); break;
+        case 128: pf_idx_query<4><<<qgrid, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0, n); break;
+        case 256: pf_idx_query<8><<<qgrid, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0, n); break;
+        default: pf_idx_query<16><<<qgrid, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0, n); break;
+        }
         if (launched(q->err, "prefill indexer query")) return -1;
         pmark(q->st, "indexer q, w");
         for (int b = t0; b < T; b += w->score_tok) {
@@ -390,7 +409,9 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
         return -1;
     int coff = L->ratio == 4 ? 2 : 1;
     if (L->ratio && (proj(q, L->comp_kv, w->a, T, w->ckv) || proj(q, L->comp_gate, w->a, T, w->csc))) return -1;
-    if (L->ratio == 4 && (proj(q, L->idx_comp_kv, w->a, T, w->ikv) || proj(q, L->idx_comp_gate, w->a, T, w->isc)))
+    /* ratio 4: the indexer's compressor and head weights, every token (from the same split of a) */
+    if (L->ratio == 4 && (proj(q, L->idx_comp_kv, w->a, T, w->ikv) || proj(q, L->idx_comp_gate, w->a, T, w->isc) ||
+                          proj(q, L->idx_proj, w->a, T, w->iw)))
         return -1;
     pmark(q->st, "q_a, kv, compressor proj");
     pf_rmsnorm<<<T, 512, 0, q->st>>>(w->qr, hp->q_lora, w->qr, hp->q_lora, L->q_a_norm, (int)hp->q_lora, hp->rms_eps);
@@ -416,18 +437,28 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
         return -1;
     pf_att pa = {K->raw, w->kvc, K->comp, L->ratio == 4 ? w->sel : NULL, L->ratio == 4 ? w->n_sel : NULL,
                  (int)hp->n_swa, (int)L->ratio, pos0, (int)hp->indexer_top_k};
+    /* with f16 output projections the attention writes their f16 input itself (over att) */
+    uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group, nlow = hp->n_out_group * hp->o_lora;
+    __half *att16 = w->g16 && L->out_a.type == DS4_TYPE_Q8_0 ? (__half *)w->att : NULL;
     dim3 agrid((hp->n_head + 16 * w->att_mb - 1) / (16 * w->att_mb), T);
     if (w->att_mb == 2)
-        pf_attention<2><<<agrid, 256, pf_att_smem(2, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att);
+        pf_attention<2><<<agrid, 256, pf_att_smem(2, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att,
+                                                                   att16);
     else
-        pf_attention<1><<<agrid, 128, pf_att_smem(1, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att);
+        pf_attention<1><<<agrid, 128, pf_att_smem(1, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att,
+                                                                   att16);
     int first = T > (int)hp->n_swa ? T - (int)hp->n_swa : 0;
     pf_ring_put<<<T - first, 256, 0, q->st>>>(w->kvc, hd, first, pos0, K->raw, (int)hp->n_swa);
     if (launched(q->err, "prefill attention")) return -1;
     pmark(q->st, "attention");
     /* grouped output projection: group g's heads → rows g·o_lora.. of out_a */
-    uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group, nlow = hp->n_out_group * hp->o_lora;
-    if (plain(L->out_a.type) || (w->g16 && L->out_a.type == DS4_TYPE_Q8_0)) { /* a group at a time */
+    if (att16) {
+        for (uint32_t g = 0; g < hp->n_out_group; g++)
+            if (ds4_gemm16_q8_0_x16(w->g16, L->out_a.w + (uint64_t)g * hp->o_lora * L->out_a.row_bytes, hp->o_lora,
+                                    gdim, att16 + g * gdim, qdim, (uint32_t)T, w->low + g * hp->o_lora, nlow,
+                                    (ds4_cuda_stream)q->st, q->err))
+                return -1;
+    } else if (plain(L->out_a.type)) { /* a group at a time */
         for (uint32_t g = 0; g < hp->n_out_group; g++)
             if (proj_rows(q, L->out_a, g * hp->o_lora, hp->o_lora, gdim, w->att + g * gdim, qdim, T,
                           w->low + g * hp->o_lora, nlow, w->act2))
@@ -540,8 +571,9 @@ static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int 
 /* The kernels' shapes and shared memory for this model on this device;
  * the attention's heads a block (w->att_mb) from the device's limit. */
 static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
-    if (hp->head_dim < 64 || hp->head_dim > 512 || (hp->head_dim & (hp->head_dim - 1)) || hp->n_rot > hp->head_dim || hp->n_indexer_head > 64 ||
-        hp->indexer_head_dim % 16)
+    uint32_t ihd = hp->indexer_head_dim;
+    if (hp->head_dim < 64 || hp->head_dim > 512 || (hp->head_dim & (hp->head_dim - 1)) || hp->n_rot > hp->head_dim ||
+        hp->n_indexer_head > 64 || (ihd && (ihd < 64 || ihd > 512 || (ihd & (ihd - 1)))))
         return ds4_fail(err, "cuda prefill: heads of %u (indexer %u of %u) are beyond the kernels' shapes",
                         hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);
     /* attention: 32 heads a block where the device's shared memory allows, else 16 */

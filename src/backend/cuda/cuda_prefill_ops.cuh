@@ -294,15 +294,22 @@ __global__ void __launch_bounds__(256) pf_gemm_plain(const void *W, int f16, uin
 }
 
 /* X (n rows of `in` f32, stride ldx) as hi + lo f16 rows of `in`:
- * hi = f16(x), lo = f16(x - hi), so hi + lo keeps ~22 bits of x. */
+ * hi = f16(x), lo = f16(x - hi), so hi + lo keeps ~22 bits of x. Eight
+ * values a thread (in and ldx multiples of 8 and 4, X 16-byte aligned):
+ * a value a thread ran at a third of memory speed. */
 __global__ void pf_split_f16(const float *X, size_t ldx, uint32_t in, int n, __half *xh, __half *xl) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)n * in) return;
-    size_t t = i / in, k = i % in;
-    float v = X[t * ldx + k];
-    __half hi = __float2half_rn(v);
-    xh[i] = hi;
-    xl[i] = __float2half_rn(v - __half2float(hi));
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, t = i / (in / 8), k = 8 * (i % (in / 8));
+    if (t >= (size_t)n) return;
+    const float4 a = *(const float4 *)(X + t * ldx + k), b = *(const float4 *)(X + t * ldx + k + 4);
+    const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    __align__(16) __half hi[8], lo[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        hi[j] = __float2half_rn(v[j]);
+        lo[j] = __float2half_rn(v[j] - __half2float(hi[j]));
+    }
+    *(uint4 *)(xh + t * in + k) = *(const uint4 *)hi;
+    *(uint4 *)(xl + t * in + k) = *(const uint4 *)lo;
 }
 
 /* F16 weights on tensor cores: Y[t][r] = W_r · (hi_t + lo_t), two f16
@@ -560,20 +567,71 @@ __global__ void pf_comp_state(pf_comp c, int T, float *st_kv, float *st_sc) {
 
 /* ---- indexer (compressor.c indexer_select) ---- */
 
-/* Query heads of the active tokens (grid nih × n): RoPE at pos, QAT; the
- * first block of each token scales its head weights by 1/√(ihd·nih). */
-__global__ void pf_idx_query(float *iq, float *iw, int ihd, int nih, rope_dev rp, int pos_first) {
-    extern __shared__ float xs[];
-    __shared__ float sc[64];
-    int t = blockIdx.y;
-    float *qh = iq + ((size_t)t * nih + blockIdx.x) * ihd;
-    for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
-    block_rope(xs, ihd, pos_first + t, rp, false);
-    block_indexer_qat(xs, ihd, sc);
-    for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
-    if (blockIdx.x == 0) {
-        float denom = sqrtf((float)(ihd * nih));
-        for (int h = threadIdx.x; h < nih; h += blockDim.x) iw[(size_t)t * nih + h] = iw[(size_t)t * nih + h] / denom;
+/* Query heads of the active tokens, a warp per (token, head): RoPE at pos,
+ * QAT; head 0's warp scales its token's head weights by 1/√(ihd·nih).
+ * Lane l holds values V·l .. V·l+V-1 (ihd = 32·V, V ≥ 2, so a RoPE pair
+ * stays in a lane); the same operations as block_rope + block_indexer_qat,
+ * the Hadamard's partners across lanes by shuffles, so the same bits — a
+ * block of ihd threads a head spent its time in barriers (0.88 ms of an 8k
+ * chunk's ratio-4 layer on an H200). */
+enum { PF_IQ_WARPS = 8 };
+template <int V>
+__global__ void __launch_bounds__(PF_IQ_WARPS * 32) pf_idx_query(float *iq, float *iw, int nih, rope_dev rp,
+                                                                   int pos_first, int n) {
+    constexpr int IHD = 32 * V;
+    const int lane = threadIdx.x & 31, item = blockIdx.x * PF_IQ_WARPS + (threadIdx.x >> 5);
+    if (item >= n * nih) return; /* whole warps */
+    const int t = item / nih, head = item % nih;
+    float *qh = iq + (size_t)item * IHD;
+    float x[V];
+#pragma unroll
+    for (int v = 0; v < V; v += 2) *(float2 *)&x[v] = *(const float2 *)(qh + V * lane + v);
+    /* RoPE of the tail: pair k holds values IHD - n_rot + 2k, +1 */
+#pragma unroll
+    for (int v = 0; v < V; v += 2) {
+        const int k = (V * lane + v - (IHD - rp.n_rot)) / 2;
+        if (V * lane + v >= IHD - rp.n_rot) {
+            const float2 cs = rope_cs(k, pos_first + t, rp);
+            rope_rot2(x[v], x[v + 1], cs.x, cs.y);
+        }
+    }
+    /* Hadamard, Sylvester order: value e pairs with e ^ h; the lower index takes a + b, the upper a - b */
+#pragma unroll
+    for (int h = 1; h < IHD; h *= 2) {
+        if (h < V) {
+#pragma unroll
+            for (int v = 0; v < V; v++)
+                if (!(v & h)) {
+                    const float a = x[v], b = x[v + h];
+                    x[v] = a + b;
+                    x[v + h] = a - b;
+                }
+        } else {
+            const bool upper = lane & (h / V);
+#pragma unroll
+            for (int v = 0; v < V; v++) {
+                const float o = __shfl_xor_sync(0xffffffffu, x[v], h / V);
+                x[v] = upper ? o - x[v] : x[v] + o;
+            }
+        }
+    }
+    const float s = (float)(1.0 / sqrt((double)IHD));
+#pragma unroll
+    for (int v = 0; v < V; v++) x[v] *= s;
+    /* FP4 e2m1 round trip in blocks of 32 values (32/V lanes), as block_scaled_roundtrip<true> */
+    float amax = 0.0f;
+#pragma unroll
+    for (int v = 0; v < V; v++) amax = fmaxf(amax, fabsf(x[v]));
+#pragma unroll
+    for (int o = 1; o < 32 / V; o *= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float scale = scaled_block_scale<true>(amax);
+#pragma unroll
+    for (int v = 0; v < V; v++) x[v] = scaled_round<true>(x[v], scale);
+#pragma unroll
+    for (int v = 0; v < V; v += 2) *(float2 *)(qh + V * lane + v) = *(const float2 *)&x[v];
+    if (head == 0) {
+        const float denom = sqrtf((float)(IHD * nih));
+        for (int h = lane; h < nih; h += 32) iw[(size_t)t * nih + h] = iw[(size_t)t * nih + h] / denom;
     }
 }
 
@@ -602,7 +660,10 @@ __global__ void __launch_bounds__(1024, 1) pf_idx_topk(const float *scores_all, 
  * the output P·V are f16 mma.sync with f32 accumulation, Q and P each split
  * as hi + lo f16 (two products) so they keep ~22 bits, K = V exact (f16
  * rows). The softmax is online (running max from the sink, rescaled sums);
- * the output × 1/den, rotated back at p. Heads padded to 16s.
+ * the output × 1/den, rotated back at p. Heads padded to 16s. The output
+ * is f32 (out), or, with out16, what the Q8_0 output projection on f16
+ * tensor cores reads (cuda_gemm16.h): each 32-value block quantised as the
+ * CPU does and d·q rounded to f16 — the f32 rows are never written.
  *
  * Work split: the block's 4·MB warps are (m-tile of 16 heads, quarter of
  * the head dims). For S each warp sums its quarter of the dims (A = Q from
@@ -643,7 +704,8 @@ static inline size_t pf_att_smem(int mb, int hd, int r = PA_ROWS) {
 
 template <int MB, int R = PA_ROWS>
 __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
-                                                            int n_head, rope_dev rp, float *out) {
+                                                            int n_head, rope_dev rp, float *out,
+                                                            __half *out16) {
     static_assert(R == 16 || R == 32, "tile rows");
     extern __shared__ __align__(16) unsigned char pa_raw[];
     constexpr int HB = 16 * MB, SP = R + 4, PS = R + 8, NC = R / 8; /* NC: softmax columns a thread */
@@ -817,6 +879,20 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         rope_pair(os + hl * hd + hd - rp.n_rot, k, p, rp, true);
     }
     __syncthreads();
+    if (out16) { /* as k_g16_act would convert the f32 output (hd a multiple of 32: whole blocks a head) */
+        __half *o = out16 + ((size_t)t * n_head + h0) * hd;
+        const int n8 = n_valid * hd / 8;
+        for (int i0 = 0; i0 < n8; i0 += blockDim.x) { /* the same trip count for every lane */
+            const int i = i0 + tid;
+            const float4 a = i < n8 ? ((const float4 *)os)[2 * i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            const float4 b = i < n8 ? ((const float4 *)os)[2 * i + 1] : a;
+            const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            __align__(16) __half2 h[4];
+            quad_q8_0_f16(v, h);
+            if (i < n8) ((uint4 *)o)[i] = *(const uint4 *)h;
+        }
+        return;
+    }
     float4 *o = (float4 *)(out + ((size_t)t * n_head + h0) * hd);
     for (int i = tid; i < n_valid * hd / 4; i += blockDim.x) o[i] = ((const float4 *)os)[i];
 }
