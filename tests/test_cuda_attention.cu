@@ -209,7 +209,7 @@ static void launch(const att_data *a, att_shape sh, cudaStream_t st, __half *out
                  NSWA, c.ratio, c.pos0, TOPK};
     rope_dev rp = {0, 1.0f, 0, 1.0f, 0.0f, 1.0f};
     dim3 grid(HEADS / (16 * sh.mb), c.T);
-    size_t smem = pf_att_smem(sh.mb, HD, sh.r);
+    size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.r);
     if (sh.mb == 2 && sh.r == 16)
         pf_attention<2, 16><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
     else if (sh.mb == 1 && sh.r == 16)
@@ -512,7 +512,7 @@ int main(void) {
     bool fits[4];
     for (int i = 0; i < 4; i++) {
         att_shape sh = shapes[i];
-        size_t smem = pf_att_smem(sh.mb, HD, sh.r);
+        size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.r);
         fits[i] = smem <= (size_t)optin;
         printf("%d heads a block, %d-row tiles: %zu bytes of shared memory%s\n", 16 * sh.mb, sh.r, smem,
                fits[i] ? "" : " (over the device's limit: not run)");

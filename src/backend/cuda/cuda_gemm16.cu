@@ -95,12 +95,13 @@ int ds4_gemm16_new(ds4_gemm16 **out, size_t max_w, size_t max_x, ds4_err *err) {
 }
 
 /* Y (column-major rows × n, ldy) = W16ᵀ (W16: in × rows) · X16 (in × n,
- * ldx), f16 inputs, f32 accumulation and output: the product and its warm-up. */
-static cublasStatus_t g16_product(ds4_gemm16 *g, uint32_t rows, uint32_t in, uint32_t n, const __half *x16, size_t ldx,
-                                  float *y, size_t ldy) {
-    const float one = 1.0f, zero = 0.0f;
-    return cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)in, &one, g->w16, CUDA_R_16F,
-                        (int)in, x16, CUDA_R_16F, (int)ldx, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
+ * ldx) + beta·Y, f16 inputs, f32 accumulation and output: every product
+ * and the warm-up. */
+static cublasStatus_t g16_product(ds4_gemm16 *g, const __half *w16, uint32_t rows, uint32_t in, uint32_t n,
+                                  const __half *x16, size_t ldx, float beta, float *y, size_t ldy) {
+    const float one = 1.0f;
+    return cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)in, &one, w16, CUDA_R_16F, (int)in,
+                        x16, CUDA_R_16F, (int)ldx, &beta, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
                         CUBLAS_GEMM_DEFAULT);
 }
 
@@ -134,7 +135,7 @@ int ds4_gemm16_q8_0_x16(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in
     cudaError_t c = cudaGetLastError();
     if (c != cudaSuccess) return ds4_fail(err, "cuda: f16 weights: %s", cudaGetErrorString(c));
     cublasStatus_t s = cublasSetStream(g->blas, st);
-    if (s == CUBLAS_STATUS_SUCCESS) s = g16_product(g, rows, in, n, (const __half *)x16, ldx16, y, ldy);
+    if (s == CUBLAS_STATUS_SUCCESS) s = g16_product(g, g->w16, rows, in, n, (const __half *)x16, ldx16, 0.0f, y, ldy);
     return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_fail(err, "f16 product", s);
 }
 
@@ -146,6 +147,18 @@ int ds4_gemm16_q8_0(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, co
     return x16 ? ds4_gemm16_q8_0_x16(g, w, rows, in, x16, in, n, y, ldy, stream, err) : -1;
 }
 
+int ds4_gemm16_f16_split(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const void *xh, const void *xl,
+                         uint32_t n, float *y, size_t ldy, ds4_cuda_stream stream, ds4_err *err) {
+    if (!g || ((uintptr_t)w & 15) || in % 8)
+        return ds4_fail(err, "cuda: f16 product of %u x %u: unaligned weights or no handle", rows, in);
+    cublasStatus_t s = cublasSetStream(g->blas, (cudaStream_t)stream);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = g16_product(g, (const __half *)w, rows, in, n, (const __half *)xh, in, 0.0f, y, ldy);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = g16_product(g, (const __half *)w, rows, in, n, (const __half *)xl, in, 1.0f, y, ldy);
+    return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_fail(err, "f16 product", s);
+}
+
 void ds4_gemm16_warm(void) {
     enum { N = 256 };
     ds4_gemm16 *g = NULL;
@@ -153,7 +166,7 @@ void ds4_gemm16_warm(void) {
     ds4_err err = {{0}};
     if (ds4_gemm16_new(&g, N * N, N * N, &err) == 0 && cudaMalloc((void **)&y, 4 * N * N) == cudaSuccess &&
         cudaMemset(g->w16, 0, 2 * N * N) == cudaSuccess && cudaMemset(g->x16, 0, 2 * N * N) == cudaSuccess) {
-        g16_product(g, N, N, N, g->x16, N, y, N);
+        g16_product(g, g->w16, N, N, N, g->x16, N, 0.0f, y, N);
         cudaDeviceSynchronize();
     }
     cudaFree(y);

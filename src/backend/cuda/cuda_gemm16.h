@@ -59,6 +59,18 @@ const void *ds4_gemm16_act(ds4_gemm16 *g, const float *x, size_t ldx, uint32_t i
 int ds4_gemm16_q8_0_x16(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const void *x16, size_t ldx16,
                         uint32_t n, float *y, size_t ldy, ds4_cuda_stream st, ds4_err *err);
 
+/* Y[t·ldy + r] = W_r · (hi_t + lo_t) for an F16 matrix W (rows × in as
+ * stored, 16-byte aligned) and n tokens already split into f16 halves
+ * hi = f16(x), lo = f16(x - hi) ([n][in] each; ~22 bits of x): two cuBLAS
+ * products with f32 accumulation, the second added onto the first. The
+ * prefill's own kernel (pf_gemm_f16) sums each 16-wide k slice from zero,
+ * so its error does not grow with K as the tensor cores' accumulation
+ * does (~1e-5 of Σ|w·x| at K = 4096, notes/cuda-kernels.md §9); this one
+ * is about twice as fast and the prefill's default (--quality keeps
+ * pf_gemm_f16). */
+int ds4_gemm16_f16_split(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in, const void *xh, const void *xl,
+                         uint32_t n, float *y, size_t ldy, ds4_cuda_stream st, ds4_err *err);
+
 /* cuBLAS loads its libraries and kernels at a process's first product
  * (~50-60 ms on an H200, which the first prefill chunk would pay): one small
  * product through the same handle set-up and call, at model load, takes

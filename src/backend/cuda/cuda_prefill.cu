@@ -61,7 +61,7 @@ struct pf_ws {
     uint32_t split_in;
     int split_rows;
     int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2>) */
-    ds4_gemm16 *g16; /* Q8_0 products on f16 tensor cores (cuda_gemm16.h); NULL with --quality */
+    ds4_gemm16 *g16; /* Q8_0 and F16 products by cuBLAS (cuda_gemm16.h); NULL with --quality */
     void *bufs[64];
     int n_bufs;
 };
@@ -269,6 +269,9 @@ static int proj_rows(pfq *q, const dmat &m, uint32_t row0, uint32_t n_rows, uint
             pf_split_f16<<<(unsigned)((threads + 255) / 256), 256, 0, q->st>>>(X, ldx, in, n, w->xh, w->xl);
             w->split_x = X, w->split_ld = ldx, w->split_in = in, w->split_rows = n;
         }
+        if (w->g16) /* not --quality */
+            return ds4_gemm16_f16_split(w->g16, wt, n_rows, in, w->xh, w->xl, (uint32_t)n, Y, ldy,
+                                        (ds4_cuda_stream)q->st, q->err);
         dim3 grid((n_rows + HG_BN - 1) / HG_BN, (n + HG_BM - 1) / HG_BM);
         pf_gemm_f16<<<grid, 256, pf_gemm_f16_smem(), q->st>>>((const __half *)wt, n_rows, in, w->xh, w->xl, n, Y, ldy);
         return launched(q->err, "prefill f16 gemm");
@@ -441,12 +444,11 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group, nlow = hp->n_out_group * hp->o_lora;
     __half *att16 = w->g16 && L->out_a.type == DS4_TYPE_Q8_0 ? (__half *)w->att : NULL;
     dim3 agrid((hp->n_head + 16 * w->att_mb - 1) / (16 * w->att_mb), T);
+    size_t att_smem = pf_att_smem(w->att_mb, hd, (int)hp->indexer_top_k);
     if (w->att_mb == 2)
-        pf_attention<2><<<agrid, 256, pf_att_smem(2, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att,
-                                                                   att16);
+        pf_attention<2><<<agrid, 256, att_smem, q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att, att16);
     else
-        pf_attention<1><<<agrid, 128, pf_att_smem(1, hd), q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att,
-                                                                   att16);
+        pf_attention<1><<<agrid, 128, att_smem, q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att, att16);
     int first = T > (int)hp->n_swa ? T - (int)hp->n_swa : 0;
     pf_ring_put<<<T - first, 256, 0, q->st>>>(w->kvc, hd, first, pos0, K->raw, (int)hp->n_swa);
     if (launched(q->err, "prefill attention")) return -1;
@@ -582,8 +584,9 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     if (c == cudaSuccess) c = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (c != cudaSuccess) return cuda_fail(err, "prefill device attributes", c);
     int hd = (int)hp->head_dim;
-    w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd) <= (size_t)optin ? 2 : 1;
-    size_t smem = pf_att_smem(w->att_mb, hd);
+    int top_k = (int)hp->indexer_top_k;
+    w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd, top_k) <= (size_t)optin ? 2 : 1;
+    size_t smem = pf_att_smem(w->att_mb, hd, top_k);
     if (smem > (size_t)optin || pf_gemm_f16_smem() > (size_t)optin ||
         idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim) > (size_t)optin)
         return ds4_fail(err,

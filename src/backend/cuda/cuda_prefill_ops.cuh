@@ -655,7 +655,9 @@ __global__ void __launch_bounds__(1024, 1) pf_idx_topk(const float *scores_all, 
 /* ---- attention: a block per (token, group of 16·MB heads), on tensor cores ----
  * Rows of token t (position p): raw positions lo..p (lo = max(0, p-n_swa+1))
  * from the ring (before pos0) or the chunk's rows kvc, then the visible
- * compressed rows or the indexer's selection. Rows stream through shared
+ * compressed rows or the indexer's selection (staged in shared memory
+ * first: read from global memory, each tile's row copies waited on an
+ * index load — 9% of the kernel's time). Rows stream through shared
  * memory in tiles of R (cp.async, double-buffered); scores S = Q·Kᵀ and
  * the output P·V are f16 mma.sync with f32 accumulation, Q and P each split
  * as hi + lo f16 (two products) so they keep ~22 bits, K = V exact (f16
@@ -696,10 +698,12 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
 /* Offset (in halves) of 16-byte chunk c of row r in a swizzled [rows][hd] f16 array. */
 __device__ __forceinline__ int pa_sw(int r, int c, int hd) { return r * hd + ((c ^ (r & 7)) << 3); }
 
-/* Shared bytes of pf_attention<mb, r> for heads of hd (a power of two, 64..512). */
-static inline size_t pf_att_smem(int mb, int hd, int r = PA_ROWS) {
+/* Shared bytes of pf_attention<mb, r> for heads of hd (a power of two, 64..512)
+ * and an indexer selection of top_k rows. */
+static inline size_t pf_att_smem(int mb, int hd, int top_k, int r = PA_ROWS) {
     size_t hb = 16 * (size_t)mb;
-    return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4;
+    return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4 +
+           (size_t)top_k * 4;
 }
 
 template <int MB, int R = PA_ROWS>
@@ -714,6 +718,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
     float *sp = (float *)(kt + 2 * R * hd); /* [quarter][HB][SP] partial scores */
     __half *ph = (__half *)(sp + 4 * HB * SP), *pl = ph + HB * PS;
     float *resc = (float *)(pl + HB * PS), *lfin = resc + HB;
+    int *pk = (int *)(lfin + HB); /* the token's selection (a.top_k rows) */
     float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
     const int h0 = blockIdx.x * HB, t = blockIdx.y, p = a.pos0 + t;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, m = warp >> 2, quarter = warp & 3;
@@ -721,9 +726,12 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
     const int *pick = NULL;
     if (a.ratio) {
         n_comp = (p + 1) / a.ratio;
-        if (a.n_sel && a.n_sel[t] >= 0) {
+        if (a.n_sel && a.n_sel[t] >= 0) { /* the same for the whole block */
             n_comp = a.n_sel[t];
-            pick = a.sel + (size_t)t * a.top_k;
+            const int *sel = a.sel + (size_t)t * a.top_k;
+            for (int i = threadIdx.x; i < n_comp; i += blockDim.x) pk[i] = sel[i];
+            __syncthreads();
+            pick = pk;
         }
     }
     const int nr = n_raw + n_comp, n_tiles = (nr + R - 1) / R;
