@@ -779,6 +779,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
  * and with big = 1 at most one 64 tile per expert. The 128 tiles are
  * entries 0 .. n_big-1 of tile_expert / tile_slot, the 64 tiles entries
  * n_big .. n_big+n_small-1. */
+enum { PLAN_BATCH = 8 };
 __global__ void __launch_bounds__(1024) k_plan(const int32_t *ids, const float *wts, uint32_t n_pairs, uint32_t n_used,
                                                uint32_t n_expert, int big, uint32_t n_big, uint32_t n_small,
                                                uint32_t bound, int *tile_expert, int *tile_slot, int *pair_tok,
@@ -789,9 +790,18 @@ __global__ void __launch_bounds__(1024) k_plan(const int32_t *ids, const float *
     const int tid = threadIdx.x, nt = blockDim.x;
     for (uint32_t e = tid; e < n_expert; e += nt) cnt[e] = fill[e] = 0;
     __syncthreads();
-    for (uint32_t i = tid; i < n_pairs; i += nt) {
-        int e = ids[i];
-        if (e >= 0 && (uint32_t)e < n_expert) atomicAdd(&cnt[e], 1);
+    /* the pairs in rounds of PLAN_BATCH a thread, every id of a round loaded
+     * before any is used (one load latency a round, not one a pair) */
+    for (uint32_t i0 = 0; i0 < n_pairs; i0 += PLAN_BATCH * nt) {
+        int e[PLAN_BATCH];
+#pragma unroll
+        for (int k = 0; k < PLAN_BATCH; k++) {
+            uint32_t i = i0 + k * nt + tid;
+            e[k] = i < n_pairs ? ids[i] : -1;
+        }
+#pragma unroll
+        for (int k = 0; k < PLAN_BATCH; k++)
+            if (e[k] >= 0 && (uint32_t)e[k] < n_expert) atomicAdd(&cnt[e[k]], 1);
     }
     __syncthreads();
     if (tid == 0) {
@@ -820,15 +830,27 @@ __global__ void __launch_bounds__(1024) k_plan(const int32_t *ids, const float *
         for (int q = off[e] + cnt[e]; q < off[e + 1]; q++) pair_tok[q] = -1, pair_w[q] = 0.0f;
     }
     for (uint32_t q = off[n_expert] + tid; q < bound; q += nt) pair_tok[q] = -1, pair_w[q] = 0.0f;
-    for (uint32_t i = tid; i < n_pairs; i += nt) {
-        int e = ids[i];
-        if (e >= 0 && (uint32_t)e < n_expert) {
-            int q = off[e] + atomicAdd(&fill[e], 1);
-            pair_tok[q] = (int)(i / n_used);
-            pair_w[q] = wts[i];
-            pair_of[i] = q;
-        } else {
-            pair_of[i] = -1;
+    for (uint32_t i0 = 0; i0 < n_pairs; i0 += PLAN_BATCH * nt) {
+        int e[PLAN_BATCH];
+        float wt[PLAN_BATCH];
+#pragma unroll
+        for (int k = 0; k < PLAN_BATCH; k++) {
+            uint32_t i = i0 + k * nt + tid;
+            e[k] = i < n_pairs ? ids[i] : -1;
+            wt[k] = i < n_pairs ? wts[i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < PLAN_BATCH; k++) {
+            uint32_t i = i0 + k * nt + tid;
+            if (i >= n_pairs) break;
+            if (e[k] >= 0 && (uint32_t)e[k] < n_expert) {
+                int q = off[e[k]] + atomicAdd(&fill[e[k]], 1);
+                pair_tok[q] = (int)(i / n_used);
+                pair_w[q] = wt[k];
+                pair_of[i] = q;
+            } else {
+                pair_of[i] = -1;
+            }
         }
     }
 }
