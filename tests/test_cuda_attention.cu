@@ -11,8 +11,9 @@
  * after); ratio 128 from position 0 (the first tokens see fewer rows than
  * a tile); ratio 0. RoPE is off (n_rot 0: the rotation is the decode
  * step's code, checked by test_cuda_forward). Reference: for each checked
- * (token, head) the softmax over the sink and the rows of Q·K/√hd in
- * double, then P·V; Q as the kernel gets it (f32), rows as stored (f16).
+ * (token, head) the head's unweighted RMSNorm (the kernel norms q_b's
+ * output as it loads it), the softmax over the sink and the rows of
+ * Q·K/√hd in double, then P·V; rows as stored (f16).
  * Passes when every checked output is within 1e-4 of the largest |ref| of
  * its head (the kernel keeps Q and P to ~22 bits, K/V exact), and when the
  * kernel's f16 output (for the f16 output projection) is, bit for bit, the
@@ -48,6 +49,7 @@ extern "C" {
 #include "../src/backend/cuda/cuda_topk_grid.cuh"
 
 enum { HEADS = 64, HD = 512, NSWA = 128, TOPK = 512 };
+static const float EPS = 1e-6f; /* the heads' RMSNorm */
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static double urand(void) { /* [-1, 1) */
@@ -178,11 +180,14 @@ static void reference(att_data *a) {
         std::vector<const float *> r = rows_of(a, t);
         s.resize(r.size());
         for (int h = 0; h < HEADS; h++) {
-            const float *qh = &a->q[((size_t)t * HEADS + h) * HD];
+            const float *qraw = &a->q[((size_t)t * HEADS + h) * HD];
+            double qh[HD], ss = 0.0; /* the head normed (unweighted RMSNorm), as the kernel prepares it */
+            for (int i = 0; i < HD; i++) ss += (double)qraw[i] * qraw[i];
+            for (int i = 0; i < HD; i++) qh[i] = qraw[i] / sqrt(ss / HD + EPS);
             double m = a->sinks[h];
             for (size_t k = 0; k < r.size(); k++) {
                 double d = 0.0;
-                for (int i = 0; i < HD; i++) d += (double)qh[i] * (double)r[k][i];
+                for (int i = 0; i < HD; i++) d += qh[i] * (double)r[k][i];
                 s[k] = d / sqrt((double)HD);
                 if (s[k] > m) m = s[k];
             }
@@ -211,13 +216,13 @@ static void launch(const att_data *a, att_shape sh, cudaStream_t st, __half *out
     dim3 grid(HEADS / (16 * sh.mb), c.T);
     size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.r);
     if (sh.mb == 2 && sh.r == 16)
-        pf_attention<2, 16><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
+        pf_attention<2, HD, 16><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HEADS, EPS, rp, a->d_out, out16);
     else if (sh.mb == 1 && sh.r == 16)
-        pf_attention<1, 16><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
+        pf_attention<1, HD, 16><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HEADS, EPS, rp, a->d_out, out16);
     else if (sh.mb == 2)
-        pf_attention<2, 32><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
+        pf_attention<2, HD, 32><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HEADS, EPS, rp, a->d_out, out16);
     else
-        pf_attention<1, 32><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HD, HEADS, rp, a->d_out, out16);
+        pf_attention<1, HD, 32><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HEADS, EPS, rp, a->d_out, out16);
 }
 
 /* The f16 output (out16: what the f16 output projection reads) of the
@@ -517,8 +522,8 @@ int main(void) {
         printf("%d heads a block, %d-row tiles: %zu bytes of shared memory%s\n", 16 * sh.mb, sh.r, smem,
                fits[i] ? "" : " (over the device's limit: not run)");
         if (!fits[i]) continue;
-        const void *f = sh.mb == 2 ? (sh.r == 16 ? (const void *)pf_attention<2, 16> : (const void *)pf_attention<2, 32>)
-                                   : (sh.r == 16 ? (const void *)pf_attention<1, 16> : (const void *)pf_attention<1, 32>);
+        const void *f = sh.mb == 2 ? (sh.r == 16 ? (const void *)pf_attention<2, HD, 16> : (const void *)pf_attention<2, HD, 32>)
+                                   : (sh.r == 16 ? (const void *)pf_attention<1, HD, 16> : (const void *)pf_attention<1, HD, 32>);
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CK(cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
     }

@@ -8,7 +8,8 @@
  *   HC pre (mix for all tokens, Sinkhorn per token, x, attn norm);
  *   Q low-rank, KV, the compressors' projections for all T tokens (batched
  *   products: cuda_mmq.h for quantised weights, pf_gemm_plain for F16/F32);
- *   Q/KV norms, RoPE, FP8 round-trip, the chunk's KV rows as f16;
+ *   KV norm, RoPE, FP8 round-trip, the chunk's KV rows as f16 (q's heads
+ *   are normed and rotated by the attention kernel as it loads them);
  *   compressors: every emission of the chunk pooled in parallel from the
  *   chunk's projections and the frontier saved before the chunk, then the
  *   frontier as the walk leaves it; the indexer's scores and top-k per
@@ -60,7 +61,7 @@ struct pf_ws {
     const float *split_x; /* what xh/xl hold: split_rows rows of split_in from split_x */
     uint32_t split_in;
     int split_rows;
-    int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2>) */
+    int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2, hd>) */
     ds4_gemm16 *g16; /* Q8_0 and F16 products by cuBLAS (cuda_gemm16.h); NULL with --quality */
     void *bufs[64];
     int n_bufs;
@@ -423,12 +424,10 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
         proj_rows(q, L->q_b, 0, L->q_b.rows, L->q_b.in, w->qr, hp->q_lora, T, w->q, L->q_b.rows, w->act2))
         return -1;
     pmark(q->st, "q norm, q_b");
-    int n_qh = T * (int)hp->n_head;
-    pf_q_prepare<<<(n_qh + PF_QP_WARPS - 1) / PF_QP_WARPS, PF_QP_WARPS * 32, 0, q->st>>>(
-        w->q, (int)hp->n_head, hd, hp->rms_eps, rp, pos0, n_qh);
+    /* q's heads are prepared (norm, RoPE) by the attention kernel as it loads them */
     pf_kv_prepare<<<T, 512, hd * sizeof(float), q->st>>>(w->kv, L->kv_a_norm, hd, n_rot, hp->rms_eps, rp, pos0, w->kvc);
-    if (launched(q->err, "prefill q/kv prepare")) return -1;
-    pmark(q->st, "q/kv prepare");
+    if (launched(q->err, "prefill kv prepare")) return -1;
+    pmark(q->st, "kv prepare");
     if (L->ratio &&
         compressor(q, w->ckv, w->csc, (size_t)coff * hd, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->st_n, K->comp,
                    (int)L->ratio, coff, hd, false, pos0, T))
@@ -444,11 +443,14 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group, nlow = hp->n_out_group * hp->o_lora;
     __half *att16 = w->g16 && L->out_a.type == DS4_TYPE_Q8_0 ? (__half *)w->att : NULL;
     dim3 agrid((hp->n_head + 16 * w->att_mb - 1) / (16 * w->att_mb), T);
-    size_t att_smem = pf_att_smem(w->att_mb, hd, (int)hp->indexer_top_k);
-    if (w->att_mb == 2)
-        pf_attention<2><<<agrid, 256, att_smem, q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att, att16);
-    else
-        pf_attention<1><<<agrid, 128, att_smem, q->st>>>(w->q, pa, L->sinks, hd, (int)hp->n_head, rp, w->att, att16);
+    const float *qv = w->q, *sinks = L->sinks;
+    float *att32 = w->att;
+    int n_head = (int)hp->n_head;
+    float eps = hp->rms_eps;
+    void *args[] = {&qv, &pa, &sinks, &n_head, &eps, &rp, &att32, &att16};
+    cudaError_t c = cudaLaunchKernel(pf_att_kernel(w->att_mb, hd), agrid, dim3(128 * w->att_mb), args,
+                                     pf_att_smem(w->att_mb, hd, (int)hp->indexer_top_k), q->st);
+    if (c != cudaSuccess) return cuda_fail(q->err, "prefill attention", c);
     int first = T > (int)hp->n_swa ? T - (int)hp->n_swa : 0;
     pf_ring_put<<<T - first, 256, 0, q->st>>>(w->kvc, hd, first, pos0, K->raw, (int)hp->n_swa);
     if (launched(q->err, "prefill attention")) return -1;
@@ -574,8 +576,8 @@ static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int 
  * the attention's heads a block (w->att_mb) from the device's limit. */
 static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     uint32_t ihd = hp->indexer_head_dim;
-    if (hp->head_dim < 64 || hp->head_dim > 512 || (hp->head_dim & (hp->head_dim - 1)) || hp->n_rot > hp->head_dim ||
-        hp->n_indexer_head > 64 || (ihd && (ihd < 64 || ihd > 512 || (ihd & (ihd - 1)))))
+    if (!pf_att_kernel(1, (int)hp->head_dim) || hp->n_rot > hp->head_dim || hp->n_indexer_head > 64 ||
+        (ihd && (ihd < 64 || ihd > 512 || (ihd & (ihd - 1)))))
         return ds4_fail(err, "cuda prefill: heads of %u (indexer %u of %u) are beyond the kernels' shapes",
                         hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);
     /* attention: 32 heads a block where the device's shared memory allows, else 16 */
@@ -594,13 +596,9 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
                         "bytes of shared memory a block, the device allows %d",
                         smem, pf_gemm_f16_smem(),
                         idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim), optin);
-    c = w->att_mb == 2
-            ? cudaFuncSetAttribute(pf_attention<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
-            : cudaFuncSetAttribute(pf_attention<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (c == cudaSuccess)
-        c = w->att_mb == 2
-                ? cudaFuncSetAttribute(pf_attention<2>, cudaFuncAttributePreferredSharedMemoryCarveout, 100)
-                : cudaFuncSetAttribute(pf_attention<1>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+    const void *att = pf_att_kernel(w->att_mb, hd);
+    c = cudaFuncSetAttribute(att, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (c == cudaSuccess) c = cudaFuncSetAttribute(att, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     if (c == cudaSuccess)
         c = cudaFuncSetAttribute(pf_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_gemm_f16_smem());
     if (c == cudaSuccess)

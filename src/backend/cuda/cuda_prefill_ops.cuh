@@ -405,29 +405,6 @@ __global__ void __launch_bounds__(256) pf_gemm_f16(const __half *W, uint32_t n_r
             }
 }
 
-/* Per (token, head), a warp each (PF_QP_WARPS a block; hd ≤ 512):
- * unweighted RMSNorm, RoPE of the tail at pos0+t. n_items = T·n_head. */
-enum { PF_QP_WARPS = 8 };
-__global__ void __launch_bounds__(PF_QP_WARPS * 32) pf_q_prepare(float *q, int n_head, int hd, float eps,
-                                                                 rope_dev rp, int pos0, int n_items) {
-    __shared__ float xs_all[PF_QP_WARPS][512];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, item = blockIdx.x * PF_QP_WARPS + warp;
-    if (item >= n_items) return;
-    float *xs = xs_all[warp], *qh = q + (size_t)item * hd;
-    double ss = 0.0;
-    for (int i = lane; i < hd; i += 32) {
-        xs[i] = qh[i];
-        ss += (double)xs[i] * (double)xs[i];
-    }
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    float s = ds4_rms_scale(ss, hd, eps);
-    for (int i = lane; i < hd; i += 32) xs[i] = xs[i] * s;
-    __syncwarp();
-    for (int k = lane; k < rp.n_rot / 2; k += 32) rope_pair(xs + hd - rp.n_rot, k, pos0 + item / n_head, rp, false);
-    __syncwarp();
-    for (int i = lane; i < hd; i += 32) qh[i] = xs[i];
-}
-
 /* Per token: weighted RMSNorm, RoPE, FP8 round-trip, f16 → kvc[t]. */
 __global__ void pf_kv_prepare(const float *kv, const float *norm_w, int hd, int n_rot, float eps, rope_dev rp,
                               int pos0, __half *kvc) {
@@ -662,7 +639,8 @@ __global__ void __launch_bounds__(1024, 1) pf_idx_topk(const float *scores_all, 
  * the output P·V are f16 mma.sync with f32 accumulation, Q and P each split
  * as hi + lo f16 (two products) so they keep ~22 bits, K = V exact (f16
  * rows). The softmax is online (running max from the sink, rescaled sums);
- * the output × 1/den, rotated back at p. Heads padded to 16s. The output
+ * the output × 1/den, rotated back at p. Heads padded to 16s. q is q_b's
+ * output: the block norms and rotates its heads as it loads them. The output
  * is f32 (out), or, with out16, what the Q8_0 output projection on f16
  * tensor cores reads (cuda_gemm16.h): each 32-value block quantised as the
  * CPU does and d·q rounded to f16 — the f32 rows are never written.
@@ -686,11 +664,13 @@ struct pf_att {
     int n_swa, ratio, pos0, top_k;
 };
 
-__device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int n_raw, int lo, const int *pick,
-                                                    int hd) {
+/* Row r of the token's rows (raw rows from position lo, ring slot ring0 =
+ * lo % n_swa; then the compressed rows). */
+__device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int n_raw, int lo, int ring0,
+                                                    const int *pick, int hd) {
     if (r < n_raw) {
-        int pos = lo + r;
-        return pos < a.pos0 ? a.ring + (size_t)(pos % a.n_swa) * hd : a.kvc + (size_t)(pos - a.pos0) * hd;
+        const int pos = lo + r, slot = ring0 + r < a.n_swa ? ring0 + r : ring0 + r - a.n_swa; /* r < n_swa */
+        return pos < a.pos0 ? a.ring + (size_t)slot * hd : a.kvc + (size_t)(pos - a.pos0) * hd;
     }
     return a.comp + (size_t)(pick ? pick[r - n_raw] : r - n_raw) * hd;
 }
@@ -698,19 +678,20 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
 /* Offset (in halves) of 16-byte chunk c of row r in a swizzled [rows][hd] f16 array. */
 __device__ __forceinline__ int pa_sw(int r, int c, int hd) { return r * hd + ((c ^ (r & 7)) << 3); }
 
-/* Shared bytes of pf_attention<mb, r> for heads of hd (a power of two, 64..512)
- * and an indexer selection of top_k rows. */
+/* Shared bytes of pf_attention<mb, hd, r> for heads of hd and an indexer
+ * selection of top_k rows. */
 static inline size_t pf_att_smem(int mb, int hd, int top_k, int r = PA_ROWS) {
     size_t hb = 16 * (size_t)mb;
     return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4 +
            (size_t)top_k * 4;
 }
 
-template <int MB, int R = PA_ROWS>
-__global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_att a, const float *sinks, int hd,
-                                                            int n_head, rope_dev rp, float *out,
-                                                            __half *out16) {
+template <int MB, int HD, int R = PA_ROWS>
+__global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_att a, const float *sinks, int n_head,
+                                                            float eps, rope_dev rp, float *out, __half *out16) {
     static_assert(R == 16 || R == 32, "tile rows");
+    static_assert(HD >= 128 && HD <= 512 && (HD & (HD - 1)) == 0, "head size");
+    constexpr int hd = HD; /* a constant: the loops unroll and the swizzled addresses fold (-16% time) */
     extern __shared__ __align__(16) unsigned char pa_raw[];
     constexpr int HB = 16 * MB, SP = R + 4, PS = R + 8, NC = R / 8; /* NC: softmax columns a thread */
     __half *qh = (__half *)pa_raw, *ql = qh + HB * hd;
@@ -734,7 +715,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
             pick = pk;
         }
     }
-    const int nr = n_raw + n_comp, n_tiles = (nr + R - 1) / R;
+    const int nr = n_raw + n_comp, n_tiles = (nr + R - 1) / R, ring0 = lo % a.n_swa;
     const int chunks = hd >> 3, qd = hd >> 2, NT = hd >> 5;
     /* tile loads: thread tid copies chunk c_ld of rows r_ld, r_ld + r_step, ...
      * (hd a power of two up to 512, so chunks divides the block) */
@@ -745,7 +726,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
             int row = j * R + r;
             __half *d = dst + pa_sw(r, c_ld, hd);
             if (row < nr) {
-                const __half *src = pf_att_row(a, row, n_raw, lo, pick, hd) + c_ld * 8;
+                const __half *src = pf_att_row(a, row, n_raw, lo, ring0, pick, hd) + c_ld * 8;
                 asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)), "l"(src));
             } else {
                 *(uint4 *)d = make_uint4(0, 0, 0, 0);
@@ -754,19 +735,51 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         asm volatile("cp.async.commit_group;");
     };
     load_tile(0, 0);
-    /* Q of the block's heads as hi + lo halves; padded heads zero */
-    const float *qt = q + (size_t)t * n_head * hd;
-    for (int i = tid; i < HB * hd / 4; i += blockDim.x) {
-        int hl = (4 * i) / hd, d = 4 * i - hl * hd;
-        float4 v = h0 + hl < n_head ? *(const float4 *)(qt + (size_t)(h0 + hl) * hd + d)
-                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        __half2 h01 = __floats2half2_rn(v.x, v.y), h23 = __floats2half2_rn(v.z, v.w);
-        float2 f01 = __half22float2(h01), f23 = __half22float2(h23);
-        int o = pa_sw(hl, d >> 3, hd) + (d & 7);
-        *(__half2 *)(qh + o) = h01;
-        *(__half2 *)(qh + o + 2) = h23;
-        *(__half2 *)(ql + o) = __floats2half2_rn(v.x - f01.x, v.y - f01.y);
-        *(__half2 *)(ql + o + 2) = __floats2half2_rn(v.z - f23.x, v.w - f23.y);
+    /* Q of the block's heads from q_b's output, as forward.c prepares a
+     * head (unweighted RMSNorm: the sum of squares in double, lane-strided,
+     * then the xor tree; RoPE of the tail at p), into hi + lo halves (padded
+     * heads zero). A warp a head, the next head's values loaded while this
+     * one is done; the RoPE pairs (values e, e+1) sit in lanes 2m, 2m+1. */
+    float2 *cs = (float2 *)sp; /* (cos, sin) of pair k at p; sp is free until the first tile */
+    for (int k = tid; k < rp.n_rot / 2; k += blockDim.x) cs[k] = rope_cs(k, p, rp);
+    __syncthreads();
+    {
+        constexpr int NW = MB * 4, V = HD / 32;
+        const float *qt = q + (size_t)t * n_head * hd;
+        float nx[V];
+        auto fetch = [&](int hl) {
+            const bool on = h0 + hl < n_head;
+#pragma unroll
+            for (int j = 0; j < V; j++) nx[j] = on ? qt[(size_t)(h0 + hl) * hd + 32 * j + lane] : 0.0f;
+        };
+        fetch(warp);
+        for (int hl = warp; hl < HB; hl += NW) {
+            float v[V];
+#pragma unroll
+            for (int j = 0; j < V; j++) v[j] = nx[j];
+            if (hl + NW < HB) fetch(hl + NW);
+            double ss = 0.0;
+#pragma unroll
+            for (int j = 0; j < V; j++) ss += (double)v[j] * (double)v[j];
+            for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+            const float s = ds4_rms_scale(ss, hd, eps);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                v[j] = v[j] * s;
+                const float other = __shfl_xor_sync(0xffffffffu, v[j], 1);
+                const int e = 32 * j + (lane & ~1);
+                if (e >= hd - rp.n_rot) {
+                    const float2 c = cs[(e - (hd - rp.n_rot)) / 2];
+                    float x0 = lane & 1 ? other : v[j], x1 = lane & 1 ? v[j] : other;
+                    rope_rot2(x0, x1, c.x, c.y);
+                    v[j] = lane & 1 ? x1 : x0;
+                }
+                const int d = 32 * j + lane, o = pa_sw(hl, d >> 3, hd) + (d & 7);
+                const __half hi = __float2half_rn(v[j]);
+                qh[o] = hi;
+                ql[o] = __float2half_rn(v[j] - __half2float(hi));
+            }
+        }
     }
     /* softmax role: head hs of the block, columns NC·sub .. NC·sub+NC-1 of a
      * tile; the running max and sum start from the sink (exp(sink - m) = 1) */
@@ -904,6 +917,18 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
     float4 *o = (float4 *)(out + ((size_t)t * n_head + h0) * hd);
     for (int i = tid; i < n_valid * hd / 4; i += blockDim.x) o[i] = ((const float4 *)os)[i];
 }
+
+/* The attention kernel for mb m-tiles a block and heads of hd (128, 256 or
+ * 512; NULL otherwise), 16-row tiles: for cudaFuncSetAttribute and
+ * cudaLaunchKernel (arguments as pf_attention's). */
+template <int MB>
+static const void *pf_att_for(int hd) {
+    return hd == 128   ? (const void *)pf_attention<MB, 128>
+           : hd == 256 ? (const void *)pf_attention<MB, 256>
+           : hd == 512 ? (const void *)pf_attention<MB, 512>
+                       : NULL;
+}
+static inline const void *pf_att_kernel(int mb, int hd) { return mb == 2 ? pf_att_for<2>(hd) : pf_att_for<1>(hd); }
 
 /* ---- MoE ---- */
 
