@@ -51,7 +51,7 @@ struct pf_ws {
     float *H, *mix, *pre, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw, *scores;
     float *att, *low, *y, *router, *ew, *sg, *su, *smid, *sh, *mid, *hc_flat, *hmix, *ehc, *logits;
     float *snap_kv, *snap_sc;
-    __half *kvc;
+    __half *kvc, *mid16; /* mid16: the shared expert's SwiGLU as its f16 down input */
     int32_t *ids, *sel, *n_sel;
     uint8_t *act, *act2, *moe_ws;
     size_t act_bytes, moe_ws_bytes, score_ld;
@@ -165,7 +165,7 @@ static int pf_ws_new(ds4_cuda_session *s, int cap, bool f16, pf_ws **out, ds4_er
     F(iq, C * hp->n_indexer_head * ihd); F(iw, C * hp->n_indexer_head);
     F(scores, (size_t)w->score_tok * max_vis); F(sel, C * hp->indexer_top_k); F(n_sel, C);
     F(att, C * qdim); F(low, C * low); F(y, C * D); F(router, C * hp->n_expert); F(ids, C * nu); F(ew, C * nu);
-    F(sg, C * ff); F(su, C * ff); F(smid, C * ff); F(sh, C * D); F(mid, C * nu * ff);
+    F(sg, C * ff); F(su, C * ff); F(smid, C * ff); F(mid16, C * ff); F(sh, C * D); F(mid, C * nu * ff);
     F(hc_flat, HC_N * D); F(hmix, PF_MIX); F(ehc, D); F(logits, hp->n_vocab);
     F(snap_kv, st_max); F(snap_sc, st_max);
     w->split_n = C * max_sz(max_sz(D, hp->q_lora), max_sz(qdim / hp->n_out_group, max_sz(low, ff)));
@@ -368,13 +368,12 @@ static int indexer(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) {
                       w->iq + (size_t)t0 * qd, qd, w->act2))
             return -1;
         /* the head weights w->iw came with the compressor projections */
-        unsigned qgrid = (unsigned)(((size_t)n * nih + PF_IQ_WARPS - 1) / PF_IQ_WARPS);
         float *iq = w->iq + (size_t)t0 * qd, *iw = w->iw + (size_t)t0 * nih;
         switch (ihd) {
-        case 64: pf_idx_query<2><<<qgrid, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0, n); break;
-        case 128: pf_idx_query<4><<<qgrid, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0, n); break;
-        case 256: pf_idx_query<8><<<qgrid, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0, n); break;
-        default: pf_idx_query<16><<<qgrid, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0, n); break;
+        case 64: pf_idx_query<2><<<n, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0); break;
+        case 128: pf_idx_query<4><<<n, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0); break;
+        case 256: pf_idx_query<8><<<n, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0); break;
+        default: pf_idx_query<16><<<n, PF_IQ_WARPS * 32, 0, q->st>>>(iq, iw, nih, e->rope_comp, pos0 + t0); break;
         }
         if (launched(q->err, "prefill indexer query")) return -1;
         pmark(q->st, "indexer q, w");
@@ -497,10 +496,19 @@ static int ffn(pfq *q, uint32_t il, int T) {
     if (plain(L->gate_sh.type) || sh_g16) { /* three products and the SwiGLU between */
         if (proj(q, L->gate_sh, w->a, T, w->sg) || proj(q, L->up_sh, w->a, T, w->su)) return -1;
         size_t n = (size_t)T * ff;
-        pf_swiglu_rows<<<(unsigned)((n + 255) / 256), 256, 0, q->st>>>(w->sg, w->su, n, L->clamp, w->smid);
-        if (launched(q->err, "prefill shared swiglu") ||
-            proj_rows(q, L->down_sh, 0, L->down_sh.rows, L->down_sh.in, w->smid, ff, T, w->sh, D, w->act2))
-            return -1;
+        if (sh_g16) { /* the SwiGLU written as the down product's f16 input */
+            pf_swiglu_q8_0_f16<<<(unsigned)((n / 8 + 255) / 256), 256, 0, q->st>>>(w->sg, w->su, n, L->clamp,
+                                                                                     w->mid16);
+            if (launched(q->err, "prefill shared swiglu") ||
+                ds4_gemm16_q8_0_x16(w->g16, L->down_sh.w, D, ff, w->mid16, ff, (uint32_t)T, w->sh, D,
+                                    (ds4_cuda_stream)q->st, q->err))
+                return -1;
+        } else {
+            pf_swiglu_rows<<<(unsigned)((n + 255) / 256), 256, 0, q->st>>>(w->sg, w->su, n, L->clamp, w->smid);
+            if (launched(q->err, "prefill shared swiglu") ||
+                proj_rows(q, L->down_sh, 0, L->down_sh.rows, L->down_sh.in, w->smid, ff, T, w->sh, D, w->act2))
+                return -1;
+        }
     } else {
         const void *act = quantize(q, L->gate_sh.type, w->a, D, T, w->act);
         /* ids of the shared expert: token t's slot 0 of expert 0 (w->n_sel

@@ -197,12 +197,19 @@ __global__ void __launch_bounds__(256) pf_hc_mix_tc(const __half *fn, const floa
         *hi = *(uint32_t *)&h;
         *lo = *(uint32_t *)&l;
     };
+    /* H's values a step ahead: this step's loads were issued during the last one */
+    const float2 zero = make_float2(0.0f, 0.0f);
+    float2 n0, n1, n2, n3;
+    auto fetch = [&](uint32_t kc) {
+        n0 = va ? *(const float2 *)(ha + kc) : zero, n1 = vb ? *(const float2 *)(hb + kc) : zero;
+        n2 = va ? *(const float2 *)(ha + kc + 8) : zero, n3 = vb ? *(const float2 *)(hb + kc + 8) : zero;
+    };
+    fetch(k_begin + 2 * q4);
 #pragma unroll 4
     for (uint32_t k0 = k_begin; k0 < k_begin + span; k0 += 16) {
         uint32_t kc = k0 + 2 * q4;
-        float2 zero = make_float2(0.0f, 0.0f);
-        float2 x0 = va ? *(const float2 *)(ha + kc) : zero, x1 = vb ? *(const float2 *)(hb + kc) : zero;
-        float2 x2 = va ? *(const float2 *)(ha + kc + 8) : zero, x3 = vb ? *(const float2 *)(hb + kc + 8) : zero;
+        const float2 x0 = n0, x1 = n1, x2 = n2, x3 = n3;
+        if (k0 + 16 < k_begin + span) fetch(kc + 16);
         ssa += (double)x0.x * (double)x0.x + (double)x0.y * (double)x0.y + (double)x2.x * (double)x2.x +
                (double)x2.y * (double)x2.y;
         ssb += (double)x1.x * (double)x1.x + (double)x1.y * (double)x1.y + (double)x3.x * (double)x3.x +
@@ -544,69 +551,78 @@ __global__ void pf_comp_state(pf_comp c, int T, float *st_kv, float *st_sc) {
 
 /* ---- indexer (compressor.c indexer_select) ---- */
 
-/* Query heads of the active tokens, a warp per (token, head): RoPE at pos,
- * QAT; head 0's warp scales its token's head weights by 1/√(ihd·nih).
- * Lane l holds values V·l .. V·l+V-1 (ihd = 32·V, V ≥ 2, so a RoPE pair
- * stays in a lane); the same operations as block_rope + block_indexer_qat,
- * the Hadamard's partners across lanes by shuffles, so the same bits — a
- * block of ihd threads a head spent its time in barriers (0.88 ms of an 8k
- * chunk's ratio-4 layer on an H200). */
+/* Query heads of the active tokens: a block per token, its RoPE (cos, sin)
+ * pairs computed once, then a warp per head (the next head's values loaded
+ * while this one is done): RoPE at pos, QAT; warp 0 scales the token's
+ * head weights by 1/√(ihd·nih). Lane l holds values V·l .. V·l+V-1
+ * (ihd = 32·V, V ≥ 2, so a RoPE pair stays in a lane); the same operations
+ * as block_rope + block_indexer_qat, the Hadamard's partners across lanes
+ * by shuffles, so the same bits — a block of ihd threads a head spent its
+ * time in barriers (0.88 ms of an 8k chunk's ratio-4 layer on an H200). */
 enum { PF_IQ_WARPS = 8 };
 template <int V>
 __global__ void __launch_bounds__(PF_IQ_WARPS * 32) pf_idx_query(float *iq, float *iw, int nih, rope_dev rp,
-                                                                   int pos_first, int n) {
+                                                                   int pos_first) {
     constexpr int IHD = 32 * V;
-    const int lane = threadIdx.x & 31, item = blockIdx.x * PF_IQ_WARPS + (threadIdx.x >> 5);
-    if (item >= n * nih) return; /* whole warps */
-    const int t = item / nih, head = item % nih;
-    float *qh = iq + (size_t)item * IHD;
-    float x[V];
+    __shared__ float2 cs[IHD / 2];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = blockIdx.x;
+    for (int k = threadIdx.x; k < rp.n_rot / 2; k += blockDim.x) cs[k] = rope_cs(k, pos_first + t, rp);
+    __syncthreads();
+    float nx[V];
+    auto fetch = [&](int head) {
+        const float *qh = iq + ((size_t)t * nih + head) * IHD + V * lane;
 #pragma unroll
-    for (int v = 0; v < V; v += 2) *(float2 *)&x[v] = *(const float2 *)(qh + V * lane + v);
-    /* RoPE of the tail: pair k holds values IHD - n_rot + 2k, +1 */
+        for (int v = 0; v < V; v += 2) *(float2 *)&nx[v] = *(const float2 *)(qh + v);
+    };
+    if (warp < nih) fetch(warp);
+    for (int head = warp; head < nih; head += PF_IQ_WARPS) {
+        float x[V];
 #pragma unroll
-    for (int v = 0; v < V; v += 2) {
-        const int k = (V * lane + v - (IHD - rp.n_rot)) / 2;
-        if (V * lane + v >= IHD - rp.n_rot) {
-            const float2 cs = rope_cs(k, pos_first + t, rp);
-            rope_rot2(x[v], x[v + 1], cs.x, cs.y);
-        }
-    }
-    /* Hadamard, Sylvester order: value e pairs with e ^ h; the lower index takes a + b, the upper a - b */
+        for (int v = 0; v < V; v++) x[v] = nx[v];
+        if (head + PF_IQ_WARPS < nih) fetch(head + PF_IQ_WARPS);
+        /* RoPE of the tail: pair k holds values IHD - n_rot + 2k, +1 */
 #pragma unroll
-    for (int h = 1; h < IHD; h *= 2) {
-        if (h < V) {
+        for (int v = 0; v < V; v += 2)
+            if (V * lane + v >= IHD - rp.n_rot) {
+                const float2 c = cs[(V * lane + v - (IHD - rp.n_rot)) / 2];
+                rope_rot2(x[v], x[v + 1], c.x, c.y);
+            }
+        /* Hadamard, Sylvester order: value e pairs with e ^ h; the lower index takes a + b, the upper a - b */
 #pragma unroll
-            for (int v = 0; v < V; v++)
-                if (!(v & h)) {
-                    const float a = x[v], b = x[v + h];
-                    x[v] = a + b;
-                    x[v + h] = a - b;
+        for (int h = 1; h < IHD; h *= 2) {
+            if (h < V) {
+#pragma unroll
+                for (int v = 0; v < V; v++)
+                    if (!(v & h)) {
+                        const float a = x[v], b = x[v + h];
+                        x[v] = a + b;
+                        x[v + h] = a - b;
+                    }
+            } else {
+                const bool upper = lane & (h / V);
+#pragma unroll
+                for (int v = 0; v < V; v++) {
+                    const float o = __shfl_xor_sync(0xffffffffu, x[v], h / V);
+                    x[v] = upper ? o - x[v] : x[v] + o;
                 }
-        } else {
-            const bool upper = lane & (h / V);
-#pragma unroll
-            for (int v = 0; v < V; v++) {
-                const float o = __shfl_xor_sync(0xffffffffu, x[v], h / V);
-                x[v] = upper ? o - x[v] : x[v] + o;
             }
         }
+        const float s = (float)(1.0 / sqrt((double)IHD));
+#pragma unroll
+        for (int v = 0; v < V; v++) x[v] *= s;
+        /* FP4 e2m1 round trip in blocks of 32 values (32/V lanes), as block_scaled_roundtrip<true> */
+        float amax = 0.0f;
+#pragma unroll
+        for (int v = 0; v < V; v++) amax = fmaxf(amax, fabsf(x[v]));
+#pragma unroll
+        for (int o = 1; o < 32 / V; o *= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float scale = scaled_block_scale<true>(amax);
+        float *qh = iq + ((size_t)t * nih + head) * IHD + V * lane;
+#pragma unroll
+        for (int v = 0; v < V; v += 2)
+            *(float2 *)(qh + v) = make_float2(scaled_round<true>(x[v], scale), scaled_round<true>(x[v + 1], scale));
     }
-    const float s = (float)(1.0 / sqrt((double)IHD));
-#pragma unroll
-    for (int v = 0; v < V; v++) x[v] *= s;
-    /* FP4 e2m1 round trip in blocks of 32 values (32/V lanes), as block_scaled_roundtrip<true> */
-    float amax = 0.0f;
-#pragma unroll
-    for (int v = 0; v < V; v++) amax = fmaxf(amax, fabsf(x[v]));
-#pragma unroll
-    for (int o = 1; o < 32 / V; o *= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float scale = scaled_block_scale<true>(amax);
-#pragma unroll
-    for (int v = 0; v < V; v++) x[v] = scaled_round<true>(x[v], scale);
-#pragma unroll
-    for (int v = 0; v < V; v += 2) *(float2 *)(qh + V * lane + v) = *(const float2 *)&x[v];
-    if (head == 0) {
+    if (warp == 0) {
         const float denom = sqrtf((float)(IHD * nih));
         for (int h = lane; h < nih; h += 32) iw[(size_t)t * nih + h] = iw[(size_t)t * nih + h] / denom;
     }
@@ -947,6 +963,28 @@ __global__ void pf_route(const float *logits_all, const float *bias, const int32
 __global__ void pf_swiglu_rows(const float *g, const float *u, size_t n, float clamp, float *mid) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) mid[i] = ds4_swiglu(g[i], u[i], clamp, 1.0f);
+}
+
+/* The shared expert's SwiGLU as its Q8_0 down product's f16 input
+ * (cuda_gemm16.h): ds4_swiglu of 8 values a thread, then quad_q8_0_f16 —
+ * the bits pf_swiglu_rows and k_g16_act would give, without the f32 rows.
+ * n a multiple of 32 (whole Q8_0 blocks), rows of a multiple of 32. */
+__global__ void pf_swiglu_q8_0_f16(const float *g, const float *u, size_t n, float clamp, __half *out) {
+    const size_t i = 8 * ((size_t)blockIdx.x * blockDim.x + threadIdx.x);
+    const bool on = i < n; /* every lane reaches the shuffles */
+    float v[8];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const float4 a = on ? *(const float4 *)(g + i + 4 * h) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 b = on ? *(const float4 *)(u + i + 4 * h) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        v[4 * h] = ds4_swiglu(a.x, b.x, clamp, 1.0f);
+        v[4 * h + 1] = ds4_swiglu(a.y, b.y, clamp, 1.0f);
+        v[4 * h + 2] = ds4_swiglu(a.z, b.z, clamp, 1.0f);
+        v[4 * h + 3] = ds4_swiglu(a.w, b.w, clamp, 1.0f);
+    }
+    __align__(16) __half2 h[4];
+    quad_q8_0_f16(v, h);
+    if (on) *(uint4 *)(out + i) = *(const uint4 *)h;
 }
 
 __device__ float pf_plain_dot(const void *w, int f16, size_t row, uint32_t n_in, const float *x, int lane) {
