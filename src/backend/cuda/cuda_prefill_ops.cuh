@@ -197,19 +197,12 @@ __global__ void __launch_bounds__(256) pf_hc_mix_tc(const __half *fn, const floa
         *hi = *(uint32_t *)&h;
         *lo = *(uint32_t *)&l;
     };
-    /* H's values a step ahead: this step's loads were issued during the last one */
-    const float2 zero = make_float2(0.0f, 0.0f);
-    float2 n0, n1, n2, n3;
-    auto fetch = [&](uint32_t kc) {
-        n0 = va ? *(const float2 *)(ha + kc) : zero, n1 = vb ? *(const float2 *)(hb + kc) : zero;
-        n2 = va ? *(const float2 *)(ha + kc + 8) : zero, n3 = vb ? *(const float2 *)(hb + kc + 8) : zero;
-    };
-    fetch(k_begin + 2 * q4);
 #pragma unroll 4
     for (uint32_t k0 = k_begin; k0 < k_begin + span; k0 += 16) {
         uint32_t kc = k0 + 2 * q4;
-        const float2 x0 = n0, x1 = n1, x2 = n2, x3 = n3;
-        if (k0 + 16 < k_begin + span) fetch(kc + 16);
+        float2 zero = make_float2(0.0f, 0.0f);
+        float2 x0 = va ? *(const float2 *)(ha + kc) : zero, x1 = vb ? *(const float2 *)(hb + kc) : zero;
+        float2 x2 = va ? *(const float2 *)(ha + kc + 8) : zero, x3 = vb ? *(const float2 *)(hb + kc + 8) : zero;
         ssa += (double)x0.x * (double)x0.x + (double)x0.y * (double)x0.y + (double)x2.x * (double)x2.x +
                (double)x2.y * (double)x2.y;
         ssb += (double)x1.x * (double)x1.x + (double)x1.y * (double)x1.y + (double)x3.x * (double)x3.x +
