@@ -90,6 +90,46 @@ static __device__ float dev_softplus(float x) {
     return log1pf(expf(x));
 }
 
+/* One value of a compressor window (compressor.c): the softmax of the
+ * candidates' scores weighting their values, over n_cand candidates CH at a
+ * time — every load of a batch issued before any is used (one memory round
+ * trip a batch, not one a candidate) — with the max and the sums in
+ * candidate order. score(k), value(k): candidate k's. 0 when every score
+ * is -inf. Scores stay loaded from the max's pass when n_cand <= CH. The
+ * prefill's compressor uses it; the decode step's k_qkv_prepare keeps the
+ * same loop written out (cuda_step_ops.cuh says why). */
+template <int CH, class Score, class Value>
+static __device__ __forceinline__ float pool_window(int n_cand, Score score, Value value) {
+    float m = -INFINITY, s[CH], x[CH];
+    for (int c0 = 0; c0 < n_cand; c0 += CH) {
+#pragma unroll
+        for (int k = 0; k < CH; k++) s[k] = c0 + k < n_cand ? score(c0 + k) : -INFINITY;
+#pragma unroll
+        for (int k = 0; k < CH; k++) m = fmaxf(m, s[k]);
+    }
+    float v = 0.0f;
+    if (m != -INFINITY) {
+        float sum = 0.0f, acc = 0.0f;
+        for (int c0 = 0; c0 < n_cand; c0 += CH) {
+#pragma unroll
+            for (int k = 0; k < CH; k++)
+                if (c0 + k < n_cand) {
+                    if (n_cand > CH) s[k] = score(c0 + k);
+                    x[k] = value(c0 + k);
+                }
+#pragma unroll
+            for (int k = 0; k < CH; k++)
+                if (c0 + k < n_cand) {
+                    float w = expf(s[k] - m);
+                    sum += w;
+                    acc += w * x[k];
+                }
+        }
+        v = acc / sum;
+    }
+    return v;
+}
+
 /* Cosine and sine of RoPE pair k at position pos (numerics.c rope_tail:
  * the per-pair angle is pos·theta_scale^k as a chain of float
  * multiplications, the YaRN blend in the same order). */

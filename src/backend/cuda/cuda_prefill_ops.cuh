@@ -481,40 +481,18 @@ __global__ void pf_comp_emit(pf_comp c, const float *norm_w, int n_rot, float ep
     int64_t w = c.pos0 / c.R + blockIdx.x;
     int R = c.R, n_cand = c.coff * R, hd = c.hd;
     double ss = 0.0;
-    /* candidates PF_CB at a time, every load of a batch issued before any is
-     * used (a ratio-128 window's 2 × 128 loads a value one after another
-     * took 0.28 ms a layer); the max and the sums in candidate order */
-    auto cands = [&](int k0, int j, float *kv, float *sc) {
-#pragma unroll
-        for (int u = 0; u < PF_CB; u++) {
-            const int k = k0 + u;
-            const int64_t pos = c.coff == 2 ? (k < R ? (w - 1) * R + k : w * R + k - R) : w * R + k;
-            if (k < n_cand) pf_cand(c, pos, c.coff == 2 && k >= R ? hd + j : j, &kv[u], &sc[u]);
-        }
-    };
+    /* each value pooled over its window's candidates PF_CB at a time
+     * (pool_window: a ratio-128 window's 2 × 128 loads a value one after
+     * another took 0.28 ms a layer) */
     for (int j = threadIdx.x; j < hd; j += blockDim.x) {
-        float m = -INFINITY, kv[PF_CB], sc[PF_CB];
-        for (int k0 = 0; k0 < n_cand; k0 += PF_CB) {
-            cands(k0, j, kv, sc);
-#pragma unroll
-            for (int u = 0; u < PF_CB; u++)
-                if (k0 + u < n_cand) m = fmaxf(m, sc[u]);
-        }
-        float v = 0.0f;
-        if (m != -INFINITY) {
-            float sum = 0.0f, acc = 0.0f;
-            for (int k0 = 0; k0 < n_cand; k0 += PF_CB) {
-                cands(k0, j, kv, sc);
-#pragma unroll
-                for (int u = 0; u < PF_CB; u++)
-                    if (k0 + u < n_cand) {
-                        float e = expf(sc[u] - m);
-                        sum += e;
-                        acc += e * kv[u];
-                    }
-            }
-            v = acc / sum;
-        }
+        auto cand = [&](int k, bool want_score) {
+            const int64_t pos = c.coff == 2 ? (k < R ? (w - 1) * R + k : w * R + k - R) : w * R + k;
+            float kv, sc;
+            pf_cand(c, pos, c.coff == 2 && k >= R ? hd + j : j, &kv, &sc);
+            return want_score ? sc : kv;
+        };
+        const float v = pool_window<PF_CB>(n_cand, [&](int k) { return cand(k, true); },
+                                           [&](int k) { return cand(k, false); });
         out[j] = v;
         ss += (double)v * (double)v;
     }
