@@ -345,8 +345,8 @@ static int compressor(pfq *q, const float *kvp, const float *scp, size_t ld, con
     pf_comp pc = {kvp, scp, ld, ape, w->snap_kv, w->snap_sc, R, coff, hd, coff * hd, pos0};
     int n_emit = (pos0 + T) / R - pos0 / R;
     if (n_emit > 0)
-        pf_comp_emit<<<n_emit, hd >= 512 ? 512 : 256, hd * sizeof(float), q->st>>>(pc, norm_w, (int)hp->n_rot, hp->rms_eps,
-                                                                 e->rope_comp, indexer ? 1 : 0, rows);
+        pf_comp_emit<<<n_emit, hd >= 512 ? 512 : 256, hd * sizeof(float), q->st>>>(
+            pc, norm_w, (int)hp->n_rot, hp->rms_eps, e->rope_comp, indexer ? 1 : 0, rows);
     pf_comp_state<<<(unsigned)((st_n + 255) / 256), 256, 0, q->st>>>(pc, T, st_kv, st_sc);
     pmark(q->st, "compressors");
     return launched(q->err, "prefill compressor");
