@@ -470,9 +470,10 @@ __device__ __forceinline__ void pf_cand(const pf_comp &c, int64_t pos, int col, 
     *sc = c.old_sc[(size_t)row * c.W + col];
 }
 
+enum { PF_CB = 8 }; /* window candidates a batch (pool_window) */
+
 /* One block per emission e (window w = pos0/R + e): pool, RMSNorm, RoPE at
  * the window start, FP8 (attention) or QAT (indexer), f16 row w. */
-enum { PF_CB = 8 };
 __global__ void pf_comp_emit(pf_comp c, const float *norm_w, int n_rot, float eps, rope_dev rp, int indexer,
                              __half *rows) {
     extern __shared__ float out[];
@@ -736,7 +737,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         asm volatile("cp.async.commit_group;");
     };
     load_tile(0, 0);
-    /* Q of the block's heads from q_b's output, as forward.c prepares a
+    /* Q of the block's heads from q_b's output, as attention.c prepares a
      * head (unweighted RMSNorm: the sum of squares in double, lane-strided,
      * then the xor tree; RoPE of the tail at p), into hi + lo halves (padded
      * heads zero). A warp a head, the next head's values loaded while this
