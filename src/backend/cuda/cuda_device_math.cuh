@@ -270,6 +270,47 @@ static __device__ void block_indexer_qat(float *x, int n, float *sc) {
     block_scaled_roundtrip<true>(x, n, sc);
 }
 
+/* block_indexer_qat for a vector of n = 32·V values held by one warp, lane
+ * l holding values V·l .. V·l+V-1 (V a power of two up to 32): the
+ * Hadamard's partners below V in the lane, above by xor shuffles (the
+ * lower index takes a + b, the upper a - b), the FP4 block maxima over
+ * the 32/V lanes of a block — the block version's operations, so its bits.
+ * Every lane of the warp must call it. */
+template <int V>
+static __device__ __forceinline__ void warp_indexer_qat(float x[V], int lane) {
+#pragma unroll
+    for (int h = 1; h < 32 * V; h *= 2) {
+        if (h < V) {
+#pragma unroll
+            for (int v = 0; v < V; v++)
+                if (!(v & h)) {
+                    const float a = x[v], b = x[v + h];
+                    x[v] = a + b;
+                    x[v + h] = a - b;
+                }
+        } else {
+            const bool upper = lane & (h / V);
+#pragma unroll
+            for (int v = 0; v < V; v++) {
+                const float o = __shfl_xor_sync(0xffffffffu, x[v], h / V);
+                x[v] = upper ? o - x[v] : x[v] + o;
+            }
+        }
+    }
+    const float s = (float)(1.0 / sqrt((double)(32 * V)));
+    float amax = 0.0f;
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+        x[v] *= s;
+        amax = fmaxf(amax, fabsf(x[v]));
+    }
+#pragma unroll
+    for (int o = 1; o < 32 / V; o *= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float scale = scaled_block_scale<true>(amax);
+#pragma unroll
+    for (int v = 0; v < V; v++) x[v] = scaled_round<true>(x[v], scale);
+}
+
 /* mma.sync m16n8k16 (f16 in, f32 accumulate) and ldmatrix helpers. */
 __device__ __forceinline__ uint32_t pa_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 

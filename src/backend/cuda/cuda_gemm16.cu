@@ -40,10 +40,10 @@ __global__ void k_g16_weights(const uint8_t *w, size_t n_parts, __half *out) {
 
 /* Thread i: values 8(i % (in/8)).. of token i / (in/8), four threads a
  * Q8_0 block, quantised as the CPU does (quad_q8_0_f16: warp_q8_0_code's
- * d and codes), each d·q rounded to f16; out is [n][ldo]. Two 16-byte loads
+ * d and codes), each d·q rounded to f16; out is [n][in]. Two 16-byte loads
  * a thread keep the conversion at memory speed (a warp a block, one
  * 128-byte load each, ran at a third of it). */
-__global__ void k_g16_act(const float *x, size_t ldx, uint32_t in, uint32_t n, __half *out, size_t ldo) {
+__global__ void k_g16_act(const float *x, size_t ldx, uint32_t in, uint32_t n, __half *out) {
     const uint32_t per_tok = in / 8;
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, t = i / per_tok, c = 8 * (i % per_tok);
     const bool on = t < n; /* every lane reaches the shuffles */
@@ -55,7 +55,7 @@ __global__ void k_g16_act(const float *x, size_t ldx, uint32_t in, uint32_t n, _
     const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
     __align__(16) __half2 h[4];
     quad_q8_0_f16(v, h);
-    if (on) *(uint4 *)(out + t * ldo + c) = *(const uint4 *)h;
+    if (on) *(uint4 *)(out + t * in + c) = *(const uint4 *)h;
 }
 
 static int blas_fail(ds4_err *err, const char *what, cublasStatus_t s) {
@@ -116,7 +116,7 @@ const void *ds4_gemm16_act(ds4_gemm16 *g, const float *x, size_t ldx, uint32_t i
         return NULL;
     }
     size_t threads = (size_t)n * (in / 8);
-    k_g16_act<<<(unsigned)((threads + 255) / 256), 256, 0, (cudaStream_t)stream>>>(x, ldx, in, n, g->x16, in);
+    k_g16_act<<<(unsigned)((threads + 255) / 256), 256, 0, (cudaStream_t)stream>>>(x, ldx, in, n, g->x16);
     cudaError_t c = cudaGetLastError();
     if (c != cudaSuccess) {
         ds4_fail(err, "cuda: f16 activation: %s", cudaGetErrorString(c));

@@ -542,9 +542,9 @@ __global__ void pf_comp_state(pf_comp c, int T, float *st_kv, float *st_sc) {
  * while this one is done): RoPE at pos, QAT; warp 0 scales the token's
  * head weights by 1/√(ihd·nih). Lane l holds values V·l .. V·l+V-1
  * (ihd = 32·V, V ≥ 2, so a RoPE pair stays in a lane); the same operations
- * as block_rope + block_indexer_qat, the Hadamard's partners across lanes
- * by shuffles, so the same bits — a block of ihd threads a head spent its
- * time in barriers (0.88 ms of an 8k chunk's ratio-4 layer on an H200). */
+ * as block_rope + block_indexer_qat (warp_indexer_qat), so the same bits —
+ * a block of ihd threads a head spent its time in barriers (0.88 ms of an
+ * 8k chunk's ratio-4 layer on an H200). */
 enum { PF_IQ_WARPS = 8 };
 template <int V>
 __global__ void __launch_bounds__(PF_IQ_WARPS * 32) pf_idx_query(float *iq, float *iw, int nih, rope_dev rp,
@@ -573,40 +573,10 @@ __global__ void __launch_bounds__(PF_IQ_WARPS * 32) pf_idx_query(float *iq, floa
                 const float2 c = cs[(V * lane + v - (IHD - rp.n_rot)) / 2];
                 rope_rot2(x[v], x[v + 1], c.x, c.y);
             }
-        /* Hadamard, Sylvester order: value e pairs with e ^ h; the lower index takes a + b, the upper a - b */
-#pragma unroll
-        for (int h = 1; h < IHD; h *= 2) {
-            if (h < V) {
-#pragma unroll
-                for (int v = 0; v < V; v++)
-                    if (!(v & h)) {
-                        const float a = x[v], b = x[v + h];
-                        x[v] = a + b;
-                        x[v + h] = a - b;
-                    }
-            } else {
-                const bool upper = lane & (h / V);
-#pragma unroll
-                for (int v = 0; v < V; v++) {
-                    const float o = __shfl_xor_sync(0xffffffffu, x[v], h / V);
-                    x[v] = upper ? o - x[v] : x[v] + o;
-                }
-            }
-        }
-        const float s = (float)(1.0 / sqrt((double)IHD));
-#pragma unroll
-        for (int v = 0; v < V; v++) x[v] *= s;
-        /* FP4 e2m1 round trip in blocks of 32 values (32/V lanes), as block_scaled_roundtrip<true> */
-        float amax = 0.0f;
-#pragma unroll
-        for (int v = 0; v < V; v++) amax = fmaxf(amax, fabsf(x[v]));
-#pragma unroll
-        for (int o = 1; o < 32 / V; o *= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float scale = scaled_block_scale<true>(amax);
+        warp_indexer_qat<V>(x, lane);
         float *qh = iq + ((size_t)t * nih + head) * IHD + V * lane;
 #pragma unroll
-        for (int v = 0; v < V; v += 2)
-            *(float2 *)(qh + v) = make_float2(scaled_round<true>(x[v], scale), scaled_round<true>(x[v + 1], scale));
+        for (int v = 0; v < V; v += 2) *(float2 *)(qh + v) = make_float2(x[v], x[v + 1]);
     }
     if (warp == 0) {
         const float denom = sqrtf((float)(IHD * nih));
