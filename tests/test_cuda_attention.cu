@@ -2,7 +2,9 @@
  * (cuda_prefill_ops.cuh pf_attention) at the full model's shape (64 heads
  * of 512, window 128), which test_cuda_forward's tiny model (8 heads of
  * 128) does not reach: every kernel shape (16 or 32 heads a block, 16- or
- * 32-row tiles) that fits the device against a double-precision CPU
+ * 32-row tiles, Q and P split into hi + lo f16 or rounded to f16 once
+ * (the prefill's choice beside Q8_0 products on f16 tensor cores)) that
+ * fits the device against a double-precision CPU
  * reference of the same rows, then each shape's time for a 4096-token
  * chunk at 8k context.
  *
@@ -15,7 +17,9 @@
  * output as it loads it), the softmax over the sink and the rows of
  * Q·K/√hd in double, then P·V; rows as stored (f16).
  * Passes when every checked output is within 1e-4 of the largest |ref| of
- * its head (the kernel keeps Q and P to ~22 bits, K/V exact), and when the
+ * its head with the split (Q and P kept to ~22 bits, K/V exact), within
+ * 2e-3 without it (Q and P rounded to f16: each weight off by ~2^-11 of
+ * itself plus the score's 2^-11 of Σ|q·k|/√hd, ~11 here), and when the
  * kernel's f16 output (for the f16 output projection) is, bit for bit, the
  * CPU's Q8_0 quantisation of its f32 output with each d·q rounded to f16.
  *
@@ -202,11 +206,22 @@ static void reference(att_data *a) {
     }
 }
 
-/* The kernel shapes: heads a block 16·mb, rows a tile r; the prefill runs the first that fits. */
+/* The kernel shapes: heads a block 16·mb, rows a tile r, Q and P split or
+ * not; the prefill runs the first of its variant that fits. */
 struct att_shape {
     int mb, r;
+    bool split;
 };
-static const att_shape shapes[] = {{2, 16}, {1, 16}, {2, 32}, {1, 32}};
+static const att_shape shapes[] = {{2, 16, false}, {1, 16, false}, {2, 32, false}, {1, 32, false},
+                                   {2, 16, true},  {1, 16, true},  {2, 32, true},  {1, 32, true}};
+enum { N_SHAPES = sizeof shapes / sizeof shapes[0] };
+
+template <bool SPLIT>
+static const void *att_kernel(att_shape sh) {
+    return sh.mb == 2 ? (sh.r == 16 ? (const void *)pf_attention<2, HD, SPLIT, 16> : (const void *)pf_attention<2, HD, SPLIT, 32>)
+                      : (sh.r == 16 ? (const void *)pf_attention<1, HD, SPLIT, 16> : (const void *)pf_attention<1, HD, SPLIT, 32>);
+}
+static const void *att_kernel_of(att_shape sh) { return sh.split ? att_kernel<true>(sh) : att_kernel<false>(sh); }
 
 static void launch(const att_data *a, att_shape sh, cudaStream_t st, __half *out16 = NULL) {
     const att_case &c = a->c;
@@ -214,15 +229,12 @@ static void launch(const att_data *a, att_shape sh, cudaStream_t st, __half *out
                  NSWA, c.ratio, c.pos0, TOPK};
     rope_dev rp = {0, 1.0f, 0, 1.0f, 0.0f, 1.0f};
     dim3 grid(HEADS / (16 * sh.mb), c.T);
-    size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.r);
-    if (sh.mb == 2 && sh.r == 16)
-        pf_attention<2, HD, 16><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HEADS, EPS, rp, a->d_out, out16);
-    else if (sh.mb == 1 && sh.r == 16)
-        pf_attention<1, HD, 16><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HEADS, EPS, rp, a->d_out, out16);
-    else if (sh.mb == 2)
-        pf_attention<2, HD, 32><<<grid, 256, smem, st>>>(a->d_q, pa, a->d_sinks, HEADS, EPS, rp, a->d_out, out16);
-    else
-        pf_attention<1, HD, 32><<<grid, 128, smem, st>>>(a->d_q, pa, a->d_sinks, HEADS, EPS, rp, a->d_out, out16);
+    size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.split, sh.r);
+    const float *q = a->d_q, *sinks = a->d_sinks;
+    int n_head = HEADS;
+    float eps = EPS, *out = a->d_out;
+    void *args[] = {&q, &pa, &sinks, &n_head, &eps, &rp, &out, &out16};
+    CK(cudaLaunchKernel(att_kernel_of(sh), grid, dim3(128 * sh.mb), args, smem, st));
 }
 
 /* The f16 output (out16: what the f16 output projection reads) of the
@@ -514,16 +526,15 @@ int main(void) {
     }
     int optin = 0;
     CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
-    bool fits[4];
-    for (int i = 0; i < 4; i++) {
+    bool fits[N_SHAPES];
+    for (int i = 0; i < N_SHAPES; i++) {
         att_shape sh = shapes[i];
-        size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.r);
+        size_t smem = pf_att_smem(sh.mb, HD, TOPK, sh.split, sh.r);
         fits[i] = smem <= (size_t)optin;
-        printf("%d heads a block, %d-row tiles: %zu bytes of shared memory%s\n", 16 * sh.mb, sh.r, smem,
-               fits[i] ? "" : " (over the device's limit: not run)");
+        printf("%d heads a block, %d-row tiles, %s: %zu bytes of shared memory%s\n", 16 * sh.mb, sh.r,
+               sh.split ? "split" : "f16", smem, fits[i] ? "" : " (over the device's limit: not run)");
         if (!fits[i]) continue;
-        const void *f = sh.mb == 2 ? (sh.r == 16 ? (const void *)pf_attention<2, HD, 16> : (const void *)pf_attention<2, HD, 32>)
-                                   : (sh.r == 16 ? (const void *)pf_attention<1, HD, 16> : (const void *)pf_attention<1, HD, 32>);
+        const void *f = att_kernel_of(sh);
         CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CK(cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
     }
@@ -536,14 +547,16 @@ int main(void) {
         a.c = c;
         make_data(&a);
         reference(&a);
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < N_SHAPES; i++) {
             if (!fits[i]) continue;
             long bad16 = 0;
             double w = check(&a, shapes[i], &bad16);
-            bool ok = w <= 1e-4 && bad16 == 0;
+            bool ok = w <= (shapes[i].split ? 1e-4 : 2e-3) && bad16 == 0;
             failed += !ok;
-            printf("%-34s %2d heads, %d rows: worst |d|/max|ref| %.3g, f16 output: %ld values off the CPU's Q8_0 %s\n",
-                   c.name, 16 * shapes[i].mb, shapes[i].r, w, bad16, ok ? "ok" : "FAIL");
+            printf("%-34s %2d heads, %d rows, %-5s: worst |d|/max|ref| %.3g, f16 output: %ld values off the CPU's "
+                   "Q8_0 %s\n",
+                   c.name, 16 * shapes[i].mb, shapes[i].r, shapes[i].split ? "split" : "f16", w, bad16,
+                   ok ? "ok" : "FAIL");
         }
         if (c.ratio == 4) {
             /* time: 640 rows a token (128 window + 512 selected) */
@@ -551,7 +564,7 @@ int main(void) {
             CK(cudaEventCreate(&e0));
             CK(cudaEventCreate(&e1));
             double flop = 4.0 * c.T * HEADS * (double)(NSWA + TOPK) * HD;
-            for (int i = 0; i < 4; i++) {
+            for (int i = 0; i < N_SHAPES; i++) {
                 if (!fits[i]) continue;
                 launch(&a, shapes[i], 0);
                 CK(cudaEventRecord(e0));
@@ -561,8 +574,9 @@ int main(void) {
                 float ms = 0;
                 CK(cudaEventElapsedTime(&ms, e0, e1));
                 ms /= 5;
-                printf("time, %d tokens x 640 rows, %2d heads, %d rows: %.3f ms (%.0f TFLOP/s)\n", c.T,
-                       16 * shapes[i].mb, shapes[i].r, ms, flop / (ms * 1e-3) * 1e-12);
+                printf("time, %d tokens x 640 rows, %2d heads, %d rows, %-5s: %.3f ms (%.0f TFLOP/s)\n", c.T,
+                       16 * shapes[i].mb, shapes[i].r, shapes[i].split ? "split" : "f16", ms,
+                       flop / (ms * 1e-3) * 1e-12);
             }
         }
         free_data(&a);

@@ -61,7 +61,7 @@ struct pf_ws {
     const float *split_x; /* what xh/xl hold: split_rows rows of split_in from split_x */
     uint32_t split_in;
     int split_rows;
-    int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2, hd>) */
+    int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2, hd, split>) */
     ds4_gemm16 *g16; /* Q8_0 and F16 products by cuBLAS (cuda_gemm16.h); NULL with --quality */
     void *bufs[64];
     int n_bufs;
@@ -438,17 +438,22 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
         return -1;
     pf_att pa = {K->raw, w->kvc, K->comp, L->ratio == 4 ? w->sel : NULL, L->ratio == 4 ? w->n_sel : NULL,
                  (int)hp->n_swa, (int)L->ratio, pos0, (int)hp->indexer_top_k};
-    /* with f16 output projections the attention writes their f16 input itself (over att) */
+    /* With f16 output projections the attention writes their f16 input
+     * itself (over att), and rounds Q and P to f16 once: q comes from q_b's
+     * f16 product and the output goes to out_a's Q8_0 codes on f16, so the
+     * hi + lo split (kept where the products keep ~22 bits: F16 weights,
+     * --quality) would buy nothing there. */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group, nlow = hp->n_out_group * hp->o_lora;
     __half *att16 = w->g16 && L->out_a.type == DS4_TYPE_Q8_0 ? (__half *)w->att : NULL;
+    const bool split = !att16 || L->q_b.type != DS4_TYPE_Q8_0;
     dim3 agrid((hp->n_head + 16 * w->att_mb - 1) / (16 * w->att_mb), T);
     const float *qv = w->q, *sinks = L->sinks;
     float *att32 = w->att;
     int n_head = (int)hp->n_head;
     float eps = hp->rms_eps;
     void *args[] = {&qv, &pa, &sinks, &n_head, &eps, &rp, &att32, &att16};
-    cudaError_t c = cudaLaunchKernel(pf_att_kernel(w->att_mb, hd), agrid, dim3(128 * w->att_mb), args,
-                                     pf_att_smem(w->att_mb, hd, (int)hp->indexer_top_k), q->st);
+    cudaError_t c = cudaLaunchKernel(pf_att_kernel(w->att_mb, hd, split), agrid, dim3(128 * w->att_mb), args,
+                                     pf_att_smem(w->att_mb, hd, (int)hp->indexer_top_k, split), q->st);
     if (c != cudaSuccess) return cuda_fail(q->err, "prefill attention", c);
     int first = T > (int)hp->n_swa ? T - (int)hp->n_swa : 0;
     pf_ring_put<<<T - first, 256, 0, q->st>>>(w->kvc, hd, first, pos0, K->raw, (int)hp->n_swa);
@@ -581,10 +586,11 @@ static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int 
 }
 
 /* The kernels' shapes and shared memory for this model on this device;
- * the attention's heads a block (w->att_mb) from the device's limit. */
+ * the attention's heads a block (w->att_mb) from the device's limit (both
+ * of its variants, Q and P split or not, the same). */
 static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     uint32_t ihd = hp->indexer_head_dim;
-    if (!pf_att_kernel(1, (int)hp->head_dim) || hp->n_rot > hp->head_dim || hp->n_indexer_head > 64 ||
+    if (!pf_att_kernel(1, (int)hp->head_dim, true) || hp->n_rot > hp->head_dim || hp->n_indexer_head > 64 ||
         (ihd && (ihd < 64 || ihd > 512 || (ihd & (ihd - 1)))))
         return ds4_fail(err, "cuda prefill: heads of %u (indexer %u of %u) are beyond the kernels' shapes",
                         hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);
@@ -595,8 +601,8 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     if (c != cudaSuccess) return cuda_fail(err, "prefill device attributes", c);
     int hd = (int)hp->head_dim;
     int top_k = (int)hp->indexer_top_k;
-    w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd, top_k) <= (size_t)optin ? 2 : 1;
-    size_t smem = pf_att_smem(w->att_mb, hd, top_k);
+    w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd, top_k, true) <= (size_t)optin ? 2 : 1;
+    size_t smem = pf_att_smem(w->att_mb, hd, top_k, true); /* the split variant's: the larger */
     if (smem > (size_t)optin || pf_gemm_f16_smem() > (size_t)optin ||
         idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim) > (size_t)optin)
         return ds4_fail(err,
@@ -604,9 +610,11 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
                         "bytes of shared memory a block, the device allows %d",
                         smem, pf_gemm_f16_smem(),
                         idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim), optin);
-    const void *att = pf_att_kernel(w->att_mb, hd);
-    c = cudaFuncSetAttribute(att, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (c == cudaSuccess) c = cudaFuncSetAttribute(att, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+    for (int split = 0; split < 2 && c == cudaSuccess; split++) {
+        const void *att = pf_att_kernel(w->att_mb, hd, split);
+        c = cudaFuncSetAttribute(att, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (c == cudaSuccess) c = cudaFuncSetAttribute(att, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+    }
     if (c == cudaSuccess)
         c = cudaFuncSetAttribute(pf_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_gemm_f16_smem());
     if (c == cudaSuccess)

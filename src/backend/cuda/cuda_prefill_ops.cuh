@@ -608,9 +608,14 @@ __global__ void __launch_bounds__(1024, 1) pf_idx_topk(const float *scores_all, 
  * first: read from global memory, each tile's row copies waited on an
  * index load — 9% of the kernel's time). Rows stream through shared
  * memory in tiles of R (cp.async, double-buffered); scores S = Q·Kᵀ and
- * the output P·V are f16 mma.sync with f32 accumulation, Q and P each split
- * as hi + lo f16 (two products) so they keep ~22 bits, K = V exact (f16
- * rows). The softmax is online (running max from the sink, rescaled sums);
+ * the output P·V are f16 mma.sync with f32 accumulation, K = V exact (f16
+ * rows). With SPLIT Q and P are each split as hi + lo f16 (two products)
+ * so they keep ~22 bits, as the prefill's products do for F16 weights and
+ * with --quality; without, they are rounded to f16 once, as the Q8_0
+ * products on f16 tensor cores (cuda_gemm16.h) that make q and read the
+ * output round theirs: a score within ~2^-11 of Σ|q·k|, a weight within
+ * 2^-11 of itself, half the mma and half Q's shared memory (the prefill's
+ * attention 3.68 → 3.09 ms at 4096 tokens × 640 rows, H200). The softmax is online (running max from the sink, rescaled sums);
  * the output × 1/den, rotated back at p. Heads padded to 16s. q is q_b's
  * output: the block norms and rotates its heads as it loads them. The output
  * is f32 (out), or, with out16, what the Q8_0 output projection on f16
@@ -650,29 +655,31 @@ __device__ __forceinline__ const __half *pf_att_row(const pf_att &a, int r, int 
 /* Offset (in halves) of 16-byte chunk c of row r in a swizzled [rows][hd] f16 array. */
 __device__ __forceinline__ int pa_sw(int r, int c, int hd) { return r * hd + ((c ^ (r & 7)) << 3); }
 
-/* Shared bytes of pf_attention<mb, hd, r> for heads of hd and an indexer
- * selection of top_k rows. */
-static inline size_t pf_att_smem(int mb, int hd, int top_k, int r = PA_ROWS) {
-    size_t hb = 16 * (size_t)mb;
-    return hb * hd * 4 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + 2 * hb * (r + 8) * 2 + 2 * hb * 4 +
-           (size_t)top_k * 4;
+/* Shared bytes of pf_attention<mb, hd, split, r> for heads of hd and an
+ * indexer selection of top_k rows. */
+static inline size_t pf_att_smem(int mb, int hd, int top_k, bool split, int r = PA_ROWS) {
+    size_t hb = 16 * (size_t)mb, parts = split ? 2 : 1;
+    return parts * hb * hd * 2 + 2 * (size_t)r * hd * 2 + 4 * hb * (r + 4) * 4 + parts * hb * (r + 8) * 2 +
+           2 * hb * 4 + (size_t)top_k * 4;
 }
 
-template <int MB, int HD, int R = PA_ROWS>
+template <int MB, int HD, bool SPLIT, int R = PA_ROWS>
 __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_att a, const float *sinks, int n_head,
                                                             float eps, rope_dev rp, float *out, __half *out16) {
     static_assert(R == 16 || R == 32, "tile rows");
     static_assert(HD >= 128 && HD <= 512 && (HD & (HD - 1)) == 0, "head size");
+    static_assert(SPLIT || R >= 8 * MB, "the f32 output must fit over Q and the row tiles");
     constexpr int hd = HD; /* a constant: the loops unroll and the swizzled addresses fold (-16% time) */
     extern __shared__ __align__(16) unsigned char pa_raw[];
     constexpr int HB = 16 * MB, SP = R + 4, PS = R + 8, NC = R / 8; /* NC: softmax columns a thread */
-    __half *qh = (__half *)pa_raw, *ql = qh + HB * hd;
-    __half *kt = ql + HB * hd; /* 2 buffers of R × hd */
+    constexpr int PARTS = SPLIT ? 2 : 1;
+    __half *qh = (__half *)pa_raw, *ql = qh + HB * hd; /* ql, pl: SPLIT only */
+    __half *kt = qh + PARTS * HB * hd; /* 2 buffers of R × hd */
     float *sp = (float *)(kt + 2 * R * hd); /* [quarter][HB][SP] partial scores */
     __half *ph = (__half *)(sp + 4 * HB * SP), *pl = ph + HB * PS;
-    float *resc = (float *)(pl + HB * PS), *lfin = resc + HB;
+    float *resc = (float *)(ph + PARTS * HB * PS), *lfin = resc + HB;
     int *pk = (int *)(lfin + HB); /* the token's selection (a.top_k rows) */
-    float *os = (float *)pa_raw; /* the output, over qh/ql at the end */
+    float *os = (float *)pa_raw; /* the output, over Q (and the row tiles) at the end */
     const int h0 = blockIdx.x * HB, t = blockIdx.y, p = a.pos0 + t;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, m = warp >> 2, quarter = warp & 3;
     int lo = p - a.n_swa + 1 < 0 ? 0 : p - a.n_swa + 1, n_raw = p - lo + 1, n_comp = 0;
@@ -749,7 +756,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
                 const int d = 32 * j + lane, o = pa_sw(hl, d >> 3, hd) + (d & 7);
                 const __half hi = __float2half_rn(v[j]);
                 qh[o] = hi;
-                ql[o] = __float2half_rn(v[j] - __half2float(hi));
+                if (SPLIT) ql[o] = __float2half_rn(v[j] - __half2float(hi));
             }
         }
     }
@@ -779,15 +786,15 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
                 int c0 = k0 >> 3;
                 uint32_t ah[4], al[4];
                 pa_ldm_x4(ah, qh + pa_sw(arow, c0 + acol, hd));
-                pa_ldm_x4(al, ql + pa_sw(arow, c0 + acol, hd));
+                if (SPLIT) pa_ldm_x4(al, ql + pa_sw(arow, c0 + acol, hd));
 #pragma unroll
                 for (int np = 0; np < R / 16; np++) {
                     uint32_t b[4];
                     pa_ldm_x4(b, K + pa_sw(np * 16 + brow, c0 + bcol, hd));
                     pa_mma(c[2 * np], ah, b);
-                    pa_mma(c[2 * np], al, b);
+                    if (SPLIT) pa_mma(c[2 * np], al, b);
                     pa_mma(c[2 * np + 1], ah, b + 2);
-                    pa_mma(c[2 * np + 1], al, b + 2);
+                    if (SPLIT) pa_mma(c[2 * np + 1], al, b + 2);
                 }
             }
             float *dst = sp + (quarter * HB + m * 16 + (lane >> 2)) * SP + (lane & 3) * 2;
@@ -798,7 +805,8 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
             }
         }
         __syncthreads();
-        /* online softmax: the four partial sums in order, P as hi + lo */
+        /* online softmax: the four partial sums in order, P as hi (+ lo);
+         * without lo the sum adds the rounded weights P·V will use */
         {
             const float *s0 = sp + hs * SP + NC * sub;
             float v[NC], mx = -INFINITY;
@@ -816,8 +824,12 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
                 __half2 hi = __floats2half2_rn(e0, e1);
                 float2 hf = __half22float2(hi);
                 *(__half2 *)(ph + hs * PS + NC * sub + e) = hi;
-                *(__half2 *)(pl + hs * PS + NC * sub + e) = __floats2half2_rn(e0 - hf.x, e1 - hf.y);
-                sum += e0 + e1;
+                if (SPLIT) {
+                    *(__half2 *)(pl + hs * PS + NC * sub + e) = __floats2half2_rn(e0 - hf.x, e1 - hf.y);
+                    sum += e0 + e1;
+                } else {
+                    sum += hf.x + hf.y;
+                }
             }
             for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
             float sc = hv ? expf(m_run - m_new) : 1.0f;
@@ -837,16 +849,16 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
                 const __half *pa =
                     ph + (m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * PS + ks * 16 + (lane >> 4) * 8;
                 pa_ldm_x4(pah, pa);
-                pa_ldm_x4(pal, pa + HB * PS);
+                if (SPLIT) pa_ldm_x4(pal, pa + HB * PS);
 #pragma unroll
                 for (int nn = 0; nn < 16; nn += 2) {
                     if (nn < NT) {
                         uint32_t b[4];
                         pa_ldm_x4_t(b, K + pa_sw(ks * 16 + vrow, vcol + nn, hd));
                         pa_mma(acc[nn], pah, b);
-                        pa_mma(acc[nn], pal, b);
+                        if (SPLIT) pa_mma(acc[nn], pal, b);
                         pa_mma(acc[nn + 1], pah, b + 2);
-                        pa_mma(acc[nn + 1], pal, b + 2);
+                        if (SPLIT) pa_mma(acc[nn + 1], pal, b + 2);
                     }
                 }
             }
@@ -890,17 +902,20 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
     for (int i = tid; i < n_valid * hd / 4; i += blockDim.x) o[i] = ((const float4 *)os)[i];
 }
 
-/* The attention kernel for mb m-tiles a block and heads of hd (128, 256 or
- * 512; NULL otherwise), 16-row tiles: for cudaFuncSetAttribute and
- * cudaLaunchKernel (arguments as pf_attention's). */
-template <int MB>
+/* The attention kernel for mb m-tiles a block, heads of hd (128, 256 or
+ * 512; NULL otherwise), Q and P split or not, 16-row tiles: for
+ * cudaFuncSetAttribute and cudaLaunchKernel (arguments as pf_attention's). */
+template <int MB, bool SPLIT>
 static const void *pf_att_for(int hd) {
-    return hd == 128   ? (const void *)pf_attention<MB, 128>
-           : hd == 256 ? (const void *)pf_attention<MB, 256>
-           : hd == 512 ? (const void *)pf_attention<MB, 512>
+    return hd == 128   ? (const void *)pf_attention<MB, 128, SPLIT>
+           : hd == 256 ? (const void *)pf_attention<MB, 256, SPLIT>
+           : hd == 512 ? (const void *)pf_attention<MB, 512, SPLIT>
                        : NULL;
 }
-static inline const void *pf_att_kernel(int mb, int hd) { return mb == 2 ? pf_att_for<2>(hd) : pf_att_for<1>(hd); }
+static inline const void *pf_att_kernel(int mb, int hd, bool split) {
+    return split ? (mb == 2 ? pf_att_for<2, true>(hd) : pf_att_for<1, true>(hd))
+                 : (mb == 2 ? pf_att_for<2, false>(hd) : pf_att_for<1, false>(hd));
+}
 
 /* ---- MoE ---- */
 
