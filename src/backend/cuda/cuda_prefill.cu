@@ -5,7 +5,8 @@
  * decode steps would, so decode continues from it.
  *
  * Per layer, as forward.c / attention.c / compressor.c / moe.c:
- *   HC pre (mix for all tokens, Sinkhorn per token, x, attn norm);
+ *   HC pre (mix for all tokens, Sinkhorn per token, x, attn norm; with
+ *   the previous sublayer's HC post in one launch, pf_hc_boundary);
  *   Q low-rank, KV, the compressors' projections for all T tokens (batched
  *   products: cuda_mmq.h for quantised weights, pf_gemm_plain for F16/F32);
  *   KV norm, RoPE, FP8 round-trip, the chunk's KV rows as f16 (q's heads
@@ -48,7 +49,7 @@ enum { PF_MAX_CHUNK = 16384, PF_SCORE_FLOATS = 1 << 25 };
 struct pf_ws {
     int cap;
     int32_t *tok;
-    float *H, *mix, *pre, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw, *scores;
+    float *H, *mix, *pre, *post, *comb, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw, *scores;
     float *att, *low, *y, *router, *ew, *sg, *su, *smid, *sh, *mid, *hc_flat, *hmix, *ehc, *logits;
     float *snap_kv, *snap_sc;
     __half *kvc, *mid16; /* mid16: the shared expert's SwiGLU as its f16 down input */
@@ -160,7 +161,7 @@ static int pf_ws_new(ds4_cuda_session *s, int cap, bool f16, pf_ws **out, ds4_er
     w->score_tok = (int)(sc_tok < C ? (sc_tok ? sc_tok : 1) : C);
 #define F(ptr, n) if (pf_alloc(w, (void **)&(w->ptr), (size_t)(n) * sizeof(*(w->ptr)), err)) goto fail
     F(tok, C); F(H, C * HC_N * D); F(mix, C * PF_MIX); F(pre, C * HC_N); F(post, C * HC_N); F(comb, C * HC_N * HC_N);
-    F(x, C * D); F(a, C * D); F(qr, C * hp->q_lora); F(q, C * qdim); F(kv, C * hd); F(kvc, C * hd);
+    F(a, C * D); F(qr, C * hp->q_lora); F(q, C * qdim); F(kv, C * hd); F(kvc, C * hd);
     F(ckv, C * 2 * hd); F(csc, C * 2 * hd); F(ikv, C * 2 * ihd); F(isc, C * 2 * ihd);
     F(iq, C * hp->n_indexer_head * ihd); F(iw, C * hp->n_indexer_head);
     F(scores, (size_t)w->score_tok * max_vis); F(sel, C * hp->indexer_top_k); F(n_sel, C);
@@ -234,6 +235,7 @@ struct pfq {
     const float *memo_x; /* what w->act holds: x quantised for memo_type, memo_in wide, memo_n tokens */
     uint32_t memo_type, memo_in;
     int memo_n;
+    bool post_due;      /* the last sublayer's HC post is still to run (hc_post) */
     const float *g16_x; /* what the f16 products' activation buffer g16_x16 holds: g16_n rows of g16_in, stride g16_ld */
     const void *g16_x16;
     size_t g16_ld;
@@ -305,30 +307,52 @@ static int proj(pfq *q, const dmat &m, const float *X, int n, float *Y) {
 
 /* ------------------------------------------------------------ sublayers */
 
+/* The HC post of the sublayer just run (q->post_due) for tokens t0..t0+n-1. */
+static int hc_post_now(pfq *q, int t0, int n) {
+    uint32_t D = q->e->m->hp.n_embd;
+    pf_ws *w = q->w;
+    q->post_due = false;
+    pf_hc_post<<<dim3((D + 255) / 256, n), 256, 0, q->st>>>(w->H + (size_t)t0 * HC_N * D, w->y + (size_t)t0 * D,
+                                                            w->post + (size_t)t0 * HC_N,
+                                                            w->comb + (size_t)t0 * HC_N * HC_N, D);
+    pmark(q->st, "hc post");
+    return launched(q->err, "prefill hc post");
+}
+
+/* HC pre into w->a (the due post first): one pf_hc_boundary launch for an
+ * F16 fn, else the post, the plain mix, the split and x apart. */
 static int hc_pre(pfq *q, const dmat &fn, const float *scale, const float *base, const float *norm_w, int T) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     pf_ws *w = q->w;
     uint32_t D = hp->n_embd;
     forget(q);
-    if (fn.type == DS4_TYPE_F16 && (HC_N * D) % 128 == 0)
-        pf_hc_mix_tc<<<(T + 15) / 16, 256, 0, q->st>>>((const __half *)fn.w, w->H, HC_N * D, T, hp->rms_eps, w->mix);
-    else
-        pf_hc_mix<<<(T + PF_HC_TOK - 1) / PF_HC_TOK, 256, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, T,
-                                                                      hp->rms_eps, w->mix);
+    if (fn.type == DS4_TYPE_F16 && D % PF_HCB_CH == 0) {
+        auto k = q->post_due ? pf_hc_boundary<true> : pf_hc_boundary<false>;
+        k<<<(T + PF_HCB_TOK - 1) / PF_HCB_TOK, 256, pf_hcb_smem(), q->st>>>(
+            w->H, w->y, w->post, w->comb, (const __half *)fn.w, D, T, hp->rms_eps, scale, base,
+            (int)hp->hc_sinkhorn_iter, hp->hc_eps, norm_w, w->a);
+        q->post_due = false;
+        pmark(q->st, "hc post + pre");
+        return launched(q->err, "prefill hc boundary");
+    }
+    if (q->post_due && hc_post_now(q, 0, T)) return -1;
+    pf_hc_mix<<<(T + PF_HC_TOK - 1) / PF_HC_TOK, 256, 0, q->st>>>(fn.w, fn.type == DS4_TYPE_F16, w->H, HC_N * D, T,
+                                                                  hp->rms_eps, w->mix);
     pmark(q->st, "hc pre mix");
     pf_hc_split<<<(T + 7) / 8, 256, 0, q->st>>>(w->mix, scale, base, (int)hp->hc_sinkhorn_iter, hp->hc_eps, T, w->pre,
                                                 w->post, w->comb);
-    pf_hc_x<<<T, 512, 0, q->st>>>(w->pre, w->H, D, norm_w, hp->rms_eps, w->x, w->a);
+    pf_hc_x<<<T, 512, 0, q->st>>>(w->pre, w->H, D, norm_w, hp->rms_eps, w->a);
     pmark(q->st, "hc pre split, x");
     return launched(q->err, "prefill hc pre");
 }
 
-static int hc_post(pfq *q, int T) {
-    uint32_t D = q->e->m->hp.n_embd;
-    pf_hc_post<<<dim3((D + 255) / 256, T), 256, 0, q->st>>>(q->w->H, q->w->y, q->w->post, q->w->comb, D);
-    pmark(q->st, "hc post");
-    return launched(q->err, "prefill hc post");
+/* The sublayer's output w->y is ready: its HC post runs with the next HC
+ * pre (hc_pre) or, after the last layer, for the head's token alone
+ * (output_head). */
+static int hc_post(pfq *q) {
+    q->post_due = true;
+    return 0;
 }
 
 /* One compressor over the chunk: emissions, then the frontier after it. */
@@ -479,7 +503,7 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
     }
     if (proj_rows(q, L->out_b, 0, L->out_b.rows, L->out_b.in, w->low, nlow, T, w->y, D, w->act2)) return -1;
     pmark(q->st, "out_a, out_b");
-    return hc_post(q, T);
+    return hc_post(q);
 }
 
 static int ffn(pfq *q, uint32_t il, int T) {
@@ -547,7 +571,7 @@ static int ffn(pfq *q, uint32_t il, int T) {
             return -1;
     }
     pmark(q->st, "routed experts");
-    return hc_post(q, T);
+    return hc_post(q);
 }
 
 /* The output head for token t of the chunk. */
@@ -557,6 +581,7 @@ static int output_head(pfq *q, int t) {
     pf_ws *w = q->w;
     uint32_t D = hp->n_embd;
     forget(q);
+    if (q->post_due && hc_post_now(q, t, 1)) return -1;
     const float *Ht = w->H + (size_t)t * HC_N * D;
     pf_rmsnorm<<<1, 1024, 0, q->st>>>(Ht, 0, w->hc_flat, 0, NULL, (int)(HC_N * D), hp->rms_eps);
     if (launched(q->err, "prefill head norm") || proj(q, e->output_hc_fn, w->hc_flat, 1, w->hmix)) return -1;
@@ -591,9 +616,9 @@ static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int 
 static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     uint32_t ihd = hp->indexer_head_dim;
     if (!pf_att_kernel(1, (int)hp->head_dim, true) || hp->n_rot > hp->head_dim || hp->n_indexer_head > 64 ||
-        (ihd && (ihd < 64 || ihd > 512 || (ihd & (ihd - 1)))))
-        return ds4_fail(err, "cuda prefill: heads of %u (indexer %u of %u) are beyond the kernels' shapes",
-                        hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim);
+        (ihd && (ihd < 64 || ihd > 512 || (ihd & (ihd - 1)))) || hp->n_embd > PF_HC_MAX_D || hp->n_embd % 4)
+        return ds4_fail(err, "cuda prefill: heads of %u (indexer %u of %u) or a width of %u are beyond the kernels' shapes",
+                        hp->head_dim, hp->n_indexer_head, hp->indexer_head_dim, hp->n_embd);
     /* attention: 32 heads a block where the device's shared memory allows, else 16 */
     int dev = 0, optin = 0;
     cudaError_t c = cudaGetDevice(&dev);
@@ -603,7 +628,7 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     int top_k = (int)hp->indexer_top_k;
     w->att_mb = hp->n_head > 16 && pf_att_smem(2, hd, top_k, true) <= (size_t)optin ? 2 : 1;
     size_t smem = pf_att_smem(w->att_mb, hd, top_k, true); /* the split variant's: the larger */
-    if (smem > (size_t)optin || pf_gemm_f16_smem() > (size_t)optin ||
+    if (smem > (size_t)optin || pf_gemm_f16_smem() > (size_t)optin || pf_hcb_smem() > (size_t)optin ||
         idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim) > (size_t)optin)
         return ds4_fail(err,
                         "cuda prefill: the kernels need %zu (attention), %zu (f16 products) and %zu (indexer) "
@@ -617,6 +642,10 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     }
     if (c == cudaSuccess)
         c = cudaFuncSetAttribute(pf_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_gemm_f16_smem());
+    if (c == cudaSuccess)
+        c = cudaFuncSetAttribute(pf_hc_boundary<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_hcb_smem());
+    if (c == cudaSuccess)
+        c = cudaFuncSetAttribute(pf_hc_boundary<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pf_hcb_smem());
     if (c == cudaSuccess)
         c = cudaFuncSetAttribute(idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim));

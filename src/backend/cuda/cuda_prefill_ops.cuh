@@ -23,6 +23,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cuda_async.cuh"
 #include "cuda_device_math.cuh"
 #include "cuda_engine_impl.cuh"
 #include "cuda_formats.cuh"
@@ -104,17 +105,14 @@ __global__ void __launch_bounds__(256) pf_hc_mix(const void *fn, int f16, const 
     }
 }
 
-/* HC pre, step 3-4 per token (one warp each, 8 a block): pre, post and the
- * Sinkhorn-normalised comb (cuda_step_ops.cuh k_hc_split's lane layout). */
-__global__ void pf_hc_split(const float *mix, const float *scale, const float *base, int iters, float hc_eps, int T,
-                            float *pre_out, float *post_out, float *comb_out) {
-    int t = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (t >= T) return;
+/* HC pre, step 3-4 for one token by one warp: pre, post and the
+ * Sinkhorn-normalised comb from its mix m (cuda_step_ops.cuh k_hc_split's
+ * lane layout). */
+__device__ void hc_split_warp(const float *m, const float *scale, const float *base, int iters, float hc_eps,
+                              float *pre_out, float *post_out, float *comb_out) {
     int lane = threadIdx.x & 31, l = lane & 15, r = l >> 2, col = l & 3;
-    const float *m = mix + (size_t)t * PF_MIX;
-    if (lane < HC_N) pre_out[(size_t)t * HC_N + lane] = dev_sigmoid(m[lane] * scale[0] + base[lane]) + hc_eps;
-    if (lane >= HC_N && lane < 2 * HC_N)
-        post_out[(size_t)t * HC_N + lane - HC_N] = 2.0f * dev_sigmoid(m[lane] * scale[1] + base[lane]);
+    if (lane < HC_N) pre_out[lane] = dev_sigmoid(m[lane] * scale[0] + base[lane]) + hc_eps;
+    if (lane >= HC_N && lane < 2 * HC_N) post_out[lane - HC_N] = 2.0f * dev_sigmoid(m[lane] * scale[1] + base[lane]);
     float v = m[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
     float mx = __shfl_sync(0xffffffffu, v, r * 4);
     for (int k = 1; k < HC_N; k++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, r * 4 + k));
@@ -132,27 +130,97 @@ __global__ void pf_hc_split(const float *mix, const float *scale, const float *b
         for (int k = 0; k < HC_N; k++) cs += __shfl_sync(0xffffffffu, v, k * 4 + col);
         v /= cs + hc_eps;
     }
-    if (lane < HC_N * HC_N) comb_out[(size_t)t * HC_N * HC_N + lane] = v;
+    if (lane < HC_N * HC_N) comb_out[lane] = v;
 }
 
-/* x_t = Σ pre·H_t, a_t = norm(x_t)·w; one block per token. */
-__global__ void pf_hc_x(const float *pre, const float *H, uint32_t D, const float *norm_w, float rms_eps, float *x,
-                        float *a) {
-    __shared__ double sh[32];
-    int t = blockIdx.x;
-    float p[HC_N];
-    for (int h = 0; h < HC_N; h++) p[h] = pre[(size_t)t * HC_N + h];
-    const float *Ht = H + (size_t)t * HC_N * D;
-    float *xt = x + (size_t)t * D, *at = a + (size_t)t * D;
-    double ss = 0.0;
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int h = 0; h < HC_N; h++) acc += p[h] * Ht[(size_t)h * D + d];
-        xt[d] = acc;
-        ss += (double)acc * (double)acc;
+/* HC pre, step 3-4 per token (one warp each, 8 a block). */
+__global__ void pf_hc_split(const float *mix, const float *scale, const float *base, int iters, float hc_eps, int T,
+                            float *pre_out, float *post_out, float *comb_out) {
+    int t = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (t >= T) return;
+    hc_split_warp(mix + (size_t)t * PF_MIX, scale, base, iters, hc_eps, pre_out + (size_t)t * HC_N,
+                  post_out + (size_t)t * HC_N, comb_out + (size_t)t * HC_N * HC_N);
+}
+
+/* x_t = Σ pre·H_t (its values in order of the streams), a_t = norm(x_t)·w,
+ * by a block for nt ≤ 2 consecutive tokens (pre, H, a at the first): at
+ * most V4 groups of four values of each a thread (D ≤ blockDim.x · 4·V4:
+ * PF_HC_MAX_D, D % 4 == 0), every load issued before the sums, the sums of
+ * squares in double, one block reduction for both. x itself is not kept.
+ * sh: 64 doubles. */
+enum { PF_HC_MAX_D = 4096 };
+template <int V4>
+__device__ void hc_x_block(const float (*pre)[HC_N], const float *H, uint32_t D, const float *norm_w, float rms_eps,
+                           float *a, double *sh, int nt) {
+    float4 wv[V4], xv[2][V4];
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int i = 0; i < V4; i++) {
+        const uint32_t d = 4 * (threadIdx.x + i * blockDim.x);
+        wv[i] = d < D ? *(const float4 *)(norm_w + d) : zero;
     }
-    float s = ds4_rms_scale(block_sum(ss, sh), (int)D, rms_eps);
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) at[d] = xt[d] * s * norm_w[d];
+    double ss[2] = {0.0, 0.0};
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        float4 hv[HC_N][V4];
+#pragma unroll
+        for (int i = 0; i < V4; i++) {
+            const uint32_t d = 4 * (threadIdx.x + i * blockDim.x);
+#pragma unroll
+            for (int h = 0; h < HC_N; h++)
+                hv[h][i] = k < nt && d < D ? *(const float4 *)(H + ((size_t)k * HC_N + h) * D + d) : zero;
+        }
+#pragma unroll
+        for (int i = 0; i < V4; i++) {
+            float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int h = 0; h < HC_N; h++) {
+                const float4 v = hv[h][i];
+                x[0] += pre[k][h] * v.x, x[1] += pre[k][h] * v.y, x[2] += pre[k][h] * v.z, x[3] += pre[k][h] * v.w;
+            }
+            xv[k][i] = make_float4(x[0], x[1], x[2], x[3]);
+#pragma unroll
+            for (int e = 0; e < 4; e++) ss[k] += (double)x[e] * (double)x[e];
+        }
+    }
+    const int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+        for (int o = 16; o > 0; o >>= 1) ss[k] += __shfl_xor_sync(0xffffffffu, ss[k], o);
+    __syncthreads(); /* sh free */
+    if (l == 0) sh[w] = ss[0], sh[32 + w] = ss[1];
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        if (k >= nt) break;
+        double t = 0.0;
+        for (int i = 0; i < nw; i++) t += sh[32 * k + i];
+        const float s = ds4_rms_scale(t, (int)D, rms_eps);
+#pragma unroll
+        for (int i = 0; i < V4; i++) {
+            const uint32_t d = 4 * (threadIdx.x + i * blockDim.x);
+            const float4 x = xv[k][i], wn = wv[i];
+            if (d < D)
+                *(float4 *)(a + (size_t)k * D + d) = make_float4(x.x * s * wn.x, x.y * s * wn.y, x.z * s * wn.z,
+                                                                 x.w * s * wn.w);
+        }
+    }
+}
+
+/* hc_x_block for token blockIdx.x, 512 threads. */
+__global__ void __launch_bounds__(512) pf_hc_x(const float *pre, const float *H, uint32_t D, const float *norm_w,
+                                               float rms_eps, float *a) {
+    __shared__ double sh[64];
+    const int t = blockIdx.x;
+    hc_x_block<PF_HC_MAX_D / 2048>((const float(*)[HC_N])(pre + (size_t)t * HC_N), H + (size_t)t * HC_N * D, D, norm_w,
+                                  rms_eps, a + (size_t)t * D, sh, 1);
+}
+
+/* HC post of one value: post[dst]·y + Σ_src comb[src][dst]·old[src]. */
+__device__ __forceinline__ float hc_post_value(const float *pt, const float *ct, float yv, const float *old, int dst) {
+    float acc = pt[dst] * yv;
+    for (int src = 0; src < HC_N; src++) acc += ct[src * HC_N + dst] * old[src];
+    return acc;
 }
 
 /* HC post: H_t[dst] = post[dst]·y_t + Σ_src comb[src][dst]·H_t[src]; grid (D/256, T). */
@@ -164,83 +232,180 @@ __global__ void pf_hc_post(float *H, const float *y, const float *post, const fl
     float yv = y[(size_t)t * D + d];
     float old[HC_N];
     for (int h = 0; h < HC_N; h++) old[h] = Ht[(size_t)h * D + d];
-    for (int dst = 0; dst < HC_N; dst++) {
-        float acc = pt[dst] * yv;
-        for (int src = 0; src < HC_N; src++) acc += ct[src * HC_N + dst] * old[src];
-        Ht[(size_t)dst * D + d] = acc;
-    }
+    for (int dst = 0; dst < HC_N; dst++) Ht[(size_t)dst * D + d] = hc_post_value(pt, ct, yv, old, dst);
 }
 
-/* HC pre, step 1-2 on tensor cores for F16 fn: mix[t][j] = (fn_j·H_t)·(1/rms(H_t))
- * for 16 tokens a block (one m-tile); the 8 warps split n (n % 128 == 0):
- * H as hi + lo f16 from registers (A, ~22 bits), fn exact (B), each 16-wide
- * k step's products summed by a fresh mma and added to f32 accumulators;
- * Σ H² per lane in double. The warps' partial sums are added in order (in
- * double, as pf_hc_mix does). */
-__global__ void __launch_bounds__(256) pf_hc_mix_tc(const __half *fn, const float *H, uint32_t n, int T, float eps,
-                                                    float *mix) {
-    __shared__ float red[8][16][PF_MIX];
-    __shared__ double red_ss[8][16];
-    const int t0 = blockIdx.x * 16, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    const uint32_t span = n / 8, k_begin = warp * span;
-    const int ta = t0 + g, tb = t0 + g + 8;
-    const float *ha = H + (size_t)(ta < T ? ta : 0) * n, *hb = H + (size_t)(tb < T ? tb : 0) * n;
-    const bool va = ta < T, vb = tb < T;
+/* The HC boundary between two sublayers for 16 tokens a block (256
+ * threads), F16 fn, D a multiple of 64 up to PF_HC_MAX_D:
+ *  1. in chunks of 64 dims: with POST, the post of the sublayer just run
+ *     (H ← post·y + combᵀ·H, hc_post_value, in place: thread (token tid/16,
+ *     4 dims) owns its values in all four streams); each chunk's H (and y)
+ *     staged by cp.async PF_HCB_NS - 1 chunks ahead, each thread reading
+ *     back only its own copies. The new H of the chunk as hi + lo f16
+ *     (~22 bits) into shared memory (double-buffered), from which the mix
+ *     of the next pre, mix[t][j] = (fn_j·H_t)·(1/rms(H_t)), runs on tensor
+ *     cores: warp w takes the chunk's k steps 2w, 2w+1 (16 dims of one
+ *     stream each, fn exact from L2), each summed by a fresh mma and added
+ *     to f32 accumulators; the warps' sums added in order in double, Σ H²
+ *     per thread in double;
+ *  2. the split per token (hc_split_warp): pre in shared memory, post and
+ *     comb over the ones just read (each block reads its tokens' first);
+ *  3. a = norm(Σ pre·H)·w for two tokens at a time (hc_x_block), H read
+ *     again.
+ * One launch instead of pf_hc_post, the mix, pf_hc_split and pf_hc_x: H is
+ * read twice and written once instead of read three times and written
+ * once. Dynamic shared memory: pf_hcb_smem(). */
+enum { PF_HCB_TOK = 16, PF_HCB_CH = 64, PF_HCB_AS = HC_N * PF_HCB_CH + 8, PF_HCB_NS = 3 };
+static inline size_t pf_hcb_smem(void) {
+    return (size_t)2 * 2 * PF_HCB_TOK * PF_HCB_AS * 2 + (size_t)PF_HCB_NS * (HC_N + 1) * PF_HCB_TOK * PF_HCB_CH * 4;
+}
+template <bool POST>
+__global__ void __launch_bounds__(256) pf_hc_boundary(float *H, const float *y, float *post, float *comb,
+                                                      const __half *fn, uint32_t D, int T, float eps,
+                                                      const float *scale, const float *base, int iters, float hc_eps,
+                                                      const float *norm_w, float *a) {
+    extern __shared__ __align__(16) unsigned char hcb_raw[];
+    /* the chunks' A tiles, [buffer][hi, lo][token][stream·64 + dim]; after the loop the warps' mix sums */
+    typedef __half a_tile[2][PF_HCB_TOK][PF_HCB_AS];
+    a_tile *As = (a_tile *)hcb_raw;
+    float(*red)[PF_HCB_TOK][PF_MIX] = (float(*)[PF_HCB_TOK][PF_MIX])hcb_raw;
+    /* staged chunks, [stage][stream, y][token][dim] */
+    typedef float stage[HC_N + 1][PF_HCB_TOK][PF_HCB_CH];
+    stage *St = (stage *)(hcb_raw + 2 * sizeof(a_tile));
+    __shared__ double red_ss[PF_HCB_TOK], sh[64];
+    __shared__ float mixs[PF_HCB_TOK][PF_MIX], pres[PF_HCB_TOK][HC_N];
+    __shared__ float posts[PF_HCB_TOK][HC_N], combs[PF_HCB_TOK][HC_N * HC_N];
+    const int t0 = blockIdx.x * PF_HCB_TOK, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2,
+              q4 = lane & 3;
+    const uint32_t n = HC_N * D, n_ch = D / PF_HCB_CH;
+    /* this thread's token and dims in a chunk */
+    const int k = tid >> 4, dl = 4 * (tid & 15);
+    const bool valid = t0 + k < T;
+    float *Hk = H + (size_t)(valid ? t0 + k : 0) * n;
+    const float *yk = y + (size_t)(valid ? t0 + k : 0) * D;
+    auto stage_chunk = [&](uint32_t c) {
+        if (c < n_ch && valid) {
+            float(*dst)[PF_HCB_TOK][PF_HCB_CH] = St[c % PF_HCB_NS];
+            const uint32_t d = c * PF_HCB_CH + dl;
+#pragma unroll
+            for (int h = 0; h < HC_N; h++) cp_async16(&dst[h][k][dl], Hk + (size_t)h * D + d);
+            if (POST) cp_async16(&dst[HC_N][k][dl], yk + d);
+        }
+        cp_async_commit(); /* empty past the end: the group count stays the same */
+    };
+#pragma unroll
+    for (int c = 0; c < PF_HCB_NS - 1; c++) stage_chunk(c);
+    if (POST) {
+        for (int i = tid; i < PF_HCB_TOK * HC_N * (HC_N + 1); i += blockDim.x) {
+            const int kt = i / (HC_N * (HC_N + 1)), j = i % (HC_N * (HC_N + 1)), t = t0 + kt < T ? t0 + kt : T - 1;
+            if (j < HC_N) posts[kt][j] = post[(size_t)t * HC_N + j];
+            else combs[kt][j - HC_N] = comb[(size_t)t * HC_N * HC_N + j - HC_N];
+        }
+        __syncthreads();
+    }
     float acc[3][4];
 #pragma unroll
     for (int j = 0; j < 3; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-    double ssa = 0.0, ssb = 0.0;
-    auto split = [](float2 v, uint32_t *hi, uint32_t *lo) {
-        __half2 h = __floats2half2_rn(v.x, v.y);
-        float2 f = __half22float2(h);
-        __half2 l = __floats2half2_rn(v.x - f.x, v.y - f.y);
-        *hi = *(uint32_t *)&h;
-        *lo = *(uint32_t *)&l;
-    };
-#pragma unroll 4
-    for (uint32_t k0 = k_begin; k0 < k_begin + span; k0 += 16) {
-        uint32_t kc = k0 + 2 * q4;
-        float2 zero = make_float2(0.0f, 0.0f);
-        float2 x0 = va ? *(const float2 *)(ha + kc) : zero, x1 = vb ? *(const float2 *)(hb + kc) : zero;
-        float2 x2 = va ? *(const float2 *)(ha + kc + 8) : zero, x3 = vb ? *(const float2 *)(hb + kc + 8) : zero;
-        ssa += (double)x0.x * (double)x0.x + (double)x0.y * (double)x0.y + (double)x2.x * (double)x2.x +
-               (double)x2.y * (double)x2.y;
-        ssb += (double)x1.x * (double)x1.x + (double)x1.y * (double)x1.y + (double)x3.x * (double)x3.x +
-               (double)x3.y * (double)x3.y;
-        uint32_t ah[4], al[4];
-        split(x0, &ah[0], &al[0]);
-        split(x1, &ah[1], &al[1]);
-        split(x2, &ah[2], &al[2]);
-        split(x3, &ah[3], &al[3]);
+    double ss = 0.0;
+    /* fn's B fragments of a chunk (the warp's two k steps × 3 n-tiles), loaded a chunk ahead */
+    auto fn_frags = [&](uint32_t c, uint32_t (&b)[2][3][2]) {
 #pragma unroll
-        for (int j = 0; j < 3; j++) {
-            const __half *fr = fn + (size_t)(j * 8 + g) * n + kc;
-            uint32_t b[2] = {*(const uint32_t *)fr, *(const uint32_t *)(fr + 8)};
-            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            pa_mma(c, ah, b);
-            pa_mma(c, al, b);
-            acc[j][0] += c[0], acc[j][1] += c[1], acc[j][2] += c[2], acc[j][3] += c[3];
+        for (int st = 0; st < 2; st++) {
+            const int ks = 2 * warp + st, h = ks / (PF_HCB_CH / 16), kk = ks % (PF_HCB_CH / 16) * 16;
+#pragma unroll
+            for (int j = 0; j < 3; j++) {
+                const __half *fr = fn + (size_t)(j * 8 + g) * n + (size_t)h * D + c * PF_HCB_CH + kk + 2 * q4;
+                b[st][j][0] = *(const uint32_t *)fr;
+                b[st][j][1] = *(const uint32_t *)(fr + 8);
+            }
         }
+    };
+    uint32_t fb[2][3][2], fb_next[2][3][2];
+    fn_frags(0, fb);
+    for (uint32_t c = 0; c < n_ch; c++) {
+        stage_chunk(c + PF_HCB_NS - 1);
+        if (c + 1 < n_ch) fn_frags(c + 1, fb_next);
+        cp_async_wait<PF_HCB_NS - 1>(); /* this thread's copies of chunk c are in */
+        const int buf = c & 1;
+        float(*src)[PF_HCB_TOK][PF_HCB_CH] = St[c % PF_HCB_NS];
+        float v[HC_N][4];
+#pragma unroll
+        for (int h = 0; h < HC_N; h++) {
+            const float4 x = valid ? *(const float4 *)&src[h][k][dl] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            v[h][0] = x.x, v[h][1] = x.y, v[h][2] = x.z, v[h][3] = x.w;
+        }
+        if (POST && valid) {
+            const float4 y4 = *(const float4 *)&src[HC_N][k][dl];
+            const float yv[4] = {y4.x, y4.y, y4.z, y4.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float old[HC_N];
+#pragma unroll
+                for (int h = 0; h < HC_N; h++) old[h] = v[h][e];
+#pragma unroll
+                for (int h = 0; h < HC_N; h++) v[h][e] = hc_post_value(posts[k], combs[k], yv[e], old, h);
+            }
+#pragma unroll
+            for (int h = 0; h < HC_N; h++)
+                *(float4 *)(Hk + (size_t)h * D + c * PF_HCB_CH + dl) = make_float4(v[h][0], v[h][1], v[h][2], v[h][3]);
+        }
+#pragma unroll
+        for (int h = 0; h < HC_N; h++) {
+            __align__(8) __half hi[4], lo[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                ss += (double)v[h][e] * (double)v[h][e];
+                hi[e] = __float2half_rn(v[h][e]);
+                lo[e] = __float2half_rn(v[h][e] - __half2float(hi[e]));
+            }
+            *(uint2 *)&As[buf][0][k][h * PF_HCB_CH + dl] = *(const uint2 *)hi;
+            *(uint2 *)&As[buf][1][k][h * PF_HCB_CH + dl] = *(const uint2 *)lo;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int st = 0; st < 2; st++) {
+            const int ks = 2 * warp + st, h = ks / (PF_HCB_CH / 16), kk = ks % (PF_HCB_CH / 16) * 16;
+            uint32_t ah[4], al[4];
+            const int ar = (lane & 7) + ((lane >> 3) & 1) * 8, ac = h * PF_HCB_CH + kk + (lane >> 4) * 8;
+            pa_ldm_x4(ah, &As[buf][0][ar][ac]);
+            pa_ldm_x4(al, &As[buf][1][ar][ac]);
+#pragma unroll
+            for (int j = 0; j < 3; j++) {
+                float cc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                pa_mma(cc, ah, fb[st][j]);
+                pa_mma(cc, al, fb[st][j]);
+                acc[j][0] += cc[0], acc[j][1] += cc[1], acc[j][2] += cc[2], acc[j][3] += cc[3];
+            }
+        }
+#pragma unroll
+        for (int st = 0; st < 2; st++)
+#pragma unroll
+            for (int j = 0; j < 3; j++) fb[st][j][0] = fb_next[st][j][0], fb[st][j][1] = fb_next[st][j][1];
     }
-    for (int o = 1; o < 4; o <<= 1) {
-        ssa += __shfl_xor_sync(0xffffffffu, ssa, o);
-        ssb += __shfl_xor_sync(0xffffffffu, ssb, o);
-    }
+    for (int o = 8; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o); /* the token's 16 threads */
+    if ((tid & 15) == 0) red_ss[k] = ss;
+    __syncthreads(); /* every warp's products are done with As */
 #pragma unroll
     for (int j = 0; j < 3; j++) {
         int col = j * 8 + 2 * q4;
         red[warp][g][col] = acc[j][0], red[warp][g][col + 1] = acc[j][1];
         red[warp][g + 8][col] = acc[j][2], red[warp][g + 8][col + 1] = acc[j][3];
     }
-    if (q4 == 0) red_ss[warp][g] = ssa, red_ss[warp][g + 8] = ssb;
     __syncthreads();
-    for (int i = threadIdx.x; i < 16 * PF_MIX; i += blockDim.x) {
+    for (int i = tid; i < PF_HCB_TOK * PF_MIX; i += blockDim.x) {
         int r = i / PF_MIX, j = i % PF_MIX;
-        if (t0 + r >= T) continue;
-        double tot = 0.0, s2 = 0.0;
-        for (int w = 0; w < 8; w++) tot += red[w][r][j], s2 += red_ss[w][r];
-        mix[(size_t)(t0 + r) * PF_MIX + j] = (float)tot * ds4_rms_scale(s2, (int)n, eps);
+        double tot = 0.0;
+        for (int w = 0; w < 8; w++) tot += red[w][r][j];
+        mixs[r][j] = (float)tot * ds4_rms_scale(red_ss[r], (int)n, eps);
     }
+    __syncthreads();
+    for (int kt = warp; kt < PF_HCB_TOK && t0 + kt < T; kt += 8)
+        hc_split_warp(mixs[kt], scale, base, iters, hc_eps, pres[kt], post + (size_t)(t0 + kt) * HC_N,
+                      comb + (size_t)(t0 + kt) * HC_N * HC_N);
+    __syncthreads(); /* pre; H's new values (the block's own writes) */
+    for (int kt = 0; kt < PF_HCB_TOK && t0 + kt < T; kt += 2)
+        hc_x_block<PF_HC_MAX_D / 1024>(pres + kt, H + (size_t)(t0 + kt) * n, D, norm_w, eps, a + (size_t)(t0 + kt) * D,
+                                      sh, t0 + kt + 1 < T ? 2 : 1);
 }
 
 /* Plain-float products: Y[t][r] = W_r · X_t for W F16 or F32 (rows of n_in),
