@@ -154,7 +154,7 @@ int ds4_gemm16_f16_split(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t i
     cublasStatus_t s = cublasSetStream(g->blas, (cudaStream_t)stream);
     if (s == CUBLAS_STATUS_SUCCESS)
         s = g16_product(g, (const __half *)w, rows, in, n, (const __half *)xh, in, 0.0f, y, ldy);
-    if (s == CUBLAS_STATUS_SUCCESS)
+    if (s == CUBLAS_STATUS_SUCCESS && xl)
         s = g16_product(g, (const __half *)w, rows, in, n, (const __half *)xl, in, 1.0f, y, ldy);
     return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_fail(err, "f16 product", s);
 }

@@ -62,7 +62,9 @@ int ds4_gemm16_q8_0_x16(ds4_gemm16 *g, const void *w, uint32_t rows, uint32_t in
 /* Y[t·ldy + r] = W_r · (hi_t + lo_t) for an F16 matrix W (rows × in as
  * stored, 16-byte aligned) and n tokens already split into f16 halves
  * hi = f16(x), lo = f16(x - hi) ([n][in] each; ~22 bits of x): two cuBLAS
- * products with f32 accumulation, the second added onto the first. The
+ * products with f32 accumulation, the second added onto the first; with
+ * xl NULL, W_r · hi_t alone (x rounded to f16 once: within ~2^-11 of
+ * Σ|w·x| more, as the Q8_0 products on f16 round theirs). The
  * prefill's own kernel (pf_gemm_f16) sums each 16-wide k slice from zero,
  * so its error does not grow with K as the tensor cores' accumulation
  * does (~1e-5 of Σ|w·x| at K = 4096, notes/cuda-kernels.md §9); this one

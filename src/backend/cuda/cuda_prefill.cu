@@ -59,7 +59,8 @@ struct pf_ws {
     int score_tok; /* tokens whose scores fit the score buffer at once */
     __half *xh, *xl; /* an f32 input split hi + lo for the F16 products, split_n values */
     size_t split_n, split_ld;
-    const float *split_x; /* what xh/xl hold: split_rows rows of split_in from split_x */
+    const float *split_x; /* what xh/xl hold: split_rows rows of split_in from split_x (xl if split_lo) */
+    bool split_lo;
     uint32_t split_in;
     int split_rows;
     int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2, hd, split>) */
@@ -236,6 +237,7 @@ struct pfq {
     uint32_t memo_type, memo_in;
     int memo_n;
     bool post_due;      /* the last sublayer's HC post is still to run (hc_post) */
+    bool round16;       /* this sublayer's Q8_0 products run on f16: F16 products round x to f16 once too */
     const float *g16_x; /* what the f16 products' activation buffer g16_x16 holds: g16_n rows of g16_in, stride g16_ld */
     const void *g16_x16;
     size_t g16_ld;
@@ -267,13 +269,14 @@ static int proj_rows(pfq *q, const dmat &m, uint32_t row0, uint32_t n_rows, uint
     if (m.type == DS4_TYPE_F16 && in % HG_BK == 0 && ((uintptr_t)wt & 15) == 0 && ((uintptr_t)X & 15) == 0 &&
         ldx % 4 == 0 && (size_t)n * in <= q->w->split_n) {
         pf_ws *w = q->w;
-        if (w->split_x != X || w->split_ld != ldx || w->split_in != in || w->split_rows != n) {
+        const bool lo = !q->round16;
+        if (w->split_x != X || w->split_ld != ldx || w->split_in != in || w->split_rows != n || (lo && !w->split_lo)) {
             size_t threads = (size_t)n * in / 8;
-            pf_split_f16<<<(unsigned)((threads + 255) / 256), 256, 0, q->st>>>(X, ldx, in, n, w->xh, w->xl);
-            w->split_x = X, w->split_ld = ldx, w->split_in = in, w->split_rows = n;
+            pf_split_f16<<<(unsigned)((threads + 255) / 256), 256, 0, q->st>>>(X, ldx, in, n, w->xh, lo ? w->xl : NULL);
+            w->split_x = X, w->split_ld = ldx, w->split_in = in, w->split_rows = n, w->split_lo = lo;
         }
         if (w->g16) /* not --quality */
-            return ds4_gemm16_f16_split(w->g16, wt, n_rows, in, w->xh, w->xl, (uint32_t)n, Y, ldy,
+            return ds4_gemm16_f16_split(w->g16, wt, n_rows, in, w->xh, lo ? w->xl : NULL, (uint32_t)n, Y, ldy,
                                         (ds4_cuda_stream)q->st, q->err);
         dim3 grid((n_rows + HG_BN - 1) / HG_BN, (n + HG_BM - 1) / HG_BM);
         pf_gemm_f16<<<grid, 256, pf_gemm_f16_smem(), q->st>>>((const __half *)wt, n_rows, in, w->xh, w->xl, n, Y, ldy);
@@ -431,6 +434,8 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
     int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim, n_rot = (int)hp->n_rot;
     uint32_t D = hp->n_embd;
     rope_dev rp = L->ratio ? e->rope_comp : e->rope_plain;
+    q->round16 = w->g16 && L->q_a.type == DS4_TYPE_Q8_0 && L->kv.type == DS4_TYPE_Q8_0 &&
+                 L->q_b.type == DS4_TYPE_Q8_0 && L->out_a.type == DS4_TYPE_Q8_0;
     if (hc_pre(q, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, T) || proj(q, L->q_a, w->a, T, w->qr) ||
         proj(q, L->kv, w->a, T, w->kv))
         return -1;
@@ -463,13 +468,13 @@ static int attention(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) 
     pf_att pa = {K->raw, w->kvc, K->comp, L->ratio == 4 ? w->sel : NULL, L->ratio == 4 ? w->n_sel : NULL,
                  (int)hp->n_swa, (int)L->ratio, pos0, (int)hp->indexer_top_k};
     /* With f16 output projections the attention writes their f16 input
-     * itself (over att), and rounds Q and P to f16 once: q comes from q_b's
-     * f16 product and the output goes to out_a's Q8_0 codes on f16, so the
-     * hi + lo split (kept where the products keep ~22 bits: F16 weights,
-     * --quality) would buy nothing there. */
+     * itself (over att); beside Q8_0 products on f16 (round16) it rounds Q
+     * and P to f16 once: q comes from q_b's f16 product and the output goes
+     * to out_a's Q8_0 codes on f16, so the hi + lo split (kept where the
+     * products keep ~22 bits: F16 weights, --quality) would buy nothing. */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group, nlow = hp->n_out_group * hp->o_lora;
     __half *att16 = w->g16 && L->out_a.type == DS4_TYPE_Q8_0 ? (__half *)w->att : NULL;
-    const bool split = !att16 || L->q_b.type != DS4_TYPE_Q8_0;
+    const bool split = !q->round16;
     dim3 agrid((hp->n_head + 16 * w->att_mb - 1) / (16 * w->att_mb), T);
     const float *qv = w->q, *sinks = L->sinks;
     float *att32 = w->att;
@@ -512,6 +517,7 @@ static int ffn(pfq *q, uint32_t il, int T) {
     const dlayer *L = &e->L[il];
     pf_ws *w = q->w;
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
+    q->round16 = w->g16 && L->gate_sh.type == DS4_TYPE_Q8_0 && L->up_sh.type == DS4_TYPE_Q8_0;
     if (hc_pre(q, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, T) || proj(q, L->gate_inp, w->a, T, w->router))
         return -1;
     pf_route<<<T, 256, 2 * ne * sizeof(float), q->st>>>(w->router, L->probs_bias, L->tid2eid, (int)ne, (int)nu,
@@ -581,6 +587,7 @@ static int output_head(pfq *q, int t) {
     pf_ws *w = q->w;
     uint32_t D = hp->n_embd;
     forget(q);
+    q->round16 = false; /* one token: its F16 products keep ~22 bits */
     if (q->post_due && hc_post_now(q, t, 1)) return -1;
     const float *Ht = w->H + (size_t)t * HC_N * D;
     pf_rmsnorm<<<1, 1024, 0, q->st>>>(Ht, 0, w->hc_flat, 0, NULL, (int)(HC_N * D), hp->rms_eps);

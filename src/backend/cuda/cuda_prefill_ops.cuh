@@ -462,7 +462,7 @@ __global__ void __launch_bounds__(256) pf_gemm_plain(const void *W, int f16, uin
  * hi = f16(x), lo = f16(x - hi), so hi + lo keeps ~22 bits of x. Eight
  * values a thread (in and ldx multiples of 8 and 4, X 16-byte aligned):
  * a value a thread ran at a third of memory speed. */
-__global__ void pf_split_f16(const float *X, size_t ldx, uint32_t in, int n, __half *xh, __half *xl) {
+__global__ void pf_split_f16(const float *X, size_t ldx, uint32_t in, int n, __half *xh, __half *xl /* NULL: hi only */) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, t = i / (in / 8), k = 8 * (i % (in / 8));
     if (t >= (size_t)n) return;
     const float4 a = *(const float4 *)(X + t * ldx + k), b = *(const float4 *)(X + t * ldx + k + 4);
@@ -474,7 +474,7 @@ __global__ void pf_split_f16(const float *X, size_t ldx, uint32_t in, int n, __h
         lo[j] = __float2half_rn(v[j] - __half2float(hi[j]));
     }
     *(uint4 *)(xh + t * in + k) = *(const uint4 *)hi;
-    *(uint4 *)(xl + t * in + k) = *(const uint4 *)lo;
+    if (xl) *(uint4 *)(xl + t * in + k) = *(const uint4 *)lo;
 }
 
 /* F16 weights on tensor cores: Y[t][r] = W_r · (hi_t + lo_t), two f16
