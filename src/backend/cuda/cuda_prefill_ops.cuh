@@ -860,21 +860,27 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         }
     }
     const int nr = n_raw + n_comp, n_tiles = (nr + R - 1) / R, ring0 = lo % a.n_swa;
-    const int chunks = hd >> 3, qd = hd >> 2, NT = hd >> 5;
-    /* tile loads: thread tid copies chunk c_ld of rows r_ld, r_ld + r_step, ...
-     * (hd a power of two up to 512, so chunks divides the block) */
-    const int c_ld = tid & (chunks - 1), r_ld = tid / chunks, r_step = blockDim.x / chunks;
+    const int qd = hd >> 2, NT = hd >> 5;
+    /* tile loads: TPRL threads a row, thread tid copies chunks lc, lc + TPRL,
+     * ... of row lr, its address found once a tile (finding it for every
+     * 16-byte chunk was a quarter of the kernel's instructions) */
+    constexpr int TPRL = MB * 128 / R, CPT = HD / 8 / TPRL;
+    static_assert(MB * 128 % R == 0 && HD / 8 % TPRL == 0, "tile loads");
+    const int lr = tid / TPRL, lc = tid % TPRL;
     auto load_tile = [&](int j, int b) {
         __half *dst = kt + b * R * hd;
-        for (int r = r_ld; r < R; r += r_step) {
-            int row = j * R + r;
-            __half *d = dst + pa_sw(r, c_ld, hd);
-            if (row < nr) {
-                const __half *src = pf_att_row(a, row, n_raw, lo, ring0, pick, hd) + c_ld * 8;
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(d)), "l"(src));
-            } else {
-                *(uint4 *)d = make_uint4(0, 0, 0, 0);
+        const int row = j * R + lr;
+        if (row < nr) {
+            const __half *src = pf_att_row(a, row, n_raw, lo, ring0, pick, hd);
+#pragma unroll
+            for (int i = 0; i < CPT; i++) {
+                const int c = lc + i * TPRL;
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pa_smem(dst + pa_sw(lr, c, hd))),
+                             "l"(src + c * 8));
             }
+        } else {
+#pragma unroll
+            for (int i = 0; i < CPT; i++) *(uint4 *)(dst + pa_sw(lr, lc + i * TPRL, hd)) = make_uint4(0, 0, 0, 0);
         }
         asm volatile("cp.async.commit_group;");
     };
@@ -1030,8 +1036,10 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
         }
     }
     if (sub == 0) lfin[hs] = l_run;
+    for (int k = tid; k < rp.n_rot / 2; k += blockDim.x) cs[k] = rope_cs(k, p, rp); /* sp is free again */
     __syncthreads();
-    /* output × 1/den into shared (over Q), inverse RoPE, store */
+    /* output × 1/den into shared (over Q), inverse RoPE (rope_pair's values
+     * from the table), store */
 #pragma unroll
     for (int nn = 0; nn < 16; nn++) {
         if (nn < NT) {
@@ -1046,7 +1054,7 @@ __global__ void __launch_bounds__(MB * 128, 2) pf_attention(const float *q, pf_a
     int n_valid = n_head - h0 < HB ? n_head - h0 : HB;
     for (int i = tid; i < n_valid * (rp.n_rot / 2); i += blockDim.x) {
         int hl = i / (rp.n_rot / 2), k = i % (rp.n_rot / 2);
-        rope_pair(os + hl * hd + hd - rp.n_rot, k, p, rp, true);
+        rope_rotate(os + hl * hd + hd - rp.n_rot, k, cs[k].x, -cs[k].y);
     }
     __syncthreads();
     if (out16) { /* as k_g16_act would convert the f32 output (hd a multiple of 32: whole blocks a head) */
