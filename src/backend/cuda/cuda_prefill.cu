@@ -638,9 +638,9 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     if (smem > (size_t)optin || pf_gemm_f16_smem() > (size_t)optin || pf_hcb_smem() > (size_t)optin ||
         idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim) > (size_t)optin)
         return ds4_fail(err,
-                        "cuda prefill: the kernels need %zu (attention), %zu (f16 products) and %zu (indexer) "
-                        "bytes of shared memory a block, the device allows %d",
-                        smem, pf_gemm_f16_smem(),
+                        "cuda prefill: the kernels need %zu (attention), %zu (f16 products), %zu (HC) and %zu "
+                        "(indexer) bytes of shared memory a block, the device allows %d",
+                        smem, pf_gemm_f16_smem(), pf_hcb_smem(),
                         idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim), optin);
     for (int split = 0; split < 2 && c == cudaSuccess; split++) {
         const void *att = pf_att_kernel(w->att_mb, hd, split);
