@@ -267,6 +267,8 @@ __global__ void __launch_bounds__(256) pf_hc_boundary(float *H, const float *y, 
     extern __shared__ __align__(16) unsigned char hcb_raw[];
     /* the chunks' A tiles, [buffer][hi, lo][token][stream·64 + dim]; after the loop the warps' mix sums */
     typedef __half a_tile[2][PF_HCB_TOK][PF_HCB_AS];
+    static_assert(2 * sizeof(a_tile) >= 8 * PF_HCB_TOK * PF_MIX * sizeof(float), "the warps' sums fit over the A tiles");
+    static_assert(HC_N * PF_HCB_CH / 16 == 2 * 8, "a chunk is two k steps for each of the 8 warps");
     a_tile *As = (a_tile *)hcb_raw;
     float(*red)[PF_HCB_TOK][PF_MIX] = (float(*)[PF_HCB_TOK][PF_MIX])hcb_raw;
     /* staged chunks, [stage][stream, y][token][dim] */
