@@ -916,14 +916,23 @@ static int ffn(enq *q, uint32_t il) {
     /* with the shared expert here: the FFN HC's split in block 1, the
      * shared SwiGLU and quantisation in 8-warp blocks after it */
     const shared_mid_args sm = {w->shgu, w->smid, with_router ? w->actA : NULL, (int)ff, L->clamp};
-    if (run(q, "router", k_route, with_router ? 2 + (ff / 32 + 7) / 8 : 1, 256, 2 * ne * sizeof(float),
-            (const float *)w->router, L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale,
-            (int)hp->expert_weights_norm, (const step_io *)w->io, w->ids, w->ew,
-            with_router ? hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{}, sm))
+    /* the routed gate/up's Q8_K input, quantised once here into actB (free
+     * until the routed down's own input) */
+    const uint32_t gt = L->gate_exps.type;
+    const bool x_q8k = !e->exact && D % 256 == 0 &&
+                       (gt == DS4_TYPE_IQ2_XXS || gt == DS4_TYPE_Q2_K || gt == DS4_TYPE_Q4_K);
+    const routed_act_args ra = {w->a, x_q8k ? w->actB : NULL, (int)(D / 256)};
+    if (run(q, "router", k_route, route_blocks(sm, ra), 256, 2 * ne * sizeof(float), (const float *)w->router,
+            L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm,
+            (const step_io *)w->io, w->ids, w->ew,
+            with_router ? hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{}, sm, ra))
         return -1;
     mark(e, q->st, "router + selection");
     if (with_router && shared_down(q, il)) return -1;
-    if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, 0, w->a, w->mid)) return -1;
+    if (x_q8k ? ds4_cuda_moe_gate_up(e->k, gt, L->gate_exps.w, L->up_exps.w, D, ff, ne, w->ids, w->ew, nu, L->clamp,
+                                     w->actB, w->mid, (ds4_cuda_stream)q->st, q->err)
+              : moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, 0, w->a, w->mid))
+        return -1;
     mark(e, q->st, "routed gate/up");
     if (q->side) {
         cudaError_t c = cudaStreamWaitEvent(q->st, e->side_join, 0);

@@ -414,20 +414,7 @@ __global__ void k_quantize_q8_K(const float *x, uint8_t *y, uint32_t nb) {
     pdl_trigger();
     pdl_wait();
     uint32_t b = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    int lane = threadIdx.x & 31;
-    if (b >= nb) return;
-    const float4 *src = (const float4 *)(x + 256 * (size_t)b + 8 * lane);
-    float4 p0 = src[0], p1 = src[1];
-    float v[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
-    uint32_t w[2];
-    int sum;
-    float d = q8_K_warp(v, lane, w, &sum);
-    uint8_t *blk = y + 292 * (size_t)b;
-    *(uint32_t *)(blk + 4 + 8 * lane) = w[0]; /* 4-byte aligned only */
-    *(uint32_t *)(blk + 8 + 8 * lane) = w[1];
-    sum += __shfl_xor_sync(FULL_MASK, sum, 1);
-    if ((lane & 1) == 0) *(int16_t *)(blk + 260 + lane) = (int16_t)sum;
-    if (lane == 0) *(float *)blk = d;
+    if (b < nb) warp_q8_K_block(x, y, b, threadIdx.x & 31);
 }
 
 /* ------------------------------------------------------------------ */

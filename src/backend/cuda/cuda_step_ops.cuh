@@ -840,31 +840,53 @@ struct shared_mid_args {
     float clamp;
 };
 
+/* The routed experts' input x quantised to Q8_K (ra.nb blocks of 256 into
+ * ra.act; act NULL: nothing to do). */
+struct routed_act_args {
+    const float *x;
+    uint8_t *act;
+    int nb;
+};
+
+/* Blocks of k_route after block 1: the shared expert's SwiGLU (8 warps a
+ * block, one Q8_0 block of 32 a warp), then the routed input's Q8_K
+ * quantisation (one block of 256 a warp). */
+__host__ __device__ static inline int route_shared_blocks(const shared_mid_args &sm) { return sm.act ? (sm.ff / 32 + 7) / 8 : 0; }
+static inline int route_blocks(const shared_mid_args &sm, const routed_act_args &ra) {
+    return 2 + route_shared_blocks(sm) + (ra.act ? (ra.nb + 7) / 8 : 0);
+}
+
 /* Block 0: the router (block_route). With the FFN's HC split (hs.mix not
- * NULL) block 1 runs it, and with sm.act the blocks after that the shared
- * expert's SwiGLU and quantisation: work that needs only the products of
- * the normed x, in the launch already on the chain (each was a launch of
- * its own on the side stream: H200, 43 layers, the shared expert cost
- * 12.6 us a layer there). */
+ * NULL) block 1 runs it, with sm.act the blocks after that the shared
+ * expert's SwiGLU and quantisation, and with ra.act the next ones the
+ * routed experts' input as Q8_K (which their gate/up then only copies:
+ * each of its ~400 blocks quantising x itself was ~a quarter of its
+ * samples in ncu): work that needs only the products of the normed x, in
+ * the launch already on the chain (each was a launch of its own on the
+ * side stream: H200, 43 layers, the shared expert cost 12.6 us a layer
+ * there). route_blocks() gives the grid. */
 __global__ void k_route(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
                         float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights, hc_split_args hs,
-                        shared_mid_args sm) {
+                        shared_mid_args sm, routed_act_args ra) {
     pdl_trigger();
     pdl_wait();
     extern __shared__ float prob[]; /* 2·ne */
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
+    const int n_sm = route_shared_blocks(sm), lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     if (blockIdx.x == 0) {
         block_route(logits, bias, tid2eid, io->token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
     } else if (blockIdx.x == 1) {
         if (hs.mix) hc_split_block(hs);
-    } else if (sm.act) {
-        const int lane = threadIdx.x & 31, nwarp = (gridDim.x - 2) * (blockDim.x >> 5);
-        for (int b = (blockIdx.x - 2) * (blockDim.x >> 5) + (threadIdx.x >> 5); b < sm.ff / 32; b += nwarp) {
+    } else if ((int)blockIdx.x < 2 + n_sm) {
+        for (int b = (blockIdx.x - 2) * nw + (threadIdx.x >> 5); b < sm.ff / 32; b += n_sm * nw) {
             const int i = 32 * b + lane;
             const float v = ds4_swiglu(sm.gu[i], sm.gu[sm.ff + i], sm.clamp, 1.0f);
             sm.mid[i] = v;
             warp_q8_0_block(v, sm.act + 36 * b, lane);
         }
+    } else {
+        const int b = (blockIdx.x - 2 - n_sm) * nw + (threadIdx.x >> 5);
+        if (b < ra.nb) warp_q8_K_block(ra.x, ra.act, (uint32_t)b, lane);
     }
 }
 
