@@ -478,15 +478,21 @@ static __device__ __forceinline__ float q8_K_warp(const float v[8], int lane, ui
     return 1.0f / iscale;
 }
 
+/* q8_K_warp of block b of x (256 values, 16-byte aligned): lane l loads
+ * values 8l..8l+7. */
+static __device__ __forceinline__ float q8_K_warp_at(const float *x, uint32_t b, int lane, uint32_t w[2], int *sum8) {
+    const float4 *src = (const float4 *)(x + 256 * (size_t)b + 8 * lane);
+    const float4 p0 = src[0], p1 = src[1];
+    const float v[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+    return q8_K_warp(v, lane, w, sum8);
+}
+
 /* Block b of x (256 values) as the 292-byte block of the quantised
  * activation (f32 d, 256 codes, 16 sums of 16) at y + 292·b, by a warp. */
 static __device__ __forceinline__ void warp_q8_K_block(const float *x, uint8_t *y, uint32_t b, int lane) {
-    const float4 *src = (const float4 *)(x + 256 * (size_t)b + 8 * lane);
-    float4 p0 = src[0], p1 = src[1];
-    float v[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
     uint32_t w[2];
     int sum;
-    float d = q8_K_warp(v, lane, w, &sum);
+    const float d = q8_K_warp_at(x, b, lane, w, &sum);
     uint8_t *blk = y + 292 * (size_t)b;
     *(uint32_t *)(blk + 4 + 8 * lane) = w[0]; /* 4-byte aligned only */
     *(uint32_t *)(blk + 8 + 8 * lane) = w[1];

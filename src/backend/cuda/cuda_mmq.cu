@@ -122,12 +122,9 @@ __global__ void k_quant_q8_K(const float *x, uint32_t nb, int8_t *q, float *d, i
     uint32_t b = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x & 31;
     if (b >= nb || (rows && b >= (uint32_t)*rows * bpr)) return;
-    const float4 *src = (const float4 *)(x + 256 * (size_t)b + 8 * lane);
-    float4 p0 = src[0], p1 = src[1];
-    float v[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
     uint32_t w[2];
     int sum;
-    float dd = q8_K_warp(v, lane, w, &sum);
+    const float dd = q8_K_warp_at(x, b, lane, w, &sum);
     *(uint2 *)(q + 256 * (size_t)b + 8 * lane) = make_uint2(w[0], w[1]);
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     if ((lane & 1) == 0) {
