@@ -210,12 +210,6 @@ static __device__ float e2m1_round_dev(float v) {
     return v < 0 ? -r : r;
 }
 
-/* Block-scaled round trip of x[0..n/B·B) in shared memory, FP8 e4m3 in
- * blocks of B = 64 (limit 448) or FP4 e2m1 in blocks of 32 (limit 6): each
- * block's scale is 2^ceil(log2(amax / limit)) (amax at least a floor), each
- * value divided by it, clamped to ±limit, rounded to the format and scaled
- * back (numerics.c fp8_kv_roundtrip, indexer_qat); sc: n/B floats of
- * shared scratch. */
 /* A block's scale from the largest |value| of its values (a fmaxf fold from 0). */
 template <bool FP4>
 static __device__ __forceinline__ float scaled_block_scale(float amax) {
@@ -233,6 +227,12 @@ static __device__ __forceinline__ float scaled_round(float x, float scale) {
     return (FP4 ? e2m1_round_dev(q) : e4m3_round_dev(q)) * scale;
 }
 
+/* Block-scaled round trip of x[0..n/B·B) in shared memory, FP8 e4m3 in
+ * blocks of B = 64 (limit 448) or FP4 e2m1 in blocks of 32 (limit 6): each
+ * block's scale is 2^ceil(log2(amax / limit)) (amax at least a floor), each
+ * value divided by it, clamped to ±limit, rounded to the format and scaled
+ * back (numerics.c fp8_kv_roundtrip, indexer_qat); sc: n/B floats of
+ * shared scratch. */
 template <bool FP4>
 static __device__ void block_scaled_roundtrip(float *x, int n, float *sc) {
     constexpr int B = FP4 ? 32 : 64;
