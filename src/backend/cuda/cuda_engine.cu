@@ -922,10 +922,10 @@ static int ffn(enq *q, uint32_t il) {
     const bool x_q8k = !e->exact && D % 256 == 0 &&
                        (gt == DS4_TYPE_IQ2_XXS || gt == DS4_TYPE_Q2_K || gt == DS4_TYPE_Q4_K);
     const routed_act_args ra = {w->a, x_q8k ? w->actB : NULL, (int)(D / 256)};
-    if (run(q, "router", k_route, route_blocks(sm, ra), 256, 2 * ne * sizeof(float), (const float *)w->router,
+    const hc_split_args hs = with_router ? hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{};
+    if (run(q, "router", k_route, route_blocks(hs, sm, ra), 256, 2 * ne * sizeof(float), (const float *)w->router,
             L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm,
-            (const step_io *)w->io, w->ids, w->ew,
-            with_router ? hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{}, sm, ra))
+            (const step_io *)w->io, w->ids, w->ew, hs, sm, ra))
         return -1;
     mark(e, q->st, "router + selection");
     if (with_router && shared_down(q, il)) return -1;

@@ -852,8 +852,9 @@ struct routed_act_args {
  * block, one Q8_0 block of 32 a warp), then the routed input's Q8_K
  * quantisation (one block of 256 a warp). */
 __host__ __device__ static inline int route_shared_blocks(const shared_mid_args &sm) { return sm.act ? (sm.ff / 32 + 7) / 8 : 0; }
-static inline int route_blocks(const shared_mid_args &sm, const routed_act_args &ra) {
-    return 2 + route_shared_blocks(sm) + (ra.act ? (ra.nb + 7) / 8 : 0);
+static inline int route_blocks(const hc_split_args &hs, const shared_mid_args &sm, const routed_act_args &ra) {
+    const int after = route_shared_blocks(sm) + (ra.act ? (ra.nb + 7) / 8 : 0);
+    return after || hs.mix ? 2 + after : 1;
 }
 
 /* Block 0: the router (block_route). With the FFN's HC split (hs.mix not
