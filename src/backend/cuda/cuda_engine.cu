@@ -44,6 +44,7 @@
 #include <algorithm>
 #include <vector>
 #endif
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -463,15 +464,23 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->att_splits = 2 * (n_sm > 0 ? n_sm : 1) / groups;
     if (e->att_splits > chunks) e->att_splits = chunks;
     if (e->att_splits < 1) e->att_splits = 1;
-    /* The indexer's top-k over the grid once a ratio-4 layer can see more
-     * than TOPK_GRID_MIN rows (cuda_topk_grid.cuh); DS4_CUDA_TOPK_GRID=1|0
-     * forces it on or off (tests). */
+    /* The indexer's top-k over the grid at positions where a ratio-4 layer
+     * sees more rows than k_idx_topk holds in shared memory
+     * (cuda_topk_grid.cuh), the one-block k_idx_topk below;
+     * DS4_CUDA_TOPK_GRID=1|0 forces one of them for every position (tests). */
     uint32_t idx_cap = 0;
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if (m->layers[il].compress_ratio == 4 && e->comp_cap[il] > idx_cap) idx_cap = e->comp_cap[il];
+    e->topk_keys = idx_cap;
+    cudaError_t tc = topk_keys_setup((const void *)k_idx_topk, &e->topk_keys);
+    if (tc != cudaSuccess) {
+        ds4_cuda_engine_close(e);
+        return cuda_fail(err, "indexer top-k shared memory", tc);
+    }
     const char *tg = getenv("DS4_CUDA_TOPK_GRID");
-    bool grid_topk = tg && (tg[0] == '0' || tg[0] == '1') ? tg[0] == '1' : idx_cap > TOPK_GRID_MIN;
+    bool grid_topk = tg && (tg[0] == '0' || tg[0] == '1') ? tg[0] == '1' : idx_cap > e->topk_keys;
     e->topk_grid = grid_topk && idx_cap ? topk_grid_blocks(n_sm, idx_cap) : 0;
+    e->topk_one_rows = !e->topk_grid ? INT_MAX : tg && tg[0] == '1' ? 0 : (int)e->topk_keys;
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
     rope_tabs *rt = &e->w.rope;
@@ -689,20 +698,26 @@ static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float 
 }
 
 /* The indexer's top_k of the visible scores into ws.sel / ws.n_sel: one
- * block (k_idx_topk), or at long context the grid top-k's six launches. */
+ * block (k_idx_topk), and where the context allows more rows than it holds
+ * in registers, the grid top-k's six launches after it; at each position
+ * one of the two works and the other returns at once. */
 static int idx_topk(enq *q, int top_k) {
     ds4_cuda_engine *e = q->e;
     dwork *w = &e->w;
     const float *sc = w->iscores;
     const step_io *io = w->io;
-    const int g = e->topk_grid;
-    if (!g) return run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, sc, top_k, w->sel, w->n_sel, io);
+    const int g = e->topk_grid, one = e->topk_one_rows;
+    if (one && run(q, "indexer top-k", k_idx_topk, 1, 1024, 4 * (size_t)e->topk_keys, sc, top_k, one, w->sel,
+                   w->n_sel, io))
+        return -1;
+    if (!g) return 0;
     for (int shift = 24; shift >= 0; shift -= 8)
-        if (run(q, "indexer top-k pass", k_topk_grid_pass, g, TOPK_GRID_THREADS, 0, sc, top_k, shift, w->tkg, io))
+        if (run(q, "indexer top-k pass", k_topk_grid_pass, g, TOPK_GRID_THREADS, 0, sc, top_k, one, shift, w->tkg,
+                io))
             return -1;
-    return run(q, "indexer top-k count", k_topk_grid_count, g, TOPK_GRID_THREADS, 0, sc, top_k, w->tkg, w->tk_wa,
-               w->tk_wt, io) ||
-           run(q, "indexer top-k write", k_topk_grid_write, g, TOPK_GRID_THREADS, 0, sc, top_k,
+    return run(q, "indexer top-k count", k_topk_grid_count, g, TOPK_GRID_THREADS, 0, sc, top_k, one, w->tkg,
+               w->tk_wa, w->tk_wt, io) ||
+           run(q, "indexer top-k write", k_topk_grid_write, g, TOPK_GRID_THREADS, 0, sc, top_k, one,
                (const topk_grid_state *)w->tkg, (const int *)w->tk_wa, (const int *)w->tk_wt, w->sel, w->n_sel, io);
 }
 

@@ -116,7 +116,9 @@ struct ds4_cuda_engine {
     const float *out_hc_scale, *out_hc_base, *out_norm;
     rope_dev rope_plain, rope_comp;
     int att_hg, att_splits; /* attention: heads per block, blocks per head group (k_attention_split) */
-    int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk */
+    int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk alone */
+    int topk_one_rows;      /* k_idx_topk runs where at most this many rows are visible (0: not in the step) */
+    uint32_t topk_keys;     /* rows whose keys k_idx_topk holds in shared memory (topk_keys_setup) */
     uint32_t idx_slots; /* idx_scores blocks the device holds at once (official mode) */
     dwork w;
     /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */

@@ -574,13 +574,16 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const float *rows
 }
 
 /* The indexer's top_k of the visible rows as ascending row indices
- * (block_topk_ascending); n_sel = -1 while every visible row is attended. */
-__global__ void __launch_bounds__(1024, 1) k_idx_topk(const float *scores, int top_k, int *sel, int *n_sel,
-                                                   const step_io *io) {
+ * (block_topk_ascending); n_sel = -1 while every visible row is attended.
+ * Nothing at positions where more than max_rows rows are visible (the grid
+ * top-k's, cuda_topk_grid.cuh, when the step holds both). */
+__global__ void __launch_bounds__(1024, 1) k_idx_topk(const float *scores, int top_k, int max_rows, int *sel,
+                                                   int *n_sel, const step_io *io) {
     pdl_trigger();
     pdl_wait();
     __shared__ topk_smem sm;
     int visible = (io->pos + 1) / 4;
+    if (visible > max_rows) return;
     if (visible <= top_k) {
         if (threadIdx.x == 0) *n_sel = -1;
         return;

@@ -1,6 +1,7 @@
 /* cuda_topk_grid.cuh — the indexer's top-k over the whole machine, for the
- * decode step at long context (cuda_engine.cu picks it when a ratio-4
- * layer can see more than TOPK_GRID_MIN rows; below that the one-block
+ * decode step at long context (cuda_engine.cu adds it to the step when a
+ * ratio-4 layer can see more rows than k_idx_topk holds in shared memory,
+ * and it runs at the positions where it does; below that the one-block
  * block_topk_ascending of k_idx_topk is faster). Same selection as the
  * one-block version: the top_k largest scores by score_key order, ties to
  * the lower index, written as ascending row indices; n_sel = -1 while every
@@ -26,7 +27,7 @@
 #include "cuda_device_math.cuh"
 #include "cuda_pdl.cuh"
 
-enum { TOPK_GRID_THREADS = 256, TOPK_GRID_WARPS = TOPK_GRID_THREADS / 32, TOPK_GRID_MIN = 8192 };
+enum { TOPK_GRID_THREADS = 256, TOPK_GRID_WARPS = TOPK_GRID_THREADS / 32 };
 
 /* Device state of the grid top-k (zeroed once; every launch leaves it
  * ready for the next step). */
@@ -66,15 +67,16 @@ __device__ __forceinline__ bool topk_grid_last(unsigned *count, int *last_s) {
 }
 
 /* One digit pass (shift 24 first: starts from an empty prefix). */
-__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_pass(const float *scores, int top_k, int shift,
-                                                                      topk_grid_state *st, const step_io *io) {
+__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_pass(const float *scores, int top_k, int min_rows,
+                                                                      int shift, topk_grid_state *st,
+                                                                      const step_io *io) {
     pdl_trigger();
     pdl_wait();
     __shared__ int h[TOPK_GRID_WARPS][256];
     __shared__ int tot[256];
     __shared__ int last;
     const int visible = (io->pos + 1) / 4;
-    if (visible <= top_k) return;
+    if (visible <= top_k || visible <= min_rows) return;
     const bool first = shift == 24;
     const uint32_t t = first ? 0u : st->t, mask = first ? 0u : st->mask;
     const int need = first ? top_k : st->need, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -110,14 +112,14 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_pass(const floa
 
 /* Each warp's keys above the k-th and ties (wa, wt); the last block turns
  * them into each warp's first output slot (wa) and tie rank (wt). */
-__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_count(const float *scores, int top_k,
+__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_count(const float *scores, int top_k, int min_rows,
                                                                        topk_grid_state *st, int *wa, int *wt,
                                                                        const step_io *io) {
     pdl_trigger();
     pdl_wait();
     __shared__ int last;
     const int visible = (io->pos + 1) / 4;
-    if (visible <= top_k) return;
+    if (visible <= top_k || visible <= min_rows) return;
     const int gw = blockIdx.x * TOPK_GRID_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     int lo, hi, above, ties;
     topk_grid_segment(visible, &lo, &hi);
@@ -140,14 +142,16 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_count(const flo
 }
 
 /* The picks, in index order; n_sel = top_k, or -1 while every visible row
- * is attended. */
-__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_write(const float *scores, int top_k,
+ * is attended. Each launch does nothing at positions where at most min_rows
+ * rows are visible (k_idx_topk's, when the step holds both). */
+__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_write(const float *scores, int top_k, int min_rows,
                                                                        const topk_grid_state *st, const int *wa,
                                                                        const int *wt, int *sel, int *n_sel,
                                                                        const step_io *io) {
     pdl_trigger();
     pdl_wait();
     const int visible = (io->pos + 1) / 4;
+    if (visible <= min_rows) return; /* k_idx_topk's position */
     if (blockIdx.x == 0 && threadIdx.x == 0) *n_sel = visible <= top_k ? -1 : top_k;
     if (visible <= top_k) return;
     const int gw = blockIdx.x * TOPK_GRID_WARPS + (threadIdx.x >> 5);
