@@ -466,21 +466,23 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     if (e->att_splits < 1) e->att_splits = 1;
     /* The indexer's top-k over the grid at positions where a ratio-4 layer
      * sees more rows than k_idx_topk holds in shared memory
-     * (cuda_topk_grid.cuh), the one-block k_idx_topk below;
-     * DS4_CUDA_TOPK_GRID=1|0 forces one of them for every position (tests). */
+     * (cuda_topk_grid.cuh), the one-block k_idx_topk below. Tests:
+     * DS4_CUDA_TOPK_GRID=0 the one block, 1 the grid at every position,
+     * N > 1 the one block up to N rows and the grid beyond. */
     uint32_t idx_cap = 0;
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if (m->layers[il].compress_ratio == 4 && e->comp_cap[il] > idx_cap) idx_cap = e->comp_cap[il];
-    e->topk_keys = idx_cap;
+    const char *tg = getenv("DS4_CUDA_TOPK_GRID");
+    const long forced = tg && *tg ? strtol(tg, NULL, 10) : -1;
+    e->topk_keys = forced > 1 && (unsigned long)forced < idx_cap ? (uint32_t)forced : idx_cap;
     cudaError_t tc = topk_keys_setup((const void *)k_idx_topk, &e->topk_keys);
     if (tc != cudaSuccess) {
         ds4_cuda_engine_close(e);
         return cuda_fail(err, "indexer top-k shared memory", tc);
     }
-    const char *tg = getenv("DS4_CUDA_TOPK_GRID");
-    bool grid_topk = tg && (tg[0] == '0' || tg[0] == '1') ? tg[0] == '1' : idx_cap > e->topk_keys;
+    const bool grid_topk = forced == 0 ? false : forced == 1 ? true : idx_cap > e->topk_keys;
     e->topk_grid = grid_topk && idx_cap ? topk_grid_blocks(n_sm, idx_cap) : 0;
-    e->topk_one_rows = !e->topk_grid ? INT_MAX : tg && tg[0] == '1' ? 0 : (int)e->topk_keys;
+    e->topk_one_rows = !e->topk_grid ? INT_MAX : forced == 1 ? 0 : (int)e->topk_keys;
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
     rope_tabs *rt = &e->w.rope;
