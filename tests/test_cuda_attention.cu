@@ -29,8 +29,8 @@
  * 1, 37, 256 and 300 blocks (bit for bit the same scores; within 1e-5 of
  * the largest |score| from a double-precision reference; nothing written
  * while the visible rows are at most top-k), and the top-k both ways —
- * pf_idx_topk (block_topk_ascending, one block: over keys in shared memory
- * up to 32768 rows, else the radix select), the radix select alone at every size
+ * pf_idx_topk (block_topk_ascending, one block: from registers up to 8192
+ * rows, else the radix select), the radix select alone at every size
  * (k_topk_radix) and the decode step's grid top-k (cuda_topk_grid.cuh, run
  * twice so its state is checked to reset) — against a sort by numerics.c's
  * order (NaN as -inf, ties to the lower index) on those scores and on
@@ -308,7 +308,7 @@ static std::vector<int> topk_ref(const std::vector<float> &s, int k) {
 }
 
 /* block_topk_ascending's radix path alone (the one-block top-k above
- * TOPK_KEYS_MAX rows), to hold the shared-keys path against it. */
+ * TOPK_REG_SLOTS rows a thread), to hold the register path against it. */
 __global__ void __launch_bounds__(1024, 1) k_topk_radix(const float *scores, int visible, int *sel) {
     __shared__ topk_radix_smem sm;
     block_topk_radix(scores, visible, TOPK, sel, &sm);
@@ -325,18 +325,11 @@ static void topk_grid_run(const float *d_s, int vis, int g, topk_grid_state *d_s
 }
 
 /* One way of the top-k over vis rows: 0 pf_idx_topk (one block, as the
- * prefill and decode contexts up to TOPK_KEYS_MAX rows; its keys in shared
- * memory as the engine sizes them), 1 the grid top-k (longer decode
- * contexts), 2 the radix path alone in one block. */
+ * prefill and decode contexts up to TOPK_GRID_MIN rows), 1 the grid top-k
+ * (longer decode contexts), 2 the radix path alone in one block. */
 static void topk_way(int way, const float *d_s, int vis, int g, topk_grid_state *d_st, int *d_wa, int *d_wt,
                      int *d_sel, int *d_nsel, const step_io *d_io) {
-    static uint32_t keys = 0; /* rows pf_idx_topk holds in shared memory */
-    if (!keys) {
-        keys = TOPK_KEYS_MAX;
-        CK(topk_keys_setup((const void *)pf_idx_topk, &keys));
-    }
-    const size_t smem = 4 * (size_t)((uint32_t)vis < keys ? (uint32_t)vis : keys);
-    if (way == 0) pf_idx_topk<<<1, 1024, smem>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
+    if (way == 0) pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
     else if (way == 1) topk_grid_run(d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
     else k_topk_radix<<<1, 1024>>>(d_s, vis, d_sel);
 }
@@ -484,8 +477,8 @@ static int indexer_checks(void) {
     failed += !topk_case("all equal", std::vector<float>(20000, -1.5f), NULL);
     for (int i = 0; i < 20000; i++) t[i] = (float)(urand() - 0.5) * (i % 2 ? 1e-3f : 1e3f);
     failed += !topk_case("both signs, two scales", std::vector<float>(t.begin(), t.begin() + 20000), NULL);
-    /* the shared-keys path's sizes: one key a thread, several, the largest, one past it */
-    for (int n : {1024, 1025, 3000, 8192, 16385, 32768, 32769}) {
+    /* the register path's sizes: one key a thread, several, the largest, one past it */
+    for (int n : {1024, 1025, 3000, 8192, 8193}) {
         for (int i = 0; i < n; i++) t[i] = (float)(int)((urand() + 1.0) * 2.5);
         failed += !topk_case("5 values (ties)", std::vector<float>(t.begin(), t.begin() + n), NULL);
         for (int i = 0; i < n; i++) t[i] = i % 7 == 0 ? NAN : i % 3 == 0 ? -0.0f : i % 3 == 1 ? 0.0f : -1.0f;

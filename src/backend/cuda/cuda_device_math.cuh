@@ -462,8 +462,8 @@ static __device__ void warp_write_picks(const float *scores, int lo, int hi, uin
     });
 }
 
-/* block_topk_ascending's path for more rows than its shared keys buffer
- * holds (block_topk_keys): the same selection and output. Warp w owns the
+/* block_topk_ascending's path for more rows than the registers hold
+ * (block_topk_registers): the same selection and output. Warp w owns the
  * contiguous segment w·seg.. of the indices. Radix select of the k-th key,
  * 8 bits a pass: each warp counts the keys that share the prefix found so
  * far into its own histogram (warp_digit_hist), the warps' bins are added,
@@ -511,59 +511,47 @@ static __device__ void block_topk_radix(const float *scores, int visible, int to
     warp_write_picks(scores, lo, hi, t, need, sm->ties[w], sm->out[w], sel);
 }
 
-/* ---- the one-block top-k over keys in shared memory (block_topk_keys) ----
- * For up to TOPK_KEYS_MAX rows (every decode step up to ctx 131072 and the
- * prefill's tokens): the keys are read once into the kernel's dynamic
- * shared memory (topk_keys_setup), and a pass is one block barrier, where
- * the radix path above reads the scores again and meets 3 barriers a pass. */
-enum { TOPK_KEYS_MAX = 32768, TOPK_KEY_BITS = 4, TOPK_KEY_BINS = 1 << TOPK_KEY_BITS };
+/* ---- the one-block top-k from registers (block_topk_registers) ----
+ * For up to TOPK_REG_SLOTS keys a thread (8192 rows with 1024 threads: every
+ * decode step below the grid top-k's TOPK_GRID_MIN): the keys are read once
+ * into registers, and a pass is one block barrier, where the radix path
+ * above reads the scores again and meets 3 barriers a pass. */
+enum { TOPK_REG_SLOTS = 8, TOPK_REG_BITS = 4, TOPK_REG_BINS = 1 << TOPK_REG_BITS };
 
-/* Lets `kernel` (one that calls block_topk_ascending) take the keys of up
- * to *rows rows in its dynamic shared memory (4 bytes a row): *rows drops
- * to what the device allows beside the kernel's static shared memory, at
- * most TOPK_KEYS_MAX. Launches then pass 4·min(*rows, visible rows) bytes. */
-static inline cudaError_t topk_keys_setup(const void *kernel, uint32_t *rows) {
-    int dev = 0, optin = 0;
-    cudaFuncAttributes fa;
-    cudaError_t c = cudaGetDevice(&dev);
-    if (c == cudaSuccess) c = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    if (c == cudaSuccess) c = cudaFuncGetAttributes(&fa, kernel);
-    if (c != cudaSuccess) return c;
-    const size_t room = (size_t)optin > fa.sharedSizeBytes ? ((size_t)optin - fa.sharedSizeBytes) / 4 : 0;
-    if (*rows > TOPK_KEYS_MAX) *rows = TOPK_KEYS_MAX;
-    if (*rows > room) *rows = (uint32_t)room;
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(4 * *rows));
-}
-
-/* Shared memory of block_topk_keys besides the keys. */
-struct topk_key_smem {
-    int count[2][32][TOPK_KEY_BINS]; /* a warp's bin counts, of even and odd passes */
-    unsigned scan[32];               /* a warp's packed counts for the output slots */
-    uint32_t lo[32], hi[32];         /* a warp's smallest and largest key */
-    int n_list;
-    uint32_t list[1024]; /* the candidates, once they fit one a thread */
+/* Shared memory of block_topk_registers. */
+struct topk_reg_smem {
+    int count[2][32][TOPK_REG_BINS]; /* a warp's bin counts, of even and odd passes */
+    int scan[32];                    /* a warp's packed counts for the output slots */
 };
 
-/* The static shared memory of block_topk_ascending: one path runs. */
+/* The shared memory of block_topk_ascending: one path runs. */
 union topk_smem {
     topk_radix_smem radix;
-    topk_key_smem keys;
+    topk_reg_smem reg;
 };
 
-/* In every lane: how many of the warp's candidates (cand) of one slot have
- * the digit (key >> shift) & 15 equal to lane & 15. Four ballots of digit
- * bits; lane b keeps the candidates whose four bits spell b. */
-static __device__ __forceinline__ int warp_key_bin_count(uint32_t key, bool cand, int shift) {
-    const int b = threadIdx.x & (TOPK_KEY_BINS - 1);
-    unsigned m = __ballot_sync(0xffffffffu, cand);
-    if (!m) return 0; /* the same in the whole warp */
-    const uint32_t d = key >> shift;
+/* In every lane: how many of the warp's candidates (slots e < per with bit
+ * e of valid, key bits under mask equal to t) have the digit
+ * (key >> shift) & 15 equal to lane & 15. Four ballots of digit bits a slot;
+ * lane b keeps the candidates whose four bits spell b. */
+static __device__ int warp_reg_bin_count(const uint32_t *key, int per, unsigned valid, uint32_t t, uint32_t mask,
+                                         int shift) {
+    const int b = threadIdx.x & (TOPK_REG_BINS - 1);
+    int n = 0;
 #pragma unroll
-    for (int j = 0; j < TOPK_KEY_BITS; j++) {
-        unsigned bit = __ballot_sync(0xffffffffu, d >> j & 1u);
-        m &= (b >> j & 1) ? bit : ~bit;
+    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
+        if (e >= per) break; /* per is the same in the whole block */
+        unsigned m = __ballot_sync(0xffffffffu, (valid >> e & 1u) && (key[e] & mask) == t);
+        if (!m) continue; /* the same in the whole warp */
+        const uint32_t d = key[e] >> shift;
+#pragma unroll
+        for (int j = 0; j < TOPK_REG_BITS; j++) {
+            unsigned bit = __ballot_sync(0xffffffffu, d >> j & 1u);
+            m &= (b >> j & 1) ? bit : ~bit;
+        }
+        n += __popc(m);
     }
-    return __popc(m);
+    return n;
 }
 
 /* By every warp alike, from the nw warps' counts of one pass (cnt[w][bin]):
@@ -572,8 +560,8 @@ static __device__ __forceinline__ int warp_key_bin_count(uint32_t key, bool cand
  * counts of bin 15 − (l & 15) over the even (l < 16) or odd warps (no bank
  * conflicts), the halves are added; lanes 0..15 then run from the top bin
  * down. */
-static __device__ uint32_t warp_key_find_digit(const int (*cnt)[TOPK_KEY_BINS], int nw, int *need, int *in_bin) {
-    const int lane = threadIdx.x & 31, bin = TOPK_KEY_BINS - 1 - (lane & (TOPK_KEY_BINS - 1));
+static __device__ uint32_t warp_reg_find_digit(const int (*cnt)[TOPK_REG_BINS], int nw, int *need, int *in_bin) {
+    const int lane = threadIdx.x & 31, bin = TOPK_REG_BINS - 1 - (lane & (TOPK_REG_BINS - 1));
     int n = 0;
     for (int v = lane >> 4; v < nw; v += 2) n += cnt[v][bin];
     n += __shfl_xor_sync(0xffffffffu, n, 16);
@@ -582,137 +570,77 @@ static __device__ uint32_t warp_key_find_digit(const int (*cnt)[TOPK_KEY_BINS], 
     const int f = __ffs(hit) - 1;
     *need -= __shfl_sync(0xffffffffu, incl - n, f);
     *in_bin = __shfl_sync(0xffffffffu, n, f);
-    return (uint32_t)(TOPK_KEY_BINS - 1 - f);
+    return (uint32_t)(TOPK_REG_BINS - 1 - f);
 }
 
-/* block_topk_ascending's path for visible ≤ the keys buffer (keys: the
- * kernel's dynamic shared memory). The keys go to keys[i] (coalesced), and
- * the block's largest and smallest key give the bits every key shares
- * (scores of one range share sign and exponent bits that would take passes
- * to get through). Radix select of the k-th key from the top below those
- * bits, 4 bits a pass: thread j counts the candidates (keys sharing the
- * prefix t found so far) among keys j, j + blockDim, ... by digit
- * (warp_key_bin_count), one barrier, every warp adds the counts and finds
- * the same digit (warp_key_find_digit; the counts alternate between two
- * buffers, so a pass's writes never meet the previous pass's reads). Once
- * the candidates fit one a thread they are copied to a list and later
- * passes count one key a thread. It stops early once every candidate with
- * the digit is taken (no tie left to break). Then the picks: the keys above
- * t under the mask and the first `need` ties in index order. Warp w owns
- * the indices w·32·per .. (w+1)·32·per − 1 (per = ⌈visible / blockDim⌉); a
- * scan of the warps' packed counts (above << 16 | ties) gives each warp the
- * keys above and ties before its indices, and the warp walks them 32 at a
- * time with ballots: a pick's slot is above-before + min(ties-before, need). */
-static __device__ void block_topk_keys(const float *scores, int visible, int top_k, int *sel, topk_key_smem *sm,
-                                       uint32_t *keys) {
-    const int nth = (int)blockDim.x, nw = nth >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int per = (visible + nth - 1) / nth;
-    uint32_t kmax = 0u, kmin = ~0u;
-    for (int i0 = (int)threadIdx.x; i0 < visible; i0 += 4 * nth) { /* four loads in flight */
-        uint32_t k[4];
+/* block_topk_ascending's path for visible ≤ TOPK_REG_SLOTS·blockDim.x. Thread
+ * j holds the keys of indices j·per .. j·per + per − 1 (per = ⌈visible /
+ * blockDim.x⌉). Radix select of the k-th key from the top, 4 bits a pass:
+ * the warps count the candidates (keys sharing the prefix t found so far)
+ * by digit (warp_reg_bin_count), one barrier, every warp adds the counts and
+ * finds the same digit (warp_reg_find_digit; the counts alternate between
+ * two buffers, so a pass's writes never meet the previous pass's reads).
+ * It stops early once every candidate with the digit is taken (no tie left
+ * to break). Then thread j's picks are its keys above t under the mask and
+ * its first ties while the tie rank is below need: one block scan of the
+ * packed counts (above << 16 | ties; both below 2^16) gives each thread the
+ * keys above and ties before its indices, and a pick's slot is
+ * above-before + min(ties-before, need). */
+static __device__ void block_topk_registers(const float *scores, int visible, int top_k, int *sel,
+                                            topk_reg_smem *sm) {
+    const int nw = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int per = (visible + (int)blockDim.x - 1) / (int)blockDim.x, first = (int)threadIdx.x * per;
+    uint32_t key[TOPK_REG_SLOTS];
+    unsigned valid = 0;
 #pragma unroll
-        for (int u = 0; u < 4; u++) k[u] = i0 + u * nth < visible ? score_key(scores[i0 + u * nth]) : 0u;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            if (i0 + u * nth >= visible) break;
-            keys[i0 + u * nth] = k[u];
-            kmax = k[u] > kmax ? k[u] : kmax;
-            kmin = k[u] < kmin ? k[u] : kmin;
-        }
+    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
+        const bool v = e < per && first + e < visible;
+        key[e] = v ? score_key(scores[first + e]) : 0u;
+        valid |= (unsigned)v << e;
     }
-    kmax = __reduce_max_sync(0xffffffffu, kmax);
-    kmin = __reduce_min_sync(0xffffffffu, kmin);
-    if (lane == 0) sm->hi[w] = kmax, sm->lo[w] = kmin;
-    if (threadIdx.x == 0) sm->n_list = 0;
-    __syncthreads();
-    kmax = __reduce_max_sync(0xffffffffu, lane < nw ? sm->hi[lane] : 0u);
-    kmin = __reduce_min_sync(0xffffffffu, lane < nw ? sm->lo[lane] : ~0u);
-    /* the first digit ends at the highest bit where two keys differ */
-    const int lead = kmax == kmin ? 0 : (32 - __clz((int)(kmax ^ kmin)) + TOPK_KEY_BITS - 1) & ~(TOPK_KEY_BITS - 1);
-    uint32_t mask = lead >= 32 ? 0u : ~0u << lead, t = kmax & mask;
-    int need = top_k, n_cand = visible; /* how many keys match t under mask; how many of them to take */
-    bool listed = per == 1;             /* one key a thread: lkey */
-    bool lvalid = (int)threadIdx.x < visible;
-    uint32_t lkey = lvalid && listed ? keys[threadIdx.x] : 0u;
-    for (int shift = lead - TOPK_KEY_BITS, buf = 0; shift >= 0; shift -= TOPK_KEY_BITS, buf ^= 1) {
-        int n = 0;
-        if (!listed && n_cand <= nth) {
-            const unsigned below = (1u << lane) - 1u;
-            for (int e = 0; e < per; e++) {
-                const int i = (int)threadIdx.x + e * nth;
-                const bool c = i < visible && (keys[i] & mask) == t;
-                const unsigned m = __ballot_sync(0xffffffffu, c);
-                if (!m) continue;
-                int off = 0;
-                if (lane == __ffs(m) - 1) off = atomicAdd(&sm->n_list, __popc(m));
-                off = __shfl_sync(0xffffffffu, off, __ffs(m) - 1);
-                if (c) sm->list[off + __popc(m & below)] = keys[i];
-            }
-            __syncthreads();
-            lvalid = (int)threadIdx.x < n_cand;
-            lkey = lvalid ? sm->list[threadIdx.x] : 0u;
-            listed = true;
-        }
-        if (listed) {
-            n = warp_key_bin_count(lkey, lvalid && (lkey & mask) == t, shift);
-        } else {
-            for (int e = 0; e < per; e++) {
-                const int i = (int)threadIdx.x + e * nth;
-                const uint32_t k = i < visible ? keys[i] : 0u;
-                n += warp_key_bin_count(k, i < visible && (k & mask) == t, shift);
-            }
-        }
-        if (lane < TOPK_KEY_BINS) sm->count[buf][w][lane] = n;
+    uint32_t t = 0, mask = 0;
+    int need = top_k; /* how many of the keys matching t under mask to take */
+    for (int shift = 32 - TOPK_REG_BITS, buf = 0; shift >= 0; shift -= TOPK_REG_BITS, buf ^= 1) {
+        const int n = warp_reg_bin_count(key, per, valid, t, mask, shift);
+        if (lane < TOPK_REG_BINS) sm->count[buf][w][lane] = n;
         __syncthreads();
-        t |= warp_key_find_digit(sm->count[buf], nw, &need, &n_cand) << shift;
-        mask |= (uint32_t)(TOPK_KEY_BINS - 1) << shift;
-        if (n_cand == need) break;
+        int in_bin;
+        t |= warp_reg_find_digit(sm->count[buf], nw, &need, &in_bin) << shift;
+        mask |= (uint32_t)(TOPK_REG_BINS - 1) << shift;
+        if (in_bin == need) break;
     }
-    const int first = w * 32 * per + lane; /* this lane's indices: first + 32e */
-    unsigned own = 0;
-    for (int e = 0; e < per; e++) {
-        const int i = first + 32 * e;
-        const uint32_t k = i < visible ? keys[i] & mask : 0u;
-        if (i < visible) own += k > t ? 1u << 16 : k == t ? 1u : 0u;
+    int above = 0, ties = 0;
+#pragma unroll
+    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
+        const uint32_t k = key[e] & mask;
+        above += (valid >> e & 1u) && k > t;
+        ties += (valid >> e & 1u) && k == t;
     }
-    own = __reduce_add_sync(0xffffffffu, own);
-    if (lane == 0) sm->scan[w] = own;
+    const int own = above << 16 | ties, incl = warp_scan_incl(own);
+    if (lane == 31) sm->scan[w] = incl;
     __syncthreads();
-    const int wt = lane < nw ? (int)sm->scan[lane] : 0, wincl = warp_scan_incl(wt);
-    const int before = __shfl_sync(0xffffffffu, wincl - wt, w);
+    const int wt = lane < nw ? sm->scan[lane] : 0, wincl = warp_scan_incl(wt);
+    const int before = __shfl_sync(0xffffffffu, wincl - wt, w) + incl - own;
     int a = before >> 16, r = before & 0xffff;
-    const unsigned below = (1u << lane) - 1u;
-    for (int e = 0; e < per; e++) {
-        const int i = first + 32 * e;
-        const uint32_t k = i < visible ? keys[i] & mask : 0u;
-        const bool gt = i < visible && k > t, eq = i < visible && k == t;
-        const unsigned gm = __ballot_sync(0xffffffffu, gt), em = __ballot_sync(0xffffffffu, eq);
-        if (!(gm | em)) continue;
-        const int ra = a + __popc(gm & below), rr = r + __popc(em & below);
-        if (gt) sel[ra + (rr < need ? rr : need)] = i;
-        else if (eq && rr < need) sel[ra + rr] = i;
-        a += __popc(gm);
-        r += __popc(em);
+#pragma unroll
+    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
+        const uint32_t k = key[e] & mask;
+        if (!(valid >> e & 1u) || k < t) continue;
+        if (k > t || r < need) sel[a + (r < need ? r : need)] = first + e;
+        if (k > t) a++;
+        else r++;
     }
-}
-
-/* This kernel's dynamic shared memory, in bytes. */
-static __device__ __forceinline__ uint32_t dynamic_smem_bytes(void) {
-    uint32_t b;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(b));
-    return b;
 }
 
 /* The top_k best of scores[0..visible) as ascending indices into sel
  * (ties → lower index: numerics.c topk_indices_ascending; NaN below every
  * number, score_key), by the whole block (blockDim.x a multiple of 32, at
  * most 1024; the kernels declare __launch_bounds__(1024, 1)); needs
- * 0 < top_k < visible. Over keys in the kernel's dynamic shared memory
- * (topk_keys_setup) while they fit, else the radix select over the scores
- * in memory; both take the same set and write it in the same order. */
+ * 0 < top_k < visible. From registers while the block can hold the keys,
+ * else the radix select over the scores in memory; both take the same set
+ * and write it in the same order. */
 static __device__ void block_topk_ascending(const float *scores, int visible, int top_k, int *sel, topk_smem *sm) {
-    extern __shared__ __align__(16) uint32_t topk_keys[];
-    if (visible <= (int)(dynamic_smem_bytes() / 4)) block_topk_keys(scores, visible, top_k, sel, &sm->keys, topk_keys);
+    if (visible <= TOPK_REG_SLOTS * (int)blockDim.x) block_topk_registers(scores, visible, top_k, sel, &sm->reg);
     else block_topk_radix(scores, visible, top_k, sel, &sm->radix);
 }
 

@@ -465,24 +465,19 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     if (e->att_splits > chunks) e->att_splits = chunks;
     if (e->att_splits < 1) e->att_splits = 1;
     /* The indexer's top-k over the grid at positions where a ratio-4 layer
-     * sees more rows than k_idx_topk holds in shared memory
-     * (cuda_topk_grid.cuh), the one-block k_idx_topk below. Tests:
-     * DS4_CUDA_TOPK_GRID=0 the one block, 1 the grid at every position,
-     * N > 1 the one block up to N rows and the grid beyond. */
-    uint32_t idx_cap = 0;
+     * sees more than TOPK_GRID_MIN rows (cuda_topk_grid.cuh), the one-block
+     * k_idx_topk up to that. Tests: DS4_CUDA_TOPK_GRID=0 the one block, 1
+     * the grid at every position, N > 1 the one block up to N rows and the
+     * grid beyond. */
+    uint32_t idx_rows = 0; /* the most rows a ratio-4 layer sees */
     for (uint32_t il = 0; il < hp->n_layer; il++)
-        if (m->layers[il].compress_ratio == 4 && e->comp_cap[il] > idx_cap) idx_cap = e->comp_cap[il];
+        if (m->layers[il].compress_ratio == 4 && (uint32_t)ctx / 4 > idx_rows) idx_rows = (uint32_t)ctx / 4;
     const char *tg = getenv("DS4_CUDA_TOPK_GRID");
     const long forced = tg && *tg ? strtol(tg, NULL, 10) : -1;
-    e->topk_keys = forced > 1 && (unsigned long)forced < idx_cap ? (uint32_t)forced : idx_cap;
-    cudaError_t tc = topk_keys_setup((const void *)k_idx_topk, &e->topk_keys);
-    if (tc != cudaSuccess) {
-        ds4_cuda_engine_close(e);
-        return cuda_fail(err, "indexer top-k shared memory", tc);
-    }
-    const bool grid_topk = forced == 0 ? false : forced == 1 ? true : idx_cap > e->topk_keys;
-    e->topk_grid = grid_topk && idx_cap ? topk_grid_blocks(n_sm, idx_cap) : 0;
-    e->topk_one_rows = !e->topk_grid ? INT_MAX : forced == 1 ? 0 : (int)e->topk_keys;
+    const int one_rows = forced > 1 && forced < TOPK_GRID_MIN ? (int)forced : TOPK_GRID_MIN;
+    const bool grid_topk = forced == 0 ? false : forced == 1 ? true : idx_rows > (uint32_t)one_rows;
+    e->topk_grid = grid_topk && idx_rows ? topk_grid_blocks(n_sm, idx_rows) : 0;
+    e->topk_one_rows = !e->topk_grid ? INT_MAX : forced == 1 ? 0 : one_rows;
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
     rope_tabs *rt = &e->w.rope;
@@ -709,9 +704,7 @@ static int idx_topk(enq *q, int top_k) {
     const float *sc = w->iscores;
     const step_io *io = w->io;
     const int g = e->topk_grid, one = e->topk_one_rows;
-    if (one && run(q, "indexer top-k", k_idx_topk, 1, 1024, 4 * (size_t)e->topk_keys, sc, top_k, one, w->sel,
-                   w->n_sel, io))
-        return -1;
+    if (one && run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, sc, top_k, one, w->sel, w->n_sel, io)) return -1;
     if (!g) return 0;
     for (int shift = 24; shift >= 0; shift -= 8)
         if (run(q, "indexer top-k pass", k_topk_grid_pass, g, TOPK_GRID_THREADS, 0, sc, top_k, one, shift, w->tkg,

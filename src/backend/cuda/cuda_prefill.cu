@@ -64,7 +64,6 @@ struct pf_ws {
     uint32_t split_in;
     int split_rows;
     int att_mb; /* m-tiles of 16 heads per attention block (pf_attention<1 or 2, hd, split>) */
-    uint32_t topk_keys; /* rows whose keys pf_idx_topk holds in shared memory (topk_keys_setup) */
     ds4_gemm16 *g16; /* Q8_0 and F16 products by cuBLAS (cuda_gemm16.h); NULL with --quality */
     void *bufs[64];
     int n_bufs;
@@ -411,9 +410,8 @@ static int indexer(pfq *q, ds4_cuda_session *s, uint32_t il, int pos0, int T) {
                 w->iq + (size_t)b * qd, w->iw + (size_t)b * nih, s->L[il].index, ihd, nih, pos0 + b,
                 (const int32_t *)NULL, top_k, w->scores, w->score_ld);
             pmark(q->st, "indexer scores");
-            const uint32_t most = (uint32_t)(pos0 + b + nb) / 4; /* visible rows of the last token */
-            pf_idx_topk<<<nb, 1024, 4 * (size_t)(most < w->topk_keys ? most : w->topk_keys), q->st>>>(
-                w->scores, w->score_ld, top_k, pos0 + b, w->sel + (size_t)b * top_k, w->n_sel + b);
+            pf_idx_topk<<<nb, 1024, 0, q->st>>>(w->scores, w->score_ld, top_k, pos0 + b, w->sel + (size_t)b * top_k,
+                                                w->n_sel + b);
             if (launched(q->err, "prefill indexer scores")) return -1;
         }
         pmark(q->st, "indexer top-k");
@@ -658,8 +656,6 @@ static int pf_kernels_setup(pf_ws *w, const ds4_hparams *hp, ds4_err *err) {
     if (c == cudaSuccess)
         c = cudaFuncSetAttribute(idx_scores, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)idx_scores_smem((int)hp->n_indexer_head, (int)hp->indexer_head_dim));
-    w->topk_keys = TOPK_KEYS_MAX;
-    if (c == cudaSuccess) c = topk_keys_setup((const void *)pf_idx_topk, &w->topk_keys);
     if (c != cudaSuccess) return cuda_fail(err, "prefill kernel attributes", c);
     return 0;
 }

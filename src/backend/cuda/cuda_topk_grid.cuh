@@ -1,8 +1,8 @@
 /* cuda_topk_grid.cuh — the indexer's top-k over the whole machine, for the
  * decode step at long context (cuda_engine.cu adds it to the step when a
- * ratio-4 layer can see more rows than k_idx_topk holds in shared memory,
- * and it runs at the positions where it does; below that the one-block
- * block_topk_ascending of k_idx_topk is faster). Same selection as the
+ * ratio-4 layer can see more than TOPK_GRID_MIN rows, and it runs at the
+ * positions where it does; up to that the one-block block_topk_ascending
+ * of k_idx_topk, from registers, is faster). Same selection as the
  * one-block version: the top_k largest scores by score_key order, ties to
  * the lower index, written as ascending row indices; n_sel = -1 while every
  * visible row is attended.
@@ -27,7 +27,8 @@
 #include "cuda_device_math.cuh"
 #include "cuda_pdl.cuh"
 
-enum { TOPK_GRID_THREADS = 256, TOPK_GRID_WARPS = TOPK_GRID_THREADS / 32 };
+/* TOPK_GRID_MIN: the rows k_idx_topk's 1024 threads hold in registers. */
+enum { TOPK_GRID_THREADS = 256, TOPK_GRID_WARPS = TOPK_GRID_THREADS / 32, TOPK_GRID_MIN = TOPK_REG_SLOTS * 1024 };
 
 /* Device state of the grid top-k (zeroed once; every launch leaves it
  * ready for the next step). */
