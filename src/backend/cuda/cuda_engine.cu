@@ -321,7 +321,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
     F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
     F(w->tkg, 1); F(w->tk_wa, (e->topk_grid + 1) * TOPK_GRID_WARPS); F(w->tk_wt, (e->topk_grid + 1) * TOPK_GRID_WARPS);
-    F(w->att, qdim); F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
+    F(w->att, qdim); F(w->attq, act_bytes); F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
     F(w->low, (size_t)hp->n_out_group * hp->o_lora); F(w->lowq, act_bytes); F(w->y, D);
     F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL);
     F(w->mid, nu * ff); F(w->smid, ff); F(w->shgu, 2 * ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
@@ -837,6 +837,9 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         mark(e, q->st, "indexer scores, top-k");
     }
     const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
+    /* a Q8_0 out_a's input quantised by the combine (each of out_a's
+     * blocks quantised its group's 4096 values itself) */
+    const bool att_q = !e->exact && L->out_a.type == DS4_TYPE_Q8_0 && hd % 32 == 0;
     /* one extra column of blocks: the attention HC's split (a ~4 us chain
      * that the ≥ 9 us of attention hides) */
     if (run(q, "attention", k_attention_split<RowT>, dim3(hp->n_head / e->att_hg + 1, e->att_splits), ATT_TPB,
@@ -845,7 +848,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
             w->att_part, w->att_ml, hc_split_of(e, L->hc_attn_scale, L->hc_attn_base)) ||
         run(q, "attention combine", k_attention_combine, hp->n_head, 256, (hd + 2 * e->att_splits) * sizeof(float),
             (const float *)w->att_part, (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
-            (const int *)w->sel, n_sel, L->sinks, hd, n_rot, rcs, (const step_io *)w->io, w->att))
+            (const int *)w->sel, n_sel, L->sinks, hd, n_rot, rcs, (const step_io *)w->io, w->att, att_q ? w->attq : NULL))
         return -1;
     mark(e, q->st, "attention");
     /* Grouped output: group g's heads through rows g·o_lora.. of out_a, all
@@ -857,8 +860,10 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                          w->att + (size_t)g * gdim, w->low + g * hp->o_lora))
                 return -1;
     } else {
-        ds4_cuda_mv d = mv_of(q, L->out_a, w->low, w->att, NULL, NULL, NULL); /* rows: every group's, gdim wide */
+        /* rows: every group's, gdim wide; a Q8_0 out_a reads the combine's codes */
+        ds4_cuda_mv d = mv_of(q, L->out_a, w->low, att_q ? NULL : w->att, NULL, NULL, NULL);
         d.n_groups = hp->n_out_group;
+        if (att_q) d.act = w->attq;
         if (ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err)) return -1;
     }
     mark(e, q->st, "attn out_a (grouped)");

@@ -86,6 +86,7 @@ struct dwork {
     int32_t *ids, *zero_id, *sel, *n_sel;
     float *one_w;
     uint8_t *actA, *actB;
+    uint8_t *attq; /* the attention's output as out_a's Q8_0 input (k_attention_combine) */
     uint8_t *lowq; /* low quantised for out_b */
     rope_tabs rope; /* the step's RoPE cosines and sines (k_embed) */
 };

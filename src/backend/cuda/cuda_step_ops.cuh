@@ -605,7 +605,9 @@ __global__ void __launch_bounds__(1024, 1) k_idx_topk(const float *scores, int t
  * every head's o and adds the chunk's rows in order. It writes (m, l) and o
  * to the split's slot. k_attention_combine adds the busy splits in split
  * order with the sink in the denominator and rotates the result back at
- * the query position. Sums are regrouped against the CPU (chunks, then
+ * the query position; given out_q it also writes the head as out_a's Q8_0
+ * input (a warp per 32 values, k_quantize_q8_0's arithmetic), which out_a's
+ * blocks then only copy. Sums are regrouped against the CPU (chunks, then
  * splits), so results differ from it by rounding only. Rows in shared
  * memory are ATT_PAD bytes longer than a row so that the lanes of a
  * quarter warp read 16 bytes of 8 different rows without bank conflicts. */
@@ -779,7 +781,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
  * hd outputs, then the splits' m (turned into weights) and l. */
 __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, int S, int n_swa, int ratio,
                                     const int *sel, const int *n_sel, const float *sinks, int hd, int n_rot,
-                                    const float2 *cs, const step_io *io, float *out) {
+                                    const float2 *cs, const step_io *io, float *out, uint8_t *out_q) {
     pdl_trigger();
     pdl_wait();
     extern __shared__ float os[];
@@ -825,6 +827,9 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     }
     block_rope_tab(os, hd, n_rot, cs, true);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) out[(size_t)h * hd + i] = os[i];
+    if (out_q)
+        for (int b = threadIdx.x >> 5; b < hd / 32; b += blockDim.x >> 5)
+            warp_q8_0_block(os[32 * b + (threadIdx.x & 31)], out_q + 36 * ((size_t)h * (hd / 32) + b), threadIdx.x & 31);
 }
 
 /* Router (model-spec §5.8 steps 2-4, moe.c route_task): probabilities
