@@ -314,14 +314,10 @@ __global__ void __launch_bounds__(1024, 1) k_topk_radix(const float *scores, int
     block_topk_radix(scores, visible, TOPK, sel, &sm);
 }
 
-/* The decode step's grid top-k (cuda_topk_grid.cuh) over vis rows: the
- * engine's six launches. */
-static void topk_grid_run(const float *d_s, int vis, int g, topk_grid_state *d_st, int *d_wa, int *d_wt, int *d_sel,
-                          int *d_nsel, const step_io *d_io) {
-    for (int shift = 24; shift >= 0; shift -= 8)
-        k_topk_grid_pass<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, 0, shift, d_st, d_io);
-    k_topk_grid_count<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, 0, d_st, d_wa, d_wt, d_io);
-    k_topk_grid_write<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+/* The decode step's grid top-k (cuda_topk_grid.cuh) over vis rows. */
+static void topk_grid_run(const float *d_s, int g, topk_grid_state *d_st, int *d_wa, int *d_wt, int *d_sel, int *d_nsel,
+                          const step_io *d_io) {
+    k_topk_grid<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
 }
 
 /* One way of the top-k over vis rows: 0 pf_idx_topk (one block, as the
@@ -330,16 +326,14 @@ static void topk_grid_run(const float *d_s, int vis, int g, topk_grid_state *d_s
 static void topk_way(int way, const float *d_s, int vis, int g, topk_grid_state *d_st, int *d_wa, int *d_wt,
                      int *d_sel, int *d_nsel, const step_io *d_io) {
     if (way == 0) pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
-    else if (way == 1) topk_grid_run(d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+    else if (way == 1) topk_grid_run(d_s, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
     else k_topk_radix<<<1, 1024>>>(d_s, vis, d_sel);
 }
 
 /* The top-k of one token seeing s.size() rows against topk_ref, the three
  * ways of topk_way; their times (ms) into ms[0..2] when ms. */
 static bool topk_case(const char *name, const std::vector<float> &s, float *ms) {
-    int vis = (int)s.size(), n_sm = 0, g;
-    CK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0));
-    g = topk_grid_blocks(n_sm, (uint32_t)vis);
+    int vis = (int)s.size(), g = topk_grid_blocks((uint32_t)vis);
     float *d_s;
     int *d_sel, *d_nsel, *d_wa, *d_wt;
     topk_grid_state *d_st;
@@ -508,7 +502,7 @@ static int indexer_checks(void) {
         CK(cudaEventElapsedTime(&ms_s, e0, e1));
         printf("time, indexer of one token over %d rows: scores %.1f us (%d blocks), top-k %.1f us (one block), "
                "%.1f us (grid, %d blocks), %.1f us (radix, one block)\n",
-               n, ms_s / 20 * 1e3, ny, ms_t[0] * 1e3, ms_t[1] * 1e3, topk_grid_blocks(n_sm, (uint32_t)n),
+               n, ms_s / 20 * 1e3, ny, ms_t[0] * 1e3, ms_t[1] * 1e3, topk_grid_blocks((uint32_t)n),
                ms_t[2] * 1e3);
         CK(cudaEventDestroy(e0));
         CK(cudaEventDestroy(e1));

@@ -476,7 +476,12 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     const long forced = tg && *tg ? strtol(tg, NULL, 10) : -1;
     const int one_rows = forced > 1 && forced < TOPK_GRID_MIN ? (int)forced : TOPK_GRID_MIN;
     const bool grid_topk = forced == 0 ? false : forced == 1 ? true : idx_rows > (uint32_t)one_rows;
-    e->topk_grid = grid_topk && idx_rows ? topk_grid_blocks(n_sm, idx_rows) : 0;
+    e->topk_grid = grid_topk && idx_rows ? topk_grid_blocks(idx_rows) : 0;
+    int tk_per_sm = 0; /* its blocks must all be resident at once */
+    if (e->topk_grid &&
+        (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&tk_per_sm, k_topk_grid, TOPK_GRID_THREADS, 0) != cudaSuccess ||
+         e->topk_grid > tk_per_sm * n_sm))
+        e->topk_grid = 0; /* the one block then takes every position (its radix path) */
     e->topk_one_rows = !e->topk_grid ? INT_MAX : forced == 1 ? 0 : one_rows;
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
@@ -696,7 +701,7 @@ static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float 
 
 /* The indexer's top_k of the visible scores into ws.sel / ws.n_sel: one
  * block (k_idx_topk), and where the context allows more rows than it holds
- * in registers, the grid top-k's six launches after it; at each position
+ * in registers, the grid top-k (k_topk_grid) after it; at each position
  * one of the two works and the other returns at once. */
 static int idx_topk(enq *q, int top_k) {
     ds4_cuda_engine *e = q->e;
@@ -705,15 +710,8 @@ static int idx_topk(enq *q, int top_k) {
     const step_io *io = w->io;
     const int g = e->topk_grid, one = e->topk_one_rows;
     if (one && run(q, "indexer top-k", k_idx_topk, 1, 1024, 0, sc, top_k, one, w->sel, w->n_sel, io)) return -1;
-    if (!g) return 0;
-    for (int shift = 24; shift >= 0; shift -= 8)
-        if (run(q, "indexer top-k pass", k_topk_grid_pass, g, TOPK_GRID_THREADS, 0, sc, top_k, one, shift, w->tkg,
-                io))
-            return -1;
-    return run(q, "indexer top-k count", k_topk_grid_count, g, TOPK_GRID_THREADS, 0, sc, top_k, one, w->tkg,
-               w->tk_wa, w->tk_wt, io) ||
-           run(q, "indexer top-k write", k_topk_grid_write, g, TOPK_GRID_THREADS, 0, sc, top_k, one,
-               (const topk_grid_state *)w->tkg, (const int *)w->tk_wa, (const int *)w->tk_wt, w->sel, w->n_sel, io);
+    return g && run(q, "indexer grid top-k", k_topk_grid, g, TOPK_GRID_THREADS, 0, sc, top_k, one, w->tkg, w->tk_wa,
+                    w->tk_wt, w->sel, w->n_sel, io);
 }
 
 /* y = out_b·low. For quantised weights low is quantised once, by its own

@@ -7,18 +7,26 @@
  * the lower index, written as ascending row indices; n_sel = -1 while every
  * visible row is attended.
  *
- * The radix select is split into launches: four digit passes
- * (k_topk_grid_pass, shift 24, 16, 8, 0), then k_topk_grid_count and
- * k_topk_grid_write. Every warp of the grid owns a contiguous segment of
- * the rows (as the warps of one block do in block_topk_ascending). A pass:
- * each warp counts its keys under the prefix found so far into its own
- * histogram, each block adds its warps' bins into the state's global
- * histogram, and the last block to finish (a counter it resets) finds the
- * digit of the k-th key (warp_find_digit) and clears the histogram for the
- * next pass. The count launch stores each warp's keys above the k-th and
- * its ties; its last block turns them, in warp order, into each warp's
- * first output slot and tie rank. The write launch writes the picks.
- * The position comes from step_io (the graph is captured once). */
+ * One launch whose blocks meet at grid barriers (topk_grid_sync) where six
+ * launches used to meet at kernel boundaries (each paid its wait and
+ * reloaded the keys: ~35 us a ratio-4 layer at ctx 65536). Every warp owns
+ * a contiguous segment of at most 32·TOPK_BATCH rows (as the warps of one
+ * block do in block_topk_ascending) and holds its keys in registers, read
+ * once. Radix select of the k-th key, 8 bits a pass: each warp counts its
+ * keys under the prefix found so far into its own histogram, each block
+ * adds its warps' bins into the pass's global histogram, a barrier, then
+ * every block reads the totals and finds the same digit (warp_find_digit);
+ * it stops once every key with that digit is taken (no tie left). Then
+ * each warp counts its keys above the k-th and its ties, a barrier, and
+ * each block adds up the counts of the warps before it (its first output
+ * slot and tie rank), and the warps write their picks in index order.
+ *
+ * The blocks must all be resident at once: the grid is at most what the
+ * device holds beside the kernels around it (topk_grid_blocks, checked at
+ * open), and the kernel lets the next one launch (PDL) only after the first
+ * barrier, which every block has reached. The state is left zeroed for the
+ * next call by the last block out. The position comes from step_io (the
+ * graph is captured once). */
 #ifndef DS4_CUDA_TOPK_GRID_CUH
 #define DS4_CUDA_TOPK_GRID_CUH
 
@@ -27,23 +35,27 @@
 #include "cuda_device_math.cuh"
 #include "cuda_pdl.cuh"
 
-/* TOPK_GRID_MIN: the rows k_idx_topk's 1024 threads hold in registers. */
-enum { TOPK_GRID_THREADS = 256, TOPK_GRID_WARPS = TOPK_GRID_THREADS / 32, TOPK_GRID_MIN = TOPK_REG_SLOTS * 1024 };
-
-/* Device state of the grid top-k (zeroed once; every launch leaves it
- * ready for the next step). */
-struct topk_grid_state {
-    uint32_t t, mask;  /* the k-th key's bits found so far */
-    int need;          /* how many keys equal to t under mask to take */
-    unsigned count;    /* blocks of the current launch done (the last resets it) */
-    int hist[256];     /* the current pass's digit counts */
+/* TOPK_GRID_MIN: the rows k_idx_topk's 1024 threads hold in registers;
+ * TOPK_GRID_ROWS: the rows of one block (TOPK_BATCH keys a lane). */
+enum {
+    TOPK_GRID_THREADS = 256,
+    TOPK_GRID_WARPS = TOPK_GRID_THREADS / 32,
+    TOPK_GRID_MIN = TOPK_REG_SLOTS * 1024,
+    TOPK_GRID_ROWS = TOPK_GRID_WARPS * 32 * TOPK_BATCH,
+    TOPK_GRID_PASSES = 4
 };
 
-/* Blocks of the grid top-k for at most max_visible rows: about 2048 rows a
- * block (one batch of keys a lane), at most one block an SM. */
-static inline int topk_grid_blocks(int n_sm, uint32_t max_visible) {
-    int g = (int)((max_visible + 2047) / 2048);
-    return g < 1 ? 1 : g > n_sm ? n_sm : g;
+/* Device state of the grid top-k (zeroed once; every call leaves it zeroed). */
+struct topk_grid_state {
+    unsigned arrive; /* blocks arrived at the call's barriers so far */
+    unsigned leave;  /* blocks done (the last one resets the state) */
+    int hist[TOPK_GRID_PASSES][256];
+};
+
+/* Blocks of the grid top-k for at most max_visible rows. */
+static inline int topk_grid_blocks(uint32_t max_visible) {
+    int g = (int)((max_visible + TOPK_GRID_ROWS - 1) / TOPK_GRID_ROWS);
+    return g < 1 ? 1 : g;
 }
 
 /* Warp gw's rows [*lo, *hi) of visible: segments of a multiple of 32. */
@@ -54,111 +66,143 @@ __device__ __forceinline__ void topk_grid_segment(int visible, int *lo, int *hi)
     *hi = *lo + seg < visible ? *lo + seg : visible;
 }
 
-/* True in the last block of the launch to get here (every block calls it
- * once, after its global writes); that block resets the counter. */
-__device__ __forceinline__ bool topk_grid_last(unsigned *count, int *last_s) {
-    __threadfence();
+/* Barrier of the whole grid: returns once `target` block arrivals are
+ * counted (the call's n-th barrier: n·gridDim.x), with every write before it
+ * visible to every block. */
+__device__ __forceinline__ void topk_grid_sync(unsigned *arrive, unsigned target) {
     __syncthreads();
-    if (threadIdx.x == 0) *last_s = atomicAdd(count, 1u) == gridDim.x - 1;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(arrive, 1u);
+        while (*(volatile unsigned *)arrive < target) {
+        }
+        __threadfence();
+    }
     __syncthreads();
-    if (!*last_s) return false;
-    __threadfence();
-    if (threadIdx.x == 0) *count = 0;
-    return true;
 }
 
-/* One digit pass (shift 24 first: starts from an empty prefix). */
-__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_pass(const float *scores, int top_k, int min_rows,
-                                                                      int shift, topk_grid_state *st,
-                                                                      const step_io *io) {
-    pdl_trigger();
+/* The picks, in index order, into sel; n_sel = top_k, or -1 while every
+ * visible row is attended. Nothing at positions where at most min_rows rows
+ * are visible (k_idx_topk's, when the step holds both). */
+__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *scores, int top_k, int min_rows,
+                                                                 topk_grid_state *st, int *wa, int *wt, int *sel,
+                                                                 int *n_sel, const step_io *io) {
     pdl_wait();
     __shared__ int h[TOPK_GRID_WARPS][256];
     __shared__ int tot[256];
-    __shared__ int last;
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_need, s_done, s_before[2][TOPK_GRID_WARPS + 1];
     const int visible = (io->pos + 1) / 4;
-    if (visible <= top_k || visible <= min_rows) return;
-    const bool first = shift == 24;
-    const uint32_t t = first ? 0u : st->t, mask = first ? 0u : st->mask;
-    const int need = first ? top_k : st->need, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (visible <= min_rows || visible <= top_k) {
+        pdl_trigger();
+        if (visible > min_rows && blockIdx.x == 0 && threadIdx.x == 0) *n_sel = -1;
+        return;
+    }
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, gw = blockIdx.x * TOPK_GRID_WARPS + w;
     int lo, hi;
     topk_grid_segment(visible, &lo, &hi);
-    for (int b = lane; b < 256; b += 32) h[w][b] = 0;
-    __syncwarp();
-    warp_digit_hist(scores, lo, hi, t, mask, shift, h[w]);
-    __syncthreads();
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) {
-        int n = 0;
-        for (int v = 0; v < TOPK_GRID_WARPS; v++) n += h[v][b];
-        if (n) atomicAdd(&st->hist[b], n);
+    uint32_t key[TOPK_BATCH];
+    unsigned valid = 0;
+#pragma unroll
+    for (int u = 0; u < TOPK_BATCH; u++) {
+        const int i = lo + 32 * u + lane;
+        key[u] = i < hi ? score_key(scores[i]) : 0u;
+        valid |= (unsigned)(i < hi) << u;
     }
-    if (!topk_grid_last(&st->count, &last)) return;
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) {
-        tot[b] = __ldcg(&st->hist[b]);
-        st->hist[b] = 0;
+    uint32_t t = 0, mask = 0;
+    int need = top_k, barriers = 0;
+    for (int pass = 0, shift = 24; pass < TOPK_GRID_PASSES; pass++, shift -= 8) {
+        for (int b = lane; b < 256; b += 32) h[w][b] = 0;
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < TOPK_BATCH; u++) { /* warp_digit_hist's adds, from registers */
+            const int bin = (valid >> u & 1u) && (key[u] & mask) == t ? (int)((key[u] >> shift) & 255u) : -1;
+            const int bin0 = __shfl_sync(0xffffffffu, bin, 0);
+            if (__all_sync(0xffffffffu, bin == bin0)) {
+                if (lane == 0 && bin0 >= 0) atomicAdd(&h[w][bin0], 32);
+            } else {
+                const unsigned same = __match_any_sync(0xffffffffu, bin);
+                if (bin >= 0 && lane == __ffs(same) - 1) atomicAdd(&h[w][bin], __popc(same));
+            }
+        }
+        __syncthreads();
+        for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) {
+            int n = 0;
+            for (int v = 0; v < TOPK_GRID_WARPS; v++) n += h[v][b];
+            if (n) atomicAdd(&st->hist[pass][b], n);
+        }
+        topk_grid_sync(&st->arrive, ++barriers * gridDim.x);
+        if (pass == 0) pdl_trigger(); /* every block is resident: the next kernel may take the rest */
+        for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) tot[b] = __ldcg(&st->hist[pass][b]);
+        __syncthreads();
+        if (w == 0) {
+            warp_find_digit(tot, t, shift, need, &s_prefix, &s_need);
+            __syncwarp();
+            if (lane == 0) s_done = tot[(s_prefix >> shift) & 255u] == s_need;
+        }
+        __syncthreads();
+        t = s_prefix;
+        need = s_need;
+        mask |= 255u << shift;
+        if (s_done) break; /* the same in every block */
     }
+    /* t is the k-th key under mask: every key above it, and the first `need` ties */
+    int above = 0, ties = 0;
+#pragma unroll
+    for (int u = 0; u < TOPK_BATCH; u++) {
+        const uint32_t k = key[u] & mask;
+        above += (valid >> u & 1u) && k > t;
+        ties += (valid >> u & 1u) && k == t;
+    }
+    above = __reduce_add_sync(0xffffffffu, above);
+    ties = __reduce_add_sync(0xffffffffu, ties);
+    if (lane == 0) wa[gw] = above, wt[gw] = ties;
+    topk_grid_sync(&st->arrive, ++barriers * gridDim.x);
+    /* the hist arrays are read: block 0 clears them for the next call */
+    if (blockIdx.x == 0)
+        for (int b = threadIdx.x; b < TOPK_GRID_PASSES * 256; b += TOPK_GRID_THREADS) (&st->hist[0][0])[b] = 0;
+    /* the counts of the warps of earlier blocks, then of this block's warps before each */
+    int ab = 0, tb = 0;
+    for (int v = threadIdx.x; v < (int)blockIdx.x * TOPK_GRID_WARPS; v += TOPK_GRID_THREADS)
+        ab += __ldcg(&wa[v]), tb += __ldcg(&wt[v]);
+    ab = __reduce_add_sync(0xffffffffu, ab);
+    tb = __reduce_add_sync(0xffffffffu, tb);
+    if (lane == 0) s_before[0][w] = ab, s_before[1][w] = tb;
     __syncthreads();
     if (w == 0) {
-        __shared__ uint32_t prefix;
-        __shared__ int need_out;
-        warp_find_digit(tot, t, shift, need, &prefix, &need_out);
+        const int ba = lane < TOPK_GRID_WARPS ? s_before[0][lane] : 0, bt = lane < TOPK_GRID_WARPS ? s_before[1][lane] : 0;
+        const int ta = __reduce_add_sync(0xffffffffu, ba), tt = __reduce_add_sync(0xffffffffu, bt);
+        /* lane l < warps: block total + the block's warps before l */
+        const int oa = lane < TOPK_GRID_WARPS ? __ldcg(&wa[blockIdx.x * TOPK_GRID_WARPS + lane]) : 0;
+        const int ot = lane < TOPK_GRID_WARPS ? __ldcg(&wt[blockIdx.x * TOPK_GRID_WARPS + lane]) : 0;
+        const int ia = warp_scan_incl(oa), it = warp_scan_incl(ot);
         __syncwarp();
-        if (lane == 0) {
-            st->t = prefix;
-            st->mask = mask | 255u << shift;
-            st->need = need_out;
-        }
+        if (lane < TOPK_GRID_WARPS) s_before[0][lane] = ta + ia - oa, s_before[1][lane] = tt + it - ot;
     }
-}
-
-/* Each warp's keys above the k-th and ties (wa, wt); the last block turns
- * them into each warp's first output slot (wa) and tie rank (wt). */
-__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_count(const float *scores, int top_k, int min_rows,
-                                                                       topk_grid_state *st, int *wa, int *wt,
-                                                                       const step_io *io) {
-    pdl_trigger();
-    pdl_wait();
-    __shared__ int last;
-    const int visible = (io->pos + 1) / 4;
-    if (visible <= top_k || visible <= min_rows) return;
-    const int gw = blockIdx.x * TOPK_GRID_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    int lo, hi, above, ties;
-    topk_grid_segment(visible, &lo, &hi);
-    warp_count_above(scores, lo, hi, st->t, &above, &ties);
-    if (lane == 0) wa[gw] = above, wt[gw] = ties;
-    if (!topk_grid_last(&st->count, &last)) return;
-    if (threadIdx.x >= 32) return;
-    const int nw = gridDim.x * TOPK_GRID_WARPS, need = st->need;
-    int tb = 0, pb = 0; /* ties and picks of the warps before this chunk of 32 */
-    for (int c = 0; c < nw; c += 32) {
-        int i = c + lane;
-        int tw = i < nw ? __ldcg(&wt[i]) : 0, aw = i < nw ? __ldcg(&wa[i]) : 0;
-        int ti = warp_scan_incl(tw), tbl = tb + ti - tw;
-        int take = need - tbl < 0 ? 0 : need - tbl < tw ? need - tbl : tw;
-        int pw = aw + take, pi = warp_scan_incl(pw);
-        if (i < nw) wt[i] = tbl, wa[i] = pb + pi - pw;
-        tb += __shfl_sync(0xffffffffu, ti, 31);
-        pb += __shfl_sync(0xffffffffu, pi, 31);
+    __syncthreads();
+    const int a_before = s_before[0][w], t_before = s_before[1][w];
+    /* warp_write_picks, from registers */
+    const unsigned below = (1u << lane) - 1u;
+    int tie_rank = t_before, out = a_before + (t_before < need ? t_before : need);
+#pragma unroll
+    for (int u = 0; u < TOPK_BATCH; u++) {
+        const uint32_t k = key[u] & mask;
+        const bool v = valid >> u & 1u, tie = v && k == t;
+        const unsigned tm = __ballot_sync(0xffffffffu, tie);
+        const bool pick = v && (k > t || (tie && tie_rank + __popc(tm & below) < need));
+        const unsigned pm = __ballot_sync(0xffffffffu, pick);
+        if (pick) sel[out + __popc(pm & below)] = lo + 32 * u + lane;
+        tie_rank += __popc(tm);
+        out += __popc(pm);
     }
-}
-
-/* The picks, in index order; n_sel = top_k, or -1 while every visible row
- * is attended. Each launch does nothing at positions where at most min_rows
- * rows are visible (k_idx_topk's, when the step holds both). */
-__global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid_write(const float *scores, int top_k, int min_rows,
-                                                                       const topk_grid_state *st, const int *wa,
-                                                                       const int *wt, int *sel, int *n_sel,
-                                                                       const step_io *io) {
-    pdl_trigger();
-    pdl_wait();
-    const int visible = (io->pos + 1) / 4;
-    if (visible <= min_rows) return; /* k_idx_topk's position */
-    if (blockIdx.x == 0 && threadIdx.x == 0) *n_sel = visible <= top_k ? -1 : top_k;
-    if (visible <= top_k) return;
-    const int gw = blockIdx.x * TOPK_GRID_WARPS + (threadIdx.x >> 5);
-    int lo, hi;
-    topk_grid_segment(visible, &lo, &hi);
-    warp_write_picks(scores, lo, hi, st->t, st->need, __ldcg(&wt[gw]), __ldcg(&wa[gw]), sel);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *n_sel = top_k;
+    /* the last block out resets the barrier for the next call */
+    __syncthreads();
+    if (threadIdx.x == 0 && atomicAdd(&st->leave, 1u) == gridDim.x - 1) {
+        st->arrive = 0;
+        st->leave = 0;
+        __threadfence();
+    }
 }
 
 #endif
