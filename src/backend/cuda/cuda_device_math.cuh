@@ -311,6 +311,23 @@ static __device__ __forceinline__ void warp_indexer_qat(float x[V], int lane) {
     for (int v = 0; v < V; v++) x[v] = scaled_round<true>(x[v], scale);
 }
 
+/* An indexer query head of ihd = 32·V values held by one warp as in
+ * warp_indexer_qat (V ≥ 2, so a RoPE pair stays in a lane): RoPE of the
+ * tail from the (cos, sin) pairs cs, then QAT unless exact — the
+ * operations of block_rope_tab + block_indexer_qat, so their bits. Every
+ * lane of the warp must call it. */
+template <int V>
+static __device__ __forceinline__ void warp_idx_query(float x[V], int lane, int n_rot, const float2 *cs, bool exact) {
+    constexpr int IHD = 32 * V;
+#pragma unroll
+    for (int v = 0; v < V; v += 2)
+        if (V * lane + v >= IHD - n_rot) {
+            const float2 c = cs[(V * lane + v - (IHD - n_rot)) / 2];
+            rope_rot2(x[v], x[v + 1], c.x, c.y);
+        }
+    if (!exact) warp_indexer_qat<V>(x, lane);
+}
+
 /* mma.sync m16n8k16 (f16 in, f32 accumulate) and ldmatrix helpers. */
 __device__ __forceinline__ uint32_t pa_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 

@@ -244,10 +244,10 @@ static int check_model(const ds4_model *m, ds4_err *err) {
     if (hp->n_hc != HC_N) return ds4_fail(err, "cuda: %u HC streams (the kernels take %d)", hp->n_hc, HC_N);
     if (hp->n_embd > HC_XB * HC_THREADS)
         return ds4_fail(err, "cuda: n_embd %u is beyond the HC kernel's %d", hp->n_embd, HC_XB * HC_THREADS);
-    if (hp->head_dim > 2 * ATT_TPB || hp->head_dim % 8 || hp->indexer_head_dim > 1024 || hp->head_dim - hp->n_rot > 64 * 64 ||
-        hp->indexer_head_dim > 32 * 64)
-        return ds4_fail(err, "cuda: head sizes %u/%u are beyond the kernels' limits", hp->head_dim,
-                        hp->indexer_head_dim);
+    const uint32_t ihd = hp->indexer_head_dim;
+    if (hp->head_dim > 2 * ATT_TPB || hp->head_dim % 8 || hp->head_dim - hp->n_rot > 64 * 64 ||
+        (ihd && (ihd < 64 || ihd > 512 || (ihd & (ihd - 1)) || hp->n_rot > ihd)))
+        return ds4_fail(err, "cuda: head sizes %u/%u are beyond the kernels' limits", hp->head_dim, ihd);
     if (hp->n_expert > ROUTE_MAX_EXPERTS)
         return ds4_fail(err, "cuda: %u experts (the router takes at most %d)", hp->n_expert, ROUTE_MAX_EXPERTS);
     if (hp->n_expert_used > DS4_CUDA_MAX_SEL)
@@ -822,8 +822,9 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     pa.exact = (int)e->exact;
     pa.ics = w->rope.cs1;
     pa.io = w->io;
-    if (run(q, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>, pa.n_comp + pa.n_head + 1 + pa.n_idx,
-            512, (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa))
+    if (run(q, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>,
+            pa.n_comp + pa.n_head + 1 + (pa.n_idx + PREP_IDX_HEADS - 1) / PREP_IDX_HEADS, PREP_THREADS,
+            (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa))
         return -1;
     mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers; indexer query");
     if (L->ratio == 4) {

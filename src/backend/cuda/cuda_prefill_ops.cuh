@@ -733,14 +733,7 @@ __global__ void __launch_bounds__(PF_IQ_WARPS * 32) pf_idx_query(float *iq, floa
 #pragma unroll
         for (int v = 0; v < V; v++) x[v] = nx[v];
         if (head + PF_IQ_WARPS < nih) fetch(head + PF_IQ_WARPS);
-        /* RoPE of the tail: pair k holds values IHD - n_rot + 2k, +1 */
-#pragma unroll
-        for (int v = 0; v < V; v += 2)
-            if (V * lane + v >= IHD - rp.n_rot) {
-                const float2 c = cs[(V * lane + v - (IHD - rp.n_rot)) / 2];
-                rope_rot2(x[v], x[v + 1], c.x, c.y);
-            }
-        warp_indexer_qat<V>(x, lane);
+        warp_idx_query<V>(x, lane, rp.n_rot, cs, false);
         float *qh = iq + ((size_t)t * nih + head) * IHD + V * lane;
 #pragma unroll
         for (int v = 0; v < V; v += 2) *(float2 *)(qh + v) = make_float2(x[v], x[v + 1]);

@@ -483,29 +483,36 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
     }
 }
 
-/* Indexer query head (compressor.c idx_query_task): RoPE, QAT (not in
- * exact mode); head 0 also scales the head weights by 1/√(ihd·nih). */
-__device__ void idx_query_head(float *iq, float *iw, int h, int ihd, int nih, int n_rot, const float2 *cs, int exact,
-                               float *xs) {
-    __shared__ float sc[64];
-    float *qh = iq + (size_t)h * ihd;
-    for (int i = threadIdx.x; i < ihd; i += blockDim.x) xs[i] = qh[i];
-    block_rope_tab(xs, ihd, n_rot, cs, false);
-    if (!exact) block_indexer_qat(xs, ihd, sc);
-    for (int i = threadIdx.x; i < ihd; i += blockDim.x) qh[i] = xs[i];
+/* Indexer query head h (compressor.c idx_query_task) by one warp
+ * (warp_idx_query: RoPE from the step's table, QAT unless exact, as the
+ * prefill's pf_idx_query); head 0's warp also scales the head weights by
+ * 1/√(ihd·nih). A block a head spent its time in barriers. */
+template <int V>
+__device__ void idx_query_warp(float *iq, float *iw, int h, int nih, int n_rot, const float2 *cs, int exact) {
+    constexpr int IHD = 32 * V;
+    const int lane = threadIdx.x & 31;
+    float *qh = iq + (size_t)h * IHD + V * lane;
+    float x[V];
+#pragma unroll
+    for (int v = 0; v < V; v += 2) *(float2 *)&x[v] = *(const float2 *)(qh + v);
+    warp_idx_query<V>(x, lane, n_rot, cs, exact);
+#pragma unroll
+    for (int v = 0; v < V; v += 2) *(float2 *)(qh + v) = make_float2(x[v], x[v + 1]);
     if (h == 0) {
-        float denom = sqrtf((float)(ihd * nih));
-        for (int j = threadIdx.x; j < nih; j += blockDim.x) iw[j] = iw[j] / denom;
+        const float denom = sqrtf((float)(IHD * nih));
+        for (int j = lane; j < nih; j += 32) iw[j] = iw[j] / denom;
     }
 }
 
 /* Everything that reads the step's projections and writes what the
  * indexer's scores and the attention read, in one launch of independent
- * blocks (each a separate launch before: ~5 us a launch, H200 timeline):
- * blocks 0..n_comp-1 the compressors (c[0] the attention's, c[1] the
- * indexer's; first, as on a token that emits a row theirs is the longer
- * chain), then q_prepare of each head, kv_prepare, and with n_idx the
- * indexer's query heads (while the indexer picks rows). */
+ * blocks of PREP_THREADS (each a separate launch before: ~5 us a launch,
+ * H200 timeline): blocks 0..n_comp-1 the compressors (c[0] the
+ * attention's, c[1] the indexer's; first, as on a token that emits a row
+ * theirs is the longer chain), then q_prepare of each head, kv_prepare,
+ * and with n_idx the indexer's query heads, a warp each (while the
+ * indexer picks rows; ihd a power of two from 64 to 512, check_model). */
+enum { PREP_THREADS = 512, PREP_IDX_HEADS = PREP_THREADS / 32 };
 template <typename RowT>
 struct prep_args {
     float *q;
@@ -536,7 +543,14 @@ __global__ void k_qkv_prepare(const prep_args<RowT> a) {
     } else if (b == a.n_head) {
         kv_prepare(a.kv, xs, a.norm_w, a.hd, a.n_rot, a.eps, a.cs, a.io->pos, a.ring, a.n_swa);
     } else if (a.io->idx_active) {
-        idx_query_head(a.iq, a.iw, b - a.n_head - 1, a.ihd, a.n_idx, a.n_rot, a.ics, a.exact, xs);
+        const int h = (b - a.n_head - 1) * PREP_IDX_HEADS + (int)(threadIdx.x >> 5);
+        if (h >= a.n_idx) return;
+        switch (a.ihd) {
+        case 64: idx_query_warp<2>(a.iq, a.iw, h, a.n_idx, a.n_rot, a.ics, a.exact); break;
+        case 128: idx_query_warp<4>(a.iq, a.iw, h, a.n_idx, a.n_rot, a.ics, a.exact); break;
+        case 256: idx_query_warp<8>(a.iq, a.iw, h, a.n_idx, a.n_rot, a.ics, a.exact); break;
+        default: idx_query_warp<16>(a.iq, a.iw, h, a.n_idx, a.n_rot, a.ics, a.exact); break;
+        }
     }
 }
 
