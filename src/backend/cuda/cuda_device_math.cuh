@@ -394,6 +394,22 @@ static __device__ void warp_keys(const float *scores, int lo, int hi, F f) {
     }
 }
 
+/* Of a thread's N register keys (slot e valid with bit e of valid), how
+ * many are above t and how many equal to it, under mask. */
+template <int N>
+static __device__ __forceinline__ void keys_above_ties(const uint32_t (&key)[N], unsigned valid, uint32_t mask,
+                                                       uint32_t t, int *above, int *ties) {
+    int a = 0, e = 0;
+#pragma unroll
+    for (int u = 0; u < N; u++) {
+        const uint32_t k = key[u] & mask;
+        a += (valid >> u & 1u) && k > t;
+        e += (valid >> u & 1u) && k == t;
+    }
+    *above = a;
+    *ties = e;
+}
+
 /* Shared memory of block_topk_radix. */
 struct topk_radix_smem {
     int hist[32][256]; /* a warp's own histogram */
@@ -626,13 +642,8 @@ static __device__ void block_topk_registers(const float *scores, int visible, in
         mask |= (uint32_t)(TOPK_REG_BINS - 1) << shift;
         if (in_bin == need) break;
     }
-    int above = 0, ties = 0;
-#pragma unroll
-    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
-        const uint32_t k = key[e] & mask;
-        above += (valid >> e & 1u) && k > t;
-        ties += (valid >> e & 1u) && k == t;
-    }
+    int above, ties;
+    keys_above_ties(key, valid, mask, t, &above, &ties);
     const int own = above << 16 | ties, incl = warp_scan_incl(own);
     if (lane == 31) sm->scan[w] = incl;
     __syncthreads();

@@ -147,13 +147,8 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
         if (s_done) break; /* the same in every block */
     }
     /* t is the k-th key under mask: every key above it, and the first `need` ties */
-    int above = 0, ties = 0;
-#pragma unroll
-    for (int u = 0; u < TOPK_BATCH; u++) {
-        const uint32_t k = key[u] & mask;
-        above += (valid >> u & 1u) && k > t;
-        ties += (valid >> u & 1u) && k == t;
-    }
+    int above, ties;
+    keys_above_ties(key, valid, mask, t, &above, &ties);
     above = __reduce_add_sync(0xffffffffu, above);
     ties = __reduce_add_sync(0xffffffffu, ties);
     if (lane == 0) wa[gw] = above, wt[gw] = ties;
