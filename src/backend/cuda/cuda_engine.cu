@@ -469,9 +469,9 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
      * k_idx_topk up to that. Tests: DS4_CUDA_TOPK_GRID=0 the one block, 1
      * the grid at every position, N > 1 the one block up to N rows and the
      * grid beyond. */
-    uint32_t idx_rows = 0; /* the most rows a ratio-4 layer sees */
-    for (uint32_t il = 0; il < hp->n_layer; il++)
-        if (m->layers[il].compress_ratio == 4 && (uint32_t)ctx / 4 > idx_rows) idx_rows = (uint32_t)ctx / 4;
+    bool has_indexer = false;
+    for (uint32_t il = 0; il < hp->n_layer; il++) has_indexer |= m->layers[il].compress_ratio == 4;
+    const uint32_t idx_rows = has_indexer ? (uint32_t)ctx / 4 : 0; /* the most rows a ratio-4 layer sees */
     const char *tg = getenv("DS4_CUDA_TOPK_GRID");
     const long forced = tg && *tg ? strtol(tg, NULL, 10) : -1;
     const int one_rows = forced > 1 && forced < TOPK_GRID_MIN ? (int)forced : TOPK_GRID_MIN;
