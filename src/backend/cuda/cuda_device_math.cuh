@@ -422,22 +422,26 @@ struct topk_radix_smem {
 /* The pieces of the radix select, shared by the one-block top-k below and
  * the decode step's grid-wide one (cuda_topk_grid.cuh). */
 
+/* Adds each lane's bin (-1: none) to the warp's histogram h, one add for
+ * lanes sharing a bin (the whole warp agreeing, else __match_any_sync
+ * groups). Every lane of the warp must call it. */
+static __device__ __forceinline__ void warp_hist_add(int bin, int *h) {
+    const int lane = threadIdx.x & 31, bin0 = __shfl_sync(0xffffffffu, bin, 0);
+    if (__all_sync(0xffffffffu, bin == bin0)) {
+        if (lane == 0 && bin0 >= 0) atomicAdd(&h[bin0], 32);
+    } else {
+        const unsigned same = __match_any_sync(0xffffffffu, bin);
+        if (bin >= 0 && lane == __ffs(same) - 1) atomicAdd(&h[bin], __popc(same));
+    }
+}
+
 /* Counts the keys of [lo, hi) whose bits under mask equal t into the warp's
- * 256-bin histogram h by digit (key >> shift) & 255 (lanes with the same bin
- * add once: one add where the whole warp agrees, else __match_any_sync
- * groups). h must be zero. */
+ * 256-bin histogram h by digit (key >> shift) & 255 (warp_hist_add). h must
+ * be zero. */
 static __device__ void warp_digit_hist(const float *scores, int lo, int hi, uint32_t t, uint32_t mask, int shift,
                                        int *h) {
-    const int lane = threadIdx.x & 31;
     warp_keys(scores, lo, hi, [&](bool valid, int, uint32_t key) {
-        int bin = valid && (key & mask) == t ? (int)((key >> shift) & 255u) : -1;
-        int bin0 = __shfl_sync(0xffffffffu, bin, 0);
-        if (__all_sync(0xffffffffu, bin == bin0)) {
-            if (lane == 0 && bin0 >= 0) atomicAdd(&h[bin0], 32);
-        } else {
-            unsigned same = __match_any_sync(0xffffffffu, bin);
-            if (bin >= 0 && lane == __ffs(same) - 1) atomicAdd(&h[bin], __popc(same));
-        }
+        warp_hist_add(valid && (key & mask) == t ? (int)((key >> shift) & 255u) : -1, h);
     });
 }
 

@@ -115,16 +115,8 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
         for (int b = lane; b < 256; b += 32) h[w][b] = 0;
         __syncwarp();
 #pragma unroll
-        for (int u = 0; u < TOPK_BATCH; u++) { /* warp_digit_hist's adds, from registers */
-            const int bin = (valid >> u & 1u) && (key[u] & mask) == t ? (int)((key[u] >> shift) & 255u) : -1;
-            const int bin0 = __shfl_sync(0xffffffffu, bin, 0);
-            if (__all_sync(0xffffffffu, bin == bin0)) {
-                if (lane == 0 && bin0 >= 0) atomicAdd(&h[w][bin0], 32);
-            } else {
-                const unsigned same = __match_any_sync(0xffffffffu, bin);
-                if (bin >= 0 && lane == __ffs(same) - 1) atomicAdd(&h[w][bin], __popc(same));
-            }
-        }
+        for (int u = 0; u < TOPK_BATCH; u++) /* warp_digit_hist, from registers */
+            warp_hist_add((valid >> u & 1u) && (key[u] & mask) == t ? (int)((key[u] >> shift) & 255u) : -1, h[w]);
         __syncthreads();
         for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) {
             int n = 0;
