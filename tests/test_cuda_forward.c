@@ -358,13 +358,13 @@ static void print_first(const char *what, const state_cmp *c, uint32_t hd) {
  * "bad" row, frontiers within 1e-5), the last ratio-4 layer's indexer
  * selection equal unless the CPU's scores of the rows that differ tie
  * within 1e-3. */
-static void synced_run(const int32_t *toks, const char *topk_rows) {
+static void synced_run(const int32_t *toks, bool both_topk) {
     ds4_err err = {0};
     void *image = NULL;
     uint64_t size = 0;
     ds4_engine *cpu = NULL, *gpu = NULL;
     ds4_session *sc = NULL, *sg = NULL;
-    const char *what = topk_rows ? "F16 model, CUDA step from the CPU's state at every position (strict; the "
+    const char *what = both_topk ? "F16 model, CUDA step from the CPU's state at every position (strict; the "
                                    "indexer top-k by one block up to 40 rows, then by the grid)"
                                  : "F16 model, CUDA step from the CPU's state at every position (strict)";
     if (tiny_image(0, true, &image, &size, &err)) {
@@ -373,9 +373,9 @@ static void synced_run(const int32_t *toks, const char *topk_rows) {
     }
     ds4_engine_config cfg = {.model_image = image, .model_image_size = size, .ctx = 512, .threads = 4, .backend = "cpu"};
     float *lc = NULL, *lg = NULL;
-    if (topk_rows) setenv("DS4_CUDA_TOPK_GRID", topk_rows, 1); /* the step holds both top-k kinds */
+    if (both_topk) setenv("DS4_CUDA_TOPK_GRID", "40", 1); /* the step holds both top-k kinds */
     bool opened = !ds4_engine_open(&cpu, &cfg, &err) && (cfg.backend = "cuda", !ds4_engine_open(&gpu, &cfg, &err));
-    if (topk_rows) unsetenv("DS4_CUDA_TOPK_GRID");
+    if (both_topk) unsetenv("DS4_CUDA_TOPK_GRID");
     if (!opened || ds4_session_new(cpu, &sc, &err) || ds4_session_new(gpu, &sg, &err)) {
         CHECK(0, "%s: %s", what, err.msg);
         goto out;
@@ -1148,8 +1148,8 @@ int main(void) {
     prefill_synced(toks);
     prefill_free(true, toks);
     prefill_free(false, toks);
-    synced_run(toks, NULL);
-    synced_run(toks, "40");
+    synced_run(toks, false);
+    synced_run(toks, true);
     compare_run(true, toks);
     for (uint32_t nl = 1; nl <= 6; nl++) diagnose(nl, 17);
     compare_run(false, toks);
