@@ -549,8 +549,14 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
             "per session at ctx %d, workspace %.1f MiB; %.2f of %.2f GiB free before the first session\n", e->name,
             gib((double)e->arena_size), n_fills, gib((double)sess), ctx, e->work_bytes / 1048576.0,
             gib((double)(free_b - e->arena_size)), gib((double)total_b));
-    size_t smem = att_split_smem(e->att_hg, (int)hp->head_dim, exact ? sizeof(float) : sizeof(__half));
-    c = cudaFuncSetAttribute(exact ? (const void *)k_attention_split<float> : (const void *)k_attention_split<__half>,
+    /* the attention on tensor cores where its shapes allow (f16 rows, head
+     * dims a multiple of 64, at most 8 heads a block) */
+    e->att_tc = !exact && hp->head_dim % 64 == 0 && e->att_hg <= 8;
+    size_t smem = e->att_tc ? att_split_tc_smem((int)hp->head_dim)
+                            : att_split_smem(e->att_hg, (int)hp->head_dim, exact ? sizeof(float) : sizeof(__half));
+    c = cudaFuncSetAttribute(e->att_tc ? (const void *)k_attention_split_tc
+                             : exact   ? (const void *)k_attention_split<float>
+                                       : (const void *)k_attention_split<__half>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (c != cudaSuccess) {
         ds4_fail(err, "cuda: attention needs %zu bytes of shared memory per block: %s", smem, cudaGetErrorString(c));
@@ -849,10 +855,18 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     const bool att_q = !e->exact && L->out_a.type == DS4_TYPE_Q8_0 && hd % 32 == 0;
     /* one extra column of blocks: the attention HC's split (a ~4 us chain
      * that the ≥ 9 us of attention hides) */
-    if (run(q, "attention", k_attention_split<RowT>, dim3(hp->n_head / e->att_hg + 1, e->att_splits), ATT_TPB,
-            att_split_smem(e->att_hg, hd, sizeof(RowT)), (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa,
-            (const RowT *)K->comp, (int)L->ratio, (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io,
-            w->att_part, w->att_ml, hc_split_of(e, L->hc_attn_scale, L->hc_attn_base)) ||
+    const dim3 att_grid(hp->n_head / e->att_hg + 1, e->att_splits);
+    const hc_split_args att_hs = hc_split_of(e, L->hc_attn_scale, L->hc_attn_base);
+    int att_bad;
+    if (row_exact<RowT>() || !e->att_tc)
+        att_bad = run(q, "attention", k_attention_split<RowT>, att_grid, ATT_TPB, att_split_smem(e->att_hg, hd, sizeof(RowT)),
+                      (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa, (const RowT *)K->comp, (int)L->ratio,
+                      (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
+    else
+        att_bad = run(q, "attention", k_attention_split_tc, att_grid, ATT_TPB, att_split_tc_smem(hd), (const float *)w->q,
+                      (const __half *)K->raw, (int)hp->n_swa, (const __half *)K->comp, (int)L->ratio,
+                      (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
+    if (att_bad ||
         run(q, "attention combine", k_attention_combine, hp->n_head, 256, (hd + 2 * e->att_splits) * sizeof(float),
             (const float *)w->att_part, (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
             (const int *)w->sel, n_sel, L->sinks, hd, n_rot, rcs, (const step_io *)w->io, w->att, att_q ? w->attq : NULL))

@@ -117,6 +117,7 @@ struct ds4_cuda_engine {
     const float *out_hc_scale, *out_hc_base, *out_norm;
     rope_dev rope_plain, rope_comp;
     int att_hg, att_splits; /* attention: heads per block, blocks per head group (k_attention_split) */
+    bool att_tc;            /* k_attention_split_tc (tensor cores) instead of k_attention_split */
     int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk alone */
     int topk_one_rows;      /* k_idx_topk runs where at most this many rows are visible (0: not in the step) */
     int topk_threads;       /* k_idx_topk's block */

@@ -789,6 +789,167 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
     if (warp < hg && lane == 0) part_ml[(size_t)(h0 + warp) * S + s] = make_float2(m_run, l_run);
 }
 
+/* k_attention_split for f16 rows on tensor cores (the official numerics;
+ * exact mode keeps the f32 kernel above): the same blocks, chunks, online
+ * softmax and outputs, with q·row and the weighted row sums as mma.sync
+ * m16n8k16 products. The block's ≤ 8 heads are the A rows (padded to 16);
+ * q and the weights p enter as f16 hi + lo (x = hi + lo to ~22 bits, as
+ * the prefill's split attention), rows exactly as stored; f32
+ * accumulation; the padding rows of q and p are left as they are (their
+ * product rows are never read). Scores: warp w takes rows 8(w&3).. of the chunk over half
+ * of the head dims (w>>2), the halves added in order; weights: warp w the
+ * dims 64w.. (hd ≤ 512, a multiple of 64). The f32 kernel spent ~5.6 M
+ * instructions a launch on these two loops (ncu, 43-layer step, ctx 4096).
+ * Shared: q hi/lo [16][hd+8] f16, the chunk's partial scores [2][8][32]
+ * f32, p [8][32] f32 and hi/lo [16][40] f16, two row buffers. */
+enum { ATT_TC_QLD = 8, ATT_TC_PLD = ATT_RC + 8 };
+static inline size_t att_split_tc_smem(int hd) {
+    return 2 * 16 * (size_t)(hd + ATT_TC_QLD) * 2 + 2 * 8 * ATT_RC * 4 + 8 * ATT_RC * 4 + 2 * 16 * ATT_TC_PLD * 2 +
+           2 * (size_t)ATT_RC * (hd * 2 + ATT_PAD);
+}
+
+__global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, const __half *ring, int n_swa,
+                                                                const __half *comp, int ratio, const int *sel,
+                                                                const int *n_sel, int hd, int hg, const step_io *io,
+                                                                float *part_o, float2 *part_ml, hc_split_args hs) {
+    pdl_trigger();
+    pdl_wait();
+    if (blockIdx.x == gridDim.x - 1) { /* the extra column: block (last, 0) does the attention HC's split */
+        if (blockIdx.y == 0) hc_split_block(hs);
+        return;
+    }
+    extern __shared__ __align__(16) unsigned char att_raw[];
+    const int qld = hd + ATT_TC_QLD, rs = hd * 2 + ATT_PAD, chunks16 = hd * 2 / 16;
+    __half *qh = (__half *)att_raw, *ql = qh + 16 * qld;
+    float *sc = (float *)(ql + 16 * qld); /* [2][8][ATT_RC] */
+    float *ps = sc + 2 * 8 * ATT_RC;      /* [8][ATT_RC] */
+    __half *ph = (__half *)(ps + 8 * ATT_RC), *pl = ph + 16 * ATT_TC_PLD;
+    unsigned char *buf = (unsigned char *)(pl + 16 * ATT_TC_PLD);
+    __shared__ float alpha_sh[ATT_HG];
+    const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
+    const int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
+    const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
+    if (s >= n_chunks) return;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int TPR = (int)blockDim.x / ATT_RC;
+    auto load = [&](int c, int b) {
+        unsigned char *dst = buf + (size_t)b * ATT_RC * rs;
+        const int r = tid / TPR, r0 = c * ATT_RC;
+        if (r < ATT_RC && r0 + r < nr) {
+            const unsigned char *src = (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd);
+            for (int k = tid % TPR; k < chunks16; k += TPR) cp_async16(dst + (size_t)r * rs + 16 * k, src + 16 * k);
+        } else if (r < ATT_RC) { /* past the last row: zeros, which weight 0 keeps out of the sums */
+            for (int k = tid % TPR; k < chunks16; k += TPR) *(uint4 *)(dst + (size_t)r * rs + 16 * k) = make_uint4(0, 0, 0, 0);
+        }
+        cp_async_commit();
+    };
+    load(s, 0);
+    /* q of the hg heads as f16 hi + lo, four values a thread at a time, the
+     * loads in flight together. The A rows past hg (padding) are never
+     * written: they only make product rows that are never read. */
+    {
+        const float4 *q4 = (const float4 *)(q + (size_t)h0 * hd);
+        const int n4 = hg * hd / 4;
+        for (int i0 = tid; i0 < n4; i0 += 4 * (int)blockDim.x) {
+            float4 v[4];
+            load_batch<4>(q4, i0, blockDim.x, n4, v);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int i = i0 + k * (int)blockDim.x;
+                if (i >= n4) break;
+                const int h = 4 * i / hd, d = 4 * i % hd;
+                const float f[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const __half hi = __float2half_rn(f[e]);
+                    qh[h * qld + d + e] = hi;
+                    ql[h * qld + d + e] = __float2half_rn(f[e] - __half2float(hi));
+                }
+            }
+        }
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    float m_run = -INFINITY, l_run = 0.0f; /* head `warp`'s, in every lane of that warp */
+    const int ntw = 64 * warp < hd ? 8 : 0; /* this warp's 8-dim tiles of the output: dims 64·warp.. */
+    float o[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    int b = 0;
+    for (int c = s; c < n_chunks; c += S, b ^= 1) {
+        cp_async_wait<0>();
+        __syncthreads(); /* chunk c staged (and q, p's padding); the other buffer is free */
+        if (c + S < n_chunks) load(c + S, b ^ 1);
+        const unsigned char *rows = buf + (size_t)b * ATT_RC * rs;
+        const int nrow = nr - c * ATT_RC < ATT_RC ? nr - c * ATT_RC : ATT_RC;
+        {   /* scores of rows 8·nt.. over dims kh·hd/2.. */
+            const int nt = warp & 3, kh = warp >> 2, d_end = (kh + 1) * hd / 2;
+            float chi[4] = {0, 0, 0, 0}, clo[4] = {0, 0, 0, 0};
+            for (int d0 = kh * hd / 2; d0 < d_end; d0 += 16) {
+                uint32_t ah[4], al[4], bb[2];
+                const int ar = lane & 15, ac = d0 + (lane >> 4) * 8;
+                pa_ldm_x4(ah, qh + ar * qld + ac);
+                pa_ldm_x4(al, ql + ar * qld + ac);
+                pa_ldm_x2(bb, rows + (size_t)(nt * 8 + (lane & 7)) * rs + 2 * (d0 + ((lane >> 3) & 1) * 8));
+                pa_mma(chi, ah, bb);
+                pa_mma(clo, al, bb);
+            }
+            const int hr = lane >> 2, rc = nt * 8 + (lane & 3) * 2;
+            sc[(kh * 8 + hr) * ATT_RC + rc] = chi[0] + clo[0];
+            sc[(kh * 8 + hr) * ATT_RC + rc + 1] = chi[1] + clo[1];
+        }
+        __syncthreads();
+        if (warp < hg) {
+            float sv = -INFINITY;
+            if (lane < nrow) sv = scale * (sc[warp * ATT_RC + lane] + sc[(8 + warp) * ATT_RC + lane]);
+            float cm = sv;
+            for (int off = 16; off > 0; off >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, off));
+            float m_new = fmaxf(m_run, cm), alpha = expf(m_run - m_new);
+            float pr = lane < nrow ? expf(sv - m_new) : 0.0f;
+            const __half hi = __float2half_rn(pr);
+            ph[warp * ATT_TC_PLD + lane] = hi;
+            pl[warp * ATT_TC_PLD + lane] = __float2half_rn(pr - __half2float(hi));
+            l_run = l_run * alpha + warp_sum_f(pr);
+            m_run = m_new;
+            if (lane == 0) alpha_sh[warp] = alpha;
+        }
+        __syncthreads();
+        {   /* o[h][d] = o·alpha[h] + Σ_r p[h][r]·row_r[d] for this warp's dims */
+            const float al8 = alpha_sh[lane >> 2];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                o[j][0] *= al8;
+                o[j][1] *= al8;
+            }
+#pragma unroll
+            for (int k0 = 0; k0 < ATT_RC; k0 += 16) {
+                uint32_t ah[4], al[4];
+                const int ar = lane & 15, ac = k0 + (lane >> 4) * 8;
+                pa_ldm_x4(ah, ph + ar * ATT_TC_PLD + ac);
+                pa_ldm_x4(al, pl + ar * ATT_TC_PLD + ac);
+#pragma unroll
+                for (int j = 0; j < 8; j += 2) {
+                    if (j >= ntw) break;
+                    uint32_t bv[4]; /* two 8-dim tiles: rows k0.. of dims 64·warp + 8j.. */
+                    pa_ldm_x4_t(bv, rows + (size_t)(k0 + (lane & 15)) * rs + 2 * (64 * warp + 8 * j + (lane >> 4) * 8));
+                    pa_mma(o[j], ah, bv);
+                    pa_mma(o[j], al, bv);
+                    pa_mma(o[j + 1], ah, bv + 2);
+                    pa_mma(o[j + 1], al, bv + 2);
+                }
+            }
+        }
+    }
+    /* this lane's head lane/4 (rows 8.. of the fragments are padding) */
+    const int hr = lane >> 2;
+    if (hr < hg)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (j < ntw)
+                *(float2 *)(part_o + ((size_t)(h0 + hr) * S + s) * hd + 64 * warp + 8 * j + (lane & 3) * 2) =
+                    make_float2(o[j][0], o[j][1]);
+    if (warp < hg && lane == 0) part_ml[(size_t)(h0 + warp) * S + s] = make_float2(m_run, l_run);
+}
+
 /* out[h] = (Σ_s o_s·e^(m_s−M)) / (e^(sink−M) + Σ_s l_s·e^(m_s−M)) over the
  * busy splits in order, M the largest of the sink and the m_s, rotated back
  * at the query position; one block per head, a pair per thread. Shared:
