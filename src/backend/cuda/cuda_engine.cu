@@ -857,8 +857,8 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
      * that the ≥ 9 us of attention hides) */
     const dim3 att_grid(hp->n_head / e->att_hg + 1, e->att_splits);
     const hc_split_args att_hs = hc_split_of(e, L->hc_attn_scale, L->hc_attn_base);
-    int att_bad;
-    if (row_exact<RowT>() || !e->att_tc)
+    int att_bad; /* att_tc is never set in exact mode, where RowT is float */
+    if (!e->att_tc)
         att_bad = run(q, "attention", k_attention_split<RowT>, att_grid, ATT_TPB, att_split_smem(e->att_hg, hd, sizeof(RowT)),
                       (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa, (const RowT *)K->comp, (int)L->ratio,
                       (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
