@@ -688,6 +688,47 @@ __device__ __forceinline__ float att_dot(const float *q, const float *row, int h
     return d;
 }
 
+/* True in the attention's extra column of blocks, whose block (last, 0)
+ * does the attention HC's split. */
+__device__ __forceinline__ bool att_hc_column(const hc_split_args &hs) {
+    if (blockIdx.x != gridDim.x - 1) return false;
+    if (blockIdx.y == 0) hc_split_block(hs);
+    return true;
+}
+
+/* One chunk of a head's online softmax by its warp, lane r holding row
+ * r's score sc (valid: a row of the chunk): the chunk's maximum, the new
+ * running maximum *m_run, the rescale alpha of what came before, the
+ * running sum *l_run; returns the row's weight e^(sc − m). */
+__device__ __forceinline__ float att_online_softmax(float sc, bool valid, float *m_run, float *l_run, float *alpha) {
+    float cm = sc;
+    for (int off = 16; off > 0; off >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, off));
+    const float m_new = fmaxf(*m_run, cm);
+    *alpha = expf(*m_run - m_new);
+    const float pr = valid ? expf(sc - m_new) : 0.0f;
+    *l_run = *l_run * *alpha + warp_sum_f(pr);
+    *m_run = m_new;
+    return pr;
+}
+
+/* Chunk c's rows into dst (rows rs bytes apart), by the whole block:
+ * blockDim/ATT_RC threads a row, each finding the row (an indexer pick is a
+ * load) once and then copying every such 16 bytes of it; with zero_tail,
+ * the rows past the last visible one are zeros. One cp.async group. */
+template <typename RowT>
+__device__ __forceinline__ void att_stage_chunk(unsigned char *dst, int c, const att_span &a, int nr, const RowT *ring,
+                                                const RowT *comp, int n_swa, int hd, int rs, bool zero_tail) {
+    const int tpr = (int)blockDim.x / ATT_RC, chunks16 = hd * (int)sizeof(RowT) / 16;
+    const int r = (int)threadIdx.x / tpr, r0 = c * ATT_RC;
+    if (r < ATT_RC && r0 + r < nr) {
+        const unsigned char *src = (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd);
+        for (int k = threadIdx.x % tpr; k < chunks16; k += tpr) cp_async16(dst + (size_t)r * rs + 16 * k, src + 16 * k);
+    } else if (r < ATT_RC && zero_tail) {
+        for (int k = threadIdx.x % tpr; k < chunks16; k += tpr) *(uint4 *)(dst + (size_t)r * rs + 16 * k) = make_uint4(0, 0, 0, 0);
+    }
+    cp_async_commit();
+}
+
 template <typename RowT>
 __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, const RowT *ring, int n_swa,
                                                              const RowT *comp, int ratio, const int *sel,
@@ -695,12 +736,9 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
                                                              float *part_o, float2 *part_ml, hc_split_args hs) {
     pdl_trigger();
     pdl_wait();
-    if (blockIdx.x == gridDim.x - 1) { /* the extra column: block (last, 0) does the attention HC's split */
-        if (blockIdx.y == 0) hc_split_block(hs);
-        return;
-    }
+    if (att_hc_column(hs)) return;
     extern __shared__ __align__(16) unsigned char att_raw[];
-    const int rs = hd * (int)sizeof(RowT) + ATT_PAD, chunks16 = hd * (int)sizeof(RowT) / 16;
+    const int rs = hd * (int)sizeof(RowT) + ATT_PAD;
     float *qs = (float *)att_raw, *ps = qs + hg * hd;
     unsigned char *buf = (unsigned char *)(ps + hg * ATT_RC);
     __shared__ float alpha_sh[ATT_HG];
@@ -709,17 +747,8 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
     const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
     if (s >= n_chunks) return;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    /* a chunk's rows: TPR threads a row, each finding the row (an indexer
-     * pick is a load) once and then copying every TPR-th 16 bytes of it */
-    const int TPR = (int)blockDim.x / ATT_RC;
     auto load = [&](int c, int b) {
-        unsigned char *dst = buf + (size_t)b * ATT_RC * rs;
-        const int r = tid / TPR, r0 = c * ATT_RC;
-        if (r < ATT_RC && r0 + r < nr) {
-            const unsigned char *src = (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd);
-            for (int k = tid % TPR; k < chunks16; k += TPR) cp_async16(dst + (size_t)r * rs + 16 * k, src + 16 * k);
-        }
-        cp_async_commit();
+        att_stage_chunk(buf + (size_t)b * ATT_RC * rs, c, a, nr, ring, comp, n_swa, hd, rs, false);
     };
     {
         /* q's first loads in flight before the first chunk is requested */
@@ -753,13 +782,9 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
         if (warp < hg) {
             float sc = -INFINITY;
             if (lane < nrow) sc = scale * att_dot(qs + warp * hd, (const RowT *)(rows + (size_t)lane * rs), hd);
-            float cm = sc;
-            for (int off = 16; off > 0; off >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, off));
-            float m_new = fmaxf(m_run, cm), alpha = expf(m_run - m_new);
-            float pr = lane < nrow ? expf(sc - m_new) : 0.0f;
+            float alpha;
+            const float pr = att_online_softmax(sc, lane < nrow, &m_run, &l_run, &alpha);
             ps[warp * ATT_RC + lane] = pr;
-            l_run = l_run * alpha + warp_sum_f(pr);
-            m_run = m_new;
             if (lane == 0) alpha_sh[warp] = alpha;
         }
         __syncthreads();
@@ -814,12 +839,9 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
                                                                 float *part_o, float2 *part_ml, hc_split_args hs) {
     pdl_trigger();
     pdl_wait();
-    if (blockIdx.x == gridDim.x - 1) { /* the extra column: block (last, 0) does the attention HC's split */
-        if (blockIdx.y == 0) hc_split_block(hs);
-        return;
-    }
+    if (att_hc_column(hs)) return;
     extern __shared__ __align__(16) unsigned char att_raw[];
-    const int qld = hd + ATT_TC_QLD, rs = hd * 2 + ATT_PAD, chunks16 = hd * 2 / 16;
+    const int qld = hd + ATT_TC_QLD, rs = hd * 2 + ATT_PAD;
     __half *qh = (__half *)att_raw, *ql = qh + 16 * qld;
     float *sc = (float *)(ql + 16 * qld); /* [2][8][ATT_RC] */
     float *ps = sc + 2 * 8 * ATT_RC;      /* [8][ATT_RC] */
@@ -831,17 +853,9 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
     const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
     if (s >= n_chunks) return;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int TPR = (int)blockDim.x / ATT_RC;
+    /* rows past the last are zeros: weight 0 times a stale value could be NaN */
     auto load = [&](int c, int b) {
-        unsigned char *dst = buf + (size_t)b * ATT_RC * rs;
-        const int r = tid / TPR, r0 = c * ATT_RC;
-        if (r < ATT_RC && r0 + r < nr) {
-            const unsigned char *src = (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd);
-            for (int k = tid % TPR; k < chunks16; k += TPR) cp_async16(dst + (size_t)r * rs + 16 * k, src + 16 * k);
-        } else if (r < ATT_RC) { /* past the last row: zeros, which weight 0 keeps out of the sums */
-            for (int k = tid % TPR; k < chunks16; k += TPR) *(uint4 *)(dst + (size_t)r * rs + 16 * k) = make_uint4(0, 0, 0, 0);
-        }
-        cp_async_commit();
+        att_stage_chunk(buf + (size_t)b * ATT_RC * rs, c, a, nr, ring, comp, n_swa, hd, rs, true);
     };
     load(s, 0);
     /* q of the hg heads as f16 hi + lo, four values a thread at a time, the
@@ -901,15 +915,11 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
         if (warp < hg) {
             float sv = -INFINITY;
             if (lane < nrow) sv = scale * (sc[warp * ATT_RC + lane] + sc[(8 + warp) * ATT_RC + lane]);
-            float cm = sv;
-            for (int off = 16; off > 0; off >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, off));
-            float m_new = fmaxf(m_run, cm), alpha = expf(m_run - m_new);
-            float pr = lane < nrow ? expf(sv - m_new) : 0.0f;
+            float alpha;
+            const float pr = att_online_softmax(sv, lane < nrow, &m_run, &l_run, &alpha);
             const __half hi = __float2half_rn(pr);
             ph[warp * ATT_TC_PLD + lane] = hi;
             pl[warp * ATT_TC_PLD + lane] = __float2half_rn(pr - __half2float(hi));
-            l_run = l_run * alpha + warp_sum_f(pr);
-            m_run = m_new;
             if (lane == 0) alpha_sh[warp] = alpha;
         }
         __syncthreads();
