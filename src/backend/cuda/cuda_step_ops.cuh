@@ -826,10 +826,10 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
  * dims 64w.. (hd ≤ 512, a multiple of 64). The f32 kernel spent ~5.6 M
  * instructions a launch on these two loops (ncu, 43-layer step, ctx 4096).
  * Shared: q hi/lo [16][hd+8] f16, the chunk's partial scores [2][8][32]
- * f32, p [8][32] f32 and hi/lo [16][40] f16, two row buffers. */
+ * f32, p as hi/lo [16][40] f16, two row buffers. */
 enum { ATT_TC_QLD = 8, ATT_TC_PLD = ATT_RC + 8 };
 static inline size_t att_split_tc_smem(int hd) {
-    return 2 * 16 * (size_t)(hd + ATT_TC_QLD) * 2 + 2 * 8 * ATT_RC * 4 + 8 * ATT_RC * 4 + 2 * 16 * ATT_TC_PLD * 2 +
+    return 2 * 16 * (size_t)(hd + ATT_TC_QLD) * 2 + 2 * 8 * ATT_RC * 4 + 2 * 16 * ATT_TC_PLD * 2 +
            2 * (size_t)ATT_RC * (hd * 2 + ATT_PAD);
 }
 
@@ -844,8 +844,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
     const int qld = hd + ATT_TC_QLD, rs = hd * 2 + ATT_PAD;
     __half *qh = (__half *)att_raw, *ql = qh + 16 * qld;
     float *sc = (float *)(ql + 16 * qld); /* [2][8][ATT_RC] */
-    float *ps = sc + 2 * 8 * ATT_RC;      /* [8][ATT_RC] */
-    __half *ph = (__half *)(ps + 8 * ATT_RC), *pl = ph + 16 * ATT_TC_PLD;
+    __half *ph = (__half *)(sc + 2 * 8 * ATT_RC), *pl = ph + 16 * ATT_TC_PLD;
     unsigned char *buf = (unsigned char *)(pl + 16 * ATT_TC_PLD);
     __shared__ float alpha_sh[ATT_HG];
     const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
