@@ -64,7 +64,7 @@ struct ds4_cuda_kernels {
     int down_rows;     /* MoE down: 2 (DS4_CUDA_DOWNROWS=2) all of an output row's experts a warp
                           (k_moe_down), else one expert row a warp (k_moe_down_rows) */
     char name[256];
-    uint32_t *tables; /* DS4_CUDA_IQ2_TABLE_WORDS (cuda_formats.cuh) */
+    uint32_t *tables; /* the IQ2_XXS tables replicated as in shared memory (ds4_cuda_iq2_tables_replicated) */
     int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane, 0: one;
                          -1 (unset): the routed gate/up by row width (iq2_gate_up_variant) */
 };
@@ -185,32 +185,45 @@ __host__ __device__ inline uint32_t act_smem_bytes(int kind, uint32_t n) {
 
 /* Stages the activation (the CPU struct layout in global memory) into the
  * split layout; all threads of the block take part. An f32 activation (F16
- * weights) stays in global memory: each warp reads only its slice. */
+ * weights) stays in global memory: each warp reads only its slice. The
+ * copies are 4-byte cp.async pieces, a word of the struct layout each
+ * (Q8_0 block: d, 8 code words; Q8_K: d, 64 code words, 8 sum words), all
+ * in flight at once: the three copy loops this replaced each waited for
+ * their loads before storing (through generic pointers the compiler cannot
+ * move a load above a store to shared memory), an L2 round trip each on
+ * the kernel's start. The caller waits for its copies (cp_async_wait<0>)
+ * before the barrier that precedes their use. */
 template <int KIND>
 __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid, int nth) {
     act_view a = {};
     if (KIND == DS4_ACT_F32) {
         a.x = (const float *)g;
-    } else if (KIND == DS4_ACT_Q8_0) {
-        uint32_t nb = n / 32;
-        uint32_t *q = (uint32_t *)s;
+        return a;
+    }
+    const uint32_t *gw = (const uint32_t *)g;
+    uint32_t *q = (uint32_t *)s;
+    if (KIND == DS4_ACT_Q8_0) {
+        const uint32_t nb = n / 32;
         float *d = (float *)(s + n);
-        for (uint32_t i = tid; i < nb * 8; i += nth) q[i] = *(const uint32_t *)(g + 36 * (i / 8) + 4 + 4 * (i % 8));
-        for (uint32_t i = tid; i < nb; i += nth) d[i] = *(const float *)(g + 36 * i);
-        a.q = (const int8_t *)s;
+        for (uint32_t j = tid; j < nb * 9; j += nth) {
+            const uint32_t b = j / 9, o = j - 9 * b;
+            cp_async4(o ? (void *)(q + 8 * b + o - 1) : (void *)(d + b), gw + j);
+        }
         a.d = d;
     } else {
-        uint32_t nb = n / 256;
-        uint32_t *q = (uint32_t *)s;
+        const uint32_t nb = n / 256;
         float *d = (float *)(s + n);
         uint32_t *bs = (uint32_t *)(s + n + 4 * nb);
-        for (uint32_t i = tid; i < nb * 64; i += nth) q[i] = *(const uint32_t *)(g + 292 * (i / 64) + 4 + 4 * (i % 64));
-        for (uint32_t i = tid; i < nb; i += nth) d[i] = *(const float *)(g + 292 * i);
-        for (uint32_t i = tid; i < nb * 8; i += nth) bs[i] = *(const uint32_t *)(g + 292 * (i / 8) + 260 + 4 * (i % 8));
-        a.q = (const int8_t *)s;
+        for (uint32_t j = tid; j < nb * 73; j += nth) {
+            const uint32_t b = j / 73, o = j - 73 * b;
+            cp_async4(o == 0 ? (void *)(d + b) : o <= 64 ? (void *)(q + 64 * b + o - 1) : (void *)(bs + 8 * b + o - 65),
+                      gw + j);
+        }
         a.d = d;
         a.bsums = (const int16_t *)bs;
     }
+    cp_async_commit();
+    a.q = (const int8_t *)s;
     return a;
 }
 
@@ -384,15 +397,23 @@ __host__ __device__ constexpr uint32_t table_bytes() {
     return F::needs_tab ? DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES * 4 : 0;
 }
 
-/* The IQ2_XXS nibble tables, replicated DS4_CUDA_IQ2_COPIES times
- * (24 KB), for the formats that need them. */
+/* The IQ2_XXS nibble tables (24 KB, replicated DS4_CUDA_IQ2_COPIES times
+ * in global memory already) into shared memory at s, for the formats that
+ * need them: 16-byte cp.async pieces that join the caller's next committed
+ * group. Constants, so every kernel stages them first, before it waits for
+ * the previous kernel; the copy loop this replaced (a word loaded, then
+ * stored 16 times) waited an L2 round trip per 4 words a thread, on the
+ * routed gate/up's critical path (ncu: 11% of its stall samples). The
+ * caller waits for its copies (cp_async_wait<0>) before the barrier that
+ * precedes the first lookup. */
 template <class F>
-__device__ __forceinline__ const uint32_t *stage_tables(uint8_t *&s, const uint32_t *g, int tid, int nth) {
-    if (!F::needs_tab) return nullptr;
-    uint32_t *t = (uint32_t *)s;
-    for (int i = tid; i < DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES; i += nth) t[i] = g[i / DS4_CUDA_IQ2_COPIES];
-    s += DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES * 4;
-    return t;
+__device__ __forceinline__ const uint32_t *stage_tables(uint8_t *s, const uint32_t *g, int tid, int nth) {
+    if constexpr (!F::needs_tab) {
+        return nullptr;
+    } else {
+        for (uint32_t i = tid; i < table_bytes<F>() / 16; i += nth) cp_async16(s + 16 * i, (const uint8_t *)g + 16 * i);
+        return (const uint32_t *)s;
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -469,6 +490,7 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
     float *partial = (float *)(s + 32 * sizeof(double));
     uint8_t *const buf = s + 32 * sizeof(double) + 2 * NW * sizeof(float) + warp * p.nbuf * p.buf_stride;
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
+    const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, NW * 32); /* joins the first weights' group */
 
     const uint32_t bpg = nblk / p.n_groups, g = blk / bpg;
     const uint32_t n_items = p.group_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
@@ -483,12 +505,12 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
         cp_async_commit();
     };
     for (uint32_t k = 0; k < p.nbuf; k++) issue(tile + k * bpg, buf + k * p.buf_stride);
-    s = smem;
-    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    s = smem + table_bytes<F>();
     pdl_wait();
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
                                                       p.norm_out, red, tid, NW * 32, blk == 0)
                            : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + bpg, nitem = ntile * NW + warp;
@@ -551,6 +573,7 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
     double *red = (double *)s;
     uint8_t *const buf = s + 32 * sizeof(double) + warp * NST * p.buf_stride;
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
+    const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, NW * 32); /* joins the first weights' group */
 
     const uint32_t bpg = nblk / p.n_groups, g = blk / bpg;
     const uint32_t wg = (blk % bpg) * NW + warp, nwg = bpg * NW;
@@ -565,14 +588,14 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
         cp_async_commit();
     };
     for (uint32_t k = 0; k < NST; k++) issue(k, buf + k * p.buf_stride);
-    s = smem;
-    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    s = smem + table_bytes<F>();
     pdl_wait();
     /* as in k_matvec: one shared helper for the two measured 1.5% slower
      * (43 q2 layers, H200, notes/cuda-kernels.md §15) */
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
                                                       p.norm_out, red, tid, NW * 32, blk == 0)
                            : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     float acc = 0.0f;
     for (uint32_t k = 0; k < n_steps; k++) {
@@ -650,6 +673,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     /* The first weights are requested before the activation is staged (and,
      * when the ids are fixed, before waiting for the previous kernel). */
     pdl_trigger();
+    const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
     if (!p.fixed_ids) pdl_wait();
     const uint32_t n_items = p.n_sel * p.n_rows, n_tiles = (n_items + NW - 1) / NW;
     auto issue = [&](uint32_t item, uint8_t *dst, const int32_t *id_list) {
@@ -667,11 +691,11 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
         ids[tid] = p.ids[tid];
         wts[tid] = p.weights[tid];
     }
-    s = smem;
-    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    s = smem + table_bytes<F>();
     if (p.fixed_ids) pdl_wait();
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
                            : stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
+    if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
@@ -719,6 +743,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     /* The first weights are requested before the activation is staged (and,
      * when the ids are fixed, before waiting for the previous kernel). */
     pdl_trigger();
+    const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
     if (!p.fixed_ids) pdl_wait();
     const uint32_t n_items = p.n_rows, n_tiles = (n_items + NW - 1) / NW;
     auto issue = [&](uint32_t o, uint8_t *dst, const int32_t *id_list) {
@@ -733,10 +758,10 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     if (tile < n_tiles && item < n_items) issue(item, buf, p.ids);
     cp_async_commit();
     if (tid < (int)p.n_sel) ids[tid] = p.ids[tid];
-    s = smem;
-    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, NW * 32);
+    s = smem + table_bytes<F>();
     if (p.fixed_ids) pdl_wait();
     const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
+    cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp;
@@ -787,6 +812,7 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     float *part = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
     uint8_t *const buf = s + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R) + warp * 2 * p.part_stride;
     pdl_trigger();
+    const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
     if (!p.fixed_ids) pdl_wait();
     const uint32_t n_it = (p.n_rows + gridDim.x * R - 1) / (gridDim.x * R);
     auto row_of = [&](uint32_t it, int slot) { return (it * gridDim.x + blockIdx.x) * (uint32_t)R + (uint32_t)slot; };
@@ -799,10 +825,10 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     };
     issue(0, buf, p.ids);
     if (tid < S) ids[tid] = p.ids[tid];
-    s = smem;
-    const uint32_t *tab = stage_tables<F>(s, p.tab, tid, nth);
+    s = smem + table_bytes<F>();
     if (p.fixed_ids) pdl_wait();
     const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, nth);
+    cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; it < n_it; it++) {
         uint8_t *cur = buf + (it & 1) * p.part_stride;
@@ -1187,8 +1213,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     const char *v = getenv("DS4_CUDA_IQ2V");
     k->iq2v = v && (v[0] == '0' || v[0] == '1' || v[0] == '2') ? v[0] - '0' : -1;
     snprintf(k->name, sizeof k->name, "%s", prop.name);
-    uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS];
-    if (!ds4_cuda_iq2_tables(host_tab)) {
+    uint32_t host_tab[DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES];
+    if (!ds4_cuda_iq2_tables_replicated(host_tab)) {
         free(k);
         return ds4_fail(err, "cuda: the IQ2_XXS grid holds a value other than 8, 25 or 43");
     }
