@@ -967,11 +967,12 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
                                     const int *sel, const int *n_sel, const float *sinks, int hd, int n_rot,
                                     const float2 *cs, const step_io *io, float *out, uint8_t *out_q) {
     pdl_trigger();
+    const int h = blockIdx.x;
+    const float sink = sinks[h]; /* a weight: read before the wait, off thread 0's chain */
     pdl_wait();
     extern __shared__ float os[];
     const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
-    const int h = blockIdx.x;
     float *wsplit = os + hd, *lsplit = wsplit + S;
     __shared__ float inv_s;
     for (int s = threadIdx.x; s < busy; s += blockDim.x) {
@@ -981,9 +982,9 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-        float M = sinks[h];
+        float M = sink;
         for (int s = 0; s < busy; s++) M = fmaxf(M, wsplit[s]);
-        float den = expf(sinks[h] - M);
+        float den = expf(sink - M);
         for (int s = 0; s < busy; s++) {
             float w = expf(wsplit[s] - M);
             den += lsplit[s] * w;
