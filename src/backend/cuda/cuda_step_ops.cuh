@@ -253,12 +253,15 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     const double ts = warp_scatter_sum32(prod, lane);
     if (lane <= HC_MIX) red[wp][lane] = ts;
     __syncthreads();
+    /* only the partials' writers fence before the arrival (thread 0, the
+     * one that arrives, among them): the H stores of the other warps are
+     * read by later kernels only, so those warps need not wait for them */
     if (tid <= HC_MIX) {
         double t = 0.0;
         for (int i = 0; i < nw; i++) t += red[i][tid];
         part[(size_t)blockIdx.x * (HC_MIX + 1) + tid] = t;
+        __threadfence();
     }
-    __threadfence();
     __syncthreads();
     if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
     __syncthreads();
