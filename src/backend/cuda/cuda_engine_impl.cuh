@@ -20,7 +20,9 @@ extern "C" {
 
 enum { HC_N = 4 };
 
-/* The inputs of one step, written to device memory before each replay. */
+/* The inputs of one step, written to device memory before each replay
+ * (an ordered copy before the graph launch; no kernel writes them), so the
+ * step's kernels read them before their programmatic wait (cuda_pdl.cuh). */
 struct step_io {
     int32_t token;
     int32_t pos;

@@ -38,12 +38,13 @@ static __global__ void __launch_bounds__(IX_THREADS)
     idx_scores(const float *iq, const float *iw, const __half *rows, int ihd, int nih, int pos_first,
                const int32_t *pos_at, int top_k, float *scores, size_t lds) {
     pdl_trigger();
+    const int pos = pos_at ? *pos_at : pos_first; /* the decode step's step_io: the host's, read before the wait */
     pdl_wait();
     extern __shared__ __align__(16) unsigned char ix_raw[];
     const int MT = (nih + 15) / 16, MH = MT * 16, QS = ihd + 8;
     __half *qh = (__half *)ix_raw, *ql = qh + (size_t)MH * QS, *kt = ql + (size_t)MH * QS; /* kt: 2 tiles */
     float *part = (float *)(kt + 2 * (size_t)IX_ROWS * QS), *wh = part + MT * IX_ROWS;
-    int t = blockIdx.x, visible = ((pos_at ? *pos_at : pos_first) + t + 1) / 4, tid = threadIdx.x;
+    int t = blockIdx.x, visible = (pos + t + 1) / 4, tid = threadIdx.x;
     int warp = tid >> 5, lane = tid & 31;
     const int chunks = ihd / 8, nw = blockDim.x >> 5, n_tiles = (visible + IX_ROWS - 1) / IX_ROWS;
     if (visible <= top_k || (int)blockIdx.y >= n_tiles) return;
@@ -61,6 +62,8 @@ static __global__ void __launch_bounds__(IX_THREADS)
         asm volatile("cp.async.commit_group;");
     };
     load(blockIdx.y * IX_ROWS, 0);
+    /* the head weights loaded with q, not after q's stores to shared memory */
+    const float wt = tid < MH && tid < nih ? iw[(size_t)t * nih + tid] : 0.0f;
     const float4 *qt = (const float4 *)(iq + (size_t)t * nih * ihd);
     const int nq4 = nih * ihd / 4;
     for (int i0 = tid; i0 < MH * ihd / 4; i0 += 8 * blockDim.x) {
@@ -80,7 +83,7 @@ static __global__ void __launch_bounds__(IX_THREADS)
             }
         }
     }
-    for (int h = tid; h < MH; h += blockDim.x) wh[h] = h < nih ? iw[(size_t)t * nih + h] : 0.0f;
+    for (int h = tid; h < MH; h += blockDim.x) wh[h] = h == tid ? wt : h < nih ? iw[(size_t)t * nih + h] : 0.0f;
     for (int it = blockIdx.y, j = 0; it < n_tiles; it += gridDim.y, j++) {
         int c0 = it * IX_ROWS;
         asm volatile("cp.async.wait_group 0;");

@@ -537,15 +537,16 @@ template <typename RowT>
 __global__ void k_qkv_prepare(const prep_args<RowT> a) {
     extern __shared__ float xs[];
     pdl_trigger();
+    const int pos = a.io->pos, idx_active = a.io->idx_active; /* step_io: the host's, read before the wait */
     pdl_wait();
     int b = (int)blockIdx.x;
     if (b < a.n_comp) {
-        compressor<RowT>(a.c[b], xs, a.n_rot, a.eps, a.rp, a.io->pos);
+        compressor<RowT>(a.c[b], xs, a.n_rot, a.eps, a.rp, pos);
     } else if ((b -= a.n_comp) < a.n_head) {
         q_prepare(a.q + (size_t)b * a.hd, xs, a.hd, a.n_rot, a.eps, a.cs);
     } else if (b == a.n_head) {
-        kv_prepare(a.kv, xs, a.norm_w, a.hd, a.n_rot, a.eps, a.cs, a.io->pos, a.ring, a.n_swa);
-    } else if (a.io->idx_active) {
+        kv_prepare(a.kv, xs, a.norm_w, a.hd, a.n_rot, a.eps, a.cs, pos, a.ring, a.n_swa);
+    } else if (idx_active) {
         const int h = (b - a.n_head - 1) * PREP_IDX_HEADS + (int)(threadIdx.x >> 5);
         if (h >= a.n_idx) return;
         switch (a.ihd) {
@@ -571,8 +572,8 @@ __global__ void k_frontier_clear(float *kv, float *sc, size_t n) {
 __global__ void k_idx_scores(const float *iq, const float *iw, const float *rows, int ihd, int nih, int top_k,
                              float *scores, const step_io *io) {
     pdl_trigger();
+    const int visible = (io->pos + 1) / 4; /* step_io: the host's, read before the wait */
     pdl_wait();
-    int visible = (io->pos + 1) / 4;
     if (visible <= top_k) return;
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     int n_warps = (gridDim.x * blockDim.x) >> 5;
@@ -597,9 +598,9 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const float *rows
 __global__ void __launch_bounds__(1024, 1) k_idx_topk(const float *scores, int top_k, int max_rows, int *sel,
                                                    int *n_sel, const step_io *io) {
     pdl_trigger();
+    const int visible = (io->pos + 1) / 4; /* step_io: the host's, read before the wait */
     pdl_wait();
     __shared__ topk_smem sm;
-    int visible = (io->pos + 1) / 4;
     if (visible > max_rows) return;
     if (visible <= top_k) {
         if (threadIdx.x == 0) *n_sel = -1;
@@ -637,10 +638,8 @@ struct att_span {
     const int *pick;
 };
 
-__device__ __forceinline__ att_span att_rows(const step_io *io, int n_swa, int ratio, const int *sel,
-                                             const int *n_sel) {
+__device__ __forceinline__ att_span att_rows(int p, int n_swa, int ratio, const int *sel, const int *n_sel) {
     att_span a;
-    int p = io->pos;
     a.lo = p - n_swa + 1 < 0 ? 0 : p - n_swa + 1;
     a.n_raw = p - a.lo + 1;
     a.n_comp = 0;
@@ -738,6 +737,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
                                                              const int *n_sel, int hd, int hg, const step_io *io,
                                                              float *part_o, float2 *part_ml, hc_split_args hs) {
     pdl_trigger();
+    const int pos = io->pos; /* the host writes step_io before the step: read before the wait */
     pdl_wait();
     if (att_hc_column(hs)) return;
     extern __shared__ __align__(16) unsigned char att_raw[];
@@ -745,7 +745,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
     float *qs = (float *)att_raw, *ps = qs + hg * hd;
     unsigned char *buf = (unsigned char *)(ps + hg * ATT_RC);
     __shared__ float alpha_sh[ATT_HG];
-    const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
+    const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
     const int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
     const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
     if (s >= n_chunks) return;
@@ -841,6 +841,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
                                                                 const int *n_sel, int hd, int hg, const step_io *io,
                                                                 float *part_o, float2 *part_ml, hc_split_args hs) {
     pdl_trigger();
+    const int pos = io->pos; /* the host writes step_io before the step: read before the wait */
     pdl_wait();
     if (att_hc_column(hs)) return;
     extern __shared__ __align__(16) unsigned char att_raw[];
@@ -850,7 +851,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
     __half *ph = (__half *)(sc + 2 * 8 * ATT_RC), *pl = ph + 16 * ATT_TC_PLD;
     unsigned char *buf = (unsigned char *)(pl + 16 * ATT_TC_PLD);
     __shared__ float alpha_sh[ATT_HG];
-    const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
+    const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
     const int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
     const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
     if (s >= n_chunks) return;
@@ -970,11 +971,11 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
                                     const int *sel, const int *n_sel, const float *sinks, int hd, int n_rot,
                                     const float2 *cs, const step_io *io, float *out, uint8_t *out_q) {
     pdl_trigger();
-    const int h = blockIdx.x;
-    const float sink = sinks[h]; /* a weight: read before the wait, off thread 0's chain */
+    const int h = blockIdx.x, pos = io->pos; /* step_io: the host's, read before the wait */
+    const float sink = sinks[h];              /* a weight: read before the wait, off thread 0's chain */
     pdl_wait();
     extern __shared__ float os[];
-    const att_span a = att_rows(io, n_swa, ratio, sel, n_sel);
+    const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
     float *wsplit = os + hd, *lsplit = wsplit + S;
     __shared__ float inv_s;
@@ -1066,12 +1067,13 @@ __global__ void k_route(const float *logits, const float *bias, const int32_t *t
                         float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights, hc_split_args hs,
                         shared_mid_args sm, routed_act_args ra) {
     pdl_trigger();
+    const int32_t token = io->token; /* step_io: the host's, read before the wait */
     pdl_wait();
     extern __shared__ float prob[]; /* 2·ne */
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
     const int n_sm = route_shared_blocks(sm), lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     if (blockIdx.x == 0) {
-        block_route(logits, bias, tid2eid, io->token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
+        block_route(logits, bias, tid2eid, token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
     } else if (blockIdx.x == 1) {
         if (hs.mix) hc_split_block(hs);
     } else if ((int)blockIdx.x < 2 + n_sm) {

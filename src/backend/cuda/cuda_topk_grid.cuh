@@ -87,12 +87,12 @@ __device__ __forceinline__ void topk_grid_sync(unsigned *arrive, unsigned target
 __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *scores, int top_k, int min_rows,
                                                                  topk_grid_state *st, int *wa, int *wt, int *sel,
                                                                  int *n_sel, const step_io *io) {
+    const int visible = (io->pos + 1) / 4; /* step_io: the host's, read before the wait */
     pdl_wait();
     __shared__ int h[TOPK_GRID_WARPS][256];
     __shared__ int tot[256];
     __shared__ uint32_t s_prefix;
     __shared__ int s_need, s_done, s_before[2][TOPK_GRID_WARPS + 1];
-    const int visible = (io->pos + 1) / 4;
     if (visible <= min_rows || visible <= top_k) {
         pdl_trigger();
         if (visible > min_rows && blockIdx.x == 0 && threadIdx.x == 0) *n_sel = -1;
