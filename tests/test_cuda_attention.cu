@@ -314,20 +314,34 @@ __global__ void __launch_bounds__(1024, 1) k_topk_radix(const float *scores, int
     block_topk_radix(scores, visible, TOPK, sel, &sm);
 }
 
-/* The decode step's grid top-k (cuda_topk_grid.cuh) over vis rows. */
-static void topk_grid_run(const float *d_s, int g, topk_grid_state *d_st, int *d_wa, int *d_wt, int *d_sel, int *d_nsel,
-                          const step_io *d_io) {
-    k_topk_grid<<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+/* The decode step's grid top-k (cuda_topk_grid.cuh) over vis rows: its
+ * grid form, or its blocks as one cluster (sm_90+, at most
+ * TOPK_CLUSTER_MAX blocks). */
+static void topk_grid_run(bool cluster, const float *d_s, int g, topk_grid_state *d_st, int *d_wa, int *d_wt,
+                          int *d_sel, int *d_nsel, const step_io *d_io) {
+    if (cluster)
+        CK(pdl_launch_cluster(false, g, k_topk_grid<true>, g, TOPK_GRID_THREADS, 0, (cudaStream_t)0, (const float *)d_s,
+                              (int)TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io));
+    else k_topk_grid<false><<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
 }
 
 /* One way of the top-k over vis rows: 0 pf_idx_topk (one block, as the
  * prefill and decode contexts up to TOPK_GRID_MIN rows), 1 the grid top-k
- * (longer decode contexts), 2 the radix path alone in one block. */
+ * (longer decode contexts), 2 the radix path alone in one block, 3 the
+ * grid top-k as a cluster. */
 static void topk_way(int way, const float *d_s, int vis, int g, topk_grid_state *d_st, int *d_wa, int *d_wt,
                      int *d_sel, int *d_nsel, const step_io *d_io) {
     if (way == 0) pf_idx_topk<<<1, 1024>>>(d_s, 0, TOPK, 4 * vis - 1, d_sel, d_nsel);
-    else if (way == 1) topk_grid_run(d_s, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+    else if (way == 1 || way == 3) topk_grid_run(way == 3, d_s, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
     else k_topk_radix<<<1, 1024>>>(d_s, vis, d_sel);
+}
+
+/* The cluster form runs on this device for g blocks. */
+static bool topk_cluster_ok(int g) {
+    int dev = 0, major = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major >= 9 && g <= TOPK_CLUSTER_MAX;
 }
 
 /* The top-k of one token seeing s.size() rows against topk_ref, the three
@@ -350,18 +364,21 @@ static bool topk_case(const char *name, const std::vector<float> &s, float *ms) 
     CK(cudaMemcpy(d_s, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
     const std::vector<int> ref = topk_ref(s, TOPK);
     bool ok = true;
-    for (int way = 0; way < 3; way++) {
+    const int n_ways = topk_cluster_ok(g) ? 4 : 3;
+    for (int way = 0; way < n_ways; way++) {
         CK(cudaMemset(d_sel, 0xff, TOPK * 4));
         CK(cudaMemset(d_nsel, 0, 4));
         /* the grid version twice: its state must be ready again after a step */
-        for (int rep = 0; rep < (way == 1 ? 2 : 1); rep++) topk_way(way, d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+        for (int rep = 0; rep < (way == 1 || way == 3 ? 2 : 1); rep++)
+            topk_way(way, d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
         CK(cudaGetLastError());
         std::vector<int> sel(TOPK);
         int n_sel = 0;
         CK(cudaMemcpy(sel.data(), d_sel, TOPK * 4, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(&n_sel, d_nsel, 4, cudaMemcpyDeviceToHost));
         bool good = (way == 2 || n_sel == TOPK) && sel == ref; /* k_topk_radix leaves n_sel */
-        static const char *const way_name[3] = {"one block:", "grid of blocks:", "radix, one block:"};
+        static const char *const way_name[4] = {"one block:", "grid of blocks:", "radix, one block:",
+                                                "cluster of blocks:"};
         printf("indexer top-k, %-38s %6d rows, %-17s %s\n", name, vis, way_name[way], good ? "ok" : "FAIL");
         ok &= good;
         if (ms) {
@@ -485,7 +502,7 @@ static int indexer_checks(void) {
     }
     /* times */
     for (int n : {1024, 4096, 8192, vis, 32768, big}) {
-        float ms_t[3] = {0, 0, 0}, ms_s = 0;
+        float ms_t[4] = {0, 0, 0, 0}, ms_s = 0;
         for (int i = 0; i < n; i++) t[i] = (float)urand();
         failed += !topk_case("uniform", std::vector<float>(t.begin(), t.begin() + n), ms_t);
         int tiles = n / IX_ROWS, ny = tiles < n_sm * per_sm ? tiles : n_sm * per_sm;
@@ -501,9 +518,9 @@ static int indexer_checks(void) {
         CK(cudaEventSynchronize(e1));
         CK(cudaEventElapsedTime(&ms_s, e0, e1));
         printf("time, indexer of one token over %d rows: scores %.1f us (%d blocks), top-k %.1f us (one block), "
-               "%.1f us (grid, %d blocks), %.1f us (radix, one block)\n",
+               "%.1f us (grid, %d blocks), %.1f us (radix, one block), %.1f us (cluster; 0: not run)\n",
                n, ms_s / 20 * 1e3, ny, ms_t[0] * 1e3, ms_t[1] * 1e3, topk_grid_blocks((uint32_t)n),
-               ms_t[2] * 1e3);
+               ms_t[2] * 1e3, ms_t[3] * 1e3);
         CK(cudaEventDestroy(e0));
         CK(cudaEventDestroy(e1));
     }

@@ -479,9 +479,17 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->topk_grid = grid_topk && idx_rows ? topk_grid_blocks(idx_rows) : 0;
     int tk_per_sm = 0; /* its blocks must all be resident at once */
     if (e->topk_grid &&
-        (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&tk_per_sm, k_topk_grid, TOPK_GRID_THREADS, 0) != cudaSuccess ||
+        (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&tk_per_sm, k_topk_grid<false>, TOPK_GRID_THREADS, 0) !=
+             cudaSuccess ||
          e->topk_grid > tk_per_sm * n_sm))
         e->topk_grid = 0; /* the one block then takes every position (its radix path) */
+    /* up to TOPK_CLUSTER_MAX blocks (64k of context) as one cluster, on
+     * sm_90+ (DS4_CUDA_TOPK_CLUSTER=0: the grid form) */
+    int cc_major = 0, dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev))
+        cc_major = 0;
+    const char *tc = getenv("DS4_CUDA_TOPK_CLUSTER");
+    e->topk_cluster = e->topk_grid > 0 && e->topk_grid <= TOPK_CLUSTER_MAX && cc_major >= 9 && !(tc && !strcmp(tc, "0"));
     e->topk_one_rows = !e->topk_grid ? INT_MAX : forced == 1 ? 0 : one_rows;
     /* k_idx_topk's threads: enough to hold its rows in registers, at least
      * 512 (a smaller block than 1024 fits beside the kernel before it and
@@ -724,8 +732,14 @@ static int idx_topk(enq *q, int top_k) {
     const int g = e->topk_grid, one = e->topk_one_rows;
     if (one && run(q, "indexer top-k", k_idx_topk, 1, e->topk_threads, 0, sc, top_k, one, w->sel, w->n_sel, io))
         return -1;
-    return g && run(q, "indexer grid top-k", k_topk_grid, g, TOPK_GRID_THREADS, 0, sc, top_k, one, w->tkg, w->tk_wa,
-                    w->tk_wt, w->sel, w->n_sel, io);
+    if (!g) return 0;
+    if (e->topk_cluster) {
+        cudaError_t c = pdl_launch_cluster(q->pdl, g, k_topk_grid<true>, g, TOPK_GRID_THREADS, 0, q->st, sc, top_k, one,
+                                           w->tkg, w->tk_wa, w->tk_wt, w->sel, w->n_sel, io);
+        return c == cudaSuccess ? 0 : cuda_fail(q->err, "indexer cluster top-k", c);
+    }
+    return run(q, "indexer grid top-k", k_topk_grid<false>, g, TOPK_GRID_THREADS, 0, sc, top_k, one, w->tkg, w->tk_wa,
+               w->tk_wt, w->sel, w->n_sel, io);
 }
 
 /* y = out_b·low. For quantised weights low is quantised once, by its own

@@ -121,6 +121,7 @@ struct ds4_cuda_engine {
     int att_hg, att_splits; /* attention: heads per block, blocks per head group (k_attention_split) */
     bool att_tc;            /* k_attention_split_tc (tensor cores) instead of k_attention_split */
     int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk alone */
+    bool topk_cluster;      /* those blocks as one cluster (k_topk_grid<true>) */
     int topk_one_rows;      /* k_idx_topk runs where at most this many rows are visible (0: not in the step) */
     int topk_threads;       /* k_idx_topk's block */
     uint32_t idx_slots; /* idx_scores blocks the device holds at once (official mode) */

@@ -30,6 +30,7 @@
 #ifndef DS4_CUDA_TOPK_GRID_CUH
 #define DS4_CUDA_TOPK_GRID_CUH
 
+#include <cooperative_groups.h>
 #include <stdint.h>
 
 #include "cuda_device_math.cuh"
@@ -81,20 +82,49 @@ __device__ __forceinline__ void topk_grid_sync(unsigned *arrive, unsigned target
     __syncthreads();
 }
 
+/* The cluster form (CL: the grid is one thread-block cluster, sm_90+, at
+ * most TOPK_CLUSTER_MAX blocks): the blocks exchange their histograms and
+ * warp counts through distributed shared memory and meet at cluster
+ * barriers instead of global arrivals (a grid barrier costs ~2 us, §16);
+ * the hardware schedules a cluster's blocks together, so nothing can be
+ * starved and the next kernel may launch at once. */
+enum { TOPK_CLUSTER_MAX = 8 };
+
+__device__ __forceinline__ void topk_cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#endif
+}
+
+/* p in the shared memory of the cluster's block `rank`. */
+template <typename T>
+__device__ __forceinline__ const T *topk_cluster_at(T *p, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+    return p;
+#endif
+}
+
 /* The picks, in index order, into sel; n_sel = top_k, or -1 while every
  * visible row is attended. Nothing at positions where at most min_rows rows
- * are visible (k_idx_topk's, when the step holds both). */
+ * are visible (k_idx_topk's, when the step holds both). st, wa, wt: the
+ * grid form's global state (unused by the cluster form). */
+template <bool CL>
 __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *scores, int top_k, int min_rows,
                                                                  topk_grid_state *st, int *wa, int *wt, int *sel,
                                                                  int *n_sel, const step_io *io) {
     const int visible = (io->pos + 1) / 4; /* step_io: the host's, read before the wait */
+    if (CL) pdl_trigger(); /* the cluster's blocks are all resident */
     pdl_wait();
     __shared__ int h[TOPK_GRID_WARPS][256];
     __shared__ int tot[256];
+    __shared__ int cbin[2][256];               /* CL: this block's bins of a pass, by the pass's parity */
+    __shared__ int cw[2][TOPK_GRID_WARPS];     /* CL: its warps' keys above and ties */
     __shared__ uint32_t s_prefix;
     __shared__ int s_need, s_done, s_before[2][TOPK_GRID_WARPS + 1];
     if (visible <= min_rows || visible <= top_k) {
-        pdl_trigger();
+        if (!CL) pdl_trigger();
         if (visible > min_rows && blockIdx.x == 0 && threadIdx.x == 0) *n_sel = -1;
         return;
     }
@@ -118,14 +148,30 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
         for (int u = 0; u < TOPK_BATCH; u++) /* warp_digit_hist, from registers */
             warp_hist_add((valid >> u & 1u) && (key[u] & mask) == t ? (int)((key[u] >> shift) & 255u) : -1, h[w]);
         __syncthreads();
-        for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) {
-            int n = 0;
-            for (int v = 0; v < TOPK_GRID_WARPS; v++) n += h[v][b];
-            if (n) atomicAdd(&st->hist[pass][b], n);
+        if (CL) {
+            /* a block rewrites cbin[pass & 1] only after the next pass's
+             * barrier, which every block passes after reading this one */
+            for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) {
+                int n = 0;
+                for (int v = 0; v < TOPK_GRID_WARPS; v++) n += h[v][b];
+                cbin[pass & 1][b] = n;
+            }
+            topk_cluster_sync();
+            for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) {
+                int n = 0;
+                for (int r = 0; r < (int)gridDim.x; r++) n += *topk_cluster_at(&cbin[pass & 1][b], r);
+                tot[b] = n;
+            }
+        } else {
+            for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) {
+                int n = 0;
+                for (int v = 0; v < TOPK_GRID_WARPS; v++) n += h[v][b];
+                if (n) atomicAdd(&st->hist[pass][b], n);
+            }
+            topk_grid_sync(&st->arrive, ++barriers * gridDim.x);
+            if (pass == 0) pdl_trigger(); /* every block is resident: the next kernel may take the rest */
+            for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) tot[b] = __ldcg(&st->hist[pass][b]);
         }
-        topk_grid_sync(&st->arrive, ++barriers * gridDim.x);
-        if (pass == 0) pdl_trigger(); /* every block is resident: the next kernel may take the rest */
-        for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) tot[b] = __ldcg(&st->hist[pass][b]);
         __syncthreads();
         if (w == 0) {
             warp_find_digit(tot, t, shift, need, &s_prefix, &s_need);
@@ -143,15 +189,25 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
     keys_above_ties(key, valid, mask, t, &above, &ties);
     above = __reduce_add_sync(0xffffffffu, above);
     ties = __reduce_add_sync(0xffffffffu, ties);
-    if (lane == 0) wa[gw] = above, wt[gw] = ties;
-    topk_grid_sync(&st->arrive, ++barriers * gridDim.x);
-    /* the hist arrays are read: block 0 clears them for the next call */
-    if (blockIdx.x == 0)
-        for (int b = threadIdx.x; b < TOPK_GRID_PASSES * 256; b += TOPK_GRID_THREADS) (&st->hist[0][0])[b] = 0;
+    if (CL) {
+        if (lane == 0) cw[0][w] = above, cw[1][w] = ties;
+        topk_cluster_sync();
+    } else {
+        if (lane == 0) wa[gw] = above, wt[gw] = ties;
+        topk_grid_sync(&st->arrive, ++barriers * gridDim.x);
+        /* the hist arrays are read: block 0 clears them for the next call */
+        if (blockIdx.x == 0)
+            for (int b = threadIdx.x; b < TOPK_GRID_PASSES * 256; b += TOPK_GRID_THREADS) (&st->hist[0][0])[b] = 0;
+    }
+    /* warp v's counts (of the whole grid) */
+    auto count_of = [&](int v, int which) {
+        if (CL) return *topk_cluster_at(&cw[which][v % TOPK_GRID_WARPS], v / TOPK_GRID_WARPS);
+        return __ldcg(which ? &wt[v] : &wa[v]);
+    };
     /* the counts of the warps of earlier blocks, then of this block's warps before each */
     int ab = 0, tb = 0;
     for (int v = threadIdx.x; v < (int)blockIdx.x * TOPK_GRID_WARPS; v += TOPK_GRID_THREADS)
-        ab += __ldcg(&wa[v]), tb += __ldcg(&wt[v]);
+        ab += count_of(v, 0), tb += count_of(v, 1);
     ab = __reduce_add_sync(0xffffffffu, ab);
     tb = __reduce_add_sync(0xffffffffu, tb);
     if (lane == 0) s_before[0][w] = ab, s_before[1][w] = tb;
@@ -160,13 +216,14 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
         const int ba = lane < TOPK_GRID_WARPS ? s_before[0][lane] : 0, bt = lane < TOPK_GRID_WARPS ? s_before[1][lane] : 0;
         const int ta = __reduce_add_sync(0xffffffffu, ba), tt = __reduce_add_sync(0xffffffffu, bt);
         /* lane l < warps: block total + the block's warps before l */
-        const int oa = lane < TOPK_GRID_WARPS ? __ldcg(&wa[blockIdx.x * TOPK_GRID_WARPS + lane]) : 0;
-        const int ot = lane < TOPK_GRID_WARPS ? __ldcg(&wt[blockIdx.x * TOPK_GRID_WARPS + lane]) : 0;
+        const int oa = lane < TOPK_GRID_WARPS ? count_of(blockIdx.x * TOPK_GRID_WARPS + lane, 0) : 0;
+        const int ot = lane < TOPK_GRID_WARPS ? count_of(blockIdx.x * TOPK_GRID_WARPS + lane, 1) : 0;
         const int ia = warp_scan_incl(oa), it = warp_scan_incl(ot);
         __syncwarp();
         if (lane < TOPK_GRID_WARPS) s_before[0][lane] = ta + ia - oa, s_before[1][lane] = tt + it - ot;
     }
     __syncthreads();
+    if (CL) topk_cluster_sync(); /* no block leaves while another reads its counts */
     const int a_before = s_before[0][w], t_before = s_before[1][w];
     /* warp_write_picks, from registers */
     const unsigned below = (1u << lane) - 1u;
@@ -183,6 +240,7 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
         out += __popc(pm);
     }
     if (blockIdx.x == 0 && threadIdx.x == 0) *n_sel = top_k;
+    if (CL) return;
     /* the last block out resets the barrier for the next call */
     __syncthreads();
     if (threadIdx.x == 0 && atomicAdd(&st->leave, 1u) == gridDim.x - 1) {
