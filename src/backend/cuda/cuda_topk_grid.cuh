@@ -26,7 +26,9 @@
  * open), and the kernel lets the next one launch (PDL) only after the first
  * barrier, which every block has reached. The state is left zeroed for the
  * next call by the last block out. The position comes from step_io (the
- * graph is captured once). */
+ * graph is captured once). Up to TOPK_CLUSTER_MAX blocks the same kernel
+ * runs as one thread-block cluster (k_topk_grid<true>, below), without
+ * the global state. */
 #ifndef DS4_CUDA_TOPK_GRID_CUH
 #define DS4_CUDA_TOPK_GRID_CUH
 
