@@ -319,20 +319,10 @@ __global__ void __launch_bounds__(1024, 1) k_topk_radix(const float *scores, int
  * TOPK_CLUSTER_MAX blocks). */
 static void topk_grid_run(bool cluster, const float *d_s, int g, topk_grid_state *d_st, int *d_wa, int *d_wt,
                           int *d_sel, int *d_nsel, const step_io *d_io) {
-    if (cluster) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(g);
-        cfg.blockDim = dim3(TOPK_GRID_THREADS);
-        cudaLaunchAttribute at;
-        at.id = cudaLaunchAttributeClusterDimension;
-        at.val.clusterDim.x = (unsigned)g;
-        at.val.clusterDim.y = at.val.clusterDim.z = 1;
-        cfg.attrs = &at;
-        cfg.numAttrs = 1;
-        CK(cudaLaunchKernelEx(&cfg, k_topk_grid<true>, d_s, (int)TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io));
-    } else {
-        k_topk_grid<false><<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
-    }
+    if (cluster)
+        CK(launch_with(false, g, k_topk_grid<true>, g, TOPK_GRID_THREADS, 0, (cudaStream_t)0, (const float *)d_s,
+                       (int)TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io));
+    else k_topk_grid<false><<<g, TOPK_GRID_THREADS>>>(d_s, TOPK, 0, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
 }
 
 /* One way of the top-k over vis rows: 0 pf_idx_topk (one block, as the

@@ -62,8 +62,9 @@ static __global__ void __launch_bounds__(IX_THREADS)
         asm volatile("cp.async.commit_group;");
     };
     load(blockIdx.y * IX_ROWS, 0);
-    /* the head weights loaded with q, not after q's stores to shared memory */
-    const float wt = tid < MH && tid < nih ? iw[(size_t)t * nih + tid] : 0.0f;
+    /* thread h's head weight (h < MH) loaded with q, not after q's stores
+     * to shared memory */
+    const float wt = tid < nih ? iw[(size_t)t * nih + tid] : 0.0f;
     const float4 *qt = (const float4 *)(iq + (size_t)t * nih * ihd);
     const int nq4 = nih * ihd / 4;
     for (int i0 = tid; i0 < MH * ihd / 4; i0 += 8 * blockDim.x) {
@@ -83,7 +84,8 @@ static __global__ void __launch_bounds__(IX_THREADS)
             }
         }
     }
-    for (int h = tid; h < MH; h += blockDim.x) wh[h] = h == tid ? wt : h < nih ? iw[(size_t)t * nih + h] : 0.0f;
+    if (tid < MH) wh[tid] = wt;
+    for (int h = tid + blockDim.x; h < MH; h += blockDim.x) wh[h] = h < nih ? iw[(size_t)t * nih + h] : 0.0f;
     for (int it = blockIdx.y, j = 0; it < n_tiles; it += gridDim.y, j++) {
         int c0 = it * IX_ROWS;
         asm volatile("cp.async.wait_group 0;");

@@ -35,10 +35,12 @@ __device__ __forceinline__ void pdl_trigger() {
 
 /* kernel<<<grid, block, smem, st>>>(args...), with programmatic
  * serialization after the previous kernel when pdl is set; cluster > 0:
- * the grid's blocks in clusters of that many (sm_90+). */
+ * the grid's blocks in clusters of that many (sm_90+). The launch alone:
+ * the step's kernels go through pdl_launch_cluster, which also labels
+ * them for the timeline build; tests call this. */
 template <typename... KArgs, typename... Args>
-static cudaError_t pdl_launch_cluster(bool pdl, int cluster, void (*kernel)(KArgs...), dim3 grid, dim3 block,
-                                      size_t smem, cudaStream_t st, Args &&...args) {
+static cudaError_t launch_with(bool pdl, int cluster, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                               cudaStream_t st, Args &&...args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
@@ -58,8 +60,14 @@ static cudaError_t pdl_launch_cluster(bool pdl, int cluster, void (*kernel)(KArg
     }
     cfg.attrs = attr;
     cfg.numAttrs = n;
-    ds4_cuda_tl_label((const void *)kernel);
     return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+template <typename... KArgs, typename... Args>
+static cudaError_t pdl_launch_cluster(bool pdl, int cluster, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                      size_t smem, cudaStream_t st, Args &&...args) {
+    ds4_cuda_tl_label((const void *)kernel);
+    return launch_with(pdl, cluster, kernel, grid, block, smem, st, std::forward<Args>(args)...);
 }
 
 template <typename... KArgs, typename... Args>
