@@ -323,7 +323,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->tkg, 1); F(w->tk_wa, (e->topk_grid + 1) * TOPK_GRID_WARPS); F(w->tk_wt, (e->topk_grid + 1) * TOPK_GRID_WARPS);
     F(w->att, qdim); F(w->attq, act_bytes); F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
     F(w->low, (size_t)hp->n_out_group * hp->o_lora); F(w->lowq, act_bytes); F(w->y, D);
-    F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL);
+    F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL); F(w->route_stamp, hp->n_layer);
     F(w->mid, nu * ff); F(w->smid, ff); F(w->shgu, 2 * ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
     F(w->zero_id, 1); F(w->one_w, 1);
     F(w->actA, act_bytes); F(w->actB, act_bytes);
@@ -334,6 +334,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     if (c == cudaSuccess) c = cudaMemcpy(w->one_w, &one, sizeof one, cudaMemcpyHostToDevice);
     if (c == cudaSuccess) c = cudaMemset(w->hc_count, 0, sizeof *w->hc_count);
     if (c == cudaSuccess) c = cudaMemset(w->tkg, 0, sizeof *w->tkg);
+    if (c == cudaSuccess) c = cudaMemset(w->route_stamp, 0, hp->n_layer * sizeof *w->route_stamp);
     return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
 }
 
@@ -911,7 +912,8 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
  * of 1, fixed_ids): the quantised MoE kernels, or plain-float ones for
  * F16/F32, or in exact mode cuda_exact.cuh's for every type. */
 static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
-                       const float *weights, uint32_t n_sel, float clamp, int fixed_ids, const float *x, float *mid) {
+                       const float *weights, uint32_t n_sel, float clamp, ds4_cuda_ids_src src, const void *x_act,
+                       const float *x, float *mid) {
     if (q->e->exact)
         return run(q, "exact gate/up", k_exact_gate_up, (n_sel * n_ff * 32 + 255) / 256, 256, 0, gate.w, up.w,
                    gate.type, gate.row_bytes, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp, x, mid);
@@ -920,11 +922,12 @@ static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, 
                    (const void *)gate.w, (const void *)up.w, (int)(gate.type == DS4_TYPE_F16), gate.in, n_ff, n_expert,
                    ids, weights, n_sel, clamp, x, mid);
     return ds4_cuda_moe_gate_up_x(q->e->k, gate.type, gate.w, up.w, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp,
-                                  x, fixed_ids, mid, (ds4_cuda_stream)q->st, q->err);
+                                  x_act, x, src, mid, (ds4_cuda_stream)q->st, q->err);
 }
 
 static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert, const int32_t *ids,
-                    uint32_t n_sel, int fixed_ids, const float *mid, uint8_t *act, const float *add, float *out) {
+                    uint32_t n_sel, ds4_cuda_ids_src src, const float *mid, uint8_t *act, const float *add,
+                    float *out) {
     if (q->e->exact)
         return run(q, "exact down", k_exact_down, (n_out * 32 + 255) / 256, 256, 0, down.w, down.type, down.row_bytes,
                    n_ff, n_out, n_expert, ids, n_sel, mid, add, out);
@@ -932,7 +935,7 @@ static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uin
         return run(q, "plain down", k_moe_plain_down, (n_out * 32 + 255) / 256, 256, 0, (const void *)down.w,
                    (int)(down.type == DS4_TYPE_F16), n_ff, n_out, n_expert, ids, n_sel, mid, add, out);
     if (ds4_cuda_quantize_act(q->e->k, down.type, mid, act, n_sel * n_ff, (ds4_cuda_stream)q->st, q->err)) return -1;
-    return ds4_cuda_moe_down_x(q->e->k, down.type, down.w, n_ff, n_out, n_expert, ids, n_sel, act, add, fixed_ids, out,
+    return ds4_cuda_moe_down_x(q->e->k, down.type, down.w, n_ff, n_out, n_expert, ids, n_sel, act, add, src, out,
                                (ds4_cuda_stream)q->st, q->err);
 }
 
@@ -975,20 +978,21 @@ static int ffn(enq *q, uint32_t il) {
     const hc_split_args hs = with_router ? hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{};
     if (run(q, "router", k_route, route_blocks(hs, sm, ra), 256, 2 * ne * sizeof(float), (const float *)w->router,
             L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm,
-            (const step_io *)w->io, w->ids, w->ew, hs, sm, ra))
+            (const step_io *)w->io, w->ids, w->ew, w->route_stamp + il, hs, sm, ra))
         return -1;
     mark(e, q->st, "router + selection");
     if (with_router && shared_down(q, il)) return -1;
-    if (x_q8k ? ds4_cuda_moe_gate_up(e->k, gt, L->gate_exps.w, L->up_exps.w, D, ff, ne, w->ids, w->ew, nu, L->clamp,
-                                     w->actB, w->mid, (ds4_cuda_stream)q->st, q->err)
-              : moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, 0, w->a, w->mid))
+    /* the routed experts' first weights as soon as k_route has chosen them */
+    const ds4_cuda_ids_src routed = {0, w->route_stamp + il, &w->io->serial};
+    if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, routed, x_q8k ? w->actB : NULL,
+                    x_q8k ? NULL : w->a, w->mid))
         return -1;
     mark(e, q->st, "routed gate/up");
     if (q->side) {
         cudaError_t c = cudaStreamWaitEvent(q->st, e->side_join, 0);
         if (c != cudaSuccess) return cuda_fail(q->err, "shared expert join", c);
     }
-    if (moe_down(q, L->down_exps, ff, D, ne, w->ids, nu, 0, w->mid, w->actB, w->sh, w->y)) return -1;
+    if (moe_down(q, L->down_exps, ff, D, ne, w->ids, nu, routed, w->mid, w->actB, w->sh, w->y)) return -1;
     mark(e, q->st, "routed down");
     return 0;
 }
@@ -1025,7 +1029,7 @@ static int shared_down(enq *q, uint32_t il) {
     enq qs;
     if (side_fork(q, &qs) ||
         ds4_cuda_moe_down_x(e->k, L->down_sh.type, L->down_sh.w, e->m->hp.n_ff_exp, e->m->hp.n_embd, 1, w->zero_id,
-                            1, w->actA, NULL, 1, w->sh, (ds4_cuda_stream)qs.st, q->err))
+                            1, w->actA, NULL, ds4_cuda_ids_src{1, NULL, NULL}, w->sh, (ds4_cuda_stream)qs.st, q->err))
         return -1;
     return side_join(q, "shared expert down");
 }
@@ -1038,11 +1042,13 @@ static int shared_expert(enq *q, uint32_t il) {
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
+    const ds4_cuda_ids_src fixed = {1, NULL, NULL};
     enq qs;
     if (side_fork(q, &qs) ||
         run(&qs, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)) ||
-        moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, 1, w->a, w->smid) ||
-        moe_down(&qs, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, 1, w->smid, w->actA, NULL, w->sh))
+        moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, fixed, NULL, w->a,
+                    w->smid) ||
+        moe_down(&qs, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, fixed, w->smid, w->actA, NULL, w->sh))
         return -1;
     return side_join(q, "shared expert");
 }
@@ -1229,6 +1235,8 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     s->h_io->token = token;
     s->h_io->pos = pos;
     s->h_io->idx_active = (pos + 1) / 4 > (int)hp->indexer_top_k;
+    if (++e->serial == 0) e->serial = 1;
+    s->h_io->serial = e->serial;
     cudaError_t c = cudaMemcpyAsync(e->w.io, s->h_io, sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
     if (e->prof) {
         if (c != cudaSuccess || enqueue_step(s, err)) return c != cudaSuccess ? cuda_fail(err, "decode step", c) : -1;

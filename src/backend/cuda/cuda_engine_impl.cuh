@@ -27,6 +27,7 @@ struct step_io {
     int32_t token;
     int32_t pos;
     int32_t idx_active; /* (pos+1)/4 > indexer top_k: the indexer picks rows */
+    uint32_t serial;    /* distinct every step (never 0): ds4_cuda_ids_src's stamps */
 };
 
 /* RoPE parameters of one layer kind (numerics.h rope_params, by value). */
@@ -86,6 +87,7 @@ struct dwork {
     int *tk_wa, *tk_wt;
     int pdl_failed;  /* capturing with programmatic launches failed once */
     int32_t *ids, *zero_id, *sel, *n_sel;
+    uint32_t *route_stamp; /* per layer: the step serial once k_route has written ids and ew */
     float *one_w;
     uint8_t *actA, *actB;
     uint8_t *attq; /* the attention's output as out_a's Q8_0 input (k_attention_combine) */
@@ -124,6 +126,7 @@ struct ds4_cuda_engine {
     bool topk_cluster;      /* those blocks as one cluster (k_topk_grid<true>) */
     int topk_one_rows;      /* k_idx_topk runs where at most this many rows are visible (0: not in the step) */
     int topk_threads;       /* k_idx_topk's block */
+    uint32_t serial;        /* the last step's step_io.serial */
     uint32_t idx_slots; /* idx_scores blocks the device holds at once (official mode) */
     dwork w;
     /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */

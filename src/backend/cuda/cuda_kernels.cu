@@ -656,7 +656,22 @@ struct moe_params {
     float clamp;
     int aligned;
     int fixed_ids; /* ids/weights do not come from an earlier kernel */
+    /* or (not NULL) an earlier kernel publishes *serial in *stamp once it
+     * has written them (ds4_cuda_ids_src) */
+    const uint32_t *stamp, *serial;
 };
+
+/* The launch's ids (and gate/up's weights) in shared memory before its
+ * pdl_wait, once their writer has published them: the first weights can
+ * be requested while the kernels in between end. */
+static __device__ void moe_stamped_ids(const moe_params &p, int32_t *ids, float *wts) {
+    stamp_await(p.stamp, *p.serial);
+    if (threadIdx.x < p.n_sel) {
+        ids[threadIdx.x] = __ldcg(p.ids + threadIdx.x);
+        if (wts) wts[threadIdx.x] = __ldcg(p.weights + threadIdx.x);
+    }
+    __syncthreads();
+}
 
 /* Item (k, r): row r of gate and of up of expert ids[k], staged side by
  * side; the warp writes mid[k·n_rows + r]. */
@@ -674,7 +689,8 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
      * when the ids are fixed, before waiting for the previous kernel). */
     pdl_trigger();
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
-    if (!p.fixed_ids) pdl_wait();
+    if (p.stamp) moe_stamped_ids(p, ids, wts);
+    else if (!p.fixed_ids) pdl_wait();
     const uint32_t n_items = p.n_sel * p.n_rows, n_tiles = (n_items + NW - 1) / NW;
     auto issue = [&](uint32_t item, uint8_t *dst, const int32_t *id_list) {
         uint32_t k = item / p.n_rows, r = item % p.n_rows;
@@ -685,14 +701,14 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
         stage_span(dst + p.part_stride, p.w1 + off, p.row_bytes, p.aligned, lane);
     };
     uint32_t tile = blockIdx.x, item = tile * NW + warp;
-    if (tile < n_tiles && item < n_items) issue(item, buf, p.ids);
+    if (tile < n_tiles && item < n_items) issue(item, buf, p.stamp ? ids : p.ids);
     cp_async_commit();
-    if (tid < (int)p.n_sel) {
+    if (!p.stamp && tid < (int)p.n_sel) {
         ids[tid] = p.ids[tid];
         wts[tid] = p.weights[tid];
     }
     s = smem + table_bytes<F>();
-    if (p.fixed_ids) pdl_wait();
+    if (p.fixed_ids || p.stamp) pdl_wait();
     const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
                            : stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
@@ -744,7 +760,8 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
      * when the ids are fixed, before waiting for the previous kernel). */
     pdl_trigger();
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
-    if (!p.fixed_ids) pdl_wait();
+    if (p.stamp) moe_stamped_ids(p, ids, nullptr);
+    else if (!p.fixed_ids) pdl_wait();
     const uint32_t n_items = p.n_rows, n_tiles = (n_items + NW - 1) / NW;
     auto issue = [&](uint32_t o, uint8_t *dst, const int32_t *id_list) {
         for (uint32_t k = 0; k < p.n_sel; k++) {
@@ -755,11 +772,11 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
         }
     };
     uint32_t tile = blockIdx.x, item = tile * NW + warp;
-    if (tile < n_tiles && item < n_items) issue(item, buf, p.ids);
+    if (tile < n_tiles && item < n_items) issue(item, buf, p.stamp ? ids : p.ids);
     cp_async_commit();
-    if (tid < (int)p.n_sel) ids[tid] = p.ids[tid];
+    if (!p.stamp && tid < (int)p.n_sel) ids[tid] = p.ids[tid];
     s = smem + table_bytes<F>();
-    if (p.fixed_ids) pdl_wait();
+    if (p.fixed_ids || p.stamp) pdl_wait();
     const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
     cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
@@ -813,7 +830,8 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     uint8_t *const buf = s + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R) + warp * 2 * p.part_stride;
     pdl_trigger();
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
-    if (!p.fixed_ids) pdl_wait();
+    if (p.stamp) moe_stamped_ids(p, ids, nullptr);
+    else if (!p.fixed_ids) pdl_wait();
     const uint32_t n_it = (p.n_rows + gridDim.x * R - 1) / (gridDim.x * R);
     auto row_of = [&](uint32_t it, int slot) { return (it * gridDim.x + blockIdx.x) * (uint32_t)R + (uint32_t)slot; };
     auto issue = [&](uint32_t it, uint8_t *dst, const int32_t *id_list) {
@@ -823,10 +841,10 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
                        lane);
         cp_async_commit();
     };
-    issue(0, buf, p.ids);
-    if (tid < S) ids[tid] = p.ids[tid];
+    issue(0, buf, p.stamp ? ids : p.ids);
+    if (!p.stamp && tid < S) ids[tid] = p.ids[tid];
     s = smem + table_bytes<F>();
-    if (p.fixed_ids) pdl_wait();
+    if (p.fixed_ids || p.stamp) pdl_wait();
     const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, nth);
     cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
@@ -1066,7 +1084,7 @@ static int moe_buffers(const ds4_cuda_kernels *k) {
 template <class F>
 static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
                        uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
-                       const void *x_act, const float *x, int fixed_ids, float *mid, cudaStream_t st,
+                       const void *x_act, const float *x, ds4_cuda_ids_src src, float *mid, cudaStream_t st,
                        ds4_err *err) {
     const int NW = GU_WARPS;
     moe_params p = {};
@@ -1074,7 +1092,9 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
     p.w1 = (const uint8_t *)up;
     p.act = (const uint8_t *)x_act;
     p.x = x;
-    p.fixed_ids = fixed_ids;
+    p.fixed_ids = src.fixed;
+    p.stamp = src.stamp;
+    p.serial = src.serial;
     p.ids = ids;
     p.weights = weights;
     p.out = mid;
@@ -1103,14 +1123,16 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
 
 template <class F>
 static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert,
-                    const int32_t *ids, uint32_t n_sel, const void *mid_act, const float *add, int fixed_ids,
+                    const int32_t *ids, uint32_t n_sel, const void *mid_act, const float *add, ds4_cuda_ids_src src,
                     float *out, cudaStream_t st, ds4_err *err) {
     const int NW = DN_WARPS;
     moe_params p = {};
     p.w0 = (const uint8_t *)down;
     p.act = (const uint8_t *)mid_act;
     p.ids = ids;
-    p.fixed_ids = fixed_ids;
+    p.fixed_ids = src.fixed;
+    p.stamp = src.stamp;
+    p.serial = src.serial;
     p.add = add;
     p.out = out;
     p.tab = k->tables;
@@ -1386,7 +1408,7 @@ static int check_moe(uint32_t wtype, uint32_t n_sel, ds4_err *err) {
 /* Gate/up with the activation quantised already (x_act) or as f32 (xf). */
 static int gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
                    uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
-                   const void *x_act, const float *xf, int fixed_ids, float *mid, ds4_cuda_stream stream,
+                   const void *x_act, const float *xf, ds4_cuda_ids_src src, float *mid, ds4_cuda_stream stream,
                    ds4_err *err) {
     const void *x = x_act ? x_act : (const void *)xf;
     if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_in, gate, x, err) ||
@@ -1395,7 +1417,7 @@ static int gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const 
     if (n_ff == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
 #define GATE_UP(F)                                                                                              \
-    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, xf, fixed_ids, mid, st, err)
+    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, xf, src, mid, st, err)
     switch (wtype) {
     case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
     case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
@@ -1412,33 +1434,35 @@ extern "C" int ds4_cuda_moe_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const v
                                     uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
                                     const float *weights, uint32_t n_sel, float clamp, const void *x_act,
                                     float *mid, ds4_cuda_stream stream, ds4_err *err) {
-    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL, 0, mid,
-                   stream, err);
+    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL,
+                   ds4_cuda_ids_src{}, mid, stream, err);
 }
 
 extern "C" int ds4_cuda_moe_gate_up_x(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
                                       uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
-                                      const float *weights, uint32_t n_sel, float clamp, const float *x,
-                                      int fixed_ids, float *mid, ds4_cuda_stream stream, ds4_err *err) {
-    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, NULL, x, fixed_ids, mid,
-                   stream, err);
+                                      const float *weights, uint32_t n_sel, float clamp, const void *x_act,
+                                      const float *x, ds4_cuda_ids_src src, float *mid, ds4_cuda_stream stream,
+                                      ds4_err *err) {
+    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, x, src, mid, stream,
+                   err);
 }
 
 extern "C" int ds4_cuda_moe_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
                                  uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
                                  const void *mid_act, const float *add, float *out, ds4_cuda_stream stream,
                                  ds4_err *err) {
-    return ds4_cuda_moe_down_x(k, wtype, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, 0, out, stream, err);
+    return ds4_cuda_moe_down_x(k, wtype, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, ds4_cuda_ids_src{},
+                               out, stream, err);
 }
 
 extern "C" int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
                                    uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
-                                   const void *mid_act, const float *add, int fixed_ids, float *out,
+                                   const void *mid_act, const float *add, ds4_cuda_ids_src src, float *out,
                                    ds4_cuda_stream stream, ds4_err *err) {
     if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_ff, down, mid_act, err)) return -1;
     if (n_out == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-#define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, fixed_ids, out, st, err)
+#define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, src, out, st, err)
     switch (wtype) {
     case DS4_TYPE_Q8_0: return DOWN(fmt_q8_0);
     case DS4_TYPE_Q2_K: return DOWN(fmt_q2_K);

@@ -136,18 +136,29 @@ int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *mv, ds4_cuda_s
 int ds4_cuda_matvec_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *a, const ds4_cuda_mv *b, ds4_cuda_stream stream,
                          ds4_err *err);
 
-/* ds4_cuda_moe_gate_up with the activation as f32 x (quantised in every
- * block), and fixed_ids: ids and weights do not depend on earlier kernels
- * (the shared expert), so the first weights are requested before waiting
- * for them. */
+/* Where a MoE launch's ids and weights come from, for when its first
+ * weights can be requested (under programmatic launch):
+ *  - fixed: no kernel writes them (the shared expert): before waiting for
+ *    the previous kernel;
+ *  - stamp (device): an earlier kernel of the step stores the step's
+ *    *serial (device) there once it has written them (k_route): as soon as
+ *    it has, before waiting for the kernels in between;
+ *  - neither (zero): the previous kernel writes them: after waiting. */
+typedef struct ds4_cuda_ids_src {
+    int fixed;
+    const uint32_t *stamp, *serial;
+} ds4_cuda_ids_src;
+
+/* ds4_cuda_moe_gate_up with the activation quantised (x_act) or as f32 x
+ * (x_act NULL; quantised in every block), and the ids' source. */
 int ds4_cuda_moe_gate_up_x(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in,
                            uint32_t n_ff, uint32_t n_expert, const int32_t *ids, const float *weights,
-                           uint32_t n_sel, float clamp, const float *x, int fixed_ids, float *mid,
-                           ds4_cuda_stream stream, ds4_err *err);
-/* ds4_cuda_moe_down with fixed_ids as above. */
+                           uint32_t n_sel, float clamp, const void *x_act, const float *x, ds4_cuda_ids_src src,
+                           float *mid, ds4_cuda_stream stream, ds4_err *err);
+/* ds4_cuda_moe_down with the ids' source. */
 int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff, uint32_t n_out,
                         uint32_t n_expert, const int32_t *ids, uint32_t n_sel, const void *mid_act,
-                        const float *add, int fixed_ids, float *out, ds4_cuda_stream stream, ds4_err *err);
+                        const float *add, ds4_cuda_ids_src src, float *out, ds4_cuda_stream stream, ds4_err *err);
 
 /* The most experts one MoE call takes. */
 #define DS4_CUDA_MAX_SEL 8

@@ -33,6 +33,28 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+/* A finer dependency than pdl_wait, for a small output that a kernel
+ * writes long before it ends (k_route's expert ids): the writer, after
+ * its stores, publishes the step's serial (host-written, distinct every
+ * step) with stamp_publish; a later kernel's block waits for that output
+ * alone with stamp_await and reads it with loads that bypass L1 (__ldcg)
+ * before its own pdl_wait. It cannot wait forever: under programmatic
+ * launch a kernel starts only once every block of the one before it has
+ * started, so the writing block is running by then (without it, it has
+ * finished). */
+__device__ __forceinline__ void stamp_publish(uint32_t *stamp, uint32_t serial) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(stamp), "r"(serial) : "memory");
+}
+
+__device__ __forceinline__ void stamp_await(const uint32_t *stamp, uint32_t serial) {
+    if (threadIdx.x == 0) {
+        uint32_t v;
+        do asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(stamp) : "memory");
+        while (v != serial);
+    }
+    __syncthreads();
+}
+
 /* kernel<<<grid, block, smem, st>>>(args...), with programmatic
  * serialization after the previous kernel when pdl is set; cluster > 0:
  * the grid's blocks in clusters of that many (sm_90+). The launch alone:

@@ -1054,7 +1054,9 @@ static inline int route_blocks(const hc_split_args &hs, const shared_mid_args &s
     return after || hs.mix ? 2 + after : 1;
 }
 
-/* Block 0: the router (block_route). With the FFN's HC split (hs.mix not
+/* Block 0: the router (block_route), then ids and weights published in
+ * *stamp (ds4_cuda_ids_src: the routed gate/up and down request their
+ * first weights as soon as they are). With the FFN's HC split (hs.mix not
  * NULL) block 1 runs it, with sm.act the blocks after that the shared
  * expert's SwiGLU and quantisation, and with ra.act the next ones the
  * routed experts' input as Q8_K (which their gate/up then only copies:
@@ -1064,16 +1066,18 @@ static inline int route_blocks(const hc_split_args &hs, const shared_mid_args &s
  * side stream: H200, 43 layers, the shared expert cost 12.6 us a layer
  * there). route_blocks() gives the grid. */
 __global__ void k_route(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
-                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights, hc_split_args hs,
-                        shared_mid_args sm, routed_act_args ra) {
+                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights, uint32_t *stamp,
+                        hc_split_args hs, shared_mid_args sm, routed_act_args ra) {
     pdl_trigger();
     const int32_t token = io->token; /* step_io: the host's, read before the wait */
+    const uint32_t serial = io->serial;
     pdl_wait();
     extern __shared__ float prob[]; /* 2·ne */
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
     const int n_sm = route_shared_blocks(sm), lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     if (blockIdx.x == 0) {
         block_route(logits, bias, tid2eid, token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
+        if (threadIdx.x == 0) stamp_publish(stamp, serial); /* block_route's thread 0 wrote them */
     } else if (blockIdx.x == 1) {
         if (hs.mix) hc_split_block(hs);
     } else if ((int)blockIdx.x < 2 + n_sm) {
