@@ -429,6 +429,47 @@ static uint64_t naive_xorshift(uint64_t *x) {
     return *x * 0x2545F4914F6CDD1Dull;
 }
 
+/* The definition ds4_argmax_except follows, written plainly: the first
+ * index (not skip) of the largest non-NaN logit; with none above -inf, the
+ * first index not skipped. */
+static int32_t plain_argmax(const float *x, int n, int32_t skip) {
+    int32_t best = -1;
+    for (int32_t i = 0; i < n; i++)
+        if (i != skip && x[i] == x[i] && (best < 0 || x[i] > x[best])) best = i;
+    if (best < 0 || x[best] == -INFINITY) return skip == 0 && n > 1 ? 1 : 0;
+    return best;
+}
+
+/* Greedy over vocabulary-sized and odd-sized arrays: ties (few distinct
+ * values), the skipped index at and around block edges, NaN and -inf. */
+static void test_argmax(void) {
+    enum { N = 129280 };
+    static float x[N];
+    uint64_t r = 7;
+    int bad = 0, cases = 0;
+    const int sizes[] = {1, 2, 15, 16, 17, 255, 256, 257, 1000, N};
+    for (int si = 0; si < (int)(sizeof sizes / sizeof *sizes); si++)
+        for (int kind = 0; kind < 5; kind++)
+            for (int rep = 0; rep < 6; rep++) {
+                const int n = sizes[si];
+                for (int i = 0; i < n; i++) {
+                    uint64_t u = naive_xorshift(&r) >> 40;
+                    x[i] = kind == 1 ? (float)(u % 4) : (float)u / 16777216.0f - 0.5f; /* kind 1: ties */
+                    if (kind == 2 && u % 7 == 0) x[i] = NAN;
+                    if (kind == 3) x[i] = u % 5 ? -INFINITY : x[i];
+                    if (kind == 4) x[i] = u % 3 ? NAN : -INFINITY;
+                }
+                const int32_t skips[] = {-1, 0, n - 1, n / 2, 255, 256, plain_argmax(x, n, -1)};
+                for (int k = 0; k < (int)(sizeof skips / sizeof *skips); k++) {
+                    if (skips[k] >= n) continue;
+                    cases++;
+                    bad += ds4_argmax_except(x, n, skips[k]) != plain_argmax(x, n, skips[k]);
+                }
+                bad += ds4_argmax(x, n) != plain_argmax(x, n, -1);
+            }
+    CHECK(bad == 0, "ds4_argmax_except matches the plain definition (%d of %d cases differ)", bad, cases);
+}
+
 static void test_sampler(void) {
     float l[6] = {0.5f, 3.0f, -1.0f, 3.0f, 2.9f, -7.0f};
     ds4_sampler g = {.temperature = 0, .top_p = 1, .min_p = 0.05f};
@@ -497,6 +538,7 @@ int main(void) {
     test_hadamard();
     test_topk();
     test_sampler();
+    test_argmax();
 
     char q2[512], f32[512], q4[512];
     snprintf(q2, sizeof q2, "%s/engine_tiny_q2.gguf", tmpdir());

@@ -442,16 +442,6 @@ static int snapshot_restore(ds4_session *s, const snapshot *m, ds4_err *err) {
 
 /* --------------------------------------------------------------- decode */
 
-/* First index of the largest logit, EOS excluded (§7.1). */
-static int32_t argmax_except(const float *logits, int n_vocab, int32_t eos) {
-    int32_t best = -1;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        if (i == eos) continue;
-        if (best < 0 || logits[i] > logits[best]) best = i;
-    }
-    return best;
-}
-
 /* ------------------------------------------------------------------ run */
 
 typedef struct frontier_result {
@@ -571,7 +561,7 @@ static int run_sweep(bench_run *b, ds4_err *err) {
         c0 = ds4_process_cpu_now();
         t0 = ds4_now();
         for (int i = 0; i < o->gen_tokens && rc == 0; i++) {
-            int32_t next = argmax_except(ds4_session_logits(s), n_vocab, eos);
+            int32_t next = ds4_argmax_except(ds4_session_logits(s), n_vocab, eos); /* §7.1: EOS excluded */
             rc = ds4_session_eval(s, &next, 1, NULL, NULL, err);
         }
         r.gen_s = ds4_now() - t0;

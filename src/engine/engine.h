@@ -106,6 +106,10 @@ typedef struct ds4_sampler {
 
 void ds4_sampler_seed(ds4_sampler *s, uint64_t seed); /* 0 = time-based */
 int32_t ds4_sample(ds4_sampler *s, const float *logits, int n_vocab);
+/* The first index of the largest logit (NaN never is; with none larger
+ * than -inf, the first index), and the same without index skip (-1: none;
+ * ds4-bench leaves EOS out). */
 int32_t ds4_argmax(const float *logits, int n_vocab);
+int32_t ds4_argmax_except(const float *logits, int n_vocab, int32_t skip);
 
 #endif
