@@ -33,6 +33,7 @@
 
 #include "cuda_formats.cuh"
 #include "cuda_kernels.h"
+#include "cuda_pdl.cuh"
 
 extern "C" {
 #include "../../engine/numerics.h"
@@ -272,6 +273,62 @@ static void device_random_weights(uint32_t wtype, void *w, uint64_t bytes, uint6
 }
 
 __global__ void k_empty(void) {}
+
+/* Dependency latencies (for the decode step's design): every block of the
+ * producer spins ~5 us, then its block 0 stamps %globaltimer and publishes
+ * seq (stamp_publish); block 0 of the consumer, launched with programmatic
+ * serialization, stamps when a poll (stamp_await) sees seq and when its
+ * pdl_wait returns. */
+static __device__ unsigned long long dep_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__global__ void k_dep_producer(uint32_t *flag, uint32_t seq, unsigned long long *t) {
+    pdl_trigger();
+    pdl_wait();
+    const unsigned long long t0 = dep_now();
+    while (dep_now() - t0 < 5000) {}
+    __syncthreads();
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        t[0] = dep_now();
+        stamp_publish(flag, seq);
+    }
+}
+
+__global__ void k_dep_consumer(const uint32_t *flag, uint32_t seq, unsigned long long *t) {
+    pdl_trigger();
+    stamp_await(flag, seq);
+    if (blockIdx.x == 0 && threadIdx.x == 0) t[1] = dep_now();
+    pdl_wait();
+    if (blockIdx.x == 0 && threadIdx.x == 0) t[2] = dep_now();
+}
+
+/* Median ns from the producer's publication to the consumer's poll seeing
+ * it and to its pdl_wait returning, one block an SM each. */
+static void dep_latency(cudaStream_t st, int n_sm, int reps, double *poll_ns, double *wait_ns) {
+    uint32_t *flag;
+    unsigned long long *t, h[3];
+    CK(cudaMalloc(&flag, 4));
+    CK(cudaMalloc(&t, sizeof h));
+    CK(cudaMemset(flag, 0, 4));
+    std::vector<double> poll, wait;
+    for (int i = 0; i < reps + 3; i++) {
+        const uint32_t seq = (uint32_t)i + 1;
+        CK(launch_with(true, 0, k_dep_producer, n_sm, 128, 0, st, flag, seq, t));
+        CK(launch_with(true, 0, k_dep_consumer, n_sm, 128, 0, st, (const uint32_t *)flag, seq, t));
+        CK(cudaMemcpyAsync(h, t, sizeof h, cudaMemcpyDeviceToHost, st));
+        CK(cudaStreamSynchronize(st));
+        if (i >= 3) poll.push_back((double)(h[1] - h[0])), wait.push_back((double)(h[2] - h[0]));
+    }
+    std::sort(poll.begin(), poll.end());
+    std::sort(wait.begin(), wait.end());
+    *poll_ns = poll[poll.size() / 2];
+    *wait_ns = wait[wait.size() / 2];
+    CK(cudaFree(flag));
+    CK(cudaFree(t));
+}
 
 /* A plain 16-byte grid-stride copy, the other estimate of the roofline. */
 __global__ void k_copy(const uint4 *a, uint4 *b, size_t n) {
@@ -677,6 +734,10 @@ int main(int argc, char **argv) {
     printf("device: %s, %d SMs; device-to-device copy (read+write) %.1f GB/s cudaMemcpy, %.1f GB/s copy kernel; "
            "empty kernel in a graph %.2f us\n",
            ds4_cuda_kernels_device_name(k), ds4_cuda_kernels_sm_count(k), memcpy_gbs, kernel_gbs, te.us);
+    double poll_ns, wait_ns;
+    dep_latency(st, ds4_cuda_kernels_sm_count(k), reps, &poll_ns, &wait_ns);
+    printf("after a kernel's last store (st.release): a poll sees it in %.0f ns, the next kernel's "
+           "griddepcontrol.wait returns in %.0f ns\n", poll_ns, wait_ns);
 
     /* Odd shapes: unaligned rows (the 2-byte staging path), one-block rows. */
     bench_matvec(k, st, "odd q8_0", DS4_TYPE_Q8_0, 96, 37, 3, 11);
