@@ -942,6 +942,9 @@ static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uin
 static int shared_expert(enq *q, uint32_t il);
 static int shared_down(enq *q, uint32_t il);
 
+/* The shared expert's ids: fixed (expert 0 of 1, weight 1). */
+static const ds4_cuda_ids_src shared_ids = {1, NULL, NULL};
+
 /* Whether the shared expert's gate and up rows join the router's product,
  * and its SwiGLU and quantisation the router's launch (quantised gate/up
  * of one type, a Q8_0 down, not exact mode); else shared_expert(). */
@@ -1029,7 +1032,7 @@ static int shared_down(enq *q, uint32_t il) {
     enq qs;
     if (side_fork(q, &qs) ||
         ds4_cuda_moe_down_x(e->k, L->down_sh.type, L->down_sh.w, e->m->hp.n_ff_exp, e->m->hp.n_embd, 1, w->zero_id,
-                            1, w->actA, NULL, ds4_cuda_ids_src{1, NULL, NULL}, w->sh, (ds4_cuda_stream)qs.st, q->err))
+                            1, w->actA, NULL, shared_ids, w->sh, (ds4_cuda_stream)qs.st, q->err))
         return -1;
     return side_join(q, "shared expert down");
 }
@@ -1042,13 +1045,13 @@ static int shared_expert(enq *q, uint32_t il) {
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
-    const ds4_cuda_ids_src fixed = {1, NULL, NULL};
     enq qs;
     if (side_fork(q, &qs) ||
         run(&qs, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)) ||
-        moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, fixed, NULL, w->a,
-                    w->smid) ||
-        moe_down(&qs, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, fixed, w->smid, w->actA, NULL, w->sh))
+        moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, shared_ids, NULL,
+                    w->a, w->smid) ||
+        moe_down(&qs, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, shared_ids, w->smid, w->actA, NULL,
+                 w->sh))
         return -1;
     return side_join(q, "shared expert");
 }
