@@ -419,6 +419,10 @@ int ds4_session_new(ds4_engine *e, ds4_session **out, ds4_err *err) {
         ds4_session_free(s);
         return -1;
     }
+    if (s->cuda) { /* the device's logits land there: no copy a token */
+        free(s->logits);
+        s->logits = ds4_cuda_session_logits(s->cuda);
+    }
 #endif
     ds4_session_reset(s);
     *out = s;
@@ -443,7 +447,7 @@ void ds4_session_free(ds4_session *s) {
         }
     free(s->layers);
     free(s->tokens);
-    free(s->logits);
+    if (!s->cuda) free(s->logits); /* else the CUDA session's, freed with it */
     free(s);
 }
 

@@ -52,7 +52,7 @@ struct ds4_session {
     ds4_engine *e;
     int n_tokens;
     int32_t *tokens;   /* ctx */
-    float *logits;     /* n_vocab */
+    float *logits;     /* n_vocab; with CUDA the session's pinned buffer (ds4_cuda_session_logits) */
     layer_kv *layers;  /* n_layer */
     void *cuda;        /* ds4_cuda_session when the engine runs on CUDA, else NULL */
 };

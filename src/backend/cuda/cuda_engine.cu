@@ -1126,6 +1126,7 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     cudaError_t c = cudaMemset(s->state, 0, total ? total : 256);
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, sizeof(step_io));
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_logits, hp->n_vocab * sizeof(float));
+    if (c == cudaSuccess) memset(s->h_logits, 0, hp->n_vocab * sizeof(float));
     if (c != cudaSuccess) {
         ds4_cuda_session_free(s);
         return cuda_fail(err, "session setup", c);
@@ -1137,6 +1138,8 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     *out = s;
     return 0;
 }
+
+extern "C" float *ds4_cuda_session_logits(ds4_cuda_session *s) { return s->h_logits; }
 
 extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
     if (!s) return;
@@ -1251,7 +1254,7 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
         c = cudaMemcpyAsync(s->h_logits, e->w.logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
     if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
     if (c != cudaSuccess) return cuda_fail(err, "decode step", c);
-    memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
+    if (logits != s->h_logits) memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
 #ifdef DS4_CUDA_TIMELINE
     if (++e->tl_step == e->tl_report) tl_report(e);
 #endif

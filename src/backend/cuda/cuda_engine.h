@@ -65,6 +65,10 @@ int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err);
 /* Token `token` at position `pos` (= tokens evaluated so far, < ctx);
  * logits (n_vocab floats, host memory) receive the next-token logits. */
 int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err);
+/* The pinned host buffer (n_vocab floats) that step and prefill copy the
+ * logits into from the device: passed as their logits, it saves them a
+ * 517 KB copy a token (the engine's sessions use it as theirs). */
+float *ds4_cuda_session_logits(ds4_cuda_session *s);
 /* Tokens[0..n) at positions pos0.. (pos0 = tokens evaluated so far,
  * pos0 + n <= ctx) in batched chunks; logits receive the last token's
  * next-token logits. The state after it is the state after n steps. */

@@ -726,6 +726,6 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
     if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
     if (c != cudaSuccess) return cuda_fail(err, "prefill", c);
     pprint(n);
-    memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
+    if (logits != s->h_logits) memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
     return 0;
 }
