@@ -45,7 +45,8 @@ static float rng_uniform(ds4_sampler *s) {
  * the compiler vectorises it), and only the first block holding the
  * maximum is scanned again for its index. A loop that kept an index and
  * compared against logits[best] waited on that load every element: ~360 us
- * a token on the dev machine, about 5% of a GPU decode step. */
+ * a token on the dev machine, 1.4% of the H200 decode rate on the GPU
+ * machine's (BENCHMARKS.md session 13). */
 enum { ARG_BLOCK = 256, ARG_LANES = 16 };
 
 /* The largest of x[0..n) that is not NaN, or -INFINITY. */
