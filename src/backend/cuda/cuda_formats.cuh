@@ -375,14 +375,19 @@ static inline bool ds4_cuda_iq2_tables(uint32_t *out) {
     return true;
 }
 
-/* The same tables as the kernels hold them in shared memory: word w of
- * copy c at [w * DS4_CUDA_IQ2_COPIES + c] (DS4_CUDA_IQ2_TABLE_WORDS *
+/* The compact tables as the kernels hold them in shared memory: word w
+ * of copy c at [w * DS4_CUDA_IQ2_COPIES + c] (DS4_CUDA_IQ2_TABLE_WORDS *
  * DS4_CUDA_IQ2_COPIES words), so that a block copies them in 16-byte
  * pieces. */
+static inline void ds4_cuda_iq2_replicate(const uint32_t *compact, uint32_t *out) {
+    for (int i = 0; i < DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES; i++) out[i] = compact[i / DS4_CUDA_IQ2_COPIES];
+}
+
+/* ds4_cuda_iq2_tables, replicated. */
 static inline bool ds4_cuda_iq2_tables_replicated(uint32_t *out) {
     uint32_t compact[DS4_CUDA_IQ2_TABLE_WORDS];
     if (!ds4_cuda_iq2_tables(compact)) return false;
-    for (int i = 0; i < DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES; i++) out[i] = compact[i / DS4_CUDA_IQ2_COPIES];
+    ds4_cuda_iq2_replicate(compact, out);
     return true;
 }
 

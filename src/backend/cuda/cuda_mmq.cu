@@ -917,8 +917,8 @@ extern "C" int ds4_cuda_mmq_init(ds4_cuda_kernels *k, ds4_err *err) {
                         "allows %d", (int)tc_cfg<64, 1>::SMEM, optin);
     uint32_t compact[DS4_CUDA_IQ2_TABLE_WORDS];
     static uint32_t rep[DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES];
-    if (!ds4_cuda_iq2_tables(compact) || !ds4_cuda_iq2_tables_replicated(rep))
-        return ds4_fail(err, "cuda: the IQ2_XXS grid holds a value other than 8, 25 or 43");
+    if (!ds4_cuda_iq2_tables(compact)) return ds4_fail(err, "cuda: the IQ2_XXS grid holds a value other than 8, 25 or 43");
+    ds4_cuda_iq2_replicate(compact, rep);
     if ((e = cudaMemcpyToSymbol(g_mq_tab, compact, sizeof compact)) != cudaSuccess ||
         (e = cudaMemcpyToSymbol(g_mq_tab_rep, rep, sizeof rep)) != cudaSuccess ||
         (e = allow_tc_smem<mq_q8_0>(optin)) || (e = allow_tc_smem<mq_q2_K>(optin)) ||
