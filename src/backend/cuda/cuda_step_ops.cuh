@@ -159,16 +159,20 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
  * calls, so that any block may read any element of H_in): with y, HC post
  * of the finished sublayer, H[h] = post[h]·y + Σ_src comb[src][h]·H_in[src];
  * and the block adds Σ H² and the products fn_j·H over its elements
- * (doubles, into part). The last block to finish (count) takes mix =
- * (fn·H)·(1/rms(H)), the CPU's fn·(H/rms) up to rounding, and pre =
- * σ(mix·scale + base) + eps; then x = Σ pre·H and a = norm(x)·w from the
- * H values every thread computed for its HC_XB dims right after the wait
- * (D = 4096 in one round): the kernel's latency is its cost, and nothing
- * is loaded after the last block's sums but the sums themselves.
+ * (doubles, into part). Block 0, once every other block has counted
+ * its partials in (count), takes mix = (fn·H)·(1/rms(H)), the CPU's
+ * fn·(H/rms) up to rounding, and pre = σ(mix·scale + base) + eps; then
+ * x = Σ pre·H and a = norm(x)·w from the H values each of its threads
+ * computed for its HC_XB dims right after the wait (D = 4096 in one
+ * round): the kernel's latency is its cost, and nothing is loaded after
+ * the sums but the sums themselves. Only block 0 loads those H values
+ * (when the last block to arrive finished, every block loaded them: 32
+ * times the streams, which the memory system carried on the step's
+ * critical path — H200 timeline, notes/cuda-kernels.md §26).
  * The post gates and mixing matrix of the next sublayer come from mix,
  * later (hc_split_block). */
 enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 8 };
-static_assert(HC_MIX + 1 <= 2 * (HC_THREADS / 32), "k_hc's last block adds two of the sums a warp");
+static_assert(HC_MIX + 1 <= 2 * (HC_THREADS / 32), "k_hc's block 0 adds two of the sums a warp");
 
 __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, const float *y, const float *post,
                                                     const float *comb, uint32_t D, const void *fn, int f16,
@@ -178,7 +182,6 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     __shared__ double red[HC_THREADS / 32][HC_MIX + 1];
     __shared__ double tot[HC_MIX + 1];
     __shared__ float pre_s[HC_N];
-    __shared__ int last;
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, nw = blockDim.x >> 5;
     const uint32_t n = HC_N * D, d0 = blockIdx.x * HC_DPB, nd = D - d0 < HC_DPB ? D - d0 : HC_DPB;
@@ -202,19 +205,21 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
 #pragma unroll
         for (int j = 0; j < HC_MIX; j++) wv[j] = ff[(size_t)j * n];
     }
-    /* the norm weights of this thread's dims of x, should the block be the
-     * last (a weight: read before the wait, off the last block's chain) */
+    /* in the block that finishes (x and a), the norm weights of this
+     * thread's dims of x (a weight: read before the wait, off the chain) */
+    const bool fin = blockIdx.x == 0;
     const uint32_t t1 = tid, n1 = blockDim.x;
     float wn[HC_XB];
+    if (fin)
 #pragma unroll
-    for (int k = 0; k < HC_XB; k++) wn[k] = norm_w[t1 + k * n1 < D ? t1 + k * n1 : D - 1];
+        for (int k = 0; k < HC_XB; k++) wn[k] = norm_w[t1 + k * n1 < D ? t1 + k * n1 : D - 1];
     pdl_wait();
-    /* H after the post of every dimension this thread would take as the
-     * last block (thread t1's dims t1 + k·n1): from H_in and y, loaded
-     * with the thread's own element and computed with the owners' very
-     * operations, so that the last block needs no load after its sums */
+    /* in block 0, H after the post of every dimension this thread takes
+     * there (thread t1's dims t1 + k·n1): from H_in and y, loaded with the
+     * thread's own element and computed with the owners' very operations,
+     * so that nothing is loaded after the sums */
     float hv[HC_XB][HC_N];
-    {
+    if (fin) {
         float yv[HC_XB];
 #pragma unroll
         for (int k = 0; k < HC_XB; k++) {
@@ -263,10 +268,11 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
         __threadfence();
     }
     __syncthreads();
-    if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!fin) {
+        if (tid == 0) atomicAdd(count, 1u);
+        return;
+    }
+    stamp_await(count, gridDim.x - 1); /* the others' partials (an acquire) */
     /* warp w adds sums w and w + nw over the blocks, a block a lane (check_model:
      * at most 32 blocks), both loads in flight at once */
     double tv[2];
