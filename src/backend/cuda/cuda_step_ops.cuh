@@ -168,7 +168,9 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
  * the sums but the sums themselves. Only block 0 loads those H values
  * (when the last block to arrive finished, every block loaded them: 32
  * times the streams, which the memory system carried on the step's
- * critical path — H200 timeline, notes/cuda-kernels.md §26).
+ * critical path — H200 timeline, notes/cuda-kernels.md §26). Block 0's
+ * wait for the others cannot hang: a later kernel starts only once every
+ * block of this one has, and the earlier ones end.
  * The post gates and mixing matrix of the next sublayer come from mix,
  * later (hc_split_block). */
 enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 8 };
