@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cuda_async.cuh"
 #include "cuda_formats.cuh"
 #include "cuda_kernels.h"
 #include "cuda_pdl.cuh"
@@ -328,6 +329,122 @@ static void dep_latency(cudaStream_t st, int n_sm, int reps, double *poll_ns, do
     *wait_ns = wait[wait.size() / 2];
     CK(cudaFree(flag));
     CK(cudaFree(t));
+}
+
+/* Streaming against a latency chain (for the decode step's design: can
+ * weights stream while a chain of dependent loads runs?). Block 0's
+ * thread 0 follows `hops` links of a random cycle through an L2-resident
+ * table (__ldcg, one load waiting for the one before, as a latency
+ * kernel's phases do); the other blocks stream `per_block` bytes each from
+ * DRAM through shared memory, each warp keeping `inflight` 512-byte
+ * chunks requested (cp.async; with `first`, marked evict-first in L2, so
+ * that the table stays there), the bytes discarded. t: chain start/end,
+ * then the streaming blocks' earliest start and latest end. */
+enum { SC_WARPS = 8, SC_CHUNK = 512, SC_MAX_INFLIGHT = 8 };
+
+
+/* cp.async.wait_group for a depth known at run time (1, 2, 4 or 8). */
+__device__ __forceinline__ void sc_wait(int inflight) {
+    switch (inflight) {
+    case 1: cp_async_wait<0>(); break;
+    case 2: cp_async_wait<1>(); break;
+    case 4: cp_async_wait<3>(); break;
+    default: cp_async_wait<7>(); break;
+    }
+}
+
+__global__ void __launch_bounds__(SC_WARPS * 32) k_stream_chain(const uint8_t *w, size_t per_block, int inflight,
+                                                                bool first, const uint32_t *ring, int hops,
+                                                                uint32_t *sink, unsigned long long *t) {
+    __shared__ __align__(16) uint8_t buf[SC_WARPS][SC_MAX_INFLIGHT][SC_CHUNK];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (blockIdx.x == 0) {
+        if (threadIdx.x == 0 && hops > 0) {
+            uint32_t i = 0;
+            const unsigned long long t0 = dep_now();
+            for (int h = 0; h < hops; h++) i = __ldcg(ring + i);
+            t[1] = dep_now();
+            t[0] = t0;
+            *sink = i;
+        }
+        return;
+    }
+    if (per_block == 0) return;
+    atomicMin(&t[2], dep_now());
+    const uint8_t *src = w + (size_t)(blockIdx.x - 1) * per_block;
+    const size_t chunks = per_block / SC_CHUNK / SC_WARPS;
+    auto issue = [&](size_t c) {
+        if (c < chunks) {
+            uint8_t *d = &buf[warp][c % inflight][16 * lane];
+            const uint8_t *g = src + (c * SC_WARPS + warp) * SC_CHUNK + 16 * lane;
+            if (first) cp_async16_once(d, g);
+            else cp_async16(d, g);
+        }
+        cp_async_commit();
+    };
+    for (int c = 0; c < inflight; c++) issue((size_t)c);
+    for (size_t c = 0; c < chunks; c++) {
+        sc_wait(inflight); /* the oldest of the `inflight` groups */
+        issue(c + inflight);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicMax(&t[3], dep_now());
+}
+
+/* ns a chain link and streaming GB/s, alone and together, for each depth. */
+static void stream_chain(cudaStream_t st, int n_sm) {
+    const size_t ring_n = (size_t)1 << 20, bytes = (size_t)8 << 30; /* a 4 MB table, an 8 GB stream */
+    std::vector<uint32_t> perm(ring_n), ring(ring_n);
+    for (size_t i = 0; i < ring_n; i++) perm[i] = (uint32_t)i;
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = ring_n - 1; i > 0; i--) { /* one random cycle through every entry */
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        std::swap(perm[i], perm[x % i]);
+    }
+    for (size_t i = 0; i < ring_n; i++) ring[perm[i]] = perm[(i + 1) % ring_n];
+    uint32_t *d_ring, *sink;
+    uint8_t *w;
+    unsigned long long *t, h[4];
+    CK(cudaMalloc(&d_ring, ring_n * 4));
+    CK(cudaMalloc(&sink, 4));
+    CK(cudaMalloc(&t, sizeof h));
+    CK(cudaMalloc(&w, bytes));
+    CK(cudaMemset(w, 1, bytes));
+    CK(cudaMemcpy(d_ring, ring.data(), ring_n * 4, cudaMemcpyHostToDevice));
+    const int blocks = 2 * n_sm, hops = 1000;
+    const size_t per_block = bytes / blocks / (SC_CHUNK * SC_WARPS) * (SC_CHUNK * SC_WARPS);
+    printf("streaming %.1f GB over %d blocks against a chain of %d dependent L2 loads (block 0):\n", bytes / 1e9,
+           blocks, hops);
+    auto run = [&](int inflight, bool stream, bool chain, bool first, double *ns, double *gbs) {
+        const unsigned long long init[4] = {0, 0, ~0ull, 0};
+        for (int rep = 0; rep < 2; rep++) { /* the first warms the table into L2 */
+            CK(cudaMemcpyAsync(t, init, sizeof init, cudaMemcpyHostToDevice, st));
+            k_stream_chain<<<1 + blocks, SC_WARPS * 32, 0, st>>>(w, stream ? per_block : 0, inflight, first, d_ring,
+                                                                 chain ? hops : 0, sink, t);
+            CK(cudaMemcpyAsync(h, t, sizeof h, cudaMemcpyDeviceToHost, st));
+            CK(cudaStreamSynchronize(st));
+        }
+        *ns = chain ? (double)(h[1] - h[0]) / hops : 0.0;
+        *gbs = stream ? (double)per_block * blocks / (double)(h[3] - h[2]) : 0.0;
+    };
+    double ns0, g;
+    run(1, false, true, false, &ns0, &g);
+    printf("  chain alone: %.0f ns a link\n", ns0);
+    for (int first = 1; first >= 0; first--)
+        for (int inflight = 1; inflight <= SC_MAX_INFLIGHT; inflight *= 2) {
+            double ns_a, gbs_a, ns_b, gbs_b;
+            run(inflight, true, false, first, &ns_a, &gbs_a);
+            run(inflight, true, true, first, &ns_b, &gbs_b);
+            printf("  %s, %d x %d B in flight a warp (%d KB an SM): stream alone %.0f GB/s; together %.0f GB/s, "
+                   "chain %.0f ns a link (%.2fx)\n",
+                   first ? "stream evict-first" : "stream plain", inflight, SC_CHUNK,
+                   inflight * SC_CHUNK * SC_WARPS * 2 / 1024, gbs_a, gbs_b, ns_b, ns_b / ns0);
+        }
+    CK(cudaFree(d_ring));
+    CK(cudaFree(sink));
+    CK(cudaFree(t));
+    CK(cudaFree(w));
 }
 
 /* A plain 16-byte grid-stride copy, the other estimate of the roofline. */
@@ -699,16 +816,18 @@ static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, ui
 #include "cuda_mmq_bench.cuh"
 
 static void usage(void) {
-    fprintf(stderr, "usage: ds4-cuda-bench [--host-check] [--mmq] [--reps N] [--quick] [--device D] [--only SUBSTR]\n");
+    fprintf(stderr, "usage: ds4-cuda-bench [--host-check] [--mmq] [--contention] [--reps N] [--quick] [--device D] "
+                    "[--only SUBSTR]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int reps = 30, device = 0;
-    bool quick = false, mmq = false;
+    bool quick = false, mmq = false, contention = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--host-check")) return host_check() | mmq_host_check();
         else if (!strcmp(argv[i], "--mmq")) mmq = true;
+        else if (!strcmp(argv[i], "--contention")) contention = true;
         else if (!strcmp(argv[i], "--quick")) quick = true;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
@@ -738,6 +857,11 @@ int main(int argc, char **argv) {
     dep_latency(st, ds4_cuda_kernels_sm_count(k), reps, &poll_ns, &wait_ns);
     printf("after a kernel's last store (st.release): a poll sees it in %.0f ns, the next kernel's "
            "griddepcontrol.wait returns in %.0f ns\n", poll_ns, wait_ns);
+    if (contention) {
+        stream_chain(st, ds4_cuda_kernels_sm_count(k));
+        ds4_cuda_kernels_free(k);
+        return 0;
+    }
 
     /* Odd shapes: unaligned rows (the 2-byte staging path), one-block rows. */
     bench_matvec(k, st, "odd q8_0", DS4_TYPE_Q8_0, 96, 37, 3, 11);

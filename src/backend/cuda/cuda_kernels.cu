@@ -86,7 +86,7 @@ __host__ __device__ constexpr uint32_t round16(uint32_t x) { return (x + 15) & ~
 __device__ __forceinline__ void stage_span(uint8_t *dst, const uint8_t *src, uint32_t bytes, bool aligned,
                                            int lane) {
     if (aligned) {
-        for (uint32_t o = 16u * lane; o < bytes; o += 512u) cp_async16(dst + o, src + o);
+        for (uint32_t o = 16u * lane; o < bytes; o += 512u) cp_async16_once(dst + o, src + o);
     } else {
         for (uint32_t o = 2u * lane; o < bytes; o += 64u) *(uint16_t *)(dst + o) = *(const uint16_t *)(src + o);
     }
