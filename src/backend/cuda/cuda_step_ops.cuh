@@ -199,13 +199,13 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
         const __half *fh = (const __half *)fn + cc;
         __half hw[HC_MIX];
 #pragma unroll
-        for (int j = 0; j < HC_MIX; j++) hw[j] = fh[(size_t)j * n];
+        for (int j = 0; j < HC_MIX; j++) hw[j] = __ldcs(fh + (size_t)j * n); /* weights: evict-first (cp_async16_once) */
 #pragma unroll
         for (int j = 0; j < HC_MIX; j++) wv[j] = __half2float(hw[j]);
     } else {
         const float *ff = (const float *)fn + cc;
 #pragma unroll
-        for (int j = 0; j < HC_MIX; j++) wv[j] = ff[(size_t)j * n];
+        for (int j = 0; j < HC_MIX; j++) wv[j] = __ldcs(ff + (size_t)j * n);
     }
     /* in the block that finishes (x and a), the norm weights of this
      * thread's dims of x (a weight: read before the wait, off the chain) */
