@@ -342,7 +342,6 @@ static void dep_latency(cudaStream_t st, int n_sm, int reps, double *poll_ns, do
  * then the streaming blocks' earliest start and latest end. */
 enum { SC_WARPS = 8, SC_CHUNK = 512, SC_MAX_INFLIGHT = 8 };
 
-
 /* cp.async.wait_group for a depth known at run time (1, 2, 4 or 8). */
 __device__ __forceinline__ void sc_wait(int inflight) {
     switch (inflight) {
