@@ -82,7 +82,7 @@ struct dwork {
     float *att_part; /* attention splits' weighted sums [head][split][head_dim] */
     float2 *att_ml;  /* and their (max, sum) [head][split] */
     double *hc_part; /* per k_hc block, HC_MIX + 1 partial sums of HC pre */
-    unsigned *hc_count; /* k_hc blocks done (the last resets it) */
+    unsigned *hc_count; /* k_hc blocks done but block 0 (which waits for them, then resets it) */
     struct topk_grid_state *tkg; /* the grid top-k's state and per-warp counts (cuda_topk_grid.cuh) */
     int *tk_wa, *tk_wt;
     int pdl_failed;  /* capturing with programmatic launches failed once */

@@ -198,8 +198,9 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     if (f16) {
         const __half *fh = (const __half *)fn + cc;
         __half hw[HC_MIX];
+        /* read once a step: evict-first (__ldcs), as cp_async16_once */
 #pragma unroll
-        for (int j = 0; j < HC_MIX; j++) hw[j] = __ldcs(fh + (size_t)j * n); /* read once a step: evict-first, as cp_async16_once */
+        for (int j = 0; j < HC_MIX; j++) hw[j] = __ldcs(fh + (size_t)j * n);
 #pragma unroll
         for (int j = 0; j < HC_MIX; j++) wv[j] = __half2float(hw[j]);
     } else {
