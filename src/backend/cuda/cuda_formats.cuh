@@ -140,6 +140,20 @@ DS4_HD float fs_sub(float a, float b) {
 
 DS4_HD uint16_t fs_ld16(const uint8_t *p) { return *(const uint16_t *)p; }
 
+/* v, computed from the lane id so that ptxas keeps it in a register of the
+ * thread: as a literal, a byte-permute operand was moved from a uniform
+ * register before every use (53 of the 572 SASS instructions of the IQ2_XXS
+ * gate/up's unit loop; cuobjdump, sm_90). */
+DS4_HD uint32_t fs_in_register(uint32_t v) {
+#ifdef __CUDA_ARCH__
+    uint32_t l;
+    asm volatile("mov.u32 %0, %%laneid;" : "=r"(l));
+    return v + (l >> 5);
+#else
+    return v;
+#endif
+}
+
 /* Unit interface, per format F:
  *   F::unit<NR>(b, stride, part, a, ab, tab, copy, isum[NR], summ[NR])
  *     b: block of row 0 in the buffer (row r at b + r*stride); ab: index of
@@ -305,7 +319,7 @@ struct fmt_iq2_xxs_g {
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
         const uint8_t *grid = (const uint8_t *)tab, *sign = grid + 256 * 64;
-        const uint32_t c4 = 4u * (uint32_t)copy;
+        const uint32_t c4 = 4u * (uint32_t)copy, vlo = fs_in_register(DS4_IQ2_VALUES_LO);
         /* G = 4: lanes p and p + 2 of a block start on different halves;
          * G = 2: the 4 blocks of a quarter warp start on different quarters. */
         const int rot = GG == 4 ? (part >> 1) : GG == 2 ? (int)(ab & 3) : 0;
@@ -338,8 +352,8 @@ struct fmt_iq2_xxs_g {
                     uint32_t go = ((k ? A >> (8 * k - 6) : A << 6) & (255u << 6)) | c4;
                     uint32_t so = ((k ? B >> (7 * k - 6) : B << 6) & (127u << 6)) | c4;
                     uint32_t sel = tab_at(grid, go) + tab_at(sign, so);
-                    s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel), xs[2 * k], s);
-                    s = fs_dp4a(fs_perm(DS4_IQ2_VALUES_LO, DS4_IQ2_VALUES_HI, sel >> 16), xs[2 * k + 1], s);
+                    s = fs_dp4a(fs_perm(vlo, DS4_IQ2_VALUES_HI, sel), xs[2 * k], s);
+                    s = fs_dp4a(fs_perm(vlo, DS4_IQ2_VALUES_HI, sel >> 16), xs[2 * k + 1], s);
                 }
                 isum[r] += (int32_t)(2 * (B >> 28) + 1) * s;
             }
