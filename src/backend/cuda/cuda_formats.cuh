@@ -37,8 +37,11 @@
  * nibbles (3 where negative); their sum selects, per element, one byte of
  * the constant {8, 25, 43, -8, -25, -43} with one byte-permute per 4
  * values. Both tables are derived from src/quant's at init and replicated
- * DS4_CUDA_IQ2_COPIES times across shared-memory banks (lane l reads copy
- * l % copies) so that random lookups rarely collide on a bank. */
+ * DS4_CUDA_IQ2_COPIES (32) times across shared-memory banks: lane l reads
+ * copy l, in bank l, so the random lookups of a warp never collide (with
+ * 16 copies lanes l and l + 16 collided half the time: ncu counted 1.93
+ * wavefronts a lookup, and the routed gate/up's shared-memory pipe was its
+ * busiest unit). */
 #ifndef DS4_CUDA_FORMATS_CUH
 #define DS4_CUDA_FORMATS_CUH
 
@@ -75,7 +78,7 @@ enum { DS4_ACT_Q8_0 = 0, DS4_ACT_Q8_K = 1, DS4_ACT_F32 = 2 };
 /* IQ2_XXS nibble tables: 256 grid words, then 128 sign words; in shared
  * memory word w of copy c sits at [w * DS4_CUDA_IQ2_COPIES + c]. */
 #define DS4_CUDA_IQ2_TABLE_WORDS (256 + 128)
-#define DS4_CUDA_IQ2_COPIES 16
+#define DS4_CUDA_IQ2_COPIES 32
 /* The bytes the nibbles select: 8, 25, 43, -8 | -25, -43, 0, 0. */
 #define DS4_IQ2_VALUES_LO 0xf82b1908u
 #define DS4_IQ2_VALUES_HI 0x0000d5e7u
@@ -310,15 +313,16 @@ struct fmt_iq2_xxs_g {
     enum { block_elems = 256, block_bytes = 66, G = GG, act_kind = DS4_ACT_Q8_K, needs_tab = 1, has_summ = 0 };
     enum { SUB = 8 / GG };
     static constexpr float final_scale = 0.125f;
-    /* Table lookups by byte offset: word w of copy c sits at w·64 + 4c
-     * (16 copies), so a code's offset is its bits shifted into place,
-     * masked and or-ed with the lane's 4c — two operations a lookup. */
-    static_assert(DS4_CUDA_IQ2_COPIES == 16, "IQ2_XXS lookups assume 16 table copies (64-byte rows)");
+    /* Table lookups by byte offset: word w of copy c sits at w·128 + 4c
+     * (32 copies: lane l reads copy l, so its lookups always hit bank l),
+     * so a code's offset is its bits shifted into place, masked and or-ed
+     * with the lane's 4c — two operations a lookup. */
+    static_assert(DS4_CUDA_IQ2_COPIES == 32, "IQ2_XXS lookups assume 32 table copies (128-byte rows)");
     DS4_HD static uint32_t tab_at(const uint8_t *t, uint32_t off) { return *(const uint32_t *)(t + off); }
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
-        const uint8_t *grid = (const uint8_t *)tab, *sign = grid + 256 * 64;
+        const uint8_t *grid = (const uint8_t *)tab, *sign = grid + 256 * 128;
         const uint32_t c4 = 4u * (uint32_t)copy, vlo = fs_in_register(DS4_IQ2_VALUES_LO);
         /* G = 4: lanes p and p + 2 of a block start on different halves;
          * G = 2: the 4 blocks of a quarter warp start on different quarters. */
@@ -349,8 +353,8 @@ struct fmt_iq2_xxs_g {
                 int32_t s = 0;
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
-                    uint32_t go = ((k ? A >> (8 * k - 6) : A << 6) & (255u << 6)) | c4;
-                    uint32_t so = ((k ? B >> (7 * k - 6) : B << 6) & (127u << 6)) | c4;
+                    uint32_t go = ((k ? A >> (8 * k - 7) : A << 7) & (255u << 7)) | c4;
+                    uint32_t so = ((k ? B >> (7 * k - 7) : B << 7) & (127u << 7)) | c4;
                     uint32_t sel = tab_at(grid, go) + tab_at(sign, so);
                     s = fs_dp4a(fs_perm(vlo, DS4_IQ2_VALUES_HI, sel), xs[2 * k], s);
                     s = fs_dp4a(fs_perm(vlo, DS4_IQ2_VALUES_HI, sel >> 16), xs[2 * k + 1], s);

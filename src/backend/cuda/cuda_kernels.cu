@@ -397,7 +397,7 @@ __host__ __device__ constexpr uint32_t table_bytes() {
     return F::needs_tab ? DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES * 4 : 0;
 }
 
-/* The IQ2_XXS nibble tables (24 KB, replicated DS4_CUDA_IQ2_COPIES times
+/* The IQ2_XXS nibble tables (48 KB, replicated DS4_CUDA_IQ2_COPIES times
  * in global memory already) into shared memory at s, for the formats that
  * need them: 16-byte cp.async pieces that join the caller's next committed
  * group. Constants, so every kernel stages them first, before it waits for
@@ -1082,12 +1082,13 @@ static bool moe_down_rows(const ds4_cuda_kernels *k) { return k->down_rows != 2;
 
 /* Staging buffers per warp of the MoE kernels: one for Q4_K (more warps
  * fit: ds4-cuda-bench on an H200, q4 gate+up 1732 -> 1938 GB/s, down 994 ->
- * 1127), two (the next item loading during this one) for the q2 formats
- * (q2 gate+up 1166 vs 1130 GB/s with one, down 1105 vs 970). */
+ * 1127) and for IQ2_XXS (its 48 KB of tables leave room for three 8-warp
+ * blocks an SM with one, two with two: gate+up 17.49 vs 17.72 us), two
+ * (the next item loading during this one) for Q2_K (down 1105 vs 970 GB/s). */
 template <class F>
 static int moe_buffers(const ds4_cuda_kernels *k) {
     if (k->moe_nb) return k->moe_nb;
-    return std::is_same<F, fmt_q4_K>::value ? 1 : 2;
+    return std::is_same<F, fmt_q4_K>::value || F::needs_tab ? 1 : 2;
 }
 
 template <class F>
