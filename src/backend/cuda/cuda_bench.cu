@@ -96,7 +96,7 @@ struct split_act {
 };
 
 /* The shared-memory layout the kernels stage, built on the host. */
-static void build_split(uint32_t wtype, const void *act, uint32_t n, split_act *sa) {
+static void build_split(uint32_t wtype, const void *act, uint32_t n, bool halves, split_act *sa) {
     bool q80 = wtype == DS4_TYPE_Q8_0;
     uint32_t bsz = q80 ? 32 : 256, nb = n / bsz;
     sa->mem.assign(n + 4 * nb + 32 * nb + 64, 0);
@@ -111,7 +111,7 @@ static void build_split(uint32_t wtype, const void *act, uint32_t n, split_act *
             d[b] = a->d;
         } else {
             const ds4_block_q8_K *a = (const ds4_block_q8_K *)act + b;
-            memcpy(q + 256 * b, a->qs, 256);
+            for (uint32_t w = 0; w < 64; w++) memcpy(q + 256 * b + 4 * (halves ? act_halves_word(w) : w), a->qs + 4 * w, 4);
             d[b] = a->d;
             memcpy(bs + 16 * b, a->bsums, 32);
         }
@@ -175,7 +175,7 @@ static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const
     random_activation(x.data(), n_in, seed);
     ds4_quantize_act(wtype, x.data(), act.data(), n_in);
     split_act sa;
-    build_split(wtype, act.data(), n_in, &sa);
+    build_split(wtype, act.data(), n_in, F::act_halves, &sa);
     int bad = 0;
     std::vector<float> want(rows);
     for (uint32_t r = 0; r < rows; r++) {
@@ -218,6 +218,7 @@ static int host_check(void) {
         bad += host_check_format<fmt_iq2_xxs>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed);
         bad += host_check_format<fmt_iq2_xxs4>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/4");
         bad += host_check_format<fmt_iq2_xxs2>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/2");
+        bad += host_check_format<fmt_iq2_xxs_natural>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/n");
     }
     bad += host_check_format<fmt_q8_0>(DS4_TYPE_Q8_0, 96, 64, tab, &seed);
     printf("host-check: %s\n", bad ? "FAIL" : "ok");

@@ -61,7 +61,7 @@ DS4_HD float ds4_rms_scale(double ss, int n, float eps) { return 1.0f / sqrtf((f
 
 /* Activation in the split layout the kernels stage into shared memory. */
 typedef struct act_view {
-    const int8_t *q;      /* codes, element i at q[i] */
+    const int8_t *q;      /* codes, element i at q[i] (IQ2_XXS kernels: act_halves_word's order) */
     const float *d;       /* scale of activation block b (32 or 256 elements) */
     const int16_t *bsums; /* Q8_K: sum of codes 16j..16j+15 of block b at bsums[16b + j] */
     const float *x;       /* F16 weights: the f32 activation itself */
@@ -143,6 +143,13 @@ DS4_HD float fs_sub(float a, float b) {
 
 DS4_HD uint16_t fs_ld16(const uint8_t *p) { return *(const uint16_t *)p; }
 
+/* Where code word w (0..63) of a Q8_K block sits in shared memory for the
+ * formats that read a 32-code sub-block as two 16-byte halves (act_halves:
+ * IQ2_XXS): half h of sub-block sb at word 32h + 4sb, so that the 8 lanes of
+ * a load that read 8 different sub-blocks' same half hit 8 different bank
+ * groups (in the natural order, word 8sb + 4h, two lanes shared each). */
+DS4_HD uint32_t act_halves_word(uint32_t w) { return (w & 4) << 3 | (w >> 3) << 2 | (w & 3); }
+
 /* v, computed from the lane id so that ptxas keeps it in a register of the
  * thread: as a literal, a byte-permute operand was moved from a uniform
  * register before every use (53 of the 572 SASS instructions of the IQ2_XXS
@@ -165,7 +172,7 @@ DS4_HD uint32_t fs_in_register(uint32_t v) {
 
 /* ---- Q8_0: d f16, 32 int8 codes; activation Q8_0 with f32 scale. ---- */
 struct fmt_q8_0 {
-    enum { block_elems = 32, block_bytes = 34, G = 1, act_kind = DS4_ACT_Q8_0, needs_tab = 0, has_summ = 0 };
+    enum { block_elems = 32, block_bytes = 34, G = 1, act_kind = DS4_ACT_Q8_0, needs_tab = 0, has_summ = 0, act_halves = 0 };
     static constexpr float final_scale = 1.0f;
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
@@ -197,7 +204,7 @@ struct fmt_q8_0 {
  * Part p = 2h + t reads qs[32h + 16t .. +15]; shift 2s of those bytes are
  * the codes of sub-block j = 8h + 2s + t (model-spec §3). */
 struct fmt_q2_K {
-    enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1 };
+    enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1, act_halves = 0 };
     static constexpr float final_scale = 1.0f;
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
@@ -249,7 +256,7 @@ struct fmt_q2_K {
  * Part c reads qs[16c .. 16c+15]: low nibbles are values 16(c&1).. of
  * sub-block 2(c>>1), high nibbles the same values of sub-block 2(c>>1)+1. */
 struct fmt_q4_K {
-    enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1 };
+    enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1, act_halves = 0 };
     static constexpr float final_scale = 1.0f;
     DS4_HD static void scale_min(const uint8_t *s, int j, int &sc, int &m) {
         if (j < 4) {
@@ -306,11 +313,17 @@ struct fmt_q4_K {
  * same terms bit for bit. Lane order: the sub-blocks are walked in a
  * per-lane rotated order so that the 8 lanes of a 16-byte activation load
  * read at most 2 lanes per bank group, instead of 4 (G=4) or 8 (G=2) in the
- * natural order. G = 4 and 2 are chosen at run time (cuda_kernels.cu
+ * natural order; with the halves layout (act_halves_word) one each for G = 8
+ * and 2 (ncu: the gate/up's activation loads took 8 wavefronts each, 4
+ * ideal; step +0.6% at 4k, ahead in 4 of 4 rounds, +0.8% at 64k). G = 4 and 2 are chosen at run time (cuda_kernels.cu
  * iq2_gate_up_variant, DS4_CUDA_IQ2V). */
-template <int GG>
+template <int GG, bool HALVES = true>
 struct fmt_iq2_xxs_g {
-    enum { block_elems = 256, block_bytes = 66, G = GG, act_kind = DS4_ACT_Q8_K, needs_tab = 1, has_summ = 0 };
+    /* HALVES: the activation in act_halves_word's layout (the kernels that
+     * stage it in shared memory), else in the natural one (cuda_mmq.cu's
+     * plain kernel reads the global copy) */
+    enum { block_elems = 256, block_bytes = 66, G = GG, act_kind = DS4_ACT_Q8_K, needs_tab = 1, has_summ = 0,
+           act_halves = HALVES };
     enum { SUB = 8 / GG };
     static constexpr float final_scale = 0.125f;
     /* Table lookups by byte offset: word w of copy c sits at w·128 + 4c
@@ -342,8 +355,8 @@ struct fmt_iq2_xxs_g {
 #pragma unroll
         for (int j = 0; j < SUB; j++) {
             const int sl = (j + rot) & (SUB - 1), sb = SUB * part + sl;
-            const uint4 *x4 = (const uint4 *)(a.q + 256 * ab + 32 * sb);
-            uint4 x0 = x4[0], x1 = x4[1];
+            const int8_t *xq = a.q + 256 * ab + (HALVES ? 16 : 32) * sb;
+            uint4 x0 = *(const uint4 *)xq, x1 = *(const uint4 *)(xq + (HALVES ? 128 : 16));
             uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
             for (int r = 0; r < NR; r++) {
@@ -370,6 +383,7 @@ struct fmt_iq2_xxs_g {
 typedef fmt_iq2_xxs_g<8> fmt_iq2_xxs;
 typedef fmt_iq2_xxs_g<4> fmt_iq2_xxs4;
 typedef fmt_iq2_xxs_g<2> fmt_iq2_xxs2;
+typedef fmt_iq2_xxs_g<8, false> fmt_iq2_xxs_natural;
 
 /* The compact IQ2_XXS nibble tables (DS4_CUDA_IQ2_TABLE_WORDS words) from
  * src/quant's grid and signs; false if a grid byte is not 8, 25 or 43. */

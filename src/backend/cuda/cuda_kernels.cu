@@ -71,7 +71,7 @@ struct ds4_cuda_kernels {
 
 /* F16 weights: "blocks" of 8 halves (16 bytes), f32 activation. */
 struct fmt_f16 {
-    enum { block_elems = 8, block_bytes = 16, G = 1, act_kind = DS4_ACT_F32, needs_tab = 0 };
+    enum { block_elems = 8, block_bytes = 16, G = 1, act_kind = DS4_ACT_F32, needs_tab = 0, act_halves = 0 };
 };
 
 /* ------------------------------------------------------------------ */
@@ -193,7 +193,7 @@ __host__ __device__ inline uint32_t act_smem_bytes(int kind, uint32_t n) {
  * move a load above a store to shared memory), an L2 round trip each on
  * the kernel's start. The caller waits for its copies (cp_async_wait<0>)
  * before the barrier that precedes their use. */
-template <int KIND>
+template <int KIND, bool HALVES = false>
 __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid, int nth) {
     act_view a = {};
     if (KIND == DS4_ACT_F32) {
@@ -216,7 +216,8 @@ __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid,
         uint32_t *bs = (uint32_t *)(s + n + 4 * nb);
         for (uint32_t j = tid; j < nb * 73; j += nth) {
             const uint32_t b = j / 73, o = j - 73 * b;
-            cp_async4(o == 0 ? (void *)(d + b) : o <= 64 ? (void *)(q + 64 * b + o - 1) : (void *)(bs + 8 * b + o - 65),
+            const uint32_t w = HALVES ? act_halves_word(o - 1) : o - 1;
+            cp_async4(o == 0 ? (void *)(d + b) : o <= 64 ? (void *)(q + 64 * b + w) : (void *)(bs + 8 * b + o - 65),
                       gw + j);
         }
         a.d = d;
@@ -286,7 +287,7 @@ __device__ __forceinline__ void q8_0_put(int8_t *q, float *d, uint32_t b, uint32
  * activation (F16 weights) stays in global memory unless it is normed
  * (then v is kept in shared memory). All threads take part; red: 32
  * doubles of scratch. */
-template <int KIND>
+template <int KIND, bool HALVES = false>
 __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const float *norm_w, float eps,
                                 float *norm_out, double *red, int tid, int nth, bool first) {
     act_view a = {};
@@ -377,8 +378,9 @@ __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const fl
                 uint32_t w[2];
                 int sum;
                 float dd = q8_K_warp(v[k], lane, w, &sum);
-                *(uint32_t *)(q + 256 * b + 8 * lane) = w[0];
-                *(uint32_t *)(q + 256 * b + 8 * lane + 4) = w[1];
+                uint32_t *qw = (uint32_t *)(q + 256 * b);
+                qw[HALVES ? act_halves_word(2 * lane) : 2 * lane] = w[0];
+                qw[HALVES ? act_halves_word(2 * lane + 1) : 2 * lane + 1] = w[1];
                 sum += __shfl_xor_sync(FULL_MASK, sum, 1);
                 if ((lane & 1) == 0) bs[16 * b + lane / 2] = (int16_t)sum;
                 if (lane == 0) d[b] = dd;
@@ -507,9 +509,9 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
     for (uint32_t k = 0; k < p.nbuf; k++) issue(tile + k * bpg, buf + k * p.buf_stride);
     s = smem + table_bytes<F>();
     pdl_wait();
-    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
+    const act_view a = p.x ? stage_act_x<F::act_kind, F::act_halves>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
                                                       p.norm_out, red, tid, NW * 32, blk == 0)
-                           : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+                           : stage_act<F::act_kind, F::act_halves>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -592,9 +594,9 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
     pdl_wait();
     /* as in k_matvec: one shared helper for the two measured 1.5% slower
      * (43 q2 layers, H200, notes/cuda-kernels.md §15) */
-    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
+    const act_view a = p.x ? stage_act_x<F::act_kind, F::act_halves>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
                                                       p.norm_out, red, tid, NW * 32, blk == 0)
-                           : stage_act<F::act_kind>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+                           : stage_act<F::act_kind, F::act_halves>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     float acc = 0.0f;
@@ -716,8 +718,8 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     }
     s = smem + table_bytes<F>();
     if (p.fixed_ids || p.stamp) pdl_wait();
-    const act_view a = p.x ? stage_act_x<F::act_kind>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
-                           : stage_act<F::act_kind>(s, p.act, p.n_in, tid, NW * 32);
+    const act_view a = p.x ? stage_act_x<F::act_kind, F::act_halves>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
+                           : stage_act<F::act_kind, F::act_halves>(s, p.act, p.n_in, tid, NW * 32);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -786,7 +788,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     if (!p.stamp && tid < (int)p.n_sel) ids[tid] = p.ids[tid];
     s = smem + table_bytes<F>();
     if (p.fixed_ids || p.stamp) pdl_wait();
-    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
+    const act_view a = stage_act<F::act_kind, F::act_halves>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
     cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -854,7 +856,7 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     if (!p.stamp && tid < S) ids[tid] = p.ids[tid];
     s = smem + table_bytes<F>();
     if (p.fixed_ids || p.stamp) pdl_wait();
-    const act_view a = stage_act<F::act_kind>(s, p.act, p.n_in * p.n_sel, tid, nth);
+    const act_view a = stage_act<F::act_kind, F::act_halves>(s, p.act, p.n_in * p.n_sel, tid, nth);
     cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; it < n_it; it++) {

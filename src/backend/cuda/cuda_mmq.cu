@@ -31,7 +31,7 @@
 #define MQ_SA 272 /* shared row stride of an int8 tile row (256 + 16) */
 
 /* IQ2_XXS nibble tables: compact (the tensor-core decode) and replicated
- * DS4_CUDA_IQ2_COPIES times (fmt_iq2_xxs::unit, the plain kernel). */
+ * DS4_CUDA_IQ2_COPIES times (fmt_iq2_xxs_natural::unit, the plain kernel). */
 __device__ uint32_t g_mq_tab[DS4_CUDA_IQ2_TABLE_WORDS];
 __device__ uint32_t g_mq_tab_rep[DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES];
 
@@ -1080,7 +1080,7 @@ extern "C" int ds4_cuda_mmq_grouped(ds4_cuda_kernels *k, uint32_t type, const vo
         case DS4_TYPE_Q8_0: k_plain<fmt_q8_0><<<grid, 128, 0, st>>>(p); break;
         case DS4_TYPE_Q2_K: k_plain<fmt_q2_K><<<grid, 128, 0, st>>>(p); break;
         case DS4_TYPE_Q4_K: k_plain<fmt_q4_K><<<grid, 128, 0, st>>>(p); break;
-        default: k_plain<fmt_iq2_xxs><<<grid, 128, 0, st>>>(p); break;
+        default: k_plain<fmt_iq2_xxs_natural><<<grid, 128, 0, st>>>(p); break;
         }
         return check_launch(err, "plain product launch");
     }
