@@ -111,7 +111,8 @@ static void build_split(uint32_t wtype, const void *act, uint32_t n, bool halves
             d[b] = a->d;
         } else {
             const ds4_block_q8_K *a = (const ds4_block_q8_K *)act + b;
-            for (uint32_t w = 0; w < 64; w++) memcpy(q + 256 * b + 4 * (halves ? act_halves_word(w) : w), a->qs + 4 * w, 4);
+            for (uint32_t w = 0; w < 64; w++)
+                memcpy(q + 256 * b + 4 * (halves ? act_halves_word(w) : w), a->qs + 4 * w, 4);
             d[b] = a->d;
             memcpy(bs + 16 * b, a->bsums, 32);
         }

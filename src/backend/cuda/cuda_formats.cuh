@@ -172,7 +172,8 @@ DS4_HD uint32_t fs_in_register(uint32_t v) {
 
 /* ---- Q8_0: d f16, 32 int8 codes; activation Q8_0 with f32 scale. ---- */
 struct fmt_q8_0 {
-    enum { block_elems = 32, block_bytes = 34, G = 1, act_kind = DS4_ACT_Q8_0, needs_tab = 0, has_summ = 0, act_halves = 0 };
+    enum { block_elems = 32, block_bytes = 34, G = 1, act_kind = DS4_ACT_Q8_0, needs_tab = 0, has_summ = 0,
+           act_halves = 0 };
     static constexpr float final_scale = 1.0f;
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
@@ -204,7 +205,8 @@ struct fmt_q8_0 {
  * Part p = 2h + t reads qs[32h + 16t .. +15]; shift 2s of those bytes are
  * the codes of sub-block j = 8h + 2s + t (model-spec §3). */
 struct fmt_q2_K {
-    enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1, act_halves = 0 };
+    enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1,
+           act_halves = 0 };
     static constexpr float final_scale = 1.0f;
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
@@ -256,7 +258,8 @@ struct fmt_q2_K {
  * Part c reads qs[16c .. 16c+15]: low nibbles are values 16(c&1).. of
  * sub-block 2(c>>1), high nibbles the same values of sub-block 2(c>>1)+1. */
 struct fmt_q4_K {
-    enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1, act_halves = 0 };
+    enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1,
+           act_halves = 0 };
     static constexpr float final_scale = 1.0f;
     DS4_HD static void scale_min(const uint8_t *s, int j, int &sc, int &m) {
         if (j < 4) {
@@ -315,8 +318,9 @@ struct fmt_q4_K {
  * read at most 2 lanes per bank group, instead of 4 (G=4) or 8 (G=2) in the
  * natural order; with the halves layout (act_halves_word) one each for G = 8
  * and 2 (ncu: the gate/up's activation loads took 8 wavefronts each, 4
- * ideal; step +0.6% at 4k, ahead in 4 of 4 rounds, +0.8% at 64k). G = 4 and 2 are chosen at run time (cuda_kernels.cu
- * iq2_gate_up_variant, DS4_CUDA_IQ2V). */
+ * ideal; step +0.6% at 4k, ahead in 4 of 4 rounds, +0.8% at 64k). G = 4 and
+ * 2 are chosen at run time (cuda_kernels.cu iq2_gate_up_variant,
+ * DS4_CUDA_IQ2V). */
 template <int GG, bool HALVES = true>
 struct fmt_iq2_xxs_g {
     /* HALVES: the activation in act_halves_word's layout (the kernels that

@@ -193,8 +193,10 @@ __host__ __device__ inline uint32_t act_smem_bytes(int kind, uint32_t n) {
  * move a load above a store to shared memory), an L2 round trip each on
  * the kernel's start. The caller waits for its copies (cp_async_wait<0>)
  * before the barrier that precedes their use. */
-template <int KIND, bool HALVES = false>
+template <class F>
 __device__ act_view stage_act(uint8_t *s, const uint8_t *g, uint32_t n, int tid, int nth) {
+    constexpr int KIND = F::act_kind;
+    constexpr bool HALVES = F::act_halves;
     act_view a = {};
     if (KIND == DS4_ACT_F32) {
         a.x = (const float *)g;
@@ -287,9 +289,11 @@ __device__ __forceinline__ void q8_0_put(int8_t *q, float *d, uint32_t b, uint32
  * activation (F16 weights) stays in global memory unless it is normed
  * (then v is kept in shared memory). All threads take part; red: 32
  * doubles of scratch. */
-template <int KIND, bool HALVES = false>
+template <class F>
 __device__ act_view stage_act_x(uint8_t *s, const float *x, uint32_t n, const float *norm_w, float eps,
                                 float *norm_out, double *red, int tid, int nth, bool first) {
+    constexpr int KIND = F::act_kind;
+    constexpr bool HALVES = F::act_halves;
     act_view a = {};
     const int lane = tid & 31, wp = tid >> 5, nw = nth >> 5;
     float scale = 1.0f;
@@ -509,9 +513,9 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
     for (uint32_t k = 0; k < p.nbuf; k++) issue(tile + k * bpg, buf + k * p.buf_stride);
     s = smem + table_bytes<F>();
     pdl_wait();
-    const act_view a = p.x ? stage_act_x<F::act_kind, F::act_halves>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
-                                                      p.norm_out, red, tid, NW * 32, blk == 0)
-                           : stage_act<F::act_kind, F::act_halves>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    const act_view a = p.x ? stage_act_x<F>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps, p.norm_out, red,
+                                            tid, NW * 32, blk == 0)
+                           : stage_act<F>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -594,9 +598,9 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
     pdl_wait();
     /* as in k_matvec: one shared helper for the two measured 1.5% slower
      * (43 q2 layers, H200, notes/cuda-kernels.md §15) */
-    const act_view a = p.x ? stage_act_x<F::act_kind, F::act_halves>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
-                                                      p.norm_out, red, tid, NW * 32, blk == 0)
-                           : stage_act<F::act_kind, F::act_halves>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    const act_view a = p.x ? stage_act_x<F>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps, p.norm_out, red,
+                                            tid, NW * 32, blk == 0)
+                           : stage_act<F>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     float acc = 0.0f;
@@ -718,8 +722,8 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     }
     s = smem + table_bytes<F>();
     if (p.fixed_ids || p.stamp) pdl_wait();
-    const act_view a = p.x ? stage_act_x<F::act_kind, F::act_halves>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
-                           : stage_act<F::act_kind, F::act_halves>(s, p.act, p.n_in, tid, NW * 32);
+    const act_view a = p.x ? stage_act_x<F>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
+                           : stage_act<F>(s, p.act, p.n_in, tid, NW * 32);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -788,7 +792,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     if (!p.stamp && tid < (int)p.n_sel) ids[tid] = p.ids[tid];
     s = smem + table_bytes<F>();
     if (p.fixed_ids || p.stamp) pdl_wait();
-    const act_view a = stage_act<F::act_kind, F::act_halves>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
+    const act_view a = stage_act<F>(s, p.act, p.n_in * p.n_sel, tid, NW * 32);
     cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -856,7 +860,7 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     if (!p.stamp && tid < S) ids[tid] = p.ids[tid];
     s = smem + table_bytes<F>();
     if (p.fixed_ids || p.stamp) pdl_wait();
-    const act_view a = stage_act<F::act_kind, F::act_halves>(s, p.act, p.n_in * p.n_sel, tid, nth);
+    const act_view a = stage_act<F>(s, p.act, p.n_in * p.n_sel, tid, nth);
     cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; it < n_it; it++) {
