@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_async.cuh"
 #include "cuda_mmq.cuh"
 #include "cuda_mmq.h"
 
@@ -47,19 +48,6 @@ static int check_launch(ds4_err *err, const char *what) {
 /* ------------------------------------------------------------------ */
 /* Device helpers                                                      */
 /* ------------------------------------------------------------------ */
-
-__device__ __forceinline__ void cp_async16(void *sdst, const void *gsrc) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gsrc) : "memory");
-}
-
-__device__ __forceinline__ void cp_async4(void *sdst, const void *gsrc) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gsrc) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t *r, const void *p) {
     unsigned s = (unsigned)__cvta_generic_to_shared(p);
@@ -339,7 +327,7 @@ __global__ void __launch_bounds__(256, 2) k_h16(const __half *w, uint32_t rows, 
     stage_w(0, 0);
     load_x(0);
     store_x(0);
-    cp_async_wait0();
+    cp_async_wait<0>();
     __syncthreads();
     const uint32_t nk = in / H_BK;
     const int mrow = wm * 32, ncol = wn * 64;
@@ -383,7 +371,7 @@ __global__ void __launch_bounds__(256, 2) k_h16(const __half *w, uint32_t rows, 
             }
         }
         if (kt + 1 < nk) store_x(cur ^ 1);
-        cp_async_wait0();
+        cp_async_wait<0>();
         __syncthreads();
     }
 #pragma unroll
@@ -595,7 +583,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
     __syncthreads(); /* tables */
     decode_a(0, 0);
     if (NBUF == 2 && 1 < p.nkb) load_a(1);
-    cp_async_wait0();
+    cp_async_wait<0>();
     __syncthreads();
 
     for (uint32_t kb = 0; kb < p.nkb; kb++) {
@@ -721,7 +709,7 @@ __global__ void __launch_bounds__(tc_cfg<BN, NBUF>::NT, BN == 64 ? 2 : 1) k_tc(c
             __syncthreads(); /* every warp is done with sA */
             if (kb + 1 < p.nkb) decode_a(kb + 1, 0);
         }
-        cp_async_wait0();
+        cp_async_wait<0>();
         __syncthreads();
     }
 
