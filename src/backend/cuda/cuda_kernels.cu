@@ -845,7 +845,12 @@ template <class F>
 __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nth = blockDim.x;
-    const int S = (int)p.n_sel, R = nth / 32 / S, k = warp % S, r = warp / S;
+    /* warp = r·S + k and R = warps / S by subtraction (S ≤ 8, ≤ 16 warps):
+     * a division by the runtime S was ~30 instructions, twice, a warp */
+    const int S = (int)p.n_sel;
+    int k = warp, r = 0, R = 0;
+    while (k >= S) k -= S, r++;
+    for (int t = S; t <= nth / 32; t += S) R++;
     /* Shared memory: [tables][activation][ids][2 x R x S products][warps x 2 buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
@@ -857,30 +862,32 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     else if (!p.fixed_ids) pdl_wait();
     const uint32_t n_it = (p.n_rows + gridDim.x * R - 1) / (gridDim.x * R);
     auto row_of = [&](uint32_t it, int slot) { return (it * gridDim.x + blockIdx.x) * (uint32_t)R + (uint32_t)slot; };
-    auto issue = [&](uint32_t it, uint8_t *dst, const int32_t *id_list) {
-        uint32_t o = row_of(it, r), e = warp < R * S ? (uint32_t)id_list[k] : p.n_expert;
+    /* this warp's expert (none past the R·S working warps) */
+    auto expert = [&](const int32_t *id_list) { return warp < R * S ? (uint32_t)id_list[k] : p.n_expert; };
+    auto issue = [&](uint32_t it, uint8_t *dst, uint32_t e) {
+        uint32_t o = row_of(it, r);
         if (it < n_it && o < p.n_rows && e < p.n_expert)
             stage_span(dst, p.w0 + (size_t)e * p.expert_bytes + (size_t)o * p.row_bytes, p.row_bytes, p.aligned,
                        lane);
         cp_async_commit();
     };
-    issue(0, buf, p.stamp ? ids : p.ids);
+    issue(0, buf, expert(p.stamp ? ids : p.ids));
     if (!p.stamp && tid < S) ids[tid] = p.ids[tid];
     s = smem + table_bytes<F>();
     if (p.fixed_ids || p.stamp) pdl_wait();
     const act_view a = stage_act<F>(s, p.act, p.n_in * p.n_sel, tid, nth);
     cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
+    const uint32_t e = expert(ids); /* read once: the loop's rows all belong to it */
     for (uint32_t it = 0; it < n_it; it++) {
         uint8_t *cur = buf + (it & 1) * p.part_stride;
-        issue(it + 1, buf + ((it + 1) & 1) * p.part_stride, ids);
+        issue(it + 1, buf + ((it + 1) & 1) * p.part_stride, e);
         cp_async_wait<1>();
         __syncwarp();
         float *pp = part + (it & 1) * R * S;
         if (warp < R * S) {
             float d = 0.0f;
-            if (row_of(it, r) < p.n_rows && (uint32_t)ids[k] < p.n_expert)
-                dot_rows<F, 1>(cur, 0, p.nb, a, k * p.nb, tab, lane, &d);
+            if (row_of(it, r) < p.n_rows && e < p.n_expert) dot_rows<F, 1>(cur, 0, p.nb, a, k * p.nb, tab, lane, &d);
             if (lane == 0) pp[r * S + k] = d;
         }
         __syncthreads();
