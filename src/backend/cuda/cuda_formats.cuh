@@ -350,9 +350,10 @@ struct fmt_iq2_xxs_g {
         uint32_t sh = 0;
 #pragma unroll
         for (int r = 0; r < NR; r++) {
-            uintptr_t addr = (uintptr_t)(b + r * stride + 2 + 8 * SUB * part);
-            w[r] = (const uint32_t *)(addr & ~(uintptr_t)3);
-            sh = (uint32_t)(addr & 3) * 8;
+            const uint8_t *p = b + r * stride + 2 + 8 * SUB * part;
+            const uint32_t lo = (uint32_t)(uintptr_t)p & 3;
+            w[r] = (const uint32_t *)(p - lo); /* derived from b: shared-memory loads, not generic */
+            sh = lo * 8;
         }
 #pragma unroll
         for (int r = 0; r < NR; r++) isum[r] = summ[r] = 0;

@@ -110,9 +110,7 @@ __device__ __forceinline__ void span_acc(const uint8_t *span, uint32_t stride, u
                                          uint32_t ab0, const uint32_t *tab, int lane, float *acc) {
     const uint32_t U = nblk * F::G;
     const int copy = lane % DS4_CUDA_IQ2_COPIES;
-    for (uint32_t u0 = 0; u0 < U; u0 += 32) {
-        uint32_t u = u0 + lane;
-        bool valid = u < U;
+    auto step = [&](uint32_t u, bool valid) {
         uint32_t blk = u / F::G;
         int part = (int)(u % F::G);
         int32_t is[NR], sm[NR];
@@ -129,7 +127,13 @@ __device__ __forceinline__ void span_acc(const uint8_t *span, uint32_t stride, u
             if (valid && part == 0)
                 acc[r] += F::term(span + r * stride + blk * F::block_bytes, a, ab0 + blk, is[r], sm[r]);
         }
-    }
+    };
+    /* one unit a lane (the routed gate/up and down rows): no loop, every
+     * lane valid. Not for Q8_0 (G = 1): there it cost the streaming
+     * product 8 registers, which changed its occupancy-derived grid. */
+    if (F::G > 1 && U == 32) step((uint32_t)lane, true);
+    else
+        for (uint32_t u0 = 0; u0 < U; u0 += 32) step(u0 + lane, u0 + lane < U);
 }
 
 /* F16: 8 halves per lane and unit, f32 multiply-adds. */
