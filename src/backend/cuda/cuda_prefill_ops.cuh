@@ -28,6 +28,7 @@
 #include "cuda_engine_impl.cuh"
 #include "cuda_formats.cuh"
 #include "cuda_idx_scores.cuh"
+#include "cuda_hc_split.cuh"
 
 enum { PF_MIX = 2 * HC_N + HC_N * HC_N };
 
@@ -103,34 +104,6 @@ __global__ void __launch_bounds__(256) pf_hc_mix(const void *fn, int f16, const 
         for (int w = 0; w < 8; w++) tot += red[w][k][j], s2 += red[w][k][PF_MIX];
         mix[(size_t)(t0 + k) * PF_MIX + j] = (float)tot * ds4_rms_scale(s2, (int)n, eps);
     }
-}
-
-/* HC pre, step 3-4 for one token by one warp: pre, post and the
- * Sinkhorn-normalised comb from its mix m (cuda_step_ops.cuh k_hc_split's
- * lane layout). */
-__device__ void hc_split_warp(const float *m, const float *scale, const float *base, int iters, float hc_eps,
-                              float *pre_out, float *post_out, float *comb_out) {
-    int lane = threadIdx.x & 31, l = lane & 15, r = l >> 2, col = l & 3;
-    if (lane < HC_N) pre_out[lane] = dev_sigmoid(m[lane] * scale[0] + base[lane]) + hc_eps;
-    if (lane >= HC_N && lane < 2 * HC_N) post_out[lane - HC_N] = 2.0f * dev_sigmoid(m[lane] * scale[1] + base[lane]);
-    float v = m[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
-    float mx = __shfl_sync(0xffffffffu, v, r * 4);
-    for (int k = 1; k < HC_N; k++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, r * 4 + k));
-    v = expf(v - mx);
-    float sum = 0.0f;
-    for (int k = 0; k < HC_N; k++) sum += __shfl_sync(0xffffffffu, v, r * 4 + k);
-    v = v / sum + hc_eps;
-    for (int it = 0; it < iters; it++) {
-        if (it > 0) {
-            float rs = 0.0f;
-            for (int k = 0; k < HC_N; k++) rs += __shfl_sync(0xffffffffu, v, r * 4 + k);
-            v /= rs + hc_eps;
-        }
-        float cs = 0.0f;
-        for (int k = 0; k < HC_N; k++) cs += __shfl_sync(0xffffffffu, v, k * 4 + col);
-        v /= cs + hc_eps;
-    }
-    if (lane < HC_N * HC_N) comb_out[lane] = v;
 }
 
 /* HC pre, step 3-4 per token (one warp each, 8 a block). */

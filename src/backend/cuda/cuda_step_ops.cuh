@@ -33,6 +33,7 @@
 #include "cuda_pdl.cuh"
 #include "cuda_device_math.cuh"
 #include "cuda_idx_scores.cuh"
+#include "cuda_hc_split.cuh"
 
 enum { OPS_THREADS = 512 };
 
@@ -101,36 +102,9 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
     }
 }
 
-/* HC post gates and the Sinkhorn-normalised mixing matrix from mix (model-
- * spec §5.2 step 3), one warp: lane l (mod 16) holds C[r][c], r = l/4,
- * c = l%4; every sum reads its four terms in the CPU's order, so the bits
- * are the CPU's. */
+/* k_hc's mix: HC_N pre, HC_N post and HC_N² mixing terms. */
 enum { HC_MIX = 24 };
 static_assert(HC_MIX < 32, "k_hc reduces the HC_MIX + 1 sums with one warp reduce-scatter");
-
-__device__ void hc_split_warp(const float *mix, const float *scale, const float *base, int iters, float hc_eps,
-                              float *post_out, float *comb_out) {
-    int lane = threadIdx.x & 31, l = lane & 15, r = l >> 2, col = l & 3;
-    if (lane >= HC_N && lane < 2 * HC_N) post_out[lane - HC_N] = 2.0f * dev_sigmoid(mix[lane] * scale[1] + base[lane]);
-    float v = mix[2 * HC_N + l] * scale[2] + base[2 * HC_N + l];
-    float m = __shfl_sync(0xffffffffu, v, r * 4);
-    for (int k = 1; k < HC_N; k++) m = fmaxf(m, __shfl_sync(0xffffffffu, v, r * 4 + k));
-    v = expf(v - m);
-    float sum = 0.0f;
-    for (int k = 0; k < HC_N; k++) sum += __shfl_sync(0xffffffffu, v, r * 4 + k);
-    v = v / sum + hc_eps;
-    for (int it = 0; it < iters; it++) {
-        if (it > 0) {
-            float rs = 0.0f;
-            for (int k = 0; k < HC_N; k++) rs += __shfl_sync(0xffffffffu, v, r * 4 + k);
-            v /= rs + hc_eps;
-        }
-        float cs = 0.0f;
-        for (int k = 0; k < HC_N; k++) cs += __shfl_sync(0xffffffffu, v, k * 4 + col);
-        v /= cs + hc_eps;
-    }
-    if (lane < HC_N * HC_N) comb_out[lane] = v;
-}
 
 /* k_hc's mix turned into the next HC's post gates and mixing matrix
  * (hc_split_warp) by one warp off the critical path — an extra block of
@@ -148,7 +122,7 @@ struct hc_split_args {
 };
 
 __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
-    if (threadIdx.x < 32) hc_split_warp(h.mix, h.scale, h.base, h.iters, h.hc_eps, h.post, h.comb);
+    if (threadIdx.x < 32) hc_split_warp(h.mix, h.scale, h.base, h.iters, h.hc_eps, nullptr, h.post, h.comb);
 }
 
 /* Between two sublayers, one launch (model-spec §5.3, then §5.2 and the
