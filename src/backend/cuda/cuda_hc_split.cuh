@@ -9,6 +9,11 @@
 #include "cuda_device_math.cuh"
 #include "cuda_engine_impl.cuh"
 
+/* One token's mix: HC_N pre gates, HC_N post gates, the HC_N x HC_N
+ * mixing matrix (model.h). */
+enum { HC_MIX = DS4_HC_MIX };
+static_assert(HC_MIX == 2 * HC_N + HC_N * HC_N, "the mix holds pre, post and the mixing matrix");
+
 /* pre gates (when pre_out is not NULL), post gates and the Sinkhorn-
  * normalised mixing matrix from mix m: lane l (mod 16) holds C[r][c],
  * r = l/4, c = l%4; every sum reads its four terms in the CPU's order, so

@@ -161,14 +161,14 @@ static int pf_ws_new(ds4_cuda_session *s, int cap, bool f16, pf_ws **out, ds4_er
     size_t sc_tok = PF_SCORE_FLOATS / max_vis;
     w->score_tok = (int)(sc_tok < C ? (sc_tok ? sc_tok : 1) : C);
 #define F(ptr, n) if (pf_alloc(w, (void **)&(w->ptr), (size_t)(n) * sizeof(*(w->ptr)), err)) goto fail
-    F(tok, C); F(H, C * HC_N * D); F(mix, C * PF_MIX); F(pre, C * HC_N); F(post, C * HC_N); F(comb, C * HC_N * HC_N);
+    F(tok, C); F(H, C * HC_N * D); F(mix, C * HC_MIX); F(pre, C * HC_N); F(post, C * HC_N); F(comb, C * HC_N * HC_N);
     F(a, C * D); F(qr, C * hp->q_lora); F(q, C * qdim); F(kv, C * hd); F(kvc, C * hd);
     F(ckv, C * 2 * hd); F(csc, C * 2 * hd); F(ikv, C * 2 * ihd); F(isc, C * 2 * ihd);
     F(iq, C * hp->n_indexer_head * ihd); F(iw, C * hp->n_indexer_head);
     F(scores, (size_t)w->score_tok * max_vis); F(sel, C * hp->indexer_top_k); F(n_sel, C);
     F(att, C * qdim); F(low, C * low); F(y, C * D); F(router, C * hp->n_expert); F(ids, C * nu); F(ew, C * nu);
     F(sg, C * ff); F(su, C * ff); F(smid, C * ff); F(mid16, C * ff); F(sh, C * D); F(mid, C * nu * ff);
-    F(hc_flat, HC_N * D); F(hmix, PF_MIX); F(ehc, D); F(logits, hp->n_vocab);
+    F(hc_flat, HC_N * D); F(hmix, HC_MIX); F(ehc, D); F(logits, hp->n_vocab);
     F(snap_kv, st_max); F(snap_sc, st_max);
     w->split_n = C * max_sz(max_sz(D, hp->q_lora), max_sz(qdim / hp->n_out_group, max_sz(low, ff)));
     F(xh, w->split_n); F(xl, w->split_n);

@@ -30,8 +30,6 @@
 #include "cuda_idx_scores.cuh"
 #include "cuda_hc_split.cuh"
 
-enum { PF_MIX = 2 * HC_N + HC_N * HC_N };
-
 /* ---------------------------------------------------------------- helpers */
 
 /* ------------------------------------------------------------- kernels */
@@ -62,15 +60,15 @@ __global__ void pf_rmsnorm(const float *x, size_t ldx, float *y, size_t ldy, con
 enum { PF_HC_TOK = 4 };
 __global__ void __launch_bounds__(256) pf_hc_mix(const void *fn, int f16, const float *H, uint32_t n, int T,
                                                  float eps, float *mix) {
-    __shared__ double red[8][PF_HC_TOK][PF_MIX + 1];
+    __shared__ double red[8][PF_HC_TOK][HC_MIX + 1];
     int t0 = blockIdx.x * PF_HC_TOK;
-    float dot[PF_HC_TOK][PF_MIX];
+    float dot[PF_HC_TOK][HC_MIX];
     double ss[PF_HC_TOK];
 #pragma unroll
     for (int k = 0; k < PF_HC_TOK; k++) {
         ss[k] = 0.0;
 #pragma unroll
-        for (int j = 0; j < PF_MIX; j++) dot[k][j] = 0.0f;
+        for (int j = 0; j < HC_MIX; j++) dot[k][j] = 0.0f;
     }
     for (uint32_t c = threadIdx.x; c < n / 2; c += blockDim.x) {
         float2 h[PF_HC_TOK];
@@ -80,7 +78,7 @@ __global__ void __launch_bounds__(256) pf_hc_mix(const void *fn, int f16, const 
             ss[k] += (double)h[k].x * (double)h[k].x + (double)h[k].y * (double)h[k].y;
         }
 #pragma unroll
-        for (int j = 0; j < PF_MIX; j++) {
+        for (int j = 0; j < HC_MIX; j++) {
             float2 w = f16 ? __half22float2(((const __half2 *)fn)[(size_t)j * (n / 2) + c])
                            : ((const float2 *)fn)[(size_t)j * (n / 2) + c];
 #pragma unroll
@@ -91,18 +89,18 @@ __global__ void __launch_bounds__(256) pf_hc_mix(const void *fn, int f16, const 
 #pragma unroll
     for (int k = 0; k < PF_HC_TOK; k++)
 #pragma unroll
-        for (int j = 0; j <= PF_MIX; j++) {
-            double v = j < PF_MIX ? (double)dot[k][j] : ss[k];
+        for (int j = 0; j <= HC_MIX; j++) {
+            double v = j < HC_MIX ? (double)dot[k][j] : ss[k];
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
             if (l == 0) red[wp][k][j] = v;
         }
     __syncthreads();
-    for (int i = threadIdx.x; i < PF_HC_TOK * PF_MIX; i += blockDim.x) {
-        int k = i / PF_MIX, j = i % PF_MIX;
+    for (int i = threadIdx.x; i < PF_HC_TOK * HC_MIX; i += blockDim.x) {
+        int k = i / HC_MIX, j = i % HC_MIX;
         if (t0 + k >= T) continue;
         double tot = 0.0, s2 = 0.0;
-        for (int w = 0; w < 8; w++) tot += red[w][k][j], s2 += red[w][k][PF_MIX];
-        mix[(size_t)(t0 + k) * PF_MIX + j] = (float)tot * ds4_rms_scale(s2, (int)n, eps);
+        for (int w = 0; w < 8; w++) tot += red[w][k][j], s2 += red[w][k][HC_MIX];
+        mix[(size_t)(t0 + k) * HC_MIX + j] = (float)tot * ds4_rms_scale(s2, (int)n, eps);
     }
 }
 
@@ -111,7 +109,7 @@ __global__ void pf_hc_split(const float *mix, const float *scale, const float *b
                             float *pre_out, float *post_out, float *comb_out) {
     int t = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (t >= T) return;
-    hc_split_warp(mix + (size_t)t * PF_MIX, scale, base, iters, hc_eps, pre_out + (size_t)t * HC_N,
+    hc_split_warp(mix + (size_t)t * HC_MIX, scale, base, iters, hc_eps, pre_out + (size_t)t * HC_N,
                   post_out + (size_t)t * HC_N, comb_out + (size_t)t * HC_N * HC_N);
 }
 
@@ -240,15 +238,15 @@ __global__ void __launch_bounds__(256) pf_hc_boundary(float *H, const float *y, 
     extern __shared__ __align__(16) unsigned char hcb_raw[];
     /* the chunks' A tiles, [buffer][hi, lo][token][stream·64 + dim]; after the loop the warps' mix sums */
     typedef __half a_tile[2][PF_HCB_TOK][PF_HCB_AS];
-    static_assert(2 * sizeof(a_tile) >= 8 * PF_HCB_TOK * PF_MIX * sizeof(float), "the warps' sums fit over the A tiles");
+    static_assert(2 * sizeof(a_tile) >= 8 * PF_HCB_TOK * HC_MIX * sizeof(float), "the warps' sums fit over the A tiles");
     static_assert(HC_N * PF_HCB_CH / 16 == 2 * 8, "a chunk is two k steps for each of the 8 warps");
     a_tile *As = (a_tile *)hcb_raw;
-    float(*red)[PF_HCB_TOK][PF_MIX] = (float(*)[PF_HCB_TOK][PF_MIX])hcb_raw;
+    float(*red)[PF_HCB_TOK][HC_MIX] = (float(*)[PF_HCB_TOK][HC_MIX])hcb_raw;
     /* staged chunks, [stage][stream, y][token][dim] */
     typedef float stage[HC_N + 1][PF_HCB_TOK][PF_HCB_CH];
     stage *St = (stage *)(hcb_raw + 2 * sizeof(a_tile));
     __shared__ double red_ss[PF_HCB_TOK], sh[64];
-    __shared__ float mixs[PF_HCB_TOK][PF_MIX], pres[PF_HCB_TOK][HC_N];
+    __shared__ float mixs[PF_HCB_TOK][HC_MIX], pres[PF_HCB_TOK][HC_N];
     __shared__ float posts[PF_HCB_TOK][HC_N], combs[PF_HCB_TOK][HC_N * HC_N];
     const int t0 = blockIdx.x * PF_HCB_TOK, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2,
               q4 = lane & 3;
@@ -367,8 +365,8 @@ __global__ void __launch_bounds__(256) pf_hc_boundary(float *H, const float *y, 
         red[warp][g + 8][col] = acc[j][2], red[warp][g + 8][col + 1] = acc[j][3];
     }
     __syncthreads();
-    for (int i = tid; i < PF_HCB_TOK * PF_MIX; i += blockDim.x) {
-        int r = i / PF_MIX, j = i % PF_MIX;
+    for (int i = tid; i < PF_HCB_TOK * HC_MIX; i += blockDim.x) {
+        int r = i / HC_MIX, j = i % HC_MIX;
         double tot = 0.0;
         for (int w = 0; w < 8; w++) tot += red[w][r][j];
         mixs[r][j] = (float)tot * ds4_rms_scale(red_ss[r], (int)n, eps);

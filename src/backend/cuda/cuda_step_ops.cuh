@@ -102,8 +102,6 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
     }
 }
 
-/* k_hc's mix: HC_N pre, HC_N post and HC_N² mixing terms. */
-enum { HC_MIX = 24 };
 static_assert(HC_MIX < 32, "k_hc reduces the HC_MIX + 1 sums with one warp reduce-scatter");
 
 /* k_hc's mix turned into the next HC's post gates and mixing matrix
