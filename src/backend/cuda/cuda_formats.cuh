@@ -183,6 +183,11 @@ struct fmt_q8_0 {
         uint32_t xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
         for (int r = 0; r < NR; r++) {
+            /* aligned through an integer, so the compiler loads these as
+             * generic memory; derived from b (as IQ2_XXS does) they become
+             * LDS, but the streaming product then needs 8 fewer registers,
+             * its occupancy-derived grid grows and the step ran 1.7% slower
+             * (notes/cuda-kernels.md §28) */
             uintptr_t addr = (uintptr_t)(b + r * stride + 2);
             const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
             uint32_t sh = (uint32_t)(addr & 3) * 8;
