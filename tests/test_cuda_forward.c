@@ -33,7 +33,8 @@
  *    frontiers within TOL_REL), and the indexer's selection equal but for
  *    ties; run twice, the second time with the step holding both kinds of
  *    indexer top-k (DS4_CUDA_TOPK_GRID=40: the one block up to 40 visible
- *    rows, the grid beyond);
+ *    rows, the grid beyond) and the HC kernel's grid form, which devices
+ *    without clusters take (DS4_CUDA_HC_CLUSTER=0);
  *  - free-running F16: all positions reported, the first state difference
  *    named, and loose bounds around the CPU's own noise checked;
  *  - published types: one token through 1-layer models must agree to 1e-5
@@ -358,24 +359,30 @@ static void print_first(const char *what, const state_cmp *c, uint32_t hd) {
  * "bad" row, frontiers within 1e-5), the last ratio-4 layer's indexer
  * selection equal unless the CPU's scores of the rows that differ tie
  * within 1e-3. */
-static void synced_run(const int32_t *toks, bool both_topk) {
+static void synced_run(const int32_t *toks, bool other_forms) {
     ds4_err err = {0};
     void *image = NULL;
     uint64_t size = 0;
     ds4_engine *cpu = NULL, *gpu = NULL;
     ds4_session *sc = NULL, *sg = NULL;
-    const char *what = both_topk ? "F16 model, CUDA step from the CPU's state at every position (strict; the "
-                                   "indexer top-k by one block up to 40 rows, then by the grid)"
-                                 : "F16 model, CUDA step from the CPU's state at every position (strict)";
+    const char *what = other_forms ? "F16 model, CUDA step from the CPU's state at every position (strict; the "
+                                     "indexer top-k by one block up to 40 rows, then by the grid; the HC as a grid)"
+                                   : "F16 model, CUDA step from the CPU's state at every position (strict)";
     if (tiny_image(0, true, &image, &size, &err)) {
         CHECK(0, "%s: %s", what, err.msg);
         return;
     }
     ds4_engine_config cfg = {.model_image = image, .model_image_size = size, .ctx = 512, .threads = 4, .backend = "cpu"};
     float *lc = NULL, *lg = NULL;
-    if (both_topk) setenv("DS4_CUDA_TOPK_GRID", "40", 1); /* the step holds both top-k kinds */
+    if (other_forms) { /* the step holds both top-k kinds, and k_hc's grid form */
+        setenv("DS4_CUDA_TOPK_GRID", "40", 1);
+        setenv("DS4_CUDA_HC_CLUSTER", "0", 1);
+    }
     bool opened = !ds4_engine_open(&cpu, &cfg, &err) && (cfg.backend = "cuda", !ds4_engine_open(&gpu, &cfg, &err));
-    if (both_topk) unsetenv("DS4_CUDA_TOPK_GRID");
+    if (other_forms) {
+        unsetenv("DS4_CUDA_TOPK_GRID");
+        unsetenv("DS4_CUDA_HC_CLUSTER");
+    }
     if (!opened || ds4_session_new(cpu, &sc, &err) || ds4_session_new(gpu, &sg, &err)) {
         CHECK(0, "%s: %s", what, err.msg);
         goto out;

@@ -239,11 +239,69 @@ static bool moe_type(uint32_t t) {
     return t == DS4_TYPE_Q8_0 || t == DS4_TYPE_Q2_K || t == DS4_TYPE_Q4_K || t == DS4_TYPE_IQ2_XXS || plain_type(t);
 }
 
+/* The dynamic shared memory that leaves no room on k_hc's multiprocessor
+ * for another kernel's block: k_hc uses none of it, but a product block
+ * resident beside it (weights streaming in before its own wait) slows
+ * k_hc's latency chain more than the overlap gains. H200, ctx 4096: the
+ * cluster form at 79 registers a thread, which left room for two 256-thread
+ * product blocks, was +0.2% over the 32-block kernel it replaced; with one
+ * or none beside it +1.8 to +2.0% (notes/cuda-kernels.md §29). */
+template <bool CL>
+static size_t hc_sm_fill(int dev) {
+    int per_sm = 0, optin = 0, reserved = 0;
+    cudaFuncAttributes fa = {};
+    if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) != cudaSuccess ||
+        cudaFuncGetAttributes(&fa, k_hc<CL>) != cudaSuccess)
+        return 0;
+    const long room = (per_sm - reserved < optin ? per_sm - reserved : optin) - (long)fa.sharedSizeBytes;
+    if (room <= 0 || cudaFuncSetAttribute(k_hc<CL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)room) != cudaSuccess)
+        return 0;
+    return (size_t)room;
+}
+
+/* k_hc as one cluster of HC_BLOCKS blocks where the device can place one
+ * (sm_90+; DS4_CUDA_HC_CLUSTER=0: the grid form, for tests), else as a grid
+ * whose blocks meet at grid barriers and so must all be resident; either
+ * way a block an SM (hc_sm_fill). */
+static int hc_form(ds4_cuda_engine *e, int cc_major, int dev, int n_sm, ds4_err *err) {
+    const char *env = getenv("DS4_CUDA_HC_CLUSTER");
+    int clusters = 0;
+    if (cc_major >= 9 && !(env && !strcmp(env, "0")) &&
+        cudaFuncSetAttribute(k_hc<true>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr = {};
+        cfg.gridDim = HC_BLOCKS;
+        cfg.blockDim = HC_THREADS;
+        cfg.dynamicSmemBytes = hc_sm_fill<true>(dev);
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = HC_BLOCKS;
+        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        if (cudaOccupancyMaxActiveClusters(&clusters, k_hc<true>, &cfg) != cudaSuccess) clusters = 0;
+        e->hc_smem = cfg.dynamicSmemBytes;
+    }
+    cudaGetLastError(); /* a refusal above only selects the grid form */
+    e->hc_cluster = clusters > 0;
+    if (e->hc_cluster) return 0;
+    e->hc_smem = hc_sm_fill<false>(dev);
+    cudaGetLastError();
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_hc<false>, HC_THREADS, e->hc_smem) != cudaSuccess ||
+        per_sm * n_sm < HC_BLOCKS)
+        return ds4_fail(err, "cuda: %s holds %d of the HC kernel's %d blocks at once", e->name, per_sm * n_sm,
+                        HC_BLOCKS);
+    return 0;
+}
+
 static int check_model(const ds4_model *m, ds4_err *err) {
     const ds4_hparams *hp = &m->hp;
     if (hp->n_hc != HC_N) return ds4_fail(err, "cuda: %u HC streams (the kernels take %d)", hp->n_hc, HC_N);
-    if (hp->n_embd > HC_XB * HC_THREADS)
-        return ds4_fail(err, "cuda: n_embd %u is beyond the HC kernel's %d", hp->n_embd, HC_XB * HC_THREADS);
+    if (hp->n_embd > HC_BLOCKS * HC_DPB || hp->n_embd % HC_EPT)
+        return ds4_fail(err, "cuda: n_embd %u is beyond the HC kernel's (even, at most %d)", hp->n_embd,
+                        HC_BLOCKS * HC_DPB);
     const uint32_t ihd = hp->indexer_head_dim;
     if (hp->head_dim > 2 * ATT_TPB || hp->head_dim % 8 || hp->head_dim - hp->n_rot > 64 * 64 ||
         (ihd && (ihd < 64 || ihd > 512 || (ihd & (ihd - 1)) || hp->n_rot > ihd)))
@@ -312,7 +370,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
 #define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
     F(w->io, 1);
     F(w->H, 4 * D); F(w->H2, 4 * D); F(w->hc_flat, 4 * D);
-    F(w->hc_part, (D + HC_DPB - 1) / HC_DPB * (HC_MIX + 1)); F(w->hc_count, 1);
+    F(w->hc_part, HC_PART); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
     F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
     F(w->rope.cs0, hp->n_rot / 2); F(w->rope.cs1, hp->n_rot / 2);
@@ -528,6 +586,10 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
         ds4_cuda_engine_close(e);
         return cuda_fail(err, "stream", c);
     }
+    if (hc_form(e, cc_major, dev, n_sm, err)) {
+        ds4_cuda_engine_close(e);
+        return -1;
+    }
     upload_weights(e, true, NULL);
     e->arena_size = e->arena_used;
     size_t free_b = 0, total_b = 0;
@@ -713,10 +775,12 @@ static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float 
     dwork *w = &e->w;
     uint32_t D = hp->n_embd;
     float *h_in = sub % 2 ? w->H2 : w->H, *h_out = sub % 2 ? w->H : w->H2;
-    if (run(q, "hc", k_hc, (D + HC_DPB - 1) / HC_DPB, HC_THREADS, 0, (const float *)h_in, h_out, y,
-            (const float *)w->post, (const float *)w->comb, D, (const void *)fn.w, (int)(fn.type == DS4_TYPE_F16),
-            scale, base, hp->hc_eps, norm_w, hp->rms_eps, w->hc_part, w->hc_count, w->mix, w->x, w->a))
-        return -1;
+    cudaError_t c = pdl_launch_cluster(q->pdl, e->hc_cluster ? HC_BLOCKS : 0, e->hc_cluster ? k_hc<true> : k_hc<false>,
+                                       HC_BLOCKS, HC_THREADS, e->hc_smem, q->st, (const float *)h_in, h_out, y,
+                                       (const float *)w->post, (const float *)w->comb, D, (const void *)fn.w,
+                                       (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps, norm_w, hp->rms_eps,
+                                       w->hc_part, w->hc_count, w->mix, w->x, w->a);
+    if (c != cudaSuccess) return cuda_fail(q->err, "hc", c);
     mark(e, q->st, y ? "hc post + pre" : "hc pre");
     return 0;
 }

@@ -81,8 +81,8 @@ struct dwork {
     float *shgu;     /* the shared expert's gate, then up products (with the router's) */
     float *att_part; /* attention splits' weighted sums [head][split][head_dim] */
     float2 *att_ml;  /* and their (max, sum) [head][split] */
-    double *hc_part; /* per k_hc block, HC_MIX + 1 partial sums of HC pre */
-    unsigned *hc_count; /* k_hc blocks done but block 0 (which waits for them, then resets it) */
+    double *hc_part;    /* k_hc's grid form: its blocks' sums (HC_PART) */
+    unsigned *hc_count; /* k_hc's grid form: its barriers' arrivals (only grows) */
     struct topk_grid_state *tkg; /* the grid top-k's state and per-warp counts (cuda_topk_grid.cuh) */
     int *tk_wa, *tk_wt;
     int pdl_failed;  /* capturing with programmatic launches failed once */
@@ -124,6 +124,8 @@ struct ds4_cuda_engine {
     bool att_tc;            /* k_attention_split_tc (tensor cores) instead of k_attention_split */
     int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk alone */
     bool topk_cluster;      /* those blocks as one cluster (k_topk_grid<true>) */
+    bool hc_cluster;        /* k_hc's blocks as one cluster (k_hc<true>) */
+    size_t hc_smem;         /* k_hc's unused dynamic shared memory: an SM to itself */
     int topk_one_rows;      /* k_idx_topk runs where at most this many rows are visible (0: not in the step) */
     int topk_threads;       /* k_idx_topk's block */
     uint32_t serial;        /* the last step's step_io.serial */

@@ -30,6 +30,7 @@
 #include "cuda_engine_impl.cuh"
 #include "cuda_formats.cuh"
 #include "cuda_async.cuh"
+#include "cuda_block_meet.cuh"
 #include "cuda_pdl.cuh"
 #include "cuda_device_math.cuh"
 #include "cuda_idx_scores.cuh"
@@ -124,137 +125,126 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
 }
 
 /* Between two sublayers, one launch (model-spec §5.3, then §5.2 and the
- * next sublayer's RMSNorm). Thread t of block b owns element (h, d) of H,
- * h = t / HC_DPB, d = b·HC_DPB + t % HC_DPB: it loads its MIX weights of fn
- * (MIX rows of HC_N·D, F16 or F32) before waiting for the previous kernel;
- * H is read from H_in and written to H (two buffers, alternating between
- * calls, so that any block may read any element of H_in): with y, HC post
- * of the finished sublayer, H[h] = post[h]·y + Σ_src comb[src][h]·H_in[src];
- * and the block adds Σ H² and the products fn_j·H over its elements
- * (doubles, into part). Block 0, once every other block has counted
- * its partials in (count), takes mix = (fn·H)·(1/rms(H)), the CPU's
- * fn·(H/rms) up to rounding, and pre = σ(mix·scale + base) + eps; then
- * x = Σ pre·H and a = norm(x)·w from the H values each of its threads
- * computed for its HC_XB dims right after the wait (D = 4096 in one
- * round): the kernel's latency is its cost, and nothing is loaded after
- * the sums but the sums themselves. Only block 0 loads those H values
- * (when the last block to arrive finished, every block loaded them: 32
- * times the streams, which the memory system carried on the step's
- * critical path — H200 timeline, notes/cuda-kernels.md §26). Block 0's
- * wait for the others cannot hang: a later kernel starts only once every
- * block of this one has, and the earlier ones end.
- * The post gates and mixing matrix of the next sublayer come from mix,
- * later (hc_split_block). */
-enum { HC_DPB = 128, HC_THREADS = HC_N * HC_DPB, HC_XB = 8 };
-static_assert(HC_MIX + 1 <= 2 * (HC_THREADS / 32), "k_hc's block 0 adds two of the sums a warp");
+ * next sublayer's RMSNorm) of HC_BLOCKS blocks. Thread t of block b owns
+ * HC_EPT consecutive dims d = b·HC_DPB + (t mod HC_TPS)·HC_EPT of stream
+ * h = t / HC_TPS: it loads its MIX weights of fn (F16 or F32) before
+ * waiting for the previous kernel; H is read from H_in and written to H
+ * (two buffers, alternating between calls, so that any block may read any
+ * element of H_in): with y, HC post of the finished sublayer, H[h] =
+ * post[h]·y + Σ_src comb[src][h]·H_in[src]; and it adds Σ H² and the
+ * products fn_j·H (doubles). Every block gets every block's HC_MIX + 1
+ * sums and adds them in block order, so all hold the same totals: mix =
+ * (fn·H)·(1/rms(H)), the CPU's fn·(H/rms) up to rounding, and pre =
+ * σ(mix·scale + base) + eps. Each block then writes x = Σ pre·H and a =
+ * norm(x)·w for its own dims (their H in shared memory), the sums of x²
+ * exchanged the same way; block 0 writes mix, whose split into the next
+ * sublayer's post gates and mixing matrix a later kernel does
+ * (hc_split_block).
+ *
+ * CL (sm_90+): the blocks are one thread-block cluster and exchange the
+ * sums through distributed shared memory at two cluster barriers: no
+ * global round trip and no finishing block. Otherwise through global
+ * memory (part) at grid barriers (count): the blocks are all resident
+ * (checked at open), and the next kernel launches only once each has
+ * started. Either way each block has its SM to itself (the launch asks
+ * for the SM's shared memory: hc_sm_fill). H200, ctx 4096: +1.6% a token
+ * over 32 blocks whose block 0 finished once the others had counted their
+ * partials in (notes/cuda-kernels.md §29). */
+enum {
+    HC_BLOCKS = 16,
+    HC_THREADS = 512,
+    HC_TPS = HC_THREADS / HC_N,       /* threads a stream */
+    HC_EPT = 2,                       /* dims a thread */
+    HC_DPB = HC_TPS * HC_EPT,         /* dims a block */
+    HC_XW = HC_DPB / 32,              /* warps that write x and a */
+    HC_PART = HC_BLOCKS * (HC_MIX + 1 + HC_XW) /* the grid form's exchanged sums */
+};
+static_assert(HC_MIX + 1 <= 2 * (HC_THREADS / 32), "k_hc adds two of the block sums a warp");
+static_assert(HC_BLOCKS <= 32 && (HC_BLOCKS & (HC_BLOCKS - 1)) == 0, "k_hc: a lane a block, a power of two");
+static_assert(HC_BLOCKS * HC_XW % 32 == 0 && HC_DPB <= HC_THREADS, "k_hc: x's sums a lane");
 
+template <bool CL>
 __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, const float *y, const float *post,
                                                     const float *comb, uint32_t D, const void *fn, int f16,
                                                     const float *scale, const float *base, float hc_eps,
                                                     const float *norm_w, float rms_eps, double *part, unsigned *count,
                                                     float *mix, float *x, float *a) {
     __shared__ double red[HC_THREADS / 32][HC_MIX + 1];
+    __shared__ double bsum[HC_BLOCKS][HC_MIX + 1]; /* CL: every block's sums */
+    __shared__ double bxs[HC_BLOCKS * HC_XW];       /* CL: every x-writing warp's Σ x² */
     __shared__ double tot[HC_MIX + 1];
     __shared__ float pre_s[HC_N];
+    __shared__ float sH[HC_N][HC_DPB];
     pdl_trigger();
-    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, nw = blockDim.x >> 5;
-    const uint32_t n = HC_N * D, d0 = blockIdx.x * HC_DPB, nd = D - d0 < HC_DPB ? D - d0 : HC_DPB;
-    const bool own = tid < (int)(HC_N * nd);
-    const uint32_t h = own ? tid / nd : 0, d = d0 + (own ? tid % nd : 0);
-    const size_t c = (size_t)h * D + d;
-    /* all MIX loads issued before any is used: a branch per load (own,
-     * f16) put each load and its use in one basic block and serialized
-     * them (21.6 us a call under ncu) */
-    const size_t cc = own ? c : 0;
-    float wv[HC_MIX];
+    if (CL) cluster_arrive_relaxed();
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, nw = blockDim.x >> 5, b = blockIdx.x;
+    const uint32_t n = HC_N * D, h = tid / HC_TPS, p = (tid % HC_TPS) * HC_EPT, d = b * HC_DPB + p;
+    const bool own = d < D; /* check_model: D even */
+    const size_t c = own ? (size_t)h * D + d : 0;
+    /* read once a step: evict-first (__ldcs), as cp_async16_once */
+    float2 wv[HC_MIX];
     if (f16) {
-        const __half *fh = (const __half *)fn + cc;
-        __half hw[HC_MIX];
-        /* read once a step: evict-first (__ldcs), as cp_async16_once */
+        __half2 hw[HC_MIX];
 #pragma unroll
-        for (int j = 0; j < HC_MIX; j++) hw[j] = __ldcs(fh + (size_t)j * n);
+        for (int j = 0; j < HC_MIX; j++) hw[j] = __ldcs((const __half2 *)((const __half *)fn + c + (size_t)j * n));
 #pragma unroll
-        for (int j = 0; j < HC_MIX; j++) wv[j] = __half2float(hw[j]);
+        for (int j = 0; j < HC_MIX; j++) wv[j] = __half22float2(hw[j]);
     } else {
-        const float *ff = (const float *)fn + cc;
 #pragma unroll
-        for (int j = 0; j < HC_MIX; j++) wv[j] = __ldcs(ff + (size_t)j * n);
+        for (int j = 0; j < HC_MIX; j++) wv[j] = __ldcs((const float2 *)((const float *)fn + c + (size_t)j * n));
     }
-    /* in the block that finishes (x and a), the norm weights of this
-     * thread's dims of x (a weight: read before the wait, off the chain) */
-    const bool fin = blockIdx.x == 0;
-    const uint32_t t1 = tid, n1 = blockDim.x;
-    float wn[HC_XB];
-    if (fin)
-#pragma unroll
-        for (int k = 0; k < HC_XB; k++) wn[k] = norm_w[t1 + k * n1 < D ? t1 + k * n1 : D - 1];
+    /* thread t < HC_DPB writes x and a for dim b·HC_DPB + t: its norm weight */
+    const uint32_t dx = b * HC_DPB + tid;
+    const bool xown = tid < HC_DPB && dx < D;
+    const float wn = xown ? norm_w[dx] : 0.0f;
     pdl_wait();
-    /* in block 0, H after the post of every dimension this thread takes
-     * there (thread t1's dims t1 + k·n1): from H_in and y, loaded with the
-     * thread's own element and computed with the owners' very operations,
-     * so that nothing is loaded after the sums */
-    float hv[HC_XB][HC_N];
-    if (fin) {
-        float yv[HC_XB];
-#pragma unroll
-        for (int k = 0; k < HC_XB; k++) {
-            const uint32_t dd = t1 + k * n1 < D ? t1 + k * n1 : D - 1; /* no branch: all loads in flight */
-            yv[k] = y ? y[dd] : 0.0f;
-#pragma unroll
-            for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = H_in[(size_t)hh * D + dd];
-        }
-        if (y)
-#pragma unroll
-            for (int k = 0; k < HC_XB; k++) {
-                float nv[HC_N];
-#pragma unroll
-                for (int hh = 0; hh < HC_N; hh++) {
-                    float acc = post[hh] * yv[k];
-                    for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + hh] * hv[k][src];
-                    nv[hh] = acc;
-                }
-#pragma unroll
-                for (int hh = 0; hh < HC_N; hh++) hv[k][hh] = nv[hh];
-            }
-    }
-    float v = 0.0f;
+    float2 v = make_float2(0.0f, 0.0f);
     if (own) {
-        v = H_in[c];
+        v = *(const float2 *)(H_in + c);
         if (y) {
-            float acc = post[h] * y[d];
-            for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + h] * H_in[(size_t)src * D + d];
-            v = acc;
+            const float2 yv = *(const float2 *)(y + d);
+            float2 hs[HC_N];
+#pragma unroll
+            for (int src = 0; src < HC_N; src++) hs[src] = *(const float2 *)(H_in + (size_t)src * D + d);
+            float ax = post[h] * yv.x, ay = post[h] * yv.y;
+            for (int src = 0; src < HC_N; src++) {
+                ax += comb[src * HC_N + h] * hs[src].x;
+                ay += comb[src * HC_N + h] * hs[src].y;
+            }
+            v = make_float2(ax, ay);
         }
-        H[c] = v;
+        *(float2 *)(H + c) = v;
+        sH[h][p] = v.x;
+        sH[h][p + 1] = v.y;
     }
     double prod[32];
 #pragma unroll
-    for (int j = 0; j < 32; j++) prod[j] = j < HC_MIX ? (double)(wv[j] * v) : j == HC_MIX ? (double)v * (double)v : 0.0;
+    for (int j = 0; j < 32; j++)
+        prod[j] = j < HC_MIX ? (double)(wv[j].x * v.x) + (double)(wv[j].y * v.y)
+                 : j == HC_MIX ? (double)v.x * (double)v.x + (double)v.y * (double)v.y
+                               : 0.0;
     const double ts = warp_scatter_sum32(prod, lane);
     if (lane <= HC_MIX) red[wp][lane] = ts;
+    if (CL) cluster_wait(); /* every block runs: its shared memory may be written */
     __syncthreads();
-    /* only the partials' writers fence before the arrival (thread 0, the
-     * one that arrives, among them): the H stores of the other warps are
-     * read by later kernels only, so those warps need not wait for them */
+    /* this block's sums to every block */
     if (tid <= HC_MIX) {
         double t = 0.0;
         for (int i = 0; i < nw; i++) t += red[i][tid];
-        part[(size_t)blockIdx.x * (HC_MIX + 1) + tid] = t;
-        __threadfence();
+        if (CL)
+#pragma unroll
+            for (int r = 0; r < HC_BLOCKS; r++) *cluster_at(&bsum[b][tid], r) = t;
+        else
+            part[b * (HC_MIX + 1) + tid] = t;
     }
-    __syncthreads();
-    if (!fin) {
-        if (tid == 0) atomicAdd(count, 1u);
-        return;
-    }
-    stamp_await(count, gridDim.x - 1); /* the others' partials (an acquire) */
-    /* warp w adds sums w and w + nw over the blocks, a block a lane (check_model:
-     * at most 32 blocks), both loads in flight at once */
+    if (CL) cluster_sync();
+    else grid_ticket_sync(count, HC_BLOCKS);
+    /* warp w adds sums w and w + nw over the blocks, a block a lane */
     double tv[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int j = wp + r * nw;
-        tv[r] = j <= HC_MIX && lane < (int)gridDim.x ? __ldcg(&part[(size_t)lane * (HC_MIX + 1) + j]) : 0.0;
+        tv[r] = j > HC_MIX || lane >= HC_BLOCKS ? 0.0 : CL ? bsum[lane][j] : __ldcg(&part[lane * (HC_MIX + 1) + j]);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -264,33 +254,36 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     __syncthreads();
     if (tid < HC_MIX) {
         float m = (float)tot[tid] * ds4_rms_scale(tot[HC_MIX], (int)n, rms_eps);
-        mix[tid] = m;
+        if (b == 0) mix[tid] = m;
         if (tid < HC_N) pre_s[tid] = dev_sigmoid(m * scale[0] + base[tid]) + hc_eps;
     }
     __syncthreads();
-    if (tid == 0) *count = 0;
-    /* x and its norm by the whole block: thread t1 takes dims t1 + k·n1,
-     * k < HC_XB (check_model: D ≤ HC_XB·n1), their H already in hv */
-    double xs = 0.0;
-#pragma unroll
-    for (int k = 0; k < HC_XB; k++) {
-        float acc = 0.0f;
-        for (int hh = 0; hh < HC_N; hh++) acc += pre_s[hh] * hv[k][hh];
-        hv[k][0] = acc;
-        if (t1 + k * n1 < D) {
-            x[t1 + k * n1] = acc;
-            xs += (double)acc * (double)acc;
+    /* x for this block's dims, and each x-writing warp's Σ x² to every block */
+    double *xs_part = part + HC_BLOCKS * (HC_MIX + 1);
+    float xv = 0.0f;
+    if (tid < HC_DPB) {
+        if (xown) {
+            for (int hh = 0; hh < HC_N; hh++) xv += pre_s[hh] * sH[hh][tid];
+            x[dx] = xv;
+        }
+        double xs = (double)xv * (double)xv;
+        for (int o = 16; o > 0; o >>= 1) xs += __shfl_xor_sync(0xffffffffu, xs, o);
+        if (CL) {
+            if (lane < HC_BLOCKS) *cluster_at(&bxs[b * HC_XW + wp], lane) = xs;
+        } else if (lane == 0) {
+            xs_part[b * HC_XW + wp] = xs;
         }
     }
-    for (int o = 16; o > 0; o >>= 1) xs += __shfl_xor_sync(0xffffffffu, xs, o);
-    if (lane == 0) red[wp][0] = xs;
-    __syncthreads();
-    double t = 0.0;
-    for (int i = 0; i < nw; i++) t += red[i][0];
-    float sc = ds4_rms_scale(t, (int)D, rms_eps);
+    if (CL) cluster_sync(); /* after it, no block touches another's shared memory */
+    else grid_ticket_sync(count, HC_BLOCKS);
+    if (tid < HC_DPB) {
+        double s = 0.0;
 #pragma unroll
-    for (int k = 0; k < HC_XB; k++)
-        if (t1 + k * n1 < D) a[t1 + k * n1] = hv[k][0] * sc * wn[k];
+        for (int k = 0; k < HC_BLOCKS * HC_XW / 32; k++)
+            s += CL ? bxs[lane + 32 * k] : __ldcg(&xs_part[lane + 32 * k]);
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (xown) a[dx] = xv * ds4_rms_scale(s, (int)D, rms_eps) * wn;
+    }
 }
 
 /* HC post (model-spec §5.3): H[dst] = post[dst]·y + Σ_src comb[src][dst]·H[src]. */

@@ -32,9 +32,9 @@
 #ifndef DS4_CUDA_TOPK_GRID_CUH
 #define DS4_CUDA_TOPK_GRID_CUH
 
-#include <cooperative_groups.h>
 #include <stdint.h>
 
+#include "cuda_block_meet.cuh"
 #include "cuda_device_math.cuh"
 #include "cuda_pdl.cuh"
 
@@ -92,22 +92,6 @@ __device__ __forceinline__ void topk_grid_sync(unsigned *arrive, unsigned target
  * starved and the next kernel may launch at once. */
 enum { TOPK_CLUSTER_MAX = 8 };
 
-__device__ __forceinline__ void topk_cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cooperative_groups::this_cluster().sync();
-#endif
-}
-
-/* p in the shared memory of the cluster's block `rank`. */
-template <typename T>
-__device__ __forceinline__ const T *topk_cluster_at(T *p, int rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    return cooperative_groups::this_cluster().map_shared_rank(p, rank);
-#else
-    return p;
-#endif
-}
-
 /* The picks, in index order, into sel; n_sel = top_k, or -1 while every
  * visible row is attended. Nothing at positions where at most min_rows rows
  * are visible (k_idx_topk's, when the step holds both). st, wa, wt: the
@@ -158,10 +142,10 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
                 for (int v = 0; v < TOPK_GRID_WARPS; v++) n += h[v][b];
                 cbin[pass & 1][b] = n;
             }
-            topk_cluster_sync();
+            cluster_sync();
             for (int b = threadIdx.x; b < 256; b += TOPK_GRID_THREADS) {
                 int n = 0;
-                for (int r = 0; r < (int)gridDim.x; r++) n += *topk_cluster_at(&cbin[pass & 1][b], r);
+                for (int r = 0; r < (int)gridDim.x; r++) n += *cluster_at(&cbin[pass & 1][b], r);
                 tot[b] = n;
             }
         } else {
@@ -193,7 +177,7 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
     ties = __reduce_add_sync(0xffffffffu, ties);
     if (CL) {
         if (lane == 0) cw[0][w] = above, cw[1][w] = ties;
-        topk_cluster_sync();
+        cluster_sync();
     } else {
         if (lane == 0) wa[gw] = above, wt[gw] = ties;
         topk_grid_sync(&st->arrive, ++barriers * gridDim.x);
@@ -203,7 +187,7 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
     }
     /* warp v's counts (of the whole grid) */
     auto count_of = [&](int v, int which) {
-        if (CL) return *topk_cluster_at(&cw[which][v % TOPK_GRID_WARPS], v / TOPK_GRID_WARPS);
+        if (CL) return *cluster_at(&cw[which][v % TOPK_GRID_WARPS], v / TOPK_GRID_WARPS);
         return __ldcg(which ? &wt[v] : &wa[v]);
     };
     /* the counts of the warps of earlier blocks, then of this block's warps before each */
@@ -225,7 +209,7 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
         if (lane < TOPK_GRID_WARPS) s_before[0][lane] = ta + ia - oa, s_before[1][lane] = tt + it - ot;
     }
     __syncthreads();
-    if (CL) topk_cluster_sync(); /* no block leaves while another reads its counts */
+    if (CL) cluster_sync(); /* no block leaves while another reads its counts */
     const int a_before = s_before[0][w], t_before = s_before[1][w];
     /* warp_write_picks, from registers */
     const unsigned below = (1u << lane) - 1u;
