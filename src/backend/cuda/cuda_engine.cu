@@ -244,8 +244,8 @@ static bool moe_type(uint32_t t) {
  * resident beside it (weights streaming in before its own wait) slows
  * k_hc's latency chain more than the overlap gains. H200, ctx 4096: the
  * cluster form at 79 registers a thread, which left room for two 256-thread
- * product blocks, was +0.2% over the 32-block kernel it replaced; with one
- * or none beside it +1.8 to +2.0% (notes/cuda-kernels.md §29). */
+ * product blocks, was +0.4% over the 32-block kernel it replaced; with one
+ * or none beside it +1.6 to +2.0% (notes/cuda-kernels.md §29). */
 template <bool CL>
 static size_t hc_sm_fill(int dev) {
     int per_sm = 0, optin = 0, reserved = 0;
