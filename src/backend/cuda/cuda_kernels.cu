@@ -1070,10 +1070,18 @@ static void (*pair_kernel(int s0, int s1))(const mv_params, const mv_params, uin
 }
 
 /* d0 (type F0) and d1 (F1) in one launch: one wave of the pair kernel,
- * its blocks shared in proportion to the weight bytes (no more to a half
- * than it would take alone); two launches where the pair does not apply
- * (activation groups, other staging depths, a shared-memory or occupancy
- * failure). */
+ * its blocks shared in proportion to each half's time — its weight bytes,
+ * counted twice through the tiled body (k_matvec's, stages 0) against the
+ * streaming one — and no more to a half than it would take alone; two
+ * launches where the pair does not apply (activation groups, other staging
+ * depths, a shared-memory or occupancy failure). The router + shared
+ * expert pair (Q8_0 streamed, the F16 router tiled) split by bytes gave
+ * the router too few blocks: H200, 43 q2 layers, ctx 4096, the router's
+ * bytes weighted 1.25 / 1.5 / 2 against 1: +0.8 / +1.1 / +1.15% (one
+ * call; +0.2% in another, on another H200); the pairs whose halves share
+ * a body were best at 1 (0.75, 1.25, 1.5, 2: equal or slower). */
+static double pair_cost(const mv_plan &pl) { return (double)pl.bytes * (pl.stages ? 1.0 : 2.0); }
+
 template <class F0, class F1>
 static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_mv *d1, cudaStream_t st,
                     ds4_err *err) {
@@ -1089,7 +1097,7 @@ static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_m
         per_sm < 1)
         return run_matvec<F0>(k, d0, st, err) || run_matvec<F1>(k, d1, st, err) ? -1 : 0;
     const int total = per_sm * k->n_sm;
-    int g0 = (int)((double)total * (double)a.bytes / (double)(a.bytes + b.bytes) + 0.5);
+    int g0 = (int)((double)total * pair_cost(a) / (pair_cost(a) + pair_cost(b)) + 0.5);
     g0 = g0 < 1 ? 1 : g0 > total - 1 ? total - 1 : g0;
     if (g0 > a.grid) g0 = a.grid;
     int g1 = total - g0 < b.grid ? total - g0 : b.grid;
