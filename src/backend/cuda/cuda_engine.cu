@@ -239,33 +239,34 @@ static bool moe_type(uint32_t t) {
     return t == DS4_TYPE_Q8_0 || t == DS4_TYPE_Q2_K || t == DS4_TYPE_Q4_K || t == DS4_TYPE_IQ2_XXS || plain_type(t);
 }
 
-/* The dynamic shared memory that leaves no room on k_hc's multiprocessor
- * for another kernel's block: k_hc uses none of it, but a product block
- * resident beside it (weights streaming in before its own wait) slows
- * k_hc's latency chain more than the overlap gains. H200, ctx 4096: the
- * cluster form at 79 registers a thread, which left room for two 256-thread
- * product blocks, was +0.4% over the 32-block kernel it replaced; with one
- * or none beside it +1.6 to +2.0% (notes/cuda-kernels.md §29). */
-template <bool CL>
-static size_t hc_sm_fill(int dev) {
-    int per_sm = 0, optin = 0, reserved = 0;
+/* The dynamic shared memory that gives each block of a latency kernel its
+ * multiprocessor to itself (the kernel uses none of it) where its grid
+ * fits the device in one wave, else smem. PDL starts the next kernel's
+ * blocks early, and a product's blocks prefetch weights before their own
+ * wait: beside a latency kernel's block they slow its chain more than the
+ * overlap gains. H200, ctx 4096: k_hc with two product blocks beside each
+ * of its blocks +0.4% over the kernel it replaced, with one or none +1.6
+ * to +2.0%; the attention's combine and the q/kv preparation alone +0.5%
+ * (notes/cuda-kernels.md §29). */
+template <typename... KArgs>
+static size_t alone_smem(const ds4_cuda_engine *e, void (*kernel)(KArgs...), unsigned grid, size_t smem) {
     cudaFuncAttributes fa = {};
-    if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) != cudaSuccess ||
-        cudaFuncGetAttributes(&fa, k_hc<CL>) != cudaSuccess)
-        return 0;
-    const long room = (per_sm - reserved < optin ? per_sm - reserved : optin) - (long)fa.sharedSizeBytes;
-    if (room <= 0 || cudaFuncSetAttribute(k_hc<CL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)room) != cudaSuccess)
-        return 0;
-    return (size_t)room;
+    if (grid > (unsigned)ds4_cuda_kernels_sm_count(e->k) || cudaFuncGetAttributes(&fa, kernel) != cudaSuccess ||
+        e->sm_room <= fa.sharedSizeBytes + smem)
+        return smem;
+    const size_t room = e->sm_room - fa.sharedSizeBytes;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)room) != cudaSuccess) {
+        cudaGetLastError();
+        return smem;
+    }
+    return room;
 }
 
 /* k_hc as one cluster of HC_BLOCKS blocks where the device can place one
  * (sm_90+; DS4_CUDA_HC_CLUSTER=0: the grid form, for tests), else as a grid
  * whose blocks meet at grid barriers and so must all be resident; either
- * way a block an SM (hc_sm_fill). */
-static int hc_form(ds4_cuda_engine *e, int cc_major, int dev, int n_sm, ds4_err *err) {
+ * way each block with its SM to itself (alone_smem). */
+static int hc_form(ds4_cuda_engine *e, int cc_major, int n_sm, ds4_err *err) {
     const char *env = getenv("DS4_CUDA_HC_CLUSTER");
     int clusters = 0;
     if (cc_major >= 9 && !(env && !strcmp(env, "0")) &&
@@ -274,7 +275,7 @@ static int hc_form(ds4_cuda_engine *e, int cc_major, int dev, int n_sm, ds4_err 
         cudaLaunchAttribute attr = {};
         cfg.gridDim = HC_BLOCKS;
         cfg.blockDim = HC_THREADS;
-        cfg.dynamicSmemBytes = hc_sm_fill<true>(dev);
+        cfg.dynamicSmemBytes = alone_smem(e, k_hc<true>, HC_BLOCKS, 0);
         attr.id = cudaLaunchAttributeClusterDimension;
         attr.val.clusterDim.x = HC_BLOCKS;
         attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
@@ -286,8 +287,7 @@ static int hc_form(ds4_cuda_engine *e, int cc_major, int dev, int n_sm, ds4_err 
     cudaGetLastError(); /* a refusal above only selects the grid form */
     e->hc_cluster = clusters > 0;
     if (e->hc_cluster) return 0;
-    e->hc_smem = hc_sm_fill<false>(dev);
-    cudaGetLastError();
+    e->hc_smem = alone_smem(e, k_hc<false>, HC_BLOCKS, 0);
     int per_sm = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_hc<false>, HC_THREADS, e->hc_smem) != cudaSuccess ||
         per_sm * n_sm < HC_BLOCKS)
@@ -586,7 +586,12 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
         ds4_cuda_engine_close(e);
         return cuda_fail(err, "stream", c);
     }
-    if (hc_form(e, cc_major, dev, n_sm, err)) {
+    int smem_sm = 0, smem_reserved = 0, smem_optin = 0;
+    if (cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess)
+        e->sm_room = (size_t)(smem_sm - smem_reserved < smem_optin ? smem_sm - smem_reserved : smem_optin);
+    if (hc_form(e, cc_major, n_sm, err)) {
         ds4_cuda_engine_close(e);
         return -1;
     }
@@ -682,6 +687,14 @@ static int run(enq *q, const char *what, void (*kernel)(KArgs...), dim3 grid, di
                Args &&...args) {
     cudaError_t c = pdl_launch(q->pdl, kernel, grid, block, smem, q->st, std::forward<Args>(args)...);
     return c == cudaSuccess ? 0 : cuda_fail(q->err, what, c);
+}
+
+/* run, each block with its multiprocessor to itself (alone_smem). */
+template <typename... KArgs, typename... Args>
+static int run_alone(enq *q, const char *what, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                     Args &&...args) {
+    return run(q, what, kernel, grid, block, alone_smem(q->e, kernel, grid.x * grid.y * grid.z, smem),
+               std::forward<Args>(args)...);
 }
 
 /* rows rows of m (from w) by x: f32 weights, or any type in exact mode. */
@@ -907,7 +920,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     pa.exact = (int)e->exact;
     pa.ics = w->rope.cs1;
     pa.io = w->io;
-    if (run(q, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>,
+    if (run_alone(q, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>,
             pa.n_comp + pa.n_head + 1 + (pa.n_idx + PREP_IDX_HEADS - 1) / PREP_IDX_HEADS, PREP_THREADS,
             (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa))
         return -1;
@@ -946,7 +959,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
                       (const __half *)K->raw, (int)hp->n_swa, (const __half *)K->comp, (int)L->ratio,
                       (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
     if (att_bad ||
-        run(q, "attention combine", k_attention_combine, hp->n_head, 256, (hd + 2 * e->att_splits) * sizeof(float),
+        run_alone(q, "attention combine", k_attention_combine, hp->n_head, 256, (hd + 2 * e->att_splits) * sizeof(float),
             (const float *)w->att_part, (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
             (const int *)w->sel, n_sel, L->sinks, hd, n_rot, rcs, (const step_io *)w->io, w->att, att_q ? w->attq : NULL))
         return -1;

@@ -126,6 +126,7 @@ struct ds4_cuda_engine {
     bool topk_cluster;      /* those blocks as one cluster (k_topk_grid<true>) */
     bool hc_cluster;        /* k_hc's blocks as one cluster (k_hc<true>) */
     size_t hc_smem;         /* k_hc's unused dynamic shared memory: an SM to itself */
+    size_t sm_room;         /* the shared memory one block may hold on an SM (alone_smem) */
     int topk_one_rows;      /* k_idx_topk runs where at most this many rows are visible (0: not in the step) */
     int topk_threads;       /* k_idx_topk's block */
     uint32_t serial;        /* the last step's step_io.serial */

@@ -147,7 +147,7 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
  * memory (part) at grid barriers (count): the blocks are all resident
  * (checked at open), and the next kernel launches only once each has
  * started. Either way each block has its SM to itself (the launch asks
- * for the SM's shared memory: hc_sm_fill). H200, ctx 4096: +1.6% a token
+ * for the SM's shared memory: alone_smem). H200, ctx 4096: +1.6% a token
  * over 32 blocks whose block 0 finished once the others had counted their
  * partials in (notes/cuda-kernels.md §29). */
 enum {
