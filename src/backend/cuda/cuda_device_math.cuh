@@ -53,6 +53,24 @@ static __device__ __forceinline__ T warp_scatter_sum32(T (&v)[32], int lane) {
     return v[0];
 }
 
+/* Warp reduce-scatter of 4 values a lane: lane l returns the warp's sum of
+ * v[(l >> 3) & 3] (the first two levels halve the values, as
+ * scatter_level, the last three add whole). */
+template <typename T>
+static __device__ __forceinline__ T warp_scatter_sum4(T (&v)[4], int lane) {
+    const bool hi = lane & 16, odd = lane & 8;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        T send = hi ? v[i] : v[i + 2], keep = hi ? v[i + 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+    }
+    T send = odd ? v[0] : v[1], keep = odd ? v[1] : v[0];
+    T s = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+}
+
 static __device__ float block_max_f(float v, float *sh) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;

@@ -103,7 +103,7 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
     }
 }
 
-static_assert(HC_MIX < 32, "k_hc reduces the HC_MIX + 1 sums with one warp reduce-scatter");
+static_assert(HC_MIX <= 32, "k_hc reduces the mix's sums with one warp reduce-scatter");
 
 /* k_hc's mix turned into the next HC's post gates and mixing matrix
  * (hc_split_warp) by one warp off the critical path — an extra block of
@@ -131,20 +131,23 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
  * waiting for the previous kernel; H is read from H_in and written to H
  * (two buffers, alternating between calls, so that any block may read any
  * element of H_in): with y, HC post of the finished sublayer, H[h] =
- * post[h]·y + Σ_src comb[src][h]·H_in[src]; and it adds Σ H² and the
- * products fn_j·H. Every block gets every block's HC_MIX + 1
- * sums and adds them in block order, so all hold the same totals: mix =
- * (fn·H)·(1/rms(H)), the CPU's fn·(H/rms) up to rounding, and pre =
- * σ(mix·scale + base) + eps. Each block then writes x = Σ pre·H and a =
- * norm(x)·w for its own dims (their H in shared memory), the sums of x²
- * exchanged the same way; block 0 writes mix, whose split into the next
- * sublayer's post gates and mixing matrix a later kernel does
- * (hc_split_block).
+ * post[h]·y + Σ_src comb[src][h]·H_in[src] (the thread computes all
+ * HC_N streams at its dims, and writes its own). It adds the products
+ * fn_j·H and its stream's row of the streams' Gram matrix G[h][h'] =
+ * Σ_d H[h][d]·H[h'][d] (h' ≥ h, doubles: the products of floats are
+ * exact). Every block gets every block's HC_SUMS sums and adds them in
+ * block order, so all hold the same totals: mix = (fn·H)·(1/rms(H)) with
+ * Σ H² = trace G, the CPU's fn·(H/rms) up to rounding, and pre =
+ * σ(mix·scale + base) + eps. Each block then writes x = Σ pre·H and
+ * a = norm(x)·w for its own dims (their H in shared memory), with
+ * Σ x² = Σ_hh' pre_h·pre_h'·G[h][h'] — no second exchange; block 0
+ * writes mix, whose split into the next sublayer's post gates and mixing
+ * matrix a later kernel does (hc_split_block).
  *
  * CL (sm_90+): the blocks are one thread-block cluster and exchange the
- * sums through distributed shared memory at two cluster barriers: no
+ * sums through distributed shared memory at one cluster barrier: no
  * global round trip and no finishing block. Otherwise through global
- * memory (part) at grid barriers (count): the blocks are all resident
+ * memory (part) at a grid barrier (count): the blocks are all resident
  * (checked at open), and the next kernel launches only once each has
  * started. Either way each block has its SM to itself (the launch asks
  * for the SM's shared memory: alone_smem). H200, ctx 4096: +1.6% a token
@@ -153,15 +156,19 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
 enum {
     HC_BLOCKS = 16,
     HC_THREADS = 512,
-    HC_TPS = HC_THREADS / HC_N,       /* threads a stream */
-    HC_EPT = 2,                       /* dims a thread */
-    HC_DPB = HC_TPS * HC_EPT,         /* dims a block */
-    HC_XW = HC_DPB / 32,              /* warps that write x and a */
-    HC_PART = HC_BLOCKS * (HC_MIX + 1 + HC_XW) /* the grid form's exchanged sums */
+    HC_TPS = HC_THREADS / HC_N,            /* threads a stream */
+    HC_EPT = 2,                            /* dims a thread */
+    HC_DPB = HC_TPS * HC_EPT,              /* dims a block */
+    HC_GRAM = HC_N * (HC_N + 1) / 2,       /* G[h][h'], h <= h', row by row */
+    HC_SUMS = HC_MIX + HC_GRAM,            /* the sums a block exchanges */
+    HC_PART = HC_BLOCKS * HC_SUMS          /* the grid form's exchanged sums */
 };
-static_assert(HC_MIX + 1 <= 2 * (HC_THREADS / 32), "k_hc adds two of the block sums a warp");
+static_assert(HC_SUMS <= 3 * (HC_THREADS / 32), "k_hc adds three of the block sums a warp");
 static_assert(HC_BLOCKS <= 32 && (HC_BLOCKS & (HC_BLOCKS - 1)) == 0, "k_hc: a lane a block, a power of two");
-static_assert(HC_BLOCKS * HC_XW % 32 == 0 && HC_DPB <= HC_THREADS, "k_hc: x's sums a lane");
+static_assert(HC_TPS % 32 == 0 && HC_N == 4 && HC_DPB <= HC_THREADS, "k_hc: a warp within one stream, its Gram row four sums");
+
+/* Index of G[h][h'] (h <= h') among k_hc's Gram sums. */
+__device__ __forceinline__ int hc_gram_at(int h, int h2) { return h * HC_N - h * (h - 1) / 2 + (h2 - h); }
 
 template <bool CL>
 __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, const float *y, const float *post,
@@ -169,10 +176,10 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
                                                     const float *scale, const float *base, float hc_eps,
                                                     const float *norm_w, float rms_eps, double *part, unsigned *count,
                                                     float *mix, float *x, float *a) {
-    __shared__ double red[HC_THREADS / 32][HC_MIX + 1];
-    __shared__ double bsum[HC_BLOCKS][HC_MIX + 1]; /* CL: every block's sums */
-    __shared__ double bxs[HC_BLOCKS * HC_XW];       /* CL: every x-writing warp's Σ x² */
-    __shared__ double tot[HC_MIX + 1];
+    __shared__ float red[HC_THREADS / 32][HC_MIX];
+    __shared__ double redg[HC_THREADS / 32][HC_N];
+    __shared__ double bsum[HC_BLOCKS][HC_SUMS]; /* CL: every block's sums */
+    __shared__ double tot[HC_SUMS];
     __shared__ float pre_s[HC_N];
     __shared__ float sH[HC_N][HC_DPB];
     pdl_trigger();
@@ -198,92 +205,104 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     const bool xown = tid < HC_DPB && dx < D;
     const float wn = xown ? norm_w[dx] : 0.0f;
     pdl_wait();
-    float2 v = make_float2(0.0f, 0.0f);
-    if (own) {
-        v = *(const float2 *)(H_in + c);
-        if (y) {
-            const float2 yv = *(const float2 *)(y + d);
-            float2 hs[HC_N];
+    /* every stream at this thread's dims (constant indices: a register
+     * array indexed by the thread's stream would go to local memory), and
+     * the thread's own stream by the same operations */
+    float2 hs[HC_N], v = make_float2(0.0f, 0.0f);
 #pragma unroll
-            for (int src = 0; src < HC_N; src++) hs[src] = *(const float2 *)(H_in + (size_t)src * D + d);
-            float ax = post[h] * yv.x, ay = post[h] * yv.y;
+    for (int k = 0; k < HC_N; k++) hs[k] = own ? *(const float2 *)(H_in + (size_t)k * D + d) : make_float2(0.0f, 0.0f);
+    if (own) v = *(const float2 *)(H_in + c);
+    if (y && own) {
+        const float2 yv = *(const float2 *)(y + d);
+        auto post_of = [&](uint32_t dst) { /* HC post of stream dst */
+            float ax = post[dst] * yv.x, ay = post[dst] * yv.y;
+#pragma unroll
             for (int src = 0; src < HC_N; src++) {
-                ax += comb[src * HC_N + h] * hs[src].x;
-                ay += comb[src * HC_N + h] * hs[src].y;
+                ax += comb[src * HC_N + dst] * hs[src].x;
+                ay += comb[src * HC_N + dst] * hs[src].y;
             }
-            v = make_float2(ax, ay);
-        }
+            return make_float2(ax, ay);
+        };
+        float2 nv[HC_N];
+#pragma unroll
+        for (int k = 0; k < HC_N; k++) nv[k] = post_of(k);
+        v = post_of(h);
+#pragma unroll
+        for (int k = 0; k < HC_N; k++) hs[k] = nv[k];
+    }
+    if (own) {
         *(float2 *)(H + c) = v;
         sH[h][p] = v.x;
         sH[h][p + 1] = v.y;
     }
-    /* float products and warp sums (a warp's 64 elements), doubles from
-     * there: the warp's reduce-scatter in doubles took twice the shuffles
-     * and 48 conversions a thread (H200, ctx 4096: +0.8%, 4 of 4 rounds) */
+    /* float products and warp sums (a warp's 64 elements) for the mix: the
+     * warp's reduce-scatter in doubles took twice the shuffles and 48
+     * conversions a thread (H200, ctx 4096: +0.8%, 4 of 4 rounds) */
     float prod[32];
 #pragma unroll
-    for (int j = 0; j < 32; j++)
-        prod[j] = j < HC_MIX ? wv[j].x * v.x + wv[j].y * v.y : j == HC_MIX ? v.x * v.x + v.y * v.y : 0.0f;
-    const double ts = (double)warp_scatter_sum32(prod, lane);
-    if (lane <= HC_MIX) red[wp][lane] = ts;
+    for (int j = 0; j < 32; j++) prod[j] = j < HC_MIX ? wv[j].x * v.x + wv[j].y * v.y : 0.0f;
+    const float ts = warp_scatter_sum32(prod, lane);
+    if (lane < HC_MIX) red[wp][lane] = ts;
+    /* this stream's products with every stream, in doubles; the block
+     * keeps G[h][s] for s >= h */
+    double g[HC_N];
+#pragma unroll
+    for (int k = 0; k < HC_N; k++) g[k] = (double)v.x * (double)hs[k].x + (double)v.y * (double)hs[k].y;
+    const double gs = warp_scatter_sum4(g, lane);
+    if ((lane & 7) == 0) redg[wp][lane >> 3] = gs;
     if (CL) cluster_wait(); /* every block runs: its shared memory may be written */
     __syncthreads();
-    /* this block's sums to every block */
-    if (tid <= HC_MIX) {
+    /* this block's sums to every block: the mix's over all warps, a Gram
+     * row's over its stream's warps */
+    if (tid < HC_SUMS) {
         double t = 0.0;
-        for (int i = 0; i < nw; i++) t += red[i][tid];
+        if (tid < HC_MIX) {
+            for (int i = 0; i < nw; i++) t += (double)red[i][tid];
+        } else {
+            int hg = 0, k = tid - HC_MIX; /* G[hg][hg + k] */
+            while (k >= HC_N - hg) k -= HC_N - hg++;
+            for (int i = 0; i < HC_TPS / 32; i++) t += redg[hg * (HC_TPS / 32) + i][hg + k];
+        }
         if (CL)
 #pragma unroll
             for (int r = 0; r < HC_BLOCKS; r++) *cluster_at(&bsum[b][tid], r) = t;
         else
-            part[b * (HC_MIX + 1) + tid] = t;
+            part[b * HC_SUMS + tid] = t;
     }
+    /* after it, no block touches another's shared memory */
     if (CL) cluster_sync();
     else grid_ticket_sync(count, HC_BLOCKS);
-    /* warp w adds sums w and w + nw over the blocks, a block a lane */
-    double tv[2];
+    /* warp w adds sums w, w + nw, w + 2·nw over the blocks, a block a lane */
+    double tv[3];
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
+    for (int r = 0; r < 3; r++) {
         const int j = wp + r * nw;
-        tv[r] = j > HC_MIX || lane >= HC_BLOCKS ? 0.0 : CL ? bsum[lane][j] : __ldcg(&part[lane * (HC_MIX + 1) + j]);
+        tv[r] = j >= HC_SUMS || lane >= HC_BLOCKS ? 0.0 : CL ? bsum[lane][j] : __ldcg(&part[lane * HC_SUMS + j]);
     }
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
+    for (int r = 0; r < 3; r++) {
         for (int o = 16; o > 0; o >>= 1) tv[r] += __shfl_xor_sync(0xffffffffu, tv[r], o);
-        if (lane == 0 && wp + r * nw <= HC_MIX) tot[wp + r * nw] = tv[r];
+        if (lane == 0 && wp + r * nw < HC_SUMS) tot[wp + r * nw] = tv[r];
     }
     __syncthreads();
     if (tid < HC_MIX) {
-        float m = (float)tot[tid] * ds4_rms_scale(tot[HC_MIX], (int)n, rms_eps);
+        double hh = 0.0; /* Σ H² = trace G */
+        for (int k = 0; k < HC_N; k++) hh += tot[HC_MIX + hc_gram_at(k, k)];
+        float m = (float)tot[tid] * ds4_rms_scale(hh, (int)n, rms_eps);
         if (b == 0) mix[tid] = m;
         if (tid < HC_N) pre_s[tid] = dev_sigmoid(m * scale[0] + base[tid]) + hc_eps;
     }
     __syncthreads();
-    /* x for this block's dims, and each x-writing warp's Σ x² to every block */
-    double *xs_part = part + HC_BLOCKS * (HC_MIX + 1);
-    float xv = 0.0f;
-    if (tid < HC_DPB) {
-        if (xown) {
-            for (int hh = 0; hh < HC_N; hh++) xv += pre_s[hh] * sH[hh][tid];
-            x[dx] = xv;
-        }
-        double xs = (double)xv * (double)xv;
-        for (int o = 16; o > 0; o >>= 1) xs += __shfl_xor_sync(0xffffffffu, xs, o);
-        if (CL) {
-            if (lane < HC_BLOCKS) *cluster_at(&bxs[b * HC_XW + wp], lane) = xs;
-        } else if (lane == 0) {
-            xs_part[b * HC_XW + wp] = xs;
-        }
-    }
-    if (CL) cluster_sync(); /* after it, no block touches another's shared memory */
-    else grid_ticket_sync(count, HC_BLOCKS);
-    if (tid < HC_DPB) {
-        double s = 0.0;
-#pragma unroll
-        for (int k = 0; k < HC_BLOCKS * HC_XW / 32; k++)
-            s += CL ? bxs[lane + 32 * k] : __ldcg(&xs_part[lane + 32 * k]);
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (xown) a[dx] = xv * ds4_rms_scale(s, (int)D, rms_eps) * wn;
+    /* x and a for this block's dims */
+    if (xown) {
+        float xv = 0.0f;
+        for (int hh = 0; hh < HC_N; hh++) xv += pre_s[hh] * sH[hh][tid];
+        x[dx] = xv;
+        double xx = 0.0;
+        for (int i = 0; i < HC_N; i++)
+            for (int k = i; k < HC_N; k++)
+                xx += (k == i ? 1.0 : 2.0) * (double)pre_s[i] * (double)pre_s[k] * tot[HC_MIX + hc_gram_at(i, k)];
+        a[dx] = xv * ds4_rms_scale(xx, (int)D, rms_eps) * wn;
     }
 }
 
