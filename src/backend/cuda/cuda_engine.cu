@@ -621,9 +621,10 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->fills = NULL; /* the caller's, valid during open only */
     e->n_fills = 0;
     size_t sess = session_layout(e, (uint32_t)ctx, NULL, NULL);
-    fprintf(stderr, "cuda: %s: weights %.2f GiB (%u tensors generated on the device), session state %.3f GiB "
-            "per session at ctx %d, workspace %.1f MiB; %.2f of %.2f GiB free before the first session\n", e->name,
-            gib((double)e->arena_size), n_fills, gib((double)sess), ctx, e->work_bytes / 1048576.0,
+    fprintf(stderr, "cuda: %s (%.2f TB/s peak): weights %.2f GiB (%u tensors generated on the device), session state "
+            "%.3f GiB per session at ctx %d, workspace %.1f MiB; %.2f of %.2f GiB free before the first session\n",
+            e->name, ds4_cuda_kernels_peak_bw(e->k) / 1e12, gib((double)e->arena_size), n_fills, gib((double)sess),
+            ctx, e->work_bytes / 1048576.0,
             gib((double)(free_b - e->arena_size)), gib((double)total_b));
     /* the attention on tensor cores where its shapes allow (f16 rows, head
      * dims a multiple of 64, at most 8 heads a block) */

@@ -60,6 +60,7 @@ struct ds4_cuda_kernels {
     int deep;          /* matvec: 4 staging buffers per warp for slices <= MV_DEEP_SLICE */
     int stream;        /* matvec: k_matvec_stream for products with many rows (DS4_CUDA_STREAM=0: off) */
     int mvs_stages, mvs_chunk; /* its staging buffers per warp (2, 4, 8) and largest chunk in bytes */
+    double peak_bw;    /* the memory's peak bandwidth, bytes/s (0: unknown) */
     int moe_nb;        /* MoE kernels: staging buffers per warp, 1 or 2 (DS4_CUDA_MOENB); 0: by format */
     int down_rows;     /* MoE down: 2 (DS4_CUDA_DOWNROWS=2) all of an output row's experts a warp
                           (k_moe_down), else one expert row a warp (k_moe_down_rows) */
@@ -576,11 +577,18 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
  * index to compute per step (k_matvec spends its issue slots on per-item
  * bookkeeping for short rows, and its slices of long rows meet through a
  * block barrier per tile). */
-/* Defaults from ds4-cuda-bench on an H200 (attn_q_b / out_a / out_b, us):
+/* Stages from ds4-cuda-bench on an H200 (attn_q_b / out_a / out_b, us):
  * 2 stages of <= 1088 bytes 13.5/13.9/13.7; 2 x 2176 13.6/14.4/13.7;
  * 4 x 2176 15.2/15.7/14.1; 8 x 2176 17.0/17.4/17.0 (fewer stages leave room
- * for more warps). DS4_CUDA_MVS=stages,bytes (stages 2, 4 or 8) overrides. */
-enum { MVS_STAGES = 2, MVS_CHUNK_MAX = 1088 };
+ * for more warps). Chunks by the memory's bandwidth: the bytes in flight
+ * that keep DRAM busy grow with it (Little's law). In the decode step
+ * (ctx 4096, after k_hc lost its second exchange) 2176 bytes against 1088:
+ * H200 (4.8 TB/s, 43 q2 layers) ahead in 17 of 19 alternating rounds over
+ * four calls, +0.2 to +1% (ctx 65536 +0.4 to +0.7%, q4 +0.3%); H100 (3.35
+ * TB/s, 41 layers) -1.4% (3 of 3). DS4_CUDA_MVS=stages,bytes (stages 2, 4
+ * or 8) overrides. */
+enum { MVS_STAGES = 2, MVS_CHUNK = 1088, MVS_CHUNK_WIDE = 2176 };
+static const double MVS_WIDE_BW = 4e12; /* bytes/s from which MVS_CHUNK_WIDE */
 
 template <class F, int NW, int NST>
 __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *smem, uint32_t blk, uint32_t nblk) {
@@ -1004,7 +1012,7 @@ static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, d
     p.act_smem = act_smem_bytes(F::act_kind, d->n_in);
     if ((int)F::act_kind == DS4_ACT_F32 && d->x && d->norm_w) p.act_smem = round16(d->n_in * 4);
     pl->bytes = (uint64_t)n_rows * row_bytes;
-    /* Many rows: k_matvec_stream, rows in chunks of at most MVS_CHUNK_MAX
+    /* Many rows: k_matvec_stream, rows in chunks of at most k->mvs_chunk
      * bytes that keep the lanes' block order (a multiple of 32 units). */
     uint32_t cb = nb;
     while (cb * F::block_bytes > (uint32_t)k->mvs_chunk && cb % 2 == 0 && (cb / 2 * F::block_bytes) % 16 == 0 &&
@@ -1267,7 +1275,12 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     const char *nbv = getenv("DS4_CUDA_MOENB");
     k->moe_nb = nbv && (nbv[0] == '1' || nbv[0] == '2') ? nbv[0] - '0' : 0;
     k->mvs_stages = MVS_STAGES;
-    k->mvs_chunk = MVS_CHUNK_MAX;
+    int mem_khz = 0, bus_bits = 0;
+    if (cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device) != cudaSuccess)
+        mem_khz = bus_bits = 0, cudaGetLastError();
+    k->peak_bw = 2.0 * mem_khz * 1e3 * bus_bits / 8; /* double data rate */
+    k->mvs_chunk = k->peak_bw >= MVS_WIDE_BW ? MVS_CHUNK_WIDE : MVS_CHUNK;
     const char *mv = getenv("DS4_CUDA_MVS");
     if (mv) {
         int st = 0, ch = 0;
@@ -1321,6 +1334,8 @@ extern "C" void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int spli
 extern "C" int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k) { return k->n_sm; }
 
 extern "C" const char *ds4_cuda_kernels_device_name(const ds4_cuda_kernels *k) { return k->name; }
+
+extern "C" double ds4_cuda_kernels_peak_bw(const ds4_cuda_kernels *k) { return k->peak_bw; }
 
 extern "C" int ds4_cuda_quantize_act(ds4_cuda_kernels *k, uint32_t wtype, const float *x, void *act, uint32_t n,
                                      ds4_cuda_stream stream, ds4_err *err) {

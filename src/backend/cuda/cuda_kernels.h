@@ -46,9 +46,11 @@ void ds4_cuda_kernels_free(ds4_cuda_kernels *k);
 /* Grid size in "waves" of resident blocks, for the benchmark's sweeps:
  * 0 (the default) lets each kernel pick, 1 = persistent blocks. */
 void ds4_cuda_kernels_set_waves(ds4_cuda_kernels *k, int waves);
-/* Multiprocessor count and the device name, for reports. */
+/* Multiprocessor count, the device name and its memory's peak bandwidth
+ * in bytes/s (from the clock and bus width; 0: unknown), for reports. */
 int ds4_cuda_kernels_sm_count(const ds4_cuda_kernels *k);
 const char *ds4_cuda_kernels_device_name(const ds4_cuda_kernels *k);
+double ds4_cuda_kernels_peak_bw(const ds4_cuda_kernels *k);
 
 /* act = x (n floats) quantised for weights of type wtype; act holds
  * ds4_act_row_bytes(wtype, n) bytes. */
