@@ -583,10 +583,10 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
  * for more warps). Chunks by the memory's bandwidth: the bytes in flight
  * that keep DRAM busy grow with it (Little's law). In the decode step
  * (ctx 4096, after k_hc lost its second exchange) 2176 bytes against 1088:
- * H200 (4.8 TB/s, 43 q2 layers) ahead in 17 of 19 alternating rounds over
- * four calls, +0.2 to +1% (ctx 65536 +0.4 to +0.7%, q4 +0.3%); H100 (3.35
- * TB/s, 41 layers) -1.4% (3 of 3). DS4_CUDA_MVS=stages,bytes (stages 2, 4
- * or 8) overrides. */
+ * H200 (4.8 TB/s, 43 q2 layers) ahead in 17 of 20 alternating rounds over
+ * five calls, +0.2 to +1% (ctx 65536 4 of 4, q4 +0.3%); H100 (3.35 TB/s,
+ * 41 layers) -1.4% (3 of 3). DS4_CUDA_MVS=stages,bytes (stages 2, 4 or 8)
+ * overrides. */
 enum { MVS_STAGES = 2, MVS_CHUNK = 1088, MVS_CHUNK_WIDE = 2176 };
 static const double MVS_WIDE_BW = 4e12; /* bytes/s from which MVS_CHUNK_WIDE */
 
