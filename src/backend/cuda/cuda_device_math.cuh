@@ -194,6 +194,23 @@ static __device__ void block_rope(float *x, int hd, int64_t pos, const rope_dev 
  * table cs (n_rot/2 pairs, k_embed's): the same values, without each
  * block's chain of angle products, cosf and sinf (~1-1.5 us of a q/kv
  * preparation, indexer query or combine block on an H200). */
+/* block_rope_tab with thread k's table entry cs[k] (k < n_rot/2) already
+ * in v, so that its load went out beside the data's instead of after it;
+ * the table's own path where n_rot/2 > blockDim.x. */
+static __device__ void block_rope_own(float *x, int hd, int n_rot, float2 v, const float2 *cs, bool inverse) {
+    __syncthreads();
+    for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {
+        const float2 c = k == (int)threadIdx.x ? v : cs[k];
+        rope_rotate(x + hd - n_rot, k, c.x, inverse ? -c.y : c.y);
+    }
+    __syncthreads();
+}
+
+/* Thread k's entry of a rope table for block_rope_own. */
+static __device__ __forceinline__ float2 rope_own(const float2 *cs, int n_rot) {
+    return (int)threadIdx.x < n_rot / 2 ? cs[threadIdx.x] : make_float2(0.0f, 0.0f);
+}
+
 static __device__ void block_rope_tab(float *x, int hd, int n_rot, const float2 *cs, bool inverse) {
     __syncthreads();
     for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {

@@ -324,6 +324,7 @@ __global__ void k_hc_post(float *H, const float *y, const float *post, const flo
 /* Per head: unweighted RMSNorm, then RoPE of the tail (attention Q). */
 __device__ void q_prepare(float *qh, float *xs, int hd, int n_rot, float eps, const float2 *cs) {
     __shared__ double sh[32];
+    const float2 rv = rope_own(cs, n_rot); /* beside q's loads, not after the norm */
     double ss = 0.0;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         xs[i] = qh[i];
@@ -331,26 +332,28 @@ __device__ void q_prepare(float *qh, float *xs, int hd, int n_rot, float eps, co
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s;
-    block_rope_tab(xs, hd, n_rot, cs, false);
+    block_rope_own(xs, hd, n_rot, rv, cs, false);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qh[i] = xs[i];
 }
 
 /* The token's KV row: weighted RMSNorm, RoPE, FP8 round-trip, f16 into the
  * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task);
- * exact mode: no round-trip, f32 rows. */
+ * exact mode: no round-trip, f32 rows. nw0: norm_w[threadIdx.x] (loaded
+ * before the kernel's wait: a weight). */
 template <typename RowT>
-__device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int hd, int n_rot, float eps,
+__device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, float nw0, int hd, int n_rot, float eps,
                            const float2 *cs, int64_t pos, RowT *ring, int n_swa) {
     __shared__ double sh[32];
     __shared__ float sc[64];
+    const float2 rv = rope_own(cs, n_rot); /* beside kv's loads, not after the norm */
     double ss = 0.0;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         xs[i] = kv[i];
         ss += (double)xs[i] * (double)xs[i];
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
-    block_rope_tab(xs, hd, n_rot, cs, false);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * (i == (int)threadIdx.x ? nw0 : norm_w[i]);
+    block_rope_own(xs, hd, n_rot, rv, cs, false);
     if (!row_exact<RowT>()) block_fp8_roundtrip(xs, hd - n_rot, sc);
     RowT *row = ring + (size_t)(pos % n_swa) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row_put(&row[i], xs[i]);
@@ -532,14 +535,16 @@ __global__ void k_qkv_prepare(const prep_args<RowT> a) {
     extern __shared__ float xs[];
     pdl_trigger();
     const int pos = a.io->pos, idx_active = a.io->idx_active; /* step_io: the host's, read before the wait */
-    pdl_wait();
     int b = (int)blockIdx.x;
+    /* the KV block's norm weight, off its chain */
+    const float nw0 = b == a.n_comp + a.n_head && (int)threadIdx.x < a.hd ? a.norm_w[threadIdx.x] : 0.0f;
+    pdl_wait();
     if (b < a.n_comp) {
         compressor<RowT>(a.c[b], xs, a.n_rot, a.eps, a.rp, pos);
     } else if ((b -= a.n_comp) < a.n_head) {
         q_prepare(a.q + (size_t)b * a.hd, xs, a.hd, a.n_rot, a.eps, a.cs);
     } else if (b == a.n_head) {
-        kv_prepare(a.kv, xs, a.norm_w, a.hd, a.n_rot, a.eps, a.cs, pos, a.ring, a.n_swa);
+        kv_prepare(a.kv, xs, a.norm_w, nw0, a.hd, a.n_rot, a.eps, a.cs, pos, a.ring, a.n_swa);
     } else if (idx_active) {
         const int h = (b - a.n_head - 1) * PREP_IDX_HEADS + (int)(threadIdx.x >> 5);
         if (h >= a.n_idx) return;
