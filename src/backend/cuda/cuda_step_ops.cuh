@@ -373,9 +373,12 @@ struct comp_args {
 };
 
 template <typename RowT>
-__device__ void compressor(const comp_args &c, float *out, int n_rot, float eps, const rope_dev &rp, int64_t p) {
+__device__ void compressor(const comp_args &c, float *out, float nw0, int n_rot, float eps, const rope_dev &rp,
+                           int64_t p) {
     __shared__ double sh[32];
     __shared__ float sc[64];
+    /* an emitting token's window rope entry, beside the frontier's loads */
+    const float2 rv = (p + 1) % c.R == 0 && c.win_cs ? rope_own(c.win_cs, rp.n_rot) : make_float2(0.0f, 0.0f);
     const float *kv_cur = c.kv_cur, *sc_cur = c.sc_cur, *ape = c.ape, *norm_w = c.norm_w;
     float *st_kv = c.st_kv, *st_sc = c.st_sc;
     RowT *rows = (RowT *)c.rows;
@@ -443,8 +446,8 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
         ss += (double)v * (double)v;
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
-    for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
-    if (c.win_cs) block_rope_tab(out, hd, rp.n_rot, c.win_cs, false);
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * (j == (int)threadIdx.x ? nw0 : norm_w[j]);
+    if (c.win_cs) block_rope_own(out, hd, rp.n_rot, rv, c.win_cs, false);
     else block_rope(out, hd, p + 1 - R, rp, false);
     if (!row_exact<RowT>()) {
         if (indexer)
@@ -536,11 +539,15 @@ __global__ void k_qkv_prepare(const prep_args<RowT> a) {
     pdl_trigger();
     const int pos = a.io->pos, idx_active = a.io->idx_active; /* step_io: the host's, read before the wait */
     int b = (int)blockIdx.x;
-    /* the KV block's norm weight, off its chain */
-    const float nw0 = b == a.n_comp + a.n_head && (int)threadIdx.x < a.hd ? a.norm_w[threadIdx.x] : 0.0f;
+    /* the KV block's norm weight, and an emitting compressor's, off their
+     * chains */
+    const float *nw = b == a.n_comp + a.n_head ? a.norm_w
+                      : b < a.n_comp && (pos + 1) % a.c[b].R == 0 ? a.c[b].norm_w : NULL;
+    const int nw_n = b < a.n_comp ? a.c[b].hd : a.hd;
+    const float nw0 = nw && (int)threadIdx.x < nw_n ? nw[threadIdx.x] : 0.0f;
     pdl_wait();
     if (b < a.n_comp) {
-        compressor<RowT>(a.c[b], xs, a.n_rot, a.eps, a.rp, pos);
+        compressor<RowT>(a.c[b], xs, nw0, a.n_rot, a.eps, a.rp, pos);
     } else if ((b -= a.n_comp) < a.n_head) {
         q_prepare(a.q + (size_t)b * a.hd, xs, a.hd, a.n_rot, a.eps, a.cs);
     } else if (b == a.n_head) {
