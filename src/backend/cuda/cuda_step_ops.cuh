@@ -980,6 +980,7 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     const int h = blockIdx.x, pos = io->pos; /* step_io: the host's, read before the wait */
     const float sink = sinks[h];              /* a weight: read before the wait, off thread 0's chain */
     pdl_wait();
+    const float2 rv = rope_own(cs, n_rot); /* the step's table: beside the splits' loads, not after the sums */
     extern __shared__ float os[];
     const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
@@ -1020,7 +1021,7 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
         os[2 * j] = t.x * inv;
         os[2 * j + 1] = t.y * inv;
     }
-    block_rope_tab(os, hd, n_rot, cs, true);
+    block_rope_own(os, hd, n_rot, rv, cs, true);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) out[(size_t)h * hd + i] = os[i];
     if (out_q)
         for (int b = threadIdx.x >> 5; b < hd / 32; b += blockDim.x >> 5)
