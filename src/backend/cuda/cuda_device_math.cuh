@@ -193,11 +193,10 @@ static __device__ void block_rope(float *x, int hd, int64_t pos, const rope_dev 
 /* block_rope at the step's position with its cosines and sines from the
  * table cs (n_rot/2 pairs, k_embed's): the same values, without each
  * block's chain of angle products, cosf and sinf (~1-1.5 us of a q/kv
- * preparation, indexer query or combine block on an H200). */
-/* RoPE of x's last n_rot dims from a table of (cos, sin) pairs (k_embed's
- * for the step), thread k's entry cs[k] (k < n_rot/2) already in v
- * (rope_own), so that its load went out beside the data's instead of
- * after the barrier; entries past blockDim.x are loaded here. */
+ * preparation, indexer query or combine block on an H200). Thread k's
+ * entry cs[k] (k < n_rot/2) is already in v (rope_own), so that its load
+ * went out beside the block's data loads instead of after the barrier
+ * here; entries past blockDim.x are loaded here. */
 static __device__ void block_rope_own(float *x, int hd, int n_rot, float2 v, const float2 *cs, bool inverse) {
     __syncthreads();
     for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {
