@@ -204,6 +204,9 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     const uint32_t dx = b * HC_DPB + tid;
     const bool xown = tid < HC_DPB && dx < D;
     const float wn = xown ? norm_w[dx] : 0.0f;
+    /* the pre gates' scale and bias (weights): loaded after the exchange
+     * they were one more dependent load on every block's chain */
+    const float pre_scale = tid < HC_N ? scale[0] : 0.0f, pre_base = tid < HC_N ? base[tid] : 0.0f;
     pdl_wait();
     /* every stream at this thread's dims (constant indices: a register
      * array indexed by the thread's stream would go to local memory), and
@@ -290,7 +293,7 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
         for (int k = 0; k < HC_N; k++) hh += tot[HC_MIX + hc_gram_at(k, k)];
         float m = (float)tot[tid] * ds4_rms_scale(hh, (int)n, rms_eps);
         if (b == 0) mix[tid] = m;
-        if (tid < HC_N) pre_s[tid] = dev_sigmoid(m * scale[0] + base[tid]) + hc_eps;
+        if (tid < HC_N) pre_s[tid] = dev_sigmoid(m * pre_scale + pre_base) + hc_eps;
     }
     __syncthreads();
     /* x and a for this block's dims */
