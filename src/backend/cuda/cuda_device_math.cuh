@@ -193,14 +193,22 @@ static __device__ void block_rope(float *x, int hd, int64_t pos, const rope_dev 
 /* block_rope at the step's position with its cosines and sines from the
  * table cs (n_rot/2 pairs, k_embed's): the same values, without each
  * block's chain of angle products, cosf and sinf (~1-1.5 us of a q/kv
- * preparation, indexer query or combine block on an H200). */
-static __device__ void block_rope_tab(float *x, int hd, int n_rot, const float2 *cs, bool inverse) {
+ * preparation, indexer query or combine block on an H200). Thread k's
+ * entry cs[k] (k < n_rot/2) is already in v (rope_own), so that its load
+ * went out beside the block's data loads instead of after the barrier
+ * here; entries past blockDim.x are loaded here. */
+static __device__ void block_rope_own(float *x, int hd, int n_rot, float2 v, const float2 *cs, bool inverse) {
     __syncthreads();
     for (int k = threadIdx.x; k < n_rot / 2; k += blockDim.x) {
-        const float2 v = cs[k];
-        rope_rotate(x + hd - n_rot, k, v.x, inverse ? -v.y : v.y);
+        const float2 c = k == (int)threadIdx.x ? v : cs[k];
+        rope_rotate(x + hd - n_rot, k, c.x, inverse ? -c.y : c.y);
     }
     __syncthreads();
+}
+
+/* Thread k's entry of a rope table for block_rope_own. */
+static __device__ __forceinline__ float2 rope_own(const float2 *cs, int n_rot) {
+    return (int)threadIdx.x < n_rot / 2 ? cs[threadIdx.x] : make_float2(0.0f, 0.0f);
 }
 
 static __device__ float e4m3_round_dev(float v) {
@@ -332,7 +340,7 @@ static __device__ __forceinline__ void warp_indexer_qat(float x[V], int lane) {
 /* An indexer query head of ihd = 32·V values held by one warp as in
  * warp_indexer_qat (V ≥ 2, so a RoPE pair stays in a lane): RoPE of the
  * tail from the (cos, sin) pairs cs, then QAT unless exact — the
- * operations of block_rope_tab + block_indexer_qat, so their bits. Every
+ * operations of block_rope_own + block_indexer_qat, so their bits. Every
  * lane of the warp must call it. */
 template <int V>
 static __device__ __forceinline__ void warp_idx_query(float x[V], int lane, int n_rot, const float2 *cs, bool exact) {

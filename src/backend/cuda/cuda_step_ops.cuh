@@ -204,6 +204,9 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     const uint32_t dx = b * HC_DPB + tid;
     const bool xown = tid < HC_DPB && dx < D;
     const float wn = xown ? norm_w[dx] : 0.0f;
+    /* the pre gates' scale and bias (weights): loaded after the exchange
+     * they were one more dependent load on every block's chain */
+    const float pre_scale = tid < HC_N ? scale[0] : 0.0f, pre_base = tid < HC_N ? base[tid] : 0.0f;
     pdl_wait();
     /* every stream at this thread's dims (constant indices: a register
      * array indexed by the thread's stream would go to local memory), and
@@ -290,7 +293,7 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
         for (int k = 0; k < HC_N; k++) hh += tot[HC_MIX + hc_gram_at(k, k)];
         float m = (float)tot[tid] * ds4_rms_scale(hh, (int)n, rms_eps);
         if (b == 0) mix[tid] = m;
-        if (tid < HC_N) pre_s[tid] = dev_sigmoid(m * scale[0] + base[tid]) + hc_eps;
+        if (tid < HC_N) pre_s[tid] = dev_sigmoid(m * pre_scale + pre_base) + hc_eps;
     }
     __syncthreads();
     /* x and a for this block's dims */
@@ -324,6 +327,7 @@ __global__ void k_hc_post(float *H, const float *y, const float *post, const flo
 /* Per head: unweighted RMSNorm, then RoPE of the tail (attention Q). */
 __device__ void q_prepare(float *qh, float *xs, int hd, int n_rot, float eps, const float2 *cs) {
     __shared__ double sh[32];
+    const float2 rv = rope_own(cs, n_rot); /* beside q's loads, not after the norm */
     double ss = 0.0;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         xs[i] = qh[i];
@@ -331,26 +335,28 @@ __device__ void q_prepare(float *qh, float *xs, int hd, int n_rot, float eps, co
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s;
-    block_rope_tab(xs, hd, n_rot, cs, false);
+    block_rope_own(xs, hd, n_rot, rv, cs, false);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qh[i] = xs[i];
 }
 
 /* The token's KV row: weighted RMSNorm, RoPE, FP8 round-trip, f16 into the
  * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task);
- * exact mode: no round-trip, f32 rows. */
+ * exact mode: no round-trip, f32 rows. nw0: norm_w[threadIdx.x] (loaded
+ * before the kernel's wait: a weight). */
 template <typename RowT>
-__device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, int hd, int n_rot, float eps,
+__device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, float nw0, int hd, int n_rot, float eps,
                            const float2 *cs, int64_t pos, RowT *ring, int n_swa) {
     __shared__ double sh[32];
     __shared__ float sc[64];
+    const float2 rv = rope_own(cs, n_rot); /* beside kv's loads, not after the norm */
     double ss = 0.0;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         xs[i] = kv[i];
         ss += (double)xs[i] * (double)xs[i];
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * norm_w[i];
-    block_rope_tab(xs, hd, n_rot, cs, false);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * (i == (int)threadIdx.x ? nw0 : norm_w[i]);
+    block_rope_own(xs, hd, n_rot, rv, cs, false);
     if (!row_exact<RowT>()) block_fp8_roundtrip(xs, hd - n_rot, sc);
     RowT *row = ring + (size_t)(pos % n_swa) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row_put(&row[i], xs[i]);
@@ -370,9 +376,12 @@ struct comp_args {
 };
 
 template <typename RowT>
-__device__ void compressor(const comp_args &c, float *out, int n_rot, float eps, const rope_dev &rp, int64_t p) {
+__device__ void compressor(const comp_args &c, float *out, float nw0, int n_rot, float eps, const rope_dev &rp,
+                           int64_t p) {
     __shared__ double sh[32];
     __shared__ float sc[64];
+    /* an emitting token's window rope entry, beside the frontier's loads */
+    const float2 rv = (p + 1) % c.R == 0 && c.win_cs ? rope_own(c.win_cs, rp.n_rot) : make_float2(0.0f, 0.0f);
     const float *kv_cur = c.kv_cur, *sc_cur = c.sc_cur, *ape = c.ape, *norm_w = c.norm_w;
     float *st_kv = c.st_kv, *st_sc = c.st_sc;
     RowT *rows = (RowT *)c.rows;
@@ -440,8 +449,8 @@ __device__ void compressor(const comp_args &c, float *out, int n_rot, float eps,
         ss += (double)v * (double)v;
     }
     float s = ds4_rms_scale(block_sum(ss, sh), hd, eps);
-    for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * norm_w[j];
-    if (c.win_cs) block_rope_tab(out, hd, rp.n_rot, c.win_cs, false);
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) out[j] = out[j] * s * (j == (int)threadIdx.x ? nw0 : norm_w[j]);
+    if (c.win_cs) block_rope_own(out, hd, rp.n_rot, rv, c.win_cs, false);
     else block_rope(out, hd, p + 1 - R, rp, false);
     if (!row_exact<RowT>()) {
         if (indexer)
@@ -532,14 +541,20 @@ __global__ void k_qkv_prepare(const prep_args<RowT> a) {
     extern __shared__ float xs[];
     pdl_trigger();
     const int pos = a.io->pos, idx_active = a.io->idx_active; /* step_io: the host's, read before the wait */
-    pdl_wait();
     int b = (int)blockIdx.x;
+    /* the KV block's norm weight, and an emitting compressor's, off their
+     * chains */
+    const float *nw = b == a.n_comp + a.n_head ? a.norm_w
+                      : b < a.n_comp && (pos + 1) % a.c[b].R == 0 ? a.c[b].norm_w : NULL;
+    const int nw_n = b < a.n_comp ? a.c[b].hd : a.hd;
+    const float nw0 = nw && (int)threadIdx.x < nw_n ? nw[threadIdx.x] : 0.0f;
+    pdl_wait();
     if (b < a.n_comp) {
-        compressor<RowT>(a.c[b], xs, a.n_rot, a.eps, a.rp, pos);
+        compressor<RowT>(a.c[b], xs, nw0, a.n_rot, a.eps, a.rp, pos);
     } else if ((b -= a.n_comp) < a.n_head) {
         q_prepare(a.q + (size_t)b * a.hd, xs, a.hd, a.n_rot, a.eps, a.cs);
     } else if (b == a.n_head) {
-        kv_prepare(a.kv, xs, a.norm_w, a.hd, a.n_rot, a.eps, a.cs, pos, a.ring, a.n_swa);
+        kv_prepare(a.kv, xs, a.norm_w, nw0, a.hd, a.n_rot, a.eps, a.cs, pos, a.ring, a.n_swa);
     } else if (idx_active) {
         const int h = (b - a.n_head - 1) * PREP_IDX_HEADS + (int)(threadIdx.x >> 5);
         if (h >= a.n_idx) return;
@@ -968,6 +983,7 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     const int h = blockIdx.x, pos = io->pos; /* step_io: the host's, read before the wait */
     const float sink = sinks[h];              /* a weight: read before the wait, off thread 0's chain */
     pdl_wait();
+    const float2 rv = rope_own(cs, n_rot); /* the step's table: beside the splits' loads, not after the sums */
     extern __shared__ float os[];
     const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
@@ -1008,7 +1024,7 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
         os[2 * j] = t.x * inv;
         os[2 * j + 1] = t.y * inv;
     }
-    block_rope_tab(os, hd, n_rot, cs, true);
+    block_rope_own(os, hd, n_rot, rv, cs, true);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) out[(size_t)h * hd + i] = os[i];
     if (out_q)
         for (int b = threadIdx.x >> 5; b < hd / 32; b += blockDim.x >> 5)
