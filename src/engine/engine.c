@@ -470,7 +470,12 @@ int ds4_session_n_tokens(const ds4_session *s) { return s->n_tokens; }
 const int32_t *ds4_session_tokens(const ds4_session *s) { return s->tokens; }
 int session_logits_ready(const ds4_session *s, ds4_err *err) {
 #ifdef DS4_CUDA
-    if (s->cuda) return ds4_cuda_session_fetch_logits(s->cuda, err);
+    if (s->cuda) { /* the copy uses the engine's stream and workspace: in turn with evals */
+        pthread_mutex_lock(&s->e->eval_mu);
+        int rc = ds4_cuda_session_fetch_logits(s->cuda, err);
+        pthread_mutex_unlock(&s->e->eval_mu);
+        return rc;
+    }
 #endif
     (void)s, (void)err;
     return 0;
