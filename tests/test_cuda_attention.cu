@@ -37,6 +37,14 @@
  * tie-heavy, NaN/±0, ±inf and nearly-equal inputs from 513 to 262144 rows
  * (1M context); then the kernels' times at 1024 to 262144 visible rows.
  *
+ * And the decode step's greedy pick (cuda_pick.cuh, k_pick2) over the full
+ * vocabulary (129280) and small ones: the token ds4_argmax_except returns
+ * (its definition written plainly here: the first index of the largest
+ * logit above -inf other than skip; with none, 1 if skip is 0, else 0) must
+ * follow from the two picks for every skip tried, on random logits, ties
+ * across the blocks' slices, NaN, ±inf, all -inf and one finite logit, the
+ * kernel run twice per case (its ticket counter carries over).
+ *
  * Built by `make cuda` (cuda.mk); run on a GPU machine (exit 77 without
  * a device, 1 on a failed check). */
 #include <math.h>
@@ -51,6 +59,7 @@ extern "C" {
 #include "../src/quant/quant.h"
 }
 #include "../src/backend/cuda/cuda_topk_grid.cuh"
+#include "../src/backend/cuda/cuda_pick.cuh"
 
 enum { HEADS = 64, HD = 512, NSWA = 128, TOPK = 512 };
 static const float EPS = 1e-6f; /* the heads' RMSNorm */
@@ -532,6 +541,79 @@ static int indexer_checks(void) {
     return failed;
 }
 
+/* ---- the greedy pick ---- */
+
+static int32_t argmax_plain(const std::vector<float> &x, int32_t skip) {
+    int32_t best = -1;
+    for (int32_t i = 0; i < (int32_t)x.size(); i++)
+        if (i != skip && x[i] > -INFINITY && (best < 0 || x[i] > x[best])) best = i;
+    return best >= 0 ? best : skip == 0 && x.size() > 1 ? 1 : 0;
+}
+
+/* One case: k_pick2 twice, each time every skip checked. */
+static bool pick_case(const char *name, const std::vector<float> &x, pick_cand *d_part, unsigned *d_count,
+                      int32_t *d_pick) {
+    const int n = (int)x.size();
+    float *d_x = NULL;
+    CK(cudaMalloc(&d_x, sizeof(float) * n));
+    CK(cudaMemcpy(d_x, x.data(), sizeof(float) * n, cudaMemcpyHostToDevice));
+    int bad = 0;
+    for (int run = 0; run < 2; run++) {
+        k_pick2<<<PICK_BLOCKS, PICK_THREADS>>>(d_x, n, d_part, d_count, d_pick);
+        CK(cudaGetLastError());
+        int32_t pk[2];
+        CK(cudaMemcpy(pk, d_pick, sizeof pk, cudaMemcpyDeviceToHost));
+        const int32_t skips[] = {-1, 0, 1, n - 1, n / 2, argmax_plain(x, -1), pk[1] >= 0 ? pk[1] : 2};
+        for (int32_t skip : skips) {
+            int32_t t = pk[0] != skip ? pk[0] : pk[1];
+            if (t < 0) t = skip == 0 && n > 1 ? 1 : 0;
+            bad += t != argmax_plain(x, skip);
+        }
+    }
+    CK(cudaFree(d_x));
+    printf("greedy pick, %-36s %6d logits: %s\n", name, n, bad ? "FAIL" : "ok");
+    return bad == 0;
+}
+
+static int pick_checks(void) {
+    pick_cand *d_part = NULL;
+    unsigned *d_count = NULL;
+    int32_t *d_pick = NULL;
+    CK(cudaMalloc(&d_part, sizeof(pick_cand) * 2 * PICK_BLOCKS));
+    CK(cudaMalloc(&d_count, sizeof(unsigned)));
+    CK(cudaMalloc(&d_pick, 2 * sizeof(int32_t)));
+    CK(cudaMemset(d_count, 0, sizeof(unsigned)));
+    int failed = 0;
+    const int sizes[] = {129280, 1000, 33, 2, 1};
+    for (int n : sizes) {
+        std::vector<float> x(n);
+        for (float &v : x) v = (float)urand() * 20.0f;
+        failed += !pick_case("random", x, d_part, d_count, d_pick);
+        if (n > 2) { /* the maximum twice, in different blocks' slices where there are several */
+            x[n - 1] = x[n / 3] = 25.0f;
+            failed += !pick_case("tied maximum", x, d_part, d_count, d_pick);
+            x[0] = 25.0f; /* three of them, the first at 0 */
+            failed += !pick_case("tied maximum at 0", x, d_part, d_count, d_pick);
+        }
+        for (int i = 0; i < n; i++) x[i] = i % 3 ? NAN : (float)urand(); /* NaN never wins */
+        failed += !pick_case("NaN among values", x, d_part, d_count, d_pick);
+        for (int i = 0; i < n; i++) x[i] = i % 5 == 1 ? INFINITY : i % 5 == 2 ? -INFINITY : (float)urand();
+        failed += !pick_case("+-inf among values", x, d_part, d_count, d_pick);
+        std::fill(x.begin(), x.end(), -INFINITY);
+        failed += !pick_case("all -inf", x, d_part, d_count, d_pick);
+        x[n - 1] = -3.0f;
+        failed += !pick_case("one finite, last", x, d_part, d_count, d_pick);
+        for (int i = 0; i < n; i++) x[i] = i % 2 ? NAN : -INFINITY;
+        failed += !pick_case("NaN and -inf only", x, d_part, d_count, d_pick);
+        std::fill(x.begin(), x.end(), 1.5f);
+        failed += !pick_case("all equal", x, d_part, d_count, d_pick);
+    }
+    CK(cudaFree(d_part));
+    CK(cudaFree(d_count));
+    CK(cudaFree(d_pick));
+    return failed;
+}
+
 int main(void) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -596,6 +678,7 @@ int main(void) {
         free_data(&a);
     }
     failed += indexer_checks();
+    failed += pick_checks();
     printf("tests/test_cuda_attention.cu: %s\n", failed ? "FAILED" : "ok");
     return failed ? 1 : 0;
 }

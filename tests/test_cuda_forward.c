@@ -60,7 +60,12 @@
  * 276-token prompt in one chunk and as 100 + 176 against the CPU's prefill
  * and against CUDA's own token-by-token steps, then 24 decode steps after
  * each (the F16 model within the free-running bounds, the published types
- * reported), and the same prefill after a reset gives the same bits.
+ * reported), and the same prefill after a reset gives the same bits. In
+ * those decode steps every session steps before any session's logits are
+ * read (the CUDA step leaves them on the device, and another session's
+ * step must copy them out first), and the greedy picks the step computes
+ * on the device must be ds4_argmax_except of the logits read (no skip,
+ * skipping the first pick, skipping the next prompt token).
  *
  * Exact mode (--exact, plain f32 numerics) on CUDA: the transformers
  * fixture tests/fixtures/hf-tiny (test_hf_fixture.c) token by token, as a
@@ -897,14 +902,28 @@ static void prefill_free(bool f16, const int32_t *toks) {
     ds4_session *S[4] = {sc, sp, sp2, ss};
     float *L[4] = {lc, lp, lp2, ls};
     for (int k = 0; k < 4; k++) memcpy(L[k], ds4_session_logits(S[k]), sizeof(float) * nv);
-    for (int d = 0; d < N_DEC; d++)
+    /* every session steps before any logits are read: the CUDA sessions'
+     * logits stay on the device until asked for, and each step of one
+     * copies the previous one's out first; the greedy picks the steps
+     * computed there must be ds4_argmax_except of those logits */
+    int pick_bad = 0;
+    for (int d = 0; d < N_DEC; d++) {
         for (int k = 0; k < 4; k++)
             if (ds4_session_eval(S[k], toks + np + d, 1, NULL, NULL, &err)) {
                 CHECK(0, "%s: decode %d: %s", what, d, err.msg);
                 goto out;
-            } else {
-                memcpy(L[k] + (size_t)(d + 1) * nv, ds4_session_logits(S[k]), sizeof(float) * nv);
             }
+        for (int k = 0; k < 4; k++) {
+            const int32_t greedy = ds4_session_argmax(S[k], -1), t = toks[np + d];
+            const int32_t second = ds4_session_argmax(S[k], greedy), other = ds4_session_argmax(S[k], t);
+            const float *lg = ds4_session_logits(S[k]);
+            pick_bad += greedy != ds4_argmax_except(lg, nv, -1) || second != ds4_argmax_except(lg, nv, greedy) ||
+                        other != ds4_argmax_except(lg, nv, t);
+            memcpy(L[k] + (size_t)(d + 1) * nv, lg, sizeof(float) * nv);
+        }
+    }
+    CHECK(pick_bad == 0, "%s: the sessions' greedy picks differ from their logits' at %d of %d steps", what, pick_bad,
+          4 * N_DEC);
     printf("== %s: prefill of %d tokens (%.3f s incl. workspace), then %d decode steps; |d|/|ref| (max|d|/max), "
            "top-1 differences beyond ties:\n", what, np, t1 - t0, N_DEC);
     /* pair 3, CUDA's token-by-token steps (each checked strictly in

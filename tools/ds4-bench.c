@@ -538,7 +538,6 @@ static int run_sweep(bench_run *b, ds4_err *err) {
     const bench_opts *o = b->o;
     ds4_session *s = NULL;
     if (ds4_session_new(b->e, &s, err)) return -1;
-    int n_vocab = (int)ds4_engine_model(b->e)->hp.n_vocab;
     int32_t eos = ds4_tokenizer_specials(ds4_engine_tokenizer(b->e)).eos;
     snapshot snap = {0};
     int rc = 0, prev = 0;
@@ -561,7 +560,7 @@ static int run_sweep(bench_run *b, ds4_err *err) {
         c0 = ds4_process_cpu_now();
         t0 = ds4_now();
         for (int i = 0; i < o->gen_tokens && rc == 0; i++) {
-            int32_t next = ds4_argmax_except(ds4_session_logits(s), n_vocab, eos); /* §7.1: EOS excluded */
+            int32_t next = ds4_session_argmax(s, eos); /* §7.1: EOS excluded */
             rc = ds4_session_eval(s, &next, 1, NULL, NULL, err);
         }
         r.gen_s = ds4_now() - t0;

@@ -275,7 +275,6 @@ static void decode(cli_chat *c, bool thinking, reply *r, cli_turn_stats *st) {
     ds4_err err = {{0}};
     if (!parser || ds4_detok_init(&detok, c->tok, &err)) abort();
     const ds4_tok_specials sp = ds4_tokenizer_specials(c->tok);
-    const int n_vocab = ds4_tokenizer_n_vocab(c->tok);
     int room = ds4_engine_ctx(c->eng) - st->prompt_tokens - 1;
     int max_new = c->o->max_tokens < room ? c->o->max_tokens : room;
     double t0 = ds4_now();
@@ -285,7 +284,7 @@ static void decode(cli_chat *c, bool thinking, reply *r, cli_turn_stats *st) {
             st->finish = CLI_FINISH_CANCEL;
             break;
         }
-        int32_t tok = ds4_sample(&c->sampler, ds4_session_logits(c->sess), n_vocab);
+        int32_t tok = ds4_session_sample(c->sess, &c->sampler);
         size_t nb;
         const char *bytes = ds4_token_bytes(c->tok, tok, &nb);
         ds4_buf_add(&c->sess_text, bytes, nb);

@@ -468,7 +468,41 @@ void ds4_session_reset(ds4_session *s) {
 
 int ds4_session_n_tokens(const ds4_session *s) { return s->n_tokens; }
 const int32_t *ds4_session_tokens(const ds4_session *s) { return s->tokens; }
-const float *ds4_session_logits(const ds4_session *s) { return s->logits; }
+int session_logits_ready(const ds4_session *s, ds4_err *err) {
+#ifdef DS4_CUDA
+    if (s->cuda) { /* the copy uses the engine's stream and workspace: in turn with evals */
+        pthread_mutex_lock(&s->e->eval_mu);
+        int rc = ds4_cuda_session_fetch_logits(s->cuda, err);
+        pthread_mutex_unlock(&s->e->eval_mu);
+        return rc;
+    }
+#endif
+    (void)s, (void)err;
+    return 0;
+}
+
+const float *ds4_session_logits(const ds4_session *s) {
+    ds4_err err = {0};
+    if (session_logits_ready(s, &err)) /* the device failed: the next eval reports it too */
+        fprintf(stderr, "ds4: %s\n", err.msg);
+    return s->logits;
+}
+
+int32_t ds4_session_argmax(const ds4_session *s, int32_t skip) {
+#ifdef DS4_CUDA
+    int32_t pick[2];
+    if (s->cuda && ds4_cuda_session_pick(s->cuda, pick)) {
+        const int32_t t = pick[0] != skip ? pick[0] : pick[1];
+        if (t >= 0) return t; /* else no logit above -inf: the definition's fallback */
+    }
+#endif
+    return ds4_argmax_except(ds4_session_logits(s), (int)s->e->model.hp.n_vocab, skip);
+}
+
+int32_t ds4_session_sample(const ds4_session *s, ds4_sampler *sp) {
+    if (!(sp->temperature > 0.0f)) return ds4_session_argmax(s, -1); /* ds4_sample's greedy case */
+    return ds4_sample(sp, ds4_session_logits(s), (int)s->e->model.hp.n_vocab);
+}
 
 /* ------------------------------------------------------------------ eval */
 
@@ -482,7 +516,7 @@ static int forward_any(ds4_session *s, const int32_t *tokens, int n, float *all_
     if (s->cuda) {
         uint32_t n_vocab = s->e->model.hp.n_vocab;
         for (int i = 0; i < n; i++) {
-            float *dst = all_logits ? all_logits + (size_t)i * n_vocab : s->logits;
+            float *dst = all_logits ? all_logits + (size_t)i * n_vocab : NULL; /* NULL: on the device until asked */
             if (ds4_cuda_session_step(s->cuda, tokens[i], s->n_tokens + i, dst, err) != 0) return -1;
         }
         if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * n_vocab, n_vocab * sizeof(float));

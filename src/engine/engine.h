@@ -86,8 +86,12 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, int n, ds4_progress_
 int ds4_session_reusable(const ds4_session *s, const int32_t *tokens, int n, int *common);
 int ds4_session_sync(ds4_session *s, const int32_t *tokens, int n, int *reused, ds4_progress_fn progress,
                      void *progress_ctx, ds4_err *err);
-/* Next-token logits (n_vocab floats) after the last evaluated token. */
+/* Next-token logits (n_vocab floats) after the last evaluated token (with
+ * CUDA copied from the device on the first call after a step). */
 const float *ds4_session_logits(const ds4_session *s);
+/* ds4_argmax_except of the session's logits; with CUDA from the two
+ * picks the step computed on the device, without copying the logits. */
+int32_t ds4_session_argmax(const ds4_session *s, int32_t skip);
 /* Like eval, but also copies the logits of every evaluated position into
  * all_logits[n * n_vocab] (for tests and perplexity). Evals of sessions of
  * one engine take turns (they share the engine's scratch). */
@@ -111,5 +115,7 @@ int32_t ds4_sample(ds4_sampler *s, const float *logits, int n_vocab);
  * ds4-bench leaves EOS out). */
 int32_t ds4_argmax(const float *logits, int n_vocab);
 int32_t ds4_argmax_except(const float *logits, int n_vocab, int32_t skip);
+/* ds4_sample of the session's logits (greedy through ds4_session_argmax). */
+int32_t ds4_session_sample(const ds4_session *s, ds4_sampler *sp);
 
 #endif

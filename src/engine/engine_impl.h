@@ -52,7 +52,8 @@ struct ds4_session {
     ds4_engine *e;
     int n_tokens;
     int32_t *tokens;   /* ctx */
-    float *logits;     /* n_vocab; with CUDA the session's pinned buffer (ds4_cuda_session_logits) */
+    float *logits;     /* n_vocab; with CUDA the session's pinned buffer (ds4_cuda_session_logits),
+                        * filled from the device when asked for (session_logits_ready) */
     layer_kv *layers;  /* n_layer */
     void *cuda;        /* ds4_cuda_session when the engine runs on CUDA, else NULL */
 };
@@ -133,6 +134,10 @@ struct ds4_engine {
     pthread_mutex_t eval_mu;
     void *cuda;        /* ds4_cuda_engine (DS4_CUDA builds, cuda backend), else NULL */
 };
+
+/* s->logits current (the CUDA step leaves them on the device until asked
+ * for): 0, or -1 with err where the device failed. */
+int session_logits_ready(const ds4_session *s, ds4_err *err);
 
 /* One chunk [pos0, pos0+n) of tokens through every layer (forward.c). If
  * all_logits is non-NULL every position's logits go there ([n][n_vocab]),

@@ -151,7 +151,7 @@ int ds4_session_save_payload(const ds4_session *s, ds4_writer *w, ds4_err *err) 
         [H_HEAD_DIM] = hp->head_dim, [H_INDEX_DIM] = hp->indexer_head_dim, [H_VOCAB] = hp->n_vocab,
         [H_RAW_LIVE] = raw_live,
     };
-    if (put(w, h, sizeof h, err) || put(w, s->tokens, 4ull * n, err) ||
+    if (session_logits_ready(s, err) || put(w, h, sizeof h, err) || put(w, s->tokens, 4ull * n, err) ||
         put(w, s->logits, 4ull * hp->n_vocab, err))
         return -1;
     for (uint32_t il = 0; il < hp->n_layer; il++)
@@ -259,6 +259,9 @@ static int load_body(ds4_session *s, ds4_reader *r, uint64_t nbytes, ds4_err *er
         if (s->tokens[i] < 0 || (uint32_t)s->tokens[i] >= hp->n_vocab)
             return ds4_fail(err, "payload token %u is %d, outside the vocabulary of %u", i, s->tokens[i],
                             hp->n_vocab);
+#ifdef DS4_CUDA
+    if (s->cuda) ds4_cuda_session_logits_replaced(s->cuda); /* the device's are not these */
+#endif
     if (get(r, s->logits, 4ull * hp->n_vocab, err)) return -1;
     for (uint32_t i = 0; i < hp->n_vocab; i++)
         if (!isfinite(s->logits[i])) return ds4_fail(err, "payload logit %u is not finite", i);

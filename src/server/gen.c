@@ -164,15 +164,22 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
                 error = atomic_load(&c->stopping) ? "shutdown requested" : "client disconnected";
                 break;
             }
-            const float *logits = ds4_session_logits(s);
-            if (masked && eos >= 0 && eos < n_vocab) { /* ignore_eos: EOS can never win */
-                memcpy(masked, logits, sizeof(float) * (size_t)n_vocab);
-                masked[eos] = -INFINITY;
-                logits = masked;
+            /* ignore_eos: EOS can never win */
+            const int32_t skip = masked && eos >= 0 && eos < n_vocab ? eos : -1;
+            int32_t tok;
+            if (forced) {
+                tok = generated < n_forced ? forced[generated] : eos;
+            } else if (srv_turn_greedy(turn)) {
+                tok = ds4_session_argmax(s, skip); /* with CUDA the logits stay on the device */
+            } else {
+                const float *logits = ds4_session_logits(s);
+                if (skip >= 0) {
+                    memcpy(masked, logits, sizeof(float) * (size_t)n_vocab);
+                    masked[skip] = -INFINITY;
+                    logits = masked;
+                }
+                tok = ds4_sample(&sampler, logits, n_vocab);
             }
-            int32_t tok = forced                   ? (generated < n_forced ? forced[generated] : eos)
-                          : srv_turn_greedy(turn) ? ds4_argmax(logits, n_vocab)
-                                                  : ds4_sample(&sampler, logits, n_vocab);
             if (tok == eos) {
                 finish = SRV_FINISH_STOP;
                 break;

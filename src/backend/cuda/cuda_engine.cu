@@ -61,6 +61,7 @@ extern "C" {
 }
 
 #include "cuda_step_ops.cuh"
+#include "cuda_pick.cuh"
 #include "cuda_topk_grid.cuh"
 #include "cuda_exact.cuh"
 #include "cuda_engine_impl.cuh"
@@ -384,6 +385,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL); F(w->route_stamp, hp->n_layer);
     F(w->mid, nu * ff); F(w->smid, ff); F(w->shgu, 2 * ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
     F(w->zero_id, 1); F(w->one_w, 1);
+    F(w->pick_part, 2 * PICK_BLOCKS); F(w->pick_count, 1); F(w->pick, 2);
     F(w->actA, act_bytes); F(w->actB, act_bytes);
 #undef F
     int32_t zero = 0;
@@ -391,6 +393,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     cudaError_t c = cudaMemcpy(w->zero_id, &zero, sizeof zero, cudaMemcpyHostToDevice);
     if (c == cudaSuccess) c = cudaMemcpy(w->one_w, &one, sizeof one, cudaMemcpyHostToDevice);
     if (c == cudaSuccess) c = cudaMemset(w->hc_count, 0, sizeof *w->hc_count);
+    if (c == cudaSuccess) c = cudaMemset(w->pick_count, 0, sizeof *w->pick_count);
     if (c == cudaSuccess) c = cudaMemset(w->tkg, 0, sizeof *w->tkg);
     if (c == cudaSuccess) c = cudaMemset(w->route_stamp, 0, hp->n_layer * sizeof *w->route_stamp);
     return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
@@ -1146,9 +1149,11 @@ static int output_head(enq *q) {
         mv(q, e->output_hc_fn, w->hc_flat, w->mix) ||
         run(q, "head collapse", k_out_collapse, 1, 1024, 0, (const float *)w->mix, e->out_hc_scale, e->out_hc_base,
             hp->hc_eps, (const float *)w->H, D, e->out_norm, hp->rms_eps, w->ehc) ||
-        mv(q, e->output, w->ehc, w->logits))
+        mv(q, e->output, w->ehc, w->logits) ||
+        run(q, "greedy pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)w->logits, (int)hp->n_vocab,
+            w->pick_part, w->pick_count, w->pick))
         return -1;
-    mark(e, q->st, "hc post, output head");
+    mark(e, q->st, "hc post, output head, greedy pick");
     return 0;
 }
 
@@ -1205,6 +1210,7 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, sizeof(step_io));
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_logits, hp->n_vocab * sizeof(float));
     if (c == cudaSuccess) memset(s->h_logits, 0, hp->n_vocab * sizeof(float));
+    if (c == cudaSuccess) c = cudaMallocHost(&s->h_pick, 2 * sizeof(int32_t));
     if (c != cudaSuccess) {
         ds4_cuda_session_free(s);
         return cuda_fail(err, "session setup", c);
@@ -1219,17 +1225,48 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
 
 extern "C" float *ds4_cuda_session_logits(ds4_cuda_session *s) { return s->h_logits; }
 
+/* The lazy session's logits from the workspace into its pinned buffer. */
+static int fetch_lazy(ds4_cuda_engine *e, ds4_err *err) {
+    ds4_cuda_session *o = e->lazy;
+    if (!o) return 0;
+    cudaError_t c = cudaMemcpyAsync(o->h_logits, e->w.logits, e->m->hp.n_vocab * sizeof(float),
+                                    cudaMemcpyDeviceToHost, e->stream);
+    if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
+    if (c != cudaSuccess) return cuda_fail(err, "logits", c);
+    e->lazy = NULL;
+    return 0;
+}
+
+extern "C" int ds4_cuda_session_fetch_logits(ds4_cuda_session *s, ds4_err *err) {
+    return s->e->lazy == s ? fetch_lazy(s->e, err) : 0;
+}
+
+extern "C" int ds4_cuda_session_pick(const ds4_cuda_session *s, int32_t pick[2]) {
+    if (!s->pick_valid) return 0;
+    pick[0] = s->h_pick[0];
+    pick[1] = s->h_pick[1];
+    return 1;
+}
+
+extern "C" void ds4_cuda_session_logits_replaced(ds4_cuda_session *s) {
+    if (s->e->lazy == s) s->e->lazy = NULL;
+    s->pick_valid = false;
+}
+
 extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
     if (!s) return;
+    if (s->e->lazy == s) s->e->lazy = NULL;
     if (s->graph) cudaGraphExecDestroy(s->graph);
     cudaFreeHost(s->h_io);
     cudaFreeHost(s->h_logits);
+    cudaFreeHost(s->h_pick);
     cudaFree(s->state);
     free(s);
 }
 
 extern "C" int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err) {
     const ds4_hparams *hp = &s->e->m->hp;
+    ds4_cuda_session_logits_replaced(s);
     cudaStream_t st = s->e->stream;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         dlayer_kv *K = &s->L[il];
@@ -1312,6 +1349,7 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
 #ifdef DS4_CUDA_TIMELINE
     ds4_cuda_tl_record(!e->prof && !s->graph);
 #endif
+    if (e->lazy && e->lazy != s && fetch_lazy(e, err)) return -1; /* the workspace's logits are the lazy one's */
     if (!e->prof && !s->graph && capture(s, err)) return -1;
 #ifdef DS4_CUDA_TIMELINE
     ds4_cuda_tl_record(0);
@@ -1328,11 +1366,14 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     } else if (c == cudaSuccess) {
         c = cudaGraphLaunch(s->graph, e->stream);
     }
-    if (c == cudaSuccess)
+    if (c == cudaSuccess) c = cudaMemcpyAsync(s->h_pick, e->w.pick, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, e->stream);
+    if (c == cudaSuccess && logits)
         c = cudaMemcpyAsync(s->h_logits, e->w.logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
     if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
     if (c != cudaSuccess) return cuda_fail(err, "decode step", c);
-    if (logits != s->h_logits) memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
+    s->pick_valid = true;
+    e->lazy = logits ? NULL : s;
+    if (logits && logits != s->h_logits) memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
 #ifdef DS4_CUDA_TIMELINE
     if (++e->tl_step == e->tl_report) tl_report(e);
 #endif

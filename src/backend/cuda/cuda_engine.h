@@ -63,8 +63,22 @@ void ds4_cuda_session_free(ds4_cuda_session *s);
 /* Back to an empty state (frontiers cleared). */
 int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err);
 /* Token `token` at position `pos` (= tokens evaluated so far, < ctx);
- * logits (n_vocab floats, host memory) receive the next-token logits. */
+ * logits (n_vocab floats, host memory) receive the next-token logits, or
+ * with logits NULL they stay on the device until
+ * ds4_cuda_session_fetch_logits copies them into the session's pinned
+ * buffer (ds4_cuda_session_logits; another session's step or the
+ * session's prefill copies them there first, so they are never lost).
+ * Either way the step leaves its two most likely next tokens for
+ * ds4_cuda_session_pick. */
 int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err);
+int ds4_cuda_session_fetch_logits(ds4_cuda_session *s, ds4_err *err);
+/* The last step's two most likely next tokens (the larger logit first,
+ * the lower index on ties; NaN and -inf never, -1 where fewer than two
+ * logits are above -inf): 1, or 0 where the session's logits are not a
+ * step's (after a prefill, a reset, or ds4_cuda_session_logits_replaced). */
+int ds4_cuda_session_pick(const ds4_cuda_session *s, int32_t pick[2]);
+/* The caller wrote the session's pinned logits itself (a loaded payload). */
+void ds4_cuda_session_logits_replaced(ds4_cuda_session *s);
 /* The pinned host buffer (n_vocab floats) that step and prefill copy the
  * logits into from the device: passed as their logits, it saves them a
  * 517 KB copy a token (the engine's sessions use it as theirs). */

@@ -81,6 +81,9 @@ struct dwork {
     float *shgu;     /* the shared expert's gate, then up products (with the router's) */
     float *att_part; /* attention splits' weighted sums [head][split][head_dim] */
     float2 *att_ml;  /* and their (max, sum) [head][split] */
+    struct pick_cand *pick_part; /* k_pick2's blocks' two each */
+    unsigned *pick_count;        /* k_pick2's tickets (only grows) */
+    int32_t *pick;               /* the step's two most likely next tokens (cuda_pick.cuh) */
     double *hc_part;    /* k_hc's grid form: its blocks' sums (HC_PART) */
     unsigned *hc_count; /* k_hc's grid form: its barriers' arrivals (only grows) */
     struct topk_grid_state *tkg; /* the grid top-k's state and per-warp counts (cuda_topk_grid.cuh) */
@@ -125,6 +128,7 @@ struct ds4_cuda_engine {
     int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk alone */
     bool topk_cluster;      /* those blocks as one cluster (k_topk_grid<true>) */
     bool hc_cluster;        /* k_hc's blocks as one cluster (k_hc<true>) */
+    struct ds4_cuda_session *lazy; /* whose logits are only in w.logits yet (ds4_cuda_session_fetch_logits) */
     size_t hc_smem;         /* k_hc's unused dynamic shared memory: an SM to itself */
     size_t sm_room;         /* the shared memory one block may hold on an SM (alone_smem) */
     int topk_one_rows;      /* k_idx_topk runs where at most this many rows are visible (0: not in the step) */
@@ -165,6 +169,8 @@ struct ds4_cuda_session {
     void *state;      /* one allocation for every layer's state */
     step_io *h_io;    /* pinned */
     float *h_logits;  /* pinned, n_vocab */
+    int32_t *h_pick;  /* pinned, the last step's two picks */
+    bool pick_valid;  /* h_pick belongs to the logits the session has now */
     cudaGraphExec_t graph;
 };
 

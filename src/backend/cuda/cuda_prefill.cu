@@ -670,6 +670,7 @@ extern "C" int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *toke
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= hp->n_vocab)
             return ds4_fail(err, "cuda: token %d outside the vocabulary", tokens[i]);
+    ds4_cuda_session_logits_replaced(s); /* by the prefill's, below */
     if (e->exact) { /* exact mode: the decode step's f32 numerics, token by token */
         for (int i = 0; i < n; i++)
             if (ds4_cuda_session_step(s, tokens[i], pos0 + i, logits, err)) return -1;
