@@ -1327,6 +1327,13 @@ static void tl_report(ds4_cuda_engine *e) {
     std::vector<int> cnt;
     fprintf(stderr, "cuda timeline (step %d, %zu kernels, %.1f us from the first release to the last)%s:\n",
             e->tl_step, n, (last[n - 1] - last[0]) / 1000.0, env_on("DS4_CUDA_SIDE") ? " -- DS4_CUDA_SIDE=0 for a clean order" : "");
+    if (e->tl_n_ev > 1)
+        fprintf(stderr, "  per step, averages of %d (events): host between steps %.1f us, io copy + graph %.1f us, pick/logits copy %.1f us\n",
+                e->tl_n_ev - 1, 1000.0 * e->tl_host_ms / (e->tl_n_ev - 1), 1000.0 * e->tl_graph_ms / (e->tl_n_ev - 1),
+                1000.0 * e->tl_copy_ms / (e->tl_n_ev - 1));
+    if (count > n) /* the last kernel of the step before runs in this gap, and the host's work between steps */
+        fprintf(stderr, "  from the step before's last release: %.1f us\n",
+                (last[0] - t[(count - n - 1) % TL_MAX]) / 1000.0);
     for (size_t i = 0; i + 1 < n; i++) {
         const char *name = "?";
         cudaFuncGetName(&name, k[i]);
@@ -1359,6 +1366,11 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     s->h_io->idx_active = (pos + 1) / 4 > (int)hp->indexer_top_k;
     if (++e->serial == 0) e->serial = 1;
     s->h_io->serial = e->serial;
+#ifdef DS4_CUDA_TIMELINE
+    if (!e->tl_ev[0])
+        for (int i = 0; i < 6; i++) cudaEventCreate(&e->tl_ev[i]);
+    cudaEventRecord(e->tl_ev[0], e->stream);
+#endif
     cudaError_t c = cudaMemcpyAsync(e->w.io, s->h_io, sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
     if (e->prof) {
         if (c != cudaSuccess || enqueue_step(s, err)) return c != cudaSuccess ? cuda_fail(err, "decode step", c) : -1;
@@ -1366,10 +1378,26 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     } else if (c == cudaSuccess) {
         c = cudaGraphLaunch(s->graph, e->stream);
     }
+#ifdef DS4_CUDA_TIMELINE
+    cudaEventRecord(e->tl_ev[1], e->stream);
+#endif
     if (c == cudaSuccess) c = cudaMemcpyAsync(s->h_pick, e->w.pick, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, e->stream);
     if (c == cudaSuccess && logits)
         c = cudaMemcpyAsync(s->h_logits, e->w.logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
+#ifdef DS4_CUDA_TIMELINE
+    cudaEventRecord(e->tl_ev[2], e->stream);
+#endif
     if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
+#ifdef DS4_CUDA_TIMELINE
+    if (e->tl_n_ev++ > 0) { /* host: the previous step's copy done → this step's first event */
+        float ms[3] = {0, 0, 0};
+        cudaEventElapsedTime(&ms[0], e->tl_ev[5], e->tl_ev[0]);
+        cudaEventElapsedTime(&ms[1], e->tl_ev[0], e->tl_ev[1]);
+        cudaEventElapsedTime(&ms[2], e->tl_ev[1], e->tl_ev[2]);
+        e->tl_host_ms += ms[0], e->tl_graph_ms += ms[1], e->tl_copy_ms += ms[2];
+    }
+    for (int i = 0; i < 3; i++) std::swap(e->tl_ev[i], e->tl_ev[3 + i]);
+#endif
     if (c != cudaSuccess) return cuda_fail(err, "decode step", c);
     s->pick_valid = true;
     e->lazy = logits ? NULL : s;

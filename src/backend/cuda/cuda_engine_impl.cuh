@@ -141,6 +141,11 @@ struct ds4_cuda_engine {
 #ifdef DS4_CUDA_TIMELINE
     struct tl_buf *tl; /* cuda_timeline.cuh: the step's stamps */
     int tl_step, tl_report; /* steps run; the step to report (DS4_CUDA_TIMELINE=N) */
+    /* events around each step's parts: before the io copy, after the
+     * graph, after the logits copy (the previous step's in [3..5]) */
+    cudaEvent_t tl_ev[6];
+    double tl_host_ms, tl_graph_ms, tl_copy_ms;
+    int tl_n_ev;
 #endif
     cudaEvent_t ev[1024];
     const char *ev_label[1024];
