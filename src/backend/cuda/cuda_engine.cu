@@ -150,6 +150,22 @@ static int put_tensor(ds4_cuda_engine *e, const ds4_tensor *t, dmat *out, bool c
     return 0;
 }
 
+/* A device buffer of `bytes` for a small tensor, freed with the engine. */
+static int small_alloc(ds4_cuda_engine *e, size_t bytes, void **out, ds4_err *err) {
+    *out = NULL;
+    if (e->n_small == e->cap_small) {
+        int cap = e->cap_small ? 2 * e->cap_small : 256;
+        void **p = (void **)realloc(e->small, cap * sizeof(void *));
+        if (!p) return ds4_fail(err, "cuda: out of host memory");
+        e->small = p;
+        e->cap_small = cap;
+    }
+    cudaError_t c = cudaMalloc(out, bytes);
+    if (c != cudaSuccess) return cuda_fail(err, "small tensor allocation", c);
+    e->small[e->n_small++] = *out;
+    return 0;
+}
+
 /* A small tensor as f32 in its own device buffer (NULL if absent). */
 static int put_f32(ds4_cuda_engine *e, const ds4_tensor *t, const float **out, ds4_err *err) {
     *out = NULL;
@@ -160,20 +176,33 @@ static int put_f32(ds4_cuda_engine *e, const ds4_tensor *t, const float **out, d
     float *h = (float *)malloc(n * sizeof(float));
     if (!h) return ds4_fail(err, "cuda: out of host memory");
     ds4_dequantize_row(t->type, t->data, h, n);
-    if (e->n_small == e->cap_small) {
-        int cap = e->cap_small ? 2 * e->cap_small : 256;
-        void **p = (void **)realloc(e->small, cap * sizeof(void *));
-        if (!p) { free(h); return ds4_fail(err, "cuda: out of host memory"); }
-        e->small = p;
-        e->cap_small = cap;
-    }
     void *d = NULL;
-    cudaError_t c = cudaMalloc(&d, n * sizeof(float));
-    if (c == cudaSuccess) c = cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice);
+    cudaError_t c = cudaSuccess;
+    if (small_alloc(e, n * sizeof(float), &d, err)) {
+        free(h);
+        return -1;
+    }
+    c = cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice);
     free(h);
-    if (c != cudaSuccess) { cudaFree(d); return cuda_fail(err, "small tensor upload", c); }
-    e->small[e->n_small++] = d;
+    if (c != cudaSuccess) return cuda_fail(err, "small tensor upload", c);
     *out = (const float *)d;
+    return 0;
+}
+
+/* The output head's HC collapse runs through k_hc (an HC pre without the
+ * next sublayer's post and mixing matrix), whose threads load HC_MIX rows
+ * of fn: output_hc_fn's HC_N rows, then zeros (check_model: F16 or F32
+ * [HC_N·n_embd, HC_N]). */
+static int put_head_fn(ds4_cuda_engine *e, ds4_err *err) {
+    const dmat &fn = e->output_hc_fn;
+    void *d = NULL;
+    if (small_alloc(e, (size_t)HC_MIX * fn.row_bytes, &d, err)) return -1;
+    cudaError_t c = cudaMemset(d, 0, (size_t)HC_MIX * fn.row_bytes);
+    if (c == cudaSuccess) c = cudaMemcpy(d, fn.w, (size_t)HC_N * fn.row_bytes, cudaMemcpyDeviceToDevice);
+    if (c != cudaSuccess) return cuda_fail(err, "output head HC weights", c);
+    e->out_hc_mix = fn;
+    e->out_hc_mix.w = (const uint8_t *)d;
+    e->out_hc_mix.rows = HC_MIX;
     return 0;
 }
 
@@ -222,7 +251,7 @@ static int upload_weights(ds4_cuda_engine *e, bool counting, ds4_err *err) {
     cudaError_t c = cudaStreamSynchronize(e->stream); /* the synthetic fills */
     if (c != cudaSuccess) return cuda_fail(err, "synthetic weight fill", c);
     if (put_f32(e, &m->output_hc_scale, &e->out_hc_scale, err) || put_f32(e, &m->output_hc_base, &e->out_hc_base, err) ||
-        put_f32(e, &m->output_norm, &e->out_norm, err))
+        put_f32(e, &m->output_norm, &e->out_norm, err) || put_head_fn(e, err))
         return -1;
     return 0;
 }
@@ -335,8 +364,12 @@ static int check_model(const ds4_model *m, ds4_err *err) {
                 return ds4_fail(err, "cuda: %s has type %s (the MoE kernels take Q8_0, Q2_K, Q4_K, IQ2_XXS, F16, F32)",
                                 moes[i]->name, ds4_type_name(moes[i]->type));
     }
-    if (!matvec_type(m->output.type) || !matvec_type(m->output_hc_fn.type))
-        return ds4_fail(err, "cuda: output head types not supported");
+    if (!matvec_type(m->output.type))
+        return ds4_fail(err, "cuda: output has type %s, which the CUDA backend cannot multiply yet",
+                        ds4_type_name(m->output.type));
+    const ds4_tensor *hfn = &m->output_hc_fn;
+    if (!plain_type(hfn->type) || hfn->n_dims != 2 || hfn->ne[0] != HC_N * hp->n_embd || hfn->ne[1] != HC_N)
+        return ds4_fail(err, "cuda: %s must be F16 or F32 [%u, %d]", hfn->name, HC_N * hp->n_embd, HC_N);
     return 0;
 }
 
@@ -370,7 +403,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     size_t act_bytes = max_n * 2 + 1024;
 #define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
     F(w->io, 1);
-    F(w->H, 4 * D); F(w->H2, 4 * D); F(w->hc_flat, 4 * D);
+    F(w->H, 4 * D); F(w->H2, 4 * D); F(w->hx, D);
     F(w->hc_part, HC_PART); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
     F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
@@ -779,14 +812,16 @@ static hc_split_args hc_split_of(const ds4_cuda_engine *e, const float *scale, c
 }
 
 /* HC between sublayers (k_hc): post of the finished sublayer's output y
- * (NULL before the first), then pre of the next into ws.x / ws.a and its
- * mix into ws.mix, whose split into post gates and mixing matrix (ws.post,
- * ws.comb) a later kernel of the sublayer does (hc_split_of; check_model:
- * fn is F16 or F32). Sublayer `sub` (2·layer, + 1 for the FFN) reads
- * ws.H or ws.H2 by its parity and writes the other: after every layer's
- * two, the streams are back in ws.H for the output head. */
+ * (NULL before the first), then pre of the next into x / a (ws.x / ws.a
+ * for a layer's sublayers) and its mix into ws.mix, whose split into post
+ * gates and mixing matrix (ws.post, ws.comb) a later kernel of the
+ * sublayer does (hc_split_of; check_model: fn is F16 or F32). Sublayer
+ * `sub` (2·layer, + 1 for the FFN) reads ws.H or ws.H2 by its parity and
+ * writes the other: after every layer's two, the streams are back in ws.H
+ * for the output head, whose HC (sub 2·n_layer, out_hc_mix) leaves them in
+ * ws.H2. */
 static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float *scale, const float *base,
-              const float *norm_w) {
+              const float *norm_w, float *x, float *a) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     dwork *w = &e->w;
@@ -796,7 +831,7 @@ static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float 
                                        HC_BLOCKS, HC_THREADS, e->hc_smem, q->st, (const float *)h_in, h_out, y,
                                        (const float *)w->post, (const float *)w->comb, D, (const void *)fn.w,
                                        (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps, norm_w, hp->rms_eps,
-                                       w->hc_part, w->hc_count, w->mix, w->x, w->a);
+                                       w->hc_part, w->hc_count, w->mix, x, a);
     if (c != cudaSuccess) return cuda_fail(q->err, "hc", c);
     mark(e, q->st, y ? "hc post + pre" : "hc pre");
     return 0;
@@ -855,7 +890,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     dwork *w = &e->w;
     int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim, n_rot = (int)hp->n_rot;
     const float2 *rcs = L->ratio ? w->rope.cs1 : w->rope.cs0; /* this layer's rope kind at the step's position */
-    if (hc(q, 2 * il, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm)) return -1;
+    if (hc(q, 2 * il, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, w->x, w->a)) return -1;
     /* Every product of the normed x: Q8_0 ones in one launch, F16 ones in
      * another (the indexer's head weights too: they are read only while the
      * indexer is active, and cost little). */
@@ -1040,7 +1075,7 @@ static int ffn(enq *q, uint32_t il) {
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
-    if (hc(q, 2 * il + 1, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm)) return -1;
+    if (hc(q, 2 * il + 1, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, w->x, w->a)) return -1;
     const bool with_router = shared_with_router(e, L);
     if (with_router) {
         ds4_cuda_mv dg = mv_of(q, L->gate_sh, w->shgu, w->a, NULL, NULL, NULL),
@@ -1141,14 +1176,10 @@ static int output_head(enq *q) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     dwork *w = &e->w;
-    uint32_t D = hp->n_embd;
-    if (run(q, "hc post", k_hc_post, (D + 255) / 256, 256, 0, w->H, (const float *)w->y, (const float *)w->post,
-            (const float *)w->comb, D) ||
-        run(q, "head norm", k_rmsnorm, 1, 1024, 0, (const float *)w->H, w->hc_flat, (const float *)NULL,
-            (int)(HC_N * D), (size_t)0, hp->rms_eps) ||
-        mv(q, e->output_hc_fn, w->hc_flat, w->mix) ||
-        run(q, "head collapse", k_out_collapse, 1, 1024, 0, (const float *)w->mix, e->out_hc_scale, e->out_hc_base,
-            hp->hc_eps, (const float *)w->H, D, e->out_norm, hp->rms_eps, w->ehc) ||
+    /* the last FFN's HC post and the collapse (model-spec §5.3, §5.9) as
+     * one more HC pre: pre = σ(mix·scale + base) + eps are the collapse's
+     * weights, a = norm(Σ pre·H)·out_norm its output */
+    if (hc(q, 2 * hp->n_layer, w->y, e->out_hc_mix, e->out_hc_scale, e->out_hc_base, e->out_norm, w->hx, w->ehc) ||
         mv(q, e->output, w->ehc, w->logits) ||
         run(q, "greedy pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)w->logits, (int)hp->n_vocab,
             w->pick_part, w->pick_count, w->pick))
@@ -1412,7 +1443,7 @@ extern "C" int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name
                                            ds4_err *err) {
     dwork *w = &s->e->w;
     struct { const char *name; const void *p; } bufs[] = {
-        {"H", w->H}, {"x", w->x}, {"a", w->a}, {"qr", w->qr}, {"q", w->q}, {"att", w->att}, {"low", w->low},
+        {"H", w->H2}, {"x", w->x}, {"a", w->a}, {"qr", w->qr}, {"q", w->q}, {"att", w->att}, {"low", w->low},
         {"y", w->y}, {"router", w->router}, {"ids", w->ids}, {"ew", w->ew}, {"smid", w->smid}, {"sh", w->sh},
         {"mix", w->mix}, {"ehc", w->ehc}, {"sel", w->sel}, {"n_sel", w->n_sel}};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)

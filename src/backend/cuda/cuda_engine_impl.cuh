@@ -74,7 +74,7 @@ struct dlayer {
 /* Device workspace of one step (shared by the engine's sessions). */
 struct dwork {
     step_io *io;
-    float *H, *hc_flat, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
+    float *H, *hx, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
     float *H2; /* k_hc's second buffer of the HC streams: call i reads one and writes the other; H after an even count */
     float *iscores, *att, *low, *y, *router, *ew, *mid, *smid, *sh, *ehc, *logits;
     float *qraw;     /* q_a's output before its RMSNorm (qr: after) */
@@ -121,6 +121,7 @@ struct ds4_cuda_engine {
     dlayer L[DS4_MAX_LAYERS];
     uint32_t comp_cap[DS4_MAX_LAYERS];
     dmat token_embd, output, output_hc_fn;
+    dmat out_hc_mix; /* output_hc_fn's HC_N rows and HC_MIX - HC_N of zeros: k_hc's fn for the head */
     const float *out_hc_scale, *out_hc_base, *out_norm;
     rope_dev rope_plain, rope_comp;
     int att_hg, att_splits; /* attention: heads per block, blocks per head group (k_attention_split) */

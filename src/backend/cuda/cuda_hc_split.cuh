@@ -1,7 +1,8 @@
-/* cuda_hc_split.cuh — the hyper-connection pieces the decode step
+/* cuda_hc_split.cuh — the hyper-connection piece the decode step
  * (cuda_step_ops.cuh) and the prefill (cuda_prefill_ops.cuh) share: the
- * split of one token's mix (model-spec §5.2 steps 3-4) by one warp, and
- * the output head's collapse of one token by one block (§5.9). */
+ * split of one token's mix (model-spec §5.2 steps 3-4) by one warp. (The
+ * decode step's output head collapses through k_hc, the prefill's through
+ * pf_out_collapse.) */
 #ifndef DS4_CUDA_HC_SPLIT_CUH
 #define DS4_CUDA_HC_SPLIT_CUH
 
@@ -43,26 +44,6 @@ static __device__ void hc_split_warp(const float *m, const float *scale, const f
         v /= cs + hc_eps;
     }
     if (lane < HC_N * HC_N) comb_out[lane] = v;
-}
-
-/* The output head's collapse (model-spec §5.9 steps 2-3) by one block:
- * e = Σ w_h·H[h] with w_h = σ(z_h·scale + base_h) + eps, then RMSNorm with
- * output_norm. */
-static __device__ void hc_collapse_block(const float *z, const float *scale, const float *base, float hc_eps,
-                                         const float *H, uint32_t D, const float *norm_w, float rms_eps, float *e) {
-    __shared__ float w[HC_N];
-    __shared__ double sh[32];
-    if (threadIdx.x < HC_N) w[threadIdx.x] = dev_sigmoid(z[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
-    __syncthreads();
-    double ss = 0.0;
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int h = 0; h < HC_N; h++) acc += w[h] * H[(size_t)h * D + d];
-        e[d] = acc;
-        ss += (double)acc * (double)acc;
-    }
-    float s = ds4_rms_scale(block_sum(ss, sh), (int)D, rms_eps);
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) e[d] = e[d] * s * norm_w[d];
 }
 
 #endif

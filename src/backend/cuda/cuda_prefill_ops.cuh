@@ -1151,10 +1151,24 @@ __global__ void pf_moe_plain_down(const void *down, int f16, uint32_t n_ff, uint
     if (lane == 0) out[item] = acc + add[item];
 }
 
-/* Output head collapse of one token (hc_collapse_block). */
+/* The output head's collapse of one token (model-spec §5.9 steps 2-3) by
+ * one block: e = Σ w_h·H[h] with w_h = σ(z_h·scale + base_h) + eps, then
+ * RMSNorm with output_norm. */
 __global__ void pf_out_collapse(const float *z, const float *scale, const float *base, float hc_eps, const float *H,
                                 uint32_t D, const float *norm_w, float rms_eps, float *e) {
-    hc_collapse_block(z, scale, base, hc_eps, H, D, norm_w, rms_eps, e);
+    __shared__ float w[HC_N];
+    __shared__ double sh[32];
+    if (threadIdx.x < HC_N) w[threadIdx.x] = dev_sigmoid(z[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    __syncthreads();
+    double ss = 0.0;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int h = 0; h < HC_N; h++) acc += w[h] * H[(size_t)h * D + d];
+        e[d] = acc;
+        ss += (double)acc * (double)acc;
+    }
+    float s = ds4_rms_scale(block_sum(ss, sh), (int)D, rms_eps);
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) e[d] = e[d] * s * norm_w[d];
 }
 
 #endif

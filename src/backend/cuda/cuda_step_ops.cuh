@@ -309,21 +309,6 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     }
 }
 
-/* HC post (model-spec §5.3): H[dst] = post[dst]·y + Σ_src comb[src][dst]·H[src]. */
-__global__ void k_hc_post(float *H, const float *y, const float *post, const float *comb, uint32_t D) {
-    pdl_trigger();
-    pdl_wait();
-    uint32_t d = blockIdx.x * blockDim.x + threadIdx.x;
-    if (d >= D) return;
-    float old[HC_N];
-    for (int h = 0; h < HC_N; h++) old[h] = H[(size_t)h * D + d];
-    for (int dst = 0; dst < HC_N; dst++) {
-        float acc = post[dst] * y[d];
-        for (int src = 0; src < HC_N; src++) acc += comb[src * HC_N + dst] * old[src];
-        H[(size_t)dst * D + d] = acc;
-    }
-}
-
 /* Per head: unweighted RMSNorm, then RoPE of the tail (attention Q). */
 __device__ void q_prepare(float *qh, float *xs, int hd, int n_rot, float eps, const float2 *cs) {
     __shared__ double sh[32];
@@ -1109,14 +1094,6 @@ __global__ void k_hc_split(hc_split_args hs) {
     pdl_trigger();
     pdl_wait();
     hc_split_block(hs);
-}
-
-/* Output head collapse (hc_collapse_block). */
-__global__ void k_out_collapse(const float *z, const float *scale, const float *base, float hc_eps,
-                               const float *H, uint32_t D, const float *norm_w, float rms_eps, float *e) {
-    pdl_trigger();
-    pdl_wait();
-    hc_collapse_block(z, scale, base, hc_eps, H, D, norm_w, rms_eps, e);
 }
 
 /* y = x (f32 weights are not in the matvec kernels: plain dot per warp). */
