@@ -418,7 +418,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL); F(w->route_stamp, hp->n_layer);
     F(w->mid, nu * ff); F(w->smid, ff); F(w->shgu, 2 * ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
     F(w->zero_id, 1); F(w->one_w, 1);
-    F(w->pick_part, 2 * PICK_BLOCKS); F(w->pick_count, 1); F(w->pick, 2);
+    F(w->pick_part, 2 * PICK_BLOCKS); F(w->pick_count, 1);
     F(w->actA, act_bytes); F(w->actB, act_bytes);
 #undef F
     int32_t zero = 0;
@@ -1172,7 +1172,7 @@ static int shared_expert(enq *q, uint32_t il) {
     return side_join(q, "shared expert");
 }
 
-static int output_head(enq *q) {
+static int output_head(enq *q, ds4_cuda_session *s) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     dwork *w = &e->w;
@@ -1182,7 +1182,7 @@ static int output_head(enq *q) {
     if (hc(q, 2 * hp->n_layer, w->y, e->out_hc_mix, e->out_hc_scale, e->out_hc_base, e->out_norm, w->hx, w->ehc) ||
         mv(q, e->output, w->ehc, w->logits) ||
         run(q, "greedy pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)w->logits, (int)hp->n_vocab,
-            w->pick_part, w->pick_count, w->pick))
+            w->pick_part, w->pick_count, s->d_pick))
         return -1;
     mark(e, q->st, "hc post, output head, greedy pick");
     return 0;
@@ -1218,7 +1218,7 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if ((e->exact ? attention<float>(&q, s, il) : attention<__half>(&q, s, il)) || ffn(&q, il)) return -1;
-    return output_head(&q);
+    return output_head(&q, s);
 }
 
 /* ------------------------------------------------------------ sessions */
@@ -1241,7 +1241,8 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, sizeof(step_io));
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_logits, hp->n_vocab * sizeof(float));
     if (c == cudaSuccess) memset(s->h_logits, 0, hp->n_vocab * sizeof(float));
-    if (c == cudaSuccess) c = cudaMallocHost(&s->h_pick, 2 * sizeof(int32_t));
+    if (c == cudaSuccess) c = cudaHostAlloc(&s->h_pick, 2 * sizeof(int32_t), cudaHostAllocMapped);
+    if (c == cudaSuccess) c = cudaHostGetDevicePointer(&s->d_pick, s->h_pick, 0);
     if (c != cudaSuccess) {
         ds4_cuda_session_free(s);
         return cuda_fail(err, "session setup", c);
@@ -1412,7 +1413,6 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
 #ifdef DS4_CUDA_TIMELINE
     cudaEventRecord(e->tl_ev[1], e->stream);
 #endif
-    if (c == cudaSuccess) c = cudaMemcpyAsync(s->h_pick, e->w.pick, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, e->stream);
     if (c == cudaSuccess && logits)
         c = cudaMemcpyAsync(s->h_logits, e->w.logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
 #ifdef DS4_CUDA_TIMELINE

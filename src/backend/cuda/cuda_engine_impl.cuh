@@ -83,7 +83,6 @@ struct dwork {
     float2 *att_ml;  /* and their (max, sum) [head][split] */
     struct pick_cand *pick_part; /* k_pick2's blocks' two each */
     unsigned *pick_count;        /* k_pick2's tickets (only grows) */
-    int32_t *pick;               /* the step's two most likely next tokens (cuda_pick.cuh) */
     double *hc_part;    /* k_hc's grid form: its blocks' sums (HC_PART) */
     unsigned *hc_count; /* k_hc's grid form: its barriers' arrivals (only grows) */
     struct topk_grid_state *tkg; /* the grid top-k's state and per-warp counts (cuda_topk_grid.cuh) */
@@ -175,7 +174,8 @@ struct ds4_cuda_session {
     void *state;      /* one allocation for every layer's state */
     step_io *h_io;    /* pinned */
     float *h_logits;  /* pinned, n_vocab */
-    int32_t *h_pick;  /* pinned, the last step's two picks */
+    int32_t *h_pick;  /* pinned and mapped, the last step's two picks (written by k_pick2 through d_pick) */
+    int32_t *d_pick;
     bool pick_valid;  /* h_pick belongs to the logits the session has now */
     cudaGraphExec_t graph;
 };
