@@ -150,7 +150,8 @@ static int put_tensor(ds4_cuda_engine *e, const ds4_tensor *t, dmat *out, bool c
     return 0;
 }
 
-/* A device buffer of `bytes` for a small tensor, freed with the engine. */
+/* A device buffer of `bytes` outside the weight arena (small tensors, the
+ * workspace), freed with the engine. */
 static int small_alloc(ds4_cuda_engine *e, size_t bytes, void **out, ds4_err *err) {
     *out = NULL;
     if (e->n_small == e->cap_small) {
@@ -161,7 +162,7 @@ static int small_alloc(ds4_cuda_engine *e, size_t bytes, void **out, ds4_err *er
         e->cap_small = cap;
     }
     cudaError_t c = cudaMalloc(out, bytes);
-    if (c != cudaSuccess) return cuda_fail(err, "small tensor allocation", c);
+    if (c != cudaSuccess) return cuda_fail(err, "device allocation", c);
     e->small[e->n_small++] = *out;
     return 0;
 }
@@ -177,12 +178,11 @@ static int put_f32(ds4_cuda_engine *e, const ds4_tensor *t, const float **out, d
     if (!h) return ds4_fail(err, "cuda: out of host memory");
     ds4_dequantize_row(t->type, t->data, h, n);
     void *d = NULL;
-    cudaError_t c = cudaSuccess;
     if (small_alloc(e, n * sizeof(float), &d, err)) {
         free(h);
         return -1;
     }
-    c = cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice);
+    cudaError_t c = cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice);
     free(h);
     if (c != cudaSuccess) return cuda_fail(err, "small tensor upload", c);
     *out = (const float *)d;
@@ -375,17 +375,9 @@ static int check_model(const ds4_model *m, ds4_err *err) {
 
 /* ------------------------------------------------------------ engine */
 
+/* A workspace buffer (counted in the engine's workspace bytes). */
 static int dalloc(ds4_cuda_engine *e, void **p, size_t bytes, ds4_err *err) {
-    if (e->n_small == e->cap_small) {
-        int cap = e->cap_small ? 2 * e->cap_small : 256;
-        void **q = (void **)realloc(e->small, cap * sizeof(void *));
-        if (!q) return ds4_fail(err, "cuda: out of host memory");
-        e->small = q;
-        e->cap_small = cap;
-    }
-    cudaError_t c = cudaMalloc(p, bytes ? bytes : 16);
-    if (c != cudaSuccess) return cuda_fail(err, "workspace allocation", c);
-    e->small[e->n_small++] = *p;
+    if (small_alloc(e, bytes ? bytes : 16, p, err)) return -1;
     e->work_bytes += bytes;
     return 0;
 }
