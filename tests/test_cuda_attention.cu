@@ -324,8 +324,7 @@ __global__ void __launch_bounds__(1024, 1) k_topk_radix(const float *scores, int
 }
 
 /* The decode step's grid top-k (cuda_topk_grid.cuh) over vis rows: its
- * grid form, or its blocks as one cluster (sm_90+, at most
- * TOPK_CLUSTER_MAX blocks). */
+ * grid form, or its blocks as one cluster (where topk_cluster_fits). */
 static void topk_grid_run(bool cluster, const float *d_s, int g, topk_grid_state *d_st, int *d_wa, int *d_wt,
                           int *d_sel, int *d_nsel, const step_io *d_io) {
     if (cluster)
@@ -345,13 +344,6 @@ static void topk_way(int way, const float *d_s, int vis, int g, topk_grid_state 
     else k_topk_radix<<<1, 1024>>>(d_s, vis, d_sel);
 }
 
-/* The cluster form runs on this device for g blocks. */
-static bool topk_cluster_ok(int g) {
-    int dev = 0, major = 0;
-    CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    return major >= 9 && g <= TOPK_CLUSTER_MAX;
-}
 
 /* The top-k of one token seeing s.size() rows against topk_ref, the three
  * ways of topk_way; their times (ms) into ms[0..2] when ms. */
@@ -373,7 +365,7 @@ static bool topk_case(const char *name, const std::vector<float> &s, float *ms) 
     CK(cudaMemcpy(d_s, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
     const std::vector<int> ref = topk_ref(s, TOPK);
     bool ok = true;
-    const int n_ways = topk_cluster_ok(g) ? 4 : 3;
+    const int n_ways = topk_cluster_fits(g) ? 4 : 3;
     for (int way = 0; way < n_ways; way++) {
         CK(cudaMemset(d_sel, 0xff, TOPK * 4));
         CK(cudaMemset(d_nsel, 0, 4));

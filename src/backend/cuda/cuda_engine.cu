@@ -570,13 +570,10 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
              cudaSuccess ||
          e->topk_grid > tk_per_sm * n_sm))
         e->topk_grid = 0; /* the one block then takes every position (its radix path) */
-    /* up to TOPK_CLUSTER_MAX blocks (64k of context) as one cluster, on
-     * sm_90+ (DS4_CUDA_TOPK_CLUSTER=0: the grid form) */
-    int cc_major = 0, dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev))
-        cc_major = 0;
+    /* up to TOPK_CLUSTER_MAX blocks (128k of context) as one cluster where
+     * the device places one (DS4_CUDA_TOPK_CLUSTER=0: the grid form) */
     const char *tc = getenv("DS4_CUDA_TOPK_CLUSTER");
-    e->topk_cluster = e->topk_grid > 0 && e->topk_grid <= TOPK_CLUSTER_MAX && cc_major >= 9 && !(tc && !strcmp(tc, "0"));
+    e->topk_cluster = e->topk_grid > 0 && !(tc && !strcmp(tc, "0")) && topk_cluster_fits(e->topk_grid);
     e->topk_one_rows = !e->topk_grid ? INT_MAX : forced == 1 ? 0 : one_rows;
     /* k_idx_topk's threads: enough to hold its rows in registers, at least
      * 512 (a smaller block than 1024 fits beside the kernel before it and
@@ -614,7 +611,9 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
         ds4_cuda_engine_close(e);
         return cuda_fail(err, "stream", c);
     }
-    int smem_sm = 0, smem_reserved = 0, smem_optin = 0;
+    int smem_sm = 0, smem_reserved = 0, smem_optin = 0, cc_major = 0, dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev))
+        cc_major = 0;
     if (cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess)
