@@ -961,6 +961,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
  * busy splits in order, M the largest of the sink and the m_s, rotated back
  * at the query position; one block per head, a pair per thread. Shared:
  * hd outputs, then the splits' m (turned into weights) and l. */
+enum { COMB_EARLY = 16 };
 __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, int S, int n_swa, int ratio,
                                     const int *sel, const int *n_sel, const float *sinks, int hd, int n_rot,
                                     const float2 *cs, const step_io *io, float *out, uint8_t *out_q) {
@@ -969,6 +970,13 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     const float sink = sinks[h];              /* a weight: read before the wait, off thread 0's chain */
     pdl_wait();
     const float2 rv = rope_own(cs, n_rot); /* the step's table: beside the splits' loads, not after the sums */
+    /* this thread's first COMB_EARLY splits' pair, requested before the
+     * busy count and the weights are known (stale past busy, never used):
+     * their latency overlaps the (m, l) loads and thread 0's weights */
+    const float2 *po = (const float2 *)(part_o + (size_t)h * S * hd);
+    const int j0 = threadIdx.x;
+    float2 ve[COMB_EARLY];
+    if (2 * j0 < hd) load_batch<COMB_EARLY>(po + j0, 0, hd / 2, S * (hd / 2) - j0, ve);
     extern __shared__ float os[];
     const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
@@ -993,10 +1001,19 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     }
     __syncthreads();
     const float inv = inv_s;
-    const float2 *po = (const float2 *)(part_o + (size_t)h * S * hd);
     for (int j = threadIdx.x; 2 * j < hd; j += blockDim.x) {
         float2 t = make_float2(0.0f, 0.0f);
-        for (int s0 = 0; s0 < busy; s0 += 8) {
+        int s0 = 0;
+        if (j == j0) {
+#pragma unroll
+            for (int k = 0; k < COMB_EARLY; k++)
+                if (k < busy) {
+                    t.x += ve[k].x * wsplit[k];
+                    t.y += ve[k].y * wsplit[k];
+                }
+            s0 = COMB_EARLY;
+        }
+        for (; s0 < busy; s0 += 8) {
             float2 v[8];
             load_batch<8>(po + j, s0 * (hd / 2), hd / 2, busy * (hd / 2) - j, v);
 #pragma unroll
