@@ -298,25 +298,11 @@ static size_t alone_smem(const ds4_cuda_engine *e, void (*kernel)(KArgs...), uns
  * way each block with its SM to itself (alone_smem). */
 static int hc_form(ds4_cuda_engine *e, int cc_major, int n_sm, ds4_err *err) {
     const char *env = getenv("DS4_CUDA_HC_CLUSTER");
-    int clusters = 0;
-    if (cc_major >= 9 && !(env && !strcmp(env, "0")) &&
-        cudaFuncSetAttribute(k_hc<true>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) {
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr = {};
-        cfg.gridDim = HC_BLOCKS;
-        cfg.blockDim = HC_THREADS;
-        cfg.dynamicSmemBytes = alone_smem(e, k_hc<true>, HC_BLOCKS, 0);
-        attr.id = cudaLaunchAttributeClusterDimension;
-        attr.val.clusterDim.x = HC_BLOCKS;
-        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
-        cfg.attrs = &attr;
-        cfg.numAttrs = 1;
-        if (cudaOccupancyMaxActiveClusters(&clusters, k_hc<true>, &cfg) != cudaSuccess) clusters = 0;
-        e->hc_smem = cfg.dynamicSmemBytes;
+    if (cc_major >= 9 && !(env && !strcmp(env, "0"))) {
+        e->hc_smem = alone_smem(e, k_hc<true>, HC_BLOCKS, 0);
+        e->hc_cluster = cluster_places(k_hc<true>, HC_BLOCKS, HC_THREADS, e->hc_smem);
+        if (e->hc_cluster) return 0;
     }
-    cudaGetLastError(); /* a refusal above only selects the grid form */
-    e->hc_cluster = clusters > 0;
-    if (e->hc_cluster) return 0;
     e->hc_smem = alone_smem(e, k_hc<false>, HC_BLOCKS, 0);
     int per_sm = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_hc<false>, HC_THREADS, e->hc_smem) != cudaSuccess ||
@@ -682,6 +668,10 @@ extern "C" void ds4_cuda_engine_close(ds4_cuda_engine *e) {
     ds4_cuda_prefill_free(e);
     for (int i = 0; i < 1024; i++)
         if (e->ev[i]) cudaEventDestroy(e->ev[i]);
+#ifdef DS4_CUDA_TIMELINE
+    for (int i = 0; i < 6; i++)
+        if (e->tl_ev[i]) cudaEventDestroy(e->tl_ev[i]);
+#endif
     for (int i = 0; i < e->n_small; i++) cudaFree(e->small[i]);
     free(e->small);
     cudaFree(e->arena);
@@ -1278,7 +1268,7 @@ extern "C" void ds4_cuda_session_logits_replaced(ds4_cuda_session *s) {
 
 extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
     if (!s) return;
-    if (s->e->lazy == s) s->e->lazy = NULL;
+    ds4_cuda_session_logits_replaced(s); /* the engine forgets it as the lazy one */
     if (s->graph) cudaGraphExecDestroy(s->graph);
     cudaFreeHost(s->h_io);
     cudaFreeHost(s->h_logits);
@@ -1351,7 +1341,7 @@ static void tl_report(ds4_cuda_engine *e) {
     fprintf(stderr, "cuda timeline (step %d, %zu kernels, %.1f us from the first release to the last)%s:\n",
             e->tl_step, n, (last[n - 1] - last[0]) / 1000.0, env_on("DS4_CUDA_SIDE") ? " -- DS4_CUDA_SIDE=0 for a clean order" : "");
     if (e->tl_n_ev > 1)
-        fprintf(stderr, "  per step, averages of %d (events): host between steps %.1f us, io copy + graph %.1f us, pick/logits copy %.1f us\n",
+        fprintf(stderr, "  per step, averages of %d (events): host between steps %.1f us, io copy + graph %.1f us, logits copy (when asked for) %.1f us\n",
                 e->tl_n_ev - 1, 1000.0 * e->tl_host_ms / (e->tl_n_ev - 1), 1000.0 * e->tl_graph_ms / (e->tl_n_ev - 1),
                 1000.0 * e->tl_copy_ms / (e->tl_n_ev - 1));
     if (count > n) /* the last kernel of the step before runs in this gap, and the host's work between steps */

@@ -1,5 +1,6 @@
 /* cuda_pdl.cuh — programmatic dependent launch (sm_90+) for the decode
- * step's kernels, shared by cuda_kernels.cu and cuda_engine.cu.
+ * step's kernels, shared by cuda_kernels.cu and cuda_engine.cu, and their
+ * launches in thread-block clusters (cluster_places: whether one fits).
  *
  * A kernel launched with the programmatic-serialization attribute may start
  * while the kernel before it on the stream is still running; it must call
@@ -90,6 +91,30 @@ static cudaError_t pdl_launch_cluster(bool pdl, int cluster, void (*kernel)(KArg
                                       size_t smem, cudaStream_t st, Args &&...args) {
     ds4_cuda_tl_label((const void *)kernel);
     return launch_with(pdl, cluster, kernel, grid, block, smem, st, std::forward<Args>(args)...);
+}
+
+/* Whether the device can place one cluster of `blocks` blocks of kernel
+ * (threads and dynamic shared memory each): beyond the portable 8 the
+ * kernel is first let use non-portable sizes (Hopper allows 16). A
+ * refusal is no error: the caller takes its grid form. */
+template <typename... KArgs>
+static bool cluster_places(void (*kernel)(KArgs...), int blocks, int threads, size_t smem) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr = {};
+    cfg.gridDim = blocks;
+    cfg.blockDim = threads;
+    cfg.dynamicSmemBytes = smem;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)blocks;
+    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if ((blocks > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) ||
+        cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess)
+        clusters = 0;
+    cudaGetLastError();
+    return clusters > 0;
 }
 
 template <typename... KArgs, typename... Args>

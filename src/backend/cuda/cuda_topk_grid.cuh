@@ -90,7 +90,7 @@ __device__ __forceinline__ void topk_grid_sync(unsigned *arrive, unsigned target
  * barriers instead of global arrivals (a grid barrier costs ~2 us, §16);
  * the hardware schedules a cluster's blocks together, so nothing can be
  * starved and the next kernel may launch at once. */
-enum { TOPK_CLUSTER_MAX = 16, TOPK_CLUSTER_PORTABLE = 8 };
+enum { TOPK_CLUSTER_MAX = 16 };
 
 /* The picks, in index order, into sel; n_sel = top_k, or -1 while every
  * visible row is attended. Nothing at positions where at most min_rows rows
@@ -237,29 +237,16 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
 }
 
 /* Whether the g blocks of the grid top-k run here as one cluster: sm_90+,
- * at most TOPK_CLUSTER_MAX (beyond the portable 8 the kernel is let use
- * non-portable sizes, which Hopper allows to 16: to 128k of context), and
- * the device can place such a cluster. */
+ * at most TOPK_CLUSTER_MAX (16 needs non-portable sizes: to 128k of
+ * context), and the device can place such a cluster. */
 static inline bool topk_cluster_fits(int g) {
-    int dev = 0, major = 0, clusters = 0;
+    int dev = 0, major = 0;
     if (g < 1 || g > TOPK_CLUSTER_MAX || cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 9)
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 9) {
+        cudaGetLastError();
         return false;
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr = {};
-    cfg.gridDim = g;
-    cfg.blockDim = TOPK_GRID_THREADS;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = (unsigned)g;
-    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    if ((g > TOPK_CLUSTER_PORTABLE &&
-         cudaFuncSetAttribute(k_topk_grid<true>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) ||
-        cudaOccupancyMaxActiveClusters(&clusters, k_topk_grid<true>, &cfg) != cudaSuccess)
-        clusters = 0;
-    cudaGetLastError(); /* a refusal only selects the grid form */
-    return clusters > 0;
+    }
+    return cluster_places(k_topk_grid<true>, g, TOPK_GRID_THREADS, 0);
 }
 
 #endif
