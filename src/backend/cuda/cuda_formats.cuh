@@ -257,6 +257,35 @@ struct fmt_q2_K {
         float dmin = fs_mul(a.d[ab], fs_h2f(fs_ld16(b + 82)));
         return fs_sub(fs_mul(dall, (float)isum), fs_mul(dmin, (float)summ));
     }
+    /* A whole block by one lane (the routed down's block mode): the four
+     * parts' sums, then the term. Each part takes its shifts in the order
+     * rot, rot + 1, ... (mod 4): lanes of one quarter warp with different
+     * rot read different 16-byte groups of their activation blocks. */
+    DS4_HD static float block_dot(const uint8_t *b, const act_view &a, uint32_t ab, int rot) {
+        const int8_t *xq = a.q + 256 * ab;
+        const int16_t *bs = a.bsums + 16 * ab;
+        int32_t is = 0, sm = 0;
+#pragma unroll
+        for (int part = 0; part < 4; part++) {
+            const int h = part >> 1, t = part & 1;
+            const uint32_t *qw = (const uint32_t *)(b + 16 + 32 * h + 16 * t);
+            const uint32_t q[4] = {qw[0], qw[1], qw[2], qw[3]};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int s = (i + rot) & 3, j = 8 * h + 2 * s + t, sh = 2 * s;
+                const uint4 x = *(const uint4 *)(xq + 16 * j);
+                int32_t d = 0;
+                d = fs_dp4a((q[0] >> sh) & 0x03030303u, x.x, d);
+                d = fs_dp4a((q[1] >> sh) & 0x03030303u, x.y, d);
+                d = fs_dp4a((q[2] >> sh) & 0x03030303u, x.z, d);
+                d = fs_dp4a((q[3] >> sh) & 0x03030303u, x.w, d);
+                const uint8_t sc = b[j];
+                is += (sc & 15) * d;
+                sm += (sc >> 4) * bs[j];
+            }
+        }
+        return term(b, a, ab, is, sm);
+    }
 };
 
 /* ---- Q4_K: d, dmin, scales[12], qs[128] (144 B); activation Q8_K. ----
