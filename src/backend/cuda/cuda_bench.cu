@@ -229,7 +229,9 @@ static int host_check_block(uint32_t wtype, uint32_t n_in, uint32_t rows, uint64
             }
         }
     }
-    printf("host-check %-8s n_in %5u: %u rows, %d differ from ds4_dot\n", "Q2_K/blk", n_in, rows, bad);
+    char label[32];
+    snprintf(label, sizeof label, "%s/blk", type_name(wtype));
+    printf("host-check %-8s n_in %5u: %u rows, %d differ from ds4_dot\n", label, n_in, rows, bad);
     return bad;
 }
 
@@ -248,6 +250,7 @@ static int host_check(void) {
         bad += host_check_format<fmt_q2_K>(DS4_TYPE_Q2_K, n, 64, tab, &seed);
         bad += host_check_block<fmt_q2_K>(DS4_TYPE_Q2_K, n, 16, &seed);
         bad += host_check_format<fmt_q4_K>(DS4_TYPE_Q4_K, n, 64, tab, &seed);
+        bad += host_check_block<fmt_q4_K>(DS4_TYPE_Q4_K, n, 16, &seed);
         bad += host_check_format<fmt_iq2_xxs>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed);
         bad += host_check_format<fmt_iq2_xxs4>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/4");
         bad += host_check_format<fmt_iq2_xxs2>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/2");

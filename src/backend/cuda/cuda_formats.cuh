@@ -337,6 +337,48 @@ struct fmt_q4_K {
         float dmin = fs_mul(a.d[ab], fs_h2f(fs_ld16(b + 2)));
         return fs_sub(fs_mul(dall, (float)isum), fs_mul(dmin, (float)summ));
     }
+    /* A whole block by one lane (the routed down's block mode): the 32-byte
+     * groups of qs in the order rot&1 ^ 0, 1, 2, 3 — lanes of one quarter
+     * warp with different rot read different 16-byte groups of their
+     * activation blocks, and group c < 2 exactly when step i < 2, so
+     * scale_min's form stays known at compile time. */
+    DS4_HD static float block_dot(const uint8_t *b, const act_view &a, uint32_t ab, int rot) {
+        const int8_t *xq = a.q + 256 * ab;
+        const int16_t *bs = a.bsums + 16 * ab;
+        int32_t is = 0, sm = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int c = i ^ (rot & 1);
+            const uint4 *qw = (const uint4 *)(b + 16 + 32 * c);
+            const uint4 *xw = (const uint4 *)(xq + 64 * c);
+            int32_t lo = 0, hi = 0;
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                const uint4 q = qw[hh], xl = xw[hh], xh = xw[2 + hh];
+                lo = fs_dp4a(q.x & 0x0f0f0f0fu, xl.x, lo);
+                lo = fs_dp4a(q.y & 0x0f0f0f0fu, xl.y, lo);
+                lo = fs_dp4a(q.z & 0x0f0f0f0fu, xl.z, lo);
+                lo = fs_dp4a(q.w & 0x0f0f0f0fu, xl.w, lo);
+                hi = fs_dp4a((q.x >> 4) & 0x0f0f0f0fu, xh.x, hi);
+                hi = fs_dp4a((q.y >> 4) & 0x0f0f0f0fu, xh.y, hi);
+                hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, xh.z, hi);
+                hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, xh.w, hi);
+            }
+            const uint8_t *s = b + 4;
+            const int j = 2 * c;
+            int sc0, m0, sc1, m1;
+            if (i < 2) {
+                sc0 = s[j] & 63, m0 = s[j + 4] & 63;
+                sc1 = s[j + 1] & 63, m1 = s[j + 5] & 63;
+            } else {
+                sc0 = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4), m0 = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+                sc1 = (s[j + 5] & 15) | ((s[j - 3] >> 6) << 4), m1 = (s[j + 5] >> 4) | ((s[j + 1] >> 6) << 4);
+            }
+            is += sc0 * lo + sc1 * hi;
+            sm += m0 * (bs[4 * c] + bs[4 * c + 1]) + m1 * (bs[4 * c + 2] + bs[4 * c + 3]);
+        }
+        return term(b, a, ab, is, sm);
+    }
 };
 
 /* ---- IQ2_XXS: d f16, 8 sub-blocks of (A, B) u32 (66 B); Q8_K. ----

@@ -1145,19 +1145,25 @@ static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_m
  * 142.0 tok/s with all three on it. DS4_CUDA_DOWNROWS=2: k_moe_down. */
 static bool moe_down_rows(const ds4_cuda_kernels *k) { return k->down_rows != 2; }
 
+/* The formats with a whole-block dot (F::block_dot). */
+template <class F>
+static constexpr bool has_block_dot() {
+    return std::is_same<F, fmt_q2_K>::value || std::is_same<F, fmt_q4_K>::value;
+}
+
 /* Block mode of k_moe_down_rows (a block a lane, 32/nb rows a warp) for
- * the formats with a block_dot (Q2_K) and rows of 1, 2, 4 or 8 blocks (the
+ * the formats with a block_dot and rows of 1, 2, 4 or 8 blocks (the
  * model's 2048-wide down rows are 8); 0: the unit form.
  * DS4_CUDA_DOWNBLK=0 turns it off. */
 template <class F>
 static int down_rows_per_warp(const ds4_cuda_kernels *k, uint32_t nb) {
-    if (!std::is_same<F, fmt_q2_K>::value || !k->down_blocks) return 0;
+    if (!has_block_dot<F>() || !k->down_blocks) return 0;
     return nb == 1 ? 32 : nb == 2 ? 16 : nb == 4 ? 8 : nb == 8 ? 4 : 0;
 }
 
 template <class F>
 static void (*down_rows_kernel(int rpw))(const moe_params) {
-    if constexpr (std::is_same<F, fmt_q2_K>::value) {
+    if constexpr (has_block_dot<F>()) {
         switch (rpw) {
         case 32: return k_moe_down_rows<F, 32>;
         case 16: return k_moe_down_rows<F, 16>;
