@@ -1002,13 +1002,15 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     const int j0 = threadIdx.x;
     float2 ve[COMB_EARLY];
     if (2 * j0 < hd) load_batch<COMB_EARLY>(po + j0, 0, hd / 2, S * (hd / 2) - j0, ve);
+    /* and split threadIdx.x's (m, l), beside the indexer's n_sel */
+    const float2 ml0 = (int)threadIdx.x < S ? part_ml[(size_t)h * S + threadIdx.x] : make_float2(0.0f, 0.0f);
     extern __shared__ float os[];
     const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
     float *wsplit = os + hd, *lsplit = wsplit + S;
     __shared__ float inv_s;
     for (int s = threadIdx.x; s < busy; s += blockDim.x) {
-        float2 ml = part_ml[(size_t)h * S + s];
+        const float2 ml = s == (int)threadIdx.x ? ml0 : part_ml[(size_t)h * S + s];
         wsplit[s] = ml.x;
         lsplit[s] = ml.y;
     }
