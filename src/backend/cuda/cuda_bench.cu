@@ -202,6 +202,39 @@ static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const
     return bad;
 }
 
+/* Block mode (F::block_dot, the routed down's): a row's block terms in
+ * block order, every rotation, against ds4_dot bit for bit. */
+template <class F>
+static int host_check_block(uint32_t wtype, uint32_t n_in, uint32_t rows, uint64_t *seed) {
+    uint32_t nb = n_in / F::block_elems;
+    std::vector<uint8_t> row((size_t)nb * F::block_bytes);
+    std::vector<float> x(n_in);
+    std::vector<uint8_t> act(ds4_act_row_bytes(wtype, n_in));
+    random_activation(x.data(), n_in, seed);
+    ds4_quantize_act(wtype, x.data(), act.data(), n_in);
+    split_act sa;
+    build_split(wtype, act.data(), n_in, F::act_halves, &sa);
+    int bad = 0;
+    for (uint32_t r = 0; r < rows; r++) {
+        random_blocks(wtype, row.data(), nb, seed);
+        float want = ds4_dot(wtype, n_in, row.data(), act.data());
+        for (int rot = 0; rot < 4; rot++) {
+            float got = 0.0f;
+            for (uint32_t b = 0; b < nb; b++) got += F::block_dot(row.data() + b * F::block_bytes, sa.v, b, (rot + b) & 3);
+            if (memcmp(&got, &want, 4)) {
+                if (bad < 3)
+                    printf("  %s/blk n_in %u row %u rot %d: emulated %.9g, CPU %.9g\n", type_name(wtype), n_in, r, rot,
+                           got, want);
+                bad++;
+            }
+        }
+    }
+    char label[32];
+    snprintf(label, sizeof label, "%s/blk", type_name(wtype));
+    printf("host-check %-8s n_in %5u: %u rows, %d differ from ds4_dot\n", label, n_in, rows, bad);
+    return bad;
+}
+
 static int host_check(void) {
     /* The tables as the kernels stage them (replicated). */
     static uint32_t tab[DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES];
@@ -215,7 +248,9 @@ static int host_check(void) {
     for (uint32_t n : sizes) {
         bad += host_check_format<fmt_q8_0>(DS4_TYPE_Q8_0, n, 64, tab, &seed);
         bad += host_check_format<fmt_q2_K>(DS4_TYPE_Q2_K, n, 64, tab, &seed);
+        bad += host_check_block<fmt_q2_K>(DS4_TYPE_Q2_K, n, 16, &seed);
         bad += host_check_format<fmt_q4_K>(DS4_TYPE_Q4_K, n, 64, tab, &seed);
+        bad += host_check_block<fmt_q4_K>(DS4_TYPE_Q4_K, n, 16, &seed);
         bad += host_check_format<fmt_iq2_xxs>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed);
         bad += host_check_format<fmt_iq2_xxs4>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/4");
         bad += host_check_format<fmt_iq2_xxs2>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/2");

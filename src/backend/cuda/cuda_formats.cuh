@@ -257,6 +257,35 @@ struct fmt_q2_K {
         float dmin = fs_mul(a.d[ab], fs_h2f(fs_ld16(b + 82)));
         return fs_sub(fs_mul(dall, (float)isum), fs_mul(dmin, (float)summ));
     }
+    /* A whole block by one lane (the routed down's block mode): the four
+     * parts' sums, then the term. Each part takes its shifts in the order
+     * rot, rot + 1, ... (mod 4): lanes of one quarter warp with different
+     * rot read different 16-byte groups of their activation blocks. */
+    DS4_HD static float block_dot(const uint8_t *b, const act_view &a, uint32_t ab, int rot) {
+        const int8_t *xq = a.q + 256 * ab;
+        const int16_t *bs = a.bsums + 16 * ab;
+        int32_t is = 0, sm = 0;
+#pragma unroll
+        for (int part = 0; part < 4; part++) {
+            const int h = part >> 1, t = part & 1;
+            const uint32_t *qw = (const uint32_t *)(b + 16 + 32 * h + 16 * t);
+            const uint32_t q[4] = {qw[0], qw[1], qw[2], qw[3]};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int s = (i + rot) & 3, j = 8 * h + 2 * s + t, sh = 2 * s;
+                const uint4 x = *(const uint4 *)(xq + 16 * j);
+                int32_t d = 0;
+                d = fs_dp4a((q[0] >> sh) & 0x03030303u, x.x, d);
+                d = fs_dp4a((q[1] >> sh) & 0x03030303u, x.y, d);
+                d = fs_dp4a((q[2] >> sh) & 0x03030303u, x.z, d);
+                d = fs_dp4a((q[3] >> sh) & 0x03030303u, x.w, d);
+                const uint8_t sc = b[j];
+                is += (sc & 15) * d;
+                sm += (sc >> 4) * bs[j];
+            }
+        }
+        return term(b, a, ab, is, sm);
+    }
 };
 
 /* ---- Q4_K: d, dmin, scales[12], qs[128] (144 B); activation Q8_K. ----
@@ -307,6 +336,48 @@ struct fmt_q4_K {
         float dall = fs_mul(a.d[ab], fs_h2f(fs_ld16(b)));
         float dmin = fs_mul(a.d[ab], fs_h2f(fs_ld16(b + 2)));
         return fs_sub(fs_mul(dall, (float)isum), fs_mul(dmin, (float)summ));
+    }
+    /* A whole block by one lane (the routed down's block mode): the 32-byte
+     * groups of qs in the order rot&1 ^ 0, 1, 2, 3 — lanes of one quarter
+     * warp with different rot read different 16-byte groups of their
+     * activation blocks, and group c < 2 exactly when step i < 2, so
+     * scale_min's form stays known at compile time. */
+    DS4_HD static float block_dot(const uint8_t *b, const act_view &a, uint32_t ab, int rot) {
+        const int8_t *xq = a.q + 256 * ab;
+        const int16_t *bs = a.bsums + 16 * ab;
+        int32_t is = 0, sm = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int c = i ^ (rot & 1);
+            const uint4 *qw = (const uint4 *)(b + 16 + 32 * c);
+            const uint4 *xw = (const uint4 *)(xq + 64 * c);
+            int32_t lo = 0, hi = 0;
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                const uint4 q = qw[hh], xl = xw[hh], xh = xw[2 + hh];
+                lo = fs_dp4a(q.x & 0x0f0f0f0fu, xl.x, lo);
+                lo = fs_dp4a(q.y & 0x0f0f0f0fu, xl.y, lo);
+                lo = fs_dp4a(q.z & 0x0f0f0f0fu, xl.z, lo);
+                lo = fs_dp4a(q.w & 0x0f0f0f0fu, xl.w, lo);
+                hi = fs_dp4a((q.x >> 4) & 0x0f0f0f0fu, xh.x, hi);
+                hi = fs_dp4a((q.y >> 4) & 0x0f0f0f0fu, xh.y, hi);
+                hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, xh.z, hi);
+                hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, xh.w, hi);
+            }
+            const uint8_t *s = b + 4;
+            const int j = 2 * c;
+            int sc0, m0, sc1, m1;
+            if (i < 2) {
+                sc0 = s[j] & 63, m0 = s[j + 4] & 63;
+                sc1 = s[j + 1] & 63, m1 = s[j + 5] & 63;
+            } else {
+                sc0 = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4), m0 = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+                sc1 = (s[j + 5] & 15) | ((s[j - 3] >> 6) << 4), m1 = (s[j + 5] >> 4) | ((s[j + 1] >> 6) << 4);
+            }
+            is += sc0 * lo + sc1 * hi;
+            sm += m0 * (bs[4 * c] + bs[4 * c + 1]) + m1 * (bs[4 * c + 2] + bs[4 * c + 3]);
+        }
+        return term(b, a, ab, is, sm);
     }
 };
 

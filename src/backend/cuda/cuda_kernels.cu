@@ -64,6 +64,7 @@ struct ds4_cuda_kernels {
     int moe_nb;        /* MoE kernels: staging buffers per warp, 1 or 2 (DS4_CUDA_MOENB); 0: by format */
     int down_rows;     /* MoE down: 2 (DS4_CUDA_DOWNROWS=2) all of an output row's experts a warp
                           (k_moe_down), else one expert row a warp (k_moe_down_rows) */
+    int down_blocks;   /* k_moe_down_rows' block mode where the format has one (DS4_CUDA_DOWNBLK=0: off) */
     char name[256];
     uint32_t *tables; /* the IQ2_XXS tables replicated as in shared memory (ds4_cuda_iq2_tables_replicated) */
     int iq2v;         /* DS4_CUDA_IQ2V: IQ2_XXS with 2 (1) or 4 (2) sub-blocks per lane, 0: one;
@@ -846,15 +847,25 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
     }
 }
 
-/* Down, one expert row per warp: a block's warps are (row slot r, selected
- * expert k), R = blockDim/32/n_sel row slots; iteration it takes rows
- * (it·gridDim + block)·R + r. Each warp stages its row of expert ids[k]
- * (the next iteration's while it uses this one), writes its dot product to
- * shared memory, and after a barrier thread r adds row r's n_sel products
- * in selection order (+ add): k_moe_down's sums, bit for bit, with every
- * expert's row in flight at once and a sixth of the staging per warp. */
-template <class F>
+/* Down, rows of one expert a warp: a block's warps are (row slot r,
+ * selected expert k), R = blockDim/32/n_sel row slots; iteration it takes
+ * slots (it·gridDim + block)·R + r. Each warp stages its slot's rows of
+ * expert ids[k] (the next iteration's while it uses these), writes their
+ * dot products to shared memory, and after a barrier one thread a row adds
+ * the row's n_sel products in selection order (+ add): k_moe_down's sums
+ * with every expert's row in flight at once and a sixth of the staging per
+ * warp.
+ *
+ * RPW = 0: a slot is one row, its blocks' parts over the lanes (units, as
+ * every product). RPW > 0 (block mode, rows of 32/RPW blocks): a slot is
+ * RPW consecutive rows, lane l takes block l / RPW of row l % RPW whole
+ * (F::block_dot) and the row's block terms are added across its lanes.
+ * The per-row work the unit form repeats for each row (the parts'
+ * reduction, the term, the warp sum, the loop) is then shared by RPW rows:
+ * the routed down was instruction-bound (notes/cuda-kernels.md §28). */
+template <class F, int RPW>
 __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
+    constexpr int ROWS = RPW ? RPW : 1; /* rows a slot */
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nth = blockDim.x;
     /* warp = r·S + k and R = warps / S by subtraction (S ≤ 8, ≤ 16 warps):
@@ -863,24 +874,28 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     int k = warp, r = 0, R = 0;
     while (k >= S) k -= S, r++;
     for (int t = S; t <= nth / 32; t += S) R++;
-    /* Shared memory: [tables][activation][ids][2 x R x S products][warps x 2 buffers]. */
+    /* Shared memory: [tables][activation][ids][2 x R·ROWS x S products][warps x 2 buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
     float *part = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
-    uint8_t *const buf = s + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R) + warp * 2 * p.part_stride;
+    uint8_t *const buf = s + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R * ROWS) + warp * 2 * p.part_stride;
     pdl_trigger();
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
     if (p.stamp) moe_stamped_ids(p, ids, nullptr);
     else if (!p.fixed_ids) pdl_wait();
-    const uint32_t n_it = (p.n_rows + gridDim.x * R - 1) / (gridDim.x * R);
-    auto row_of = [&](uint32_t it, int slot) { return (it * gridDim.x + blockIdx.x) * (uint32_t)R + (uint32_t)slot; };
+    const uint32_t slot_rows = (uint32_t)(R * ROWS);
+    const uint32_t n_it = (p.n_rows + gridDim.x * slot_rows - 1) / (gridDim.x * slot_rows);
+    /* the first row of slot `slot` in iteration it */
+    auto row_of = [&](uint32_t it, int slot) { return ((it * gridDim.x + blockIdx.x) * (uint32_t)R + (uint32_t)slot) * ROWS; };
     /* this warp's expert (none past the R·S working warps) */
     auto expert = [&](const int32_t *id_list) { return warp < R * S ? (uint32_t)id_list[k] : p.n_expert; };
     auto issue = [&](uint32_t it, uint8_t *dst, uint32_t e) {
         uint32_t o = row_of(it, r);
-        if (it < n_it && o < p.n_rows && e < p.n_expert)
-            stage_span(dst, p.w0 + (size_t)e * p.expert_bytes + (size_t)o * p.row_bytes, p.row_bytes, p.aligned,
+        if (it < n_it && o < p.n_rows && e < p.n_expert) {
+            const uint32_t n = p.n_rows - o < (uint32_t)ROWS ? p.n_rows - o : (uint32_t)ROWS;
+            stage_span(dst, p.w0 + (size_t)e * p.expert_bytes + (size_t)o * p.row_bytes, n * p.row_bytes, p.aligned,
                        lane);
+        }
         cp_async_commit();
     };
     issue(0, buf, expert(p.stamp ? ids : p.ids));
@@ -891,20 +906,29 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     const uint32_t e = expert(ids); /* read once: the loop's rows all belong to it */
+    const int rho = RPW ? lane % ROWS : 0, blk = RPW ? lane / ROWS : 0; /* block mode: this lane's row and block */
     for (uint32_t it = 0; it < n_it; it++) {
         uint8_t *cur = buf + (it & 1) * p.part_stride;
         issue(it + 1, buf + ((it + 1) & 1) * p.part_stride, e);
         cp_async_wait<1>();
         __syncwarp();
-        float *pp = part + (it & 1) * R * S;
+        float *pp = part + (it & 1) * R * ROWS * S;
         if (warp < R * S) {
+            const bool live = row_of(it, r) + rho < p.n_rows && e < p.n_expert;
             float d = 0.0f;
-            if (row_of(it, r) < p.n_rows && e < p.n_expert) dot_rows<F, 1>(cur, 0, p.nb, a, k * p.nb, tab, lane, &d);
-            if (lane == 0) pp[r * S + k] = d;
+            if constexpr (RPW == 0) {
+                if (live) dot_rows<F, 1>(cur, 0, p.nb, a, k * p.nb, tab, lane, &d);
+            } else {
+                if (live)
+                    d = F::block_dot(cur + rho * p.row_bytes + blk * F::block_bytes, a, k * p.nb + blk, blk & 3);
+#pragma unroll
+                for (int o = ROWS; o < 32; o <<= 1) d += __shfl_xor_sync(FULL_MASK, d, o);
+            }
+            if (RPW ? blk == 0 : lane == 0) pp[(r * ROWS + rho) * S + k] = d;
         }
         __syncthreads();
-        if (tid < R) {
-            uint32_t o = row_of(it, tid);
+        if (tid < R * ROWS) {
+            uint32_t o = row_of(it, 0) + tid;
             if (o < p.n_rows) {
                 float acc = 0.0f;
                 for (int kk = 0; kk < S; kk++)
@@ -1121,6 +1145,35 @@ static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_m
  * 142.0 tok/s with all three on it. DS4_CUDA_DOWNROWS=2: k_moe_down. */
 static bool moe_down_rows(const ds4_cuda_kernels *k) { return k->down_rows != 2; }
 
+/* The formats with a whole-block dot (F::block_dot). */
+template <class F>
+static constexpr bool has_block_dot() {
+    return std::is_same<F, fmt_q2_K>::value || std::is_same<F, fmt_q4_K>::value;
+}
+
+/* Block mode of k_moe_down_rows (a block a lane, 32/nb rows a warp) for
+ * the formats with a block_dot and rows of 1, 2, 4 or 8 blocks (the
+ * model's 2048-wide down rows are 8); 0: the unit form.
+ * DS4_CUDA_DOWNBLK=0 turns it off. */
+template <class F>
+static int down_rows_per_warp(const ds4_cuda_kernels *k, uint32_t nb) {
+    if (!has_block_dot<F>() || !k->down_blocks) return 0;
+    return nb == 1 ? 32 : nb == 2 ? 16 : nb == 4 ? 8 : nb == 8 ? 4 : 0;
+}
+
+template <class F>
+static void (*down_rows_kernel(int rpw))(const moe_params) {
+    if constexpr (has_block_dot<F>()) {
+        switch (rpw) {
+        case 32: return k_moe_down_rows<F, 32>;
+        case 16: return k_moe_down_rows<F, 16>;
+        case 8: return k_moe_down_rows<F, 8>;
+        case 4: return k_moe_down_rows<F, 4>;
+        }
+    }
+    return k_moe_down_rows<F, 0>;
+}
+
 /* Staging buffers per warp of the MoE kernels: one for Q4_K (more warps
  * fit: ds4-cuda-bench on an H200, q4 gate+up 1732 -> 1938 GB/s, down 994 ->
  * 1127) and for IQ2_XXS (its 48 KB of tables leave room for three 8-warp
@@ -1198,14 +1251,17 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     p.buf_stride = n_sel * p.part_stride;
     p.act_smem = act_smem_bytes(F::act_kind, n_ff * n_sel);
     p.aligned = (uintptr_t)down % 16 == 0 && p.row_bytes % 16 == 0;
-    if (moe_down_rows(k)) { /* k_moe_down_rows: n_sel·R warps, R rows an iteration */
+    if (moe_down_rows(k)) { /* k_moe_down_rows: n_sel·R warps, R slots an iteration */
+        const int rpw = down_rows_per_warp<F>(k, p.nb), rows = rpw ? rpw : 1;
         int R = (8 + (int)n_sel - 1) / (int)n_sel, threads = 32 * (int)n_sel * R;
-        size_t smem = table_bytes<F>() + p.act_smem + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R) +
-                      (size_t)threads / 32 * 2 * p.part_stride;
-        uint32_t n_blocks = (n_out + R - 1) / R;
+        p.part_stride = round16(rows * p.row_bytes) + 16;
+        size_t smem = table_bytes<F>() + p.act_smem + 4 * DS4_CUDA_MAX_SEL +
+                      round16(8 * DS4_CUDA_MAX_SEL * R * rows) + (size_t)threads / 32 * 2 * p.part_stride;
+        uint32_t n_blocks = (n_out + R * rows - 1) / (R * rows);
+        void (*kern)(const moe_params) = down_rows_kernel<F>(rpw);
         int grid = 1;
-        if (launch_grid(k, k_moe_down_rows<F>, threads, smem, n_blocks, 1, &grid, err)) return -1;
-        cudaError_t e = pdl_launch(k->pdl, k_moe_down_rows<F>, grid, threads, smem, st, p);
+        if (launch_grid(k, kern, threads, smem, n_blocks, 1, &grid, err)) return -1;
+        cudaError_t e = pdl_launch(k->pdl, kern, grid, threads, smem, st, p);
         return e == cudaSuccess ? 0 : cuda_fail(err, "moe down launch", e);
     }
     const int nb = moe_buffers<F>(k);
@@ -1233,10 +1289,15 @@ static cudaError_t allow_smem(int bytes) {
         (e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if constexpr (!DOWN) return cudaSuccess;
-    else if ((e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
-             (e = cudaFuncSetAttribute(k_moe_down_rows<F>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+    if ((e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_moe_down_rows<F, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
-    else return cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    for (int rpw = 4; rpw <= 32; rpw *= 2) /* block mode, where F has it */
+        if (down_rows_kernel<F>(rpw) != k_moe_down_rows<F, 0> &&
+            (e = cudaFuncSetAttribute(down_rows_kernel<F>(rpw), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+            return e;
+    return cudaSuccess;
 }
 
 template <class F0, class F1>
@@ -1272,6 +1333,8 @@ extern "C" int ds4_cuda_kernels_init(ds4_cuda_kernels **out, int device, ds4_err
     k->stream = !(sv && !strcmp(sv, "0"));
     const char *drv = getenv("DS4_CUDA_DOWNROWS");
     k->down_rows = drv && (drv[0] == '1' || drv[0] == '2') ? drv[0] - '0' : 0;
+    const char *dbk = getenv("DS4_CUDA_DOWNBLK");
+    k->down_blocks = !(dbk && dbk[0] == '0');
     const char *nbv = getenv("DS4_CUDA_MOENB");
     k->moe_nb = nbv && (nbv[0] == '1' || nbv[0] == '2') ? nbv[0] - '0' : 0;
     k->mvs_stages = MVS_STAGES;

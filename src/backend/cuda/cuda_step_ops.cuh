@@ -836,8 +836,6 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
                                                                 float *part_o, float2 *part_ml, hc_split_args hs) {
     pdl_trigger();
     const int pos = io->pos; /* the host writes step_io before the step: read before the wait */
-    pdl_wait();
-    if (att_hc_column(hs)) return;
     extern __shared__ __align__(16) unsigned char att_raw[];
     const int qld = hd + ATT_TC_QLD, rs = hd * 2 + ATT_PAD;
     __half *qh = (__half *)att_raw, *ql = qh + 16 * qld;
@@ -845,16 +843,43 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
     __half *ph = (__half *)(sc + 2 * 8 * ATT_RC), *pl = ph + 16 * ATT_TC_PLD;
     unsigned char *buf = (unsigned char *)(pl + 16 * ATT_TC_PLD);
     __shared__ float alpha_sh[ATT_HG];
-    const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
-    const int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
     const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
-    if (s >= n_chunks) return;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    /* Without the indexer's selection the rows follow from the position
+     * alone, and all but two were written by earlier steps: the first
+     * chunk is requested before the wait, and after it only the rows this
+     * step wrote are staged again (the token's raw row, and the compressed
+     * row its window closes). */
+    const bool early = !n_sel && blockIdx.x != gridDim.x - 1;
+    att_span a = att_rows(pos, n_swa, ratio, sel, NULL);
+    int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
     /* rows past the last are zeros: weight 0 times a stale value could be NaN */
     auto load = [&](int c, int b) {
         att_stage_chunk(buf + (size_t)b * ATT_RC * rs, c, a, nr, ring, comp, n_swa, hd, rs, true);
     };
-    load(s, 0);
+    if (early && s < n_chunks) load(s, 0);
+    pdl_wait();
+    if (att_hc_column(hs)) return;
+    if (early) {
+        if (s >= n_chunks) return;
+        /* the rows this step wrote, by the threads that staged them (their
+         * earlier copies waited for first: copies to one place are not
+         * ordered) */
+        const int tpr = (int)blockDim.x / ATT_RC, r = tid / tpr, row = s * ATT_RC + r;
+        const bool emitted = ratio && (pos + 1) % ratio == 0;
+        if (r < ATT_RC && (row == a.n_raw - 1 || (emitted && row == nr - 1))) {
+            cp_async_wait<0>();
+            const unsigned char *src = (const unsigned char *)att_row(row, a, n_swa, ring, comp, hd);
+            for (int k = tid % tpr; k < hd * 2 / 16; k += tpr) cp_async16(buf + (size_t)r * rs + 16 * k, src + 16 * k);
+        }
+        cp_async_commit();
+    } else {
+        a = att_rows(pos, n_swa, ratio, sel, n_sel);
+        nr = a.n_raw + a.n_comp;
+        n_chunks = (nr + ATT_RC - 1) / ATT_RC;
+        if (s >= n_chunks) return;
+        load(s, 0);
+    }
     /* q of the hg heads as f16 hi + lo, four values a thread at a time, the
      * loads in flight together. The A rows past hg (padding) are never
      * written: they only make product rows that are never read. */
@@ -977,13 +1002,15 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     const int j0 = threadIdx.x;
     float2 ve[COMB_EARLY];
     if (2 * j0 < hd) load_batch<COMB_EARLY>(po + j0, 0, hd / 2, S * (hd / 2) - j0, ve);
+    /* and split threadIdx.x's (m, l), beside the indexer's n_sel */
+    const float2 ml0 = (int)threadIdx.x < S ? part_ml[(size_t)h * S + threadIdx.x] : make_float2(0.0f, 0.0f);
     extern __shared__ float os[];
     const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
     float *wsplit = os + hd, *lsplit = wsplit + S;
     __shared__ float inv_s;
     for (int s = threadIdx.x; s < busy; s += blockDim.x) {
-        float2 ml = part_ml[(size_t)h * S + s];
+        const float2 ml = s == (int)threadIdx.x ? ml0 : part_ml[(size_t)h * S + s];
         wsplit[s] = ml.x;
         lsplit[s] = ml.y;
     }
