@@ -220,7 +220,8 @@ static int host_check_block(uint32_t wtype, uint32_t n_in, uint32_t rows, uint64
         float want = ds4_dot(wtype, n_in, row.data(), act.data());
         for (int rot = 0; rot < 4; rot++) {
             float got = 0.0f;
-            for (uint32_t b = 0; b < nb; b++) got += F::block_dot(row.data() + b * F::block_bytes, sa.v, b, (rot + b) & 3);
+            for (uint32_t b = 0; b < nb; b++)
+                got += F::block_dot(row.data() + b * F::block_bytes, sa.v, b, (rot + b) & 3);
             if (memcmp(&got, &want, 4)) {
                 if (bad < 3)
                     printf("  %s/blk n_in %u row %u rot %d: emulated %.9g, CPU %.9g\n", type_name(wtype), n_in, r, rot,

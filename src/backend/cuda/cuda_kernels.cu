@@ -26,9 +26,10 @@
  * half to eight rows a resident warp go through k_matvec_stream instead
  * (each warp its own run of whole rows, streamed in chunks, no barrier
  * between warps); the MoE down through k_moe_down_rows (one expert's
- * row a warp). Measurements and the reasons for each choice:
- * notes/cuda-kernels.md (§15 for the stream and row kernels, §18 for the
- * pair).
+ * row a warp; for Q2_K and Q4_K rows of 8 blocks or fewer, 32/nb rows a
+ * warp and a whole block a lane). Measurements and the reasons for each
+ * choice: notes/cuda-kernels.md (§15 for the stream and row kernels, §18
+ * for the pair, §32 for the block mode).
  *
  * Rows whose byte length (or base address) is not 16-byte aligned, as in
  * tiny test models, take a synchronous 2-byte copy instead: slower, same
@@ -886,7 +887,9 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     const uint32_t slot_rows = (uint32_t)(R * ROWS);
     const uint32_t n_it = (p.n_rows + gridDim.x * slot_rows - 1) / (gridDim.x * slot_rows);
     /* the first row of slot `slot` in iteration it */
-    auto row_of = [&](uint32_t it, int slot) { return ((it * gridDim.x + blockIdx.x) * (uint32_t)R + (uint32_t)slot) * ROWS; };
+    auto row_of = [&](uint32_t it, int slot) {
+        return ((it * gridDim.x + blockIdx.x) * (uint32_t)R + (uint32_t)slot) * ROWS;
+    };
     /* this warp's expert (none past the R·S working warps) */
     auto expert = [&](const int32_t *id_list) { return warp < R * S ? (uint32_t)id_list[k] : p.n_expert; };
     auto issue = [&](uint32_t it, uint8_t *dst, uint32_t e) {
