@@ -123,6 +123,17 @@ static void build_split(uint32_t wtype, const void *act, uint32_t n, bool halves
     sa->v.x = NULL;
 }
 
+/* A random activation of n values quantised as the CPU does (act) and in
+ * the kernels' staged layout (sa). */
+static void random_split_act(uint32_t wtype, uint32_t n, bool halves, uint64_t *seed, std::vector<uint8_t> &act,
+                             split_act *sa) {
+    std::vector<float> x(n);
+    act.resize(ds4_act_row_bytes(wtype, n));
+    random_activation(x.data(), n, seed);
+    ds4_quantize_act(wtype, x.data(), act.data(), n);
+    build_split(wtype, act.data(), n, halves, sa);
+}
+
 /* Rows r0 and r0 + 1 (stride bytes apart) as a warp computes them with
  * two-row units, but with the block terms added in block order. The lane
  * (and so the table copy) of each part varies with the block. */
@@ -170,13 +181,9 @@ static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const
     /* One row per 16-aligned buffer with padding, as a warp stages it. */
     uint32_t stride = ((row_bytes + 15) & ~15u) + 16;
     uint8_t *w = (uint8_t *)aligned_alloc(16, (size_t)stride * rows);
-    std::vector<uint8_t> packed((size_t)row_bytes);
-    std::vector<float> x(n_in);
-    std::vector<uint8_t> act(ds4_act_row_bytes(wtype, n_in));
-    random_activation(x.data(), n_in, seed);
-    ds4_quantize_act(wtype, x.data(), act.data(), n_in);
+    std::vector<uint8_t> packed((size_t)row_bytes), act;
     split_act sa;
-    build_split(wtype, act.data(), n_in, F::act_halves, &sa);
+    random_split_act(wtype, n_in, F::act_halves, seed, act, &sa);
     int bad = 0;
     std::vector<float> want(rows);
     for (uint32_t r = 0; r < rows; r++) {
@@ -207,13 +214,9 @@ static int host_check_format(uint32_t wtype, uint32_t n_in, uint32_t rows, const
 template <class F>
 static int host_check_block(uint32_t wtype, uint32_t n_in, uint32_t rows, uint64_t *seed) {
     uint32_t nb = n_in / F::block_elems;
-    std::vector<uint8_t> row((size_t)nb * F::block_bytes);
-    std::vector<float> x(n_in);
-    std::vector<uint8_t> act(ds4_act_row_bytes(wtype, n_in));
-    random_activation(x.data(), n_in, seed);
-    ds4_quantize_act(wtype, x.data(), act.data(), n_in);
+    std::vector<uint8_t> row((size_t)nb * F::block_bytes), act;
     split_act sa;
-    build_split(wtype, act.data(), n_in, F::act_halves, &sa);
+    random_split_act(wtype, n_in, F::act_halves, seed, act, &sa);
     int bad = 0;
     for (uint32_t r = 0; r < rows; r++) {
         random_blocks(wtype, row.data(), nb, seed);

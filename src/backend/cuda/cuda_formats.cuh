@@ -213,6 +213,13 @@ struct fmt_q2_K {
     enum { block_elems = 256, block_bytes = 84, G = 4, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1,
            act_halves = 0 };
     static constexpr float final_scale = 1.0f;
+    /* the 16 codes at shift sh of four qs words against 16 activation codes */
+    DS4_HD static int32_t codes_dot(const uint32_t q[4], int sh, const uint4 &x) {
+        int32_t d = fs_dp4a((q[0] >> sh) & 0x03030303u, x.x, 0);
+        d = fs_dp4a((q[1] >> sh) & 0x03030303u, x.y, d);
+        d = fs_dp4a((q[2] >> sh) & 0x03030303u, x.z, d);
+        return fs_dp4a((q[3] >> sh) & 0x03030303u, x.w, d);
+    }
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
                             const uint32_t *tab, int copy, int32_t *isum, int32_t *summ) {
@@ -238,12 +245,7 @@ struct fmt_q2_K {
             int32_t is = 0, sm = 0;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                int sh = 2 * ((i + rot) & 3);
-                int32_t d = 0;
-                d = fs_dp4a((q[0] >> sh) & 0x03030303u, x[i].x, d);
-                d = fs_dp4a((q[1] >> sh) & 0x03030303u, x[i].y, d);
-                d = fs_dp4a((q[2] >> sh) & 0x03030303u, x[i].z, d);
-                d = fs_dp4a((q[3] >> sh) & 0x03030303u, x[i].w, d);
+                const int32_t d = codes_dot(q, 2 * ((i + rot) & 3), x[i]);
                 uint8_t sc = br[j[i]];
                 is += (sc & 15) * d;
                 sm += (sc >> 4) * bsum[i];
@@ -273,12 +275,7 @@ struct fmt_q2_K {
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int s = (i + rot) & 3, j = 8 * h + 2 * s + t, sh = 2 * s;
-                const uint4 x = *(const uint4 *)(xq + 16 * j);
-                int32_t d = 0;
-                d = fs_dp4a((q[0] >> sh) & 0x03030303u, x.x, d);
-                d = fs_dp4a((q[1] >> sh) & 0x03030303u, x.y, d);
-                d = fs_dp4a((q[2] >> sh) & 0x03030303u, x.z, d);
-                d = fs_dp4a((q[3] >> sh) & 0x03030303u, x.w, d);
+                const int32_t d = codes_dot(q, sh, *(const uint4 *)(xq + 16 * j));
                 const uint8_t sc = b[j];
                 is += (sc & 15) * d;
                 sm += (sc >> 4) * bs[j];
@@ -295,6 +292,17 @@ struct fmt_q4_K {
     enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1,
            act_halves = 0 };
     static constexpr float final_scale = 1.0f;
+    /* 16 qs bytes: low nibbles against xl, high nibbles against xh */
+    DS4_HD static void nibbles_dot(const uint4 &q, const uint4 &xl, const uint4 &xh, int32_t &lo, int32_t &hi) {
+        lo = fs_dp4a(q.x & 0x0f0f0f0fu, xl.x, lo);
+        lo = fs_dp4a(q.y & 0x0f0f0f0fu, xl.y, lo);
+        lo = fs_dp4a(q.z & 0x0f0f0f0fu, xl.z, lo);
+        lo = fs_dp4a(q.w & 0x0f0f0f0fu, xl.w, lo);
+        hi = fs_dp4a((q.x >> 4) & 0x0f0f0f0fu, xh.x, hi);
+        hi = fs_dp4a((q.y >> 4) & 0x0f0f0f0fu, xh.y, hi);
+        hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, xh.z, hi);
+        hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, xh.w, hi);
+    }
     DS4_HD static void scale_min(const uint8_t *s, int j, int &sc, int &m) {
         if (j < 4) {
             sc = s[j] & 63;
@@ -315,16 +323,8 @@ struct fmt_q4_K {
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             const uint8_t *br = b + r * stride;
-            uint4 q = *(const uint4 *)(br + 16 + 16 * part);
             int32_t lo = 0, hi = 0;
-            lo = fs_dp4a(q.x & 0x0f0f0f0fu, x0.x, lo);
-            lo = fs_dp4a(q.y & 0x0f0f0f0fu, x0.y, lo);
-            lo = fs_dp4a(q.z & 0x0f0f0f0fu, x0.z, lo);
-            lo = fs_dp4a(q.w & 0x0f0f0f0fu, x0.w, lo);
-            hi = fs_dp4a((q.x >> 4) & 0x0f0f0f0fu, x1.x, hi);
-            hi = fs_dp4a((q.y >> 4) & 0x0f0f0f0fu, x1.y, hi);
-            hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, x1.z, hi);
-            hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, x1.w, hi);
+            nibbles_dot(*(const uint4 *)(br + 16 + 16 * part), x0, x1, lo, hi);
             int sc0, m0, sc1, m1;
             scale_min(br + 4, 2 * p, sc0, m0);
             scale_min(br + 4, 2 * p + 1, sc1, m1);
@@ -353,17 +353,7 @@ struct fmt_q4_K {
             const uint4 *xw = (const uint4 *)(xq + 64 * c);
             int32_t lo = 0, hi = 0;
 #pragma unroll
-            for (int hh = 0; hh < 2; hh++) {
-                const uint4 q = qw[hh], xl = xw[hh], xh = xw[2 + hh];
-                lo = fs_dp4a(q.x & 0x0f0f0f0fu, xl.x, lo);
-                lo = fs_dp4a(q.y & 0x0f0f0f0fu, xl.y, lo);
-                lo = fs_dp4a(q.z & 0x0f0f0f0fu, xl.z, lo);
-                lo = fs_dp4a(q.w & 0x0f0f0f0fu, xl.w, lo);
-                hi = fs_dp4a((q.x >> 4) & 0x0f0f0f0fu, xh.x, hi);
-                hi = fs_dp4a((q.y >> 4) & 0x0f0f0f0fu, xh.y, hi);
-                hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, xh.z, hi);
-                hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, xh.w, hi);
-            }
+            for (int hh = 0; hh < 2; hh++) nibbles_dot(qw[hh], xw[hh], xw[2 + hh], lo, hi);
             const uint8_t *s = b + 4;
             const int j = 2 * c;
             int sc0, m0, sc1, m1;
