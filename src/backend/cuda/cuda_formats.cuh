@@ -214,7 +214,7 @@ struct fmt_q2_K {
            act_halves = 0 };
     static constexpr float final_scale = 1.0f;
     /* the 16 codes at shift sh of four qs words against 16 activation codes */
-    DS4_HD static int32_t codes_dot(const uint32_t q[4], int sh, const uint4 &x) {
+    DS4_HD static int32_t codes_dot(const uint32_t q[4], int sh, uint4 x) {
         int32_t d = fs_dp4a((q[0] >> sh) & 0x03030303u, x.x, 0);
         d = fs_dp4a((q[1] >> sh) & 0x03030303u, x.y, d);
         d = fs_dp4a((q[2] >> sh) & 0x03030303u, x.z, d);
@@ -275,7 +275,8 @@ struct fmt_q2_K {
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int s = (i + rot) & 3, j = 8 * h + 2 * s + t, sh = 2 * s;
-                const int32_t d = codes_dot(q, sh, *(const uint4 *)(xq + 16 * j));
+                const uint4 x = *(const uint4 *)(xq + 16 * j); /* one 16-byte load */
+                const int32_t d = codes_dot(q, sh, x);
                 const uint8_t sc = b[j];
                 is += (sc & 15) * d;
                 sm += (sc >> 4) * bs[j];
@@ -292,8 +293,9 @@ struct fmt_q4_K {
     enum { block_elems = 256, block_bytes = 144, G = 8, act_kind = DS4_ACT_Q8_K, needs_tab = 0, has_summ = 1,
            act_halves = 0 };
     static constexpr float final_scale = 1.0f;
-    /* 16 qs bytes: low nibbles against xl, high nibbles against xh */
-    DS4_HD static void nibbles_dot(const uint4 &q, const uint4 &xl, const uint4 &xh, int32_t &lo, int32_t &hi) {
+    /* 16 qs bytes: low nibbles against xl, high nibbles against xh (by value:
+     * the callers' 16-byte loads stay single loads) */
+    DS4_HD static void nibbles_dot(uint4 q, uint4 xl, uint4 xh, int32_t &lo, int32_t &hi) {
         lo = fs_dp4a(q.x & 0x0f0f0f0fu, xl.x, lo);
         lo = fs_dp4a(q.y & 0x0f0f0f0fu, xl.y, lo);
         lo = fs_dp4a(q.z & 0x0f0f0f0fu, xl.z, lo);
@@ -323,8 +325,9 @@ struct fmt_q4_K {
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             const uint8_t *br = b + r * stride;
+            const uint4 q = *(const uint4 *)(br + 16 + 16 * part);
             int32_t lo = 0, hi = 0;
-            nibbles_dot(*(const uint4 *)(br + 16 + 16 * part), x0, x1, lo, hi);
+            nibbles_dot(q, x0, x1, lo, hi);
             int sc0, m0, sc1, m1;
             scale_min(br + 4, 2 * p, sc0, m0);
             scale_min(br + 4, 2 * p + 1, sc1, m1);
@@ -353,7 +356,10 @@ struct fmt_q4_K {
             const uint4 *xw = (const uint4 *)(xq + 64 * c);
             int32_t lo = 0, hi = 0;
 #pragma unroll
-            for (int hh = 0; hh < 2; hh++) nibbles_dot(qw[hh], xw[hh], xw[2 + hh], lo, hi);
+            for (int hh = 0; hh < 2; hh++) {
+                const uint4 q = qw[hh], xl = xw[hh], xh = xw[2 + hh];
+                nibbles_dot(q, xl, xh, lo, hi);
+            }
             const uint8_t *s = b + 4;
             const int j = 2 * c;
             int sc0, m0, sc1, m1;
