@@ -1296,10 +1296,11 @@ static cudaError_t allow_smem(int bytes) {
         (e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
         (e = cudaFuncSetAttribute(k_moe_down_rows<F, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
-    for (int rpw = 4; rpw <= 32; rpw *= 2) /* block mode, where F has it */
-        if (down_rows_kernel<F>(rpw) != k_moe_down_rows<F, 0> &&
-            (e = cudaFuncSetAttribute(down_rows_kernel<F>(rpw), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
-            return e;
+    if constexpr (has_block_dot<F>()) /* block mode */
+        for (int rpw = 4; rpw <= 32; rpw *= 2)
+            if ((e = cudaFuncSetAttribute(down_rows_kernel<F>(rpw), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          bytes)))
+                return e;
     return cudaSuccess;
 }
 
