@@ -586,7 +586,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     const char *tlv = getenv("DS4_CUDA_TIMELINE");
     e->tl_report = tlv ? atoi(tlv) : 40;
     if (c == cudaSuccess) c = cudaMalloc(&e->tl, sizeof(tl_buf));
-    if (c == cudaSuccess) c = cudaMemset(e->tl, 0, sizeof(unsigned));
+    if (c == cudaSuccess) c = cudaMemset(e->tl, 0, 2 * sizeof(unsigned)) /* n, na */;
     if (c == cudaSuccess) c = tl_bind_here(e->tl);
     if (c == cudaSuccess) c = ds4_cuda_tl_bind_kernels(e->tl);
 #endif
@@ -1322,19 +1322,24 @@ static int capture(ds4_cuda_session *s, ds4_err *err) {
 
 #ifdef DS4_CUDA_TIMELINE
 /* cuda_timeline.cuh: the last step's kernels, each with the time from its
- * wait's release to the next kernel's, and the sum per kernel. */
+ * wait's release to the next kernel's, when its first block arrived at the
+ * wait against the release before (negative: in time to prefetch), and the
+ * sum per kernel. */
 static void tl_report(ds4_cuda_engine *e) {
     const void *const *k;
     size_t n = ds4_cuda_tl_labels(&k);
-    unsigned count = 0;
-    std::vector<unsigned long long> t(TL_MAX);
+    unsigned count = 0, na = 0;
+    std::vector<unsigned long long> t(TL_MAX), ta(TL_MAX);
     if (cudaMemcpy(&count, &e->tl->n, sizeof count, cudaMemcpyDeviceToHost) != cudaSuccess ||
-        cudaMemcpy(t.data(), e->tl->t, t.size() * sizeof t[0], cudaMemcpyDeviceToHost) != cudaSuccess || n < 2 ||
-        count < n || n > TL_MAX)
+        cudaMemcpy(&na, &e->tl->na, sizeof na, cudaMemcpyDeviceToHost) != cudaSuccess ||
+        cudaMemcpy(t.data(), e->tl->t, t.size() * sizeof t[0], cudaMemcpyDeviceToHost) != cudaSuccess ||
+        cudaMemcpy(ta.data(), e->tl->a, ta.size() * sizeof ta[0], cudaMemcpyDeviceToHost) != cudaSuccess || n < 2 ||
+        count < n || na < n || n > TL_MAX)
         return;
-    std::vector<unsigned long long> last(n);
-    for (size_t i = 0; i < n; i++) last[i] = t[(count - n + i) % TL_MAX];
+    std::vector<unsigned long long> last(n), arr(n);
+    for (size_t i = 0; i < n; i++) last[i] = t[(count - n + i) % TL_MAX], arr[i] = ta[(na - n + i) % TL_MAX];
     std::sort(last.begin(), last.end());
+    std::sort(arr.begin(), arr.end());
     std::vector<const char *> names;
     std::vector<double> sum;
     std::vector<int> cnt;
@@ -1351,7 +1356,8 @@ static void tl_report(ds4_cuda_engine *e) {
         const char *name = "?";
         cudaFuncGetName(&name, k[i]);
         double us = (last[i + 1] - last[i]) / 1000.0;
-        fprintf(stderr, "  %4zu %8.2f us  %s\n", i, us, name);
+        double at = i ? ((double)arr[i] - (double)last[i - 1]) / 1000.0 : 0.0;
+        fprintf(stderr, "  %4zu %8.2f us  arrived %+7.2f  %s\n", i, us, at, name);
         size_t j = 0;
         while (j < names.size() && strcmp(names[j], name)) j++;
         if (j == names.size()) names.push_back(name), sum.push_back(0.0), cnt.push_back(0);

@@ -22,6 +22,7 @@
 #include "cuda_timeline.cuh"
 
 __device__ __forceinline__ void pdl_wait() {
+    tl_arrive();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif

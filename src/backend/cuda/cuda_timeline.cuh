@@ -2,12 +2,15 @@
  * critical path: `make cuda CUDA_TIMELINE=1` (never in a normal build).
  *
  * Every kernel of the step calls pdl_wait(); with the option, thread 0 of
- * block (0,0) then stamps %globaltimer into one device buffer shared by
+ * block (0,0) stamps %globaltimer as it arrives there (tl_arrive) and again
+ * once released (tl_stamp), into one device buffer shared by
  * the translation units that bind it (cuda_kernels.cu, cuda_engine.cu),
  * and pdl_launch() hands each kernel to ds4_cuda_tl_label() while the
  * step is captured, so the i-th stamp of a step belongs to the i-th
  * kernel. The gap from one kernel's release to the next one's is that
- * kernel's share of the critical path (cuda_engine.cu prints the table;
+ * kernel's share of the critical path; the next kernel's arrival against
+ * that release says whether its first block was resident in time to
+ * prefetch (cuda_engine.cu prints the table;
  * notes/status.md, fourth session, tells how it was used). Side-stream
  * kernels would interleave: run it with DS4_CUDA_SIDE=0. */
 #ifndef DS4_CUDA_TIMELINE_CUH
@@ -18,8 +21,8 @@
 #ifdef DS4_CUDA_TIMELINE
 enum { TL_MAX = 1 << 16 };
 struct tl_buf {
-    unsigned n;
-    unsigned long long t[TL_MAX];
+    unsigned n, na;
+    unsigned long long t[TL_MAX], a[TL_MAX]; /* releases, arrivals */
 };
 
 /* This translation unit's view of the buffer (NULL: nothing recorded). */
@@ -34,6 +37,15 @@ __device__ __forceinline__ void tl_stamp() {
     }
 }
 
+__device__ __forceinline__ void tl_arrive() {
+    tl_buf *b = tl_dev;
+    if (b && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        b->a[atomicAdd(&b->na, 1u) % TL_MAX] = t;
+    }
+}
+
 static inline cudaError_t tl_bind_here(tl_buf *b) { return cudaMemcpyToSymbol(tl_dev, &b, sizeof b); }
 
 extern "C" {
@@ -44,6 +56,7 @@ cudaError_t ds4_cuda_tl_bind_kernels(tl_buf *b); /* cuda_kernels.cu's view */
 }
 #else
 __device__ __forceinline__ void tl_stamp() {}
+__device__ __forceinline__ void tl_arrive() {}
 static inline void ds4_cuda_tl_label(const void *) {}
 #endif
 
