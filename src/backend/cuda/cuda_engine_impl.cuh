@@ -92,6 +92,7 @@ struct dwork {
     uint32_t *route_stamp; /* per layer: the step serial once k_route has written ids and ew */
     float *one_w;
     uint8_t *actA, *actB;
+    uint8_t *aq8;  /* ws.a as Q8_0, by the k_hc that writes it (hc_writes_q8) */
     uint8_t *attq; /* the attention's output as out_a's Q8_0 input (k_attention_combine) */
     uint8_t *lowq; /* low quantised for out_b */
     rope_tabs rope; /* the step's RoPE cosines and sines (k_embed) */

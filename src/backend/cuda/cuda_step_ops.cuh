@@ -140,7 +140,8 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
  * Σ H² = trace G, the CPU's fn·(H/rms) up to rounding, and pre =
  * σ(mix·scale + base) + eps. Each block then writes x = Σ pre·H and
  * a = norm(x)·w for its own dims (their H in shared memory), with
- * Σ x² = Σ_hh' pre_h·pre_h'·G[h][h'] — no second exchange; block 0
+ * Σ x² = Σ_hh' pre_h·pre_h'·G[h][h'] — no second exchange, and with aq8
+ * a as Q8_0 too (the Q8_0 products after it copy those codes); block 0
  * writes mix, whose split into the next sublayer's post gates and mixing
  * matrix a later kernel does (hc_split_block).
  *
@@ -175,7 +176,7 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
                                                     const float *comb, uint32_t D, const void *fn, int f16,
                                                     const float *scale, const float *base, float hc_eps,
                                                     const float *norm_w, float rms_eps, double *part, unsigned *count,
-                                                    float *mix, float *x, float *a) {
+                                                    float *mix, float *x, float *a, uint8_t *aq8) {
     __shared__ float red[HC_THREADS / 32][HC_MIX];
     __shared__ double redg[HC_THREADS / 32][HC_N];
     __shared__ double bsum[HC_BLOCKS][HC_SUMS]; /* CL: every block's sums */
@@ -305,7 +306,9 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
         for (int i = 0; i < HC_N; i++)
             for (int k = i; k < HC_N; k++)
                 xx += (k == i ? 1.0 : 2.0) * (double)pre_s[i] * (double)pre_s[k] * tot[HC_MIX + hc_gram_at(i, k)];
-        a[dx] = xv * ds4_rms_scale(xx, (int)D, rms_eps) * wn;
+        const float av = xv * ds4_rms_scale(xx, (int)D, rms_eps) * wn;
+        a[dx] = av;
+        if (aq8) warp_q8_0_block(av, aq8 + 36 * (dx / 32), lane); /* a warp's 32 dims: one block */
     }
 }
 
