@@ -28,22 +28,21 @@ struct tl_buf {
 /* This translation unit's view of the buffer (NULL: nothing recorded). */
 static __device__ tl_buf *tl_dev;
 
-__device__ __forceinline__ void tl_stamp() {
-    tl_buf *b = tl_dev;
-    if (b && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
-        unsigned long long t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        b->t[atomicAdd(&b->n, 1u) % TL_MAX] = t;
+/* %globaltimer into series t (count n), by thread 0 of block (0,0). */
+__device__ __forceinline__ void tl_record(unsigned *n, unsigned long long *t) {
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+        unsigned long long now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        t[atomicAdd(n, 1u) % TL_MAX] = now;
     }
 }
 
-__device__ __forceinline__ void tl_arrive() {
-    tl_buf *b = tl_dev;
-    if (b && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
-        unsigned long long t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        b->a[atomicAdd(&b->na, 1u) % TL_MAX] = t;
-    }
+__device__ __forceinline__ void tl_stamp() { /* released from pdl_wait */
+    if (tl_buf *b = tl_dev) tl_record(&b->n, b->t);
+}
+
+__device__ __forceinline__ void tl_arrive() { /* arrived at pdl_wait */
+    if (tl_buf *b = tl_dev) tl_record(&b->na, b->a);
 }
 
 static inline cudaError_t tl_bind_here(tl_buf *b) { return cudaMemcpyToSymbol(tl_dev, &b, sizeof b); }
