@@ -305,14 +305,20 @@ struct fmt_q4_K {
         hi = fs_dp4a((q.z >> 4) & 0x0f0f0f0fu, xh.z, hi);
         hi = fs_dp4a((q.w >> 4) & 0x0f0f0f0fu, xh.w, hi);
     }
-    DS4_HD static void scale_min(const uint8_t *s, int j, int &sc, int &m) {
-        if (j < 4) {
+    /* Scale and min of sub-block j (6 bits each in scales[12]); LOW: j < 4. */
+    template <bool LOW>
+    DS4_HD static void scale_min_at(const uint8_t *s, int j, int &sc, int &m) {
+        if (LOW) {
             sc = s[j] & 63;
             m = s[j + 4] & 63;
         } else {
             sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
             m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
         }
+    }
+    DS4_HD static void scale_min(const uint8_t *s, int j, int &sc, int &m) {
+        if (j < 4) scale_min_at<true>(s, j, sc, m);
+        else scale_min_at<false>(s, j, sc, m);
     }
     template <int NR>
     DS4_HD static void unit(const uint8_t *b, uint32_t stride, int part, const act_view &a, uint32_t ab,
@@ -363,13 +369,8 @@ struct fmt_q4_K {
             const uint8_t *s = b + 4;
             const int j = 2 * c;
             int sc0, m0, sc1, m1;
-            if (i < 2) {
-                sc0 = s[j] & 63, m0 = s[j + 4] & 63;
-                sc1 = s[j + 1] & 63, m1 = s[j + 5] & 63;
-            } else {
-                sc0 = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4), m0 = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-                sc1 = (s[j + 5] & 15) | ((s[j - 3] >> 6) << 4), m1 = (s[j + 5] >> 4) | ((s[j + 1] >> 6) << 4);
-            }
+            if (i < 2) scale_min_at<true>(s, j, sc0, m0), scale_min_at<true>(s, j + 1, sc1, m1);
+            else scale_min_at<false>(s, j, sc0, m0), scale_min_at<false>(s, j + 1, sc1, m1);
             is += sc0 * lo + sc1 * hi;
             sm += m0 * (bs[4 * c] + bs[4 * c + 1]) + m1 * (bs[4 * c + 2] + bs[4 * c + 3]);
         }
