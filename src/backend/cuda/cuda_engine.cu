@@ -1346,18 +1346,25 @@ static int capture(ds4_cuda_session *s, ds4_err *err) {
 static void tl_report(ds4_cuda_engine *e) {
     const void *const *k;
     size_t n = ds4_cuda_tl_labels(&k);
-    unsigned count = 0, na = 0;
-    std::vector<unsigned long long> t(TL_MAX), ta(TL_MAX);
-    if (cudaMemcpy(&count, &e->tl->n, sizeof count, cudaMemcpyDeviceToHost) != cudaSuccess ||
-        cudaMemcpy(&na, &e->tl->na, sizeof na, cudaMemcpyDeviceToHost) != cudaSuccess ||
-        cudaMemcpy(t.data(), e->tl->t, t.size() * sizeof t[0], cudaMemcpyDeviceToHost) != cudaSuccess ||
-        cudaMemcpy(ta.data(), e->tl->a, ta.size() * sizeof ta[0], cudaMemcpyDeviceToHost) != cudaSuccess || n < 2 ||
-        count < n || na < n || n > TL_MAX)
-        return;
-    std::vector<unsigned long long> last(n), arr(n);
-    for (size_t i = 0; i < n; i++) last[i] = t[(count - n + i) % TL_MAX], arr[i] = ta[(na - n + i) % TL_MAX];
-    std::sort(last.begin(), last.end());
-    std::sort(arr.begin(), arr.end());
+    if (n < 2 || n > TL_MAX) return;
+    /* a series' last n stamps in time order (false: not that many); *before:
+     * the stamp before them, or 0 */
+    auto last_n = [&](const unsigned *cnt, const unsigned long long *ser, std::vector<unsigned long long> &out,
+                      unsigned long long *before) {
+        unsigned c = 0;
+        std::vector<unsigned long long> all(TL_MAX);
+        if (cudaMemcpy(&c, cnt, sizeof c, cudaMemcpyDeviceToHost) != cudaSuccess ||
+            cudaMemcpy(all.data(), ser, all.size() * sizeof all[0], cudaMemcpyDeviceToHost) != cudaSuccess || c < n)
+            return false;
+        out.resize(n);
+        for (size_t i = 0; i < n; i++) out[i] = all[(c - n + i) % TL_MAX];
+        std::sort(out.begin(), out.end());
+        *before = c > n ? all[(c - n - 1) % TL_MAX] : 0;
+        return true;
+    };
+    std::vector<unsigned long long> last, arr;
+    unsigned long long prev = 0, unused;
+    if (!last_n(&e->tl->n, e->tl->t, last, &prev) || !last_n(&e->tl->na, e->tl->a, arr, &unused)) return;
     std::vector<const char *> names;
     std::vector<double> sum;
     std::vector<int> cnt;
@@ -1367,9 +1374,8 @@ static void tl_report(ds4_cuda_engine *e) {
         fprintf(stderr, "  per step, averages of %d (events): host between steps %.1f us, io copy + graph %.1f us, logits copy (when asked for) %.1f us\n",
                 e->tl_n_ev - 1, 1000.0 * e->tl_host_ms / (e->tl_n_ev - 1), 1000.0 * e->tl_graph_ms / (e->tl_n_ev - 1),
                 1000.0 * e->tl_copy_ms / (e->tl_n_ev - 1));
-    if (count > n) /* the last kernel of the step before runs in this gap, and the host's work between steps */
-        fprintf(stderr, "  from the step before's last release: %.1f us\n",
-                (last[0] - t[(count - n - 1) % TL_MAX]) / 1000.0);
+    if (prev) /* the last kernel of the step before runs in this gap, and the host's work between steps */
+        fprintf(stderr, "  from the step before's last release: %.1f us\n", (last[0] - prev) / 1000.0);
     for (size_t i = 0; i + 1 < n; i++) {
         const char *name = "?";
         cudaFuncGetName(&name, k[i]);
