@@ -1188,14 +1188,22 @@ static int output_head(enq *q, ds4_cuda_session *s) {
 
 /* Switches for measuring (on unless set to 0): DS4_CUDA_PDL, programmatic
  * dependent launch (also off once a capture with it failed; the kernels
- * ignore it where the device lacks it); DS4_CUDA_SIDE, the shared expert
- * on the side stream; DS4_CUDA_HCQ8, k_hc's Q8_0 copy of a (hc_writes_q8).
- * DS4_CUDA_WAVES=n: every matrix kernel's grid is n
- * waves of resident blocks (ds4_cuda_kernels_set_waves; default per kernel);
- * DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1: ds4_cuda_kernels_set_matvec_tuning. */
+ * ignore it where the device lacks it); DS4_CUDA_HCQ8, k_hc's Q8_0 copy of
+ * a (hc_writes_q8). Off unless set to 1: DS4_CUDA_SIDE, the shared expert
+ * on a side stream beside the routed gate/up (+0.8% in session 21, then
+ * equal or 0.1-0.3% behind in line in three calls of session 22, 4k and
+ * 64k: notes/cuda-kernels.md §34). DS4_CUDA_WAVES=n: every matrix kernel's
+ * grid is n waves of resident blocks (ds4_cuda_kernels_set_waves; default
+ * per kernel); DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1:
+ * ds4_cuda_kernels_set_matvec_tuning. */
 static bool env_on(const char *name) {
     const char *v = getenv(name);
     return !(v && !strcmp(v, "0"));
+}
+
+static bool env_set(const char *name) {
+    const char *v = getenv(name);
+    return v && !strcmp(v, "1");
 }
 
 /* The whole step, enqueued on the engine's stream. */
@@ -1207,7 +1215,7 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     ds4_cuda_kernels_set_waves(e->k, waves ? atoi(waves) : 0);
     const char *split = getenv("DS4_CUDA_SPLIT"), *deep = getenv("DS4_CUDA_DEEP");
     ds4_cuda_kernels_set_matvec_tuning(e->k, split ? atoi(split) : 0, deep && !strcmp(deep, "1"));
-    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_SIDE"), env_on("DS4_CUDA_HCQ8")};
+    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_set("DS4_CUDA_SIDE"), env_on("DS4_CUDA_HCQ8")};
     e->n_ev = 0;
     mark(e, q.st, "start");
     if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
@@ -1369,7 +1377,7 @@ static void tl_report(ds4_cuda_engine *e) {
     std::vector<double> sum;
     std::vector<int> cnt;
     fprintf(stderr, "cuda timeline (step %d, %zu kernels, %.1f us from the first release to the last)%s:\n",
-            e->tl_step, n, (last[n - 1] - last[0]) / 1000.0, env_on("DS4_CUDA_SIDE") ? " -- DS4_CUDA_SIDE=0 for a clean order" : "");
+            e->tl_step, n, (last[n - 1] - last[0]) / 1000.0, env_set("DS4_CUDA_SIDE") ? " -- without DS4_CUDA_SIDE=1 for a clean order" : "");
     if (e->tl_n_ev > 1)
         fprintf(stderr, "  per step, averages of %d (events): host between steps %.1f us, io copy + graph %.1f us, logits copy (when asked for) %.1f us\n",
                 e->tl_n_ev - 1, 1000.0 * e->tl_host_ms / (e->tl_n_ev - 1), 1000.0 * e->tl_graph_ms / (e->tl_n_ev - 1),
