@@ -1190,8 +1190,8 @@ static int output_head(enq *q, ds4_cuda_session *s) {
  * dependent launch (also off once a capture with it failed; the kernels
  * ignore it where the device lacks it); DS4_CUDA_HCQ8, k_hc's Q8_0 copy of
  * a (hc_writes_q8). Off unless set to 1: DS4_CUDA_SIDE, the shared expert
- * on a side stream beside the routed gate/up (+0.8% in session 21, then
- * equal or 0.1-0.3% behind in line in three calls of session 22, 4k and
+ * on a side stream beside the routed gate/up (+0.8% in session 21; in
+ * session 22's three calls equal to in line or 0.1-0.3% slower, 4k and
  * 64k: notes/cuda-kernels.md §34). DS4_CUDA_WAVES=n: every matrix kernel's
  * grid is n waves of resident blocks (ds4_cuda_kernels_set_waves; default
  * per kernel); DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1:
