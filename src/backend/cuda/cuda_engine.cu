@@ -20,7 +20,7 @@
  * weight types: k_matvec_pair), and so do small kernels that share no
  * data (the preparation's launch: compressors, q/kv, indexer query); the
  * shared expert's gate/up rides with the router's product, its down runs
- * on a second stream beside the routed gate/up. Quantised
+ * in line between the router and the routed gate/up. Quantised
  * products go through cuda_kernels.h with the activation quantised on the
  * device exactly as ds4_quantize_act does (inside the product's blocks
  * where the kernel allows it); the rest is cuda_step_ops.cuh. Kernels are
@@ -590,9 +590,6 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     if (c == cudaSuccess) c = tl_bind_here(e->tl);
     if (c == cudaSuccess) c = ds4_cuda_tl_bind_kernels(e->tl);
 #endif
-    if (c == cudaSuccess) c = cudaStreamCreateWithFlags(&e->side, cudaStreamNonBlocking);
-    if (c == cudaSuccess) c = cudaEventCreateWithFlags(&e->side_fork, cudaEventDisableTiming);
-    if (c == cudaSuccess) c = cudaEventCreateWithFlags(&e->side_join, cudaEventDisableTiming);
     if (c != cudaSuccess) {
         ds4_cuda_engine_close(e);
         return cuda_fail(err, "stream", c);
@@ -675,9 +672,6 @@ extern "C" void ds4_cuda_engine_close(ds4_cuda_engine *e) {
     for (int i = 0; i < e->n_small; i++) cudaFree(e->small[i]);
     free(e->small);
     cudaFree(e->arena);
-    if (e->side_fork) cudaEventDestroy(e->side_fork);
-    if (e->side_join) cudaEventDestroy(e->side_join);
-    if (e->side) cudaStreamDestroy(e->side);
 #ifdef DS4_CUDA_TIMELINE
     if (e->tl) cudaFree(e->tl);
 #endif
@@ -695,8 +689,7 @@ struct enq {
     ds4_cuda_engine *e;
     cudaStream_t st;
     ds4_err *err;
-    bool pdl;  /* programmatic dependent launch (cuda_pdl.cuh) */
-    bool side; /* the shared expert on the side stream, beside the router */
+    bool pdl;   /* programmatic dependent launch (cuda_pdl.cuh) */
     bool hc_q8; /* k_hc also writes ws.a as Q8_0 (ws.aq8) for the Q8_0 products of it */
 };
 
@@ -1105,69 +1098,41 @@ static int ffn(enq *q, uint32_t il) {
                     x_q8k ? NULL : w->a, w->mid))
         return -1;
     mark(e, q->st, "routed gate/up");
-    if (q->side) {
-        cudaError_t c = cudaStreamWaitEvent(q->st, e->side_join, 0);
-        if (c != cudaSuccess) return cuda_fail(q->err, "shared expert join", c);
-    }
     if (moe_down(q, L->down_exps, ff, D, ne, w->ids, nu, routed, w->mid, w->actB, w->sh, w->y)) return -1;
     mark(e, q->st, "routed down");
     return 0;
 }
 
-/* The side stream for the shared expert's work (forked from the main
- * stream's frontier), or the main stream itself without q->side. */
-static int side_fork(enq *q, enq *qs) {
-    *qs = *q;
-    if (!q->side) return 0;
-    cudaError_t c = cudaEventRecord(q->e->side_fork, q->st);
-    if (c == cudaSuccess) c = cudaStreamWaitEvent(q->e->side, q->e->side_fork, 0);
-    if (c != cudaSuccess) return cuda_fail(q->err, "shared expert fork", c);
-    qs->st = q->e->side;
-    return 0;
-}
-
-/* Marks the side stream's end for the routed down's join, or (in line)
- * the profile's phase. */
-static int side_join(enq *q, const char *what) {
-    if (!q->side) {
-        mark(q->e, q->st, what);
-        return 0;
-    }
-    cudaError_t c = cudaEventRecord(q->e->side_join, q->e->side);
-    return c == cudaSuccess ? 0 : cuda_fail(q->err, "shared expert join", c);
-}
-
 /* The shared expert's down product of ws.actA (quantised by the router's
- * launch) into ws.sh, beside the routed gate/up on the side stream. */
+ * launch) into ws.sh, in line before the routed gate/up (a second stream
+ * beside it was +0.8% in session 21 and equal or 0.1-0.3% slower from
+ * session 22 on: notes/cuda-kernels.md §34). */
 static int shared_down(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
-    enq qs;
-    if (side_fork(q, &qs) ||
-        ds4_cuda_moe_down_x(e->k, L->down_sh.type, L->down_sh.w, e->m->hp.n_ff_exp, e->m->hp.n_embd, 1, w->zero_id,
-                            1, w->actA, NULL, shared_ids, w->sh, (ds4_cuda_stream)qs.st, q->err))
+    if (ds4_cuda_moe_down_x(e->k, L->down_sh.type, L->down_sh.w, e->m->hp.n_ff_exp, e->m->hp.n_embd, 1, w->zero_id,
+                            1, w->actA, NULL, shared_ids, w->sh, (ds4_cuda_stream)q->st, q->err))
         return -1;
-    return side_join(q, "shared expert down");
+    mark(e, q->st, "shared expert down");
+    return 0;
 }
 
 /* Shared expert: one "expert" of weight 1 through the MoE kernels, into
- * ws.sh; with q->side on the side stream (forked after HC pre, joined
- * before the routed down that adds it), else in line. */
+ * ws.sh, for the routed down to add. */
 static int shared_expert(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
     dwork *w = &e->w;
-    enq qs;
-    if (side_fork(q, &qs) ||
-        run(&qs, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)) ||
-        moe_gate_up(&qs, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, shared_ids, NULL,
+    if (run(q, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)) ||
+        moe_gate_up(q, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, shared_ids, NULL,
                     w->a, w->smid) ||
-        moe_down(&qs, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, shared_ids, w->smid, w->actA, NULL,
+        moe_down(q, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, shared_ids, w->smid, w->actA, NULL,
                  w->sh))
         return -1;
-    return side_join(q, "shared expert");
+    mark(e, q->st, "shared expert");
+    return 0;
 }
 
 static int output_head(enq *q, ds4_cuda_session *s) {
@@ -1189,21 +1154,13 @@ static int output_head(enq *q, ds4_cuda_session *s) {
 /* Switches for measuring (on unless set to 0): DS4_CUDA_PDL, programmatic
  * dependent launch (also off once a capture with it failed; the kernels
  * ignore it where the device lacks it); DS4_CUDA_HCQ8, k_hc's Q8_0 copy of
- * a (hc_writes_q8). Off unless set to 1: DS4_CUDA_SIDE, the shared expert
- * on a side stream beside the routed gate/up (+0.8% in session 21; in
- * session 22's three calls equal to in line or 0.1-0.3% slower, 4k and
- * 64k: notes/cuda-kernels.md §34). DS4_CUDA_WAVES=n: every matrix kernel's
+ * a (hc_writes_q8). DS4_CUDA_WAVES=n: every matrix kernel's
  * grid is n waves of resident blocks (ds4_cuda_kernels_set_waves; default
  * per kernel); DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1:
  * ds4_cuda_kernels_set_matvec_tuning. */
 static bool env_on(const char *name) {
     const char *v = getenv(name);
     return !(v && !strcmp(v, "0"));
-}
-
-static bool env_set(const char *name) {
-    const char *v = getenv(name);
-    return v && !strcmp(v, "1");
 }
 
 /* The whole step, enqueued on the engine's stream. */
@@ -1215,7 +1172,7 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     ds4_cuda_kernels_set_waves(e->k, waves ? atoi(waves) : 0);
     const char *split = getenv("DS4_CUDA_SPLIT"), *deep = getenv("DS4_CUDA_DEEP");
     ds4_cuda_kernels_set_matvec_tuning(e->k, split ? atoi(split) : 0, deep && !strcmp(deep, "1"));
-    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_set("DS4_CUDA_SIDE"), env_on("DS4_CUDA_HCQ8")};
+    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_HCQ8")};
     e->n_ev = 0;
     mark(e, q.st, "start");
     if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
@@ -1376,8 +1333,8 @@ static void tl_report(ds4_cuda_engine *e) {
     std::vector<const char *> names;
     std::vector<double> sum;
     std::vector<int> cnt;
-    fprintf(stderr, "cuda timeline (step %d, %zu kernels, %.1f us from the first release to the last)%s:\n",
-            e->tl_step, n, (last[n - 1] - last[0]) / 1000.0, env_set("DS4_CUDA_SIDE") ? " -- without DS4_CUDA_SIDE=1 for a clean order" : "");
+    fprintf(stderr, "cuda timeline (step %d, %zu kernels, %.1f us from the first release to the last):\n", e->tl_step,
+            n, (last[n - 1] - last[0]) / 1000.0);
     if (e->tl_n_ev > 1)
         fprintf(stderr, "  per step, averages of %d (events): host between steps %.1f us, io copy + graph %.1f us, logits copy (when asked for) %.1f us\n",
                 e->tl_n_ev - 1, 1000.0 * e->tl_host_ms / (e->tl_n_ev - 1), 1000.0 * e->tl_graph_ms / (e->tl_n_ev - 1),

@@ -111,8 +111,6 @@ struct ds4_cuda_engine {
     uint64_t work_bytes; /* the step workspace (dalloc) */
     ds4_cuda_kernels *k;
     cudaStream_t stream;
-    cudaStream_t side;                 /* HC split (Sinkhorn) beside the main work */
-    cudaEvent_t side_fork, side_join;
     int ctx;
     bool exact; /* plain f32 numerics (cuda_exact.cuh products, f32 rows) */
     bool quality; /* --quality: the prefill's Q8_0 products on the integer path (cuda_mmq.h), not f16 */

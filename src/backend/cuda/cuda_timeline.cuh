@@ -11,8 +11,7 @@
  * kernel's share of the critical path; the next kernel's arrival against
  * that release says whether its first block was resident in time to
  * prefetch (cuda_engine.cu prints the table;
- * notes/status.md, fourth session, tells how it was used). Side-stream
- * kernels would interleave: run it without DS4_CUDA_SIDE=1 (the default). */
+ * notes/status.md, fourth session, tells how it was used). */
 #ifndef DS4_CUDA_TIMELINE_CUH
 #define DS4_CUDA_TIMELINE_CUH
 
