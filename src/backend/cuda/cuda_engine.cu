@@ -1106,7 +1106,7 @@ static int ffn(enq *q, uint32_t il) {
 /* The shared expert's down product of ws.actA (quantised by the router's
  * launch) into ws.sh, in line before the routed gate/up (a second stream
  * beside it was +0.8% in session 21 and equal or 0.1-0.3% slower from
- * session 22 on: notes/cuda-kernels.md §34). */
+ * session 22 on: notes/cuda-kernels.md §34, §35). */
 static int shared_down(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const dlayer *L = &e->L[il];
