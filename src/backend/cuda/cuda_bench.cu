@@ -840,6 +840,50 @@ static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, ui
     snprintf(shape, sizeof shape, "%s+%s x%u", type_name(gtype), type_name(dtype), n_sel);
     add_result(nm, shape, gu_bytes + dn_bytes, t, out_err, act_bad, ok);
 
+    /* The gate/up carrying a Q8_0 product of the shared down's shape
+     * (ds4_cuda_carried_mv): mid bit for bit as without it, the carried
+     * rows against the CPU's product. */
+    if (n_ff % 32 == 0) {
+        const size_t crow = ds4_type_row_bytes(DS4_TYPE_Q8_0, n_ff), cab = ds4_act_row_bytes(DS4_TYPE_Q8_0, n_ff);
+        uint8_t *d_cw;
+        void *d_cact;
+        float *d_cout;
+        CK(cudaMalloc(&d_cw, crow * n_in));
+        CK(cudaMalloc(&d_cact, cab));
+        CK(cudaMalloc(&d_cout, n_in * 4));
+        device_random_weights(DS4_TYPE_Q8_0, d_cw, crow * n_in, seed + 4);
+        std::vector<float> cx(n_ff), cref(n_in), cout_(n_in), mid2(n_sel * n_ff);
+        random_activation(cx.data(), n_ff, &s);
+        std::vector<uint8_t> cact(cab), cw(crow * n_in);
+        ds4_quantize_act(DS4_TYPE_Q8_0, cx.data(), cact.data(), n_ff);
+        CK(cudaMemcpy(d_cact, cact.data(), cab, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(cw.data(), d_cw, cw.size(), cudaMemcpyDeviceToHost));
+        ds4_matvec(DS4_TYPE_Q8_0, cw.data(), n_in, n_ff, cact.data(), cref.data());
+        const ds4_cuda_carried_mv c = {d_cw, d_cact, d_cout, n_in, n_ff};
+        CK(cudaMemsetAsync(d_mid, 0xff, (size_t)n_sel * n_ff * 4, st));
+        CK(cudaMemsetAsync(d_cout, 0xff, n_in * 4, st));
+        DS(ds4_cuda_moe_gate_up_x(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids, d_wts, n_sel, clamp, d_xact,
+                                  NULL, ds4_cuda_ids_src{}, &c, d_mid, st, &err_));
+        CK(cudaStreamSynchronize(st));
+        CK(cudaMemcpy(mid2.data(), d_mid, mid2.size() * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(cout_.data(), d_cout, n_in * 4, cudaMemcpyDeviceToHost));
+        const bool mid_same = memcmp(mid2.data(), mid.data(), mid.size() * 4) == 0;
+        const double c_err = rel_err(cout_.data(), cref.data(), n_in);
+        printf("  %s carried: mid %s, carried rows err %.2e\n", name, mid_same ? "bit for bit" : "DIFFERS", c_err);
+        time_waves(k, st, n_sets, reps, [&](int i) {
+            DS(ds4_cuda_moe_gate_up_x(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids + i * n_sel,
+                                      d_wts + i * n_sel, n_sel, clamp, d_xact, NULL, ds4_cuda_ids_src{}, &c, d_mid, st,
+                                      &err_));
+        }, t);
+        snprintf(nm, sizeof nm, "%s gate+up, carried down", name);
+        snprintf(shape, sizeof shape, "%s x%u + Q8_0 %ux%u", type_name(gtype), n_sel, n_ff, n_in);
+        add_result(nm, shape, gu_bytes + (double)crow * n_in + cab + 4.0 * n_in, t, c_err, 0,
+                   mid_same && c_err < 1e-5);
+        CK(cudaFree(d_cw));
+        CK(cudaFree(d_cact));
+        CK(cudaFree(d_cout));
+    }
+
     CK(cudaFree(d_gate));
     CK(cudaFree(d_up));
     CK(cudaFree(d_down));

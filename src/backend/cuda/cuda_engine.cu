@@ -639,6 +639,8 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     /* the attention on tensor cores where its shapes allow (f16 rows, head
      * dims a multiple of 64, at most 8 heads a block) */
     e->att_tc = !exact && hp->head_dim % 64 == 0 && e->att_hg <= 8;
+    const char *shgu = getenv("DS4_CUDA_SHGU");
+    e->shgu = !(shgu && shgu[0] == '0');
     size_t smem = e->att_tc ? att_split_tc_smem((int)hp->head_dim)
                             : att_split_smem(e->att_hg, (int)hp->head_dim, exact ? sizeof(float) : sizeof(__half));
     c = cudaFuncSetAttribute(e->att_tc ? (const void *)k_attention_split_tc
@@ -1019,7 +1021,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
  * F16/F32, or in exact mode cuda_exact.cuh's for every type. */
 static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
                        const float *weights, uint32_t n_sel, float clamp, ds4_cuda_ids_src src, const void *x_act,
-                       const float *x, float *mid) {
+                       const float *x, float *mid, const ds4_cuda_carried_mv *carried = NULL) {
     if (q->e->exact)
         return run(q, "exact gate/up", k_exact_gate_up, (n_sel * n_ff * 32 + 255) / 256, 256, 0, gate.w, up.w,
                    gate.type, gate.row_bytes, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp, x, mid);
@@ -1028,7 +1030,7 @@ static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, 
                    (const void *)gate.w, (const void *)up.w, (int)(gate.type == DS4_TYPE_F16), gate.in, n_ff, n_expert,
                    ids, weights, n_sel, clamp, x, mid);
     return ds4_cuda_moe_gate_up_x(q->e->k, gate.type, gate.w, up.w, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp,
-                                  x_act, x, src, mid, (ds4_cuda_stream)q->st, q->err);
+                                  x_act, x, src, carried, mid, (ds4_cuda_stream)q->st, q->err);
 }
 
 static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert, const int32_t *ids,
@@ -1091,11 +1093,16 @@ static int ffn(enq *q, uint32_t il) {
             (const step_io *)w->io, w->ids, w->ew, w->route_stamp + il, hs, sm, ra))
         return -1;
     mark(e, q->st, "router + selection");
-    if (with_router && shared_down(q, il)) return -1;
+    /* the shared expert's down as items of the routed gate/up's launch
+     * where that is the quantised kernel: one launch less a layer, its
+     * weights not waiting for the router (DS4_CUDA_SHGU=0: its own launch) */
+    const bool carry = with_router && !plain_type(L->gate_exps.type) && e->shgu;
+    const ds4_cuda_carried_mv sh_down = {L->down_sh.w, w->actA, w->sh, D, ff};
+    if (with_router && !carry && shared_down(q, il)) return -1;
     /* the routed experts' first weights as soon as k_route has chosen them */
     const ds4_cuda_ids_src routed = {0, w->route_stamp + il, &w->io->serial};
     if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, routed, x_q8k ? w->actB : NULL,
-                    x_q8k ? NULL : w->a, w->mid))
+                    x_q8k ? NULL : w->a, w->mid, carry ? &sh_down : NULL))
         return -1;
     mark(e, q->st, "routed gate/up");
     if (moe_down(q, L->down_exps, ff, D, ne, w->ids, nu, routed, w->mid, w->actB, w->sh, w->y)) return -1;
@@ -1104,9 +1111,11 @@ static int ffn(enq *q, uint32_t il) {
 }
 
 /* The shared expert's down product of ws.actA (quantised by the router's
- * launch) into ws.sh, in line before the routed gate/up (a second stream
- * beside it was +0.8% in session 21 and equal or 0.1-0.3% slower from
- * session 22 on: notes/cuda-kernels.md §34, §35). */
+ * launch) into ws.sh, in line before the routed gate/up, where the routed
+ * gate/up cannot carry it (F16/F32 routed experts, or DS4_CUDA_SHGU=0).
+ * Carried it is +1.2% (notes/cuda-kernels.md §36); a second stream beside
+ * it was +0.8% in session 21 and equal or 0.1-0.3% slower from session 22
+ * on (§34, §35). */
 static int shared_down(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const dlayer *L = &e->L[il];

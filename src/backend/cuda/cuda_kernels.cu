@@ -687,6 +687,12 @@ struct moe_params {
     /* or (not NULL) an earlier kernel publishes *serial in *stamp once it
      * has written them (ds4_cuda_ids_src) */
     const uint32_t *stamp, *serial;
+    /* gate/up: a Q8_0 product carried as items after the routed ones
+     * (ds4_cuda_carried_mv; c_rows 0: none) */
+    const uint8_t *c_w, *c_act;
+    float *c_out;
+    uint32_t c_rows, c_nb, c_row_bytes, c_act_off;
+    int c_aligned;
 };
 
 /* The launch's ids (and gate/up's weights) in shared memory before its
@@ -702,16 +708,20 @@ static __device__ void moe_stamped_ids(const moe_params &p, int32_t *ids, float 
 }
 
 /* Item (k, r): row r of gate and of up of expert ids[k], staged side by
- * side; the warp writes mid[k·n_rows + r]. */
+ * side; the warp writes mid[k·n_rows + r]. Items past the routed ones
+ * (k ≥ n_sel) are the carried Q8_0 product's rows j = item − n_sel·n_rows,
+ * its activation staged beside the routed one: one launch less a layer
+ * for the shared expert's down, whose weights do not wait for the router. */
 template <class F, int NW, int NB>
 __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    /* Shared memory: [tables][activation][ids, weights][NW x 2 buffers]. */
+    /* Shared memory: [tables][activation, carried activation][ids, weights][NW x NB buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
     float *wts = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
     uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * NB * p.buf_stride; /* NB buffers of buf_stride */
+    const uint32_t n_routed = p.n_sel * p.n_rows;
 
     /* The first weights are requested before the activation is staged (and,
      * when the ids are fixed, before waiting for the previous kernel). */
@@ -719,7 +729,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
     if (p.stamp) moe_stamped_ids(p, ids, wts);
     else if (!p.fixed_ids) pdl_wait();
-    const uint32_t n_items = p.n_sel * p.n_rows, n_tiles = (n_items + NW - 1) / NW;
+    const uint32_t n_items = n_routed + p.c_rows, n_tiles = (n_items + NW - 1) / NW;
     /* item = k·n_rows + r, carried from one tile to the next by the grid's
      * stride: an unsigned division an item was ~40 of its ~730 instructions */
     const uint32_t stride = gridDim.x * NW, stride_k = stride / p.n_rows, stride_r = stride % p.n_rows;
@@ -729,6 +739,11 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
         if (r >= p.n_rows) r -= p.n_rows, k++;
     };
     auto issue = [&](uint32_t k, uint32_t r, uint8_t *dst, const int32_t *id_list) {
+        if (k >= p.n_sel) { /* a carried row */
+            const uint32_t j = (k - p.n_sel) * p.n_rows + r;
+            stage_span(dst, p.c_w + (size_t)j * p.c_row_bytes, p.c_row_bytes, p.c_aligned, lane);
+            return;
+        }
         uint32_t e = (uint32_t)id_list[k];
         if (e >= p.n_expert) return;
         size_t off = (size_t)e * p.expert_bytes + (size_t)r * p.row_bytes;
@@ -746,7 +761,9 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     if (p.fixed_ids || p.stamp) pdl_wait();
     const act_view a = p.x ? stage_act_x<F>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
                            : stage_act<F>(s, p.act, p.n_in, tid, NW * 32);
-    if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
+    const act_view ca = p.c_rows ? stage_act<fmt_q8_0>(s + p.c_act_off, p.c_act, p.c_nb * 32, tid, NW * 32)
+                                 : act_view{};
+    if (F::needs_tab || !p.x || p.c_rows) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
         uint32_t ntile = tile + gridDim.x, nitem = ntile * NW + warp, nk = k, nr = r;
@@ -760,7 +777,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
             cp_async_wait<0>();
         }
         __syncwarp();
-        if (item < n_items) {
+        if (item < n_routed) {
             float mid = 0.0f;
             if ((uint32_t)ids[k] < p.n_expert) {
                 float gu[2];
@@ -768,6 +785,10 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
                 mid = ds4_swiglu(gu[0], gu[1], p.clamp, wts[k]);
             }
             if (lane == 0) p.out[item] = mid;
+        } else if (item < n_items) { /* k_moe_down_rows<fmt_q8_0>'s dot of one row: the same bits */
+            float d;
+            dot_rows<fmt_q8_0, 1>(cur, 0, p.c_nb, ca, 0, nullptr, lane, &d);
+            if (lane == 0) p.c_out[item - n_routed] = d;
         }
         __syncwarp();
         if (NB == 1) { /* one buffer: the next item after this one */
@@ -1191,8 +1212,8 @@ static int moe_buffers(const ds4_cuda_kernels *k) {
 template <class F>
 static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
                        uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
-                       const void *x_act, const float *x, ds4_cuda_ids_src src, float *mid, cudaStream_t st,
-                       ds4_err *err) {
+                       const void *x_act, const float *x, ds4_cuda_ids_src src, const ds4_cuda_carried_mv *c,
+                       float *mid, cudaStream_t st, ds4_err *err) {
     const int NW = GU_WARPS;
     moe_params p = {};
     p.w0 = (const uint8_t *)gate;
@@ -1218,9 +1239,22 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
     p.act_smem = act_smem_bytes(F::act_kind, n_in);
     p.clamp = clamp;
     p.aligned = (uintptr_t)gate % 16 == 0 && (uintptr_t)up % 16 == 0 && p.row_bytes % 16 == 0;
+    if (c && c->rows) {
+        p.c_w = (const uint8_t *)c->w;
+        p.c_act = (const uint8_t *)c->act;
+        p.c_out = c->out;
+        p.c_rows = c->rows;
+        p.c_nb = c->n_in / 32;
+        p.c_row_bytes = p.c_nb * 34;
+        p.c_aligned = (uintptr_t)c->w % 16 == 0 && p.c_row_bytes % 16 == 0;
+        p.c_act_off = p.act_smem;
+        p.act_smem += act_smem_bytes(DS4_ACT_Q8_0, c->n_in);
+        const uint32_t c_stride = round16(p.c_row_bytes) + 16;
+        if (p.buf_stride < c_stride) p.buf_stride = c_stride;
+    }
     const int nb = moe_buffers<F>(k);
     size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * nb * p.buf_stride;
-    uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + NW - 1) / NW);
+    uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + p.c_rows + NW - 1) / NW);
     int grid = 1;
     void (*kern)(const moe_params) = nb == 1 ? k_moe_gate_up<F, NW, 1> : k_moe_gate_up<F, NW, 2>;
     if (launch_grid(k, kern, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
@@ -1533,16 +1567,16 @@ static int check_moe(uint32_t wtype, uint32_t n_sel, ds4_err *err) {
 /* Gate/up with the activation quantised already (x_act) or as f32 (xf). */
 static int gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
                    uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
-                   const void *x_act, const float *xf, ds4_cuda_ids_src src, float *mid, ds4_cuda_stream stream,
-                   ds4_err *err) {
+                   const void *x_act, const float *xf, ds4_cuda_ids_src src, const ds4_cuda_carried_mv *c,
+                   float *mid, ds4_cuda_stream stream, ds4_err *err) {
     const void *x = x_act ? x_act : (const void *)xf;
     if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_in, gate, x, err) ||
-        check_shape(wtype, n_in, up, x, err))
+        check_shape(wtype, n_in, up, x, err) || (c && c->rows && check_shape(DS4_TYPE_Q8_0, c->n_in, c->w, c->act, err)))
         return -1;
     if (n_ff == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
 #define GATE_UP(F)                                                                                              \
-    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, xf, src, mid, st, err)
+    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, xf, src, c, mid, st, err)
     switch (wtype) {
     case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
     case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
@@ -1560,16 +1594,16 @@ extern "C" int ds4_cuda_moe_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const v
                                     const float *weights, uint32_t n_sel, float clamp, const void *x_act,
                                     float *mid, ds4_cuda_stream stream, ds4_err *err) {
     return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL,
-                   ds4_cuda_ids_src{}, mid, stream, err);
+                   ds4_cuda_ids_src{}, NULL, mid, stream, err);
 }
 
 extern "C" int ds4_cuda_moe_gate_up_x(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
                                       uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
                                       const float *weights, uint32_t n_sel, float clamp, const void *x_act,
-                                      const float *x, ds4_cuda_ids_src src, float *mid, ds4_cuda_stream stream,
-                                      ds4_err *err) {
-    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, x, src, mid, stream,
-                   err);
+                                      const float *x, ds4_cuda_ids_src src, const ds4_cuda_carried_mv *carried,
+                                      float *mid, ds4_cuda_stream stream, ds4_err *err) {
+    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, x, src, carried, mid,
+                   stream, err);
 }
 
 extern "C" int ds4_cuda_moe_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,

@@ -151,12 +151,24 @@ typedef struct ds4_cuda_ids_src {
     const uint32_t *stamp, *serial;
 } ds4_cuda_ids_src;
 
+/* A Q8_0 product that rides along in the routed gate/up's launch as items
+ * of its own: out[j] = w_j · act for rows j < rows of n_in values, act the
+ * Q8_0 codes an earlier kernel wrote (the shared expert's down: its
+ * weights need not wait for the router, and the launch it had costs ~3 µs
+ * a layer). Same arithmetic as ds4_cuda_moe_down of one Q8_0 expert. */
+typedef struct ds4_cuda_carried_mv {
+    const void *w, *act;
+    float *out;
+    uint32_t rows, n_in;
+} ds4_cuda_carried_mv;
+
 /* ds4_cuda_moe_gate_up with the activation quantised (x_act) or as f32 x
- * (x_act NULL; quantised in every block), and the ids' source. */
+ * (x_act NULL; quantised in every block), the ids' source, and a carried
+ * product (NULL: none). */
 int ds4_cuda_moe_gate_up_x(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in,
                            uint32_t n_ff, uint32_t n_expert, const int32_t *ids, const float *weights,
                            uint32_t n_sel, float clamp, const void *x_act, const float *x, ds4_cuda_ids_src src,
-                           float *mid, ds4_cuda_stream stream, ds4_err *err);
+                           const ds4_cuda_carried_mv *carried, float *mid, ds4_cuda_stream stream, ds4_err *err);
 /* ds4_cuda_moe_down with the ids' source. */
 int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff, uint32_t n_out,
                         uint32_t n_expert, const int32_t *ids, uint32_t n_sel, const void *mid_act,
