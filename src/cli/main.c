@@ -14,7 +14,7 @@ static void usage(FILE *out) {
         "usage: ds4 [options]\n"
         "\n"
         "  -m, --model FILE      GGUF model (default ./ds4flash.gguf)\n"
-        "      --mtp FILE        optional MTP draft GGUF\n"
+        "      --mtp FILE        MTP draft GGUF (checked by --info; decoding refuses it: not built yet)\n"
         "  -p, --prompt TEXT     one-shot prompt (otherwise: interactive chat)\n"
         "      --prompt-file F   one-shot prompt read from a file\n"
         "  -sys, --system TEXT   system prompt (default \"You are a helpful assistant\"; \"\" = none)\n"

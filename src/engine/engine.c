@@ -252,7 +252,9 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     if (cfg->ctx < 0) return ds4_fail(err, "context size %d is negative", cfg->ctx);
     if (cfg->prefill_chunk < 0) return ds4_fail(err, "prefill chunk %d is negative", cfg->prefill_chunk);
     if (cfg->ctx > (1 << 26)) return ds4_fail(err, "context size %d is larger than %d", cfg->ctx, 1 << 26);
-    if (cfg->mtp_path) return ds4_fail(err, "MTP drafting is not supported by the cpu backend");
+    if (cfg->mtp_path)
+        return ds4_fail(err, "MTP drafting is not built yet (on any backend): run without --mtp; "
+                             "`ds4 -m MODEL --mtp FILE --info` checks an MTP file");
     if (cfg->n_synth_fills && !cfg->model_image)
         return ds4_fail(err, "engine: synthetic fills are given without a model image");
 #ifdef DS4_CUDA

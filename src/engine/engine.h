@@ -37,7 +37,7 @@ typedef struct ds4_engine_config {
      * from ds4_synth_model_image), read in place; it must outlive the engine. */
     const void *model_image;
     uint64_t model_image_size;
-    const char *mtp_path;  /* NULL = none (the cpu backend refuses one: MTP is GPU-only) */
+    const char *mtp_path;  /* NULL = none; speculative drafting is not built, so one is refused */
     int ctx;               /* max tokens per session, 0 = 4096 */
     int threads;           /* 0 = DS4_THREADS env or all cores */
     bool exact;            /* plain f32 numerics */

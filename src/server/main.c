@@ -25,7 +25,7 @@ static void usage(FILE *out) {
         "\n"
         "Model and engine:\n"
         "  -m, --model FILE        GGUF model (default ./ds4flash.gguf)\n"
-        "      --mtp FILE          optional MTP draft GGUF\n"
+        "      --mtp FILE          MTP draft GGUF (refused: speculative decoding is not built yet)\n"
         "  -c, --ctx N             context tokens (default 32768)\n"
         "  -n, --tokens N          default max output tokens when a request sets none (default 393216)\n"
         "  -t, --threads N         CPU threads (default: all cores, or DS4_THREADS)\n"
