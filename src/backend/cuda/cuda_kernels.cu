@@ -761,7 +761,8 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     if (p.fixed_ids || p.stamp) pdl_wait();
     const act_view a = p.x ? stage_act_x<F>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
                            : stage_act<F>(s, p.act, p.n_in, tid, NW * 32);
-    const act_view ca = p.c_rows ? stage_act<fmt_q8_0>(s + p.c_act_off, p.c_act, p.c_nb * 32, tid, NW * 32)
+    const act_view ca = p.c_rows ? stage_act<fmt_q8_0>(s + p.c_act_off, p.c_act, p.c_nb * fmt_q8_0::block_elems, tid,
+                                                       NW * 32)
                                  : act_view{};
     if (F::needs_tab || !p.x || p.c_rows) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
@@ -1244,8 +1245,8 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
         p.c_act = (const uint8_t *)c->act;
         p.c_out = c->out;
         p.c_rows = c->rows;
-        p.c_nb = c->n_in / 32;
-        p.c_row_bytes = p.c_nb * 34;
+        p.c_nb = c->n_in / fmt_q8_0::block_elems;
+        p.c_row_bytes = p.c_nb * fmt_q8_0::block_bytes;
         p.c_aligned = (uintptr_t)c->w % 16 == 0 && p.c_row_bytes % 16 == 0;
         p.c_act_off = p.act_smem;
         p.act_smem += act_smem_bytes(DS4_ACT_Q8_0, c->n_in);
