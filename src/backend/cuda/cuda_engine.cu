@@ -19,8 +19,8 @@
  * launch); products that read the same activation share a launch (two
  * weight types: k_matvec_pair), and so do small kernels that share no
  * data (the preparation's launch: compressors, q/kv, indexer query); the
- * shared expert's gate/up rides with the router's product, its down runs
- * in line between the router and the routed gate/up. Quantised
+ * shared expert's gate/up rides with the router's product, its down in
+ * the routed gate/up's launch (ds4_cuda_carried_mv). Quantised
  * products go through cuda_kernels.h with the activation quantised on the
  * device exactly as ds4_quantize_act does (inside the product's blocks
  * where the kernel allows it); the rest is cuda_step_ops.cuh. Kernels are
@@ -639,8 +639,6 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     /* the attention on tensor cores where its shapes allow (f16 rows, head
      * dims a multiple of 64, at most 8 heads a block) */
     e->att_tc = !exact && hp->head_dim % 64 == 0 && e->att_hg <= 8;
-    const char *shgu = getenv("DS4_CUDA_SHGU");
-    e->shgu = !(shgu && shgu[0] == '0');
     size_t smem = e->att_tc ? att_split_tc_smem((int)hp->head_dim)
                             : att_split_smem(e->att_hg, (int)hp->head_dim, exact ? sizeof(float) : sizeof(__half));
     c = cudaFuncSetAttribute(e->att_tc ? (const void *)k_attention_split_tc
@@ -693,6 +691,7 @@ struct enq {
     ds4_err *err;
     bool pdl;   /* programmatic dependent launch (cuda_pdl.cuh) */
     bool hc_q8; /* k_hc also writes ws.a as Q8_0 (ws.aq8) for the Q8_0 products of it */
+    bool sh_carry; /* the routed gate/up carries the shared expert's down (shared_down() otherwise) */
 };
 
 /* kernel<<<grid, block, smem, q->st>>>(args...), programmatic when q->pdl. */
@@ -1096,7 +1095,7 @@ static int ffn(enq *q, uint32_t il) {
     /* the shared expert's down as items of the routed gate/up's launch
      * where that is the quantised kernel: one launch less a layer, its
      * weights not waiting for the router (DS4_CUDA_SHGU=0: its own launch) */
-    const bool carry = with_router && !plain_type(L->gate_exps.type) && e->shgu;
+    const bool carry = with_router && !plain_type(L->gate_exps.type) && q->sh_carry;
     const ds4_cuda_carried_mv sh_down = {L->down_sh.w, w->actA, w->sh, D, ff};
     if (with_router && !carry && shared_down(q, il)) return -1;
     /* the routed experts' first weights as soon as k_route has chosen them */
@@ -1163,7 +1162,8 @@ static int output_head(enq *q, ds4_cuda_session *s) {
 /* Switches for measuring (on unless set to 0): DS4_CUDA_PDL, programmatic
  * dependent launch (also off once a capture with it failed; the kernels
  * ignore it where the device lacks it); DS4_CUDA_HCQ8, k_hc's Q8_0 copy of
- * a (hc_writes_q8). DS4_CUDA_WAVES=n: every matrix kernel's
+ * a (hc_writes_q8); DS4_CUDA_SHGU, the shared expert's down carried by the
+ * routed gate/up's launch (ffn). DS4_CUDA_WAVES=n: every matrix kernel's
  * grid is n waves of resident blocks (ds4_cuda_kernels_set_waves; default
  * per kernel); DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1:
  * ds4_cuda_kernels_set_matvec_tuning. */
@@ -1181,7 +1181,7 @@ static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
     ds4_cuda_kernels_set_waves(e->k, waves ? atoi(waves) : 0);
     const char *split = getenv("DS4_CUDA_SPLIT"), *deep = getenv("DS4_CUDA_DEEP");
     ds4_cuda_kernels_set_matvec_tuning(e->k, split ? atoi(split) : 0, deep && !strcmp(deep, "1"));
-    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_HCQ8")};
+    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_HCQ8"), env_on("DS4_CUDA_SHGU")};
     e->n_ev = 0;
     mark(e, q.st, "start");
     if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
