@@ -399,6 +399,27 @@ static __device__ int warp_scan_incl(int v) {
     return v;
 }
 
+/* The keys of scores[i0 + stride·u] for u < n and i0 + stride·u < end into
+ * key[u] (0 elsewhere); bit u of the result says which are there. Every
+ * load is issued before any is converted: score_key branches on the value,
+ * so a conversion between two loads waits out each load in turn. */
+template <int N>
+static __device__ __forceinline__ unsigned load_keys(const float *scores, int i0, int stride, int n, int end,
+                                                     uint32_t (&key)[N]) {
+    float raw[N];
+    unsigned valid = 0;
+#pragma unroll
+    for (int u = 0; u < N; u++) {
+        const int i = i0 + stride * u;
+        const bool v = u < n && i < end;
+        raw[u] = v ? scores[i] : 0.0f;
+        valid |= (unsigned)v << u;
+    }
+#pragma unroll
+    for (int u = 0; u < N; u++) key[u] = valid >> u & 1u ? score_key(raw[u]) : 0u;
+    return valid;
+}
+
 /* f(valid, i, key) for the indices of lo..hi (the calling warp's segment) in
  * ascending order, lane l taking i ≡ lo + l (mod 32); 32·TOPK_BATCH keys
  * loaded before any is used. Every lane calls f the same number of times
@@ -410,13 +431,9 @@ static __device__ void warp_keys(const float *scores, int lo, int hi, F f) {
     int lane = threadIdx.x & 31;
     for (int base = lo; base < hi; base += 32 * TOPK_BATCH) {
         uint32_t key[TOPK_BATCH];
+        const unsigned valid = load_keys(scores, base + lane, 32, TOPK_BATCH, hi, key);
 #pragma unroll
-        for (int u = 0; u < TOPK_BATCH; u++) {
-            int i = base + 32 * u + lane;
-            key[u] = i < hi ? score_key(scores[i]) : 0u;
-        }
-#pragma unroll
-        for (int u = 0; u < TOPK_BATCH; u++) f(base + 32 * u + lane < hi, base + 32 * u + lane, key[u]);
+        for (int u = 0; u < TOPK_BATCH; u++) f(valid >> u & 1u, base + 32 * u + lane, key[u]);
     }
 }
 
@@ -654,13 +671,7 @@ static __device__ void block_topk_registers(const float *scores, int visible, in
     const int nw = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int per = (visible + (int)blockDim.x - 1) / (int)blockDim.x, first = (int)threadIdx.x * per;
     uint32_t key[TOPK_REG_SLOTS];
-    unsigned valid = 0;
-#pragma unroll
-    for (int e = 0; e < TOPK_REG_SLOTS; e++) {
-        const bool v = e < per && first + e < visible;
-        key[e] = v ? score_key(scores[first + e]) : 0u;
-        valid |= (unsigned)v << e;
-    }
+    const unsigned valid = load_keys(scores, first, 1, per, visible, key);
     uint32_t t = 0, mask = 0;
     int need = top_k; /* how many of the keys matching t under mask to take */
     for (int shift = 32 - TOPK_REG_BITS, buf = 0; shift >= 0; shift -= TOPK_REG_BITS, buf ^= 1) {

@@ -118,13 +118,7 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
     int lo, hi;
     topk_grid_segment(visible, &lo, &hi);
     uint32_t key[TOPK_BATCH];
-    unsigned valid = 0;
-#pragma unroll
-    for (int u = 0; u < TOPK_BATCH; u++) {
-        const int i = lo + 32 * u + lane;
-        key[u] = i < hi ? score_key(scores[i]) : 0u;
-        valid |= (unsigned)(i < hi) << u;
-    }
+    const unsigned valid = load_keys(scores, lo + lane, 32, TOPK_BATCH, hi, key);
     uint32_t t = 0, mask = 0;
     int need = top_k, barriers = 0;
     for (int pass = 0, shift = 24; pass < TOPK_GRID_PASSES; pass++, shift -= 8) {
