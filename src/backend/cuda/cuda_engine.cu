@@ -1018,9 +1018,17 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
 /* Expert gate/up and down (several experts, or the shared one as expert 0
  * of 1, fixed_ids): the quantised MoE kernels, or plain-float ones for
  * F16/F32, or in exact mode cuda_exact.cuh's for every type. */
+/* Whether moe_gate_up runs the quantised kernel for these gate weights,
+ * the one path that can carry another product (ds4_cuda_carried_mv). */
+static bool gate_up_can_carry(const ds4_cuda_engine *e, const dmat &gate) {
+    return !e->exact && !plain_type(gate.type);
+}
+
 static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
                        const float *weights, uint32_t n_sel, float clamp, ds4_cuda_ids_src src, const void *x_act,
                        const float *x, float *mid, const ds4_cuda_carried_mv *carried = NULL) {
+    if (carried && !gate_up_can_carry(q->e, gate))
+        return ds4_fail(q->err, "cuda: the %s gate/up cannot carry another product", ds4_type_name(gate.type));
     if (q->e->exact)
         return run(q, "exact gate/up", k_exact_gate_up, (n_sel * n_ff * 32 + 255) / 256, 256, 0, gate.w, up.w,
                    gate.type, gate.row_bytes, gate.in, n_ff, n_expert, ids, weights, n_sel, clamp, x, mid);
@@ -1095,7 +1103,7 @@ static int ffn(enq *q, uint32_t il) {
     /* the shared expert's down as items of the routed gate/up's launch
      * where that is the quantised kernel: one launch less a layer, its
      * weights not waiting for the router (DS4_CUDA_SHGU=0: its own launch) */
-    const bool carry = with_router && !plain_type(L->gate_exps.type) && q->sh_carry;
+    const bool carry = with_router && gate_up_can_carry(e, L->gate_exps) && q->sh_carry;
     const ds4_cuda_carried_mv sh_down = {L->down_sh.w, w->actA, w->sh, D, ff};
     if (with_router && !carry && shared_down(q, il)) return -1;
     /* the routed experts' first weights as soon as k_route has chosen them */
