@@ -345,10 +345,12 @@ static void topk_way(int way, const float *d_s, int vis, int g, topk_grid_state 
 }
 
 
-/* The top-k of one token seeing s.size() rows against topk_ref, the three
- * ways of topk_way; their times (ms) into ms[0..2] when ms. */
-static bool topk_case(const char *name, const std::vector<float> &s, float *ms) {
-    int vis = (int)s.size(), g = topk_grid_blocks((uint32_t)vis);
+/* The top-k of one token seeing s.size() rows against topk_ref, the ways
+ * of topk_way, the grid's sized for rows_for rows where that is more (the
+ * step's grid is sized for its whole context); their times (ms) into
+ * ms[0..3] when ms. */
+static bool topk_case(const char *name, const std::vector<float> &s, float *ms, int rows_for = 0) {
+    int vis = (int)s.size(), g = topk_grid_blocks((uint32_t)(rows_for > vis ? rows_for : vis));
     float *d_s;
     int *d_sel, *d_nsel, *d_wa, *d_wt;
     topk_grid_state *d_st;
@@ -395,6 +397,48 @@ static bool topk_case(const char *name, const std::vector<float> &s, float *ms) 
             CK(cudaEventDestroy(e0));
             CK(cudaEventDestroy(e1));
         }
+    }
+    CK(cudaFree(d_s));
+    CK(cudaFree(d_sel));
+    CK(cudaFree(d_nsel));
+    CK(cudaFree(d_st));
+    CK(cudaFree(d_wa));
+    CK(cudaFree(d_wt));
+    CK(cudaFree(d_io));
+    return ok;
+}
+
+/* The grid top-k, in both forms, where at most top_k rows are visible
+ * (none at positions 0-2), its grid sized for rows_for rows as where it is
+ * the step's only top-k (min_rows 0): n_sel must become -1 whatever an
+ * earlier step left there. */
+static bool topk_idle_case(int vis, int rows_for) {
+    const int g = topk_grid_blocks((uint32_t)rows_for);
+    int *d_sel, *d_nsel, *d_wa, *d_wt;
+    float *d_s;
+    topk_grid_state *d_st;
+    step_io io = {0, vis ? 4 * vis - 1 : 2, 1}, *d_io;
+    CK(cudaMalloc(&d_s, (size_t)(vis ? vis : 1) * 4));
+    CK(cudaMalloc(&d_sel, TOPK * 4));
+    CK(cudaMalloc(&d_nsel, 4));
+    CK(cudaMalloc(&d_st, sizeof *d_st));
+    CK(cudaMalloc(&d_wa, (size_t)g * TOPK_GRID_WARPS * 4));
+    CK(cudaMalloc(&d_wt, (size_t)g * TOPK_GRID_WARPS * 4));
+    CK(cudaMalloc(&d_io, sizeof io));
+    CK(cudaMemset(d_st, 0, sizeof *d_st));
+    CK(cudaMemset(d_s, 0, (size_t)(vis ? vis : 1) * 4));
+    CK(cudaMemcpy(d_io, &io, sizeof io, cudaMemcpyHostToDevice));
+    bool ok = true;
+    for (int cluster = 0; cluster < 1 + topk_cluster_fits(g); cluster++) {
+        const int stale = TOPK;
+        CK(cudaMemcpy(d_nsel, &stale, 4, cudaMemcpyHostToDevice));
+        topk_grid_run(cluster, d_s, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+        CK(cudaGetLastError());
+        int n_sel = 0;
+        CK(cudaMemcpy(&n_sel, d_nsel, 4, cudaMemcpyDeviceToHost));
+        printf("indexer top-k, %d rows visible at position %d, %s of %d blocks: n_sel %d %s\n", vis, io.pos,
+               cluster ? "cluster" : "grid", g, n_sel, n_sel == -1 ? "ok" : "FAIL");
+        ok &= n_sel == -1;
     }
     CK(cudaFree(d_s));
     CK(cudaFree(d_sel));
@@ -489,6 +533,12 @@ static int indexer_checks(void) {
     failed += !topk_case("all equal", std::vector<float>(20000, -1.5f), NULL);
     for (int i = 0; i < 20000; i++) t[i] = (float)(urand() - 0.5) * (i % 2 ? 1e-3f : 1e3f);
     failed += !topk_case("both signs, two scales", std::vector<float>(t.begin(), t.begin() + 20000), NULL);
+    /* the grid sized for the whole context at positions that see few rows
+     * (where the cluster is the step's only top-k, TOPK_ONE_ONLY) */
+    for (int i = 0; i < 3000; i++) t[i] = (float)urand();
+    failed += !topk_case("uniform, grid for 16400 rows", std::vector<float>(t.begin(), t.begin() + 600), NULL, 16400);
+    failed += !topk_case("uniform, grid for 32768 rows", std::vector<float>(t.begin(), t.begin() + 3000), NULL, 32768);
+    for (int v : {0, 1, TOPK}) failed += !topk_idle_case(v, 16400);
     /* the register path's sizes: one key a thread, several, the largest, one past it */
     for (int n : {1024, 1025, 3000, 8192, 8193}) {
         for (int i = 0; i < n; i++) t[i] = (float)(int)((urand() + 1.0) * 2.5);

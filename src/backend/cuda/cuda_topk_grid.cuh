@@ -92,6 +92,13 @@ __device__ __forceinline__ void topk_grid_sync(unsigned *arrive, unsigned target
  * starved and the next kernel may launch at once. */
 enum { TOPK_CLUSTER_MAX = 16 };
 
+/* Where a layer can see more than TOPK_ONE_ONLY rows and the cluster form
+ * runs, it is the step's only top-k (every position, min_rows 0): the
+ * one block holding 6144 rows in 1024 threads is slower than the cluster
+ * (4096 rows isolated: 13.5 against 10.5 us), and the step then has one
+ * launch, not two (H200, ctx 16384 +1.0%, 24576 +2.4%; notes §37). */
+enum { TOPK_ONE_ONLY = 4096 };
+
 /* The picks, in index order, into sel; n_sel = top_k, or -1 while every
  * visible row is attended. Nothing at positions where at most min_rows rows
  * are visible (k_idx_topk's, when the step holds both). st, wa, wt: the
@@ -111,7 +118,10 @@ __global__ void __launch_bounds__(TOPK_GRID_THREADS) k_topk_grid(const float *sc
     __shared__ int s_need, s_done, s_before[2][TOPK_GRID_WARPS + 1];
     if (visible <= min_rows || visible <= top_k) {
         if (!CL) pdl_trigger();
-        if (visible > min_rows && blockIdx.x == 0 && threadIdx.x == 0) *n_sel = -1;
+        /* the position is this kernel's beyond min_rows, and every one when
+         * min_rows is 0 (no visible row yet included: a stale n_sel would
+         * pick rows) */
+        if ((visible > min_rows || min_rows == 0) && blockIdx.x == 0 && threadIdx.x == 0) *n_sel = -1;
         return;
     }
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, gw = blockIdx.x * TOPK_GRID_WARPS + w;
