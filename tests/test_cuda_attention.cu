@@ -538,7 +538,7 @@ static int indexer_checks(void) {
     for (int i = 0; i < 3000; i++) t[i] = (float)urand();
     failed += !topk_case("uniform, grid for 16400 rows", std::vector<float>(t.begin(), t.begin() + 600), NULL, 16400);
     failed += !topk_case("uniform, grid for 32768 rows", std::vector<float>(t.begin(), t.begin() + 3000), NULL, 32768);
-    for (int v : {0, 1, TOPK}) failed += !topk_idle_case(v, 16400);
+    for (int v : {0, 1, (int)TOPK}) failed += !topk_idle_case(v, 16400);
     /* the register path's sizes: one key a thread, several, the largest, one past it */
     for (int n : {1024, 1025, 3000, 8192, 8193}) {
         for (int i = 0; i < n; i++) t[i] = (float)(int)((urand() + 1.0) * 2.5);

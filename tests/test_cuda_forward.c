@@ -31,10 +31,12 @@
  *    CPU's top-2 margin is within it), the state after the step equal but
  *    for rounding steps (no stored row with |d|/|ref| above ROW_TOL, the
  *    frontiers within TOL_REL), and the indexer's selection equal but for
- *    ties; run twice, the second time with the step holding both kinds of
- *    indexer top-k (DS4_CUDA_TOPK_GRID=40: the one block up to 40 visible
- *    rows, the grid beyond) and the HC kernel's grid form, which devices
- *    without clusters take (DS4_CUDA_HC_CLUSTER=0);
+ *    ties; run three times, the second time with the step holding both
+ *    kinds of indexer top-k (DS4_CUDA_TOPK_GRID=40: the one block up to 40
+ *    visible rows, the grid beyond) and the HC kernel's grid form, which
+ *    devices without clusters take (DS4_CUDA_HC_CLUSTER=0), the third with
+ *    the grid top-k alone from position 0 (DS4_CUDA_TOPK_GRID=1), as the
+ *    cluster runs beyond TOPK_ONE_ONLY rows;
  *  - free-running F16: all positions reported, the first state difference
  *    named, and loose bounds around the CPU's own noise checked;
  *  - published types: one token through 1-layer models must agree to 1e-5
@@ -364,14 +366,23 @@ static void print_first(const char *what, const state_cmp *c, uint32_t hd) {
  * "bad" row, frontiers within 1e-5), the last ratio-4 layer's indexer
  * selection equal unless the CPU's scores of the rows that differ tie
  * within 1e-3. */
-static void synced_run(const int32_t *toks, bool other_forms) {
+enum synced_forms {
+    FORMS_DEFAULT,
+    FORMS_BOTH_TOPK, /* the one-block top-k up to 40 rows, the grid beyond; k_hc's grid form */
+    FORMS_GRID_ONLY  /* the grid top-k alone at every position, as the cluster from TOPK_ONE_ONLY rows */
+};
+
+static void synced_run(const int32_t *toks, enum synced_forms forms) {
     ds4_err err = {0};
     void *image = NULL;
     uint64_t size = 0;
     ds4_engine *cpu = NULL, *gpu = NULL;
     ds4_session *sc = NULL, *sg = NULL;
-    const char *what = other_forms ? "F16 model, CUDA step from the CPU's state at every position (strict; the "
-                                     "indexer top-k by one block up to 40 rows, then by the grid; the HC as a grid)"
+    const char *what =
+        forms == FORMS_BOTH_TOPK ? "F16 model, CUDA step from the CPU's state at every position (strict; the "
+                                   "indexer top-k by one block up to 40 rows, then by the grid; the HC as a grid)"
+        : forms == FORMS_GRID_ONLY ? "F16 model, CUDA step from the CPU's state at every position (strict; the "
+                                     "indexer top-k by the grid alone, from position 0)"
                                    : "F16 model, CUDA step from the CPU's state at every position (strict)";
     if (tiny_image(0, true, &image, &size, &err)) {
         CHECK(0, "%s: %s", what, err.msg);
@@ -379,15 +390,13 @@ static void synced_run(const int32_t *toks, bool other_forms) {
     }
     ds4_engine_config cfg = {.model_image = image, .model_image_size = size, .ctx = 512, .threads = 4, .backend = "cpu"};
     float *lc = NULL, *lg = NULL;
-    if (other_forms) { /* the step holds both top-k kinds, and k_hc's grid form */
+    if (forms == FORMS_BOTH_TOPK) {
         setenv("DS4_CUDA_TOPK_GRID", "40", 1);
         setenv("DS4_CUDA_HC_CLUSTER", "0", 1);
-    }
+    } else if (forms == FORMS_GRID_ONLY) setenv("DS4_CUDA_TOPK_GRID", "1", 1);
     bool opened = !ds4_engine_open(&cpu, &cfg, &err) && (cfg.backend = "cuda", !ds4_engine_open(&gpu, &cfg, &err));
-    if (other_forms) {
-        unsetenv("DS4_CUDA_TOPK_GRID");
-        unsetenv("DS4_CUDA_HC_CLUSTER");
-    }
+    unsetenv("DS4_CUDA_TOPK_GRID");
+    unsetenv("DS4_CUDA_HC_CLUSTER");
     if (!opened || ds4_session_new(cpu, &sc, &err) || ds4_session_new(gpu, &sg, &err)) {
         CHECK(0, "%s: %s", what, err.msg);
         goto out;
@@ -1174,8 +1183,9 @@ int main(void) {
     prefill_synced(toks);
     prefill_free(true, toks);
     prefill_free(false, toks);
-    synced_run(toks, false);
-    synced_run(toks, true);
+    synced_run(toks, FORMS_DEFAULT);
+    synced_run(toks, FORMS_BOTH_TOPK);
+    synced_run(toks, FORMS_GRID_ONLY);
     compare_run(true, toks);
     for (uint32_t nl = 1; nl <= 6; nl++) diagnose(nl, 17);
     compare_run(false, toks);
