@@ -35,8 +35,8 @@
  *    kinds of indexer top-k (DS4_CUDA_TOPK_GRID=40: the one block up to 40
  *    visible rows, the grid beyond) and the HC kernel's grid form, which
  *    devices without clusters take (DS4_CUDA_HC_CLUSTER=0), the third with
- *    the grid top-k alone from position 0 (DS4_CUDA_TOPK_GRID=1), as the
- *    cluster runs beyond TOPK_ONE_ONLY rows;
+ *    the grid top-k alone from position 0 (DS4_CUDA_TOPK_GRID=1: it must
+ *    then say n_sel = -1 itself where no row is picked);
  *  - free-running F16: all positions reported, the first state difference
  *    named, and loose bounds around the CPU's own noise checked;
  *  - published types: one token through 1-layer models must agree to 1e-5
@@ -369,7 +369,7 @@ static void print_first(const char *what, const state_cmp *c, uint32_t hd) {
 enum synced_forms {
     FORMS_DEFAULT,
     FORMS_BOTH_TOPK, /* the one-block top-k up to 40 rows, the grid beyond; k_hc's grid form */
-    FORMS_GRID_ONLY  /* the grid top-k alone at every position, as the cluster from TOPK_ONE_ONLY rows */
+    FORMS_GRID_ONLY  /* the grid top-k alone at every position */
 };
 
 static void synced_run(const int32_t *toks, enum synced_forms forms) {

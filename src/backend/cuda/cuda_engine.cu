@@ -539,18 +539,17 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     if (e->att_splits < 1) e->att_splits = 1;
     /* The indexer's top-k over the grid at positions where a ratio-4 layer
      * sees more than TOPK_GRID_MIN rows (cuda_topk_grid.cuh), the one-block
-     * k_idx_topk up to that; where the grid runs as one cluster and the
-     * context passes TOPK_ONE_ONLY rows, the cluster alone at every
-     * position. Tests: DS4_CUDA_TOPK_GRID=0 the one block, 1 the grid at
-     * every position, N > 1 the one block up to N rows and the grid beyond;
-     * DS4_CUDA_TOPK_CLUSTER=0 the grid form, not the cluster. */
+     * k_idx_topk up to that; more than TOPK_CLUSTER_FROM rows where the grid
+     * runs as one cluster. Tests: DS4_CUDA_TOPK_GRID=0 the one block, 1 the
+     * grid at every position, N > 1 the one block up to N rows and the grid
+     * beyond; DS4_CUDA_TOPK_CLUSTER=0 the grid form, not the cluster. */
     bool has_indexer = false;
     for (uint32_t il = 0; il < hp->n_layer; il++) has_indexer |= m->layers[il].compress_ratio == 4;
     const uint32_t idx_rows = has_indexer ? (uint32_t)ctx / 4 : 0; /* the most rows a ratio-4 layer sees */
     const char *tg = getenv("DS4_CUDA_TOPK_GRID");
     const long forced = tg && *tg ? strtol(tg, NULL, 10) : -1;
     int one_rows = forced > 1 && forced < TOPK_GRID_MIN ? (int)forced : TOPK_GRID_MIN;
-    const uint32_t grid_from = forced < 0 ? TOPK_ONE_ONLY : (uint32_t)one_rows; /* the cluster may take over there */
+    const uint32_t grid_from = forced < 0 ? TOPK_CLUSTER_FROM : (uint32_t)one_rows; /* the cluster's, if it runs */
     const bool grid_topk = forced == 0 ? false : forced == 1 ? true : idx_rows > grid_from;
     e->topk_grid = grid_topk && idx_rows ? topk_grid_blocks(idx_rows) : 0;
     int tk_per_sm = 0; /* its blocks must all be resident at once */
@@ -563,7 +562,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
      * the device places one */
     const char *tc = getenv("DS4_CUDA_TOPK_CLUSTER");
     e->topk_cluster = e->topk_grid > 0 && !(tc && !strcmp(tc, "0")) && topk_cluster_fits(e->topk_grid);
-    if (forced < 0 && e->topk_cluster) one_rows = 0;                         /* the cluster alone */
+    if (forced < 0 && e->topk_cluster) one_rows = TOPK_CLUSTER_FROM;
     else if (forced < 0 && idx_rows <= (uint32_t)one_rows) e->topk_grid = 0; /* the grid form costs its barriers */
     e->topk_one_rows = !e->topk_grid ? INT_MAX : forced == 1 ? 0 : one_rows;
     /* k_idx_topk's threads: enough to hold its rows in registers, at least
@@ -836,8 +835,8 @@ static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float 
 /* The indexer's top_k of the visible scores into ws.sel / ws.n_sel: one
  * block (k_idx_topk), and where the context allows more rows than it holds
  * in registers, the grid top-k (k_topk_grid) after it; at each position
- * one of the two works and the other returns at once. Where the cluster
- * top-k is the only one (topk_one_rows 0), it takes every position. */
+ * one of the two works and the other returns at once (the grid alone,
+ * topk_one_rows 0, takes every position). */
 static int idx_topk(enq *q, int top_k) {
     ds4_cuda_engine *e = q->e;
     dwork *w = &e->w;
