@@ -534,12 +534,12 @@ static int indexer_checks(void) {
     for (int i = 0; i < 20000; i++) t[i] = (float)(urand() - 0.5) * (i % 2 ? 1e-3f : 1e3f);
     failed += !topk_case("both signs, two scales", std::vector<float>(t.begin(), t.begin() + 20000), NULL);
     /* the grid sized for the whole context at positions that see few rows:
-     * just past the one block's TOPK_CLUSTER_FROM, and (DS4_CUDA_TOPK_GRID=1,
+     * just past the one block's TOPK_ONE_ROWS, and (DS4_CUDA_TOPK_GRID=1,
      * the grid alone) hardly more than top_k */
-    for (int i = 0; i < TOPK_CLUSTER_FROM + 4; i++) t[i] = (float)urand();
+    for (int i = 0; i < TOPK_ONE_ROWS + 4; i++) t[i] = (float)urand();
     failed += !topk_case("uniform, grid for 16400 rows", std::vector<float>(t.begin(), t.begin() + 600), NULL, 16400);
     failed += !topk_case("uniform, grid for 32768 rows",
-                         std::vector<float>(t.begin(), t.begin() + TOPK_CLUSTER_FROM + 4), NULL, 32768);
+                         std::vector<float>(t.begin(), t.begin() + TOPK_ONE_ROWS + 4), NULL, 32768);
     for (int v : {0, 1, (int)TOPK}) failed += !topk_idle_case(v, 16400);
     /* the register path's sizes: one key a thread, several, the largest, one past it */
     for (int n : {1024, 1025, 3000, 8192, 8193}) {

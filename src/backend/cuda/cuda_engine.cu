@@ -538,19 +538,17 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     if (e->att_splits > chunks) e->att_splits = chunks;
     if (e->att_splits < 1) e->att_splits = 1;
     /* The indexer's top-k over the grid at positions where a ratio-4 layer
-     * sees more than TOPK_GRID_MIN rows (cuda_topk_grid.cuh), the one-block
-     * k_idx_topk up to that; more than TOPK_CLUSTER_FROM rows where the grid
-     * runs as one cluster. Tests: DS4_CUDA_TOPK_GRID=0 the one block, 1 the
-     * grid at every position, N > 1 the one block up to N rows and the grid
-     * beyond; DS4_CUDA_TOPK_CLUSTER=0 the grid form, not the cluster. */
+     * sees more than TOPK_ONE_ROWS rows (cuda_topk_grid.cuh), the one-block
+     * k_idx_topk up to that. Tests: DS4_CUDA_TOPK_GRID=0 the one block, 1
+     * the grid at every position, N > 1 the one block up to N rows (at most
+     * TOPK_GRID_MIN, what it holds in registers) and the grid beyond. */
     bool has_indexer = false;
     for (uint32_t il = 0; il < hp->n_layer; il++) has_indexer |= m->layers[il].compress_ratio == 4;
     const uint32_t idx_rows = has_indexer ? (uint32_t)ctx / 4 : 0; /* the most rows a ratio-4 layer sees */
     const char *tg = getenv("DS4_CUDA_TOPK_GRID");
     const long forced = tg && *tg ? strtol(tg, NULL, 10) : -1;
-    int one_rows = forced > 1 && forced < TOPK_GRID_MIN ? (int)forced : TOPK_GRID_MIN;
-    const uint32_t grid_from = forced < 0 ? TOPK_CLUSTER_FROM : (uint32_t)one_rows; /* the cluster's, if it runs */
-    const bool grid_topk = forced == 0 ? false : forced == 1 ? true : idx_rows > grid_from;
+    const int one_rows = forced > 1 && forced < TOPK_GRID_MIN ? (int)forced : TOPK_ONE_ROWS;
+    const bool grid_topk = forced == 0 ? false : forced == 1 ? true : idx_rows > (uint32_t)one_rows;
     e->topk_grid = grid_topk && idx_rows ? topk_grid_blocks(idx_rows) : 0;
     int tk_per_sm = 0; /* its blocks must all be resident at once */
     if (e->topk_grid &&
@@ -559,11 +557,9 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
          e->topk_grid > tk_per_sm * n_sm))
         e->topk_grid = 0; /* the one block then takes every position (its radix path) */
     /* up to TOPK_CLUSTER_MAX blocks (128k of context) as one cluster where
-     * the device places one */
+     * the device places one (DS4_CUDA_TOPK_CLUSTER=0: the grid form) */
     const char *tc = getenv("DS4_CUDA_TOPK_CLUSTER");
     e->topk_cluster = e->topk_grid > 0 && !(tc && !strcmp(tc, "0")) && topk_cluster_fits(e->topk_grid);
-    if (forced < 0 && e->topk_cluster) one_rows = TOPK_CLUSTER_FROM;
-    else if (forced < 0 && idx_rows <= (uint32_t)one_rows) e->topk_grid = 0; /* the grid form costs its barriers */
     e->topk_one_rows = !e->topk_grid ? INT_MAX : forced == 1 ? 0 : one_rows;
     /* k_idx_topk's threads: enough to hold its rows in registers, at least
      * 512 (a smaller block than 1024 fits beside the kernel before it and

@@ -1,9 +1,8 @@
 /* cuda_topk_grid.cuh — the indexer's top-k over the whole machine, for the
  * decode step at long context (cuda_engine.cu adds it to the step when a
- * ratio-4 layer can see more than TOPK_GRID_MIN rows, TOPK_CLUSTER_FROM in
- * its cluster form, and it runs at the positions where it does; up to that
- * the one-block block_topk_ascending of k_idx_topk, from registers, is
- * faster). Same selection as the
+ * ratio-4 layer can see more than TOPK_ONE_ROWS rows, and it runs at the
+ * positions where it does; up to that the one-block block_topk_ascending
+ * of k_idx_topk, from registers, is faster). Same selection as the
  * one-block version: the top_k largest scores by score_key order, ties to
  * the lower index, written as ascending row indices; n_sel = -1 while every
  * visible row is attended.
@@ -93,14 +92,14 @@ __device__ __forceinline__ void topk_grid_sync(unsigned *arrive, unsigned target
  * starved and the next kernel may launch at once. */
 enum { TOPK_CLUSTER_MAX = 16 };
 
-/* Where the cluster form runs, it takes the positions that see more than
- * TOPK_CLUSTER_FROM rows, the one block (512 threads) those up to it: the
- * one block holding 6144 rows in 1024 threads is slower than the cluster
- * (4096 rows isolated: 13.5 against 10.5 us). H200, 43 layers, against the
- * one block to TOPK_GRID_MIN rows: ctx 16384 +1.0%, 24576 +2.4%, 4096 of an
- * allocated 100000 +0.9%; the cluster alone at every position was as good
- * at 16k-24k but not at 4096 of 100000 (notes §38). */
-enum { TOPK_CLUSTER_FROM = 4096 };
+/* Where the grid top-k is in the step, it takes the positions that see
+ * more than TOPK_ONE_ROWS rows, the one block (512 threads) those up to it:
+ * the one block holding 4097-8192 rows in 1024 threads is slower than
+ * either form (isolated, 8192 rows: 17.3 us against the grid's 11.8 and the
+ * cluster's 9.9). H200, 43 layers, against the one block to TOPK_GRID_MIN
+ * rows: ctx 16384 +1.0%, 24576 +2.4%, 4096 of an allocated 100000 +0.9%
+ * (notes §38). */
+enum { TOPK_ONE_ROWS = 4096 };
 
 /* The picks, in index order, into sel; n_sel = top_k, or -1 while every
  * visible row is attended. Nothing at positions where at most min_rows rows
