@@ -97,8 +97,8 @@ enum { TOPK_CLUSTER_MAX = 16 };
  * the one block holding 4097-8192 rows in 1024 threads is slower than
  * either form (isolated, 8192 rows: 17.3 us against the grid's 11.8 and the
  * cluster's 9.9). H200, 43 layers, against the one block to TOPK_GRID_MIN
- * rows: ctx 16384 +1.0%, 24576 +2.4%, 4096 of an allocated 100000 +0.9%
- * (notes §38). */
+ * rows: ctx 16384 +0.9%, 24576 +2.1%, 4096 of an allocated 100000 +1.0%;
+ * the grid form (allocations past 128k) 16k-24k +0.9 to +1.7% (notes §38). */
 enum { TOPK_ONE_ROWS = 4096 };
 
 /* The picks, in index order, into sel; n_sel = top_k, or -1 while every
