@@ -345,40 +345,62 @@ static void topk_way(int way, const float *d_s, int vis, int g, topk_grid_state 
 }
 
 
+/* The device side of one top-k case: n scores (zeroed), the picks, the
+ * grid's state (zeroed) and per-warp counts for g blocks, the step_io. */
+struct topk_dev {
+    float *s;
+    int *sel, *nsel, *wa, *wt;
+    topk_grid_state *st;
+    step_io *io;
+};
+
+static topk_dev topk_dev_new(int n, int g, step_io io) {
+    topk_dev d;
+    CK(cudaMalloc(&d.s, (size_t)(n > 0 ? n : 1) * 4));
+    CK(cudaMalloc(&d.sel, TOPK * 4));
+    CK(cudaMalloc(&d.nsel, 4));
+    CK(cudaMalloc(&d.st, sizeof *d.st));
+    CK(cudaMalloc(&d.wa, (size_t)g * TOPK_GRID_WARPS * 4));
+    CK(cudaMalloc(&d.wt, (size_t)g * TOPK_GRID_WARPS * 4));
+    CK(cudaMalloc(&d.io, sizeof io));
+    CK(cudaMemset(d.s, 0, (size_t)(n > 0 ? n : 1) * 4));
+    CK(cudaMemset(d.st, 0, sizeof *d.st));
+    CK(cudaMemcpy(d.io, &io, sizeof io, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static void topk_dev_free(topk_dev &d) {
+    CK(cudaFree(d.s));
+    CK(cudaFree(d.sel));
+    CK(cudaFree(d.nsel));
+    CK(cudaFree(d.st));
+    CK(cudaFree(d.wa));
+    CK(cudaFree(d.wt));
+    CK(cudaFree(d.io));
+}
+
 /* The top-k of one token seeing s.size() rows against topk_ref, the ways
  * of topk_way, the grid's sized for rows_for rows where that is more (the
  * step's grid is sized for its whole context); their times (ms) into
  * ms[0..3] when ms. */
 static bool topk_case(const char *name, const std::vector<float> &s, float *ms, int rows_for = 0) {
-    int vis = (int)s.size(), g = topk_grid_blocks((uint32_t)(rows_for > vis ? rows_for : vis));
-    float *d_s;
-    int *d_sel, *d_nsel, *d_wa, *d_wt;
-    topk_grid_state *d_st;
-    step_io io = {0, 4 * vis - 1, 1}, *d_io;
-    CK(cudaMalloc(&d_s, s.size() * 4));
-    CK(cudaMalloc(&d_sel, TOPK * 4));
-    CK(cudaMalloc(&d_nsel, 4));
-    CK(cudaMalloc(&d_st, sizeof *d_st));
-    CK(cudaMalloc(&d_wa, (size_t)g * TOPK_GRID_WARPS * 4));
-    CK(cudaMalloc(&d_wt, (size_t)g * TOPK_GRID_WARPS * 4));
-    CK(cudaMalloc(&d_io, sizeof io));
-    CK(cudaMemset(d_st, 0, sizeof *d_st));
-    CK(cudaMemcpy(d_io, &io, sizeof io, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(d_s, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
+    const int vis = (int)s.size(), g = topk_grid_blocks((uint32_t)(rows_for > vis ? rows_for : vis));
+    topk_dev d = topk_dev_new(vis, g, step_io{0, 4 * vis - 1, 1});
+    CK(cudaMemcpy(d.s, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
     const std::vector<int> ref = topk_ref(s, TOPK);
     bool ok = true;
     const int n_ways = topk_cluster_fits(g) ? 4 : 3;
     for (int way = 0; way < n_ways; way++) {
-        CK(cudaMemset(d_sel, 0xff, TOPK * 4));
-        CK(cudaMemset(d_nsel, 0, 4));
+        CK(cudaMemset(d.sel, 0xff, TOPK * 4));
+        CK(cudaMemset(d.nsel, 0, 4));
         /* the grid version twice: its state must be ready again after a step */
         for (int rep = 0; rep < (way == 1 || way == 3 ? 2 : 1); rep++)
-            topk_way(way, d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+            topk_way(way, d.s, vis, g, d.st, d.wa, d.wt, d.sel, d.nsel, d.io);
         CK(cudaGetLastError());
         std::vector<int> sel(TOPK);
         int n_sel = 0;
-        CK(cudaMemcpy(sel.data(), d_sel, TOPK * 4, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(&n_sel, d_nsel, 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(sel.data(), d.sel, TOPK * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(&n_sel, d.nsel, 4, cudaMemcpyDeviceToHost));
         bool good = (way == 2 || n_sel == TOPK) && sel == ref; /* k_topk_radix leaves n_sel */
         static const char *const way_name[4] = {"one block:", "grid of blocks:", "radix, one block:",
                                                 "cluster of blocks:"};
@@ -389,7 +411,7 @@ static bool topk_case(const char *name, const std::vector<float> &s, float *ms, 
             CK(cudaEventCreate(&e0));
             CK(cudaEventCreate(&e1));
             CK(cudaEventRecord(e0));
-            for (int k = 0; k < 20; k++) topk_way(way, d_s, vis, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+            for (int k = 0; k < 20; k++) topk_way(way, d.s, vis, g, d.st, d.wa, d.wt, d.sel, d.nsel, d.io);
             CK(cudaEventRecord(e1));
             CK(cudaEventSynchronize(e1));
             CK(cudaEventElapsedTime(&ms[way], e0, e1));
@@ -398,13 +420,7 @@ static bool topk_case(const char *name, const std::vector<float> &s, float *ms, 
             CK(cudaEventDestroy(e1));
         }
     }
-    CK(cudaFree(d_s));
-    CK(cudaFree(d_sel));
-    CK(cudaFree(d_nsel));
-    CK(cudaFree(d_st));
-    CK(cudaFree(d_wa));
-    CK(cudaFree(d_wt));
-    CK(cudaFree(d_io));
+    topk_dev_free(d);
     return ok;
 }
 
@@ -414,39 +430,21 @@ static bool topk_case(const char *name, const std::vector<float> &s, float *ms, 
  * earlier step left there. */
 static bool topk_idle_case(int vis, int rows_for) {
     const int g = topk_grid_blocks((uint32_t)rows_for);
-    int *d_sel, *d_nsel, *d_wa, *d_wt;
-    float *d_s;
-    topk_grid_state *d_st;
-    step_io io = {0, vis ? 4 * vis - 1 : 2, 1}, *d_io;
-    CK(cudaMalloc(&d_s, (size_t)(vis ? vis : 1) * 4));
-    CK(cudaMalloc(&d_sel, TOPK * 4));
-    CK(cudaMalloc(&d_nsel, 4));
-    CK(cudaMalloc(&d_st, sizeof *d_st));
-    CK(cudaMalloc(&d_wa, (size_t)g * TOPK_GRID_WARPS * 4));
-    CK(cudaMalloc(&d_wt, (size_t)g * TOPK_GRID_WARPS * 4));
-    CK(cudaMalloc(&d_io, sizeof io));
-    CK(cudaMemset(d_st, 0, sizeof *d_st));
-    CK(cudaMemset(d_s, 0, (size_t)(vis ? vis : 1) * 4));
-    CK(cudaMemcpy(d_io, &io, sizeof io, cudaMemcpyHostToDevice));
+    const step_io io = {0, vis ? 4 * vis - 1 : 2, 1};
+    topk_dev d = topk_dev_new(vis, g, io);
     bool ok = true;
     for (int cluster = 0; cluster < 1 + topk_cluster_fits(g); cluster++) {
         const int stale = TOPK;
-        CK(cudaMemcpy(d_nsel, &stale, 4, cudaMemcpyHostToDevice));
-        topk_grid_run(cluster, d_s, g, d_st, d_wa, d_wt, d_sel, d_nsel, d_io);
+        CK(cudaMemcpy(d.nsel, &stale, 4, cudaMemcpyHostToDevice));
+        topk_grid_run(cluster, d.s, g, d.st, d.wa, d.wt, d.sel, d.nsel, d.io);
         CK(cudaGetLastError());
         int n_sel = 0;
-        CK(cudaMemcpy(&n_sel, d_nsel, 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(&n_sel, d.nsel, 4, cudaMemcpyDeviceToHost));
         printf("indexer top-k, %d rows visible at position %d, %s of %d blocks: n_sel %d %s\n", vis, io.pos,
                cluster ? "cluster" : "grid", g, n_sel, n_sel == -1 ? "ok" : "FAIL");
         ok &= n_sel == -1;
     }
-    CK(cudaFree(d_s));
-    CK(cudaFree(d_sel));
-    CK(cudaFree(d_nsel));
-    CK(cudaFree(d_st));
-    CK(cudaFree(d_wa));
-    CK(cudaFree(d_wt));
-    CK(cudaFree(d_io));
+    topk_dev_free(d);
     return ok;
 }
 
