@@ -395,8 +395,10 @@ static void synced_run(const int32_t *toks, enum synced_forms forms) {
         setenv("DS4_CUDA_HC_CLUSTER", "0", 1);
     } else if (forms == FORMS_GRID_ONLY) setenv("DS4_CUDA_TOPK_GRID", "1", 1);
     bool opened = !ds4_engine_open(&cpu, &cfg, &err) && (cfg.backend = "cuda", !ds4_engine_open(&gpu, &cfg, &err));
-    unsetenv("DS4_CUDA_TOPK_GRID");
-    unsetenv("DS4_CUDA_HC_CLUSTER");
+    if (forms != FORMS_DEFAULT) {
+        unsetenv("DS4_CUDA_TOPK_GRID");
+        unsetenv("DS4_CUDA_HC_CLUSTER");
+    }
     if (!opened || ds4_session_new(cpu, &sc, &err) || ds4_session_new(gpu, &sg, &err)) {
         CHECK(0, "%s: %s", what, err.msg);
         goto out;

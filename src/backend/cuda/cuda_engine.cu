@@ -829,8 +829,8 @@ static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float 
 }
 
 /* The indexer's top_k of the visible scores into ws.sel / ws.n_sel: one
- * block (k_idx_topk), and where the context allows more rows than it holds
- * in registers, the grid top-k (k_topk_grid) after it; at each position
+ * block (k_idx_topk), and where the context allows more than its
+ * topk_one_rows, the grid top-k (k_topk_grid) after it; at each position
  * one of the two works and the other returns at once (the grid alone,
  * topk_one_rows 0, takes every position). */
 static int idx_topk(enq *q, int top_k) {
