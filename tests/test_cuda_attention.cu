@@ -356,14 +356,15 @@ struct topk_dev {
 
 static topk_dev topk_dev_new(int n, int g, step_io io) {
     topk_dev d;
-    CK(cudaMalloc(&d.s, (size_t)(n > 0 ? n : 1) * 4));
+    const size_t s_bytes = (size_t)(n > 0 ? n : 1) * 4; /* one score where none is visible */
+    CK(cudaMalloc(&d.s, s_bytes));
     CK(cudaMalloc(&d.sel, TOPK * 4));
     CK(cudaMalloc(&d.nsel, 4));
     CK(cudaMalloc(&d.st, sizeof *d.st));
     CK(cudaMalloc(&d.wa, (size_t)g * TOPK_GRID_WARPS * 4));
     CK(cudaMalloc(&d.wt, (size_t)g * TOPK_GRID_WARPS * 4));
     CK(cudaMalloc(&d.io, sizeof io));
-    CK(cudaMemset(d.s, 0, (size_t)(n > 0 ? n : 1) * 4));
+    CK(cudaMemset(d.s, 0, s_bytes));
     CK(cudaMemset(d.st, 0, sizeof *d.st));
     CK(cudaMemcpy(d.io, &io, sizeof io, cudaMemcpyHostToDevice));
     return d;

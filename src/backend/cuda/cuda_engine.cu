@@ -1016,15 +1016,15 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     return 0;
 }
 
-/* Expert gate/up and down (several experts, or the shared one as expert 0
- * of 1, fixed_ids): the quantised MoE kernels, or plain-float ones for
- * F16/F32, or in exact mode cuda_exact.cuh's for every type. */
 /* Whether moe_gate_up runs the quantised kernel for these gate weights,
  * the one path that can carry another product (ds4_cuda_carried_mv). */
 static bool gate_up_can_carry(const ds4_cuda_engine *e, const dmat &gate) {
     return !e->exact && !plain_type(gate.type);
 }
 
+/* Expert gate/up and down (several experts, or the shared one as expert 0
+ * of 1, fixed_ids): the quantised MoE kernels, or plain-float ones for
+ * F16/F32, or in exact mode cuda_exact.cuh's for every type. */
 static int moe_gate_up(enq *q, const dmat &gate, const dmat &up, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
                        const float *weights, uint32_t n_sel, float clamp, ds4_cuda_ids_src src, const void *x_act,
                        const float *x, float *mid, const ds4_cuda_carried_mv *carried = NULL) {
