@@ -31,7 +31,8 @@ typedef struct row_list {
 
 typedef struct att_job {
     ds4_session *s;
-    int il, pos0, n;
+    const block_ref *b;
+    int pos0, n;
     int per_block;  /* heads per task in the few-token path */
     int t;          /* the token of the few-token path */
     row_list rows;  /* and its rows */
@@ -43,7 +44,7 @@ static void qkv_prepare_task(void *ctx, int t, int worker) {
     att_job *j = ctx;
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
-    const rope_params *rp = e->model.layers[j->il].compress_ratio ? &e->rope_comp : &e->rope_plain;
+    const rope_params *rp = j->b->rope;
     int hd = (int)hp->head_dim;
     int64_t p = j->pos0 + t;
     float *q = e->ws.q + (size_t)t * hp->n_head * hd;
@@ -52,7 +53,7 @@ static void qkv_prepare_task(void *ctx, int t, int worker) {
         rope_tail(q + h * hd, hd, p, rp, false);
     }
     float *kv = e->ws.kv + (size_t)t * hd;
-    num_rmsnorm(kv, kv, e->lc[j->il].kv_a_norm, hd, hp->rms_eps);
+    num_rmsnorm(kv, kv, j->b->lc->kv_a_norm, hd, hp->rms_eps);
     rope_tail(kv, hd, p, rp, false);
     if (!e->exact) {
         fp8_kv_roundtrip(kv, hd - (int)hp->n_rot);
@@ -64,17 +65,17 @@ static void qnorm_task(void *ctx, int t, int worker) {
     att_job *j = ctx;
     ds4_engine *e = j->s->e;
     float *qr = e->ws.qr + (size_t)t * e->model.hp.q_lora;
-    num_rmsnorm(qr, qr, e->lc[j->il].q_a_norm, (int)e->model.hp.q_lora, e->model.hp.rms_eps);
+    num_rmsnorm(qr, qr, j->b->lc->q_a_norm, (int)e->model.hp.q_lora, e->model.hp.rms_eps);
 }
 
 static row_list token_rows(const att_job *j, int t) {
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
-    const layer_kv *L = &j->s->layers[j->il];
-    uint32_t ratio = e->model.layers[j->il].compress_ratio;
+    const layer_kv *L = j->b->kv;
+    uint32_t ratio = j->b->L->compress_ratio;
     int p = j->pos0 + t;
     row_list r = {p - (int)hp->n_swa + 1, 0, 0, NULL};
-    if (r.lo < 0) r.lo = 0;
+    if (r.lo < j->b->raw_lo) r.lo = j->b->raw_lo;
     r.n_raw = p - r.lo + 1;
     if (ratio) {
         uint32_t visible = (uint32_t)(p + 1) / ratio;
@@ -95,7 +96,7 @@ static row_list token_rows(const att_job *j, int t) {
 static void token_row(const att_job *j, const row_list *r, int k, float *dst) {
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
-    const layer_kv *L = &j->s->layers[j->il];
+    const layer_kv *L = j->b->kv;
     size_t hd = hp->head_dim;
     if (k < r->n_raw) {
         int pos = r->lo + k;
@@ -114,10 +115,10 @@ static void attend_heads(const att_job *j, int t, uint32_t h0, uint32_t h1, cons
                          float *scores) {
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
-    const rope_params *rp = e->model.layers[j->il].compress_ratio ? &e->rope_comp : &e->rope_plain;
+    const rope_params *rp = j->b->rope;
     size_t hd = hp->head_dim;
     float scale = 1.0f / sqrtf((float)hd);
-    const float *sinks = e->lc[j->il].sinks;
+    const float *sinks = j->b->lc->sinks;
     for (uint32_t h = h0; h < h1; h++) {
         const float *q = e->ws.q + ((size_t)t * hp->n_head + h) * hd;
         float *o = e->ws.att + ((size_t)t * hp->n_head + h) * hd;
@@ -171,16 +172,15 @@ static void attend_block_task(void *ctx, int b, int worker) {
                  j->s->e->ws.wk[worker].scores);
 }
 
-void attention_sublayer(ds4_session *s, int il, int pos0, int n) {
+void attention_sublayer(ds4_session *s, const block_ref *b, int pos0, int n) {
     ds4_engine *e = s->e;
-    const ds4_model *m = &e->model;
-    const ds4_hparams *hp = &m->hp;
-    const ds4_layer *L = &m->layers[il];
-    const layer_consts *lc = &e->lc[il];
+    const ds4_hparams *hp = &e->model.hp;
+    const ds4_layer *L = b->L;
+    const layer_consts *lc = b->lc;
     chunk_ws *ws = &e->ws;
-    layer_kv *kvl = &s->layers[il];
+    layer_kv *kvl = b->kv;
     size_t D = hp->n_embd, hd = hp->head_dim, qdim = (size_t)hp->n_head * hd;
-    att_job j = {.s = s, .il = il, .pos0 = pos0, .n = n};
+    att_job j = {.s = s, .b = b, .pos0 = pos0, .n = n};
 
     /* Everything that reads the attn-normed input, as one call: Q low-rank,
      * KV, and the compressors' kv/score projections of compressed layers. */
@@ -210,7 +210,7 @@ void attention_sublayer(ds4_session *s, int il, int pos0, int n) {
         if (L->compress_ratio == 4) {
             compressor_run(e, &kvl->index_st, &kvl->index_comp, &kvl->n_index_comp, ws->ikv, ws->isc,
                            iw, pos0, n, lc->index_ape, lc->index_norm, true);
-            indexer_select(s, il, pos0, n);
+            indexer_select(s, b, pos0, n);
         }
     }
 

@@ -106,7 +106,8 @@ void compressor_run(ds4_engine *e, comp_state *st, kv_rows *rows, uint32_t *n_ro
 
 typedef struct idx_job {
     ds4_session *s;
-    int il, pos0, t0, t;
+    const layer_kv *kv;
+    int pos0, t0, t;
     uint32_t visible;
     int block;
 } idx_job;
@@ -131,7 +132,7 @@ static void idx_score_task(void *ctx, int task, int worker) {
     idx_job *j = ctx;
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
-    const layer_kv *L = &j->s->layers[j->il];
+    const layer_kv *L = j->kv;
     size_t ihd = hp->indexer_head_dim, nih = hp->n_indexer_head;
     const float *q = e->ws.iq + (size_t)j->t * nih * ihd;
     const float *w = e->ws.iw + (size_t)j->t * nih;
@@ -149,13 +150,12 @@ static void idx_score_task(void *ctx, int task, int worker) {
     }
 }
 
-void indexer_select(ds4_session *s, int il, int pos0, int n) {
+void indexer_select(ds4_session *s, const block_ref *b, int pos0, int n) {
     ds4_engine *e = s->e;
-    const ds4_model *m = &e->model;
-    const ds4_hparams *hp = &m->hp;
-    const ds4_layer *L = &m->layers[il];
+    const ds4_hparams *hp = &e->model.hp;
+    const ds4_layer *L = b->L;
     chunk_ws *ws = &e->ws;
-    const layer_kv *kvl = &s->layers[il];
+    const layer_kv *kvl = b->kv;
     uint32_t top_k = hp->indexer_top_k;
     int t0 = n;
     for (int t = 0; t < n; t++) {
@@ -172,7 +172,7 @@ void indexer_select(ds4_session *s, int il, int pos0, int n) {
          ws->iw + (size_t)t0 * hp->n_indexer_head, hp->n_indexer_head},
     };
     cpu_matmul_batch(&e->cpu, mm, 2);
-    idx_job j = {s, il, pos0, t0, 0, 0, 256};
+    idx_job j = {s, kvl, pos0, t0, 0, 0, 256};
     cpu_parallel_for(&e->cpu, n - t0, idx_query_task, &j);
     for (int t = t0; t < n; t++) {
         j.t = t;

@@ -58,6 +58,18 @@ struct ds4_session {
     void *cuda;        /* ds4_cuda_session when the engine runs on CUDA, else NULL */
 };
 
+/* One transformer block as its sublayers see it: a main layer
+ * (layer_block) or the MTP block (mtp.c, model-spec §8). */
+typedef struct layer_consts layer_consts;
+typedef struct block_ref {
+    const ds4_layer *L;
+    const layer_consts *lc;
+    layer_kv *kv;
+    const rope_params *rope; /* YaRN'd for compressed layers */
+    float swiglu_clamp;
+    int raw_lo;              /* first position the raw ring holds (0; later for the MTP block) */
+} block_ref;
+
 /* Per-worker scratch for attention and the indexer. */
 typedef struct worker_scratch {
     float *rows;     /* gathered KV rows, (n_swa + top_k or comp cap) × head_dim */
@@ -107,13 +119,13 @@ typedef struct chunk_ws {
 
 /* Small per-layer tensors as f32 copies (the file may store them as F32 or
  * F16), made once at open so the forward pass never converts them. */
-typedef struct layer_consts {
+struct layer_consts {
     float *hc_attn_scale, *hc_attn_base, *hc_ffn_scale, *hc_ffn_base;
     float *attn_norm, *q_a_norm, *kv_a_norm, *sinks, *ffn_norm;
     float *comp_ape, *comp_norm;          /* ape: [ratio][coff·hd] */
     float *index_ape, *index_norm;        /* ape: [4][2·ihd] */
     float *probs_bias;                    /* NULL if absent */
-} layer_consts;
+};
 
 struct ds4_engine {
     ds4_model model;
@@ -144,13 +156,27 @@ int session_logits_ready(const ds4_session *s, ds4_err *err);
  * else the last token's go to s->logits. */
 void forward_chunk(ds4_session *s, const int32_t *tokens, int n, float *all_logits);
 
+/* The output head's tensors (model-spec §5.9): the model's, or the MTP
+ * block's collapse and norm before the model's vocabulary projection. */
+typedef struct head_ref {
+    const ds4_tensor *hc_fn;
+    const float *hc_scale, *hc_base, *norm;
+} head_ref;
+
+/* Main layer il of session s as a block. */
+block_ref layer_block(ds4_session *s, int il);
+/* Block b for tokens [pos0, pos0+n) of the chunk: ws.H in, ws.H out. */
+void block_forward(ds4_session *s, const block_ref *b, const int32_t *tokens, int pos0, int n);
+/* Logits of chunk tokens [t0, t0+n) from ws.H through head h into logits. */
+void output_head(ds4_engine *e, const head_ref *h, int t0, int n, float *logits);
+
 /* Sublayers (attention.c, moe.c, compressor.c); pos0 = first position. */
-void attention_sublayer(ds4_session *s, int il, int pos0, int n);
-void ffn_sublayer(ds4_session *s, int il, const int32_t *tokens, int n);
+void attention_sublayer(ds4_session *s, const block_ref *b, int pos0, int n);
+void ffn_sublayer(ds4_session *s, const block_ref *b, const int32_t *tokens, int n);
 void compressor_run(ds4_engine *e, comp_state *st, kv_rows *rows, uint32_t *n_rows,
                     const float *kv, const float *sc, size_t ld, int pos0, int n,
                     const float *ape, const float *norm_w, bool indexer);
-void indexer_select(ds4_session *s, int il, int pos0, int n);
+void indexer_select(ds4_session *s, const block_ref *b, int pos0, int n);
 
 /* HC pre for the chunk: from ws.H with hc_{attn,ffn}_* tensors to ws.x/post/comb. */
 void hc_pre_chunk(ds4_engine *e, const ds4_tensor *fn, const float *scale, const float *base,

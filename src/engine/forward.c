@@ -28,6 +28,7 @@ typedef struct chunk_job {
     const float *scale, *base;
     const int32_t *tokens;
     int t0;
+    const head_ref *head;
 } chunk_job;
 
 static void norm_task(void *ctx, int t, int worker) {
@@ -111,6 +112,7 @@ static void embed_task(void *ctx, int t, int worker) {
 static void out_collapse_task(void *ctx, int i, int worker) {
     chunk_job *j = ctx;
     ds4_engine *e = j->e;
+    const head_ref *h = j->head;
     chunk_ws *ws = &e->ws;
     const ds4_hparams *hp = &e->model.hp;
     size_t D = hp->n_embd;
@@ -118,53 +120,65 @@ static void out_collapse_task(void *ctx, int i, int worker) {
     const float *H = ws->H + (size_t)t * HC * D;
     const float *z = ws->mix + (size_t)t * HC_MIX;
     float w[HC];
-    for (int h = 0; h < HC; h++) w[h] = sigmoid_plain(z[h] * e->out_hc_scale[0] + e->out_hc_base[h]) + hp->hc_eps;
+    for (int k = 0; k < HC; k++) w[k] = sigmoid_plain(z[k] * h->hc_scale[0] + h->hc_base[k]) + hp->hc_eps;
     float *o = ws->ehc + (size_t)t * D;
     for (size_t d = 0; d < D; d++) {
         float acc = 0.0f;
-        for (int h = 0; h < HC; h++) acc += w[h] * H[h * D + d];
+        for (int k = 0; k < HC; k++) acc += w[k] * H[k * D + d];
         o[d] = acc;
     }
-    num_rmsnorm(o, o, e->out_norm, (int)D, hp->rms_eps);
+    num_rmsnorm(o, o, h->norm, (int)D, hp->rms_eps);
 }
 
-static void output_head(ds4_engine *e, int t0, int n, float *logits) {
+void output_head(ds4_engine *e, const head_ref *h, int t0, int n, float *logits) {
     chunk_ws *ws = &e->ws;
     const ds4_model *m = &e->model;
     size_t D = m->hp.n_embd, HD = HC * D;
     norm_chunk(e, ws->H + (size_t)t0 * HD, HD, ws->hc_flat + (size_t)t0 * HD, HD, NULL, (int)HD, n);
-    cpu_mat fn = cpu_mat_of(&m->output_hc_fn);
+    cpu_mat fn = cpu_mat_of(h->hc_fn);
     cpu_matmul(&e->cpu, &fn, ws->hc_flat + (size_t)t0 * HD, HD, n, ws->mix + (size_t)t0 * HC_MIX, HC_MIX);
-    chunk_job j = {.e = e, .t0 = t0};
+    chunk_job j = {.e = e, .t0 = t0, .head = h};
     cpu_parallel_for(&e->cpu, n, out_collapse_task, &j);
     cpu_mat out = cpu_mat_of(&m->output);
     cpu_matmul(&e->cpu, &out, ws->ehc + (size_t)t0 * D, D, n, logits, m->hp.n_vocab);
 }
 
+block_ref layer_block(ds4_session *s, int il) {
+    ds4_engine *e = s->e;
+    const ds4_layer *L = &e->model.layers[il];
+    return (block_ref){.L = L, .lc = &e->lc[il], .kv = &s->layers[il],
+                       .rope = L->compress_ratio ? &e->rope_comp : &e->rope_plain,
+                       .swiglu_clamp = e->model.hp.swiglu_clamp[il], .raw_lo = 0};
+}
+
+void block_forward(ds4_session *s, const block_ref *b, const int32_t *tokens, int pos0, int n) {
+    ds4_engine *e = s->e;
+    chunk_ws *ws = &e->ws;
+    int D = (int)e->model.hp.n_embd;
+    hc_pre_chunk(e, &b->L->hc_attn_fn, b->lc->hc_attn_scale, b->lc->hc_attn_base, n);
+    norm_chunk(e, ws->x, D, ws->a, D, b->lc->attn_norm, D, n);
+    attention_sublayer(s, b, pos0, n);
+    hc_post_chunk(e, n);
+    hc_pre_chunk(e, &b->L->hc_ffn_fn, b->lc->hc_ffn_scale, b->lc->hc_ffn_base, n);
+    norm_chunk(e, ws->x, D, ws->a, D, b->lc->ffn_norm, D, n);
+    ffn_sublayer(s, b, tokens, n);
+    hc_post_chunk(e, n);
+}
+
 void forward_chunk(ds4_session *s, const int32_t *tokens, int n, float *all_logits) {
     ds4_engine *e = s->e;
     const ds4_model *m = &e->model;
-    chunk_ws *ws = &e->ws;
-    int pos0 = s->n_tokens;
-    size_t D = m->hp.n_embd;
     chunk_job j = {.e = e, .tokens = tokens};
     cpu_parallel_for(&e->cpu, n, embed_task, &j);
     for (uint32_t il = 0; il < m->hp.n_layer; il++) {
-        const ds4_layer *L = &m->layers[il];
-        const layer_consts *lc = &e->lc[il];
-        hc_pre_chunk(e, &L->hc_attn_fn, lc->hc_attn_scale, lc->hc_attn_base, n);
-        norm_chunk(e, ws->x, D, ws->a, D, lc->attn_norm, (int)D, n);
-        attention_sublayer(s, (int)il, pos0, n);
-        hc_post_chunk(e, n);
-        hc_pre_chunk(e, &L->hc_ffn_fn, lc->hc_ffn_scale, lc->hc_ffn_base, n);
-        norm_chunk(e, ws->x, D, ws->a, D, lc->ffn_norm, (int)D, n);
-        ffn_sublayer(s, (int)il, tokens, n);
-        hc_post_chunk(e, n);
+        block_ref b = layer_block(s, (int)il);
+        block_forward(s, &b, tokens, s->n_tokens, n);
     }
+    head_ref head = {&m->output_hc_fn, e->out_hc_scale, e->out_hc_base, e->out_norm};
     if (all_logits) {
-        output_head(e, 0, n, all_logits);
+        output_head(e, &head, 0, n, all_logits);
         memcpy(s->logits, all_logits + (size_t)(n - 1) * m->hp.n_vocab, m->hp.n_vocab * sizeof(float));
     } else {
-        output_head(e, n - 1, 1, s->logits);
+        output_head(e, &head, n - 1, 1, s->logits);
     }
 }

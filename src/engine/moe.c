@@ -20,7 +20,7 @@
 
 typedef struct moe_job {
     ds4_session *s;
-    int il;
+    const block_ref *b;
     const int32_t *tokens;
     int n;
 } moe_job;
@@ -29,7 +29,7 @@ static void route_task(void *ctx, int t, int worker) {
     moe_job *j = ctx;
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
-    const ds4_layer *L = &e->model.layers[j->il];
+    const ds4_layer *L = j->b->L;
     chunk_ws *ws = &e->ws;
     uint32_t ne = hp->n_expert, nu = hp->n_expert_used;
     float *prob = ws->router + (size_t)t * ne;
@@ -40,7 +40,7 @@ static void route_task(void *ctx, int t, int worker) {
         for (uint32_t i = 0; i < nu; i++) eid[i] = row[i];
     } else {
         float *biased = ws->wk[worker].tmp;
-        const float *bias = e->lc[j->il].probs_bias;
+        const float *bias = j->b->lc->probs_bias;
         for (uint32_t i = 0; i < ne; i++) biased[i] = prob[i] + (bias ? bias[i] : 0.0f);
         topk_rank_order(biased, (int)ne, (int)nu, eid);
     }
@@ -63,7 +63,7 @@ static void shared_mid_task(void *ctx, int t, int worker) {
     ds4_engine *e = j->s->e;
     const ds4_hparams *hp = &e->model.hp;
     size_t ff = hp->n_ff_exp;
-    swiglu_row(e->ws.sg + t * ff, e->ws.su + t * ff, (int)ff, hp->swiglu_clamp[j->il], 1.0f);
+    swiglu_row(e->ws.sg + t * ff, e->ws.su + t * ff, (int)ff, j->b->swiglu_clamp, 1.0f);
 }
 
 static void expert_mid_task(void *ctx, int pair, int worker) {
@@ -73,7 +73,7 @@ static void expert_mid_task(void *ctx, int pair, int worker) {
     chunk_ws *ws = &e->ws;
     size_t ff = hp->n_ff_exp;
     float weight = ws->ew[(size_t)ws->gtok[pair] * hp->n_expert_used + ws->gslot[pair]];
-    swiglu_row(ws->gg + pair * ff, ws->gu + pair * ff, (int)ff, hp->swiglu_clamp[j->il], weight);
+    swiglu_row(ws->gg + pair * ff, ws->gu + pair * ff, (int)ff, j->b->swiglu_clamp, weight);
 }
 
 static void combine_task(void *ctx, int t, int worker) {
@@ -109,14 +109,13 @@ static void bucket_pairs(chunk_ws *ws, uint32_t n_expert, uint32_t nu, int n) {
         }
 }
 
-void ffn_sublayer(ds4_session *s, int il, const int32_t *tokens, int n) {
+void ffn_sublayer(ds4_session *s, const block_ref *b, const int32_t *tokens, int n) {
     ds4_engine *e = s->e;
-    const ds4_model *m = &e->model;
-    const ds4_hparams *hp = &m->hp;
-    const ds4_layer *L = &m->layers[il];
+    const ds4_hparams *hp = &e->model.hp;
+    const ds4_layer *L = b->L;
     chunk_ws *ws = &e->ws;
     size_t D = hp->n_embd, ff = hp->n_ff_exp;
-    moe_job j = {s, il, tokens, n};
+    moe_job j = {s, b, tokens, n};
 
     /* Router and shared expert gate/up read the same input: one call. */
     cpu_mm *mm = ws->mm;
