@@ -1,7 +1,7 @@
 /* engine_fixture.h — tiny synthetic models and engines for the engine-level
  * tests (test_engine.c, test_kvcache_session.c): the scratch directory, the
- * "tiny" preset written with the fallback vocabulary, an engine over such a
- * file, and reproducible random token ids (xorshift64). */
+ * "tiny" preset written with the fallback vocabulary (and its MTP file), an
+ * engine over such a file, and reproducible random token ids (xorshift64). */
 #ifndef DS4_ENGINE_FIXTURE_H
 #define DS4_ENGINE_FIXTURE_H
 
@@ -17,20 +17,37 @@ static inline const char *tmpdir(void) {
     return t && *t ? t : "/tmp";
 }
 
+static inline int tiny_config(ds4_synth_config *c, ds4_weight_form weights, const char *experts,
+                              uint64_t seed, const char *name) {
+    ds4_err err = {{0}};
+    memset(c, 0, sizeof *c);
+    if (ds4_synth_preset("tiny", 0, &c->hp, &err) ||
+        ds4_synth_expert_types(experts, &c->expert_gate_type, &c->expert_down_type, &err)) {
+        fprintf(stderr, "preset: %s\n", err.msg);
+        return -1;
+    }
+    c->weights = weights;
+    c->seed = seed;
+    c->name = name;
+    return 0;
+}
+
+/* The MTP file for the tiny preset (its block's experts as given). */
+static inline int write_tiny_mtp(const char *path, ds4_weight_form weights, const char *experts, uint64_t seed) {
+    ds4_synth_config c;
+    ds4_err err = {{0}};
+    if (tiny_config(&c, weights, experts, seed, NULL)) return -1;
+    int rc = ds4_synth_write_mtp(&c, path, &err);
+    if (rc) fprintf(stderr, "synth mtp: %s\n", err.msg);
+    return rc;
+}
+
 /* The tiny preset (all its layers) with the given weights, experts and seed. */
 static inline int write_tiny(const char *path, ds4_weight_form weights, const char *experts,
                              uint64_t seed, const char *name) {
     ds4_err err = {{0}};
     ds4_synth_config c;
-    memset(&c, 0, sizeof c);
-    if (ds4_synth_preset("tiny", 0, &c.hp, &err) ||
-        ds4_synth_expert_types(experts, &c.expert_gate_type, &c.expert_down_type, &err)) {
-        fprintf(stderr, "preset: %s\n", err.msg);
-        return -1;
-    }
-    c.weights = weights;
-    c.seed = seed;
-    c.name = name;
+    if (tiny_config(&c, weights, experts, seed, name)) return -1;
     ds4_synth_vocab v;
     if (ds4_synth_vocab_fallback(&v, c.hp.n_vocab, &err)) {
         fprintf(stderr, "vocab: %s\n", err.msg);

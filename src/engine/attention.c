@@ -206,10 +206,10 @@ void attention_sublayer(ds4_session *s, const block_ref *b, int pos0, int n) {
     /* Compressed layers: frontier update (may emit rows) and the indexer. */
     if (L->compress_ratio) {
         compressor_run(e, &kvl->comp_st, &kvl->comp, &kvl->n_comp, ws->ckv, ws->csc, cw, pos0, n,
-                       lc->comp_ape, lc->comp_norm, false);
+                       lc->comp_ape, lc->comp_norm, false, b->mark ? &b->mark->comp : NULL);
         if (L->compress_ratio == 4) {
             compressor_run(e, &kvl->index_st, &kvl->index_comp, &kvl->n_index_comp, ws->ikv, ws->isc,
-                           iw, pos0, n, lc->index_ape, lc->index_norm, true);
+                           iw, pos0, n, lc->index_ape, lc->index_norm, true, b->mark ? &b->mark->index : NULL);
             indexer_select(s, b, pos0, n);
         }
     }

@@ -72,12 +72,18 @@ static void frontier_pool(const comp_state *st, float *out) {
 
 void compressor_run(ds4_engine *e, comp_state *st, kv_rows *rows, uint32_t *n_rows,
                     const float *kv, const float *sc, size_t ld, int pos0, int n,
-                    const float *ape, const float *norm_w, bool indexer) {
+                    const float *ape, const float *norm_w, bool indexer, comp_mark *mark) {
     const ds4_hparams *hp = &e->model.hp;
     uint32_t R = st->ratio, W = st->width;
     float *out = e->ws.wk[0].tmp;
     for (int t = 0; t < n; t++) {
         int64_t p = pos0 + t;
+        if (mark && t == n - 1) {
+            size_t bytes = (size_t)st->coff * R * W * sizeof(float);
+            memcpy(mark->kv, st->kv, bytes);
+            memcpy(mark->score, st->score, bytes);
+            mark->n_rows = *n_rows;
+        }
         uint32_t slot = (uint32_t)(p % R);
         uint32_t row = (st->coff == 2 ? R : 0) + slot;
         memcpy(st->kv + (size_t)row * W, kv + (size_t)t * ld, W * sizeof(float));

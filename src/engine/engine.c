@@ -88,45 +88,54 @@ static uint64_t tensor_elems(const ds4_tensor *t) {
     return t->data ? n : 0;
 }
 
+/* An f32 copy of a small tensor at base + *off (base NULL: only counts). */
+static void take_const(float **dst, const ds4_tensor *t, float *base, size_t *off) {
+    uint64_t n = tensor_elems(t);
+    if (base && n) {
+        *dst = base + *off;
+        ds4_dequantize_row(t->type, t->data, *dst, n);
+    }
+    *off += n;
+}
+
+static void layer_consts_take(layer_consts *c, const ds4_layer *L, float *base, size_t *off) {
+    take_const(&c->hc_attn_scale, &L->hc_attn_scale, base, off);
+    take_const(&c->hc_attn_base, &L->hc_attn_base, base, off);
+    take_const(&c->hc_ffn_scale, &L->hc_ffn_scale, base, off);
+    take_const(&c->hc_ffn_base, &L->hc_ffn_base, base, off);
+    take_const(&c->attn_norm, &L->attn_norm, base, off);
+    take_const(&c->q_a_norm, &L->attn_q_a_norm, base, off);
+    take_const(&c->kv_a_norm, &L->attn_kv_a_norm, base, off);
+    take_const(&c->sinks, &L->attn_sinks, base, off);
+    take_const(&c->ffn_norm, &L->ffn_norm, base, off);
+    if (L->compress_ratio) {
+        take_const(&c->comp_ape, &L->attn_compressor_ape, base, off);
+        take_const(&c->comp_norm, &L->attn_compressor_norm, base, off);
+    }
+    if (L->compress_ratio == 4) {
+        take_const(&c->index_ape, &L->indexer_compressor_ape, base, off);
+        take_const(&c->index_norm, &L->indexer_compressor_norm, base, off);
+    }
+    take_const(&c->probs_bias, &L->exp_probs_b, base, off);
+}
+
 /* Lays out (base == NULL: only counts) f32 copies of the small tensors. */
 static size_t consts_layout(ds4_engine *e, float *base) {
     size_t off = 0;
     const ds4_model *m = &e->model;
-#define TAKE(dst, tensor)                                                                   \
-    do {                                                                                    \
-        uint64_t n_ = tensor_elems(&(tensor));                                              \
-        if (base && n_) {                                                                   \
-            (dst) = base + off;                                                             \
-            ds4_dequantize_row((tensor).type, (tensor).data, (dst), n_);                    \
-        }                                                                                   \
-        off += n_;                                                                          \
-    } while (0)
-    TAKE(e->out_hc_scale, m->output_hc_scale);
-    TAKE(e->out_hc_base, m->output_hc_base);
-    TAKE(e->out_norm, m->output_norm);
-    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
-        const ds4_layer *L = &m->layers[il];
-        layer_consts *c = &e->lc[il];
-        TAKE(c->hc_attn_scale, L->hc_attn_scale);
-        TAKE(c->hc_attn_base, L->hc_attn_base);
-        TAKE(c->hc_ffn_scale, L->hc_ffn_scale);
-        TAKE(c->hc_ffn_base, L->hc_ffn_base);
-        TAKE(c->attn_norm, L->attn_norm);
-        TAKE(c->q_a_norm, L->attn_q_a_norm);
-        TAKE(c->kv_a_norm, L->attn_kv_a_norm);
-        TAKE(c->sinks, L->attn_sinks);
-        TAKE(c->ffn_norm, L->ffn_norm);
-        if (L->compress_ratio) {
-            TAKE(c->comp_ape, L->attn_compressor_ape);
-            TAKE(c->comp_norm, L->attn_compressor_norm);
-        }
-        if (L->compress_ratio == 4) {
-            TAKE(c->index_ape, L->indexer_compressor_ape);
-            TAKE(c->index_norm, L->indexer_compressor_norm);
-        }
-        TAKE(c->probs_bias, L->exp_probs_b);
+    take_const(&e->out_hc_scale, &m->output_hc_scale, base, &off);
+    take_const(&e->out_hc_base, &m->output_hc_base, base, &off);
+    take_const(&e->out_norm, &m->output_norm, base, &off);
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) layer_consts_take(&e->lc[il], &m->layers[il], base, &off);
+    if (e->has_mtp) {
+        const ds4_mtp_model *t = &e->mtp;
+        layer_consts_take(&e->mtp_lc, &t->block, base, &off);
+        take_const(&e->mtp_enorm, &t->enorm, base, &off);
+        take_const(&e->mtp_hnorm, &t->hnorm, base, &off);
+        take_const(&e->mtp_norm, &t->norm, base, &off);
+        take_const(&e->mtp_hc_scale, &t->hc_head_scale, base, &off);
+        take_const(&e->mtp_hc_base, &t->hc_head_base, base, &off);
     }
-#undef TAKE
     return off;
 }
 
@@ -252,9 +261,11 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     if (cfg->ctx < 0) return ds4_fail(err, "context size %d is negative", cfg->ctx);
     if (cfg->prefill_chunk < 0) return ds4_fail(err, "prefill chunk %d is negative", cfg->prefill_chunk);
     if (cfg->ctx > (1 << 26)) return ds4_fail(err, "context size %d is larger than %d", cfg->ctx, 1 << 26);
-    if (cfg->mtp_path)
-        return ds4_fail(err, "MTP drafting is not built yet (on any backend): run without --mtp; "
-                             "`ds4 -m MODEL --mtp FILE --info` checks an MTP file");
+#ifdef DS4_CUDA
+    if (cfg->mtp_path && use_cuda)
+        return ds4_fail(err, "MTP speculative decoding runs on the cpu backend only so far (the cuda "
+                             "backend has no two-token verify step yet): use --backend cpu, or run without --mtp");
+#endif
     if (cfg->n_synth_fills && !cfg->model_image)
         return ds4_fail(err, "engine: synthetic fills are given without a model image");
 #ifdef DS4_CUDA
@@ -285,9 +296,20 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
         ds4_engine_close(e);
         return -1;
     }
+    if (cfg->mtp_path) {
+        if (ds4_mtp_open(&e->mtp, cfg->mtp_path, hp, err) != 0) {
+            ds4_engine_close(e);
+            return -1;
+        }
+        e->has_mtp = true;
+    }
     e->ctx = cfg->ctx ? cfg->ctx : DEFAULT_CTX;
     e->chunk = cfg->prefill_chunk ? cfg->prefill_chunk : DEFAULT_PREFILL_CHUNK;
     if (e->chunk > e->ctx) e->chunk = e->ctx;
+    if (e->has_mtp && e->chunk < 2) { /* the verify is a chunk of two */
+        ds4_engine_close(e);
+        return ds4_fail(err, "MTP speculation needs a context and prefill chunk of at least 2 tokens");
+    }
     e->cuda_chunk = cfg->prefill_chunk ? cfg->prefill_chunk : DEFAULT_CUDA_PREFILL_CHUNK;
     if (e->cuda_chunk > e->ctx) e->cuda_chunk = e->ctx;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
@@ -348,6 +370,7 @@ void ds4_engine_close(ds4_engine *e) {
     free(e->ws_arena);
     free(e->consts_arena);
     ds4_tokenizer_free(e->tok);
+    if (e->has_mtp) ds4_mtp_close(&e->mtp);
     if (e->model_open) ds4_model_close(&e->model);
     pthread_mutex_destroy(&e->eval_mu);
     free(e);
@@ -412,6 +435,7 @@ int ds4_session_new(ds4_engine *e, ds4_session **out, ds4_err *err) {
             bad |= frontier_alloc(&L->index_st, 4, hp->indexer_head_dim);
         }
     }
+    if (!bad && e->has_mtp) bad |= spec_new(s);
     if (bad) {
         ds4_session_free(s);
         return ds4_fail(err, "out of memory for a %d-token session", e->ctx);
@@ -447,6 +471,7 @@ void ds4_session_free(ds4_session *s) {
             free(L->index_st.kv);
             free(L->index_st.score);
         }
+    spec_free(s);
     free(s->layers);
     free(s->tokens);
     if (!s->cuda) free(s->logits); /* else the CUDA session's, freed with it */
@@ -466,6 +491,7 @@ void ds4_session_reset(ds4_session *s) {
         frontier_clear(&L->comp_st);
         frontier_clear(&L->index_st);
     }
+    if (s->spec) spec_reset(s);
 }
 
 int ds4_session_n_tokens(const ds4_session *s) { return s->n_tokens; }

@@ -37,7 +37,7 @@ typedef struct ds4_engine_config {
      * from ds4_synth_model_image), read in place; it must outlive the engine. */
     const void *model_image;
     uint64_t model_image_size;
-    const char *mtp_path;  /* NULL = none; speculative drafting is not built, so one is refused */
+    const char *mtp_path;  /* NULL = none; else the MTP GGUF for speculative decoding (cpu backend) */
     int ctx;               /* max tokens per session, 0 = 4096 */
     int threads;           /* 0 = DS4_THREADS env or all cores */
     bool exact;            /* plain f32 numerics */
@@ -97,6 +97,34 @@ int32_t ds4_session_argmax(const ds4_session *s, int32_t skip);
  * one engine take turns (they share the engine's scratch). */
 int ds4_session_eval_all_logits(ds4_session *s, const int32_t *tokens, int n, float *all_logits,
                                 ds4_err *err);
+
+/* ---- greedy speculative decoding with the MTP block (model-spec §8) ---- */
+
+bool ds4_engine_has_mtp(const ds4_engine *e);
+
+typedef struct ds4_spec_opts {
+    /* A draft is verified only when the MTP's top logit leads its second by
+     * at least this much (ds4's --mtp-margin; 0 verifies every draft). */
+    float margin;
+    /* Tests: called with the MTP's draft for position pos (and its logits)
+     * instead of the margin; returns the draft to verify, or -1 for none. */
+    int32_t (*draft_hook)(void *ctx, int pos, int32_t draft, const float *mtp_logits);
+    void *hook_ctx;
+} ds4_spec_opts;
+
+/* One cycle: evaluates `first` at the session's next position and, when
+ * max_new >= 2, the context has room and the MTP's draft for the position
+ * after clears the margin, verifies that draft in the same pass over the
+ * weights. out gets the tokens appended: `first`, then the draft when the
+ * model's own greedy choice after `first` is that draft. Returns their
+ * count (1 or 2), or -1 with err (state unchanged). The logits and the
+ * state are exactly those of evaluating the returned tokens one by one. */
+int ds4_session_eval_speculative(ds4_session *s, int32_t first, int max_new, const ds4_spec_opts *o,
+                                 int32_t out[2], ds4_err *err);
+/* Right after a cycle that returned 2 tokens: takes the second back (for a
+ * caller that stops on it, so the session holds what plain decoding leaves).
+ * Returns 1, or 0 when there is nothing to take back. */
+int ds4_session_drop_draft(ds4_session *s);
 
 /* ---- sampling (model-spec §11) ---- */
 

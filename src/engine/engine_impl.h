@@ -5,6 +5,7 @@
  * attention.c  the attention sublayer (Q/KV, raw window, attention, output)
  * compressor.c KV compressor frontiers and the lightning indexer
  * moe.c        the FFN sublayer (router, routed + shared experts)
+ * mtp.c        the MTP draft block and greedy speculative decoding
  *
  * KV state per layer (model-spec §7.1) is stored compactly: the raw window as
  * a ring of n_swa rows (position p at row p mod n_swa), compressed rows and
@@ -38,6 +39,19 @@ typedef struct comp_state {
     float *kv, *score; /* [coff·R][W] each */
 } comp_state;
 
+/* The state a chunk's last token changed in one layer, recorded before it
+ * did (the speculative verify's draft, dropped when rejected): each
+ * compressor frontier with its row count. (The raw ring row it overwrote
+ * held the position one window back, which no later token attends and the
+ * next token rewrites.) */
+typedef struct comp_mark {
+    float *kv, *score;
+    uint32_t n_rows;
+} comp_mark;
+typedef struct layer_mark {
+    comp_mark comp, index;
+} layer_mark;
+
 typedef struct layer_kv {
     kv_rows raw;         /* n_swa rows of head_dim */
     kv_rows comp;        /* compressed attention rows */
@@ -48,6 +62,21 @@ typedef struct layer_kv {
     comp_state index_st;
 } layer_kv;
 
+/* A session's speculative-decoding state (mtp.c, model-spec §8), present
+ * when the engine has an MTP block. */
+typedef struct spec_state {
+    layer_kv mtp_kv;       /* the MTP block's raw ring */
+    int mtp_lo, mtp_next;  /* it holds MTP positions [mtp_lo, mtp_next) */
+    float *h;              /* [2][HC·D] final streams of positions n_tokens-2, n_tokens-1 */
+    int h_n;               /* how many of them are valid, the last first (0..2) */
+    float *logits;         /* [2][n_vocab] the verify's */
+    float *mtp_logits;     /* [n_vocab] the draft's */
+    layer_mark *marks;     /* [n_layer] */
+    bool marking;          /* the forward pass records marks */
+    bool can_drop;         /* the last eval accepted a draft and its marks are kept */
+    void *arena;
+} spec_state;
+
 struct ds4_session {
     ds4_engine *e;
     int n_tokens;
@@ -56,6 +85,7 @@ struct ds4_session {
                         * filled from the device when asked for (session_logits_ready) */
     layer_kv *layers;  /* n_layer */
     void *cuda;        /* ds4_cuda_session when the engine runs on CUDA, else NULL */
+    spec_state *spec;  /* with an MTP block, else NULL */
 };
 
 /* One transformer block as its sublayers see it: a main layer
@@ -68,6 +98,7 @@ typedef struct block_ref {
     const rope_params *rope; /* YaRN'd for compressed layers */
     float swiglu_clamp;
     int raw_lo;              /* first position the raw ring holds (0; later for the MTP block) */
+    layer_mark *mark;        /* non-NULL: record the chunk's last token's changes here */
 } block_ref;
 
 /* Per-worker scratch for attention and the indexer. */
@@ -143,6 +174,10 @@ struct ds4_engine {
     float *out_hc_scale, *out_hc_base, *out_norm;
     float *consts_arena;
     uint32_t comp_cap[DS4_MAX_LAYERS]; /* compressed rows per layer at ctx */
+    bool has_mtp;
+    ds4_mtp_model mtp;
+    layer_consts mtp_lc;
+    float *mtp_enorm, *mtp_hnorm, *mtp_norm, *mtp_hc_scale, *mtp_hc_base;
     pthread_mutex_t eval_mu;
     void *cuda;        /* ds4_cuda_engine (DS4_CUDA builds, cuda backend), else NULL */
 };
@@ -175,8 +210,16 @@ void attention_sublayer(ds4_session *s, const block_ref *b, int pos0, int n);
 void ffn_sublayer(ds4_session *s, const block_ref *b, const int32_t *tokens, int n);
 void compressor_run(ds4_engine *e, comp_state *st, kv_rows *rows, uint32_t *n_rows,
                     const float *kv, const float *sc, size_t ld, int pos0, int n,
-                    const float *ape, const float *norm_w, bool indexer);
+                    const float *ape, const float *norm_w, bool indexer, comp_mark *mark);
 void indexer_select(ds4_session *s, const block_ref *b, int pos0, int n);
+
+/* Speculative state (mtp.c): allocated with the session when the engine
+ * has an MTP block; emptied by ds4_session_reset; after each CPU forward
+ * chunk it keeps the last positions' final streams. */
+int spec_new(ds4_session *s);
+void spec_free(ds4_session *s);
+void spec_reset(ds4_session *s);
+void spec_after_forward(ds4_session *s, int n);
 
 /* HC pre for the chunk: from ws.H with hc_{attn,ffn}_* tensors to ws.x/post/comb. */
 void hc_pre_chunk(ds4_engine *e, const ds4_tensor *fn, const float *scale, const float *base,

@@ -148,7 +148,8 @@ block_ref layer_block(ds4_session *s, int il) {
     const ds4_layer *L = &e->model.layers[il];
     return (block_ref){.L = L, .lc = &e->lc[il], .kv = &s->layers[il],
                        .rope = L->compress_ratio ? &e->rope_comp : &e->rope_plain,
-                       .swiglu_clamp = e->model.hp.swiglu_clamp[il], .raw_lo = 0};
+                       .swiglu_clamp = e->model.hp.swiglu_clamp[il], .raw_lo = 0,
+                       .mark = s->spec && s->spec->marking ? &s->spec->marks[il] : NULL};
 }
 
 void block_forward(ds4_session *s, const block_ref *b, const int32_t *tokens, int pos0, int n) {
@@ -181,4 +182,5 @@ void forward_chunk(ds4_session *s, const int32_t *tokens, int n, float *all_logi
     } else {
         output_head(e, &head, n - 1, 1, s->logits);
     }
+    if (s->spec) spec_after_forward(s, n);
 }

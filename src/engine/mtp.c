@@ -1,0 +1,254 @@
+/* mtp.c — the MTP draft block and greedy speculative decoding (model-spec §8).
+ *
+ * The MTP block predicts the token after next. For position q it combines
+ * the main model's final streams h_q with the embedding of token t_{q+1}:
+ * each stream becomes h_proj·RMSNorm(h_q,h, hnorm) + e_proj·RMSNorm(emb,
+ * enorm), then one block that runs like main layer 1 (raw window only, RoPE
+ * without YaRN, biased top-k routing) with its own raw ring, then the head
+ * with the MTP's own collapse and norm and the model's vocabulary matrix.
+ * Its argmax drafts t_{q+2}. This is the DeepSeek-V3 paper's wiring (and
+ * the general engines'); ds4 feeds the embedding of t_q instead (model-spec
+ * §8 notes it only saw a slight speedup) — which one V4 Flash was trained
+ * with is for real weights to show.
+ *
+ * A cycle: the caller's next token `first` (the greedy choice at position
+ * P) is known, so the MTP runs over the positions its ring lacks (at most
+ * P-2 and P-1: the session keeps the last two positions' streams) and
+ * drafts d for P+1. The target then evaluates [first, d] as one chunk — one
+ * pass over the weights for two tokens. If its own choice after `first` is
+ * d, both tokens stand; else the state d changed is put back from the
+ * marks the forward pass recorded just before d's update (the compressor
+ * frontiers and row counts; d's raw row replaced one no later token
+ * attends), and the session is exactly as if only `first` had been
+ * evaluated. Either way the tokens
+ * appended are the ones plain greedy decoding gives, and so is the state.
+ *
+ * The MTP ring only holds positions the MTP has processed since the last
+ * gap (a prefill, a reset): attention in the MTP block starts at mtp_lo. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_impl.h"
+
+enum { HC = DS4_N_HC };
+
+static size_t frontier_floats(const comp_state *st) { return (size_t)st->coff * st->ratio * st->width; }
+
+/* Lays out (base NULL: only sizes) the marks of every layer after the fixed buffers. */
+static size_t spec_layout(ds4_session *s, uint8_t *base) {
+    ds4_engine *e = s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    spec_state *sp = s->spec;
+    size_t off = 0, HD = (size_t)HC * hp->n_embd;
+#define CARVE(ptr, bytes)                                          \
+    do {                                                           \
+        if (base) (ptr) = (void *)(base + off);                    \
+        off += ((bytes) + 63) & ~(size_t)63;                       \
+    } while (0)
+    CARVE(sp->h, 2 * HD * sizeof(float));
+    CARVE(sp->logits, 2 * (size_t)hp->n_vocab * sizeof(float));
+    CARVE(sp->mtp_logits, (size_t)hp->n_vocab * sizeof(float));
+    CARVE(sp->marks, hp->n_layer * sizeof(layer_mark));
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const layer_kv *L = &s->layers[il];
+        layer_mark *mk = base ? &sp->marks[il] : &(layer_mark){0};
+        if (L->comp_st.kv) {
+            CARVE(mk->comp.kv, frontier_floats(&L->comp_st) * sizeof(float));
+            CARVE(mk->comp.score, frontier_floats(&L->comp_st) * sizeof(float));
+        }
+        if (L->index_st.kv) {
+            CARVE(mk->index.kv, frontier_floats(&L->index_st) * sizeof(float));
+            CARVE(mk->index.score, frontier_floats(&L->index_st) * sizeof(float));
+        }
+    }
+#undef CARVE
+    return off;
+}
+
+int spec_new(ds4_session *s) {
+    ds4_engine *e = s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    s->spec = calloc(1, sizeof *s->spec);
+    if (!s->spec) return -1;
+    spec_state *sp = s->spec;
+    kv_rows *raw = &sp->mtp_kv.raw;
+    raw->f16 = !e->exact;
+    raw->width = hp->head_dim;
+    raw->cap = hp->n_swa;
+    raw->data = calloc((size_t)raw->cap * raw->width, raw->f16 ? sizeof(uint16_t) : sizeof(float));
+    sp->arena = malloc(spec_layout(s, NULL));
+    if (!raw->data || !sp->arena) return -1;
+    spec_layout(s, sp->arena);
+    return 0;
+}
+
+void spec_free(ds4_session *s) {
+    if (!s->spec) return;
+    free(s->spec->mtp_kv.raw.data);
+    free(s->spec->arena);
+    free(s->spec);
+    s->spec = NULL;
+}
+
+void spec_reset(ds4_session *s) {
+    spec_state *sp = s->spec;
+    sp->mtp_lo = sp->mtp_next = 0;
+    sp->h_n = 0;
+    sp->marking = sp->can_drop = false;
+}
+
+/* After a forward chunk of n tokens: the last two positions' final streams
+ * (still in ws.H) become the tail. */
+void spec_after_forward(ds4_session *s, int n) {
+    spec_state *sp = s->spec;
+    size_t HD = (size_t)HC * s->e->model.hp.n_embd;
+    const float *H = s->e->ws.H;
+    if (n >= 2) {
+        memcpy(sp->h, H + (size_t)(n - 2) * HD, 2 * HD * sizeof(float));
+        sp->h_n = 2;
+    } else {
+        if (sp->h_n) memcpy(sp->h, sp->h + HD, HD * sizeof(float));
+        memcpy(sp->h + HD, H, HD * sizeof(float));
+        sp->h_n = sp->h_n ? 2 : 1;
+    }
+    sp->can_drop = false;
+}
+
+static block_ref mtp_block(ds4_session *s) {
+    ds4_engine *e = s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    return (block_ref){.L = &e->mtp.block, .lc = &e->mtp_lc, .kv = &s->spec->mtp_kv, .rope = &e->rope_plain,
+                       .swiglu_clamp = hp->swiglu_clamp[hp->n_layer > 1 ? 1 : 0], .raw_lo = s->spec->mtp_lo};
+}
+
+/* The MTP block over positions [q0, q0+n): prev holds their final streams
+ * ([n][HC·D]) and tokens[i] is t_{q0+i+1}; the last position's draft
+ * logits go to mtp_logits. */
+static void mtp_forward(ds4_session *s, const float *prev, int q0, const int32_t *tokens, int n) {
+    ds4_engine *e = s->e;
+    const ds4_model *m = &e->model;
+    const ds4_mtp_model *mt = &e->mtp;
+    chunk_ws *ws = &e->ws;
+    spec_state *sp = s->spec;
+    size_t D = m->hp.n_embd;
+    cpu_mat emb = cpu_mat_of(&m->token_embd);
+    for (int t = 0; t < n; t++) cpu_mat_row_f32(&emb, (uint32_t)tokens[t], ws->y + (size_t)t * D);
+    norm_chunk(e, ws->y, D, ws->a, D, e->mtp_enorm, (int)D, n);
+    norm_chunk(e, prev, D, ws->hc_flat, D, e->mtp_hnorm, (int)D, n * HC);
+    cpu_mat ep = cpu_mat_of(&mt->e_proj), hpj = cpu_mat_of(&mt->h_proj);
+    cpu_matmul(&e->cpu, &ep, ws->a, D, n, ws->x, D);
+    cpu_matmul(&e->cpu, &hpj, ws->hc_flat, D, n * HC, ws->H, D);
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < HC; h++) {
+            float *dst = ws->H + ((size_t)t * HC + h) * D;
+            const float *x = ws->x + (size_t)t * D;
+            for (size_t d = 0; d < D; d++) dst[d] += x[d];
+        }
+    block_ref b = mtp_block(s);
+    block_forward(s, &b, tokens, q0, n);
+    head_ref head = {&mt->hc_head_fn, e->mtp_hc_scale, e->mtp_hc_base, e->mtp_norm};
+    output_head(e, &head, n - 1, 1, sp->mtp_logits);
+}
+
+/* The draft for position P+1 given `first` at P = n_tokens, or -1 (no
+ * streams to start from, or below the margin). */
+static int32_t mtp_draft(ds4_session *s, int32_t first, const ds4_spec_opts *o) {
+    spec_state *sp = s->spec;
+    int P = s->n_tokens;
+    if (sp->h_n == 0) return -1;
+    int q_avail = P - sp->h_n; /* the tail's first position */
+    if (sp->mtp_next < q_avail || sp->mtp_next > P - 1 || sp->mtp_lo > sp->mtp_next)
+        sp->mtp_lo = sp->mtp_next = q_avail; /* a gap: the ring starts again */
+    int q0 = sp->mtp_next, n = P - q0;
+    int32_t tok[2];
+    for (int i = 0; i < n; i++) tok[i] = q0 + i + 1 < P ? s->tokens[q0 + i + 1] : first;
+    mtp_forward(s, sp->h + (size_t)(sp->h_n - n) * HC * s->e->model.hp.n_embd, q0, tok, n);
+    sp->mtp_next = P;
+    int n_vocab = (int)s->e->model.hp.n_vocab;
+    int32_t d = ds4_argmax(sp->mtp_logits, n_vocab);
+    if (o && o->draft_hook) return o->draft_hook(o->hook_ctx, P + 1, d, sp->mtp_logits);
+    float second = -INFINITY;
+    for (int i = 0; i < n_vocab; i++)
+        if (i != d && sp->mtp_logits[i] > second) second = sp->mtp_logits[i];
+    float margin = o ? o->margin : 0.0f;
+    return sp->mtp_logits[d] - second >= margin ? d : -1;
+}
+
+/* Puts back what the verify's second token changed (the marks), so the
+ * session holds `first` as its last token; the logits and the tail follow. */
+static void drop_last(ds4_session *s) {
+    ds4_engine *e = s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    spec_state *sp = s->spec;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        layer_kv *L = &s->layers[il];
+        const layer_mark *mk = &sp->marks[il];
+        if (L->comp_st.kv) {
+            memcpy(L->comp_st.kv, mk->comp.kv, frontier_floats(&L->comp_st) * sizeof(float));
+            memcpy(L->comp_st.score, mk->comp.score, frontier_floats(&L->comp_st) * sizeof(float));
+            L->n_comp = mk->comp.n_rows;
+        }
+        if (L->index_st.kv) {
+            memcpy(L->index_st.kv, mk->index.kv, frontier_floats(&L->index_st) * sizeof(float));
+            memcpy(L->index_st.score, mk->index.score, frontier_floats(&L->index_st) * sizeof(float));
+            L->n_index_comp = mk->index.n_rows;
+        }
+    }
+    size_t HD = (size_t)HC * hp->n_embd;
+    memcpy(sp->h + HD, sp->h, HD * sizeof(float)); /* `first`'s streams; the MTP has seen the position before */
+    sp->h_n = 1;
+    memcpy(s->logits, sp->logits, hp->n_vocab * sizeof(float));
+    s->n_tokens--;
+    sp->can_drop = false;
+}
+
+bool ds4_engine_has_mtp(const ds4_engine *e) { return e->has_mtp; }
+
+int ds4_session_eval_speculative(ds4_session *s, int32_t first, int max_new, const ds4_spec_opts *o,
+                                 int32_t out[2], ds4_err *err) {
+    ds4_engine *e = s->e;
+    const ds4_hparams *hp = &e->model.hp;
+    spec_state *sp = s->spec;
+    if (!sp) return ds4_fail(err, "speculative decoding needs an MTP model (--mtp FILE)");
+    if (first < 0 || (uint32_t)first >= hp->n_vocab)
+        return ds4_fail(err, "eval: token %d is outside the vocabulary (%u)", first, hp->n_vocab);
+    if (s->n_tokens >= e->ctx)
+        return ds4_fail(err, "context full: %d tokens + 1 new exceed the context of %d", s->n_tokens, e->ctx);
+    pthread_mutex_lock(&e->eval_mu);
+    int P = s->n_tokens;
+    int32_t d = max_new >= 2 && P + 2 <= e->ctx ? mtp_draft(s, first, o) : -1;
+    if (d < 0 || (uint32_t)d >= hp->n_vocab) {
+        forward_chunk(s, &first, 1, NULL);
+        s->tokens[P] = first;
+        s->n_tokens = P + 1;
+        pthread_mutex_unlock(&e->eval_mu);
+        out[0] = first;
+        return 1;
+    }
+    int32_t pair[2] = {first, d};
+    sp->marking = true;
+    forward_chunk(s, pair, 2, sp->logits);
+    sp->marking = false;
+    s->tokens[P] = first;
+    s->tokens[P + 1] = d;
+    s->n_tokens = P + 2;
+    out[0] = first;
+    int n_out = 1;
+    if (ds4_argmax(sp->logits, (int)hp->n_vocab) == d) {
+        out[n_out++] = d;
+        sp->can_drop = true;
+    } else {
+        drop_last(s);
+    }
+    pthread_mutex_unlock(&e->eval_mu);
+    return n_out;
+}
+
+int ds4_session_drop_draft(ds4_session *s) {
+    if (!s->spec || !s->spec->can_drop) return 0;
+    pthread_mutex_lock(&s->e->eval_mu);
+    drop_last(s);
+    pthread_mutex_unlock(&s->e->eval_mu);
+    return 1;
+}
