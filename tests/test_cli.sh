@@ -7,8 +7,9 @@
 # commands) and through a pseudo-terminal with `script` (libedit, Ctrl+C
 # stopping an answer, Ctrl+D leaving), --dump-logprobs checked with node,
 # --token-ids/--logits-out, --perplexity-file against the NLL computed from
-# --logits-out, and the documented exit codes for bad flags
-# and a missing model. Small -n everywhere: the suite also runs under ASan.
+# --logits-out, greedy speculative decoding with an MTP file (the same
+# answers and chat turns as without it), and the documented exit codes for
+# bad flags and a missing model. Small -n everywhere: the suite also runs under ASan.
 set -u
 B="$DS4_BUILD/bin"
 T="$DS4_TMP"
@@ -17,8 +18,8 @@ ok() { echo "ok: $1"; }
 bad() { echo "FAIL: $1"; fail=1; }
 check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
 
-M="$T/cli-tiny.gguf"
-"$B/ds4-mkmodel" --preset tiny --seed 1 -o "$M" >/dev/null || { echo "FAIL: mkmodel"; exit 1; }
+M="$T/cli-tiny.gguf" MTP="$T/cli-tiny-mtp.gguf"
+"$B/ds4-mkmodel" --preset tiny --seed 1 --mtp "$MTP" -o "$M" >/dev/null || { echo "FAIL: mkmodel"; exit 1; }
 # One thread: the tiny model gains nothing from more, and a busy machine slows a pool down.
 ds4() { "$B/ds4" -m "$M" -c 4096 -t 1 "$@"; }
 # From the stats lines "ds4: prompt: N tokens (R reused), ..., generation: G tokens, ...":
@@ -92,6 +93,28 @@ e=$(printf '/ctx 2048\nHi\n/ctx x\n/read %s\n' "$T/cli-prompt.txt" | ds4 --nothi
 check "chat: /ctx reopens with the new context" 'grep -q "^ds4: context 2048 tokens" <<<"$e"'
 check "chat: /ctx x is refused" 'grep -q "/ctx needs a positive integer" <<<"$e"'
 check "chat: /read sends the file" '[ "$(grep -c "^ds4: prompt:" <<<"$e")" = 2 ]'
+
+# ---- MTP speculation: greedy answers and chat turns as without it ----
+# margin 0 verifies every draft; -n 1 and -n 2 stop on a token a step may have evaluated ahead
+for n in 1 2 24; do
+    plain=$(ds4 -p "Hello there" --nothink --temp 0 -n $n 2>/dev/null)
+    spec=$(ds4 --mtp "$MTP" --mtp-draft 2 --mtp-margin 0 -p "Hello there" --nothink --temp 0 -n $n 2>"$T/cli-mtp")
+    check "mtp: greedy -n $n answer as without MTP" '[ -n "$plain" ] && [ "$spec" = "$plain" ]'
+done
+check "mtp: speculation announced" 'grep -q "MTP speculative decoding on (margin 0.0)" "$T/cli-mtp"'
+e=$(ds4 --mtp "$MTP" -p "Hi" --temp 0 -n 2 2>&1 >/dev/null)
+check "mtp: --mtp-draft 1 leaves it off, and says so" 'grep -q "speculation needs --temp 0 and --mtp-draft 2" <<<"$e"'
+e=$(DS4_MTP_SPEC_DISABLE=1 ds4 --mtp "$MTP" --mtp-draft 2 -p "Hi" --temp 0 -n 2 2>&1 >/dev/null)
+check "mtp: DS4_MTP_SPEC_DISABLE turns it off" 'grep -q "speculation needs" <<<"$e"'
+chat_in='Hello\nHow are you\nAnd then\n/quit\n'
+plain=$(printf "$chat_in" | ds4 --nothink --temp 0 -n 6 2>"$T/cli-chat-plain")
+spec=$(printf "$chat_in" | ds4 --mtp "$MTP" --mtp-draft 2 --mtp-margin 0 --nothink --temp 0 -n 6 2>"$T/cli-chat-mtp")
+check "mtp: chat turns as without MTP" '[ "$spec" = "$plain" ]'
+check "mtp: chat turns reuse the same prefixes" \
+    '[ "$(grep -o "([0-9]* reused)" "$T/cli-chat-mtp")" = "$(grep -o "([0-9]* reused)" "$T/cli-chat-plain")" ]'
+e=$(ds4 --mtp "$T/does-not-exist-mtp.gguf" -p "Hi" -n 1 2>&1 >/dev/null)
+rc=$?
+check "mtp: a missing MTP file: exit 1 naming it" '[ $rc = 1 ] && grep -q "does-not-exist-mtp.gguf" <<<"$e"'
 
 # ---- the chat on a terminal: libedit, Ctrl+C stops an answer, Ctrl+D leaves ----
 if command -v script >/dev/null; then
@@ -192,7 +215,8 @@ if (+m[1] !== ids.length || +m[2] !== scored || Math.abs(+m[3] - nll) > 1e-3 * n
 
 # ---- exit codes ----
 for args in "--bogus" "-n 0" "-n x" "--temp -1" "--top-p 2" "--min-p 1.5" "--top-k 2000" "--seed 0" "-c 0" \
-            "-p a --prompt-file b" "--dump-logprobs x" "--perplexity-file x -p a" "--token-ids x" "--logits-out x" "-p" "--backend metal"; do
+            "-p a --prompt-file b" "--dump-logprobs x" "--perplexity-file x -p a" "--token-ids x" "--logits-out x" "-p" "--backend metal" \
+            "--mtp-draft 0" "--mtp-draft 17" "--mtp-margin -1" "--mtp-margin 1001"; do
     # shellcheck disable=SC2086
     "$B/ds4" -m "$M" $args >/dev/null 2>&1
     rc=$?

@@ -3,7 +3,11 @@
  * the way the worker runs them. Checks the cache decisions (token-prefix
  * reuse, the thinking continuation: EOS + only the new text, a mismatch
  * resetting the session), cancellation before and during a job, max_tokens
- * and the usage the response reports. Needs ds4-mkmodel (skips without). */
+ * and the usage the response reports; and greedy requests with MTP
+ * speculation (drafts forced right and wrong through the config's hook)
+ * answering and leaving the session exactly as without it, also when the
+ * reply stops (max_tokens, a stop string) on a token a step evaluated
+ * ahead. Needs ds4-mkmodel (skips without). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,14 +48,113 @@ static void run_job(srv_job *j, int *cached, int *prompt, int *completion) {
     json_decref(v);
 }
 
+/* ---- MTP speculation ---- */
+
+static int32_t ref_next[4096]; /* plain greedy decoding's token at each position */
+static int n_ref;
+
+typedef struct oracle { int cycle, right, wrong; } oracle;
+
+/* Drafts from the plain run: right twice, then wrong, in turn. */
+static int32_t oracle_hook(void *ctx, int pos, int32_t draft, const float *logits) {
+    (void)draft, (void)logits;
+    oracle *o = ctx;
+    if (pos >= n_ref) return -1;
+    if (o->cycle++ % 3 == 2) return o->wrong++, (ref_next[pos] + 1) % ds4_tokenizer_n_vocab(c.tok);
+    return o->right++, ref_next[pos];
+}
+
+/* The reply's content (chat or completion) and completion tokens. */
+static char *job_text(srv_job *j, int *completion) {
+    json_t *v = json_loadb(j->out.p ? j->out.p : "", j->out.len, 0, NULL);
+    json_t *ch = json_array_get(json_object_get(v, "choices"), 0);
+    json_t *t = json_object_get(json_object_get(ch, "message"), "content");
+    if (!t) t = json_object_get(ch, "text");
+    char *text = ds4_xstrdup(json_string_value(t) ? json_string_value(t) : "");
+    *completion = (int)json_integer_value(json_object_get(json_object_get(v, "usage"), "completion_tokens"));
+    json_decref(v);
+    return text;
+}
+
+static srv_job *run_on(ds4_engine *e, ds4_session *s, const char *body) {
+    c.engine = e;
+    ds4_session_reset(s);
+    srv_job *j = make_job(SRV_API_COMPLETIONS, body);
+    if (j) srv_generate(&c, s, j);
+    return j;
+}
+
+static void test_speculation(const char *model, const char *mtp) {
+    ds4_engine *plain_engine = c.engine, *e = NULL;
+    ds4_engine_config ec = {.model_path = model, .mtp_path = mtp, .ctx = 2048, .threads = 2};
+    ds4_err err = {{0}};
+    ds4_session *ps = NULL, *ms = NULL;
+    if (ds4_engine_open(&e, &ec, &err) || ds4_session_new(e, &ms, &err) || ds4_session_new(plain_engine, &ps, &err)) {
+        CHECK(0, "MTP engine: %s", err.msg);
+        return;
+    }
+    srv_config saved = c.cfg;
+    c.cfg.temperature = 0;
+    c.cfg.mtp_draft = 2;
+
+    /* the reference: a longer greedy continuation than any run below */
+    srv_job *ref = run_on(plain_engine, ps, "{\"prompt\":\"Once upon\",\"max_tokens\":40}");
+    n_ref = ds4_session_n_tokens(ps);
+    memcpy(ref_next, ds4_session_tokens(ps), sizeof(int32_t) * (size_t)n_ref);
+    int ref_n;
+    char *ref_text = job_text(ref, &ref_n);
+    char stop[8] = "";
+    if (strlen(ref_text) > 12) memcpy(stop, ref_text + 9, 3); /* a stop string well inside the reply */
+
+    char bodies[4][200];
+    snprintf(bodies[0], sizeof bodies[0], "{\"prompt\":\"Once upon\",\"max_tokens\":9}");
+    snprintf(bodies[1], sizeof bodies[1], "{\"prompt\":\"Once upon\",\"max_tokens\":10}");
+    snprintf(bodies[2], sizeof bodies[2], "{\"prompt\":\"Once upon\",\"max_tokens\":30}");
+    json_t *js = json_string(stop);
+    char *stop_json = json_dumps(js, JSON_ENCODE_ANY);
+    snprintf(bodies[3], sizeof bodies[3], "{\"prompt\":\"Once upon\",\"max_tokens\":30,\"stop\":[%s]}", stop_json);
+    CHECK(stop[0] != 0, "a stop string from the reference reply (%s)", ref_text);
+    int accepted = 0, rejected = 0;
+    for (int b = 0; b < 4; b++) {
+        oracle o = {0};
+        c.cfg.spec = (ds4_spec_opts){.draft_hook = oracle_hook, .hook_ctx = &o};
+        srv_job *jp = run_on(plain_engine, ps, bodies[b]);
+        srv_job *jm = run_on(e, ms, bodies[b]);
+        int np, nm;
+        char *tp = job_text(jp, &np), *tm = job_text(jm, &nm);
+        CHECK(strcmp(tp, tm) == 0 && np == nm, "%s: reply '%s' (%d tokens) with MTP, '%s' (%d) without", bodies[b], tm,
+              nm, tp, np);
+        int n = ds4_session_n_tokens(ps);
+        CHECK(ds4_session_n_tokens(ms) == n && !memcmp(ds4_session_tokens(ms), ds4_session_tokens(ps), sizeof(int32_t) * (size_t)n),
+              "%s: the session holds %d tokens with MTP, %d without", bodies[b], ds4_session_n_tokens(ms), n);
+        accepted += o.right;
+        rejected += o.wrong;
+        free(tp);
+        free(tm);
+        srv_job_unref(jp);
+        srv_job_unref(jm);
+    }
+    CHECK(accepted > 10 && rejected > 5, "drafts verified: %d right, %d wrong", accepted, rejected);
+    free(stop_json);
+    json_decref(js);
+    free(ref_text);
+    srv_job_unref(ref);
+    c.cfg = saved;
+    c.engine = plain_engine;
+    ds4_session_free(ps);
+    ds4_session_free(ms);
+    ds4_engine_close(e);
+}
+
 int main(void) {
     const char *build = getenv("DS4_BUILD") ? getenv("DS4_BUILD") : "build";
     const char *tmp = getenv("DS4_TMP") ? getenv("DS4_TMP") : "/tmp";
-    char mk[512], model[512], cmd[1400];
+    char mk[512], model[512], mtp[512], cmd[1700];
     snprintf(mk, sizeof mk, "%s/bin/ds4-mkmodel", build);
     snprintf(model, sizeof model, "%s/server-gen-tiny.gguf", tmp);
+    snprintf(mtp, sizeof mtp, "%s/server-gen-tiny-mtp.gguf", tmp);
     if (access(mk, X_OK)) TEST_SKIP("ds4-mkmodel not built");
-    snprintf(cmd, sizeof cmd, "'%s' --preset tiny --seed 1 -o '%s' >/dev/null", mk, model);
+    snprintf(cmd, sizeof cmd, "'%s' --preset tiny --seed 1 --mtp '%s' -o '%s' >/dev/null", mk, mtp, model);
     if (system(cmd)) TEST_SKIP("ds4-mkmodel failed");
 
     ds4_err err = {{0}};
@@ -111,6 +214,7 @@ int main(void) {
 
     srv_job *jobs[] = {j1, j2, j3, j4, j5};
     for (size_t i = 0; i < sizeof jobs / sizeof jobs[0]; i++) srv_job_unref(jobs[i]);
+    test_speculation(model, mtp);
     ds4_session_free(sess);
     srv_metrics_free(c.metrics);
     ds4_engine_close(c.engine);

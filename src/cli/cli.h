@@ -18,6 +18,8 @@
 typedef struct ds4_cli_options {
     const char *model_path;   /* -m, default ./ds4flash.gguf */
     const char *mtp_path;     /* --mtp */
+    int mtp_draft;            /* --mtp-draft, default 1; speculation needs 2 or more and --temp 0 */
+    float mtp_margin;         /* --mtp-margin, default 3.0 */
     const char *prompt;       /* -p */
     const char *prompt_file;  /* --prompt-file */
     const char *system;       /* -sys; default "You are a helpful assistant" */

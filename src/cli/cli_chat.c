@@ -81,6 +81,13 @@ static int open_engine(cli_chat *c, int ctx) {
     fprintf(stderr, "ds4: context %d tokens, KV state %.1f MiB, backend %s\n", ds4_engine_ctx(c->eng),
             ds4_kv_bytes(&m->hp, (uint64_t)ds4_engine_ctx(c->eng)) / (1024.0 * 1024.0),
             ds4_engine_backend_name(c->eng));
+    /* server-spec §1.1: speculation only when greedy and --mtp-draft > 1 */
+    c->speculate = ds4_engine_has_mtp(c->eng) && o->mtp_draft > 1 && !(o->temperature > 0.0f) &&
+                   !getenv("DS4_MTP_SPEC_DISABLE");
+    if (c->speculate)
+        fprintf(stderr, "ds4: MTP speculative decoding on (margin %.1f)\n", (double)o->mtp_margin);
+    else if (ds4_engine_has_mtp(c->eng))
+        fprintf(stderr, "ds4: MTP loaded; speculation needs --temp 0 and --mtp-draft 2 or more\n");
     return 0;
 }
 
@@ -267,7 +274,29 @@ static void on_text(void *ctx, const ds4_dsml_event *ev) {
     }
 }
 
-/* Samples until EOS, the token limit, Ctrl+C or an engine error. */
+/* Evaluates tok (the turn's latest token). With speculation the same step
+ * may also evaluate the token after it, which goes to *ahead (else -1).
+ * Non-zero on an engine error (reported). */
+static int eval_next(cli_chat *c, int32_t tok, int room, int32_t *ahead) {
+    ds4_err err = {{0}};
+    *ahead = -1;
+    if (c->speculate) {
+        ds4_spec_opts so = {.margin = c->o->mtp_margin};
+        int32_t out[2];
+        int n = ds4_session_eval_speculative(c->sess, tok, room, &so, out, &err);
+        if (n == 2) *ahead = out[1];
+        if (n > 0) return 0;
+    } else if (ds4_session_eval(c->sess, &tok, 1, NULL, NULL, &err) == 0) {
+        return 0;
+    }
+    fprintf(stderr, "\nds4: %s\n", err.msg);
+    return 1;
+}
+
+/* Samples until EOS, the token limit, Ctrl+C or an engine error. A token
+ * that speculation evaluated ahead is taken instead of sampling; if the
+ * turn stops on it, it is taken back, so the session never holds the last
+ * token (`held`). */
 static void decode(cli_chat *c, bool thinking, reply *r, cli_turn_stats *st) {
     ds4_dsml_opts po = {.thinking = thinking};
     ds4_dsml_parser *parser = ds4_dsml_parser_new(&po, on_text, r);
@@ -279,12 +308,16 @@ static void decode(cli_chat *c, bool thinking, reply *r, cli_turn_stats *st) {
     int max_new = c->o->max_tokens < room ? c->o->max_tokens : room;
     double t0 = ds4_now();
     st->finish = CLI_FINISH_LENGTH;
+    int32_t ahead = -1;
+    bool evaluated = false; /* the token in hand came from `ahead` */
     while (st->generated < max_new) {
         if (c->interrupt && *c->interrupt) {
             st->finish = CLI_FINISH_CANCEL;
             break;
         }
-        int32_t tok = ds4_session_sample(c->sess, &c->sampler);
+        int32_t tok = ahead >= 0 ? ahead : ds4_session_sample(c->sess, &c->sampler);
+        evaluated = ahead >= 0;
+        ahead = -1;
         size_t nb;
         const char *bytes = ds4_token_bytes(c->tok, tok, &nb);
         ds4_buf_add(&c->sess_text, bytes, nb);
@@ -301,13 +334,14 @@ static void decode(cli_chat *c, bool thinking, reply *r, cli_turn_stats *st) {
             fflush(stdout);
         }
         if (st->generated >= max_new) break;
-        if (ds4_session_eval(c->sess, &tok, 1, NULL, NULL, &err)) {
-            fprintf(stderr, "\nds4: %s\n", err.msg);
+        if (!evaluated && eval_next(c, tok, max_new - st->generated + 1, &ahead)) {
             st->finish = CLI_FINISH_ERROR;
             break;
         }
+        evaluated = false;
         c->held = -1;
     }
+    if (evaluated || ahead >= 0) ds4_session_drop_draft(c->sess);
     size_t tail_n;
     const char *tail = ds4_detok_flush(&detok, &tail_n);
     ds4_dsml_feed(parser, tail, tail_n);

@@ -45,6 +45,7 @@ typedef struct cli_chat {
     ds4_buf sess_text;
     bool sess_text_valid;
     int32_t held;
+    bool speculate;                   /* greedy speculative decoding with the MTP block */
     bool thinking, raw_turn;          /* the turn being run */
     volatile sig_atomic_t *interrupt; /* set by Ctrl+C in the REPL; NULL in one-shot */
     bool color;                       /* stdout is a terminal */

@@ -14,7 +14,10 @@ static void usage(FILE *out) {
         "usage: ds4 [options]\n"
         "\n"
         "  -m, --model FILE      GGUF model (default ./ds4flash.gguf)\n"
-        "      --mtp FILE        MTP draft GGUF (checked by --info; decoding refuses it: not built yet)\n"
+        "      --mtp FILE        MTP draft GGUF: greedy speculative decoding (cpu backend)\n"
+        "      --mtp-draft N     draft tokens a step, 1..16 (default 1 = off; 2 or more with --temp 0\n"
+        "                        turns speculation on; one draft a step is verified so far)\n"
+        "      --mtp-margin F    verify a draft only when the MTP's top logit leads by F, 0..1000 (default 3)\n"
         "  -p, --prompt TEXT     one-shot prompt (otherwise: interactive chat)\n"
         "      --prompt-file F   one-shot prompt read from a file\n"
         "  -sys, --system TEXT   system prompt (default \"You are a helpful assistant\"; \"\" = none)\n"
@@ -52,6 +55,8 @@ int main(int argc, char **argv) {
         .min_p = 0.05f,
         .think = DS4_THINK_HIGH,
         .logprobs_top_k = 20,
+        .mtp_draft = 1,
+        .mtp_margin = 3.0f,
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -67,6 +72,8 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEEDS_VALUE(); o.model_path = val; }
         else if (!strcmp(a, "--mtp")) { NEEDS_VALUE(); o.mtp_path = val; }
+        else if (!strcmp(a, "--mtp-draft")) { NEEDS_VALUE(); if (ds4_parse_int_flag("ds4", a, val, 1, 16, &o.mtp_draft)) return 2; }
+        else if (!strcmp(a, "--mtp-margin")) { NEEDS_VALUE(); if (ds4_parse_float_flag("ds4", a, val, 0, 1000, &o.mtp_margin)) return 2; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEEDS_VALUE(); o.prompt = val; }
         else if (!strcmp(a, "--prompt-file")) { NEEDS_VALUE(); o.prompt_file = val; }
         else if (!strcmp(a, "-sys") || !strcmp(a, "--system")) { NEEDS_VALUE(); o.system = val; }

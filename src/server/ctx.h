@@ -30,6 +30,8 @@ typedef struct srv_config {
     int io_timeout_s;      /* idle connection timeout */
     double keepalive_s;    /* SSE comment after this many silent seconds (< io timeout) */
     int default_max_tokens; /* -n */
+    int mtp_draft;         /* --mtp-draft: speculation with 2 or more (greedy requests) */
+    ds4_spec_opts spec;    /* --mtp-margin (tests set a draft hook) */
     float temperature, top_p, min_p; /* sampling defaults (forced in thinking mode) */
     int top_k;
     uint64_t seed;         /* 0 = time-based per request */

@@ -158,6 +158,11 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         if (forced) srv_trace(c, "--- trace: forced output %d (%d tokens) ---\n", forced_index, n_forced);
         int max_new = req->max_tokens >= 0 ? req->max_tokens : c->cfg.default_max_tokens;
         float *masked = req->ignore_eos ? ds4_xmalloc(sizeof(float) * (size_t)n_vocab) : NULL;
+        /* MTP speculation (server-spec §1.1): greedy requests only, every token chosen by argmax */
+        const bool speculate = ds4_engine_has_mtp(c->engine) && c->cfg.mtp_draft > 1 && !forced && !masked &&
+                               !(sampler.temperature > 0.0f) && !getenv("DS4_MTP_SPEC_DISABLE");
+        int32_t ahead = -1;     /* the token after the last one, evaluated by the same speculative step */
+        bool evaluated = false; /* the token in hand is `ahead`'s */
         while (generated < max_new) {
             if (atomic_load(&job->cancelled) || atomic_load(&c->stopping)) {
                 finish = SRV_FINISH_ERROR;
@@ -167,7 +172,11 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
             /* ignore_eos: EOS can never win */
             const int32_t skip = masked && eos >= 0 && eos < n_vocab ? eos : -1;
             int32_t tok;
-            if (forced) {
+            evaluated = ahead >= 0;
+            if (evaluated) {
+                tok = ahead;
+                ahead = -1;
+            } else if (forced) {
                 tok = generated < n_forced ? forced[generated] : eos;
             } else if (srv_turn_greedy(turn)) {
                 tok = ds4_session_argmax(s, skip); /* with CUDA the logits stay on the device */
@@ -196,14 +205,25 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
                 finish = SRV_FINISH_TOOL_CALLS;
                 break;
             }
-            if (generated >= max_new || ds4_session_n_tokens(s) + 1 > c->ctx_size) break; /* length */
+            if (generated >= max_new) break; /* length */
+            if (evaluated) { /* already in the session */
+                evaluated = false;
+                continue;
+            }
+            if (ds4_session_n_tokens(s) + 1 > c->ctx_size) break; /* length */
             if (!srv_turn_in_tool_block(turn)) srv_cache_decode_point(c, s);
-            if (ds4_session_eval(s, &tok, 1, NULL, NULL, &err)) {
+            int32_t out[2];
+            int rc_eval = speculate ? ds4_session_eval_speculative(s, tok, max_new - generated + 1, &c->cfg.spec, out, &err)
+                                    : ds4_session_eval(s, &tok, 1, NULL, NULL, &err);
+            if (speculate && rc_eval == 2) ahead = out[1];
+            if (rc_eval < 0) {
                 finish = SRV_FINISH_ERROR;
                 error = err.msg;
                 break;
             }
         }
+        /* a stop on a token evaluated ahead (or one left unread): the session keeps what plain decoding would */
+        if (evaluated || ahead >= 0) ds4_session_drop_draft(s);
         free(masked);
         size_t tail_n;
         const char *tail = ds4_detok_flush(&detok, &tail_n);

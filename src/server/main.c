@@ -25,7 +25,10 @@ static void usage(FILE *out) {
         "\n"
         "Model and engine:\n"
         "  -m, --model FILE        GGUF model (default ./ds4flash.gguf)\n"
-        "      --mtp FILE          MTP draft GGUF (refused: speculative decoding is not built yet)\n"
+        "      --mtp FILE          MTP draft GGUF: greedy speculative decoding (cpu backend)\n"
+        "      --mtp-draft N       draft tokens a step, 1..16 (default 1 = off; 2 or more speculates on\n"
+        "                          requests with temperature 0; one draft a step is verified so far)\n"
+        "      --mtp-margin F      verify a draft only when the MTP's top logit leads by F, 0..1000 (default 3)\n"
         "  -c, --ctx N             context tokens (default 32768)\n"
         "  -n, --tokens N          default max output tokens when a request sets none (default 393216)\n"
         "  -t, --threads N         CPU threads (default: all cores, or DS4_THREADS)\n"
@@ -77,7 +80,7 @@ static void usage(FILE *out) {
 
 static bool needs_value(const char *a) {
     static const char *const flags[] = {
-        "-m", "--model", "--mtp", "-c", "--ctx", "-n", "--tokens", "-t", "--threads", "--backend",
+        "-m", "--model", "--mtp", "--mtp-draft", "--mtp-margin", "-c", "--ctx", "-n", "--tokens", "-t", "--threads", "--backend",
         "--chdir", "--temp", "--top-p", "--min-p", "--top-k", "--seed", "--host", "--port",
         "--api-key", "--max-queue", "--max-body-mb", "--io-timeout", "--keepalive", "--trace", "--tool-memory-max-ids",
         "--force-output",
@@ -118,6 +121,8 @@ static int parse_args(int argc, char **argv, srv_config *cfg) {
         int rc = 0;
         if (IS("-m") || IS("--model")) cfg->engine.model_path = v;
         else if (IS("--mtp")) cfg->engine.mtp_path = v;
+        else if (IS("--mtp-draft")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, 16, &cfg->mtp_draft);
+        else if (IS("--mtp-margin")) rc = ds4_parse_float_flag("ds4-server", a, v, 0, 1000, &cfg->spec.margin);
         else if (IS("-c") || IS("--ctx")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, INT_MAX, &cfg->engine.ctx);
         else if (IS("-n") || IS("--tokens")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, INT_MAX, &cfg->default_max_tokens);
         else if (IS("-t") || IS("--threads")) rc = ds4_parse_int_flag("ds4-server", a, v, 1, 4096, &cfg->engine.threads);
@@ -201,6 +206,8 @@ int main(int argc, char **argv) {
         .max_queue = 64,
         .io_timeout_s = 30,
         .default_max_tokens = 393216,
+        .mtp_draft = 1,
+        .spec = {.margin = 3.0f},
         .temperature = 1.0f,
         .top_p = 1.0f,
         .min_p = 0.05f,
