@@ -19,6 +19,10 @@
  *                                 GB/s counts weight + activation + output
  *                                 bytes; "% copy" is against a device-to-device
  *                                 copy measured in the same run (read + write).
+ *                                 Products whose activation rows are 16-byte
+ *                                 multiples also run with two activation
+ *                                 columns (each column's bits = its
+ *                                 one-column product's), timed against one.
  *                                 DS4_BENCH_L2_WARM=1: one weight copy and one
  *                                 expert set, so weights that fit come from L2.
  * Exit status: 0 all checks passed, 1 a check failed, 2 usage or CUDA error. */
@@ -652,6 +656,90 @@ static bool selected(const char *name) { return !g_only || strstr(name, g_only);
  * from the L2 where they fit (what an L2 prefetch could give). */
 static double target_bytes() { return getenv("DS4_BENCH_L2_WARM") ? 1.0 : 1024.0 * 1024 * 1024; }
 
+/* The product with two activation columns (ds4_cuda_mv.n_cols, the
+ * several-token decode step's): each column's results must be the bits of
+ * its one-column product — quantised activations (the first column is x,
+ * whose one-column results y1 the caller has), and f32 columns quantised
+ * in the blocks after an RMSNorm — and the time against one column's. */
+static void bench_columns(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint32_t wtype, const uint8_t *d_w,
+                          size_t wstride, int n_copies, uint32_t n_rows, uint32_t n_in, const std::vector<float> &x,
+                          const std::vector<float> &y1, int reps, uint64_t seed) {
+    const size_t ab = ds4_act_row_bytes(wtype, n_in);
+    std::vector<float> x2(2 * (size_t)n_in), nw(n_in), y2((size_t)2 * n_rows), one(n_rows);
+    uint64_t s = seed * 31 + 5;
+    memcpy(x2.data(), x.data(), n_in * sizeof(float));
+    random_activation(x2.data() + n_in, n_in, &s);
+    for (uint32_t i = 0; i < n_in; i++) nw[i] = 0.5f + uniform(&s);
+    float *d_x2, *d_nw, *d_y2, *d_y1, *d_norm;
+    uint8_t *d_act2;
+    CK(cudaMalloc(&d_x2, x2.size() * sizeof(float)));
+    CK(cudaMalloc(&d_nw, n_in * sizeof(float)));
+    CK(cudaMalloc(&d_norm, x2.size() * sizeof(float)));
+    CK(cudaMalloc(&d_act2, 2 * ab));
+    CK(cudaMalloc(&d_y2, y2.size() * sizeof(float)));
+    CK(cudaMalloc(&d_y1, n_rows * sizeof(float)));
+    CK(cudaMemcpy(d_x2, x2.data(), x2.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_nw, nw.data(), n_in * sizeof(float), cudaMemcpyHostToDevice));
+    for (int c = 0; c < 2; c++) DS(ds4_cuda_quantize_act(k, wtype, d_x2 + (size_t)c * n_in, d_act2 + c * ab, n_in, st, &err_));
+    auto mv = [&](const uint8_t *w, int cols, const void *act, const float *xf, const float *norm_w, float *y) {
+        ds4_cuda_mv d = {};
+        d.wtype = wtype;
+        d.n_in = n_in;
+        d.n_groups = 1;
+        d.n_seg = 1;
+        d.seg[0] = {w, n_rows, y};
+        d.act = act;
+        d.x = xf;
+        d.norm_w = norm_w;
+        d.eps = 1e-6f;
+        d.norm_out = norm_w ? d_norm : NULL;
+        d.n_cols = (uint32_t)cols;
+        d.y_col = n_rows;
+        DS(ds4_cuda_matvec_multi(k, &d, st, &err_));
+    };
+    auto fetch = [&](const float *d, float *h, size_t n) {
+        CK(cudaStreamSynchronize(st));
+        CK(cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    };
+    /* quantised columns */
+    CK(cudaMemsetAsync(d_y2, 0xff, y2.size() * sizeof(float), st));
+    mv(d_w, 2, d_act2, NULL, NULL, d_y2);
+    fetch(d_y2, y2.data(), y2.size());
+    mv(d_w, 1, d_act2 + ab, NULL, NULL, d_y1);
+    fetch(d_y1, one.data(), n_rows);
+    bool ok = memcmp(y2.data(), y1.data(), n_rows * sizeof(float)) == 0 &&
+              memcmp(y2.data() + n_rows, one.data(), n_rows * sizeof(float)) == 0;
+    /* f32 columns normed in the blocks (F16 weights keep an unnormed x in global memory: normed here) */
+    bool ok_x = true;
+    for (int c = 0; c < 2; c++) {
+        mv(d_w, 1, NULL, d_x2 + (size_t)c * n_in, d_nw, d_y1);
+        fetch(d_y1, one.data(), n_rows);
+        if (c == 0) {
+            CK(cudaMemsetAsync(d_y2, 0xff, y2.size() * sizeof(float), st));
+            mv(d_w, 2, NULL, d_x2, d_nw, d_y2);
+            fetch(d_y2, y2.data(), y2.size());
+        }
+        ok_x &= memcmp(y2.data() + (size_t)c * n_rows, one.data(), n_rows * sizeof(float)) == 0;
+    }
+    timing t1[N_WAVES], t2[N_WAVES];
+    time_waves(k, st, n_copies, reps, [&](int c) { mv(d_w + wstride * c, 2, d_act2, NULL, NULL, d_y2); }, t2);
+    time_waves(k, st, n_copies, reps, [&](int c) { mv(d_w + wstride * c, 1, d_act2, NULL, NULL, d_y1); }, t1);
+    char nm[64], shape[48];
+    snprintf(nm, sizeof nm, "%s, 2 columns", name);
+    snprintf(shape, sizeof shape, "%s %u->%u x2", type_name(wtype), n_in, n_rows);
+    printf("  %s: columns %s (quantised), %s (f32 + norm); 2 columns %.2f us against 1 column %.2f us (x%.2f)\n",
+           name, ok ? "bit for bit" : "DIFFER", ok_x ? "bit for bit" : "DIFFER", t2[0].us, t1[0].us,
+           t2[0].us / t1[0].us);
+    add_result(nm, shape, (double)ds4_type_row_bytes(wtype, n_in) * n_rows + 2.0 * ab + 8.0 * n_rows, t2, 0.0, 0,
+               ok && ok_x);
+    CK(cudaFree(d_x2));
+    CK(cudaFree(d_nw));
+    CK(cudaFree(d_norm));
+    CK(cudaFree(d_act2));
+    CK(cudaFree(d_y2));
+    CK(cudaFree(d_y1));
+}
+
 static void bench_matvec(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint32_t wtype, uint32_t n_in,
                          uint32_t n_rows, int reps, uint64_t seed) {
     if (!selected(name)) return;
@@ -700,6 +788,7 @@ static void bench_matvec(ds4_cuda_kernels *k, cudaStream_t st, const char *name,
     char shape[48];
     snprintf(shape, sizeof shape, "%s %u->%u", type_name(wtype), n_in, n_rows);
     add_result(name, shape, (double)wbytes + ab + 4.0 * n_rows, t, err, act_bad, ok);
+    if (ab % 16 == 0) bench_columns(k, st, name, wtype, d_w, wstride, n_copies, n_rows, n_in, x, y, reps, seed);
     CK(cudaFree(d_w));
     CK(cudaFree(d_x));
     CK(cudaFree(d_act));

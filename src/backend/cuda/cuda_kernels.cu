@@ -482,6 +482,9 @@ struct mv_params {
     size_t act_group_bytes;        /* bytes of one group's quantised activation */
     const int32_t *active;         /* NULL, or skip the whole call while *active == 0 */
     int aligned;
+    /* columns (the kernels' NC > 1): column c's activation at x + c·x_col
+     * (act + c·act_col, norm_out + c·n_in), its results at y + c·y_col */
+    size_t x_col, act_col, y_col;
 };
 
 /* Weights of row `row` (of group g, or of the segments' joint row space)
@@ -494,6 +497,22 @@ __device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g,
     return p.w[sg] + r * p.row_bytes;
 }
 
+/* Stages the NC activation columns of group g side by side (p.act_smem
+ * bytes each, from s); the norm's scratch `red` is reused column after
+ * column, hence the barrier between them. */
+template <class F, int NW, int NC>
+__device__ __forceinline__ void stage_columns(const mv_params &p, uint8_t *s, double *red, uint32_t g, int tid,
+                                              bool first, act_view *a) {
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        if (c) __syncthreads();
+        uint8_t *sc = s + (size_t)c * p.act_smem;
+        a[c] = p.x ? stage_act_x<F>(sc, p.x + c * p.x_col + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps,
+                                    p.norm_out ? p.norm_out + (size_t)c * p.n_in : nullptr, red, tid, NW * 32, first)
+                   : stage_act<F>(sc, p.act + c * p.act_col + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    }
+}
+
 /* Items are (row, slice) pairs;  a tile is NW consecutive items, one per
  * warp, so a row's S slices meet in one thread block and are added in
  * slice order through shared memory. With activation groups, gridDim.x is
@@ -501,15 +520,15 @@ __device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g,
  * b / (gridDim.x / n_groups) only, staging only that group's activation.
  * Under programmatic dependent launch the first weights are requested
  * before waiting for the previous kernel (which writes the activation). */
-template <class F, int NW>
+template <class F, int NW, int NC = 1>
 __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, uint32_t blk, uint32_t nblk) {
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    /* Shared memory: [tables][activation][32 doubles][partials][NW x nbuf buffers]. */
-    uint8_t *s = smem + table_bytes<F>() + p.act_smem;
+    /* Shared memory: [tables][NC activations][32 doubles][NC x 2 x NW partials][NW x nbuf buffers]. */
+    uint8_t *s = smem + table_bytes<F>() + NC * p.act_smem;
     double *red = (double *)s;
     float *partial = (float *)(s + 32 * sizeof(double));
-    uint8_t *const buf = s + 32 * sizeof(double) + 2 * NW * sizeof(float) + warp * p.nbuf * p.buf_stride;
+    uint8_t *const buf = s + 32 * sizeof(double) + NC * 2 * NW * sizeof(float) + warp * p.nbuf * p.buf_stride;
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, NW * 32); /* joins the first weights' group */
 
@@ -528,9 +547,8 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
     for (uint32_t k = 0; k < p.nbuf; k++) issue(tile + k * bpg, buf + k * p.buf_stride);
     s = smem + table_bytes<F>();
     pdl_wait();
-    const act_view a = p.x ? stage_act_x<F>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps, p.norm_out, red,
-                                            tid, NW * 32, blk == 0)
-                           : stage_act<F>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    act_view a[NC];
+    stage_columns<F, NW, NC>(p, s, red, g, tid, blk == 0, a);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
     for (uint32_t it = 0; tile < n_tiles; it++) {
@@ -540,20 +558,30 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
         else cp_async_wait<1>();
         __syncwarp();
         uint32_t sl = item & (p.S - 1);
-        float r = 0.0f;
-        if (item < n_items) dot_rows<F, 1>(cur, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, &r);
+        float r[NC];
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            r[c] = 0.0f;
+            if (item < n_items) dot_rows<F, 1>(cur, 0, p.slice_blocks, a[c], sl * p.slice_blocks, tab, lane, &r[c]);
+        }
         if (item < n_items) mv_row(p, g, item >> p.lgS, &yrow);
         if (p.S == 1) {
-            if (item < n_items && lane == 0) *yrow = r;
+            if (item < n_items && lane == 0)
+#pragma unroll
+                for (int c = 0; c < NC; c++) yrow[c * p.y_col] = r[c];
         } else {
-            float *pp = partial + (it & 1) * NW;
-            if (lane == 0) pp[warp] = r;
+            float *pp = partial + (it & 1) * NC * NW;
+            if (lane == 0)
+#pragma unroll
+                for (int c = 0; c < NC; c++) pp[c * NW + warp] = r[c];
             __syncthreads();
-            if (item < n_items && lane == 0 && sl == 0) {
-                float t = 0.0f;
-                for (uint32_t k = 0; k < p.S; k++) t += pp[warp + k];
-                *yrow = t;
-            }
+            if (item < n_items && lane == 0 && sl == 0)
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    float t = 0.0f;
+                    for (uint32_t k = 0; k < p.S; k++) t += pp[c * NW + warp + k];
+                    yrow[c * p.y_col] = t;
+                }
         }
         __syncwarp();
         issue(tile + p.nbuf * bpg, cur);
@@ -562,10 +590,10 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
     }
 }
 
-template <class F, int NW>
+template <class F, int NW, int NC = 1>
 __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) k_matvec(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
-    matvec_body<F, NW>(p, smem, blockIdx.x, gridDim.x);
+    matvec_body<F, NW, NC>(p, smem, blockIdx.x, gridDim.x);
 }
 
 /* Streaming product for matrices with many rows (no fewer than half the
@@ -592,12 +620,12 @@ __global__ void __launch_bounds__(NW * 32, F::act_kind == DS4_ACT_Q8_0 ? 8 : 1) 
 enum { MVS_STAGES = 2, MVS_CHUNK = 1088, MVS_CHUNK_WIDE = 2176 };
 static const double MVS_WIDE_BW = 4e12; /* bytes/s from which MVS_CHUNK_WIDE */
 
-template <class F, int NW, int NST>
+template <class F, int NW, int NST, int NC = 1>
 __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *smem, uint32_t blk, uint32_t nblk) {
     pdl_trigger();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    /* Shared memory: [tables][activation][32 doubles][NW x NST buffers]. */
-    uint8_t *s = smem + table_bytes<F>() + p.act_smem;
+    /* Shared memory: [tables][NC activations][32 doubles][NW x NST buffers]. */
+    uint8_t *s = smem + table_bytes<F>() + NC * p.act_smem;
     double *red = (double *)s;
     uint8_t *const buf = s + 32 * sizeof(double) + warp * NST * p.buf_stride;
     if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
@@ -620,32 +648,38 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
     pdl_wait();
     /* as in k_matvec: one shared helper for the two measured 1.5% slower
      * (43 q2 layers, H200, notes/cuda-kernels.md §15) */
-    const act_view a = p.x ? stage_act_x<F>(s, p.x + (size_t)g * p.n_in, p.n_in, p.norm_w, p.eps, p.norm_out, red,
-                                            tid, NW * 32, blk == 0)
-                           : stage_act<F>(s, p.act + (size_t)g * p.act_group_bytes, p.n_in, tid, NW * 32);
+    act_view a[NC];
+    stage_columns<F, NW, NC>(p, s, red, g, tid, blk == 0, a);
     if (F::needs_tab || !p.x) cp_async_wait<0>(); /* this thread's table and activation copies */
     __syncthreads();
-    float acc = 0.0f;
+    float acc[NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
     for (uint32_t k = 0; k < n_steps; k++) {
         uint8_t *cur = buf + (k % NST) * p.buf_stride;
         cp_async_wait<NST - 1>();
         __syncwarp();
-        rows_acc<F, 1>(cur, 0, p.slice_blocks, a, (k & last) * p.slice_blocks, tab, lane, &acc);
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+            rows_acc<F, 1>(cur, 0, p.slice_blocks, a[c], (k & last) * p.slice_blocks, tab, lane, &acc[c]);
         if ((k & last) == last) {
-            float r = row_total<F>(acc);
             mv_row(p, g, r0 + (k >> p.lgC), &yrow);
-            if (lane == 0) *yrow = r;
-            acc = 0.0f;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                float r = row_total<F>(acc[c]);
+                if (lane == 0) yrow[c * p.y_col] = r;
+                acc[c] = 0.0f;
+            }
         }
         __syncwarp();
         issue(k + NST, cur);
     }
 }
 
-template <class F, int NW, int NST>
+template <class F, int NW, int NST, int NC = 1>
 __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
-    matvec_stream_body<F, NW, NST>(p, smem, blockIdx.x, gridDim.x);
+    matvec_stream_body<F, NW, NST, NC>(p, smem, blockIdx.x, gridDim.x);
 }
 
 /* Two products of different weight types in one launch (each alone pays
@@ -996,10 +1030,17 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
 }
 
 /* The streaming kernel with nst staging buffers a warp (2, 4 or 8). */
+/* Columns beyond the first stream with MVS_STAGES only. */
 template <class F>
-static void (*stream_kernel(int nst))(const mv_params) {
+static void (*stream_kernel(int nst, int nc))(const mv_params) {
+    if (nc == 2) return k_matvec_stream<F, MV_WARPS, MVS_STAGES, 2>;
     return nst == 8 ? k_matvec_stream<F, MV_WARPS, 8> : nst == 4 ? k_matvec_stream<F, MV_WARPS, 4>
                                                               : k_matvec_stream<F, MV_WARPS, 2>;
+}
+
+template <class F>
+static void (*tiled_kernel(int nc))(const mv_params) {
+    return nc == 2 ? k_matvec<F, MV_WARPS, 2> : k_matvec<F, MV_WARPS>;
 }
 
 /* A product as planned for its launch: the kernel's parameters, its
@@ -1007,6 +1048,7 @@ static void (*stream_kernel(int nst))(const mv_params) {
  * weight bytes it reads. */
 struct mv_plan {
     mv_params p;
+    int cols;
     int stages;
     size_t smem;
     int grid;
@@ -1060,6 +1102,11 @@ static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, d
     p.active = d->active;
     p.act_smem = act_smem_bytes(F::act_kind, d->n_in);
     if ((int)F::act_kind == DS4_ACT_F32 && d->x && d->norm_w) p.act_smem = round16(d->n_in * 4);
+    const int nc = d->n_cols > 1 ? (int)d->n_cols : 1;
+    p.x_col = (size_t)d->n_groups * d->n_in;
+    p.act_col = d->n_groups * p.act_group_bytes;
+    p.y_col = d->y_col;
+    pl->cols = nc;
     pl->bytes = (uint64_t)n_rows * row_bytes;
     /* Many rows: k_matvec_stream, rows in chunks of at most k->mvs_chunk
      * bytes that keep the lanes' block order (a multiple of 32 units). */
@@ -1075,9 +1122,9 @@ static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, d
         q.slice_bytes = cb * F::block_bytes;
         while ((cb << q.lgC) < nb) q.lgC++;
         q.buf_stride = round16(q.slice_bytes) + 16;
-        const int nst = k->mvs_stages;
-        size_t smem = table_bytes<F>() + p.act_smem + 32 * sizeof(double) + (size_t)NW * nst * q.buf_stride;
-        void (*kern)(const mv_params) = stream_kernel<F>(nst);
+        const int nst = nc > 1 ? MVS_STAGES : k->mvs_stages;
+        size_t smem = table_bytes<F>() + nc * p.act_smem + 32 * sizeof(double) + (size_t)NW * nst * q.buf_stride;
+        void (*kern)(const mv_params) = stream_kernel<F>(nst, nc);
         int per_sm = 0;
         if (smem <= k->smem_optin &&
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NW * 32, smem) == cudaSuccess &&
@@ -1090,9 +1137,9 @@ static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, d
             return 0;
         }
     }
-    const size_t fixed = table_bytes<F>() + 32 * sizeof(double) + 2 * NW * sizeof(float) +
+    const size_t fixed = table_bytes<F>() + 32 * sizeof(double) + nc * 2 * NW * sizeof(float) +
                          (size_t)NW * p.nbuf * p.buf_stride;
-    size_t smem = fixed + p.act_smem;
+    size_t smem = fixed + nc * p.act_smem;
     uint32_t n_tiles = d->n_groups * (uint32_t)(((uint64_t)p.group_rows * S + NW - 1) / NW);
     /* Unsplit rows with a quantised activation: 2 waves even out the tail
      * (attn_q_b, 1 -> 2 waves: H100 16.3 -> 15.4 us, H200 13.5 -> 13.3 us;
@@ -1101,7 +1148,7 @@ static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, d
      * once per block) run best persistent (the decode step, 12 layers at
      * ctx 512 on an H100: 1 wave for every kernel -10 us a layer). */
     int grid = 1;
-    if (launch_grid(k, k_matvec<F, NW>, NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
+    if (launch_grid(k, tiled_kernel<F>(nc), NW * 32, smem, n_tiles, S == 1 && !d->x ? 2 : 1, &grid, err)) return -1;
     pl->grid = grid < (int)d->n_groups ? (int)d->n_groups : grid / (int)d->n_groups * (int)d->n_groups;
     pl->p = p;
     pl->stages = 0;
@@ -1113,7 +1160,7 @@ template <class F>
 static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st, ds4_err *err) {
     mv_plan pl;
     if (plan_matvec<F>(k, d, &pl, err)) return -1;
-    void (*kern)(const mv_params) = pl.stages ? stream_kernel<F>(pl.stages) : k_matvec<F, MV_WARPS>;
+    void (*kern)(const mv_params) = pl.stages ? stream_kernel<F>(pl.stages, pl.cols) : tiled_kernel<F>(pl.cols);
     cudaError_t e = pdl_launch(k->pdl, kern, pl.grid, MV_WARPS * 32, pl.smem, st, pl.p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
 }
@@ -1144,8 +1191,8 @@ static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_m
                     ds4_err *err) {
     mv_plan a, b;
     if (plan_matvec<F0>(k, d0, &a, err) || plan_matvec<F1>(k, d1, &b, err)) return -1;
-    const bool fits = d0->n_groups == 1 && d1->n_groups == 1 && (a.stages == 0 || a.stages == MVS_STAGES) &&
-                      (b.stages == 0 || b.stages == MVS_STAGES);
+    const bool fits = d0->n_groups == 1 && d1->n_groups == 1 && a.cols == 1 && b.cols == 1 &&
+                      (a.stages == 0 || a.stages == MVS_STAGES) && (b.stages == 0 || b.stages == MVS_STAGES);
     auto kern = pair_kernel<F0, F1>(a.stages, b.stages);
     const size_t smem = a.smem > b.smem ? a.smem : b.smem;
     int per_sm = 0;
@@ -1317,7 +1364,10 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
 template <class F, bool DOWN = true>
 static cudaError_t allow_smem(int bytes) {
     cudaError_t e;
-    if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+    if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, MVS_STAGES, 2>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if ((e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
         (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
@@ -1507,6 +1557,10 @@ static int check_mv(const ds4_cuda_mv *d, uint32_t *n_rows, ds4_err *err) {
     if (!d->act == !d->x) return ds4_fail(err, "cuda: a product needs exactly one of act and x");
     if (d->x && ((uintptr_t)d->x % 16 || (d->norm_w && d->n_groups > 1)))
         return ds4_fail(err, "cuda: misaligned f32 activation, or a norm over groups");
+    if (d->n_cols > DS4_CUDA_MV_COLS)
+        return ds4_fail(err, "cuda: %u activation columns in one product (1..%d)", d->n_cols, DS4_CUDA_MV_COLS);
+    if (d->n_cols > 1 && (d->x ? (d->n_groups * d->n_in) % 4 : ds4_act_row_bytes(d->wtype, d->n_groups * d->n_in) % 16))
+        return ds4_fail(err, "cuda: activation columns of %u values are not 16-byte aligned", d->n_groups * d->n_in);
     *n_rows = 0;
     for (uint32_t i = 0; i < d->n_seg; i++) {
         if (check_shape(d->wtype, d->n_in, d->seg[i].w, d->x ? (const void *)d->x : d->act, err)) return -1;

@@ -115,8 +115,15 @@ void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, i
  *  - active: NULL, or a device int; while it is 0 nothing is done. It is
  *    read before waiting for the previous kernel (programmatic launch), so
  *    no kernel on the stream may write it (the step's is copied from the
- *    host before the graph runs). */
+ *    host before the graph runs);
+ *  - n_cols (0 = 1, at most DS4_CUDA_MV_COLS): activation columns, each
+ *    weight row read once for all of them (several tokens' products):
+ *    column c's activation follows column c-1's (x: n_groups·n_in floats
+ *    on; act: that row quantised; norm_out: n_in floats on), its results
+ *    are at y + c·y_col of every segment. Each column's results are the
+ *    bits a one-column product of it gives. */
 #define DS4_CUDA_MV_SEGS 6
+#define DS4_CUDA_MV_COLS 2
 typedef struct ds4_cuda_mv_seg {
     const void *w;
     uint32_t rows;
@@ -130,11 +137,13 @@ typedef struct ds4_cuda_mv {
     float eps;
     float *norm_out;
     const int32_t *active;
+    uint32_t n_cols;
+    size_t y_col;
 } ds4_cuda_mv;
 int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *mv, ds4_cuda_stream stream, ds4_err *err);
 /* Two products in one launch where their weight types allow it (Q8_0 with
- * F16; they must not read each other's results: norm_out included),
- * otherwise one after the other. */
+ * F16, one column each; they must not read each other's results: norm_out
+ * included), otherwise one after the other. */
 int ds4_cuda_matvec_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *a, const ds4_cuda_mv *b, ds4_cuda_stream stream,
                          ds4_err *err);
 
