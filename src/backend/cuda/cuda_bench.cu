@@ -243,6 +243,40 @@ static int host_check_block(uint32_t wtype, uint32_t n_in, uint32_t rows, uint64
     return bad;
 }
 
+/* F::unit_cols (rows against several activation columns at once, the
+ * several-token products') against F::unit one column at a time: every
+ * unit of random rows, integer sums equal. */
+template <class F>
+static int host_check_cols(uint32_t wtype, uint32_t n_in, uint64_t *seed) {
+    const uint32_t nb = n_in / F::block_elems, row_bytes = nb * F::block_bytes;
+    const uint32_t stride = ((row_bytes + 15) & ~15u) + 16;
+    uint8_t *w = (uint8_t *)aligned_alloc(16, (size_t)stride * 2);
+    std::vector<uint8_t> packed(row_bytes), act0, act1;
+    for (int r = 0; r < 2; r++) {
+        random_blocks(wtype, packed.data(), nb, seed);
+        memcpy(w + (size_t)r * stride, packed.data(), row_bytes);
+    }
+    split_act s0, s1;
+    random_split_act(wtype, n_in, F::act_halves, seed, act0, &s0);
+    random_split_act(wtype, n_in, F::act_halves, seed, act1, &s1);
+    const act_view a[2] = {s0.v, s1.v};
+    int bad = 0;
+    for (uint32_t b = 0; b < nb; b++)
+        for (int part = 0; part < F::G; part++) {
+            int32_t cols[4];
+            F::template unit_cols<2, 2>(w + b * F::block_bytes, stride, part, a, b, cols);
+            for (int c = 0; c < 2; c++) {
+                int32_t is[2], sm[2];
+                F::template unit<2>(w + b * F::block_bytes, stride, part, a[c], b, NULL, 0, is, sm);
+                for (int r = 0; r < 2; r++) bad += is[r] != cols[r * 2 + c];
+            }
+        }
+    free(w);
+    printf("host-check %-8s n_in %5u: 2 rows x 2 columns, %d unit sums differ from one column's\n", type_name(wtype),
+           n_in, bad);
+    return bad;
+}
+
 static int host_check(void) {
     /* The tables as the kernels stage them (replicated). */
     static uint32_t tab[DS4_CUDA_IQ2_TABLE_WORDS * DS4_CUDA_IQ2_COPIES];
@@ -265,6 +299,8 @@ static int host_check(void) {
         bad += host_check_format<fmt_iq2_xxs_natural>(DS4_TYPE_IQ2_XXS, n, 64, tab, &seed, "IQ2_XXS/n");
     }
     bad += host_check_format<fmt_q8_0>(DS4_TYPE_Q8_0, 96, 64, tab, &seed);
+    bad += host_check_cols<fmt_q8_0>(DS4_TYPE_Q8_0, 4096, &seed);
+    bad += host_check_cols<fmt_q8_0>(DS4_TYPE_Q8_0, 96, &seed);
     printf("host-check: %s\n", bad ? "FAIL" : "ok");
     return bad ? 1 : 0;
 }

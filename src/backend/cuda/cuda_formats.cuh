@@ -201,6 +201,40 @@ struct fmt_q8_0 {
             summ[r] = 0;
         }
     }
+    /* NR rows by NC activation columns (isum[r·NC + c]): each row's words
+     * loaded and aligned once, then dotted with every column; a column's
+     * sum is unit's. */
+    static constexpr bool multi_col = true;
+    template <int NR, int NC>
+    DS4_HD static void unit_cols(const uint8_t *b, uint32_t stride, int part, const act_view *a, uint32_t ab,
+                                 int32_t *isum) {
+        uint32_t xs[NC][8];
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const uint4 *x = (const uint4 *)(a[c].q + 32 * ab);
+            uint4 x0 = x[0], x1 = x[1];
+            xs[c][0] = x0.x, xs[c][1] = x0.y, xs[c][2] = x0.z, xs[c][3] = x0.w;
+            xs[c][4] = x1.x, xs[c][5] = x1.y, xs[c][6] = x1.z, xs[c][7] = x1.w;
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            uintptr_t addr = (uintptr_t)(b + r * stride + 2); /* as unit's */
+            const uint32_t *w = (const uint32_t *)(addr & ~(uintptr_t)3);
+            uint32_t sh = (uint32_t)(addr & 3) * 8;
+            uint32_t ws[9], wv[8];
+#pragma unroll
+            for (int i = 0; i < 9; i++) ws[i] = w[i];
+#pragma unroll
+            for (int i = 0; i < 8; i++) wv[i] = fs_funnel(ws[i], ws[i + 1], sh);
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                int32_t s = 0;
+#pragma unroll
+                for (int i = 0; i < 8; i++) s = fs_dp4a(wv[i], xs[c][i], s);
+                isum[r * NC + c] = s;
+            }
+        }
+    }
     DS4_HD static float term(const uint8_t *b, const act_view &a, uint32_t ab, int32_t isum, int32_t summ) {
         return fs_mul(fs_mul(fs_h2f(fs_ld16(b)), a.d[ab]), (float)isum);
     }

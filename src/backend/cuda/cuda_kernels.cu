@@ -105,31 +105,55 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-/* Adds to each lane's acc[r] its blocks' terms of NR staged rows (`stride`
- * bytes apart) of nblk blocks with the activation blocks ab0..: lane l
- * takes units l, l + 32, ... in order (a unit: 1/G of a block). */
-template <class F, int NR>
-__device__ __forceinline__ void span_acc(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+/* Formats whose unit takes several activation columns at once (their
+ * weights unpacked once for all of them): F::multi_col. */
+template <class F, class = void>
+struct has_multi_col : std::false_type {};
+template <class F>
+struct has_multi_col<F, std::void_t<decltype(F::multi_col)>> : std::true_type {};
+
+/* Adds to each lane's acc[r·NC + c] its blocks' terms of NR staged rows
+ * (`stride` bytes apart) of nblk blocks with the activation blocks ab0..
+ * of column c (a[c]): lane l takes units l, l + 32, ... in order (a unit:
+ * 1/G of a block). A column's terms are those of a one-column call. */
+template <class F, int NR, int NC>
+__device__ __forceinline__ void span_acc(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view *a,
                                          uint32_t ab0, const uint32_t *tab, int lane, float *acc) {
     const uint32_t U = nblk * F::G;
     const int copy = lane % DS4_CUDA_IQ2_COPIES;
     auto step = [&](uint32_t u, bool valid) {
         uint32_t blk = u / F::G;
         int part = (int)(u % F::G);
-        int32_t is[NR], sm[NR];
+        int32_t is[NR * NC], sm[NR * NC];
 #pragma unroll
-        for (int r = 0; r < NR; r++) is[r] = sm[r] = 0;
-        if (valid) F::template unit<NR>(span + blk * F::block_bytes, stride, part, a, ab0 + blk, tab, copy, is, sm);
+        for (int i = 0; i < NR * NC; i++) is[i] = sm[i] = 0;
+        if (valid) {
+            if constexpr (NC > 1 && has_multi_col<F>::value) {
+                F::template unit_cols<NR, NC>(span + blk * F::block_bytes, stride, part, a, ab0 + blk, is);
+            } else {
 #pragma unroll
-        for (int r = 0; r < NR; r++) {
+                for (int c = 0; c < NC; c++) {
+                    int32_t ic[NR], mc[NR];
+                    F::template unit<NR>(span + blk * F::block_bytes, stride, part, a[c], ab0 + blk, tab, copy, ic,
+                                         mc);
 #pragma unroll
-            for (int o = F::G / 2; o > 0; o >>= 1) {
-                is[r] += __shfl_xor_sync(FULL_MASK, is[r], o);
-                if (F::has_summ) sm[r] += __shfl_xor_sync(FULL_MASK, sm[r], o);
+                    for (int r = 0; r < NR; r++) is[r * NC + c] = ic[r], sm[r * NC + c] = mc[r];
+                }
             }
-            if (valid && part == 0)
-                acc[r] += F::term(span + r * stride + blk * F::block_bytes, a, ab0 + blk, is[r], sm[r]);
         }
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const int i = r * NC + c;
+#pragma unroll
+                for (int o = F::G / 2; o > 0; o >>= 1) {
+                    is[i] += __shfl_xor_sync(FULL_MASK, is[i], o);
+                    if (F::has_summ) sm[i] += __shfl_xor_sync(FULL_MASK, sm[i], o);
+                }
+                if (valid && part == 0)
+                    acc[i] += F::term(span + r * stride + blk * F::block_bytes, a[c], ab0 + blk, is[i], sm[i]);
+            }
     };
     /* one unit a lane (the routed gate/up and down rows): no loop, every
      * lane valid. Not for Q8_0 (G = 1): there it cost the streaming
@@ -139,20 +163,30 @@ __device__ __forceinline__ void span_acc(const uint8_t *span, uint32_t stride, u
         for (uint32_t u0 = 0; u0 < U; u0 += 32) step(u0 + lane, u0 + lane < U);
 }
 
-/* F16: 8 halves per lane and unit, f32 multiply-adds. */
-template <class F, int NR>
-__device__ __forceinline__ void span_acc_f16(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+/* F16: 8 halves per lane and unit, converted once for every column, f32
+ * multiply-adds. */
+template <class F, int NR, int NC>
+__device__ __forceinline__ void span_acc_f16(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view *a,
                                              uint32_t ab0, int lane, float *acc) {
     for (uint32_t u = lane; u < nblk; u += 32) {
-        const float4 *x = (const float4 *)(a.x + 8u * (ab0 + u)); /* global or (normed) shared memory */
-        float4 x0 = x[0], x1 = x[1];
+        float4 x0[NC], x1[NC];
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const float4 *x = (const float4 *)(a[c].x + 8u * (ab0 + u)); /* global or (normed) shared memory */
+            x0[c] = x[0];
+            x1[c] = x[1];
+        }
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             uint4 w = *(const uint4 *)(span + r * stride + 16u * u);
             float2 f0 = __half22float2(*(const __half2 *)&w.x), f1 = __half22float2(*(const __half2 *)&w.y);
             float2 f2 = __half22float2(*(const __half2 *)&w.z), f3 = __half22float2(*(const __half2 *)&w.w);
-            acc[r] += f0.x * x0.x + f0.y * x0.y + f1.x * x0.z + f1.y * x0.w;
-            acc[r] += f2.x * x1.x + f2.y * x1.y + f3.x * x1.z + f3.y * x1.w;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                float &t = acc[r * NC + c];
+                t += f0.x * x0[c].x + f0.y * x0[c].y + f1.x * x0[c].z + f1.y * x0[c].w;
+                t += f2.x * x1[c].x + f2.y * x1[c].y + f3.x * x1[c].z + f3.y * x1[c].w;
+            }
         }
     }
 }
@@ -164,25 +198,26 @@ __device__ __forceinline__ float row_total(float acc) {
     else return warp_sum(acc) * F::final_scale;
 }
 
-/* One entry point for both kinds of format. */
-template <class F, int NR>
-__device__ __forceinline__ void rows_acc(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+/* One entry point for both kinds of format: NR rows by NC activation
+ * columns into acc[r·NC + c]. */
+template <class F, int NR, int NC = 1>
+__device__ __forceinline__ void rows_acc(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view *a,
                                          uint32_t ab0, const uint32_t *tab, int lane, float *acc) {
-    if constexpr (F::act_kind == DS4_ACT_F32) span_acc_f16<F, NR>(span, stride, nblk, a, ab0, lane, acc);
-    else span_acc<F, NR>(span, stride, nblk, a, ab0, tab, lane, acc);
+    if constexpr (F::act_kind == DS4_ACT_F32) span_acc_f16<F, NR, NC>(span, stride, nblk, a, ab0, lane, acc);
+    else span_acc<F, NR, NC>(span, stride, nblk, a, ab0, tab, lane, acc);
 }
 
-/* The dot products of NR staged rows with the activation over the whole
- * warp: out[r] is in every lane. */
-template <class F, int NR>
-__device__ __forceinline__ void dot_rows(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view &a,
+/* The dot products of NR staged rows with NC activation columns over the
+ * whole warp: out[r·NC + c] is in every lane. */
+template <class F, int NR, int NC = 1>
+__device__ __forceinline__ void dot_rows(const uint8_t *span, uint32_t stride, uint32_t nblk, const act_view *a,
                                          uint32_t ab0, const uint32_t *tab, int lane, float *out) {
-    float acc[NR];
+    float acc[NR * NC];
 #pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
-    rows_acc<F, NR>(span, stride, nblk, a, ab0, tab, lane, acc);
+    for (int i = 0; i < NR * NC; i++) acc[i] = 0.0f;
+    rows_acc<F, NR, NC>(span, stride, nblk, a, ab0, tab, lane, acc);
 #pragma unroll
-    for (int r = 0; r < NR; r++) out[r] = row_total<F>(acc[r]);
+    for (int i = 0; i < NR * NC; i++) out[i] = row_total<F>(acc[i]);
 }
 
 /* Shared-memory bytes of a staged activation of n elements. */
@@ -560,10 +595,8 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
         uint32_t sl = item & (p.S - 1);
         float r[NC];
 #pragma unroll
-        for (int c = 0; c < NC; c++) {
-            r[c] = 0.0f;
-            if (item < n_items) dot_rows<F, 1>(cur, 0, p.slice_blocks, a[c], sl * p.slice_blocks, tab, lane, &r[c]);
-        }
+        for (int c = 0; c < NC; c++) r[c] = 0.0f;
+        if (item < n_items) dot_rows<F, 1, NC>(cur, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, r);
         if (item < n_items) mv_row(p, g, item >> p.lgS, &yrow);
         if (p.S == 1) {
             if (item < n_items && lane == 0)
@@ -659,9 +692,7 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
         uint8_t *cur = buf + (k % NST) * p.buf_stride;
         cp_async_wait<NST - 1>();
         __syncwarp();
-#pragma unroll
-        for (int c = 0; c < NC; c++)
-            rows_acc<F, 1>(cur, 0, p.slice_blocks, a[c], (k & last) * p.slice_blocks, tab, lane, &acc[c]);
+        rows_acc<F, 1, NC>(cur, 0, p.slice_blocks, a, (k & last) * p.slice_blocks, tab, lane, acc);
         if ((k & last) == last) {
             mv_row(p, g, r0 + (k >> p.lgC), &yrow);
 #pragma unroll
@@ -816,13 +847,13 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
             float mid = 0.0f;
             if ((uint32_t)ids[k] < p.n_expert) {
                 float gu[2];
-                dot_rows<F, 2>(cur, p.part_stride, p.nb, a, 0, tab, lane, gu);
+                dot_rows<F, 2>(cur, p.part_stride, p.nb, &a, 0, tab, lane, gu);
                 mid = ds4_swiglu(gu[0], gu[1], p.clamp, wts[k]);
             }
             if (lane == 0) p.out[item] = mid;
         } else if (item < n_items) { /* k_moe_down_rows<fmt_q8_0>'s dot of one row: the same bits */
             float d;
-            dot_rows<fmt_q8_0, 1>(cur, 0, p.c_nb, ca, 0, nullptr, lane, &d);
+            dot_rows<fmt_q8_0, 1>(cur, 0, p.c_nb, &ca, 0, nullptr, lane, &d);
             if (lane == 0) p.c_out[item - n_routed] = d;
         }
         __syncwarp();
@@ -889,7 +920,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
             for (uint32_t k = 0; k < p.n_sel; k++) {
                 if ((uint32_t)ids[k] >= p.n_expert) continue;
                 float d;
-                dot_rows<F, 1>(cur + k * p.part_stride, 0, p.nb, a, k * p.nb, tab, lane, &d);
+                dot_rows<F, 1>(cur + k * p.part_stride, 0, p.nb, &a, k * p.nb, tab, lane, &d);
                 acc += d;
             }
             if (lane == 0) p.out[item] = p.add ? acc + p.add[item] : acc;
@@ -976,7 +1007,7 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
             const bool live = row_of(it, r) + rho < p.n_rows && e < p.n_expert;
             float d = 0.0f;
             if constexpr (RPW == 0) {
-                if (live) dot_rows<F, 1>(cur, 0, p.nb, a, k * p.nb, tab, lane, &d);
+                if (live) dot_rows<F, 1>(cur, 0, p.nb, &a, k * p.nb, tab, lane, &d);
             } else {
                 if (live)
                     d = F::block_dot(cur + rho * p.row_bytes + blk * F::block_bytes, a, k * p.nb + blk, blk & 3);
