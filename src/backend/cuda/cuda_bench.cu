@@ -831,6 +831,85 @@ static void bench_matvec(ds4_cuda_kernels *k, cudaStream_t st, const char *name,
     CK(cudaFree(d_y));
 }
 
+/* Two tokens' routed experts in one launch each (ds4_cuda_moe_tokens_*,
+ * the verify step's): token t takes expert set i + t of bench_moe's sets
+ * (ids and weights back to back), its own activation and add; mid and out
+ * must be the bits of the two one-token steps; the two-token step timed
+ * against the one-token step. */
+static void bench_moe_tokens(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint32_t gtype, uint32_t dtype,
+                             const uint8_t *d_gate, const uint8_t *d_up, const uint8_t *d_down, const int32_t *d_ids,
+                             const float *d_wts, int n_sets, uint32_t n_in, uint32_t n_ff, uint32_t n_expert,
+                             uint32_t n_sel, int reps, uint64_t seed) {
+    const float clamp = 10.0f;
+    const size_t xab = ds4_act_row_bytes(gtype, n_in), mab = ds4_act_row_bytes(dtype, n_ff) * n_sel;
+    uint64_t s = seed * 7 + 3;
+    std::vector<float> x(2 * (size_t)n_in), add(2 * (size_t)n_in);
+    random_activation(x.data(), 2 * n_in, &s);
+    random_activation(add.data(), 2 * n_in, &s);
+    float *d_x, *d_add, *d_mid1, *d_mid2, *d_out1, *d_out2;
+    uint8_t *d_xact, *d_mact1, *d_mact2;
+    CK(cudaMalloc(&d_x, x.size() * 4));
+    CK(cudaMalloc(&d_add, add.size() * 4));
+    CK(cudaMalloc(&d_mid1, 2 * (size_t)n_sel * n_ff * 4));
+    CK(cudaMalloc(&d_mid2, 2 * (size_t)n_sel * n_ff * 4));
+    CK(cudaMalloc(&d_out1, 2 * (size_t)n_in * 4));
+    CK(cudaMalloc(&d_out2, 2 * (size_t)n_in * 4));
+    CK(cudaMalloc(&d_xact, 2 * xab));
+    CK(cudaMalloc(&d_mact1, 2 * mab));
+    CK(cudaMalloc(&d_mact2, 2 * mab));
+    CK(cudaMemcpy(d_x, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_add, add.data(), add.size() * 4, cudaMemcpyHostToDevice));
+    DS(ds4_cuda_quantize_act(k, gtype, d_x, d_xact, 2 * n_in, st, &err_)); /* two rows' bytes: blocks do not span them */
+    auto one_token = [&](int set, int t, float *mid, uint8_t *mact, float *out) {
+        const int32_t *ids = d_ids + (size_t)(set + t) * n_sel;
+        DS(ds4_cuda_moe_gate_up(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, ids, d_wts + (size_t)(set + t) * n_sel,
+                                n_sel, clamp, d_xact + t * xab, mid, st, &err_));
+        DS(ds4_cuda_quantize_act(k, dtype, mid, mact, n_sel * n_ff, st, &err_));
+        DS(ds4_cuda_moe_down(k, dtype, d_down, n_ff, n_in, n_expert, ids, n_sel, mact, d_add + (size_t)t * n_in, out,
+                             st, &err_));
+    };
+    auto two_tokens = [&](int set) {
+        DS(ds4_cuda_moe_tokens_gate_up(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids + (size_t)set * n_sel,
+                                       d_wts + (size_t)set * n_sel, 2 * n_sel, 2, clamp, d_xact, d_mid2, st, &err_));
+        DS(ds4_cuda_quantize_act(k, dtype, d_mid2, d_mact2, 2 * n_sel * n_ff, st, &err_));
+        DS(ds4_cuda_moe_tokens_down(k, dtype, d_down, n_ff, n_in, n_expert, d_ids + (size_t)set * n_sel, 2 * n_sel, 2,
+                                    d_mact2, d_add, d_out2, st, &err_));
+    };
+    for (int t = 0; t < 2; t++)
+        one_token(0, t, d_mid1 + (size_t)t * n_sel * n_ff, d_mact1 + t * mab, d_out1 + (size_t)t * n_in);
+    CK(cudaMemsetAsync(d_mid2, 0xff, 2 * (size_t)n_sel * n_ff * 4, st));
+    CK(cudaMemsetAsync(d_out2, 0xff, 2 * (size_t)n_in * 4, st));
+    two_tokens(0);
+    std::vector<float> m1(2 * (size_t)n_sel * n_ff), m2(m1.size()), o1(2 * (size_t)n_in), o2(o1.size());
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(m1.data(), d_mid1, m1.size() * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(m2.data(), d_mid2, m2.size() * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(o1.data(), d_out1, o1.size() * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(o2.data(), d_out2, o2.size() * 4, cudaMemcpyDeviceToHost));
+    const bool mid_same = memcmp(m1.data(), m2.data(), m1.size() * 4) == 0;
+    const bool out_same = memcmp(o1.data(), o2.data(), o1.size() * 4) == 0;
+    timing t1[N_WAVES], t2[N_WAVES];
+    time_waves(k, st, n_sets - 1, reps, [&](int c) { two_tokens(c); }, t2);
+    time_waves(k, st, n_sets - 1, reps, [&](int c) { one_token(c, 0, d_mid1, d_mact1, d_out1); }, t1);
+    printf("  %s, 2 tokens: mid %s, out %s; step %.2f us against one token's %.2f us (x%.2f)\n", name,
+           mid_same ? "bit for bit" : "DIFFERS", out_same ? "bit for bit" : "DIFFERS", t2[0].us, t1[0].us,
+           t2[0].us / t1[0].us);
+    char nm[64], shape[48];
+    snprintf(nm, sizeof nm, "%s step, 2 tokens", name);
+    snprintf(shape, sizeof shape, "%s+%s x%u x2", type_name(gtype), type_name(dtype), n_sel);
+    const double bytes = 2.0 * n_sel * (2.0 * ds4_type_row_bytes(gtype, n_in) * n_ff + ds4_type_row_bytes(dtype, n_ff) * n_in);
+    add_result(nm, shape, bytes, t2, 0.0, 0, mid_same && out_same);
+    CK(cudaFree(d_x));
+    CK(cudaFree(d_add));
+    CK(cudaFree(d_mid1));
+    CK(cudaFree(d_mid2));
+    CK(cudaFree(d_out1));
+    CK(cudaFree(d_out2));
+    CK(cudaFree(d_xact));
+    CK(cudaFree(d_mact1));
+    CK(cudaFree(d_mact2));
+}
+
 /* The routed-MoE decode step for n_sel experts out of n_expert stacked
  * [n_in, n_ff] gate/up and [n_ff, n_out] down matrices. */
 static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, uint32_t gtype, uint32_t dtype,
@@ -1009,6 +1088,8 @@ static void bench_moe(ds4_cuda_kernels *k, cudaStream_t st, const char *name, ui
         CK(cudaFree(d_cout));
     }
 
+    if (n_sets > 1 && xab % 16 == 0) bench_moe_tokens(k, st, name, gtype, dtype, d_gate, d_up, d_down, d_ids, d_wts, n_sets, n_in, n_ff,
+                                     n_expert, n_sel, reps, seed);
     CK(cudaFree(d_gate));
     CK(cudaFree(d_up));
     CK(cudaFree(d_down));

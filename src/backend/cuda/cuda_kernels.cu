@@ -522,6 +522,13 @@ struct mv_params {
     size_t x_col, act_col, y_col;
 };
 
+/* Bytes of an activation of n values as quantised for F (global layout). */
+template <class F>
+static size_t act_row_bytes_of(uint32_t n) {
+    return (int)F::act_kind == DS4_ACT_F32 ? (size_t)n * 4 : (int)F::act_kind == DS4_ACT_Q8_0 ? (size_t)n / 32 * 36
+                                                                                            : (size_t)n / 256 * 292;
+}
+
 /* Weights of row `row` (of group g, or of the segments' joint row space)
  * and where its result goes. */
 __device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g, uint32_t row, float **y) {
@@ -758,6 +765,12 @@ struct moe_params {
     float *c_out;
     uint32_t c_rows, c_nb, c_row_bytes, c_act_off;
     int c_aligned;
+    /* several tokens (the kernels' NT > 1): selections k belong to token
+     * k / tok_sel; gate/up stage token t's activation at act + t·act_tok
+     * (x + t·n_in) into shared memory t·tok_smem on; the down writes token
+     * t's rows at out + t·n_rows (add likewise) */
+    uint32_t tok_sel, tok_smem;
+    size_t act_tok;
 };
 
 /* The launch's ids (and gate/up's weights) in shared memory before its
@@ -777,15 +790,15 @@ static __device__ void moe_stamped_ids(const moe_params &p, int32_t *ids, float 
  * (k ≥ n_sel) are the carried Q8_0 product's rows j = item − n_sel·n_rows,
  * its activation staged beside the routed one: one launch less a layer
  * for the shared expert's down, whose weights do not wait for the router. */
-template <class F, int NW, int NB>
+template <class F, int NW, int NB, int NT = 1>
 __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     /* Shared memory: [tables][activation, carried activation][ids, weights][NW x NB buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
-    float *wts = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
-    uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL + warp * NB * p.buf_stride; /* NB buffers of buf_stride */
+    float *wts = (float *)(s + 4 * DS4_CUDA_MAX_SEL * NT);
+    uint8_t *const buf = s + 8 * DS4_CUDA_MAX_SEL * NT + warp * NB * p.buf_stride; /* NB buffers of buf_stride */
     const uint32_t n_routed = p.n_sel * p.n_rows;
 
     /* The first weights are requested before the activation is staged (and,
@@ -824,8 +837,12 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
     }
     s = smem + table_bytes<F>();
     if (p.fixed_ids || p.stamp) pdl_wait();
-    const act_view a = p.x ? stage_act_x<F>(s, p.x, p.n_in, nullptr, 0.0f, nullptr, nullptr, tid, NW * 32, false)
-                           : stage_act<F>(s, p.act, p.n_in, tid, NW * 32);
+    act_view a[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        a[t] = p.x ? stage_act_x<F>(s + t * p.tok_smem, p.x + (size_t)t * p.n_in, p.n_in, nullptr, 0.0f, nullptr,
+                                    nullptr, tid, NW * 32, false)
+                   : stage_act<F>(s + t * p.tok_smem, p.act + t * p.act_tok, p.n_in, tid, NW * 32);
     const act_view ca = p.c_rows ? stage_act<fmt_q8_0>(s + p.c_act_off, p.c_act, p.c_nb * fmt_q8_0::block_elems, tid,
                                                        NW * 32)
                                  : act_view{};
@@ -847,7 +864,7 @@ __global__ void __launch_bounds__(NW * 32) k_moe_gate_up(const moe_params p) {
             float mid = 0.0f;
             if ((uint32_t)ids[k] < p.n_expert) {
                 float gu[2];
-                dot_rows<F, 2>(cur, p.part_stride, p.nb, &a, 0, tab, lane, gu);
+                dot_rows<F, 2>(cur, p.part_stride, p.nb, &a[NT > 1 ? k / p.tok_sel : 0], 0, tab, lane, gu);
                 mid = ds4_swiglu(gu[0], gu[1], p.clamp, wts[k]);
             }
             if (lane == 0) p.out[item] = mid;
@@ -951,12 +968,12 @@ __global__ void __launch_bounds__(NW * 32) k_moe_down(const moe_params p) {
  * The per-row work the unit form repeats for each row (the parts'
  * reduction, the term, the warp sum, the loop) is then shared by RPW rows:
  * the routed down was instruction-bound (notes/cuda-kernels.md §28). */
-template <class F, int RPW>
+template <class F, int RPW, int NT = 1>
 __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     constexpr int ROWS = RPW ? RPW : 1; /* rows a slot */
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nth = blockDim.x;
-    /* warp = r·S + k and R = warps / S by subtraction (S ≤ 8, ≤ 16 warps):
+    /* warp = r·S + k and R = warps / S by subtraction (S ≤ 8·NT, ≤ 16 warps):
      * a division by the runtime S was ~30 instructions, twice, a warp */
     const int S = (int)p.n_sel;
     int k = warp, r = 0, R = 0;
@@ -965,8 +982,9 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
     /* Shared memory: [tables][activation][ids][2 x R·ROWS x S products][warps x 2 buffers]. */
     uint8_t *s = smem + table_bytes<F>() + p.act_smem;
     int32_t *ids = (int32_t *)s;
-    float *part = (float *)(s + 4 * DS4_CUDA_MAX_SEL);
-    uint8_t *const buf = s + 4 * DS4_CUDA_MAX_SEL + round16(8 * DS4_CUDA_MAX_SEL * R * ROWS) + warp * 2 * p.part_stride;
+    float *part = (float *)(s + 4 * DS4_CUDA_MAX_SEL * NT);
+    uint8_t *const buf =
+        s + 4 * DS4_CUDA_MAX_SEL * NT + round16(8 * DS4_CUDA_MAX_SEL * NT * R * ROWS) + warp * 2 * p.part_stride;
     pdl_trigger();
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, blockDim.x); /* constants: before the wait */
     if (p.stamp) moe_stamped_ids(p, ids, nullptr);
@@ -1017,13 +1035,16 @@ __global__ void __launch_bounds__(512) k_moe_down_rows(const moe_params p) {
             if (RPW ? blk == 0 : lane == 0) pp[(r * ROWS + rho) * S + k] = d;
         }
         __syncthreads();
-        if (tid < R * ROWS) {
-            uint32_t o = row_of(it, 0) + tid;
+        if (tid < NT * R * ROWS) { /* token t = tid / (R·ROWS) sums its own selections */
+            const int t = NT > 1 ? tid / (R * ROWS) : 0, row = tid - t * R * ROWS;
+            const int k0 = NT > 1 ? t * (int)p.tok_sel : 0, k1 = NT > 1 ? k0 + (int)p.tok_sel : S;
+            uint32_t o = row_of(it, 0) + row;
             if (o < p.n_rows) {
                 float acc = 0.0f;
-                for (int kk = 0; kk < S; kk++)
-                    if ((uint32_t)ids[kk] < p.n_expert) acc += pp[tid * S + kk];
-                p.out[o] = p.add ? acc + p.add[o] : acc;
+                for (int kk = k0; kk < k1; kk++)
+                    if ((uint32_t)ids[kk] < p.n_expert) acc += pp[row * S + kk];
+                const size_t ot = (size_t)t * p.n_rows + o;
+                p.out[ot] = p.add ? acc + p.add[ot] : acc;
             }
         }
     }
@@ -1127,9 +1148,7 @@ static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, d
     p.nbuf = k->deep && p.slice_bytes <= MV_DEEP_SLICE ? 4 : 2;
     p.n_groups = d->n_groups;
     p.group_rows = n_rows / d->n_groups;
-    p.act_group_bytes = (int)F::act_kind == DS4_ACT_F32 ? (size_t)d->n_in * 4
-                        : (int)F::act_kind == DS4_ACT_Q8_0 ? (size_t)d->n_in / 32 * 36
-                                                      : (size_t)d->n_in / 256 * 292;
+    p.act_group_bytes = act_row_bytes_of<F>(d->n_in);
     p.active = d->active;
     p.act_smem = act_smem_bytes(F::act_kind, d->n_in);
     if ((int)F::act_kind == DS4_ACT_F32 && d->x && d->norm_w) p.act_smem = round16(d->n_in * 4);
@@ -1264,17 +1283,22 @@ static int down_rows_per_warp(const ds4_cuda_kernels *k, uint32_t nb) {
     return nb == 1 ? 32 : nb == 2 ? 16 : nb == 4 ? 8 : nb == 8 ? 4 : 0;
 }
 
-template <class F>
-static void (*down_rows_kernel(int rpw))(const moe_params) {
+template <class F, int NT>
+static void (*down_rows_kernel_nt(int rpw))(const moe_params) {
     if constexpr (has_block_dot<F>()) {
         switch (rpw) {
-        case 32: return k_moe_down_rows<F, 32>;
-        case 16: return k_moe_down_rows<F, 16>;
-        case 8: return k_moe_down_rows<F, 8>;
-        case 4: return k_moe_down_rows<F, 4>;
+        case 32: return k_moe_down_rows<F, 32, NT>;
+        case 16: return k_moe_down_rows<F, 16, NT>;
+        case 8: return k_moe_down_rows<F, 8, NT>;
+        case 4: return k_moe_down_rows<F, 4, NT>;
         }
     }
-    return k_moe_down_rows<F, 0>;
+    return k_moe_down_rows<F, 0, NT>;
+}
+
+template <class F>
+static void (*down_rows_kernel(int rpw, uint32_t n_tok = 1))(const moe_params) {
+    return n_tok == 2 ? down_rows_kernel_nt<F, 2>(rpw) : down_rows_kernel_nt<F, 1>(rpw);
 }
 
 /* Staging buffers per warp of the MoE kernels: one for Q4_K (more warps
@@ -1292,7 +1316,7 @@ template <class F>
 static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
                        uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
                        const void *x_act, const float *x, ds4_cuda_ids_src src, const ds4_cuda_carried_mv *c,
-                       float *mid, cudaStream_t st, ds4_err *err) {
+                       float *mid, cudaStream_t st, ds4_err *err, uint32_t n_tok = 1) {
     const int NW = GU_WARPS;
     moe_params p = {};
     p.w0 = (const uint8_t *)gate;
@@ -1315,7 +1339,10 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
     p.expert_bytes = (size_t)n_ff * p.row_bytes;
     p.part_stride = round16(p.row_bytes) + 16;
     p.buf_stride = 2 * p.part_stride;
-    p.act_smem = act_smem_bytes(F::act_kind, n_in);
+    p.tok_smem = act_smem_bytes(F::act_kind, n_in);
+    p.act_smem = n_tok * p.tok_smem;
+    p.tok_sel = n_sel / n_tok;
+    p.act_tok = act_row_bytes_of<F>(n_in);
     p.clamp = clamp;
     p.aligned = (uintptr_t)gate % 16 == 0 && (uintptr_t)up % 16 == 0 && p.row_bytes % 16 == 0;
     if (c && c->rows) {
@@ -1332,10 +1359,12 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
         if (p.buf_stride < c_stride) p.buf_stride = c_stride;
     }
     const int nb = moe_buffers<F>(k);
-    size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL + (size_t)NW * nb * p.buf_stride;
+    size_t smem = table_bytes<F>() + p.act_smem + 8 * DS4_CUDA_MAX_SEL * n_tok + (size_t)NW * nb * p.buf_stride;
     uint32_t n_tiles = (uint32_t)(((uint64_t)n_sel * n_ff + p.c_rows + NW - 1) / NW);
     int grid = 1;
-    void (*kern)(const moe_params) = nb == 1 ? k_moe_gate_up<F, NW, 1> : k_moe_gate_up<F, NW, 2>;
+    void (*kern)(const moe_params) = n_tok == 2 ? (nb == 1 ? k_moe_gate_up<F, NW, 1, 2> : k_moe_gate_up<F, NW, 2, 2>)
+                                     : nb == 1  ? k_moe_gate_up<F, NW, 1>
+                                                : k_moe_gate_up<F, NW, 2>;
     if (launch_grid(k, kern, NW * 32, smem, n_tiles, 1, &grid, err)) return -1;
     cudaError_t e = pdl_launch(k->pdl, kern, grid, NW * 32, smem, st, p);
     return e == cudaSuccess ? 0 : cuda_fail(err, "moe gate/up launch", e);
@@ -1344,7 +1373,7 @@ static int run_gate_up(ds4_cuda_kernels *k, const void *gate, const void *up, ui
 template <class F>
 static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32_t n_out, uint32_t n_expert,
                     const int32_t *ids, uint32_t n_sel, const void *mid_act, const float *add, ds4_cuda_ids_src src,
-                    float *out, cudaStream_t st, ds4_err *err) {
+                    float *out, cudaStream_t st, ds4_err *err, uint32_t n_tok = 1) {
     const int NW = DN_WARPS;
     moe_params p = {};
     p.w0 = (const uint8_t *)down;
@@ -1366,15 +1395,18 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
     p.part_stride = round16(p.row_bytes) + 16;
     p.buf_stride = n_sel * p.part_stride;
     p.act_smem = act_smem_bytes(F::act_kind, n_ff * n_sel);
+    p.tok_sel = n_sel / n_tok;
     p.aligned = (uintptr_t)down % 16 == 0 && p.row_bytes % 16 == 0;
+    if (n_tok > 1 && !moe_down_rows(k))
+        return ds4_fail(err, "cuda: several tokens' down needs k_moe_down_rows (DS4_CUDA_DOWNROWS is 2)");
     if (moe_down_rows(k)) { /* k_moe_down_rows: n_sel·R warps, R slots an iteration */
         const int rpw = down_rows_per_warp<F>(k, p.nb), rows = rpw ? rpw : 1;
         int R = (8 + (int)n_sel - 1) / (int)n_sel, threads = 32 * (int)n_sel * R;
         p.part_stride = round16(rows * p.row_bytes) + 16;
-        size_t smem = table_bytes<F>() + p.act_smem + 4 * DS4_CUDA_MAX_SEL +
-                      round16(8 * DS4_CUDA_MAX_SEL * R * rows) + (size_t)threads / 32 * 2 * p.part_stride;
+        size_t smem = table_bytes<F>() + p.act_smem + 4 * DS4_CUDA_MAX_SEL * n_tok +
+                      round16(8 * DS4_CUDA_MAX_SEL * n_tok * R * rows) + (size_t)threads / 32 * 2 * p.part_stride;
         uint32_t n_blocks = (n_out + R * rows - 1) / (R * rows);
-        void (*kern)(const moe_params) = down_rows_kernel<F>(rpw);
+        void (*kern)(const moe_params) = down_rows_kernel<F>(rpw, n_tok);
         int grid = 1;
         if (launch_grid(k, kern, threads, smem, n_blocks, 1, &grid, err)) return -1;
         cudaError_t e = pdl_launch(k->pdl, kern, grid, threads, smem, st, p);
@@ -1405,18 +1437,22 @@ static cudaError_t allow_smem(int bytes) {
         (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if ((e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
-        (e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+        (e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 1, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_moe_gate_up<F, GU_WARPS, 2, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if constexpr (!DOWN) return cudaSuccess;
     if ((e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
         (e = cudaFuncSetAttribute(k_moe_down<F, DN_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
-        (e = cudaFuncSetAttribute(k_moe_down_rows<F, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+        (e = cudaFuncSetAttribute(k_moe_down_rows<F, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+        (e = cudaFuncSetAttribute(k_moe_down_rows<F, 0, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
     if constexpr (has_block_dot<F>()) /* block mode */
         for (int rpw = 4; rpw <= 32; rpw *= 2)
-            if ((e = cudaFuncSetAttribute(down_rows_kernel<F>(rpw), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          bytes)))
-                return e;
+            for (uint32_t nt = 1; nt <= DS4_CUDA_MOE_TOKENS; nt++)
+                if ((e = cudaFuncSetAttribute(down_rows_kernel<F>(rpw, nt), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              bytes)))
+                    return e;
     return cudaSuccess;
 }
 
@@ -1642,11 +1678,13 @@ static int iq2_gate_up_variant(const ds4_cuda_kernels *k, uint32_t n_in) {
     return blocks >= 16 ? 2 : blocks >= 8 ? 1 : 0;
 }
 
-static int check_moe(uint32_t wtype, uint32_t n_sel, ds4_err *err) {
+static int check_moe(uint32_t wtype, uint32_t n_sel, ds4_err *err, uint32_t n_tok = 1) {
     if (!(wtype == DS4_TYPE_Q8_0 || wtype == DS4_TYPE_Q2_K || wtype == DS4_TYPE_Q4_K || wtype == DS4_TYPE_IQ2_XXS))
         return ds4_fail(err, "cuda: no MoE kernel for expert type %s", ds4_type_name(wtype));
-    if (n_sel == 0 || n_sel > DS4_CUDA_MAX_SEL)
-        return ds4_fail(err, "cuda: %u selected experts (1..%d supported)", n_sel, DS4_CUDA_MAX_SEL);
+    if (n_tok == 0 || n_tok > DS4_CUDA_MOE_TOKENS)
+        return ds4_fail(err, "cuda: %u tokens in one MoE call (1..%d supported)", n_tok, DS4_CUDA_MOE_TOKENS);
+    if (n_sel == 0 || n_sel % n_tok || n_sel / n_tok > DS4_CUDA_MAX_SEL)
+        return ds4_fail(err, "cuda: %u selected experts for %u tokens (1..%d a token)", n_sel, n_tok, DS4_CUDA_MAX_SEL);
     return 0;
 }
 
@@ -1708,6 +1746,49 @@ extern "C" int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const vo
     if (n_out == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
 #define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, src, out, st, err)
+    switch (wtype) {
+    case DS4_TYPE_Q8_0: return DOWN(fmt_q8_0);
+    case DS4_TYPE_Q2_K: return DOWN(fmt_q2_K);
+    case DS4_TYPE_Q4_K: return DOWN(fmt_q4_K);
+    default: return DOWN(fmt_iq2_xxs);
+    }
+#undef DOWN
+}
+
+extern "C" int ds4_cuda_moe_tokens_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
+                                           uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
+                                           const float *weights, uint32_t n_sel, uint32_t n_tok, float clamp,
+                                           const void *x_act, float *mid, ds4_cuda_stream stream, ds4_err *err) {
+    if (check_moe(wtype, n_sel, err, n_tok) || check_shape(wtype, n_in, gate, x_act, err) ||
+        check_shape(wtype, n_in, up, x_act, err))
+        return -1;
+    if (n_tok > 1 && ds4_act_row_bytes(wtype, n_in) % 16)
+        return ds4_fail(err, "cuda: a token's activation of %u values is not a multiple of 16 bytes", n_in);
+    if (n_ff == 0) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+#define GATE_UP(F)                                                                                                \
+    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL, ds4_cuda_ids_src{}, \
+                   NULL, mid, st, err, n_tok)
+    switch (wtype) {
+    case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
+    case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
+    case DS4_TYPE_Q4_K: return GATE_UP(fmt_q4_K);
+    default: {
+        int v = iq2_gate_up_variant(k, n_in);
+        return v == 1 ? GATE_UP(fmt_iq2_xxs4) : v == 2 ? GATE_UP(fmt_iq2_xxs2) : GATE_UP(fmt_iq2_xxs);
+    }
+    }
+#undef GATE_UP
+}
+
+extern "C" int ds4_cuda_moe_tokens_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
+                                        uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
+                                        uint32_t n_tok, const void *mid_act, const float *add, float *out,
+                                        ds4_cuda_stream stream, ds4_err *err) {
+    if (check_moe(wtype, n_sel, err, n_tok) || check_shape(wtype, n_ff, down, mid_act, err)) return -1;
+    if (n_out == 0) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+#define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, ds4_cuda_ids_src{}, out, st, err, n_tok)
     switch (wtype) {
     case DS4_TYPE_Q8_0: return DOWN(fmt_q8_0);
     case DS4_TYPE_Q2_K: return DOWN(fmt_q2_K);

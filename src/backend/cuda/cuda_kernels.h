@@ -183,8 +183,24 @@ int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *down, u
                         uint32_t n_expert, const int32_t *ids, uint32_t n_sel, const void *mid_act,
                         const float *add, ds4_cuda_ids_src src, float *out, ds4_cuda_stream stream, ds4_err *err);
 
-/* The most experts one MoE call takes. */
+/* The most experts one MoE call takes (a token). */
 #define DS4_CUDA_MAX_SEL 8
+
+/* Several tokens' routed experts in one launch each (the speculative verify
+ * step's), at most DS4_CUDA_MOE_TOKENS: ids/weights hold n_tok runs of
+ * n_sel / n_tok selections, token t's activation at x_act + t·(one
+ * quantised row's bytes); mid holds every selection's row, as one call's;
+ * the down's add and out are [n_tok][n_out], token t summing its own
+ * selections in order. Each token's results are the bits of its one-token
+ * call. The ids come from the previous kernel. */
+#define DS4_CUDA_MOE_TOKENS 2
+int ds4_cuda_moe_tokens_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in,
+                                uint32_t n_ff, uint32_t n_expert, const int32_t *ids, const float *weights,
+                                uint32_t n_sel, uint32_t n_tok, float clamp, const void *x_act, float *mid,
+                                ds4_cuda_stream stream, ds4_err *err);
+int ds4_cuda_moe_tokens_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff, uint32_t n_out,
+                             uint32_t n_expert, const int32_t *ids, uint32_t n_sel, uint32_t n_tok,
+                             const void *mid_act, const float *add, float *out, ds4_cuda_stream stream, ds4_err *err);
 
 #ifdef __cplusplus
 }
