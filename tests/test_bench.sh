@@ -6,7 +6,9 @@
 # the CSV of server-spec §7.1: the exact header, one row per frontier of six
 # numbers (frontiers and intervals as the step rules give them, gen_tokens
 # as asked, positive rates, payload sizes that grow with the context) and a
-# stderr summary with the bandwidth roofline. ds4-plot must turn the CSV
+# stderr summary with the bandwidth roofline; with --mtp the speculative
+# decode must give the plain run's tokens (ds4-bench fails otherwise) at the
+# forced acceptance asked, and report it. ds4-plot must turn the CSV
 # into well-formed SVG (xmllint when present, else structural checks) with
 # one line and one marker per row for each series. Bad options exit 2, bad
 # input exits 1, each with a message.
@@ -79,6 +81,27 @@ else
     bad "--chat-prompt-file failed"; cat "$T/chat.err"
 fi
 
+# MTP speculation: forced acceptance 1, 0.5 and 0 (the drafts the plain run's
+# tokens or others), and the MTP's own drafts.
+"$B/ds4-mkmodel" --preset tiny --seed 5 --mtp "$T/bench-mtp.gguf" -o "$T/bench-mtp-model.gguf" >/dev/null
+for acc in 1 0.5 0; do
+    if "$B/ds4-bench" "${TINY[@]}" --bw-mib 0 --ctx-start 32 --ctx-max 48 --step-incr 16 -n 12 --mtp "$T/bench-mtp.gguf" \
+            --mtp-accept $acc >"$T/mtp.csv" 2>"$T/mtp.err"; then
+        lines=$(grep -c "speculative decode 12 tok" "$T/mtp.err")
+        pct=$(sed -n 's/.* drafts accepted (\([0-9]*\)% of those verified, forced).*/\1/p' "$T/mtp.err" | head -n1)
+        # floor((i+1)·P) > floor(i·P) over a few drafts: exactly P at 0 and 1, within ±10% at 0.5
+        if [ "$lines" = 2 ] && [ -n "$pct" ] && awk -v p="$pct" -v a=$acc 'BEGIN { exit !(p >= a * 100 - 10 && p <= a * 100 + 10 && (a == 0.5 || p == a * 100)) }'
+        then ok "--mtp-accept $acc: two frontiers, $pct% accepted"
+        else bad "--mtp-accept $acc: $lines lines, $pct% accepted"; cat "$T/mtp.err"; fi
+        check_csv "$T/mtp.csv" "32 48" 12
+    else
+        bad "--mtp-accept $acc failed"; cat "$T/mtp.err"
+    fi
+done
+if "$B/ds4-bench" "${TINY[@]}" --bw-mib 0 --ctx-start 32 --ctx-max 32 -n 8 --mtp "$T/bench-mtp.gguf" --mtp-margin 0 \
+        >/dev/null 2>"$T/mtp-own.err" && grep -q "speculative decode 8 tok" "$T/mtp-own.err"; then ok "--mtp: the MTP's own drafts"
+else bad "--mtp with its own drafts"; cat "$T/mtp-own.err"; fi
+
 # expect_exit CODE TEXT ARGS...: exit code and a message containing TEXT.
 expect_exit() {
     local code=$1 text=$2; shift 2
@@ -109,6 +132,9 @@ expect_exit 2 "flash or tiny" "$B/ds4-bench" --synthetic q2 --preset huge
 expect_exit 2 "go with --synthetic" "$B/ds4-bench" --prompt-file "$T/prompt.txt" --layers 2
 expect_exit 2 "drop -m" "$B/ds4-bench" --synthetic q2 -m x.gguf
 expect_exit 2 "cpu or cuda" "$B/ds4-bench" "${TINY[@]}" --backend metal
+expect_exit 2 "goes with --mtp" "$B/ds4-bench" "${TINY[@]}" --mtp-accept 1
+expect_exit 2 "--mtp-accept" "$B/ds4-bench" "${TINY[@]}" --mtp "$T/bench-mtp.gguf" --mtp-accept 1.5
+expect_exit 1 "no-mtp.gguf" "$B/ds4-bench" "${TINY[@]}" --ctx-start 8 --ctx-max 8 -n 1 --mtp "$T/no-mtp.gguf"
 if "$B/ds4-bench" --help | grep -q -- "--ctx-start"; then ok "--help"; else bad "--help"; fi
 
 # ds4-plot on the linear sweep (3 rows) and the geometric one (4 rows).

@@ -29,7 +29,18 @@
  * (probing each time, because on a shared machine the bandwidth left to us
  * drifts); the same per CPU-second (process CPU time against the probe's
  * thread CPU time), which other load disturbs far less; and the share of
- * the cores the decode got. Prefill is also given per CPU-second. */
+ * the cores the decode got. Prefill is also given per CPU-second.
+ *
+ * --mtp FILE adds, at each frontier, the same decode with greedy MTP
+ * speculation (model-spec §8; the cpu backend so far), on stderr only: its
+ * tok/s, the cycles and accepted drafts, and a cycle's time split into the
+ * MTP draft and the two-token verify. --mtp-accept P forces the drafts'
+ * acceptance to P (0..1): the drafts are the plain run's own next tokens,
+ * right in a fraction P of the cycles and wrong in the others — synthetic
+ * weights draft nothing right, so this is how the cost of a cycle is
+ * measured; without it the MTP's own drafts are verified above
+ * --mtp-margin (the acceptance of real weights on a real prompt). The
+ * speculative tokens must be the plain run's (checked; a mismatch fails). */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -67,6 +78,9 @@ typedef struct bench_opts {
     int bw_mib;              /* bandwidth probe buffer, 0 = skip */
     bool warm_weights;
     bool quality;            /* --quality: the engine's exact kernels where it has faster ones */
+    const char *mtp_path;    /* --mtp: also the speculative decode */
+    double mtp_accept;       /* --mtp-accept, < 0: the MTP's own drafts */
+    float mtp_margin;        /* --mtp-margin */
 } bench_opts;
 
 static void usage(FILE *out) {
@@ -100,6 +114,11 @@ static void usage(FILE *out) {
         "  --step-incr N            linear step when --step-mul is 1 (default 2048)\n"
         "  --step-mul F             geometric step: next = ceil(cur * F) (default 1)\n"
         "  -n, --gen-tokens N       greedy decode tokens per frontier (default 128)\n"
+        "Speculation (cpu backend):\n"
+        "  --mtp FILE               also decode with MTP speculation at each frontier (stderr)\n"
+        "  --mtp-accept P           force the drafts' acceptance rate to P (0..1) with the plain\n"
+        "                           run's tokens (default: the MTP's own drafts)\n"
+        "  --mtp-margin F           margin for the MTP's own drafts (default 3)\n"
         "Output:\n"
         "  --csv FILE               CSV there instead of stdout\n"
         "  --bw-mib N               memory bandwidth probe buffer in MiB (default 512, 0 = skip)\n"
@@ -117,7 +136,8 @@ static int int_flag(const char *flag, const char *s, int min, int *out) {
 static int parse_args(int argc, char **argv, bench_opts *o) {
     *o = (bench_opts){.model_path = "ds4flash.gguf", .system = "You are a helpful assistant.",
                       .preset = "flash", .ctx_start = 2048, .ctx_max = 32768, .step_incr = 2048,
-                      .gen_tokens = 128, .step_mul = 1.0, .bw_mib = 512};
+                      .gen_tokens = 128, .step_mul = 1.0, .bw_mib = 512, .mtp_accept = -1.0,
+                      .mtp_margin = 3.0f};
     bool model_given = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -138,7 +158,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                      IS("--preset") || IS("--layers") || IS("-t") || IS("--threads") || IS("--ctx-start") ||
                      IS("--ctx-max") || IS("--ctx-alloc") || IS("--step-incr") || IS("--step-mul") ||
                      IS("--gen-tokens") || IS("--tokens") || IS("-n") || IS("--prefill-chunk") ||
-                     IS("--bw-mib");
+                     IS("--bw-mib") || IS("--mtp") || IS("--mtp-accept") || IS("--mtp-margin");
         if (!known) {
             fprintf(stderr, "ds4-bench: unknown option '%s'\n", a);
             usage(stderr);
@@ -166,6 +186,13 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         else if (IS("--step-incr")) rc = int_flag(a, v, 1, &o->step_incr);
         else if (IS("--prefill-chunk")) rc = int_flag(a, v, 1, &o->prefill_chunk);
         else if (IS("--bw-mib")) rc = int_flag(a, v, 0, &o->bw_mib);
+        else if (IS("--mtp")) o->mtp_path = v;
+        else if (IS("--mtp-margin")) rc = ds4_parse_float_flag("ds4-bench", a, v, 0, 1000, &o->mtp_margin);
+        else if (IS("--mtp-accept")) {
+            float p;
+            rc = ds4_parse_float_flag("ds4-bench", a, v, 0, 1, &p);
+            o->mtp_accept = p;
+        }
         else if (IS("--gen-tokens") || IS("--tokens") || IS("-n")) rc = int_flag(a, v, 1, &o->gen_tokens);
         else if (IS("--step-mul")) {
             char *end;
@@ -205,6 +232,10 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     }
     if (o->backend && strcmp(o->backend, "cpu") != 0 && strcmp(o->backend, "cuda") != 0) {
         fprintf(stderr, "ds4-bench: --backend is cpu or cuda, got '%s'\n", o->backend);
+        return 2;
+    }
+    if (o->mtp_accept >= 0 && !o->mtp_path) {
+        fprintf(stderr, "ds4-bench: --mtp-accept goes with --mtp\n");
         return 2;
     }
     if (o->ctx_start > o->ctx_max) {
@@ -440,6 +471,69 @@ static int snapshot_restore(ds4_session *s, const snapshot *m, ds4_err *err) {
     return ds4_session_load_payload_mem(s, m->p, m->len, err);
 }
 
+/* ---------------------------------------------------------- speculation */
+
+/* The draft hook of a speculative run: times the MTP's draft (the hook
+ * runs right after it) and, with --mtp-accept, replaces it by the plain
+ * run's token at that position — right in a fraction P of the cycles
+ * (cycle i is right iff floor((i+1)·P) > floor(i·P)), else another token. */
+typedef struct spec_run {
+    const bench_opts *o;
+    const int32_t *ref; /* the plain run's tokens from position base */
+    int base, n_ref, n_vocab;
+    int cycles, drafts, accepted;
+    double t_draft;     /* when the current cycle's draft was ready, 0: the cycle had none */
+} spec_run;
+
+static int32_t spec_hook(void *ctx, int pos, int32_t draft, const float *mtp_logits) {
+    spec_run *r = ctx;
+    const double now = ds4_now();
+    const int i = pos - r->base;
+    int32_t d = -1;
+    if (r->o->mtp_accept < 0) {
+        if (ds4_top_margin(mtp_logits, r->n_vocab, draft) >= r->o->mtp_margin) d = draft;
+    } else if (i >= 0 && i < r->n_ref) {
+        const double p = r->o->mtp_accept;
+        const bool right = floor((r->drafts + 1) * p) > floor(r->drafts * p);
+        d = right ? r->ref[i] : (r->ref[i] + 1) % r->n_vocab;
+    }
+    if (d >= 0) r->t_draft = now, r->drafts++;
+    return d;
+}
+
+/* The speculative decode of gen tokens from the session's state (the
+ * frontier f), which must give the plain run's tokens ref; on stderr its
+ * rate and the split of a cycle. */
+static int spec_decode(const bench_opts *o, ds4_session *s, int n_vocab, int f, const int32_t *ref, int32_t eos,
+                       double plain_s, ds4_err *err) {
+    spec_run r = {.o = o, .ref = ref, .base = f, .n_ref = o->gen_tokens, .n_vocab = n_vocab};
+    ds4_spec_opts so = {.margin = o->mtp_margin, .draft_hook = spec_hook, .hook_ctx = &r};
+    double draft_s = 0, verify_s = 0, t0 = ds4_now();
+    int done = 0;
+    while (done < o->gen_tokens) {
+        int32_t first = ds4_session_argmax(s, eos), out[2];
+        double c0 = ds4_now();
+        r.t_draft = 0;
+        int n = ds4_session_eval_speculative(s, first, o->gen_tokens - done, &so, out, err);
+        double c1 = ds4_now();
+        if (n < 0) return -1;
+        for (int k = 0; k < n; k++)
+            if (out[k] != ref[done + k])
+                return ds4_fail(err, "speculative token %d is %d, the plain run's %d", done + k, out[k], ref[done + k]);
+        if (r.t_draft > 0) draft_s += r.t_draft - c0, verify_s += c1 - r.t_draft;
+        r.cycles++;
+        r.accepted += n - 1;
+        done += n;
+    }
+    double t = ds4_now() - t0;
+    fprintf(stderr, "ds4-bench: ctx %6d: speculative decode %d tok %7.2f tok/s (plain %.2f, x%.2f) | %d cycles, "
+            "%d drafts accepted (%.0f%% of those verified%s) | a cycle with a draft: MTP %.2f ms + verify %.2f ms\n", f, o->gen_tokens,
+            o->gen_tokens / t, o->gen_tokens / plain_s, plain_s / t, r.cycles, r.accepted,
+            r.drafts ? 100.0 * r.accepted / r.drafts : 0.0, o->mtp_accept >= 0 ? ", forced" : "",
+            r.drafts ? draft_s * 1e3 / r.drafts : 0.0, r.drafts ? verify_s * 1e3 / r.drafts : 0.0);
+    return 0;
+}
+
 /* --------------------------------------------------------------- decode */
 
 /* ------------------------------------------------------------------ run */
@@ -541,6 +635,11 @@ static int run_sweep(bench_run *b, ds4_err *err) {
     int32_t eos = ds4_tokenizer_specials(ds4_engine_tokenizer(b->e)).eos;
     snapshot snap = {0};
     int rc = 0, prev = 0;
+    int32_t *ref = o->mtp_path ? calloc((size_t)o->gen_tokens, sizeof *ref) : NULL; /* the plain run's tokens */
+    if (o->mtp_path && !ref) {
+        ds4_session_free(s);
+        return ds4_fail(err, "out of memory");
+    }
     fprintf(b->csv, "ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes\n");
     fflush(b->csv);
     for (int f = o->ctx_start;; f = next_frontier(o, f)) {
@@ -561,12 +660,17 @@ static int run_sweep(bench_run *b, ds4_err *err) {
         t0 = ds4_now();
         for (int i = 0; i < o->gen_tokens && rc == 0; i++) {
             int32_t next = ds4_session_argmax(s, eos); /* §7.1: EOS excluded */
+            if (ref) ref[i] = next;
             rc = ds4_session_eval(s, &next, 1, NULL, NULL, err);
         }
         r.gen_s = ds4_now() - t0;
         r.gen_cpu = ds4_process_cpu_now() - c0;
         if (rc) { ds4_fail_prefix(err, "decode"); break; }
         if ((rc = snapshot_restore(s, &snap, err))) break;
+        if (ref && ((rc = spec_decode(o, s, (int)ds4_engine_model(b->e)->hp.n_vocab, f, ref, eos, r.gen_s, err)) || (rc = snapshot_restore(s, &snap, err)))) {
+            ds4_fail_prefix(err, "speculative decode");
+            break;
+        }
         fprintf(b->csv, "%d,%d,%.2f,%d,%.2f,%llu\n", f, r.prefill_tokens,
                 r.prefill_s > 0 ? r.prefill_tokens / r.prefill_s : 0.0, o->gen_tokens,
                 r.gen_s > 0 ? o->gen_tokens / r.gen_s : 0.0, (unsigned long long)r.kv_bytes);
@@ -579,6 +683,7 @@ static int run_sweep(bench_run *b, ds4_err *err) {
         fprintf(stderr, "ds4-bench: read bandwidth probes (wall time): %.2f-%.2f GB/s\n", b->bw_min / 1e9,
                 b->bw_max / 1e9);
     free(snap.p);
+    free(ref);
     ds4_session_free(s);
     return rc;
 }
@@ -600,7 +705,8 @@ int main(int argc, char **argv) {
         build_s = ds4_now() - t0;
     }
     bench_run b = {.o = &o, .threads = o.threads ? o.threads : cpu_default_threads(), .csv = stdout};
-    ds4_engine_config cfg = {.model_path = o.synthetic ? NULL : o.model_path, .model_image = img.base,
+    ds4_engine_config cfg = {.model_path = o.synthetic ? NULL : o.model_path, .mtp_path = o.mtp_path,
+                             .model_image = img.base,
                              .model_image_size = img.size, .ctx = o.ctx_alloc, .threads = b.threads,
                              .backend = o.backend, .prefill_chunk = o.prefill_chunk, .quality = o.quality,
                              .synth_fills = img.fills, .n_synth_fills = img.n_fills};

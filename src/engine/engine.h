@@ -143,6 +143,9 @@ int32_t ds4_sample(ds4_sampler *s, const float *logits, int n_vocab);
  * ds4-bench leaves EOS out). */
 int32_t ds4_argmax(const float *logits, int n_vocab);
 int32_t ds4_argmax_except(const float *logits, int n_vocab, int32_t skip);
+/* logits[top] minus the largest other logit (the MTP draft's confidence,
+ * against --mtp-margin). */
+float ds4_top_margin(const float *logits, int n_vocab, int32_t top);
 /* ds4_sample of the session's logits (greedy through ds4_session_argmax). */
 int32_t ds4_session_sample(const ds4_session *s, ds4_sampler *sp);
 

@@ -25,7 +25,6 @@
  *
  * The MTP ring only holds positions the MTP has processed since the last
  * gap (a prefill, a reset): attention in the MTP block starts at mtp_lo. */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -168,11 +167,7 @@ static int32_t mtp_draft(ds4_session *s, int32_t first, const ds4_spec_opts *o) 
     int n_vocab = (int)s->e->model.hp.n_vocab;
     int32_t d = ds4_argmax(sp->mtp_logits, n_vocab);
     if (o && o->draft_hook) return o->draft_hook(o->hook_ctx, P + 1, d, sp->mtp_logits);
-    float second = -INFINITY;
-    for (int i = 0; i < n_vocab; i++)
-        if (i != d && sp->mtp_logits[i] > second) second = sp->mtp_logits[i];
-    float margin = o ? o->margin : 0.0f;
-    return sp->mtp_logits[d] - second >= margin ? d : -1;
+    return ds4_top_margin(sp->mtp_logits, n_vocab, d) >= (o ? o->margin : 0.0f) ? d : -1;
 }
 
 /* Puts back what the verify's second token changed (the marks), so the

@@ -82,6 +82,13 @@ int32_t ds4_argmax_except(const float *logits, int n_vocab, int32_t skip) {
 
 int32_t ds4_argmax(const float *logits, int n_vocab) { return ds4_argmax_except(logits, n_vocab, -1); }
 
+float ds4_top_margin(const float *logits, int n_vocab, int32_t top) {
+    float second = -INFINITY;
+    for (int i = 0; i < n_vocab; i++)
+        if (i != top && logits[i] > second) second = logits[i];
+    return logits[top] - second;
+}
+
 typedef struct cand {
     float logit;
     int32_t id;
