@@ -18,8 +18,10 @@
  *      so its ring and the streams it is given follow the session;
  *  (b) the MTP block's own drafts, every one verified (margin 0), and the
  *      default margin;
- *  (c) drop_draft after an accepted cycle, and plain evals between cycles
- *      (the MTP ring restarts after a gap);
+ *  (c) drop_draft after an accepted cycle, plain evals between cycles and
+ *      a prompt evaluated in two parts, the MTP's logits again the same
+ *      bits (the session keeps a window of final streams, prefill's
+ *      included, so the MTP starts from the prompt's last window);
  *  (d) refusals: no MTP model, a token outside the vocabulary, an MTP file
  *      for another model shape. */
 #include <math.h>
@@ -89,8 +91,9 @@ static int32_t plan_hook(void *ctx, int pos, int32_t draft, const float *mtp_log
 
 typedef struct run_opts {
     const ds4_spec_opts *spec;
-    int drop_after;  /* cycle after which an accepted draft is dropped (-1: never) */
-    int plain_every; /* every k-th token evaluated plainly (0: never) */
+    int drop_after;   /* cycle after which an accepted draft is dropped (-1: never) */
+    int plain_every;  /* every k-th token evaluated plainly (0: never) */
+    int prompt_split; /* the prompt evaluated as [0, split) then the rest (0: at once) */
 } run_opts;
 
 /* Speculative decoding of GEN tokens after the prompt; checks every token
@@ -102,7 +105,9 @@ static int spec_run(ds4_engine *e, const int32_t *prompt, const run_opts *ro, co
     ds4_session *s = NULL;
     ds4_err err = {{0}};
     CHECK(ds4_session_new(e, &s, &err) == 0, "session: %s", err.msg);
-    CHECK(ds4_session_eval(s, prompt, PROMPT, NULL, NULL, &err) == 0, "prompt: %s", err.msg);
+    const int split = ro->prompt_split;
+    CHECK(ds4_session_eval(s, prompt, split ? split : PROMPT, NULL, NULL, &err) == 0 &&
+          (!split || ds4_session_eval(s, prompt + split, PROMPT - split, NULL, NULL, &err) == 0), "prompt: %s", err.msg);
     int done = 0, cycles = 0, accepted = 0, bad = 0;
     while (done < GEN && !bad) {
         int32_t first = ds4_session_argmax(s, -1);
@@ -252,9 +257,18 @@ int main(void) {
         spec_run(e, prompt, &ro, plain, "drop after an accept");
         CHECK(h.compared > 20 && h.differ == 0, "drop after an accept: MTP logits differ at %d of %d positions",
               h.differ, h.compared);
-        h = (hook_plan){.pattern = "rw", .n_vocab = nv};
+        h = (hook_plan){.pattern = "rw", .n_vocab = nv, .compare = true};
         ro = (run_opts){.spec = &o, .drop_after = -1, .plain_every = 5};
         spec_run(e, prompt, &ro, plain, "plain evals between cycles");
+        CHECK(h.compared > 20 && h.differ == 0, "plain evals between cycles: MTP logits differ at %d of %d positions",
+              h.differ, h.compared);
+        /* the prompt's streams kept across its chunks: the MTP's first run
+         * over the prompt's last window sees the same */
+        h = (hook_plan){.pattern = "wr", .n_vocab = nv, .compare = true};
+        ro = (run_opts){.spec = &o, .drop_after = -1, .prompt_split = PROMPT - 5};
+        spec_run(e, prompt, &ro, plain, "prompt in two evals");
+        CHECK(h.compared > 20 && h.differ == 0, "prompt in two evals: MTP logits differ at %d of %d positions", h.differ,
+              h.compared);
     }
     ds4_session_free(plain);
     free(ref_logits);

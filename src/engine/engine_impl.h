@@ -67,10 +67,11 @@ typedef struct layer_kv {
 typedef struct spec_state {
     layer_kv mtp_kv;       /* the MTP block's raw ring */
     int mtp_lo, mtp_next;  /* it holds MTP positions [mtp_lo, mtp_next) */
-    float *h;              /* [2][HC·D] final streams of positions n_tokens-2, n_tokens-1 */
-    int h_n;               /* how many of them are valid, the last first (0..2) */
+    float *h;              /* [n_swa][HC·D] final streams, position q at row q mod n_swa */
+    int h_n;               /* the last h_n positions' rows are valid (0..n_swa) */
     float *logits;         /* [2][n_vocab] the verify's */
     float *mtp_logits;     /* [n_vocab] the draft's */
+    int32_t *mtp_tokens;   /* [ws.cap] the MTP's input tokens */
     layer_mark *marks;     /* [n_layer] */
     bool marking;          /* the forward pass records marks */
     bool can_drop;         /* the last eval accepted a draft and its marks are kept */
@@ -215,7 +216,7 @@ void indexer_select(ds4_session *s, const block_ref *b, int pos0, int n);
 
 /* Speculative state (mtp.c): allocated with the session when the engine
  * has an MTP block; emptied by ds4_session_reset; after each CPU forward
- * chunk it keeps the last positions' final streams. */
+ * chunk it keeps the last n_swa positions' final streams. */
 int spec_new(ds4_session *s);
 void spec_free(ds4_session *s);
 void spec_reset(ds4_session *s);

@@ -12,9 +12,12 @@
  * with is for real weights to show.
  *
  * A cycle: the caller's next token `first` (the greedy choice at position
- * P) is known, so the MTP runs over the positions its ring lacks (at most
- * P-2 and P-1: the session keeps the last two positions' streams) and
- * drafts d for P+1. The target then evaluates [first, d] as one chunk — one
+ * P) is known, so the MTP runs over the positions its ring lacks and
+ * drafts d for P+1. The session keeps the final streams of its last n_swa
+ * positions (a ring, filled by every forward chunk, prefill included), so
+ * after a prompt the MTP block first runs over the prompt's last window —
+ * its attention then sees what it would in a long decode — and after that
+ * over the one or two positions each cycle adds. The target then evaluates [first, d] as one chunk — one
  * pass over the weights for two tokens. If its own choice after `first` is
  * d, both tokens stand; else the state d changed is put back from the
  * marks the forward pass recorded just before d's update (the compressor
@@ -24,7 +27,8 @@
  * appended are the ones plain greedy decoding gives, and so is the state.
  *
  * The MTP ring only holds positions the MTP has processed since the last
- * gap (a prefill, a reset): attention in the MTP block starts at mtp_lo. */
+ * gap (more positions evaluated between cycles than the streams kept, a
+ * reset): attention in the MTP block starts at mtp_lo. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,9 +49,10 @@ static size_t spec_layout(ds4_session *s, uint8_t *base) {
         if (base) (ptr) = (void *)(base + off);                    \
         off += ((bytes) + 63) & ~(size_t)63;                       \
     } while (0)
-    CARVE(sp->h, 2 * HD * sizeof(float));
+    CARVE(sp->h, (size_t)hp->n_swa * HD * sizeof(float));
     CARVE(sp->logits, 2 * (size_t)hp->n_vocab * sizeof(float));
     CARVE(sp->mtp_logits, (size_t)hp->n_vocab * sizeof(float));
+    CARVE(sp->mtp_tokens, (size_t)e->ws.cap * sizeof(int32_t));
     CARVE(sp->marks, hp->n_layer * sizeof(layer_mark));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const layer_kv *L = &s->layers[il];
@@ -97,20 +102,15 @@ void spec_reset(ds4_session *s) {
     sp->marking = sp->can_drop = false;
 }
 
-/* After a forward chunk of n tokens: the last two positions' final streams
- * (still in ws.H) become the tail. */
+/* After a forward chunk of n tokens at positions n_tokens.. (ws.H holds
+ * their final streams): the last n_swa of them join the ring of streams. */
 void spec_after_forward(ds4_session *s, int n) {
     spec_state *sp = s->spec;
-    size_t HD = (size_t)HC * s->e->model.hp.n_embd;
-    const float *H = s->e->ws.H;
-    if (n >= 2) {
-        memcpy(sp->h, H + (size_t)(n - 2) * HD, 2 * HD * sizeof(float));
-        sp->h_n = 2;
-    } else {
-        if (sp->h_n) memcpy(sp->h, sp->h + HD, HD * sizeof(float));
-        memcpy(sp->h + HD, H, HD * sizeof(float));
-        sp->h_n = sp->h_n ? 2 : 1;
-    }
+    const int W = (int)s->e->model.hp.n_swa;
+    const size_t HD = (size_t)HC * s->e->model.hp.n_embd;
+    for (int t = n > W ? n - W : 0; t < n; t++)
+        memcpy(sp->h + (size_t)((s->n_tokens + t) % W) * HD, s->e->ws.H + (size_t)t * HD, HD * sizeof(float));
+    sp->h_n = sp->h_n + n < W ? sp->h_n + n : W;
     sp->can_drop = false;
 }
 
@@ -121,20 +121,22 @@ static block_ref mtp_block(ds4_session *s) {
                        .swiglu_clamp = hp->swiglu_clamp[hp->n_layer > 1 ? 1 : 0], .raw_lo = s->spec->mtp_lo};
 }
 
-/* The MTP block over positions [q0, q0+n): prev holds their final streams
- * ([n][HC·D]) and tokens[i] is t_{q0+i+1}; the last position's draft
- * logits go to mtp_logits. */
-static void mtp_forward(ds4_session *s, const float *prev, int q0, const int32_t *tokens, int n) {
+/* The MTP block over positions [q0, q0+n) (n <= the workspace's tokens;
+ * their final streams in the ring, tokens[i] = t_{q0+i+1}); with `head`
+ * the last position's draft logits go to mtp_logits. */
+static void mtp_forward(ds4_session *s, int q0, const int32_t *tokens, int n, bool head) {
     ds4_engine *e = s->e;
     const ds4_model *m = &e->model;
     const ds4_mtp_model *mt = &e->mtp;
     chunk_ws *ws = &e->ws;
     spec_state *sp = s->spec;
-    size_t D = m->hp.n_embd;
+    const size_t D = m->hp.n_embd, HD = HC * D;
+    const int W = (int)m->hp.n_swa;
+    for (int t = 0; t < n; t++) memcpy(ws->H + t * HD, sp->h + (size_t)((q0 + t) % W) * HD, HD * sizeof(float));
     cpu_mat emb = cpu_mat_of(&m->token_embd);
     for (int t = 0; t < n; t++) cpu_mat_row_f32(&emb, (uint32_t)tokens[t], ws->y + (size_t)t * D);
     norm_chunk(e, ws->y, D, ws->a, D, e->mtp_enorm, (int)D, n);
-    norm_chunk(e, prev, D, ws->hc_flat, D, e->mtp_hnorm, (int)D, n * HC);
+    norm_chunk(e, ws->H, D, ws->hc_flat, D, e->mtp_hnorm, (int)D, n * HC);
     cpu_mat ep = cpu_mat_of(&mt->e_proj), hpj = cpu_mat_of(&mt->h_proj);
     cpu_matmul(&e->cpu, &ep, ws->a, D, n, ws->x, D);
     cpu_matmul(&e->cpu, &hpj, ws->hc_flat, D, n * HC, ws->H, D);
@@ -146,26 +148,30 @@ static void mtp_forward(ds4_session *s, const float *prev, int q0, const int32_t
         }
     block_ref b = mtp_block(s);
     block_forward(s, &b, tokens, q0, n);
-    head_ref head = {&mt->hc_head_fn, e->mtp_hc_scale, e->mtp_hc_base, e->mtp_norm};
-    output_head(e, &head, n - 1, 1, sp->mtp_logits);
+    if (!head) return;
+    head_ref hr = {&mt->hc_head_fn, e->mtp_hc_scale, e->mtp_hc_base, e->mtp_norm};
+    output_head(e, &hr, n - 1, 1, sp->mtp_logits);
 }
 
 /* The draft for position P+1 given `first` at P = n_tokens, or -1 (no
  * streams to start from, or below the margin). */
 static int32_t mtp_draft(ds4_session *s, int32_t first, const ds4_spec_opts *o) {
     spec_state *sp = s->spec;
-    int P = s->n_tokens;
+    const int P = s->n_tokens, cap = s->e->ws.cap;
     if (sp->h_n == 0) return -1;
-    int q_avail = P - sp->h_n; /* the tail's first position */
+    const int q_avail = P - sp->h_n; /* the first position whose streams are kept */
     if (sp->mtp_next < q_avail || sp->mtp_next > P - 1 || sp->mtp_lo > sp->mtp_next)
         sp->mtp_lo = sp->mtp_next = q_avail; /* a gap: the ring starts again */
-    int q0 = sp->mtp_next, n = P - q0;
-    int32_t tok[2];
-    for (int i = 0; i < n; i++) tok[i] = q0 + i + 1 < P ? s->tokens[q0 + i + 1] : first;
-    mtp_forward(s, sp->h + (size_t)(sp->h_n - n) * HC * s->e->model.hp.n_embd, q0, tok, n);
+    for (int q0 = sp->mtp_next; q0 < P;) { /* in pieces the workspace holds */
+        const int n = P - q0 < cap ? P - q0 : cap;
+        int32_t *tok = sp->mtp_tokens;
+        for (int i = 0; i < n; i++) tok[i] = q0 + i + 1 < P ? s->tokens[q0 + i + 1] : first;
+        mtp_forward(s, q0, tok, n, q0 + n == P);
+        q0 += n;
+    }
     sp->mtp_next = P;
-    int n_vocab = (int)s->e->model.hp.n_vocab;
-    int32_t d = ds4_argmax(sp->mtp_logits, n_vocab);
+    const int n_vocab = (int)s->e->model.hp.n_vocab;
+    const int32_t d = ds4_argmax(sp->mtp_logits, n_vocab);
     if (o && o->draft_hook) return o->draft_hook(o->hook_ctx, P + 1, d, sp->mtp_logits);
     return ds4_top_margin(sp->mtp_logits, n_vocab, d) >= (o ? o->margin : 0.0f) ? d : -1;
 }
@@ -190,9 +196,7 @@ static void drop_last(ds4_session *s) {
             L->n_index_comp = mk->index.n_rows;
         }
     }
-    size_t HD = (size_t)HC * hp->n_embd;
-    memcpy(sp->h + HD, sp->h, HD * sizeof(float)); /* `first`'s streams; the MTP has seen the position before */
-    sp->h_n = 1;
+    sp->h_n--; /* the dropped position's streams; the next forward rewrites its row */
     memcpy(s->logits, sp->logits, hp->n_vocab * sizeof(float));
     s->n_tokens--;
     sp->can_drop = false;
