@@ -1688,19 +1688,23 @@ static int check_moe(uint32_t wtype, uint32_t n_sel, ds4_err *err, uint32_t n_to
     return 0;
 }
 
-/* Gate/up with the activation quantised already (x_act) or as f32 (xf). */
+/* Gate/up with the activation quantised already (x_act) or as f32 (xf),
+ * for n_tok tokens (ds4_cuda_moe_tokens_gate_up). */
 static int gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in, uint32_t n_ff,
                    uint32_t n_expert, const int32_t *ids, const float *weights, uint32_t n_sel, float clamp,
                    const void *x_act, const float *xf, ds4_cuda_ids_src src, const ds4_cuda_carried_mv *c,
-                   float *mid, ds4_cuda_stream stream, ds4_err *err) {
+                   float *mid, ds4_cuda_stream stream, ds4_err *err, uint32_t n_tok = 1) {
     const void *x = x_act ? x_act : (const void *)xf;
-    if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_in, gate, x, err) ||
+    if (check_moe(wtype, n_sel, err, n_tok) || check_shape(wtype, n_in, gate, x, err) ||
         check_shape(wtype, n_in, up, x, err) || (c && c->rows && check_shape(DS4_TYPE_Q8_0, c->n_in, c->w, c->act, err)))
         return -1;
+    if (n_tok > 1 && ds4_act_row_bytes(wtype, n_in) % 16)
+        return ds4_fail(err, "cuda: a token's activation of %u values is not a multiple of 16 bytes", n_in);
     if (n_ff == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-#define GATE_UP(F)                                                                                              \
-    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, xf, src, c, mid, st, err)
+#define GATE_UP(F)                                                                                                    \
+    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, xf, src, c, mid, st, err, \
+                   n_tok)
     switch (wtype) {
     case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
     case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
@@ -1738,14 +1742,14 @@ extern "C" int ds4_cuda_moe_down(ds4_cuda_kernels *k, uint32_t wtype, const void
                                out, stream, err);
 }
 
-extern "C" int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
-                                   uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
-                                   const void *mid_act, const float *add, ds4_cuda_ids_src src, float *out,
-                                   ds4_cuda_stream stream, ds4_err *err) {
-    if (check_moe(wtype, n_sel, err) || check_shape(wtype, n_ff, down, mid_act, err)) return -1;
+/* The down for n_tok tokens (ds4_cuda_moe_tokens_down). */
+static int down(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_ff, uint32_t n_out, uint32_t n_expert,
+                const int32_t *ids, uint32_t n_sel, const void *mid_act, const float *add, ds4_cuda_ids_src src,
+                float *out, ds4_cuda_stream stream, ds4_err *err, uint32_t n_tok = 1) {
+    if (check_moe(wtype, n_sel, err, n_tok) || check_shape(wtype, n_ff, w, mid_act, err)) return -1;
     if (n_out == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-#define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, src, out, st, err)
+#define DOWN(F) run_down<F>(k, w, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, src, out, st, err, n_tok)
     switch (wtype) {
     case DS4_TYPE_Q8_0: return DOWN(fmt_q8_0);
     case DS4_TYPE_Q2_K: return DOWN(fmt_q2_K);
@@ -1753,49 +1757,29 @@ extern "C" int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const vo
     default: return DOWN(fmt_iq2_xxs);
     }
 #undef DOWN
+}
+
+extern "C" int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_ff,
+                                   uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
+                                   const void *mid_act, const float *add, ds4_cuda_ids_src src, float *out,
+                                   ds4_cuda_stream stream, ds4_err *err) {
+    return down(k, wtype, w, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, src, out, stream, err);
 }
 
 extern "C" int ds4_cuda_moe_tokens_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
                                            uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
                                            const float *weights, uint32_t n_sel, uint32_t n_tok, float clamp,
                                            const void *x_act, float *mid, ds4_cuda_stream stream, ds4_err *err) {
-    if (check_moe(wtype, n_sel, err, n_tok) || check_shape(wtype, n_in, gate, x_act, err) ||
-        check_shape(wtype, n_in, up, x_act, err))
-        return -1;
-    if (n_tok > 1 && ds4_act_row_bytes(wtype, n_in) % 16)
-        return ds4_fail(err, "cuda: a token's activation of %u values is not a multiple of 16 bytes", n_in);
-    if (n_ff == 0) return 0;
-    cudaStream_t st = (cudaStream_t)stream;
-#define GATE_UP(F)                                                                                                \
-    run_gate_up<F>(k, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL, ds4_cuda_ids_src{}, \
-                   NULL, mid, st, err, n_tok)
-    switch (wtype) {
-    case DS4_TYPE_Q8_0: return GATE_UP(fmt_q8_0);
-    case DS4_TYPE_Q2_K: return GATE_UP(fmt_q2_K);
-    case DS4_TYPE_Q4_K: return GATE_UP(fmt_q4_K);
-    default: {
-        int v = iq2_gate_up_variant(k, n_in);
-        return v == 1 ? GATE_UP(fmt_iq2_xxs4) : v == 2 ? GATE_UP(fmt_iq2_xxs2) : GATE_UP(fmt_iq2_xxs);
-    }
-    }
-#undef GATE_UP
+    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL,
+                   ds4_cuda_ids_src{}, NULL, mid, stream, err, n_tok);
 }
 
-extern "C" int ds4_cuda_moe_tokens_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff,
+extern "C" int ds4_cuda_moe_tokens_down(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_ff,
                                         uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
                                         uint32_t n_tok, const void *mid_act, const float *add, float *out,
                                         ds4_cuda_stream stream, ds4_err *err) {
-    if (check_moe(wtype, n_sel, err, n_tok) || check_shape(wtype, n_ff, down, mid_act, err)) return -1;
-    if (n_out == 0) return 0;
-    cudaStream_t st = (cudaStream_t)stream;
-#define DOWN(F) run_down<F>(k, down, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, ds4_cuda_ids_src{}, out, st, err, n_tok)
-    switch (wtype) {
-    case DS4_TYPE_Q8_0: return DOWN(fmt_q8_0);
-    case DS4_TYPE_Q2_K: return DOWN(fmt_q2_K);
-    case DS4_TYPE_Q4_K: return DOWN(fmt_q4_K);
-    default: return DOWN(fmt_iq2_xxs);
-    }
-#undef DOWN
+    return down(k, wtype, w, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, ds4_cuda_ids_src{}, out, stream, err,
+                n_tok);
 }
 
 #ifdef DS4_CUDA_TIMELINE
