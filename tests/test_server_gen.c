@@ -7,10 +7,12 @@
  * speculation (drafts forced right and wrong through the config's hook)
  * answering and leaving the session exactly as without it, also when the
  * reply stops (max_tokens, a stop string) on a token a step evaluated
- * ahead. Needs ds4-mkmodel (skips without). */
+ * ahead, and the disk cache's continued saves falling on the same
+ * frontiers. Needs ds4-mkmodel (skips without). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -135,6 +137,43 @@ static void test_speculation(const char *model, const char *mtp) {
         srv_job_unref(jm);
     }
     CHECK(accepted > 10 && rejected > 5, "drafts verified: %d right, %d wrong", accepted, rejected);
+
+    /* The disk cache's continued saves (every 4 tokens here) land on the same
+     * frontiers with speculation: a step that accepts a draft must not skip
+     * one. Each run starts from an empty cache directory. */
+    uint64_t saves[2] = {0, 0};
+    for (int run = 0; run < 2; run++) {
+        char dir[600];
+        snprintf(dir, sizeof dir, "%s/server-gen-kv-%d-%d", getenv("DS4_TMP") ? getenv("DS4_TMP") : "/tmp", (int)getpid(),
+                 run);
+        mkdir(dir, 0700);
+        ds4_kvcache_config_defaults(&c.cfg.kv);
+        c.cfg.kv.dir = dir;
+        c.cfg.kv.min_tokens = 4;
+        c.cfg.kv.cold_max_tokens = 0;
+        c.cfg.kv.continued_interval_tokens = 4;
+        c.cfg.kv.boundary_align_tokens = 0;
+        c.engine = run ? e : plain_engine;
+        if (srv_cache_open(&c, &err)) {
+            CHECK(0, "cache: %s", err.msg);
+            break;
+        }
+        oracle o = {0};
+        c.cfg.spec = (ds4_spec_opts){.draft_hook = oracle_hook, .hook_ctx = &o};
+        srv_job *j = run_on(run ? e : plain_engine, run ? ms : ps, "{\"prompt\":\"Once upon\",\"max_tokens\":30}");
+        char *m = srv_metrics_render(c.metrics, &c); /* the disk counters are the open cache's */
+        const char *key = "ds4_kv_disk_saves_total{reason=\"continued\"} ", *at = m ? strstr(m, key) : NULL;
+        saves[run] = at ? strtoull(at + strlen(key), NULL, 10) : 0;
+        free(m);
+        if (run) CHECK(o.right > 5, "drafts accepted while saving: %d", o.right);
+        srv_job_unref(j);
+        srv_cache_close(&c);
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        CHECK(system(cmd) == 0, "removed %s", dir);
+    }
+    CHECK(saves[0] >= 6 && saves[1] == saves[0], "continued saves: %llu with speculation, %llu without",
+          (unsigned long long)saves[1], (unsigned long long)saves[0]);
     free(stop_json);
     json_decref(js);
     free(ref_text);

@@ -489,10 +489,13 @@ int srv_cache_prefill(srv_ctx *c, ds4_session *s, srv_job *job, const srv_plan *
     return 0;
 }
 
+bool srv_cache_decode_point_due(const srv_ctx *c, int live_tokens) {
+    const srv_cache *k = c->cache;
+    return k && k->kv && ds4_kvcache_continued_target(&c->cfg.kv, &k->sched, live_tokens);
+}
+
 void srv_cache_decode_point(srv_ctx *c, ds4_session *s) {
-    srv_cache *k = c->cache;
-    if (k && k->kv && ds4_kvcache_continued_target(&c->cfg.kv, &k->sched, ds4_session_n_tokens(s)))
-        save_live(c, s, DS4_KVC_REASON_CONTINUED);
+    if (srv_cache_decode_point_due(c, ds4_session_n_tokens(s))) save_live(c, s, DS4_KVC_REASON_CONTINUED);
 }
 
 void srv_cache_shutdown(srv_ctx *c, ds4_session *s) {

@@ -173,8 +173,10 @@ void srv_plan_free(srv_plan *plan);
  * the way and the prompt snapshot at the end; returns like ds4_session_eval. */
 int srv_cache_prefill(srv_ctx *c, ds4_session *s, srv_job *job, const srv_plan *plan, ds4_progress_fn progress,
                       void *progress_ctx, ds4_err *err);
-/* Before each decode token outside a tool block: a continued save when due. */
+/* Before each decode token outside a tool block: a continued save when due
+ * (srv_cache_decode_point_due: at that many live tokens). */
 void srv_cache_decode_point(srv_ctx *c, ds4_session *s);
+bool srv_cache_decode_point_due(const srv_ctx *c, int live_tokens);
 /* Client thread, before rendering: tool-call ids of req's history that
  * the tool memory lacks are looked up in the disk cache's KTM maps. */
 void srv_cache_recall_tool_ids(srv_ctx *c, const srv_request *req);

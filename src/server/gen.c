@@ -208,7 +208,11 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
             if (generated >= max_new) break; /* length */
             if (evaluated) { /* already in the session */
                 evaluated = false;
-                continue;
+                /* plain decoding would pass a decode point with the session
+                 * just before it: a continued save due there (an exact
+                 * frontier, server-spec §5) takes it back and evaluates it again */
+                if (srv_turn_in_tool_block(turn) || !srv_cache_decode_point_due(c, ds4_session_n_tokens(s) - 1)) continue;
+                ds4_session_drop_draft(s);
             }
             if (ds4_session_n_tokens(s) + 1 > c->ctx_size) break; /* length */
             if (!srv_turn_in_tool_block(turn)) srv_cache_decode_point(c, s);
