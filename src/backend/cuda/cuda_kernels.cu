@@ -1082,17 +1082,28 @@ static int launch_grid(ds4_cuda_kernels *k, K kernel, int threads, size_t smem, 
 }
 
 /* The streaming kernel with nst staging buffers a warp (2, 4 or 8). */
+/* The formats with several-column products: the step's dense products
+ * are Q8_0 and F16 (the routed experts' formats go through the MoE
+ * kernels), and each instantiation costs CI's four-architecture build. */
+template <class F>
+static constexpr bool has_cols() {
+    return std::is_same<F, fmt_q8_0>::value || std::is_same<F, fmt_f16>::value;
+}
+
 /* Columns beyond the first stream with MVS_STAGES only. */
 template <class F>
 static void (*stream_kernel(int nst, int nc))(const mv_params) {
-    if (nc == 2) return k_matvec_stream<F, MV_WARPS, MVS_STAGES, 2>;
+    if constexpr (has_cols<F>())
+        if (nc == 2) return k_matvec_stream<F, MV_WARPS, MVS_STAGES, 2>;
     return nst == 8 ? k_matvec_stream<F, MV_WARPS, 8> : nst == 4 ? k_matvec_stream<F, MV_WARPS, 4>
                                                               : k_matvec_stream<F, MV_WARPS, 2>;
 }
 
 template <class F>
 static void (*tiled_kernel(int nc))(const mv_params) {
-    return nc == 2 ? k_matvec<F, MV_WARPS, 2> : k_matvec<F, MV_WARPS>;
+    if constexpr (has_cols<F>())
+        if (nc == 2) return k_matvec<F, MV_WARPS, 2>;
+    return k_matvec<F, MV_WARPS>;
 }
 
 /* A product as planned for its launch: the kernel's parameters, its
@@ -1427,11 +1438,13 @@ static int run_down(ds4_cuda_kernels *k, const void *down, uint32_t n_ff, uint32
 template <class F, bool DOWN = true>
 static cudaError_t allow_smem(int bytes) {
     cudaError_t e;
-    if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
-        (e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
-        (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, MVS_STAGES, 2>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+    if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
         return e;
+    if constexpr (has_cols<F>())
+        if ((e = cudaFuncSetAttribute(k_matvec<F, MV_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
+            (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, MVS_STAGES, 2>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
+            return e;
     if ((e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
         (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)) ||
         (e = cudaFuncSetAttribute(k_matvec_stream<F, MV_WARPS, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)))
@@ -1626,6 +1639,9 @@ static int check_mv(const ds4_cuda_mv *d, uint32_t *n_rows, ds4_err *err) {
         return ds4_fail(err, "cuda: misaligned f32 activation, or a norm over groups");
     if (d->n_cols > DS4_CUDA_MV_COLS)
         return ds4_fail(err, "cuda: %u activation columns in one product (1..%d)", d->n_cols, DS4_CUDA_MV_COLS);
+    if (d->n_cols > 1 && d->wtype != DS4_TYPE_Q8_0 && d->wtype != DS4_TYPE_F16)
+        return ds4_fail(err, "cuda: several activation columns with %s weights (Q8_0 and F16 only)",
+                        ds4_type_name(d->wtype));
     if (d->n_cols > 1 && (d->x ? (d->n_groups * d->n_in) % 4 : ds4_act_row_bytes(d->wtype, d->n_groups * d->n_in) % 16))
         return ds4_fail(err, "cuda: activation columns of %u values are not 16-byte aligned", d->n_groups * d->n_in);
     *n_rows = 0;

@@ -116,8 +116,9 @@ void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, i
  *    read before waiting for the previous kernel (programmatic launch), so
  *    no kernel on the stream may write it (the step's is copied from the
  *    host before the graph runs);
- *  - n_cols (0 = 1, at most DS4_CUDA_MV_COLS): activation columns, each
- *    weight row read once for all of them (several tokens' products):
+ *  - n_cols (0 = 1, at most DS4_CUDA_MV_COLS; more than 1 for Q8_0 and
+ *    F16 weights only): activation columns, each weight row read once for
+ *    all of them (several tokens' products):
  *    column c's activation follows column c-1's (x: n_groups·n_in floats
  *    on; act: that row quantised; norm_out: n_in floats on), its results
  *    are at y + c·y_col of every segment. Each column's results are the
