@@ -3,8 +3,8 @@
 # on the CPU side.
 #
 # Where nvcc exists (CI's build machines have it, without a GPU): the full
-# `make cuda` (sm_90, sm_80, sm_89, sm_120: 40-60 s on the shared 2-core build
-# machine, about 25 s for sm_90 alone; later runs are incremental) into its own
+# `make cuda` (sm_90, sm_80, sm_89, sm_120: about 4 minutes on the shared 2-core
+# build machine with nvcc's --threads; later runs are incremental) into its own
 # build dir, then `ds4-cuda-bench --host-check`, which runs the kernels' per-block
 # arithmetic (src/backend/cuda/cuda_formats.cuh) on the CPU and requires
 # every row to equal ds4_dot bit for bit. The GPU runs are
