@@ -112,6 +112,28 @@ spec=$(printf "$chat_in" | ds4 --mtp "$MTP" --mtp-draft 2 --mtp-margin 0 --nothi
 check "mtp: chat turns as without MTP" '[ "$spec" = "$plain" ]'
 check "mtp: chat turns reuse the same prefixes" \
     '[ "$(grep -o "([0-9]* reused)" "$T/cli-chat-mtp")" = "$(grep -o "([0-9]* reused)" "$T/cli-chat-plain")" ]'
+# The accept path: with output.weight zeroed every logit is 0, so greedy
+# decoding picks token 0 each step and so does the MTP head (the same
+# matrix): every draft is right (ds4-bench shows it), and answers that stop
+# on a token a step evaluated ahead (-n 2; chat turns of -n 4) must still
+# be plain decoding's.
+Z="$T/cli-zero.gguf"
+cp "$M" "$Z" && python3 "$DS4_ROOT/tests/gguf_zero_tensor.py" "$Z" output.weight || bad "zeroing output.weight"
+zds4() { "$B/ds4" -m "$Z" -c 4096 -t 1 "$@"; }
+for i in $(seq 1 40); do echo "Line $i: the quick brown fox jumps over the lazy dog."; done >"$T/cli-zero-prompt.txt"
+e=$("$B/ds4-bench" -m "$Z" --prompt-file "$T/cli-zero-prompt.txt" --bw-mib 0 -t 1 --ctx-start 64 --ctx-max 64 -n 9 \
+    --mtp "$MTP" --mtp-margin 0 2>&1 >/dev/null)
+check "mtp: on the zeroed model every draft is accepted" 'grep -q "drafts accepted (100% of those verified)" <<<"$e"'
+for n in 1 2 7; do
+    plain=$(zds4 -p "Hello there" --nothink --temp 0 -n $n 2>/dev/null)
+    spec=$(zds4 --mtp "$MTP" --mtp-draft 2 --mtp-margin 0 -p "Hello there" --nothink --temp 0 -n $n 2>/dev/null)
+    check "mtp accepting: -n $n answer as without MTP" '[ -n "$plain" ] && [ "$spec" = "$plain" ]'
+done
+plain=$(printf "$chat_in" | zds4 --nothink --temp 0 -n 4 2>"$T/cli-zchat-plain")
+spec=$(printf "$chat_in" | zds4 --mtp "$MTP" --mtp-draft 2 --mtp-margin 0 --nothink --temp 0 -n 4 2>"$T/cli-zchat-mtp")
+check "mtp accepting: chat turns as without MTP" '[ "$spec" = "$plain" ]'
+check "mtp accepting: chat turns reuse the same prefixes" \
+    '[ "$(grep -o "([0-9]* reused)" "$T/cli-zchat-mtp")" = "$(grep -o "([0-9]* reused)" "$T/cli-zchat-plain")" ]'
 e=$(ds4 --mtp "$T/does-not-exist-mtp.gguf" -p "Hi" -n 1 2>&1 >/dev/null)
 rc=$?
 check "mtp: a missing MTP file: exit 1 naming it" '[ $rc = 1 ] && grep -q "does-not-exist-mtp.gguf" <<<"$e"'
