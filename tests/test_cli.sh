@@ -117,8 +117,21 @@ check "mtp: chat turns reuse the same prefixes" \
 # matrix): every draft is right (ds4-bench shows it), and answers that stop
 # on a token a step evaluated ahead (-n 2; chat turns of -n 4) must still
 # be plain decoding's.
+# zero_tensor FILE NAME: the tensor's bytes set to 0 in place, located by
+# ds4-gguf's JSON (data_offset + the tensor's offset, nbytes).
+zero_tensor() {
+    local at
+    at=$("$B/ds4-gguf" "$1" | awk -v name="\"$2\"," '
+        /"data_offset":/ { gsub(/[^0-9]/, "", $2); base = $2 }
+        $1 == "\"name\":" && $2 == name { hit = 1 }
+        hit && /"offset":/ { gsub(/[^0-9]/, "", $2); off = $2 }
+        hit && /"nbytes":/ { gsub(/[^0-9]/, "", $2); print base + off, $2; exit }')
+    [ -n "$at" ] || return 1
+    set -- "$1" $at
+    head -c "$3" /dev/zero | dd of="$1" bs=65536 seek="$2" oflag=seek_bytes conv=notrunc status=none
+}
 Z="$T/cli-zero.gguf"
-cp "$M" "$Z" && python3 "$DS4_ROOT/tests/gguf_zero_tensor.py" "$Z" output.weight || bad "zeroing output.weight"
+cp "$M" "$Z" && zero_tensor "$Z" output.weight || bad "zeroing output.weight"
 zds4() { "$B/ds4" -m "$Z" -c 4096 -t 1 "$@"; }
 for i in $(seq 1 40); do echo "Line $i: the quick brown fox jumps over the lazy dog."; done >"$T/cli-zero-prompt.txt"
 e=$("$B/ds4-bench" -m "$Z" --prompt-file "$T/cli-zero-prompt.txt" --bw-mib 0 -t 1 --ctx-start 64 --ctx-max 64 -n 9 \
