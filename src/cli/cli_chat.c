@@ -81,9 +81,7 @@ static int open_engine(cli_chat *c, int ctx) {
     fprintf(stderr, "ds4: context %d tokens, KV state %.1f MiB, backend %s\n", ds4_engine_ctx(c->eng),
             ds4_kv_bytes(&m->hp, (uint64_t)ds4_engine_ctx(c->eng)) / (1024.0 * 1024.0),
             ds4_engine_backend_name(c->eng));
-    /* server-spec §1.1: speculation only when greedy and --mtp-draft > 1 */
-    c->speculate = ds4_engine_has_mtp(c->eng) && o->mtp_draft > 1 && !(o->temperature > 0.0f) &&
-                   !getenv("DS4_MTP_SPEC_DISABLE");
+    c->speculate = ds4_speculation_on(c->eng, o->mtp_draft, o->temperature);
     if (c->speculate)
         fprintf(stderr, "ds4: MTP speculative decoding on (margin %.1f)\n", (double)o->mtp_margin);
     else if (ds4_engine_has_mtp(c->eng))

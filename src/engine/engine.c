@@ -555,9 +555,8 @@ static int forward_any(ds4_session *s, const int32_t *tokens, int n, float *all_
     return 0;
 }
 
-static int eval_tokens(ds4_session *s, const int32_t *tokens, int n, float *all_logits,
-                       ds4_progress_fn progress, void *progress_ctx, ds4_err *err) {
-    ds4_engine *e = s->e;
+int eval_check(const ds4_session *s, const int32_t *tokens, int n, ds4_err *err) {
+    const ds4_engine *e = s->e;
     uint32_t n_vocab = e->model.hp.n_vocab;
     if (n < 0) return ds4_fail(err, "eval: negative token count %d", n);
     if (n == 0) return 0;
@@ -569,6 +568,15 @@ static int eval_tokens(ds4_session *s, const int32_t *tokens, int n, float *all_
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= n_vocab)
             return ds4_fail(err, "eval: token %d at index %d is outside the vocabulary (%u)", tokens[i], i,
                             n_vocab);
+    return 0;
+}
+
+static int eval_tokens(ds4_session *s, const int32_t *tokens, int n, float *all_logits,
+                       ds4_progress_fn progress, void *progress_ctx, ds4_err *err) {
+    ds4_engine *e = s->e;
+    uint32_t n_vocab = e->model.hp.n_vocab;
+    if (eval_check(s, tokens, n, err)) return -1;
+    if (n == 0) return 0;
     pthread_mutex_lock(&e->eval_mu);
     int done = 0, rc = 0;
     while (done < n) {

@@ -101,6 +101,10 @@ int ds4_session_eval_all_logits(ds4_session *s, const int32_t *tokens, int n, fl
 /* ---- greedy speculative decoding with the MTP block (model-spec §8) ---- */
 
 bool ds4_engine_has_mtp(const ds4_engine *e);
+/* Whether decoding with these settings speculates (server-spec §1.1): an
+ * MTP block, --mtp-draft 2 or more, greedy (temperature <= 0), and
+ * DS4_MTP_SPEC_DISABLE unset. */
+bool ds4_speculation_on(const ds4_engine *e, int mtp_draft, float temperature);
 
 typedef struct ds4_spec_opts {
     /* A draft is verified only when the MTP's top logit leads its second by

@@ -187,6 +187,10 @@ struct ds4_engine {
  * for): 0, or -1 with err where the device failed. */
 int session_logits_ready(const ds4_session *s, ds4_err *err);
 
+/* What every eval checks before it changes anything (engine.c): a count
+ * in 0..the context's room, tokens in the vocabulary; 0 or -1 with err. */
+int eval_check(const ds4_session *s, const int32_t *tokens, int n, ds4_err *err);
+
 /* One chunk [pos0, pos0+n) of tokens through every layer (forward.c). If
  * all_logits is non-NULL every position's logits go there ([n][n_vocab]),
  * else the last token's go to s->logits. */

@@ -159,9 +159,10 @@ static int32_t mtp_draft(ds4_session *s, int32_t first, const ds4_spec_opts *o) 
     spec_state *sp = s->spec;
     const int P = s->n_tokens, cap = s->e->ws.cap;
     if (sp->h_n == 0) return -1;
+    /* mtp_next <= P - 1: a cycle leaves it at the position it drafted from,
+     * and sessions only grow (a reset empties it) */
     const int q_avail = P - sp->h_n; /* the first position whose streams are kept */
-    if (sp->mtp_next < q_avail || sp->mtp_next > P - 1 || sp->mtp_lo > sp->mtp_next)
-        sp->mtp_lo = sp->mtp_next = q_avail; /* a gap: the ring starts again */
+    if (sp->mtp_next < q_avail) sp->mtp_lo = sp->mtp_next = q_avail; /* a gap: the ring starts again */
     for (int q0 = sp->mtp_next; q0 < P;) { /* in pieces the workspace holds */
         const int n = P - q0 < cap ? P - q0 : cap;
         int32_t *tok = sp->mtp_tokens;
@@ -204,16 +205,17 @@ static void drop_last(ds4_session *s) {
 
 bool ds4_engine_has_mtp(const ds4_engine *e) { return e->has_mtp; }
 
+bool ds4_speculation_on(const ds4_engine *e, int mtp_draft, float temperature) {
+    return e->has_mtp && mtp_draft > 1 && !(temperature > 0.0f) && !getenv("DS4_MTP_SPEC_DISABLE");
+}
+
 int ds4_session_eval_speculative(ds4_session *s, int32_t first, int max_new, const ds4_spec_opts *o,
                                  int32_t out[2], ds4_err *err) {
     ds4_engine *e = s->e;
     const ds4_hparams *hp = &e->model.hp;
     spec_state *sp = s->spec;
     if (!sp) return ds4_fail(err, "speculative decoding needs an MTP model (--mtp FILE)");
-    if (first < 0 || (uint32_t)first >= hp->n_vocab)
-        return ds4_fail(err, "eval: token %d is outside the vocabulary (%u)", first, hp->n_vocab);
-    if (s->n_tokens >= e->ctx)
-        return ds4_fail(err, "context full: %d tokens + 1 new exceed the context of %d", s->n_tokens, e->ctx);
+    if (eval_check(s, &first, 1, err)) return -1;
     pthread_mutex_lock(&e->eval_mu);
     int P = s->n_tokens;
     int32_t d = max_new >= 2 && P + 2 <= e->ctx ? mtp_draft(s, first, o) : -1;

@@ -158,9 +158,9 @@ void srv_generate(srv_ctx *c, ds4_session *s, srv_job *job) {
         if (forced) srv_trace(c, "--- trace: forced output %d (%d tokens) ---\n", forced_index, n_forced);
         int max_new = req->max_tokens >= 0 ? req->max_tokens : c->cfg.default_max_tokens;
         float *masked = req->ignore_eos ? ds4_xmalloc(sizeof(float) * (size_t)n_vocab) : NULL;
-        /* MTP speculation (server-spec §1.1): greedy requests only, every token chosen by argmax */
-        const bool speculate = ds4_engine_has_mtp(c->engine) && c->cfg.mtp_draft > 1 && !forced && !masked &&
-                               !(sampler.temperature > 0.0f) && !getenv("DS4_MTP_SPEC_DISABLE");
+        /* MTP speculation: greedy requests whose every token is the argmax */
+        const bool speculate = ds4_speculation_on(c->engine, c->cfg.mtp_draft, sampler.temperature) && !forced &&
+                               !masked;
         int32_t ahead = -1;     /* the token after the last one, evaluated by the same speculative step */
         bool evaluated = false; /* the token in hand is `ahead`'s */
         while (generated < max_new) {
