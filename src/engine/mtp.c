@@ -28,11 +28,19 @@
  *
  * The MTP ring only holds positions the MTP has processed since the last
  * gap (more positions evaluated between cycles than the streams kept, a
- * reset): attention in the MTP block starts at mtp_lo. */
+ * reset): attention in the MTP block starts at mtp_lo.
+ *
+ * On the cuda backend the MTP block does not run yet: a cycle verifies the
+ * draft the caller's hook gives (ds4-bench --mtp-accept measures the verify
+ * step so) in the device's verify step (ds4_cuda_session_verify), which
+ * takes a wrong draft back itself. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine_impl.h"
+#ifdef DS4_CUDA
+#include "../backend/cuda/cuda_engine.h"
+#endif
 
 enum { HC = DS4_N_HC };
 
@@ -209,11 +217,55 @@ bool ds4_speculation_on(const ds4_engine *e, int mtp_draft, float temperature) {
     return e->has_mtp && mtp_draft > 1 && !(temperature > 0.0f) && !getenv("DS4_MTP_SPEC_DISABLE");
 }
 
+#ifdef DS4_CUDA
+/* A cycle on the cuda backend (eval_mu held): the hook's draft, if any,
+ * verified with `first` in one device step. */
+static int spec_cuda(ds4_session *s, int32_t first, int max_new, const ds4_spec_opts *o, int32_t out[2],
+                     ds4_err *err) {
+    const int P = s->n_tokens;
+    const int32_t d = max_new >= 2 && P + 2 <= s->e->ctx && o && o->draft_hook
+                          ? o->draft_hook(o->hook_ctx, P + 1, -1, NULL) : -1;
+    out[0] = first;
+    s->cuda_can_drop = false;
+    if (d < 0 || (uint32_t)d >= s->e->model.hp.n_vocab) {
+        if (ds4_cuda_session_step(s->cuda, first, P, NULL, err)) return -1;
+        s->tokens[s->n_tokens++] = first;
+        return 1;
+    }
+    const int32_t pair[2] = {first, d};
+    int32_t pick[2];
+    if (ds4_cuda_session_verify(s->cuda, pair, P, err)) return -1;
+    ds4_cuda_session_verify_pick(s->cuda, 0, pick);
+    s->tokens[P] = first;
+    if (pick[0] != d) {
+        if (ds4_cuda_session_verify_reject(s->cuda, err)) return -1;
+        s->n_tokens = P + 1;
+        return 1;
+    }
+    s->tokens[P + 1] = d;
+    s->n_tokens = P + 2;
+    s->cuda_can_drop = true;
+    out[1] = d;
+    return 2;
+}
+#endif
+
 int ds4_session_eval_speculative(ds4_session *s, int32_t first, int max_new, const ds4_spec_opts *o,
                                  int32_t out[2], ds4_err *err) {
     ds4_engine *e = s->e;
     const ds4_hparams *hp = &e->model.hp;
     spec_state *sp = s->spec;
+#ifdef DS4_CUDA
+    if (s->cuda) {
+        if (!o || !o->draft_hook)
+            return ds4_fail(err, "speculative decoding on cuda takes drafts from a hook only (no MTP block there yet)");
+        if (eval_check(s, &first, 1, err)) return -1;
+        pthread_mutex_lock(&e->eval_mu);
+        int n = spec_cuda(s, first, max_new, o, out, err);
+        pthread_mutex_unlock(&e->eval_mu);
+        return n;
+    }
+#endif
     if (!sp) return ds4_fail(err, "speculative decoding needs an MTP model (--mtp FILE)");
     if (eval_check(s, &first, 1, err)) return -1;
     pthread_mutex_lock(&e->eval_mu);
@@ -247,6 +299,19 @@ int ds4_session_eval_speculative(ds4_session *s, int32_t first, int max_new, con
 }
 
 int ds4_session_drop_draft(ds4_session *s) {
+#ifdef DS4_CUDA
+    if (s->cuda) {
+        if (!s->cuda_can_drop) return 0;
+        ds4_err err = {{0}};
+        pthread_mutex_lock(&s->e->eval_mu);
+        int rc = ds4_cuda_session_verify_reject(s->cuda, &err);
+        if (!rc) s->n_tokens--;
+        s->cuda_can_drop = false;
+        pthread_mutex_unlock(&s->e->eval_mu);
+        if (rc) fprintf(stderr, "ds4: %s\n", err.msg);
+        return rc ? 0 : 1;
+    }
+#endif
     if (!s->spec || !s->spec->can_drop) return 0;
     pthread_mutex_lock(&s->e->eval_mu);
     drop_last(s);

@@ -723,14 +723,13 @@ static void bench_columns(ds4_cuda_kernels *k, cudaStream_t st, const char *name
         d.n_in = n_in;
         d.n_groups = 1;
         d.n_seg = 1;
-        d.seg[0] = {w, n_rows, y};
+        d.seg[0] = {w, n_rows, y, n_rows};
         d.act = act;
         d.x = xf;
         d.norm_w = norm_w;
         d.eps = 1e-6f;
         d.norm_out = norm_w ? d_norm : NULL;
         d.n_cols = (uint32_t)cols;
-        d.y_col = n_rows;
         DS(ds4_cuda_matvec_multi(k, &d, st, &err_));
     };
     auto fetch = [&](const float *d, float *h, size_t n) {

@@ -368,45 +368,88 @@ static int dalloc(ds4_cuda_engine *e, void **p, size_t bytes, ds4_err *err) {
     return 0;
 }
 
+/* A workspace buffer of `bytes` for each token (p: its field in e->w[0];
+ * the other tokens' fields are the same field of e->w[t]): one allocation
+ * with the tokens' copies `stride` bytes apart, or with stride 0 an
+ * allocation each; registered for tok_ptr. */
+static int walloc(ds4_cuda_engine *e, void **p, size_t bytes, size_t stride, ds4_err *err) {
+    const int nt = DS4_CUDA_VERIFY_TOKENS;
+    auto field = [&](int t) { return (void **)((uint8_t *)p + t * sizeof(dwork)); };
+    if (e->n_wbufs == (int)(sizeof e->wbufs / sizeof *e->wbufs))
+        return ds4_fail(err, "cuda: more workspace buffers than the table holds");
+    ds4_cuda_engine::wbuf *b = &e->wbufs[e->n_wbufs++];
+    b->bytes = bytes;
+    if (stride && dalloc(e, p, (nt - 1) * stride + bytes, err)) return -1;
+    for (int t = 0; t < nt; t++) {
+        if (!stride && dalloc(e, field(t), bytes, err)) return -1;
+        if (stride) *field(t) = (uint8_t *)*p + t * stride;
+        b->base[t] = (uint8_t *)*field(t);
+    }
+    return 0;
+}
+
+/* The tokens' copies of an activation of n values quantised for type:
+ * one row apart, as the several-column kernels take them, where that keeps
+ * them 16-byte aligned (else as far as the next 256 bytes: one token at a
+ * time then). */
+static size_t act_stride(uint32_t type, size_t n) {
+    const size_t row = ds4_act_row_bytes(type, n);
+    return row && row % 16 == 0 ? row : align256(row ? row : 1);
+}
+
 static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     const ds4_hparams *hp = &e->m->hp;
-    dwork *w = &e->w;
+    dwork *w = &e->w[0];
     size_t D = hp->n_embd, hd = hp->head_dim, ihd = hp->indexer_head_dim, ff = hp->n_ff_exp;
-    size_t nu = hp->n_expert_used, qdim = (size_t)hp->n_head * hd;
+    size_t nu = hp->n_expert_used, qdim = (size_t)hp->n_head * hd, lo = (size_t)hp->n_out_group * hp->o_lora;
     uint32_t max_cap = 16;
     for (uint32_t il = 0; il < hp->n_layer; il++) max_cap = e->comp_cap[il] > max_cap ? e->comp_cap[il] : max_cap;
     size_t max_n = 4 * D;
-    size_t cand[] = {qdim, (size_t)hp->n_out_group * hp->o_lora, nu * ff, hp->q_lora, (size_t)hp->n_vocab};
+    size_t cand[] = {qdim, lo, nu * ff, hp->q_lora, (size_t)hp->n_vocab};
     for (size_t i = 0; i < sizeof cand / sizeof *cand; i++) max_n = cand[i] > max_n ? cand[i] : max_n;
     size_t act_bytes = max_n * 2 + 1024;
-#define F(ptr, n) if (dalloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), err)) return -1
-    F(w->io, 1);
+    for (int t = 1; t < DS4_CUDA_VERIFY_TOKENS; t++) e->w[t].rope = w->rope; /* the ratios; pointers below */
+    /* F: each token's own; P: the tokens' copies side by side (the
+     * products' and the routed experts' several-column forms read and
+     * write them so); A: a quantised activation (act_bytes), the tokens'
+     * copies one row of n values of weight type `type` apart */
+#define F(ptr, n) if (walloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), 0, err)) return -1
+#define P(ptr, n) if (walloc(e, (void **)&(ptr), (size_t)(n) * sizeof(*(ptr)), (size_t)(n) * sizeof(*(ptr)), err)) return -1
+#define A(ptr, type, n) if (walloc(e, (void **)&(ptr), act_bytes, act_stride(type, n), err)) return -1
+    P(w->io, 1);
     F(w->H, 4 * D); F(w->H2, 4 * D); F(w->hx, D);
     F(w->hc_part, HC_PART); F(w->hc_count, 1);
     F(w->mix, DS4_HC_MIX); F(w->post, HC_N); F(w->comb, HC_N * HC_N);
-    F(w->x, D); F(w->a, D); F(w->qraw, hp->q_lora); F(w->qr, hp->q_lora); F(w->q, qdim); F(w->kv, hd);
+    F(w->x, D); P(w->a, D); P(w->qraw, hp->q_lora); P(w->qr, hp->q_lora); P(w->q, qdim); P(w->kv, hd);
     F(w->rope.cs0, hp->n_rot / 2); F(w->rope.cs1, hp->n_rot / 2);
     for (int i = 0; i < w->rope.n_win; i++) F(w->rope.win[i], hp->n_rot / 2);
-    F(w->ckv, 2 * hd); F(w->csc, 2 * hd); F(w->ikv, 2 * ihd); F(w->isc, 2 * ihd);
-    F(w->iq, (size_t)hp->n_indexer_head * ihd); F(w->iw, hp->n_indexer_head);
+    P(w->ckv, 2 * hd); P(w->csc, 2 * hd); P(w->ikv, 2 * ihd); P(w->isc, 2 * ihd);
+    P(w->iq, (size_t)hp->n_indexer_head * ihd); P(w->iw, hp->n_indexer_head);
     F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
     F(w->tkg, 1); F(w->tk_wa, (e->topk_grid + 1) * TOPK_GRID_WARPS); F(w->tk_wt, (e->topk_grid + 1) * TOPK_GRID_WARPS);
-    F(w->att, qdim); F(w->attq, act_bytes); F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
-    F(w->low, (size_t)hp->n_out_group * hp->o_lora); F(w->lowq, act_bytes); F(w->y, D);
-    F(w->router, hp->n_expert); F(w->ids, DS4_CUDA_MAX_SEL); F(w->ew, DS4_CUDA_MAX_SEL); F(w->route_stamp, hp->n_layer);
-    F(w->mid, nu * ff); F(w->smid, ff); F(w->shgu, 2 * ff); F(w->sh, D); F(w->ehc, D); F(w->logits, hp->n_vocab);
-    F(w->zero_id, 1); F(w->one_w, 1);
+    P(w->att, qdim); A(w->attq, DS4_TYPE_Q8_0, qdim);
+    F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
+    P(w->low, lo); A(w->lowq, e->m->layers[0].attn_output_b.type, lo); P(w->y, D);
+    P(w->router, hp->n_expert); P(w->ids, nu); P(w->ew, nu); F(w->route_stamp, hp->n_layer);
+    P(w->mid, nu * ff); F(w->smid, ff); P(w->shgu, 2 * ff); P(w->sh, D); P(w->ehc, D); P(w->logits, hp->n_vocab);
+    P(w->zero_id, 1); F(w->one_w, 1);
     F(w->pick_part, 2 * PICK_BLOCKS); F(w->pick_count, 1);
-    F(w->actA, act_bytes); F(w->actB, act_bytes); F(w->aq8, act_bytes);
+    A(w->actA, DS4_TYPE_Q8_0, ff); A(w->actB, e->m->layers[0].ffn_gate_exps.type, D); A(w->aq8, DS4_TYPE_Q8_0, D);
+#undef A
+#undef P
 #undef F
     int32_t zero = 0;
     float one = 1.0f;
-    cudaError_t c = cudaMemcpy(w->zero_id, &zero, sizeof zero, cudaMemcpyHostToDevice);
-    if (c == cudaSuccess) c = cudaMemcpy(w->one_w, &one, sizeof one, cudaMemcpyHostToDevice);
-    if (c == cudaSuccess) c = cudaMemset(w->hc_count, 0, sizeof *w->hc_count);
-    if (c == cudaSuccess) c = cudaMemset(w->pick_count, 0, sizeof *w->pick_count);
-    if (c == cudaSuccess) c = cudaMemset(w->tkg, 0, sizeof *w->tkg);
-    if (c == cudaSuccess) c = cudaMemset(w->route_stamp, 0, hp->n_layer * sizeof *w->route_stamp);
+    cudaError_t c = cudaSuccess;
+    for (int t = 0; t < DS4_CUDA_VERIFY_TOKENS && c == cudaSuccess; t++) {
+        dwork *wt = &e->w[t];
+        c = cudaMemcpy(wt->zero_id, &zero, sizeof zero, cudaMemcpyHostToDevice);
+        if (c == cudaSuccess) c = cudaMemcpy(wt->one_w, &one, sizeof one, cudaMemcpyHostToDevice);
+        if (c == cudaSuccess) c = cudaMemset(wt->hc_count, 0, sizeof *wt->hc_count);
+        if (c == cudaSuccess) c = cudaMemset(wt->pick_count, 0, sizeof *wt->pick_count);
+        if (c == cudaSuccess) c = cudaMemset(wt->tkg, 0, sizeof *wt->tkg);
+        if (c == cudaSuccess) c = cudaMemset(wt->route_stamp, 0, hp->n_layer * sizeof *wt->route_stamp);
+    }
     return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
 }
 
@@ -570,7 +613,7 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, i
     e->topk_threads = one_th < 512 ? 512 : one_th > 1024 || one_max > TOPK_GRID_MIN ? 1024 : one_th;
     e->rope_plain = rope_of(hp, false);
     e->rope_comp = rope_of(hp, true);
-    rope_tabs *rt = &e->w.rope;
+    rope_tabs *rt = &e->w[0].rope;
     rt->plain = e->rope_plain;
     rt->comp = e->rope_comp;
     for (uint32_t il = 0; il < hp->n_layer; il++) { /* the compressors' ratios (the indexer's is 4) */
@@ -692,7 +735,29 @@ struct enq {
     bool pdl;   /* programmatic dependent launch (cuda_pdl.cuh) */
     bool hc_q8; /* k_hc also writes ws.a as Q8_0 (ws.aq8) for the Q8_0 products of it */
     bool sh_carry; /* the routed gate/up carries the shared expert's down (shared_down() otherwise) */
+    int nt;        /* tokens evaluated: 1, or the verify step's DS4_CUDA_VERIFY_TOKENS */
+    bool cols;     /* the tokens' products as one launch of a column each where cols_fit */
+    bool moe_tokens; /* the tokens' routed experts as one launch each where moe_tokens_fit */
 };
+
+/* Token t's copy of the workspace address p of token 0 (NULL stays NULL). */
+template <typename T>
+static T *tok_ptr(const ds4_cuda_engine *e, T *p, int t) {
+    if (!p || !t) return p;
+    const uint8_t *b = (const uint8_t *)p;
+    for (int i = 0; i < e->n_wbufs; i++) {
+        const ds4_cuda_engine::wbuf &wb = e->wbufs[i];
+        if (b >= wb.base[0] && b < wb.base[0] + wb.bytes) return (T *)(wb.base[t] + (b - wb.base[0]));
+    }
+    fprintf(stderr, "cuda: %p is not in token 0's workspace\n", (const void *)p);
+    abort();
+}
+
+/* How far token 1's copy of p lies from p, in units of T. */
+template <typename T>
+static ptrdiff_t tok_stride(const ds4_cuda_engine *e, const T *p) {
+    return (const uint8_t *)tok_ptr(e, p, 1) - (const uint8_t *)p;
+}
 
 /* kernel<<<grid, block, smem, q->st>>>(args...), programmatic when q->pdl. */
 template <typename... KArgs, typename... Args>
@@ -710,12 +775,19 @@ static int run_alone(enq *q, const char *what, void (*kernel)(KArgs...), dim3 gr
                std::forward<Args>(args)...);
 }
 
-/* rows rows of m (from w) by x: f32 weights, or any type in exact mode. */
+/* rows rows of m (from w) by x into y (token 0's; each token's): f32
+ * weights, or any type in exact mode. */
 static int exact_mv(enq *q, const dmat &m, const uint8_t *w, uint32_t rows, const float *x, float *y) {
-    if (q->e->exact)
-        return run(q, "exact matvec", k_exact_matvec, (rows * 32 + 255) / 256, 256, 0, w, m.type, m.row_bytes, rows,
-                   m.in, x, y);
-    return run(q, "f32 matvec", k_matvec_f32, (rows * 32 + 255) / 256, 256, 0, (const float *)w, rows, m.in, x, y);
+    for (int t = 0; t < q->nt; t++) {
+        const float *xt = tok_ptr(q->e, x, t);
+        float *yt = tok_ptr(q->e, y, t);
+        if (q->e->exact ? run(q, "exact matvec", k_exact_matvec, (rows * 32 + 255) / 256, 256, 0, w, m.type,
+                              m.row_bytes, rows, m.in, xt, yt)
+                        : run(q, "f32 matvec", k_matvec_f32, (rows * 32 + 255) / 256, 256, 0, (const float *)w, rows,
+                              m.in, xt, yt))
+            return -1;
+    }
+    return 0;
 }
 
 /* The product of x (normed by norm_w first, if not NULL, and then written
@@ -743,16 +815,75 @@ static ds4_cuda_mv mv_of(const enq *q, const dmat &m, float *y, const float *x, 
  * products then copy 4.6 KB of codes instead of quantising its 16 KB of
  * f32 in each of their blocks (k_hc's blocks own 256 dims: a warp a Q8_0
  * block). H200, 43 q2 layers: +1.2% at 4k, +1.3% at 64k. */
-static bool hc_writes_q8(const enq *q, const float *a) {
-    return q->hc_q8 && !q->e->exact && a == q->e->w.a && q->e->m->hp.n_embd % 256 == 0;
+static bool hc_writes_q8(const enq *q, const float *a, int t = 0) {
+    return q->hc_q8 && !q->e->exact && a == q->e->w[t].a && q->e->m->hp.n_embd % 256 == 0;
 }
 
 /* A product of ws.a with Q8_0 weights reads that copy. */
 static void read_hc_q8(const enq *q, ds4_cuda_mv *d) {
-    if (d->wtype == DS4_TYPE_Q8_0 && !d->norm_w && hc_writes_q8(q, d->x)) d->act = q->e->w.aq8, d->x = NULL;
+    if (d->wtype == DS4_TYPE_Q8_0 && !d->norm_w && hc_writes_q8(q, d->x)) d->act = q->e->w[0].aq8, d->x = NULL;
 }
 
-/* Products of x by the matrices m[i] -> y[i] (at most 2 · DS4_CUDA_MV_SEGS):
+/* Whether d (token 0's buffers) runs for the q->nt tokens as one launch of
+ * a column each (ds4_cuda_mv.n_cols): Q8_0 or F16 weights, and each
+ * buffer's tokens' copies where the columns are read and written. */
+static bool cols_fit(const enq *q, const ds4_cuda_mv *d) {
+    const ds4_cuda_engine *e = q->e;
+    const size_t nin = (size_t)d->n_groups * d->n_in, act = ds4_act_row_bytes(d->wtype, nin);
+    if (!q->cols || q->nt < 2 || q->nt > DS4_CUDA_MV_COLS || (d->wtype != DS4_TYPE_Q8_0 && d->wtype != DS4_TYPE_F16))
+        return false;
+    if (d->x ? nin % 4 || tok_stride(e, d->x) != (ptrdiff_t)(nin * sizeof(float))
+             : act % 16 || tok_stride(e, (const uint8_t *)d->act) != (ptrdiff_t)act)
+        return false;
+    if (d->norm_out && tok_stride(e, d->norm_out) != (ptrdiff_t)(d->n_in * sizeof(float))) return false;
+    for (uint32_t i = 0; i < d->n_seg; i++) {
+        const ptrdiff_t c = tok_stride(e, d->seg[i].y);
+        if (c < (ptrdiff_t)(d->seg[i].rows * sizeof(float)) || c / sizeof(float) > UINT32_MAX) return false;
+    }
+    return true;
+}
+
+/* d (token 0's buffers) for token t: its copies. */
+static ds4_cuda_mv mv_col(const enq *q, const ds4_cuda_mv &d0, int t) {
+    const ds4_cuda_engine *e = q->e;
+    ds4_cuda_mv d = d0;
+    d.x = tok_ptr(e, d0.x, t);
+    d.act = tok_ptr(e, (const uint8_t *)d0.act, t);
+    d.norm_out = tok_ptr(e, d0.norm_out, t);
+    d.active = tok_ptr(e, d0.active, t);
+    for (uint32_t i = 0; i < d.n_seg; i++) d.seg[i].y = tok_ptr(e, d0.seg[i].y, t);
+    return d;
+}
+
+/* The product d (token 0's buffers) for the q->nt tokens: one launch with
+ * a column per token where cols_fit, else a launch per token. A launch of
+ * several columns works while the last token's `active` is set (the
+ * indexer's flag turns on with the position and stays on). */
+static int mv_tokens(enq *q, const ds4_cuda_mv &d0) {
+    ds4_cuda_engine *e = q->e;
+    if (cols_fit(q, &d0)) {
+        ds4_cuda_mv d = d0;
+        d.n_cols = (uint32_t)q->nt;
+        d.active = tok_ptr(e, d0.active, q->nt - 1);
+        for (uint32_t i = 0; i < d.n_seg; i++) d.seg[i].y_col = (uint32_t)(tok_stride(e, d.seg[i].y) / sizeof(float));
+        return ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err);
+    }
+    for (int t = 0; t < q->nt; t++) {
+        const ds4_cuda_mv d = mv_col(q, d0, t);
+        if (ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err)) return -1;
+    }
+    return 0;
+}
+
+/* Two products that read no result of each other: one launch for one
+ * token where the types pair (ds4_cuda_matvec_pair), else mv_tokens each. */
+static int mv_pair(enq *q, const ds4_cuda_mv &a, const ds4_cuda_mv &b) {
+    if (q->nt == 1) return ds4_cuda_matvec_pair(q->e->k, &a, &b, (ds4_cuda_stream)q->st, q->err);
+    return mv_tokens(q, a) || mv_tokens(q, b) ? -1 : 0;
+}
+
+/* Products of x by the matrices m[i] -> y[i] (at most 2 · DS4_CUDA_MV_SEGS;
+ * token 0's buffers, for each of the q->nt tokens: mv_tokens):
  * neighbours of the same type and width share one launch, each block
  * quantising x itself, and two such launches of types that pair
  * (ds4_cuda_matvec_pair: Q8_0 and F16) become one; f32 weights (every type
@@ -781,9 +912,7 @@ static int mv_list(enq *q, const dmat *const *m, float *const *y, int n, const f
             c->seg[c->n_seg++].y = y[i++];
         }
         if (nd == 2 || i == n || m[i]->type == DS4_TYPE_F32) {
-            if (nd == 2 ? ds4_cuda_matvec_pair(q->e->k, &d[0], &d[1], (ds4_cuda_stream)q->st, q->err)
-                        : ds4_cuda_matvec_multi(q->e->k, &d[0], (ds4_cuda_stream)q->st, q->err))
-                return -1;
+            if (nd == 2 ? mv_pair(q, d[0], d[1]) : mv_tokens(q, d[0])) return -1;
             nd = 0;
         }
     }
@@ -795,10 +924,10 @@ static int mv(enq *q, const dmat &m, const float *x, float *y) {
     return mv_list(q, &mm, &y, 1, x);
 }
 
-/* The split of the last k_hc's mix into ws.post / ws.comb, for the
+/* The split of token t's last k_hc's mix into ws.post / ws.comb, for the
  * kernel that does it (hc_split_block). */
-static hc_split_args hc_split_of(const ds4_cuda_engine *e, const float *scale, const float *base) {
-    const dwork *w = &e->w;
+static hc_split_args hc_split_of(const ds4_cuda_engine *e, int t, const float *scale, const float *base) {
+    const dwork *w = &e->w[t];
     return hc_split_args{w->mix, scale, base, w->post, w->comb, (int)e->m->hp.hc_sinkhorn_iter, e->m->hp.hc_eps};
 }
 
@@ -810,32 +939,32 @@ static hc_split_args hc_split_of(const ds4_cuda_engine *e, const float *scale, c
  * `sub` (2·layer, + 1 for the FFN) reads ws.H or ws.H2 by its parity and
  * writes the other: after every layer's two, the streams are back in ws.H
  * for the output head, whose HC (sub 2·n_layer, out_hc_mix) leaves them in
- * ws.H2. */
-static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float *scale, const float *base,
+ * ws.H2. Token t's (its workspace's buffers).. */
+static int hc(enq *q, int t, uint32_t sub, const float *y, const dmat &fn, const float *scale, const float *base,
               const float *norm_w, float *x, float *a) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
-    dwork *w = &e->w;
+    dwork *w = &e->w[t];
     uint32_t D = hp->n_embd;
     float *h_in = sub % 2 ? w->H2 : w->H, *h_out = sub % 2 ? w->H : w->H2;
     cudaError_t c = pdl_launch_cluster(q->pdl, e->hc_cluster ? HC_BLOCKS : 0, e->hc_cluster ? k_hc<true> : k_hc<false>,
                                        HC_BLOCKS, HC_THREADS, e->hc_smem, q->st, (const float *)h_in, h_out, y,
                                        (const float *)w->post, (const float *)w->comb, D, (const void *)fn.w,
                                        (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps, norm_w, hp->rms_eps,
-                                       w->hc_part, w->hc_count, w->mix, x, a, hc_writes_q8(q, a) ? w->aq8 : NULL);
+                                       w->hc_part, w->hc_count, w->mix, x, a, hc_writes_q8(q, a, t) ? w->aq8 : NULL);
     if (c != cudaSuccess) return cuda_fail(q->err, "hc", c);
     mark(e, q->st, y ? "hc post + pre" : "hc pre");
     return 0;
 }
 
-/* The indexer's top_k of the visible scores into ws.sel / ws.n_sel: one
- * block (k_idx_topk), and where the context allows more than its
+/* The indexer's top_k of token t's visible scores into ws.sel / ws.n_sel:
+ * one block (k_idx_topk), and where the context allows more than its
  * topk_one_rows, the grid top-k (k_topk_grid) after it; at each position
  * one of the two works and the other returns at once (the grid alone,
  * topk_one_rows 0, takes every position). */
-static int idx_topk(enq *q, int top_k) {
+static int idx_topk(enq *q, int t, int top_k) {
     ds4_cuda_engine *e = q->e;
-    dwork *w = &e->w;
+    dwork *w = &e->w[t];
     const float *sc = w->iscores;
     const step_io *io = w->io;
     const int g = e->topk_grid, one = e->topk_one_rows;
@@ -857,12 +986,21 @@ static int idx_topk(enq *q, int top_k) {
  * critical path (out_b took ~4 us longer than out_a, H200 timeline). */
 static int out_b(enq *q, const dmat &m) {
     ds4_cuda_engine *e = q->e;
-    dwork *w = &e->w;
+    dwork *w = &e->w[0];
     if (m.type == DS4_TYPE_F32 || m.type == DS4_TYPE_F16 || e->exact) return mv(q, m, w->low, w->y);
-    if (ds4_cuda_quantize_act(e->k, m.type, w->low, w->lowq, m.in, (ds4_cuda_stream)q->st, q->err)) return -1;
     ds4_cuda_mv d = mv_of(q, m, w->y, NULL, NULL, NULL, NULL);
     d.act = w->lowq;
-    return ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err);
+    const ds4_cuda_stream st = (ds4_cuda_stream)q->st;
+    if (cols_fit(q, &d) && tok_stride(e, w->low) == (ptrdiff_t)(m.in * sizeof(float))) /* the tokens' rows at once */
+        return ds4_cuda_quantize_act(e->k, m.type, w->low, w->lowq, (uint64_t)m.in * q->nt, st, q->err) ||
+                       mv_tokens(q, d) ? -1 : 0;
+    for (int t = 0; t < q->nt; t++) { /* each token's in turn: its codes may overlap the next token's */
+        const ds4_cuda_mv dt = mv_col(q, d, t);
+        if (ds4_cuda_quantize_act(e->k, m.type, tok_ptr(e, w->low, t), (void *)dt.act, m.in, st, q->err) ||
+            ds4_cuda_matvec_multi(e->k, &dt, st, q->err))
+            return -1;
+    }
+    return 0;
 }
 
 /* k_embed's table for the window start of a ratio-R compressor, or NULL. */
@@ -872,17 +1010,133 @@ static const float2 *rope_window(const rope_tabs &rt, int R) {
     return NULL;
 }
 
-/* RowT: the stored rows' type (float in exact mode). */
+/* The q/kv preparation, the compressors and the indexer's query of token
+ * t (k_qkv_prepare). RowT: the stored rows' type (float in exact mode). */
+template <typename RowT>
+static int prepare(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    const dlayer *L = &e->L[il];
+    dlayer_kv *K = &s->L[il];
+    dwork *w = &e->w[t];
+    int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim;
+    prep_args<RowT> pa = {};
+    pa.q = w->q;
+    pa.kv = w->kv;
+    pa.norm_w = L->kv_a_norm;
+    pa.n_head = (int)hp->n_head;
+    pa.hd = hd;
+    pa.n_rot = (int)hp->n_rot;
+    pa.n_swa = (int)hp->n_swa;
+    pa.eps = hp->rms_eps;
+    pa.cs = L->ratio ? w->rope.cs1 : w->rope.cs0; /* this layer's rope kind at the token's position */
+    pa.ring = (RowT *)K->raw;
+    /* the verify step's later token keeps the frontiers it shifts (snap_at) */
+    const bool snap = t > 0 && t == q->nt - 1;
+    pa.c[0] = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
+               L->ratio == 4 ? 2 : 1, hd, 0, rope_window(w->rope, (int)L->ratio),
+               snap ? s->snap_at[il][0][0] : NULL, snap ? s->snap_at[il][0][1] : NULL};
+    pa.c[1] = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1,
+               rope_window(w->rope, 4), snap ? s->snap_at[il][1][0] : NULL, snap ? s->snap_at[il][1][1] : NULL};
+    pa.n_comp = L->ratio == 4 ? 2 : L->ratio ? 1 : 0;
+    pa.rp = e->rope_comp;
+    pa.iq = w->iq;
+    pa.iw = w->iw;
+    pa.n_idx = L->ratio == 4 ? (int)hp->n_indexer_head : 0;
+    pa.ihd = ihd;
+    pa.exact = (int)e->exact;
+    pa.ics = w->rope.cs1;
+    pa.io = w->io;
+    /* A later token's preparation waits for everything before it (no
+     * programmatic launch): its indexer and attention read the rows of the
+     * earlier token's position before their own programmatic wait, as rows
+     * of past steps, while that token's kernels may still run. */
+    enq qp = *q;
+    qp.pdl = q->pdl && t == 0;
+    return run_alone(&qp, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>,
+                     pa.n_comp + pa.n_head + 1 + (pa.n_idx + PREP_IDX_HEADS - 1) / PREP_IDX_HEADS, PREP_THREADS,
+                     (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa);
+}
+
+/* Token t's indexer scores over the visible compressed rows and its top-k
+ * (a ratio-4 layer). */
+static int indexer(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    dlayer_kv *K = &s->L[il];
+    dwork *w = &e->w[t];
+    int nih = (int)hp->n_indexer_head, ihd = (int)hp->indexer_head_dim, top_k = (int)hp->indexer_top_k;
+    /* scores: a grid fixed at capture, its blocks take every gridDim-th
+     * row tile of the visible rows (at most comp_cap) */
+    uint32_t tiles = (e->comp_cap[il] + IX_ROWS - 1) / IX_ROWS, blocks = (e->comp_cap[il] + 7) / 8;
+    if (e->exact ? run(q, "indexer scores", k_idx_scores, blocks < 1024 ? blocks : 1024, 256, 0, (const float *)w->iq,
+                       (const float *)w->iw, (const float *)K->index, ihd, nih, top_k, w->iscores,
+                       (const step_io *)w->io)
+                 : run(q, "indexer scores", idx_scores, dim3(1, tiles < e->idx_slots ? tiles : e->idx_slots),
+                       IX_THREADS, idx_scores_smem(nih, ihd), (const float *)w->iq, (const float *)w->iw,
+                       (const __half *)K->index, ihd, nih, 0, (const int32_t *)&w->io->pos, top_k, w->iscores,
+                       (size_t)0))
+        return -1;
+    return idx_topk(q, t, top_k);
+}
+
+/* Token t's attention over its window and selected compressed rows: the
+ * splits, then their combination into ws.att (and out_a's Q8_0 input
+ * ws.attq when att_q). */
+template <typename RowT>
+static int attend(enq *q, ds4_cuda_session *s, uint32_t il, int t, bool att_q) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    const dlayer *L = &e->L[il];
+    dlayer_kv *K = &s->L[il];
+    dwork *w = &e->w[t];
+    int hd = (int)hp->head_dim;
+    const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
+    /* one extra column of blocks: the attention HC's split (a ~4 us chain
+     * that the ≥ 9 us of attention hides) */
+    const dim3 att_grid(hp->n_head / e->att_hg + 1, e->att_splits);
+    const hc_split_args att_hs = hc_split_of(e, t, L->hc_attn_scale, L->hc_attn_base);
+    int att_bad; /* att_tc is never set in exact mode, where RowT is float */
+    if (!e->att_tc)
+        att_bad = run(q, "attention", k_attention_split<RowT>, att_grid, ATT_TPB, att_split_smem(e->att_hg, hd, sizeof(RowT)),
+                      (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa, (const RowT *)K->comp, (int)L->ratio,
+                      (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
+    else
+        att_bad = run(q, "attention", k_attention_split_tc, att_grid, ATT_TPB, att_split_tc_smem(hd), (const float *)w->q,
+                      (const __half *)K->raw, (int)hp->n_swa, (const __half *)K->comp, (int)L->ratio,
+                      (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
+    return att_bad ||
+                   run_alone(q, "attention combine", k_attention_combine, hp->n_head, 256,
+                             (hd + 2 * e->att_splits) * sizeof(float), (const float *)w->att_part,
+                             (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
+                             (const int *)w->sel, n_sel, L->sinks, hd, (int)hp->n_rot,
+                             L->ratio ? w->rope.cs1 : w->rope.cs0, (const step_io *)w->io, w->att,
+                             att_q ? w->attq : NULL)
+               ? -1
+               : 0;
+}
+
+/* The attention sublayer for the q->nt tokens: the products read each
+ * weight row once for all (mv_tokens); the kernels that read or write the
+ * KV state or a token's own scratch run per token, token 0's attention
+ * before token 1's preparation (token 1's raw row takes the ring slot of
+ * position pos + 1 - n_swa, the first of token 0's window; the rows it
+ * emits are past token 0's visible counts, and its frontier updates are
+ * not read by token 0). RowT: the stored rows' type (float in exact
+ * mode). */
 template <typename RowT>
 static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
-    dlayer_kv *K = &s->L[il];
-    dwork *w = &e->w;
-    int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim, n_rot = (int)hp->n_rot;
-    const float2 *rcs = L->ratio ? w->rope.cs1 : w->rope.cs0; /* this layer's rope kind at the step's position */
-    if (hc(q, 2 * il, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, w->x, w->a)) return -1;
+    dwork *w = &e->w[0];
+    int hd = (int)hp->head_dim;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *wt = &e->w[t];
+        if (hc(q, t, 2 * il, il ? wt->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm,
+               wt->x, wt->a))
+            return -1;
+    }
     /* Every product of the normed x: Q8_0 ones in one launch, F16 ones in
      * another (the indexer's head weights too: they are read only while the
      * indexer is active, and cost little). */
@@ -899,17 +1153,20 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     /* q_b of the q_a-normed qraw; the normed rows (ws.qr) also feed the
      * indexer's query. */
     if (L->q_b.type == DS4_TYPE_F32 || e->exact) {
-        if (run(q, "q norm", k_rmsnorm, 1, 1024, 0, (const float *)w->qraw, w->qr, L->q_a_norm, (int)hp->q_lora,
-                (size_t)0, hp->rms_eps) ||
-            mv(q, L->q_b, w->qr, w->q))
-            return -1;
+        for (int t = 0; t < q->nt; t++) {
+            dwork *wt = &e->w[t];
+            if (run(q, "q norm", k_rmsnorm, 1, 1024, 0, (const float *)wt->qraw, wt->qr, L->q_a_norm, (int)hp->q_lora,
+                    (size_t)0, hp->rms_eps))
+                return -1;
+        }
+        if (mv(q, L->q_b, w->qr, w->q)) return -1;
     } else if (L->ratio == 4 && L->idx_q_b.type != DS4_TYPE_F32) {
         /* with the indexer's query projection (only while the indexer
          * picks rows), which norms qraw itself: one launch where the types
          * pair */
         const ds4_cuda_mv dq = mv_of(q, L->q_b, w->q, w->qraw, L->q_a_norm, w->qr, NULL),
                           di = mv_of(q, L->idx_q_b, w->iq, w->qraw, L->q_a_norm, NULL, &w->io->idx_active);
-        if (ds4_cuda_matvec_pair(e->k, &dq, &di, (ds4_cuda_stream)q->st, q->err)) return -1;
+        if (mv_pair(q, dq, di)) return -1;
     } else {
         const dmat *mq = &L->q_b;
         float *yq = w->q;
@@ -925,76 +1182,21 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
             return -1;
         mark(e, q->st, "indexer q_b");
     }
-    /* preparation, the compressors (none on a layer without a ratio) and
-     * the indexer's query in one launch */
-    prep_args<RowT> pa = {};
-    pa.q = w->q;
-    pa.kv = w->kv;
-    pa.norm_w = L->kv_a_norm;
-    pa.n_head = (int)hp->n_head;
-    pa.hd = hd;
-    pa.n_rot = n_rot;
-    pa.n_swa = (int)hp->n_swa;
-    pa.eps = hp->rms_eps;
-    pa.cs = rcs;
-    pa.ring = (RowT *)K->raw;
-    pa.c[0] = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
-               L->ratio == 4 ? 2 : 1, hd, 0, rope_window(w->rope, (int)L->ratio)};
-    pa.c[1] = {w->ikv, w->isc, L->index_ape, L->index_norm, K->ist_kv, K->ist_sc, K->index, 4, 2, ihd, 1,
-               rope_window(w->rope, 4)};
-    pa.n_comp = L->ratio == 4 ? 2 : L->ratio ? 1 : 0;
-    pa.rp = e->rope_comp;
-    pa.iq = w->iq;
-    pa.iw = w->iw;
-    pa.n_idx = L->ratio == 4 ? (int)hp->n_indexer_head : 0;
-    pa.ihd = ihd;
-    pa.exact = (int)e->exact;
-    pa.ics = w->rope.cs1;
-    pa.io = w->io;
-    if (run_alone(q, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>,
-            pa.n_comp + pa.n_head + 1 + (pa.n_idx + PREP_IDX_HEADS - 1) / PREP_IDX_HEADS, PREP_THREADS,
-            (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa))
-        return -1;
-    mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers; indexer query");
-    if (L->ratio == 4) {
-        int nih = (int)hp->n_indexer_head, top_k = (int)hp->indexer_top_k;
-        /* scores: a grid fixed at capture, its blocks take every gridDim-th
-         * row tile of the visible rows (at most comp_cap) */
-        uint32_t tiles = (e->comp_cap[il] + IX_ROWS - 1) / IX_ROWS, blocks = (e->comp_cap[il] + 7) / 8;
-        if ((e->exact ? run(q, "indexer scores", k_idx_scores, blocks < 1024 ? blocks : 1024, 256, 0,
-                            (const float *)w->iq, (const float *)w->iw, (const float *)K->index, ihd, nih, top_k,
-                            w->iscores, (const step_io *)w->io)
-                      : run(q, "indexer scores", idx_scores, dim3(1, tiles < e->idx_slots ? tiles : e->idx_slots),
-                            IX_THREADS, idx_scores_smem(nih, ihd), (const float *)w->iq, (const float *)w->iw,
-                            (const __half *)K->index, ihd, nih, 0, (const int32_t *)&w->io->pos, top_k, w->iscores,
-                            (size_t)0)) ||
-            idx_topk(q, top_k))
-            return -1;
-        mark(e, q->st, "indexer scores, top-k");
-    }
-    const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
     /* a Q8_0 out_a's input quantised by the combine (each of out_a's
      * blocks quantised its group's 4096 values itself) */
     const bool att_q = !e->exact && L->out_a.type == DS4_TYPE_Q8_0 && hd % 32 == 0;
-    /* one extra column of blocks: the attention HC's split (a ~4 us chain
-     * that the ≥ 9 us of attention hides) */
-    const dim3 att_grid(hp->n_head / e->att_hg + 1, e->att_splits);
-    const hc_split_args att_hs = hc_split_of(e, L->hc_attn_scale, L->hc_attn_base);
-    int att_bad; /* att_tc is never set in exact mode, where RowT is float */
-    if (!e->att_tc)
-        att_bad = run(q, "attention", k_attention_split<RowT>, att_grid, ATT_TPB, att_split_smem(e->att_hg, hd, sizeof(RowT)),
-                      (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa, (const RowT *)K->comp, (int)L->ratio,
-                      (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
-    else
-        att_bad = run(q, "attention", k_attention_split_tc, att_grid, ATT_TPB, att_split_tc_smem(hd), (const float *)w->q,
-                      (const __half *)K->raw, (int)hp->n_swa, (const __half *)K->comp, (int)L->ratio,
-                      (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
-    if (att_bad ||
-        run_alone(q, "attention combine", k_attention_combine, hp->n_head, 256, (hd + 2 * e->att_splits) * sizeof(float),
-            (const float *)w->att_part, (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
-            (const int *)w->sel, n_sel, L->sinks, hd, n_rot, rcs, (const step_io *)w->io, w->att, att_q ? w->attq : NULL))
-        return -1;
-    mark(e, q->st, "attention");
+    for (int t = 0; t < q->nt; t++) {
+        /* the preparation, the compressors (none on a layer without a
+         * ratio) and the indexer's query in one launch */
+        if (prepare<RowT>(q, s, il, t)) return -1;
+        mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers; indexer query");
+        if (L->ratio == 4) {
+            if (indexer(q, s, il, t)) return -1;
+            mark(e, q->st, "indexer scores, top-k");
+        }
+        if (attend<RowT>(q, s, il, t, att_q)) return -1;
+        mark(e, q->st, "attention");
+    }
     /* Grouped output: group g's heads through rows g·o_lora.. of out_a, all
      * groups in one launch (f32 weights, exact mode: one launch per group). */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group;
@@ -1008,7 +1210,7 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         ds4_cuda_mv d = mv_of(q, L->out_a, w->low, att_q ? NULL : w->att, NULL, NULL, NULL);
         d.n_groups = hp->n_out_group;
         if (att_q) d.act = w->attq;
-        if (ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err)) return -1;
+        if (mv_tokens(q, d)) return -1;
     }
     mark(e, q->st, "attn out_a (grouped)");
     if (out_b(q, L->out_b)) return -1;
@@ -1056,7 +1258,7 @@ static int moe_down(enq *q, const dmat &down, uint32_t n_ff, uint32_t n_out, uin
 }
 
 static int shared_expert(enq *q, uint32_t il);
-static int shared_down(enq *q, uint32_t il);
+static int shared_down(enq *q, uint32_t il, int t);
 
 /* The shared expert's ids: fixed (expert 0 of 1, weight 1). */
 static const ds4_cuda_ids_src shared_ids = {1, NULL, NULL};
@@ -1069,65 +1271,126 @@ static bool shared_with_router(const ds4_cuda_engine *e, const dlayer *L) {
            L->down_sh.type == DS4_TYPE_Q8_0 && L->gate_inp.type != DS4_TYPE_F32 && e->m->hp.n_ff_exp % 32 == 0;
 }
 
+/* Whether the tokens' routed experts (gate type gt, down type dt) run as
+ * one launch each (ds4_cuda_moe_tokens_*): quantised experts, and the
+ * buffers' tokens' copies where those kernels take them. */
+static bool moe_tokens_fit(const enq *q, uint32_t gt, uint32_t dt) {
+    const ds4_cuda_engine *e = q->e;
+    const dwork *w = &e->w[0];
+    const size_t D = e->m->hp.n_embd, nu = e->m->hp.n_expert_used, ff = e->m->hp.n_ff_exp, f = sizeof(float);
+    return q->moe_tokens && q->nt > 1 && q->nt <= DS4_CUDA_MOE_TOKENS && !e->exact && !plain_type(gt) &&
+           !plain_type(dt) &&
+           ds4_act_row_bytes(gt, D) % 16 == 0 && tok_stride(e, w->actB) == (ptrdiff_t)ds4_act_row_bytes(gt, D) &&
+           tok_stride(e, w->a) == (ptrdiff_t)(D * f) && tok_stride(e, w->ids) == (ptrdiff_t)(nu * sizeof(int32_t)) &&
+           tok_stride(e, w->ew) == (ptrdiff_t)(nu * f) && tok_stride(e, w->mid) == (ptrdiff_t)(nu * ff * f) &&
+           tok_stride(e, w->sh) == (ptrdiff_t)(D * f) && tok_stride(e, w->y) == (ptrdiff_t)(D * f);
+}
+
+/* The MoE sublayer for the q->nt tokens: HC, router and selection per
+ * token; the products that read weights for all of them (the router's,
+ * the shared expert's, the routed experts' where moe_tokens_fit). */
 static int ffn(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
-    dwork *w = &e->w;
+    dwork *w = &e->w[0];
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
-    if (hc(q, 2 * il + 1, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, w->x, w->a)) return -1;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *wt = &e->w[t];
+        if (hc(q, t, 2 * il + 1, wt->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, wt->x, wt->a))
+            return -1;
+    }
     const bool with_router = shared_with_router(e, L);
     if (with_router) {
         ds4_cuda_mv dg = mv_of(q, L->gate_sh, w->shgu, w->a, NULL, NULL, NULL),
                     dr = mv_of(q, L->gate_inp, w->router, w->a, NULL, NULL, NULL);
-        dg.seg[dg.n_seg++] = {L->up_sh.w, L->up_sh.rows, w->shgu + ff};
+        dg.seg[dg.n_seg++] = {L->up_sh.w, L->up_sh.rows, w->shgu + ff, 0};
         read_hc_q8(q, &dg);
-        if (ds4_cuda_matvec_pair(e->k, &dg, &dr, (ds4_cuda_stream)q->st, q->err)) return -1;
+        if (mv_pair(q, dg, dr)) return -1;
     } else if (shared_expert(q, il) || mv(q, L->gate_inp, w->a, w->router)) {
         return -1;
     }
-    /* with the shared expert here: the FFN HC's split in block 1, the
-     * shared SwiGLU and quantisation in 8-warp blocks after it */
-    const shared_mid_args sm = {w->shgu, w->smid, with_router ? w->actA : NULL, (int)ff, L->clamp};
     /* the routed gate/up's Q8_K input, quantised once here into actB (free
      * until the routed down's own input) */
     const uint32_t gt = L->gate_exps.type;
     const bool x_q8k = !e->exact && D % 256 == 0 &&
                        (gt == DS4_TYPE_IQ2_XXS || gt == DS4_TYPE_Q2_K || gt == DS4_TYPE_Q4_K);
-    const routed_act_args ra = {w->a, x_q8k ? w->actB : NULL, (int)(D / 256)};
-    const hc_split_args hs = with_router ? hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{};
-    if (run(q, "router", k_route, route_blocks(hs, sm, ra), 256, 2 * ne * sizeof(float), (const float *)w->router,
-            L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm,
-            (const step_io *)w->io, w->ids, w->ew, w->route_stamp + il, hs, sm, ra))
-        return -1;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *wt = &e->w[t];
+        /* with the shared expert here: the FFN HC's split in block 1, the
+         * shared SwiGLU and quantisation in 8-warp blocks after it */
+        const shared_mid_args sm = {wt->shgu, wt->smid, with_router ? wt->actA : NULL, (int)ff, L->clamp};
+        const routed_act_args ra = {wt->a, x_q8k ? wt->actB : NULL, (int)(D / 256)};
+        const hc_split_args hs = with_router ? hc_split_of(e, t, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{};
+        if (run(q, "router", k_route, route_blocks(hs, sm, ra), 256, 2 * ne * sizeof(float), (const float *)wt->router,
+                L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm,
+                (const step_io *)wt->io, wt->ids, wt->ew, wt->route_stamp + il, hs, sm, ra))
+            return -1;
+    }
     mark(e, q->st, "router + selection");
-    /* the shared expert's down as items of the routed gate/up's launch
-     * where that is the quantised kernel: one launch less a layer, its
-     * weights not waiting for the router (DS4_CUDA_SHGU=0: its own launch) */
+    const uint32_t dt = L->down_exps.type;
+    if (moe_tokens_fit(q, gt, dt)) {
+        const ds4_cuda_stream st = (ds4_cuda_stream)q->st;
+        const uint32_t nt = (uint32_t)q->nt;
+        /* the shared expert's down: expert 0 of each token where the
+         * tokens' codes lie as that kernel takes them */
+        if (with_router && tok_stride(e, w->actA) == (ptrdiff_t)ds4_act_row_bytes(DS4_TYPE_Q8_0, ff)) {
+            if (ds4_cuda_moe_tokens_down(e->k, L->down_sh.type, L->down_sh.w, ff, D, 1, w->zero_id, nt, nt, w->actA,
+                                         NULL, w->sh, st, q->err))
+                return -1;
+        } else if (with_router) {
+            for (int t = 0; t < q->nt; t++)
+                if (shared_down(q, il, t)) return -1;
+        }
+        if ((!x_q8k && ds4_cuda_quantize_act(e->k, gt, w->a, w->actB, D * nt, st, q->err)) ||
+            ds4_cuda_moe_tokens_gate_up(e->k, gt, L->gate_exps.w, L->up_exps.w, D, ff, ne, w->ids, w->ew, nu * nt, nt,
+                                        L->clamp, w->actB, w->mid, st, q->err))
+            return -1;
+        mark(e, q->st, "routed gate/up");
+        if (ds4_cuda_quantize_act(e->k, dt, w->mid, w->actB, nu * nt * ff, st, q->err) ||
+            ds4_cuda_moe_tokens_down(e->k, dt, L->down_exps.w, ff, D, ne, w->ids, nu * nt, nt, w->actB, w->sh, w->y,
+                                     st, q->err))
+            return -1;
+        mark(e, q->st, "routed down");
+        return 0;
+    }
+    /* a token at a time: every gate/up before the first down (a down's
+     * quantised input may overlap the next token's gate/up input in actB) */
     const bool carry = with_router && gate_up_can_carry(e, L->gate_exps) && q->sh_carry;
-    const ds4_cuda_carried_mv sh_down = {L->down_sh.w, w->actA, w->sh, D, ff};
-    if (with_router && !carry && shared_down(q, il)) return -1;
-    /* the routed experts' first weights as soon as k_route has chosen them */
-    const ds4_cuda_ids_src routed = {0, w->route_stamp + il, &w->io->serial};
-    if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, w->ids, w->ew, nu, L->clamp, routed, x_q8k ? w->actB : NULL,
-                    x_q8k ? NULL : w->a, w->mid, carry ? &sh_down : NULL))
-        return -1;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *wt = &e->w[t];
+        /* the shared expert's down as items of the routed gate/up's launch
+         * where that is the quantised kernel: one launch less a layer, its
+         * weights not waiting for the router (DS4_CUDA_SHGU=0: its own
+         * launch) */
+        const ds4_cuda_carried_mv sh_down = {L->down_sh.w, wt->actA, wt->sh, D, ff};
+        if (with_router && !carry && shared_down(q, il, t)) return -1;
+        /* the routed experts' first weights as soon as k_route has chosen them */
+        const ds4_cuda_ids_src routed = {0, wt->route_stamp + il, &wt->io->serial};
+        if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, wt->ids, wt->ew, nu, L->clamp, routed,
+                        x_q8k ? wt->actB : NULL, x_q8k ? NULL : wt->a, wt->mid, carry ? &sh_down : NULL))
+            return -1;
+    }
     mark(e, q->st, "routed gate/up");
-    if (moe_down(q, L->down_exps, ff, D, ne, w->ids, nu, routed, w->mid, w->actB, w->sh, w->y)) return -1;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *wt = &e->w[t];
+        const ds4_cuda_ids_src routed = {0, wt->route_stamp + il, &wt->io->serial};
+        if (moe_down(q, L->down_exps, ff, D, ne, wt->ids, nu, routed, wt->mid, wt->actB, wt->sh, wt->y)) return -1;
+    }
     mark(e, q->st, "routed down");
     return 0;
 }
 
-/* The shared expert's down product of ws.actA (quantised by the router's
- * launch) into ws.sh, in line before the routed gate/up, where the routed
- * gate/up cannot carry it (F16/F32 routed experts, or DS4_CUDA_SHGU=0).
- * Carried it is +1.2% (notes/cuda-kernels.md §36); a second stream beside
- * it was +0.8% in session 21 and equal or 0.1-0.3% slower from session 22
- * on (§34, §35). */
-static int shared_down(enq *q, uint32_t il) {
+/* Token t's shared expert down product of ws.actA (quantised by the
+ * router's launch) into ws.sh, in line before the routed gate/up, where
+ * the routed gate/up cannot carry it (F16/F32 routed experts, or
+ * DS4_CUDA_SHGU=0). Carried it is +1.2% (notes/cuda-kernels.md §36); a
+ * second stream beside it was +0.8% in session 21 and equal or 0.1-0.3%
+ * slower from session 22 on (§34, §35). */
+static int shared_down(enq *q, uint32_t il, int t) {
     ds4_cuda_engine *e = q->e;
     const dlayer *L = &e->L[il];
-    dwork *w = &e->w;
+    dwork *w = &e->w[t];
     if (ds4_cuda_moe_down_x(e->k, L->down_sh.type, L->down_sh.w, e->m->hp.n_ff_exp, e->m->hp.n_embd, 1, w->zero_id,
                             1, w->actA, NULL, shared_ids, w->sh, (ds4_cuda_stream)q->st, q->err))
         return -1;
@@ -1136,34 +1399,45 @@ static int shared_down(enq *q, uint32_t il) {
 }
 
 /* Shared expert: one "expert" of weight 1 through the MoE kernels, into
- * ws.sh, for the routed down to add. */
+ * ws.sh, for the routed down to add; each token's in turn. */
 static int shared_expert(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
-    dwork *w = &e->w;
-    if (run(q, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, L->hc_ffn_scale, L->hc_ffn_base)) ||
-        moe_gate_up(q, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, shared_ids, NULL,
-                    w->a, w->smid) ||
-        moe_down(q, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, shared_ids, w->smid, w->actA, NULL,
-                 w->sh))
-        return -1;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *w = &e->w[t];
+        if (run(q, "hc split", k_hc_split, 1, 32, 0, hc_split_of(e, t, L->hc_ffn_scale, L->hc_ffn_base)) ||
+            moe_gate_up(q, L->gate_sh, L->up_sh, hp->n_ff_exp, 1, w->zero_id, w->one_w, 1, L->clamp, shared_ids, NULL,
+                        w->a, w->smid) ||
+            moe_down(q, L->down_sh, hp->n_ff_exp, hp->n_embd, 1, w->zero_id, 1, shared_ids, w->smid, w->actA, NULL,
+                     w->sh))
+            return -1;
+    }
     mark(e, q->st, "shared expert");
     return 0;
 }
 
+/* The output head and the greedy picks of each token (token t's two into
+ * the session's d_pick + 2t). */
 static int output_head(enq *q, ds4_cuda_session *s) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
-    dwork *w = &e->w;
     /* the last FFN's HC post and the collapse (model-spec §5.3, §5.9) as
      * one more HC pre: pre = σ(mix·scale + base) + eps are the collapse's
      * weights, a = norm(Σ pre·H)·out_norm its output */
-    if (hc(q, 2 * hp->n_layer, w->y, e->out_hc_mix, e->out_hc_scale, e->out_hc_base, e->out_norm, w->hx, w->ehc) ||
-        mv(q, e->output, w->ehc, w->logits) ||
-        run(q, "greedy pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)w->logits, (int)hp->n_vocab,
-            w->pick_part, w->pick_count, s->d_pick))
-        return -1;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *wt = &e->w[t];
+        if (hc(q, t, 2 * hp->n_layer, wt->y, e->out_hc_mix, e->out_hc_scale, e->out_hc_base, e->out_norm, wt->hx,
+               wt->ehc))
+            return -1;
+    }
+    if (mv(q, e->output, e->w[0].ehc, e->w[0].logits)) return -1;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *wt = &e->w[t];
+        if (run(q, "greedy pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)wt->logits, (int)hp->n_vocab,
+                wt->pick_part, wt->pick_count, s->d_pick + 2 * t))
+            return -1;
+    }
     mark(e, q->st, "hc post, output head, greedy pick");
     return 0;
 }
@@ -1172,7 +1446,10 @@ static int output_head(enq *q, ds4_cuda_session *s) {
  * dependent launch (also off once a capture with it failed; the kernels
  * ignore it where the device lacks it); DS4_CUDA_HCQ8, k_hc's Q8_0 copy of
  * a (hc_writes_q8); DS4_CUDA_SHGU, the shared expert's down carried by the
- * routed gate/up's launch (ffn). DS4_CUDA_WAVES=n: every matrix kernel's
+ * routed gate/up's launch (ffn); DS4_CUDA_VERIFY_COLS and
+ * DS4_CUDA_VERIFY_MOE, the verify step's products and routed experts for
+ * its tokens at once (cols_fit, moe_tokens_fit; else a token at a time).
+ * DS4_CUDA_WAVES=n: every matrix kernel's
  * grid is n waves of resident blocks (ds4_cuda_kernels_set_waves; default
  * per kernel); DS4_CUDA_SPLIT=n, DS4_CUDA_DEEP=1:
  * ds4_cuda_kernels_set_matvec_tuning. */
@@ -1181,22 +1458,25 @@ static bool env_on(const char *name) {
     return !(v && !strcmp(v, "0"));
 }
 
-/* The whole step, enqueued on the engine's stream. */
-static int enqueue_step(ds4_cuda_session *s, ds4_err *err) {
+/* The whole step of nt tokens (1, or the verify step's), enqueued on the
+ * engine's stream. */
+static int enqueue_step(ds4_cuda_session *s, int nt, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
-    ds4_cuda_kernels_set_pdl(e->k, !e->w.pdl_failed && env_on("DS4_CUDA_PDL"));
+    ds4_cuda_kernels_set_pdl(e->k, !e->w[0].pdl_failed && env_on("DS4_CUDA_PDL"));
     const char *waves = getenv("DS4_CUDA_WAVES");
     ds4_cuda_kernels_set_waves(e->k, waves ? atoi(waves) : 0);
     const char *split = getenv("DS4_CUDA_SPLIT"), *deep = getenv("DS4_CUDA_DEEP");
     ds4_cuda_kernels_set_matvec_tuning(e->k, split ? atoi(split) : 0, deep && !strcmp(deep, "1"));
-    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_HCQ8"), env_on("DS4_CUDA_SHGU")};
+    enq q = {e, e->stream, err, ds4_cuda_kernels_pdl(e->k) != 0, env_on("DS4_CUDA_HCQ8"), env_on("DS4_CUDA_SHGU"),
+             nt, env_on("DS4_CUDA_VERIFY_COLS"), env_on("DS4_CUDA_VERIFY_MOE")};
     e->n_ev = 0;
     mark(e, q.st, "start");
-    if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
-            (int)(e->token_embd.type == DS4_TYPE_F16), hp->n_embd, (const step_io *)e->w.io, e->w.H,
-            e->w.rope))
-        return -1;
+    for (int t = 0; t < nt; t++)
+        if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
+                (int)(e->token_embd.type == DS4_TYPE_F16), hp->n_embd, (const step_io *)e->w[t].io, e->w[t].H,
+                e->w[t].rope))
+            return -1;
     mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if ((e->exact ? attention<float>(&q, s, il) : attention<__half>(&q, s, il)) || ffn(&q, il)) return -1;
@@ -1220,10 +1500,10 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     }
     session_layout(e, (uint32_t)e->ctx, s, (uint8_t *)s->state);
     cudaError_t c = cudaMemset(s->state, 0, total ? total : 256);
-    if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, sizeof(step_io));
+    if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, DS4_CUDA_VERIFY_TOKENS * sizeof(step_io));
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_logits, hp->n_vocab * sizeof(float));
     if (c == cudaSuccess) memset(s->h_logits, 0, hp->n_vocab * sizeof(float));
-    if (c == cudaSuccess) c = cudaHostAlloc(&s->h_pick, 2 * sizeof(int32_t), cudaHostAllocMapped);
+    if (c == cudaSuccess) c = cudaHostAlloc(&s->h_pick, 2 * DS4_CUDA_VERIFY_TOKENS * sizeof(int32_t), cudaHostAllocMapped);
     if (c == cudaSuccess) c = cudaHostGetDevicePointer(&s->d_pick, s->h_pick, 0);
     if (c != cudaSuccess) {
         ds4_cuda_session_free(s);
@@ -1243,8 +1523,11 @@ extern "C" float *ds4_cuda_session_logits(ds4_cuda_session *s) { return s->h_log
 static int fetch_lazy(ds4_cuda_engine *e, ds4_err *err) {
     ds4_cuda_session *o = e->lazy;
     if (!o) return 0;
-    cudaError_t c = cudaMemcpyAsync(o->h_logits, e->w.logits, e->m->hp.n_vocab * sizeof(float),
+    cudaError_t c = cudaMemcpyAsync(o->h_logits, e->w[o->cur].logits, e->m->hp.n_vocab * sizeof(float),
                                     cudaMemcpyDeviceToHost, e->stream);
+    if (c == cudaSuccess && o->verify_pos >= 0) /* for a take-back (ds4_cuda_session_verify_reject) */
+        c = cudaMemcpyAsync(o->h_logits0, e->w[0].logits, e->m->hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                            e->stream);
     if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
     if (c != cudaSuccess) return cuda_fail(err, "logits", c);
     e->lazy = NULL;
@@ -1257,20 +1540,29 @@ extern "C" int ds4_cuda_session_fetch_logits(ds4_cuda_session *s, ds4_err *err) 
 
 extern "C" int ds4_cuda_session_pick(const ds4_cuda_session *s, int32_t pick[2]) {
     if (!s->pick_valid) return 0;
-    pick[0] = s->h_pick[0];
-    pick[1] = s->h_pick[1];
+    pick[0] = s->h_pick[2 * s->cur];
+    pick[1] = s->h_pick[2 * s->cur + 1];
     return 1;
+}
+
+extern "C" void ds4_cuda_session_verify_pick(const ds4_cuda_session *s, int t, int32_t pick[2]) {
+    pick[0] = s->h_pick[2 * t];
+    pick[1] = s->h_pick[2 * t + 1];
 }
 
 extern "C" void ds4_cuda_session_logits_replaced(ds4_cuda_session *s) {
     if (s->e->lazy == s) s->e->lazy = NULL;
     s->pick_valid = false;
+    s->verify_pos = -1;
 }
 
 extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
     if (!s) return;
     ds4_cuda_session_logits_replaced(s); /* the engine forgets it as the lazy one */
     if (s->graph) cudaGraphExecDestroy(s->graph);
+    if (s->verify_graph) cudaGraphExecDestroy(s->verify_graph);
+    cudaFree(s->snap);
+    cudaFreeHost(s->h_logits0);
     cudaFreeHost(s->h_io);
     cudaFreeHost(s->h_logits);
     cudaFreeHost(s->h_pick);
@@ -1281,6 +1573,7 @@ extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
 extern "C" int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err) {
     const ds4_hparams *hp = &s->e->m->hp;
     ds4_cuda_session_logits_replaced(s);
+    s->verify_pos = -1;
     cudaStream_t st = s->e->stream;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         dlayer_kv *K = &s->L[il];
@@ -1293,11 +1586,11 @@ extern "C" int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err) {
     return c == cudaSuccess ? 0 : cuda_fail(err, "frontier reset", c);
 }
 
-static int capture_once(ds4_cuda_session *s, ds4_err *err) {
+static int capture_once(ds4_cuda_session *s, int nt, cudaGraphExec_t *graph, ds4_err *err) {
     cudaStream_t st = s->e->stream;
     cudaError_t c = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
     if (c != cudaSuccess) return cuda_fail(err, "graph capture", c);
-    int rc = enqueue_step(s, err);
+    int rc = enqueue_step(s, nt, err);
     cudaGraph_t g = NULL;
     c = cudaStreamEndCapture(st, &g);
     if (rc) {
@@ -1305,20 +1598,20 @@ static int capture_once(ds4_cuda_session *s, ds4_err *err) {
         return -1;
     }
     if (c != cudaSuccess) return cuda_fail(err, "graph capture", c);
-    c = cudaGraphInstantiate(&s->graph, g, 0);
+    c = cudaGraphInstantiate(graph, g, 0);
     cudaGraphDestroy(g);
     return c == cudaSuccess ? 0 : cuda_fail(err, "graph instantiate", c);
 }
 
-/* Captures the step; if that fails with programmatic launches, once more
- * without them (and says so). */
-static int capture(ds4_cuda_session *s, ds4_err *err) {
-    if (!capture_once(s, err)) return 0;
+/* Captures the step of nt tokens into *graph; if that fails with
+ * programmatic launches, once more without them (and says so). */
+static int capture(ds4_cuda_session *s, int nt, cudaGraphExec_t *graph, ds4_err *err) {
+    if (!capture_once(s, nt, graph, err)) return 0;
     if (!ds4_cuda_kernels_pdl(s->e->k)) return -1;
     fprintf(stderr, "cuda: capturing the step with programmatic launches failed (%s); capturing without\n", err->msg);
     cudaGetLastError();
-    s->e->w.pdl_failed = 1;
-    return capture_once(s, err);
+    s->e->w[0].pdl_failed = 1;
+    return capture_once(s, nt, graph, err);
 }
 
 #ifdef DS4_CUDA_TIMELINE
@@ -1383,7 +1676,7 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     ds4_cuda_tl_record(!e->prof && !s->graph);
 #endif
     if (e->lazy && e->lazy != s && fetch_lazy(e, err)) return -1; /* the workspace's logits are the lazy one's */
-    if (!e->prof && !s->graph && capture(s, err)) return -1;
+    if (!e->prof && !s->graph && capture(s, 1, &s->graph, err)) return -1;
 #ifdef DS4_CUDA_TIMELINE
     ds4_cuda_tl_record(0);
 #endif
@@ -1397,9 +1690,9 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
         for (int i = 0; i < 6; i++) cudaEventCreate(&e->tl_ev[i]);
     cudaEventRecord(e->tl_ev[0], e->stream);
 #endif
-    cudaError_t c = cudaMemcpyAsync(e->w.io, s->h_io, sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
+    cudaError_t c = cudaMemcpyAsync(e->w[0].io, s->h_io, sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
     if (e->prof) {
-        if (c != cudaSuccess || enqueue_step(s, err)) return c != cudaSuccess ? cuda_fail(err, "decode step", c) : -1;
+        if (c != cudaSuccess || enqueue_step(s, 1, err)) return c != cudaSuccess ? cuda_fail(err, "decode step", c) : -1;
         prof_collect(e);
     } else if (c == cudaSuccess) {
         c = cudaGraphLaunch(s->graph, e->stream);
@@ -1408,7 +1701,7 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     cudaEventRecord(e->tl_ev[1], e->stream);
 #endif
     if (c == cudaSuccess && logits)
-        c = cudaMemcpyAsync(s->h_logits, e->w.logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
+        c = cudaMemcpyAsync(s->h_logits, e->w[0].logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
 #ifdef DS4_CUDA_TIMELINE
     cudaEventRecord(e->tl_ev[2], e->stream);
 #endif
@@ -1425,6 +1718,8 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
 #endif
     if (c != cudaSuccess) return cuda_fail(err, "decode step", c);
     s->pick_valid = true;
+    s->cur = 0;
+    s->verify_pos = -1;
     e->lazy = logits ? NULL : s;
     if (logits && logits != s->h_logits) memcpy(logits, s->h_logits, hp->n_vocab * sizeof(float));
 #ifdef DS4_CUDA_TIMELINE
@@ -1433,13 +1728,107 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     return 0;
 }
 
+/* The verify step's frontier snapshot (snap_at: each compressor's whole
+ * frontier) and pinned buffer for token 0's logits, allocated with the
+ * session's first verify step. */
+static int snap_alloc(ds4_cuda_session *s, ds4_err *err) {
+    if (s->snap) return 0;
+    const ds4_hparams *hp = &s->e->m->hp;
+    size_t n = 0;
+    for (uint32_t il = 0; il < hp->n_layer; il++) n += 2 * (s->L[il].st_n + s->L[il].ist_n);
+    cudaError_t c = s->h_logits0 ? cudaSuccess : cudaMallocHost(&s->h_logits0, hp->n_vocab * sizeof(float));
+    if (c == cudaSuccess) c = cudaMalloc(&s->snap, (n ? n : 1) * sizeof(float));
+    if (c != cudaSuccess) {
+        s->snap = NULL;
+        return cuda_fail(err, "verify step's frontier snapshot", c);
+    }
+    float *at = s->snap;
+    for (uint32_t il = 0; il < hp->n_layer; il++) {
+        const size_t len[2] = {s->L[il].st_n, s->L[il].ist_n};
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < 2; j++) {
+                s->snap_at[il][k][j] = len[k] ? at : NULL;
+                at += len[k];
+            }
+    }
+    return 0;
+}
+
+extern "C" int ds4_cuda_session_verify(ds4_cuda_session *s, const int32_t tokens[DS4_CUDA_VERIFY_TOKENS], int pos,
+                                       ds4_err *err) {
+    ds4_cuda_engine *e = s->e;
+    const ds4_hparams *hp = &e->m->hp;
+    const int nt = DS4_CUDA_VERIFY_TOKENS;
+    for (int t = 0; t < nt; t++)
+        if (tokens[t] < 0 || (uint32_t)tokens[t] >= hp->n_vocab)
+            return ds4_fail(err, "cuda: token %d outside the vocabulary", tokens[t]);
+    if (pos < 0 || pos > e->ctx - nt)
+        return ds4_fail(err, "cuda: positions %d..%d outside the context of %d", pos, pos + nt - 1, e->ctx);
+    if (e->lazy && e->lazy != s && fetch_lazy(e, err)) return -1; /* the workspace's logits are the lazy one's */
+    if (snap_alloc(s, err) || (!e->prof && !s->verify_graph && capture(s, nt, &s->verify_graph, err))) return -1;
+    if (++e->serial == 0) e->serial = 1;
+    for (int t = 0; t < nt; t++) {
+        s->h_io[t].token = tokens[t];
+        s->h_io[t].pos = pos + t;
+        s->h_io[t].idx_active = (pos + t + 1) / 4 > (int)hp->indexer_top_k;
+        s->h_io[t].serial = e->serial;
+    }
+    /* the tokens' step_io side by side (walloc P) */
+    cudaError_t c = cudaMemcpyAsync(e->w[0].io, s->h_io, nt * sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
+    if (e->prof) {
+        if (c != cudaSuccess || enqueue_step(s, nt, err)) return c != cudaSuccess ? cuda_fail(err, "verify step", c) : -1;
+        prof_collect(e);
+    } else if (c == cudaSuccess) {
+        c = cudaGraphLaunch(s->verify_graph, e->stream);
+    }
+    if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
+    if (c != cudaSuccess) return cuda_fail(err, "verify step", c);
+    s->pick_valid = true;
+    s->cur = nt - 1;
+    s->verify_pos = pos;
+    e->lazy = s;
+    return 0;
+}
+
+extern "C" int ds4_cuda_session_verify_reject(ds4_cuda_session *s, ds4_err *err) {
+    ds4_cuda_engine *e = s->e;
+    const ds4_hparams *hp = &e->m->hp;
+    if (s->verify_pos < 0) return ds4_fail(err, "cuda: nothing to take back (no verify step last)");
+    /* the frontiers the draft's position closed a window of */
+    const int p = s->verify_pos + 1;
+    cudaError_t c = cudaSuccess;
+    for (uint32_t il = 0; il < hp->n_layer && c == cudaSuccess; il++) {
+        dlayer_kv *K = &s->L[il];
+        const int r = (int)e->L[il].ratio;
+        if (!r || (p + 1) % r) continue;
+        c = cudaMemcpyAsync(K->st_kv, s->snap_at[il][0][0], K->st_n * sizeof(float), cudaMemcpyDeviceToDevice, e->stream);
+        if (c == cudaSuccess)
+            c = cudaMemcpyAsync(K->st_sc, s->snap_at[il][0][1], K->st_n * sizeof(float), cudaMemcpyDeviceToDevice,
+                                e->stream);
+        if (c == cudaSuccess && K->ist_n)
+            c = cudaMemcpyAsync(K->ist_kv, s->snap_at[il][1][0], K->ist_n * sizeof(float), cudaMemcpyDeviceToDevice,
+                                e->stream);
+        if (c == cudaSuccess && K->ist_n)
+            c = cudaMemcpyAsync(K->ist_sc, s->snap_at[il][1][1], K->ist_n * sizeof(float), cudaMemcpyDeviceToDevice,
+                                e->stream);
+    }
+    if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
+    if (c != cudaSuccess) return cuda_fail(err, "verify step's take-back", c);
+    /* token 0's logits, where the session's buffer holds token 1's already
+     * (fetch_lazy kept them) */
+    if (e->lazy != s) memcpy(s->h_logits, s->h_logits0, hp->n_vocab * sizeof(float));
+    s->cur = 0;
+    s->verify_pos = -1;
+    return 0;
+}
+
 extern "C" int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name, void *dst, size_t bytes,
                                            ds4_err *err) {
-    dwork *w = &s->e->w;
+    dwork *w = &s->e->w[0];
     struct { const char *name; const void *p; } bufs[] = {
         {"H", w->H2}, {"x", w->x}, {"a", w->a}, {"qr", w->qr}, {"q", w->q}, {"att", w->att}, {"low", w->low},
         {"y", w->y}, {"router", w->router}, {"ids", w->ids}, {"ew", w->ew}, {"smid", w->smid}, {"sh", w->sh},
-        {"mix", w->mix}, {"ehc", w->ehc}, {"sel", w->sel}, {"n_sel", w->n_sel}};
+        {"mix", w->mix}, {"ehc", w->ehc}, {"sel", w->sel}, {"n_sel", w->n_sel}, {"logits", w->logits}};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (!strcmp(bufs[i].name, name)) {
             cudaError_t c = cudaMemcpy(dst, bufs[i].p, bytes, cudaMemcpyDeviceToHost);

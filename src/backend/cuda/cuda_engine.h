@@ -71,6 +71,26 @@ int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err);
  * Either way the step leaves its two most likely next tokens for
  * ds4_cuda_session_pick. */
 int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err);
+/* The speculative verify step (model-spec §8): tokens[0] at pos and
+ * tokens[1] (a draft) at pos + 1 (< ctx) in one graph whose products read
+ * each weight row once for both. Afterwards the session stands after both,
+ * the picks of each token's logits are ds4_cuda_session_verify_pick's, and
+ * the session's logits (fetched lazily, as a step's) and
+ * ds4_cuda_session_pick are tokens[1]'s. Each token's logits and the state
+ * are the bits two steps give. */
+#define DS4_CUDA_VERIFY_TOKENS 2
+int ds4_cuda_session_verify(ds4_cuda_session *s, const int32_t tokens[DS4_CUDA_VERIFY_TOKENS], int pos,
+                            ds4_err *err);
+/* Token t's two most likely next tokens from the last verify step (as
+ * ds4_cuda_session_pick's). */
+void ds4_cuda_session_verify_pick(const ds4_cuda_session *s, int t, int32_t pick[2]);
+/* Takes back the last verify step's tokens[1] (a rejected draft, or one a
+ * caller stops on): the state is then the state after tokens[0] alone up
+ * to what evaluating position pos + 1 rewrites (its raw row, its frontier
+ * row, rows it emitted), and the session's logits and picks are
+ * tokens[0]'s. Only after ds4_cuda_session_verify, before the session's
+ * next step (other sessions' steps may come between). */
+int ds4_cuda_session_verify_reject(ds4_cuda_session *s, ds4_err *err);
 int ds4_cuda_session_fetch_logits(ds4_cuda_session *s, ds4_err *err);
 /* The last step's two most likely next tokens (the larger logit first,
  * the lower index on ties; NaN and -inf never, -1 where fewer than two
@@ -92,8 +112,9 @@ int ds4_cuda_session_prefill(ds4_cuda_session *s, const int32_t *tokens, int n, 
 /* For tests: copies `bytes` of the step workspace buffer `name` ("H", "x",
  * "a", "qr", "q", "att", "low", "y", "router" (logits), "ids", "ew",
  * "smid", "sh", "mix", "ehc", "sel" and "n_sel": the indexer's selection
- * (int32) to host memory; after a step these hold the last layer's (for
- * sel/n_sel the last ratio-4 layer's, or the output head's) values. */
+ * (int32), "logits") to host memory; after a step these hold the last
+ * layer's (for sel/n_sel the last ratio-4 layer's, or the output head's)
+ * values; after a verify step, its first token's. */
 int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name, void *dst, size_t bytes, ds4_err *err);
 
 /* For tests: one layer's KV state buffer `which` ("raw": n_swa rows of

@@ -71,7 +71,11 @@ struct dlayer {
     float clamp;
 };
 
-/* Device workspace of one step (shared by the engine's sessions). */
+/* Device workspace of one token of a step (shared by the engine's
+ * sessions; the verify step uses DS4_CUDA_VERIFY_TOKENS of them). The
+ * buffers that feed or take products and the routed experts (wpair) hold
+ * the tokens' copies side by side, as the kernels' several-column forms
+ * take them; the rest are each token's own. */
 struct dwork {
     step_io *io;
     float *H, *hx, *mix, *post, *comb, *x, *a, *qr, *q, *kv, *ckv, *csc, *ikv, *isc, *iq, *iw;
@@ -127,14 +131,18 @@ struct ds4_cuda_engine {
     int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk alone */
     bool topk_cluster;      /* those blocks as one cluster (k_topk_grid<true>) */
     bool hc_cluster;        /* k_hc's blocks as one cluster (k_hc<true>) */
-    struct ds4_cuda_session *lazy; /* whose logits are only in w.logits yet (ds4_cuda_session_fetch_logits) */
+    struct ds4_cuda_session *lazy; /* whose logits are only in w[cur].logits yet (ds4_cuda_session_fetch_logits) */
     size_t hc_smem;         /* k_hc's unused dynamic shared memory: an SM to itself */
     size_t sm_room;         /* the shared memory one block may hold on an SM (alone_smem) */
     int topk_one_rows;      /* k_idx_topk runs where at most this many rows are visible (0: not in the step) */
     int topk_threads;       /* k_idx_topk's block */
     uint32_t serial;        /* the last step's step_io.serial */
     uint32_t idx_slots; /* idx_scores blocks the device holds at once (official mode) */
-    dwork w;
+    dwork w[DS4_CUDA_VERIFY_TOKENS]; /* w[0]: the one-token step's */
+    /* every workspace buffer: token t's copy of wbufs[i].base[0] + k is
+     * base[t] + k (tok_ptr) */
+    struct wbuf { uint8_t *base[DS4_CUDA_VERIFY_TOKENS]; size_t bytes; } wbufs[64];
+    int n_wbufs;
     /* DS4_CUDA_PROFILE: events after each operation of an uncaptured step */
     bool prof;
 #ifdef DS4_CUDA_TIMELINE
@@ -171,12 +179,21 @@ struct ds4_cuda_session {
     ds4_cuda_engine *e;
     dlayer_kv L[DS4_MAX_LAYERS];
     void *state;      /* one allocation for every layer's state */
-    step_io *h_io;    /* pinned */
+    step_io *h_io;    /* pinned, a token's each (DS4_CUDA_VERIFY_TOKENS) */
     float *h_logits;  /* pinned, n_vocab */
-    int32_t *h_pick;  /* pinned and mapped, the last step's two picks (written by k_pick2 through d_pick) */
+    float *h_logits0; /* pinned, n_vocab: the last verify step's first token's, once fetched (fetch_lazy) */
+    /* pinned and mapped: the last step's two picks for each of its tokens
+     * (written by k_pick2 through d_pick) */
+    int32_t *h_pick;
     int32_t *d_pick;
     bool pick_valid;  /* h_pick belongs to the logits the session has now */
-    cudaGraphExec_t graph;
+    int cur;          /* the token of the last step whose logits and picks are the session's */
+    cudaGraphExec_t graph, verify_graph;
+    /* the verify step's frontier snapshot: each compressor's frontier as it
+     * was before tokens[1] closed a window (null until the first verify) */
+    float *snap;
+    float *snap_at[DS4_MAX_LAYERS][2][2]; /* [layer][attention, indexer][kv, score] */
+    int verify_pos;   /* the last verify step's pos, -1 once taken back or stepped on */
 };
 
 /* Releases the prefill workspace (cuda_prefill.cu); at engine close. */

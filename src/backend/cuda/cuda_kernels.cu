@@ -518,8 +518,10 @@ struct mv_params {
     const int32_t *active;         /* NULL, or skip the whole call while *active == 0 */
     int aligned;
     /* columns (the kernels' NC > 1): column c's activation at x + c·x_col
-     * (act + c·act_col, norm_out + c·n_in), its results at y + c·y_col */
-    size_t x_col, act_col, y_col;
+     * (act + c·act_col, norm_out + c·n_in), its results at y + c·y_col of
+     * its segment */
+    size_t x_col, act_col;
+    uint32_t y_col[DS4_CUDA_MV_SEGS];
 };
 
 /* Bytes of an activation of n values as quantised for F (global layout). */
@@ -530,12 +532,14 @@ static size_t act_row_bytes_of(uint32_t n) {
 }
 
 /* Weights of row `row` (of group g, or of the segments' joint row space)
- * and where its result goes. */
-__device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g, uint32_t row, float **y) {
+ * and where its result goes (*ycol: the segment's column stride). */
+__device__ __forceinline__ const uint8_t *mv_row(const mv_params &p, uint32_t g, uint32_t row, float **y,
+                                                 uint32_t *ycol) {
     uint32_t sg = 0, start = 0;
     while (sg + 1 < p.n_seg && row >= p.seg_end[sg]) start = p.seg_end[sg++];
     size_t r = (size_t)g * p.group_rows + (row - start);
     *y = p.y[sg] + r;
+    *ycol = p.y_col[sg];
     return p.w[sg] + r * p.row_bytes;
 }
 
@@ -578,12 +582,13 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
     const uint32_t n_items = p.group_rows * p.S, n_tiles = (n_items + NW - 1) / NW;
     uint32_t tile = blk % bpg, item = tile * NW + warp;
     float *yrow;
+    uint32_t ycol;
     /* tiles it .. it + nbuf - 1 in flight: the first nbuf before the activation */
     auto issue = [&](uint32_t t, uint8_t *dst) {
         uint32_t i = t * NW + warp;
         if (t < n_tiles && i < n_items)
-            stage_span(dst, mv_row(p, g, i >> p.lgS, &yrow) + (size_t)(i & (p.S - 1)) * p.slice_bytes, p.slice_bytes,
-                       p.aligned, lane);
+            stage_span(dst, mv_row(p, g, i >> p.lgS, &yrow, &ycol) + (size_t)(i & (p.S - 1)) * p.slice_bytes,
+                       p.slice_bytes, p.aligned, lane);
         cp_async_commit();
     };
     for (uint32_t k = 0; k < p.nbuf; k++) issue(tile + k * bpg, buf + k * p.buf_stride);
@@ -604,11 +609,11 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
 #pragma unroll
         for (int c = 0; c < NC; c++) r[c] = 0.0f;
         if (item < n_items) dot_rows<F, 1, NC>(cur, 0, p.slice_blocks, a, sl * p.slice_blocks, tab, lane, r);
-        if (item < n_items) mv_row(p, g, item >> p.lgS, &yrow);
+        if (item < n_items) mv_row(p, g, item >> p.lgS, &yrow, &ycol);
         if (p.S == 1) {
             if (item < n_items && lane == 0)
 #pragma unroll
-                for (int c = 0; c < NC; c++) yrow[c * p.y_col] = r[c];
+                for (int c = 0; c < NC; c++) yrow[c * ycol] = r[c];
         } else {
             float *pp = partial + (it & 1) * NC * NW;
             if (lane == 0)
@@ -620,7 +625,7 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
                 for (int c = 0; c < NC; c++) {
                     float t = 0.0f;
                     for (uint32_t k = 0; k < p.S; k++) t += pp[c * NW + warp + k];
-                    yrow[c * p.y_col] = t;
+                    yrow[c * ycol] = t;
                 }
         }
         __syncwarp();
@@ -677,9 +682,10 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
     const uint32_t n_steps = ((uint32_t)((uint64_t)p.group_rows * (wg + 1) / nwg) - r0) << p.lgC;
     const uint32_t last = (1u << p.lgC) - 1;
     float *yrow;
+    uint32_t ycol;
     auto issue = [&](uint32_t k, uint8_t *dst) {
         if (k < n_steps)
-            stage_span(dst, mv_row(p, g, r0 + (k >> p.lgC), &yrow) + (size_t)(k & last) * p.slice_bytes,
+            stage_span(dst, mv_row(p, g, r0 + (k >> p.lgC), &yrow, &ycol) + (size_t)(k & last) * p.slice_bytes,
                        p.slice_bytes, true, lane);
         cp_async_commit();
     };
@@ -701,11 +707,11 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
         __syncwarp();
         rows_acc<F, 1, NC>(cur, 0, p.slice_blocks, a, (k & last) * p.slice_blocks, tab, lane, acc);
         if ((k & last) == last) {
-            mv_row(p, g, r0 + (k >> p.lgC), &yrow);
+            mv_row(p, g, r0 + (k >> p.lgC), &yrow, &ycol);
 #pragma unroll
             for (int c = 0; c < NC; c++) {
                 float r = row_total<F>(acc[c]);
-                if (lane == 0) yrow[c * p.y_col] = r;
+                if (lane == 0) yrow[c * ycol] = r;
                 acc[c] = 0.0f;
             }
         }
@@ -1139,6 +1145,7 @@ static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, d
     for (uint32_t i = 0, end = 0; i < d->n_seg; i++) {
         p.w[i] = (const uint8_t *)d->seg[i].w;
         p.y[i] = d->seg[i].y;
+        p.y_col[i] = d->seg[i].y_col;
         end += d->n_groups > 1 ? d->seg[i].rows / d->n_groups : d->seg[i].rows;
         p.seg_end[i] = end;
         p.aligned &= (uintptr_t)d->seg[i].w % 16 == 0;
@@ -1166,7 +1173,6 @@ static int plan_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, mv_plan *pl, d
     const int nc = d->n_cols > 1 ? (int)d->n_cols : 1;
     p.x_col = (size_t)d->n_groups * d->n_in;
     p.act_col = d->n_groups * p.act_group_bytes;
-    p.y_col = d->y_col;
     pl->cols = nc;
     pl->bytes = (uint64_t)n_rows * row_bytes;
     /* Many rows: k_matvec_stream, rows in chunks of at most k->mvs_chunk

@@ -121,14 +121,15 @@ void ds4_cuda_kernels_set_matvec_tuning(ds4_cuda_kernels *k, int split_per_sm, i
  *    all of them (several tokens' products):
  *    column c's activation follows column c-1's (x: n_groups·n_in floats
  *    on; act: that row quantised; norm_out: n_in floats on), its results
- *    are at y + c·y_col of every segment. Each column's results are the
- *    bits a one-column product of it gives. */
+ *    are at seg[i].y + c·seg[i].y_col in each segment i. Each column's
+ *    results are the bits a one-column product of it gives. */
 #define DS4_CUDA_MV_SEGS 6
 #define DS4_CUDA_MV_COLS 2
 typedef struct ds4_cuda_mv_seg {
     const void *w;
     uint32_t rows;
     float *y;
+    uint32_t y_col;
 } ds4_cuda_mv_seg;
 typedef struct ds4_cuda_mv {
     uint32_t wtype, n_in, n_groups, n_seg;
@@ -139,7 +140,6 @@ typedef struct ds4_cuda_mv {
     float *norm_out;
     const int32_t *active;
     uint32_t n_cols;
-    size_t y_col;
 } ds4_cuda_mv;
 int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *mv, ds4_cuda_stream stream, ds4_err *err);
 /* Two products in one launch where their weight types allow it (Q8_0 with

@@ -361,6 +361,10 @@ struct comp_args {
     void *rows; /* RowT */
     int R, coff, hd, indexer;
     const float2 *win_cs; /* k_embed's table at the window's start, or NULL */
+    /* or NULL: where this token closes a window, the whole frontier as it
+     * was before the token is copied there first (the verify step's later
+     * token: a rejected draft's window is put back from it) */
+    float *snap_kv, *snap_sc;
 };
 
 template <typename RowT>
@@ -375,6 +379,10 @@ __device__ void compressor(const comp_args &c, float *out, float nw0, int n_rot,
     RowT *rows = (RowT *)c.rows;
     int R = c.R, coff = c.coff, hd = c.hd, indexer = c.indexer;
     int W = coff * hd, slot = (int)(p % R), row = (coff == 2 ? R : 0) + slot;
+    if (c.snap_kv && (p + 1) % R == 0) {
+        for (int k = threadIdx.x; k < coff * R * W; k += blockDim.x) c.snap_kv[k] = st_kv[k], c.snap_sc[k] = st_sc[k];
+        __syncthreads();
+    }
     /* Copies through registers, CH values a thread loaded before any is
      * stored: the compiler cannot tell the frontier from the projections,
      * so a plain loop waited for each store's loads in turn (one L2 round
