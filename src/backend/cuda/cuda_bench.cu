@@ -870,10 +870,11 @@ static void bench_moe_tokens(ds4_cuda_kernels *k, cudaStream_t st, const char *n
     };
     auto two_tokens = [&](int set) {
         DS(ds4_cuda_moe_tokens_gate_up(k, gtype, d_gate, d_up, n_in, n_ff, n_expert, d_ids + (size_t)set * n_sel,
-                                       d_wts + (size_t)set * n_sel, 2 * n_sel, 2, clamp, d_xact, d_mid2, st, &err_));
+                                       d_wts + (size_t)set * n_sel, 2 * n_sel, 2, clamp, d_xact, ds4_cuda_ids_src{},
+                                       d_mid2, st, &err_));
         DS(ds4_cuda_quantize_act(k, dtype, d_mid2, d_mact2, 2 * n_sel * n_ff, st, &err_));
         DS(ds4_cuda_moe_tokens_down(k, dtype, d_down, n_ff, n_in, n_expert, d_ids + (size_t)set * n_sel, 2 * n_sel, 2,
-                                    d_mact2, d_add, d_out2, st, &err_));
+                                    d_mact2, d_add, ds4_cuda_ids_src{}, d_out2, st, &err_));
     };
     for (int t = 0; t < 2; t++)
         one_token(0, t, d_mid1 + (size_t)t * n_sel * n_ff, d_mact1 + t * mab, d_out1 + (size_t)t * n_in);

@@ -855,17 +855,23 @@ static ds4_cuda_mv mv_col(const enq *q, const ds4_cuda_mv &d0, int t) {
     return d;
 }
 
+/* d (token 0's buffers, cols_fit) as one product of a column per token.
+ * It works while the last token's `active` is set (the indexer's flag
+ * turns on with the position and stays on). */
+static ds4_cuda_mv with_cols(const enq *q, const ds4_cuda_mv &d0) {
+    ds4_cuda_mv d = d0;
+    d.n_cols = (uint32_t)q->nt;
+    d.active = tok_ptr(q->e, d0.active, q->nt - 1);
+    for (uint32_t i = 0; i < d.n_seg; i++) d.seg[i].y_col = (uint32_t)(tok_stride(q->e, d.seg[i].y) / sizeof(float));
+    return d;
+}
+
 /* The product d (token 0's buffers) for the q->nt tokens: one launch with
- * a column per token where cols_fit, else a launch per token. A launch of
- * several columns works while the last token's `active` is set (the
- * indexer's flag turns on with the position and stays on). */
+ * a column per token where cols_fit, else a launch per token. */
 static int mv_tokens(enq *q, const ds4_cuda_mv &d0) {
     ds4_cuda_engine *e = q->e;
     if (cols_fit(q, &d0)) {
-        ds4_cuda_mv d = d0;
-        d.n_cols = (uint32_t)q->nt;
-        d.active = tok_ptr(e, d0.active, q->nt - 1);
-        for (uint32_t i = 0; i < d.n_seg; i++) d.seg[i].y_col = (uint32_t)(tok_stride(e, d.seg[i].y) / sizeof(float));
+        const ds4_cuda_mv d = with_cols(q, d0);
         return ds4_cuda_matvec_multi(e->k, &d, (ds4_cuda_stream)q->st, q->err);
     }
     for (int t = 0; t < q->nt; t++) {
@@ -875,10 +881,15 @@ static int mv_tokens(enq *q, const ds4_cuda_mv &d0) {
     return 0;
 }
 
-/* Two products that read no result of each other: one launch for one
- * token where the types pair (ds4_cuda_matvec_pair), else mv_tokens each. */
+/* Two products that read no result of each other: one launch where the
+ * types pair (ds4_cuda_matvec_pair) — for several tokens where both take
+ * a column each —, else mv_tokens each. */
 static int mv_pair(enq *q, const ds4_cuda_mv &a, const ds4_cuda_mv &b) {
     if (q->nt == 1) return ds4_cuda_matvec_pair(q->e->k, &a, &b, (ds4_cuda_stream)q->st, q->err);
+    if (cols_fit(q, &a) && cols_fit(q, &b)) {
+        const ds4_cuda_mv ac = with_cols(q, a), bc = with_cols(q, b);
+        return ds4_cuda_matvec_pair(q->e->k, &ac, &bc, (ds4_cuda_stream)q->st, q->err);
+    }
     return mv_tokens(q, a) || mv_tokens(q, b) ? -1 : 0;
 }
 
@@ -1332,11 +1343,15 @@ static int ffn(enq *q, uint32_t il) {
     if (moe_tokens_fit(q, gt, dt)) {
         const ds4_cuda_stream st = (ds4_cuda_stream)q->st;
         const uint32_t nt = (uint32_t)q->nt;
+        /* every token's ids are written once the last token's k_route has
+         * stamped its own (it runs after the others' k_route ended) */
+        const dwork *wl = &e->w[nt - 1];
+        const ds4_cuda_ids_src routed = {0, wl->route_stamp + il, &wl->io->serial};
         /* the shared expert's down: expert 0 of each token where the
          * tokens' codes lie as that kernel takes them */
         if (with_router && tok_stride(e, w->actA) == (ptrdiff_t)ds4_act_row_bytes(DS4_TYPE_Q8_0, ff)) {
             if (ds4_cuda_moe_tokens_down(e->k, L->down_sh.type, L->down_sh.w, ff, D, 1, w->zero_id, nt, nt, w->actA,
-                                         NULL, w->sh, st, q->err))
+                                         NULL, shared_ids, w->sh, st, q->err))
                 return -1;
         } else if (with_router) {
             for (int t = 0; t < q->nt; t++)
@@ -1344,12 +1359,12 @@ static int ffn(enq *q, uint32_t il) {
         }
         if ((!x_q8k && ds4_cuda_quantize_act(e->k, gt, w->a, w->actB, D * nt, st, q->err)) ||
             ds4_cuda_moe_tokens_gate_up(e->k, gt, L->gate_exps.w, L->up_exps.w, D, ff, ne, w->ids, w->ew, nu * nt, nt,
-                                        L->clamp, w->actB, w->mid, st, q->err))
+                                        L->clamp, w->actB, routed, w->mid, st, q->err))
             return -1;
         mark(e, q->st, "routed gate/up");
         if (ds4_cuda_quantize_act(e->k, dt, w->mid, w->actB, nu * nt * ff, st, q->err) ||
-            ds4_cuda_moe_tokens_down(e->k, dt, L->down_exps.w, ff, D, ne, w->ids, nu * nt, nt, w->actB, w->sh, w->y,
-                                     st, q->err))
+            ds4_cuda_moe_tokens_down(e->k, dt, L->down_exps.w, ff, D, ne, w->ids, nu * nt, nt, w->actB, w->sh,
+                                     routed, w->y, st, q->err))
             return -1;
         mark(e, q->st, "routed down");
         return 0;
@@ -1765,7 +1780,13 @@ extern "C" int ds4_cuda_session_verify(ds4_cuda_session *s, const int32_t tokens
     if (pos < 0 || pos > e->ctx - nt)
         return ds4_fail(err, "cuda: positions %d..%d outside the context of %d", pos, pos + nt - 1, e->ctx);
     if (e->lazy && e->lazy != s && fetch_lazy(e, err)) return -1; /* the workspace's logits are the lazy one's */
+#ifdef DS4_CUDA_TIMELINE
+    ds4_cuda_tl_record(!e->prof && !s->verify_graph); /* its kernels replace the step's in the report */
+#endif
     if (snap_alloc(s, err) || (!e->prof && !s->verify_graph && capture(s, nt, &s->verify_graph, err))) return -1;
+#ifdef DS4_CUDA_TIMELINE
+    ds4_cuda_tl_record(0);
+#endif
     if (++e->serial == 0) e->serial = 1;
     for (int t = 0; t < nt; t++) {
         s->h_io[t].token = tokens[t];
@@ -1787,6 +1808,9 @@ extern "C" int ds4_cuda_session_verify(ds4_cuda_session *s, const int32_t tokens
     s->cur = nt - 1;
     s->verify_pos = pos;
     e->lazy = s;
+#ifdef DS4_CUDA_TIMELINE
+    if (++e->tl_vstep == e->tl_report) tl_report(e);
+#endif
     return 0;
 }
 

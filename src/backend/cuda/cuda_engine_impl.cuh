@@ -148,6 +148,7 @@ struct ds4_cuda_engine {
 #ifdef DS4_CUDA_TIMELINE
     struct tl_buf *tl; /* cuda_timeline.cuh: the step's stamps */
     int tl_step, tl_report; /* steps run; the step to report (DS4_CUDA_TIMELINE=N) */
+    int tl_vstep;           /* verify steps run (the N-th is reported too) */
     /* events around each step's parts: before the io copy, after the
      * graph, after the logits copy (the previous step's in [3..5]) */
     cudaEvent_t tl_ev[6];

@@ -730,17 +730,18 @@ __global__ void __launch_bounds__(NW * 32) k_matvec_stream(const mv_params p) {
  * its own start and drain, ~4 us: notes/cuda-kernels.md §16): blocks
  * 0..split-1 run the first (S0: its streaming body with S0 stages, 0: the
  * tiled one), the others the second; no block waits for another. */
-template <class F, int S, int NW>
+template <class F, int S, int NW, int NC>
 __device__ __forceinline__ void matvec_one(const mv_params &p, uint8_t *smem, uint32_t blk, uint32_t nblk) {
-    if constexpr (S > 0) matvec_stream_body<F, NW, S>(p, smem, blk, nblk);
-    else matvec_body<F, NW>(p, smem, blk, nblk);
+    if constexpr (S > 0) matvec_stream_body<F, NW, S, NC>(p, smem, blk, nblk);
+    else matvec_body<F, NW, NC>(p, smem, blk, nblk);
 }
 
-template <class F0, int S0, class F1, int S1, int NW>
+/* NC: both halves' activation columns. */
+template <class F0, int S0, class F1, int S1, int NW, int NC = 1>
 __global__ void __launch_bounds__(NW * 32) k_matvec_pair(const mv_params p0, const mv_params p1, uint32_t split) {
     extern __shared__ __align__(16) uint8_t smem[];
-    if (blockIdx.x < split) matvec_one<F0, S0, NW>(p0, smem, blockIdx.x, split);
-    else matvec_one<F1, S1, NW>(p1, smem, blockIdx.x - split, gridDim.x - split);
+    if (blockIdx.x < split) matvec_one<F0, S0, NW, NC>(p0, smem, blockIdx.x, split);
+    else matvec_one<F1, S1, NW, NC>(p1, smem, blockIdx.x - split, gridDim.x - split);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1232,10 +1233,15 @@ static int run_matvec(ds4_cuda_kernels *k, const ds4_cuda_mv *d, cudaStream_t st
     return e == cudaSuccess ? 0 : cuda_fail(err, "matvec launch", e);
 }
 
-/* The pair kernel for the stages of both halves (each 0 or MVS_STAGES). */
+/* The pair kernel for the stages of both halves (each 0 or MVS_STAGES)
+ * and their columns (1, or 2 where both formats have several). */
 template <class F0, class F1>
-static void (*pair_kernel(int s0, int s1))(const mv_params, const mv_params, uint32_t) {
+static void (*pair_kernel(int s0, int s1, int nc))(const mv_params, const mv_params, uint32_t) {
     const int NW = MV_WARPS, S = MVS_STAGES;
+    if constexpr (has_cols<F0>() && has_cols<F1>())
+        if (nc == 2)
+            return s0 ? (s1 ? k_matvec_pair<F0, S, F1, S, NW, 2> : k_matvec_pair<F0, S, F1, 0, NW, 2>)
+                      : (s1 ? k_matvec_pair<F0, 0, F1, S, NW, 2> : k_matvec_pair<F0, 0, F1, 0, NW, 2>);
     return s0 ? (s1 ? k_matvec_pair<F0, S, F1, S, NW> : k_matvec_pair<F0, S, F1, 0, NW>)
               : (s1 ? k_matvec_pair<F0, 0, F1, S, NW> : k_matvec_pair<F0, 0, F1, 0, NW>);
 }
@@ -1258,9 +1264,9 @@ static int run_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *d0, const ds4_cuda_m
                     ds4_err *err) {
     mv_plan a, b;
     if (plan_matvec<F0>(k, d0, &a, err) || plan_matvec<F1>(k, d1, &b, err)) return -1;
-    const bool fits = d0->n_groups == 1 && d1->n_groups == 1 && a.cols == 1 && b.cols == 1 &&
+    const bool fits = d0->n_groups == 1 && d1->n_groups == 1 && a.cols == b.cols &&
                       (a.stages == 0 || a.stages == MVS_STAGES) && (b.stages == 0 || b.stages == MVS_STAGES);
-    auto kern = pair_kernel<F0, F1>(a.stages, b.stages);
+    auto kern = pair_kernel<F0, F1>(a.stages, b.stages, a.cols);
     const size_t smem = a.smem > b.smem ? a.smem : b.smem;
     int per_sm = 0;
     if (!fits || smem > k->smem_optin ||
@@ -1478,9 +1484,11 @@ static cudaError_t allow_smem(int bytes) {
 template <class F0, class F1>
 static cudaError_t allow_pair_smem(int bytes) {
     cudaError_t e = cudaSuccess;
-    for (int s0 = 0; s0 <= MVS_STAGES && e == cudaSuccess; s0 += MVS_STAGES)
-        for (int s1 = 0; s1 <= MVS_STAGES && e == cudaSuccess; s1 += MVS_STAGES)
-            e = cudaFuncSetAttribute(pair_kernel<F0, F1>(s0, s1), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    for (int nc = 1; nc <= 2 && e == cudaSuccess; nc++)
+        for (int s0 = 0; s0 <= MVS_STAGES && e == cudaSuccess; s0 += MVS_STAGES)
+            for (int s1 = 0; s1 <= MVS_STAGES && e == cudaSuccess; s1 += MVS_STAGES)
+                e = cudaFuncSetAttribute(pair_kernel<F0, F1>(s0, s1, nc), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         bytes);
     return e;
 }
 
@@ -1791,17 +1799,17 @@ extern "C" int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const vo
 extern "C" int ds4_cuda_moe_tokens_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up,
                                            uint32_t n_in, uint32_t n_ff, uint32_t n_expert, const int32_t *ids,
                                            const float *weights, uint32_t n_sel, uint32_t n_tok, float clamp,
-                                           const void *x_act, float *mid, ds4_cuda_stream stream, ds4_err *err) {
-    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL,
-                   ds4_cuda_ids_src{}, NULL, mid, stream, err, n_tok);
+                                           const void *x_act, ds4_cuda_ids_src src, float *mid,
+                                           ds4_cuda_stream stream, ds4_err *err) {
+    return gate_up(k, wtype, gate, up, n_in, n_ff, n_expert, ids, weights, n_sel, clamp, x_act, NULL, src, NULL, mid,
+                   stream, err, n_tok);
 }
 
 extern "C" int ds4_cuda_moe_tokens_down(ds4_cuda_kernels *k, uint32_t wtype, const void *w, uint32_t n_ff,
                                         uint32_t n_out, uint32_t n_expert, const int32_t *ids, uint32_t n_sel,
-                                        uint32_t n_tok, const void *mid_act, const float *add, float *out,
-                                        ds4_cuda_stream stream, ds4_err *err) {
-    return down(k, wtype, w, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, ds4_cuda_ids_src{}, out, stream, err,
-                n_tok);
+                                        uint32_t n_tok, const void *mid_act, const float *add, ds4_cuda_ids_src src,
+                                        float *out, ds4_cuda_stream stream, ds4_err *err) {
+    return down(k, wtype, w, n_ff, n_out, n_expert, ids, n_sel, mid_act, add, src, out, stream, err, n_tok);
 }
 
 #ifdef DS4_CUDA_TIMELINE

@@ -143,8 +143,8 @@ typedef struct ds4_cuda_mv {
 } ds4_cuda_mv;
 int ds4_cuda_matvec_multi(ds4_cuda_kernels *k, const ds4_cuda_mv *mv, ds4_cuda_stream stream, ds4_err *err);
 /* Two products in one launch where their weight types allow it (Q8_0 with
- * F16, one column each; they must not read each other's results: norm_out
- * included), otherwise one after the other. */
+ * F16, the same number of columns; they must not read each other's
+ * results: norm_out included), otherwise one after the other. */
 int ds4_cuda_matvec_pair(ds4_cuda_kernels *k, const ds4_cuda_mv *a, const ds4_cuda_mv *b, ds4_cuda_stream stream,
                          ds4_err *err);
 
@@ -193,15 +193,17 @@ int ds4_cuda_moe_down_x(ds4_cuda_kernels *k, uint32_t wtype, const void *down, u
  * quantised row's bytes); mid holds every selection's row, as one call's;
  * the down's add and out are [n_tok][n_out], token t summing its own
  * selections in order. Each token's results are the bits of its one-token
- * call. The ids come from the previous kernel. */
+ * call. src: where the ids come from (a stamp: the last token's, published
+ * after every token's ids). */
 #define DS4_CUDA_MOE_TOKENS 2
 int ds4_cuda_moe_tokens_gate_up(ds4_cuda_kernels *k, uint32_t wtype, const void *gate, const void *up, uint32_t n_in,
                                 uint32_t n_ff, uint32_t n_expert, const int32_t *ids, const float *weights,
-                                uint32_t n_sel, uint32_t n_tok, float clamp, const void *x_act, float *mid,
-                                ds4_cuda_stream stream, ds4_err *err);
+                                uint32_t n_sel, uint32_t n_tok, float clamp, const void *x_act,
+                                ds4_cuda_ids_src src, float *mid, ds4_cuda_stream stream, ds4_err *err);
 int ds4_cuda_moe_tokens_down(ds4_cuda_kernels *k, uint32_t wtype, const void *down, uint32_t n_ff, uint32_t n_out,
                              uint32_t n_expert, const int32_t *ids, uint32_t n_sel, uint32_t n_tok,
-                             const void *mid_act, const float *add, float *out, ds4_cuda_stream stream, ds4_err *err);
+                             const void *mid_act, const float *add, ds4_cuda_ids_src src, float *out,
+                             ds4_cuda_stream stream, ds4_err *err);
 
 #ifdef __cplusplus
 }
