@@ -295,20 +295,26 @@ static size_t alone_smem(const ds4_cuda_engine *e, void (*kernel)(KArgs...), uns
 /* k_hc as one cluster of HC_BLOCKS blocks where the device can place one
  * (sm_90+; DS4_CUDA_HC_CLUSTER=0: the grid form, for tests), else as a grid
  * whose blocks meet at grid barriers and so must all be resident; either
- * way each block with its SM to itself (alone_smem). */
+ * way each block with its SM to itself (alone_smem). The verify step's
+ * tokens share a launch as clusters, or in the grid form where the device
+ * holds all their blocks at once (hc_tokens). */
 static int hc_form(ds4_cuda_engine *e, int cc_major, int n_sm, ds4_err *err) {
     const char *env = getenv("DS4_CUDA_HC_CLUSTER");
+    const int nt = DS4_CUDA_VERIFY_TOKENS;
     if (cc_major >= 9 && !(env && !strcmp(env, "0"))) {
-        e->hc_smem = alone_smem(e, k_hc<true>, HC_BLOCKS, 0);
-        e->hc_cluster = cluster_places(k_hc<true>, HC_BLOCKS, HC_THREADS, e->hc_smem);
+        e->hc_smem = alone_smem(e, k_hc<true, 1>, HC_BLOCKS, 0);
+        e->hc_cluster = cluster_places(k_hc<true, 1>, HC_BLOCKS, HC_THREADS, e->hc_smem);
+        e->hc_tokens = alone_smem(e, k_hc<true, nt>, nt * HC_BLOCKS, 0) == e->hc_smem &&
+                       cluster_places(k_hc<true, nt>, HC_BLOCKS, HC_THREADS, e->hc_smem);
         if (e->hc_cluster) return 0;
     }
-    e->hc_smem = alone_smem(e, k_hc<false>, HC_BLOCKS, 0);
+    e->hc_smem = alone_smem(e, k_hc<false, 1>, HC_BLOCKS, 0);
     int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_hc<false>, HC_THREADS, e->hc_smem) != cudaSuccess ||
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_hc<false, 1>, HC_THREADS, e->hc_smem) != cudaSuccess ||
         per_sm * n_sm < HC_BLOCKS)
         return ds4_fail(err, "cuda: %s holds %d of the HC kernel's %d blocks at once", e->name, per_sm * n_sm,
                         HC_BLOCKS);
+    e->hc_tokens = per_sm * n_sm >= nt * HC_BLOCKS && alone_smem(e, k_hc<false, nt>, nt * HC_BLOCKS, 0) == e->hc_smem;
     return 0;
 }
 
@@ -942,27 +948,38 @@ static hc_split_args hc_split_of(const ds4_cuda_engine *e, int t, const float *s
     return hc_split_args{w->mix, scale, base, w->post, w->comb, (int)e->m->hp.hc_sinkhorn_iter, e->m->hp.hc_eps};
 }
 
-/* HC between sublayers (k_hc): post of the finished sublayer's output y
- * (NULL before the first), then pre of the next into x / a (ws.x / ws.a
- * for a layer's sublayers) and its mix into ws.mix, whose split into post
- * gates and mixing matrix (ws.post, ws.comb) a later kernel of the
- * sublayer does (hc_split_of; check_model: fn is F16 or F32). Sublayer
- * `sub` (2·layer, + 1 for the FFN) reads ws.H or ws.H2 by its parity and
- * writes the other: after every layer's two, the streams are back in ws.H
- * for the output head, whose HC (sub 2·n_layer, out_hc_mix) leaves them in
- * ws.H2. Token t's (its workspace's buffers).. */
-static int hc(enq *q, int t, uint32_t sub, const float *y, const dmat &fn, const float *scale, const float *base,
+/* HC between sublayers (k_hc), for the q->nt tokens in one launch: post
+ * of the finished sublayer's output y (NULL before the first), then pre of
+ * the next into x / a (ws.x / ws.a for a layer's sublayers; token 0's
+ * buffers, each token its own copies) and its mix into ws.mix, whose split
+ * into post gates and mixing matrix (ws.post, ws.comb) a later kernel of
+ * the sublayer does (hc_split_of; check_model: fn is F16 or F32).
+ * Sublayer `sub` (2·layer, + 1 for the FFN) reads ws.H or ws.H2 by its
+ * parity and writes the other: after every layer's two, the streams are
+ * back in ws.H for the output head, whose HC (sub 2·n_layer, out_hc_mix)
+ * leaves them in ws.H2. */
+static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float *scale, const float *base,
               const float *norm_w, float *x, float *a) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
-    dwork *w = &e->w[t];
-    uint32_t D = hp->n_embd;
-    float *h_in = sub % 2 ? w->H2 : w->H, *h_out = sub % 2 ? w->H : w->H2;
-    cudaError_t c = pdl_launch_cluster(q->pdl, e->hc_cluster ? HC_BLOCKS : 0, e->hc_cluster ? k_hc<true> : k_hc<false>,
-                                       HC_BLOCKS, HC_THREADS, e->hc_smem, q->st, (const float *)h_in, h_out, y,
-                                       (const float *)w->post, (const float *)w->comb, D, (const void *)fn.w,
-                                       (int)(fn.type == DS4_TYPE_F16), scale, base, hp->hc_eps, norm_w, hp->rms_eps,
-                                       w->hc_part, w->hc_count, w->mix, x, a, hc_writes_q8(q, a, t) ? w->aq8 : NULL);
+    hc_io io[DS4_CUDA_VERIFY_TOKENS];
+    for (int t = 0; t < q->nt; t++) {
+        dwork *w = &e->w[t];
+        float *at = tok_ptr(e, a, t);
+        io[t] = {sub % 2 ? w->H2 : w->H, sub % 2 ? w->H : w->H2, tok_ptr(e, y, t), w->post, w->comb, w->hc_part,
+                 w->hc_count, w->mix, tok_ptr(e, x, t), at, hc_writes_q8(q, at, t) ? w->aq8 : NULL};
+    }
+    const int cl = e->hc_cluster ? HC_BLOCKS : 0;
+    cudaError_t c = cudaSuccess;
+    const bool all = q->nt == DS4_CUDA_VERIFY_TOKENS && e->hc_tokens;
+    auto kernel = all ? (e->hc_cluster ? k_hc<true, DS4_CUDA_VERIFY_TOKENS> : k_hc<false, DS4_CUDA_VERIFY_TOKENS>)
+                      : (e->hc_cluster ? k_hc<true, 1> : k_hc<false, 1>);
+    for (int t = 0; t < q->nt && c == cudaSuccess; t += all ? q->nt : 1) {
+        const int n = all ? q->nt : 1;
+        c = pdl_launch_cluster(q->pdl, cl, kernel, n * HC_BLOCKS, HC_THREADS, e->hc_smem, q->st, io[t], io[t + n - 1],
+                               hp->n_embd, (const void *)fn.w, (int)(fn.type == DS4_TYPE_F16), scale, base,
+                               hp->hc_eps, norm_w, hp->rms_eps);
+    }
     if (c != cudaSuccess) return cuda_fail(q->err, "hc", c);
     mark(e, q->st, y ? "hc post + pre" : "hc pre");
     return 0;
@@ -1142,12 +1159,8 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     const dlayer *L = &e->L[il];
     dwork *w = &e->w[0];
     int hd = (int)hp->head_dim;
-    for (int t = 0; t < q->nt; t++) {
-        dwork *wt = &e->w[t];
-        if (hc(q, t, 2 * il, il ? wt->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm,
-               wt->x, wt->a))
-            return -1;
-    }
+    if (hc(q, 2 * il, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, w->x, w->a))
+        return -1;
     /* Every product of the normed x: Q8_0 ones in one launch, F16 ones in
      * another (the indexer's head weights too: they are read only while the
      * indexer is active, and cost little). */
@@ -1306,11 +1319,7 @@ static int ffn(enq *q, uint32_t il) {
     const dlayer *L = &e->L[il];
     dwork *w = &e->w[0];
     uint32_t D = hp->n_embd, ff = hp->n_ff_exp, nu = hp->n_expert_used, ne = hp->n_expert;
-    for (int t = 0; t < q->nt; t++) {
-        dwork *wt = &e->w[t];
-        if (hc(q, t, 2 * il + 1, wt->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, wt->x, wt->a))
-            return -1;
-    }
+    if (hc(q, 2 * il + 1, w->y, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, w->x, w->a)) return -1;
     const bool with_router = shared_with_router(e, L);
     if (with_router) {
         ds4_cuda_mv dg = mv_of(q, L->gate_sh, w->shgu, w->a, NULL, NULL, NULL),
@@ -1326,25 +1335,32 @@ static int ffn(enq *q, uint32_t il) {
     const uint32_t gt = L->gate_exps.type;
     const bool x_q8k = !e->exact && D % 256 == 0 &&
                        (gt == DS4_TYPE_IQ2_XXS || gt == DS4_TYPE_Q2_K || gt == DS4_TYPE_Q4_K);
+    /* with the shared expert here: the FFN HC's split in block 1, the
+     * shared SwiGLU and quantisation in 8-warp blocks after it; a row of
+     * blocks a token */
+    route_io ri[DS4_CUDA_VERIFY_TOKENS];
     for (int t = 0; t < q->nt; t++) {
         dwork *wt = &e->w[t];
-        /* with the shared expert here: the FFN HC's split in block 1, the
-         * shared SwiGLU and quantisation in 8-warp blocks after it */
-        const shared_mid_args sm = {wt->shgu, wt->smid, with_router ? wt->actA : NULL, (int)ff, L->clamp};
-        const routed_act_args ra = {wt->a, x_q8k ? wt->actB : NULL, (int)(D / 256)};
-        const hc_split_args hs = with_router ? hc_split_of(e, t, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{};
-        if (run(q, "router", k_route, route_blocks(hs, sm, ra), 256, 2 * ne * sizeof(float), (const float *)wt->router,
-                L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale, (int)hp->expert_weights_norm,
-                (const step_io *)wt->io, wt->ids, wt->ew, wt->route_stamp + il, hs, sm, ra))
-            return -1;
+        ri[t] = {wt->router, wt->io, wt->ids, wt->ew, wt->route_stamp + il,
+                 with_router ? hc_split_of(e, t, L->hc_ffn_scale, L->hc_ffn_base) : hc_split_args{},
+                 {wt->shgu, wt->smid, with_router ? wt->actA : NULL, (int)ff, L->clamp},
+                 {wt->a, x_q8k ? wt->actB : NULL, (int)(D / 256)}};
     }
+    const dim3 route_grid(route_blocks(ri[0].hs, ri[0].sm, ri[0].ra), q->nt);
+    if (q->nt == 1 ? run(q, "router", k_route<1>, route_grid, 256, 2 * ne * sizeof(float), ri[0], ri[0],
+                         L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale,
+                         (int)hp->expert_weights_norm)
+                   : run(q, "router", k_route<DS4_CUDA_VERIFY_TOKENS>, route_grid, 256, 2 * ne * sizeof(float), ri[0],
+                         ri[q->nt - 1], L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale,
+                         (int)hp->expert_weights_norm))
+        return -1;
     mark(e, q->st, "router + selection");
     const uint32_t dt = L->down_exps.type;
     if (moe_tokens_fit(q, gt, dt)) {
         const ds4_cuda_stream st = (ds4_cuda_stream)q->st;
         const uint32_t nt = (uint32_t)q->nt;
-        /* every token's ids are written once the last token's k_route has
-         * stamped its own (it runs after the others' k_route ended) */
+        /* every token's ids are written once the last token has its stamp
+         * (k_route) */
         const dwork *wl = &e->w[nt - 1];
         const ds4_cuda_ids_src routed = {0, wl->route_stamp + il, &wl->io->serial};
         /* the shared expert's down: expert 0 of each token where the
@@ -1440,13 +1456,10 @@ static int output_head(enq *q, ds4_cuda_session *s) {
     /* the last FFN's HC post and the collapse (model-spec §5.3, §5.9) as
      * one more HC pre: pre = σ(mix·scale + base) + eps are the collapse's
      * weights, a = norm(Σ pre·H)·out_norm its output */
-    for (int t = 0; t < q->nt; t++) {
-        dwork *wt = &e->w[t];
-        if (hc(q, t, 2 * hp->n_layer, wt->y, e->out_hc_mix, e->out_hc_scale, e->out_hc_base, e->out_norm, wt->hx,
-               wt->ehc))
-            return -1;
-    }
-    if (mv(q, e->output, e->w[0].ehc, e->w[0].logits)) return -1;
+    dwork *w = &e->w[0];
+    if (hc(q, 2 * hp->n_layer, w->y, e->out_hc_mix, e->out_hc_scale, e->out_hc_base, e->out_norm, w->hx, w->ehc) ||
+        mv(q, e->output, w->ehc, w->logits))
+        return -1;
     for (int t = 0; t < q->nt; t++) {
         dwork *wt = &e->w[t];
         if (run(q, "greedy pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)wt->logits, (int)hp->n_vocab,

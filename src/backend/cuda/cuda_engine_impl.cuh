@@ -131,6 +131,7 @@ struct ds4_cuda_engine {
     int topk_grid;          /* blocks of the indexer's grid top-k, 0: the one-block k_idx_topk alone */
     bool topk_cluster;      /* those blocks as one cluster (k_topk_grid<true>) */
     bool hc_cluster;        /* k_hc's blocks as one cluster (k_hc<true>) */
+    bool hc_tokens;         /* the verify step's tokens' k_hc in one launch (hc_form) */
     struct ds4_cuda_session *lazy; /* whose logits are only in w[cur].logits yet (ds4_cuda_session_fetch_logits) */
     size_t hc_smem;         /* k_hc's unused dynamic shared memory: an SM to itself */
     size_t sm_room;         /* the shared memory one block may hold on an SM (alone_smem) */

@@ -153,7 +153,11 @@ __device__ __forceinline__ void hc_split_block(const hc_split_args &h) {
  * started. Either way each block has its SM to itself (the launch asks
  * for the SM's shared memory: alone_smem). H200, ctx 4096: +1.6% a token
  * over 32 blocks whose block 0 finished once the others had counted their
- * partials in (notes/cuda-kernels.md §29). */
+ * partials in (notes/cuda-kernels.md §29).
+ *
+ * Several tokens (the verify step's) in one launch: a group of HC_BLOCKS
+ * blocks (a cluster) a token, each with its token's buffers (hc_io); the
+ * weights are the same. */
 enum {
     HC_BLOCKS = 16,
     HC_THREADS = 512,
@@ -171,12 +175,24 @@ static_assert(HC_TPS % 32 == 0 && HC_N == 4 && HC_DPB <= HC_THREADS, "k_hc: a wa
 /* Index of G[h][h'] (h <= h') among k_hc's Gram sums. */
 __device__ __forceinline__ int hc_gram_at(int h, int h2) { return h * HC_N - h * (h - 1) / 2 + (h2 - h); }
 
-template <bool CL>
-__global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, const float *y, const float *post,
-                                                    const float *comb, uint32_t D, const void *fn, int f16,
-                                                    const float *scale, const float *base, float hc_eps,
-                                                    const float *norm_w, float rms_eps, double *part, unsigned *count,
-                                                    float *mix, float *x, float *a, uint8_t *aq8) {
+/* One token's buffers of a k_hc launch (see above; y NULL: no post). */
+struct hc_io {
+    const float *H_in;
+    float *H;
+    const float *y, *post, *comb;
+    double *part;
+    unsigned *count;
+    float *mix, *x, *a;
+    uint8_t *aq8;
+};
+
+/* NT: the tokens of the launch (1, or the verify step's 2: io1 for blocks
+ * from HC_BLOCKS on; a kernel of its own, so the one-token step picks no
+ * buffers at run time). */
+template <bool CL, int NT>
+__global__ void __launch_bounds__(HC_THREADS) k_hc(const hc_io io0, const hc_io io1, uint32_t D, const void *fn,
+                                                    int f16, const float *scale, const float *base, float hc_eps,
+                                                    const float *norm_w, float rms_eps) {
     __shared__ float red[HC_THREADS / 32][HC_MIX];
     __shared__ double redg[HC_THREADS / 32][HC_N];
     __shared__ double bsum[HC_BLOCKS][HC_SUMS]; /* CL: every block's sums */
@@ -185,7 +201,13 @@ __global__ void __launch_bounds__(HC_THREADS) k_hc(const float *H_in, float *H, 
     __shared__ float sH[HC_N][HC_DPB];
     pdl_trigger();
     if (CL) cluster_arrive_relaxed();
-    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, nw = blockDim.x >> 5, b = blockIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, nw = blockDim.x >> 5, b = blockIdx.x % HC_BLOCKS;
+    const hc_io &io = NT == 1 || blockIdx.x < HC_BLOCKS ? io0 : io1;
+    const float *H_in = io.H_in, *y = io.y, *post = io.post, *comb = io.comb;
+    float *H = io.H, *mix = io.mix, *x = io.x, *a = io.a;
+    double *part = io.part;
+    unsigned *count = io.count;
+    uint8_t *aq8 = io.aq8;
     const uint32_t n = HC_N * D, h = tid / HC_TPS, p = (tid % HC_TPS) * HC_EPT, d = b * HC_DPB + p;
     const bool own = d < D; /* check_model: D even */
     const size_t c = own ? (size_t)h * D + d : 0;
@@ -1114,20 +1136,44 @@ static inline int route_blocks(const hc_split_args &hs, const shared_mid_args &s
  * samples in ncu): work that needs only the products of the normed x, in
  * the launch already on the chain (each was a launch of its own on the
  * side stream: H200, 43 layers, the shared expert cost 12.6 us a layer
- * there). route_blocks() gives the grid. */
-__global__ void k_route(const float *logits, const float *bias, const int32_t *tid2eid, int ne, int nu,
-                        float wscale, int wnorm, const step_io *io, int32_t *ids, float *weights, uint32_t *stamp,
-                        hc_split_args hs, shared_mid_args sm, routed_act_args ra) {
+ * there). route_blocks() gives the grid.
+ *
+ * NT tokens (1, or the verify step's 2): a row of blocks a token
+ * (blockIdx.y), each with its token's buffers (route_io); a later token's
+ * block 0 publishes its stamp only once the token before has published its
+ * own, so the last token's stamp says every token's ids are written. */
+struct route_io {
+    const float *logits;
+    const step_io *io;
+    int32_t *ids;
+    float *weights;
+    uint32_t *stamp;
+    hc_split_args hs;
+    shared_mid_args sm;
+    routed_act_args ra;
+};
+
+template <int NT>
+__global__ void k_route(const route_io r0, const route_io r1, const float *bias, const int32_t *tid2eid, int ne,
+                        int nu, float wscale, int wnorm) {
     pdl_trigger();
-    const int32_t token = io->token; /* step_io: the host's, read before the wait */
-    const uint32_t serial = io->serial;
+    const route_io &r = NT == 1 || blockIdx.y == 0 ? r0 : r1;
+    const float *logits = r.logits;
+    int32_t *ids = r.ids;
+    float *weights = r.weights;
+    const hc_split_args &hs = r.hs;
+    const shared_mid_args &sm = r.sm;
+    const routed_act_args &ra = r.ra;
+    const int32_t token = r.io->token; /* step_io: the host's, read before the wait */
+    const uint32_t serial = r.io->serial;
     pdl_wait();
     extern __shared__ float prob[]; /* 2·ne */
     __shared__ int chosen[DS4_CUDA_MAX_SEL];
     const int n_sm = route_shared_blocks(sm), lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     if (blockIdx.x == 0) {
         block_route(logits, bias, tid2eid, token, ne, nu, wscale, wnorm, prob, chosen, ids, weights);
-        if (threadIdx.x == 0) stamp_publish(stamp, serial); /* block_route's thread 0 wrote them */
+        if (NT > 1 && blockIdx.y > 0) stamp_await(r0.stamp, serial); /* thread 0's */
+        if (threadIdx.x == 0) stamp_publish(r.stamp, serial); /* block_route's thread 0 wrote them */
     } else if (blockIdx.x == 1) {
         if (hs.mix) hc_split_block(hs);
     } else if ((int)blockIdx.x < 2 + n_sm) {
