@@ -91,17 +91,8 @@
 #include "../src/model/synth.h"
 #include "../src/quant/quant.h"
 #include "testutil.h"
+#include "cuda_test.h"
 #ifdef DS4_CUDA
-#include "../src/backend/cuda/cuda_engine.h"
-#endif
-
-#ifndef DS4_CUDA
-int main(void) {
-    (void)test_checks_;
-    (void)test_failures_;
-    TEST_SKIP("built without CUDA (make cuda builds this test)");
-}
-#else
 
 #define N_TOK 300
 #define TOL_REL 1e-3

@@ -31,17 +31,8 @@
 #include "../src/engine/engine_impl.h"
 #include "engine_fixture.h"
 #include "testutil.h"
+#include "cuda_test.h"
 #ifdef DS4_CUDA
-#include "../src/backend/cuda/cuda_engine.h"
-#endif
-
-#ifndef DS4_CUDA
-int main(void) {
-    (void)test_checks_;
-    (void)test_failures_;
-    TEST_SKIP("built without CUDA (make cuda builds this test)");
-}
-#else
 
 enum { CTX = 128, N_PROMPT = 20, N_WALK = 100 };
 
