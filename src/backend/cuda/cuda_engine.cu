@@ -34,6 +34,15 @@
  * Device memory per session: raw ring (n_swa rows) and compressed/indexer
  * rows (ctx/R + 2) as f16, frontiers as f32 — the CPU engine's layout.
  *
+ * The speculative verify step (model-spec §8) is the same enqueue for two
+ * tokens, captured as the session's second graph: one workspace a token
+ * (e->w[t]; the products' and routed experts' buffers as token pairs),
+ * the weight-reading kernels once for both (a column each: mv_tokens; the
+ * two-token MoE), HC and router as one launch for both, and the kernels
+ * that touch the KV state per token in order (attention). A rejected
+ * draft's closed windows come back from a frontier snapshot its
+ * compressor took (ds4_cuda_session_verify_reject).
+ *
  * Exact mode (plain f32 numerics, as the CPU engine's): every product goes
  * through cuda_exact.cuh (weights dequantised, f32 activations), the KV
  * rows are f32 and the FP8/FP4 round-trips are skipped (the row-handling

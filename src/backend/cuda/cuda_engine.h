@@ -18,6 +18,8 @@
  * numerics instead.
  * ds4_cuda_session_prefill() runs a chunk of tokens through the model at
  * once (cuda_prefill.cu) and leaves the same state as that many steps.
+ * ds4_cuda_session_verify() runs a token and a draft after it as one
+ * step that reads the weights once for both (speculative decoding).
  *
  * The plain (cpu-only) build never sees this header's implementation: the
  * engine calls it only when built with DS4_CUDA (`make cuda`). */
