@@ -18,6 +18,10 @@
  * ratio-4 and a ratio-16 window (the frontier snapshot restored), and a
  * verify step whose second token turns the indexer on.
  *
+ * The engine's speculative cycle on cuda (ds4_session_eval_speculative with
+ * drafts from its hook; ds4_session_drop_draft after an accepted draft)
+ * must append the plain run's tokens and leave its logits, bit for bit.
+ *
  * Models: the published types (Q8_0 projections: two-column products; q2
  * experts: the two-token MoE kernels), F16 weights and experts (F16
  * two-column products; plain experts one token at a time) and the
@@ -191,8 +195,90 @@ out:
     unlink(path);
 }
 
+/* ds4-bench's way: drafts from the hook, the plain run's greedy tokens
+ * (ref, from position N_PROMPT) two cycles in three, another token the
+ * third. */
+struct hook_ctx {
+    const int32_t *ref;
+    int calls;
+};
+
+static int32_t draft_of(void *ctx, int pos, int32_t draft, const float *mtp_logits) {
+    (void)draft, (void)mtp_logits;
+    struct hook_ctx *h = ctx;
+    const int32_t right = h->ref[pos - N_PROMPT];
+    return h->calls++ % 3 != 2 ? right : (right + 5) % 1024;
+}
+
+/* The engine's cycle on greedy decoding against the plain run's tokens
+ * and logits. */
+static void engine_cycles(void) {
+    enum { N_GEN = CTX - N_PROMPT - 1 };
+    char path[512];
+    snprintf(path, sizeof path, "%s/ds4-test-cuda-verify-e-%d.gguf", tmpdir(), (int)getpid());
+    ds4_engine *e = NULL;
+    ds4_session *sp = NULL, *pl = NULL;
+    ds4_err err = {{0}};
+    int cycles = 0, pairs = 0, drops = 0;
+    float *refl = NULL;
+    if (write_tiny(path, DS4_WEIGHTS_PUBLISHED, "q2", 7, "tiny (test_cuda_verify)")) {
+        CHECK(0, "engine cycles: writing the model");
+        return;
+    }
+    ds4_engine_config cfg = {.model_path = path, .ctx = CTX, .threads = 2, .backend = "cuda"};
+    int32_t prompt[N_PROMPT], ref[N_GEN];
+    random_tokens(prompt, N_PROMPT, 1024, 12);
+    struct hook_ctx h = {ref, 0};
+    ds4_spec_opts so = {.draft_hook = draft_of, .hook_ctx = &h};
+    if (ds4_engine_open(&e, &cfg, &err) || ds4_session_new(e, &sp, &err) || ds4_session_new(e, &pl, &err) ||
+        ds4_session_eval(sp, prompt, N_PROMPT, NULL, NULL, &err) ||
+        ds4_session_eval(pl, prompt, N_PROMPT, NULL, NULL, &err)) {
+        CHECK(0, "engine cycles: %s", err.msg);
+        goto out;
+    }
+    const size_t nv = ds4_engine_model(e)->hp.n_vocab;
+    refl = malloc((N_GEN + 1) * nv * sizeof(float)); /* the plain run's logits after each token */
+    if (!refl) goto out;
+    memcpy(refl, ds4_session_logits(pl), nv * sizeof(float));
+    for (int i = 0; i < N_GEN; i++) {
+        ref[i] = ds4_session_argmax(pl, -1);
+        if (ds4_session_eval(pl, &ref[i], 1, NULL, NULL, &err)) {
+            CHECK(0, "engine cycles: plain decode: %s", err.msg);
+            goto out;
+        }
+        memcpy(refl + (size_t)(i + 1) * nv, ds4_session_logits(pl), nv * sizeof(float));
+    }
+    for (int i = 0; i < N_GEN;) {
+        int32_t out[2];
+        const int n = ds4_session_eval_speculative(sp, ref[i], N_GEN - i, &so, out, &err);
+        if (n < 0) {
+            CHECK(0, "engine cycles at %d: %s", N_PROMPT + i, err.msg);
+            goto out;
+        }
+        cycles++;
+        pairs += n == 2;
+        /* every fourth pair: the draft taken back, as a caller stopping on it */
+        const bool drop = n == 2 && pairs % 4 == 0;
+        if (drop) drops += ds4_session_drop_draft(sp);
+        const int kept = drop ? 1 : n;
+        CHECK(out[0] == ref[i] && (n < 2 || out[1] == ref[i + 1]) && ds4_session_n_tokens(sp) == N_PROMPT + i + kept &&
+                  !memcmp(ds4_session_logits(sp), refl + (size_t)(i + kept) * nv, nv * sizeof(float)),
+              "engine cycles: after position %d the speculative session differs from the plain run", N_PROMPT + i);
+        i += kept;
+    }
+    printf("== engine cycles on cuda: %d cycles, %d drafts kept, %d of them taken back\n", cycles, pairs, drops);
+    CHECK(pairs > 10 && drops > 2 && cycles > pairs, "engine cycles: the walk does not cover every case");
+out:
+    free(refl);
+    ds4_session_free(sp);
+    ds4_session_free(pl);
+    ds4_engine_close(e);
+    unlink(path);
+}
+
 int main(void) {
     if (!ds4_cuda_available()) TEST_SKIP("no CUDA device");
+    engine_cycles();
     walk("published types, q2 experts", DS4_WEIGHTS_PUBLISHED, "q2", false);
     walk("F16 weights and experts", DS4_WEIGHTS_F16, "f16", false);
     walk("published types, q2 experts, exact", DS4_WEIGHTS_PUBLISHED, "q2", true);
