@@ -575,7 +575,10 @@ __device__ __forceinline__ void matvec_body(const mv_params &p, uint8_t *smem, u
     double *red = (double *)s;
     float *partial = (float *)(s + 32 * sizeof(double));
     uint8_t *const buf = s + 32 * sizeof(double) + NC * 2 * NW * sizeof(float) + warp * p.nbuf * p.buf_stride;
-    if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
+    if (p.active && *p.active == 0) { /* step_io: written before the step's first kernel */
+        pdl_wait(); /* ending only after the kernel before it: the next one's wait covers both */
+        return;
+    }
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, NW * 32); /* joins the first weights' group */
 
     const uint32_t bpg = nblk / p.n_groups, g = blk / bpg;
@@ -673,7 +676,10 @@ __device__ __forceinline__ void matvec_stream_body(const mv_params &p, uint8_t *
     uint8_t *s = smem + table_bytes<F>() + NC * p.act_smem;
     double *red = (double *)s;
     uint8_t *const buf = s + 32 * sizeof(double) + warp * NST * p.buf_stride;
-    if (p.active && *p.active == 0) return; /* step_io: written before the step's first kernel */
+    if (p.active && *p.active == 0) { /* step_io: written before the step's first kernel */
+        pdl_wait(); /* ending only after the kernel before it: the next one's wait covers both */
+        return;
+    }
     const uint32_t *tab = stage_tables<F>(smem, p.tab, tid, NW * 32); /* joins the first weights' group */
 
     const uint32_t bpg = nblk / p.n_groups, g = blk / bpg;
