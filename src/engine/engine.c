@@ -492,7 +492,6 @@ void ds4_session_reset(ds4_session *s) {
         frontier_clear(&L->index_st);
     }
     if (s->spec) spec_reset(s);
-    s->cuda_can_drop = false;
 }
 
 int ds4_session_n_tokens(const ds4_session *s) { return s->n_tokens; }
@@ -540,7 +539,6 @@ int32_t ds4_session_sample(const ds4_session *s, ds4_sampler *sp) {
  * are wanted). */
 static int forward_any(ds4_session *s, const int32_t *tokens, int n, float *all_logits, ds4_err *err) {
 #ifdef DS4_CUDA
-    s->cuda_can_drop = false;
     if (s->cuda && !all_logits && n > 1)
         return ds4_cuda_session_prefill(s->cuda, tokens, n, s->n_tokens, s->logits, err);
     if (s->cuda) {

@@ -86,7 +86,6 @@ struct ds4_session {
                         * filled from the device when asked for (session_logits_ready) */
     layer_kv *layers;  /* n_layer */
     void *cuda;        /* ds4_cuda_session when the engine runs on CUDA, else NULL */
-    bool cuda_can_drop; /* CUDA: the last cycle's accepted draft can still be taken back */
     spec_state *spec;  /* with an MTP block, else NULL */
 };
 

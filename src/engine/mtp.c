@@ -226,7 +226,6 @@ static int spec_cuda(ds4_session *s, int32_t first, int max_new, const ds4_spec_
     const int32_t d = max_new >= 2 && P + 2 <= s->e->ctx && o && o->draft_hook
                           ? o->draft_hook(o->hook_ctx, P + 1, -1, NULL) : -1;
     out[0] = first;
-    s->cuda_can_drop = false;
     if (d < 0 || (uint32_t)d >= s->e->model.hp.n_vocab) {
         if (ds4_cuda_session_step(s->cuda, first, P, NULL, err)) return -1;
         s->tokens[s->n_tokens++] = first;
@@ -244,7 +243,6 @@ static int spec_cuda(ds4_session *s, int32_t first, int max_new, const ds4_spec_
     }
     s->tokens[P + 1] = d;
     s->n_tokens = P + 2;
-    s->cuda_can_drop = true;
     out[1] = d;
     return 2;
 }
@@ -301,12 +299,11 @@ int ds4_session_eval_speculative(ds4_session *s, int32_t first, int max_new, con
 int ds4_session_drop_draft(ds4_session *s) {
 #ifdef DS4_CUDA
     if (s->cuda) {
-        if (!s->cuda_can_drop) return 0;
+        if (!ds4_cuda_session_verify_pending(s->cuda)) return 0;
         ds4_err err = {{0}};
         pthread_mutex_lock(&s->e->eval_mu);
         int rc = ds4_cuda_session_verify_reject(s->cuda, &err);
         if (!rc) s->n_tokens--;
-        s->cuda_can_drop = false;
         pthread_mutex_unlock(&s->e->eval_mu);
         if (rc) fprintf(stderr, "ds4: %s\n", err.msg);
         return rc ? 0 : 1;

@@ -1304,6 +1304,9 @@ static bool shared_with_router(const ds4_cuda_engine *e, const dlayer *L) {
            L->down_sh.type == DS4_TYPE_Q8_0 && L->gate_inp.type != DS4_TYPE_F32 && e->m->hp.n_ff_exp % 32 == 0;
 }
 
+/* Where a token's routed ids come from: its k_route's stamp for layer il. */
+static ds4_cuda_ids_src route_src(const dwork *w, uint32_t il) { return {0, w->route_stamp + il, &w->io->serial}; }
+
 /* Whether the tokens' routed experts (gate type gt, down type dt) run as
  * one launch each (ds4_cuda_moe_tokens_*): quantised experts, and the
  * buffers' tokens' copies where those kernels take them. */
@@ -1356,12 +1359,9 @@ static int ffn(enq *q, uint32_t il) {
                  {wt->a, x_q8k ? wt->actB : NULL, (int)(D / 256)}};
     }
     const dim3 route_grid(route_blocks(ri[0].hs, ri[0].sm, ri[0].ra), q->nt);
-    if (q->nt == 1 ? run(q, "router", k_route<1>, route_grid, 256, 2 * ne * sizeof(float), ri[0], ri[0],
-                         L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale,
-                         (int)hp->expert_weights_norm)
-                   : run(q, "router", k_route<DS4_CUDA_VERIFY_TOKENS>, route_grid, 256, 2 * ne * sizeof(float), ri[0],
-                         ri[q->nt - 1], L->probs_bias, L->tid2eid, (int)ne, (int)nu, hp->expert_weight_scale,
-                         (int)hp->expert_weights_norm))
+    if (run(q, "router", q->nt == 1 ? k_route<1> : k_route<DS4_CUDA_VERIFY_TOKENS>, route_grid, 256,
+            2 * ne * sizeof(float), ri[0], ri[q->nt - 1], L->probs_bias, L->tid2eid, (int)ne, (int)nu,
+            hp->expert_weight_scale, (int)hp->expert_weights_norm))
         return -1;
     mark(e, q->st, "router + selection");
     const uint32_t dt = L->down_exps.type;
@@ -1370,8 +1370,7 @@ static int ffn(enq *q, uint32_t il) {
         const uint32_t nt = (uint32_t)q->nt;
         /* every token's ids are written once the last token has its stamp
          * (k_route) */
-        const dwork *wl = &e->w[nt - 1];
-        const ds4_cuda_ids_src routed = {0, wl->route_stamp + il, &wl->io->serial};
+        const ds4_cuda_ids_src routed = route_src(&e->w[nt - 1], il);
         /* the shared expert's down: expert 0 of each token where the
          * tokens' codes lie as that kernel takes them */
         if (with_router && tok_stride(e, w->actA) == (ptrdiff_t)ds4_act_row_bytes(DS4_TYPE_Q8_0, ff)) {
@@ -1406,16 +1405,15 @@ static int ffn(enq *q, uint32_t il) {
         const ds4_cuda_carried_mv sh_down = {L->down_sh.w, wt->actA, wt->sh, D, ff};
         if (with_router && !carry && shared_down(q, il, t)) return -1;
         /* the routed experts' first weights as soon as k_route has chosen them */
-        const ds4_cuda_ids_src routed = {0, wt->route_stamp + il, &wt->io->serial};
-        if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, wt->ids, wt->ew, nu, L->clamp, routed,
+        if (moe_gate_up(q, L->gate_exps, L->up_exps, ff, ne, wt->ids, wt->ew, nu, L->clamp, route_src(wt, il),
                         x_q8k ? wt->actB : NULL, x_q8k ? NULL : wt->a, wt->mid, carry ? &sh_down : NULL))
             return -1;
     }
     mark(e, q->st, "routed gate/up");
     for (int t = 0; t < q->nt; t++) {
         dwork *wt = &e->w[t];
-        const ds4_cuda_ids_src routed = {0, wt->route_stamp + il, &wt->io->serial};
-        if (moe_down(q, L->down_exps, ff, D, ne, wt->ids, nu, routed, wt->mid, wt->actB, wt->sh, wt->y)) return -1;
+        if (moe_down(q, L->down_exps, ff, D, ne, wt->ids, nu, route_src(wt, il), wt->mid, wt->actB, wt->sh, wt->y))
+            return -1;
     }
     mark(e, q->st, "routed down");
     return 0;
@@ -1704,6 +1702,26 @@ static void tl_report(ds4_cuda_engine *e) {
 }
 #endif
 
+/* The inputs of a step of nt tokens from pos (step_io, copied to the
+ * device before the graph on the stream; the tokens' side by side: walloc
+ * P), then the step: its captured graph, or under DS4_CUDA_PROFILE the
+ * enqueue with an event after each operation. Not waited for. */
+static int launch_step(ds4_cuda_session *s, const int32_t *tokens, int nt, int pos, cudaGraphExec_t graph,
+                       const char *what, ds4_err *err) {
+    ds4_cuda_engine *e = s->e;
+    if (++e->serial == 0) e->serial = 1;
+    for (int t = 0; t < nt; t++)
+        s->h_io[t] = {tokens[t], pos + t, (pos + t + 1) / 4 > (int)e->m->hp.indexer_top_k, e->serial};
+    cudaError_t c = cudaMemcpyAsync(e->w[0].io, s->h_io, nt * sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
+    if (c == cudaSuccess && e->prof) {
+        if (enqueue_step(s, nt, err)) return -1;
+        prof_collect(e);
+        return 0;
+    }
+    if (c == cudaSuccess) c = cudaGraphLaunch(graph, e->stream);
+    return c == cudaSuccess ? 0 : cuda_fail(err, what, c);
+}
+
 extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos, float *logits, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
@@ -1717,27 +1735,17 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
 #ifdef DS4_CUDA_TIMELINE
     ds4_cuda_tl_record(0);
 #endif
-    s->h_io->token = token;
-    s->h_io->pos = pos;
-    s->h_io->idx_active = (pos + 1) / 4 > (int)hp->indexer_top_k;
-    if (++e->serial == 0) e->serial = 1;
-    s->h_io->serial = e->serial;
 #ifdef DS4_CUDA_TIMELINE
     if (!e->tl_ev[0])
         for (int i = 0; i < 6; i++) cudaEventCreate(&e->tl_ev[i]);
     cudaEventRecord(e->tl_ev[0], e->stream);
 #endif
-    cudaError_t c = cudaMemcpyAsync(e->w[0].io, s->h_io, sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
-    if (e->prof) {
-        if (c != cudaSuccess || enqueue_step(s, 1, err)) return c != cudaSuccess ? cuda_fail(err, "decode step", c) : -1;
-        prof_collect(e);
-    } else if (c == cudaSuccess) {
-        c = cudaGraphLaunch(s->graph, e->stream);
-    }
+    if (launch_step(s, &token, 1, pos, s->graph, "decode step", err)) return -1;
+    cudaError_t c = cudaSuccess;
 #ifdef DS4_CUDA_TIMELINE
     cudaEventRecord(e->tl_ev[1], e->stream);
 #endif
-    if (c == cudaSuccess && logits)
+    if (logits)
         c = cudaMemcpyAsync(s->h_logits, e->w[0].logits, hp->n_vocab * sizeof(float), cudaMemcpyDeviceToHost, e->stream);
 #ifdef DS4_CUDA_TIMELINE
     cudaEventRecord(e->tl_ev[2], e->stream);
@@ -1809,22 +1817,8 @@ extern "C" int ds4_cuda_session_verify(ds4_cuda_session *s, const int32_t tokens
 #ifdef DS4_CUDA_TIMELINE
     ds4_cuda_tl_record(0);
 #endif
-    if (++e->serial == 0) e->serial = 1;
-    for (int t = 0; t < nt; t++) {
-        s->h_io[t].token = tokens[t];
-        s->h_io[t].pos = pos + t;
-        s->h_io[t].idx_active = (pos + t + 1) / 4 > (int)hp->indexer_top_k;
-        s->h_io[t].serial = e->serial;
-    }
-    /* the tokens' step_io side by side (walloc P) */
-    cudaError_t c = cudaMemcpyAsync(e->w[0].io, s->h_io, nt * sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
-    if (e->prof) {
-        if (c != cudaSuccess || enqueue_step(s, nt, err)) return c != cudaSuccess ? cuda_fail(err, "verify step", c) : -1;
-        prof_collect(e);
-    } else if (c == cudaSuccess) {
-        c = cudaGraphLaunch(s->verify_graph, e->stream);
-    }
-    if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
+    if (launch_step(s, tokens, nt, pos, s->verify_graph, "verify step", err)) return -1;
+    cudaError_t c = cudaStreamSynchronize(e->stream);
     if (c != cudaSuccess) return cuda_fail(err, "verify step", c);
     s->pick_valid = true;
     s->cur = nt - 1;
@@ -1835,6 +1829,8 @@ extern "C" int ds4_cuda_session_verify(ds4_cuda_session *s, const int32_t tokens
 #endif
     return 0;
 }
+
+extern "C" bool ds4_cuda_session_verify_pending(const ds4_cuda_session *s) { return s->verify_pos >= 0; }
 
 extern "C" int ds4_cuda_session_verify_reject(ds4_cuda_session *s, ds4_err *err) {
     ds4_cuda_engine *e = s->e;

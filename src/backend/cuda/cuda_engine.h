@@ -86,6 +86,9 @@ int ds4_cuda_session_verify(ds4_cuda_session *s, const int32_t tokens[DS4_CUDA_V
 /* Token t's two most likely next tokens from the last verify step (as
  * ds4_cuda_session_pick's). */
 void ds4_cuda_session_verify_pick(const ds4_cuda_session *s, int t, int32_t pick[2]);
+/* Whether the last verify step's tokens[1] can still be taken back (no
+ * take-back, step, prefill, reset or loaded payload since). */
+bool ds4_cuda_session_verify_pending(const ds4_cuda_session *s);
 /* Takes back the last verify step's tokens[1] (a rejected draft, or one a
  * caller stops on): the state is then the state after tokens[0] alone up
  * to what evaluating position pos + 1 rewrites (its raw row, its frontier
