@@ -102,13 +102,15 @@ cuda:
 	  CUDA_ARCHS="$(CUDA_ARCHS)" CC="$(CC)" CFLAGS="$(CFLAGS)"
 
 # On a GPU machine: the CUDA backend against the CPU backend (tiny models, logits
-# and state), the speculative verify step against one-token steps, then the prefill attention kernel against a CPU reference at the
+# and state), the speculative verify step against one-token steps, the MTP block
+# against the CPU's, then the prefill attention kernel against a CPU reference at the
 # full model's shape, the prefill's f16 products, and the decode MoE kernels at
 # the model's shapes against the CPU's products (ds4-cuda-bench's checks); the
 # output is kept in tests/cuda/last-run.txt.
 test-cuda: cuda
 	@mkdir -p tests/cuda
 	@{ $(CUDA_BUILD)/tests/test_cuda_forward && $(CUDA_BUILD)/tests/test_cuda_verify && \
+	   $(CUDA_BUILD)/tests/test_cuda_mtp && \
 	   $(CUDA_BUILD)/tests/test_cuda_attention && \
 	   $(CUDA_BUILD)/tests/test_cuda_gemm16 && $(CUDA_BUILD)/bin/ds4-cuda-bench --only moe --reps 3; } \
 	  >tests/cuda/last-run.txt 2>&1; rc=$$?; cat tests/cuda/last-run.txt; exit $$rc

@@ -43,7 +43,8 @@
  * logit above -inf other than skip; with none, 1 if skip is 0, else 0) must
  * follow from the two picks for every skip tried, on random logits, ties
  * across the blocks' slices, NaN, ±inf, all -inf and one finite logit, the
- * kernel run twice per case (its ticket counter carries over).
+ * kernel run twice per case (its ticket counter carries over), the first
+ * time also writing the picks' logits, which must be theirs.
  *
  * Built by `make cuda` (cuda.mk); run on a GPU machine (exit 77 without
  * a device, 1 on a failed check). */
@@ -597,15 +598,22 @@ static int32_t argmax_plain(const std::vector<float> &x, int32_t skip) {
 static bool pick_case(const char *name, const std::vector<float> &x, pick_cand *d_part, unsigned *d_count,
                       int32_t *d_pick) {
     const int n = (int)x.size();
-    float *d_x = NULL;
+    float *d_x = NULL, *d_v = NULL;
     CK(cudaMalloc(&d_x, sizeof(float) * n));
+    CK(cudaMalloc(&d_v, 2 * sizeof(float)));
     CK(cudaMemcpy(d_x, x.data(), sizeof(float) * n, cudaMemcpyHostToDevice));
     int bad = 0;
     for (int run = 0; run < 2; run++) {
-        k_pick2<<<PICK_BLOCKS, PICK_THREADS>>>(d_x, n, d_part, d_count, d_pick);
+        /* the first run also writes the two picks' logits (the MTP draft's margin) */
+        k_pick2<<<PICK_BLOCKS, PICK_THREADS>>>(d_x, n, d_part, d_count, d_pick, run ? NULL : d_v);
         CK(cudaGetLastError());
         int32_t pk[2];
         CK(cudaMemcpy(pk, d_pick, sizeof pk, cudaMemcpyDeviceToHost));
+        if (!run) {
+            float v[2];
+            CK(cudaMemcpy(v, d_v, sizeof v, cudaMemcpyDeviceToHost));
+            for (int k = 0; k < 2; k++) bad += pk[k] >= 0 && v[k] != x[pk[k]];
+        }
         const int32_t skips[] = {-1, 0, 1, n - 1, n / 2, argmax_plain(x, -1), pk[1] >= 0 ? pk[1] : 2};
         for (int32_t skip : skips) {
             int32_t t = pk[0] != skip ? pk[0] : pk[1];
@@ -614,6 +622,7 @@ static bool pick_case(const char *name, const std::vector<float> &x, pick_cand *
         }
     }
     CK(cudaFree(d_x));
+    CK(cudaFree(d_v));
     printf("greedy pick, %-36s %6d logits: %s\n", name, n, bad ? "FAIL" : "ok");
     return bad == 0;
 }

@@ -32,7 +32,7 @@
  * the cores the decode got. Prefill is also given per CPU-second.
  *
  * --mtp FILE adds, at each frontier, the same decode with greedy MTP
- * speculation (model-spec §8; the cpu backend so far), on stderr only: its
+ * speculation (model-spec §8), on stderr only: its
  * tok/s, the cycles and accepted drafts, and a cycle's time split into the
  * MTP draft and the two-token verify. --mtp-accept P forces the drafts'
  * acceptance to P (0..1): the drafts are the plain run's own next tokens,
@@ -41,9 +41,9 @@
  * measured; without it the MTP's own drafts are verified above
  * --mtp-margin (the acceptance of real weights on a real prompt). The
  * speculative tokens must be the plain run's (checked; a mismatch fails).
- * On the cuda backend, where no MTP block runs yet, --mtp-accept P alone
- * measures the verify steps so: the cycle's draft costs nothing there, and
- * the line says so. */
+ * On the cuda backend --mtp-accept P without --mtp measures the verify
+ * steps alone so: the cycle's draft costs nothing there, and the line says
+ * so. */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -118,10 +118,10 @@ static void usage(FILE *out) {
         "  --step-mul F             geometric step: next = ceil(cur * F) (default 1)\n"
         "  -n, --gen-tokens N       greedy decode tokens per frontier (default 128)\n"
         "Speculation:\n"
-        "  --mtp FILE               also decode with MTP speculation at each frontier (stderr; cpu backend)\n"
+        "  --mtp FILE               also decode with MTP speculation at each frontier (stderr)\n"
         "  --mtp-accept P           force the drafts' acceptance rate to P (0..1) with the plain\n"
         "                           run's tokens (default: the MTP's own drafts); with --cuda and\n"
-        "                           no --mtp: the verify steps alone (no MTP block runs there yet)\n"
+        "                           no --mtp: the verify steps alone (no MTP block runs)\n"
         "  --mtp-margin F           margin for the MTP's own drafts (default 3)\n"
         "Output:\n"
         "  --csv FILE               CSV there instead of stdout\n"
@@ -511,7 +511,8 @@ static int32_t spec_hook(void *ctx, int pos, int32_t draft, const float *mtp_log
 static int spec_decode(const bench_opts *o, ds4_session *s, int n_vocab, int f, const int32_t *ref, int32_t eos,
                        double plain_s, ds4_err *err) {
     spec_run r = {.o = o, .ref = ref, .base = f, .n_ref = o->gen_tokens, .n_vocab = n_vocab};
-    ds4_spec_opts so = {.margin = o->mtp_margin, .draft_hook = spec_hook, .hook_ctx = &r};
+    ds4_spec_opts so = {.margin = o->mtp_margin, .draft_hook = spec_hook, .hook_ctx = &r,
+                        .hook_no_logits = o->mtp_accept >= 0};
     double draft_s = 0, verify_s = 0, t0 = ds4_now();
     int done = 0;
     while (done < o->gen_tokens) {

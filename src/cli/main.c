@@ -14,7 +14,7 @@ static void usage(FILE *out) {
         "usage: ds4 [options]\n"
         "\n"
         "  -m, --model FILE      GGUF model (default ./ds4flash.gguf)\n"
-        "      --mtp FILE        MTP draft GGUF: greedy speculative decoding (cpu backend)\n"
+        "      --mtp FILE        MTP draft GGUF: greedy speculative decoding\n"
         "      --mtp-draft N     draft tokens a step, 1..16 (default 1 = off; 2 or more with --temp 0\n"
         "                        turns speculation on; one draft a step is verified so far)\n"
         "      --mtp-margin F    verify a draft only when the MTP's top logit leads by F, 0..1000 (default 3)\n"

@@ -261,11 +261,6 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
     if (cfg->ctx < 0) return ds4_fail(err, "context size %d is negative", cfg->ctx);
     if (cfg->prefill_chunk < 0) return ds4_fail(err, "prefill chunk %d is negative", cfg->prefill_chunk);
     if (cfg->ctx > (1 << 26)) return ds4_fail(err, "context size %d is larger than %d", cfg->ctx, 1 << 26);
-#ifdef DS4_CUDA
-    if (cfg->mtp_path && use_cuda)
-        return ds4_fail(err, "MTP speculative decoding runs on the cpu backend only so far (the cuda "
-                             "backend has no two-token verify step yet): use --backend cpu, or run without --mtp");
-#endif
     if (cfg->n_synth_fills && !cfg->model_image)
         return ds4_fail(err, "engine: synthetic fills are given without a model image");
 #ifdef DS4_CUDA
@@ -351,8 +346,9 @@ int ds4_engine_open(ds4_engine **out, const ds4_engine_config *cfg, ds4_err *err
         return -1;
     }
 #ifdef DS4_CUDA
-    if (use_cuda && ds4_cuda_engine_open((ds4_cuda_engine **)&e->cuda, &e->model, e->ctx, e->exact,
-                                         cfg->quality, cfg->synth_fills, cfg->n_synth_fills, err) != 0) {
+    if (use_cuda && ds4_cuda_engine_open((ds4_cuda_engine **)&e->cuda, &e->model, e->has_mtp ? &e->mtp : NULL,
+                                         e->ctx, e->exact, cfg->quality, cfg->synth_fills, cfg->n_synth_fills,
+                                         err) != 0) {
         ds4_engine_close(e);
         return -1;
     }
@@ -539,15 +535,18 @@ int32_t ds4_session_sample(const ds4_session *s, ds4_sampler *sp) {
  * are wanted). */
 static int forward_any(ds4_session *s, const int32_t *tokens, int n, float *all_logits, ds4_err *err) {
 #ifdef DS4_CUDA
-    if (s->cuda && !all_logits && n > 1)
-        return ds4_cuda_session_prefill(s->cuda, tokens, n, s->n_tokens, s->logits, err);
-    if (s->cuda) {
-        uint32_t n_vocab = s->e->model.hp.n_vocab;
-        for (int i = 0; i < n; i++) {
-            float *dst = all_logits ? all_logits + (size_t)i * n_vocab : NULL; /* NULL: on the device until asked */
-            if (ds4_cuda_session_step(s->cuda, tokens[i], s->n_tokens + i, dst, err) != 0) return -1;
+    if (s->cuda) { /* the device keeps the final streams for the MTP itself (spec_after_forward counts them) */
+        if (!all_logits && n > 1) {
+            if (ds4_cuda_session_prefill(s->cuda, tokens, n, s->n_tokens, s->logits, err)) return -1;
+        } else {
+            uint32_t n_vocab = s->e->model.hp.n_vocab;
+            for (int i = 0; i < n; i++) {
+                float *dst = all_logits ? all_logits + (size_t)i * n_vocab : NULL; /* NULL: on the device until asked */
+                if (ds4_cuda_session_step(s->cuda, tokens[i], s->n_tokens + i, dst, err) != 0) return -1;
+            }
+            if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * n_vocab, n_vocab * sizeof(float));
         }
-        if (all_logits) memcpy(s->logits, all_logits + (size_t)(n - 1) * n_vocab, n_vocab * sizeof(float));
+        if (s->spec) spec_after_forward(s, n);
         return 0;
     }
 #endif

@@ -114,6 +114,9 @@ typedef struct ds4_spec_opts {
      * instead of the margin; returns the draft to verify, or -1 for none. */
     int32_t (*draft_hook)(void *ctx, int pos, int32_t draft, const float *mtp_logits);
     void *hook_ctx;
+    /* The hook does not read mtp_logits: on cuda they then stay on the
+     * device (the hook gets NULL) and cost no copy. */
+    bool hook_no_logits;
 } ds4_spec_opts;
 
 /* One cycle: evaluates `first` at the session's next position and, when

@@ -30,10 +30,14 @@
  * gap (more positions evaluated between cycles than the streams kept, a
  * reset): attention in the MTP block starts at mtp_lo.
  *
- * On the cuda backend the MTP block does not run yet: a cycle verifies the
- * draft the caller's hook gives (ds4-bench --mtp-accept measures the verify
- * step so) in the device's verify step (ds4_cuda_session_verify), which
- * takes a wrong draft back itself. */
+ * On the cuda backend the device keeps the final streams itself and runs
+ * the MTP block (ds4_cuda_session_mtp, which leaves only the draft's two
+ * most likely tokens and their logits on the host, or all its logits for
+ * a draft hook); the cycle's verify is the device's verify step
+ * (ds4_cuda_session_verify), which takes a wrong draft back itself. Without
+ * an MTP block a cuda cycle verifies the draft the caller's hook gives
+ * (ds4-bench --mtp-accept measures the verify step so). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,12 +115,13 @@ void spec_reset(ds4_session *s) {
 }
 
 /* After a forward chunk of n tokens at positions n_tokens.. (ws.H holds
- * their final streams): the last n_swa of them join the ring of streams. */
+ * their final streams): the last n_swa of them join the ring of streams
+ * (on cuda the device's ring, which its steps fill themselves). */
 void spec_after_forward(ds4_session *s, int n) {
     spec_state *sp = s->spec;
     const int W = (int)s->e->model.hp.n_swa;
     const size_t HD = (size_t)HC * s->e->model.hp.n_embd;
-    for (int t = n > W ? n - W : 0; t < n; t++)
+    for (int t = n > W ? n - W : 0; t < n && !s->cuda; t++)
         memcpy(sp->h + (size_t)((s->n_tokens + t) % W) * HD, s->e->ws.H + (size_t)t * HD, HD * sizeof(float));
     sp->h_n = sp->h_n + n < W ? sp->h_n + n : W;
     sp->can_drop = false;
@@ -161,28 +166,46 @@ static void mtp_forward(ds4_session *s, int q0, const int32_t *tokens, int n, bo
     output_head(e, &hr, n - 1, 1, sp->mtp_logits);
 }
 
-/* The draft for position P+1 given `first` at P = n_tokens, or -1 (no
- * streams to start from, or below the margin). */
-static int32_t mtp_draft(ds4_session *s, int32_t first, const ds4_spec_opts *o) {
+/* The draft for position P+1 given `first` at P = n_tokens into *draft,
+ * or -1 (no streams to start from, or below the margin); -1 with err if
+ * the device failed. */
+static int mtp_draft(ds4_session *s, int32_t first, const ds4_spec_opts *o, int32_t *draft, ds4_err *err) {
     spec_state *sp = s->spec;
-    const int P = s->n_tokens, cap = s->e->ws.cap;
-    if (sp->h_n == 0) return -1;
+    const int P = s->n_tokens, cap = s->e->ws.cap, n_vocab = (int)s->e->model.hp.n_vocab;
+    const bool hook = o && o->draft_hook;
+    float *logits = s->cuda && hook && o->hook_no_logits ? NULL : sp->mtp_logits; /* the hook's, on cuda */
+    *draft = -1;
+    if (sp->h_n == 0) return 0;
     /* mtp_next <= P - 1: a cycle leaves it at the position it drafted from,
      * and sessions only grow (a reset empties it) */
     const int q_avail = P - sp->h_n; /* the first position whose streams are kept */
     if (sp->mtp_next < q_avail) sp->mtp_lo = sp->mtp_next = q_avail; /* a gap: the ring starts again */
-    for (int q0 = sp->mtp_next; q0 < P;) { /* in pieces the workspace holds */
-        const int n = P - q0 < cap ? P - q0 : cap;
+    int32_t d = -1;
+    float margin = 0.0f;
+    while (sp->mtp_next < P) { /* in pieces the workspace holds */
+        const int q0 = sp->mtp_next, n = P - q0 < cap ? P - q0 : cap;
+        const bool head = q0 + n == P;
         int32_t *tok = sp->mtp_tokens;
         for (int i = 0; i < n; i++) tok[i] = q0 + i + 1 < P ? s->tokens[q0 + i + 1] : first;
-        mtp_forward(s, q0, tok, n, q0 + n == P);
-        q0 += n;
+#ifdef DS4_CUDA
+        if (s->cuda) {
+            int32_t pick[2];
+            float logit[2];
+            if (ds4_cuda_session_mtp(s->cuda, tok, q0, n, sp->mtp_lo, head, pick, logit, hook ? logits : NULL, err))
+                return -1;
+            if (head) d = pick[0], margin = pick[1] < 0 ? INFINITY : logit[0] - logit[1];
+        } else
+#endif
+            mtp_forward(s, q0, tok, n, head);
+        sp->mtp_next = q0 + n;
     }
-    sp->mtp_next = P;
-    const int n_vocab = (int)s->e->model.hp.n_vocab;
-    const int32_t d = ds4_argmax(sp->mtp_logits, n_vocab);
-    if (o && o->draft_hook) return o->draft_hook(o->hook_ctx, P + 1, d, sp->mtp_logits);
-    return ds4_top_margin(sp->mtp_logits, n_vocab, d) >= (o ? o->margin : 0.0f) ? d : -1;
+    if (!s->cuda) {
+        d = ds4_argmax(sp->mtp_logits, n_vocab);
+        if (!hook) margin = ds4_top_margin(sp->mtp_logits, n_vocab, d);
+    }
+    if (hook) *draft = o->draft_hook(o->hook_ctx, P + 1, d, logits);
+    else if (d >= 0 && margin >= (o ? o->margin : 0.0f)) *draft = d;
+    return 0;
 }
 
 /* Puts back what the verify's second token changed (the marks), so the
@@ -218,26 +241,33 @@ bool ds4_speculation_on(const ds4_engine *e, int mtp_draft, float temperature) {
 }
 
 #ifdef DS4_CUDA
-/* A cycle on the cuda backend (eval_mu held): the hook's draft, if any,
- * verified with `first` in one device step. */
+/* A cycle on the cuda backend (eval_mu held): the MTP's draft (or without
+ * an MTP block the hook's), if any, verified with `first` in one device
+ * step. */
 static int spec_cuda(ds4_session *s, int32_t first, int max_new, const ds4_spec_opts *o, int32_t out[2],
                      ds4_err *err) {
     const int P = s->n_tokens;
-    const int32_t d = max_new >= 2 && P + 2 <= s->e->ctx && o && o->draft_hook
-                          ? o->draft_hook(o->hook_ctx, P + 1, -1, NULL) : -1;
+    int32_t d = -1;
+    if (max_new >= 2 && P + 2 <= s->e->ctx) {
+        if (s->spec && mtp_draft(s, first, o, &d, err)) return -1;
+        if (!s->spec) d = o->draft_hook(o->hook_ctx, P + 1, -1, NULL);
+    }
     out[0] = first;
     if (d < 0 || (uint32_t)d >= s->e->model.hp.n_vocab) {
         if (ds4_cuda_session_step(s->cuda, first, P, NULL, err)) return -1;
+        if (s->spec) spec_after_forward(s, 1);
         s->tokens[s->n_tokens++] = first;
         return 1;
     }
     const int32_t pair[2] = {first, d};
     int32_t pick[2];
     if (ds4_cuda_session_verify(s->cuda, pair, P, err)) return -1;
+    if (s->spec) spec_after_forward(s, 2);
     ds4_cuda_session_verify_pick(s->cuda, 0, pick);
     s->tokens[P] = first;
     if (pick[0] != d) {
         if (ds4_cuda_session_verify_reject(s->cuda, err)) return -1;
+        if (s->spec) s->spec->h_n--; /* the draft's streams; its next step rewrites them */
         s->n_tokens = P + 1;
         return 1;
     }
@@ -255,8 +285,8 @@ int ds4_session_eval_speculative(ds4_session *s, int32_t first, int max_new, con
     spec_state *sp = s->spec;
 #ifdef DS4_CUDA
     if (s->cuda) {
-        if (!o || !o->draft_hook)
-            return ds4_fail(err, "speculative decoding on cuda takes drafts from a hook only (no MTP block there yet)");
+        if (!sp && (!o || !o->draft_hook))
+            return ds4_fail(err, "speculative decoding needs an MTP model (--mtp FILE)");
         if (eval_check(s, &first, 1, err)) return -1;
         pthread_mutex_lock(&e->eval_mu);
         int n = spec_cuda(s, first, max_new, o, out, err);
@@ -268,7 +298,8 @@ int ds4_session_eval_speculative(ds4_session *s, int32_t first, int max_new, con
     if (eval_check(s, &first, 1, err)) return -1;
     pthread_mutex_lock(&e->eval_mu);
     int P = s->n_tokens;
-    int32_t d = max_new >= 2 && P + 2 <= e->ctx ? mtp_draft(s, first, o) : -1;
+    int32_t d = -1;
+    if (max_new >= 2 && P + 2 <= e->ctx) mtp_draft(s, first, o, &d, err); /* the cpu's cannot fail */
     if (d < 0 || (uint32_t)d >= hp->n_vocab) {
         forward_chunk(s, &first, 1, NULL);
         s->tokens[P] = first;
@@ -304,6 +335,7 @@ int ds4_session_drop_draft(ds4_session *s) {
         pthread_mutex_lock(&s->e->eval_mu);
         int rc = ds4_cuda_session_verify_reject(s->cuda, &err);
         if (!rc) s->n_tokens--;
+        if (!rc && s->spec) s->spec->h_n--;
         pthread_mutex_unlock(&s->e->eval_mu);
         if (rc) fprintf(stderr, "ds4: %s\n", err.msg);
         return rc ? 0 : 1;

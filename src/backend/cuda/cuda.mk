@@ -10,6 +10,7 @@
 #                                     (the CPU reference it checks against)
 #   $(CUDA_BUILD)/tests/test_cuda_forward   CUDA vs CPU logits (test-cuda)
 #   $(CUDA_BUILD)/tests/test_cuda_verify    the verify step vs one-token steps
+#   $(CUDA_BUILD)/tests/test_cuda_mtp       the MTP block vs the CPU's, in speculation
 #   $(CUDA_BUILD)/tests/test_cuda_attention the prefill attention kernel at the
 #                                     full model's shape vs a CPU reference
 #   $(CUDA_BUILD)/tests/test_cuda_gemm16    the prefill's f16 Q8_0 products vs
@@ -34,14 +35,15 @@ C_LIB_SRC := $(filter-out %/main.c,$(wildcard src/*/*.c src/backend/*/*.c))
 C_LIB_OBJ := $(C_LIB_SRC:%.c=$(CUDA_BUILD)/obj/%.o)
 PROG_OBJ := $(CUDA_BUILD)/obj/src/cli/main.o $(CUDA_BUILD)/obj/src/server/main.o \
             $(CUDA_BUILD)/obj/tools/ds4-bench.o $(CUDA_BUILD)/obj/tests/test_cuda_forward.o \
-            $(CUDA_BUILD)/obj/tests/test_cuda_verify.o
+            $(CUDA_BUILD)/obj/tests/test_cuda_verify.o $(CUDA_BUILD)/obj/tests/test_cuda_mtp.o
 LINK_LIBS := -Xlinker --start-group $(CUDA_BUILD)/libds4.a $(CUDA_BUILD)/libds4cuda.a -Xlinker --end-group \
              -lcublas -ljansson -lmicrohttpd -lutf8proc -ledit -lcrypto -lm -lpthread -ldl
 
 .PHONY: all
 all: $(CUDA_BUILD)/libds4cuda.a $(CUDA_BUILD)/bin/ds4-cuda-bench $(CUDA_BUILD)/bin/ds4 \
      $(CUDA_BUILD)/bin/ds4-server $(CUDA_BUILD)/bin/ds4-bench $(CUDA_BUILD)/tests/test_cuda_forward \
-     $(CUDA_BUILD)/tests/test_cuda_verify $(CUDA_BUILD)/tests/test_cuda_attention $(CUDA_BUILD)/tests/test_cuda_gemm16
+     $(CUDA_BUILD)/tests/test_cuda_verify $(CUDA_BUILD)/tests/test_cuda_mtp $(CUDA_BUILD)/tests/test_cuda_attention \
+     $(CUDA_BUILD)/tests/test_cuda_gemm16
 
 # The decode step restates the CPU's float operations: no contracted multiply-adds.
 $(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_engine.o $(CUDA_BUILD)/obj/$(CUDA_DIR)/cuda_prefill.o: NVCCFLAGS += -fmad=false
@@ -82,7 +84,8 @@ $(CUDA_BUILD)/bin/ds4-bench: $(CUDA_BUILD)/obj/tools/ds4-bench.o $(CUDA_BUILD)/l
 	@mkdir -p $(dir $@)
 	$(NVCC) $(CUDA_ARCHS) $< $(LINK_LIBS) -o $@
 
-$(CUDA_BUILD)/tests/test_cuda_forward $(CUDA_BUILD)/tests/test_cuda_verify: $(CUDA_BUILD)/tests/%: \
+$(CUDA_BUILD)/tests/test_cuda_forward $(CUDA_BUILD)/tests/test_cuda_verify $(CUDA_BUILD)/tests/test_cuda_mtp: \
+    $(CUDA_BUILD)/tests/%: \
     $(CUDA_BUILD)/obj/tests/%.o $(CUDA_BUILD)/libds4.a $(CUDA_BUILD)/libds4cuda.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(CUDA_ARCHS) $< $(LINK_LIBS) -o $@

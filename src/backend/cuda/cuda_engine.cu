@@ -121,8 +121,10 @@ static uint64_t align256(uint64_t x) { return (x + 255) & ~(uint64_t)255; }
 /* The synthetic fill of t's data, if it is generated on the device (the
  * fills are sorted by their offset into the model's image). */
 static const ds4_synth_fill *fill_of(const ds4_cuda_engine *e, const ds4_tensor *t) {
-    if (!e->n_fills || !t->data) return NULL;
-    uint64_t off = (uint64_t)((const uint8_t *)t->data - e->m->file.base);
+    const uint8_t *base = e->m->file.base;
+    if (!e->n_fills || !t->data || (const uint8_t *)t->data < base || (const uint8_t *)t->data >= base + e->m->file.size)
+        return NULL; /* not in the model's image (the MTP file's) */
+    uint64_t off = (uint64_t)((const uint8_t *)t->data - base);
     uint32_t lo = 0, hi = e->n_fills;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
@@ -198,72 +200,96 @@ static int put_f32(ds4_cuda_engine *e, const ds4_tensor *t, const float **out, d
     return 0;
 }
 
-/* The output head's HC collapse runs through k_hc (an HC pre without the
+/* An output head's HC collapse runs through k_hc (an HC pre without the
  * next sublayer's post and mixing matrix), whose threads load HC_MIX rows
- * of fn: output_hc_fn's HC_N rows, then zeros (check_model: F16 or F32
- * [HC_N·n_embd, HC_N]). */
-static int put_head_fn(ds4_cuda_engine *e, ds4_err *err) {
-    const dmat &fn = e->output_hc_fn;
+ * of fn: the head's fn (output_hc_fn, the MTP's hc_head_fn) HC_N rows,
+ * then zeros (check_model: F16 or F32 [HC_N·n_embd, HC_N]). */
+static int put_head_mix(ds4_cuda_engine *e, const dmat &fn, dmat *mix, ds4_err *err) {
     void *d = NULL;
     if (small_alloc(e, (size_t)HC_MIX * fn.row_bytes, &d, err)) return -1;
     cudaError_t c = cudaMemset(d, 0, (size_t)HC_MIX * fn.row_bytes);
     if (c == cudaSuccess) c = cudaMemcpy(d, fn.w, (size_t)HC_N * fn.row_bytes, cudaMemcpyDeviceToDevice);
     if (c != cudaSuccess) return cuda_fail(err, "output head HC weights", c);
-    e->out_hc_mix = fn;
-    e->out_hc_mix.w = (const uint8_t *)d;
-    e->out_hc_mix.rows = HC_MIX;
+    *mix = fn;
+    mix->w = (const uint8_t *)d;
+    mix->rows = HC_MIX;
     return 0;
+}
+
+#define PUT(t, dst) if (put_tensor(e, &(t), &(dst), counting, err)) return -1
+
+/* One block's weights (a layer's, or the MTP's) into D. */
+static int put_layer(ds4_cuda_engine *e, const ds4_layer *S, dlayer *D, float clamp, bool counting, ds4_err *err) {
+    dmat tid;
+    PUT(S->hc_attn_fn, D->hc_attn_fn); PUT(S->hc_ffn_fn, D->hc_ffn_fn);
+    PUT(S->attn_q_a, D->q_a); PUT(S->attn_q_b, D->q_b); PUT(S->attn_kv, D->kv);
+    PUT(S->attn_output_a, D->out_a); PUT(S->attn_output_b, D->out_b);
+    PUT(S->attn_compressor_kv, D->comp_kv); PUT(S->attn_compressor_gate, D->comp_gate);
+    PUT(S->indexer_attn_q_b, D->idx_q_b); PUT(S->indexer_proj, D->idx_proj);
+    PUT(S->indexer_compressor_kv, D->idx_comp_kv); PUT(S->indexer_compressor_gate, D->idx_comp_gate);
+    PUT(S->ffn_gate_inp, D->gate_inp);
+    PUT(S->ffn_gate_exps, D->gate_exps); PUT(S->ffn_up_exps, D->up_exps); PUT(S->ffn_down_exps, D->down_exps);
+    PUT(S->ffn_gate_shexp, D->gate_sh); PUT(S->ffn_up_shexp, D->up_sh); PUT(S->ffn_down_shexp, D->down_sh);
+    PUT(S->ffn_gate_tid2eid, tid);
+    D->tid2eid = (const int32_t *)tid.w;
+    D->ratio = S->compress_ratio;
+    D->clamp = clamp;
+    if (counting) return 0;
+    return put_f32(e, &S->hc_attn_scale, &D->hc_attn_scale, err) || put_f32(e, &S->hc_attn_base, &D->hc_attn_base, err) ||
+                   put_f32(e, &S->hc_ffn_scale, &D->hc_ffn_scale, err) ||
+                   put_f32(e, &S->hc_ffn_base, &D->hc_ffn_base, err) || put_f32(e, &S->attn_norm, &D->attn_norm, err) ||
+                   put_f32(e, &S->attn_q_a_norm, &D->q_a_norm, err) ||
+                   put_f32(e, &S->attn_kv_a_norm, &D->kv_a_norm, err) || put_f32(e, &S->attn_sinks, &D->sinks, err) ||
+                   put_f32(e, &S->ffn_norm, &D->ffn_norm, err) ||
+                   put_f32(e, &S->attn_compressor_ape, &D->comp_ape, err) ||
+                   put_f32(e, &S->attn_compressor_norm, &D->comp_norm, err) ||
+                   put_f32(e, &S->indexer_compressor_ape, &D->index_ape, err) ||
+                   put_f32(e, &S->indexer_compressor_norm, &D->index_norm, err) ||
+                   put_f32(e, &S->exp_probs_b, &D->probs_bias, err)
+               ? -1
+               : 0;
+}
+
+/* The MTP block's weights: its block as layer n_layer (layer 1's SwiGLU
+ * clamp, as the CPU engine's mtp_block), its input projections and norms,
+ * its head's collapse. */
+static int put_mtp(ds4_cuda_engine *e, bool counting, ds4_err *err) {
+    const ds4_mtp_model *t = e->mtp;
+    const ds4_hparams *hp = &e->m->hp;
+    dmat head_fn;
+    if (put_layer(e, &t->block, &e->L[hp->n_layer], hp->swiglu_clamp[hp->n_layer > 1 ? 1 : 0], counting, err))
+        return -1;
+    PUT(t->e_proj, e->mtp_e_proj); PUT(t->h_proj, e->mtp_h_proj); PUT(t->hc_head_fn, head_fn);
+    if (counting) return 0;
+    return put_f32(e, &t->enorm, &e->mtp_enorm, err) || put_f32(e, &t->hnorm, &e->mtp_hnorm, err) ||
+                   put_f32(e, &t->norm, &e->mtp_norm, err) || put_f32(e, &t->hc_head_scale, &e->mtp_hc_scale, err) ||
+                   put_f32(e, &t->hc_head_base, &e->mtp_hc_base, err) || put_head_mix(e, head_fn, &e->mtp_hc_mix, err)
+               ? -1
+               : 0;
 }
 
 static int upload_weights(ds4_cuda_engine *e, bool counting, ds4_err *err) {
     const ds4_model *m = e->m;
     e->arena_used = 0;
-#define PUT(t, dst) if (put_tensor(e, &(t), &(dst), counting, err)) return -1
     PUT(m->token_embd, e->token_embd);
     PUT(m->output, e->output);
     PUT(m->output_hc_fn, e->output_hc_fn);
     for (uint32_t il = 0; il < m->hp.n_layer; il++) {
-        const ds4_layer *S = &m->layers[il];
-        dlayer *D = &e->L[il];
-        dmat tid;
-        PUT(S->hc_attn_fn, D->hc_attn_fn); PUT(S->hc_ffn_fn, D->hc_ffn_fn);
-        PUT(S->attn_q_a, D->q_a); PUT(S->attn_q_b, D->q_b); PUT(S->attn_kv, D->kv);
-        PUT(S->attn_output_a, D->out_a); PUT(S->attn_output_b, D->out_b);
-        PUT(S->attn_compressor_kv, D->comp_kv); PUT(S->attn_compressor_gate, D->comp_gate);
-        PUT(S->indexer_attn_q_b, D->idx_q_b); PUT(S->indexer_proj, D->idx_proj);
-        PUT(S->indexer_compressor_kv, D->idx_comp_kv); PUT(S->indexer_compressor_gate, D->idx_comp_gate);
-        PUT(S->ffn_gate_inp, D->gate_inp);
-        PUT(S->ffn_gate_exps, D->gate_exps); PUT(S->ffn_up_exps, D->up_exps); PUT(S->ffn_down_exps, D->down_exps);
-        PUT(S->ffn_gate_shexp, D->gate_sh); PUT(S->ffn_up_shexp, D->up_sh); PUT(S->ffn_down_shexp, D->down_sh);
-        PUT(S->ffn_gate_tid2eid, tid);
-        D->tid2eid = (const int32_t *)tid.w;
-        D->ratio = S->compress_ratio;
-        D->clamp = m->hp.swiglu_clamp[il];
-        if (counting) continue;
-        if (put_f32(e, &S->hc_attn_scale, &D->hc_attn_scale, err) || put_f32(e, &S->hc_attn_base, &D->hc_attn_base, err) ||
-            put_f32(e, &S->hc_ffn_scale, &D->hc_ffn_scale, err) || put_f32(e, &S->hc_ffn_base, &D->hc_ffn_base, err) ||
-            put_f32(e, &S->attn_norm, &D->attn_norm, err) || put_f32(e, &S->attn_q_a_norm, &D->q_a_norm, err) ||
-            put_f32(e, &S->attn_kv_a_norm, &D->kv_a_norm, err) || put_f32(e, &S->attn_sinks, &D->sinks, err) ||
-            put_f32(e, &S->ffn_norm, &D->ffn_norm, err) ||
-            put_f32(e, &S->attn_compressor_ape, &D->comp_ape, err) ||
-            put_f32(e, &S->attn_compressor_norm, &D->comp_norm, err) ||
-            put_f32(e, &S->indexer_compressor_ape, &D->index_ape, err) ||
-            put_f32(e, &S->indexer_compressor_norm, &D->index_norm, err) ||
-            put_f32(e, &S->exp_probs_b, &D->probs_bias, err))
-            return -1;
-        if (m->hp.n_layer > 8 && (il + 1) % 4 == 0)
+        if (put_layer(e, &m->layers[il], &e->L[il], m->hp.swiglu_clamp[il], counting, err)) return -1;
+        if (!counting && m->hp.n_layer > 8 && (il + 1) % 4 == 0)
             fprintf(stderr, "\rcuda: uploading weights, layer %u/%u", il + 1, m->hp.n_layer);
     }
-#undef PUT
+    if (e->mtp && put_mtp(e, counting, err)) return -1;
     if (counting) return 0;
     if (m->hp.n_layer > 8) fprintf(stderr, "\n");
     cudaError_t c = cudaStreamSynchronize(e->stream); /* the synthetic fills */
     if (c != cudaSuccess) return cuda_fail(err, "synthetic weight fill", c);
     if (put_f32(e, &m->output_hc_scale, &e->out_hc_scale, err) || put_f32(e, &m->output_hc_base, &e->out_hc_base, err) ||
-        put_f32(e, &m->output_norm, &e->out_norm, err) || put_head_fn(e, err))
+        put_f32(e, &m->output_norm, &e->out_norm, err) || put_head_mix(e, e->output_hc_fn, &e->out_hc_mix, err))
         return -1;
     return 0;
 }
+#undef PUT
 
 /* ------------------------------------------------------------ checks */
 
@@ -327,7 +353,40 @@ static int hc_form(ds4_cuda_engine *e, int cc_major, int n_sm, ds4_err *err) {
     return 0;
 }
 
-static int check_model(const ds4_model *m, ds4_err *err) {
+/* A block's (a layer's or the MTP's) weights are of types and shapes the
+ * kernels take. */
+static int check_block(const ds4_layer *L, const ds4_hparams *hp, ds4_err *err) {
+    const ds4_tensor *mats[] = {&L->hc_attn_fn, &L->hc_ffn_fn, &L->attn_q_a, &L->attn_q_b, &L->attn_kv,
+                                &L->attn_output_a, &L->attn_output_b, &L->attn_compressor_kv,
+                                &L->attn_compressor_gate, &L->indexer_attn_q_b, &L->indexer_proj,
+                                &L->indexer_compressor_kv, &L->indexer_compressor_gate, &L->ffn_gate_inp};
+    for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+        if (mats[i]->data && !matvec_type(mats[i]->type))
+            return ds4_fail(err, "cuda: %s has type %s, which the CUDA backend cannot multiply yet",
+                            mats[i]->name, ds4_type_name(mats[i]->type));
+    const ds4_tensor *fns[] = {&L->hc_attn_fn, &L->hc_ffn_fn};
+    for (int i = 0; i < 2; i++)
+        if (!plain_type(fns[i]->type) || fns[i]->n_dims != 2 || fns[i]->ne[0] != HC_N * hp->n_embd ||
+            fns[i]->ne[1] != HC_MIX)
+            return ds4_fail(err, "cuda: %s must be F16 or F32 [%u, %d]", fns[i]->name, HC_N * hp->n_embd, HC_MIX);
+    const ds4_tensor *moes[] = {&L->ffn_gate_exps, &L->ffn_up_exps, &L->ffn_down_exps, &L->ffn_gate_shexp,
+                                &L->ffn_up_shexp, &L->ffn_down_shexp};
+    for (size_t i = 0; i < sizeof moes / sizeof *moes; i++)
+        if (!moe_type(moes[i]->type))
+            return ds4_fail(err, "cuda: %s has type %s (the MoE kernels take Q8_0, Q2_K, Q4_K, IQ2_XXS, F16, F32)",
+                            moes[i]->name, ds4_type_name(moes[i]->type));
+    return 0;
+}
+
+/* An output head's HC weights (output_hc_fn, the MTP's hc_head_fn). */
+static int check_head_fn(const ds4_tensor *hfn, const ds4_hparams *hp, ds4_err *err) {
+    if (!plain_type(hfn->type) || hfn->n_dims != 2 || hfn->ne[0] != HC_N * hp->n_embd || hfn->ne[1] != HC_N)
+        return ds4_fail(err, "cuda: %s must be F16 or F32 [%u, %d]", hfn->name, HC_N * hp->n_embd, HC_N);
+    return 0;
+}
+
+/* The model (and the MTP block, if given) for the kernels. */
+static int check_model(const ds4_model *m, const ds4_mtp_model *mtp, ds4_err *err) {
     const ds4_hparams *hp = &m->hp;
     if (hp->n_hc != HC_N) return ds4_fail(err, "cuda: %u HC streams (the kernels take %d)", hp->n_hc, HC_N);
     if (hp->n_embd > HC_BLOCKS * HC_DPB || hp->n_embd % HC_EPT)
@@ -343,35 +402,19 @@ static int check_model(const ds4_model *m, ds4_err *err) {
         return ds4_fail(err, "cuda: %u experts per token (at most %d)", hp->n_expert_used, DS4_CUDA_MAX_SEL);
     if (m->token_embd.type != DS4_TYPE_F16 && m->token_embd.type != DS4_TYPE_F32)
         return ds4_fail(err, "cuda: token_embd of type %s (F16 or F32 supported)", ds4_type_name(m->token_embd.type));
-    for (uint32_t il = 0; il < hp->n_layer; il++) {
-        const ds4_layer *L = &m->layers[il];
-        const ds4_tensor *mats[] = {&L->hc_attn_fn, &L->hc_ffn_fn, &L->attn_q_a, &L->attn_q_b, &L->attn_kv,
-                                    &L->attn_output_a, &L->attn_output_b, &L->attn_compressor_kv,
-                                    &L->attn_compressor_gate, &L->indexer_attn_q_b, &L->indexer_proj,
-                                    &L->indexer_compressor_kv, &L->indexer_compressor_gate, &L->ffn_gate_inp};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
-            if (mats[i]->data && !matvec_type(mats[i]->type))
-                return ds4_fail(err, "cuda: %s has type %s, which the CUDA backend cannot multiply yet",
-                                mats[i]->name, ds4_type_name(mats[i]->type));
-        const ds4_tensor *fns[] = {&L->hc_attn_fn, &L->hc_ffn_fn};
-        for (int i = 0; i < 2; i++)
-            if (!plain_type(fns[i]->type) || fns[i]->n_dims != 2 || fns[i]->ne[0] != HC_N * hp->n_embd ||
-                fns[i]->ne[1] != HC_MIX)
-                return ds4_fail(err, "cuda: %s must be F16 or F32 [%u, %d]", fns[i]->name, HC_N * hp->n_embd, HC_MIX);
-        const ds4_tensor *moes[] = {&L->ffn_gate_exps, &L->ffn_up_exps, &L->ffn_down_exps, &L->ffn_gate_shexp,
-                                    &L->ffn_up_shexp, &L->ffn_down_shexp};
-        for (size_t i = 0; i < sizeof moes / sizeof *moes; i++)
-            if (!moe_type(moes[i]->type))
-                return ds4_fail(err, "cuda: %s has type %s (the MoE kernels take Q8_0, Q2_K, Q4_K, IQ2_XXS, F16, F32)",
-                                moes[i]->name, ds4_type_name(moes[i]->type));
-    }
+    for (uint32_t il = 0; il < hp->n_layer; il++)
+        if (check_block(&m->layers[il], hp, err)) return -1;
     if (!matvec_type(m->output.type))
         return ds4_fail(err, "cuda: output has type %s, which the CUDA backend cannot multiply yet",
                         ds4_type_name(m->output.type));
-    const ds4_tensor *hfn = &m->output_hc_fn;
-    if (!plain_type(hfn->type) || hfn->n_dims != 2 || hfn->ne[0] != HC_N * hp->n_embd || hfn->ne[1] != HC_N)
-        return ds4_fail(err, "cuda: %s must be F16 or F32 [%u, %d]", hfn->name, HC_N * hp->n_embd, HC_N);
-    return 0;
+    if (check_head_fn(&m->output_hc_fn, hp, err)) return -1;
+    if (!mtp) return 0;
+    if (hp->n_layer + 1 > DS4_MAX_LAYERS) return ds4_fail(err, "cuda: no room for the MTP block after %u layers", hp->n_layer);
+    for (const ds4_tensor *t : {&mtp->e_proj, &mtp->h_proj})
+        if (!matvec_type(t->type))
+            return ds4_fail(err, "cuda: %s has type %s, which the CUDA backend cannot multiply yet", t->name,
+                            ds4_type_name(t->type));
+    return check_block(&mtp->block, hp, err) || check_head_fn(&mtp->hc_head_fn, hp, err) ? -1 : 0;
 }
 
 /* ------------------------------------------------------------ engine */
@@ -445,7 +488,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     P(w->att, qdim); A(w->attq, DS4_TYPE_Q8_0, qdim);
     F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
     P(w->low, lo); A(w->lowq, e->m->layers[0].attn_output_b.type, lo); P(w->y, D);
-    P(w->router, hp->n_expert); P(w->ids, nu); P(w->ew, nu); F(w->route_stamp, hp->n_layer);
+    P(w->router, hp->n_expert); P(w->ids, nu); P(w->ew, nu); F(w->route_stamp, hp->n_layer + 1);
     P(w->mid, nu * ff); F(w->smid, ff); P(w->shgu, 2 * ff); P(w->sh, D); P(w->ehc, D); P(w->logits, hp->n_vocab);
     P(w->zero_id, 1); F(w->one_w, 1);
     F(w->pick_part, 2 * PICK_BLOCKS); F(w->pick_count, 1);
@@ -463,8 +506,13 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
         if (c == cudaSuccess) c = cudaMemset(wt->hc_count, 0, sizeof *wt->hc_count);
         if (c == cudaSuccess) c = cudaMemset(wt->pick_count, 0, sizeof *wt->pick_count);
         if (c == cudaSuccess) c = cudaMemset(wt->tkg, 0, sizeof *wt->tkg);
-        if (c == cudaSuccess) c = cudaMemset(wt->route_stamp, 0, hp->n_layer * sizeof *wt->route_stamp);
+        if (c == cudaSuccess) c = cudaMemset(wt->route_stamp, 0, (hp->n_layer + 1) * sizeof *wt->route_stamp);
     }
+    if (c == cudaSuccess && e->mtp && /* the MTP block's input and draft (the one-token workspace's rest) */
+        (dalloc(e, (void **)&e->mtp_hn, HC_N * D * sizeof(float), err) ||
+         dalloc(e, (void **)&e->mtp_en, D * sizeof(float), err) ||
+         dalloc(e, (void **)&e->mtp_logits, hp->n_vocab * sizeof(float), err)))
+        return -1;
     return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
 }
 
@@ -514,6 +562,11 @@ static size_t session_layout(const ds4_cuda_engine *e, uint32_t ctx, ds4_cuda_se
             CARVE(K->ist_sc, float, K->ist_n);
         }
     }
+    if (e->mtp) { /* the MTP block's raw ring, and the streams it starts from */
+        dlayer_kv *K = s ? &s->L[hp->n_layer] : &scratch;
+        CARVE_ROWS(K->raw, (size_t)hp->n_swa * hd);
+        CARVE(s->hring, float, (size_t)hp->n_swa * HC_N * hp->n_embd);
+    }
 #undef CARVE_ROWS
 #undef CARVE
 #undef CARVE_B
@@ -560,15 +613,17 @@ static int idx_scores_setup(ds4_cuda_engine *e, ds4_err *err) {
     return 0;
 }
 
-extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact, bool quality,
-                                    const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err) {
+extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, const ds4_mtp_model *mtp, int ctx,
+                                    bool exact, bool quality, const ds4_synth_fill *fills, uint32_t n_fills,
+                                    ds4_err *err) {
     *out = NULL;
-    if (check_model(m, err) || (exact && ds4_cuda_exact_init(err))) return -1;
+    if (check_model(m, mtp, err) || (exact && ds4_cuda_exact_init(err))) return -1;
     for (uint32_t i = 1; i < n_fills; i++)
         if (fills[i].offset <= fills[i - 1].offset) return ds4_fail(err, "cuda: synthetic fills are not sorted");
     ds4_cuda_engine *e = (ds4_cuda_engine *)calloc(1, sizeof *e);
     if (!e) return ds4_fail(err, "cuda: out of host memory");
     e->m = m;
+    e->mtp = mtp;
     e->fills = fills;
     e->n_fills = n_fills;
     e->ctx = ctx;
@@ -1168,7 +1223,10 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     const dlayer *L = &e->L[il];
     dwork *w = &e->w[0];
     int hd = (int)hp->head_dim;
-    if (hc(q, 2 * il, il ? w->y : NULL, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, w->x, w->a))
+    /* the first layer and the MTP block (layer n_layer) start from their
+     * input streams: no sublayer's output to add first */
+    const bool first = il == 0 || il == hp->n_layer;
+    if (hc(q, 2 * il, first ? NULL : w->y, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, w->x, w->a))
         return -1;
     /* Every product of the normed x: Q8_0 ones in one launch, F16 ones in
      * another (the indexer's head weights too: they are read only while the
@@ -1464,16 +1522,57 @@ static int output_head(enq *q, ds4_cuda_session *s) {
      * one more HC pre: pre = σ(mix·scale + base) + eps are the collapse's
      * weights, a = norm(Σ pre·H)·out_norm its output */
     dwork *w = &e->w[0];
-    if (hc(q, 2 * hp->n_layer, w->y, e->out_hc_mix, e->out_hc_scale, e->out_hc_base, e->out_norm, w->hx, w->ehc) ||
-        mv(q, e->output, w->ehc, w->logits))
+    if (hc(q, 2 * hp->n_layer, w->y, e->out_hc_mix, e->out_hc_scale, e->out_hc_base, e->out_norm, w->hx, w->ehc))
         return -1;
+    /* the final streams (ws.H2 now) kept for the MTP block */
+    const uint32_t HD = HC_N * hp->n_embd;
+    for (int t = 0; t < q->nt && s->hring; t++)
+        if (run(q, "streams kept", k_hring_put, (HD + 255) / 256, 256, 0, (const float *)e->w[t].H2,
+                (const step_io *)e->w[t].io, (int)hp->n_swa, HD, s->hring))
+            return -1;
+    if (mv(q, e->output, w->ehc, w->logits)) return -1;
     for (int t = 0; t < q->nt; t++) {
         dwork *wt = &e->w[t];
         if (run(q, "greedy pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)wt->logits, (int)hp->n_vocab,
-                wt->pick_part, wt->pick_count, s->d_pick + 2 * t))
+                wt->pick_part, wt->pick_count, s->d_pick + 2 * t, (float *)NULL))
             return -1;
     }
     mark(e, q->st, "hc post, output head, greedy pick");
+    return 0;
+}
+
+/* The MTP block at one position (model-spec §8; step_io: the position q,
+ * the token t_{q+1} and the first position its ring holds): its input
+ * from the streams kept for q and the token's embedding, the block as
+ * layer n_layer, and with `head` its head's logits (e->mtp_logits) and
+ * the two most likely drafts (d_pick + MTP_PICK, their logits
+ * d_mtp_logit). */
+static int mtp_block(enq *q, ds4_cuda_session *s, bool head) {
+    ds4_cuda_engine *e = q->e;
+    const ds4_hparams *hp = &e->m->hp;
+    const uint32_t il = hp->n_layer, D = hp->n_embd;
+    dwork *w = &e->w[0];
+    /* k_embed: the embedding (ws.H's first stream) and the RoPE tables */
+    if (run(q, "embedding", k_embed, (D + 255) / 256, 256, 0, (const void *)e->token_embd.w,
+            (int)(e->token_embd.type == DS4_TYPE_F16), D, (const step_io *)w->io, w->H, w->rope) ||
+        run(q, "mtp input norms", k_mtp_norms, HC_N + 1, 256, 0, (const float *)s->hring, (int)hp->n_swa,
+            (const float *)w->H, e->mtp_hnorm, e->mtp_enorm, D, hp->rms_eps, (const step_io *)w->io, e->mtp_hn,
+            e->mtp_en) ||
+        mv(q, e->mtp_e_proj, e->mtp_en, w->x))
+        return -1;
+    for (int h = 0; h < HC_N; h++)
+        if (mv(q, e->mtp_h_proj, e->mtp_hn + (size_t)h * D, w->H + (size_t)h * D)) return -1;
+    if (run(q, "mtp input", k_mtp_join, (HC_N * D + 255) / 256, 256, 0, w->H, (const float *)w->x, D)) return -1;
+    mark(e, q->st, "mtp input");
+    if ((e->exact ? attention<float>(q, s, il) : attention<__half>(q, s, il)) || ffn(q, il)) return -1;
+    if (!head) return 0;
+    /* its head: as the model's (output_head) with its own collapse and norm */
+    if (hc(q, 2 * il + 2, w->y, e->mtp_hc_mix, e->mtp_hc_scale, e->mtp_hc_base, e->mtp_norm, w->hx, w->ehc) ||
+        mv(q, e->output, w->ehc, e->mtp_logits) ||
+        run(q, "draft pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)e->mtp_logits, (int)hp->n_vocab,
+            w->pick_part, w->pick_count, s->d_pick + MTP_PICK, s->d_mtp_logit))
+        return -1;
+    mark(e, q->st, "mtp head, draft pick");
     return 0;
 }
 
@@ -1493,9 +1592,13 @@ static bool env_on(const char *name) {
     return !(v && !strcmp(v, "0"));
 }
 
-/* The whole step of nt tokens (1, or the verify step's), enqueued on the
- * engine's stream. */
-static int enqueue_step(ds4_cuda_session *s, int nt, ds4_err *err) {
+/* What a step runs: the model for its tokens, or the MTP block at one
+ * position without or with its head (mtp_block). */
+enum step_part { STEP_MODEL, STEP_MTP, STEP_MTP_HEAD };
+
+/* The whole step of nt tokens (1, or the verify step's; 1 for the MTP
+ * block's), enqueued on the engine's stream. */
+static int enqueue_step(ds4_cuda_session *s, int nt, step_part part, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
     ds4_cuda_kernels_set_pdl(e->k, !e->w[0].pdl_failed && env_on("DS4_CUDA_PDL"));
@@ -1507,6 +1610,7 @@ static int enqueue_step(ds4_cuda_session *s, int nt, ds4_err *err) {
              nt, env_on("DS4_CUDA_VERIFY_COLS"), env_on("DS4_CUDA_VERIFY_MOE")};
     e->n_ev = 0;
     mark(e, q.st, "start");
+    if (part != STEP_MODEL) return mtp_block(&q, s, part == STEP_MTP_HEAD);
     for (int t = 0; t < nt; t++)
         if (run(&q, "embedding", k_embed, (hp->n_embd + 255) / 256, 256, 0, (const void *)e->token_embd.w,
                 (int)(e->token_embd.type == DS4_TYPE_F16), hp->n_embd, (const step_io *)e->w[t].io, e->w[t].H,
@@ -1535,11 +1639,13 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     }
     session_layout(e, (uint32_t)e->ctx, s, (uint8_t *)s->state);
     cudaError_t c = cudaMemset(s->state, 0, total ? total : 256);
-    if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, DS4_CUDA_VERIFY_TOKENS * sizeof(step_io));
+    if (c == cudaSuccess) c = cudaMallocHost(&s->h_io, (DS4_CUDA_VERIFY_TOKENS + MTP_IO_SLOTS) * sizeof(step_io));
     if (c == cudaSuccess) c = cudaMallocHost(&s->h_logits, hp->n_vocab * sizeof(float));
     if (c == cudaSuccess) memset(s->h_logits, 0, hp->n_vocab * sizeof(float));
-    if (c == cudaSuccess) c = cudaHostAlloc(&s->h_pick, 2 * DS4_CUDA_VERIFY_TOKENS * sizeof(int32_t), cudaHostAllocMapped);
+    if (c == cudaSuccess) c = cudaHostAlloc(&s->h_pick, (MTP_PICK + 2) * sizeof(int32_t), cudaHostAllocMapped);
     if (c == cudaSuccess) c = cudaHostGetDevicePointer(&s->d_pick, s->h_pick, 0);
+    if (c == cudaSuccess) c = cudaHostAlloc(&s->h_mtp_logit, 2 * sizeof(float), cudaHostAllocMapped);
+    if (c == cudaSuccess) c = cudaHostGetDevicePointer(&s->d_mtp_logit, s->h_mtp_logit, 0);
     if (c != cudaSuccess) {
         ds4_cuda_session_free(s);
         return cuda_fail(err, "session setup", c);
@@ -1596,6 +1702,9 @@ extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
     ds4_cuda_session_logits_replaced(s); /* the engine forgets it as the lazy one */
     if (s->graph) cudaGraphExecDestroy(s->graph);
     if (s->verify_graph) cudaGraphExecDestroy(s->verify_graph);
+    for (int i = 0; i < 2; i++)
+        if (s->mtp_graph[i]) cudaGraphExecDestroy(s->mtp_graph[i]);
+    cudaFreeHost(s->h_mtp_logit);
     cudaFree(s->snap);
     cudaFreeHost(s->h_logits0);
     cudaFreeHost(s->h_io);
@@ -1621,11 +1730,11 @@ extern "C" int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err) {
     return c == cudaSuccess ? 0 : cuda_fail(err, "frontier reset", c);
 }
 
-static int capture_once(ds4_cuda_session *s, int nt, cudaGraphExec_t *graph, ds4_err *err) {
+static int capture_once(ds4_cuda_session *s, int nt, step_part part, cudaGraphExec_t *graph, ds4_err *err) {
     cudaStream_t st = s->e->stream;
     cudaError_t c = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
     if (c != cudaSuccess) return cuda_fail(err, "graph capture", c);
-    int rc = enqueue_step(s, nt, err);
+    int rc = enqueue_step(s, nt, part, err);
     cudaGraph_t g = NULL;
     c = cudaStreamEndCapture(st, &g);
     if (rc) {
@@ -1640,13 +1749,13 @@ static int capture_once(ds4_cuda_session *s, int nt, cudaGraphExec_t *graph, ds4
 
 /* Captures the step of nt tokens into *graph; if that fails with
  * programmatic launches, once more without them (and says so). */
-static int capture(ds4_cuda_session *s, int nt, cudaGraphExec_t *graph, ds4_err *err) {
-    if (!capture_once(s, nt, graph, err)) return 0;
+static int capture(ds4_cuda_session *s, int nt, step_part part, cudaGraphExec_t *graph, ds4_err *err) {
+    if (!capture_once(s, nt, part, graph, err)) return 0;
     if (!ds4_cuda_kernels_pdl(s->e->k)) return -1;
     fprintf(stderr, "cuda: capturing the step with programmatic launches failed (%s); capturing without\n", err->msg);
     cudaGetLastError();
     s->e->w[0].pdl_failed = 1;
-    return capture_once(s, nt, graph, err);
+    return capture_once(s, nt, part, graph, err);
 }
 
 #ifdef DS4_CUDA_TIMELINE
@@ -1702,23 +1811,27 @@ static void tl_report(ds4_cuda_engine *e) {
 }
 #endif
 
-/* The inputs of a step of nt tokens from pos (step_io, copied to the
- * device before the graph on the stream; the tokens' side by side: walloc
- * P), then the step: its captured graph, or under DS4_CUDA_PROFILE the
- * enqueue with an event after each operation. Not waited for. */
-static int launch_step(ds4_cuda_session *s, const int32_t *tokens, int nt, int pos, cudaGraphExec_t graph,
-                       const char *what, ds4_err *err) {
+/* The inputs of a step of nt tokens from pos (step_io, written to the
+ * pinned hio and copied to the device before the graph on the stream; the
+ * tokens' side by side: walloc P; win_lo: the MTP block's), then the step:
+ * its captured graph (made first if *graph is NULL), or under
+ * DS4_CUDA_PROFILE the enqueue with an event after each operation. Not
+ * waited for: hio must stay as it is until the stream has passed the
+ * copy. */
+static int launch_step(ds4_cuda_session *s, const int32_t *tokens, int nt, int pos, int win_lo, step_part part,
+                       step_io *hio, cudaGraphExec_t *graph, const char *what, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
+    if (!e->prof && !*graph && capture(s, nt, part, graph, err)) return -1;
     if (++e->serial == 0) e->serial = 1;
     for (int t = 0; t < nt; t++)
-        s->h_io[t] = {tokens[t], pos + t, (pos + t + 1) / 4 > (int)e->m->hp.indexer_top_k, e->serial};
-    cudaError_t c = cudaMemcpyAsync(e->w[0].io, s->h_io, nt * sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
+        hio[t] = {tokens[t], pos + t, (pos + t + 1) / 4 > (int)e->m->hp.indexer_top_k, e->serial, win_lo};
+    cudaError_t c = cudaMemcpyAsync(e->w[0].io, hio, nt * sizeof(step_io), cudaMemcpyHostToDevice, e->stream);
     if (c == cudaSuccess && e->prof) {
-        if (enqueue_step(s, nt, err)) return -1;
+        if (enqueue_step(s, nt, part, err)) return -1;
         prof_collect(e);
         return 0;
     }
-    if (c == cudaSuccess) c = cudaGraphLaunch(graph, e->stream);
+    if (c == cudaSuccess) c = cudaGraphLaunch(*graph, e->stream);
     return c == cudaSuccess ? 0 : cuda_fail(err, what, c);
 }
 
@@ -1731,7 +1844,7 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
     ds4_cuda_tl_record(!e->prof && !s->graph);
 #endif
     if (e->lazy && e->lazy != s && fetch_lazy(e, err)) return -1; /* the workspace's logits are the lazy one's */
-    if (!e->prof && !s->graph && capture(s, 1, &s->graph, err)) return -1;
+    if (!e->prof && !s->graph && capture(s, 1, STEP_MODEL, &s->graph, err)) return -1;
 #ifdef DS4_CUDA_TIMELINE
     ds4_cuda_tl_record(0);
 #endif
@@ -1740,7 +1853,7 @@ extern "C" int ds4_cuda_session_step(ds4_cuda_session *s, int32_t token, int pos
         for (int i = 0; i < 6; i++) cudaEventCreate(&e->tl_ev[i]);
     cudaEventRecord(e->tl_ev[0], e->stream);
 #endif
-    if (launch_step(s, &token, 1, pos, s->graph, "decode step", err)) return -1;
+    if (launch_step(s, &token, 1, pos, 0, STEP_MODEL, s->h_io, &s->graph, "decode step", err)) return -1;
     cudaError_t c = cudaSuccess;
 #ifdef DS4_CUDA_TIMELINE
     cudaEventRecord(e->tl_ev[1], e->stream);
@@ -1813,11 +1926,12 @@ extern "C" int ds4_cuda_session_verify(ds4_cuda_session *s, const int32_t tokens
 #ifdef DS4_CUDA_TIMELINE
     ds4_cuda_tl_record(!e->prof && !s->verify_graph); /* its kernels replace the step's in the report */
 #endif
-    if (snap_alloc(s, err) || (!e->prof && !s->verify_graph && capture(s, nt, &s->verify_graph, err))) return -1;
+    if (snap_alloc(s, err) || (!e->prof && !s->verify_graph && capture(s, nt, STEP_MODEL, &s->verify_graph, err)))
+        return -1;
 #ifdef DS4_CUDA_TIMELINE
     ds4_cuda_tl_record(0);
 #endif
-    if (launch_step(s, tokens, nt, pos, s->verify_graph, "verify step", err)) return -1;
+    if (launch_step(s, tokens, nt, pos, 0, STEP_MODEL, s->h_io, &s->verify_graph, "verify step", err)) return -1;
     cudaError_t c = cudaStreamSynchronize(e->stream);
     if (c != cudaSuccess) return cuda_fail(err, "verify step", c);
     s->pick_valid = true;
@@ -1864,6 +1978,41 @@ extern "C" int ds4_cuda_session_verify_reject(ds4_cuda_session *s, ds4_err *err)
     return 0;
 }
 
+extern "C" int ds4_cuda_session_mtp(ds4_cuda_session *s, const int32_t *tokens, int q0, int n, int raw_lo, bool head,
+                                    int32_t pick[2], float pick_logit[2], float *logits, ds4_err *err) {
+    ds4_cuda_engine *e = s->e;
+    const ds4_hparams *hp = &e->m->hp;
+    if (!s->hring) return ds4_fail(err, "cuda: the engine has no MTP block");
+    if (n < 1 || q0 < 0 || q0 + n > e->ctx || raw_lo < 0 || raw_lo > q0)
+        return ds4_fail(err, "cuda: MTP positions %d..%d (ring from %d) outside the context of %d", q0, q0 + n - 1,
+                        raw_lo, e->ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || (uint32_t)tokens[i] >= hp->n_vocab)
+            return ds4_fail(err, "cuda: token %d outside the vocabulary", tokens[i]);
+    /* the step's logits (w[].logits, the lazy session's) and picks stay:
+     * the block writes only its own; the positions go back to back, each
+     * with its own pinned inputs, the host waiting when they run out */
+    cudaError_t c = cudaSuccess;
+    for (int i = 0; i < n && c == cudaSuccess; i++) {
+        const bool h = head && i == n - 1;
+        const int slot = i % MTP_IO_SLOTS;
+        if (i && !slot) c = cudaStreamSynchronize(e->stream);
+        if (c == cudaSuccess && launch_step(s, tokens + i, 1, q0 + i, raw_lo, h ? STEP_MTP_HEAD : STEP_MTP,
+                                            s->h_io + DS4_CUDA_VERIFY_TOKENS + slot, &s->mtp_graph[h], "MTP step", err))
+            return -1;
+    }
+    if (c == cudaSuccess) c = head && logits ? cudaMemcpyAsync(logits, e->mtp_logits, hp->n_vocab * sizeof(float),
+                                                     cudaMemcpyDeviceToHost, e->stream)
+                                   : cudaSuccess;
+    if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
+    if (c != cudaSuccess) return cuda_fail(err, "MTP step", c);
+    if (head) {
+        pick[0] = s->h_pick[MTP_PICK], pick[1] = s->h_pick[MTP_PICK + 1];
+        pick_logit[0] = s->h_mtp_logit[0], pick_logit[1] = s->h_mtp_logit[1];
+    }
+    return 0;
+}
+
 extern "C" int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name, void *dst, size_t bytes,
                                            ds4_err *err) {
     dwork *w = &s->e->w[0];
@@ -1883,11 +2032,13 @@ extern "C" int ds4_cuda_session_state(ds4_cuda_session *s, uint32_t layer, const
                                       bool upload, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
-    if (layer >= hp->n_layer) return ds4_fail(err, "cuda: no layer %u", layer);
+    const bool mtp = layer == hp->n_layer && s->hring; /* the MTP block's */
+    if (layer >= hp->n_layer && !mtp) return ds4_fail(err, "cuda: no layer %u", layer);
     dlayer_kv *K = &s->L[layer];
     size_t cap = e->comp_cap[layer], el = e->exact ? sizeof(float) : sizeof(__half);
     struct { const char *name; void *p; size_t size; } bufs[] = {
         {"raw", K->raw, (size_t)hp->n_swa * hp->head_dim * el},
+        {"streams", mtp ? s->hring : NULL, mtp ? (size_t)hp->n_swa * HC_N * hp->n_embd * sizeof(float) : 0},
         {"comp", K->comp, K->comp ? cap * hp->head_dim * el : 0},
         {"index", K->index, K->index ? cap * hp->indexer_head_dim * el : 0},
         {"comp_kv", K->st_kv, K->st_n * sizeof(float)}, {"comp_score", K->st_sc, K->st_n * sizeof(float)},

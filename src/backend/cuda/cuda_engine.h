@@ -19,7 +19,8 @@
  * ds4_cuda_session_prefill() runs a chunk of tokens through the model at
  * once (cuda_prefill.cu) and leaves the same state as that many steps.
  * ds4_cuda_session_verify() runs a token and a draft after it as one
- * step that reads the weights once for both (speculative decoding).
+ * step that reads the weights once for both (speculative decoding), and
+ * ds4_cuda_session_mtp() the MTP block that drafts it.
  *
  * The plain (cpu-only) build never sees this header's implementation: the
  * engine calls it only when built with DS4_CUDA (`make cuda`). */
@@ -42,8 +43,8 @@ typedef struct ds4_cuda_session ds4_cuda_session;
 /* Whether a CUDA device is present (the engine's default backend then). */
 bool ds4_cuda_available(void);
 
-/* Uploads the model (which must outlive the engine) for contexts of up to
- * ctx tokens. exact: plain f32 numerics as the CPU engine's exact mode (no
+/* Uploads the model (which must outlive the engine, as must mtp: the MTP
+ * block, or NULL) for contexts of up to ctx tokens. exact: plain f32 numerics as the CPU engine's exact mode (no
  * activation quantisation: weights dequantised and multiplied with f32
  * activations; no FP8/FP4 round-trips; KV rows stored as f32), for
  * checking against transformers, not for speed; the prefill then runs
@@ -54,8 +55,8 @@ bool ds4_cuda_available(void);
  * against the device's free memory: if they do not fit, the error gives
  * the numbers and the largest ctx that would; on success the use is
  * printed to stderr. */
-int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, int ctx, bool exact, bool quality,
-                         const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err);
+int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, const ds4_mtp_model *mtp, int ctx, bool exact,
+                         bool quality, const ds4_synth_fill *fills, uint32_t n_fills, ds4_err *err);
 void ds4_cuda_engine_close(ds4_cuda_engine *e);
 /* "cuda (NVIDIA H100 ...)" style name for logs. */
 const char *ds4_cuda_engine_device_name(const ds4_cuda_engine *e);
@@ -97,6 +98,16 @@ bool ds4_cuda_session_verify_pending(const ds4_cuda_session *s);
  * next step (other sessions' steps may come between). */
 int ds4_cuda_session_verify_reject(ds4_cuda_session *s, ds4_err *err);
 int ds4_cuda_session_fetch_logits(ds4_cuda_session *s, ds4_err *err);
+/* The MTP block (model-spec §8; the engine opened with one) at positions
+ * q0..q0+n-1 in turn: position q from the final HC streams the session's
+ * steps, verify steps and prefills kept for it (those of its last n_swa
+ * positions) and tokens[q - q0] = t_{q+1}, its own raw ring holding the
+ * positions it ran from raw_lo on. With head, the last position's draft:
+ * its two most likely tokens (as ds4_cuda_session_pick's) into pick, their
+ * logits into pick_logit, and with logits non-NULL all n_vocab of them.
+ * The session's own logits and picks stay as they were. */
+int ds4_cuda_session_mtp(ds4_cuda_session *s, const int32_t *tokens, int q0, int n, int raw_lo, bool head,
+                         int32_t pick[2], float pick_logit[2], float *logits, ds4_err *err);
 /* The last step's two most likely next tokens (the larger logit first,
  * the lower index on ties; NaN and -inf never, -1 where fewer than two
  * logits are above -inf): 1, or 0 where the session's logits are not a
@@ -129,7 +140,10 @@ int ds4_cuda_session_debug_read(ds4_cuda_session *s, const char *name, void *dst
  * frontiers, f32 [coff·R][coff·width]) — the CPU engine's layouts — copied
  * from the device into host (upload false) or from host to the device
  * (upload true), `bytes` from the buffer's start. Uploading the CPU
- * session's state before a step makes the step start where the CPU's did. */
+ * session's state before a step makes the step start where the CPU's did.
+ * With an MTP block, layer n_layer is its: "raw", its ring, and "streams",
+ * the final HC streams kept for it (n_swa rows of HC·n_embd f32, position
+ * q at row q mod n_swa: the CPU's spec_state h). */
 int ds4_cuda_session_state(ds4_cuda_session *s, uint32_t layer, const char *which, void *host, size_t bytes,
                            bool upload, ds4_err *err);
 

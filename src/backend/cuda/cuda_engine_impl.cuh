@@ -28,6 +28,8 @@ struct step_io {
     int32_t pos;
     int32_t idx_active; /* (pos+1)/4 > indexer top_k: the indexer picks rows */
     uint32_t serial;    /* distinct every step (never 0): ds4_cuda_ids_src's stamps */
+    int32_t win_lo;     /* the attention's window starts at this position or later (the MTP
+                           block's ring holds only the positions it ran; 0 elsewhere) */
 };
 
 /* RoPE parameters of one layer kind (numerics.h rope_params, by value). */
@@ -93,7 +95,7 @@ struct dwork {
     int *tk_wa, *tk_wt;
     int pdl_failed;  /* capturing with programmatic launches failed once */
     int32_t *ids, *zero_id, *sel, *n_sel;
-    uint32_t *route_stamp; /* per layer: the step serial once k_route has written ids and ew */
+    uint32_t *route_stamp; /* per layer (and the MTP block): the step serial once k_route has written ids and ew */
     float *one_w;
     uint8_t *actA, *actB;
     uint8_t *aq8;  /* ws.a as Q8_0, by the k_hc that writes it (hc_writes_q8) */
@@ -123,6 +125,14 @@ struct ds4_cuda_engine {
     dlayer L[DS4_MAX_LAYERS];
     uint32_t comp_cap[DS4_MAX_LAYERS];
     dmat token_embd, output, output_hc_fn;
+    /* The MTP block (model-spec §8), when given: its block is layer
+     * n_layer of L (mtp_layer), its raw ring the sessions' L[n_layer];
+     * mtp_hc_mix is its head's collapse as out_hc_mix is the model's. */
+    const ds4_mtp_model *mtp;
+    dmat mtp_e_proj, mtp_h_proj, mtp_hc_mix;
+    const float *mtp_enorm, *mtp_hnorm, *mtp_norm, *mtp_hc_scale, *mtp_hc_base;
+    float *mtp_hn, *mtp_en; /* the normed streams and embedding of its input (k_mtp_norms) */
+    float *mtp_logits;      /* the draft's logits (the step's stay in w[].logits) */
     dmat out_hc_mix; /* output_hc_fn's HC_N rows and HC_MIX - HC_N of zeros: k_hc's fn for the head */
     const float *out_hc_scale, *out_hc_base, *out_norm;
     rope_dev rope_plain, rope_comp;
@@ -181,13 +191,22 @@ struct ds4_cuda_session {
     ds4_cuda_engine *e;
     dlayer_kv L[DS4_MAX_LAYERS];
     void *state;      /* one allocation for every layer's state */
-    step_io *h_io;    /* pinned, a token's each (DS4_CUDA_VERIFY_TOKENS) */
+    /* pinned: a step's inputs, a token's each (DS4_CUDA_VERIFY_TOKENS), then
+     * MTP_IO_SLOTS for the MTP block's positions (launched back to back:
+     * each copy must find its own still there) */
+    step_io *h_io;
     float *h_logits;  /* pinned, n_vocab */
     float *h_logits0; /* pinned, n_vocab: the last verify step's first token's, once fetched (fetch_lazy) */
-    /* pinned and mapped: the last step's two picks for each of its tokens
-     * (written by k_pick2 through d_pick) */
+    /* pinned and mapped: the last step's two picks for each of its tokens,
+     * then the MTP draft's two (MTP_PICK) and their logits (h_mtp_logit;
+     * written by k_pick2 through d_pick, d_mtp_logit) */
     int32_t *h_pick;
     int32_t *d_pick;
+    float *h_mtp_logit, *d_mtp_logit;
+    /* with an MTP block: the final HC streams of the last n_swa positions
+     * (row pos mod n_swa, HC_N·n_embd floats), which it starts from */
+    float *hring;
+    cudaGraphExec_t mtp_graph[2]; /* the MTP block at one position: without, with its head */
     bool pick_valid;  /* h_pick belongs to the logits the session has now */
     int cur;          /* the token of the last step whose logits and picks are the session's */
     cudaGraphExec_t graph, verify_graph;
@@ -197,6 +216,10 @@ struct ds4_cuda_session {
     float *snap_at[DS4_MAX_LAYERS][2][2]; /* [layer][attention, indexer][kv, score] */
     int verify_pos;   /* the last verify step's pos, -1 once taken back or stepped on */
 };
+
+/* Where the MTP draft's two picks follow the steps' in d_pick; the MTP
+ * positions launched before the host waits (ds4_cuda_session_mtp). */
+enum { MTP_PICK = 2 * DS4_CUDA_VERIFY_TOKENS, MTP_IO_SLOTS = 32 };
 
 /* Releases the prefill workspace (cuda_prefill.cu); at engine close. */
 void ds4_cuda_prefill_free(ds4_cuda_engine *e);

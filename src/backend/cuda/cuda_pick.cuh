@@ -12,7 +12,8 @@
  * two that is not skip (sampler.c's definition; engine.c falls back to it
  * when neither is). PICK_BLOCKS blocks each take a contiguous slice and
  * leave their two in pick_part; the last block to count in (a ticket on
- * a counter that only grows, PICK_BLOCKS a power of two) merges them. */
+ * a counter that only grows, PICK_BLOCKS a power of two) merges them;
+ * with pick_logit it also writes their logits (the MTP draft's margin). */
 #ifndef DS4_CUDA_PICK_CUH
 #define DS4_CUDA_PICK_CUH
 
@@ -70,7 +71,7 @@ __device__ __forceinline__ void pick_block(pick_cand &first, pick_cand &second) 
 }
 
 __global__ void __launch_bounds__(PICK_THREADS) k_pick2(const float *logits, int n, pick_cand *part, unsigned *count,
-                                                        int32_t *pick) {
+                                                        int32_t *pick, float *pick_logit) {
     pdl_trigger();
     pdl_wait();
     __shared__ bool last;
@@ -105,6 +106,7 @@ __global__ void __launch_bounds__(PICK_THREADS) k_pick2(const float *logits, int
     }
     pick_block(first, second);
     if (threadIdx.x == 0) pick[0] = first.idx, pick[1] = second.idx;
+    if (threadIdx.x == 0 && pick_logit) pick_logit[0] = first.v, pick_logit[1] = second.v;
 }
 
 #endif

@@ -19,7 +19,8 @@
  *   last n_swa KV rows into the ring; grouped output projection; HC post;
  *   HC pre, router, shared and routed experts (tokens grouped by expert in
  *   ds4_cuda_mmq_moe), HC post.
- * The output head runs for the last token only. In exact mode (plain f32
+ * The output head runs for the last token only; with an MTP block the
+ * chunk's last n_swa final streams are kept for it (keep_streams). In exact mode (plain f32
  * numerics, f32 rows) the chunk runs as decode steps instead.
  *
  * The workspace (activations of up to PF_MAX_CHUNK tokens) belongs to the
@@ -598,6 +599,24 @@ static int output_head(pfq *q, int t) {
     return proj(q, e->output, w->ehc, 1, w->logits);
 }
 
+/* With an MTP block: the final HC streams of the chunk's last n_swa
+ * tokens (the last sublayer's post for them first) into the session's ring
+ * of them, row pos mod n_swa (as the decode step's k_hring_put). */
+static int keep_streams(pfq *q, ds4_cuda_session *s, int pos0, int T) {
+    const ds4_hparams *hp = &q->e->m->hp;
+    const int W = (int)hp->n_swa, k = T < W ? T : W, t0 = T - k;
+    const size_t HD = (size_t)HC_N * hp->n_embd;
+    if (q->post_due && hc_post_now(q, t0, k)) return -1;
+    q->post_due = false; /* the head's token is among them */
+    const int slot = (pos0 + t0) % W, n1 = k < W - slot ? k : W - slot;
+    cudaError_t c = cudaMemcpyAsync(s->hring + slot * HD, q->w->H + t0 * HD, n1 * HD * sizeof(float),
+                                    cudaMemcpyDeviceToDevice, q->st);
+    if (c == cudaSuccess && n1 < k)
+        c = cudaMemcpyAsync(s->hring, q->w->H + (t0 + n1) * HD, (k - n1) * HD * sizeof(float), cudaMemcpyDeviceToDevice,
+                            q->st);
+    return c == cudaSuccess ? 0 : cuda_fail(q->err, "prefill streams kept", c);
+}
+
 static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int pos0, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
@@ -612,6 +631,7 @@ static int prefill_chunk(ds4_cuda_session *s, const int32_t *tokens, int T, int 
     pmark(q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if (attention(&q, s, il, pos0, T) || ffn(&q, il, T)) return -1;
+    if (s->hring && keep_streams(&q, s, pos0, T)) return -1;
     if (output_head(&q, T - 1)) return -1;
     pmark(q.st, "output head");
     return 0;

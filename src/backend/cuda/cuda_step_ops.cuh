@@ -75,13 +75,8 @@ __global__ void k_embed(const void *embd, int f16, uint32_t D, const step_io *io
     for (int h = 0; h < HC_N; h++) H[(size_t)h * D + d] = v;
 }
 
-/* rows of n values: y = x/rms(x) (· w); one block per row. */
-__global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_t ld, float eps) {
-    pdl_trigger();
-    pdl_wait();
-    __shared__ double sh[32];
-    const float *xr = x + blockIdx.x * ld;
-    float *yr = y + blockIdx.x * ld;
+/* One row of n values: yr = xr/rms(xr) (· w); by the whole block. */
+__device__ void rmsnorm_row(const float *xr, float *yr, const float *w, int n, float eps, double *sh) {
     double ss = 0.0;
     for (int i0 = threadIdx.x; i0 < n; i0 += 8 * blockDim.x) {
         float v[8];
@@ -102,6 +97,51 @@ __global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_
         }
     }
 }
+
+/* rows of n values: y = x/rms(x) (· w); one block per row. */
+__global__ void k_rmsnorm(const float *x, float *y, const float *w, int n, size_t ld, float eps) {
+    pdl_trigger();
+    pdl_wait();
+    __shared__ double sh[32];
+    rmsnorm_row(x + blockIdx.x * ld, y + blockIdx.x * ld, w, n, eps, sh);
+}
+
+/* The final HC streams (hd = HC_N·D floats at H) of the step's token
+ * into the session's ring of them at row pos mod n_swa: the MTP block
+ * starts from them (the prefill copies its tokens' rows itself). */
+__global__ void k_hring_put(const float *H, const step_io *io, int n_swa, uint32_t hd, float *ring) {
+    pdl_trigger();
+    const int pos = io->pos; /* step_io: the host's, read before the wait */
+    pdl_wait();
+    const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < hd) ring[(size_t)(pos % n_swa) * hd + i] = H[i];
+}
+
+/* The MTP block's input (model-spec §8, steps 1-2, before the
+ * projections): RMSNorm of the kept streams of position io->pos (the
+ * session's ring row: HC_N rows of D) with hnorm into hn, and of
+ * the token's embedding (k_embed's first stream, H) with enorm into en;
+ * block b < HC_N a stream, block HC_N the embedding. */
+__global__ void k_mtp_norms(const float *ring, int n_swa, const float *H, const float *hnorm, const float *enorm,
+                            uint32_t D, float eps, const step_io *io, float *hn, float *en) {
+    pdl_trigger();
+    const int pos = io->pos; /* step_io: the host's, read before the wait */
+    pdl_wait();
+    __shared__ double sh[32];
+    const bool emb = blockIdx.x == HC_N;
+    rmsnorm_row(emb ? H : ring + ((size_t)(pos % n_swa) * HC_N + blockIdx.x) * D, emb ? en : hn + (size_t)blockIdx.x * D,
+                emb ? enorm : hnorm, (int)D, eps, sh);
+}
+
+/* in_hc = E + P (model-spec §8 step 3): each of the HC_N streams' h_proj
+ * product (in H) plus the embedding's e_proj product e. */
+__global__ void k_mtp_join(float *H, const float *e, uint32_t D) {
+    pdl_trigger();
+    pdl_wait();
+    const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < HC_N * D) H[i] += e[i % D];
+}
+
 
 static_assert(HC_MIX <= 32, "k_hc reduces the mix's sums with one warp reduce-scatter");
 
@@ -665,9 +705,9 @@ struct att_span {
     const int *pick;
 };
 
-__device__ __forceinline__ att_span att_rows(int p, int n_swa, int ratio, const int *sel, const int *n_sel) {
+__device__ __forceinline__ att_span att_rows(int p, int lo0, int n_swa, int ratio, const int *sel, const int *n_sel) {
     att_span a;
-    a.lo = p - n_swa + 1 < 0 ? 0 : p - n_swa + 1;
+    a.lo = p - n_swa + 1 < lo0 ? lo0 : p - n_swa + 1; /* lo0: step_io.win_lo */
     a.n_raw = p - a.lo + 1;
     a.n_comp = 0;
     a.pick = NULL;
@@ -764,7 +804,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
                                                              const int *n_sel, int hd, int hg, const step_io *io,
                                                              float *part_o, float2 *part_ml, hc_split_args hs) {
     pdl_trigger();
-    const int pos = io->pos; /* the host writes step_io before the step: read before the wait */
+    const int pos = io->pos, lo0 = io->win_lo; /* the host writes step_io before the step: read before the wait */
     pdl_wait();
     if (att_hc_column(hs)) return;
     extern __shared__ __align__(16) unsigned char att_raw[];
@@ -772,7 +812,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
     float *qs = (float *)att_raw, *ps = qs + hg * hd;
     unsigned char *buf = (unsigned char *)(ps + hg * ATT_RC);
     __shared__ float alpha_sh[ATT_HG];
-    const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
+    const att_span a = att_rows(pos, lo0, n_swa, ratio, sel, n_sel);
     const int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
     const int g = blockIdx.x, s = blockIdx.y, S = gridDim.y, h0 = g * hg;
     if (s >= n_chunks) return;
@@ -868,7 +908,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
                                                                 const int *n_sel, int hd, int hg, const step_io *io,
                                                                 float *part_o, float2 *part_ml, hc_split_args hs) {
     pdl_trigger();
-    const int pos = io->pos; /* the host writes step_io before the step: read before the wait */
+    const int pos = io->pos, lo0 = io->win_lo; /* the host writes step_io before the step: read before the wait */
     extern __shared__ __align__(16) unsigned char att_raw[];
     const int qld = hd + ATT_TC_QLD, rs = hd * 2 + ATT_PAD;
     __half *qh = (__half *)att_raw, *ql = qh + 16 * qld;
@@ -884,7 +924,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
      * step wrote are staged again (the token's raw row, and the compressed
      * row its window closes). */
     const bool early = !n_sel && blockIdx.x != gridDim.x - 1;
-    att_span a = att_rows(pos, n_swa, ratio, sel, NULL);
+    att_span a = att_rows(pos, lo0, n_swa, ratio, sel, NULL);
     int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
     /* rows past the last are zeros: weight 0 times a stale value could be NaN */
     auto load = [&](int c, int b) {
@@ -907,7 +947,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
         }
         cp_async_commit();
     } else {
-        a = att_rows(pos, n_swa, ratio, sel, n_sel);
+        a = att_rows(pos, lo0, n_swa, ratio, sel, n_sel);
         nr = a.n_raw + a.n_comp;
         n_chunks = (nr + ATT_RC - 1) / ATT_RC;
         if (s >= n_chunks) return;
@@ -1024,7 +1064,7 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
                                     const int *sel, const int *n_sel, const float *sinks, int hd, int n_rot,
                                     const float2 *cs, const step_io *io, float *out, uint8_t *out_q) {
     pdl_trigger();
-    const int h = blockIdx.x, pos = io->pos; /* step_io: the host's, read before the wait */
+    const int h = blockIdx.x, pos = io->pos, lo0 = io->win_lo; /* step_io: the host's, read before the wait */
     const float sink = sinks[h];              /* a weight: read before the wait, off thread 0's chain */
     pdl_wait();
     const float2 rv = rope_own(cs, n_rot); /* the step's table: beside the splits' loads, not after the sums */
@@ -1038,7 +1078,7 @@ __global__ void k_attention_combine(const float *part_o, const float2 *part_ml, 
     /* and split threadIdx.x's (m, l), beside the indexer's n_sel */
     const float2 ml0 = (int)threadIdx.x < S ? part_ml[(size_t)h * S + threadIdx.x] : make_float2(0.0f, 0.0f);
     extern __shared__ float os[];
-    const att_span a = att_rows(pos, n_swa, ratio, sel, n_sel);
+    const att_span a = att_rows(pos, lo0, n_swa, ratio, sel, n_sel);
     const int n_chunks = (a.n_raw + a.n_comp + ATT_RC - 1) / ATT_RC, busy = n_chunks < S ? n_chunks : S;
     float *wsplit = os + hd, *lsplit = wsplit + S;
     __shared__ float inv_s;
