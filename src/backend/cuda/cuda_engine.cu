@@ -508,6 +508,8 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
         if (c == cudaSuccess) c = cudaMemset(wt->tkg, 0, sizeof *wt->tkg);
         if (c == cudaSuccess) c = cudaMemset(wt->route_stamp, 0, (hp->n_layer + 1) * sizeof *wt->route_stamp);
     }
+    e->side_row_bytes = (uint32_t)((e->exact ? sizeof(float) : sizeof(__half)) * hd);
+    if (c == cudaSuccess && dalloc(e, (void **)&e->side, (size_t)hp->n_layer * e->side_row_bytes, err)) return -1;
     if (c == cudaSuccess && e->mtp && /* the MTP block's input and draft (the one-token workspace's rest) */
         (dalloc(e, (void **)&e->mtp_hn, HC_N * D * sizeof(float), err) ||
          dalloc(e, (void **)&e->mtp_en, D * sizeof(float), err) ||
@@ -754,10 +756,14 @@ extern "C" int ds4_cuda_engine_open(ds4_cuda_engine **out, const ds4_model *m, c
     e->att_tc = !exact && hp->head_dim % 64 == 0 && e->att_hg <= 8;
     size_t smem = e->att_tc ? att_split_tc_smem((int)hp->head_dim)
                             : att_split_smem(e->att_hg, (int)hp->head_dim, exact ? sizeof(float) : sizeof(__half));
-    c = cudaFuncSetAttribute(e->att_tc ? (const void *)k_attention_split_tc
-                             : exact   ? (const void *)k_attention_split<float>
-                                       : (const void *)k_attention_split<__half>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    const void *att_k[2] = {e->att_tc ? (const void *)k_attention_split_tc<1>
+                            : exact   ? (const void *)k_attention_split<float, 1>
+                                      : (const void *)k_attention_split<__half, 1>,
+                            e->att_tc ? (const void *)k_attention_split_tc<DS4_CUDA_VERIFY_TOKENS>
+                            : exact   ? (const void *)k_attention_split<float, DS4_CUDA_VERIFY_TOKENS>
+                                      : (const void *)k_attention_split<__half, DS4_CUDA_VERIFY_TOKENS>};
+    for (int i = 0; i < 2 && c == cudaSuccess; i++)
+        c = cudaFuncSetAttribute(att_k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (c != cudaSuccess) {
         ds4_fail(err, "cuda: attention needs %zu bytes of shared memory per block: %s", smem, cudaGetErrorString(c));
         ds4_cuda_engine_close(e);
@@ -1123,7 +1129,10 @@ static int prepare(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
     pa.eps = hp->rms_eps;
     pa.cs = L->ratio ? w->rope.cs1 : w->rope.cs0; /* this layer's rope kind at the token's position */
     pa.ring = (RowT *)K->raw;
-    /* the verify step's later token keeps the frontiers it shifts (snap_at) */
+    /* the verify step's later token keeps its raw row aside until every
+     * token's attention has read the ring (k_side_rows), and the frontiers
+     * it shifts (snap_at) */
+    pa.side = t > 0 ? (RowT *)(e->side + (size_t)il * e->side_row_bytes) : NULL;
     const bool snap = t > 0 && t == q->nt - 1;
     pa.c[0] = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
                L->ratio == 4 ? 2 : 1, hd, 0, rope_window(w->rope, (int)L->ratio),
@@ -1140,9 +1149,10 @@ static int prepare(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
     pa.ics = w->rope.cs1;
     pa.io = w->io;
     /* A later token's preparation waits for everything before it (no
-     * programmatic launch): its indexer and attention read the rows of the
-     * earlier token's position before their own programmatic wait, as rows
-     * of past steps, while that token's kernels may still run. */
+     * programmatic launch): the indexers and attention after it read the
+     * rows of past positions before their own programmatic wait, as rows of
+     * past steps — the earlier token's among them, which its preparation
+     * must have finished. */
     enq qp = *q;
     qp.pdl = q->pdl && t == 0;
     return run_alone(&qp, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>,
@@ -1172,49 +1182,60 @@ static int indexer(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
     return idx_topk(q, t, top_k);
 }
 
-/* Token t's attention over its window and selected compressed rows: the
- * splits, then their combination into ws.att (and out_a's Q8_0 input
- * ws.attq when att_q). */
+/* The q->nt tokens' attention over their windows and selected compressed
+ * rows, each kernel once for all (blockIdx.z the token): the splits, then
+ * their combination into ws.att (and out_a's Q8_0 input ws.attq when
+ * att_q). A later token's own raw row is read from its side row. */
 template <typename RowT>
-static int attend(enq *q, ds4_cuda_session *s, uint32_t il, int t, bool att_q) {
+static int attend(enq *q, ds4_cuda_session *s, uint32_t il, bool att_q) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
     dlayer_kv *K = &s->L[il];
-    dwork *w = &e->w[t];
     int hd = (int)hp->head_dim;
-    const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
+    att_tok at[DS4_CUDA_VERIFY_TOKENS];
+    comb_tok ct[DS4_CUDA_VERIFY_TOKENS];
+    for (int t = 0; t < q->nt; t++) {
+        dwork *w = &e->w[t];
+        const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
+        at[t] = {w->q, w->sel, n_sel, w->io, w->att_part, w->att_ml,
+                 hc_split_of(e, t, L->hc_attn_scale, L->hc_attn_base),
+                 t > 0 ? (const void *)(e->side + (size_t)il * e->side_row_bytes) : NULL};
+        ct[t] = {w->att_part, w->att_ml, w->sel, n_sel, L->ratio ? w->rope.cs1 : w->rope.cs0, w->io, w->att,
+                 att_q ? w->attq : NULL};
+    }
+    const att_tok &a1 = at[q->nt - 1];
+    const comb_tok &c1 = ct[q->nt - 1];
+    const bool two = q->nt == DS4_CUDA_VERIFY_TOKENS;
     /* one extra column of blocks: the attention HC's split (a ~4 us chain
      * that the ≥ 9 us of attention hides) */
-    const dim3 att_grid(hp->n_head / e->att_hg + 1, e->att_splits);
-    const hc_split_args att_hs = hc_split_of(e, t, L->hc_attn_scale, L->hc_attn_base);
+    const dim3 att_grid(hp->n_head / e->att_hg + 1, e->att_splits, q->nt);
     int att_bad; /* att_tc is never set in exact mode, where RowT is float */
     if (!e->att_tc)
-        att_bad = run(q, "attention", k_attention_split<RowT>, att_grid, ATT_TPB, att_split_smem(e->att_hg, hd, sizeof(RowT)),
-                      (const float *)w->q, (const RowT *)K->raw, (int)hp->n_swa, (const RowT *)K->comp, (int)L->ratio,
-                      (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
+        att_bad = run(q, "attention", two ? k_attention_split<RowT, DS4_CUDA_VERIFY_TOKENS> : k_attention_split<RowT, 1>,
+                      att_grid, ATT_TPB, att_split_smem(e->att_hg, hd, sizeof(RowT)), at[0], a1,
+                      (const RowT *)K->raw, (int)hp->n_swa, (const RowT *)K->comp, (int)L->ratio, hd, e->att_hg);
     else
-        att_bad = run(q, "attention", k_attention_split_tc, att_grid, ATT_TPB, att_split_tc_smem(hd), (const float *)w->q,
-                      (const __half *)K->raw, (int)hp->n_swa, (const __half *)K->comp, (int)L->ratio,
-                      (const int *)w->sel, n_sel, hd, e->att_hg, (const step_io *)w->io, w->att_part, w->att_ml, att_hs);
+        att_bad = run(q, "attention", two ? k_attention_split_tc<DS4_CUDA_VERIFY_TOKENS> : k_attention_split_tc<1>,
+                      att_grid, ATT_TPB, att_split_tc_smem(hd), at[0], a1, (const __half *)K->raw, (int)hp->n_swa,
+                      (const __half *)K->comp, (int)L->ratio, hd, e->att_hg);
     return att_bad ||
-                   run_alone(q, "attention combine", k_attention_combine, hp->n_head, 256,
-                             (hd + 2 * e->att_splits) * sizeof(float), (const float *)w->att_part,
-                             (const float2 *)w->att_ml, e->att_splits, (int)hp->n_swa, (int)L->ratio,
-                             (const int *)w->sel, n_sel, L->sinks, hd, (int)hp->n_rot,
-                             L->ratio ? w->rope.cs1 : w->rope.cs0, (const step_io *)w->io, w->att,
-                             att_q ? w->attq : NULL)
+                   run_alone(q, "attention combine",
+                             two ? k_attention_combine<DS4_CUDA_VERIFY_TOKENS> : k_attention_combine<1>,
+                             dim3(hp->n_head, 1, q->nt), 256, (hd + 2 * e->att_splits) * sizeof(float), ct[0], c1,
+                             e->att_splits, (int)hp->n_swa, (int)L->ratio, L->sinks, hd, (int)hp->n_rot)
                ? -1
                : 0;
 }
 
 /* The attention sublayer for the q->nt tokens: the products read each
- * weight row once for all (mv_tokens); the kernels that read or write the
- * KV state or a token's own scratch run per token, token 0's attention
- * before token 1's preparation (token 1's raw row takes the ring slot of
- * position pos + 1 - n_swa, the first of token 0's window; the rows it
+ * weight row once for all (mv_tokens), and so does the attention; the
+ * preparations (a later token's compressors continue the earlier one's
+ * frontiers) and the indexers run per token. Token 1's raw row, whose ring
+ * slot is that of position pos + 1 - n_swa (the first of token 0's
+ * window), waits aside until the step's end (k_side_rows); the rows it
  * emits are past token 0's visible counts, and its frontier updates are
- * not read by token 0). RowT: the stored rows' type (float in exact
+ * not read by token 0. RowT: the stored rows' type (float in exact
  * mode). */
 template <typename RowT>
 static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
@@ -1281,13 +1302,13 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
          * ratio) and the indexer's query in one launch */
         if (prepare<RowT>(q, s, il, t)) return -1;
         mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers; indexer query");
-        if (L->ratio == 4) {
-            if (indexer(q, s, il, t)) return -1;
-            mark(e, q->st, "indexer scores, top-k");
-        }
-        if (attend<RowT>(q, s, il, t, att_q)) return -1;
-        mark(e, q->st, "attention");
     }
+    for (int t = 0; t < q->nt && L->ratio == 4; t++) {
+        if (indexer(q, s, il, t)) return -1;
+        mark(e, q->st, "indexer scores, top-k");
+    }
+    if (attend<RowT>(q, s, il, att_q)) return -1;
+    mark(e, q->st, "attention");
     /* Grouped output: group g's heads through rows g·o_lora.. of out_a, all
      * groups in one launch (f32 weights, exact mode: one launch per group). */
     uint32_t qdim = hp->n_head * hp->head_dim, gdim = qdim / hp->n_out_group;
@@ -1619,6 +1640,10 @@ static int enqueue_step(ds4_cuda_session *s, int nt, step_part part, ds4_err *er
     mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if ((e->exact ? attention<float>(&q, s, il) : attention<__half>(&q, s, il)) || ffn(&q, il)) return -1;
+    if (nt > 1 && run(&q, "later token's raw rows", k_side_rows, hp->n_layer, 64, 0, (const uint8_t *)e->side,
+                      (uint8_t *const *)s->ring_tab, e->side_row_bytes, (int)hp->n_swa,
+                      (const step_io *)e->w[nt - 1].io))
+        return -1;
     return output_head(&q, s);
 }
 
@@ -1646,6 +1671,9 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     if (c == cudaSuccess) c = cudaHostGetDevicePointer(&s->d_pick, s->h_pick, 0);
     if (c == cudaSuccess) c = cudaHostAlloc(&s->h_mtp_logit, 2 * sizeof(float), cudaHostAllocMapped);
     if (c == cudaSuccess) c = cudaHostGetDevicePointer(&s->d_mtp_logit, s->h_mtp_logit, 0);
+    if (c == cudaSuccess) c = cudaMalloc(&s->ring_tab, hp->n_layer * sizeof *s->ring_tab);
+    for (uint32_t il = 0; il < hp->n_layer && c == cudaSuccess; il++)
+        c = cudaMemcpy(s->ring_tab + il, &s->L[il].raw, sizeof *s->ring_tab, cudaMemcpyHostToDevice);
     if (c != cudaSuccess) {
         ds4_cuda_session_free(s);
         return cuda_fail(err, "session setup", c);
@@ -1705,6 +1733,7 @@ extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
     for (int i = 0; i < 2; i++)
         if (s->mtp_graph[i]) cudaGraphExecDestroy(s->mtp_graph[i]);
     cudaFreeHost(s->h_mtp_logit);
+    cudaFree(s->ring_tab);
     cudaFree(s->snap);
     cudaFreeHost(s->h_logits0);
     cudaFreeHost(s->h_io);

@@ -133,6 +133,10 @@ struct ds4_cuda_engine {
     const float *mtp_enorm, *mtp_hnorm, *mtp_norm, *mtp_hc_scale, *mtp_hc_base;
     float *mtp_hn, *mtp_en; /* the normed streams and embedding of its input (k_mtp_norms) */
     float *mtp_logits;      /* the draft's logits (the step's stay in w[].logits) */
+    /* the verify step's later token's raw row of each layer (kv_prepare's
+     * side), f32-sized rows: k_side_rows puts them into the rings */
+    uint8_t *side;
+    uint32_t side_row_bytes;
     dmat out_hc_mix; /* output_hc_fn's HC_N rows and HC_MIX - HC_N of zeros: k_hc's fn for the head */
     const float *out_hc_scale, *out_hc_base, *out_norm;
     rope_dev rope_plain, rope_comp;
@@ -207,6 +211,7 @@ struct ds4_cuda_session {
      * (row pos mod n_swa, HC_N·n_embd floats), which it starts from */
     float *hring;
     cudaGraphExec_t mtp_graph[2]; /* the MTP block at one position: without, with its head */
+    uint8_t **ring_tab; /* device: each layer's raw ring (k_side_rows) */
     bool pick_valid;  /* h_pick belongs to the logits the session has now */
     int cur;          /* the token of the last step whose logits and picks are the session's */
     cudaGraphExec_t graph, verify_graph;

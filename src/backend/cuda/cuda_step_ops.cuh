@@ -117,6 +117,20 @@ __global__ void k_hring_put(const float *H, const step_io *io, int n_swa, uint32
     if (i < hd) ring[(size_t)(pos % n_swa) * hd + i] = H[i];
 }
 
+/* The verify step's later token's raw rows (kv_prepare's side: a row of
+ * row_bytes a layer) into each layer's ring at row io->pos mod n_swa, once
+ * every token's attention has read the rows there; block il the layer's
+ * (rings: the session's ring of each layer). */
+__global__ void k_side_rows(const uint8_t *side, uint8_t *const *rings, uint32_t row_bytes, int n_swa,
+                            const step_io *io) {
+    pdl_trigger();
+    const int pos = io->pos; /* step_io: the host's, read before the wait */
+    pdl_wait();
+    const uint8_t *src = side + (size_t)blockIdx.x * row_bytes;
+    uint8_t *dst = rings[blockIdx.x] + (size_t)(pos % n_swa) * row_bytes;
+    for (uint32_t i = 16 * threadIdx.x; i < row_bytes; i += 16 * blockDim.x) *(uint4 *)(dst + i) = *(const uint4 *)(src + i);
+}
+
 /* The MTP block's input (model-spec §8, steps 1-2, before the
  * projections): RMSNorm of the kept streams of position io->pos (the
  * session's ring row: HC_N rows of D) with hnorm into hn, and of
@@ -390,12 +404,14 @@ __device__ void q_prepare(float *qh, float *xs, int hd, int n_rot, float eps, co
 }
 
 /* The token's KV row: weighted RMSNorm, RoPE, FP8 round-trip, f16 into the
- * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task);
- * exact mode: no round-trip, f32 rows. nw0: norm_w[threadIdx.x] (loaded
- * before the kernel's wait: a weight). */
+ * raw window ring at row pos mod n_swa (attention.c qkv_prepare_task), or
+ * into side (the verify step's later token: k_side_rows puts it in the
+ * ring after every token's attention); exact mode: no round-trip, f32
+ * rows. nw0: norm_w[threadIdx.x] (loaded before the kernel's wait: a
+ * weight). */
 template <typename RowT>
 __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, float nw0, int hd, int n_rot, float eps,
-                           const float2 *cs, int64_t pos, RowT *ring, int n_swa) {
+                           const float2 *cs, int64_t pos, RowT *ring, int n_swa, RowT *side) {
     __shared__ double sh[32];
     __shared__ float sc[64];
     const float2 rv = rope_own(cs, n_rot); /* beside kv's loads, not after the norm */
@@ -408,7 +424,7 @@ __device__ void kv_prepare(const float *kv, float *xs, const float *norm_w, floa
     for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * (i == (int)threadIdx.x ? nw0 : norm_w[i]);
     block_rope_own(xs, hd, n_rot, rv, cs, false);
     if (!row_exact<RowT>()) block_fp8_roundtrip(xs, hd - n_rot, sc);
-    RowT *row = ring + (size_t)(pos % n_swa) * hd;
+    RowT *row = side ? side : ring + (size_t)(pos % n_swa) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row_put(&row[i], xs[i]);
 }
 
@@ -585,6 +601,7 @@ struct prep_args {
     float eps;
     const float2 *cs; /* the layer's rope kind at the step's position */
     RowT *ring;
+    RowT *side; /* the token's raw row goes here, not into the ring (kv_prepare) */
     comp_args c[2];
     int n_comp;
     rope_dev rp; /* the compressors' rope */
@@ -612,7 +629,7 @@ __global__ void k_qkv_prepare(const prep_args<RowT> a) {
     } else if ((b -= a.n_comp) < a.n_head) {
         q_prepare(a.q + (size_t)b * a.hd, xs, a.hd, a.n_rot, a.eps, a.cs);
     } else if (b == a.n_head) {
-        kv_prepare(a.kv, xs, a.norm_w, nw0, a.hd, a.n_rot, a.eps, a.cs, pos, a.ring, a.n_swa);
+        kv_prepare(a.kv, xs, a.norm_w, nw0, a.hd, a.n_rot, a.eps, a.cs, pos, a.ring, a.n_swa, a.side);
     } else if (idx_active) {
         const int h = (b - a.n_head - 1) * PREP_IDX_HEADS + (int)(threadIdx.x >> 5);
         if (h >= a.n_idx) return;
@@ -721,12 +738,37 @@ __device__ __forceinline__ att_span att_rows(int p, int lo0, int n_swa, int rati
     return a;
 }
 
+/* Row r of the span: own, where not NULL, is the token's own raw row (the
+ * last window row: the verify step's later token keeps it aside). */
 template <typename RowT>
 __device__ __forceinline__ const RowT *att_row(int r, const att_span &a, int n_swa, const RowT *ring,
-                                               const RowT *comp, int hd) {
+                                               const RowT *comp, int hd, const RowT *own) {
+    if (own && r == a.n_raw - 1) return own;
     return r < a.n_raw ? ring + (size_t)((a.lo + r) % n_swa) * hd
                        : comp + (size_t)(a.pick ? a.pick[r - a.n_raw] : r - a.n_raw) * hd;
 }
+
+/* One token's buffers of the attention's split kernels (k_attention_split,
+ * k_attention_split_tc: NT tokens, blockIdx.z the token) and of its
+ * combination (comb_tok, k_attention_combine). */
+struct att_tok {
+    const float *q;
+    const int *sel, *n_sel;
+    const step_io *io;
+    float *part_o;
+    float2 *part_ml;
+    hc_split_args hs;
+    const void *own; /* att_row's */
+};
+struct comb_tok {
+    const float *part_o;
+    const float2 *part_ml;
+    const int *sel, *n_sel;
+    const float2 *cs;
+    const step_io *io;
+    float *out;
+    uint8_t *out_q;
+};
 
 /* Shared bytes of k_attention_split: q of hg heads, their chunk weights,
  * two row buffers. */
@@ -786,11 +828,12 @@ __device__ __forceinline__ float att_online_softmax(float sc, bool valid, float 
  * the rows past the last visible one are zeros. One cp.async group. */
 template <typename RowT>
 __device__ __forceinline__ void att_stage_chunk(unsigned char *dst, int c, const att_span &a, int nr, const RowT *ring,
-                                                const RowT *comp, int n_swa, int hd, int rs, bool zero_tail) {
+                                                const RowT *comp, int n_swa, int hd, int rs, bool zero_tail,
+                                                const RowT *own) {
     const int tpr = (int)blockDim.x / ATT_RC, chunks16 = hd * (int)sizeof(RowT) / 16;
     const int r = (int)threadIdx.x / tpr, r0 = c * ATT_RC;
     if (r < ATT_RC && r0 + r < nr) {
-        const unsigned char *src = (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd);
+        const unsigned char *src = (const unsigned char *)att_row(r0 + r, a, n_swa, ring, comp, hd, own);
         for (int k = threadIdx.x % tpr; k < chunks16; k += tpr) cp_async16(dst + (size_t)r * rs + 16 * k, src + 16 * k);
     } else if (r < ATT_RC && zero_tail) {
         for (int k = threadIdx.x % tpr; k < chunks16; k += tpr) *(uint4 *)(dst + (size_t)r * rs + 16 * k) = make_uint4(0, 0, 0, 0);
@@ -798,15 +841,24 @@ __device__ __forceinline__ void att_stage_chunk(unsigned char *dst, int c, const
     cp_async_commit();
 }
 
-template <typename RowT>
-__global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, const RowT *ring, int n_swa,
-                                                             const RowT *comp, int ratio, const int *sel,
-                                                             const int *n_sel, int hd, int hg, const step_io *io,
-                                                             float *part_o, float2 *part_ml, hc_split_args hs) {
+/* A token's buffers in the split kernels: blockIdx.z's of NT. */
+#define ATT_TOKEN(RowT)                                                                              \
+    const bool z1 = NT > 1 && blockIdx.z != 0;                                                       \
+    const float *q = z1 ? t1.q : t0.q;                                                               \
+    const int *sel = z1 ? t1.sel : t0.sel, *n_sel = z1 ? t1.n_sel : t0.n_sel;                         \
+    const step_io *io = z1 ? t1.io : t0.io;                                                          \
+    float *part_o = z1 ? t1.part_o : t0.part_o;                                                      \
+    float2 *part_ml = z1 ? t1.part_ml : t0.part_ml;                                                  \
+    const RowT *own = (const RowT *)(z1 ? t1.own : t0.own)
+
+template <typename RowT, int NT>
+__global__ void __launch_bounds__(ATT_TPB) k_attention_split(const att_tok t0, const att_tok t1, const RowT *ring,
+                                                             int n_swa, const RowT *comp, int ratio, int hd, int hg) {
+    ATT_TOKEN(RowT);
     pdl_trigger();
     const int pos = io->pos, lo0 = io->win_lo; /* the host writes step_io before the step: read before the wait */
     pdl_wait();
-    if (att_hc_column(hs)) return;
+    if (att_hc_column(z1 ? t1.hs : t0.hs)) return;
     extern __shared__ __align__(16) unsigned char att_raw[];
     const int rs = hd * (int)sizeof(RowT) + ATT_PAD;
     float *qs = (float *)att_raw, *ps = qs + hg * hd;
@@ -818,7 +870,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split(const float *q, con
     if (s >= n_chunks) return;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     auto load = [&](int c, int b) {
-        att_stage_chunk(buf + (size_t)b * ATT_RC * rs, c, a, nr, ring, comp, n_swa, hd, rs, false);
+        att_stage_chunk(buf + (size_t)b * ATT_RC * rs, c, a, nr, ring, comp, n_swa, hd, rs, false, own);
     };
     {
         /* q's first loads in flight before the first chunk is requested */
@@ -903,10 +955,11 @@ static inline size_t att_split_tc_smem(int hd) {
            2 * (size_t)ATT_RC * (hd * 2 + ATT_PAD);
 }
 
-__global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, const __half *ring, int n_swa,
-                                                                const __half *comp, int ratio, const int *sel,
-                                                                const int *n_sel, int hd, int hg, const step_io *io,
-                                                                float *part_o, float2 *part_ml, hc_split_args hs) {
+template <int NT>
+__global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const att_tok t0, const att_tok t1, const __half *ring,
+                                                                int n_swa, const __half *comp, int ratio, int hd,
+                                                                int hg) {
+    ATT_TOKEN(__half);
     pdl_trigger();
     const int pos = io->pos, lo0 = io->win_lo; /* the host writes step_io before the step: read before the wait */
     extern __shared__ __align__(16) unsigned char att_raw[];
@@ -928,11 +981,11 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
     int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
     /* rows past the last are zeros: weight 0 times a stale value could be NaN */
     auto load = [&](int c, int b) {
-        att_stage_chunk(buf + (size_t)b * ATT_RC * rs, c, a, nr, ring, comp, n_swa, hd, rs, true);
+        att_stage_chunk(buf + (size_t)b * ATT_RC * rs, c, a, nr, ring, comp, n_swa, hd, rs, true, own);
     };
     if (early && s < n_chunks) load(s, 0);
     pdl_wait();
-    if (att_hc_column(hs)) return;
+    if (att_hc_column(z1 ? t1.hs : t0.hs)) return;
     if (early) {
         if (s >= n_chunks) return;
         /* the rows this step wrote, by the threads that staged them (their
@@ -942,7 +995,7 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
         const bool emitted = ratio && (pos + 1) % ratio == 0;
         if (r < ATT_RC && (row == a.n_raw - 1 || (emitted && row == nr - 1))) {
             cp_async_wait<0>();
-            const unsigned char *src = (const unsigned char *)att_row(row, a, n_swa, ring, comp, hd);
+            const unsigned char *src = (const unsigned char *)att_row(row, a, n_swa, ring, comp, hd, own);
             for (int k = tid % tpr; k < hd * 2 / 16; k += tpr) cp_async16(buf + (size_t)r * rs + 16 * k, src + 16 * k);
         }
         cp_async_commit();
@@ -1060,9 +1113,17 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const float *q, 
  * at the query position; one block per head, a pair per thread. Shared:
  * hd outputs, then the splits' m (turned into weights) and l. */
 enum { COMB_EARLY = 16 };
-__global__ void k_attention_combine(const float *part_o, const float2 *part_ml, int S, int n_swa, int ratio,
-                                    const int *sel, const int *n_sel, const float *sinks, int hd, int n_rot,
-                                    const float2 *cs, const step_io *io, float *out, uint8_t *out_q) {
+template <int NT>
+__global__ void k_attention_combine(const comb_tok t0, const comb_tok t1, int S, int n_swa, int ratio,
+                                    const float *sinks, int hd, int n_rot) {
+    const bool z1 = NT > 1 && blockIdx.z != 0; /* the token: blockIdx.z's of NT */
+    const float *part_o = z1 ? t1.part_o : t0.part_o;
+    const float2 *part_ml = z1 ? t1.part_ml : t0.part_ml;
+    const int *sel = z1 ? t1.sel : t0.sel, *n_sel = z1 ? t1.n_sel : t0.n_sel;
+    const float2 *cs = z1 ? t1.cs : t0.cs;
+    const step_io *io = z1 ? t1.io : t0.io;
+    float *out = z1 ? t1.out : t0.out;
+    uint8_t *out_q = z1 ? t1.out_q : t0.out_q;
     pdl_trigger();
     const int h = blockIdx.x, pos = io->pos, lo0 = io->win_lo; /* step_io: the host's, read before the wait */
     const float sink = sinks[h];              /* a weight: read before the wait, off thread 0's chain */
