@@ -483,7 +483,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     for (int i = 0; i < w->rope.n_win; i++) F(w->rope.win[i], hp->n_rot / 2);
     P(w->ckv, 2 * hd); P(w->csc, 2 * hd); P(w->ikv, 2 * ihd); P(w->isc, 2 * ihd);
     P(w->iq, (size_t)hp->n_indexer_head * ihd); P(w->iw, hp->n_indexer_head);
-    F(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
+    P(w->iscores, max_cap); F(w->sel, hp->indexer_top_k + 1); F(w->n_sel, 1);
     F(w->tkg, 1); F(w->tk_wa, (e->topk_grid + 1) * TOPK_GRID_WARPS); F(w->tk_wt, (e->topk_grid + 1) * TOPK_GRID_WARPS);
     P(w->att, qdim); A(w->attq, DS4_TYPE_Q8_0, qdim);
     F(w->att_part, qdim * e->att_splits); F(w->att_ml, (size_t)hp->n_head * e->att_splits);
@@ -1055,27 +1055,34 @@ static int hc(enq *q, uint32_t sub, const float *y, const dmat &fn, const float 
     return 0;
 }
 
-/* The indexer's top_k of token t's visible scores into ws.sel / ws.n_sel:
- * one block (k_idx_topk), and where the context allows more than its
- * topk_one_rows, the grid top-k (k_topk_grid) after it; at each position
- * one of the two works and the other returns at once (the grid alone,
+/* The indexer's top_k of each token's visible scores into its ws.sel /
+ * ws.n_sel: one block a token (k_idx_topk, the tokens' in one launch),
+ * and where the context allows more than its topk_one_rows, the grid
+ * top-k (k_topk_grid, a launch a token) after it; at each position one of
+ * the two works and the other returns at once (the grid alone,
  * topk_one_rows 0, takes every position). */
-static int idx_topk(enq *q, int t, int top_k) {
+static int idx_topk(enq *q, int top_k) {
     ds4_cuda_engine *e = q->e;
-    dwork *w = &e->w[t];
-    const float *sc = w->iscores;
-    const step_io *io = w->io;
     const int g = e->topk_grid, one = e->topk_one_rows;
-    if (one && run(q, "indexer top-k", k_idx_topk, 1, e->topk_threads, 0, sc, top_k, one, w->sel, w->n_sel, io))
+    topk_tok tk[DS4_CUDA_VERIFY_TOKENS];
+    for (int t = 0; t < q->nt; t++) tk[t] = {e->w[t].iscores, e->w[t].sel, e->w[t].n_sel, e->w[t].io};
+    if (one && run(q, "indexer top-k", q->nt > 1 ? k_idx_topk<DS4_CUDA_VERIFY_TOKENS> : k_idx_topk<1>, q->nt,
+                   e->topk_threads, 0, tk[0], tk[q->nt - 1], top_k, one))
         return -1;
-    if (!g) return 0;
-    if (e->topk_cluster) {
-        cudaError_t c = pdl_launch_cluster(q->pdl, g, k_topk_grid<true>, g, TOPK_GRID_THREADS, 0, q->st, sc, top_k, one,
-                                           w->tkg, w->tk_wa, w->tk_wt, w->sel, w->n_sel, io);
-        return c == cudaSuccess ? 0 : cuda_fail(q->err, "indexer cluster top-k", c);
+    for (int t = 0; t < q->nt && g; t++) {
+        dwork *w = &e->w[t];
+        const float *sc = w->iscores;
+        const step_io *io = w->io;
+        if (e->topk_cluster) {
+            cudaError_t c = pdl_launch_cluster(q->pdl, g, k_topk_grid<true>, g, TOPK_GRID_THREADS, 0, q->st, sc, top_k,
+                                               one, w->tkg, w->tk_wa, w->tk_wt, w->sel, w->n_sel, io);
+            if (c != cudaSuccess) return cuda_fail(q->err, "indexer cluster top-k", c);
+        } else if (run(q, "indexer grid top-k", k_topk_grid<false>, g, TOPK_GRID_THREADS, 0, sc, top_k, one, w->tkg,
+                       w->tk_wa, w->tk_wt, w->sel, w->n_sel, io)) {
+            return -1;
+        }
     }
-    return run(q, "indexer grid top-k", k_topk_grid<false>, g, TOPK_GRID_THREADS, 0, sc, top_k, one, w->tkg, w->tk_wa,
-               w->tk_wt, w->sel, w->n_sel, io);
+    return 0;
 }
 
 /* y = out_b·low. For quantised weights low is quantised once, by its own
@@ -1160,26 +1167,39 @@ static int prepare(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
                      (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa);
 }
 
-/* Token t's indexer scores over the visible compressed rows and its top-k
- * (a ratio-4 layer). */
-static int indexer(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
+/* The q->nt tokens' indexer scores over their visible compressed rows and
+ * their top-k (a ratio-4 layer): in official mode the scores of every
+ * token in one launch (idx_scores: blockIdx.x the token, at position pos +
+ * x; each token's query, weights and scores one copy apart). */
+static int indexer(enq *q, ds4_cuda_session *s, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     dlayer_kv *K = &s->L[il];
-    dwork *w = &e->w[t];
+    dwork *w = &e->w[0];
     int nih = (int)hp->n_indexer_head, ihd = (int)hp->indexer_head_dim, top_k = (int)hp->indexer_top_k;
-    /* scores: a grid fixed at capture, its blocks take every gridDim-th
+    /* scores: a grid fixed at capture, its blocks take every gridDim.y-th
      * row tile of the visible rows (at most comp_cap) */
     uint32_t tiles = (e->comp_cap[il] + IX_ROWS - 1) / IX_ROWS, blocks = (e->comp_cap[il] + 7) / 8;
-    if (e->exact ? run(q, "indexer scores", k_idx_scores, blocks < 1024 ? blocks : 1024, 256, 0, (const float *)w->iq,
-                       (const float *)w->iw, (const float *)K->index, ihd, nih, top_k, w->iscores,
-                       (const step_io *)w->io)
-                 : run(q, "indexer scores", idx_scores, dim3(1, tiles < e->idx_slots ? tiles : e->idx_slots),
-                       IX_THREADS, idx_scores_smem(nih, ihd), (const float *)w->iq, (const float *)w->iw,
-                       (const __half *)K->index, ihd, nih, 0, (const int32_t *)&w->io->pos, top_k, w->iscores,
-                       (size_t)0))
-        return -1;
-    return idx_topk(q, t, top_k);
+    const uint32_t slots = e->idx_slots / q->nt > 0 ? e->idx_slots / q->nt : 1;
+    const ptrdiff_t lds = tok_stride(e, w->iscores) / (ptrdiff_t)sizeof(float);
+    if (!e->exact) {
+        if (q->nt > 1 && (tok_stride(e, w->iq) != (ptrdiff_t)(nih * ihd * sizeof(float)) ||
+                          tok_stride(e, w->iw) != (ptrdiff_t)(nih * sizeof(float))))
+            return ds4_fail(q->err, "cuda: the indexer's tokens' buffers are not side by side");
+        if (run(q, "indexer scores", idx_scores, dim3(q->nt, tiles < slots ? tiles : slots), IX_THREADS,
+                idx_scores_smem(nih, ihd), (const float *)w->iq, (const float *)w->iw, (const __half *)K->index, ihd,
+                nih, 0, (const int32_t *)&w->io->pos, top_k, w->iscores, (size_t)(q->nt > 1 ? lds : 0)))
+            return -1;
+    } else {
+        for (int t = 0; t < q->nt; t++) {
+            dwork *wt = &e->w[t];
+            if (run(q, "indexer scores", k_idx_scores, blocks < 1024 ? blocks : 1024, 256, 0, (const float *)wt->iq,
+                    (const float *)wt->iw, (const float *)K->index, ihd, nih, top_k, wt->iscores,
+                    (const step_io *)wt->io))
+                return -1;
+        }
+    }
+    return idx_topk(q, top_k);
 }
 
 /* The q->nt tokens' attention over their windows and selected compressed
@@ -1303,8 +1323,8 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
         if (prepare<RowT>(q, s, il, t)) return -1;
         mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers; indexer query");
     }
-    for (int t = 0; t < q->nt && L->ratio == 4; t++) {
-        if (indexer(q, s, il, t)) return -1;
+    if (L->ratio == 4) {
+        if (indexer(q, s, il)) return -1;
         mark(e, q->st, "indexer scores, top-k");
     }
     if (attend<RowT>(q, s, il, att_q)) return -1;

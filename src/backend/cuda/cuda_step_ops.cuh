@@ -675,12 +675,24 @@ __global__ void k_idx_scores(const float *iq, const float *iw, const float *rows
     }
 }
 
+/* One token's buffers of k_idx_topk. */
+struct topk_tok {
+    const float *scores;
+    int *sel, *n_sel;
+    const step_io *io;
+};
+
 /* The indexer's top_k of the visible rows as ascending row indices
  * (block_topk_ascending); n_sel = -1 while every visible row is attended.
  * Nothing at positions where more than max_rows rows are visible (the grid
- * top-k's, cuda_topk_grid.cuh, when the step holds both). */
-__global__ void __launch_bounds__(1024, 1) k_idx_topk(const float *scores, int top_k, int max_rows, int *sel,
-                                                   int *n_sel, const step_io *io) {
+ * top-k's, cuda_topk_grid.cuh, when the step holds both). A block a token
+ * (NT: blockIdx.x's). */
+template <int NT>
+__global__ void __launch_bounds__(1024, 1) k_idx_topk(const topk_tok t0, const topk_tok t1, int top_k, int max_rows) {
+    const bool z1 = NT > 1 && blockIdx.x != 0;
+    const float *scores = z1 ? t1.scores : t0.scores;
+    int *sel = z1 ? t1.sel : t0.sel, *n_sel = z1 ? t1.n_sel : t0.n_sel;
+    const step_io *io = z1 ? t1.io : t0.io;
     pdl_trigger();
     const int visible = (io->pos + 1) / 4; /* step_io: the host's, read before the wait */
     pdl_wait();
