@@ -1115,10 +1115,10 @@ static const float2 *rope_window(const rope_tabs &rt, int R) {
     return NULL;
 }
 
-/* The q/kv preparation, the compressors and the indexer's query of token
- * t (k_qkv_prepare). RowT: the stored rows' type (float in exact mode). */
+/* Token t's arguments of k_qkv_prepare. RowT: the stored rows' type
+ * (float in exact mode). */
 template <typename RowT>
-static int prepare(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
+static prep_args<RowT> prep_of(const enq *q, ds4_cuda_session *s, uint32_t il, int t) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     const dlayer *L = &e->L[il];
@@ -1155,16 +1155,24 @@ static int prepare(enq *q, ds4_cuda_session *s, uint32_t il, int t) {
     pa.exact = (int)e->exact;
     pa.ics = w->rope.cs1;
     pa.io = w->io;
-    /* A later token's preparation waits for everything before it (no
-     * programmatic launch): the indexers and attention after it read the
-     * rows of past positions before their own programmatic wait, as rows of
-     * past steps — the earlier token's among them, which its preparation
-     * must have finished. */
-    enq qp = *q;
-    qp.pdl = q->pdl && t == 0;
-    return run_alone(&qp, "q/kv prepare, compressors, indexer query", k_qkv_prepare<RowT>,
-                     pa.n_comp + pa.n_head + 1 + (pa.n_idx + PREP_IDX_HEADS - 1) / PREP_IDX_HEADS, PREP_THREADS,
-                     (size_t)(hd > ihd ? hd : ihd) * sizeof(float), pa);
+    return pa;
+}
+
+/* The q/kv preparations, the compressors and the indexer's queries of the
+ * q->nt tokens in one launch (k_qkv_prepare: a later token's compressor
+ * updates follow the earlier one's in the same block). The kernels after
+ * it that read rows of past positions before their programmatic wait
+ * stage the rows this step wrote again after it, the earlier token's
+ * among them. */
+template <typename RowT>
+static int prepare(enq *q, ds4_cuda_session *s, uint32_t il) {
+    const ds4_hparams *hp = &q->e->m->hp;
+    const prep_args<RowT> p0 = prep_of<RowT>(q, s, il, 0), p1 = prep_of<RowT>(q, s, il, q->nt - 1);
+    const int hd = (int)hp->head_dim, ihd = (int)hp->indexer_head_dim;
+    const int per = p0.n_head + 1 + (p0.n_idx + PREP_IDX_HEADS - 1) / PREP_IDX_HEADS;
+    return run_alone(q, "q/kv prepare, compressors, indexer query",
+                     q->nt > 1 ? k_qkv_prepare<RowT, DS4_CUDA_VERIFY_TOKENS> : k_qkv_prepare<RowT, 1>,
+                     p0.n_comp + q->nt * per, PREP_THREADS, (size_t)(hd > ihd ? hd : ihd) * sizeof(float), p0, p1);
 }
 
 /* The q->nt tokens' indexer scores over their visible compressed rows and
@@ -1249,9 +1257,9 @@ static int attend(enq *q, ds4_cuda_session *s, uint32_t il, bool att_q) {
 }
 
 /* The attention sublayer for the q->nt tokens: the products read each
- * weight row once for all (mv_tokens), and so does the attention; the
- * preparations (a later token's compressors continue the earlier one's
- * frontiers) and the indexers run per token. Token 1's raw row, whose ring
+ * weight row once for all (mv_tokens); the preparations (a later token's
+ * compressors continue the earlier one's frontiers), the indexer and the
+ * attention run once for all. Token 1's raw row, whose ring
  * slot is that of position pos + 1 - n_swa (the first of token 0's
  * window), waits aside until the step's end (k_side_rows); the rows it
  * emits are past token 0's visible counts, and its frontier updates are
@@ -1317,12 +1325,10 @@ static int attention(enq *q, ds4_cuda_session *s, uint32_t il) {
     /* a Q8_0 out_a's input quantised by the combine (each of out_a's
      * blocks quantised its group's 4096 values itself) */
     const bool att_q = !e->exact && L->out_a.type == DS4_TYPE_Q8_0 && hd % 32 == 0;
-    for (int t = 0; t < q->nt; t++) {
-        /* the preparation, the compressors (none on a layer without a
-         * ratio) and the indexer's query in one launch */
-        if (prepare<RowT>(q, s, il, t)) return -1;
-        mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers; indexer query");
-    }
+    /* the preparations, the compressors (none on a layer without a ratio)
+     * and the indexer's queries in one launch */
+    if (prepare<RowT>(q, s, il)) return -1;
+    mark(e, q->st, "q/kv norm, rope, fp8; compressor frontiers; indexer query");
     if (L->ratio == 4) {
         if (indexer(q, s, il)) return -1;
         mark(e, q->st, "indexer scores, top-k");

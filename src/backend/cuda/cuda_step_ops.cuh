@@ -611,22 +611,11 @@ struct prep_args {
     const step_io *io;
 };
 
+/* Block b (past the compressors') of token a's preparation. */
 template <typename RowT>
-__global__ void k_qkv_prepare(const prep_args<RowT> a) {
-    extern __shared__ float xs[];
-    pdl_trigger();
-    const int pos = a.io->pos, idx_active = a.io->idx_active; /* step_io: the host's, read before the wait */
-    int b = (int)blockIdx.x;
-    /* the KV block's norm weight, and an emitting compressor's, off their
-     * chains */
-    const float *nw = b == a.n_comp + a.n_head ? a.norm_w
-                      : b < a.n_comp && (pos + 1) % a.c[b].R == 0 ? a.c[b].norm_w : NULL;
-    const int nw_n = b < a.n_comp ? a.c[b].hd : a.hd;
-    const float nw0 = nw && (int)threadIdx.x < nw_n ? nw[threadIdx.x] : 0.0f;
-    pdl_wait();
-    if (b < a.n_comp) {
-        compressor<RowT>(a.c[b], xs, nw0, a.n_rot, a.eps, a.rp, pos);
-    } else if ((b -= a.n_comp) < a.n_head) {
+__device__ __forceinline__ void prep_block(const prep_args<RowT> &a, int b, float *xs, float nw0, int pos,
+                                           int idx_active) {
+    if (b < a.n_head) {
         q_prepare(a.q + (size_t)b * a.hd, xs, a.hd, a.n_rot, a.eps, a.cs);
     } else if (b == a.n_head) {
         kv_prepare(a.kv, xs, a.norm_w, nw0, a.hd, a.n_rot, a.eps, a.cs, pos, a.ring, a.n_swa, a.side);
@@ -639,6 +628,41 @@ __global__ void k_qkv_prepare(const prep_args<RowT> a) {
         case 256: idx_query_warp<8>(a.iq, a.iw, h, a.n_idx, a.n_rot, a.ics, a.exact); break;
         default: idx_query_warp<16>(a.iq, a.iw, h, a.n_idx, a.n_rot, a.ics, a.exact); break;
         }
+    }
+}
+
+/* NT tokens at consecutive positions (a0's, then a1's): each compressor
+ * block runs the tokens' updates of its frontier in turn; the other
+ * blocks, per token (n_head + 1 + the indexer query's each), are
+ * independent. */
+template <typename RowT, int NT>
+__global__ void k_qkv_prepare(const prep_args<RowT> a0, const prep_args<RowT> a1) {
+    extern __shared__ float xs[];
+    pdl_trigger();
+    /* step_io: the host's, read before the wait */
+    const int pos0 = a0.io->pos, act0 = a0.io->idx_active;
+    const int pos1 = NT > 1 ? a1.io->pos : 0, act1 = NT > 1 ? a1.io->idx_active : 0;
+    const int n_comp = a0.n_comp, per = a0.n_head + 1 + (a0.n_idx + PREP_IDX_HEADS - 1) / PREP_IDX_HEADS;
+    int b = (int)blockIdx.x;
+    const bool z1 = NT > 1 && b >= n_comp && (b - n_comp) >= per;
+    /* the KV block's norm weight, and an emitting compressor's, off their
+     * chains */
+    const bool emits = b < n_comp && ((pos0 + 1) % a0.c[b].R == 0 || (NT > 1 && (pos1 + 1) % a0.c[b].R == 0));
+    const int lb = b < n_comp ? 0 : (b - n_comp) % per;
+    const float *nw = b >= n_comp && lb == a0.n_head ? a0.norm_w : emits ? a0.c[b].norm_w : NULL;
+    const int nw_n = b < n_comp ? a0.c[b].hd : a0.hd;
+    const float nw0 = nw && (int)threadIdx.x < nw_n ? nw[threadIdx.x] : 0.0f;
+    pdl_wait();
+    if (b < n_comp) {
+        compressor<RowT>(a0.c[b], xs, nw0, a0.n_rot, a0.eps, a0.rp, pos0);
+        if (NT > 1) {
+            __syncthreads(); /* the frontier as the first token left it */
+            compressor<RowT>(a1.c[b], xs, nw0, a1.n_rot, a1.eps, a1.rp, pos1);
+        }
+    } else if (z1) {
+        prep_block(a1, lb, xs, nw0, pos1, act1);
+    } else {
+        prep_block(a0, lb, xs, nw0, pos0, act0);
     }
 }
 
@@ -987,7 +1011,8 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const att_tok t0
      * alone, and all but two were written by earlier steps: the first
      * chunk is requested before the wait, and after it only the rows this
      * step wrote are staged again (the token's raw row, and the compressed
-     * row its window closes). */
+     * row its window closes; the verify step's later token: the earlier
+     * token's too). */
     const bool early = !n_sel && blockIdx.x != gridDim.x - 1;
     att_span a = att_rows(pos, lo0, n_swa, ratio, sel, NULL);
     int nr = a.n_raw + a.n_comp, n_chunks = (nr + ATT_RC - 1) / ATT_RC;
@@ -1004,8 +1029,11 @@ __global__ void __launch_bounds__(ATT_TPB) k_attention_split_tc(const att_tok t0
          * earlier copies waited for first: copies to one place are not
          * ordered) */
         const int tpr = (int)blockDim.x / ATT_RC, r = tid / tpr, row = s * ATT_RC + r;
-        const bool emitted = ratio && (pos + 1) % ratio == 0;
-        if (r < ATT_RC && (row == a.n_raw - 1 || (emitted && row == nr - 1))) {
+        /* the later token's: the earlier token's rows too (one launch
+         * prepared both: it may still run) */
+        const int first = z1 ? 2 : 1;
+        const bool emitted = ratio && ((pos + 1) % ratio == 0 || (z1 && pos % ratio == 0));
+        if (r < ATT_RC && ((row >= a.n_raw - first && row < a.n_raw) || (emitted && row == nr - 1))) {
             cp_async_wait<0>();
             const unsigned char *src = (const unsigned char *)att_row(row, a, n_swa, ring, comp, hd, own);
             for (int k = tid % tpr; k < hd * 2 / 16; k += tpr) cp_async16(buf + (size_t)r * rs + 16 * k, src + 16 * k);
