@@ -103,17 +103,6 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int top1(const float *x, int n, float *margin) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    float second = -INFINITY;
-    for (int i = 0; i < n; i++)
-        if (i != b && x[i] > second) second = x[i];
-    *margin = x[b] - second;
-    return b;
-}
-
 /* The tiny model with n_layer layers (0: the preset's) as an image: F16
  * weights and experts, or the published types with q2 experts. */
 static int tiny_image(uint32_t n_layer, bool f16, void **image, uint64_t *size, ds4_err *err) {

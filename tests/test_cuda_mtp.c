@@ -88,17 +88,6 @@ typedef struct diff {
     double worst, sum_l2;
 } diff;
 
-static int top1(const float *x, int n, float *margin) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    float second = -INFINITY;
-    for (int i = 0; i < n; i++)
-        if (i != b && x[i] > second) second = x[i];
-    *margin = x[b] - second;
-    return b;
-}
-
 static void diff_add(diff *d, const float *a, const float *b, int nv, int pos) {
     double mx = 0, md = 0, e2 = 0, r2 = 0;
     for (int i = 0; i < nv; i++) {
