@@ -44,9 +44,10 @@ typedef struct ds4_cuda_session ds4_cuda_session;
 bool ds4_cuda_available(void);
 
 /* Uploads the model (which must outlive the engine, as must mtp: the MTP
- * block, or NULL) for contexts of up to ctx tokens. exact: plain f32 numerics as the CPU engine's exact mode (no
- * activation quantisation: weights dequantised and multiplied with f32
- * activations; no FP8/FP4 round-trips; KV rows stored as f32), for
+ * block, or NULL) for contexts of up to ctx tokens. exact: plain f32
+ * numerics as the CPU engine's exact mode (no activation quantisation:
+ * weights dequantised and multiplied with f32 activations; no FP8/FP4
+ * round-trips; KV rows stored as f32), for
  * checking against transformers, not for speed; the prefill then runs
  * token by token. The
  * n_fills synthetic tensors (synth_fill.h; offsets into the model's image,

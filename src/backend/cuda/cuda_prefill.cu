@@ -20,8 +20,9 @@
  *   HC pre, router, shared and routed experts (tokens grouped by expert in
  *   ds4_cuda_mmq_moe), HC post.
  * The output head runs for the last token only; with an MTP block the
- * chunk's last n_swa final streams are kept for it (keep_streams). In exact mode (plain f32
- * numerics, f32 rows) the chunk runs as decode steps instead.
+ * chunk's last n_swa final streams are kept for it (keep_streams). In
+ * exact mode (plain f32 numerics, f32 rows) the chunk runs as decode steps
+ * instead.
  *
  * The workspace (activations of up to PF_MAX_CHUNK tokens) belongs to the
  * engine, allocated at the first prefill and grown when a larger chunk
