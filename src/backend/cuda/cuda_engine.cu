@@ -493,6 +493,7 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
     P(w->zero_id, 1); F(w->one_w, 1);
     F(w->pick_part, 2 * PICK_BLOCKS); F(w->pick_count, 1);
     A(w->actA, DS4_TYPE_Q8_0, ff); A(w->actB, e->m->layers[0].ffn_gate_exps.type, D); A(w->aq8, DS4_TYPE_Q8_0, D);
+    if (e->mtp) { P(w->mtp_hn, HC_N * D); P(w->mtp_en, D); }
 #undef A
 #undef P
 #undef F
@@ -508,13 +509,11 @@ static int alloc_work(ds4_cuda_engine *e, ds4_err *err) {
         if (c == cudaSuccess) c = cudaMemset(wt->tkg, 0, sizeof *wt->tkg);
         if (c == cudaSuccess) c = cudaMemset(wt->route_stamp, 0, (hp->n_layer + 1) * sizeof *wt->route_stamp);
     }
+    /* a side row for every layer, and the MTP block's */
     e->side_row_bytes = (uint32_t)((e->exact ? sizeof(float) : sizeof(__half)) * hd);
-    if (c == cudaSuccess && dalloc(e, (void **)&e->side, (size_t)hp->n_layer * e->side_row_bytes, err)) return -1;
-    if (c == cudaSuccess && e->mtp && /* the MTP block's input and draft (the one-token workspace's rest) */
-        (dalloc(e, (void **)&e->mtp_hn, HC_N * D * sizeof(float), err) ||
-         dalloc(e, (void **)&e->mtp_en, D * sizeof(float), err) ||
-         dalloc(e, (void **)&e->mtp_logits, hp->n_vocab * sizeof(float), err)))
+    if (c == cudaSuccess && dalloc(e, (void **)&e->side, (size_t)(hp->n_layer + 1) * e->side_row_bytes, err))
         return -1;
+    if (c == cudaSuccess && e->mtp && dalloc(e, (void **)&e->mtp_logits, hp->n_vocab * sizeof(float), err)) return -1;
     return c == cudaSuccess ? 0 : cuda_fail(err, "workspace init", c);
 }
 
@@ -1588,34 +1587,49 @@ static int output_head(enq *q, ds4_cuda_session *s) {
     return 0;
 }
 
-/* The MTP block at one position (model-spec §8; step_io: the position q,
- * the token t_{q+1} and the first position its ring holds): its input
- * from the streams kept for q and the token's embedding, the block as
- * layer n_layer, and with `head` its head's logits (e->mtp_logits) and
- * the two most likely drafts (d_pick + MTP_PICK, their logits
- * d_mtp_logit). */
+/* The MTP block at q->nt consecutive positions (model-spec §8; step_io:
+ * each position q, its token t_{q+1} and the first position the MTP's
+ * ring holds), read once for all as the verify step reads the model: the
+ * input from the streams kept for q and the token's embedding, the block
+ * as layer n_layer (a later position's raw row aside until the end,
+ * k_side_rows), and with `head` the last position's head: its logits
+ * (e->mtp_logits) and two most likely drafts (d_pick + MTP_PICK, their
+ * logits d_mtp_logit). */
 static int mtp_block(enq *q, ds4_cuda_session *s, bool head) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
     const uint32_t il = hp->n_layer, D = hp->n_embd;
     dwork *w = &e->w[0];
-    /* k_embed: the embedding (ws.H's first stream) and the RoPE tables */
-    if (run(q, "embedding", k_embed, (D + 255) / 256, 256, 0, (const void *)e->token_embd.w,
-            (int)(e->token_embd.type == DS4_TYPE_F16), D, (const step_io *)w->io, w->H, w->rope) ||
-        run(q, "mtp input norms", k_mtp_norms, HC_N + 1, 256, 0, (const float *)s->hring, (int)hp->n_swa,
-            (const float *)w->H, e->mtp_hnorm, e->mtp_enorm, D, hp->rms_eps, (const step_io *)w->io, e->mtp_hn,
-            e->mtp_en) ||
-        mv(q, e->mtp_e_proj, e->mtp_en, w->x))
-        return -1;
+    for (int t = 0; t < q->nt; t++) {
+        dwork *wt = &e->w[t];
+        /* k_embed: the embedding (ws.H's first stream) and the RoPE tables */
+        if (run(q, "embedding", k_embed, (D + 255) / 256, 256, 0, (const void *)e->token_embd.w,
+                (int)(e->token_embd.type == DS4_TYPE_F16), D, (const step_io *)wt->io, wt->H, wt->rope) ||
+            run(q, "mtp input norms", k_mtp_norms, HC_N + 1, 256, 0, (const float *)s->hring, (int)hp->n_swa,
+                (const float *)wt->H, e->mtp_hnorm, e->mtp_enorm, D, hp->rms_eps, (const step_io *)wt->io,
+                wt->mtp_hn, wt->mtp_en))
+            return -1;
+    }
+    if (mv(q, e->mtp_e_proj, w->mtp_en, w->x)) return -1;
     for (int h = 0; h < HC_N; h++)
-        if (mv(q, e->mtp_h_proj, e->mtp_hn + (size_t)h * D, w->H + (size_t)h * D)) return -1;
-    if (run(q, "mtp input", k_mtp_join, (HC_N * D + 255) / 256, 256, 0, w->H, (const float *)w->x, D)) return -1;
+        if (mv(q, e->mtp_h_proj, w->mtp_hn + (size_t)h * D, w->H + (size_t)h * D)) return -1;
+    for (int t = 0; t < q->nt; t++)
+        if (run(q, "mtp input", k_mtp_join, (HC_N * D + 255) / 256, 256, 0, e->w[t].H, (const float *)e->w[t].x, D))
+            return -1;
     mark(e, q->st, "mtp input");
     if ((e->exact ? attention<float>(q, s, il) : attention<__half>(q, s, il)) || ffn(q, il)) return -1;
+    if (q->nt > 1 && run(q, "later position's raw row", k_side_rows, 1, 64, 0,
+                         (const uint8_t *)e->side + (size_t)il * e->side_row_bytes,
+                         (uint8_t *const *)s->ring_tab + il, e->side_row_bytes, (int)hp->n_swa,
+                         (const step_io *)e->w[q->nt - 1].io))
+        return -1;
     if (!head) return 0;
-    /* its head: as the model's (output_head) with its own collapse and norm */
+    /* its head: as the model's (output_head) with its own collapse and
+     * norm, the vocabulary product for the last position only */
+    enq last = *q;
+    last.nt = 1;
     if (hc(q, 2 * il + 2, w->y, e->mtp_hc_mix, e->mtp_hc_scale, e->mtp_hc_base, e->mtp_norm, w->hx, w->ehc) ||
-        mv(q, e->output, w->ehc, e->mtp_logits) ||
+        mv(&last, e->output, tok_ptr(e, w->ehc, q->nt - 1), e->mtp_logits) ||
         run(q, "draft pick", k_pick2, PICK_BLOCKS, PICK_THREADS, 0, (const float *)e->mtp_logits, (int)hp->n_vocab,
             w->pick_part, w->pick_count, s->d_pick + MTP_PICK, s->d_mtp_logit))
         return -1;
@@ -1697,8 +1711,9 @@ extern "C" int ds4_cuda_session_new(ds4_cuda_engine *e, ds4_cuda_session **out, 
     if (c == cudaSuccess) c = cudaHostGetDevicePointer(&s->d_pick, s->h_pick, 0);
     if (c == cudaSuccess) c = cudaHostAlloc(&s->h_mtp_logit, 2 * sizeof(float), cudaHostAllocMapped);
     if (c == cudaSuccess) c = cudaHostGetDevicePointer(&s->d_mtp_logit, s->h_mtp_logit, 0);
-    if (c == cudaSuccess) c = cudaMalloc(&s->ring_tab, hp->n_layer * sizeof *s->ring_tab);
-    for (uint32_t il = 0; il < hp->n_layer && c == cudaSuccess; il++)
+    const uint32_t n_rings = hp->n_layer + (s->hring ? 1 : 0); /* and the MTP block's */
+    if (c == cudaSuccess) c = cudaMalloc(&s->ring_tab, n_rings * sizeof *s->ring_tab);
+    for (uint32_t il = 0; il < n_rings && c == cudaSuccess; il++)
         c = cudaMemcpy(s->ring_tab + il, &s->L[il].raw, sizeof *s->ring_tab, cudaMemcpyHostToDevice);
     if (c != cudaSuccess) {
         ds4_cuda_session_free(s);
@@ -1756,8 +1771,9 @@ extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
     ds4_cuda_session_logits_replaced(s); /* the engine forgets it as the lazy one */
     if (s->graph) cudaGraphExecDestroy(s->graph);
     if (s->verify_graph) cudaGraphExecDestroy(s->verify_graph);
-    for (int i = 0; i < 2; i++)
-        if (s->mtp_graph[i]) cudaGraphExecDestroy(s->mtp_graph[i]);
+    for (int k = 0; k < DS4_CUDA_VERIFY_TOKENS; k++)
+        for (int i = 0; i < 2; i++)
+            if (s->mtp_graph[k][i]) cudaGraphExecDestroy(s->mtp_graph[k][i]);
     cudaFreeHost(s->h_mtp_logit);
     cudaFree(s->ring_tab);
     cudaFree(s->snap);
@@ -2048,12 +2064,14 @@ extern "C" int ds4_cuda_session_mtp(ds4_cuda_session *s, const int32_t *tokens, 
      * the block writes only its own; the positions go back to back, each
      * with its own pinned inputs, the host waiting when they run out */
     cudaError_t c = cudaSuccess;
-    for (int i = 0; i < n && c == cudaSuccess; i++) {
-        const bool h = head && i == n - 1;
-        const int slot = i % MTP_IO_SLOTS;
-        if (i && !slot) c = cudaStreamSynchronize(e->stream);
-        if (c == cudaSuccess && launch_step(s, tokens + i, 1, q0 + i, raw_lo, h ? STEP_MTP_HEAD : STEP_MTP,
-                                            s->h_io + DS4_CUDA_VERIFY_TOKENS + slot, &s->mtp_graph[h], "MTP step", err))
+    for (int i = 0, k, launch = 0; i < n && c == cudaSuccess; i += k, launch++) {
+        k = n - i >= DS4_CUDA_VERIFY_TOKENS ? DS4_CUDA_VERIFY_TOKENS : 1; /* positions a step */
+        const bool h = head && i + k == n;
+        const int slot = launch % (MTP_IO_SLOTS / DS4_CUDA_VERIFY_TOKENS);
+        if (launch && !slot) c = cudaStreamSynchronize(e->stream);
+        if (c == cudaSuccess &&
+            launch_step(s, tokens + i, k, q0 + i, raw_lo, h ? STEP_MTP_HEAD : STEP_MTP,
+                        s->h_io + DS4_CUDA_VERIFY_TOKENS * (1 + slot), &s->mtp_graph[k - 1][h], "MTP step", err))
             return -1;
     }
     if (c == cudaSuccess) c = head && logits ? cudaMemcpyAsync(logits, e->mtp_logits, hp->n_vocab * sizeof(float),

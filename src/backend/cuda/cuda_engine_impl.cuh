@@ -101,6 +101,7 @@ struct dwork {
     uint8_t *aq8;  /* ws.a as Q8_0, by the k_hc that writes it (hc_writes_q8) */
     uint8_t *attq; /* the attention's output as out_a's Q8_0 input (k_attention_combine) */
     uint8_t *lowq; /* low quantised for out_b */
+    float *mtp_hn, *mtp_en; /* with an MTP block: its input's normed streams and embedding (k_mtp_norms) */
     rope_tabs rope; /* the step's RoPE cosines and sines (k_embed) */
 };
 
@@ -131,10 +132,10 @@ struct ds4_cuda_engine {
     const ds4_mtp_model *mtp;
     dmat mtp_e_proj, mtp_h_proj, mtp_hc_mix;
     const float *mtp_enorm, *mtp_hnorm, *mtp_norm, *mtp_hc_scale, *mtp_hc_base;
-    float *mtp_hn, *mtp_en; /* the normed streams and embedding of its input (k_mtp_norms) */
     float *mtp_logits;      /* the draft's logits (the step's stay in w[].logits) */
-    /* the verify step's later token's raw row of each layer (kv_prepare's
-     * side), f32-sized rows: k_side_rows puts them into the rings */
+    /* the verify step's (and the MTP's two-position step's) later token's
+     * raw row of each layer and the MTP block (kv_prepare's side):
+     * k_side_rows puts them into the rings */
     uint8_t *side;
     uint32_t side_row_bytes;
     dmat out_hc_mix; /* output_hc_fn's HC_N rows and HC_MIX - HC_N of zeros: k_hc's fn for the head */
@@ -210,8 +211,9 @@ struct ds4_cuda_session {
     /* with an MTP block: the final HC streams of the last n_swa positions
      * (row pos mod n_swa, HC_N·n_embd floats), which it starts from */
     float *hring;
-    cudaGraphExec_t mtp_graph[2]; /* the MTP block at one position: without, with its head */
-    uint8_t **ring_tab; /* device: each layer's raw ring (k_side_rows) */
+    /* the MTP block at [positions - 1]: without, with its head */
+    cudaGraphExec_t mtp_graph[DS4_CUDA_VERIFY_TOKENS][2];
+    uint8_t **ring_tab; /* device: each layer's raw ring, then the MTP block's (k_side_rows) */
     bool pick_valid;  /* h_pick belongs to the logits the session has now */
     int cur;          /* the token of the last step whose logits and picks are the session's */
     cudaGraphExec_t graph, verify_graph;
