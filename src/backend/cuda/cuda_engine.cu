@@ -32,16 +32,21 @@
  * captured once per session into a graph and replayed.
  *
  * Device memory per session: raw ring (n_swa rows) and compressed/indexer
- * rows (ctx/R + 2) as f16, frontiers as f32 — the CPU engine's layout.
+ * rows (ctx/R + 2) as f16, frontiers as f32 — the CPU engine's layout;
+ * with an MTP block also its raw ring and the final HC streams of the last
+ * n_swa positions, which it starts from.
  *
  * The speculative verify step (model-spec §8) is the same enqueue for two
  * tokens, captured as the session's second graph: one workspace a token
  * (e->w[t]; the products' and routed experts' buffers as token pairs),
- * the weight-reading kernels once for both (a column each: mv_tokens; the
- * two-token MoE), HC and router as one launch for both, and the kernels
- * that touch the KV state per token in order (attention). A rejected
- * draft's closed windows come back from a frontier snapshot its
- * compressor took (ds4_cuda_session_verify_reject).
+ * each kernel once for both (a column a token in the products, the
+ * two-token MoE, a cluster, a row or a blockIdx.z a token elsewhere; a
+ * compressor block runs the tokens' frontier updates in turn), the later
+ * token's raw row aside until the end (k_side_rows: its ring slot is the
+ * first of the earlier token's window). A rejected draft's closed windows
+ * come back from a frontier snapshot its compressor took
+ * (ds4_cuda_session_verify_reject). The MTP block (mtp_block) runs as
+ * layer n_layer with the same machinery, one or two positions a graph. 
  *
  * Exact mode (plain f32 numerics, as the CPU engine's): every product goes
  * through cuda_exact.cuh (weights dequantised, f32 activations), the KV
