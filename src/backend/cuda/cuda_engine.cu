@@ -357,6 +357,13 @@ static int hc_form(ds4_cuda_engine *e, int cc_major, int n_sm, ds4_err *err) {
     return 0;
 }
 
+/* A matrix the matvec kernels multiply. */
+static int check_matvec(const ds4_tensor *t, ds4_err *err) {
+    if (matvec_type(t->type)) return 0;
+    return ds4_fail(err, "cuda: %s has type %s, which the CUDA backend cannot multiply yet", t->name,
+                    ds4_type_name(t->type));
+}
+
 /* A block's (a layer's or the MTP's) weights are of types and shapes the
  * kernels take. */
 static int check_block(const ds4_layer *L, const ds4_hparams *hp, ds4_err *err) {
@@ -365,9 +372,7 @@ static int check_block(const ds4_layer *L, const ds4_hparams *hp, ds4_err *err) 
                                 &L->attn_compressor_gate, &L->indexer_attn_q_b, &L->indexer_proj,
                                 &L->indexer_compressor_kv, &L->indexer_compressor_gate, &L->ffn_gate_inp};
     for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
-        if (mats[i]->data && !matvec_type(mats[i]->type))
-            return ds4_fail(err, "cuda: %s has type %s, which the CUDA backend cannot multiply yet",
-                            mats[i]->name, ds4_type_name(mats[i]->type));
+        if (mats[i]->data && check_matvec(mats[i], err)) return -1;
     const ds4_tensor *fns[] = {&L->hc_attn_fn, &L->hc_ffn_fn};
     for (int i = 0; i < 2; i++)
         if (!plain_type(fns[i]->type) || fns[i]->n_dims != 2 || fns[i]->ne[0] != HC_N * hp->n_embd ||
@@ -408,17 +413,13 @@ static int check_model(const ds4_model *m, const ds4_mtp_model *mtp, ds4_err *er
         return ds4_fail(err, "cuda: token_embd of type %s (F16 or F32 supported)", ds4_type_name(m->token_embd.type));
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if (check_block(&m->layers[il], hp, err)) return -1;
-    if (!matvec_type(m->output.type))
-        return ds4_fail(err, "cuda: output has type %s, which the CUDA backend cannot multiply yet",
-                        ds4_type_name(m->output.type));
-    if (check_head_fn(&m->output_hc_fn, hp, err)) return -1;
+    if (check_matvec(&m->output, err) || check_head_fn(&m->output_hc_fn, hp, err)) return -1;
     if (!mtp) return 0;
     if (hp->n_layer + 1 > DS4_MAX_LAYERS) return ds4_fail(err, "cuda: no room for the MTP block after %u layers", hp->n_layer);
-    for (const ds4_tensor *t : {&mtp->e_proj, &mtp->h_proj})
-        if (!matvec_type(t->type))
-            return ds4_fail(err, "cuda: %s has type %s, which the CUDA backend cannot multiply yet", t->name,
-                            ds4_type_name(t->type));
-    return check_block(&mtp->block, hp, err) || check_head_fn(&mtp->hc_head_fn, hp, err) ? -1 : 0;
+    return check_matvec(&mtp->e_proj, err) || check_matvec(&mtp->h_proj, err) || check_block(&mtp->block, hp, err) ||
+                   check_head_fn(&mtp->hc_head_fn, hp, err)
+               ? -1
+               : 0;
 }
 
 /* ------------------------------------------------------------ engine */
@@ -1122,6 +1123,20 @@ static const float2 *rope_window(const rope_tabs &rt, int R) {
     return NULL;
 }
 
+/* Layer il's side row: the later token's raw row of a verify step (or of
+ * the MTP's two-position step, il = n_layer) until put_side_rows. */
+static uint8_t *side_row(const ds4_cuda_engine *e, uint32_t il) { return e->side + (size_t)il * e->side_row_bytes; }
+
+/* The side rows of layers il0..il0+n-1 into their rings at the later
+ * token's position (k_side_rows), once every token's attention has read
+ * the rings. */
+static int put_side_rows(enq *q, ds4_cuda_session *s, uint32_t il0, uint32_t n) {
+    const ds4_cuda_engine *e = q->e;
+    return run(q, "later token's raw rows", k_side_rows, n, 64, 0, (const uint8_t *)side_row(e, il0),
+               (uint8_t *const *)s->ring_tab + il0, e->side_row_bytes, (int)e->m->hp.n_swa,
+               (const step_io *)e->w[q->nt - 1].io);
+}
+
 /* Token t's arguments of k_qkv_prepare. RowT: the stored rows' type
  * (float in exact mode). */
 template <typename RowT>
@@ -1146,7 +1161,7 @@ static prep_args<RowT> prep_of(const enq *q, ds4_cuda_session *s, uint32_t il, i
     /* the verify step's later token keeps its raw row aside until every
      * token's attention has read the ring (k_side_rows), and the frontiers
      * it shifts (snap_at) */
-    pa.side = t > 0 ? (RowT *)(e->side + (size_t)il * e->side_row_bytes) : NULL;
+    pa.side = t > 0 ? (RowT *)side_row(e, il) : NULL;
     const bool snap = t > 0 && t == q->nt - 1;
     pa.c[0] = {w->ckv, w->csc, L->comp_ape, L->comp_norm, K->st_kv, K->st_sc, K->comp, (int)L->ratio,
                L->ratio == 4 ? 2 : 1, hd, 0, rope_window(w->rope, (int)L->ratio),
@@ -1238,7 +1253,7 @@ static int attend(enq *q, ds4_cuda_session *s, uint32_t il, bool att_q) {
         const int *n_sel = L->ratio == 4 ? w->n_sel : NULL;
         at[t] = {w->q, w->sel, n_sel, w->io, w->att_part, w->att_ml,
                  hc_split_of(e, t, L->hc_attn_scale, L->hc_attn_base),
-                 t > 0 ? (const void *)(e->side + (size_t)il * e->side_row_bytes) : NULL};
+                 t > 0 ? (const void *)side_row(e, il) : NULL};
         ct[t] = {w->att_part, w->att_ml, w->sel, n_sel, L->ratio ? w->rope.cs1 : w->rope.cs0, w->io, w->att,
                  att_q ? w->attq : NULL};
     }
@@ -1440,9 +1455,10 @@ static bool moe_tokens_fit(const enq *q, uint32_t gt, uint32_t dt) {
            tok_stride(e, w->sh) == (ptrdiff_t)(D * f) && tok_stride(e, w->y) == (ptrdiff_t)(D * f);
 }
 
-/* The MoE sublayer for the q->nt tokens: HC, router and selection per
- * token; the products that read weights for all of them (the router's,
- * the shared expert's, the routed experts' where moe_tokens_fit). */
+/* The MoE sublayer for the q->nt tokens: HC and router with selection as
+ * one launch each for all of them, and so the products that read weights
+ * (the router's, the shared expert's, the routed experts' where
+ * moe_tokens_fit; a token at a time otherwise). */
 static int ffn(enq *q, uint32_t il) {
     ds4_cuda_engine *e = q->e;
     const ds4_hparams *hp = &e->m->hp;
@@ -1632,11 +1648,7 @@ static int mtp_block(enq *q, ds4_cuda_session *s, bool head) {
             return -1;
     mark(e, q->st, "mtp input");
     if ((e->exact ? attention<float>(q, s, il) : attention<__half>(q, s, il)) || ffn(q, il)) return -1;
-    if (q->nt > 1 && run(q, "later position's raw row", k_side_rows, 1, 64, 0,
-                         (const uint8_t *)e->side + (size_t)il * e->side_row_bytes,
-                         (uint8_t *const *)s->ring_tab + il, e->side_row_bytes, (int)hp->n_swa,
-                         (const step_io *)e->w[q->nt - 1].io))
-        return -1;
+    if (q->nt > 1 && put_side_rows(q, s, il, 1)) return -1;
     if (!head) return 0;
     /* its head: as the model's (output_head) with its own collapse and
      * norm, the vocabulary product for the last position only */
@@ -1667,12 +1679,12 @@ static bool env_on(const char *name) {
     return !(v && !strcmp(v, "0"));
 }
 
-/* What a step runs: the model for its tokens, or the MTP block at one
- * position without or with its head (mtp_block). */
+/* What a step runs: the model for its tokens, or the MTP block at its
+ * positions without or with its head (mtp_block). */
 enum step_part { STEP_MODEL, STEP_MTP, STEP_MTP_HEAD };
 
-/* The whole step of nt tokens (1, or the verify step's; 1 for the MTP
- * block's), enqueued on the engine's stream. */
+/* The whole step of nt tokens (1, or the verify step's; the MTP block's
+ * one or two positions), enqueued on the engine's stream. */
 static int enqueue_step(ds4_cuda_session *s, int nt, step_part part, ds4_err *err) {
     ds4_cuda_engine *e = s->e;
     const ds4_hparams *hp = &e->m->hp;
@@ -1694,10 +1706,7 @@ static int enqueue_step(ds4_cuda_session *s, int nt, step_part part, ds4_err *er
     mark(e, q.st, "embedding");
     for (uint32_t il = 0; il < hp->n_layer; il++)
         if ((e->exact ? attention<float>(&q, s, il) : attention<__half>(&q, s, il)) || ffn(&q, il)) return -1;
-    if (nt > 1 && run(&q, "later token's raw rows", k_side_rows, hp->n_layer, 64, 0, (const uint8_t *)e->side,
-                      (uint8_t *const *)s->ring_tab, e->side_row_bytes, (int)hp->n_swa,
-                      (const step_io *)e->w[nt - 1].io))
-        return -1;
+    if (nt > 1 && put_side_rows(&q, s, 0, hp->n_layer)) return -1;
     return output_head(&q, s);
 }
 
@@ -1801,8 +1810,7 @@ extern "C" void ds4_cuda_session_free(ds4_cuda_session *s) {
 
 extern "C" int ds4_cuda_session_reset(ds4_cuda_session *s, ds4_err *err) {
     const ds4_hparams *hp = &s->e->m->hp;
-    ds4_cuda_session_logits_replaced(s);
-    s->verify_pos = -1;
+    ds4_cuda_session_logits_replaced(s); /* and no take-back pending */
     cudaStream_t st = s->e->stream;
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         dlayer_kv *K = &s->L[il];
@@ -2042,16 +2050,12 @@ extern "C" int ds4_cuda_session_verify_reject(ds4_cuda_session *s, ds4_err *err)
         dlayer_kv *K = &s->L[il];
         const int r = (int)e->L[il].ratio;
         if (!r || (p + 1) % r) continue;
-        c = cudaMemcpyAsync(K->st_kv, s->snap_at[il][0][0], K->st_n * sizeof(float), cudaMemcpyDeviceToDevice, e->stream);
-        if (c == cudaSuccess)
-            c = cudaMemcpyAsync(K->st_sc, s->snap_at[il][0][1], K->st_n * sizeof(float), cudaMemcpyDeviceToDevice,
-                                e->stream);
-        if (c == cudaSuccess && K->ist_n)
-            c = cudaMemcpyAsync(K->ist_kv, s->snap_at[il][1][0], K->ist_n * sizeof(float), cudaMemcpyDeviceToDevice,
-                                e->stream);
-        if (c == cudaSuccess && K->ist_n)
-            c = cudaMemcpyAsync(K->ist_sc, s->snap_at[il][1][1], K->ist_n * sizeof(float), cudaMemcpyDeviceToDevice,
-                                e->stream);
+        float *const dst[2][2] = {{K->st_kv, K->st_sc}, {K->ist_kv, K->ist_sc}}; /* snap_at's order */
+        const size_t len[2] = {K->st_n, K->ist_n};
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < 2 && len[k] && c == cudaSuccess; j++)
+                c = cudaMemcpyAsync(dst[k][j], s->snap_at[il][k][j], len[k] * sizeof(float), cudaMemcpyDeviceToDevice,
+                                    e->stream);
     }
     if (c == cudaSuccess) c = cudaStreamSynchronize(e->stream);
     if (c != cudaSuccess) return cuda_fail(err, "verify step's take-back", c);
